@@ -1,0 +1,1 @@
+pytest_plugins = ["zkpubsub.testing.fixtures"]

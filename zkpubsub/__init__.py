@@ -1,0 +1,77 @@
+"""zkpubsub: reliable messaging on Apache ZooKeeper.
+
+Topic broadcast (every subscriber gets every message, in one order), an
+elected cleaner for the queues of clients that went away, and a work queue.
+Everyday use needs only what is imported here::
+
+    from zkpubsub import Client
+
+    with Client("127.0.0.1:2181") as client:
+        sub = client.subscribe("cache.users", lambda m: cache.pop(m.payload, None))
+        client.publish("cache.users", "user:42")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .cleaner import Cleaner, CleanerStats
+from .client import Client
+from .config import ClientConfig
+from .errors import (
+    AlreadySubscribed,
+    ClientClosed,
+    ClientIdInUse,
+    ConnectionLost,
+    ConnectTimeout,
+    DecodeError,
+    NoSubscribers,
+    OperationTimeout,
+    PayloadTooLarge,
+    PublishTimeout,
+    ReservationLost,
+    SerializationError,
+    ZkPubSubError,
+    ZooKeeperError,
+)
+from .layout import DEFAULT_ROOT
+from .message import Message, PublishReceipt
+from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Serializer
+from .state import ClientState, Gap
+from .stats import BusStats, QueueStats
+from .subscription import Subscription, SubscriptionStats
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "AlreadySubscribed",
+    "BusStats",
+    "Cleaner",
+    "CleanerStats",
+    "Client",
+    "ClientClosed",
+    "ClientConfig",
+    "ClientIdInUse",
+    "ClientState",
+    "ConnectTimeout",
+    "ConnectionLost",
+    "DecodeError",
+    "Gap",
+    "JsonSerializer",
+    "Message",
+    "MsgpackSerializer",
+    "NoSubscribers",
+    "OperationTimeout",
+    "PayloadTooLarge",
+    "PublishReceipt",
+    "PublishTimeout",
+    "QueueStats",
+    "RawSerializer",
+    "ReservationLost",
+    "SerializationError",
+    "Serializer",
+    "Subscription",
+    "SubscriptionStats",
+    "ZkPubSubError",
+    "ZooKeeperError",
+    "__version__",
+]

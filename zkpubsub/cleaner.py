@@ -1,0 +1,471 @@
+"""The cleaner: deletes the queues of clients that have gone away.
+
+Any client can host it (``client.start_cleaner()``) and it can run on its
+own (``zkpubsub cleaner``). Candidates join an election under
+``cleaner/candidates`` with ephemeral sequential nodes; the lowest leads,
+each other watches the one just before it. Only the leader sweeps.
+
+Safety, enforced by the server in every deleting transaction:
+
+* **Fencing**: each transaction checks the leader's own candidate node, so a
+  cleaner whose session expired (and who may not know it yet) deletes nothing.
+* **Absence proof**: each transaction creates and deletes
+  ``clients/<id>`` in the same step, which fails if that client has
+  registered again in the meantime. A returning client therefore never loses
+  a queue to a cleaner that decided too early.
+* **Grace**: a client's queues are deleted only after ``clients/<id>`` has been
+  absent for ``grace`` seconds, continuously, as seen by the current leader
+  (a new leader starts counting from its election).
+* Large queues are deleted in bounded transactions. The first one writes
+  ``purging/<id>``; a client that comes back while that marker exists is told
+  through its gap listeners that part of its backlog is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from kazoo.exceptions import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
+
+from .connection import Connection, deadline_after
+from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError, ZooKeeperError
+from .layout import join, new_guid, order_by_sequence, parse_candidate_node
+
+if TYPE_CHECKING:
+    from .client import Client
+
+logger = logging.getLogger(__name__)
+
+DELETE_BATCH: Final = 500
+MIN_SWEEP_GAP: Final = 0.5
+
+Guard = Callable[[Any], int]  # adds ops to a transaction, returns how many
+
+
+class _Refused(Exception):
+    """A guard op failed: leadership lost (``fence``) or the client is back."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def delete_tree(
+    conn: Connection,
+    path: str,
+    deadline: float | None,
+    *,
+    guard: Guard | None = None,
+    batch: int = DELETE_BATCH,
+) -> int:
+    """Delete ``path`` and everything below it in transactions of at most
+    ``batch`` deletes, each prefixed by ``guard``'s ops. Returns the number of
+    nodes deleted. Raises ``_Refused`` if a guard op fails."""
+    deleted = 0
+    while True:
+        children = conn.children(path, deadline)
+        if children is None:
+            return deleted
+        for i in range(0, len(children), batch):
+            chunk = [join(path, c) for c in children[i : i + batch]]
+            deleted += _delete_batch(conn, chunk, deadline, guard, recurse=True)
+        n = _delete_batch(conn, [path], deadline, guard, recurse=False)
+        if n >= 0:
+            return deleted + n
+        # NotEmpty: something was written below meanwhile; go round again.
+
+
+def _delete_batch(
+    conn: Connection,
+    paths: list[str],
+    deadline: float | None,
+    guard: Guard | None,
+    *,
+    recurse: bool,
+) -> int:
+    """Delete ``paths`` in one guarded transaction; returns how many. A path
+    that turns out to have children is emptied first (``recurse``) or makes
+    this return -1."""
+    kazoo = conn.kazoo
+    deleted = 0
+    while paths:
+        conn.wait_connected(deadline, "delete")
+        txn = kazoo.transaction()
+        g = guard(txn) if guard else 0
+        for p in paths:
+            txn.delete(p)
+        try:
+            results = conn.result(txn.commit_async(), deadline, "delete")
+        except ConnectionLost:
+            continue  # deletes are idempotent: NoNode on the retry is fine
+        index, error = _first_error(results)
+        if error is None:
+            return deleted + len(paths)
+        if index < g:
+            raise _Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
+        culprit = paths[index - g]
+        if isinstance(error, NoNodeError):
+            paths = [p for p in paths if p != culprit]
+        elif isinstance(error, NotEmptyError) and recurse:
+            deleted += delete_tree(conn, culprit, deadline, guard=guard)
+            paths = [p for p in paths if p != culprit]
+        elif isinstance(error, NotEmptyError):
+            return -1
+        else:
+            raise ZooKeeperError(f"delete {culprit}: {type(error).__name__}")
+    return deleted
+
+
+def _first_error(results: list[Any]) -> tuple[int, Exception | None]:
+    """The operation that made a transaction fail, if it failed."""
+    for i, r in enumerate(results):
+        if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency)):
+            return i, r
+    return -1, None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanerStats:
+    """What a cleaner has done since it started."""
+
+    is_leader: bool
+    sweeps: int
+    queues_removed: int
+    nodes_removed: int
+    clients_removed: int
+    topics_removed: int
+    elections_won: int
+
+
+class Cleaner:
+    """One candidate in the cleaner election. Made by ``Client.start_cleaner``."""
+
+    def __init__(self, client: Client, *, grace: float | None, interval: float) -> None:
+        session_timeout = client.config.session_timeout
+        self.grace = float(grace) if grace is not None else max(60.0, 2 * session_timeout)
+        if self.grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
+        self.interval = float(interval)
+        self._client = client
+        self._conn = client._conn
+        self._layout = client._layout
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._leading = threading.Event()
+        self._candidate: str | None = None
+        self._candidate_session: int | None = None
+        self._lock = threading.Lock()
+        self._counts = dict(
+            sweeps=0,
+            queues_removed=0,
+            nodes_removed=0,
+            clients_removed=0,
+            topics_removed=0,
+            elections_won=0,
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"zkpubsub-cleaner-{client.client_id[:12]}", daemon=True
+        )
+
+    # -- public -----------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_leader(self, timeout: float | None = None) -> bool:
+        """Wait until this cleaner leads; ``False`` if ``timeout`` passed."""
+        return self._leading.wait(timeout)
+
+    def stats(self) -> CleanerStats:
+        with self._lock:
+            return CleanerStats(is_leader=self.is_leader, **self._counts)
+
+    def sweep_now(self) -> None:
+        """Ask the leader to sweep at once (it also sweeps every ``interval``
+        and whenever the set of clients changes)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Leave the election (a standby takes over). Idempotent."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the election -------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _deadline(self) -> float | None:
+        return deadline_after(self._client.config.request_timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._campaign()
+            except ClientClosed:
+                break
+            except (ConnectionLost, OperationTimeout) as exc:
+                logger.debug("cleaner: %s", exc)
+                self._stop.wait(0.2)
+            except Exception:
+                logger.exception("cleaner: unexpected error; retrying")
+                self._stop.wait(1.0)
+        self._leading.clear()
+        self._resign()
+
+    def _resign(self) -> None:
+        path, self._candidate = self._candidate, None
+        if path is None or self._conn.closing.is_set():
+            return
+        with contextlib.suppress(ZkPubSubError):
+            self._conn.delete(path, self._deadline())
+
+    def _ensure_candidate(self) -> str:
+        session = self._conn.session_id
+        if self._candidate is not None and self._candidate_session == session:
+            return self._candidate
+        kazoo = self._conn.kazoo
+        guid = new_guid()
+        prefix = self._layout.candidate_prefix(guid)
+        data = self._client.client_id.encode()
+        while True:
+            deadline = self._deadline()
+            self._conn.wait_connected(deadline, "join cleaner election")
+            try:
+                path: str = self._conn.result(
+                    kazoo.create_async(prefix, data, ephemeral=True, sequence=True),
+                    deadline,
+                    "join cleaner election",
+                )
+                break
+            except ConnectionLost:
+                names = self._conn.call(
+                    lambda: kazoo.get_children_async(self._layout.candidates), deadline, "election"
+                )
+                mine = [n for n in names if n.startswith(f"c{guid}-")]
+                if mine:
+                    path = join(self._layout.candidates, mine[0])
+                    break
+        self._candidate = path
+        self._candidate_session = self._conn.session_id
+        return path
+
+    def _campaign(self) -> None:
+        me = self._ensure_candidate()
+        kazoo = self._conn.kazoo
+        names: list[str] = self._conn.call(
+            lambda: kazoo.get_children_async(self._layout.candidates), self._deadline(), "election"
+        )
+        parsed = [(p[1], n) for n in names if (p := parse_candidate_node(n)) is not None]
+        ordered = order_by_sequence(parsed)
+        my_name = me.rsplit("/", 1)[1]
+        if my_name not in ordered:
+            self._candidate = None  # our node is gone (session expired): join again
+            return
+        index = ordered.index(my_name)
+        if index == 0:
+            self._lead(me)
+            return
+        predecessor = join(self._layout.candidates, ordered[index - 1])
+        changed = threading.Event()
+
+        def on_change(_event: object) -> None:
+            changed.set()
+            self._wake.set()
+
+        stat = self._conn.call(
+            lambda: kazoo.exists_async(predecessor, watch=on_change), self._deadline(), "election"
+        )
+        if stat is not None:
+            # Wait for the predecessor to go, the session to change or a stop.
+            while not (changed.is_set() or self._stop.is_set()):
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                if self._conn.session_id != self._candidate_session:
+                    return
+
+    # -- leading ------------------------------------------------------------------------
+
+    def _lead(self, me: str) -> None:
+        logger.info("cleaner %s leads", self._client.client_id)
+        self._count("elections_won")
+        self._leading.set()
+        absent_since: dict[str, float] = {}
+        empty_since: dict[str, tuple[int, float]] = {}
+        last = 0.0
+        try:
+            while not self._stop.is_set():
+                if self._conn.session_id != self._candidate_session:
+                    return
+                pause = MIN_SWEEP_GAP - (time.monotonic() - last)
+                if pause > 0:
+                    self._stop.wait(pause)
+                last = time.monotonic()
+                self._wake.clear()
+                self._sweep(me, absent_since, empty_since)
+                self._count("sweeps")
+                starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
+                self._wake.wait(self._next_wait(starts))
+        except _Refused as exc:
+            if exc.reason != "fence":
+                raise
+            logger.info("cleaner %s lost the lead", self._client.client_id)
+        finally:
+            self._leading.clear()
+
+    def _next_wait(self, starts: list[float]) -> float:
+        """Sleep until the next interval, or until the first grace runs out."""
+        now = time.monotonic()
+        ends = [max(0.05, since + self.grace - now + 0.01) for since in starts]
+        return min([self.interval, *ends])
+
+    def _sweep(
+        self, me: str, absent_since: dict[str, float], empty_since: dict[str, tuple[int, float]]
+    ) -> None:
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        deadline = self._deadline()
+        # Fenced at once if we no longer hold the lead.
+        if conn.call(lambda: kazoo.exists_async(me), deadline, "election") is None:
+            raise _Refused("fence")
+        live = set(
+            conn.call(
+                lambda: kazoo.get_children_async(layout.clients, watch=lambda _e: self._wake.set()),
+                deadline,
+                "list clients",
+            )
+        )
+        with_queues = set(
+            conn.call(lambda: kazoo.get_children_async(layout.messages), deadline, "list queues")
+        )
+        markers = set(
+            conn.call(lambda: kazoo.get_children_async(layout.purging), deadline, "list purges")
+        )
+        now = time.monotonic()
+        for cid in list(absent_since):
+            if cid in live or cid not in (with_queues | markers):
+                del absent_since[cid]
+        for cid in (with_queues | markers) - live:
+            since = absent_since.setdefault(cid, now)
+            if now - since >= self.grace and not self._stop.is_set():
+                self._purge(me, cid)
+                absent_since.pop(cid, None)
+        self._sweep_topics(me, empty_since)
+
+    def _purge(self, me: str, cid: str) -> None:
+        conn, layout = self._conn, self._layout
+        client_path = layout.client(cid)
+
+        def guard(txn: Any) -> int:
+            txn.check(me, 0)
+            txn.create(client_path, b"")  # fails if the client is back …
+            txn.delete(client_path)  # … and leaves nothing behind
+            return 3
+
+        deadline = deadline_after(max(60.0, self._client.config.request_timeout))
+        marker = layout.purge_marker(cid)
+        base = layout.client_messages(cid)
+        try:
+            self._create_guarded(marker, guard, deadline)
+            topics = conn.children(base, deadline) or []
+            nodes = 0
+            for topic in topics:
+                nodes += max(0, delete_tree(conn, join(base, topic), deadline, guard=guard) - 1)
+            delete_tree(conn, base, deadline, guard=guard)
+            _delete_batch(conn, [marker], deadline, guard, recurse=False)
+        except _Refused as exc:
+            if exc.reason == "fence":
+                raise
+            logger.info("cleaner: client %s came back; its queues stay", cid)
+            return
+        self._count("nodes_removed", nodes)
+        self._count("queues_removed", len(topics))
+        self._count("clients_removed")
+        logger.info(
+            "cleaner: removed %d queue(s), %d message node(s) of gone client %s",
+            len(topics),
+            nodes,
+            cid,
+        )
+
+    def _create_guarded(self, path: str, guard: Guard, deadline: float | None) -> None:
+        conn = self._conn
+        while True:
+            conn.wait_connected(deadline, "purge")
+            txn = conn.kazoo.transaction()
+            g = guard(txn)
+            txn.create(path, b"")
+            try:
+                results = conn.result(txn.commit_async(), deadline, "purge")
+            except ConnectionLost:
+                continue
+            index, error = _first_error(results)
+            if error is None:
+                return
+            if index < g:
+                raise _Refused(
+                    "fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back"
+                )
+            if isinstance(error, NodeExistsError):
+                return  # an earlier purge of this client got this far
+            raise ZooKeeperError(f"create {path}: {type(error).__name__}")
+
+    def _sweep_topics(self, me: str, empty_since: dict[str, tuple[int, float]]) -> None:
+        """Remove ``subscribers/<topic>`` nodes that stayed empty and unchanged
+        for the grace period (the version check refuses if anyone subscribed)."""
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        deadline = self._deadline()
+        topics: list[str] = conn.call(
+            lambda: kazoo.get_children_async(layout.subscribers), deadline, "list topics"
+        )
+        requests = [(t, kazoo.exists_async(layout.topic(t))) for t in topics]
+        now = time.monotonic()
+        empty: set[str] = set()
+        for topic, request in requests:
+            stat = conn.result(request, deadline, "topic stat")
+            if stat is None or stat.numChildren > 0:
+                continue
+            empty.add(topic)
+            version, since = empty_since.get(topic, (stat.version, now))
+            if version != stat.version:  # someone (un)subscribed: start again
+                version, since = stat.version, now
+            empty_since[topic] = (version, since)
+            if now - since < self.grace:
+                continue
+            txn = kazoo.transaction()
+            txn.check(me, 0)
+            txn.delete(layout.topic(topic), version)
+            index, error = _first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
+            if index == 0:
+                raise _Refused("fence")
+            if error is None:
+                self._count("topics_removed")
+            del empty_since[topic]
+        for topic in list(empty_since):
+            if topic not in empty:
+                del empty_since[topic]

@@ -1,0 +1,304 @@
+"""The ``zkpubsub`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .client import Client
+from .errors import ZkPubSubError
+from .layout import DEFAULT_ROOT
+from .message import Message
+
+DEFAULT_HOSTS = "127.0.0.1:2181"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+class Context:
+    def __init__(self, hosts: str, root: str, session_timeout: float) -> None:
+        self.hosts = hosts
+        self.root = root
+        self.session_timeout = session_timeout
+
+    def client(self, **kwargs: Any) -> Client:
+        try:
+            return Client(
+                self.hosts,
+                root=self.root,
+                session_timeout=self.session_timeout,
+                connect_timeout=kwargs.pop("connect_timeout", 15.0),
+                **kwargs,
+            )
+        except ZkPubSubError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option(
+    "--hosts",
+    envvar="ZKPUBSUB_HOSTS",
+    default=DEFAULT_HOSTS,
+    show_default=True,
+    help="ZooKeeper connection string (env ZKPUBSUB_HOSTS).",
+)
+@click.option("--root", envvar="ZKPUBSUB_ROOT", default=DEFAULT_ROOT, show_default=True)
+@click.option("--session-timeout", default=10.0, show_default=True, type=float)
+@click.version_option(package_name="zkpubsub")
+@click.pass_context
+def main(ctx: click.Context, hosts: str, root: str, session_timeout: float) -> None:
+    """Reliable pub/sub and work queues on Apache ZooKeeper."""
+    ctx.obj = Context(hosts, root, session_timeout)
+
+
+@main.command("dev-server")
+@click.option("--port", default=2181, show_default=True, type=int, help="Client port (0: any).")
+@click.option("--size", default=1, show_default=True, type=int, help="Nodes (1: standalone).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Keep data here.")
+def dev_server(port: int, size: int, data_dir: str | None) -> None:
+    """Run a local ZooKeeper in the foreground until Ctrl-C."""
+    from .testing.server import ServerFailed, ZooKeeperCluster, ZooKeeperNotFound, free_ports
+
+    ports = None
+    if port:
+        ports = [port, *free_ports(size - 1)]
+    try:
+        cluster = ZooKeeperCluster(size, base_dir=data_dir, client_ports=ports, tick_time=2000)
+        cluster.start()
+    except (ZooKeeperNotFound, ServerFailed) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ZooKeeper serving on {cluster.hosts} (data in {cluster.base_dir})")
+    click.echo(f"export ZKPUBSUB_HOSTS={cluster.hosts}   # Ctrl-C stops it")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            if not all(n.running for n in cluster.nodes):
+                raise click.ClickException("a ZooKeeper process exited; see its server.log")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()
+
+
+def _parse_headers(values: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--header")
+        headers[key] = value
+    return headers
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("messages", nargs=-1, required=True)
+@click.option("--header", "-H", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Send each MESSAGE as a string, or parse it as JSON.",
+)
+@click.option("--require-subscribers", is_flag=True, help="Fail if the topic has none.")
+@pass_ctx
+def publish(
+    ctx: Context,
+    topic: str,
+    messages: Sequence[str],
+    header: Sequence[str],
+    fmt: str,
+    require_subscribers: bool,
+) -> None:
+    """Publish MESSAGES to TOPIC, one message each."""
+    headers = _parse_headers(header)
+    payloads: list[Any] = []
+    for text in messages:
+        if fmt == "json":
+            try:
+                payloads.append(json.loads(text))
+            except ValueError as exc:
+                raise click.BadParameter(f"not JSON: {exc}", param_hint="MESSAGES") from exc
+        else:
+            payloads.append(text)
+    with ctx.client(serializer="json" if fmt == "json" else None) as client:
+        try:
+            for payload in payloads:
+                receipt = client.publish(
+                    topic, payload, headers=headers, require_subscribers=require_subscribers
+                )
+                click.echo(f"{receipt.message_id}  {receipt.subscribers} subscriber(s)")
+        except (ZkPubSubError, ValueError, TypeError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _show(msg: Message) -> str:
+    payload = msg.payload
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8", "backslashreplace")
+    text = payload if isinstance(payload, str) else json.dumps(payload, default=repr)
+    headers = f" {dict(msg.headers)}" if msg.headers else ""
+    return f"[{msg.topic}] {text}{headers}"
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--count", "-n", type=int, default=0, help="Stop after N messages (0: never).")
+@click.option("--timeout", type=float, default=None, help="Stop after S seconds without one.")
+@click.option("--client-id", default=None, help="A durable id that keeps its backlog.")
+@click.option("--json-lines", is_flag=True, help="Print each message as a JSON object.")
+@pass_ctx
+def subscribe(
+    ctx: Context,
+    topic: str,
+    count: int,
+    timeout: float | None,
+    client_id: str | None,
+    json_lines: bool,
+) -> None:
+    """Print messages published to TOPIC."""
+    with ctx.client(client_id=client_id) as client:
+        try:
+            sub = client.subscribe(topic)
+        except (ZkPubSubError, ValueError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        click.echo(f"subscribed to {topic!r} as {client.client_id}", err=True)
+        seen = 0
+        try:
+            while not count or seen < count:
+                msg = sub.get(timeout=timeout)
+                if msg is None:
+                    break
+                seen += 1
+                if json_lines:
+                    record = {
+                        "id": msg.id,
+                        "topic": msg.topic,
+                        "payload": msg.payload,
+                        "headers": dict(msg.headers),
+                        "published_at": msg.published_at,
+                        "publisher_id": msg.publisher_id,
+                    }
+                    click.echo(json.dumps(record, default=repr))
+                else:
+                    click.echo(_show(msg))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sub.close()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def stats(ctx: Context, as_json: bool) -> None:
+    """Topics, subscribers and the backlog of every queue."""
+    with ctx.client(client_id=f"stats-{os.getpid()}-{int(time.time())}") as client:
+        snapshot = client.stats()
+    me = client.client_id
+    clients = [c for c in snapshot.clients if c != me]
+    if as_json:
+        doc = {
+            "root": snapshot.root,
+            "clients": clients,
+            "topics": {t: list(s) for t, s in snapshot.topics.items()},
+            "queues": [
+                {
+                    "client_id": q.client_id,
+                    "topic": q.topic,
+                    "backlog": q.backlog,
+                    "live": q.live,
+                    "subscribed": q.subscribed,
+                }
+                for q in snapshot.queues
+            ],
+            "cleaner_candidates": snapshot.cleaner_candidates,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(
+        f"root {snapshot.root}: {len(clients)} client(s), {len(snapshot.topics)} topic(s), "
+        f"{snapshot.cleaner_candidates} cleaner candidate(s)"
+    )
+    if snapshot.topics:
+        click.echo()
+        click.echo(
+            table(["TOPIC", "SUBSCRIBERS"], [(t, len(s)) for t, s in snapshot.topics.items()])
+        )
+    if snapshot.queues:
+        click.echo()
+        rows = [
+            (
+                q.topic,
+                q.client_id,
+                q.backlog,
+                "live" if q.live else "gone",
+                "yes" if q.subscribed else "no",
+            )
+            for q in snapshot.queues
+        ]
+        click.echo(table(["TOPIC", "QUEUE (CLIENT ID)", "BACKLOG", "CLIENT", "SUBSCRIBED"], rows))
+
+
+@main.command()
+@click.option("--grace", type=float, default=None, help="Seconds a client must be gone.")
+@click.option("--interval", type=float, default=30.0, show_default=True)
+@click.option("--client-id", default=None)
+@pass_ctx
+def cleaner(ctx: Context, grace: float | None, interval: float, client_id: str | None) -> None:
+    """Run a cleaner candidate in the foreground (run two or three)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ctx.client(client_id=client_id) as client:
+        runner = client.start_cleaner(grace=grace, interval=interval)
+        click.echo(
+            f"cleaner {client.client_id} standing for election (grace {runner.grace:g}s, "
+            f"interval {runner.interval:g}s)"
+        )
+        leading = False
+        last: tuple[int, int] = (0, 0)
+        try:
+            while not stop.wait(1.0):
+                s = runner.stats()
+                if s.is_leader != leading:
+                    leading = s.is_leader
+                    click.echo("leading" if leading else "standing by")
+                if (s.queues_removed, s.nodes_removed) != last:
+                    last = (s.queues_removed, s.nodes_removed)
+                    click.echo(
+                        f"sweeps {s.sweeps}, queues removed {s.queues_removed}, "
+                        f"nodes removed {s.nodes_removed}"
+                    )
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.option("--subscribers", default=3, show_default=True, type=int)
+@click.option("--messages", default=300, show_default=True, type=int)
+def demo(subscribers: int, messages: int) -> None:
+    """Run a demo on a local ZooKeeper it starts and stops itself."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(subscribers=subscribers, messages=messages))

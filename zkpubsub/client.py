@@ -1,0 +1,592 @@
+"""The client: one ZooKeeper session, its registration, publish and subscribe."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.protocol.states import KazooState
+
+from . import __version__
+from .config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TRANSACTION_BYTES,
+    DEFAULT_PREFETCH,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT,
+    ClientConfig,
+)
+from .connection import Connection, deadline_after, expired, translated
+from .errors import (
+    AlreadySubscribed,
+    ClientClosed,
+    ClientIdInUse,
+    ConnectionLost,
+    OperationTimeout,
+    ZkPubSubError,
+)
+from .layout import DEFAULT_ROOT, Layout, validate_name
+from .message import PublishReceipt
+from .publisher import Publisher
+from .serializers import BUILTIN_SERIALIZERS, Serializer, resolve
+from .state import ClientState, Gap, Notifier
+from .subscription import ErrorHandler, Handler, Subscription
+
+if TYPE_CHECKING:
+    from .cleaner import Cleaner
+    from .stats import BusStats
+
+logger = logging.getLogger(__name__)
+
+StateListener = Callable[[ClientState], Any]
+GapListener = Callable[[Gap], Any]
+
+
+class Client:
+    """A connection to ZooKeeper that publishes and subscribes.
+
+    ``hosts`` is ZooKeeper's connection string (``"zk1:2181,zk2:2181"``,
+    optionally ending in a chroot such as ``"/apps/billing"``). Everything
+    lives under ``root``. ``client_id`` names this client's queues: leave it
+    ``None`` for a random id, or give a stable name (``"billing-cache"``) for
+    a durable subscriber that keeps its backlog across restarts within the
+    cleaner's grace period. Two live clients must not share an id: the
+    constructor waits ``registration_wait`` seconds (default: twice the
+    session timeout) for a previous session of the same id to expire, then
+    raises :class:`~zkpubsub.ClientIdInUse`.
+
+    The constructor connects and registers (``ConnectTimeout`` if no session
+    within ``connect_timeout``). After a session expiry the client registers
+    again by itself, re-subscribes every open subscription and tells gap
+    listeners that messages may have been missed.
+    """
+
+    def __init__(
+        self,
+        hosts: str,
+        *,
+        root: str = DEFAULT_ROOT,
+        client_id: str | None = None,
+        session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        serializer: Serializer | str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_transaction_bytes: int = DEFAULT_MAX_TRANSACTION_BYTES,
+        prefetch: int = DEFAULT_PREFETCH,
+        registration_wait: float | None = None,
+    ) -> None:
+        self._config = ClientConfig(
+            hosts=hosts,
+            client_id=client_id if client_id is not None else uuid.uuid4().hex,
+            root=root,
+            session_timeout=session_timeout,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+            max_message_bytes=max_message_bytes,
+            max_transaction_bytes=max_transaction_bytes,
+            prefetch=prefetch,
+            serializer=resolve(serializer),
+        )
+        self.client_id: str = self._config.client_id
+        self._layout = Layout(self._config.root)
+        self._serializers: dict[str, Serializer] = {s.content_type: s for s in BUILTIN_SERIALIZERS}
+        self._serializers[self._config.serializer.content_type] = self._config.serializer
+        self._state = ClientState.CONNECTING
+        self._state_listeners: list[StateListener] = []
+        self._gap_listeners: list[GapListener] = []
+        self._subscriptions: dict[str, Subscription] = {}
+        self._lock = threading.RLock()  # guards registration and the subscriptions
+        self._closed = False
+        self._cleaner: Cleaner | None = None
+        self._registered_session: int | None = None
+        self._lost_at: float | None = None
+        self._events: queue.SimpleQueue[KazooState | None] = queue.SimpleQueue()
+        self._notifier = Notifier(f"zkpubsub-listeners-{self.client_id[:12]}")
+        self._conn = Connection(hosts, session_timeout=self._config.session_timeout)
+        self._publisher = Publisher(self._conn, self._layout, self._config, self.client_id)
+        self._conn.add_state_listener(self._events.put)
+        wait = registration_wait if registration_wait is not None else 2 * session_timeout
+        try:
+            self._ensure_chroot()
+            self._conn.start(self._config.connect_timeout)
+            deadline = deadline_after(max(self._config.connect_timeout, wait + 5))
+            with translated("register client"):
+                self._ensure_base(deadline)
+                self._register_client(deadline, owner_wait=wait)
+        except BaseException:
+            self._notifier.close()
+            self._conn.stop()
+            raise
+        self._registered_session = self._conn.session_id
+        self._state = ClientState.CONNECTED
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"zkpubsub-session-{self.client_id[:12]}", daemon=True
+        )
+        self._supervisor.start()
+        logger.info("client %s connected (root %s)", self.client_id, self._layout.root_path)
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def status(self) -> ClientState:
+        """The current :class:`ClientState`."""
+        return self._state
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._config
+
+    @property
+    def root(self) -> str:
+        return self._layout.root_path
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call ``listener(state)`` on every state change (on a thread of ours)."""
+        with self._lock:
+            self._state_listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            if listener in self._state_listeners:
+                self._state_listeners.remove(listener)
+
+    def add_gap_listener(self, listener: GapListener) -> None:
+        """Call ``listener(gap)`` when messages may have been missed: after the
+        session expired and the client registered again, or when the cleaner
+        had started to delete this client's queues."""
+        with self._lock:
+            self._gap_listeners.append(listener)
+
+    def remove_gap_listener(self, listener: GapListener) -> None:
+        with self._lock:
+            if listener in self._gap_listeners:
+                self._gap_listeners.remove(listener)
+
+    def _set_state(self, state: ClientState) -> None:
+        with self._lock:
+            if self._state == state or self._state == ClientState.CLOSED:
+                return
+            self._state = state
+            listeners = list(self._state_listeners)
+        logger.info("client %s is %s", self.client_id, state.value)
+        self._notifier.emit(listeners, state)
+
+    def _emit_gap(self, gap: Gap) -> None:
+        logger.warning(
+            "client %s may have missed messages on %s (%s)",
+            self.client_id,
+            sorted(gap.topics),
+            gap.reason,
+        )
+        with self._lock:
+            listeners = list(self._gap_listeners)
+        self._notifier.emit(listeners, gap)
+
+    # -- publish ------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> PublishReceipt:
+        """Write ``payload`` into the queue of every subscriber of ``topic``.
+
+        Blocks until ZooKeeper confirms. Every subscriber gets the message or
+        none does (one transaction), all see messages in the same order, and
+        every subscriber whose ``subscribe()`` returned before this call is
+        included. Returns a receipt with the message id and the number of
+        subscribers reached (0 if none, unless ``require_subscribers``, which
+        raises :class:`NoSubscribers`). Raises :class:`PayloadTooLarge`,
+        :class:`SerializationError` or ``ValueError`` (bad topic) before
+        anything is sent, and :class:`PublishTimeout` if not confirmed within
+        ``timeout`` (default ``request_timeout``).
+        """
+        return self.publish_many(
+            topic,
+            [payload],
+            headers=headers,
+            timeout=timeout,
+            require_subscribers=require_subscribers,
+        )
+
+    def publish_many(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> PublishReceipt:
+        """Publish several messages, packed into as few nodes per subscriber as
+        ``max_message_bytes`` allows and written in one transaction when they
+        fit. Subscribers receive them in the given order. Same guarantees and
+        errors as :meth:`publish`."""
+        items = list(payloads)
+        if not items:
+            raise ValueError("publish_many needs at least one payload")
+        self._check_open()
+        with translated(f"publish to {topic!r}"):
+            return self._publisher.publish(
+                topic,
+                items,
+                headers,
+                timeout=self._config.request_timeout if timeout is None else timeout,
+                require_subscribers=require_subscribers,
+            )
+
+    # -- subscribe ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        handler: Handler | None = None,
+        *,
+        on_error: ErrorHandler | None = None,
+        max_attempts: int = 3,
+        prefetch: int | None = None,
+    ) -> Subscription:
+        """Receive every message published to ``topic`` from now on (and any
+        backlog left in this client id's queue).
+
+        With a ``handler``, it is called with each :class:`Message` on a
+        thread of this subscription, in order. A raising handler is reported
+        to ``on_error(exc, message)`` (default: log) and tried again up to
+        ``max_attempts`` times; then the message is dropped and the
+        subscription goes on. Without a handler, use ``sub.get(timeout)`` or
+        ``for msg in sub``. When this returns, every later publish reaches
+        this subscription.
+        """
+        validate_name(topic, "topic")
+        if handler is not None and not callable(handler):
+            raise TypeError("handler must be callable")
+        if on_error is not None and not callable(on_error):
+            raise TypeError("on_error must be callable")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        prefetch = self._config.prefetch if prefetch is None else prefetch
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
+        self._check_open()
+        with self._lock:
+            if topic in self._subscriptions:
+                raise AlreadySubscribed(topic)
+            sub = Subscription(
+                self,
+                topic,
+                handler,
+                on_error=on_error,
+                max_attempts=max_attempts,
+                prefetch=prefetch,
+            )
+            self._subscriptions[topic] = sub
+            try:
+                with translated(f"subscribe to {topic!r}"):
+                    self._register_subscription(topic, deadline_after(self._config.request_timeout))
+            except BaseException:
+                del self._subscriptions[topic]
+                raise
+        sub._start()
+        return sub
+
+    def subscriptions(self) -> list[Subscription]:
+        """The open subscriptions."""
+        with self._lock:
+            return list(self._subscriptions.values())
+
+    def _subscription_closed(self, sub: Subscription, *, delete_queue: bool, first: bool) -> None:
+        with self._lock:
+            if self._subscriptions.get(sub.topic) is sub:
+                del self._subscriptions[sub.topic]
+            if self._closed and not delete_queue:
+                return  # closing the session removes the registration anyway
+            deadline = deadline_after(self._config.request_timeout)
+            with translated(f"unsubscribe from {sub.topic!r}"):
+                if first:
+                    self._unregister_subscription(sub.topic, deadline)
+                if delete_queue:
+                    self._delete_queue(sub.topic, deadline)
+
+    # -- cleaner and stats -------------------------------------------------------------------
+
+    def start_cleaner(
+        self,
+        *,
+        grace: float | None = None,
+        interval: float = 30.0,
+    ) -> Cleaner:
+        """Host the cleaner on this client: it joins the election and, while it
+        leads, deletes the queues of clients gone for longer than ``grace``
+        seconds (default: the larger of 60 s and twice the session timeout).
+        Idempotent: returns the running cleaner."""
+        from .cleaner import Cleaner
+
+        self._check_open()
+        with self._lock:
+            if self._cleaner is None or self._cleaner.stopped:
+                self._cleaner = Cleaner(self, grace=grace, interval=interval)
+                self._cleaner.start()
+            return self._cleaner
+
+    def stats(self) -> BusStats:
+        """Topics, subscribers, clients and the backlog of every queue."""
+        from .stats import collect
+
+        self._check_open()
+        with translated("stats"):
+            return collect(self._conn, self._layout, deadline_after(self._config.request_timeout))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close subscriptions (queues kept), stop the cleaner and end the
+        session. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subs = list(self._subscriptions.values())
+            cleaner = self._cleaner
+        for sub in subs:
+            try:
+                sub.close()
+            except ZkPubSubError as exc:
+                logger.debug("closing %r: %s", sub, exc)
+        if cleaner is not None:
+            cleaner.stop()
+        self._events.put(None)
+        self._conn.stop()
+        if threading.current_thread() is not self._supervisor:
+            self._supervisor.join(5)
+        with self._lock:
+            self._state = ClientState.CLOSED
+            listeners = list(self._state_listeners)
+        self._notifier.emit(listeners, ClientState.CLOSED)
+        self._notifier.close()
+        logger.info("client %s closed", self.client_id)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.client_id} {self._state.value} root={self.root!r}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+
+    # -- registration (the only code that writes ephemeral nodes) ---------------------
+
+    def _ensure_chroot(self) -> None:
+        """Create the chroot named in ``hosts`` if it is missing."""
+        hosts = self._config.hosts
+        slash = hosts.find("/")
+        if slash < 0 or hosts[slash:] in ("", "/"):
+            return
+        boot = Connection(hosts[:slash], session_timeout=self._config.session_timeout)
+        try:
+            boot.start(self._config.connect_timeout)
+            with translated("create chroot"):
+                boot.ensure_path(hosts[slash:], deadline_after(self._config.request_timeout))
+        finally:
+            boot.stop()
+
+    def _ensure_base(self, deadline: float | None) -> None:
+        for path in self._layout.base_paths():
+            self._conn.ensure_path(path, deadline)
+
+    def _ensure_queue(self, topic: str) -> None:
+        path = self._layout.queue(self.client_id, topic)
+        self._conn.ensure_path(path, deadline_after(self._config.request_timeout))
+
+    def _create_ephemeral(
+        self, path: str, data: bytes, deadline: float | None, owner_wait: float
+    ) -> None:
+        """Create an ephemeral node of this session, waiting up to
+        ``owner_wait`` for another session's node at the same path to go."""
+        kazoo = self._conn.kazoo
+        owner_deadline = deadline_after(owner_wait)
+        gone = threading.Event()
+        while True:
+            self._conn.wait_connected(deadline, f"create {path}")
+            try:
+                self._conn.result(kazoo.create_async(path, data, ephemeral=True), deadline, path)
+                return
+            except ConnectionLost:
+                continue  # if it landed, the next try finds it with our owner
+            except NodeExistsError:
+                pass
+            gone.clear()
+            stat = self._conn.call(
+                lambda: kazoo.exists_async(path, watch=lambda _e: gone.set()), deadline, path
+            )
+            if stat is None:
+                continue
+            if stat.ephemeralOwner == self._conn.session_id:
+                return
+            if expired(owner_deadline):
+                raise ClientIdInUse(self.client_id)
+            logger.info("%s is held by another session; waiting for it to expire", path)
+            gone.wait(0.5)
+
+    def _register_client(self, deadline: float | None, *, owner_wait: float) -> None:
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "version": __version__,
+        }
+        self._create_ephemeral(
+            self._layout.client(self.client_id),
+            json.dumps(info).encode(),
+            deadline,
+            owner_wait,
+        )
+
+    def _register_subscription(self, topic: str, deadline: float | None) -> None:
+        """Queue first, then the subscriber node with a bump of the topic's
+        version in the same transaction."""
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        queue_path = layout.queue(self.client_id, topic)
+        topic_path = layout.topic(topic)
+        sub_path = layout.subscriber(topic, self.client_id)
+        conn.ensure_path(queue_path, deadline)
+        while True:
+            conn.ensure_path(topic_path, deadline)
+            txn = kazoo.transaction()
+            txn.create(sub_path, b"", ephemeral=True)
+            txn.set_data(topic_path, b"", -1)
+            try:
+                results = conn.result(txn.commit_async(), deadline, f"subscribe to {topic!r}")
+            except ConnectionLost:
+                conn.wait_connected(deadline)
+                continue
+            if not any(isinstance(r, Exception) for r in results):
+                return
+            if isinstance(results[0], NodeExistsError):
+                # Ours from a try whose answer was lost, or a dying session's.
+                stat = conn.call(lambda: kazoo.exists_async(sub_path), deadline, sub_path)
+                if stat is not None and stat.ephemeralOwner == conn.session_id:
+                    return
+                if expired(deadline):
+                    raise OperationTimeout(f"subscribe to {topic!r}: {sub_path} stays taken")
+                time.sleep(0.2)
+                continue
+            if isinstance(results[1], NoNodeError) or isinstance(results[0], NoNodeError):
+                continue  # the topic node was removed as empty in between
+            raise ZkPubSubError(f"subscribe to {topic!r} failed: {results!r}")
+
+    def _unregister_subscription(self, topic: str, deadline: float | None) -> None:
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        sub_path = layout.subscriber(topic, self.client_id)
+        while True:
+            txn = kazoo.transaction()
+            txn.delete(sub_path)
+            txn.set_data(layout.topic(topic), b"", -1)
+            try:
+                conn.wait_connected(deadline)
+                conn.result(txn.commit_async(), deadline, f"unsubscribe from {topic!r}")
+                return  # a NoNode result means there was nothing to remove
+            except ConnectionLost:
+                continue
+
+    def _delete_queue(self, topic: str, deadline: float | None) -> None:
+        from .cleaner import delete_tree
+
+        delete_tree(self._conn, self._layout.queue(self.client_id, topic), deadline)
+        with contextlib.suppress(NotEmptyError):  # other topics' queues remain
+            self._conn.delete(self._layout.client_messages(self.client_id), deadline)
+
+    # -- the supervisor thread: state changes and re-registration ----------------------
+
+    def _supervise(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None or self._closed:
+                return
+            if event == KazooState.SUSPENDED:
+                self._set_state(ClientState.SUSPENDED)
+            elif event == KazooState.LOST:
+                if self._lost_at is None:
+                    self._lost_at = time.time()
+                self._set_state(ClientState.LOST)
+            elif event == KazooState.CONNECTED:
+                self._on_connected()
+
+    def _on_connected(self) -> None:
+        session = self._conn.session_id
+        if session is None or session == self._registered_session:
+            self._set_state(ClientState.CONNECTED)
+            return
+        # A new session: everything ephemeral is gone. Register again.
+        self._set_state(ClientState.LOST)
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                deadline = deadline_after(self._config.request_timeout)
+                with translated("register again"):
+                    self._register_client(deadline, owner_wait=self._config.request_timeout)
+                    purged = self._check_purge(deadline)
+                    topics = list(self._subscriptions)
+                    for topic in topics:
+                        self._register_subscription(topic, deadline)
+                    subs = list(self._subscriptions.values())
+        except ClientClosed:
+            return
+        except ZkPubSubError as exc:
+            logger.warning(
+                "client %s: registering again failed (%s); retrying", self.client_id, exc
+            )
+            time.sleep(0.5)
+            if self._conn.connected.is_set():
+                self._events.put(KazooState.CONNECTED)
+            return
+        self._registered_session = session
+        since = self._lost_at or time.time()
+        self._lost_at = None
+        for sub in subs:
+            sub._restored()
+        now = time.time()
+        if topics:
+            self._emit_gap(Gap(frozenset(topics), since, now, "session expired"))
+        if purged:
+            self._emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
+        self._set_state(ClientState.CONNECTED)
+
+    def _check_purge(self, deadline: float | None) -> list[str]:
+        """After registering: if the cleaner had begun deleting our queues, the
+        rest of its work is now refused (it proves our absence in every
+        step). Clear its marker and report the topics affected."""
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        marker = layout.purge_marker(self.client_id)
+        stat = conn.call(lambda: kazoo.exists_async(marker), deadline, marker)
+        if stat is None:
+            return []
+        topics = conn.children(layout.client_messages(self.client_id), deadline) or []
+        conn.delete(marker, deadline)
+        return sorted(set(topics) | set(self._subscriptions))
+
+    # -- for tests ---------------------------------------------------------------------
+
+    def _session_credentials(self) -> tuple[int, bytes] | None:
+        return self._conn.credentials

@@ -1,0 +1,223 @@
+"""The one place that talks to kazoo's client object.
+
+kazoo is tamed here: reconnect attempts back off to at most two seconds and
+never stop; commands are not retried through a session expiry behind the
+caller's back; every wait has a deadline; connection errors become
+:class:`ConnectionLost`, and :func:`translated` turns any other kazoo error
+into :class:`ZooKeeperError` at the public API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
+
+from .errors import (
+    ClientClosed,
+    ConnectionLost,
+    ConnectTimeout,
+    OperationTimeout,
+    ZkPubSubError,
+    ZooKeeperError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RECONNECT_MAX_DELAY: Final = 2.0
+_CONNECTION_ERRORS: Final = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """A monotonic deadline ``timeout`` seconds from now (``None``: never)."""
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    return time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn any kazoo error escaping the block into a zkpubsub error."""
+    try:
+        yield
+    except ZkPubSubError:
+        raise
+    except ConnectionClosedError as exc:
+        raise ClientClosed(f"{what}: the client is closed") from exc
+    except _CONNECTION_ERRORS as exc:
+        raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
+    except KazooException as exc:
+        raise ZooKeeperError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+class Connection:
+    """A kazoo client with bounded waits and state tracking."""
+
+    def __init__(
+        self,
+        hosts: str,
+        *,
+        session_timeout: float,
+        client_id: tuple[int, bytes] | None = None,
+        handler: Any = None,
+    ) -> None:
+        retry = KazooRetry(
+            max_tries=-1, delay=0.05, backoff=2, max_jitter=0.3, max_delay=RECONNECT_MAX_DELAY
+        )
+        self.kazoo = KazooClient(
+            hosts=hosts,
+            timeout=session_timeout,
+            client_id=client_id,
+            handler=handler,
+            connection_retry=retry,
+            command_retry=KazooRetry(max_tries=1, ignore_expire=False),
+        )
+        self.connected = threading.Event()
+        self.closing = threading.Event()
+        self._listeners: list[Callable[[KazooState], None]] = []
+        self.kazoo.add_listener(self._on_state)
+
+    # kazoo's thread: only flags and hand-offs happen here.
+    def _on_state(self, state: KazooState) -> None:
+        if state == KazooState.CONNECTED:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                logger.exception("internal state listener failed")
+
+    def add_state_listener(self, listener: Callable[[KazooState], None]) -> None:
+        """``listener`` runs on kazoo's thread and must only hand off work."""
+        self._listeners.append(listener)
+
+    def start(self, timeout: float) -> None:
+        try:
+            self.kazoo.start(timeout=timeout)
+        except KazooTimeoutError as exc:
+            raise ConnectTimeout(
+                f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
+            ) from exc
+        self.connected.set()
+
+    def stop(self) -> None:
+        """Close the session (ephemeral nodes go at once) and free the socket."""
+        self.closing.set()
+        self.connected.clear()
+        try:
+            self.kazoo.stop()
+        finally:
+            self.kazoo.close()
+
+    @property
+    def session_id(self) -> int | None:
+        cid = self.kazoo.client_id
+        return None if cid is None else int(cid[0])
+
+    @property
+    def credentials(self) -> tuple[int, bytes] | None:
+        """Session id and password (for tests that expire a session for real)."""
+        cid = self.kazoo.client_id
+        return None if cid is None else (int(cid[0]), bytes(cid[1]))
+
+    def wait_connected(self, deadline: float | None, what: str = "waiting for ZooKeeper") -> None:
+        """Return once connected; raise ``OperationTimeout`` or ``ClientClosed``."""
+        while not self.connected.is_set():
+            if self.closing.is_set():
+                raise ClientClosed(f"{what}: the client is closed")
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise OperationTimeout(f"{what}: not connected to ZooKeeper in time")
+            self.connected.wait(0.1 if left is None else min(left, 0.1))
+
+    def result(self, async_result: Any, deadline: float | None, what: str) -> Any:
+        """Wait for one request. Connection errors raise ``ConnectionLost``;
+        other kazoo errors (NoNodeError…) are left for the caller to handle."""
+        try:
+            return async_result.get(timeout=remaining(deadline))
+        except KazooTimeoutError as exc:
+            raise OperationTimeout(f"{what}: no answer from ZooKeeper in time") from exc
+        except ConnectionClosedError as exc:
+            raise ClientClosed(f"{what}: the client is closed") from exc
+        except _CONNECTION_ERRORS as exc:
+            raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
+
+    def call(self, request: Callable[[], Any], deadline: float | None, what: str) -> Any:
+        """Run an idempotent request, again after every connection loss, until
+        it answers or the deadline passes."""
+        while True:
+            self.wait_connected(deadline, what)
+            try:
+                return self.result(request(), deadline, what)
+            except ConnectionLost:
+                if self.closing.is_set():
+                    raise ClientClosed(f"{what}: the client is closed") from None
+                if expired(deadline):
+                    raise OperationTimeout(
+                        f"{what}: connection lost and not back in time"
+                    ) from None
+                logger.debug("%s: connection lost, retrying", what)
+
+    def children(
+        self, path: str, deadline: float | None, *, watch: Callable[[Any], None] | None = None
+    ) -> list[str] | None:
+        """The children of ``path``, or ``None`` if it does not exist."""
+        kazoo = self.kazoo
+        try:
+            names: list[str] = self.call(
+                lambda: kazoo.get_children_async(path, watch=watch), deadline, f"list {path}"
+            )
+        except NoNodeError:
+            return None
+        return names
+
+    def delete(self, path: str, deadline: float | None) -> bool:
+        """Delete a childless node; ``False`` if it was not there."""
+        kazoo = self.kazoo
+        try:
+            self.call(lambda: kazoo.delete_async(path), deadline, f"delete {path}")
+        except NoNodeError:
+            return False
+        return True
+
+    def ensure_path(self, path: str, deadline: float | None) -> None:
+        """Create ``path`` and its missing parents (persistent, empty)."""
+        kazoo = self.kazoo
+        self.call(lambda: kazoo.ensure_path_async(path), deadline, f"create {path}")
+
+    def sync(self, path: str, deadline: float | None) -> None:
+        """Bring this client's server up to date with the leader."""
+        kazoo = self.kazoo
+        self.call(lambda: kazoo.sync_async(path), deadline, f"sync {path}")

@@ -1,0 +1,184 @@
+"""``zkpubsub demo``: cache invalidation across service instances, for real.
+
+It starts a local ZooKeeper, runs several subscriber processes that each
+keep a small cache, publishes a stream of invalidations, kills one
+subscriber with SIGKILL half-way, and waits for the elected cleaner to
+remove the dead subscriber's queue once its grace period has passed. It
+prints what happened and exits non-zero if any check failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TOPIC = "cache.invalidate"
+SESSION_TIMEOUT = 2.0
+GRACE = 3.0
+
+
+@dataclass
+class _Worker:
+    name: str
+    process: subprocess.Popen[str]
+    received: list[int] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    killed: bool = False
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            word, _, rest = line.strip().partition(" ")
+            if word == "ready":
+                self.ready.set()
+            elif word == "got":
+                self.received.append(int(rest))
+
+
+def _subscriber_main(hosts: str, client_id: str) -> None:
+    """A service instance: keeps a cache and drops keys it is told to."""
+    from .client import Client
+
+    cache = {f"user:{i}": {"name": f"user {i}"} for i in range(50)}
+
+    def invalidate(msg: object) -> None:
+        payload = msg.payload  # type: ignore[attr-defined]
+        cache.pop(payload["key"], None)
+        print("got", payload["seq"], flush=True)
+
+    client = Client(hosts, client_id=client_id, session_timeout=SESSION_TIMEOUT)
+    client.subscribe(TOPIC, invalidate)
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    client.close()
+
+
+def run_demo(
+    *, subscribers: int = 3, messages: int = 300, out: Callable[[str], None] = print
+) -> int:
+    from .client import Client
+    from .testing.server import ZooKeeperCluster
+
+    if subscribers < 2 or messages < 10:
+        raise ValueError("the demo needs at least 2 subscribers and 10 messages")
+    failures: list[str] = []
+    started = time.monotonic()
+
+    def step(text: str) -> None:
+        out(f"[{time.monotonic() - started:5.1f}s] {text}")
+
+    step("starting a local ZooKeeper (standalone, 127.0.0.1, a free port)")
+    with ZooKeeperCluster(1) as zk:
+        step(f"ZooKeeper serving at {zk.hosts}")
+        with Client(zk.hosts, client_id="publisher", session_timeout=SESSION_TIMEOUT) as pub:
+            cleaner = pub.start_cleaner(grace=GRACE, interval=1.0)
+            cleaner.wait_leader(10)
+            step(f"cleaner elected on the publisher's client (grace {GRACE:g}s)")
+            workers: list[_Worker] = []
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            for i in range(subscribers):
+                name = f"cache-{i + 1}"
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "zkpubsub.demo", "subscriber", zk.hosts, name],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+                worker = _Worker(name, proc)
+                threading.Thread(target=worker.read, daemon=True).start()
+                workers.append(worker)
+            try:
+                for w in workers:
+                    if not w.ready.wait(30):
+                        failures.append(f"{w.name} did not start")
+                        return _finish(step, failures)
+                step(f"{subscribers} subscriber processes, each with its own cache, subscribed")
+                victim = workers[1]
+                kill_at = messages // 3
+                step(
+                    f"publishing {messages} invalidations; {victim.name} is killed after {kill_at}"
+                )
+                t0 = time.monotonic()
+                for seq in range(messages):
+                    if seq == kill_at:
+                        victim.process.send_signal(signal.SIGKILL)
+                        victim.process.wait()
+                        victim.killed = True
+                        step(f"killed {victim.name} with SIGKILL (pid {victim.process.pid})")
+                    receipt = pub.publish(TOPIC, {"seq": seq, "key": f"user:{seq % 50}"})
+                    if seq % 100 == 99:
+                        step(
+                            f"  published {seq + 1}/{messages} (last reached {receipt.subscribers})"
+                        )
+                    time.sleep(0.012)
+                rate = messages / (time.monotonic() - t0)
+                step(f"published {messages} messages ({rate:.0f} msg/s with pauses)")
+                survivors = [w for w in workers if not w.killed]
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and any(
+                    len(w.received) < messages for w in survivors
+                ):
+                    time.sleep(0.1)
+                backlog = {
+                    q.client_id: q.backlog for q in pub.stats().queues if q.client_id == victim.name
+                }
+                if backlog:
+                    step(f"{victim.name}'s queue holds {backlog[victim.name]} undelivered node(s)")
+                step(f"waiting for the cleaner to remove {victim.name}'s queue after the grace")
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    if not any(q.client_id == victim.name for q in pub.stats().queues):
+                        break
+                    time.sleep(0.25)
+                else:
+                    failures.append(f"the cleaner did not remove {victim.name}'s queue")
+                stats = cleaner.stats()
+                step(
+                    f"cleaner: {stats.sweeps} sweeps, {stats.queues_removed} queue(s) and "
+                    f"{stats.nodes_removed} message node(s) removed"
+                )
+            finally:
+                for w in workers:
+                    if w.process.poll() is None:
+                        w.process.terminate()
+                for w in workers:
+                    try:
+                        w.process.wait(10)
+                    except subprocess.TimeoutExpired:
+                        w.process.kill()
+            out("")
+            out("subscriber  received  in order  status")
+            for w in workers:
+                in_order = w.received == sorted(w.received) and len(set(w.received)) == len(
+                    w.received
+                )
+                status = "killed" if w.killed else "running"
+                order = "yes" if in_order else "NO"
+                out(f"{w.name:<10}  {len(w.received):>8}  {order:<8}  {status}")
+                if not w.killed and w.received != list(range(messages)):
+                    failures.append(f"{w.name} got {len(w.received)}/{messages} or out of order")
+                if not in_order:
+                    failures.append(f"{w.name} saw messages out of order")
+    return _finish(step, failures)
+
+
+def _finish(step: Callable[[str], None], failures: list[str]) -> int:
+    if failures:
+        for f in failures:
+            step(f"FAILED: {f}")
+        return 1
+    step("every live subscriber got every message in order; the dead one's queue is gone")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "subscriber":
+        _subscriber_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(run_demo())

@@ -1,0 +1,159 @@
+"""The bytes inside a message node: a msgpack envelope that may carry a batch.
+
+Format version 1 (documented in docs/wire-format.md)::
+
+    {"v": 1, "msgs": [{"id": str, "pub": str, "ts": float, "topic": str,
+                       "h": {str: str}, "ct": str, "p": bin}, ...]}
+
+``id`` is unique per message, ``pub`` the publisher's client id, ``ts`` the
+publish time in seconds since the epoch, ``h`` the headers, ``ct`` the
+payload's content type and ``p`` the serialized payload.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from .errors import SerializationError
+from .serializers import Serializer
+
+FORMAT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message in an envelope, payload still serialized."""
+
+    id: str
+    publisher_id: str
+    published_at: float
+    topic: str
+    headers: Mapping[str, str]
+    content_type: str
+    body: bytes
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy of ``headers``; keys and values must be str."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise SerializationError(
+            f"headers must be a mapping of str to str, not {type(headers).__name__}"
+        )
+    out: dict[str, str] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SerializationError(
+                f"header {key!r}: keys and values must be str, not "
+                f"{type(key).__name__} and {type(value).__name__}"
+            )
+        out[key] = value
+    return out
+
+
+def make_entry(
+    serializer: Serializer,
+    *,
+    topic: str,
+    payload: Any,
+    headers: dict[str, str],
+    publisher_id: str,
+) -> Entry:
+    """Serialize one payload into an :class:`Entry` with a fresh message id."""
+    try:
+        body = serializer.dumps(payload)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"cannot serialize payload of type {type(payload).__name__} "
+            f"with {serializer.content_type}: {exc}"
+        ) from exc
+    if not isinstance(body, bytes):
+        raise SerializationError(
+            f"serializer {serializer!r} returned {type(body).__name__}, not bytes"
+        )
+    return Entry(
+        id=uuid.uuid4().hex,
+        publisher_id=publisher_id,
+        published_at=time.time(),
+        topic=topic,
+        headers=headers,
+        content_type=serializer.content_type,
+        body=body,
+    )
+
+
+def _entry_map(e: Entry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "pub": e.publisher_id,
+        "ts": e.published_at,
+        "topic": e.topic,
+        "h": dict(e.headers),
+        "ct": e.content_type,
+        "p": e.body,
+    }
+
+
+def encode(entries: Sequence[Entry]) -> bytes:
+    """The node data for one or more entries."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        {"v": FORMAT_VERSION, "msgs": [_entry_map(e) for e in entries]}, use_bin_type=True
+    )
+
+
+def encoded_size(entry: Entry) -> int:
+    """The bytes one entry adds to an envelope."""
+    return len(msgpack.packb(_entry_map(entry), use_bin_type=True))
+
+
+ENVELOPE_OVERHEAD: Final = len(encode([])) + 4
+
+
+def decode(data: bytes) -> list[Entry]:
+    """The entries of a node; ``ValueError`` says why data is not an envelope."""
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ValueError(f"not a msgpack envelope: {exc}") from exc
+    if not isinstance(doc, dict) or "v" not in doc or "msgs" not in doc:
+        raise ValueError("not a zkpubsub envelope (no 'v' and 'msgs')")
+    if doc["v"] != FORMAT_VERSION:
+        raise ValueError(
+            f"envelope format {doc['v']!r} is not supported (this reads {FORMAT_VERSION})"
+        )
+    msgs = doc["msgs"]
+    if not isinstance(msgs, list):
+        raise ValueError("envelope 'msgs' is not a list")
+    out: list[Entry] = []
+    for raw in msgs:
+        try:
+            headers = raw.get("h") or {}
+            entry = Entry(
+                id=raw["id"],
+                publisher_id=raw["pub"],
+                published_at=float(raw["ts"]),
+                topic=raw["topic"],
+                headers=headers,
+                content_type=raw["ct"],
+                body=raw["p"],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed message in envelope: {exc!r}") from exc
+        if not (
+            isinstance(entry.id, str)
+            and isinstance(entry.publisher_id, str)
+            and isinstance(entry.topic, str)
+            and isinstance(entry.content_type, str)
+            and isinstance(entry.body, bytes)
+            and isinstance(headers, dict)
+        ):
+            raise ValueError("malformed message in envelope: a field has the wrong type")
+        out.append(entry)
+    return out

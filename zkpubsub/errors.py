@@ -1,0 +1,139 @@
+"""Errors raised by zkpubsub.
+
+Every error derives from :class:`ZkPubSubError`; ZooKeeper client errors are
+translated at the boundary and never reach user code. The tree::
+
+    ZkPubSubError
+    ├── ClientClosed              the client (or subscription) was closed
+    ├── ClientIdInUse             another live session holds this client id
+    ├── ConnectionLost            the operation failed because the connection dropped
+    ├── OperationTimeout          (also TimeoutError) a bounded wait ran out
+    │   ├── ConnectTimeout        no session within connect_timeout
+    │   └── PublishTimeout        a publish was not confirmed in time; outcome unknown
+    ├── PayloadTooLarge           (also ValueError) encoded message over the limit
+    ├── SerializationError        (also TypeError) the payload cannot be serialized
+    ├── DecodeError               a queue node could not be decoded (path, data, error)
+    ├── NoSubscribers             publish(..., require_subscribers=True) found none
+    ├── AlreadySubscribed         this client already subscribes to the topic
+    ├── ReservationLost           a queue item is no longer held by this worker
+    └── ZooKeeperError            any other error the server returned
+
+Bad arguments (an invalid topic name, a negative timeout) raise the builtin
+``ValueError`` or ``TypeError`` with the reason in the message.
+"""
+
+from __future__ import annotations
+
+
+class ZkPubSubError(Exception):
+    """Root of every error zkpubsub raises."""
+
+
+class ClientClosed(ZkPubSubError):
+    """The client or subscription has been closed."""
+
+
+class ClientIdInUse(ZkPubSubError):
+    """Another live session has registered the same client id."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(
+            f"client id {client_id!r} is registered by another live session; "
+            "two clients must not share an id"
+        )
+        self.client_id = client_id
+
+
+class ConnectionLost(ZkPubSubError):
+    """The connection to ZooKeeper dropped and the operation could not complete."""
+
+
+class OperationTimeout(ZkPubSubError, TimeoutError):
+    """A bounded wait ran out."""
+
+
+class ConnectTimeout(OperationTimeout):
+    """No ZooKeeper session could be established within the connect timeout."""
+
+
+class PublishTimeout(OperationTimeout):
+    """A publish was not confirmed within its timeout.
+
+    The outcome is unknown: the message may have reached every subscriber, or
+    none (a fan-out that had to be split may have reached some). ``reached``
+    counts the subscribers confirmed before the timeout.
+    """
+
+    def __init__(self, message: str, *, message_ids: tuple[str, ...], reached: int) -> None:
+        super().__init__(message)
+        self.message_ids = message_ids
+        self.reached = reached
+
+
+class PayloadTooLarge(ZkPubSubError, ValueError):
+    """An encoded message is larger than the configured limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"encoded message is {size} bytes, over the limit of {limit} bytes "
+            "(max_message_bytes; it must stay below the server's jute.maxbuffer)"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class SerializationError(ZkPubSubError, TypeError):
+    """The payload or headers could not be serialized; nothing was sent."""
+
+
+class DecodeError(ZkPubSubError):
+    """A queue node could not be decoded into messages.
+
+    ``path`` is the node, ``data`` its raw bytes, ``error`` the cause. The
+    node is removed after the error has been reported, so it never blocks
+    the queue.
+    """
+
+    def __init__(
+        self, message: str, *, path: str, data: bytes, error: BaseException | None = None
+    ) -> None:
+        super().__init__(f"{message} (node {path})")
+        self.path = path
+        self.data = data
+        self.error = error
+
+
+class NoSubscribers(ZkPubSubError):
+    """The topic had no subscribers and the caller asked for at least one."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} has no subscribers")
+        self.topic = topic
+
+
+class AlreadySubscribed(ZkPubSubError):
+    """The client already has an open subscription to this topic."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"this client already subscribes to {topic!r}; close that first")
+        self.topic = topic
+
+
+class ReservationLost(ZkPubSubError):
+    """A reserved queue item is no longer held by this worker.
+
+    Its session expired (or the item was released) and the item may already
+    be in another worker's hands; acking or releasing it is refused.
+    """
+
+    def __init__(self, queue: str, item_id: str) -> None:
+        super().__init__(
+            f"reservation of item {item_id} in queue {queue!r} was lost; "
+            "it may have been handed to another worker"
+        )
+        self.queue = queue
+        self.item_id = item_id
+
+
+class ZooKeeperError(ZkPubSubError):
+    """ZooKeeper returned an error zkpubsub does not handle itself."""

@@ -1,0 +1,214 @@
+"""The znode layout: every path zkpubsub reads or writes is built here, and
+every node name it reads is parsed here. Nobody else joins paths.
+
+The layout is a wire format: ``docs/wire-format.md`` describes it for
+clients in other languages. Under a root (default ``/zkpubsub``)::
+
+    <root>/clients/<client id>                  ephemeral, one per live client
+    <root>/subscribers/<topic>                  persistent; its data version is
+                                                bumped by every (un)subscribe
+    <root>/subscribers/<topic>/<client id>      ephemeral, one per subscription
+    <root>/messages/<client id>/<topic>/m<guid>-<seq>
+                                                persistent sequential, one
+                                                envelope (one or more messages)
+    <root>/purging/<client id>                  persistent, while the cleaner
+                                                deletes a dead client's queues
+    <root>/cleaner/candidates/c<guid>-<seq>     ephemeral sequential, cleaner
+                                                election; lowest leads
+
+Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
+``%010d``; they wrap to negative numbers, so order is taken from the parsed
+number with serial-number arithmetic, never from the string.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_ROOT: Final = "/zkpubsub"
+MAX_NAME_LENGTH: Final = 200
+GUID_HEX_DIGITS: Final = 12
+
+_SEQ_MODULUS: Final = 1 << 32
+_GUID_RE: Final = f"[0-9a-f]{{{GUID_HEX_DIGITS}}}"
+# ZooKeeper prints the counter with %010d: "0000000042", "-000000005", "-2147483648".
+_SEQ_RE: Final = r"(?:\d{10}|-\d{9,10})"
+_MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
+_CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
+
+
+def _forbidden_char(value: str) -> str | None:
+    for ch in value:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"control character {ch!r}"
+        if 0xD800 <= code <= 0xF8FF or 0xFFF0 <= code <= 0xFFFF:
+            return f"character U+{code:04X}, which ZooKeeper rejects in node names"
+    return None
+
+
+def validate_name(value: object, kind: str = "name") -> str:
+    """Check that ``value`` can be one znode name (a topic, a client id, a queue).
+
+    Raises ``TypeError`` for a non-string and ``ValueError`` with the reason
+    for an empty name, ``.``, ``..``, a ``/``, a control character or a name
+    longer than ``MAX_NAME_LENGTH``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{kind} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{kind} must not be empty")
+    if value in (".", ".."):
+        raise ValueError(f"{kind} must not be {value!r}")
+    if "/" in value:
+        raise ValueError(f"{kind} {value!r} must not contain '/'")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{kind} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    bad = _forbidden_char(value)
+    if bad is not None:
+        raise ValueError(f"{kind} {value!r} contains {bad}")
+    return value
+
+
+def validate_root(root: object) -> str:
+    """Check a root path such as ``/zkpubsub`` or ``/apps/billing/bus``."""
+    if not isinstance(root, str):
+        raise TypeError(f"root must be a str, not {type(root).__name__}")
+    if not root.startswith("/"):
+        raise ValueError(f"root {root!r} must start with '/'")
+    if root == "/":
+        return ""
+    if root.endswith("/"):
+        raise ValueError(f"root {root!r} must not end with '/'")
+    for part in root[1:].split("/"):
+        validate_name(part, "root path segment")
+    return root
+
+
+def new_guid() -> str:
+    """A random id for a node name: found again after a connection loss."""
+    return secrets.token_hex(GUID_HEX_DIGITS // 2)
+
+
+def join(parent: str, name: str) -> str:
+    """The path of ``name`` under ``parent`` (``name`` as read from a listing)."""
+    return f"{parent}/{name}"
+
+
+class Layout:
+    """Builds every path under one root. ``Layout("/zkpubsub").queue("a", "t")``."""
+
+    __slots__ = (
+        "candidates",
+        "cleaner",
+        "clients",
+        "messages",
+        "purging",
+        "root",
+        "subscribers",
+        "work",
+    )
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = validate_root(root)
+        self.clients = f"{self.root}/clients"
+        self.subscribers = f"{self.root}/subscribers"
+        self.messages = f"{self.root}/messages"
+        self.purging = f"{self.root}/purging"
+        self.cleaner = f"{self.root}/cleaner"
+        self.candidates = f"{self.cleaner}/candidates"
+        self.work = f"{self.root}/queues"
+
+    @property
+    def root_path(self) -> str:
+        return self.root or "/"
+
+    def base_paths(self) -> tuple[str, ...]:
+        """The persistent nodes every client makes sure exist."""
+        return (self.clients, self.subscribers, self.messages, self.purging, self.candidates)
+
+    def client(self, client_id: str) -> str:
+        return f"{self.clients}/{client_id}"
+
+    def topic(self, topic: str) -> str:
+        return f"{self.subscribers}/{topic}"
+
+    def subscriber(self, topic: str, client_id: str) -> str:
+        return f"{self.subscribers}/{topic}/{client_id}"
+
+    def client_messages(self, client_id: str) -> str:
+        return f"{self.messages}/{client_id}"
+
+    def queue(self, client_id: str, topic: str) -> str:
+        return f"{self.messages}/{client_id}/{topic}"
+
+    def message_prefix(self, queue_path: str, guid: str) -> str:
+        """The path handed to a sequential create of a message node."""
+        return f"{queue_path}/m{guid}-"
+
+    def purge_marker(self, client_id: str) -> str:
+        return f"{self.purging}/{client_id}"
+
+    def candidate_prefix(self, guid: str) -> str:
+        return f"{self.candidates}/c{guid}-"
+
+
+def parse_message_node(name: str) -> tuple[str, int] | None:
+    """``(guid, sequence)`` of a message node name, or ``None`` if foreign."""
+    m = _MESSAGE_NODE.match(name)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+def parse_candidate_node(name: str) -> tuple[str, int] | None:
+    """``(guid, sequence)`` of a cleaner candidate node name, or ``None``."""
+    m = _CANDIDATE_NODE.match(name)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+def guid_of(name: str) -> str | None:
+    """The guid part of a message or candidate node name."""
+    parsed = parse_message_node(name) or parse_candidate_node(name)
+    return parsed[0] if parsed else None
+
+
+def order_by_sequence(items: Iterable[tuple[int, T]]) -> list[T]:
+    """Order ``(sequence, item)`` pairs as ZooKeeper created them.
+
+    The counter is a signed 32-bit number that wraps (…, 2147483647,
+    -2147483648, …, -1, 0, …). The live nodes of one parent always span
+    less than half the counter's range, so the order starts just after the
+    largest gap on the 2**32 circle.
+    """
+    pairs = sorted(((seq % _SEQ_MODULUS, item) for seq, item in items), key=lambda p: p[0])
+    if len(pairs) < 2:
+        return [item for _, item in pairs]
+    start = 0
+    widest = pairs[0][0] + _SEQ_MODULUS - pairs[-1][0]
+    for i in range(1, len(pairs)):
+        gap = pairs[i][0] - pairs[i - 1][0]
+        if gap > widest:
+            widest, start = gap, i
+    ordered = pairs[start:] + pairs[:start]
+    return [item for _, item in ordered]
+
+
+def order_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split message node names into ``(ordered, foreign)``."""
+    known: list[tuple[int, str]] = []
+    foreign: list[str] = []
+    for name in names:
+        parsed = parse_message_node(name)
+        if parsed is None:
+            foreign.append(name)
+        else:
+            known.append((parsed[1], name))
+    return order_by_sequence(known), foreign

@@ -1,0 +1,94 @@
+"""Payload serializers: a small ``dumps`` / ``loads`` interface.
+
+msgpack is the default; JSON and raw bytes are built in; any object with a
+``content_type`` and the two methods can be passed as ``serializer=``. The
+content type travels with every message, so a subscriber decodes each
+message with the serializer it was written with, whatever its own default.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Protocol, runtime_checkable
+
+import msgpack
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns payloads into bytes and back.
+
+    ``dumps`` raises ``TypeError`` or ``ValueError`` for a payload it cannot
+    represent; zkpubsub reports that as ``SerializationError``.
+    """
+
+    @property
+    def content_type(self) -> str:
+        """A MIME-like name, written into every message it serializes."""
+        ...
+
+    def dumps(self, payload: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class MsgpackSerializer:
+    """msgpack: bytes, str, numbers, lists, dicts (the default)."""
+
+    content_type: Final = "application/msgpack"
+
+    def dumps(self, payload: Any) -> bytes:
+        try:
+            return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"msgpack cannot serialize {type(payload).__name__}: {exc}") from exc
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class JsonSerializer:
+    """JSON (UTF-8), for payloads that other tools should read as text."""
+
+    content_type: Final = "application/json"
+
+    def dumps(self, payload: Any) -> bytes:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class RawSerializer:
+    """Bytes in, bytes out."""
+
+    content_type: Final = "application/octet-stream"
+
+    def dumps(self, payload: Any) -> bytes:
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            return bytes(payload)
+        raise TypeError(f"the raw serializer takes bytes, not {type(payload).__name__}")
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+BUILTIN_SERIALIZERS: Final[tuple[Serializer, ...]] = (
+    MsgpackSerializer(),
+    JsonSerializer(),
+    RawSerializer(),
+)
+
+
+def resolve(serializer: Serializer | str | None) -> Serializer:
+    """A serializer instance from an instance, a short name or ``None``."""
+    if serializer is None:
+        return BUILTIN_SERIALIZERS[0]
+    if isinstance(serializer, str):
+        names = {"msgpack": 0, "json": 1, "raw": 2}
+        if serializer not in names:
+            raise ValueError(f"unknown serializer {serializer!r}; use one of {sorted(names)}")
+        return BUILTIN_SERIALIZERS[names[serializer]]
+    if not isinstance(serializer, Serializer):
+        raise TypeError("serializer needs content_type, dumps() and loads()")
+    return serializer

@@ -1,0 +1,81 @@
+"""Client states, gap notices, and the thread that runs user listeners."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class ClientState(enum.Enum):
+    """Where a client stands with ZooKeeper.
+
+    ``CONNECTED``: a session is live and the client is registered.
+    ``SUSPENDED``: the connection dropped; the session may still be alive and
+    nothing is lost yet. ``LOST``: the session expired; the client's ephemeral
+    registration is gone and it is registering again on a new session.
+    ``CLOSED``: ``close()`` was called.
+    """
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages on ``topics`` may have been missed between ``since`` and ``until``.
+
+    Sent to gap listeners after the client re-registered on a new session
+    (``reason="session expired"``) or found that the cleaner had started to
+    delete its queues while it was away (``reason="backlog purged"``). Times
+    are wall-clock seconds since the epoch. A cache fed by invalidations
+    should drop what it holds for these topics.
+    """
+
+    topics: frozenset[str]
+    since: float
+    until: float
+    reason: str
+
+
+class Notifier:
+    """Runs listener callbacks, in order, on one thread of ours.
+
+    A raising listener is logged and the others still run.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def emit(self, listeners: list[Callable[..., Any]], *args: Any) -> None:
+        for listener in listeners:
+            self._queue.put((listener, args))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("listener %r raised", fn)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)

@@ -1,0 +1,79 @@
+"""A snapshot of the bus: topics, subscribers, clients and queue backlogs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kazoo.exceptions import NoNodeError
+
+from .connection import Connection
+from .layout import Layout
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One subscriber queue. ``backlog`` counts message nodes (a node may
+    carry a batch); ``live`` says whether its client is registered;
+    ``subscribed`` whether it is currently a subscriber of the topic."""
+
+    client_id: str
+    topic: str
+    backlog: int
+    live: bool
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """What ``Client.stats()`` and ``zkpubsub stats`` report."""
+
+    root: str
+    clients: tuple[str, ...]
+    topics: dict[str, tuple[str, ...]]
+    queues: tuple[QueueStats, ...]
+    cleaner_candidates: int
+
+    @property
+    def total_backlog(self) -> int:
+        return sum(q.backlog for q in self.queues)
+
+
+def _children(conn: Connection, path: str, deadline: float | None) -> list[str]:
+    return sorted(conn.children(path, deadline) or [])
+
+
+def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStats:
+    """Read the whole layout once (pipelined where it can be)."""
+    kazoo = conn.kazoo
+    clients = _children(conn, layout.clients, deadline)
+    topic_names = _children(conn, layout.subscribers, deadline)
+    sub_requests = [(t, kazoo.get_children_async(layout.topic(t))) for t in topic_names]
+    topics: dict[str, tuple[str, ...]] = {}
+    for topic, request in sub_requests:
+        try:
+            topics[topic] = tuple(sorted(conn.result(request, deadline, "list subscribers")))
+        except NoNodeError:
+            continue
+    owners = _children(conn, layout.messages, deadline)
+    queue_requests = [
+        (cid, kazoo.get_children_async(layout.client_messages(cid))) for cid in owners
+    ]
+    stat_requests = []
+    for cid, request in queue_requests:
+        try:
+            names = conn.result(request, deadline, "list queues")
+        except NoNodeError:
+            continue
+        for topic in sorted(names):
+            stat_requests.append((cid, topic, kazoo.exists_async(layout.queue(cid, topic))))
+    live = set(clients)
+    queues = []
+    for cid, topic, request in stat_requests:
+        stat = conn.result(request, deadline, "queue stat")
+        if stat is None:
+            continue
+        queues.append(
+            QueueStats(cid, topic, stat.numChildren, cid in live, cid in topics.get(topic, ()))
+        )
+    candidates = len(_children(conn, layout.candidates, deadline))
+    return BusStats(layout.root_path, tuple(clients), topics, tuple(queues), candidates)

@@ -1,0 +1,31 @@
+"""Real ZooKeeper for tests: local processes, fault controls and fixtures.
+
+``ZooKeeperCluster(1)`` is a standalone server, ``ZooKeeperCluster(3)`` an
+ensemble, all on free ports of 127.0.0.1. ``expire_session`` ends a
+client's session on the server. The pytest fixtures live in
+``zkpubsub.testing.fixtures`` (``pytest_plugins = ["zkpubsub.testing.fixtures"]``).
+"""
+
+from .server import (
+    ServerFailed,
+    ZooKeeperCluster,
+    ZooKeeperNode,
+    ZooKeeperNotFound,
+    find_classpath,
+    four_letter,
+    free_ports,
+    running_zookeeper,
+)
+from .sessions import expire_session
+
+__all__ = [
+    "ServerFailed",
+    "ZooKeeperCluster",
+    "ZooKeeperNode",
+    "ZooKeeperNotFound",
+    "expire_session",
+    "find_classpath",
+    "four_letter",
+    "free_ports",
+    "running_zookeeper",
+]

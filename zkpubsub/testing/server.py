@@ -1,0 +1,443 @@
+"""Real ZooKeeper servers as local processes, for tests, demos and benchmarks.
+
+A :class:`ZooKeeperCluster` is a standalone server (``size=1``) or an
+N-node ensemble, every port a free one on 127.0.0.1. Each node can be
+stopped, killed with SIGKILL, paused with SIGSTOP, resumed, restarted and
+have its data wiped; the cluster finds its leader.
+
+The server comes from an installed ZooKeeper: Debian's ``zookeeper``
+package (``/usr/share/java/zookeeper.jar``), a release unpacked at
+``$ZOOKEEPER_HOME``, or an explicit class path in
+``$ZKPUBSUB_ZOOKEEPER_CLASSPATH``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+CLASSPATH_ENV: Final = "ZKPUBSUB_ZOOKEEPER_CLASSPATH"
+JAVA_OPTS_ENV: Final = "ZKPUBSUB_ZOOKEEPER_JAVA_OPTS"
+LOG_LEVEL_ENV: Final = "ZKPUBSUB_ZOOKEEPER_LOG_LEVEL"
+DEBIAN_JAR: Final = "/usr/share/java/zookeeper.jar"
+DEBIAN_LOGGER: Final = "/usr/share/java/slf4j-simple.jar"
+MAIN_CLASS: Final = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+INSTALL_HINT: Final = (
+    "install ZooKeeper (Debian: apt-get install -y zookeeper), or set "
+    f"${CLASSPATH_ENV} to its class path, or $ZOOKEEPER_HOME to an unpacked release"
+)
+
+_LIVE: weakref.WeakSet[ZooKeeperNode] = weakref.WeakSet()
+
+
+class ZooKeeperNotFound(RuntimeError):
+    """No ZooKeeper installation (or no java) was found."""
+
+
+class ServerFailed(RuntimeError):
+    """A ZooKeeper process exited or did not start serving in time."""
+
+
+def find_classpath() -> str:
+    """The Java class path of an installed ZooKeeper server."""
+    explicit = os.environ.get(CLASSPATH_ENV)
+    if explicit:
+        return explicit
+    home = os.environ.get("ZOOKEEPER_HOME")
+    if home:
+        jars = sorted(glob.glob(os.path.join(home, "lib", "*.jar")))
+        jars += sorted(glob.glob(os.path.join(home, "zookeeper-*.jar")))
+        if jars:
+            return os.pathsep.join(jars)
+    if os.path.exists(DEBIAN_JAR):
+        # The jar's manifest names its dependencies; add a logging binding.
+        parts = [DEBIAN_JAR]
+        if os.path.exists(DEBIAN_LOGGER):
+            parts.append(DEBIAN_LOGGER)
+        return os.pathsep.join(parts)
+    raise ZooKeeperNotFound(f"no ZooKeeper server found: {INSTALL_HINT}")
+
+
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.path.exists(os.path.join(java_home, "bin", "java")):
+        return os.path.join(java_home, "bin", "java")
+    java = shutil.which("java")
+    if java is None:
+        raise ZooKeeperNotFound(f"no java on PATH: {INSTALL_HINT}")
+    return java
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def four_letter(host: str, port: int, command: str, timeout: float = 2.0) -> str:
+    """Send a four-letter-word command (``srvr``, ``mntr``, ``ruok``…)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(command.encode())
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+class ZooKeeperNode:
+    """One ZooKeeper server process."""
+
+    def __init__(
+        self,
+        myid: int,
+        directory: Path,
+        client_port: int,
+        peer_port: int,
+        election_port: int,
+        *,
+        java_opts: list[str],
+        classpath: str,
+    ) -> None:
+        self.myid = myid
+        self.directory = directory
+        self.data_dir = directory / "data"
+        self.log_path = directory / "server.log"
+        self.config_path = directory / "zoo.cfg"
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.election_port = election_port
+        self.java_opts = java_opts
+        self.classpath = classpath
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        _LIVE.add(self)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def write_config(self, settings: dict[str, str], servers: list[str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={v}" for k, v in settings.items()]
+        lines += [f"dataDir={self.data_dir}", f"clientPort={self.client_port}"]
+        lines += servers
+        self.config_path.write_text("\n".join(lines) + "\n")
+        if servers:
+            (self.data_dir / "myid").write_text(f"{self.myid}\n")
+
+    def start(self) -> None:
+        if self.running:
+            return
+        java = find_java()
+        level = os.environ.get(LOG_LEVEL_ENV, "info")
+        cmd = [
+            java,
+            *self.java_opts,
+            "-Dzookeeper.admin.enableServer=false",
+            f"-Dorg.slf4j.simpleLogger.defaultLogLevel={level}",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-cp",
+            self.classpath,
+            MAIN_CLASS,
+            str(self.config_path),
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.directory,
+            )
+        finally:
+            log.close()
+        self.paused = False
+
+    def _signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to peers or clients."""
+        if self.process is None:
+            return
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.paused = False
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process is None:
+            return
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes with its sockets open."""
+        self._signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.paused = False
+
+    def wipe(self) -> None:
+        """Delete the node's snapshots and logs (keeps ``myid``); stop it first."""
+        if self.running:
+            raise RuntimeError("stop the node before wiping its data")
+        for child in self.data_dir.iterdir():
+            if child.name == "myid":
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def command(self, word: str, timeout: float = 2.0) -> str:
+        return four_letter("127.0.0.1", self.client_port, word, timeout)
+
+    def mode(self) -> str | None:
+        """``leader``, ``follower``, ``standalone`` or ``None`` if not serving."""
+        if not self.running or self.paused:
+            return None
+        try:
+            out = self.command("srvr", timeout=1.0)
+        except OSError:
+            return None
+        for line in out.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else ("running" if self.running else "stopped")
+        return f"<ZooKeeperNode {self.myid} {self.address} {state}>"
+
+
+class ZooKeeperCluster:
+    """A standalone ZooKeeper (``size=1``) or an ensemble on 127.0.0.1.
+
+    ``tick_time`` is in milliseconds; sessions may then last from two ticks
+    up to ``max_session_timeout`` seconds. ``settings`` are extra ``zoo.cfg``
+    lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). Use as a
+    context manager or call ``start()`` / ``close()``.
+    """
+
+    def __init__(
+        self,
+        size: int = 1,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        tick_time: int = 200,
+        max_session_timeout: float = 60.0,
+        java_opts: list[str] | None = None,
+        settings: dict[str, str] | None = None,
+        classpath: str | None = None,
+        client_ports: list[int] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("an ensemble needs at least one node")
+        if client_ports is not None and len(client_ports) != size:
+            raise ValueError("give one client port per node")
+        self.size = size
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zkpubsub-zk-"))
+        self.tick_time = tick_time
+        opts = java_opts
+        if opts is None:
+            opts = os.environ.get(JAVA_OPTS_ENV, "-Xmx384m -XX:+UseSerialGC").split()
+        self.classpath = classpath or find_classpath()
+        ports = free_ports(3 * size)
+        for i, port in enumerate(client_ports or []):
+            ports[3 * i] = port
+        self.nodes = [
+            ZooKeeperNode(
+                i + 1,
+                self.base_dir / f"node{i + 1}",
+                ports[3 * i],
+                ports[3 * i + 1],
+                ports[3 * i + 2],
+                java_opts=list(opts),
+                classpath=self.classpath,
+            )
+            for i in range(size)
+        ]
+        cfg = {
+            "tickTime": str(tick_time),
+            "initLimit": str(max(10, 10_000 // tick_time)),
+            "syncLimit": str(max(5, 5_000 // tick_time)),
+            "clientPortAddress": "127.0.0.1",
+            "admin.enableServer": "false",
+            "4lw.commands.whitelist": "*",
+            "minSessionTimeout": str(2 * tick_time),
+            "maxSessionTimeout": str(int(max_session_timeout * 1000)),
+            "maxClientCnxns": "0",
+            "autopurge.purgeInterval": "0",
+        }
+        if size > 1:
+            cfg["standaloneEnabled"] = "false"
+            cfg["reconfigEnabled"] = "false"
+            cfg["electionPortBindRetry"] = "0"
+        cfg.update(settings or {})
+        servers = (
+            [
+                f"server.{n.myid}=127.0.0.1:{n.peer_port}:{n.election_port};127.0.0.1:{n.client_port}"
+                for n in self.nodes
+            ]
+            if size > 1
+            else []
+        )
+        for node in self.nodes:
+            node.write_config(cfg, servers)
+        self._closed = False
+
+    # -- whole cluster ---------------------------------------------------------------
+
+    @property
+    def hosts(self) -> str:
+        """The connection string naming every node."""
+        return ",".join(n.address for n in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> ZooKeeperCluster:
+        for node in self.nodes:
+            node.start()
+        self.wait_serving(timeout=timeout)
+        return self
+
+    def wait_serving(self, nodes: list[ZooKeeperNode] | None = None, timeout: float = 60.0) -> None:
+        """Wait until every given node (default: every running one) serves."""
+        targets = nodes if nodes is not None else [n for n in self.nodes if n.running]
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [n for n in targets if n.mode() is None]
+            if not waiting:
+                return
+            for n in waiting:
+                if not n.running:
+                    raise ServerFailed(f"{n!r} exited:\n{n.log_tail()}")
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n!r}\n{n.log_tail(15)}" for n in waiting)
+                raise ServerFailed(f"ZooKeeper not serving after {timeout:g}s:\n{tails}")
+            time.sleep(0.1)
+
+    def wait_quorum(self, timeout: float = 60.0) -> ZooKeeperNode:
+        """Wait until some node leads (or serves standalone); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.leader()
+            if leader is not None:
+                return leader
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"no leader after {timeout:g}s")
+            time.sleep(0.1)
+
+    def leader(self) -> ZooKeeperNode | None:
+        """The node that reports ``Mode: leader`` (or the standalone server)."""
+        for node in self.nodes:
+            if node.mode() in ("leader", "standalone"):
+                return node
+        return None
+
+    def followers(self) -> list[ZooKeeperNode]:
+        return [n for n in self.nodes if n.mode() == "follower"]
+
+    def node(self, myid: int) -> ZooKeeperNode:
+        return self.nodes[myid - 1]
+
+    def restart(self, node: ZooKeeperNode, *, kill: bool = False, wipe: bool = False) -> None:
+        """Stop (or kill), optionally wipe, start again and wait until it serves."""
+        if kill:
+            node.kill()
+        else:
+            node.stop()
+        if wipe:
+            node.wipe()
+        node.start()
+        self.wait_serving([node])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for node in self.nodes:
+            node.kill()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> ZooKeeperCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ZooKeeperCluster size={self.size} hosts={self.hosts}>"
+
+
+@contextlib.contextmanager
+def running_zookeeper(size: int = 1, **kwargs: object) -> Iterator[ZooKeeperCluster]:
+    """``with running_zookeeper(3) as zk: Client(zk.hosts)``."""
+    cluster = ZooKeeperCluster(size, **kwargs)  # type: ignore[arg-type]
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _kill_leftovers() -> None:
+    for node in list(_LIVE):
+        with contextlib.suppress(Exception):
+            node.kill()
+
+
+atexit.register(_kill_leftovers)

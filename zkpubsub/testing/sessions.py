@@ -1,0 +1,63 @@
+"""Real session expiry, done on the server.
+
+kazoo's own test helpers only fake an expiry on the client side (the old
+session's ephemeral nodes stay). Here a second connection takes over the
+session with its id and password and closes it: the server ends the
+session, deletes its ephemeral nodes and fires their watches, and the
+original client finds its session expired when it reconnects.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
+
+from ..client import Client
+from ..state import ClientState
+
+
+def expire_session(
+    target: Client | tuple[int, bytes],
+    hosts: str | None = None,
+    *,
+    timeout: float = 15.0,
+    wait: bool = True,
+) -> None:
+    """Expire ``target``'s session on the server.
+
+    ``target`` is a :class:`~zkpubsub.Client` or a ``(session_id, password)``
+    pair. With ``wait`` and a Client, return once the client has noticed and
+    registered again on a new session (its state is CONNECTED again).
+    """
+    if isinstance(target, Client):
+        creds = target._session_credentials()
+        hosts = hosts or target.config.hosts
+        old_session = creds[0] if creds else None
+    else:
+        creds, old_session = target, target[0]
+    if creds is None:
+        raise RuntimeError("the client has no live session to expire")
+    if hosts is None:
+        raise ValueError("hosts is needed with a bare session id")
+    thief = KazooClient(
+        hosts=hosts,
+        client_id=creds,
+        timeout=10.0,
+        connection_retry=KazooRetry(max_tries=20, delay=0.1, max_delay=1.0),
+    )
+    try:
+        thief.start(timeout=timeout)
+        thief.stop()
+    finally:
+        thief.close()
+    if not (wait and isinstance(target, Client)):
+        return
+    deadline = time.monotonic() + timeout + target.config.session_timeout
+    while time.monotonic() < deadline:
+        creds = target._session_credentials()
+        if creds is not None and creds[0] != old_session and target.status == ClientState.CONNECTED:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the client did not register again on a new session in time")
