@@ -19,6 +19,11 @@ Safety, enforced by the server in every deleting transaction:
 * Large queues are deleted in bounded transactions. The first one writes
   ``purging/<id>``; a client that comes back while that marker exists is told
   through its gap listeners that part of its backlog is gone.
+
+It also removes ``subscribers/<topic>`` nodes left empty for the grace
+period, and publish receipts older than ``receipt_ttl`` by the server's
+clock (their writer normally deletes them at once; these are a crashed
+writer's).
 """
 
 from __future__ import annotations
@@ -147,13 +152,16 @@ class CleanerStats:
     nodes_removed: int
     clients_removed: int
     topics_removed: int
+    receipts_removed: int
     elections_won: int
 
 
 class Cleaner:
     """One candidate in the cleaner election. Made by ``Client.start_cleaner``."""
 
-    def __init__(self, client: Client, *, grace: float | None, interval: float) -> None:
+    def __init__(
+        self, client: Client, *, grace: float | None, interval: float, receipt_ttl: float = 600.0
+    ) -> None:
         session_timeout = client.config.session_timeout
         self.grace = float(grace) if grace is not None else max(60.0, 2 * session_timeout)
         if self.grace < 0:
@@ -161,6 +169,9 @@ class Cleaner:
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
         self.interval = float(interval)
+        if not receipt_ttl > 0:
+            raise ValueError(f"receipt_ttl must be > 0 seconds, not {receipt_ttl!r}")
+        self.receipt_ttl = float(receipt_ttl)
         self._client = client
         self._conn = client._conn
         self._layout = client._layout
@@ -176,6 +187,7 @@ class Cleaner:
             nodes_removed=0,
             clients_removed=0,
             topics_removed=0,
+            receipts_removed=0,
             elections_won=0,
         )
         self._thread = threading.Thread(
@@ -376,6 +388,7 @@ class Cleaner:
                 self._purge(me, cid)
                 absent_since.pop(cid, None)
         self._sweep_topics(me, empty_since)
+        self._sweep_receipts(me)
 
     def _purge(self, me: str, cid: str) -> None:
         conn, layout = self._conn, self._layout
@@ -469,3 +482,37 @@ class Cleaner:
         for topic in list(empty_since):
             if topic not in empty:
                 del empty_since[topic]
+
+    def _server_time_ms(self, deadline: float | None) -> int:
+        """The server's clock, read from the mtime of a node we just wrote."""
+        conn, clock = self._conn, self._layout.clock
+        kazoo = conn.kazoo
+        try:
+            stat = conn.call(lambda: kazoo.set_async(clock, b""), deadline, "read server clock")
+        except NoNodeError:
+            conn.ensure_path(clock, deadline)
+            stat = conn.call(lambda: kazoo.set_async(clock, b""), deadline, "read server clock")
+        return int(stat.mtime)
+
+    def _sweep_receipts(self, me: str) -> None:
+        """Delete receipts older than ``receipt_ttl`` (a writer's leftovers)."""
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        deadline = self._deadline()
+        names = conn.children(layout.receipts, deadline)
+        if not names:
+            return
+        now_ms = self._server_time_ms(deadline)
+        requests = [(n, kazoo.exists_async(join(layout.receipts, n))) for n in names]
+        old = []
+        for name, request in requests:
+            stat = conn.result(request, deadline, "receipt stat")
+            if stat is not None and now_ms - stat.ctime > self.receipt_ttl * 1000:
+                old.append(join(layout.receipts, name))
+
+        def fence(txn: Any) -> int:
+            txn.check(me, 0)
+            return 1
+
+        for i in range(0, len(old), DELETE_BATCH):
+            removed = _delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False)
+            self._count("receipts_removed", removed)

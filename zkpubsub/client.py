@@ -330,17 +330,21 @@ class Client:
         *,
         grace: float | None = None,
         interval: float = 30.0,
+        receipt_ttl: float = 600.0,
     ) -> Cleaner:
         """Host the cleaner on this client: it joins the election and, while it
         leads, deletes the queues of clients gone for longer than ``grace``
-        seconds (default: the larger of 60 s and twice the session timeout).
-        Idempotent: returns the running cleaner."""
+        seconds (default: the larger of 60 s and twice the session timeout),
+        topics left without subscribers as long, and publish receipts older
+        than ``receipt_ttl``. Idempotent: returns the running cleaner."""
         from .cleaner import Cleaner
 
         self._check_open()
         with self._lock:
             if self._cleaner is None or self._cleaner.stopped:
-                self._cleaner = Cleaner(self, grace=grace, interval=interval)
+                self._cleaner = Cleaner(
+                    self, grace=grace, interval=interval, receipt_ttl=receipt_ttl
+                )
                 self._cleaner.start()
             return self._cleaner
 
@@ -370,6 +374,7 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
             cleaner.stop()
+        self._publisher.janitor.flush()
         self._events.put(None)
         self._conn.stop()
         if threading.current_thread() is not self._supervisor:

@@ -20,8 +20,10 @@ DEFAULT_PREFETCH: Final = 1000
 # Bytes one create operation adds to a transaction besides its path and data
 # (multi header, length prefixes, the open ACL, flags).
 CREATE_OP_OVERHEAD: Final = 64
-# Deepest node path below the root: messages/<id>/<topic>/m<guid>-<seq>.
+# Deepest node path below the root (messages/<id>/<topic>/m<guid>-<seq>),
+# plus the check and receipt operations every publish transaction carries.
 _MAX_PATH_BELOW_ROOT: Final = 2 * MAX_NAME_LENGTH + 64
+_PUBLISH_FIXED_OPS: Final = 2 * MAX_NAME_LENGTH + 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,11 @@ class ClientConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         one_create = (
-            self.max_message_bytes + len(self.root) + _MAX_PATH_BELOW_ROOT + CREATE_OP_OVERHEAD
+            self.max_message_bytes
+            + 2 * len(self.root)
+            + _MAX_PATH_BELOW_ROOT
+            + CREATE_OP_OVERHEAD
+            + _PUBLISH_FIXED_OPS
         )
         if one_create > self.max_transaction_bytes:
             raise ValueError(

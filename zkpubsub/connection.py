@@ -221,3 +221,7 @@ class Connection:
         """Bring this client's server up to date with the leader."""
         kazoo = self.kazoo
         self.call(lambda: kazoo.sync_async(path), deadline, f"sync {path}")
+
+    def exists(self, path: str, deadline: float | None) -> bool:
+        kazoo = self.kazoo
+        return self.call(lambda: kazoo.exists_async(path), deadline, f"stat {path}") is not None

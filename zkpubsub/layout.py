@@ -13,8 +13,13 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 envelope (one or more messages)
     <root>/purging/<client id>                  persistent, while the cleaner
                                                 deletes a dead client's queues
+    <root>/receipts/<guid>                      persistent, written in the same
+                                                transaction as a publish; proves
+                                                it happened after a lost answer
     <root>/cleaner/candidates/c<guid>-<seq>     ephemeral sequential, cleaner
                                                 election; lowest leads
+    <root>/cleaner/clock                        the cleaner writes it to read
+                                                the server's time (its mtime)
 
 Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
 ``%010d``; they wrap to negative numbers, so order is taken from the parsed
@@ -107,8 +112,10 @@ class Layout:
         "candidates",
         "cleaner",
         "clients",
+        "clock",
         "messages",
         "purging",
+        "receipts",
         "root",
         "subscribers",
         "work",
@@ -120,8 +127,10 @@ class Layout:
         self.subscribers = f"{self.root}/subscribers"
         self.messages = f"{self.root}/messages"
         self.purging = f"{self.root}/purging"
+        self.receipts = f"{self.root}/receipts"
         self.cleaner = f"{self.root}/cleaner"
         self.candidates = f"{self.cleaner}/candidates"
+        self.clock = f"{self.cleaner}/clock"
         self.work = f"{self.root}/queues"
 
     @property
@@ -130,7 +139,14 @@ class Layout:
 
     def base_paths(self) -> tuple[str, ...]:
         """The persistent nodes every client makes sure exist."""
-        return (self.clients, self.subscribers, self.messages, self.purging, self.candidates)
+        return (
+            self.clients,
+            self.subscribers,
+            self.messages,
+            self.purging,
+            self.receipts,
+            self.candidates,
+        )
 
     def client(self, client_id: str) -> str:
         return f"{self.clients}/{client_id}"
@@ -153,6 +169,9 @@ class Layout:
 
     def purge_marker(self, client_id: str) -> str:
         return f"{self.purging}/{client_id}"
+
+    def receipt(self, guid: str) -> str:
+        return f"{self.receipts}/{guid}"
 
     def candidate_prefix(self, guid: str) -> str:
         return f"{self.candidates}/c{guid}-"

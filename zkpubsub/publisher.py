@@ -13,9 +13,11 @@ Guarantees, each kept by the server rather than by a cache:
   confirmed with ``sync`` before zero is returned.
 * A queue deleted mid-publish (its client is gone) is dropped from the
   retry instead of failing the publish.
-* Message nodes carry a per-publish guid in their name. After a connection
-  loss the queues are searched for it (after a ``sync``) before anything is
-  written again, so a retry never duplicates a message.
+* Each transaction has a guid, in its message node names and in a receipt
+  node ``receipts/<guid>`` created in the same transaction. After a
+  connection loss the receipt is looked up (after a ``sync``) before anything
+  is written again, so a retry never duplicates a message, even one every
+  subscriber has already consumed.
 * A fan-out too large for one transaction is split into several; each part
   is atomic and checks the topic version, so every entitled subscriber is
   still reached, but another publisher's message may then land between two
@@ -50,6 +52,7 @@ from .errors import (
 )
 from .layout import Layout, new_guid, validate_name
 from .message import PublishReceipt
+from .receipts import ReceiptJanitor
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CHECK_OP_OVERHEAD = 32
+_LONGEST_QUEUE_PATH_EXTRA = 300  # client id (<= 200) and the node name
 _SKIPPED = (RolledBackError, RuntimeInconsistency)
 
 
@@ -82,6 +86,8 @@ class Publisher:
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
+        self.janitor = ReceiptJanitor(conn)
+        self.lookups = 0  # transactions whose answer was lost and were looked up
 
     # -- building nodes ---------------------------------------------------
 
@@ -193,13 +199,20 @@ class Publisher:
         return PublishReceipt(tuple(ids), len(reached), topic, transactions)
 
     def _op_size(self, topic: str, data: bytes) -> int:
-        # the longest queue path this topic can have (client ids are bounded)
-        return len(data) + len(self._layout.messages) + len(topic) + 300 + CREATE_OP_OVERHEAD
+        """Bytes one message create adds (for the longest possible queue path)."""
+        path = len(self._layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
+        return len(data) + path + CREATE_OP_OVERHEAD
+
+    def _budget(self, topic: str) -> int:
+        """Bytes left for message creates once the check and receipt are in."""
+        check = len(self._layout.topic(topic)) + _CHECK_OP_OVERHEAD
+        receipt = len(self._layout.receipts) + 16 + len(self._publisher_id) + CREATE_OP_OVERHEAD
+        return self._config.max_transaction_bytes - check - receipt
 
     def _rounds(self, topic: str, nodes: list[bytes]) -> list[list[bytes]]:
         """Groups of nodes small enough that one subscriber's share fits in a
         transaction. Usually a single group."""
-        budget = self._config.max_transaction_bytes - _CHECK_OP_OVERHEAD - len(topic) - 300
+        budget = self._budget(topic)
         rounds: list[list[bytes]] = []
         current: list[bytes] = []
         used = 0
@@ -217,15 +230,13 @@ class Publisher:
     def _chunks(self, topic: str, targets: list[str], nodes: list[bytes]) -> list[list[str]]:
         """Subscribers grouped so each group's transaction fits the limit."""
         per_subscriber = sum(self._op_size(topic, d) for d in nodes)
-        budget = self._config.max_transaction_bytes - _CHECK_OP_OVERHEAD - len(topic) - 300
-        per_txn = max(1, budget // per_subscriber)
+        per_txn = max(1, self._budget(topic) // per_subscriber)
         return [targets[i : i + per_txn] for i in range(0, len(targets), per_txn)]
 
     def _fan_out(
         self, topic: str, nodes: list[bytes], deadline: float | None
     ) -> tuple[set[str], int]:
         """Write ``nodes`` (in order) to every subscriber; returns who got them."""
-        guid = new_guid()
         reached: set[str] = set()
         dropped: set[str] = set()
         view = self.view(topic, deadline)
@@ -244,7 +255,7 @@ class Publisher:
                 continue
             assert view.version is not None
             for chunk in self._chunks(topic, targets, nodes):
-                outcome, culprit = self._commit(topic, view.version, chunk, nodes, guid, deadline)
+                outcome, culprit = self._commit(topic, view.version, chunk, nodes, deadline)
                 transactions += 1
                 if outcome == "ok":
                     reached.update(chunk)
@@ -264,7 +275,6 @@ class Publisher:
         version: int,
         chunk: list[str],
         nodes: list[bytes],
-        guid: str,
         deadline: float | None,
     ) -> tuple[str, str]:
         """One fan-out transaction, exactly once. Returns ``("ok", "")``,
@@ -272,11 +282,14 @@ class Publisher:
         subscriber's queue no longer exists)."""
         conn, layout = self._conn, self._layout
         topic_path = layout.topic(topic)
+        guid = new_guid()
+        receipt = layout.receipt(guid)
         owners: list[str] = []
         while True:
             conn.wait_connected(deadline, f"publish to {topic!r}")
             txn = conn.kazoo.transaction()
             txn.check(topic_path, version)
+            txn.create(receipt, self._publisher_id.encode())
             owners.clear()
             for sub in chunk:
                 prefix = layout.message_prefix(layout.queue(sub, topic), guid)
@@ -287,7 +300,10 @@ class Publisher:
                 results = conn.result(txn.commit_async(), deadline, f"publish to {topic!r}")
             except ConnectionLost:
                 # It may or may not have been applied: look before writing again.
-                if self._landed(topic, chunk, guid, deadline):
+                self.lookups += 1
+                conn.sync(receipt, deadline)
+                if conn.exists(receipt, deadline):
+                    self.janitor.add(receipt)
                     return "ok", ""
                 continue
             failures = [
@@ -296,24 +312,13 @@ class Publisher:
                 if isinstance(r, Exception) and not isinstance(r, _SKIPPED)
             ]
             if not failures:
+                self.janitor.add(receipt)
                 return "ok", ""
             index, error = failures[0]
             if index == 0 and isinstance(error, (BadVersionError, NoNodeError)):
                 return "stale", ""
-            if index > 0 and isinstance(error, NoNodeError):
-                gone = owners[index - 1]
+            if index > 1 and isinstance(error, NoNodeError):
+                gone = owners[index - 2]
                 logger.debug("queue of %s for %r is gone; dropping it", gone, topic)
                 return "gone", gone
             raise ZooKeeperError(f"publish to {topic!r}: {type(error).__name__}")
-
-    def _landed(self, topic: str, chunk: list[str], guid: str, deadline: float | None) -> bool:
-        """Whether a transaction with ``guid`` was applied (any queue tells)."""
-        conn, layout = self._conn, self._layout
-        marker = f"m{guid}-"
-        for sub in chunk:
-            path = layout.queue(sub, topic)
-            conn.sync(path, deadline)
-            names = conn.children(path, deadline)
-            if names is not None:
-                return any(name.startswith(marker) for name in names)
-        return False
