@@ -44,6 +44,7 @@ from kazoo.exceptions import (
     RolledBackError,
     RuntimeInconsistency,
 )
+from kazoo.protocol.states import KazooState
 
 from .connection import Connection, deadline_after
 from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError, ZooKeeperError
@@ -193,6 +194,14 @@ class Cleaner:
         self._thread = threading.Thread(
             target=self._run, name=f"zkpubsub-cleaner-{client.client_id[:12]}", daemon=True
         )
+        self._conn.add_state_listener(self._on_state)
+
+    def _on_state(self, state: KazooState) -> None:  # kazoo's thread: flags only
+        if state != KazooState.CONNECTED:
+            # Not reachable, perhaps no longer the leader: say so at once. The
+            # fence in every transaction is what keeps deletes safe meanwhile.
+            self._leading.clear()
+        self._wake.set()
 
     # -- public -----------------------------------------------------------------
 
@@ -224,6 +233,7 @@ class Cleaner:
         """Leave the election (a standby takes over). Idempotent."""
         self._stop.set()
         self._wake.set()
+        self._conn.remove_state_listener(self._on_state)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -332,14 +342,19 @@ class Cleaner:
         empty_since: dict[str, tuple[int, float]] = {}
         last = 0.0
         try:
-            while not self._stop.is_set():
-                if self._conn.session_id != self._candidate_session:
-                    return
+            while True:
                 pause = MIN_SWEEP_GAP - (time.monotonic() - last)
                 if pause > 0:
                     self._stop.wait(pause)
-                last = time.monotonic()
+                # stop() sets _stop before _wake: checking after clear() misses nothing
                 self._wake.clear()
+                if self._stop.is_set() or self._conn.session_id != self._candidate_session:
+                    return
+                if not self._conn.connected.is_set():
+                    self._conn.wait_connected(self._deadline(), "cleaner")
+                    continue
+                self._leading.set()
+                last = time.monotonic()
                 self._sweep(me, absent_since, empty_since)
                 self._count("sweeps")
                 starts = [*absent_since.values(), *(t for _, t in empty_since.values())]

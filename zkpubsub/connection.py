@@ -123,6 +123,10 @@ class Connection:
         """``listener`` runs on kazoo's thread and must only hand off work."""
         self._listeners.append(listener)
 
+    def remove_state_listener(self, listener: Callable[[KazooState], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def start(self, timeout: float) -> None:
         try:
             self.kazoo.start(timeout=timeout)

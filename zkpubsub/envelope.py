@@ -113,7 +113,9 @@ def encoded_size(entry: Entry) -> int:
     return len(msgpack.packb(_entry_map(entry), use_bin_type=True))
 
 
-ENVELOPE_OVERHEAD: Final = len(encode([])) + 4
+EMPTY_ENVELOPE: Final = len(encode([]))
+# A batch's message array header grows by up to 4 bytes with its length.
+ENVELOPE_OVERHEAD: Final = EMPTY_ENVELOPE + 4
 
 
 def decode(data: bytes) -> list[Entry]:

@@ -114,8 +114,9 @@ class Publisher:
         size = envelope.ENVELOPE_OVERHEAD
         for entry in entries:
             entry_size = envelope.encoded_size(entry)
-            if envelope.ENVELOPE_OVERHEAD + entry_size > limit:
-                raise PayloadTooLarge(envelope.ENVELOPE_OVERHEAD + entry_size, limit)
+            alone = envelope.EMPTY_ENVELOPE + entry_size  # exact size of a one-message node
+            if alone > limit:
+                raise PayloadTooLarge(alone, limit)
             if group and size + entry_size > limit:
                 nodes.append(envelope.encode(group))
                 group, size = [], envelope.ENVELOPE_OVERHEAD

@@ -1,0 +1,52 @@
+"""Small synchronisation helpers for tests: wait for conditions, never sleep blindly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from zkpubsub import Message
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Collector:
+    """A handler that records messages; ``wait(n)`` blocks until n arrived."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, message: Message) -> None:
+        with self._cond:
+            self.messages.append(message)
+            self._cond.notify_all()
+
+    @property
+    def payloads(self) -> list[Any]:
+        with self._cond:
+            return [m.payload for m in self.messages]
+
+    def wait(self, count: int, timeout: float = 20.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"got {len(self.messages)} of {count} messages in {timeout}s"
+                    )
+                self._cond.wait(left)
+            return [m.payload for m in self.messages]

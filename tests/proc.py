@@ -1,0 +1,42 @@
+"""A zkpubsub client in its own process, for tests that kill it with SIGKILL.
+
+    python -m tests.proc HOSTS ROOT CLIENT_ID ROLE [TOPIC]
+
+ROLE ``hang-subscriber``: subscribe to TOPIC and, for the first message,
+print ``got <message id> <payload>`` and then block inside the handler, so
+the message is never acknowledged. ROLE ``cleaner``: host a cleaner and
+print ``leader`` once it leads. Each prints ``ready`` when set up.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from zkpubsub import Client, Message
+
+
+def main() -> None:
+    hosts, root, client_id, role = sys.argv[1:5]
+    client = Client(hosts, root=root, client_id=client_id, session_timeout=2.0)
+    if role == "hang-subscriber":
+        topic = sys.argv[5]
+
+        def handler(msg: Message) -> None:
+            print("got", msg.id, msg.payload, flush=True)
+            threading.Event().wait()  # never returns: the node stays
+
+        client.subscribe(topic, handler)
+        print("ready", flush=True)
+    elif role == "cleaner":
+        cleaner = client.start_cleaner(grace=1.0, interval=0.5)
+        print("ready", flush=True)
+        if cleaner.wait_leader(60):
+            print("leader", flush=True)
+    else:
+        raise SystemExit(f"unknown role {role}")
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

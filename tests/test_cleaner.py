@@ -1,0 +1,203 @@
+"""The elected cleaner on a real ZooKeeper."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Client, Gap
+from zkpubsub.cleaner import _Refused
+from zkpubsub.layout import Layout
+from zkpubsub.testing import expire_session
+
+from .helpers import Collector, wait_until
+from .procs import Child
+
+MakeClient = Callable[..., Client]
+
+
+def queue_exists(raw: KazooClient, root: str, client_id: str, topic: str) -> bool:
+    return raw.exists(Layout(root).queue(client_id, topic)) is not None
+
+
+def test_a_dead_clients_queue_goes_after_the_grace_and_not_before(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    host = make_client()
+    live = make_client(client_id="live")
+    live.subscribe("t")
+    doomed = make_client(client_id="doomed")
+    doomed.subscribe("t")
+    host.publish_many("t", range(10))
+    cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    doomed.close()  # its session ends: /clients/doomed is gone now
+    gone_at = time.monotonic()
+    time.sleep(1.5)
+    assert queue_exists(raw_zk, zk_root, "doomed", "t"), "deleted within the grace"
+    wait_until(lambda: not queue_exists(raw_zk, zk_root, "doomed", "t"), 20, "dead queue removed")
+    assert time.monotonic() - gone_at >= 3.0
+    assert raw_zk.exists(Layout(zk_root).client_messages("doomed")) is None
+    assert raw_zk.exists(Layout(zk_root).purge_marker("doomed")) is None
+    stats = wait_until(lambda: (s := cleaner.stats()).clients_removed and s, what="counted")
+    assert stats.queues_removed == 1
+    assert stats.nodes_removed == 1  # publish_many packed 10 messages in one node
+    assert stats.clients_removed == 1
+    time.sleep(1.0)  # several more sweeps
+    assert queue_exists(raw_zk, zk_root, "live", "t"), "a live queue was deleted"
+    assert raw_zk.exists(Layout(zk_root).queue(host.client_id, "t")) is None
+
+
+def test_a_durable_subscriber_back_within_the_grace_keeps_its_backlog(
+    make_client: MakeClient,
+) -> None:
+    host = make_client()
+    cleaner = host.start_cleaner(grace=30.0, interval=0.2)
+    assert cleaner.wait_leader(20)
+    billing = make_client(client_id="billing-cache")
+    billing.subscribe("invoices")
+    for i in range(5):
+        host.publish("invoices", i)
+    billing.close()
+    time.sleep(1.5)  # the leader sweeps several times meanwhile
+    assert cleaner.stats().sweeps >= 3
+    collector = Collector()
+    make_client(client_id="billing-cache").subscribe("invoices", collector)
+    assert collector.wait(5) == [0, 1, 2, 3, 4]
+    assert cleaner.stats().queues_removed == 0
+
+
+def test_a_standby_takes_over_when_the_leaders_process_dies(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    with Child(zk_hosts, zk_root, "first-cleaner", "cleaner") as child:
+        child.expect("leader")
+        standby_host = make_client()
+        standby = standby_host.start_cleaner(grace=1.0, interval=0.3)
+        time.sleep(1.0)
+        assert not standby.is_leader
+        # a client whose queue needs cleaning once someone leads
+        orphan = make_client(client_id="orphan")
+        orphan.subscribe("t")
+        child.kill()
+    orphan.close()
+    assert standby.wait_leader(20), "the standby never took over"
+    wait_until(lambda: not queue_exists(raw_zk, zk_root, "orphan", "t"), 20, "cleaning resumed")
+    # The dead leader's election node went with its session: one candidate left.
+    assert standby_host.stats().cleaner_candidates == 1
+
+
+def test_exactly_one_of_several_candidates_leads(make_client: MakeClient) -> None:
+    cleaners = [make_client().start_cleaner(grace=5.0, interval=0.3) for _ in range(3)]
+    wait_until(lambda: any(c.is_leader for c in cleaners), what="a leader")
+    time.sleep(0.5)
+    assert sum(c.is_leader for c in cleaners) == 1
+    leader = next(c for c in cleaners if c.is_leader)
+    leader.stop()
+    wait_until(lambda: sum(c.is_leader for c in cleaners) == 1, what="a new leader")
+    assert not leader.is_leader
+
+
+def test_a_big_queue_is_deleted_in_bounded_transactions(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """12,000 deletes would be ~1.3 MB in one transaction: over jute.maxbuffer."""
+    layout = Layout(zk_root)
+    queue = layout.queue("huge", "t")
+    raw_zk.ensure_path(queue)
+    total = 12_000
+    for _ in range(total // 1000):
+        txn = raw_zk.transaction()
+        for _ in range(1000):
+            txn.create(f"{queue}/m0123456789ab-", b"", sequence=True)
+        assert not any(isinstance(r, Exception) for r in txn.commit())
+    host = make_client()
+    cleaner = host.start_cleaner(grace=0.5, interval=0.3)
+    wait_until(lambda: cleaner.stats().clients_removed, 60, "huge removed")
+    assert raw_zk.exists(layout.client_messages("huge")) is None
+    assert cleaner.stats().nodes_removed == total
+
+
+def test_the_cleaner_refuses_when_the_client_is_back(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Its transactions prove the client's absence; they fail once it registers."""
+    host = make_client()
+    cleaner = host.start_cleaner(grace=3600.0, interval=60.0)
+    assert cleaner.wait_leader(20)
+    back = make_client(client_id="back")
+    back.subscribe("t")
+    host.publish("t", "keep me")
+    me = cleaner._candidate
+    assert me is not None
+    cleaner._purge(me, "back")  # as if it had decided the client was gone
+    assert queue_exists(raw_zk, zk_root, "back", "t")
+    assert raw_zk.exists(Layout(zk_root).purge_marker("back")) is None
+    assert cleaner.stats().queues_removed == 0
+
+
+def test_a_cleaner_that_lost_the_lead_deletes_nothing(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    host = make_client()
+    cleaner = host.start_cleaner(grace=3600.0, interval=60.0)
+    assert cleaner.wait_leader(20)
+    gone = make_client(client_id="gone")
+    gone.subscribe("t")
+    gone.close()
+    stale = Layout(zk_root).candidate_prefix("0123456789ab") + "0000000099"  # not ours
+    with pytest.raises(_Refused) as info:
+        cleaner._purge(stale, "gone")
+    assert info.value.reason == "fence"
+    assert queue_exists(raw_zk, zk_root, "gone", "t")
+
+
+def test_a_client_back_during_a_purge_hears_about_the_gap(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    client = make_client(client_id="returning")
+    client.subscribe("t")
+    gaps: list[Gap] = []
+    client.add_gap_listener(gaps.append)
+    # The cleaner had begun (its marker is there) when the client came back.
+    raw_zk.create(Layout(zk_root).purge_marker("returning"), b"")
+    expire_session(client)
+    wait_until(lambda: any(g.reason == "backlog purged" for g in gaps), what="purge gap")
+    purged = next(g for g in gaps if g.reason == "backlog purged")
+    assert purged.topics == frozenset({"t"})
+    assert raw_zk.exists(Layout(zk_root).purge_marker("returning")) is None
+
+
+def test_empty_topics_and_stale_receipts_are_removed(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    layout = Layout(zk_root)
+    host = make_client()
+    sub = make_client().subscribe("short-lived")
+    sub.close()
+    raw_zk.create(layout.receipt("0123456789ab"), b"left by a crashed publisher")
+    cleaner = host.start_cleaner(grace=1.0, interval=0.3, receipt_ttl=1.0)
+    wait_until(lambda: raw_zk.exists(layout.topic("short-lived")) is None, 20, "topic removed")
+    wait_until(lambda: cleaner.stats().receipts_removed, 20, "receipt removed")
+    assert raw_zk.exists(layout.receipt("0123456789ab")) is None
+    stats = cleaner.stats()
+    assert stats.topics_removed == 1
+    assert stats.receipts_removed == 1
+    # publishing to a removed topic is fine: nobody subscribes
+    assert host.publish("short-lived", "x").subscribers == 0
+    assert make_client().subscribe("short-lived") is not None
+
+
+def test_publishers_delete_their_own_receipts(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    publisher = make_client()
+    for i in range(5):
+        publisher.publish("t", i)
+    publisher.close()  # flushes what is left
+    wait_until(lambda: raw_zk.get_children(Layout(zk_root).receipts) == [], what="no receipts")

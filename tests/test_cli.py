@@ -1,0 +1,140 @@
+"""The zkpubsub command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+from kazoo.client import KazooClient
+
+from zkpubsub import Client
+from zkpubsub.cli import main
+
+from .helpers import Collector
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+MakeClient = Callable[..., Client]
+
+
+def run(zk_hosts: str, zk_root: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--hosts", zk_hosts, "--root", zk_root, *args])
+    return result.exit_code, result.output
+
+
+def cli_process(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT_DIR))
+    return subprocess.Popen(
+        [sys.executable, "-m", "zkpubsub", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def test_publish_reaches_subscribers(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:
+    collector = Collector()
+    make_client().subscribe("cli", collector)
+    code, out = run(zk_hosts, zk_root, "publish", "cli", "hello", "world", "-H", "origin=cli")
+    assert code == 0, out
+    assert out.count("1 subscriber(s)") == 2
+    assert collector.wait(2) == ["hello", "world"]
+    assert collector.messages[0].headers == {"origin": "cli"}
+    code, out = run(zk_hosts, zk_root, "publish", "--format", "json", "cli", '{"k": [1, 2]}')
+    assert code == 0, out
+    assert collector.wait(3)[-1] == {"k": [1, 2]}
+
+
+def test_bad_input_is_a_clear_error(zk_hosts: str, zk_root: str) -> None:
+    code, out = run(zk_hosts, zk_root, "publish", "a/b", "x")
+    assert code != 0 and "must not contain '/'" in out
+    code, out = run(zk_hosts, zk_root, "publish", "--format", "json", "t", "{nope")
+    assert code != 0 and "not JSON" in out
+    code, out = run(zk_hosts, zk_root, "publish", "-H", "novalue", "t", "x")
+    assert code != 0 and "KEY=VALUE" in out
+    code, out = run(zk_hosts, zk_root, "publish", "--require-subscribers", "empty", "x")
+    assert code != 0 and "NoSubscribers" in out
+
+
+def test_subscribe_prints_messages(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:
+    proc = cli_process(
+        "--hosts", zk_hosts, "--root", zk_root,
+        "subscribe", "feed", "--count", "2", "--json-lines", "--client-id", "cli-sub",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "subscribed to 'feed'" in proc.stdout.readline()
+        publisher = make_client()
+        publisher.publish("feed", {"n": 1})
+        publisher.publish("feed", "two")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["payload"] for r in records] == [{"n": 1}, "two"]
+    assert records[0]["publisher_id"] == publisher.client_id
+    assert proc.returncode == 0
+
+
+def test_stats_shows_topics_and_backlog(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    idle = make_client(client_id="idle-reader")
+    idle.subscribe("orders")
+    make_client().publish_many("orders", [1, 2, 3])
+    make_client().publish("orders", 4)
+    code, out = run(zk_hosts, zk_root, "stats")
+    assert code == 0, out
+    assert "TOPIC" in out and "BACKLOG" in out
+    (row,) = [line for line in out.splitlines() if "idle-reader" in line]
+    assert row.split()[:3] == ["orders", "idle-reader", "2"]
+    code, out = run(zk_hosts, zk_root, "stats", "--json")
+    doc = json.loads(out)
+    assert doc["topics"] == {"orders": ["idle-reader"]}
+    assert doc["queues"][0]["backlog"] == 2
+
+
+def test_the_cleaner_command_leads_and_stops_on_sigterm(zk_hosts: str, zk_root: str) -> None:
+    proc = cli_process("--hosts", zk_hosts, "--root", zk_root, "cleaner", "--interval", "0.5")
+    try:
+        assert proc.stdout is not None
+        assert "standing for election" in proc.stdout.readline()
+        assert proc.stdout.readline().strip() == "leading"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+
+
+def test_dev_server_serves_until_stopped() -> None:
+    proc = cli_process("dev-server", "--port", "0")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("ZooKeeper serving on 127.0.0.1:"), line
+        hosts = line.split()[3]
+        zk = KazooClient(hosts=hosts, timeout=6.0)
+        zk.start(timeout=20)
+        assert zk.exists("/zookeeper") is not None
+        zk.stop()
+        zk.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+
+
+def test_the_demo_runs_and_checks_itself() -> None:
+    proc = cli_process("demo", "--messages", "90")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "every live subscriber got every message in order" in out
+    assert "1 queue(s)" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("cache-")]
+    assert [r[1] for r in rows if r[3] == "running"] == ["90", "90"]

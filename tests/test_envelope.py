@@ -1,0 +1,101 @@
+"""The message envelope and the serializers (pure functions)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from zkpubsub import JsonSerializer, MsgpackSerializer, RawSerializer, SerializationError
+from zkpubsub.envelope import check_headers, decode, encode, encoded_size, make_entry
+from zkpubsub.serializers import resolve
+
+
+def entry(payload: object, serializer: object = None, **kw: object):  # type: ignore[no-untyped-def]
+    return make_entry(
+        resolve(serializer),  # type: ignore[arg-type]
+        topic=kw.get("topic", "t"),  # type: ignore[arg-type]
+        payload=payload,
+        headers=kw.get("headers", {}),  # type: ignore[arg-type]
+        publisher_id="pub-1",
+    )
+
+
+def test_round_trip_of_a_batch_keeps_order_and_fields() -> None:
+    entries = [entry({"n": i}, headers={"k": str(i)}) for i in range(5)]
+    decoded = decode(encode(entries))
+    assert decoded == entries
+    assert len({e.id for e in decoded}) == 5
+    assert decoded[0].publisher_id == "pub-1"
+    assert decoded[0].content_type == "application/msgpack"
+
+
+def test_encoded_size_predicts_the_node_size() -> None:
+    entries = [entry(b"x" * 100), entry("y" * 50)]
+    empty = len(encode([]))
+    # msgpack arrays of < 16 items have a one-byte header, so sizes add up
+    assert len(encode(entries)) == empty + sum(encoded_size(e) for e in entries)
+
+
+def test_the_format_is_documented_msgpack() -> None:
+    raw = msgpack.unpackb(encode([entry("hi")]), raw=False)
+    assert raw["v"] == 1
+    (msg,) = raw["msgs"]
+    assert set(msg) == {"id", "pub", "ts", "topic", "h", "ct", "p"}
+    assert msgpack.unpackb(msg["p"], raw=False) == "hi"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xc1\xc1\xc1", "not a msgpack envelope"),
+        (msgpack.packb([1, 2, 3]), "not a zkpubsub envelope"),
+        (msgpack.packb({"v": 99, "msgs": []}), "format 99"),
+        (msgpack.packb({"v": 1, "msgs": "nope"}), "not a list"),
+        (msgpack.packb({"v": 1, "msgs": [{"id": "x"}]}), "malformed"),
+        (
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "msgs": [{"id": 1, "pub": "p", "ts": 0, "topic": "t", "ct": "c", "p": b""}],
+                }
+            ),
+            "wrong type",
+        ),
+    ],
+)
+def test_garbage_is_rejected_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode(data)
+
+
+def test_serializers_round_trip() -> None:
+    for ser, value in (
+        (MsgpackSerializer(), {"a": [1, b"b", None]}),
+        (JsonSerializer(), {"a": [1, "b", None]}),
+        (RawSerializer(), b"\x00\x01"),
+    ):
+        assert ser.loads(ser.dumps(value)) == value
+
+
+def test_unserializable_payloads_raise_serialization_error() -> None:
+    with pytest.raises(SerializationError, match="cannot serialize payload of type object"):
+        entry(object())
+    with pytest.raises(SerializationError):
+        entry(float("nan"), "json")
+    with pytest.raises(SerializationError, match="raw serializer takes bytes"):
+        entry("text", "raw")
+    assert issubclass(SerializationError, TypeError)
+
+
+def test_headers_must_be_strings() -> None:
+    assert check_headers(None) == {}
+    assert check_headers({"a": "b"}) == {"a": "b"}
+    with pytest.raises(SerializationError, match="keys and values must be str"):
+        check_headers({"a": 1})  # type: ignore[dict-item]
+    with pytest.raises(SerializationError, match="mapping"):
+        check_headers([("a", "b")])  # type: ignore[arg-type]
+
+
+def test_unknown_serializer_name() -> None:
+    with pytest.raises(ValueError, match="unknown serializer"):
+        resolve("yaml")

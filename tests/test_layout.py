@@ -1,0 +1,115 @@
+"""The znode layout: names, paths and sequence order (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zkpubsub.layout import (
+    Layout,
+    order_by_sequence,
+    order_names,
+    parse_message_node,
+    validate_name,
+    validate_root,
+)
+
+INT_MIN = -(2**31)
+INT_MAX = 2**31 - 1
+
+
+def zk_name(guid: str, seq: int) -> str:
+    """A message node name exactly as ZooKeeper prints a sequential create."""
+    return f"m{guid}-{seq:010d}"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "empty"),
+        (".", "'.'"),
+        ("..", "'..'"),
+        ("a/b", "'/'"),
+        ("tab\there", "control character"),
+        ("nul\x00", "control character"),
+        ("del\x7f", "control character"),
+        ("x" * 201, "limit"),
+        ("\ufff5", "ZooKeeper rejects"),
+    ],
+)
+def test_bad_names_raise_value_error_with_the_reason(value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        validate_name(value, "topic")
+
+
+def test_non_string_name_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="topic must be a str"):
+        validate_name(42, "topic")
+
+
+@pytest.mark.parametrize(
+    "value", ["cache.users", "billing-cache", "a", "émoji-✓", ".hidden", "x" * 200]
+)
+def test_good_names_pass(value: str) -> None:
+    assert validate_name(value) == value
+
+
+def test_roots() -> None:
+    assert validate_root("/zkpubsub") == "/zkpubsub"
+    assert validate_root("/") == ""
+    for bad in ("zkpubsub", "/a/", "/a//b", "/a/../b"):
+        with pytest.raises(ValueError):
+            validate_root(bad)
+
+
+def test_paths_are_built_under_the_root() -> None:
+    layout = Layout("/apps/bus")
+    assert layout.client("c1") == "/apps/bus/clients/c1"
+    assert layout.subscriber("t", "c1") == "/apps/bus/subscribers/t/c1"
+    assert layout.queue("c1", "t") == "/apps/bus/messages/c1/t"
+    assert layout.message_prefix(layout.queue("c1", "t"), "0123456789ab") == (
+        "/apps/bus/messages/c1/t/m0123456789ab-"
+    )
+    assert Layout("/").clients == "/clients"
+
+
+def test_message_names_parse_including_negative_sequences() -> None:
+    guid = "0123456789ab"
+    assert parse_message_node(zk_name(guid, 42)) == (guid, 42)
+    assert parse_message_node(zk_name(guid, INT_MAX)) == (guid, INT_MAX)
+    assert parse_message_node(zk_name(guid, INT_MIN)) == (guid, INT_MIN)
+    assert parse_message_node(zk_name(guid, -5)) == (guid, -5)
+    assert zk_name(guid, -5) == f"m{guid}--000000005"
+    for foreign in ("msg0000000001", "m0123-0000000001", "mZZZZZZZZZZZZ-0000000001", "x"):
+        assert parse_message_node(foreign) is None
+
+
+def test_order_survives_the_32_bit_wrap() -> None:
+    created = [INT_MAX - 2, INT_MAX - 1, INT_MAX, INT_MIN, INT_MIN + 1, INT_MIN + 2]
+    shuffled = [created[i] for i in (3, 0, 5, 1, 4, 2)]
+    assert order_by_sequence((s, s) for s in shuffled) == created
+    # and at the second wrap point, -1 -> 0
+    created = [-3, -2, -1, 0, 1, 2]
+    assert order_by_sequence((s, s) for s in reversed(created)) == created
+
+
+def test_order_names_sorts_numerically_not_as_strings_and_sets_foreign_aside() -> None:
+    guid = "0123456789ab"
+    names = [zk_name(guid, s) for s in (10, 9, 100, INT_MIN, INT_MAX)] + ["garbage"]
+    ordered, foreign = order_names(names)
+    assert ordered == [zk_name(guid, s) for s in (9, 10, 100, INT_MAX, INT_MIN)]
+    assert foreign == ["garbage"]
+
+
+@given(start=st.integers(INT_MIN, INT_MAX), count=st.integers(0, 300), data=st.data())
+def test_any_window_of_the_counter_comes_back_in_creation_order(
+    start: int, count: int, data: st.DataObject
+) -> None:
+    def wrap(n: int) -> int:
+        return (n - INT_MIN) % 2**32 + INT_MIN
+
+    step = data.draw(st.integers(1, 1000))
+    created = [wrap(start + i * step) for i in range(count)]
+    shuffled = data.draw(st.permutations(created))
+    assert order_by_sequence((s, s) for s in shuffled) == created

@@ -1,0 +1,74 @@
+"""The local ZooKeeper helpers really do what the fault tests rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
+from zkpubsub.testing import ZooKeeperCluster, expire_session
+
+from .helpers import wait_until
+
+
+def test_an_ensemble_elects_a_leader_and_survives_losing_it(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(3)
+    modes = sorted(n.mode() or "" for n in zk.nodes)
+    assert modes == ["follower", "follower", "leader"]
+    client = KazooClient(hosts=zk.hosts, timeout=6.0)
+    client.start(timeout=20)
+    try:
+        client.create("/survives", b"1")
+        old = zk.wait_quorum()
+        old.kill()
+        assert not old.running
+        new = wait_until(
+            lambda: (n := zk.leader()) is not None and n is not old and n, 30, "leader"
+        )
+        assert new is not old
+        wait_until(lambda: client.connected, 30, "client reconnected")
+        assert client.get("/survives")[0] == b"1"
+        zk.restart(old, kill=True, wipe=True)  # comes back empty and resyncs
+        assert old.mode() == "follower"
+        single = KazooClient(hosts=old.address, timeout=6.0)
+        single.start(timeout=20)
+        try:
+            single.sync("/survives")
+            assert single.get("/survives")[0] == b"1"
+        finally:
+            single.stop()
+            single.close()
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_a_paused_server_stops_answering_and_resumes(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    node.pause()
+    assert node.mode() is None
+    node.resume()
+    wait_until(lambda: node.mode() == "standalone", 20, "serving again")
+
+
+def test_expire_session_ends_the_session_on_the_server(zk_hosts: str, raw_zk: KazooClient) -> None:
+    victim = KazooClient(hosts=zk_hosts, timeout=6.0)
+    states: list[KazooState] = []
+    victim.add_listener(states.append)
+    victim.start(timeout=20)
+    try:
+        old_session = victim.client_id[0]
+        path = victim.create("/ephemeral-", b"", ephemeral=True, sequence=True)
+        expire_session(victim.client_id, zk_hosts)
+        wait_until(lambda: raw_zk.exists(path) is None, 20, "ephemeral gone on the server")
+        wait_until(lambda: KazooState.LOST in states, 20, "the victim told its session expired")
+        wait_until(lambda: victim.client_id and victim.client_id[0] != old_session, 20, "new one")
+    finally:
+        victim.stop()
+        victim.close()
