@@ -1,8 +1,8 @@
 """A zkpubsub client in its own process, for tests that kill it with SIGKILL.
 
-    python -m tests.proc HOSTS ROOT CLIENT_ID ROLE [TOPIC]
+    python -m tests.proc HOSTS ROOT CLIENT_ID ROLE [TOPIC] [durable]
 
-ROLE ``hang-subscriber``: subscribe to TOPIC and, for the first message,
+ROLE ``hang-subscriber``: subscribe to TOPIC (durably if asked) and, for the first message,
 print ``got <message id> <payload>`` and then block inside the handler, so
 the message is never acknowledged. ROLE ``cleaner``: host a cleaner and
 print ``leader`` once it leads. Each prints ``ready`` when set up.
@@ -26,7 +26,7 @@ def main() -> None:
             print("got", msg.id, msg.payload, flush=True)
             threading.Event().wait()  # never returns: the node stays
 
-        client.subscribe(topic, handler)
+        client.subscribe(topic, handler, durable=sys.argv[6:] == ["durable"])
         print("ready", flush=True)
     elif role == "cleaner":
         cleaner = client.start_cleaner(grace=1.0, interval=0.5)

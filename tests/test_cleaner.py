@@ -201,3 +201,20 @@ def test_publishers_delete_their_own_receipts(
         publisher.publish("t", i)
     publisher.close()  # flushes what is left
     wait_until(lambda: raw_zk.get_children(Layout(zk_root).receipts) == [], what="no receipts")
+
+
+def test_the_cleaner_ends_a_durable_subscription_after_the_grace(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    layout = Layout(zk_root)
+    host = make_client()
+    away = make_client(client_id="away-for-good")
+    away.subscribe("t", durable=True)
+    away.close()
+    assert host.publish("t", "kept for a while").subscribers == 1
+    cleaner = host.start_cleaner(grace=1.5, interval=0.3)
+    wait_until(lambda: cleaner.stats().clients_removed, 20, "purged")
+    assert cleaner.stats().registrations_removed == 1
+    assert raw_zk.exists(layout.subscriber("t", "away-for-good")) is None
+    assert raw_zk.exists(layout.client_messages("away-for-good")) is None
+    assert host.publish("t", "nobody now").subscribers == 0

@@ -91,3 +91,75 @@ def test_an_expired_cleaner_stands_again(make_client: MakeClient) -> None:
     wait_until(lambda: cleaner.stats().elections_won >= 2, what="elected again on the new session")
     assert cleaner.is_leader
     assert client.stats().cleaner_candidates == 1
+
+
+def test_a_durable_subscription_keeps_receiving_while_its_client_is_away(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    publisher = make_client()
+    first = make_client(client_id="billing-cache")
+    first.subscribe("invoices", durable=True)
+    publisher.publish("invoices", "while up")
+    first.close()  # a restart: the durable registration stays
+    # Long after its session ended, publishers still fill its queue.
+    assert publisher.publish("invoices", "while away").subscribers == 1
+    collector = Collector()
+    back = make_client(client_id="billing-cache")
+    back.subscribe("invoices", collector, durable=True)
+    assert collector.wait(2) == ["while up", "while away"]
+
+
+def test_a_durable_subscriber_killed_with_sigkill_misses_nothing(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    publisher = make_client()
+    with Child(zk_hosts, zk_root, "durable-proc", "hang-subscriber", "jobs", "durable") as child:
+        child.expect("ready")
+        publisher.publish("jobs", "first")
+        child.expect("got")
+        child.kill()
+    # Its session expires (2 s); publishes go on reaching its queue.
+    wait_until(
+        lambda: raw_zk.exists(Layout(zk_root).client("durable-proc")) is None, 20, "expired"
+    )
+    assert publisher.publish("jobs", "second").subscribers == 1
+    collector = Collector()
+    make_client(client_id="durable-proc").subscribe("jobs", collector, durable=True)
+    assert collector.wait(2) == ["first", "second"]
+
+
+def test_durable_subscriptions_need_an_id_and_end_with_unsubscribe(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="explicit client_id"):
+        make_client().subscribe("t", durable=True)
+    client = make_client(client_id="leaving")
+    client.subscribe("t", durable=True).close()
+    layout = Layout(zk_root)
+    stat = raw_zk.exists(layout.subscriber("t", "leaving"))
+    assert stat is not None and stat.ephemeralOwner == 0
+    client.unsubscribe("t")  # without an open subscription
+    assert raw_zk.exists(layout.subscriber("t", "leaving")) is None
+    assert raw_zk.exists(layout.queue("leaving", "t")) is None
+    assert make_client().publish("t", "x").subscribers == 0
+    # a plain subscribe over an old durable registration replaces it
+    client.subscribe("u", durable=True).close()
+    plain = client.subscribe("u")
+    stat = raw_zk.exists(layout.subscriber("u", "leaving"))
+    assert stat is not None and stat.ephemeralOwner != 0
+    plain.close()
+    assert raw_zk.exists(layout.subscriber("u", "leaving")) is None
+
+
+def test_an_expired_durable_subscriber_reports_no_gap_for_it(make_client: MakeClient) -> None:
+    client = make_client(client_id="steady")
+    client.subscribe("kept", Collector(), durable=True)
+    plain = Collector()
+    client.subscribe("plain", plain)
+    gaps: list[Gap] = []
+    client.add_gap_listener(gaps.append)
+    expire_session(client)
+    wait_until(lambda: gaps, what="gap")
+    assert gaps[0].topics == frozenset({"plain"})

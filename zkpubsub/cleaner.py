@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from kazoo.exceptions import (
     BadVersionError,
-    NodeExistsError,
     NoNodeError,
     NotEmptyError,
     RolledBackError,
@@ -135,6 +134,32 @@ def _delete_batch(
     return deleted
 
 
+def _guarded_commit(
+    conn: Connection,
+    guard: Guard,
+    add_ops: Callable[[Any], None],
+    deadline: float | None,
+    what: str,
+) -> Exception | None:
+    """Commit ``guard``'s ops and ``add_ops``' in one transaction, again after a
+    lost answer. Returns ``None`` on success or the error of the first failed
+    op of ``add_ops`` (``NodeExists`` on a retry, ``NoNode``…): those are for
+    the caller to judge. Raises ``_Refused`` if a guard op failed."""
+    while True:
+        conn.wait_connected(deadline, what)
+        txn = conn.kazoo.transaction()
+        g = guard(txn)
+        add_ops(txn)
+        try:
+            results = conn.result(txn.commit_async(), deadline, what)
+        except ConnectionLost:
+            continue
+        index, error = _first_error(results)
+        if error is not None and index < g:
+            raise _Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
+        return error
+
+
 def _first_error(results: list[Any]) -> tuple[int, Exception | None]:
     """The operation that made a transaction fail, if it failed."""
     for i, r in enumerate(results):
@@ -153,6 +178,7 @@ class CleanerStats:
     nodes_removed: int
     clients_removed: int
     topics_removed: int
+    registrations_removed: int
     receipts_removed: int
     elections_won: int
 
@@ -188,6 +214,7 @@ class Cleaner:
             nodes_removed=0,
             clients_removed=0,
             topics_removed=0,
+            registrations_removed=0,
             receipts_removed=0,
             elections_won=0,
         )
@@ -378,34 +405,42 @@ class Cleaner:
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         deadline = self._deadline()
         # Fenced at once if we no longer hold the lead.
-        if conn.call(lambda: kazoo.exists_async(me), deadline, "election") is None:
+        if not conn.exists(me, deadline):
             raise _Refused("fence")
-        live = set(
-            conn.call(
-                lambda: kazoo.get_children_async(layout.clients, watch=lambda _e: self._wake.set()),
-                deadline,
-                "list clients",
-            )
-        )
-        with_queues = set(
-            conn.call(lambda: kazoo.get_children_async(layout.messages), deadline, "list queues")
-        )
-        markers = set(
-            conn.call(lambda: kazoo.get_children_async(layout.purging), deadline, "list purges")
-        )
+        live = set(conn.children(layout.clients, deadline, watch=self._wake_on_event) or [])
+        with_queues = set(conn.children(layout.messages, deadline) or [])
+        markers = set(conn.children(layout.purging, deadline) or [])
+        topics = conn.children(layout.subscribers, deadline) or []
+        # Registrations of absent clients: durable ones outlive their session.
+        requests = [(t, kazoo.get_children_async(layout.topic(t))) for t in topics]
+        registered: dict[str, list[str]] = {}
+        for topic, request in requests:
+            try:
+                ids = conn.result(request, deadline, "list subscribers")
+            except NoNodeError:
+                continue
+            for cid in ids:
+                if cid not in live:
+                    registered.setdefault(cid, []).append(topic)
+        gone = (with_queues | markers | registered.keys()) - live
         now = time.monotonic()
         for cid in list(absent_since):
-            if cid in live or cid not in (with_queues | markers):
+            if cid not in gone:
                 del absent_since[cid]
-        for cid in (with_queues | markers) - live:
+        for cid in gone:
             since = absent_since.setdefault(cid, now)
             if now - since >= self.grace and not self._stop.is_set():
-                self._purge(me, cid)
+                self._purge(me, cid, registered.get(cid, []))
                 absent_since.pop(cid, None)
-        self._sweep_topics(me, empty_since)
+        self._sweep_topics(me, topics, empty_since)
         self._sweep_receipts(me)
 
-    def _purge(self, me: str, cid: str) -> None:
+    def _wake_on_event(self, event: object) -> None:  # kazoo's thread
+        self._wake.set()
+
+    def _purge(self, me: str, cid: str, registrations: list[str] | None = None) -> None:
+        """Remove everything of client ``cid``: its durable registrations
+        first (so publishers stop writing), then its queues."""
         conn, layout = self._conn, self._layout
         client_path = layout.client(cid)
 
@@ -415,11 +450,23 @@ class Cleaner:
             txn.delete(client_path)  # … and leaves nothing behind
             return 3
 
+        def mark(txn: Any) -> None:
+            txn.create(marker, b"")
+
         deadline = deadline_after(max(60.0, self._client.config.request_timeout))
         marker = layout.purge_marker(cid)
         base = layout.client_messages(cid)
         try:
-            self._create_guarded(marker, guard, deadline)
+            # NodeExists: an earlier purge of this client got this far.
+            _guarded_commit(conn, guard, mark, deadline, "purge")
+            for topic in registrations or []:
+
+                def unregister(txn: Any, topic: str = topic) -> None:
+                    txn.delete(layout.subscriber(topic, cid))
+                    txn.set_data(layout.topic(topic), b"", -1)
+
+                if _guarded_commit(conn, guard, unregister, deadline, "unregister") is None:
+                    self._count("registrations_removed")
             topics = conn.children(base, deadline) or []
             nodes = 0
             for topic in topics:
@@ -441,36 +488,13 @@ class Cleaner:
             cid,
         )
 
-    def _create_guarded(self, path: str, guard: Guard, deadline: float | None) -> None:
-        conn = self._conn
-        while True:
-            conn.wait_connected(deadline, "purge")
-            txn = conn.kazoo.transaction()
-            g = guard(txn)
-            txn.create(path, b"")
-            try:
-                results = conn.result(txn.commit_async(), deadline, "purge")
-            except ConnectionLost:
-                continue
-            index, error = _first_error(results)
-            if error is None:
-                return
-            if index < g:
-                raise _Refused(
-                    "fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back"
-                )
-            if isinstance(error, NodeExistsError):
-                return  # an earlier purge of this client got this far
-            raise ZooKeeperError(f"create {path}: {type(error).__name__}")
-
-    def _sweep_topics(self, me: str, empty_since: dict[str, tuple[int, float]]) -> None:
+    def _sweep_topics(
+        self, me: str, topics: list[str], empty_since: dict[str, tuple[int, float]]
+    ) -> None:
         """Remove ``subscribers/<topic>`` nodes that stayed empty and unchanged
         for the grace period (the version check refuses if anyone subscribed)."""
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         deadline = self._deadline()
-        topics: list[str] = conn.call(
-            lambda: kazoo.get_children_async(layout.subscribers), deadline, "list topics"
-        )
         requests = [(t, kazoo.exists_async(layout.topic(t))) for t in topics]
         now = time.monotonic()
         empty: set[str] = set()

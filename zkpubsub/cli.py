@@ -61,7 +61,13 @@ pass_ctx = click.make_pass_decorator(Context)
     help="ZooKeeper connection string (env ZKPUBSUB_HOSTS).",
 )
 @click.option("--root", envvar="ZKPUBSUB_ROOT", default=DEFAULT_ROOT, show_default=True)
-@click.option("--session-timeout", default=10.0, show_default=True, type=float)
+@click.option(
+    "--session-timeout",
+    default=10.0,
+    show_default=True,
+    type=float,
+    envvar="ZKPUBSUB_SESSION_TIMEOUT",
+)
 @click.version_option(package_name="zkpubsub")
 @click.pass_context
 def main(ctx: click.Context, hosts: str, root: str, session_timeout: float) -> None:
@@ -262,9 +268,23 @@ def stats(ctx: Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--grace", type=float, default=None, help="Seconds a client must be gone.")
-@click.option("--interval", type=float, default=30.0, show_default=True)
-@click.option("--client-id", default=None)
+@click.option(
+    "--grace",
+    type=float,
+    default=None,
+    envvar="ZKPUBSUB_CLEANER_GRACE",
+    help="Seconds a client must be gone before its queues go "
+    "(default: max(60, 2 x session timeout)).",
+)
+@click.option(
+    "--interval",
+    type=float,
+    default=30.0,
+    show_default=True,
+    envvar="ZKPUBSUB_CLEANER_INTERVAL",
+    help="Seconds between sweeps (it also sweeps when clients come and go).",
+)
+@click.option("--client-id", default=None, envvar="ZKPUBSUB_CLEANER_ID")
 @pass_ctx
 def cleaner(ctx: Context, grace: float | None, interval: float, client_id: str | None) -> None:
     """Run a cleaner candidate in the foreground (run two or three)."""

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import NodeExistsError, NotEmptyError
 from kazoo.protocol.states import KazooState
 
 from . import __version__
@@ -100,6 +100,7 @@ class Client:
             serializer=resolve(serializer),
         )
         self.client_id: str = self._config.client_id
+        self._explicit_id = client_id is not None
         self._layout = Layout(self._config.root)
         self._serializers: dict[str, Serializer] = {s.content_type: s for s in BUILTIN_SERIALIZERS}
         self._serializers[self._config.serializer.content_type] = self._config.serializer
@@ -261,6 +262,7 @@ class Client:
         on_error: ErrorHandler | None = None,
         max_attempts: int = 3,
         prefetch: int | None = None,
+        durable: bool = False,
     ) -> Subscription:
         """Receive every message published to ``topic`` from now on (and any
         backlog left in this client id's queue).
@@ -272,6 +274,12 @@ class Client:
         subscription goes on. Without a handler, use ``sub.get(timeout)`` or
         ``for msg in sub``. When this returns, every later publish reaches
         this subscription.
+
+        ``durable=True`` (with an explicit ``client_id``) keeps the
+        subscription registered while the client is away: publishers go on
+        filling its queue until it comes back, or until it has been gone for
+        the cleaner's grace period. ``close()`` keeps a durable subscription;
+        ``unsubscribe()`` ends it.
         """
         validate_name(topic, "topic")
         if handler is not None and not callable(handler):
@@ -283,6 +291,8 @@ class Client:
         prefetch = self._config.prefetch if prefetch is None else prefetch
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
+        if durable and not self._explicit_id:
+            raise ValueError("a durable subscription needs an explicit client_id to come back as")
         self._check_open()
         with self._lock:
             if topic in self._subscriptions:
@@ -294,11 +304,15 @@ class Client:
                 on_error=on_error,
                 max_attempts=max_attempts,
                 prefetch=prefetch,
+                durable=durable,
             )
             self._subscriptions[topic] = sub
             try:
                 with translated(f"subscribe to {topic!r}"):
-                    self._register_subscription(topic, deadline_after(self._config.request_timeout))
+                    self._register_subscription(
+                        topic, deadline_after(self._config.request_timeout), durable=durable
+                    )
+                    sub._registered = True
             except BaseException:
                 del self._subscriptions[topic]
                 raise
@@ -310,18 +324,35 @@ class Client:
         with self._lock:
             return list(self._subscriptions.values())
 
-    def _subscription_closed(self, sub: Subscription, *, delete_queue: bool, first: bool) -> None:
+    def _subscription_closed(self, sub: Subscription, *, delete_queue: bool) -> None:
         with self._lock:
             if self._subscriptions.get(sub.topic) is sub:
                 del self._subscriptions[sub.topic]
-            if self._closed and not delete_queue:
-                return  # closing the session removes the registration anyway
+            unregister = sub._registered and (delete_queue or not sub.durable)
+            if unregister and self._closed and not sub.durable:
+                unregister = False  # ending the session removes it anyway
             deadline = deadline_after(self._config.request_timeout)
             with translated(f"unsubscribe from {sub.topic!r}"):
-                if first:
+                if unregister:
                     self._unregister_subscription(sub.topic, deadline)
+                    sub._registered = False
                 if delete_queue:
                     self._delete_queue(sub.topic, deadline)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Remove this client id's subscription to ``topic`` (durable or not)
+        and delete its queue, whether or not it is open in this process."""
+        validate_name(topic, "topic")
+        self._check_open()
+        with self._lock:
+            sub = self._subscriptions.get(topic)
+        if sub is not None:
+            sub.unsubscribe()
+            return
+        with self._lock, translated(f"unsubscribe from {topic!r}"):
+            deadline = deadline_after(self._config.request_timeout)
+            self._unregister_subscription(topic, deadline)
+            self._delete_queue(topic, deadline)
 
     # -- cleaner and stats -------------------------------------------------------------------
 
@@ -467,40 +498,48 @@ class Client:
             owner_wait,
         )
 
-    def _register_subscription(self, topic: str, deadline: float | None) -> None:
+    def _register_subscription(
+        self, topic: str, deadline: float | None, *, durable: bool = False
+    ) -> None:
         """Queue first, then the subscriber node with a bump of the topic's
-        version in the same transaction."""
+        version in the same transaction. A durable registration is a
+        persistent node; a plain one is ephemeral. An existing node of the
+        other kind (ours) is replaced in the same transaction."""
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         queue_path = layout.queue(self.client_id, topic)
         topic_path = layout.topic(topic)
         sub_path = layout.subscriber(topic, self.client_id)
+        data = b"durable" if durable else b""
         conn.ensure_path(queue_path, deadline)
         while True:
             conn.ensure_path(topic_path, deadline)
+            stat = conn.call(lambda: kazoo.exists_async(sub_path), deadline, sub_path)
+            session = conn.session_id
             txn = kazoo.transaction()
-            txn.create(sub_path, b"", ephemeral=True)
+            if stat is not None:
+                owner = stat.ephemeralOwner
+                if (durable and owner == 0) or (not durable and owner == session):
+                    return  # already registered as asked (perhaps by a lost answer)
+                if owner not in (0, session):
+                    # A dying session's node: it goes when that session expires.
+                    if expired(deadline):
+                        raise OperationTimeout(f"subscribe to {topic!r}: {sub_path} stays taken")
+                    time.sleep(0.2)
+                    continue
+                txn.delete(sub_path, stat.version)
+            txn.create(sub_path, data, ephemeral=not durable)
             txn.set_data(topic_path, b"", -1)
             try:
                 results = conn.result(txn.commit_async(), deadline, f"subscribe to {topic!r}")
             except ConnectionLost:
-                conn.wait_connected(deadline)
-                continue
+                continue  # the exists() above tells whether it landed
             if not any(isinstance(r, Exception) for r in results):
                 return
-            if isinstance(results[0], NodeExistsError):
-                # Ours from a try whose answer was lost, or a dying session's.
-                stat = conn.call(lambda: kazoo.exists_async(sub_path), deadline, sub_path)
-                if stat is not None and stat.ephemeralOwner == conn.session_id:
-                    return
-                if expired(deadline):
-                    raise OperationTimeout(f"subscribe to {topic!r}: {sub_path} stays taken")
-                time.sleep(0.2)
-                continue
-            if isinstance(results[1], NoNodeError) or isinstance(results[0], NoNodeError):
-                continue  # the topic node was removed as empty in between
-            raise ZkPubSubError(f"subscribe to {topic!r} failed: {results!r}")
+            # NodeExists / BadVersion: it changed under us; NoNode: the empty
+            # topic node was removed in between. Look again.
 
     def _unregister_subscription(self, topic: str, deadline: float | None) -> None:
+        """Remove the subscriber node (either kind) and bump the version."""
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         sub_path = layout.subscriber(topic, self.client_id)
         while True:
@@ -552,10 +591,10 @@ class Client:
                 with translated("register again"):
                     self._register_client(deadline, owner_wait=self._config.request_timeout)
                     purged = self._check_purge(deadline)
-                    topics = list(self._subscriptions)
-                    for topic in topics:
-                        self._register_subscription(topic, deadline)
                     subs = list(self._subscriptions.values())
+                    topics = [sub.topic for sub in subs if not sub.durable]
+                    for sub in subs:
+                        self._register_subscription(sub.topic, deadline, durable=sub.durable)
         except ClientClosed:
             return
         except ZkPubSubError as exc:

@@ -119,8 +119,11 @@ class Subscription:
         on_error: ErrorHandler | None,
         max_attempts: int,
         prefetch: int,
+        durable: bool = False,
     ) -> None:
         self.topic = topic
+        self.durable = durable
+        self._registered = False
         self._client = client
         self._conn = client._conn
         self._path = client._layout.queue(client.client_id, topic)
@@ -220,9 +223,10 @@ class Subscription:
             yield msg
 
     def close(self) -> None:
-        """Stop receiving and remove this subscription's registration. The
-        queue and anything still in it are kept for a later ``subscribe`` by
-        the same client id. Idempotent."""
+        """Stop receiving. A plain subscription is deregistered; a durable one
+        stays registered (publishers keep filling its queue). The queue and
+        its backlog are kept for a later ``subscribe`` by the same client id.
+        Idempotent."""
         self._shutdown(delete_queue=False)
 
     def unsubscribe(self) -> None:
@@ -542,7 +546,7 @@ class Subscription:
             self._wake.set()
             if self._pump is not me and self._pump.is_alive():
                 self._pump.join(self._client._config.request_timeout)
-        self._client._subscription_closed(self, delete_queue=delete_queue, first=not already)
+        self._client._subscription_closed(self, delete_queue=delete_queue)
 
 
 def _with_attempt(message: Message, attempt: int) -> Message:
