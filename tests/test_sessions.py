@@ -119,9 +119,7 @@ def test_a_durable_subscriber_killed_with_sigkill_misses_nothing(
         child.expect("got")
         child.kill()
     # Its session expires (2 s); publishes go on reaching its queue.
-    wait_until(
-        lambda: raw_zk.exists(Layout(zk_root).client("durable-proc")) is None, 20, "expired"
-    )
+    wait_until(lambda: raw_zk.exists(Layout(zk_root).client("durable-proc")) is None, 20, "expired")
     assert publisher.publish("jobs", "second").subscribers == 1
     collector = Collector()
     make_client(client_id="durable-proc").subscribe("jobs", collector, durable=True)
