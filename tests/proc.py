@@ -5,7 +5,9 @@
 ROLE ``hang-subscriber``: subscribe to TOPIC (durably if asked) and, for the first message,
 print ``got <message id> <payload>`` and then block inside the handler, so
 the message is never acknowledged. ROLE ``cleaner``: host a cleaner and
-print ``leader`` once it leads. Each prints ``ready`` when set up.
+print ``leader`` once it leads. ROLE ``hang-worker``: reserve one item of
+queue TOPIC, print ``got <id> <attempts>`` and never ack. Subscribers and
+cleaners print ``ready`` when set up.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def main() -> None:
 
         client.subscribe(topic, handler, durable=sys.argv[6:] == ["durable"])
         print("ready", flush=True)
+    elif role == "hang-worker":
+        item = client.queue(sys.argv[5]).reserve(timeout=30)
+        assert item is not None
+        print("got", item.id, item.attempts, flush=True)  # then never acks
     elif role == "cleaner":
         cleaner = client.start_cleaner(grace=1.0, interval=0.5)
         print("ready", flush=True)

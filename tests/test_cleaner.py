@@ -218,3 +218,19 @@ def test_the_cleaner_ends_a_durable_subscription_after_the_grace(
     assert raw_zk.exists(layout.subscriber("t", "away-for-good")) is None
     assert raw_zk.exists(layout.client_messages("away-for-good")) is None
     assert host.publish("t", "nobody now").subscribers == 0
+
+
+def test_unread_results_are_removed_after_their_ttl(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    client = make_client()
+    q = client.queue("rpc")
+    q.put("job", want_result=True)
+    item = q.reserve(5)
+    assert item is not None
+    item.ack(result="nobody reads this")
+    results = Layout(zk_root).work_queue("rpc").results
+    assert len(raw_zk.get_children(results)) == 1
+    cleaner = client.start_cleaner(grace=60, interval=0.3, result_ttl=1.0)
+    wait_until(lambda: cleaner.stats().results_removed == 1, 20, "result expired")
+    assert raw_zk.get_children(results) == []

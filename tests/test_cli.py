@@ -138,3 +138,37 @@ def test_the_demo_runs_and_checks_itself() -> None:
     assert "1 queue(s)" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("cache-")]
     assert [r[1] for r in rows if r[3] == "running"] == ["90", "90"]
+    assert "queue: 20/20 tasks acked, 0 ready, 0 reserved, 0 dead" in out
+    assert "task 7 came back" in out
+
+
+def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:
+    code, out = run(zk_hosts, zk_root, "queue", "put", "jobs", "a", "b", "-p", "5")
+    assert code == 0, out
+    ids = out.split()
+    assert len(ids) == 2
+    code, out = run(zk_hosts, zk_root, "queue", "stats", "jobs")
+    assert code == 0 and out.splitlines()[2].split()[:4] == ["jobs", "2", "0", "0"]
+    code, out = run(zk_hosts, zk_root, "queue", "reserve", "jobs", "--release")
+    record = json.loads(out)
+    assert (record["id"], record["payload"], record["priority"]) == (ids[0], "a", 5)
+    code, out = run(zk_hosts, zk_root, "queue", "reserve", "jobs")
+    assert json.loads(out)["attempts"] == 2  # released, so taken again
+    code, out = run(zk_hosts, zk_root, "queue", "put", "jobs", "-p", "1000", "x")
+    assert code != 0 and "between 0 and 999" in out
+    # a dead letter, then replay
+    q = make_client().queue("jobs", max_attempts=1)
+    item = q.reserve(5)
+    assert item is not None and item.payload == "b"
+    item.release("broken")
+    code, out = run(zk_hosts, zk_root, "queue", "dead", "jobs", "--json")
+    (dead,) = json.loads(out)
+    assert dead["payload"] == "b" and "broken" in dead["reason"]
+    code, out = run(zk_hosts, zk_root, "queue", "replay", "jobs")
+    assert out.strip() == "replayed 1 item(s)"
+    code, out = run(zk_hosts, zk_root, "queue", "dead", "jobs")
+    assert "no dead letters" in out
+    code, out = run(zk_hosts, zk_root, "queue", "reserve", "jobs", "--timeout", "5")
+    assert json.loads(out)["payload"] == "b"
+    code, out = run(zk_hosts, zk_root, "queue", "reserve", "jobs", "--timeout", "0.2")
+    assert code != 0 and "no item" in out

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 from .cleaner import Cleaner, CleanerStats
 from .client import Client
 from .config import ClientConfig
+from .consumer import Consumer, ConsumerStats
 from .errors import (
     AlreadySubscribed,
     ClientClosed,
@@ -25,6 +26,7 @@ from .errors import (
     ConnectionLost,
     ConnectTimeout,
     DecodeError,
+    ItemFailed,
     NoSubscribers,
     OperationTimeout,
     PayloadTooLarge,
@@ -40,6 +42,7 @@ from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Seria
 from .state import ClientState, Gap
 from .stats import BusStats, QueueStats
 from .subscription import Subscription, SubscriptionStats
+from .workqueue import DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -54,8 +57,13 @@ __all__ = [
     "ClientState",
     "ConnectTimeout",
     "ConnectionLost",
+    "Consumer",
+    "ConsumerStats",
+    "DeadItem",
     "DecodeError",
     "Gap",
+    "Item",
+    "ItemFailed",
     "JsonSerializer",
     "Message",
     "MsgpackSerializer",
@@ -71,6 +79,9 @@ __all__ = [
     "Serializer",
     "Subscription",
     "SubscriptionStats",
+    "Ticket",
+    "WorkQueue",
+    "WorkQueueStats",
     "ZkPubSubError",
     "ZooKeeperError",
     "__version__",

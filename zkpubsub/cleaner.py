@@ -21,9 +21,9 @@ Safety, enforced by the server in every deleting transaction:
   through its gap listeners that part of its backlog is gone.
 
 It also removes ``subscribers/<topic>`` nodes left empty for the grace
-period, and publish receipts older than ``receipt_ttl`` by the server's
-clock (their writer normally deletes them at once; these are a crashed
-writer's).
+period, receipts older than ``receipt_ttl`` by the server's clock (their
+writer normally deletes them at once; these are a crashed writer's), and
+work-queue results nobody read within ``result_ttl``.
 """
 
 from __future__ import annotations
@@ -40,12 +40,10 @@ from kazoo.exceptions import (
     BadVersionError,
     NoNodeError,
     NotEmptyError,
-    RolledBackError,
-    RuntimeInconsistency,
 )
 from kazoo.protocol.states import KazooState
 
-from .connection import Connection, deadline_after
+from .connection import Connection, deadline_after, first_error
 from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError, ZooKeeperError
 from .layout import join, new_guid, order_by_sequence, parse_candidate_node
 
@@ -116,7 +114,7 @@ def _delete_batch(
             results = conn.result(txn.commit_async(), deadline, "delete")
         except ConnectionLost:
             continue  # deletes are idempotent: NoNode on the retry is fine
-        index, error = _first_error(results)
+        index, error = first_error(results)
         if error is None:
             return deleted + len(paths)
         if index < g:
@@ -154,18 +152,10 @@ def _guarded_commit(
             results = conn.result(txn.commit_async(), deadline, what)
         except ConnectionLost:
             continue
-        index, error = _first_error(results)
+        index, error = first_error(results)
         if error is not None and index < g:
             raise _Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
         return error
-
-
-def _first_error(results: list[Any]) -> tuple[int, Exception | None]:
-    """The operation that made a transaction fail, if it failed."""
-    for i, r in enumerate(results):
-        if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency)):
-            return i, r
-    return -1, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +170,7 @@ class CleanerStats:
     topics_removed: int
     registrations_removed: int
     receipts_removed: int
+    results_removed: int
     elections_won: int
 
 
@@ -187,7 +178,13 @@ class Cleaner:
     """One candidate in the cleaner election. Made by ``Client.start_cleaner``."""
 
     def __init__(
-        self, client: Client, *, grace: float | None, interval: float, receipt_ttl: float = 600.0
+        self,
+        client: Client,
+        *,
+        grace: float | None,
+        interval: float,
+        receipt_ttl: float = 600.0,
+        result_ttl: float = 3600.0,
     ) -> None:
         session_timeout = client.config.session_timeout
         self.grace = float(grace) if grace is not None else max(60.0, 2 * session_timeout)
@@ -199,6 +196,9 @@ class Cleaner:
         if not receipt_ttl > 0:
             raise ValueError(f"receipt_ttl must be > 0 seconds, not {receipt_ttl!r}")
         self.receipt_ttl = float(receipt_ttl)
+        if not result_ttl > 0:
+            raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
+        self.result_ttl = float(result_ttl)
         self._client = client
         self._conn = client._conn
         self._layout = client._layout
@@ -216,6 +216,7 @@ class Cleaner:
             topics_removed=0,
             registrations_removed=0,
             receipts_removed=0,
+            results_removed=0,
             elections_won=0,
         )
         self._thread = threading.Thread(
@@ -512,7 +513,7 @@ class Cleaner:
             txn = kazoo.transaction()
             txn.check(me, 0)
             txn.delete(layout.topic(topic), version)
-            index, error = _first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
+            index, error = first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
             if index == 0:
                 raise _Refused("fence")
             if error is None:
@@ -534,24 +535,45 @@ class Cleaner:
         return int(stat.mtime)
 
     def _sweep_receipts(self, me: str) -> None:
-        """Delete receipts older than ``receipt_ttl`` (a writer's leftovers)."""
-        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        """Delete receipts older than ``receipt_ttl`` (a writer's leftovers) and
+        task results nobody read within ``result_ttl``."""
+        conn, layout = self._conn, self._layout
         deadline = self._deadline()
-        names = conn.children(layout.receipts, deadline)
+        now_ms: list[int] = []  # read once, and only if there is something to age
+        self._count(
+            "receipts_removed",
+            self._expire_children(me, layout.receipts, self.receipt_ttl, now_ms, deadline),
+        )
+        for name in conn.children(layout.work, deadline) or []:
+            results = layout.work_queue(name).results
+            removed = self._expire_children(me, results, self.result_ttl, now_ms, deadline)
+            self._count("results_removed", removed)
+
+    def _expire_children(
+        self, me: str, parent: str, ttl: float, now_ms: list[int], deadline: float | None
+    ) -> int:
+        """Delete the children of ``parent`` created more than ``ttl`` seconds
+        ago by the server's clock. Returns how many."""
+        conn, kazoo = self._conn, self._conn.kazoo
+        names = conn.children(parent, deadline)
         if not names:
-            return
-        now_ms = self._server_time_ms(deadline)
-        requests = [(n, kazoo.exists_async(join(layout.receipts, n))) for n in names]
+            return 0
+        if not now_ms:
+            now_ms.append(self._server_time_ms(deadline))
+        requests = [(n, kazoo.exists_async(join(parent, n))) for n in names]
         old = []
         for name, request in requests:
-            stat = conn.result(request, deadline, "receipt stat")
-            if stat is not None and now_ms - stat.ctime > self.receipt_ttl * 1000:
-                old.append(join(layout.receipts, name))
+            stat = conn.result(request, deadline, "stat")
+            if stat is not None and now_ms[0] - stat.ctime > ttl * 1000:
+                old.append(join(parent, name))
 
         def fence(txn: Any) -> int:
             txn.check(me, 0)
             return 1
 
+        removed = 0
         for i in range(0, len(old), DELETE_BATCH):
-            removed = _delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False)
-            self._count("receipts_removed", removed)
+            removed += _delete_batch(
+                conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False
+            )
+        return removed

@@ -314,6 +314,157 @@ def cleaner(ctx: Context, grace: float | None, interval: float, client_id: str |
             pass
 
 
+@main.group()
+def queue() -> None:
+    """Work queues: put, reserve, stats, dead letters, replay."""
+
+
+def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
+    if fmt == "text":
+        return list(messages)
+    out = []
+    for text in messages:
+        try:
+            out.append(json.loads(text))
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOADS") from exc
+    return out
+
+
+@queue.command("put")
+@click.argument("name")
+@click.argument("payloads", nargs=-1, required=True)
+@click.option(
+    "--priority", "-p", default=100, show_default=True, type=int, help="0-999, lower first."
+)
+@click.option("--header", "-H", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--wait-result",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Put one item wanting a result and wait for it.",
+)
+@pass_ctx
+def queue_put(
+    ctx: Context,
+    name: str,
+    payloads: Sequence[str],
+    priority: int,
+    header: Sequence[str],
+    fmt: str,
+    wait_result: float | None,
+) -> None:
+    """Put PAYLOADS into queue NAME, one item each."""
+    items = _payloads(payloads, fmt)
+    headers = _parse_headers(header)
+    if wait_result is not None and len(items) != 1:
+        raise click.BadParameter("--wait-result takes exactly one payload")
+    with ctx.client(serializer="json" if fmt == "json" else None) as client:
+        q = client.queue(name)
+        try:
+            if wait_result is not None:
+                ticket = q.put(items[0], priority=priority, headers=headers, want_result=True)
+                click.echo(ticket.id, err=True)
+                click.echo(json.dumps(ticket.wait(timeout=wait_result), default=repr))
+                return
+            for item_id in q.put_many(items, priority=priority, headers=headers):
+                click.echo(item_id)
+        except (ZkPubSubError, ValueError, TypeError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@queue.command("reserve")
+@click.argument("name")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option("--release", is_flag=True, help="Give the item back instead of acking it.")
+@pass_ctx
+def queue_reserve(ctx: Context, name: str, timeout: float, release: bool) -> None:
+    """Take one item from queue NAME, print it, and ack it (or release it)."""
+    with ctx.client() as client:
+        try:
+            item = client.queue(name).reserve(timeout=timeout)
+            if item is None:
+                raise click.ClickException(f"no item in {name!r} within {timeout:g}s")
+            record = {
+                "id": item.id,
+                "payload": item.payload,
+                "priority": item.priority,
+                "attempts": item.attempts,
+                "headers": item.headers,
+            }
+            click.echo(json.dumps(record, default=repr))
+            if release:
+                item.release()
+            else:
+                item.ack()
+        except ZkPubSubError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@queue.command("stats")
+@click.argument("name")
+@pass_ctx
+def queue_stats(ctx: Context, name: str) -> None:
+    """Ready, reserved and dead items of queue NAME, and its workers."""
+    with ctx.client() as client:
+        s = client.queue(name).stats()
+    click.echo(
+        table(
+            ["QUEUE", "READY", "RESERVED", "DEAD", "WORKERS"],
+            [(s.name, s.ready, s.reserved, s.dead, s.workers)],
+        )
+    )
+
+
+@queue.command("dead")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def queue_dead(ctx: Context, name: str, as_json: bool) -> None:
+    """List the dead letters of queue NAME."""
+    with ctx.client() as client:
+        dead = client.queue(name).dead()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "payload": d.payload,
+                        "priority": d.priority,
+                        "attempts": d.attempts,
+                        "reason": d.reason,
+                        "died_at": d.died_at,
+                    }
+                    for d in dead
+                ],
+                default=repr,
+                indent=2,
+            )
+        )
+        return
+    if not dead:
+        click.echo(f"no dead letters in {name!r}")
+        return
+    rows = [
+        (d.id, d.attempts, json.dumps(d.payload, default=repr)[:40], d.reason[:60]) for d in dead
+    ]
+    click.echo(table(["ID", "ATTEMPTS", "PAYLOAD", "REASON"], rows))
+
+
+@queue.command("replay")
+@click.argument("name")
+@click.option("--id", "ids", multiple=True, help="Only these items (repeatable).")
+@pass_ctx
+def queue_replay(ctx: Context, name: str, ids: Sequence[str]) -> None:
+    """Put dead letters of queue NAME back as new items."""
+    with ctx.client() as client:
+        count = client.queue(name).replay(list(ids) or None)
+    click.echo(f"replayed {count} item(s)")
+
+
 @main.command()
 @click.option("--subscribers", default=3, show_default=True, type=int)
 @click.option("--messages", default=300, show_default=True, type=int)

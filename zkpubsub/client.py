@@ -46,6 +46,7 @@ from .subscription import ErrorHandler, Handler, Subscription
 if TYPE_CHECKING:
     from .cleaner import Cleaner
     from .stats import BusStats
+    from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -354,6 +355,16 @@ class Client:
             self._unregister_subscription(topic, deadline)
             self._delete_queue(topic, deadline)
 
+    # -- work queues -----------------------------------------------------------------------
+
+    def queue(self, name: str, *, max_attempts: int = 5) -> WorkQueue:
+        """A handle on the work queue ``name`` (created on first use). Items
+        reserved ``max_attempts`` times without an ack become dead letters."""
+        from .workqueue import WorkQueue
+
+        self._check_open()
+        return WorkQueue(self, name, max_attempts=max_attempts)
+
     # -- cleaner and stats -------------------------------------------------------------------
 
     def start_cleaner(
@@ -362,19 +373,25 @@ class Client:
         grace: float | None = None,
         interval: float = 30.0,
         receipt_ttl: float = 600.0,
+        result_ttl: float = 3600.0,
     ) -> Cleaner:
         """Host the cleaner on this client: it joins the election and, while it
         leads, deletes the queues of clients gone for longer than ``grace``
         seconds (default: the larger of 60 s and twice the session timeout),
-        topics left without subscribers as long, and publish receipts older
-        than ``receipt_ttl``. Idempotent: returns the running cleaner."""
+        topics left without subscribers as long, receipts older than
+        ``receipt_ttl`` and work-queue results unread after ``result_ttl``.
+        Idempotent: returns the running cleaner."""
         from .cleaner import Cleaner
 
         self._check_open()
         with self._lock:
             if self._cleaner is None or self._cleaner.stopped:
                 self._cleaner = Cleaner(
-                    self, grace=grace, interval=interval, receipt_ttl=receipt_ttl
+                    self,
+                    grace=grace,
+                    interval=interval,
+                    receipt_ttl=receipt_ttl,
+                    result_ttl=result_ttl,
                 )
                 self._cleaner.start()
             return self._cleaner

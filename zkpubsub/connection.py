@@ -23,6 +23,8 @@ from kazoo.exceptions import (
     KazooException,
     NoNodeError,
     OperationTimeoutError,
+    RolledBackError,
+    RuntimeInconsistency,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
@@ -44,6 +46,15 @@ T = TypeVar("T")
 
 RECONNECT_MAX_DELAY: Final = 2.0
 _CONNECTION_ERRORS: Final = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)
+
+
+def first_error(results: list[Any]) -> tuple[int, Exception | None]:
+    """The operation that made a transaction fail, if it failed: ``(index,
+    error)``, or ``(-1, None)`` when every operation succeeded."""
+    for i, r in enumerate(results):
+        if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency)):
+            return i, r
+    return -1, None
 
 
 def deadline_after(timeout: float | None) -> float | None:

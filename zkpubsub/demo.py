@@ -1,10 +1,12 @@
-"""``zkpubsub demo``: cache invalidation across service instances, for real.
+"""``zkpubsub demo``: cache invalidation and a work queue, for real.
 
 It starts a local ZooKeeper, runs several subscriber processes that each
 keep a small cache, publishes a stream of invalidations, kills one
 subscriber with SIGKILL half-way, and waits for the elected cleaner to
-remove the dead subscriber's queue once its grace period has passed. It
-prints what happened and exits non-zero if any check failed.
+remove the dead subscriber's queue once its grace period has passed. Then
+two worker processes drain a work queue; one is killed with SIGKILL in the
+middle of a task, and that task is delivered again to the other. It prints
+what happened and exits non-zero if any check failed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TOPIC = "cache.invalidate"
+QUEUE = "thumbnails"
 SESSION_TIMEOUT = 2.0
 GRACE = 3.0
 
@@ -57,6 +60,98 @@ def _subscriber_main(hosts: str, client_id: str) -> None:
     print("ready", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     client.close()
+
+
+def _worker_main(hosts: str, name: str, hang_on: int) -> None:
+    """A worker process; it freezes forever on task ``hang_on`` (first try)."""
+    from .client import Client
+
+    client = Client(hosts, client_id=name, session_timeout=SESSION_TIMEOUT)
+    queue = client.queue(QUEUE)
+    print("ready", flush=True)
+    while True:
+        item = queue.reserve(timeout=None)
+        assert item is not None
+        print("start", item.payload, item.attempts, flush=True)
+        if item.payload == hang_on and item.attempts == 1:
+            signal.sigwait({signal.SIGTERM})  # stuck mid-task until killed
+        time.sleep(0.02)  # the work
+        item.ack()
+        print("done", item.payload, item.attempts, flush=True)
+
+
+@dataclass
+class _QueueWorker:
+    name: str
+    process: subprocess.Popen[str]
+    events: list[tuple[str, int, int]] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            parts = line.split()
+            if parts == ["ready"]:
+                self.ready.set()
+            elif len(parts) == 3:
+                self.events.append((parts[0], int(parts[1]), int(parts[2])))
+
+
+def _queue_demo(hosts: str, step: Callable[[str], None], failures: list[str]) -> None:
+    from .client import Client
+
+    tasks, hang_on = 20, 7
+    with Client(hosts, client_id="producer", session_timeout=SESSION_TIMEOUT) as client:
+        queue = client.queue(QUEUE)
+        queue.put_many(range(tasks))
+        step(f"put {tasks} tasks into the work queue {QUEUE!r}; two worker processes start")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        workers = []
+        for name in ("worker-a", "worker-b"):
+            args = [sys.executable, "-m", "zkpubsub.demo", "worker", hosts, name, str(hang_on)]
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+            worker = _QueueWorker(name, proc)
+            threading.Thread(target=worker.read, daemon=True).start()
+            workers.append(worker)
+        try:
+            deadline = time.monotonic() + 30
+            stuck = None
+            while stuck is None and time.monotonic() < deadline:
+                stuck = next((w for w in workers if ("start", hang_on, 1) in w.events), None)
+                time.sleep(0.02)
+            if stuck is None:
+                failures.append(f"no worker started task {hang_on}")
+                return
+            stuck.process.send_signal(signal.SIGKILL)
+            stuck.process.wait()
+            step(f"{stuck.name} froze in the middle of task {hang_on}; killed it with SIGKILL")
+            survivor = next(w for w in workers if w is not stuck)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(queue) > 0:
+                time.sleep(0.1)
+            redo = [e for e in survivor.events if e[0] == "done" and e[1] == hang_on]
+            if redo:
+                step(
+                    f"task {hang_on} came back once {stuck.name}'s session expired; "
+                    f"{survivor.name} did it (attempt {redo[0][2]})"
+                )
+            else:
+                failures.append(f"task {hang_on} was not redelivered")
+            done = [e[1] for w in workers for e in w.events if e[0] == "done"]
+            stats = queue.stats()
+            step(
+                f"queue: {len(set(done))}/{tasks} tasks acked, {stats.ready} ready, "
+                f"{stats.reserved} reserved, {stats.dead} dead"
+            )
+            if sorted(done) != list(range(tasks)):
+                failures.append(
+                    f"tasks acked: {sorted(done)}, expected each of 0..{tasks - 1} once"
+                )
+        finally:
+            for w in workers:
+                if w.process.poll() is None:
+                    w.process.kill()
+                w.process.wait(10)
 
 
 def run_demo(
@@ -165,6 +260,8 @@ def run_demo(
                     failures.append(f"{w.name} got {len(w.received)}/{messages} or out of order")
                 if not in_order:
                     failures.append(f"{w.name} saw messages out of order")
+            out("")
+        _queue_demo(zk.hosts, step, failures)
     return _finish(step, failures)
 
 
@@ -173,12 +270,17 @@ def _finish(step: Callable[[str], None], failures: list[str]) -> int:
         for f in failures:
             step(f"FAILED: {f}")
         return 1
-    step("every live subscriber got every message in order; the dead one's queue is gone")
+    step(
+        "every live subscriber got every message in order; the dead one's queue is gone; "
+        "every task was done once, the interrupted one again by the other worker"
+    )
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "subscriber":
         _subscriber_main(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "worker":
+        _worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         sys.exit(run_demo())

@@ -16,6 +16,7 @@ translated at the boundary and never reach user code. The tree::
     ├── NoSubscribers             publish(..., require_subscribers=True) found none
     ├── AlreadySubscribed         this client already subscribes to the topic
     ├── ReservationLost           a queue item is no longer held by this worker
+    ├── ItemFailed                a task whose result was awaited went to dead letters
     └── ZooKeeperError            any other error the server returned
 
 Bad arguments (an invalid topic name, a negative timeout) raise the builtin
@@ -133,6 +134,16 @@ class ReservationLost(ZkPubSubError):
         )
         self.queue = queue
         self.item_id = item_id
+
+
+class ItemFailed(ZkPubSubError):
+    """The item behind a :class:`~zkpubsub.Ticket` was moved to the dead
+    letters instead of being acknowledged; ``reason`` says why."""
+
+    def __init__(self, item_id: str, reason: str) -> None:
+        super().__init__(f"item {item_id} failed: {reason}")
+        self.item_id = item_id
+        self.reason = reason
 
 
 class ZooKeeperError(ZkPubSubError):

@@ -20,6 +20,14 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 election; lowest leads
     <root>/cleaner/clock                        the cleaner writes it to read
                                                 the server's time (its mtime)
+    <root>/queues/<name>/items/<q|r><PPP>-<guid>-<seq>
+                                                persistent sequential work item,
+                                                priority PPP; its data version
+                                                counts its reservations
+    <root>/queues/<name>/reserved/<item name>   ephemeral, the holder's session
+    <root>/queues/<name>/dead/<item name>       persistent dead letter
+    <root>/queues/<name>/results/<message id>   persistent task result
+    <root>/queues/<name>/workers/<worker id>    ephemeral, one per worker
 
 Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
 ``%010d``; they wrap to negative numbers, so order is taken from the parsed
@@ -45,6 +53,9 @@ _GUID_RE: Final = f"[0-9a-f]{{{GUID_HEX_DIGITS}}}"
 _SEQ_RE: Final = r"(?:\d{10}|-\d{9,10})"
 _MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
 _CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
+_ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-({_GUID_RE})-({_SEQ_RE})$")
+MIN_PRIORITY: Final = 0
+MAX_PRIORITY: Final = 999
 
 
 def _forbidden_char(value: str) -> str | None:
@@ -176,6 +187,45 @@ class Layout:
     def candidate_prefix(self, guid: str) -> str:
         return f"{self.candidates}/c{guid}-"
 
+    def work_queue(self, name: str) -> WorkQueuePaths:
+        return WorkQueuePaths(f"{self.work}/{name}")
+
+
+class WorkQueuePaths:
+    """The paths of one work queue."""
+
+    __slots__ = ("base", "dead", "items", "reserved", "results", "workers")
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.items = f"{base}/items"
+        self.reserved = f"{base}/reserved"
+        self.dead = f"{base}/dead"
+        self.results = f"{base}/results"
+        self.workers = f"{base}/workers"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.items, self.reserved, self.dead, self.results, self.workers)
+
+    def item(self, name: str) -> str:
+        return f"{self.items}/{name}"
+
+    def item_prefix(self, priority: int, guid: str, *, wants_result: bool) -> str:
+        kind = "r" if wants_result else "q"
+        return f"{self.items}/{kind}{priority:03d}-{guid}-"
+
+    def reservation(self, name: str) -> str:
+        return f"{self.reserved}/{name}"
+
+    def dead_letter(self, name: str) -> str:
+        return f"{self.dead}/{name}"
+
+    def result(self, message_id: str) -> str:
+        return f"{self.results}/{message_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.workers}/{worker_id}"
+
 
 def parse_message_node(name: str) -> tuple[str, int] | None:
     """``(guid, sequence)`` of a message node name, or ``None`` if foreign."""
@@ -191,6 +241,31 @@ def parse_candidate_node(name: str) -> tuple[str, int] | None:
     if m is None:
         return None
     return m.group(1), int(m.group(2))
+
+
+def parse_item_node(name: str) -> tuple[bool, int, str, int] | None:
+    """``(wants_result, priority, guid, sequence)`` of a work item name."""
+    m = _ITEM_NODE.match(name)
+    if m is None:
+        return None
+    return m.group(1) == "r", int(m.group(2)), m.group(3), int(m.group(4))
+
+
+def order_items(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Work item names by priority (lower first), then creation order;
+    and the foreign names."""
+    by_priority: dict[int, list[tuple[int, str]]] = {}
+    foreign: list[str] = []
+    for name in names:
+        parsed = parse_item_node(name)
+        if parsed is None:
+            foreign.append(name)
+        else:
+            by_priority.setdefault(parsed[1], []).append((parsed[3], name))
+    ordered: list[str] = []
+    for priority in sorted(by_priority):
+        ordered.extend(order_by_sequence(by_priority[priority]))
+    return ordered, foreign
 
 
 def guid_of(name: str) -> str | None:

@@ -1,0 +1,417 @@
+"""The work queue on a real ZooKeeper: reserve / ack / release, redelivery,
+dead letters, priorities, results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import (
+    Client,
+    ClientState,
+    Item,
+    ItemFailed,
+    OperationTimeout,
+    ReservationLost,
+    SerializationError,
+)
+from zkpubsub.layout import Layout
+from zkpubsub.testing import ZooKeeperCluster, expire_session
+
+from .helpers import wait_until
+from .procs import Child
+
+MakeClient = Callable[..., Client]
+
+
+def drain(queue: object, count: int, timeout: float = 10.0) -> list[object]:
+    out = []
+    for _ in range(count):
+        item = queue.reserve(timeout)  # type: ignore[attr-defined]
+        assert item is not None, f"only {len(out)} of {count} items came"
+        out.append(item.payload)
+        item.ack()
+    return out
+
+
+def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
+    client = make_client()
+    q = client.queue("jobs")
+    with pytest.raises(TypeError, match="priority must be an int"):
+        q.put("x", priority="high")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="priority must be an int"):
+        q.put("x", priority=True)
+    for bad in (-1, 1000):
+        with pytest.raises(ValueError, match="between 0 and 999"):
+            q.put("x", priority=bad)
+    with pytest.raises(SerializationError):
+        q.put(object())
+    with pytest.raises(ValueError):
+        q.put_many([])
+    for name in ("", "a/b", ".."):
+        with pytest.raises(ValueError):
+            client.queue(name)
+    with pytest.raises(ValueError):
+        client.queue("jobs", max_attempts=0)
+    with pytest.raises(ValueError):
+        q.reserve_many(0)
+    assert len(q) == 0  # nothing was enqueued by the failed calls
+
+
+def test_an_empty_reserve_returns_none_after_the_timeout(make_client: MakeClient) -> None:
+    q = make_client().queue("empty")
+    started = time.monotonic()
+    assert q.reserve(timeout=0.5) is None
+    assert time.monotonic() - started >= 0.5
+    assert q.reserve(timeout=0) is None
+
+
+def test_items_come_out_first_in_first_out(make_client: MakeClient) -> None:
+    q = make_client().queue("fifo")
+    for i in range(20):
+        q.put(i)
+    assert drain(q, 20) == list(range(20))
+
+
+def test_lower_priority_numbers_come_first_then_fifo(make_client: MakeClient) -> None:
+    q = make_client().queue("prio")
+    q.put("low-1", priority=500)
+    q.put("high-1", priority=1)
+    q.put("mid", priority=100)
+    q.put("high-2", priority=1)
+    q.put("low-2", priority=500)
+    q.put("top", priority=0)
+    assert drain(q, 6) == ["top", "high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_a_released_item_comes_back_with_one_more_attempt(make_client: MakeClient) -> None:
+    q = make_client().queue("release")
+    q.put("a")
+    q.put("b")
+    first = q.reserve(5)
+    assert first is not None and first.payload == "a" and first.attempts == 1
+    first.release()
+    again = q.reserve(5)
+    assert again is not None
+    assert (again.id, again.payload, again.attempts) == (first.id, "a", 2)
+    with pytest.raises(ValueError, match="already"):
+        first.ack()
+
+
+def test_another_worker_can_ack_after_a_release(make_client: MakeClient) -> None:
+    one = make_client().queue("handover")
+    two = make_client().queue("handover")
+    one.put("job")
+    item = one.reserve(5)
+    assert item is not None
+    assert two.reserve(0.3) is None  # held by one
+    item.release()
+    taken = two.reserve(5)
+    assert taken is not None and taken.payload == "job"
+    taken.ack()
+    assert len(two) == 0
+
+
+def test_three_readers_one_item_exactly_one_gets_it(make_client: MakeClient) -> None:
+    queues = [make_client().queue("race") for _ in range(3)]
+    got: list[Item | None] = [None, None, None]
+    barrier = threading.Barrier(3)
+
+    def read(i: int) -> None:
+        barrier.wait()
+        got[i] = queues[i].reserve(timeout=2)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    queues[0].put("the only one")
+    for t in threads:
+        t.join()
+    winners = [g for g in got if g is not None]
+    assert len(winners) == 1
+    assert winners[0].payload == "the only one"
+
+
+def test_a_reserved_head_never_blocks_the_rest(make_client: MakeClient) -> None:
+    one = make_client().queue("hol")
+    two = make_client().queue("hol")
+    for i in range(3):
+        one.put(i)
+    head = one.reserve(5)
+    assert head is not None and head.payload == 0
+    nxt = two.reserve(1)  # the next worker takes another item at once
+    assert nxt is not None and nxt.payload in (1, 2)
+
+
+def test_an_item_is_a_context_manager(make_client: MakeClient) -> None:
+    q = make_client().queue("ctx")
+    q.put("ok")
+    q.put("fails")
+    with q.reserve(5) as item:  # type: ignore[union-attr]
+        assert item.payload == "ok"
+    with pytest.raises(RuntimeError), q.reserve(5) as item:  # type: ignore[union-attr]
+        raise RuntimeError("handler crashed")
+    back = q.reserve(5)
+    assert back is not None and back.payload == "fails" and back.attempts == 2
+    back.ack()
+    assert len(q) == 0
+
+
+def test_a_worker_killed_mid_task_gives_the_item_back(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    q = make_client().queue("jobs")
+    item_id = q.put("resize image")
+    with Child(zk_hosts, zk_root, "doomed-worker", "hang-worker", "jobs") as child:
+        line = child.expect("got")
+        assert line.split()[1:] == [item_id, "1"]  # id and attempts
+        child.kill()
+    again = q.reserve(timeout=20)  # once the dead worker's session expires
+    assert again is not None
+    assert (again.id, again.attempts) == (item_id, 2)
+    again.ack()
+
+
+def test_a_zombie_cannot_ack_or_release(make_client: MakeClient) -> None:
+    zombie_client = make_client()
+    zombie = zombie_client.queue("jobs")
+    zombie.put("only once")
+    held = zombie.reserve(5)
+    assert held is not None
+    expire_session(zombie_client)  # its reservation is gone with its session
+    other = make_client().queue("jobs")
+    taken = other.reserve(5)
+    assert taken is not None and taken.id == held.id and taken.attempts == 2
+    with pytest.raises(ReservationLost):
+        held.ack()
+    with pytest.raises(ReservationLost):
+        held.release()
+    assert len(other) == 1  # the zombie changed nothing
+    taken.ack()
+    assert len(other) == 0
+
+
+def test_a_reservation_lost_with_no_new_holder_is_still_refused(make_client: MakeClient) -> None:
+    client = make_client()
+    q = client.queue("jobs")
+    q.put("x")
+    held = q.reserve(5)
+    assert held is not None
+    expire_session(client)
+    with pytest.raises(ReservationLost):
+        held.ack()
+    again = q.reserve(5)
+    assert again is not None and again.attempts == 2
+    again.ack()
+
+
+def test_dead_letters_after_max_attempts_and_replay(make_client: MakeClient) -> None:
+    q = make_client().queue("flaky", max_attempts=3)
+    q.put("poison", headers={"kind": "bad"}, priority=7)
+    q.put("fine")
+    seen = []
+    for _ in range(4):
+        item = q.reserve(2)
+        assert item is not None
+        seen.append((item.payload, item.attempts))
+        if item.payload == "poison":
+            item.release(RuntimeError("corrupt input"))
+        else:
+            item.ack()
+    assert seen == [("poison", 1), ("poison", 2), ("poison", 3), ("fine", 1)]
+    assert q.reserve(0.3) is None
+    stats = q.stats()
+    assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 1)
+    (dead,) = q.dead()
+    assert dead.payload == "poison" and dead.attempts == 3 and dead.priority == 7
+    assert dead.headers == {"kind": "bad"}
+    assert "corrupt input" in dead.reason
+    assert q.replay() == 1
+    assert q.dead() == []
+    back = q.reserve(5)
+    assert back is not None and back.payload == "poison" and back.attempts == 1
+    back.ack()
+
+
+def test_an_item_whose_workers_keep_dying_becomes_a_dead_letter(
+    make_client: MakeClient,
+) -> None:
+    q = make_client().queue("deadly", max_attempts=2)
+    q.put("kills workers")
+    for attempt in (1, 2):
+        victim = make_client()
+        item = victim.queue("deadly", max_attempts=2).reserve(5)
+        assert item is not None and item.attempts == attempt
+        expire_session(victim)  # the worker "dies" holding it
+    assert q.reserve(0.5) is None  # the next worker buries it instead
+    (dead,) = q.dead()
+    assert dead.attempts == 2 and "without an ack" in dead.reason
+
+
+def test_four_competing_workers_ack_every_item_exactly_once(make_client: MakeClient) -> None:
+    total = 2000
+    producer = make_client().queue("bulk")
+    ids = []
+    for start in range(0, total, 250):
+        ids += producer.put_many(range(start, start + 250))
+    assert len(set(ids)) == total
+    handled: Counter[str] = Counter()
+    holders: dict[str, str] = {}
+    overlap: list[str] = []
+    lock = threading.Lock()
+
+    def handler_for(worker: str) -> Callable[[Item], None]:
+        def handle(item: Item) -> None:
+            with lock:
+                if item.id in holders:
+                    overlap.append(item.id)
+                holders[item.id] = worker
+                handled[item.id] += 1
+            with lock:
+                del holders[item.id]
+
+        return handle
+
+    consumers = [
+        make_client().queue("bulk").consume(handler_for(f"w{i}"), workers=1) for i in range(4)
+    ]
+    wait_until(lambda: sum(handled.values()) >= total and len(producer) == 0, 120, "drained")
+    for c in consumers:
+        c.stop()
+    assert overlap == []
+    assert set(handled) == set(ids)
+    assert set(handled.values()) == {1}
+    assert sum(c.stats().acked for c in consumers) == total
+    assert all(c.stats().acked > 0 for c in consumers)  # all four took part
+
+
+def test_results_round_trip_and_are_removed_once_read(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    q = make_client().queue("rpc")
+    ticket = q.put({"op": "add", "args": [2, 3]}, want_result=True)
+    assert not ticket.done()
+    with pytest.raises(OperationTimeout):
+        ticket.wait(timeout=0.2)
+    worker = make_client().queue("rpc")
+    item = worker.reserve(5)
+    assert item is not None and item.wants_result
+    item.ack(result=sum(item.payload["args"]))
+    assert ticket.wait(timeout=5) == 5
+    results = Layout(zk_root).work_queue("rpc").results
+    assert raw_zk.get_children(results) == []
+    # a plain item has no ticket to write to
+    q.put("plain")
+    plain = worker.reserve(5)
+    assert plain is not None
+    with pytest.raises(ValueError, match="without want_result"):
+        plain.ack(result=1)
+    plain.ack()
+
+
+def test_a_waited_for_item_that_dies_fails_its_ticket(make_client: MakeClient) -> None:
+    q = make_client().queue("rpc", max_attempts=1)
+    ticket = q.put("doomed", want_result=True)
+    elsewhere = make_client().queue("rpc").ticket(ticket.id)  # another process's view
+    item = q.reserve(5)
+    assert item is not None
+    item.release("cannot do it")
+    with pytest.raises(ItemFailed, match="cannot do it"):
+        elsewhere.wait(timeout=5)
+
+
+def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> None:
+    q = make_client().queue("loop", max_attempts=2)
+    errors: list[BaseException] = []
+    done: list[int] = []
+    started = threading.Event()
+    finish = threading.Event()
+
+    def handle(item: Item) -> int:
+        if item.payload == "slow":
+            started.set()
+            assert finish.wait(10)
+        elif item.payload == "bad":
+            raise ValueError("bad item")
+        done.append(item.payload)
+        return 0
+
+    consumer = q.consume(handle, workers=2, on_error=lambda e, i: errors.append(e))
+    q.put_many([1, 2, "bad", 3])
+    wait_until(lambda: sorted(done, key=str) == [1, 2, 3] and len(errors) == 2, what="handled")
+    assert len(q.dead()) == 1
+    q.put("slow")
+    assert started.wait(10)
+    stopper = threading.Thread(target=consumer.stop)
+    stopper.start()
+    time.sleep(0.3)
+    assert stopper.is_alive()  # waits for the item in hand
+    finish.set()
+    stopper.join(10)
+    assert not consumer.running
+    assert consumer.stats().acked == 4 and consumer.stats().released == 2
+    assert len(q) == 0
+
+
+def test_the_queue_works_after_a_real_session_expiry_of_a_worker(
+    make_client: MakeClient,
+) -> None:
+    worker_client = make_client()
+    done: list[int] = []
+    consumer = worker_client.queue("resilient").consume(lambda item: done.append(item.payload))
+    producer = make_client().queue("resilient")
+    producer.put(1)
+    wait_until(lambda: done == [1], what="first item")
+    expire_session(worker_client)
+    producer.put(2)
+    wait_until(lambda: done == [1, 2], 20, "second item after expiry")
+    consumer.stop()
+    assert consumer.stats().acked == 2
+
+
+def test_foreign_nodes_in_a_queue_become_dead_letters(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    q = make_client().queue("mixed")
+    q.put("real")
+    items = Layout(zk_root).work_queue("mixed").items
+    raw_zk.create(f"{items}/junk", b"not ours")
+    raw_zk.create(f"{items}/q100-0123456789ab-", b"\xc1", sequence=True)
+    got = q.reserve(5)
+    assert got is not None and got.payload == "real"
+    got.ack()
+    assert q.reserve(0.3) is None
+    reasons = sorted(d.reason for d in q.dead())
+    assert len(reasons) == 2
+    assert any("not a zkpubsub work item" in r for r in reasons)
+    assert any("undecodable" in r for r in reasons)
+
+
+def test_put_is_exactly_once_across_a_connection_loss(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(1)
+    client = Client(zk.hosts, session_timeout=3.0, request_timeout=30)
+    try:
+        states: list[ClientState] = []
+        client.add_listener(states.append)
+        q = client.queue("once")
+        q.put("warm-up")
+        (node,) = zk.nodes
+        node.pause()  # the request is sent; no answer comes, the client drops the connection
+        putter = threading.Thread(target=lambda: q.put("exactly once"))
+        putter.start()
+        wait_until(lambda: ClientState.SUSPENDED in states, 10, "connection dropped")
+        node.resume()
+        putter.join(30)
+        assert not putter.is_alive()
+        assert drain(q, 2) == ["warm-up", "exactly once"]
+        assert q.reserve(0.5) is None
+    finally:
+        client.close()

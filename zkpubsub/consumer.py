@@ -1,0 +1,148 @@
+"""Worker threads that drain a work queue: ``WorkQueue.consume``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClientClosed, ReservationLost, ZkPubSubError
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .workqueue import Item, WorkQueue
+
+logger = logging.getLogger(__name__)
+
+ItemHandler = Callable[["Item"], Any]
+POLL_INTERVAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """``acked``: handled and acknowledged. ``released``: the handler raised
+    and the item was given back (or buried as a dead letter). ``lost``: the
+    reservation was gone when the worker came to ack or release (its session
+    expired meanwhile; another worker has the item)."""
+
+    acked: int
+    released: int
+    lost: int
+
+
+class Consumer:
+    """Worker threads calling a handler for each item of one queue.
+
+    Each thread is its own worker in the queue's registry. ``stop()`` lets
+    every worker finish (ack or release) the item in hand, then returns.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        handler: ItemHandler,
+        workers: int,
+        max_attempts: int,
+        on_error: Callable[[BaseException, Item], Any] | None,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        self._handler = handler
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._counts = {"acked": 0, "released": 0, "lost": 0}
+        self._queues: list[WorkQueue] = [
+            client.queue(name, max_attempts=max_attempts) for _ in range(workers)
+        ]
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(q,), name=f"zkpubsub-worker-{q.worker_id}", daemon=True
+            )
+            for q in self._queues
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def stats(self) -> ConsumerStats:
+        with self._lock:
+            return ConsumerStats(**self._counts)
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def _work(self, queue: WorkQueue) -> None:
+        while not self._stop.is_set():
+            try:
+                item = queue.reserve(timeout=POLL_INTERVAL)
+            except ClientClosed:
+                return
+            except ZkPubSubError as exc:
+                logger.warning("worker %s: reserve failed: %s", queue.worker_id, exc)
+                self._stop.wait(POLL_INTERVAL)
+                continue
+            if item is None:
+                continue
+            try:
+                result = self._handler(item)
+            except Exception as exc:
+                self._report(exc, item)
+                self._finish(item, exc)
+                continue
+            if not item.finished:
+                self._finish(item, None, result)
+
+    def _report(self, exc: BaseException, item: Item) -> None:
+        if self._on_error is None:
+            logger.error("handler failed on %r", item, exc_info=exc)
+            return
+        try:
+            self._on_error(exc, item)
+        except Exception:
+            logger.exception("on_error raised")
+
+    def _finish(self, item: Item, error: BaseException | None, result: Any = None) -> None:
+        """Ack (no error) or release (error) the item, counting what happened."""
+        try:
+            if error is None:
+                item.ack(result if item.wants_result else None)
+                self._count("acked")
+            else:
+                item.release(error)
+                self._count("released")
+        except ReservationLost as exc:
+            logger.warning("%s", exc)
+            self._count("lost")
+        except ZkPubSubError as exc:
+            logger.warning("could not finish %r: %s", item, exc)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop taking items; wait for the ones in hand. Idempotent."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+        for queue in self._queues:
+            with contextlib.suppress(ZkPubSubError):
+                queue.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
