@@ -234,3 +234,16 @@ def test_unread_results_are_removed_after_their_ttl(
     cleaner = client.start_cleaner(grace=60, interval=0.3, result_ttl=1.0)
     wait_until(lambda: cleaner.stats().results_removed == 1, 20, "result expired")
     assert raw_zk.get_children(results) == []
+
+
+def test_a_client_starting_during_a_purge_hears_about_it(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    layout = Layout(zk_root)
+    raw_zk.ensure_path(layout.queue("restarted", "t"))
+    raw_zk.ensure_path(layout.purge_marker("restarted"))
+    gaps: list[Gap] = []
+    make_client(client_id="restarted", on_gap=gaps.append)
+    wait_until(lambda: gaps, what="purge gap at start")
+    assert gaps[0].reason == "backlog purged" and gaps[0].topics == frozenset({"t"})
+    assert raw_zk.exists(layout.purge_marker("restarted")) is None

@@ -445,3 +445,53 @@ def test_closed_clients_refuse_work(make_client: MakeClient) -> None:
     with pytest.raises(ClientClosed):
         client.subscribe("t")
     wait_until(lambda: states == [ClientState.CLOSED], what="CLOSED reported")
+
+
+def test_user_code_never_runs_on_the_zookeeper_clients_threads(make_client: MakeClient) -> None:
+    import threading as th
+
+    seen: dict[str, str] = {}
+    done = th.Event()
+
+    def handler(msg: Message) -> None:
+        seen["handler"] = th.current_thread().name
+        raise RuntimeError("to reach on_error")
+
+    def on_error(exc: BaseException, msg: Message | None) -> None:
+        seen["on_error"] = th.current_thread().name
+        done.set()
+
+    client = make_client()
+    client.add_listener(lambda state: seen.setdefault("listener", th.current_thread().name))
+    client.subscribe("t", handler, on_error=on_error, max_attempts=1)
+    make_client().publish("t", "x")
+    assert done.wait(20)
+    client.close()
+    wait_until(lambda: "listener" in seen, what="listener called")
+    assert seen["handler"].startswith("zkpubsub-dispatch-")
+    assert seen["on_error"].startswith("zkpubsub-dispatch-")
+    assert seen["listener"].startswith("zkpubsub-listeners-")
+    assert seen.keys() == {"handler", "on_error", "listener"}
+
+
+def test_publish_is_exactly_once_across_a_connection_loss(
+    make_cluster: Callable[..., object],
+) -> None:
+    zk = make_cluster(1)
+    hosts = zk.hosts  # type: ignore[attr-defined]
+    with Client(hosts, session_timeout=3.0) as publisher, Client(hosts) as subscriber:
+        sub = subscriber.subscribe("t")
+        states: list[ClientState] = []
+        publisher.add_listener(states.append)
+        publisher.publish("t", "warm-up")
+        (node,) = zk.nodes  # type: ignore[attr-defined]
+        node.pause()  # the request goes out; the answer never comes; the client drops
+        sender = threading.Thread(target=lambda: publisher.publish("t", "exactly once"))
+        sender.start()
+        wait_until(lambda: ClientState.SUSPENDED in states, 10, "connection dropped")
+        node.resume()
+        sender.join(30)
+        assert not sender.is_alive()
+        assert publisher._publisher.lookups >= 1  # the answer was lost and looked up
+        got = [sub.get(10), sub.get(10), sub.get(0.5)]
+        assert [m.payload if m else None for m in got] == ["warm-up", "exactly once", None]

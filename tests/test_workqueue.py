@@ -415,3 +415,31 @@ def test_put_is_exactly_once_across_a_connection_loss(
         assert q.reserve(0.5) is None
     finally:
         client.close()
+
+
+def test_workers_spread_over_items_instead_of_racing_for_the_head(
+    make_client: MakeClient,
+) -> None:
+    total = 400
+    make_client().queue("spread").put_many(range(total))
+    queues = [make_client().queue("spread") for _ in range(4)]
+    for q in queues:
+        q._refresh(None)  # every worker registered before they start
+    taken: list[list[int]] = [[] for _ in queues]
+    barrier = threading.Barrier(len(queues))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        while (item := queues[i].reserve(timeout=0.5)) is not None:
+            taken[i].append(item.payload)
+            item.ack()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(queues))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(p for t in taken for p in t) == list(range(total))
+    conflicts = sum(q.conflicts for q in queues)
+    # Racing for the head, three of four workers would lose almost every time.
+    assert conflicts < total // 10, f"{conflicts} conflicts for {total} items"

@@ -65,7 +65,9 @@ class Client:
     cleaner's grace period. Two live clients must not share an id: the
     constructor waits ``registration_wait`` seconds (default: twice the
     session timeout) for a previous session of the same id to expire, then
-    raises :class:`~zkpubsub.ClientIdInUse`.
+    raises :class:`~zkpubsub.ClientIdInUse`. ``on_gap`` is added as a gap
+    listener before registering, so it also hears that the cleaner had
+    started deleting this id's queues before the client came back.
 
     The constructor connects and registers (``ConnectTimeout`` if no session
     within ``connect_timeout``). After a session expiry the client registers
@@ -87,6 +89,7 @@ class Client:
         max_transaction_bytes: int = DEFAULT_MAX_TRANSACTION_BYTES,
         prefetch: int = DEFAULT_PREFETCH,
         registration_wait: float | None = None,
+        on_gap: GapListener | None = None,
     ) -> None:
         self._config = ClientConfig(
             hosts=hosts,
@@ -107,7 +110,7 @@ class Client:
         self._serializers[self._config.serializer.content_type] = self._config.serializer
         self._state = ClientState.CONNECTING
         self._state_listeners: list[StateListener] = []
-        self._gap_listeners: list[GapListener] = []
+        self._gap_listeners: list[GapListener] = [on_gap] if on_gap is not None else []
         self._subscriptions: dict[str, Subscription] = {}
         self._lock = threading.RLock()  # guards registration and the subscriptions
         self._closed = False
@@ -127,12 +130,16 @@ class Client:
             with translated("register client"):
                 self._ensure_base(deadline)
                 self._register_client(deadline, owner_wait=wait)
+                purged = self._check_purge(deadline)
         except BaseException:
             self._notifier.close()
             self._conn.stop()
             raise
         self._registered_session = self._conn.session_id
         self._state = ClientState.CONNECTED
+        if purged:
+            now = time.time()
+            self._emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"zkpubsub-session-{self.client_id[:12]}", daemon=True
         )

@@ -26,9 +26,9 @@ every worker competes for them. Guarantees, each enforced by the server:
   after a lost answer the receipt is looked up before anything is written
   again.
 * **No herd, no head-of-line blocking.** Workers register under
-  ``workers/``; a worker of rank r among W tries every W-th available item
-  starting at r, so they do not all race for the head, and a reserved item
-  never blocks the ones behind it.
+  ``workers/``; a worker of rank r among W tries first the items whose
+  sequence number is r modulo W, so they do not all race for the head, and
+  a reserved item never blocks the ones behind it.
 * **Priorities.** 0 to 999, lower first, first in first out within a priority
   (exactly so for a single worker; several workers take neighbouring items
   at the same time).
@@ -293,6 +293,7 @@ class WorkQueue:
         self._ready = False
         self._worker_session: int | None = None
         self._closed = False
+        self.conflicts = 0  # reservations lost to another worker at the last moment
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -534,13 +535,18 @@ class WorkQueue:
         ordered, foreign = order_items([n for n in names if n not in held])
         for name in foreign:
             self._bury_foreign(name, deadline)
+        # Each worker prefers the items whose sequence number falls on its rank:
+        # unlike positions in a listing, that choice agrees between workers
+        # whose listings are of different ages.
         workers = sorted(workers)
         count = max(1, len(workers))
         rank = workers.index(self.worker_id) if self.worker_id in workers else 0
-        mine = ordered[rank % count :: count]
-        taken = set(mine)
+        mine, others = [], []
+        for name in ordered:
+            parsed = parse_item_node(name)
+            (mine if parsed is not None and parsed[3] % count == rank else others).append(name)
         with self._lock:
-            self._candidates = deque(mine + [n for n in ordered if n not in taken])
+            self._candidates = deque(mine + others)
             return bool(self._candidates)
 
     def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
@@ -580,6 +586,7 @@ class WorkQueue:
                 ]
             # Taken by another worker (NodeExists), reserved and released
             # meanwhile (BadVersion) or acked (NoNode): try the others.
+            self.conflicts += 1
             del ready[index // 2]
         return []
 
