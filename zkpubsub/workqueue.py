@@ -541,7 +541,8 @@ class WorkQueue:
         workers = sorted(workers)
         count = max(1, len(workers))
         rank = workers.index(self.worker_id) if self.worker_id in workers else 0
-        mine, others = [], []
+        mine: list[str] = []
+        others: list[str] = []
         for name in ordered:
             parsed = parse_item_node(name)
             (mine if parsed is not None and parsed[3] % count == rank else others).append(name)
