@@ -39,6 +39,7 @@ from .errors import (
     ZkPubSubError,
     ZooKeeperError,
 )
+from .handler import FastThreadingHandler
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Connection:
             hosts=hosts,
             timeout=session_timeout,
             client_id=client_id,
-            handler=handler,
+            handler=handler if handler is not None else FastThreadingHandler(),
             connection_retry=retry,
             command_retry=KazooRetry(max_tries=1, ignore_expire=False),
         )
