@@ -443,3 +443,45 @@ def test_workers_spread_over_items_instead_of_racing_for_the_head(
     conflicts = sum(q.conflicts for q in queues)
     # Racing for the head, three of four workers would lose almost every time.
     assert conflicts < total // 10, f"{conflicts} conflicts for {total} items"
+
+
+def test_ack_many_acks_in_one_go_and_names_a_lost_reservation(make_client: MakeClient) -> None:
+    zombie_client = make_client()
+    q = zombie_client.queue("batch")
+    q.put_many(range(6))
+    first = q.reserve_many(3, timeout=5)
+    assert [i.payload for i in first] == [0, 1, 2]
+    q.ack_many(first)
+    assert all(i.finished for i in first)
+    rest = q.reserve_many(3, timeout=5)
+    assert [i.payload for i in rest] == [3, 4, 5]
+    # One of them is released behind the holder's back (as if it had expired
+    # and another worker had taken and released it): the others still go.
+    other = make_client().queue("batch")
+    rest[1].release()
+    rest[1]._finished = False  # the zombie still thinks it holds it
+    taken = other.reserve(5)
+    assert taken is not None and taken.id == rest[1].id
+    with pytest.raises(ReservationLost) as info:
+        q.ack_many(rest)
+    assert info.value.item_id == rest[1].id
+    assert len(q) == 1  # only the item the other worker holds is left
+    taken.ack()
+
+
+def test_consume_with_prefetch_handles_every_item_once(make_client: MakeClient) -> None:
+    q = make_client().queue("prefetched")
+    q.put_many(range(300))
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def handle(item: Item) -> None:
+        with lock:
+            seen[item.payload] += 1
+
+    consumers = [make_client().queue("prefetched").consume(handle, workers=2, prefetch=20)]
+    wait_until(lambda: sum(seen.values()) == 300 and len(q) == 0, 60, "all handled")
+    for c in consumers:
+        c.stop()
+    assert set(seen) == set(range(300)) and set(seen.values()) == {1}
+    assert consumers[0].stats().acked == 300

@@ -37,7 +37,8 @@ class Consumer:
     """Worker threads calling a handler for each item of one queue.
 
     Each thread is its own worker in the queue's registry. ``stop()`` lets
-    every worker finish (ack or release) the item in hand, then returns.
+    every worker finish (ack or release) the items in hand (at most
+    ``prefetch``), then returns.
     """
 
     def __init__(
@@ -48,11 +49,15 @@ class Consumer:
         workers: int,
         max_attempts: int,
         on_error: Callable[[BaseException, Item], Any] | None,
+        prefetch: int = 1,
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
+        self._prefetch = prefetch
         self._handler = handler
         self._on_error = on_error
         self._stop = threading.Event()
@@ -70,9 +75,9 @@ class Consumer:
         for thread in self._threads:
             thread.start()
 
-    def _count(self, key: str) -> None:
+    def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[key] += 1
+            self._counts[key] += n
 
     def stats(self) -> ConsumerStats:
         with self._lock:
@@ -85,23 +90,42 @@ class Consumer:
     def _work(self, queue: WorkQueue) -> None:
         while not self._stop.is_set():
             try:
-                item = queue.reserve(timeout=POLL_INTERVAL)
+                items = queue.reserve_many(self._prefetch, timeout=POLL_INTERVAL)
             except ClientClosed:
                 return
             except ZkPubSubError as exc:
                 logger.warning("worker %s: reserve failed: %s", queue.worker_id, exc)
                 self._stop.wait(POLL_INTERVAL)
                 continue
-            if item is None:
-                continue
-            try:
-                result = self._handler(item)
-            except Exception as exc:
-                self._report(exc, item)
-                self._finish(item, exc)
-                continue
-            if not item.finished:
-                self._finish(item, None, result)
+            # Every item in hand is finished, even after stop(): giving back
+            # an untouched one would still count as one of its attempts.
+            done: list[tuple[Item, Any]] = []
+            for item in items:
+                try:
+                    result = self._handler(item)
+                except Exception as exc:
+                    self._report(exc, item)
+                    self._release(item, exc)
+                    continue
+                if not item.finished:
+                    done.append((item, result if item.wants_result else None))
+            self._ack(queue, done)
+
+    def _ack(self, queue: WorkQueue, done: list[tuple[Item, Any]]) -> None:
+        """Ack a worker's finished items in one transaction."""
+        if not done:
+            return
+        try:
+            lost = queue._ack_all(done)
+        except ZkPubSubError as exc:
+            logger.warning("could not ack %d item(s): %s", len(done), exc)
+            return
+        for item, _ in done:
+            item._finished = True
+        for item in lost:
+            logger.warning("%s", ReservationLost(queue.name, item.id))
+        self._count("acked", len(done) - len(lost))
+        self._count("lost", len(lost))
 
     def _report(self, exc: BaseException, item: Item) -> None:
         if self._on_error is None:
@@ -112,20 +136,16 @@ class Consumer:
         except Exception:
             logger.exception("on_error raised")
 
-    def _finish(self, item: Item, error: BaseException | None, result: Any = None) -> None:
-        """Ack (no error) or release (error) the item, counting what happened."""
+    def _release(self, item: Item, error: BaseException) -> None:
+        """Release an item the handler failed on."""
         try:
-            if error is None:
-                item.ack(result if item.wants_result else None)
-                self._count("acked")
-            else:
-                item.release(error)
-                self._count("released")
+            item.release(error)
+            self._count("released")
         except ReservationLost as exc:
             logger.warning("%s", exc)
             self._count("lost")
         except ZkPubSubError as exc:
-            logger.warning("could not finish %r: %s", item, exc)
+            logger.warning("could not release %r: %s", item, exc)
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop taking items; wait for the ones in hand. Idempotent."""

@@ -666,30 +666,77 @@ class WorkQueue:
         )
 
     def _ack(self, item: Item, result: Any) -> None:
+        lost = self._ack_all([(item, result)])
+        if lost:
+            raise ReservationLost(self.name, item.id)
+
+    def ack_many(self, items: Sequence[Item], results: Sequence[Any] | None = None) -> None:
+        """Ack several items in one transaction (one result each, or none).
+        Each is checked as :meth:`Item.ack` checks it; if some reservations
+        were lost, the others are still acked and :class:`ReservationLost`
+        names the first lost one."""
+        if results is not None and len(results) != len(items):
+            raise ValueError("give one result per item")
+        pairs = list(zip(items, results or [None] * len(items), strict=True))
+        for item, result in pairs:
+            if item._finished:
+                raise ValueError(f"item {item.id} was already acked or released")
+            if item._queue is not self and item._queue.name != self.name:
+                raise ValueError(f"item {item.id} belongs to queue {item._queue.name!r}")
+            if result is not None and not item.wants_result:
+                raise ValueError(f"item {item.id} was put without want_result; there is no ticket")
+        if not pairs:
+            return
+        lost = self._ack_all(pairs)
+        for item, _ in pairs:
+            item._finished = True
+        if lost:
+            raise ReservationLost(self.name, lost[0].id)
+
+    def _ack_all(self, pairs: list[tuple[Item, Any]]) -> list[Item]:
+        """Ack in as few transactions as fit; returns the items whose
+        reservation was lost (the rest are acked)."""
         paths, layout = self._paths, self._layout
-        guid = new_guid()
-        receipt = layout.receipt(guid)
-        result_doc = self._result_doc("ok", result) if item.wants_result else None
         deadline = self._deadline()
-        with translated(f"ack item {item.id}"):
-            while True:
-                txn = self._conn.kazoo.transaction()
-                txn.delete(paths.reservation(item._name))
-                txn.delete(paths.item(item._name), item._token)
-                txn.create(receipt, self._client.client_id.encode())
-                if result_doc is not None:
-                    txn.create(paths.result(item.id), result_doc)
-                try:
-                    results = self._commit(txn, deadline, "ack")
-                except ConnectionLost:
-                    self._conn.sync(receipt, deadline)
-                    if self._conn.exists(receipt, deadline):
+        lost: list[Item] = []
+        with translated(f"ack in queue {self.name!r}"):
+            todo = [
+                (item, self._result_doc("ok", result) if item.wants_result else None)
+                for item, result in pairs
+            ]
+            while todo:
+                batch: list[tuple[Item, bytes | None]] = []
+                size = 0
+                while todo and (not batch or size + len(todo[0][1] or b"") < 500_000):
+                    batch.append(todo.pop(0))
+                    size += len(batch[-1][1] or b"") + 200
+                receipt = layout.receipt(new_guid())
+                while True:
+                    txn = self._conn.kazoo.transaction()
+                    for item, doc in batch:
+                        txn.delete(paths.reservation(item._name))
+                        txn.delete(paths.item(item._name), item._token)
+                        if doc is not None:
+                            txn.create(paths.result(item.id), doc)
+                    txn.create(receipt, self._client.client_id.encode())
+                    try:
+                        results = self._commit(txn, deadline, "ack")
+                    except ConnectionLost:
+                        self._conn.sync(receipt, deadline)
+                        if self._conn.exists(receipt, deadline):
+                            self._client._publisher.janitor.add(receipt)
+                            break
+                        continue
+                    if first_error(results)[1] is None:
+                        self._client._publisher.janitor.add(receipt)
                         break
-                    continue
-                if first_error(results)[1] is None:
-                    break
-                raise ReservationLost(self.name, item.id)
-        self._client._publisher.janitor.add(receipt)
+                    if len(batch) == 1:
+                        lost.append(batch[0][0])
+                        break
+                    # Some reservation was lost: ack one by one to find which.
+                    todo[:0] = batch[1:]
+                    batch = batch[:1]
+        return lost
 
     def _release(self, item: Item, error: str | BaseException | None) -> None:
         paths = self._paths
@@ -877,17 +924,23 @@ class WorkQueue:
         handler: ItemHandler,
         *,
         workers: int = 1,
+        prefetch: int = 1,
         on_error: Callable[[BaseException, Item], Any] | None = None,
     ) -> Consumer:
         """Run ``workers`` worker threads calling ``handler(item)`` for each
         item: a return acks it (with the return value as the result, when
         one is wanted), an exception releases it (and goes to ``on_error``).
-        Returns the :class:`Consumer`; ``stop()`` finishes the items in hand
-        and stops."""
+        Each worker reserves up to ``prefetch`` items in one transaction and
+        acks the ones it finished in one transaction; a larger prefetch is
+        faster, but holds items a little longer and redoes more of them if
+        the worker dies. Returns the :class:`Consumer`; ``stop()`` finishes
+        the items in hand and stops."""
         from .consumer import Consumer
 
         self._check_open()
-        return Consumer(self._client, self.name, handler, workers, self.max_attempts, on_error)
+        return Consumer(
+            self._client, self.name, handler, workers, self.max_attempts, on_error, prefetch
+        )
 
     def close(self) -> None:
         """Leave the worker registry. Idempotent."""
