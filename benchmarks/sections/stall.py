@@ -1,0 +1,250 @@
+"""A publish stall during a leader kill on a 3-node ensemble.
+
+One publisher publishes one message at a time (closed loop) to one
+subscriber; after a few seconds the current leader is killed with SIGKILL.
+Every acknowledged publish and every failure is timed. Reported: the longest
+gap between two acknowledged publishes, the time from the kill to the first
+publish acknowledged after it, the time until the rate is back to half of
+what it was before, failures, and — once the subscriber has drained — lost
+(acknowledged, never delivered), duplicated and unexpected (failed or
+unknown, delivered anyway) messages. The killed server is restarted before
+the next implementation kills the next leader.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import payload, server
+from ..progress import _Phase
+from ..workers import new_root
+from .common import TOPIC, Context, collect, remove_tree, start_subscribers, stop_subscribers
+
+RECOVERED_FRACTION = 0.5
+BUCKET_S = 0.1
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.acks: list[tuple[float, int]] = []  # (confirmed at, seq)
+        self.failures: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+
+def _loop(send: Callable[[bytes], None], rec: Recorder) -> None:
+    seq = 0
+    while not rec.stop.is_set():
+        now = time.monotonic()
+        try:
+            send(payload.make(seq, now, now))
+        except Exception as exc:
+            with rec.lock:
+                rec.failures.append((time.monotonic(), type(exc).__name__))
+            time.sleep(0.01)
+        else:
+            with rec.lock:
+                rec.acks.append((time.monotonic(), seq))
+        seq += 1
+
+
+def _sender(key: str, hosts: str, root: str) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    if key == "zkms":
+        from ..zkms_reference import ZkmsPublisher, connect
+
+        zk = connect(hosts)
+        publisher = ZkmsPublisher(zk, root)
+
+        def send_zkms(data: bytes) -> None:
+            publisher.broadcast(TOPIC, data)
+
+        def close_zkms() -> None:
+            zk.stop()
+            zk.close()
+
+        return send_zkms, close_zkms
+
+    from zkpubsub import Client
+
+    client = Client(hosts, root=root, serializer="raw", request_timeout=20.0)
+
+    def send(data: bytes) -> None:
+        client.publish(TOPIC, data)
+
+    return send, client.close
+
+
+def _metrics(rec: Recorder, t_kill: float, before: float) -> dict[str, Any]:
+    times = [t for t, _ in rec.acks]
+    pre = [t for t in times if t_kill - before <= t < t_kill]
+    pre_rate = len(pre) / before if before > 0 else 0.0
+    window = [t for t in times if t >= t_kill - before]
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(window)]
+    max_gap, gap_from, gap_to = max(gaps, default=(0.0, t_kill, t_kill))
+    first_after = next((t for t in times if t > t_kill), None)
+    # recovered: the first moment after the longest gap from which one second
+    # holds at least half the acknowledged publishes of a second before the kill
+    recovered_at = None
+    need = RECOVERED_FRACTION * pre_rate
+    start = bisect.bisect_left(times, gap_to)
+    for i in range(start, len(times)):
+        j = bisect.bisect_left(times, times[i] + 1.0)
+        if j >= len(times) and times[-1] < times[i] + 1.0:
+            break  # not a full second of data left
+        if j - i >= need:
+            recovered_at = times[i]
+            break
+    timeline: list[tuple[float, int]] = []
+    if times:
+        t0 = t_kill - before
+        end = times[-1]
+        k = 0
+        t = t0
+        while t < end:
+            count = 0
+            while k < len(times) and times[k] < t + BUCKET_S:
+                if times[k] >= t:
+                    count += 1
+                k += 1
+            timeline.append((round(t - t_kill, 2), count))
+            t += BUCKET_S
+    failures: dict[str, int] = {}
+    for _, name in rec.failures:
+        failures[name] = failures.get(name, 0) + 1
+    return {
+        "acknowledged": len(times),
+        "rate_before": round(pre_rate, 1),
+        "max_gap_s": round(max_gap, 3),
+        "max_gap_from_kill_s": [round(gap_from - t_kill, 3), round(gap_to - t_kill, 3)],
+        "first_ack_after_kill_s": None if first_after is None else round(first_after - t_kill, 3),
+        "recovered_after_s": None if recovered_at is None else round(recovered_at - t_kill, 3),
+        "failures": failures,
+        "timeline_per_100ms": timeline,
+    }
+
+
+def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: _Phase) -> dict[str, Any]:
+    p = ctx.profile
+    hosts = ensemble.hosts
+    root = new_root(f"stall-{key}")
+    sub_impl = "zkms" if key == "zkms" else "zkpubsub"
+    phase.update("starting the subscriber")
+    workers = start_subscribers(ctx, sub_impl, hosts, root, 1)
+    killed = None
+    t_kill = 0.0
+    try:
+        send, close = _sender(key, hosts, root)
+        rec = Recorder()
+        thread = threading.Thread(target=_loop, args=(send, rec), daemon=True)
+        try:
+            thread.start()
+            until = time.monotonic() + p.stall_before
+            while time.monotonic() < until:
+                phase.update(f"{len(rec.acks)} acknowledged before the kill")
+                time.sleep(0.2)
+            killed = ensemble.leader()
+            if killed is None:
+                raise RuntimeError("no leader to kill")
+            t_kill = time.monotonic()
+            killed.kill()
+            phase.update(f"killed leader (server {killed.myid})")
+            cap = t_kill + p.stall_after_cap
+            while time.monotonic() < cap:
+                m = _metrics(rec, t_kill, p.stall_before)
+                if m["recovered_after_s"] is not None and (
+                    time.monotonic() - t_kill > m["recovered_after_s"] + p.stall_settle
+                ):
+                    break
+                phase.update(
+                    f"after the kill: {m['acknowledged']} acknowledged, longest gap "
+                    f"{m['max_gap_s']:.2f}s"
+                )
+                time.sleep(0.2)
+        finally:
+            rec.stop.set()
+            thread.join(30)
+            close()
+        metrics = _metrics(rec, t_kill, p.stall_before)
+        phase.update("restarting the killed server, draining")
+        killed.start()
+        ensemble.wait_serving([killed], timeout=120)
+        acked = {seq for _, seq in rec.acks}
+        received = collect(ctx, workers, len(acked), seqs=True, wait=30.0)
+    finally:
+        stop_subscribers(ctx, workers)
+        remove_tree(hosts, root)
+        if killed is not None and not killed.running:
+            with contextlib.suppress(Exception):
+                killed.start()
+                ensemble.wait_serving([killed], timeout=120)
+    delivered = set(received[0]["seqs"]) if received else set()
+    metrics.update(
+        {
+            "impl": key,
+            "label": label,
+            "killed_server": killed.myid if killed else None,
+            "failed_publishes": len(rec.failures),
+            "delivered": len(delivered),
+            "lost": len(acked - delivered),
+            "duplicates": received[0]["duplicates"] if received else None,
+            "unexpected": len(delivered - acked),
+        }
+    )
+    phase.summary = (
+        f"longest gap {metrics['max_gap_s']} s, recovered after "
+        f"{metrics['recovered_after_s']} s, lost {metrics['lost']}, "
+        f"duplicates {metrics['duplicates']}"
+    )
+    return metrics
+
+
+def run(ctx: Context, clusters: list[Any]) -> dict[str, Any]:
+    p = ctx.profile
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    with ctx.progress.phase("stall: starting a 3-node ensemble") as phase:
+        ensemble = server.start_cluster(3, base_dir=ctx.base_dir)
+        clusters.append(ensemble)
+        info = server.describe(ensemble)
+        phase.summary = f"leader is server {ensemble.wait_quorum().myid}"
+    try:
+        with ctx.progress.phase("stall: warming the ensemble") as phase:
+            warm = server.warm_up(
+                ensemble,
+                ctx.pool,
+                window=min(2.0, p.stall_warmup),
+                min_seconds=p.stall_warmup,
+                cap_seconds=p.stall_warmup,
+                tolerance=1.0,
+                stable_windows=1,
+                on_window=lambda t, r: phase.update(f"{r:,.0f} ops/s at {t:.0f}s"),
+            )
+            phase.summary = f"{warm['final_ops_per_s']:,.0f} ops/s"
+        for key, label in (("zkpubsub", "zkpubsub publish()"), ("zkms", "zkms-style reference")):
+            with ctx.progress.phase(f"stall: {label}, leader killed") as phase:
+                try:
+                    results.append(_cell(ctx, ensemble, key, label, phase))
+                except Exception as exc:
+                    errors.append({"impl": key, "error": f"{type(exc).__name__}: {exc}"})
+                    phase.summary = f"error: {type(exc).__name__}: {exc}"
+    finally:
+        ensemble.close()
+    return {
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "params": {
+            "before_s": p.stall_before,
+            "after_cap_s": p.stall_after_cap,
+            "recovered_fraction": RECOVERED_FRACTION,
+            "warmup_s": p.stall_warmup,
+        },
+        "ensemble": info,
+        "warmup": warm,
+        "results": results,
+        "errors": errors,
+    }
