@@ -3,17 +3,25 @@ and ``quick`` (a smoke run that checks the harness end to end)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stall")
 
 
+def subscriber_processes(profile: Profile) -> int:
+    if profile.subscriber_processes > 0:
+        return profile.subscriber_processes
+    return max(2, os.cpu_count() or 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
-    # processes hosting subscribers and queue workers (the publisher has its own)
-    worker_processes: int = 4
+    # processes hosting subscribers (0: one per core, at least 2); queue
+    # workers get one process each. The publisher runs in the harness process.
+    subscriber_processes: int = 0
     # warm-up of the standalone server: windows until stable or the cap
     warmup_window: float = 2.0
     warmup_min: float = 20.0
@@ -61,7 +69,6 @@ FULL: Final = Profile("full")
 QUICK: Final = replace(
     FULL,
     name="quick",
-    worker_processes=2,
     warmup_window=0.5,
     warmup_min=1.0,
     warmup_cap=2.0,

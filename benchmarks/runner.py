@@ -13,11 +13,12 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import machine, server
-from .profiles import PROFILES, SECTIONS
+from .profiles import PROFILES, SECTIONS, Profile, subscriber_processes
 from .progress import Progress
 from .sections.common import Context
 from .workers import WorkerPool
@@ -64,11 +65,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not touch any docs file")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
-        "--workers",
+        "--subscriber-processes",
         type=int,
         default=None,
         metavar="N",
-        help="processes hosting subscribers and queue workers",
+        help="processes the subscribers are spread over (default: one per core, at least 2)",
     )
     parser.add_argument(
         "--zk-dir",
@@ -96,15 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed to run — missed targets are reported, not failures)."""
     args = parse_args(argv)
     profile = PROFILES["quick" if args.quick else "full"]
-    if args.workers is not None:
-        from dataclasses import replace
-
-        profile = replace(profile, worker_processes=max(1, args.workers))
-    needed = max((*profile.queue_workers, 1)) if "queue" in args.sections else 1
-    if profile.worker_processes < needed:
-        from dataclasses import replace
-
-        profile = replace(profile, worker_processes=needed)
+    if args.subscriber_processes is not None:
+        profile = replace(profile, subscriber_processes=max(1, args.subscriber_processes))
+    sub_procs = subscriber_processes(profile)
+    queue_procs = max(profile.queue_workers, default=1) if "queue" in args.sections else 1
+    pool_size = max(sub_procs, queue_procs)
 
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,11 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "sections_run": args.sections,
         "machine": machine.describe(),
-        "params": profile.to_json(),
+        "params": {**profile.to_json(), "subscriber_processes": sub_procs},
         "sections": {},
         "errors": {},
     }
-    failed = _run(args, profile, report, progress, log_dir)
+    failed = _run(args, profile, report, progress, log_dir, pool_size, sub_procs)
     finished = dt.datetime.now(dt.timezone.utc)
     report["finished"] = finished.isoformat(timespec="seconds")
     report["duration_s"] = round((finished - started).total_seconds(), 1)
@@ -175,10 +172,12 @@ def _docs_target(args: argparse.Namespace, out_dir: Path) -> Path | None:
 
 def _run(
     args: argparse.Namespace,
-    profile: Any,
+    profile: Profile,
     report: dict[str, Any],
     progress: Progress,
     log_dir: Path,
+    pool_size: int,
+    sub_procs: int,
 ) -> bool:
     """Run the sections; returns whether any of them failed."""
     failed = False
@@ -188,10 +187,16 @@ def _run(
     monitor: machine.LoadMonitor | None = None
     clusters: list[Any] = []
     try:
-        with progress.phase(f"starting {profile.worker_processes} worker processes") as phase:
-            pool = WorkerPool(profile.worker_processes, log_dir=str(log_dir))
-            phase.summary = "ready"
-        ctx = Context(profile=profile, pool=pool, progress=progress, base_dir=zk_dir)
+        with progress.phase(f"starting {pool_size} worker processes") as phase:
+            pool = WorkerPool(pool_size, log_dir=str(log_dir))
+            phase.summary = f"ready; subscribers spread over {min(sub_procs, pool_size)}"
+        ctx = Context(
+            profile=profile,
+            pool=pool,
+            progress=progress,
+            base_dir=zk_dir,
+            subscriber_processes=min(sub_procs, pool_size),
+        )
 
         def own_pids() -> list[int]:
             pids = [os.getpid(), *(pool.pids() if pool else [])]

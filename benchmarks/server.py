@@ -17,7 +17,7 @@ from zkpubsub.testing import ZooKeeperCluster
 
 from . import stats
 from .machine import filesystem_of
-from .workers import WorkerPool
+from .workers import Pool
 
 STANDALONE_JAVA_OPTS: Final = ("-Xms1g", "-Xmx1g", "-XX:+UseParallelGC")
 ENSEMBLE_JAVA_OPTS: Final = ("-Xms256m", "-Xmx256m", "-XX:+UseSerialGC")
@@ -68,7 +68,7 @@ def describe(cluster: ZooKeeperCluster) -> dict[str, Any]:
 
 def warm_up(
     cluster: ZooKeeperCluster,
-    pool: WorkerPool,
+    pool: Pool,
     *,
     window: float,
     min_seconds: float,

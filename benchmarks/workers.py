@@ -383,49 +383,24 @@ def frozen_subscriber_main(
 # -- the harness side ---------------------------------------------------------------
 
 
-class WorkerPool:
-    """``size`` worker processes (spawned, so no lock or thread is inherited)."""
-
-    def __init__(self, size: int, *, log_dir: str | None = None) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._ctx = ctx
-        self._log_dir = log_dir
-        self._conns: list[multiprocessing.connection.Connection] = []
-        self._procs: list[Any] = []
-        self._extra: list[Any] = []
-        self._extra_conns: list[multiprocessing.connection.Connection] = []
-        self._lock = threading.Lock()
-        for i in range(size):
-            parent, child = ctx.Pipe()
-            log = os.path.join(log_dir, f"worker-{i}.log") if log_dir else None
-            proc = ctx.Process(
-                target=worker_main, args=(child, log), name=f"bench-worker-{i}", daemon=True
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        for i in range(size):
-            self.call(i, "ping", timeout=120)
+class Pool:
+    """Sending commands to workers and collecting the answers."""
 
     @property
     def size(self) -> int:
-        return len(self._conns)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in [*self._procs, *self._extra] if p.pid is not None]
+        raise NotImplementedError
 
     def send(self, index: int, name: str, **kwargs: Any) -> None:
-        self._conns[index].send((name, kwargs))
+        raise NotImplementedError
 
     def receive(self, index: int, timeout: float) -> Any:
-        conn = self._conns[index]
-        if not conn.poll(timeout):
-            raise WorkerError(f"worker {index} did not answer within {timeout:g}s")
-        status, value = conn.recv()
-        if status != "ok":
-            raise WorkerError(f"worker {index}: {value}")
-        return value
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def call(self, index: int, name: str, *, timeout: float = 120.0, **kwargs: Any) -> Any:
         self.send(index, name, **kwargs)
@@ -457,11 +432,101 @@ class WorkerPool:
             raise WorkerError("; ".join(errors))
         return out
 
-    def spread(self, count: int) -> list[tuple[int, int]]:
-        """``(worker, how many)`` to spread ``count`` items over the workers."""
-        size = self.size
+    def spread(self, count: int, over: int | None = None) -> list[tuple[int, int]]:
+        """``(worker, how many)`` to spread ``count`` items over the first
+        ``over`` workers (default: all)."""
+        size = self.size if over is None else max(1, min(over, self.size))
         shares = [count // size + (1 if i < count % size else 0) for i in range(size)]
         return [(i, n) for i, n in enumerate(shares) if n > 0]
+
+
+class InlinePool(Pool):
+    """Workers as threads of this process: for measuring what sharing the
+    publisher's process (and GIL) with the subscribers costs."""
+
+    def __init__(self, size: int = 1) -> None:
+        self._states = [WorkerState() for _ in range(size)]
+        self._pending: dict[int, tuple[threading.Thread, list[Any]]] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._states)
+
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def send(self, index: int, name: str, **kwargs: Any) -> None:
+        box: list[Any] = []
+        method = getattr(self._states[index], name)
+
+        def run() -> None:
+            try:
+                box.append(("ok", method(**kwargs)))
+            except Exception as exc:
+                box.append(("error", f"{type(exc).__name__}: {exc}"))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._pending[index] = (thread, box)
+
+    def receive(self, index: int, timeout: float) -> Any:
+        thread, box = self._pending.pop(index)
+        thread.join(timeout)
+        if not box:
+            raise WorkerError(f"inline worker {index} did not answer within {timeout:g}s")
+        status, value = box[0]
+        if status != "ok":
+            raise WorkerError(f"inline worker {index}: {value}")
+        return value
+
+    def close(self) -> None:
+        for state in self._states:
+            state.unsubscribe()
+            state.close_warm()
+
+
+class WorkerPool(Pool):
+    """``size`` worker processes (spawned, so no lock or thread is inherited)."""
+
+    def __init__(self, size: int, *, log_dir: str | None = None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._ctx = ctx
+        self._log_dir = log_dir
+        self._conns: list[multiprocessing.connection.Connection] = []
+        self._procs: list[Any] = []
+        self._extra: list[Any] = []
+        self._extra_conns: list[multiprocessing.connection.Connection] = []
+        for i in range(size):
+            parent, child = ctx.Pipe()
+            log = os.path.join(log_dir, f"worker-{i}.log") if log_dir else None
+            proc = ctx.Process(
+                target=worker_main, args=(child, log), name=f"bench-worker-{i}", daemon=True
+            )
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for i in range(size):
+            self.call(i, "ping", timeout=120)
+
+    @property
+    def size(self) -> int:
+        return len(self._conns)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in [*self._procs, *self._extra] if p.pid is not None]
+
+    def send(self, index: int, name: str, **kwargs: Any) -> None:
+        self._conns[index].send((name, kwargs))
+
+    def receive(self, index: int, timeout: float) -> Any:
+        conn = self._conns[index]
+        if not conn.poll(timeout):
+            raise WorkerError(f"worker {index} did not answer within {timeout:g}s")
+        status, value = conn.recv()
+        if status != "ok":
+            raise WorkerError(f"worker {index}: {value}")
+        return value
 
     def start_frozen_subscriber(
         self, hosts: str, root: str, topic: str, session_timeout: float

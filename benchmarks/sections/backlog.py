@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import payload, server, stats
 from ..progress import _Phase
-from ..workers import new_root
+from ..workers import WorkerPool, new_root
 from .common import TOPIC, Context, remove_tree
 
 FILL_NODE_BYTES = 400  # one 100-byte message fits, two do not
@@ -76,6 +76,8 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         with ctx.progress.phase("backlog: starting a subscriber that does not consume") as phase:
             session = server.MAX_SESSION_TIMEOUT * 0.8
+            if not isinstance(ctx.pool, WorkerPool):
+                raise TypeError("the backlog section needs worker processes")
             proc, subscriber = ctx.pool.start_frozen_subscriber(ctx.hosts, root, TOPIC, session)
             assert proc.pid is not None
             os.kill(proc.pid, signal.SIGSTOP)

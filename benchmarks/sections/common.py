@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -16,7 +16,7 @@ from zkpubsub.testing import ZooKeeperCluster
 from .. import raw_ceiling
 from ..profiles import Profile
 from ..progress import Progress, _Phase
-from ..workers import WorkerPool
+from ..workers import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,11 @@ TOPIC = "bench"
 @dataclass
 class Context:
     profile: Profile
-    pool: WorkerPool
+    pool: Pool
     progress: Progress
     base_dir: str | None
     standalone: ZooKeeperCluster | None = None
-    extra_pids: set[int] = field(default_factory=set)
+    subscriber_processes: int = 2
 
     @property
     def hosts(self) -> str:
@@ -49,7 +49,7 @@ def start_subscribers(
     session_timeout: float = 10.0,
 ) -> list[int]:
     """``n`` subscribers spread over the workers; returns the workers used."""
-    placement = ctx.pool.spread(n)
+    placement = ctx.pool.spread(n, over=ctx.subscriber_processes)
     workers = [w for w, _ in placement]
     ctx.pool.call_many(
         workers,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import payload, raw_ceiling, stats
+from ..profiles import Profile
 from ..progress import _Phase
 from ..workers import new_root
 from .common import (
@@ -44,8 +45,7 @@ class Impl:
     needs: str | None = None  # a Client attribute this variant needs
 
 
-def implementations(ctx: Context) -> list[Impl]:
-    p = ctx.profile
+def implementations_for(p: Profile) -> list[Impl]:
     return [
         Impl("zkms", "zkms-style reference (sync create per subscriber)", "zkms", "zkms"),
         Impl("zkpubsub-publish", "zkpubsub publish(), 1 thread", "zkpubsub", "zkpubsub"),
@@ -274,7 +274,8 @@ def _raw_cell(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]
     }
 
 
-def _cell(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]:
+def measure(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]:
+    """One implementation at ``n`` subscribers, on a fresh root."""
     if impl.subscriber is None:
         return _raw_cell(ctx, impl, n, phase)
     p = ctx.profile
@@ -334,7 +335,7 @@ def run(ctx: Context) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
-    impls = implementations(ctx)
+    impls = implementations_for(p)
     for impl in impls:
         if impl.needs and not hasattr(Client, impl.needs):
             reason = f"Client.{impl.needs} is not available in this version"
@@ -346,7 +347,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 continue
             with ctx.progress.phase(f"fan-out {n:>3} subscribers, {impl.label}") as phase:
                 try:
-                    results.append(_cell(ctx, impl, n, phase))
+                    results.append(measure(ctx, impl, n, phase))
                 except Exception as exc:
                     errors.append(
                         {
@@ -363,7 +364,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "duration_s": p.fanout_duration,
             "drain_cap_s": p.fanout_drain_cap,
             "payload_bytes": payload.PAYLOAD_SIZE,
-            "worker_processes": ctx.pool.size,
+            "subscriber_processes": ctx.subscriber_processes,
         },
         "results": results,
         "skipped": skipped,
