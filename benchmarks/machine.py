@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -125,30 +126,57 @@ def _process_ticks(pid: int) -> int:
         return 0
 
 
-class LoadMonitor:
-    """Samples machine-wide and own CPU use once a second in the background.
+def io_pressure_us() -> int | None:
+    """Cumulative microseconds in which some task waited for I/O (Linux PSI)."""
+    for line in _read("/proc/pressure/io").splitlines():
+        if line.startswith("some "):
+            for field in line.split():
+                if field.startswith("total="):
+                    return int(field[6:])
+    return None
 
-    ``pids`` is called at every sample and names the processes of this run
-    (this one, its workers, the ZooKeeper servers). ``mark(name)`` starts a
-    new interval; ``intervals()`` says, for each one, how many cores were
-    busy in total, how many with this run's processes, and the rest (other
-    work on the machine).
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    t: float
+    busy: int
+    own: int
+    io_us: int | None
+    counters: dict[str, float]
+
+
+class LoadMonitor:
+    """How busy the machine was while each part of the run went on.
+
+    A background thread samples, once a second, the machine's CPU use and the
+    CPU time of the processes ``pids()`` names (this run's harness, workers
+    and servers). ``mark(name)`` starts a new part; ``intervals()`` gives,
+    per part, the cores busy in total, with this run, and with other work;
+    the share of time some task waited for I/O (Linux pressure stall
+    information); and, from ``counters()`` (cumulative ``cnt_*`` / ``sum_*``
+    pairs such as ZooKeeper's ``fsynctime``), the average of each.
     """
 
-    def __init__(self, pids: Callable[[], Iterable[int]], interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        pids: Callable[[], Iterable[int]],
+        *,
+        counters: Callable[[], dict[str, float]] | None = None,
+        interval: float = 1.0,
+    ) -> None:
         self._pids = pids
+        self._counters = counters
         self._interval = interval
         self._lock = threading.Lock()
-        self._marks: list[tuple[str, float, int, int, int]] = []
+        self._marks: list[tuple[str, _Snapshot]] = []
         self._own_base: dict[int, int] = {}
         self._own_used: dict[int, int] = {}
         self._started = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
-        self._samples: list[tuple[float, float, float]] = []  # t, machine cores, own cores
 
     def start(self) -> LoadMonitor:
-        self._sample()
+        self._own()
         self._started = True
         self._thread.start()
         return self
@@ -156,63 +184,73 @@ class LoadMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._sample()
 
     def _own(self) -> int:
         """Own CPU ticks accumulated since the monitor started; a process that
         exited keeps what it had used when last seen."""
-        for pid in set(self._pids()):
-            ticks = _process_ticks(pid)
-            # processes alive at the start count from then; later ones (a
-            # server started mid-run) from their beginning
-            base = self._own_base.setdefault(pid, 0 if self._started else ticks)
-            self._own_used[pid] = max(self._own_used.get(pid, 0), ticks - base)
-        return sum(self._own_used.values())
-
-    def _sample(self) -> tuple[float, int, int, int]:
         with self._lock:
-            busy, total = _machine_busy_ticks()
-            own = self._own()
-            now = time.monotonic()
-            return now, busy, total, own
+            for pid in set(self._pids()):
+                ticks = _process_ticks(pid)
+                # processes alive at the start count from then; later ones (a
+                # server started mid-run) from their beginning
+                base = self._own_base.setdefault(pid, 0 if self._started else ticks)
+                self._own_used[pid] = max(self._own_used.get(pid, 0), ticks - base)
+            return sum(self._own_used.values())
 
     def _run(self) -> None:
-        last = self._sample()
         while not self._stop.wait(self._interval):
-            cur = self._sample()
-            dt = cur[0] - last[0]
-            if dt > 0:
-                machine = (cur[1] - last[1]) / _TICKS / dt
-                own = (cur[3] - last[3]) / _TICKS / dt
-                with self._lock:
-                    self._samples.append((cur[0], round(machine, 2), round(own, 2)))
-            last = cur
+            self._own()
+
+    def _snapshot(self) -> _Snapshot:
+        counters: dict[str, float] = {}
+        if self._counters is not None:
+            try:
+                counters = self._counters()
+            except Exception:
+                counters = {}
+        busy, _total = _machine_busy_ticks()
+        return _Snapshot(time.monotonic(), busy, self._own(), io_pressure_us(), counters)
 
     def mark(self, name: str) -> None:
-        t, busy, _total, own = self._sample()
+        snap = self._snapshot()
         with self._lock:
-            self._marks.append((name, t, busy, own, 0))
+            self._marks.append((name, snap))
 
-    def intervals(self) -> dict[str, dict[str, float]]:
-        """Per marked interval: wall seconds, machine, own and other busy cores."""
-        t, busy, _total, own = self._sample()
+    def finish(self) -> None:
+        """End the last part (while the counters can still be read)."""
+        self.mark("<end>")
+
+    def intervals(self) -> dict[str, dict[str, float | None]]:
+        """Per part: seconds, busy cores (all / this run / other), I/O
+        pressure in percent, and the average of every counter pair."""
         with self._lock:
-            marks = [*self._marks, ("<end>", t, busy, own, 0)]
-        out: dict[str, dict[str, float]] = {}
-        for (name, t0, b0, o0, _), (_, t1, b1, o1, _) in itertools.pairwise(marks):
-            dt = t1 - t0
-            if dt <= 0 or name == "<end>":
+            marks = list(self._marks)
+        if not marks or marks[-1][0] != "<end>":
+            marks.append(("<end>", self._snapshot()))
+        out: dict[str, dict[str, float | None]] = {}
+        for (name, a), (_, b) in itertools.pairwise(marks):
+            dt = b.t - a.t
+            if dt <= 0:
                 continue
-            machine = (b1 - b0) / _TICKS / dt
-            ours = (o1 - o0) / _TICKS / dt
-            out[name] = {
+            machine = (b.busy - a.busy) / _TICKS / dt
+            ours = (b.own - a.own) / _TICKS / dt
+            part: dict[str, float | None] = {
                 "seconds": round(dt, 1),
                 "machine_busy_cores": round(machine, 2),
                 "own_busy_cores": round(ours, 2),
                 "other_busy_cores": round(max(0.0, machine - ours), 2),
+                "io_pressure_pct": (
+                    None
+                    if a.io_us is None or b.io_us is None
+                    else round((b.io_us - a.io_us) / (dt * 1e6) * 100, 1)
+                ),
             }
+            for key in b.counters:
+                if not key.startswith("cnt_"):
+                    continue
+                metric = key[4:]
+                count = b.counters[key] - a.counters.get(key, 0.0)
+                total = b.counters.get(f"sum_{metric}", 0.0) - a.counters.get(f"sum_{metric}", 0.0)
+                part[f"avg_{metric}"] = round(total / count, 3) if count > 0 else None
+            out[name] = part
         return out
-
-    def samples(self) -> list[tuple[float, float, float]]:
-        with self._lock:
-            return list(self._samples)

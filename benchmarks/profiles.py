@@ -41,7 +41,7 @@ class Profile:
     queue_workers: tuple[int, ...] = (1, 4)
     queue_put_duration: float = 5.0
     queue_max_items: int = 50_000
-    queue_consume_cap: float = 30.0
+    queue_consume_cap: float = 15.0
     queue_idle: float = 1.0
     # publish-to-handler latency, open loop
     latency_subscribers: int = 10
@@ -49,6 +49,8 @@ class Profile:
     latency_duration: float = 15.0
     latency_senders: int = 4
     latency_drain_cap: float = 10.0
+    # a saturated sender gives up this long after its last scheduled send
+    latency_behind_cap: float = 5.0
     # publish cost against a growing backlog
     backlog_levels: tuple[int, ...] = (0, 1_000, 10_000, 50_000, 100_000)
     backlog_probe_publishes: int = 1_000
@@ -90,6 +92,7 @@ QUICK: Final = replace(
     latency_duration=1.0,
     latency_senders=2,
     latency_drain_cap=5.0,
+    latency_behind_cap=2.0,
     backlog_levels=(0, 1_000),
     backlog_probe_publishes=50,
     backlog_probe_cap=3.0,

@@ -215,12 +215,23 @@ def _machine(report: dict[str, Any]) -> list[str]:
     if load:
         lines += [
             "",
-            "CPU use while each part ran (cores busy on average; *other* is work on the "
-            "machine that is not this benchmark — the noise):",
+            "While each part ran: cores busy on average (*other* is work on the machine that "
+            "is not this benchmark: the noise), the share of time some task waited for I/O "
+            "(the disk is shared too), and the standalone server's average fsync and write "
+            "latency as it reports them:",
             "",
         ]
         lines += _table(
-            ("part", "seconds", "all", "this benchmark", "other"),
+            (
+                "part",
+                "seconds",
+                "cores busy",
+                "this benchmark",
+                "other",
+                "I/O wait %",
+                "fsync avg ms",
+                "write latency avg ms",
+            ),
             [
                 (
                     k,
@@ -228,6 +239,9 @@ def _machine(report: dict[str, Any]) -> list[str]:
                     v["machine_busy_cores"],
                     v["own_busy_cores"],
                     v["other_busy_cores"],
+                    v.get("io_pressure_pct"),
+                    v.get("avg_fsynctime"),
+                    v.get("avg_updatelatency"),
                 )
                 for k, v in load.items()
             ],

@@ -79,6 +79,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: the system's temporary directory)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--report-only",
+        metavar="JSON",
+        default=None,
+        help="run nothing: write the plots, Markdown (and --docs) again from a saved report",
+    )
     args = parser.parse_args(argv)
     sections: list[str] = []
     for item in args.only or []:
@@ -96,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; returns the process exit code (0 unless a section
     failed to run — missed targets are reported, not failures)."""
     args = parse_args(argv)
+    if args.report_only:
+        return render_only(args)
     profile = PROFILES["quick" if args.quick else "full"]
     if args.subscriber_processes is not None:
         profile = replace(profile, subscriber_processes=max(1, args.subscriber_processes))
@@ -133,12 +141,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["duration_s"] = round((finished - started).total_seconds(), 1)
     report["machine"]["loadavg_at_end"] = machine.load_average()
 
+    json_path = out_dir / f"{stamp}.json"
+    publish(report, out_dir, stamp, args, progress, json_path=json_path)
+    return 1 if failed else 0
+
+
+def publish(
+    report: dict[str, Any],
+    out_dir: Path,
+    stamp: str,
+    args: argparse.Namespace,
+    progress: Progress,
+    *,
+    json_path: Path | None,
+) -> None:
+    """Targets, JSON (when ``json_path``), plots, Markdown and the docs block."""
     from . import report as reporting
 
     report["targets"] = reporting.targets(report)
-    json_path = out_dir / f"{stamp}.json"
-    _write_json(json_path, report)
-    _write_json(out_dir / "latest.json", report)
+    if json_path is not None:
+        _write_json(json_path, report)
+        _write_json(out_dir / "latest.json", report)
     plots: list[str] = []
     if not args.no_plots:
         try:
@@ -156,8 +179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporting.update_docs(docs, report, plots=plots)
         progress.note(f"updated {docs}")
     progress.note(reporting.summary_lines(report))
-    progress.note(f"wrote {json_path} ({report['duration_s']} s)")
-    return 1 if failed else 0
+    if json_path is not None:
+        progress.note(f"wrote {json_path} ({report.get('duration_s')} s)")
+
+
+def render_only(args: argparse.Namespace) -> int:
+    """Write plots, Markdown and docs again from a saved JSON report."""
+    source = Path(args.report_only)
+    report = json.loads(source.read_text())
+    out_dir = Path(args.out) if args.out else source.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = source.stem if source.stem != "latest" else "latest-rendered"
+    publish(report, out_dir, stamp, args, Progress(quiet=args.quiet), json_path=None)
+    return 0
 
 
 def _docs_target(args: argparse.Namespace, out_dir: Path) -> Path | None:
@@ -165,7 +199,7 @@ def _docs_target(args: argparse.Namespace, out_dir: Path) -> Path | None:
         return None
     if args.docs:
         return Path(args.docs)
-    if args.quick or args.out is not None:
+    if args.quick or args.out is not None or args.report_only:
         return None
     return DEFAULT_DOCS if DEFAULT_DOCS.parent.is_dir() else None
 
@@ -204,7 +238,9 @@ def _run(
                 pids.extend(n.pid for n in cluster.nodes if n.pid)
             return pids
 
-        monitor = machine.LoadMonitor(own_pids).start()
+        monitor = machine.LoadMonitor(
+            own_pids, counters=lambda: server.counters(ctx.standalone if ctx else None)
+        ).start()
         standalone_needed = [s for s in args.sections if s in STANDALONE_SECTIONS]
         if standalone_needed:
             monitor.mark("startup")
@@ -246,6 +282,7 @@ def _run(
                 report["errors"][name] = f"{type(exc).__name__}: {exc}"
                 progress.note(f"{name}: failed: {type(exc).__name__}: {exc}")
                 failed = True
+        monitor.finish()
     except KeyboardInterrupt:
         progress.note("interrupted")
         report["errors"]["run"] = "interrupted"

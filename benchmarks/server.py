@@ -8,6 +8,7 @@ fsynced before it is acknowledged, as in production.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,6 +65,33 @@ def describe(cluster: ZooKeeperCluster) -> dict[str, Any]:
         "data_dir_filesystem": filesystem_of(str(node.data_dir)),
         "connection_factory": "NIO (default)",
     }
+
+
+WATCHED_METRICS: Final = ("fsynctime", "updatelatency")
+
+
+def counters(cluster: ZooKeeperCluster | None) -> dict[str, float]:
+    """ZooKeeper's cumulative ``cnt_``/``sum_`` pairs of the watched metrics
+    (fsync time and write latency, in ms), summed over the running nodes."""
+    out: dict[str, float] = {}
+    if cluster is None:
+        return out
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        try:
+            text = node.command("mntr", timeout=1.0)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[0].startswith("zk_"):
+                continue
+            key = parts[0][3:]
+            if any(key in (f"cnt_{m}", f"sum_{m}") for m in WATCHED_METRICS):
+                with contextlib.suppress(ValueError):
+                    out[key] = out.get(key, 0.0) + float(parts[1])
+    return out
 
 
 def warm_up(

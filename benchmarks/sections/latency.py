@@ -47,11 +47,13 @@ def _implementations() -> list[tuple[str, str, str, str | None]]:
 class OpenLoop:
     """Scheduled sends from a few threads; records how late each one was."""
 
-    def __init__(self, rate: float, total: int, senders: int) -> None:
+    def __init__(self, rate: float, total: int, senders: int, behind_cap: float) -> None:
         self.rate = rate
         self.total = total
         self.senders = senders
+        self.behind_cap = behind_cap
         self.start = 0.0
+        self.give_up = 0.0
         self._next = 0
         self._lock = threading.Lock()
         self.sent = 0
@@ -60,9 +62,17 @@ class OpenLoop:
         self.max_behind = 0.0
         self.last_send = 0.0
 
+    @property
+    def taken(self) -> int:
+        """Messages handed to a sender; the rest were never sent (saturated)."""
+        return self._next
+
+    def scheduled(self, i: int) -> float:
+        return self.start + i / self.rate
+
     def _take(self) -> int | None:
         with self._lock:
-            if self._next >= self.total:
+            if self._next >= self.total or time.monotonic() > self.give_up:
                 return None
             i = self._next
             self._next += 1
@@ -70,13 +80,14 @@ class OpenLoop:
 
     def run(self, send: Callable[[bytes], None], phase: _Phase) -> None:
         self.start = time.monotonic() + 0.2
+        self.give_up = self.scheduled(self.total - 1) + self.behind_cap
 
         def loop() -> None:
             while True:
                 i = self._take()
                 if i is None:
                     return
-                scheduled = self.start + i / self.rate
+                scheduled = self.scheduled(i)
                 delay = scheduled - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -170,7 +181,8 @@ def _cell(
     phase.update(f"starting {n} subscribers")
     workers = start_subscribers(ctx, sub_impl, ctx.hosts, root, n, latency=True)
     send, close = _sender(ctx, key, root)
-    loop = OpenLoop(rate, total, 1 if key == "zkpubsub-async" else p.latency_senders)
+    senders = 1 if key == "zkpubsub-async" else p.latency_senders
+    loop = OpenLoop(rate, total, senders, p.latency_behind_cap)
     try:
         try:
             loop.run(send, phase)
@@ -188,13 +200,18 @@ def _cell(
     for r in received:
         sched.extend(r["lat_sched"])
         sent.extend(r["lat_sent"])
-    missing = max(0, loop.sent * n - sum(r["unique"] for r in received))
-    last_scheduled = loop.start + (total - 1) / rate
-    # a message still missing had waited at least this long
-    sched.extend([cutoff - last_scheduled] * missing)
+    # Not delivered by the cutoff: each had waited at least this long (the
+    # percentiles become lower bounds). Sent but not handled: counted from
+    # the last scheduled send; never sent (the sender gave up): from its own.
+    undelivered = max(0, loop.sent * n - sum(r["unique"] for r in received))
+    sched.extend([cutoff - loop.scheduled(loop.taken - 1)] * undelivered)
+    unsent = total - loop.taken
+    for i in range(loop.taken, total):
+        sched.extend([cutoff - loop.scheduled(i)] * n)
+    missing = undelivered + unsent * n
     sched.sort()
     sent.sort()
-    saturated = loop.max_behind > BEHIND_LIMIT_S or missing > 0 or loop.errors > 0
+    saturated = loop.max_behind > BEHIND_LIMIT_S or missing > 0 or loop.errors > 0 or unsent > 0
     send_span = max(1e-9, loop.last_send - loop.start)
     summary = stats.summarize_ms(sched)
     result = {
@@ -204,6 +221,7 @@ def _cell(
         "rate": rate,
         "scheduled": total,
         "sent": loop.sent,
+        "unsent": unsent,
         "errors": loop.errors,
         "first_error": loop.first_error,
         "achieved_rate": round(loop.sent / send_span, 1) if loop.sent else None,
