@@ -397,7 +397,8 @@ def _stall(section: dict[str, Any]) -> list[str]:
             (
                 r["label"],
                 r["rate_before"],
-                r["max_gap_s"],
+                r.get("max_gap_before_kill_s"),
+                f"{_fmt(r['max_gap_s'])}{' (still stalled)' if r.get('still_stalled') else ''}",
                 r["first_ack_after_kill_s"],
                 r["recovered_after_s"],
                 failures,
@@ -410,8 +411,9 @@ def _stall(section: dict[str, Any]) -> list[str]:
         (
             "implementation",
             "publishes/s before",
-            "longest gap s",
-            "first ack after kill s",
+            "longest gap before kill s",
+            "longest gap from the kill s",
+            "first publish after the kill acked after s",
             "back to 50 % after s",
             "failed publishes",
             "lost",

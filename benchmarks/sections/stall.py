@@ -3,8 +3,8 @@
 One publisher publishes one message at a time (closed loop) to one
 subscriber; after a few seconds the current leader is killed with SIGKILL.
 Every acknowledged publish and every failure is timed. Reported: the longest
-gap between two acknowledged publishes, the time from the kill to the first
-publish acknowledged after it, the time until the rate is back to half of
+gap between two acknowledged publishes, the time from the kill until a
+publish called after it is acknowledged, the time until the rate is back to half of
 what it was before, failures, and — once the subscriber has drained — lost
 (acknowledged, never delivered), duplicated and unexpected (failed or
 unknown, delivered anyway) messages. The killed server is restarted before
@@ -33,6 +33,7 @@ BUCKET_S = 0.1
 class Recorder:
     def __init__(self) -> None:
         self.acks: list[tuple[float, int]] = []  # (confirmed at, seq)
+        self.started: list[float] = []  # when each acknowledged publish was called
         self.failures: list[tuple[float, str]] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -51,6 +52,7 @@ def _loop(send: Callable[[bytes], None], rec: Recorder) -> None:
         else:
             with rec.lock:
                 rec.acks.append((time.monotonic(), seq))
+                rec.started.append(now)
         seq += 1
 
 
@@ -80,48 +82,59 @@ def _sender(key: str, hosts: str, root: str) -> tuple[Callable[[bytes], None], C
     return send, client.close
 
 
-def _metrics(rec: Recorder, t_kill: float, before: float) -> dict[str, Any]:
-    times = [t for t, _ in rec.acks]
+def _metrics(rec: Recorder, t_kill: float, before: float, now: float) -> dict[str, Any]:
+    """Gaps and recovery around the kill at ``t_kill``, as seen at ``now``."""
+    with rec.lock:
+        times = [t for t, _ in rec.acks]
+        started = list(rec.started)
+        failures_seen = list(rec.failures)
     pre = [t for t in times if t_kill - before <= t < t_kill]
     pre_rate = len(pre) / before if before > 0 else 0.0
-    window = [t for t in times if t >= t_kill - before]
-    gaps = [(b - a, a, b) for a, b in itertools.pairwise(window)]
-    max_gap, gap_from, gap_to = max(gaps, default=(0.0, t_kill, t_kill))
-    first_after = next((t for t in times if t > t_kill), None)
-    # recovered: the first moment after the longest gap from which one second
-    # holds at least half the acknowledged publishes of a second before the kill
+    pre_gaps = [b - a for a, b in itertools.pairwise(pre)]
+    # gaps that end after the kill, and the one still open at ``now``
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(times) if b > t_kill]
+    last = times[-1] if times else t_kill
+    open_gap = now - last
+    ongoing = open_gap > 0 and (not gaps or open_gap > max(gaps)[0])
+    if ongoing:
+        max_gap, gap_from, gap_to = now - last, last, now
+    else:
+        max_gap, gap_from, gap_to = max(gaps, default=(0.0, t_kill, t_kill))
+    # the first publish both called and acknowledged after the kill
+    first_after = next((t for t, s in zip(times, started, strict=True) if s > t_kill), None)
+    # recovered: the first acknowledgement after the longest gap from which
+    # one full second holds at least half the rate of before the kill
     recovered_at = None
-    need = RECOVERED_FRACTION * pre_rate
-    start = bisect.bisect_left(times, gap_to)
-    for i in range(start, len(times)):
-        j = bisect.bisect_left(times, times[i] + 1.0)
-        if j >= len(times) and times[-1] < times[i] + 1.0:
-            break  # not a full second of data left
-        if j - i >= need:
-            recovered_at = times[i]
-            break
+    if not ongoing:
+        need = RECOVERED_FRACTION * pre_rate
+        start = bisect.bisect_left(times, gap_to)
+        for i in range(start, len(times)):
+            if times[i] + 1.0 > now:
+                break  # not a full second observed yet
+            j = bisect.bisect_left(times, times[i] + 1.0)
+            if j - i >= need:
+                recovered_at = times[i]
+                break
     timeline: list[tuple[float, int]] = []
-    if times:
-        t0 = t_kill - before
-        end = times[-1]
-        k = 0
-        t = t0
-        while t < end:
-            count = 0
-            while k < len(times) and times[k] < t + BUCKET_S:
-                if times[k] >= t:
-                    count += 1
-                k += 1
-            timeline.append((round(t - t_kill, 2), count))
-            t += BUCKET_S
+    t = t_kill - before
+    k = bisect.bisect_left(times, t)
+    while t < now:
+        count = 0
+        while k < len(times) and times[k] < t + BUCKET_S:
+            count += 1
+            k += 1
+        timeline.append((round(t - t_kill, 2), count))
+        t += BUCKET_S
     failures: dict[str, int] = {}
-    for _, name in rec.failures:
+    for _, name in failures_seen:
         failures[name] = failures.get(name, 0) + 1
     return {
         "acknowledged": len(times),
         "rate_before": round(pre_rate, 1),
+        "max_gap_before_kill_s": round(max(pre_gaps, default=0.0), 3),
         "max_gap_s": round(max_gap, 3),
         "max_gap_from_kill_s": [round(gap_from - t_kill, 3), round(gap_to - t_kill, 3)],
+        "still_stalled": ongoing,
         "first_ack_after_kill_s": None if first_after is None else round(first_after - t_kill, 3),
         "recovered_after_s": None if recovered_at is None else round(recovered_at - t_kill, 3),
         "failures": failures,
@@ -137,7 +150,7 @@ def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: _Phase) -> d
     phase.update("starting the subscriber")
     workers = start_subscribers(ctx, sub_impl, hosts, root, 1)
     killed = None
-    t_kill = 0.0
+    t_kill = t_stop = 0.0
     try:
         send, close = _sender(key, hosts, root)
         rec = Recorder()
@@ -156,7 +169,7 @@ def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: _Phase) -> d
             phase.update(f"killed leader (server {killed.myid})")
             cap = t_kill + p.stall_after_cap
             while time.monotonic() < cap:
-                m = _metrics(rec, t_kill, p.stall_before)
+                m = _metrics(rec, t_kill, p.stall_before, time.monotonic())
                 if m["recovered_after_s"] is not None and (
                     time.monotonic() - t_kill > m["recovered_after_s"] + p.stall_settle
                 ):
@@ -167,10 +180,11 @@ def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: _Phase) -> d
                 )
                 time.sleep(0.2)
         finally:
+            t_stop = time.monotonic()
             rec.stop.set()
             thread.join(30)
             close()
-        metrics = _metrics(rec, t_kill, p.stall_before)
+        metrics = _metrics(rec, t_kill, p.stall_before, t_stop)
         phase.update("restarting the killed server, draining")
         killed.start()
         ensemble.wait_serving([killed], timeout=120)
