@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -42,10 +43,14 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
 def _package(path: str) -> str:
+    """The top-level package of a file as py-spy names it (``kazoo/client.py``)."""
     for name in ("zkpubsub", "kazoo", "benchmarks", "msgpack"):
         if f"/{name}/" in path or path.startswith(f"{name}/"):
             return name
-    return "python (stdlib)" if "python3" in path or path.startswith("<") else "other"
+    top = path.lstrip("/").split("/", 1)[0].removesuffix(".py")
+    if path.startswith("<") or top in sys.stdlib_module_names:
+        return "python (stdlib)"
+    return "other"
 
 
 def _short(frame: str) -> tuple[str, str]:
@@ -74,7 +79,7 @@ def summarize(path: Path, seconds: float, top: int = 15) -> dict[str, Any]:
         stack, _, count = line.rpartition(" ")
         n = int(count)
         frames = stack.split(";")
-        thread = re.sub(r"\(0x[0-9a-f]+\)|\(\d+\)", "", frames[0]).strip()
+        thread = re.sub(r"^thread \((0x[0-9a-f]+|\d+)\):\s*", "", frames[0]).strip()
         named = [_short(f) for f in frames[1:]]
         total += n
         threads[thread] += n
@@ -118,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="subscriber processes")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # installed in this environment
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if spy is None:
         parser.error("py-spy is not installed (pip install py-spy)")
     out_dir = Path(args.out) if args.out else DEFAULT_OUT / "profiles"
