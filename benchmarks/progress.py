@@ -38,8 +38,8 @@ class Progress:
             self._stream.write(line + "\n")
         self._stream.flush()
 
-    def phase(self, name: str) -> _Phase:
-        return _Phase(self, name)
+    def phase(self, name: str) -> Phase:
+        return Phase(self, name)
 
     def _begin(self, name: str) -> None:
         with self._lock:
@@ -77,7 +77,7 @@ class Progress:
             self._write(text, final=True)
 
 
-class _Phase:
+class Phase:
     def __init__(self, progress: Progress, name: str) -> None:
         self._progress = progress
         self._name = name
@@ -86,7 +86,7 @@ class _Phase:
     def update(self, text: str) -> None:
         self._progress.update(text)
 
-    def __enter__(self) -> _Phase:
+    def __enter__(self) -> Phase:
         self._progress._begin(self._name)
         return self
 

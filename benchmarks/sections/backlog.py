@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from .. import payload, server, stats
-from ..progress import _Phase
+from ..progress import Phase
 from ..workers import WorkerPool, new_root
 from .common import TOPIC, Context, remove_tree
 
@@ -40,7 +40,7 @@ def _filler(ctx: Context, root: str) -> Any:
     return Client(ctx.hosts, root=root, serializer="raw", max_message_bytes=FILL_NODE_BYTES)
 
 
-def _probe(client: Any, seq: int, ctx: Context, phase: _Phase) -> tuple[list[float], float, int]:
+def _probe(client: Any, seq: int, ctx: Context, phase: Phase) -> tuple[list[float], float, int]:
     p = ctx.profile
     latencies: list[float] = []
     start = time.monotonic()

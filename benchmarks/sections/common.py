@@ -15,7 +15,7 @@ from zkpubsub.testing import ZooKeeperCluster
 
 from .. import raw_ceiling
 from ..profiles import Profile
-from ..progress import Progress, _Phase
+from ..progress import Phase, Progress
 from ..workers import Pool
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def wait_delivered(
     workers: list[int],
     expected: int,
     deadline: float,
-    phase: _Phase,
+    phase: Phase,
     label: str = "delivered",
 ) -> None:
     """Poll the workers until every subscriber has ``expected`` distinct

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import payload, raw_ceiling, stats
 from ..profiles import Profile
-from ..progress import _Phase
+from ..progress import Phase
 from ..workers import new_root
 from .common import (
     TOPIC,
@@ -41,7 +41,7 @@ class Impl:
     key: str
     label: str
     subscriber: str | None  # the subscriber implementation; None: publish only
-    family: str  # "zkpubsub", "zkms" or "raw"
+    family: str  # "zkpubsub", "zkpubsub-batch" (the caller batches), "zkms" or "raw"
     needs: str | None = None  # a Client attribute this variant needs
 
 
@@ -97,7 +97,7 @@ def _closed_loop(
     duration: float,
     max_messages: int,
     threads: int,
-    phase: _Phase,
+    phase: Phase,
 ) -> PublishRun:
     """Call ``send(seq)`` (returns messages confirmed) from ``threads``
     threads until ``duration`` passes."""
@@ -133,13 +133,13 @@ def _closed_loop(
     return run
 
 
-def _report(run: PublishRun, end: float, phase: _Phase) -> None:
+def _report(run: PublishRun, end: float, phase: Phase) -> None:
     while time.monotonic() < end:
         phase.update(f"published {run.published}")
         time.sleep(0.25)
 
 
-def _publish_zkms(ctx: Context, root: str, phase: _Phase) -> PublishRun:
+def _publish_zkms(ctx: Context, root: str, phase: Phase) -> PublishRun:
     from ..zkms_reference import ZkmsPublisher
 
     p = ctx.profile
@@ -166,7 +166,7 @@ def _zkpubsub_client(ctx: Context, root: str) -> Any:
     return Client(ctx.hosts, root=root, serializer="raw")
 
 
-def _publish_zkpubsub(ctx: Context, impl: Impl, root: str, phase: _Phase) -> PublishRun:
+def _publish_zkpubsub(ctx: Context, impl: Impl, root: str, phase: Phase) -> PublishRun:
     p = ctx.profile
     client = _zkpubsub_client(ctx, root)
     try:
@@ -208,7 +208,7 @@ def _publish_zkpubsub(ctx: Context, impl: Impl, root: str, phase: _Phase) -> Pub
         client.close()
 
 
-def _publish_async(ctx: Context, client: Any, phase: _Phase) -> PublishRun:
+def _publish_async(ctx: Context, client: Any, phase: Phase) -> PublishRun:
     """``publish_async`` with a bounded number of unconfirmed publishes."""
     p = ctx.profile
     run = PublishRun()
@@ -238,7 +238,7 @@ def _publish_async(ctx: Context, client: Any, phase: _Phase) -> PublishRun:
     return run
 
 
-def _raw_cell(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]:
+def _raw_cell(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
     p = ctx.profile
     root = new_root(f"fanout-raw-{n}")
     parents = [f"{root}/q{i}" for i in range(n)]
@@ -274,7 +274,7 @@ def _raw_cell(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]
     }
 
 
-def measure(ctx: Context, impl: Impl, n: int, phase: _Phase) -> dict[str, Any]:
+def measure(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
     """One implementation at ``n`` subscribers, on a fresh root."""
     if impl.subscriber is None:
         return _raw_cell(ctx, impl, n, phase)

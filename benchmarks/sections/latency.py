@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .. import payload, stats
-from ..progress import _Phase
+from ..progress import Phase
 from ..workers import new_root
 from .common import (
     TOPIC,
@@ -78,7 +78,7 @@ class OpenLoop:
             self._next += 1
             return i
 
-    def run(self, send: Callable[[bytes], None], phase: _Phase) -> None:
+    def run(self, send: Callable[[bytes], None], phase: Phase) -> None:
         self.start = time.monotonic() + 0.2
         self.give_up = self.scheduled(self.total - 1) + self.behind_cap
 
@@ -172,7 +172,7 @@ def _cdf(sorted_ms: list[float]) -> list[tuple[float, float]]:
 
 
 def _cell(
-    ctx: Context, key: str, label: str, sub_impl: str, rate: float, phase: _Phase
+    ctx: Context, key: str, label: str, sub_impl: str, rate: float, phase: Phase
 ) -> dict[str, Any]:
     p = ctx.profile
     n = p.latency_subscribers

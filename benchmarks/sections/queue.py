@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .. import payload, stats
-from ..progress import _Phase
+from ..progress import Phase
 from ..workers import new_root
 from .common import Context, kazoo, remove_tree
 
@@ -31,7 +31,7 @@ def zkpubsub_queue_missing() -> str | None:
     return None
 
 
-def _put_phase(put: Callable[[bytes], Any], ctx: Context, phase: _Phase) -> tuple[int, float]:
+def _put_phase(put: Callable[[bytes], Any], ctx: Context, phase: Phase) -> tuple[int, float]:
     p = ctx.profile
     start = time.monotonic()
     end = start + p.queue_put_duration
@@ -46,7 +46,7 @@ def _put_phase(put: Callable[[bytes], Any], ctx: Context, phase: _Phase) -> tupl
 
 
 def _consume_phase(
-    ctx: Context, command: str, workers: int, phase: _Phase, **kwargs: Any
+    ctx: Context, command: str, workers: int, phase: Phase, **kwargs: Any
 ) -> dict[str, Any]:
     p = ctx.profile
     indexes = list(range(workers))
@@ -70,7 +70,7 @@ def _consume_phase(
     }
 
 
-def _locking_queue(ctx: Context, workers: int, phase: _Phase) -> dict[str, Any]:
+def _locking_queue(ctx: Context, workers: int, phase: Phase) -> dict[str, Any]:
     from kazoo.recipe.queue import LockingQueue
 
     path = new_root(f"lockingqueue-{workers}")
@@ -84,7 +84,7 @@ def _locking_queue(ctx: Context, workers: int, phase: _Phase) -> dict[str, Any]:
     return {"put": put, "put_rate": stats.rate(put, put_seconds), **consumed}
 
 
-def _zkpubsub_queue(ctx: Context, workers: int, phase: _Phase) -> dict[str, Any]:
+def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase) -> dict[str, Any]:
     from zkpubsub import Client
 
     root = new_root(f"queue-{workers}")
@@ -113,7 +113,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if missing:
         skipped.append({"impl": "zkpubsub", "reason": missing})
         ctx.progress.note(f"queue: zkpubsub: skipped, {missing}")
-    sides: list[tuple[str, str, Callable[[Context, int, _Phase], dict[str, Any]]]] = [
+    sides: list[tuple[str, str, Callable[[Context, int, Phase], dict[str, Any]]]] = [
         ("lockingqueue", "kazoo LockingQueue (get + consume)", _locking_queue),
     ]
     if not missing:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import payload, server
-from ..progress import _Phase
+from ..progress import Phase
 from ..workers import new_root
 from .common import TOPIC, Context, collect, remove_tree, start_subscribers, stop_subscribers
 
@@ -142,7 +142,7 @@ def _metrics(rec: Recorder, t_kill: float, before: float, now: float) -> dict[st
     }
 
 
-def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: _Phase) -> dict[str, Any]:
+def _cell(ctx: Context, ensemble: Any, key: str, label: str, phase: Phase) -> dict[str, Any]:
     p = ctx.profile
     hosts = ensemble.hosts
     root = new_root(f"stall-{key}")
