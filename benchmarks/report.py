@@ -160,6 +160,28 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 # -- Markdown ------------------------------------------------------------------------------
 
+# Other work using more than this many cores during a part makes the run noisy.
+NOISY_CORES = 0.25
+_PATH_OPTIONS = ("--out", "--docs", "--zk-dir", "--report-only")
+
+
+def _public_argv(argv: Sequence[str]) -> list[str]:
+    """The command line without local paths (they say nothing about the run)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            out.append("DIR")
+            skip = False
+        elif arg in _PATH_OPTIONS:
+            out.append(arg)
+            skip = True
+        elif arg.startswith(tuple(f"{o}=" for o in _PATH_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=DIR")
+        else:
+            out.append(arg)
+    return out
+
 
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -277,10 +299,8 @@ def _fanout(section: dict[str, Any]) -> list[str]:
                 mark = "" if cell["complete"] else " (not drained)"
                 row.append(f"{_fmt(cell['e2e_rate'])}{mark}")
         ratio = ratios.get(n, {})
-        row.append(f"{_fmt(ratio.get('vs_zkms'), 2)}x" if ratio.get("vs_zkms") else None)
-        row.append(
-            f"{_fmt(ratio.get('vs_raw_ceiling'), 2)}x" if ratio.get("vs_raw_ceiling") else None
-        )
+        row.append(f"{ratio['vs_zkms']:.2f}x" if ratio.get("vs_zkms") else None)
+        row.append(f"{ratio['vs_raw_ceiling']:.2f}x" if ratio.get("vs_raw_ceiling") else None)
         rows.append(row)
     lines = [
         "Messages per second handled by *every* subscriber (end to end); the raw "
@@ -450,9 +470,20 @@ def markdown(
         "",
         f"{report.get('profile')} run of {report.get('started')}, {report.get('duration_s')} s; "
         f"sections: {', '.join(report.get('sections_run', []))}. Command: "
-        f"`python -m benchmarks {' '.join(report.get('argv', []))}`.".replace(" `.", "`."),
+        f"`python -m benchmarks {' '.join(_public_argv(report.get('argv', [])))}`.".replace(
+            " `.", "`."
+        ),
         "",
     ]
+    other = [v.get("other_busy_cores") or 0.0 for v in report.get("load", {}).values()]
+    cores = report.get("machine", {}).get("cores") or 1
+    if other and max(other) > NOISY_CORES:
+        lines += [
+            f"> **Noisy run:** other work on the machine used up to {max(other):.2f} of its "
+            f"{cores} cores while parts of this run went on (table below). These numbers are "
+            "not comparable with a run on a quiet machine.",
+            "",
+        ]
     if report.get("profile") != "full":
         lines += [
             "> A quick run: small sizes and short windows, for checking the harness, "
