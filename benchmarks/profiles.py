@@ -1,0 +1,105 @@
+"""How big and how long each section runs: ``full`` (the published numbers)
+and ``quick`` (a smoke run that checks the harness end to end)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
+
+SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stall")
+
+
+def subscriber_processes(profile: Profile) -> int:
+    if profile.subscriber_processes > 0:
+        return profile.subscriber_processes
+    return max(2, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    # processes hosting subscribers (0: one per core, at least 2); queue
+    # workers get one process each. The publisher runs in the harness process.
+    subscriber_processes: int = 0
+    # warm-up of the standalone server: windows until stable or the cap
+    warmup_window: float = 2.0
+    warmup_min: float = 20.0
+    warmup_cap: float = 90.0
+    warmup_tolerance: float = 0.05
+    warmup_stable_windows: int = 4
+    # fan-out end to end
+    fanout_subscribers: tuple[int, ...] = (1, 10, 20, 100)
+    fanout_duration: float = 8.0
+    fanout_drain_cap: float = 30.0
+    fanout_max_messages: int = 200_000
+    publisher_threads: int = 8
+    async_window: int = 256
+    publish_many_batch: int = 100
+    raw_window: int = 64
+    # work queue
+    queue_workers: tuple[int, ...] = (1, 4)
+    queue_put_duration: float = 5.0
+    queue_max_items: int = 50_000
+    queue_consume_cap: float = 15.0
+    queue_idle: float = 1.0
+    # publish-to-handler latency, open loop
+    latency_subscribers: int = 10
+    latency_rates: tuple[float, ...] = (50.0, 200.0, 1000.0)
+    latency_duration: float = 15.0
+    latency_senders: int = 4
+    latency_drain_cap: float = 10.0
+    # a saturated sender gives up this long after its last scheduled send
+    latency_behind_cap: float = 5.0
+    # publish cost against a growing backlog
+    backlog_levels: tuple[int, ...] = (0, 1_000, 10_000, 50_000, 100_000)
+    backlog_probe_publishes: int = 1_000
+    backlog_probe_cap: float = 10.0
+    backlog_fill_batch: int = 500
+    # leader kill on a 3-node ensemble
+    stall_warmup: float = 15.0
+    stall_before: float = 5.0
+    stall_after_cap: float = 30.0
+    stall_settle: float = 3.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL: Final = Profile("full")
+
+QUICK: Final = replace(
+    FULL,
+    name="quick",
+    warmup_window=0.5,
+    warmup_min=1.0,
+    warmup_cap=2.0,
+    warmup_stable_windows=2,
+    warmup_tolerance=0.25,
+    fanout_subscribers=(1, 4),
+    fanout_duration=0.8,
+    fanout_drain_cap=10.0,
+    publisher_threads=4,
+    async_window=32,
+    publish_many_batch=20,
+    queue_workers=(1, 2),
+    queue_put_duration=0.3,
+    queue_max_items=300,
+    queue_consume_cap=5.0,
+    queue_idle=0.5,
+    latency_subscribers=2,
+    latency_rates=(100.0,),
+    latency_duration=1.0,
+    latency_senders=2,
+    latency_drain_cap=5.0,
+    latency_behind_cap=2.0,
+    backlog_levels=(0, 1_000),
+    backlog_probe_publishes=50,
+    backlog_probe_cap=3.0,
+    stall_warmup=0.5,
+    stall_before=1.0,
+    stall_after_cap=15.0,
+    stall_settle=0.5,
+)
+
+PROFILES: Final = {"full": FULL, "quick": QUICK}

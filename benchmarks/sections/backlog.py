@@ -1,0 +1,169 @@
+"""Publish cost as one subscriber's backlog grows to 100,000 messages.
+
+The subscriber is a real zkpubsub subscription in a process of its own that
+the harness then freezes (SIGSTOP): it stays registered, with its session
+kept alive by the server for the length of the section, and consumes
+nothing. A filler client fills its queue through the public API, one
+message per node (``publish_many`` with ``max_message_bytes`` too small for
+two messages). At each backlog size a probe client publishes one message at
+a time and the publish latency and rate are measured. The backlog is read
+from ``Client.stats()`` (znodes in the queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from .. import payload, server, stats
+from ..progress import Phase
+from ..workers import WorkerPool, new_root
+from .common import TOPIC, Context, remove_tree
+
+FILL_NODE_BYTES = 400  # one 100-byte message fits, two do not
+
+
+def _backlog(client: Any, subscriber: str) -> int:
+    for q in client.stats().queues:
+        if q.client_id == subscriber and q.topic == TOPIC:
+            return int(q.backlog)
+    return 0
+
+
+def _filler(ctx: Context, root: str) -> Any:
+    """A client whose every message is a node of its own."""
+    from zkpubsub import Client
+
+    return Client(ctx.hosts, root=root, serializer="raw", max_message_bytes=FILL_NODE_BYTES)
+
+
+def _probe(client: Any, seq: int, ctx: Context, phase: Phase) -> tuple[list[float], float, int]:
+    p = ctx.profile
+    latencies: list[float] = []
+    start = time.monotonic()
+    errors = 0
+    while (
+        len(latencies) < p.backlog_probe_publishes
+        and time.monotonic() - start < p.backlog_probe_cap
+    ):
+        t0 = time.monotonic()
+        try:
+            client.publish(TOPIC, payload.make(seq + len(latencies), t0, t0))
+        except Exception:
+            errors += 1
+            continue
+        latencies.append(time.monotonic() - t0)
+        if len(latencies) % 50 == 0:
+            phase.update(f"probing: {len(latencies)} publishes")
+    return latencies, time.monotonic() - start, errors
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    from zkpubsub import Client
+
+    p = ctx.profile
+    root = new_root("backlog")
+    levels: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    proc = None
+    filler = probe = None
+    fill_seconds = 0.0
+    nodes_per_message: float | None = None
+    published = 0
+    try:
+        with ctx.progress.phase("backlog: starting a subscriber that does not consume") as phase:
+            session = server.MAX_SESSION_TIMEOUT * 0.8
+            if not isinstance(ctx.pool, WorkerPool):
+                raise TypeError("the backlog section needs worker processes")
+            proc, subscriber = ctx.pool.start_frozen_subscriber(ctx.hosts, root, TOPIC, session)
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            phase.summary = f"subscriber {subscriber[:12]} registered and frozen (SIGSTOP)"
+        filler = _filler(ctx, root)
+        probe = Client(ctx.hosts, root=root, serializer="raw")
+        seq = 10_000_000  # probe messages, apart from the filler's
+        for level in p.backlog_levels:
+            with ctx.progress.phase(f"backlog {level:,} messages") as phase:
+                backlog = _backlog(probe, subscriber)
+                t_fill = time.monotonic()
+                while backlog < level:
+                    batch = min(p.backlog_fill_batch, level - backlog)
+                    now = time.monotonic()
+                    filler.publish_many(
+                        TOPIC, [payload.make(published + i, now, now) for i in range(batch)]
+                    )
+                    published += batch
+                    before = backlog
+                    backlog = _backlog(probe, subscriber)
+                    if nodes_per_message is None and backlog > before:
+                        nodes_per_message = round((backlog - before) / batch, 3)
+                    phase.update(f"filling: {backlog:,} nodes pending")
+                fill_seconds += time.monotonic() - t_fill
+                latencies, seconds, probe_errors = _probe(probe, seq, ctx, phase)
+                seq += len(latencies)
+                summary = stats.summarize_ms(latencies)
+                levels.append(
+                    {
+                        "level": level,
+                        "backlog_nodes": backlog,
+                        "publishes": len(latencies),
+                        "errors": probe_errors,
+                        "publish_rate": stats.rate(len(latencies), seconds),
+                        "latency_ms": summary,
+                    }
+                )
+                phase.summary = (
+                    f"{backlog:,} pending: publish p50 {summary['p50']} ms, "
+                    f"p99 {summary['p99']} ms, {levels[-1]['publish_rate']}/s"
+                )
+    except Exception as exc:
+        errors.append({"error": f"{type(exc).__name__}: {exc}"})
+        ctx.progress.note(f"backlog: error: {type(exc).__name__}: {exc}")
+    finally:
+        for client in (filler, probe):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        if proc is not None:
+            proc.kill()  # a stopped process dies of SIGKILL too
+            proc.join(10)
+        with ctx.progress.phase("backlog: removing the backlog") as phase:
+            remove_tree(ctx.hosts, root)
+    first = levels[0] if levels else None
+    last = levels[-1] if levels else None
+
+    def p50(cell: dict[str, Any] | None) -> float | None:
+        return None if cell is None else cell["latency_ms"]["p50"]
+
+    def mean(cell: dict[str, Any] | None) -> float | None:
+        return None if cell is None else cell["latency_ms"]["mean"]
+
+    return {
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "params": {
+            "levels": list(p.backlog_levels),
+            "probe_publishes": p.backlog_probe_publishes,
+            "probe_cap_s": p.backlog_probe_cap,
+            "fill_batch": p.backlog_fill_batch,
+            "payload_bytes": payload.PAYLOAD_SIZE,
+        },
+        "fill": {
+            "messages": published,
+            "seconds": round(fill_seconds, 1),
+            "nodes_per_message": nodes_per_message,
+        },
+        "levels": levels,
+        "errors": errors,
+        "cost_ratio": {
+            "from_level": first["level"] if first else None,
+            "to_level": last["level"] if last else None,
+            "p50_latency": stats.ratio(p50(last), p50(first)),
+            "mean_latency": stats.ratio(mean(last), mean(first)),
+            "inverse_rate": stats.ratio(
+                first["publish_rate"] if first else None, last["publish_rate"] if last else None
+            ),
+        },
+    }

@@ -1,0 +1,566 @@
+"""Worker processes: subscribers, queue consumers and warm-up load.
+
+Subscribers and consumers run in processes of their own, not in the
+publisher's: in one process every subscriber's threads would compete with
+the publisher for one GIL, and the publisher would be measured slower than
+it is (in production they are on other machines). Each worker process hosts
+several subscribers, each with its own ZooKeeper session, as separate
+service instances would have. Handlers only count and time what they get.
+
+The pool talks to each worker through a pipe: ``(command, kwargs)`` in,
+``("ok", value)`` or ``("error", text)`` out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+import time
+import traceback
+import uuid
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from . import payload
+
+logger = logging.getLogger(__name__)
+
+Command = Callable[..., Any]
+
+
+class WorkerError(RuntimeError):
+    """A command failed inside a worker process."""
+
+
+# -- inside a worker --------------------------------------------------------------
+
+
+class Recorder:
+    """What one subscriber received: counts, duplicates, arrival times and,
+    when asked, the latency of every message."""
+
+    __slots__ = (
+        "count",
+        "duplicates",
+        "first",
+        "keep_latency",
+        "last",
+        "lat_sched",
+        "lat_sent",
+        "seen",
+    )
+
+    def __init__(self, keep_latency: bool) -> None:
+        self.count = 0
+        self.duplicates = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.seen: set[int] = set()
+        self.keep_latency = keep_latency
+        self.lat_sched = array("d")
+        self.lat_sent = array("d")
+
+    def record(self, data: bytes) -> None:
+        now = time.monotonic()
+        stamp = payload.parse(data)
+        if stamp.seq in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(stamp.seq)
+        self.count += 1
+        if not self.first:
+            self.first = now
+        self.last = now
+        if self.keep_latency:
+            self.lat_sched.append(now - stamp.scheduled)
+            self.lat_sent.append(now - stamp.sent)
+
+    @property
+    def unique(self) -> int:
+        return len(self.seen)
+
+    def summary(self, *, latencies: bool, seqs: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "count": self.count,
+            "unique": self.unique,
+            "duplicates": self.duplicates,
+            "first": self.first,
+            "last": self.last,
+        }
+        if latencies:
+            out["lat_sched"] = self.lat_sched
+            out["lat_sent"] = self.lat_sent
+        if seqs:
+            out["seqs"] = sorted(self.seen)
+        return out
+
+
+class _Subscriber:
+    def __init__(self, recorder: Recorder, close: Callable[[], None]) -> None:
+        self.recorder = recorder
+        self.close = close
+
+
+class WorkerState:
+    """The commands a worker process answers."""
+
+    def __init__(self) -> None:
+        self.subscribers: list[_Subscriber] = []
+        self._warm_zk: Any = None
+        self._warm_hosts = ""
+
+    # -- housekeeping --------------------------------------------------------
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    # -- warm-up load --------------------------------------------------------
+
+    def warm(self, hosts: str, root: str, seconds: float, batch: int, window: int) -> int:
+        """Creates, reads and deletes for ``seconds``; returns operations done."""
+        from kazoo.client import KazooClient
+
+        if self._warm_zk is None or self._warm_hosts != hosts:
+            self.close_warm()
+            self._warm_zk = KazooClient(hosts=hosts, timeout=10.0)
+            self._warm_zk.start(timeout=30)
+            self._warm_hosts = hosts
+        zk = self._warm_zk
+        parent = f"{root}/w{os.getpid()}"
+        zk.ensure_path(parent)
+        data = payload.make(0, 0.0, 0.0)
+        ops = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            creates: deque[Any] = deque()
+            for _ in range(window):
+                txn = zk.transaction()
+                for _ in range(batch):
+                    txn.create(f"{parent}/n-", data, sequence=True)
+                creates.append(txn.commit_async())
+            created: list[str] = []
+            while creates:
+                created.extend(r for r in creates.popleft().get(timeout=60) if isinstance(r, str))
+            names = zk.get_children(parent)
+            reads = [zk.get_async(p) for p in created[:: max(1, batch // 4)]]
+            for r in reads:
+                r.get(timeout=60)
+            deletes: deque[Any] = deque()
+            for i in range(0, len(names), batch):
+                txn = zk.transaction()
+                for name in names[i : i + batch]:
+                    txn.delete(f"{parent}/{name}")
+                deletes.append(txn.commit_async())
+            while deletes:
+                deletes.popleft().get(timeout=60)
+            ops += len(created) + len(reads) + len(names) + 1
+        return ops
+
+    def close_warm(self) -> None:
+        if self._warm_zk is not None:
+            with contextlib.suppress(Exception):
+                self._warm_zk.stop()
+                self._warm_zk.close()
+            self._warm_zk = None
+
+    # -- subscribers -----------------------------------------------------------
+
+    def subscribe(
+        self,
+        impl: str,
+        hosts: str,
+        root: str,
+        topic: str,
+        count: int,
+        latency: bool = False,
+        session_timeout: float = 10.0,
+    ) -> list[str]:
+        """Start ``count`` subscribers of ``topic``, each with its own session."""
+        ids: list[str] = []
+        for _ in range(count):
+            recorder = Recorder(latency)
+            if impl == "zkpubsub":
+                sub = self._zkpubsub_subscriber(hosts, root, topic, recorder, session_timeout)
+            elif impl == "zkms":
+                sub = self._zkms_subscriber(hosts, root, topic, recorder, session_timeout)
+            else:
+                raise ValueError(f"unknown subscriber implementation {impl!r}")
+            self.subscribers.append(sub[0])
+            ids.append(sub[1])
+        return ids
+
+    @staticmethod
+    def _zkpubsub_subscriber(
+        hosts: str, root: str, topic: str, recorder: Recorder, session_timeout: float
+    ) -> tuple[_Subscriber, str]:
+        from zkpubsub import Client
+
+        client = Client(hosts, root=root, serializer="raw", session_timeout=session_timeout)
+
+        def handler(message: Any) -> None:
+            recorder.record(message.payload)
+
+        subscription = client.subscribe(topic, handler)
+
+        def close() -> None:
+            try:
+                subscription.unsubscribe()
+            finally:
+                client.close()
+
+        return _Subscriber(recorder, close), client.client_id
+
+    @staticmethod
+    def _zkms_subscriber(
+        hosts: str, root: str, topic: str, recorder: Recorder, session_timeout: float
+    ) -> tuple[_Subscriber, str]:
+        from .zkms_reference import ZkmsSubscriber, connect
+
+        zk = connect(hosts, timeout=session_timeout)
+        sub = ZkmsSubscriber(zk, root, topic, recorder.record)
+
+        def close() -> None:
+            try:
+                sub.close(unsubscribe=True)
+            finally:
+                zk.stop()
+                zk.close()
+
+        return _Subscriber(recorder, close), sub.client_id
+
+    def counts(self) -> list[int]:
+        return [s.recorder.unique for s in self.subscribers]
+
+    def collect(
+        self,
+        expected: int | None,
+        wait: float,
+        latencies: bool = False,
+        seqs: bool = False,
+        quiet_for: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """Wait until every local subscriber has ``expected`` distinct messages
+        (or, with ``expected=None``, until none received anything for
+        ``quiet_for`` seconds), at most ``wait`` seconds; then report."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            recs = [s.recorder for s in self.subscribers]
+            if expected is not None and all(r.unique >= expected for r in recs):
+                break
+            if expected is None:
+                newest = max((r.last for r in recs), default=0.0)
+                if time.monotonic() - newest >= quiet_for:
+                    break
+            time.sleep(0.01)
+        return [s.recorder.summary(latencies=latencies, seqs=seqs) for s in self.subscribers]
+
+    def unsubscribe(self) -> int:
+        subs, self.subscribers = self.subscribers, []
+        for sub in subs:
+            try:
+                sub.close()
+            except Exception as exc:
+                logger.warning("closing a subscriber: %r", exc)
+        return len(subs)
+
+    # -- queue consumers ------------------------------------------------------------
+
+    def lq_consume(self, hosts: str, path: str, idle: float, cap: float) -> dict[str, Any]:
+        """kazoo's LockingQueue: get (locks the head), consume (deletes it)."""
+        from kazoo.recipe.queue import LockingQueue
+
+        from .zkms_reference import connect
+
+        zk = connect(hosts)
+        try:
+            queue = LockingQueue(zk, path)
+            return _consume_loop(
+                lambda: queue.get(timeout=idle), lambda _item: queue.consume(), cap
+            )
+        finally:
+            zk.stop()
+            zk.close()
+
+    def zq_consume(
+        self, hosts: str, root: str, name: str, idle: float, cap: float
+    ) -> dict[str, Any]:
+        """zkpubsub's work queue: reserve, then ack."""
+        from zkpubsub import Client
+
+        client = Client(hosts, root=root, serializer="raw")
+        try:
+            queue = cast(Any, client).queue(name)
+            return _consume_loop(lambda: queue.reserve(timeout=idle), lambda item: item.ack(), cap)
+        finally:
+            client.close()
+
+
+def _consume_loop(get: Callable[[], Any], done: Callable[[Any], Any], cap: float) -> dict[str, Any]:
+    count = 0
+    first = last = 0.0
+    start = time.monotonic()
+    while time.monotonic() - start < cap:
+        item = get()
+        if item is None:
+            break
+        done(item)
+        count += 1
+        last = time.monotonic()
+        if not first:
+            first = last
+    return {"count": count, "start": start, "first": first, "last": last}
+
+
+def _configure_logging(log_path: str | None) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    target: logging.Handler
+    if log_path:
+        target = logging.FileHandler(log_path)
+        target.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+        )
+    else:
+        target = logging.NullHandler()
+    root.addHandler(target)
+    root.setLevel(logging.WARNING)
+
+
+def worker_main(conn: multiprocessing.connection.Connection, log_path: str | None) -> None:
+    """The loop of a worker process."""
+    _configure_logging(log_path)
+    state = WorkerState()
+    while True:
+        try:
+            name, kwargs = conn.recv()
+        except (EOFError, OSError):
+            break
+        if name == "stop":
+            break
+        try:
+            method = getattr(state, name)
+            result = method(**kwargs)
+            reply: tuple[str, Any] = ("ok", result)
+        except Exception as exc:
+            logger.exception("command %s failed", name)
+            reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            break
+    state.unsubscribe()
+    state.close_warm()
+
+
+def frozen_subscriber_main(
+    conn: multiprocessing.connection.Connection,
+    hosts: str,
+    root: str,
+    topic: str,
+    session_timeout: float,
+    log_path: str | None,
+) -> None:
+    """A zkpubsub subscriber that registers, reports ready and is then
+    stopped (SIGSTOP) by the harness: a subscriber that does not consume."""
+    _configure_logging(log_path)
+    from zkpubsub import Client
+
+    client = Client(hosts, root=root, serializer="raw", session_timeout=session_timeout)
+    client.subscribe(topic, lambda _m: None)
+    conn.send(client.client_id)
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv()
+    client.close()
+
+
+# -- the harness side ---------------------------------------------------------------
+
+
+class Pool:
+    """Sending commands to workers and collecting the answers."""
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def send(self, index: int, name: str, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def receive(self, index: int, timeout: float) -> Any:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def call(self, index: int, name: str, *, timeout: float = 120.0, **kwargs: Any) -> Any:
+        self.send(index, name, **kwargs)
+        return self.receive(index, timeout)
+
+    def call_many(
+        self,
+        indexes: Sequence[int],
+        name: str,
+        *,
+        timeout: float = 120.0,
+        per_worker: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """The same command to several workers at once; answers in order."""
+        for n, i in enumerate(indexes):
+            extra = per_worker[n] if per_worker is not None else {}
+            self.send(i, name, **kwargs, **extra)
+        deadline = time.monotonic() + timeout
+        errors: list[str] = []
+        out: list[Any] = []
+        for i in indexes:
+            try:
+                out.append(self.receive(i, max(0.1, deadline - time.monotonic())))
+            except WorkerError as exc:
+                errors.append(str(exc))
+                out.append(None)
+        if errors:
+            raise WorkerError("; ".join(errors))
+        return out
+
+    def spread(self, count: int, over: int | None = None) -> list[tuple[int, int]]:
+        """``(worker, how many)`` to spread ``count`` items over the first
+        ``over`` workers (default: all)."""
+        size = self.size if over is None else max(1, min(over, self.size))
+        shares = [count // size + (1 if i < count % size else 0) for i in range(size)]
+        return [(i, n) for i, n in enumerate(shares) if n > 0]
+
+
+class InlinePool(Pool):
+    """Workers as threads of this process: for measuring what sharing the
+    publisher's process (and GIL) with the subscribers costs."""
+
+    def __init__(self, size: int = 1) -> None:
+        self._states = [WorkerState() for _ in range(size)]
+        self._pending: dict[int, tuple[threading.Thread, list[Any]]] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._states)
+
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def send(self, index: int, name: str, **kwargs: Any) -> None:
+        box: list[Any] = []
+        method = getattr(self._states[index], name)
+
+        def run() -> None:
+            try:
+                box.append(("ok", method(**kwargs)))
+            except Exception as exc:
+                box.append(("error", f"{type(exc).__name__}: {exc}"))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._pending[index] = (thread, box)
+
+    def receive(self, index: int, timeout: float) -> Any:
+        thread, box = self._pending.pop(index)
+        thread.join(timeout)
+        if not box:
+            raise WorkerError(f"inline worker {index} did not answer within {timeout:g}s")
+        status, value = box[0]
+        if status != "ok":
+            raise WorkerError(f"inline worker {index}: {value}")
+        return value
+
+    def close(self) -> None:
+        for state in self._states:
+            state.unsubscribe()
+            state.close_warm()
+
+
+class WorkerPool(Pool):
+    """``size`` worker processes (spawned, so no lock or thread is inherited)."""
+
+    def __init__(self, size: int, *, log_dir: str | None = None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._ctx = ctx
+        self._log_dir = log_dir
+        self._conns: list[multiprocessing.connection.Connection] = []
+        self._procs: list[Any] = []
+        self._extra: list[Any] = []
+        self._extra_conns: list[multiprocessing.connection.Connection] = []
+        for i in range(size):
+            parent, child = ctx.Pipe()
+            log = os.path.join(log_dir, f"worker-{i}.log") if log_dir else None
+            proc = ctx.Process(
+                target=worker_main, args=(child, log), name=f"bench-worker-{i}", daemon=True
+            )
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for i in range(size):
+            self.call(i, "ping", timeout=120)
+
+    @property
+    def size(self) -> int:
+        return len(self._conns)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in [*self._procs, *self._extra] if p.pid is not None]
+
+    def send(self, index: int, name: str, **kwargs: Any) -> None:
+        self._conns[index].send((name, kwargs))
+
+    def receive(self, index: int, timeout: float) -> Any:
+        conn = self._conns[index]
+        if not conn.poll(timeout):
+            raise WorkerError(f"worker {index} did not answer within {timeout:g}s")
+        status, value = conn.recv()
+        if status != "ok":
+            raise WorkerError(f"worker {index}: {value}")
+        return value
+
+    def start_frozen_subscriber(
+        self, hosts: str, root: str, topic: str, session_timeout: float
+    ) -> tuple[Any, str]:
+        """A subscriber process the caller will SIGSTOP; returns it and its id."""
+        parent, child = self._ctx.Pipe()
+        log = os.path.join(self._log_dir, "frozen-subscriber.log") if self._log_dir else None
+        proc = self._ctx.Process(
+            target=frozen_subscriber_main,
+            args=(child, hosts, root, topic, session_timeout, log),
+            name="bench-frozen-subscriber",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        self._extra.append(proc)
+        if not parent.poll(120):
+            proc.kill()
+            raise WorkerError("the non-consuming subscriber did not start")
+        client_id: str = parent.recv()
+        self._extra_conns.append(parent)  # open while it lives: closing ends it
+        return proc, client_id
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop", {}))
+        for proc in self._procs:
+            proc.join(15)
+        for proc in [*self._procs, *self._extra]:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+def new_root(prefix: str) -> str:
+    return f"/bench/{prefix}-{uuid.uuid4().hex[:8]}"
