@@ -288,14 +288,14 @@ class WorkerState:
             zk.close()
 
     def zq_consume(
-        self, hosts: str, root: str, name: str, idle: float, cap: float
+        self, hosts: str, root: str, queue_name: str, idle: float, cap: float
     ) -> dict[str, Any]:
         """zkpubsub's work queue: reserve, then ack."""
         from zkpubsub import Client
 
         client = Client(hosts, root=root, serializer="raw")
         try:
-            queue = cast(Any, client).queue(name)
+            queue = cast(Any, client).queue(queue_name)
             return _consume_loop(lambda: queue.reserve(timeout=idle), lambda item: item.ack(), cap)
         finally:
             client.close()

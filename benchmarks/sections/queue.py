@@ -97,7 +97,7 @@ def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase) -> dict[str, Any]:
         finally:
             client.close()
         consumed = _consume_phase(
-            ctx, "zq_consume", workers, phase, hosts=ctx.hosts, root=root, name=name
+            ctx, "zq_consume", workers, phase, hosts=ctx.hosts, root=root, queue_name=name
         )
     finally:
         remove_tree(ctx.hosts, root)
