@@ -288,20 +288,35 @@ class WorkerState:
             zk.close()
 
     def zq_consume(
-        self, hosts: str, root: str, queue_name: str, idle: float, cap: float
+        self, hosts: str, root: str, queue_name: str, idle: float, cap: float, prefetch: int = 1
     ) -> dict[str, Any]:
-        """zkpubsub's work queue: reserve, then ack."""
+        """zkpubsub's work queue: reserve, then ack (``prefetch`` > 1: in batches)."""
         from zkpubsub import Client
 
         client = Client(hosts, root=root, serializer="raw")
         try:
             queue = cast(Any, client).queue(queue_name)
-            return _consume_loop(lambda: queue.reserve(timeout=idle), lambda item: item.ack(), cap)
+            if prefetch <= 1:
+                return _consume_loop(
+                    lambda: queue.reserve(timeout=idle), lambda item: item.ack(), cap
+                )
+            # The fast path: reserve a batch in one transaction, ack it in one.
+            return _consume_loop(
+                lambda: queue.reserve_many(prefetch, timeout=idle) or None,
+                queue.ack_many,
+                cap,
+                size=len,
+            )
         finally:
             client.close()
 
 
-def _consume_loop(get: Callable[[], Any], done: Callable[[Any], Any], cap: float) -> dict[str, Any]:
+def _consume_loop(
+    get: Callable[[], Any],
+    done: Callable[[Any], Any],
+    cap: float,
+    size: Callable[[Any], int] = lambda _item: 1,
+) -> dict[str, Any]:
     count = 0
     first = last = 0.0
     start = time.monotonic()
@@ -310,7 +325,7 @@ def _consume_loop(get: Callable[[], Any], done: Callable[[Any], Any], cap: float
         if item is None:
             break
         done(item)
-        count += 1
+        count += size(item)
         last = time.monotonic()
         if not first:
             first = last
