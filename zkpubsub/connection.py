@@ -105,13 +105,19 @@ class Connection:
         self.connected = threading.Event()
         self.closing = threading.Event()
         self._listeners: list[Callable[[KazooState], None]] = []
+        self._session: tuple[int, bytes] | None = None
         self.kazoo.add_listener(self._on_state)
 
     # kazoo's thread: only flags and hand-offs happen here.
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
+            cid = self.kazoo.client_id
+            if cid is not None:
+                self._session = (int(cid[0]), bytes(cid[1]))
             self.connected.set()
         else:
+            if state == KazooState.LOST:
+                self._session = None
             self.connected.clear()
         for listener in list(self._listeners):
             try:
@@ -130,6 +136,9 @@ class Connection:
             raise ConnectTimeout(
                 f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
             ) from exc
+        cid = self.kazoo.client_id
+        if self._session is None and cid is not None:
+            self._session = (int(cid[0]), bytes(cid[1]))
         self.connected.set()
 
     def stop(self) -> None:
@@ -143,14 +152,16 @@ class Connection:
 
     @property
     def session_id(self) -> int | None:
-        cid = self.kazoo.client_id
-        return None if cid is None else int(cid[0])
+        """The id of the current session, also while the connection is down
+        (the session may well be alive); ``None`` once it has expired and
+        until a new one is established."""
+        session = self._session
+        return None if session is None else session[0]
 
     @property
     def credentials(self) -> tuple[int, bytes] | None:
         """Session id and password (for tests that expire a session for real)."""
-        cid = self.kazoo.client_id
-        return None if cid is None else (int(cid[0]), bytes(cid[1]))
+        return self._session
 
     def wait_connected(self, deadline: float | None, what: str = "waiting for ZooKeeper") -> None:
         """Return once connected; raise ``OperationTimeout`` or ``ClientClosed``."""
