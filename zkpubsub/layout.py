@@ -13,6 +13,10 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 envelope (one or more messages)
     <root>/purging/<client id>                  persistent, while the cleaner
                                                 deletes a dead client's queues
+    <root>/receipts/r<guid>                     ephemeral, written by a fan-out
+                                                transaction; tells its publisher
+                                                after a connection loss that the
+                                                transaction was applied
     <root>/cleaner/candidates/c<guid>-<seq>     ephemeral sequential, cleaner
                                                 election; lowest leads
 
@@ -109,6 +113,7 @@ class Layout:
         "clients",
         "messages",
         "purging",
+        "receipts",
         "root",
         "subscribers",
         "work",
@@ -120,6 +125,7 @@ class Layout:
         self.subscribers = f"{self.root}/subscribers"
         self.messages = f"{self.root}/messages"
         self.purging = f"{self.root}/purging"
+        self.receipts = f"{self.root}/receipts"
         self.cleaner = f"{self.root}/cleaner"
         self.candidates = f"{self.cleaner}/candidates"
         self.work = f"{self.root}/queues"
@@ -130,7 +136,14 @@ class Layout:
 
     def base_paths(self) -> tuple[str, ...]:
         """The persistent nodes every client makes sure exist."""
-        return (self.clients, self.subscribers, self.messages, self.purging, self.candidates)
+        return (
+            self.clients,
+            self.subscribers,
+            self.messages,
+            self.purging,
+            self.receipts,
+            self.candidates,
+        )
 
     def client(self, client_id: str) -> str:
         return f"{self.clients}/{client_id}"
@@ -153,6 +166,10 @@ class Layout:
 
     def purge_marker(self, client_id: str) -> str:
         return f"{self.purging}/{client_id}"
+
+    def receipt(self, guid: str) -> str:
+        """The receipt node one fan-out transaction creates."""
+        return f"{self.receipts}/r{guid}"
 
     def candidate_prefix(self, guid: str) -> str:
         return f"{self.candidates}/c{guid}-"

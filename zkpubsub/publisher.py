@@ -13,9 +13,16 @@ Guarantees, each kept by the server rather than by a cache:
   confirmed with ``sync`` before zero is returned.
 * A queue deleted mid-publish (its client is gone) is dropped from the
   retry instead of failing the publish.
-* Message nodes carry a per-publish guid in their name. After a connection
-  loss the queues are searched for it (after a ``sync``) before anything is
-  written again, so a retry never duplicates a message.
+* Each fan-out transaction also creates an ephemeral receipt node
+  (``receipts/r<guid>``) of the publisher's session. After a connection loss
+  the receipt is looked up (after a ``sync``) before anything is written
+  again: it tells whether the transaction was applied even when every
+  subscriber has already consumed and deleted the message, so a retry
+  never duplicates a message. Receipts are deleted by the publisher's next
+  transactions, or with its session. Only if the session itself expired
+  meanwhile (taking the receipt with it) are the queues searched for the
+  message nodes' guid instead; a message already consumed everywhere is
+  then not found and is written again (at-least-once).
 * A fan-out too large for one transaction is split into several; each part
   is atomic and checks the topic version, so every entitled subscriber is
   still reached, but another publisher's message may then land between two
@@ -28,7 +35,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kazoo.exceptions import (
     BadVersionError,
@@ -58,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 _CHECK_OP_OVERHEAD = 32
 _SKIPPED = (RolledBackError, RuntimeInconsistency)
+# Receipts of earlier transactions deleted by one fan-out transaction.
+RECEIPTS_PER_TRANSACTION: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,8 @@ class Publisher:
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
+        # receipts of applied transactions, not deleted yet: (session, path)
+        self._settled: list[tuple[int | None, str]] = []
 
     # -- building nodes ---------------------------------------------------
 
@@ -196,10 +207,22 @@ class Publisher:
         # the longest queue path this topic can have (client ids are bounded)
         return len(data) + len(self._layout.messages) + len(topic) + 300 + CREATE_OP_OVERHEAD
 
+    def _budget(self, topic: str) -> int:
+        """Bytes of a transaction left for message nodes: the topic check,
+        the receipt and the receipts it deletes take the rest."""
+        receipt_op = len(self._layout.receipt(new_guid())) + CREATE_OP_OVERHEAD
+        return (
+            self._config.max_transaction_bytes
+            - _CHECK_OP_OVERHEAD
+            - len(topic)
+            - 300
+            - (1 + RECEIPTS_PER_TRANSACTION) * receipt_op
+        )
+
     def _rounds(self, topic: str, nodes: list[bytes]) -> list[list[bytes]]:
         """Groups of nodes small enough that one subscriber's share fits in a
         transaction. Usually a single group."""
-        budget = self._config.max_transaction_bytes - _CHECK_OP_OVERHEAD - len(topic) - 300
+        budget = self._budget(topic)
         rounds: list[list[bytes]] = []
         current: list[bytes] = []
         used = 0
@@ -217,7 +240,7 @@ class Publisher:
     def _chunks(self, topic: str, targets: list[str], nodes: list[bytes]) -> list[list[str]]:
         """Subscribers grouped so each group's transaction fits the limit."""
         per_subscriber = sum(self._op_size(topic, d) for d in nodes)
-        budget = self._config.max_transaction_bytes - _CHECK_OP_OVERHEAD - len(topic) - 300
+        budget = self._budget(topic)
         per_txn = max(1, budget // per_subscriber)
         return [targets[i : i + per_txn] for i in range(0, len(targets), per_txn)]
 
@@ -272,39 +295,103 @@ class Publisher:
         subscriber's queue no longer exists)."""
         conn, layout = self._conn, self._layout
         topic_path = layout.topic(topic)
-        owners: list[str] = []
+        receipt = layout.receipt(new_guid())
         while True:
             conn.wait_connected(deadline, f"publish to {topic!r}")
+            session = conn.session_id
+            settled = self._take_settled(session)
             txn = conn.kazoo.transaction()
             txn.check(topic_path, version)
-            owners.clear()
+            txn.create(receipt, b"", ephemeral=True)
+            owners: list[str] = []
             for sub in chunk:
                 prefix = layout.message_prefix(layout.queue(sub, topic), guid)
                 for data in nodes:
                     txn.create(prefix, data, sequence=True)
                     owners.append(sub)
+            first_delete = 2 + len(owners)
+            for path in settled:
+                txn.delete(path)
             try:
-                results = conn.result(txn.commit_async(), deadline, f"publish to {topic!r}")
-            except ConnectionLost:
-                # It may or may not have been applied: look before writing again.
-                if self._landed(topic, chunk, guid, deadline):
-                    return "ok", ""
-                continue
+                try:
+                    results = conn.result(txn.commit_async(), deadline, f"publish to {topic!r}")
+                except ConnectionLost:
+                    # It may or may not have been applied: look before writing again.
+                    if self._applied(topic, chunk, guid, receipt, session, deadline):
+                        self._settle(session, receipt)
+                        return "ok", ""
+                    self._give_back(session, settled)
+                    continue
+            except BaseException:
+                self._give_back(session, settled)  # deleted or not: both are handled
+                raise
             failures = [
                 (i, r)
                 for i, r in enumerate(results)
                 if isinstance(r, Exception) and not isinstance(r, _SKIPPED)
             ]
             if not failures:
+                self._settle(session, receipt)
                 return "ok", ""
             index, error = failures[0]
+            if index >= first_delete and isinstance(error, NoNodeError):
+                # an old receipt is gone already (its session ended): drop it
+                gone_receipt = settled[index - first_delete]
+                self._give_back(session, [p for p in settled if p != gone_receipt])
+                continue
+            self._give_back(session, settled)
             if index == 0 and isinstance(error, (BadVersionError, NoNodeError)):
                 return "stale", ""
-            if index > 0 and isinstance(error, NoNodeError):
-                gone = owners[index - 1]
+            if index == 1 and isinstance(error, NoNodeError):
+                conn.ensure_path(layout.receipts, deadline)  # made by an older version
+                continue
+            if 2 <= index < first_delete and isinstance(error, NoNodeError):
+                gone = owners[index - 2]
                 logger.debug("queue of %s for %r is gone; dropping it", gone, topic)
                 return "gone", gone
             raise ZooKeeperError(f"publish to {topic!r}: {type(error).__name__}")
+
+    # -- receipts ---------------------------------------------------------------
+
+    def _take_settled(self, session: int | None) -> list[str]:
+        """Receipts of this session for the next transaction to delete."""
+        with self._lock:
+            # receipts of an earlier session went with it
+            mine = [p for s, p in self._settled if s == session]
+            take, rest = mine[:RECEIPTS_PER_TRANSACTION], mine[RECEIPTS_PER_TRANSACTION:]
+            self._settled = [(session, p) for p in rest]
+        return take
+
+    def _give_back(self, session: int | None, paths: list[str]) -> None:
+        if paths:
+            with self._lock:
+                self._settled.extend((session, p) for p in paths)
+
+    def _settle(self, session: int | None, receipt: str) -> None:
+        with self._lock:
+            self._settled.append((session, receipt))
+
+    def _applied(
+        self,
+        topic: str,
+        chunk: list[str],
+        guid: str,
+        receipt: str,
+        session: int | None,
+        deadline: float | None,
+    ) -> bool:
+        """Whether the transaction that wrote ``receipt`` was applied."""
+        conn, kazoo = self._conn, self._conn.kazoo
+        conn.sync(receipt, deadline)
+        if session is not None and conn.session_id == session:
+            stat = conn.call(lambda: kazoo.exists_async(receipt), deadline, receipt)
+            if stat is not None:
+                return True
+            if conn.session_id == session:
+                return False  # read on the live session that would own it
+        # The session expired meanwhile and took the receipt with it.
+        logger.info("publish to %r: session changed; searching the queues", topic)
+        return self._landed(topic, chunk, guid, deadline)
 
     def _landed(self, topic: str, chunk: list[str], guid: str, deadline: float | None) -> bool:
         """Whether a transaction with ``guid`` was applied (any queue tells)."""

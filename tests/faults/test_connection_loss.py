@@ -13,11 +13,19 @@ import time
 
 import pytest
 
+from zkpubsub import Client, ClientState
 from zkpubsub.testing.audit import audit_convergence
 from zkpubsub.testing.faults import FaultInjector
-from zkpubsub.testing.proxy import ZkClientProxy
+from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
-from .scenarios import CLEANER_GRACE, CLEANER_INTERVAL, SESSION_TIMEOUT
+from .scenarios import (
+    CLEANER_GRACE,
+    CLEANER_INTERVAL,
+    SESSION_TIMEOUT,
+    assert_clean,
+    finish,
+    pubsub_workload,
+)
 
 pytestmark = pytest.mark.local_zk
 
@@ -33,15 +41,14 @@ def proxied_hosts(proxies: list[ZkClientProxy]) -> str:
     return ",".join(p.address for p in proxies)
 
 
-def test_cleaners_keep_one_candidate_each_across_connection_losses(ensemble, make_client):
+def test_cleaners_keep_one_candidate_each_across_connection_losses(ensemble):
     ens = ensemble(3)
     proxies = client_proxies(ens.cluster)
+    clients: list[Client] = []
     try:
         hosts = proxied_hosts(proxies)
-        clients = [
-            make_client(hosts=hosts, root="/s7-election", session_timeout=SESSION_TIMEOUT)
-            for _ in range(3)
-        ]
+        for _ in range(3):
+            clients.append(Client(hosts, root="/s7-election", session_timeout=SESSION_TIMEOUT))
         cleaners = [
             c.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL) for c in clients
         ]
@@ -50,7 +57,7 @@ def test_cleaners_keep_one_candidate_each_across_connection_losses(ensemble, mak
             cut = sum(p.cut() for p in proxies)
             assert cut >= 3
             deadline = time.monotonic() + 30
-            while not all(c.status.value == "connected" for c in clients):
+            while not all(c.status == ClientState.CONNECTED for c in clients):
                 assert time.monotonic() < deadline, "clients did not reconnect"
                 time.sleep(0.05)
             time.sleep(0.3)  # let the cleaners react before the next cut
@@ -59,5 +66,51 @@ def test_cleaners_keep_one_candidate_each_across_connection_losses(ensemble, mak
         assert len(audit.candidates) == 3
         assert FaultInjector(ens.cluster).wait_healthy()
     finally:
+        for c in clients:
+            c.close()
         for p in proxies:
             p.close()
+
+
+def _spring_on_any(proxies: list[ZkClientProxy], arm, timeout: float = 60.0) -> None:
+    """Arm the same trap on every proxy (the client uses one of them) and
+    wait until it springs on one; disarm the others."""
+    events = [arm(p) for p in proxies]
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(e.is_set() for e in events):
+            assert time.monotonic() < deadline, "the trap never sprang"
+            time.sleep(0.01)
+    finally:
+        for p in proxies:
+            p.disarm()
+
+
+def test_connection_loss_in_the_middle_of_a_publish_neither_loses_nor_duplicates(
+    ensemble, scenario
+):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/s7-publish", publishers=0)
+    try:
+        publisher = wl.add_publisher(hosts=proxied_hosts(proxies))
+        assert publisher
+        wl.start_publishing()
+        wl.wait_acked(20)
+        for _ in range(4):
+            # applied by the server, the reply never arrives
+            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))
+            wl.wait_acked(10)
+            # never reaches the server
+            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))
+            wl.wait_acked(10)
+        sprung = sum(len(p.sprung) for p in proxies)
+        result, audit = finish("7 connection loss mid-publish", wl, injector, scenario, cleaners)
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert sprung == 8
+    assert result.unknown == 0  # the session survived: every outcome was settled
+    assert_clean(result, audit)
