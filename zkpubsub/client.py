@@ -111,12 +111,14 @@ class Client:
         self._closed = False
         self._cleaner: Cleaner | None = None
         self._registered_session: int | None = None
-        self._lost_at: float | None = None
-        self._events: queue.SimpleQueue[KazooState | None] = queue.SimpleQueue()
+        self._disconnected_at: float | None = None  # connection down since (wall clock)
+        self._lost_at: float | None = None  # start of the gap after a session expiry
+        # state changes with the wall-clock time kazoo reported them
+        self._events: queue.SimpleQueue[tuple[KazooState, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{self.client_id[:12]}")
         self._conn = Connection(hosts, session_timeout=self._config.session_timeout)
         self._publisher = Publisher(self._conn, self._layout, self._config, self.client_id)
-        self._conn.add_state_listener(self._events.put)
+        self._conn.add_state_listener(lambda state: self._events.put((state, time.time())))
         wait = registration_wait if registration_wait is not None else 2 * session_timeout
         try:
             self._ensure_chroot()
@@ -523,18 +525,24 @@ class Client:
             event = self._events.get()
             if event is None or self._closed:
                 return
-            if event == KazooState.SUSPENDED:
+            state, at = event
+            if state == KazooState.SUSPENDED:
+                if self._disconnected_at is None:
+                    self._disconnected_at = at
                 self._set_state(ClientState.SUSPENDED)
-            elif event == KazooState.LOST:
+            elif state == KazooState.LOST:
+                # The server may have ended the session (and dropped its
+                # subscriber nodes) any time after the connection went down.
                 if self._lost_at is None:
-                    self._lost_at = time.time()
+                    self._lost_at = self._disconnected_at or at
                 self._set_state(ClientState.LOST)
-            elif event == KazooState.CONNECTED:
+            elif state == KazooState.CONNECTED:
                 self._on_connected()
 
     def _on_connected(self) -> None:
         session = self._conn.session_id
         if session is None or session == self._registered_session:
+            self._disconnected_at = None  # the session outlived the outage
             self._set_state(ClientState.CONNECTED)
             return
         # A new session: everything ephemeral is gone. Register again.
@@ -559,11 +567,12 @@ class Client:
             )
             time.sleep(0.5)
             if self._conn.connected.is_set():
-                self._events.put(KazooState.CONNECTED)
+                self._events.put((KazooState.CONNECTED, time.time()))
             return
         self._registered_session = session
-        since = self._lost_at or time.time()
+        since = self._lost_at or self._disconnected_at or time.time()
         self._lost_at = None
+        self._disconnected_at = None
         for sub in subs:
             sub._restored()
         now = time.time()

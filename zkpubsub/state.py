@@ -36,9 +36,12 @@ class Gap:
 
     Sent to gap listeners after the client re-registered on a new session
     (``reason="session expired"``) or found that the cleaner had started to
-    delete its queues while it was away (``reason="backlog purged"``). Times
-    are wall-clock seconds since the epoch. A cache fed by invalidations
-    should drop what it holds for these topics.
+    delete its queues while it was away (``reason="backlog purged"``).
+    ``since`` is when the connection dropped before the expiry was found
+    (the server may have ended the session any time after that), ``until``
+    when the client was registered again. Times are wall-clock seconds
+    since the epoch. A cache fed by invalidations should drop what it holds
+    for these topics.
     """
 
     topics: frozenset[str]
