@@ -16,7 +16,7 @@ import pytest
 from zkpubsub import Client, ClientState
 from zkpubsub.testing.audit import audit_convergence
 from zkpubsub.testing.faults import FaultInjector
-from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
+from zkpubsub.testing.proxy import OP_CREATE, OP_CREATE2, OP_MULTI, ZkClientProxy
 
 from .scenarios import (
     CLEANER_GRACE,
@@ -114,3 +114,25 @@ def test_connection_loss_in_the_middle_of_a_publish_neither_loses_nor_duplicates
     assert sprung == 8
     assert result.unknown == 0  # the session survived: every outcome was settled
     assert_clean(result, audit)
+
+
+def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemble):
+    ens = ensemble(3)
+    proxies = client_proxies(ens.cluster)
+    client = Client(proxied_hosts(proxies), root="/s7-join", session_timeout=SESSION_TIMEOUT)
+    try:
+        events = [p.lose_reply(OP_CREATE, OP_CREATE2) for p in proxies]
+        cleaner = client.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)
+        deadline = time.monotonic() + 30
+        while not any(e.is_set() for e in events):
+            assert time.monotonic() < deadline, "the candidate create was never seen"
+            time.sleep(0.01)
+        for p in proxies:
+            p.disarm()
+        assert cleaner.wait_leader(30), "a lone cleaner must lead"
+        audit = audit_convergence(ens.cluster.hosts, "/s7-join", [cleaner], timeout=30)
+        assert audit.ok, audit.describe()
+    finally:
+        client.close()
+        for p in proxies:
+            p.close()
