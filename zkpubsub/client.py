@@ -12,10 +12,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from . import __version__
 from .config import (
@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 StateListener = Callable[[ClientState], Any]
 GapListener = Callable[[Gap], Any]
+
+# An event of ours on the supervisor's queue, beside kazoo's states.
+_REGISTRATION_GONE: Final = "registration gone"
 
 
 class Client:
@@ -114,7 +117,7 @@ class Client:
         self._disconnected_at: float | None = None  # connection down since (wall clock)
         self._lost_at: float | None = None  # start of the gap after a session expiry
         # state changes with the wall-clock time kazoo reported them
-        self._events: queue.SimpleQueue[tuple[KazooState, float] | None] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{self.client_id[:12]}")
         self._conn = Connection(hosts, session_timeout=self._config.session_timeout)
         self._publisher = Publisher(self._conn, self._layout, self._config, self.client_id)
@@ -133,6 +136,7 @@ class Client:
             raise
         self._registered_session = self._conn.session_id
         self._state = ClientState.CONNECTED
+        self._watch_registration()
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"zkpubsub-session-{self.client_id[:12]}", daemon=True
         )
@@ -532,17 +536,66 @@ class Client:
                 self._set_state(ClientState.SUSPENDED)
             elif state == KazooState.LOST:
                 # The server may have ended the session (and dropped its
-                # subscriber nodes) any time after the connection went down.
+                # subscriber nodes) any time after the connection went down,
+                # or after it was last known alive if a reply said it ended.
                 if self._lost_at is None:
-                    self._lost_at = self._disconnected_at or at
+                    starts = [self._conn.session_lost_since, self._disconnected_at, at]
+                    self._lost_at = min(t for t in starts if t is not None)
                 self._set_state(ClientState.LOST)
             elif state == KazooState.CONNECTED:
                 self._on_connected()
+            elif state == _REGISTRATION_GONE:
+                self._on_registration_gone()
+
+    def _watch_registration(self) -> None:
+        """Watch this client's registration node (watches do not outlive a
+        connection, so again after each reconnect)."""
+        path = self._layout.client(self.client_id)
+
+        def checked(result: Any) -> None:  # kazoo's thread
+            try:
+                missing = result.get_nowait() is None
+            except Exception:
+                return  # connection trouble: the next CONNECTED looks again
+            if missing and not self._closed:
+                self._events.put((_REGISTRATION_GONE, time.time()))
+
+        try:
+            request = self._conn.kazoo.exists_async(path, watch=self._on_registration_event)
+            request.rawlink(checked)
+        except Exception as exc:  # not connected: the next CONNECTED sets it
+            logger.debug("watching %s: %s", path, exc)
+
+    def _on_registration_event(self, event: WatchedEvent) -> None:  # kazoo's thread
+        if event.type == EventType.DELETED and not self._closed:
+            self._events.put((_REGISTRATION_GONE, time.time()))
+
+    def _on_registration_gone(self) -> None:
+        """The registration node vanished while the connection stayed up: the
+        server may have ended the session without closing this connection
+        (kazoo would not notice). Writing the node again settles it: on a
+        live session it is back; on an ended one the refusal makes the
+        connection drop, kazoo finds the session expired, and the client
+        registers again on a new one (with a gap notice)."""
+        logger.warning("client %s: registration node deleted; checking the session", self.client_id)
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                deadline = deadline_after(self._config.request_timeout)
+                with translated("register again"):
+                    self._register_client(deadline, owner_wait=self._config.request_timeout)
+        except ZkPubSubError as exc:
+            logger.info("client %s: writing the registration again: %s", self.client_id, exc)
+        if self._conn.connected.is_set():
+            self._watch_registration()
 
     def _on_connected(self) -> None:
         session = self._conn.session_id
         if session is None or session == self._registered_session:
             self._disconnected_at = None  # the session outlived the outage
+            self._conn.session_lost_since = None
+            self._watch_registration()
             self._set_state(ClientState.CONNECTED)
             return
         # A new session: everything ephemeral is gone. Register again.
@@ -570,9 +623,11 @@ class Client:
                 self._events.put((KazooState.CONNECTED, time.time()))
             return
         self._registered_session = session
+        self._watch_registration()
         since = self._lost_at or self._disconnected_at or time.time()
         self._lost_at = None
         self._disconnected_at = None
+        self._conn.session_lost_since = None
         for sub in subs:
             sub._restored()
         now = time.time()

@@ -5,12 +5,20 @@ never stop; commands are not retried through a session expiry behind the
 caller's back; every wait has a deadline; connection errors become
 :class:`ConnectionLost`, and :func:`translated` turns any other kazoo error
 into :class:`ZooKeeperError` at the public API.
+
+A server can end a session while a connection of that session stays open
+(the session was closed through another connection to the same server):
+every write then fails with "session expired" while kazoo, which learns of
+an expiry only when it connects, believes it is connected. Such a reply
+makes this module drop the connection, so that kazoo reconnects, hears
+that the session is gone and starts a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,6 +114,10 @@ class Connection:
         self.closing = threading.Event()
         self._listeners: list[Callable[[KazooState], None]] = []
         self._session: tuple[int, bytes] | None = None
+        self._connected_at: float | None = None
+        # set when a reply showed the session gone while still connected:
+        # the session was known alive at this (wall-clock) time, no later
+        self.session_lost_since: float | None = None
         self.kazoo.add_listener(self._on_state)
 
     # kazoo's thread: only flags and hand-offs happen here.
@@ -114,6 +126,7 @@ class Connection:
             cid = self.kazoo.client_id
             if cid is not None:
                 self._session = (int(cid[0]), bytes(cid[1]))
+            self._connected_at = time.time()
             self.connected.set()
         else:
             if state == KazooState.LOST:
@@ -177,13 +190,35 @@ class Connection:
         """Wait for one request. Connection errors raise ``ConnectionLost``;
         other kazoo errors (NoNodeError…) are left for the caller to handle."""
         try:
-            return async_result.get(timeout=remaining(deadline))
+            value = async_result.get(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
             raise OperationTimeout(f"{what}: no answer from ZooKeeper in time") from exc
         except ConnectionClosedError as exc:
             raise ClientClosed(f"{what}: the client is closed") from exc
+        except SessionExpiredError as exc:
+            self._expired_reply(what)
+            raise ConnectionLost(f"{what}: SessionExpiredError") from exc
         except _CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
+        if isinstance(value, list) and any(isinstance(r, SessionExpiredError) for r in value):
+            # a transaction refused as a whole: nothing of it was applied
+            self._expired_reply(what)
+            raise ConnectionLost(f"{what}: SessionExpiredError")
+        return value
+
+    def _expired_reply(self, what: str) -> None:
+        """The server said the session expired. If kazoo still holds a
+        connection, drop it: kazoo learns of an expiry only on connecting."""
+        if not self.connected.is_set() or self.closing.is_set():
+            return  # kazoo knows already (or we are closing)
+        if self.session_lost_since is None:
+            self.session_lost_since = self._connected_at or time.time()
+        logger.warning("%s: the server ended the session; reconnecting for a new one", what)
+        handler = getattr(self.kazoo, "_connection", None)
+        sock = getattr(handler, "_socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def call(self, request: Callable[[], Any], deadline: float | None, what: str) -> Any:
         """Run an idempotent request, again after every connection loss, until

@@ -38,10 +38,11 @@ class Gap:
     (``reason="session expired"``) or found that the cleaner had started to
     delete its queues while it was away (``reason="backlog purged"``).
     ``since`` is when the connection dropped before the expiry was found
-    (the server may have ended the session any time after that), ``until``
-    when the client was registered again. Times are wall-clock seconds
-    since the epoch. A cache fed by invalidations should drop what it holds
-    for these topics.
+    (or when the session was last known alive, if a reply said it had
+    ended): the server may have ended the session any time after that.
+    ``until`` is when the client was registered again. Times are wall-clock
+    seconds since the epoch. A cache fed by invalidations should drop what
+    it holds for these topics.
     """
 
     topics: frozenset[str]
