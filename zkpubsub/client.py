@@ -537,10 +537,12 @@ class Client:
             elif state == KazooState.LOST:
                 # The server may have ended the session (and dropped its
                 # subscriber nodes) any time after the connection went down,
-                # or after it was last known alive if a reply said it ended.
+                # or after it was last known alive if a reply said it ended;
+                # and other servers may apply the end before ours tells us.
                 if self._lost_at is None:
                     starts = [self._conn.session_lost_since, self._disconnected_at, at]
-                    self._lost_at = min(t for t in starts if t is not None)
+                    first = min(t for t in starts if t is not None)
+                    self._lost_at = first - self._config.session_timeout
                 self._set_state(ClientState.LOST)
             elif state == KazooState.CONNECTED:
                 self._on_connected()
