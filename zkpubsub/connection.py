@@ -6,6 +6,11 @@ caller's back; every wait has a deadline; connection errors become
 :class:`ConnectionLost`, and :func:`translated` turns any other kazoo error
 into :class:`ZooKeeperError` at the public API.
 
+kazoo's connection loop dies on a reply it did not expect (a duplicate, or
+one for a request it no longer waits for); kazoo then reports the session
+closed and never reconnects. The loop is started again here, on a new
+session.
+
 A server can end a session while a connection of that session stays open
 (the session was closed through another connection to the same server):
 every write then fails with "session expired" while kazoo, which learns of
@@ -34,7 +39,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 
 from .errors import (
@@ -131,12 +136,28 @@ class Connection:
         else:
             if state == KazooState.LOST:
                 self._session = None
+                if self.kazoo.client_state == KeeperState.CLOSED and not self.closing.is_set():
+                    # kazoo's connection loop ended though nobody stopped it:
+                    # it met an error it does not handle (a reply it did not
+                    # expect) and would never reconnect.
+                    threading.Thread(
+                        target=self._revive, name="zkpubsub-revive", daemon=True
+                    ).start()
             self.connected.clear()
         for listener in list(self._listeners):
             try:
                 listener(state)
             except Exception:
                 logger.exception("internal state listener failed")
+
+    def _revive(self) -> None:
+        """Start kazoo's connection loop again (on a new session)."""
+        logger.warning("the ZooKeeper connection loop stopped on an error; starting it again")
+        try:
+            if not self.closing.is_set():
+                self.kazoo.start_async()
+        except Exception:
+            logger.exception("restarting the ZooKeeper connection failed")
 
     def add_state_listener(self, listener: Callable[[KazooState], None]) -> None:
         """``listener`` runs on kazoo's thread and must only hand off work."""

@@ -136,3 +136,38 @@ def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemb
         client.close()
         for p in proxies:
             p.close()
+
+
+def test_a_reply_delivered_twice_does_not_leave_a_dead_client(ensemble, scenario):
+    """kazoo's connection loop dies on a reply it did not expect ("xids do
+    not match", seen in production) and never reconnects by itself."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/s7-duplicate", subscribers=2)
+    try:
+        victim = wl.add_subscriber(hosts=proxied_hosts(proxies))
+        before = victim._session_credentials()
+        wl.start_publishing()
+        wl.wait_acked(20)
+        for _ in range(2):
+            _spring_on_any(proxies, lambda p: p.duplicate_reply(OP_MULTI))
+            injector.log.add("a reply delivered twice")
+            wl.wait_acked(20)
+        wl.wait_until(
+            lambda: (
+                victim.status == ClientState.CONNECTED
+                and victim._session_credentials() not in (None, before)
+            ),
+            60,
+            "the client to come back on a new session",
+        )
+        wl.wait_acked(30)
+        result, audit = finish("7 reply delivered twice x2", wl, injector, scenario, cleaners)
+        gaps = next(s.gaps for s in wl.history().subscribers if s.name == victim.client_id)
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert gaps, "the restarted client must report a gap"
+    assert_clean(result, audit)

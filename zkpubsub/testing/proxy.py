@@ -33,6 +33,7 @@ from typing import Final, Literal
 logger = logging.getLogger(__name__)
 
 BlockMode = Literal["reset", "drop"]
+TrapKind = Literal["request", "reply", "duplicate"]
 
 _CHUNK: Final = 65536
 _ACCEPT_POLL: Final = 0.2
@@ -300,7 +301,7 @@ class _Frames:
 class _Trap:
     """A pending cut: on the next request of ``ops`` (after ``skip`` of them)."""
 
-    def __init__(self, ops: frozenset[int], when: Literal["request", "reply"], skip: int) -> None:
+    def __init__(self, ops: frozenset[int], when: TrapKind, skip: int) -> None:
         self.ops = ops
         self.when = when
         self.skip = skip
@@ -338,13 +339,16 @@ class ZkClientProxy(TcpProxy):
         """Forward the next request of one of ``ops``, swallow its reply, cut."""
         return self._arm(ops, "reply", skip)
 
+    def duplicate_reply(self, *ops: int, skip: int = 0) -> threading.Event:
+        """Deliver the reply to the next request of one of ``ops`` twice (a
+        reply the client did not expect; the connection stays up)."""
+        return self._arm(ops, "duplicate", skip)
+
     def disarm(self) -> None:
         with self._trap_lock:
             self._traps.clear()
 
-    def _arm(
-        self, ops: tuple[int, ...], when: Literal["request", "reply"], skip: int
-    ) -> threading.Event:
+    def _arm(self, ops: tuple[int, ...], when: TrapKind, skip: int) -> threading.Event:
         if not ops:
             raise ValueError("name at least one operation code")
         trap = _Trap(frozenset(ops), when, skip)
@@ -366,6 +370,8 @@ class ZkClientProxy(TcpProxy):
                     # Pass on what came before the trapped frame, then cut.
                     self._cut_after(link, bytes(out), forward)
                     return b""
+                if action == "duplicate":
+                    out += frame
                 out += frame
             return bytes(out)
 
@@ -395,14 +401,14 @@ class ZkClientProxy(TcpProxy):
             if trap.link is link and trap.xid == xid:
                 assert trap.op is not None
                 self._spring(trap, trap.op)
-                return "cut"
+                return "duplicate" if trap.when == "duplicate" else "cut"
         return "pass"
 
     def _spring(self, trap: _Trap, op: int) -> None:
         self._traps.remove(trap)
         self.sprung.append((trap.when, op))
         trap.sprung.set()
-        logger.info("proxy %s: lost a %s of op %d; cutting", self.name, trap.when, op)
+        logger.info("proxy %s: sprang a %s trap on op %d", self.name, trap.when, op)
 
     def _cut_after(self, link: Link, head: bytes, forward: bool) -> None:
         dst = link.upstream if forward else link.downstream
