@@ -102,6 +102,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"rep_{report.when}", report)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The soak runs on demand only: ``ZKPUBSUB_SOAK=1`` or ``-m soak``."""
+    if os.environ.get("ZKPUBSUB_SOAK") or "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest) -> ScenarioRecorder:
     """Collects this scenario's figures for the session's table."""

@@ -138,6 +138,7 @@ def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemb
             p.close()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_reply_delivered_twice_does_not_leave_a_dead_client(ensemble, scenario):
     """kazoo's connection loop dies on a reply it did not expect ("xids do
     not match", seen in production) and never reconnects by itself."""
