@@ -37,7 +37,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -45,6 +45,7 @@ from typing import Final
 from ..client import Client
 from .proxy import BlockMode, ElectionProxy, TcpProxy
 from .server import ServerFailed, ZooKeeperCluster, ZooKeeperNode
+from .sessions import close_session
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +287,26 @@ def make_writable(node: ZooKeeperNode) -> None:
     if node.run_as is None:
         return
     _chown_tree(node.data_dir, *node.run_as)
+
+
+# -- session expiry without a race ----------------------------------------------------------
+
+
+def expire_behind(client: Client, proxies: Sequence[TcpProxy], hosts: str) -> None:
+    """Expire ``client``'s session on the server while the proxies it
+    connects through refuse it, then let it back. With the client kept
+    away, nothing races the close: the client finds its session expired
+    when it reconnects. ``hosts`` reaches the servers directly."""
+    creds = client._session_credentials()
+    if creds is None:
+        raise RuntimeError("the client has no session to expire")
+    for proxy in proxies:
+        proxy.block("reset")
+    try:
+        close_session(creds, hosts)
+    finally:
+        for proxy in proxies:
+            proxy.unblock()
 
 
 # -- the injector ---------------------------------------------------------------------------

@@ -309,6 +309,7 @@ class _Trap:
         self.xid: int | None = None
         self.link: Link | None = None
         self.op: int | None = None
+        self.then_block = False
 
 
 class ZkClientProxy(TcpProxy):
@@ -331,13 +332,15 @@ class ZkClientProxy(TcpProxy):
         self.sprung: list[tuple[str, int]] = []  # (when, op) of each sprung trap
         super().__init__(target, port=port, name=name)
 
-    def lose_request(self, *ops: int, skip: int = 0) -> threading.Event:
-        """Cut before the next request of one of ``ops`` reaches the server."""
-        return self._arm(ops, "request", skip)
+    def lose_request(self, *ops: int, skip: int = 0, then_block: bool = False) -> threading.Event:
+        """Cut before the next request of one of ``ops`` reaches the server
+        (and refuse connections from then on if ``then_block``)."""
+        return self._arm(ops, "request", skip, then_block)
 
-    def lose_reply(self, *ops: int, skip: int = 0) -> threading.Event:
-        """Forward the next request of one of ``ops``, swallow its reply, cut."""
-        return self._arm(ops, "reply", skip)
+    def lose_reply(self, *ops: int, skip: int = 0, then_block: bool = False) -> threading.Event:
+        """Forward the next request of one of ``ops``, swallow its reply, cut
+        (and refuse connections from then on if ``then_block``)."""
+        return self._arm(ops, "reply", skip, then_block)
 
     def duplicate_reply(self, *ops: int, skip: int = 0) -> threading.Event:
         """Deliver the reply to the next request of one of ``ops`` twice (a
@@ -348,10 +351,13 @@ class ZkClientProxy(TcpProxy):
         with self._trap_lock:
             self._traps.clear()
 
-    def _arm(self, ops: tuple[int, ...], when: TrapKind, skip: int) -> threading.Event:
+    def _arm(
+        self, ops: tuple[int, ...], when: TrapKind, skip: int, then_block: bool = False
+    ) -> threading.Event:
         if not ops:
             raise ValueError("name at least one operation code")
         trap = _Trap(frozenset(ops), when, skip)
+        trap.then_block = then_block
         with self._trap_lock:
             self._traps.append(trap)
         return trap.sprung
@@ -405,6 +411,8 @@ class ZkClientProxy(TcpProxy):
         return "pass"
 
     def _spring(self, trap: _Trap, op: int) -> None:
+        if trap.then_block:
+            self._blocked = "reset"
         self._traps.remove(trap)
         self.sprung.append((trap.when, op))
         trap.sprung.set()

@@ -18,7 +18,7 @@ from ..client import Client
 from ..state import ClientState
 
 
-def _steal_and_close(creds: tuple[int, bytes], hosts: str, timeout: float) -> None:
+def close_session(creds: tuple[int, bytes], hosts: str, timeout: float = 15.0) -> None:
     """Attach to the session with its id and password, then close it."""
     thief = KazooClient(
         hosts=hosts,
@@ -61,11 +61,11 @@ def expire_session(
     if hosts is None:
         raise ValueError("hosts is needed with a bare session id")
     if not (wait and isinstance(target, Client)):
-        _steal_and_close(creds, hosts, timeout)
+        close_session(creds, hosts, timeout)
         return
     deadline = time.monotonic() + timeout + target.config.session_timeout
     while True:
-        _steal_and_close(creds, hosts, timeout)
+        close_session(creds, hosts, timeout)
         # back on the old session this long after the close: the close lost
         again = time.monotonic() + 1.0 + target.config.session_timeout / 2
         while True:
