@@ -16,6 +16,7 @@ Safety, enforced by the server in every deleting transaction:
 * **Grace**: a client's queues are deleted only after ``clients/<id>`` has been
   absent for ``grace`` seconds, continuously, as seen by the current leader
   (a new leader starts counting from its election).
+* A gone client's publish receipts (``receipts/<id>``) go with its queues.
 * Large queues are deleted in bounded transactions. The first one writes
   ``purging/<id>``; a client that comes back while that marker exists is told
   through its gap listeners that part of its backlog is gone.
@@ -366,11 +367,15 @@ class Cleaner:
         markers = set(
             conn.call(lambda: kazoo.get_children_async(layout.purging), deadline, "list purges")
         )
+        with_receipts = set(
+            conn.children(layout.receipts, deadline) or []  # absent under an older version
+        )
+        owners = with_queues | markers | with_receipts
         now = time.monotonic()
         for cid in list(absent_since):
-            if cid in live or cid not in (with_queues | markers):
+            if cid in live or cid not in owners:
                 del absent_since[cid]
-        for cid in (with_queues | markers) - live:
+        for cid in owners - live:
             since = absent_since.setdefault(cid, now)
             if now - since >= self.grace and not self._stop.is_set():
                 self._purge(me, cid)
@@ -397,6 +402,7 @@ class Cleaner:
             for topic in topics:
                 nodes += max(0, delete_tree(conn, join(base, topic), deadline, guard=guard) - 1)
             delete_tree(conn, base, deadline, guard=guard)
+            delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
             _delete_batch(conn, [marker], deadline, guard, recurse=False)
         except _Refused as exc:
             if exc.reason == "fence":

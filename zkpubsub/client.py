@@ -376,6 +376,12 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
             cleaner.stop()
+        if self._conn.connected.is_set():
+            try:
+                with translated("delete receipts"):
+                    self._publisher.close(deadline_after(min(5.0, self._config.request_timeout)))
+            except ZkPubSubError as exc:  # the cleaner removes them after the grace
+                logger.debug("client %s: receipts left: %s", self.client_id, exc)
         self._events.put(None)
         self._conn.stop()
         if threading.current_thread() is not self._supervisor:

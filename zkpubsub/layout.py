@@ -13,7 +13,7 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 envelope (one or more messages)
     <root>/purging/<client id>                  persistent, while the cleaner
                                                 deletes a dead client's queues
-    <root>/receipts/r<guid>                     ephemeral, written by a fan-out
+    <root>/receipts/<client id>/r<guid>         persistent, written by a fan-out
                                                 transaction; tells its publisher
                                                 after a connection loss that the
                                                 transaction was applied
@@ -167,9 +167,12 @@ class Layout:
     def purge_marker(self, client_id: str) -> str:
         return f"{self.purging}/{client_id}"
 
-    def receipt(self, guid: str) -> str:
-        """The receipt node one fan-out transaction creates."""
-        return f"{self.receipts}/r{guid}"
+    def client_receipts(self, client_id: str) -> str:
+        return f"{self.receipts}/{client_id}"
+
+    def receipt(self, client_id: str, guid: str) -> str:
+        """The receipt node one fan-out transaction of ``client_id`` creates."""
+        return f"{self.receipts}/{client_id}/r{guid}"
 
     def candidate_prefix(self, guid: str) -> str:
         return f"{self.candidates}/c{guid}-"

@@ -13,16 +13,15 @@ Guarantees, each kept by the server rather than by a cache:
   confirmed with ``sync`` before zero is returned.
 * A queue deleted mid-publish (its client is gone) is dropped from the
   retry instead of failing the publish.
-* Each fan-out transaction also creates an ephemeral receipt node
-  (``receipts/r<guid>``) of the publisher's session. After a connection loss
-  the receipt is looked up (after a ``sync``) before anything is written
-  again: it tells whether the transaction was applied even when every
-  subscriber has already consumed and deleted the message, so a retry
-  never duplicates a message. Receipts are deleted by the publisher's next
-  transactions, or with its session. Only if the session itself expired
-  meanwhile (taking the receipt with it) are the queues searched for the
-  message nodes' guid instead; a message already consumed everywhere is
-  then not found and is written again (at-least-once).
+* Each fan-out transaction also creates a receipt node of its publisher
+  (``receipts/<publisher id>/r<guid>``). After a connection loss the
+  receipt is looked up (after a ``sync``) before anything is written again:
+  it tells whether the transaction was applied even when every subscriber
+  has already consumed and deleted the message, and even when the
+  publisher's session expired meanwhile, so a retry never duplicates a
+  message. Receipts are deleted by the publisher's next transactions and
+  when the client closes; the cleaner removes those of a client gone for
+  longer than its grace period.
 * A fan-out too large for one transaction is split into several; each part
   is atomic and checks the topic version, so every entitled subscriber is
   still reached, but another publisher's message may then land between two
@@ -31,6 +30,7 @@ Guarantees, each kept by the server rather than by a cache:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from kazoo.exceptions import (
     BadVersionError,
     NoNodeError,
+    NotEmptyError,
     RolledBackError,
     RuntimeInconsistency,
 )
@@ -91,8 +92,8 @@ class Publisher:
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
-        # receipts of applied transactions, not deleted yet: (session, path)
-        self._settled: list[tuple[int | None, str]] = []
+        # receipts of applied transactions, not deleted yet
+        self._settled: list[str] = []
 
     # -- building nodes ---------------------------------------------------
 
@@ -210,7 +211,7 @@ class Publisher:
     def _budget(self, topic: str) -> int:
         """Bytes of a transaction left for message nodes: the topic check,
         the receipt and the receipts it deletes take the rest."""
-        receipt_op = len(self._layout.receipt(new_guid())) + CREATE_OP_OVERHEAD
+        receipt_op = len(self._layout.receipt(self._publisher_id, new_guid())) + CREATE_OP_OVERHEAD
         return (
             self._config.max_transaction_bytes
             - _CHECK_OP_OVERHEAD
@@ -295,14 +296,13 @@ class Publisher:
         subscriber's queue no longer exists)."""
         conn, layout = self._conn, self._layout
         topic_path = layout.topic(topic)
-        receipt = layout.receipt(new_guid())
+        receipt = layout.receipt(self._publisher_id, new_guid())
         while True:
             conn.wait_connected(deadline, f"publish to {topic!r}")
-            session = conn.session_id
-            settled = self._take_settled(session)
+            settled = self._take_settled()
             txn = conn.kazoo.transaction()
             txn.check(topic_path, version)
-            txn.create(receipt, b"", ephemeral=True)
+            txn.create(receipt, b"")
             owners: list[str] = []
             for sub in chunk:
                 prefix = layout.message_prefix(layout.queue(sub, topic), guid)
@@ -317,13 +317,13 @@ class Publisher:
                     results = conn.result(txn.commit_async(), deadline, f"publish to {topic!r}")
                 except ConnectionLost:
                     # It may or may not have been applied: look before writing again.
-                    if self._applied(topic, chunk, guid, receipt, session, deadline):
-                        self._settle(session, receipt)
+                    if self._applied(receipt, deadline):
+                        self._settle(receipt)
                         return "ok", ""
-                    self._give_back(session, settled)
+                    self._give_back(settled)
                     continue
             except BaseException:
-                self._give_back(session, settled)  # deleted or not: both are handled
+                self._give_back(settled)  # deleted or not: both are handled
                 raise
             failures = [
                 (i, r)
@@ -331,19 +331,20 @@ class Publisher:
                 if isinstance(r, Exception) and not isinstance(r, _SKIPPED)
             ]
             if not failures:
-                self._settle(session, receipt)
+                self._settle(receipt)
                 return "ok", ""
             index, error = failures[0]
             if index >= first_delete and isinstance(error, NoNodeError):
-                # an old receipt is gone already (its session ended): drop it
+                # an old receipt is gone already (deleted by a transaction
+                # whose answer was lost): forget it
                 gone_receipt = settled[index - first_delete]
-                self._give_back(session, [p for p in settled if p != gone_receipt])
+                self._give_back([p for p in settled if p != gone_receipt])
                 continue
-            self._give_back(session, settled)
+            self._give_back(settled)
             if index == 0 and isinstance(error, (BadVersionError, NoNodeError)):
                 return "stale", ""
             if index == 1 and isinstance(error, NoNodeError):
-                conn.ensure_path(layout.receipts, deadline)  # made by an older version
+                conn.ensure_path(layout.client_receipts(self._publisher_id), deadline)
                 continue
             if 2 <= index < first_delete and isinstance(error, NoNodeError):
                 gone = owners[index - 2]
@@ -353,54 +354,50 @@ class Publisher:
 
     # -- receipts ---------------------------------------------------------------
 
-    def _take_settled(self, session: int | None) -> list[str]:
-        """Receipts of this session for the next transaction to delete."""
+    def _take_settled(self) -> list[str]:
+        """Receipts for the next transaction to delete."""
         with self._lock:
-            # receipts of an earlier session went with it
-            mine = [p for s, p in self._settled if s == session]
-            take, rest = mine[:RECEIPTS_PER_TRANSACTION], mine[RECEIPTS_PER_TRANSACTION:]
-            self._settled = [(session, p) for p in rest]
+            take = self._settled[:RECEIPTS_PER_TRANSACTION]
+            del self._settled[:RECEIPTS_PER_TRANSACTION]
         return take
 
-    def _give_back(self, session: int | None, paths: list[str]) -> None:
+    def _give_back(self, paths: list[str]) -> None:
         if paths:
             with self._lock:
-                self._settled.extend((session, p) for p in paths)
+                self._settled.extend(paths)
 
-    def _settle(self, session: int | None, receipt: str) -> None:
+    def _settle(self, receipt: str) -> None:
         with self._lock:
-            self._settled.append((session, receipt))
+            self._settled.append(receipt)
 
-    def _applied(
-        self,
-        topic: str,
-        chunk: list[str],
-        guid: str,
-        receipt: str,
-        session: int | None,
-        deadline: float | None,
-    ) -> bool:
+    def _applied(self, receipt: str, deadline: float | None) -> bool:
         """Whether the transaction that wrote ``receipt`` was applied."""
         conn, kazoo = self._conn, self._conn.kazoo
         conn.sync(receipt, deadline)
-        if session is not None and conn.session_id == session:
-            stat = conn.call(lambda: kazoo.exists_async(receipt), deadline, receipt)
-            if stat is not None:
-                return True
-            if conn.session_id == session:
-                return False  # read on the live session that would own it
-        # The session expired meanwhile and took the receipt with it.
-        logger.info("publish to %r: session changed; searching the queues", topic)
-        return self._landed(topic, chunk, guid, deadline)
+        return conn.call(lambda: kazoo.exists_async(receipt), deadline, receipt) is not None
 
-    def _landed(self, topic: str, chunk: list[str], guid: str, deadline: float | None) -> bool:
-        """Whether a transaction with ``guid`` was applied (any queue tells)."""
-        conn, layout = self._conn, self._layout
-        marker = f"m{guid}-"
-        for sub in chunk:
-            path = layout.queue(sub, topic)
-            conn.sync(path, deadline)
-            names = conn.children(path, deadline)
-            if names is not None:
-                return any(name.startswith(marker) for name in names)
-        return False
+    def close(self, deadline: float | None) -> None:
+        """Delete the receipts still held, then this publisher's receipt
+        folder if it is empty."""
+        conn = self._conn
+        settled = self._take_settled()
+        while settled:
+            txn = conn.kazoo.transaction()
+            for path in settled:
+                txn.delete(path)
+            results = conn.result(txn.commit_async(), deadline, "delete receipts")
+            errors = [
+                (i, r)
+                for i, r in enumerate(results)
+                if isinstance(r, Exception) and not isinstance(r, _SKIPPED)
+            ]
+            if not errors:
+                settled = self._take_settled()
+                continue
+            index, error = errors[0]
+            if not isinstance(error, NoNodeError):
+                return
+            settled = settled[:index] + settled[index + 1 :]
+        folder = self._layout.client_receipts(self._publisher_id)
+        with contextlib.suppress(NoNodeError, NotEmptyError):
+            conn.result(conn.kazoo.delete_async(folder), deadline, f"delete {folder}")

@@ -15,7 +15,7 @@ import pytest
 
 from zkpubsub import Client, ClientState
 from zkpubsub.testing.audit import audit_convergence
-from zkpubsub.testing.faults import FaultInjector
+from zkpubsub.testing.faults import FaultInjector, expire_behind
 from zkpubsub.testing.proxy import OP_CREATE, OP_CREATE2, OP_MULTI, ZkClientProxy
 
 from .scenarios import (
@@ -171,4 +171,35 @@ def test_a_reply_delivered_twice_does_not_leave_a_dead_client(ensemble, scenario
         for p in proxies:
             p.close()
     assert gaps, "the restarted client must report a gap"
+    assert_clean(result, audit)
+
+
+def test_a_publish_whose_reply_is_lost_and_whose_session_then_expires_is_not_duplicated(
+    ensemble, scenario
+):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/s7-expire", publishers=0)
+    try:
+        publisher = wl.add_publisher(hosts=proxied_hosts(proxies))
+        wl.start_publishing()
+        wl.wait_acked(20)
+        for _ in range(3):
+            # applied, the reply lost, the publisher kept away ...
+            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI, then_block=True))
+            # ... while its session ends on the server
+            expire_behind(publisher, proxies, ens.cluster.hosts)
+            injector.log.add("lost reply, then the publisher's session expired")
+            wl.wait_acked(20)
+        result, audit = finish(
+            "7 lost reply + publisher session expiry x3", wl, injector, scenario, cleaners
+        )
+        notes = wl.history().notes
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert notes.get("sessions lost", 0) >= 3
+    assert result.unknown == 0
     assert_clean(result, audit)

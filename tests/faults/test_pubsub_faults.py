@@ -226,7 +226,7 @@ def test_8b_real_session_expiry_of_a_publisher_mid_fan_out(ensemble, scenario):
     finally:
         wl.close()
     assert transactions > 1  # the fan-out really was split
-    assert_clean(result, audit, duplicates_allowed=True)
+    assert_clean(result, audit)
 
 
 def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):

@@ -2,7 +2,8 @@
 
 After the cleaner's grace period:
 
-* no queue (``messages/<id>``) of a client that is not registered;
+* no queue (``messages/<id>``) and no publish receipts (``receipts/<id>``)
+  of a client that is not registered;
 * no purge marker left behind (``purging/<id>``);
 * exactly one cleaner leads: one running cleaner says it leads, and it owns
   the lowest candidate node; there is one candidate node per running
@@ -31,6 +32,7 @@ class Audit:
 
     clients: tuple[str, ...]
     dead_queues: tuple[str, ...]
+    dead_receipts: tuple[str, ...]
     purge_markers: tuple[str, ...]
     candidates: tuple[str, ...]  # client ids, lowest candidate first
     leaders: tuple[str, ...]  # running cleaners that say they lead
@@ -40,6 +42,7 @@ class Audit:
     def ok(self) -> bool:
         return (
             not self.dead_queues
+            and not self.dead_receipts
             and not self.purge_markers
             and len(self.leaders) == 1
             and bool(self.candidates)
@@ -49,7 +52,8 @@ class Audit:
 
     def describe(self) -> str:
         return (
-            f"dead queues={list(self.dead_queues)} purge markers={list(self.purge_markers)} "
+            f"dead queues={list(self.dead_queues)} dead receipts={list(self.dead_receipts)} "
+            f"purge markers={list(self.purge_markers)} "
             f"leaders={list(self.leaders)} candidates={list(self.candidates)} "
             f"running cleaners={self.running_cleaners}"
         )
@@ -60,6 +64,7 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
     zk.sync(layout.root_path)
     clients = set(zk.get_children(layout.clients))
     owners = set(zk.get_children(layout.messages))
+    publishers = set(zk.get_children(layout.receipts)) if zk.exists(layout.receipts) else set()
     markers = zk.get_children(layout.purging)
     names = zk.get_children(layout.candidates)
     parsed = [(p[1], n) for n in names if (p := parse_candidate_node(n)) is not None]
@@ -74,6 +79,7 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
     return Audit(
         clients=tuple(sorted(clients)),
         dead_queues=tuple(sorted(owners - clients)),
+        dead_receipts=tuple(sorted(publishers - clients)),
         purge_markers=tuple(sorted(markers)),
         candidates=tuple(holders),
         leaders=tuple(c._client.client_id for c in running if c.is_leader),
