@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from zkpubsub import Client
+from zkpubsub import Client, ClientState
 from zkpubsub.testing import ZooKeeperCluster, ZooKeeperNode, expire_session
 from zkpubsub.testing.faults import (
     FaultInjector,
@@ -21,6 +21,7 @@ from zkpubsub.testing.faults import (
     run_unprivileged,
     sessions_on,
 )
+from zkpubsub.testing.proxy import ZkClientProxy
 from zkpubsub.testing.workload import Workload
 
 from .scenarios import CLEANER_GRACE, SESSION_TIMEOUT, assert_clean, finish, pubsub_workload
@@ -257,6 +258,42 @@ def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):
         )
     finally:
         wl.close()
+    assert_clean(result, audit)
+
+
+def test_8d_a_subscriber_cut_off_past_its_session_timeout(ensemble, scenario):
+    """The plainest real expiry: the server hears nothing from the client
+    for longer than the session timeout and ends the session itself."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = [ZkClientProxy(("127.0.0.1", n.client_port)) for n in ens.cluster.nodes]
+    wl, cleaners = pubsub_workload(ens.cluster, "/s8d", subscribers=2)
+    try:
+        victim = wl.add_subscriber(hosts=",".join(p.address for p in proxies))
+        wl.start_publishing()
+        wl.wait_acked(30)
+        for _ in range(2):
+            for p in proxies:
+                p.block("drop")  # packets vanish: no reset, no answer
+            injector.log.add("client cut off")
+            time.sleep(2 * SESSION_TIMEOUT)  # the length of the outage
+            for p in proxies:
+                p.unblock()
+            wl.wait_until(
+                lambda: victim.status == ClientState.CONNECTED, 60, "the client to come back"
+            )
+            wl.wait_acked(30)
+        result, audit = finish(
+            "8d subscriber cut off > session timeout x2", wl, injector, scenario, cleaners
+        )
+        history = wl.history()
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    gaps = next(s.gaps for s in history.subscribers if s.name == victim.client_id)
+    assert len(gaps) == 2, gaps
+    assert history.notes.get(f"sessions lost by {victim.client_id}") == 2
     assert_clean(result, audit)
 
 
