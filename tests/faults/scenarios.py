@@ -25,11 +25,15 @@ REPORT_PREAMBLE = """\
 # Reliability under faults
 
 Every figure below comes from a run of the fault-injection scenarios in
-`tests/faults/` against real ZooKeeper 3.8 processes on one machine
-(127.0.0.1): servers are killed with SIGKILL, stopped with SIGSTOP, cut off
-from their peers through TCP proxies, restarted with wiped data, or made to
-fail their disk writes, while publishers and subscribers run. The checker
-(`zkpubsub/testing/checker.py`) defines every column:
+`tests/faults/` against real ZooKeeper 3.8 server processes on one machine
+(127.0.0.1; 3-server ensembles, 5 for the original procedure; tick 200 ms;
+client session timeout 4 s; cleaner grace 5 s). Servers are killed with
+SIGKILL, stopped with SIGSTOP, cut off from their peers through TCP
+proxies, restarted with wiped data, or made to fail their disk writes;
+client connections are cut, or lose one request or one reply, at chosen
+moments; sessions are ended on the server. Meanwhile publishers publish
+and subscribers receive, and every publish and every delivery is
+recorded. The checker (`zkpubsub/testing/checker.py`) defines every column:
 
 * **attempted / acked / unknown**: calls to `publish()`, those confirmed,
   and those whose outcome is unknown (timeout, lost connection);
@@ -46,8 +50,31 @@ fail their disk writes, while publishers and subscribers run. The checker
   **recovered**: messages of unknown outcome that were delivered;
 * **faults**: actions of the fault injector; **sessions lost**: client
   sessions that expired and were registered again; **audit**: the
-  convergence audit after healing (no queue of a dead client left after the
-  cleaner's grace, no purge marker, exactly one cleaner leader).
+  convergence audit after healing (no queue or publish receipt of a dead
+  client left after the cleaner's grace, no purge marker, exactly one
+  cleaner leader); **seconds**: wall time of the scenario, set-up included.
+
+The scenarios, numbered as in the issue: (1) the leader killed with
+SIGKILL five times during a publish burst, each time started again;
+(2) the follower most clients are connected to killed, twice; (3) a
+rolling restart; (4) two of three servers killed for 1.5 session
+timeouts; (5) the leader stopped for half a session timeout, then the
+busiest server for two; (6) the leader, then the busiest follower, cut
+off from the other servers for two session timeouts each; (7) a
+publisher's connection lost before a transaction reached the server and
+after it was applied (4 times each), a reply delivered twice (which kills
+kazoo's connection loop), a lost reply followed by the expiry of the
+publisher's session; (8a) subscribers' sessions closed on the server 12
+times, (8b) a publisher's 3 times while its fan-outs are split over
+several transactions, (8c) the cleaner leader's twice while a dead
+client's queue waits for removal, (8d) a subscriber cut off for two
+session timeouts, twice; (11) two subscriber processes killed with
+SIGKILL mid-stream, their queues removed by the cleaner while publishing
+goes on; (12) the data directory of one server (running as an
+unprivileged user) taken away; the server fails on its next write and
+exits. The original zookeeper-mq procedure kills the leader of five
+servers, wipes its data directory and starts it again, over and over,
+while 300 items are written and read back.
 
 Numbers vary from run to run (they depend on timing); the zeros must not.
 """

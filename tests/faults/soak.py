@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(message)s",
     )
     logger.setLevel(logging.INFO)
+    if not args.verbose:  # every kill makes each client log a dropped connection
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
     outcome = run_soak(
         messages=args.messages,
         kill_every=args.kill_every,

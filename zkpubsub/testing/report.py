@@ -54,7 +54,19 @@ HEADER = [
 ]
 
 
+def _order(result: ScenarioResult) -> tuple[int, str]:
+    """Numbered scenarios first, by number (``"8a ..."`` is 8), then the rest."""
+    head = result.name.split(" ", 1)[0]
+    digits = "".join(ch for ch in head if ch.isdigit())
+    return (int(digits) if digits and head[0].isdigit() else 10**6, result.name)
+
+
+def ordered(results: Iterable[ScenarioResult]) -> list[ScenarioResult]:
+    return sorted(results, key=_order)
+
+
 def markdown_table(results: Sequence[ScenarioResult]) -> str:
+    results = ordered(results)
     lines = [
         "| " + " | ".join(HEADER) + " |",
         "|---|" + "|".join("---:" for _ in HEADER[1:]) + "|",
@@ -65,7 +77,7 @@ def markdown_table(results: Sequence[ScenarioResult]) -> str:
 
 
 def text_table(results: Iterable[ScenarioResult]) -> str:
-    rows = [HEADER, *[r.row() for r in results]]
+    rows = [HEADER, *[r.row() for r in ordered(results)]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     out = []
     for n, row in enumerate(rows):
@@ -82,17 +94,24 @@ def _markers(section: str) -> tuple[str, str]:
     return f"<!-- section:{section} -->", f"<!-- end:{section} -->"
 
 
-def write_section(path: Path, section: str, body: str, *, preamble: str = "") -> None:
-    """Put ``body`` between the markers of ``section`` in ``path``, adding
-    the section at the end if it is not there yet; ``preamble`` starts a
-    new file."""
+def _replace_or_add(text: str, section: str, body: str, *, first: bool = False) -> str:
     start, end = _markers(section)
     block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else preamble.rstrip() + "\n"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        return pattern.sub(lambda _m: block, text)
+    if first:
+        return block + "\n\n" + text.lstrip()
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def write_section(path: Path, section: str, body: str, *, preamble: str = "") -> None:
+    """Put ``body`` between the markers of ``section`` in ``path`` (added at
+    the end the first time), and ``preamble``, if given, in the ``about``
+    section at the top: each kind of run replaces only its own parts."""
+    text = path.read_text() if path.exists() else ""
+    if preamble:
+        text = _replace_or_add(text, "about", preamble, first=True)
+    text = _replace_or_add(text, section, body)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text.rstrip() + "\n")
