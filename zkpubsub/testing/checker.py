@@ -45,7 +45,7 @@ These are exactly the promises of ``Client.publish`` and of gap listeners.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .history import History, Key, PublishRecord, SubscriberRecord
@@ -242,28 +242,3 @@ def strictly_increasing(values: Sequence[int]) -> tuple[bool, str]:
         if values[i] != values[i - 1] + 1:
             return False, f"value {values[i]} at position {i} follows {values[i - 1]}"
     return True, ""
-
-
-def summarize(results: Iterable[CheckResult]) -> CheckResult:
-    """Figures of several checks added together (examples dropped)."""
-    rs = list(results)
-    return CheckResult(
-        *[sum(getattr(r, f) for r in rs) for f in _FIGURES],
-    )
-
-
-_FIGURES = (
-    "attempted",
-    "acked",
-    "failed",
-    "unknown",
-    "expected",
-    "delivered",
-    "lost",
-    "unexpected",
-    "failed_delivered",
-    "duplicates",
-    "order_violations",
-    "order_conflicts",
-    "recovered",
-)

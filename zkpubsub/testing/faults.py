@@ -20,10 +20,11 @@ blocking the proxies on its links. Nothing needs root, Docker or network
 namespaces.
 
 An unwritable directory must really refuse writes. The superuser ignores
-file modes, so the server whose disk "fails" runs as an unprivileged user
-and its data directory is handed back to root with mode 0755 when the fault
-starts; :func:`can_write` checks it from that user's side. Files the server
-already holds open stay writable, so the server should roll its
+file modes, so under root the server whose disk "fails" runs as an
+unprivileged user, and its data directory is handed back to root when the
+fault starts; under any other user, taking the write permission away is
+enough. :func:`can_write` checks it from the server user's side. Files the
+server already holds open stay writable, so the server should roll its
 transaction log often (``snap_count``) to run into the fault quickly.
 """
 
@@ -226,30 +227,41 @@ def can_write(directory: Path, uid: int, gid: int) -> bool:
     """Whether ``uid`` can create a file in ``directory``, tried for real by
     a process running as that user."""
     probe = directory / f".write-probe-{os.getpid()}"
-    result = subprocess.run(
+    identity: dict[str, object] = {}
+    if uid != os.geteuid():
+        identity = {"user": uid, "group": gid, "extra_groups": []}
+    result = subprocess.run(  # type: ignore[call-overload]
         ["sh", "-c", 'printf x > "$0"', str(probe)],
-        user=uid,
-        group=gid,
-        extra_groups=[],
         capture_output=True,
         timeout=30,
         check=False,
+        **identity,
     )
     with contextlib.suppress(OSError):
         probe.unlink()
-    return result.returncode == 0
+    return bool(result.returncode == 0)
+
+
+def _server_identity(node: ZooKeeperNode) -> tuple[int, int]:
+    return node.run_as if node.run_as is not None else (os.geteuid(), os.getegid())
 
 
 def run_unprivileged(
     node: ZooKeeperNode, user: str = "nobody", *, snap_count: int | None = 40
 ) -> tuple[int, int]:
-    """Make ``node`` run as ``user`` from its next start, owning its
-    directory. ``snap_count`` makes it roll its transaction log (and open a
-    new file) every ``snap_count/2 .. snap_count`` writes. Needs to run as
-    root, and every parent of the node's directory must be searchable by
-    ``user``."""
+    """Make sure file modes bind ``node``'s server; return its ``(uid, gid)``.
+
+    As root (which ignores file modes), the node runs as ``user`` from its
+    next start and owns its directory; every parent of that directory must
+    then be searchable by ``user``. Any other user is bound by file modes
+    already and the node runs as it is. ``snap_count`` makes the server
+    roll its transaction log (and open a new file) every ``snap_count/2 ..
+    snap_count`` writes, so it meets an unwritable directory soon."""
+    if snap_count is not None:
+        node.java_opts = [o for o in node.java_opts if not o.startswith("-Dzookeeper.snapCount=")]
+        node.java_opts.append(f"-Dzookeeper.snapCount={snap_count}")
     if os.geteuid() != 0:
-        raise PermissionError("running a server as another user needs root")
+        return os.geteuid(), os.getegid()
     uid, gid = unprivileged_user(user)
     for parent in node.directory.resolve().parents:
         if not os.stat(parent).st_mode & 0o001:
@@ -260,33 +272,34 @@ def run_unprivileged(
     node.data_dir.mkdir(parents=True, exist_ok=True)
     _chown_tree(node.directory, uid, gid)
     node.run_as = (uid, gid)
-    if snap_count is not None:
-        node.java_opts = [o for o in node.java_opts if not o.startswith("-Dzookeeper.snapCount=")]
-        node.java_opts.append(f"-Dzookeeper.snapCount={snap_count}")
     return uid, gid
 
 
+def _data_dirs(node: ZooKeeperNode) -> list[Path]:
+    return [node.data_dir, *[p for p in node.data_dir.rglob("*") if p.is_dir()]]
+
+
 def make_unwritable(node: ZooKeeperNode) -> None:
-    """Take ``node``'s data directory away from the user it runs as (files
-    stay readable). Raises ``RuntimeError`` if that user can still write."""
-    if node.run_as is None:
-        raise RuntimeError("the node runs as root, which ignores file modes: use run_unprivileged")
-    uid, gid = node.run_as
-    _chown_tree(node.data_dir, 0, 0)
-    for root, dirs, _files in os.walk(node.data_dir):
-        os.chmod(root, 0o755)
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-    for directory in [node.data_dir, *[p for p in node.data_dir.rglob("*") if p.is_dir()]]:
+    """Take ``node``'s data directory away from the user its server runs as
+    (files stay readable): owned by root if it ran as another user, and no
+    write permission. Raises ``RuntimeError`` if that user can still write
+    (a server running as root: see :func:`run_unprivileged`)."""
+    uid, gid = _server_identity(node)
+    if node.run_as is not None:
+        _chown_tree(node.data_dir, 0, 0)
+    for directory in _data_dirs(node):
+        os.chmod(directory, 0o555)
+    for directory in _data_dirs(node):
         if can_write(directory, uid, gid):
             raise RuntimeError(f"{directory} is still writable by uid {uid}")
 
 
 def make_writable(node: ZooKeeperNode) -> None:
-    """Give the data directory back to the user the node runs as."""
-    if node.run_as is None:
-        return
-    _chown_tree(node.data_dir, *node.run_as)
+    """Give the data directory back to the user the server runs as."""
+    for directory in _data_dirs(node):
+        os.chmod(directory, 0o755)
+    if node.run_as is not None:
+        _chown_tree(node.data_dir, *node.run_as)
 
 
 # -- session expiry without a race ----------------------------------------------------------
