@@ -62,7 +62,8 @@ timeouts; (5) the leader stopped for half a session timeout, then the
 busiest server for two; (6) the leader, then the busiest follower, cut
 off from the other servers for two session timeouts each; (7) a
 publisher's connection lost before a transaction reached the server and
-after it was applied (4 times each), a reply delivered twice (which kills
+after it was applied (4 times each), the same for a subscriber deleting
+what it handled (3 times each), a reply delivered twice (which kills
 kazoo's connection loop), a lost reply followed by the expiry of the
 publisher's session; (8a) subscribers' sessions closed on the server 12
 times, (8b) a publisher's 3 times while its fan-outs are split over

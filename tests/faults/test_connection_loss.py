@@ -203,3 +203,32 @@ def test_a_publish_whose_reply_is_lost_and_whose_session_then_expires_is_not_dup
     assert notes.get("sessions lost", 0) >= 3
     assert result.unknown == 0
     assert_clean(result, audit)
+
+
+def test_connection_loss_while_a_subscriber_deletes_what_it_handled(ensemble, scenario):
+    """A subscriber acknowledges by deleting the nodes it handled (in
+    transactions); losing the request or the reply of one must neither
+    lose a message nor hand it out twice."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/s7-ack", subscribers=2)
+    try:
+        wl.add_subscriber(hosts=proxied_hosts(proxies))
+        wl.start_publishing()
+        wl.wait_acked(20)
+        for _ in range(3):
+            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))
+            wl.wait_acked(10)
+            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))
+            wl.wait_acked(10)
+        sprung = sum(len(p.sprung) for p in proxies)
+        result, audit = finish(
+            "7 connection loss mid-delete (subscriber)", wl, injector, scenario, cleaners
+        )
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert sprung == 6
+    assert_clean(result, audit)
