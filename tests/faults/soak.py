@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -165,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         body = (
             "## Soak\n\n"
             f"Produced by `python -m tests.faults.soak --messages {args.messages} "
-            f"--kill-every {args.kill_every:g} --report {args.report}`.\n\n"
-            + markdown_table([outcome.result])
+            f"--kill-every {args.kill_every:g} --report {args.report}` "
+            f"({args.servers} servers, 2 publishers, 3 subscribers, "
+            f"on a machine with {os.cpu_count()} CPU cores).\n\n" + markdown_table([outcome.result])
         )
         write_section(args.report, "soak", body, preamble=REPORT_PREAMBLE)
         print(f"written to {args.report}")
