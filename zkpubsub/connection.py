@@ -215,7 +215,10 @@ class Connection:
         except KazooTimeoutError as exc:
             raise OperationTimeout(f"{what}: no answer from ZooKeeper in time") from exc
         except ConnectionClosedError as exc:
-            raise ClientClosed(f"{what}: the client is closed") from exc
+            if self.closing.is_set():
+                raise ClientClosed(f"{what}: the client is closed") from exc
+            # kazoo's loop stopped on an error and is being started again
+            raise ConnectionLost(f"{what}: connection closed by kazoo") from exc
         except SessionExpiredError as exc:
             self._expired_reply(what)
             raise ConnectionLost(f"{what}: SessionExpiredError") from exc
