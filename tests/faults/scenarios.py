@@ -77,6 +77,9 @@ exits. The original zookeeper-mq procedure kills the leader of five
 servers, wipes its data directory and starts it again, over and over,
 while 300 items are written and read back.
 
+The work-queue scenarios of the issue (workers killed or paused while
+holding items, acknowledgements cut mid-way) are not covered here.
+
 Numbers vary from run to run (they depend on timing); the zeros must not.
 """
 
