@@ -171,21 +171,20 @@ def test_a_client_back_during_a_purge_hears_about_the_gap(
     assert raw_zk.exists(Layout(zk_root).purge_marker("returning")) is None
 
 
-def test_empty_topics_and_stale_receipts_are_removed(
+def test_empty_topics_and_a_gone_clients_receipts_are_removed(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
     layout = Layout(zk_root)
     host = make_client()
     sub = make_client().subscribe("short-lived")
     sub.close()
-    raw_zk.create(layout.receipt("0123456789ab"), b"left by a crashed publisher")
-    cleaner = host.start_cleaner(grace=1.0, interval=0.3, receipt_ttl=1.0)
+    # A publisher that crashed with a receipt not yet deleted:
+    raw_zk.create(layout.receipt("crashed", "0123456789ab"), b"", makepath=True)
+    cleaner = host.start_cleaner(grace=1.0, interval=0.3)
     wait_until(lambda: raw_zk.exists(layout.topic("short-lived")) is None, 20, "topic removed")
-    wait_until(lambda: cleaner.stats().receipts_removed, 20, "receipt removed")
-    assert raw_zk.exists(layout.receipt("0123456789ab")) is None
-    stats = cleaner.stats()
-    assert stats.topics_removed == 1
-    assert stats.receipts_removed == 1
+    wait_until(lambda: cleaner.stats().clients_removed, 20, "crashed client purged")
+    assert raw_zk.exists(layout.client_receipts("crashed")) is None
+    assert cleaner.stats().topics_removed == 1
     # publishing to a removed topic is fine: nobody subscribes
     assert host.publish("short-lived", "x").subscribers == 0
     assert make_client().subscribe("short-lived") is not None
@@ -199,8 +198,14 @@ def test_publishers_delete_their_own_receipts(
     publisher = make_client()
     for i in range(5):
         publisher.publish("t", i)
-    publisher.close()  # flushes what is left
-    wait_until(lambda: raw_zk.get_children(Layout(zk_root).receipts) == [], what="no receipts")
+    folder = Layout(zk_root).client_receipts(publisher.client_id)
+    assert len(raw_zk.get_children(folder)) == 5  # deleted in batches, not one by one
+    time.sleep(1.1)
+    publisher.publish("t", "later")  # the batch is old enough: it goes
+    wait_until(lambda: raw_zk.get_children(folder) == [], what="receipts deleted as they go")
+    publisher.publish("t", "last")
+    publisher.close()  # deletes what is left, and the folder
+    assert raw_zk.exists(folder) is None
 
 
 def test_the_cleaner_ends_a_durable_subscription_after_the_grace(

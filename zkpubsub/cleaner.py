@@ -20,10 +20,11 @@ Safety, enforced by the server in every deleting transaction:
   ``purging/<id>``; a client that comes back while that marker exists is told
   through its gap listeners that part of its backlog is gone.
 
-It also removes ``subscribers/<topic>`` nodes left empty for the grace
-period, receipts older than ``receipt_ttl`` by the server's clock (their
-writer normally deletes them at once; these are a crashed writer's), and
-work-queue results nobody read within ``result_ttl``.
+Everything a gone client leaves goes together: its queues, its durable
+registrations and its receipts. The cleaner also removes
+``subscribers/<topic>`` nodes left empty for the grace period, and
+work-queue results nobody read within ``result_ttl`` (by the server's
+clock).
 """
 
 from __future__ import annotations
@@ -169,7 +170,6 @@ class CleanerStats:
     clients_removed: int
     topics_removed: int
     registrations_removed: int
-    receipts_removed: int
     results_removed: int
     elections_won: int
 
@@ -183,7 +183,6 @@ class Cleaner:
         *,
         grace: float | None,
         interval: float,
-        receipt_ttl: float = 600.0,
         result_ttl: float = 3600.0,
     ) -> None:
         session_timeout = client.config.session_timeout
@@ -193,9 +192,6 @@ class Cleaner:
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
         self.interval = float(interval)
-        if not receipt_ttl > 0:
-            raise ValueError(f"receipt_ttl must be > 0 seconds, not {receipt_ttl!r}")
-        self.receipt_ttl = float(receipt_ttl)
         if not result_ttl > 0:
             raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
         self.result_ttl = float(result_ttl)
@@ -215,7 +211,6 @@ class Cleaner:
             clients_removed=0,
             topics_removed=0,
             registrations_removed=0,
-            receipts_removed=0,
             results_removed=0,
             elections_won=0,
         )
@@ -423,7 +418,8 @@ class Cleaner:
             for cid in ids:
                 if cid not in live:
                     registered.setdefault(cid, []).append(topic)
-        gone = (with_queues | markers | registered.keys()) - live
+        with_receipts = set(conn.children(layout.receipts, deadline) or [])
+        gone = (with_queues | markers | with_receipts | registered.keys()) - live
         now = time.monotonic()
         for cid in list(absent_since):
             if cid not in gone:
@@ -434,7 +430,7 @@ class Cleaner:
                 self._purge(me, cid, registered.get(cid, []))
                 absent_since.pop(cid, None)
         self._sweep_topics(me, topics, empty_since)
-        self._sweep_receipts(me)
+        self._sweep_results(me)
 
     def _wake_on_event(self, event: object) -> None:  # kazoo's thread
         self._wake.set()
@@ -473,6 +469,7 @@ class Cleaner:
             for topic in topics:
                 nodes += max(0, delete_tree(conn, join(base, topic), deadline, guard=guard) - 1)
             delete_tree(conn, base, deadline, guard=guard)
+            delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
             _delete_batch(conn, [marker], deadline, guard, recurse=False)
         except _Refused as exc:
             if exc.reason == "fence":
@@ -534,16 +531,11 @@ class Cleaner:
             stat = conn.call(lambda: kazoo.set_async(clock, b""), deadline, "read server clock")
         return int(stat.mtime)
 
-    def _sweep_receipts(self, me: str) -> None:
-        """Delete receipts older than ``receipt_ttl`` (a writer's leftovers) and
-        task results nobody read within ``result_ttl``."""
+    def _sweep_results(self, me: str) -> None:
+        """Delete work-queue results nobody read within ``result_ttl``."""
         conn, layout = self._conn, self._layout
         deadline = self._deadline()
         now_ms: list[int] = []  # read once, and only if there is something to age
-        self._count(
-            "receipts_removed",
-            self._expire_children(me, layout.receipts, self.receipt_ttl, now_ms, deadline),
-        )
         for name in conn.children(layout.work, deadline) or []:
             results = layout.work_queue(name).results
             removed = self._expire_children(me, results, self.result_ttl, now_ms, deadline)

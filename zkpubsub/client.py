@@ -12,10 +12,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kazoo.exceptions import NodeExistsError, NotEmptyError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from . import __version__
 from .config import (
@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 StateListener = Callable[[ClientState], Any]
 GapListener = Callable[[Gap], Any]
+
+# An event of ours on the supervisor's queue, beside kazoo's states.
+_REGISTRATION_GONE: Final = "registration gone"
 
 
 class Client:
@@ -116,12 +119,14 @@ class Client:
         self._closed = False
         self._cleaner: Cleaner | None = None
         self._registered_session: int | None = None
-        self._lost_at: float | None = None
-        self._events: queue.SimpleQueue[KazooState | None] = queue.SimpleQueue()
+        self._disconnected_at: float | None = None  # connection down since (wall clock)
+        self._lost_at: float | None = None  # start of the gap after a session expiry
+        # state changes with the wall-clock time kazoo reported them
+        self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{self.client_id[:12]}")
         self._conn = Connection(hosts, session_timeout=self._config.session_timeout)
         self._publisher = Publisher(self._conn, self._layout, self._config, self.client_id)
-        self._conn.add_state_listener(self._events.put)
+        self._conn.add_state_listener(lambda state: self._events.put((state, time.time())))
         wait = registration_wait if registration_wait is not None else 2 * session_timeout
         try:
             self._ensure_chroot()
@@ -137,6 +142,7 @@ class Client:
             raise
         self._registered_session = self._conn.session_id
         self._state = ClientState.CONNECTED
+        self._watch_registration()
         if purged:
             now = time.time()
             self._emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
@@ -379,14 +385,13 @@ class Client:
         *,
         grace: float | None = None,
         interval: float = 30.0,
-        receipt_ttl: float = 600.0,
         result_ttl: float = 3600.0,
     ) -> Cleaner:
         """Host the cleaner on this client: it joins the election and, while it
         leads, deletes the queues of clients gone for longer than ``grace``
         seconds (default: the larger of 60 s and twice the session timeout),
-        topics left without subscribers as long, receipts older than
-        ``receipt_ttl`` and work-queue results unread after ``result_ttl``.
+        topics left without subscribers as long, and work-queue results
+        unread after ``result_ttl``.
         Idempotent: returns the running cleaner."""
         from .cleaner import Cleaner
 
@@ -397,7 +402,6 @@ class Client:
                     self,
                     grace=grace,
                     interval=interval,
-                    receipt_ttl=receipt_ttl,
                     result_ttl=result_ttl,
                 )
                 self._cleaner.start()
@@ -429,7 +433,14 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
             cleaner.stop()
-        self._publisher.janitor.flush()
+        if self._conn.connected.is_set():
+            try:
+                with translated("delete receipts"):
+                    self._publisher.janitor.close(
+                        deadline_after(min(5.0, self._config.request_timeout))
+                    )
+            except ZkPubSubError as exc:  # the cleaner removes them after the grace
+                logger.debug("client %s: receipts left: %s", self.client_id, exc)
         self._events.put(None)
         self._conn.stop()
         if threading.current_thread() is not self._supervisor:
@@ -521,6 +532,8 @@ class Client:
             deadline,
             owner_wait,
         )
+        # Once registered, nothing of ours is purged: the folder stays.
+        self._conn.ensure_path(self._layout.client_receipts(self.client_id), deadline)
 
     def _register_subscription(
         self, topic: str, deadline: float | None, *, durable: bool = False
@@ -591,18 +604,75 @@ class Client:
             event = self._events.get()
             if event is None or self._closed:
                 return
-            if event == KazooState.SUSPENDED:
+            state, at = event
+            if state == KazooState.SUSPENDED:
+                if self._disconnected_at is None:
+                    self._disconnected_at = at
                 self._set_state(ClientState.SUSPENDED)
-            elif event == KazooState.LOST:
+            elif state == KazooState.LOST:
+                # The server may have ended the session (and dropped its
+                # subscriber nodes) any time after the connection went down,
+                # or after it was last known alive if a reply said it ended;
+                # and other servers may apply the end before ours tells us.
                 if self._lost_at is None:
-                    self._lost_at = time.time()
+                    starts = [self._conn.session_lost_since, self._disconnected_at, at]
+                    first = min(t for t in starts if t is not None)
+                    self._lost_at = first - self._config.session_timeout
                 self._set_state(ClientState.LOST)
-            elif event == KazooState.CONNECTED:
+            elif state == KazooState.CONNECTED:
                 self._on_connected()
+            elif state == _REGISTRATION_GONE:
+                self._on_registration_gone()
+
+    def _watch_registration(self) -> None:
+        """Watch this client's registration node (watches do not outlive a
+        connection, so again after each reconnect)."""
+        path = self._layout.client(self.client_id)
+
+        def checked(result: Any) -> None:  # kazoo's thread
+            try:
+                missing = result.get_nowait() is None
+            except Exception:
+                return  # connection trouble: the next CONNECTED looks again
+            if missing and not self._closed:
+                self._events.put((_REGISTRATION_GONE, time.time()))
+
+        try:
+            request = self._conn.kazoo.exists_async(path, watch=self._on_registration_event)
+            request.rawlink(checked)
+        except Exception as exc:  # not connected: the next CONNECTED sets it
+            logger.debug("watching %s: %s", path, exc)
+
+    def _on_registration_event(self, event: WatchedEvent) -> None:  # kazoo's thread
+        if event.type == EventType.DELETED and not self._closed:
+            self._events.put((_REGISTRATION_GONE, time.time()))
+
+    def _on_registration_gone(self) -> None:
+        """The registration node vanished while the connection stayed up: the
+        server may have ended the session without closing this connection
+        (kazoo would not notice). Writing the node again settles it: on a
+        live session it is back; on an ended one the refusal makes the
+        connection drop, kazoo finds the session expired, and the client
+        registers again on a new one (with a gap notice)."""
+        logger.warning("client %s: registration node deleted; checking the session", self.client_id)
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                deadline = deadline_after(self._config.request_timeout)
+                with translated("register again"):
+                    self._register_client(deadline, owner_wait=self._config.request_timeout)
+        except ZkPubSubError as exc:
+            logger.info("client %s: writing the registration again: %s", self.client_id, exc)
+        if self._conn.connected.is_set():
+            self._watch_registration()
 
     def _on_connected(self) -> None:
         session = self._conn.session_id
         if session is None or session == self._registered_session:
+            self._disconnected_at = None  # the session outlived the outage
+            self._conn.session_lost_since = None
+            self._watch_registration()
             self._set_state(ClientState.CONNECTED)
             return
         # A new session: everything ephemeral is gone. Register again.
@@ -627,11 +697,14 @@ class Client:
             )
             time.sleep(0.5)
             if self._conn.connected.is_set():
-                self._events.put(KazooState.CONNECTED)
+                self._events.put((KazooState.CONNECTED, time.time()))
             return
         self._registered_session = session
-        since = self._lost_at or time.time()
+        self._watch_registration()
+        since = self._lost_at or self._disconnected_at or time.time()
         self._lost_at = None
+        self._disconnected_at = None
+        self._conn.session_lost_since = None
         for sub in subs:
             sub._restored()
         now = time.time()

@@ -5,12 +5,25 @@ never stop; commands are not retried through a session expiry behind the
 caller's back; every wait has a deadline; connection errors become
 :class:`ConnectionLost`, and :func:`translated` turns any other kazoo error
 into :class:`ZooKeeperError` at the public API.
+
+kazoo's connection loop dies on a reply it did not expect (a duplicate, or
+one for a request it no longer waits for); kazoo then reports the session
+closed and never reconnects. The loop is started again here, on a new
+session.
+
+A server can end a session while a connection of that session stays open
+(the session was closed through another connection to the same server):
+every write then fails with "session expired" while kazoo, which learns of
+an expiry only when it connects, believes it is connected. Such a reply
+makes this module drop the connection, so that kazoo reconnects, hears
+that the session is gone and starts a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +41,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 
 from .errors import (
@@ -117,19 +130,46 @@ class Connection:
         self.connected = threading.Event()
         self.closing = threading.Event()
         self._listeners: list[Callable[[KazooState], None]] = []
+        self._session: tuple[int, bytes] | None = None
+        self._connected_at: float | None = None
+        # set when a reply showed the session gone while still connected:
+        # the session was known alive at this (wall-clock) time, no later
+        self.session_lost_since: float | None = None
         self.kazoo.add_listener(self._on_state)
 
     # kazoo's thread: only flags and hand-offs happen here.
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
+            cid = self.kazoo.client_id
+            if cid is not None:
+                self._session = (int(cid[0]), bytes(cid[1]))
+            self._connected_at = time.time()
             self.connected.set()
         else:
+            if state == KazooState.LOST:
+                self._session = None
+                if self.kazoo.client_state == KeeperState.CLOSED and not self.closing.is_set():
+                    # kazoo's connection loop ended though nobody stopped it:
+                    # it met an error it does not handle (a reply it did not
+                    # expect) and would never reconnect.
+                    threading.Thread(
+                        target=self._revive, name="zkpubsub-revive", daemon=True
+                    ).start()
             self.connected.clear()
         for listener in list(self._listeners):
             try:
                 listener(state)
             except Exception:
                 logger.exception("internal state listener failed")
+
+    def _revive(self) -> None:
+        """Start kazoo's connection loop again (on a new session)."""
+        logger.warning("the ZooKeeper connection loop stopped on an error; starting it again")
+        try:
+            if not self.closing.is_set():
+                self.kazoo.start_async()
+        except Exception:
+            logger.exception("restarting the ZooKeeper connection failed")
 
     def add_state_listener(self, listener: Callable[[KazooState], None]) -> None:
         """``listener`` runs on kazoo's thread and must only hand off work."""
@@ -146,6 +186,9 @@ class Connection:
             raise ConnectTimeout(
                 f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
             ) from exc
+        cid = self.kazoo.client_id
+        if self._session is None and cid is not None:
+            self._session = (int(cid[0]), bytes(cid[1]))
         self.connected.set()
 
     def stop(self) -> None:
@@ -159,14 +202,16 @@ class Connection:
 
     @property
     def session_id(self) -> int | None:
-        cid = self.kazoo.client_id
-        return None if cid is None else int(cid[0])
+        """The id of the current session, also while the connection is down
+        (the session may well be alive); ``None`` once it has expired and
+        until a new one is established."""
+        session = self._session
+        return None if session is None else session[0]
 
     @property
     def credentials(self) -> tuple[int, bytes] | None:
         """Session id and password (for tests that expire a session for real)."""
-        cid = self.kazoo.client_id
-        return None if cid is None else (int(cid[0]), bytes(cid[1]))
+        return self._session
 
     def wait_connected(self, deadline: float | None, what: str = "waiting for ZooKeeper") -> None:
         """Return once connected; raise ``OperationTimeout`` or ``ClientClosed``."""
@@ -182,13 +227,38 @@ class Connection:
         """Wait for one request. Connection errors raise ``ConnectionLost``;
         other kazoo errors (NoNodeError…) are left for the caller to handle."""
         try:
-            return async_result.get(timeout=remaining(deadline))
+            value = async_result.get(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
             raise OperationTimeout(f"{what}: no answer from ZooKeeper in time") from exc
         except ConnectionClosedError as exc:
-            raise ClientClosed(f"{what}: the client is closed") from exc
+            if self.closing.is_set():
+                raise ClientClosed(f"{what}: the client is closed") from exc
+            # kazoo's loop stopped on an error and is being started again
+            raise ConnectionLost(f"{what}: connection closed by kazoo") from exc
+        except SessionExpiredError as exc:
+            self._expired_reply(what)
+            raise ConnectionLost(f"{what}: SessionExpiredError") from exc
         except _CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
+        if isinstance(value, list) and any(isinstance(r, SessionExpiredError) for r in value):
+            # a transaction refused as a whole: nothing of it was applied
+            self._expired_reply(what)
+            raise ConnectionLost(f"{what}: SessionExpiredError")
+        return value
+
+    def _expired_reply(self, what: str) -> None:
+        """The server said the session expired. If kazoo still holds a
+        connection, drop it: kazoo learns of an expiry only on connecting."""
+        if not self.connected.is_set() or self.closing.is_set():
+            return  # kazoo knows already (or we are closing)
+        if self.session_lost_since is None:
+            self.session_lost_since = self._connected_at or time.time()
+        logger.warning("%s: the server ended the session; reconnecting for a new one", what)
+        handler = getattr(self.kazoo, "_connection", None)
+        sock = getattr(handler, "_socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def call(self, request: Callable[[], Any], deadline: float | None, what: str) -> Any:
         """Run an idempotent request, again after every connection loss, until

@@ -13,9 +13,10 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 envelope (one or more messages)
     <root>/purging/<client id>                  persistent, while the cleaner
                                                 deletes a dead client's queues
-    <root>/receipts/<guid>                      persistent, written in the same
-                                                transaction as a publish; proves
-                                                it happened after a lost answer
+    <root>/receipts/<client id>/r<guid>         persistent, written in the same
+                                                transaction as a publish, put or
+                                                ack; proves it happened after a
+                                                lost answer
     <root>/cleaner/candidates/c<guid>-<seq>     ephemeral sequential, cleaner
                                                 election; lowest leads
     <root>/cleaner/clock                        the cleaner writes it to read
@@ -181,8 +182,12 @@ class Layout:
     def purge_marker(self, client_id: str) -> str:
         return f"{self.purging}/{client_id}"
 
-    def receipt(self, guid: str) -> str:
-        return f"{self.receipts}/{guid}"
+    def client_receipts(self, client_id: str) -> str:
+        return f"{self.receipts}/{client_id}"
+
+    def receipt(self, client_id: str, guid: str) -> str:
+        """The receipt node one transaction of ``client_id`` creates."""
+        return f"{self.receipts}/{client_id}/r{guid}"
 
     def candidate_prefix(self, guid: str) -> str:
         return f"{self.candidates}/c{guid}-"

@@ -14,10 +14,12 @@ Guarantees, each kept by the server rather than by a cache:
 * A queue deleted mid-publish (its client is gone) is dropped from the
   retry instead of failing the publish.
 * Each transaction has a guid, in its message node names and in a receipt
-  node ``receipts/<guid>`` created in the same transaction. After a
-  connection loss the receipt is looked up (after a ``sync``) before anything
-  is written again, so a retry never duplicates a message, even one every
-  subscriber has already consumed.
+  node ``receipts/<publisher id>/r<guid>`` created in the same transaction.
+  After a connection loss the receipt is looked up (after a ``sync``) before
+  anything is written again, so a retry never duplicates a message, even one
+  every subscriber has already consumed, even across a session expiry.
+  Receipts are deleted in batches once confirmed, and with the client's other
+  nodes by the cleaner if it goes away.
 * A fan-out too large for one transaction is split into several; each part
   is atomic and checks the topic version, so every entitled subscriber is
   still reached, but another publisher's message may then land between two
@@ -86,7 +88,7 @@ class Publisher:
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
-        self.janitor = ReceiptJanitor(conn)
+        self.janitor = ReceiptJanitor(conn, layout, publisher_id)
         self.lookups = 0  # transactions whose answer was lost and were looked up
 
     # -- building nodes ---------------------------------------------------
@@ -207,8 +209,8 @@ class Publisher:
     def _budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""
         check = len(self._layout.topic(topic)) + _CHECK_OP_OVERHEAD
-        receipt = len(self._layout.receipts) + 16 + len(self._publisher_id) + CREATE_OP_OVERHEAD
-        return self._config.max_transaction_bytes - check - receipt
+        receipt = len(self._layout.receipt(self._publisher_id, new_guid())) + CREATE_OP_OVERHEAD
+        return self._config.max_transaction_bytes - check - receipt - len(self._publisher_id)
 
     def _rounds(self, topic: str, nodes: list[bytes]) -> list[list[bytes]]:
         """Groups of nodes small enough that one subscriber's share fits in a
@@ -284,7 +286,7 @@ class Publisher:
         conn, layout = self._conn, self._layout
         topic_path = layout.topic(topic)
         guid = new_guid()
-        receipt = layout.receipt(guid)
+        receipt = layout.receipt(self._publisher_id, guid)
         owners: list[str] = []
         while True:
             conn.wait_connected(deadline, f"publish to {topic!r}")
@@ -318,6 +320,10 @@ class Publisher:
             index, error = failures[0]
             if index == 0 and isinstance(error, (BadVersionError, NoNodeError)):
                 return "stale", ""
+            if index == 1 and isinstance(error, NoNodeError):
+                # The receipt folder went (the client was away past the grace).
+                conn.ensure_path(layout.client_receipts(self._publisher_id), deadline)
+                continue
             if index > 1 and isinstance(error, NoNodeError):
                 gone = owners[index - 2]
                 logger.debug("queue of %s for %r is gone; dropping it", gone, topic)

@@ -1,25 +1,31 @@
 """Receipts: proof that a write happened, for when its answer was lost.
 
-Every publish (and every queue put) transaction also creates
-``receipts/<guid>``. If the connection drops before the answer arrives, the
-writer syncs and checks that one node: present means the write happened and
-must not be repeated, even if every subscriber already consumed and deleted
-its copy. Once a write is confirmed its receipt is no longer needed; the
-writer deletes receipts in batches in the background, and the cleaner
-removes the ones a crashed writer left behind once they are older than the
-receipt TTL (by the server's clock).
+Every publish, queue put and ack transaction also creates
+``receipts/<client id>/r<guid>``. If the connection drops before the answer
+arrives, the writer syncs and checks that one node: present means the write
+happened and must not be repeated, even if every subscriber already consumed
+and deleted its copy, and even if the writer's session expired meanwhile.
+
+Once a write is confirmed its receipt is no longer needed. The janitor
+deletes confirmed receipts in batched transactions off the writer's path,
+and ``close()`` removes what is left, with the client's receipt folder. The
+receipts of a client that went away without closing are removed by the
+cleaner with the rest of its nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import Any, Final
 
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
-from .connection import Connection
+from .connection import Connection, first_error
+from .errors import ZkPubSubError
+from .layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +36,21 @@ FLUSH_AFTER: Final = 1.0
 class ReceiptJanitor:
     """Deletes confirmed receipts in batched, pipelined transactions.
 
-    Nothing here blocks: deletes are sent asynchronously and their answers
-    only do bookkeeping. A receipt whose delete fails is left to the
-    cleaner's TTL sweep.
+    Nothing here blocks a writer: deletes are sent asynchronously and their
+    answers only do bookkeeping (on kazoo's thread). Receipts whose delete
+    failed for want of a connection are tried again with the next batch.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, layout: Layout, client_id: str) -> None:
         self._conn = conn
+        self._folder = layout.client_receipts(client_id)
         self._lock = threading.Lock()
         self._paths: list[str] = []
         self._oldest = 0.0
+
+    @property
+    def folder(self) -> str:
+        return self._folder
 
     def add(self, path: str) -> None:
         with self._lock:
@@ -50,28 +61,55 @@ class ReceiptJanitor:
         if due:
             self.flush()
 
-    def flush(self) -> None:
+    def _take(self) -> list[str]:
         with self._lock:
-            paths, self._paths = self._paths, []
-        if not paths or not self._conn.connected.is_set():
-            if paths:
-                with self._lock:
-                    self._paths[:0] = paths
-            return
-        try:
-            txn = self._conn.kazoo.transaction()
-            for path in paths:
-                txn.delete(path)
-            txn.commit_async().rawlink(lambda result: self._done(paths, result))
-        except KazooException as exc:  # the client is closing
-            logger.debug("receipt cleanup skipped: %s", exc)
+            paths, self._paths = self._paths[:FLUSH_AT], self._paths[FLUSH_AT:]
+            return paths
+
+    def _give_back(self, paths: list[str]) -> None:
+        with self._lock:
+            self._paths[:0] = paths
+
+    def flush(self) -> None:
+        """Send the pending deletes (asynchronously)."""
+        if not self._conn.connected.is_set():
+            return  # they wait for the next flush
+        while paths := self._take():
+            try:
+                txn = self._conn.kazoo.transaction()
+                for path in paths:
+                    txn.delete(path)
+                txn.commit_async().rawlink(lambda result, p=paths: self._done(p, result))
+            except KazooException as exc:  # the client is closing
+                logger.debug("receipt cleanup skipped: %s", exc)
+                return
 
     def _done(self, paths: list[str], result: Any) -> None:  # kazoo's thread
         try:
             results = result.get()
         except KazooException:
-            return  # connection trouble: the cleaner's TTL sweep takes them
-        if any(isinstance(r, Exception) for r in results):
-            # One was gone already (the cleaner took it): delete the rest singly.
-            for path in paths:
-                self._conn.kazoo.delete_async(path)
+            self._give_back(paths)  # no answer: try again with the next batch
+            return
+        if first_error(results)[1] is None:
+            return
+        # One was gone already (a retried transaction): the rest go singly.
+        for path in paths:
+            self._conn.kazoo.delete_async(path)
+
+    def close(self, deadline: float | None) -> None:
+        """Delete the pending receipts and every other one left in this
+        client's folder (it no longer needs them), then the folder."""
+        conn = self._conn
+        with self._lock:
+            self._paths.clear()
+        names = conn.children(self._folder, deadline) or []
+        for i in range(0, len(names), FLUSH_AT):
+            txn = conn.kazoo.transaction()
+            for name in names[i : i + FLUSH_AT]:
+                txn.delete(f"{self._folder}/{name}")
+            if first_error(conn.result(txn.commit_async(), deadline, "delete receipts"))[1]:
+                for name in names[i : i + FLUSH_AT]:
+                    with contextlib.suppress(ZkPubSubError):
+                        conn.delete(f"{self._folder}/{name}", deadline)
+        with contextlib.suppress(NoNodeError, NotEmptyError):
+            conn.result(conn.kazoo.delete_async(self._folder), deadline, "delete receipts")

@@ -36,9 +36,14 @@ class Gap:
 
     Sent to gap listeners after the client re-registered on a new session
     (``reason="session expired"``) or found that the cleaner had started to
-    delete its queues while it was away (``reason="backlog purged"``). Times
-    are wall-clock seconds since the epoch. A cache fed by invalidations
-    should drop what it holds for these topics.
+    delete its queues while it was away (``reason="backlog purged"``).
+    ``since`` is one session timeout before the connection dropped (or
+    before the session was last known alive, if a reply said it had ended):
+    the server may end a session a little before the client's own server
+    lets it notice, and publishers on other servers see the end first.
+    ``until`` is when the client was registered again. Times are wall-clock
+    seconds since the epoch. A cache fed by invalidations should drop what
+    it holds for these topics.
     """
 
     topics: frozenset[str]

@@ -444,7 +444,7 @@ class WorkQueue:
         self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
     ) -> None:
         guid = new_guid()
-        receipt = self._layout.receipt(guid)
+        receipt = self._layout.receipt(self._client.client_id, guid)
         prefix = self._paths.item_prefix(priority, guid, wants_result=want_result)
         kazoo = self._conn.kazoo
         while True:
@@ -710,7 +710,7 @@ class WorkQueue:
                 while todo and (not batch or size + len(todo[0][1] or b"") < 500_000):
                     batch.append(todo.pop(0))
                     size += len(batch[-1][1] or b"") + 200
-                receipt = layout.receipt(new_guid())
+                receipt = layout.receipt(self._client.client_id, new_guid())
                 while True:
                     txn = self._conn.kazoo.transaction()
                     for item, doc in batch:
@@ -891,7 +891,7 @@ class WorkQueue:
                 parsed = parse_item_node(dead.name)
                 wants_result = bool(parsed and parsed[0])
                 guid = new_guid()
-                receipt = layout.receipt(guid)
+                receipt = layout.receipt(self._client.client_id, guid)
                 while True:
                     txn = self._conn.kazoo.transaction()
                     txn.delete(paths.dead_letter(dead.name), stat.version)

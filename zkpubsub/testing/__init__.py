@@ -4,6 +4,13 @@
 ensemble, all on free ports of 127.0.0.1. ``expire_session`` ends a
 client's session on the server. The pytest fixtures live in
 ``zkpubsub.testing.fixtures`` (``pytest_plugins = ["zkpubsub.testing.fixtures"]``).
+
+Fault injection, by module: ``faults`` (the injector: kills, pauses,
+partitions through a peer mesh, an unwritable data directory), ``proxy``
+(TCP proxies that cut, drop, or lose one request or reply), ``workload``
+and ``history`` (a recorded publish/subscribe run), ``checker`` (lost,
+unexpected, duplicates, order), ``audit`` (the tree after healing) and
+``report`` (the reliability table).
 """
 
 from .server import (

@@ -136,6 +136,8 @@ class ZooKeeperNode:
         self.classpath = classpath
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        # (uid, gid) to run the server as instead of this process's user
+        self.run_as: tuple[int, int] | None = None
         _LIVE.add(self)
 
     @property
@@ -175,6 +177,7 @@ class ZooKeeperNode:
             MAIN_CLASS,
             str(self.config_path),
         ]
+        uid, gid = self.run_as if self.run_as is not None else (None, None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(
@@ -184,6 +187,9 @@ class ZooKeeperNode:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.directory,
+                user=uid,
+                group=gid,
+                extra_groups=None if uid is None else [],
             )
         finally:
             log.close()

@@ -18,6 +18,21 @@ from ..client import Client
 from ..state import ClientState
 
 
+def close_session(creds: tuple[int, bytes], hosts: str, timeout: float = 15.0) -> None:
+    """Attach to the session with its id and password, then close it."""
+    thief = KazooClient(
+        hosts=hosts,
+        client_id=creds,
+        timeout=10.0,
+        connection_retry=KazooRetry(max_tries=20, delay=0.1, max_delay=1.0),
+    )
+    try:
+        thief.start(timeout=timeout)
+        thief.stop()
+    finally:
+        thief.close()
+
+
 def expire_session(
     target: Client | tuple[int, bytes],
     hosts: str | None = None,
@@ -30,6 +45,10 @@ def expire_session(
     ``target`` is a :class:`~zkpubsub.Client` or a ``(session_id, password)``
     pair. With ``wait`` and a Client, return once the client has noticed and
     registered again on a new session (its state is CONNECTED again).
+
+    The client reconnects as soon as the server drops its connection for
+    the taker; if it wins that race before the session is closed, it is
+    back on its old session, which is then taken and closed again.
     """
     if isinstance(target, Client):
         creds = target._session_credentials()
@@ -41,23 +60,22 @@ def expire_session(
         raise RuntimeError("the client has no live session to expire")
     if hosts is None:
         raise ValueError("hosts is needed with a bare session id")
-    thief = KazooClient(
-        hosts=hosts,
-        client_id=creds,
-        timeout=10.0,
-        connection_retry=KazooRetry(max_tries=20, delay=0.1, max_delay=1.0),
-    )
-    try:
-        thief.start(timeout=timeout)
-        thief.stop()
-    finally:
-        thief.close()
     if not (wait and isinstance(target, Client)):
+        close_session(creds, hosts, timeout)
         return
     deadline = time.monotonic() + timeout + target.config.session_timeout
-    while time.monotonic() < deadline:
-        creds = target._session_credentials()
-        if creds is not None and creds[0] != old_session and target.status == ClientState.CONNECTED:
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the client did not register again on a new session in time")
+    while True:
+        close_session(creds, hosts, timeout)
+        # back on the old session this long after the close: the close lost
+        again = time.monotonic() + 1.0 + target.config.session_timeout / 2
+        while True:
+            now = time.monotonic()
+            current = target._session_credentials()
+            connected = target.status == ClientState.CONNECTED
+            if current is not None and current[0] != old_session and connected:
+                return
+            if now > deadline:
+                raise TimeoutError("the client did not register again on a new session in time")
+            if now > again and current is not None and current[0] == old_session and connected:
+                break
+            time.sleep(0.05)

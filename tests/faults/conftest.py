@@ -1,0 +1,138 @@
+"""Fixtures of the fault-injection scenarios.
+
+Every scenario starts its own ensemble of real ZooKeeper processes
+(``ensemble(3)``), breaks it, and records its figures with ``scenario``.
+At the end of the session the figures are printed as a table; with
+``ZKPUBSUB_RELIABILITY_REPORT=<file>`` they are also written there (see
+``docs/reliability.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing.faults import PeerMesh
+from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
+
+from .scenarios import REPORT_ENV, REPORT_PREAMBLE, ScenarioRecorder
+
+_RESULTS: list[ScenarioResult] = []
+
+
+def _local_processes_allowed() -> bool:
+    return not os.environ.get("ZK_HOSTS") and os.environ.get("ZKPUBSUB_TEST_BACKEND") in (
+        None,
+        "",
+        "local",
+    )
+
+
+class Ensemble:
+    """A cluster this test owns, with its optional peer mesh."""
+
+    def __init__(
+        self, cluster: ZooKeeperCluster, mesh: PeerMesh | None, own_dir: Path | None = None
+    ) -> None:
+        self.cluster = cluster
+        self.mesh = mesh
+        self.own_dir = own_dir
+
+    def close(self) -> None:
+        self.cluster.close()
+        if self.mesh is not None:
+            self.mesh.close()
+        if self.own_dir is not None:
+            shutil.rmtree(self.own_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ensemble(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Ensemble]]:
+    """``ensemble(3, mesh=True, unprivileged_node=3)``: start a private
+    ensemble. ``mesh`` routes peer links through proxies (partitions);
+    ``prepare(cluster)`` runs before the servers start."""
+    if not _local_processes_allowed():
+        pytest.skip("fault scenarios need ZooKeeper processes started by this run")
+    made: list[Ensemble] = []
+
+    def make(
+        size: int = 3,
+        *,
+        mesh: bool = False,
+        traversable: bool = False,
+        prepare: Callable[[ZooKeeperCluster], Any] | None = None,
+        **kwargs: Any,
+    ) -> Ensemble:
+        if traversable:
+            # A directory other users can reach (a server run as one of them).
+            base = Path(tempfile.mkdtemp(prefix="zkpubsub-faults-"))
+            base.chmod(0o755)
+        else:
+            base = tmp_path / f"zk{len(made)}"
+        cluster = ZooKeeperCluster(size, base_dir=base, **kwargs)
+        peer_mesh = PeerMesh(cluster) if mesh else None
+        ens = Ensemble(cluster, peer_mesh, base if traversable else None)
+        made.append(ens)
+        if prepare is not None:
+            prepare(cluster)
+        cluster.start()
+        return ens
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for ens in made:
+        if failed is not None and failed.failed:
+            for node in ens.cluster.nodes:
+                print(f"--- server {node.myid} log: {node.log_path}")
+        ens.close()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The soak runs on demand only: ``ZKPUBSUB_SOAK=1`` or ``-m soak``."""
+    if os.environ.get("ZKPUBSUB_SOAK") or "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
+@pytest.fixture
+def scenario(request: pytest.FixtureRequest) -> ScenarioRecorder:
+    """Collects this scenario's figures for the session's table."""
+    return ScenarioRecorder(_RESULTS, started=time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _RESULTS:
+        return
+    terminalreporter.section("reliability (fault scenarios)")
+    terminalreporter.write_line(text_table(_RESULTS))
+    target = os.environ.get(REPORT_ENV)
+    if target:
+        total = sum(r.seconds for r in _RESULTS)
+        body = (
+            "## Default suite (short variants)\n\n"
+            "Produced by running the default test suite with the report "
+            "switched on: `ZKPUBSUB_RELIABILITY_REPORT=docs/reliability.md pytest tests` "
+            f"({len(_RESULTS)} scenarios, {total:.0f} s of scenario wall time on a "
+            f"machine with {os.cpu_count()} CPU cores shared with other work).\n\n"
+            + markdown_table(_RESULTS)
+        )
+        write_section(Path(target), "suite", body, preamble=REPORT_PREAMBLE)
+        terminalreporter.write_line(f"written to {target}")

@@ -1,0 +1,179 @@
+"""The long soak: many messages while the leader is killed every few seconds.
+
+Run it with::
+
+    python -m tests.faults.soak                    # 10,000 messages, a kill every 5 s
+    python -m tests.faults.soak --messages 50000 --max-minutes 30
+    python -m tests.faults.soak --report docs/reliability.md
+
+or through pytest (``ZKPUBSUB_SOAK=1 pytest tests/faults -m soak``). It
+starts its own ensemble on free ports of 127.0.0.1, runs publishers and
+subscribers against it while a loop kills the current leader with SIGKILL
+(wiping the data directory of every third victim) and starts it again,
+then heals, drains, checks and audits. It stops publishing at the message
+count or at the time bound, whichever comes first, and exits non-zero if
+an acknowledged message was lost (or anything else the checker forbids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing.audit import Audit, audit_convergence
+from zkpubsub.testing.checker import CheckResult, check
+from zkpubsub.testing.faults import FaultInjector, Nemesis
+from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
+from zkpubsub.testing.workload import Workload
+
+from .scenarios import CLEANER_GRACE, CLEANER_INTERVAL, REPORT_PREAMBLE, SESSION_TIMEOUT
+
+logger = logging.getLogger("zkpubsub.soak")
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    result: ScenarioResult
+    check: CheckResult
+    audit: Audit
+    kills: int
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok and self.audit.ok and self.check.duplicates == 0
+
+
+def kill_leader_every(
+    injector: FaultInjector, period: float, down_for: float, stop: threading.Event
+) -> None:
+    n = 0
+    while not stop.wait(max(0.0, period - down_for)):
+        n += 1
+        victim = injector.kill_leader(wipe=n % 3 == 0)
+        stop.wait(down_for)
+        injector.start(victim)
+
+
+def run_soak(
+    *,
+    messages: int = 10_000,
+    kill_every: float = 5.0,
+    down_for: float = 1.0,
+    max_minutes: float = 20.0,
+    servers: int = 3,
+    publishers: int = 2,
+    subscribers: int = 3,
+    base_dir: str | None = None,
+) -> SoakResult:
+    """Run the soak; bounded by ``max_minutes`` for the publishing phase
+    (healing, draining and the audit add at most a few minutes more)."""
+    started = time.monotonic()
+    cluster = ZooKeeperCluster(servers, base_dir=base_dir)
+    cluster.start()
+    injector = FaultInjector(cluster)
+    per_publisher = -(-messages // publishers)
+    wl = Workload(
+        cluster.hosts,
+        "/soak",
+        session_timeout=SESSION_TIMEOUT,
+        max_messages=per_publisher,
+        publish_timeout=30.0,
+    )
+    try:
+        for _ in range(subscribers):
+            wl.add_subscriber()
+        for _ in range(publishers):
+            wl.add_publisher()
+        cleaners = [
+            c.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)
+            for c in wl.subscribers.values()
+        ]
+        nemesis = Nemesis(lambda stop: kill_leader_every(injector, kill_every, down_for, stop))
+        wl.start_publishing()
+        nemesis.start()
+        bound = started + max_minutes * 60
+        last_report = time.monotonic()
+        while wl.publishing and time.monotonic() < bound:
+            time.sleep(0.5)
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                logger.info(
+                    "soak: %d published, %d leader kills so far",
+                    len(wl.recorder.history().publishes),
+                    injector.log.count("kill -9"),
+                )
+        nemesis.stop()
+        nemesis.join(120)
+        wl.stop_publishing()
+        injector.wait_healthy()
+        wl.drain(180)
+        result = check(wl.history())
+        audit = audit_convergence(cluster.hosts, wl.root, cleaners, timeout=3 * CLEANER_GRACE + 60)
+        kills = injector.log.count("kill -9")
+        name = (
+            f"soak: {servers} servers, leader kill -9 every {kill_every:g}s "
+            f"({kills} kills, {injector.log.count('wipe data dir')} with wipe)"
+        )
+        entry = ScenarioResult(
+            name=name,
+            check=result,
+            faults=len(injector.log.events()),
+            seconds=time.monotonic() - started,
+            audit_ok=audit.ok,
+            notes=wl.recorder.history().notes,
+        )
+        return SoakResult(entry, result, audit, kills)
+    finally:
+        wl.close()
+        cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.soak", description=__doc__)
+    parser.add_argument("--messages", type=int, default=10_000, help="messages to publish")
+    parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--down-for", type=float, default=1.0, help="seconds a victim stays down")
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="bound on publishing")
+    parser.add_argument("--servers", type=int, default=3, choices=(3, 5))
+    parser.add_argument("--report", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    logger.setLevel(logging.INFO)
+    if not args.verbose:  # every kill makes each client log a dropped connection
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
+    outcome = run_soak(
+        messages=args.messages,
+        kill_every=args.kill_every,
+        down_for=args.down_for,
+        max_minutes=args.max_minutes,
+        servers=args.servers,
+    )
+    print(text_table([outcome.result]))
+    print(outcome.check.describe())
+    print(f"audit: {'ok' if outcome.audit.ok else 'FAILED'} ({outcome.audit.describe()})")
+    if args.report:
+        body = (
+            "## Soak\n\n"
+            f"Produced by `python -m tests.faults.soak --messages {args.messages} "
+            f"--kill-every {args.kill_every:g} --report {args.report}` "
+            f"({args.servers} servers, 2 publishers, 3 subscribers, "
+            f"on a machine with {os.cpu_count()} CPU cores).\n\n" + markdown_table([outcome.result])
+        )
+        write_section(args.report, "soak", body, preamble=REPORT_PREAMBLE)
+        print(f"written to {args.report}")
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The zookeeper-mq fault test, reproduced on zkpubsub.
+
+The original: five servers on one host; a loop finds the leader, kills it
+with SIGKILL, wipes its data directory and starts it again five seconds
+later, every fifteen seconds; meanwhile 500 items are written, then read
+back by one consumer, which checks that each value is the previous one
+plus one. Here the items are messages on a topic with one durable
+subscriber that reads them back with ``get()``; the period is scaled down
+(restart after 1.5 s, a kill every 3 s) and the count is checked too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from zkpubsub import Client
+from zkpubsub.testing.checker import check, strictly_increasing
+from zkpubsub.testing.faults import FaultInjector, Nemesis
+from zkpubsub.testing.history import Recorder
+
+from .scenarios import SESSION_TIMEOUT
+
+pytestmark = pytest.mark.local_zk
+
+ITEMS = 300
+RESTART_AFTER = 1.5
+PERIOD = 3.0
+# spread the writes over about four kill periods, as the original's 500
+# slow puts spanned several kills
+PACE = 4 * PERIOD / ITEMS
+
+
+def kill_wipe_restart(injector: FaultInjector, stop: threading.Event) -> None:
+    while not stop.is_set():
+        leader = injector.kill_leader(wipe=True)
+        stop.wait(RESTART_AFTER)  # the original waits 5 s before the restart
+        injector.start(leader)
+        stop.wait(PERIOD - RESTART_AFTER)
+
+
+def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario):
+    ens = ensemble(5)
+    injector = FaultInjector(ens.cluster)
+    recorder = Recorder()
+    root, topic = "/original", "items"
+    options = {"root": root, "session_timeout": SESSION_TIMEOUT, "request_timeout": 30.0}
+    reader = Client(ens.cluster.hosts, client_id="consumer", **options)
+    writer = Client(ens.cluster.hosts, client_id="producer", **options)
+    nemesis = Nemesis(lambda stop: kill_wipe_restart(injector, stop))
+    values: list[int] = []
+    try:
+        sub = reader.subscribe(topic)
+        recorder.subscribed("consumer", topic)
+        nemesis.start()
+        for value in range(1, ITEMS + 1):
+            started = time.time()
+            try:
+                receipt = writer.publish(topic, {"p": "producer", "s": value}, timeout=60.0)
+            except Exception as exc:  # recorded; the checks below then fail
+                recorder.published("producer", value, topic, started, error=exc)
+                continue
+            recorder.published("producer", value, topic, started, message_ids=receipt.message_ids)
+            time.sleep(PACE)  # pacing of the writer, not a synchronisation
+        # read back while the leader keeps dying
+        deadline = time.monotonic() + 120
+        while len(values) < ITEMS and time.monotonic() < deadline:
+            message = sub.get(timeout=1.0)
+            if message is not None:
+                recorder.delivered("consumer", topic, message.payload, message.id)
+                values.append(message.payload["s"])
+        extra = sub.get(timeout=1.0)  # nothing beyond the count
+        nemesis.stop()
+        nemesis.join(60)
+        injector.wait_healthy()
+    finally:
+        nemesis.stop()
+        reader.close()
+        writer.close()
+    result = check(recorder.history())
+    scenario.record(
+        "original procedure (5 servers, kill -9 + wipe leader)",
+        result,
+        faults=len(injector.log.events()),
+    )
+    kills = injector.log.count("kill -9")
+    assert kills >= 3, f"only {kills} leader kills"
+    assert injector.log.count("wipe data dir") == kills
+    assert result.acked == ITEMS, result.describe()
+    increasing, why = strictly_increasing(values)
+    assert increasing, why
+    assert values[:1] == [1]
+    assert len(values) == ITEMS
+    assert extra is None
+    assert result.ok and result.lost == 0 and result.duplicates == 0, result.describe()

@@ -1,0 +1,34 @@
+"""The reliability report: table order and section replacement."""
+
+from __future__ import annotations
+
+from zkpubsub.testing.checker import CheckResult
+from zkpubsub.testing.report import ScenarioResult, markdown_table, write_section
+
+
+def figures(lost: int = 0) -> CheckResult:
+    return CheckResult(10, 10, 0, 0, 30, 30, lost, 0, 0, 0, 0, 0, 0)
+
+
+def test_rows_follow_the_scenario_numbers():
+    rows = [ScenarioResult(n, figures()) for n in ("12 x", "original", "2 y", "8a z", "1 w")]
+    table = markdown_table(rows).splitlines()[2:]
+    assert [line.split(" | ")[0] for line in table] == [
+        "| 1 w",
+        "| 2 y",
+        "| 8a z",
+        "| 12 x",
+        "| original",
+    ]
+
+
+def test_each_run_replaces_only_its_own_section(tmp_path):
+    path = tmp_path / "reliability.md"
+    write_section(path, "suite", "suite v1", preamble="about v1")
+    write_section(path, "soak", "soak v1", preamble="about v2")
+    write_section(path, "suite", "suite v2", preamble="about v2")
+    text = path.read_text()
+    assert "suite v2" in text and "suite v1" not in text
+    assert "soak v1" in text
+    assert text.count("about v2") == 1 and "about v1" not in text
+    assert text.index("about v2") < text.index("suite v2") < text.index("soak v1")

@@ -1,0 +1,431 @@
+"""A publish/subscribe workload that records everything it does.
+
+:class:`Workload` runs publisher threads (each on a client of its own,
+publishing ``{"p": <publisher>, "s": <seq>}`` one message at a time) and
+subscribers (each a client of its own with a recording handler) against
+real ZooKeeper, and fills a :class:`~zkpubsub.testing.history.Recorder`.
+:class:`SubscriberProcess` is a subscriber in a child process, for tests
+that kill one with SIGKILL.
+
+``python -m zkpubsub.testing.workload subscribe ...`` is that child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..client import Client
+from ..message import Message
+from ..state import ClientState, Gap
+from ..subscription import Subscription
+from .checker import missing
+from .history import DeliveryRecord, History, Recorder, key_of, payload_for
+
+logger = logging.getLogger(__name__)
+
+
+class Workload:
+    """Publishers and subscribers on one topic, all recorded.
+
+    Clients are made by ``client_factory(hosts, client_id=...)`` (default:
+    :class:`~zkpubsub.Client` with the given ``root`` and timeouts), on
+    ``hosts`` unless :meth:`add_publisher` / :meth:`add_subscriber` name
+    other hosts (a proxy, say). Each publisher publishes one message at a
+    time, at most ``rate`` per second if given, until :meth:`stop_publishing`
+    or ``max_messages``.
+    """
+
+    def __init__(
+        self,
+        hosts: str,
+        root: str,
+        *,
+        topic: str = "faults",
+        session_timeout: float = 4.0,
+        request_timeout: float = 20.0,
+        publish_timeout: float = 20.0,
+        rate: float | None = None,
+        max_messages: int | None = None,
+        client_options: dict[str, Any] | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.root = root
+        self.topic = topic
+        self.session_timeout = session_timeout
+        self.request_timeout = request_timeout
+        self.publish_timeout = publish_timeout
+        self.rate = rate
+        self.max_messages = max_messages
+        self.client_options = dict(client_options or {})
+        self.recorder = recorder or Recorder()
+        self.publishers: dict[str, Client] = {}
+        self.subscribers: dict[str, Client] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.processes: dict[str, SubscriberProcess] = {}
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._clients: list[Client] = []
+
+    # -- clients ---------------------------------------------------------------------
+
+    def client(self, client_id: str, hosts: str | None = None, **options: Any) -> Client:
+        """A client on this workload's root, closed by :meth:`close`."""
+        opts: dict[str, Any] = {
+            "root": self.root,
+            "session_timeout": self.session_timeout,
+            "request_timeout": self.request_timeout,
+            **self.client_options,
+            **options,
+        }
+        client = Client(hosts or self.hosts, client_id=client_id, **opts)
+        self._clients.append(client)
+        self._watch(client)
+        return client
+
+    def _watch(self, client: Client) -> None:
+        name = client.client_id
+
+        def on_state(state: ClientState) -> None:
+            if state == ClientState.LOST:
+                self.recorder.note("sessions lost")
+                self.recorder.note(f"sessions lost by {name}")
+
+        client.add_listener(on_state)
+
+    def add_subscriber(
+        self, name: str | None = None, *, hosts: str | None = None, **options: Any
+    ) -> Client:
+        """A subscriber client; it is subscribed when this returns."""
+        name = name or f"sub-{len(self.subscribers) + len(self.processes) + 1}-{_tag()}"
+        client = self.client(name, hosts, **options)
+        recorder, topic = self.recorder, self.topic
+
+        def on_message(message: Message) -> None:
+            recorder.delivered(name, message.topic, message.payload, message.id)
+
+        def on_gap(gap: Gap) -> None:
+            if topic in gap.topics:
+                recorder.gap(name, gap.since, gap.until, gap.reason)
+
+        client.add_gap_listener(on_gap)
+        sub = client.subscribe(topic, on_message)
+        recorder.subscribed(name, topic)
+        self.subscribers[name] = client
+        self.subscriptions[name] = sub
+        return client
+
+    def add_subscriber_process(
+        self, name: str | None = None, *, hosts: str | None = None
+    ) -> SubscriberProcess:
+        """A subscriber in a child process (to be killed for real)."""
+        name = name or f"subproc-{len(self.subscribers) + len(self.processes) + 1}-{_tag()}"
+        proc = SubscriberProcess(
+            hosts or self.hosts,
+            self.root,
+            self.topic,
+            name,
+            session_timeout=self.session_timeout,
+        )
+        at = proc.start()
+        self.recorder.subscribed(name, self.topic, at)
+        self.processes[name] = proc
+        return proc
+
+    def kill_subscriber_process(self, name: str) -> None:
+        self.processes[name].kill()
+        self.recorder.ended(name)
+
+    def add_publisher(
+        self, name: str | None = None, *, hosts: str | None = None, **options: Any
+    ) -> Client:
+        name = name or f"pub-{len(self.publishers) + 1}-{_tag()}"
+        client = self.client(name, hosts, **options)
+        self.publishers[name] = client
+        return client
+
+    def close_subscriber(self, name: str) -> None:
+        """Close a subscriber before the end: it is no longer entitled to anything."""
+        self.recorder.ended(name)
+        self.subscriptions[name].close()
+        self.subscribers[name].close()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def start_publishing(self) -> None:
+        for name, client in self.publishers.items():
+            t = threading.Thread(
+                target=self._publish_loop, args=(name, client), name=f"workload-{name}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def _publish_loop(self, name: str, client: Client) -> None:
+        seq = 0
+        pause = 1.0 / self.rate if self.rate else 0.0
+        while not self._stop.is_set():
+            if self.max_messages is not None and seq >= self.max_messages:
+                return
+            seq += 1
+            started = time.time()
+            try:
+                receipt = client.publish(
+                    self.topic, payload_for(name, seq), timeout=self.publish_timeout
+                )
+            except Exception as exc:
+                self.recorder.published(name, seq, self.topic, started, error=exc)
+                logger.info("publish %s/%d: %s", name, seq, exc)
+                self._stop.wait(0.05)
+                continue
+            self.recorder.published(
+                name,
+                seq,
+                self.topic,
+                started,
+                message_ids=receipt.message_ids,
+                reached=receipt.subscribers,
+            )
+            if pause:
+                self._stop.wait(pause)
+
+    def publish_one(self, name: str, seq: int) -> None:
+        """Publish one message synchronously from publisher ``name`` (for
+        scenarios that drive publishes themselves)."""
+        client = self.publishers[name]
+        started = time.time()
+        try:
+            receipt = client.publish(
+                self.topic, payload_for(name, seq), timeout=self.publish_timeout
+            )
+        except Exception as exc:
+            self.recorder.published(name, seq, self.topic, started, error=exc)
+            return
+        self.recorder.published(
+            name,
+            seq,
+            self.topic,
+            started,
+            message_ids=receipt.message_ids,
+            reached=receipt.subscribers,
+        )
+
+    def stop_publishing(self, timeout: float | None = None) -> None:
+        """Stop the publishers and wait for their last publish to return."""
+        self._stop.set()
+        limit = timeout if timeout is not None else self.publish_timeout + 30
+        deadline = time.monotonic() + limit
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            raise TimeoutError(f"publishers still running after {limit:g}s: {alive}")
+
+    @property
+    def publishing(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.05)
+
+    def wait_acked(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until ``n`` more publishes have been acknowledged."""
+        base = self.acked()
+        self.wait_until(lambda: self.acked() >= base + n, timeout, f"{n} acknowledged publishes")
+
+    def acked(self) -> int:
+        return sum(1 for p in self.recorder.history().publishes if p.outcome == "ok")
+
+    # -- the end --------------------------------------------------------------------------
+
+    def drain(self, timeout: float = 60.0) -> list[tuple[str, tuple[str, int]]]:
+        """Wait until every entitled subscriber got every acknowledged
+        message, or ``timeout`` passes; return what is still missing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = missing(self.history())
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
+    def history(self) -> History:
+        for proc in self.processes.values():
+            self.recorder.add_deliveries(proc.collect_new())
+        return self.recorder.history()
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.publish_timeout + 5)
+        for proc in self.processes.values():
+            proc.kill()
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception as exc:  # a broken ensemble must not hide the result
+                logger.info("closing %s: %s", client.client_id, exc)
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+class SubscriberProcess:
+    """A subscriber running in a child process that writes each delivery
+    to a file as a JSON line; :meth:`kill` is SIGKILL."""
+
+    def __init__(
+        self,
+        hosts: str,
+        root: str,
+        topic: str,
+        client_id: str,
+        *,
+        session_timeout: float = 4.0,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.topic = topic
+        self._args = [
+            sys.executable,
+            "-m",
+            "zkpubsub.testing.workload",
+            "subscribe",
+            "--hosts",
+            hosts,
+            "--root",
+            root,
+            "--topic",
+            topic,
+            "--client-id",
+            client_id,
+            "--session-timeout",
+            str(session_timeout),
+        ]
+        base = Path(directory) if directory is not None else Path(_temp_dir())
+        self.out = base / f"{client_id}.jsonl"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._read = 0
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start it; returns when it has subscribed (the time it did)."""
+        self.out.write_bytes(b"")
+        self.process = subprocess.Popen(
+            [*self._args, "--out", str(self.out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        result: list[float] = []
+
+        def read_ready() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            line = self.process.stdout.readline().decode().split()
+            if len(line) == 2 and line[0] == "ready":
+                result.append(float(line[1]))
+
+        reader = threading.Thread(target=read_ready, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not result:
+            self.kill()
+            raise TimeoutError(f"subscriber process {self.client_id} did not subscribe in time")
+        return result[0]
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def collect_new(self) -> list[DeliveryRecord]:
+        """Deliveries written since the last call (complete lines only)."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(self._read)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._read += end
+        out = []
+        for line in data[:end].splitlines():
+            doc = json.loads(line)
+            out.append(
+                DeliveryRecord(
+                    self.client_id, doc["topic"], key_of(doc["payload"]), doc["id"], doc["at"]
+                )
+            )
+        return out
+
+
+def _temp_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="zkpubsub-subproc-")
+
+
+def _subscribe_main(args: argparse.Namespace) -> None:
+    client = Client(
+        args.hosts,
+        root=args.root,
+        client_id=args.client_id,
+        session_timeout=args.session_timeout,
+    )
+    out = open(args.out, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    lock = threading.Lock()
+
+    def on_message(message: Message) -> None:
+        line = json.dumps(
+            {
+                "topic": message.topic,
+                "payload": message.payload,
+                "id": message.id,
+                "at": time.time(),
+            }
+        )
+        with lock:
+            out.write(line.encode() + b"\n")
+
+    client.subscribe(args.topic, on_message)
+    sys.stdout.write(f"ready {time.time()}\n")
+    sys.stdout.flush()
+    threading.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zkpubsub.testing.workload")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sub = commands.add_parser("subscribe", help="subscribe and log each delivery as JSON")
+    sub.add_argument("--hosts", required=True)
+    sub.add_argument("--root", required=True)
+    sub.add_argument("--topic", required=True)
+    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--session-timeout", type=float, default=4.0)
+    sub.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "subscribe":
+        _subscribe_main(args)
+
+
+if __name__ == "__main__":
+    main()
