@@ -12,14 +12,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Final
 
 from kazoo.exceptions import NodeExistsError, NotEmptyError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
-from . import __version__
+from . import __version__, envelope
+from .batcher import Batcher
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LINGER,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_TRANSACTION_BYTES,
     DEFAULT_PREFETCH,
@@ -34,6 +38,7 @@ from .errors import (
     ClientIdInUse,
     ConnectionLost,
     OperationTimeout,
+    PublishTimeout,
     ZkPubSubError,
 )
 from .layout import DEFAULT_ROOT, Layout, validate_name
@@ -91,6 +96,7 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_transaction_bytes: int = DEFAULT_MAX_TRANSACTION_BYTES,
         prefetch: int = DEFAULT_PREFETCH,
+        linger: float = DEFAULT_LINGER,
         registration_wait: float | None = None,
         on_gap: GapListener | None = None,
     ) -> None:
@@ -104,6 +110,7 @@ class Client:
             max_message_bytes=max_message_bytes,
             max_transaction_bytes=max_transaction_bytes,
             prefetch=prefetch,
+            linger=linger,
             serializer=resolve(serializer),
         )
         self.client_id: str = self._config.client_id
@@ -126,6 +133,7 @@ class Client:
         self._notifier = Notifier(f"zkpubsub-listeners-{self.client_id[:12]}")
         self._conn = Connection(hosts, session_timeout=self._config.session_timeout)
         self._publisher = Publisher(self._conn, self._layout, self._config, self.client_id)
+        self._batcher: Batcher | None = None  # made on the first batched publish
         self._conn.add_state_listener(lambda state: self._events.put((state, time.time())))
         wait = registration_wait if registration_wait is not None else 2 * session_timeout
         try:
@@ -256,15 +264,67 @@ class Client:
         items = list(payloads)
         if not items:
             raise ValueError("publish_many needs at least one payload")
+        timeout = self._config.request_timeout if timeout is None else timeout
+        if self._config.linger <= 0:
+            self._check_open()
+            with translated(f"publish to {topic!r}"):
+                return self._publisher.publish(
+                    topic, items, headers, timeout=timeout, require_subscribers=require_subscribers
+                )
+        future = self._submit(topic, items, headers, timeout, require_subscribers)
+        return self._wait(future, timeout)
+
+    def publish_async(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> Future[PublishReceipt]:
+        """Publish without waiting: the returned future resolves to the
+        :class:`PublishReceipt` once ZooKeeper has confirmed the write (a
+        publisher confirm), or to the error :meth:`publish` would raise.
+        Bad input raises here, before anything is queued. Publishes from one
+        thread keep their order; concurrent ones share transactions."""
+        timeout = self._config.request_timeout if timeout is None else timeout
+        return self._submit(topic, [payload], headers, timeout, require_subscribers)
+
+    def _submit(
+        self,
+        topic: str,
+        payloads: list[Any],
+        headers: dict[str, str] | None,
+        timeout: float,
+        require_subscribers: bool,
+    ) -> Future[PublishReceipt]:
         self._check_open()
-        with translated(f"publish to {topic!r}"):
-            return self._publisher.publish(
-                topic,
-                items,
-                headers,
-                timeout=self._config.request_timeout if timeout is None else timeout,
-                require_subscribers=require_subscribers,
-            )
+        entries = self._publisher.entries(topic, payloads, headers)
+        for entry in entries:
+            envelope.check_size(entry, self._config.max_message_bytes)
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(self._publisher, linger=self._config.linger)
+            batcher = self._batcher
+        return batcher.submit(
+            topic,
+            entries,
+            deadline=deadline_after(timeout),
+            require_subscribers=require_subscribers,
+        )
+
+    @staticmethod
+    def _wait(future: Future[PublishReceipt], timeout: float) -> PublishReceipt:
+        try:
+            # The batcher answers by the deadline; the margin only guards it.
+            return future.result(timeout=timeout + 5.0)
+        except FutureTimeout:
+            raise PublishTimeout(
+                "publish not confirmed in time; the outcome is unknown",
+                message_ids=(),
+                reached=0,
+            ) from None
 
     # -- subscribe ------------------------------------------------------------------
 
@@ -433,6 +493,8 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
             cleaner.stop()
+        if self._batcher is not None:
+            self._batcher.close(self._config.request_timeout)
         if self._conn.connected.is_set():
             try:
                 with translated("delete receipts"):

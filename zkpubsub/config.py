@@ -17,6 +17,8 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 DEFAULT_MAX_TRANSACTION_BYTES: Final = 1_000_000
 DEFAULT_MAX_MESSAGE_BYTES: Final = 980_000
 DEFAULT_PREFETCH: Final = 1000
+# Publishes gathered for up to this long go out in one transaction.
+DEFAULT_LINGER: Final = 0.001
 # Bytes one create operation adds to a transaction besides its path and data
 # (multi header, length prefixes, the open ACL, flags).
 CREATE_OP_OVERHEAD: Final = 64
@@ -33,7 +35,8 @@ class ClientConfig:
     Times are in seconds. ``max_message_bytes`` bounds one encoded message
     node; ``max_transaction_bytes`` one ZooKeeper transaction. Both must stay
     below the server's ``jute.maxbuffer``. ``prefetch`` is how many queue
-    nodes a subscription reads ahead of its handler.
+    nodes a subscription reads ahead of its handler. ``linger`` is how long
+    a publish may wait for others to share its transaction (0: never).
     """
 
     hosts: str
@@ -45,6 +48,7 @@ class ClientConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_transaction_bytes: int = DEFAULT_MAX_TRANSACTION_BYTES
     prefetch: int = DEFAULT_PREFETCH
+    linger: float = DEFAULT_LINGER
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class ClientConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(self.linger, (int, float)) or not 0 <= self.linger <= 1:
+            raise ValueError(f"linger must be between 0 and 1 second, not {self.linger!r}")
         for name in ("max_message_bytes", "max_transaction_bytes", "prefetch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

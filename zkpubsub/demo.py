@@ -227,11 +227,9 @@ def run_demo(
                     step(f"{victim.name}'s queue holds {backlog[victim.name]} undelivered node(s)")
                 step(f"waiting for the cleaner to remove {victim.name}'s queue after the grace")
                 deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    if not any(q.client_id == victim.name for q in pub.stats().queues):
-                        break
+                while time.monotonic() < deadline and not cleaner.stats().clients_removed:
                     time.sleep(0.25)
-                else:
+                if any(q.client_id == victim.name for q in pub.stats().queues):
                     failures.append(f"the cleaner did not remove {victim.name}'s queue")
                 stats = cleaner.stats()
                 step(

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .errors import SerializationError
+from .errors import PayloadTooLarge, SerializationError
 from .serializers import Serializer
 
 FORMAT_VERSION: Final = 1
@@ -116,6 +116,37 @@ def encoded_size(entry: Entry) -> int:
 EMPTY_ENVELOPE: Final = len(encode([]))
 # A batch's message array header grows by up to 4 bytes with its length.
 ENVELOPE_OVERHEAD: Final = EMPTY_ENVELOPE + 4
+
+
+def check_size(entry: Entry, limit: int) -> int:
+    """The size of a node holding only ``entry``; :class:`PayloadTooLarge` if
+    that is over ``limit``."""
+    alone = EMPTY_ENVELOPE + encoded_size(entry)
+    if alone > limit:
+        raise PayloadTooLarge(alone, limit)
+    return alone
+
+
+def pack(entries: Sequence[Entry], limit: int) -> list[bytes]:
+    """Entries packed, in order, into as few envelopes of at most ``limit``
+    bytes as they fit in. Raises :class:`PayloadTooLarge` for an entry that
+    does not fit even alone."""
+    nodes: list[bytes] = []
+    group: list[Entry] = []
+    size = ENVELOPE_OVERHEAD
+    for entry in entries:
+        entry_size = check_size(entry, limit) - EMPTY_ENVELOPE
+        if group and size + entry_size > limit:
+            nodes.append(encode(group))
+            group, size = [], ENVELOPE_OVERHEAD
+        group.append(entry)
+        size += entry_size
+    if group:
+        nodes.append(encode(group))
+    for data in nodes:  # the estimate is exact for msgpack, but be sure
+        if len(data) > limit:
+            raise PayloadTooLarge(len(data), limit)
+    return nodes
 
 
 def decode(data: bytes) -> list[Entry]:

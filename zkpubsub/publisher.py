@@ -48,7 +48,6 @@ from .errors import (
     ConnectionLost,
     NoSubscribers,
     OperationTimeout,
-    PayloadTooLarge,
     PublishTimeout,
     ZooKeeperError,
 )
@@ -93,15 +92,14 @@ class Publisher:
 
     # -- building nodes ---------------------------------------------------
 
-    def build_nodes(
+    def entries(
         self, topic: str, payloads: Sequence[Any], headers: dict[str, str] | None
-    ) -> tuple[list[str], list[bytes]]:
-        """Message ids and node data for ``payloads``, packed into as few nodes
-        as ``max_message_bytes`` allows. Nothing is sent."""
+    ) -> list[envelope.Entry]:
+        """Serialized messages for ``payloads``. Nothing is sent; bad input
+        raises here (ValueError, SerializationError)."""
         validate_name(topic, "topic")
         hdrs = envelope.check_headers(headers)
-        limit = self._config.max_message_bytes
-        entries = [
+        return [
             envelope.make_entry(
                 self._config.serializer,
                 topic=topic,
@@ -111,25 +109,14 @@ class Publisher:
             )
             for p in payloads
         ]
-        nodes: list[bytes] = []
-        group: list[envelope.Entry] = []
-        size = envelope.ENVELOPE_OVERHEAD
-        for entry in entries:
-            entry_size = envelope.encoded_size(entry)
-            alone = envelope.EMPTY_ENVELOPE + entry_size  # exact size of a one-message node
-            if alone > limit:
-                raise PayloadTooLarge(alone, limit)
-            if group and size + entry_size > limit:
-                nodes.append(envelope.encode(group))
-                group, size = [], envelope.ENVELOPE_OVERHEAD
-            group.append(entry)
-            size += entry_size
-        if group:
-            nodes.append(envelope.encode(group))
-        for data in nodes:  # the estimate is exact for msgpack, but be sure
-            if len(data) > limit:
-                raise PayloadTooLarge(len(data), limit)
-        return [e.id for e in entries], nodes
+
+    def build_nodes(
+        self, topic: str, payloads: Sequence[Any], headers: dict[str, str] | None
+    ) -> tuple[list[str], list[bytes]]:
+        """Message ids and node data for ``payloads``, packed into as few nodes
+        as ``max_message_bytes`` allows. Nothing is sent."""
+        entries = self.entries(topic, payloads, headers)
+        return [e.id for e in entries], envelope.pack(entries, self._config.max_message_bytes)
 
     # -- the subscriber list ------------------------------------------------
 
@@ -183,6 +170,20 @@ class Publisher:
         require_subscribers: bool,
     ) -> PublishReceipt:
         ids, nodes = self.build_nodes(topic, payloads, headers)
+        return self.publish_nodes(
+            topic, ids, nodes, timeout=timeout, require_subscribers=require_subscribers
+        )
+
+    def publish_nodes(
+        self,
+        topic: str,
+        ids: list[str],
+        nodes: list[bytes],
+        *,
+        timeout: float | None,
+        require_subscribers: bool,
+    ) -> PublishReceipt:
+        """Fan ``nodes`` out (split over several transactions if need be)."""
         deadline = deadline_after(timeout)
         reached: set[str] = set()
         transactions = 0
