@@ -186,3 +186,26 @@ def test_publishes_time_out_while_zookeeper_is_unreachable_and_close_never_hangs
         closer.join(60)
         assert not closer.is_alive()
         assert pending.done()  # confirmed, or failed: not left hanging
+
+
+def test_many_threads_publishing_async_as_fast_as_they_can(make_client: MakeClient) -> None:
+    collector = Collector()
+    make_client().subscribe("flood", collector)
+    publisher = make_client()
+    threads, each = 4, 2500
+    futures: list[list[object]] = [[] for _ in range(threads)]
+
+    def flood(n: int) -> None:
+        for i in range(each):
+            futures[n].append(publisher.publish_async("flood", [n, i]))
+
+    workers = [threading.Thread(target=flood, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    receipts = [f.result(timeout=120) for fs in futures for f in fs]  # type: ignore[attr-defined]
+    assert {r.subscribers for r in receipts} == {1}
+    got = collector.wait(threads * each, 120)
+    for n in range(threads):
+        assert [i for m, i in got if m == n] == list(range(each))

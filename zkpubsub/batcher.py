@@ -215,7 +215,8 @@ class Batcher:
         return view
 
     def _send(self, topic: str, lane: _Lane) -> None:
-        deadline = self._batch_deadline(lane.pending)
+        with self._cond:  # publishers append to the lane meanwhile
+            deadline = self._batch_deadline(list(lane.pending))
         try:
             view = self._view(topic, lane, deadline)
             if not [s for s in view.subscribers if s not in lane.excluded]:
