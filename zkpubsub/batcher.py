@@ -179,7 +179,7 @@ class Batcher:
             if self._closing or now >= due or self._linger <= 0:
                 return topic, 0.0
             wait = min(wait, due - now)
-        return None, max(wait, 0.0005)
+        return None, max(wait, 0.0001)
 
     def _take(self, lane: _Lane, view: TopicView, topic: str) -> list[_Request]:
         """The requests of the next transaction: as many as fit with every

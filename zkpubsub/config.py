@@ -18,7 +18,7 @@ DEFAULT_MAX_TRANSACTION_BYTES: Final = 1_000_000
 DEFAULT_MAX_MESSAGE_BYTES: Final = 980_000
 DEFAULT_PREFETCH: Final = 1000
 # Publishes gathered for up to this long go out in one transaction.
-DEFAULT_LINGER: Final = 0.001
+DEFAULT_LINGER: Final = 0.0002
 # Bytes one create operation adds to a transaction besides its path and data
 # (multi header, length prefixes, the open ACL, flags).
 CREATE_OP_OVERHEAD: Final = 64

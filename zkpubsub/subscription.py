@@ -28,17 +28,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from kazoo.exceptions import NoNodeError, RolledBackError, RuntimeInconsistency
+from kazoo.exceptions import KazooException, NoNodeError
 
 from . import envelope
-from .connection import deadline_after
+from .connection import deadline_after, first_error, remaining
 from .errors import (
     ClientClosed,
     ConnectionLost,
     DecodeError,
     OperationTimeout,
     ZkPubSubError,
-    ZooKeeperError,
 )
 from .layout import join, order_names
 from .message import Message
@@ -54,8 +53,8 @@ Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
 
 SAFETY_RELIST_INTERVAL: Final = 30.0
+DELETE_RETRY: Final = 0.5
 DELETE_BATCH: Final = 500
-_TOLERATED: Final = (NoNodeError, RolledBackError, RuntimeInconsistency)
 
 
 def log_error(error: BaseException, message: Message | None) -> None:
@@ -143,6 +142,7 @@ class Subscription:
         self._wake = threading.Event()
         self._closed = False
         self._pump_stop = False
+        self._retry_deletes = False
         self._counters = _Counters()
         self._pump = threading.Thread(
             target=self._pump_loop, name=f"zkpubsub-pump-{topic}", daemon=True
@@ -331,8 +331,10 @@ class Subscription:
         backoff = 0.05
         last_list = 0.0
         while True:
-            self._wake.wait(SAFETY_RELIST_INTERVAL)
+            # Deletes that found no connection are tried again soon.
+            self._wake.wait(DELETE_RETRY if self._retry_deletes else SAFETY_RELIST_INTERVAL)
             self._wake.clear()
+            self._retry_deletes = False
             if self._pump_stop:
                 break
             try:
@@ -496,39 +498,75 @@ class Subscription:
         return out
 
     def _flush_deletes(self, wait: bool = False) -> None:
+        """Send the deletes of handled nodes, in transactions, without waiting
+        for them (unless ``wait``): their answers only do bookkeeping, so the
+        pump goes on listing and fetching meanwhile."""
         with self._cond:
             names, self._to_delete = self._to_delete, []
         if not names:
             return
         kazoo = self._conn.kazoo
-        pending = []
+        answered = []
         for i in range(0, len(names), DELETE_BATCH):
             batch = names[i : i + DELETE_BATCH]
-            txn = kazoo.transaction()
-            for name in batch:
-                txn.delete(join(self._path, name))
-            pending.append((batch, txn.commit_async()))
-        deadline = self._deadline()
-        for batch, request in pending:
+            done = threading.Event()
             try:
-                results = self._conn.result(request, deadline, f"delete from {self._path}")
-            except (ConnectionLost, OperationTimeout):
-                with self._cond:
-                    self._to_delete.extend(batch)
-                raise
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed and not all(isinstance(r, _TOLERATED) for r in failed):
-                with self._cond:
-                    self._to_delete.extend(batch)
-                raise ZooKeeperError(f"delete from {self._path}: {failed!r}")
-            if failed:  # one node was gone: delete the rest one by one
+                txn = kazoo.transaction()
                 for name in batch:
-                    self._conn.delete(join(self._path, name), deadline)
-            with self._cond:
-                for name in batch:
-                    self._active.pop(name, None)
-                    self._deleted.add(name)
-                self._counters.nodes_deleted += len(batch)
+                    txn.delete(join(self._path, name))
+                txn.commit_async().rawlink(
+                    lambda r, b=batch, d=done: self._deletes_answered(b, r, d)
+                )
+            except KazooException:  # the client is closing: they stay queued
+                self._requeue_deletes(batch)
+                continue
+            answered.append(done)
+        if wait:
+            deadline = self._deadline()
+            for done in answered:
+                done.wait(remaining(deadline))
+
+    def _deletes_answered(self, batch: list[str], result: Any, done: threading.Event) -> None:
+        """A delete transaction's answer (kazoo's thread: bookkeeping only)."""
+        try:
+            try:
+                results = result.get()
+            except KazooException:  # no answer: try again once connected
+                self._requeue_deletes(batch)
+                return
+            if first_error(results)[1] is None:
+                self._mark_deleted(batch)
+                return
+            # One node was gone already (the cleaner, a retried delete): the
+            # rest go one by one, each answer doing its own bookkeeping.
+            for name in batch:
+                self._conn.kazoo.delete_async(join(self._path, name)).rawlink(
+                    lambda r, n=name: self._delete_answered(n, r)
+                )
+        finally:
+            done.set()
+
+    def _delete_answered(self, name: str, result: Any) -> None:  # kazoo's thread
+        try:
+            result.get()
+        except NoNodeError:
+            pass
+        except KazooException:
+            self._requeue_deletes([name])
+            return
+        self._mark_deleted([name])
+
+    def _mark_deleted(self, names: list[str]) -> None:
+        with self._cond:
+            for name in names:
+                self._active.pop(name, None)
+                self._deleted.add(name)
+            self._counters.nodes_deleted += len(names)
+
+    def _requeue_deletes(self, names: list[str]) -> None:
+        with self._cond:
+            self._to_delete.extend(names)
+            self._retry_deletes = True
 
     # -- shutdown -------------------------------------------------------------------------
 
