@@ -172,3 +172,14 @@ def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) ->
     assert json.loads(out)["payload"] == "b"
     code, out = run(zk_hosts, zk_root, "queue", "reserve", "jobs", "--timeout", "0.2")
     assert code != 0 and "no item" in out
+
+
+def test_bench_passes_its_arguments_to_the_benchmarks(tmp_path: Path) -> None:
+    # as a user would, from anywhere, through the installed console script
+    script = Path(sys.executable).parent / "zkpubsub"
+    proc = subprocess.Popen(
+        [str(script), "bench", "--help"], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "--quick" in out and "--only" in out

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -463,6 +464,26 @@ def queue_replay(ctx: Context, name: str, ids: Sequence[str]) -> None:
     with ctx.client() as client:
         count = client.queue(name).replay(list(ids) or None)
     click.echo(f"replayed {count} item(s)")
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: Sequence[str]) -> None:
+    """Run the benchmarks (from a source checkout; --help for their options)."""
+    checkout = Path(__file__).resolve().parent.parent  # an editable install's repository
+    if (checkout / "benchmarks" / "runner.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from benchmarks import main as run_benchmarks
+    except ImportError as exc:
+        raise click.ClickException(
+            "the benchmarks live in the source repository's benchmarks/ folder: run this "
+            "from a checkout, with the bench extra installed (pip install -e '.[bench]')"
+        ) from exc
+    sys.exit(run_benchmarks(list(args)))
 
 
 @main.command()
