@@ -54,6 +54,7 @@ ErrorHandler = Callable[[BaseException, "Message | None"], Any]
 
 SAFETY_RELIST_INTERVAL: Final = 30.0
 DELETE_RETRY: Final = 0.5
+RELIST_WHILE_BUSY: Final = 1.0
 DELETE_BATCH: Final = 500
 
 
@@ -339,7 +340,13 @@ class Subscription:
                 break
             try:
                 self._flush_deletes()
-                if self._relist or time.monotonic() - last_list > SAFETY_RELIST_INTERVAL:
+                since = time.monotonic() - last_list
+                # Names not seen yet are newer than every name listed, so
+                # while listed ones wait to be fetched, listing again (the
+                # whole backlog) can wait too, for a while.
+                if (self._relist and (not self._unfetched or since > RELIST_WHILE_BUSY)) or (
+                    since > SAFETY_RELIST_INTERVAL
+                ):
                     self._relist = False
                     self._list()
                     last_list = time.monotonic()
