@@ -46,6 +46,7 @@ from .errors import (
 from .layout import new_guid
 from .message import PublishReceipt
 from .publisher import Publisher, TopicView
+from .receipts import landed
 
 logger = logging.getLogger(__name__)
 
@@ -323,14 +324,13 @@ class Batcher:
         self._publisher.lookups += 1
         try:
             conn.wait_connected(deadline, f"publish to {topic!r}")
-            conn.sync(flight.receipt, deadline)
-            landed = conn.exists(flight.receipt, deadline)
+            applied = landed(conn, flight.receipt, deadline)
         except (ConnectionLost, OperationTimeout, ClientClosed) as exc:
             lane.flight = None
             for request in flight.requests:
                 _fail(request, _timeout(request, f"answer lost and not recovered ({exc})"))
             return
-        if landed:
+        if applied:
             self._succeeded(topic, lane, flight)
             return
         lane.flight = None

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .layout import Layout, new_guid, validate_name
 from .message import PublishReceipt
-from .receipts import ReceiptJanitor
+from .receipts import ReceiptJanitor, landed
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
@@ -305,8 +305,7 @@ class Publisher:
             except ConnectionLost:
                 # It may or may not have been applied: look before writing again.
                 self.lookups += 1
-                conn.sync(receipt, deadline)
-                if conn.exists(receipt, deadline):
+                if landed(conn, receipt, deadline):
                     self.janitor.add(receipt)
                     return "ok", ""
                 continue

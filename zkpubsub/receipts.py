@@ -33,6 +33,14 @@ FLUSH_AT: Final = 200
 FLUSH_AFTER: Final = 1.0
 
 
+def landed(conn: Connection, receipt: str, deadline: float | None) -> bool:
+    """After a lost answer: whether the transaction that creates ``receipt``
+    was applied. ``sync`` first, so that a transaction the leader applied
+    before the connection dropped is visible to this server."""
+    conn.sync(receipt, deadline)
+    return conn.exists(receipt, deadline)
+
+
 class ReceiptJanitor:
     """Deletes confirmed receipts in batched, pipelined transactions.
 

@@ -72,6 +72,7 @@ from .layout import (
     parse_item_node,
     validate_name,
 )
+from .receipts import landed
 
 if TYPE_CHECKING:
     from .client import Client
@@ -455,8 +456,7 @@ class WorkQueue:
             try:
                 results = self._commit(txn, deadline, f"put to queue {self.name!r}")
             except ConnectionLost:
-                self._conn.sync(receipt, deadline)
-                if self._conn.exists(receipt, deadline):
+                if landed(self._conn, receipt, deadline):
                     break
                 continue
             _, error = first_error(results)
@@ -722,8 +722,7 @@ class WorkQueue:
                     try:
                         results = self._commit(txn, deadline, "ack")
                     except ConnectionLost:
-                        self._conn.sync(receipt, deadline)
-                        if self._conn.exists(receipt, deadline):
+                        if landed(self._conn, receipt, deadline):
                             self._client._publisher.janitor.add(receipt)
                             break
                         continue
@@ -904,8 +903,7 @@ class WorkQueue:
                     try:
                         results = self._commit(txn, deadline, "replay")
                     except ConnectionLost:
-                        self._conn.sync(receipt, deadline)
-                        if self._conn.exists(receipt, deadline):
+                        if landed(self._conn, receipt, deadline):
                             count += 1
                             break
                         continue
