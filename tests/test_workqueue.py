@@ -13,6 +13,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import (
     Client,
+    ClientClosed,
     ClientState,
     Item,
     ItemFailed,
@@ -61,6 +62,18 @@ def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
     with pytest.raises(ValueError):
         q.reserve_many(0)
     assert len(q) == 0  # nothing was enqueued by the failed calls
+
+
+def test_a_queue_handle_is_true_without_asking_the_server(make_client: MakeClient) -> None:
+    """``if queue:`` must not be a network call (through ``__len__`` it
+    would be, and it would raise while the ensemble is away)."""
+    client = make_client()
+    q = client.queue("truth")
+    assert len(q) == 0
+    client.close()
+    with pytest.raises(ClientClosed):
+        len(q)
+    assert q
 
 
 def test_an_empty_reserve_returns_none_after_the_timeout(make_client: MakeClient) -> None:
@@ -465,8 +478,57 @@ def test_ack_many_acks_in_one_go_and_names_a_lost_reservation(make_client: MakeC
     with pytest.raises(ReservationLost) as info:
         q.ack_many(rest)
     assert info.value.item_id == rest[1].id
+    assert info.value.item_ids == (rest[1].id,)
     assert len(q) == 1  # only the item the other worker holds is left
     taken.ack()
+
+
+def test_ack_many_names_every_lost_reservation(make_client: MakeClient) -> None:
+    client = make_client()
+    q = client.queue("batch")
+    q.put_many(range(4))
+    held = q.reserve_many(4, timeout=5)
+    assert [i.payload for i in held] == [0, 1, 2, 3]
+    expire_session(client)  # every reservation goes with the session
+    other = make_client().queue("batch")
+    retaken = other.reserve_many(4, timeout=5)
+    assert sorted(i.payload for i in retaken) == [0, 1, 2, 3]
+    retaken[0].ack()  # the first is gone, the other three are held by `other`
+    with pytest.raises(ReservationLost) as info:
+        q.ack_many(held)
+    assert set(info.value.item_ids) == {i.id for i in held}
+    assert all(i.id in str(info.value) for i in held)
+    assert len(other) == 3  # the zombie changed nothing
+    other.ack_many(retaken[1:])
+    assert len(other) == 0
+
+
+def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(
+    make_client: MakeClient,
+) -> None:
+    """Two workers of one client share its session: after a lost answer a
+    worker must recognise its own reservation by its name, not the session."""
+    client = make_client()
+    mine, sibling = client.queue("shared"), client.queue("shared")
+    mine.put("one")
+    assert mine._refresh(mine._deadline())
+    (name,) = list(mine._candidates)
+    data, stat = mine._get(mine._paths.item(name), mine._deadline())
+    entry, payload = mine._decode_item(name, data)
+    # Our reserve transaction never reached the server; the sibling took the item.
+    taken = sibling.reserve(5)
+    assert taken is not None and taken.id == entry.id
+    tried = [(name, data, stat.version, entry, payload)]
+    assert mine._reserved_after_loss(tried, mine._deadline()) == []
+    # ... and when it was ours after all, it is recognised.
+    taken.release()
+    again = mine.reserve(5)
+    assert again is not None and again.id == entry.id and again.attempts == 2
+    tried = [(name, data, again.attempts - 1, entry, payload)]
+    (recovered,) = mine._reserved_after_loss(tried, mine._deadline())
+    assert recovered.id == entry.id and recovered.attempts == 2
+    again.ack()
+    assert len(mine) == 0
 
 
 def test_consume_with_prefetch_handles_every_item_once(make_client: MakeClient) -> None:

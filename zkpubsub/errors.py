@@ -127,13 +127,17 @@ class ReservationLost(ZkPubSubError):
     be in another worker's hands; acking or releasing it is refused.
     """
 
-    def __init__(self, queue: str, item_id: str) -> None:
+    def __init__(self, queue: str, item_id: str, *, item_ids: tuple[str, ...] = ()) -> None:
+        ids = item_ids or (item_id,)
+        what = f"item {item_id}" if len(ids) == 1 else f"items {', '.join(ids)}"
         super().__init__(
-            f"reservation of item {item_id} in queue {queue!r} was lost; "
+            f"reservation of {what} in queue {queue!r} was lost; "
             "it may have been handed to another worker"
         )
         self.queue = queue
         self.item_id = item_id
+        #: every item whose reservation was lost (``ack_many`` may lose several)
+        self.item_ids = ids
 
 
 class ItemFailed(ZkPubSubError):

@@ -31,7 +31,8 @@ every worker competes for them. Guarantees, each enforced by the server:
   a reserved item never blocks the ones behind it.
 * **Priorities.** 0 to 999, lower first, first in first out within a priority
   (exactly so for a single worker; several workers take neighbouring items
-  at the same time).
+  at the same time; a worker working through a backlog lists the queue again
+  at most once a second, so an urgent item put meanwhile waits that long).
 * **Results.** ``put(..., want_result=True)`` returns a :class:`Ticket`;
   ``item.ack(result=...)`` writes the result in the ack transaction;
   ``ticket.wait()`` reads and removes it. Unread results are removed by the
@@ -83,9 +84,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_PRIORITY: Final = 100
 DEFAULT_MAX_ATTEMPTS: Final = 5
 RECORD_VERSION: Final = 1
-# After a change is seen (a put, a release), a worker's list of candidates is
-# read again before its next reserve, but not more often than this.
+# After a change is seen (a put, a release), a worker reads its list of
+# candidates again before its next reserve, but not more often than this; and
+# while it still has candidates in hand, not more often than RELIST_WHILE_BUSY:
+# listing a long backlog costs the server and the worker more than the items
+# put meanwhile are worth (they come after those in hand, unless their
+# priority is higher: such an item waits a second at most).
 MIN_RELIST_INTERVAL: Final = 0.05
+RELIST_WHILE_BUSY: Final = 1.0
 _ERROR_TEXT_LIMIT: Final = 2000
 
 
@@ -487,8 +493,10 @@ class WorkQueue:
             while True:
                 self._check_open()
                 request_deadline = self._deadline()
-                if self._stale and time.monotonic() - self._listed_at >= MIN_RELIST_INTERVAL:
-                    self._refresh(request_deadline)  # something was put or released
+                if self._stale:  # something was put or released
+                    since = time.monotonic() - self._listed_at
+                    if since >= (RELIST_WHILE_BUSY if self._candidates else MIN_RELIST_INTERVAL):
+                        self._refresh(request_deadline)
                 with self._lock:
                     batch = [
                         self._candidates.popleft() for _ in range(min(limit, len(self._candidates)))
@@ -578,7 +586,13 @@ class WorkQueue:
             try:
                 results = self._commit(txn, deadline, "reserve")
             except ConnectionLost:
-                return self._reserved_after_loss(ready, deadline)
+                ours = self._reserved_after_loss(ready, deadline)
+                taken = {item._name for item in ours}
+                with self._lock:  # the others are still first in line
+                    self._candidates.extendleft(
+                        reversed([name for name, *_ in ready if name not in taken])
+                    )
+                return ours
             index, error = first_error(results)
             if error is None:
                 return [
@@ -594,21 +608,30 @@ class WorkQueue:
     def _reserved_after_loss(
         self, tried: list[tuple[str, bytes, int, envelope.Entry, Any]], deadline: float | None
     ) -> list[Item]:
-        """After a lost answer: the items whose reservation is ours."""
-        paths = self._paths
-        session = self._conn.session_id
+        """After a lost answer: the items whose reservation is ours. Another
+        worker of the same client shares our session, so a reservation is
+        ours only if it also names this worker."""
         ours = []
         for name, _, version, entry, payload in tried:
-            held = self._stat(paths.reservation(name), deadline)
-            item = self._stat(paths.item(name), deadline)
-            if (
-                held is not None
-                and held.ephemeralOwner == session
-                and item is not None
-                and item.version == version + 1
-            ):
+            if self._holds(name, version + 1, deadline):
                 ours.append(self._item(name, version + 1, entry, payload))
         return ours
+
+    def _holds(self, name: str, token: int, deadline: float | None) -> bool:
+        """Whether this worker holds ``name`` at data version ``token``."""
+        paths = self._paths
+        try:
+            data, held = self._get(paths.reservation(name), deadline)
+        except NoNodeError:
+            return False
+        if held.ephemeralOwner != self._conn.session_id:
+            return False
+        try:
+            worker = msgpack.unpackb(data, raw=False).get("worker")
+        except Exception:
+            return False
+        item = self._stat(paths.item(name), deadline)
+        return worker == self.worker_id and item is not None and item.version == token
 
     def _get(self, path: str, deadline: float | None) -> tuple[bytes, Any]:
         kazoo = self._conn.kazoo
@@ -674,7 +697,7 @@ class WorkQueue:
         """Ack several items in one transaction (one result each, or none).
         Each is checked as :meth:`Item.ack` checks it; if some reservations
         were lost, the others are still acked and :class:`ReservationLost`
-        names the first lost one."""
+        names every lost one (``item_ids``)."""
         if results is not None and len(results) != len(items):
             raise ValueError("give one result per item")
         pairs = list(zip(items, results or [None] * len(items), strict=True))
@@ -691,7 +714,7 @@ class WorkQueue:
         for item, _ in pairs:
             item._finished = True
         if lost:
-            raise ReservationLost(self.name, lost[0].id)
+            raise ReservationLost(self.name, lost[0].id, item_ids=tuple(i.id for i in lost))
 
     def _ack_all(self, pairs: list[tuple[Item, Any]]) -> list[Item]:
         """Ack in as few transactions as fit; returns the items whose
@@ -765,10 +788,11 @@ class WorkQueue:
                 try:
                     results = self._commit(txn, deadline, "release")
                 except ConnectionLost:
-                    held = self._stat(paths.reservation(item._name), deadline)
-                    if held is not None and held.ephemeralOwner == self._conn.session_id:
+                    if self._holds(item._name, item._token, deadline):
                         continue  # still ours: the release did not happen
-                    return  # released, or gone with the session (which releases too)
+                    # Released (perhaps reserved again since, even by a worker
+                    # sharing our session), or gone with the session.
+                    return
                 if first_error(results)[1] is None:
                     # It is available again: read the list anew before the next reserve.
                     self._stale, self._listed_at = True, 0.0
@@ -811,6 +835,11 @@ class WorkQueue:
         self._bury(name, data, stat.version, "not a zkpubsub work item", None, deadline)
 
     # -- looking at the queue ----------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        """A queue handle is always true: ``if queue:`` asks nothing of the
+        server (``len(queue)`` does)."""
+        return True
 
     def __len__(self) -> int:
         """Items not yet acked (ready or reserved)."""
