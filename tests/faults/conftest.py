@@ -21,11 +21,18 @@ import pytest
 
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.faults import PeerMesh
-from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
+from zkpubsub.testing.report import (
+    QueueScenarioResult,
+    ScenarioResult,
+    markdown_table,
+    text_table,
+    write_section,
+)
 
-from .scenarios import REPORT_ENV, REPORT_PREAMBLE, ScenarioRecorder
+from .scenarios import QUEUE_REPORT_TEXT, REPORT_ENV, REPORT_PREAMBLE, ScenarioRecorder
 
 _RESULTS: list[ScenarioResult] = []
+_QUEUE_RESULTS: list[QueueScenarioResult] = []
 
 
 def _local_processes_allowed() -> bool:
@@ -115,24 +122,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest) -> ScenarioRecorder:
     """Collects this scenario's figures for the session's table."""
-    return ScenarioRecorder(_RESULTS, started=time.monotonic())
+    return ScenarioRecorder(_RESULTS, started=time.monotonic(), queue_results=_QUEUE_RESULTS)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _RESULTS:
+    if not (_RESULTS or _QUEUE_RESULTS):
         return
     terminalreporter.section("reliability (fault scenarios)")
-    terminalreporter.write_line(text_table(_RESULTS))
+    if _RESULTS:
+        terminalreporter.write_line(text_table(_RESULTS))
+    if _QUEUE_RESULTS:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(text_table(_QUEUE_RESULTS))
     target = os.environ.get(REPORT_ENV)
-    if target:
+    if not target:
+        return
+    cores = os.cpu_count()
+    if _RESULTS:
         total = sum(r.seconds for r in _RESULTS)
         body = (
             "## Default suite (short variants)\n\n"
             "Produced by running the default test suite with the report "
             "switched on: `ZKPUBSUB_RELIABILITY_REPORT=docs/reliability.md pytest tests` "
             f"({len(_RESULTS)} scenarios, {total:.0f} s of scenario wall time on a "
-            f"machine with {os.cpu_count()} CPU cores shared with other work).\n\n"
+            f"machine with {cores} CPU cores shared with other work).\n\n"
             + markdown_table(_RESULTS)
         )
         write_section(Path(target), "suite", body, preamble=REPORT_PREAMBLE)
-        terminalreporter.write_line(f"written to {target}")
+    if _QUEUE_RESULTS:
+        total = sum(r.seconds for r in _QUEUE_RESULTS)
+        body = (
+            "## Work queue, default suite (short variants)\n\n"
+            "From the same run "
+            f"({len(_QUEUE_RESULTS)} scenarios, {total:.0f} s of scenario wall time, "
+            f"{cores} CPU cores).\n\n" + QUEUE_REPORT_TEXT + "\n\n" + markdown_table(_QUEUE_RESULTS)
+        )
+        write_section(Path(target), "queue", body, preamble=REPORT_PREAMBLE)
+    terminalreporter.write_line(f"written to {target}")

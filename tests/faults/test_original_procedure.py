@@ -4,9 +4,11 @@ The original: five servers on one host; a loop finds the leader, kills it
 with SIGKILL, wipes its data directory and starts it again five seconds
 later, every fifteen seconds; meanwhile 500 items are written, then read
 back by one consumer, which checks that each value is the previous one
-plus one. Here the items are messages on a topic with one durable
-subscriber that reads them back with ``get()``; the period is scaled down
-(restart after 1.5 s, a kill every 3 s) and the count is checked too.
+plus one. It is reproduced twice: on the work queue (items put, then
+reserved and acked by one worker), and with the items as messages on a
+topic with one subscriber that reads them back with ``get()``. The period
+is scaled down (restart after 1.5 s, a kill every 3 s) and the count is
+checked too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from zkpubsub import Client
 from zkpubsub.testing.checker import check, strictly_increasing
 from zkpubsub.testing.faults import FaultInjector, Nemesis
 from zkpubsub.testing.history import Recorder
+from zkpubsub.testing.queue_checker import check_queue
+from zkpubsub.testing.queue_history import QueueRecorder
 
 from .scenarios import SESSION_TIMEOUT
 
@@ -39,6 +43,18 @@ def kill_wipe_restart(injector: FaultInjector, stop: threading.Event) -> None:
         stop.wait(RESTART_AFTER)  # the original waits 5 s before the restart
         injector.start(leader)
         stop.wait(PERIOD - RESTART_AFTER)
+
+
+def assert_read_back(injector: FaultInjector, values: list[int], extra: object) -> None:
+    """The original's checks: every value, each the previous plus one, no more."""
+    kills = injector.log.count("kill -9")
+    assert kills >= 3, f"only {kills} leader kills"
+    assert injector.log.count("wipe data dir") == kills
+    increasing, why = strictly_increasing(values)
+    assert increasing, why
+    assert values[:1] == [1]
+    assert len(values) == ITEMS
+    assert extra is None
 
 
 def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario):
@@ -85,13 +101,60 @@ def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario)
         result,
         faults=len(injector.log.events()),
     )
-    kills = injector.log.count("kill -9")
-    assert kills >= 3, f"only {kills} leader kills"
-    assert injector.log.count("wipe data dir") == kills
+    assert_read_back(injector, values, extra)
     assert result.acked == ITEMS, result.describe()
-    increasing, why = strictly_increasing(values)
-    assert increasing, why
-    assert values[:1] == [1]
-    assert len(values) == ITEMS
-    assert extra is None
     assert result.ok and result.lost == 0 and result.duplicates == 0, result.describe()
+
+
+def test_original_procedure_on_the_work_queue(ensemble, scenario):
+    ens = ensemble(5)
+    injector = FaultInjector(ens.cluster)
+    recorder = QueueRecorder()
+    options = {"root": "/original-queue", "session_timeout": SESSION_TIMEOUT}
+    options["request_timeout"] = 30.0
+    reader = Client(ens.cluster.hosts, client_id="consumer", **options)
+    writer = Client(ens.cluster.hosts, client_id="producer", **options)
+    nemesis = Nemesis(lambda stop: kill_wipe_restart(injector, stop))
+    values: list[int] = []
+    try:
+        produce, consume = writer.queue("items"), reader.queue("items")
+        nemesis.start()
+        for value in range(1, ITEMS + 1):
+            started = time.time()
+            try:
+                item_id = produce.put({"p": "producer", "s": value}, timeout=60.0)
+            except Exception as exc:  # recorded; the checks below then fail
+                recorder.put("producer", value, started, error=exc)
+                continue
+            recorder.put("producer", value, started, item_id=item_id)
+            time.sleep(PACE)  # pacing of the writer, not a synchronisation
+        # read back while the leader keeps dying
+        deadline = time.monotonic() + 120
+        while len(values) < ITEMS and time.monotonic() < deadline:
+            item = consume.reserve(timeout=1.0)
+            if item is None:
+                continue
+            hold = recorder.reserved(
+                "consumer", item.id, ("producer", item.payload["s"]), item.attempts
+            )
+            recorder.handled(hold)
+            values.append(item.payload["s"])
+            item.ack()
+            recorder.finished(hold, "acked")
+        extra = consume.reserve(timeout=1.0)  # nothing beyond the count
+        nemesis.stop()
+        nemesis.join(60)
+        injector.wait_healthy()
+    finally:
+        nemesis.stop()
+        reader.close()
+        writer.close()
+    result = check_queue(recorder.history())
+    scenario.record_queue(
+        "original procedure on the queue (5 servers, kill -9 + wipe leader)",
+        result,
+        faults=len(injector.log.events()),
+    )
+    assert_read_back(injector, values, extra)
+    assert result.acked == ITEMS, result.describe()
+    assert result.ok and result.done == ITEMS and result.redelivered == 0, result.describe()

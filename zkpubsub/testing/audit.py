@@ -16,14 +16,23 @@ its own, waiting up to a deadline for those to hold.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from ..cleaner import Cleaner
 from ..layout import Layout, join, order_by_sequence, parse_candidate_node
+
+
+class _Verdict(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+A = TypeVar("A", bound=_Verdict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,23 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
     )
 
 
+def poll(hosts: str, look_once: Callable[[KazooClient], A], *, timeout: float) -> A:
+    """Look at the tree through a client of its own until the look is
+    ``ok`` or ``timeout`` seconds pass; return the last look."""
+    zk = KazooClient(hosts=hosts, timeout=10.0)
+    zk.start(timeout=30)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            audit = look_once(zk)
+            if audit.ok or time.monotonic() > deadline:
+                return audit
+            time.sleep(0.25)
+    finally:
+        zk.stop()
+        zk.close()
+
+
 def audit_convergence(
     hosts: str,
     root: str,
@@ -97,18 +123,11 @@ def audit_convergence(
     """Wait up to ``timeout`` seconds for the rules to hold; return the last
     look (check ``.ok``). Asks the leading cleaner to sweep while waiting."""
     layout = Layout(root)
-    zk = KazooClient(hosts=hosts, timeout=10.0)
-    zk.start(timeout=30)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            for cleaner in cleaners:
-                if cleaner.is_leader:
-                    cleaner.sweep_now()
-            audit = look(zk, layout, cleaners)
-            if audit.ok or time.monotonic() > deadline:
-                return audit
-            time.sleep(0.25)
-    finally:
-        zk.stop()
-        zk.close()
+
+    def sweep_and_look(zk: KazooClient) -> Audit:
+        for cleaner in cleaners:
+            if cleaner.is_leader:
+                cleaner.sweep_now()
+        return look(zk, layout, cleaners)
+
+    return poll(hosts, sweep_and_look, timeout=timeout)

@@ -11,8 +11,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from .checker import CheckResult
+from .queue_checker import QueueCheckResult
 
 COLUMNS = ("attempted", "acked", "unknown", "delivered", "lost", "duplicates")
 EXTRA_COLUMNS = ("failed", "unexpected", "order_violations", "recovered")
@@ -53,32 +55,97 @@ HEADER = [
     "seconds",
 ]
 
+QUEUE_COLUMNS = (
+    "attempted",
+    "acked",
+    "unknown",
+    "reserved",
+    "done",
+    "lost",
+    "unexpected",
+    "put_duplicates",
+    "double_acks",
+    "double_holds",
+    "duplicates",
+    "redelivered",
+    "rejected",
+)
 
-def _order(result: ScenarioResult) -> tuple[int, str]:
+
+@dataclass(frozen=True, slots=True)
+class QueueScenarioResult:
+    """One work-queue scenario's figures (see ``queue_checker``)."""
+
+    name: str
+    check: QueueCheckResult
+    faults: int = 0
+    seconds: float = 0.0
+    audit_ok: bool | None = None
+    notes: dict[str, int] = field(default_factory=dict)
+
+    def row(self) -> list[str]:
+        audit = "-" if self.audit_ok is None else ("ok" if self.audit_ok else "FAILED")
+        return [
+            self.name,
+            *[str(getattr(self.check, c)) for c in QUEUE_COLUMNS],
+            str(self.faults),
+            str(self.notes.get("sessions lost", 0)),
+            audit,
+            f"{self.seconds:.0f}",
+        ]
+
+
+QUEUE_HEADER = [
+    "scenario",
+    *(c.replace("_", " ") for c in QUEUE_COLUMNS),
+    "faults",
+    "sessions lost",
+    "audit",
+    "seconds",
+]
+
+
+class Row(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def row(self) -> list[str]: ...
+
+
+R = TypeVar("R", bound=Row)
+
+
+def _order(result: Row) -> tuple[int, str]:
     """Numbered scenarios first, by number (``"8a ..."`` is 8), then the rest."""
-    head = result.name.split(" ", 1)[0]
+    name = result.name.removeprefix("Q")
+    head = name.split(" ", 1)[0]
     digits = "".join(ch for ch in head if ch.isdigit())
     return (int(digits) if digits and head[0].isdigit() else 10**6, result.name)
 
 
-def ordered(results: Iterable[ScenarioResult]) -> list[ScenarioResult]:
+def ordered(results: Iterable[R]) -> list[R]:
     return sorted(results, key=_order)
 
 
-def markdown_table(results: Sequence[ScenarioResult]) -> str:
-    results = ordered(results)
+def _header_of(results: Sequence[Row]) -> list[str]:
+    return QUEUE_HEADER if results and isinstance(results[0], QueueScenarioResult) else HEADER
+
+
+def markdown_table(results: Sequence[Row]) -> str:
+    header = _header_of(results)
     lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|---|" + "|".join("---:" for _ in HEADER[1:]) + "|",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "|".join("---:" for _ in header[1:]) + "|",
     ]
-    for r in results:
+    for r in ordered(results):
         lines.append("| " + " | ".join(r.row()) + " |")
     return "\n".join(lines)
 
 
-def text_table(results: Iterable[ScenarioResult]) -> str:
-    rows = [HEADER, *[r.row() for r in ordered(results)]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+def text_table(results: Sequence[Row]) -> str:
+    header = _header_of(results)
+    rows = [header, *[r.row() for r in ordered(results)]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     out = []
     for n, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..client import Client
 from ..message import Message
@@ -36,12 +36,73 @@ from .history import DeliveryRecord, History, Recorder, key_of, payload_for
 logger = logging.getLogger(__name__)
 
 
-class Workload:
+class _Notes(Protocol):
+    def note(self, what: str, n: int = 1) -> None: ...
+
+
+class ClientPool:
+    """Clients on one root that note their lost sessions (``"sessions
+    lost"`` and ``"sessions lost by <id>"``) and are closed together."""
+
+    def __init__(
+        self,
+        hosts: str,
+        root: str,
+        *,
+        session_timeout: float,
+        request_timeout: float,
+        notes: _Notes,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.root = root
+        self.session_timeout = session_timeout
+        self.request_timeout = request_timeout
+        self.client_options = dict(client_options or {})
+        self._notes = notes
+        self._clients: list[Client] = []
+
+    def client(self, client_id: str, hosts: str | None = None, **options: Any) -> Client:
+        """A client on this root, closed by :meth:`close_clients`."""
+        opts: dict[str, Any] = {
+            "root": self.root,
+            "session_timeout": self.session_timeout,
+            "request_timeout": self.request_timeout,
+            **self.client_options,
+            **options,
+        }
+        client = Client(hosts or self.hosts, client_id=client_id, **opts)
+        self._clients.append(client)
+        notes = self._notes
+
+        def on_state(state: ClientState) -> None:
+            if state == ClientState.LOST:
+                notes.note("sessions lost")
+                notes.note(f"sessions lost by {client_id}")
+
+        client.add_listener(on_state)
+        return client
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.05)
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception as exc:  # a broken ensemble must not hide the result
+                logger.info("closing %s: %s", client.client_id, exc)
+
+
+class Workload(ClientPool):
     """Publishers and subscribers on one topic, all recorded.
 
-    Clients are made by ``client_factory(hosts, client_id=...)`` (default:
-    :class:`~zkpubsub.Client` with the given ``root`` and timeouts), on
-    ``hosts`` unless :meth:`add_publisher` / :meth:`add_subscriber` name
+    Every client is a :class:`~zkpubsub.Client` of its own on ``root`` with
+    the given timeouts, on ``hosts`` unless :meth:`add_publisher` / :meth:`add_subscriber` name
     other hosts (a proxy, say). Each publisher publishes one message at a
     time, at most ``rate`` per second if given, until :meth:`stop_publishing`
     or ``max_messages``.
@@ -61,49 +122,27 @@ class Workload:
         client_options: dict[str, Any] | None = None,
         recorder: Recorder | None = None,
     ) -> None:
-        self.hosts = hosts
-        self.root = root
+        self.recorder = recorder or Recorder()
+        super().__init__(
+            hosts,
+            root,
+            session_timeout=session_timeout,
+            request_timeout=request_timeout,
+            notes=self.recorder,
+            client_options=client_options,
+        )
         self.topic = topic
-        self.session_timeout = session_timeout
-        self.request_timeout = request_timeout
         self.publish_timeout = publish_timeout
         self.rate = rate
         self.max_messages = max_messages
-        self.client_options = dict(client_options or {})
-        self.recorder = recorder or Recorder()
         self.publishers: dict[str, Client] = {}
         self.subscribers: dict[str, Client] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.processes: dict[str, SubscriberProcess] = {}
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._clients: list[Client] = []
 
     # -- clients ---------------------------------------------------------------------
-
-    def client(self, client_id: str, hosts: str | None = None, **options: Any) -> Client:
-        """A client on this workload's root, closed by :meth:`close`."""
-        opts: dict[str, Any] = {
-            "root": self.root,
-            "session_timeout": self.session_timeout,
-            "request_timeout": self.request_timeout,
-            **self.client_options,
-            **options,
-        }
-        client = Client(hosts or self.hosts, client_id=client_id, **opts)
-        self._clients.append(client)
-        self._watch(client)
-        return client
-
-    def _watch(self, client: Client) -> None:
-        name = client.client_id
-
-        def on_state(state: ClientState) -> None:
-            if state == ClientState.LOST:
-                self.recorder.note("sessions lost")
-                self.recorder.note(f"sessions lost by {name}")
-
-        client.add_listener(on_state)
 
     def add_subscriber(
         self, name: str | None = None, *, hosts: str | None = None, **options: Any
@@ -236,13 +275,6 @@ class Workload:
     def publishing(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-            time.sleep(0.05)
-
     def wait_acked(self, n: int, timeout: float = 60.0) -> None:
         """Wait until ``n`` more publishes have been acknowledged."""
         base = self.acked()
@@ -274,11 +306,7 @@ class Workload:
             t.join(self.publish_timeout + 5)
         for proc in self.processes.values():
             proc.kill()
-        for client in self._clients:
-            try:
-                client.close()
-            except Exception as exc:  # a broken ensemble must not hide the result
-                logger.info("closing %s: %s", client.client_id, exc)
+        self.close_clients()
 
 
 def _tag() -> str:

@@ -1,0 +1,99 @@
+"""The work-queue checker on hand-made histories (a pure function)."""
+
+from __future__ import annotations
+
+from zkpubsub import ReservationLost
+from zkpubsub.errors import OperationTimeout
+from zkpubsub.testing.queue_checker import check_queue
+from zkpubsub.testing.queue_history import (
+    HoldRecord,
+    QueueHistory,
+    QueueRecorder,
+    finish_of,
+    hold_from_doc,
+    hold_to_doc,
+)
+
+
+def recorded(puts: int = 3) -> QueueRecorder:
+    rec = QueueRecorder()
+    for seq in range(1, puts + 1):
+        rec.put("p", seq, 0.0, item_id=f"i{seq}")
+    return rec
+
+
+def work(rec: QueueRecorder, worker: str, seq: int, attempts: int, finish: str) -> str:
+    hold = rec.reserved(worker, f"i{seq}", ("p", seq), attempts)
+    rec.handled(hold)
+    rec.finished(hold, finish)  # type: ignore[arg-type]
+    return hold
+
+
+def test_a_clean_run_with_a_redelivery_is_ok() -> None:
+    rec = recorded()
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w1", 2, 1, "open")  # the worker died holding it
+    work(rec, "w2", 2, 2, "acked")
+    work(rec, "w2", 3, 1, "acked")
+    result = check_queue(rec.history())
+    assert result.ok, result.describe()
+    assert (result.done, result.lost, result.redelivered, result.duplicates) == (3, 0, 1, 1)
+
+
+def test_an_acknowledged_put_nobody_acked_is_lost() -> None:
+    rec = recorded()
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w1", 2, 1, "acked")
+    work(rec, "w1", 3, 1, "released")
+    result = check_queue(rec.history())
+    assert result.lost == 1 and not result.ok
+    assert any("('p', 3)" in e for e in result.examples)
+
+
+def test_an_ack_of_unknown_outcome_counts_as_done() -> None:
+    rec = recorded(1)
+    work(rec, "w1", 1, 1, "unknown")
+    assert check_queue(rec.history()).lost == 0
+
+
+def test_two_holds_at_the_same_attempt_are_a_double_hold() -> None:
+    rec = recorded(1)
+    work(rec, "w1", 1, 1, "lost")
+    work(rec, "w2", 1, 1, "acked")
+    result = check_queue(rec.history())
+    assert result.double_holds == 1 and not result.ok
+
+
+def test_a_reservation_after_the_acked_one_is_a_double_hold() -> None:
+    rec = recorded(1)
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w2", 1, 2, "open")
+    result = check_queue(rec.history())
+    assert result.double_holds == 1 and not result.ok
+
+
+def test_double_acks_put_duplicates_and_unexpected_items_are_found() -> None:
+    rec = recorded(2)
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w2", 1, 2, "acked")
+    hold = rec.reserved("w1", "other-item", ("p", 2), 1)  # put 2 became two items
+    rec.finished(hold, "acked")
+    work(rec, "w1", 2, 1, "acked")
+    rec.reserved("w1", "i9", ("p", 9), 1)  # never put
+    result = check_queue(rec.history())
+    assert result.double_acks == 2  # put 1 twice, put 2 on two items
+    assert result.put_duplicates == 1
+    assert result.unexpected == 1
+    assert result.double_holds == 1  # i1 acked at attempt 1, held again at 2
+    assert not result.ok
+
+
+def test_finishes_and_the_worker_file_format() -> None:
+    assert finish_of("ack", None) == "acked"
+    assert finish_of("release", None) == "released"
+    assert finish_of("ack", ReservationLost("q", "i")) == "lost"
+    assert finish_of("ack", OperationTimeout("slow")) == "unknown"
+    record = HoldRecord("w#1", "w", "i1", ("p", 1), 2, 1.5, 2.0, 3.0, "acked", None)
+    assert hold_from_doc(hold_to_doc(record)) == record
+    history = QueueHistory((), (record,))
+    assert check_queue(history).unexpected == 1

@@ -1,0 +1,379 @@
+"""The work queue under faults: nothing acknowledged is lost, nothing is
+held by two live workers at once, zombies cannot ack.
+
+Producers put numbered items, workers (threads with a client each, or
+child processes driven step by step so that they can be killed or stopped
+between any two steps) reserve, handle and ack them; every put and every
+reservation is recorded and checked by ``zkpubsub.testing.queue_checker``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from zkpubsub import Item
+from zkpubsub.testing import expire_session
+from zkpubsub.testing.faults import FaultInjector
+from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
+from zkpubsub.testing.queue_checker import QueueAudit, QueueCheckResult, audit_queue, check_queue
+from zkpubsub.testing.queue_history import HoldRecord
+from zkpubsub.testing.queue_workload import QueueWorkload, WorkerProcess
+
+from .scenarios import SESSION_TIMEOUT, ScenarioRecorder
+from .test_connection_loss import _spring_on_any, client_proxies, proxied_hosts
+
+pytestmark = pytest.mark.local_zk
+
+QUEUE = "jobs"
+
+
+def queue_workload(hosts: str, root: str, **options: object) -> QueueWorkload:
+    return QueueWorkload(hosts, root, queue=QUEUE, session_timeout=SESSION_TIMEOUT, **options)  # type: ignore[arg-type]
+
+
+def finish_queue(
+    name: str,
+    wl: QueueWorkload,
+    injector: FaultInjector,
+    scenario: ScenarioRecorder,
+    *,
+    drain_timeout: float = 90.0,
+) -> tuple[QueueCheckResult, QueueAudit]:
+    """Stop producing, heal, let the workers drain the queue, audit it,
+    stop the workers and check; record the figures. Asserts nothing."""
+    wl.stop_producing()
+    injector.heal()
+    injector.wait_healthy()
+    wl.drain(drain_timeout)
+    # An ack of unknown outcome counts as done for the drain; if it was not
+    # applied, the item comes back once its dead worker's session ends: the
+    # workers run on until the queue is empty (or the audit gives up).
+    audit = audit_queue(injector.cluster.hosts, wl.root, wl.queue, timeout=3 * SESSION_TIMEOUT + 10)
+    wl.stop_workers()
+    for proc in wl.processes.values():
+        proc.kill()
+    history = wl.history()
+    result = check_queue(history)
+    scenario.record_queue(
+        name, result, faults=len(injector.log.events()), audit=audit, notes=history.notes
+    )
+    return result, audit
+
+
+def assert_queue_clean(result: QueueCheckResult, audit: QueueAudit) -> None:
+    assert result.acked > 0, result.describe()
+    assert result.ok, result.describe()
+    assert result.unexpected == 0 and result.lost == 0, result.describe()
+    assert audit.ok, audit.describe()
+
+
+def holds_of(wl: QueueWorkload, item_id: str) -> list[HoldRecord]:
+    return sorted((h for h in wl.history().holds if h.item_id == item_id), key=lambda h: h.attempts)
+
+
+def test_q1_leader_kill_nine_three_times_with_four_workers(ensemble, scenario):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q1")
+    try:
+        for _ in range(2):
+            wl.add_producer()
+        for prefetch in (1, 1, 4, 4):
+            wl.add_worker(prefetch=prefetch)
+        wl.start_producing()
+        wl.wait_acks(100)
+        killed = injector.bounce_leader(3, down_for=0.5, between=1.0)
+        wl.wait_acks(100)  # the workers go on after the last kill
+        result, audit = finish_queue("Q1 leader kill -9 x3, 4 workers", wl, injector, scenario)
+    finally:
+        wl.close()
+    assert len(killed) == 3
+    assert_queue_clean(result, audit)
+
+
+def test_q6_leader_partitioned_with_four_workers(ensemble, scenario):
+    ens = ensemble(3, mesh=True)
+    injector = FaultInjector(ens.cluster, mesh=ens.mesh)
+    wl = queue_workload(ens.cluster.hosts, "/q6")
+    try:
+        wl.add_producer()
+        for prefetch in (1, 1, 4, 4):
+            wl.add_worker(prefetch=prefetch)
+        wl.start_producing()
+        wl.wait_acks(50)
+        injector.isolate(injector.wait_healthy())
+        time.sleep(2 * SESSION_TIMEOUT)  # the length of the partition
+        wl.wait_acks(50)  # the majority side serves meanwhile
+        injector.heal()
+        injector.wait_healthy()
+        wl.wait_acks(50)
+        result, audit = finish_queue("Q6 leader partitioned, 4 workers", wl, injector, scenario)
+    finally:
+        wl.close()
+    assert injector.log.count("heal partition") >= 1
+    assert_queue_clean(result, audit)
+
+
+def test_q7_connection_loss_in_the_middle_of_a_put(ensemble, scenario):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q7-put")
+    try:
+        wl.add_producer(hosts=proxied_hosts(proxies))
+        wl.add_worker()
+        wl.start_producing()
+        wl.wait_puts(20)
+        for _ in range(4):
+            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))  # applied, reply lost
+            wl.wait_puts(10)
+            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))  # never arrives
+            wl.wait_puts(10)
+        sprung = sum(len(p.sprung) for p in proxies)
+        result, audit = finish_queue("Q7 connection loss mid-put", wl, injector, scenario)
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert sprung == 8
+    assert result.unknown == 0  # the session survived: every put was settled
+    assert result.put_duplicates == 0, result.describe()
+    assert_queue_clean(result, audit)
+
+
+def test_q7_connection_loss_in_the_middle_of_an_ack(ensemble, scenario):
+    """The worker's next request after its handler is the ack's
+    transaction: the trap is armed there, so it springs on the ack."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q7-ack", rate=100)
+    trapped: dict[str, str] = {}  # item id -> what was lost
+    traps = ["reply", "request"] * 3
+
+    def arm_before_ack(item: Item) -> None:
+        if not traps or item.attempts > 1:
+            return
+        kind = traps.pop(0)
+        trapped[item.id] = kind
+        # only on the proxy the worker is connected through (it is the only
+        # client of these proxies): after the cut it reconnects elsewhere
+        (current,) = [p for p in proxies if p.links()]
+        current.lose_reply(OP_MULTI) if kind == "reply" else current.lose_request(OP_MULTI)
+
+    try:
+        wl.add_producer()
+        victim = wl.add_worker(hosts=proxied_hosts(proxies), hook=arm_before_ack)
+        wl.start_producing()
+        wl.wait_until(lambda: not traps, 60, "every trap to be armed")
+        wl.wait_acks(20)
+        for p in proxies:
+            p.disarm()
+        sprung = sum(len(p.sprung) for p in proxies)
+        result, audit = finish_queue("Q7 connection loss mid-ack", wl, injector, scenario)
+        history = wl.history()
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    assert sprung == 6
+    mine = [h for h in history.holds if h.worker == victim.client_id]
+    assert {h.finish for h in mine} == {"acked"}, [h for h in mine if h.finish != "acked"]
+    for item_id in trapped:
+        (hold,) = [h for h in history.holds if h.item_id == item_id]
+        assert hold.finish == "acked" and hold.attempts == 1  # settled, not redelivered
+    assert result.redelivered == 0 and result.double_acks == 0, result.describe()
+    assert_queue_clean(result, audit)
+
+
+def test_q8_session_expiry_of_a_worker_holding_a_reservation(ensemble, scenario):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q8", rate=100)
+    holding, go_on = threading.Event(), threading.Event()
+    held: list[str] = []
+
+    def stall_first(item: Item) -> None:
+        if not held:
+            held.append(item.id)
+            holding.set()
+            go_on.wait(60)  # "processing" while the session ends on the server
+
+    try:
+        wl.add_producer()
+        victim = wl.add_worker(hook=stall_first)
+        wl.add_worker()
+        wl.start_producing()
+        assert holding.wait(60)
+        expire_session(victim)
+        injector.log.add("worker session expired on the server")
+        # the item comes back to the other worker, one attempt more
+        wl.wait_until(lambda: len(holds_of(wl, held[0])) >= 2, 30, "the item to come back")
+        go_on.set()  # the victim acks what it no longer holds
+        wl.wait_until(
+            lambda: holds_of(wl, held[0])[0].finish != "open", 30, "the victim's ack to end"
+        )
+        acked_before = sum(
+            1 for h in wl.history().holds if h.worker == victim.client_id and h.finish == "acked"
+        )
+        wl.wait_acks(30)
+        result, audit = finish_queue(
+            "Q8 worker session expiry holding a reservation", wl, injector, scenario
+        )
+        history = wl.history()
+    finally:
+        go_on.set()
+        wl.close()
+    first, second = [h for h in history.holds if h.item_id == held[0]][:2]
+    assert first.worker == victim.client_id and first.attempts == 1
+    assert first.finish == "lost", first  # ReservationLost: the zombie changed nothing
+    assert second.attempts == 2 and second.finish == "acked"
+    acked_after = sum(
+        1 for h in history.holds if h.worker == victim.client_id and h.finish == "acked"
+    )
+    assert acked_after > acked_before  # the victim works on with its new session
+    assert history.notes.get("sessions lost", 0) >= 1
+    assert result.rejected == 1, result.describe()
+    assert_queue_clean(result, audit)
+
+
+def _kill_during_ack(proc: WorkerProcess, proxies: list[ZkClientProxy], lose: str) -> None:
+    """Send ``ack`` and kill the worker once its transaction was lost on
+    the way (``request``) or applied with its reply lost (``reply``)."""
+    events = [
+        p.lose_reply(OP_MULTI, then_block=True)
+        if lose == "reply"
+        else p.lose_request(OP_MULTI, then_block=True)
+        for p in proxies
+    ]
+    proc.send("ack")
+    deadline = time.monotonic() + 30
+    while not any(e.is_set() for e in events):
+        assert time.monotonic() < deadline, "the ack never reached the proxy"
+        time.sleep(0.01)
+    proc.kill()
+    for p in proxies:
+        p.disarm()
+        p.unblock()
+
+
+def test_q9_a_worker_killed_before_after_processing_and_during_its_ack(ensemble, scenario):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    proxies = client_proxies(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q9")
+    try:
+        wl.add_producer("producer")
+        for seq in range(1, 5):
+            assert wl.put_one("producer", seq)
+        items: dict[str, str] = {}
+        # (a) killed before processing
+        proc = wl.add_worker_process("killed-before")
+        items["before"] = proc.reserve()["item"]
+        proc.kill()
+        # (b) killed after processing, before the ack
+        proc = wl.add_worker_process("killed-after")
+        items["after"] = proc.reserve()["item"]
+        proc.handle()
+        proc.kill()
+        # (c) killed during the ack: applied by the server, the reply lost
+        proc = wl.add_worker_process("killed-acked", hosts=proxied_hosts(proxies))
+        got = proc.reserve()
+        items["applied"] = got["item"]
+        proc.handle()
+        _kill_during_ack(proc, proxies, "reply")
+        proc.in_flight(got["hold"])
+        # (d) killed during the ack: the request lost on the way
+        proc = wl.add_worker_process("killed-sending", hosts=proxied_hosts(proxies))
+        got = proc.reserve()
+        items["lost on the way"] = got["item"]
+        proc.handle()
+        _kill_during_ack(proc, proxies, "request")
+        proc.in_flight(got["hold"])
+        injector.log.add("worker killed x4")
+        wl.add_worker("rescuer")  # takes what the dead left, once their sessions end
+        for seq in range(5, 11):
+            assert wl.put_one("producer", seq)
+        result, audit = finish_queue(
+            "Q9 worker killed before/after processing, during ack", wl, injector, scenario
+        )
+    finally:
+        wl.close()
+        for p in proxies:
+            p.close()
+    for case in ("before", "after", "lost on the way"):
+        first, again = holds_of(wl, items[case])
+        assert (first.attempts, again.attempts) == (1, 2), case
+        assert again.worker == "rescuer" and again.finish == "acked", case
+    # the ack that was applied is not undone: the item never comes back
+    (only,) = holds_of(wl, items["applied"])
+    assert only.finish == "unknown" and only.handled_at is not None
+    assert result.duplicates == 2  # handled, killed, handled again: (b) and (d)
+    assert result.unknown_acks == 2
+    assert_queue_clean(result, audit)
+
+
+def test_q10_a_zombie_worker_stopped_past_its_session_timeout_cannot_ack(ensemble, scenario):
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    wl = queue_workload(ens.cluster.hosts, "/q10")
+    probe = wl.client("probe")
+    paths = probe._layout.work_queue(QUEUE)
+    go_on = threading.Event()
+    rescued: list[str] = []
+
+    def hold_on(item: Item) -> None:  # the rescuer keeps the first item a while
+        if not rescued:
+            rescued.append(item.id)
+            go_on.wait(60)
+
+    def reserved() -> list[str]:
+        return probe._conn.children(paths.reserved, None) or []
+
+    try:
+        wl.add_producer("producer")
+        assert wl.put_one("producer", 1)
+        zombie = wl.add_worker_process("zombie")
+        first = zombie.reserve()
+        zombie.handle()
+        zombie.pause()  # SIGSTOP past the session timeout
+        injector.log.add("worker SIGSTOP")
+        wl.wait_until(lambda: not reserved(), 4 * SESSION_TIMEOUT, "the zombie's session to end")
+        wl.add_worker("rescuer", hook=hold_on)
+        wl.wait_until(lambda: bool(rescued), 30, "the rescuer to take the item")
+        zombie.resume()
+        # (a) the item is held by another worker: the zombie's ack is refused
+        assert zombie.ack() == "lost"
+        go_on.set()
+        wl.wait_acks(1)
+        # (b) the item is done already: refused too
+        wl.stop_workers()
+        assert wl.put_one("producer", 2)
+        second = zombie.reserve()
+        assert second["attempts"] == 1
+        zombie.pause()
+        injector.log.add("worker SIGSTOP")
+        wl.wait_until(lambda: not reserved(), 4 * SESSION_TIMEOUT, "the zombie's session to end")
+        late = wl.add_worker_process("late")
+        again = late.reserve()
+        assert again["item"] == second["item"] and again["attempts"] == 2
+        assert late.ack() == "acked"
+        zombie.resume()
+        assert zombie.ack() == "lost"
+        # the zombie, on its new session, is a good worker again
+        assert wl.put_one("producer", 3)
+        third = zombie.reserve()
+        assert zombie.ack() == "acked"
+        result, audit = finish_queue("Q10 zombie worker (SIGSTOP) x2", wl, injector, scenario)
+    finally:
+        go_on.set()
+        wl.close()
+    assert rescued == [first["item"]]
+    (stale, fresh) = holds_of(wl, first["item"])
+    assert (stale.finish, fresh.finish, fresh.attempts) == ("lost", "acked", 2)
+    assert third["key"] == ["producer", 3]
+    assert result.rejected == 2, result.describe()
+    assert_queue_clean(result, audit)

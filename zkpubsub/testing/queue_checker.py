@@ -1,0 +1,238 @@
+"""Checks a work-queue run's history, and audits the queue afterwards.
+
+The rules (:func:`check_queue`), each must be zero:
+
+* **lost**: an acknowledged put whose item no worker acked. An ack whose
+  outcome is unknown (its worker died with it in flight) counts as done
+  here; the audit then shows whether the item is really gone.
+* **unexpected**: a reservation of an item nobody tried to put, or of a put
+  that failed before anything was sent.
+* **put duplicates**: one put that became several items (a retried put
+  written twice).
+* **double acks**: one item acked more than once.
+* **double holds**: one item held by two workers at once. A reservation's
+  ``attempts`` is the item's data version on the server, which every
+  reserve, ack and release is fenced by; so two reservations of one item
+  with the same ``attempts``, or any reservation after the one that was
+  acked, mean two workers held it together.
+
+Reported, not zero: **duplicates** (an item handled more than once, as
+at-least-once allows after a worker died or lost its session),
+**redelivered** (reservations after the first), **rejected** (acks and
+releases refused with ``ReservationLost``: zombies stopped).
+
+:func:`audit_queue` reads the queue after the run: no reservation without
+its item (orphan), and, once the workers are gone, nothing left reserved
+and nothing left to do.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from ..layout import Layout
+from .audit import poll
+from .history import Key
+from .queue_history import HoldRecord, PutRecord, QueueHistory
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCheckResult:
+    """What :func:`check_queue` found; ``ok`` when every must-be-zero is."""
+
+    attempted: int
+    acked: int
+    failed: int
+    unknown: int
+    reserved: int
+    done: int
+    lost: int
+    unexpected: int
+    put_duplicates: int
+    double_acks: int
+    double_holds: int
+    duplicates: int
+    redelivered: int
+    rejected: int
+    recovered: int
+    unknown_acks: int
+    examples: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost
+            or self.unexpected
+            or self.put_duplicates
+            or self.double_acks
+            or self.double_holds
+        )
+
+    def describe(self) -> str:
+        text = (
+            f"attempted={self.attempted} acked={self.acked} failed={self.failed} "
+            f"unknown={self.unknown} reserved={self.reserved} done={self.done} "
+            f"lost={self.lost} unexpected={self.unexpected} "
+            f"put_duplicates={self.put_duplicates} double_acks={self.double_acks} "
+            f"double_holds={self.double_holds} duplicates={self.duplicates} "
+            f"redelivered={self.redelivered} rejected={self.rejected} "
+            f"recovered={self.recovered} unknown_acks={self.unknown_acks}"
+        )
+        if self.examples:
+            text += "\n" + "\n".join(f"  {e}" for e in self.examples)
+        return text
+
+
+def _note(examples: list[str], text: str, limit: int) -> None:
+    if len(examples) < limit:
+        examples.append(text)
+
+
+def check_queue(history: QueueHistory, *, examples: int = 10) -> QueueCheckResult:
+    """Check a queue run's history; see the module docstring for the rules."""
+    puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
+    outcomes = [p.outcome for p in history.puts]
+    found: list[str] = []
+
+    by_key: dict[Key, list[HoldRecord]] = defaultdict(list)
+    by_item: dict[str, list[HoldRecord]] = defaultdict(list)
+    unexpected = 0
+    for hold in history.holds:
+        by_item[hold.item_id].append(hold)
+        put = puts.get(hold.key) if hold.key is not None else None
+        if put is None or put.outcome == "failed":
+            unexpected += 1
+            _note(
+                found, f"unexpected: {hold.worker} reserved {hold.key} ({hold.item_id})", examples
+            )
+            continue
+        by_key[put.key].append(hold)
+
+    put_duplicates = 0
+    double_acks = 0
+    duplicates = 0
+    done = 0
+    lost = 0
+    recovered = 0
+    for key, holds in by_key.items():
+        items = {h.item_id for h in holds}
+        if len(items) > 1:
+            put_duplicates += len(items) - 1
+            _note(found, f"put {key} became {len(items)} items: {sorted(items)}", examples)
+        acks = [h for h in holds if h.finish == "acked"]
+        if len(acks) > 1:
+            double_acks += len(acks) - 1
+            _note(found, f"{key} acked {len(acks)} times: {[h.hold for h in acks]}", examples)
+        if acks or any(h.finish == "unknown" for h in holds):
+            done += 1
+        handled = sum(1 for h in holds if h.handled_at is not None)
+        duplicates += max(0, handled - 1)
+        if puts[key].outcome == "unknown":
+            recovered += 1
+    for put in history.puts:
+        if put.outcome != "ok":
+            continue
+        holds = by_key.get(put.key, [])
+        if not any(h.finish in ("acked", "unknown") for h in holds):
+            lost += 1
+            _note(found, f"lost: {put.key} ({put.item_id}), holds {len(holds)}", examples)
+
+    double_holds = 0
+    for item_id, holds in by_item.items():
+        seen: dict[int, HoldRecord] = {}
+        for h in holds:
+            if h.attempts in seen:
+                double_holds += 1
+                _note(
+                    found,
+                    f"{item_id} held twice at attempt {h.attempts}: "
+                    f"{seen[h.attempts].hold} and {h.hold}",
+                    examples,
+                )
+            else:
+                seen[h.attempts] = h
+        for acked in (h for h in holds if h.finish == "acked"):
+            later = [h for h in holds if h.attempts > acked.attempts]
+            if later:
+                double_holds += len(later)
+                _note(
+                    found,
+                    f"{item_id} acked by {acked.hold} at attempt {acked.attempts} "
+                    f"but held again by {[h.hold for h in later]}",
+                    examples,
+                )
+
+    return QueueCheckResult(
+        attempted=len(history.puts),
+        acked=outcomes.count("ok"),
+        failed=outcomes.count("failed"),
+        unknown=outcomes.count("unknown"),
+        reserved=len(history.holds),
+        done=done,
+        lost=lost,
+        unexpected=unexpected,
+        put_duplicates=put_duplicates,
+        double_acks=double_acks,
+        double_holds=double_holds,
+        duplicates=duplicates,
+        redelivered=sum(1 for h in history.holds if h.attempts > 1),
+        rejected=sum(1 for h in history.holds if h.finish == "lost"),
+        recovered=recovered,
+        unknown_acks=sum(1 for h in history.holds if h.finish == "unknown"),
+        examples=tuple(found),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAudit:
+    """The queue as read after the run."""
+
+    items: tuple[str, ...]
+    reserved: tuple[str, ...]
+    orphans: tuple[str, ...]  # reservations without their item
+    dead: tuple[str, ...]
+    workers: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.items or self.reserved or self.orphans)
+
+    def describe(self) -> str:
+        return (
+            f"items left={list(self.items)} reserved={list(self.reserved)} "
+            f"orphan reservations={list(self.orphans)} dead letters={len(self.dead)} "
+            f"workers registered={list(self.workers)}"
+        )
+
+
+def look_at_queue(zk: KazooClient, root: str, name: str) -> QueueAudit:
+    paths = Layout(root).work_queue(name)
+    zk.sync(paths.base)
+
+    def children(path: str) -> list[str]:
+        try:
+            return sorted(zk.get_children(path))
+        except NoNodeError:
+            return []
+
+    items = children(paths.items)
+    reserved = children(paths.reserved)
+    present = set(items)
+    return QueueAudit(
+        items=tuple(items),
+        reserved=tuple(reserved),
+        orphans=tuple(r for r in reserved if r not in present),
+        dead=tuple(children(paths.dead)),
+        workers=tuple(children(paths.workers)),
+    )
+
+
+def audit_queue(hosts: str, root: str, name: str, *, timeout: float) -> QueueAudit:
+    """Wait up to ``timeout`` seconds (dead workers' sessions take up to a
+    session timeout to end) for the queue to be empty, with nothing
+    reserved and no orphan; return the last look (check ``.ok``)."""
+    return poll(hosts, lambda zk: look_at_queue(zk, root, name), timeout=timeout)
