@@ -147,7 +147,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=False,
             unit="x",
             note=(
-                f"mean latency x{cost.get('mean_latency')}, rate down x{cost.get('inverse_rate')}"
+                f"mean latency x{cost.get('mean_latency')}, "
+                f"time per publish x{cost.get('inverse_rate')}"
                 if full_range
                 else f"measured {cost.get('from_level')} → {cost.get('to_level')} pending only"
                 if cost.get("to_level") is not None
@@ -403,8 +404,8 @@ def _backlog(section: dict[str, Any]) -> list[str]:
         f"Filled with {_fmt(fill.get('messages'))} messages in {fill.get('seconds')} s "
         f"({fill.get('nodes_per_message')} znodes per message). Cost at "
         f"{_fmt(cost.get('to_level'))} vs {_fmt(cost.get('from_level'))} pending: p50 "
-        f"x{cost.get('p50_latency')}, mean x{cost.get('mean_latency')}, publish rate down "
-        f"x{cost.get('inverse_rate')}.",
+        f"x{cost.get('p50_latency')}, mean x{cost.get('mean_latency')}, time per publish "
+        f"(1 thread: the inverse of the rate) x{cost.get('inverse_rate')}.",
     ]
     return lines
 

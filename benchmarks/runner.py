@@ -72,6 +72,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="processes the subscribers are spread over (default: one per core, at least 2)",
     )
     parser.add_argument(
+        "--latency-subscribers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="subscribers in the latency section (default 10, the target's; "
+        "another number leaves the latency targets unmeasured)",
+    )
+    parser.add_argument(
         "--zk-dir",
         default=None,
         metavar="DIR",
@@ -107,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     if args.subscriber_processes is not None:
         profile = replace(profile, subscriber_processes=max(1, args.subscriber_processes))
+    if args.latency_subscribers is not None:
+        profile = replace(profile, latency_subscribers=max(1, args.latency_subscribers))
     sub_procs = subscriber_processes(profile)
     queue_procs = max(profile.queue_workers, default=1) if "queue" in args.sections else 1
     pool_size = max(sub_procs, queue_procs)
