@@ -41,7 +41,7 @@ def _target(
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, measured against baselines of the same run."""
+    """The targets, measured against baselines of the same run."""
     sections = report.get("sections", {})
     out: list[dict[str, Any]] = []
 

@@ -55,7 +55,7 @@ recorded. The checker (`zkpubsub/testing/checker.py`) defines every column:
   client left after the cleaner's grace, no purge marker, exactly one
   cleaner leader); **seconds**: wall time of the scenario, set-up included.
 
-The scenarios, numbered as in the issue: (1) the leader killed with
+The scenarios, by number: (1) the leader killed with
 SIGKILL five times during a publish burst, each time started again;
 (2) the follower most clients are connected to killed, twice; (3) a
 rolling restart; (4) two of three servers killed for 1.5 session

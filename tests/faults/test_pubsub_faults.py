@@ -3,7 +3,7 @@
 Each test starts its own ensemble, runs publishers and subscribers against
 it, breaks it, heals it, then checks the recorded history (see
 ``zkpubsub.testing.checker`` for what "entitled" and "lost" mean) and audits
-the tree (``zkpubsub.testing.audit``). Scenario numbers follow the issue.
+the tree (``zkpubsub.testing.audit``). Scenario numbers are those of docs/reliability.md.
 """
 
 from __future__ import annotations
