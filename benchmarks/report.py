@@ -166,7 +166,7 @@ NOISY_CORES = 0.25
 _PATH_OPTIONS = ("--out", "--docs", "--zk-dir", "--report-only")
 
 
-def _public_argv(argv: Sequence[str]) -> list[str]:
+def public_argv(argv: Sequence[str]) -> list[str]:
     """The command line without local paths (they say nothing about the run)."""
     out: list[str] = []
     skip = False
@@ -471,7 +471,7 @@ def markdown(
         "",
         f"{report.get('profile')} run of {report.get('started')}, {report.get('duration_s')} s; "
         f"sections: {', '.join(report.get('sections_run', []))}. Command: "
-        f"`python -m benchmarks {' '.join(_public_argv(report.get('argv', [])))}`.".replace(
+        f"`python -m benchmarks {' '.join(public_argv(report.get('argv', [])))}`.".replace(
             " `.", "`."
         ),
         "",

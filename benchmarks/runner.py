@@ -20,6 +20,7 @@ from typing import Any
 from . import machine, server
 from .profiles import PROFILES, SECTIONS, Profile, subscriber_processes
 from .progress import Progress
+from .report import public_argv
 from .sections.common import Context
 from .workers import WorkerPool
 
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "schema": 1,
         "profile": profile.name,
-        "argv": list(argv) if argv is not None else sys.argv[1:],
+        "argv": public_argv(list(argv) if argv is not None else sys.argv[1:]),
         "started": started.isoformat(timespec="seconds"),
         "sections_run": args.sections,
         "machine": machine.describe(),
