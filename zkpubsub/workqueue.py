@@ -89,7 +89,10 @@ RECORD_VERSION: Final = 1
 # while it still has candidates in hand, not more often than RELIST_WHILE_BUSY:
 # listing a long backlog costs the server and the worker more than the items
 # put meanwhile are worth (they come after those in hand, unless their
-# priority is higher: such an item waits a second at most).
+# priority is higher: such an item waits a second at most). A reservation
+# lost to another worker, or a worker joining or leaving (which changes
+# every worker's share), shows the list in hand is out of date: then the
+# shorter interval applies again.
 MIN_RELIST_INTERVAL: Final = 0.05
 RELIST_WHILE_BUSY: Final = 1.0
 _ERROR_TEXT_LIMIT: Final = 2000
@@ -297,6 +300,7 @@ class WorkQueue:
         self._changed = threading.Event()
         self._stale = False
         self._listed_at = 0.0
+        self._outdated = False  # the list in hand is known to be out of date
         self._ready = False
         self._worker_session: int | None = None
         self._closed = False
@@ -495,7 +499,8 @@ class WorkQueue:
                 request_deadline = self._deadline()
                 if self._stale:  # something was put or released
                     since = time.monotonic() - self._listed_at
-                    if since >= (RELIST_WHILE_BUSY if self._candidates else MIN_RELIST_INTERVAL):
+                    busy = self._candidates and not self._outdated
+                    if since >= (RELIST_WHILE_BUSY if busy else MIN_RELIST_INTERVAL):
                         self._refresh(request_deadline)
                 with self._lock:
                     batch = [
@@ -519,18 +524,22 @@ class WorkQueue:
         self._stale = True
         self._changed.set()
 
+    def _on_workers_change(self, event: object) -> None:  # kazoo's thread
+        self._stale = self._outdated = True
+        self._changed.set()
+
     def _refresh(self, deadline: float | None) -> bool:
         """List what is available and order it for this worker. True if any.
         The listing leaves watches: a later put or release marks it stale."""
         self._ensure_paths(deadline)
         self._ensure_worker(deadline)
         kazoo, paths = self._conn.kazoo, self._paths
-        self._stale = False
+        self._stale = self._outdated = False
         self._listed_at = time.monotonic()
         requests = [
             kazoo.get_children_async(paths.items, watch=self._on_change),
             kazoo.get_children_async(paths.reserved, watch=self._on_change),
-            kazoo.get_children_async(paths.workers),
+            kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
         ]
         try:
             names, reserved, workers = (
@@ -602,6 +611,7 @@ class WorkQueue:
             # Taken by another worker (NodeExists), reserved and released
             # meanwhile (BadVersion) or acked (NoNode): try the others.
             self.conflicts += 1
+            self._outdated = True
             del ready[index // 2]
         return []
 
