@@ -122,3 +122,16 @@ def test_leader_kill_loses_no_acknowledged_message(report: dict) -> None:
         assert r["acknowledged"] > 0
         assert r["killed_server"] in (1, 2, 3)
         assert r["lost"] == 0, r
+
+
+def test_commit_latency_times_both_round_trips(tmp_path: Path) -> None:
+    from benchmarks import commit_latency
+
+    out = tmp_path / "commit"
+    assert commit_latency.main(["--seconds", "1", "--warmup", "0.5", "--out", str(out)]) == 0
+    (path,) = out.glob("commit-latency-*.json")
+    report = json.loads(path.read_text())
+    for name in ("raw", "publish"):
+        r = report[name]
+        assert r["count"] >= 20, r  # about 200 a second for a second
+        assert 0 < r["p50"] <= r["p99"] <= r["max"], r

@@ -1,0 +1,128 @@
+"""How long ZooKeeper takes to confirm a write, before any subscriber.
+
+``python -m benchmarks.commit_latency [--rate 200] [--seconds 15]`` starts a
+standalone server (the same settings as the benchmark's), warms it with
+transactions for ``--warmup`` seconds, then times paced round trips at
+``--rate`` per second from one thread:
+
+* ``raw``: kazoo's ``check`` + ``create`` transaction, the smallest write a
+  fan-out to one queue needs, with nothing of zkpubsub in the way;
+* ``publish``: zkpubsub's ``publish()`` to a topic with one subscriber in
+  the same process (its deletes share the server).
+
+It prints the percentiles and writes them as JSON to
+``<out>/commit-latency-<timestamp>.json``. The publish-to-handler latency of
+the main benchmark cannot be lower than these round trips: its tail is
+bounded below by the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from zkpubsub import Client
+
+from . import server, stats
+from .progress import Progress
+from .runner import DEFAULT_OUT
+
+
+def paced(call: Callable[[], object], rate: float, seconds: float) -> list[float]:
+    """Call ``call`` ``rate`` times a second for ``seconds``; the round trips in ms."""
+    times: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        pause = start + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+        i += 1
+    return times
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {
+        "count": len(ordered),
+        **{f"p{q:g}": stats.percentile(ordered, q) for q in (50, 90, 99, 99.9)},
+        "max": ordered[-1] if ordered else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.commit_latency", description=__doc__
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="round trips per second")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each measurement")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of warm-up load")
+    parser.add_argument("--zk-dir", default=None, metavar="DIR")
+    parser.add_argument("--out", default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    progress = Progress()
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    with progress.phase("starting a standalone ZooKeeper") as phase:
+        cluster = server.start_cluster(1, base_dir=args.zk_dir)
+        phase.summary = cluster.hosts
+    try:
+        zk = KazooClient(hosts=cluster.hosts)
+        zk.start(timeout=30)
+        client = Client(cluster.hosts, root="/commit-latency")
+        try:
+            zk.ensure_path("/commit-latency-raw")
+            with progress.phase(f"warming ZooKeeper for {args.warmup:g}s") as phase:
+                until = time.monotonic() + args.warmup
+                while (left := until - time.monotonic()) > 0:
+                    txn = zk.transaction()
+                    for _ in range(10):
+                        txn.create("/commit-latency-raw/w", b"x" * 100, sequence=True)
+                    txn.commit()
+                    phase.update(f"{left:.0f}s left")
+
+            def raw() -> None:
+                txn = zk.transaction()
+                txn.check("/commit-latency-raw", 0)
+                txn.create("/commit-latency-raw/m", b"x" * 100, sequence=True)
+                txn.commit()
+
+            client.subscribe("t", lambda _message: None)
+            calls: dict[str, Callable[[], object]] = {
+                "raw": raw,
+                "publish": lambda: client.publish("t", b"x" * 100),
+            }
+            for name, call in calls.items():
+                with progress.phase(f"{name} at {args.rate:g}/s") as phase:
+                    results[name] = summary(paced(call, args.rate, args.seconds))
+                    r = results[name]
+                    phase.summary = (
+                        f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
+                    )
+        finally:
+            client.close()
+            zk.stop()
+            zk.close()
+    finally:
+        cluster.close()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report = {"rate": args.rate, "seconds": args.seconds, "warmup": args.warmup, **results}
+    path = out_dir / f"commit-latency-{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    progress.note(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
