@@ -21,18 +21,12 @@ import pytest
 
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.faults import PeerMesh
-from zkpubsub.testing.report import (
-    QueueScenarioResult,
-    ScenarioResult,
-    markdown_table,
-    text_table,
-    write_section,
-)
+from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
 
 from .scenarios import QUEUE_REPORT_TEXT, REPORT_ENV, REPORT_PREAMBLE, ScenarioRecorder
 
 _RESULTS: list[ScenarioResult] = []
-_QUEUE_RESULTS: list[QueueScenarioResult] = []
+_QUEUE_RESULTS: list[ScenarioResult] = []
 
 
 def _local_processes_allowed() -> bool:

@@ -13,7 +13,7 @@ from zkpubsub.testing.audit import Audit, audit_convergence
 from zkpubsub.testing.checker import CheckResult, check
 from zkpubsub.testing.faults import FaultInjector
 from zkpubsub.testing.queue_checker import QueueAudit, QueueCheckResult
-from zkpubsub.testing.report import QueueScenarioResult, ScenarioResult
+from zkpubsub.testing.report import ScenarioResult
 from zkpubsub.testing.workload import Workload
 
 REPORT_ENV = "ZKPUBSUB_RELIABILITY_REPORT"
@@ -128,48 +128,32 @@ procedure on the queue (see above).\
 
 @dataclass
 class ScenarioRecorder:
-    """Hands each scenario's figures to the session's tables."""
+    """Hands each scenario's figures to the session's tables (one for
+    publish/subscribe, one for the work queue)."""
 
     results: list[ScenarioResult]
     started: float
-    queue_results: list[QueueScenarioResult] = field(default_factory=list)
-    recorded: list[ScenarioResult] = field(default_factory=list)
-
-    def _figures(
-        self, faults: int, audit: Audit | QueueAudit | None, notes: dict[str, int] | None
-    ) -> dict[str, Any]:
-        return {
-            "faults": faults,
-            "seconds": time.monotonic() - self.started,
-            "audit_ok": None if audit is None else audit.ok,
-            "notes": dict(notes or {}),
-        }
+    queue_results: list[ScenarioResult] = field(default_factory=list)
 
     def record(
         self,
         name: str,
-        result: CheckResult,
+        result: CheckResult | QueueCheckResult,
         *,
         faults: int,
-        audit: Audit | None = None,
+        audit: Audit | QueueAudit | None = None,
         notes: dict[str, int] | None = None,
     ) -> ScenarioResult:
-        entry = ScenarioResult(name, result, **self._figures(faults, audit, notes))
-        self.results.append(entry)
-        self.recorded.append(entry)
-        return entry
-
-    def record_queue(
-        self,
-        name: str,
-        result: QueueCheckResult,
-        *,
-        faults: int,
-        audit: QueueAudit | None = None,
-        notes: dict[str, int] | None = None,
-    ) -> QueueScenarioResult:
-        entry = QueueScenarioResult(name, result, **self._figures(faults, audit, notes))
-        self.queue_results.append(entry)
+        entry = ScenarioResult(
+            name=name,
+            check=result,
+            faults=faults,
+            seconds=time.monotonic() - self.started,
+            audit_ok=None if audit is None else audit.ok,
+            notes=dict(notes or {}),
+        )
+        table = self.queue_results if isinstance(result, QueueCheckResult) else self.results
+        table.append(entry)
         return entry
 
 

@@ -150,7 +150,7 @@ def test_original_procedure_on_the_work_queue(ensemble, scenario):
         reader.close()
         writer.close()
     result = check_queue(recorder.history())
-    scenario.record_queue(
+    scenario.record(
         "original procedure on the queue (5 servers, kill -9 + wipe leader)",
         result,
         faults=len(injector.log.events()),

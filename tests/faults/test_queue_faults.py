@@ -57,7 +57,7 @@ def finish_queue(
         proc.kill()
     history = wl.history()
     result = check_queue(history)
-    scenario.record_queue(
+    scenario.record(
         name, result, faults=len(injector.log.events()), audit=audit, notes=history.notes
     )
     return result, audit

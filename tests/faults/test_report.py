@@ -32,3 +32,19 @@ def test_each_run_replaces_only_its_own_section(tmp_path):
     assert "soak v1" in text
     assert text.count("about v2") == 1 and "about v1" not in text
     assert text.index("about v2") < text.index("suite v2") < text.index("soak v1")
+
+
+def test_a_work_queue_table_has_the_queue_columns():
+    from zkpubsub.testing.queue_checker import check_queue
+    from zkpubsub.testing.queue_history import QueueRecorder
+
+    rec = QueueRecorder()
+    rec.put("p", 1, 0.0, item_id="i1")
+    rec.finished(rec.reserved("w", "i1", ("p", 1), 1), "acked")
+    queue_row = ScenarioResult("Q9 y", check_queue(rec.history()))
+    header, _, line = markdown_table([queue_row]).splitlines()
+    assert "| put duplicates |" in header and "| double holds |" in header
+    assert "| delivered |" not in header
+    # attempted, acked, unknown, reserved, done, lost
+    assert line.startswith("| Q9 y | 1 | 1 | 0 | 1 | 1 | 0 |")
+    assert "| delivered |" in markdown_table([ScenarioResult("1 x", figures())]).splitlines()[0]

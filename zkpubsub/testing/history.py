@@ -46,6 +46,11 @@ def classify(error: BaseException | None) -> Outcome:
     return "unknown"
 
 
+def describe_error(error: BaseException | None) -> str | None:
+    """How a record names an error: ``"Type: message"``."""
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
 def payload_for(publisher: str, seq: int) -> dict[str, Any]:
     """The payload the workload publishes for key ``(publisher, seq)``."""
     return {"p": publisher, "s": seq}
@@ -152,7 +157,7 @@ class Recorder:
             outcome=classify(error),
             message_ids=message_ids,
             reached=reached,
-            error=None if error is None else f"{type(error).__name__}: {error}",
+            error=describe_error(error),
         )
         with self._lock:
             self._publishes.append(record)

@@ -31,11 +31,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import ReservationLost
-from .history import Key, Outcome, classify
+from .history import Key, Outcome, classify, describe_error
 
 Finish = Literal["acked", "released", "lost", "unknown", "open"]
 
@@ -115,7 +115,7 @@ class QueueRecorder:
             time.time(),
             classify(error),
             item_id,
-            None if error is None else f"{type(error).__name__}: {error}",
+            describe_error(error),
         )
         with self._lock:
             self._puts.append(record)
@@ -167,31 +167,9 @@ class QueueRecorder:
 
 def hold_to_doc(record: HoldRecord) -> dict[str, Any]:
     """A hold as a JSON-able dict (worker processes write these)."""
-    return {
-        "hold": record.hold,
-        "worker": record.worker,
-        "item": record.item_id,
-        "key": list(record.key) if record.key is not None else None,
-        "attempts": record.attempts,
-        "reserved_at": record.reserved_at,
-        "handled_at": record.handled_at,
-        "finished_at": record.finished_at,
-        "finish": record.finish,
-        "error": record.error,
-    }
+    return asdict(record)
 
 
 def hold_from_doc(doc: dict[str, Any]) -> HoldRecord:
     key = doc.get("key")
-    return HoldRecord(
-        hold=str(doc["hold"]),
-        worker=str(doc["worker"]),
-        item_id=str(doc["item"]),
-        key=(str(key[0]), int(key[1])) if key else None,
-        attempts=int(doc["attempts"]),
-        reserved_at=float(doc["reserved_at"]),
-        handled_at=doc.get("handled_at"),
-        finished_at=doc.get("finished_at"),
-        finish=doc.get("finish", "open"),
-        error=doc.get("error"),
-    )
+    return HoldRecord(**{**doc, "key": (str(key[0]), int(key[1])) if key else None})

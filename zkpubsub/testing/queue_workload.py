@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Literal
 
 from ..client import Client
 from ..workqueue import Item, WorkQueue
-from .history import key_of, payload_for
+from .history import describe_error, key_of, payload_for
 from .queue_checker import check_queue
 from .queue_history import (
     HoldRecord,
@@ -42,7 +41,7 @@ from .queue_history import (
     hold_from_doc,
     hold_to_doc,
 )
-from .workload import ClientPool
+from .workload import ClientPool, join_threads, tag
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class QueueWorkload(ClientPool):
     # -- clients ---------------------------------------------------------------------------
 
     def add_producer(self, name: str | None = None, *, hosts: str | None = None) -> Client:
-        name = name or f"prod-{len(self.producers) + 1}-{_tag()}"
+        name = name or f"prod-{len(self.producers) + 1}-{tag()}"
         client = self.client(name, hosts)
         self.producers[name] = client
         return client
@@ -110,11 +109,9 @@ class QueueWorkload(ClientPool):
         prefetch: int = 1,
         hold: float = 0.0,
         hook: HandleHook | None = None,
-        start: bool = True,
     ) -> Client:
-        """A worker thread on a client of its own (started unless ``start``
-        is false: then :meth:`start_workers` starts it)."""
-        name = name or f"worker-{len(self.workers) + len(self.processes) + 1}-{_tag()}"
+        """A worker thread on a client of its own, started at once."""
+        name = name or f"worker-{len(self.workers) + len(self.processes) + 1}-{tag()}"
         client = self.client(name, hosts)
         self.workers[name] = client
         thread = threading.Thread(
@@ -124,20 +121,14 @@ class QueueWorkload(ClientPool):
             daemon=True,
         )
         self._worker_threads.append(thread)
-        if start:
-            thread.start()
+        thread.start()
         return client
-
-    def start_workers(self) -> None:
-        for thread in self._worker_threads:
-            if thread.ident is None:
-                thread.start()
 
     def add_worker_process(
         self, name: str | None = None, *, hosts: str | None = None
     ) -> WorkerProcess:
         """A worker in a child process, driven step by step."""
-        name = name or f"workproc-{len(self.workers) + len(self.processes) + 1}-{_tag()}"
+        name = name or f"workproc-{len(self.workers) + len(self.processes) + 1}-{tag()}"
         proc = WorkerProcess(
             hosts or self.hosts,
             self.root,
@@ -192,7 +183,11 @@ class QueueWorkload(ClientPool):
 
     def stop_producing(self, timeout: float | None = None) -> None:
         self._stop_producing.set()
-        _join(self._producer_threads, timeout if timeout is not None else self.put_timeout + 30)
+        join_threads(
+            self._producer_threads,
+            timeout if timeout is not None else self.put_timeout + 30,
+            "producers",
+        )
 
     # -- working ---------------------------------------------------------------------------
 
@@ -228,7 +223,7 @@ class QueueWorkload(ClientPool):
                     try:
                         item.ack()
                     except Exception as exc:
-                        recorder.finished(h, finish_of("ack", exc), f"{type(exc).__name__}: {exc}")
+                        recorder.finished(h, finish_of("ack", exc), describe_error(exc))
                     else:
                         recorder.finished(h, "acked")
         finally:
@@ -236,7 +231,7 @@ class QueueWorkload(ClientPool):
 
     def stop_workers(self, timeout: float = 60.0) -> None:
         self._stop_workers.set()
-        _join(self._worker_threads, timeout)
+        join_threads(self._worker_threads, timeout, "workers")
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -272,25 +267,11 @@ class QueueWorkload(ClientPool):
     def close(self) -> None:
         self._stop_producing.set()
         self._stop_workers.set()
-        _join(self._producer_threads, self.put_timeout + 5)
-        _join(self._worker_threads, self.request_timeout + 5)
+        join_threads(self._producer_threads, self.put_timeout + 5, "producers")
+        join_threads(self._worker_threads, self.request_timeout + 5, "workers")
         for proc in self.processes.values():
             proc.kill()
         self.close_clients()
-
-
-def _join(threads: list[threading.Thread], limit: float) -> None:
-    deadline = time.monotonic() + limit
-    for t in threads:
-        if t.ident is not None:
-            t.join(max(0.0, deadline - time.monotonic()))
-    alive = [t.name for t in threads if t.is_alive()]
-    if alive:
-        raise TimeoutError(f"still running after {limit:g}s: {alive}")
-
-
-def _tag() -> str:
-    return uuid.uuid4().hex[:6]
 
 
 class WorkerProcess:
@@ -504,7 +485,7 @@ def _work_main(args: argparse.Namespace) -> None:
                 replace(
                     record,
                     finish=finish_of(action, error),
-                    error=None if error is None else f"{type(error).__name__}: {error}",
+                    error=describe_error(error),
                     finished_at=time.time(),
                 )
             )

@@ -11,50 +11,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
 
 from .checker import CheckResult
 from .queue_checker import QueueCheckResult
 
 COLUMNS = ("attempted", "acked", "unknown", "delivered", "lost", "duplicates")
 EXTRA_COLUMNS = ("failed", "unexpected", "order_violations", "recovered")
-
-
-@dataclass(frozen=True, slots=True)
-class ScenarioResult:
-    """One scenario's figures, its faults and how long it ran."""
-
-    name: str
-    check: CheckResult
-    faults: int = 0
-    seconds: float = 0.0
-    audit_ok: bool | None = None
-    notes: dict[str, int] = field(default_factory=dict)
-
-    def row(self) -> list[str]:
-        figures = [str(getattr(self.check, c)) for c in (*COLUMNS, *EXTRA_COLUMNS)]
-        audit = "-" if self.audit_ok is None else ("ok" if self.audit_ok else "FAILED")
-        lost_sessions = self.notes.get("sessions lost", 0)
-        return [
-            self.name,
-            *figures,
-            str(self.faults),
-            str(lost_sessions),
-            audit,
-            f"{self.seconds:.0f}",
-        ]
-
-
-HEADER = [
-    "scenario",
-    *COLUMNS,
-    *EXTRA_COLUMNS,
-    "faults",
-    "sessions lost",
-    "audit",
-    "seconds",
-]
-
 QUEUE_COLUMNS = (
     "attempted",
     "acked",
@@ -70,52 +32,49 @@ QUEUE_COLUMNS = (
     "redelivered",
     "rejected",
 )
+_TAIL = ("faults", "sessions lost", "audit", "seconds")
+
+
+def _columns(check: CheckResult | QueueCheckResult) -> tuple[tuple[str, ...], list[str]]:
+    """The figures of a publish/subscribe or a work-queue check, and their labels."""
+    if isinstance(check, QueueCheckResult):
+        return QUEUE_COLUMNS, [c.replace("_", " ") for c in QUEUE_COLUMNS]
+    return (*COLUMNS, *EXTRA_COLUMNS), [*COLUMNS, *EXTRA_COLUMNS]
 
 
 @dataclass(frozen=True, slots=True)
-class QueueScenarioResult:
-    """One work-queue scenario's figures (see ``queue_checker``)."""
+class ScenarioResult:
+    """One scenario's figures, its faults and how long it ran. A work-queue
+    scenario (``QueueCheckResult``) has columns of its own."""
 
     name: str
-    check: QueueCheckResult
+    check: CheckResult | QueueCheckResult
     faults: int = 0
     seconds: float = 0.0
     audit_ok: bool | None = None
     notes: dict[str, int] = field(default_factory=dict)
 
+    def header(self) -> list[str]:
+        return ["scenario", *_columns(self.check)[1], *_TAIL]
+
     def row(self) -> list[str]:
+        figures = [str(getattr(self.check, c)) for c in _columns(self.check)[0]]
         audit = "-" if self.audit_ok is None else ("ok" if self.audit_ok else "FAILED")
+        lost_sessions = self.notes.get("sessions lost", 0)
         return [
             self.name,
-            *[str(getattr(self.check, c)) for c in QUEUE_COLUMNS],
+            *figures,
             str(self.faults),
-            str(self.notes.get("sessions lost", 0)),
+            str(lost_sessions),
             audit,
             f"{self.seconds:.0f}",
         ]
 
 
-QUEUE_HEADER = [
-    "scenario",
-    *(c.replace("_", " ") for c in QUEUE_COLUMNS),
-    "faults",
-    "sessions lost",
-    "audit",
-    "seconds",
-]
+HEADER = ["scenario", *COLUMNS, *EXTRA_COLUMNS, *_TAIL]
 
 
-class Row(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def row(self) -> list[str]: ...
-
-
-R = TypeVar("R", bound=Row)
-
-
-def _order(result: Row) -> tuple[int, str]:
+def _order(result: ScenarioResult) -> tuple[int, str]:
     """Numbered scenarios first, by number (``"8a ..."`` is 8), then the rest."""
     name = result.name.removeprefix("Q")
     head = name.split(" ", 1)[0]
@@ -123,15 +82,16 @@ def _order(result: Row) -> tuple[int, str]:
     return (int(digits) if digits and head[0].isdigit() else 10**6, result.name)
 
 
-def ordered(results: Iterable[R]) -> list[R]:
+def ordered(results: Iterable[ScenarioResult]) -> list[ScenarioResult]:
     return sorted(results, key=_order)
 
 
-def _header_of(results: Sequence[Row]) -> list[str]:
-    return QUEUE_HEADER if results and isinstance(results[0], QueueScenarioResult) else HEADER
+def _header_of(results: Sequence[ScenarioResult]) -> list[str]:
+    """One table holds one kind of scenario: its first row names the columns."""
+    return results[0].header() if results else HEADER
 
 
-def markdown_table(results: Sequence[Row]) -> str:
+def markdown_table(results: Sequence[ScenarioResult]) -> str:
     header = _header_of(results)
     lines = [
         "| " + " | ".join(header) + " |",
@@ -142,7 +102,7 @@ def markdown_table(results: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def text_table(results: Sequence[Row]) -> str:
+def text_table(results: Sequence[ScenarioResult]) -> str:
     header = _header_of(results)
     rows = [header, *[r.row() for r in ordered(results)]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -148,7 +148,7 @@ class Workload(ClientPool):
         self, name: str | None = None, *, hosts: str | None = None, **options: Any
     ) -> Client:
         """A subscriber client; it is subscribed when this returns."""
-        name = name or f"sub-{len(self.subscribers) + len(self.processes) + 1}-{_tag()}"
+        name = name or f"sub-{len(self.subscribers) + len(self.processes) + 1}-{tag()}"
         client = self.client(name, hosts, **options)
         recorder, topic = self.recorder, self.topic
 
@@ -170,7 +170,7 @@ class Workload(ClientPool):
         self, name: str | None = None, *, hosts: str | None = None
     ) -> SubscriberProcess:
         """A subscriber in a child process (to be killed for real)."""
-        name = name or f"subproc-{len(self.subscribers) + len(self.processes) + 1}-{_tag()}"
+        name = name or f"subproc-{len(self.subscribers) + len(self.processes) + 1}-{tag()}"
         proc = SubscriberProcess(
             hosts or self.hosts,
             self.root,
@@ -190,7 +190,7 @@ class Workload(ClientPool):
     def add_publisher(
         self, name: str | None = None, *, hosts: str | None = None, **options: Any
     ) -> Client:
-        name = name or f"pub-{len(self.publishers) + 1}-{_tag()}"
+        name = name or f"pub-{len(self.publishers) + 1}-{tag()}"
         client = self.client(name, hosts, **options)
         self.publishers[name] = client
         return client
@@ -264,12 +264,7 @@ class Workload(ClientPool):
         """Stop the publishers and wait for their last publish to return."""
         self._stop.set()
         limit = timeout if timeout is not None else self.publish_timeout + 30
-        deadline = time.monotonic() + limit
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        alive = [t.name for t in self._threads if t.is_alive()]
-        if alive:
-            raise TimeoutError(f"publishers still running after {limit:g}s: {alive}")
+        join_threads(self._threads, limit, "publishers")
 
     @property
     def publishing(self) -> bool:
@@ -309,7 +304,19 @@ class Workload(ClientPool):
         self.close_clients()
 
 
-def _tag() -> str:
+def join_threads(threads: list[threading.Thread], limit: float, what: str) -> None:
+    """Join ``threads`` within ``limit`` seconds in all; ``TimeoutError``
+    naming those still running after it."""
+    deadline = time.monotonic() + limit
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        raise TimeoutError(f"{what} still running after {limit:g}s: {alive}")
+
+
+def tag() -> str:
+    """A short random suffix for client names."""
     return uuid.uuid4().hex[:6]
 
 
