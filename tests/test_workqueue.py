@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from kazoo.client import KazooClient
@@ -23,11 +24,13 @@ from zkpubsub import (
 )
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, expire_session
+from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, ZkClientProxy
 
 from .helpers import wait_until
 from .procs import Child
 
 MakeClient = Callable[..., Client]
+T = TypeVar("T")
 
 
 def drain(queue: object, count: int, timeout: float = 10.0) -> list[object]:
@@ -547,3 +550,43 @@ def test_consume_with_prefetch_handles_every_item_once(make_client: MakeClient) 
         c.stop()
     assert set(seen) == set(range(300)) and set(seen.values()) == {1}
     assert consumers[0].stats().acked == 300
+
+
+@pytest.mark.parametrize("lose", ["request", "reply"])
+def test_reads_are_sent_again_after_a_lost_connection(
+    make_cluster: Callable[..., ZooKeeperCluster], lose: str
+) -> None:
+    """A read lost with its connection (the listing, an item, the stats, a
+    dead letter) is sent again once connected: nothing raises, nothing is
+    skipped."""
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    with ZkClientProxy(("127.0.0.1", node.client_port), name="worker") as proxy:
+        client = Client(proxy.address, session_timeout=5.0, request_timeout=30)
+        try:
+            q = client.queue("reads", max_attempts=1)
+            q.put_many(["first", "second", "third"])
+            trap = proxy.lose_request if lose == "request" else proxy.lose_reply
+
+            def through(op: int, read: Callable[[], T]) -> T:
+                sprung = trap(op)
+                value = read()
+                assert sprung.is_set(), f"no read (op {op}) was lost"
+                return value
+
+            first = through(OP_GET_CHILDREN, lambda: q.reserve(10))  # the listing
+            assert first is not None and first.payload == "first" and first.attempts == 1
+            first.ack()
+            second = through(OP_GET_DATA, lambda: q.reserve(10))  # the item itself
+            assert second is not None and second.payload == "second"
+            second.release()  # its only attempt is spent: the next reserve buries it
+            third = q.reserve(10)
+            assert third is not None and third.payload == "third"
+            third.ack()
+            stats = through(OP_EXISTS, q.stats)
+            assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 1)
+            (dead,) = through(OP_GET_DATA, q.dead)
+            assert dead.payload == "second" and dead.attempts == 1
+            assert len(proxy.sprung) == 4
+        finally:
+            client.close()

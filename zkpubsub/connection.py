@@ -263,10 +263,15 @@ class Connection:
     def call(self, request: Callable[[], Any], deadline: float | None, what: str) -> Any:
         """Run an idempotent request, again after every connection loss, until
         it answers or the deadline passes."""
+        return self._again_after_loss(
+            lambda: self.result(request(), deadline, what), deadline, what
+        )
+
+    def _again_after_loss(self, attempt: Callable[[], T], deadline: float | None, what: str) -> T:
         while True:
             self.wait_connected(deadline, what)
             try:
-                return self.result(request(), deadline, what)
+                return attempt()
             except ConnectionLost:
                 if self.closing.is_set():
                     raise ClientClosed(f"{what}: the client is closed") from None
@@ -275,6 +280,25 @@ class Connection:
                         f"{what}: connection lost and not back in time"
                     ) from None
                 logger.debug("%s: connection lost, retrying", what)
+
+    def read_all(
+        self, requests: Callable[[], list[Any]], deadline: float | None, what: str
+    ) -> list[Any]:
+        """Send several reads at once and wait for them all; after a
+        connection loss send them all again, until the deadline passes.
+        Each answer is the value read or, for a node that is not there, the
+        ``NoNodeError`` itself (callers usually skip those)."""
+
+        def answers() -> list[Any]:
+            out: list[Any] = []
+            for request in requests():
+                try:
+                    out.append(self.result(request, deadline, what))
+                except NoNodeError as exc:
+                    out.append(exc)
+            return out
+
+        return self._again_after_loss(answers, deadline, what)
 
     def children(
         self, path: str, deadline: float | None, *, watch: Callable[[Any], None] | None = None

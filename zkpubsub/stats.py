@@ -47,33 +47,38 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
     kazoo = conn.kazoo
     clients = _children(conn, layout.clients, deadline)
     topic_names = _children(conn, layout.subscribers, deadline)
-    sub_requests = [(t, kazoo.get_children_async(layout.topic(t))) for t in topic_names]
-    topics: dict[str, tuple[str, ...]] = {}
-    for topic, request in sub_requests:
-        try:
-            topics[topic] = tuple(sorted(conn.result(request, deadline, "list subscribers")))
-        except NoNodeError:
-            continue
+    listed = conn.read_all(
+        lambda: [kazoo.get_children_async(layout.topic(t)) for t in topic_names],
+        deadline,
+        "list subscribers",
+    )
+    topics: dict[str, tuple[str, ...]] = {
+        topic: tuple(sorted(ids))
+        for topic, ids in zip(topic_names, listed, strict=True)
+        if not isinstance(ids, NoNodeError)
+    }
     owners = _children(conn, layout.messages, deadline)
-    queue_requests = [
-        (cid, kazoo.get_children_async(layout.client_messages(cid))) for cid in owners
+    owned = conn.read_all(
+        lambda: [kazoo.get_children_async(layout.client_messages(cid)) for cid in owners],
+        deadline,
+        "list queues",
+    )
+    pairs = [
+        (cid, topic)
+        for cid, names in zip(owners, owned, strict=True)
+        if not isinstance(names, NoNodeError)
+        for topic in sorted(names)
     ]
-    stat_requests = []
-    for cid, request in queue_requests:
-        try:
-            names = conn.result(request, deadline, "list queues")
-        except NoNodeError:
-            continue
-        for topic in sorted(names):
-            stat_requests.append((cid, topic, kazoo.exists_async(layout.queue(cid, topic))))
+    stats = conn.read_all(
+        lambda: [kazoo.exists_async(layout.queue(cid, topic)) for cid, topic in pairs],
+        deadline,
+        "queue stat",
+    )
     live = set(clients)
-    queues = []
-    for cid, topic, request in stat_requests:
-        stat = conn.result(request, deadline, "queue stat")
-        if stat is None:
-            continue
-        queues.append(
-            QueueStats(cid, topic, stat.numChildren, cid in live, cid in topics.get(topic, ()))
-        )
+    queues = [
+        QueueStats(cid, topic, stat.numChildren, cid in live, cid in topics.get(topic, ()))
+        for (cid, topic), stat in zip(pairs, stats, strict=True)
+        if stat is not None
+    ]
     candidates = len(_children(conn, layout.candidates, deadline))
     return BusStats(layout.root_path, tuple(clients), topics, tuple(queues), candidates)

@@ -536,18 +536,23 @@ class WorkQueue:
         kazoo, paths = self._conn.kazoo, self._paths
         self._stale = self._outdated = False
         self._listed_at = time.monotonic()
-        requests = [
-            kazoo.get_children_async(paths.items, watch=self._on_change),
-            kazoo.get_children_async(paths.reserved, watch=self._on_change),
-            kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
-        ]
         try:
-            names, reserved, workers = (
-                self._conn.result(r, deadline, "list queue") for r in requests
+            answers = self._conn.read_all(
+                lambda: [
+                    kazoo.get_children_async(paths.items, watch=self._on_change),
+                    kazoo.get_children_async(paths.reserved, watch=self._on_change),
+                    kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
+                ],
+                deadline,
+                "list queue",
             )
-        except NoNodeError:
+        except BaseException:
+            self._stale = True
+            raise
+        if any(isinstance(answer, NoNodeError) for answer in answers):
             self._ready = False
             return False
+        names, reserved, workers = answers
         held = set(reserved)
         ordered, foreign = order_items([n for n in names if n not in held])
         for name in foreign:
@@ -569,13 +574,14 @@ class WorkQueue:
 
     def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
         conn, kazoo, paths = self._conn, self._conn.kazoo, self._paths
-        gets = [(n, kazoo.get_async(paths.item(n))) for n in names]
+        answers = conn.read_all(
+            lambda: [kazoo.get_async(paths.item(n)) for n in names], deadline, "read items"
+        )
         ready: list[tuple[str, bytes, int, envelope.Entry, Any]] = []
-        for name, request in gets:
-            try:
-                data, stat = conn.result(request, deadline, f"read item {name}")
-            except NoNodeError:
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, NoNodeError):
                 continue  # acked meanwhile
+            data, stat = answer
             try:
                 entry, payload = self._decode_item(name, data)
             except ValueError as exc:
@@ -860,14 +866,15 @@ class WorkQueue:
         conn, kazoo, paths = self._conn, self._conn.kazoo, self._paths
         deadline = self._deadline()
         with translated(f"stats of queue {self.name!r}"):
-            requests = [
-                kazoo.exists_async(p)
-                for p in (paths.items, paths.reserved, paths.dead, paths.workers)
-            ]
-            counts = [
-                0 if (stat := conn.result(r, deadline, "queue stats")) is None else stat.numChildren
-                for r in requests
-            ]
+            stats = conn.read_all(
+                lambda: [
+                    kazoo.exists_async(p)
+                    for p in (paths.items, paths.reserved, paths.dead, paths.workers)
+                ],
+                deadline,
+                "queue stats",
+            )
+            counts = [0 if stat is None else stat.numChildren for stat in stats]
         items, reserved, dead, workers = counts
         return WorkQueueStats(self.name, max(0, items - reserved), reserved, dead, workers)
 
@@ -879,13 +886,15 @@ class WorkQueue:
         with translated(f"dead letters of {self.name!r}"):
             names = conn.children(paths.dead, deadline) or []
             ordered, foreign = order_items(names)
-            requests = [(n, kazoo.get_async(paths.dead_letter(n))) for n in ordered + foreign]
-            for name, request in requests:
-                try:
-                    data, _ = conn.result(request, deadline, f"read {name}")
-                except NoNodeError:
-                    continue
-                out.append(self._dead_item(name, data))
+            names = ordered + foreign
+            answers = conn.read_all(
+                lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
+                deadline,
+                "read dead letters",
+            )
+            for name, answer in zip(names, answers, strict=True):
+                if not isinstance(answer, NoNodeError):
+                    out.append(self._dead_item(name, answer[0]))
         return out
 
     def _dead_item(self, name: str, data: bytes) -> DeadItem:
