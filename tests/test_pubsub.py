@@ -21,6 +21,8 @@ from zkpubsub import (
     SerializationError,
 )
 from zkpubsub.layout import Layout
+from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
 from .helpers import Collector, wait_until
 
@@ -495,3 +497,43 @@ def test_publish_is_exactly_once_across_a_connection_loss(
         assert publisher._publisher.lookups >= 1  # the answer was lost and looked up
         got = [sub.get(10), sub.get(10), sub.get(0.5)]
         assert [m.payload if m else None for m in got] == ["warm-up", "exactly once", None]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_reply_delivered_twice_neither_fails_nor_repeats_a_publish(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    """A reply the client did not expect ends kazoo's connection loop, and
+    the request it was waiting for fails with kazoo's "xids do not match".
+    For a publish that is a lost answer like any other: looked up, not
+    raised, not sent twice."""
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    topics = ("a", "b")
+    rounds, per_round = 3, 40
+    with ZkClientProxy(("127.0.0.1", node.client_port), name="writer") as proxy:
+        reader = Client(zk.hosts, client_id="reader")
+        writer = Client(proxy.address, client_id="writer", session_timeout=5.0)
+        try:
+            subs = {t: reader.subscribe(t) for t in topics}
+            for n in range(rounds):
+                sprung = proxy.duplicate_reply(OP_MULTI)
+                futures = [
+                    writer.publish_async(t, [n, i]) for i in range(per_round) for t in topics
+                ]
+                for future in futures:
+                    assert future.result(60).subscribers == 1
+                assert sprung.is_set()
+                wait_until(lambda: writer.status == ClientState.CONNECTED, 30, "reconnected")
+            expected = sorted([n, i] for n in range(rounds) for i in range(per_round))
+            for topic, sub in subs.items():
+                got = []
+                while (message := sub.get(timeout=5)) is not None:
+                    got.append(message.payload)
+                    if len(got) == len(expected):
+                        break
+                assert sorted(got) == expected, topic
+                assert sub.get(timeout=0.5) is None, f"{topic}: a publish came twice"
+        finally:
+            writer.close()
+            reader.close()

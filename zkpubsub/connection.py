@@ -224,8 +224,9 @@ class Connection:
             self.connected.wait(0.1 if left is None else min(left, 0.1))
 
     def result(self, async_result: Any, deadline: float | None, what: str) -> Any:
-        """Wait for one request. Connection errors raise ``ConnectionLost``;
-        other kazoo errors (NoNodeError…) are left for the caller to handle."""
+        """Wait for one request. Connection errors raise ``ConnectionLost``
+        (so does kazoo's "xids do not match", an answer that will never
+        come); other kazoo errors (NoNodeError…) are left for the caller."""
         try:
             value = async_result.get(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
@@ -240,6 +241,10 @@ class Connection:
             raise ConnectionLost(f"{what}: SessionExpiredError") from exc
         except _CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
+        except RuntimeError as exc:
+            # kazoo's "xids do not match": a reply it did not expect ended
+            # its connection loop; whether this request was applied is unknown
+            raise ConnectionLost(f"{what}: the connection loop stopped ({exc.args[0]})") from exc
         if isinstance(value, list) and any(isinstance(r, SessionExpiredError) for r in value):
             # a transaction refused as a whole: nothing of it was applied
             self._expired_reply(what)

@@ -95,7 +95,7 @@ class ReceiptJanitor:
     def _done(self, paths: list[str], result: Any) -> None:  # kazoo's thread
         try:
             results = result.get()
-        except KazooException:
+        except Exception:  # kazoo's or its loop's error
             self._give_back(paths)  # no answer: try again with the next batch
             return
         if first_error(results)[1] is None:

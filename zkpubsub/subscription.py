@@ -538,7 +538,7 @@ class Subscription:
         try:
             try:
                 results = result.get()
-            except KazooException:  # no answer: try again once connected
+            except Exception:  # no answer (kazoo's or its loop's error): again once connected
                 self._requeue_deletes(batch)
                 return
             if first_error(results)[1] is None:
@@ -558,7 +558,7 @@ class Subscription:
             result.get()
         except NoNodeError:
             pass
-        except KazooException:
+        except Exception:  # no answer: again once connected
             self._requeue_deletes([name])
             return
         self._mark_deleted([name])
