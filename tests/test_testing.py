@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
 from zkpubsub.testing import ZooKeeperCluster, expire_session
+from zkpubsub.testing.server import PORT_FLOOR, ephemeral_range, free_ports, port_pool
 
 from .helpers import wait_until
 
@@ -72,3 +74,16 @@ def test_expire_session_ends_the_session_on_the_server(zk_hosts: str, raw_zk: Ka
     finally:
         victim.stop()
         victim.close()
+
+
+def test_free_ports_lie_outside_the_range_of_outgoing_connections() -> None:
+    """A port ZooKeeper binds only later (a leader's quorum port) must not be
+    one the system may give an outgoing connection meanwhile."""
+    low, high = ephemeral_range()
+    ports = free_ports(30)
+    assert len(set(ports)) == 30
+    if len(port_pool()) >= 30:  # the system leaves room below or above its range
+        assert all(PORT_FLOOR <= p < 65536 and not low <= p <= high for p in ports), ports
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -80,11 +81,51 @@ def find_java() -> str:
     return java
 
 
+PORT_FLOOR: Final = 10000  # below: ports other software on the machine tends to claim
+_EPHEMERAL_RANGE_FILE: Final = "/proc/sys/net/ipv4/ip_local_port_range"
+_LINUX_EPHEMERAL: Final = (32768, 60999)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the system hands out to outgoing connections."""
+    try:
+        low, high = (int(x) for x in Path(_EPHEMERAL_RANGE_FILE).read_text().split())
+    except (OSError, ValueError):
+        return _LINUX_EPHEMERAL
+    return low, high
+
+
+def port_pool(floor: int = PORT_FLOOR) -> list[int]:
+    """Ports from ``floor`` up that lie outside the ephemeral range."""
+    low, high = ephemeral_range()
+    return [p for p in range(floor, 65536) if p < low or p > high]
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    """``n`` distinct ports that were free on 127.0.0.1 a moment ago.
+
+    They are taken outside the range the system uses for outgoing
+    connections: ZooKeeper binds some of its ports long after it starts (a
+    quorum port once the node leads, every port of a restarted node), and a
+    client's or a proxy's outgoing connection must not have taken the port
+    meanwhile. Picked at random, so that runs sharing a machine rarely meet.
+    """
+    pool = port_pool()
+    rng = random.SystemRandom()
+    rng.shuffle(pool)
     socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for port in pool:
+            if len(socks) == n:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:  # no room outside the ephemeral range
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
