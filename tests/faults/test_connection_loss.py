@@ -9,6 +9,7 @@ nor duplicate anything.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -73,14 +74,14 @@ def test_cleaners_keep_one_candidate_each_across_connection_losses(ensemble):
 
 
 def _spring_on_any(proxies: list[ZkClientProxy], arm, timeout: float = 60.0) -> None:
-    """Arm the same trap on every proxy (the client uses one of them) and
-    wait until it springs on one; disarm the others."""
-    events = [arm(p) for p in proxies]
-    deadline = time.monotonic() + timeout
+    """Arm the same trap on every proxy (the client uses one of them), as one
+    group, so that it springs once however fast the client reconnects; wait
+    until it has."""
+    group = threading.Event()
+    for p in proxies:
+        arm(p, group)
     try:
-        while not any(e.is_set() for e in events):
-            assert time.monotonic() < deadline, "the trap never sprang"
-            time.sleep(0.01)
+        assert group.wait(timeout), "the trap never sprang"
     finally:
         for p in proxies:
             p.disarm()
@@ -100,10 +101,10 @@ def test_connection_loss_in_the_middle_of_a_publish_neither_loses_nor_duplicates
         wl.wait_acked(20)
         for _ in range(4):
             # applied by the server, the reply never arrives
-            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))
+            _spring_on_any(proxies, lambda p, g: p.lose_reply(OP_MULTI, group=g))
             wl.wait_acked(10)
             # never reaches the server
-            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))
+            _spring_on_any(proxies, lambda p, g: p.lose_request(OP_MULTI, group=g))
             wl.wait_acked(10)
         sprung = sum(len(p.sprung) for p in proxies)
         result, audit = finish("7 connection loss mid-publish", wl, injector, scenario, cleaners)
@@ -152,7 +153,7 @@ def test_a_reply_delivered_twice_does_not_leave_a_dead_client(ensemble, scenario
         wl.start_publishing()
         wl.wait_acked(20)
         for _ in range(2):
-            _spring_on_any(proxies, lambda p: p.duplicate_reply(OP_MULTI))
+            _spring_on_any(proxies, lambda p, g: p.duplicate_reply(OP_MULTI, group=g))
             injector.log.add("a reply delivered twice")
             wl.wait_acked(20)
         wl.wait_until(
@@ -187,7 +188,7 @@ def test_a_publish_whose_reply_is_lost_and_whose_session_then_expires_is_not_dup
         wl.wait_acked(20)
         for _ in range(3):
             # applied, the reply lost, the publisher kept away ...
-            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI, then_block=True))
+            _spring_on_any(proxies, lambda p, g: p.lose_reply(OP_MULTI, then_block=True, group=g))
             # ... while its session ends on the server
             expire_behind(publisher, proxies, ens.cluster.hosts)
             injector.log.add("lost reply, then the publisher's session expired")
@@ -218,9 +219,9 @@ def test_connection_loss_while_a_subscriber_deletes_what_it_handled(ensemble, sc
         wl.start_publishing()
         wl.wait_acked(20)
         for _ in range(3):
-            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))
+            _spring_on_any(proxies, lambda p, g: p.lose_reply(OP_MULTI, group=g))
             wl.wait_acked(10)
-            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))
+            _spring_on_any(proxies, lambda p, g: p.lose_request(OP_MULTI, group=g))
             wl.wait_acked(10)
         sprung = sum(len(p.sprung) for p in proxies)
         result, audit = finish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -59,6 +60,29 @@ def test_client_proxy_loses_the_reply_of_an_applied_request(ensemble):
         zk.stop()
         zk.close()
         proxy.close()
+
+
+def test_traps_armed_as_one_group_spring_once_across_proxies(ensemble):
+    ens = ensemble(1)
+    server = ens.cluster.nodes[0]
+    first, second = (ZkClientProxy(("127.0.0.1", server.client_port)) for _ in range(2))
+    a, b = _kazoo(first.address), _kazoo(second.address)
+    group = threading.Event()
+    try:
+        for proxy in (first, second):
+            assert proxy.lose_request(OP_CREATE, group=group) is group
+        with pytest.raises(ConnectionLoss):
+            a.create("/grouped-1", b"")
+        assert group.is_set()
+        b.create("/grouped-2", b"")  # the second proxy's trap stood down
+        assert (len(first.sprung), len(second.sprung)) == (1, 0)
+        assert a.retry(a.exists, "/grouped-1") is None
+    finally:
+        for zk in (a, b):
+            zk.stop()
+            zk.close()
+        first.close()
+        second.close()
 
 
 def test_a_partitioned_leader_loses_the_lead_and_the_majority_goes_on(ensemble):

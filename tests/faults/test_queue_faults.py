@@ -128,9 +128,11 @@ def test_q7_connection_loss_in_the_middle_of_a_put(ensemble, scenario):
         wl.start_producing()
         wl.wait_puts(20)
         for _ in range(4):
-            _spring_on_any(proxies, lambda p: p.lose_reply(OP_MULTI))  # applied, reply lost
+            # applied by the server, the reply lost
+            _spring_on_any(proxies, lambda p, g: p.lose_reply(OP_MULTI, group=g))
             wl.wait_puts(10)
-            _spring_on_any(proxies, lambda p: p.lose_request(OP_MULTI))  # never arrives
+            # never reaches the server
+            _spring_on_any(proxies, lambda p, g: p.lose_request(OP_MULTI, group=g))
             wl.wait_puts(10)
         sprung = sum(len(p.sprung) for p in proxies)
         result, audit = finish_queue("Q7 connection loss mid-put", wl, injector, scenario)

@@ -301,11 +301,13 @@ class _Frames:
 class _Trap:
     """A pending cut: on the next request of ``ops`` (after ``skip`` of them)."""
 
-    def __init__(self, ops: frozenset[int], when: TrapKind, skip: int) -> None:
+    def __init__(
+        self, ops: frozenset[int], when: TrapKind, skip: int, group: threading.Event | None
+    ) -> None:
         self.ops = ops
         self.when = when
         self.skip = skip
-        self.sprung = threading.Event()
+        self.sprung = group if group is not None else threading.Event()
         self.xid: int | None = None
         self.link: Link | None = None
         self.op: int | None = None
@@ -332,31 +334,54 @@ class ZkClientProxy(TcpProxy):
         self.sprung: list[tuple[str, int]] = []  # (when, op) of each sprung trap
         super().__init__(target, port=port, name=name)
 
-    def lose_request(self, *ops: int, skip: int = 0, then_block: bool = False) -> threading.Event:
+    # Each trap returns the event it sets when it springs. Traps armed with
+    # the same ``group`` event (on the proxies of several servers) spring
+    # once in all: the first sets it, and the others then stand down.
+
+    def lose_request(
+        self,
+        *ops: int,
+        skip: int = 0,
+        then_block: bool = False,
+        group: threading.Event | None = None,
+    ) -> threading.Event:
         """Cut before the next request of one of ``ops`` reaches the server
         (and refuse connections from then on if ``then_block``)."""
-        return self._arm(ops, "request", skip, then_block)
+        return self._arm(ops, "request", skip, then_block, group)
 
-    def lose_reply(self, *ops: int, skip: int = 0, then_block: bool = False) -> threading.Event:
+    def lose_reply(
+        self,
+        *ops: int,
+        skip: int = 0,
+        then_block: bool = False,
+        group: threading.Event | None = None,
+    ) -> threading.Event:
         """Forward the next request of one of ``ops``, swallow its reply, cut
         (and refuse connections from then on if ``then_block``)."""
-        return self._arm(ops, "reply", skip, then_block)
+        return self._arm(ops, "reply", skip, then_block, group)
 
-    def duplicate_reply(self, *ops: int, skip: int = 0) -> threading.Event:
+    def duplicate_reply(
+        self, *ops: int, skip: int = 0, group: threading.Event | None = None
+    ) -> threading.Event:
         """Deliver the reply to the next request of one of ``ops`` twice (a
         reply the client did not expect; the connection stays up)."""
-        return self._arm(ops, "duplicate", skip)
+        return self._arm(ops, "duplicate", skip, False, group)
 
     def disarm(self) -> None:
         with self._trap_lock:
             self._traps.clear()
 
     def _arm(
-        self, ops: tuple[int, ...], when: TrapKind, skip: int, then_block: bool = False
+        self,
+        ops: tuple[int, ...],
+        when: TrapKind,
+        skip: int,
+        then_block: bool = False,
+        group: threading.Event | None = None,
     ) -> threading.Event:
         if not ops:
             raise ValueError("name at least one operation code")
-        trap = _Trap(frozenset(ops), when, skip)
+        trap = _Trap(frozenset(ops), when, skip, group)
         trap.then_block = then_block
         with self._trap_lock:
             self._traps.append(trap)
@@ -386,7 +411,10 @@ class ZkClientProxy(TcpProxy):
             return "pass"
         xid, op = struct.unpack_from(">ii", frame, 4)
         self.requests[op] = self.requests.get(op, 0) + 1
-        for trap in self._traps:
+        for trap in list(self._traps):
+            if trap.sprung.is_set():  # its group sprang on another proxy
+                self._traps.remove(trap)
+                continue
             if trap.xid is not None or op not in trap.ops:
                 continue
             if trap.skip > 0:
