@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .soak import run_soak
+from .soak import run_queue_soak, run_soak
 
 pytestmark = [pytest.mark.soak, pytest.mark.local_zk, pytest.mark.timeout(3600)]
 
@@ -22,5 +22,18 @@ def test_soak_ten_thousand_messages_with_a_leader_kill_every_five_seconds(scenar
     )
     scenario.results.append(outcome.result)
     assert outcome.check.attempted >= messages, outcome.check.describe()
+    assert outcome.kills >= 3
+    assert outcome.ok, f"{outcome.check.describe()}\naudit: {outcome.audit.describe()}"
+
+
+def test_queue_soak_ten_thousand_items_with_a_leader_kill_every_five_seconds(scenario):
+    items = int(os.environ.get("ZKPUBSUB_SOAK_MESSAGES", "10000"))
+    outcome = run_queue_soak(
+        items=items,
+        kill_every=5.0,
+        max_minutes=float(os.environ.get("ZKPUBSUB_SOAK_MINUTES", "20")),
+    )
+    scenario.queue_results.append(outcome.result)
+    assert outcome.check.attempted >= items, outcome.check.describe()
     assert outcome.kills >= 3
     assert outcome.ok, f"{outcome.check.describe()}\naudit: {outcome.audit.describe()}"

@@ -181,6 +181,11 @@ class QueueWorkload(ClientPool):
         self.recorder.put(name, seq, started, item_id=item_id)
         return item_id
 
+    @property
+    def producing(self) -> bool:
+        """Whether a producer is still putting (``max_items`` not reached)."""
+        return any(t.is_alive() for t in self._producer_threads)
+
     def stop_producing(self, timeout: float | None = None) -> None:
         self._stop_producing.set()
         join_threads(
