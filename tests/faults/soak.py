@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,57 @@ def kill_leader_every(
         injector.start(victim)
 
 
+def _under_kills(
+    injector: FaultInjector,
+    *,
+    kill_every: float,
+    down_for: float,
+    until: float,
+    busy: Callable[[], bool],
+    progress: Callable[[], str],
+) -> None:
+    """Kill the leader every ``kill_every`` seconds while ``busy()`` (and
+    until the monotonic time ``until``), logging ``progress()`` now and then;
+    then stop the nemesis."""
+    nemesis = Nemesis(lambda stop: kill_leader_every(injector, kill_every, down_for, stop))
+    nemesis.start()
+    last_report = time.monotonic()
+    try:
+        while busy() and time.monotonic() < until:
+            time.sleep(0.5)
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                logger.info("%s, %d leader kills so far", progress(), injector.log.count("kill -9"))
+    finally:
+        nemesis.stop()
+        nemesis.join(120)
+
+
+def _outcome(
+    what: str,
+    injector: FaultInjector,
+    kill_every: float,
+    started: float,
+    check: CheckResult | QueueCheckResult,
+    audit: Audit | QueueAudit,
+    notes: dict[str, int],
+) -> SoakResult:
+    kills = injector.log.count("kill -9")
+    name = (
+        f"{what}, leader kill -9 every {kill_every:g}s "
+        f"({kills} kills, {injector.log.count('wipe data dir')} with wipe)"
+    )
+    entry = ScenarioResult(
+        name=name,
+        check=check,
+        faults=len(injector.log.events()),
+        seconds=time.monotonic() - started,
+        audit_ok=audit.ok,
+        notes=notes,
+    )
+    return SoakResult(entry, check, audit, kills)
+
+
 def run_soak(
     *,
     messages: int = 10_000,
@@ -86,12 +138,11 @@ def run_soak(
     cluster = ZooKeeperCluster(servers, base_dir=base_dir)
     cluster.start()
     injector = FaultInjector(cluster)
-    per_publisher = -(-messages // publishers)
     wl = Workload(
         cluster.hosts,
         "/soak",
         session_timeout=SESSION_TIMEOUT,
-        max_messages=per_publisher,
+        max_messages=-(-messages // publishers),
         publish_timeout=30.0,
     )
     try:
@@ -103,41 +154,23 @@ def run_soak(
             c.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)
             for c in wl.subscribers.values()
         ]
-        nemesis = Nemesis(lambda stop: kill_leader_every(injector, kill_every, down_for, stop))
         wl.start_publishing()
-        nemesis.start()
-        bound = started + max_minutes * 60
-        last_report = time.monotonic()
-        while wl.publishing and time.monotonic() < bound:
-            time.sleep(0.5)
-            if time.monotonic() - last_report > 30:
-                last_report = time.monotonic()
-                logger.info(
-                    "soak: %d published, %d leader kills so far",
-                    len(wl.recorder.history().publishes),
-                    injector.log.count("kill -9"),
-                )
-        nemesis.stop()
-        nemesis.join(120)
+        _under_kills(
+            injector,
+            kill_every=kill_every,
+            down_for=down_for,
+            until=started + max_minutes * 60,
+            busy=lambda: wl.publishing,
+            progress=lambda: f"soak: {len(wl.recorder.history().publishes)} published",
+        )
         wl.stop_publishing()
         injector.wait_healthy()
         wl.drain(180)
         result = check(wl.history())
         audit = audit_convergence(cluster.hosts, wl.root, cleaners, timeout=3 * CLEANER_GRACE + 60)
-        kills = injector.log.count("kill -9")
-        name = (
-            f"soak: {servers} servers, leader kill -9 every {kill_every:g}s "
-            f"({kills} kills, {injector.log.count('wipe data dir')} with wipe)"
-        )
-        entry = ScenarioResult(
-            name=name,
-            check=result,
-            faults=len(injector.log.events()),
-            seconds=time.monotonic() - started,
-            audit_ok=audit.ok,
-            notes=wl.recorder.history().notes,
-        )
-        return SoakResult(entry, result, audit, kills)
+        what = f"soak: {servers} servers"
+        notes = wl.recorder.history().notes
+        return _outcome(what, injector, kill_every, started, result, audit, notes)
     finally:
         wl.close()
         cluster.close()
@@ -173,44 +206,25 @@ def run_queue_soak(
             wl.add_producer()
         for n in range(workers):
             wl.add_worker(prefetch=1 if n % 2 == 0 else 4)
-        nemesis = Nemesis(lambda stop: kill_leader_every(injector, kill_every, down_for, stop))
         wl.start_producing()
-        nemesis.start()
-        bound = started + max_minutes * 60
-        last_report = time.monotonic()
-        while wl.producing and time.monotonic() < bound:
-            time.sleep(0.5)
-            if time.monotonic() - last_report > 30:
-                last_report = time.monotonic()
-                logger.info(
-                    "queue soak: %d puts acknowledged, %d acked, %d leader kills so far",
-                    wl.acked_puts(),
-                    wl.acked_items(),
-                    injector.log.count("kill -9"),
-                )
-        nemesis.stop()
-        nemesis.join(120)
+        _under_kills(
+            injector,
+            kill_every=kill_every,
+            down_for=down_for,
+            until=started + max_minutes * 60,
+            busy=lambda: wl.producing,
+            progress=lambda: f"queue soak: {wl.acked_puts()} put, {wl.acked_items()} acked",
+        )
         wl.stop_producing()
         injector.wait_healthy()
         wl.drain(180)
         audit = audit_queue(cluster.hosts, wl.root, wl.queue, timeout=3 * SESSION_TIMEOUT + 60)
         wl.stop_workers()
         history = wl.history()
-        result = check_queue(history)
-        kills = injector.log.count("kill -9")
-        name = (
-            f"queue soak: {servers} servers, {workers} workers, leader kill -9 every "
-            f"{kill_every:g}s ({kills} kills, {injector.log.count('wipe data dir')} with wipe)"
+        what = f"queue soak: {servers} servers, {workers} workers"
+        return _outcome(
+            what, injector, kill_every, started, check_queue(history), audit, history.notes
         )
-        entry = ScenarioResult(
-            name=name,
-            check=result,
-            faults=len(injector.log.events()),
-            seconds=time.monotonic() - started,
-            audit_ok=audit.ok,
-            notes=history.notes,
-        )
-        return SoakResult(entry, result, audit, kills)
     finally:
         wl.close()
         cluster.close()
