@@ -635,27 +635,28 @@ class WorkQueue:
 
     def _holds(self, name: str, token: int, deadline: float | None) -> bool:
         """Whether this worker holds ``name`` at data version ``token``."""
-        paths = self._paths
-        try:
-            data, held = self._get(paths.reservation(name), deadline)
-        except NoNodeError:
+        kazoo, paths = self._conn.kazoo, self._paths
+        reservation, item = self._conn.read_all(
+            lambda: [
+                kazoo.get_async(paths.reservation(name)),
+                kazoo.exists_async(paths.item(name)),
+            ],
+            deadline,
+            f"check the reservation of {name}",
+        )
+        if isinstance(reservation, NoNodeError) or item is None:
             return False
-        if held.ephemeralOwner != self._conn.session_id:
+        data, held = reservation
+        if held.ephemeralOwner != self._conn.session_id or item.version != token:
             return False
         try:
-            worker = msgpack.unpackb(data, raw=False).get("worker")
+            return bool(msgpack.unpackb(data, raw=False).get("worker") == self.worker_id)
         except Exception:
             return False
-        item = self._stat(paths.item(name), deadline)
-        return worker == self.worker_id and item is not None and item.version == token
 
     def _get(self, path: str, deadline: float | None) -> tuple[bytes, Any]:
         kazoo = self._conn.kazoo
         return self._conn.call(lambda: kazoo.get_async(path), deadline, f"read {path}")  # type: ignore[no-any-return]
-
-    def _stat(self, path: str, deadline: float | None) -> Any:
-        kazoo = self._conn.kazoo
-        return self._conn.call(lambda: kazoo.exists_async(path), deadline, f"stat {path}")
 
     def _item(self, name: str, token: int, entry: envelope.Entry, payload: Any) -> Item:
         parsed = parse_item_node(name)
