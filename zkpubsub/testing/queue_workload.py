@@ -18,15 +18,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 from ..client import Client
@@ -41,7 +38,7 @@ from .queue_history import (
     hold_from_doc,
     hold_to_doc,
 )
-from .workload import ClientPool, join_threads, tag
+from .workload import ChildProcess, ClientPool, child_parser, join_threads, tag
 
 logger = logging.getLogger(__name__)
 
@@ -279,15 +276,14 @@ class QueueWorkload(ClientPool):
         self.close_clients()
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A worker in a child process, driven one step at a time.
 
     :meth:`reserve`, :meth:`handle`, :meth:`ack`, :meth:`release` send a
     command and wait for its answer; :meth:`send` sends one without waiting
     (to kill or stop the process while it runs). Every hold is written to a
     file as a JSON line (a later line of the same hold replaces an earlier
-    one); :meth:`kill` is SIGKILL, :meth:`pause` / :meth:`resume` SIGSTOP
-    and SIGCONT.
+    one).
     """
 
     def __init__(
@@ -301,46 +297,25 @@ class WorkerProcess:
         max_attempts: int = 1000,
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.worker_id = worker_id
-        base = (
-            Path(directory)
-            if directory is not None
-            else Path(tempfile.mkdtemp(prefix="zkpubsub-worker-"))
-        )
-        self.out = base / f"{worker_id}.jsonl"
-        self._args = [
-            sys.executable,
-            "-m",
+        super().__init__(
             "zkpubsub.testing.queue_workload",
             "work",
-            "--hosts",
-            hosts,
-            "--root",
-            root,
-            "--queue",
-            queue,
-            "--worker-id",
             worker_id,
-            "--session-timeout",
-            str(session_timeout),
-            "--max-attempts",
-            str(max_attempts),
-            "--out",
-            str(self.out),
-        ]
-        self.process: subprocess.Popen[str] | None = None
+            hosts=hosts,
+            root=root,
+            session_timeout=session_timeout,
+            options=[
+                *("--queue", queue, "--worker-id", worker_id),
+                *("--max-attempts", str(max_attempts)),
+            ],
+            directory=directory,
+        )
+        self.worker_id = worker_id
         self._answers: list[str] = []
         self._cond = threading.Condition()
 
     def start(self, timeout: float = 60.0) -> None:
-        self.out.write_bytes(b"")
-        self.process = subprocess.Popen(
-            self._args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        self._spawn(stdin=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         self._answer("ready", timeout)
 
@@ -388,23 +363,6 @@ class WorkerProcess:
     def release(self, timeout: float = 60.0) -> str:
         return str(self.call("release", timeout)["finish"])
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
     def in_flight(self, hold: str) -> None:
         """After :meth:`kill`: record that ``hold`` ended with its ack in
         flight (outcome unknown to the worker)."""
@@ -418,12 +376,8 @@ class WorkerProcess:
     def collect(self) -> list[HoldRecord]:
         """Every hold line written so far (complete lines only; a later line
         of a hold replaces the earlier ones)."""
-        try:
-            data = self.out.read_bytes()
-        except OSError:
-            return []
-        data = data[: data.rfind(b"\n") + 1]
-        return [hold_from_doc(json.loads(line)) for line in data.splitlines()]
+        lines, _ = self.lines()
+        return [hold_from_doc(json.loads(line)) for line in lines]
 
 
 def _work_main(args: argparse.Namespace) -> None:
@@ -502,19 +456,15 @@ def _work_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zkpubsub.testing.queue_workload")
-    commands = parser.add_subparsers(dest="command", required=True)
-    work = commands.add_parser("work", help="a worker driven one step at a time from stdin")
-    work.add_argument("--hosts", required=True)
-    work.add_argument("--root", required=True)
+    parser, work = child_parser(
+        "python -m zkpubsub.testing.queue_workload",
+        "work",
+        "a worker driven one step at a time from stdin",
+    )
     work.add_argument("--queue", required=True)
     work.add_argument("--worker-id", required=True)
-    work.add_argument("--session-timeout", type=float, default=4.0)
     work.add_argument("--max-attempts", type=int, default=1000)
-    work.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    if args.command == "work":
-        _work_main(args)
+    _work_main(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

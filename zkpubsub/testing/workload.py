@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -320,9 +321,91 @@ def tag() -> str:
     return uuid.uuid4().hex[:6]
 
 
-class SubscriberProcess:
+class ChildProcess:
+    """A helper process of a workload: ``python -m MODULE COMMAND`` with the
+    connection options every child takes (see :func:`child_parser`), writing
+    JSON lines to :attr:`out` (in ``directory``, or a new temporary one).
+    :meth:`kill` is SIGKILL, :meth:`pause` / :meth:`resume` SIGSTOP and
+    SIGCONT."""
+
+    def __init__(
+        self,
+        module: str,
+        command: str,
+        name: str,
+        *,
+        hosts: str,
+        root: str,
+        session_timeout: float,
+        options: list[str],
+        directory: str | os.PathLike[str] | None,
+    ) -> None:
+        base = Path(directory or tempfile.mkdtemp(prefix=f"zkpubsub-{command}-"))
+        self.out = base / f"{name}.jsonl"
+        self._args = [
+            *(sys.executable, "-m", module, command),
+            *("--hosts", hosts, "--root", root, "--session-timeout", str(session_timeout)),
+            *options,
+            *("--out", str(self.out)),
+        ]
+        self.process: subprocess.Popen[Any] | None = None
+
+    def _spawn(self, **popen: Any) -> subprocess.Popen[Any]:
+        """Start it with an empty output file (stdout piped, stderr dropped)."""
+        self.out.write_bytes(b"")
+        self.process = subprocess.Popen(
+            self._args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **popen
+        )
+        return self.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def lines(self, offset: int = 0) -> tuple[list[bytes], int]:
+        """The complete lines written from byte ``offset`` on, and the
+        offset after them (a line being written is left for later)."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        return data[:end].splitlines(), offset + end
+
+
+def child_parser(
+    prog: str, command: str, help: str
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """A child's argument parser and the one of its ``command``, which has
+    the options every :class:`ChildProcess` passes; the caller adds its own
+    to the second and parses with the first."""
+    parser = argparse.ArgumentParser(prog=prog)
+    child = parser.add_subparsers(dest="command", required=True).add_parser(command, help=help)
+    child.add_argument("--hosts", required=True)
+    child.add_argument("--root", required=True)
+    child.add_argument("--session-timeout", type=float, default=4.0)
+    child.add_argument("--out", required=True)
+    return parser, child
+
+
+class SubscriberProcess(ChildProcess):
     """A subscriber running in a child process that writes each delivery
-    to a file as a JSON line; :meth:`kill` is SIGKILL."""
+    to a file as a JSON line."""
 
     def __init__(
         self,
@@ -334,44 +417,28 @@ class SubscriberProcess:
         session_timeout: float = 4.0,
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.client_id = client_id
-        self.topic = topic
-        self._args = [
-            sys.executable,
-            "-m",
+        super().__init__(
             "zkpubsub.testing.workload",
             "subscribe",
-            "--hosts",
-            hosts,
-            "--root",
-            root,
-            "--topic",
-            topic,
-            "--client-id",
             client_id,
-            "--session-timeout",
-            str(session_timeout),
-        ]
-        base = Path(directory) if directory is not None else Path(_temp_dir())
-        self.out = base / f"{client_id}.jsonl"
-        self.process: subprocess.Popen[bytes] | None = None
+            hosts=hosts,
+            root=root,
+            session_timeout=session_timeout,
+            options=["--topic", topic, "--client-id", client_id],
+            directory=directory,
+        )
+        self.client_id = client_id
+        self.topic = topic
         self._read = 0
 
     def start(self, timeout: float = 60.0) -> float:
         """Start it; returns when it has subscribed (the time it did)."""
-        self.out.write_bytes(b"")
-        self.process = subprocess.Popen(
-            [*self._args, "--out", str(self.out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
+        process = self._spawn(stdin=subprocess.DEVNULL)
         result: list[float] = []
 
         def read_ready() -> None:
-            assert self.process is not None and self.process.stdout is not None
-            line = self.process.stdout.readline().decode().split()
+            assert process.stdout is not None
+            line = process.stdout.readline().decode().split()
             if len(line) == 2 and line[0] == "ready":
                 result.append(float(line[1]))
 
@@ -383,27 +450,11 @@ class SubscriberProcess:
             raise TimeoutError(f"subscriber process {self.client_id} did not subscribe in time")
         return result[0]
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
     def collect_new(self) -> list[DeliveryRecord]:
         """Deliveries written since the last call (complete lines only)."""
-        try:
-            with open(self.out, "rb") as f:
-                f.seek(self._read)
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self._read += end
+        lines, self._read = self.lines(self._read)
         out = []
-        for line in data[:end].splitlines():
+        for line in lines:
             doc = json.loads(line)
             out.append(
                 DeliveryRecord(
@@ -411,12 +462,6 @@ class SubscriberProcess:
                 )
             )
         return out
-
-
-def _temp_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="zkpubsub-subproc-")
 
 
 def _subscribe_main(args: argparse.Namespace) -> None:
@@ -448,18 +493,14 @@ def _subscribe_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zkpubsub.testing.workload")
-    commands = parser.add_subparsers(dest="command", required=True)
-    sub = commands.add_parser("subscribe", help="subscribe and log each delivery as JSON")
-    sub.add_argument("--hosts", required=True)
-    sub.add_argument("--root", required=True)
+    parser, sub = child_parser(
+        "python -m zkpubsub.testing.workload",
+        "subscribe",
+        "subscribe and log each delivery as JSON",
+    )
     sub.add_argument("--topic", required=True)
     sub.add_argument("--client-id", required=True)
-    sub.add_argument("--session-timeout", type=float, default=4.0)
-    sub.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    if args.command == "subscribe":
-        _subscribe_main(args)
+    _subscribe_main(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
