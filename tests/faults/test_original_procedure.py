@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -35,6 +36,9 @@ PERIOD = 3.0
 # spread the writes over about four kill periods, as the original's 500
 # slow puts spanned several kills
 PACE = 4 * PERIOD / ITEMS
+
+Writer = Callable[[int], bool]
+Reader = Callable[[float], int | None]
 
 
 def kill_wipe_restart(injector: FaultInjector, stop: threading.Event) -> None:
@@ -57,37 +61,33 @@ def assert_read_back(injector: FaultInjector, values: list[int], extra: object) 
     assert extra is None
 
 
-def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario):
+def run_procedure(
+    ensemble, root: str, connect: Callable[[Client, Client], tuple[Writer, Reader]]
+) -> tuple[FaultInjector, list[int], int | None]:
+    """The procedure itself, on five servers: ``connect(writer, reader)``
+    gives how to write value *n* (True if acknowledged) and how to read the
+    next value back (None if none came in time). Returns the injector, the
+    values read back, and what a read after the last one gave."""
     ens = ensemble(5)
     injector = FaultInjector(ens.cluster)
-    recorder = Recorder()
-    root, topic = "/original", "items"
     options = {"root": root, "session_timeout": SESSION_TIMEOUT, "request_timeout": 30.0}
     reader = Client(ens.cluster.hosts, client_id="consumer", **options)
     writer = Client(ens.cluster.hosts, client_id="producer", **options)
     nemesis = Nemesis(lambda stop: kill_wipe_restart(injector, stop))
     values: list[int] = []
     try:
-        sub = reader.subscribe(topic)
-        recorder.subscribed("consumer", topic)
+        write, read = connect(writer, reader)
         nemesis.start()
         for value in range(1, ITEMS + 1):
-            started = time.time()
-            try:
-                receipt = writer.publish(topic, {"p": "producer", "s": value}, timeout=60.0)
-            except Exception as exc:  # recorded; the checks below then fail
-                recorder.published("producer", value, topic, started, error=exc)
-                continue
-            recorder.published("producer", value, topic, started, message_ids=receipt.message_ids)
-            time.sleep(PACE)  # pacing of the writer, not a synchronisation
+            if write(value):
+                time.sleep(PACE)  # pacing of the writer, not a synchronisation
         # read back while the leader keeps dying
         deadline = time.monotonic() + 120
         while len(values) < ITEMS and time.monotonic() < deadline:
-            message = sub.get(timeout=1.0)
-            if message is not None:
-                recorder.delivered("consumer", topic, message.payload, message.id)
-                values.append(message.payload["s"])
-        extra = sub.get(timeout=1.0)  # nothing beyond the count
+            got = read(1.0)
+            if got is not None:
+                values.append(got)
+        extra = read(1.0)  # nothing beyond the count
         nemesis.stop()
         nemesis.join(60)
         injector.wait_healthy()
@@ -95,6 +95,37 @@ def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario)
         nemesis.stop()
         reader.close()
         writer.close()
+    return injector, values, extra
+
+
+def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario):
+    recorder = Recorder()
+    topic = "items"
+
+    def connect(writer: Client, reader: Client) -> tuple[Writer, Reader]:
+        sub = reader.subscribe(topic)
+        recorder.subscribed("consumer", topic)
+
+        def write(value: int) -> bool:
+            started = time.time()
+            try:
+                receipt = writer.publish(topic, {"p": "producer", "s": value}, timeout=60.0)
+            except Exception as exc:  # recorded; the checks below then fail
+                recorder.published("producer", value, topic, started, error=exc)
+                return False
+            recorder.published("producer", value, topic, started, message_ids=receipt.message_ids)
+            return True
+
+        def read(timeout: float) -> int | None:
+            message = sub.get(timeout=timeout)
+            if message is None:
+                return None
+            recorder.delivered("consumer", topic, message.payload, message.id)
+            return int(message.payload["s"])
+
+        return write, read
+
+    injector, values, extra = run_procedure(ensemble, "/original", connect)
     result = check(recorder.history())
     scenario.record(
         "original procedure (5 servers, kill -9 + wipe leader)",
@@ -107,48 +138,36 @@ def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario)
 
 
 def test_original_procedure_on_the_work_queue(ensemble, scenario):
-    ens = ensemble(5)
-    injector = FaultInjector(ens.cluster)
     recorder = QueueRecorder()
-    options = {"root": "/original-queue", "session_timeout": SESSION_TIMEOUT}
-    options["request_timeout"] = 30.0
-    reader = Client(ens.cluster.hosts, client_id="consumer", **options)
-    writer = Client(ens.cluster.hosts, client_id="producer", **options)
-    nemesis = Nemesis(lambda stop: kill_wipe_restart(injector, stop))
-    values: list[int] = []
-    try:
+
+    def connect(writer: Client, reader: Client) -> tuple[Writer, Reader]:
         produce, consume = writer.queue("items"), reader.queue("items")
-        nemesis.start()
-        for value in range(1, ITEMS + 1):
+
+        def write(value: int) -> bool:
             started = time.time()
             try:
                 item_id = produce.put({"p": "producer", "s": value}, timeout=60.0)
             except Exception as exc:  # recorded; the checks below then fail
                 recorder.put("producer", value, started, error=exc)
-                continue
+                return False
             recorder.put("producer", value, started, item_id=item_id)
-            time.sleep(PACE)  # pacing of the writer, not a synchronisation
-        # read back while the leader keeps dying
-        deadline = time.monotonic() + 120
-        while len(values) < ITEMS and time.monotonic() < deadline:
-            item = consume.reserve(timeout=1.0)
+            return True
+
+        def read(timeout: float) -> int | None:
+            item = consume.reserve(timeout=timeout)
             if item is None:
-                continue
+                return None
             hold = recorder.reserved(
                 "consumer", item.id, ("producer", item.payload["s"]), item.attempts
             )
             recorder.handled(hold)
-            values.append(item.payload["s"])
             item.ack()
             recorder.finished(hold, "acked")
-        extra = consume.reserve(timeout=1.0)  # nothing beyond the count
-        nemesis.stop()
-        nemesis.join(60)
-        injector.wait_healthy()
-    finally:
-        nemesis.stop()
-        reader.close()
-        writer.close()
+            return int(item.payload["s"])
+
+        return write, read
+
+    injector, values, extra = run_procedure(ensemble, "/original-queue", connect)
     result = check_queue(recorder.history())
     scenario.record(
         "original procedure on the queue (5 servers, kill -9 + wipe leader)",
