@@ -9,7 +9,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, Gap
-from zkpubsub.cleaner import _Refused
+from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
 
@@ -149,7 +149,7 @@ def test_a_cleaner_that_lost_the_lead_deletes_nothing(
     gone.subscribe("t")
     gone.close()
     stale = Layout(zk_root).candidate_prefix("0123456789ab") + "0000000099"  # not ours
-    with pytest.raises(_Refused) as info:
+    with pytest.raises(Refused) as info:
         cleaner._purge(stale, "gone")
     assert info.value.reason == "fence"
     assert queue_exists(raw_zk, zk_root, "gone", "t")

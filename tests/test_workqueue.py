@@ -25,6 +25,7 @@ from zkpubsub import (
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, ZkClientProxy
+from zkpubsub.workqueue.records import decode_item
 
 from .helpers import wait_until
 from .procs import Child
@@ -438,7 +439,7 @@ def test_workers_spread_over_items_instead_of_racing_for_the_head(
 ) -> None:
     total = 400
     make_client().queue("spread").put_many(range(total))
-    queues = [make_client().queue("spread") for _ in range(4)]
+    queues = [make_client().queue("spread").worker() for _ in range(4)]
     for q in queues:
         q._refresh(None)  # every worker registered before they start
     taken: list[list[int]] = [[] for _ in queues]
@@ -512,26 +513,28 @@ def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(
     """Two workers of one client share its session: after a lost answer a
     worker must recognise its own reservation by its name, not the session."""
     client = make_client()
-    mine, sibling = client.queue("shared"), client.queue("shared")
-    mine.put("one")
-    assert mine._refresh(mine._deadline())
+    q = client.queue("shared")
+    mine, sibling = q.worker(), q.worker()
+    q.put("one")
+    paths = Layout(client.root).work_queue("shared")
+    assert mine._refresh(mine._ctx.deadline())
     (name,) = list(mine._candidates)
-    data, stat = mine._get(mine._paths.item(name), mine._deadline())
-    entry, payload = mine._decode_item(name, data)
+    data, stat = client._ctx.conn.kazoo.get(paths.item(name))
+    entry, payload = decode_item(client._ctx.serializers, paths.item(name), data)
     # Our reserve transaction never reached the server; the sibling took the item.
     taken = sibling.reserve(5)
     assert taken is not None and taken.id == entry.id
     tried = [(name, data, stat.version, entry, payload)]
-    assert mine._reserved_after_loss(tried, mine._deadline()) == []
+    assert mine.reserved_after_loss(tried, mine._ctx.deadline()) == []
     # ... and when it was ours after all, it is recognised.
     taken.release()
     again = mine.reserve(5)
     assert again is not None and again.id == entry.id and again.attempts == 2
     tried = [(name, data, again.attempts - 1, entry, payload)]
-    (recovered,) = mine._reserved_after_loss(tried, mine._deadline())
+    (recovered,) = mine.reserved_after_loss(tried, mine._ctx.deadline())
     assert recovered.id == entry.id and recovered.attempts == 2
     again.ack()
-    assert len(mine) == 0
+    assert len(q) == 0
 
 
 def test_consume_with_prefetch_handles_every_item_once(make_client: MakeClient) -> None:

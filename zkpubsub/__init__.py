@@ -13,12 +13,10 @@ Everyday use needs only what is imported here::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .cleaner import Cleaner, CleanerStats
 from .client import Client
 from .config import ClientConfig
-from .consumer import Consumer, ConsumerStats
 from .errors import (
     AlreadySubscribed,
     ClientClosed,
@@ -42,7 +40,16 @@ from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Seria
 from .state import ClientState, Gap
 from .stats import BusStats, QueueStats
 from .subscription import Subscription, SubscriptionStats
-from .workqueue import DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
+from .workqueue import (
+    Consumer,
+    ConsumerStats,
+    DeadItem,
+    Item,
+    Ticket,
+    Worker,
+    WorkQueue,
+    WorkQueueStats,
+)
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -82,6 +89,7 @@ __all__ = [
     "Ticket",
     "WorkQueue",
     "WorkQueueStats",
+    "Worker",
     "ZkPubSubError",
     "ZooKeeperError",
     "__version__",

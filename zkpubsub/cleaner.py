@@ -33,130 +33,24 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from kazoo.exceptions import (
-    BadVersionError,
-    NoNodeError,
-    NotEmptyError,
-)
+from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
-from .connection import Connection, deadline_after, first_error
-from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError, ZooKeeperError
+from ._context import Context
+from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
+from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_RESULT_TTL, default_grace
+from .connection import deadline_after, first_error
+from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError
 from .layout import join, new_guid, order_by_sequence, parse_candidate_node
 
-if TYPE_CHECKING:
-    from .client import Client
+__all__ = ["Cleaner", "CleanerStats"]
 
 logger = logging.getLogger(__name__)
 
-DELETE_BATCH: Final = 500
 MIN_SWEEP_GAP: Final = 0.5
-
-Guard = Callable[[Any], int]  # adds ops to a transaction, returns how many
-
-
-class _Refused(Exception):
-    """A guard op failed: leadership lost (``fence``) or the client is back."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def delete_tree(
-    conn: Connection,
-    path: str,
-    deadline: float | None,
-    *,
-    guard: Guard | None = None,
-    batch: int = DELETE_BATCH,
-) -> int:
-    """Delete ``path`` and everything below it in transactions of at most
-    ``batch`` deletes, each prefixed by ``guard``'s ops. Returns the number of
-    nodes deleted. Raises ``_Refused`` if a guard op fails."""
-    deleted = 0
-    while True:
-        children = conn.children(path, deadline)
-        if children is None:
-            return deleted
-        for i in range(0, len(children), batch):
-            chunk = [join(path, c) for c in children[i : i + batch]]
-            deleted += _delete_batch(conn, chunk, deadline, guard, recurse=True)
-        n = _delete_batch(conn, [path], deadline, guard, recurse=False)
-        if n >= 0:
-            return deleted + n
-        # NotEmpty: something was written below meanwhile; go round again.
-
-
-def _delete_batch(
-    conn: Connection,
-    paths: list[str],
-    deadline: float | None,
-    guard: Guard | None,
-    *,
-    recurse: bool,
-) -> int:
-    """Delete ``paths`` in one guarded transaction; returns how many. A path
-    that turns out to have children is emptied first (``recurse``) or makes
-    this return -1."""
-    kazoo = conn.kazoo
-    deleted = 0
-    while paths:
-        conn.wait_connected(deadline, "delete")
-        txn = kazoo.transaction()
-        g = guard(txn) if guard else 0
-        for p in paths:
-            txn.delete(p)
-        try:
-            results = conn.result(txn.commit_async(), deadline, "delete")
-        except ConnectionLost:
-            continue  # deletes are idempotent: NoNode on the retry is fine
-        index, error = first_error(results)
-        if error is None:
-            return deleted + len(paths)
-        if index < g:
-            raise _Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
-        culprit = paths[index - g]
-        if isinstance(error, NoNodeError):
-            paths = [p for p in paths if p != culprit]
-        elif isinstance(error, NotEmptyError) and recurse:
-            deleted += delete_tree(conn, culprit, deadline, guard=guard)
-            paths = [p for p in paths if p != culprit]
-        elif isinstance(error, NotEmptyError):
-            return -1
-        else:
-            raise ZooKeeperError(f"delete {culprit}: {type(error).__name__}")
-    return deleted
-
-
-def _guarded_commit(
-    conn: Connection,
-    guard: Guard,
-    add_ops: Callable[[Any], None],
-    deadline: float | None,
-    what: str,
-) -> Exception | None:
-    """Commit ``guard``'s ops and ``add_ops``' in one transaction, again after a
-    lost answer. Returns ``None`` on success or the error of the first failed
-    op of ``add_ops`` (``NodeExists`` on a retry, ``NoNode``…): those are for
-    the caller to judge. Raises ``_Refused`` if a guard op failed."""
-    while True:
-        conn.wait_connected(deadline, what)
-        txn = conn.kazoo.transaction()
-        g = guard(txn)
-        add_ops(txn)
-        try:
-            results = conn.result(txn.commit_async(), deadline, what)
-        except ConnectionLost:
-            continue
-        index, error = first_error(results)
-        if error is not None and index < g:
-            raise _Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
-        return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,14 +73,14 @@ class Cleaner:
 
     def __init__(
         self,
-        client: Client,
+        ctx: Context,
         *,
         grace: float | None,
-        interval: float,
-        result_ttl: float = 3600.0,
+        interval: float = DEFAULT_CLEANER_INTERVAL,
+        result_ttl: float = DEFAULT_RESULT_TTL,
     ) -> None:
-        session_timeout = client.config.session_timeout
-        self.grace = float(grace) if grace is not None else max(60.0, 2 * session_timeout)
+        session_timeout = ctx.config.session_timeout
+        self.grace = float(grace) if grace is not None else default_grace(session_timeout)
         if self.grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
         if not interval > 0:
@@ -195,9 +89,9 @@ class Cleaner:
         if not result_ttl > 0:
             raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
         self.result_ttl = float(result_ttl)
-        self._client = client
-        self._conn = client._conn
-        self._layout = client._layout
+        self._ctx = ctx
+        self._conn = ctx.conn
+        self._layout = ctx.layout
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._leading = threading.Event()
@@ -215,7 +109,7 @@ class Cleaner:
             elections_won=0,
         )
         self._thread = threading.Thread(
-            target=self._run, name=f"zkpubsub-cleaner-{client.client_id[:12]}", daemon=True
+            target=self._run, name=f"zkpubsub-cleaner-{ctx.client_id[:12]}", daemon=True
         )
         self._conn.add_state_listener(self._on_state)
 
@@ -227,6 +121,11 @@ class Cleaner:
         self._wake.set()
 
     # -- public -----------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The id of the client hosting this cleaner."""
+        return self._ctx.client_id
 
     @property
     def is_leader(self) -> bool:
@@ -267,7 +166,7 @@ class Cleaner:
             self._counts[key] += n
 
     def _deadline(self) -> float | None:
-        return deadline_after(self._client.config.request_timeout)
+        return deadline_after(self._ctx.config.request_timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -298,7 +197,7 @@ class Cleaner:
         kazoo = self._conn.kazoo
         guid = new_guid()
         prefix = self._layout.candidate_prefix(guid)
-        data = self._client.client_id.encode()
+        data = self._ctx.client_id.encode()
         while True:
             deadline = self._deadline()
             self._conn.wait_connected(deadline, "join cleaner election")
@@ -358,7 +257,7 @@ class Cleaner:
     # -- leading ------------------------------------------------------------------------
 
     def _lead(self, me: str) -> None:
-        logger.info("cleaner %s leads", self._client.client_id)
+        logger.info("cleaner %s leads", self._ctx.client_id)
         self._count("elections_won")
         self._leading.set()
         absent_since: dict[str, float] = {}
@@ -382,10 +281,10 @@ class Cleaner:
                 self._count("sweeps")
                 starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
                 self._wake.wait(self._next_wait(starts))
-        except _Refused as exc:
+        except Refused as exc:
             if exc.reason != "fence":
                 raise
-            logger.info("cleaner %s lost the lead", self._client.client_id)
+            logger.info("cleaner %s lost the lead", self._ctx.client_id)
         finally:
             self._leading.clear()
 
@@ -402,7 +301,7 @@ class Cleaner:
         deadline = self._deadline()
         # Fenced at once if we no longer hold the lead.
         if not conn.exists(me, deadline):
-            raise _Refused("fence")
+            raise Refused("fence")
         live = set(conn.children(layout.clients, deadline, watch=self._wake_on_event) or [])
         with_queues = set(conn.children(layout.messages, deadline) or [])
         markers = set(conn.children(layout.purging, deadline) or [])
@@ -450,19 +349,19 @@ class Cleaner:
         def mark(txn: Any) -> None:
             txn.create(marker, b"")
 
-        deadline = deadline_after(max(60.0, self._client.config.request_timeout))
+        deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
         marker = layout.purge_marker(cid)
         base = layout.client_messages(cid)
         try:
             # NodeExists: an earlier purge of this client got this far.
-            _guarded_commit(conn, guard, mark, deadline, "purge")
+            guarded_commit(conn, guard, mark, deadline, "purge")
             for topic in registrations or []:
 
                 def unregister(txn: Any, topic: str = topic) -> None:
                     txn.delete(layout.subscriber(topic, cid))
                     txn.set_data(layout.topic(topic), b"", -1)
 
-                if _guarded_commit(conn, guard, unregister, deadline, "unregister") is None:
+                if guarded_commit(conn, guard, unregister, deadline, "unregister") is None:
                     self._count("registrations_removed")
             topics = conn.children(base, deadline) or []
             nodes = 0
@@ -470,8 +369,8 @@ class Cleaner:
                 nodes += max(0, delete_tree(conn, join(base, topic), deadline, guard=guard) - 1)
             delete_tree(conn, base, deadline, guard=guard)
             delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
-            _delete_batch(conn, [marker], deadline, guard, recurse=False)
-        except _Refused as exc:
+            delete_batch(conn, [marker], deadline, guard, recurse=False)
+        except Refused as exc:
             if exc.reason == "fence":
                 raise
             logger.info("cleaner: client %s came back; its queues stay", cid)
@@ -512,7 +411,7 @@ class Cleaner:
             txn.delete(layout.topic(topic), version)
             index, error = first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
             if index == 0:
-                raise _Refused("fence")
+                raise Refused("fence")
             if error is None:
                 self._count("topics_removed")
             del empty_since[topic]
@@ -565,7 +464,5 @@ class Cleaner:
 
         removed = 0
         for i in range(0, len(old), DELETE_BATCH):
-            removed += _delete_batch(
-                conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False
-            )
+            removed += delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False)
         return removed

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from .client import Client
+from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SESSION_TIMEOUT
 from .errors import ZkPubSubError
 from .layout import DEFAULT_ROOT
 from .message import Message
@@ -31,7 +32,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-class Context:
+class CliContext:
     def __init__(self, hosts: str, root: str, session_timeout: float) -> None:
         self.hosts = hosts
         self.root = root
@@ -43,14 +44,14 @@ class Context:
                 self.hosts,
                 root=self.root,
                 session_timeout=self.session_timeout,
-                connect_timeout=kwargs.pop("connect_timeout", 15.0),
+                connect_timeout=kwargs.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
                 **kwargs,
             )
         except ZkPubSubError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
-pass_ctx = click.make_pass_decorator(Context)
+pass_ctx = click.make_pass_decorator(CliContext)
 
 
 @click.group()
@@ -64,7 +65,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.option("--root", envvar="ZKPUBSUB_ROOT", default=DEFAULT_ROOT, show_default=True)
 @click.option(
     "--session-timeout",
-    default=10.0,
+    default=DEFAULT_SESSION_TIMEOUT,
     show_default=True,
     type=float,
     envvar="ZKPUBSUB_SESSION_TIMEOUT",
@@ -73,7 +74,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.pass_context
 def main(ctx: click.Context, hosts: str, root: str, session_timeout: float) -> None:
     """Reliable pub/sub and work queues on Apache ZooKeeper."""
-    ctx.obj = Context(hosts, root, session_timeout)
+    ctx.obj = CliContext(hosts, root, session_timeout)
 
 
 @main.command("dev-server")
@@ -131,7 +132,7 @@ def _parse_headers(values: Sequence[str]) -> dict[str, str]:
 @click.option("--require-subscribers", is_flag=True, help="Fail if the topic has none.")
 @pass_ctx
 def publish(
-    ctx: Context,
+    ctx: CliContext,
     topic: str,
     messages: Sequence[str],
     header: Sequence[str],
@@ -177,7 +178,7 @@ def _show(msg: Message) -> str:
 @click.option("--json-lines", is_flag=True, help="Print each message as a JSON object.")
 @pass_ctx
 def subscribe(
-    ctx: Context,
+    ctx: CliContext,
     topic: str,
     count: int,
     timeout: float | None,
@@ -219,7 +220,7 @@ def subscribe(
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def stats(ctx: Context, as_json: bool) -> None:
+def stats(ctx: CliContext, as_json: bool) -> None:
     """Topics, subscribers and the backlog of every queue."""
     with ctx.client(client_id=f"stats-{os.getpid()}-{int(time.time())}") as client:
         snapshot = client.stats()
@@ -280,14 +281,14 @@ def stats(ctx: Context, as_json: bool) -> None:
 @click.option(
     "--interval",
     type=float,
-    default=30.0,
+    default=DEFAULT_CLEANER_INTERVAL,
     show_default=True,
     envvar="ZKPUBSUB_CLEANER_INTERVAL",
     help="Seconds between sweeps (it also sweeps when clients come and go).",
 )
 @click.option("--client-id", default=None, envvar="ZKPUBSUB_CLEANER_ID")
 @pass_ctx
-def cleaner(ctx: Context, grace: float | None, interval: float, client_id: str | None) -> None:
+def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: str | None) -> None:
     """Run a cleaner candidate in the foreground (run two or three)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -349,7 +350,7 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
 )
 @pass_ctx
 def queue_put(
-    ctx: Context,
+    ctx: CliContext,
     name: str,
     payloads: Sequence[str],
     priority: int,
@@ -381,7 +382,7 @@ def queue_put(
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.option("--release", is_flag=True, help="Give the item back instead of acking it.")
 @pass_ctx
-def queue_reserve(ctx: Context, name: str, timeout: float, release: bool) -> None:
+def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> None:
     """Take one item from queue NAME, print it, and ack it (or release it)."""
     with ctx.client() as client:
         try:
@@ -407,7 +408,7 @@ def queue_reserve(ctx: Context, name: str, timeout: float, release: bool) -> Non
 @queue.command("stats")
 @click.argument("name")
 @pass_ctx
-def queue_stats(ctx: Context, name: str) -> None:
+def queue_stats(ctx: CliContext, name: str) -> None:
     """Ready, reserved and dead items of queue NAME, and its workers."""
     with ctx.client() as client:
         s = client.queue(name).stats()
@@ -423,7 +424,7 @@ def queue_stats(ctx: Context, name: str) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def queue_dead(ctx: Context, name: str, as_json: bool) -> None:
+def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
     """List the dead letters of queue NAME."""
     with ctx.client() as client:
         dead = client.queue(name).dead()
@@ -459,7 +460,7 @@ def queue_dead(ctx: Context, name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--id", "ids", multiple=True, help="Only these items (repeatable).")
 @pass_ctx
-def queue_replay(ctx: Context, name: str, ids: Sequence[str]) -> None:
+def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     """Put dead letters of queue NAME back as new items."""
     with ctx.client() as client:
         count = client.queue(name).replay(list(ids) or None)

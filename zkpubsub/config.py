@@ -1,12 +1,32 @@
-"""Client configuration: one frozen dataclass, checked once."""
+"""Client configuration: one frozen dataclass, checked once, and every default
+of the library in one place (the command line and the components read them
+from here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
 from .serializers import Serializer, resolve
+
+__all__ = [
+    "CREATE_OP_OVERHEAD",
+    "DEFAULT_CLEANER_INTERVAL",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HANDLER_ATTEMPTS",
+    "DEFAULT_LINGER",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_TRANSACTION_BYTES",
+    "DEFAULT_PREFETCH",
+    "DEFAULT_QUEUE_ATTEMPTS",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_RESULT_TTL",
+    "DEFAULT_SESSION_TIMEOUT",
+    "ClientConfig",
+    "default_grace",
+]
 
 DEFAULT_SESSION_TIMEOUT: Final = 10.0
 DEFAULT_CONNECT_TIMEOUT: Final = 15.0
@@ -19,6 +39,14 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 980_000
 DEFAULT_PREFETCH: Final = 1000
 # Publishes gathered for up to this long go out in one transaction.
 DEFAULT_LINGER: Final = 0.0002
+# Publishes accepted but not yet confirmed, across all topics of a client.
+DEFAULT_MAX_PENDING: Final = 10_000
+# A subscription's handler is tried this often before a message is dropped.
+DEFAULT_HANDLER_ATTEMPTS: Final = 3
+# A work item reserved this often without an ack becomes a dead letter.
+DEFAULT_QUEUE_ATTEMPTS: Final = 5
+DEFAULT_CLEANER_INTERVAL: Final = 30.0
+DEFAULT_RESULT_TTL: Final = 3600.0
 # Bytes one create operation adds to a transaction besides its path and data
 # (multi header, length prefixes, the open ACL, flags).
 CREATE_OP_OVERHEAD: Final = 64
@@ -28,19 +56,34 @@ _MAX_PATH_BELOW_ROOT: Final = 2 * MAX_NAME_LENGTH + 64
 _PUBLISH_FIXED_OPS: Final = 2 * MAX_NAME_LENGTH + 256
 
 
+def default_grace(session_timeout: float) -> float:
+    """The cleaner's default grace: the larger of 60 s and two session timeouts."""
+    return max(60.0, 2 * session_timeout)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Everything a :class:`~zkpubsub.Client` is configured with.
+
+    Pass one as ``Client(hosts, config=...)``; keyword arguments given to
+    ``Client`` override its fields. ``client.config`` is the configuration
+    in force, with ``hosts`` and the (possibly random) ``client_id`` filled in.
 
     Times are in seconds. ``max_message_bytes`` bounds one encoded message
     node; ``max_transaction_bytes`` one ZooKeeper transaction. Both must stay
     below the server's ``jute.maxbuffer``. ``prefetch`` is how many queue
     nodes a subscription reads ahead of its handler. ``linger`` is how long
     a publish may wait for others to share its transaction (0: never).
+    ``max_pending`` bounds the publishes accepted and not yet confirmed: a
+    publish beyond it waits for room up to its own timeout, then raises
+    :class:`~zkpubsub.PublishTimeout` without sending anything.
+    ``registration_wait`` is how long the constructor waits for an earlier
+    session of the same ``client_id`` to expire (default: two session
+    timeouts).
     """
 
-    hosts: str
-    client_id: str
+    hosts: str = ""
+    client_id: str | None = None
     root: str = DEFAULT_ROOT
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -49,20 +92,26 @@ class ClientConfig:
     max_transaction_bytes: int = DEFAULT_MAX_TRANSACTION_BYTES
     prefetch: int = DEFAULT_PREFETCH
     linger: float = DEFAULT_LINGER
+    max_pending: int = DEFAULT_MAX_PENDING
+    registration_wait: float | None = None
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hosts, str) or not self.hosts.strip():
-            raise ValueError("hosts must be a non-empty 'host:port,...' string")
-        validate_name(self.client_id, "client_id")
+        if not isinstance(self.hosts, str):
+            raise TypeError(f"hosts must be a str, not {type(self.hosts).__name__}")
+        if self.client_id is not None:
+            validate_name(self.client_id, "client_id")
         validate_root(self.root)
         for name in ("session_timeout", "connect_timeout", "request_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
+            if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        if not isinstance(self.linger, (int, float)) or not 0 <= self.linger <= 1:
+        wait = self.registration_wait
+        if wait is not None and (not _is_number(wait) or wait < 0):
+            raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
+        if not _is_number(self.linger) or not 0 <= self.linger <= 1:
             raise ValueError(f"linger must be between 0 and 1 second, not {self.linger!r}")
-        for name in ("max_message_bytes", "max_transaction_bytes", "prefetch"):
+        for name in ("max_message_bytes", "max_transaction_bytes", "prefetch", "max_pending"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
@@ -78,3 +127,19 @@ class ClientConfig:
                 f"max_message_bytes ({self.max_message_bytes}) leaves no room for a "
                 f"message node in max_transaction_bytes ({self.max_transaction_bytes})"
             )
+
+    @staticmethod
+    def field_names() -> frozenset[str]:
+        """The names ``Client`` accepts as keyword overrides."""
+        return frozenset(f.name for f in fields(ClientConfig))
+
+    @property
+    def owner_wait(self) -> float:
+        """How long to wait for an earlier session of this id to expire."""
+        if self.registration_wait is not None:
+            return self.registration_wait
+        return 2 * self.session_timeout
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

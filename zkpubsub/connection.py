@@ -54,6 +54,16 @@ from .errors import (
 )
 from .handler import FastThreadingHandler
 
+__all__ = [
+    "RECONNECT_MAX_DELAY",
+    "Connection",
+    "deadline_after",
+    "expired",
+    "first_error",
+    "remaining",
+    "translated",
+]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -23,6 +23,20 @@ import msgpack
 from .errors import PayloadTooLarge, SerializationError
 from .serializers import Serializer
 
+__all__ = [
+    "EMPTY_ENVELOPE",
+    "ENVELOPE_OVERHEAD",
+    "FORMAT_VERSION",
+    "Entry",
+    "check_headers",
+    "check_size",
+    "decode",
+    "encode",
+    "encoded_size",
+    "make_entry",
+    "pack",
+]
+
 FORMAT_VERSION: Final = 1
 
 

@@ -25,6 +25,24 @@ Bad arguments (an invalid topic name, a negative timeout) raise the builtin
 
 from __future__ import annotations
 
+__all__ = [
+    "AlreadySubscribed",
+    "ClientClosed",
+    "ClientIdInUse",
+    "ConnectTimeout",
+    "ConnectionLost",
+    "DecodeError",
+    "ItemFailed",
+    "NoSubscribers",
+    "OperationTimeout",
+    "PayloadTooLarge",
+    "PublishTimeout",
+    "ReservationLost",
+    "SerializationError",
+    "ZkPubSubError",
+    "ZooKeeperError",
+]
+
 
 class ZkPubSubError(Exception):
     """Root of every error zkpubsub raises."""
@@ -60,15 +78,26 @@ class ConnectTimeout(OperationTimeout):
 class PublishTimeout(OperationTimeout):
     """A publish was not confirmed within its timeout.
 
-    The outcome is unknown: the message may have reached every subscriber, or
-    none (a fan-out that had to be split may have reached some). ``reached``
-    counts the subscribers confirmed before the timeout.
+    ``message_ids`` names the messages of the publish and the text says
+    why. If ``sent`` is false the publish never left the client and nothing
+    was written. Otherwise the outcome is unknown: the message may have
+    reached every subscriber, or none (a fan-out that had to be split may
+    have reached some); ``reached`` counts the subscribers confirmed before
+    the timeout.
     """
 
-    def __init__(self, message: str, *, message_ids: tuple[str, ...], reached: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        message_ids: tuple[str, ...],
+        reached: int = 0,
+        sent: bool = True,
+    ) -> None:
         super().__init__(message)
         self.message_ids = message_ids
         self.reached = reached
+        self.sent = sent
 
 
 class PayloadTooLarge(ZkPubSubError, ValueError):

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 from kazoo.handlers.threading import SequentialThreadingHandler
 
+__all__ = ["FastThreadingHandler"]
+
 _MAX_CACHED: Final = 8
 
 

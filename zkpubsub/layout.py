@@ -42,6 +42,27 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Final, TypeVar
 
+__all__ = [
+    "DEFAULT_ROOT",
+    "GUID_HEX_DIGITS",
+    "MAX_NAME_LENGTH",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "Layout",
+    "WorkQueuePaths",
+    "guid_of",
+    "join",
+    "new_guid",
+    "order_by_sequence",
+    "order_items",
+    "order_names",
+    "parse_candidate_node",
+    "parse_item_node",
+    "parse_message_node",
+    "validate_name",
+    "validate_root",
+]
+
 T = TypeVar("T")
 
 DEFAULT_ROOT: Final = "/zkpubsub"

@@ -1,10 +1,12 @@
 """Receipts: proof that a write happened, for when its answer was lost.
 
-Every publish, queue put and ack transaction also creates
-``receipts/<client id>/r<guid>``. If the connection drops before the answer
-arrives, the writer syncs and checks that one node: present means the write
-happened and must not be repeated, even if every subscriber already consumed
-and deleted its copy, and even if the writer's session expired meanwhile.
+Every publish, queue put, ack and replay transaction also creates
+``receipts/<client id>/r<guid>``, as its first operation. If the connection
+drops before the answer arrives, the writer syncs and checks that one node:
+present means the write happened and must not be repeated, even if every
+subscriber already consumed and deleted its copy, and even if the writer's
+session expired meanwhile. :class:`ReceiptWriter` is that protocol, written
+once: every writer gives it only its own operations and reads the outcome.
 
 Once a write is confirmed its receipt is no longer needed. The janitor
 deletes confirmed receipts in batched transactions off the writer's path,
@@ -19,13 +21,17 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
 from .connection import Connection, first_error
-from .errors import ZkPubSubError
-from .layout import Layout
+from .errors import ConnectionLost, ZkPubSubError
+from .layout import Layout, new_guid
+
+__all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +42,88 @@ FLUSH_AFTER: Final = 1.0
 def landed(conn: Connection, receipt: str, deadline: float | None) -> bool:
     """After a lost answer: whether the transaction that creates ``receipt``
     was applied. ``sync`` first, so that a transaction the leader applied
-    before the connection dropped is visible to this server."""
-    conn.sync(receipt, deadline)
-    return conn.exists(receipt, deadline)
+    before the connection dropped is visible to this server (the two
+    requests are sent together: a session's requests are served in order)."""
+    kazoo = conn.kazoo
+    _, stat = conn.read_all(
+        lambda: [kazoo.sync_async(receipt), kazoo.exists_async(receipt)],
+        deadline,
+        f"look up {receipt}",
+    )
+    return stat is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a transaction sent through :class:`ReceiptWriter`.
+
+    ``error`` is ``None`` when it was applied; otherwise the error of the
+    caller's operation number ``index`` (counted among the caller's own
+    operations, from 0), and nothing of the transaction was applied.
+    ``looked_up`` says the answer was lost and the receipt proved the write.
+    """
+
+    error: Exception | None = None
+    index: int = -1
+    looked_up: bool = False
+
+    @property
+    def applied(self) -> bool:
+        return self.error is None
+
+
+Ops = Callable[[Any, str], None]  # adds the caller's ops to a transaction, given its guid
+
+
+class ReceiptWriter:
+    """Commits a transaction exactly once: the caller's operations plus a
+    receipt. After a lost answer it looks the receipt up before sending
+    again; a receipt folder removed meanwhile is made again; a confirmed
+    receipt goes to the janitor."""
+
+    def __init__(
+        self, conn: Connection, layout: Layout, client_id: str, janitor: ReceiptJanitor
+    ) -> None:
+        self._conn = conn
+        self._layout = layout
+        self._client_id = client_id
+        self._data = client_id.encode()
+        self.janitor = janitor
+        self.lookups = 0  # transactions whose answer was lost and were looked up
+
+    def commit(self, add_ops: Ops, deadline: float | None, what: str) -> Outcome:
+        """Send ``add_ops(txn, guid)``'s operations with a receipt named by
+        ``guid``, until the transaction is applied or refused for a reason of
+        the caller's. ``add_ops`` may be called several times (a retry after a
+        lost answer) and must add the same operations each time. Raises
+        ``OperationTimeout`` or ``ClientClosed`` when the deadline passes or
+        the client closes."""
+        conn = self._conn
+        guid = new_guid()
+        receipt = self._layout.receipt(self._client_id, guid)
+        while True:
+            conn.wait_connected(deadline, what)
+            txn = conn.kazoo.transaction()
+            txn.create(receipt, self._data)
+            add_ops(txn, guid)
+            try:
+                results = conn.result(txn.commit_async(), deadline, what)
+            except ConnectionLost:
+                # It may or may not have been applied: look before writing again.
+                self.lookups += 1
+                if landed(conn, receipt, deadline):
+                    self.janitor.add(receipt)
+                    return Outcome(looked_up=True)
+                continue
+            index, error = first_error(results)
+            if error is None:
+                self.janitor.add(receipt)
+                return Outcome()
+            if index == 0 and isinstance(error, NoNodeError):
+                # The receipt folder went (the client was away past the grace).
+                conn.ensure_path(self.janitor.folder, deadline)
+                continue
+            return Outcome(error, index - 1)
 
 
 class ReceiptJanitor:

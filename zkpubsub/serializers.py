@@ -13,6 +13,18 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import msgpack
 
+from .errors import DecodeError
+
+__all__ = [
+    "BUILTIN_SERIALIZERS",
+    "JsonSerializer",
+    "MsgpackSerializer",
+    "RawSerializer",
+    "Serializer",
+    "SerializerRegistry",
+    "resolve",
+]
+
 
 @runtime_checkable
 class Serializer(Protocol):
@@ -92,3 +104,36 @@ def resolve(serializer: Serializer | str | None) -> Serializer:
     if not isinstance(serializer, Serializer):
         raise TypeError("serializer needs content_type, dumps() and loads()")
     return serializer
+
+
+class SerializerRegistry:
+    """The serializers a client can read: the built-in ones and its own.
+
+    Readers (subscriptions, work queues, tickets) decode every payload
+    through :meth:`loads`, so an unknown content type or a payload its
+    serializer refuses is always the same :class:`~zkpubsub.DecodeError`.
+    """
+
+    def __init__(self, default: Serializer) -> None:
+        self.default = default
+        self._by_type: dict[str, Serializer] = {s.content_type: s for s in BUILTIN_SERIALIZERS}
+        self._by_type[default.content_type] = default
+
+    def get(self, content_type: str) -> Serializer | None:
+        return self._by_type.get(content_type)
+
+    def loads(self, content_type: str, body: bytes, *, path: str, data: bytes) -> Any:
+        """The payload ``body`` of ``content_type``, read from the node
+        ``path`` whose raw bytes are ``data``; :class:`DecodeError` if no
+        serializer knows the type or it refuses the body."""
+        serializer = self._by_type.get(content_type)
+        if serializer is None:
+            raise DecodeError(
+                f"no serializer for content type {content_type!r}", path=path, data=data
+            )
+        try:
+            return serializer.loads(body)
+        except Exception as exc:
+            raise DecodeError(
+                f"payload is not valid {content_type}: {exc}", path=path, data=data, error=exc
+            ) from exc

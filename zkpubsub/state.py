@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["ClientState", "Gap", "Notifier"]
+
 logger = logging.getLogger(__name__)
 
 

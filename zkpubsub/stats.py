@@ -9,6 +9,8 @@ from kazoo.exceptions import NoNodeError
 from .connection import Connection
 from .layout import Layout
 
+__all__ = ["BusStats", "QueueStats", "collect"]
+
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:

@@ -243,7 +243,8 @@ def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):
         for _ in range(2):
             wl.wait_until(lambda: sum(c.is_leader for c in cleaners) == 1, 30, "one leader")
             leader = next(c for c in cleaners if c.is_leader)
-            expire_session(leader._client)
+            host = next(c for c in wl.subscribers.values() if c.client_id == leader.client_id)
+            expire_session(host)
             injector.log.add("expire session of the cleaner leader")
             wl.wait_acked(20)
         # the new leader still removes the dead subscriber's queue

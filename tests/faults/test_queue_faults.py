@@ -15,6 +15,7 @@ import time
 import pytest
 
 from zkpubsub import Item
+from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
 from zkpubsub.testing.faults import FaultInjector
 from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
@@ -323,7 +324,7 @@ def test_q10_a_zombie_worker_stopped_past_its_session_timeout_cannot_ack(ensembl
     injector = FaultInjector(ens.cluster)
     wl = queue_workload(ens.cluster.hosts, "/q10")
     probe = wl.client("probe")
-    paths = probe._layout.work_queue(QUEUE)
+    paths = Layout(probe.root).work_queue(QUEUE)
     go_on = threading.Event()
     rescued: list[str] = []
 
@@ -333,7 +334,7 @@ def test_q10_a_zombie_worker_stopped_past_its_session_timeout_cannot_ack(ensembl
             go_on.wait(60)
 
     def reserved() -> list[str]:
-        return probe._conn.children(paths.reserved, None) or []
+        return sorted(probe._ctx.conn.kazoo.get_children(paths.reserved))
 
     try:
         wl.add_producer("producer")

@@ -91,7 +91,7 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
         dead_receipts=tuple(sorted(publishers - clients)),
         purge_markers=tuple(sorted(markers)),
         candidates=tuple(holders),
-        leaders=tuple(c._client.client_id for c in running if c.is_leader),
+        leaders=tuple(c.client_id for c in running if c.is_leader),
         running_cleaners=len(running),
     )
 

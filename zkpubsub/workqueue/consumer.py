@@ -7,18 +7,21 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from .errors import ClientClosed, ReservationLost, ZkPubSubError
+from ..errors import ClientClosed, ReservationLost, ZkPubSubError
+from .items import Item
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .workqueue import Item, WorkQueue
+    from .queue import WorkQueue
+    from .worker import Worker
+
+__all__ = ["Consumer", "ConsumerStats", "ItemHandler"]
 
 logger = logging.getLogger(__name__)
 
-ItemHandler = Callable[["Item"], Any]
-POLL_INTERVAL = 0.5
+ItemHandler = Callable[[Item], Any]
+POLL_INTERVAL: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,9 @@ class Consumer:
 
     def __init__(
         self,
-        client: Client,
-        name: str,
+        queue: WorkQueue,
         handler: ItemHandler,
         workers: int,
-        max_attempts: int,
         on_error: Callable[[BaseException, Item], Any] | None,
         prefetch: int = 1,
     ) -> None:
@@ -63,14 +64,12 @@ class Consumer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._counts = {"acked": 0, "released": 0, "lost": 0}
-        self._queues: list[WorkQueue] = [
-            client.queue(name, max_attempts=max_attempts) for _ in range(workers)
-        ]
+        self._workers: list[Worker] = [queue.worker() for _ in range(workers)]
         self._threads = [
             threading.Thread(
-                target=self._work, args=(q,), name=f"zkpubsub-worker-{q.worker_id}", daemon=True
+                target=self._work, args=(w,), name=f"zkpubsub-worker-{w.worker_id}", daemon=True
             )
-            for q in self._queues
+            for w in self._workers
         ]
         for thread in self._threads:
             thread.start()
@@ -87,14 +86,14 @@ class Consumer:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    def _work(self, queue: WorkQueue) -> None:
+    def _work(self, worker: Worker) -> None:
         while not self._stop.is_set():
             try:
-                items = queue.reserve_many(self._prefetch, timeout=POLL_INTERVAL)
+                items = worker.reserve_many(self._prefetch, timeout=POLL_INTERVAL)
             except ClientClosed:
                 return
             except ZkPubSubError as exc:
-                logger.warning("worker %s: reserve failed: %s", queue.worker_id, exc)
+                logger.warning("worker %s: reserve failed: %s", worker.worker_id, exc)
                 self._stop.wait(POLL_INTERVAL)
                 continue
             # Every item in hand is finished, even after stop(): giving back
@@ -109,21 +108,21 @@ class Consumer:
                     continue
                 if not item.finished:
                     done.append((item, result if item.wants_result else None))
-            self._ack(queue, done)
+            self._ack(worker, done)
 
-    def _ack(self, queue: WorkQueue, done: list[tuple[Item, Any]]) -> None:
+    def _ack(self, worker: Worker, done: list[tuple[Item, Any]]) -> None:
         """Ack a worker's finished items in one transaction."""
         if not done:
             return
         try:
-            lost = queue._ack_all(done)
+            lost = worker.ack_all(done)
         except ZkPubSubError as exc:
             logger.warning("could not ack %d item(s): %s", len(done), exc)
             return
         for item, _ in done:
-            item._finished = True
+            item.mark_finished()
         for item in lost:
-            logger.warning("%s", ReservationLost(queue.name, item.id))
+            logger.warning("%s", ReservationLost(worker.queue, item.id))
         self._count("acked", len(done) - len(lost))
         self._count("lost", len(lost))
 
@@ -153,9 +152,9 @@ class Consumer:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
-        for queue in self._queues:
+        for worker in self._workers:
             with contextlib.suppress(ZkPubSubError):
-                queue.close()
+                worker.close()
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:

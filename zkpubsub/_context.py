@@ -1,0 +1,72 @@
+"""What a client's components share, built once by the client.
+
+Subscriptions, the publish engine, work queues, workers, consumers and the
+cleaner each receive this context and talk to ZooKeeper and to each other's
+machinery only through it: the connection, the layout, the configuration
+in force, the client's id, the serializers it reads with, the receipt
+writer (with its janitor) and the open check. No component reaches into
+another's private state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import ClientConfig
+from .connection import Connection, deadline_after
+from .errors import ClientClosed
+from .layout import Layout
+from .receipts import ReceiptJanitor, ReceiptWriter
+from .serializers import SerializerRegistry
+
+__all__ = ["Context"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Context:
+    """The shared machinery of one client (internal; not part of the API)."""
+
+    conn: Connection
+    layout: Layout
+    config: ClientConfig  # with hosts and client_id filled in
+    client_id: str
+    explicit_id: bool  # the user chose the id (a durable subscriber can come back)
+    serializers: SerializerRegistry
+    writer: ReceiptWriter
+    is_closed: Callable[[], bool]
+
+    @classmethod
+    def build(
+        cls,
+        conn: Connection,
+        config: ClientConfig,
+        client_id: str,
+        *,
+        explicit_id: bool,
+        is_closed: Callable[[], bool],
+    ) -> Context:
+        layout = Layout(config.root)
+        janitor = ReceiptJanitor(conn, layout, client_id)
+        return cls(
+            conn=conn,
+            layout=layout,
+            config=config,
+            client_id=client_id,
+            explicit_id=explicit_id,
+            serializers=SerializerRegistry(config.serializer),
+            writer=ReceiptWriter(conn, layout, client_id, janitor),
+            is_closed=is_closed,
+        )
+
+    @property
+    def janitor(self) -> ReceiptJanitor:
+        return self.writer.janitor
+
+    def deadline(self) -> float | None:
+        """The deadline of one request made now (``request_timeout``)."""
+        return deadline_after(self.config.request_timeout)
+
+    def check_open(self) -> None:
+        if self.is_closed():
+            raise ClientClosed("the client is closed")

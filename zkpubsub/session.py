@@ -1,0 +1,333 @@
+"""The client's session: connecting, registering, and staying registered.
+
+Guarantees:
+
+* The client is registered (``clients/<id>``, every open subscription) on
+  its current ZooKeeper session whenever it reports ``CONNECTED``.
+* After a session expiry it registers again by itself, on the new session:
+  the client node, every open subscription (a durable one is still there),
+  and watches; then it tells gap listeners which topics may have missed
+  messages, and since when.
+* A registration node deleted under a live connection is written again
+  (the server may have ended the session without closing the connection:
+  the refusal then makes the client reconnect on a new session).
+* State changes and gap notices reach listeners on a thread of ours, in
+  order, never on the ZooKeeper client's thread.
+
+One supervisor thread handles every state change kazoo reports, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+
+from ._context import Context
+from ._registration import check_purge, register_client, register_subscription
+from .connection import Connection, deadline_after, translated
+from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
+from .state import ClientState, Gap, Notifier
+
+__all__ = ["GapListener", "Registered", "Session", "StateListener", "SubscriptionRegistry"]
+
+logger = logging.getLogger(__name__)
+
+StateListener = Callable[[ClientState], Any]
+GapListener = Callable[[Gap], Any]
+
+# An event of ours on the supervisor's queue, beside kazoo's states.
+_REGISTRATION_GONE: Final = "registration gone"
+
+
+class Registered(Protocol):
+    """What the session needs of an open subscription."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def durable(self) -> bool: ...
+
+    def restored(self) -> None:
+        """Registered again on a new session: read the queue again."""
+
+
+class SubscriptionRegistry:
+    """The open subscriptions of one client, by topic. Its lock also orders
+    registrations: a subscribe and a re-registration never interleave."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._subs: dict[str, Registered] = {}
+
+    def add(self, sub: Registered) -> None:
+        with self.lock:
+            if sub.topic in self._subs:
+                raise AlreadySubscribed(sub.topic)
+            self._subs[sub.topic] = sub
+
+    def discard(self, sub: Registered) -> None:
+        with self.lock:
+            if self._subs.get(sub.topic) is sub:
+                del self._subs[sub.topic]
+
+    def get(self, topic: str) -> Registered | None:
+        with self.lock:
+            return self._subs.get(topic)
+
+    def all(self) -> list[Registered]:
+        with self.lock:
+            return list(self._subs.values())
+
+    def topics(self) -> list[str]:
+        with self.lock:
+            return list(self._subs)
+
+
+class Session:
+    """Registration and supervision of one client (internal)."""
+
+    def __init__(
+        self, ctx: Context, subscriptions: SubscriptionRegistry, on_gap: GapListener | None
+    ) -> None:
+        self._ctx = ctx
+        self._subs = subscriptions
+        self._state = ClientState.CONNECTING
+        self._listeners_lock = threading.Lock()
+        self._state_listeners: list[StateListener] = []
+        self._gap_listeners: list[GapListener] = [on_gap] if on_gap is not None else []
+        self._registered_session: int | None = None
+        self._disconnected_at: float | None = None  # connection down since (wall clock)
+        self._lost_at: float | None = None  # start of the gap after a session expiry
+        # state changes with the wall-clock time kazoo reported them
+        self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
+        self._notifier = Notifier(f"zkpubsub-listeners-{ctx.client_id[:12]}")
+        self._supervisor: threading.Thread | None = None
+        ctx.conn.add_state_listener(lambda state: self._events.put((state, time.time())))
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, register and start supervising (``ConnectTimeout``,
+        ``ClientIdInUse``…); on failure everything started is stopped."""
+        ctx = self._ctx
+        config = ctx.config
+        try:
+            self._ensure_chroot()
+            ctx.conn.start(config.connect_timeout)
+            deadline = deadline_after(max(config.connect_timeout, config.owner_wait + 5))
+            with translated("register client"):
+                for path in ctx.layout.base_paths():
+                    ctx.conn.ensure_path(path, deadline)
+                register_client(ctx, deadline, owner_wait=config.owner_wait)
+                purged = check_purge(ctx, deadline, ())
+        except BaseException:
+            self._notifier.close()
+            ctx.conn.stop()
+            raise
+        self._registered_session = ctx.conn.session_id
+        self._state = ClientState.CONNECTED
+        self._watch_registration()
+        if purged:
+            now = time.time()
+            self._emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"zkpubsub-session-{ctx.client_id[:12]}", daemon=True
+        )
+        self._supervisor.start()
+
+    def _ensure_chroot(self) -> None:
+        """Create the chroot named in ``hosts`` if it is missing."""
+        config = self._ctx.config
+        hosts = config.hosts
+        slash = hosts.find("/")
+        if slash < 0 or hosts[slash:] in ("", "/"):
+            return
+        boot = Connection(hosts[:slash], session_timeout=config.session_timeout)
+        try:
+            boot.start(config.connect_timeout)
+            with translated("create chroot"):
+                boot.ensure_path(hosts[slash:], deadline_after(config.request_timeout))
+        finally:
+            boot.stop()
+
+    def stop(self) -> None:
+        """End supervision (the caller closes the connection); tell state
+        listeners the client is closed."""
+        self._events.put(None)
+        supervisor = self._supervisor
+        if supervisor is not None and threading.current_thread() is not supervisor:
+            supervisor.join(5)
+        with self._listeners_lock:
+            self._state = ClientState.CLOSED
+            listeners = list(self._state_listeners)
+        self._notifier.emit(listeners, ClientState.CLOSED)
+        self._notifier.close()
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, listener: StateListener) -> None:
+        with self._listeners_lock:
+            self._state_listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        with self._listeners_lock:
+            if listener in self._state_listeners:
+                self._state_listeners.remove(listener)
+
+    def add_gap_listener(self, listener: GapListener) -> None:
+        with self._listeners_lock:
+            self._gap_listeners.append(listener)
+
+    def remove_gap_listener(self, listener: GapListener) -> None:
+        with self._listeners_lock:
+            if listener in self._gap_listeners:
+                self._gap_listeners.remove(listener)
+
+    def _set_state(self, state: ClientState) -> None:
+        with self._listeners_lock:
+            if self._state == state or self._state == ClientState.CLOSED:
+                return
+            self._state = state
+            listeners = list(self._state_listeners)
+        logger.info("client %s is %s", self._ctx.client_id, state.value)
+        self._notifier.emit(listeners, state)
+
+    def _emit_gap(self, gap: Gap) -> None:
+        logger.warning(
+            "client %s may have missed messages on %s (%s)",
+            self._ctx.client_id,
+            sorted(gap.topics),
+            gap.reason,
+        )
+        with self._listeners_lock:
+            listeners = list(self._gap_listeners)
+        self._notifier.emit(listeners, gap)
+
+    # -- the supervisor thread: state changes and re-registration ----------------------
+
+    def _supervise(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None or self._ctx.is_closed():
+                return
+            state, at = event
+            if state == KazooState.SUSPENDED:
+                if self._disconnected_at is None:
+                    self._disconnected_at = at
+                self._set_state(ClientState.SUSPENDED)
+            elif state == KazooState.LOST:
+                # The server may have ended the session (and dropped its
+                # subscriber nodes) any time after the connection went down,
+                # or after it was last known alive if a reply said it ended;
+                # and other servers may apply the end before ours tells us.
+                if self._lost_at is None:
+                    starts = [self._ctx.conn.session_lost_since, self._disconnected_at, at]
+                    first = min(t for t in starts if t is not None)
+                    self._lost_at = first - self._ctx.config.session_timeout
+                self._set_state(ClientState.LOST)
+            elif state == KazooState.CONNECTED:
+                self._on_connected()
+            elif state == _REGISTRATION_GONE:
+                self._on_registration_gone()
+
+    def _watch_registration(self) -> None:
+        """Watch this client's registration node (watches do not outlive a
+        connection, so again after each reconnect)."""
+        path = self._ctx.layout.client(self._ctx.client_id)
+
+        def checked(result: Any) -> None:  # kazoo's thread
+            try:
+                missing = result.get_nowait() is None
+            except Exception:
+                return  # connection trouble: the next CONNECTED looks again
+            if missing and not self._ctx.is_closed():
+                self._events.put((_REGISTRATION_GONE, time.time()))
+
+        try:
+            request = self._ctx.conn.kazoo.exists_async(path, watch=self._on_registration_event)
+            request.rawlink(checked)
+        except Exception as exc:  # not connected: the next CONNECTED sets it
+            logger.debug("watching %s: %s", path, exc)
+
+    def _on_registration_event(self, event: WatchedEvent) -> None:  # kazoo's thread
+        if event.type == EventType.DELETED and not self._ctx.is_closed():
+            self._events.put((_REGISTRATION_GONE, time.time()))
+
+    def _on_registration_gone(self) -> None:
+        """The registration node vanished while the connection stayed up: the
+        server may have ended the session without closing this connection
+        (kazoo would not notice). Writing the node again settles it: on a
+        live session it is back; on an ended one the refusal makes the
+        connection drop, kazoo finds the session expired, and the client
+        registers again on a new one (with a gap notice)."""
+        ctx = self._ctx
+        logger.warning("client %s: registration node deleted; checking the session", ctx.client_id)
+        try:
+            with self._subs.lock:
+                if ctx.is_closed():
+                    return
+                deadline = ctx.deadline()
+                with translated("register again"):
+                    register_client(ctx, deadline, owner_wait=ctx.config.request_timeout)
+        except ZkPubSubError as exc:
+            logger.info("client %s: writing the registration again: %s", ctx.client_id, exc)
+        if ctx.conn.connected.is_set():
+            self._watch_registration()
+
+    def _on_connected(self) -> None:
+        ctx = self._ctx
+        conn = ctx.conn
+        session = conn.session_id
+        if session is None or session == self._registered_session:
+            self._disconnected_at = None  # the session outlived the outage
+            conn.session_lost_since = None
+            self._watch_registration()
+            self._set_state(ClientState.CONNECTED)
+            return
+        # A new session: everything ephemeral is gone. Register again.
+        self._set_state(ClientState.LOST)
+        try:
+            with self._subs.lock:
+                if ctx.is_closed():
+                    return
+                deadline = ctx.deadline()
+                with translated("register again"):
+                    register_client(ctx, deadline, owner_wait=ctx.config.request_timeout)
+                    subs = self._subs.all()
+                    purged = check_purge(ctx, deadline, (sub.topic for sub in subs))
+                    topics = [sub.topic for sub in subs if not sub.durable]
+                    for sub in subs:
+                        register_subscription(ctx, sub.topic, deadline, durable=sub.durable)
+        except ClientClosed:
+            return
+        except ZkPubSubError as exc:
+            logger.warning("client %s: registering again failed (%s); retrying", ctx.client_id, exc)
+            time.sleep(0.5)
+            if conn.connected.is_set():
+                self._events.put((KazooState.CONNECTED, time.time()))
+            return
+        self._registered_session = session
+        self._watch_registration()
+        since = self._lost_at or self._disconnected_at or time.time()
+        self._lost_at = None
+        self._disconnected_at = None
+        conn.session_lost_since = None
+        for sub in subs:
+            sub.restored()
+        now = time.time()
+        if topics:
+            self._emit_gap(Gap(frozenset(topics), since, now, "session expired"))
+        if purged:
+            self._emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
+        self._set_state(ClientState.CONNECTED)

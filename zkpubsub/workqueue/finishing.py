@@ -1,0 +1,196 @@
+"""How a reservation ends: acked, released, or buried as a dead letter.
+
+Each is one transaction whose checks the server enforces:
+
+* an ack deletes the reservation and the item, the item only at the data
+  version this reservation produced, writes the result, and carries a
+  receipt (exactly once after a lost answer);
+* a release deletes the reservation and checks the item's version (or, at
+  ``max_attempts``, moves the item to the dead letters);
+* burying an item nobody holds proves that by creating and deleting its
+  reservation node in the same transaction.
+
+After a lost answer, :func:`holds` tells whether a reservation is still
+this worker's: its session owns the node, the item is at the version, and
+the node names the worker (workers of one client share a session).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from kazoo.exceptions import NoNodeError
+
+from .. import envelope
+from .._context import Context
+from ..connection import first_error, translated
+from ..errors import ConnectionLost, ReservationLost
+from ..layout import WorkQueuePaths, parse_item_node
+from .items import Item
+from .records import dead_record, reserved_by, result_doc
+
+__all__ = ["ack_all", "bury", "commit", "holds", "release"]
+
+logger = logging.getLogger(__name__)
+
+# A transaction of acks carries results up to about this many bytes.
+_ACK_BATCH_BYTES: Final = 500_000
+
+
+def commit(ctx: Context, txn: Any, deadline: float | None, what: str) -> list[Any]:
+    """Send ``txn`` once connected; its results (``ConnectionLost`` if the
+    answer is lost)."""
+    ctx.conn.wait_connected(deadline, what)
+    return ctx.conn.result(txn.commit_async(), deadline, what)  # type: ignore[no-any-return]
+
+
+def holds(
+    ctx: Context,
+    paths: WorkQueuePaths,
+    name: str,
+    token: int,
+    worker_id: str,
+    deadline: float | None,
+) -> bool:
+    """Whether ``worker_id`` holds ``name`` at data version ``token``."""
+    conn = ctx.conn
+    kazoo = conn.kazoo
+    reservation, item = conn.read_all(
+        lambda: [
+            kazoo.get_async(paths.reservation(name)),
+            kazoo.exists_async(paths.item(name)),
+        ],
+        deadline,
+        f"check the reservation of {name}",
+    )
+    if isinstance(reservation, NoNodeError) or item is None:
+        return False
+    data, held = reservation
+    if held.ephemeralOwner != conn.session_id or item.version != token:
+        return False
+    return reserved_by(data) == worker_id
+
+
+def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Item]:
+    """Ack in as few transactions as fit; returns the items whose
+    reservation was lost (the rest are acked)."""
+    paths = ctx.layout.work_queue(queue)
+    serializer = ctx.config.serializer
+    deadline = ctx.deadline()
+    lost: list[Item] = []
+    with translated(f"ack in queue {queue!r}"):
+        todo = [
+            (item, result_doc(serializer, "ok", result) if item.wants_result else None)
+            for item, result in pairs
+        ]
+        while todo:
+            batch: list[tuple[Item, bytes | None]] = []
+            size = 0
+            while todo and (not batch or size + len(todo[0][1] or b"") < _ACK_BATCH_BYTES):
+                batch.append(todo.pop(0))
+                size += len(batch[-1][1] or b"") + 200
+            while True:
+                if ctx.writer.commit(_ack_ops(paths, batch), deadline, "ack").applied:
+                    break
+                if len(batch) == 1:
+                    lost.append(batch[0][0])
+                    break
+                # Some reservation was lost: peel items off to find which.
+                todo[:0] = batch[1:]
+                batch = batch[:1]
+    return lost
+
+
+def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]]) -> Any:
+    """Per item: delete its reservation and the item at the version the
+    reservation produced, and write its result."""
+
+    def ops(txn: Any, _guid: str) -> None:
+        for item, doc in batch:
+            txn.delete(paths.reservation(item.name))
+            txn.delete(paths.item(item.name), item.token)
+            if doc is not None:
+                txn.create(paths.result(item.id), doc)
+
+    return ops
+
+
+def release(
+    ctx: Context,
+    item: Item,
+    error: str | BaseException | None,
+    *,
+    max_attempts: int,
+    worker_id: str,
+) -> bool:
+    """Give ``item`` back, or bury it at ``max_attempts``. ``True`` when this
+    transaction did it; ``False`` when, after a lost answer, the item is no
+    longer held (released then, or gone with the session). Raises
+    :class:`ReservationLost` when the server refuses it."""
+    paths = ctx.layout.work_queue(item.queue)
+    reason = ""
+    if error is not None:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    buried = item.attempts >= max_attempts
+    deadline = ctx.deadline()
+    with translated(f"release item {item.id}"):
+        while True:
+            txn = ctx.conn.kazoo.transaction()
+            txn.delete(paths.reservation(item.name))
+            if buried:
+                why = f"failed {item.attempts} times" + (
+                    f"; last error: {reason}" if reason else ""
+                )
+                data = envelope.encode([item.entry])
+                txn.delete(paths.item(item.name), item.token)
+                txn.create(
+                    paths.dead_letter(item.name), dead_record(item.name, data, item.attempts, why)
+                )
+                if item.wants_result:
+                    doc = result_doc(ctx.config.serializer, "dead", reason=why)
+                    txn.create(paths.result(item.id), doc)
+            else:
+                txn.check(paths.item(item.name), item.token)
+            try:
+                results = commit(ctx, txn, deadline, "release")
+            except ConnectionLost:
+                if holds(ctx, paths, item.name, item.token, worker_id, deadline):
+                    continue  # still ours: the release did not happen
+                # Released (perhaps reserved again since, even by a worker
+                # sharing our session), or gone with the session.
+                return False
+            if first_error(results)[1] is None:
+                if buried:
+                    logger.warning("queue %r: item %s is a dead letter", item.queue, item.id)
+                return True
+            raise ReservationLost(item.queue, item.id)
+
+
+def bury(
+    ctx: Context,
+    queue: str,
+    name: str,
+    data: bytes,
+    version: int,
+    reason: str,
+    entry: envelope.Entry | None,
+    deadline: float | None,
+) -> None:
+    """Move an item nobody holds to the dead letters (proving that)."""
+    paths = ctx.layout.work_queue(queue)
+    parsed = parse_item_node(name)
+    txn = ctx.conn.kazoo.transaction()
+    txn.create(paths.reservation(name), b"")  # fails if someone holds it
+    txn.delete(paths.reservation(name))
+    txn.delete(paths.item(name), version)
+    txn.create(paths.dead_letter(name), dead_record(name, data, version, reason))
+    if entry is not None and parsed is not None and parsed[0]:
+        doc = result_doc(ctx.config.serializer, "dead", reason=reason)
+        txn.create(paths.result(entry.id), doc)
+    try:
+        _, error = first_error(commit(ctx, txn, deadline, "move to dead letters"))
+    except ConnectionLost:
+        return  # the next worker to find it tries again
+    if error is None:
+        logger.warning("queue %r: %s is a dead letter: %s", queue, name, reason)

@@ -1,0 +1,183 @@
+"""What a worker holds (an :class:`Item`) and what a producer waits on (a
+:class:`Ticket`)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from kazoo.exceptions import NoNodeError
+
+from .. import envelope
+from .._context import Context
+from ..connection import deadline_after, expired, remaining, translated
+from ..errors import ItemFailed, OperationTimeout, ReservationLost
+from ..layout import WorkQueuePaths
+from .records import read_result
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Item", "Ticket"]
+
+
+class Item:
+    """A reserved work item. Ack it when done, release it to give it back.
+
+    As a context manager it acks on a clean exit and releases (recording the
+    exception) when the block raises.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        name: str,
+        entry: envelope.Entry,
+        payload: Any,
+        *,
+        token: int,
+        priority: int,
+        wants_result: bool,
+    ) -> None:
+        self._worker = worker
+        self._name = name
+        self._entry = entry
+        self._token = token  # the item's data version after our reservation
+        self.payload = payload
+        self.priority = priority
+        self.wants_result = wants_result
+        self._finished = False
+
+    @property
+    def id(self) -> str:
+        return self._entry.id
+
+    @property
+    def name(self) -> str:
+        """The item's node name in the queue."""
+        return self._name
+
+    @property
+    def token(self) -> int:
+        """The item's data version this reservation produced."""
+        return self._token
+
+    @property
+    def entry(self) -> envelope.Entry:
+        return self._entry
+
+    @property
+    def queue(self) -> str:
+        """The name of the queue the item belongs to."""
+        return self._worker.queue
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._entry.headers)
+
+    @property
+    def attempts(self) -> int:
+        """How many times the item has been reserved, this time included."""
+        return self._token
+
+    @property
+    def put_at(self) -> float:
+        return self._entry.published_at
+
+    @property
+    def producer_id(self) -> str:
+        return self._entry.publisher_id
+
+    @property
+    def finished(self) -> bool:
+        """Acked or released."""
+        return self._finished
+
+    def check_unfinished(self) -> None:
+        if self._finished:
+            raise ValueError(f"item {self.id} was already acked or released")
+
+    def check_result(self, result: Any) -> None:
+        if result is not None and not self.wants_result:
+            raise ValueError(f"item {self.id} was put without want_result; there is no ticket")
+
+    def mark_finished(self) -> None:
+        self._finished = True
+
+    def ack(self, result: Any = None) -> None:
+        """Done: delete the item (and write ``result`` for its ticket), in one
+        transaction that proves this worker still holds it. Raises
+        :class:`ReservationLost` if it does not (nothing is changed then)."""
+        self.check_unfinished()
+        self.check_result(result)
+        if self._worker.ack_all([(self, result)]):
+            raise ReservationLost(self.queue, self.id)
+        self._finished = True
+
+    def release(self, error: str | BaseException | None = None) -> None:
+        """Give the item back for another attempt (``error`` says why). After
+        ``max_attempts`` it goes to the dead letters instead. Raises
+        :class:`ReservationLost` if this worker no longer holds it."""
+        self.check_unfinished()
+        self._worker.release(self, error)
+        self._finished = True
+
+    def __enter__(self) -> Item:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self._finished:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self.release(exc)
+
+    def __repr__(self) -> str:
+        return f"<Item {self.id} of {self.queue!r} attempts={self.attempts}>"
+
+
+class Ticket:
+    """Waits for the result of an item put with ``want_result=True``."""
+
+    def __init__(self, ctx: Context, queue: str, item_id: str) -> None:
+        self._ctx = ctx
+        self._queue = queue
+        self._paths: WorkQueuePaths = ctx.layout.work_queue(queue)
+        self.id = item_id
+
+    def done(self) -> bool:
+        """Whether the result (or the news of failure) is there."""
+        with translated("ticket"):
+            return self._ctx.conn.exists(self._paths.result(self.id), self._ctx.deadline())
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The result passed to ``ack``, once it is there; it is removed once
+        read. Raises :class:`ItemFailed` if the item went to the dead letters
+        and ``OperationTimeout`` if ``timeout`` passes first."""
+        ctx = self._ctx
+        conn, kazoo = ctx.conn, ctx.conn.kazoo
+        path = self._paths.result(self.id)
+        deadline = deadline_after(timeout)
+        arrived = threading.Event()
+        with translated("ticket"):
+            while True:
+                arrived.clear()
+                stat = conn.call(
+                    lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
+                    deadline,
+                    f"wait for {path}",
+                )
+                if stat is not None:
+                    try:
+                        data, _ = conn.call(lambda: kazoo.get_async(path), deadline, path)
+                    except NoNodeError:
+                        raise ItemFailed(self.id, "its result was read by someone else") from None
+                    conn.delete(path, deadline)
+                    return read_result(ctx.serializers, self.id, path, data)
+                left = remaining(deadline)
+                if not arrived.wait(left if left is not None else 1.0) and expired(deadline):
+                    raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
+
+    def __repr__(self) -> str:
+        return f"<Ticket {self.id} of {self._queue!r}>"

@@ -1,0 +1,369 @@
+"""The handle on one work queue: put, look, replay, and consume.
+
+A handle is cheap and has no identity in the queue. Reserving takes a
+:class:`~zkpubsub.workqueue.Worker`: ``queue.worker()`` makes one (one per
+thread); the handle's own ``reserve`` / ``reserve_many`` use a worker it
+makes on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from kazoo.exceptions import NoNodeError
+
+from .. import envelope
+from .._context import Context
+from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS
+from ..connection import deadline_after, translated
+from ..errors import ClientClosed, PayloadTooLarge, ZooKeeperError
+from ..layout import WorkQueuePaths, order_items, parse_item_node, validate_name
+from .items import Item, Ticket
+from .records import (
+    DEFAULT_PRIORITY,
+    DeadItem,
+    WorkQueueStats,
+    check_priority,
+    dead_item,
+    dead_item_data,
+)
+from .worker import Worker, ensure_queue
+
+if TYPE_CHECKING:
+    from .consumer import Consumer, ItemHandler
+
+__all__ = ["WorkQueue"]
+
+
+class WorkQueue:
+    """One named work queue. Made by ``Client.queue(name)``.
+
+    ``close()`` closes the workers this handle made (they leave the
+    queue's worker registry).
+    """
+
+    def __init__(
+        self, ctx: Context, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS
+    ) -> None:
+        validate_name(name, "queue name")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        self.name = name
+        self.max_attempts = max_attempts
+        self._ctx = ctx
+        self._paths = ctx.layout.work_queue(name)
+        self._ready = False
+        self._closed = False
+        self._own: Worker | None = None
+        self._workers: list[Worker] = []
+
+    # -- workers -----------------------------------------------------------------------
+
+    def worker(self) -> Worker:
+        """A new worker of this queue, with its own identity (use one per
+        thread); it registers when it first reserves."""
+        self._check_open()
+        worker = Worker(self._ctx, self.name, max_attempts=self.max_attempts)
+        self._workers.append(worker)
+        return worker
+
+    def _worker(self) -> Worker:
+        if self._own is None:
+            self._own = self.worker()
+        return self._own
+
+    @property
+    def worker_id(self) -> str:
+        """The id of the worker behind this handle's ``reserve``."""
+        return self._worker().worker_id
+
+    @property
+    def conflicts(self) -> int:
+        """Reservations this handle's worker lost to another at the last moment."""
+        return 0 if self._own is None else self._own.conflicts
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed(f"work queue {self.name!r} is closed")
+        self._ctx.check_open()
+
+    def _ensure_paths(self, deadline: float | None) -> None:
+        if not self._ready:
+            ensure_queue(self._ctx, self.name, deadline)
+            self._ready = True
+
+    # -- producing ---------------------------------------------------------------------
+
+    @overload
+    def put(
+        self,
+        payload: Any,
+        *,
+        priority: int = ...,
+        headers: dict[str, str] | None = ...,
+        want_result: Literal[False] = ...,
+        timeout: float | None = ...,
+    ) -> str: ...
+
+    @overload
+    def put(
+        self,
+        payload: Any,
+        *,
+        priority: int = ...,
+        headers: dict[str, str] | None = ...,
+        want_result: Literal[True],
+        timeout: float | None = ...,
+    ) -> Ticket: ...
+
+    def put(
+        self,
+        payload: Any,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        headers: dict[str, str] | None = None,
+        want_result: bool = False,
+        timeout: float | None = None,
+    ) -> str | Ticket:
+        """Enqueue one item, exactly once. Returns its id, or a :class:`Ticket`
+        with ``want_result=True``. Raises ``ValueError`` / ``TypeError`` for a
+        bad priority, :class:`SerializationError` or :class:`PayloadTooLarge`
+        before anything is sent."""
+        (item_id,) = self._put([payload], priority, headers, want_result, timeout)
+        return Ticket(self._ctx, self.name, item_id) if want_result else item_id
+
+    def put_many(
+        self,
+        payloads: Iterable[Any],
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Enqueue several items, in order, in as few transactions as fit
+        (usually one, so all or none). Returns their ids."""
+        items = list(payloads)
+        if not items:
+            raise ValueError("put_many needs at least one payload")
+        return self._put(items, priority, headers, False, timeout)
+
+    def _put(
+        self,
+        payloads: list[Any],
+        priority: int,
+        headers: dict[str, str] | None,
+        want_result: bool,
+        timeout: float | None,
+    ) -> list[str]:
+        check_priority(priority)
+        self._check_open()
+        hdrs = envelope.check_headers(headers)
+        ctx = self._ctx
+        config = ctx.config
+        entries = [
+            envelope.make_entry(
+                config.serializer,
+                topic=self.name,
+                payload=p,
+                headers=hdrs,
+                publisher_id=ctx.client_id,
+            )
+            for p in payloads
+        ]
+        datas = [envelope.encode([e]) for e in entries]
+        for data in datas:
+            if len(data) > config.max_message_bytes:
+                raise PayloadTooLarge(len(data), config.max_message_bytes)
+        deadline = deadline_after(config.request_timeout if timeout is None else timeout)
+        with translated(f"put to queue {self.name!r}"):
+            self._ensure_paths(deadline)
+            budget = config.max_transaction_bytes - 512
+            start = 0
+            while start < len(datas):
+                used, end = 0, start
+                while end < len(datas):
+                    size = len(datas[end]) + len(self._paths.items) + 64 + CREATE_OP_OVERHEAD
+                    if end > start and used + size > budget:
+                        break
+                    used += size
+                    end += 1
+                self._put_once(datas[start:end], priority, want_result, deadline)
+                start = end
+        return [e.id for e in entries]
+
+    def _put_once(
+        self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
+    ) -> None:
+        paths = self._paths
+
+        def ops(txn: Any, guid: str) -> None:
+            prefix = paths.item_prefix(priority, guid, wants_result=want_result)
+            for data in datas:
+                txn.create(prefix, data, sequence=True)
+
+        while True:
+            outcome = self._ctx.writer.commit(ops, deadline, f"put to queue {self.name!r}")
+            if outcome.applied:
+                return
+            if not isinstance(outcome.error, NoNodeError):
+                raise ZooKeeperError(f"put to queue {self.name!r}: {type(outcome.error).__name__}")
+            # the queue's nodes were removed: make them again
+            self._ready = False
+            self._ensure_paths(deadline)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def reserve(self, timeout: float | None = None) -> Item | None:
+        """Reserve the next item, waiting up to ``timeout`` seconds (``None``:
+        as long as it takes). Returns ``None`` if none came in time."""
+        self._check_open()
+        return self._worker().reserve(timeout)
+
+    def reserve_many(self, limit: int, timeout: float | None = None) -> list[Item]:
+        """Reserve up to ``limit`` items in one transaction (at least one,
+        unless ``timeout`` passes first)."""
+        self._check_open()
+        return self._worker().reserve_many(limit, timeout)
+
+    def ack_many(self, items: Sequence[Item], results: Sequence[Any] | None = None) -> None:
+        """Ack several items of this queue in one transaction (one result
+        each, or none). Each is checked as :meth:`Item.ack` checks it; if
+        some reservations were lost, the others are still acked and
+        :class:`ReservationLost` names every lost one (``item_ids``)."""
+        self._worker().ack_many(items, results)
+
+    def consume(
+        self,
+        handler: ItemHandler,
+        *,
+        workers: int = 1,
+        prefetch: int = 1,
+        on_error: Callable[[BaseException, Item], Any] | None = None,
+    ) -> Consumer:
+        """Run ``workers`` worker threads calling ``handler(item)`` for each
+        item: a return acks it (with the return value as the result, when
+        one is wanted), an exception releases it (and goes to ``on_error``).
+        Each worker reserves up to ``prefetch`` items in one transaction and
+        acks the ones it finished in one transaction; a larger prefetch is
+        faster, but holds items a little longer and redoes more of them if
+        the worker dies. Returns the :class:`Consumer`; ``stop()`` finishes
+        the items in hand and stops."""
+        from .consumer import Consumer
+
+        self._check_open()
+        return Consumer(self, handler, workers, on_error, prefetch)
+
+    # -- looking at the queue ----------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        """A queue handle is always true: ``if queue:`` asks nothing of the
+        server (``len(queue)`` does)."""
+        return True
+
+    def __len__(self) -> int:
+        """Items not yet acked (ready or reserved)."""
+        stats = self.stats()
+        return stats.ready + stats.reserved
+
+    def stats(self) -> WorkQueueStats:
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        with translated(f"stats of queue {self.name!r}"):
+            stats = conn.read_all(
+                lambda: [
+                    kazoo.exists_async(p)
+                    for p in (paths.items, paths.reserved, paths.dead, paths.workers)
+                ],
+                self._ctx.deadline(),
+                "queue stats",
+            )
+            counts = [0 if stat is None else stat.numChildren for stat in stats]
+        items, reserved, dead, workers = counts
+        return WorkQueueStats(self.name, max(0, items - reserved), reserved, dead, workers)
+
+    def dead(self) -> list[DeadItem]:
+        """The dead letters, oldest first."""
+        ctx, paths = self._ctx, self._paths
+        conn, kazoo = ctx.conn, ctx.conn.kazoo
+        deadline = ctx.deadline()
+        out: list[DeadItem] = []
+        with translated(f"dead letters of {self.name!r}"):
+            names = conn.children(paths.dead, deadline) or []
+            ordered, foreign = order_items(names)
+            names = ordered + foreign
+            answers = conn.read_all(
+                lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
+                deadline,
+                "read dead letters",
+            )
+            for name, answer in zip(names, answers, strict=True):
+                if not isinstance(answer, NoNodeError):
+                    path = paths.dead_letter(name)
+                    out.append(dead_item(ctx.serializers, path, name, answer[0]))
+        return out
+
+    def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back (all, or those with these ids) as new items
+        with their original payload and priority and no attempts. Returns how
+        many were replayed."""
+        wanted = None if ids is None else set(ids)
+        ctx, paths = self._ctx, self._paths
+        conn, kazoo = ctx.conn, ctx.conn.kazoo
+        count = 0
+        deadline = ctx.deadline()
+        with translated(f"replay dead letters of {self.name!r}"):
+            self._ensure_paths(deadline)
+            for dead in self.dead():
+                if wanted is not None and dead.id not in wanted and dead.name not in wanted:
+                    continue
+                path = paths.dead_letter(dead.name)
+                try:
+                    data, stat = conn.call(functools.partial(kazoo.get_async, path), deadline, path)
+                except NoNodeError:
+                    continue
+                outcome = ctx.writer.commit(
+                    _replay_ops(paths, dead, data, stat.version), deadline, "replay"
+                )
+                # an error: someone else replayed or removed it
+                count += outcome.applied
+        return count
+
+    def ticket(self, item_id: str) -> Ticket:
+        """A ticket for an item id (for waiting on it from another process)."""
+        return Ticket(self._ctx, self.name, item_id)
+
+    def close(self) -> None:
+        """Close the workers this handle made. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            worker.close()
+
+    def __enter__(self) -> WorkQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<WorkQueue {self.name!r}>"
+
+
+def _replay_ops(paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int) -> Any:
+    """Delete the dead letter (at the version read) and put its item back."""
+    item_data = dead_item_data(data)
+    parsed = parse_item_node(dead.name)
+    wants_result = bool(parsed and parsed[0])
+
+    def ops(txn: Any, guid: str) -> None:
+        txn.delete(paths.dead_letter(dead.name), version)
+        txn.create(
+            paths.item_prefix(dead.priority, guid, wants_result=wants_result),
+            item_data,
+            sequence=True,
+        )
+
+    return ops

@@ -1,0 +1,355 @@
+"""A worker of a work queue, and the life of its reservations.
+
+A worker has its own identity (``<client id>.<n>``), registers as an
+ephemeral ``workers/<worker id>`` when it first reserves, and keeps a list
+of candidate items, ranked so that workers do not all race for the head:
+a worker of rank r among W tries first the items whose sequence number is
+r modulo W. Reserving, acking, releasing and moving an item to the dead
+letters are each one transaction whose checks the server enforces (see
+:mod:`zkpubsub.workqueue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Final
+
+from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+
+from .. import envelope
+from .._context import Context
+from ..connection import deadline_after, first_error, remaining, translated
+from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
+from ..layout import order_items, parse_item_node
+from .finishing import ack_all, bury, commit, holds, release
+from .items import Item
+from .records import decode_item, reservation_record
+
+__all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Worker", "ensure_queue", "rank_candidates"]
+
+logger = logging.getLogger(__name__)
+
+# After a change is seen (a put, a release), a worker reads its list of
+# candidates again before its next reserve, but not more often than this; and
+# while it still has candidates in hand, not more often than RELIST_WHILE_BUSY:
+# listing a long backlog costs the server and the worker more than the items
+# put meanwhile are worth (they come after those in hand, unless their
+# priority is higher: such an item waits a second at most). A reservation
+# lost to another worker, or a worker joining or leaving (which changes
+# every worker's share), shows the list in hand is out of date: then the
+# shorter interval applies again.
+MIN_RELIST_INTERVAL: Final = 0.05
+RELIST_WHILE_BUSY: Final = 1.0
+
+_numbers = itertools.count(1)
+
+_Ready = tuple[str, bytes, int, envelope.Entry, Any]  # name, data, version, entry, payload
+
+
+def ensure_queue(ctx: Context, name: str, deadline: float | None) -> None:
+    """Make the queue's folders exist."""
+    for path in ctx.layout.work_queue(name).all():
+        ctx.conn.ensure_path(path, deadline)
+
+
+def rank_candidates(
+    names: Sequence[str], reserved: Sequence[str], workers: Sequence[str], worker_id: str
+) -> tuple[list[str], list[str]]:
+    """The items a worker should try, in order, and the foreign names.
+
+    Items held by someone are left out; the rest go by priority, then
+    creation order, those whose sequence number falls on the worker's rank
+    (among the sorted worker ids) first: unlike positions in a listing, that
+    choice agrees between workers whose listings are of different ages."""
+    held = set(reserved)
+    ordered, foreign = order_items([n for n in names if n not in held])
+    ranked = sorted(workers)
+    count = max(1, len(ranked))
+    rank = ranked.index(worker_id) if worker_id in ranked else 0
+    mine: list[str] = []
+    others: list[str] = []
+    for name in ordered:
+        parsed = parse_item_node(name)
+        (mine if parsed is not None and parsed[3] % count == rank else others).append(name)
+    return mine + others, foreign
+
+
+class Worker:
+    """One worker of the queue ``queue``: reserves items and finishes them.
+
+    Made by :meth:`WorkQueue.worker` (or, for the queue handle's own
+    ``reserve``, by the handle). Use one per thread. ``close()`` leaves the
+    queue's worker registry.
+    """
+
+    def __init__(self, ctx: Context, queue: str, *, max_attempts: int) -> None:
+        self._ctx = ctx
+        self.queue = queue
+        self.max_attempts = max_attempts
+        self._paths = ctx.layout.work_queue(queue)
+        self.worker_id = f"{ctx.client_id}.{next(_numbers)}"
+        self._lock = threading.Lock()
+        self._candidates: deque[str] = deque()
+        self._changed = threading.Event()
+        self._stale = False
+        self._listed_at = 0.0
+        self._outdated = False  # the list in hand is known to be out of date
+        self._ready = False
+        self._worker_session: int | None = None
+        self._closed = False
+        self.conflicts = 0  # reservations lost to another worker at the last moment
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.worker_id} of {self.queue!r}>"
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed(f"worker {self.worker_id} of {self.queue!r} is closed")
+        self._ctx.check_open()
+
+    def _ensure_worker(self, deadline: float | None) -> None:
+        conn = self._ctx.conn
+        session = conn.session_id
+        if session == self._worker_session:
+            return
+        kazoo = conn.kazoo
+        path = self._paths.worker(self.worker_id)
+        stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
+        if stat is None or stat.ephemeralOwner != session:
+            with contextlib.suppress(NodeExistsError):  # ours, after a lost answer
+                conn.call(lambda: kazoo.create_async(path, b"", ephemeral=True), deadline, path)
+        self._worker_session = session
+
+    def stale(self) -> None:
+        """Something became available: read the list anew before the next reserve."""
+        self._stale, self._listed_at = True, 0.0
+
+    # -- reserving ---------------------------------------------------------------------
+
+    def reserve(self, timeout: float | None = None) -> Item | None:
+        """Reserve the next item, waiting up to ``timeout`` seconds (``None``:
+        as long as it takes). Returns ``None`` if none came in time."""
+        items = self.reserve_many(1, timeout)
+        return items[0] if items else None
+
+    def reserve_many(self, limit: int, timeout: float | None = None) -> list[Item]:
+        """Reserve up to ``limit`` items in one transaction (at least one,
+        unless ``timeout`` passes first)."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, not {limit!r}")
+        deadline = deadline_after(timeout)
+        with translated(f"reserve from queue {self.queue!r}"):
+            while True:
+                self._check_open()
+                request_deadline = self._ctx.deadline()
+                if self._stale:  # something was put or released
+                    since = time.monotonic() - self._listed_at
+                    busy = self._candidates and not self._outdated
+                    if since >= (RELIST_WHILE_BUSY if busy else MIN_RELIST_INTERVAL):
+                        self._refresh(request_deadline)
+                with self._lock:
+                    batch = [
+                        self._candidates.popleft() for _ in range(min(limit, len(self._candidates)))
+                    ]
+                if batch:
+                    items = self._reserve_names(batch, request_deadline)
+                    if items:
+                        return items
+                    continue
+                self._changed.clear()
+                if self._refresh(request_deadline):
+                    continue
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    return []
+                # Watches on items/ and reserved/ wake us; poll now and then too.
+                self._changed.wait(1.0 if left is None else min(left, 1.0))
+
+    def _on_change(self, event: object) -> None:  # kazoo's thread
+        self._stale = True
+        self._changed.set()
+
+    def _on_workers_change(self, event: object) -> None:  # kazoo's thread
+        self._stale = self._outdated = True
+        self._changed.set()
+
+    def _refresh(self, deadline: float | None) -> bool:
+        """List what is available and order it for this worker. True if any.
+        The listing leaves watches: a later put or release marks it stale."""
+        if not self._ready:
+            ensure_queue(self._ctx, self.queue, deadline)
+            self._ready = True
+        self._ensure_worker(deadline)
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        self._stale = self._outdated = False
+        self._listed_at = time.monotonic()
+        try:
+            answers = conn.read_all(
+                lambda: [
+                    kazoo.get_children_async(paths.items, watch=self._on_change),
+                    kazoo.get_children_async(paths.reserved, watch=self._on_change),
+                    kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
+                ],
+                deadline,
+                "list queue",
+            )
+        except BaseException:
+            self._stale = True
+            raise
+        if any(isinstance(answer, NoNodeError) for answer in answers):
+            self._ready = False
+            return False
+        names, reserved, workers = answers
+        ranked, foreign = rank_candidates(names, reserved, workers, self.worker_id)
+        for name in foreign:
+            self._bury_foreign(name, deadline)
+        with self._lock:
+            self._candidates = deque(ranked)
+            return bool(self._candidates)
+
+    def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
+        ctx, paths = self._ctx, self._paths
+        kazoo = ctx.conn.kazoo
+        answers = ctx.conn.read_all(
+            lambda: [kazoo.get_async(paths.item(n)) for n in names], deadline, "read items"
+        )
+        ready: list[_Ready] = []
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, NoNodeError):
+                continue  # acked meanwhile
+            data, stat = answer
+            try:
+                entry, payload = decode_item(ctx.serializers, paths.item(name), data)
+            except DecodeError as exc:
+                self._bury(name, data, stat.version, f"undecodable: {exc}", None, deadline)
+                continue
+            if stat.version >= self.max_attempts:
+                reason = f"reserved {stat.version} times without an ack (max_attempts)"
+                self._bury(name, data, stat.version, reason, entry, deadline)
+                continue
+            ready.append((name, data, stat.version, entry, payload))
+        info = reservation_record(self.worker_id)
+        while ready:
+            txn = kazoo.transaction()
+            for name, data, version, _, _ in ready:
+                txn.create(paths.reservation(name), info, ephemeral=True)
+                txn.set_data(paths.item(name), data, version)
+            try:
+                results = commit(self._ctx, txn, deadline, "reserve")
+            except ConnectionLost:
+                ours = self.reserved_after_loss(ready, deadline)
+                taken = {item.name for item in ours}
+                with self._lock:  # the others are still first in line
+                    self._candidates.extendleft(
+                        reversed([name for name, *_ in ready if name not in taken])
+                    )
+                return ours
+            index, error = first_error(results)
+            if error is None:
+                return [
+                    self._item(name, version + 1, entry, payload)
+                    for name, _, version, entry, payload in ready
+                ]
+            # Taken by another worker (NodeExists), reserved and released
+            # meanwhile (BadVersion) or acked (NoNode): try the others.
+            self.conflicts += 1
+            self._outdated = True
+            del ready[index // 2]
+        return []
+
+    def reserved_after_loss(self, tried: list[_Ready], deadline: float | None) -> list[Item]:
+        """After a lost answer: the items whose reservation is ours. Another
+        worker of the same client shares our session, so a reservation is
+        ours only if it also names this worker."""
+        ours = []
+        for name, _, version, entry, payload in tried:
+            if self._holds(name, version + 1, deadline):
+                ours.append(self._item(name, version + 1, entry, payload))
+        return ours
+
+    def _holds(self, name: str, token: int, deadline: float | None) -> bool:
+        return holds(self._ctx, self._paths, name, token, self.worker_id, deadline)
+
+    def _item(self, name: str, token: int, entry: envelope.Entry, payload: Any) -> Item:
+        parsed = parse_item_node(name)
+        assert parsed is not None
+        return Item(
+            self, name, entry, payload, token=token, priority=parsed[1], wants_result=parsed[0]
+        )
+
+    # -- finishing items -------------------------------------------------------------------
+
+    def ack_many(self, items: Sequence[Item], results: Sequence[Any] | None = None) -> None:
+        """Ack several items in one transaction (one result each, or none).
+        Each is checked as :meth:`Item.ack` checks it; if some reservations
+        were lost, the others are still acked and :class:`ReservationLost`
+        names every lost one (``item_ids``)."""
+        if results is not None and len(results) != len(items):
+            raise ValueError("give one result per item")
+        pairs = list(zip(items, results or [None] * len(items), strict=True))
+        for item, result in pairs:
+            item.check_unfinished()
+            if item.queue != self.queue:
+                raise ValueError(f"item {item.id} belongs to queue {item.queue!r}")
+            item.check_result(result)
+        if not pairs:
+            return
+        lost = self.ack_all(pairs)
+        for item, _ in pairs:
+            item.mark_finished()
+        if lost:
+            raise ReservationLost(self.queue, lost[0].id, item_ids=tuple(i.id for i in lost))
+
+    def ack_all(self, pairs: list[tuple[Item, Any]]) -> list[Item]:
+        """Ack in as few transactions as fit; returns the items whose
+        reservation was lost (the rest are acked)."""
+        return ack_all(self._ctx, self.queue, pairs)
+
+    def release(self, item: Item, error: str | BaseException | None) -> None:
+        """Give ``item`` back (or bury it after ``max_attempts``), in one
+        transaction that proves this worker still holds it."""
+        released = release(
+            self._ctx, item, error, max_attempts=self.max_attempts, worker_id=self.worker_id
+        )
+        if released:
+            self.stale()
+
+    def _bury(
+        self,
+        name: str,
+        data: bytes,
+        version: int,
+        reason: str,
+        entry: envelope.Entry | None,
+        deadline: float | None,
+    ) -> None:
+        bury(self._ctx, self.queue, name, data, version, reason, entry, deadline)
+
+    def _bury_foreign(self, name: str, deadline: float | None) -> None:
+        conn = self._ctx.conn
+        path = self._paths.item(name)
+        try:
+            data, stat = conn.call(functools.partial(conn.kazoo.get_async, path), deadline, path)
+        except NoNodeError:
+            return
+        self._bury(name, data, stat.version, "not a zkpubsub work item", None, deadline)
+
+    def close(self) -> None:
+        """Leave the worker registry. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._ctx.conn
+        if self._worker_session is not None and self._worker_session == conn.session_id:
+            with contextlib.suppress(ClientClosed, ConnectionLost, OperationTimeout, NotEmptyError):
+                conn.delete(self._paths.worker(self.worker_id), self._ctx.deadline())
