@@ -1,0 +1,134 @@
+"""The publish engine against a real server: topics do not wait on each
+other, every publish keeps its own timeout, and pending publishes are
+bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Client, PublishReceipt, PublishTimeout
+from zkpubsub.layout import Layout
+
+from .helpers import Collector
+
+MakeClient = Callable[..., Client]
+
+# A margin for the scheduler on a loaded machine, not a speed requirement.
+MARGIN = 1.0
+
+
+def test_a_topic_with_a_long_fan_out_does_not_hold_up_another_topic(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """A fan-out too large for one transaction goes out in many; meanwhile a
+    publish to another topic is confirmed on its own lane."""
+    layout = Layout(zk_root)
+    fake = [f"far-{i}" for i in range(12)]
+    for cid in fake:  # registered subscribers that never read (durable-style)
+        raw_zk.ensure_path(layout.queue(cid, "big"))
+        raw_zk.create(layout.subscriber("big", cid), b"durable", makepath=True)
+    collector = Collector()
+    make_client().subscribe("small", collector)
+    publisher = make_client(serializer="raw")
+    publisher.publish("small", b"warm-up")
+    big = publisher.publish_async("big", b"x" * 900_000, timeout=120)
+    small = publisher.publish("small", b"quick")
+    assert small.subscribers == 1
+    assert not big.done(), "the small topic waited for the big fan-out"
+    receipt = big.result(120)
+    assert receipt.subscribers == len(fake) and receipt.transactions >= len(fake)
+    assert collector.wait(2) == [b"warm-up", b"quick"]
+
+
+def test_each_publish_keeps_its_own_timeout_while_others_are_in_flight(
+    make_cluster: Callable[..., Any],
+) -> None:
+    zk = make_cluster(1)
+    with Client(zk.hosts) as subscriber, Client(zk.hosts) as publisher:
+        got = {topic: Collector() for topic in ("a", "b")}
+        for topic, collector in got.items():
+            subscriber.subscribe(topic, collector)
+            publisher.publish(topic, "warm-up")
+        (node,) = zk.nodes
+        node.pause()  # requests go out; no answer comes back
+        try:
+            first = publisher.publish_async("a", "first", timeout=25)
+            outcomes: dict[str, tuple[float, PublishTimeout]] = {}
+            for topic, timeout in (("a", 2.0), ("b", 1.0)):
+                start = time.monotonic()
+                with pytest.raises(PublishTimeout) as info:
+                    publisher.publish(topic, "late", timeout=timeout)
+                outcomes[topic] = (time.monotonic() - start, info.value)
+        finally:
+            node.resume()
+        took, error = outcomes["a"]
+        assert 2.0 - 0.05 <= took <= 2.0 + MARGIN
+        # queued behind the publish in flight on its topic: never sent
+        assert error.sent is False and len(error.message_ids) == 1
+        assert "not sent within 2s" in str(error) and "nothing was written" in str(error)
+        took, error = outcomes["b"]
+        assert 1.0 - 0.05 <= took <= 1.0 + MARGIN
+        # its transaction was on the wire: the outcome is unknown
+        assert error.sent is True and "outcome is unknown" in str(error)
+        assert first.result(30).subscribers == 1
+        publisher.publish("a", "after")
+        assert got["a"].wait(3) == ["warm-up", "first", "after"]  # "late" was never written
+
+
+def test_pending_publishes_are_bounded_and_a_full_client_waits_then_refuses(
+    make_cluster: Callable[..., Any],
+) -> None:
+    zk = make_cluster(1)
+    with Client(zk.hosts) as subscriber, Client(zk.hosts, max_pending=3) as publisher:
+        collector = Collector()
+        subscriber.subscribe("t", collector)
+        publisher.publish("t", "warm-up")
+        (node,) = zk.nodes
+        node.pause()
+        try:
+            accepted = [publisher.publish_async("t", i, timeout=30) for i in range(3)]
+            start = time.monotonic()
+            with pytest.raises(PublishTimeout) as info:
+                publisher.publish_async("t", "refused", timeout=0.5)
+            assert time.monotonic() - start >= 0.45
+            assert info.value.sent is False and "max_pending=3" in str(info.value)
+            waited: list[Future[PublishReceipt]] = []
+            waiter = threading.Thread(
+                target=lambda: waited.append(publisher.publish_async("t", 3, timeout=30))
+            )
+            waiter.start()
+            time.sleep(0.3)
+            assert waiter.is_alive(), "a publish beyond max_pending did not wait for room"
+        finally:
+            node.resume()
+        assert [f.result(30).subscribers for f in accepted] == [1, 1, 1]
+        waiter.join(30)
+        assert waited and waited[0].result(30).subscribers == 1
+        assert collector.wait(5) == ["warm-up", 0, 1, 2, 3]
+
+
+def test_future_callbacks_run_on_a_thread_of_the_client_and_may_publish(
+    make_client: MakeClient,
+) -> None:
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    publisher = make_client()
+    threads: list[str] = []
+    done = threading.Event()
+
+    def chained(future: Future[PublishReceipt]) -> None:
+        threads.append(threading.current_thread().name)
+        publisher.publish("t", "from the callback")  # does not deadlock
+        done.set()
+
+    publisher.publish_async("t", "first").add_done_callback(chained)
+    assert done.wait(20)
+    assert threads[0].startswith("zkpubsub-futures-")
+    assert collector.wait(2) == ["first", "from the callback"]
