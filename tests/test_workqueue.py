@@ -256,6 +256,34 @@ def test_dead_letters_after_max_attempts_and_replay(make_client: MakeClient) -> 
     back.ack()
 
 
+def test_a_replayed_dead_letter_whose_result_nobody_read_can_be_acked_or_buried_again(
+    make_client: MakeClient,
+) -> None:
+    q = make_client().queue("tickets", max_attempts=1)
+    ticket = q.put("job", want_result=True)
+    first = q.reserve(5)
+    assert first is not None
+    first.release("backend down")  # the last attempt: a dead letter, and a "dead" result
+    assert ticket.done()
+    assert q.replay() == 1  # before anyone read that result
+    assert not ticket.done()  # the item is live again
+    again = q.reserve(5)
+    assert again is not None and again.payload == "job"
+    again.ack(result="done")
+    assert ticket.wait(5) == "done"
+    # and once more through the dead letters: buried again, replayed again
+    ticket = q.put("job 2", want_result=True)
+    for _ in range(2):
+        held = q.reserve(5)
+        assert held is not None
+        held.release("still down")
+        assert len(q.dead()) == 1
+        if _ == 0:
+            assert q.replay() == 1
+    with pytest.raises(ItemFailed, match="still down"):
+        ticket.wait(5)
+
+
 def test_an_item_whose_workers_keep_dying_becomes_a_dead_letter(
     make_client: MakeClient,
 ) -> None:

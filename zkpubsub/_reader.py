@@ -17,11 +17,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
 from . import envelope
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._context import Context
+from ._tree import delete_tree
 from .connection import first_error, remaining
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import join
@@ -87,6 +88,8 @@ class QueueReader:
         self._buffer = buffer
         self._relist = True
         self._retry_deletes = False
+        self._trees: set[str] = set()  # handled nodes someone gave children
+        self._trees_lock = threading.Lock()
         self._stop = False
         self._wake = threading.Event()
         self._thread = threading.Thread(
@@ -222,7 +225,16 @@ class QueueReader:
     def _flush_deletes(self, wait: bool = False) -> None:
         """Send the deletes of handled nodes, in transactions, without waiting
         for them (unless ``wait``): their answers only do bookkeeping, so the
-        pump goes on listing and fetching meanwhile."""
+        pump goes on listing and fetching meanwhile. A handled node someone
+        gave children (nothing of zkpubsub's writes below a message node) is
+        deleted with them, so it is not delivered again."""
+        with self._trees_lock:
+            trees, self._trees = self._trees, set()
+        for name in trees:
+            path = join(self._path, name)
+            logger.warning("subscription %r: %s has child nodes; deleting them", self._topic, path)
+            delete_tree(self._conn, path, self._ctx.deadline())
+            self._buffer.deleted([name])
         names = self._buffer.take_deletes()
         if not names:
             return
@@ -276,6 +288,12 @@ class QueueReader:
             result.get()
         except NoNodeError:
             pass
+        except NotEmptyError:  # children below it: the pump deletes the subtree
+            with self._trees_lock:
+                self._trees.add(name)
+            self._retry_deletes = True
+            self._wake.set()
+            return
         except Exception:  # no answer: again once connected
             self._delete_again([name])
             return

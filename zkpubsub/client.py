@@ -17,10 +17,17 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ._callables import check_callable
 from ._context import Context
 from ._engine import PublishEngine, PublishRequest
 from ._registration import delete_queue, unregister_subscription
-from .config import DEFAULT_HANDLER_ATTEMPTS, DEFAULT_QUEUE_ATTEMPTS, ClientConfig
+from .config import (
+    DEFAULT_HANDLER_ATTEMPTS,
+    DEFAULT_MAX_RETRY_DELAY,
+    DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_RETRY_DELAY,
+    ClientConfig,
+)
 from .connection import Connection, deadline_after, translated
 from .errors import ZkPubSubError
 from .layout import validate_name
@@ -85,6 +92,7 @@ class Client:
         linger: float | None = None,
         max_pending: int | None = None,
         registration_wait: float | None = None,
+        close_timeout: float | None = None,
     ) -> None:
         given: dict[str, Any] = {
             "root": root,
@@ -99,6 +107,7 @@ class Client:
             "linger": linger,
             "max_pending": max_pending,
             "registration_wait": registration_wait,
+            "close_timeout": close_timeout,
         }
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
@@ -267,6 +276,8 @@ class Client:
         max_attempts: int = DEFAULT_HANDLER_ATTEMPTS,
         prefetch: int | None = None,
         durable: bool = False,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
     ) -> Subscription:
         """Receive every message published to ``topic`` from now on (and any
         backlog left in this client id's queue).
@@ -274,9 +285,12 @@ class Client:
         With a ``handler``, it is called with each :class:`Message` on a
         thread of this subscription, in order. A raising handler is reported
         to ``on_error(exc, message)`` (default: log) and tried again up to
-        ``max_attempts`` times; then the message is dropped and the
-        subscription goes on. Without a handler, use ``sub.get(timeout)`` or
-        ``for msg in sub``. When this returns, every later publish reaches
+        ``max_attempts`` times, after ``retry_delay`` seconds and then twice
+        as long each time (at most ``max_retry_delay``); then the message is
+        dropped and the subscription goes on. Later messages of the topic
+        wait meanwhile; other topics do not. An ``async def`` handler is
+        refused (``TypeError``). Without a handler, use ``sub.get(timeout)``
+        or ``for msg in sub``. When this returns, every later publish reaches
         this subscription.
 
         ``durable=True`` (with an explicit ``client_id``) keeps the
@@ -286,12 +300,15 @@ class Client:
         ``unsubscribe()`` ends it.
         """
         validate_name(topic, "topic")
-        if handler is not None and not callable(handler):
-            raise TypeError("handler must be callable")
-        if on_error is not None and not callable(on_error):
-            raise TypeError("on_error must be callable")
+        if handler is not None:
+            check_callable(handler, "handler")
+        if on_error is not None:
+            check_callable(on_error, "on_error")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        for name, delay in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
+            if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, not {delay!r}")
         prefetch = self._ctx.config.prefetch if prefetch is None else prefetch
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
@@ -307,6 +324,8 @@ class Client:
             max_attempts=max_attempts,
             prefetch=prefetch,
             durable=durable,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
         )
         sub.open()
         return sub
@@ -403,6 +422,7 @@ class Client:
                     ctx.janitor.close(deadline_after(min(5.0, ctx.config.request_timeout)))
             except ZkPubSubError as exc:  # the cleaner removes them after the grace
                 logger.debug("client %s: receipts left: %s", self.client_id, exc)
+        ctx.janitor.stop()
         ctx.conn.stop()
         self._session.stop()
         logger.info("client %s closed", self.client_id)

@@ -13,16 +13,19 @@ from .serializers import Serializer, resolve
 __all__ = [
     "CREATE_OP_OVERHEAD",
     "DEFAULT_CLEANER_INTERVAL",
+    "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDLER_ATTEMPTS",
     "DEFAULT_LINGER",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_RETRY_DELAY",
     "DEFAULT_MAX_TRANSACTION_BYTES",
     "DEFAULT_PREFETCH",
     "DEFAULT_QUEUE_ATTEMPTS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_RESULT_TTL",
+    "DEFAULT_RETRY_DELAY",
     "DEFAULT_SESSION_TIMEOUT",
     "ClientConfig",
     "default_grace",
@@ -45,6 +48,12 @@ DEFAULT_MAX_PENDING: Final = 10_000
 DEFAULT_HANDLER_ATTEMPTS: Final = 3
 # A work item reserved this often without an ack becomes a dead letter.
 DEFAULT_QUEUE_ATTEMPTS: Final = 5
+# A failed handler attempt is tried again after this delay, doubled after
+# each further failure up to DEFAULT_MAX_RETRY_DELAY.
+DEFAULT_RETRY_DELAY: Final = 0.5
+DEFAULT_MAX_RETRY_DELAY: Final = 30.0
+# close() waits this long for a handler still running before it gives up on it.
+DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 DEFAULT_CLEANER_INTERVAL: Final = 30.0
 DEFAULT_RESULT_TTL: Final = 3600.0
 # Bytes one create operation adds to a transaction besides its path and data
@@ -79,7 +88,10 @@ class ClientConfig:
     :class:`~zkpubsub.PublishTimeout` without sending anything.
     ``registration_wait`` is how long the constructor waits for an earlier
     session of the same ``client_id`` to expire (default: two session
-    timeouts).
+    timeouts). ``close_timeout`` bounds how long ``close()`` waits for a
+    handler that is still running: its message is then left in the queue
+    (delivered again to this client id) and the handler's thread is left to
+    finish on its own.
     """
 
     hosts: str = ""
@@ -94,6 +106,7 @@ class ClientConfig:
     linger: float = DEFAULT_LINGER
     max_pending: int = DEFAULT_MAX_PENDING
     registration_wait: float | None = None
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
@@ -102,7 +115,7 @@ class ClientConfig:
         if self.client_id is not None:
             validate_name(self.client_id, "client_id")
         validate_root(self.root)
-        for name in ("session_timeout", "connect_timeout", "request_timeout"):
+        for name in ("session_timeout", "connect_timeout", "request_timeout", "close_timeout"):
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")

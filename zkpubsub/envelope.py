@@ -68,6 +68,13 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
                 f"header {key!r}: keys and values must be str, not "
                 f"{type(key).__name__} and {type(value).__name__}"
             )
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise SerializationError(
+                    f"header {key!r}: {text!r} is not valid Unicode text ({exc.reason})"
+                ) from exc
         out[key] = value
     return out
 
@@ -83,7 +90,7 @@ def make_entry(
     """Serialize one payload into an :class:`Entry` with a fresh message id."""
     try:
         body = serializer.dumps(payload)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except Exception as exc:  # a custom serializer may raise anything
         raise SerializationError(
             f"cannot serialize payload of type {type(payload).__name__} "
             f"with {serializer.content_type}: {exc}"

@@ -87,6 +87,11 @@ def _forbidden_char(value: str) -> str | None:
             return f"control character {ch!r}"
         if 0xD800 <= code <= 0xF8FF or 0xFFF0 <= code <= 0xFFFF:
             return f"character U+{code:04X}, which ZooKeeper rejects in node names"
+        if code > 0xFFFF:
+            # Java strings hold it as a surrogate pair, which ZooKeeper's
+            # path check refuses (and which comes back as bytes no UTF-8
+            # decoder accepts).
+            return f"character U+{code:04X} (above U+FFFF), which ZooKeeper cannot name nodes with"
     return None
 
 
@@ -94,8 +99,9 @@ def validate_name(value: object, kind: str = "name") -> str:
     """Check that ``value`` can be one znode name (a topic, a client id, a queue).
 
     Raises ``TypeError`` for a non-string and ``ValueError`` with the reason
-    for an empty name, ``.``, ``..``, a ``/``, a control character or a name
-    longer than ``MAX_NAME_LENGTH``.
+    for an empty name, ``.``, ``..``, a ``/``, a control character, a
+    character ZooKeeper refuses in names (surrogates, private use, above
+    U+FFFF) or a name longer than ``MAX_NAME_LENGTH``.
     """
     if not isinstance(value, str):
         raise TypeError(f"{kind} must be a str, not {type(value).__name__}")

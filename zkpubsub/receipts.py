@@ -29,7 +29,7 @@ from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
 from .connection import Connection, first_error
 from .errors import ConnectionLost, ZkPubSubError
-from .layout import Layout, new_guid
+from .layout import Layout, join, new_guid
 
 __all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
 
@@ -130,7 +130,10 @@ class ReceiptJanitor:
     """Deletes confirmed receipts in batched, pipelined transactions.
 
     Nothing here blocks a writer: deletes are sent asynchronously and their
-    answers only do bookkeeping (on kazoo's thread). Receipts whose delete
+    answers only do bookkeeping (on kazoo's thread). Receipts are deleted
+    once ``FLUSH_AT`` have gathered, or ``FLUSH_AFTER`` seconds after the
+    oldest was confirmed, by a thread of the janitor if no write comes to
+    do it (so an idle client leaves none behind). Receipts whose delete
     failed for want of a connection are tried again with the next batch.
     """
 
@@ -138,8 +141,12 @@ class ReceiptJanitor:
         self._conn = conn
         self._folder = layout.client_receipts(client_id)
         self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
         self._paths: list[str] = []
         self._oldest = 0.0
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._name = f"zkpubsub-receipts-{client_id[:12]}"
 
     @property
     def folder(self) -> str:
@@ -149,9 +156,30 @@ class ReceiptJanitor:
         with self._lock:
             if not self._paths:
                 self._oldest = time.monotonic()
+                if self._thread is None and not self._stopped:
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+                self._due.notify()
             self._paths.append(path)
             due = len(self._paths) >= FLUSH_AT or time.monotonic() - self._oldest > FLUSH_AFTER
         if due:
+            self.flush()
+
+    def _run(self) -> None:
+        """Flush what an idle writer left, ``FLUSH_AFTER`` after the oldest."""
+        while True:
+            with self._lock:
+                while not self._stopped:
+                    if self._paths:
+                        left = self._oldest + FLUSH_AFTER - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._due.wait(left)
+                    else:
+                        self._due.wait()
+                if self._stopped:
+                    return
+                self._oldest = time.monotonic()  # not again before FLUSH_AFTER
             self.flush()
 
     def _take(self) -> list[str]:
@@ -193,16 +221,22 @@ class ReceiptJanitor:
         """Delete the pending receipts and every other one left in this
         client's folder (it no longer needs them), then the folder."""
         conn = self._conn
-        with self._lock:
-            self._paths.clear()
+        self.stop()
         names = conn.children(self._folder, deadline) or []
         for i in range(0, len(names), FLUSH_AT):
             txn = conn.kazoo.transaction()
             for name in names[i : i + FLUSH_AT]:
-                txn.delete(f"{self._folder}/{name}")
+                txn.delete(join(self._folder, name))
             if first_error(conn.result(txn.commit_async(), deadline, "delete receipts"))[1]:
                 for name in names[i : i + FLUSH_AT]:
                     with contextlib.suppress(ZkPubSubError):
-                        conn.delete(f"{self._folder}/{name}", deadline)
+                        conn.delete(join(self._folder, name), deadline)
         with contextlib.suppress(NoNodeError, NotEmptyError):
             conn.result(conn.kazoo.delete_async(self._folder), deadline, "delete receipts")
+
+    def stop(self) -> None:
+        """Forget the pending deletes and end the janitor's thread."""
+        with self._lock:
+            self._stopped = True
+            self._paths.clear()
+            self._due.notify()

@@ -7,8 +7,12 @@ Guarantees:
   ZooKeeper client's thread.
 * A node is deleted only after every message in it has been handled: its
   handler returned, or raised ``max_attempts`` times (each failure goes to
-  ``on_error``). A subscriber that dies first gets the node again when it
-  comes back under the same client id (at-least-once).
+  ``on_error``, whatever it raised, ``SystemExit`` and ``KeyboardInterrupt``
+  included; the dispatcher goes on). Failed attempts are tried again after
+  ``retry_delay``, doubled after each failure up to ``max_retry_delay``;
+  meanwhile later messages of the topic wait (order is kept), other topics
+  do not. A subscriber that dies first gets the node again when it comes
+  back under the same client id (at-least-once).
 * An undecodable or foreign node goes to ``on_error`` as a
   :class:`~zkpubsub.DecodeError` and is then deleted: it never blocks the
   queue.
@@ -31,9 +35,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._buffer import Delivery, DeliveryBuffer, Node
+from ._callables import refuse_awaitable
 from ._context import Context
 from ._reader import QueueReader
 from ._registration import delete_queue, register_subscription, unregister_subscription
+from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import deadline_after, translated
 from .message import Message
 from .session import SubscriptionRegistry
@@ -85,6 +91,8 @@ class Subscription:
         max_attempts: int,
         prefetch: int,
         durable: bool = False,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
     ) -> None:
         self._topic = topic
         self._durable = durable
@@ -94,6 +102,9 @@ class Subscription:
         self._handler = handler
         self._on_error: ErrorHandler = on_error or log_error
         self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._stopping = threading.Event()  # close() began: no more retries
         self._buffer = DeliveryBuffer(prefetch)
         self._reader = QueueReader(ctx, topic, self._buffer)
         self._holding: Delivery | None = None  # get(): handed out, not acked
@@ -197,17 +208,22 @@ class Subscription:
                 return
             yield msg
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop receiving. A plain subscription is deregistered; a durable one
         stays registered (publishers keep filling its queue). The queue and
         its backlog are kept for a later ``subscribe`` by the same client id.
-        Idempotent."""
-        self._shutdown(drop_queue=False)
 
-    def unsubscribe(self) -> None:
+        A handler still running is waited for up to ``timeout`` seconds
+        (default: the client's ``close_timeout``); after that its message
+        stays in the queue, to be delivered again, and its thread is left to
+        finish on its own. A retry waiting for its delay is not made.
+        Idempotent."""
+        self._shutdown(drop_queue=False, timeout=timeout)
+
+    def unsubscribe(self, timeout: float | None = None) -> None:
         """Stop receiving, remove the registration and delete the queue with
-        its backlog. Idempotent."""
-        self._shutdown(drop_queue=True)
+        its backlog (``timeout`` as for :meth:`close`). Idempotent."""
+        self._shutdown(drop_queue=True, timeout=timeout)
 
     def __enter__(self) -> Subscription:
         return self
@@ -242,7 +258,7 @@ class Subscription:
             self._buffer.counters.errors += 1
         try:
             self._on_error(error, message)
-        except Exception:
+        except BaseException:  # on_error must not end the dispatcher
             logger.exception("on_error raised while reporting %r", error)
 
     # -- dispatcher thread ---------------------------------------------------------
@@ -250,7 +266,6 @@ class Subscription:
     def _dispatch_loop(self) -> None:
         assert self._handler is not None
         handler = self._handler
-        counters = self._buffer.counters
         while True:
             delivery = self._next(None)
             if delivery is None:
@@ -261,38 +276,57 @@ class Subscription:
                 continue
             message = delivery.message
             assert message is not None
-            for attempt in range(1, self._max_attempts + 1):
-                if attempt > 1:
-                    message = replace(message, attempt=attempt)
-                try:
-                    handler(message)
-                except Exception as exc:
-                    self._report(exc, message)
-                    with self._buffer.cond:
-                        if attempt == self._max_attempts:
-                            counters.dropped += 1
-                        else:
-                            counters.redelivered += 1
-                    continue
-                with self._buffer.cond:
-                    counters.delivered += 1
-                break
+            if not self._handle(handler, message):
+                return  # closing while waiting to retry: the message stays queued
             self._handled(delivery.node)
+
+    def _handle(self, handler: Handler, message: Message) -> bool:
+        """Call the handler up to ``max_attempts`` times, waiting between
+        attempts. ``False`` if the subscription closed before it was done."""
+        counters = self._buffer.counters
+        for attempt in range(1, self._max_attempts + 1):
+            if attempt > 1:
+                message = replace(message, attempt=attempt)
+                delay = min(self._retry_delay * 2 ** (attempt - 2), self._max_retry_delay)
+                if self._stopping.wait(delay):
+                    return False
+            try:
+                refuse_awaitable(handler(message), "the handler")
+            except BaseException as exc:  # whatever a handler raises is a failure
+                self._report(exc, message)
+                with self._buffer.cond:
+                    if attempt == self._max_attempts:
+                        counters.dropped += 1
+                    else:
+                        counters.redelivered += 1
+                continue
+            with self._buffer.cond:
+                counters.delivered += 1
+            return True
+        return True
 
     # -- shutdown -------------------------------------------------------------------------
 
-    def _shutdown(self, *, drop_queue: bool) -> None:
+    def _shutdown(self, *, drop_queue: bool, timeout: float | None) -> None:
         with self._close_lock:
             already = self._closed
             self._closed = True
-        timeout = self._ctx.config.request_timeout
         if not already:
+            self._stopping.set()
             self._buffer.close()
             dispatcher = self._dispatcher
             if dispatcher is not None and dispatcher is not threading.current_thread():
-                dispatcher.join(timeout)
+                wait = self._ctx.config.close_timeout if timeout is None else timeout
+                dispatcher.join(wait)
+                if dispatcher.is_alive():
+                    logger.warning(
+                        "subscription %r: the handler is still running after %gs; its "
+                        "message stays queued and will be delivered again",
+                        self._topic,
+                        wait,
+                    )
             self._ack_held()
-            self._reader.stop(timeout)
+            self._reader.stop(self._ctx.config.request_timeout)
         self._deregister(drop_queue=drop_queue)
 
     def _deregister(self, *, drop_queue: bool) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from .._callables import check_callable, refuse_awaitable
 from ..errors import ClientClosed, ReservationLost, ZkPubSubError
 from .items import Item
 
@@ -39,7 +40,9 @@ class ConsumerStats:
 class Consumer:
     """Worker threads calling a handler for each item of one queue.
 
-    Each thread is its own worker in the queue's registry. ``stop()`` lets
+    Each thread is its own worker in the queue's registry. Whatever the
+    handler raises (``SystemExit`` included) releases the item and goes to
+    ``on_error``; the worker goes on. An ``async def`` handler is refused. ``stop()`` lets
     every worker finish (ack or release) the items in hand (at most
     ``prefetch``), then returns.
     """
@@ -52,8 +55,9 @@ class Consumer:
         on_error: Callable[[BaseException, Item], Any] | None,
         prefetch: int = 1,
     ) -> None:
-        if not callable(handler):
-            raise TypeError("handler must be callable")
+        check_callable(handler, "handler")
+        if on_error is not None:
+            check_callable(on_error, "on_error")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, not {workers!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
@@ -102,7 +106,8 @@ class Consumer:
             for item in items:
                 try:
                     result = self._handler(item)
-                except Exception as exc:
+                    refuse_awaitable(result, "the handler")
+                except BaseException as exc:  # whatever a handler raises is a failure
                     self._report(exc, item)
                     self._release(item, exc)
                     continue
@@ -132,7 +137,7 @@ class Consumer:
             return
         try:
             self._on_error(exc, item)
-        except Exception:
+        except BaseException:  # on_error must not end the worker
             logger.exception("on_error raised")
 
     def _release(self, item: Item, error: BaseException) -> None:

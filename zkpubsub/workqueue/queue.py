@@ -319,12 +319,17 @@ class WorkQueue:
                 if wanted is not None and dead.id not in wanted and dead.name not in wanted:
                     continue
                 path = paths.dead_letter(dead.name)
-                try:
-                    data, stat = conn.call(functools.partial(kazoo.get_async, path), deadline, path)
-                except NoNodeError:
+                # A ticket's "dead" result not read yet is removed with the
+                # replay: the item is live again, and its ack or next burial
+                # writes the result anew.
+                requests = functools.partial(_letter_and_result, kazoo, paths, dead)
+                letter, result = conn.read_all(requests, deadline, f"read {path}")
+                if isinstance(letter, NoNodeError):
                     continue
+                data, stat = letter
+                stale = None if result is None else result.version
                 outcome = ctx.writer.commit(
-                    _replay_ops(paths, dead, data, stat.version), deadline, "replay"
+                    _replay_ops(paths, dead, data, stat.version, stale), deadline, "replay"
                 )
                 # an error: someone else replayed or removed it
                 count += outcome.applied
@@ -352,14 +357,26 @@ class WorkQueue:
         return f"<WorkQueue {self.name!r}>"
 
 
-def _replay_ops(paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int) -> Any:
-    """Delete the dead letter (at the version read) and put its item back."""
+def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> list[Any]:
+    return [
+        kazoo.get_async(paths.dead_letter(dead.name)),
+        kazoo.exists_async(paths.result(dead.id)),
+    ]
+
+
+def _replay_ops(
+    paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int, result: int | None
+) -> Any:
+    """Delete the dead letter (at the version read) and its unread result (if
+    ``result`` gives its version), and put its item back."""
     item_data = dead_item_data(data)
     parsed = parse_item_node(dead.name)
     wants_result = bool(parsed and parsed[0])
 
     def ops(txn: Any, guid: str) -> None:
         txn.delete(paths.dead_letter(dead.name), version)
+        if result is not None and wants_result:
+            txn.delete(paths.result(dead.id), result)
         txn.create(
             paths.item_prefix(dead.priority, guid, wants_result=wants_result),
             item_data,

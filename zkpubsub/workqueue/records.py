@@ -128,14 +128,22 @@ def result_doc(serializer: Serializer, status: str, result: Any = None, reason: 
 
 def read_result(serializers: SerializerRegistry, item_id: str, path: str, data: bytes) -> Any:
     """The result a worker acked ``item_id`` with; :class:`ItemFailed` if it
-    went to the dead letters."""
-    doc = msgpack.unpackb(data, raw=False)
-    if doc.get("status") != "ok":
+    went to the dead letters, :class:`DecodeError` if the node is not a
+    result record."""
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"not a msgpack result: {exc}", path=path, data=data, error=exc) from exc
+    if not isinstance(doc, dict) or doc.get("status") not in ("ok", "dead"):
+        raise DecodeError("not a zkpubsub result record", path=path, data=data)
+    if doc["status"] != "ok":
         raise ItemFailed(item_id, str(doc.get("reason", "unknown")))
     body = doc.get("r", b"")
     if not body:
         return None
     content_type = doc.get("ct", "")
+    if not isinstance(body, bytes) or not isinstance(content_type, str):
+        raise DecodeError("a result record field has the wrong type", path=path, data=data)
     if serializers.get(content_type) is None:
         raise ItemFailed(item_id, f"result has unknown content type {content_type!r}")
     return serializers.loads(content_type, body, path=path, data=data)

@@ -1,0 +1,121 @@
+"""Bad input and foreign data: a clear error from the documented tree, and
+nothing written, lost or left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Client, DecodeError, Message, SerializationError
+from zkpubsub.layout import Layout
+
+from .helpers import Collector, wait_until
+
+MakeClient = Callable[..., Client]
+
+EMOJI = "cache-\U0001f600"
+
+
+def test_names_with_characters_above_u_ffff_are_refused_before_anything_is_sent(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    client = make_client()
+    with pytest.raises(ValueError, match="above U\\+FFFF"):
+        client.publish(EMOJI, "x")
+    with pytest.raises(ValueError, match="above U\\+FFFF"):
+        client.subscribe(EMOJI)
+    with pytest.raises(ValueError, match="above U\\+FFFF"):
+        client.queue(EMOJI)
+    with pytest.raises(ValueError, match="above U\\+FFFF"):
+        make_client(client_id=EMOJI)
+    assert raw_zk.get_children(Layout(zk_root).subscribers) == []
+
+
+def test_a_header_that_is_not_valid_unicode_is_a_serialization_error(
+    make_client: MakeClient,
+) -> None:
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    client = make_client()
+    for headers in ({"k": "lone \ud800 surrogate"}, {"\udfff": "v"}):
+        with pytest.raises(SerializationError, match="not valid Unicode"):
+            client.publish("t", "x", headers=headers)
+        with pytest.raises(SerializationError):
+            client.queue("q").put("x", headers=headers)
+    client.publish("t", "fine")
+    assert collector.wait(1) == ["fine"]
+
+
+class Exploding:
+    content_type = "application/x-exploding"
+
+    def dumps(self, payload: Any) -> bytes:
+        raise RuntimeError("the codec is broken")
+
+    def loads(self, data: bytes) -> Any:
+        raise RuntimeError("the codec is broken")
+
+
+def test_whatever_a_custom_serializer_raises_becomes_a_serialization_error(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(serializer=Exploding())
+    with pytest.raises(SerializationError, match="the codec is broken") as info:
+        client.publish("t", "x")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(SerializationError, match="the codec is broken"):
+        client.queue("q").put("x")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xc1 not msgpack", b"\xa5hello", b"\x81\xa6status\xa4what"],
+    ids=["not msgpack", "not a map", "unknown status"],
+)
+def test_a_ticket_finding_garbage_for_its_result_raises_a_decode_error(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, garbage: bytes
+) -> None:
+    q = make_client().queue("jobs")
+    ticket = q.put("job", want_result=True)
+    raw_zk.create(Layout(zk_root).work_queue("jobs").result(ticket.id), garbage)
+    with pytest.raises(DecodeError) as info:
+        ticket.wait(5)
+    assert info.value.data == garbage and info.value.path.endswith(ticket.id)
+
+
+def test_a_message_node_someone_gave_a_child_is_deleted_after_handling_not_redelivered(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    layout = Layout(zk_root)
+    queue = layout.queue("reader", "t")
+
+    def handler(message: Message) -> None:
+        if message.payload == "adopted":
+            (node,) = raw_zk.get_children(queue)
+            raw_zk.create(f"{queue}/{node}/stray", b"")
+
+    reader = make_client(client_id="reader")
+    sub = reader.subscribe("t", handler)
+    make_client().publish("t", "adopted")
+    wait_until(lambda: sub.stats().nodes_deleted == 1, 20, "the node deleted")
+    assert raw_zk.get_children(queue) == []
+    reader.close()
+    again = Collector()
+    make_client(client_id="reader").subscribe("t", again)
+    make_client().publish("t", "next")
+    assert again.wait(1) == ["next"]
+
+
+def test_an_idle_publisher_leaves_no_receipts_behind(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    make_client().subscribe("t")
+    publisher = make_client()
+    for i in range(3):
+        publisher.publish("t", i)
+    publisher.queue("q").put("item")
+    folder = Layout(zk_root).client_receipts(publisher.client_id)
+    wait_until(lambda: raw_zk.get_children(folder) == [], 10, "the receipts deleted")

@@ -1,0 +1,149 @@
+"""Handlers that misbehave: whatever they raise, whatever they return, however
+long they block, the subscription goes on, nothing is lost and nothing
+stays silent."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from zkpubsub import Client, Message
+
+from .helpers import Collector, wait_until
+
+MakeClient = Callable[..., Client]
+
+
+class Errors:
+    def __init__(self) -> None:
+        self.seen: list[tuple[type[BaseException], Any]] = []
+
+    def __call__(self, error: BaseException, message: Message | None) -> None:
+        self.seen.append((type(error), message.payload if message else None))
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [SystemExit, KeyboardInterrupt, GeneratorExit, asyncio.CancelledError],
+    ids=lambda e: e.__name__,
+)
+def test_a_handler_raising_a_base_exception_fails_that_attempt_and_the_subscription_goes_on(
+    make_client: MakeClient, raised: type[BaseException]
+) -> None:
+    good = Collector()
+    errors = Errors()
+
+    def handler(message: Message) -> None:
+        if message.payload == "bad":
+            raise raised()
+        good(message)
+
+    sub = make_client().subscribe("t", handler, on_error=errors, retry_delay=0)
+    publisher = make_client()
+    for payload in ("before", "bad", "after"):
+        publisher.publish("t", payload)
+    assert good.wait(2) == ["before", "after"]
+    assert errors.seen == [(raised, "bad")] * 3
+    stats = sub.stats()
+    assert (stats.delivered, stats.dropped, stats.pending) == (2, 1, 0)
+    assert not sub.closed
+
+
+def test_an_async_handler_is_refused_with_a_pointer_to_the_asyncio_api(
+    make_client: MakeClient,
+) -> None:
+    async def handler(message: Message) -> None:
+        pass
+
+    class AsyncCallable:
+        async def __call__(self, message: Message) -> None:
+            pass
+
+    client = make_client()
+    for fn in (handler, AsyncCallable()):
+        with pytest.raises(TypeError, match="zkpubsub.aio"):
+            client.subscribe("t", fn)
+        with pytest.raises(TypeError, match="async"):
+            client.subscribe("t", on_error=fn)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="zkpubsub.aio"):
+            client.queue("q").consume(fn)  # type: ignore[arg-type]
+    assert client.subscriptions() == []
+
+
+def test_a_coroutine_returned_by_a_handler_is_a_failure_not_a_delivery(
+    make_client: MakeClient,
+) -> None:
+    ran: list[Any] = []
+
+    async def work(message: Message) -> None:
+        ran.append(message.payload)
+
+    errors = Errors()
+    sub = make_client().subscribe("t", lambda m: work(m), on_error=errors, retry_delay=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine was never awaited" would fail here
+        make_client().publish("t", "x")
+        wait_until(lambda: sub.stats().dropped == 1, 20, "the message dropped")
+    assert ran == []
+    assert errors.seen == [(TypeError, "x")] * 3
+    assert sub.stats().delivered == 0
+
+
+def test_failed_attempts_wait_longer_each_time_without_holding_up_other_topics(
+    make_client: MakeClient,
+) -> None:
+    attempts: list[float] = []
+    handled: dict[str, float] = {}
+
+    def flaky(message: Message) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionError("the cache server is restarting")
+        handled["slow"] = time.monotonic()
+
+    def quick(message: Message) -> None:
+        handled["fast"] = time.monotonic()
+
+    subscriber = make_client()
+    subscriber.subscribe("slow", flaky, on_error=Errors(), retry_delay=0.4, max_retry_delay=5)
+    subscriber.subscribe("fast", quick)
+    publisher = make_client()
+    publisher.publish("slow", "invalidate")
+    wait_until(lambda: attempts, 20, "the first attempt")
+    publisher.publish("fast", "invalidate")
+    wait_until(lambda: "slow" in handled, 20, "the third attempt")
+    first_wait, second_wait = attempts[1] - attempts[0], attempts[2] - attempts[1]
+    assert first_wait >= 0.4 and second_wait >= 0.8  # doubled
+    assert handled["fast"] < attempts[2], "the other topic waited for the retries"
+
+
+def test_close_gives_up_on_a_blocked_handler_and_leaves_its_message_queued(
+    make_client: MakeClient,
+) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(message: Message) -> None:
+        entered.set()
+        release.wait(60)
+
+    first = make_client(client_id="stuck", close_timeout=1.0)
+    first.subscribe("t", stuck)
+    make_client().publish("t", "in hand")
+    assert entered.wait(20)
+    try:
+        start = time.monotonic()
+        first.close()
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    assert 1.0 <= took < 1.0 + 5.0  # the close timeout, plus the session's own close
+    again = Collector()
+    make_client(client_id="stuck").subscribe("t", again)
+    assert again.wait(1) == ["in hand"]
