@@ -67,11 +67,11 @@ def test_an_async_handler_is_refused_with_a_pointer_to_the_asyncio_api(
 
     client = make_client()
     for fn in (handler, AsyncCallable()):
-        with pytest.raises(TypeError, match="zkpubsub.aio"):
+        with pytest.raises(TypeError, match=r"zkpubsub\.aio"):
             client.subscribe("t", fn)
         with pytest.raises(TypeError, match="async"):
             client.subscribe("t", on_error=fn)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="zkpubsub.aio"):
+        with pytest.raises(TypeError, match=r"zkpubsub\.aio"):
             client.queue("q").consume(fn)  # type: ignore[arg-type]
     assert client.subscriptions() == []
 
