@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, DecodeError, Message, SerializationError
+from zkpubsub import (
+    Client,
+    ClientState,
+    DecodeError,
+    Message,
+    PayloadTooLarge,
+    SerializationError,
+)
 from zkpubsub.layout import Layout
 
 from .helpers import Collector, wait_until
@@ -119,3 +126,24 @@ def test_an_idle_publisher_leaves_no_receipts_behind(
     publisher.queue("q").put("item")
     folder = Layout(zk_root).client_receipts(publisher.client_id)
     wait_until(lambda: raw_zk.get_children(folder) == [], 10, "the receipts deleted")
+
+
+def test_a_transaction_larger_than_the_server_accepts_fails_once_with_payload_too_large(
+    make_client: MakeClient,
+) -> None:
+    """Limits raised above the server's jute.maxbuffer: the server drops the
+    connection on such a request; the publisher says why instead of
+    reconnecting until its timeout with the outcome unknown."""
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    publisher = make_client(
+        serializer="raw", max_message_bytes=1_500_000, max_transaction_bytes=1_600_000
+    )
+    states: list[ClientState] = []
+    publisher.add_listener(states.append)
+    with pytest.raises(PayloadTooLarge, match=r"jute\.maxbuffer") as info:
+        publisher.publish("t", b"x" * 1_200_000, timeout=15)
+    assert info.value.size > info.value.limit == 0xFFFFF
+    assert states.count(ClientState.SUSPENDED) <= 2
+    publisher.publish("t", b"small")
+    assert collector.wait(1) == [b"small"]  # the large one was never written

@@ -41,6 +41,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 
@@ -69,6 +70,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECONNECT_MAX_DELAY: Final = 2.0
+# ZooKeeper's default jute.maxbuffer (0xfffff): a request whose packet is
+# larger makes the server drop the connection without an answer.
+SERVER_MAX_BUFFER: Final = 0xFFFFF
+_REQUEST_HEADER: Final = 12  # length prefix, xid, opcode
 _CONNECTION_ERRORS: Final = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)
 
 
@@ -79,6 +84,12 @@ def first_error(results: list[Any]) -> tuple[int, Exception | None]:
         if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency)):
             return i, r
     return -1, None
+
+
+def request_size(txn: Any) -> int:
+    """The bytes a kazoo transaction takes on the wire, as the server sees
+    its packet length."""
+    return len(Transaction(txn.operations).serialize()) + _REQUEST_HEADER
 
 
 def deadline_after(timeout: float | None) -> float | None:

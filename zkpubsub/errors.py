@@ -101,11 +101,15 @@ class PublishTimeout(OperationTimeout):
 
 
 class PayloadTooLarge(ZkPubSubError, ValueError):
-    """An encoded message is larger than the configured limit."""
+    """An encoded message is larger than the configured limit (raised before
+    anything is sent), or a transaction was larger than the server accepts
+    (it dropped the connection on receiving it and applied nothing).
+    ``size`` and ``limit`` are in bytes."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, *, why: str | None = None) -> None:
         super().__init__(
-            f"encoded message is {size} bytes, over the limit of {limit} bytes "
+            why
+            or f"encoded message is {size} bytes, over the limit of {limit} bytes "
             "(max_message_bytes; it must stay below the server's jute.maxbuffer)"
         )
         self.size = size

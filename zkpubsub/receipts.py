@@ -27,8 +27,8 @@ from typing import Any, Final
 
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
-from .connection import Connection, first_error
-from .errors import ConnectionLost, ZkPubSubError
+from .connection import SERVER_MAX_BUFFER, Connection, first_error, request_size
+from .errors import ConnectionLost, PayloadTooLarge, ZkPubSubError
 from .layout import Layout, join, new_guid
 
 __all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
@@ -36,6 +36,9 @@ __all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWrite
 logger = logging.getLogger(__name__)
 
 FLUSH_AT: Final = 200
+# A transaction over the server's default buffer whose sending dropped the
+# connection this many times, without being applied, was refused for its size.
+REFUSALS_TO_GIVE_UP: Final = 2
 FLUSH_AFTER: Final = 1.0
 
 
@@ -101,6 +104,7 @@ class ReceiptWriter:
         conn = self._conn
         guid = new_guid()
         receipt = self._layout.receipt(self._client_id, guid)
+        refused = 0  # answers lost, and nothing applied, for a transaction too large
         while True:
             conn.wait_connected(deadline, what)
             txn = conn.kazoo.transaction()
@@ -114,6 +118,21 @@ class ReceiptWriter:
                 if landed(conn, receipt, deadline):
                     self.janitor.add(receipt)
                     return Outcome(looked_up=True)
+                size = request_size(txn)
+                if size > SERVER_MAX_BUFFER:
+                    refused += 1
+                    if refused >= REFUSALS_TO_GIVE_UP:
+                        raise PayloadTooLarge(
+                            size,
+                            SERVER_MAX_BUFFER,
+                            why=(
+                                f"the server dropped the connection {refused} times on "
+                                f"receiving this {size}-byte transaction ({what}) and applied "
+                                "nothing: its jute.maxbuffer is smaller (ZooKeeper's default "
+                                f"is {SERVER_MAX_BUFFER} bytes); raise it on every server, or "
+                                "lower max_message_bytes and max_transaction_bytes"
+                            ),
+                        ) from None
                 continue
             index, error = first_error(results)
             if error is None:
