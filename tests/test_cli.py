@@ -10,11 +10,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
 from zkpubsub.cli import main
+from zkpubsub.testing.server import free_ports
 
 from .helpers import Collector
 
@@ -92,7 +94,7 @@ def test_stats_shows_topics_and_backlog(
     code, out = run(zk_hosts, zk_root, "stats")
     assert code == 0, out
     assert "TOPIC" in out and "BACKLOG" in out
-    (row,) = [line for line in out.splitlines() if "idle-reader" in line]
+    (row,) = [line for line in out.splitlines() if line.startswith("orders ") and "idle" in line]
     assert row.split()[:3] == ["orders", "idle-reader", "2"]
     code, out = run(zk_hosts, zk_root, "stats", "--json")
     doc = json.loads(out)
@@ -183,3 +185,106 @@ def test_bench_passes_its_arguments_to_the_benchmarks(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "--quick" in out and "--only" in out
+
+
+def run_process(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "zkpubsub", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(ROOT_DIR)),
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--hosts", "abc", "cannot resolve abc"),
+        ("--hosts", "zk1:2181;zk2:2181", "separate servers with ','"),
+        ("--hosts", "", "hosts is empty"),
+        ("--hosts", "127.0.0.1:99999", "port must be 1-65535"),
+        ("--root", "nolead", "must start with '/'"),
+        ("--session-timeout", "0", "must be a positive number"),
+        ("--connect-timeout", "-1", "must be a positive number"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_code_2(option: str, value: str, says: str) -> None:
+    code, out, err = run_process(option, value, "stats")
+    assert code == 2, (out, err)
+    assert err.strip().splitlines() == [err.strip()] and says in err, err
+    assert "Traceback" not in err
+
+
+def test_an_unreachable_server_is_one_line_after_the_connect_timeout() -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    code, _out, err = run_process("--hosts", f"127.0.0.1:{port}", "--connect-timeout", "2", "stats")
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()], err  # no connection chatter
+    assert "ConnectTimeout" in err and "2s" in err
+
+
+def test_read_only_commands_create_nothing_under_a_mistyped_root(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    make_client().queue("jobs").put("x")
+    typo = zk_root + "-typo"
+    for args in (
+        ["stats"],
+        ["queue", "stats", "jobs"],
+        ["queue", "dead", "jobs"],
+        ["queue", "list"],
+    ):
+        code, out, err = run_process("--hosts", zk_hosts, "--root", typo, *args)
+        assert code == 1, (args, out, err)
+        assert "no zkpubsub bus under root" in err and "nothing was created" in err
+    assert raw_zk.exists(typo) is None
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, "queue", "stats", "jobz")
+    assert code == 1 and "no work queue 'jobz'" in err
+
+
+def test_stats_describes_clients_marks_gone_ones_and_lists_work_queues(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    reader = make_client(client_id="reader-1")
+    reader.subscribe("orders")
+    gone = make_client(client_id="gone-1")
+    gone.subscribe("orders")
+    make_client().publish("orders", 1)
+    gone.close()  # its queue stays until the cleaner takes it
+    make_client().queue("jobs").put_many([1, 2])
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, "stats")
+    assert code == 0, err
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("reader-1")]
+    assert row[2] == str(os.getpid()) and row[1] != "?"  # host and pid of its process
+    (queue,) = [line.split() for line in out.splitlines() if "gone-1" in line]
+    assert queue[:4] == ["orders", "gone-1", "1", "GONE"]
+    assert "await the cleaner" in out
+    (jobs,) = [line.split() for line in out.splitlines() if line.startswith("jobs")]
+    assert jobs[:4] == ["jobs", "2", "0", "0"]
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, "queue", "list")
+    assert code == 0 and out.splitlines()[2].split()[:2] == ["jobs", "2"]
+
+
+def test_verbose_shows_the_librarys_info_lines(zk_hosts: str, zk_root: str) -> None:
+    code, _, err = run_process("--hosts", zk_hosts, "--root", zk_root, "publish", "t", "x")
+    assert code == 0 and err == ""
+    code, _out, err = run_process("--hosts", zk_hosts, "--root", zk_root, "-v", "publish", "t", "x")
+    assert code == 0 and "INFO zkpubsub.client: client" in err and "connected" in err
+
+
+def test_subscribe_ends_cleanly_on_sigterm(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    proc = cli_process(
+        "--hosts", zk_hosts, "--root", zk_root, "subscribe", "t", "--client-id", "s1"
+    )
+    try:
+        assert proc.stdout is not None
+        assert "subscribed to 't'" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert raw_zk.exists(f"{zk_root}/clients/s1") is None  # closed, not just killed

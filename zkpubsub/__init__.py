@@ -26,6 +26,7 @@ from .errors import (
     DecodeError,
     ItemFailed,
     NoSubscribers,
+    NotFound,
     OperationTimeout,
     PayloadTooLarge,
     PublishTimeout,
@@ -36,9 +37,10 @@ from .errors import (
 )
 from .layout import DEFAULT_ROOT
 from .message import Message, PublishReceipt
+from .observer import Observer
 from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Serializer
 from .state import ClientState, Gap
-from .stats import BusStats, QueueStats
+from .stats import BusStats, ClientInfo, QueueStats
 from .subscription import Subscription, SubscriptionStats
 from .workqueue import (
     Consumer,
@@ -61,6 +63,7 @@ __all__ = [
     "ClientClosed",
     "ClientConfig",
     "ClientIdInUse",
+    "ClientInfo",
     "ClientState",
     "ConnectTimeout",
     "ConnectionLost",
@@ -75,6 +78,8 @@ __all__ = [
     "Message",
     "MsgpackSerializer",
     "NoSubscribers",
+    "NotFound",
+    "Observer",
     "OperationTimeout",
     "PayloadTooLarge",
     "PublishReceipt",

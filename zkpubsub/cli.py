@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from .client import Client
-from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SESSION_TIMEOUT
+from .config import (
+    DEFAULT_CLEANER_INTERVAL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT,
+    parse_hosts,
+)
 from .errors import ZkPubSubError
-from .layout import DEFAULT_ROOT
+from .layout import DEFAULT_ROOT, validate_root
 from .message import Message
+from .observer import Observer
+from .subscription import Subscription
+from .workqueue.records import WorkQueueStats
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
+
+T = TypeVar("T")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -32,26 +43,95 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+class BadOption(click.ClickException):
+    """A bad value on the command line: one line, exit code 2."""
+
+    exit_code = 2
+
+
 class CliContext:
-    def __init__(self, hosts: str, root: str, session_timeout: float) -> None:
+    def __init__(
+        self, hosts: str, root: str, session_timeout: float, connect_timeout: float
+    ) -> None:
         self.hosts = hosts
         self.root = root
         self.session_timeout = session_timeout
+        self.connect_timeout = connect_timeout
+
+    def _resolvable(self) -> None:
+        servers, _ = parse_hosts(self.hosts)
+        for host, port in servers:
+            try:
+                socket.getaddrinfo(host, port)
+                return
+            except OSError:
+                continue
+        names = ", ".join(host for host, _ in servers)
+        raise BadOption(f"--hosts: cannot resolve {names}")
 
     def client(self, **kwargs: Any) -> Client:
+        self._resolvable()
         try:
             return Client(
                 self.hosts,
                 root=self.root,
                 session_timeout=self.session_timeout,
-                connect_timeout=kwargs.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                connect_timeout=self.connect_timeout,
                 **kwargs,
+            )
+        except ZkPubSubError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            raise BadOption(str(exc)) from exc
+
+    def observer(self) -> Observer:
+        """A read-only view: creates nothing, not even a mistyped root."""
+        self._resolvable()
+        try:
+            return Observer(
+                self.hosts,
+                root=self.root,
+                session_timeout=self.session_timeout,
+                connect_timeout=self.connect_timeout,
             )
         except ZkPubSubError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
+
+
+_standalone = False  # run as the program: its logging is ours to set up
+
+
+def run() -> None:
+    """The ``zkpubsub`` program."""
+    global _standalone
+    _standalone = True
+    main()
+
+
+def _configure_logging(verbose: int, level: str | None) -> None:
+    """zkpubsub's warnings on stderr; kazoo's connection chatter only with -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("zkpubsub")
+    ours.addHandler(handler)
+    ours.propagate = False
+    kazoo = logging.getLogger("kazoo")
+    kazoo.addHandler(handler)
+    kazoo.propagate = False
+    ours.setLevel(level or ("DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"))
+    kazoo.setLevel("DEBUG" if verbose > 1 else "WARNING" if verbose else "CRITICAL")
+
+
+def _positive(name: str) -> Callable[[click.Context, click.Parameter, float], float]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+        if not value > 0:
+            raise BadOption(f"{name} must be a positive number of seconds, not {value:g}")
+        return value
+
+    return check
 
 
 @click.group()
@@ -62,19 +142,60 @@ pass_ctx = click.make_pass_decorator(CliContext)
     show_default=True,
     help="ZooKeeper connection string (env ZKPUBSUB_HOSTS).",
 )
-@click.option("--root", envvar="ZKPUBSUB_ROOT", default=DEFAULT_ROOT, show_default=True)
+@click.option(
+    "--root",
+    envvar="ZKPUBSUB_ROOT",
+    default=DEFAULT_ROOT,
+    show_default=True,
+    help="Where the bus lives (env ZKPUBSUB_ROOT).",
+)
 @click.option(
     "--session-timeout",
     default=DEFAULT_SESSION_TIMEOUT,
     show_default=True,
     type=float,
     envvar="ZKPUBSUB_SESSION_TIMEOUT",
+    callback=_positive("--session-timeout"),
+)
+@click.option(
+    "--connect-timeout",
+    default=DEFAULT_CONNECT_TIMEOUT,
+    show_default=True,
+    type=float,
+    envvar="ZKPUBSUB_CONNECT_TIMEOUT",
+    callback=_positive("--connect-timeout"),
+    help="Give up if no ZooKeeper session comes within this many seconds.",
+)
+@click.option("-v", "--verbose", count=True, help="More log lines (-v: INFO, -vv: DEBUG).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="The level of zkpubsub's own log lines (default WARNING).",
 )
 @click.version_option(package_name="zkpubsub")
 @click.pass_context
-def main(ctx: click.Context, hosts: str, root: str, session_timeout: float) -> None:
+def main(
+    ctx: click.Context,
+    hosts: str,
+    root: str,
+    session_timeout: float,
+    connect_timeout: float,
+    verbose: int,
+    log_level: str | None,
+) -> None:
     """Reliable pub/sub and work queues on Apache ZooKeeper."""
-    ctx.obj = CliContext(hosts, root, session_timeout)
+    try:
+        parse_hosts(hosts)
+    except ValueError as exc:
+        raise BadOption(f"--hosts: {exc}") from exc
+    try:
+        validate_root(root)
+    except ValueError as exc:
+        raise BadOption(f"--root: {exc}") from exc
+    if _standalone:
+        _configure_logging(verbose, log_level.upper() if log_level else None)
+    ctx.obj = CliContext(hosts, root, session_timeout, connect_timeout)
 
 
 @main.command("dev-server")
@@ -185,51 +306,77 @@ def subscribe(
     client_id: str | None,
     json_lines: bool,
 ) -> None:
-    """Print messages published to TOPIC."""
-    with ctx.client(client_id=client_id) as client:
-        try:
-            sub = client.subscribe(topic)
-        except (ZkPubSubError, ValueError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-        click.echo(f"subscribed to {topic!r} as {client.client_id}", err=True)
-        seen = 0
-        try:
-            while not count or seen < count:
-                msg = sub.get(timeout=timeout)
-                if msg is None:
-                    break
-                seen += 1
-                if json_lines:
-                    record = {
-                        "id": msg.id,
-                        "topic": msg.topic,
-                        "payload": msg.payload,
-                        "headers": dict(msg.headers),
-                        "published_at": msg.published_at,
-                        "publisher_id": msg.publisher_id,
-                    }
-                    click.echo(json.dumps(record, default=repr))
-                else:
-                    click.echo(_show(msg))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            sub.close()
+    """Print messages published to TOPIC (until Ctrl-C or SIGTERM)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with ctx.client(client_id=client_id) as client:
+            try:
+                sub = client.subscribe(topic)
+            except (ZkPubSubError, ValueError) as exc:
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            click.echo(f"subscribed to {topic!r} as {client.client_id}", err=True)
+            with sub:
+                _print_messages(sub, stop, count, timeout, json_lines)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: the client closed on the way out
+
+
+def _print_messages(
+    sub: Subscription, stop: threading.Event, count: int, timeout: float | None, json_lines: bool
+) -> None:
+    seen = 0
+    last = time.monotonic()
+    while not stop.is_set() and (not count or seen < count):
+        msg = sub.get(timeout=0.2)
+        if msg is None:
+            if timeout is not None and time.monotonic() - last >= timeout:
+                return
+            continue
+        last = time.monotonic()
+        seen += 1
+        if json_lines:
+            record = {
+                "id": msg.id,
+                "topic": msg.topic,
+                "payload": msg.payload,
+                "headers": dict(msg.headers),
+                "published_at": msg.published_at,
+                "publisher_id": msg.publisher_id,
+            }
+            click.echo(json.dumps(record, default=repr))
+        else:
+            click.echo(_show(msg))
+
+
+def _age(started: float, now: float) -> str:
+    if not started:
+        return "?"
+    seconds = max(0, int(now - started))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def stats(ctx: CliContext, as_json: bool) -> None:
-    """Topics, subscribers and the backlog of every queue."""
-    with ctx.client(client_id=f"stats-{os.getpid()}-{int(time.time())}") as client:
-        snapshot = client.stats()
-    me = client.client_id
-    clients = [c for c in snapshot.clients if c != me]
+    """Clients, topics, subscriber queues and work queues (reads only)."""
+    with ctx.observer() as observer:
+        snapshot = observer.stats()
+    now = time.time()
     if as_json:
         doc = {
             "root": snapshot.root,
-            "clients": clients,
+            "clients": [
+                {"client_id": c.client_id, "host": c.host, "pid": c.pid, "started": c.started}
+                for c in snapshot.client_info
+            ],
             "topics": {t: list(s) for t, s in snapshot.topics.items()},
             "queues": [
                 {
@@ -241,14 +388,38 @@ def stats(ctx: CliContext, as_json: bool) -> None:
                 }
                 for q in snapshot.queues
             ],
+            "work_queues": [
+                {
+                    "name": w.name,
+                    "ready": w.ready,
+                    "reserved": w.reserved,
+                    "dead": w.dead,
+                    "workers": w.workers,
+                }
+                for w in snapshot.work_queues
+            ],
             "cleaner_candidates": snapshot.cleaner_candidates,
         }
         click.echo(json.dumps(doc, indent=2))
         return
+    gone = sorted({q.client_id for q in snapshot.queues if not q.live})
     click.echo(
-        f"root {snapshot.root}: {len(clients)} client(s), {len(snapshot.topics)} topic(s), "
+        f"root {snapshot.root}: {len(snapshot.clients)} client(s), "
+        f"{len(snapshot.topics)} topic(s), {len(snapshot.work_queues)} work queue(s), "
         f"{snapshot.cleaner_candidates} cleaner candidate(s)"
+        + (f"; queues of {len(gone)} gone client(s) await the cleaner" if gone else "")
     )
+    if snapshot.client_info:
+        click.echo()
+        click.echo(
+            table(
+                ["CLIENT", "HOST", "PID", "AGE"],
+                [
+                    (c.client_id, c.host or "?", c.pid or "?", _age(c.started, now))
+                    for c in snapshot.client_info
+                ],
+            )
+        )
     if snapshot.topics:
         click.echo()
         click.echo(
@@ -261,12 +432,22 @@ def stats(ctx: CliContext, as_json: bool) -> None:
                 q.topic,
                 q.client_id,
                 q.backlog,
-                "live" if q.live else "gone",
+                "live" if q.live else "GONE",
                 "yes" if q.subscribed else "no",
             )
             for q in snapshot.queues
         ]
         click.echo(table(["TOPIC", "QUEUE (CLIENT ID)", "BACKLOG", "CLIENT", "SUBSCRIBED"], rows))
+    if snapshot.work_queues:
+        click.echo()
+        click.echo(_work_queue_table(snapshot.work_queues))
+
+
+def _work_queue_table(queues: Sequence[WorkQueueStats]) -> str:
+    return table(
+        ["WORK QUEUE", "READY", "RESERVED", "DEAD", "WORKERS"],
+        [(s.name, s.ready, s.reserved, s.dead, s.workers) for s in queues],
+    )
 
 
 @main.command()
@@ -405,19 +586,35 @@ def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> 
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
+@queue.command("list")
+@pass_ctx
+def queue_list(ctx: CliContext) -> None:
+    """The work queues, with their counts (reads only)."""
+    with ctx.observer() as observer:
+        queues = [observer.queue_stats(name) for name in observer.queues()]
+    if not queues:
+        click.echo(f"no work queues under {ctx.root}")
+        return
+    click.echo(_work_queue_table(queues))
+
+
 @queue.command("stats")
 @click.argument("name")
 @pass_ctx
 def queue_stats(ctx: CliContext, name: str) -> None:
-    """Ready, reserved and dead items of queue NAME, and its workers."""
-    with ctx.client() as client:
-        s = client.queue(name).stats()
-    click.echo(
-        table(
-            ["QUEUE", "READY", "RESERVED", "DEAD", "WORKERS"],
-            [(s.name, s.ready, s.reserved, s.dead, s.workers)],
-        )
-    )
+    """Ready, reserved and dead items of queue NAME, and its workers (reads only)."""
+    with ctx.observer() as observer:
+        s = _read(lambda: observer.queue_stats(name))
+    click.echo(_work_queue_table([s]))
+
+
+def _read(read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except ZkPubSubError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except ValueError as exc:
+        raise BadOption(str(exc)) from exc
 
 
 @queue.command("dead")
@@ -425,9 +622,9 @@ def queue_stats(ctx: CliContext, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
-    """List the dead letters of queue NAME."""
-    with ctx.client() as client:
-        dead = client.queue(name).dead()
+    """List the dead letters of queue NAME (reads only)."""
+    with ctx.observer() as observer:
+        dead = _read(lambda: observer.dead(name))
     if as_json:
         click.echo(
             json.dumps(

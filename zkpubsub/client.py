@@ -27,6 +27,7 @@ from .config import (
     DEFAULT_QUEUE_ATTEMPTS,
     DEFAULT_RETRY_DELAY,
     ClientConfig,
+    parse_hosts,
 )
 from .connection import Connection, deadline_after, translated
 from .errors import ZkPubSubError
@@ -112,8 +113,7 @@ class Client:
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
             raise TypeError(f"config must be a ClientConfig, not {type(base).__name__}")
-        if not isinstance(hosts, str) or not hosts.strip():
-            raise ValueError("hosts must be a non-empty 'host:port,...' string")
+        parse_hosts(hosts)
         overrides = {k: v for k, v in given.items() if v is not None}
         chosen = overrides.pop("client_id", base.client_id)
         resolved = dataclasses.replace(

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT",
     "ClientConfig",
     "default_grace",
+    "parse_hosts",
 ]
 
 DEFAULT_SESSION_TIMEOUT: Final = 10.0
@@ -63,6 +64,47 @@ CREATE_OP_OVERHEAD: Final = 64
 # plus the check and receipt operations every publish transaction carries.
 _MAX_PATH_BELOW_ROOT: Final = 2 * MAX_NAME_LENGTH + 64
 _PUBLISH_FIXED_OPS: Final = 2 * MAX_NAME_LENGTH + 256
+
+
+def parse_hosts(hosts: object) -> tuple[list[tuple[str, int]], str]:
+    """``(servers, chroot)`` of a ZooKeeper connection string such as
+    ``"zk1:2181,zk2:2181/apps/bus"`` (a missing port is 2181; IPv6 hosts in
+    brackets). ``ValueError`` says what is wrong with a malformed one."""
+    if not isinstance(hosts, str):
+        raise TypeError(f"hosts must be a str, not {type(hosts).__name__}")
+    text = hosts.strip()
+    if not text:
+        raise ValueError("hosts is empty; give 'host:port[,host:port...][/chroot]'")
+    chroot = ""
+    slash = text.find("/")
+    if slash >= 0:
+        text, chroot = text[:slash], text[slash:]
+        if chroot != "/":
+            validate_root(chroot)
+    servers: list[tuple[str, int]] = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"hosts {hosts!r} has an empty entry; separate servers with ','")
+        bracketed = entry.startswith("[")
+        if bracketed:
+            host, _, rest = entry[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"hosts entry {entry!r}: expected '[address]:port'")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = entry.partition(":")
+        if ";" in entry:
+            raise ValueError(f"hosts {hosts!r}: separate servers with ',', not ';'")
+        if not host or any(c.isspace() for c in host) or (not bracketed and ":" in host):
+            raise ValueError(f"hosts entry {entry!r} is not 'host:port'")
+        port = 2181
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"hosts entry {entry!r}: port must be 1-65535, not {port_text!r}")
+            port = int(port_text)
+        servers.append((host, port))
+    return servers, "" if chroot == "/" else chroot
 
 
 def default_grace(session_timeout: float) -> float:
@@ -112,6 +154,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.hosts, str):
             raise TypeError(f"hosts must be a str, not {type(self.hosts).__name__}")
+        if self.hosts:
+            parse_hosts(self.hosts)
         if self.client_id is not None:
             validate_name(self.client_id, "client_id")
         validate_root(self.root)

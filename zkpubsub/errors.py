@@ -17,6 +17,7 @@ translated at the boundary and never reach user code. The tree::
     ├── AlreadySubscribed         this client already subscribes to the topic
     ├── ReservationLost           a queue item is no longer held by this worker
     ├── ItemFailed                a task whose result was awaited went to dead letters
+    ├── NotFound                  (also LookupError) no bus at that root, no such queue
     └── ZooKeeperError            any other error the server returned
 
 Bad arguments (an invalid topic name, a negative timeout) raise the builtin
@@ -34,6 +35,7 @@ __all__ = [
     "DecodeError",
     "ItemFailed",
     "NoSubscribers",
+    "NotFound",
     "OperationTimeout",
     "PayloadTooLarge",
     "PublishTimeout",
@@ -181,6 +183,11 @@ class ItemFailed(ZkPubSubError):
         super().__init__(f"item {item_id} failed: {reason}")
         self.item_id = item_id
         self.reason = reason
+
+
+class NotFound(ZkPubSubError, LookupError):
+    """What a read-only view was asked about does not exist (a root with no
+    bus, a work queue nobody made). Nothing was created."""
 
 
 class ZooKeeperError(ZkPubSubError):

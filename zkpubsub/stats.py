@@ -1,15 +1,20 @@
-"""A snapshot of the bus: topics, subscribers, clients and queue backlogs."""
+"""A snapshot of the bus: clients, topics, subscribers, queue backlogs and
+work queues, read (never written) with pipelined requests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
 from .connection import Connection
 from .layout import Layout
+from .workqueue.queue import read_queue_stats
+from .workqueue.records import WorkQueueStats
 
-__all__ = ["BusStats", "QueueStats", "collect"]
+__all__ = ["BusStats", "ClientInfo", "QueueStats", "collect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,19 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """A registered client as it describes itself in ``clients/<id>``
+    (informative: ``host`` and ``pid`` of its process, ``started`` in
+    seconds since the epoch, empty or 0 where it said nothing readable)."""
+
+    client_id: str
+    host: str = ""
+    pid: int = 0
+    started: float = 0.0
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BusStats:
     """What ``Client.stats()`` and ``zkpubsub stats`` report."""
 
@@ -34,6 +52,8 @@ class BusStats:
     topics: dict[str, tuple[str, ...]]
     queues: tuple[QueueStats, ...]
     cleaner_candidates: int
+    client_info: tuple[ClientInfo, ...] = field(default=())
+    work_queues: tuple[WorkQueueStats, ...] = field(default=())
 
     @property
     def total_backlog(self) -> int:
@@ -44,10 +64,34 @@ def _children(conn: Connection, path: str, deadline: float | None) -> list[str]:
     return sorted(conn.children(path, deadline) or [])
 
 
+def _client_info(client_id: str, data: Any) -> ClientInfo:
+    try:
+        doc = json.loads(data)
+        return ClientInfo(
+            client_id,
+            str(doc.get("host", "")),
+            int(doc.get("pid", 0)),
+            float(doc.get("started", 0.0)),
+            str(doc.get("version", "")),
+        )
+    except (ValueError, TypeError, AttributeError):
+        return ClientInfo(client_id)
+
+
 def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStats:
     """Read the whole layout once (pipelined where it can be)."""
     kazoo = conn.kazoo
     clients = _children(conn, layout.clients, deadline)
+    described = conn.read_all(
+        lambda: [kazoo.get_async(layout.client(cid)) for cid in clients],
+        deadline,
+        "read clients",
+    )
+    infos = tuple(
+        _client_info(cid, answer[0])
+        for cid, answer in zip(clients, described, strict=True)
+        if not isinstance(answer, NoNodeError)
+    )
     topic_names = _children(conn, layout.subscribers, deadline)
     listed = conn.read_all(
         lambda: [kazoo.get_children_async(layout.topic(t)) for t in topic_names],
@@ -83,4 +127,10 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
         if stat is not None
     ]
     candidates = len(_children(conn, layout.candidates, deadline))
-    return BusStats(layout.root_path, tuple(clients), topics, tuple(queues), candidates)
+    work = tuple(
+        read_queue_stats(conn, layout.work_queue(name), name, deadline)
+        for name in _children(conn, layout.work, deadline)
+    )
+    return BusStats(
+        layout.root_path, tuple(clients), topics, tuple(queues), candidates, infos, work
+    )

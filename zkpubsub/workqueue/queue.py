@@ -17,9 +17,10 @@ from kazoo.exceptions import NoNodeError
 from .. import envelope
 from .._context import Context
 from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS
-from ..connection import deadline_after, translated
+from ..connection import Connection, deadline_after, translated
 from ..errors import ClientClosed, PayloadTooLarge, ZooKeeperError
 from ..layout import WorkQueuePaths, order_items, parse_item_node, validate_name
+from ..serializers import SerializerRegistry
 from .items import Item, Ticket
 from .records import (
     DEFAULT_PRIORITY,
@@ -34,7 +35,7 @@ from .worker import Worker, ensure_queue
 if TYPE_CHECKING:
     from .consumer import Consumer, ItemHandler
 
-__all__ = ["WorkQueue"]
+__all__ = ["WorkQueue", "read_dead", "read_queue_stats"]
 
 
 class WorkQueue:
@@ -268,41 +269,14 @@ class WorkQueue:
         return stats.ready + stats.reserved
 
     def stats(self) -> WorkQueueStats:
-        conn, paths = self._ctx.conn, self._paths
-        kazoo = conn.kazoo
         with translated(f"stats of queue {self.name!r}"):
-            stats = conn.read_all(
-                lambda: [
-                    kazoo.exists_async(p)
-                    for p in (paths.items, paths.reserved, paths.dead, paths.workers)
-                ],
-                self._ctx.deadline(),
-                "queue stats",
-            )
-            counts = [0 if stat is None else stat.numChildren for stat in stats]
-        items, reserved, dead, workers = counts
-        return WorkQueueStats(self.name, max(0, items - reserved), reserved, dead, workers)
+            return read_queue_stats(self._ctx.conn, self._paths, self.name, self._ctx.deadline())
 
     def dead(self) -> list[DeadItem]:
         """The dead letters, oldest first."""
-        ctx, paths = self._ctx, self._paths
-        conn, kazoo = ctx.conn, ctx.conn.kazoo
-        deadline = ctx.deadline()
-        out: list[DeadItem] = []
+        ctx = self._ctx
         with translated(f"dead letters of {self.name!r}"):
-            names = conn.children(paths.dead, deadline) or []
-            ordered, foreign = order_items(names)
-            names = ordered + foreign
-            answers = conn.read_all(
-                lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
-                deadline,
-                "read dead letters",
-            )
-            for name, answer in zip(names, answers, strict=True):
-                if not isinstance(answer, NoNodeError):
-                    path = paths.dead_letter(name)
-                    out.append(dead_item(ctx.serializers, path, name, answer[0]))
-        return out
+            return read_dead(ctx.conn, ctx.serializers, self._paths, ctx.deadline())
 
     def replay(self, ids: Sequence[str] | None = None) -> int:
         """Put dead letters back (all, or those with these ids) as new items
@@ -355,6 +329,41 @@ class WorkQueue:
 
     def __repr__(self) -> str:
         return f"<WorkQueue {self.name!r}>"
+
+
+def read_queue_stats(
+    conn: Connection, paths: WorkQueuePaths, name: str, deadline: float | None
+) -> WorkQueueStats:
+    """The counts of one work queue (zero for folders that do not exist)."""
+    kazoo = conn.kazoo
+    stats = conn.read_all(
+        lambda: [
+            kazoo.exists_async(p) for p in (paths.items, paths.reserved, paths.dead, paths.workers)
+        ],
+        deadline,
+        "queue stats",
+    )
+    items, reserved, dead, workers = [0 if stat is None else stat.numChildren for stat in stats]
+    return WorkQueueStats(name, max(0, items - reserved), reserved, dead, workers)
+
+
+def read_dead(
+    conn: Connection, serializers: SerializerRegistry, paths: WorkQueuePaths, deadline: float | None
+) -> list[DeadItem]:
+    """The dead letters of a queue, oldest first."""
+    kazoo = conn.kazoo
+    ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
+    names = ordered + foreign
+    answers = conn.read_all(
+        lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
+        deadline,
+        "read dead letters",
+    )
+    return [
+        dead_item(serializers, paths.dead_letter(name), name, answer[0])
+        for name, answer in zip(names, answers, strict=True)
+        if not isinstance(answer, NoNodeError)
+    ]
 
 
 def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> list[Any]:
