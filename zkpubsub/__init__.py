@@ -2,13 +2,14 @@
 
 Topic broadcast (every subscriber gets every message, in one order), an
 elected cleaner for the queues of clients that went away, and a work queue.
-Everyday use needs only what is imported here::
+Everyday use needs only what is imported here, and for caches
+:class:`zkpubsub.cache.InvalidatingCache`::
 
     from zkpubsub import Client
 
     with Client("127.0.0.1:2181") as client:
-        sub = client.subscribe("cache.users", lambda m: cache.pop(m.payload, None))
-        client.publish("cache.users", "user:42")
+        client.subscribe("orders", lambda m: print(m.payload))
+        client.publish("orders", {"id": 42})
 """
 
 from __future__ import annotations
