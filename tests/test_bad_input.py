@@ -18,6 +18,7 @@ from zkpubsub import (
     SerializationError,
 )
 from zkpubsub.layout import Layout
+from zkpubsub.testing import queue_entries
 
 from .helpers import Collector, wait_until
 
@@ -101,14 +102,14 @@ def test_a_message_node_someone_gave_a_child_is_deleted_after_handling_not_redel
 
     def handler(message: Message) -> None:
         if message.payload == "adopted":
-            (node,) = raw_zk.get_children(queue)
+            (node,) = queue_entries(raw_zk, zk_root, "reader", "t") or []
             raw_zk.create(f"{queue}/{node}/stray", b"")
 
     reader = make_client(client_id="reader")
     sub = reader.subscribe("t", handler)
     make_client().publish("t", "adopted")
     wait_until(lambda: sub.stats().nodes_deleted == 1, 20, "the node deleted")
-    assert raw_zk.get_children(queue) == []
+    assert queue_entries(raw_zk, zk_root, "reader", "t") == []
     reader.close()
     again = Collector()
     make_client(client_id="reader").subscribe("t", again)

@@ -11,7 +11,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, NoSubscribers, PublishTimeout
 from zkpubsub.layout import Layout
-from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing import ZooKeeperCluster, queue_entries
 
 from .helpers import Collector, wait_until
 
@@ -19,8 +19,8 @@ MakeClient = Callable[..., Client]
 
 
 def nodes_in(raw: KazooClient, root: str, client: Client, topic: str) -> int:
-    stat = raw.exists(Layout(root).queue(client.client_id, topic))
-    return -1 if stat is None else int(stat.numChildren)
+    entries = queue_entries(raw, root, client.client_id, topic)
+    return -1 if entries is None else len(entries)
 
 
 def test_concurrent_publishes_share_transactions_and_keep_their_order(

@@ -22,21 +22,21 @@ def message(i: int) -> Message:
 
 def test_names_are_read_in_queue_order_up_to_the_prefetch() -> None:
     buffer = DeliveryBuffer(prefetch=2)
-    assert buffer.listed([name(3), name(1), name(2)]) == []
+    assert buffer.listed([name(1), name(2), name(3)], []) == []
     assert buffer.to_fetch() == [name(1), name(2)]
     assert buffer.pending == 3
 
 
 def test_foreign_names_are_reported_once() -> None:
     buffer = DeliveryBuffer(prefetch=10)
-    assert buffer.listed([name(1), "stray"]) == ["stray"]
+    assert buffer.listed([name(1)], ["stray"]) == ["stray"]
     buffer.fetched([], [Delivery(Node("stray", 1))])
-    assert buffer.listed([name(1), "stray"]) == []
+    assert buffer.listed([name(1)], ["stray"]) == []
 
 
 def test_a_node_is_deleted_only_after_all_its_messages_were_handled() -> None:
     buffer = DeliveryBuffer(prefetch=10)
-    buffer.listed([name(1)])
+    buffer.listed([name(1)], [])
     node = Node(name(1), 2)
     buffer.fetched([name(1)], [Delivery(node, message(1)), Delivery(node, message(2))])
     first = buffer.next(0)
@@ -50,7 +50,7 @@ def test_a_node_is_deleted_only_after_all_its_messages_were_handled() -> None:
 
 def test_a_node_with_no_message_is_deleted_at_once() -> None:
     buffer = DeliveryBuffer(prefetch=10)
-    buffer.listed([name(1)])
+    buffer.listed([name(1)], [])
     buffer.fetched([name(1)], [Delivery(Node(name(1), 0))])
     assert buffer.next(0) is None
     assert buffer.take_deletes() == [name(1)]
@@ -58,19 +58,19 @@ def test_a_node_with_no_message_is_deleted_at_once() -> None:
 
 def test_names_read_or_deleted_are_not_read_again_from_a_later_listing() -> None:
     buffer = DeliveryBuffer(prefetch=10)
-    buffer.listed([name(1), name(2)])
+    buffer.listed([name(1), name(2)], [])
     node = Node(name(1), 1)
     buffer.fetched([name(1)], [Delivery(node, message(1))])
-    buffer.listed([name(1), name(2), name(3)])
+    buffer.listed([name(1), name(2), name(3)], [])
     assert buffer.to_fetch() == [name(2), name(3)]
     delivery = buffer.next(0)
     assert delivery is not None
     buffer.handled(delivery.node)
     buffer.deleted(buffer.take_deletes())
-    buffer.listed([name(1), name(2)])  # a listing older than the delete
+    buffer.listed([name(1), name(2)], [])  # a listing older than the delete
     assert buffer.to_fetch() == [name(2)]
-    buffer.listed([name(2)])  # once it is gone from listings, it is forgotten
-    buffer.listed([name(1), name(2)])
+    buffer.listed([name(2)], [])  # once it is gone from listings, it is forgotten
+    buffer.listed([name(1), name(2)], [])
     assert buffer.to_fetch() == [name(1), name(2)]
 
 
@@ -82,7 +82,7 @@ def test_deletes_that_got_no_answer_go_out_again() -> None:
 
 def test_read_ahead_asks_for_more_when_it_runs_low() -> None:
     buffer = DeliveryBuffer(prefetch=4)
-    buffer.listed([name(i) for i in range(8)])
+    buffer.listed([name(i) for i in range(8)], [])
     nodes = [Node(name(i), 1) for i in range(4)]
     buffer.fetched([n.name for n in nodes], [Delivery(n, message(i)) for i, n in enumerate(nodes)])
     assert not buffer.wants_more() and not buffer.low()

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from zkpubsub._engine import take_batch
-from zkpubsub._fanout import FanOut
+from zkpubsub._fanout import FanOut, Target
+from zkpubsub._queues import QueueState, decide
+from zkpubsub.backlog import Backlog, QueueRecord
 from zkpubsub.errors import ZooKeeperError
 from zkpubsub.layout import Layout
 from zkpubsub.publisher import Targets, TopicView, plan_rounds, split_targets
@@ -62,13 +64,13 @@ def test_rounds_keep_node_order_and_fit_the_budget(sizes: list[int], budget: int
         assert len(r) == 1 or sum(sizes[i] for i in r) <= budget
 
 
-@given(st.integers(0, 50), st.integers(1, 10_000), st.integers(1, 100_000))
-def test_targets_are_split_into_groups_that_fit(count: int, per: int, budget: int) -> None:
-    targets = [f"s{i}" for i in range(count)]
-    groups = split_targets(targets, per, budget)
+@given(st.lists(st.integers(1, 10_000), max_size=50), st.integers(1, 100_000))
+def test_targets_are_split_into_groups_that_fit(costs: list[int], budget: int) -> None:
+    targets = [f"s{i}" for i in range(len(costs))]
+    groups = split_targets(targets, costs, budget)
     assert [t for g in groups for t in g] == targets
     for g in groups:
-        assert len(g) == 1 or len(g) * per <= budget
+        assert len(g) == 1 or sum(costs[int(t[1:])] for t in g) <= budget
 
 
 def test_queues_found_gone_are_skipped_until_the_subscriber_list_changes() -> None:
@@ -90,20 +92,44 @@ class RecordingTxn:
     def create(self, path: str, data: bytes, sequence: bool = False) -> None:
         self.ops.append(("create", path))
 
+    def set_data(self, path: str, data: bytes, version: int) -> None:
+        self.ops.append(("set", path))
 
-FAN = FanOut("t", 7, ("a", "b"), (b"n1", b"n2"))
+
+ROLL = QueueRecord(4, Backlog()).encode()
+FAN = FanOut(
+    "t",
+    7,
+    (
+        Target("a", 1, 3),
+        Target("b", 2, 4, roll=ROLL),
+        Target("c", 5, 3, marker=""),
+        Target("d", 6, 3, marker="/r/messages/d/t/s0000000003/o0123456789ab-0000000007", missed=9),
+    ),
+    (b"n1", b"n2"),
+    "pub",
+)
 
 
-def test_a_fan_out_checks_the_topic_then_creates_each_node_for_each_target_in_order() -> None:
+def test_a_fan_out_checks_the_topic_and_each_queue_then_writes_in_order() -> None:
     txn = RecordingTxn()
     FAN.add_ops(Layout("/r"), txn, "0123456789ab")
+    seg = "/r/messages/{}/t/s{:010d}"
     assert txn.ops == [
         ("check", "/r/subscribers/t"),
-        ("create", "/r/messages/a/t/m0123456789ab-"),
-        ("create", "/r/messages/a/t/m0123456789ab-"),
-        ("create", "/r/messages/b/t/m0123456789ab-"),
-        ("create", "/r/messages/b/t/m0123456789ab-"),
+        ("check", "/r/messages/a/t"),
+        ("create", seg.format("a", 3) + "/m0123456789ab-"),
+        ("create", seg.format("a", 3) + "/m0123456789ab-"),
+        ("set", "/r/messages/b/t"),  # moving it to segment 4
+        ("create", seg.format("b", 4)),
+        ("create", seg.format("b", 4) + "/m0123456789ab-"),
+        ("create", seg.format("b", 4) + "/m0123456789ab-"),
+        ("check", "/r/messages/c/t"),
+        ("create", seg.format("c", 3) + "/o0123456789ab-"),  # full: a marker
+        ("check", "/r/messages/d/t"),
+        ("set", seg.format("d", 3) + "/o0123456789ab-0000000007"),  # counting into it
     ]
+    assert len(FAN.op_map()) == len(txn.ops)
 
 
 def test_a_fan_out_applied_is_ok() -> None:
@@ -112,16 +138,99 @@ def test_a_fan_out_applied_is_ok() -> None:
 
 
 @pytest.mark.parametrize("error", [BadVersionError(), NoNodeError()])
-def test_a_failed_check_means_the_subscriber_list_changed(error: Exception) -> None:
+def test_a_failed_topic_check_means_the_subscriber_list_changed(error: Exception) -> None:
     assert FAN.classify(Outcome(error, 0)).kind == "stale"
 
 
-@pytest.mark.parametrize(("index", "culprit"), [(1, "a"), (2, "a"), (3, "b"), (4, "b")])
-def test_a_failed_create_names_the_subscriber_whose_queue_is_gone(index: int, culprit: str) -> None:
-    verdict = FAN.classify(Outcome(NoNodeError(), index))
-    assert (verdict.kind, verdict.culprit) == ("gone", culprit)
+@pytest.mark.parametrize(
+    ("index", "error", "kind", "culprit"),
+    [
+        (1, NoNodeError(), "gone", "a"),  # a's queue check: the queue is gone
+        (1, BadVersionError(), "moved", "a"),  # another publisher moved it on
+        (3, NoNodeError(), "gone", "a"),  # a create: its segment is gone
+        (4, BadVersionError(), "moved", "b"),  # b's record changed meanwhile
+        (5, NodeExistsError(), "moved", "b"),  # someone made segment 4 first
+        (9, NoNodeError(), "gone", "c"),
+        (11, NoNodeError(), "marker", "d"),  # the subscriber read past the marker
+    ],
+)
+def test_a_failed_operation_names_the_queue_and_what_happened_to_it(
+    index: int, error: Exception, kind: str, culprit: str
+) -> None:
+    verdict = FAN.classify(Outcome(error, index))
+    assert (verdict.kind, verdict.culprit) == (kind, culprit)
 
 
 def test_any_other_failure_is_an_error_no_retry_mends() -> None:
     with pytest.raises(ZooKeeperError, match="NodeExistsError"):
         FAN.classify(Outcome(NodeExistsError(), 2))
+
+
+def test_the_paths_a_fan_out_created_are_told_by_target() -> None:
+    # the receipt, the topic check, then per target: check or record + segment, creates
+    results: list[object] = ["receipt", True, True, "a1", "a2", object(), "seg", "b1", "b2"]
+    results += [True, "c-mark", True, object()]
+    assert FAN.created(results) == {0: ["a1", "a2"], 1: ["b1", "b2"], 2: ["c-mark"]}
+
+
+def state(**kw: object) -> QueueState:
+    values: dict[str, object] = {
+        "version": 3,
+        "record": QueueRecord(2, Backlog(max_nodes=100, max_bytes=10_000)),
+        "nodes": 10,
+        "current": 10,
+        "counter": 50,
+        "read_at": 0.0,
+    }
+    values.update(kw)
+    return QueueState(**values)  # type: ignore[arg-type]
+
+
+def plan(st: QueueState, **kw: object) -> Target | None:
+    args: dict[str, object] = {"node_count": 1, "messages": 2, "node_size": 50.0}
+    args.update(kw)
+    return decide("s", st, default=Backlog(), **args)  # type: ignore[arg-type]
+
+
+def test_a_queue_with_room_is_written_in_its_current_segment() -> None:
+    assert plan(state()) == Target("s", 3, 2)
+
+
+def test_a_queue_at_its_node_bound_gets_a_marker_counting_the_messages_missed() -> None:
+    assert plan(state(nodes=100)) == Target("s", 3, 2, marker="", missed=2)
+    kept = state(nodes=150, marker="/m", missed=7)
+    assert plan(kept) == Target("s", 3, 2, marker="/m", missed=9)
+
+
+def test_a_queue_at_its_byte_bound_is_full_too() -> None:
+    assert plan(state(nodes=50), node_size=200.0) == Target("s", 3, 2, marker="", missed=2)
+
+
+def test_a_full_queue_that_asked_for_eviction_is_skipped() -> None:
+    evicting = QueueRecord(2, Backlog(max_nodes=100, max_bytes=10_000, when_full="evict"))
+    assert plan(state(nodes=100, record=evicting)) is None
+
+
+def test_a_segment_moves_on_at_its_size_or_near_the_counter_limit() -> None:
+    moved = QueueRecord(3, Backlog(max_nodes=100, max_bytes=10_000)).encode()
+    expected = Target("s", 3, 3, roll=moved)
+    assert plan(state(current=40), segment_nodes=40) == expected
+    assert plan(state(counter=2**31 - 100)) == expected
+    assert plan(state(counter=2**31 - 2**24 - 1)) == Target("s", 3, 2)
+
+
+def test_a_queue_from_before_segments_moves_to_segment_zero() -> None:
+    expected = QueueRecord(0, Backlog()).encode()
+    assert plan(state(record=None)) == Target("s", 3, 0, roll=expected)
+
+
+def test_a_full_queue_moving_on_starts_a_new_marker_in_the_new_segment() -> None:
+    target = plan(state(nodes=100, current=40, marker="/old", missed=5), segment_nodes=40)
+    assert target is not None and target.segment == 3 and target.marker == "" and target.missed == 7
+
+
+def test_the_record_of_a_queue_survives_a_round_trip_and_old_queues_have_none() -> None:
+    record = QueueRecord(12, Backlog(5, 6, "evict"))
+    assert QueueRecord.decode(record.encode()) == record
+    assert QueueRecord.decode(b"") is None
+    assert QueueRecord.decode(b"durable") is None

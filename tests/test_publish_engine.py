@@ -16,7 +16,7 @@ from kazoo.client import KazooClient
 from zkpubsub import Client, PublishReceipt, PublishTimeout
 from zkpubsub.layout import Layout
 
-from .helpers import Collector
+from .helpers import Collector, wait_until
 
 MakeClient = Callable[..., Client]
 
@@ -60,6 +60,8 @@ def test_each_publish_keeps_its_own_timeout_while_others_are_in_flight(
         node.pause()  # requests go out; no answer comes back
         try:
             first = publisher.publish_async("a", "first", timeout=25)
+            lanes = publisher._engine._lanes  # the engine's own state: "first" is on the wire
+            wait_until(lambda: "a" in lanes and lanes["a"].flight, 10, "the first publish sent")
             outcomes: dict[str, tuple[float, PublishTimeout]] = {}
             for topic, timeout in (("a", 2.0), ("b", 1.0)):
                 start = time.monotonic()

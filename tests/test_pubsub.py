@@ -21,7 +21,7 @@ from zkpubsub import (
     SerializationError,
 )
 from zkpubsub.layout import Layout
-from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing import ZooKeeperCluster, queue_entries
 from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
 from .helpers import Collector, wait_until
@@ -30,8 +30,8 @@ MakeClient = Callable[..., Client]
 
 
 def backlog(raw: KazooClient, root: str, client: Client, topic: str) -> int:
-    stat = raw.exists(Layout(root).queue(client.client_id, topic))
-    return -1 if stat is None else int(stat.numChildren)
+    entries = queue_entries(raw, root, client.client_id, topic)
+    return -1 if entries is None else len(entries)
 
 
 def test_fan_out_reaches_every_subscriber_in_order(make_client: MakeClient) -> None:
@@ -389,7 +389,9 @@ def test_malformed_and_foreign_nodes_go_to_on_error_and_never_block(
     assert by_data[b"foreign"].path == f"{queue}/not-ours"
     assert "not a zkpubsub message node" in str(by_data[b"foreign"])
     assert all(m is None for _, m in errors)
-    wait_until(lambda: not raw_zk.get_children(queue), what="bad nodes removed")
+    # only the current segment is left, and nothing in it
+    wait_until(lambda: raw_zk.get_children(queue) == ["s0000000000"], what="bad nodes removed")
+    assert queue_entries(raw_zk, zk_root, client.client_id, "t") == []
     publisher.publish("t", "still alive")
     assert collector.wait(3)[-1] == "still alive"
 

@@ -15,6 +15,7 @@ Everyday use needs only what is imported here, and for caches
 from __future__ import annotations
 
 from ._version import __version__
+from .backlog import Backlog
 from .cleaner import Cleaner, CleanerStats
 from .client import Client
 from .config import ClientConfig
@@ -57,6 +58,7 @@ from .workqueue import (
 __all__ = [
     "DEFAULT_ROOT",
     "AlreadySubscribed",
+    "Backlog",
     "BusStats",
     "Cleaner",
     "CleanerStats",

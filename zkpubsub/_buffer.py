@@ -16,8 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .backlog import OverflowMark
 from .errors import DecodeError
-from .layout import order_names
 from .message import Message
 
 __all__ = ["Counters", "Delivery", "DeliveryBuffer", "Node"]
@@ -33,11 +33,14 @@ class Node:
 
 @dataclass(slots=True)
 class Delivery:
-    """One message of a node, or the reason the node could not be read."""
+    """One message of a node, the reason the node could not be read, or an
+    overflow marker (``mark``) met in the queue."""
 
     node: Node
     message: Message | None = None
     error: DecodeError | None = None
+    mark: OverflowMark | None = None
+    window: tuple[float, float] = (0.0, 0.0)  # a marker's first and last skip (server clock)
 
 
 @dataclass(slots=True)
@@ -67,13 +70,12 @@ class DeliveryBuffer:
 
     # -- the pump's side ---------------------------------------------------------------
 
-    def listed(self, names: list[str]) -> list[str]:
-        """A fresh listing of the queue: remember the names not read yet, in
-        queue order. Returns the foreign names (not zkpubsub message nodes)
-        not seen before."""
-        ordered, foreign = order_names(names)
+    def listed(self, ordered: list[str], foreign: list[str]) -> list[str]:
+        """A fresh listing of the queue: ``ordered``, its entries in queue
+        order, and ``foreign``, the names that are not zkpubsub's. Remember
+        the entries not read yet; return the foreign names not seen before."""
         with self.cond:
-            self._deleted &= set(names)
+            self._deleted &= set(ordered) | set(foreign)
             known = self._active.keys() | self._deleted
             self._unfetched = [n for n in ordered if n not in known]
             return [n for n in foreign if n not in known]

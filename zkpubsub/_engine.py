@@ -56,7 +56,7 @@ from .errors import (
     ZkPubSubError,
 )
 from .message import PublishReceipt
-from .publisher import Publisher, Targets, TopicView
+from .publisher import FanOutResult, Publisher, Targets, TopicView
 
 __all__ = ["LANE_IDLE", "LANE_THREADS", "PublishEngine", "PublishRequest", "take_batch"]
 
@@ -266,15 +266,18 @@ class PublishEngine:
         self._room.notify_all()
         return True
 
-    def _finish(self, requests: list[PublishRequest], reached: int, txns: int) -> None:
+    def _finish(self, requests: list[PublishRequest], result: FanOutResult) -> None:
         settled = []
+        reached, skipped = len(result.reached), len(result.skipped)
         with self._lock:
             for request in requests:
                 ids = request.message_ids
-                if reached == 0 and request.require_subscribers:
+                if reached == 0 and skipped == 0 and request.require_subscribers:
                     done = self._settle(request, None, NoSubscribers(request.topic))
                 else:
-                    receipt = PublishReceipt(ids, reached, request.topic, txns)
+                    receipt = PublishReceipt(
+                        ids, reached, request.topic, result.transactions, skipped
+                    )
                     done = self._settle(request, receipt, None)
                 if done:
                     settled.append(request)
@@ -405,11 +408,12 @@ class PublishEngine:
             return
         try:
             nodes = envelope.pack(entries, self._ctx.config.max_message_bytes)
-            reached, txns = publisher.fan_out(
+            result = publisher.fan_out(
                 topic,
                 nodes,
                 self._batch_deadline(requests),
                 lane.targets,
+                messages=len(entries),
                 progress=lambda what: setattr(lane, "activity", what),
             )
         except OperationTimeout as exc:
@@ -423,7 +427,12 @@ class PublishEngine:
         except ZkPubSubError as exc:
             self._fail(requests, exc)
         else:
-            self._finish(requests, len(reached), txns)
+            self._finish(requests, result)
+            try:  # what the next fan-out will decide on, read off the publishes' path
+                lane.activity = f"reading the queues of {topic!r}"
+                publisher.refresh_queues(topic, lane.targets, deadline_after(1.0))
+            except ZkPubSubError as exc:
+                logger.debug("reading the queues of %r: %s", topic, exc)
         finally:
             with self._lock:
                 lane.flight = []

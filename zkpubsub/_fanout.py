@@ -1,19 +1,26 @@
 """One fan-out transaction: its operations and the meaning of its errors.
 
-A fan-out writes the same nodes, in order, into the queue of every target
-subscriber, and checks the data version of ``subscribers/<topic>`` (which
-every subscribe and unsubscribe bumps). Its operations, after the receipt
-that :class:`~zkpubsub.receipts.ReceiptWriter` puts first::
+A fan-out writes the same nodes, in order, into the current segment of
+every target subscriber's queue, and checks the data version of
+``subscribers/<topic>`` (which every subscribe and unsubscribe bumps). Its
+operations, after the receipt that :class:`~zkpubsub.receipts.ReceiptWriter`
+puts first::
 
     check subscribers/<topic> at version
-    create messages/<target 1>/<topic>/m<guid>-   (sequential, one per node)
-    ...
-    create messages/<target k>/<topic>/m<guid>-
+    per target:
+      check messages/<target>/<topic> at the version its publisher read
+        (or, moving it to a fresh segment: setData of its record at that
+        version, and create the segment)
+      create .../s<segment>/m<guid>-   (sequential, one per node)
+        (or, the queue being full: create .../s<segment>/o<guid>- , an
+        overflow marker, or setData of this publisher's marker there)
 
-If it fails, the failing operation tells what happened: the check means the
-subscriber list changed (read it again); a create means that target's queue
-is gone (its client left and the cleaner removed it: drop it). Anything else
-is an error zkpubsub does not expect.
+If it fails, the failing operation tells what happened: the topic check
+means the subscriber list changed (read it again); a queue's check or
+record means another publisher moved it to a fresh segment (read its state
+again), or, with ``NoNode``, that the queue is gone (its client left and the
+cleaner removed it: drop it); a marker's ``NoNode`` means the subscriber
+has read past it. Anything else is an error zkpubsub does not expect.
 """
 
 from __future__ import annotations
@@ -21,45 +28,98 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
+from .backlog import OverflowMark
 from .errors import ZooKeeperError
 from .layout import Layout
 from .receipts import Outcome
 
-__all__ = ["FanOut", "Verdict"]
+__all__ = ["FanOut", "Target", "Verdict"]
+
+Op = Literal["topic", "queue", "segment", "node", "marker", "count"]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """``ok``: written to every target; ``stale``: the subscriber list
-    changed; ``gone``: the queue of ``culprit`` no longer exists."""
+    """``ok``: applied; ``stale``: the subscriber list changed; ``gone``:
+    the queue of ``culprit`` no longer exists; ``moved``: its queue moved to
+    another segment (or changed its bound); ``marker``: the subscriber
+    consumed the overflow marker this publisher was counting into."""
 
-    kind: Literal["ok", "stale", "gone"]
+    kind: Literal["ok", "stale", "gone", "moved", "marker"]
     culprit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One subscriber queue in a fan-out.
+
+    ``version`` is the data version of the queue node as read; ``segment``
+    the segment written into. ``roll`` is the new queue record when this
+    transaction moves the queue to ``segment``. ``marker`` is ``None`` to
+    write the nodes, ``""`` to create an overflow marker instead (the queue
+    is full), or the path of this publisher's marker to update; ``missed``
+    is then the marker's count.
+    """
+
+    subscriber: str
+    version: int
+    segment: int
+    roll: bytes | None = None
+    marker: str | None = None
+    missed: int = 0
+
+    def op_kinds(self, nodes: int) -> list[Op]:
+        kinds: list[Op] = ["queue"]
+        if self.roll is not None:
+            kinds.append("segment")
+        if self.marker is None:
+            kinds.extend(["node"] * nodes)
+        else:
+            kinds.append("marker" if self.marker == "" else "count")
+        return kinds
 
 
 @dataclass(frozen=True, slots=True)
 class FanOut:
     """``nodes`` for each of ``targets``' queues of ``topic``, checked
-    against the subscriber list at ``version``."""
+    against the subscriber list at ``version``; markers name ``publisher``."""
 
     topic: str
     version: int
-    targets: tuple[str, ...]
+    targets: tuple[Target, ...]
     nodes: tuple[bytes, ...]
+    publisher: str
+
+    def op_map(self) -> list[tuple[int, Op]]:
+        """For each operation, in order: the index of its target (-1 for the
+        topic check) and its kind."""
+        out: list[tuple[int, Op]] = [(-1, "topic")]
+        for i, target in enumerate(self.targets):
+            out.extend((i, kind) for kind in target.op_kinds(len(self.nodes)))
+        return out
 
     def add_ops(self, layout: Layout, txn: Any, guid: str) -> None:
-        """Add the check and the creates to ``txn`` (names carry ``guid``)."""
+        """Add the operations to ``txn`` (node names carry ``guid``)."""
         txn.check(layout.topic(self.topic), self.version)
         for target in self.targets:
-            prefix = layout.message_prefix(layout.queue(target, self.topic), guid)
-            for data in self.nodes:
-                txn.create(prefix, data, sequence=True)
-
-    def owner(self, index: int) -> str:
-        """The target of operation ``index`` (a create; 0 is the check)."""
-        return self.targets[(index - 1) // len(self.nodes)]
+            queue = layout.queue(target.subscriber, self.topic)
+            segment = layout.segment(queue, target.segment)
+            if target.roll is not None:
+                txn.set_data(queue, target.roll, target.version)
+                txn.create(segment, b"")
+            else:
+                txn.check(queue, target.version)
+            if target.marker is None:
+                for data in self.nodes:
+                    txn.create(layout.message_prefix(segment, guid), data, sequence=True)
+                continue
+            mark = OverflowMark(self.publisher, target.missed).encode()
+            if target.marker == "":
+                txn.create(layout.marker_prefix(segment, guid), mark, sequence=True)
+            else:
+                txn.set_data(target.marker, mark, -1)
 
     def classify(self, outcome: Outcome) -> Verdict:
         """What an :class:`Outcome` of this transaction means. Raises
@@ -67,8 +127,28 @@ class FanOut:
         error, index = outcome.error, outcome.index
         if error is None:
             return Verdict("ok")
-        if index == 0 and isinstance(error, (BadVersionError, NoNodeError)):
-            return Verdict("stale")
-        if index >= 1 and isinstance(error, NoNodeError):
-            return Verdict("gone", self.owner(index))
+        ops = self.op_map()
+        if 0 <= index < len(ops):
+            target, kind = ops[index]
+            if kind == "topic" and isinstance(error, (BadVersionError, NoNodeError)):
+                return Verdict("stale")
+            culprit = self.targets[target].subscriber if target >= 0 else ""
+            if kind == "count" and isinstance(error, NoNodeError):
+                return Verdict("marker", culprit)
+            if isinstance(error, NoNodeError) and kind != "topic":
+                return Verdict("gone", culprit)
+            if (kind == "queue" and isinstance(error, BadVersionError)) or (
+                kind == "segment" and isinstance(error, NodeExistsError)
+            ):
+                return Verdict("moved", culprit)
         raise ZooKeeperError(f"publish to {self.topic!r}: {type(error).__name__}")
+
+    def created(self, results: list[Any]) -> dict[int, list[str]]:
+        """The paths the applied transaction created, by target index (the
+        receipt's result first, as :class:`~zkpubsub.receipts.ReceiptWriter`
+        sends it)."""
+        out: dict[int, list[str]] = {}
+        for (target, kind), result in zip(self.op_map(), results[1:], strict=False):
+            if kind in ("node", "marker") and isinstance(result, str):
+                out.setdefault(target, []).append(result)
+        return out

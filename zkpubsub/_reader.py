@@ -22,10 +22,12 @@ from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from . import envelope
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._context import Context
+from ._registration import prepare_queue
 from ._tree import delete_tree
+from .backlog import Backlog, OverflowMark
 from .connection import first_error, remaining
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
-from .layout import join
+from .layout import join, order_names, parse_queue_entry, segment_name, split_queue
 from .message import Message
 from .serializers import SerializerRegistry
 
@@ -43,11 +45,20 @@ DELETE_BATCH: Final = 500
 
 
 def decode_node(
-    serializers: SerializerRegistry, path: str, name: str, data: bytes
+    serializers: SerializerRegistry, path: str, name: str, data: bytes, stat: Any = None
 ) -> list[Delivery]:
     """The deliveries of one queue node: a message each, a
-    :class:`DecodeError` for what cannot be read, or one delivery of a node
-    with no message (``remaining == 0``) for an empty envelope."""
+    :class:`DecodeError` for what cannot be read, one delivery of a node
+    with no message (``remaining == 0``) for an empty envelope, or the
+    overflow marker it is."""
+    parsed = parse_queue_entry(name.rsplit("/", 1)[-1])
+    if parsed is not None and parsed[0] == "o":
+        window = (stat.ctime / 1000, stat.mtime / 1000) if stat is not None else (0.0, 0.0)
+        try:
+            return [Delivery(Node(name, 1), mark=OverflowMark.decode(data), window=window)]
+        except ValueError as exc:
+            error = DecodeError(str(exc), path=path, data=data, error=exc)
+            return [Delivery(Node(name, 1), error=error)]
     try:
         entries = envelope.decode(data)
     except ValueError as exc:
@@ -80,8 +91,9 @@ def decode_node(
 class QueueReader:
     """The pump thread of one subscription (internal)."""
 
-    def __init__(self, ctx: Context, topic: str, buffer: DeliveryBuffer) -> None:
+    def __init__(self, ctx: Context, topic: str, buffer: DeliveryBuffer, backlog: Backlog) -> None:
         self._ctx = ctx
+        self._backlog = backlog
         self._conn = ctx.conn
         self._topic = topic
         self._path = ctx.layout.queue(ctx.client_id, topic)
@@ -170,19 +182,43 @@ class QueueReader:
         self.relist()
 
     def _list(self) -> None:
-        kazoo = self._conn.kazoo
+        """List the queue: entries from before segments, then every segment
+        in order (a watch on the queue and on its newest segment). Segments
+        older than the newest no longer grow; an empty one is deleted."""
+        conn, layout = self._conn, self._ctx.layout
+        kazoo = conn.kazoo
         try:
-            names: list[str] = self._conn.result(
+            names: list[str] = conn.result(
                 kazoo.get_children_async(self._path, watch=self._on_watch),
                 self._ctx.deadline(),
                 f"list queue {self._path}",
             )
         except NoNodeError:
             # Deleted under us (the cleaner took it while we were away).
-            self._conn.ensure_path(self._path, self._ctx.deadline())
+            prepare_queue(self._ctx, self._topic, self._backlog, self._ctx.deadline())
             self.relist()
             return
-        for name in self._buffer.listed(names):
+        ordered, numbers, foreign = split_queue(names)
+        segments = [layout.segment(self._path, n) for n in numbers]
+        newest = len(segments) - 1
+        listings = conn.read_all(
+            lambda: [
+                kazoo.get_children_async(p, watch=self._on_watch if i == newest else None)
+                for i, p in enumerate(segments)
+            ],
+            self._ctx.deadline(),
+            f"list the segments of {self._path}",
+        )
+        for number, path, listing in zip(numbers, segments, listings, strict=True):
+            if isinstance(listing, NoNodeError):
+                continue
+            name = segment_name(number)
+            entries, strays = order_names(listing)
+            ordered += [f"{name}/{entry}" for entry in entries]
+            foreign += [f"{name}/{stray}" for stray in strays]
+            if not listing and path != segments[newest]:
+                kazoo.delete_async(path)  # emptied and left: NotEmpty/NoNode are fine
+        for name in self._buffer.listed(ordered, foreign):
             self._fetch_foreign(name)
 
     def _fetch_foreign(self, name: str) -> None:
@@ -209,11 +245,11 @@ class QueueReader:
             for name, request in requests:
                 path = join(self._path, name)
                 try:
-                    data, _ = self._conn.result(request, deadline, f"read {path}")
+                    data, stat = self._conn.result(request, deadline, f"read {path}")
                 except NoNodeError:
                     fetched.append(name)  # gone already: nothing to deliver
                     continue
-                deliveries.extend(decode_node(self._ctx.serializers, path, name, data))
+                deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
                 fetched.append(name)
         finally:
             self._buffer.fetched(fetched, deliveries)

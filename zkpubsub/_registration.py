@@ -25,18 +25,20 @@ import threading
 import time
 from collections.abc import Iterable
 
-from kazoo.exceptions import NodeExistsError, NotEmptyError
+from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
 from ._context import Context
 from ._tree import delete_tree
 from ._version import __version__
-from .connection import deadline_after, expired
+from .backlog import Backlog, QueueRecord
+from .connection import deadline_after, expired, first_error
 from .errors import ClientIdInUse, ConnectionLost, OperationTimeout
 
 __all__ = [
     "check_purge",
     "create_ephemeral",
     "delete_queue",
+    "prepare_queue",
     "register_client",
     "register_subscription",
     "unregister_subscription",
@@ -92,17 +94,52 @@ def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) 
     ctx.conn.ensure_path(ctx.layout.client_receipts(ctx.client_id), deadline)
 
 
+def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | None) -> None:
+    """Make this client's queue for ``topic`` exist with its record (bound,
+    current segment) and that segment; a queue from before segments gets
+    segment 0 (its older nodes are still read first)."""
+    conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
+    path = layout.queue(ctx.client_id, topic)
+    while True:
+        try:
+            data, stat = conn.call(lambda: kazoo.get_async(path), deadline, f"read {path}")
+        except NoNodeError:
+            conn.ensure_path(layout.client_messages(ctx.client_id), deadline)
+            txn = kazoo.transaction()
+            txn.create(path, QueueRecord(0, backlog).encode())
+            txn.create(layout.segment(path, 0), b"")
+        else:
+            record = QueueRecord.decode(data)
+            if record is not None and record.backlog == backlog:
+                return
+            txn = kazoo.transaction()
+            if record is None:
+                txn.set_data(path, QueueRecord(0, backlog).encode(), stat.version)
+                txn.create(layout.segment(path, 0), b"")
+            else:
+                txn.set_data(path, QueueRecord(record.segment, backlog).encode(), stat.version)
+        conn.wait_connected(deadline, f"prepare {path}")
+        with contextlib.suppress(ConnectionLost):  # look again either way
+            if first_error(conn.result(txn.commit_async(), deadline, f"prepare {path}"))[1]:
+                continue  # changed under us (a roll, a concurrent subscribe): look again
+            return
+
+
 def register_subscription(
-    ctx: Context, topic: str, deadline: float | None, *, durable: bool = False
+    ctx: Context,
+    topic: str,
+    deadline: float | None,
+    *,
+    durable: bool = False,
+    backlog: Backlog | None = None,
 ) -> None:
     """Queue first, then the subscriber node with a bump of the topic's
     version in the same transaction."""
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
-    queue_path = layout.queue(ctx.client_id, topic)
     topic_path = layout.topic(topic)
     sub_path = layout.subscriber(topic, ctx.client_id)
     data = b"durable" if durable else b""
-    conn.ensure_path(queue_path, deadline)
+    prepare_queue(ctx, topic, backlog or ctx.config.backlog, deadline)
     while True:
         conn.ensure_path(topic_path, deadline)
         stat = conn.call(lambda: kazoo.exists_async(sub_path), deadline, sub_path)

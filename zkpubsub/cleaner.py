@@ -40,17 +40,27 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
 from ._context import Context
-from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
+from ._tree import DELETE_BATCH, Guard, Refused, delete_batch, delete_tree, guarded_commit
 from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_RESULT_TTL, default_grace
-from .connection import deadline_after, first_error
+from .connection import Connection, deadline_after, first_error
 from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError
-from .layout import join, new_guid, order_by_sequence, parse_candidate_node
+from .layout import join, new_guid, order_by_sequence, parse_candidate_node, parse_segment_node
 
 __all__ = ["Cleaner", "CleanerStats"]
 
 logger = logging.getLogger(__name__)
 
 MIN_SWEEP_GAP: Final = 0.5
+
+
+def _delete_queue(conn: Connection, queue: str, deadline: float | None, guard: Guard) -> int:
+    """Delete a subscriber queue; returns how many message nodes (and
+    markers) it held, its segment nodes and itself not counted."""
+    names = conn.children(queue, deadline) or []
+    segments = [join(queue, n) for n in names if parse_segment_node(n) is not None]
+    entries = sum(delete_tree(conn, path, deadline, guard=guard) - 1 for path in segments)
+    # What is left (nodes from before segments) goes in batched transactions.
+    return entries + max(0, delete_tree(conn, queue, deadline, guard=guard) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +376,7 @@ class Cleaner:
             topics = conn.children(base, deadline) or []
             nodes = 0
             for topic in topics:
-                nodes += max(0, delete_tree(conn, join(base, topic), deadline, guard=guard) - 1)
+                nodes += _delete_queue(conn, join(base, topic), deadline, guard)
             delete_tree(conn, base, deadline, guard=guard)
             delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
             delete_batch(conn, [marker], deadline, guard, recurse=False)

@@ -21,6 +21,7 @@ from ._callables import check_callable
 from ._context import Context
 from ._engine import PublishEngine, PublishRequest
 from ._registration import delete_queue, unregister_subscription
+from .backlog import Backlog, WhenFull
 from .config import (
     DEFAULT_HANDLER_ATTEMPTS,
     DEFAULT_MAX_RETRY_DELAY,
@@ -94,6 +95,7 @@ class Client:
         max_pending: int | None = None,
         registration_wait: float | None = None,
         close_timeout: float | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         given: dict[str, Any] = {
             "root": root,
@@ -109,6 +111,7 @@ class Client:
             "max_pending": max_pending,
             "registration_wait": registration_wait,
             "close_timeout": close_timeout,
+            "backlog": backlog,
         }
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
@@ -278,6 +281,9 @@ class Client:
         durable: bool = False,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        max_backlog: int | None = None,
+        max_backlog_bytes: int | None = None,
+        when_full: WhenFull | None = None,
     ) -> Subscription:
         """Receive every message published to ``topic`` from now on (and any
         backlog left in this client id's queue).
@@ -292,6 +298,13 @@ class Client:
         refused (``TypeError``). Without a handler, use ``sub.get(timeout)``
         or ``for msg in sub``. When this returns, every later publish reaches
         this subscription.
+
+        The queue holds at most ``max_backlog`` nodes and
+        ``max_backlog_bytes`` bytes (defaults: the client's ``backlog``);
+        when it is full, publishers skip it: ``when_full="drop"`` leaves a
+        marker that becomes a gap notice (``reason="backlog full"``, with the
+        count missed) when the subscription reaches it; ``"evict"`` has the
+        cleaner end the subscription and remove its queue.
 
         ``durable=True`` (with an explicit ``client_id``) keeps the
         subscription registered while the client is away: publishers go on
@@ -312,6 +325,12 @@ class Client:
         prefetch = self._ctx.config.prefetch if prefetch is None else prefetch
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
+        default = self._ctx.config.backlog
+        backlog = Backlog(
+            default.max_nodes if max_backlog is None else max_backlog,
+            default.max_bytes if max_backlog_bytes is None else max_backlog_bytes,
+            default.when_full if when_full is None else when_full,
+        )
         if durable and not self._ctx.explicit_id:
             raise ValueError("a durable subscription needs an explicit client_id to come back as")
         self._ctx.check_open()
@@ -326,6 +345,8 @@ class Client:
             durable=durable,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            backlog=backlog,
+            report_gap=self._session.emit_gap,
         )
         sub.open()
         return sub

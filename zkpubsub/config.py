@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from .backlog import Backlog
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
 from .serializers import Serializer, resolve
 
@@ -133,7 +134,8 @@ class ClientConfig:
     timeouts). ``close_timeout`` bounds how long ``close()`` waits for a
     handler that is still running: its message is then left in the queue
     (delivered again to this client id) and the handler's thread is left to
-    finish on its own.
+    finish on its own. ``backlog`` is the default bound of this client's
+    subscriber queues (see :class:`~zkpubsub.Backlog`).
     """
 
     hosts: str = ""
@@ -149,6 +151,7 @@ class ClientConfig:
     max_pending: int = DEFAULT_MAX_PENDING
     registration_wait: float | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    backlog: Backlog = field(default_factory=Backlog)
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
@@ -163,6 +166,8 @@ class ClientConfig:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(self.backlog, Backlog):
+            raise TypeError(f"backlog must be a Backlog, not {type(self.backlog).__name__}")
         wait = self.registration_wait
         if wait is not None and (not _is_number(wait) or wait < 0):
             raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")

@@ -8,9 +8,16 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
     <root>/subscribers/<topic>                  persistent; its data version is
                                                 bumped by every (un)subscribe
     <root>/subscribers/<topic>/<client id>      ephemeral, one per subscription
-    <root>/messages/<client id>/<topic>/m<guid>-<seq>
+    <root>/messages/<client id>/<topic>         persistent, the queue; data: its
+                                                record (current segment, bound)
+    <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>
+                                                persistent, a segment of the queue
+    <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>/m<guid>-<seq>
                                                 persistent sequential, one
                                                 envelope (one or more messages)
+    <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>/o<guid>-<seq>
+                                                persistent sequential, an
+                                                overflow marker (queue full)
     <root>/purging/<client id>                  persistent, while the cleaner
                                                 deletes a dead client's queues
     <root>/receipts/<client id>/r<guid>         persistent, written in the same
@@ -31,8 +38,11 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
     <root>/queues/<name>/workers/<worker id>    ephemeral, one per worker
 
 Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
-``%010d``; they wrap to negative numbers, so order is taken from the parsed
-number with serial-number arithmetic, never from the string.
+``%010d``. ZooKeeper 3.8 saturates a counter at 2^31 - 1 instead of
+wrapping it, so queues move to a fresh segment long before (see
+:mod:`zkpubsub.backlog`); order within a parent is taken from the parsed
+number (with serial-number arithmetic, in case a counter ever wraps), never
+from the string, and segments go in number order.
 """
 
 from __future__ import annotations
@@ -59,6 +69,10 @@ __all__ = [
     "parse_candidate_node",
     "parse_item_node",
     "parse_message_node",
+    "parse_queue_entry",
+    "parse_segment_node",
+    "segment_name",
+    "split_queue",
     "validate_name",
     "validate_root",
 ]
@@ -74,6 +88,8 @@ _GUID_RE: Final = f"[0-9a-f]{{{GUID_HEX_DIGITS}}}"
 # ZooKeeper prints the counter with %010d: "0000000042", "-000000005", "-2147483648".
 _SEQ_RE: Final = r"(?:\d{10}|-\d{9,10})"
 _MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
+_QUEUE_ENTRY: Final = re.compile(rf"^([mo])({_GUID_RE})-({_SEQ_RE})$")
+_SEGMENT_NODE: Final = re.compile(r"^s(\d{10})$")
 _CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
 _ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-({_GUID_RE})-({_SEQ_RE})$")
 MIN_PRIORITY: Final = 0
@@ -202,9 +218,18 @@ class Layout:
     def queue(self, client_id: str, topic: str) -> str:
         return f"{self.messages}/{client_id}/{topic}"
 
-    def message_prefix(self, queue_path: str, guid: str) -> str:
-        """The path handed to a sequential create of a message node."""
-        return f"{queue_path}/m{guid}-"
+    def segment(self, queue_path: str, number: int) -> str:
+        """Segment ``number`` of a queue."""
+        return f"{queue_path}/{segment_name(number)}"
+
+    def message_prefix(self, parent: str, guid: str) -> str:
+        """The path handed to a sequential create of a message node (under
+        a segment; before segments, under the queue itself)."""
+        return f"{parent}/m{guid}-"
+
+    def marker_prefix(self, segment: str, guid: str) -> str:
+        """The path handed to a sequential create of an overflow marker."""
+        return f"{segment}/o{guid}-"
 
     def purge_marker(self, client_id: str) -> str:
         return f"{self.purging}/{client_id}"
@@ -265,6 +290,25 @@ def parse_message_node(name: str) -> tuple[str, int] | None:
     if m is None:
         return None
     return m.group(1), int(m.group(2))
+
+
+def segment_name(number: int) -> str:
+    return f"s{number:010d}"
+
+
+def parse_segment_node(name: str) -> int | None:
+    """The number of a segment node name, or ``None``."""
+    m = _SEGMENT_NODE.match(name)
+    return None if m is None else int(m.group(1))
+
+
+def parse_queue_entry(name: str) -> tuple[str, str, int] | None:
+    """``(kind, guid, sequence)`` of a node in a segment: kind ``"m"`` for
+    a message node, ``"o"`` for an overflow marker; ``None`` if foreign."""
+    m = _QUEUE_ENTRY.match(name)
+    if m is None:
+        return None
+    return m.group(1), m.group(2), int(m.group(3))
 
 
 def parse_candidate_node(name: str) -> tuple[str, int] | None:
@@ -328,13 +372,30 @@ def order_by_sequence(items: Iterable[tuple[int, T]]) -> list[T]:
 
 
 def order_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split message node names into ``(ordered, foreign)``."""
+    """Split the node names of one parent into ``(ordered, foreign)``:
+    message nodes and overflow markers in creation order, and the rest."""
     known: list[tuple[int, str]] = []
     foreign: list[str] = []
     for name in names:
-        parsed = parse_message_node(name)
+        parsed = parse_queue_entry(name)
         if parsed is None:
             foreign.append(name)
         else:
-            known.append((parsed[1], name))
+            known.append((parsed[2], name))
     return order_by_sequence(known), foreign
+
+
+def split_queue(names: Sequence[str]) -> tuple[list[str], list[int], list[str]]:
+    """The children of a queue node: ``(entries, segments, foreign)`` —
+    message nodes and markers from before segments (in creation order), the
+    segment numbers (ascending), and the rest."""
+    segments: list[int] = []
+    rest: list[str] = []
+    for name in names:
+        number = parse_segment_node(name)
+        if number is None:
+            rest.append(name)
+        else:
+            segments.append(number)
+    entries, foreign = order_names(rest)
+    return entries, sorted(segments), foreign

@@ -34,13 +34,15 @@ class PublishReceipt:
 
     ``subscribers`` is the number of subscriber queues the message (or the
     batch) was written to; ``message_ids`` lists one id per message, in
-    publish order.
+    publish order; ``skipped`` counts the subscribers whose queue was full
+    (they hear of it through a gap notice).
     """
 
     message_ids: tuple[str, ...]
     subscribers: int
     topic: str = ""
     transactions: int = field(default=1, compare=False)
+    skipped: int = 0
 
     @property
     def message_id(self) -> str:

@@ -33,13 +33,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kazoo.exceptions import NoNodeError
 
 from . import envelope
 from ._context import Context
-from ._fanout import FanOut
+from ._fanout import FanOut, Target
+from ._queues import QueueStates
 from .config import CREATE_OP_OVERHEAD
 from .connection import expired
 from .errors import OperationTimeout
@@ -48,11 +49,14 @@ from .layout import new_guid, validate_name
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
 
-__all__ = ["Publisher", "Targets", "TopicView", "plan_rounds", "split_targets"]
+__all__ = ["FanOutResult", "Publisher", "Targets", "TopicView", "plan_rounds", "split_targets"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _CHECK_OP_OVERHEAD = 32
+_MARKER_OP = 200  # a marker create or setData: its small JSON and the op
 _LONGEST_QUEUE_PATH_EXTRA = 300  # client id (<= 200) and the node name
 
 
@@ -97,10 +101,31 @@ def plan_rounds(sizes: Sequence[int], budget: int) -> list[list[int]]:
     return rounds
 
 
-def split_targets(targets: Sequence[str], per_target: int, budget: int) -> list[list[str]]:
-    """Subscribers grouped so each group's transaction fits ``budget``."""
-    per_txn = max(1, budget // max(1, per_target))
-    return [list(targets[i : i + per_txn]) for i in range(0, len(targets), per_txn)]
+def split_targets(targets: Sequence[T], costs: Sequence[int], budget: int) -> list[list[T]]:
+    """Targets grouped, in order, so each group's operations (of ``costs``
+    bytes) fit ``budget`` (a target larger than it goes alone)."""
+    groups: list[list[T]] = []
+    current: list[T] = []
+    used = 0
+    for target, cost in zip(targets, costs, strict=True):
+        if current and used + cost > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(target)
+        used += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass(slots=True)
+class FanOutResult:
+    """Who a fan-out wrote to, who it skipped as full, in how many
+    transactions."""
+
+    reached: set[str] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)
+    transactions: int = 0
 
 
 class Publisher:
@@ -112,6 +137,7 @@ class Publisher:
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
+        self.queues = QueueStates(ctx)
 
     # -- building nodes ---------------------------------------------------
 
@@ -204,6 +230,24 @@ class Publisher:
 
     # -- one fan-out ----------------------------------------------------------
 
+    def refresh_queues(self, topic: str, targets: Targets, deadline: float | None) -> None:
+        """Read again the queues of ``topic`` last read ``STATE_TTL`` ago (after
+        a fan-out, so no publish waits for it)."""
+        view = self.view(topic, deadline)
+        for culprit in self.queues.refresh(topic, targets.of(view), deadline):
+            targets.excluded.add(culprit)
+
+    def target_cost(self, topic: str, target: Target, per_target: int) -> int:
+        """Bytes ``target``'s operations add to a transaction (with
+        ``per_target`` bytes of node creates when it is written to)."""
+        queue = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
+        cost = queue + _CHECK_OP_OVERHEAD
+        if target.roll is not None:
+            cost += len(target.roll) + queue + CREATE_OP_OVERHEAD
+        if target.marker is None:
+            return cost + per_target
+        return cost + queue + _MARKER_OP
+
     def fan_out(
         self,
         topic: str,
@@ -211,71 +255,86 @@ class Publisher:
         deadline: float | None,
         targets: Targets,
         *,
+        messages: int = 1,
         progress: Callable[[str], None] | None = None,
-    ) -> tuple[set[str], int]:
+    ) -> FanOutResult:
         """Write ``nodes`` (in order) into every subscriber's queue, split over
-        several transactions if they do not fit in one. Returns the
-        subscribers reached and the number of transactions. Raises
-        ``OperationTimeout`` when ``deadline`` passes first."""
-        reached: set[str] = set()
-        transactions = 0
+        several transactions if they do not fit in one; a full queue gets an
+        overflow marker (or nothing) instead. Raises ``OperationTimeout``
+        when ``deadline`` passes first."""
+        result = FanOutResult()
         budget = self.budget(topic)
         sizes = [self.op_size(topic, d) for d in nodes]
         for indexes in plan_rounds(sizes, budget):
             part = [nodes[i] for i in indexes]
             per_target = sum(sizes[i] for i in indexes)
-            got, txns = self._round(topic, part, per_target, deadline, targets, progress)
-            reached |= got
-            transactions += txns
-        return reached, transactions
+            self._round(topic, part, per_target, messages, deadline, targets, result, progress)
+        return result
 
     def _round(
         self,
         topic: str,
         nodes: list[bytes],
         per_target: int,
+        messages: int,
         deadline: float | None,
         targets: Targets,
+        result: FanOutResult,
         progress: Callable[[str], None] | None,
-    ) -> tuple[set[str], int]:
+    ) -> None:
         ctx = self._ctx
         say = progress or (lambda _what: None)
-        reached: set[str] = set()
+        done: set[str] = set()  # written, or skipped as full, in this round
+        reached_before = len(result.reached)
         say(f"reading the subscribers of {topic!r}")
         view = self.view(topic, deadline)
         synced = False
-        transactions = 0
         while True:
             if expired(deadline):
                 raise OperationTimeout(f"publish to {topic!r}: deadline passed")
-            todo = [s for s in targets.of(view) if s not in reached]
+            todo = [s for s in targets.of(view) if s not in done]
             if not todo:
-                if synced or reached:
-                    return reached, transactions
+                if synced or done or len(result.reached) > reached_before:
+                    return
                 # An empty (or fully reached) list may be stale: confirm it.
                 say(f"confirming that {topic!r} has no subscribers")
                 view = self.view(topic, deadline, fresh=True)
                 synced = True
                 continue
             assert view.version is not None
-            for chunk in split_targets(todo, per_target, self.budget(topic)):
-                fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes))
+            say(f"reading the queues of {topic!r}")
+            for culprit in self.queues.refresh(topic, todo, deadline, unknown_only=True):
+                logger.debug("queue of %s for %r is gone; dropping it", culprit, topic)
+                targets.excluded.add(culprit)
+            planned, full = self.queues.plan(
+                topic, [s for s in todo if s not in targets.excluded], nodes, messages
+            )
+            done.update(full)
+            result.skipped.update(full)
+            costs = [self.target_cost(topic, t, per_target) for t in planned]
+            for chunk in split_targets(planned, costs, self.budget(topic)):
+                fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes), ctx.client_id)
                 say("waiting for ZooKeeper to confirm the transaction")
                 outcome = ctx.writer.commit(
                     functools.partial(fan.add_ops, ctx.layout), deadline, f"publish to {topic!r}"
                 )
-                transactions += 1
+                result.transactions += 1
                 verdict = fan.classify(outcome)
                 if verdict.kind == "ok":
-                    reached.update(chunk)
+                    self.queues.applied(topic, fan, outcome.results)
+                    for target in chunk:
+                        done.add(target.subscriber)
+                        bucket = result.reached if target.marker is None else result.skipped
+                        bucket.add(target.subscriber)
                     continue
                 if verdict.kind == "gone":
                     logger.debug("queue of %s for %r is gone; dropping it", verdict.culprit, topic)
                     targets.excluded.add(verdict.culprit)
+                    self.queues.forget(topic, verdict.culprit)
+                elif verdict.kind in ("moved", "marker"):
+                    self.queues.forget(topic, verdict.culprit)  # read it again
                 else:  # stale
                     say(f"reading the changed subscribers of {topic!r}")
                     view = self.view(topic, deadline, fresh=True)
                     synced = True
                 break  # plan again with what is left
-            else:
-                return reached, transactions

@@ -63,12 +63,14 @@ class Outcome:
     ``error`` is ``None`` when it was applied; otherwise the error of the
     caller's operation number ``index`` (counted among the caller's own
     operations, from 0), and nothing of the transaction was applied.
-    ``looked_up`` says the answer was lost and the receipt proved the write.
+    ``looked_up`` says the answer was lost and the receipt proved the write
+    (``results`` is then ``None``: what the transaction created is unknown).
     """
 
     error: Exception | None = None
     index: int = -1
     looked_up: bool = False
+    results: list[Any] | None = None  # the answer of an applied transaction
 
     @property
     def applied(self) -> bool:
@@ -137,7 +139,7 @@ class ReceiptWriter:
             index, error = first_error(results)
             if error is None:
                 self.janitor.add(receipt)
-                return Outcome()
+                return Outcome(results=results)
             if index == 0 and isinstance(error, NoNodeError):
                 # The receipt folder went (the client was away past the grace).
                 conn.ensure_path(self.janitor.folder, deadline)

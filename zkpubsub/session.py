@@ -30,6 +30,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from ._context import Context
 from ._registration import check_purge, register_client, register_subscription
+from .backlog import Backlog
 from .connection import Connection, deadline_after, translated
 from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
 from .state import ClientState, Gap, Notifier
@@ -53,6 +54,9 @@ class Registered(Protocol):
 
     @property
     def durable(self) -> bool: ...
+
+    @property
+    def backlog(self) -> Backlog: ...
 
     def restored(self) -> None:
         """Registered again on a new session: read the queue again."""
@@ -140,7 +144,7 @@ class Session:
         self._watch_registration()
         if purged:
             now = time.time()
-            self._emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
+            self.emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"zkpubsub-session-{ctx.client_id[:12]}", daemon=True
         )
@@ -203,7 +207,8 @@ class Session:
         logger.info("client %s is %s", self._ctx.client_id, state.value)
         self._notifier.emit(listeners, state)
 
-    def _emit_gap(self, gap: Gap) -> None:
+    def emit_gap(self, gap: Gap) -> None:
+        """Tell the gap listeners (on their thread)."""
         logger.warning(
             "client %s may have missed messages on %s (%s)",
             self._ctx.client_id,
@@ -308,7 +313,9 @@ class Session:
                     purged = check_purge(ctx, deadline, (sub.topic for sub in subs))
                     topics = [sub.topic for sub in subs if not sub.durable]
                     for sub in subs:
-                        register_subscription(ctx, sub.topic, deadline, durable=sub.durable)
+                        register_subscription(
+                            ctx, sub.topic, deadline, durable=sub.durable, backlog=sub.backlog
+                        )
         except ClientClosed:
             return
         except ZkPubSubError as exc:
@@ -327,7 +334,7 @@ class Session:
             sub.restored()
         now = time.time()
         if topics:
-            self._emit_gap(Gap(frozenset(topics), since, now, "session expired"))
+            self.emit_gap(Gap(frozenset(topics), since, now, "session expired"))
         if purged:
-            self._emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
+            self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
         self._set_state(ClientState.CONNECTED)

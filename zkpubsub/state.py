@@ -37,8 +37,11 @@ class Gap:
     """Messages on ``topics`` may have been missed between ``since`` and ``until``.
 
     Sent to gap listeners after the client re-registered on a new session
-    (``reason="session expired"``) or found that the cleaner had started to
-    delete its queues while it was away (``reason="backlog purged"``).
+    (``reason="session expired"``), found that the cleaner had started to
+    delete its queues while it was away (``reason="backlog purged"``), or
+    when a subscription reached the place in its queue where publishers
+    stopped writing because it was full (``reason="backlog full"``;
+    ``missed`` then counts the messages not written).
     ``since`` is one session timeout before the connection dropped (or
     before the session was last known alive, if a reply said it had ended):
     the server may end a session a little before the client's own server
@@ -52,6 +55,7 @@ class Gap:
     since: float
     until: float
     reason: str
+    missed: int | None = None
 
 
 class Notifier:

@@ -10,7 +10,7 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 
 from .connection import Connection
-from .layout import Layout
+from .layout import Layout, split_queue
 from .workqueue.queue import read_queue_stats
 from .workqueue.records import WorkQueueStats
 
@@ -20,7 +20,8 @@ __all__ = ["BusStats", "ClientInfo", "QueueStats", "collect"]
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """One subscriber queue. ``backlog`` counts message nodes (a node may
-    carry a batch); ``live`` says whether its client is registered;
+    carry a batch) and overflow markers, in all its segments; ``live`` says
+    whether its client is registered;
     ``subscribed`` whether it is currently a subscriber of the topic."""
 
     client_id: str
@@ -115,17 +116,32 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
         if not isinstance(names, NoNodeError)
         for topic in sorted(names)
     ]
-    stats = conn.read_all(
-        lambda: [kazoo.exists_async(layout.queue(cid, topic)) for cid, topic in pairs],
+    listings = conn.read_all(
+        lambda: [kazoo.get_children_async(layout.queue(cid, topic)) for cid, topic in pairs],
         deadline,
-        "queue stat",
+        "list queue segments",
+    )
+    # A queue's backlog: its nodes from before segments, and each segment's.
+    found: list[tuple[str, str, int, list[str]]] = []
+    for (cid, topic), names in zip(pairs, listings, strict=True):
+        if isinstance(names, NoNodeError):
+            continue
+        entries, numbers, _ = split_queue(names)
+        queue = layout.queue(cid, topic)
+        found.append((cid, topic, len(entries), [layout.segment(queue, n) for n in numbers]))
+    segments = [path for *_, paths in found for path in paths]
+    counts = iter(
+        conn.read_all(
+            lambda: [kazoo.exists_async(path) for path in segments], deadline, "segment stat"
+        )
     )
     live = set(clients)
-    queues = [
-        QueueStats(cid, topic, stat.numChildren, cid in live, cid in topics.get(topic, ()))
-        for (cid, topic), stat in zip(pairs, stats, strict=True)
-        if stat is not None
-    ]
+    queues = []
+    for cid, topic, backlog, paths in found:
+        for _ in paths:
+            stat = next(counts)
+            backlog += 0 if stat is None else stat.numChildren
+        queues.append(QueueStats(cid, topic, backlog, cid in live, cid in topics.get(topic, ())))
     candidates = len(_children(conn, layout.candidates, deadline))
     work = tuple(
         read_queue_stats(conn, layout.work_queue(name), name, deadline)

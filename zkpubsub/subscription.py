@@ -28,21 +28,28 @@ and, with a handler, the dispatcher.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
+
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._callables import refuse_awaitable
 from ._context import Context
 from ._reader import QueueReader
 from ._registration import delete_queue, register_subscription, unregister_subscription
+from .backlog import Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import deadline_after, translated
+from .errors import ZkPubSubError
+from .layout import join
 from .message import Message
 from .session import SubscriptionRegistry
+from .state import Gap
 
 __all__ = ["ErrorHandler", "Handler", "Subscription", "SubscriptionStats", "log_error"]
 
@@ -93,8 +100,12 @@ class Subscription:
         durable: bool = False,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        backlog: Backlog | None = None,
+        report_gap: Callable[[Gap], None] | None = None,
     ) -> None:
         self._topic = topic
+        self._report_gap = report_gap
+        self._backlog = backlog or ctx.config.backlog
         self._durable = durable
         self._ctx = ctx
         self._registry = registry
@@ -106,7 +117,7 @@ class Subscription:
         self._max_retry_delay = max_retry_delay
         self._stopping = threading.Event()  # close() began: no more retries
         self._buffer = DeliveryBuffer(prefetch)
-        self._reader = QueueReader(ctx, topic, self._buffer)
+        self._reader = QueueReader(ctx, topic, self._buffer, self._backlog)
         self._holding: Delivery | None = None  # get(): handed out, not acked
         self._closed = False
         self._close_lock = threading.Lock()
@@ -124,7 +135,13 @@ class Subscription:
             self._registry.add(self)
             try:
                 with translated(f"subscribe to {self._topic!r}"):
-                    register_subscription(ctx, self._topic, ctx.deadline(), durable=self._durable)
+                    register_subscription(
+                        ctx,
+                        self._topic,
+                        ctx.deadline(),
+                        durable=self._durable,
+                        backlog=self._backlog,
+                    )
                 self._registered = True
             except BaseException:
                 self._registry.discard(self)
@@ -146,6 +163,11 @@ class Subscription:
     @property
     def durable(self) -> bool:
         return self._durable
+
+    @property
+    def backlog(self) -> Backlog:
+        """The bound of this subscription's queue."""
+        return self._backlog
 
     @property
     def closed(self) -> bool:
@@ -190,11 +212,9 @@ class Subscription:
             delivery = self._next(deadline)
             if delivery is None:
                 return None
-            if delivery.error is not None:
-                self._report(delivery.error, None)
-                self._handled(delivery.node)
+            if delivery.message is None:
+                self._not_a_message(delivery)
                 continue
-            assert delivery.message is not None
             with self._buffer.cond:
                 self._holding = delivery
                 self._buffer.counters.delivered += 1
@@ -253,6 +273,52 @@ class Subscription:
         if self._buffer.handled(node):
             self._reader.wake()
 
+    def _not_a_message(self, delivery: Delivery) -> None:
+        """An undecodable node (to ``on_error``) or an overflow marker (a gap
+        notice, at its place in the queue); handled either way."""
+        if delivery.error is not None:
+            self._report(delivery.error, None)
+        elif delivery.mark is not None:
+            mark, window = self._take_marker(delivery)
+            logger.warning(
+                "subscription %r: %d message(s) of %s were not written: the queue was full",
+                self._topic,
+                mark.missed,
+                mark.publisher,
+            )
+            if self._report_gap is not None:
+                since, until = window
+                gap = Gap(frozenset({self._topic}), since, until, "backlog full", mark.missed)
+                self._report_gap(gap)
+        self._handled(delivery.node)
+
+    def _take_marker(self, delivery: Delivery) -> tuple[OverflowMark, tuple[float, float]]:
+        """An overflow marker, as last counted: read it again (publishers may
+        have counted into it since it was read ahead) and delete it at that
+        version, so no count is lost (a publisher counting later finds it
+        gone and leaves a new one)."""
+        assert delivery.mark is not None
+        mark, window = delivery.mark, delivery.window
+        conn = self._ctx.conn
+        path = join(self._ctx.layout.queue(self._ctx.client_id, self._topic), delivery.node.name)
+        read = functools.partial(conn.kazoo.get_async, path)
+        try:
+            while True:
+                data, stat = conn.call(read, self._ctx.deadline(), path)
+                mark = OverflowMark.decode(data)
+                window = (stat.ctime / 1000, stat.mtime / 1000)
+                delete = functools.partial(conn.kazoo.delete_async, path, stat.version)
+                try:
+                    conn.call(delete, self._ctx.deadline(), path)
+                    break
+                except BadVersionError:
+                    continue  # counted into meanwhile: read it again
+        except NoNodeError:
+            pass  # deleted already (a redelivery): the count read ahead stands
+        except (ZkPubSubError, KazooException, ValueError) as exc:
+            logger.debug("subscription %r: reading marker %s: %s", self._topic, path, exc)
+        return mark, window
+
     def _report(self, error: BaseException, message: Message | None) -> None:
         with self._buffer.cond:
             self._buffer.counters.errors += 1
@@ -270,12 +336,10 @@ class Subscription:
             delivery = self._next(None)
             if delivery is None:
                 return
-            if delivery.error is not None:
-                self._report(delivery.error, None)
-                self._handled(delivery.node)
-                continue
             message = delivery.message
-            assert message is not None
+            if message is None:
+                self._not_a_message(delivery)
+                continue
             if not self._handle(handler, message):
                 return  # closing while waiting to retry: the message stays queued
             self._handled(delivery.node)

@@ -13,6 +13,7 @@ unexpected, duplicates, order), ``audit`` (the tree after healing) and
 ``report`` (the reliability table).
 """
 
+from .queues import queue_entries
 from .server import (
     ServerFailed,
     ZooKeeperCluster,
@@ -34,5 +35,6 @@ __all__ = [
     "find_classpath",
     "four_letter",
     "free_ports",
+    "queue_entries",
     "running_zookeeper",
 ]

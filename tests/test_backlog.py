@@ -1,0 +1,132 @@
+"""Bounded subscriber queues against a real server: a stuck subscriber's
+queue stops growing at its bound, publishers skip it and say so, the
+subscriber hears how many it missed, and queues move on to fresh segments
+without losing order."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Backlog, Client, Gap, Message, _queues
+from zkpubsub.layout import Layout, split_queue
+from zkpubsub.testing import queue_entries
+
+from .helpers import Collector, wait_until
+
+MakeClient = Callable[..., Client]
+
+
+class Stuck:
+    """A handler blocked until released, recording what it saw."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.seen = Collector()
+
+    def __call__(self, message: Message) -> None:
+        self.release.wait(120)
+        self.seen(message)
+
+
+def test_a_stuck_subscribers_queue_stops_at_its_bound_and_it_hears_what_it_missed(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    stuck = Stuck()
+    gaps: list[Gap] = []
+    slow = make_client(client_id="slow")
+    slow.add_gap_listener(gaps.append)
+    slow.subscribe("t", stuck, max_backlog=50)
+    healthy = Collector()
+    make_client().subscribe("t", healthy)
+    publisher = make_client()
+    receipts = [publisher.publish("t", i) for i in range(300)]
+    assert healthy.wait(300) == list(range(300))  # the others get everything
+    entries = queue_entries(raw_zk, zk_root, "slow", "t") or []
+    markers = [e for e in entries if e.rsplit("/", 1)[-1].startswith("o")]
+    assert len(entries) <= 50 + 1 + 1  # the bound, the one in the handler, one marker
+    assert len(markers) == 1
+    skipped = [r for r in receipts if r.skipped]
+    assert skipped and all(r.subscribers == 1 and r.skipped == 1 for r in skipped)
+    stuck.release.set()
+    missed = 300 - len(entries) + 1  # every message but the ones queued
+    wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
+    (gap,) = [g for g in gaps if g.reason == "backlog full"]
+    assert gap.topics == {"t"} and gap.missed == missed
+    got = stuck.seen.wait(300 - missed)
+    assert got == sorted(got) and got[0] == 0  # the oldest were kept, in order
+    # once it has caught up, publishers write to it again
+    wait_until(lambda: publisher.publish("t", "again").skipped == 0, 30, "room again")
+    assert stuck.seen.wait(300 - missed + 1)[-1] == "again"
+
+
+def test_a_queue_moves_on_to_fresh_segments_and_keeps_one_order_for_all(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_queues, "SEGMENT_NODES", 20)
+    stuck = Stuck()
+    make_client(client_id="behind").subscribe("t", stuck)
+    quick = Collector()
+    make_client().subscribe("t", quick)
+    publishers = [make_client() for _ in range(2)]
+
+    def publish(p: Client, tag: str) -> None:
+        for i in range(120):
+            p.publish("t", f"{tag}{i:03d}")
+
+    threads = [
+        threading.Thread(target=publish, args=(p, t)) for p, t in zip(publishers, "ab", strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    queue = Layout(zk_root).queue("behind", "t")
+    _, segments, _ = split_queue(raw_zk.get_children(queue))
+    assert len(segments) >= 3  # the backlog spread over fresh segments
+    stuck.release.set()
+    everything = stuck.seen.wait(240)
+    assert everything == quick.wait(240)  # the same order for both subscribers
+    for tag in "ab":
+        mine = [m for m in everything if m.startswith(tag)]
+        assert mine == sorted(mine) and len(mine) == 120
+    # left segments are removed once read; the newest stays
+    wait_until(lambda: len(raw_zk.get_children(queue)) == 1, 30, "old segments removed")
+
+
+def test_a_segment_moves_on_when_its_counter_nears_the_limit(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counter a create returns is the parent's; past ``ROLL_AT`` the
+    next fan-out moves the queue on (here the limit is made small)."""
+    monkeypatch.setattr(_queues, "ROLL_AT", 25)
+    got = Collector()
+    make_client(client_id="reader").subscribe("t", got)
+    publisher = make_client()
+    for i in range(100):
+        publisher.publish("t", i)
+    assert got.wait(100) == list(range(100))
+    queue = Layout(zk_root).queue("reader", "t")
+    wait_until(lambda: len(raw_zk.get_children(queue)) == 1, 30, "old segments removed")
+    (newest,) = raw_zk.get_children(queue)
+    assert newest >= "s0000000003"  # 100 messages are 200 counter steps (create and delete)
+
+
+def test_the_bound_travels_with_the_queue_and_a_client_wide_default_applies(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    client = make_client(backlog=Backlog(max_nodes=7, when_full="drop"))
+    client.subscribe("a")
+    client.subscribe("b", max_backlog=9, max_backlog_bytes=5000, when_full="evict")
+    layout = Layout(zk_root)
+    from zkpubsub.backlog import QueueRecord
+
+    a, _ = raw_zk.get(layout.queue(client.client_id, "a"))
+    b, _ = raw_zk.get(layout.queue(client.client_id, "b"))
+    assert QueueRecord.decode(a) == QueueRecord(0, Backlog(7))
+    assert QueueRecord.decode(b) == QueueRecord(0, Backlog(9, 5000, "evict"))
+    with pytest.raises(ValueError, match="when_full"):
+        client.subscribe("c", when_full="block")  # type: ignore[arg-type]

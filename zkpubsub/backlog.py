@@ -1,0 +1,129 @@
+"""How much a subscriber queue may hold, and the records that say so.
+
+A subscriber queue ``messages/<id>/<topic>`` keeps its messages in
+*segments* ``s<NNNNNNNNNN>`` below it; the queue node's data is a
+:class:`QueueRecord` (JSON) naming the current segment and the queue's
+bound. Publishers write into the current segment only, and every fan-out
+transaction checks the queue node's data version, so a publisher whose idea
+of the current segment is out of date writes nothing and reads the record
+again. A publisher moves a queue to a fresh segment (one transaction: the
+record with the next segment number, at the version it read, and the new
+segment node) when the current one holds ``SEGMENT_NODES`` nodes or its
+sequence counter passes ``ROLL_AT``: no listing of a segment grows past
+about a quarter of ZooKeeper's 1 MiB buffer, and no counter comes near
+2^31 - 1, where ZooKeeper 3.8 stops counting.
+
+When a queue holds ``max_backlog`` nodes or ``max_backlog_bytes`` bytes,
+publishers stop writing into it. With ``when_full="drop"`` (the default)
+each publisher leaves one overflow marker ``o<guid>-<seq>`` in the queue,
+whose data (:class:`OverflowMark`) counts the messages it skipped; the
+subscriber reaches the marker in queue order and hears of the gap. With
+``when_full="evict"`` publishers skip the queue without a marker, and the
+cleaner ends the subscription and removes its queue; the subscriber hears
+of that too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "DEFAULT_MAX_BACKLOG",
+    "DEFAULT_MAX_BACKLOG_BYTES",
+    "ROLL_AT",
+    "SEGMENT_NODES",
+    "Backlog",
+    "OverflowMark",
+    "QueueRecord",
+    "WhenFull",
+]
+
+WhenFull = Literal["drop", "evict"]
+
+DEFAULT_MAX_BACKLOG: Final = 100_000
+DEFAULT_MAX_BACKLOG_BYTES: Final = 256 * 1024 * 1024
+# A segment holds about this many nodes before publishers move on: its
+# listing (about 28 bytes a name) stays far below the 1 MiB buffer even
+# when several publishers overshoot it for a second.
+SEGMENT_NODES: Final = 10_000
+# A segment whose sequence counter reached this moves on long before the
+# counter saturates at 2^31 - 1 (16 million creations of margin).
+ROLL_AT: Final = 2**31 - 2**24
+RECORD_VERSION: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The bound of one subscription's queue: ``max_nodes`` message nodes
+    (a node may carry a packed batch) and ``max_bytes`` bytes of node data,
+    and what publishers do when either is reached."""
+
+    max_nodes: int = DEFAULT_MAX_BACKLOG
+    max_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
+    when_full: WhenFull = "drop"
+
+    def __post_init__(self) -> None:
+        for name in ("max_nodes", "max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+        if self.when_full not in ("drop", "evict"):
+            raise ValueError(f"when_full must be 'drop' or 'evict', not {self.when_full!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """The data of a subscriber queue node."""
+
+    segment: int
+    backlog: Backlog
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "v": RECORD_VERSION,
+                "segment": self.segment,
+                "max_nodes": self.backlog.max_nodes,
+                "max_bytes": self.backlog.max_bytes,
+                "when_full": self.backlog.when_full,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> QueueRecord | None:
+        """The record, or ``None`` for a queue made before segments (empty
+        or unreadable data): publishers move such a queue to segment 0."""
+        try:
+            doc = json.loads(data)
+            segment = int(doc["segment"])
+            backlog = Backlog(int(doc["max_nodes"]), int(doc["max_bytes"]), doc["when_full"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        return cls(segment, backlog)
+
+    def next(self) -> QueueRecord:
+        return QueueRecord(self.segment + 1, self.backlog)
+
+
+@dataclass(frozen=True, slots=True)
+class OverflowMark:
+    """An overflow marker: ``missed`` messages of ``publisher`` were not
+    written to this queue because it was full."""
+
+    publisher: str
+    missed: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"pub": self.publisher, "missed": self.missed}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> OverflowMark:
+        """``ValueError`` if ``data`` is not a marker."""
+        try:
+            doc = json.loads(data)
+            return cls(str(doc["pub"]), int(doc["missed"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"not an overflow marker: {exc}") from exc
