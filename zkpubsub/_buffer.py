@@ -11,6 +11,7 @@ dispatcher (or ``get``) empties it.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -18,9 +19,22 @@ from dataclasses import dataclass, field
 
 from .backlog import OverflowMark
 from .errors import DecodeError
+from .layout import parse_queue_entry, parse_segment_node
 from .message import Message
 
-__all__ = ["Counters", "Delivery", "DeliveryBuffer", "Node"]
+__all__ = ["Counters", "Delivery", "DeliveryBuffer", "Node", "entry_key"]
+
+
+def entry_key(name: str, index: int) -> tuple[int, int]:
+    """Where a queue entry stands in its queue: ``(segment, sequence)`` for
+    ``s<N>/<entry>``; ``(-1, index)`` for a node from before segments, at
+    ``index`` in its listing's order (they all come before segments)."""
+    segment, _, entry = name.rpartition("/")
+    number = parse_segment_node(segment) if segment else None
+    parsed = parse_queue_entry(entry)
+    if number is None or parsed is None:
+        return (-1, index)
+    return (number, parsed[2])
 
 
 @dataclass(slots=True)
@@ -65,7 +79,8 @@ class DeliveryBuffer:
     _deliveries: deque[Delivery] = field(default_factory=deque)
     _active: dict[str, Node] = field(default_factory=dict)  # fetched, not known deleted
     _deleted: set[str] = field(default_factory=set)  # deleted, may still show in a listing
-    _unfetched: list[str] = field(default_factory=list)
+    _unfetched: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # by key
+    _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
 
     # -- the pump's side ---------------------------------------------------------------
@@ -77,14 +92,31 @@ class DeliveryBuffer:
         with self.cond:
             self._deleted &= set(ordered) | set(foreign)
             known = self._active.keys() | self._deleted
-            self._unfetched = [n for n in ordered if n not in known]
+            self._unfetched = [
+                (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in known
+            ]
+            self._waiting = {name for _, name in self._unfetched}
             return [n for n in foreign if n not in known]
+
+    def discovered(self, name: str) -> bool:
+        """A node named in a watch event (``s<N>/<entry>``): remember it, in
+        queue order, unless it is known already. ``True`` if it is new."""
+        key = entry_key(name, -1)
+        with self.cond:
+            if name in self._waiting or name in self._active or name in self._deleted:
+                return False
+            if self._unfetched and key < self._unfetched[-1][0]:
+                bisect.insort(self._unfetched, (key, name))
+            else:
+                self._unfetched.append((key, name))
+            self._waiting.add(name)
+            return True
 
     def to_fetch(self) -> list[str]:
         """The next names to read: as many as the prefetch leaves room for."""
         with self.cond:
             room = self.prefetch - len(self._deliveries)
-            return self._unfetched[:room] if room > 0 else []
+            return [name for _, name in self._unfetched[:room]] if room > 0 else []
 
     @property
     def has_unfetched(self) -> bool:
@@ -101,7 +133,9 @@ class DeliveryBuffer:
         A node that carries no message is queued for deletion at once."""
         with self.cond:
             done = set(names)
-            self._unfetched = [n for n in self._unfetched if n not in done]
+            if done & self._waiting:
+                self._unfetched = [e for e in self._unfetched if e[1] not in done]
+                self._waiting -= done
             for delivery in deliveries:
                 self._active[delivery.node.name] = delivery.node
             self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
@@ -156,6 +190,11 @@ class DeliveryBuffer:
                 return False
             self._to_delete.append(node.name)
             return True
+
+    @property
+    def unfetched(self) -> int:
+        with self.cond:
+            return len(self._unfetched)
 
     @property
     def pending(self) -> int:

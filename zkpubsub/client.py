@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._callables import check_callable
 from ._context import Context
 from ._engine import PublishEngine, PublishRequest
+from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
 from .backlog import Backlog, WhenFull
 from .config import (
@@ -96,6 +97,7 @@ class Client:
         registration_wait: float | None = None,
         close_timeout: float | None = None,
         backlog: Backlog | None = None,
+        watch_mode: WatchMode | None = None,
     ) -> None:
         given: dict[str, Any] = {
             "root": root,
@@ -112,6 +114,7 @@ class Client:
             "registration_wait": registration_wait,
             "close_timeout": close_timeout,
             "backlog": backlog,
+            "watch_mode": watch_mode,
         }
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
@@ -139,6 +142,7 @@ class Client:
         self._subs = SubscriptionRegistry()
         self._cleaner: Cleaner | None = None
         self._session = Session(self._ctx, self._subs, on_gap)
+        self._pump = ReceivePump(self._ctx, resolved.watch_mode)
         self._publisher = Publisher(self._ctx)
         self._engine = PublishEngine(self._ctx, self._publisher)
         self._session.start()
@@ -347,6 +351,7 @@ class Client:
             max_retry_delay=max_retry_delay,
             backlog=backlog,
             report_gap=self._session.emit_gap,
+            pump=self._pump,
         )
         sub.open()
         return sub
@@ -436,6 +441,7 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
             cleaner.stop()
+        self._pump.close(ctx.config.request_timeout)
         self._engine.close(ctx.config.request_timeout)
         if ctx.conn.connected.is_set():
             try:

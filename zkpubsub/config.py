@@ -5,7 +5,7 @@ from here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .backlog import Backlog
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
@@ -135,7 +135,12 @@ class ClientConfig:
     handler that is still running: its message is then left in the queue
     (delivered again to this client id) and the handler's thread is left to
     finish on its own. ``backlog`` is the default bound of this client's
-    subscriber queues (see :class:`~zkpubsub.Backlog`).
+    subscriber queues (see :class:`~zkpubsub.Backlog`). ``watch_mode`` is
+    how the client hears of new messages: ``"persistent"``, one persistent
+    recursive watch on its queues (ZooKeeper 3.6+), each new node read
+    directly; ``"listing"``, a child watch per queue and a listing on each
+    change (any server); ``"auto"`` (the default), the first where the
+    server has it.
     """
 
     hosts: str = ""
@@ -152,6 +157,7 @@ class ClientConfig:
     registration_wait: float | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     backlog: Backlog = field(default_factory=Backlog)
+    watch_mode: Literal["auto", "persistent", "listing"] = "auto"
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
@@ -166,6 +172,10 @@ class ClientConfig:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.watch_mode not in ("auto", "persistent", "listing"):
+            raise ValueError(
+                f"watch_mode must be 'auto', 'persistent' or 'listing', not {self.watch_mode!r}"
+            )
         if not isinstance(self.backlog, Backlog):
             raise TypeError(f"backlog must be a Backlog, not {type(self.backlog).__name__}")
         wait = self.registration_wait

@@ -35,16 +35,25 @@ from kazoo.exceptions import (
     ConnectionLoss,
     KazooException,
     NoNodeError,
+    NoWatcherError,
     OperationTimeoutError,
     RolledBackError,
     RuntimeInconsistency,
     SessionExpiredError,
+    UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 
+from ._persistent import (
+    PERSISTENT_RECURSIVE,
+    WATCHER_ANY,
+    AddWatch,
+    EventHook,
+    RemoveWatches,
+)
 from .errors import (
     ClientClosed,
     ConnectionLost,
@@ -84,6 +93,13 @@ def first_error(results: list[Any]) -> tuple[int, Exception | None]:
         if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency)):
             return i, r
     return -1, None
+
+
+def _log_watch_failure(result: Any) -> None:  # kazoo's completion thread
+    try:
+        result.get_nowait()
+    except Exception as exc:  # the next reconnect adds it again; readers list meanwhile
+        logger.debug("setting a persistent watch again: %r", exc)
 
 
 def request_size(txn: Any) -> int:
@@ -156,7 +172,24 @@ class Connection:
         # set when a reply showed the session gone while still connected:
         # the session was known alive at this (wall-clock) time, no later
         self.session_lost_since: float | None = None
+        self._watches: EventHook | None = None  # made on the first persistent watch
+        self._requests = 0
+        self._requests_lock = threading.Lock()
+        send = self.kazoo._call  # counted, for the requests each delivery costs
+
+        def counted(request: Any, async_object: Any) -> Any:
+            with self._requests_lock:
+                self._requests += 1
+            return send(request, async_object)
+
+        self.kazoo._call = counted
         self.kazoo.add_listener(self._on_state)
+
+    @property
+    def requests(self) -> int:
+        """Requests sent on this connection's sessions so far."""
+        with self._requests_lock:
+            return self._requests
 
     # kazoo's thread: only flags and hand-offs happen here.
     def _on_state(self, state: KazooState) -> None:
@@ -165,6 +198,10 @@ class Connection:
             if cid is not None:
                 self._session = (int(cid[0]), bytes(cid[1]))
             self._connected_at = time.time()
+            # Persistent watches do not outlive a connection: add them again
+            # now, before any request sent after this reconnect.
+            for path in self._watches.paths() if self._watches is not None else []:
+                self._add_watch_async(path).rawlink(_log_watch_failure)
             self.connected.set()
         else:
             if state == KazooState.LOST:
@@ -220,6 +257,50 @@ class Connection:
             self.kazoo.stop()
         finally:
             self.kazoo.close()
+
+    # -- persistent recursive watches (ZooKeeper 3.6+) ------------------------------
+
+    def _add_watch_async(self, server_path: str) -> Any:
+        result = self.kazoo.handler.async_result()
+        self.kazoo._call(AddWatch(server_path, PERSISTENT_RECURSIVE), result)
+        return result
+
+    def watch_tree(
+        self, path: str, on_event: Callable[[int, str], None], deadline: float | None
+    ) -> bool:
+        """Watch ``path`` and every node below it: ``on_event(type, path)``
+        for each node created (1), deleted (2) or changed (3), on kazoo's
+        connection thread (it must only hand off), until :meth:`unwatch_tree`.
+        The watch is set again after every reconnect, before any other
+        request of the new connection, so a read made after a reconnect sees
+        what its events missed. ``False`` if the server does not have such
+        watches (before ZooKeeper 3.6): nothing is watched then."""
+        server_path = self.kazoo.chroot + path
+        if self._watches is None:
+            self._watches = EventHook(self.kazoo)
+        self._watches.watch(server_path, on_event)
+        try:
+            self.call(lambda: self._add_watch_async(server_path), deadline, f"watch {path}")
+        except UnimplementedError:
+            self._watches.unwatch(server_path)
+            return False
+        except BaseException:
+            self._watches.unwatch(server_path)
+            raise
+        return True
+
+    def unwatch_tree(self, path: str, deadline: float | None) -> None:
+        """Stop watching ``path`` (and remove the watch from the server)."""
+        server_path = self.kazoo.chroot + path
+        if self._watches is None or server_path not in self._watches.paths():
+            return
+        self._watches.unwatch(server_path)
+        if not self.connected.is_set():
+            return  # the server dropped it with the connection
+        result = self.kazoo.handler.async_result()
+        self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
+        with contextlib.suppress(NoWatcherError, ConnectionLost, OperationTimeout, ClientClosed):
+            self.result(result, deadline, f"stop watching {path}")
 
     @property
     def session_id(self) -> int | None:

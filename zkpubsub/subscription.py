@@ -22,8 +22,8 @@ Guarantees:
   it again.
 
 A subscription owns its registration (made when it opens, removed when it
-closes as its kind asks) and its threads: the pump (:mod:`zkpubsub._reader`)
-and, with a handler, the dispatcher.
+closes as its kind asks) and, with a handler, its dispatcher thread; the
+client's receive pump (:mod:`zkpubsub._pump`) reads its queue.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._callables import refuse_awaitable
 from ._context import Context
-from ._reader import QueueReader
+from ._pump import ReceivePump
 from ._registration import delete_queue, register_subscription, unregister_subscription
 from .backlog import Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
@@ -102,6 +102,7 @@ class Subscription:
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
         backlog: Backlog | None = None,
         report_gap: Callable[[Gap], None] | None = None,
+        pump: ReceivePump,
     ) -> None:
         self._topic = topic
         self._report_gap = report_gap
@@ -117,7 +118,7 @@ class Subscription:
         self._max_retry_delay = max_retry_delay
         self._stopping = threading.Event()  # close() began: no more retries
         self._buffer = DeliveryBuffer(prefetch)
-        self._reader = QueueReader(ctx, topic, self._buffer, self._backlog)
+        self._pump = pump
         self._holding: Delivery | None = None  # get(): handed out, not acked
         self._closed = False
         self._close_lock = threading.Lock()
@@ -146,13 +147,13 @@ class Subscription:
             except BaseException:
                 self._registry.discard(self)
                 raise
-        self._reader.start()
+        self._pump.attach(self._topic, self._buffer, self._backlog)
         if self._dispatcher is not None:
             self._dispatcher.start()
 
     def restored(self) -> None:
         """The client registered again on a new session: read the queue again."""
-        self._reader.relist()
+        self._pump.relist(self._topic)
 
     # -- public -------------------------------------------------------------
 
@@ -260,7 +261,7 @@ class Subscription:
     def _next(self, deadline: float | None) -> Delivery | None:
         delivery = self._buffer.next(deadline)
         if delivery is not None and self._buffer.low():
-            self._reader.wake()
+            self._pump.wake()
         return delivery
 
     def _ack_held(self) -> None:
@@ -271,7 +272,7 @@ class Subscription:
 
     def _handled(self, node: Node) -> None:
         if self._buffer.handled(node):
-            self._reader.wake()
+            self._pump.wake()
 
     def _not_a_message(self, delivery: Delivery) -> None:
         """An undecodable node (to ``on_error``) or an overflow marker (a gap
@@ -390,7 +391,7 @@ class Subscription:
                         wait,
                     )
             self._ack_held()
-            self._reader.stop(self._ctx.config.request_timeout)
+            self._pump.detach(self._topic, self._ctx.config.request_timeout)
         self._deregister(drop_queue=drop_queue)
 
     def _deregister(self, *, drop_queue: bool) -> None:

@@ -1,0 +1,117 @@
+"""Persistent recursive watches (ZooKeeper 3.6+), which kazoo 2.11 lacks.
+
+A persistent recursive watch on a path (``addWatch``, opcode 106, mode 1)
+stays after it fires and fires for every node created, changed or deleted
+at or below the path, naming that node. kazoo knows neither the request
+nor such events (it looks its one-shot watchers up by exact path and drops
+the rest), so this module adds the two request types and a hook in front
+of kazoo's own event reader. Only :mod:`zkpubsub.connection` uses it.
+
+The server keeps watches per connection: after a reconnect they must be
+added again (kazoo's ``setWatches`` does not carry them), and events of
+the time in between are lost — whoever watches must read what it missed.
+``removeWatches`` (opcode 18) with the type ``Any`` removes one (ZooKeeper
+3.8 has no persistent type for it). A server before 3.6 answers the
+request with ``Unimplemented``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import namedtuple
+from collections.abc import Callable
+from typing import Any, Final
+
+from kazoo.protocol.serialization import Watch, int_struct, write_string
+
+__all__ = ["AddWatch", "EventHook", "RemoveWatches"]
+
+logger = logging.getLogger(__name__)
+
+PERSISTENT_RECURSIVE: Final = 1
+WATCHER_ANY: Final = 3
+
+# ZooKeeper's event types, as numbers on the wire.
+NODE_CREATED: Final = 1
+NODE_DELETED: Final = 2
+NODE_DATA_CHANGED: Final = 3
+
+OnEvent = Callable[[int, str], None]
+
+
+class AddWatch(namedtuple("AddWatch", "path mode")):
+    """The ``addWatch`` request (no ``watcher`` field: kazoo must not file
+    it among its one-shot watchers)."""
+
+    type = 106
+
+    def serialize(self) -> bytearray:
+        b = bytearray()
+        b.extend(write_string(self.path))
+        b.extend(int_struct.pack(self.mode))
+        return b
+
+    @classmethod
+    def deserialize(cls, _bytes: bytes, _offset: int) -> bool:
+        return True
+
+
+class RemoveWatches(namedtuple("RemoveWatches", "path watcher_type")):
+    """The ``removeWatches`` request."""
+
+    type = 18
+
+    def serialize(self) -> bytearray:
+        b = bytearray()
+        b.extend(write_string(self.path))
+        b.extend(int_struct.pack(self.watcher_type))
+        return b
+
+    @classmethod
+    def deserialize(cls, _bytes: bytes, _offset: int) -> bool:
+        return True
+
+
+class EventHook:
+    """Sits in front of kazoo's event reader: hands each event at or below a
+    watched path to that path's callback (on kazoo's connection thread: it
+    must only hand off), then lets kazoo do its own work."""
+
+    def __init__(self, kazoo: Any) -> None:
+        self._kazoo = kazoo
+        self._lock = threading.Lock()
+        self._watches: dict[str, OnEvent] = {}  # server path -> callback
+        reader = kazoo._connection  # kazoo's connection handler: its event reader is wrapped
+        self._read = reader._read_watch_event
+        reader._read_watch_event = self._on_event
+
+    def watch(self, server_path: str, on_event: OnEvent) -> None:
+        with self._lock:
+            self._watches[server_path] = on_event
+
+    def unwatch(self, server_path: str) -> None:
+        with self._lock:
+            self._watches.pop(server_path, None)
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return list(self._watches)
+
+    def _on_event(self, buffer: bytes, offset: int) -> Any:  # kazoo's connection thread
+        event, _ = Watch.deserialize(buffer, offset)
+        path: str = event.path
+        with self._lock:
+            hits = [
+                cb
+                for base, cb in self._watches.items()
+                if path == base or path.startswith(base + "/")
+            ]
+        if hits:
+            relative = self._kazoo.unchroot(path)
+            for callback in hits:
+                try:
+                    callback(event.type, relative)
+                except Exception:
+                    logger.exception("persistent watch callback failed")
+        return self._read(buffer, offset)

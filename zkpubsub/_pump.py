@@ -1,0 +1,492 @@
+"""The receive pump: one thread per client reads every subscription's queue.
+
+Where the server has them (ZooKeeper 3.6+), one persistent recursive watch
+on the client's own ``messages/<id>`` subtree tells the pump of every node
+published to any of its queues, by name: the pump reads each such node
+directly (reads of all subscriptions pipelined together), without listing
+the queue, and hands the messages to each subscription's buffer in queue
+order. Queues are listed only when a subscription starts, after a
+reconnect (events of the time in between are lost; the watch is set again
+first, so the listing sees the rest), after the client registered again,
+and every ``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an
+older server, or ``watch_mode="listing"``), each queue is listed with
+one-shot child watches on every change, as before.
+
+Handled nodes are deleted in batched transactions across subscriptions,
+without waiting for the answers. A queue deleted under a subscription (the
+cleaner took it while the client was away) is made again. Nothing the pump
+does is lost by a reconnect: it reads queues, it does not count events.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.protocol.states import KazooState
+
+from . import envelope
+from ._buffer import Delivery, DeliveryBuffer, Node
+from ._context import Context
+from ._persistent import NODE_CREATED, NODE_DELETED
+from ._registration import prepare_queue
+from ._tree import delete_tree
+from .backlog import Backlog, OverflowMark
+from .connection import first_error, remaining
+from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
+from .layout import (
+    join,
+    order_names,
+    parse_queue_entry,
+    parse_segment_node,
+    segment_name,
+    split_queue,
+)
+from .message import Message
+from .serializers import SerializerRegistry
+
+if TYPE_CHECKING:
+    from kazoo.protocol.states import WatchedEvent
+
+__all__ = ["ReceivePump", "WatchMode", "decode_node"]
+
+logger = logging.getLogger(__name__)
+
+WatchMode = Literal["auto", "persistent", "listing"]
+
+SAFETY_RELIST_INTERVAL: Final = 30.0
+DELETE_RETRY: Final = 0.5
+RELIST_WHILE_BUSY: Final = 1.0
+DELETE_BATCH: Final = 500
+
+
+def decode_node(
+    serializers: SerializerRegistry, path: str, name: str, data: bytes, stat: Any = None
+) -> list[Delivery]:
+    """The deliveries of one queue node: a message each, a
+    :class:`DecodeError` for what cannot be read, one delivery of a node
+    with no message (``remaining == 0``) for an empty envelope, or the
+    overflow marker it is."""
+    parsed = parse_queue_entry(name.rsplit("/", 1)[-1])
+    if parsed is not None and parsed[0] == "o":
+        window = (stat.ctime / 1000, stat.mtime / 1000) if stat is not None else (0.0, 0.0)
+        try:
+            return [Delivery(Node(name, 1), mark=OverflowMark.decode(data), window=window)]
+        except ValueError as exc:
+            error = DecodeError(str(exc), path=path, data=data, error=exc)
+            return [Delivery(Node(name, 1), error=error)]
+    try:
+        entries = envelope.decode(data)
+    except ValueError as exc:
+        error = DecodeError(str(exc), path=path, data=data, error=exc)
+        return [Delivery(Node(name, 1), error=error)]
+    node = Node(name, len(entries))
+    if not entries:
+        return [Delivery(node)]
+    out: list[Delivery] = []
+    for entry in entries:
+        try:
+            payload = serializers.loads(entry.content_type, entry.body, path=path, data=data)
+        except DecodeError as err:
+            out.append(Delivery(node, error=err))
+            continue
+        message = Message(
+            id=entry.id,
+            topic=entry.topic,
+            payload=payload,
+            headers=entry.headers,
+            published_at=entry.published_at,
+            publisher_id=entry.publisher_id,
+            content_type=entry.content_type,
+        )
+        out.append(Delivery(node, message))
+    return out
+
+
+@dataclass(eq=False, slots=True)
+class _Queue:
+    """One subscription's queue, as the pump serves it."""
+
+    topic: str
+    path: str
+    buffer: DeliveryBuffer
+    backlog: Backlog
+    relist: bool = True
+    listed_at: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)  # its last deletes sent
+
+
+class ReceivePump:
+    """The pump of one client (internal)."""
+
+    def __init__(self, ctx: Context, mode: WatchMode = "auto") -> None:
+        self._ctx = ctx
+        self._conn = ctx.conn
+        self._mode = mode
+        self._base = ctx.layout.client_messages(ctx.client_id)
+        self._lock = threading.Lock()
+        self._queues: dict[str, _Queue] = {}
+        self._events: deque[tuple[int, str]] = deque()
+        self._wake = threading.Event()
+        self._watching: bool | None = None  # None: not set; False: the server has none
+        self._retry_deletes = False
+        self._trees: set[tuple[_Queue, str]] = set()  # handled nodes someone gave children
+        self._detaching: set[str] = set()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.deliveries_read = 0  # nodes read, for the requests-per-node figure
+        ctx.conn.add_state_listener(self._on_state)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether a persistent recursive watch serves this client's queues."""
+        return bool(self._watching)
+
+    # -- subscriptions' side -------------------------------------------------------------
+
+    def attach(self, topic: str, buffer: DeliveryBuffer, backlog: Backlog) -> None:
+        """Start reading ``topic``'s queue into ``buffer``."""
+        queue = _Queue(topic, self._ctx.layout.queue(self._ctx.client_id, topic), buffer, backlog)
+        with self._lock:
+            self._queues[topic] = queue
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run,
+                    name=f"zkpubsub-receive-{self._ctx.client_id[:12]}",
+                    daemon=True,
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def detach(self, topic: str, timeout: float) -> None:
+        """Stop reading ``topic`` after a last send of its deletes (waited
+        for up to ``timeout``)."""
+        with self._lock:
+            queue = self._queues.get(topic)
+        if queue is None:
+            return
+        queue.relist = False
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            with self._lock:
+                self._detaching.add(topic)
+            self._wake.set()
+            queue.done.wait(timeout)
+        with self._lock:
+            self._queues.pop(topic, None)
+            last = not self._queues
+        if last and self._watching:
+            with self._lock:
+                self._watching = None
+            self._conn.unwatch_tree(self._base, self._ctx.deadline())
+
+    def relist(self, topic: str | None = None) -> None:
+        """The queue of ``topic`` (or of every subscription) may hold names
+        not seen yet: list it."""
+        with self._lock:
+            queues = list(self._queues.values()) if topic is None else [self._queues[topic]]
+        for queue in queues:
+            queue.relist = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something to do: handled nodes to delete, or room to read ahead."""
+        self._wake.set()
+
+    def close(self, timeout: float) -> None:
+        self._stop = True
+        self._wake.set()
+        self._conn.remove_state_listener(self._on_state)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- kazoo's threads: hand-offs only -------------------------------------------------
+
+    def _on_state(self, state: KazooState) -> None:
+        if state == KazooState.CONNECTED:
+            self.relist()  # events of the outage are lost: catch up by listing
+
+    def _on_event(self, kind: int, path: str) -> None:  # kazoo's connection thread
+        self._events.append((kind, path))
+        self._wake.set()
+
+    def _on_child_watch(self, topic: str, _event: WatchedEvent) -> None:
+        with self._lock:
+            queue = self._queues.get(topic)
+        if queue is not None:
+            queue.relist = True
+            self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            self._wake.wait(DELETE_RETRY if self._retry_deletes else 1.0)
+            self._wake.clear()
+            self._retry_deletes = False
+            if self._stop:
+                break
+            try:
+                self._watch()
+                self._take_events()
+                self._flush_deletes()
+                self._finish_detached()
+                self._list_due()
+                self._fetch()
+                backoff = 0.05
+            except ClientClosed:
+                break
+            except (ConnectionLost, OperationTimeout) as exc:
+                logger.debug("receive pump: %s; will retry", exc)
+                self.relist()
+                self._sleep_until_connected(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                logger.exception("receive pump: unexpected error; will retry")
+                self.relist()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        try:  # a last send, so handled messages are not delivered again
+            self._flush_deletes(wait=True)
+        except ZkPubSubError as exc:
+            logger.debug("receive pump: final delete failed: %s", exc)
+        for queue in self._all():
+            queue.done.set()
+
+    def _all(self) -> list[_Queue]:
+        with self._lock:
+            return list(self._queues.values())
+
+    def _sleep_until_connected(self, pause: float) -> None:
+        time.sleep(pause)
+        while not self._stop and not self._conn.connected.is_set():
+            self._conn.connected.wait(0.2)
+
+    def _watch(self) -> None:
+        """Set the persistent watch once (where the server has them)."""
+        if self._watching is not None or self._mode == "listing":
+            return
+        ok = self._conn.watch_tree(self._base, self._on_event, self._ctx.deadline())
+        if not ok:
+            if self._mode == "persistent":
+                raise ZkPubSubError("the server has no persistent watches (ZooKeeper < 3.6)")
+            logger.info("the server has no persistent watches: queues are listed on change")
+        self._watching = ok
+        self.relist()  # whatever came before the watch was set
+
+    def _take_events(self) -> None:
+        """Created entries go to their subscription's buffer, by name; a
+        queue or segment deleted by someone else makes it list again."""
+        prefix = self._base + "/"
+        while self._events:
+            kind, path = self._events.popleft()
+            if not path.startswith(prefix):
+                continue
+            topic, _, rest = path[len(prefix) :].partition("/")
+            with self._lock:
+                queue = self._queues.get(topic)
+            if queue is None:
+                continue
+            segment, _, entry = rest.partition("/")
+            if kind == NODE_CREATED:
+                if entry and "/" not in entry and parse_queue_entry(entry) is not None:
+                    queue.buffer.discovered(rest)
+                elif rest and (entry or parse_segment_node(segment) is None):
+                    queue.relist = True  # something not ours: the listing reports it
+            elif kind == NODE_DELETED and not entry:
+                queue.relist = True  # the queue, or a segment, went
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def _list_due(self) -> None:
+        now = time.monotonic()
+        for queue in self._all():
+            since = now - queue.listed_at
+            # Names not seen yet are newer than every name listed, so while
+            # listed ones wait to be read, listing again can wait a little.
+            busy = queue.buffer.has_unfetched and since < RELIST_WHILE_BUSY
+            if (queue.relist and not busy) or since > SAFETY_RELIST_INTERVAL:
+                queue.relist = False
+                self._list(queue)
+                queue.listed_at = time.monotonic()
+
+    def _list(self, queue: _Queue) -> None:
+        """List a queue: entries from before segments, then every segment in
+        order. Without a persistent watch, child watches (on the queue and
+        its newest segment) ask for the next listing. Segments older than the
+        newest no longer grow; an empty one is deleted."""
+        conn, layout = self._conn, self._ctx.layout
+        kazoo = conn.kazoo
+        watch = None if self._watching else functools.partial(self._on_child_watch, queue.topic)
+        try:
+            names: list[str] = conn.result(
+                kazoo.get_children_async(queue.path, watch=watch),
+                self._ctx.deadline(),
+                f"list queue {queue.path}",
+            )
+        except NoNodeError:
+            # Deleted under us (the cleaner took it while we were away).
+            prepare_queue(self._ctx, queue.topic, queue.backlog, self._ctx.deadline())
+            queue.relist = True
+            self._wake.set()
+            return
+        ordered, numbers, foreign = split_queue(names)
+        segments = [layout.segment(queue.path, n) for n in numbers]
+        newest = len(segments) - 1
+        listings = conn.read_all(
+            lambda: [
+                kazoo.get_children_async(p, watch=watch if i == newest else None)
+                for i, p in enumerate(segments)
+            ],
+            self._ctx.deadline(),
+            f"list the segments of {queue.path}",
+        )
+        for number, path, listing in zip(numbers, segments, listings, strict=True):
+            if isinstance(listing, NoNodeError):
+                continue
+            name = segment_name(number)
+            entries, strays = order_names(listing)
+            ordered += [f"{name}/{entry}" for entry in entries]
+            foreign += [f"{name}/{stray}" for stray in strays]
+            if not listing and path != segments[newest]:
+                kazoo.delete_async(path)  # emptied and left: NotEmpty/NoNode are fine
+        for name in queue.buffer.listed(ordered, foreign):
+            self._fetch_foreign(queue, name)
+
+    def _fetch_foreign(self, queue: _Queue, name: str) -> None:
+        path = join(queue.path, name)
+        try:
+            data, _ = self._conn.result(
+                self._conn.kazoo.get_async(path), self._ctx.deadline(), f"read {path}"
+            )
+        except NoNodeError:
+            return
+        error = DecodeError("node name is not a zkpubsub message node", path=path, data=data)
+        queue.buffer.fetched([], [Delivery(Node(name, 1), error=error)])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _fetch(self) -> None:
+        """Read what every subscription has room for, all reads pipelined."""
+        kazoo = self._conn.kazoo
+        wanted = [(queue, name) for queue in self._all() for name in queue.buffer.to_fetch()]
+        if not wanted:
+            return
+        requests = [(q, name, kazoo.get_async(join(q.path, name))) for q, name in wanted]
+        deadline = self._ctx.deadline()
+        results: dict[int, tuple[list[str], list[Delivery]]] = {}
+        try:
+            for queue, name, request in requests:
+                path = join(queue.path, name)
+                fetched, deliveries = results.setdefault(id(queue), ([], []))
+                try:
+                    data, stat = self._conn.result(request, deadline, f"read {path}")
+                except NoNodeError:
+                    fetched.append(name)  # gone already: nothing to deliver
+                    continue
+                deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
+                fetched.append(name)
+                self.deliveries_read += 1
+        finally:
+            for queue in {q for q, _ in wanted}:
+                fetched, deliveries = results.get(id(queue), ([], []))
+                queue.buffer.fetched(fetched, deliveries)
+                if queue.buffer.wants_more():
+                    self._wake.set()
+
+    # -- deletes ------------------------------------------------------------------------------
+
+    def _finish_detached(self) -> None:
+        with self._lock:
+            leaving, self._detaching = self._detaching, set()
+            queues = [self._queues[t] for t in leaving if t in self._queues]
+        if queues:
+            self._flush_deletes(wait=True, only=queues)
+            for queue in queues:
+                queue.done.set()
+
+    def _flush_deletes(self, wait: bool = False, only: list[_Queue] | None = None) -> None:
+        """Send the deletes of handled nodes, in transactions across queues,
+        without waiting for them (unless ``wait``): their answers only do
+        bookkeeping, so the pump goes on reading meanwhile. A handled node
+        someone gave children is deleted with them."""
+        with self._lock:
+            trees, self._trees = self._trees, set()
+        for queue, name in trees:
+            path = join(queue.path, name)
+            logger.warning("receive pump: %s has child nodes; deleting them", path)
+            delete_tree(self._conn, path, self._ctx.deadline())
+            queue.buffer.deleted([name])
+        kazoo = self._conn.kazoo
+        work = [(q, n) for q in (only or self._all()) for n in q.buffer.take_deletes()]
+        answered = []
+        for i in range(0, len(work), DELETE_BATCH):
+            batch = work[i : i + DELETE_BATCH]
+            done = threading.Event()
+            try:
+                txn = kazoo.transaction()
+                for queue, name in batch:
+                    txn.delete(join(queue.path, name))
+                txn.commit_async().rawlink(
+                    lambda r, b=batch, d=done: self._deletes_answered(b, r, d)
+                )
+            except KazooException:  # the client is closing: they stay queued
+                self._delete_again(batch)
+                continue
+            answered.append(done)
+        if wait:
+            deadline = self._ctx.deadline()
+            for done in answered:
+                done.wait(remaining(deadline))
+
+    def _delete_again(self, batch: list[tuple[_Queue, str]]) -> None:
+        for queue, name in batch:
+            queue.buffer.delete_again([name])
+        self._retry_deletes = True
+
+    def _deletes_answered(
+        self, batch: list[tuple[_Queue, str]], result: Any, done: threading.Event
+    ) -> None:
+        """A delete transaction's answer (kazoo's thread: bookkeeping only)."""
+        try:
+            try:
+                results = result.get()
+            except Exception:  # no answer (kazoo's or its loop's error): again once connected
+                self._delete_again(batch)
+                return
+            if first_error(results)[1] is None:
+                for queue, name in batch:
+                    queue.buffer.deleted([name])
+                return
+            # One node was gone already (the cleaner, a retried delete): the
+            # rest go one by one, each answer doing its own bookkeeping.
+            for queue, name in batch:
+                self._conn.kazoo.delete_async(join(queue.path, name)).rawlink(
+                    lambda r, q=queue, n=name: self._delete_answered(q, n, r)
+                )
+        finally:
+            done.set()
+
+    def _delete_answered(self, queue: _Queue, name: str, result: Any) -> None:  # kazoo's thread
+        try:
+            result.get()
+        except NoNodeError:
+            pass
+        except NotEmptyError:  # children below it: the pump deletes the subtree
+            with self._lock:
+                self._trees.add((queue, name))
+            self._retry_deletes = True
+            self._wake.set()
+            return
+        except Exception:  # no answer: again once connected
+            self._delete_again([(queue, name)])
+            return
+        queue.buffer.deleted([name])
