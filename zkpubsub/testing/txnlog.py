@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -225,11 +225,18 @@ def read_file(path: Path, offset: int = 0) -> tuple[list[Txn], int]:
 
 class LogDirectory:
     """The transaction logs of one server (its live directory and the ones
-    kept aside when it was wiped), read incrementally."""
+    kept aside when it was wiped), read incrementally. ``directories`` is a
+    list, or a function giving the current list (a server wiped later has
+    one more)."""
 
-    def __init__(self, directories: Sequence[Path]) -> None:
-        self.directories = list(directories)
+    def __init__(self, directories: Sequence[Path] | Callable[[], Sequence[Path]]) -> None:
+        self._directories = directories
         self._files: dict[Path, tuple[int, int, list[Txn]]] = {}  # path -> (inode, offset, txns)
+
+    @property
+    def directories(self) -> list[Path]:
+        found = self._directories
+        return list(found() if callable(found) else found)
 
     def _files_now(self) -> list[Path]:
         found: list[Path] = []
@@ -265,13 +272,15 @@ class ClusterLog:
     """The committed transactions of an ensemble: those a majority of its
     servers logged, in zxid order."""
 
-    def __init__(self, servers: Iterable[Sequence[Path]]) -> None:
+    def __init__(
+        self, servers: Iterable[Sequence[Path] | Callable[[], Sequence[Path]]]
+    ) -> None:
         self.servers = [LogDirectory(dirs) for dirs in servers]
 
     @classmethod
     def of(cls, cluster: ZooKeeperCluster) -> ClusterLog:
         """The logs of a cluster's servers (kept across wipes)."""
-        return cls([node.log_directories() for node in cluster.nodes])
+        return cls([node.log_directories for node in cluster.nodes])
 
     def committed(self) -> list[Txn]:
         quorum = len(self.servers) // 2 + 1
