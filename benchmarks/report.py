@@ -613,7 +613,13 @@ def markdown(
             "not comparable with a run on a quiet machine.",
             "",
         ]
-    if report.get("profile") != "full":
+    if report.get("profile") == "reduced":
+        lines += [
+            "> A reduced run: fewer sizes, a shorter window or fewer repeats than a full "
+            "run (see the command). Its comparisons hold for what it measured only.",
+            "",
+        ]
+    elif report.get("profile") != "full":
         lines += [
             "> A quick run: small sizes and short windows, for checking the harness, "
             "not for quoting.",

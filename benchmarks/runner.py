@@ -101,6 +101,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="backlog every work-queue cell drains (default 2000): a reduced run",
     )
+    parser.add_argument(
+        "--latency-rates",
+        default=None,
+        metavar="R,R",
+        help="offered rates of the latency section (default 50,200,1000): a reduced run",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--subscriber-processes",
@@ -162,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         reduced["fanout_duration"] = args.fanout_seconds
     if args.queue_items is not None:
         reduced["queue_items"] = max(1, args.queue_items)
+    if args.latency_rates:
+        reduced["latency_rates"] = tuple(
+            float(r) for r in args.latency_rates.split(",") if r.strip()
+        )
     if args.repeats is not None and args.repeats < PROFILES["full"].repeats:
         reduced["repeats"] = profile.repeats
     if reduced:
