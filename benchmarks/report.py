@@ -81,7 +81,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             f"at the same concurrency: {levels}"
         )
     elif r20:
-        note20 = "measured with the old method (one reference variant): not comparable"
+        note20 = "the run had the reference at one concurrency only: no like-for-like figure"
     out.append(
         _target(
             "fanout-20",
@@ -96,15 +96,15 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     )
     r1 = by_n.get(1)
     note1 = "1 subscriber not measured"
-    rate1 = (
-        r1["zkpubsub_e2e_rate"] if r1 and isinstance(r1.get("zkpubsub_e2e_rate"), dict) else None
-    )
-    if rate1 and r1:
+    rate1 = r1.get("zkpubsub_e2e_rate") if r1 else None
+    if r1 and isinstance(rate1, dict):
         note1 = (
             f"best variant: {r1['zkpubsub_best']}; raw kazoo publish ceilings: one node per "
             f"message {fmt_spread(r1['raw_publish_rate'])} msg/s, {r1['raw_pack']} messages "
             f"per node {fmt_spread(r1['raw_packed_rate'])} msg/s"
         )
+    elif r1 and rate1 is not None:  # a report of one run per cell
+        note1 = f"best variant: {r1['zkpubsub_best']} (one run per cell)"
     out.append(
         _target(
             "fanout-1",
@@ -130,7 +130,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             f"4 workers each: {fmt_spread(q4['single_vs_single'], 'x', 2)}"
         )
     elif q4:
-        q_note = "measured with the old method (unequal backlogs): not comparable"
+        q_note = "the run's backlogs differed: no like-for-like figure"
     out.append(
         _target(
             "queue-4",
@@ -345,11 +345,15 @@ def _fanout(section: dict[str, Any]) -> list[str]:
             mark = "" if cell["complete"] else " (not drained)"
             row.append(f"{fmt_spread(rate)}{mark}")
         rows.append(row)
+    how = (
+        f"Each cell: the median of {repeats} runs (smallest to largest); every run had "
+        "the implementations in another order."
+        if repeats > 1
+        else "One run per cell, the implementations in one fixed order."
+    )
     lines = [
         "Messages per second handled by *every* subscriber (end to end; the raw kazoo "
-        "rows: published, nobody consuming). Each cell: the median of "
-        f"{repeats} runs (smallest to largest); every run had the implementations in "
-        "another order.",
+        f"rows: published, nobody consuming). {how}",
         "",
     ]
     lines += _table(["implementation", *[f"{n} subscribers" for n in counts]], rows)
@@ -412,6 +416,13 @@ def _queue(section: dict[str, Any]) -> list[str]:
         lines += [
             f"Each implementation drains the same backlog of {params['items']:,} items put "
             f"one at a time; median of {params.get('repeats', 1)} runs (smallest to largest).",
+            "",
+        ]
+    elif results:
+        lines += [
+            "Each implementation put items for a fixed time, then consumed for at most a "
+            "fixed time: the backlogs differed and were not always drained "
+            "(consumed/put), so the rates are not comparable.",
             "",
         ]
     lines += _table(
@@ -740,9 +751,13 @@ def readme_summary(report: dict[str, Any]) -> str:
         f"From {kind} of `python -m benchmarks"
         f"{' ' if report.get('argv') else ''}{' '.join(public_argv(report.get('argv', [])))}` "
         f"({str(report.get('started', ''))[:10]}; {m.get('cores')} cores, ZooKeeper "
-        f"{zk.get('version', '?')}, fsync on, 100-byte messages). Each figure is the median "
-        f"of {repeats} runs, smallest to largest in brackets; every ratio compares "
-        "measurements of the same run.",
+        f"{zk.get('version', '?')}, fsync on, 100-byte messages). "
+        + (
+            f"Each figure is the median of {repeats} runs, smallest to largest in brackets; "
+            if repeats > 1
+            else "One run per cell; "
+        )
+        + "every ratio compares measurements of the same run.",
         "",
     ]
     rows: list[tuple[str, str, str, str]] = []
@@ -839,7 +854,10 @@ def readme_summary(report: dict[str, Any]) -> str:
             if t.get("spread") and t.get("met_repeats") is not None
             else ""
         )
-        lines.append(f"- {t['target']}: {_met(t)} ({_measured(t)}{runs})")
+        if t["value"] is None:
+            lines.append(f"- {t['target']}: {_met(t)} ({t['note']})")
+        else:
+            lines.append(f"- {t['target']}: {_met(t)} ({_measured(t)}{runs})")
     return "\n".join(lines)
 
 
