@@ -60,12 +60,23 @@ class SoakResult:
         # which the queue checker tells apart from a double hold. No session
         # of a subscriber is lost to leader kills: nothing may be excused.
         # The clients wait out every failover: no outcome may stay unknown.
-        settled = self.check.unknown == 0 and self.check.failed == 0
-        if isinstance(self.check, QueueCheckResult):
-            clean = True
-        else:
-            clean = self.check.duplicates == 0 and self.check.excused == 0
-        return self.check.ok and self.audit.ok and settled and clean
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """What made the run fail, in words (nothing: it passed)."""
+        out = []
+        if not self.check.ok:
+            out.append("the checker found violations (see the table)")
+        if not self.audit.ok:
+            out.append("the audit failed")
+        if self.check.unknown or self.check.failed:
+            out.append(f"{self.check.unknown} unknown and {self.check.failed} failed outcomes")
+        if isinstance(self.check, CheckResult):
+            if self.check.duplicates:
+                out.append(f"{self.check.duplicates} duplicate deliveries")
+            if self.check.excused:
+                out.append(f"{self.check.excused} pairs excused")
+        return out
 
 
 def kill_leader_every(
@@ -307,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({args.servers} servers, {who}, "
             f"on a machine with {os.cpu_count()} CPU cores).\n\n" + markdown_table([outcome.result])
         )
+        if not outcome.ok:
+            body += "\n\n**This run failed:** " + "; ".join(outcome.failures()) + "."
         section = "soak-queue" if args.queue else "soak"
         write_section(args.report, section, body, preamble=REPORT_PREAMBLE)
         print(f"written to {args.report}")
