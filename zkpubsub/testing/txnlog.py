@@ -272,9 +272,7 @@ class ClusterLog:
     """The committed transactions of an ensemble: those a majority of its
     servers logged, in zxid order."""
 
-    def __init__(
-        self, servers: Iterable[Sequence[Path] | Callable[[], Sequence[Path]]]
-    ) -> None:
+    def __init__(self, servers: Iterable[Sequence[Path] | Callable[[], Sequence[Path]]]) -> None:
         self.servers = [LogDirectory(dirs) for dirs in servers]
 
     @classmethod
