@@ -56,16 +56,19 @@ def _fanout(report: dict[str, Any], directory: Path, written: list[str]) -> None
     for impl, label in labels.items():
         cells = sorted((r for r in results if r["impl"] == impl), key=lambda r: r["subscribers"])
         xs = [r["subscribers"] for r in cells]
-        ys = [r["publish_rate"] if r.get("publish_only") else r["e2e_rate"] for r in cells]
+        ys = [(r["publish_rate"] if r.get("publish_only") else r["e2e_rate"]) or 0 for r in cells]
+        spreads = [r.get("rates") or {} for r in cells]
+        low = [max(0.0, y - s.get("min", y)) for y, s in zip(ys, spreads, strict=True)]
+        high = [max(0.0, s.get("max", y) - y) for y, s in zip(ys, spreads, strict=True)]
         style = "--" if cells and cells[0].get("publish_only") else "-"
-        ax.plot(xs, ys, style, marker="o", label=label)
+        ax.errorbar(xs, ys, yerr=[low, high], fmt=style, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("subscribers")
     ax.set_ylabel("messages / s handled by every subscriber")
-    ax.set_title("Fan-out end to end (dashed: publish-only ceiling)")
+    ax.set_title("Fan-out end to end (dashed: publish-only ceilings; bars: runs' range)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     _save(fig, directory, "fanout", written)
 
 
@@ -79,18 +82,15 @@ def _queue(report: dict[str, Any], directory: Path, written: list[str]) -> None:
     width = 0.8 / max(1, len(impls))
     for i, label in enumerate(impls):
         xs = [w + (i - (len(impls) - 1) / 2) * width for w in range(len(workers))]
-        ys = [
-            next(
-                (
-                    r["consume_rate"] or 0
-                    for r in results
-                    if r["label"] == label and r["workers"] == w
-                ),
-                0,
-            )
+        cells = [
+            next((r for r in results if r["label"] == label and r["workers"] == w), None)
             for w in workers
         ]
-        ax.bar(xs, ys, width=width, label=label)
+        ys = [(c["consume_rate"] or 0) if c else 0 for c in cells]
+        spreads = [(c.get("rates") or {}) if c else {} for c in cells]
+        low = [max(0.0, y - s.get("min", y)) for y, s in zip(ys, spreads, strict=True)]
+        high = [max(0.0, s.get("max", y) - y) for y, s in zip(ys, spreads, strict=True)]
+        ax.bar(xs, ys, width=width, yerr=[low, high], capsize=3, label=label)
     ax.set_xticks(range(len(workers)), [str(w) for w in workers])
     ax.set_xlabel("workers")
     ax.set_ylabel("items consumed / s")

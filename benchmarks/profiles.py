@@ -22,6 +22,8 @@ class Profile:
     # processes hosting subscribers (0: one per core, at least 2); queue
     # workers get one process each. The publisher runs in the harness process.
     subscriber_processes: int = 0
+    # every measured cell runs this many times, in a rotating order
+    repeats: int = 3
     # warm-up of the standalone server: windows until stable or the cap
     warmup_window: float = 2.0
     warmup_min: float = 20.0
@@ -30,23 +32,23 @@ class Profile:
     warmup_stable_windows: int = 4
     # fan-out end to end
     fanout_subscribers: tuple[int, ...] = (1, 10, 20, 100)
-    fanout_duration: float = 8.0
+    fanout_duration: float = 6.0
     fanout_drain_cap: float = 30.0
     fanout_max_messages: int = 200_000
     publisher_threads: int = 8
     async_window: int = 256
     publish_many_batch: int = 100
     raw_window: int = 64
-    # work queue
+    raw_pack: int = 256  # messages per node in the packed raw ceiling (at most)
+    # work queue: every implementation drains the same backlog
     queue_workers: tuple[int, ...] = (1, 4)
-    queue_put_duration: float = 5.0
-    queue_max_items: int = 50_000
-    queue_consume_cap: float = 15.0
+    queue_items: int = 2_000
+    queue_consume_cap: float = 120.0
     queue_idle: float = 1.0
     # publish-to-handler latency, open loop
     latency_subscribers: int = 10
     latency_rates: tuple[float, ...] = (50.0, 200.0, 1000.0)
-    latency_duration: float = 15.0
+    latency_duration: float = 10.0
     latency_senders: int = 4
     latency_drain_cap: float = 10.0
     # a saturated sender gives up this long after its last scheduled send
@@ -71,6 +73,7 @@ FULL: Final = Profile("full")
 QUICK: Final = replace(
     FULL,
     name="quick",
+    repeats=2,
     warmup_window=0.5,
     warmup_min=1.0,
     warmup_cap=2.0,
@@ -82,10 +85,10 @@ QUICK: Final = replace(
     publisher_threads=4,
     async_window=32,
     publish_many_batch=20,
+    raw_pack=32,
     queue_workers=(1, 2),
-    queue_put_duration=0.3,
-    queue_max_items=300,
-    queue_consume_cap=5.0,
+    queue_items=100,
+    queue_consume_cap=20.0,
     queue_idle=0.5,
     latency_subscribers=2,
     latency_rates=(100.0,),

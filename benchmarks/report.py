@@ -20,19 +20,30 @@ DOCS_END = "<!-- benchmark-results:end -->"
 def _target(
     key: str,
     text: str,
-    value: float | None,
+    measured: dict[str, Any] | float | None,
     threshold: float,
     *,
     higher_is_better: bool,
     unit: str,
     note: str = "",
 ) -> dict[str, Any]:
-    met: bool | None
-    met = None if value is None else value >= threshold if higher_is_better else value <= threshold
+    """A target judged on the median of the repeats (``measured`` is a
+    :func:`~benchmarks.stats.spread`, or one value); how many repeats met it
+    on their own is kept beside."""
+    spread = measured if isinstance(measured, dict) else None
+    value = spread["median"] if spread else measured if isinstance(measured, float | int) else None
+
+    def ok(v: float) -> bool:
+        return v >= threshold if higher_is_better else v <= threshold
+
+    met = None if value is None else ok(float(value))
+    values = spread["values"] if spread else []
     return {
         "id": key,
         "target": text,
         "value": value,
+        "spread": None if spread is None else {k: spread[k] for k in ("min", "max", "n")},
+        "met_repeats": None if not values else sum(ok(v) for v in values),
         "threshold": threshold,
         "unit": unit,
         "met": met,
@@ -40,61 +51,92 @@ def _target(
     }
 
 
+def fmt_spread(spread: dict[str, Any] | None, unit: str = "", digits: int = 1) -> str:
+    """``median unit (min-max)``, or ``-``."""
+    if not spread:
+        return "-"
+    mid = _fmt(spread["median"], digits)
+    if spread.get("n", 1) < 2:
+        return f"{mid}{unit}"
+    return f"{mid}{unit} ({_fmt(spread['min'], digits)}-{_fmt(spread['max'], digits)})"
+
+
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets, measured against baselines of the same run."""
+    """The targets, measured against baselines of the same run, best
+    against best within each repeat; judged on the median of the repeats."""
     sections = report.get("sections", {})
     out: list[dict[str, Any]] = []
 
     fanout = sections.get("fanout", {})
     by_n = {r["subscribers"]: r for r in fanout.get("ratios", [])}
     r20 = by_n.get(20)
+    note20 = "20 subscribers not measured"
+    if r20 and isinstance(r20.get("vs_zkms"), dict):
+        levels = ", ".join(
+            f"{lv['level']} {fmt_spread(lv['ratio'], 'x', 2)}" for lv in r20.get("levels", [])
+        )
+        note20 = (
+            f"best zkpubsub ({r20['zkpubsub_best']}) {fmt_spread(r20['zkpubsub_e2e_rate'])} "
+            f"msg/s vs the reference's best {fmt_spread(r20['zkms_e2e_rate'])} msg/s; "
+            f"at the same concurrency: {levels}"
+        )
+    elif r20:
+        note20 = "the run had the reference at one concurrency only: no like-for-like figure"
     out.append(
         _target(
             "fanout-20",
-            "fan-out at 20 subscribers ≥ 50x the zkms-style reference (end to end)",
-            r20["vs_zkms"] if r20 else None,
+            "fan-out at 20 subscribers ≥ 50x the zkms-style reference "
+            "(end to end, best against best)",
+            r20["vs_zkms"] if r20 and isinstance(r20.get("vs_zkms"), dict) else None,
             50.0,
             higher_is_better=True,
             unit="x",
-            note=(
-                f"zkpubsub ({r20['zkpubsub_best']}) {r20['zkpubsub_e2e_rate']} msg/s vs "
-                f"{r20['zkms_e2e_rate']} msg/s"
-                if r20
-                else "20 subscribers not measured"
-            ),
+            note=note20,
         )
     )
     r1 = by_n.get(1)
+    note1 = "1 subscriber not measured"
+    rate1 = r1.get("zkpubsub_e2e_rate") if r1 else None
+    if r1 and isinstance(rate1, dict):
+        note1 = (
+            f"best variant: {r1['zkpubsub_best']}; raw kazoo publish ceilings: one node per "
+            f"message {fmt_spread(r1['raw_publish_rate'])} msg/s, {r1['raw_pack']} messages "
+            f"per node {fmt_spread(r1['raw_packed_rate'])} msg/s"
+        )
+    elif r1 and rate1 is not None:  # a report of one run per cell
+        note1 = f"best variant: {r1['zkpubsub_best']} (one run per cell)"
     out.append(
         _target(
             "fanout-1",
             "1 subscriber ≥ 10,000 msg/s end to end",
-            r1["zkpubsub_e2e_rate"] if r1 else None,
+            rate1,
             10_000.0,
             higher_is_better=True,
             unit="msg/s",
-            note=(
-                f"best variant: {r1['zkpubsub_best']}; raw kazoo publish ceiling "
-                f"{r1['raw_publish_rate']} msg/s"
-                if r1
-                else "1 subscriber not measured"
-            ),
+            note=note1,
         )
     )
 
     queue = sections.get("queue", {})
     q4 = next((r for r in queue.get("ratios", []) if r["workers"] == 4), None)
     q_note = "4 workers not measured"
-    if q4 and q4["zkpubsub_rate"] is None:
-        reason = next((s["reason"] for s in queue.get("skipped", [])), "zkpubsub side not run")
-        q_note = f"{reason}; LockingQueue did {q4['lockingqueue_rate']} items/s"
+    q_value = None
+    if q4 and isinstance(q4.get("best_vs_best"), dict):
+        q_value = q4["best_vs_best"]
+        q_note = (
+            f"draining {queue.get('params', {}).get('items')} items: zkpubsub's best "
+            f"{fmt_spread(q4['zkpubsub_best_rate'])} vs LockingQueue's best "
+            f"{fmt_spread(q4['lockingqueue_best_rate'])} items/s; one item at a time, "
+            f"4 workers each: {fmt_spread(q4['single_vs_single'], 'x', 2)}"
+        )
     elif q4:
-        q_note = f"{q4['zkpubsub_rate']} vs {q4['lockingqueue_rate']} items/s"
+        q_note = "the run's backlogs differed: no like-for-like figure"
     out.append(
         _target(
             "queue-4",
-            "queue with 4 workers ≥ 20x kazoo's LockingQueue",
-            q4["vs_lockingqueue"] if q4 else None,
+            "queue with 4 workers ≥ 20x kazoo's LockingQueue (same backlog drained, "
+            "best against best)",
+            q_value,
             20.0,
             higher_is_better=True,
             unit="x",
@@ -116,7 +158,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "latency-p50",
             "latency p50 ≤ 3 ms at 200 msg/s, 10 subscribers",
-            cell["latency_ms"]["p50"] if cell else None,
+            (cell.get("p50_spread") or cell["latency_ms"]["p50"]) if cell else None,
             3.0,
             higher_is_better=False,
             unit="ms",
@@ -127,7 +169,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "latency-p99",
             "latency p99 ≤ 15 ms at 200 msg/s, 10 subscribers",
-            cell["latency_ms"]["p99"] if cell else None,
+            (cell.get("p99_spread") or cell["latency_ms"]["p99"]) if cell else None,
             15.0,
             higher_is_better=False,
             unit="ms",
@@ -142,7 +184,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "backlog",
             "publish cost at 100,000 pending within 1.2x of an empty queue (p50 latency)",
-            cost.get("p50_latency") if full_range else None,
+            (cost.get("p50_latency_spread") or cost.get("p50_latency")) if full_range else None,
             1.2,
             higher_is_better=False,
             unit="x",
@@ -203,6 +245,16 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     for row in rows:
         lines.append("| " + " | ".join(_fmt(c) for c in row) + " |")
     return lines
+
+
+def _measured(t: dict[str, Any]) -> str:
+    if t["value"] is None:
+        return "-"
+    spread = t.get("spread")
+    text = f"{_fmt(t['value'], 2)} {t['unit']}"
+    if spread and spread.get("n", 1) > 1:
+        text += f" ({_fmt(spread['min'], 2)}-{_fmt(spread['max'], 2)})"
+    return text
 
 
 def _met(t: dict[str, Any]) -> str:
@@ -276,39 +328,70 @@ def _fanout(section: dict[str, Any]) -> list[str]:
     results = section.get("results", [])
     if not results:
         return ["No results."]
-    impls: list[tuple[str, str]] = []
-    for r in results:
-        if (r["impl"], r["label"]) not in impls:
-            impls.append((r["impl"], r["label"]))
-    ratios = {r["subscribers"]: r for r in section.get("ratios", [])}
-    headers = [
-        "subscribers",
-        *[label for _, label in impls],
-        "best zkpubsub / zkms-style",
-        "best zkpubsub / raw ceiling",
-    ]
+    counts = sorted({r["subscribers"] for r in results})
+    impls: list[tuple[str, str]] = list(dict.fromkeys((r["impl"], r["label"]) for r in results))
+    repeats = max((r.get("repeats", 1) for r in results), default=1)
     rows = []
-    for n in sorted({r["subscribers"] for r in results}):
-        row: list[Any] = [n]
-        for key, _ in impls:
+    for key, label in impls:
+        row: list[Any] = [label]
+        for n in counts:
             cell = next((r for r in results if r["subscribers"] == n and r["impl"] == key), None)
             if cell is None:
                 row.append(None)
-            elif cell.get("publish_only"):
-                row.append(cell["publish_rate"])
-            else:
-                mark = "" if cell["complete"] else " (not drained)"
-                row.append(f"{_fmt(cell['e2e_rate'])}{mark}")
-        ratio = ratios.get(n, {})
-        row.append(f"{ratio['vs_zkms']:.2f}x" if ratio.get("vs_zkms") else None)
-        row.append(f"{ratio['vs_raw_ceiling']:.2f}x" if ratio.get("vs_raw_ceiling") else None)
+                continue
+            rate = cell.get("rates") or {
+                "median": cell["publish_rate"] if cell.get("publish_only") else cell["e2e_rate"]
+            }
+            mark = "" if cell["complete"] else " (not drained)"
+            row.append(f"{fmt_spread(rate)}{mark}")
         rows.append(row)
+    how = (
+        f"Each cell: the median of {repeats} runs (smallest to largest); every run had "
+        "the implementations in another order."
+        if repeats > 1
+        else "One run per cell, the implementations in one fixed order."
+    )
     lines = [
-        "Messages per second handled by *every* subscriber (end to end); the raw "
-        "ceiling column is publish only (no consumers).",
+        "Messages per second handled by *every* subscriber (end to end; the raw kazoo "
+        f"rows: published, nobody consuming). {how}",
         "",
     ]
-    lines += _table(headers, rows)
+    lines += _table(["implementation", *[f"{n} subscribers" for n in counts]], rows)
+    ratios = section.get("ratios", [])
+    if ratios and isinstance(ratios[0].get("vs_zkms"), dict):
+        level_names = [lv["level"] for lv in ratios[0].get("levels", [])]
+        comparison_rows = []
+        for r in ratios:
+            levels = {lv["level"]: lv["ratio"] for lv in r.get("levels", [])}
+            comparison_rows.append(
+                [
+                    r["subscribers"],
+                    fmt_spread(r["vs_zkms"], "x", 2),
+                    *[fmt_spread(levels.get(name), "x", 2) for name in level_names],
+                    fmt_spread(r["vs_raw_ceiling"], "x", 2),
+                    fmt_spread(r["vs_raw_packed"], "x", 2)
+                    + (f" ({r['raw_pack']} per node)" if r.get("raw_pack") else ""),
+                ]
+            )
+        lines += [
+            "",
+            "zkpubsub against the reference and the raw ceilings, compared within each run "
+            "(median, smallest to largest): best against best, then at the same concurrency "
+            "(one thread each; several threads on one client each; as many publishes in "
+            "flight, asynchronously, each), then zkpubsub's best against the raw "
+            "publish-only ceilings.",
+            "",
+        ]
+        lines += _table(
+            [
+                "subscribers",
+                "best zkpubsub / best reference",
+                *[f"{name}: zkpubsub / reference" for name in level_names],
+                "best zkpubsub / raw, one node per message",
+                "best zkpubsub / raw, packed",
+            ],
+            comparison_rows,
+        )
     dup = sum(r.get("duplicates") or 0 for r in results)
     err = sum(r.get("errors") or 0 for r in results)
     lines += ["", f"Duplicated deliveries: {dup}. Publish errors: {err}."]
@@ -316,20 +399,62 @@ def _fanout(section: dict[str, Any]) -> list[str]:
 
 
 def _queue(section: dict[str, Any]) -> list[str]:
+    results = section.get("results", [])
+    params = section.get("params", {})
     rows = [
-        (r["label"], r["workers"], r["put_rate"], r["consume_rate"], f"{r['consumed']}/{r['put']}")
-        for r in section.get("results", [])
+        (
+            r["label"],
+            r["workers"],
+            fmt_spread(r.get("put_rates")) if r.get("put_rates") else r["put_rate"],
+            fmt_spread(r.get("rates")) if r.get("rates") else r["consume_rate"],
+            f"{r['consumed']}/{r['put']}",
+        )
+        for r in results
     ]
-    lines = _table(
-        ("implementation", "workers", "put/s (1 producer)", "consumed/s", "consumed/put"), rows
+    lines = []
+    if params.get("items"):
+        lines += [
+            f"Each implementation drains the same backlog of {params['items']:,} items put "
+            f"one at a time; median of {params.get('repeats', 1)} runs (smallest to largest).",
+            "",
+        ]
+    elif results:
+        lines += [
+            "Each implementation put items for a fixed time, then consumed for at most a "
+            "fixed time: the backlogs differed and were not always drained "
+            "(consumed/put), so the rates are not comparable.",
+            "",
+        ]
+    lines += _table(
+        (
+            "implementation",
+            "workers",
+            "put/s (1 producer)",
+            "consumed/s",
+            "consumed/put (median run)",
+        ),
+        rows,
     )
-    ratios = [r for r in section.get("ratios", []) if r.get("vs_lockingqueue")]
-    if ratios:
+    ratios = section.get("ratios", [])
+    if ratios and isinstance(ratios[0].get("best_vs_best"), dict):
         lines += [
             "",
-            "zkpubsub / LockingQueue: "
-            + ", ".join(f"{r['workers']} workers {r['vs_lockingqueue']}x" for r in ratios),
+            "Compared within each run: zkpubsub one item at a time against LockingQueue (which "
+            "takes one at a time) with as many workers, and zkpubsub's best against "
+            "LockingQueue's best at any number of workers.",
+            "",
         ]
+        lines += _table(
+            ("workers", "one at a time: zkpubsub / LockingQueue", "best / LockingQueue's best"),
+            [
+                (
+                    r["workers"],
+                    fmt_spread(r["single_vs_single"], "x", 2),
+                    fmt_spread(r["best_vs_best"], "x", 2),
+                )
+                for r in ratios
+            ],
+        )
     return lines
 
 
@@ -350,9 +475,16 @@ def _latency(section: dict[str, Any]) -> list[str]:
                 lat["max"],
                 r["latency_from_send_ms"]["p99"],
                 "yes" if r["saturated"] else "no",
+                fmt_spread(r.get("p50_spread"), digits=1),
+                fmt_spread(r.get("p99_spread"), digits=1),
             )
         )
-    lines = ["Milliseconds from the *scheduled* send time to the handler (open loop).", ""]
+    lines = [
+        "Milliseconds from the *scheduled* send time to the handler (open loop); each "
+        "percentile is the median over the runs, the last two columns the smallest and "
+        "largest p50 and p99 of the runs.",
+        "",
+    ]
     lines += _table(
         (
             "implementation",
@@ -366,6 +498,8 @@ def _latency(section: dict[str, Any]) -> list[str]:
             "max",
             "p99 from actual send",
             "saturated",
+            "p50 over the runs",
+            "p99 over the runs",
         ),
         rows,
     )
@@ -405,7 +539,12 @@ def _backlog(section: dict[str, Any]) -> list[str]:
         f"({fill.get('nodes_per_message')} znodes per message). Cost at "
         f"{_fmt(cost.get('to_level'))} vs {_fmt(cost.get('from_level'))} pending: p50 "
         f"x{cost.get('p50_latency')}, mean x{cost.get('mean_latency')}, time per publish "
-        f"(1 thread: the inverse of the rate) x{cost.get('inverse_rate')}.",
+        f"(1 thread: the inverse of the rate) x{cost.get('inverse_rate')}"
+        + (
+            f"; probe by probe, p50 x{fmt_spread(cost['p50_latency_spread'], digits=2)}."
+            if cost.get("p50_latency_spread")
+            else "."
+        ),
     ]
     return lines
 
@@ -485,7 +624,13 @@ def markdown(
             "not comparable with a run on a quiet machine.",
             "",
         ]
-    if report.get("profile") != "full":
+    if report.get("profile") == "reduced":
+        lines += [
+            "> A reduced run: fewer sizes, a shorter window or fewer repeats than a full "
+            "run (see the command). Its comparisons hold for what it measured only.",
+            "",
+        ]
+    elif report.get("profile") != "full":
         lines += [
             "> A quick run: small sizes and short windows, for checking the harness, "
             "not for quoting.",
@@ -493,13 +638,21 @@ def markdown(
         ]
     lines += [f"{h}# Machine", "", *_machine(report), ""]
     lines += [f"{h}# Targets", ""]
+    lines += [
+        "Each figure: the median over the runs (smallest to largest), judged on the median; "
+        "*runs* says in how many runs the figure alone met the target.",
+        "",
+    ]
     lines += _table(
-        ("target", "measured", "result", "detail"),
+        ("target", "measured", "result", "runs", "detail"),
         [
             (
                 t["target"],
-                f"{_fmt(t['value'], 2)} {t['unit']}" if t["value"] is not None else "-",
+                _measured(t),
                 _met(t),
+                f"{t['met_repeats']} of {t['spread']['n']}"
+                if t.get("spread") and t.get("met_repeats") is not None
+                else "-",
                 t["note"],
             )
             for t in report.get("targets", [])
@@ -566,3 +719,155 @@ def summary_lines(report: dict[str, Any]) -> str:
         value = "-" if t["value"] is None else f"{_fmt(t['value'], 2)} {t['unit']}"
         lines.append(f"  {_met(t).strip('*'):<12} {value:>14}  {t['target']}")
     return "\n".join(lines)
+
+
+# -- the README's performance table ---------------------------------------------------------
+
+TIMES = "\u00d7"  # the multiplication sign of the README's ratios
+README_BEGIN = "<!-- benchmark-summary:begin (generated by python -m benchmarks) -->"
+README_END = "<!-- benchmark-summary:end -->"
+
+
+def _cell_rates(section: dict[str, Any], impl: str, **where: Any) -> dict[str, Any] | None:
+    for r in section.get("results", []):
+        if r["impl"] == impl and all(r.get(k) == v for k, v in where.items()):
+            rates: dict[str, Any] | None = r.get("rates")
+            return rates
+    return None
+
+
+def readme_summary(report: dict[str, Any]) -> str:
+    """The headline figures of a run, for the Performance section of the
+    README: each against its baseline of the same run, with the spread."""
+    sections = report.get("sections", {})
+    m = report.get("machine", {})
+    zk = report.get("zookeeper") or {}
+    repeats = report.get("params", {}).get("repeats", 1)
+    kind = {
+        "full": "a full run",
+        "reduced": "a reduced run (fewer sizes or shorter windows than a full run)",
+    }.get(str(report.get("profile")), f"a {report.get('profile')} run, not for quoting")
+    lines = [
+        f"From {kind} of `python -m benchmarks"
+        f"{' ' if report.get('argv') else ''}{' '.join(public_argv(report.get('argv', [])))}` "
+        f"({str(report.get('started', ''))[:10]}; {m.get('cores')} cores, ZooKeeper "
+        f"{zk.get('version', '?')}, fsync on, 100-byte messages). "
+        + (
+            f"Each figure is the median of {repeats} runs, smallest to largest in brackets; "
+            if repeats > 1
+            else "One run per cell; "
+        )
+        + "every ratio compares measurements of the same run.",
+        "",
+    ]
+    rows: list[tuple[str, str, str, str]] = []
+    fanout = sections.get("fanout", {})
+    by_n = {r["subscribers"]: r for r in fanout.get("ratios", [])}
+    r20 = by_n.get(20)
+    if r20 and isinstance(r20.get("vs_zkms"), dict):
+        rows.append(
+            (
+                "fan-out to 20 subscribers, end to end, best against best",
+                f"{fmt_spread(r20['zkpubsub_e2e_rate'])} msg/s (`{r20['zkpubsub_best']}`)",
+                f"{fmt_spread(r20['zkms_e2e_rate'])} msg/s: zkms's algorithm through the same "
+                "client library, its best of one thread, several threads, many broadcasts in "
+                "flight",
+                fmt_spread(r20["vs_zkms"], TIMES, 1),
+            )
+        )
+        one = next((lv for lv in r20.get("levels", []) if lv["level"] == "1 thread"), None)
+        if one:
+            rows.append(
+                (
+                    "fan-out to 20 subscribers, one publishing thread each",
+                    f"{fmt_spread(_cell_rates(fanout, one['zkpubsub'], subscribers=20))} msg/s",
+                    f"{fmt_spread(_cell_rates(fanout, one['zkms'], subscribers=20))} msg/s",
+                    fmt_spread(one["ratio"], TIMES, 1),
+                )
+            )
+    r1 = by_n.get(1)
+    if r1 and isinstance(r1.get("vs_raw_packed"), dict):
+        rows.append(
+            (
+                "fan-out to 1 subscriber, end to end",
+                f"{fmt_spread(r1['zkpubsub_e2e_rate'])} msg/s (`{r1['zkpubsub_best']}`)",
+                f"{fmt_spread(r1['raw_packed_rate'])} msg/s: raw kazoo transactions packing "
+                f"{r1['raw_pack']} messages per node, nobody consuming",
+                fmt_spread(r1["vs_raw_packed"], TIMES, 2),
+            )
+        )
+    queue = sections.get("queue", {})
+    q4 = next((r for r in queue.get("ratios", []) if r["workers"] == 4), None)
+    if q4 and isinstance(q4.get("best_vs_best"), dict):
+        items = queue.get("params", {}).get("items")
+        rows.append(
+            (
+                f"work queue, 4 workers draining {_fmt(items)} items",
+                f"{fmt_spread(q4['zkpubsub_best_rate'])} items/s (best of one at a time "
+                "and batches of 32)",
+                f"{fmt_spread(q4['lockingqueue_best_rate'])} items/s: kazoo's LockingQueue, "
+                "its best at 1 or 4 workers",
+                fmt_spread(q4["best_vs_best"], TIMES, 1),
+            )
+        )
+        rows.append(
+            (
+                "work queue, 4 workers, one item at a time each",
+                f"{fmt_spread(_cell_rates(queue, 'zkpubsub', workers=4))} items/s",
+                f"{fmt_spread(q4['lockingqueue_rate'])} items/s: LockingQueue, 4 workers",
+                fmt_spread(q4["single_vs_single"], TIMES, 1),
+            )
+        )
+    backlog = sections.get("backlog", {})
+    cost = backlog.get("cost_ratio", {})
+    levels = backlog.get("levels", [])
+    if levels and cost.get("to_level"):
+        rows.append(
+            (
+                f"publish with {_fmt(cost['to_level'])} messages pending",
+                f"p50 {_fmt(levels[-1]['latency_ms']['p50'])} ms",
+                f"p50 {_fmt(levels[0]['latency_ms']['p50'])} ms with {_fmt(cost['from_level'])}",
+                fmt_spread(cost.get("p50_latency_spread"), TIMES, 2)
+                if cost.get("p50_latency_spread")
+                else f"{_fmt(cost.get('p50_latency'), 2)}{TIMES}",
+            )
+        )
+    by_id = {t["id"]: t for t in report.get("targets", [])}
+    p50, p99 = by_id.get("latency-p50"), by_id.get("latency-p99")
+    if p50 and p99 and p50["value"] is not None:
+        verdict = "met" if p50["met"] and p99["met"] else "missed"
+        rows.append(
+            (
+                "publish-to-handler latency, 200 msg/s, 10 subscribers",
+                f"p50 {_measured(p50)}, p99 {_measured(p99)}",
+                "target p50 ≤ 3 ms, p99 ≤ 15 ms",
+                verdict,
+            )
+        )
+    if not rows:
+        return "\n".join([*lines, "This run measured none of the headline figures."])
+    lines += _table(("measured", "zkpubsub", "baseline", "ratio"), rows)
+    lines += ["", "Targets, judged on the medians:", ""]
+    for t in report.get("targets", []):
+        runs = (
+            f", {t['met_repeats']} of {t['spread']['n']} runs alone"
+            if t.get("spread") and t.get("met_repeats") is not None
+            else ""
+        )
+        if t["value"] is None:
+            lines.append(f"- {t['target']}: {_met(t)} ({t['note']})")
+        else:
+            lines.append(f"- {t['target']}: {_met(t)} ({_measured(t)}{runs})")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, report: dict[str, Any]) -> bool:
+    """Replace the generated block of the README's Performance section; a
+    README without the markers is left alone (returns ``False``)."""
+    text = path.read_text() if path.exists() else ""
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + README_BEGIN + "\n" + readme_summary(report) + "\n" + README_END + tail)
+    return True

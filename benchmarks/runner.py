@@ -29,6 +29,7 @@ logger = logging.getLogger("benchmarks")
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = PACKAGE_DIR / "results"
 DEFAULT_DOCS = PACKAGE_DIR.parent / "docs" / "benchmarks.md"
+DEFAULT_README = PACKAGE_DIR.parent / "README.md"
 STANDALONE_SECTIONS = ("fanout", "queue", "latency", "backlog")
 
 
@@ -63,7 +64,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="update the results block of this Markdown file (default for a "
         "full run into the default output: docs/benchmarks.md)",
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not touch any docs file")
+    parser.add_argument(
+        "--readme",
+        metavar="FILE",
+        default=None,
+        help="update the generated performance table of this README (default: with the "
+        "docs, README.md)",
+    )
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not touch any docs file or the README"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs of every measured cell (default 3; 2 with --quick)",
+    )
+    parser.add_argument(
+        "--fanout-subscribers",
+        default=None,
+        metavar="N,N",
+        help="subscriber counts of the fan-out section (default 1,10,20,100): a reduced run",
+    )
+    parser.add_argument(
+        "--fanout-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="publishing time of each fan-out cell (default 6): a reduced run",
+    )
+    parser.add_argument(
+        "--queue-items",
+        type=int,
+        default=None,
+        metavar="N",
+        help="backlog every work-queue cell drains (default 2000): a reduced run",
+    )
+    parser.add_argument(
+        "--latency-rates",
+        default=None,
+        metavar="R,R",
+        help="offered rates of the latency section (default 50,200,1000): a reduced run",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--subscriber-processes",
@@ -114,6 +157,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         return render_only(args)
     profile = PROFILES["quick" if args.quick else "full"]
+    if args.repeats is not None:
+        profile = replace(profile, repeats=max(1, args.repeats))
+    reduced: dict[str, Any] = {}
+    if args.fanout_subscribers:
+        reduced["fanout_subscribers"] = tuple(
+            int(n) for n in args.fanout_subscribers.split(",") if n.strip()
+        )
+    if args.fanout_seconds is not None:
+        reduced["fanout_duration"] = args.fanout_seconds
+    if args.queue_items is not None:
+        reduced["queue_items"] = max(1, args.queue_items)
+    if args.latency_rates:
+        reduced["latency_rates"] = tuple(
+            float(r) for r in args.latency_rates.split(",") if r.strip()
+        )
+    if args.repeats is not None and args.repeats < PROFILES["full"].repeats:
+        reduced["repeats"] = profile.repeats
+    if reduced:
+        name = profile.name if args.quick else "reduced"
+        profile = replace(profile, name=name, **reduced)
     if args.subscriber_processes is not None:
         profile = replace(profile, subscriber_processes=max(1, args.subscriber_processes))
     if args.latency_subscribers is not None:
@@ -189,6 +252,9 @@ def publish(
     if docs is not None:
         reporting.update_docs(docs, report, plots=plots)
         progress.note(f"updated {docs}")
+    readme = _readme_target(args, docs)
+    if readme is not None and reporting.update_readme(readme, report):
+        progress.note(f"updated {readme}")
     progress.note(reporting.summary_lines(report))
     if json_path is not None:
         progress.note(f"wrote {json_path} ({report.get('duration_s')} s)")
@@ -213,6 +279,17 @@ def _docs_target(args: argparse.Namespace, out_dir: Path) -> Path | None:
     if args.quick or args.out is not None or args.report_only:
         return None
     return DEFAULT_DOCS if DEFAULT_DOCS.parent.is_dir() else None
+
+
+def _readme_target(args: argparse.Namespace, docs: Path | None) -> Path | None:
+    """The README whose performance table follows the docs (or ``--readme``)."""
+    if args.no_docs:
+        return None
+    if args.readme:
+        return Path(args.readme)
+    if docs is not None and docs.resolve() == DEFAULT_DOCS.resolve():
+        return DEFAULT_README if DEFAULT_README.is_file() else None
+    return None
 
 
 def _run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -63,3 +64,44 @@ def stable(values: Sequence[float], window: int, tolerance: float) -> bool:
     if mean <= 0:
         return False
     return all(abs(v - mean) <= tolerance * mean for v in tail)
+
+
+def spread(values: Sequence[float | None], digits: int = 2) -> dict[str, Any] | None:
+    """Median, smallest and largest of repeated measurements (``None``s,
+    from cells that could not be measured, are left out), and the values."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return None
+    mid = len(got) // 2
+    median = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    return {
+        "median": round(median, digits),
+        "min": round(got[0], digits),
+        "max": round(got[-1], digits),
+        "n": len(got),
+        "values": [round(v, digits) for v in values if v is not None],
+    }
+
+
+def median_of(values: Sequence[float | None]) -> float | None:
+    s = spread(values, digits=6)
+    return None if s is None else float(s["median"])
+
+
+def rotations(keys: Sequence[str], repeats: int, offset: int = 0) -> list[tuple[int, int, str]]:
+    """``(repeat, position, key)`` in the order to run them: every repeat
+    runs every key once, each repeat starting further along the list (and
+    every other one going backwards), so that no variant always runs first,
+    last, or after the same neighbour."""
+    order: list[tuple[int, int, str]] = []
+    k = len(keys)
+    if not k:
+        return order
+    step = max(1, -(-k // max(1, repeats)))
+    for r in range(repeats):
+        shift = (offset + r * step) % k
+        turn = list(keys[shift:]) + list(keys[:shift])
+        if r % 2:
+            turn.reverse()
+        order += [(r, pos, key) for pos, key in enumerate(turn)]
+    return order

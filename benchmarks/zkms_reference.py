@@ -19,7 +19,13 @@ does not touch live queues.
 
 This keeps zkms's algorithm and its request pattern, not its Scala: the
 numbers are what that design costs through the same Python ZooKeeper client
-the library uses, on the same server.
+the library uses, on the same server. zkms's own load test broadcasts from a
+thread pool, so the benchmark runs the reference with the same concurrency
+as zkpubsub (one thread, several threads sharing a client), and also with
+the most a zkms-style publisher could pipeline without changing the design:
+:meth:`ZkmsPublisher.broadcast_async` lists the subscribers and sends the
+creates for all of them without waiting, so that many broadcasts can be in
+flight at once, as many as zkpubsub's ``publish_async`` gets.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
@@ -63,6 +69,7 @@ def connect(hosts: str, *, timeout: float = 10.0) -> KazooClient:
 
 class ZkmsPaths:
     def __init__(self, root: str) -> None:
+        self.root = root
         base = f"{root.rstrip('/')}/{NAMESPACE}"
         self.clients = f"{base}/clients"
         self.subscribers = f"{base}/subscribers"
@@ -105,6 +112,73 @@ class ZkmsPublisher:
         for child in children:
             zk.retry(zk.create, self._paths.message_prefix(child, topic), data, sequence=True)
         return len(children)
+
+    def broadcast_async(self, topic: str, data: bytes) -> PendingBroadcast:
+        """:meth:`broadcast` without waiting: the listing and then every
+        create are sent asynchronously; :meth:`PendingBroadcast.result`
+        waits for them (and retries what failed synchronously, as the plain
+        broadcast would)."""
+        return PendingBroadcast(self._zk, self._paths, topic, data)
+
+
+class PendingBroadcast:
+    """One broadcast in flight (see :meth:`ZkmsPublisher.broadcast_async`)."""
+
+    def __init__(self, zk: KazooClient, paths: ZkmsPaths, topic: str, data: bytes) -> None:
+        self._zk = zk
+        self._paths = paths
+        self._topic = topic
+        self._data = data
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._left = 0
+        self._listing_failed: BaseException | None = None
+        self._failed: list[str] = []
+        self.subscribers = 0
+        zk.get_children_async(paths.topic(topic)).rawlink(self._listed)
+
+    def _listed(self, request: Any) -> None:  # kazoo's callback thread
+        try:
+            children = request.get()
+        except Exception as exc:
+            self._listing_failed = exc
+            self._done.set()
+            return
+        if not children:
+            self._listing_failed = NoSubscribers(self._topic)
+            self._done.set()
+            return
+        self.subscribers = self._left = len(children)
+        for child in children:
+            prefix = self._paths.message_prefix(child, self._topic)
+            create = self._zk.create_async(prefix, self._data, sequence=True)
+            create.rawlink(lambda r, prefix=prefix: self._created(prefix, r))
+
+    def _created(self, prefix: str, request: Any) -> None:  # kazoo's callback thread
+        try:
+            request.get()
+        except Exception:
+            with self._lock:
+                self._failed.append(prefix)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._done.set()
+
+    def result(self, timeout: float = 60.0) -> int:
+        """Wait for the broadcast; returns how many queues it was written to."""
+        zk = self._zk
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"broadcast to {self._topic!r} not done in {timeout:g}s")
+        if self._listing_failed is not None:
+            if isinstance(self._listing_failed, NoSubscribers | NoNodeError):
+                raise NoSubscribers(self._topic)
+            # the listing failed (a lost connection): do it all again, synchronously
+            return ZkmsPublisher(zk, self._paths.root).broadcast(self._topic, self._data)
+        for prefix in self._failed:
+            zk.retry(zk.create, prefix, self._data, sequence=True)
+        return self.subscribers
 
 
 class ZkmsSubscriber:

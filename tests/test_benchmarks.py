@@ -63,11 +63,12 @@ def test_every_section_is_reported_without_errors(report: dict) -> None:
 
 
 def test_fanout_delivers_every_published_message_to_every_subscriber(report: dict) -> None:
-    results = report["sections"]["fanout"]["results"]
+    runs = report["sections"]["fanout"]["runs"]
     for n in QUICK.fanout_subscribers:
-        impls = {r["impl"] for r in results if r["subscribers"] == n}
-        assert {"zkms", "zkpubsub-publish", "raw"} <= impls
-    for r in results:
+        impls = {r["impl"] for r in runs if r["subscribers"] == n}
+        assert {"zkms", "zkms-threads", "zkms-pipelined", "zkpubsub-publish"} <= impls
+        assert {"raw", "raw-packed"} <= impls
+    for r in runs:
         assert r["published"] > 0, r
         assert r["errors"] == 0, r
         if r["publish_only"]:
@@ -79,22 +80,51 @@ def test_fanout_delivers_every_published_message_to_every_subscriber(report: dic
         assert r["e2e_rate"] > 0
 
 
-def test_queue_consumes_every_item_once(report: dict) -> None:
+def test_every_fanout_cell_runs_each_repeat_in_a_rotating_order(report: dict) -> None:
+    section = report["sections"]["fanout"]
+    runs = section["runs"]
+    for n in QUICK.fanout_subscribers:
+        orders = section["orders"][str(n)]
+        assert len(orders) == QUICK.repeats
+        assert all(sorted(o) == sorted(orders[0]) for o in orders)
+        assert len({o[0] for o in orders}) == QUICK.repeats  # not always the same first
+        for impl in orders[0]:
+            cells = [r for r in runs if r["subscribers"] == n and r["impl"] == impl]
+            assert sorted(r["repeat"] for r in cells) == list(range(QUICK.repeats))
+    for row in section["results"]:
+        assert row["repeats"] == QUICK.repeats and row["rates"]["n"] == QUICK.repeats
+        assert row["rates"]["min"] <= row["rates"]["median"] <= row["rates"]["max"]
+    for ratio in section["ratios"]:
+        assert ratio["vs_zkms"]["n"] == QUICK.repeats  # one comparison per repeat
+        assert [lv["level"] for lv in ratio["levels"]] == ["1 thread", "threads", "asynchronous"]
+        assert all(lv["ratio"]["n"] == QUICK.repeats for lv in ratio["levels"])
+        assert ratio["vs_raw_packed"] is not None and ratio["raw_pack"] >= 1
+
+
+def test_queue_drains_the_same_backlog_and_consumes_every_item_once(report: dict) -> None:
     section = report["sections"]["queue"]
-    baseline = [r for r in section["results"] if r["impl"] == "lockingqueue"]
-    assert [r["workers"] for r in baseline] == list(QUICK.queue_workers)
-    for r in section["results"]:
-        assert r["put"] > 0
+    runs = section["runs"]
+    baseline = [r for r in runs if r["impl"] == "lockingqueue"]
+    assert sorted({r["workers"] for r in baseline}) == sorted(QUICK.queue_workers)
+    assert len(baseline) == len(QUICK.queue_workers) * QUICK.repeats
+    for r in runs:
+        assert r["put"] == QUICK.queue_items, r
         assert r["consumed"] == r["put"], r
-    ours = [r for r in section["results"] if r["impl"] == "zkpubsub"]
+    ours = [r for r in runs if r["impl"] == "zkpubsub"]
     skipped = [s for s in section["skipped"] if s["impl"] == "zkpubsub"]
     assert ours or skipped
+    if ours:
+        for ratio in section["ratios"]:
+            assert ratio["single_vs_single"]["n"] == QUICK.repeats
+            assert ratio["best_vs_best"]["n"] == QUICK.repeats
 
 
 def test_latency_accounts_for_every_scheduled_delivery(report: dict) -> None:
-    results = report["sections"]["latency"]["results"]
-    assert {r["impl"] for r in results} >= {"zkpubsub", "zkms"}
-    for r in results:
+    section = report["sections"]["latency"]
+    assert {r["impl"] for r in section["results"]} >= {"zkpubsub", "zkms"}
+    for row in section["results"]:
+        assert row["repeats"] == QUICK.repeats
+    for r in section["runs"]:
         assert r["errors"] == 0, r
         assert r["sent"] + r["unsent"] == r["scheduled"], r
         # delivered, or counted with the time it had waited (a lower bound)
@@ -112,6 +142,7 @@ def test_backlog_reaches_each_level(report: dict) -> None:
         assert lv["backlog_nodes"] >= lv["level"]
         assert lv["publishes"] > 0
         assert lv["errors"] == 0
+        assert len(lv["probes"]) == QUICK.repeats
     assert section["fill"]["messages"] > 0
 
 
@@ -122,6 +153,23 @@ def test_leader_kill_loses_no_acknowledged_message(report: dict) -> None:
         assert r["acknowledged"] > 0
         assert r["killed_server"] in (1, 2, 3)
         assert r["lost"] == 0, r
+
+
+def test_the_readme_table_is_generated_from_the_report(report: dict, tmp_path: Path) -> None:
+    from benchmarks.report import README_BEGIN, README_END, readme_summary, update_readme
+
+    summary = readme_summary(report)
+    assert "quick run, not for quoting" in summary
+    assert "fan-out to 1 subscriber" in summary  # quick sizes: no 20 subscribers, no 4 workers
+    assert summary.count("\n- ") == len(report["targets"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\nrest\n")
+    assert update_readme(readme, report)
+    text = readme.read_text()
+    assert "old" not in text and summary in text and text.endswith("rest\n")
+    plain = tmp_path / "OTHER.md"
+    plain.write_text("no markers\n")
+    assert not update_readme(plain, report) and plain.read_text() == "no markers\n"
 
 
 def test_commit_latency_times_both_round_trips(tmp_path: Path) -> None:

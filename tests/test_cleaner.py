@@ -54,6 +54,29 @@ def test_a_dead_clients_queue_goes_after_the_grace_and_not_before(
 def test_a_durable_subscriber_back_within_the_grace_keeps_its_backlog(
     make_client: MakeClient,
 ) -> None:
+    """Its backlog, and what was published while it was away: a durable
+    subscription stays registered while its client is gone."""
+    host = make_client()
+    cleaner = host.start_cleaner(grace=30.0, interval=0.2)
+    assert cleaner.wait_leader(20)
+    billing = make_client(client_id="billing-cache")
+    billing.subscribe("invoices", durable=True).close()
+    for i in range(5):
+        host.publish("invoices", i)
+    billing.close()
+    for i in range(5, 10):  # while it is away
+        assert host.publish("invoices", i).subscribers == 1
+    before = cleaner.stats().sweeps
+    wait_until(lambda: cleaner.stats().sweeps >= before + 3, 20, "several sweeps meanwhile")
+    collector = Collector()
+    make_client(client_id="billing-cache").subscribe("invoices", collector, durable=True)
+    assert collector.wait(10) == list(range(10))
+    assert cleaner.stats().queues_removed == 0
+
+
+def test_a_plain_subscriber_back_within_the_grace_keeps_only_what_was_queued(
+    make_client: MakeClient,
+) -> None:
     host = make_client()
     cleaner = host.start_cleaner(grace=30.0, interval=0.2)
     assert cleaner.wait_leader(20)
@@ -62,6 +85,7 @@ def test_a_durable_subscriber_back_within_the_grace_keeps_its_backlog(
     for i in range(5):
         host.publish("invoices", i)
     billing.close()
+    assert host.publish("invoices", 5).subscribers == 0  # not registered while away
     before = cleaner.stats().sweeps
     wait_until(lambda: cleaner.stats().sweeps >= before + 3, 20, "several sweeps meanwhile")
     collector = Collector()

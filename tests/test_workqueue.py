@@ -307,19 +307,12 @@ def test_four_competing_workers_ack_every_item_exactly_once(make_client: MakeCli
         ids += producer.put_many(range(start, start + 250))
     assert len(set(ids)) == total
     handled: Counter[str] = Counter()
-    holders: dict[str, str] = {}
-    overlap: list[str] = []
     lock = threading.Lock()
 
     def handler_for(worker: str) -> Callable[[Item], None]:
         def handle(item: Item) -> None:
             with lock:
-                if item.id in holders:
-                    overlap.append(item.id)
-                holders[item.id] = worker
                 handled[item.id] += 1
-            with lock:
-                del holders[item.id]
 
         return handle
 
@@ -329,7 +322,8 @@ def test_four_competing_workers_ack_every_item_exactly_once(make_client: MakeCli
     wait_until(lambda: sum(handled.values()) >= total and len(producer) == 0, 120, "drained")
     for c in consumers:
         c.stop()
-    assert overlap == []
+    # handled exactly once each, so never by two workers at once (holds that
+    # overlap in time are checked under faults: tests/faults/test_queue_*)
     assert set(handled) == set(ids)
     assert set(handled.values()) == {1}
     assert sum(c.stats().acked for c in consumers) == total
@@ -535,11 +529,13 @@ def test_ack_many_names_every_lost_reservation(make_client: MakeClient) -> None:
     assert len(other) == 0
 
 
-def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(
+def test_after_a_lost_answer_a_worker_claims_only_reservations_that_name_it(
     make_client: MakeClient,
 ) -> None:
     """Two workers of one client share its session: after a lost answer a
-    worker must recognise its own reservation by its name, not the session."""
+    worker must recognise its own reservation by its name, not the session.
+    This drives the recovery step directly on states set up by hand; the
+    same race over a real lost reply is in tests/faults/test_queue_faults.py."""
     client = make_client()
     q = client.queue("shared")
     mine, sibling = q.worker(), q.worker()

@@ -6,8 +6,9 @@ kept alive by the server for the length of the section, and consumes
 nothing. A filler client fills its queue through the public API, one
 message per node (``publish_many`` with ``max_message_bytes`` too small for
 two messages). At each backlog size a probe client publishes one message at
-a time and the publish latency and rate are measured. The backlog is read
-from ``Client.stats()`` (znodes in the queue).
+a time and the publish latency and rate are measured, ``repeats`` times
+(the cost ratio is taken probe by probe and reported with its spread). The
+backlog is read from ``Client.stats()`` (znodes in the queue).
 """
 
 from __future__ import annotations
@@ -102,8 +103,20 @@ def run(ctx: Context) -> dict[str, Any]:
                         nodes_per_message = round((backlog - before) / batch, 3)
                     phase.update(f"filling: {backlog:,} nodes pending")
                 fill_seconds += time.monotonic() - t_fill
-                latencies, seconds, probe_errors = _probe(probe, seq, ctx, phase)
-                seq += len(latencies)
+                latencies: list[float] = []
+                seconds = 0.0
+                probe_errors = 0
+                probes: list[dict[str, Any]] = []
+                for _ in range(p.repeats):
+                    lat, secs, errs = _probe(probe, seq, ctx, phase)
+                    seq += len(lat)
+                    latencies += lat
+                    seconds += secs
+                    probe_errors += errs
+                    one = stats.summarize_ms(lat)
+                    probes.append(
+                        {"p50": one["p50"], "mean": one["mean"], "rate": stats.rate(len(lat), secs)}
+                    )
                 summary = stats.summarize_ms(latencies)
                 levels.append(
                     {
@@ -113,6 +126,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         "errors": probe_errors,
                         "publish_rate": stats.rate(len(latencies), seconds),
                         "latency_ms": summary,
+                        "probes": probes,
                     }
                 )
                 phase.summary = (
@@ -141,6 +155,14 @@ def run(ctx: Context) -> dict[str, Any]:
     def mean(cell: dict[str, Any] | None) -> float | None:
         return None if cell is None else cell["latency_ms"]["mean"]
 
+    def per_probe(field: str, invert: bool = False) -> dict[str, Any] | None:
+        if first is None or last is None:
+            return None
+        pairs = zip(first.get("probes", []), last.get("probes", []), strict=False)
+        if invert:
+            return stats.spread([stats.ratio(a[field], b[field]) for a, b in pairs])
+        return stats.spread([stats.ratio(b[field], a[field]) for a, b in pairs])
+
     return {
         "description": (__doc__ or "").strip().splitlines()[0],
         "params": {
@@ -148,6 +170,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "probe_publishes": p.backlog_probe_publishes,
             "probe_cap_s": p.backlog_probe_cap,
             "fill_batch": p.backlog_fill_batch,
+            "repeats": p.repeats,
             "payload_bytes": payload.PAYLOAD_SIZE,
         },
         "fill": {
@@ -165,5 +188,8 @@ def run(ctx: Context) -> dict[str, Any]:
             "inverse_rate": stats.ratio(
                 first["publish_rate"] if first else None, last["publish_rate"] if last else None
             ),
+            "p50_latency_spread": per_probe("p50"),
+            "mean_latency_spread": per_probe("mean"),
+            "inverse_rate_spread": per_probe("rate", invert=True),
         },
     }

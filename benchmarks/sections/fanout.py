@@ -6,8 +6,20 @@ publishes for a fixed time (closed loop: as fast as it is confirmed). Then
 the harness waits until every subscriber handled every confirmed message
 (or the drain cap passes). The end-to-end rate is messages / (last handled
 by the slowest subscriber - first publish), so a publisher that outruns its
-subscribers gains nothing. The raw kazoo ceiling has no subscribers: it is
-the rate at which transactions of one create per queue can be pushed.
+subscribers gains nothing.
+
+zkpubsub and the zkms-style reference run at the same concurrency levels:
+one thread, several threads on one client, and the most each can pipeline
+(``publish_async`` with many in flight; the reference's creates for all
+subscribers of a message sent at once). The raw kazoo ceilings have no
+subscribers: the rate at which transactions of one create per queue can be
+pushed, with one message per node and with messages packed as zkpubsub
+packs them at best.
+
+Every cell runs ``repeats`` times; each repeat runs the implementations in
+another order (:func:`~benchmarks.stats.rotations`). Comparisons are made
+within a repeat (best against best, and level against level) and reported
+as the median with the smallest and largest of the repeats.
 """
 
 from __future__ import annotations
@@ -45,9 +57,30 @@ class Impl:
     needs: str | None = None  # a Client attribute this variant needs
 
 
+# Comparisons at the same concurrency: (level, zkpubsub variant, reference variant).
+LEVELS: tuple[tuple[str, str, str], ...] = (
+    ("1 thread", "zkpubsub-publish", "zkms"),
+    ("threads", "zkpubsub-threads", "zkms-threads"),
+    ("asynchronous", "zkpubsub-async", "zkms-pipelined"),
+)
+
+
 def implementations_for(p: Profile) -> list[Impl]:
     return [
-        Impl("zkms", "zkms-style reference (sync create per subscriber)", "zkms", "zkms"),
+        Impl("zkms", "zkms-style reference, 1 thread", "zkms", "zkms"),
+        Impl(
+            "zkms-threads",
+            f"zkms-style reference, {p.publisher_threads} threads",
+            "zkms",
+            "zkms",
+        ),
+        Impl(
+            "zkms-pipelined",
+            f"zkms-style reference, {p.async_window} broadcasts in flight (asynchronous "
+            "listing and creates)",
+            "zkms",
+            "zkms",
+        ),
         Impl("zkpubsub-publish", "zkpubsub publish(), 1 thread", "zkpubsub", "zkpubsub"),
         Impl(
             "zkpubsub-threads",
@@ -70,7 +103,14 @@ def implementations_for(p: Profile) -> list[Impl]:
         ),
         Impl(
             "raw",
-            f"kazoo pipelined transactions, {p.raw_window} in flight (publish only)",
+            f"raw kazoo, one node per message, {p.raw_window} in flight (publish only)",
+            None,
+            "raw",
+        ),
+        Impl(
+            "raw-packed",
+            f"raw kazoo, up to {p.raw_pack} messages per node, {p.raw_window} in flight "
+            "(publish only)",
             None,
             "raw",
         ),
@@ -139,23 +179,27 @@ def _report(run: PublishRun, end: float, phase: Phase) -> None:
         time.sleep(0.25)
 
 
-def _publish_zkms(ctx: Context, root: str, phase: Phase) -> PublishRun:
+def _publish_zkms(ctx: Context, impl: Impl, root: str, phase: Phase) -> PublishRun:
+    """The reference: one thread, ``publisher_threads`` threads sharing its
+    client (as zkms's load test broadcasts from a pool), or one thread
+    keeping as many broadcasts in flight as ``publish_async`` gets."""
     from ..zkms_reference import ZkmsPublisher
 
     p = ctx.profile
     with kazoo(ctx.hosts) as zk:
         publisher = ZkmsPublisher(zk, root)
+        if impl.key == "zkms-pipelined":
+            return _windowed(lambda seq: publisher.broadcast_async(TOPIC, _stamp(seq)), ctx, phase)
 
         def send(seq: int) -> int:
-            now = time.monotonic()
-            publisher.broadcast(TOPIC, payload.make(seq, now, now))
+            publisher.broadcast(TOPIC, _stamp(seq))
             return 1
 
         return _closed_loop(
             send,
             duration=p.fanout_duration,
             max_messages=p.fanout_max_messages,
-            threads=1,
+            threads=p.publisher_threads if impl.key == "zkms-threads" else 1,
             phase=phase,
         )
 
@@ -208,8 +252,19 @@ def _publish_zkpubsub(ctx: Context, impl: Impl, root: str, phase: Phase) -> Publ
         client.close()
 
 
+def _stamp(seq: int) -> bytes:
+    now = time.monotonic()
+    return payload.make(seq, now, now)
+
+
 def _publish_async(ctx: Context, client: Any, phase: Phase) -> PublishRun:
     """``publish_async`` with a bounded number of unconfirmed publishes."""
+    return _windowed(lambda seq: client.publish_async(TOPIC, _stamp(seq)), ctx, phase)
+
+
+def _windowed(start: Callable[[int], Any], ctx: Context, phase: Phase) -> PublishRun:
+    """Call ``start(seq)`` (returns something with ``result(timeout)``) with
+    up to ``async_window`` unsettled, for the fan-out duration."""
     p = ctx.profile
     run = PublishRun()
     in_flight: deque[Any] = deque()
@@ -225,8 +280,7 @@ def _publish_async(ctx: Context, client: Any, phase: Phase) -> PublishRun:
             run.failed(exc)
 
     while time.monotonic() < end and seq < p.fanout_max_messages:
-        now = time.monotonic()
-        in_flight.append(client.publish_async(TOPIC, payload.make(seq, now, now)))
+        in_flight.append(start(seq))
         seq += 1
         if len(in_flight) >= p.async_window:
             settle()
@@ -240,8 +294,9 @@ def _publish_async(ctx: Context, client: Any, phase: Phase) -> PublishRun:
 
 def _raw_cell(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
     p = ctx.profile
-    root = new_root(f"fanout-raw-{n}")
+    root = new_root(f"fanout-{impl.key}-{n}")
     parents = [f"{root}/q{i}" for i in range(n)]
+    pack = raw_ceiling.pack_for(n, p.raw_pack) if impl.key == "raw-packed" else 1
     try:
         with kazoo(ctx.hosts) as zk:
             for parent in parents:
@@ -252,6 +307,7 @@ def _raw_cell(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
                 duration=p.fanout_duration,
                 window=p.raw_window,
                 max_messages=p.fanout_max_messages,
+                pack=pack,
                 on_progress=lambda done: phase.update(f"committed {done}"),
             )
     finally:
@@ -268,6 +324,7 @@ def _raw_cell(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
         "publish_seconds": result["seconds"],
         "publish_rate": rate,
         "znodes_per_s": stats.rate(result["znodes"], result["seconds"]),
+        "messages_per_node": pack,
         "e2e_rate": None,
         "publish_only": True,
         "complete": True,
@@ -284,7 +341,7 @@ def measure(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
     workers = start_subscribers(ctx, impl.subscriber, ctx.hosts, root, n)
     try:
         if impl.family == "zkms":
-            run = _publish_zkms(ctx, root, phase)
+            run = _publish_zkms(ctx, impl, root, phase)
         else:
             run = _publish_zkpubsub(ctx, impl, root, phase)
         drain_deadline = time.monotonic() + p.fanout_drain_cap
@@ -332,31 +389,41 @@ def run(ctx: Context) -> dict[str, Any]:
     p = ctx.profile
     from zkpubsub import Client
 
-    results: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
-    impls = implementations_for(p)
-    for impl in impls:
+    impls: list[Impl] = []
+    for impl in implementations_for(p):
         if impl.needs and not hasattr(Client, impl.needs):
             reason = f"Client.{impl.needs} is not available in this version"
             skipped.append({"impl": impl.key, "reason": reason})
             ctx.progress.note(f"fan-out: {impl.label}: skipped, {reason}")
-    for n in p.fanout_subscribers:
-        for impl in impls:
-            if impl.needs and not hasattr(Client, impl.needs):
-                continue
-            with ctx.progress.phase(f"fan-out {n:>3} subscribers, {impl.label}") as phase:
+        else:
+            impls.append(impl)
+    by_key = {impl.key: impl for impl in impls}
+    orders: dict[str, list[list[str]]] = {}
+    for group, n in enumerate(p.fanout_subscribers):
+        schedule = stats.rotations([i.key for i in impls], p.repeats, offset=group)
+        orders[str(n)] = [[k for r, _, k in schedule if r == rep] for rep in range(p.repeats)]
+        for rep, position, key in schedule:
+            impl = by_key[key]
+            name = f"fan-out {n:>3} subscribers, {impl.label} (run {rep + 1}/{p.repeats})"
+            with ctx.progress.phase(name) as phase:
                 try:
-                    results.append(measure(ctx, impl, n, phase))
+                    cell = measure(ctx, impl, n, phase)
                 except Exception as exc:
                     errors.append(
                         {
                             "impl": impl.key,
                             "subscribers": str(n),
+                            "repeat": str(rep),
                             "error": f"{type(exc).__name__}: {exc}",
                         }
                     )
                     phase.summary = f"error: {type(exc).__name__}: {exc}"
+                    continue
+                cell.update({"repeat": rep, "position": position})
+                runs.append(cell)
     return {
         "description": __doc__.strip().splitlines()[0] if __doc__ else "",
         "params": {
@@ -365,12 +432,51 @@ def run(ctx: Context) -> dict[str, Any]:
             "drain_cap_s": p.fanout_drain_cap,
             "payload_bytes": payload.PAYLOAD_SIZE,
             "subscriber_processes": ctx.subscriber_processes,
+            "repeats": p.repeats,
+            "publisher_threads": p.publisher_threads,
+            "async_window": p.async_window,
+            "raw_pack": p.raw_pack,
         },
-        "results": results,
+        "orders": orders,
+        "runs": runs,
+        "results": summarize(runs),
         "skipped": skipped,
         "errors": errors,
-        "ratios": ratios(results),
+        "ratios": ratios(runs),
     }
+
+
+def value(cell: dict[str, Any]) -> float | None:
+    """A run's rate: end to end, or publish only for the raw ceilings."""
+    return cell["publish_rate"] if cell.get("publish_only") else cell.get("e2e_rate")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per implementation and subscriber count: the run with the
+    median rate, with the spread of all its runs (``rates``) and totals of
+    what must be zero over all of them."""
+    out = []
+    keys = list(dict.fromkeys((r["impl"], r["subscribers"]) for r in runs))
+    for impl, n in keys:
+        cells = [r for r in runs if r["impl"] == impl and r["subscribers"] == n]
+        ordered = sorted(cells, key=lambda r: value(r) or 0.0)
+        middle = dict(ordered[(len(ordered) - 1) // 2])
+        middle.pop("repeat", None)
+        middle.pop("position", None)
+        rates = stats.spread([value(r) for r in cells], digits=1)
+        if rates is not None:  # the row's figure is the median of the runs
+            middle["publish_rate" if middle.get("publish_only") else "e2e_rate"] = rates["median"]
+        middle.update(
+            {
+                "repeats": len(cells),
+                "rates": rates,
+                "complete": all(r["complete"] for r in cells),
+                "errors": sum(r.get("errors") or 0 for r in cells),
+                "duplicates": sum(r.get("duplicates") or 0 for r in cells),
+            }
+        )
+        out.append(middle)
+    return out
 
 
 def best(results: list[dict[str, Any]], n: int, family: str) -> dict[str, Any] | None:
@@ -383,27 +489,73 @@ def best(results: list[dict[str, Any]], n: int, family: str) -> dict[str, Any] |
     return max(cells, key=lambda r: r["e2e_rate"], default=None)
 
 
-def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per subscriber count: zkpubsub's best per-message variant against the
-    zkms-style reference and against the raw publish ceiling."""
+def _rate(runs: list[dict[str, Any]], n: int, rep: int, impl: str) -> float | None:
+    cell = next(
+        (r for r in runs if r["subscribers"] == n and r["repeat"] == rep and r["impl"] == impl),
+        None,
+    )
+    return None if cell is None else value(cell)
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per subscriber count, compared within each repeat: zkpubsub's best
+    per-message variant against the reference's best, each zkpubsub variant
+    against the reference at the same concurrency, and zkpubsub's best
+    against the raw publish ceilings; medians and spreads over the repeats."""
     out = []
-    for n in sorted({r["subscribers"] for r in results}):
-        zk = best(results, n, "zkpubsub")
-        ref = best(results, n, "zkms")
-        raw = next((r for r in results if r["subscribers"] == n and r["family"] == "raw"), None)
+    for n in sorted({r["subscribers"] for r in runs}):
+        repeats = sorted({r["repeat"] for r in runs if r["subscribers"] == n})
+        best_zk: list[float | None] = []
+        best_ref: list[float | None] = []
+        winners: list[str] = []
+        for rep in repeats:
+            here = [r for r in runs if r["subscribers"] == n and r["repeat"] == rep]
+            zk = best(here, n, "zkpubsub")
+            ref = best(here, n, "zkms")
+            best_zk.append(zk["e2e_rate"] if zk else None)
+            best_ref.append(ref["e2e_rate"] if ref else None)
+            if zk:
+                winners.append(zk["impl"])
+        raw = [_rate(runs, n, rep, "raw") for rep in repeats]
+        packed = [_rate(runs, n, rep, "raw-packed") for rep in repeats]
+
+        def per_repeat(a: list[float | None], b: list[float | None]) -> list[float | None]:
+            return [stats.ratio(x, y) for x, y in zip(a, b, strict=True)]
+
+        levels = []
+        for level, mine, theirs in LEVELS:
+            a = [_rate(runs, n, rep, mine) for rep in repeats]
+            b = [_rate(runs, n, rep, theirs) for rep in repeats]
+            levels.append(
+                {
+                    "level": level,
+                    "zkpubsub": mine,
+                    "zkms": theirs,
+                    "ratio": stats.spread(per_repeat(a, b)),
+                }
+            )
+        pack = next(
+            (
+                r.get("messages_per_node")
+                for r in runs
+                if r["subscribers"] == n and r["impl"] == "raw-packed"
+            ),
+            None,
+        )
         out.append(
             {
                 "subscribers": n,
-                "zkpubsub_best": zk["impl"] if zk else None,
-                "zkpubsub_e2e_rate": zk["e2e_rate"] if zk else None,
-                "zkms_e2e_rate": ref["e2e_rate"] if ref else None,
-                "raw_publish_rate": raw["publish_rate"] if raw else None,
-                "vs_zkms": stats.ratio(
-                    zk["e2e_rate"] if zk else None, ref["e2e_rate"] if ref else None
-                ),
-                "vs_raw_ceiling": stats.ratio(
-                    zk["e2e_rate"] if zk else None, raw["publish_rate"] if raw else None
-                ),
+                "repeats": len(repeats),
+                "zkpubsub_best": max(set(winners), key=winners.count) if winners else None,
+                "zkpubsub_e2e_rate": stats.spread(best_zk, digits=1),
+                "zkms_e2e_rate": stats.spread(best_ref, digits=1),
+                "raw_publish_rate": stats.spread(raw, digits=1),
+                "raw_packed_rate": stats.spread(packed, digits=1),
+                "raw_pack": pack,
+                "vs_zkms": stats.spread(per_repeat(best_zk, best_ref)),
+                "levels": levels,
+                "vs_raw_ceiling": stats.spread(per_repeat(best_zk, raw)),
+                "vs_raw_packed": stats.spread(per_repeat(best_zk, packed)),
             }
         )
     return out

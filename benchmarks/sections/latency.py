@@ -8,6 +8,10 @@ stall shows in the percentiles (no coordinated omission). The latency from
 the actual send time is kept as well, for contrast. Messages not handled
 when the drain cap passes count with the time they had waited by then (the
 percentiles are then lower bounds).
+
+Every cell runs ``repeats`` times, the implementations in a rotating order;
+a row reports, for each percentile, the median over the repeats, and the
+spread of p50 and p99.
 """
 
 from __future__ import annotations
@@ -244,23 +248,35 @@ def run(ctx: Context) -> dict[str, Any]:
     from zkpubsub import Client
 
     p = ctx.profile
-    results: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
+    impls = {}
     for key, label, sub_impl, needs in _implementations():
         if needs and not hasattr(Client, needs):
             reason = f"Client.{needs} is not available in this version"
             skipped.append({"impl": key, "reason": reason})
             ctx.progress.note(f"latency: {label}: skipped, {reason}")
             continue
-        saturated_at: float | None = None
+        impls[key] = (label, sub_impl)
+    saturated_at: dict[str, float] = {}
+    for rep, _, key in stats.rotations(list(impls), p.repeats):
+        label, sub_impl = impls[key]
         for rate in p.latency_rates:
-            if saturated_at is not None:
-                skipped.append(
-                    {"impl": key, "rate": rate, "reason": f"saturated at {saturated_at:g} msg/s"}
-                )
+            if key in saturated_at and rate > saturated_at[key]:
+                if rep == 0:
+                    skipped.append(
+                        {
+                            "impl": key,
+                            "rate": rate,
+                            "reason": f"saturated at {saturated_at[key]:g} msg/s",
+                        }
+                    )
                 continue
-            name = f"latency {label} at {rate:g} msg/s, {p.latency_subscribers} subscribers"
+            name = (
+                f"latency {label} at {rate:g} msg/s, {p.latency_subscribers} subscribers "
+                f"(run {rep + 1}/{p.repeats})"
+            )
             with ctx.progress.phase(name) as phase:
                 try:
                     cell = _cell(ctx, key, label, sub_impl, rate, phase)
@@ -270,9 +286,10 @@ def run(ctx: Context) -> dict[str, Any]:
                     )
                     phase.summary = f"error: {type(exc).__name__}: {exc}"
                     continue
-                results.append(cell)
+                cell["repeat"] = rep
+                runs.append(cell)
                 if cell["saturated"]:
-                    saturated_at = rate
+                    saturated_at[key] = min(rate, saturated_at.get(key, rate))
     return {
         "description": (__doc__ or "").strip().splitlines()[0],
         "params": {
@@ -282,8 +299,44 @@ def run(ctx: Context) -> dict[str, Any]:
             "senders": p.latency_senders,
             "drain_cap_s": p.latency_drain_cap,
             "payload_bytes": payload.PAYLOAD_SIZE,
+            "repeats": p.repeats,
         },
-        "results": results,
+        "runs": [{k: v for k, v in r.items() if k != "cdf_ms"} for r in runs],
+        "results": summarize(runs),
         "skipped": skipped,
         "errors": errors,
     }
+
+
+_PERCENTILES = ("mean", "p50", "p90", "p99", "p999", "max")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per implementation and rate: each percentile the median of
+    the repeats (the run with the median p99 gives the CDF), the spread of
+    p50 and p99, and totals of what must be zero."""
+    out = []
+    for key, rate in dict.fromkeys((r["impl"], r["rate"]) for r in runs):
+        cells = [r for r in runs if r["impl"] == key and r["rate"] == rate]
+        ordered = sorted(cells, key=lambda r: r["latency_ms"]["p99"] or 0.0)
+        row = dict(ordered[(len(ordered) - 1) // 2])
+        row.pop("repeat", None)
+        for field in ("latency_ms", "latency_from_send_ms"):
+            row[field] = {
+                **row[field],
+                **{q: stats.median_of([r[field][q] for r in cells]) for q in _PERCENTILES},
+            }
+        row.update(
+            {
+                "repeats": len(cells),
+                "p50_spread": stats.spread([r["latency_ms"]["p50"] for r in cells]),
+                "p99_spread": stats.spread([r["latency_ms"]["p99"] for r in cells]),
+                "achieved_rate": stats.median_of([r["achieved_rate"] for r in cells]),
+                "saturated": any(r["saturated"] for r in cells),
+                "lower_bound": any(r["lower_bound"] for r in cells),
+                "errors": sum(r["errors"] for r in cells),
+                "duplicates": sum(r["duplicates"] for r in cells),
+            }
+        )
+        out.append(row)
+    return out

@@ -1,13 +1,22 @@
 """The work queue with 1 and more workers, against kazoo's LockingQueue.
 
-Both sides run the same two phases on a fresh path: one producer puts items
-one at a time for a fixed time (the put rate), then the workers, each in a
-worker process with its own session, take and complete items until the
-queue stays empty for a moment (the consume rate: items / (last completed -
-start)). LockingQueue takes an item with ``get()`` (an ephemeral lock node
-on the head entry) and completes it with ``consume()`` (entry and lock
-deleted in one transaction); zkpubsub with ``reserve()`` and ``item.ack()``.
-Every put item must be consumed exactly once: the counts are checked.
+Every implementation drains the same backlog: on a fresh path one producer
+puts ``queue_items`` items one at a time (the put rate), then the workers,
+each in a worker process with its own session, take and complete items
+until all of them are done (the consume rate: items / (last completed -
+start)). Each side thus works through the same range of backlog sizes,
+from ``queue_items`` down to none: LockingQueue lists every child for each
+item, so timing it only at its largest backlog would flatter the other side.
+LockingQueue takes an item with ``get()`` (an ephemeral lock node on the
+head entry) and completes it with ``consume()`` (entry and lock deleted in
+one transaction); zkpubsub with ``reserve()`` and ``item.ack()``, one item
+at a time, and with ``reserve_many`` / ``ack_many`` (batches). Every put
+item must be consumed exactly once: the counts are checked.
+
+Comparisons, within each repeat (the order of the implementations rotates):
+one item at a time against one item at a time at the same number of
+workers, and zkpubsub's best against LockingQueue's best at any number of
+workers.
 """
 
 from __future__ import annotations
@@ -35,17 +44,14 @@ def zkpubsub_queue_missing() -> str | None:
 
 
 def _put_phase(put: Callable[[bytes], Any], ctx: Context, phase: Phase) -> tuple[int, float]:
-    p = ctx.profile
+    items = ctx.profile.queue_items
     start = time.monotonic()
-    end = start + p.queue_put_duration
-    n = 0
-    while time.monotonic() < end and n < p.queue_max_items:
+    for n in range(items):
         now = time.monotonic()
         put(payload.make(n, now, now))
-        n += 1
         if n % 100 == 0:
-            phase.update(f"put {n}")
-    return n, time.monotonic() - start
+            phase.update(f"put {n}/{items}")
+    return items, time.monotonic() - start
 
 
 def _consume_phase(
@@ -53,7 +59,7 @@ def _consume_phase(
 ) -> dict[str, Any]:
     p = ctx.profile
     indexes = list(range(workers))
-    phase.update(f"{workers} workers consuming")
+    phase.update(f"{workers} workers draining {p.queue_items} items")
     done = ctx.pool.call_many(
         indexes,
         command,
@@ -114,16 +120,11 @@ def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase, prefetch: int = 1)
     return {"put": put, "put_rate": stats.rate(put, put_seconds), **consumed}
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    p = ctx.profile
-    results: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
-    missing = zkpubsub_queue_missing()
-    if missing:
-        skipped.append({"impl": "zkpubsub", "reason": missing})
-        ctx.progress.note(f"queue: zkpubsub: skipped, {missing}")
-    sides: list[tuple[str, str, Callable[[Context, int, Phase], dict[str, Any]]]] = [
+Side = tuple[str, str, Callable[[Context, int, Phase], dict[str, Any]]]
+
+
+def _sides(missing: str | None) -> list[Side]:
+    sides: list[Side] = [
         ("lockingqueue", "kazoo LockingQueue (get + consume)", _locking_queue),
     ]
     if not missing:
@@ -135,9 +136,27 @@ def run(ctx: Context) -> dict[str, Any]:
                 lambda c, w, ph: _zkpubsub_queue(c, w, ph, prefetch=BATCH),
             )
         )
-    for workers in p.queue_workers:
-        for key, label, fn in sides:
-            with ctx.progress.phase(f"queue {label}, {workers} workers") as phase:
+    return sides
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    p = ctx.profile
+    runs: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    missing = zkpubsub_queue_missing()
+    if missing:
+        skipped.append({"impl": "zkpubsub", "reason": missing})
+        ctx.progress.note(f"queue: zkpubsub: skipped, {missing}")
+    sides = {key: (label, fn) for key, label, fn in _sides(missing)}
+    orders: dict[str, list[list[str]]] = {}
+    for group, workers in enumerate(p.queue_workers):
+        schedule = stats.rotations(list(sides), p.repeats, offset=group)
+        orders[str(workers)] = [[k for r, _, k in schedule if r == rep] for rep in range(p.repeats)]
+        for rep, position, key in schedule:
+            label, fn = sides[key]
+            name = f"queue {label}, {workers} workers (run {rep + 1}/{p.repeats})"
+            with ctx.progress.phase(name) as phase:
                 try:
                     cell = fn(ctx, workers, phase)
                 except Exception as exc:
@@ -145,6 +164,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         {
                             "impl": key,
                             "workers": str(workers),
+                            "repeat": str(rep),
                             "error": f"{type(exc).__name__}: {exc}",
                         }
                     )
@@ -155,44 +175,105 @@ def run(ctx: Context) -> dict[str, Any]:
                         "impl": key,
                         "label": label,
                         "workers": workers,
+                        "repeat": rep,
+                        "position": position,
                         "complete": cell["consumed"] == cell["put"],
                     }
                 )
-                results.append(cell)
+                runs.append(cell)
                 phase.summary = (
                     f"put {cell['put_rate']}/s, consumed {cell['consume_rate']}/s "
                     f"({cell['consumed']}/{cell['put']})"
                 )
-    ratios = []
-    for workers in p.queue_workers:
-        base = next(
-            (r for r in results if r["impl"] == "lockingqueue" and r["workers"] == workers), None
-        )
-        # The library's best documented way to consume counts for the target.
-        mine = [r for r in results if r["impl"].startswith("zkpubsub") and r["workers"] == workers]
-        ours = max(mine, key=lambda r: r["consume_rate"] or 0, default=None)
-        ratios.append(
-            {
-                "workers": workers,
-                "lockingqueue_rate": base["consume_rate"] if base else None,
-                "zkpubsub_rate": ours["consume_rate"] if ours else None,
-                "vs_lockingqueue": stats.ratio(
-                    ours["consume_rate"] if ours else None, base["consume_rate"] if base else None
-                ),
-            }
-        )
     return {
         "description": (__doc__ or "").strip().splitlines()[0],
         "params": {
             "workers": list(p.queue_workers),
-            "put_duration_s": p.queue_put_duration,
-            "max_items": p.queue_max_items,
+            "items": p.queue_items,
             "consume_cap_s": p.queue_consume_cap,
             "idle_s": p.queue_idle,
             "payload_bytes": payload.PAYLOAD_SIZE,
+            "batch": BATCH,
+            "repeats": p.repeats,
         },
-        "results": results,
+        "orders": orders,
+        "runs": runs,
+        "results": summarize(runs),
         "skipped": skipped,
         "errors": errors,
-        "ratios": ratios,
+        "ratios": ratios(runs),
     }
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per implementation and worker count: the run with the median
+    consume rate, with the spread of all its runs."""
+    out = []
+    for impl, workers in dict.fromkeys((r["impl"], r["workers"]) for r in runs):
+        cells = [r for r in runs if r["impl"] == impl and r["workers"] == workers]
+        ordered = sorted(cells, key=lambda r: r["consume_rate"] or 0.0)
+        middle = dict(ordered[(len(ordered) - 1) // 2])
+        middle.pop("repeat", None)
+        middle.pop("position", None)
+        rates = stats.spread([r["consume_rate"] for r in cells], digits=1)
+        if rates is not None:  # the row's figure is the median of the runs
+            middle["consume_rate"] = rates["median"]
+        middle.update(
+            {
+                "repeats": len(cells),
+                "rates": rates,
+                "put_rates": stats.spread([r["put_rate"] for r in cells], digits=1),
+                "complete": all(r["complete"] for r in cells),
+            }
+        )
+        out.append(middle)
+    return out
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per worker count, within each repeat: zkpubsub one item at a time
+    against LockingQueue (one at a time, as it only can) with as many
+    workers, and zkpubsub's best (batched or not) against LockingQueue's
+    best at any worker count; medians and spreads over the repeats."""
+
+    def rate(rep: int, impl: str, workers: int) -> float | None:
+        cell = next(
+            (
+                r
+                for r in runs
+                if r["repeat"] == rep and r["impl"] == impl and r["workers"] == workers
+            ),
+            None,
+        )
+        return None if cell is None else cell["consume_rate"]
+
+    repeats = sorted({r["repeat"] for r in runs})
+    worker_counts = sorted({r["workers"] for r in runs})
+    lq_best: dict[int, float | None] = {}
+    for rep in repeats:
+        rates = [v for w in worker_counts if (v := rate(rep, "lockingqueue", w)) is not None]
+        lq_best[rep] = max(rates) if rates else None
+    out = []
+    for workers in worker_counts:
+        single, best_vs_best, ours_best, theirs = [], [], [], []
+        for rep in repeats:
+            mine = rate(rep, "zkpubsub", workers)
+            batched = rate(rep, "zkpubsub-batched", workers)
+            base = rate(rep, "lockingqueue", workers)
+            top = max((v for v in (mine, batched) if v is not None), default=None)
+            single.append(stats.ratio(mine, base))
+            best_vs_best.append(stats.ratio(top, lq_best[rep]))
+            ours_best.append(top)
+            theirs.append(base)
+        out.append(
+            {
+                "workers": workers,
+                "repeats": len(repeats),
+                "lockingqueue_rate": stats.spread(theirs, digits=1),
+                "lockingqueue_best_rate": stats.spread(list(lq_best.values()), digits=1),
+                "zkpubsub_best_rate": stats.spread(ours_best, digits=1),
+                "single_vs_single": stats.spread(single),
+                "best_vs_best": stats.spread(best_vs_best),
+            }
+        )
+    return out

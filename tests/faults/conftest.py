@@ -132,12 +132,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not target:
         return
     cores = os.cpu_count()
+    paths = " ".join(terminalreporter.config.args) or "tests"
     if _RESULTS:
         total = sum(r.seconds for r in _RESULTS)
         body = (
             "## Default suite (short variants)\n\n"
-            "Produced by running the default test suite with the report "
-            "switched on: `ZKPUBSUB_RELIABILITY_REPORT=docs/reliability.md pytest tests` "
+            "Produced by running the scenarios of the default test suite with the "
+            f"report switched on: `ZKPUBSUB_RELIABILITY_REPORT=docs/reliability.md pytest {paths}` "
             f"({len(_RESULTS)} scenarios, {total:.0f} s of scenario wall time on a "
             f"machine with {cores} CPU cores shared with other work).\n\n"
             + markdown_table(_RESULTS)

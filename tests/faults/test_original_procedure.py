@@ -23,8 +23,10 @@ from zkpubsub import Client
 from zkpubsub.testing.checker import check, strictly_increasing
 from zkpubsub.testing.faults import FaultInjector, Nemesis
 from zkpubsub.testing.history import Recorder
+from zkpubsub.testing.ledger import Ledger, replay
 from zkpubsub.testing.queue_checker import check_queue
 from zkpubsub.testing.queue_history import QueueRecorder
+from zkpubsub.testing.txnlog import ClusterLog
 
 from .scenarios import SESSION_TIMEOUT
 
@@ -49,11 +51,20 @@ def kill_wipe_restart(injector: FaultInjector, stop: threading.Event) -> None:
         stop.wait(PERIOD - RESTART_AFTER)
 
 
-def assert_read_back(injector: FaultInjector, values: list[int], extra: object) -> None:
-    """The original's checks: every value, each the previous plus one, no more."""
+def servers_ledger(injector: FaultInjector, root: str) -> Ledger:
+    """What the five servers logged (wiped servers' logs kept aside)."""
+    return replay(ClusterLog.of(injector.cluster).committed(), root)
+
+
+def assert_read_back(
+    injector: FaultInjector, ledger: Ledger, values: list[int], extra: object
+) -> None:
+    """The original's checks: every value, each the previous plus one, no
+    more; and the servers saw leaders come and go."""
     kills = injector.log.count("kill -9")
     assert kills >= 3, f"only {kills} leader kills"
     assert injector.log.count("wipe data dir") == kills
+    assert len(ledger.epochs) - 1 >= 3, f"the servers logged epochs {ledger.epochs}"
     increasing, why = strictly_increasing(values)
     assert increasing, why
     assert values[:1] == [1]
@@ -113,7 +124,14 @@ def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario)
             except Exception as exc:  # recorded; the checks below then fail
                 recorder.published("producer", value, topic, started, error=exc)
                 return False
-            recorder.published("producer", value, topic, started, message_ids=receipt.message_ids)
+            recorder.published(
+                "producer",
+                value,
+                topic,
+                started,
+                message_ids=receipt.message_ids,
+                reached=receipt.subscribers,
+            )
             return True
 
         def read(timeout: float) -> int | None:
@@ -126,14 +144,16 @@ def test_original_procedure_kill_and_wipe_the_leader_of_five(ensemble, scenario)
         return write, read
 
     injector, values, extra = run_procedure(ensemble, "/original", connect)
-    result = check(recorder.history())
+    ledger = servers_ledger(injector, "/original")
+    result = check(recorder.history(), ledger)
     scenario.record(
         "original procedure (5 servers, kill -9 + wipe leader)",
         result,
         faults=len(injector.log.events()),
     )
-    assert_read_back(injector, values, extra)
-    assert result.acked == ITEMS, result.describe()
+    assert_read_back(injector, ledger, values, extra)
+    assert result.acked == result.attempted == ITEMS, result.describe()
+    assert result.expected == ITEMS and result.excused == 0, result.describe()
     assert result.ok and result.lost == 0 and result.duplicates == 0, result.describe()
 
 
@@ -168,12 +188,13 @@ def test_original_procedure_on_the_work_queue(ensemble, scenario):
         return write, read
 
     injector, values, extra = run_procedure(ensemble, "/original-queue", connect)
-    result = check_queue(recorder.history())
+    ledger = servers_ledger(injector, "/original-queue")
+    result = check_queue(recorder.history(), ledger.sessions)
     scenario.record(
         "original procedure on the queue (5 servers, kill -9 + wipe leader)",
         result,
         faults=len(injector.log.events()),
     )
-    assert_read_back(injector, values, extra)
+    assert_read_back(injector, ledger, values, extra)
     assert result.acked == ITEMS, result.describe()
     assert result.ok and result.done == ITEMS and result.redelivered == 0, result.describe()

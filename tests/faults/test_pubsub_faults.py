@@ -22,9 +22,20 @@ from zkpubsub.testing.faults import (
     sessions_on,
 )
 from zkpubsub.testing.proxy import ZkClientProxy
+from zkpubsub.testing.report import ScenarioResult
 from zkpubsub.testing.workload import Workload
 
-from .scenarios import CLEANER_GRACE, SESSION_TIMEOUT, assert_clean, finish, pubsub_workload
+from .scenarios import (
+    CLEANER_GRACE,
+    SESSION_TIMEOUT,
+    ScenarioRecorder,
+    assert_clean,
+    excuse_bound,
+    finish,
+    leader_changes,
+    longest_ack_gap,
+    pubsub_workload,
+)
 
 pytestmark = pytest.mark.local_zk
 
@@ -54,12 +65,14 @@ def test_1_leader_kill_nine_five_times_during_a_publish_burst(ensemble, scenario
         wl.wait_acked(50)
         killed = injector.bounce_leader(5, down_for=0.5, between=1.0)
         wl.wait_acked(50)  # publishing goes on after the last kill
-        result, audit = finish("1 leader kill -9 x5", wl, injector, scenario, cleaners)
+        done = finish("1 leader kill -9 x5", wl, injector, scenario, cleaners)
     finally:
         wl.close()
     assert len(killed) == 5
-    assert injector.log.count("kill -9") == 5
-    assert_clean(result, audit)
+    # what the system saw: five new leaders committed, clients lost connections
+    assert leader_changes(done.ledger) >= 5, done.ledger.epochs
+    assert done.history.notes.get("suspensions", 0) >= 5, done.history.notes
+    assert_clean(done)
 
 
 def test_2_kill_the_follower_the_clients_are_connected_to(ensemble, scenario):
@@ -79,11 +92,12 @@ def test_2_kill_the_follower_the_clients_are_connected_to(ensemble, scenario):
             wl.wait_acked(30)  # its clients moved to the other servers
             injector.start(victim)
             wl.wait_acked(10)
-        result, audit = finish("2 kill the clients' follower x2", wl, injector, scenario, cleaners)
+        done = finish("2 kill the clients' follower x2", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert moved >= 2
-    assert_clean(result, audit)
+    # every client of a killed follower lost its connection and came back
+    assert done.history.notes.get("suspensions", 0) >= moved >= 2, done.history.notes
+    assert_clean(done)
 
 
 def test_3_rolling_restart(ensemble, scenario):
@@ -95,11 +109,19 @@ def test_3_rolling_restart(ensemble, scenario):
         wl.wait_acked(30)
         injector.rolling_restart(between=1.0)
         wl.wait_acked(30)
-        result, audit = finish("3 rolling restart", wl, injector, scenario, cleaners)
+        done = finish("3 rolling restart", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert injector.log.count("stop") == 3
-    assert_clean(result, audit)
+    # every server went down once, so every client lost its connection at
+    # least once, and the leader (restarted last) was replaced
+    clients = len(wl.subscribers) + len(wl.publishers)
+    assert all(
+        done.history.notes.get(f"suspensions by {name}", 0) >= 1
+        for name in [*wl.subscribers, *wl.publishers]
+    ), done.history.notes
+    assert done.history.notes.get("suspensions", 0) >= clients
+    assert leader_changes(done.ledger) >= 1, done.ledger.epochs
+    assert_clean(done)
 
 
 def test_4_majority_lost_longer_than_the_session_timeout_then_restored(ensemble, scenario):
@@ -109,18 +131,21 @@ def test_4_majority_lost_longer_than_the_session_timeout_then_restored(ensemble,
     try:
         wl.start_publishing()
         wl.wait_acked(30)
-        outage_started = time.monotonic()
-        victims = injector.kill_majority(down_for=1.5 * SESSION_TIMEOUT)
-        outage = time.monotonic() - outage_started
+        injector.kill_majority(down_for=1.5 * SESSION_TIMEOUT)
         wl.wait_acked(30)
-        result, audit = finish(
-            "4 majority down > session timeout", wl, injector, scenario, cleaners
-        )
+        done = finish("4 majority down > session timeout", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert len(victims) == 2
-    assert outage > SESSION_TIMEOUT
-    assert_clean(result, audit)
+    # publishing stalled for longer than a session timeout, every client lost
+    # its connection, a new leader took over; yet no session was lost (the
+    # servers' clocks for sessions stop without a quorum)
+    assert longest_ack_gap(done.history) > SESSION_TIMEOUT
+    assert all(
+        done.history.notes.get(f"suspensions by {name}", 0) >= 1
+        for name in [*wl.subscribers, *wl.publishers]
+    ), done.history.notes
+    assert leader_changes(done.ledger) >= 1, done.ledger.epochs
+    assert_clean(done)
 
 
 def test_5_sigstop_shorter_and_longer_than_the_session_timeout(ensemble, scenario):
@@ -133,15 +158,21 @@ def test_5_sigstop_shorter_and_longer_than_the_session_timeout(ensemble, scenari
         injector.pause(injector.leader(), 0.5 * SESSION_TIMEOUT)
         injector.wait_healthy()
         wl.wait_acked(30)
-        victim, _ = busiest(ens.cluster, all_clients(wl), ens.cluster.nodes)
+        short_stall = longest_ack_gap(wl.history())
+        victim, connected = busiest(ens.cluster, all_clients(wl), ens.cluster.nodes)
+        before = wl.history().notes.get("suspensions", 0)
         injector.pause(victim, 2.0 * SESSION_TIMEOUT)
         injector.wait_healthy()
         wl.wait_acked(30)
-        result, audit = finish("5 SIGSTOP short and long", wl, injector, scenario, cleaners)
+        done = finish("5 SIGSTOP short and long", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert injector.log.count("SIGCONT") == 2
-    assert_clean(result, audit)
+    # the frozen leader stalled every write; the clients of the server frozen
+    # for two session timeouts lost their connections
+    assert short_stall >= 0.4 * SESSION_TIMEOUT, short_stall
+    assert connected >= 1
+    assert done.history.notes.get("suspensions", 0) - before >= connected, done.history.notes
+    assert_clean(done)
 
 
 def test_6_one_server_partitioned_from_the_others(ensemble, scenario):
@@ -161,11 +192,14 @@ def test_6_one_server_partitioned_from_the_others(ensemble, scenario):
         injector.isolate(follower)
         time.sleep(2 * SESSION_TIMEOUT)
         wl.wait_acked(20)
-        result, audit = finish("6 one server partitioned x2", wl, injector, scenario, cleaners)
+        done = finish("6 one server partitioned x2", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert injector.log.count("heal partition") == 2
-    assert_clean(result, audit)
+    # the cut-off leader was replaced; clients of the cut-off servers, which
+    # stop serving, lost their connections
+    assert leader_changes(done.ledger) >= 1, done.ledger.epochs
+    assert done.history.notes.get("suspensions", 0) >= 1, done.history.notes
+    assert_clean(done)
 
 
 EXPIRIES = 12
@@ -188,18 +222,17 @@ def test_8a_real_session_expiry_of_subscribers_again_and_again(ensemble, scenari
             injector.log.add(f"expire session of {name}")
             wl.wait_acked(10)
         wl.wait_acked(30)
-        result, audit = finish(
-            f"8a subscriber session expiry x{EXPIRIES}", wl, injector, scenario, cleaners
-        )
-        history = wl.history()
+        done = finish(f"8a subscriber session expiry x{EXPIRIES}", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    gaps = {s.name: s.gaps for s in history.subscribers}
-    assert all(len(gaps[name]) >= EXPIRIES // len(names) for name in names), gaps
-    # each was entitled to (and got) the messages published outside its gaps
+    # the servers saw each subscription go and come back every time
     for name in names:
-        assert result.per_subscriber[name].get("entitled", 0) > 0
-    assert_clean(result, audit)
+        intervals = done.ledger.registrations[(wl.topic, name)]
+        assert len(intervals) >= EXPIRIES // len(names) + 1, (name, intervals)
+        assert done.result.per_subscriber[name].get("expected", 0) > 0
+    # what was in a queue when its session ended had to arrive; only what was
+    # published while a subscription was gone is excused, a moment each time
+    assert_clean(done, excused_at_most=excuse_bound(done.history, 0.0, slack=EXPIRIES * 1.0))
 
 
 def test_8b_real_session_expiry_of_a_publisher_mid_fan_out(ensemble, scenario):
@@ -215,7 +248,7 @@ def test_8b_real_session_expiry_of_a_publisher_mid_fan_out(ensemble, scenario):
             expire_session(publisher)
             injector.log.add("expire session of the publisher")
             wl.wait_acked(20)
-        result, audit = finish(
+        done = finish(
             "8b publisher session expiry x3 (split fan-outs)",
             wl,
             injector,
@@ -227,7 +260,9 @@ def test_8b_real_session_expiry_of_a_publisher_mid_fan_out(ensemble, scenario):
     finally:
         wl.close()
     assert transactions > 1  # the fan-out really was split
-    assert_clean(result, audit)
+    # the servers saw the publisher on four sessions
+    assert len(done.ledger.sessions[publisher.client_id]) >= 4, done.ledger.sessions
+    assert_clean(done)
 
 
 def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):
@@ -240,12 +275,19 @@ def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):
         wl.wait_acked(30)
         wl.kill_subscriber_process(dead.client_id)  # its queue is the cleaner's to remove
         injector.log.add("kill -9 a subscriber process")
+        leaders = []
         for _ in range(2):
             wl.wait_until(lambda: sum(c.is_leader for c in cleaners) == 1, 30, "one leader")
             leader = next(c for c in cleaners if c.is_leader)
             host = next(c for c in wl.subscribers.values() if c.client_id == leader.client_id)
+            leaders.append(host.client_id)
             expire_session(host)
             injector.log.add("expire session of the cleaner leader")
+            wl.wait_until(
+                lambda leader=leader: any(c.is_leader for c in cleaners if c is not leader),
+                30,
+                "another cleaner to lead",
+            )
             wl.wait_acked(20)
         # the new leader still removes the dead subscriber's queue
         probe = next(iter(wl.subscribers.values()))
@@ -254,12 +296,13 @@ def test_8c_real_session_expiry_of_the_cleaner_leader(ensemble, scenario):
             SESSION_TIMEOUT + 3 * CLEANER_GRACE + 30,
             "the dead subscriber's queue to be removed",
         )
-        result, audit = finish(
-            "8c cleaner leader session expiry x2", wl, injector, scenario, cleaners
-        )
+        done = finish("8c cleaner leader session expiry x2", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert_clean(result, audit)
+    for name in leaders:  # each expired leader came back on a new session
+        assert len(done.ledger.sessions[name]) >= 2, done.ledger.sessions[name]
+    # subscribers hosting an expired leader were unregistered a moment
+    assert_clean(done, excused_at_most=excuse_bound(done.history, 0.0, slack=2 * 2.0))
 
 
 def test_8d_a_subscriber_cut_off_past_its_session_timeout(ensemble, scenario):
@@ -284,18 +327,97 @@ def test_8d_a_subscriber_cut_off_past_its_session_timeout(ensemble, scenario):
                 lambda: victim.status == ClientState.CONNECTED, 60, "the client to come back"
             )
             wl.wait_acked(30)
-        result, audit = finish(
+        done = finish(
             "8d subscriber cut off > session timeout x2", wl, injector, scenario, cleaners
         )
-        history = wl.history()
     finally:
         wl.close()
         for p in proxies:
             p.close()
-    gaps = next(s.gaps for s in history.subscribers if s.name == victim.client_id)
-    assert len(gaps) == 2, gaps
-    assert history.notes.get(f"sessions lost by {victim.client_id}") == 2
-    assert_clean(result, audit)
+    # the servers ended the victim's session twice; it registered again twice
+    assert len(done.ledger.sessions[victim.client_id]) == 3, done.ledger.sessions
+    assert len(done.ledger.registrations[(wl.topic, victim.client_id)]) == 3
+    # its backlog from before each expiry had to arrive; what was published
+    # while it was unregistered is excused, at most a cut's length each time
+    outage = 2 * 2 * SESSION_TIMEOUT
+    assert done.result.per_subscriber[victim.client_id].get("expected", 0) > 0
+    assert_clean(done, excused_at_most=excuse_bound(done.history, outage))
+
+
+def _durable_subscriber_comes_back(
+    ensemble, scenario, root: str, *, truncate_backlog: int = 0, name: str | None = None
+):
+    """A durable subscriber process killed with SIGKILL while two publishers
+    go on; its queue keeps filling; it comes back (same client id) within
+    the cleaner's grace. With ``truncate_backlog`` it is a faulty
+    subscriber: once registered again, before subscribing, it deletes that
+    many of the oldest nodes of its queue. Returns the finished run, the
+    keys it deleted and its client id."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, root, subscribers=2)
+    try:
+        proc = wl.add_subscriber_process(durable=True)
+        wl.start_publishing()
+        wl.wait_acked(30)
+        wl.kill_subscriber_process(proc.client_id, coming_back=True)
+        injector.log.add("kill -9 a durable subscriber process")
+        wl.wait_acked(100)  # written into its queue while it is away
+        truncated = wl.restart_subscriber_process(proc.client_id, truncate_backlog=truncate_backlog)
+        injector.log.add("the subscriber process started again")
+        wl.wait_acked(30)
+        done = (
+            finish(name, wl, injector, scenario, cleaners)
+            if name
+            else finish_unrecorded(wl, injector, cleaners, drain_timeout=15.0)
+        )
+    finally:
+        wl.close()
+    return done, truncated, proc.client_id
+
+
+def finish_unrecorded(wl, injector, cleaners, *, drain_timeout: float):
+    """:func:`finish` for a run that is not a scenario of the table (what
+    is lost never arrives: the drain gives up after ``drain_timeout``)."""
+    sink: list[ScenarioResult] = []
+    recorder = ScenarioRecorder(sink, time.monotonic())
+    return finish("unrecorded", wl, injector, recorder, cleaners, drain_timeout=drain_timeout)
+
+
+def test_8e_a_durable_subscriber_killed_and_back_within_the_grace_gets_its_whole_backlog(
+    ensemble, scenario
+):
+    done, _, name = _durable_subscriber_comes_back(
+        ensemble, scenario, "/s8e", name="8e durable subscriber killed, back within the grace"
+    )
+    # the servers kept its registration while it was away, so everything
+    # published meanwhile went into its queue, and it had to get all of it
+    assert len(done.ledger.sessions[name]) == 2, done.ledger.sessions[name]
+    assert len(done.ledger.registrations[(done.history.subscribers[0].topic, name)]) == 1
+    assert done.result.per_subscriber[name]["expected"] >= 100 + 30
+    # what it handled but had not deleted yet when it was killed comes again
+    # (deletes are batched): at-least-once
+    assert done.result.duplicates <= 100, done.result.describe()
+    assert_clean(done, duplicates_allowed=True)
+
+
+def test_the_checker_catches_a_subscriber_that_truncates_its_backlog_when_it_comes_back(
+    ensemble, scenario
+):
+    """The checker judges deliveries against the queues the servers' logs
+    show written: a subscriber that loses part of its backlog when it
+    registers again is caught, message by message."""
+    done, truncated, name = _durable_subscriber_comes_back(
+        ensemble, scenario, "/s8e-faulty", truncate_backlog=20
+    )
+    assert len(truncated) == 20, truncated
+    assert done.result.lost == len(truncated), done.result.describe()
+    assert set(done.result.lost_examples) <= {(name, key) for key in truncated}
+    assert done.result.per_subscriber[name]["lost"] == len(truncated)
+    assert not done.result.ok
+    # the other subscribers were not affected
+    others = [s.name for s in done.history.subscribers if s.name != name]
+    assert all(done.result.per_subscriber[o].get("lost", 0) == 0 for o in others)
 
 
 def test_11_a_subscriber_dies_mid_fan_out(ensemble, scenario):
@@ -317,11 +439,13 @@ def test_11_a_subscriber_dies_mid_fan_out(ensemble, scenario):
             "the dead subscribers' queues to be removed",
         )
         wl.wait_acked(30)
-        result, audit = finish("11 subscriber dies mid-fan-out", wl, injector, scenario, cleaners)
+        done = finish("11 subscriber dies mid-fan-out", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert result.unknown == 0 and result.failed == 0, result.describe()
-    assert_clean(result, audit)
+    # the servers ended both dead subscribers' sessions
+    for proc in doomed:
+        assert [s.end is not None for s in done.ledger.sessions[proc.client_id]] == [True]
+    assert_clean(done)
 
 
 def test_12_one_server_data_dir_made_unwritable(ensemble, scenario):
@@ -352,7 +476,7 @@ def test_12_one_server_data_dir_made_unwritable(ensemble, scenario):
         make_writable(broken)
         broken.kill()
         injector.start(broken)
-        result, audit = finish("12 one data dir unwritable", wl, injector, scenario, cleaners)
+        done = finish("12 one data dir unwritable", wl, injector, scenario, cleaners)
     finally:
         wl.close()
-    assert_clean(result, audit)
+    assert_clean(done)

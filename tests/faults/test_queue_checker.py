@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from zkpubsub import ReservationLost
 from zkpubsub.errors import OperationTimeout
+from zkpubsub.testing.ledger import SessionSpan
 from zkpubsub.testing.queue_checker import check_queue
 from zkpubsub.testing.queue_history import (
     HoldRecord,
@@ -97,3 +98,37 @@ def test_finishes_and_the_worker_file_format() -> None:
     assert hold_from_doc(hold_to_doc(record)) == record
     history = QueueHistory((), (record,))
     assert check_queue(history).unexpected == 1
+
+
+def hold(worker: str, reserved: float, finished: float | None, attempts: int, finish: str):
+    return HoldRecord(
+        f"{worker}#{reserved}", worker, "i1", ("p", 1), attempts, reserved, None, finished, finish
+    )  # type: ignore[arg-type]
+
+
+def test_two_live_holds_that_overlap_in_time_are_a_double_hold_whatever_their_attempts():
+    put = QueueRecorder()
+    put.put("p", 1, 0.0, item_id="i1")
+    # the library numbered them 1 and 2, but both workers held the item at once
+    history = QueueHistory(
+        put.history().puts, (hold("w1", 1.0, 5.0, 1, "released"), hold("w2", 2.0, 3.0, 2, "acked"))
+    )
+    result = check_queue(history)
+    assert result.double_holds == 1 and not result.ok
+    assert any("at the same time" in e for e in result.examples)
+
+
+def test_a_hold_stops_being_live_when_its_session_ends_on_the_server():
+    put = QueueRecorder()
+    put.put("p", 1, 0.0, item_id="i1")
+    zombie = hold("zombie", 1.0, 9.0, 1, "lost")  # its ack came back refused at 9.0
+    rescuer = hold("rescuer", 6.0, 7.0, 2, "acked")
+    history = QueueHistory(put.history().puts, (zombie, rescuer))
+    assert check_queue(history).double_holds == 1  # nothing says the zombie was dead
+    sessions = {
+        "zombie": [SessionSpan(1, 0.5, 5.0), SessionSpan(2, 8.5, None)],
+        "rescuer": [SessionSpan(3, 0.5, None)],
+    }
+    assert check_queue(history, sessions).ok  # its session ended at 5.0
+    late = {**sessions, "zombie": [SessionSpan(1, 0.5, 6.5)]}
+    assert check_queue(history, late).double_holds == 1  # still live at 6.0

@@ -7,7 +7,23 @@ from zkpubsub.testing.report import ScenarioResult, markdown_table, write_sectio
 
 
 def figures(lost: int = 0) -> CheckResult:
-    return CheckResult(10, 10, 0, 0, 30, 30, lost, 0, 0, 0, 0, 0, 0)
+    zero = dict.fromkeys(
+        ("unexpected", "failed_written", "unconfirmed", "unreported", "duplicates"), 0
+    )
+    return CheckResult(
+        attempted=10,
+        acked=10,
+        failed=0,
+        unknown=0,
+        expected=30,
+        excused=0,
+        delivered=30,
+        lost=lost,
+        order_violations=0,
+        order_conflicts=0,
+        recovered=0,
+        **zero,
+    )
 
 
 def test_rows_follow_the_scenario_numbers():
@@ -47,4 +63,5 @@ def test_a_work_queue_table_has_the_queue_columns():
     assert "| delivered |" not in header
     # attempted, acked, unknown, reserved, done, lost
     assert line.startswith("| Q9 y | 1 | 1 | 0 | 1 | 1 | 0 |")
-    assert "| delivered |" in markdown_table([ScenarioResult("1 x", figures())]).splitlines()[0]
+    header = markdown_table([ScenarioResult("1 x", figures())]).splitlines()[0]
+    assert "| expected | excused | delivered |" in header

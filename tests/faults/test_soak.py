@@ -23,6 +23,7 @@ def test_soak_ten_thousand_messages_with_a_leader_kill_every_five_seconds(scenar
     scenario.results.append(outcome.result)
     assert outcome.check.attempted >= messages, outcome.check.describe()
     assert outcome.kills >= 3
+    assert outcome.leader_changes >= outcome.kills  # each kill, a new leader committed
     assert outcome.ok, f"{outcome.check.describe()}\naudit: {outcome.audit.describe()}"
 
 
@@ -36,4 +37,5 @@ def test_queue_soak_ten_thousand_items_with_a_leader_kill_every_five_seconds(sce
     scenario.queue_results.append(outcome.result)
     assert outcome.check.attempted >= items, outcome.check.describe()
     assert outcome.kills >= 3
+    assert outcome.leader_changes >= outcome.kills  # each kill, a new leader committed
     assert outcome.ok, f"{outcome.check.describe()}\naudit: {outcome.audit.describe()}"

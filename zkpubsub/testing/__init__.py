@@ -8,8 +8,10 @@ client's session on the server. The pytest fixtures live in
 Fault injection, by module: ``faults`` (the injector: kills, pauses,
 partitions through a peer mesh, an unwritable data directory), ``proxy``
 (TCP proxies that cut, drop, or lose one request or reply), ``workload``
-and ``history`` (a recorded publish/subscribe run), ``checker`` (lost,
-unexpected, duplicates, order), ``audit`` (the tree after healing) and
+and ``history`` (a recorded publish/subscribe run), ``txnlog`` and
+``ledger`` (what the servers' own transaction logs say was written),
+``checker`` (lost, excused, unexpected, duplicates, order: the history
+judged against the ledger), ``audit`` (the tree after healing) and
 ``report`` (the reliability table).
 """
 

@@ -1,34 +1,55 @@
 """The checker: what a run's history must satisfy. Pure functions only.
 
-**Entitlement.** Subscriber *S* is entitled to message *m* when all hold:
+A run has two records: the :class:`~zkpubsub.testing.history.History`
+(what the clients did and saw: publishes and their outcomes, deliveries,
+when each subscriber subscribed, whether it stayed to the end, the gap
+notices it got) and the :class:`~zkpubsub.testing.ledger.Ledger` (what the
+servers' own transaction logs say was written: which queues each message
+went into, which subscriptions were registered when, which sessions deleted
+what). The history is judged against the ledger; nothing the library under
+test reports about itself excuses a missing delivery.
 
-1. *S* subscribes to *m*'s topic and its ``subscribe()`` returned before
-   *m*'s ``publish()`` was called (``S.subscribed_at <= m.started``);
-2. *S* stayed subscribed to the end of the run (it was not closed, killed
-   or crashed before the final drain);
-3. *S*'s client reported no gap covering *m*: a ``session expired`` gap
-   whose ``[since, until]`` overlaps ``[m.started, m.ended]``, or a
-   ``backlog purged`` gap with ``m.started <= until`` (the purge may have
-   taken anything published before the client came back).
+**What a subscriber must receive.** Subscriber *S*, alive to the end of the
+run, must receive message *m* (the pair is **expected**) when
 
-These are exactly the promises of ``Client.publish`` and of gap listeners.
+1. *m* was written into *S*'s queue, whatever the publish's outcome: the
+   library promises to deliver what is in the queue. The one exception
+   (**excused**): the node was deleted by a session other than *S*'s own
+   after *S*'s client node had been gone for at least the cleaner's grace
+   (``purge_grace``): a cleaner purging the queue of a client that was away
+   (with ``purge_grace=None`` nothing is excused this way);
+2. or *m* was acknowledged, *S*'s ``subscribe()`` returned before *m*'s
+   ``publish()`` was called, *m* was not written into *S*'s queue, and
+   *S*'s registration node existed when the last transaction carrying *m*
+   committed (throughout the publish, for one that wrote nothing): the
+   publisher missed a registered subscriber. If the registration was gone
+   at that moment (*S*'s session had ended and it had not registered
+   again), the pair is **excused**.
+
+Gap notices are obligations, not excuses: every excused pair must fall in a
+gap the subscriber's client reported (``unreported`` counts those that do
+not).
 
 **Figures.**
 
 ``attempted``, ``acked``, ``failed``, ``unknown``
     publishes by outcome (see :mod:`zkpubsub.testing.history`).
-``expected``
-    Σ over acknowledged messages of the number of entitled subscribers.
+``expected``, ``excused``
+    (subscriber, message) pairs, as above.
 ``delivered``
     distinct (subscriber, message) pairs delivered, to anyone.
 ``lost``
-    entitled (subscriber, acknowledged message) pairs never delivered:
-    ``acked x entitled - delivered``. Must be 0.
+    expected pairs never delivered. Must be 0.
 ``unexpected``
-    deliveries of a message never attempted (or on another topic, or not
-    written by the workload). Must be 0.
-``failed_delivered``
-    messages whose publish failed for certain yet were delivered. Must be 0.
+    deliveries of a message never attempted, on another topic, or never
+    written into that subscriber's queue. Must be 0.
+``failed_written``
+    publishes that failed "for certain" yet were written or delivered. Must be 0.
+``unconfirmed``
+    acknowledged publishes whose receipt counts another number of
+    subscriber queues than the servers' logs show written. Must be 0.
+``unreported``
+    excused pairs no gap notice of the subscriber covers. Must be 0.
 ``duplicates``
     deliveries beyond the first of the same message to the same subscriber.
 ``order_violations``
@@ -49,21 +70,79 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .history import History, Key, PublishRecord, SubscriberRecord
+from .ledger import Ledger, Removal
+
+# Clocks: the history's times are this machine's, the ledger's the
+# leader's (the same machine); ZooKeeper logs milliseconds.
+_CLOCK_SLACK = 0.01
 
 
-def entitled(sub: SubscriberRecord, msg: PublishRecord) -> bool:
-    """Whether ``sub`` must receive ``msg`` if ``msg`` was acknowledged."""
-    if sub.topic != msg.topic or sub.ended_at is not None:
-        return False
-    if sub.subscribed_at > msg.started:
-        return False
-    for gap in sub.gaps:
-        if gap.reason == "backlog purged":
-            if msg.started <= gap.until:
-                return False
-        elif msg.started <= gap.until and gap.since <= msg.ended:
-            return False
-    return True
+@dataclass(frozen=True, slots=True)
+class Excuse:
+    """An excused pair and why: ``"unregistered"`` (the subscription was not
+    registered when the message committed) or ``"purged"``."""
+
+    subscriber: str
+    key: Key
+    reason: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Obligations:
+    """What each subscriber must receive, and what is excused."""
+
+    expected: frozenset[tuple[str, Key]]
+    excused: tuple[Excuse, ...]
+
+
+def _purged(removal: Removal | None, grace: float | None) -> bool:
+    return (
+        removal is not None
+        and grace is not None
+        and removal.absent_for is not None
+        and removal.absent_for + _CLOCK_SLACK >= grace
+    )
+
+
+def obligations(
+    history: History, ledger: Ledger, *, purge_grace: float | None = None
+) -> Obligations:
+    """The expected and the excused pairs (see the module's text)."""
+    live: dict[str, list[SubscriberRecord]] = defaultdict(list)
+    for sub in history.subscribers:
+        if sub.ended_at is None:
+            live[sub.topic].append(sub)
+    expected: set[tuple[str, Key]] = set()
+    excused: list[Excuse] = []
+    for msg in history.publishes:
+        if msg.outcome == "failed":
+            continue
+        written = ledger.written_to(msg.key)
+        for sub in live.get(msg.topic, ()):
+            pair = (sub.name, msg.key)
+            if sub.name in written:
+                removal = ledger.removals.get(pair)
+                if _purged(removal, purge_grace):
+                    assert removal is not None
+                    excused.append(Excuse(sub.name, msg.key, "purged", msg.started, removal.at))
+                else:
+                    expected.add(pair)
+                continue
+            if msg.outcome != "ok" or sub.subscribed_at > msg.started:
+                continue
+            if msg.key in ledger.registered:
+                registered = sub.name in ledger.registered[msg.key]
+            else:
+                registered = ledger.registered_throughout(
+                    msg.topic, sub.name, msg.started + _CLOCK_SLACK, msg.ended - _CLOCK_SLACK
+                )
+            if registered:
+                expected.add(pair)
+            else:
+                excused.append(Excuse(sub.name, msg.key, "unregistered", msg.started, msg.ended))
+    return Obligations(frozenset(expected), tuple(excused))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +154,13 @@ class CheckResult:
     failed: int
     unknown: int
     expected: int
+    excused: int
     delivered: int
     lost: int
     unexpected: int
-    failed_delivered: int
+    failed_written: int
+    unconfirmed: int
+    unreported: int
     duplicates: int
     order_violations: int
     order_conflicts: int
@@ -86,24 +168,28 @@ class CheckResult:
     lost_examples: tuple[tuple[str, Key], ...] = ()
     unexpected_examples: tuple[tuple[str, Key | None], ...] = ()
     order_examples: tuple[str, ...] = ()
+    other_examples: tuple[str, ...] = ()
     per_subscriber: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return (
-            self.lost == 0
-            and self.unexpected == 0
-            and self.failed_delivered == 0
-            and self.order_violations == 0
-            and self.order_conflicts == 0
+        return not (
+            self.lost
+            or self.unexpected
+            or self.failed_written
+            or self.unconfirmed
+            or self.unreported
+            or self.order_violations
+            or self.order_conflicts
         )
 
     def describe(self) -> str:
         lines = [
             f"attempted={self.attempted} acked={self.acked} failed={self.failed} "
-            f"unknown={self.unknown} expected={self.expected} delivered={self.delivered} "
-            f"lost={self.lost} unexpected={self.unexpected} "
-            f"failed_delivered={self.failed_delivered} duplicates={self.duplicates} "
+            f"unknown={self.unknown} expected={self.expected} excused={self.excused} "
+            f"delivered={self.delivered} lost={self.lost} unexpected={self.unexpected} "
+            f"failed_written={self.failed_written} unconfirmed={self.unconfirmed} "
+            f"unreported={self.unreported} duplicates={self.duplicates} "
             f"order_violations={self.order_violations} "
             f"order_conflicts={self.order_conflicts} recovered={self.recovered}"
         ]
@@ -113,22 +199,20 @@ class CheckResult:
             lines.append(f"unexpected (first): {list(self.unexpected_examples)}")
         if self.order_examples:
             lines.append(f"order (first): {list(self.order_examples)}")
+        if self.other_examples:
+            lines.append(f"other (first): {list(self.other_examples)}")
         for name, counts in sorted(self.per_subscriber.items()):
             lines.append(f"  {name}: {counts}")
         return "\n".join(lines)
 
 
-def missing(history: History) -> list[tuple[str, Key]]:
-    """Entitled (subscriber, acknowledged message) pairs not delivered yet."""
+def missing(
+    history: History, ledger: Ledger, *, purge_grace: float | None = None
+) -> list[tuple[str, Key]]:
+    """Expected (subscriber, message) pairs not delivered yet."""
     got = {(d.subscriber, d.key) for d in history.deliveries if d.key is not None}
-    out = []
-    for msg in history.publishes:
-        if msg.outcome != "ok":
-            continue
-        for sub in history.subscribers:
-            if entitled(sub, msg) and (sub.name, msg.key) not in got:
-                out.append((sub.name, msg.key))
-    return out
+    owed = obligations(history, ledger, purge_grace=purge_grace).expected
+    return sorted(owed - got)
 
 
 def _order_conflicts(sequences: dict[str, list[Key]]) -> tuple[int, list[str]]:
@@ -152,8 +236,24 @@ def _order_conflicts(sequences: dict[str, list[Key]]) -> tuple[int, list[str]]:
     return conflicts, examples
 
 
-def check(history: History, *, total_order: bool = True, examples: int = 10) -> CheckResult:
-    """Check a run's history; see the module docstring for the rules."""
+def _covered(sub: SubscriberRecord, excuse: Excuse) -> bool:
+    return any(
+        g.since <= excuse.end + _CLOCK_SLACK and excuse.start - _CLOCK_SLACK <= g.until
+        for g in sub.gaps
+    )
+
+
+def check(
+    history: History,
+    ledger: Ledger,
+    *,
+    total_order: bool = True,
+    purge_grace: float | None = None,
+    examples: int = 10,
+) -> CheckResult:
+    """Check a run's history against the servers' ledger; see the module
+    docstring for the rules. ``purge_grace``: the cleaner's grace period,
+    if a cleaner ran."""
     publishes: dict[Key, PublishRecord] = {}
     for p in history.publishes:
         publishes[p.key] = p
@@ -164,6 +264,7 @@ def check(history: History, *, total_order: bool = True, examples: int = 10) -> 
     unexpected_examples: list[tuple[str, Key | None]] = []
     order_violations = 0
     order_examples: list[str] = []
+    other_examples: list[str] = []
     last_seq: dict[tuple[str, str], int] = {}
     first_orders: dict[str, list[Key]] = defaultdict(list)
     delivered_keys: set[Key] = set()
@@ -172,7 +273,7 @@ def check(history: History, *, total_order: bool = True, examples: int = 10) -> 
     for d in history.deliveries:
         per_sub[d.subscriber]["deliveries"] += 1
         msg = publishes.get(d.key) if d.key is not None else None
-        if msg is None or msg.topic != d.topic:
+        if msg is None or msg.topic != d.topic or d.subscriber not in ledger.written_to(msg.key):
             unexpected += 1
             if len(unexpected_examples) < examples:
                 unexpected_examples.append((d.subscriber, d.key))
@@ -194,25 +295,44 @@ def check(history: History, *, total_order: bool = True, examples: int = 10) -> 
         else:
             last_seq[stream] = key[1]
 
-    expected = 0
+    owed = obligations(history, ledger, purge_grace=purge_grace)
     lost = 0
     lost_examples: list[tuple[str, Key]] = []
+    for pair in sorted(owed.expected):
+        per_sub[pair[0]]["expected"] += 1
+        if pair not in seen:
+            lost += 1
+            per_sub[pair[0]]["lost"] += 1
+            if len(lost_examples) < examples:
+                lost_examples.append(pair)
+    subscribers = {s.name: s for s in history.subscribers}
+    unreported = 0
+    for excuse in owed.excused:
+        per_sub[excuse.subscriber][f"excused ({excuse.reason})"] += 1
+        if not _covered(subscribers[excuse.subscriber], excuse):
+            unreported += 1
+            if len(other_examples) < examples:
+                other_examples.append(
+                    f"{excuse.subscriber} was not told of {excuse.key} ({excuse.reason})"
+                )
+
+    failed_written = 0
+    unconfirmed = 0
     for msg in history.publishes:
-        if msg.outcome != "ok":
-            continue
-        for sub in history.subscribers:
-            if not entitled(sub, msg):
-                continue
-            expected += 1
-            per_sub[sub.name]["entitled"] += 1
-            if (sub.name, msg.key) not in seen:
-                lost += 1
-                per_sub[sub.name]["lost"] += 1
-                if len(lost_examples) < examples:
-                    lost_examples.append((sub.name, msg.key))
+        written = ledger.written_to(msg.key)
+        if msg.outcome == "failed" and (written or msg.key in delivered_keys):
+            failed_written += 1
+            if len(other_examples) < examples:
+                other_examples.append(f"{msg.key} failed for certain yet was written")
+        if msg.outcome == "ok" and msg.reached is not None and msg.reached != len(written):
+            unconfirmed += 1
+            if len(other_examples) < examples:
+                other_examples.append(
+                    f"{msg.key}: receipt says {msg.reached} queues, the servers logged "
+                    f"{len(written)}"
+                )
 
     conflicts, conflict_examples = (0, []) if not total_order else _order_conflicts(first_orders)
-    failed_delivered = sum(1 for k in delivered_keys if publishes[k].outcome == "failed")
     recovered = sum(1 for k in delivered_keys if publishes[k].outcome == "unknown")
     duplicates = sum(n - 1 for n in seen.values() if n > 1)
     return CheckResult(
@@ -220,11 +340,14 @@ def check(history: History, *, total_order: bool = True, examples: int = 10) -> 
         acked=outcomes.count("ok"),
         failed=outcomes.count("failed"),
         unknown=outcomes.count("unknown"),
-        expected=expected,
+        expected=len(owed.expected),
+        excused=len(owed.excused),
         delivered=len(seen),
         lost=lost,
         unexpected=unexpected,
-        failed_delivered=failed_delivered,
+        failed_written=failed_written,
+        unconfirmed=unconfirmed,
+        unreported=unreported,
         duplicates=duplicates,
         order_violations=order_violations,
         order_conflicts=conflicts,
@@ -232,6 +355,7 @@ def check(history: History, *, total_order: bool = True, examples: int = 10) -> 
         lost_examples=tuple(lost_examples),
         unexpected_examples=tuple(unexpected_examples),
         order_examples=tuple(order_examples + conflict_examples),
+        other_examples=tuple(other_examples),
         per_subscriber={k: dict(v) for k, v in per_sub.items()},
     )
 

@@ -13,11 +13,15 @@ Outcome of a publish:
 ``ok``
     ``publish()`` returned a receipt: ZooKeeper confirmed the write.
 ``failed``
-    ``publish()`` raised before anything could have been written (a bad
-    argument, a payload too large, no subscribers when some were required).
+    ``publish()`` raised one of the library's own refusals that come before
+    anything is sent: a payload too large, one that cannot be serialized,
+    no subscribers when some were required. The checker verifies against
+    the servers' logs that nothing was written.
 ``unknown``
     Anything else: a timeout, a lost connection, a closed client, an error
-    from the server. The message may or may not have been written.
+    from the server, any other exception (a ``ValueError`` from deep inside
+    a client library proves nothing). The message may or may not have been
+    written.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from ..errors import NoSubscribers, PayloadTooLarge, SerializationError
 Outcome = Literal["ok", "failed", "unknown"]
 Key = tuple[str, int]  # (publisher, seq)
 
-# Raised before anything is sent, so nothing can have been written.
-_CERTAIN_FAILURES = (PayloadTooLarge, SerializationError, NoSubscribers, ValueError, TypeError)
+# The library's refusals before anything is sent (the checker verifies it).
+_CERTAIN_FAILURES = (PayloadTooLarge, SerializationError, NoSubscribers)
 
 
 def classify(error: BaseException | None) -> Outcome:

@@ -312,6 +312,7 @@ class _Trap:
         self.link: Link | None = None
         self.op: int | None = None
         self.then_block = False
+        self.behind = 0  # requests of ``ops`` sent on its link after the trapped one
 
 
 class ZkClientProxy(TcpProxy):
@@ -323,7 +324,11 @@ class ZkClientProxy(TcpProxy):
     ``lose_reply(OP_MULTI)``: the next multi reaches the server; its reply
     is swallowed and the connection reset: the server applied the request
     but the client cannot know. Both return an event set when the trap
-    springs. ``requests`` counts the requests seen, by operation code.
+    springs. ``requests`` counts the requests seen, by operation code;
+    ``sprung`` lists each trap that sprang, as ``(kind, op)``, and
+    ``behind`` how many requests of the trapped operations were sent on the
+    same connection after the trapped one, before its reply (whose fate is
+    the trapped one's: they were in flight when the connection was cut).
     """
 
     def __init__(self, target: tuple[str, int], *, port: int = 0, name: str = "") -> None:
@@ -332,6 +337,7 @@ class ZkClientProxy(TcpProxy):
         self._trap_lock = threading.Lock()
         self.requests: dict[int, int] = {}
         self.sprung: list[tuple[str, int]] = []  # (when, op) of each sprung trap
+        self.behind: list[int] = []  # for each sprung trap, requests in flight behind it
         super().__init__(target, port=port, name=name)
 
     # Each trap returns the event it sets when it springs. Traps armed with
@@ -415,6 +421,8 @@ class ZkClientProxy(TcpProxy):
             if trap.sprung.is_set():  # its group sprang on another proxy
                 self._traps.remove(trap)
                 continue
+            if trap.xid is not None and trap.link is link and op in trap.ops:
+                trap.behind += 1
             if trap.xid is not None or op not in trap.ops:
                 continue
             if trap.skip > 0:
@@ -443,6 +451,7 @@ class ZkClientProxy(TcpProxy):
             self._blocked = "reset"
         self._traps.remove(trap)
         self.sprung.append((trap.when, op))
+        self.behind.append(trap.behind)
         trap.sprung.set()
         logger.info("proxy %s: sprang a %s trap on op %d", self.name, trap.when, op)
 

@@ -10,11 +10,16 @@ The rules (:func:`check_queue`), each must be zero:
 * **put duplicates**: one put that became several items (a retried put
   written twice).
 * **double acks**: one item acked more than once.
-* **double holds**: one item held by two workers at once. A reservation's
-  ``attempts`` is the item's data version on the server, which every
-  reserve, ack and release is fenced by; so two reservations of one item
-  with the same ``attempts``, or any reservation after the one that was
-  acked, mean two workers held it together.
+* **double holds**: one item held by two workers at once, seen two ways.
+  By time, without trusting the library: each hold is *live* from its
+  reservation until its worker acked or released it, or until the session
+  it was reserved on ended on the server (``sessions``, from the servers'
+  logs: :attr:`~zkpubsub.testing.ledger.Ledger.sessions`); two live holds
+  of one item that overlap are a double hold. And by the attempt numbers
+  the library reports: a reservation's ``attempts`` is the item's data
+  version on the server, which every reserve, ack and release is fenced
+  by, so two reservations with the same ``attempts``, or any reservation
+  after the one that was acked, mean two workers held it together.
 
 Reported, not zero: **duplicates** (an item handled more than once, as
 at-least-once allows after a worker died or lost its session),
@@ -23,12 +28,13 @@ releases refused with ``ReservationLost``: zombies stopped).
 
 :func:`audit_queue` reads the queue after the run: no reservation without
 its item (orphan), and, once the workers are gone, nothing left reserved
-and nothing left to do.
+and nothing left to do; no dead letter unless the scenario expects some.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
@@ -37,7 +43,10 @@ from kazoo.exceptions import NoNodeError
 from ..layout import Layout
 from .audit import poll
 from .history import Key
+from .ledger import SessionSpan
 from .queue_history import HoldRecord, PutRecord, QueueHistory
+
+_CLOCK_SLACK = 0.01  # the servers log milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +101,40 @@ def _note(examples: list[str], text: str, limit: int) -> None:
         examples.append(text)
 
 
-def check_queue(history: QueueHistory, *, examples: int = 10) -> QueueCheckResult:
-    """Check a queue run's history; see the module docstring for the rules."""
+def live_until(hold: HoldRecord, sessions: Mapping[str, Sequence[SessionSpan]] | None) -> float:
+    """Until when ``hold`` was live: its ack or release, or the end of the
+    session its worker reserved it on, whichever came first."""
+    end = hold.finished_at if hold.finished_at is not None else float("inf")
+    spans = (sessions or {}).get(hold.worker, ())
+    span = next((s for s in reversed(spans) if s.start <= hold.reserved_at + _CLOCK_SLACK), None)
+    if span is not None and span.end is not None:
+        end = min(end, span.end)
+    return end
+
+
+def _overlaps(
+    holds: list[HoldRecord], sessions: Mapping[str, Sequence[SessionSpan]] | None
+) -> list[tuple[HoldRecord, HoldRecord]]:
+    """Pairs of holds of one item that were live at the same time."""
+    ordered = sorted(holds, key=lambda h: h.reserved_at)
+    out = []
+    for i, first in enumerate(ordered):
+        until = live_until(first, sessions)
+        for later in ordered[i + 1 :]:
+            if later.reserved_at + _CLOCK_SLACK < until:
+                out.append((first, later))
+    return out
+
+
+def check_queue(
+    history: QueueHistory,
+    sessions: Mapping[str, Sequence[SessionSpan]] | None = None,
+    *,
+    examples: int = 10,
+) -> QueueCheckResult:
+    """Check a queue run's history; see the module docstring for the rules.
+    ``sessions``: each worker's sessions as the servers logged them (without
+    them a hold is live until its worker finished with it)."""
     puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
     outcomes = [p.outcome for p in history.puts]
     found: list[str] = []
@@ -143,6 +184,13 @@ def check_queue(history: QueueHistory, *, examples: int = 10) -> QueueCheckResul
 
     double_holds = 0
     for item_id, holds in by_item.items():
+        for first, second in _overlaps(holds, sessions):
+            double_holds += 1
+            _note(
+                found,
+                f"{item_id} held by {first.hold} and {second.hold} at the same time",
+                examples,
+            )
         seen: dict[int, HoldRecord] = {}
         for h in holds:
             if h.attempts in seen:
@@ -196,10 +244,12 @@ class QueueAudit:
     orphans: tuple[str, ...]  # reservations without their item
     dead: tuple[str, ...]
     workers: tuple[str, ...]
+    dead_expected: bool = False
 
     @property
     def ok(self) -> bool:
-        return not (self.items or self.reserved or self.orphans)
+        dead = self.dead and not self.dead_expected
+        return not (self.items or self.reserved or self.orphans or dead)
 
     def describe(self) -> str:
         return (
@@ -209,7 +259,9 @@ class QueueAudit:
         )
 
 
-def look_at_queue(zk: KazooClient, root: str, name: str) -> QueueAudit:
+def look_at_queue(
+    zk: KazooClient, root: str, name: str, *, dead_expected: bool = False
+) -> QueueAudit:
     paths = Layout(root).work_queue(name)
     zk.sync(paths.base)
 
@@ -228,11 +280,19 @@ def look_at_queue(zk: KazooClient, root: str, name: str) -> QueueAudit:
         orphans=tuple(r for r in reserved if r not in present),
         dead=tuple(children(paths.dead)),
         workers=tuple(children(paths.workers)),
+        dead_expected=dead_expected,
     )
 
 
-def audit_queue(hosts: str, root: str, name: str, *, timeout: float) -> QueueAudit:
+def audit_queue(
+    hosts: str, root: str, name: str, *, timeout: float, dead_expected: bool = False
+) -> QueueAudit:
     """Wait up to ``timeout`` seconds (dead workers' sessions take up to a
     session timeout to end) for the queue to be empty, with nothing
-    reserved and no orphan; return the last look (check ``.ok``)."""
-    return poll(hosts, lambda zk: look_at_queue(zk, root, name), timeout=timeout)
+    reserved, no orphan and (unless ``dead_expected``) no dead letter;
+    return the last look (check ``.ok``)."""
+    return poll(
+        hosts,
+        lambda zk: look_at_queue(zk, root, name, dead_expected=dead_expected),
+        timeout=timeout,
+    )

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from ..client import Client
 from ..workqueue import Item, WorkQueue
 from .history import describe_error, key_of, payload_for
+from .ledger import Ledger, replay
 from .queue_checker import check_queue
 from .queue_history import (
     HoldRecord,
@@ -38,6 +39,7 @@ from .queue_history import (
     hold_from_doc,
     hold_to_doc,
 )
+from .txnlog import ClusterLog
 from .workload import ChildProcess, ClientPool, child_parser, join_threads, tag
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class QueueWorkload(ClientPool):
     given, until :meth:`stop_producing` or ``max_items``. Each worker
     reserves up to ``prefetch`` items, "handles" each (``hook``, then a
     ``hold`` of so many seconds) and acks it, until :meth:`stop_workers`.
+    ``log`` reads the servers' transaction logs (:meth:`ledger`).
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class QueueWorkload(ClientPool):
         max_items: int | None = None,
         max_attempts: int = 1000,
         recorder: QueueRecorder | None = None,
+        log: ClusterLog | None = None,
     ) -> None:
         self.recorder = recorder or QueueRecorder()
+        self.log = log
         super().__init__(
             hosts,
             root,
@@ -260,6 +265,13 @@ class QueueWorkload(ClientPool):
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.2)
+
+    def ledger(self) -> Ledger:
+        """What the servers' logs say happened under this root (the workers'
+        sessions, for :func:`~zkpubsub.testing.queue_checker.check_queue`)."""
+        if self.log is None:
+            raise RuntimeError("this workload was given no server logs to read")
+        return replay(self.log.committed(), self.root)
 
     def history(self) -> QueueHistory:
         for proc in self.processes.values():

@@ -15,8 +15,25 @@ from pathlib import Path
 from .checker import CheckResult
 from .queue_checker import QueueCheckResult
 
-COLUMNS = ("attempted", "acked", "unknown", "delivered", "lost", "duplicates")
-EXTRA_COLUMNS = ("failed", "unexpected", "order_violations", "recovered")
+COLUMNS = (
+    "attempted",
+    "acked",
+    "unknown",
+    "expected",
+    "excused",
+    "delivered",
+    "lost",
+    "duplicates",
+)
+EXTRA_COLUMNS = (
+    "failed",
+    "unexpected",
+    "failed_written",
+    "unconfirmed",
+    "unreported",
+    "order_violations",
+    "recovered",
+)
 QUEUE_COLUMNS = (
     "attempted",
     "acked",
@@ -39,7 +56,7 @@ def _columns(check: CheckResult | QueueCheckResult) -> tuple[tuple[str, ...], li
     """The figures of a publish/subscribe or a work-queue check, and their labels."""
     if isinstance(check, QueueCheckResult):
         return QUEUE_COLUMNS, [c.replace("_", " ") for c in QUEUE_COLUMNS]
-    return (*COLUMNS, *EXTRA_COLUMNS), [*COLUMNS, *EXTRA_COLUMNS]
+    return (*COLUMNS, *EXTRA_COLUMNS), [c.replace("_", " ") for c in (*COLUMNS, *EXTRA_COLUMNS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +88,7 @@ class ScenarioResult:
         ]
 
 
-HEADER = ["scenario", *COLUMNS, *EXTRA_COLUMNS, *_TAIL]
+HEADER = ["scenario", *(c.replace("_", " ") for c in (*COLUMNS, *EXTRA_COLUMNS)), *_TAIL]
 
 
 def _order(result: ScenarioResult) -> tuple[int, str]:

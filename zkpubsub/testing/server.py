@@ -179,6 +179,7 @@ class ZooKeeperNode:
         self.paused = False
         # (uid, gid) to run the server as instead of this process's user
         self.run_as: tuple[int, int] | None = None
+        self.wiped: list[Path] = []  # data moved aside by wipe()
         _LIVE.add(self)
 
     @property
@@ -272,16 +273,24 @@ class ZooKeeperNode:
         self.paused = False
 
     def wipe(self) -> None:
-        """Delete the node's snapshots and logs (keeps ``myid``); stop it first."""
+        """Take the node's snapshots and logs away (keeps ``myid``); stop it
+        first. The server starts empty; the files are moved aside, not
+        deleted, so that :mod:`~zkpubsub.testing.txnlog` can still read
+        what the server had logged."""
         if self.running:
             raise RuntimeError("stop the node before wiping its data")
+        kept = self.directory / f"wiped-{len(self.wiped) + 1}"
+        kept.mkdir(parents=True, exist_ok=True)
         for child in self.data_dir.iterdir():
             if child.name == "myid":
                 continue
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+            shutil.move(str(child), str(kept / child.name))
+        self.wiped.append(kept)
+
+    def log_directories(self) -> list[Path]:
+        """The directories holding this server's transaction logs: the live
+        one and those moved aside by :meth:`wipe`, oldest first."""
+        return [*(d / "version-2" for d in self.wiped), self.data_dir / "version-2"]
 
     def command(self, word: str, timeout: float = 2.0) -> str:
         return four_letter("127.0.0.1", self.client_port, word, timeout)

@@ -28,11 +28,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..client import Client
+from ..layout import Layout
 from ..message import Message
 from ..state import ClientState, Gap
 from ..subscription import Subscription
 from .checker import missing
-from .history import DeliveryRecord, History, Recorder, key_of, payload_for
+from .history import DeliveryRecord, History, Key, Recorder, key_of, payload_for
+from .ledger import Ledger, decode_keys, replay
+from .queues import queue_entries
+from .txnlog import ClusterLog
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,10 @@ class _Notes(Protocol):
 
 
 class ClientPool:
-    """Clients on one root that note their lost sessions (``"sessions
-    lost"`` and ``"sessions lost by <id>"``) and are closed together."""
+    """Clients on one root that note what their connections went through
+    (``"sessions lost"`` and ``"sessions lost by <id>"`` for each session
+    that expired, ``"suspensions"`` and ``"suspensions by <id>"`` for each
+    lost connection) and are closed together."""
 
     def __init__(
         self,
@@ -80,6 +86,9 @@ class ClientPool:
             if state == ClientState.LOST:
                 notes.note("sessions lost")
                 notes.note(f"sessions lost by {client_id}")
+            elif state == ClientState.SUSPENDED:
+                notes.note("suspensions")
+                notes.note(f"suspensions by {client_id}")
 
         client.add_listener(on_state)
         return client
@@ -106,7 +115,9 @@ class Workload(ClientPool):
     the given timeouts, on ``hosts`` unless :meth:`add_publisher` / :meth:`add_subscriber` name
     other hosts (a proxy, say). Each publisher publishes one message at a
     time, at most ``rate`` per second if given, until :meth:`stop_publishing`
-    or ``max_messages``.
+    or ``max_messages``. ``log`` reads the servers' transaction logs (for
+    :meth:`ledger` and :meth:`drain`); ``purge_grace`` is the grace of the
+    cleaners running, if any.
     """
 
     def __init__(
@@ -122,8 +133,12 @@ class Workload(ClientPool):
         max_messages: int | None = None,
         client_options: dict[str, Any] | None = None,
         recorder: Recorder | None = None,
+        log: ClusterLog | None = None,
+        purge_grace: float | None = None,
     ) -> None:
         self.recorder = recorder or Recorder()
+        self.log = log
+        self.purge_grace = purge_grace
         super().__init__(
             hosts,
             root,
@@ -168,7 +183,7 @@ class Workload(ClientPool):
         return client
 
     def add_subscriber_process(
-        self, name: str | None = None, *, hosts: str | None = None
+        self, name: str | None = None, *, hosts: str | None = None, durable: bool = False
     ) -> SubscriberProcess:
         """A subscriber in a child process (to be killed for real)."""
         name = name or f"subproc-{len(self.subscribers) + len(self.processes) + 1}-{tag()}"
@@ -178,15 +193,27 @@ class Workload(ClientPool):
             self.topic,
             name,
             session_timeout=self.session_timeout,
+            durable=durable,
         )
         at = proc.start()
         self.recorder.subscribed(name, self.topic, at)
         self.processes[name] = proc
         return proc
 
-    def kill_subscriber_process(self, name: str) -> None:
+    def kill_subscriber_process(self, name: str, *, coming_back: bool = False) -> None:
+        """SIGKILL. Unless it is ``coming_back`` (:meth:`restart_subscriber_process`),
+        it is no longer entitled to anything."""
         self.processes[name].kill()
-        self.recorder.ended(name)
+        if not coming_back:
+            self.recorder.ended(name)
+
+    def restart_subscriber_process(self, name: str, *, truncate_backlog: int = 0) -> list[Key]:
+        """Start a killed subscriber process again with the same client id.
+        ``truncate_backlog`` makes it a faulty one: once registered, before
+        it subscribes, it deletes that many of the oldest nodes of its
+        queue. Returns the keys of the messages it deleted."""
+        self.recorder.add_deliveries(self.processes[name].collect_new())
+        return self.processes[name].restart(truncate_backlog=truncate_backlog)
 
     def add_publisher(
         self, name: str | None = None, *, hosts: str | None = None, **options: Any
@@ -281,15 +308,22 @@ class Workload(ClientPool):
 
     # -- the end --------------------------------------------------------------------------
 
+    def ledger(self) -> Ledger:
+        """What the servers' logs say was written under this root."""
+        if self.log is None:
+            raise RuntimeError("this workload was given no server logs to read")
+        return replay(self.log.committed(), self.root)
+
     def drain(self, timeout: float = 60.0) -> list[tuple[str, tuple[str, int]]]:
-        """Wait until every entitled subscriber got every acknowledged
-        message, or ``timeout`` passes; return what is still missing."""
+        """Wait until every subscriber got every message it must receive
+        (see :mod:`~zkpubsub.testing.checker`), or ``timeout`` passes;
+        return what is still missing."""
         deadline = time.monotonic() + timeout
         while True:
-            left = missing(self.history())
+            left = missing(self.history(), self.ledger(), purge_grace=self.purge_grace)
             if not left or time.monotonic() > deadline:
                 return left
-            time.sleep(0.2)
+            time.sleep(0.3)
 
     def history(self) -> History:
         for proc in self.processes.values():
@@ -350,11 +384,18 @@ class ChildProcess:
         ]
         self.process: subprocess.Popen[Any] | None = None
 
-    def _spawn(self, **popen: Any) -> subprocess.Popen[Any]:
-        """Start it with an empty output file (stdout piped, stderr dropped)."""
-        self.out.write_bytes(b"")
+    def _spawn(
+        self, *, fresh: bool = True, extra: list[str] | None = None, **popen: Any
+    ) -> subprocess.Popen[Any]:
+        """Start it (stdout piped, stderr dropped) with an empty output file,
+        or, unless ``fresh``, appending to the one of its previous run."""
+        if fresh:
+            self.out.write_bytes(b"")
         self.process = subprocess.Popen(
-            self._args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **popen
+            [*self._args, *(extra or [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            **popen,
         )
         return self.process
 
@@ -405,7 +446,7 @@ def child_parser(
 
 class SubscriberProcess(ChildProcess):
     """A subscriber running in a child process that writes each delivery
-    to a file as a JSON line."""
+    to a file as a JSON line (``durable``: a durable subscription)."""
 
     def __init__(
         self,
@@ -415,6 +456,7 @@ class SubscriberProcess(ChildProcess):
         client_id: str,
         *,
         session_timeout: float = 4.0,
+        durable: bool = False,
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(
@@ -424,7 +466,10 @@ class SubscriberProcess(ChildProcess):
             hosts=hosts,
             root=root,
             session_timeout=session_timeout,
-            options=["--topic", topic, "--client-id", client_id],
+            options=[
+                *("--topic", topic, "--client-id", client_id),
+                *(["--durable"] if durable else []),
+            ],
             directory=directory,
         )
         self.client_id = client_id
@@ -433,14 +478,26 @@ class SubscriberProcess(ChildProcess):
 
     def start(self, timeout: float = 60.0) -> float:
         """Start it; returns when it has subscribed (the time it did)."""
-        process = self._spawn(stdin=subprocess.DEVNULL)
-        result: list[float] = []
+        return float(self._start(timeout, fresh=True, extra=[])["at"])
+
+    def restart(self, *, truncate_backlog: int = 0, timeout: float = 60.0) -> list[Key]:
+        """Start it again after :meth:`kill` (same client id, its output file
+        kept). With ``truncate_backlog`` it deletes that many of the oldest
+        nodes of its queue once registered, before subscribing: a faulty
+        subscriber for the checker to catch. Returns the keys it deleted."""
+        extra = ["--truncate-backlog", str(truncate_backlog)] if truncate_backlog else []
+        ready = self._start(timeout, fresh=False, extra=extra)
+        return [(str(p), int(q)) for p, q in ready.get("truncated", [])]
+
+    def _start(self, timeout: float, *, fresh: bool, extra: list[str]) -> dict[str, Any]:
+        process = self._spawn(fresh=fresh, extra=extra, stdin=subprocess.DEVNULL)
+        result: list[dict[str, Any]] = []
 
         def read_ready() -> None:
             assert process.stdout is not None
-            line = process.stdout.readline().decode().split()
-            if len(line) == 2 and line[0] == "ready":
-                result.append(float(line[1]))
+            word, _, rest = process.stdout.readline().decode().partition(" ")
+            if word == "ready":
+                result.append(json.loads(rest))
 
         reader = threading.Thread(target=read_ready, daemon=True)
         reader.start()
@@ -486,10 +543,35 @@ def _subscribe_main(args: argparse.Namespace) -> None:
         with lock:
             out.write(line.encode() + b"\n")
 
-    client.subscribe(args.topic, on_message)
-    sys.stdout.write(f"ready {time.time()}\n")
+    truncated = _truncate_backlog(args) if args.truncate_backlog else []
+    client.subscribe(args.topic, on_message, durable=args.durable)
+    ready = {"at": time.time(), "truncated": truncated}
+    sys.stdout.write(f"ready {json.dumps(ready)}\n")
     sys.stdout.flush()
     threading.Event().wait()
+
+
+def _truncate_backlog(args: argparse.Namespace) -> list[Key]:
+    """The injected fault: delete the oldest ``--truncate-backlog`` nodes of
+    this subscriber's queue (through a connection of its own); returns the
+    keys of the messages they held."""
+    from kazoo.client import KazooClient
+
+    queue = Layout(args.root).queue(args.client_id, args.topic)
+    zk = KazooClient(hosts=args.hosts, timeout=10.0)
+    zk.start(timeout=30)
+    try:
+        names = queue_entries(zk, args.root, args.client_id, args.topic) or []
+        messages = [n for n in names if n.rsplit("/", 1)[-1].startswith("m")]
+        keys: list[Key] = []
+        for name in messages[: args.truncate_backlog]:
+            data, _ = zk.get(f"{queue}/{name}")
+            keys.extend(decode_keys(data))
+            zk.delete(f"{queue}/{name}")
+        return keys
+    finally:
+        zk.stop()
+        zk.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -500,6 +582,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub.add_argument("--topic", required=True)
     sub.add_argument("--client-id", required=True)
+    sub.add_argument("--durable", action="store_true", help="a durable subscription")
+    sub.add_argument(
+        "--truncate-backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a faulty subscriber: delete the N oldest nodes of its queue before subscribing",
+    )
     _subscribe_main(parser.parse_args(argv))
 
 

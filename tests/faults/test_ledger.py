@@ -1,0 +1,148 @@
+"""The servers' transaction logs, read back (on files written here in
+ZooKeeper's format), and the ledger replayed from them."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import msgpack
+
+from zkpubsub.testing.ledger import decode_keys, replay
+from zkpubsub.testing.txnlog import (
+    CLOSE_SESSION,
+    CREATE,
+    DELETE,
+    ERROR,
+    MAGIC,
+    MULTI,
+    SET_DATA,
+    ClusterLog,
+    Txn,
+    read_file,
+)
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">i", len(raw)) + raw
+
+
+def _buf(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+def create(path: str, data: bytes = b"", *, ephemeral: bool = False) -> bytes:
+    acl = struct.pack(">i", 1) + struct.pack(">i", 31) + _s("world") + _s("anyone")
+    return _s(path) + _buf(data) + acl + bytes([ephemeral]) + struct.pack(">i", 0)
+
+
+def delete(path: str) -> bytes:
+    return _s(path)
+
+
+def entry(zxid: int, kind: int, body: bytes, *, session: int = 1, millis: int = 1000) -> bytes:
+    header = struct.pack(">qiqqi", session, 0, zxid, millis, kind)
+    payload = header + body
+    return struct.pack(">qi", zlib.adler32(payload), len(payload)) + payload + b"B"
+
+
+def multi(*ops: tuple[int, bytes]) -> bytes:
+    out = struct.pack(">i", len(ops))
+    for kind, body in ops:
+        out += struct.pack(">i", kind) + _buf(body)
+    return out
+
+
+def write_log(directory: Path, *entries: bytes, tail: bytes = b"") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "log.1"
+    header = struct.pack(">iiq", MAGIC, 2, 0)
+    path.write_bytes(header + b"".join(entries) + tail + bytes(4096))  # preallocated zeros
+    return path
+
+
+def envelope(*keys: tuple[str, int]) -> bytes:
+    msgs = [
+        {"id": f"{p}{s}", "ct": "application/msgpack", "p": msgpack.packb({"p": p, "s": s})}
+        for p, s in keys
+    ]
+    return msgpack.packb({"v": 1, "msgs": msgs}, use_bin_type=True)
+
+
+def test_a_log_file_reads_back_to_its_last_complete_entry(tmp_path: Path) -> None:
+    good = [
+        entry(1, CREATE, create("/r/clients/a", ephemeral=True), session=7),
+        entry(2, MULTI, multi((CREATE, create("/r/x")), (SET_DATA, _s("/r") + _buf(b"")))),
+        entry(3, MULTI, multi((ERROR, struct.pack(">i", -110)), (ERROR, b""))),
+        entry(4, CLOSE_SESSION, struct.pack(">i", 1) + _s("/r/clients/a"), session=7),
+    ]
+    torn = entry(5, DELETE, delete("/r/x"))[:-3]
+    txns, offset = read_file(write_log(tmp_path, *good, tail=torn))
+    assert [t.zxid for t in txns] == [1, 2, 3, 4]
+    assert txns[0].ops[0].ephemeral and txns[0].session == 7 and txns[0].at == 1.0
+    assert [(o.kind, o.path) for o in txns[1].ops] == [("create", "/r/x"), ("set", "/r")]
+    assert txns[2].ops == ()  # a failed multi changed nothing
+    assert txns[3].closed == ("/r/clients/a",)
+    assert offset == 16 + sum(len(e) for e in good)
+
+
+def test_only_what_a_majority_of_servers_logged_is_committed(tmp_path: Path) -> None:
+    shared = [entry(z, DELETE, delete(f"/n{z}")) for z in (1, 2)]
+    phantom = entry(3, DELETE, delete("/phantom"))
+    write_log(tmp_path / "a", *shared, phantom)  # a leader that died with a proposal
+    write_log(tmp_path / "b", *shared)
+    write_log(tmp_path / "c", shared[0])  # wiped, or joined late
+    log = ClusterLog([[tmp_path / d] for d in "abc"])
+    assert [t.zxid for t in log.committed()] == [1, 2]
+
+
+def test_the_ledger_follows_writes_registrations_and_removals() -> None:
+    sub, other = 10, 20
+
+    def txn(zxid: int, at: float, session: int, *ops: tuple[str, str, bytes, bool]) -> Txn:
+        from zkpubsub.testing.txnlog import Op
+
+        return Txn(zxid, at, session, MULTI, tuple(Op(k, p, d, e) for k, p, d, e in ops))
+
+    q = "/r/messages/s/t"
+    txns = [
+        txn(1, 1.0, sub, ("create", "/r/clients/s", b"", True)),
+        txn(2, 2.0, sub, ("create", "/r/subscribers/t/s", b"", True)),
+        txn(
+            3,
+            3.0,
+            30,
+            ("check", "/r/subscribers/t", b"", False),
+            ("create", f"{q}/m1-0000000001", envelope(("p", 1)), False),
+        ),
+        txn(4, 4.0, 30, ("create", f"{q}/m2-0000000002", envelope(("p", 2), ("p", 3)), False)),
+        txn(5, 5.0, sub, ("delete", f"{q}/m1-0000000001", b"", False)),  # handled
+        Txn(6, 6.0, sub, CLOSE_SESSION, closed=("/r/clients/s", "/r/subscribers/t/s")),
+        txn(7, 7.0, 30, ("create", "/r/messages/x/t/m3-0000000003", envelope(("p", 4)), False)),
+        txn(8, 9.5, other, ("delete", f"{q}/m2-0000000002", b"", False)),  # someone else
+        txn(9, 10.0, 11, ("create", "/r/clients/s", b"", True)),
+    ]
+    ledger = replay(txns, "/r")
+    assert ledger.written_to(("p", 1)) == {"s"} and ledger.written_to(("p", 3)) == {"s"}
+    assert ledger.registered[("p", 1)] == {"s"}
+    assert ledger.registered[("p", 4)] == frozenset()  # s was gone by then
+    assert ("s", ("p", 1)) not in ledger.removals  # its own delete
+    removal = ledger.removals[("s", ("p", 2))]
+    assert removal.session == other and removal.absent_for == 3.5
+    assert ledger.registrations[("t", "s")] == [(2.0, 6.0)]
+    assert ledger.registered_throughout("t", "s", 2.5, 5.5)
+    assert not ledger.registered_throughout("t", "s", 5.5, 6.5)
+    assert ledger.unregistered_seconds("t", "s", 5.0, 8.0) == 2.0
+    assert [(s.session, s.start, s.end) for s in ledger.sessions["s"]] == [
+        (sub, 1.0, 6.0),
+        (11, 10.0, None),
+    ]
+    assert ledger.epochs == (0,)
+
+
+def test_only_workload_payloads_have_keys() -> None:
+    assert decode_keys(envelope(("p", 1), ("q", 2))) == (("p", 1), ("q", 2))
+    assert decode_keys(b"not msgpack\xc1") == ()
+    assert decode_keys(msgpack.packb({"v": 1, "msgs": [{"p": b"\x01"}]})) == ()

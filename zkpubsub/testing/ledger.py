@@ -1,0 +1,269 @@
+"""What the servers' logs say a run wrote, in terms of the documented layout.
+
+:func:`replay` replays the committed transactions
+(:class:`~zkpubsub.testing.txnlog.ClusterLog`) under a root, following the
+layout of ``docs/wire-format.md`` and nothing of the client library:
+
+* each message node created in a subscriber's queue, with the workload keys
+  of the messages its envelope carries (:class:`QueueWrite`);
+* for each message, the subscribers whose registration node
+  (``subscribers/<topic>/<id>``) existed when the last transaction carrying
+  it committed: the ones a publisher had to reach;
+* each message node deleted by a session other than its subscriber's own,
+  and how long the subscriber's client node had been absent by then
+  (:class:`Removal`): what a cleaner may have purged;
+* the intervals during which each subscription was registered, each
+  client's sessions, and the leader epochs seen.
+
+The checker (:mod:`~zkpubsub.testing.checker`) judges a run's history
+against this ledger rather than against what the library reported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ..layout import parse_queue_entry, parse_segment_node
+from .history import Key, key_of
+from .txnlog import CLOSE_SESSION, Txn
+
+INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWrite:
+    """A message node created in ``subscriber``'s queue."""
+
+    subscriber: str
+    topic: str
+    zxid: int
+    at: float
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A message node deleted by a session that was not its subscriber's.
+    ``absent_for``: how long the subscriber's ``clients/<id>`` node had been
+    gone at that moment (``None``: it was there)."""
+
+    zxid: int
+    at: float
+    session: int
+    absent_for: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpan:
+    """One session of a client id: from the creation of its ``clients/<id>``
+    node to the session's end (``None``: still open at the end of the log)."""
+
+    session: int
+    start: float
+    end: float | None
+
+
+@dataclass
+class Ledger:
+    """See the module's text. Times are the leader's clock, in seconds."""
+
+    writes: dict[Key, list[QueueWrite]] = field(default_factory=lambda: defaultdict(list))
+    # key -> (zxid, time) of the last transaction that wrote it
+    commits: dict[Key, tuple[int, float]] = field(default_factory=dict)
+    # key -> subscribers registered on its topic when that transaction committed
+    registered: dict[Key, frozenset[str]] = field(default_factory=dict)
+    removals: dict[tuple[str, Key], Removal] = field(default_factory=dict)
+    # (topic, subscriber) -> [(since, until)]; until INF while registered at the end
+    registrations: dict[tuple[str, str], list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    sessions: dict[str, list[SessionSpan]] = field(default_factory=lambda: defaultdict(list))
+    epochs: tuple[int, ...] = ()
+    transactions: int = 0
+
+    def written_to(self, key: Key) -> set[str]:
+        return {w.subscriber for w in self.writes.get(key, ())}
+
+    def registered_throughout(self, topic: str, subscriber: str, start: float, end: float) -> bool:
+        """Whether the subscription was registered during all of ``[start, end]``."""
+        return any(
+            since <= start and end <= until
+            for since, until in self.registrations.get((topic, subscriber), ())
+        )
+
+    def unregistered_seconds(self, topic: str, subscriber: str, start: float, end: float) -> float:
+        """How long, within ``[start, end]``, the subscription was not registered."""
+        covered = 0.0
+        for since, until in self.registrations.get((topic, subscriber), ()):
+            covered += max(0.0, min(until, end) - max(since, start))
+        return max(0.0, (end - start) - covered)
+
+
+def decode_keys(data: bytes) -> tuple[Key, ...]:
+    """The workload keys of the messages in a node's envelope (format 1 of
+    ``docs/wire-format.md``); payloads of other kinds are skipped."""
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return ()
+    if not isinstance(doc, dict) or not isinstance(doc.get("msgs"), list):
+        return ()
+    keys: list[Key] = []
+    for msg in doc["msgs"]:
+        if not isinstance(msg, dict) or not isinstance(msg.get("p"), bytes):
+            continue
+        payload: Any
+        try:
+            if msg.get("ct") == "application/json":
+                payload = json.loads(msg["p"])
+            else:
+                payload = msgpack.unpackb(msg["p"], raw=False)
+        except Exception:
+            continue
+        key = key_of(payload)
+        if key is not None:
+            keys.append(key)
+    return tuple(keys)
+
+
+class _Replay:
+    """The replay's state; see :func:`replay`."""
+
+    def __init__(self, root: str) -> None:
+        base = root.rstrip("/")
+        self.clients = f"{base}/clients/"
+        self.subscribers = f"{base}/subscribers/"
+        self.messages = f"{base}/messages/"
+        self.ledger = Ledger()
+        self.client_owner: dict[str, int] = {}
+        self.client_gone_at: dict[str, float] = {}
+        self.open_spans: dict[int, tuple[str, float]] = {}  # session -> (client, start)
+        self.registered: dict[str, dict[str, float]] = defaultdict(dict)  # topic -> sub -> since
+        self.eph_owner: dict[str, int] = {}
+        self.ephemerals: dict[int, set[str]] = defaultdict(set)
+        self.nodes: dict[str, tuple[str, tuple[Key, ...]]] = {}  # message path -> (sub, keys)
+
+    # -- one transaction ----------------------------------------------------------
+
+    def apply(self, txn: Txn) -> None:
+        if txn.type == CLOSE_SESSION:
+            gone = set(txn.closed) | self.ephemerals.pop(txn.session, set())
+            for path in sorted(gone):
+                self._deleted(path, txn)
+            self._end_span(txn.session, txn.at)
+            return
+        carried: dict[str, list[Key]] = {}
+        for op in txn.ops:
+            if op.kind == "create" and op.path.startswith(self.messages):
+                entry = _queue_entry(op.path[len(self.messages) :])
+                if entry is not None:
+                    carried.setdefault(entry[1], []).extend(decode_keys(op.data))
+        for topic, keys in carried.items():  # who had to be reached, before this commit
+            reach = frozenset(self.registered[topic])
+            for key in keys:
+                self.ledger.commits[key] = (txn.zxid, txn.at)
+                self.ledger.registered[key] = reach
+        for op in txn.ops:
+            if op.kind == "create":
+                self._created(op.path, op.data, op.ephemeral, txn)
+            elif op.kind == "delete":
+                self._deleted(op.path, txn)
+
+    def _created(self, path: str, data: bytes, ephemeral: bool, txn: Txn) -> None:
+        if ephemeral:
+            self.eph_owner[path] = txn.session
+            self.ephemerals[txn.session].add(path)
+        if path.startswith(self.clients):
+            name = path[len(self.clients) :]
+            if "/" not in name:
+                self.client_owner[name] = txn.session
+                self.client_gone_at.pop(name, None)
+                if ephemeral:
+                    self.open_spans[txn.session] = (name, txn.at)
+        elif path.startswith(self.subscribers):
+            parts = path[len(self.subscribers) :].split("/")
+            if len(parts) == 2:
+                self.registered[parts[0]].setdefault(parts[1], txn.at)
+        elif path.startswith(self.messages):
+            entry = _queue_entry(path[len(self.messages) :])
+            if entry is not None:
+                sub, topic = entry
+                keys = decode_keys(data)
+                self.nodes[path] = (sub, keys)
+                for key in keys:
+                    self.ledger.writes[key].append(QueueWrite(sub, topic, txn.zxid, txn.at, path))
+
+    def _deleted(self, path: str, txn: Txn) -> None:
+        owner = self.eph_owner.pop(path, None)
+        if owner is not None:
+            self.ephemerals[owner].discard(path)
+        if path.startswith(self.clients):
+            name = path[len(self.clients) :]
+            if "/" not in name and name in self.client_owner:
+                session = self.client_owner.pop(name)
+                self.client_gone_at[name] = txn.at
+                self._end_span(session, txn.at)
+        elif path.startswith(self.subscribers):
+            parts = path[len(self.subscribers) :].split("/")
+            if len(parts) == 2:
+                since = self.registered[parts[0]].pop(parts[1], None)
+                if since is not None:
+                    self.ledger.registrations[(parts[0], parts[1])].append((since, txn.at))
+        elif path in self.nodes:
+            sub, keys = self.nodes.pop(path)
+            if self.client_owner.get(sub) == txn.session:
+                return  # the subscriber's own delete: it says it handled them
+            gone_at = self.client_gone_at.get(sub)
+            absent = None if sub in self.client_owner or gone_at is None else txn.at - gone_at
+            for key in keys:
+                self.ledger.removals.setdefault(
+                    (sub, key), Removal(txn.zxid, txn.at, txn.session, absent)
+                )
+
+    def _end_span(self, session: int, at: float) -> None:
+        span = self.open_spans.pop(session, None)
+        if span is not None:
+            self.ledger.sessions[span[0]].append(SessionSpan(session, span[1], at))
+
+    def finish(self, epochs: Iterable[int], count: int) -> Ledger:
+        for topic, subs in self.registered.items():
+            for sub, since in subs.items():
+                self.ledger.registrations[(topic, sub)].append((since, INF))
+        for session, (name, start) in self.open_spans.items():
+            self.ledger.sessions[name].append(SessionSpan(session, start, None))
+        for spans in self.ledger.sessions.values():
+            spans.sort(key=lambda s: s.start)
+        self.ledger.epochs = tuple(sorted(set(epochs)))
+        self.ledger.transactions = count
+        return self.ledger
+
+
+def replay(txns: Sequence[Txn], root: str) -> Ledger:
+    """Replay committed transactions (in zxid order) under ``root``."""
+    replay = _Replay(root)
+    for txn in txns:
+        replay.apply(txn)
+    return replay.finish((t.epoch for t in txns), len(txns))
+
+
+def _queue_entry(below: str) -> tuple[str, str] | None:
+    """``(subscriber, topic)`` of a message node, given its path below
+    ``messages/`` (``<id>/<topic>/s<N>/m…``, or ``<id>/<topic>/m…`` from
+    before segments); ``None`` for anything else (queues, segments, markers)."""
+    parts = below.split("/")
+    if len(parts) == 4 and parse_segment_node(parts[2]) is not None:
+        name = parts[3]
+    elif len(parts) == 3:
+        name = parts[2]
+    else:
+        return None
+    parsed = parse_queue_entry(name)
+    if parsed is None or parsed[0] != "m":
+        return None
+    return parts[0], parts[1]
