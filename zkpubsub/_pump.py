@@ -310,9 +310,13 @@ class ReceivePump:
         now = time.monotonic()
         for queue in self._all():
             since = now - queue.listed_at
-            # Names not seen yet are newer than every name listed, so while
-            # listed ones wait to be read, listing again can wait a little.
-            busy = queue.buffer.has_unfetched and since < RELIST_WHILE_BUSY
+            # Listing on every change (no persistent watch), the names not
+            # seen yet are newer than every name listed, so while listed ones
+            # wait to be read, listing again can wait a little. With the
+            # watch, a listing is due only when events may have been missed
+            # (a reconnect): nothing is read before it, or what the events
+            # name would overtake what they missed.
+            busy = not self._watching and queue.buffer.has_unfetched and since < RELIST_WHILE_BUSY
             if (queue.relist and not busy) or since > SAFETY_RELIST_INTERVAL:
                 queue.relist = False
                 self._list(queue)

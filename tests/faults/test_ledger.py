@@ -118,6 +118,14 @@ def test_the_ledger_follows_writes_registrations_and_removals() -> None:
             ("create", f"{q}/m1-0000000001", envelope(("p", 1)), False),
         ),
         txn(4, 4.0, 30, ("create", f"{q}/m2-0000000002", envelope(("p", 2), ("p", 3)), False)),
+        txn(
+            4,
+            4.5,
+            30,
+            ("create", f"{q}/s0000000000", b"", False),  # a segment (wire format 2)
+            ("create", f"{q}/s0000000000/m5-0000000000", envelope(("p", 5)), False),
+            ("create", f"{q}/s0000000000/o6-0000000001", b'{"pub":"p","missed":1}', False),
+        ),
         txn(5, 5.0, sub, ("delete", f"{q}/m1-0000000001", b"", False)),  # handled
         Txn(6, 6.0, sub, CLOSE_SESSION, closed=("/r/clients/s", "/r/subscribers/t/s")),
         txn(7, 7.0, 30, ("create", "/r/messages/x/t/m3-0000000003", envelope(("p", 4)), False)),
@@ -126,6 +134,7 @@ def test_the_ledger_follows_writes_registrations_and_removals() -> None:
     ]
     ledger = replay(txns, "/r")
     assert ledger.written_to(("p", 1)) == {"s"} and ledger.written_to(("p", 3)) == {"s"}
+    assert ledger.written_to(("p", 5)) == {"s"}  # in a segment
     assert ledger.registered[("p", 1)] == {"s"}
     assert ledger.registered[("p", 4)] == frozenset()  # s was gone by then
     assert ("s", ("p", 1)) not in ledger.removals  # its own delete

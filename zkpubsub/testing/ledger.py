@@ -29,7 +29,7 @@ from typing import Any
 
 import msgpack
 
-from ..layout import parse_queue_entry, parse_segment_node
+from ..layout import parse_segment_node
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -259,11 +259,8 @@ def _queue_entry(below: str) -> tuple[str, str] | None:
     parts = below.split("/")
     if len(parts) == 4 and parse_segment_node(parts[2]) is not None:
         name = parts[3]
-    elif len(parts) == 3:
+    elif len(parts) == 3 and parse_segment_node(parts[2]) is None:
         name = parts[2]
     else:
         return None
-    parsed = parse_queue_entry(name)
-    if parsed is None or parsed[0] != "m":
-        return None
-    return parts[0], parts[1]
+    return (parts[0], parts[1]) if name.startswith("m") else None
