@@ -14,8 +14,10 @@ unexpected, duplicates, order), ``audit`` (the tree after healing) and
 """
 
 from .server import (
+    EnsembleNode,
     ServerFailed,
     ZooKeeperCluster,
+    ZooKeeperEnsemble,
     ZooKeeperNode,
     ZooKeeperNotFound,
     find_classpath,
@@ -26,8 +28,10 @@ from .server import (
 from .sessions import expire_session
 
 __all__ = [
+    "EnsembleNode",
     "ServerFailed",
     "ZooKeeperCluster",
+    "ZooKeeperEnsemble",
     "ZooKeeperNode",
     "ZooKeeperNotFound",
     "expire_session",
