@@ -48,7 +48,7 @@ install_venv() {
     fi
     echo "installing zkpubsub and its test tools into $VENV..." >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test,dev,bench]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,dev,bench,testcontainers]'
     touch "$stamp"
 }
 
