@@ -212,7 +212,8 @@ class ContainerNode(EnsembleNode):
         )
         self.image = image
         self.lifetime = lifetime
-        self._container: Any = None  # docker-py's Container, once started
+        self._started: Any = None  # testcontainers' DockerContainer, once started
+        self._container: Any = None  # and the docker-py Container it wraps
 
     @property
     def container_id(self) -> str | None:
@@ -261,15 +262,17 @@ class ContainerNode(EnsembleNode):
             with contextlib.suppress(Exception):
                 container.stop()
             raise ServerFailed(f"{self!r}: the container did not start: {exc}") from exc
+        self._started = container
         self._container = container.get_wrapped_container()
         self.paused = False
 
     def _remove(self) -> None:
-        container, self._container = self._container, None
+        """Remove the container, running or not (SIGKILL), and close its client."""
+        started, self._started, self._container = self._started, None, None
         self.paused = False
-        if container is not None:
+        if started is not None:
             with contextlib.suppress(Exception):
-                container.remove(force=True)
+                started.stop()
 
     def kill(self) -> None:
         """SIGKILL and remove the container: no goodbye to peers or clients."""
