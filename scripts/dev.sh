@@ -4,6 +4,18 @@
 #   bash scripts/dev.sh test    install what is missing, then run the test suite
 #   bash scripts/dev.sh check   ruff and mypy
 #   bash scripts/dev.sh install only install (ZooKeeper from apt, .venv with the package)
+# ZooKeeper in Docker containers (zkpubsub.testing's testcontainers backend):
+#   bash scripts/dev.sh test-containers [PYTEST ARGS]
+#                               start Docker if none runs (installing it if missing), build
+#                               the ZooKeeper image from Debian's packages unless
+#                               $ZKPUBSUB_ZOOKEEPER_IMAGE names one, run a subset of the
+#                               suite (or the given tests) in containers, stop what it started
+#   bash scripts/dev.sh matrix [--suite S]... [--image I]...
+#                               the core suite against each ZooKeeper version that Debian's
+#                               releases ship; writes docs/zookeeper-versions.md
+#   bash scripts/dev.sh image [SUITE]   only build the image (zkpubsub-zookeeper:SUITE)
+#   bash scripts/dev.sh docker-down     remove the backend's containers; stop a dockerd
+#                                       that these commands started
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,13 +60,155 @@ install_venv() {
     fi
     echo "installing zkpubsub and its test tools into $VENV..." >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test,dev,bench]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,dev,bench,testcontainers]'
     touch "$stamp"
 }
 
 install() {
     install_zookeeper
     install_venv
+}
+
+# -- Docker, for the container backend -------------------------------------------------
+# dockerd runs without a bridge or iptables rules: every container of the
+# backend uses the host's network and binds 127.0.0.1, so no traffic ever
+# goes to a container's address. A dockerd started here is bounded in time,
+# and stopped (its containers with it) by docker_down.
+
+DOCKERD_DIR="${ZKPUBSUB_DOCKERD_DIR:-/run/zkpubsub-dockerd}"
+DOCKERD_LIFETIME="${ZKPUBSUB_DOCKERD_LIFETIME:-7200}"
+# the tests of the container backend in CI: core pub/sub, work queue, the
+# cleaner, the server controls, and a 3-server ensemble losing a container
+CONTAINER_SUBSET=(
+    tests/test_pubsub.py
+    tests/test_workqueue.py
+    tests/test_cleaner.py
+    tests/test_testing.py
+    tests/test_containers.py
+    tests/faults/test_pubsub_faults.py::test_2_kill_the_follower_the_clients_are_connected_to
+)
+
+docker_answers() {
+    command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1
+}
+
+docker_up() {
+    if docker_answers; then
+        return
+    fi
+    if ! command -v dockerd >/dev/null 2>&1; then
+        echo "installing Docker from Debian's packages..." >&2
+        as_root apt-get update -qq
+        apt_install docker.io
+    fi
+    echo "starting dockerd (no bridge, no iptables; at most ${DOCKERD_LIFETIME} s)..." >&2
+    as_root mkdir -p "$DOCKERD_DIR"
+    as_root setsid timeout --kill-after=30 "$DOCKERD_LIFETIME" \
+        dockerd --bridge=none --iptables=false --ip-masq=false \
+        --pidfile "$DOCKERD_DIR/dockerd.pid" --log-level=warn \
+        </dev/null >"$DOCKERD_DIR/dockerd.log" 2>&1 &
+    local i
+    for i in $(seq 60); do
+        if docker_answers; then
+            as_root touch "$DOCKERD_DIR/started-here"
+            return
+        fi
+        sleep 1
+    done
+    echo "dockerd did not answer in 60 s:" >&2
+    tail -20 "$DOCKERD_DIR/dockerd.log" >&2 || true
+    docker_down
+    exit 1
+}
+
+docker_down() {
+    # a dockerd started here: the backend's containers (the fixtures remove
+    # them; these are leftovers of a run that was killed), then dockerd and
+    # everything it runs. An engine someone else runs is left alone.
+    [ -f "$DOCKERD_DIR/started-here" ] || return 0
+    if docker_answers; then
+        local ids
+        ids=$(docker ps -aq --filter label=zkpubsub.testing)
+        if [ -n "$ids" ]; then
+            echo "removing leftover containers: $ids" >&2
+            # shellcheck disable=SC2086
+            docker rm -f $ids >/dev/null || true
+        fi
+    fi
+    local pid i
+    pid=$(cat "$DOCKERD_DIR/dockerd.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && as_root kill -0 "$pid" 2>/dev/null; then
+        echo "stopping dockerd..." >&2
+        as_root kill -TERM "$pid" || true
+        for i in $(seq 30); do
+            as_root kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        if as_root kill -0 "$pid" 2>/dev/null; then
+            as_root kill -KILL "$pid" || true
+        fi
+    fi
+    as_root rm -f "$DOCKERD_DIR/started-here"
+}
+
+zookeeper_image() {
+    # the image the container backend should use: $ZKPUBSUB_ZOOKEEPER_IMAGE,
+    # or one built here from a Debian release's packages
+    if [ -n "${ZKPUBSUB_ZOOKEEPER_IMAGE:-}" ]; then
+        echo "$ZKPUBSUB_ZOOKEEPER_IMAGE"
+        return
+    fi
+    if ! command -v mmdebstrap >/dev/null 2>&1; then
+        echo "installing mmdebstrap..." >&2
+        as_root apt-get update -qq
+        apt_install mmdebstrap
+    fi
+    bash scripts/zookeeper-image.sh "${1:-bookworm}"
+}
+
+CHILD=""
+
+on_signal() {
+    # stop the tests at once (their containers are then removed by docker_down)
+    if [ -n "$CHILD" ]; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    exit "$1"
+}
+
+with_docker() {
+    # dockerd and the containers go when the command ends, however it ends
+    trap docker_down EXIT
+    trap 'on_signal 143' TERM
+    trap 'on_signal 130' INT
+    trap 'on_signal 129' HUP
+    docker_up
+}
+
+in_background() {
+    # run "$@" as a child this shell can stop on a signal, and wait for it
+    local status=0
+    "$@" &
+    CHILD=$!
+    wait "$CHILD" || status=$?
+    CHILD=""
+    return "$status"
+}
+
+test_containers() {
+    with_docker
+    local image started status=0
+    image=$(zookeeper_image)
+    started=$(date +%s)
+    if [ "$#" -eq 0 ]; then
+        set -- "${CONTAINER_SUBSET[@]}"
+    fi
+    echo "running tests in containers of $image..." >&2
+    ZKPUBSUB_TEST_BACKEND=testcontainers ZKPUBSUB_ZOOKEEPER_IMAGE="$image" \
+        in_background "$VENV/bin/pytest" -q -p no:cacheprovider "$@" || status=$?
+    echo "tests in containers took $(($(date +%s) - started)) s" >&2
+    return "$status"
 }
 
 case "${1:-}" in
@@ -67,5 +221,25 @@ case "${1:-}" in
         "$VENV/bin/ruff" format --check .
         "$VENV/bin/mypy"
         ;;
-    *) echo "usage: bash scripts/dev.sh install|demo|test|check" >&2; exit 2 ;;
+    test-containers) install_venv; shift; test_containers "$@" ;;
+    image)
+        shift
+        with_docker
+        zookeeper_image "$@"
+        ;;
+    docker-down) docker_down ;;
+    matrix)
+        install_venv
+        shift
+        with_docker
+        if ! command -v mmdebstrap >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            apt_install mmdebstrap
+        fi
+        in_background "$VENV/bin/python" scripts/version_matrix.py "$@"
+        ;;
+    *)
+        echo "usage: bash scripts/dev.sh install|demo|test|check|test-containers|matrix|image|docker-down" >&2
+        exit 2
+        ;;
 esac

@@ -114,6 +114,7 @@ def test_the_cleaner_command_leads_and_stops_on_sigterm(zk_hosts: str, zk_root: 
         proc.kill()
 
 
+@pytest.mark.local_install
 def test_dev_server_serves_until_stopped() -> None:
     proc = cli_process("dev-server", "--port", "0")
     try:
@@ -132,6 +133,7 @@ def test_dev_server_serves_until_stopped() -> None:
         proc.kill()
 
 
+@pytest.mark.local_install
 def test_the_demo_runs_and_checks_itself() -> None:
     proc = cli_process("demo", "--messages", "90")
     out, _ = proc.communicate(timeout=180)

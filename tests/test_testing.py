@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
 from zkpubsub.testing import ZooKeeperCluster, expire_session
-from zkpubsub.testing.server import PORT_FLOOR, ephemeral_range, free_ports, port_pool
+from zkpubsub.testing.server import (
+    PORT_FLOOR,
+    ephemeral_range,
+    free_ports,
+    port_pool,
+    server_lines,
+)
 
 from .helpers import wait_until
 
@@ -87,3 +94,12 @@ def test_free_ports_lie_outside_the_range_of_outgoing_connections() -> None:
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_zookeeper_3_4_gets_server_lines_without_a_client_address(tmp_path: Path) -> None:
+    zk = ZooKeeperCluster(3, base_dir=tmp_path, classpath="unused")
+    assert all(";" in line for line in server_lines(list(zk.nodes)))
+    old = server_lines(list(zk.nodes), legacy=True)
+    assert [line.count(":") for line in old] == [2, 2, 2]
+    assert not any(";" in line for line in old)
+    assert server_lines(list(zk.nodes[:1])) == []  # a standalone server has none

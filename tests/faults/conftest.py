@@ -1,7 +1,9 @@
 """Fixtures of the fault-injection scenarios.
 
-Every scenario starts its own ensemble of real ZooKeeper processes
-(``ensemble(3)``), breaks it, and records its figures with ``scenario``.
+Every scenario starts its own ensemble of real ZooKeeper servers
+(``ensemble(3)``) on the session's backend (local processes, or containers
+with ``ZKPUBSUB_TEST_BACKEND=testcontainers``), breaks it, and records its
+figures with ``scenario``.
 At the end of the session the figures are printed as a table; with
 ``ZKPUBSUB_RELIABILITY_REPORT=<file>`` they are also written there (see
 ``docs/reliability.md``).
@@ -19,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.testing import ZooKeeperEnsemble
 from zkpubsub.testing.faults import PeerMesh
+from zkpubsub.testing.fixtures import ensemble_factory
 from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
 
 from .scenarios import QUEUE_REPORT_TEXT, REPORT_ENV, REPORT_PREAMBLE, ScenarioRecorder
@@ -29,19 +32,11 @@ _RESULTS: list[ScenarioResult] = []
 _QUEUE_RESULTS: list[ScenarioResult] = []
 
 
-def _local_processes_allowed() -> bool:
-    return not os.environ.get("ZK_HOSTS") and os.environ.get("ZKPUBSUB_TEST_BACKEND") in (
-        None,
-        "",
-        "local",
-    )
-
-
 class Ensemble:
     """A cluster this test owns, with its optional peer mesh."""
 
     def __init__(
-        self, cluster: ZooKeeperCluster, mesh: PeerMesh | None, own_dir: Path | None = None
+        self, cluster: ZooKeeperEnsemble[Any], mesh: PeerMesh | None, own_dir: Path | None = None
     ) -> None:
         self.cluster = cluster
         self.mesh = mesh
@@ -60,8 +55,9 @@ def ensemble(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
     """``ensemble(3, mesh=True, unprivileged_node=3)``: start a private
     ensemble. ``mesh`` routes peer links through proxies (partitions);
     ``prepare(cluster)`` runs before the servers start."""
-    if not _local_processes_allowed():
-        pytest.skip("fault scenarios need ZooKeeper processes started by this run")
+    factory = ensemble_factory()
+    if factory is None:
+        pytest.skip("fault scenarios need ZooKeeper servers started by this run (not ZK_HOSTS)")
     made: list[Ensemble] = []
 
     def make(
@@ -69,7 +65,7 @@ def ensemble(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
         *,
         mesh: bool = False,
         traversable: bool = False,
-        prepare: Callable[[ZooKeeperCluster], Any] | None = None,
+        prepare: Callable[[ZooKeeperEnsemble[Any]], Any] | None = None,
         **kwargs: Any,
     ) -> Ensemble:
         if traversable:
@@ -78,22 +74,25 @@ def ensemble(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
             base.chmod(0o755)
         else:
             base = tmp_path / f"zk{len(made)}"
-        cluster = ZooKeeperCluster(size, base_dir=base, **kwargs)
-        peer_mesh = PeerMesh(cluster) if mesh else None
-        ens = Ensemble(cluster, peer_mesh, base if traversable else None)
+        cluster = factory(size, base_dir=base, **kwargs)
+        ens = Ensemble(cluster, None, base if traversable else None)
         made.append(ens)
+        if mesh:
+            ens.mesh = PeerMesh(cluster)
         if prepare is not None:
             prepare(cluster)
         cluster.start()
         return ens
 
-    yield make
-    failed = getattr(request.node, "rep_call", None)
-    for ens in made:
-        if failed is not None and failed.failed:
-            for node in ens.cluster.nodes:
-                print(f"--- server {node.myid} log: {node.log_path}")
-        ens.close()
+    try:
+        yield make
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        for ens in made:
+            if failed is not None and failed.failed:
+                for node in ens.cluster.nodes:
+                    print(f"--- server {node.myid} log: {node.log_path}")
+            ens.close()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -10,7 +10,12 @@ import pytest
 
 from .soak import run_queue_soak, run_soak
 
-pytestmark = [pytest.mark.soak, pytest.mark.local_zk, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.soak,
+    pytest.mark.local_zk,
+    pytest.mark.local_install,
+    pytest.mark.timeout(3600),
+]
 
 
 def test_soak_ten_thousand_messages_with_a_leader_kill_every_five_seconds(scenario):

@@ -17,8 +17,10 @@ judged against the ledger), ``audit`` (the tree after healing) and
 
 from .queues import queue_entries
 from .server import (
+    EnsembleNode,
     ServerFailed,
     ZooKeeperCluster,
+    ZooKeeperEnsemble,
     ZooKeeperNode,
     ZooKeeperNotFound,
     find_classpath,
@@ -29,8 +31,10 @@ from .server import (
 from .sessions import expire_session
 
 __all__ = [
+    "EnsembleNode",
     "ServerFailed",
     "ZooKeeperCluster",
+    "ZooKeeperEnsemble",
     "ZooKeeperNode",
     "ZooKeeperNotFound",
     "expire_session",

@@ -1,6 +1,6 @@
-"""Fault injection on a local ZooKeeper ensemble.
+"""Fault injection on a ZooKeeper ensemble of this run.
 
-:class:`FaultInjector` breaks a :class:`~zkpubsub.testing.ZooKeeperCluster`
+:class:`FaultInjector` breaks a :class:`~zkpubsub.testing.ZooKeeperEnsemble`
 the ways real ensembles break, and logs what it did and when:
 
 * kill -9 the current leader (finding the new one each time), optionally
@@ -41,11 +41,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ..client import Client
 from .proxy import BlockMode, ElectionProxy, TcpProxy
-from .server import ServerFailed, ZooKeeperCluster, ZooKeeperNode
+from .server import EnsembleNode, ServerFailed, ZooKeeperEnsemble
 from .sessions import close_session
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ PEER_CONNECT_RETRY: Final = 3.0
 # -- where clients are connected ------------------------------------------------------
 
 
-def sessions_on(node: ZooKeeperNode) -> set[int]:
+def sessions_on(node: EnsembleNode) -> set[int]:
     """Session ids of the clients connected to ``node`` (from ``cons``)."""
     if not node.running or node.paused:
         return set()
@@ -71,15 +71,16 @@ def sessions_on(node: ZooKeeperNode) -> set[int]:
     return {int(m.group(1), 16) for m in _SESSION_RE.finditer(out)}
 
 
-def node_of_session(cluster: ZooKeeperCluster, session_id: int) -> ZooKeeperNode | None:
+def node_of_session(cluster: ZooKeeperEnsemble[Any], session_id: int) -> EnsembleNode | None:
     """The server a session is connected to, if any."""
+    node: EnsembleNode
     for node in cluster.nodes:
         if session_id in sessions_on(node):
             return node
     return None
 
 
-def node_of_client(cluster: ZooKeeperCluster, client: Client) -> ZooKeeperNode | None:
+def node_of_client(cluster: ZooKeeperEnsemble[Any], client: Client) -> EnsembleNode | None:
     """The server ``client`` is connected to, if it is connected."""
     creds = client._session_credentials()
     return None if creds is None else node_of_session(cluster, creds[0])
@@ -104,7 +105,7 @@ class FaultLog:
         self._events: list[FaultEvent] = []
         self._lock = threading.Lock()
 
-    def add(self, action: str, node: ZooKeeperNode | None = None) -> None:
+    def add(self, action: str, node: EnsembleNode | None = None) -> None:
         event = FaultEvent(time.time(), action, node.myid if node else None)
         logger.info("fault: %s%s", action, f" (node {node.myid})" if node else "")
         with self._lock:
@@ -130,7 +131,7 @@ class PeerMesh:
     one server off from all the others while clients can still reach it.
     """
 
-    def __init__(self, cluster: ZooKeeperCluster) -> None:
+    def __init__(self, cluster: ZooKeeperEnsemble[Any]) -> None:
         if cluster.size < 2:
             raise ValueError("a partition needs an ensemble of at least two servers")
         if any(node.running for node in cluster.nodes):
@@ -162,7 +163,7 @@ class PeerMesh:
             self._rewrite(node)
         self.isolated: set[int] = set()
 
-    def _rewrite(self, node: ZooKeeperNode) -> None:
+    def _rewrite(self, node: EnsembleNode) -> None:
         lines = node.config_path.read_text().splitlines()
         out = []
         for line in lines:
@@ -172,10 +173,10 @@ class PeerMesh:
                 continue
             peer = self.cluster.node(int(m.group(1)))
             key = (node.myid, peer.myid)
-            out.append(
-                f"server.{peer.myid}=127.0.0.1:{self.quorum[key].port}:"
-                f"{self.election[key].port};127.0.0.1:{peer.client_port}"
-            )
+            line = f"server.{peer.myid}=127.0.0.1:{self.quorum[key].port}:{self.election[key].port}"
+            if not self.cluster.legacy_config:
+                line += f";127.0.0.1:{peer.client_port}"
+            out.append(line)
         node.config_path.write_text("\n".join(out) + "\n")
 
     def _links_of(self, myid: int) -> Iterator[TcpProxy]:
@@ -184,7 +185,7 @@ class PeerMesh:
                 if myid in (a, b):
                     yield proxy
 
-    def isolate(self, node: ZooKeeperNode, mode: BlockMode = "drop") -> None:
+    def isolate(self, node: EnsembleNode, mode: BlockMode = "drop") -> None:
         """Cut ``node`` off from every other server (clients still reach it).
         ``"drop"`` loses bytes silently, ``"reset"`` refuses connections."""
         self.isolated.add(node.myid)
@@ -242,12 +243,12 @@ def can_write(directory: Path, uid: int, gid: int) -> bool:
     return bool(result.returncode == 0)
 
 
-def _server_identity(node: ZooKeeperNode) -> tuple[int, int]:
+def _server_identity(node: EnsembleNode) -> tuple[int, int]:
     return node.run_as if node.run_as is not None else (os.geteuid(), os.getegid())
 
 
 def run_unprivileged(
-    node: ZooKeeperNode, user: str = "nobody", *, snap_count: int | None = 40
+    node: EnsembleNode, user: str = "nobody", *, snap_count: int | None = 40
 ) -> tuple[int, int]:
     """Make sure file modes bind ``node``'s server; return its ``(uid, gid)``.
 
@@ -275,11 +276,11 @@ def run_unprivileged(
     return uid, gid
 
 
-def _data_dirs(node: ZooKeeperNode) -> list[Path]:
+def _data_dirs(node: EnsembleNode) -> list[Path]:
     return [node.data_dir, *[p for p in node.data_dir.rglob("*") if p.is_dir()]]
 
 
-def make_unwritable(node: ZooKeeperNode) -> None:
+def make_unwritable(node: EnsembleNode) -> None:
     """Take ``node``'s data directory away from the user its server runs as
     (files stay readable): owned by root if it ran as another user, and no
     write permission. Raises ``RuntimeError`` if that user can still write
@@ -294,7 +295,7 @@ def make_unwritable(node: ZooKeeperNode) -> None:
             raise RuntimeError(f"{directory} is still writable by uid {uid}")
 
 
-def make_writable(node: ZooKeeperNode) -> None:
+def make_writable(node: EnsembleNode) -> None:
     """Give the data directory back to the user the server runs as."""
     for directory in _data_dirs(node):
         os.chmod(directory, 0o755)
@@ -335,7 +336,7 @@ class FaultInjector:
 
     def __init__(
         self,
-        cluster: ZooKeeperCluster,
+        cluster: ZooKeeperEnsemble[Any],
         *,
         mesh: PeerMesh | None = None,
         log: FaultLog | None = None,
@@ -348,10 +349,11 @@ class FaultInjector:
 
     # -- single steps -----------------------------------------------------------------
 
-    def leader(self) -> ZooKeeperNode:
-        return self.cluster.wait_quorum(self.timeout)
+    def leader(self) -> EnsembleNode:
+        leader: EnsembleNode = self.cluster.wait_quorum(self.timeout)
+        return leader
 
-    def kill(self, node: ZooKeeperNode, *, wipe: bool = False) -> ZooKeeperNode:
+    def kill(self, node: EnsembleNode, *, wipe: bool = False) -> EnsembleNode:
         node.kill()
         self.log.add("kill -9", node)
         if wipe:
@@ -359,22 +361,22 @@ class FaultInjector:
             self.log.add("wipe data dir", node)
         return node
 
-    def start(self, node: ZooKeeperNode) -> None:
+    def start(self, node: EnsembleNode) -> None:
         node.start()
         self.cluster.wait_serving([node], timeout=self.timeout)
         self.log.add("start", node)
 
-    def kill_leader(self, *, wipe: bool = False) -> ZooKeeperNode:
+    def kill_leader(self, *, wipe: bool = False) -> EnsembleNode:
         """kill -9 whoever leads now."""
         return self.kill(self.leader(), wipe=wipe)
 
-    def kill_follower(self) -> ZooKeeperNode:
+    def kill_follower(self) -> EnsembleNode:
         followers = self.cluster.followers()
         if not followers:
             raise ServerFailed("no follower to kill")
         return self.kill(followers[0])
 
-    def pause(self, node: ZooKeeperNode, seconds: float) -> None:
+    def pause(self, node: EnsembleNode, seconds: float) -> None:
         """SIGSTOP ``node`` for ``seconds``, then SIGCONT."""
         node.pause()
         self.log.add(f"SIGSTOP {seconds:g}s", node)
@@ -384,7 +386,7 @@ class FaultInjector:
             node.resume()
             self.log.add("SIGCONT", node)
 
-    def isolate(self, node: ZooKeeperNode, mode: BlockMode = "drop") -> None:
+    def isolate(self, node: EnsembleNode, mode: BlockMode = "drop") -> None:
         if self.mesh is None:
             raise RuntimeError("partitions need a PeerMesh built before the cluster started")
         self.mesh.isolate(node, mode)
@@ -405,7 +407,7 @@ class FaultInjector:
         between: float = 1.0,
         wipe: bool = False,
         stop: threading.Event | None = None,
-    ) -> list[ZooKeeperNode]:
+    ) -> list[EnsembleNode]:
         """kill -9 the current leader ``times`` times; each time wait for a
         new leader, start the old one again after ``down_for`` seconds and
         let the ensemble run ``between`` seconds."""
@@ -435,7 +437,7 @@ class FaultInjector:
             self.leader()
             time.sleep(between)  # load on the whole ensemble before the next one
 
-    def kill_majority(self, down_for: float, *, include_leader: bool = True) -> list[ZooKeeperNode]:
+    def kill_majority(self, down_for: float, *, include_leader: bool = True) -> list[EnsembleNode]:
         """kill -9 a majority (the leader among them), wait ``down_for``
         seconds, start them again and wait for a leader."""
         size = self.cluster.size
@@ -454,11 +456,11 @@ class FaultInjector:
         self.log.add("new leader", self.leader())
         return victims
 
-    def wait_healthy(self, timeout: float | None = None) -> ZooKeeperNode:
+    def wait_healthy(self, timeout: float | None = None) -> EnsembleNode:
         """Wait until every running server serves, one leads and the others
         follow it."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        running = [n for n in self.cluster.nodes if n.running]
+        running: list[EnsembleNode] = [n for n in self.cluster.nodes if n.running]
         while True:
             modes = [n.mode() for n in running]
             if modes.count("leader") == 1 and modes.count("follower") == len(running) - 1:

@@ -5,10 +5,14 @@ Enable with ``pytest_plugins = ["zkpubsub.testing.fixtures"]`` in a
 
 * default: a standalone server started from the local install for the
   whole session (a missing install is an error, not a skip);
+* ``ZKPUBSUB_TEST_BACKEND=testcontainers``: the same in Docker containers
+  (:class:`~zkpubsub.testing.containers.ContainerCluster`, image from
+  ``$ZKPUBSUB_ZOOKEEPER_IMAGE``); ensembles a test breaks are containers too;
 * ``ZK_HOSTS=host:port,...``: an external ensemble; tests that control
-  server processes (``local_zk`` marker / ``local_cluster`` fixture) skip;
-* ``ZKPUBSUB_TEST_BACKEND=testcontainers``: a container (needs Docker).
+  servers (``make_cluster``) skip.
 
+Tests marked ``local_install`` run servers from the local install
+themselves; they skip on another backend when there is no local install.
 Every test gets a fresh root (``zk_root``), deleted afterwards.
 """
 
@@ -18,13 +22,23 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 import pytest
 from kazoo.client import KazooClient
 
 from ..client import Client
-from .server import ZooKeeperCluster
+from .server import (
+    ZooKeeperCluster,
+    ZooKeeperEnsemble,
+    ZooKeeperNotFound,
+    find_classpath,
+    find_java,
+)
+
+BACKEND_ENV: Final = "ZKPUBSUB_TEST_BACKEND"
+BACKENDS: Final = ("local", "testcontainers")
 
 
 class ZooKeeperBackend(Protocol):
@@ -44,21 +58,92 @@ class ExternalZooKeeper:
         pass
 
 
+def backend_name() -> str:
+    """``external`` (``ZK_HOSTS``), ``testcontainers`` or ``local``."""
+    if os.environ.get("ZK_HOSTS"):
+        return "external"
+    name = os.environ.get(BACKEND_ENV) or "local"
+    if name not in BACKENDS:
+        raise pytest.UsageError(
+            f"${BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not {name!r}"
+        )
+    return name
+
+
+def ensemble_factory() -> Callable[..., ZooKeeperEnsemble[Any]] | None:
+    """What starts ensembles on this run's backend (``factory(3, base_dir=...)``),
+    ``None`` for an external one."""
+    name = backend_name()
+    if name == "testcontainers":
+        from .containers import ContainerCluster
+
+        return ContainerCluster
+    if name == "local":
+        return ZooKeeperCluster
+    return None
+
+
+def has_local_install() -> bool:
+    try:
+        find_classpath()
+        find_java()
+    except ZooKeeperNotFound:
+        return False
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "local_install: runs ZooKeeper from the local install itself "
+        "(skipped on another backend when there is none)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    name = backend_name()
+    if name == "testcontainers":
+        from .containers import default_image
+
+        return f"zookeeper: testcontainers backend, image {default_image()}"
+    if name == "external":
+        return f"zookeeper: external, {os.environ['ZK_HOSTS']}"
+    return "zookeeper: local processes"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("local_install") is None or backend_name() == "local":
+        return
+    if not has_local_install():
+        pytest.skip("needs ZooKeeper and Java installed on this machine")
+
+
+def start_ensemble(
+    factory: Callable[..., ZooKeeperEnsemble[Any]], *args: Any, **kwargs: Any
+) -> ZooKeeperEnsemble[Any]:
+    """Build and start an ensemble; if it does not come up, close it (no
+    server or container left behind) and raise."""
+    cluster = factory(*args, **kwargs)
+    try:
+        return cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+
+
 @pytest.fixture(scope="session")
 def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperBackend]:
-    """The session's ZooKeeper: a local standalone server unless told otherwise."""
+    """The session's ZooKeeper: a standalone server on the chosen backend."""
+    factory = ensemble_factory()
     backend: ZooKeeperBackend
-    external = os.environ.get("ZK_HOSTS")
-    if external:
-        backend = ExternalZooKeeper(external)
-    elif os.environ.get("ZKPUBSUB_TEST_BACKEND") == "testcontainers":
-        from .containers import ContainerZooKeeper
-
-        backend = ContainerZooKeeper().start()
+    if factory is None:
+        backend = ExternalZooKeeper(os.environ["ZK_HOSTS"])
     else:
-        backend = ZooKeeperCluster(1, base_dir=tmp_path_factory.mktemp("zk-session")).start()
-    yield backend
-    backend.close()
+        backend = start_ensemble(factory, 1, base_dir=tmp_path_factory.mktemp("zk-session"))
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 @pytest.fixture
@@ -75,22 +160,25 @@ def local_cluster(zookeeper: ZooKeeperBackend) -> ZooKeeperCluster:
 
 
 @pytest.fixture
-def make_cluster(
-    tmp_path: Any, zookeeper: ZooKeeperBackend
-) -> Iterator[Callable[..., ZooKeeperCluster]]:
-    """Start private clusters (``make_cluster(3)``) that this test may break."""
-    if not isinstance(zookeeper, ZooKeeperCluster):
-        pytest.skip("needs ZooKeeper processes started by this run (not ZK_HOSTS/containers)")
-    made: list[ZooKeeperCluster] = []
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ZooKeeperEnsemble[Any]]]:
+    """Start private ensembles (``make_cluster(3)``) that this test may break,
+    on the session's backend; all are closed after the test, whatever its
+    outcome."""
+    factory = ensemble_factory()
+    if factory is None:
+        pytest.skip("needs ZooKeeper servers started by this run (not ZK_HOSTS)")
+    made: list[ZooKeeperEnsemble[Any]] = []
 
-    def make(size: int = 1, **kwargs: Any) -> ZooKeeperCluster:
-        cluster = ZooKeeperCluster(size, base_dir=tmp_path / f"zk{len(made)}", **kwargs)
+    def make(size: int = 1, **kwargs: Any) -> Any:
+        cluster = factory(size, base_dir=tmp_path / f"zk{len(made)}", **kwargs)
         made.append(cluster)
         return cluster.start()
 
-    yield make
-    for cluster in made:
-        cluster.close()
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.close()
 
 
 def _root_name(nodeid: str) -> str:

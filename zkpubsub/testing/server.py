@@ -5,6 +5,11 @@ N-node ensemble, every port a free one on 127.0.0.1. Each node can be
 stopped, killed with SIGKILL, paused with SIGSTOP, resumed, restarted and
 have its data wiped; the cluster finds its leader.
 
+What does not depend on how a server runs (ports, configuration, data
+directory, leader discovery through four-letter words) lives in the bases
+:class:`ZooKeeperEnsemble` and :class:`EnsembleNode`; the container backend
+(:mod:`zkpubsub.testing.containers`) shares them.
+
 The server comes from an installed ZooKeeper: Debian's ``zookeeper``
 package (``/usr/share/java/zookeeper.jar``), a release unpacked at
 ``$ZOOKEEPER_HOME``, or an explicit class path in
@@ -13,6 +18,7 @@ package (``/usr/share/java/zookeeper.jar``), a release unpacked at
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import glob
@@ -27,7 +33,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 CLASSPATH_ENV: Final = "ZKPUBSUB_ZOOKEEPER_CLASSPATH"
 JAVA_OPTS_ENV: Final = "ZKPUBSUB_ZOOKEEPER_JAVA_OPTS"
@@ -40,7 +46,7 @@ INSTALL_HINT: Final = (
     f"${CLASSPATH_ENV} to its class path, or $ZOOKEEPER_HOME to an unpacked release"
 )
 
-_LIVE: weakref.WeakSet[ZooKeeperNode] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[EnsembleNode] = weakref.WeakSet()
 
 
 class ZooKeeperNotFound(RuntimeError):
@@ -151,7 +157,148 @@ def four_letter(host: str, port: int, command: str, timeout: float = 2.0) -> str
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-class ZooKeeperNode:
+class EnsembleNode(abc.ABC):
+    """One server of a :class:`ZooKeeperEnsemble`, however it runs.
+
+    Its directory holds ``zoo.cfg``, the data directory and the server's
+    log. Subclasses run the server: :class:`ZooKeeperNode` as a local
+    process, :class:`~zkpubsub.testing.containers.ContainerNode` in a
+    container.
+    """
+
+    def __init__(
+        self,
+        myid: int,
+        directory: Path,
+        client_port: int,
+        peer_port: int,
+        election_port: int,
+        *,
+        java_opts: list[str],
+    ) -> None:
+        self.myid = myid
+        self.directory = directory
+        self.data_dir = directory / "data"
+        self.log_path = directory / "server.log"
+        self.config_path = directory / "zoo.cfg"
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.election_port = election_port
+        self.java_opts = java_opts
+        self.paused = False
+        # (uid, gid) to run the server as instead of this process's user
+        self.run_as: tuple[int, int] | None = None
+        self.wiped: list[Path] = []  # data moved aside by wipe()
+        _LIVE.add(self)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """Whether the server runs (a paused server still does)."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the server (no-op if it runs); do not wait for it to serve."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Kill the server at once: no goodbye to peers or clients."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the server to exit; kill it if it does not in ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def pause(self) -> None:
+        """Freeze the server with its sockets open."""
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Let a paused server run again."""
+
+    def java_flags(self) -> list[str]:
+        """The JVM options of the server: ``java_opts`` and the settings every
+        server of these ensembles gets."""
+        level = os.environ.get(LOG_LEVEL_ENV, "info")
+        return [
+            *self.java_opts,
+            "-Dzookeeper.admin.enableServer=false",
+            f"-Dorg.slf4j.simpleLogger.defaultLogLevel={level}",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        ]
+
+    def write_config(self, settings: dict[str, str], servers: list[str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={v}" for k, v in settings.items()]
+        lines += [f"dataDir={self.data_dir}", f"clientPort={self.client_port}"]
+        lines += servers
+        self.config_path.write_text("\n".join(lines) + "\n")
+        if servers:
+            (self.data_dir / "myid").write_text(f"{self.myid}\n")
+
+    def wipe(self) -> None:
+        """Take the node's snapshots and logs away (keeps ``myid``); stop it
+        first. The server starts empty; the files are moved aside, not
+        deleted, so that :mod:`~zkpubsub.testing.txnlog` can still read
+        what the server had logged."""
+        if self.running:
+            raise RuntimeError("stop the node before wiping its data")
+        kept = self.directory / f"wiped-{len(self.wiped) + 1}"
+        kept.mkdir(parents=True, exist_ok=True)
+        for child in self.data_dir.iterdir():
+            if child.name == "myid":
+                continue
+            shutil.move(str(child), str(kept / child.name))
+        self.wiped.append(kept)
+
+    def log_directories(self) -> list[Path]:
+        """The directories holding this server's transaction logs: the live
+        one and those moved aside by :meth:`wipe`, oldest first."""
+        return [*(d / "version-2" for d in self.wiped), self.data_dir / "version-2"]
+
+    def command(self, word: str, timeout: float = 2.0) -> str:
+        return four_letter("127.0.0.1", self.client_port, word, timeout)
+
+    def mode(self) -> str | None:
+        """``leader``, ``follower``, ``standalone`` or ``None`` if not serving."""
+        if self.paused or not self.running:
+            return None
+        try:
+            out = self.command("srvr", timeout=1.0)
+        except OSError:
+            return None
+        for line in out.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def version(self) -> str | None:
+        """The server's version (``3.8.0-...``), ``None`` if not serving."""
+        try:
+            out = self.command("srvr", timeout=1.0)
+        except OSError:
+            return None
+        for line in out.splitlines():
+            if line.startswith("Zookeeper version:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else ("running" if self.running else "stopped")
+        return f"<{type(self).__name__} {self.myid} {self.address} {state}>"
+
+
+class ZooKeeperNode(EnsembleNode):
     """One ZooKeeper server process."""
 
     def __init__(
@@ -165,26 +312,11 @@ class ZooKeeperNode:
         java_opts: list[str],
         classpath: str,
     ) -> None:
-        self.myid = myid
-        self.directory = directory
-        self.data_dir = directory / "data"
-        self.log_path = directory / "server.log"
-        self.config_path = directory / "zoo.cfg"
-        self.client_port = client_port
-        self.peer_port = peer_port
-        self.election_port = election_port
-        self.java_opts = java_opts
+        super().__init__(
+            myid, directory, client_port, peer_port, election_port, java_opts=java_opts
+        )
         self.classpath = classpath
         self.process: subprocess.Popen[bytes] | None = None
-        self.paused = False
-        # (uid, gid) to run the server as instead of this process's user
-        self.run_as: tuple[int, int] | None = None
-        self.wiped: list[Path] = []  # data moved aside by wipe()
-        _LIVE.add(self)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
 
     @property
     def running(self) -> bool:
@@ -194,31 +326,11 @@ class ZooKeeperNode:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def write_config(self, settings: dict[str, str], servers: list[str]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k}={v}" for k, v in settings.items()]
-        lines += [f"dataDir={self.data_dir}", f"clientPort={self.client_port}"]
-        lines += servers
-        self.config_path.write_text("\n".join(lines) + "\n")
-        if servers:
-            (self.data_dir / "myid").write_text(f"{self.myid}\n")
-
     def start(self) -> None:
         if self.running:
             return
         java = find_java()
-        level = os.environ.get(LOG_LEVEL_ENV, "info")
-        cmd = [
-            java,
-            *self.java_opts,
-            "-Dzookeeper.admin.enableServer=false",
-            f"-Dorg.slf4j.simpleLogger.defaultLogLevel={level}",
-            "-Dorg.slf4j.simpleLogger.showDateTime=true",
-            "-cp",
-            self.classpath,
-            MAIN_CLASS,
-            str(self.config_path),
-        ]
+        cmd = [java, *self.java_flags(), "-cp", self.classpath, MAIN_CLASS, str(self.config_path)]
         uid, gid = self.run_as if self.run_as is not None else (None, None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -272,61 +384,36 @@ class ZooKeeperNode:
         self._signal(signal.SIGCONT)
         self.paused = False
 
-    def wipe(self) -> None:
-        """Take the node's snapshots and logs away (keeps ``myid``); stop it
-        first. The server starts empty; the files are moved aside, not
-        deleted, so that :mod:`~zkpubsub.testing.txnlog` can still read
-        what the server had logged."""
-        if self.running:
-            raise RuntimeError("stop the node before wiping its data")
-        kept = self.directory / f"wiped-{len(self.wiped) + 1}"
-        kept.mkdir(parents=True, exist_ok=True)
-        for child in self.data_dir.iterdir():
-            if child.name == "myid":
-                continue
-            shutil.move(str(child), str(kept / child.name))
-        self.wiped.append(kept)
 
-    def log_directories(self) -> list[Path]:
-        """The directories holding this server's transaction logs: the live
-        one and those moved aside by :meth:`wipe`, oldest first."""
-        return [*(d / "version-2" for d in self.wiped), self.data_dir / "version-2"]
-
-    def command(self, word: str, timeout: float = 2.0) -> str:
-        return four_letter("127.0.0.1", self.client_port, word, timeout)
-
-    def mode(self) -> str | None:
-        """``leader``, ``follower``, ``standalone`` or ``None`` if not serving."""
-        if not self.running or self.paused:
-            return None
-        try:
-            out = self.command("srvr", timeout=1.0)
-        except OSError:
-            return None
-        for line in out.splitlines():
-            if line.startswith("Mode:"):
-                return line.split(":", 1)[1].strip()
-        return None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __repr__(self) -> str:
-        state = "paused" if self.paused else ("running" if self.running else "stopped")
-        return f"<ZooKeeperNode {self.myid} {self.address} {state}>"
+NodeT = TypeVar("NodeT", bound=EnsembleNode)
 
 
-class ZooKeeperCluster:
-    """A standalone ZooKeeper (``size=1``) or an ensemble on 127.0.0.1.
+def server_lines(nodes: list[EnsembleNode], *, legacy: bool = False) -> list[str]:
+    """The ``server.N=`` lines of an ensemble's ``zoo.cfg``. ``legacy``: the
+    form ZooKeeper 3.4 reads, without the client address (3.5 and later
+    accept both; the client port then comes from ``clientPort``)."""
+    if len(nodes) < 2:
+        return []
+    lines = []
+    for n in nodes:
+        line = f"server.{n.myid}=127.0.0.1:{n.peer_port}:{n.election_port}"
+        lines.append(line if legacy else f"{line};127.0.0.1:{n.client_port}")
+    return lines
+
+
+class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
+    """A standalone ZooKeeper (``size=1``) or an ensemble on 127.0.0.1,
+    whichever way its servers run (see :class:`ZooKeeperCluster` and
+    :class:`~zkpubsub.testing.containers.ContainerCluster`).
 
     ``tick_time`` is in milliseconds; sessions may then last from two ticks
     up to ``max_session_timeout`` seconds. ``settings`` are extra ``zoo.cfg``
     lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). Use as a
     context manager or call ``start()`` / ``close()``.
     """
+
+    # ZooKeeper 3.4 reads only the old form of the server lines
+    legacy_config = False
 
     def __init__(
         self,
@@ -337,7 +424,6 @@ class ZooKeeperCluster:
         max_session_timeout: float = 60.0,
         java_opts: list[str] | None = None,
         settings: dict[str, str] | None = None,
-        classpath: str | None = None,
         client_ports: list[int] | None = None,
     ) -> None:
         if size < 1:
@@ -346,24 +432,20 @@ class ZooKeeperCluster:
             raise ValueError("give one client port per node")
         self.size = size
         self._own_dir = base_dir is None
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zkpubsub-zk-"))
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zkpubsub-zk-")).absolute()
         self.tick_time = tick_time
         opts = java_opts
         if opts is None:
             opts = os.environ.get(JAVA_OPTS_ENV, "-Xmx384m -XX:+UseSerialGC").split()
-        self.classpath = classpath or find_classpath()
         ports = free_ports(3 * size)
         for i, port in enumerate(client_ports or []):
             ports[3 * i] = port
-        self.nodes = [
-            ZooKeeperNode(
+        self.nodes: list[NodeT] = [
+            self._new_node(
                 i + 1,
                 self.base_dir / f"node{i + 1}",
-                ports[3 * i],
-                ports[3 * i + 1],
-                ports[3 * i + 2],
+                ports[3 * i : 3 * i + 3],
                 java_opts=list(opts),
-                classpath=self.classpath,
             )
             for i in range(size)
         ]
@@ -384,17 +466,16 @@ class ZooKeeperCluster:
             cfg["reconfigEnabled"] = "false"
             cfg["electionPortBindRetry"] = "0"
         cfg.update(settings or {})
-        servers = (
-            [
-                f"server.{n.myid}=127.0.0.1:{n.peer_port}:{n.election_port};127.0.0.1:{n.client_port}"
-                for n in self.nodes
-            ]
-            if size > 1
-            else []
-        )
+        servers = server_lines(list(self.nodes), legacy=self.legacy_config)
         for node in self.nodes:
             node.write_config(cfg, servers)
         self._closed = False
+
+    @abc.abstractmethod
+    def _new_node(
+        self, myid: int, directory: Path, ports: list[int], *, java_opts: list[str]
+    ) -> NodeT:
+        """A node with client, quorum and election ports ``ports``."""
 
     # -- whole cluster ---------------------------------------------------------------
 
@@ -403,13 +484,13 @@ class ZooKeeperCluster:
         """The connection string naming every node."""
         return ",".join(n.address for n in self.nodes)
 
-    def start(self, timeout: float = 60.0) -> ZooKeeperCluster:
+    def start(self, timeout: float = 60.0) -> ZooKeeperEnsemble[NodeT]:
         for node in self.nodes:
             node.start()
         self.wait_serving(timeout=timeout)
         return self
 
-    def wait_serving(self, nodes: list[ZooKeeperNode] | None = None, timeout: float = 60.0) -> None:
+    def wait_serving(self, nodes: list[NodeT] | None = None, timeout: float = 60.0) -> None:
         """Wait until every given node (default: every running one) serves."""
         targets = nodes if nodes is not None else [n for n in self.nodes if n.running]
         deadline = time.monotonic() + timeout
@@ -425,7 +506,7 @@ class ZooKeeperCluster:
                 raise ServerFailed(f"ZooKeeper not serving after {timeout:g}s:\n{tails}")
             time.sleep(0.1)
 
-    def wait_quorum(self, timeout: float = 60.0) -> ZooKeeperNode:
+    def wait_quorum(self, timeout: float = 60.0) -> NodeT:
         """Wait until some node leads (or serves standalone); return it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -436,20 +517,28 @@ class ZooKeeperCluster:
                 raise ServerFailed(f"no leader after {timeout:g}s")
             time.sleep(0.1)
 
-    def leader(self) -> ZooKeeperNode | None:
+    def leader(self) -> NodeT | None:
         """The node that reports ``Mode: leader`` (or the standalone server)."""
         for node in self.nodes:
             if node.mode() in ("leader", "standalone"):
                 return node
         return None
 
-    def followers(self) -> list[ZooKeeperNode]:
+    def followers(self) -> list[NodeT]:
         return [n for n in self.nodes if n.mode() == "follower"]
 
-    def node(self, myid: int) -> ZooKeeperNode:
+    def node(self, myid: int) -> NodeT:
         return self.nodes[myid - 1]
 
-    def restart(self, node: ZooKeeperNode, *, kill: bool = False, wipe: bool = False) -> None:
+    def server_version(self) -> str | None:
+        """The version a serving node reports (``3.8.0-...``)."""
+        for node in self.nodes:
+            version = node.version()
+            if version is not None:
+                return version
+        return None
+
+    def restart(self, node: NodeT, *, kill: bool = False, wipe: bool = False) -> None:
         """Stop (or kill), optionally wipe, start again and wait until it serves."""
         if kill:
             node.kill()
@@ -465,18 +554,68 @@ class ZooKeeperCluster:
             return
         self._closed = True
         for node in self.nodes:
-            node.kill()
+            with contextlib.suppress(Exception):
+                node.kill()
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> ZooKeeperCluster:
-        return self.start()
+    def __enter__(self) -> ZooKeeperEnsemble[NodeT]:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<ZooKeeperCluster size={self.size} hosts={self.hosts}>"
+        return f"<{type(self).__name__} size={self.size} hosts={self.hosts}>"
+
+
+class ZooKeeperCluster(ZooKeeperEnsemble[ZooKeeperNode]):
+    """A standalone ZooKeeper (``size=1``) or an ensemble of local processes.
+
+    The server comes from the local install (see :func:`find_classpath`),
+    or from ``classpath``. The other arguments are those of
+    :class:`ZooKeeperEnsemble`.
+    """
+
+    def __init__(
+        self,
+        size: int = 1,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        tick_time: int = 200,
+        max_session_timeout: float = 60.0,
+        java_opts: list[str] | None = None,
+        settings: dict[str, str] | None = None,
+        classpath: str | None = None,
+        client_ports: list[int] | None = None,
+    ) -> None:
+        self.classpath = classpath or find_classpath()
+        super().__init__(
+            size,
+            base_dir=base_dir,
+            tick_time=tick_time,
+            max_session_timeout=max_session_timeout,
+            java_opts=java_opts,
+            settings=settings,
+            client_ports=client_ports,
+        )
+
+    def _new_node(
+        self, myid: int, directory: Path, ports: list[int], *, java_opts: list[str]
+    ) -> ZooKeeperNode:
+        return ZooKeeperNode(myid, directory, *ports, java_opts=java_opts, classpath=self.classpath)
+
+    def start(self, timeout: float = 60.0) -> ZooKeeperCluster:
+        super().start(timeout)
+        return self
+
+    def __enter__(self) -> ZooKeeperCluster:
+        super().__enter__()
+        return self
 
 
 @contextlib.contextmanager
