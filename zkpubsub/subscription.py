@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,12 +45,25 @@ from .connection import deadline_after, translated
 from .message import Message
 from .session import SubscriptionRegistry
 
-__all__ = ["ErrorHandler", "Handler", "Subscription", "SubscriptionStats", "log_error"]
+__all__ = [
+    "ErrorHandler",
+    "Handler",
+    "HandlerInterrupted",
+    "Subscription",
+    "SubscriptionStats",
+    "log_error",
+]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
+
+
+class HandlerInterrupted(BaseException):
+    """Raised by a handler once its subscription is closing, before it could
+    handle its message (the bridge of :mod:`zkpubsub.aio` does): the message
+    stays queued, to be delivered again, and it is not counted as a failure."""
 
 
 def log_error(error: BaseException, message: Message | None) -> None:
@@ -198,6 +212,7 @@ class Subscription:
             with self._buffer.cond:
                 self._holding = delivery
                 self._buffer.counters.delivered += 1
+            self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
             return delivery.message
 
     def __iter__(self) -> Iterator[Message]:
@@ -293,6 +308,8 @@ class Subscription:
             try:
                 refuse_awaitable(handler(message), "the handler")
             except BaseException as exc:  # whatever a handler raises is a failure
+                if isinstance(exc, HandlerInterrupted) and self._stopping.is_set():
+                    return False  # closing: the message stays queued
                 self._report(exc, message)
                 with self._buffer.cond:
                     if attempt == self._max_attempts:
@@ -302,6 +319,7 @@ class Subscription:
                 continue
             with self._buffer.cond:
                 counters.delivered += 1
+            self._ctx.hooks.handled(self._topic, message.published_at, time.time())
             return True
         return True
 
