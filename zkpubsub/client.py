@@ -271,6 +271,23 @@ class Client:
         assert request.future is not None
         return request.future
 
+    def publish_many_async(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> Future[PublishReceipt]:
+        """:meth:`publish_many` without waiting: a future, as :meth:`publish_async`."""
+        items = list(payloads)
+        if not items:
+            raise ValueError("publish_many needs at least one payload")
+        request = self._submit(topic, items, headers, timeout, require_subscribers, True)
+        assert request.future is not None
+        return request.future
+
     def _submit(
         self,
         topic: str,

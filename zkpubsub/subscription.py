@@ -61,9 +61,11 @@ ErrorHandler = Callable[[BaseException, "Message | None"], Any]
 
 
 class HandlerInterrupted(BaseException):
-    """Raised by a handler once its subscription is closing, before it could
-    handle its message (the bridge of :mod:`zkpubsub.aio` does): the message
-    stays queued, to be delivered again, and it is not counted as a failure."""
+    """Raised by a handler when its subscription is being closed before it
+    could handle its message (the bridge of :mod:`zkpubsub.aio` does): the
+    dispatcher stops there, the message stays queued, to be delivered again,
+    and it is not counted as a failure. Raise it only on the way to
+    ``close()``."""
 
 
 def log_error(error: BaseException, message: Message | None) -> None:
@@ -308,7 +310,7 @@ class Subscription:
             try:
                 refuse_awaitable(handler(message), "the handler")
             except BaseException as exc:  # whatever a handler raises is a failure
-                if isinstance(exc, HandlerInterrupted) and self._stopping.is_set():
+                if isinstance(exc, HandlerInterrupted):
                     return False  # closing: the message stays queued
                 self._report(exc, message)
                 with self._buffer.cond:
