@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..client import Client
 from ..config import (
@@ -51,6 +51,7 @@ __all__ = ["AsyncClient"]
 logger = logging.getLogger("zkpubsub.aio")
 
 Listener = Callable[[Any], Any]
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -309,6 +310,12 @@ class AsyncClient:
     async def stats(self) -> BusStats:
         """:meth:`Client.stats`, on a thread."""
         return await self._bridge.run(self._client.stats)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call (of :attr:`sync`, or your own) on the client's
+        threads and await its result. Cancelling the await does not stop
+        the call: it runs to its end."""
+        return await self._bridge.run(fn, *args, **kwargs)
 
     # -- lifecycle -----------------------------------------------------------------
 
