@@ -179,6 +179,15 @@ class Subscription:
     def pending(self) -> int:
         return self._buffer.pending
 
+    def backlog(self) -> int:
+        """Message nodes in this subscription's queue on the server now (read
+        and not yet deleted included): one request."""
+        ctx = self._ctx
+        path = ctx.layout.queue(ctx.client_id, self._topic)
+        with translated(f"backlog of {self._topic!r}"):
+            stat = ctx.conn.call(lambda: ctx.conn.kazoo.exists_async(path), ctx.deadline(), path)
+        return 0 if stat is None else int(stat.numChildren)
+
     def stats(self) -> SubscriptionStats:
         buffer = self._buffer
         with buffer.cond:
