@@ -21,13 +21,16 @@ __all__ = ["BusStats", "ClientInfo", "QueueStats", "collect"]
 class QueueStats:
     """One subscriber queue. ``backlog`` counts message nodes (a node may
     carry a batch); ``live`` says whether its client is registered;
-    ``subscribed`` whether it is currently a subscriber of the topic."""
+    ``subscribed`` whether it is currently a subscriber of the topic;
+    ``changes`` counts the nodes ever created and deleted in it (the server's
+    child version), so two snapshots give the rates in and out."""
 
     client_id: str
     topic: str
     backlog: int
     live: bool
     subscribed: bool
+    changes: int = 0  # the queue node's child version: every create and delete adds one
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,14 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
     )
     live = set(clients)
     queues = [
-        QueueStats(cid, topic, stat.numChildren, cid in live, cid in topics.get(topic, ()))
+        QueueStats(
+            cid,
+            topic,
+            stat.numChildren,
+            cid in live,
+            cid in topics.get(topic, ()),
+            stat.cversion,
+        )
         for (cid, topic), stat in zip(pairs, stats, strict=True)
         if stat is not None
     ]
