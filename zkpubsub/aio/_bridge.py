@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Bridge", "LoopStopped", "OnLoop", "shielded"]
+__all__ = ["Bridge", "LoopStopped", "OnLoop"]
 
 logger = logging.getLogger("zkpubsub.aio")
 
@@ -57,6 +57,8 @@ class Bridge:
             max_workers=_MAX_THREADS, thread_name_prefix=f"zkpubsub-aio-{name}"
         )
         self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._draining = False
 
     # -- loop -> threads -------------------------------------------------------------
 
@@ -70,7 +72,40 @@ class Bridge:
         """``fn`` on a thread of ours. Cancelling the await does not stop the
         call: it runs to its end (its outcome is the threaded API's), and
         only the waiting is abandoned."""
-        return await shielded(asyncio.wrap_future(self.submit(fn, *args, **kwargs)))
+        return await self.wrap(self.submit(fn, *args, **kwargs))
+
+    def wrap(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+        """An asyncio future resolved (on the loop) like ``future``. Cancelling
+        it only stops the waiting: ``future`` goes on. Resolutions that come
+        close together are handed to the loop in one wake-up (where
+        ``asyncio.wrap_future`` costs one per future)."""
+        waiter: asyncio.Future[T] = self.loop.create_future()
+        future.add_done_callback(functools.partial(self._resolved, waiter))
+        return waiter
+
+    def _resolved(
+        self, waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        with self._lock:
+            self._done.append((waiter, future))
+            if self._draining:
+                return
+            self._draining = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:  # on the loop
+        with self._lock:
+            done, self._done = self._done, []
+            self._draining = False
+        for waiter, future in done:
+            if waiter.cancelled():
+                continue
+            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(future.result())
 
     # -- threads -> loop -------------------------------------------------------------
 
@@ -94,9 +129,11 @@ class Bridge:
                 running.add(future)
         try:
             while True:
-                done, _ = concurrent.futures.wait([future], timeout=_LOOP_CHECK)
-                if done:
-                    return future.result()
+                try:
+                    return future.result(timeout=_LOOP_CHECK)
+                except concurrent.futures.TimeoutError:
+                    if future.done():
+                        raise  # the handler itself raised TimeoutError
                 if loop.is_closed() or not loop.is_running():
                     future.cancel()
                     raise LoopStopped("the event loop stopped while a handler ran")
@@ -160,21 +197,3 @@ class OnLoop:
 def _log_failure(fn: object, task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("listener %r raised", fn, exc_info=task.exception())
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark an abandoned future's error as seen (its outcome stands anyway)."""
-    if not future.cancelled():
-        error = future.exception()
-        if error is not None:
-            logger.debug("an abandoned call ended with %r", error)
-
-
-async def shielded(future: asyncio.Future[T]) -> T:
-    """Await ``future``; if the waiting task is cancelled, ``future`` goes on
-    (its error, if any, is not reported as never retrieved)."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_retrieve)
-        raise

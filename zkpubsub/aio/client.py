@@ -38,7 +38,7 @@ from ..config import (
 )
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
-from ._bridge import Bridge, shielded
+from ._bridge import Bridge
 from .subscription import AsyncSubscription, Inbox
 from .workqueue import AsyncWorkQueue
 
@@ -149,10 +149,25 @@ class AsyncClient:
         """:meth:`Client.publish`, awaited: the receipt once ZooKeeper
         confirmed, or its error. Cancelling the waiting task does not
         withdraw the message: it is written (or fails) as if awaited."""
-        future = await self._future(
-            topic, [payload], headers, timeout, require_subscribers, many=False
-        )
-        return await shielded(asyncio.wrap_future(future))
+        client = self._client
+        if client.pending_publishes < client.config.max_pending:
+            future = client.publish_async(
+                topic,
+                payload,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        else:  # waiting for room would block the loop: wait on a thread
+            future = await self._bridge.run(
+                client.publish_async,
+                topic,
+                payload,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        return await self._bridge.wrap(future)
 
     async def publish_many(
         self,
@@ -164,10 +179,26 @@ class AsyncClient:
         require_subscribers: bool = False,
     ) -> PublishReceipt:
         """:meth:`Client.publish_many`, awaited (cancellation as :meth:`publish`)."""
-        future = await self._future(
-            topic, list(payloads), headers, timeout, require_subscribers, many=True
-        )
-        return await shielded(asyncio.wrap_future(future))
+        client = self._client
+        items = list(payloads)
+        if client.pending_publishes < client.config.max_pending:
+            future = client.publish_many_async(
+                topic,
+                items,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        else:
+            future = await self._bridge.run(
+                client.publish_many_async,
+                topic,
+                items,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        return await self._bridge.wrap(future)
 
     def publish_nowait(
         self,
@@ -189,41 +220,7 @@ class AsyncClient:
             timeout=timeout,
             require_subscribers=require_subscribers,
         )
-        return asyncio.wrap_future(future)
-
-    async def _future(
-        self,
-        topic: str,
-        payloads: list[Any],
-        headers: dict[str, str] | None,
-        timeout: float | None,
-        require_subscribers: bool,
-        *,
-        many: bool,
-    ) -> Future[PublishReceipt]:
-        client = self._client
-
-        def submit() -> Future[PublishReceipt]:
-            if many:
-                return client.publish_many_async(
-                    topic,
-                    payloads,
-                    headers=headers,
-                    timeout=timeout,
-                    require_subscribers=require_subscribers,
-                )
-            return client.publish_async(
-                topic,
-                payloads[0],
-                headers=headers,
-                timeout=timeout,
-                require_subscribers=require_subscribers,
-            )
-
-        if client.pending_publishes < client.config.max_pending:
-            return submit()
-        # No room: waiting for it would block the loop, so wait on a thread.
-        return await self._bridge.run(submit)
+        return self._bridge.wrap(future)
 
     # -- subscribe ------------------------------------------------------------------
 
@@ -372,7 +369,7 @@ class Connecting:
             options["on_gap"] = lambda gap: bridge.schedule(user_on_gap, gap)
         job = bridge.submit(Client, self._hosts, **options)
         try:
-            client = await asyncio.shield(asyncio.wrap_future(job))
+            client = await bridge.wrap(job)
         except asyncio.CancelledError:
             # Nobody will use the client it was making: close it once made.
             job.add_done_callback(_close_unwanted)

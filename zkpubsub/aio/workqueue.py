@@ -143,7 +143,7 @@ class AsyncTicket:
                     self._slice, SLICE if left is None else min(left, SLICE)
                 )
             job = self._job
-            done, _ = await asyncio.wait([asyncio.wrap_future(job)], timeout=left)
+            done, _ = await asyncio.wait([self._bridge.wrap(job)], timeout=left)
             if not done:
                 raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
             self._job = None
@@ -265,7 +265,7 @@ class AsyncWorkQueue:
             seconds = SLICE if left is None else min(left, SLICE)
             job = self._bridge.submit(self._reserve_slice, limit, seconds)
             try:
-                items = await asyncio.shield(asyncio.wrap_future(job))
+                items = await self._bridge.wrap(job)
             except asyncio.CancelledError:
                 job.add_done_callback(_release_unwanted)
                 raise
