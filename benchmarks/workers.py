@@ -189,6 +189,10 @@ class WorkerState:
                 sub = self._zkpubsub_subscriber(hosts, root, topic, recorder, session_timeout)
             elif impl == "zkms":
                 sub = self._zkms_subscriber(hosts, root, topic, recorder, session_timeout)
+            elif impl == "zkpubsub-aio":
+                from .aio_variant import subscriber
+
+                sub = subscriber(hosts, root, topic, recorder, session_timeout)
             else:
                 raise ValueError(f"unknown subscriber implementation {impl!r}")
             self.subscribers.append(sub[0])

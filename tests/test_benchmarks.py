@@ -183,3 +183,13 @@ def test_commit_latency_times_both_round_trips(tmp_path: Path) -> None:
         r = report[name]
         assert r["count"] >= 20, r  # about 200 a second for a second
         assert 0 < r["p50"] <= r["p99"] <= r["max"], r
+
+
+def test_the_asyncio_path_is_measured_beside_the_threaded_one(report: dict) -> None:
+    for name in ("fanout", "latency"):
+        section = report["sections"][name]
+        assert any(r["impl"] == "aio" for r in section["results"]), name
+        rows = section["asyncio_vs_threaded"]
+        assert rows and all(r["slower_by"] is not None for r in rows), rows
+    fanout = [r for r in report["sections"]["fanout"]["results"] if r["impl"] == "aio"]
+    assert all(r["complete"] and r["duplicates"] == 0 for r in fanout)

@@ -1,17 +1,28 @@
 """The invalidating cache against a real server: a slow fill racing an
-update leaves nothing stale, the publishing instance reads its own writes,
-gaps clear it, and its bounds hold."""
+update leaves nothing stale (sync and asyncio), the publishing instance
+reads its own writes, gaps clear it, a process frozen past its session
+timeout does not serve what changed meanwhile, and its bounds hold."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+from kazoo.client import KazooClient
+
 from zkpubsub import Client, Message
-from zkpubsub.cache import InvalidatingCache
+from zkpubsub.aio import AsyncClient
+from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
+from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
 
+from .cache_proc import TOPIC, CacheProcess
 from .helpers import wait_until
 
 MakeClient = Callable[..., Client]
@@ -25,6 +36,8 @@ class Source:
         self.values = {key: "v1" for key in KEYS}
         self.reads = 0
         self.during_read: Callable[[str], None] = lambda key: None
+        self.gate = asyncio.Event()  # the async loader's slow first fill waits on it
+        self.reads_of: dict[str, int] = {}
 
     def load(self, key: str) -> str:
         self.reads += 1
@@ -137,3 +150,112 @@ def test_ttl_and_size_bound_what_is_kept(make_client: MakeClient) -> None:
     reads = source.reads
     wait_until(lambda: short.get("user:0") and source.reads > reads, 5, "the entry expired")
     assert short.stats().expired >= 1
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_async_cache_keeps_no_value_from_a_fill_that_raced_an_update(
+    zk_hosts: str, zk_root: str
+) -> None:
+    source = Source()
+    async with (
+        AsyncClient.connect(zk_hosts, root=zk_root) as reader_client,
+        AsyncClient.connect(zk_hosts, root=zk_root) as writer_client,
+    ):
+        reader = await AsyncInvalidatingCache.open(reader_client, "users", _async(source))
+        writer = await AsyncInvalidatingCache.open(writer_client, "users", _async(source))
+        stale = 0
+        for key in KEYS:
+            fill = asyncio.ensure_future(reader.get(key))
+            await _eventually(lambda key=key: source.reads_of.get(key))  # the fill read v1
+            seen = reader.stats().invalidations
+            source.values[key] = "v2"
+            await writer.invalidate(key)
+            await _eventually(lambda seen=seen: reader.stats().invalidations > seen)
+            source.gate.set()  # the slow fill ends, with v1
+            assert await fill == "v1"
+            source.gate.clear()
+            stale += await _read_now(source, reader, key) != "v2"
+        assert stale == 0
+        assert reader.stats().stale_prevented == len(KEYS)
+        # read your writes: dropped here before invalidate() returned
+        assert await _read_now(source, writer, KEYS[0]) == "v2"
+        source.values[KEYS[0]] = "v3"
+        await writer.invalidate(KEYS[0])
+        assert await _read_now(source, writer, KEYS[0]) == "v3"
+        await reader.close()
+        await writer.close()
+
+
+def _async(source: Source) -> Callable[[str], Any]:
+    source.gate = asyncio.Event()
+    source.reads_of = {}
+
+    async def load(key: str) -> str:
+        source.reads += 1
+        value = source.values[key]  # read first ...
+        source.reads_of[key] = source.reads_of.get(key, 0) + 1
+        if source.reads_of[key] == 1:
+            await source.gate.wait()  # ... and the first fill of each key is slow
+        return value
+
+    return load
+
+
+async def _read_now(source: Source, cache: AsyncInvalidatingCache[str, str], key: str) -> str:
+    source.gate.set()
+    try:
+        return await cache.get(key)
+    finally:
+        source.gate.clear()
+
+
+async def _eventually(condition: Callable[[], Any], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_an_instance_frozen_past_its_session_timeout_does_not_serve_what_changed_meanwhile(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient, tmp_path: Path
+) -> None:
+    store = tmp_path / "users.json"
+    store.write_text(json.dumps({"user:1": "v1"}))
+
+    def load(key: str) -> str:
+        return str(json.loads(store.read_text())[key])
+
+    writer = InvalidatingCache(make_client(), TOPIC, load)
+    child = CacheProcess(zk_hosts, zk_root, store, "frozen-instance", session_timeout=2.0)
+    child.start()
+    try:
+        assert child.get("user:1") == "v1"  # cached in the child now
+        child.pause()
+        # The server ends the frozen child's session: it misses what follows.
+        wait_until(
+            lambda: raw_zk.exists(Layout(zk_root).client("frozen-instance")) is None,
+            30,
+            "the frozen child's session to expire",
+        )
+        store.write_text(json.dumps({"user:1": "v2"}))
+        writer.invalidate("user:1")
+        child.resume()
+        assert child.get("user:1") == "v2"  # at once, before its client noticed anything
+        wait_until(
+            lambda: raw_zk.exists(Layout(zk_root).client("frozen-instance")) is not None,
+            30,
+            "the child to register again",
+        )
+        store.write_text(json.dumps({"user:1": "v3"}))
+        writer.invalidate("user:1")
+        deadline = time.monotonic() + 20
+        while child.get("user:1") != "v3":  # invalidations reach it again
+            assert time.monotonic() < deadline, "the child never saw v3"
+            time.sleep(0.05)
+    finally:
+        child.kill()

@@ -2,8 +2,9 @@
 
 Topic broadcast (every subscriber gets every message, in one order), an
 elected cleaner for the queues of clients that went away, and a work queue.
-Everyday use needs only what is imported here, and for caches
-:class:`zkpubsub.cache.InvalidatingCache`::
+Everyday use needs only what is imported here; asyncio code uses
+:mod:`zkpubsub.aio`, caches :mod:`zkpubsub.cache`, operators
+:mod:`zkpubsub.metrics` and :mod:`zkpubsub.health`::
 
     from zkpubsub import Client
 
@@ -13,6 +14,8 @@ Everyday use needs only what is imported here, and for caches
 """
 
 from __future__ import annotations
+
+import logging
 
 from ._version import __version__
 from .backlog import Backlog
@@ -54,6 +57,9 @@ from .workqueue import (
     WorkQueue,
     WorkQueueStats,
 )
+
+# A library configures no handler: its records reach the application's.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_ROOT",

@@ -192,6 +192,12 @@ class DeliveryBuffer:
             return True
 
     @property
+    def idle(self) -> bool:
+        """Nothing read, waiting, or waiting to be deleted."""
+        with self.cond:
+            return not (self._deliveries or self._unfetched or self._active or self._to_delete)
+
+    @property
     def unfetched(self) -> int:
         with self.cond:
             return len(self._unfetched)

@@ -4,15 +4,17 @@ Subscriptions, the publish engine, work queues, workers, consumers and the
 cleaner each receive this context and talk to ZooKeeper and to each other's
 machinery only through it: the connection, the layout, the configuration
 in force, the client's id, the serializers it reads with, the receipt
-writer (with its janitor) and the open check. No component reaches into
+writer (with its janitor), the open check and the observers of events
+(:mod:`zkpubsub._hooks`, for metrics). No component reaches into
 another's private state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ._hooks import Hooks
 from .config import ClientConfig
 from .connection import Connection, deadline_after
 from .errors import ClientClosed
@@ -35,6 +37,7 @@ class Context:
     serializers: SerializerRegistry
     writer: ReceiptWriter
     is_closed: Callable[[], bool]
+    hooks: Hooks = field(default_factory=Hooks)  # observers of events, for metrics
 
     @classmethod
     def build(

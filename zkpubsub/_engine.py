@@ -82,6 +82,8 @@ class PublishRequest:
     receipt: PublishReceipt | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    messages: int = 0  # how many entries it carried (they are dropped once settled)
 
     @property
     def message_ids(self) -> tuple[str, ...]:
@@ -139,6 +141,11 @@ class PublishEngine:
         self._name = ctx.client_id[:12]
 
     @property
+    def pending(self) -> int:
+        """Publishes accepted and not finished yet."""
+        return self._pending
+
+    @property
     def lookups(self) -> int:
         """Transactions whose answer was lost and were looked up."""
         return self._ctx.writer.lookups
@@ -158,6 +165,7 @@ class PublishEngine:
         deadline = deadline_after(timeout)
         size = sum(envelope.encoded_size(e) for e in entries)
         request = PublishRequest(topic, entries, size, timeout, deadline, require_subscribers)
+        request.messages = len(entries)
         if want_future:
             request.future = Future()
         with self._lock:
@@ -292,7 +300,8 @@ class PublishEngine:
         self._announce(settled)
 
     def _announce(self, requests: list[PublishRequest]) -> None:
-        """Wake the callers; hand futures to the completion thread."""
+        """Wake the callers; hand futures to the completion thread; tell
+        the observers (metrics)."""
         futures: list[_Resolved] = []
         for request in requests:
             request.done.set()
@@ -300,6 +309,12 @@ class PublishEngine:
                 futures.append((request.future, request.receipt, request.error))
         if futures:
             self._completion_thread().put(futures)
+        hooks = self._ctx.hooks
+        now = time.monotonic()
+        for request in requests:
+            error = request.error
+            outcome = "ok" if error is None else type(error).__name__
+            hooks.published(request.topic, request.messages, now - request.submitted, outcome)
 
     def _completion_thread(self) -> _Completions:
         with self._lock:

@@ -119,6 +119,7 @@ class _Queue:
     backlog: Backlog
     relist: bool = True
     listed_at: float = 0.0
+    segments: set[str] = field(default_factory=set)  # seen since the last listing
     done: threading.Event = field(default_factory=threading.Event)  # its last deletes sent
 
 
@@ -299,6 +300,7 @@ class ReceivePump:
             if kind == NODE_CREATED:
                 if entry and "/" not in entry and parse_queue_entry(entry) is not None:
                     queue.buffer.discovered(rest)
+                    queue.segments.add(segment)
                 elif rest and (entry or parse_segment_node(segment) is None):
                     queue.relist = True  # something not ours: the listing reports it
             elif kind == NODE_DELETED and not entry:
@@ -309,6 +311,8 @@ class ReceivePump:
     def _list_due(self) -> None:
         now = time.monotonic()
         for queue in self._all():
+            if len(queue.segments) > 1 and queue.buffer.idle:
+                queue.relist = True  # all read: the listing removes emptied old segments
             since = now - queue.listed_at
             # Listing on every change (no persistent watch), the names not
             # seen yet are newer than every name listed, so while listed ones
@@ -344,6 +348,7 @@ class ReceivePump:
             return
         ordered, numbers, foreign = split_queue(names)
         segments = [layout.segment(queue.path, n) for n in numbers]
+        queue.segments = {segment_name(n) for n in numbers[-1:]}  # and those not empty, below
         newest = len(segments) - 1
         listings = conn.read_all(
             lambda: [
@@ -360,7 +365,9 @@ class ReceivePump:
             entries, strays = order_names(listing)
             ordered += [f"{name}/{entry}" for entry in entries]
             foreign += [f"{name}/{stray}" for stray in strays]
-            if not listing and path != segments[newest]:
+            if listing:
+                queue.segments.add(name)
+            elif path != segments[newest]:
                 kazoo.delete_async(path)  # emptied and left: NotEmpty/NoNode are fine
         for name in queue.buffer.listed(ordered, foreign):
             self._fetch_foreign(queue, name)

@@ -1,5 +1,8 @@
 """A local cache kept correct across the instances of a service by
-invalidations on a topic — the main use of zkpubsub.
+invalidations on a topic — the main use of zkpubsub. Sync
+(:class:`InvalidatingCache`, on a :class:`~zkpubsub.Client`) and asyncio
+(:class:`AsyncInvalidatingCache`, on a :class:`~zkpubsub.aio.AsyncClient`,
+with an ``async`` loader) flavours share one core.
 
 Guarantees:
 
@@ -16,6 +19,12 @@ Guarantees:
 * *Gaps clear.* When the client may have missed invalidations (its session
   expired, its queue was purged) the whole cache is cleared, fills under
   way included.
+* *A frozen process forgets.* A process stopped (SIGSTOP, a VM pause, a
+  long GC pause) for a third of the session timeout or longer may come
+  back to an expired session whose invalidations it never got, and its
+  threads run again before the client can notice: the cache notices the
+  jump of the monotonic clock itself, on its next read or on its own
+  watch thread, whichever comes first, and clears before serving anything.
 
 Keys travel as message payloads: use ``str`` keys (``int`` and ``bytes``
 work with the default serializer too). Optional ``ttl`` (seconds) and
@@ -24,27 +33,37 @@ work with the default serializer too). Optional ``ttl`` (seconds) and
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .client import Client
 from .message import Message, PublishReceipt
 from .state import Gap
 
-__all__ = ["CacheStats", "InvalidatingCache"]
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .subscription import Subscription
+
+__all__ = ["AsyncInvalidatingCache", "CacheStats", "InvalidatingCache"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+# A pause of this share of the session timeout counts as a freeze.
+STALL_SHARE: Final = 1 / 3
+_Token = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     """``stale_prevented``: fills not kept because their key was invalidated
-    (or the cache cleared) while they loaded."""
+    (or the cache cleared) while they loaded. ``freezes``: clears because the
+    process had been stopped long enough to have missed invalidations."""
 
     size: int
     hits: int
@@ -54,78 +73,102 @@ class CacheStats:
     clears: int
     expired: int
     evicted: int
+    freezes: int = 0
 
 
-class InvalidatingCache(Generic[K, V]):
-    """Values from ``loader`` (the source of truth), invalidated through
-    ``topic``. Made on a :class:`~zkpubsub.Client`, which it subscribes to
-    the topic (one cache per topic per client)."""
+class _Entries(Generic[K, V]):
+    """What a cache holds and the tokens of fills under way (thread-safe)."""
 
-    def __init__(
-        self,
-        client: Client,
-        topic: str,
-        loader: Callable[[K], V],
-        *,
-        ttl: float | None = None,
-        max_size: int | None = None,
-    ) -> None:
+    def __init__(self, ttl: float | None, max_size: int | None, stall_after: float) -> None:
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
             raise ValueError(f"max_size must be an int >= 1, not {max_size!r}")
-        self._client = client
-        self._topic = topic
-        self._loader = loader
         self._ttl = ttl
         self._max_size = max_size
+        self._stall_after = stall_after
         self._lock = threading.Lock()
         self._values: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._generations: dict[K, int] = {}  # keys being loaded
         self._loading: dict[K, int] = {}  # fills under way per key
         self._epoch = 0
+        self._last_seen = time.monotonic()  # the latest moment this process is known to run
         self._counts = dict.fromkeys(
-            ("hits", "misses", "invalidations", "stale_prevented", "clears", "expired", "evicted"),
+            (
+                "hits",
+                "misses",
+                "invalidations",
+                "stale_prevented",
+                "clears",
+                "expired",
+                "evicted",
+                "freezes",
+            ),
             0,
         )
-        client.add_gap_listener(self._on_gap)
-        self._subscription = client.subscribe(topic, self._on_message)
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
 
-    # -- reading -----------------------------------------------------------------------
+    # -- the freeze watch ----------------------------------------------------------------
 
-    def get(self, key: K) -> V:
-        """The cached value of ``key``, or a fresh one from the loader."""
+    def start_watch(self, name: str) -> None:
+        self._watch = threading.Thread(target=self._watch_loop, name=name, daemon=True)
+        self._watch.start()
+
+    def _watch_loop(self) -> None:
+        tick = min(0.1, self._stall_after / 4)
+        while not self._stop.wait(tick):
+            with self._lock:
+                self._check_stall()
+
+    def _check_stall(self) -> None:  # lock held
         now = time.monotonic()
+        if now - self._last_seen >= self._stall_after:
+            self._clear()
+            self._counts["freezes"] += 1
+        self._last_seen = now
+
+    def stop_watch(self) -> None:
+        self._stop.set()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def lookup(self, key: K) -> tuple[bool, V | None, _Token]:
+        """``(True, value, _)`` on a hit; on a miss ``(False, None, token)``,
+        and a fill of ``key`` is under way until :meth:`loaded` or :meth:`failed`."""
         with self._lock:
+            self._check_stall()
             held = self._values.get(key)
             if held is not None:
                 value, stored = held
-                if self._ttl is None or now - stored < self._ttl:
+                if self._ttl is None or self._last_seen - stored < self._ttl:
                     self._values.move_to_end(key)
                     self._counts["hits"] += 1
-                    return value
+                    return True, value, (0, 0)
                 del self._values[key]
                 self._counts["expired"] += 1
             self._counts["misses"] += 1
             token = (self._epoch, self._generations.setdefault(key, 0))
             self._loading[key] = self._loading.get(key, 0) + 1
-        try:
-            value = self._loader(key)
-        except BaseException:
-            with self._lock:
-                self._loaded(key)
-            raise
+            return False, None, token
+
+    def loaded(self, key: K, token: _Token, value: V) -> None:
+        """A fill ended with ``value``: kept only if nothing invalidated it."""
         with self._lock:
+            self._check_stall()
             # Checked and stored at once: an invalidation cannot slip between.
             fresh = token == (self._epoch, self._generations.get(key))
-            self._loaded(key)
+            self._ended(key)
             if fresh:
                 self._store(key, value)
             else:
                 self._counts["stale_prevented"] += 1
-        return value
 
-    def _loaded(self, key: K) -> None:  # lock held: one fill of ``key`` ended
+    def failed(self, key: K) -> None:
+        with self._lock:
+            self._ended(key)
+
+    def _ended(self, key: K) -> None:  # lock held: one fill of ``key`` ended
         self._loading[key] -= 1
         if not self._loading[key]:
             del self._loading[key]
@@ -138,17 +181,9 @@ class InvalidatingCache(Generic[K, V]):
             self._values.popitem(last=False)
             self._counts["evicted"] += 1
 
-    # -- invalidating -----------------------------------------------------------------------
+    # -- invalidating --------------------------------------------------------------------
 
-    def invalidate(self, key: K, *, timeout: float | None = None) -> PublishReceipt:
-        """Drop ``key`` here, then tell every other instance (call it after
-        the source of truth changed). Raises what ``publish`` raises; this
-        instance's copy is gone either way."""
-        self.invalidate_local(key)
-        return self._client.publish(self._topic, key, timeout=timeout)
-
-    def invalidate_local(self, key: K) -> None:
-        """Drop ``key`` in this instance only (and any fill of it under way)."""
+    def invalidate(self, key: K) -> None:
         with self._lock:
             self._values.pop(key, None)
             if key in self._generations:
@@ -156,23 +191,15 @@ class InvalidatingCache(Generic[K, V]):
             self._counts["invalidations"] += 1
 
     def clear(self) -> None:
-        """Drop everything here, fills under way included."""
         with self._lock:
-            self._values.clear()
-            self._epoch += 1
-            self._counts["clears"] += 1
+            self._clear()
 
-    def _on_message(self, message: Message) -> None:
-        if message.publisher_id == self._client.client_id:
-            return  # dropped before it was published
-        key: Any = message.payload
-        self.invalidate_local(key)
+    def _clear(self) -> None:  # lock held
+        self._values.clear()
+        self._epoch += 1
+        self._counts["clears"] += 1
 
-    def _on_gap(self, gap: Gap) -> None:
-        if self._topic in gap.topics:
-            self.clear()
-
-    # -- the rest ---------------------------------------------------------------------------
+    # -- the rest ------------------------------------------------------------------------
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
@@ -186,14 +213,187 @@ class InvalidatingCache(Generic[K, V]):
         with self._lock:
             return CacheStats(size=len(self._values), **self._counts)
 
+
+class _Listening(Generic[K, V]):
+    """What both flavours do on the client's threads: drop keys named on the
+    topic by other instances, clear on a gap touching the topic."""
+
+    _entries: _Entries[K, V]
+    _topic: str
+    _client_id: str
+
+    def _on_message(self, message: Message) -> None:
+        if message.publisher_id == self._client_id:
+            return  # dropped before it was published
+        key: Any = message.payload
+        self._entries.invalidate(key)
+
+    def _on_gap(self, gap: Gap) -> None:
+        if self._topic in gap.topics:
+            self._entries.clear()
+
+    def invalidate_local(self, key: K) -> None:
+        """Drop ``key`` in this instance only (and any fill of it under way)."""
+        self._entries.invalidate(key)
+
+    def clear(self) -> None:
+        """Drop everything here, fills under way included."""
+        self._entries.clear()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> CacheStats:
+        return self._entries.stats()
+
+
+class InvalidatingCache(_Listening[K, V]):
+    """Values from ``loader`` (the source of truth), invalidated through
+    ``topic``. Made on a :class:`~zkpubsub.Client`, which it subscribes to
+    the topic (one cache per topic per client)."""
+
+    def __init__(
+        self,
+        client: Client,
+        topic: str,
+        loader: Callable[[K], V],
+        *,
+        ttl: float | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
+        self._client = client
+        self._client_id = client.client_id
+        self._topic = topic
+        self._loader = loader
+        client.add_gap_listener(self._on_gap)
+        self._subscription = client.subscribe(topic, self._on_message)
+        self._entries.start_watch(f"zkpubsub-cache-{topic}")
+
+    def get(self, key: K) -> V:
+        """The cached value of ``key``, or a fresh one from the loader."""
+        hit, value, token = self._entries.lookup(key)
+        if hit:
+            return value  # type: ignore[return-value]
+        try:
+            value = self._loader(key)
+        except BaseException:
+            self._entries.failed(key)
+            raise
+        self._entries.loaded(key, token, value)
+        return value
+
+    def invalidate(self, key: K, *, timeout: float | None = None) -> PublishReceipt:
+        """Drop ``key`` here, then tell every other instance (call it after
+        the source of truth changed). Raises what ``publish`` raises; this
+        instance's copy is gone either way."""
+        self._entries.invalidate(key)
+        return self._client.publish(self._topic, key, timeout=timeout)
+
     def close(self) -> None:
         """Stop listening (the client stays open). Idempotent."""
         self._client.remove_gap_listener(self._on_gap)
         self._subscription.close()
-        self.clear()
+        self._entries.stop_watch()
+        self._entries.clear()
 
     def __enter__(self) -> InvalidatingCache[K, V]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncInvalidatingCache(_Listening[K, V]):
+    """:class:`InvalidatingCache` for asyncio code: ``await cache.get(key)``
+    with an ``async`` loader (a plain function is called on the loop: wrap a
+    blocking one in ``asyncio.to_thread``), ``await cache.invalidate(key)``.
+    Invalidations are applied on the client's threads, so a busy loop does
+    not delay them. Open it with ``await cache.start()`` or ``async with``
+    (or ``await AsyncInvalidatingCache.open(...)``)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        topic: str,
+        loader: Callable[[K], Awaitable[V]],
+        *,
+        ttl: float | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
+        self._client = client
+        self._client_id = client.client_id
+        self._topic = topic
+        self._loader = loader
+        self._subscription: Subscription | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        client: AsyncClient,
+        topic: str,
+        loader: Callable[[K], Awaitable[V]],
+        *,
+        ttl: float | None = None,
+        max_size: int | None = None,
+    ) -> AsyncInvalidatingCache[K, V]:
+        """Make one and start it."""
+        cache = cls(client, topic, loader, ttl=ttl, max_size=max_size)
+        await cache.start()
+        return cache
+
+    async def start(self) -> None:
+        """Subscribe to the topic (on a thread). Idempotent."""
+        if self._subscription is not None:
+            return
+        client = self._client.sync
+        client.add_gap_listener(self._on_gap)
+        self._subscription = await self._client.run_in_thread(
+            client.subscribe, self._topic, self._on_message
+        )
+        self._entries.start_watch(f"zkpubsub-cache-{self._topic}")
+
+    async def get(self, key: K) -> V:
+        """The cached value of ``key``, or a fresh one from the loader. A
+        cancelled load keeps nothing."""
+        if self._subscription is None:
+            raise RuntimeError("start the cache first (await cache.start(), or async with)")
+        hit, value, token = self._entries.lookup(key)
+        if hit:
+            return value  # type: ignore[return-value]
+        try:
+            loaded: Any = self._loader(key)
+            if inspect.isawaitable(loaded):
+                loaded = await loaded
+        except BaseException:
+            self._entries.failed(key)
+            raise
+        self._entries.loaded(key, token, loaded)
+        return loaded  # type: ignore[no-any-return]
+
+    async def invalidate(self, key: K, *, timeout: float | None = None) -> PublishReceipt:
+        """Drop ``key`` here (before anything is awaited), then tell every
+        other instance. Raises what ``publish`` raises; this instance's copy
+        is gone either way."""
+        self._entries.invalidate(key)
+        return await self._client.publish(self._topic, key, timeout=timeout)
+
+    async def close(self) -> None:
+        """Stop listening (the client stays open). Idempotent."""
+        self._client.sync.remove_gap_listener(self._on_gap)
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await self._client.run_in_thread(subscription.close)
+        self._entries.stop_watch()
+        self._entries.clear()
+
+    async def __aenter__(self) -> AsyncInvalidatingCache[K, V]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -441,6 +442,36 @@ def stats(ctx: CliContext, as_json: bool) -> None:
     if snapshot.work_queues:
         click.echo()
         click.echo(_work_queue_table(snapshot.work_queues))
+
+
+@main.command()
+@click.option(
+    "--interval",
+    type=float,
+    default=2.0,
+    show_default=True,
+    callback=_positive("--interval"),
+    help="Seconds between refreshes (and between the two looks of --once).",
+)
+@click.option("--once", is_flag=True, help="Print one view (with rates) and exit.")
+@pass_ctx
+def top(ctx: CliContext, interval: float, once: bool) -> None:
+    """A live view of clients, topics, subscribers and work queues (reads only)."""
+    try:
+        from .top import Sampler, print_frame, show_live
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ctx.observer() as observer:
+        sampler = Sampler(observer)
+        frame = _read(sampler.sample)
+        if once:
+            stop.wait(interval)
+            print_frame(_read(sampler.sample), sys.stdout)
+            return
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
+            show_live(frame, lambda: _read(sampler.sample), interval, stop)
 
 
 def _work_queue_table(queues: Sequence[WorkQueueStats]) -> str:

@@ -164,6 +164,17 @@ class Client:
     def root(self) -> str:
         return self._ctx.layout.root_path
 
+    @property
+    def pending_publishes(self) -> int:
+        """Publishes accepted and not confirmed (or failed) yet; at
+        ``max_pending`` a further publish waits for room."""
+        return self._engine.pending
+
+    @property
+    def cleaner(self) -> Cleaner | None:
+        """The cleaner hosted by this client (``start_cleaner``), if any."""
+        return self._cleaner
+
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on every state change (on a thread of ours)."""
         self._session.add_listener(listener)
@@ -179,6 +190,20 @@ class Client:
 
     def remove_gap_listener(self, listener: GapListener) -> None:
         self._session.remove_gap_listener(listener)
+
+    def add_observer(self, observer: object) -> None:
+        """Instrumentation (:mod:`zkpubsub.metrics` uses it): call
+        ``observer.published(topic, messages, seconds, outcome)`` when a
+        publish settles (``outcome`` is ``"ok"`` or the error's class name),
+        ``observer.handled(topic, published_at, handled_at)`` when a message
+        of a subscription was handled, and ``observer.reservation_lost(queue,
+        items)`` when an ack or release found its reservation gone — each
+        method only if the observer has it. They run on the client's threads
+        as the events happen: they must be quick and must not block."""
+        self._ctx.hooks.add(observer)
+
+    def remove_observer(self, observer: object) -> None:
+        self._ctx.hooks.remove(observer)
 
     # -- publish ------------------------------------------------------------------
 
@@ -250,6 +275,23 @@ class Client:
         are resolved (and their callbacks run) on one thread of the client,
         in the order the publishes finished."""
         request = self._submit(topic, [payload], headers, timeout, require_subscribers, True)
+        assert request.future is not None
+        return request.future
+
+    def publish_many_async(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> Future[PublishReceipt]:
+        """:meth:`publish_many` without waiting: a future, as :meth:`publish_async`."""
+        items = list(payloads)
+        if not items:
+            raise ValueError("publish_many needs at least one payload")
+        request = self._submit(topic, items, headers, timeout, require_subscribers, True)
         assert request.future is not None
         return request.future
 

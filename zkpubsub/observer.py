@@ -9,6 +9,10 @@ stats`` / ``dead`` / ``list`` show.
 
 from __future__ import annotations
 
+import functools
+
+from kazoo.exceptions import NoNodeError
+
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -17,7 +21,14 @@ from .config import (
 )
 from .connection import Connection, deadline_after, translated
 from .errors import NotFound
-from .layout import DEFAULT_ROOT, Layout, validate_name
+from .layout import (
+    DEFAULT_ROOT,
+    Layout,
+    join,
+    order_by_sequence,
+    parse_candidate_node,
+    validate_name,
+)
 from .serializers import SerializerRegistry, resolve
 from .stats import BusStats, collect
 from .workqueue.queue import read_dead, read_queue_stats
@@ -69,6 +80,26 @@ class Observer:
         """Clients, topics, subscribers, every queue's backlog, work queues."""
         with translated("stats"):
             return collect(self._conn, self._layout, self._deadline())
+
+    def cleaner_leader(self) -> str | None:
+        """The client id of the cleaner candidate that leads (the lowest
+        sequence number), or ``None`` if no cleaner stands."""
+        conn = self._conn
+        with translated("cleaner election"):
+            names = conn.children(self._layout.candidates, self._deadline()) or []
+            ranked = order_by_sequence(
+                (parsed[1], name) for name in names if (parsed := parse_candidate_node(name))
+            )
+            for name in ranked:  # the lowest, unless it left meanwhile
+                path = join(self._layout.candidates, name)
+                try:
+                    data, _ = conn.call(
+                        functools.partial(conn.kazoo.get_async, path), self._deadline(), path
+                    )
+                except NoNodeError:
+                    continue
+                return bytes(data).decode("utf-8", "replace") or "?"
+        return None
 
     def queues(self) -> list[str]:
         """The names of the work queues."""

@@ -56,7 +56,7 @@ class Registered(Protocol):
     def durable(self) -> bool: ...
 
     @property
-    def backlog(self) -> Backlog: ...
+    def bound(self) -> Backlog: ...
 
     def restored(self) -> None:
         """Registered again on a new session: read the queue again."""
@@ -314,7 +314,7 @@ class Session:
                     topics = [sub.topic for sub in subs if not sub.durable]
                     for sub in subs:
                         register_subscription(
-                            ctx, sub.topic, deadline, durable=sub.durable, backlog=sub.backlog
+                            ctx, sub.topic, deadline, durable=sub.durable, backlog=sub.bound
                         )
         except ClientClosed:
             return

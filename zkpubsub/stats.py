@@ -14,21 +14,24 @@ from .layout import Layout, split_queue
 from .workqueue.queue import read_queue_stats
 from .workqueue.records import WorkQueueStats
 
-__all__ = ["BusStats", "ClientInfo", "QueueStats", "collect"]
+__all__ = ["BusStats", "ClientInfo", "QueueStats", "collect", "queue_backlog"]
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """One subscriber queue. ``backlog`` counts message nodes (a node may
     carry a batch) and overflow markers, in all its segments; ``live`` says
-    whether its client is registered;
-    ``subscribed`` whether it is currently a subscriber of the topic."""
+    whether its client is registered; ``subscribed`` whether it is currently
+    a subscriber of the topic; ``changes`` counts the nodes created and
+    deleted in its segments (their child versions, summed), so two snapshots
+    give the rates in and out (it drops when an emptied segment is removed)."""
 
     client_id: str
     topic: str
     backlog: int
     live: bool
     subscribed: bool
+    changes: int = 0  # the queue node's child version: every create and delete adds one
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,25 @@ def _client_info(client_id: str, data: Any) -> ClientInfo:
         )
     except (ValueError, TypeError, AttributeError):
         return ClientInfo(client_id)
+
+
+def queue_backlog(
+    conn: Connection, layout: Layout, client_id: str, topic: str, deadline: float | None
+) -> int:
+    """The entries of one subscriber queue, in all its segments (0 if it
+    does not exist)."""
+    kazoo = conn.kazoo
+    queue = layout.queue(client_id, topic)
+    names = conn.children(queue, deadline)
+    if names is None:
+        return 0
+    entries, numbers, _ = split_queue(names)
+    stats = conn.read_all(
+        lambda: [kazoo.exists_async(layout.segment(queue, n)) for n in numbers],
+        deadline,
+        "segment stat",
+    )
+    return len(entries) + sum(int(s.numChildren) for s in stats if s is not None)
 
 
 def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStats:
@@ -138,10 +160,14 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
     live = set(clients)
     queues = []
     for cid, topic, backlog, paths in found:
+        changes = 0
         for _ in paths:
             stat = next(counts)
-            backlog += 0 if stat is None else stat.numChildren
-        queues.append(QueueStats(cid, topic, backlog, cid in live, cid in topics.get(topic, ())))
+            if stat is not None:
+                backlog += stat.numChildren
+                changes += stat.cversion
+        subscribed = cid in topics.get(topic, ())
+        queues.append(QueueStats(cid, topic, backlog, cid in live, subscribed, changes))
     candidates = len(_children(conn, layout.candidates, deadline))
     work = tuple(
         read_queue_stats(conn, layout.work_queue(name), name, deadline)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,13 +51,29 @@ from .layout import join
 from .message import Message
 from .session import SubscriptionRegistry
 from .state import Gap
+from .stats import queue_backlog
 
-__all__ = ["ErrorHandler", "Handler", "Subscription", "SubscriptionStats", "log_error"]
+__all__ = [
+    "ErrorHandler",
+    "Handler",
+    "HandlerInterrupted",
+    "Subscription",
+    "SubscriptionStats",
+    "log_error",
+]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
+
+
+class HandlerInterrupted(BaseException):
+    """Raised by a handler when its subscription is being closed before it
+    could handle its message (the bridge of :mod:`zkpubsub.aio` does): the
+    dispatcher stops there, the message stays queued, to be delivered again,
+    and it is not counted as a failure. Raise it only on the way to
+    ``close()``."""
 
 
 def log_error(error: BaseException, message: Message | None) -> None:
@@ -166,7 +183,7 @@ class Subscription:
         return self._durable
 
     @property
-    def backlog(self) -> Backlog:
+    def bound(self) -> Backlog:
         """The bound of this subscription's queue."""
         return self._backlog
 
@@ -185,6 +202,14 @@ class Subscription:
     @property
     def pending(self) -> int:
         return self._buffer.pending
+
+    def backlog(self) -> int:
+        """Message nodes (and overflow markers) in this subscription's queue on
+        the server now, read and not yet deleted included: a listing of the
+        queue and a stat of each segment."""
+        ctx = self._ctx
+        with translated(f"backlog of {self._topic!r}"):
+            return queue_backlog(ctx.conn, ctx.layout, ctx.client_id, self._topic, ctx.deadline())
 
     def stats(self) -> SubscriptionStats:
         buffer = self._buffer
@@ -219,6 +244,7 @@ class Subscription:
             with self._buffer.cond:
                 self._holding = delivery
                 self._buffer.counters.delivered += 1
+            self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
             return delivery.message
 
     def __iter__(self) -> Iterator[Message]:
@@ -358,6 +384,8 @@ class Subscription:
             try:
                 refuse_awaitable(handler(message), "the handler")
             except BaseException as exc:  # whatever a handler raises is a failure
+                if isinstance(exc, HandlerInterrupted):
+                    return False  # closing: the message stays queued
                 self._report(exc, message)
                 with self._buffer.cond:
                     if attempt == self._max_attempts:
@@ -367,6 +395,7 @@ class Subscription:
                 continue
             with self._buffer.cond:
                 counters.delivered += 1
+            self._ctx.hooks.handled(self._topic, message.published_at, time.time())
             return True
         return True
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import payload, raw_ceiling, stats
+from .. import aio_variant, payload, raw_ceiling, stats
 from ..profiles import Profile
 from ..progress import Phase
 from ..workers import new_root
@@ -53,7 +53,8 @@ class Impl:
     key: str
     label: str
     subscriber: str | None  # the subscriber implementation; None: publish only
-    family: str  # "zkpubsub", "zkpubsub-batch" (the caller batches), "zkms" or "raw"
+    # "zkpubsub", "zkpubsub-batch" (the caller batches), "aio" (zkpubsub.aio), "zkms" or "raw"
+    family: str
     needs: str | None = None  # a Client attribute this variant needs
 
 
@@ -93,6 +94,13 @@ def implementations_for(p: Profile) -> list[Impl]:
             f"zkpubsub publish_async(), {p.async_window} in flight",
             "zkpubsub",
             "zkpubsub",
+            needs="publish_async",
+        ),
+        Impl(
+            aio_variant.KEY,
+            aio_variant.fanout_label(p.async_window),
+            aio_variant.SUBSCRIBER,
+            "aio",
             needs="publish_async",
         ),
         Impl(
@@ -342,6 +350,8 @@ def measure(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
     try:
         if impl.family == "zkms":
             run = _publish_zkms(ctx, impl, root, phase)
+        elif impl.family == "aio":
+            run = aio_variant.publish_fanout(ctx, root, TOPIC, phase)
         else:
             run = _publish_zkpubsub(ctx, impl, root, phase)
         drain_deadline = time.monotonic() + p.fanout_drain_cap
@@ -443,6 +453,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "skipped": skipped,
         "errors": errors,
         "ratios": ratios(runs),
+        "asyncio_vs_threaded": aio_variant.comparison("fanout", summarize(runs)),
     }
 
 

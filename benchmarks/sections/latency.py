@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import payload, stats
+from .. import aio_variant, payload, stats
 from ..progress import Phase
 from ..workers import new_root
 from .common import (
@@ -44,6 +44,7 @@ def _implementations() -> list[tuple[str, str, str, str | None]]:
     return [
         ("zkpubsub", "zkpubsub publish()", "zkpubsub", None),
         ("zkpubsub-async", "zkpubsub publish_async()", "zkpubsub", "publish_async"),
+        (aio_variant.KEY, aio_variant.LATENCY_LABEL, aio_variant.SUBSCRIBER, "publish_async"),
         ("zkms", "zkms-style reference", "zkms", None),
     ]
 
@@ -184,14 +185,17 @@ def _cell(
     root = new_root(f"latency-{key}-{int(rate)}")
     phase.update(f"starting {n} subscribers")
     workers = start_subscribers(ctx, sub_impl, ctx.hosts, root, n, latency=True)
-    send, close = _sender(ctx, key, root)
-    senders = 1 if key == "zkpubsub-async" else p.latency_senders
+    senders = 1 if key in ("zkpubsub-async", aio_variant.KEY) else p.latency_senders
     loop = OpenLoop(rate, total, senders, p.latency_behind_cap)
     try:
-        try:
-            loop.run(send, phase)
-        finally:
-            close()
+        if key == aio_variant.KEY:
+            aio_variant.run_open_loop(ctx.hosts, root, TOPIC, loop, phase)
+        else:
+            send, close = _sender(ctx, key, root)
+            try:
+                loop.run(send, phase)
+            finally:
+                close()
         deadline = time.monotonic() + p.latency_drain_cap
         wait_delivered(ctx, workers, loop.sent, deadline, phase, label="handled")
         received = collect(ctx, workers, loop.sent, latencies=True)
@@ -305,6 +309,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "results": summarize(runs),
         "skipped": skipped,
         "errors": errors,
+        "asyncio_vs_threaded": aio_variant.comparison("latency", summarize(runs)),
     }
 
 

@@ -99,6 +99,8 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
                 # Some reservation was lost: peel items off to find which.
                 todo[:0] = batch[1:]
                 batch = batch[:1]
+    if lost:
+        ctx.hooks.reservation_lost(queue, len(lost))
     return lost
 
 
@@ -164,6 +166,7 @@ def release(
                 if buried:
                     logger.warning("queue %r: item %s is a dead letter", item.queue, item.id)
                 return True
+            ctx.hooks.reservation_lost(item.queue, 1)
             raise ReservationLost(item.queue, item.id)
 
 

@@ -1,0 +1,378 @@
+"""The asyncio API against a real server: the threaded engine's guarantees,
+user code on the loop, nothing blocking the loop, and a defined outcome
+for every cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import ClientState, ConnectTimeout, Gap, Message, PublishReceipt
+from zkpubsub.aio import AsyncClient, AsyncItem
+from zkpubsub.testing import expire_session, free_ports, queue_entries
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+Connect = Callable[..., Any]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def connect(zk_hosts: str, zk_root: str) -> AsyncIterator[Connect]:
+    """``await connect(**options)``: async clients on the test's root, closed at the end."""
+    made: list[AsyncClient] = []
+
+    async def make(**options: Any) -> AsyncClient:
+        options.setdefault("root", zk_root)
+        options.setdefault("session_timeout", 4.0)
+        client = await AsyncClient.connect(options.pop("hosts", zk_hosts), **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+class Heartbeat:
+    """Ticks on the loop; a loop blocked by a call shows as a long gap."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            self.ticks += 1
+            last = now
+
+    async def __aenter__(self) -> Heartbeat:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def test_an_async_handler_runs_on_the_loop_and_gets_what_was_published(
+    connect: Connect,
+) -> None:
+    loop_thread = threading.get_ident()
+    got: list[tuple[Any, int]] = []
+
+    async def handler(message: Message) -> None:
+        await asyncio.sleep(0)
+        got.append((message.payload, threading.get_ident()))
+
+    subscriber = await connect()
+    await subscriber.subscribe("orders", handler)
+    publisher = await connect()
+    receipt = await publisher.publish("orders", {"id": 1})
+    assert isinstance(receipt, PublishReceipt) and receipt.subscribers == 1
+    many = await publisher.publish_many("orders", [{"id": 2}, {"id": 3}])
+    assert len(many.message_ids) == 2
+    await eventually(lambda: len(got) == 3, what="three messages handled")
+    assert [payload for payload, _ in got] == [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert {thread for _, thread in got} == {loop_thread}
+
+
+async def test_a_message_is_deleted_only_after_its_coroutine_returned(
+    connect: Connect, raw_zk: KazooClient, zk_root: str
+) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow(message: Message) -> None:
+        started.set()
+        await release.wait()
+
+    subscriber = await connect()
+    await subscriber.subscribe("jobs", slow)
+    cid = subscriber.client_id
+    await (await connect()).publish("jobs", "work")
+    await asyncio.wait_for(started.wait(), 20)
+    await asyncio.sleep(0.5)  # the pump would have deleted a handled node by now
+    assert len(queue_entries(raw_zk, zk_root, cid, "jobs") or []) == 1
+    release.set()
+    await eventually(
+        lambda: queue_entries(raw_zk, zk_root, cid, "jobs") == [], what="the node deleted"
+    )
+
+
+async def test_a_cancelled_handler_is_a_failed_attempt_and_the_message_comes_again(
+    connect: Connect,
+) -> None:
+    attempts: list[int] = []
+    errors: list[BaseException] = []
+
+    async def handler(message: Message) -> None:
+        attempts.append(message.attempt)
+        if message.attempt == 1:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(10)
+
+    async def on_error(error: BaseException, message: Message | None) -> None:
+        errors.append(error)
+
+    subscriber = await connect()
+    sub = await subscriber.subscribe("t", handler, on_error=on_error, retry_delay=0.05)
+    await (await connect()).publish("t", "x")
+    await eventually(lambda: attempts == [1, 2] and sub.delivered == 1, what="a second attempt")
+    assert len(errors) == 1 and "Cancelled" in type(errors[0]).__name__
+    assert sub.stats().errors == 1 and sub.stats().dropped == 0
+
+
+async def test_get_and_async_for_hand_messages_out_in_order_and_a_cancelled_get_loses_nothing(
+    connect: Connect,
+) -> None:
+    subscriber = await connect()
+    sub = await subscriber.subscribe("feed")
+    assert await sub.get(timeout=0.1) is None
+    waiting = asyncio.ensure_future(sub.get())
+    await asyncio.sleep(0.1)
+    waiting.cancel()  # nothing had come for it yet
+    publisher = await connect()
+    for i in range(5):
+        await publisher.publish("feed", i)
+    first = await sub.get(timeout=20)
+    assert first is not None and first.payload == 0
+    seen = []
+    async for message in sub:
+        seen.append(message.payload)
+        if message.payload == 4:
+            break
+    assert seen == [1, 2, 3, 4]
+    ender = asyncio.ensure_future(sub.get())
+    await sub.close()
+    assert await asyncio.wait_for(ender, 20) is None  # close ends a waiting get
+    assert sub.stats().errors == 0
+
+
+async def test_a_message_not_taken_before_close_stays_queued_for_the_next_subscriber(
+    connect: Connect,
+) -> None:
+    subscriber = await connect(client_id="keeper")
+    sub = await subscriber.subscribe("kept")
+    publisher = await connect()
+    await publisher.publish("kept", "a")
+    await publisher.publish("kept", "b")
+    message = await sub.get(timeout=20)
+    assert message is not None and message.payload == "a"
+    await asyncio.sleep(0.3)  # "b" is offered by now, but never taken
+    await sub.close()  # acknowledges "a", keeps "b"
+    again = await subscriber.subscribe("kept")
+    message = await again.get(timeout=20)
+    assert message is not None and message.payload == "b"
+    assert sub.stats().errors == 0
+
+
+async def test_a_cancelled_publish_is_still_written(connect: Connect) -> None:
+    subscriber = await connect()
+    sub = await subscriber.subscribe("t")
+    publisher = await connect()
+    task = asyncio.ensure_future(publisher.publish("t", "sent anyway"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    message = await sub.get(timeout=20)
+    assert message is not None and message.payload == "sent anyway"
+    future = publisher.publish_nowait("t", "later")
+    receipt = await future
+    assert receipt.subscribers == 1
+
+
+async def test_connecting_subscribing_and_closing_leave_the_loop_free(
+    zk_hosts: str, zk_root: str
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    async with Heartbeat() as beat:
+        with pytest.raises(ConnectTimeout):
+            await AsyncClient.connect(f"127.0.0.1:{port}", root=zk_root, connect_timeout=1.0)
+    assert beat.ticks > 30 and beat.longest < 0.5
+    async with Heartbeat() as beat, AsyncClient.connect(zk_hosts, root=zk_root) as client:
+        sub = await client.subscribe("t", lambda m: None)
+        await client.publish("t", 1)
+        await sub.close()
+    assert beat.longest < 0.5
+    assert client.status == ClientState.CLOSED
+
+
+async def test_state_and_gap_listeners_run_on_the_loop(connect: Connect) -> None:
+    loop_thread = threading.get_ident()
+    states: list[tuple[ClientState, int]] = []
+    gaps: list[tuple[Gap, int]] = []
+
+    async def on_gap(gap: Gap) -> None:
+        gaps.append((gap, threading.get_ident()))
+
+    client = await connect()
+    client.add_listener(lambda state: states.append((state, threading.get_ident())))
+    client.add_gap_listener(on_gap)
+    await client.subscribe("news", lambda m: None)
+    await asyncio.to_thread(expire_session, client.sync)
+    await eventually(lambda: gaps, what="a gap notice")
+    assert gaps[0][0].topics == frozenset({"news"}) and gaps[0][1] == loop_thread
+    assert ClientState.LOST in [s for s, _ in states]
+    assert {thread for _, thread in states} == {loop_thread}
+
+
+async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Connect) -> None:
+    producer = await connect()
+    queue = producer.queue("thumbs")
+    ticket = await queue.put({"image": 7}, want_result=True)
+    worker = (await connect()).queue("thumbs")
+    item = await worker.reserve(timeout=20)
+    assert item is not None and item.payload == {"image": 7} and item.attempts == 1
+    await item.ack(result="done")
+    assert await ticket.wait(timeout=20) == "done"
+    await queue.put_many([1, 2])
+    async with await worker.reserve(timeout=20) as held:  # type: ignore[union-attr]
+        assert held.payload == 1
+    with pytest.raises(ValueError):
+        async with await worker.reserve(timeout=20) as failing:  # type: ignore[union-attr]
+            raise ValueError("no")
+    assert failing.finished  # released (with the error), not acked
+    again = await worker.reserve(timeout=20)
+    assert again is not None and again.payload == 2 and again.attempts == 2
+    await again.ack()
+    stats = await queue.stats()
+    assert (stats.ready, stats.reserved) == (0, 0)
+    assert await worker.reserve(timeout=0.2) is None
+
+
+async def test_a_cancelled_reserve_gives_back_an_item_it_took(connect: Connect) -> None:
+    worker = (await connect()).queue("q")
+    task = asyncio.ensure_future(worker.reserve())
+    await asyncio.sleep(0.1)
+    producer = (await connect()).queue("q")
+    await producer.put("job")
+    task.cancel()  # the reserve under way may take "job" after this
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    other = (await connect()).queue("q")
+    item = await other.reserve(timeout=20)
+    assert item is not None and item.payload == "job"
+    await item.ack()
+
+
+async def test_a_cancelled_ticket_wait_keeps_the_result_for_the_next_wait(
+    connect: Connect,
+) -> None:
+    queue = (await connect()).queue("results")
+    ticket = await queue.put("job", want_result=True)
+    item = await (await connect()).queue("results").reserve(timeout=20)
+    assert item is not None
+    waiting = asyncio.ensure_future(ticket.wait())
+    await asyncio.sleep(0.2)
+    waiting.cancel()  # its read of the result, under way, may now find it
+    await item.ack(result=42)
+    assert await ticket.wait(timeout=20) == 42
+    assert waiting.cancelled()
+
+
+async def test_async_consume_runs_the_handler_on_the_loop_and_releases_on_failure(
+    connect: Connect,
+) -> None:
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    failed: list[str] = []
+
+    async def handler(item: AsyncItem) -> Any:
+        threads.add(threading.get_ident())
+        await asyncio.sleep(0)
+        if item.payload == "bad" and item.attempts == 1:
+            raise RuntimeError("first try fails")
+        return f"did {item.payload}"
+
+    queue = (await connect()).queue("work")
+    tickets = [await queue.put(p, want_result=True) for p in ("a", "bad", "c")]
+    worker = (await connect()).queue("work")
+    consumer = worker.consume(
+        handler, workers=2, on_error=lambda exc, item: failed.append(item.payload)
+    )
+    async with consumer:
+        results = [await t.wait(timeout=30) for t in tickets]
+    assert results == ["did a", "did bad", "did c"]
+    assert threads == {loop_thread}
+    assert failed == ["bad"]
+    assert consumer.stats().acked == 3 and consumer.stats().released == 1
+
+
+async def test_an_async_client_serves_inside_a_running_uvicorn_app(
+    zk_hosts: str, zk_root: str
+) -> None:
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    seen: list[Any] = []
+
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+
+            async def remember(message: Message) -> None:
+                seen.append(message.payload)
+
+            await client.subscribe("events", remember)
+            app.state.bus = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/publish/{value}")
+    async def publish(value: str) -> dict[str, int]:
+        receipt = await app.state.bus.publish("events", value)
+        return {"subscribers": receipt.subscribers}
+
+    @app.get("/seen")
+    async def get_seen() -> list[Any]:
+        return seen
+
+    (port,) = free_ports(1)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await eventually(lambda: server.started, what="uvicorn started")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            answer = await http.post("/publish/hello")
+            assert answer.json() == {"subscribers": 1}
+            for _ in range(200):
+                if (await http.get("/seen")).json() == ["hello"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.get("/seen")).json() == ["hello"]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)

@@ -1,0 +1,122 @@
+"""Metrics, health and logging as an operator meets them, against real
+servers: every metric moves when its event happens, and a ZooKeeper
+outage is "degraded" (live, ready), never "dead"."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from zkpubsub import Client, ClientState, Message, ReservationLost
+from zkpubsub.health import check
+from zkpubsub.metrics import ClientMetrics
+from zkpubsub.testing import ZooKeeperCluster, expire_session
+
+from .helpers import Collector, wait_until
+
+MakeClient = Callable[..., Client]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_publishes_deliveries_and_their_latency_are_counted(make_client: MakeClient) -> None:
+    sub_registry, pub_registry = CollectorRegistry(), CollectorRegistry()
+    subscriber = make_client()
+    ClientMetrics(subscriber, registry=sub_registry)
+    collector = Collector()
+    subscriber.subscribe("t", collector)
+    publisher = make_client()
+    ClientMetrics(publisher, registry=pub_registry)
+    publisher.publish("t", 1)
+    publisher.publish_many("t", [2, 3])
+    collector.wait(3)
+    assert sample(pub_registry, "zkpubsub_publishes_total", topic="t", outcome="ok") == 3
+    assert sample(pub_registry, "zkpubsub_publish_duration_seconds_count", topic="t") == 2
+    assert sample(pub_registry, "zkpubsub_publishes_pending") == 0
+    wait_until(lambda: sample(sub_registry, "zkpubsub_deliveries_total", topic="t") == 3)
+    assert sample(sub_registry, "zkpubsub_delivery_lag_seconds_count", topic="t") == 3
+    assert sample(sub_registry, "zkpubsub_subscription_pending", topic="t") == 0
+    backlog = sample(sub_registry, "zkpubsub_subscription_backlog", topic="t")
+    assert backlog is not None and backlog >= 0
+    assert sample(sub_registry, "zkpubsub_session_state", state="connected") == 1
+    assert sample(sub_registry, "zkpubsub_session_state", state="suspended") == 0
+    assert b"zkpubsub_delivery_lag_seconds_bucket" in generate_latest(sub_registry)
+
+
+def test_handler_errors_drops_and_gaps_are_counted(make_client: MakeClient) -> None:
+    registry = CollectorRegistry()
+    client = make_client()
+    ClientMetrics(client, registry=registry)
+
+    def failing(message: Message) -> None:
+        raise RuntimeError("broken handler")
+
+    client.subscribe("bad", failing, max_attempts=2, retry_delay=0.01, on_error=lambda e, m: None)
+    make_client().publish("bad", "x")
+    wait_until(lambda: sample(registry, "zkpubsub_messages_dropped_total", topic="bad") == 1)
+    assert sample(registry, "zkpubsub_handler_errors_total", topic="bad") == 2
+    assert sample(registry, "zkpubsub_gaps_total", reason="session expired") == 0
+    expire_session(client)
+    wait_until(lambda: sample(registry, "zkpubsub_gaps_total", reason="session expired") == 1)
+
+
+def test_work_queue_depth_lost_reservations_and_the_cleaner_are_reported(
+    make_client: MakeClient,
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client()
+    metrics = ClientMetrics(client, registry=registry, queues=["jobs"])
+    queue = client.queue("jobs")
+    queue.put_many(["a", "b", "c"])
+    item = queue.reserve(timeout=20)
+    assert item is not None
+    assert sample(registry, "zkpubsub_work_queue_items", queue="jobs", state="ready") == 2
+    assert sample(registry, "zkpubsub_work_queue_items", queue="jobs", state="reserved") == 1
+    assert sample(registry, "zkpubsub_work_queue_workers", queue="jobs") == 1
+    expire_session(client)  # the reservation goes with the session
+    with pytest.raises(ReservationLost):
+        item.ack()
+    assert sample(registry, "zkpubsub_reservations_lost_total", queue="jobs") == 1
+    assert sample(registry, "zkpubsub_cleaner_leader") == 0
+    cleaner = client.start_cleaner(grace=60)
+    assert cleaner.wait_leader(30)
+    wait_until(lambda: sample(registry, "zkpubsub_cleaner_leader") == 1)
+    metrics.close()
+    assert sample(registry, "zkpubsub_cleaner_leader") is None
+
+
+def test_an_outage_is_degraded_live_and_ready_and_only_a_closed_client_is_dead(
+    make_cluster: Callable[..., ZooKeeperCluster], zk_root: str
+) -> None:
+    cluster = make_cluster(1)
+    client = Client(cluster.hosts, root=zk_root, session_timeout=4.0)
+    try:
+        health = check(client)
+        assert (health.status, health.liveness_code, health.readiness_code) == ("ok", 200, 200)
+        (node,) = cluster.nodes
+        node.stop()
+        wait_until(lambda: client.status == ClientState.SUSPENDED, 30, "SUSPENDED")
+        health = check(client)
+        assert (health.status, health.live, health.ready) == ("degraded", True, True)
+        assert (health.liveness_code, health.readiness_code) == (200, 200)
+        assert check(client, ready_when_degraded=False).readiness_code == 503
+        assert health.as_dict()["state"] == "suspended"
+        node.start()
+        cluster.wait_serving()
+        wait_until(lambda: check(client).status == "ok", 30, "ok again")
+    finally:
+        client.close()
+    health = check(client)
+    assert (health.status, health.liveness_code, health.readiness_code) == ("dead", 503, 503)
+
+
+def test_the_library_logs_through_a_null_handler_under_documented_names() -> None:
+    ours = logging.getLogger("zkpubsub")
+    assert any(isinstance(h, logging.NullHandler) for h in ours.handlers)
+    for name in ("zkpubsub.client", "zkpubsub.session", "zkpubsub.subscription", "zkpubsub.aio"):
+        assert logging.getLogger(name).parent is not None

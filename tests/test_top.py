@@ -1,0 +1,113 @@
+"""``zkpubsub top`` as an operator meets it: one view with ``--once``, and
+a live view refreshed in place on a real terminal (a pseudo-terminal)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from zkpubsub import Client
+from zkpubsub.cli import main
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+MakeClient = Callable[..., Client]
+
+
+def test_once_shows_clients_topics_backlogs_rates_work_queues_and_the_leader(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    reader = make_client(client_id="reader-1")
+    reader.subscribe("prices")  # nobody reads it: its backlog grows
+    host = make_client(client_id="janitor")
+    host.start_cleaner(grace=60).wait_leader(30)
+    jobs = host.queue("thumbs")
+    jobs.put_many(["a", "b", "c"])
+    publisher = make_client()
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            publisher.publish("prices", {"p": 1})
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            main, ["--hosts", zk_hosts, "--root", zk_root, "top", "--once", "--interval", "1"]
+        )
+    finally:
+        stop.set()
+        thread.join(10)
+    out = result.output
+    assert result.exit_code == 0, out
+    assert "cleaner leader: janitor" in out
+    assert "reader-1" in out and socket.gethostname() in out and str(os.getpid()) in out
+    _, _, backlog, rate_in, _, state = cells(out, "prices", "reader-1")
+    assert int(backlog) > 0 and float(rate_in) > 0 and state == "live"
+    assert cells(out, "thumbs") == ["thumbs", "3", "0", "0", "0"]  # ready, reserved, dead, workers
+
+
+def cells(out: str, *words: str) -> list[str]:
+    """The cells of the table row holding every one of ``words``."""
+    row = next(line for line in out.splitlines() if all(w in line for w in words))
+    return [cell.strip() for cell in row.split("│")[1:-1]]
+
+
+def test_the_live_view_refreshes_in_place_on_a_terminal_and_ends_on_ctrl_c(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    make_client().subscribe("live-topic")
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR), COLUMNS="120", LINES="40", TERM="xterm")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zkpubsub",
+            "--hosts",
+            zk_hosts,
+            "--root",
+            zk_root,
+            "top",
+            "--interval",
+            "0.3",
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and screen.count(b"zkpubsub top") < 3:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert screen.count(b"zkpubsub top") >= 3, screen[-2000:]
+        assert b"live-topic" in screen
+        assert b"\x1b[" in screen and (b"\x1b[1A" in screen or b"\x1b[2K" in screen)  # in place
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)

@@ -1,0 +1,199 @@
+"""Between the event loop and the client's threads (internal).
+
+The asyncio API drives the same engine as the threaded one. Two crossings
+do all the work:
+
+* loop → threads: a blocking call of the threaded client runs on a thread
+  pool of the async client (never on the loop); a publish is a future of
+  the engine, bridged to the loop.
+* threads → loop: user code (handlers, listeners, ``on_error``) runs on the
+  loop. A dispatcher or worker thread that needs a handler's outcome waits
+  for the coroutine it scheduled there, so what happens to the message or
+  item after the handler (delete, retry, ack, release) is decided by the
+  threaded engine exactly as for a plain handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["Bridge", "LoopStopped", "OnLoop"]
+
+logger = logging.getLogger("zkpubsub.aio")
+
+T = TypeVar("T")
+
+# How often a thread waiting for a coroutine checks that the loop still runs.
+_LOOP_CHECK = 0.5
+# Threads for the blocking calls of one async client (created on demand).
+_MAX_THREADS = 32
+
+
+class LoopStopped(RuntimeError):
+    """The event loop stopped (or closed) before a handler could finish."""
+
+
+async def _invoke(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Bridge:
+    """The loop of one async client and the threads it hands blocking calls to."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.loop = loop
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_MAX_THREADS, thread_name_prefix=f"zkpubsub-aio-{name}"
+        )
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._draining = False
+
+    # -- loop -> threads -------------------------------------------------------------
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """Start ``fn`` on a thread of ours."""
+        return self._executor.submit(functools.partial(fn, *args, **kwargs))
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on a thread of ours. Cancelling the await does not stop the
+        call: it runs to its end (its outcome is the threaded API's), and
+        only the waiting is abandoned."""
+        return await self.wrap(self.submit(fn, *args, **kwargs))
+
+    def wrap(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+        """An asyncio future resolved (on the loop) like ``future``. Cancelling
+        it only stops the waiting: ``future`` goes on. Resolutions that come
+        close together are handed to the loop in one wake-up (where
+        ``asyncio.wrap_future`` costs one per future)."""
+        waiter: asyncio.Future[T] = self.loop.create_future()
+        future.add_done_callback(functools.partial(self._resolved, waiter))
+        return waiter
+
+    def _resolved(
+        self, waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        with self._lock:
+            self._done.append((waiter, future))
+            if self._draining:
+                return
+            self._draining = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:  # on the loop
+        with self._lock:
+            done, self._done = self._done, []
+            self._draining = False
+        for waiter, future in done:
+            if waiter.cancelled():
+                continue
+            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(future.result())
+
+    # -- threads -> loop -------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        running: set[concurrent.futures.Future[Any]] | None = None,
+    ) -> Any:
+        """From a thread of ours: run ``fn(*args)`` on the loop (awaited when
+        it is a coroutine function or returns an awaitable) and wait for its
+        end. Raises what it raised; ``concurrent.futures.CancelledError``
+        when the coroutine was cancelled; :class:`LoopStopped` when the loop
+        stopped first. The call is in ``running`` while it runs."""
+        loop = self.loop
+        if loop.is_closed():
+            raise LoopStopped("the event loop is closed")
+        future = asyncio.run_coroutine_threadsafe(_invoke(fn, args), loop)
+        if running is not None:
+            with self._lock:
+                running.add(future)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_LOOP_CHECK)
+                except concurrent.futures.TimeoutError:
+                    if future.done():
+                        raise  # the handler itself raised TimeoutError
+                if loop.is_closed() or not loop.is_running():
+                    future.cancel()
+                    raise LoopStopped("the event loop stopped while a handler ran")
+        finally:
+            if running is not None:
+                with self._lock:
+                    running.discard(future)
+
+    def on_loop(self, fn: Callable[..., Any]) -> OnLoop:
+        """``fn`` as a plain callable for a thread of ours: each call runs it
+        on the loop and waits (see :meth:`call`)."""
+        return OnLoop(self, fn)
+
+    def cancel(self, running: set[concurrent.futures.Future[Any]]) -> int:
+        """Cancel the calls in ``running``; returns how many."""
+        with self._lock:
+            calls = list(running)
+        return sum(1 for future in calls if future.cancel())
+
+    def schedule(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From any thread: run ``fn(*args)`` on the loop, without waiting;
+        what it raises is logged."""
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            self.loop.call_soon_threadsafe(self._start, fn, args)
+
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            result = fn(*args)
+        except Exception:
+            logger.exception("listener %r raised", fn)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(functools.partial(_log_failure, fn))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+class OnLoop:
+    """A user's callable, called from our threads, run on the loop."""
+
+    def __init__(self, bridge: Bridge, fn: Callable[..., Any]) -> None:
+        self._bridge = bridge
+        self.fn = fn
+        self._running: set[concurrent.futures.Future[Any]] = set()
+
+    def __call__(self, *args: Any) -> Any:
+        return self._bridge.call(self.fn, *args, running=self._running)
+
+    def cancel(self) -> int:
+        """Cancel the calls still running; returns how many."""
+        return self._bridge.cancel(self._running)
+
+    def __repr__(self) -> str:
+        return f"<on the loop: {self.fn!r}>"
+
+
+def _log_failure(fn: object, task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("listener %r raised", fn, exc_info=task.exception())

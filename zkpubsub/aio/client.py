@@ -1,0 +1,401 @@
+"""The client for asyncio code: the threaded client's engine, awaited.
+
+:class:`AsyncClient` wraps a :class:`~zkpubsub.Client` and keeps every one
+of its guarantees (it is the same engine: no protocol step is written
+twice). Nothing it does blocks the event loop: connecting, subscribing and
+closing run on threads of the client; a publish is the engine's future,
+bridged to the loop. User code — handlers, ``on_error``, state and gap
+listeners — runs on the loop; each may be an ``async def`` or a plain
+function.
+
+Cancellation has a defined outcome everywhere:
+
+* a cancelled ``publish`` is not withdrawn: the message is written (or
+  fails) exactly as if it had been awaited — only the waiting stops;
+* a cancelled handler is a failed attempt: the message is tried again
+  after the retry delay, like a handler that raised;
+* a cancelled ``get`` or ``reserve`` loses nothing: a message that arrives
+  for it waits for the next ``get``, an item reserved for it is released;
+* a cancelled ``connect`` closes the client it was making; a cancelled
+  ``ack``, ``put`` or ``close`` still completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..client import Client
+from ..config import (
+    DEFAULT_HANDLER_ATTEMPTS,
+    DEFAULT_MAX_RETRY_DELAY,
+    DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_RETRY_DELAY,
+    ClientConfig,
+)
+from ..message import Message, PublishReceipt
+from ..state import ClientState, Gap
+from ._bridge import Bridge
+from .subscription import AsyncSubscription, Inbox
+from .workqueue import AsyncWorkQueue
+
+if TYPE_CHECKING:
+    from ..cleaner import Cleaner
+    from ..stats import BusStats
+
+__all__ = ["AsyncClient"]
+
+logger = logging.getLogger("zkpubsub.aio")
+
+Listener = Callable[[Any], Any]
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A :class:`~zkpubsub.Client` for asyncio code. Make one with
+    ``await AsyncClient.connect(hosts, ...)`` (same options as ``Client``)
+    or ``async with AsyncClient.connect(hosts, ...) as client:``."""
+
+    def __init__(self, client: Client, bridge: Bridge) -> None:
+        """Internal: use :meth:`connect`."""
+        self._client = client
+        self._bridge = bridge
+        self._listeners: dict[tuple[str, int], Callable[[Any], None]] = {}
+        self._subs: list[AsyncSubscription] = []
+        self._closing: asyncio.Future[None] | None = None
+
+    @classmethod
+    def connect(cls, hosts: str, **options: Any) -> Connecting:
+        """Connect and register without blocking the loop (``ConnectTimeout``,
+        ``ClientIdInUse`` and bad options raise as for ``Client``). Await it,
+        or use it as ``async with``. ``on_gap`` (if given) runs on the loop."""
+        return Connecting(cls, hosts, options)
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def sync(self) -> Client:
+        """The threaded client underneath (for calls made from threads)."""
+        return self._client
+
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._client.config
+
+    @property
+    def root(self) -> str:
+        return self._client.root
+
+    @property
+    def status(self) -> ClientState:
+        return self._client.status
+
+    @property
+    def pending_publishes(self) -> int:
+        return self._client.pending_publishes
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this client delivers to."""
+        return self._bridge.loop
+
+    def _wrap(self, kind: str, listener: Listener) -> Callable[[Any], None]:
+        check_callable_or_async(listener, "listener")
+        bridge = self._bridge
+
+        def deliver(value: Any) -> None:
+            bridge.schedule(listener, value)
+
+        self._listeners[(kind, id(listener))] = deliver
+        return deliver
+
+    def add_listener(self, listener: Callable[[ClientState], Any]) -> None:
+        """Call ``listener(state)`` on the loop on every state change (a
+        coroutine function is awaited as a task)."""
+        self._client.add_listener(self._wrap("state", listener))
+
+    def remove_listener(self, listener: Callable[[ClientState], Any]) -> None:
+        deliver = self._listeners.pop(("state", id(listener)), None)
+        if deliver is not None:
+            self._client.remove_listener(deliver)
+
+    def add_gap_listener(self, listener: Callable[[Gap], Any]) -> None:
+        """Call ``listener(gap)`` on the loop when messages may have been missed."""
+        self._client.add_gap_listener(self._wrap("gap", listener))
+
+    def remove_gap_listener(self, listener: Callable[[Gap], Any]) -> None:
+        deliver = self._listeners.pop(("gap", id(listener)), None)
+        if deliver is not None:
+            self._client.remove_gap_listener(deliver)
+
+    # -- publish --------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> PublishReceipt:
+        """:meth:`Client.publish`, awaited: the receipt once ZooKeeper
+        confirmed, or its error. Cancelling the waiting task does not
+        withdraw the message: it is written (or fails) as if awaited."""
+        client = self._client
+        if client.pending_publishes < client.config.max_pending:
+            future = client.publish_async(
+                topic,
+                payload,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        else:  # waiting for room would block the loop: wait on a thread
+            future = await self._bridge.run(
+                client.publish_async,
+                topic,
+                payload,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        return await self._bridge.wrap(future)
+
+    async def publish_many(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> PublishReceipt:
+        """:meth:`Client.publish_many`, awaited (cancellation as :meth:`publish`)."""
+        client = self._client
+        items = list(payloads)
+        if client.pending_publishes < client.config.max_pending:
+            future = client.publish_many_async(
+                topic,
+                items,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        else:
+            future = await self._bridge.run(
+                client.publish_many_async,
+                topic,
+                items,
+                headers=headers,
+                timeout=timeout,
+                require_subscribers=require_subscribers,
+            )
+        return await self._bridge.wrap(future)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        require_subscribers: bool = False,
+    ) -> asyncio.Future[PublishReceipt]:
+        """Queue a publish and return at once: an asyncio future of its
+        receipt (cancelling the future only stops waiting for it). When
+        ``max_pending`` publishes are unfinished this waits for room on the
+        loop's thread (up to ``timeout``): prefer :meth:`publish` there."""
+        future = self._client.publish_async(
+            topic,
+            payload,
+            headers=headers,
+            timeout=timeout,
+            require_subscribers=require_subscribers,
+        )
+        return self._bridge.wrap(future)
+
+    # -- subscribe ------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Callable[[Message], Any] | None = None,
+        *,
+        on_error: Callable[[BaseException, Message | None], Any] | None = None,
+        max_attempts: int = DEFAULT_HANDLER_ATTEMPTS,
+        prefetch: int | None = None,
+        durable: bool = False,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+    ) -> AsyncSubscription:
+        """:meth:`Client.subscribe` with ``handler`` and ``on_error`` run on the
+        loop (``async def`` or plain). The message is deleted only after the
+        handler returned; one that raises or is cancelled is a failed
+        attempt. Without a handler, ``await sub.get()`` or ``async for``."""
+        bridge = self._bridge
+        inbox: Inbox | None = None
+        if handler is None:
+            inbox = Inbox(bridge)
+            call: Callable[[Message], Any] = inbox.handler
+            on_loop = None
+        else:
+            check_callable_or_async(handler, "handler")
+            on_loop = bridge.on_loop(handler)
+            call = on_loop
+        report: Callable[[BaseException, Message | None], Any] | None = None
+        if on_error is not None:
+            check_callable_or_async(on_error, "on_error")
+            user_on_error = on_error
+
+            def report(error: BaseException, message: Message | None) -> None:
+                bridge.schedule(user_on_error, error, message)
+
+        sub = await bridge.run(
+            self._client.subscribe,
+            topic,
+            call,
+            on_error=report,
+            max_attempts=max_attempts,
+            prefetch=prefetch,
+            durable=durable,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+        )
+        wrapped = AsyncSubscription(sub, bridge, inbox, on_loop)
+        self._subs = [s for s in self._subs if not s.closed]
+        self._subs.append(wrapped)
+        return wrapped
+
+    def subscriptions(self) -> list[AsyncSubscription]:
+        """The open subscriptions made through this client."""
+        return [s for s in self._subs if not s.closed]
+
+    async def unsubscribe(self, topic: str) -> None:
+        """:meth:`Client.unsubscribe`, on a thread."""
+        for sub in self.subscriptions():
+            if sub.topic == topic:
+                await sub.unsubscribe()
+                return
+        await self._bridge.run(self._client.unsubscribe, topic)
+
+    # -- work queues, cleaner, stats ---------------------------------------------------
+
+    def queue(self, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS) -> AsyncWorkQueue:
+        """A handle on the work queue ``name`` (see :class:`AsyncWorkQueue`)."""
+        return AsyncWorkQueue(self._client.queue(name, max_attempts=max_attempts), self._bridge)
+
+    async def start_cleaner(
+        self,
+        *,
+        grace: float | None = None,
+        interval: float | None = None,
+        result_ttl: float | None = None,
+    ) -> Cleaner:
+        """:meth:`Client.start_cleaner`, on a thread."""
+        return await self._bridge.run(
+            self._client.start_cleaner, grace=grace, interval=interval, result_ttl=result_ttl
+        )
+
+    async def stats(self) -> BusStats:
+        """:meth:`Client.stats`, on a thread."""
+        return await self._bridge.run(self._client.stats)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call (of :attr:`sync`, or your own) on the client's
+        threads and await its result. Cancelling the await does not stop
+        the call: it runs to its end."""
+        return await self._bridge.run(fn, *args, **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the subscriptions, then the client, on threads; a handler
+        still running after ``close_timeout`` is cancelled. Completes even if
+        the waiting task is cancelled. Idempotent."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            for sub in self.subscriptions():
+                await sub.close()
+            await self._bridge.run(self._client.close)
+        finally:
+            self._bridge.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient {self.client_id} {self.status.value} root={self.root!r}>"
+
+
+def check_callable_or_async(fn: object, what: str) -> None:
+    """``TypeError`` unless ``fn`` is callable (plain or ``async``)."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, not {type(fn).__name__}")
+
+
+class Connecting:
+    """What :meth:`AsyncClient.connect` returns: await it for the client, or
+    use it as ``async with`` (the client closes on the way out)."""
+
+    def __init__(self, cls: type[AsyncClient], hosts: str, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._hosts = hosts
+        self._options = options
+        self._client: AsyncClient | None = None
+
+    async def _connect(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        options = dict(self._options)
+        bridge = Bridge(loop, (options.get("client_id") or "client")[:12])
+        on_gap = options.pop("on_gap", None)
+        if on_gap is not None:
+            check_callable_or_async(on_gap, "on_gap")
+            user_on_gap = on_gap
+            options["on_gap"] = lambda gap: bridge.schedule(user_on_gap, gap)
+        job = bridge.submit(Client, self._hosts, **options)
+        try:
+            client = await bridge.wrap(job)
+        except asyncio.CancelledError:
+            # Nobody will use the client it was making: close it once made.
+            job.add_done_callback(_close_unwanted)
+            bridge.close()
+            raise
+        except BaseException:
+            bridge.close()
+            raise
+        return self._cls(client, bridge)
+
+    def __await__(self) -> Generator[Any, None, AsyncClient]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> AsyncClient:
+        self._client = await self._connect()
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def _close_unwanted(job: Future[Client]) -> None:
+    if job.cancelled() or job.exception() is not None:
+        return
+    try:
+        job.result().close()
+    except Exception:
+        logger.exception("closing a client whose connect was cancelled")

@@ -1,0 +1,338 @@
+"""The work queue for asyncio code: the threaded queue's transactions, awaited.
+
+Every guarantee of :mod:`zkpubsub.workqueue` holds (same code underneath):
+an item is held by one live session at a time, a zombie cannot ack, dead
+workers' items come back, dead letters, exactly-once puts. The blocking
+steps run on threads of the client; handlers of :meth:`AsyncWorkQueue.consume`
+run on the loop.
+
+Cancellation: a cancelled ``put``, ``ack`` or ``release`` still completes
+(its outcome is the threaded call's); a cancelled ``reserve`` releases an
+item reserved for it after all; a cancelled ``Ticket.wait`` keeps a result
+that arrives for it for the next ``wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ..errors import OperationTimeout, ZkPubSubError
+from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
+from ._bridge import Bridge, OnLoop
+
+__all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
+
+logger = logging.getLogger("zkpubsub.aio")
+
+# A reserve or a ticket's wait runs on a thread in slices this long, so a
+# cancelled one lets its thread go soon.
+SLICE: Final = 0.5
+
+
+class AsyncItem:
+    """A reserved work item (see :class:`~zkpubsub.Item`). ``async with
+    item:`` acks on a clean exit and releases (with the error) otherwise."""
+
+    def __init__(self, item: Item, bridge: Bridge) -> None:
+        self._item = item
+        self._bridge = bridge
+
+    @property
+    def sync(self) -> Item:
+        return self._item
+
+    @property
+    def id(self) -> str:
+        return self._item.id
+
+    @property
+    def payload(self) -> Any:
+        return self._item.payload
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._item.headers
+
+    @property
+    def priority(self) -> int:
+        return self._item.priority
+
+    @property
+    def attempts(self) -> int:
+        return self._item.attempts
+
+    @property
+    def put_at(self) -> float:
+        return self._item.put_at
+
+    @property
+    def producer_id(self) -> str:
+        return self._item.producer_id
+
+    @property
+    def wants_result(self) -> bool:
+        return self._item.wants_result
+
+    @property
+    def queue(self) -> str:
+        return self._item.queue
+
+    @property
+    def finished(self) -> bool:
+        return self._item.finished
+
+    async def ack(self, result: Any = None) -> None:
+        """:meth:`Item.ack` on a thread (``ReservationLost`` if no longer held)."""
+        await self._bridge.run(self._item.ack, result)
+
+    async def release(self, error: str | BaseException | None = None) -> None:
+        """:meth:`Item.release` on a thread."""
+        await self._bridge.run(self._item.release, error)
+
+    async def __aenter__(self) -> AsyncItem:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self._item.finished:
+            return
+        if exc is None:
+            await self.ack()
+        else:
+            await self.release(exc)
+
+    def __repr__(self) -> str:
+        return f"<AsyncItem {self.id} of {self.queue!r} attempts={self.attempts}>"
+
+
+class AsyncTicket:
+    """Waits for the result of an item put with ``want_result=True``."""
+
+    def __init__(self, ticket: Ticket, bridge: Bridge) -> None:
+        self._ticket = ticket
+        self._bridge = bridge
+        self._job: concurrent.futures.Future[tuple[bool, Any]] | None = None
+
+    @property
+    def id(self) -> str:
+        return self._ticket.id
+
+    async def done(self) -> bool:
+        return await self._bridge.run(self._ticket.done)
+
+    def _slice(self, seconds: float) -> tuple[bool, Any]:
+        try:
+            return True, self._ticket.wait(seconds)
+        except OperationTimeout:
+            return False, None
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """The result given to ``ack`` (removed once read). Raises
+        :class:`~zkpubsub.ItemFailed` if the item became a dead letter,
+        ``OperationTimeout`` if ``timeout`` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if self._job is None:
+                self._job = self._bridge.submit(
+                    self._slice, SLICE if left is None else min(left, SLICE)
+                )
+            job = self._job
+            done, _ = await asyncio.wait([self._bridge.wrap(job)], timeout=left)
+            if not done:
+                raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
+            self._job = None
+            found, result = job.result()
+            if found:
+                return result
+            if deadline is not None and loop.time() >= deadline:
+                raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
+
+    def __repr__(self) -> str:
+        return f"<AsyncTicket {self.id}>"
+
+
+class AsyncConsumer:
+    """Worker threads of a queue whose handler runs on the loop (see
+    :class:`~zkpubsub.Consumer`)."""
+
+    def __init__(self, consumer: Consumer, bridge: Bridge, handler: OnLoop) -> None:
+        self._consumer = consumer
+        self._bridge = bridge
+        self._handler = handler
+
+    def stats(self) -> ConsumerStats:
+        return self._consumer.stats()
+
+    @property
+    def running(self) -> bool:
+        return self._consumer.running
+
+    async def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop taking items and wait (up to ``timeout``) for the ones in
+        hand; a handler still running then is cancelled (its item is
+        released). Idempotent."""
+        try:
+            await self._bridge.run(self._consumer.stop, timeout)
+        finally:
+            self._handler.cancel()
+
+    async def __aenter__(self) -> AsyncConsumer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class AsyncWorkQueue:
+    """One named work queue, for asyncio code. Made by
+    :meth:`AsyncClient.queue <zkpubsub.aio.AsyncClient.queue>`."""
+
+    def __init__(self, queue: WorkQueue, bridge: Bridge) -> None:
+        self._queue = queue
+        self._bridge = bridge
+        self._reserving = threading.Lock()  # one reserve at a time on the handle's worker
+
+    @property
+    def name(self) -> str:
+        return self._queue.name
+
+    @property
+    def sync(self) -> WorkQueue:
+        return self._queue
+
+    async def put(
+        self,
+        payload: Any,
+        *,
+        priority: int = 100,
+        headers: dict[str, str] | None = None,
+        want_result: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """:meth:`WorkQueue.put`: the item's id, or an :class:`AsyncTicket`
+        with ``want_result=True``."""
+        queue = self._queue
+        if want_result:
+
+            def put_wanting_result() -> Ticket:
+                return queue.put(
+                    payload, priority=priority, headers=headers, want_result=True, timeout=timeout
+                )
+
+            return AsyncTicket(await self._bridge.run(put_wanting_result), self._bridge)
+
+        def put() -> str:
+            return queue.put(payload, priority=priority, headers=headers, timeout=timeout)
+
+        return await self._bridge.run(put)
+
+    async def put_many(
+        self,
+        payloads: Sequence[Any],
+        *,
+        priority: int = 100,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        return await self._bridge.run(
+            self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
+        )
+
+    def _reserve_slice(self, limit: int, seconds: float) -> list[Item]:
+        with self._reserving:
+            return self._queue.reserve_many(limit, seconds)
+
+    async def reserve(self, timeout: float | None = None) -> AsyncItem | None:
+        """The next item, waiting up to ``timeout`` seconds (``None``: as long
+        as it takes); ``None`` if none came in time."""
+        items = await self.reserve_many(1, timeout)
+        return items[0] if items else None
+
+    async def reserve_many(self, limit: int, timeout: float | None = None) -> list[AsyncItem]:
+        """Up to ``limit`` items in one transaction (see :meth:`WorkQueue.reserve_many`)."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, not {limit!r}")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            seconds = SLICE if left is None else min(left, SLICE)
+            job = self._bridge.submit(self._reserve_slice, limit, seconds)
+            try:
+                items = await self._bridge.wrap(job)
+            except asyncio.CancelledError:
+                job.add_done_callback(_release_unwanted)
+                raise
+            if items:
+                return [AsyncItem(item, self._bridge) for item in items]
+            if left is not None and left <= seconds:
+                return []
+
+    async def ack_many(
+        self, items: Sequence[AsyncItem], results: Sequence[Any] | None = None
+    ) -> None:
+        await self._bridge.run(self._queue.ack_many, [i.sync for i in items], results)
+
+    def consume(
+        self,
+        handler: Callable[[AsyncItem], Any],
+        *,
+        workers: int = 1,
+        prefetch: int = 1,
+        on_error: Callable[[BaseException, AsyncItem], Any] | None = None,
+    ) -> AsyncConsumer:
+        """:meth:`WorkQueue.consume` with ``handler(item)`` (``async def`` or
+        plain) run on the loop: its return acks the item (the value is the
+        result), an exception — or a cancellation — releases it. ``on_error``
+        runs on the loop too."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        bridge = self._bridge
+        on_loop = bridge.on_loop(lambda item: handler(AsyncItem(item, bridge)))
+        report = None
+        if on_error is not None:
+            user_on_error = on_error
+
+            def report(error: BaseException, item: Item) -> None:
+                bridge.schedule(user_on_error, error, AsyncItem(item, bridge))
+
+        consumer = self._queue.consume(on_loop, workers=workers, prefetch=prefetch, on_error=report)
+        return AsyncConsumer(consumer, bridge, on_loop)
+
+    async def stats(self) -> WorkQueueStats:
+        return await self._bridge.run(self._queue.stats)
+
+    async def dead(self) -> list[DeadItem]:
+        return await self._bridge.run(self._queue.dead)
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        return await self._bridge.run(self._queue.replay, ids)
+
+    async def close(self) -> None:
+        await self._bridge.run(self._queue.close)
+
+    async def __aenter__(self) -> AsyncWorkQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncWorkQueue {self.name!r}>"
+
+
+def _release_unwanted(job: concurrent.futures.Future[list[Item]]) -> None:
+    """Items reserved for a reserve that was cancelled meanwhile go back."""
+    if job.cancelled() or job.exception() is not None:
+        return
+    for item in job.result():
+        try:
+            item.release("the reserve was cancelled")
+        except ZkPubSubError as exc:
+            logger.warning("releasing %r after a cancelled reserve: %s", item, exc)

@@ -1,0 +1,272 @@
+"""Prometheus metrics of a client: what an operator needs to see that the
+bus works, without writing any of them by hand.
+
+Needs the ``metrics`` extra (``pip install 'zkpubsub[metrics]'``, which
+brings ``prometheus_client``). One :class:`ClientMetrics` per client,
+registered in a ``prometheus_client`` registry (the default one unless
+told)::
+
+    from zkpubsub.metrics import ClientMetrics
+
+    metrics = ClientMetrics(client, queues=["thumbnails"])
+    # expose prometheus_client's default registry as usual, e.g.
+    # prometheus_client.start_http_server(9100) or make_asgi_app()
+
+Events are counted as they happen (publishes and their latency,
+deliveries and their lag from the publisher's clock, lost reservations,
+gaps); the rest is read when Prometheus scrapes (session state, pending
+publishes, per-subscription counters and backlog, work-queue depth, the
+hosted cleaner). Reading the server at scrape time is skipped while the
+client is not connected, so a scrape never waits for ZooKeeper.
+
+Every metric is named ``zkpubsub_...``:
+
+=============================================  ===========  =====================
+name                                           type         labels
+=============================================  ===========  =====================
+publishes_total (messages)                     counter      topic, outcome
+publish_duration_seconds                       histogram    topic
+publishes_pending                              gauge
+deliveries_total                               counter      topic
+delivery_lag_seconds (published → handled)     histogram    topic
+handler_errors_total                           counter      topic
+messages_dropped_total                         counter      topic
+subscription_pending (read ahead, unhandled)   gauge        topic
+subscription_backlog (nodes in its queue)      gauge        topic
+gaps_total                                     counter      reason
+session_state (1 for the current one)          gauge        state
+reservations_lost_total                        counter      queue
+work_queue_items                               gauge        queue, state
+work_queue_workers                             gauge        queue
+cleaner_leader (1 while this client leads)     gauge
+cleaner_sweeps_total                           counter
+cleaner_queues_removed_total                   counter
+cleaner_nodes_removed_total                    counter
+=============================================  ===========  =====================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .client import Client
+from .errors import ZkPubSubError
+from .state import ClientState, Gap
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+
+__all__ = ["ClientMetrics"]
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "zkpubsub.metrics needs prometheus_client: pip install 'zkpubsub[metrics]'"
+        ) from exc
+    return prometheus_client
+
+
+class ClientMetrics:
+    """Prometheus metrics of ``client`` (a :class:`~zkpubsub.Client` or an
+    :class:`~zkpubsub.aio.AsyncClient`), registered in ``registry``
+    (default: ``prometheus_client``'s). ``queues`` names the work queues
+    whose depth is reported (more with :meth:`watch_queue`). Use one per
+    client and registry (the names would clash). :meth:`close` unregisters."""
+
+    def __init__(
+        self,
+        client: Client | AsyncClient,
+        *,
+        registry: Any = None,
+        queues: Iterable[str] = (),
+    ) -> None:
+        prometheus = _prometheus()
+        self._client: Client = client if isinstance(client, Client) else client.sync
+        self._registry = prometheus.REGISTRY if registry is None else registry
+        self._queues: list[str] = list(queues)
+        self._lock = threading.Lock()
+        self._gaps: dict[str, int] = {}
+        self._lost: dict[str, int] = {}
+        unregistered = {"registry": None}
+        self._published = prometheus.Counter(
+            "zkpubsub_publishes",
+            "Messages whose publish settled, by outcome (ok or the error's class name).",
+            ["topic", "outcome"],
+            **unregistered,
+        )
+        self._publish_seconds = prometheus.Histogram(
+            "zkpubsub_publish_duration_seconds",
+            "From a publish call to ZooKeeper's confirmation (or its error).",
+            ["topic"],
+            buckets=_LATENCY_BUCKETS,
+            **unregistered,
+        )
+        self._deliveries = prometheus.Counter(
+            "zkpubsub_deliveries",
+            "Messages handled by this client's subscriptions.",
+            ["topic"],
+            **unregistered,
+        )
+        self._lag = prometheus.Histogram(
+            "zkpubsub_delivery_lag_seconds",
+            "From publish (the publisher's clock) to the handler's return.",
+            ["topic"],
+            buckets=_LATENCY_BUCKETS,
+            **unregistered,
+        )
+        self._client.add_observer(self)
+        self._client.add_gap_listener(self._on_gap)
+        self._registry.register(self)
+
+    def watch_queue(self, name: str) -> None:
+        """Report the depth of work queue ``name`` too."""
+        with self._lock:
+            if name not in self._queues:
+                self._queues.append(name)
+
+    def close(self) -> None:
+        """Stop counting and unregister. Idempotent."""
+        self._client.remove_observer(self)
+        self._client.remove_gap_listener(self._on_gap)
+        with contextlib.suppress(KeyError):  # unregistered already
+            self._registry.unregister(self)
+
+    # -- events, as they happen (on the client's threads) ------------------------------
+
+    def published(self, topic: str, messages: int, seconds: float, outcome: str) -> None:
+        self._published.labels(topic, outcome).inc(messages)
+        self._publish_seconds.labels(topic).observe(seconds)
+
+    def handled(self, topic: str, published_at: float, handled_at: float) -> None:
+        self._deliveries.labels(topic).inc()
+        self._lag.labels(topic).observe(max(0.0, handled_at - published_at))
+
+    def reservation_lost(self, queue: str, items: int) -> None:
+        with self._lock:
+            self._lost[queue] = self._lost.get(queue, 0) + items
+
+    def _on_gap(self, gap: Gap) -> None:
+        with self._lock:
+            self._gaps[gap.reason] = self._gaps.get(gap.reason, 0) + 1
+
+    # -- the rest, at scrape time ------------------------------------------------------
+
+    def describe(self) -> list[Any]:
+        return []  # names are only known once collected; no clash check at register
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily as counter
+        from prometheus_client.core import GaugeMetricFamily as gauge
+
+        client = self._client
+        yield from self._published.collect()
+        yield from self._publish_seconds.collect()
+        yield from self._deliveries.collect()
+        yield from self._lag.collect()
+        status = client.status
+        state = gauge(
+            "zkpubsub_session_state",
+            "The client's state (1 for the current one).",
+            labels=["state"],
+        )
+        for each in ClientState:
+            state.add_metric([each.value], 1.0 if each == status else 0.0)
+        yield state
+        yield gauge(
+            "zkpubsub_publishes_pending",
+            "Publishes accepted and not confirmed yet.",
+            value=client.pending_publishes,
+        )
+        with self._lock:
+            gaps, lost, queues = dict(self._gaps), dict(self._lost), list(self._queues)
+        family = counter(
+            "zkpubsub_gaps", "Gap notices: messages may have been missed.", labels=["reason"]
+        )
+        for reason in sorted(set(gaps) | {"session expired", "backlog purged"}):
+            family.add_metric([reason], gaps.get(reason, 0))
+        yield family
+        family = counter(
+            "zkpubsub_reservations_lost",
+            "Work items whose reservation was gone at ack or release.",
+            labels=["queue"],
+        )
+        for queue in sorted(set(lost) | set(queues)):
+            family.add_metric([queue], lost.get(queue, 0))
+        yield family
+        connected = status == ClientState.CONNECTED
+        yield from self._subscriptions(gauge, counter, connected)
+        if connected:
+            yield from self._work_queues(gauge, queues)
+        yield from self._cleaner(gauge, counter)
+
+    def _subscriptions(self, gauge: Any, counter: Any, connected: bool) -> Iterator[Any]:
+        subs = self._client.subscriptions()
+        errors = counter(
+            "zkpubsub_handler_errors", "Handler failures and undecodable nodes.", labels=["topic"]
+        )
+        dropped = counter(
+            "zkpubsub_messages_dropped", "Messages given up after max_attempts.", labels=["topic"]
+        )
+        pending = gauge(
+            "zkpubsub_subscription_pending",
+            "Messages read ahead or listed, not handled yet.",
+            labels=["topic"],
+        )
+        backlog = gauge(
+            "zkpubsub_subscription_backlog",
+            "Message nodes in the subscription's queue on the server.",
+            labels=["topic"],
+        )
+        for sub in subs:
+            stats = sub.stats()
+            errors.add_metric([sub.topic], stats.errors)
+            dropped.add_metric([sub.topic], stats.dropped)
+            pending.add_metric([sub.topic], stats.pending)
+            if connected:
+                try:
+                    backlog.add_metric([sub.topic], sub.backlog())
+                except ZkPubSubError as exc:
+                    logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
+        yield from (errors, dropped, pending, backlog)
+
+    def _work_queues(self, gauge: Any, queues: list[str]) -> Iterator[Any]:
+        items = gauge(
+            "zkpubsub_work_queue_items", "Items of a work queue.", labels=["queue", "state"]
+        )
+        workers = gauge("zkpubsub_work_queue_workers", "Registered workers.", labels=["queue"])
+        for name in queues:
+            try:
+                stats = self._client.queue(name).stats()
+            except ZkPubSubError as exc:
+                logger.debug("metrics: stats of queue %r: %s", name, exc)
+                continue
+            for what in ("ready", "reserved", "dead"):
+                items.add_metric([name, what], getattr(stats, what))
+            workers.add_metric([name], stats.workers)
+        yield from (items, workers)
+
+    def _cleaner(self, gauge: Any, counter: Any) -> Iterator[Any]:
+        cleaner = self._client.cleaner
+        stats = cleaner.stats() if cleaner is not None else None
+        yield gauge(
+            "zkpubsub_cleaner_leader",
+            "1 while the cleaner hosted by this client leads.",
+            value=1.0 if stats is not None and stats.is_leader else 0.0,
+        )
+        for name, attr, text in (
+            ("zkpubsub_cleaner_sweeps", "sweeps", "Sweeps of the hosted cleaner."),
+            ("zkpubsub_cleaner_queues_removed", "queues_removed", "Queues it removed."),
+            ("zkpubsub_cleaner_nodes_removed", "nodes_removed", "Nodes it removed."),
+        ):
+            yield counter(name, text, value=getattr(stats, attr) if stats is not None else 0)
