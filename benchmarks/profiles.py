@@ -48,6 +48,10 @@ class Profile:
     # publish-to-handler latency, open loop
     latency_subscribers: int = 10
     latency_rates: tuple[float, ...] = (50.0, 200.0, 1000.0)
+    # the floor and the targets' cells: one subscriber process per subscriber,
+    # at this rate, for these subscriber counts
+    latency_target_rate: float = 200.0
+    latency_target_counts: tuple[int, ...] = (1, 10)
     latency_duration: float = 10.0
     latency_senders: int = 4
     latency_drain_cap: float = 10.0
@@ -92,6 +96,8 @@ QUICK: Final = replace(
     queue_idle=0.5,
     latency_subscribers=2,
     latency_rates=(100.0,),
+    latency_target_rate=100.0,
+    latency_target_counts=(1, 2),
     latency_duration=1.0,
     latency_senders=2,
     latency_drain_cap=5.0,

@@ -183,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = replace(profile, latency_subscribers=max(1, args.latency_subscribers))
     sub_procs = subscriber_processes(profile)
     queue_procs = max(profile.queue_workers, default=1) if "queue" in args.sections else 1
-    pool_size = max(sub_procs, queue_procs)
+    # the latency targets' cells run one subscriber process per subscriber
+    latency_procs = (
+        max(profile.latency_target_counts, default=1) if "latency" in args.sections else 1
+    )
+    pool_size = max(sub_procs, queue_procs, latency_procs)
 
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -102,9 +102,16 @@ class Recorder:
 
 
 class _Subscriber:
-    def __init__(self, recorder: Recorder, close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        close: Callable[[], None],
+        requests: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.recorder = recorder
         self.close = close
+        # (requests sent, nodes read) so far by the subscriber's connection
+        self.requests = requests
 
 
 class WorkerState:
@@ -218,7 +225,11 @@ class WorkerState:
             finally:
                 client.close()
 
-        return _Subscriber(recorder, close), client.client_id
+        def requests() -> tuple[int, int]:  # the library's own counters
+            internal = cast(Any, client)
+            return internal._ctx.conn.requests, internal._pump.deliveries_read
+
+        return _Subscriber(recorder, close, requests), client.client_id
 
     @staticmethod
     def _zkms_subscriber(
@@ -262,7 +273,13 @@ class WorkerState:
                 if time.monotonic() - newest >= quiet_for:
                     break
             time.sleep(0.01)
-        return [s.recorder.summary(latencies=latencies, seqs=seqs) for s in self.subscribers]
+        out = []
+        for s in self.subscribers:
+            summary = s.recorder.summary(latencies=latencies, seqs=seqs)
+            if s.requests is not None:
+                summary["requests"], summary["nodes_read"] = s.requests()
+            out.append(summary)
+        return out
 
     def unsubscribe(self) -> int:
         subs, self.subscribers = self.subscribers, []

@@ -55,8 +55,10 @@ def test_every_section_is_reported_without_errors(report: dict) -> None:
         "fanout-20",
         "fanout-1",
         "queue-4",
-        "latency-p50",
-        "latency-p99",
+        "latency-p50-1",
+        "latency-p99-1",
+        "latency-p50-10",
+        "latency-p99-10",
         "backlog",
     }
     assert all(t["met"] in (True, False, None) for t in report["targets"])
@@ -127,11 +129,31 @@ def test_latency_accounts_for_every_scheduled_delivery(report: dict) -> None:
     for r in section["runs"]:
         assert r["errors"] == 0, r
         assert r["sent"] + r["unsent"] == r["scheduled"], r
+        if r["impl"] == "floor":  # one commit per message, whatever the subscribers
+            assert r["latency_ms"]["count"] == r["sent"], r
+            continue
         # delivered, or counted with the time it had waited (a lower bound)
         assert r["latency_ms"]["count"] == r["scheduled"] * r["subscribers"], r
         assert r["lower_bound"] == (r["missing_deliveries"] > 0)
         assert r["duplicates"] == 0, r
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+
+
+def test_latency_rows_carry_the_floor_and_the_requests_per_node(report: dict) -> None:
+    section = report["sections"]["latency"]
+    rows = section["results"]
+    rate = QUICK.latency_target_rate
+    for n in QUICK.latency_target_counts:
+        floor = [r for r in rows if r["impl"] == "floor" and r["subscribers"] == n]
+        own = [r for r in rows if r["impl"] == "zkpubsub-async-own" and r["subscribers"] == n]
+        assert floor and own and own[0]["rate"] == rate
+        assert own[0]["floor_ms"]["p50"] == floor[0]["latency_ms"]["p50"]
+        assert own[0]["placement"] == "one process each"
+    for r in rows:
+        if r["impl"].startswith("zkpubsub") and r["impl"] != "zkpubsub-aio":
+            assert r["requests_per_node"] and r["requests_per_node"] > 0, r
+    targets = {t["id"]: t for t in report["targets"]}
+    assert targets["latency-p50-1"]["value"] is not None
 
 
 def test_backlog_reaches_each_level(report: dict) -> None:

@@ -34,7 +34,7 @@ from ._fanout import FanOut, Target
 from .backlog import ROLL_AT, SEGMENT_NODES, Backlog, QueueRecord
 from .layout import parse_queue_entry, split_queue
 
-__all__ = ["STATE_TTL", "QueueState", "QueueStates", "decide"]
+__all__ = ["STATE_TTL", "QueueState", "QueueStates", "created", "decide"]
 
 STATE_TTL: Final = 1.0
 
@@ -47,10 +47,17 @@ class QueueState:
     record: QueueRecord | None  # None: a queue from before segments
     nodes: int  # message nodes and markers in the whole queue (estimate)
     current: int  # nodes in the current segment (estimate)
-    counter: int  # the current segment's sequence counter (highest seen)
+    counter: int  # the current segment's sequence counter (creations; highest seen)
     read_at: float
     marker: str | None = None  # this publisher's overflow marker in it
     missed: int = 0  # the count that marker holds
+
+
+def created(stat: Any) -> int:
+    """The children ever created under a node — its sequence counter —
+    from its stat: ``cversion`` counts creations and deletions, as a signed
+    32-bit number, so creations are (cversion + children) / 2 modulo 2^32."""
+    return int((stat.cversion + stat.numChildren) % 2**32) // 2
 
 
 def decide(
@@ -169,7 +176,7 @@ class QueueStates:
             if r.record is not None:
                 stat = next(answers)
                 if stat is not None and not isinstance(stat, NoNodeError):
-                    r.current, r.counter = stat.numChildren, stat.cversion
+                    r.current, r.counter = stat.numChildren, created(stat)
             if r.listed:
                 names = next(answers)
                 if not isinstance(names, NoNodeError):

@@ -47,9 +47,11 @@ def start_subscribers(
     *,
     latency: bool = False,
     session_timeout: float = 10.0,
+    over: int | None = None,
 ) -> list[int]:
-    """``n`` subscribers spread over the workers; returns the workers used."""
-    placement = ctx.pool.spread(n, over=ctx.subscriber_processes)
+    """``n`` subscribers spread over the workers (``over`` of them; default:
+    the subscriber processes); returns the workers used."""
+    placement = ctx.pool.spread(n, over=over or ctx.subscriber_processes)
     workers = [w for w, _ in placement]
     ctx.pool.call_many(
         workers,

@@ -12,6 +12,14 @@ percentiles are then lower bounds).
 Every cell runs ``repeats`` times, the implementations in a rotating order;
 a row reports, for each percentile, the median over the repeats, and the
 spread of p50 and p99.
+
+Beside each row, the **floor** measured in the same run: the commit latency
+of one raw kazoo transaction creating one node per subscriber queue, at the
+same rate and subscriber count (ZooKeeper notifies watchers when it
+commits, so no subscriber can hear of a message sooner). The targets' cells
+run zkpubsub with one subscriber process per subscriber; the default rows
+spread the subscribers over the subscriber processes. zkpubsub subscribers
+also report the requests their connections sent per node they read.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ BEHIND_LIMIT_S = 1.0
 CDF_POINTS = 200
 
 
+FLOOR = "floor"
+OWN = "zkpubsub-async-own"
+
+
 def _implementations() -> list[tuple[str, str, str, str | None]]:
     """(key, label, subscriber implementation, Client attribute needed)."""
     return [
@@ -47,6 +59,23 @@ def _implementations() -> list[tuple[str, str, str, str | None]]:
         (aio_variant.KEY, aio_variant.LATENCY_LABEL, aio_variant.SUBSCRIBER, "publish_async"),
         ("zkms", "zkms-style reference", "zkms", None),
     ]
+
+
+def _cells(p: Any) -> list[tuple[str, str, str | None, int, float, bool]]:
+    """Every cell of one pass: (key, label, subscriber implementation or None,
+    subscribers, rate, one process per subscriber)."""
+    out: list[tuple[str, str, str | None, int, float, bool]] = []
+    for rate in p.latency_rates:
+        out.append((FLOOR, FLOOR_LABEL, None, p.latency_subscribers, rate, False))
+    for n in p.latency_target_counts:
+        if n != p.latency_subscribers or p.latency_target_rate not in p.latency_rates:
+            out.append((FLOOR, FLOOR_LABEL, None, n, p.latency_target_rate, False))
+        out.append((OWN, OWN_LABEL, "zkpubsub", n, p.latency_target_rate, True))
+    return out
+
+
+FLOOR_LABEL = "floor: raw kazoo transaction, one create per queue"
+OWN_LABEL = "zkpubsub publish_async(), one process per subscriber"
 
 
 class OpenLoop:
@@ -176,22 +205,92 @@ def _cdf(sorted_ms: list[float]) -> list[tuple[float, float]]:
     return points
 
 
+def _floor_cell(ctx: Context, n: int, rate: float, phase: Phase) -> dict[str, Any]:
+    """The commit latency of one raw transaction creating one node in each
+    of ``n`` queues, open loop, from the scheduled send to the answer."""
+    from ..zkms_reference import connect
+
+    p = ctx.profile
+    total = max(1, int(rate * p.latency_duration))
+    root = new_root(f"latency-floor-{n}-{int(rate)}")
+    zk = connect(ctx.hosts)
+    queues = [f"{root}/q{i}" for i in range(n)]
+    for queue in queues:
+        zk.ensure_path(queue)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def send(data: bytes) -> None:
+        txn = zk.transaction()
+        for queue in queues:
+            txn.create(f"{queue}/m-", data, sequence=True)
+        txn.commit()
+        done = time.monotonic()
+        with lock:
+            latencies.append(done - payload.parse(data).scheduled)
+
+    loop = OpenLoop(rate, total, p.latency_senders, p.latency_behind_cap)
+    try:
+        loop.run(send, phase)
+    finally:
+        zk.stop()
+        zk.close()
+        remove_tree(ctx.hosts, root)
+    latencies.sort()
+    summary = stats.summarize_ms(latencies)
+    saturated = loop.max_behind > BEHIND_LIMIT_S or loop.errors > 0 or loop.taken < total
+    phase.summary = f"p50 {summary['p50']} ms, p99 {summary['p99']} ms"
+    return {
+        "impl": FLOOR,
+        "label": FLOOR_LABEL,
+        "subscribers": n,
+        "rate": rate,
+        "placement": "-",
+        "scheduled": total,
+        "sent": loop.sent,
+        "unsent": total - loop.taken,
+        "errors": loop.errors,
+        "first_error": loop.first_error,
+        "achieved_rate": round(loop.sent / max(1e-9, loop.last_send - loop.start), 1)
+        if loop.sent
+        else None,
+        "max_behind_ms": round(loop.max_behind * 1000, 1),
+        "missing_deliveries": 0,
+        "duplicates": 0,
+        "saturated": saturated,
+        "lower_bound": False,
+        "latency_ms": summary,
+        "latency_from_send_ms": summary,
+        "cdf_ms": _cdf([v * 1000 for v in latencies]),
+    }
+
+
 def _cell(
-    ctx: Context, key: str, label: str, sub_impl: str, rate: float, phase: Phase
+    ctx: Context,
+    key: str,
+    label: str,
+    sub_impl: str,
+    rate: float,
+    phase: Phase,
+    n: int | None = None,
+    own: bool = False,
 ) -> dict[str, Any]:
     p = ctx.profile
-    n = p.latency_subscribers
+    n = p.latency_subscribers if n is None else n
     total = max(1, int(rate * p.latency_duration))
-    root = new_root(f"latency-{key}-{int(rate)}")
+    root = new_root(f"latency-{key}-{n}-{int(rate)}")
     phase.update(f"starting {n} subscribers")
-    workers = start_subscribers(ctx, sub_impl, ctx.hosts, root, n, latency=True)
-    senders = 1 if key in ("zkpubsub-async", aio_variant.KEY) else p.latency_senders
+    workers = start_subscribers(
+        ctx, sub_impl, ctx.hosts, root, n, latency=True, over=n if own else None
+    )
+    sender = "zkpubsub-async" if key == OWN else key
+    senders = 1 if sender in ("zkpubsub-async", aio_variant.KEY) else p.latency_senders
     loop = OpenLoop(rate, total, senders, p.latency_behind_cap)
     try:
         if key == aio_variant.KEY:
             aio_variant.run_open_loop(ctx.hosts, root, TOPIC, loop, phase)
         else:
-            send, close = _sender(ctx, key, root)
+            send, close = _sender(ctx, sender, root)
             try:
                 loop.run(send, phase)
             finally:
@@ -241,7 +340,11 @@ def _cell(
         "latency_ms": summary,
         "latency_from_send_ms": stats.summarize_ms(sent),
         "cdf_ms": _cdf([v * 1000 for v in sched]),
+        "placement": "one process each" if own else f"{ctx.subscriber_processes} processes",
     }
+    reads = sum(r.get("nodes_read", 0) for r in received)
+    if reads:  # zkpubsub subscribers: their requests per node read (setup included)
+        result["requests_per_node"] = round(sum(r.get("requests", 0) for r in received) / reads, 2)
     phase.summary = (
         f"p50 {summary['p50']} ms, p99 {summary['p99']} ms{' (saturated)' if saturated else ''}"
     )
@@ -264,6 +367,24 @@ def run(ctx: Context) -> dict[str, Any]:
             continue
         impls[key] = (label, sub_impl)
     saturated_at: dict[str, float] = {}
+    extra = _cells(p)
+    for rep in range(p.repeats):
+        for key, label, subscriber, n, rate, own in extra if rep % 2 == 0 else extra[::-1]:
+            name = f"latency {label} at {rate:g} msg/s, {n} subscribers (run {rep + 1}/{p.repeats})"
+            with ctx.progress.phase(name) as phase:
+                try:
+                    if subscriber is None:
+                        cell = _floor_cell(ctx, n, rate, phase)
+                    else:
+                        cell = _cell(ctx, key, label, subscriber, rate, phase, n, own)
+                except Exception as exc:
+                    errors.append(
+                        {"impl": key, "rate": str(rate), "error": f"{type(exc).__name__}: {exc}"}
+                    )
+                    phase.summary = f"error: {type(exc).__name__}: {exc}"
+                    continue
+                cell["repeat"] = rep
+                runs.append(cell)
     for rep, _, key in stats.rotations(list(impls), p.repeats):
         label, sub_impl = impls[key]
         for rate in p.latency_rates:
@@ -301,6 +422,8 @@ def run(ctx: Context) -> dict[str, Any]:
             "rates": list(p.latency_rates),
             "duration_s": p.latency_duration,
             "senders": p.latency_senders,
+            "target_rate": p.latency_target_rate,
+            "target_counts": list(p.latency_target_counts),
             "drain_cap_s": p.latency_drain_cap,
             "payload_bytes": payload.PAYLOAD_SIZE,
             "repeats": p.repeats,
@@ -321,8 +444,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the repeats (the run with the median p99 gives the CDF), the spread of
     p50 and p99, and totals of what must be zero."""
     out = []
-    for key, rate in dict.fromkeys((r["impl"], r["rate"]) for r in runs):
-        cells = [r for r in runs if r["impl"] == key and r["rate"] == rate]
+    for key, rate, n in dict.fromkeys((r["impl"], r["rate"], r["subscribers"]) for r in runs):
+        cells = [
+            r for r in runs if r["impl"] == key and r["rate"] == rate and r["subscribers"] == n
+        ]
         ordered = sorted(cells, key=lambda r: r["latency_ms"]["p99"] or 0.0)
         row = dict(ordered[(len(ordered) - 1) // 2])
         row.pop("repeat", None)
@@ -341,7 +466,17 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "lower_bound": any(r["lower_bound"] for r in cells),
                 "errors": sum(r["errors"] for r in cells),
                 "duplicates": sum(r["duplicates"] for r in cells),
+                "requests_per_node": stats.median_of(
+                    [r["requests_per_node"] for r in cells if "requests_per_node" in r]
+                )
+                if any("requests_per_node" in r for r in cells)
+                else None,
             }
         )
         out.append(row)
+    floors = {(r["rate"], r["subscribers"]): r for r in out if r["impl"] == FLOOR}
+    for row in out:  # the floor beside every row
+        floor = floors.get((row["rate"], row["subscribers"]))
+        if floor is not None and row["impl"] != FLOOR:
+            row["floor_ms"] = {q: floor["latency_ms"][q] for q in ("p50", "p99")}
     return out

@@ -1,0 +1,154 @@
+"""The receive pump against a real server: a persistent recursive watch and,
+as the fallback, listing on every change, both deliver in order; a cut
+connection loses nothing; closing stops cleanly and removes the watch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from zkpubsub import Client, ClientState
+from zkpubsub.testing import four_letter
+from zkpubsub.testing.proxy import TcpProxy
+
+from .helpers import Collector, wait_until
+
+MakeClient = Callable[..., Client]
+
+
+@pytest.mark.parametrize("mode", ["persistent", "listing"])
+def test_both_ways_of_hearing_of_messages_deliver_everything_in_order(
+    make_client: MakeClient, mode: str
+) -> None:
+    got = {topic: Collector() for topic in ("a", "b")}
+    subscriber = make_client(watch_mode=mode)
+    for topic, collector in got.items():
+        subscriber.subscribe(topic, collector)
+    assert subscriber._pump.persistent is (mode == "persistent")
+    publishers = [make_client() for _ in range(2)]
+
+    def publish(p: Client, tag: str) -> None:
+        for i in range(150):
+            p.publish("ab"[i % 2], f"{tag}{i:03d}")
+
+    threads = [
+        threading.Thread(target=publish, args=(p, tag))
+        for p, tag in zip(publishers, "xy", strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for collector in got.values():
+        seen = collector.wait(150)
+        for tag in "xy":
+            mine = [m for m in seen if m.startswith(tag)]
+            assert mine == sorted(mine) and len(mine) == 75
+
+
+def requests_per_node(make_client: MakeClient, mode: str, topic: str) -> float:
+    got = Collector()
+    subscriber = make_client(watch_mode=mode)
+    sub = subscriber.subscribe(topic, got)
+    publisher = make_client()
+    publisher.publish(topic, "warm-up")
+    got.wait(1)
+    wait_until(lambda: sub.stats().nodes_deleted == 1, 20, "the first delete")
+    conn = subscriber._ctx.conn
+    before = conn.requests
+    for i in range(50):
+        publisher.publish(topic, i)
+        got.wait(i + 2)  # one at a time: every node is its own notification
+    wait_until(lambda: sub.stats().nodes_deleted == 51, 20, "deletes")
+    return (conn.requests - before) / 50
+
+
+def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
+    make_client: MakeClient,
+) -> None:
+    listing = requests_per_node(make_client, "listing", "a")
+    persistent = requests_per_node(make_client, "persistent", "b")
+    # listing: a listing, a read and a delete per node; persistent: no listing
+    assert listing >= 2.9
+    assert persistent <= listing - 0.9
+
+
+def test_a_cut_connection_while_messages_arrive_loses_nothing_and_keeps_order(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    host, port = zk_hosts.split(",")[0].split(":")
+    with TcpProxy((host, int(port)), name="receive") as proxy:
+        got = Collector()
+        subscriber = make_client(hosts=proxy.address, watch_mode="persistent")
+        states: list[ClientState] = []
+        subscriber.add_listener(states.append)
+        subscriber.subscribe("t", got)
+        publisher = make_client()
+        stop = threading.Event()
+        sent: list[int] = []
+
+        def publish() -> None:
+            i = 0
+            while not stop.is_set() and i < 2000:
+                publisher.publish("t", i)
+                sent.append(i)
+                i += 1
+
+        sender = threading.Thread(target=publish)
+        sender.start()
+        try:
+            for _ in range(3):
+                seen = len(got.messages)
+                wait_until(lambda seen=seen: len(got.messages) > seen + 20, 30, "delivery")
+                proxy.cut()  # the watch and its events of the outage are gone
+                wait_until(lambda: states and states[-1] == ClientState.CONNECTED, 30, "back")
+        finally:
+            stop.set()
+            sender.join(60)
+        assert got.wait(len(sent), 60) == sent  # all of them, in order, once
+        assert states.count(ClientState.SUSPENDED) >= 3
+
+
+def watches_of(zk_hosts: str) -> str:
+    host, port = zk_hosts.split(",")[0].split(":")
+    return four_letter(host, int(port), "wchp")
+
+
+def test_closing_the_last_subscription_removes_the_watch_from_the_server(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    client = make_client(watch_mode="persistent")
+    base = f"{zk_root}/messages/{client.client_id}"
+    first = client.subscribe("a")
+    second = client.subscribe("b", Collector())
+    wait_until(lambda: base in watches_of(zk_hosts), 10, "the watch set")
+    first.close()
+    assert base in watches_of(zk_hosts)  # still serving "b"
+    second.unsubscribe()
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    assert client.status == ClientState.CONNECTED  # the client goes on
+    again = Collector()
+    client.subscribe("c", again)  # and can watch again
+    make_client().publish("c", "back")
+    assert again.wait(1) == ["back"]
+
+
+def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(make_client: MakeClient) -> None:
+    subscriber = make_client(watch_mode="persistent")
+    handled: list[Any] = []
+    sub = subscriber.subscribe("t", handled.append)
+    other = Collector()
+    subscriber.subscribe("u", other)
+    publisher = make_client()
+    publisher.publish_many("t", list(range(500)))
+    sub.close()
+    assert sub.closed
+    publisher.publish("u", "still here")
+    assert other.wait(1) == ["still here"]  # the pump serves the rest
+    backlog = 500 - len(handled)
+    again = Collector()
+    subscriber.subscribe("t", again)
+    assert len(again.wait(backlog)) == backlog  # what was not handled is still queued
