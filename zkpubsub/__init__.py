@@ -19,6 +19,7 @@ from .client import Client
 from .config import ClientConfig
 from .errors import (
     AlreadySubscribed,
+    AuthenticationFailed,
     ClientClosed,
     ClientIdInUse,
     ConnectionLost,
@@ -26,16 +27,30 @@ from .errors import (
     DecodeError,
     ItemFailed,
     NoSubscribers,
+    NotAuthorized,
     OperationTimeout,
     PayloadTooLarge,
     PublishTimeout,
     ReservationLost,
+    SecurityError,
     SerializationError,
+    TlsError,
     ZkPubSubError,
     ZooKeeperError,
 )
 from .layout import DEFAULT_ROOT
 from .message import Message, PublishReceipt
+from .security import (
+    Auth,
+    Roles,
+    Sasl,
+    Security,
+    Tls,
+    digest_identity,
+    from_environment,
+    sasl_identity,
+    x509_identity,
+)
 from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Serializer
 from .state import ClientState, Gap
 from .stats import BusStats, QueueStats
@@ -54,6 +69,8 @@ from .workqueue import (
 __all__ = [
     "DEFAULT_ROOT",
     "AlreadySubscribed",
+    "Auth",
+    "AuthenticationFailed",
     "BusStats",
     "Cleaner",
     "CleanerStats",
@@ -75,6 +92,7 @@ __all__ = [
     "Message",
     "MsgpackSerializer",
     "NoSubscribers",
+    "NotAuthorized",
     "OperationTimeout",
     "PayloadTooLarge",
     "PublishReceipt",
@@ -82,15 +100,25 @@ __all__ = [
     "QueueStats",
     "RawSerializer",
     "ReservationLost",
+    "Roles",
+    "Sasl",
+    "Security",
+    "SecurityError",
     "SerializationError",
     "Serializer",
     "Subscription",
     "SubscriptionStats",
     "Ticket",
+    "Tls",
+    "TlsError",
     "WorkQueue",
     "WorkQueueStats",
     "Worker",
     "ZkPubSubError",
     "ZooKeeperError",
     "__version__",
+    "digest_identity",
+    "from_environment",
+    "sasl_identity",
+    "x509_identity",
 ]

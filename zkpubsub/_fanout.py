@@ -49,13 +49,14 @@ class FanOut:
     targets: tuple[str, ...]
     nodes: tuple[bytes, ...]
 
-    def add_ops(self, layout: Layout, txn: Any, guid: str) -> None:
-        """Add the check and the creates to ``txn`` (names carry ``guid``)."""
+    def add_ops(self, layout: Layout, txn: Any, guid: str, acl: Any = None) -> None:
+        """Add the check and the creates to ``txn`` (names carry ``guid``;
+        every message node gets ``acl``)."""
         txn.check(layout.topic(self.topic), self.version)
         for target in self.targets:
             prefix = layout.message_prefix(layout.queue(target, self.topic), guid)
             for data in self.nodes:
-                txn.create(prefix, data, sequence=True)
+                txn.create(prefix, data, acl=acl, sequence=True)
 
     def owner(self, index: int) -> str:
         """The target of operation ``index`` (a create; 0 is the check)."""

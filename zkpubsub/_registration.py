@@ -57,7 +57,11 @@ def create_ephemeral(
     while True:
         conn.wait_connected(deadline, f"create {path}")
         try:
-            conn.result(kazoo.create_async(path, data, ephemeral=True), deadline, path)
+            conn.result(
+                kazoo.create_async(path, data, acl=conn.acl_for(path), ephemeral=True),
+                deadline,
+                path,
+            )
             return
         except ConnectionLost:
             continue  # if it landed, the next try finds it with our owner
@@ -119,7 +123,7 @@ def register_subscription(
                 time.sleep(0.2)
                 continue
             txn.delete(sub_path, stat.version)
-        txn.create(sub_path, data, ephemeral=not durable)
+        txn.create(sub_path, data, acl=conn.acl_for(sub_path), ephemeral=not durable)
         txn.set_data(topic_path, b"", -1)
         try:
             results = conn.result(txn.commit_async(), deadline, f"subscribe to {topic!r}")

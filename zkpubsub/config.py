@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
+from .security import Auth, Roles, Sasl, Tls, normalize_auth
 from .serializers import Serializer, resolve
 
 __all__ = [
@@ -47,13 +48,17 @@ DEFAULT_HANDLER_ATTEMPTS: Final = 3
 DEFAULT_QUEUE_ATTEMPTS: Final = 5
 DEFAULT_CLEANER_INTERVAL: Final = 30.0
 DEFAULT_RESULT_TTL: Final = 3600.0
-# Bytes one create operation adds to a transaction besides its path and data
-# (multi header, length prefixes, the open ACL, flags).
+# Bytes one create operation adds to a transaction besides its path, data and
+# ACL (multi header, length prefixes, flags); the ACL policy adds the size of
+# each kind of node's ACL (the open ACL is 28 bytes).
 CREATE_OP_OVERHEAD: Final = 64
 # Deepest node path below the root (messages/<id>/<topic>/m<guid>-<seq>),
 # plus the check and receipt operations every publish transaction carries.
 _MAX_PATH_BELOW_ROOT: Final = 2 * MAX_NAME_LENGTH + 64
 _PUBLISH_FIXED_OPS: Final = 2 * MAX_NAME_LENGTH + 256
+
+
+_POLICIES: Final = ("open", "secured")
 
 
 def default_grace(session_timeout: float) -> float:
@@ -80,6 +85,16 @@ class ClientConfig:
     ``registration_wait`` is how long the constructor waits for an earlier
     session of the same ``client_id`` to expire (default: two session
     timeouts).
+
+    ``auth`` are the credentials sent when connecting: ``(scheme,
+    credential)`` pairs as ZooKeeper's ``addauth`` (``("digest",
+    "user:password")``), :class:`~zkpubsub.Sasl` for a SASL login.
+    ``acl`` is the ACL policy of every node the client creates: ``"open"``
+    (anyone may do anything; the default without credentials),
+    ``"secured"`` (only the creating identity; the default with
+    credentials) or :class:`~zkpubsub.Roles`. ``tls``
+    (:class:`~zkpubsub.Tls`) connects to ZooKeeper's secure client port.
+    ``docs/security.md`` explains them.
     """
 
     hosts: str = ""
@@ -95,8 +110,24 @@ class ClientConfig:
     max_pending: int = DEFAULT_MAX_PENDING
     registration_wait: float | None = None
     serializer: Serializer = field(default_factory=lambda: resolve(None))
+    auth: tuple[Auth | Sasl, ...] = ()
+    acl: str | Roles | None = None
+    tls: Tls | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "auth", normalize_auth(self.auth))
+        if not (self.acl is None or isinstance(self.acl, Roles) or self.acl in _POLICIES):
+            raise ValueError(f"acl must be 'open', 'secured' or a Roles, not {self.acl!r}")
+        if self.tls is not None and not isinstance(self.tls, Tls):
+            raise TypeError(f"tls must be a zkpubsub.Tls, not {type(self.tls).__name__}")
+        if self.acl_policy != "open" and not self._authenticated:
+            raise ValueError(
+                f"acl={self.acl!r} names the client's own identity: give credentials "
+                "(auth=...) or a TLS client certificate"
+            )
+        self._check()
+
+    def _check(self) -> None:
         if not isinstance(self.hosts, str):
             raise TypeError(f"hosts must be a str, not {type(self.hosts).__name__}")
         if self.client_id is not None:
@@ -132,6 +163,18 @@ class ClientConfig:
     def field_names() -> frozenset[str]:
         """The names ``Client`` accepts as keyword overrides."""
         return frozenset(f.name for f in fields(ClientConfig))
+
+    @property
+    def _authenticated(self) -> bool:
+        return bool(self.auth) or (self.tls is not None and self.tls.certfile is not None)
+
+    @property
+    def acl_policy(self) -> str | Roles:
+        """The ACL policy in force: ``acl``, or when it is ``None``
+        ``"secured"`` with credentials and ``"open"`` without."""
+        if self.acl is not None:
+            return self.acl
+        return "secured" if self._authenticated else "open"
 
     @property
     def owner_wait(self) -> float:

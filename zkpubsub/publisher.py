@@ -43,7 +43,7 @@ from ._fanout import FanOut
 from .config import CREATE_OP_OVERHEAD
 from .connection import expired
 from .errors import OperationTimeout
-from .layout import new_guid, validate_name
+from .layout import NodeKind, new_guid, validate_name
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
@@ -108,6 +108,8 @@ class Publisher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._message_acl = ctx.acl.acl(NodeKind.MESSAGE)
+        self._message_acl_size = ctx.acl.size(NodeKind.MESSAGE)
         self._lock = threading.Lock()
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
@@ -151,13 +153,17 @@ class Publisher:
     def op_size(self, topic: str, data: bytes) -> int:
         """Bytes one message create adds (for the longest possible queue path)."""
         path = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
-        return len(data) + path + CREATE_OP_OVERHEAD
+        return len(data) + path + CREATE_OP_OVERHEAD + self._message_acl_size
 
     def budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""
         ctx = self._ctx
         check = len(ctx.layout.topic(topic)) + _CHECK_OP_OVERHEAD
-        receipt = len(ctx.layout.receipt(ctx.client_id, new_guid())) + CREATE_OP_OVERHEAD
+        receipt = (
+            len(ctx.layout.receipt(ctx.client_id, new_guid()))
+            + CREATE_OP_OVERHEAD
+            + ctx.acl.size(NodeKind.RECEIPT)
+        )
         return ctx.config.max_transaction_bytes - check - receipt - len(ctx.client_id)
 
     # -- the subscriber list ------------------------------------------------
@@ -262,7 +268,9 @@ class Publisher:
                 fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes))
                 say("waiting for ZooKeeper to confirm the transaction")
                 outcome = ctx.writer.commit(
-                    functools.partial(fan.add_ops, ctx.layout), deadline, f"publish to {topic!r}"
+                    functools.partial(fan.add_ops, ctx.layout, acl=self._message_acl),
+                    deadline,
+                    f"publish to {topic!r}",
                 )
                 transactions += 1
                 verdict = fan.classify(outcome)

@@ -32,6 +32,7 @@ from ._context import Context
 from ._registration import check_purge, register_client, register_subscription
 from .connection import Connection, deadline_after, translated
 from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
+from .layout import NodeKind
 from .state import ClientState, Gap, Notifier
 
 __all__ = ["GapListener", "Registered", "Session", "StateListener", "SubscriptionRegistry"]
@@ -153,7 +154,14 @@ class Session:
         slash = hosts.find("/")
         if slash < 0 or hosts[slash:] in ("", "/"):
             return
-        boot = Connection(hosts[:slash], session_timeout=config.session_timeout)
+        above_root = self._ctx.acl.acl(NodeKind.ABOVE_ROOT)
+        boot = Connection(
+            hosts[:slash],
+            session_timeout=config.session_timeout,
+            auth=config.auth,
+            tls=config.tls,
+            acl_for=lambda _path: above_root,
+        )
         try:
             boot.start(config.connect_timeout)
             with translated("create chroot"):

@@ -27,7 +27,10 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .secure import ServerSecurity
 
 CLASSPATH_ENV: Final = "ZKPUBSUB_ZOOKEEPER_CLASSPATH"
 JAVA_OPTS_ENV: Final = "ZKPUBSUB_ZOOKEEPER_JAVA_OPTS"
@@ -179,11 +182,18 @@ class ZooKeeperNode:
         self.paused = False
         # (uid, gid) to run the server as instead of this process's user
         self.run_as: tuple[int, int] | None = None
+        # the TLS port of a secured server (``secureClientPort``), if any
+        self.secure_port: int | None = None
         _LIVE.add(self)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def secure_address(self) -> str | None:
+        """``127.0.0.1:<secureClientPort>`` of a server with TLS."""
+        return None if self.secure_port is None else f"127.0.0.1:{self.secure_port}"
 
     @property
     def running(self) -> bool:
@@ -197,6 +207,8 @@ class ZooKeeperNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{k}={v}" for k, v in settings.items()]
         lines += [f"dataDir={self.data_dir}", f"clientPort={self.client_port}"]
+        if self.secure_port is not None:
+            lines.append(f"secureClientPort={self.secure_port}")
         lines += servers
         self.config_path.write_text("\n".join(lines) + "\n")
         if servers:
@@ -315,8 +327,10 @@ class ZooKeeperCluster:
 
     ``tick_time`` is in milliseconds; sessions may then last from two ticks
     up to ``max_session_timeout`` seconds. ``settings`` are extra ``zoo.cfg``
-    lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). Use as a
-    context manager or call ``start()`` / ``close()``.
+    lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). ``security``
+    (a :class:`~zkpubsub.testing.secure.ServerSecurity`) adds a superuser,
+    SASL users, enforced authentication and a TLS port. Use as a context
+    manager or call ``start()`` / ``close()``.
     """
 
     def __init__(
@@ -330,6 +344,7 @@ class ZooKeeperCluster:
         settings: dict[str, str] | None = None,
         classpath: str | None = None,
         client_ports: list[int] | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an ensemble needs at least one node")
@@ -343,6 +358,14 @@ class ZooKeeperCluster:
         if opts is None:
             opts = os.environ.get(JAVA_OPTS_ENV, "-Xmx384m -XX:+UseSerialGC").split()
         self.classpath = classpath or find_classpath()
+        self.security = security
+        if security is not None:
+            from .secure import netty_classpath
+
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            opts = [*opts, *security.java_opts(self.base_dir)]
+            if security.tls is not None:
+                self.classpath = netty_classpath(self.classpath)
         ports = free_ports(3 * size)
         for i, port in enumerate(client_ports or []):
             ports[3 * i] = port
@@ -374,6 +397,11 @@ class ZooKeeperCluster:
             cfg["standaloneEnabled"] = "false"
             cfg["reconfigEnabled"] = "false"
             cfg["electionPortBindRetry"] = "0"
+        if security is not None:
+            cfg.update(security.settings())
+            if security.tls is not None:
+                for node, port in zip(self.nodes, free_ports(size), strict=True):
+                    node.secure_port = port
         cfg.update(settings or {})
         servers = (
             [
@@ -393,6 +421,11 @@ class ZooKeeperCluster:
     def hosts(self) -> str:
         """The connection string naming every node."""
         return ",".join(n.address for n in self.nodes)
+
+    @property
+    def secure_hosts(self) -> str:
+        """The connection string of every node's TLS port (a secured cluster)."""
+        return ",".join(n.secure_address for n in self.nodes if n.secure_address)
 
     def start(self, timeout: float = 60.0) -> ZooKeeperCluster:
         for node in self.nodes:

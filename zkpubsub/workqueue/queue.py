@@ -19,7 +19,7 @@ from .._context import Context
 from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS
 from ..connection import deadline_after, translated
 from ..errors import ClientClosed, PayloadTooLarge, ZooKeeperError
-from ..layout import WorkQueuePaths, order_items, parse_item_node, validate_name
+from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node, validate_name
 from .items import Item, Ticket
 from .records import (
     DEFAULT_PRIORITY,
@@ -179,12 +179,19 @@ class WorkQueue:
         deadline = deadline_after(config.request_timeout if timeout is None else timeout)
         with translated(f"put to queue {self.name!r}"):
             self._ensure_paths(deadline)
-            budget = config.max_transaction_bytes - 512
+            budget = config.max_transaction_bytes - 512 - self._ctx.acl.size(NodeKind.RECEIPT)
+            acl_size = self._ctx.acl.size(NodeKind.ITEM)
             start = 0
             while start < len(datas):
                 used, end = 0, start
                 while end < len(datas):
-                    size = len(datas[end]) + len(self._paths.items) + 64 + CREATE_OP_OVERHEAD
+                    size = (
+                        len(datas[end])
+                        + len(self._paths.items)
+                        + 64
+                        + CREATE_OP_OVERHEAD
+                        + acl_size
+                    )
                     if end > start and used + size > budget:
                         break
                     used += size
@@ -197,11 +204,12 @@ class WorkQueue:
         self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
     ) -> None:
         paths = self._paths
+        acl = self._ctx.acl.acl(NodeKind.ITEM)
 
         def ops(txn: Any, guid: str) -> None:
             prefix = paths.item_prefix(priority, guid, wants_result=want_result)
             for data in datas:
-                txn.create(prefix, data, sequence=True)
+                txn.create(prefix, data, acl=acl, sequence=True)
 
         while True:
             outcome = self._ctx.writer.commit(ops, deadline, f"put to queue {self.name!r}")
@@ -324,7 +332,9 @@ class WorkQueue:
                 except NoNodeError:
                     continue
                 outcome = ctx.writer.commit(
-                    _replay_ops(paths, dead, data, stat.version), deadline, "replay"
+                    _replay_ops(paths, dead, data, stat.version, ctx.acl.acl(NodeKind.ITEM)),
+                    deadline,
+                    "replay",
                 )
                 # an error: someone else replayed or removed it
                 count += outcome.applied
@@ -352,7 +362,7 @@ class WorkQueue:
         return f"<WorkQueue {self.name!r}>"
 
 
-def _replay_ops(paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int) -> Any:
+def _replay_ops(paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int, acl: Any) -> Any:
     """Delete the dead letter (at the version read) and put its item back."""
     item_data = dead_item_data(data)
     parsed = parse_item_node(dead.name)
@@ -363,6 +373,7 @@ def _replay_ops(paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int
         txn.create(
             paths.item_prefix(dead.priority, guid, wants_result=wants_result),
             item_data,
+            acl=acl,
             sequence=True,
         )
 
