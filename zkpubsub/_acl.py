@@ -58,7 +58,7 @@ ACL_TABLE: Final[dict[NodeKind, tuple[Grant, ...]]] = {
     NodeKind.SUBSCRIBER: ((OWNER, _R | _W), (MEMBERS, _R)),
     NodeKind.MESSAGES: ((MEMBERS, _R), (SUBSCRIBERS, _C | _D)),
     NodeKind.CLIENT_MESSAGES: ((OWNER, _R | _C | _D), (MEMBERS, _R)),
-    NodeKind.QUEUE: ((OWNER, _R | _D), (PUBLISHERS, _C)),
+    NodeKind.QUEUE: ((OWNER, _R | _W | _D), (PUBLISHERS, _C)),
     NodeKind.MESSAGE: ((SUBSCRIBERS, _R),),
     NodeKind.RECEIPTS: ((MEMBERS, _R | _C),),
     NodeKind.RECEIPT_FOLDER: ((OWNER, _R | _C | _D),),

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from kazoo.exceptions import NodeExistsError, NotEmptyError
+from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
 from ._context import Context
 from ._tree import delete_tree
@@ -39,6 +40,8 @@ __all__ = [
     "delete_queue",
     "register_client",
     "register_subscription",
+    "restore_client_data",
+    "restore_subscription",
     "unregister_subscription",
 ]
 
@@ -81,19 +84,53 @@ def create_ephemeral(
         gone.wait(0.5)
 
 
-def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) -> None:
-    """Write ``clients/<id>`` for this session and make sure the receipt
-    folder exists (once registered, nothing of ours is purged)."""
+_STARTED = time.time()
+
+
+def _client_info() -> bytes:
     info = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started": time.time(),
+        "started": _STARTED,
         "version": __version__,
     }
-    create_ephemeral(
-        ctx, ctx.layout.client(ctx.client_id), json.dumps(info).encode(), deadline, owner_wait
-    )
+    return json.dumps(info).encode()
+
+
+def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) -> None:
+    """Write ``clients/<id>`` for this session and make sure the receipt
+    folder exists (once registered, nothing of ours is purged)."""
+    create_ephemeral(ctx, ctx.layout.client(ctx.client_id), _client_info(), deadline, owner_wait)
     ctx.conn.ensure_path(ctx.layout.client_receipts(ctx.client_id), deadline)
+
+
+def restore_client_data(ctx: Context, deadline: float | None) -> None:
+    """Write the client node's data again (someone else changed it)."""
+    kazoo, path = ctx.conn.kazoo, ctx.layout.client(ctx.client_id)
+    data = _client_info()
+    with contextlib.suppress(NoNodeError):  # gone: the deletion guard handles it
+        ctx.conn.call(lambda: kazoo.set_async(path, data), deadline, f"restore {path}")
+
+
+def restore_subscription(
+    ctx: Context, topic: str, deadline: float | None, *, durable: bool
+) -> None:
+    """Register again after someone else deleted or changed the subscription
+    node or the queue node, and put their expected (empty or ``durable``)
+    data back."""
+    register_subscription(ctx, topic, deadline, durable=durable)
+    conn, kazoo, layout = ctx.conn, ctx.conn.kazoo, ctx.layout
+    expected = {
+        layout.subscriber(topic, ctx.client_id): b"durable" if durable else b"",
+        layout.queue(ctx.client_id, topic): b"",
+    }
+    for path, data in expected.items():
+        try:
+            found, _ = conn.call(functools.partial(kazoo.get_async, path), deadline, path)
+            if found != data:
+                conn.call(functools.partial(kazoo.set_async, path, data), deadline, path)
+        except NoNodeError:
+            pass  # deleted again: the guard hears of it
 
 
 def register_subscription(

@@ -11,6 +11,11 @@ Guarantees:
 * A registration node deleted under a live connection is written again
   (the server may have ended the session without closing the connection:
   the refusal then makes the client reconnect on a new session).
+* Registrations are guarded: a subscription node or a queue node deleted
+  or changed by anyone else (exists watches, armed again after every
+  reconnect) is written again, and gap listeners hear which topic may have
+  missed messages (publishes skip a missing registration and drop a
+  missing queue). The client node is guarded the same way.
 * State changes and gap notices reach listeners on a thread of ours, in
   order, never on the ZooKeeper client's thread.
 
@@ -29,7 +34,13 @@ from typing import Any, Final, Protocol
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from ._context import Context
-from ._registration import check_purge, register_client, register_subscription
+from ._registration import (
+    check_purge,
+    register_client,
+    register_subscription,
+    restore_client_data,
+    restore_subscription,
+)
 from .connection import Connection, deadline_after, translated
 from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
 from .layout import NodeKind
@@ -42,8 +53,10 @@ logger = logging.getLogger(__name__)
 StateListener = Callable[[ClientState], Any]
 GapListener = Callable[[Gap], Any]
 
-# An event of ours on the supervisor's queue, beside kazoo's states.
+# Events of ours on the supervisor's queue, beside kazoo's states.
 _REGISTRATION_GONE: Final = "registration gone"
+_SUBSCRIPTION_DISTURBED: Final = "subscription disturbed"
+_CLIENT_CHANGED: Final = "client node changed"
 
 
 class Registered(Protocol):
@@ -66,6 +79,13 @@ class SubscriptionRegistry:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._subs: dict[str, Registered] = {}
+        # called once a subscription is registered (the session guards it)
+        self.on_registered: Callable[[Registered], None] | None = None
+
+    def registered(self, sub: Registered) -> None:
+        hook = self.on_registered
+        if hook is not None:
+            hook(sub)
 
     def add(self, sub: Registered) -> None:
         with self.lock:
@@ -110,6 +130,11 @@ class Session:
         self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{ctx.client_id[:12]}")
         self._supervisor: threading.Thread | None = None
+        # topics whose registration or queue someone else deleted or changed
+        self._guard_lock = threading.Lock()
+        self._disturbed: dict[str, tuple[str, float]] = {}
+        self._guards: dict[tuple[str, str], Callable[[WatchedEvent], None]] = {}
+        subscriptions.on_registered = lambda sub: self._guard_subscription(sub.topic)
         ctx.conn.add_state_listener(lambda state: self._events.put((state, time.time())))
 
     @property
@@ -248,6 +273,10 @@ class Session:
                 self._on_connected()
             elif state == _REGISTRATION_GONE:
                 self._on_registration_gone()
+            elif state == _CLIENT_CHANGED:
+                self._on_client_changed()
+            elif state == _SUBSCRIPTION_DISTURBED:
+                self._on_subscription_disturbed()
 
     def _watch_registration(self) -> None:
         """Watch this client's registration node (watches do not outlive a
@@ -267,10 +296,129 @@ class Session:
             request.rawlink(checked)
         except Exception as exc:  # not connected: the next CONNECTED sets it
             logger.debug("watching %s: %s", path, exc)
+        for topic in self._subs.topics():
+            self._guard_subscription(topic)
 
     def _on_registration_event(self, event: WatchedEvent) -> None:  # kazoo's thread
-        if event.type == EventType.DELETED and not self._ctx.is_closed():
+        if self._ctx.is_closed():
+            return
+        if event.type == EventType.DELETED:
             self._events.put((_REGISTRATION_GONE, time.time()))
+        elif event.type == EventType.CHANGED:
+            self._events.put((_CLIENT_CHANGED, time.time()))
+
+    # -- the registration guard of subscriptions -----------------------------------
+
+    def _guard_subscription(self, topic: str) -> None:
+        """Watch the subscription node and the queue node of ``topic``: one
+        exists watch each (kazoo keeps one per callable, so a guard set
+        twice fires once)."""
+        ctx = self._ctx
+        layout = ctx.layout
+        nodes = (
+            ("registration", layout.subscriber(topic, ctx.client_id)),
+            ("queue", layout.queue(ctx.client_id, topic)),
+        )
+        for what, path in nodes:
+            watcher = self._guard_watcher(topic, what)
+
+            def checked(result: Any, what: str = what) -> None:  # kazoo's thread
+                try:
+                    missing = result.get_nowait() is None
+                except Exception:
+                    return  # connection trouble: the next CONNECTED looks again
+                if missing:
+                    self._disturb(topic, f"{what} node missing")
+
+            try:
+                ctx.conn.kazoo.exists_async(path, watch=watcher).rawlink(checked)
+            except Exception as exc:  # not connected: the next CONNECTED sets it
+                logger.debug("guarding %s: %s", path, exc)
+
+    def _guard_watcher(self, topic: str, what: str) -> Callable[[WatchedEvent], None]:
+        with self._guard_lock:
+            watcher = self._guards.get((topic, what))
+            if watcher is None:
+
+                def watcher(event: WatchedEvent) -> None:  # kazoo's thread
+                    if event.type == EventType.DELETED:
+                        self._disturb(topic, f"{what} node deleted")
+                    elif event.type == EventType.CHANGED:
+                        self._disturb(topic, f"{what} node changed")
+
+                self._guards[(topic, what)] = watcher
+            return watcher
+
+    def _disturb(self, topic: str, reason: str) -> None:  # kazoo's thread
+        if self._ctx.is_closed() or self._subs.get(topic) is None:
+            return
+        now = time.time()
+        with self._guard_lock:
+            self._disturbed.setdefault(topic, (reason, now))
+        self._events.put((_SUBSCRIPTION_DISTURBED, now))
+
+    def _on_subscription_disturbed(self) -> None:
+        """Someone else deleted or changed a subscription node or a queue
+        node of ours (our own unsubscribe and close leave the registry
+        first). Register again, put the expected data back, and report a gap
+        for the topics: publishes meanwhile skipped the registration or
+        found the queue gone."""
+        ctx = self._ctx
+        with self._guard_lock:
+            disturbed, self._disturbed = self._disturbed, {}
+        if not disturbed:
+            return
+        affected: dict[str, tuple[str, float]] = {}
+        try:
+            with self._subs.lock:
+                for topic, (reason, at) in disturbed.items():
+                    sub = self._subs.get(topic)
+                    if sub is None or ctx.is_closed():
+                        continue
+                    with translated(f"register {topic!r} again"):
+                        restore_subscription(ctx, topic, ctx.deadline(), durable=sub.durable)
+                    sub.restored()
+                    affected[topic] = (reason, at)
+        except ClientClosed:
+            return
+        except ZkPubSubError as exc:
+            logger.warning("client %s: guarding subscriptions: %s", ctx.client_id, exc)
+            with self._guard_lock:  # try again on the next event or reconnect
+                for topic, value in disturbed.items():
+                    self._disturbed.setdefault(topic, value)
+            return
+        finally:
+            if ctx.conn.connected.is_set():
+                for topic in disturbed:
+                    if self._subs.get(topic) is not None:
+                        self._guard_subscription(topic)
+        if affected:
+            logger.warning(
+                "client %s: registrations disturbed by another client: %s",
+                ctx.client_id,
+                ", ".join(f"{t} ({r})" for t, (r, _) in sorted(affected.items())),
+            )
+            since = min(at for _, at in affected.values())
+            reasons = sorted({r for r, _ in affected.values()})
+            self._emit_gap(
+                Gap(
+                    frozenset(affected),
+                    since,
+                    time.time(),
+                    "; ".join(reasons) + " by another client",
+                )
+            )
+
+    def _on_client_changed(self) -> None:
+        """Someone else wrote the client node's data: write ours back."""
+        ctx = self._ctx
+        try:
+            with translated("restore the client node"):
+                restore_client_data(ctx, ctx.deadline())
+        except ZkPubSubError as exc:
+            logger.info("client %s: restoring the client node: %s", ctx.client_id, exc)
+        if ctx.conn.connected.is_set():
+            self._watch_registration()
 
     def _on_registration_gone(self) -> None:
         """The registration node vanished while the connection stayed up: the

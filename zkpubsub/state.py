@@ -37,8 +37,11 @@ class Gap:
     """Messages on ``topics`` may have been missed between ``since`` and ``until``.
 
     Sent to gap listeners after the client re-registered on a new session
-    (``reason="session expired"``) or found that the cleaner had started to
-    delete its queues while it was away (``reason="backlog purged"``).
+    (``reason="session expired"``), found that the cleaner had started to
+    delete its queues while it was away (``reason="backlog purged"``), or
+    found a subscription node or queue node of its own deleted or changed by
+    another client and wrote it again (the reason says which, ending in
+    "by another client").
     ``since`` is one session timeout before the connection dropped (or
     before the session was last known alive, if a reply said it had ended):
     the server may end a session a little before the client's own server

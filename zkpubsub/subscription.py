@@ -118,6 +118,7 @@ class Subscription:
             except BaseException:
                 self._registry.discard(self)
                 raise
+            self._registry.registered(self)
         self._reader.start()
         if self._dispatcher is not None:
             self._dispatcher.start()

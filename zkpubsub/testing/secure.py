@@ -27,15 +27,19 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "NETTY_JARS",
+    "TEST_PASSWORDS",
+    "TEST_SASL_USERS",
     "ServerSecurity",
     "TlsMaterial",
     "digest_of",
     "make_tls_material",
     "netty_classpath",
+    "user_auth",
+    "bus_roles",
 ]
 
 # Debian's zookeeper.jar names netty-handler, -transport, -buffer and -common in
@@ -252,3 +256,41 @@ class ServerSecurity:
                 }
             )
         return cfg
+
+
+# The users of the secured test buses: digest users for the roles, and one
+# SASL user (DIGEST-MD5, known to the servers' JAAS file).
+TEST_PASSWORDS: Final = {
+    "admin": "admin-pw",
+    "publisher": "publisher-pw",
+    "subscriber": "subscriber-pw",
+    "subscriber2": "subscriber2-pw",
+    "producer": "producer-pw",
+    "worker": "worker-pw",
+    "app": "app-pw",
+}
+TEST_SASL_USERS: Final = {"bob": "bob-pw"}
+
+
+def user_auth(user: str) -> tuple[tuple[str, str], ...]:
+    """``auth=`` for one of the test users."""
+    return (("digest", f"{user}:{TEST_PASSWORDS[user]}"),)
+
+
+def bus_roles() -> Any:
+    """The :class:`~zkpubsub.Roles` of the secured test buses: one digest
+    user per role, two subscribers, and the SASL user ``bob`` as a
+    publisher and subscriber."""
+    from ..security import Roles, digest_identity, sasl_identity
+
+    def ident(user: str) -> str:
+        return digest_identity(user, TEST_PASSWORDS[user])
+
+    bob = sasl_identity("bob")
+    return Roles(
+        admins=(ident("admin"),),
+        publishers=(ident("publisher"), bob),
+        subscribers=(ident("subscriber"), ident("subscriber2"), bob),
+        producers=(ident("producer"),),
+        workers=(ident("worker"),),
+    )
