@@ -529,3 +529,29 @@ def test_threads_do_not_leak_after_a_refused_connect(make_secure_client):
             make_secure_client(auth=[Sasl("bob", "wrong")], connect_timeout=5)
     time.sleep(0.5)
     assert threading.active_count() <= before + 2
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_the_command_line_takes_credentials_from_the_environment(
+    make_secure_client, secure_zookeeper, secure_root, tmp_path
+):
+    from click.testing import CliRunner
+
+    from zkpubsub.cli import main
+
+    sub = make_secure_client(auth=user_auth("app"))
+    s = sub.subscribe("t")
+    base = {"ZKPUBSUB_HOSTS": secure_zookeeper.hosts, "ZKPUBSUB_ROOT": secure_root}
+    refused = CliRunner().invoke(main, ["publish", "t", "hi"], env=base)
+    assert refused.exit_code != 0 and "NotAuthorized" in refused.output
+    creds = tmp_path / "creds.toml"
+    creds.write_text(f'[auth]\ndigest = "app:{TEST_PASSWORDS["app"]}"\n')
+    creds.chmod(0o600)
+    ok = CliRunner().invoke(
+        main, ["publish", "t", "hi"], env={**base, "ZKPUBSUB_CREDENTIALS": str(creds)}
+    )
+    assert ok.exit_code == 0, ok.output
+    msg = s.get(timeout=10)
+    assert msg is not None and msg.payload == "hi"

@@ -1,4 +1,12 @@
-"""The ``zkpubsub`` command line."""
+"""The ``zkpubsub`` command line.
+
+Credentials and TLS settings come from the environment, never from
+arguments (``ps`` shows those to every user of the machine):
+``ZKPUBSUB_CREDENTIALS`` names a credentials file (TOML, see
+:func:`zkpubsub.security.load_credentials`); ``ZKPUBSUB_DIGEST``
+(``user:password``), ``ZKPUBSUB_ACL`` and ``ZKPUBSUB_TLS_CA`` / ``_CERT`` /
+``_KEY`` set single values.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_S
 from .errors import ZkPubSubError
 from .layout import DEFAULT_ROOT
 from .message import Message
+from .security import from_environment
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 
@@ -40,11 +49,16 @@ class CliContext:
 
     def client(self, **kwargs: Any) -> Client:
         try:
+            security = from_environment().options()
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise click.ClickException(f"credentials: {exc}") from exc
+        try:
             return Client(
                 self.hosts,
                 root=self.root,
                 session_timeout=self.session_timeout,
                 connect_timeout=kwargs.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                **security,
                 **kwargs,
             )
         except ZkPubSubError as exc:
@@ -60,7 +74,8 @@ pass_ctx = click.make_pass_decorator(CliContext)
     envvar="ZKPUBSUB_HOSTS",
     default=DEFAULT_HOSTS,
     show_default=True,
-    help="ZooKeeper connection string (env ZKPUBSUB_HOSTS).",
+    help="ZooKeeper connection string (env ZKPUBSUB_HOSTS). Credentials and TLS: "
+    "env ZKPUBSUB_CREDENTIALS (a credentials file), ZKPUBSUB_DIGEST, ZKPUBSUB_TLS_CA...",
 )
 @click.option("--root", envvar="ZKPUBSUB_ROOT", default=DEFAULT_ROOT, show_default=True)
 @click.option(
@@ -490,8 +505,11 @@ def bench(args: Sequence[str]) -> None:
 @main.command()
 @click.option("--subscribers", default=3, show_default=True, type=int)
 @click.option("--messages", default=300, show_default=True, type=int)
-def demo(subscribers: int, messages: int) -> None:
+@click.option(
+    "--secured", is_flag=True, help="A server that requires authentication; ACLs on every node."
+)
+def demo(subscribers: int, messages: int, secured: bool) -> None:
     """Run a demo on a local ZooKeeper it starts and stops itself."""
     from .demo import run_demo
 
-    sys.exit(run_demo(subscribers=subscribers, messages=messages))
+    sys.exit(run_demo(subscribers=subscribers, messages=messages, secured=secured))

@@ -35,11 +35,11 @@ __all__ = [
     "TEST_SASL_USERS",
     "ServerSecurity",
     "TlsMaterial",
+    "bus_roles",
     "digest_of",
     "make_tls_material",
     "netty_classpath",
     "user_auth",
-    "bus_roles",
 ]
 
 # Debian's zookeeper.jar names netty-handler, -transport, -buffer and -common in
