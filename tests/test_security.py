@@ -555,3 +555,13 @@ def test_the_command_line_takes_credentials_from_the_environment(
     assert ok.exit_code == 0, ok.output
     msg = s.get(timeout=10)
     assert msg is not None and msg.payload == "hi"
+
+
+def test_the_wire_format_lists_the_acl_of_every_kind_of_node():
+    from pathlib import Path
+
+    from zkpubsub._acl import table_rows
+
+    doc = (Path(__file__).parent.parent / "docs" / "wire-format.md").read_text()
+    missing = [row for row in table_rows() if row not in doc]
+    assert not missing, missing

@@ -160,3 +160,19 @@ class AclPolicy:
     def for_paths(self, layout: Layout) -> Callable[[str], list[ACL]]:
         """The ACL of the node at a path of ``layout`` (for ``ensure_path``)."""
         return lambda path: self._acls[layout.kind_of(path)]
+
+
+def perm_letters(perms: int) -> str:
+    """ZooKeeper's letters for ``perms``, in its order (``cdrwa``)."""
+    letters = ((CREATE, "c"), (DELETE, "d"), (READ, "r"), (WRITE, "w"), (ADMIN, "a"))
+    return "".join(letter for bit, letter in letters if perms & bit)
+
+
+def table_rows() -> list[str]:
+    """The secured ACL of each kind of node as markdown table rows (the
+    table of ``docs/wire-format.md``)."""
+    rows = []
+    for kind, grants in ACL_TABLE.items():
+        cells = ", ".join(f"{role} `{perm_letters(bits)}`" for role, bits in grants)
+        rows.append(f"| `{kind.value}` | {cells or '—'} |")
+    return rows

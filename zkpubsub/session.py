@@ -155,6 +155,7 @@ class Session:
             with translated("register client"):
                 for path in ctx.layout.base_paths():
                     ctx.conn.ensure_path(path, deadline)
+                self._warn_if_open_root(deadline)
                 register_client(ctx, deadline, owner_wait=config.owner_wait)
                 purged = check_purge(ctx, deadline, ())
         except BaseException:
@@ -171,6 +172,24 @@ class Session:
             target=self._supervise, name=f"zkpubsub-session-{ctx.client_id[:12]}", daemon=True
         )
         self._supervisor.start()
+
+    def _warn_if_open_root(self, deadline: float | None) -> None:
+        """A secured client on a root anyone may write (made before the bus
+        was secured, or by someone else first) protects nothing: say so."""
+        ctx = self._ctx
+        if ctx.acl.open:
+            return
+        kazoo, root = ctx.conn.kazoo, ctx.layout.root_path
+        try:
+            acl, _ = ctx.conn.call(lambda: kazoo.get_acls_async(root), deadline, f"ACL of {root}")
+        except ZkPubSubError:
+            return  # no right to read it: not an open node
+        if any(entry.id.scheme == "world" and entry.perms & ~1 for entry in acl):
+            logger.warning(
+                "the root %s is writable by anyone (it was made without this ACL policy): "
+                "the bus is not protected until an admin sets its ACLs (docs/security.md)",
+                root,
+            )
 
     def _ensure_chroot(self) -> None:
         """Create the chroot named in ``hosts`` if it is missing."""
