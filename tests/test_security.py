@@ -330,16 +330,18 @@ def test_a_tls_client_certificate_alone_is_an_identity(
     assert client.publish("t", 1).subscribers == 1
 
 
+@pytest.mark.parametrize("trusting", ["another CA", "the system's CAs"])
 def test_a_client_that_does_not_trust_the_servers_ca_is_refused_at_once(
-    make_secure_client, secure_zookeeper, tls_material
+    make_secure_client, secure_zookeeper, tls_material, trusting
 ):
+    tls = (
+        tls_of(tls_material, ca=tls_material.other_ca_cert, cert=False)
+        if trusting == "another CA"
+        else Tls()
+    )
     start = time.monotonic()
     with pytest.raises(TlsError, match="not trusted") as info:
-        make_secure_client(
-            hosts=secure_zookeeper.secure_hosts,
-            tls=tls_of(tls_material, ca=tls_material.other_ca_cert, cert=False),
-            connect_timeout=10,
-        )
+        make_secure_client(hosts=secure_zookeeper.secure_hosts, tls=tls, connect_timeout=10)
     assert time.monotonic() - start < 5
     assert info.value.errors
 
@@ -454,12 +456,16 @@ def test_the_guard_is_armed_again_after_a_reconnect(make_client, raw_zk):
     wait_until(lambda: raw_zk.exists(path) is not None, timeout=10)
 
 
-def test_unsubscribing_and_closing_do_not_trip_the_guard(make_client):
-    sub = make_client()
+def test_unsubscribing_closing_and_changing_kind_do_not_trip_the_guard(make_client):
+    sub = make_client(client_id="own-changes")
     gaps: list[Gap] = []
     sub.add_gap_listener(gaps.append)
     sub.subscribe("a").unsubscribe()
     sub.subscribe("b").close()
+    sub.subscribe("c", durable=True).close()
+    sub.subscribe("c").close()  # replaces the durable registration by a plain one
+    sub.subscribe("c", durable=True)
+    sub.subscribe("a")  # a new queue for a topic unsubscribed before
     time.sleep(1.0)
     assert gaps == []
 

@@ -134,7 +134,10 @@ class Session:
         self._guard_lock = threading.Lock()
         self._disturbed: dict[str, tuple[str, float]] = {}
         self._guards: dict[tuple[str, str], Callable[[WatchedEvent], None]] = {}
-        subscriptions.on_registered = lambda sub: self._guard_subscription(sub.topic)
+        # the creation zxid of each guarded queue: a queue made again (the
+        # pump makes a missing queue again at once) has another
+        self._queue_czxid: dict[str, int] = {}
+        subscriptions.on_registered = self._on_subscription_registered
         ctx.conn.add_state_listener(lambda state: self._events.put((state, time.time())))
 
     @property
@@ -343,16 +346,26 @@ class Session:
 
             def checked(result: Any, what: str = what) -> None:  # kazoo's thread
                 try:
-                    missing = result.get_nowait() is None
+                    stat = result.get_nowait()
                 except Exception:
                     return  # connection trouble: the next CONNECTED looks again
-                if missing:
+                if stat is None:
                     self._disturb(topic, f"{what} node missing")
+                elif what == "queue":
+                    with self._guard_lock:
+                        known = self._queue_czxid.setdefault(topic, stat.czxid)
+                    if known != stat.czxid:  # made again while we were not looking
+                        self._disturb(topic, "queue node replaced")
 
             try:
                 ctx.conn.kazoo.exists_async(path, watch=watcher).rawlink(checked)
             except Exception as exc:  # not connected: the next CONNECTED sets it
                 logger.debug("guarding %s: %s", path, exc)
+
+    def _on_subscription_registered(self, sub: Registered) -> None:
+        with self._guard_lock:
+            self._queue_czxid.pop(sub.topic, None)  # a new subscription: learn its queue
+        self._guard_subscription(sub.topic)
 
     def _guard_watcher(self, topic: str, what: str) -> Callable[[WatchedEvent], None]:
         with self._guard_lock:
@@ -395,7 +408,11 @@ class Session:
                     if sub is None or ctx.is_closed():
                         continue
                     with translated(f"register {topic!r} again"):
+                        if self._intact(topic, sub.durable):
+                            continue  # our own doing (a subscription replaced its node)
                         restore_subscription(ctx, topic, ctx.deadline(), durable=sub.durable)
+                    with self._guard_lock:
+                        self._queue_czxid.pop(topic, None)  # the re-armed guard learns it
                     sub.restored()
                     affected[topic] = (reason, at)
         except ClientClosed:
@@ -427,6 +444,29 @@ class Session:
                     "; ".join(reasons) + " by another client",
                 )
             )
+
+    def _intact(self, topic: str, durable: bool) -> bool:
+        """Whether the subscription node and the queue node of ``topic`` are
+        as this client made them: there, of the right kind, with their data,
+        and the queue the one the guard first saw."""
+        ctx = self._ctx
+        conn, kazoo, layout = ctx.conn, ctx.conn.kazoo, ctx.layout
+        sub_path = layout.subscriber(topic, ctx.client_id)
+        queue_path = layout.queue(ctx.client_id, topic)
+        registration, queue = conn.read_all(
+            lambda: [kazoo.get_async(sub_path), kazoo.get_async(queue_path)],
+            ctx.deadline(),
+            f"check the registration of {topic!r}",
+        )
+        if isinstance(registration, Exception) or isinstance(queue, Exception):
+            return False
+        data, stat = registration
+        owner = 0 if durable else conn.session_id
+        if stat.ephemeralOwner != owner or data != (b"durable" if durable else b""):
+            return False
+        with self._guard_lock:
+            known = self._queue_czxid.get(topic)
+        return queue[0] == b"" and (known is None or queue[1].czxid == known)
 
     def _on_client_changed(self) -> None:
         """Someone else wrote the client node's data: write ours back."""
