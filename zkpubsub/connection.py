@@ -266,6 +266,7 @@ class Connection:
             **kazoo_security(auth, tls),
         )
         self.authenticating = any(isinstance(a, Sasl) for a in auth)
+        self.auth_failed = threading.Event()
         # the ACL of a node this module creates, by path (ensure_path)
         self.acl_for: Callable[[str], list[Any]] = acl_for or (lambda _path: OPEN_ACL_UNSAFE)
         self.connected = threading.Event()
@@ -289,6 +290,8 @@ class Connection:
         else:
             if state == KazooState.LOST:
                 self._session = None
+                if self.auth_failed.is_set():
+                    self.auth_failed.set()  # kazoo stops for good: no reconnecting
                 if self.kazoo.client_state == KeeperState.CLOSED and not self.closing.is_set():
                     # kazoo's connection loop ended though nobody stopped it:
                     # it met an error it does not handle (a reply it did not
@@ -330,6 +333,11 @@ class Connection:
             self.kazoo.start(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
             self._stop_quietly()
+            if self.auth_failed.is_set():
+                raise AuthenticationFailed(
+                    "the server refused the SASL login (wrong user name or password, or "
+                    "no SASL on the server)"
+                ) from exc
             raise ConnectTimeout(
                 f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
             ) from exc

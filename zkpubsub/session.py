@@ -381,8 +381,8 @@ class Session:
                 self._guards[(topic, what)] = watcher
             return watcher
 
-    def _disturb(self, topic: str, reason: str) -> None:  # kazoo's thread
-        if self._ctx.is_closed() or self._subs.get(topic) is None:
+    def _disturb(self, topic: str, reason: str) -> None:  # kazoo's thread: no waiting here
+        if self._ctx.is_closed():
             return
         now = time.time()
         with self._guard_lock:
@@ -396,6 +396,8 @@ class Session:
         for the topics: publishes meanwhile skipped the registration or
         found the queue gone."""
         ctx = self._ctx
+        if not ctx.conn.connected.is_set() or ctx.conn.session_id != self._registered_session:
+            return  # the next CONNECTED registers again and arms the guard anew
         with self._guard_lock:
             disturbed, self._disturbed = self._disturbed, {}
         if not disturbed:
@@ -509,9 +511,17 @@ class Session:
             conn.session_lost_since = None
             self._watch_registration()
             self._set_state(ClientState.CONNECTED)
+            with self._guard_lock:
+                pending = bool(self._disturbed)
+            if pending:  # heard of while the connection was down
+                self._events.put((_SUBSCRIPTION_DISTURBED, time.time()))
             return
-        # A new session: everything ephemeral is gone. Register again.
+        # A new session: everything ephemeral is gone. Register again (what
+        # the guard saw go is registered again with it, and reported as the
+        # expiry's gap).
         self._set_state(ClientState.LOST)
+        with self._guard_lock:
+            self._disturbed.clear()
         try:
             with self._subs.lock:
                 if ctx.is_closed():
