@@ -74,9 +74,15 @@ def walk(zk: KazooClient, path: str) -> list[str]:
 # -- the secured bus works -----------------------------------------------------------------
 
 
-def test_a_bus_with_one_identity_publishes_subscribes_and_runs_its_work_queue(make_secure_client):
-    pub = make_secure_client(auth=user_auth("app"))
-    sub = make_secure_client(auth=user_auth("app"), client_id="durable-one")
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_a_bus_with_one_identity_publishes_subscribes_and_runs_its_work_queue(
+    make_secure_client, secure_zookeeper, tls_material, transport
+):
+    options: dict[str, Any] = {"auth": user_auth("app")}
+    if transport == "tls":
+        options.update(hosts=secure_zookeeper.secure_hosts, tls=tls_of(tls_material))
+    pub = make_secure_client(**options)
+    sub = make_secure_client(client_id="durable-one", **options)
     got: list[Any] = []
     sub.subscribe("t", got.append)
     sub.subscribe("d", durable=True).close()
@@ -95,6 +101,13 @@ def test_a_bus_with_one_identity_publishes_subscribes_and_runs_its_work_queue(ma
     item.ack(result="done")
     assert ticket.wait(timeout=10) == "done"
     assert pub.config.acl_policy == "secured"
+
+    leaver = make_secure_client(client_id="leaver", **options)
+    leaver.subscribe("t", durable=True).close()
+    leaver.close()
+    cleaner = pub.start_cleaner(grace=0.5, interval=0.2)
+    assert cleaner.wait_leader(10)
+    wait_until(lambda: cleaner.stats().clients_removed >= 1, timeout=20)
 
 
 def test_every_node_of_a_secured_bus_carries_the_policys_acl_and_none_is_open(
