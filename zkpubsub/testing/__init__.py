@@ -10,9 +10,13 @@ partitions through a peer mesh, an unwritable data directory), ``proxy``
 (TCP proxies that cut, drop, or lose one request or reply), ``workload``
 and ``history`` (a recorded publish/subscribe run), ``checker`` (lost,
 unexpected, duplicates, order), ``audit`` (the tree after healing) and
-``report`` (the reliability table).
+``report`` (the reliability table). ``secure`` makes secured servers:
+``ServerSecurity`` (a superuser, SASL users, enforced authentication, a
+TLS port) for ``ZooKeeperCluster(security=...)``, and ``make_tls_material``
+(a CA, keystores and a client certificate made with openssl and keytool).
 """
 
+from .secure import ServerSecurity, TlsMaterial, make_tls_material
 from .server import (
     ServerFailed,
     ZooKeeperCluster,
@@ -27,6 +31,8 @@ from .sessions import expire_session
 
 __all__ = [
     "ServerFailed",
+    "ServerSecurity",
+    "TlsMaterial",
     "ZooKeeperCluster",
     "ZooKeeperNode",
     "ZooKeeperNotFound",
@@ -34,5 +40,6 @@ __all__ = [
     "find_classpath",
     "four_letter",
     "free_ports",
+    "make_tls_material",
     "running_zookeeper",
 ]
