@@ -596,3 +596,26 @@ def test_the_wire_format_lists_the_acl_of_every_kind_of_node():
     doc = (Path(__file__).parent.parent / "docs" / "wire-format.md").read_text()
     missing = [row for row in table_rows() if row not in doc]
     assert not missing, missing
+
+
+def test_the_largest_message_still_fits_its_transaction_with_the_roles_acls(make_secure_client):
+    subs = [as_role(make_secure_client, user) for user in ("subscriber", "subscriber2")]
+    for sub in subs:
+        sub.subscribe("big")
+    pub = as_role(make_secure_client, "publisher", serializer="raw")
+    payload = b"x" * 979_000
+    receipt = pub.publish("big", payload)
+    assert receipt.subscribers == 2 and receipt.transactions == 2
+    for sub in subs:
+        msg = sub.subscriptions()[0].get(timeout=10)
+        assert msg is not None and msg.payload == payload
+
+
+def test_acls_too_large_for_the_largest_message_are_refused_up_front():
+    many = Roles(
+        admins=(digest_identity("admin", "pw"),),
+        subscribers=tuple(digest_identity(f"user{i}", "pw") for i in range(600)),
+    )
+    with pytest.raises(ValueError, match="ACLs of the policy"):
+        ClientConfig(auth=[("digest", "admin:pw")], acl=many)
+    ClientConfig(auth=[("digest", "admin:pw")], acl=many, max_message_bytes=900_000)

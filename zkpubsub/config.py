@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
+from ._acl import AclPolicy
+from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, NodeKind, validate_name, validate_root
 from .security import Auth, Roles, Sasl, Tls, normalize_auth
 from .serializers import Serializer, resolve
 
@@ -146,17 +147,22 @@ class ClientConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        # the ACLs of a message node and of the receipt travel in the transaction
+        policy = AclPolicy(self.acl_policy, auth=self.auth, tls=self.tls)
+        acls = policy.size(NodeKind.MESSAGE) + policy.size(NodeKind.RECEIPT)
         one_create = (
             self.max_message_bytes
             + 2 * len(self.root)
             + _MAX_PATH_BELOW_ROOT
             + CREATE_OP_OVERHEAD
             + _PUBLISH_FIXED_OPS
+            + acls
         )
         if one_create > self.max_transaction_bytes:
             raise ValueError(
                 f"max_message_bytes ({self.max_message_bytes}) leaves no room for a "
                 f"message node in max_transaction_bytes ({self.max_transaction_bytes})"
+                + (f" with the ACLs of the policy ({acls} bytes)" if not policy.open else "")
             )
 
     @staticmethod
