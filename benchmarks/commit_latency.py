@@ -30,7 +30,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 
-from . import server, stats
+from . import credentials, server, stats
 from .progress import Progress
 from .runner import DEFAULT_OUT
 
@@ -78,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = server.start_cluster(1, base_dir=args.zk_dir)
         phase.summary = cluster.hosts
     try:
-        zk = KazooClient(hosts=cluster.hosts)
+        zk = KazooClient(auth_data=credentials.kazoo_auth(), hosts=cluster.hosts)
         zk.start(timeout=30)
-        client = Client(cluster.hosts, root="/commit-latency")
+        client = Client(cluster.hosts, root="/commit-latency", **credentials.security())
         try:
             zk.ensure_path("/commit-latency-raw")
             with progress.phase(f"warming ZooKeeper for {args.warmup:g}s") as phase:

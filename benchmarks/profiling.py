@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import payload, server
+from . import credentials, payload, server
 from .profiles import FULL
 from .progress import Progress
 from .runner import DEFAULT_OUT
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zkpubsub import Client
 
         workers = start_subscribers(ctx, "zkpubsub", cluster.hosts, root, args.subscribers)
-        client = Client(cluster.hosts, root=root, serializer="raw")
+        client = Client(cluster.hosts, root=root, serializer="raw", **credentials.security())
         stop = threading.Event()
         counter = itertools.count()
         lock = threading.Lock()

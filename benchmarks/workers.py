@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from . import payload
+from . import credentials, payload
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ class WorkerState:
 
         if self._warm_zk is None or self._warm_hosts != hosts:
             self.close_warm()
-            self._warm_zk = KazooClient(hosts=hosts, timeout=10.0)
+            self._warm_zk = KazooClient(
+                auth_data=credentials.kazoo_auth(), hosts=hosts, timeout=10.0
+            )
             self._warm_zk.start(timeout=30)
             self._warm_hosts = hosts
         zk = self._warm_zk
@@ -212,7 +214,13 @@ class WorkerState:
     ) -> tuple[_Subscriber, str]:
         from zkpubsub import Client
 
-        client = Client(hosts, root=root, serializer="raw", session_timeout=session_timeout)
+        client = Client(
+            hosts,
+            root=root,
+            serializer="raw",
+            session_timeout=session_timeout,
+            **credentials.security(),
+        )
 
         def handler(message: Any) -> None:
             recorder.record(message.payload)
@@ -314,7 +322,7 @@ class WorkerState:
         """zkpubsub's work queue: reserve, then ack (``prefetch`` > 1: in batches)."""
         from zkpubsub import Client
 
-        client = Client(hosts, root=root, serializer="raw")
+        client = Client(hosts, root=root, serializer="raw", **credentials.security())
         try:
             queue = cast(Any, client).queue(queue_name)
             if prefetch <= 1:
@@ -408,7 +416,13 @@ def frozen_subscriber_main(
     _configure_logging(log_path)
     from zkpubsub import Client
 
-    client = Client(hosts, root=root, serializer="raw", session_timeout=session_timeout)
+    client = Client(
+        hosts,
+        root=root,
+        serializer="raw",
+        session_timeout=session_timeout,
+        **credentials.security(),
+    )
     client.subscribe(topic, lambda _m: None)
     conn.send(client.client_id)
     with contextlib.suppress(EOFError, OSError):

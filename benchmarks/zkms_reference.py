@@ -43,6 +43,8 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 
+from . import credentials
+
 logger = logging.getLogger(__name__)
 
 NAMESPACE: Final = "zkms"
@@ -58,6 +60,7 @@ def connect(hosts: str, *, timeout: float = 10.0) -> KazooClient:
     Curator, a retried sequential create whose first answer was lost may
     create a duplicate."""
     zk = KazooClient(
+        auth_data=credentials.kazoo_auth(),
         hosts=hosts,
         timeout=timeout,
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),

@@ -64,8 +64,20 @@ install_venv() {
     touch "$stamp"
 }
 
+install_openssl() {
+    # the secured-server tests make their certificates with openssl and keytool
+    # (keytool comes with the JDK that ZooKeeper needs)
+    if command -v openssl >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing openssl from Debian's packages..." >&2
+    as_root apt-get update -qq
+    apt_install openssl
+}
+
 install() {
     install_zookeeper
+    install_openssl
     install_venv
 }
 

@@ -89,7 +89,7 @@ class RecordingTxn:
     def check(self, path: str, version: int) -> None:
         self.ops.append(("check", path))
 
-    def create(self, path: str, data: bytes, sequence: bool = False) -> None:
+    def create(self, path: str, data: bytes, acl: object = None, sequence: bool = False) -> None:
         self.ops.append(("create", path))
 
     def set_data(self, path: str, data: bytes, version: int) -> None:

@@ -24,6 +24,7 @@ from .client import Client
 from .config import ClientConfig
 from .errors import (
     AlreadySubscribed,
+    AuthenticationFailed,
     ClientClosed,
     ClientIdInUse,
     ConnectionLost,
@@ -31,18 +32,32 @@ from .errors import (
     DecodeError,
     ItemFailed,
     NoSubscribers,
+    NotAuthorized,
     NotFound,
     OperationTimeout,
     PayloadTooLarge,
     PublishTimeout,
     ReservationLost,
+    SecurityError,
     SerializationError,
+    TlsError,
     ZkPubSubError,
     ZooKeeperError,
 )
 from .layout import DEFAULT_ROOT
 from .message import Message, PublishReceipt
 from .observer import Observer
+from .security import (
+    Auth,
+    Roles,
+    Sasl,
+    Security,
+    Tls,
+    digest_identity,
+    from_environment,
+    sasl_identity,
+    x509_identity,
+)
 from .serializers import JsonSerializer, MsgpackSerializer, RawSerializer, Serializer
 from .state import ClientState, Gap
 from .stats import BusStats, ClientInfo, QueueStats
@@ -64,6 +79,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "DEFAULT_ROOT",
     "AlreadySubscribed",
+    "Auth",
+    "AuthenticationFailed",
     "Backlog",
     "BusStats",
     "Cleaner",
@@ -87,6 +104,7 @@ __all__ = [
     "Message",
     "MsgpackSerializer",
     "NoSubscribers",
+    "NotAuthorized",
     "NotFound",
     "Observer",
     "OperationTimeout",
@@ -96,15 +114,25 @@ __all__ = [
     "QueueStats",
     "RawSerializer",
     "ReservationLost",
+    "Roles",
+    "Sasl",
+    "Security",
+    "SecurityError",
     "SerializationError",
     "Serializer",
     "Subscription",
     "SubscriptionStats",
     "Ticket",
+    "Tls",
+    "TlsError",
     "WorkQueue",
     "WorkQueueStats",
     "Worker",
     "ZkPubSubError",
     "ZooKeeperError",
     "__version__",
+    "digest_identity",
+    "from_environment",
+    "sasl_identity",
+    "x509_identity",
 ]

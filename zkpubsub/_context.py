@@ -4,9 +4,9 @@ Subscriptions, the publish engine, work queues, workers, consumers and the
 cleaner each receive this context and talk to ZooKeeper and to each other's
 machinery only through it: the connection, the layout, the configuration
 in force, the client's id, the serializers it reads with, the receipt
-writer (with its janitor), the open check and the observers of events
-(:mod:`zkpubsub._hooks`, for metrics). No component reaches into
-another's private state.
+writer (with its janitor), the ACL policy every create follows, the open
+check and the observers of events (:mod:`zkpubsub._hooks`, for metrics).
+No component reaches into another's private state.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._acl import AclPolicy
 from ._hooks import Hooks
 from .config import ClientConfig
 from .connection import Connection, deadline_after
@@ -36,6 +37,7 @@ class Context:
     explicit_id: bool  # the user chose the id (a durable subscriber can come back)
     serializers: SerializerRegistry
     writer: ReceiptWriter
+    acl: AclPolicy
     is_closed: Callable[[], bool]
     hooks: Hooks = field(default_factory=Hooks)  # observers of events, for metrics
 
@@ -50,6 +52,8 @@ class Context:
         is_closed: Callable[[], bool],
     ) -> Context:
         layout = Layout(config.root)
+        acl = AclPolicy(config.acl_policy, auth=config.auth, tls=config.tls)
+        conn.acl_for = acl.for_paths(layout)
         janitor = ReceiptJanitor(conn, layout, client_id)
         return cls(
             conn=conn,
@@ -58,7 +62,8 @@ class Context:
             client_id=client_id,
             explicit_id=explicit_id,
             serializers=SerializerRegistry(config.serializer),
-            writer=ReceiptWriter(conn, layout, client_id, janitor),
+            writer=ReceiptWriter(conn, layout, client_id, janitor, acl),
+            acl=acl,
             is_closed=is_closed,
         )
 

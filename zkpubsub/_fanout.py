@@ -25,7 +25,7 @@ has read past it. Anything else is an error zkpubsub does not expect.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
@@ -35,7 +35,7 @@ from .errors import ZooKeeperError
 from .layout import Layout
 from .receipts import Outcome
 
-__all__ = ["FanOut", "Target", "Verdict"]
+__all__ = ["Acls", "FanOut", "Target", "Verdict"]
 
 Op = Literal["topic", "queue", "segment", "node", "marker", "count"]
 
@@ -49,6 +49,15 @@ class Verdict:
 
     kind: Literal["ok", "stale", "gone", "moved", "marker"]
     culprit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Acls:
+    """The ACLs of the nodes a fan-out creates (``None``: kazoo's default,
+    the open ACL)."""
+
+    message: Any = None
+    marker: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,7 @@ class Target:
     roll: bytes | None = None
     marker: str | None = None
     missed: int = 0
+    segment_acl: Any = field(default=None, compare=False)  # a new segment's ACL (None: open)
 
     def op_kinds(self, nodes: int) -> list[Op]:
         kinds: list[Op] = ["queue"]
@@ -100,24 +110,28 @@ class FanOut:
             out.extend((i, kind) for kind in target.op_kinds(len(self.nodes)))
         return out
 
-    def add_ops(self, layout: Layout, txn: Any, guid: str) -> None:
-        """Add the operations to ``txn`` (node names carry ``guid``)."""
+    def add_ops(self, layout: Layout, txn: Any, guid: str, acls: Acls | None = None) -> None:
+        """Add the operations to ``txn`` (node names carry ``guid``; nodes
+        get the ACLs of ``acls``, a new segment its target's)."""
+        acls = acls or Acls()
         txn.check(layout.topic(self.topic), self.version)
         for target in self.targets:
             queue = layout.queue(target.subscriber, self.topic)
             segment = layout.segment(queue, target.segment)
             if target.roll is not None:
                 txn.set_data(queue, target.roll, target.version)
-                txn.create(segment, b"")
+                txn.create(segment, b"", acl=target.segment_acl)
             else:
                 txn.check(queue, target.version)
             if target.marker is None:
                 for data in self.nodes:
-                    txn.create(layout.message_prefix(segment, guid), data, sequence=True)
+                    prefix = layout.message_prefix(segment, guid)
+                    txn.create(prefix, data, acl=acls.message, sequence=True)
                 continue
             mark = OverflowMark(self.publisher, target.missed).encode()
             if target.marker == "":
-                txn.create(layout.marker_prefix(segment, guid), mark, sequence=True)
+                prefix = layout.marker_prefix(segment, guid)
+                txn.create(prefix, mark, acl=acls.marker, sequence=True)
             else:
                 txn.set_data(target.marker, mark, -1)
 

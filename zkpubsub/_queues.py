@@ -51,6 +51,7 @@ class QueueState:
     read_at: float
     marker: str | None = None  # this publisher's overflow marker in it
     missed: int = 0  # the count that marker holds
+    acl: Any = None  # the queue's own ACL, for a segment this publisher creates
 
 
 def created(stat: Any) -> int:
@@ -82,10 +83,12 @@ def decide(
     roll = record is None or state.current >= segment_nodes or state.counter >= roll_at
     segment = 0 if record is None else record.segment + int(roll)
     fresh = QueueRecord(segment, backlog).encode() if roll else None
+    acl = state.acl if roll else None
     if not full:
-        return Target(subscriber, state.version, segment, fresh)
+        return Target(subscriber, state.version, segment, fresh, segment_acl=acl)
     marker = state.marker if state.marker and not roll else ""
-    return Target(subscriber, state.version, segment, fresh, marker, state.missed + messages)
+    missed = state.missed + messages
+    return Target(subscriber, state.version, segment, fresh, marker, missed, segment_acl=acl)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,7 @@ class _Read:
     counter: int = 0
     nodes: int = 0  # outside the current segment
     older: list[str] = field(default_factory=list)
+    acl: Any = None
 
 
 class QueueStates:
@@ -152,6 +156,18 @@ class QueueStates:
         kazoo = conn.kazoo
         reads = [_Read(s, layout.queue(s, topic)) for s in due]
         heads = conn.read_all(lambda: [kazoo.get_async(r.queue) for r in reads], deadline, "queues")
+        with self._lock:
+            known = {s: st.acl for (t, s), st in self._states.items() if t == topic}
+        for read in reads:
+            read.acl = known.get(read.subscriber)
+        unknown = [r for r in reads if r.acl is None and not self._ctx.acl.open]
+        if unknown:  # a segment this publisher creates gets the queue's own ACL
+            acls = conn.read_all(
+                lambda: [kazoo.get_acls_async(r.queue) for r in unknown], deadline, "queue ACLs"
+            )
+            for read, answer in zip(unknown, acls, strict=True):
+                if not isinstance(answer, NoNodeError):
+                    read.acl = answer[0]
         gone = set()
         for read, head in zip(reads, heads, strict=True):
             if isinstance(head, NoNodeError):
@@ -204,6 +220,7 @@ class QueueStates:
                     current=r.current,
                     counter=r.counter,
                     read_at=read_at,
+                    acl=r.acl,
                 )
                 previous = self._states.get((topic, r.subscriber))
                 backlog = r.record.backlog if r.record is not None else None

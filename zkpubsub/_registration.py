@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from ._version import __version__
 from .backlog import Backlog, QueueRecord
 from .connection import deadline_after, expired, first_error
 from .errors import ClientIdInUse, ConnectionLost, OperationTimeout
+from .layout import NodeKind, split_queue
 
 __all__ = [
     "check_purge",
@@ -41,6 +43,8 @@ __all__ = [
     "prepare_queue",
     "register_client",
     "register_subscription",
+    "restore_client_data",
+    "restore_subscription",
     "unregister_subscription",
 ]
 
@@ -59,7 +63,11 @@ def create_ephemeral(
     while True:
         conn.wait_connected(deadline, f"create {path}")
         try:
-            conn.result(kazoo.create_async(path, data, ephemeral=True), deadline, path)
+            conn.result(
+                kazoo.create_async(path, data, acl=conn.acl_for(path), ephemeral=True),
+                deadline,
+                path,
+            )
             return
         except ConnectionLost:
             continue  # if it landed, the next try finds it with our owner
@@ -79,43 +87,53 @@ def create_ephemeral(
         gone.wait(0.5)
 
 
-def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) -> None:
-    """Write ``clients/<id>`` for this session and make sure the receipt
-    folder exists (once registered, nothing of ours is purged)."""
+_STARTED = time.time()
+
+
+def _client_info() -> bytes:
     info = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started": time.time(),
+        "started": _STARTED,
         "version": __version__,
     }
-    create_ephemeral(
-        ctx, ctx.layout.client(ctx.client_id), json.dumps(info).encode(), deadline, owner_wait
-    )
+    return json.dumps(info).encode()
+
+
+def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) -> None:
+    """Write ``clients/<id>`` for this session and make sure the receipt
+    folder exists (once registered, nothing of ours is purged)."""
+    create_ephemeral(ctx, ctx.layout.client(ctx.client_id), _client_info(), deadline, owner_wait)
     ctx.conn.ensure_path(ctx.layout.client_receipts(ctx.client_id), deadline)
 
 
 def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | None) -> None:
     """Make this client's queue for ``topic`` exist with its record (bound,
-    current segment) and that segment; a queue from before segments gets
-    segment 0 (its older nodes are still read first)."""
+    current segment) and that segment. A queue with no readable record (from
+    before segments, or written over by someone) gets one naming a fresh
+    segment after any it has (its older nodes are still read first)."""
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
     path = layout.queue(ctx.client_id, topic)
+    queue_acl = ctx.acl.acl(NodeKind.QUEUE)
+    segment_acl = ctx.acl.acl(NodeKind.SEGMENT)
     while True:
         try:
             data, stat = conn.call(lambda: kazoo.get_async(path), deadline, f"read {path}")
         except NoNodeError:
             conn.ensure_path(layout.client_messages(ctx.client_id), deadline)
             txn = kazoo.transaction()
-            txn.create(path, QueueRecord(0, backlog).encode())
-            txn.create(layout.segment(path, 0), b"")
+            txn.create(path, QueueRecord(0, backlog).encode(), acl=queue_acl)
+            txn.create(layout.segment(path, 0), b"", acl=segment_acl)
         else:
             record = QueueRecord.decode(data)
             if record is not None and record.backlog == backlog:
                 return
             txn = kazoo.transaction()
             if record is None:
-                txn.set_data(path, QueueRecord(0, backlog).encode(), stat.version)
-                txn.create(layout.segment(path, 0), b"")
+                numbers = split_queue(conn.children(path, deadline) or [])[1]
+                fresh = numbers[-1] + 1 if numbers else 0
+                txn.set_data(path, QueueRecord(fresh, backlog).encode(), stat.version)
+                txn.create(layout.segment(path, fresh), b"", acl=segment_acl)
             else:
                 txn.set_data(path, QueueRecord(record.segment, backlog).encode(), stat.version)
         conn.wait_connected(deadline, f"prepare {path}")
@@ -123,6 +141,33 @@ def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | 
             if first_error(conn.result(txn.commit_async(), deadline, f"prepare {path}"))[1]:
                 continue  # changed under us (a roll, a concurrent subscribe): look again
             return
+
+
+def restore_client_data(ctx: Context, deadline: float | None) -> None:
+    """Write the client node's data again (someone else changed it)."""
+    kazoo, path = ctx.conn.kazoo, ctx.layout.client(ctx.client_id)
+    data = _client_info()
+    with contextlib.suppress(NoNodeError):  # gone: the deletion guard handles it
+        ctx.conn.call(lambda: kazoo.set_async(path, data), deadline, f"restore {path}")
+
+
+def restore_subscription(
+    ctx: Context, topic: str, deadline: float | None, *, durable: bool, backlog: Backlog
+) -> None:
+    """Register again after someone else deleted or changed the subscription
+    node or the queue node: the queue with a readable record (publishers
+    change the record themselves when they move the queue on), the
+    subscription node with its expected (empty or ``durable``) data."""
+    register_subscription(ctx, topic, deadline, durable=durable, backlog=backlog)
+    conn, kazoo = ctx.conn, ctx.conn.kazoo
+    path = ctx.layout.subscriber(topic, ctx.client_id)
+    data = b"durable" if durable else b""
+    try:
+        found, _ = conn.call(functools.partial(kazoo.get_async, path), deadline, path)
+        if found != data:
+            conn.call(functools.partial(kazoo.set_async, path, data), deadline, path)
+    except NoNodeError:
+        pass  # deleted again: the guard hears of it
 
 
 def register_subscription(
@@ -156,7 +201,7 @@ def register_subscription(
                 time.sleep(0.2)
                 continue
             txn.delete(sub_path, stat.version)
-        txn.create(sub_path, data, ephemeral=not durable)
+        txn.create(sub_path, data, acl=conn.acl_for(sub_path), ephemeral=not durable)
         txn.set_data(topic_path, b"", -1)
         try:
             results = conn.result(txn.commit_async(), deadline, f"subscribe to {topic!r}")

@@ -44,7 +44,14 @@ from ._tree import DELETE_BATCH, Guard, Refused, delete_batch, delete_tree, guar
 from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_RESULT_TTL, default_grace
 from .connection import Connection, deadline_after, first_error
 from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError
-from .layout import join, new_guid, order_by_sequence, parse_candidate_node, parse_segment_node
+from .layout import (
+    NodeKind,
+    join,
+    new_guid,
+    order_by_sequence,
+    parse_candidate_node,
+    parse_segment_node,
+)
 
 __all__ = ["Cleaner", "CleanerStats"]
 
@@ -213,7 +220,13 @@ class Cleaner:
             self._conn.wait_connected(deadline, "join cleaner election")
             try:
                 path: str = self._conn.result(
-                    kazoo.create_async(prefix, data, ephemeral=True, sequence=True),
+                    kazoo.create_async(
+                        prefix,
+                        data,
+                        acl=self._ctx.acl.acl(NodeKind.CANDIDATE),
+                        ephemeral=True,
+                        sequence=True,
+                    ),
                     deadline,
                     "join cleaner election",
                 )
@@ -349,15 +362,16 @@ class Cleaner:
         first (so publishers stop writing), then its queues."""
         conn, layout = self._conn, self._layout
         client_path = layout.client(cid)
+        client_acl = self._ctx.acl.acl(NodeKind.CLIENT)
 
         def guard(txn: Any) -> int:
             txn.check(me, 0)
-            txn.create(client_path, b"")  # fails if the client is back …
+            txn.create(client_path, b"", acl=client_acl)  # fails if the client is back …
             txn.delete(client_path)  # … and leaves nothing behind
             return 3
 
         def mark(txn: Any) -> None:
-            txn.create(marker, b"")
+            txn.create(marker, b"", acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
 
         deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
         marker = layout.purge_marker(cid)

@@ -1,4 +1,12 @@
-"""The ``zkpubsub`` command line."""
+"""The ``zkpubsub`` command line.
+
+Credentials and TLS settings come from the environment, never from
+arguments (``ps`` shows those to every user of the machine):
+``ZKPUBSUB_CREDENTIALS`` names a credentials file (TOML, see
+:func:`zkpubsub.security.load_credentials`); ``ZKPUBSUB_DIGEST``
+(``user:password``), ``ZKPUBSUB_ACL`` and ``ZKPUBSUB_TLS_CA`` / ``_CERT`` /
+``_KEY`` set single values.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from .errors import ZkPubSubError
 from .layout import DEFAULT_ROOT, validate_root
 from .message import Message
 from .observer import Observer
+from .security import from_environment
 from .subscription import Subscription
 from .workqueue.records import WorkQueueStats
 
@@ -73,11 +82,16 @@ class CliContext:
     def client(self, **kwargs: Any) -> Client:
         self._resolvable()
         try:
+            security = from_environment().options()
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise click.ClickException(f"credentials: {exc}") from exc
+        try:
             return Client(
                 self.hosts,
                 root=self.root,
                 session_timeout=self.session_timeout,
                 connect_timeout=self.connect_timeout,
+                **security,
                 **kwargs,
             )
         except ZkPubSubError as exc:
@@ -141,7 +155,8 @@ def _positive(name: str) -> Callable[[click.Context, click.Parameter, float], fl
     envvar="ZKPUBSUB_HOSTS",
     default=DEFAULT_HOSTS,
     show_default=True,
-    help="ZooKeeper connection string (env ZKPUBSUB_HOSTS).",
+    help="ZooKeeper connection string (env ZKPUBSUB_HOSTS). Credentials and TLS: "
+    "env ZKPUBSUB_CREDENTIALS (a credentials file), ZKPUBSUB_DIGEST, ZKPUBSUB_TLS_CA...",
 )
 @click.option(
     "--root",
@@ -718,8 +733,11 @@ def bench(args: Sequence[str]) -> None:
 @main.command()
 @click.option("--subscribers", default=3, show_default=True, type=int)
 @click.option("--messages", default=300, show_default=True, type=int)
-def demo(subscribers: int, messages: int) -> None:
+@click.option(
+    "--secured", is_flag=True, help="A server that requires authentication; ACLs on every node."
+)
+def demo(subscribers: int, messages: int, secured: bool) -> None:
     """Run a demo on a local ZooKeeper it starts and stops itself."""
     from .demo import run_demo
 
-    sys.exit(run_demo(subscribers=subscribers, messages=messages))
+    sys.exit(run_demo(subscribers=subscribers, messages=messages, secured=secured))

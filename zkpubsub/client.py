@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from .errors import ZkPubSubError
 from .layout import validate_name
 from .message import PublishReceipt
 from .publisher import Publisher
+from .security import AuthEntry, Roles, Tls, normalize_auth
 from .serializers import Serializer, resolve
 from .session import GapListener, Session, StateListener, SubscriptionRegistry
 from .state import ClientState
@@ -71,10 +72,17 @@ class Client:
     the cleaner had started deleting this id's queues before the client
     came back.
 
+    ``auth``, ``acl`` and ``tls`` secure the bus (``docs/security.md``):
+    credentials as ``(scheme, credential)`` pairs or :class:`Sasl`, the ACL
+    policy of every node this client creates (``"open"``, ``"secured"`` —
+    the default with credentials — or :class:`Roles`), and TLS settings.
+
     The constructor connects and registers (``ConnectTimeout`` if no session
-    within ``connect_timeout``). After a session expiry the client registers
-    again by itself, re-subscribes every open subscription and tells gap
-    listeners that messages may have been missed.
+    within ``connect_timeout``; :class:`TlsError`, :class:`AuthenticationFailed`
+    or :class:`NotAuthorized` for credentials or settings that cannot work).
+    After a session expiry the client registers again by itself,
+    re-subscribes every open subscription and tells gap listeners that
+    messages may have been missed.
     """
 
     def __init__(
@@ -98,8 +106,14 @@ class Client:
         close_timeout: float | None = None,
         backlog: Backlog | None = None,
         watch_mode: WatchMode | None = None,
+        auth: Sequence[AuthEntry] | None = None,
+        acl: str | Roles | None = None,
+        tls: Tls | None = None,
     ) -> None:
         given: dict[str, Any] = {
+            "auth": None if auth is None else normalize_auth(auth),
+            "acl": acl,
+            "tls": tls,
             "root": root,
             "client_id": client_id,
             "session_timeout": session_timeout,
@@ -131,7 +145,12 @@ class Client:
         self.client_id: str = resolved.client_id  # type: ignore[assignment]
         self._closed = False
         self._close_lock = threading.Lock()
-        conn = Connection(hosts, session_timeout=resolved.session_timeout)
+        conn = Connection(
+            hosts,
+            session_timeout=resolved.session_timeout,
+            auth=resolved.auth,
+            tls=resolved.tls,
+        )
         self._ctx = Context.build(
             conn,
             resolved,

@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
+from ._acl import AclPolicy
 from .backlog import Backlog
-from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, validate_name, validate_root
+from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, NodeKind, validate_name, validate_root
+from .security import Auth, Roles, Sasl, Tls, normalize_auth
 from .serializers import Serializer, resolve
 
 __all__ = [
@@ -58,8 +60,9 @@ DEFAULT_MAX_RETRY_DELAY: Final = 30.0
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 DEFAULT_CLEANER_INTERVAL: Final = 30.0
 DEFAULT_RESULT_TTL: Final = 3600.0
-# Bytes one create operation adds to a transaction besides its path and data
-# (multi header, length prefixes, the open ACL, flags).
+# Bytes one create operation adds to a transaction besides its path, data and
+# ACL (multi header, length prefixes, flags); the ACL policy adds the size of
+# each kind of node's ACL (the open ACL is 28 bytes).
 CREATE_OP_OVERHEAD: Final = 64
 # Deepest node path below the root (messages/<id>/<topic>/m<guid>-<seq>),
 # plus the check and receipt operations every publish transaction carries.
@@ -108,6 +111,9 @@ def parse_hosts(hosts: object) -> tuple[list[tuple[str, int]], str]:
     return servers, "" if chroot == "/" else chroot
 
 
+_POLICIES: Final = ("open", "secured")
+
+
 def default_grace(session_timeout: float) -> float:
     """The cleaner's default grace: the larger of 60 s and two session timeouts."""
     return max(60.0, 2 * session_timeout)
@@ -141,6 +147,16 @@ class ClientConfig:
     directly; ``"listing"``, a child watch per queue and a listing on each
     change (any server); ``"auto"`` (the default), the first where the
     server has it.
+
+    ``auth`` are the credentials sent when connecting: ``(scheme,
+    credential)`` pairs as ZooKeeper's ``addauth`` (``("digest",
+    "user:password")``), :class:`~zkpubsub.Sasl` for a SASL login.
+    ``acl`` is the ACL policy of every node the client creates: ``"open"``
+    (anyone may do anything; the default without credentials),
+    ``"secured"`` (only the creating identity; the default with
+    credentials) or :class:`~zkpubsub.Roles`. ``tls``
+    (:class:`~zkpubsub.Tls`) connects to ZooKeeper's secure client port.
+    ``docs/security.md`` explains them.
     """
 
     hosts: str = ""
@@ -159,8 +175,24 @@ class ClientConfig:
     backlog: Backlog = field(default_factory=Backlog)
     watch_mode: Literal["auto", "persistent", "listing"] = "auto"
     serializer: Serializer = field(default_factory=lambda: resolve(None))
+    auth: tuple[Auth | Sasl, ...] = ()
+    acl: str | Roles | None = None
+    tls: Tls | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "auth", normalize_auth(self.auth))
+        if not (self.acl is None or isinstance(self.acl, Roles) or self.acl in _POLICIES):
+            raise ValueError(f"acl must be 'open', 'secured' or a Roles, not {self.acl!r}")
+        if self.tls is not None and not isinstance(self.tls, Tls):
+            raise TypeError(f"tls must be a zkpubsub.Tls, not {type(self.tls).__name__}")
+        if self.acl_policy != "open" and not self._authenticated:
+            raise ValueError(
+                f"acl={self.acl!r} names the client's own identity: give credentials "
+                "(auth=...) or a TLS client certificate"
+            )
+        self._check()
+
+    def _check(self) -> None:
         if not isinstance(self.hosts, str):
             raise TypeError(f"hosts must be a str, not {type(self.hosts).__name__}")
         if self.hosts:
@@ -187,23 +219,40 @@ class ClientConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        # the ACLs of a message node and of the receipt travel in the transaction
+        policy = AclPolicy(self.acl_policy, auth=self.auth, tls=self.tls)
+        acls = policy.size(NodeKind.MESSAGE) + policy.size(NodeKind.RECEIPT)
         one_create = (
             self.max_message_bytes
             + 2 * len(self.root)
             + _MAX_PATH_BELOW_ROOT
             + CREATE_OP_OVERHEAD
             + _PUBLISH_FIXED_OPS
+            + acls
         )
         if one_create > self.max_transaction_bytes:
             raise ValueError(
                 f"max_message_bytes ({self.max_message_bytes}) leaves no room for a "
                 f"message node in max_transaction_bytes ({self.max_transaction_bytes})"
+                + (f" with the ACLs of the policy ({acls} bytes)" if not policy.open else "")
             )
 
     @staticmethod
     def field_names() -> frozenset[str]:
         """The names ``Client`` accepts as keyword overrides."""
         return frozenset(f.name for f in fields(ClientConfig))
+
+    @property
+    def _authenticated(self) -> bool:
+        return bool(self.auth) or (self.tls is not None and self.tls.certfile is not None)
+
+    @property
+    def acl_policy(self) -> str | Roles:
+        """The ACL policy in force: ``acl``, or when it is ``None``
+        ``"secured"`` with credentials and ``"open"`` without."""
+        if self.acl is not None:
+            return self.acl
+        return "secured" if self._authenticated else "open"
 
     @property
     def owner_wait(self) -> float:

@@ -17,13 +17,23 @@ every write then fails with "session expired" while kazoo, which learns of
 an expiry only when it connects, believes it is connected. Such a reply
 makes this module drop the connection, so that kazoo reconnects, hears
 that the session is gone and starts a new one.
+
+Security settings are translated here too: credentials become kazoo's
+``auth_data`` or ``sasl_options``, :class:`~zkpubsub.Tls` its TLS options.
+Bad ones give one clear error at connect, within ``connect_timeout``: a TLS
+handshake that fails with every server (:class:`TlsError`), a SASL login or
+a session refused for want of authentication (:class:`AuthenticationFailed`).
+A node's ACL refusing a request is :class:`NotAuthorized`. Every node this
+module creates carries the ACL the policy gives its path (``acl_for``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,14 +41,18 @@ from typing import Any, Final, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    AuthFailedError,
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
+    NodeExistsError,
     NoNodeError,
     NoWatcherError,
     OperationTimeoutError,
     RolledBackError,
     RuntimeInconsistency,
+    SessionClosedRequireSaslError,
     SessionExpiredError,
     UnimplementedError,
 )
@@ -46,6 +60,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from ._persistent import (
     PERSISTENT_RECURSIVE,
@@ -55,14 +70,18 @@ from ._persistent import (
     RemoveWatches,
 )
 from .errors import (
+    AuthenticationFailed,
     ClientClosed,
     ConnectionLost,
     ConnectTimeout,
+    NotAuthorized,
     OperationTimeout,
+    TlsError,
     ZkPubSubError,
     ZooKeeperError,
 )
 from .handler import FastThreadingHandler
+from .security import Auth, Sasl, Tls
 
 __all__ = [
     "RECONNECT_MAX_DELAY",
@@ -71,6 +90,7 @@ __all__ = [
     "expired",
     "first_error",
     "remaining",
+    "server_error",
     "translated",
 ]
 
@@ -127,6 +147,29 @@ def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+_REQUIRE_AUTH: Final = (
+    "the server requires authentication: give credentials (auth=...) with a scheme it enforces"
+)
+
+
+def server_error(what: str, error: BaseException, path: str | None = None) -> ZkPubSubError:
+    """The zkpubsub error for an error the server answered (a request's or
+    one operation's of a transaction): ``NotAuthorized`` for ``NoAuth``,
+    ``AuthenticationFailed`` for a refused login, else ``ZooKeeperError``."""
+    where = f" on {path}" if path else ""
+    if isinstance(error, NoAuthError):
+        return NotAuthorized(
+            f"{what}: not authorized{where} (this client's identity has no role "
+            "allowing it; a wrong password is another identity)",
+            path=path,
+        )
+    if isinstance(error, SessionClosedRequireSaslError):
+        return AuthenticationFailed(f"{what}: {_REQUIRE_AUTH}")
+    if isinstance(error, AuthFailedError):
+        return AuthenticationFailed(f"{what}: the server refused the credentials")
+    return ZooKeeperError(f"{what}: {type(error).__name__}{where}")
+
+
 @contextlib.contextmanager
 def translated(what: str) -> Iterator[None]:
     """Turn any kazoo error escaping the block into a zkpubsub error."""
@@ -134,12 +177,92 @@ def translated(what: str) -> Iterator[None]:
         yield
     except ZkPubSubError:
         raise
+    except (NoAuthError, AuthFailedError, SessionClosedRequireSaslError) as exc:
+        raise server_error(what, exc) from exc
     except ConnectionClosedError as exc:
         raise ClientClosed(f"{what}: the client is closed") from exc
     except _CONNECTION_ERRORS as exc:
         raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
     except KazooException as exc:
         raise ZooKeeperError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+def kazoo_security(auth: tuple[Auth | Sasl, ...], tls: Tls | None) -> dict[str, Any]:
+    """kazoo's keyword arguments for credentials and TLS."""
+    options: dict[str, Any] = {}
+    digests = [(a.scheme, a.credential) for a in auth if isinstance(a, Auth)]
+    if digests:
+        options["auth_data"] = digests
+    for a in auth:
+        if isinstance(a, Sasl):
+            sasl: dict[str, Any] = {"mechanism": a.mechanism, "service": a.service}
+            if a.username is not None:
+                sasl["username"] = a.username
+            if a.password is not None:
+                sasl["password"] = a.password
+            if a.principal is not None:
+                sasl["principal"] = a.principal
+            options["sasl_options"] = sasl
+    if tls is not None:
+        options.update(
+            use_ssl=True,
+            ca=tls.ca,
+            certfile=tls.certfile,
+            keyfile=tls.keyfile,
+            keyfile_password=tls.keyfile_password,
+            verify_certs=tls.verify,
+            check_hostname=tls.check_hostname,
+        )
+    return options
+
+
+def _tls_context(tls: Tls) -> ssl.SSLContext:
+    """The context kazoo builds from the same settings."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = tls.check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE
+    if tls.ca:
+        context.load_verify_locations(tls.ca)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if tls.certfile and tls.keyfile:
+        context.load_cert_chain(tls.certfile, tls.keyfile, password=tls.keyfile_password)
+    return context
+
+
+def probe_tls(hosts: list[tuple[str, int]], tls: Tls, timeout: float) -> None:
+    """Shake hands with each server before kazoo does (kazoo would retry a
+    refused handshake forever, quietly). Raises :class:`TlsError` when every
+    server that answered refused TLS; returns once one accepts, or when none
+    answered at all (kazoo's own waiting then says so)."""
+    try:
+        context = _tls_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"TLS settings unusable: {exc}") from exc
+    errors: dict[str, str] = {}
+    answered = False
+    for host, port in hosts:
+        entry = f"{host}:{port}"
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            errors[entry] = f"unreachable ({exc})"
+            continue
+        answered = True
+        try:
+            with context.wrap_socket(raw, server_hostname=host) as conn:
+                conn.settimeout(timeout)
+                return  # a TLS session: let kazoo go on
+        except ssl.SSLCertVerificationError as exc:
+            errors[entry] = f"server certificate not trusted ({exc.verify_message})"
+        except (ssl.SSLError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            errors[entry] = f"TLS handshake failed ({reason}; is this a secure client port?)"
+        finally:
+            raw.close()
+    if answered:
+        detail = "; ".join(f"{h}: {e}" for h, e in errors.items())
+        raise TlsError(f"no TLS session with any ZooKeeper server: {detail}", errors=errors)
 
 
 class Connection:
@@ -152,10 +275,14 @@ class Connection:
         session_timeout: float,
         client_id: tuple[int, bytes] | None = None,
         handler: Any = None,
+        auth: tuple[Auth | Sasl, ...] = (),
+        tls: Tls | None = None,
+        acl_for: Callable[[str], list[Any]] | None = None,
     ) -> None:
         retry = KazooRetry(
             max_tries=-1, delay=0.05, backoff=2, max_jitter=0.3, max_delay=RECONNECT_MAX_DELAY
         )
+        self.tls = tls
         self.kazoo = KazooClient(
             hosts=hosts,
             timeout=session_timeout,
@@ -163,7 +290,12 @@ class Connection:
             handler=handler if handler is not None else FastThreadingHandler(),
             connection_retry=retry,
             command_retry=KazooRetry(max_tries=1, ignore_expire=False),
+            **kazoo_security(auth, tls),
         )
+        self.authenticating = any(isinstance(a, Sasl) for a in auth)
+        self.auth_failed = threading.Event()
+        # the ACL of a node this module creates, by path (ensure_path)
+        self.acl_for: Callable[[str], list[Any]] = acl_for or (lambda _path: OPEN_ACL_UNSAFE)
         self.connected = threading.Event()
         self.closing = threading.Event()
         self._listeners: list[Callable[[KazooState], None]] = []
@@ -206,6 +338,8 @@ class Connection:
         else:
             if state == KazooState.LOST:
                 self._session = None
+                if self.auth_failed.is_set():
+                    self.auth_failed.set()  # kazoo stops for good: no reconnecting
                 if self.kazoo.client_state == KeeperState.CLOSED and not self.closing.is_set():
                     # kazoo's connection loop ended though nobody stopped it:
                     # it met an error it does not handle (a reply it did not
@@ -238,16 +372,54 @@ class Connection:
             self._listeners.remove(listener)
 
     def start(self, timeout: float) -> None:
+        """Connect within ``timeout``: ``ConnectTimeout``, ``TlsError`` or
+        ``AuthenticationFailed`` otherwise (the connection is then stopped)."""
+        deadline = deadline_after(timeout)
+        if self.tls is not None:
+            probe_tls(list(self.kazoo.hosts), self.tls, min(timeout, 5.0))
         try:
-            self.kazoo.start(timeout=timeout)
+            self.kazoo.start(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
+            self._stop_quietly()
+            if self.auth_failed.is_set():
+                raise AuthenticationFailed(
+                    "the server refused the SASL login (wrong user name or password, or "
+                    "no SASL on the server)"
+                ) from exc
             raise ConnectTimeout(
                 f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
             ) from exc
+        # The first request follows the logins (kazoo sends a SASL exchange
+        # and every addauth before any request): its answer tells whether
+        # they were accepted and whether the server lets this session in.
+        try:
+            self.result(self.kazoo.exists_async("/"), deadline, "authenticate")
+        except AuthenticationFailed as exc:
+            self._stop_quietly()
+            if isinstance(exc.__cause__, SessionClosedRequireSaslError):
+                raise AuthenticationFailed(_REQUIRE_AUTH) from exc
+            raise AuthenticationFailed(
+                "the server refused the SASL login (wrong user name or password, or "
+                "no SASL on the server)"
+                if self.authenticating
+                else "the server refused the credentials"
+            ) from exc
+        except (ConnectionLost, OperationTimeout) as exc:
+            self._stop_quietly()
+            if self.kazoo.client_state == KeeperState.AUTH_FAILED:
+                raise AuthenticationFailed("the server refused the SASL login") from exc
+            raise ConnectTimeout(f"no usable ZooKeeper session within {timeout:g}s") from exc
         cid = self.kazoo.client_id
         if self._session is None and cid is not None:
             self._session = (int(cid[0]), bytes(cid[1]))
         self.connected.set()
+
+    def _stop_quietly(self) -> None:
+        self.closing.set()
+        with contextlib.suppress(Exception):
+            self.kazoo.stop()
+        with contextlib.suppress(Exception):
+            self.kazoo.close()
 
     def stop(self) -> None:
         """Close the session (ephemeral nodes go at once) and free the socket."""
@@ -328,9 +500,14 @@ class Connection:
     def result(self, async_result: Any, deadline: float | None, what: str) -> Any:
         """Wait for one request. Connection errors raise ``ConnectionLost``
         (so does kazoo's "xids do not match", an answer that will never
-        come); other kazoo errors (NoNodeError…) are left for the caller."""
+        come); an ACL's refusal raises ``NotAuthorized`` (also for one
+        operation of a transaction: nothing of it was applied) and a refused
+        login ``AuthenticationFailed``; other kazoo errors (NoNodeError…) are
+        left for the caller."""
         try:
             value = async_result.get(timeout=remaining(deadline))
+        except (NoAuthError, AuthFailedError, SessionClosedRequireSaslError) as exc:
+            raise server_error(what, exc) from exc
         except KazooTimeoutError as exc:
             raise OperationTimeout(f"{what}: no answer from ZooKeeper in time") from exc
         except ConnectionClosedError as exc:
@@ -347,10 +524,14 @@ class Connection:
             # kazoo's "xids do not match": a reply it did not expect ended
             # its connection loop; whether this request was applied is unknown
             raise ConnectionLost(f"{what}: the connection loop stopped ({exc.args[0]})") from exc
-        if isinstance(value, list) and any(isinstance(r, SessionExpiredError) for r in value):
-            # a transaction refused as a whole: nothing of it was applied
-            self._expired_reply(what)
-            raise ConnectionLost(f"{what}: SessionExpiredError")
+        if isinstance(value, list):
+            if any(isinstance(r, SessionExpiredError) for r in value):
+                # a transaction refused as a whole: nothing of it was applied
+                self._expired_reply(what)
+                raise ConnectionLost(f"{what}: SessionExpiredError")
+            for r in value:
+                if isinstance(r, (NoAuthError, SessionClosedRequireSaslError)):
+                    raise server_error(what, r)
         return value
 
     def _expired_reply(self, what: str) -> None:
@@ -430,9 +611,26 @@ class Connection:
         return True
 
     def ensure_path(self, path: str, deadline: float | None) -> None:
-        """Create ``path`` and its missing parents (persistent, empty)."""
+        """Create ``path`` and its missing parents (persistent, empty), each
+        with the ACL ``acl_for`` gives its path. An existing node is left as
+        it is (finding it needs no right on it)."""
         kazoo = self.kazoo
-        self.call(lambda: kazoo.ensure_path_async(path), deadline, f"create {path}")
+        missing: list[str] = []
+        node = path
+        while node not in ("", "/"):
+            if self.call(functools.partial(kazoo.exists_async, node), deadline, f"stat {node}"):
+                break
+            missing.append(node)
+            node = node.rsplit("/", 1)[0]
+        for node in reversed(missing):
+            create = functools.partial(kazoo.create_async, node, b"", acl=self.acl_for(node))
+            try:
+                self.call(create, deadline, f"create {node}")
+            except NodeExistsError:
+                pass
+            except NoNodeError:  # a parent was deleted meanwhile: start again
+                self.ensure_path(path, deadline)
+                return
 
     def sync(self, path: str, deadline: float | None) -> None:
         """Bring this client's server up to date with the leader."""

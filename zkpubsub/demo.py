@@ -7,11 +7,19 @@ remove the dead subscriber's queue once its grace period has passed. Then
 two worker processes drain a work queue; one is killed with SIGKILL in the
 middle of a task, and that task is delivered again to the other. It prints
 what happened and exits non-zero if any check failed.
+
+Every client takes credentials and TLS settings from the environment
+(``ZKPUBSUB_CREDENTIALS``, ``ZKPUBSUB_DIGEST``…, see ``docs/security.md``).
+With ``secured=True`` (``zkpubsub demo --secured``) the demo's server
+refuses unauthenticated clients and every client uses a password made for
+the run, handed to the subscriber and worker processes in their
+environment, never on their command line.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,11 +27,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 TOPIC = "cache.invalidate"
 QUEUE = "thumbnails"
 SESSION_TIMEOUT = 2.0
 GRACE = 3.0
+DEMO_USER = "demo"
+
+
+def _security() -> dict[str, Any]:
+    """Credentials and TLS settings from the environment (none by default)."""
+    from .security import from_environment
+
+    return from_environment().options()
 
 
 @dataclass
@@ -55,7 +72,7 @@ def _subscriber_main(hosts: str, client_id: str) -> None:
         cache.pop(payload["key"], None)
         print("got", payload["seq"], flush=True)
 
-    client = Client(hosts, client_id=client_id, session_timeout=SESSION_TIMEOUT)
+    client = Client(hosts, client_id=client_id, session_timeout=SESSION_TIMEOUT, **_security())
     client.subscribe(TOPIC, invalidate)
     print("ready", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -66,7 +83,7 @@ def _worker_main(hosts: str, name: str, hang_on: int) -> None:
     """A worker process; it freezes forever on task ``hang_on`` (first try)."""
     from .client import Client
 
-    client = Client(hosts, client_id=name, session_timeout=SESSION_TIMEOUT)
+    client = Client(hosts, client_id=name, session_timeout=SESSION_TIMEOUT, **_security())
     queue = client.queue(QUEUE)
     print("ready", flush=True)
     while True:
@@ -101,7 +118,9 @@ def _queue_demo(hosts: str, step: Callable[[str], None], failures: list[str]) ->
     from .client import Client
 
     tasks, hang_on = 20, 7
-    with Client(hosts, client_id="producer", session_timeout=SESSION_TIMEOUT) as client:
+    with Client(
+        hosts, client_id="producer", session_timeout=SESSION_TIMEOUT, **_security()
+    ) as client:
         queue = client.queue(QUEUE)
         queue.put_many(range(tasks))
         step(f"put {tasks} tasks into the work queue {QUEUE!r}; two worker processes start")
@@ -155,9 +174,14 @@ def _queue_demo(hosts: str, step: Callable[[str], None], failures: list[str]) ->
 
 
 def run_demo(
-    *, subscribers: int = 3, messages: int = 300, out: Callable[[str], None] = print
+    *,
+    subscribers: int = 3,
+    messages: int = 300,
+    out: Callable[[str], None] = print,
+    secured: bool = False,
 ) -> int:
     from .client import Client
+    from .testing.secure import ServerSecurity
     from .testing.server import ZooKeeperCluster
 
     if subscribers < 2 or messages < 10:
@@ -168,10 +192,19 @@ def run_demo(
     def step(text: str) -> None:
         out(f"[{time.monotonic() - started:5.1f}s] {text}")
 
+    security = None
+    if secured:
+        # a password for this run, in the environment the children inherit
+        os.environ["ZKPUBSUB_DIGEST"] = f"{DEMO_USER}:{secrets.token_urlsafe(12)}"
+        security = ServerSecurity(enforce_auth=True, enforce_schemes=("digest",))
     step("starting a local ZooKeeper (standalone, 127.0.0.1, a free port)")
-    with ZooKeeperCluster(1) as zk:
+    with ZooKeeperCluster(1, security=security) as zk:
         step(f"ZooKeeper serving at {zk.hosts}")
-        with Client(zk.hosts, client_id="publisher", session_timeout=SESSION_TIMEOUT) as pub:
+        if secured:
+            step("it refuses unauthenticated clients; every node gets the secured ACL")
+        with Client(
+            zk.hosts, client_id="publisher", session_timeout=SESSION_TIMEOUT, **_security()
+        ) as pub:
             cleaner = pub.start_cleaner(grace=GRACE, interval=1.0)
             cleaner.wait_leader(10)
             step(f"cleaner elected on the publisher's client (grace {GRACE:g}s)")

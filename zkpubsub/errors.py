@@ -18,6 +18,10 @@ translated at the boundary and never reach user code. The tree::
     ├── ReservationLost           a queue item is no longer held by this worker
     ├── ItemFailed                a task whose result was awaited went to dead letters
     ├── NotFound                  (also LookupError) no bus at that root, no such queue
+    ├── SecurityError             credentials, rights or TLS did not let the call through
+    │   ├── AuthenticationFailed  the server refused the credentials, or demands some
+    │   ├── NotAuthorized         (also PermissionError) a node's ACL refused the request
+    │   └── TlsError              (also ConnectionError) no TLS session: CA, certificate, port
     └── ZooKeeperError            any other error the server returned
 
 Bad arguments (an invalid topic name, a negative timeout) raise the builtin
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadySubscribed",
+    "AuthenticationFailed",
     "ClientClosed",
     "ClientIdInUse",
     "ConnectTimeout",
@@ -35,12 +40,15 @@ __all__ = [
     "DecodeError",
     "ItemFailed",
     "NoSubscribers",
+    "NotAuthorized",
     "NotFound",
     "OperationTimeout",
     "PayloadTooLarge",
     "PublishTimeout",
     "ReservationLost",
+    "SecurityError",
     "SerializationError",
+    "TlsError",
     "ZkPubSubError",
     "ZooKeeperError",
 ]
@@ -188,6 +196,38 @@ class ItemFailed(ZkPubSubError):
 class NotFound(ZkPubSubError, LookupError):
     """What a read-only view was asked about does not exist (a root with no
     bus, a work queue nobody made). Nothing was created."""
+
+
+class SecurityError(ZkPubSubError):
+    """Credentials, rights or TLS settings kept a call from going through.
+    Retrying does not help: the configuration must change."""
+
+
+class AuthenticationFailed(SecurityError):
+    """The server refused the client's credentials (a SASL login with a
+    wrong name or password), or requires authentication the client did not
+    give (``enforce.auth.enabled``)."""
+
+
+class NotAuthorized(SecurityError, PermissionError):
+    """A node's ACL refused the request (ZooKeeper's ``NoAuth``): the
+    client's identity has no role allowing it (a wrong digest password gives
+    another identity). ``path`` is the node, when known."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class TlsError(SecurityError, ConnectionError):
+    """No TLS session could be set up with any server: the server's
+    certificate is not signed by a trusted CA, the client certificate was
+    refused, or the port does not speak TLS. ``errors`` maps each server
+    tried to what went wrong."""
+
+    def __init__(self, message: str, *, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = dict(errors or {})
 
 
 class ZooKeeperError(ZkPubSubError):

@@ -47,6 +47,7 @@ from the string, and segments go in number order.
 
 from __future__ import annotations
 
+import enum
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -58,7 +59,9 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
+    "RESERVED_ROOT",
     "Layout",
+    "NodeKind",
     "WorkQueuePaths",
     "guid_of",
     "join",
@@ -80,6 +83,8 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_ROOT: Final = "/zkpubsub"
+# ZooKeeper's own tree (quotas, configuration): never a place for a bus.
+RESERVED_ROOT: Final = "/zookeeper"
 MAX_NAME_LENGTH: Final = 200
 GUID_HEX_DIGITS: Final = 12
 
@@ -145,6 +150,8 @@ def validate_root(root: object) -> str:
         return ""
     if root.endswith("/"):
         raise ValueError(f"root {root!r} must not end with '/'")
+    if root == RESERVED_ROOT or root.startswith(RESERVED_ROOT + "/"):
+        raise ValueError(f"root {root!r} is inside ZooKeeper's reserved {RESERVED_ROOT} tree")
     for part in root[1:].split("/"):
         validate_name(part, "root path segment")
     return root
@@ -158,6 +165,79 @@ def new_guid() -> str:
 def join(parent: str, name: str) -> str:
     """The path of ``name`` under ``parent`` (``name`` as read from a listing)."""
     return f"{parent}/{name}"
+
+
+class NodeKind(enum.Enum):
+    """What a node is, by its place in the layout (the ACL policy gives each
+    kind its ACL). ``ABOVE_ROOT`` is a parent of the root (or of a chroot);
+    ``FOREIGN`` anything under the root the layout does not name."""
+
+    ABOVE_ROOT = "above root"
+    ROOT = "root"
+    CLIENTS = "clients"
+    CLIENT = "clients/<id>"
+    SUBSCRIBERS = "subscribers"
+    TOPIC = "subscribers/<topic>"
+    SUBSCRIBER = "subscribers/<topic>/<id>"
+    MESSAGES = "messages"
+    CLIENT_MESSAGES = "messages/<id>"
+    QUEUE = "messages/<id>/<topic>"
+    SEGMENT = "messages/<id>/<topic>/s<N>"
+    MESSAGE = "messages/<id>/<topic>/s<N>/m<guid>-<seq>"
+    MARKER = "messages/<id>/<topic>/s<N>/o<guid>-<seq>"
+    RECEIPTS = "receipts"
+    RECEIPT_FOLDER = "receipts/<id>"
+    RECEIPT = "receipts/<id>/r<guid>"
+    PURGING = "purging"
+    PURGE_MARKER = "purging/<id>"
+    CLEANER = "cleaner"
+    CANDIDATES = "cleaner/candidates"
+    CANDIDATE = "cleaner/candidates/c<guid>-<seq>"
+    CLOCK = "cleaner/clock"
+    WORK_QUEUES = "queues"
+    WORK_QUEUE = "queues/<name>"
+    ITEMS = "queues/<name>/items"
+    ITEM = "queues/<name>/items/<item>"
+    RESERVED = "queues/<name>/reserved"
+    RESERVATION = "queues/<name>/reserved/<item>"
+    DEAD = "queues/<name>/dead"
+    DEAD_LETTER = "queues/<name>/dead/<item>"
+    RESULTS = "queues/<name>/results"
+    RESULT = "queues/<name>/results/<message id>"
+    WORKERS = "queues/<name>/workers"
+    WORKER = "queues/<name>/workers/<worker id>"
+    FOREIGN = "foreign"
+
+
+_FOLDERS: Final = {
+    "clients": (NodeKind.CLIENTS, NodeKind.CLIENT),
+    "subscribers": (NodeKind.SUBSCRIBERS, NodeKind.TOPIC, NodeKind.SUBSCRIBER),
+    "receipts": (NodeKind.RECEIPTS, NodeKind.RECEIPT_FOLDER, NodeKind.RECEIPT),
+    "purging": (NodeKind.PURGING, NodeKind.PURGE_MARKER),
+}
+_QUEUE_FOLDERS: Final = {
+    "items": (NodeKind.ITEMS, NodeKind.ITEM),
+    "reserved": (NodeKind.RESERVED, NodeKind.RESERVATION),
+    "dead": (NodeKind.DEAD, NodeKind.DEAD_LETTER),
+    "results": (NodeKind.RESULTS, NodeKind.RESULT),
+    "workers": (NodeKind.WORKERS, NodeKind.WORKER),
+}
+
+
+def _message_kind(parts: list[str], depth: int) -> NodeKind:
+    """The kind of a node under ``messages/`` (``parts`` from ``messages``)."""
+    if depth <= 2:
+        return (NodeKind.MESSAGES, NodeKind.CLIENT_MESSAGES, NodeKind.QUEUE)[depth]
+    segment = parse_segment_node(parts[3]) is not None
+    if depth == 3:
+        if segment:
+            return NodeKind.SEGMENT
+        legacy = parse_queue_entry(parts[3])  # a node from before segments
+        return NodeKind.MESSAGE if legacy is not None and legacy[0] == "m" else NodeKind.FOREIGN
+    entry = parse_queue_entry(parts[4]) if segment and depth == 4 else None
+    if entry is None:
+        return NodeKind.FOREIGN
+    return NodeKind.MESSAGE if entry[0] == "m" else NodeKind.MARKER
 
 
 class Layout:
@@ -246,6 +326,37 @@ class Layout:
 
     def work_queue(self, name: str) -> WorkQueuePaths:
         return WorkQueuePaths(f"{self.work}/{name}")
+
+    def kind_of(self, path: str) -> NodeKind:
+        """The kind of the node at ``path`` (an absolute path as this layout
+        builds them)."""
+        root = self.root
+        if path == self.root_path:
+            return NodeKind.ROOT
+        if not path.startswith(root + "/"):
+            return NodeKind.ABOVE_ROOT
+        parts = path[len(root) + 1 :].split("/")
+        head, depth = parts[0], len(parts) - 1
+        if head == "messages":
+            return _message_kind(parts, depth)
+        kinds = _FOLDERS.get(head)
+        if kinds is not None:
+            return kinds[depth] if depth < len(kinds) else NodeKind.FOREIGN
+        if head == "cleaner":
+            if depth == 0:
+                return NodeKind.CLEANER
+            if parts[1] == "clock" and depth == 1:
+                return NodeKind.CLOCK
+            if parts[1] == "candidates" and depth <= 2:
+                return NodeKind.CANDIDATES if depth == 1 else NodeKind.CANDIDATE
+            return NodeKind.FOREIGN
+        if head == "queues":
+            if depth <= 1:
+                return NodeKind.WORK_QUEUES if depth == 0 else NodeKind.WORK_QUEUE
+            folder = _QUEUE_FOLDERS.get(parts[2])
+            if folder is not None and depth <= 3:
+                return folder[depth - 2]
+        return NodeKind.FOREIGN
 
 
 class WorkQueuePaths:

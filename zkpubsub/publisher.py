@@ -39,12 +39,12 @@ from kazoo.exceptions import NoNodeError
 
 from . import envelope
 from ._context import Context
-from ._fanout import FanOut, Target
+from ._fanout import Acls, FanOut, Target
 from ._queues import QueueStates
 from .config import CREATE_OP_OVERHEAD
 from .connection import expired
 from .errors import OperationTimeout
-from .layout import new_guid, validate_name
+from .layout import NodeKind, new_guid, validate_name
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
@@ -133,6 +133,8 @@ class Publisher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._acls = Acls(ctx.acl.acl(NodeKind.MESSAGE), ctx.acl.acl(NodeKind.MARKER))
+        self._message_acl_size = ctx.acl.size(NodeKind.MESSAGE)
         self._lock = threading.Lock()
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
@@ -177,13 +179,17 @@ class Publisher:
     def op_size(self, topic: str, data: bytes) -> int:
         """Bytes one message create adds (for the longest possible queue path)."""
         path = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
-        return len(data) + path + CREATE_OP_OVERHEAD
+        return len(data) + path + CREATE_OP_OVERHEAD + self._message_acl_size
 
     def budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""
         ctx = self._ctx
         check = len(ctx.layout.topic(topic)) + _CHECK_OP_OVERHEAD
-        receipt = len(ctx.layout.receipt(ctx.client_id, new_guid())) + CREATE_OP_OVERHEAD
+        receipt = (
+            len(ctx.layout.receipt(ctx.client_id, new_guid()))
+            + CREATE_OP_OVERHEAD
+            + ctx.acl.size(NodeKind.RECEIPT)
+        )
         return ctx.config.max_transaction_bytes - check - receipt - len(ctx.client_id)
 
     # -- the subscriber list ------------------------------------------------
@@ -240,13 +246,14 @@ class Publisher:
     def target_cost(self, topic: str, target: Target, per_target: int) -> int:
         """Bytes ``target``'s operations add to a transaction (with
         ``per_target`` bytes of node creates when it is written to)."""
+        acl = self._ctx.acl
         queue = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
         cost = queue + _CHECK_OP_OVERHEAD
         if target.roll is not None:
-            cost += len(target.roll) + queue + CREATE_OP_OVERHEAD
+            cost += len(target.roll) + queue + CREATE_OP_OVERHEAD + acl.size(NodeKind.SEGMENT)
         if target.marker is None:
             return cost + per_target
-        return cost + queue + _MARKER_OP
+        return cost + queue + _MARKER_OP + acl.size(NodeKind.MARKER)
 
     def fan_out(
         self,
@@ -316,7 +323,9 @@ class Publisher:
                 fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes), ctx.client_id)
                 say("waiting for ZooKeeper to confirm the transaction")
                 outcome = ctx.writer.commit(
-                    functools.partial(fan.add_ops, ctx.layout), deadline, f"publish to {topic!r}"
+                    functools.partial(fan.add_ops, ctx.layout, acls=self._acls),
+                    deadline,
+                    f"publish to {topic!r}",
                 )
                 result.transactions += 1
                 verdict = fan.classify(outcome)

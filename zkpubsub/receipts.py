@@ -27,9 +27,10 @@ from typing import Any, Final
 
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
+from ._acl import AclPolicy
 from .connection import SERVER_MAX_BUFFER, Connection, first_error, request_size
 from .errors import ConnectionLost, PayloadTooLarge, ZkPubSubError
-from .layout import Layout, join, new_guid
+from .layout import Layout, NodeKind, join, new_guid
 
 __all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
 
@@ -87,9 +88,15 @@ class ReceiptWriter:
     receipt goes to the janitor."""
 
     def __init__(
-        self, conn: Connection, layout: Layout, client_id: str, janitor: ReceiptJanitor
+        self,
+        conn: Connection,
+        layout: Layout,
+        client_id: str,
+        janitor: ReceiptJanitor,
+        acl: AclPolicy,
     ) -> None:
         self._conn = conn
+        self._acl = acl.acl(NodeKind.RECEIPT)
         self._layout = layout
         self._client_id = client_id
         self._data = client_id.encode()
@@ -102,7 +109,8 @@ class ReceiptWriter:
         the caller's. ``add_ops`` may be called several times (a retry after a
         lost answer) and must add the same operations each time. Raises
         ``OperationTimeout`` or ``ClientClosed`` when the deadline passes or
-        the client closes."""
+        the client closes, and ``NotAuthorized`` when an ACL refuses one of
+        the operations (nothing was applied)."""
         conn = self._conn
         guid = new_guid()
         receipt = self._layout.receipt(self._client_id, guid)
@@ -110,7 +118,7 @@ class ReceiptWriter:
         while True:
             conn.wait_connected(deadline, what)
             txn = conn.kazoo.transaction()
-            txn.create(receipt, self._data)
+            txn.create(receipt, self._data, acl=self._acl)
             add_ops(txn, guid)
             try:
                 results = conn.result(txn.commit_async(), deadline, what)

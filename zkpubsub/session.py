@@ -11,6 +11,11 @@ Guarantees:
 * A registration node deleted under a live connection is written again
   (the server may have ended the session without closing the connection:
   the refusal then makes the client reconnect on a new session).
+* Registrations are guarded: a subscription node or a queue node deleted
+  or changed by anyone else (exists watches, armed again after every
+  reconnect) is written again, and gap listeners hear which topic may have
+  missed messages (publishes skip a missing registration and drop a
+  missing queue). The client node is guarded the same way.
 * State changes and gap notices reach listeners on a thread of ours, in
   order, never on the ZooKeeper client's thread.
 
@@ -29,10 +34,17 @@ from typing import Any, Final, Protocol
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from ._context import Context
-from ._registration import check_purge, register_client, register_subscription
-from .backlog import Backlog
+from ._registration import (
+    check_purge,
+    register_client,
+    register_subscription,
+    restore_client_data,
+    restore_subscription,
+)
+from .backlog import Backlog, QueueRecord
 from .connection import Connection, deadline_after, translated
 from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
+from .layout import NodeKind
 from .state import ClientState, Gap, Notifier
 
 __all__ = ["GapListener", "Registered", "Session", "StateListener", "SubscriptionRegistry"]
@@ -42,8 +54,10 @@ logger = logging.getLogger(__name__)
 StateListener = Callable[[ClientState], Any]
 GapListener = Callable[[Gap], Any]
 
-# An event of ours on the supervisor's queue, beside kazoo's states.
+# Events of ours on the supervisor's queue, beside kazoo's states.
 _REGISTRATION_GONE: Final = "registration gone"
+_SUBSCRIPTION_DISTURBED: Final = "subscription disturbed"
+_CLIENT_CHANGED: Final = "client node changed"
 
 
 class Registered(Protocol):
@@ -69,6 +83,13 @@ class SubscriptionRegistry:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._subs: dict[str, Registered] = {}
+        # called once a subscription is registered (the session guards it)
+        self.on_registered: Callable[[Registered], None] | None = None
+
+    def registered(self, sub: Registered) -> None:
+        hook = self.on_registered
+        if hook is not None:
+            hook(sub)
 
     def add(self, sub: Registered) -> None:
         with self.lock:
@@ -113,6 +134,14 @@ class Session:
         self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{ctx.client_id[:12]}")
         self._supervisor: threading.Thread | None = None
+        # topics whose registration or queue someone else deleted or changed
+        self._guard_lock = threading.Lock()
+        self._disturbed: dict[str, tuple[str, float]] = {}
+        self._guards: dict[tuple[str, str], Callable[[WatchedEvent], None]] = {}
+        # the creation zxid of each guarded queue: a queue made again (the
+        # pump makes a missing queue again at once) has another
+        self._queue_czxid: dict[str, int] = {}
+        subscriptions.on_registered = self._on_subscription_registered
         ctx.conn.add_state_listener(lambda state: self._events.put((state, time.time())))
 
     @property
@@ -133,6 +162,7 @@ class Session:
             with translated("register client"):
                 for path in ctx.layout.base_paths():
                     ctx.conn.ensure_path(path, deadline)
+                self._warn_if_open_root(deadline)
                 register_client(ctx, deadline, owner_wait=config.owner_wait)
                 purged = check_purge(ctx, deadline, ())
         except BaseException:
@@ -150,6 +180,24 @@ class Session:
         )
         self._supervisor.start()
 
+    def _warn_if_open_root(self, deadline: float | None) -> None:
+        """A secured client on a root anyone may write (made before the bus
+        was secured, or by someone else first) protects nothing: say so."""
+        ctx = self._ctx
+        if ctx.acl.open:
+            return
+        kazoo, root = ctx.conn.kazoo, ctx.layout.root_path
+        try:
+            acl, _ = ctx.conn.call(lambda: kazoo.get_acls_async(root), deadline, f"ACL of {root}")
+        except ZkPubSubError:
+            return  # no right to read it: not an open node
+        if any(entry.id.scheme == "world" and entry.perms & ~1 for entry in acl):
+            logger.warning(
+                "the root %s is writable by anyone (it was made without this ACL policy): "
+                "the bus is not protected until an admin sets its ACLs (docs/security.md)",
+                root,
+            )
+
     def _ensure_chroot(self) -> None:
         """Create the chroot named in ``hosts`` if it is missing."""
         config = self._ctx.config
@@ -157,7 +205,14 @@ class Session:
         slash = hosts.find("/")
         if slash < 0 or hosts[slash:] in ("", "/"):
             return
-        boot = Connection(hosts[:slash], session_timeout=config.session_timeout)
+        above_root = self._ctx.acl.acl(NodeKind.ABOVE_ROOT)
+        boot = Connection(
+            hosts[:slash],
+            session_timeout=config.session_timeout,
+            auth=config.auth,
+            tls=config.tls,
+            acl_for=lambda _path: above_root,
+        )
         try:
             boot.start(config.connect_timeout)
             with translated("create chroot"):
@@ -245,6 +300,10 @@ class Session:
                 self._on_connected()
             elif state == _REGISTRATION_GONE:
                 self._on_registration_gone()
+            elif state == _CLIENT_CHANGED:
+                self._on_client_changed()
+            elif state == _SUBSCRIPTION_DISTURBED:
+                self._on_subscription_disturbed()
 
     def _watch_registration(self) -> None:
         """Watch this client's registration node (watches do not outlive a
@@ -264,10 +323,194 @@ class Session:
             request.rawlink(checked)
         except Exception as exc:  # not connected: the next CONNECTED sets it
             logger.debug("watching %s: %s", path, exc)
+        for topic in self._subs.topics():
+            self._guard_subscription(topic)
 
     def _on_registration_event(self, event: WatchedEvent) -> None:  # kazoo's thread
-        if event.type == EventType.DELETED and not self._ctx.is_closed():
+        if self._ctx.is_closed():
+            return
+        if event.type == EventType.DELETED:
             self._events.put((_REGISTRATION_GONE, time.time()))
+        elif event.type == EventType.CHANGED:
+            self._events.put((_CLIENT_CHANGED, time.time()))
+
+    # -- the registration guard of subscriptions -----------------------------------
+
+    def _guard_subscription(self, topic: str) -> None:
+        """Watch the subscription node and the queue node of ``topic``: one
+        exists watch each (kazoo keeps one per callable, so a guard set
+        twice fires once)."""
+        ctx = self._ctx
+        layout = ctx.layout
+        nodes = (
+            ("registration", layout.subscriber(topic, ctx.client_id)),
+            ("queue", layout.queue(ctx.client_id, topic)),
+        )
+        for what, path in nodes:
+            watcher = self._guard_watcher(topic, what)
+
+            def checked(result: Any, what: str = what) -> None:  # kazoo's thread
+                try:
+                    stat = result.get_nowait()
+                except Exception:
+                    return  # connection trouble: the next CONNECTED looks again
+                if stat is None:
+                    self._disturb(topic, f"{what} node missing")
+                elif what == "queue":
+                    with self._guard_lock:
+                        known = self._queue_czxid.setdefault(topic, stat.czxid)
+                    if known != stat.czxid:  # made again while we were not looking
+                        self._disturb(topic, "queue node replaced")
+
+            try:
+                ctx.conn.kazoo.exists_async(path, watch=watcher).rawlink(checked)
+            except Exception as exc:  # not connected: the next CONNECTED sets it
+                logger.debug("guarding %s: %s", path, exc)
+
+    def _on_subscription_registered(self, sub: Registered) -> None:
+        with self._guard_lock:
+            self._queue_czxid.pop(sub.topic, None)  # a new subscription: learn its queue
+        self._guard_subscription(sub.topic)
+
+    def _guard_watcher(self, topic: str, what: str) -> Callable[[WatchedEvent], None]:
+        with self._guard_lock:
+            watcher = self._guards.get((topic, what))
+            if watcher is None:
+
+                def watcher(event: WatchedEvent) -> None:  # kazoo's thread
+                    if event.type == EventType.DELETED:
+                        self._disturb(topic, f"{what} node deleted")
+                    elif event.type == EventType.CHANGED and what == "queue":
+                        # Publishers move a queue on by writing its record:
+                        # only an unreadable record is someone else's doing.
+                        self._check_queue_record(topic)
+                    elif event.type == EventType.CHANGED:
+                        self._disturb(topic, f"{what} node changed")
+
+                self._guards[(topic, what)] = watcher
+            return watcher
+
+    def _check_queue_record(self, topic: str) -> None:  # kazoo's thread: no waiting here
+        """Guard the queue again, and see whether its record still reads."""
+        ctx = self._ctx
+        path = ctx.layout.queue(ctx.client_id, topic)
+
+        def read(result: Any) -> None:  # kazoo's thread
+            try:
+                data, _ = result.get_nowait()
+            except Exception:
+                return  # gone (the deletion guard hears of it) or no connection
+            if QueueRecord.decode(data) is None:
+                self._disturb(topic, "queue node changed")
+
+        watcher = self._guard_watcher(topic, "queue")
+        try:
+            ctx.conn.kazoo.get_async(path, watch=watcher).rawlink(read)
+        except Exception as exc:  # not connected: the next CONNECTED sets it
+            logger.debug("guarding %s: %s", path, exc)
+
+    def _disturb(self, topic: str, reason: str) -> None:  # kazoo's thread: no waiting here
+        if self._ctx.is_closed():
+            return
+        now = time.time()
+        with self._guard_lock:
+            self._disturbed.setdefault(topic, (reason, now))
+        self._events.put((_SUBSCRIPTION_DISTURBED, now))
+
+    def _on_subscription_disturbed(self) -> None:
+        """Someone else deleted or changed a subscription node or a queue
+        node of ours (our own unsubscribe and close leave the registry
+        first). Register again, put the expected data back, and report a gap
+        for the topics: publishes meanwhile skipped the registration or
+        found the queue gone."""
+        ctx = self._ctx
+        if not ctx.conn.connected.is_set() or ctx.conn.session_id != self._registered_session:
+            return  # the next CONNECTED registers again and arms the guard anew
+        with self._guard_lock:
+            disturbed, self._disturbed = self._disturbed, {}
+        if not disturbed:
+            return
+        affected: dict[str, tuple[str, float]] = {}
+        try:
+            with self._subs.lock:
+                for topic, (reason, at) in disturbed.items():
+                    sub = self._subs.get(topic)
+                    if sub is None or ctx.is_closed():
+                        continue
+                    with translated(f"register {topic!r} again"):
+                        if self._intact(topic, sub.durable):
+                            continue  # our own doing (a subscription replaced its node)
+                        restore_subscription(
+                            ctx, topic, ctx.deadline(), durable=sub.durable, backlog=sub.bound
+                        )
+                    with self._guard_lock:
+                        self._queue_czxid.pop(topic, None)  # the re-armed guard learns it
+                    sub.restored()
+                    affected[topic] = (reason, at)
+        except ClientClosed:
+            return
+        except ZkPubSubError as exc:
+            logger.warning("client %s: guarding subscriptions: %s", ctx.client_id, exc)
+            with self._guard_lock:  # try again on the next event or reconnect
+                for topic, value in disturbed.items():
+                    self._disturbed.setdefault(topic, value)
+            return
+        finally:
+            if ctx.conn.connected.is_set():
+                for topic in disturbed:
+                    if self._subs.get(topic) is not None:
+                        self._guard_subscription(topic)
+        if affected:
+            logger.warning(
+                "client %s: registrations disturbed by another client: %s",
+                ctx.client_id,
+                ", ".join(f"{t} ({r})" for t, (r, _) in sorted(affected.items())),
+            )
+            since = min(at for _, at in affected.values())
+            reasons = sorted({r for r, _ in affected.values()})
+            self.emit_gap(
+                Gap(
+                    frozenset(affected),
+                    since,
+                    time.time(),
+                    "; ".join(reasons) + " by another client",
+                )
+            )
+
+    def _intact(self, topic: str, durable: bool) -> bool:
+        """Whether the subscription node and the queue node of ``topic`` are
+        as this client made them: there, of the right kind, with their data,
+        and the queue the one the guard first saw."""
+        ctx = self._ctx
+        conn, kazoo, layout = ctx.conn, ctx.conn.kazoo, ctx.layout
+        sub_path = layout.subscriber(topic, ctx.client_id)
+        queue_path = layout.queue(ctx.client_id, topic)
+        registration, queue = conn.read_all(
+            lambda: [kazoo.get_async(sub_path), kazoo.get_async(queue_path)],
+            ctx.deadline(),
+            f"check the registration of {topic!r}",
+        )
+        if isinstance(registration, Exception) or isinstance(queue, Exception):
+            return False
+        data, stat = registration
+        owner = 0 if durable else conn.session_id
+        if stat.ephemeralOwner != owner or data != (b"durable" if durable else b""):
+            return False
+        with self._guard_lock:
+            known = self._queue_czxid.get(topic)
+        readable = QueueRecord.decode(queue[0]) is not None
+        return readable and (known is None or queue[1].czxid == known)
+
+    def _on_client_changed(self) -> None:
+        """Someone else wrote the client node's data: write ours back."""
+        ctx = self._ctx
+        try:
+            with translated("restore the client node"):
+                restore_client_data(ctx, ctx.deadline())
+        except ZkPubSubError as exc:
+            logger.info("client %s: restoring the client node: %s", ctx.client_id, exc)
+        if ctx.conn.connected.is_set():
+            self._watch_registration()
 
     def _on_registration_gone(self) -> None:
         """The registration node vanished while the connection stayed up: the
@@ -299,9 +542,17 @@ class Session:
             conn.session_lost_since = None
             self._watch_registration()
             self._set_state(ClientState.CONNECTED)
+            with self._guard_lock:
+                pending = bool(self._disturbed)
+            if pending:  # heard of while the connection was down
+                self._events.put((_SUBSCRIPTION_DISTURBED, time.time()))
             return
-        # A new session: everything ephemeral is gone. Register again.
+        # A new session: everything ephemeral is gone. Register again (what
+        # the guard saw go is registered again with it, and reported as the
+        # expiry's gap).
         self._set_state(ClientState.LOST)
+        with self._guard_lock:
+            self._disturbed.clear()
         try:
             with self._subs.lock:
                 if ctx.is_closed():

@@ -41,7 +41,10 @@ class Gap:
     delete its queues while it was away (``reason="backlog purged"``), or
     when a subscription reached the place in its queue where publishers
     stopped writing because it was full (``reason="backlog full"``;
-    ``missed`` then counts the messages not written).
+    ``missed`` then counts the messages not written), or found a
+    subscription node or queue node of its own deleted or changed by
+    another client and wrote it again (the reason says which, ending in
+    "by another client").
     ``since`` is one session timeout before the connection dropped (or
     before the session was last known alive, if a reply said it had ended):
     the server may end a session a little before the client's own server

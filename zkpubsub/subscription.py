@@ -164,6 +164,7 @@ class Subscription:
             except BaseException:
                 self._registry.discard(self)
                 raise
+            self._registry.registered(self)
         self._pump.attach(self._topic, self._buffer, self._backlog)
         if self._dispatcher is not None:
             self._dispatcher.start()

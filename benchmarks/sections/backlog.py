@@ -19,7 +19,7 @@ import signal
 import time
 from typing import Any
 
-from .. import payload, server, stats
+from .. import credentials, payload, server, stats
 from ..progress import Phase
 from ..workers import WorkerPool, new_root
 from .common import TOPIC, Context, remove_tree
@@ -38,7 +38,13 @@ def _filler(ctx: Context, root: str) -> Any:
     """A client whose every message is a node of its own."""
     from zkpubsub import Client
 
-    return Client(ctx.hosts, root=root, serializer="raw", max_message_bytes=FILL_NODE_BYTES)
+    return Client(
+        ctx.hosts,
+        root=root,
+        serializer="raw",
+        max_message_bytes=FILL_NODE_BYTES,
+        **credentials.security(),
+    )
 
 
 def _probe(client: Any, seq: int, ctx: Context, phase: Phase) -> tuple[list[float], float, int]:
@@ -84,7 +90,7 @@ def run(ctx: Context) -> dict[str, Any]:
             os.kill(proc.pid, signal.SIGSTOP)
             phase.summary = f"subscriber {subscriber[:12]} registered and frozen (SIGSTOP)"
         filler = _filler(ctx, root)
-        probe = Client(ctx.hosts, root=root, serializer="raw")
+        probe = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
         seq = 10_000_000  # probe messages, apart from the filler's
         for level in p.backlog_levels:
             with ctx.progress.phase(f"backlog {level:,} messages") as phase:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import aio_variant, payload, raw_ceiling, stats
+from .. import aio_variant, credentials, payload, raw_ceiling, stats
 from ..profiles import Profile
 from ..progress import Phase
 from ..workers import new_root
@@ -215,7 +215,7 @@ def _publish_zkms(ctx: Context, impl: Impl, root: str, phase: Phase) -> PublishR
 def _zkpubsub_client(ctx: Context, root: str) -> Any:
     from zkpubsub import Client
 
-    return Client(ctx.hosts, root=root, serializer="raw")
+    return Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
 
 
 def _publish_zkpubsub(ctx: Context, impl: Impl, root: str, phase: Phase) -> PublishRun:

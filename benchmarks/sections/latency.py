@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import aio_variant, payload, stats
+from .. import aio_variant, credentials, payload, stats
 from ..progress import Phase
 from ..workers import new_root
 from .common import (
@@ -172,7 +172,7 @@ def _sender(
 
     from zkpubsub import Client
 
-    client = Client(ctx.hosts, root=root, serializer="raw")
+    client = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
     if key == "zkpubsub-async":
         futures: list[Any] = []
 

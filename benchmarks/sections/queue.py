@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import payload, stats
+from .. import credentials, payload, stats
 from ..progress import Phase
 from ..workers import new_root
 from .common import Context, kazoo, remove_tree
@@ -99,7 +99,7 @@ def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase, prefetch: int = 1)
     root = new_root(f"queue-{workers}-{prefetch}")
     name = "bench"
     try:
-        client = Client(ctx.hosts, root=root, serializer="raw")
+        client = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
         try:
             queue = cast(Any, client).queue(name)
             put, put_seconds = _put_phase(queue.put, ctx, phase)

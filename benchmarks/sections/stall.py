@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import payload, server
+from .. import credentials, payload, server
 from ..progress import Phase
 from ..workers import new_root
 from .common import TOPIC, Context, collect, remove_tree, start_subscribers, stop_subscribers
@@ -74,7 +74,9 @@ def _sender(key: str, hosts: str, root: str) -> tuple[Callable[[bytes], None], C
 
     from zkpubsub import Client
 
-    client = Client(hosts, root=root, serializer="raw", request_timeout=20.0)
+    client = Client(
+        hosts, root=root, serializer="raw", request_timeout=20.0, **credentials.security()
+    )
 
     def send(data: bytes) -> None:
         client.publish(TOPIC, data)

@@ -12,10 +12,14 @@ and ``history`` (a recorded publish/subscribe run), ``txnlog`` and
 ``ledger`` (what the servers' own transaction logs say was written),
 ``checker`` (lost, excused, unexpected, duplicates, order: the history
 judged against the ledger), ``audit`` (the tree after healing) and
-``report`` (the reliability table).
+``report`` (the reliability table). ``secure`` makes secured servers:
+``ServerSecurity`` (a superuser, SASL users, enforced authentication, a
+TLS port) for ``ZooKeeperCluster(security=...)``, and ``make_tls_material``
+(a CA, keystores and a client certificate made with openssl and keytool).
 """
 
 from .queues import queue_entries
+from .secure import ServerSecurity, TlsMaterial, make_tls_material
 from .server import (
     EnsembleNode,
     ServerFailed,
@@ -33,6 +37,8 @@ from .sessions import expire_session
 __all__ = [
     "EnsembleNode",
     "ServerFailed",
+    "ServerSecurity",
+    "TlsMaterial",
     "ZooKeeperCluster",
     "ZooKeeperEnsemble",
     "ZooKeeperNode",
@@ -41,6 +47,7 @@ __all__ = [
     "find_classpath",
     "four_letter",
     "free_ports",
+    "make_tls_material",
     "queue_entries",
     "running_zookeeper",
 ]

@@ -29,6 +29,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from ..client import Client
+from .secure import TEST_SASL_USERS, ServerSecurity, TlsMaterial, make_tls_material
 from .server import (
     ZooKeeperCluster,
     ZooKeeperEnsemble,
@@ -223,6 +224,74 @@ def make_client(zk_hosts: str, zk_root: str) -> Iterator[Callable[..., Client]]:
         kwargs.setdefault("session_timeout", 4.0)
         kwargs.setdefault("request_timeout", 20.0)
         client = Client(kwargs.pop("hosts", zk_hosts), **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+# -- secured servers --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """A CA, server keystores and a client certificate, made for this run."""
+    return make_tls_material(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def secure_zookeeper(
+    tmp_path_factory: pytest.TempPathFactory, tls_material: TlsMaterial
+) -> Iterator[ZooKeeperCluster]:
+    """A standalone server of this run with a superuser, SASL users and a
+    TLS port. It does not enforce authentication: unauthenticated clients
+    get in and meet the ACLs."""
+    if os.environ.get("ZK_HOSTS") or os.environ.get("ZKPUBSUB_TEST_BACKEND") == "testcontainers":
+        pytest.skip("secured servers are started by this run (not ZK_HOSTS/containers)")
+    security = ServerSecurity(sasl_users=dict(TEST_SASL_USERS), tls=tls_material)
+    cluster = ZooKeeperCluster(
+        1, base_dir=tmp_path_factory.mktemp("zk-secure"), security=security
+    ).start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def secure_root(
+    secure_zookeeper: ZooKeeperCluster, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh root on the secured server; removed afterwards (as the superuser)."""
+    root = _root_name(request.node.nodeid)
+    yield root
+    user, password = ServerSecurity().superuser or ("super", "")
+    zk = KazooClient(
+        hosts=secure_zookeeper.hosts, timeout=10.0, auth_data=[("digest", f"{user}:{password}")]
+    )
+    try:
+        zk.start(timeout=15)
+        zk.delete(root, recursive=True)
+    except Exception:
+        pass
+    finally:
+        zk.stop()
+        zk.close()
+
+
+@pytest.fixture
+def make_secure_client(
+    secure_zookeeper: ZooKeeperCluster, secure_root: str
+) -> Iterator[Callable[..., Client]]:
+    """``make_secure_client(auth=..., acl=...)``: clients of the secured
+    server on the test's root, closed at the end."""
+    made: list[Client] = []
+
+    def make(**kwargs: Any) -> Client:
+        kwargs.setdefault("root", secure_root)
+        kwargs.setdefault("session_timeout", 4.0)
+        kwargs.setdefault("request_timeout", 20.0)
+        client = Client(kwargs.pop("hosts", secure_zookeeper.hosts), **kwargs)
         made.append(client)
         return client
 

@@ -33,7 +33,10 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from .secure import ServerSecurity
 
 CLASSPATH_ENV: Final = "ZKPUBSUB_ZOOKEEPER_CLASSPATH"
 JAVA_OPTS_ENV: Final = "ZKPUBSUB_ZOOKEEPER_JAVA_OPTS"
@@ -189,11 +192,18 @@ class EnsembleNode(abc.ABC):
         # (uid, gid) to run the server as instead of this process's user
         self.run_as: tuple[int, int] | None = None
         self.wiped: list[Path] = []  # data moved aside by wipe()
+        # the TLS port of a secured server (``secureClientPort``), if any
+        self.secure_port: int | None = None
         _LIVE.add(self)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def secure_address(self) -> str | None:
+        """``127.0.0.1:<secureClientPort>`` of a server with TLS."""
+        return None if self.secure_port is None else f"127.0.0.1:{self.secure_port}"
 
     @property
     @abc.abstractmethod
@@ -235,6 +245,8 @@ class EnsembleNode(abc.ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{k}={v}" for k, v in settings.items()]
         lines += [f"dataDir={self.data_dir}", f"clientPort={self.client_port}"]
+        if self.secure_port is not None:
+            lines.append(f"secureClientPort={self.secure_port}")
         lines += servers
         self.config_path.write_text("\n".join(lines) + "\n")
         if servers:
@@ -408,8 +420,10 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
 
     ``tick_time`` is in milliseconds; sessions may then last from two ticks
     up to ``max_session_timeout`` seconds. ``settings`` are extra ``zoo.cfg``
-    lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). Use as a
-    context manager or call ``start()`` / ``close()``.
+    lines (``{"jute.maxbuffer": ...}`` goes in ``java_opts``). ``security``
+    (a :class:`~zkpubsub.testing.secure.ServerSecurity`) adds a superuser,
+    SASL users, enforced authentication and a TLS port. Use as a context
+    manager or call ``start()`` / ``close()``.
     """
 
     # ZooKeeper 3.4 reads only the old form of the server lines
@@ -425,6 +439,7 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         java_opts: list[str] | None = None,
         settings: dict[str, str] | None = None,
         client_ports: list[int] | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an ensemble needs at least one node")
@@ -437,6 +452,10 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         opts = java_opts
         if opts is None:
             opts = os.environ.get(JAVA_OPTS_ENV, "-Xmx384m -XX:+UseSerialGC").split()
+        self.security = security
+        if security is not None:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            opts = [*opts, *security.java_opts(self.base_dir)]
         ports = free_ports(3 * size)
         for i, port in enumerate(client_ports or []):
             ports[3 * i] = port
@@ -465,6 +484,11 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
             cfg["standaloneEnabled"] = "false"
             cfg["reconfigEnabled"] = "false"
             cfg["electionPortBindRetry"] = "0"
+        if security is not None:
+            cfg.update(security.settings())
+            if security.tls is not None:
+                for node, port in zip(self.nodes, free_ports(size), strict=True):
+                    node.secure_port = port
         cfg.update(settings or {})
         servers = server_lines(list(self.nodes), legacy=self.legacy_config)
         for node in self.nodes:
@@ -483,6 +507,11 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
     def hosts(self) -> str:
         """The connection string naming every node."""
         return ",".join(n.address for n in self.nodes)
+
+    @property
+    def secure_hosts(self) -> str:
+        """The connection string of every node's TLS port (a secured cluster)."""
+        return ",".join(n.secure_address for n in self.nodes if n.secure_address)
 
     def start(self, timeout: float = 60.0) -> ZooKeeperEnsemble[NodeT]:
         for node in self.nodes:
@@ -592,8 +621,14 @@ class ZooKeeperCluster(ZooKeeperEnsemble[ZooKeeperNode]):
         settings: dict[str, str] | None = None,
         classpath: str | None = None,
         client_ports: list[int] | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.classpath = classpath or find_classpath()
+        if security is not None and security.tls is not None:
+            from .secure import netty_classpath
+
+            # the server's TLS needs Netty, which ZooKeeper's own jar leaves out
+            self.classpath = netty_classpath(self.classpath)
         super().__init__(
             size,
             base_dir=base_dir,
@@ -602,6 +637,7 @@ class ZooKeeperCluster(ZooKeeperEnsemble[ZooKeeperNode]):
             java_opts=java_opts,
             settings=settings,
             client_ports=client_ports,
+            security=security,
         )
 
     def _new_node(

@@ -15,16 +15,25 @@ from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
 from ..client import Client
+from ..security import Auth
 from ..state import ClientState
 
 
-def close_session(creds: tuple[int, bytes], hosts: str, timeout: float = 15.0) -> None:
-    """Attach to the session with its id and password, then close it."""
+def close_session(
+    creds: tuple[int, bytes],
+    hosts: str,
+    timeout: float = 15.0,
+    auth_data: list[tuple[str, str]] | None = None,
+) -> None:
+    """Attach to the session with its id and password, then close it
+    (authenticating with ``auth_data`` first: a server that enforces
+    authentication refuses an unauthenticated close)."""
     thief = KazooClient(
         hosts=hosts,
         client_id=creds,
         timeout=10.0,
         connection_retry=KazooRetry(max_tries=20, delay=0.1, max_delay=1.0),
+        auth_data=auth_data,
     )
     try:
         thief.start(timeout=timeout)
@@ -50,7 +59,9 @@ def expire_session(
     the taker; if it wins that race before the session is closed, it is
     back on its old session, which is then taken and closed again.
     """
+    auth: list[tuple[str, str]] | None = None
     if isinstance(target, Client):
+        auth = [(a.scheme, a.credential) for a in target.config.auth if isinstance(a, Auth)]
         creds = target._session_credentials()
         hosts = hosts or target.config.hosts
         old_session = creds[0] if creds else None
@@ -61,11 +72,11 @@ def expire_session(
     if hosts is None:
         raise ValueError("hosts is needed with a bare session id")
     if not (wait and isinstance(target, Client)):
-        close_session(creds, hosts, timeout)
+        close_session(creds, hosts, timeout, auth)
         return
     deadline = time.monotonic() + timeout + target.config.session_timeout
     while True:
-        close_session(creds, hosts, timeout)
+        close_session(creds, hosts, timeout, auth)
         # back on the old session this long after the close: the close lost
         again = time.monotonic() + 1.0 + target.config.session_timeout / 2
         while True:

@@ -26,7 +26,7 @@ from .. import envelope
 from .._context import Context
 from ..connection import first_error, translated
 from ..errors import ConnectionLost, ReservationLost
-from ..layout import WorkQueuePaths, parse_item_node
+from ..layout import NodeKind, WorkQueuePaths, parse_item_node
 from .items import Item
 from .records import dead_record, reserved_by, result_doc
 
@@ -91,7 +91,9 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
                 batch.append(todo.pop(0))
                 size += len(batch[-1][1] or b"") + 200
             while True:
-                if ctx.writer.commit(_ack_ops(paths, batch), deadline, "ack").applied:
+                if ctx.writer.commit(
+                    _ack_ops(paths, batch, ctx.acl.acl(NodeKind.RESULT)), deadline, "ack"
+                ).applied:
                     break
                 if len(batch) == 1:
                     lost.append(batch[0][0])
@@ -104,16 +106,16 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
     return lost
 
 
-def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]]) -> Any:
+def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]], acl: list[Any]) -> Any:
     """Per item: delete its reservation and the item at the version the
-    reservation produced, and write its result."""
+    reservation produced, and write its result (with ``acl``)."""
 
     def ops(txn: Any, _guid: str) -> None:
         for item, doc in batch:
             txn.delete(paths.reservation(item.name))
             txn.delete(paths.item(item.name), item.token)
             if doc is not None:
-                txn.create(paths.result(item.id), doc)
+                txn.create(paths.result(item.id), doc, acl=acl)
 
     return ops
 
@@ -147,11 +149,13 @@ def release(
                 data = envelope.encode([item.entry])
                 txn.delete(paths.item(item.name), item.token)
                 txn.create(
-                    paths.dead_letter(item.name), dead_record(item.name, data, item.attempts, why)
+                    paths.dead_letter(item.name),
+                    dead_record(item.name, data, item.attempts, why),
+                    acl=ctx.acl.acl(NodeKind.DEAD_LETTER),
                 )
                 if item.wants_result:
                     doc = result_doc(ctx.config.serializer, "dead", reason=why)
-                    txn.create(paths.result(item.id), doc)
+                    txn.create(paths.result(item.id), doc, acl=ctx.acl.acl(NodeKind.RESULT))
             else:
                 txn.check(paths.item(item.name), item.token)
             try:
@@ -184,13 +188,19 @@ def bury(
     paths = ctx.layout.work_queue(queue)
     parsed = parse_item_node(name)
     txn = ctx.conn.kazoo.transaction()
-    txn.create(paths.reservation(name), b"")  # fails if someone holds it
+    acl = ctx.acl
+    # fails if someone holds it
+    txn.create(paths.reservation(name), b"", acl=acl.acl(NodeKind.RESERVATION))
     txn.delete(paths.reservation(name))
     txn.delete(paths.item(name), version)
-    txn.create(paths.dead_letter(name), dead_record(name, data, version, reason))
+    txn.create(
+        paths.dead_letter(name),
+        dead_record(name, data, version, reason),
+        acl=acl.acl(NodeKind.DEAD_LETTER),
+    )
     if entry is not None and parsed is not None and parsed[0]:
         doc = result_doc(ctx.config.serializer, "dead", reason=reason)
-        txn.create(paths.result(entry.id), doc)
+        txn.create(paths.result(entry.id), doc, acl=acl.acl(NodeKind.RESULT))
     try:
         _, error = first_error(commit(ctx, txn, deadline, "move to dead letters"))
     except ConnectionLost:

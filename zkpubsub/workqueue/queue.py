@@ -19,7 +19,7 @@ from .._context import Context
 from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS
 from ..connection import Connection, deadline_after, translated
 from ..errors import ClientClosed, PayloadTooLarge, ZooKeeperError
-from ..layout import WorkQueuePaths, order_items, parse_item_node, validate_name
+from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node, validate_name
 from ..serializers import SerializerRegistry
 from .items import Item, Ticket
 from .records import (
@@ -180,12 +180,19 @@ class WorkQueue:
         deadline = deadline_after(config.request_timeout if timeout is None else timeout)
         with translated(f"put to queue {self.name!r}"):
             self._ensure_paths(deadline)
-            budget = config.max_transaction_bytes - 512
+            budget = config.max_transaction_bytes - 512 - self._ctx.acl.size(NodeKind.RECEIPT)
+            acl_size = self._ctx.acl.size(NodeKind.ITEM)
             start = 0
             while start < len(datas):
                 used, end = 0, start
                 while end < len(datas):
-                    size = len(datas[end]) + len(self._paths.items) + 64 + CREATE_OP_OVERHEAD
+                    size = (
+                        len(datas[end])
+                        + len(self._paths.items)
+                        + 64
+                        + CREATE_OP_OVERHEAD
+                        + acl_size
+                    )
                     if end > start and used + size > budget:
                         break
                     used += size
@@ -198,11 +205,12 @@ class WorkQueue:
         self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
     ) -> None:
         paths = self._paths
+        acl = self._ctx.acl.acl(NodeKind.ITEM)
 
         def ops(txn: Any, guid: str) -> None:
             prefix = paths.item_prefix(priority, guid, wants_result=want_result)
             for data in datas:
-                txn.create(prefix, data, sequence=True)
+                txn.create(prefix, data, acl=acl, sequence=True)
 
         while True:
             outcome = self._ctx.writer.commit(ops, deadline, f"put to queue {self.name!r}")
@@ -303,7 +311,9 @@ class WorkQueue:
                 data, stat = letter
                 stale = None if result is None else result.version
                 outcome = ctx.writer.commit(
-                    _replay_ops(paths, dead, data, stat.version, stale), deadline, "replay"
+                    _replay_ops(paths, dead, data, stat.version, stale, ctx.acl.acl(NodeKind.ITEM)),
+                    deadline,
+                    "replay",
                 )
                 # an error: someone else replayed or removed it
                 count += outcome.applied
@@ -374,7 +384,12 @@ def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> lis
 
 
 def _replay_ops(
-    paths: WorkQueuePaths, dead: DeadItem, data: bytes, version: int, result: int | None
+    paths: WorkQueuePaths,
+    dead: DeadItem,
+    data: bytes,
+    version: int,
+    result: int | None,
+    acl: Any,
 ) -> Any:
     """Delete the dead letter (at the version read) and its unread result (if
     ``result`` gives its version), and put its item back."""
@@ -389,6 +404,7 @@ def _replay_ops(
         txn.create(
             paths.item_prefix(dead.priority, guid, wants_result=wants_result),
             item_data,
+            acl=acl,
             sequence=True,
         )
 

@@ -27,7 +27,7 @@ from .. import envelope
 from .._context import Context
 from ..connection import deadline_after, first_error, remaining, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
-from ..layout import order_items, parse_item_node
+from ..layout import NodeKind, order_items, parse_item_node
 from .finishing import ack_all, bury, commit, holds, release
 from .items import Item
 from .records import decode_item, reservation_record
@@ -126,7 +126,11 @@ class Worker:
         stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
         if stat is None or stat.ephemeralOwner != session:
             with contextlib.suppress(NodeExistsError):  # ours, after a lost answer
-                conn.call(lambda: kazoo.create_async(path, b"", ephemeral=True), deadline, path)
+                conn.call(
+                    lambda: kazoo.create_async(path, b"", acl=conn.acl_for(path), ephemeral=True),
+                    deadline,
+                    path,
+                )
         self._worker_session = session
 
     def stale(self) -> None:
@@ -242,7 +246,12 @@ class Worker:
         while ready:
             txn = kazoo.transaction()
             for name, data, version, _, _ in ready:
-                txn.create(paths.reservation(name), info, ephemeral=True)
+                txn.create(
+                    paths.reservation(name),
+                    info,
+                    acl=self._ctx.acl.acl(NodeKind.RESERVATION),
+                    ephemeral=True,
+                )
                 txn.set_data(paths.item(name), data, version)
             try:
                 results = commit(self._ctx, txn, deadline, "reserve")

@@ -1,0 +1,172 @@
+"""Short fault scenarios once more, on a secured ensemble.
+
+The servers enforce authentication (``enforce.auth.enabled``) and every
+client uses credentials with the default secured ACL policy, so every node
+carries an ACL and every request is checked against it: the leader killed
+during a publish burst, subscribers' sessions ended on the server again and
+again, and the leader killed under a work queue. The history checks and
+audits are those of the open scenarios; the audit reads the tree as the
+ZooKeeper superuser.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Cleaner
+from zkpubsub.layout import Layout
+from zkpubsub.testing import expire_session
+from zkpubsub.testing.audit import look
+from zkpubsub.testing.checker import check
+from zkpubsub.testing.faults import FaultInjector
+from zkpubsub.testing.queue_checker import check_queue, look_at_queue
+from zkpubsub.testing.queue_workload import QueueWorkload
+from zkpubsub.testing.secure import ServerSecurity, user_auth
+
+from .scenarios import (
+    CLEANER_GRACE,
+    SESSION_TIMEOUT,
+    ScenarioRecorder,
+    assert_clean,
+    pubsub_workload,
+)
+from .test_queue_faults import QUEUE, assert_queue_clean
+
+pytestmark = pytest.mark.local_zk
+
+SECURITY = ServerSecurity(enforce_auth=True, enforce_schemes=("digest",))
+SUPER = [("digest", "super:super-secret")]
+OPTIONS: dict[str, Any] = {"auth": user_auth("app")}
+
+A = TypeVar("A")
+
+
+def audited(hosts: str, look_once: Callable[[KazooClient], A], timeout: float) -> A:
+    """Look at the tree as the superuser until the look is ``ok``."""
+    zk = KazooClient(hosts=hosts, timeout=10.0, auth_data=SUPER)
+    zk.start(timeout=30)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = look_once(zk)
+            if result.ok or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                return result
+            time.sleep(0.25)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def finish_secured(
+    name: str,
+    wl: Any,
+    injector: FaultInjector,
+    scenario: ScenarioRecorder,
+    cleaners: Sequence[Cleaner],
+) -> tuple[Any, Any]:
+    wl.stop_publishing()
+    injector.heal()
+    injector.wait_healthy()
+    wl.drain(90.0)
+    result = check(wl.history(), total_order=True)
+    layout = Layout(wl.root)
+
+    def sweep_and_look(zk: KazooClient) -> Any:
+        for cleaner in cleaners:
+            if cleaner.is_leader:
+                cleaner.sweep_now()
+        return look(zk, layout, cleaners)
+
+    audit = audited(injector.cluster.hosts, sweep_and_look, 3 * CLEANER_GRACE + 30)
+    scenario.record(
+        name,
+        result,
+        faults=len(injector.log.events()),
+        audit=audit,
+        notes=wl.recorder.history().notes,
+    )
+    return result, audit
+
+
+def test_s1_secured_leader_kill_nine_three_times_during_a_publish_burst(ensemble, scenario):
+    ens = ensemble(3, security=SECURITY)
+    injector = FaultInjector(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/sec1", client_options=OPTIONS)
+    try:
+        wl.start_publishing()
+        wl.wait_acked(50)
+        killed = injector.bounce_leader(3, down_for=0.5, between=1.0)
+        wl.wait_acked(50)
+        result, audit = finish_secured(
+            "S1 secured: leader kill -9 x3", wl, injector, scenario, cleaners
+        )
+    finally:
+        wl.close()
+    assert len(killed) == 3
+    assert_clean(result, audit)
+
+
+def test_s8a_secured_subscribers_sessions_ended_on_the_server(ensemble, scenario):
+    ens = ensemble(3, security=SECURITY)
+    injector = FaultInjector(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/sec8a", client_options=OPTIONS)
+    try:
+        wl.start_publishing()
+        wl.wait_acked(30)
+        names = list(wl.subscribers)
+        for name in names:
+            expire_session(wl.subscribers[name])
+            injector.log.add(f"expire session of {name}")
+            wl.wait_acked(10)
+        wl.wait_acked(20)
+        result, audit = finish_secured(
+            "S8a secured: subscriber session expiry x3", wl, injector, scenario, cleaners
+        )
+        history = wl.history()
+    finally:
+        wl.close()
+    assert all(s.gaps for s in history.subscribers)
+    assert_clean(result, audit)
+
+
+def test_sq1_secured_leader_kill_nine_under_a_work_queue(ensemble, scenario):
+    ens = ensemble(3, security=SECURITY)
+    injector = FaultInjector(ens.cluster)
+    wl = QueueWorkload(ens.cluster.hosts, "/secq1", queue=QUEUE, session_timeout=SESSION_TIMEOUT)
+    wl.client_options = dict(OPTIONS)
+    try:
+        wl.add_producer()
+        for prefetch in (1, 4):
+            wl.add_worker(prefetch=prefetch)
+        wl.start_producing()
+        wl.wait_acks(60)
+        killed = injector.bounce_leader(2, down_for=0.5, between=1.0)
+        wl.wait_acks(60)
+        wl.stop_producing()
+        injector.heal()
+        injector.wait_healthy()
+        wl.drain(90.0)
+        audit = audited(
+            ens.cluster.hosts,
+            lambda zk: look_at_queue(zk, wl.root, wl.queue),
+            3 * SESSION_TIMEOUT + 10,
+        )
+        wl.stop_workers()
+        history = wl.history()
+        result = check_queue(history)
+        scenario.record(
+            "SQ1 secured: leader kill -9 x2, 2 workers",
+            result,
+            faults=len(injector.log.events()),
+            audit=audit,
+            notes=history.notes,
+        )
+    finally:
+        wl.close()
+    assert len(killed) == 2
+    assert_queue_clean(result, audit)
