@@ -10,9 +10,11 @@ partitions through a peer mesh, an unwritable data directory), ``proxy``
 (TCP proxies that cut, drop, or lose one request or reply), ``workload``
 and ``history`` (a recorded publish/subscribe run), ``checker`` (lost,
 unexpected, duplicates, order), ``audit`` (the tree after healing) and
-``report`` (the reliability table).
+``report`` (the reliability table). ``counters`` sets a parent's
+sequential counter in a stopped server's snapshot (``restart_with_cversions``).
 """
 
+from .counters import COUNTER_MAX, restart_with_cversions, set_cversions
 from .server import (
     ServerFailed,
     ZooKeeperCluster,
@@ -26,6 +28,7 @@ from .server import (
 from .sessions import expire_session
 
 __all__ = [
+    "COUNTER_MAX",
     "ServerFailed",
     "ZooKeeperCluster",
     "ZooKeeperNode",
@@ -34,5 +37,7 @@ __all__ = [
     "find_classpath",
     "four_letter",
     "free_ports",
+    "restart_with_cversions",
     "running_zookeeper",
+    "set_cversions",
 ]
