@@ -25,6 +25,7 @@ from .config import (
     DEFAULT_HANDLER_ATTEMPTS,
     DEFAULT_MAX_RETRY_DELAY,
     DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_QUEUE_MAX_ITEMS,
     DEFAULT_RETRY_DELAY,
     ClientConfig,
     parse_hosts,
@@ -350,13 +351,22 @@ class Client:
 
     # -- work queues -----------------------------------------------------------------------
 
-    def queue(self, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS) -> WorkQueue:
+    def queue(
+        self,
+        name: str,
+        *,
+        max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
+        max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+    ) -> WorkQueue:
         """A handle on the work queue ``name`` (created on first use). Items
-        reserved ``max_attempts`` times without an ack become dead letters."""
+        reserved ``max_attempts`` times without an ack become dead letters.
+        A put waits for room while the queue holds ``max_items`` items
+        (ready or reserved; ``None``: no bound), then raises
+        :class:`QueueFull` at its timeout."""
         from .workqueue import WorkQueue
 
         self._ctx.check_open()
-        return WorkQueue(self._ctx, name, max_attempts=max_attempts)
+        return WorkQueue(self._ctx, name, max_attempts=max_attempts, max_items=max_items)
 
     # -- cleaner and stats -------------------------------------------------------------------
 

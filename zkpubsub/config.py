@@ -23,10 +23,12 @@ __all__ = [
     "DEFAULT_MAX_TRANSACTION_BYTES",
     "DEFAULT_PREFETCH",
     "DEFAULT_QUEUE_ATTEMPTS",
+    "DEFAULT_QUEUE_MAX_ITEMS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_RESULT_TTL",
     "DEFAULT_RETRY_DELAY",
     "DEFAULT_SESSION_TIMEOUT",
+    "MAX_DEAD_LETTERS",
     "ClientConfig",
     "default_grace",
     "parse_hosts",
@@ -49,6 +51,13 @@ DEFAULT_MAX_PENDING: Final = 10_000
 DEFAULT_HANDLER_ATTEMPTS: Final = 3
 # A work item reserved this often without an ack becomes a dead letter.
 DEFAULT_QUEUE_ATTEMPTS: Final = 5
+# A work queue holds at most this many items (ready or reserved) unless told
+# otherwise: a put waits for room. Every listing of a queue then stays far
+# below 1 MiB, which ZooKeeper's Java tools cannot read past.
+DEFAULT_QUEUE_MAX_ITEMS: Final = 10_000
+# A work queue keeps at most this many dead letters; an item that fails
+# beyond that is dropped (its ticket fails), with an error in the log.
+MAX_DEAD_LETTERS: Final = 10_000
 # A failed handler attempt is tried again after this delay, doubled after
 # each further failure up to DEFAULT_MAX_RETRY_DELAY.
 DEFAULT_RETRY_DELAY: Final = 0.5

@@ -21,18 +21,30 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 election; lowest leads
     <root>/cleaner/clock                        the cleaner writes it to read
                                                 the server's time (its mtime)
-    <root>/queues/<name>/items/<q|r><PPP>-<guid>-<seq>
+    <root>/queues/<name>                        persistent; its data is the number
+                                                of the segment puts go to, and
+                                                every put checks its version
+    <root>/queues/<name>/items/s<NNNNNNNNNN>    persistent, one segment of items
+    <root>/queues/<name>/items/s<N>/<q|r><PPP>-s<N>-<guid>-<seq>
                                                 persistent sequential work item,
-                                                priority PPP; its data version
-                                                counts its reservations
+                                                priority PPP, in segment N; its
+                                                data version counts its
+                                                reservations (an item name of
+                                                the unsegmented layout,
+                                                <q|r><PPP>-<guid>-<seq>, sits
+                                                directly under items/)
     <root>/queues/<name>/reserved/<item name>   ephemeral, the holder's session
     <root>/queues/<name>/dead/<item name>       persistent dead letter
     <root>/queues/<name>/results/<message id>   persistent task result
     <root>/queues/<name>/workers/<worker id>    ephemeral, one per worker
 
 Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
-``%010d``; they wrap to negative numbers, so order is taken from the parsed
-number with serial-number arithmetic, never from the string.
+``%010d``. ZooKeeper 3.8 does not wrap them cleanly at 2**31 - 1 (the
+suffix saturates, and pipelined creates briefly see negative numbers), so
+a parent must never get near the end: work items roll over to a fresh
+segment every ``SEGMENT_ITEMS`` creates. Order is taken from the parsed
+number (with serial-number arithmetic where a counter may have wrapped),
+never from the string.
 """
 
 from __future__ import annotations
@@ -40,14 +52,17 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 __all__ = [
     "DEFAULT_ROOT",
     "GUID_HEX_DIGITS",
+    "MAX_ITEMS_PER_PUT",
     "MAX_NAME_LENGTH",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
+    "SEGMENT_ITEMS",
+    "ItemName",
     "Layout",
     "WorkQueuePaths",
     "guid_of",
@@ -59,6 +74,9 @@ __all__ = [
     "parse_candidate_node",
     "parse_item_node",
     "parse_message_node",
+    "parse_segment_node",
+    "parse_segment_number",
+    "segment_name",
     "validate_name",
     "validate_root",
 ]
@@ -75,9 +93,17 @@ _GUID_RE: Final = f"[0-9a-f]{{{GUID_HEX_DIGITS}}}"
 _SEQ_RE: Final = r"(?:\d{10}|-\d{9,10})"
 _MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
 _CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
-_ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-({_GUID_RE})-({_SEQ_RE})$")
+_ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-(?:s(\d{{10}})-)?({_GUID_RE})-({_SEQ_RE})$")
+_SEGMENT_NODE: Final = re.compile(r"^s(\d{10})$")
 MIN_PRIORITY: Final = 0
 MAX_PRIORITY: Final = 999
+# A work queue's segment takes this many sequential creates, then producers
+# roll over to the next one: a segment's counter stays far from 2**31 - 1
+# and its listing far below 1 MiB (about 45 bytes a name).
+SEGMENT_ITEMS: Final = 10_000
+# A put transaction creates at most this many items, so producers putting
+# at the moment a segment fills take it only a little past SEGMENT_ITEMS.
+MAX_ITEMS_PER_PUT: Final = 1_000
 
 
 def _forbidden_char(value: str) -> str | None:
@@ -224,7 +250,8 @@ class Layout:
 
 
 class WorkQueuePaths:
-    """The paths of one work queue."""
+    """The paths of one work queue. ``base`` (the queue's own node) holds
+    the number of the segment puts go to."""
 
     __slots__ = ("base", "dead", "items", "reserved", "results", "workers")
 
@@ -240,11 +267,23 @@ class WorkQueuePaths:
         return (self.items, self.reserved, self.dead, self.results, self.workers)
 
     def item(self, name: str) -> str:
-        return f"{self.items}/{name}"
+        """The path of the item node ``name`` (in its segment, which the name
+        says; directly under ``items/`` for the unsegmented layout and for
+        names that are not item names)."""
+        parsed = parse_item_node(name)
+        if parsed is None or parsed.segment == 0:
+            return f"{self.items}/{name}"
+        return f"{self.segment(parsed.segment)}/{name}"
 
-    def item_prefix(self, priority: int, guid: str, *, wants_result: bool) -> str:
+    def segment(self, number: int) -> str:
+        return f"{self.items}/{segment_name(number)}"
+
+    def item_prefix(self, priority: int, guid: str, *, wants_result: bool, segment: int) -> str:
+        """The path handed to a sequential create of an item in ``segment``."""
+        if segment < 1:
+            raise ValueError(f"segments are numbered from 1, not {segment}")
         kind = "r" if wants_result else "q"
-        return f"{self.items}/{kind}{priority:03d}-{guid}-"
+        return f"{self.segment(segment)}/{kind}{priority:03d}-{segment_name(segment)}-{guid}-"
 
     def reservation(self, name: str) -> str:
         return f"{self.reserved}/{name}"
@@ -275,28 +314,68 @@ def parse_candidate_node(name: str) -> tuple[str, int] | None:
     return m.group(1), int(m.group(2))
 
 
-def parse_item_node(name: str) -> tuple[bool, int, str, int] | None:
-    """``(wants_result, priority, guid, sequence)`` of a work item name."""
+class ItemName(NamedTuple):
+    """What a work item's node name says. ``segment`` is 0 for an item of
+    the unsegmented layout (directly under ``items/``)."""
+
+    wants_result: bool
+    priority: int
+    segment: int
+    guid: str
+    sequence: int
+
+
+def parse_item_node(name: str) -> ItemName | None:
+    """What a work item name says, or ``None`` if it is not one."""
     m = _ITEM_NODE.match(name)
     if m is None:
         return None
-    return m.group(1) == "r", int(m.group(2)), m.group(3), int(m.group(4))
+    segment = int(m.group(3)) if m.group(3) is not None else 0
+    if m.group(3) is not None and segment == 0:
+        return None  # segments are numbered from 1
+    return ItemName(m.group(1) == "r", int(m.group(2)), segment, m.group(4), int(m.group(5)))
+
+
+def segment_name(number: int) -> str:
+    """The node name of segment ``number`` under ``items/``."""
+    return f"s{number:010d}"
+
+
+def parse_segment_node(name: str) -> int | None:
+    """The number of a segment node name (``s0000000001`` is 1), or ``None``."""
+    m = _SEGMENT_NODE.match(name)
+    if m is None or int(m.group(1)) == 0:
+        return None
+    return int(m.group(1))
+
+
+def parse_segment_number(data: bytes) -> int | None:
+    """The current segment a queue node's data names: ``0`` for none yet
+    (empty data), ``None`` for data that is not a segment number."""
+    if not data:
+        return 0
+    text = data.decode("ascii", "replace")
+    if not text.isdigit() or len(text) > 10:
+        return None
+    return int(text)
 
 
 def order_items(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Work item names by priority (lower first), then creation order;
-    and the foreign names."""
-    by_priority: dict[int, list[tuple[int, str]]] = {}
+    """Work item names by priority (lower first), then creation order:
+    segment by segment (the unsegmented layout's items first), and by
+    sequence within a segment. Also returns the foreign names."""
+    groups: dict[tuple[int, int], list[tuple[int, str]]] = {}
     foreign: list[str] = []
     for name in names:
         parsed = parse_item_node(name)
         if parsed is None:
             foreign.append(name)
         else:
-            by_priority.setdefault(parsed[1], []).append((parsed[3], name))
+            key = (parsed.priority, parsed.segment)
+            groups.setdefault(key, []).append((parsed.sequence, name))
     ordered: list[str] = []
-    for priority in sorted(by_priority):
-        ordered.extend(order_by_sequence(by_priority[priority]))
+    for key in sorted(groups):
+        ordered.extend(order_by_sequence(groups[key]))
     return ordered, foreign
 
 

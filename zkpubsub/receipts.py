@@ -64,11 +64,15 @@ class Outcome:
     caller's operation number ``index`` (counted among the caller's own
     operations, from 0), and nothing of the transaction was applied.
     ``looked_up`` says the answer was lost and the receipt proved the write.
+    ``results`` are the answers to the caller's operations when it was
+    applied and answered (empty after a lookup): the paths sequential
+    creates were given, for instance.
     """
 
     error: Exception | None = None
     index: int = -1
     looked_up: bool = False
+    results: tuple[Any, ...] = ()
 
     @property
     def applied(self) -> bool:
@@ -137,7 +141,7 @@ class ReceiptWriter:
             index, error = first_error(results)
             if error is None:
                 self.janitor.add(receipt)
-                return Outcome()
+                return Outcome(results=tuple(results[1:]))
             if index == 0 and isinstance(error, NoNodeError):
                 # The receipt folder went (the client was away past the grace).
                 conn.ensure_path(self.janitor.folder, deadline)

@@ -10,6 +10,10 @@ Each is one transaction whose checks the server enforces:
 * burying an item nobody holds proves that by creating and deleting its
   reservation node in the same transaction.
 
+A queue keeps at most ``MAX_DEAD_LETTERS`` dead letters (so listing them
+stays below 1 MiB): an item that fails beyond that is deleted instead,
+with an error in the log and a ``dead`` result for its ticket.
+
 After a lost answer, :func:`holds` tells whether a reservation is still
 this worker's: its session owns the node, the item is at the version, and
 the node names the worker (workers of one client share a session).
@@ -24,6 +28,7 @@ from kazoo.exceptions import NoNodeError
 
 from .. import envelope
 from .._context import Context
+from ..config import MAX_DEAD_LETTERS
 from ..connection import first_error, translated
 from ..errors import ConnectionLost, ReservationLost
 from ..layout import WorkQueuePaths, parse_item_node
@@ -116,6 +121,24 @@ def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]]) -> A
     return ops
 
 
+def dead_letters_full(ctx: Context, paths: WorkQueuePaths, deadline: float | None) -> bool:
+    """Whether the queue already keeps ``MAX_DEAD_LETTERS`` dead letters."""
+    kazoo = ctx.conn.kazoo
+    stat = ctx.conn.call(lambda: kazoo.exists_async(paths.dead), deadline, "count dead letters")
+    return stat is not None and stat.numChildren >= MAX_DEAD_LETTERS
+
+
+def _dropped(queue: str, name: str, reason: str) -> str:
+    logger.error(
+        "queue %r: %s failed (%s) and is dropped: the queue keeps %d dead letters already",
+        queue,
+        name,
+        reason,
+        MAX_DEAD_LETTERS,
+    )
+    return f"dropped, the dead letters being full: {reason}"
+
+
 def release(
     ctx: Context,
     item: Item,
@@ -135,6 +158,7 @@ def release(
     buried = item.attempts >= max_attempts
     deadline = ctx.deadline()
     with translated(f"release item {item.id}"):
+        full = buried and dead_letters_full(ctx, paths, deadline)
         while True:
             txn = ctx.conn.kazoo.transaction()
             txn.delete(paths.reservation(item.name))
@@ -144,9 +168,11 @@ def release(
                 )
                 data = envelope.encode([item.entry])
                 txn.delete(paths.item(item.name), item.token)
-                txn.create(
-                    paths.dead_letter(item.name), dead_record(item.name, data, item.attempts, why)
-                )
+                if full:
+                    why = _dropped(item.queue, item.name, why)
+                else:
+                    record = dead_record(item.name, data, item.attempts, why)
+                    txn.create(paths.dead_letter(item.name), record)
                 if item.wants_result:
                     doc = result_doc(ctx.config.serializer, "dead", reason=why)
                     txn.create(paths.result(item.id), doc)
@@ -176,21 +202,30 @@ def bury(
     reason: str,
     entry: envelope.Entry | None,
     deadline: float | None,
-) -> None:
-    """Move an item nobody holds to the dead letters (proving that)."""
+    *,
+    path: str | None = None,
+) -> bool:
+    """Move an item nobody holds to the dead letters (proving that), as
+    ``name`` (the node is at ``path``, by default the item node ``name``).
+    ``True`` when this transaction did it."""
     paths = ctx.layout.work_queue(queue)
     parsed = parse_item_node(name)
+    full = dead_letters_full(ctx, paths, deadline)
     txn = ctx.conn.kazoo.transaction()
     txn.create(paths.reservation(name), b"")  # fails if someone holds it
     txn.delete(paths.reservation(name))
-    txn.delete(paths.item(name), version)
-    txn.create(paths.dead_letter(name), dead_record(name, data, version, reason))
-    if entry is not None and parsed is not None and parsed[0]:
+    txn.delete(path or paths.item(name), version)
+    if full:
+        reason = _dropped(queue, name, reason)
+    else:
+        txn.create(paths.dead_letter(name), dead_record(name, data, version, reason))
+    if entry is not None and parsed is not None and parsed.wants_result:
         doc = result_doc(ctx.config.serializer, "dead", reason=reason)
         txn.create(paths.result(entry.id), doc)
     try:
         _, error = first_error(commit(ctx, txn, deadline, "move to dead letters"))
     except ConnectionLost:
-        return  # the next worker to find it tries again
-    if error is None:
+        return False  # the next worker to find it tries again
+    if error is None and not full:
         logger.warning("queue %r: %s is a dead letter: %s", queue, name, reason)
+    return error is None

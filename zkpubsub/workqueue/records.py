@@ -174,7 +174,7 @@ def dead_item_data(data: bytes) -> bytes:
 def dead_item(serializers: SerializerRegistry, path: str, name: str, data: bytes) -> DeadItem:
     """A dead letter as callers see it (what cannot be read shows as raw bytes)."""
     parsed = parse_item_node(name)
-    priority = parsed[1] if parsed else DEFAULT_PRIORITY
+    priority = parsed.priority if parsed else DEFAULT_PRIORITY
     try:
         doc = msgpack.unpackb(data, raw=False)
         item_data = doc["item"]

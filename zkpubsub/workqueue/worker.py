@@ -27,10 +27,11 @@ from .. import envelope
 from .._context import Context
 from ..connection import deadline_after, first_error, remaining, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
-from ..layout import order_items, parse_item_node
+from ..layout import join, order_items, parse_item_node, parse_segment_number, segment_name
 from .finishing import ack_all, bury, commit, holds, release
 from .items import Item
 from .records import decode_item, reservation_record
+from .segments import classify
 
 __all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Worker", "ensure_queue", "rank_candidates"]
 
@@ -77,7 +78,7 @@ def rank_candidates(
     others: list[str] = []
     for name in ordered:
         parsed = parse_item_node(name)
-        (mine if parsed is not None and parsed[3] % count == rank else others).append(name)
+        (mine if parsed is not None and parsed.sequence % count == rank else others).append(name)
     return mine + others, foreign
 
 
@@ -104,6 +105,7 @@ class Worker:
         self._ready = False
         self._worker_session: int | None = None
         self._closed = False
+        self._given_up: set[str] = set()  # foreign nodes that could not be moved
         self.conflicts = 0  # reservations lost to another worker at the last moment
 
     def __repr__(self) -> str:
@@ -184,7 +186,8 @@ class Worker:
 
     def _refresh(self, deadline: float | None) -> bool:
         """List what is available and order it for this worker. True if any.
-        The listing leaves watches: a later put or release marks it stale."""
+        The listing leaves watches: a later put or release marks it stale.
+        Segments older than the current one are deleted once empty."""
         if not self._ready:
             ensure_queue(self._ctx, self.queue, deadline)
             self._ready = True
@@ -196,6 +199,7 @@ class Worker:
         try:
             answers = conn.read_all(
                 lambda: [
+                    kazoo.get_async(paths.base),
                     kazoo.get_children_async(paths.items, watch=self._on_change),
                     kazoo.get_children_async(paths.reserved, watch=self._on_change),
                     kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
@@ -203,16 +207,41 @@ class Worker:
                 deadline,
                 "list queue",
             )
+            if any(isinstance(answer, NoNodeError) for answer in answers):
+                self._ready = False
+                return False
+            (data, _), children, reserved, workers = answers
+            listing = classify(children)
+            listed = conn.read_all(
+                lambda: [
+                    kazoo.get_children_async(paths.segment(n), watch=self._on_change)
+                    for n in listing.segments
+                ],
+                deadline,
+                "list segments",
+            )
         except BaseException:
             self._stale = True
             raise
-        if any(isinstance(answer, NoNodeError) for answer in answers):
-            self._ready = False
-            return False
-        names, reserved, workers = answers
-        ranked, foreign = rank_candidates(names, reserved, workers, self.worker_id)
-        for name in foreign:
-            self._bury_foreign(name, deadline)
+        current = parse_segment_number(data) or 0
+        names = list(listing.legacy)
+        foreign = [(join(paths.items, name), name) for name in listing.foreign]
+        for number, in_segment in zip(listing.segments, listed, strict=True):
+            if isinstance(in_segment, NoNodeError):
+                continue
+            if not in_segment and number < current:
+                kazoo.delete_async(paths.segment(number))  # nobody puts there any more
+            for name in in_segment:
+                parsed = parse_item_node(name)
+                if parsed is not None and parsed.segment == number:
+                    names.append(name)
+                else:
+                    key = f"{segment_name(number)}.{name}"
+                    foreign.append((join(paths.segment(number), name), key))
+        ranked, _ = rank_candidates(names, reserved, workers, self.worker_id)
+        for path, key in foreign:
+            if key not in self._given_up:
+                self._bury_foreign(path, key, deadline)
         with self._lock:
             self._candidates = deque(ranked)
             return bool(self._candidates)
@@ -284,7 +313,13 @@ class Worker:
         parsed = parse_item_node(name)
         assert parsed is not None
         return Item(
-            self, name, entry, payload, token=token, priority=parsed[1], wants_result=parsed[0]
+            self,
+            name,
+            entry,
+            payload,
+            token=token,
+            priority=parsed.priority,
+            wants_result=parsed.wants_result,
         )
 
     # -- finishing items -------------------------------------------------------------------
@@ -335,14 +370,20 @@ class Worker:
     ) -> None:
         bury(self._ctx, self.queue, name, data, version, reason, entry, deadline)
 
-    def _bury_foreign(self, name: str, deadline: float | None) -> None:
+    def _bury_foreign(self, path: str, key: str, deadline: float | None) -> None:
+        """Move a node that is not a work item to the dead letters, as
+        ``key``; a node that cannot be moved (it has children) is left, and
+        not tried again by this worker."""
         conn = self._ctx.conn
-        path = self._paths.item(name)
         try:
             data, stat = conn.call(functools.partial(conn.kazoo.get_async, path), deadline, path)
         except NoNodeError:
             return
-        self._bury(name, data, stat.version, "not a zkpubsub work item", None, deadline)
+        reason = "not a zkpubsub work item"
+        if stat.numChildren or not bury(
+            self._ctx, self.queue, key, data, stat.version, reason, None, deadline, path=path
+        ):
+            self._given_up.add(key)
 
     def close(self) -> None:
         """Leave the worker registry. Idempotent."""
