@@ -357,16 +357,27 @@ class Client:
         *,
         max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
         max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+        visibility_timeout: float | None = None,
     ) -> WorkQueue:
         """A handle on the work queue ``name`` (created on first use). Items
         reserved ``max_attempts`` times without an ack become dead letters.
         A put waits for room while the queue holds ``max_items`` items
         (ready or reserved; ``None``: no bound), then raises
-        :class:`QueueFull` at its timeout."""
+        :class:`QueueFull` at its timeout. With ``visibility_timeout``
+        (seconds), items are reserved with a lease: one held longer without
+        ``item.extend()`` may be taken over by another worker (the holder's
+        ack then raises :class:`ReservationLost`); ``None`` ties a
+        reservation to its worker's session."""
         from .workqueue import WorkQueue
 
         self._ctx.check_open()
-        return WorkQueue(self._ctx, name, max_attempts=max_attempts, max_items=max_items)
+        return WorkQueue(
+            self._ctx,
+            name,
+            max_attempts=max_attempts,
+            max_items=max_items,
+            visibility_timeout=visibility_timeout,
+        )
 
     # -- cleaner and stats -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDLER_ATTEMPTS",
     "DEFAULT_LINGER",
+    "DEFAULT_MAX_LEASE",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_RETRY_DELAY",
@@ -58,6 +59,8 @@ DEFAULT_QUEUE_MAX_ITEMS: Final = 10_000
 # A work queue keeps at most this many dead letters; an item that fails
 # beyond that is dropped (its ticket fails), with an error in the log.
 MAX_DEAD_LETTERS: Final = 10_000
+# A consumer extends the lease of an item in hand for at most this long in all.
+DEFAULT_MAX_LEASE: Final = 3600.0
 # A failed handler attempt is tried again after this delay, doubled after
 # each further failure up to DEFAULT_MAX_RETRY_DELAY.
 DEFAULT_RETRY_DELAY: Final = 0.5

@@ -35,7 +35,7 @@ from ..layout import WorkQueuePaths, parse_item_node
 from .items import Item
 from .records import dead_record, reserved_by, result_doc
 
-__all__ = ["ack_all", "bury", "commit", "holds", "release"]
+__all__ = ["ack_all", "bury", "commit", "dead_letters_full", "held_version", "holds", "release"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,19 @@ def holds(
     deadline: float | None,
 ) -> bool:
     """Whether ``worker_id`` holds ``name`` at data version ``token``."""
+    return held_version(ctx, paths, name, token, worker_id, deadline) is not None
+
+
+def held_version(
+    ctx: Context,
+    paths: WorkQueuePaths,
+    name: str,
+    token: int,
+    worker_id: str,
+    deadline: float | None,
+) -> int | None:
+    """The data version of the reservation node of ``name`` if
+    ``worker_id`` holds it at item version ``token``; ``None`` if not."""
     conn = ctx.conn
     kazoo = conn.kazoo
     reservation, item = conn.read_all(
@@ -70,11 +83,13 @@ def holds(
         f"check the reservation of {name}",
     )
     if isinstance(reservation, NoNodeError) or item is None:
-        return False
+        return None
     data, held = reservation
     if held.ephemeralOwner != conn.session_id or item.version != token:
-        return False
-    return reserved_by(data) == worker_id
+        return None
+    if reserved_by(data) != worker_id:
+        return None
+    return int(held.version)
 
 
 def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Item]:
@@ -204,16 +219,21 @@ def bury(
     deadline: float | None,
     *,
     path: str | None = None,
+    lapsed: int | None = None,
 ) -> bool:
     """Move an item nobody holds to the dead letters (proving that), as
     ``name`` (the node is at ``path``, by default the item node ``name``).
-    ``True`` when this transaction did it."""
+    ``lapsed`` is the version of a reservation whose lease ran out (it is
+    deleted at that version instead). ``True`` when this transaction did it."""
     paths = ctx.layout.work_queue(queue)
     parsed = parse_item_node(name)
     full = dead_letters_full(ctx, paths, deadline)
     txn = ctx.conn.kazoo.transaction()
-    txn.create(paths.reservation(name), b"")  # fails if someone holds it
-    txn.delete(paths.reservation(name))
+    if lapsed is None:
+        txn.create(paths.reservation(name), b"")  # fails if someone holds it
+        txn.delete(paths.reservation(name))
+    else:
+        txn.delete(paths.reservation(name), lapsed)  # fails if extended meanwhile
     txn.delete(path or paths.item(name), version)
     if full:
         reason = _dropped(queue, name, reason)

@@ -22,12 +22,18 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from .. import envelope
 from .._context import Context
-from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
+from ..config import (
+    CREATE_OP_OVERHEAD,
+    DEFAULT_MAX_LEASE,
+    DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_QUEUE_MAX_ITEMS,
+)
 from ..connection import Connection, deadline_after, expired, remaining, translated
 from ..errors import ClientClosed, PayloadTooLarge, QueueFull, ZkPubSubError, ZooKeeperError
 from ..layout import MAX_ITEMS_PER_PUT, WorkQueuePaths, order_items, parse_item_node, validate_name
 from ..serializers import SerializerRegistry
 from .items import Item, Ticket
+from .leases import check_lease
 from .records import (
     DEFAULT_PRIORITY,
     DeadItem,
@@ -57,8 +63,12 @@ class WorkQueue:
 
     ``max_items`` bounds the items in the queue (ready or reserved; ``None``
     for no bound): a put waits for room up to its timeout, then raises
-    :class:`~zkpubsub.QueueFull`. ``close()`` closes the workers this handle
-    made (they leave the queue's worker registry).
+    :class:`~zkpubsub.QueueFull`. With ``visibility_timeout`` (seconds) the
+    workers of this handle reserve items with a lease: an item held longer
+    than that without an extension may be taken over by another worker
+    (``None``: a reservation lasts as long as its worker's session).
+    ``close()`` closes the workers this handle made (they leave the queue's
+    worker registry).
     """
 
     def __init__(
@@ -68,8 +78,11 @@ class WorkQueue:
         *,
         max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
         max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+        visibility_timeout: float | None = None,
     ) -> None:
         validate_name(name, "queue name")
+        if visibility_timeout is not None:
+            visibility_timeout = check_lease(visibility_timeout)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
         if max_items is not None and (
@@ -79,6 +92,7 @@ class WorkQueue:
         self.name = name
         self.max_attempts = max_attempts
         self.max_items = max_items
+        self.visibility_timeout = visibility_timeout
         self._ctx = ctx
         self._paths = ctx.layout.work_queue(name)
         self._segments = Segments(ctx, self._paths)
@@ -93,7 +107,12 @@ class WorkQueue:
         """A new worker of this queue, with its own identity (use one per
         thread); it registers when it first reserves."""
         self._check_open()
-        worker = Worker(self._ctx, self.name, max_attempts=self.max_attempts)
+        worker = Worker(
+            self._ctx,
+            self.name,
+            max_attempts=self.max_attempts,
+            visibility_timeout=self.visibility_timeout,
+        )
         self._workers.append(worker)
         return worker
 
@@ -317,6 +336,7 @@ class WorkQueue:
         workers: int = 1,
         prefetch: int = 1,
         on_error: Callable[[BaseException, Item], Any] | None = None,
+        max_lease: float = DEFAULT_MAX_LEASE,
     ) -> Consumer:
         """Run ``workers`` worker threads calling ``handler(item)`` for each
         item: a return acks it (with the return value as the result, when
@@ -324,12 +344,15 @@ class WorkQueue:
         Each worker reserves up to ``prefetch`` items in one transaction and
         acks the ones it finished in one transaction; a larger prefetch is
         faster, but holds items a little longer and redoes more of them if
-        the worker dies. Returns the :class:`Consumer`; ``stop()`` finishes
-        the items in hand and stops."""
+        the worker dies. With a ``visibility_timeout``, a thread of the
+        consumer extends the leases of the items in hand (each when half of
+        it is left) for up to ``max_lease`` seconds in all: a handler stuck
+        longer loses its item to another worker. Returns the
+        :class:`Consumer`; ``stop()`` finishes the items in hand and stops."""
         from .consumer import Consumer
 
         self._check_open()
-        return Consumer(self, handler, workers, on_error, prefetch)
+        return Consumer(self, handler, workers, on_error, prefetch, max_lease=max_lease)
 
     # -- looking at the queue ----------------------------------------------------------------
 

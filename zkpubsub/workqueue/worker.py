@@ -7,6 +7,12 @@ a worker of rank r among W tries first the items whose sequence number is
 r modulo W. Reserving, acking, releasing and moving an item to the dead
 letters are each one transaction whose checks the server enforces (see
 :mod:`zkpubsub.workqueue`).
+
+With a ``visibility_timeout`` a worker's reservations carry a lease (see
+:mod:`.leases`); every worker also takes over items whose lease ran out,
+whoever reserved them: when it lists the queue (at most once a second for
+this), it reads the reservations it already saw at its previous look and
+judges their leases by the server's clock.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from .._context import Context
 from ..connection import deadline_after, first_error, remaining, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
 from ..layout import join, order_items, parse_item_node, parse_segment_number, segment_name
-from .finishing import ack_all, bury, commit, holds, release
+from .finishing import ack_all, bury, commit, held_version, holds, release
 from .items import Item
-from .records import decode_item, reservation_record
+from .leases import ANCHOR_MAX_AGE, LEASE_SCAN_INTERVAL, ServerClock, check_lease
+from .records import decode_item, lease_of, reservation_record
 from .segments import classify
 
 __all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Worker", "ensure_queue", "rank_candidates"]
@@ -90,10 +97,25 @@ class Worker:
     queue's worker registry.
     """
 
-    def __init__(self, ctx: Context, queue: str, *, max_attempts: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        queue: str,
+        *,
+        max_attempts: int,
+        visibility_timeout: float | None = None,
+    ) -> None:
         self._ctx = ctx
         self.queue = queue
         self.max_attempts = max_attempts
+        self.visibility_timeout = (
+            None if visibility_timeout is None else check_lease(visibility_timeout)
+        )
+        self.clock = ServerClock()
+        self._expired: dict[str, int] = {}  # item name -> version of its expired reservation
+        self._seen_reserved: set[str] = set()
+        self._scanned_at = 0.0
+        self.takeovers = 0  # items taken over from a holder whose lease ran out
         self._paths = ctx.layout.work_queue(queue)
         self.worker_id = f"{ctx.client_id}.{next(_numbers)}"
         self._lock = threading.Lock()
@@ -128,8 +150,25 @@ class Worker:
         stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
         if stat is None or stat.ephemeralOwner != session:
             with contextlib.suppress(NodeExistsError):  # ours, after a lost answer
-                conn.call(lambda: kazoo.create_async(path, b"", ephemeral=True), deadline, path)
+                _, created = conn.call(
+                    lambda: kazoo.create_async(path, b"", ephemeral=True, include_data=True),
+                    deadline,
+                    path,
+                )
+                self.clock.saw(created.mtime)
         self._worker_session = session
+
+    def _read_clock(self, deadline: float | None) -> None:
+        """Learn the server's time: write our registration node, read its mtime."""
+        conn = self._ctx.conn
+        path = self._paths.worker(self.worker_id)
+        try:
+            stat = conn.call(functools.partial(conn.kazoo.set_async, path, b""), deadline, path)
+        except NoNodeError:
+            self._worker_session = None
+            self._ensure_worker(deadline)
+            return
+        self.clock.saw(stat.mtime)
 
     def stale(self) -> None:
         """Something became available: read the list anew before the next reserve."""
@@ -238,13 +277,53 @@ class Worker:
                 else:
                     key = f"{segment_name(number)}.{name}"
                     foreign.append((join(paths.segment(number), name), key))
-        ranked, _ = rank_candidates(names, reserved, workers, self.worker_id)
+        expired = self._find_expired(reserved, deadline)
+        held = [name for name in reserved if name not in expired]
+        ranked, _ = rank_candidates(names, held, workers, self.worker_id)
         for path, key in foreign:
             if key not in self._given_up:
                 self._bury_foreign(path, key, deadline)
         with self._lock:
             self._candidates = deque(ranked)
             return bool(self._candidates)
+
+    def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, int]:
+        """The reservations whose lease ran out (name -> reservation node
+        version). Read at most every ``LEASE_SCAN_INTERVAL``, and only those
+        already there at the previous look: most reservations end sooner."""
+        now = time.monotonic()
+        if now - self._scanned_at < LEASE_SCAN_INTERVAL:
+            still = set(reserved)
+            self._expired = {n: v for n, v in self._expired.items() if n in still}
+            return self._expired
+        previous, self._seen_reserved = self._seen_reserved, set(reserved)
+        self._scanned_at = now
+        old = [name for name in reserved if name in previous]
+        self._expired = {}
+        if not old:
+            return self._expired
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        answers = conn.read_all(
+            lambda: [kazoo.get_async(paths.reservation(n)) for n in old], deadline, "leases"
+        )
+        leased = []
+        for name, answer in zip(old, answers, strict=True):
+            if isinstance(answer, NoNodeError):
+                continue
+            data, stat = answer
+            lease = lease_of(data)
+            if lease is not None:
+                leased.append((name, lease, stat))
+        if not leased:
+            return self._expired
+        age = self.clock.age()
+        if age is None or age > ANCHOR_MAX_AGE:
+            self._read_clock(deadline)
+        for name, lease, stat in leased:
+            if self.clock.expired(stat.mtime, lease):
+                self._expired[name] = stat.version
+        return self._expired
 
     def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
         ctx, paths = self._ctx, self._paths
@@ -253,30 +332,39 @@ class Worker:
             lambda: [kazoo.get_async(paths.item(n)) for n in names], deadline, "read items"
         )
         ready: list[_Ready] = []
+        expired = {n: self._expired.pop(n) for n in names if n in self._expired}
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, NoNodeError):
                 continue  # acked meanwhile
             data, stat = answer
+            lapsed = expired.get(name)
             try:
                 entry, payload = decode_item(ctx.serializers, paths.item(name), data)
             except DecodeError as exc:
-                self._bury(name, data, stat.version, f"undecodable: {exc}", None, deadline)
+                self._bury(name, data, stat.version, f"undecodable: {exc}", None, deadline, lapsed)
                 continue
             if stat.version >= self.max_attempts:
                 reason = f"reserved {stat.version} times without an ack (max_attempts)"
-                self._bury(name, data, stat.version, reason, entry, deadline)
+                self._bury(name, data, stat.version, reason, entry, deadline, lapsed)
                 continue
             ready.append((name, data, stat.version, entry, payload))
-        info = reservation_record(self.worker_id)
+        lease = self.visibility_timeout
+        info = reservation_record(self.worker_id, lease)
         while ready:
             txn = kazoo.transaction()
-            for name, data, version, _, _ in ready:
+            owners: list[int] = []  # the index in ready of each operation
+            for i, (name, data, version, _, _) in enumerate(ready):
+                if name in expired:  # its holder's lease ran out: take it over
+                    txn.delete(paths.reservation(name), expired[name])
+                    owners.append(i)
                 txn.create(paths.reservation(name), info, ephemeral=True)
                 txn.set_data(paths.item(name), data, version)
+                owners += [i, i]
+            sent = time.monotonic()
             try:
                 results = commit(self._ctx, txn, deadline, "reserve")
             except ConnectionLost:
-                ours = self.reserved_after_loss(ready, deadline)
+                ours = self.reserved_after_loss(ready, deadline, sent)
                 taken = {item.name for item in ours}
                 with self._lock:  # the others are still first in line
                     self._candidates.extendleft(
@@ -285,33 +373,53 @@ class Worker:
                 return ours
             index, error = first_error(results)
             if error is None:
+                received = time.monotonic()
+                stat = results[-1]
+                self.clock.saw(stat.mtime, received)
+                self.takeovers += sum(1 for name, *_ in ready if name in expired)
                 return [
-                    self._item(name, version + 1, entry, payload)
+                    self._item(name, version + 1, entry, payload, sent=sent)
                     for name, _, version, entry, payload in ready
                 ]
             # Taken by another worker (NodeExists), reserved and released
-            # meanwhile (BadVersion) or acked (NoNode): try the others.
+            # meanwhile (BadVersion), extended by its holder (BadVersion) or
+            # acked (NoNode): try the others.
             self.conflicts += 1
             self._outdated = True
-            del ready[index // 2]
+            del ready[owners[index]]
         return []
 
-    def reserved_after_loss(self, tried: list[_Ready], deadline: float | None) -> list[Item]:
+    def reserved_after_loss(
+        self, tried: list[_Ready], deadline: float | None, sent: float | None = None
+    ) -> list[Item]:
         """After a lost answer: the items whose reservation is ours. Another
         worker of the same client shares our session, so a reservation is
-        ours only if it also names this worker."""
+        ours only if it also names this worker. ``sent``: when the
+        reservation was sent (its lease counts from then)."""
+        sent = time.monotonic() if sent is None else sent
         ours = []
         for name, _, version, entry, payload in tried:
-            if self._holds(name, version + 1, deadline):
-                ours.append(self._item(name, version + 1, entry, payload))
+            held = held_version(self._ctx, self._paths, name, version + 1, self.worker_id, deadline)
+            if held is not None:
+                ours.append(self._item(name, version + 1, entry, payload, sent=sent, held=held))
         return ours
 
     def _holds(self, name: str, token: int, deadline: float | None) -> bool:
         return holds(self._ctx, self._paths, name, token, self.worker_id, deadline)
 
-    def _item(self, name: str, token: int, entry: envelope.Entry, payload: Any) -> Item:
+    def _item(
+        self,
+        name: str,
+        token: int,
+        entry: envelope.Entry,
+        payload: Any,
+        *,
+        sent: float,
+        held: int = 0,
+    ) -> Item:
         parsed = parse_item_node(name)
         assert parsed is not None
+        lease = self.visibility_timeout
         return Item(
             self,
             name,
@@ -320,7 +428,43 @@ class Worker:
             token=token,
             priority=parsed.priority,
             wants_result=parsed.wants_result,
+            lease=lease,
+            lease_until=None if lease is None else sent + lease,
+            reservation_version=held,
         )
+
+    def extend(self, item: Item, seconds: float | None) -> None:
+        """Renew ``item``'s lease for ``seconds`` from now (default: the
+        queue's ``visibility_timeout``), in one transaction that proves this
+        worker still holds it."""
+        item.check_unfinished()
+        lease = check_lease(
+            self.visibility_timeout if seconds is None else seconds, "the lease extension"
+        )
+        ctx, paths = self._ctx, self._paths
+        conn = ctx.conn
+        record = reservation_record(self.worker_id, lease)
+        deadline = ctx.deadline()
+        with translated(f"extend the lease of item {item.id}"):
+            while True:
+                txn = conn.kazoo.transaction()
+                txn.check(paths.item(item.name), item.token)
+                txn.set_data(paths.reservation(item.name), record, item.reservation_version)
+                sent = time.monotonic()
+                try:
+                    results = commit(ctx, txn, deadline, "extend a lease")
+                except ConnectionLost:
+                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, deadline)
+                    if held is None:
+                        raise ReservationLost(self.queue, item.id) from None
+                    item.renewed(held, item.lease, item.lease_until)
+                    continue  # extend again from the version read: no harm if it had landed
+                if first_error(results)[1] is not None:
+                    raise ReservationLost(self.queue, item.id)
+                stat = results[1]
+                self.clock.saw(stat.mtime)
+                item.renewed(stat.version, lease, sent + lease)
+                return
 
     # -- finishing items -------------------------------------------------------------------
 
@@ -367,8 +511,9 @@ class Worker:
         reason: str,
         entry: envelope.Entry | None,
         deadline: float | None,
+        lapsed: int | None = None,
     ) -> None:
-        bury(self._ctx, self.queue, name, data, version, reason, entry, deadline)
+        bury(self._ctx, self.queue, name, data, version, reason, entry, deadline, lapsed=lapsed)
 
     def _bury_foreign(self, path: str, key: str, deadline: float | None) -> None:
         """Move a node that is not a work item to the dead letters, as
