@@ -65,7 +65,9 @@ class Client:
     across restarts within the cleaner's grace period. Two live clients must
     not share an id: the constructor waits ``registration_wait`` seconds
     (default: twice the session timeout) for a previous session of the same
-    id to expire, then raises :class:`~zkpubsub.ClientIdInUse`. ``on_gap``
+    id to expire, then raises :class:`~zkpubsub.ClientIdInUse` naming its
+    holder; a previous holder that provably died (same machine and pid
+    namespace, pid gone) is taken over at once. ``on_gap``
     is added as a gap listener before registering, so it also hears that
     the cleaner had started deleting this id's queues before the client
     came back.

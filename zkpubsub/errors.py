@@ -57,14 +57,16 @@ class ClientClosed(ZkPubSubError):
 
 
 class ClientIdInUse(ZkPubSubError):
-    """Another live session has registered the same client id."""
+    """Another live session has registered the same client id. ``holder``
+    names its process (``host h, pid p``), as its registration says."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, *, holder: str = "an unknown process") -> None:
         super().__init__(
-            f"client id {client_id!r} is registered by another live session; "
+            f"client id {client_id!r} is registered by another live session ({holder}); "
             "two clients must not share an id"
         )
         self.client_id = client_id
+        self.holder = holder
 
 
 class ConnectionLost(ZkPubSubError):

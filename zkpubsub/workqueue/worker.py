@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .. import envelope
 from .._context import Context
@@ -147,15 +147,29 @@ class Worker:
             return
         kazoo = conn.kazoo
         path = self._paths.worker(self.worker_id)
-        stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
-        if stat is None or stat.ephemeralOwner != session:
-            with contextlib.suppress(NodeExistsError):  # ours, after a lost answer
+        while True:
+            stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
+            if stat is not None and stat.ephemeralOwner == session:
+                break
+            if stat is not None:
+                # An earlier session of this client id (a process that died,
+                # whose registration was taken over) left it: worker ids
+                # are ours alone.
+                with contextlib.suppress(NoNodeError, BadVersionError):
+                    conn.call(
+                        functools.partial(kazoo.delete_async, path, stat.version), deadline, path
+                    )
+                continue
+            try:
                 _, created = conn.call(
                     lambda: kazoo.create_async(path, b"", ephemeral=True, include_data=True),
                     deadline,
                     path,
                 )
-                self.clock.saw(created.mtime)
+            except NodeExistsError:
+                continue  # ours after a lost answer, or the old one again: look
+            self.clock.saw(created.mtime)
+            break
         self._worker_session = session
 
     def _read_clock(self, deadline: float | None) -> None:
