@@ -48,7 +48,7 @@ def main() -> None:
         assert item is not None
         print("got", item.id, item.attempts, flush=True)  # then never acks
     elif role == "cleaner":
-        cleaner = client.start_cleaner(grace=1.0, interval=0.5)
+        cleaner = client.start_cleaner(grace=2.0, interval=0.5)
         print("ready", flush=True)
         if cleaner.wait_leader(60):
             print("leader", flush=True)

@@ -97,6 +97,9 @@ class Client:
         max_pending: int | None = None,
         registration_wait: float | None = None,
         close_timeout: float | None = None,
+        cleaner: bool | None = None,
+        cleaner_grace: float | None = None,
+        cleaner_interval: float | None = None,
     ) -> None:
         given: dict[str, Any] = {
             "root": root,
@@ -112,6 +115,9 @@ class Client:
             "max_pending": max_pending,
             "registration_wait": registration_wait,
             "close_timeout": close_timeout,
+            "cleaner": cleaner,
+            "cleaner_grace": cleaner_grace,
+            "cleaner_interval": cleaner_interval,
         }
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
@@ -142,6 +148,8 @@ class Client:
         self._publisher = Publisher(self._ctx)
         self._engine = PublishEngine(self._ctx, self._publisher)
         self._session.start()
+        if resolved.cleaner:
+            self._start_cleaner({})
         logger.info("client %s connected (root %s)", self.client_id, self.root)
 
     # -- state ------------------------------------------------------------------
@@ -383,6 +391,12 @@ class Client:
 
     # -- cleaner and stats -------------------------------------------------------------------
 
+    @property
+    def cleaner(self) -> Cleaner | None:
+        """The cleaner candidate this client hosts (``None`` if it hosts none)."""
+        cleaner = self._cleaner
+        return None if cleaner is None or cleaner.stopped else cleaner
+
     def start_cleaner(
         self,
         *,
@@ -390,25 +404,38 @@ class Client:
         interval: float | None = None,
         result_ttl: float | None = None,
     ) -> Cleaner:
-        """Host the cleaner on this client: it joins the election and, while it
-        leads, deletes the queues of clients gone for longer than ``grace``
-        seconds (default: the larger of 60 s and twice the session timeout),
-        topics left without subscribers as long, and work-queue results
-        unread after ``result_ttl`` (default an hour). It sweeps every
-        ``interval`` seconds (default 30) and whenever the set of clients
-        changes. Idempotent: returns the running cleaner."""
-        from .cleaner import Cleaner
-
+        """The cleaner this client hosts, with these options (``None`` keeps
+        one). Every client hosts one from the start unless made with
+        ``cleaner=False``; this starts it if not, or changes its options in
+        place (it keeps its place in the election). While it leads, it
+        deletes the queues of clients gone for longer than ``grace`` seconds
+        (default: ``cleaner_grace``, else the larger of 60 s and twice the
+        session timeout; never less than the session timeout, ``ValueError``
+        otherwise), topics left without subscribers as long, and work-queue
+        results unread after ``result_ttl`` (default an hour). It sweeps
+        every ``interval`` seconds (default ``cleaner_interval``, 30) and
+        whenever the set of clients changes. The leader's grace applies to
+        all: a candidate whose grace differs logs a warning."""
         self._ctx.check_open()
-        options: dict[str, Any] = {"grace": grace}
+        options: dict[str, Any] = {}
+        if grace is not None:
+            options["grace"] = grace
         if interval is not None:
             options["interval"] = interval
         if result_ttl is not None:
             options["result_ttl"] = result_ttl
+        return self._start_cleaner(options)
+
+    def _start_cleaner(self, options: dict[str, Any]) -> Cleaner:
+        from .cleaner import Cleaner
+
         with self._close_lock:
-            if self._cleaner is None or self._cleaner.stopped:
-                self._cleaner = Cleaner(self._ctx, **options)
-                self._cleaner.start()
+            running = self._cleaner
+            if running is not None and not running.stopped:
+                running.configure(**options)
+                return running
+            self._cleaner = Cleaner(self._ctx, **options)
+            self._cleaner.start()
             return self._cleaner
 
     def stats(self) -> BusStats:
@@ -437,7 +464,8 @@ class Client:
             except ZkPubSubError as exc:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
-            cleaner.stop()
+            # Its election node goes with the session, closed below.
+            cleaner.stop(min(5.0, ctx.config.close_timeout), resign=False)
         self._engine.close(ctx.config.request_timeout)
         if ctx.conn.connected.is_set():
             try:

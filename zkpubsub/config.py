@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT",
     "MAX_DEAD_LETTERS",
     "ClientConfig",
+    "check_grace",
     "default_grace",
     "parse_hosts",
 ]
@@ -124,6 +125,26 @@ def default_grace(session_timeout: float) -> float:
     return max(60.0, 2 * session_timeout)
 
 
+def check_grace(grace: object, session_timeout: float) -> float:
+    """A cleaner grace, checked against the session timeout.
+
+    A client's node vanishes when its session expires, one session timeout
+    after the server last heard from it; the client registers again as soon
+    as it reaches a server. With a grace of at least one session timeout, a
+    client cut off for up to twice its session timeout (a partition, a
+    pause, a failover) is back before its queues go. A shorter grace is
+    refused."""
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise ValueError(f"the cleaner's grace must be a number of seconds >= 0, not {grace!r}")
+    if grace < session_timeout:
+        raise ValueError(
+            f"the cleaner's grace ({grace:g}s) is shorter than the session timeout "
+            f"({session_timeout:g}s): a client whose session expired would lose its queues "
+            "before it could register again; use at least the session timeout"
+        )
+    return float(grace)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Everything a :class:`~zkpubsub.Client` is configured with.
@@ -140,7 +161,11 @@ class ClientConfig:
     ``max_pending`` bounds the publishes accepted and not yet confirmed: a
     publish beyond it waits for room up to its own timeout, then raises
     :class:`~zkpubsub.PublishTimeout` without sending anything.
-    ``registration_wait`` is how long the constructor waits for an earlier
+    ``cleaner``: the client stands for the cleaner election from the moment
+    it connects (one candidate leads; the others wait, at no cost but a
+    watch), with ``cleaner_grace`` (default: the larger of 60 s and two
+    session timeouts; at least the session timeout) and
+    ``cleaner_interval``. ``registration_wait`` is how long the constructor waits for an earlier
     session of the same ``client_id`` to expire (default: two session
     timeouts). ``close_timeout`` bounds how long ``close()`` waits for a
     handler that is still running: its message is then left in the queue
@@ -161,6 +186,9 @@ class ClientConfig:
     max_pending: int = DEFAULT_MAX_PENDING
     registration_wait: float | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    cleaner: bool = True
+    cleaner_grace: float | None = None
+    cleaner_interval: float = DEFAULT_CLEANER_INTERVAL
     serializer: Serializer = field(default_factory=lambda: resolve(None))
 
     def __post_init__(self) -> None:
@@ -175,6 +203,15 @@ class ClientConfig:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(self.cleaner, bool):
+            raise TypeError(f"cleaner must be a bool, not {type(self.cleaner).__name__}")
+        if self.cleaner_grace is not None:
+            check_grace(self.cleaner_grace, self.session_timeout)
+        interval = self.cleaner_interval
+        if not _is_number(interval) or interval <= 0:
+            raise ValueError(
+                f"cleaner_interval must be a positive number of seconds, not {interval!r}"
+            )
         wait = self.registration_wait
         if wait is not None and (not _is_number(wait) or wait < 0):
             raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
@@ -201,6 +238,13 @@ class ClientConfig:
     def field_names() -> frozenset[str]:
         """The names ``Client`` accepts as keyword overrides."""
         return frozenset(f.name for f in fields(ClientConfig))
+
+    @property
+    def grace(self) -> float:
+        """The cleaner grace in force (``cleaner_grace`` or its default)."""
+        if self.cleaner_grace is not None:
+            return float(self.cleaner_grace)
+        return default_grace(self.session_timeout)
 
     @property
     def owner_wait(self) -> float:

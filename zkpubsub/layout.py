@@ -69,6 +69,7 @@ __all__ = [
     "join",
     "new_guid",
     "order_by_sequence",
+    "order_candidates",
     "order_items",
     "order_names",
     "parse_candidate_node",
@@ -404,6 +405,14 @@ def order_by_sequence(items: Iterable[tuple[int, T]]) -> list[T]:
             widest, start = gap, i
     ordered = pairs[start:] + pairs[:start]
     return [item for _, item in ordered]
+
+
+def order_candidates(names: Sequence[str]) -> list[str]:
+    """Cleaner candidate node names in election order (foreign names left
+    out): by sequence, and by name where sequences are equal (as they are
+    once ZooKeeper's counter saturated), so every reader agrees."""
+    parsed = sorted((p[1], name) for name in names if (p := parse_candidate_node(name)) is not None)
+    return order_by_sequence(parsed)
 
 
 def order_names(names: Sequence[str]) -> tuple[list[str], list[str]]:

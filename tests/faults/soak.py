@@ -144,16 +144,13 @@ def run_soak(
         session_timeout=SESSION_TIMEOUT,
         max_messages=-(-messages // publishers),
         publish_timeout=30.0,
+        client_options={"cleaner_grace": CLEANER_GRACE, "cleaner_interval": CLEANER_INTERVAL},
     )
     try:
         for _ in range(subscribers):
             wl.add_subscriber()
         for _ in range(publishers):
             wl.add_publisher()
-        cleaners = [
-            c.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)
-            for c in wl.subscribers.values()
-        ]
         wl.start_publishing()
         _under_kills(
             injector,
@@ -167,7 +164,9 @@ def run_soak(
         injector.wait_healthy()
         wl.drain(180)
         result = check(wl.history())
-        audit = audit_convergence(cluster.hosts, wl.root, cleaners, timeout=3 * CLEANER_GRACE + 60)
+        audit = audit_convergence(
+            cluster.hosts, wl.root, wl.cleaners(), timeout=3 * CLEANER_GRACE + 60
+        )
         what = f"soak: {servers} servers"
         notes = wl.recorder.history().notes
         return _outcome(what, injector, kill_every, started, result, audit, notes)
