@@ -31,7 +31,7 @@ def test_an_item_held_past_its_lease_goes_to_another_worker(make_client: MakeCli
     taken = other.reserve(10)
     waited = time.monotonic() - started
     assert taken is not None and (taken.id, taken.attempts) == (item_id, 2)
-    assert waited < 3.0, f"taken over {waited:.1f}s after the lease's end"
+    assert waited < 4.0, f"taken over {waited:.1f}s after the lease's end"
     with pytest.raises(ReservationLost):
         held.ack()  # the zombie changes nothing
     with pytest.raises(ReservationLost):
@@ -84,7 +84,7 @@ def test_a_sigkilled_workers_item_comes_back_at_its_lease_not_its_session(
     again = q.reserve(timeout=20)
     waited = time.monotonic() - killed
     assert again is not None and (again.id, again.attempts) == (item_id, 2)
-    assert waited < 5.0, f"came back after {waited:.1f}s"
+    assert waited < 6.0, f"came back after {waited:.1f}s"  # not the 10 s session
     again.ack()
 
 

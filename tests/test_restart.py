@@ -66,7 +66,7 @@ def test_a_restart_with_a_stable_id_takes_over_from_a_dead_process(
     collector = Collector()
     client.subscribe("t", collector)
     took = time.monotonic() - started
-    assert took < 3.0, f"restart took {took:.1f}s"
+    assert took < 5.0, f"restart took {took:.1f}s"  # not the 10 s session
     owner = raw_zk.exists(layout.client("stable-id")).ephemeralOwner
     assert owner == client._ctx.conn.session_id
     assert make_client().publish("t", "after the restart").subscribers == 1
