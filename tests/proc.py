@@ -6,8 +6,11 @@ ROLE ``hang-subscriber``: subscribe to TOPIC (durably if asked) and, for the fir
 print ``got <message id> <payload>`` and then block inside the handler, so
 the message is never acknowledged. ROLE ``cleaner``: host a cleaner and
 print ``leader`` once it leads. ROLE ``hang-worker``: reserve one item of
-queue TOPIC, print ``got <id> <attempts>`` and never ack. Subscribers and
-cleaners print ``ready`` when set up.
+queue TOPIC, print ``got <id> <attempts>`` and never ack;
+``hang-leased-worker`` does the same with a lease of ARG seconds (the
+argument after TOPIC) and a 10 s session. ROLE ``long-subscriber``:
+subscribe to TOPIC on a 10 s session, host a cleaner, print ``ready``.
+Subscribers and cleaners print ``ready`` when set up.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from zkpubsub import Client, Message
 
 def main() -> None:
     hosts, root, client_id, role = sys.argv[1:5]
-    client = Client(hosts, root=root, client_id=client_id, session_timeout=2.0)
+    session_timeout = 10.0 if role in ("hang-leased-worker", "long-subscriber") else 2.0
+    client = Client(hosts, root=root, client_id=client_id, session_timeout=session_timeout)
     if role == "hang-subscriber":
         topic = sys.argv[5]
 
@@ -34,8 +38,17 @@ def main() -> None:
         item = client.queue(sys.argv[5]).reserve(timeout=30)
         assert item is not None
         print("got", item.id, item.attempts, flush=True)  # then never acks
+    elif role == "long-subscriber":
+        client.subscribe(sys.argv[5])
+        client.start_cleaner()
+        print("ready", flush=True)
+    elif role == "hang-leased-worker":
+        queue = client.queue(sys.argv[5], visibility_timeout=float(sys.argv[6]))
+        item = queue.reserve(timeout=30)
+        assert item is not None
+        print("got", item.id, item.attempts, flush=True)  # then never acks
     elif role == "cleaner":
-        cleaner = client.start_cleaner(grace=1.0, interval=0.5)
+        cleaner = client.start_cleaner(grace=2.0, interval=0.5)
         print("ready", flush=True)
         if cleaner.wait_leader(60):
             print("leader", flush=True)

@@ -26,7 +26,7 @@ def queue_exists(raw: KazooClient, root: str, client_id: str, topic: str) -> boo
 def test_a_dead_clients_queue_goes_after_the_grace_and_not_before(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
-    host = make_client()
+    host = make_client(session_timeout=3.0)  # a grace is at least the session timeout
     live = make_client(client_id="live")
     live.subscribe("t")
     doomed = make_client(client_id="doomed")
@@ -99,8 +99,8 @@ def test_a_standby_takes_over_when_the_leaders_process_dies(
 ) -> None:
     with Child(zk_hosts, zk_root, "first-cleaner", "cleaner") as child:
         child.expect("leader")
-        standby_host = make_client()
-        standby = standby_host.start_cleaner(grace=1.0, interval=0.3)
+        standby_host = make_client(session_timeout=2.0)
+        standby = standby_host.start_cleaner(grace=2.0, interval=0.3)
         time.sleep(1.0)
         assert not standby.is_leader
         # a client whose queue needs cleaning once someone leads
@@ -138,8 +138,8 @@ def test_a_big_queue_is_deleted_in_bounded_transactions(
         for _ in range(1000):
             txn.create(f"{queue}/m0123456789ab-", b"", sequence=True)
         assert not any(isinstance(r, Exception) for r in txn.commit())
-    host = make_client()
-    cleaner = host.start_cleaner(grace=0.5, interval=0.3)
+    host = make_client(session_timeout=2.0)
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3)
     wait_until(lambda: cleaner.stats().clients_removed, 60, "huge removed")
     assert raw_zk.exists(layout.client_messages("huge")) is None
     assert cleaner.stats().nodes_removed == total
@@ -199,12 +199,12 @@ def test_empty_topics_and_a_gone_clients_receipts_are_removed(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
     layout = Layout(zk_root)
-    host = make_client()
+    host = make_client(session_timeout=2.0)
     sub = make_client().subscribe("short-lived")
     sub.close()
     # A publisher that crashed with a receipt not yet deleted:
     raw_zk.create(layout.receipt("crashed", "0123456789ab"), b"", makepath=True)
-    cleaner = host.start_cleaner(grace=1.0, interval=0.3)
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3)
     wait_until(lambda: raw_zk.exists(layout.topic("short-lived")) is None, 20, "topic removed")
     wait_until(lambda: cleaner.stats().clients_removed, 20, "crashed client purged")
     assert raw_zk.exists(layout.client_receipts("crashed")) is None
@@ -236,12 +236,12 @@ def test_the_cleaner_ends_a_durable_subscription_after_the_grace(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
     layout = Layout(zk_root)
-    host = make_client()
+    host = make_client(session_timeout=2.0)
     away = make_client(client_id="away-for-good")
     away.subscribe("t", durable=True)
     away.close()
     assert host.publish("t", "kept for a while").subscribers == 1
-    cleaner = host.start_cleaner(grace=1.5, interval=0.3)
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3)
     wait_until(lambda: cleaner.stats().clients_removed, 20, "purged")
     assert cleaner.stats().registrations_removed == 1
     assert raw_zk.exists(layout.subscriber("t", "away-for-good")) is None

@@ -167,8 +167,8 @@ def test_any_other_failure_is_an_error_no_retry_mends() -> None:
 
 
 def test_the_paths_a_fan_out_created_are_told_by_target() -> None:
-    # the receipt, the topic check, then per target: check or record + segment, creates
-    results: list[object] = ["receipt", True, True, "a1", "a2", object(), "seg", "b1", "b2"]
+    # the topic check, then per target: check or record + segment, creates
+    results: list[object] = [True, True, "a1", "a2", object(), "seg", "b1", "b2"]
     results += [True, "c-mark", True, object()]
     assert FAN.created(results) == {0: ["a1", "a2"], 1: ["b1", "b2"], 2: ["c-mark"]}
 

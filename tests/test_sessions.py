@@ -85,7 +85,7 @@ def test_a_subscriber_that_dies_before_deleting_gets_the_message_again(
 
 def test_an_expired_cleaner_stands_again(make_client: MakeClient) -> None:
     client = make_client()
-    cleaner = client.start_cleaner(grace=1.0, interval=0.5)
+    cleaner = client.start_cleaner(grace=4.0, interval=0.5)
     assert cleaner.wait_leader(20)
     expire_session(client)
     wait_until(lambda: cleaner.stats().elections_won >= 2, what="elected again on the new session")

@@ -65,8 +65,8 @@ ACL_TABLE: Final[dict[NodeKind, tuple[Grant, ...]]] = {
     NodeKind.QUEUE: ((OWNER, _R | _W | _C | _D), (PUBLISHERS, _R | _W | _C)),
     NodeKind.SEGMENT: ((OWNER, _R | _W | _C | _D), (PUBLISHERS, _R | _W | _C)),
     NodeKind.MESSAGE: ((SUBSCRIBERS, _R),),
-    # any publisher that finds the queue full adds its count to the marker
-    NodeKind.MARKER: ((PUBLISHERS, _R | _W), (SUBSCRIBERS, _R)),
+    # each publisher counts into its own marker
+    NodeKind.MARKER: ((OWNER, _R | _W), (SUBSCRIBERS, _R)),
     NodeKind.RECEIPTS: ((MEMBERS, _R | _C),),
     NodeKind.RECEIPT_FOLDER: ((OWNER, _R | _C | _D),),
     NodeKind.RECEIPT: ((OWNER, _R),),
@@ -77,8 +77,12 @@ ACL_TABLE: Final[dict[NodeKind, tuple[Grant, ...]]] = {
     NodeKind.CANDIDATE: ((MEMBERS, _R),),
     NodeKind.CLOCK: (),
     NodeKind.WORK_QUEUES: ((MEMBERS, _R), (PRODUCERS, _C), (WORKERS, _C)),
-    NodeKind.WORK_QUEUE: ((MEMBERS, _R), (PRODUCERS, _C), (WORKERS, _C)),
+    # producers move a work queue to its next segment: they write the
+    # queue's segment number and create the segment; workers delete the
+    # segments that emptied
+    NodeKind.WORK_QUEUE: ((MEMBERS, _R), (PRODUCERS, _W | _C), (WORKERS, _C)),
     NodeKind.ITEMS: ((MEMBERS, _R), (PRODUCERS, _C), (WORKERS, _R | _D)),
+    NodeKind.ITEM_SEGMENT: ((MEMBERS, _R), (PRODUCERS, _C), (WORKERS, _R | _D)),
     NodeKind.ITEM: ((WORKERS, _R | _W),),
     NodeKind.RESERVED: ((MEMBERS, _R), (WORKERS, _R | _C | _D)),
     NodeKind.RESERVATION: ((WORKERS, _R),),

@@ -25,6 +25,7 @@ has read past it. Anything else is an error zkpubsub does not expect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,12 +158,11 @@ class FanOut:
                 return Verdict("moved", culprit)
         raise ZooKeeperError(f"publish to {self.topic!r}: {type(error).__name__}")
 
-    def created(self, results: list[Any]) -> dict[int, list[str]]:
-        """The paths the applied transaction created, by target index (the
-        receipt's result first, as :class:`~zkpubsub.receipts.ReceiptWriter`
-        sends it)."""
+    def created(self, results: Sequence[Any]) -> dict[int, list[str]]:
+        """The paths the applied transaction created, by target index
+        (``results``: the answers to this fan-out's operations, in order)."""
         out: dict[int, list[str]] = {}
-        for (target, kind), result in zip(self.op_map(), results[1:], strict=False):
+        for (target, kind), result in zip(self.op_map(), results, strict=False):
             if kind in ("node", "marker") and isinstance(result, str):
                 out.setdefault(target, []).append(result)
         return out

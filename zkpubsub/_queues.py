@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -271,7 +272,7 @@ class QueueStates:
                     targets.append(target)
             return targets, skipped
 
-    def applied(self, topic: str, fan: FanOut, results: list[Any] | None) -> None:
+    def applied(self, topic: str, fan: FanOut, results: Sequence[Any] | None) -> None:
         """Advance the estimates by what an applied fan-out wrote."""
         size = sum(len(d) for d in fan.nodes) / max(1, len(fan.nodes))
         created = fan.created(results) if results is not None else {}

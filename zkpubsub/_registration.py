@@ -3,7 +3,13 @@
 
 * A client id is held by one live session: ``clients/<id>`` is ephemeral;
   registering waits (up to ``owner_wait``) for another session's node at
-  that path to go, then raises :class:`~zkpubsub.ClientIdInUse`.
+  that path to go, then raises :class:`~zkpubsub.ClientIdInUse` naming the
+  holder. One exception: when the node says its process ran on this very
+  machine and in this process namespace (host name, boot id and pid
+  namespace all equal) and that pid is not running, its owner is provably
+  dead; the node is deleted at its version and taken over at once, with
+  the dead session's subscriber nodes and cleaner candidacy for this id
+  (so neither a subscribe nor the cleaner election waits for its expiry).
 * A subscription registers its queue first, then its subscriber node with
   a bump of the topic's data version in the same transaction (publishers
   check that version, so a publish started after ``subscribe()`` returned
@@ -24,25 +30,30 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from ._context import Context
 from ._tree import delete_tree
 from ._version import __version__
 from .backlog import Backlog, QueueRecord
 from .connection import deadline_after, expired, first_error
-from .errors import ClientIdInUse, ConnectionLost, OperationTimeout
-from .layout import NodeKind, split_queue
+from .errors import ClientIdInUse, ConnectionLost, NotAuthorized, OperationTimeout
+from .layout import NodeKind, join, split_queue
 
 __all__ = [
     "check_purge",
     "create_ephemeral",
     "delete_queue",
+    "describe_holder",
+    "holder_is_dead",
     "prepare_queue",
+    "process_identity",
     "register_client",
     "register_subscription",
+    "release_dead_session",
     "restore_client_data",
     "restore_subscription",
     "unregister_subscription",
@@ -51,15 +62,96 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_STARTED = time.time()
+
+
+def process_identity() -> dict[str, Any]:
+    """What ``clients/<id>`` says about the process holding it: enough for
+    a later process on the same machine to tell whether it still runs."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _STARTED,
+        "version": __version__,
+    }
+    boot, pidns = _boot_id(), _pid_namespace()
+    if boot is not None:
+        info["boot"] = boot
+    if pidns is not None:
+        info["pidns"] = pidns
+    return info
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _holder(data: bytes) -> dict[str, Any]:
+    try:
+        info = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def describe_holder(data: bytes) -> str:
+    """``host h, pid p`` of a ``clients/<id>`` node ("unknown" if unreadable)."""
+    info = _holder(data)
+    if "host" not in info and "pid" not in info:
+        return "an unknown process"
+    return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}"
+
+
+def holder_is_dead(data: bytes) -> bool:
+    """Whether the process that wrote ``clients/<id>`` is provably gone: it
+    ran on this machine (same host name and boot), in this pid namespace,
+    and its pid is not running. Anything less certain is not proof."""
+    info, here = _holder(data), process_identity()
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False
+    for key in ("host", "boot", "pidns"):
+        if key not in here or info.get(key) != here[key]:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (as another user's process, say)
+    return False
+
+
 def create_ephemeral(
-    ctx: Context, path: str, data: bytes, deadline: float | None, owner_wait: float
+    ctx: Context,
+    path: str,
+    data: bytes,
+    deadline: float | None,
+    owner_wait: float,
+    *,
+    take_over: Callable[[bytes], bool] | None = None,
+    on_taken_over: Callable[[int, bytes], None] | None = None,
 ) -> None:
     """Create an ephemeral node of this session, waiting up to ``owner_wait``
-    for another session's node at the same path to go."""
+    for another session's node at the same path to go. If ``take_over``
+    says the holder (given the node's data) is gone for sure, the node is
+    deleted at its version and ``on_taken_over(old session, data)`` runs."""
     conn = ctx.conn
     kazoo = conn.kazoo
     owner_deadline = deadline_after(owner_wait)
     gone = threading.Event()
+    told = False
     while True:
         conn.wait_connected(deadline, f"create {path}")
         try:
@@ -74,37 +166,100 @@ def create_ephemeral(
         except NodeExistsError:
             pass
         gone.clear()
-        stat = conn.call(
-            lambda: kazoo.exists_async(path, watch=lambda _e: gone.set()), deadline, path
-        )
-        if stat is None:
+        try:
+            held, stat = conn.call(
+                lambda: kazoo.get_async(path, watch=lambda _e: gone.set()), deadline, path
+            )
+        except NoNodeError:
             continue
         if stat.ephemeralOwner == conn.session_id:
             return
+        if take_over is not None and stat.ephemeralOwner and take_over(held):
+            logger.warning(
+                "%s was held by %s, which is no longer running: taking it over",
+                path,
+                describe_holder(held),
+            )
+            try:
+                conn.call(functools.partial(kazoo.delete_async, path, stat.version), deadline, path)
+            except (NoNodeError, BadVersionError):
+                continue
+            except NotAuthorized:
+                logger.warning(
+                    "%s: this identity may not delete another session's node (only admins"
+                    " may); waiting for the dead session to expire instead",
+                    path,
+                )
+                take_over = None
+                continue
+            if on_taken_over is not None:
+                on_taken_over(stat.ephemeralOwner, held)
+            continue
         if expired(owner_deadline):
-            raise ClientIdInUse(ctx.client_id)
-        logger.info("%s is held by another session; waiting for it to expire", path)
+            raise ClientIdInUse(ctx.client_id, holder=describe_holder(held))
+        if not told:
+            logger.warning(
+                "%s is held by another live session (%s); waiting up to %.0f s for it to end",
+                path,
+                describe_holder(held),
+                owner_wait,
+            )
+            told = True
         gone.wait(0.5)
-
-
-_STARTED = time.time()
-
-
-def _client_info() -> bytes:
-    info = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": _STARTED,
-        "version": __version__,
-    }
-    return json.dumps(info).encode()
 
 
 def register_client(ctx: Context, deadline: float | None, *, owner_wait: float) -> None:
     """Write ``clients/<id>`` for this session and make sure the receipt
-    folder exists (once registered, nothing of ours is purged)."""
-    create_ephemeral(ctx, ctx.layout.client(ctx.client_id), _client_info(), deadline, owner_wait)
+    folder exists (once registered, nothing of ours is purged). A holder
+    that is provably dead is taken over at once."""
+    info = process_identity()
+    create_ephemeral(
+        ctx,
+        ctx.layout.client(ctx.client_id),
+        json.dumps(info).encode(),
+        deadline,
+        owner_wait,
+        take_over=holder_is_dead,
+        on_taken_over=lambda session, _data: release_dead_session(ctx, session, deadline),
+    )
     ctx.conn.ensure_path(ctx.layout.client_receipts(ctx.client_id), deadline)
+
+
+def release_dead_session(ctx: Context, session: int, deadline: float | None) -> None:
+    """Delete what a dead session of this client id still holds and others
+    would wait for: its subscriber nodes (each with a bump of the topic's
+    version, as an unsubscribe) and its cleaner candidacy."""
+    conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
+    topics = conn.children(layout.subscribers, deadline) or []
+    stats = conn.read_all(
+        lambda: [kazoo.exists_async(layout.subscriber(t, ctx.client_id)) for t in topics],
+        deadline,
+        "find the dead session's subscriptions",
+    )
+    for topic, stat in zip(topics, stats, strict=True):
+        if stat is None or isinstance(stat, Exception) or stat.ephemeralOwner != session:
+            continue
+        txn = kazoo.transaction()
+        txn.delete(layout.subscriber(topic, ctx.client_id), stat.version)
+        txn.set_data(layout.topic(topic), b"", -1)
+        # a failure leaves it to go with its session
+        with contextlib.suppress(ConnectionLost, NotAuthorized):
+            conn.result(txn.commit_async(), deadline, f"remove a dead subscription to {topic!r}")
+    names = conn.children(layout.candidates, deadline) or []
+    answers = conn.read_all(
+        lambda: [kazoo.exists_async(join(layout.candidates, n)) for n in names],
+        deadline,
+        "find the dead session's candidacy",
+    )
+    for name, stat in zip(names, answers, strict=True):
+        if stat is None or isinstance(stat, Exception) or stat.ephemeralOwner != session:
+            continue
+        with contextlib.suppress(NoNodeError, BadVersionError, NotAuthorized):
+            conn.call(
+                functools.partial(kazoo.delete_async, join(layout.candidates, name), stat.version),
+                deadline,
+                "remove a dead cleaner candidate",
+            )
 
 
 def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | None) -> None:
@@ -146,7 +301,7 @@ def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | 
 def restore_client_data(ctx: Context, deadline: float | None) -> None:
     """Write the client node's data again (someone else changed it)."""
     kazoo, path = ctx.conn.kazoo, ctx.layout.client(ctx.client_id)
-    data = _client_info()
+    data = json.dumps(process_identity()).encode()
     with contextlib.suppress(NoNodeError):  # gone: the deletion guard handles it
         ctx.conn.call(lambda: kazoo.set_async(path, data), deadline, f"restore {path}")
 

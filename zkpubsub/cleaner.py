@@ -1,9 +1,27 @@
 """The cleaner: deletes the queues of clients that have gone away.
 
-Any client can host it (``client.start_cleaner()``) and it can run on its
-own (``zkpubsub cleaner``). Candidates join an election under
+Every client stands for the election by default (``Client(...,
+cleaner=True)``; ``client.start_cleaner()`` sets its options), and it can
+run on its own (``zkpubsub cleaner``). Candidates join an election under
 ``cleaner/candidates`` with ephemeral sequential nodes; the lowest leads,
-each other watches the one just before it. Only the leader sweeps.
+each other watches the one just before it (no polling, no herd: a standby
+costs one watch). Only the leader sweeps, and it checks at every sweep that
+it is still the lowest.
+
+Each candidate writes its grace into its election node; the leader's grace
+is the one in force, and a standby whose own differs says so once. A
+grace shorter than the session timeout is refused
+(:func:`~zkpubsub.config.check_grace`).
+
+The election's sequence numbers count joins under ``cleaner/candidates``
+(one per client start, session expiry or restart of a cleaner): 2**31 of
+them take 68 years at one a second. Should a root ever get there, ZooKeeper
+3.8 saturates the counter and candidates share the number 2147483647; they
+are then ordered by name, all alike, but a newcomer may sort before the
+leader. The leader's check at every sweep makes it step down then, so two
+cleaners never lead for longer than one sweep (and each deleting
+transaction is guarded on its own anyway). Candidates warn in the log when
+their number passes ``ELECTION_WARN_AT``.
 
 Safety, enforced by the server in every deleting transaction:
 
@@ -30,6 +48,7 @@ clock).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -41,23 +60,46 @@ from kazoo.protocol.states import KazooState
 
 from ._context import Context
 from ._tree import DELETE_BATCH, Guard, Refused, delete_batch, delete_tree, guarded_commit
-from .config import DEFAULT_CLEANER_INTERVAL, DEFAULT_RESULT_TTL, default_grace
+from .config import DEFAULT_RESULT_TTL, check_grace
 from .connection import Connection, deadline_after, first_error
-from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError
+from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
 from .layout import (
     NodeKind,
     join,
     new_guid,
-    order_by_sequence,
+    order_candidates,
     parse_candidate_node,
     parse_segment_node,
 )
 
-__all__ = ["Cleaner", "CleanerStats"]
+__all__ = ["ELECTION_WARN_AT", "Cleaner", "CleanerStats", "candidate_record", "read_candidate"]
 
 logger = logging.getLogger(__name__)
 
 MIN_SWEEP_GAP: Final = 0.5
+# A candidate whose sequence number passes this warns: the election's counter
+# nears ZooKeeper's 2**31 - 1.
+ELECTION_WARN_AT: Final = 2**31 - 2**24
+
+
+def candidate_record(client_id: str, grace: float) -> bytes:
+    """What a candidate's election node holds: its client id and grace."""
+    return json.dumps({"client": client_id, "grace": grace}).encode()
+
+
+def read_candidate(data: bytes) -> tuple[str, float | None]:
+    """``(client id, grace)`` of an election node (an older candidate's node
+    holds only the client id)."""
+    try:
+        doc = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        doc = None
+    if isinstance(doc, dict):
+        grace = doc.get("grace")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+            return str(doc.get("client", "")), None
+        return str(doc.get("client", "")), float(grace)
+    return data.decode("utf-8", "replace"), None
 
 
 def _delete_queue(conn: Connection, queue: str, deadline: float | None, guard: Guard) -> int:
@@ -92,14 +134,13 @@ class Cleaner:
         self,
         ctx: Context,
         *,
-        grace: float | None,
-        interval: float = DEFAULT_CLEANER_INTERVAL,
+        grace: float | None = None,
+        interval: float | None = None,
         result_ttl: float = DEFAULT_RESULT_TTL,
     ) -> None:
-        session_timeout = ctx.config.session_timeout
-        self.grace = float(grace) if grace is not None else default_grace(session_timeout)
-        if self.grace < 0:
-            raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
+        config = ctx.config
+        self.grace = check_grace(config.grace if grace is None else grace, config.session_timeout)
+        interval = config.cleaner_interval if interval is None else interval
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
         self.interval = float(interval)
@@ -109,11 +150,16 @@ class Cleaner:
         self._ctx = ctx
         self._conn = ctx.conn
         self._layout = ctx.layout
+        # why this candidate stopped by itself (its identity may not stand), if it did
+        self.refused: str | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._leading = threading.Event()
         self._candidate: str | None = None
         self._candidate_session: int | None = None
+        self._leader_grace: float | None = None  # the leader's, as last read by a standby
+        self._warned: set[tuple[str, float]] = set()
+        self._resign_on_stop = True
         self._lock = threading.Lock()
         self._counts = dict(
             sweeps=0,
@@ -129,6 +175,45 @@ class Cleaner:
             target=self._run, name=f"zkpubsub-cleaner-{ctx.client_id[:12]}", daemon=True
         )
         self._conn.add_state_listener(self._on_state)
+
+    def configure(
+        self,
+        *,
+        grace: float | None = None,
+        interval: float | None = None,
+        result_ttl: float | None = None,
+    ) -> None:
+        """Change the options of a running cleaner (``None`` keeps one). A
+        new grace is written into its election node."""
+        if grace is not None:
+            grace = check_grace(grace, self._ctx.config.session_timeout)
+        if interval is not None and not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
+        if result_ttl is not None and not result_ttl > 0:
+            raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
+        if interval is not None:
+            self.interval = float(interval)
+        if result_ttl is not None:
+            self.result_ttl = float(result_ttl)
+        if grace is not None and grace != self.grace:
+            self.grace = grace
+            path = self._candidate
+            if path is not None and self._conn.connected.is_set():
+                data = candidate_record(self._ctx.client_id, grace)
+                kazoo = self._conn.kazoo
+                with contextlib.suppress(ZkPubSubError, NoNodeError):
+                    self._conn.call(
+                        lambda: kazoo.set_async(path, data), self._deadline(), "cleaner grace"
+                    )
+        self._wake.set()
+
+    @property
+    def effective_grace(self) -> float:
+        """The grace in force: this cleaner's own while it leads, otherwise
+        the leader's (as last read; this one's until then)."""
+        if self.is_leader or self._leader_grace is None:
+            return self.grace
+        return self._leader_grace
 
     def _on_state(self, state: KazooState) -> None:  # kazoo's thread: flags only
         if state != KazooState.CONNECTED:
@@ -168,8 +253,11 @@ class Cleaner:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Leave the election (a standby takes over). Idempotent."""
+    def stop(self, timeout: float = 10.0, *, resign: bool = True) -> None:
+        """Leave the election (a standby takes over). Idempotent. Without
+        ``resign`` the election node is left to go with the session (the
+        client is closing it)."""
+        self._resign_on_stop = resign
         self._stop.set()
         self._wake.set()
         self._conn.remove_state_listener(self._on_state)
@@ -191,6 +279,12 @@ class Cleaner:
                 self._campaign()
             except ClientClosed:
                 break
+            except NotAuthorized as exc:
+                # Under roles only admins stand; this client does not.
+                logger.info("cleaner: not standing (this identity may not join): %s", exc)
+                self.refused = str(exc)
+                self._stop.set()
+                break
             except (ConnectionLost, OperationTimeout) as exc:
                 logger.debug("cleaner: %s", exc)
                 self._stop.wait(0.2)
@@ -202,7 +296,7 @@ class Cleaner:
 
     def _resign(self) -> None:
         path, self._candidate = self._candidate, None
-        if path is None or self._conn.closing.is_set():
+        if path is None or self._conn.closing.is_set() or not self._resign_on_stop:
             return
         with contextlib.suppress(ZkPubSubError):
             self._conn.delete(path, self._deadline())
@@ -214,7 +308,7 @@ class Cleaner:
         kazoo = self._conn.kazoo
         guid = new_guid()
         prefix = self._layout.candidate_prefix(guid)
-        data = self._ctx.client_id.encode()
+        data = candidate_record(self._ctx.client_id, self.grace)
         while True:
             deadline = self._deadline()
             self._conn.wait_connected(deadline, "join cleaner election")
@@ -241,6 +335,14 @@ class Cleaner:
                     break
         self._candidate = path
         self._candidate_session = self._conn.session_id
+        parsed = parse_candidate_node(path.rsplit("/", 1)[1])
+        if parsed is not None and not 0 <= parsed[1] < ELECTION_WARN_AT:
+            logger.warning(
+                "cleaner election under %s: sequence number %d; ZooKeeper's counter ends at "
+                "2147483647 (the election then orders candidates by name)",
+                self._layout.candidates,
+                parsed[1],
+            )
         return path
 
     def _campaign(self) -> None:
@@ -249,8 +351,7 @@ class Cleaner:
         names: list[str] = self._conn.call(
             lambda: kazoo.get_children_async(self._layout.candidates), self._deadline(), "election"
         )
-        parsed = [(p[1], n) for n in names if (p := parse_candidate_node(n)) is not None]
-        ordered = order_by_sequence(parsed)
+        ordered = order_candidates(names)
         my_name = me.rsplit("/", 1)[1]
         if my_name not in ordered:
             self._candidate = None  # our node is gone (session expired): join again
@@ -259,6 +360,7 @@ class Cleaner:
         if index == 0:
             self._lead(me)
             return
+        self._note_leader(ordered[0])
         predecessor = join(self._layout.candidates, ordered[index - 1])
         changed = threading.Event()
 
@@ -276,6 +378,26 @@ class Cleaner:
                 self._wake.clear()
                 if self._conn.session_id != self._candidate_session:
                     return
+
+    def _note_leader(self, name: str) -> None:
+        """Read the leader's grace; say once if it is not ours."""
+        kazoo = self._conn.kazoo
+        path = join(self._layout.candidates, name)
+        try:
+            data, _ = self._conn.call(lambda: kazoo.get_async(path), self._deadline(), "election")
+        except NoNodeError:
+            return
+        leader, grace = read_candidate(data)
+        self._leader_grace = grace
+        if grace is not None and grace != self.grace and (leader, grace) not in self._warned:
+            self._warned.add((leader, grace))
+            logger.warning(
+                "cleaner %s: its grace of %gs differs from the leader's (%s): %gs applies",
+                self._ctx.client_id,
+                self.grace,
+                leader,
+                grace,
+            )
 
     # -- leading ------------------------------------------------------------------------
 
@@ -322,8 +444,10 @@ class Cleaner:
     ) -> None:
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         deadline = self._deadline()
-        # Fenced at once if we no longer hold the lead.
-        if not conn.exists(me, deadline):
+        # Fenced at once if we no longer hold the lead, or no longer are the
+        # lowest candidate (possible only once the counter saturated).
+        ordered = order_candidates(conn.children(layout.candidates, deadline) or [])
+        if not ordered or ordered[0] != me.rsplit("/", 1)[1]:
             raise Refused("fence")
         live = set(conn.children(layout.clients, deadline, watch=self._wake_on_event) or [])
         with_queues = set(conn.children(layout.messages, deadline) or [])
@@ -365,7 +489,7 @@ class Cleaner:
         client_acl = self._ctx.acl.acl(NodeKind.CLIENT)
 
         def guard(txn: Any) -> int:
-            txn.check(me, 0)
+            txn.check(me, -1)  # it exists: ours, on this session
             txn.create(client_path, b"", acl=client_acl)  # fails if the client is back …
             txn.delete(client_path)  # … and leaves nothing behind
             return 3
@@ -431,7 +555,7 @@ class Cleaner:
             if now - since < self.grace:
                 continue
             txn = kazoo.transaction()
-            txn.check(me, 0)
+            txn.check(me, -1)  # it exists: ours, on this session
             txn.delete(layout.topic(topic), version)
             index, error = first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
             if index == 0:
@@ -483,7 +607,7 @@ class Cleaner:
                 old.append(join(parent, name))
 
         def fence(txn: Any) -> int:
-            txn.check(me, 0)
+            txn.check(me, -1)  # it exists: ours, on this session
             return 1
 
         removed = 0

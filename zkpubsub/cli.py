@@ -287,7 +287,7 @@ def publish(
                 raise click.BadParameter(f"not JSON: {exc}", param_hint="MESSAGES") from exc
         else:
             payloads.append(text)
-    with ctx.client(serializer="json" if fmt == "json" else None) as client:
+    with ctx.client(serializer="json" if fmt == "json" else None, cleaner=False) as client:
         try:
             for payload in payloads:
                 receipt = client.publish(
@@ -503,7 +503,7 @@ def _work_queue_table(queues: Sequence[WorkQueueStats]) -> str:
     default=None,
     envvar="ZKPUBSUB_CLEANER_GRACE",
     help="Seconds a client must be gone before its queues go "
-    "(default: max(60, 2 x session timeout)).",
+    "(default: max(60, 2 x session timeout); at least the session timeout).",
 )
 @click.option(
     "--interval",
@@ -519,8 +519,8 @@ def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: st
     """Run a cleaner candidate in the foreground (run two or three)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ctx.client(client_id=client_id) as client:
-        runner = client.start_cleaner(grace=grace, interval=interval)
+    with ctx.client(client_id=client_id, cleaner_grace=grace, cleaner_interval=interval) as client:
+        runner = client.start_cleaner()
         click.echo(
             f"cleaner {client.client_id} standing for election (grace {runner.grace:g}s, "
             f"interval {runner.interval:g}s)"
@@ -590,7 +590,7 @@ def queue_put(
     headers = _parse_headers(header)
     if wait_result is not None and len(items) != 1:
         raise click.BadParameter("--wait-result takes exactly one payload")
-    with ctx.client(serializer="json" if fmt == "json" else None) as client:
+    with ctx.client(serializer="json" if fmt == "json" else None, cleaner=False) as client:
         q = client.queue(name)
         try:
             if wait_result is not None:
@@ -611,7 +611,7 @@ def queue_put(
 @pass_ctx
 def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> None:
     """Take one item from queue NAME, print it, and ack it (or release it)."""
-    with ctx.client() as client:
+    with ctx.client(cleaner=False) as client:
         try:
             item = client.queue(name).reserve(timeout=timeout)
             if item is None:
@@ -705,7 +705,7 @@ def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
 @pass_ctx
 def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     """Put dead letters of queue NAME back as new items."""
-    with ctx.client() as client:
+    with ctx.client(cleaner=False) as client:
         count = client.queue(name).replay(list(ids) or None)
     click.echo(f"replayed {count} item(s)")
 

@@ -27,6 +27,7 @@ from .config import (
     DEFAULT_HANDLER_ATTEMPTS,
     DEFAULT_MAX_RETRY_DELAY,
     DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_QUEUE_MAX_ITEMS,
     DEFAULT_RETRY_DELAY,
     ClientConfig,
     parse_hosts,
@@ -67,7 +68,9 @@ class Client:
     across restarts within the cleaner's grace period. Two live clients must
     not share an id: the constructor waits ``registration_wait`` seconds
     (default: twice the session timeout) for a previous session of the same
-    id to expire, then raises :class:`~zkpubsub.ClientIdInUse`. ``on_gap``
+    id to expire, then raises :class:`~zkpubsub.ClientIdInUse` naming its
+    holder; a previous holder that provably died (same machine and pid
+    namespace, pid gone) is taken over at once. ``on_gap``
     is added as a gap listener before registering, so it also hears that
     the cleaner had started deleting this id's queues before the client
     came back.
@@ -109,6 +112,9 @@ class Client:
         auth: Sequence[AuthEntry] | None = None,
         acl: str | Roles | None = None,
         tls: Tls | None = None,
+        cleaner: bool | None = None,
+        cleaner_grace: float | None = None,
+        cleaner_interval: float | None = None,
     ) -> None:
         given: dict[str, Any] = {
             "auth": None if auth is None else normalize_auth(auth),
@@ -129,6 +135,9 @@ class Client:
             "close_timeout": close_timeout,
             "backlog": backlog,
             "watch_mode": watch_mode,
+            "cleaner": cleaner,
+            "cleaner_grace": cleaner_grace,
+            "cleaner_interval": cleaner_interval,
         }
         base = config if config is not None else ClientConfig()
         if not isinstance(base, ClientConfig):
@@ -165,6 +174,8 @@ class Client:
         self._publisher = Publisher(self._ctx)
         self._engine = PublishEngine(self._ctx, self._publisher)
         self._session.start()
+        if resolved.cleaner:
+            self._start_cleaner({})
         logger.info("client %s connected (root %s)", self.client_id, self.root)
 
     # -- state ------------------------------------------------------------------
@@ -188,11 +199,6 @@ class Client:
         """Publishes accepted and not confirmed (or failed) yet; at
         ``max_pending`` a further publish waits for room."""
         return self._engine.pending
-
-    @property
-    def cleaner(self) -> Cleaner | None:
-        """The cleaner hosted by this client (``start_cleaner``), if any."""
-        return self._cleaner
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on every state change (on a thread of ours)."""
@@ -437,15 +443,41 @@ class Client:
 
     # -- work queues -----------------------------------------------------------------------
 
-    def queue(self, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS) -> WorkQueue:
+    def queue(
+        self,
+        name: str,
+        *,
+        max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
+        max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+        visibility_timeout: float | None = None,
+    ) -> WorkQueue:
         """A handle on the work queue ``name`` (created on first use). Items
-        reserved ``max_attempts`` times without an ack become dead letters."""
+        reserved ``max_attempts`` times without an ack become dead letters.
+        A put waits for room while the queue holds ``max_items`` items
+        (ready or reserved; ``None``: no bound), then raises
+        :class:`QueueFull` at its timeout. With ``visibility_timeout``
+        (seconds), items are reserved with a lease: one held longer without
+        ``item.extend()`` may be taken over by another worker (the holder's
+        ack then raises :class:`ReservationLost`); ``None`` ties a
+        reservation to its worker's session."""
         from .workqueue import WorkQueue
 
         self._ctx.check_open()
-        return WorkQueue(self._ctx, name, max_attempts=max_attempts)
+        return WorkQueue(
+            self._ctx,
+            name,
+            max_attempts=max_attempts,
+            max_items=max_items,
+            visibility_timeout=visibility_timeout,
+        )
 
     # -- cleaner and stats -------------------------------------------------------------------
+
+    @property
+    def cleaner(self) -> Cleaner | None:
+        """The cleaner candidate this client hosts (``None`` if it hosts none)."""
+        cleaner = self._cleaner
+        return None if cleaner is None or cleaner.stopped else cleaner
 
     def start_cleaner(
         self,
@@ -454,25 +486,38 @@ class Client:
         interval: float | None = None,
         result_ttl: float | None = None,
     ) -> Cleaner:
-        """Host the cleaner on this client: it joins the election and, while it
-        leads, deletes the queues of clients gone for longer than ``grace``
-        seconds (default: the larger of 60 s and twice the session timeout),
-        topics left without subscribers as long, and work-queue results
-        unread after ``result_ttl`` (default an hour). It sweeps every
-        ``interval`` seconds (default 30) and whenever the set of clients
-        changes. Idempotent: returns the running cleaner."""
-        from .cleaner import Cleaner
-
+        """The cleaner this client hosts, with these options (``None`` keeps
+        one). Every client hosts one from the start unless made with
+        ``cleaner=False``; this starts it if not, or changes its options in
+        place (it keeps its place in the election). While it leads, it
+        deletes the queues of clients gone for longer than ``grace`` seconds
+        (default: ``cleaner_grace``, else the larger of 60 s and twice the
+        session timeout; never less than the session timeout, ``ValueError``
+        otherwise), topics left without subscribers as long, and work-queue
+        results unread after ``result_ttl`` (default an hour). It sweeps
+        every ``interval`` seconds (default ``cleaner_interval``, 30) and
+        whenever the set of clients changes. The leader's grace applies to
+        all: a candidate whose grace differs logs a warning."""
         self._ctx.check_open()
-        options: dict[str, Any] = {"grace": grace}
+        options: dict[str, Any] = {}
+        if grace is not None:
+            options["grace"] = grace
         if interval is not None:
             options["interval"] = interval
         if result_ttl is not None:
             options["result_ttl"] = result_ttl
+        return self._start_cleaner(options)
+
+    def _start_cleaner(self, options: dict[str, Any]) -> Cleaner:
+        from .cleaner import Cleaner
+
         with self._close_lock:
-            if self._cleaner is None or self._cleaner.stopped:
-                self._cleaner = Cleaner(self._ctx, **options)
-                self._cleaner.start()
+            running = self._cleaner
+            if running is not None and not running.stopped:
+                running.configure(**options)
+                return running
+            self._cleaner = Cleaner(self._ctx, **options)
+            self._cleaner.start()
             return self._cleaner
 
     def stats(self) -> BusStats:
@@ -501,7 +546,8 @@ class Client:
             except ZkPubSubError as exc:
                 logger.debug("closing %r: %s", sub, exc)
         if cleaner is not None:
-            cleaner.stop()
+            # Its election node goes with the session, closed below.
+            cleaner.stop(min(5.0, ctx.config.close_timeout), resign=False)
         self._pump.close(ctx.config.request_timeout)
         self._engine.close(ctx.config.request_timeout)
         if ctx.conn.connected.is_set():

@@ -20,17 +20,21 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDLER_ATTEMPTS",
     "DEFAULT_LINGER",
+    "DEFAULT_MAX_LEASE",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_RETRY_DELAY",
     "DEFAULT_MAX_TRANSACTION_BYTES",
     "DEFAULT_PREFETCH",
     "DEFAULT_QUEUE_ATTEMPTS",
+    "DEFAULT_QUEUE_MAX_ITEMS",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_RESULT_TTL",
     "DEFAULT_RETRY_DELAY",
     "DEFAULT_SESSION_TIMEOUT",
+    "MAX_DEAD_LETTERS",
     "ClientConfig",
+    "check_grace",
     "default_grace",
     "parse_hosts",
 ]
@@ -52,6 +56,15 @@ DEFAULT_MAX_PENDING: Final = 10_000
 DEFAULT_HANDLER_ATTEMPTS: Final = 3
 # A work item reserved this often without an ack becomes a dead letter.
 DEFAULT_QUEUE_ATTEMPTS: Final = 5
+# A work queue holds at most this many items (ready or reserved) unless told
+# otherwise: a put waits for room. Every listing of a queue then stays far
+# below 1 MiB, which ZooKeeper's Java tools cannot read past.
+DEFAULT_QUEUE_MAX_ITEMS: Final = 10_000
+# A work queue keeps at most this many dead letters; an item that fails
+# beyond that is dropped (its ticket fails), with an error in the log.
+MAX_DEAD_LETTERS: Final = 10_000
+# A consumer extends the lease of an item in hand for at most this long in all.
+DEFAULT_MAX_LEASE: Final = 3600.0
 # A failed handler attempt is tried again after this delay, doubled after
 # each further failure up to DEFAULT_MAX_RETRY_DELAY.
 DEFAULT_RETRY_DELAY: Final = 0.5
@@ -119,6 +132,26 @@ def default_grace(session_timeout: float) -> float:
     return max(60.0, 2 * session_timeout)
 
 
+def check_grace(grace: object, session_timeout: float) -> float:
+    """A cleaner grace, checked against the session timeout.
+
+    A client's node vanishes when its session expires, one session timeout
+    after the server last heard from it; the client registers again as soon
+    as it reaches a server. With a grace of at least one session timeout, a
+    client cut off for up to twice its session timeout (a partition, a
+    pause, a failover) is back before its queues go. A shorter grace is
+    refused."""
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise ValueError(f"the cleaner's grace must be a number of seconds >= 0, not {grace!r}")
+    if grace < session_timeout:
+        raise ValueError(
+            f"the cleaner's grace ({grace:g}s) is shorter than the session timeout "
+            f"({session_timeout:g}s): a client whose session expired would lose its queues "
+            "before it could register again; use at least the session timeout"
+        )
+    return float(grace)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Everything a :class:`~zkpubsub.Client` is configured with.
@@ -135,7 +168,11 @@ class ClientConfig:
     ``max_pending`` bounds the publishes accepted and not yet confirmed: a
     publish beyond it waits for room up to its own timeout, then raises
     :class:`~zkpubsub.PublishTimeout` without sending anything.
-    ``registration_wait`` is how long the constructor waits for an earlier
+    ``cleaner``: the client stands for the cleaner election from the moment
+    it connects (one candidate leads; the others wait, at no cost but a
+    watch), with ``cleaner_grace`` (default: the larger of 60 s and two
+    session timeouts; at least the session timeout) and
+    ``cleaner_interval``. ``registration_wait`` is how long the constructor waits for an earlier
     session of the same ``client_id`` to expire (default: two session
     timeouts). ``close_timeout`` bounds how long ``close()`` waits for a
     handler that is still running: its message is then left in the queue
@@ -174,6 +211,9 @@ class ClientConfig:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     backlog: Backlog = field(default_factory=Backlog)
     watch_mode: Literal["auto", "persistent", "listing"] = "auto"
+    cleaner: bool = True
+    cleaner_grace: float | None = None
+    cleaner_interval: float = DEFAULT_CLEANER_INTERVAL
     serializer: Serializer = field(default_factory=lambda: resolve(None))
     auth: tuple[Auth | Sasl, ...] = ()
     acl: str | Roles | None = None
@@ -210,6 +250,15 @@ class ClientConfig:
             )
         if not isinstance(self.backlog, Backlog):
             raise TypeError(f"backlog must be a Backlog, not {type(self.backlog).__name__}")
+        if not isinstance(self.cleaner, bool):
+            raise TypeError(f"cleaner must be a bool, not {type(self.cleaner).__name__}")
+        if self.cleaner_grace is not None:
+            check_grace(self.cleaner_grace, self.session_timeout)
+        interval = self.cleaner_interval
+        if not _is_number(interval) or interval <= 0:
+            raise ValueError(
+                f"cleaner_interval must be a positive number of seconds, not {interval!r}"
+            )
         wait = self.registration_wait
         if wait is not None and (not _is_number(wait) or wait < 0):
             raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
@@ -253,6 +302,13 @@ class ClientConfig:
         if self.acl is not None:
             return self.acl
         return "secured" if self._authenticated else "open"
+
+    @property
+    def grace(self) -> float:
+        """The cleaner grace in force (``cleaner_grace`` or its default)."""
+        if self.cleaner_grace is not None:
+            return float(self.cleaner_grace)
+        return default_grace(self.session_timeout)
 
     @property
     def owner_wait(self) -> float:

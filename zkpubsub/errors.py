@@ -16,6 +16,7 @@ translated at the boundary and never reach user code. The tree::
     ├── NoSubscribers             publish(..., require_subscribers=True) found none
     ├── AlreadySubscribed         this client already subscribes to the topic
     ├── ReservationLost           a queue item is no longer held by this worker
+    ├── QueueFull                 a work queue stayed at max_items for a put's whole timeout
     ├── ItemFailed                a task whose result was awaited went to dead letters
     ├── NotFound                  (also LookupError) no bus at that root, no such queue
     ├── SecurityError             credentials, rights or TLS did not let the call through
@@ -45,6 +46,7 @@ __all__ = [
     "OperationTimeout",
     "PayloadTooLarge",
     "PublishTimeout",
+    "QueueFull",
     "ReservationLost",
     "SecurityError",
     "SerializationError",
@@ -63,14 +65,16 @@ class ClientClosed(ZkPubSubError):
 
 
 class ClientIdInUse(ZkPubSubError):
-    """Another live session has registered the same client id."""
+    """Another live session has registered the same client id. ``holder``
+    names its process (``host h, pid p``), as its registration says."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, *, holder: str = "an unknown process") -> None:
         super().__init__(
-            f"client id {client_id!r} is registered by another live session; "
+            f"client id {client_id!r} is registered by another live session ({holder}); "
             "two clients must not share an id"
         )
         self.client_id = client_id
+        self.holder = holder
 
 
 class ConnectionLost(ZkPubSubError):
@@ -181,6 +185,21 @@ class ReservationLost(ZkPubSubError):
         self.item_id = item_id
         #: every item whose reservation was lost (``ack_many`` may lose several)
         self.item_ids = ids
+
+
+class QueueFull(ZkPubSubError):
+    """A work queue held ``limit`` items (ready or reserved) for the whole
+    of a put's timeout, so nothing was put. ``items`` is how many it held
+    when the put gave up."""
+
+    def __init__(self, queue: str, items: int, limit: int) -> None:
+        super().__init__(
+            f"work queue {queue!r} is full: {items} items, the limit is {limit} (max_items); "
+            "nothing was put"
+        )
+        self.queue = queue
+        self.items = items
+        self.limit = limit
 
 
 class ItemFailed(ZkPubSubError):

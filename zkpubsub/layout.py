@@ -28,21 +28,32 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
                                                 election; lowest leads
     <root>/cleaner/clock                        the cleaner writes it to read
                                                 the server's time (its mtime)
-    <root>/queues/<name>/items/<q|r><PPP>-<guid>-<seq>
+    <root>/queues/<name>                        persistent; its data is the number
+                                                of the segment puts go to, and
+                                                every put checks its version
+    <root>/queues/<name>/items/s<NNNNNNNNNN>    persistent, one segment of items
+    <root>/queues/<name>/items/s<N>/<q|r><PPP>-s<N>-<guid>-<seq>
                                                 persistent sequential work item,
-                                                priority PPP; its data version
-                                                counts its reservations
+                                                priority PPP, in segment N; its
+                                                data version counts its
+                                                reservations (an item name of
+                                                the unsegmented layout,
+                                                <q|r><PPP>-<guid>-<seq>, sits
+                                                directly under items/)
     <root>/queues/<name>/reserved/<item name>   ephemeral, the holder's session
     <root>/queues/<name>/dead/<item name>       persistent dead letter
     <root>/queues/<name>/results/<message id>   persistent task result
     <root>/queues/<name>/workers/<worker id>    ephemeral, one per worker
 
 Sequence numbers are ZooKeeper's signed 32-bit parent counters printed
-``%010d``. ZooKeeper 3.8 saturates a counter at 2^31 - 1 instead of
-wrapping it, so queues move to a fresh segment long before (see
-:mod:`zkpubsub.backlog`); order within a parent is taken from the parsed
-number (with serial-number arithmetic, in case a counter ever wraps), never
-from the string, and segments go in number order.
+``%010d``. ZooKeeper 3.8 does not wrap them cleanly at 2^31 - 1 (the
+suffix saturates, and pipelined creates briefly see negative numbers), so
+a parent must never get near the end: subscriber queues move to a fresh
+segment long before (see :mod:`zkpubsub.backlog`), and work items roll
+over to a fresh segment every ``SEGMENT_ITEMS`` creates. Order within a
+parent is taken from the parsed number (with serial-number arithmetic, in
+case a counter ever wraps), never from the string, and segments go in
+number order.
 """
 
 from __future__ import annotations
@@ -51,15 +62,18 @@ import enum
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 __all__ = [
     "DEFAULT_ROOT",
     "GUID_HEX_DIGITS",
+    "MAX_ITEMS_PER_PUT",
     "MAX_NAME_LENGTH",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "RESERVED_ROOT",
+    "SEGMENT_ITEMS",
+    "ItemName",
     "Layout",
     "NodeKind",
     "WorkQueuePaths",
@@ -67,6 +81,7 @@ __all__ = [
     "join",
     "new_guid",
     "order_by_sequence",
+    "order_candidates",
     "order_items",
     "order_names",
     "parse_candidate_node",
@@ -74,6 +89,7 @@ __all__ = [
     "parse_message_node",
     "parse_queue_entry",
     "parse_segment_node",
+    "parse_segment_number",
     "segment_name",
     "split_queue",
     "validate_name",
@@ -96,9 +112,16 @@ _MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
 _QUEUE_ENTRY: Final = re.compile(rf"^([mo])({_GUID_RE})-({_SEQ_RE})$")
 _SEGMENT_NODE: Final = re.compile(r"^s(\d{10})$")
 _CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
-_ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-({_GUID_RE})-({_SEQ_RE})$")
+_ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-(?:s(\d{{10}})-)?({_GUID_RE})-({_SEQ_RE})$")
 MIN_PRIORITY: Final = 0
 MAX_PRIORITY: Final = 999
+# A work queue's segment takes this many sequential creates, then producers
+# roll over to the next one: a segment's counter stays far from 2**31 - 1
+# and its listing far below 1 MiB (about 45 bytes a name).
+SEGMENT_ITEMS: Final = 10_000
+# A put transaction creates at most this many items, so producers putting
+# at the moment a segment fills take it only a little past SEGMENT_ITEMS.
+MAX_ITEMS_PER_PUT: Final = 1_000
 
 
 def _forbidden_char(value: str) -> str | None:
@@ -197,7 +220,8 @@ class NodeKind(enum.Enum):
     WORK_QUEUES = "queues"
     WORK_QUEUE = "queues/<name>"
     ITEMS = "queues/<name>/items"
-    ITEM = "queues/<name>/items/<item>"
+    ITEM_SEGMENT = "queues/<name>/items/s<N>"
+    ITEM = "queues/<name>/items/s<N>/<item>"
     RESERVED = "queues/<name>/reserved"
     RESERVATION = "queues/<name>/reserved/<item>"
     DEAD = "queues/<name>/dead"
@@ -216,12 +240,25 @@ _FOLDERS: Final = {
     "purging": (NodeKind.PURGING, NodeKind.PURGE_MARKER),
 }
 _QUEUE_FOLDERS: Final = {
-    "items": (NodeKind.ITEMS, NodeKind.ITEM),
+    "items": (NodeKind.ITEMS,),
     "reserved": (NodeKind.RESERVED, NodeKind.RESERVATION),
     "dead": (NodeKind.DEAD, NodeKind.DEAD_LETTER),
     "results": (NodeKind.RESULTS, NodeKind.RESULT),
     "workers": (NodeKind.WORKERS, NodeKind.WORKER),
 }
+
+
+def _item_kind(parts: list[str]) -> NodeKind:
+    """The kind of a node under a work queue's ``items/`` (``parts`` below it)."""
+    segment = parse_segment_node(parts[0])
+    if len(parts) == 1:
+        if segment is not None and segment > 0:
+            return NodeKind.ITEM_SEGMENT
+        # an item of the unsegmented layout
+        return NodeKind.ITEM if parse_item_node(parts[0]) is not None else NodeKind.FOREIGN
+    if len(parts) == 2 and segment and parse_item_node(parts[1]) is not None:
+        return NodeKind.ITEM
+    return NodeKind.FOREIGN
 
 
 def _message_kind(parts: list[str], depth: int) -> NodeKind:
@@ -353,6 +390,8 @@ class Layout:
         if head == "queues":
             if depth <= 1:
                 return NodeKind.WORK_QUEUES if depth == 0 else NodeKind.WORK_QUEUE
+            if parts[2] == "items" and depth >= 3:
+                return _item_kind(parts[3:])
             folder = _QUEUE_FOLDERS.get(parts[2])
             if folder is not None and depth <= 3:
                 return folder[depth - 2]
@@ -360,7 +399,8 @@ class Layout:
 
 
 class WorkQueuePaths:
-    """The paths of one work queue."""
+    """The paths of one work queue. ``base`` (the queue's own node) holds
+    the number of the segment puts go to."""
 
     __slots__ = ("base", "dead", "items", "reserved", "results", "workers")
 
@@ -376,11 +416,23 @@ class WorkQueuePaths:
         return (self.items, self.reserved, self.dead, self.results, self.workers)
 
     def item(self, name: str) -> str:
-        return f"{self.items}/{name}"
+        """The path of the item node ``name`` (in its segment, which the name
+        says; directly under ``items/`` for the unsegmented layout and for
+        names that are not item names)."""
+        parsed = parse_item_node(name)
+        if parsed is None or parsed.segment == 0:
+            return f"{self.items}/{name}"
+        return f"{self.segment(parsed.segment)}/{name}"
 
-    def item_prefix(self, priority: int, guid: str, *, wants_result: bool) -> str:
+    def segment(self, number: int) -> str:
+        return f"{self.items}/{segment_name(number)}"
+
+    def item_prefix(self, priority: int, guid: str, *, wants_result: bool, segment: int) -> str:
+        """The path handed to a sequential create of an item in ``segment``."""
+        if segment < 1:
+            raise ValueError(f"segments are numbered from 1, not {segment}")
         kind = "r" if wants_result else "q"
-        return f"{self.items}/{kind}{priority:03d}-{guid}-"
+        return f"{self.segment(segment)}/{kind}{priority:03d}-{segment_name(segment)}-{guid}-"
 
     def reservation(self, name: str) -> str:
         return f"{self.reserved}/{name}"
@@ -404,6 +456,8 @@ def parse_message_node(name: str) -> tuple[str, int] | None:
 
 
 def segment_name(number: int) -> str:
+    """The node name of segment ``number`` (of a subscriber queue or of a
+    work queue's ``items/``)."""
     return f"s{number:010d}"
 
 
@@ -430,28 +484,55 @@ def parse_candidate_node(name: str) -> tuple[str, int] | None:
     return m.group(1), int(m.group(2))
 
 
-def parse_item_node(name: str) -> tuple[bool, int, str, int] | None:
-    """``(wants_result, priority, guid, sequence)`` of a work item name."""
+class ItemName(NamedTuple):
+    """What a work item's node name says. ``segment`` is 0 for an item of
+    the unsegmented layout (directly under ``items/``)."""
+
+    wants_result: bool
+    priority: int
+    segment: int
+    guid: str
+    sequence: int
+
+
+def parse_item_node(name: str) -> ItemName | None:
+    """What a work item name says, or ``None`` if it is not one."""
     m = _ITEM_NODE.match(name)
     if m is None:
         return None
-    return m.group(1) == "r", int(m.group(2)), m.group(3), int(m.group(4))
+    segment = int(m.group(3)) if m.group(3) is not None else 0
+    if m.group(3) is not None and segment == 0:
+        return None  # segments are numbered from 1
+    return ItemName(m.group(1) == "r", int(m.group(2)), segment, m.group(4), int(m.group(5)))
+
+
+def parse_segment_number(data: bytes) -> int | None:
+    """The current segment a queue node's data names: ``0`` for none yet
+    (empty data), ``None`` for data that is not a segment number."""
+    if not data:
+        return 0
+    text = data.decode("ascii", "replace")
+    if not text.isdigit() or len(text) > 10:
+        return None
+    return int(text)
 
 
 def order_items(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Work item names by priority (lower first), then creation order;
-    and the foreign names."""
-    by_priority: dict[int, list[tuple[int, str]]] = {}
+    """Work item names by priority (lower first), then creation order:
+    segment by segment (the unsegmented layout's items first), and by
+    sequence within a segment. Also returns the foreign names."""
+    groups: dict[tuple[int, int], list[tuple[int, str]]] = {}
     foreign: list[str] = []
     for name in names:
         parsed = parse_item_node(name)
         if parsed is None:
             foreign.append(name)
         else:
-            by_priority.setdefault(parsed[1], []).append((parsed[3], name))
+            key = (parsed.priority, parsed.segment)
+            groups.setdefault(key, []).append((parsed.sequence, name))
     ordered: list[str] = []
-    for priority in sorted(by_priority):
-        ordered.extend(order_by_sequence(by_priority[priority]))
+    for key in sorted(groups):
+        ordered.extend(order_by_sequence(groups[key]))
     return ordered, foreign
 
 
@@ -480,6 +561,14 @@ def order_by_sequence(items: Iterable[tuple[int, T]]) -> list[T]:
             widest, start = gap, i
     ordered = pairs[start:] + pairs[:start]
     return [item for _, item in ordered]
+
+
+def order_candidates(names: Sequence[str]) -> list[str]:
+    """Cleaner candidate node names in election order (foreign names left
+    out): by sequence, and by name where sequences are equal (as they are
+    once ZooKeeper's counter saturated), so every reader agrees."""
+    parsed = sorted((p[1], name) for name in names if (p := parse_candidate_node(name)) is not None)
+    return order_by_sequence(parsed)
 
 
 def order_names(names: Sequence[str]) -> tuple[list[str], list[str]]:

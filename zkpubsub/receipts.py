@@ -64,14 +64,16 @@ class Outcome:
     ``error`` is ``None`` when it was applied; otherwise the error of the
     caller's operation number ``index`` (counted among the caller's own
     operations, from 0), and nothing of the transaction was applied.
-    ``looked_up`` says the answer was lost and the receipt proved the write
-    (``results`` is then ``None``: what the transaction created is unknown).
+    ``looked_up`` says the answer was lost and the receipt proved the write.
+    ``results`` are the answers to the caller's operations when it was
+    applied and answered (the paths sequential creates were given, for
+    instance); ``None`` after a lookup, when what it created is unknown.
     """
 
     error: Exception | None = None
     index: int = -1
     looked_up: bool = False
-    results: list[Any] | None = None  # the answer of an applied transaction
+    results: tuple[Any, ...] | None = None
 
     @property
     def applied(self) -> bool:
@@ -147,7 +149,7 @@ class ReceiptWriter:
             index, error = first_error(results)
             if error is None:
                 self.janitor.add(receipt)
-                return Outcome(results=results)
+                return Outcome(results=tuple(results[1:]))
             if index == 0 and isinstance(error, NoNodeError):
                 # The receipt folder went (the client was away past the grace).
                 conn.ensure_path(self.janitor.folder, deadline)

@@ -101,7 +101,8 @@ def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase, prefetch: int = 1)
     try:
         client = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
         try:
-            queue = cast(Any, client).queue(name)
+            # the backlog the consumers then drain, beyond the default bound
+            queue = cast(Any, client).queue(name, max_items=None)
             put, put_seconds = _put_phase(queue.put, ctx, phase)
         finally:
             client.close()

@@ -217,8 +217,14 @@ def pubsub_workload(
     hosts: str | None = None,
     **options: Any,
 ) -> tuple[Workload, list[Cleaner]]:
-    """Subscribers (each hosting a cleaner candidate) and publishers on ``cluster``."""
+    """Subscribers and publishers on ``cluster``, every client a cleaner
+    candidate (the default) with the scenarios' grace and interval; with
+    ``cleaners=False``, none is."""
     options.setdefault("session_timeout", SESSION_TIMEOUT)
+    standing = {"cleaner_grace": CLEANER_GRACE, "cleaner_interval": CLEANER_INTERVAL}
+    if not cleaners:
+        standing = {"cleaner": False}
+    options["client_options"] = {**standing, **options.get("client_options", {})}
     wl = Workload(
         hosts or cluster.hosts,
         root,
@@ -230,11 +236,7 @@ def pubsub_workload(
         wl.add_subscriber()
     for _ in range(publishers):
         wl.add_publisher()
-    running: list[Cleaner] = []
-    if cleaners:
-        for client in wl.subscribers.values():
-            running.append(client.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL))
-    return wl, running
+    return wl, wl.cleaners()
 
 
 class Finished(NamedTuple):
@@ -268,10 +270,12 @@ def finish(
     result = check(history, ledger, total_order=total_order, purge_grace=wl.purge_grace)
     audit = None
     if cleaners:
+        # and the candidates of clients added since (every client stands)
+        running = list({id(c): c for c in [*cleaners, *wl.cleaners()]}.values())
         audit = audit_convergence(
             injector.cluster.hosts,
             wl.root,
-            cleaners,
+            running,
             timeout=audit_timeout or 3 * CLEANER_GRACE + 30,
         )
     scenario.record(

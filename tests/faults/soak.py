@@ -183,16 +183,13 @@ def run_soak(
         publish_timeout=30.0,
         log=ClusterLog.of(cluster),
         purge_grace=CLEANER_GRACE,
+        client_options={"cleaner_grace": CLEANER_GRACE, "cleaner_interval": CLEANER_INTERVAL},
     )
     try:
         for _ in range(subscribers):
             wl.add_subscriber()
         for _ in range(publishers):
             wl.add_publisher()
-        cleaners = [
-            c.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)
-            for c in wl.subscribers.values()
-        ]
         wl.start_publishing()
         _under_kills(
             injector,
@@ -207,7 +204,9 @@ def run_soak(
         wl.drain(180)
         ledger = wl.ledger()
         result = check(wl.history(), ledger, purge_grace=CLEANER_GRACE)
-        audit = audit_convergence(cluster.hosts, wl.root, cleaners, timeout=3 * CLEANER_GRACE + 60)
+        audit = audit_convergence(
+            cluster.hosts, wl.root, wl.cleaners(), timeout=3 * CLEANER_GRACE + 60
+        )
         what = f"soak: {servers} servers"
         notes = wl.recorder.history().notes
         return _outcome(what, injector, kill_every, started, result, audit, notes, ledger)

@@ -124,7 +124,10 @@ def test_connection_loss_in_the_middle_of_a_publish_neither_loses_nor_duplicates
 def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemble):
     ens = ensemble(3)
     proxies = client_proxies(ens.cluster)
-    client = Client(proxied_hosts(proxies), root="/s7-join", session_timeout=SESSION_TIMEOUT)
+    # It joins the election once the trap is armed, not while connecting.
+    client = Client(
+        proxied_hosts(proxies), root="/s7-join", session_timeout=SESSION_TIMEOUT, cleaner=False
+    )
     try:
         events = [p.lose_reply(OP_CREATE, OP_CREATE2) for p in proxies]
         cleaner = client.start_cleaner(grace=CLEANER_GRACE, interval=CLEANER_INTERVAL)

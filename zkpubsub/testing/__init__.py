@@ -16,8 +16,11 @@ judged against the ledger), ``audit`` (the tree after healing) and
 ``ServerSecurity`` (a superuser, SASL users, enforced authentication, a
 TLS port) for ``ZooKeeperCluster(security=...)``, and ``make_tls_material``
 (a CA, keystores and a client certificate made with openssl and keytool).
+``counters`` sets a parent's sequential counter in a stopped server's
+snapshot (``restart_with_cversions``).
 """
 
+from .counters import COUNTER_MAX, restart_with_cversions, set_cversions
 from .queues import queue_entries
 from .secure import ServerSecurity, TlsMaterial, make_tls_material
 from .server import (
@@ -35,6 +38,7 @@ from .server import (
 from .sessions import expire_session
 
 __all__ = [
+    "COUNTER_MAX",
     "EnsembleNode",
     "ServerFailed",
     "ServerSecurity",
@@ -49,5 +53,7 @@ __all__ = [
     "free_ports",
     "make_tls_material",
     "queue_entries",
+    "restart_with_cversions",
     "running_zookeeper",
+    "set_cversions",
 ]

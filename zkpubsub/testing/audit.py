@@ -23,8 +23,8 @@ from typing import Protocol, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from ..cleaner import Cleaner
-from ..layout import Layout, join, order_by_sequence, parse_candidate_node
+from ..cleaner import Cleaner, read_candidate
+from ..layout import Layout, join, order_candidates
 
 
 class _Verdict(Protocol):
@@ -76,14 +76,13 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
     publishers = set(zk.get_children(layout.receipts)) if zk.exists(layout.receipts) else set()
     markers = zk.get_children(layout.purging)
     names = zk.get_children(layout.candidates)
-    parsed = [(p[1], n) for n in names if (p := parse_candidate_node(n)) is not None]
     holders = []
-    for name in order_by_sequence(parsed):
+    for name in order_candidates(names):
         try:
             data, _ = zk.get(join(layout.candidates, name))
         except NoNodeError:
             continue
-        holders.append(data.decode())
+        holders.append(read_candidate(data)[0])
     running = [c for c in cleaners if not c.stopped]
     return Audit(
         clients=tuple(sorted(clients)),

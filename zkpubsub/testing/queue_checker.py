@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from ..layout import Layout
+from ..layout import Layout, join, parse_segment_node
 from .audit import poll
 from .history import Key
 from .ledger import SessionSpan
@@ -271,11 +271,16 @@ def look_at_queue(
         except NoNodeError:
             return []
 
-    items = children(paths.items)
+    items: list[str] = []
+    for child in children(paths.items):
+        if parse_segment_node(child) is None:
+            items.append(child)  # an item of the unsegmented layout, or foreign
+        else:
+            items.extend(children(join(paths.items, child)))
     reserved = children(paths.reserved)
     present = set(items)
     return QueueAudit(
-        items=tuple(items),
+        items=tuple(sorted(items)),
         reserved=tuple(reserved),
         orphans=tuple(r for r in reserved if r not in present),
         dead=tuple(children(paths.dead)),

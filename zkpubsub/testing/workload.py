@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..cleaner import Cleaner
 from ..client import Client
 from ..layout import Layout
 from ..message import Message
@@ -92,6 +93,11 @@ class ClientPool:
 
         client.add_listener(on_state)
         return client
+
+    def cleaners(self) -> list[Cleaner]:
+        """The cleaner candidates of this pool's clients still running (every
+        client hosts one unless made with ``cleaner=False``)."""
+        return [c.cleaner for c in self._clients if c.cleaner is not None]
 
     def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -522,11 +528,14 @@ class SubscriberProcess(ChildProcess):
 
 
 def _subscribe_main(args: argparse.Namespace) -> None:
+    # Not a cleaner candidate: the audit counts the candidates of the
+    # cleaners running in the scenario's own process.
     client = Client(
         args.hosts,
         root=args.root,
         client_id=args.client_id,
         session_timeout=args.session_timeout,
+        cleaner=False,
     )
     out = open(args.out, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
     lock = threading.Lock()

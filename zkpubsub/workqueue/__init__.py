@@ -18,6 +18,14 @@ every worker competes for them. Guarantees, each enforced by the server:
 * **Dead workers' items come back.** A worker that dies or loses its session
   loses its reservations with it; the items are delivered again with
   ``attempts`` one higher.
+* **Leases** (``visibility_timeout``). A reservation can carry a lease,
+  judged by the server's clock from the reservation node's ``mtime``; once
+  it ran out another worker takes the item over in one transaction that
+  also bumps its version, so the old holder's ack fails. ``item.extend()``
+  renews it; a consumer extends the items in hand.
+* **Bounded.** Items live in segments (``items/s<N>``) of about 10,000, so
+  no parent's sequential counter nears its end and no listing passes
+  1 MiB; a put waits while the queue holds ``max_items``.
 * **Dead letters.** An item reserved ``max_attempts`` times without an ack
   is moved to ``dead/`` (by the worker releasing it for the last time, or by
   the next worker to find it), with the reason. Moving it proves nobody
@@ -39,9 +47,10 @@ every worker competes for them. Guarantees, each enforced by the server:
   cleaner after its ``result_ttl``.
 
 The package: :mod:`.records` (what the nodes hold), :mod:`.items` (``Item``,
-``Ticket``), :mod:`.worker` (a worker and the life of its reservations),
-:mod:`.queue` (the handle: put, stats, dead letters, replay, consume),
-:mod:`.consumer` (worker threads).
+``Ticket``), :mod:`.segments` (where items go), :mod:`.leases` (the
+server's clock, the consumer's lease keeper), :mod:`.worker` (a worker and
+the life of its reservations), :mod:`.queue` (the handle: put, stats, dead
+letters, replay, consume), :mod:`.consumer` (worker threads).
 """
 
 from __future__ import annotations

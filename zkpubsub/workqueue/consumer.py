@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .._callables import check_callable, refuse_awaitable
+from ..config import DEFAULT_MAX_LEASE
 from ..errors import ClientClosed, ReservationLost, ZkPubSubError
 from .items import Item
+from .leases import LeaseKeeper, check_lease
 
 if TYPE_CHECKING:
     from .queue import WorkQueue
@@ -44,7 +46,9 @@ class Consumer:
     handler raises (``SystemExit`` included) releases the item and goes to
     ``on_error``; the worker goes on. An ``async def`` handler is refused. ``stop()`` lets
     every worker finish (ack or release) the items in hand (at most
-    ``prefetch``), then returns.
+    ``prefetch``), then returns. Items reserved with a lease are extended
+    by one thread of the consumer while in hand, for up to ``max_lease``
+    seconds each.
     """
 
     def __init__(
@@ -54,8 +58,11 @@ class Consumer:
         workers: int,
         on_error: Callable[[BaseException, Item], Any] | None,
         prefetch: int = 1,
+        *,
+        max_lease: float = DEFAULT_MAX_LEASE,
     ) -> None:
         check_callable(handler, "handler")
+        check_lease(max_lease, "max_lease")
         if on_error is not None:
             check_callable(on_error, "on_error")
         if not isinstance(workers, int) or workers < 1:
@@ -69,6 +76,7 @@ class Consumer:
         self._lock = threading.Lock()
         self._counts = {"acked": 0, "released": 0, "lost": 0}
         self._workers: list[Worker] = [queue.worker() for _ in range(workers)]
+        self._keeper = LeaseKeeper(f"zkpubsub-leases-{queue.name[:12]}", float(max_lease))
         self._threads = [
             threading.Thread(
                 target=self._work, args=(w,), name=f"zkpubsub-worker-{w.worker_id}", daemon=True
@@ -102,6 +110,7 @@ class Consumer:
                 continue
             # Every item in hand is finished, even after stop(): giving back
             # an untouched one would still count as one of its attempts.
+            self._keeper.add(items)
             done: list[tuple[Item, Any]] = []
             for item in items:
                 try:
@@ -126,6 +135,7 @@ class Consumer:
             return
         for item, _ in done:
             item.mark_finished()
+            self._keeper.discard(item)
         for item in lost:
             logger.warning("%s", ReservationLost(worker.queue, item.id))
         self._count("acked", len(done) - len(lost))
@@ -142,6 +152,7 @@ class Consumer:
 
     def _release(self, item: Item, error: BaseException) -> None:
         """Release an item the handler failed on."""
+        self._keeper.discard(item)
         try:
             item.release(error)
             self._count("released")
@@ -157,6 +168,7 @@ class Consumer:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+        self._keeper.close()
         for worker in self._workers:
             with contextlib.suppress(ZkPubSubError):
                 worker.close()

@@ -10,6 +10,10 @@ Each is one transaction whose checks the server enforces:
 * burying an item nobody holds proves that by creating and deleting its
   reservation node in the same transaction.
 
+A queue keeps at most ``MAX_DEAD_LETTERS`` dead letters (so listing them
+stays below 1 MiB): an item that fails beyond that is deleted instead,
+with an error in the log and a ``dead`` result for its ticket.
+
 After a lost answer, :func:`holds` tells whether a reservation is still
 this worker's: its session owns the node, the item is at the version, and
 the node names the worker (workers of one client share a session).
@@ -24,13 +28,14 @@ from kazoo.exceptions import NoNodeError
 
 from .. import envelope
 from .._context import Context
+from ..config import MAX_DEAD_LETTERS
 from ..connection import first_error, translated
 from ..errors import ConnectionLost, ReservationLost
 from ..layout import NodeKind, WorkQueuePaths, parse_item_node
 from .items import Item
 from .records import dead_record, reserved_by, result_doc
 
-__all__ = ["ack_all", "bury", "commit", "holds", "release"]
+__all__ = ["ack_all", "bury", "commit", "dead_letters_full", "held_version", "holds", "release"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,19 @@ def holds(
     deadline: float | None,
 ) -> bool:
     """Whether ``worker_id`` holds ``name`` at data version ``token``."""
+    return held_version(ctx, paths, name, token, worker_id, deadline) is not None
+
+
+def held_version(
+    ctx: Context,
+    paths: WorkQueuePaths,
+    name: str,
+    token: int,
+    worker_id: str,
+    deadline: float | None,
+) -> int | None:
+    """The data version of the reservation node of ``name`` if
+    ``worker_id`` holds it at item version ``token``; ``None`` if not."""
     conn = ctx.conn
     kazoo = conn.kazoo
     reservation, item = conn.read_all(
@@ -65,11 +83,13 @@ def holds(
         f"check the reservation of {name}",
     )
     if isinstance(reservation, NoNodeError) or item is None:
-        return False
+        return None
     data, held = reservation
     if held.ephemeralOwner != conn.session_id or item.version != token:
-        return False
-    return reserved_by(data) == worker_id
+        return None
+    if reserved_by(data) != worker_id:
+        return None
+    return int(held.version)
 
 
 def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Item]:
@@ -120,6 +140,24 @@ def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]], acl:
     return ops
 
 
+def dead_letters_full(ctx: Context, paths: WorkQueuePaths, deadline: float | None) -> bool:
+    """Whether the queue already keeps ``MAX_DEAD_LETTERS`` dead letters."""
+    kazoo = ctx.conn.kazoo
+    stat = ctx.conn.call(lambda: kazoo.exists_async(paths.dead), deadline, "count dead letters")
+    return stat is not None and stat.numChildren >= MAX_DEAD_LETTERS
+
+
+def _dropped(queue: str, name: str, reason: str) -> str:
+    logger.error(
+        "queue %r: %s failed (%s) and is dropped: the queue keeps %d dead letters already",
+        queue,
+        name,
+        reason,
+        MAX_DEAD_LETTERS,
+    )
+    return f"dropped, the dead letters being full: {reason}"
+
+
 def release(
     ctx: Context,
     item: Item,
@@ -139,6 +177,7 @@ def release(
     buried = item.attempts >= max_attempts
     deadline = ctx.deadline()
     with translated(f"release item {item.id}"):
+        full = buried and dead_letters_full(ctx, paths, deadline)
         while True:
             txn = ctx.conn.kazoo.transaction()
             txn.delete(paths.reservation(item.name))
@@ -148,11 +187,13 @@ def release(
                 )
                 data = envelope.encode([item.entry])
                 txn.delete(paths.item(item.name), item.token)
-                txn.create(
-                    paths.dead_letter(item.name),
-                    dead_record(item.name, data, item.attempts, why),
-                    acl=ctx.acl.acl(NodeKind.DEAD_LETTER),
-                )
+                if full:
+                    why = _dropped(item.queue, item.name, why)
+                else:
+                    record = dead_record(item.name, data, item.attempts, why)
+                    txn.create(
+                        paths.dead_letter(item.name), record, acl=ctx.acl.acl(NodeKind.DEAD_LETTER)
+                    )
                 if item.wants_result:
                     doc = result_doc(ctx.config.serializer, "dead", reason=why)
                     txn.create(paths.result(item.id), doc, acl=ctx.acl.acl(NodeKind.RESULT))
@@ -183,27 +224,38 @@ def bury(
     reason: str,
     entry: envelope.Entry | None,
     deadline: float | None,
-) -> None:
-    """Move an item nobody holds to the dead letters (proving that)."""
+    *,
+    path: str | None = None,
+    lapsed: int | None = None,
+) -> bool:
+    """Move an item nobody holds to the dead letters (proving that), as
+    ``name`` (the node is at ``path``, by default the item node ``name``).
+    ``lapsed`` is the version of a reservation whose lease ran out (it is
+    deleted at that version instead). ``True`` when this transaction did it."""
     paths = ctx.layout.work_queue(queue)
     parsed = parse_item_node(name)
+    full = dead_letters_full(ctx, paths, deadline)
     txn = ctx.conn.kazoo.transaction()
     acl = ctx.acl
-    # fails if someone holds it
-    txn.create(paths.reservation(name), b"", acl=acl.acl(NodeKind.RESERVATION))
-    txn.delete(paths.reservation(name))
-    txn.delete(paths.item(name), version)
-    txn.create(
-        paths.dead_letter(name),
-        dead_record(name, data, version, reason),
-        acl=acl.acl(NodeKind.DEAD_LETTER),
-    )
-    if entry is not None and parsed is not None and parsed[0]:
+    if lapsed is None:
+        # fails if someone holds it
+        txn.create(paths.reservation(name), b"", acl=acl.acl(NodeKind.RESERVATION))
+        txn.delete(paths.reservation(name))
+    else:
+        txn.delete(paths.reservation(name), lapsed)  # fails if extended meanwhile
+    txn.delete(path or paths.item(name), version)
+    if full:
+        reason = _dropped(queue, name, reason)
+    else:
+        record = dead_record(name, data, version, reason)
+        txn.create(paths.dead_letter(name), record, acl=acl.acl(NodeKind.DEAD_LETTER))
+    if entry is not None and parsed is not None and parsed.wants_result:
         doc = result_doc(ctx.config.serializer, "dead", reason=reason)
         txn.create(paths.result(entry.id), doc, acl=acl.acl(NodeKind.RESULT))
     try:
         _, error = first_error(commit(ctx, txn, deadline, "move to dead letters"))
     except ConnectionLost:
-        return  # the next worker to find it tries again
-    if error is None:
+        return False  # the next worker to find it tries again
+    if error is None and not full:
         logger.warning("queue %r: %s is a dead letter: %s", queue, name, reason)
+    return error is None

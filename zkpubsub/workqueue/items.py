@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import NoNodeError
@@ -26,6 +27,13 @@ class Item:
 
     As a context manager it acks on a clean exit and releases (recording the
     exception) when the block raises.
+
+    From a queue with a ``visibility_timeout`` the item comes with a lease:
+    ``lease_left()`` says how long it still has (by this process's clock,
+    counted from when the reservation was sent, so never more than the
+    server gives), and ``extend()`` renews it. Once it runs out another
+    worker may take the item, and this one's ack raises
+    :class:`ReservationLost`.
     """
 
     def __init__(
@@ -38,8 +46,15 @@ class Item:
         token: int,
         priority: int,
         wants_result: bool,
+        lease: float | None = None,
+        lease_until: float | None = None,
+        reservation_version: int = 0,
     ) -> None:
         self._worker = worker
+        self._lease_lock = threading.RLock()
+        self._lease = lease
+        self._lease_until = lease_until  # time.monotonic() at which the lease surely ends
+        self._reservation_version = reservation_version
         self._name = name
         self._entry = entry
         self._token = token  # the item's data version after our reservation
@@ -61,6 +76,45 @@ class Item:
     def token(self) -> int:
         """The item's data version this reservation produced."""
         return self._token
+
+    @property
+    def lease(self) -> float | None:
+        """The length of the lease in seconds (``None``: the reservation
+        lasts as long as the worker's session)."""
+        return self._lease
+
+    @property
+    def lease_until(self) -> float | None:
+        """When the lease ends, as a ``time.monotonic()`` value (``None``
+        without a lease)."""
+        return self._lease_until
+
+    def lease_left(self) -> float | None:
+        """Seconds until the lease ends, 0 once it has (``None`` without a
+        lease)."""
+        until = self._lease_until
+        return None if until is None else max(0.0, until - time.monotonic())
+
+    @property
+    def reservation_version(self) -> int:
+        """The data version of the reservation node (bumped by each extension)."""
+        return self._reservation_version
+
+    def renewed(self, version: int, lease: float | None, until: float | None) -> None:
+        """The reservation node is at ``version`` and leased until ``until``."""
+        with self._lease_lock:
+            self._reservation_version = version
+            self._lease = lease
+            if until is not None:
+                self._lease_until = until
+
+    def extend(self, seconds: float | None = None) -> None:
+        """Renew the lease for ``seconds`` from now (default: the queue's
+        ``visibility_timeout``; an item reserved without a lease gets one).
+        One transaction that proves this worker still holds the item;
+        :class:`ReservationLost` if it does not."""
+        with self._lease_lock:
+            self._worker.extend(self, seconds)
 
     @property
     def entry(self) -> envelope.Entry:

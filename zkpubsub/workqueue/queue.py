@@ -4,24 +4,43 @@ A handle is cheap and has no identity in the queue. Reserving takes a
 :class:`~zkpubsub.workqueue.Worker`: ``queue.worker()`` makes one (one per
 thread); the handle's own ``reserve`` / ``reserve_many`` use a worker it
 makes on first use.
+
+A put goes into the queue's current segment (:mod:`.segments`) with a
+check of the queue node's version. With ``max_items`` it first counts the
+items (ready or reserved) and waits for room, up to its timeout.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadVersionError, NoNodeError
 
 from .. import envelope
 from .._context import Context
-from ..config import CREATE_OP_OVERHEAD, DEFAULT_QUEUE_ATTEMPTS
-from ..connection import Connection, deadline_after, translated
-from ..errors import ClientClosed, PayloadTooLarge, ZooKeeperError
-from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node, validate_name
+from ..config import (
+    CREATE_OP_OVERHEAD,
+    DEFAULT_MAX_LEASE,
+    DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_QUEUE_MAX_ITEMS,
+)
+from ..connection import Connection, deadline_after, expired, remaining, translated
+from ..errors import ClientClosed, PayloadTooLarge, QueueFull, ZkPubSubError, ZooKeeperError
+from ..layout import (
+    MAX_ITEMS_PER_PUT,
+    NodeKind,
+    WorkQueuePaths,
+    order_items,
+    parse_item_node,
+    validate_name,
+)
 from ..serializers import SerializerRegistry
 from .items import Item, Ticket
+from .leases import check_lease
 from .records import (
     DEFAULT_PRIORITY,
     DeadItem,
@@ -30,6 +49,7 @@ from .records import (
     dead_item,
     dead_item_data,
 )
+from .segments import Segments, count_items
 from .worker import Worker, ensure_queue
 
 if TYPE_CHECKING:
@@ -37,24 +57,52 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkQueue", "read_dead", "read_queue_stats"]
 
+logger = logging.getLogger(__name__)
+
+# A put waiting for room counts the queue again after this long, doubling
+# up to ROOM_POLL_MAX.
+ROOM_POLL_MIN = 0.05
+ROOM_POLL_MAX = 0.5
+
 
 class WorkQueue:
     """One named work queue. Made by ``Client.queue(name)``.
 
-    ``close()`` closes the workers this handle made (they leave the
-    queue's worker registry).
+    ``max_items`` bounds the items in the queue (ready or reserved; ``None``
+    for no bound): a put waits for room up to its timeout, then raises
+    :class:`~zkpubsub.QueueFull`. With ``visibility_timeout`` (seconds) the
+    workers of this handle reserve items with a lease: an item held longer
+    than that without an extension may be taken over by another worker
+    (``None``: a reservation lasts as long as its worker's session).
+    ``close()`` closes the workers this handle made (they leave the queue's
+    worker registry).
     """
 
     def __init__(
-        self, ctx: Context, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS
+        self,
+        ctx: Context,
+        name: str,
+        *,
+        max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
+        max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+        visibility_timeout: float | None = None,
     ) -> None:
         validate_name(name, "queue name")
+        if visibility_timeout is not None:
+            visibility_timeout = check_lease(visibility_timeout)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        if max_items is not None and (
+            not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1
+        ):
+            raise ValueError(f"max_items must be an int >= 1 or None, not {max_items!r}")
         self.name = name
         self.max_attempts = max_attempts
+        self.max_items = max_items
+        self.visibility_timeout = visibility_timeout
         self._ctx = ctx
         self._paths = ctx.layout.work_queue(name)
+        self._segments = Segments(ctx, self._paths)
         self._ready = False
         self._closed = False
         self._own: Worker | None = None
@@ -66,7 +114,12 @@ class WorkQueue:
         """A new worker of this queue, with its own identity (use one per
         thread); it registers when it first reserves."""
         self._check_open()
-        worker = Worker(self._ctx, self.name, max_attempts=self.max_attempts)
+        worker = Worker(
+            self._ctx,
+            self.name,
+            max_attempts=self.max_attempts,
+            visibility_timeout=self.visibility_timeout,
+        )
         self._workers.append(worker)
         return worker
 
@@ -131,7 +184,9 @@ class WorkQueue:
         """Enqueue one item, exactly once. Returns its id, or a :class:`Ticket`
         with ``want_result=True``. Raises ``ValueError`` / ``TypeError`` for a
         bad priority, :class:`SerializationError` or :class:`PayloadTooLarge`
-        before anything is sent."""
+        before anything is sent. A full queue (``max_items``) makes it wait
+        for room up to ``timeout`` (default ``request_timeout``), then raise
+        :class:`QueueFull`."""
         (item_id,) = self._put([payload], priority, headers, want_result, timeout)
         return Ticket(self._ctx, self.name, item_id) if want_result else item_id
 
@@ -144,7 +199,10 @@ class WorkQueue:
         timeout: float | None = None,
     ) -> list[str]:
         """Enqueue several items, in order, in as few transactions as fit
-        (usually one, so all or none). Returns their ids."""
+        (usually one, so all or none; a transaction holds at most 1,000
+        items, and at most ``max_items``). Returns their ids. Waits for room as :meth:`put`
+        does; :class:`QueueFull` means the items of the transactions before
+        were put, the others not."""
         items = list(payloads)
         if not items:
             raise ValueError("put_many needs at least one payload")
@@ -180,16 +238,22 @@ class WorkQueue:
         deadline = deadline_after(config.request_timeout if timeout is None else timeout)
         with translated(f"put to queue {self.name!r}"):
             self._ensure_paths(deadline)
-            budget = config.max_transaction_bytes - 512 - self._ctx.acl.size(NodeKind.RECEIPT)
             acl_size = self._ctx.acl.size(NodeKind.ITEM)
+            budget = (
+                config.max_transaction_bytes
+                - 512
+                - len(self._paths.base)
+                - self._ctx.acl.size(NodeKind.RECEIPT)
+            )
+            most = min(MAX_ITEMS_PER_PUT, self.max_items or MAX_ITEMS_PER_PUT)
             start = 0
             while start < len(datas):
                 used, end = 0, start
-                while end < len(datas):
+                while end < len(datas) and end - start < most:
                     size = (
                         len(datas[end])
                         + len(self._paths.items)
-                        + 64
+                        + 80
                         + CREATE_OP_OVERHEAD
                         + acl_size
                     )
@@ -197,30 +261,72 @@ class WorkQueue:
                         break
                     used += size
                     end += 1
+                self._wait_for_room(end - start, deadline)
                 self._put_once(datas[start:end], priority, want_result, deadline)
                 start = end
         return [e.id for e in entries]
 
+    def _wait_for_room(self, count: int, deadline: float | None) -> None:
+        """Return once ``count`` more items fit under ``max_items``; raise
+        :class:`QueueFull` if they do not before ``deadline``. Several
+        producers counting at once may together go over by what they put
+        at that moment."""
+        limit = self.max_items
+        if limit is None:
+            return
+        delay = ROOM_POLL_MIN
+        while True:
+            read_by = deadline if not expired(deadline) else self._ctx.deadline()
+            held = self._segments.count(read_by)
+            if held + count <= limit:
+                return
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise QueueFull(self.name, held, limit)
+            self._check_open()
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(2 * delay, ROOM_POLL_MAX)
+
     def _put_once(
         self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
     ) -> None:
-        paths = self._paths
+        paths, segments = self._paths, self._segments
         acl = self._ctx.acl.acl(NodeKind.ITEM)
-
-        def ops(txn: Any, guid: str) -> None:
-            prefix = paths.item_prefix(priority, guid, wants_result=want_result)
-            for data in datas:
-                txn.create(prefix, data, acl=acl, sequence=True)
-
         while True:
+            seen = segments.current(deadline)
+            number, version = seen
+
+            def ops(txn: Any, guid: str, number: int = number, version: int = version) -> None:
+                txn.check(paths.base, version)
+                prefix = paths.item_prefix(priority, guid, wants_result=want_result, segment=number)
+                for data in datas:
+                    txn.create(prefix, data, acl=acl, sequence=True)
+
             outcome = self._ctx.writer.commit(ops, deadline, f"put to queue {self.name!r}")
             if outcome.applied:
+                if segments.full(outcome.results or ()):
+                    self._roll_after_put(seen, deadline)
                 return
-            if not isinstance(outcome.error, NoNodeError):
-                raise ZooKeeperError(f"put to queue {self.name!r}: {type(outcome.error).__name__}")
-            # the queue's nodes were removed: make them again
-            self._ready = False
-            self._ensure_paths(deadline)
+            error = outcome.error
+            if isinstance(error, BadVersionError):
+                segments.forget()  # another producer rolled on: read where to put now
+            elif isinstance(error, NoNodeError) and outcome.index == 0:
+                self._ready = False  # the queue's nodes were removed: make them again
+                self._ensure_paths(deadline)
+                segments.forget()
+            elif isinstance(error, NoNodeError):
+                segments.roll(seen, deadline)  # the segment was removed
+            else:
+                raise ZooKeeperError(f"put to queue {self.name!r}: {type(error).__name__}")
+
+    def _roll_after_put(self, seen: tuple[int, int], deadline: float | None) -> None:
+        """Roll on after a put that filled the segment. The put is done
+        whatever happens here: a failed roll is made by the next put."""
+        try:
+            self._segments.roll(seen, deadline)
+        except ZkPubSubError as exc:
+            logger.debug("queue %r: rolling to a new segment: %s", self.name, exc)
+            self._segments.forget()
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -250,6 +356,7 @@ class WorkQueue:
         workers: int = 1,
         prefetch: int = 1,
         on_error: Callable[[BaseException, Item], Any] | None = None,
+        max_lease: float = DEFAULT_MAX_LEASE,
     ) -> Consumer:
         """Run ``workers`` worker threads calling ``handler(item)`` for each
         item: a return acks it (with the return value as the result, when
@@ -257,12 +364,15 @@ class WorkQueue:
         Each worker reserves up to ``prefetch`` items in one transaction and
         acks the ones it finished in one transaction; a larger prefetch is
         faster, but holds items a little longer and redoes more of them if
-        the worker dies. Returns the :class:`Consumer`; ``stop()`` finishes
-        the items in hand and stops."""
+        the worker dies. With a ``visibility_timeout``, a thread of the
+        consumer extends the leases of the items in hand (each when half of
+        it is left) for up to ``max_lease`` seconds in all: a handler stuck
+        longer loses its item to another worker. Returns the
+        :class:`Consumer`; ``stop()`` finishes the items in hand and stops."""
         from .consumer import Consumer
 
         self._check_open()
-        return Consumer(self, handler, workers, on_error, prefetch)
+        return Consumer(self, handler, workers, on_error, prefetch, max_lease=max_lease)
 
     # -- looking at the queue ----------------------------------------------------------------
 
@@ -295,6 +405,7 @@ class WorkQueue:
         conn, kazoo = ctx.conn, ctx.conn.kazoo
         count = 0
         deadline = ctx.deadline()
+        item_acl = ctx.acl.acl(NodeKind.ITEM)
         with translated(f"replay dead letters of {self.name!r}"):
             self._ensure_paths(deadline)
             for dead in self.dead():
@@ -310,12 +421,22 @@ class WorkQueue:
                     continue
                 data, stat = letter
                 stale = None if result is None else result.version
-                outcome = ctx.writer.commit(
-                    _replay_ops(paths, dead, data, stat.version, stale, ctx.acl.acl(NodeKind.ITEM)),
-                    deadline,
-                    "replay",
-                )
-                # an error: someone else replayed or removed it
+                while True:
+                    seen = self._segments.current(deadline)
+                    ops = _ReplayOps(paths, dead, data, stat.version, stale, seen, item_acl)
+                    outcome = ctx.writer.commit(ops, deadline, "replay")
+                    if outcome.index == ops.check_index and isinstance(
+                        outcome.error, BadVersionError
+                    ):
+                        self._segments.forget()  # rolled on meanwhile
+                        continue
+                    if outcome.index == ops.check_index + 1 and isinstance(
+                        outcome.error, NoNodeError
+                    ):
+                        self._segments.roll(seen, deadline)  # the segment was removed
+                        continue
+                    break
+                # another error: someone else replayed or removed it
                 count += outcome.applied
         return count
 
@@ -347,13 +468,12 @@ def read_queue_stats(
     """The counts of one work queue (zero for folders that do not exist)."""
     kazoo = conn.kazoo
     stats = conn.read_all(
-        lambda: [
-            kazoo.exists_async(p) for p in (paths.items, paths.reserved, paths.dead, paths.workers)
-        ],
+        lambda: [kazoo.exists_async(p) for p in (paths.reserved, paths.dead, paths.workers)],
         deadline,
         "queue stats",
     )
-    items, reserved, dead, workers = [0 if stat is None else stat.numChildren for stat in stats]
+    reserved, dead, workers = [0 if stat is None else stat.numChildren for stat in stats]
+    items = count_items(conn, paths, deadline)
     return WorkQueueStats(name, max(0, items - reserved), reserved, dead, workers)
 
 
@@ -383,29 +503,38 @@ def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> lis
     ]
 
 
-def _replay_ops(
-    paths: WorkQueuePaths,
-    dead: DeadItem,
-    data: bytes,
-    version: int,
-    result: int | None,
-    acl: Any,
-) -> Any:
+class _ReplayOps:
     """Delete the dead letter (at the version read) and its unread result (if
-    ``result`` gives its version), and put its item back."""
-    item_data = dead_item_data(data)
-    parsed = parse_item_node(dead.name)
-    wants_result = bool(parsed and parsed[0])
+    ``result`` gives its version), and put its item back into the current
+    segment (checking the queue node's version). ``check_index`` is the
+    index of that check among the operations."""
 
-    def ops(txn: Any, guid: str) -> None:
+    def __init__(
+        self,
+        paths: WorkQueuePaths,
+        dead: DeadItem,
+        data: bytes,
+        version: int,
+        result: int | None,
+        seen: tuple[int, int],
+        acl: Any,
+    ) -> None:
+        parsed = parse_item_node(dead.name)
+        self.wants_result = bool(parsed and parsed.wants_result)
+        self.drop_result = result is not None and self.wants_result
+        self.check_index = 2 if self.drop_result else 1
+        self._args = (paths, dead, dead_item_data(data), version, result, seen)
+        self._acl = acl
+
+    def __call__(self, txn: Any, guid: str) -> None:
+        paths, dead, item_data, version, result, (segment, queue_version) = self._args
         txn.delete(paths.dead_letter(dead.name), version)
-        if result is not None and wants_result:
+        if self.drop_result:
             txn.delete(paths.result(dead.id), result)
+        txn.check(paths.base, queue_version)
         txn.create(
-            paths.item_prefix(dead.priority, guid, wants_result=wants_result),
+            paths.item_prefix(dead.priority, guid, wants_result=self.wants_result, segment=segment),
             item_data,
-            acl=acl,
+            acl=self._acl,
             sequence=True,
         )
-
-    return ops

@@ -1,7 +1,8 @@
 """The records of a work queue: what its nodes hold, and what callers see.
 
 An item node holds an envelope with exactly one message (the broadcast
-format). A reservation holds ``{"worker", "at"}``; a dead letter
+format). A reservation holds ``{"worker", "at"}`` and, for a leased one,
+``"lease"`` (seconds, counted from the node's ``mtime``); a dead letter
 ``{"v", "name", "item", "attempts", "reason", "at"}``; a result
 ``{"v", "status", "ct", "r", "reason", "at"}`` (msgpack maps, described in
 ``docs/wire-format.md``). Everything here is pure: no requests.
@@ -30,6 +31,7 @@ __all__ = [
     "dead_item_data",
     "dead_record",
     "decode_item",
+    "lease_of",
     "pack",
     "read_result",
     "reservation_record",
@@ -99,8 +101,13 @@ def decode_item(
     return entry, serializers.loads(entry.content_type, entry.body, path=path, data=data)
 
 
-def reservation_record(worker_id: str) -> bytes:
-    return pack({"worker": worker_id, "at": time.time()})
+def reservation_record(worker_id: str, lease: float | None = None) -> bytes:
+    """A reservation by ``worker_id``, leased for ``lease`` seconds from the
+    node's ``mtime`` (``None``: for as long as the worker's session lives)."""
+    doc: dict[str, Any] = {"worker": worker_id, "at": time.time()}
+    if lease is not None:
+        doc["lease"] = float(lease)
+    return pack(doc)
 
 
 def reserved_by(data: bytes) -> str | None:
@@ -110,6 +117,18 @@ def reserved_by(data: bytes) -> str | None:
     except Exception:
         return None
     return worker if isinstance(worker, str) else None
+
+
+def lease_of(data: bytes) -> float | None:
+    """The lease of a reservation in seconds (``None``: session-bound, or
+    unreadable)."""
+    try:
+        lease = msgpack.unpackb(data, raw=False).get("lease")
+    except Exception:
+        return None
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        return None
+    return float(lease)
 
 
 def result_doc(serializer: Serializer, status: str, result: Any = None, reason: str = "") -> bytes:
@@ -174,7 +193,7 @@ def dead_item_data(data: bytes) -> bytes:
 def dead_item(serializers: SerializerRegistry, path: str, name: str, data: bytes) -> DeadItem:
     """A dead letter as callers see it (what cannot be read shows as raw bytes)."""
     parsed = parse_item_node(name)
-    priority = parsed[1] if parsed else DEFAULT_PRIORITY
+    priority = parsed.priority if parsed else DEFAULT_PRIORITY
     try:
         doc = msgpack.unpackb(data, raw=False)
         item_data = doc["item"]

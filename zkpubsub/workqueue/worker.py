@@ -7,6 +7,12 @@ a worker of rank r among W tries first the items whose sequence number is
 r modulo W. Reserving, acking, releasing and moving an item to the dead
 letters are each one transaction whose checks the server enforces (see
 :mod:`zkpubsub.workqueue`).
+
+With a ``visibility_timeout`` a worker's reservations carry a lease (see
+:mod:`.leases`); every worker also takes over items whose lease ran out,
+whoever reserved them: when it lists the queue (at most once a second for
+this), it reads the reservations it already saw at its previous look and
+judges their leases by the server's clock.
 """
 
 from __future__ import annotations
@@ -21,16 +27,25 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from .. import envelope
 from .._context import Context
 from ..connection import deadline_after, first_error, remaining, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
-from ..layout import NodeKind, order_items, parse_item_node
-from .finishing import ack_all, bury, commit, holds, release
+from ..layout import (
+    NodeKind,
+    join,
+    order_items,
+    parse_item_node,
+    parse_segment_number,
+    segment_name,
+)
+from .finishing import ack_all, bury, commit, held_version, holds, release
 from .items import Item
-from .records import decode_item, reservation_record
+from .leases import ANCHOR_MAX_AGE, LEASE_SCAN_INTERVAL, ServerClock, check_lease
+from .records import decode_item, lease_of, reservation_record
+from .segments import classify
 
 __all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Worker", "ensure_queue", "rank_candidates"]
 
@@ -77,7 +92,7 @@ def rank_candidates(
     others: list[str] = []
     for name in ordered:
         parsed = parse_item_node(name)
-        (mine if parsed is not None and parsed[3] % count == rank else others).append(name)
+        (mine if parsed is not None and parsed.sequence % count == rank else others).append(name)
     return mine + others, foreign
 
 
@@ -89,10 +104,25 @@ class Worker:
     queue's worker registry.
     """
 
-    def __init__(self, ctx: Context, queue: str, *, max_attempts: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        queue: str,
+        *,
+        max_attempts: int,
+        visibility_timeout: float | None = None,
+    ) -> None:
         self._ctx = ctx
         self.queue = queue
         self.max_attempts = max_attempts
+        self.visibility_timeout = (
+            None if visibility_timeout is None else check_lease(visibility_timeout)
+        )
+        self.clock = ServerClock()
+        self._expired: dict[str, int] = {}  # item name -> version of its expired reservation
+        self._seen_reserved: set[str] = set()
+        self._scanned_at = 0.0
+        self.takeovers = 0  # items taken over from a holder whose lease ran out
         self._paths = ctx.layout.work_queue(queue)
         self.worker_id = f"{ctx.client_id}.{next(_numbers)}"
         self._lock = threading.Lock()
@@ -104,6 +134,7 @@ class Worker:
         self._ready = False
         self._worker_session: int | None = None
         self._closed = False
+        self._given_up: set[str] = set()  # foreign nodes that could not be moved
         self.conflicts = 0  # reservations lost to another worker at the last moment
 
     def __repr__(self) -> str:
@@ -123,15 +154,44 @@ class Worker:
             return
         kazoo = conn.kazoo
         path = self._paths.worker(self.worker_id)
-        stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
-        if stat is None or stat.ephemeralOwner != session:
-            with contextlib.suppress(NodeExistsError):  # ours, after a lost answer
-                conn.call(
-                    lambda: kazoo.create_async(path, b"", acl=conn.acl_for(path), ephemeral=True),
+        while True:
+            stat = conn.call(lambda: kazoo.exists_async(path), deadline, path)
+            if stat is not None and stat.ephemeralOwner == session:
+                break
+            if stat is not None:
+                # An earlier session of this client id (a process that died,
+                # whose registration was taken over) left it: worker ids
+                # are ours alone.
+                with contextlib.suppress(NoNodeError, BadVersionError):
+                    conn.call(
+                        functools.partial(kazoo.delete_async, path, stat.version), deadline, path
+                    )
+                continue
+            try:
+                _, created = conn.call(
+                    lambda: kazoo.create_async(
+                        path, b"", acl=conn.acl_for(path), ephemeral=True, include_data=True
+                    ),
                     deadline,
                     path,
                 )
+            except NodeExistsError:
+                continue  # ours after a lost answer, or the old one again: look
+            self.clock.saw(created.mtime)
+            break
         self._worker_session = session
+
+    def _read_clock(self, deadline: float | None) -> None:
+        """Learn the server's time: write our registration node, read its mtime."""
+        conn = self._ctx.conn
+        path = self._paths.worker(self.worker_id)
+        try:
+            stat = conn.call(functools.partial(conn.kazoo.set_async, path, b""), deadline, path)
+        except NoNodeError:
+            self._worker_session = None
+            self._ensure_worker(deadline)
+            return
+        self.clock.saw(stat.mtime)
 
     def stale(self) -> None:
         """Something became available: read the list anew before the next reserve."""
@@ -188,7 +248,8 @@ class Worker:
 
     def _refresh(self, deadline: float | None) -> bool:
         """List what is available and order it for this worker. True if any.
-        The listing leaves watches: a later put or release marks it stale."""
+        The listing leaves watches: a later put or release marks it stale.
+        Segments older than the current one are deleted once empty."""
         if not self._ready:
             ensure_queue(self._ctx, self.queue, deadline)
             self._ready = True
@@ -200,6 +261,7 @@ class Worker:
         try:
             answers = conn.read_all(
                 lambda: [
+                    kazoo.get_async(paths.base),
                     kazoo.get_children_async(paths.items, watch=self._on_change),
                     kazoo.get_children_async(paths.reserved, watch=self._on_change),
                     kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
@@ -207,19 +269,84 @@ class Worker:
                 deadline,
                 "list queue",
             )
+            if any(isinstance(answer, NoNodeError) for answer in answers):
+                self._ready = False
+                return False
+            (data, _), children, reserved, workers = answers
+            listing = classify(children)
+            listed = conn.read_all(
+                lambda: [
+                    kazoo.get_children_async(paths.segment(n), watch=self._on_change)
+                    for n in listing.segments
+                ],
+                deadline,
+                "list segments",
+            )
         except BaseException:
             self._stale = True
             raise
-        if any(isinstance(answer, NoNodeError) for answer in answers):
-            self._ready = False
-            return False
-        names, reserved, workers = answers
-        ranked, foreign = rank_candidates(names, reserved, workers, self.worker_id)
-        for name in foreign:
-            self._bury_foreign(name, deadline)
+        current = parse_segment_number(data) or 0
+        names = list(listing.legacy)
+        foreign = [(join(paths.items, name), name) for name in listing.foreign]
+        for number, in_segment in zip(listing.segments, listed, strict=True):
+            if isinstance(in_segment, NoNodeError):
+                continue
+            if not in_segment and number < current:
+                kazoo.delete_async(paths.segment(number))  # nobody puts there any more
+            for name in in_segment:
+                parsed = parse_item_node(name)
+                if parsed is not None and parsed.segment == number:
+                    names.append(name)
+                else:
+                    key = f"{segment_name(number)}.{name}"
+                    foreign.append((join(paths.segment(number), name), key))
+        expired = self._find_expired(reserved, deadline)
+        held = [name for name in reserved if name not in expired]
+        ranked, _ = rank_candidates(names, held, workers, self.worker_id)
+        for path, key in foreign:
+            if key not in self._given_up:
+                self._bury_foreign(path, key, deadline)
         with self._lock:
             self._candidates = deque(ranked)
             return bool(self._candidates)
+
+    def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, int]:
+        """The reservations whose lease ran out (name -> reservation node
+        version). Read at most every ``LEASE_SCAN_INTERVAL``, and only those
+        already there at the previous look: most reservations end sooner."""
+        now = time.monotonic()
+        if now - self._scanned_at < LEASE_SCAN_INTERVAL:
+            still = set(reserved)
+            self._expired = {n: v for n, v in self._expired.items() if n in still}
+            return self._expired
+        previous, self._seen_reserved = self._seen_reserved, set(reserved)
+        self._scanned_at = now
+        old = [name for name in reserved if name in previous]
+        self._expired = {}
+        if not old:
+            return self._expired
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        answers = conn.read_all(
+            lambda: [kazoo.get_async(paths.reservation(n)) for n in old], deadline, "leases"
+        )
+        leased = []
+        for name, answer in zip(old, answers, strict=True):
+            if isinstance(answer, NoNodeError):
+                continue
+            data, stat = answer
+            lease = lease_of(data)
+            if lease is not None:
+                leased.append((name, lease, stat))
+        if not leased:
+            return self._expired
+        age = self.clock.age()
+        if age is None or age > ANCHOR_MAX_AGE:
+            self._read_clock(deadline)
+        for name, lease, stat in leased:
+            if self.clock.expired(stat.mtime, lease):
+                self._expired[name] = stat.version
+        return self._expired
 
     def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
         ctx, paths = self._ctx, self._paths
@@ -228,35 +355,40 @@ class Worker:
             lambda: [kazoo.get_async(paths.item(n)) for n in names], deadline, "read items"
         )
         ready: list[_Ready] = []
+        expired = {n: self._expired.pop(n) for n in names if n in self._expired}
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, NoNodeError):
                 continue  # acked meanwhile
             data, stat = answer
+            lapsed = expired.get(name)
             try:
                 entry, payload = decode_item(ctx.serializers, paths.item(name), data)
             except DecodeError as exc:
-                self._bury(name, data, stat.version, f"undecodable: {exc}", None, deadline)
+                self._bury(name, data, stat.version, f"undecodable: {exc}", None, deadline, lapsed)
                 continue
             if stat.version >= self.max_attempts:
                 reason = f"reserved {stat.version} times without an ack (max_attempts)"
-                self._bury(name, data, stat.version, reason, entry, deadline)
+                self._bury(name, data, stat.version, reason, entry, deadline, lapsed)
                 continue
             ready.append((name, data, stat.version, entry, payload))
-        info = reservation_record(self.worker_id)
+        lease = self.visibility_timeout
+        info = reservation_record(self.worker_id, lease)
+        reservation_acl = self._ctx.acl.acl(NodeKind.RESERVATION)
         while ready:
             txn = kazoo.transaction()
-            for name, data, version, _, _ in ready:
-                txn.create(
-                    paths.reservation(name),
-                    info,
-                    acl=self._ctx.acl.acl(NodeKind.RESERVATION),
-                    ephemeral=True,
-                )
+            owners: list[int] = []  # the index in ready of each operation
+            for i, (name, data, version, _, _) in enumerate(ready):
+                if name in expired:  # its holder's lease ran out: take it over
+                    txn.delete(paths.reservation(name), expired[name])
+                    owners.append(i)
+                txn.create(paths.reservation(name), info, acl=reservation_acl, ephemeral=True)
                 txn.set_data(paths.item(name), data, version)
+                owners += [i, i]
+            sent = time.monotonic()
             try:
                 results = commit(self._ctx, txn, deadline, "reserve")
             except ConnectionLost:
-                ours = self.reserved_after_loss(ready, deadline)
+                ours = self.reserved_after_loss(ready, deadline, sent)
                 taken = {item.name for item in ours}
                 with self._lock:  # the others are still first in line
                     self._candidates.extendleft(
@@ -265,36 +397,98 @@ class Worker:
                 return ours
             index, error = first_error(results)
             if error is None:
+                received = time.monotonic()
+                stat = results[-1]
+                self.clock.saw(stat.mtime, received)
+                self.takeovers += sum(1 for name, *_ in ready if name in expired)
                 return [
-                    self._item(name, version + 1, entry, payload)
+                    self._item(name, version + 1, entry, payload, sent=sent)
                     for name, _, version, entry, payload in ready
                 ]
             # Taken by another worker (NodeExists), reserved and released
-            # meanwhile (BadVersion) or acked (NoNode): try the others.
+            # meanwhile (BadVersion), extended by its holder (BadVersion) or
+            # acked (NoNode): try the others.
             self.conflicts += 1
             self._outdated = True
-            del ready[index // 2]
+            del ready[owners[index]]
         return []
 
-    def reserved_after_loss(self, tried: list[_Ready], deadline: float | None) -> list[Item]:
+    def reserved_after_loss(
+        self, tried: list[_Ready], deadline: float | None, sent: float | None = None
+    ) -> list[Item]:
         """After a lost answer: the items whose reservation is ours. Another
         worker of the same client shares our session, so a reservation is
-        ours only if it also names this worker."""
+        ours only if it also names this worker. ``sent``: when the
+        reservation was sent (its lease counts from then)."""
+        sent = time.monotonic() if sent is None else sent
         ours = []
         for name, _, version, entry, payload in tried:
-            if self._holds(name, version + 1, deadline):
-                ours.append(self._item(name, version + 1, entry, payload))
+            held = held_version(self._ctx, self._paths, name, version + 1, self.worker_id, deadline)
+            if held is not None:
+                ours.append(self._item(name, version + 1, entry, payload, sent=sent, held=held))
         return ours
 
     def _holds(self, name: str, token: int, deadline: float | None) -> bool:
         return holds(self._ctx, self._paths, name, token, self.worker_id, deadline)
 
-    def _item(self, name: str, token: int, entry: envelope.Entry, payload: Any) -> Item:
+    def _item(
+        self,
+        name: str,
+        token: int,
+        entry: envelope.Entry,
+        payload: Any,
+        *,
+        sent: float,
+        held: int = 0,
+    ) -> Item:
         parsed = parse_item_node(name)
         assert parsed is not None
+        lease = self.visibility_timeout
         return Item(
-            self, name, entry, payload, token=token, priority=parsed[1], wants_result=parsed[0]
+            self,
+            name,
+            entry,
+            payload,
+            token=token,
+            priority=parsed.priority,
+            wants_result=parsed.wants_result,
+            lease=lease,
+            lease_until=None if lease is None else sent + lease,
+            reservation_version=held,
         )
+
+    def extend(self, item: Item, seconds: float | None) -> None:
+        """Renew ``item``'s lease for ``seconds`` from now (default: the
+        queue's ``visibility_timeout``), in one transaction that proves this
+        worker still holds it."""
+        item.check_unfinished()
+        lease = check_lease(
+            self.visibility_timeout if seconds is None else seconds, "the lease extension"
+        )
+        ctx, paths = self._ctx, self._paths
+        conn = ctx.conn
+        record = reservation_record(self.worker_id, lease)
+        deadline = ctx.deadline()
+        with translated(f"extend the lease of item {item.id}"):
+            while True:
+                txn = conn.kazoo.transaction()
+                txn.check(paths.item(item.name), item.token)
+                txn.set_data(paths.reservation(item.name), record, item.reservation_version)
+                sent = time.monotonic()
+                try:
+                    results = commit(ctx, txn, deadline, "extend a lease")
+                except ConnectionLost:
+                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, deadline)
+                    if held is None:
+                        raise ReservationLost(self.queue, item.id) from None
+                    item.renewed(held, item.lease, item.lease_until)
+                    continue  # extend again from the version read: no harm if it had landed
+                if first_error(results)[1] is not None:
+                    raise ReservationLost(self.queue, item.id)
+                stat = results[1]
+                self.clock.saw(stat.mtime)
+                item.renewed(stat.version, lease, sent + lease)
+                return
 
     # -- finishing items -------------------------------------------------------------------
 
@@ -341,17 +535,24 @@ class Worker:
         reason: str,
         entry: envelope.Entry | None,
         deadline: float | None,
+        lapsed: int | None = None,
     ) -> None:
-        bury(self._ctx, self.queue, name, data, version, reason, entry, deadline)
+        bury(self._ctx, self.queue, name, data, version, reason, entry, deadline, lapsed=lapsed)
 
-    def _bury_foreign(self, name: str, deadline: float | None) -> None:
+    def _bury_foreign(self, path: str, key: str, deadline: float | None) -> None:
+        """Move a node that is not a work item to the dead letters, as
+        ``key``; a node that cannot be moved (it has children) is left, and
+        not tried again by this worker."""
         conn = self._ctx.conn
-        path = self._paths.item(name)
         try:
             data, stat = conn.call(functools.partial(conn.kazoo.get_async, path), deadline, path)
         except NoNodeError:
             return
-        self._bury(name, data, stat.version, "not a zkpubsub work item", None, deadline)
+        reason = "not a zkpubsub work item"
+        if stat.numChildren or not bury(
+            self._ctx, self.queue, key, data, stat.version, reason, None, deadline, path=path
+        ):
+            self._given_up.add(key)
 
     def close(self) -> None:
         """Leave the worker registry. Idempotent."""

@@ -1,0 +1,151 @@
+"""Leases on work items (``visibility_timeout``): a stuck or dead holder's
+item comes back when its lease runs out, by the server's clock; extensions
+keep it; a zombie's ack is refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from zkpubsub import Client, Item, ReservationLost
+from zkpubsub.workqueue.leases import ServerClock
+
+from .helpers import wait_until
+from .procs import Child
+
+MakeClient = Callable[..., Client]
+
+
+def test_an_item_held_past_its_lease_goes_to_another_worker(make_client: MakeClient) -> None:
+    stuck = make_client().queue("leased", visibility_timeout=1.0)
+    other = make_client().queue("leased", visibility_timeout=1.0)
+    item_id = stuck.put("work")
+    held = stuck.reserve(5)
+    assert held is not None and held.lease == 1.0
+    assert 0.5 < (held.lease_left() or 0) <= 1.0
+    assert other.reserve(0.5) is None  # still leased
+    started = time.monotonic()
+    taken = other.reserve(10)
+    waited = time.monotonic() - started
+    assert taken is not None and (taken.id, taken.attempts) == (item_id, 2)
+    assert waited < 4.0, f"taken over {waited:.1f}s after the lease's end"
+    with pytest.raises(ReservationLost):
+        held.ack()  # the zombie changes nothing
+    with pytest.raises(ReservationLost):
+        held.extend()
+    taken.ack()
+    assert len(stuck) == 0
+
+
+def test_an_extended_lease_keeps_the_item(make_client: MakeClient) -> None:
+    holder = make_client().queue("kept", visibility_timeout=1.0)
+    other = make_client().queue("kept", visibility_timeout=1.0)
+    holder.put("long work")
+    item = holder.reserve(5)
+    assert item is not None
+    version = item.reservation_version
+    until = time.monotonic() + 3.5
+    while time.monotonic() < until:
+        item.extend()  # a second more, from now
+        assert other.reserve(0.4) is None
+    assert item.reservation_version > version
+    item.extend(30)  # any length
+    assert 29 < (item.lease_left() or 0) <= 30
+    item.ack()
+    assert other.reserve(0.2) is None
+
+
+def test_a_session_bound_reservation_is_never_taken_over(make_client: MakeClient) -> None:
+    holder = make_client().queue("plain")  # no visibility_timeout
+    other = make_client().queue("plain", visibility_timeout=0.5)
+    holder.put("x")
+    item = holder.reserve(5)
+    assert item is not None and item.lease is None and item.lease_left() is None
+    assert other.reserve(2.5) is None
+    item.extend(0.5)  # it may be given a lease later
+    taken = other.reserve(5)
+    assert taken is not None and taken.attempts == 2
+    taken.ack()
+
+
+def test_a_sigkilled_workers_item_comes_back_at_its_lease_not_its_session(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    """The child's session lasts 10 s; its lease 1 s."""
+    q = make_client().queue("killed", visibility_timeout=1.0)
+    item_id = q.put("resize")
+    with Child(zk_hosts, zk_root, "leased-worker", "hang-leased-worker", "killed", "1") as child:
+        assert child.expect("got").split()[1:] == [item_id, "1"]
+        child.kill()
+        killed = time.monotonic()
+    again = q.reserve(timeout=20)
+    waited = time.monotonic() - killed
+    assert again is not None and (again.id, again.attempts) == (item_id, 2)
+    assert waited < 6.0, f"came back after {waited:.1f}s"  # not the 10 s session
+    again.ack()
+
+
+def test_the_consumer_extends_the_leases_of_items_in_hand(make_client: MakeClient) -> None:
+    q = make_client().queue("slow", visibility_timeout=0.8)
+    q.put_many(["a", "b"])
+    done: list[str] = []
+
+    def slow(item: Item) -> None:
+        time.sleep(2.5)  # three leases long
+        done.append(item.payload)
+
+    consumer = q.consume(slow, prefetch=2)  # the second item waits in hand
+    rival = make_client().queue("slow", visibility_timeout=0.8)
+    assert rival.reserve(5.5) is None
+    wait_until(lambda: len(done) == 2, 20, "both handled")
+    consumer.stop()
+    assert consumer.stats().acked == 2 and consumer.stats().lost == 0
+
+
+def test_the_consumer_stops_extending_after_max_lease(make_client: MakeClient) -> None:
+    q = make_client().queue("stuck", visibility_timeout=0.5)
+    q.put("x")
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck(item: Item) -> None:
+        started.set()
+        release.wait(30)
+
+    consumer = q.consume(stuck, max_lease=1.0)
+    assert started.wait(10)
+    rival = make_client().queue("stuck", visibility_timeout=30)
+    taken = rival.reserve(10)
+    assert taken is not None and taken.attempts == 2
+    release.set()
+    wait_until(lambda: consumer.stats().lost == 1, 10, "the stuck handler's ack refused")
+    consumer.stop()
+    taken.ack()
+
+
+def test_bad_leases_are_refused(make_client: MakeClient) -> None:
+    client = make_client()
+    for bad in (0, -1, True, "5"):
+        with pytest.raises(ValueError, match="visibility_timeout"):
+            client.queue("q", visibility_timeout=bad)  # type: ignore[arg-type]
+    q = client.queue("q")
+    with pytest.raises(ValueError, match="max_lease"):
+        q.consume(lambda item: None, max_lease=0)
+    q.put(1)
+    item = q.reserve(5)
+    assert item is not None
+    with pytest.raises(ValueError):
+        item.extend()  # no visibility_timeout to extend by
+    item.ack()
+
+
+def test_the_server_clock_is_never_ahead() -> None:
+    clock = ServerClock()
+    assert clock.now_ms() is None and not clock.expired(0, 1.0)
+    clock.saw(1_000_000, received=time.monotonic() - 2.0)
+    now = clock.now_ms()
+    assert now is not None and 1_001_990 < now < 1_002_500
+    assert clock.expired(1_000_000, 1.5) and not clock.expired(1_000_000, 2.5)
