@@ -112,9 +112,12 @@ def test_a_cut_connection_while_messages_arrive_loses_nothing_and_keeps_order(
         assert states.count(ClientState.SUSPENDED) >= 3
 
 
-def watches_of(zk_hosts: str) -> str:
+def watches_of(zk_hosts: str) -> set[str]:
+    """The paths with a watch on the server (``wchp``: each path, then the
+    sessions watching it, indented)."""
     host, port = zk_hosts.split(",")[0].split(":")
-    return four_letter(host, int(port), "wchp")
+    out = four_letter(host, int(port), "wchp")
+    return {line.strip() for line in out.splitlines() if line.startswith("/")}
 
 
 def test_closing_the_last_subscription_removes_the_watch_from_the_server(

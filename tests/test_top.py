@@ -27,13 +27,13 @@ MakeClient = Callable[..., Client]
 def test_once_shows_clients_topics_backlogs_rates_work_queues_and_the_leader(
     make_client: MakeClient, zk_hosts: str, zk_root: str
 ) -> None:
-    reader = make_client(client_id="reader-1")
+    reader = make_client(client_id="reader-1", cleaner=False)  # the janitor stands alone
     reader.subscribe("prices")  # nobody reads it: its backlog grows
     host = make_client(client_id="janitor")
-    host.start_cleaner(grace=60).wait_leader(30)
+    assert host.start_cleaner(grace=60).wait_leader(30)
     jobs = host.queue("thumbs")
     jobs.put_many(["a", "b", "c"])
-    publisher = make_client()
+    publisher = make_client(cleaner=False)
     stop = threading.Event()
 
     def publish() -> None:

@@ -13,6 +13,7 @@ import functools
 
 from kazoo.exceptions import NoNodeError
 
+from .cleaner import read_candidate
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -25,8 +26,7 @@ from .layout import (
     DEFAULT_ROOT,
     Layout,
     join,
-    order_by_sequence,
-    parse_candidate_node,
+    order_candidates,
     validate_name,
 )
 from .serializers import SerializerRegistry, resolve
@@ -87,10 +87,7 @@ class Observer:
         conn = self._conn
         with translated("cleaner election"):
             names = conn.children(self._layout.candidates, self._deadline()) or []
-            ranked = order_by_sequence(
-                (parsed[1], name) for name in names if (parsed := parse_candidate_node(name))
-            )
-            for name in ranked:  # the lowest, unless it left meanwhile
+            for name in order_candidates(names):  # the lowest, unless it left meanwhile
                 path = join(self._layout.candidates, name)
                 try:
                     data, _ = conn.call(
@@ -98,7 +95,7 @@ class Observer:
                     )
                 except NoNodeError:
                     continue
-                return bytes(data).decode("utf-8", "replace") or "?"
+                return read_candidate(bytes(data))[0] or "?"
         return None
 
     def queues(self) -> list[str]:

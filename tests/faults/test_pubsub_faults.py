@@ -411,9 +411,14 @@ def test_the_checker_catches_a_subscriber_that_truncates_its_backlog_when_it_com
         ensemble, scenario, "/s8e-faulty", truncate_backlog=20
     )
     assert len(truncated) == 20, truncated
-    assert done.result.lost == len(truncated), done.result.describe()
-    assert set(done.result.lost_examples) <= {(name, key) for key in truncated}
-    assert done.result.per_subscriber[name]["lost"] == len(truncated)
+    # the oldest nodes may hold messages it had handled but not yet deleted
+    # when it was killed (deletes are batched): those it did get
+    got = {d.key for d in done.history.deliveries if d.subscriber == name}
+    never = [key for key in truncated if key not in got]
+    assert len(never) >= 10, (truncated, got)
+    assert done.result.lost == len(never), done.result.describe()
+    assert set(done.result.lost_examples) <= {(name, key) for key in never}
+    assert done.result.per_subscriber[name]["lost"] == len(never)
     assert not done.result.ok
     # the other subscribers were not affected
     others = [s.name for s in done.history.subscribers if s.name != name]
