@@ -10,6 +10,9 @@ queue TOPIC, print ``got <id> <attempts>`` and never ack;
 ``hang-leased-worker`` does the same with a lease of ARG seconds (the
 argument after TOPIC) and a 10 s session. ROLE ``long-subscriber``:
 subscribe to TOPIC on a 10 s session, host a cleaner, print ``ready``.
+ROLE ``evict-subscriber``: subscribe to TOPIC on a 10 s session, without a
+cleaner, with ``when_full="evict"`` and ``max_backlog`` ARG, never reading;
+print ``gap <reason>`` for each gap and ``evicted`` once the subscription is.
 Subscribers and cleaners print ``ready`` when set up.
 """
 
@@ -17,14 +20,19 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 from zkpubsub import Client, Message
 
 
 def main() -> None:
     hosts, root, client_id, role = sys.argv[1:5]
-    session_timeout = 10.0 if role in ("hang-leased-worker", "long-subscriber") else 2.0
-    client = Client(hosts, root=root, client_id=client_id, session_timeout=session_timeout)
+    long = ("hang-leased-worker", "long-subscriber", "evict-subscriber")
+    session_timeout = 10.0 if role in long else 2.0
+    cleaner = role != "evict-subscriber"
+    client = Client(
+        hosts, root=root, client_id=client_id, session_timeout=session_timeout, cleaner=cleaner
+    )
     if role == "hang-subscriber":
         topic = sys.argv[5]
 
@@ -42,6 +50,13 @@ def main() -> None:
         client.subscribe(sys.argv[5])
         client.start_cleaner()
         print("ready", flush=True)
+    elif role == "evict-subscriber":
+        client.add_gap_listener(lambda gap: print("gap", gap.reason, flush=True))
+        sub = client.subscribe(sys.argv[5], max_backlog=int(sys.argv[6]), when_full="evict")
+        print("ready", flush=True)
+        while not sub.evicted:
+            time.sleep(0.05)
+        print("evicted", flush=True)
     elif role == "hang-leased-worker":
         queue = client.queue(sys.argv[5], visibility_timeout=float(sys.argv[6]))
         item = queue.reserve(timeout=30)

@@ -206,9 +206,25 @@ def test_a_queue_at_its_byte_bound_is_full_too() -> None:
     assert plan(state(nodes=50), node_size=200.0) == Target("s", 3, 2, marker="", missed=2)
 
 
-def test_a_full_queue_that_asked_for_eviction_is_skipped() -> None:
-    evicting = QueueRecord(2, Backlog(max_nodes=100, max_bytes=10_000, when_full="evict"))
-    assert plan(state(nodes=100, record=evicting)) is None
+def test_a_full_queue_that_asked_for_eviction_is_marked_once_then_skipped() -> None:
+    evict = QueueRecord(2, Backlog(max_nodes=100, max_bytes=10_000, when_full="evict"))
+    marked = QueueRecord(2, evict.backlog, full=True)
+    # the first fan-out to find it full marks the record, at the version read
+    assert plan(state(nodes=100, record=evict)) == Target("s", 3, 2, flag=marked.encode())
+    # marked: skipped (its version checked), whatever its depth now
+    assert plan(state(nodes=100, record=marked)) == Target("s", 3, 2, skip=True)
+    assert plan(state(nodes=0, record=marked)) == Target("s", 3, 2, skip=True)
+    # not full: written as any other
+    assert plan(state(nodes=99, record=evict)) == Target("s", 3, 2)
+
+
+def test_a_marked_target_writes_only_the_record_and_is_not_reached() -> None:
+    record = QueueRecord(2, Backlog(max_nodes=1, max_bytes=10_000, when_full="evict"), full=True)
+    target = Target("s", 3, 2, flag=record.encode())
+    assert target.op_kinds(5) == ["queue"] and not target.writes
+    skip = Target("s", 3, 2, skip=True)
+    assert skip.op_kinds(5) == ["queue"] and not skip.writes
+    assert Target("s", 3, 2).writes and not Target("s", 3, 2, marker="").writes
 
 
 def test_a_segment_moves_on_at_its_size_or_near_the_counter_limit() -> None:
@@ -232,5 +248,9 @@ def test_a_full_queue_moving_on_starts_a_new_marker_in_the_new_segment() -> None
 def test_the_record_of_a_queue_survives_a_round_trip_and_old_queues_have_none() -> None:
     record = QueueRecord(12, Backlog(5, 6, "evict"))
     assert QueueRecord.decode(record.encode()) == record
+    marked = QueueRecord(12, Backlog(5, 6, "evict"), full=True)
+    assert QueueRecord.decode(marked.encode()) == marked and marked.evicting
+    assert b'"full"' not in record.encode()  # readers of version 2 records see no change
+    assert not QueueRecord(1, Backlog(when_full="drop"), full=True).evicting
     assert QueueRecord.decode(b"") is None
     assert QueueRecord.decode(b"durable") is None

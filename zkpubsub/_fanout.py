@@ -70,7 +70,11 @@ class Target:
     transaction moves the queue to ``segment``. ``marker`` is ``None`` to
     write the nodes, ``""`` to create an overflow marker instead (the queue
     is full), or the path of this publisher's marker to update; ``missed``
-    is then the marker's count.
+    is then the marker's count. ``flag`` is the queue's record marked
+    ``full`` (an ``evict`` queue found full): it is written, at ``version``,
+    and nothing else. ``skip``: the queue is marked so already; its version
+    is checked (so a publisher that read it before the queue was made anew
+    learns of it) and nothing written.
     """
 
     subscriber: str
@@ -80,8 +84,17 @@ class Target:
     marker: str | None = None
     missed: int = 0
     segment_acl: Any = field(default=None, compare=False)  # a new segment's ACL (None: open)
+    flag: bytes | None = None
+    skip: bool = False
+
+    @property
+    def writes(self) -> bool:
+        """Whether the fan-out writes the messages into this queue."""
+        return self.marker is None and self.flag is None and not self.skip
 
     def op_kinds(self, nodes: int) -> list[Op]:
+        if self.flag is not None or self.skip:
+            return ["queue"]
         kinds: list[Op] = ["queue"]
         if self.roll is not None:
             kinds.append("segment")
@@ -119,6 +132,12 @@ class FanOut:
         for target in self.targets:
             queue = layout.queue(target.subscriber, self.topic)
             segment = layout.segment(queue, target.segment)
+            if target.flag is not None:
+                txn.set_data(queue, target.flag, target.version)
+                continue
+            if target.skip:
+                txn.check(queue, target.version)
+                continue
             if target.roll is not None:
                 txn.set_data(queue, target.roll, target.version)
                 txn.create(segment, b"", acl=target.segment_acl)

@@ -9,7 +9,8 @@ the other queues of the topic, and between two reads advanced by what this
 publisher itself wrote. From that it decides,
 for each queue and each fan-out: write the nodes, move the queue to a fresh
 segment first, or — the queue being full — leave or count an overflow
-marker (``drop``) or skip it (``evict``).
+marker (``drop``), or mark the queue's record ``full`` once and skip it
+from then on (``evict``).
 
 Staleness and overshoot: another publisher's writes are seen only at the
 next read, so a queue can pass its bound by what the other publishers of
@@ -74,13 +75,20 @@ def decide(
     roll_at: int = ROLL_AT,
 ) -> Target | None:
     """What to do with one queue in the next fan-out of ``node_count`` nodes
-    (``messages`` messages): a :class:`Target`, or ``None`` to skip it (a
-    full queue whose subscriber asked to be evicted)."""
+    (``messages`` messages): a :class:`Target`, or ``None`` to leave it out
+    (a queue from before segments found full under ``evict``). The first
+    fan-out to find an ``evict`` queue full marks its record instead of
+    writing to it; later ones only check that it is still so marked."""
     record = state.record
     backlog = record.backlog if record is not None else default
     full = state.nodes >= backlog.max_nodes or state.nodes * node_size >= backlog.max_bytes
+    if record is not None and record.evicting:  # its subscription is being ended
+        return Target(subscriber, state.version, record.segment, skip=True)
     if full and backlog.when_full == "evict":
-        return None
+        if record is None:
+            return None
+        flag = replace(record, full=True).encode()
+        return Target(subscriber, state.version, record.segment, flag=flag)
     roll = record is None or state.current >= segment_nodes or state.counter >= roll_at
     segment = 0 if record is None else record.segment + int(roll)
     fresh = QueueRecord(segment, backlog).encode() if roll else None
@@ -286,6 +294,12 @@ class QueueStates:
                     continue
                 if results is None:  # answer lost and looked up: what it made is unknown
                     self._states[key] = replace(state, read_at=0.0, marker=None, missed=0)
+                    continue
+                if target.skip:
+                    continue
+                if target.flag is not None:
+                    state.version += 1
+                    state.record = QueueRecord.decode(target.flag)
                     continue
                 if target.roll is not None:
                     backlog = state.record.backlog if state.record else self._ctx.config.backlog

@@ -262,15 +262,20 @@ def release_dead_session(ctx: Context, session: int, deadline: float | None) -> 
             )
 
 
-def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | None) -> None:
+def prepare_queue(
+    ctx: Context, topic: str, backlog: Backlog, deadline: float | None
+) -> float | None:
     """Make this client's queue for ``topic`` exist with its record (bound,
     current segment) and that segment. A queue with no readable record (from
     before segments, or written over by someone) gets one naming a fresh
-    segment after any it has (its older nodes are still read first)."""
+    segment after any it has (its older nodes are still read first). A queue
+    marked full under ``evict`` is what an eviction left: it is deleted and
+    made anew, and the time it was marked (server clock) returned."""
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
     path = layout.queue(ctx.client_id, topic)
     queue_acl = ctx.acl.acl(NodeKind.QUEUE)
     segment_acl = ctx.acl.acl(NodeKind.SEGMENT)
+    evicted: float | None = None
     while True:
         try:
             data, stat = conn.call(lambda: kazoo.get_async(path), deadline, f"read {path}")
@@ -281,8 +286,15 @@ def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | 
             txn.create(layout.segment(path, 0), b"", acl=segment_acl)
         else:
             record = QueueRecord.decode(data)
+            if record is not None and record.full:
+                logger.warning(
+                    "%s: the subscription was evicted (its queue filled up); starting afresh", path
+                )
+                evicted = stat.mtime / 1000
+                delete_tree(conn, path, deadline)
+                continue
             if record is not None and record.backlog == backlog:
-                return
+                return evicted
             txn = kazoo.transaction()
             if record is None:
                 numbers = split_queue(conn.children(path, deadline) or [])[1]
@@ -295,7 +307,7 @@ def prepare_queue(ctx: Context, topic: str, backlog: Backlog, deadline: float | 
         with contextlib.suppress(ConnectionLost):  # look again either way
             if first_error(conn.result(txn.commit_async(), deadline, f"prepare {path}"))[1]:
                 continue  # changed under us (a roll, a concurrent subscribe): look again
-            return
+            return evicted
 
 
 def restore_client_data(ctx: Context, deadline: float | None) -> None:
@@ -332,14 +344,15 @@ def register_subscription(
     *,
     durable: bool = False,
     backlog: Backlog | None = None,
-) -> None:
+) -> float | None:
     """Queue first, then the subscriber node with a bump of the topic's
-    version in the same transaction."""
+    version in the same transaction. Returns when an evicted queue found in
+    the way was marked full (see :func:`prepare_queue`), else ``None``."""
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
     topic_path = layout.topic(topic)
     sub_path = layout.subscriber(topic, ctx.client_id)
     data = b"durable" if durable else b""
-    prepare_queue(ctx, topic, backlog or ctx.config.backlog, deadline)
+    evicted = prepare_queue(ctx, topic, backlog or ctx.config.backlog, deadline)
     while True:
         conn.ensure_path(topic_path, deadline)
         stat = conn.call(lambda: kazoo.exists_async(sub_path), deadline, sub_path)
@@ -348,7 +361,7 @@ def register_subscription(
         if stat is not None:
             owner = stat.ephemeralOwner
             if (durable and owner == 0) or (not durable and owner == session):
-                return  # already registered as asked (perhaps by a lost answer)
+                return evicted  # already registered as asked (perhaps by a lost answer)
             if owner not in (0, session):
                 # A dying session's node: it goes when that session expires.
                 if expired(deadline):
@@ -363,7 +376,7 @@ def register_subscription(
         except ConnectionLost:
             continue  # the exists() above tells whether it landed
         if not any(isinstance(r, Exception) for r in results):
-            return
+            return evicted
         # NodeExists / BadVersion: it changed under us; NoNode: the empty
         # topic node was removed in between. Look again.
 

@@ -18,9 +18,14 @@ publishers stop writing into it. With ``when_full="drop"`` (the default)
 each publisher leaves one overflow marker ``o<guid>-<seq>`` in the queue,
 whose data (:class:`OverflowMark`) counts the messages it skipped; the
 subscriber reaches the marker in queue order and hears of the gap. With
-``when_full="evict"`` publishers skip the queue without a marker, and the
-cleaner ends the subscription and removes its queue; the subscriber hears
-of that too.
+``when_full="evict"`` the first publisher to find the queue full marks its
+record ``full`` (at the version it read) and every publisher then skips it
+without a marker; the subscription is ended: by its own client, whose
+guard sees the record change (it deregisters, deletes the queue, and reports
+a gap with ``reason="backlog full: evicted"``), or, if that client does not
+act (a frozen process), by the leading cleaner at its next sweep, which
+deregisters it and deletes the queue's segments, leaving the marked record
+for the client to find when it wakes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Final, Literal
 __all__ = [
     "DEFAULT_MAX_BACKLOG",
     "DEFAULT_MAX_BACKLOG_BYTES",
+    "EVICTED",
     "ROLL_AT",
     "SEGMENT_NODES",
     "Backlog",
@@ -52,6 +58,8 @@ SEGMENT_NODES: Final = 10_000
 # counter saturates at 2^31 - 1 (16 million creations of margin).
 ROLL_AT: Final = 2**31 - 2**24
 RECORD_VERSION: Final = 2
+# The reason of the gap told when a subscription is evicted.
+EVICTED: Final = "backlog full: evicted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +87,26 @@ class QueueRecord:
 
     segment: int
     backlog: Backlog
+    # set by the first publisher that found an ``evict`` queue full: the
+    # subscription is to be ended (by its client, or the cleaner)
+    full: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "v": RECORD_VERSION,
-                "segment": self.segment,
-                "max_nodes": self.backlog.max_nodes,
-                "max_bytes": self.backlog.max_bytes,
-                "when_full": self.backlog.when_full,
-            },
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, object] = {
+            "v": RECORD_VERSION,
+            "segment": self.segment,
+            "max_nodes": self.backlog.max_nodes,
+            "max_bytes": self.backlog.max_bytes,
+            "when_full": self.backlog.when_full,
+        }
+        if self.full:
+            doc["full"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def evicting(self) -> bool:
+        """Whether the subscription is to be evicted (``evict`` and full)."""
+        return self.full and self.backlog.when_full == "evict"
 
     @classmethod
     def decode(cls, data: bytes) -> QueueRecord | None:
@@ -100,9 +116,10 @@ class QueueRecord:
             doc = json.loads(data)
             segment = int(doc["segment"])
             backlog = Backlog(int(doc["max_nodes"]), int(doc["max_bytes"]), doc["when_full"])
-        except (ValueError, TypeError, KeyError):
+            full = doc.get("full", False) is True
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
-        return cls(segment, backlog)
+        return cls(segment, backlog, full)
 
     def next(self) -> QueueRecord:
         return QueueRecord(self.segment + 1, self.backlog)

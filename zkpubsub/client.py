@@ -374,8 +374,10 @@ class Client:
         ``max_backlog_bytes`` bytes (defaults: the client's ``backlog``);
         when it is full, publishers skip it: ``when_full="drop"`` leaves a
         marker that becomes a gap notice (``reason="backlog full"``, with the
-        count missed) when the subscription reaches it; ``"evict"`` has the
-        cleaner end the subscription and remove its queue.
+        count missed) when the subscription reaches it; with ``"evict"`` the
+        subscription is ended and its queue removed (by this client, or by
+        the cleaner if this client cannot act), with a gap notice
+        (``reason="backlog full: evicted"``); ``sub.evicted`` then says so.
 
         ``durable=True`` (with an explicit ``client_id``) keeps the
         subscription registered while the client is away: publishers go on

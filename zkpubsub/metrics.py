@@ -42,6 +42,7 @@ cleaner_leader (1 while this client leads)     gauge
 cleaner_sweeps_total                           counter
 cleaner_queues_removed_total                   counter
 cleaner_nodes_removed_total                    counter
+cleaner_subscriptions_evicted_total            counter
 =============================================  ===========  =====================
 """
 
@@ -268,5 +269,10 @@ class ClientMetrics:
             ("zkpubsub_cleaner_sweeps", "sweeps", "Sweeps of the hosted cleaner."),
             ("zkpubsub_cleaner_queues_removed", "queues_removed", "Queues it removed."),
             ("zkpubsub_cleaner_nodes_removed", "nodes_removed", "Nodes it removed."),
+            (
+                "zkpubsub_cleaner_subscriptions_evicted",
+                "subscriptions_evicted",
+                "Subscriptions it ended because their queue filled up (evict).",
+            ),
         ):
             yield counter(name, text, value=getattr(stats, attr) if stats is not None else 0)

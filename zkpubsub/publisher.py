@@ -249,6 +249,10 @@ class Publisher:
         acl = self._ctx.acl
         queue = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
         cost = queue + _CHECK_OP_OVERHEAD
+        if target.flag is not None:
+            return cost + len(target.flag)
+        if target.skip:
+            return cost
         if target.roll is not None:
             cost += len(target.roll) + queue + CREATE_OP_OVERHEAD + acl.size(NodeKind.SEGMENT)
         if target.marker is None:
@@ -333,7 +337,7 @@ class Publisher:
                     self.queues.applied(topic, fan, outcome.results)
                     for target in chunk:
                         done.add(target.subscriber)
-                        bucket = result.reached if target.marker is None else result.skipped
+                        bucket = result.reached if target.writes else result.skipped
                         bucket.add(target.subscriber)
                     continue
                 if verdict.kind == "gone":

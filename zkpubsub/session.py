@@ -41,7 +41,7 @@ from ._registration import (
     restore_client_data,
     restore_subscription,
 )
-from .backlog import Backlog, QueueRecord
+from .backlog import EVICTED, Backlog, QueueRecord
 from .connection import Connection, deadline_after, translated
 from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
 from .layout import NodeKind
@@ -74,6 +74,10 @@ class Registered(Protocol):
 
     def restored(self) -> None:
         """Registered again on a new session: read the queue again."""
+
+    def evict(self) -> None:
+        """End it: its queue filled up under ``evict`` (deregister, delete
+        the queue, without waiting for a handler)."""
 
 
 class SubscriptionRegistry:
@@ -400,8 +404,11 @@ class Session:
                 data, _ = result.get_nowait()
             except Exception:
                 return  # gone (the deletion guard hears of it) or no connection
-            if QueueRecord.decode(data) is None:
+            record = QueueRecord.decode(data)
+            if record is None:
                 self._disturb(topic, "queue node changed")
+            elif record.evicting:  # a publisher found it full: end the subscription
+                self._disturb(topic, EVICTED)
 
         watcher = self._guard_watcher(topic, "queue")
         try:
@@ -433,9 +440,15 @@ class Session:
         affected: dict[str, tuple[str, float]] = {}
         try:
             with self._subs.lock:
+                subs = [s for t in disturbed if (s := self._subs.get(t)) is not None]
+                with translated("read queue records"):
+                    evicting = self._evictions(subs, ctx.deadline())
                 for topic, (reason, at) in disturbed.items():
                     sub = self._subs.get(topic)
                     if sub is None or ctx.is_closed():
+                        continue
+                    if topic in evicting:
+                        self._evict(sub, evicting[topic])
                         continue
                     with translated(f"register {topic!r} again"):
                         if self._intact(topic, sub.durable):
@@ -476,6 +489,36 @@ class Session:
                     "; ".join(reasons) + " by another client",
                 )
             )
+
+    def _evictions(self, subs: list[Registered], deadline: float | None) -> dict[str, float]:
+        """The topics of ``subs`` (those with ``when_full="evict"``) whose
+        queue's record is marked full, with when it was (server clock)."""
+        ctx = self._ctx
+        conn, kazoo, layout = ctx.conn, ctx.conn.kazoo, ctx.layout
+        candidates = [s for s in subs if s.bound.when_full == "evict"]
+        if not candidates:
+            return {}
+        answers = conn.read_all(
+            lambda: [kazoo.get_async(layout.queue(ctx.client_id, s.topic)) for s in candidates],
+            deadline,
+            "read queue records",
+        )
+        found: dict[str, float] = {}
+        for sub, answer in zip(candidates, answers, strict=True):
+            if isinstance(answer, Exception):
+                continue  # gone: the guard restores it, or it is being deleted
+            record = QueueRecord.decode(answer[0])
+            if record is not None and record.evicting:
+                found[sub.topic] = answer[1].mtime / 1000
+        return found
+
+    def _evict(self, sub: Registered, since: float) -> None:
+        """End ``sub`` (its queue filled up under ``evict``) and tell the gap."""
+        try:
+            sub.evict()
+        except ZkPubSubError as exc:  # the cleaner deregisters it if we could not
+            logger.warning("client %s: evicting %r: %s", self._ctx.client_id, sub.topic, exc)
+        self.emit_gap(Gap(frozenset({sub.topic}), since, time.time(), EVICTED))
 
     def _intact(self, topic: str, durable: bool) -> bool:
         """Whether the subscription node and the queue node of ``topic`` are
@@ -562,6 +605,11 @@ class Session:
                     register_client(ctx, deadline, owner_wait=ctx.config.request_timeout)
                     subs = self._subs.all()
                     purged = check_purge(ctx, deadline, (sub.topic for sub in subs))
+                    evicting = self._evictions(subs, deadline)
+                    for sub in subs:
+                        if sub.topic in evicting:
+                            self._evict(sub, evicting[sub.topic])
+                    subs = [sub for sub in subs if sub.topic not in evicting]
                     topics = [sub.topic for sub in subs if not sub.durable]
                     for sub in subs:
                         register_subscription(

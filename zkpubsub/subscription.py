@@ -43,7 +43,7 @@ from ._callables import refuse_awaitable
 from ._context import Context
 from ._pump import ReceivePump
 from ._registration import delete_queue, register_subscription, unregister_subscription
-from .backlog import Backlog, OverflowMark
+from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import deadline_after, translated
 from .errors import ZkPubSubError
@@ -138,6 +138,7 @@ class Subscription:
         self._pump = pump
         self._holding: Delivery | None = None  # get(): handed out, not acked
         self._closed = False
+        self._evicted = False
         self._close_lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
         if handler is not None:
@@ -153,7 +154,7 @@ class Subscription:
             self._registry.add(self)
             try:
                 with translated(f"subscribe to {self._topic!r}"):
-                    register_subscription(
+                    evicted = register_subscription(
                         ctx,
                         self._topic,
                         ctx.deadline(),
@@ -165,6 +166,10 @@ class Subscription:
                 self._registry.discard(self)
                 raise
             self._registry.registered(self)
+        if evicted is not None and self._report_gap is not None:
+            # an earlier subscription of this id was evicted: what it missed
+            # is told to this one, which has its (now empty) queue
+            self._report_gap(Gap(frozenset({self._topic}), evicted, time.time(), EVICTED))
         self._pump.attach(self._topic, self._buffer, self._backlog)
         if self._dispatcher is not None:
             self._dispatcher.start()
@@ -191,6 +196,12 @@ class Subscription:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def evicted(self) -> bool:
+        """Whether the subscription was ended because its queue filled up
+        under ``when_full="evict"`` (it is then closed, and a gap told)."""
+        return self._evicted
 
     @property
     def delivered(self) -> int:
@@ -423,6 +434,29 @@ class Subscription:
             self._ack_held()
             self._pump.detach(self._topic, self._ctx.config.request_timeout)
         self._deregister(drop_queue=drop_queue)
+
+    def evict(self) -> None:
+        """End the subscription because its queue filled up under ``evict``
+        (the session does this when it sees the queue's record marked): stop
+        at once (a handler still running is not waited for: its message goes
+        with the queue), deregister and delete the queue. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._evicted = True
+        logger.warning(
+            "subscription %r evicted: its queue filled up (max_backlog %d nodes, %d bytes)",
+            self._topic,
+            self._backlog.max_nodes,
+            self._backlog.max_bytes,
+        )
+        self._stopping.set()
+        self._buffer.close()
+        with self._buffer.cond:
+            self._holding = None
+        self._pump.detach(self._topic, self._ctx.config.request_timeout)
+        self._deregister(drop_queue=True)
 
     def _deregister(self, *, drop_queue: bool) -> None:
         """Leave the client's open subscriptions; remove the registration if
