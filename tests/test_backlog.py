@@ -130,3 +130,29 @@ def test_the_bound_travels_with_the_queue_and_a_client_wide_default_applies(
     assert QueueRecord.decode(b) == QueueRecord(0, Backlog(9, 5000, "evict"))
     with pytest.raises(ValueError, match="when_full"):
         client.subscribe("c", when_full="block")  # type: ignore[arg-type]
+
+
+def test_a_batch_split_over_several_transactions_counts_each_skipped_message_once(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    stuck = Stuck()
+    gaps: list[Gap] = []
+    slow = make_client(client_id="slow")
+    slow.add_gap_listener(gaps.append)
+    slow.subscribe("t", stuck, max_backlog=5)
+    publisher = make_client(max_message_bytes=2000, max_transaction_bytes=8000)
+    singles = 0
+    while not publisher.publish("t", singles).skipped:  # until its queue is full
+        singles += 1
+        assert singles < 50
+    # 30 messages of one node each, five or so to a transaction
+    batch = publisher.publish_many("t", ["x" * 1500] * 30)
+    assert batch.skipped == 1 and batch.transactions >= 6
+    entries = queue_entries(raw_zk, zk_root, "slow", "t") or []
+    assert len([e for e in entries if e.rsplit("/", 1)[-1].startswith("o")]) == 1
+    stuck.release.set()
+    wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
+    (gap,) = [g for g in gaps if g.reason == "backlog full"]
+    # the single that found it full and the whole batch, each counted once
+    assert gap.missed == 1 + 30
+    assert stuck.seen.wait(singles) == list(range(singles))

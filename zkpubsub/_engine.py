@@ -422,13 +422,13 @@ class PublishEngine:
         if not requests:
             return
         try:
-            nodes = envelope.pack(entries, self._ctx.config.max_message_bytes)
+            nodes, counts = envelope.pack_counted(entries, self._ctx.config.max_message_bytes)
             result = publisher.fan_out(
                 topic,
                 nodes,
                 self._batch_deadline(requests),
                 lane.targets,
-                messages=len(entries),
+                counts=counts,
                 progress=lambda what: setattr(lane, "activity", what),
             )
         except OperationTimeout as exc:

@@ -152,22 +152,31 @@ def pack(entries: Sequence[Entry], limit: int) -> list[bytes]:
     """Entries packed, in order, into as few envelopes of at most ``limit``
     bytes as they fit in. Raises :class:`PayloadTooLarge` for an entry that
     does not fit even alone."""
+    return pack_counted(entries, limit)[0]
+
+
+def pack_counted(entries: Sequence[Entry], limit: int) -> tuple[list[bytes], list[int]]:
+    """:func:`pack`, with how many entries each envelope holds (an overflow
+    marker counts messages, not nodes)."""
     nodes: list[bytes] = []
+    counts: list[int] = []
     group: list[Entry] = []
     size = ENVELOPE_OVERHEAD
     for entry in entries:
         entry_size = check_size(entry, limit) - EMPTY_ENVELOPE
         if group and size + entry_size > limit:
             nodes.append(encode(group))
+            counts.append(len(group))
             group, size = [], ENVELOPE_OVERHEAD
         group.append(entry)
         size += entry_size
     if group:
         nodes.append(encode(group))
+        counts.append(len(group))
     for data in nodes:  # the estimate is exact for msgpack, but be sure
         if len(data) > limit:
             raise PayloadTooLarge(len(data), limit)
-    return nodes
+    return nodes, counts
 
 
 def decode(data: bytes) -> list[Entry]:

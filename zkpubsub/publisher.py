@@ -266,19 +266,23 @@ class Publisher:
         deadline: float | None,
         targets: Targets,
         *,
-        messages: int = 1,
+        counts: Sequence[int] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> FanOutResult:
         """Write ``nodes`` (in order) into every subscriber's queue, split over
         several transactions if they do not fit in one; a full queue gets an
-        overflow marker (or nothing) instead. Raises ``OperationTimeout``
-        when ``deadline`` passes first."""
+        overflow marker (or nothing) instead, counting the messages each
+        transaction left out (``counts``: messages per node, one each by
+        default). Raises ``OperationTimeout`` when ``deadline`` passes first."""
+        if counts is not None and len(counts) != len(nodes):
+            raise ValueError(f"{len(counts)} message counts for {len(nodes)} nodes")
         result = FanOutResult()
         budget = self.budget(topic)
         sizes = [self.op_size(topic, d) for d in nodes]
         for indexes in plan_rounds(sizes, budget):
             part = [nodes[i] for i in indexes]
             per_target = sum(sizes[i] for i in indexes)
+            messages = sum(counts[i] for i in indexes) if counts is not None else len(indexes)
             self._round(topic, part, per_target, messages, deadline, targets, result, progress)
         return result
 
