@@ -167,17 +167,22 @@ class Worker:
                         functools.partial(kazoo.delete_async, path, stat.version), deadline, path
                     )
                 continue
-            try:
-                _, created = conn.call(
-                    lambda: kazoo.create_async(
-                        path, b"", acl=conn.acl_for(path), ephemeral=True, include_data=True
-                    ),
-                    deadline,
-                    path,
-                )
-            except NodeExistsError:
+
+            def register() -> Any:
+                # create and touch in one transaction: the touch's stat gives
+                # the server's time (a create returning its stat needs 3.5+)
+                txn = kazoo.transaction()
+                txn.create(path, b"", acl=conn.acl_for(path), ephemeral=True)
+                txn.set_data(path, b"", -1)
+                return txn.commit_async()
+
+            results = conn.call(register, deadline, path)
+            _, error = first_error(results)
+            if isinstance(error, NodeExistsError):
                 continue  # ours after a lost answer, or the old one again: look
-            self.clock.saw(created.mtime)
+            if error is not None:
+                raise error
+            self.clock.saw(results[1].mtime)
             break
         self._worker_session = session
 
