@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from zkpubsub import Client, ClientState
+from zkpubsub import Client, ClientState, ZooKeeperError
+from zkpubsub.connection import parse_srvr_version, server_version
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 
@@ -19,10 +20,25 @@ from .helpers import Collector, wait_until
 MakeClient = Callable[..., Client]
 
 
+def version_of(zk_hosts: str) -> tuple[int, int, int]:
+    host, _, port = zk_hosts.split(",")[0].rpartition(":")
+    version = server_version(host, int(port), 5.0)
+    assert version is not None, "the test server tells its version"
+    return version
+
+
+@pytest.fixture
+def persistent_watches(zk_hosts: str) -> None:
+    if version_of(zk_hosts) < (3, 6, 0):
+        pytest.skip("persistent watches need ZooKeeper 3.6+")
+
+
 @pytest.mark.parametrize("mode", ["persistent", "listing"])
 def test_both_ways_of_hearing_of_messages_deliver_everything_in_order(
-    make_client: MakeClient, mode: str
+    make_client: MakeClient, zk_hosts: str, mode: str
 ) -> None:
+    if mode == "persistent" and version_of(zk_hosts) < (3, 6, 0):
+        pytest.skip("persistent watches need ZooKeeper 3.6+")
     got = {topic: Collector() for topic in ("a", "b")}
     subscriber = make_client(watch_mode=mode)
     for topic, collector in got.items():
@@ -68,6 +84,7 @@ def requests_per_node(make_client: MakeClient, mode: str, topic: str) -> float:
 
 def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
     make_client: MakeClient,
+    persistent_watches: None,
 ) -> None:
     listing = requests_per_node(make_client, "listing", "a")
     persistent = requests_per_node(make_client, "persistent", "b")
@@ -77,7 +94,7 @@ def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
 
 
 def test_a_cut_connection_while_messages_arrive_loses_nothing_and_keeps_order(
-    make_client: MakeClient, zk_hosts: str
+    make_client: MakeClient, persistent_watches: None, zk_hosts: str
 ) -> None:
     host, port = zk_hosts.split(",")[0].split(":")
     with TcpProxy((host, int(port)), name="receive") as proxy:
@@ -121,7 +138,7 @@ def watches_of(zk_hosts: str) -> set[str]:
 
 
 def test_closing_the_last_subscription_removes_the_watch_from_the_server(
-    make_client: MakeClient, zk_hosts: str, zk_root: str
+    make_client: MakeClient, persistent_watches: None, zk_hosts: str, zk_root: str
 ) -> None:
     client = make_client(watch_mode="persistent")
     base = f"{zk_root}/messages/{client.client_id}"
@@ -139,7 +156,9 @@ def test_closing_the_last_subscription_removes_the_watch_from_the_server(
     assert again.wait(1) == ["back"]
 
 
-def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(make_client: MakeClient) -> None:
+def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(
+    make_client: MakeClient, persistent_watches: None
+) -> None:
     subscriber = make_client(watch_mode="persistent")
     handled: list[Any] = []
     sub = subscriber.subscribe("t", handled.append)
@@ -155,3 +174,28 @@ def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(make_client: M
     again = Collector()
     subscriber.subscribe("t", again)
     assert len(again.wait(backlog)) == backlog  # what was not handled is still queued
+
+
+def test_the_server_version_is_read_from_the_srvr_answer() -> None:
+    answer = "Zookeeper version: 3.4.13-2d71af4dbe22557fda74f9a9b4309b15a7487f03, built on\n"
+    assert parse_srvr_version(answer) == (3, 4, 13)
+    assert parse_srvr_version("srvr is not executed because it is not in the whitelist.") is None
+
+
+def test_watch_mode_auto_uses_what_the_server_has_and_persistent_demands_it(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    has = version_of(zk_hosts) >= (3, 6, 0)
+    auto = make_client()
+    got = Collector()
+    auto.subscribe("t", got)
+    make_client().publish("t", "either way")
+    assert got.wait(1) == ["either way"]
+    assert auto._pump.persistent is has  # decided before the pump's first read
+    if has:
+        demanding = make_client(watch_mode="persistent")
+        demanding.subscribe("t", Collector())
+        wait_until(lambda: demanding._pump.persistent, 10, "the watch set")
+    else:
+        with pytest.raises(ZooKeeperError, match=r"3\.6"):
+            make_client(watch_mode="persistent")

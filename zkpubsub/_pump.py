@@ -277,9 +277,13 @@ class ReceivePump:
             return
         ok = self._conn.watch_tree(self._base, self._on_event, self._ctx.deadline())
         if not ok:
-            if self._mode == "persistent":
-                raise ZkPubSubError("the server has no persistent watches (ZooKeeper < 3.6)")
-            logger.info("the server has no persistent watches: queues are listed on change")
+            if self._mode == "persistent":  # the server said so only now (3.5)
+                logger.error(
+                    "watch_mode='persistent', but the server has no persistent watches "
+                    "(ZooKeeper < 3.6): queues are listed on change instead"
+                )
+            else:
+                logger.info("the server has no persistent watches: queues are listed on change")
         self._watching = ok
         self.relist()  # whatever came before the watch was set
 

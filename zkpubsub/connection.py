@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -230,6 +231,34 @@ def _tls_context(tls: Tls) -> ssl.SSLContext:
     return context
 
 
+_SRVR_VERSION = re.compile(r"Zookeeper version: (\d+)\.(\d+)\.(\d+)")
+
+
+def parse_srvr_version(answer: str) -> tuple[int, int, int] | None:
+    """The server version in an answer to the ``srvr`` command, if it has one."""
+    match = _SRVR_VERSION.search(answer)
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+
+
+def server_version(host: str, port: int, timeout: float) -> tuple[int, int, int] | None:
+    """Ask a server its version with ``srvr`` (the one four-letter command
+    every version answers by default); ``None`` when it does not say (a
+    secure-only port, the command not allowed, no answer in ``timeout``)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"srvr")
+            chunks = []
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError:
+        return None
+    return parse_srvr_version(b"".join(chunks).decode("utf-8", "replace"))
+
+
 def probe_tls(hosts: list[tuple[str, int]], tls: Tls, timeout: float) -> None:
     """Shake hands with each server before kazoo does (kazoo would retry a
     refused handshake forever, quietly). Raises :class:`TlsError` when every
@@ -305,6 +334,8 @@ class Connection:
         # the session was known alive at this (wall-clock) time, no later
         self.session_lost_since: float | None = None
         self._watches: EventHook | None = None  # made on the first persistent watch
+        # whether the server has persistent watches: None until asked
+        self.persistent_watches: bool | None = None
         self._requests = 0
         self._requests_lock = threading.Lock()
         send = self.kazoo._call  # counted, for the requests each delivery costs
@@ -332,7 +363,8 @@ class Connection:
             self._connected_at = time.time()
             # Persistent watches do not outlive a connection: add them again
             # now, before any request sent after this reconnect.
-            for path in self._watches.paths() if self._watches is not None else []:
+            watched = self._watches.paths() if self._watches is not None else []
+            for path in watched if self.persistent_watches is not False else []:
                 self._add_watch_async(path).rawlink(_log_watch_failure)
             self.connected.set()
         else:
@@ -432,6 +464,38 @@ class Connection:
 
     # -- persistent recursive watches (ZooKeeper 3.6+) ------------------------------
 
+    def has_persistent_watches(self) -> bool:
+        """Whether the server has persistent watches (ZooKeeper 3.6+). Asked
+        once, with ``srvr``, before any ``addWatch`` is sent: a server older
+        than 3.5 does not answer an unknown request but drops the connection,
+        and every request sent with it. A server that does not tell its
+        version is taken to have them (3.5 refuses ``addWatch`` cleanly)."""
+        if self.persistent_watches is None:
+            version = self._server_version()
+            self.persistent_watches = version is None or version >= (3, 6, 0)
+            if version is not None and not self.persistent_watches:
+                logger.info("ZooKeeper %s has no persistent watches", ".".join(map(str, version)))
+        return self.persistent_watches
+
+    def _server_version(self) -> tuple[int, int, int] | None:
+        """The version of the server this client is connected to (or, before
+        the first connection, of the first one that says)."""
+        if self.tls is not None:
+            return None  # a secure port speaks only TLS (and TLS came with 3.5)
+        handler = getattr(self.kazoo, "_connection", None)
+        sock = getattr(handler, "_socket", None)
+        peers: list[tuple[str, int]] = []
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
+            peers.append((str(host), int(port)))
+        if not peers:
+            peers = [(str(h), int(p)) for h, p in self.kazoo.hosts]
+        for host, port in peers:
+            version = server_version(host, port, 2.0)
+            if version is not None:
+                return version
+        return None
+
     def _add_watch_async(self, server_path: str) -> Any:
         result = self.kazoo.handler.async_result()
         self.kazoo._call(AddWatch(server_path, PERSISTENT_RECURSIVE), result)
@@ -447,6 +511,8 @@ class Connection:
         request of the new connection, so a read made after a reconnect sees
         what its events missed. ``False`` if the server does not have such
         watches (before ZooKeeper 3.6): nothing is watched then."""
+        if not self.has_persistent_watches():
+            return False
         server_path = self.kazoo.chroot + path
         if self._watches is None:
             self._watches = EventHook(self.kazoo)
@@ -454,6 +520,7 @@ class Connection:
         try:
             self.call(lambda: self._add_watch_async(server_path), deadline, f"watch {path}")
         except UnimplementedError:
+            self.persistent_watches = False
             self._watches.unwatch(server_path)
             return False
         except BaseException:

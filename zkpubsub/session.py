@@ -43,7 +43,7 @@ from ._registration import (
 )
 from .backlog import EVICTED, Backlog, QueueRecord
 from .connection import Connection, deadline_after, translated
-from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError
+from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError, ZooKeeperError
 from .layout import NodeKind
 from .state import ClientState, Gap, Notifier
 
@@ -162,6 +162,11 @@ class Session:
         try:
             self._ensure_chroot()
             ctx.conn.start(config.connect_timeout)
+            if config.watch_mode == "persistent" and not ctx.conn.has_persistent_watches():
+                raise ZooKeeperError(
+                    "watch_mode='persistent' needs persistent watches (ZooKeeper 3.6+), "
+                    "which this server does not have: use 'auto' or 'listing'"
+                )
             deadline = deadline_after(max(config.connect_timeout, config.owner_wait + 5))
             with translated("register client"):
                 for path in ctx.layout.base_paths():
