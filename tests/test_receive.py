@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from zkpubsub import Client, ClientState, ZooKeeperError
-from zkpubsub.connection import parse_srvr_version, server_version
+from zkpubsub._probes import parse_srvr_version, server_version
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 

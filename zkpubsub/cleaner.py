@@ -59,8 +59,8 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
 from ._context import Context
+from ._evictions import sweep_evictions
 from ._tree import DELETE_BATCH, Guard, Refused, delete_batch, delete_tree, guarded_commit
-from .backlog import QueueRecord
 from .config import DEFAULT_RESULT_TTL, check_grace
 from .connection import Connection, deadline_after, first_error
 from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
@@ -483,93 +483,11 @@ class Cleaner:
             if now - since >= self.grace and not self._stop.is_set():
                 self._purge(me, cid, registered.get(cid, []))
                 absent_since.pop(cid, None)
-        self._sweep_evictions(me, live & with_queues, evict_seen)
+        sweep_evictions(
+            self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
+        )
         self._sweep_topics(me, topics, empty_since)
         self._sweep_results(me)
-
-    def _sweep_evictions(
-        self, me: str, clients: set[str], seen: dict[tuple[str, str, int], float]
-    ) -> None:
-        """End the subscriptions of live ``clients`` whose queue a publisher
-        marked full under ``evict`` and whose own client has not ended them
-        (a frozen process): at the first sweep after the one that saw the
-        mark, deregister the subscription and delete the queue's segments.
-        The marked record stays, for the client to find when it wakes (it
-        then deletes the queue and tells the gap)."""
-        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
-        deadline = self._deadline()
-        owners = sorted(clients)
-        listings = conn.read_all(
-            lambda: [kazoo.get_children_async(layout.client_messages(c)) for c in owners],
-            deadline,
-            "list queues",
-        )
-        queues = [
-            (cid, topic)
-            for cid, names in zip(owners, listings, strict=True)
-            if not isinstance(names, Exception)
-            for topic in names
-        ]
-        if not queues:
-            seen.clear()
-            return
-        heads = conn.read_all(
-            lambda: [kazoo.get_async(layout.queue(c, t)) for c, t in queues],
-            deadline,
-            "read queue records",
-        )
-        now = time.monotonic()
-        marked: set[tuple[str, str, int]] = set()
-        for (cid, topic), head in zip(queues, heads, strict=True):
-            if isinstance(head, Exception):
-                continue
-            record = QueueRecord.decode(head[0])
-            stat = head[1]
-            if record is None or not record.evicting or stat.numChildren == 0:
-                continue  # not marked, or evicted already (its segments are gone)
-            key = (cid, topic, stat.version)
-            marked.add(key)
-            first = seen.setdefault(key, now)
-            if first == now or self._stop.is_set():
-                continue  # its own client may still act
-            self._evict(me, cid, topic, stat.version)
-        for key in list(seen):
-            if key not in marked:
-                del seen[key]
-
-    def _evict(self, me: str, cid: str, topic: str, version: int) -> None:
-        conn, layout = self._conn, self._layout
-        queue = layout.queue(cid, topic)
-        deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
-
-        def guard(txn: Any) -> int:
-            txn.check(me, -1)  # still leading, on this session
-            txn.check(queue, version)  # still the marked record
-            return 2
-
-        def unregister(txn: Any) -> None:
-            txn.delete(layout.subscriber(topic, cid))
-            txn.set_data(layout.topic(topic), b"", -1)
-
-        try:
-            error = guarded_commit(conn, guard, unregister, deadline, "evict")
-            names = conn.children(queue, deadline) or []
-            segments = [join(queue, n) for n in names if parse_segment_node(n) is not None]
-            nodes = sum(delete_tree(conn, path, deadline, guard=guard) - 1 for path in segments)
-        except Refused:
-            if conn.call(lambda: conn.kazoo.exists_async(me), deadline, "election") is None:
-                raise Refused("fence") from None
-            return  # the client ended it itself, or subscribed afresh
-        self._count("subscriptions_evicted")
-        self._count("nodes_removed", max(0, nodes))
-        logger.warning(
-            "cleaner: evicted the subscription of %s to %r (its queue filled up)%s; "
-            "%d message node(s) removed",
-            cid,
-            topic,
-            "" if error is None else " (it was not registered)",
-            max(0, nodes),
-        )
 
     def _wake_on_event(self, event: object) -> None:  # kazoo's thread
         self._wake.set()

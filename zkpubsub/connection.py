@@ -32,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +68,7 @@ from ._persistent import (
     EventHook,
     RemoveWatches,
 )
+from ._probes import probe_tls, server_version
 from .errors import (
     AuthenticationFailed,
     ClientClosed,
@@ -77,7 +76,6 @@ from .errors import (
     ConnectTimeout,
     NotAuthorized,
     OperationTimeout,
-    TlsError,
     ZkPubSubError,
     ZooKeeperError,
 )
@@ -215,83 +213,6 @@ def kazoo_security(auth: tuple[Auth | Sasl, ...], tls: Tls | None) -> dict[str, 
             check_hostname=tls.check_hostname,
         )
     return options
-
-
-def _tls_context(tls: Tls) -> ssl.SSLContext:
-    """The context kazoo builds from the same settings."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = tls.check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE
-    if tls.ca:
-        context.load_verify_locations(tls.ca)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if tls.certfile and tls.keyfile:
-        context.load_cert_chain(tls.certfile, tls.keyfile, password=tls.keyfile_password)
-    return context
-
-
-_SRVR_VERSION = re.compile(r"Zookeeper version: (\d+)\.(\d+)\.(\d+)")
-
-
-def parse_srvr_version(answer: str) -> tuple[int, int, int] | None:
-    """The server version in an answer to the ``srvr`` command, if it has one."""
-    match = _SRVR_VERSION.search(answer)
-    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
-
-
-def server_version(host: str, port: int, timeout: float) -> tuple[int, int, int] | None:
-    """Ask a server its version with ``srvr`` (the one four-letter command
-    every version answers by default); ``None`` when it does not say (a
-    secure-only port, the command not allowed, no answer in ``timeout``)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(b"srvr")
-            chunks = []
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    except OSError:
-        return None
-    return parse_srvr_version(b"".join(chunks).decode("utf-8", "replace"))
-
-
-def probe_tls(hosts: list[tuple[str, int]], tls: Tls, timeout: float) -> None:
-    """Shake hands with each server before kazoo does (kazoo would retry a
-    refused handshake forever, quietly). Raises :class:`TlsError` when every
-    server that answered refused TLS; returns once one accepts, or when none
-    answered at all (kazoo's own waiting then says so)."""
-    try:
-        context = _tls_context(tls)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"TLS settings unusable: {exc}") from exc
-    errors: dict[str, str] = {}
-    answered = False
-    for host, port in hosts:
-        entry = f"{host}:{port}"
-        try:
-            raw = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            errors[entry] = f"unreachable ({exc})"
-            continue
-        answered = True
-        try:
-            with context.wrap_socket(raw, server_hostname=host) as conn:
-                conn.settimeout(timeout)
-                return  # a TLS session: let kazoo go on
-        except ssl.SSLCertVerificationError as exc:
-            errors[entry] = f"server certificate not trusted ({exc.verify_message})"
-        except (ssl.SSLError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            errors[entry] = f"TLS handshake failed ({reason}; is this a secure client port?)"
-        finally:
-            raw.close()
-    if answered:
-        detail = "; ".join(f"{h}: {e}" for h, e in errors.items())
-        raise TlsError(f"no TLS session with any ZooKeeper server: {detail}", errors=errors)
 
 
 class Connection:
