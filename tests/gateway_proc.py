@@ -38,6 +38,7 @@ def start_gateway(
     *,
     port: int | None = None,
     args: Sequence[str] = (),
+    global_args: Sequence[str] = (),
     session_timeout: float = 4.0,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
@@ -45,8 +46,8 @@ def start_gateway(
     verify: Any = True,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a gateway process; ``(base_url, process)`` once it is ready.
-    Its output goes to a log file whose path is ``process.args``' log (see
-    :func:`log_of`)."""
+    ``args`` are options of the ``gateway`` command, ``global_args`` of the
+    program (``-v``). Its output goes to a log file (see :func:`log_of`)."""
     port = port or free_ports(1)[0]
     folder = Path(tempfile.mkdtemp(prefix="zkpubsub-gateway-"))
     options: list[str] = []
@@ -68,6 +69,7 @@ def start_gateway(
         root,
         "--session-timeout",
         str(session_timeout),
+        *global_args,
         "gateway",
         "--port",
         str(port),
