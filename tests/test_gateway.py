@@ -513,6 +513,11 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
             "PayloadTooLarge",
         ),
         (api.post("/topics/%01/messages", json=1), 400, "BadRequest"),
+        (  # streamed without a length, over the largest body any route takes
+            api.post("/subscriptions/x/ack", content=iter([b"[" * 1_100_000]), headers=json_type),
+            413,
+            "PayloadTooLarge",
+        ),
         (api.post("/topics/t/messages:batch", json={"messages": []}), 422, "ValidationError"),
         (
             api.post("/topics/t/messages:batch", json={"messages": [{"payload_base64": "!"}]}),

@@ -30,6 +30,7 @@ from .consumers import Consumers
 from .context import GatewayState
 from .idempotency import IdempotencyStore
 from .models import ProblemDocument
+from .payloads import BodyLimit
 from .problems import install_problem_handlers
 from .reservations import Reservations
 from .settings import GatewaySettings
@@ -37,6 +38,9 @@ from .settings import GatewaySettings
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
+
+# Room for the JSON around the largest payload a route takes.
+JSON_SLACK = 64 * 1024
 
 DESCRIPTION = """\
 The zkpubsub bus over HTTP: publish to topics, receive through durable
@@ -85,6 +89,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = state
+    # no body anywhere passes the largest the gateway takes (a batch's)
+    limit = max(settings.max_batch_bytes, settings.max_message_bytes) + JSON_SLACK
+    app.add_middleware(BodyLimit, limit=limit)
     app.state.registry = registry
     install_problem_handlers(app)
     app.include_router(topics.router)

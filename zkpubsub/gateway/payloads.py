@@ -42,12 +42,12 @@ HEADER_PREFIX: Final = "zkpubsub-header-"
 
 
 def _too_large(limit: int, size: int | None = None) -> Problem:
-    said = f"{size} bytes" if size is not None else "more"
+    said = f"the body is {size} bytes, over" if size is not None else "the body is over"
     return Problem(
         413,
         "payload-too-large",
         "Payload too large",
-        f"the body is {said}, over the limit of {limit} bytes",
+        f"{said} the limit of {limit} bytes",
         limit=limit,
     )
 
@@ -165,3 +165,36 @@ def payload_fields(payload: Any) -> dict[str, Any]:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return {"payload_base64": base64.b64encode(bytes(payload)).decode()}
     return {"payload": _jsonable(payload)}
+
+
+class BodyLimit:
+    """ASGI middleware: no request body of any route passes ``limit`` bytes
+    (a 413 problem), whatever reads it. Routes with their own, smaller
+    limits check those themselves."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        limit = self._limit
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                response = _too_large(limit, int(value)).response(scope.get("path"))
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)
+            return message
+
+        await self._app(scope, limited, send)

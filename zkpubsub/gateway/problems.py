@@ -67,9 +67,10 @@ _LIBRARY: Final[dict[type[BaseException], tuple[int, str, str]]] = {
 _CARRIED: Final = ("size", "limit", "topic", "queue", "item_id", "items", "reason", "sent")
 
 
-class Problem(Exception):
+class Problem(StarletteHTTPException):
     """An error answered as a problem document. ``extra`` members are added
-    to the document; ``headers`` to the response."""
+    to the document; ``headers`` to the response. (An HTTP exception, so a
+    problem raised while a body is read reaches its handler as it is.)"""
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(status, detail, headers)
         self.status = status
         self.slug = slug
         self.title = title
