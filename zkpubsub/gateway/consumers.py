@@ -325,10 +325,10 @@ class Consumers:
         a 404 problem if it does not exist."""
         self.client_id(name)
         held = self._held.get(name)
-        if held is None:
+        if held is None or held.closing:
             async with self._lock(name):
                 held = self._held.get(name)
-                if held is None:
+                if held is None or held.closing:
                     held = await self._reopen(name, principal)
         for topic in held.topics:
             principal.require("topic", topic)
