@@ -4,7 +4,8 @@ Topic broadcast (every subscriber gets every message, in one order), an
 elected cleaner for the queues of clients that went away, and a work queue.
 Everyday use needs only what is imported here; asyncio code uses
 :mod:`zkpubsub.aio`, caches :mod:`zkpubsub.cache`, operators
-:mod:`zkpubsub.metrics` and :mod:`zkpubsub.health`::
+:mod:`zkpubsub.metrics` and :mod:`zkpubsub.health`; other languages reach
+the bus over HTTP through ``zkpubsub gateway`` (:mod:`zkpubsub.gateway`)::
 
     from zkpubsub import Client
 
