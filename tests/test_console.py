@@ -1,0 +1,261 @@
+"""The web console: the snapshot it shows, read from a real bus; its routes
+served by uvicorn (the page open to anyone, the data only with a token, the
+event stream following the bus); and the page itself in a headless
+Chromium against a real gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException
+
+from tests.helpers import wait_until
+from zkpubsub import Client, Observer, OperationTimeout
+from zkpubsub.gateway.console import console_router, console_snapshot
+
+MakeClient = Callable[..., Client]
+TOKEN = "console-test-token"
+
+
+def make_bus(make_client: MakeClient) -> Client:
+    """A bus with something to show: a cleaner leader, a durable subscriber
+    gone away with 3 messages waiting for it, a live subscriber, and a work
+    queue with one ready item and one dead letter. Returns the publisher."""
+    host = make_client(client_id="janitor")
+    assert host.start_cleaner(grace=600).wait_leader(30)
+    away = make_client(client_id="reader-1", cleaner=False)
+    away.subscribe("prices", durable=True)
+    away.close()  # a durable subscription stays registered: its queue fills
+    make_client(client_id="reader-2", cleaner=False).subscribe("prices", lambda m: None)
+    publisher = make_client(client_id="publisher", cleaner=False)
+    for n in range(3):
+        publisher.publish("prices", {"p": n})
+    jobs = host.queue("jobs", max_attempts=1)
+    jobs.put({"order": 7}, priority=3)
+    item = jobs.reserve(10)
+    assert item is not None
+    item.release("backend down")  # the last attempt: a dead letter
+    jobs.put("waiting")
+    return publisher
+
+
+def test_a_snapshot_shows_clients_topics_backlogs_work_queues_dead_letters_and_the_leader(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    make_bus(make_client)
+    with Observer(zk_hosts, root=zk_root) as observer:
+
+        def drained() -> dict[str, Any] | None:
+            snapshot = console_snapshot(observer)
+            return snapshot if snapshot["topics"][0]["subscribers"][1]["backlog"] == 0 else None
+
+        snapshot = wait_until(drained, what="the live subscriber to take its messages")
+    assert json.loads(json.dumps(snapshot)) == snapshot  # JSON as it is
+    assert snapshot["root"] == zk_root
+    assert {c["id"] for c in snapshot["clients"]} == {"janitor", "reader-2", "publisher"}
+    assert all(c["host"] == socket.gethostname() and c["pid"] > 0 for c in snapshot["clients"])
+    assert snapshot["cleaner"] == {"leader": "janitor", "candidates": 1}
+    (topic,) = snapshot["topics"]
+    assert topic["name"] == "prices" and topic["backlog"] == 3
+    away, live = topic["subscribers"]
+    assert away["client_id"] == "reader-1" and away["backlog"] == 3
+    assert away["live"] is False and away["subscribed"] is True
+    assert live["client_id"] == "reader-2" and live["live"] is True and live["backlog"] == 0
+    assert away["changes"] >= 3  # every node created counts
+    (queue,) = snapshot["work_queues"]
+    assert {k: queue[k] for k in ("name", "ready", "reserved", "dead", "workers")} == {
+        "name": "jobs",
+        "ready": 1,
+        "reserved": 0,
+        "dead": 1,
+        "workers": 1,
+    }
+    (letter,) = queue["dead_letters"]
+    assert "backend down" in letter["reason"] and letter["attempts"] == 1
+    assert letter["priority"] == 3 and letter["payload"] == '{"order": 7}'
+    assert letter["died_at"] == pytest.approx(time.time(), abs=120)
+
+
+def test_a_snapshot_lists_the_oldest_dead_letters_and_counts_them_all(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zkpubsub.gateway import console
+
+    monkeypatch.setattr(console, "DEAD_LETTERS_SHOWN", 2)
+    jobs = make_client().queue("bulk", max_attempts=1)
+    for n in range(3):
+        jobs.put({"n": n, "blob": "x" * 500})
+        item = jobs.reserve(10)
+        assert item is not None
+        item.release(f"failure {n}")
+    with Observer(zk_hosts, root=zk_root) as observer:
+        (queue,) = console_snapshot(observer)["work_queues"]
+    assert queue["dead"] == 3
+    assert [d["reason"][-9:] for d in queue["dead_letters"]] == ["failure 0", "failure 1"]
+    preview = queue["dead_letters"][0]["payload"]
+    assert preview.startswith('{"n": 0, "blob": "xxx') and preview.endswith("…")
+    assert len(preview) == console.PAYLOAD_PREVIEW
+
+
+# -- the routes, served by uvicorn ------------------------------------------------------
+
+
+def authorize(authorization: str = Header(default="")) -> None:
+    """What the gateway's dependency does for the console: a bearer token or 401."""
+    if authorization != f"Bearer {TOKEN}":
+        raise HTTPException(401, "a console token is needed", {"WWW-Authenticate": "Bearer"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20, "uvicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture
+def console_app(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> Iterator[tuple[FastAPI, Observer]]:
+    """The console's router on a bare app, observing the test's root (where
+    a first client made the bus)."""
+    make_client(client_id="first", cleaner=False)
+    observer = Observer(zk_hosts, root=zk_root)
+
+    async def observe() -> dict[str, Any]:
+        return await asyncio.to_thread(console_snapshot, observer)
+
+    app = FastAPI()
+    app.include_router(console_router(observe, authorize, interval=0.2))
+    yield app, observer
+    observer.close()
+
+
+def events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The (event, data) pairs of a Server-Sent Events response."""
+    kind, data = "message", []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield kind, json.loads("\n".join(data))
+            kind, data = "message", []
+
+
+def test_the_page_and_its_assets_are_served_without_a_token_and_hold_no_data(
+    make_client: MakeClient, console_app: tuple[FastAPI, Observer]
+) -> None:
+    make_client().subscribe("secret-topic")
+    app, _ = console_app
+    with serving(app) as base, httpx.Client(base_url=base, timeout=10) as http:
+        page = http.get("/ui")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert 'src="ui/console.js"' in page.text and "secret-topic" not in page.text
+        script = http.get("/ui/console.js")
+        assert script.status_code == 200 and "text/javascript" in script.headers["content-type"]
+        assert "/ui/events" in script.text
+        assert http.get("/ui/console.css").headers["content-type"].startswith("text/css")
+        assert "/ui/state" in http.get("/openapi.json").json()["paths"]
+
+
+def test_the_state_and_the_event_stream_are_refused_without_the_token(
+    console_app: tuple[FastAPI, Observer],
+) -> None:
+    app, _ = console_app
+    with serving(app) as base, httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/ui/state").status_code == 401
+        wrong = {"Authorization": "Bearer not-it"}
+        assert http.get("/ui/state", headers=wrong).status_code == 401
+        with http.stream("GET", "/ui/events", headers=wrong) as stream:
+            assert stream.status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        state = http.get("/ui/state", headers=good)
+        assert state.status_code == 200 and state.json()["topics"] == []
+
+
+def test_the_event_stream_sends_a_snapshot_on_connect_then_each_change(
+    make_client: MakeClient, console_app: tuple[FastAPI, Observer]
+) -> None:
+    publisher = make_bus(make_client)
+    app, _ = console_app
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        serving(app) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+        http.stream("GET", "/ui/events", headers=headers) as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        seen = events(stream)
+        kind, first = next(seen)
+        assert kind == "snapshot"
+        assert first["topics"][0]["subscribers"][0]["backlog"] == 3
+        publisher.publish("prices", {"p": 3})
+        alive = 0
+        for kind, data in seen:
+            if kind == "alive":
+                alive += 1
+                assert data["at"] >= first["at"]
+                continue
+            assert kind == "snapshot"
+            if data["topics"][0]["subscribers"][0]["backlog"] == 4:
+                break
+        # nothing changes any more: the stream says it is alive, sends no snapshot
+        kinds = [next(seen)[0] for _ in range(3)]
+        assert kinds == ["alive"] * 3
+
+
+def test_the_event_stream_reports_a_snapshot_it_cannot_take_and_goes_on() -> None:
+    calls = 0
+
+    async def observe() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OperationTimeout("stats did not complete within 20 s")
+        return {"at": time.time(), "calls": calls}
+
+    app = FastAPI()
+    app.include_router(console_router(observe, authorize, interval=0.05))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        serving(app) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+        http.stream("GET", "/ui/events", headers=headers) as stream,
+    ):
+        seen = events(stream)
+        assert next(seen) == ("snapshot", {"at": pytest.approx(time.time(), abs=60), "calls": 1})
+        kind, problem = next(seen)
+        assert kind == "problem" and problem["title"] == "OperationTimeout"
+        assert "did not complete" in problem["detail"]
+        kind, after = next(seen)
+        assert kind == "snapshot" and after["calls"] == 3  # sent again after the problem
