@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
 from tests.helpers import wait_until
 from zkpubsub import Client, Observer, OperationTimeout
@@ -259,3 +261,116 @@ def test_the_event_stream_reports_a_snapshot_it_cannot_take_and_goes_on() -> Non
         assert "did not complete" in problem["detail"]
         kind, after = next(seen)
         assert kind == "snapshot" and after["calls"] == 3  # sent again after the problem
+
+
+# -- the page in a headless browser -----------------------------------------------------
+
+
+def chromium_path() -> str:
+    """Debian's chromium (``scripts/dev.sh install`` puts it there), or the
+    one ``ZKPUBSUB_CHROMIUM`` names. Missing, the test fails under CI and is
+    skipped elsewhere."""
+    path = os.environ.get("ZKPUBSUB_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium: bash scripts/dev.sh install installs it")
+        pytest.skip("no chromium on this machine (bash scripts/dev.sh install installs it)")
+    return path
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    """A page of a headless chromium, closed at the end."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def gateway(make_client: MakeClient, zk_hosts: str, zk_root: str) -> Iterator[str]:
+    """STAND-IN until the gateway lands: the console plus the two endpoints it calls."""
+
+    acting = make_client(client_id="gateway", cleaner=False)
+    observer = Observer(zk_hosts, root=zk_root)
+
+    async def observe() -> dict[str, Any]:
+        return await asyncio.to_thread(console_snapshot, observer)
+
+    app = FastAPI()
+    app.include_router(console_router(observe, authorize))
+
+    @app.post("/topics/{topic}/messages", dependencies=[Depends(authorize)])
+    async def publish(topic: str, request: Request) -> dict[str, Any]:
+        receipt = await asyncio.to_thread(acting.publish, topic, await request.json())
+        return {"message_ids": list(receipt.message_ids), "subscribers": receipt.subscribers}
+
+    @app.post("/queues/{queue}/dead/replay", dependencies=[Depends(authorize)])
+    async def replay(queue: str, request: Request) -> dict[str, int]:
+        ids = (await request.json()).get("ids")
+        return {"replayed": await asyncio.to_thread(acting.queue(queue).replay, ids)}
+
+    with serving(app) as base:
+        yield base
+    observer.close()
+
+
+def test_the_page_shows_the_bus_live_publishes_and_replays_dead_letters(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, gateway: str, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    publisher = make_bus(make_client)
+    page = browser_page
+    page.goto(f"{gateway}/ui")
+    expect(page.locator("#login")).to_be_visible()
+    page.fill("#token", "not-the-token")
+    page.click("#connect")
+    expect(page.locator("#login-error")).not_to_be_empty()  # refused: asked again
+    page.fill("#token", TOKEN)
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("live")
+
+    away = page.locator('tr.subscriber[data-topic="prices"][data-client="reader-1"] td.backlog')
+    expect(away).to_have_text("3")
+    expect(page.locator("#leader")).to_have_text("janitor")
+    expect(page.locator('#clients tr[data-client="reader-2"]')).to_contain_text("reader-2")
+
+    # published from the page, then from the library: the page follows
+    page.fill("#publish-topic", "prices")
+    page.fill("#publish-payload", '{"from": "the console"}')
+    page.click("#publish")
+    expect(page.locator("#publish-result")).to_contain_text("Published to prices")
+    expect(away).to_have_text("4")
+    publisher.publish("prices", {"from": "the library"})
+    expect(away).to_have_text("5")
+
+    dead = page.locator('#dead-letters tr[data-queue="jobs"]')
+    expect(dead).to_contain_text("backend down")
+    queue = page.locator('#queues tr[data-queue="jobs"]')
+    expect(queue.locator("td.dead")).to_have_text("1")
+    expect(queue.locator("td.ready")).to_have_text("1")
+    if os.environ.get("ZKPUBSUB_CONSOLE_SCREENSHOT"):
+        page.screenshot(path=os.environ["ZKPUBSUB_CONSOLE_SCREENSHOT"], full_page=True)
+    dead.locator("button.replay").click()
+    expect(page.locator("#replay-result")).to_contain_text("Replayed 1 dead letter(s) of jobs")
+    expect(queue.locator("td.dead")).to_have_text("0")
+    expect(queue.locator("td.ready")).to_have_text("2")
+
+    # what ZooKeeper holds: the letter is gone, its item ready again
+    jobs = make_client(cleaner=False).queue("jobs")
+    assert jobs.dead() == []
+    stats = jobs.stats()
+    assert (stats.ready, stats.dead) == (2, 0)
+    payloads = set()
+    for _ in range(2):
+        item = jobs.reserve(10)
+        assert item is not None
+        payloads.add(json.dumps(item.payload))
+        item.ack()
+    assert payloads == {'{"order": 7}', '"waiting"'}

@@ -233,7 +233,8 @@ function render(snapshot) {
 async function reasonOf(response) {
   try {
     const doc = await response.json();
-    return doc.detail || doc.title || JSON.stringify(doc);
+    const said = doc.detail || doc.title;
+    return typeof said === "string" ? said : JSON.stringify(said || doc);
   } catch (err) {
     return response.status + " " + response.statusText;
   }
@@ -247,7 +248,9 @@ function handle(kind, data) {
   if (kind === "snapshot") {
     render(JSON.parse(data));
   } else if (kind === "alive") {
-    $("checked").textContent = "as of " + clock(JSON.parse(data).at);
+    // nothing changed since the last snapshot: the same bus, seen later
+    // (so the rates over that span are zero)
+    if (previous) render(Object.assign({}, previous, { at: JSON.parse(data).at }));
   } else if (kind === "problem") {
     const p = JSON.parse(data);
     $("problem").textContent = p.title + ": " + p.detail;
