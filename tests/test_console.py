@@ -263,6 +263,30 @@ def test_the_event_stream_reports_a_snapshot_it_cannot_take_and_goes_on() -> Non
         assert kind == "snapshot" and after["calls"] == 3  # sent again after the problem
 
 
+def test_consoles_open_at_the_same_time_share_their_snapshots() -> None:
+    calls = 0
+
+    async def observe() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"at": time.time(), "calls": calls}  # a change every time
+
+    app = FastAPI()
+    app.include_router(console_router(observe, authorize, interval=0.2))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        serving(app) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+        http.stream("GET", "/ui/events", headers=headers) as one,
+        http.stream("GET", "/ui/events", headers=headers) as two,
+    ):
+        first, second = events(one), events(two)
+        for _ in range(5):
+            seen = {next(first)[1]["calls"], next(second)[1]["calls"]}
+    # two streams alone would have read the bus 10 times for these 10 events
+    assert max(seen) < 10
+
+
 # -- the page in a headless browser -----------------------------------------------------
 
 

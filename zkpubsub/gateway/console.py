@@ -14,8 +14,10 @@ answers one; ``GET /ui/events`` is a Server-Sent Events stream of them:
 a ``snapshot`` event on connect, then every ``interval`` seconds either a
 ``snapshot`` (the bus changed) or an ``alive`` event carrying the time
 (nothing changed); a snapshot that cannot be taken (ZooKeeper unreachable)
-is a ``problem`` event, and the stream goes on. Both need the token the
-gateway's ``authorize`` dependency accepts; the page itself does not.
+is a ``problem`` event, and the stream goes on. Pages open at the same
+time share their snapshots: the bus is read about once an interval however
+many look. Both routes need the token the gateway's ``authorize``
+dependency accepts; the page itself does not.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ def console_router(
     if interval <= 0:
         raise ValueError(f"interval must be > 0, not {interval!r}")
     assets = {name: (_asset(name), media) for name, media in _ASSETS.items()}
+    latest = _Latest(observe, interval / 2).get
     router = APIRouter(tags=["console"])
 
     @router.get("/ui", include_in_schema=False)
@@ -221,7 +224,7 @@ def console_router(
         summary="A snapshot of the bus, as the console shows it",
     )
     async def state() -> JSONResponse:
-        return JSONResponse(await observe(), headers={"Cache-Control": "no-store"})
+        return JSONResponse(await latest(), headers={"Cache-Control": "no-store"})
 
     @router.get(
         "/ui/events",
@@ -232,12 +235,32 @@ def console_router(
     )
     async def events(request: Request) -> StreamingResponse:
         return StreamingResponse(
-            _stream(observe, request, interval),
+            _stream(latest, request, interval),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
     return router
+
+
+class _Latest:
+    """One snapshot shared by every console looking within ``max_age``
+    seconds: however many pages are open, the bus is read about once an
+    interval (a failed read is not kept)."""
+
+    def __init__(self, observe: Callable[[], Awaitable[dict[str, Any]]], max_age: float) -> None:
+        self._observe = observe
+        self._max_age = max_age
+        self._lock = asyncio.Lock()
+        self._value: dict[str, Any] | None = None
+        self._taken = 0.0
+
+    async def get(self) -> dict[str, Any]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._taken >= self._max_age:
+                self._value = await self._observe()
+                self._taken = time.monotonic()
+            return self._value
 
 
 async def _stream(
