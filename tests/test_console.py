@@ -352,7 +352,9 @@ def test_the_page_shows_the_bus_live_publishes_and_replays_dead_letters(
     publisher = make_bus(make_client)
     page = browser_page
     page.goto(f"{gateway}/ui")
+    expect(page.locator("#status")).to_have_text("signed out")  # the gateway wants a token
     expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#login-error")).to_be_empty()
     page.fill("#token", "not-the-token")
     page.click("#connect")
     expect(page.locator("#login-error")).not_to_be_empty()  # refused: asked again

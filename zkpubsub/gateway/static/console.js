@@ -240,8 +240,10 @@ async function reasonOf(response) {
   }
 }
 
+// Without a token (a gateway without a tokens file admits anyone), no header.
 function authHeaders(extra) {
-  return Object.assign({ Authorization: "Bearer " + token }, extra || {});
+  const auth = token ? { Authorization: "Bearer " + token } : {};
+  return Object.assign(auth, extra || {});
 }
 
 function handle(kind, data) {
@@ -265,7 +267,9 @@ async function follow(controller) {
     signal: controller.signal,
   });
   if (response.status === 401 || response.status === 403) {
-    signOut(await reasonOf(response));
+    const reason = await reasonOf(response);
+    // a first look without a token that is refused just asks for one
+    if (stream === controller) signOut(token ? reason : "");
     return;
   }
   if (!response.ok) throw new Error(await reasonOf(response));
@@ -400,6 +404,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut(""));
   $("publish-form").addEventListener("submit", publish);
-  if (token) connect();
-  else signOut("");
+  connect();  // with the tab's token, or without one: the gateway may need none
 });
