@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException
 
+from tests.gateway_proc import gateway
 from tests.helpers import wait_until
 from zkpubsub import Client, Observer, OperationTimeout
 from zkpubsub.gateway.console import console_router, console_snapshot
@@ -29,12 +30,15 @@ MakeClient = Callable[..., Client]
 TOKEN = "console-test-token"
 
 
-def make_bus(make_client: MakeClient) -> Client:
-    """A bus with something to show: a cleaner leader, a durable subscriber
-    gone away with 3 messages waiting for it, a live subscriber, and a work
-    queue with one ready item and one dead letter. Returns the publisher."""
+def make_bus(make_client: MakeClient, *, janitor_leads: bool = True) -> Client:
+    """A bus with something to show: a cleaner (``janitor``, the leader if
+    it is the first), a durable subscriber gone away with 3 messages waiting
+    for it, a live subscriber, and a work queue with one ready item and one
+    dead letter. Returns the publisher."""
     host = make_client(client_id="janitor")
-    assert host.start_cleaner(grace=600).wait_leader(30)
+    cleaner = host.start_cleaner(grace=600)
+    if janitor_leads:
+        assert cleaner.wait_leader(30)
     away = make_client(client_id="reader-1", cleaner=False)
     away.subscribe("prices", durable=True)
     away.close()  # a durable subscription stays registered: its queue fills
@@ -316,55 +320,45 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
+ADMIN = {"name": "ops", "token": TOKEN, "admin": True}
+READER = {"name": "reader", "token": "a-token-for-prices-only", "topics": ["prices"]}
+
+
 @pytest.fixture
-def gateway(make_client: MakeClient, zk_hosts: str, zk_root: str) -> Iterator[str]:
-    """STAND-IN until the gateway lands: the console plus the two endpoints it calls."""
-
-    acting = make_client(client_id="gateway", cleaner=False)
-    observer = Observer(zk_hosts, root=zk_root)
-
-    async def observe() -> dict[str, Any]:
-        return await asyncio.to_thread(console_snapshot, observer)
-
-    app = FastAPI()
-    app.include_router(console_router(observe, authorize))
-
-    @app.post("/topics/{topic}/messages", dependencies=[Depends(authorize)])
-    async def publish(topic: str, request: Request) -> dict[str, Any]:
-        receipt = await asyncio.to_thread(acting.publish, topic, await request.json())
-        return {"message_ids": list(receipt.message_ids), "subscribers": receipt.subscribers}
-
-    @app.post("/queues/{queue}/dead/replay", dependencies=[Depends(authorize)])
-    async def replay(queue: str, request: Request) -> dict[str, int]:
-        ids = (await request.json()).get("ids")
-        return {"replayed": await asyncio.to_thread(acting.queue(queue).replay, ids)}
-
-    with serving(app) as base:
-        yield base
-    observer.close()
+def gateway_url(make_client: MakeClient, zk_hosts: str, zk_root: str) -> Iterator[str]:
+    """A real gateway process on the test's root (made by a first client),
+    with an admin token and a token that may only publish to ``prices``."""
+    make_client(client_id="first", cleaner=False)
+    with gateway(zk_hosts, zk_root, {"tokens": [ADMIN, READER]}) as url:
+        yield url
 
 
 def test_the_page_shows_the_bus_live_publishes_and_replays_dead_letters(
-    make_client: MakeClient, zk_hosts: str, zk_root: str, gateway: str, browser_page: Any
+    make_client: MakeClient, zk_hosts: str, zk_root: str, gateway_url: str, browser_page: Any
 ) -> None:
     from playwright.sync_api import expect
 
-    publisher = make_bus(make_client)
+    publisher = make_bus(make_client, janitor_leads=False)  # the gateway's client may lead
+    with Observer(zk_hosts, root=zk_root) as observer:
+        leader = observer.cleaner_leader()
     page = browser_page
-    page.goto(f"{gateway}/ui")
+    page.goto(f"{gateway_url}/ui")
     expect(page.locator("#status")).to_have_text("signed out")  # the gateway wants a token
     expect(page.locator("#login")).to_be_visible()
     expect(page.locator("#login-error")).to_be_empty()
-    page.fill("#token", "not-the-token")
+    page.fill("#token", "not-a-token-of-this-gateway")
     page.click("#connect")
-    expect(page.locator("#login-error")).not_to_be_empty()  # refused: asked again
+    expect(page.locator("#login-error")).to_contain_text("token")  # refused: asked again
+    page.fill("#token", READER["token"])
+    page.click("#connect")
+    expect(page.locator("#login-error")).to_contain_text("not an admin token")
     page.fill("#token", TOKEN)
     page.click("#connect")
     expect(page.locator("#status")).to_have_text("live")
 
     away = page.locator('tr.subscriber[data-topic="prices"][data-client="reader-1"] td.backlog')
     expect(away).to_have_text("3")
-    expect(page.locator("#leader")).to_have_text("janitor")
+    expect(page.locator("#leader")).to_have_text(leader or "none")
     expect(page.locator('#clients tr[data-client="reader-2"]')).to_contain_text("reader-2")
 
     # published from the page, then from the library: the page follows
@@ -400,3 +394,19 @@ def test_the_page_shows_the_bus_live_publishes_and_replays_dead_letters(
         payloads.add(json.dumps(item.payload))
         item.ack()
     assert payloads == {'{"order": 7}', '"waiting"'}
+
+
+def test_a_gateway_without_tokens_shows_the_page_without_asking_for_one(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    make_client(client_id="first", cleaner=False).subscribe("news")
+    with gateway(zk_hosts, zk_root) as url:
+        page = browser_page
+        page.goto(f"{url}/ui")
+        expect(page.locator("#status")).to_have_text("live")
+        expect(page.locator("#login")).to_be_hidden()
+        expect(
+            page.locator('tr.subscriber[data-topic="news"][data-client="first"]')
+        ).to_be_visible()

@@ -33,6 +33,7 @@ from ..config import (
     DEFAULT_HANDLER_ATTEMPTS,
     DEFAULT_MAX_RETRY_DELAY,
     DEFAULT_QUEUE_ATTEMPTS,
+    DEFAULT_QUEUE_MAX_ITEMS,
     DEFAULT_RETRY_DELAY,
     ClientConfig,
 )
@@ -288,9 +289,23 @@ class AsyncClient:
 
     # -- work queues, cleaner, stats ---------------------------------------------------
 
-    def queue(self, name: str, *, max_attempts: int = DEFAULT_QUEUE_ATTEMPTS) -> AsyncWorkQueue:
-        """A handle on the work queue ``name`` (see :class:`AsyncWorkQueue`)."""
-        return AsyncWorkQueue(self._client.queue(name, max_attempts=max_attempts), self._bridge)
+    def queue(
+        self,
+        name: str,
+        *,
+        max_attempts: int = DEFAULT_QUEUE_ATTEMPTS,
+        max_items: int | None = DEFAULT_QUEUE_MAX_ITEMS,
+        visibility_timeout: float | None = None,
+    ) -> AsyncWorkQueue:
+        """A handle on the work queue ``name`` (see :class:`AsyncWorkQueue`;
+        the options are :meth:`Client.queue`'s)."""
+        handle = self._client.queue(
+            name,
+            max_attempts=max_attempts,
+            max_items=max_items,
+            visibility_timeout=visibility_timeout,
+        )
+        return AsyncWorkQueue(handle, self._bridge)
 
     async def start_cleaner(
         self,

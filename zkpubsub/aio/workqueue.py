@@ -94,6 +94,14 @@ class AsyncItem:
         """:meth:`Item.release` on a thread."""
         await self._bridge.run(self._item.release, error)
 
+    def lease_left(self) -> float | None:
+        """Seconds until the lease ends (``None`` without a lease)."""
+        return self._item.lease_left()
+
+    async def extend(self, seconds: float | None = None) -> None:
+        """:meth:`Item.extend` on a thread (``ReservationLost`` if no longer held)."""
+        await self._bridge.run(self._item.extend, seconds)
+
     async def __aenter__(self) -> AsyncItem:
         return self
 
@@ -313,6 +321,10 @@ class AsyncWorkQueue:
 
     async def replay(self, ids: Sequence[str] | None = None) -> int:
         return await self._bridge.run(self._queue.replay, ids)
+
+    def ticket(self, item_id: str) -> AsyncTicket:
+        """A ticket for an item id (for waiting on a result put elsewhere)."""
+        return AsyncTicket(self._queue.ticket(item_id), self._bridge)
 
     async def close(self) -> None:
         await self._bridge.run(self._queue.close)

@@ -1,0 +1,570 @@
+"""The HTTP gateway, as a real process on a free port against real ZooKeeper,
+driven with httpx and with curl: every endpoint, the long polls, the event
+stream, ack deadlines, leases, auth and problem details."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Client
+from zkpubsub.testing.fixtures import ZooKeeperBackend
+
+from .gateway_proc import log_of, start_gateway, stop_gateway
+
+pytestmark = [pytest.mark.timeout(120)]
+
+ADMIN = "admin-token-0123456789abcdef"
+ORDERS = "orders-token-0123456789abcdef"
+TOKENS = {
+    "tokens": [
+        {"name": "ops", "token": ADMIN, "admin": True},
+        {
+            "name": "orders",
+            "token": ORDERS,
+            "topics": ["orders.*"],
+            "queues": ["jobs.*"],
+            "subscriptions": ["orders-*"],
+        },
+    ]
+}
+PROBLEM = "application/problem+json"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def root(zookeeper: ZooKeeperBackend) -> Iterator[str]:
+    root = f"/t-gateway-{uuid.uuid4().hex[:8]}"
+    yield root
+    zk = KazooClient(hosts=zookeeper.hosts, timeout=10.0)
+    zk.start(timeout=15)
+    try:
+        zk.delete(root, recursive=True)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(zookeeper: ZooKeeperBackend, root: str) -> Iterator[str]:
+    url, process = start_gateway(
+        zookeeper.hosts, root, TOKENS, args=["--ack-deadline", "2", "--max-wait", "10"]
+    )
+    yield url
+    # uvicorn ends a graceful shutdown by raising the signal again
+    assert stop_gateway(process) in (0, -signal.SIGTERM)
+    assert "Traceback" not in log_of(process)
+
+
+@pytest.fixture
+def api(gateway_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway_url, headers=bearer(ADMIN), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bus(zookeeper: ZooKeeperBackend, root: str) -> Iterator[Client]:
+    with Client(zookeeper.hosts, root=root, session_timeout=4.0, cleaner=False) as client:
+        yield client
+
+
+def curl(*args: str, timeout: float = 30) -> tuple[int, dict[str, str], str]:
+    """``(status, headers, body)`` of a curl call."""
+    done = subprocess.run(
+        ["curl", "-sS", "-i", "--max-time", str(timeout), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+        check=True,
+    )
+    head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return status, headers, body
+
+
+def subscribe(api: httpx.Client, *topics: str, name: str | None = None) -> str:
+    name = name or unique("sub-")
+    answer = api.put(f"/subscriptions/{name}", json={"topics": list(topics)})
+    assert answer.status_code == 201, answer.text
+    return name
+
+
+def pull(api: httpx.Client, name: str, **body: Any) -> list[dict[str, Any]]:
+    answer = api.post(f"/subscriptions/{name}/pull", json=body)
+    assert answer.status_code == 200, answer.text
+    messages: list[dict[str, Any]] = answer.json()["messages"]
+    return messages
+
+
+def pull_all(api: httpx.Client, name: str, count: int) -> list[dict[str, Any]]:
+    """Pull and ack until ``count`` messages came."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} messages came"
+        batch = pull(api, name, max=10, wait=2)
+        got += batch
+        ids = [m["ack_id"] for m in batch]
+        if ids:
+            assert api.post(f"/subscriptions/{name}/ack", json={"ack_ids": ids}).json()[
+                "acked"
+            ] == sorted(ids, key=ids.index)
+    return got
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+
+def test_json_text_and_bytes_bodies_arrive_as_published_with_their_headers(
+    api: httpx.Client,
+) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    sent = [
+        api.post(
+            f"/topics/{topic}/messages", json={"id": 42}, headers={"Zkpubsub-Header-Kind": "j"}
+        ),
+        api.post(
+            f"/topics/{topic}/messages", content="héllo", headers={"Content-Type": "text/plain"}
+        ),
+        api.post(
+            f"/topics/{topic}/messages",
+            content=b"\x00\xff",
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+    ]
+    for answer in sent:
+        assert answer.status_code == 201
+        assert answer.json()["subscribers"] == 1
+    got = pull_all(api, name, 3)
+    assert [m["id"] for m in got] == [a.json()["message_ids"][0] for a in sent]
+    assert got[0]["payload"] == {"id": 42} and got[0]["headers"] == {"kind": "j"}
+    assert got[1]["payload"] == "héllo"
+    assert base64.b64decode(got[2]["payload_base64"]) == b"\x00\xff"
+    assert all(m["deliveries"] == 1 and m["topic"] == topic for m in got)
+
+
+def test_a_batch_arrives_in_order_with_each_message_s_headers(api: httpx.Client) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    messages = [
+        {"payload": 1},
+        {"payload": 2},
+        {"payload": "three", "headers": {"n": "3"}},
+        {"payload_base64": base64.b64encode(b"4").decode(), "headers": {"n": "4"}},
+    ]
+    answer = api.post(f"/topics/{topic}/messages:batch", json={"messages": messages})
+    assert answer.status_code == 201, answer.text
+    receipt = answer.json()
+    assert len(receipt["message_ids"]) == 4 and receipt["subscribers"] == 1
+    got = pull_all(api, name, 4)
+    assert [m["id"] for m in got] == receipt["message_ids"]
+    assert [m.get("payload") for m in got[:3]] == [1, 2, "three"]
+    assert got[3]["payload_base64"] == base64.b64encode(b"4").decode()
+    assert [m["headers"] for m in got] == [{}, {}, {"n": "3"}, {"n": "4"}]
+
+
+def test_an_idempotency_key_publishes_once_and_answers_the_first_receipt_again(
+    api: httpx.Client,
+) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    key = {"Idempotency-Key": unique("k-")}
+    first = api.post(f"/topics/{topic}/messages", json={"n": 1}, headers=key)
+    again = api.post(f"/topics/{topic}/messages", json={"n": 1}, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = api.post(f"/topics/{topic}/messages", json={"n": 2}, headers=key)
+    assert other.status_code == 422 and other.headers["content-type"] == PROBLEM
+    assert other.json()["error"] == "IdempotencyKeyReused"
+    api.post(f"/topics/{topic}/messages", json="last")
+    got = pull_all(api, name, 2)
+    assert [m.get("payload") for m in got] == [{"n": 1}, "last"]
+
+
+def test_curl_publishes_pulls_and_acks(api: httpx.Client, gateway_url: str) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    auth = f"Authorization: Bearer {ADMIN}"
+    status, _, body = curl(
+        "-X", "POST", f"{gateway_url}/topics/{topic}/messages", "-H", auth,
+        "-H", "Content-Type: application/json", "-H", "Zkpubsub-Header-From: curl",
+        "--data", '{"hello": "curl"}',
+    )  # fmt: skip
+    assert status == 201 and json.loads(body)["subscribers"] == 1
+    status, _, body = curl(
+        "-X", "POST", f"{gateway_url}/subscriptions/{name}/pull", "-H", auth,
+        "-H", "Content-Type: application/json", "--data", '{"max": 5, "wait": 5}',
+    )  # fmt: skip
+    [message] = json.loads(body)["messages"]
+    assert message["payload"] == {"hello": "curl"} and message["headers"] == {"from": "curl"}
+    status, _, body = curl(
+        "-X", "POST", f"{gateway_url}/subscriptions/{name}/ack", "-H", auth,
+        "-H", "Content-Type: application/json",
+        "--data", json.dumps({"ack_ids": [message["ack_id"]]}),
+    )  # fmt: skip
+    assert status == 200 and json.loads(body)["acked"] == [message["ack_id"]]
+    assert pull(api, name, wait=0.3) == []
+
+
+# -- subscriptions -------------------------------------------------------------------------
+
+
+def test_a_pull_waits_for_a_message_published_while_it_waits(
+    api: httpx.Client, bus: Client
+) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    assert pull(api, name, wait=0.2) == []  # nothing there: answered empty after the wait
+    timer = threading.Timer(0.5, lambda: bus.publish(topic, "late"))
+    timer.start()
+    try:
+        got = pull(api, name, max=5, wait=8)
+    finally:
+        timer.join()
+    assert [m["payload"] for m in got] == ["late"]
+
+
+def test_an_unacked_message_comes_back_after_its_ack_deadline(api: httpx.Client) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    api.post(f"/topics/{topic}/messages", json="once")
+    [first] = pull(api, name, wait=5, ack_deadline=1)
+    assert pull(api, name, wait=0.2) == []  # out, not acked: not handed out twice meanwhile
+    [again] = pull(api, name, wait=5)  # waits out the deadline
+    assert again["id"] == first["id"] and again["deliveries"] == 2
+    assert again["ack_id"] != first["ack_id"]
+    answer = api.post(f"/subscriptions/{name}/ack", json={"ack_ids": [first["ack_id"]]}).json()
+    assert answer == {"acked": [], "nacked": [], "unknown": [first["ack_id"]]}
+    answer = api.post(f"/subscriptions/{name}/ack", json={"ack_ids": [again["ack_id"]]}).json()
+    assert answer["acked"] == [again["ack_id"]]
+    assert pull(api, name, wait=1.5) == []  # acked: gone for good
+
+
+def test_a_nacked_message_is_handed_out_again_at_once(api: httpx.Client) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    api.post(f"/topics/{topic}/messages", json="n")
+    [first] = pull(api, name, wait=5, ack_deadline=60)
+    answer = api.post(f"/subscriptions/{name}/ack", json={"nack_ids": [first["ack_id"]]})
+    assert answer.json()["nacked"] == [first["ack_id"]]
+    [again] = pull(api, name, wait=0.5)
+    assert again["id"] == first["id"] and again["deliveries"] == 2
+
+
+def test_one_subscription_receives_several_topics_and_auto_ack_takes_a_batch(
+    api: httpx.Client, bus: Client
+) -> None:
+    one, two = unique("t-"), unique("t-")
+    name = subscribe(api, one, two)
+    bus.publish_many(one, list(range(5)))
+    bus.publish(two, "two")
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 6:
+        assert time.monotonic() < deadline
+        got += pull(api, name, max=10, wait=2, auto_ack=True)
+    assert [m["payload"] for m in got if m["topic"] == one] == [0, 1, 2, 3, 4]
+    assert [m["payload"] for m in got if m["topic"] == two] == ["two"]
+    assert all(m["ack_id"] is None for m in got)
+    assert pull(api, name, wait=0.3) == []
+
+
+def test_the_event_stream_sends_messages_and_explicit_acks_settle_them(
+    api: httpx.Client, bus: Client
+) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    bus.publish_many(topic, ["a", "b"])
+    events: list[dict[str, Any]] = []
+    with api.stream("GET", f"/subscriptions/{name}/events", timeout=20) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event_id = None
+        for line in stream.iter_lines():
+            if line.startswith("id: "):
+                event_id = line[4:]
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert event["ack_id"] == event_id
+                events.append(event)
+                api.post(f"/subscriptions/{name}/ack", json={"ack_ids": [event["ack_id"]]})
+                if len(events) == 2:
+                    break
+    assert [e["payload"] for e in events] == ["a", "b"]
+    assert pull(api, name, wait=0.3) == []
+
+
+def test_curl_streams_events_with_auto_ack(api: httpx.Client, gateway_url: str) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    api.post(
+        f"/topics/{topic}/messages:batch", json={"messages": [{"payload": i} for i in range(3)]}
+    )
+    stream = subprocess.Popen(
+        ["curl", "-sS", "-N", "--max-time", "20", "-H", f"Authorization: Bearer {ADMIN}",
+         f"{gateway_url}/subscriptions/{name}/events?ack=auto"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert stream.stdout is not None
+        payloads = []
+        for line in stream.stdout:
+            if line.startswith("data: "):
+                payloads.append(json.loads(line[6:])["payload"])
+                if len(payloads) == 3:
+                    break
+    finally:
+        stream.kill()
+        stream.wait(10)
+    assert payloads == [0, 1, 2]
+    assert pull(api, name, wait=0.5) == []  # written to the stream: acked
+
+
+def test_a_killed_http_consumer_loses_nothing(api: httpx.Client, gateway_url: str) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    api.post(f"/topics/{topic}/messages", json="precious")
+    # a consumer on an explicit stream takes the message, then dies without acking
+    stream = subprocess.Popen(
+        ["curl", "-sS", "-N", "--max-time", "20", "-H", f"Authorization: Bearer {ADMIN}",
+         f"{gateway_url}/subscriptions/{name}/events?ack_deadline=1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert stream.stdout is not None
+        for line in stream.stdout:
+            if line.startswith("data: "):
+                assert json.loads(line[6:])["payload"] == "precious"
+                break
+    finally:
+        stream.kill()
+        stream.wait(10)
+    [again] = pull(api, name, wait=8)
+    assert again["payload"] == "precious" and again["deliveries"] >= 2
+
+
+def test_deleting_a_subscription_ends_it(api: httpx.Client) -> None:
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    info = api.get(f"/subscriptions/{name}").json()
+    assert info["topics"] == [topic]
+    assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 200
+    assert api.delete(f"/subscriptions/{name}").status_code == 204
+    missing = api.post(f"/subscriptions/{name}/pull", json={})
+    assert missing.status_code == 404 and missing.json()["error"] == "NoSubscription"
+    assert api.post(f"/topics/{topic}/messages", json=1).json()["subscribers"] == 0
+
+
+# -- work queues ---------------------------------------------------------------------------
+
+
+def test_a_work_item_is_reserved_acked_with_a_result_and_its_ticket_answers(
+    api: httpx.Client,
+) -> None:
+    queue = unique("q-")
+    put = api.post(
+        f"/queues/{queue}/items", params={"priority": 5, "want_result": True}, json={"job": 1}
+    )
+    assert put.status_code == 201
+    ticket = put.json()["ticket"]
+    pending = api.get(f"/queues/{queue}/results/{ticket}", params={"wait": 0.2})
+    assert pending.status_code == 202 and pending.json()["status"] == "pending"
+    [item] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+    assert item["payload"] == {"job": 1} and item["priority"] == 5 and item["wants_result"]
+    assert api.get(f"/queues/{queue}").json()["reserved"] == 1
+    rid = item["reservation"]
+    assert (
+        api.post(f"/queues/{queue}/reservations/{rid}/extend", json={"seconds": 60}).status_code
+        == 204
+    )
+    ack = api.post(f"/queues/{queue}/reservations/{rid}/ack", json={"result": {"ok": True}})
+    assert ack.status_code == 204
+    done = api.get(f"/queues/{queue}/results/{ticket}", params={"wait": 5}).json()
+    assert done == {"id": ticket, "status": "done", "result": {"ok": True},
+                    "result_base64": None, "reason": None}  # fmt: skip
+    assert api.get(f"/queues/{queue}").json() | {"workers": 0} == {
+        "name": queue, "ready": 0, "reserved": 0, "dead": 0, "workers": 0,
+    }  # fmt: skip
+    again = api.post(f"/queues/{queue}/reservations/{rid}/ack", json={})
+    assert again.status_code == 404 and again.json()["error"] == "NoReservation"
+
+
+def test_a_reserve_waits_for_an_item_put_while_it_waits(api: httpx.Client, bus: Client) -> None:
+    queue = unique("q-")
+    timer = threading.Timer(0.5, lambda: bus.queue(queue).put("late"))
+    timer.start()
+    try:
+        items = api.post(f"/queues/{queue}/reserve", json={"wait": 8}).json()["items"]
+    finally:
+        timer.join()
+    assert [i["payload"] for i in items] == ["late"]
+    rid = items[0]["reservation"]
+    assert api.post(f"/queues/{queue}/reservations/{rid}/ack", json={}).status_code == 204
+
+
+def test_a_lease_that_runs_out_gives_the_item_to_the_next_reserve(api: httpx.Client) -> None:
+    queue = unique("q-")
+    api.post(f"/queues/{queue}/items", json="slow")
+    [first] = api.post(f"/queues/{queue}/reserve", json={"wait": 5, "lease": 1}).json()["items"]
+    [again] = api.post(f"/queues/{queue}/reserve", json={"wait": 10}).json()["items"]
+    assert again["id"] == first["id"] and again["attempts"] == first["attempts"] + 1
+    late = api.post(f"/queues/{queue}/reservations/{first['reservation']}/ack", json={})
+    assert late.status_code == 409 and late.json()["error"] == "ReservationLost"
+    ok = api.post(f"/queues/{queue}/reservations/{again['reservation']}/ack", json={})
+    assert ok.status_code == 204
+
+
+def test_released_items_become_dead_letters_with_the_reason_and_replay_brings_them_back(
+    api: httpx.Client, gateway_url: str
+) -> None:
+    queue = unique("q-")
+    item_id = api.post(f"/queues/{queue}/items", json={"bad": True}).json()["id"]
+    for attempt in range(5):  # the library's max_attempts
+        [item] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+        assert item["id"] == item_id and item["attempts"] == attempt + 1
+        rid = item["reservation"]
+        answer = api.post(f"/queues/{queue}/reservations/{rid}/release", json={"error": "boom"})
+        assert answer.status_code == 204
+    [dead] = api.get(f"/queues/{queue}/dead").json()
+    assert dead["id"] == item_id and "boom" in dead["reason"] and dead["payload"] == {"bad": True}
+    status, _, body = curl(
+        "-X", "POST", f"{gateway_url}/queues/{queue}/dead/replay",
+        "-H", f"Authorization: Bearer {ADMIN}", "-H", "Content-Type: application/json",
+        "--data", json.dumps({"ids": [item_id]}),
+    )  # fmt: skip
+    assert status == 200 and json.loads(body) == {"replayed": 1}
+    assert api.get(f"/queues/{queue}/dead").json() == []
+    assert api.post(f"/queues/{queue}/dead/replay").json() == {"replayed": 0}  # no body: all
+    [back] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+    assert back["payload"] == {"bad": True} and back["attempts"] == 1
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+def test_no_token_or_a_wrong_one_is_refused_with_a_bearer_challenge(gateway_url: str) -> None:
+    for headers in ({}, bearer("not-a-token-at-all"), {"Authorization": "Basic eDp5"}):
+        answer = httpx.post(f"{gateway_url}/topics/orders.x/messages", json=1, headers=headers)
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.json()["error"] == "Unauthorized"
+    status, headers, _ = curl(f"{gateway_url}/queues/jobs.a")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_token_uses_only_the_names_its_patterns_allow(gateway_url: str) -> None:
+    with httpx.Client(base_url=gateway_url, headers=bearer(ORDERS), timeout=30) as orders:
+        assert orders.post("/topics/orders.new/messages", json=1).status_code == 201
+        refused = orders.post("/topics/payments/messages", json=1)
+        assert refused.status_code == 403 and refused.json()["error"] == "Forbidden"
+        assert orders.get("/queues/jobs.a").status_code == 200
+        assert orders.get("/queues/other").status_code == 403
+        assert (
+            orders.put("/subscriptions/orders-a", json={"topics": ["orders.new"]}).status_code
+            == 201
+        )
+        bad_topic = orders.put("/subscriptions/orders-b", json={"topics": ["payments"]})
+        assert bad_topic.status_code == 403
+        assert orders.put("/subscriptions/mine", json={"topics": ["orders.x"]}).status_code == 403
+        assert orders.get("/ui/state").status_code == 403  # operator views: admin tokens only
+        assert orders.delete("/subscriptions/orders-a").status_code == 204
+
+
+# -- problems --------------------------------------------------------------------------------
+
+
+def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Client) -> None:
+    json_type = {"Content-Type": "application/json"}
+    octets = {"Content-Type": "application/octet-stream"}
+    cases = [
+        (api.post("/topics/t/messages", content="{no", headers=json_type), 400, "BadJson"),
+        (
+            api.post("/topics/t/messages", content="x", headers={"Content-Type": "text/xml"}),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            api.post("/topics/t/messages", content=b"x" * 980_001, headers=octets),
+            413,
+            "PayloadTooLarge",
+        ),
+        (api.post("/topics/%01/messages", json=1), 400, "BadRequest"),
+        (api.post("/topics/t/messages:batch", json={"messages": []}), 422, "ValidationError"),
+        (
+            api.post("/topics/t/messages:batch", json={"messages": [{"payload_base64": "!"}]}),
+            400,
+            "BadRequest",
+        ),
+        (api.post("/subscriptions/nobody/pull", json={}), 404, "NoSubscription"),
+        (api.post("/subscriptions/x/pull", json={"max": 0}), 422, "RequestValidationError"),
+        (api.put("/subscriptions/x", json={"topic": "t"}), 422, "RequestValidationError"),
+        (
+            api.post("/queues/q/items", params={"priority": 1000}, json=1),
+            422,
+            "RequestValidationError",
+        ),
+        (api.post("/queues/q/reservations/nope/ack", json={}), 404, "NoReservation"),
+        (api.get("/no/such/route"), 404, "NoRoute"),
+    ]
+    for answer, status, error in cases:
+        assert answer.status_code == status, (answer.request.url, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+        doc = answer.json()
+        assert doc["status"] == status and doc["error"] == error
+        assert doc["type"].startswith("urn:zkpubsub:problem:") and doc["title"] and doc["detail"]
+        assert "Traceback" not in answer.text
+    too_large = cases[2][0].json()
+    assert too_large["limit"] == 980_000
+
+
+# -- health, metrics, documents ----------------------------------------------------------------
+
+
+def test_health_readiness_metrics_and_the_openapi_document(gateway_url: str) -> None:
+    assert httpx.get(f"{gateway_url}/healthz").json()["live"] is True
+    ready = httpx.get(f"{gateway_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["state"] == "connected"
+    metrics = httpx.get(f"{gateway_url}/metrics").text
+    assert 'zkpubsub_session_state{state="connected"} 1.0' in metrics
+    assert "zkpubsub_gateway_subscriptions_held" in metrics
+    doc = httpx.get(f"{gateway_url}/openapi.json").json()
+    for path in (
+        "/topics/{topic}/messages",
+        "/topics/{topic}/messages:batch",
+        "/subscriptions/{name}/pull",
+        "/subscriptions/{name}/events",
+        "/queues/{queue}/reserve",
+        "/queues/{queue}/dead/replay",
+        "/queues/{queue}/results/{ticket}",
+    ):
+        assert path in doc["paths"]
+    schemas = doc["components"]["schemas"]
+    assert {"Receipt", "PullResult", "ReserveResult", "ProblemDocument"} <= set(schemas)
+    receipt = doc["paths"]["/topics/{topic}/messages"]["post"]["responses"]["201"]
+    assert receipt["content"]["application/json"]["schema"]["$ref"].endswith("/Receipt")
+    assert httpx.get(f"{gateway_url}/docs").status_code == 200
+    assert ADMIN not in json.dumps(doc)

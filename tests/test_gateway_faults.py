@@ -1,0 +1,230 @@
+"""The gateway under faults and in its deployments: killed (SIGKILL) and
+restarted, idle subscriptions let go, two gateways side by side, TLS on the
+listener, bus credentials per token, and the secure defaults of its
+command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kazoo.client import KazooClient
+
+from zkpubsub import Client
+from zkpubsub.testing.fixtures import ZooKeeperBackend
+from zkpubsub.testing.secure import TlsMaterial
+
+from .gateway_proc import ROOT_DIR, gateway, log_of, start_gateway, stop_gateway
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def pull_payloads(api: httpx.Client, name: str, count: int, wait: float = 15) -> list[Any]:
+    """Pull and ack until ``count`` messages came; their payloads."""
+    got: list[Any] = []
+    deadline = time.monotonic() + wait
+    while len(got) < count and time.monotonic() < deadline:
+        answer = api.post(f"/subscriptions/{name}/pull", json={"max": 10, "wait": 2})
+        assert answer.status_code == 200, answer.text
+        batch = answer.json()["messages"]
+        got += [m["payload"] for m in batch]
+        if batch:
+            ids = [m["ack_id"] for m in batch]
+            api.post(f"/subscriptions/{name}/ack", json={"ack_ids": ids})
+    return got
+
+
+def test_a_gateway_killed_with_sigkill_loses_nothing(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    topic, queue, name = unique("t-"), unique("q-"), unique("sub-")
+    url, process = start_gateway(zookeeper.hosts, zk_root)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as api:
+            assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+            api.post(
+                f"/topics/{topic}/messages:batch",
+                json={"messages": [{"payload": i} for i in range(3)]},
+            )
+            taken = api.post(f"/subscriptions/{name}/pull", json={"wait": 5}).json()["messages"]
+            assert [m["payload"] for m in taken] == [0]  # out, never acked
+            api.post(f"/queues/{queue}/items", json="job")
+            [item] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+    finally:
+        stop_gateway(process, kill=True)
+    with Client(zookeeper.hosts, root=zk_root, session_timeout=4.0, cleaner=False) as bus:
+        receipt = bus.publish_many(topic, [3, 4])  # while no gateway runs
+        assert receipt.subscribers == 1  # the durable subscription is still registered
+    url, process = start_gateway(zookeeper.hosts, zk_root)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as api:
+            assert pull_payloads(api, name, 5) == [0, 1, 2, 3, 4]
+            # the item reserved through the dead gateway comes back once its session is gone
+            again = api.post(f"/queues/{queue}/reserve", json={"wait": 10}).json()["items"]
+            assert [i["id"] for i in again] == [item["id"]] and again[0]["attempts"] == 2
+            old = api.post(f"/queues/{queue}/reservations/{item['reservation']}/ack", json={})
+            assert old.status_code == 404  # made through the dead gateway: this one holds nothing
+            rid = again[0]["reservation"]
+            assert api.post(f"/queues/{queue}/reservations/{rid}/ack", json={}).status_code == 204
+    finally:
+        stop_gateway(process)
+
+
+def _held(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("zkpubsub_gateway_subscriptions_held "):
+            return float(line.split()[1])
+    raise AssertionError("no zkpubsub_gateway_subscriptions_held in /metrics")
+
+
+def test_an_idle_subscription_is_let_go_and_keeps_what_is_published_meanwhile(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    topic, name = unique("t-"), unique("sub-")
+    with (
+        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "1"]) as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
+        assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+        assert _held(url) == 1
+        deadline = time.monotonic() + 15
+        while _held(url) != 0:  # the consumer went away: the gateway lets go
+            assert time.monotonic() < deadline, "the idle subscription was not let go"
+            time.sleep(0.2)
+        receipt = api.post(f"/topics/{topic}/messages", json="while away").json()
+        assert receipt["subscribers"] == 1
+        assert pull_payloads(api, name, 1) == ["while away"]  # taken up again on demand
+
+
+def test_two_gateways_side_by_side_share_topics_and_queues_and_one_holds_a_subscription(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    topic, queue, name = unique("t-"), unique("q-"), unique("sub-")
+    with (
+        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "2"]) as one,
+        gateway(zookeeper.hosts, zk_root) as two,
+    ):
+        a, b = httpx.Client(base_url=one, timeout=30), httpx.Client(base_url=two, timeout=30)
+        assert a.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+        assert b.post(f"/topics/{topic}/messages", json="via two").json()["subscribers"] == 1
+        held = b.post(f"/subscriptions/{name}/pull", json={})
+        assert held.status_code == 409 and held.json()["error"] == "ClientIdInUse"
+        assert pull_payloads(a, name, 1) == ["via two"]
+        b.post(f"/queues/{queue}/items", json="work")
+        [item] = a.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+        assert item["payload"] == "work"
+        elsewhere = b.post(f"/queues/{queue}/reservations/{item['reservation']}/ack", json={})
+        assert elsewhere.status_code == 404 and "another gateway" in elsewhere.json()["detail"]
+        rid = item["reservation"]
+        assert a.post(f"/queues/{queue}/reservations/{rid}/ack", json={}).status_code == 204
+        # once the first gateway lets the idle subscription go, the second takes it up
+        a.post(f"/topics/{topic}/messages", json="later")
+        deadline = time.monotonic() + 20
+        while b.get(f"/subscriptions/{name}").status_code == 409:
+            assert time.monotonic() < deadline, "the second gateway never took the subscription"
+            time.sleep(0.2)
+        assert pull_payloads(b, name, 1) == ["later"]
+
+
+def test_the_listener_speaks_tls(
+    zookeeper: ZooKeeperBackend, zk_root: str, tls_material: TlsMaterial
+) -> None:
+    cert, key = tls_material.folder / "server.pem", tls_material.folder / "server.key"
+    ca = ssl.create_default_context(cafile=str(tls_material.ca_cert))
+    url, process = start_gateway(
+        zookeeper.hosts,
+        zk_root,
+        args=["--tls-cert", str(cert), "--tls-key", str(key)],
+        scheme="https",
+        verify=ca,
+    )
+    try:
+        assert httpx.get(f"{url}/readyz", verify=ca).status_code == 200
+        done = subprocess.run(
+            ["curl", "-sS", "--cacert", str(tls_material.ca_cert), "-X", "POST",
+             "-H", "Content-Type: text/plain", "--data", "over tls", f"{url}/topics/t/messages"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert json.loads(done.stdout)["subscribers"] == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{url.rsplit(':', 1)[1]}/readyz", timeout=5)
+    finally:
+        stop_gateway(process)
+
+
+def test_a_token_uses_its_own_bus_credentials_and_no_credential_is_ever_shown(
+    zookeeper: ZooKeeperBackend, zk_root: str, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "billing.toml"
+    credentials.write_text('acl = "secured"\n[auth]\ndigest = "billing:billing-secret-pw"\n')
+    token = "billing-token-0123456789"
+    tokens = {
+        "credentials": {"billing": str(credentials)},
+        "tokens": [{"name": "billing", "token": token, "credentials": "billing",
+                    "topics": ["bill.*"], "subscriptions": ["*"]}],
+    }  # fmt: skip
+    env = {"ZKPUBSUB_DIGEST": "gateway:gateway-secret-pw", "ZKPUBSUB_ACL": "open"}
+    url, process = start_gateway(zookeeper.hosts, zk_root, tokens, env=env, global_args=["-v"])
+    try:
+        api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        answers = [
+            api.put("/subscriptions/billing", json={"topics": ["bill.x"]}),
+            api.post("/topics/bill.x/messages", json="invoice"),
+            api.post("/subscriptions/billing/pull", json={"wait": 5}),
+            api.post(
+                "/topics/bill.x/messages", content="{", headers={"Content-Type": "application/json"}
+            ),
+            api.post("/topics/other/messages", json=1),
+            httpx.get(f"{url}/openapi.json"),
+            httpx.get(f"{url}/metrics"),
+        ]
+        assert [a.status_code for a in answers[:5]] == [201, 201, 200, 400, 403]
+        assert answers[2].json()["messages"][0]["payload"] == "invoice"
+        zk = KazooClient(zookeeper.hosts, auth_data=[("digest", "billing:billing-secret-pw")])
+        zk.start(15)
+        try:  # the subscription was registered with the token's credentials
+            acls, _ = zk.get_acls(f"{zk_root}/subscribers/bill.x/http-billing")
+        finally:
+            zk.stop()
+            zk.close()
+        assert [(a.id.scheme, a.id.id.split(":")[0]) for a in acls] == [("digest", "billing")]
+    finally:
+        stop_gateway(process)
+    shown = "".join(a.text for a in answers) + log_of(process)
+    for secret in ("billing-secret-pw", "gateway-secret-pw", token):
+        assert secret not in shown
+
+
+def _cli(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    argv = ["zkpubsub", *args]
+    code = f"{prelude}\nimport sys\nfrom zkpubsub.cli import run\nsys.argv = {argv!r}\nrun()"
+    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_without_tokens_the_gateway_refuses_to_listen_beyond_loopback() -> None:
+    done = _cli("gateway", "--host", "0.0.0.0", "--port", "1")
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without --tokens" in done.stderr
+
+
+def test_the_gateway_names_its_extra_when_its_packages_are_missing() -> None:
+    blocked = "import sys\nsys.modules['fastapi'] = None\nimport zkpubsub, zkpubsub.aio"
+    done = _cli("gateway", prelude=blocked)
+    assert done.returncode != 0
+    assert "pip install 'zkpubsub[gateway]'" in done.stderr

@@ -1,0 +1,101 @@
+"""The gateway's sessions with the bus: one client per set of credentials.
+
+The gateway's own credentials (``GatewaySettings.security``) give the
+default client, connected when the gateway starts; each credentials
+profile of the tokens file gets its client on first use. Requests reach the
+bus only through these clients (:mod:`zkpubsub.aio`), so every guarantee of
+the library holds for them as for any other client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..aio import AsyncClient
+from ..observer import Observer
+from ..security import Security, load_credentials
+from .auth import Principal
+from .settings import GatewaySettings
+
+__all__ = ["Bus"]
+
+logger = logging.getLogger(__name__)
+
+
+class Bus:
+    """The clients of one gateway, keyed by credentials profile."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._clients: dict[str | None, AsyncClient] = {}
+        self._lock = asyncio.Lock()
+        self._observer: Observer | None = None
+
+    def security(self, profile: str | None) -> Security:
+        """The credentials of ``profile`` (``None``: the gateway's own)."""
+        if profile is None:
+            return self.settings.security
+        book = self.settings.tokens
+        assert book is not None and profile in book.credentials
+        return load_credentials(book.credentials[profile])
+
+    def client_options(self, profile: str | None) -> dict[str, Any]:
+        """What every client of ``profile`` is made with (besides its id)."""
+        s = self.settings
+        return {
+            "root": s.root,
+            "session_timeout": s.session_timeout,
+            "connect_timeout": s.connect_timeout,
+            **self.security(profile).options(),
+        }
+
+    async def start(self) -> None:
+        """Connect the default client (``ConnectTimeout`` and the security
+        errors of ``Client`` if it cannot)."""
+        await self.client_for(None)
+
+    @property
+    def default(self) -> AsyncClient:
+        return self._clients[None]
+
+    async def client(self, principal: Principal) -> AsyncClient:
+        return await self.client_for(principal.profile)
+
+    async def client_for(self, profile: str | None) -> AsyncClient:
+        client = self._clients.get(profile)
+        if client is not None:
+            return client
+        async with self._lock:
+            client = self._clients.get(profile)
+            if client is None:
+                client = await AsyncClient.connect(
+                    self.settings.hosts, **self.client_options(profile)
+                )
+                self._clients[profile] = client
+                logger.info("connected for credentials %s", profile or "(the gateway's own)")
+            return client
+
+    def observer(self) -> Observer:
+        """A read-only view of the bus (blocking: call it on a thread)."""
+        if self._observer is None:
+            s = self.settings
+            self._observer = Observer(
+                s.hosts,
+                root=s.root,
+                session_timeout=s.session_timeout,
+                connect_timeout=s.connect_timeout,
+            )
+        return self._observer
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:
+                logger.exception("closing %r", client)
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            await asyncio.to_thread(observer.close)

@@ -1,0 +1,102 @@
+"""``Idempotency-Key``: a retried request answered with its first answer.
+
+A request that carries ``Idempotency-Key: <key>`` is done once per key,
+token and route: a repeat within ``ttl`` seconds gets the first answer
+(with ``Idempotent-Replayed: true``) and does nothing again; a repeat
+that arrives while the first is still running waits for it. The same key
+with a different request (another body or headers) is a 422 problem. An
+attempt that failed is forgotten, so a retry tries again.
+
+Kept in the memory of one gateway process, for ``ttl`` seconds (default an
+hour) and at most ``max_keys`` keys (oldest first out): a restarted
+gateway, or another gateway behind the same load balancer, does not know
+the key and does the request again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .problems import Problem
+
+__all__ = ["IdempotencyStore"]
+
+MAX_KEY_LENGTH: Final = 255
+
+
+@dataclass
+class _Entry:
+    fingerprint: str
+    answer: asyncio.Future[Any]
+    expires: float
+
+
+class IdempotencyStore:
+    """First answers by key, in memory (see the module doc)."""
+
+    def __init__(self, ttl: float, max_keys: int) -> None:
+        self._ttl = ttl
+        self._max = max_keys
+        self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.expires > now and len(self._entries) <= self._max:
+                return
+            del self._entries[key]
+
+    async def run(
+        self,
+        scope: tuple[str, ...],
+        key: str | None,
+        request: bytes,
+        work: Callable[[], Awaitable[Any]],
+    ) -> tuple[Any, bool]:
+        """``(answer, replayed)``: ``work()``'s answer, or the first answer
+        of ``key`` in ``scope``."""
+        if key is None:
+            return await work(), False
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise Problem(
+                400,
+                "bad-idempotency-key",
+                "Bad Idempotency-Key",
+                f"an Idempotency-Key is 1 to {MAX_KEY_LENGTH} printable characters",
+            )
+        now = time.monotonic()
+        self._expire(now)
+        fingerprint = hashlib.sha256(request).hexdigest()
+        full = (*scope, key)
+        entry = self._entries.get(full)
+        if entry is not None:
+            if entry.fingerprint != fingerprint:
+                raise Problem(
+                    422,
+                    "idempotency-key-reused",
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was used for a different request",
+                )
+            return await asyncio.shield(entry.answer), True
+        # The work runs as a task of its own: a caller that goes away does not
+        # cancel it, and a retry meanwhile waits for its answer.
+        task = asyncio.ensure_future(work())
+        self._entries[full] = _Entry(fingerprint, task, now + self._ttl)
+
+        def forget_failure(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                current = self._entries.get(full)
+                if current is not None and current.answer is done:
+                    del self._entries[full]
+
+        task.add_done_callback(forget_failure)
+        return await asyncio.shield(task), False

@@ -1,0 +1,167 @@
+"""Payloads in and out of HTTP: request bodies by content type, headers by
+name, and payloads written into JSON answers.
+
+A body becomes the payload by its ``Content-Type``:
+
+* ``application/json`` (or any ``+json`` type): the JSON value;
+* ``text/plain``: the text, a ``str`` (``charset`` honoured, UTF-8 by default);
+* ``application/octet-stream``: the bytes.
+
+Message headers travel as request headers ``Zkpubsub-Header-<name>:
+<value>``; HTTP header names are case-insensitive, so ``<name>`` arrives
+lower-cased.
+
+In JSON answers a payload is ``"payload": <JSON value>``, except bytes,
+which are ``"payload_base64": "<base64>"`` (and bytes nested in a value are
+written as base64 strings).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from fastapi import Request
+
+from .problems import Problem
+
+__all__ = [
+    "HEADER_PREFIX",
+    "decode_base64",
+    "message_headers",
+    "payload_fields",
+    "read_body",
+    "read_json",
+    "read_payload",
+]
+
+HEADER_PREFIX: Final = "zkpubsub-header-"
+
+
+def _too_large(limit: int, size: int | None = None) -> Problem:
+    said = f"{size} bytes" if size is not None else "more"
+    return Problem(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"the body is {said}, over the limit of {limit} bytes",
+        limit=limit,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 problem once it passes ``limit`` bytes
+    (before reading it when ``Content-Length`` says so)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(request: Request) -> tuple[str, dict[str, str]]:
+    value = request.headers.get("content-type", "")
+    kind, *params = (p.strip() for p in value.split(";"))
+    options = {}
+    for p in params:
+        key, _, val = p.partition("=")
+        options[key.strip().lower()] = val.strip().strip('"')
+    return kind.lower(), options
+
+
+def is_json(kind: str) -> bool:
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def _unsupported(kind: str, accepted: str) -> Problem:
+    return Problem(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        f"Content-Type {kind or '(none)'!r} is not accepted here; send {accepted}",
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, "bad-json", "Malformed JSON", f"the body is not JSON: {exc}") from None
+
+
+async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
+    """The payload of a request by its ``Content-Type`` (see the module doc),
+    and the bytes that made it (media type and body)."""
+    kind, options = _media_type(request)
+    if not (is_json(kind) or kind in ("text/plain", "application/octet-stream")):
+        raise _unsupported(kind, "application/json, text/plain or application/octet-stream")
+    body = await read_body(request, limit)
+    raw = kind.encode() + b"\0" + body
+    if is_json(kind):
+        return parse_json(body), raw
+    if kind == "text/plain":
+        charset = options.get("charset", "utf-8")
+        try:
+            return body.decode(charset), raw
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise Problem(
+                400, "bad-text", "Undecodable text", f"the body is not {charset} text: {exc}"
+            ) from None
+    return body, raw
+
+
+async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
+    """A JSON request body (``empty`` when there is none)."""
+    kind, _ = _media_type(request)
+    body = await read_body(request, limit)
+    if not body.strip():
+        return empty
+    if kind and not is_json(kind):
+        raise _unsupported(kind, "application/json")
+    return parse_json(body)
+
+
+def message_headers(request: Request) -> dict[str, str]:
+    """The message headers given as ``Zkpubsub-Header-<name>`` request headers."""
+    return {
+        key[len(HEADER_PREFIX) :]: value
+        for key, value in request.headers.items()
+        if key.startswith(HEADER_PREFIX) and len(key) > len(HEADER_PREFIX)
+    }
+
+
+def decode_base64(text: object, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise Problem(400, "bad-request", "Bad request", f"{where} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Problem(400, "bad-request", "Bad request", f"{where} is not base64: {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def payload_fields(payload: Any) -> dict[str, Any]:
+    """``{"payload": ...}`` or, for bytes, ``{"payload_base64": ...}``."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return {"payload_base64": base64.b64encode(bytes(payload)).decode()}
+    return {"payload": _jsonable(payload)}

@@ -1,0 +1,317 @@
+"""Work queues over HTTP: put, reserve with a lease, ack, release, extend,
+stats, dead letters, replay and waiting for a ticket's result.
+
+Every guarantee is the library's work queue's: an item is held by one
+reservation at a time; an ack or release of a reservation that was lost
+(its lease ran out and another worker took the item) is refused with a 409
+``ReservationLost`` problem and changes nothing; an item reserved
+``max_attempts`` times without an ack becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from ..aio import AsyncClient, AsyncWorkQueue
+from ..errors import ItemFailed, OperationTimeout
+from .auth import Caller, Principal
+from .context import GatewayState, state_of
+from .models import (
+    DeadLetter,
+    ExtendRequest,
+    ItemAckRequest,
+    PutResult,
+    QueueStatsAnswer,
+    ReleaseRequest,
+    ReplayRequest,
+    ReplayResult,
+    ReservedItem,
+    ReserveRequest,
+    ReserveResult,
+    TicketAnswer,
+    problem_responses,
+)
+from .payloads import message_headers, payload_fields, read_json, read_payload
+from .problems import bad_input
+from .topics import _SINGLE_BODY, invalid
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["queues"])
+
+# Small JSON bodies (reserve, ack without a result, release, extend, replay).
+_SMALL = 64 * 1024
+
+
+async def _handle(
+    gw: GatewayState, principal: Principal, name: str, lease: float | None = None
+) -> AsyncWorkQueue:
+    principal.require("queue", name)
+    client: AsyncClient = await gw.bus.client(principal)
+    with bad_input("queue"):
+        return client.queue(name, visibility_timeout=lease)
+
+
+async def _body(request: Request, model: type[BaseModel], limit: int = _SMALL) -> Any:
+    doc = await read_json(request, limit, empty={})
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+@router.post(
+    "/queues/{queue}/items",
+    status_code=201,
+    response_model=PutResult,
+    summary="Put an item",
+    description="The body is the item's payload, by Content-Type (as for publishing); "
+    "item headers as 'Zkpubsub-Header-<name>'. With want_result=true the answer names "
+    "a ticket to wait on. Honours Idempotency-Key.",
+    openapi_extra=_SINGLE_BODY,
+    responses=problem_responses(400, 401, 403, 413, 415, 503),
+)
+async def put(
+    queue: str,
+    request: Request,
+    response: Response,
+    principal: Caller,
+    priority: int = Query(100, ge=0, le=999, description="0-999, lower first."),
+    want_result: bool = Query(False, description="Keep the ack's result for a ticket."),
+    idempotency_key: str | None = Header(None),
+) -> PutResult:
+    gw = state_of(request)
+    handle = await _handle(gw, principal, queue)
+    payload, raw = await read_payload(request, gw.settings.max_message_bytes)
+    headers = message_headers(request)
+    fingerprint = raw + json.dumps([headers, priority, want_result], sort_keys=True).encode()
+
+    async def work() -> PutResult:
+        with bad_input("put"):
+            if want_result:
+                ticket = await handle.put(
+                    payload, priority=priority, headers=headers or None, want_result=True
+                )
+                return PutResult(id=ticket.id, ticket=ticket.id)
+            item_id = await handle.put(payload, priority=priority, headers=headers or None)
+            return PutResult(id=item_id, ticket=None)
+
+    answer, replayed = await gw.idempotency.run(
+        ("put", principal.name, queue), idempotency_key, fingerprint, work
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    result: PutResult = answer
+    return result
+
+
+@router.post(
+    "/queues/{queue}/reserve",
+    response_model=ReserveResult,
+    summary="Reserve items (long poll)",
+    description="Up to max items, waiting up to wait seconds (at most the gateway's "
+    "--max-wait) for the first. Each is reserved for lease seconds (default the "
+    "gateway's --lease): not acked, released or extended by then, it goes to another "
+    "worker and this reservation's ack is refused.",
+    responses=problem_responses(401, 403, 422),
+)
+async def reserve(
+    queue: str,
+    request: Request,
+    principal: Caller,
+    body: ReserveRequest | None = None,
+) -> ReserveResult:
+    gw = state_of(request)
+    ask = body or ReserveRequest.model_validate({})
+    lease = ask.lease or gw.settings.lease
+    handle = await _handle(gw, principal, queue, lease)
+    items = await handle.reserve_many(ask.max, min(ask.wait, gw.settings.max_wait))
+    out = []
+    for item in items:
+        rid = gw.reservations.add(principal.name, queue, item, handle)
+        out.append(
+            ReservedItem(
+                reservation=rid,
+                id=item.id,
+                headers=dict(item.headers),
+                priority=item.priority,
+                attempts=item.attempts,
+                put_at=item.put_at,
+                lease=lease,
+                wants_result=item.wants_result,
+                **payload_fields(item.payload),
+            )
+        )
+    return ReserveResult(items=out)
+
+
+@router.post(
+    "/queues/{queue}/reservations/{reservation}/ack",
+    status_code=204,
+    summary="Ack a reserved item (with its result)",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def ack(
+    queue: str,
+    reservation: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
+    gw = state_of(request)
+    principal.require("queue", queue)
+    held = gw.reservations.get(reservation, principal.name, queue)
+    body = await _body(request, ItemAckRequest, gw.settings.max_message_bytes)
+    try:
+        with bad_input("ack"):
+            await held.item.ack(body.result)
+    finally:
+        if held.item.finished:
+            gw.reservations.drop(reservation)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/reservations/{reservation}/release",
+    status_code=204,
+    summary="Give a reserved item back (with the error)",
+    description="The item is tried again by the next reserve; after max_attempts "
+    "reservations it becomes a dead letter with this error as its reason.",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def release(
+    queue: str,
+    reservation: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
+    gw = state_of(request)
+    principal.require("queue", queue)
+    held = gw.reservations.get(reservation, principal.name, queue)
+    body = await _body(request, ReleaseRequest)
+    try:
+        await held.item.release(body.error)
+    finally:
+        if held.item.finished:
+            gw.reservations.drop(reservation)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/reservations/{reservation}/extend",
+    status_code=204,
+    summary="Extend a reservation's lease",
+    description="Renews the lease for seconds from now (default: the lease it was "
+    "reserved with). A 409 ReservationLost if the item is no longer held.",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def extend(
+    queue: str,
+    reservation: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
+    gw = state_of(request)
+    principal.require("queue", queue)
+    held = gw.reservations.get(reservation, principal.name, queue)
+    body = await _body(request, ExtendRequest)
+    await held.item.extend(body.seconds)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/queues/{queue}",
+    response_model=QueueStatsAnswer,
+    summary="Counts of a work queue",
+    responses=problem_responses(401, 403, 404),
+)
+async def stats(queue: str, request: Request, principal: Caller) -> QueueStatsAnswer:
+    handle = await _handle(state_of(request), principal, queue)
+    s = await handle.stats()
+    return QueueStatsAnswer(
+        name=s.name, ready=s.ready, reserved=s.reserved, dead=s.dead, workers=s.workers
+    )
+
+
+@router.get(
+    "/queues/{queue}/dead",
+    response_model=list[DeadLetter],
+    summary="The dead letters, oldest first",
+    responses=problem_responses(401, 403, 404),
+)
+async def dead(queue: str, request: Request, principal: Caller) -> list[DeadLetter]:
+    handle = await _handle(state_of(request), principal, queue)
+    return [
+        DeadLetter(
+            id=d.id,
+            headers=dict(d.headers),
+            priority=d.priority,
+            attempts=d.attempts,
+            reason=d.reason,
+            died_at=d.died_at,
+            **payload_fields(d.payload),
+        )
+        for d in await handle.dead()
+    ]
+
+
+@router.post(
+    "/queues/{queue}/dead/replay",
+    response_model=ReplayResult,
+    summary="Put dead letters back",
+    description='Optional JSON body {"ids": [...]}; none or an empty list replays all. '
+    "Each goes back as a new item with its payload and priority.",
+    responses=problem_responses(401, 403, 422),
+)
+async def replay(
+    queue: str,
+    request: Request,
+    principal: Caller,
+) -> ReplayResult:
+    gw = state_of(request)
+    handle = await _handle(gw, principal, queue)
+    body = await _body(request, ReplayRequest)
+    count = await handle.replay(body.ids or None)
+    return ReplayResult(replayed=count)
+
+
+@router.get(
+    "/queues/{queue}/results/{ticket}",
+    response_model=TicketAnswer,
+    summary="Wait for a ticket's result (long poll)",
+    description="status done (with the ack's result, which is removed once read), "
+    "failed (the item became a dead letter; reason says why), or pending with HTTP 202 "
+    "when wait seconds passed first (at most the gateway's --max-wait).",
+    responses=problem_responses(
+        401, 403, extra={202: {"description": "No result yet", "model": TicketAnswer}}
+    ),
+)
+async def result(
+    queue: str,
+    ticket: str,
+    request: Request,
+    response: Response,
+    principal: Caller,
+    wait: float = Query(0.0, ge=0, description="Seconds to wait for the result."),
+) -> TicketAnswer:
+    gw = state_of(request)
+    handle = await _handle(gw, principal, queue)
+    with bad_input("ticket"):
+        waiter = handle.ticket(ticket)
+    try:
+        value = await waiter.wait(min(wait, gw.settings.max_wait) or 0.001)
+    except ItemFailed as exc:
+        return TicketAnswer(id=ticket, status="failed", reason=exc.reason)
+    except OperationTimeout:
+        response.status_code = 202
+        return TicketAnswer(id=ticket, status="pending")
+    fields = payload_fields(value)
+    return TicketAnswer(
+        id=ticket,
+        status="done",
+        result=fields.get("payload"),
+        result_base64=fields.get("payload_base64"),
+    )

@@ -1,0 +1,58 @@
+"""Running the gateway: uvicorn on one address, optionally with TLS."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from .settings import GatewaySettings
+
+__all__ = ["is_loopback", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def serve(
+    settings: GatewaySettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve the gateway until SIGINT or SIGTERM. Without tokens it listens
+    only on a loopback address (``ValueError`` otherwise)."""
+    import uvicorn
+
+    from .app import create_app
+
+    if settings.tokens is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to listen on {host} without --tokens: anyone who can reach it could "
+            "use the bus; give a tokens file (docs/gateway.md) or listen on 127.0.0.1"
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS for the listener needs both --tls-cert and --tls-key")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
