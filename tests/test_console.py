@@ -106,6 +106,9 @@ def test_a_snapshot_lists_the_oldest_dead_letters_and_counts_them_all(
         item.release(f"failure {n}")
     with Observer(zk_hosts, root=zk_root) as observer:
         (queue,) = console_snapshot(observer)["work_queues"]
+        assert len(observer.dead("bulk")) == 3 and len(observer.dead("bulk", limit=1)) == 1
+        with pytest.raises(ValueError, match="limit"):
+            observer.dead("bulk", limit=-1)
     assert queue["dead"] == 3
     assert [d["reason"][-9:] for d in queue["dead_letters"]] == ["failure 0", "failure 1"]
     preview = queue["dead_letters"][0]["payload"]
@@ -308,8 +311,13 @@ def chromium_path() -> str:
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    """A page of a headless chromium, closed at the end."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    """A page of a headless chromium, closed at the end. Waits (actions and
+    ``expect``) last up to 20 s: a loaded machine is slow, never wrong."""
+    if os.environ.get("CI"):
+        import playwright.sync_api as sync_api  # part of the test extra: CI must have it
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api.expect.set_options(timeout=20_000)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
         try:
