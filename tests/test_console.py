@@ -50,7 +50,7 @@ def make_bus(make_client: MakeClient, *, janitor_leads: bool = True) -> Client:
     jobs.put({"order": 7}, priority=3)
     item = jobs.reserve(10)
     assert item is not None
-    item.release("backend down")  # the last attempt: a dead letter
+    item.release("backend down: <h1>502 Bad Gateway</h1>")  # the last attempt: a dead letter
     jobs.put("waiting")
     return publisher
 
@@ -379,7 +379,7 @@ def test_the_page_shows_the_bus_live_publishes_and_replays_dead_letters(
     expect(away).to_have_text("5")
 
     dead = page.locator('#dead-letters tr[data-queue="jobs"]')
-    expect(dead).to_contain_text("backend down")
+    expect(dead.locator("td.reason")).to_contain_text("<h1>502 Bad Gateway</h1>")  # as text
     queue = page.locator('#queues tr[data-queue="jobs"]')
     expect(queue.locator("td.dead")).to_have_text("1")
     expect(queue.locator("td.ready")).to_have_text("1")
