@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stall")
+SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stall", "gateway")
 
 
 def subscriber_processes(profile: Profile) -> int:
@@ -67,6 +67,12 @@ class Profile:
     stall_before: float = 5.0
     stall_after_cap: float = 30.0
     stall_settle: float = 3.0
+    # the HTTP gateway against the library: publishing threads and how long,
+    # and the backlogs drained (auto-acked pulls and get; explicit acks)
+    gateway_publishers: int = 8
+    gateway_duration: float = 6.0
+    gateway_backlog: int = 3_000
+    gateway_backlog_acked: int = 300
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +115,10 @@ QUICK: Final = replace(
     stall_before=1.0,
     stall_after_cap=15.0,
     stall_settle=0.5,
+    gateway_publishers=2,
+    gateway_duration=1.0,
+    gateway_backlog=200,
+    gateway_backlog_acked=30,
 )
 
 PROFILES: Final = {"full": FULL, "quick": QUICK}

@@ -584,6 +584,39 @@ def _backlog(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gateway(section: dict[str, Any]) -> list[str]:
+    def median(cell: dict[str, Any] | None) -> Any:
+        return None if cell is None else cell["median"]
+
+    def span(cell: dict[str, Any] | None) -> str:
+        if cell is None:
+            return "-"
+        return f"{_fmt(cell['median'], 2)}x ({_fmt(cell['min'], 2)}-{_fmt(cell['max'], 2)})"
+
+    pub, pull = section["publish"], section["pull"]
+    rows = [
+        (
+            f"publish, {section['publishers']} threads one at a time",
+            median(pub["gateway"]),
+            median(pub["library"]),
+            span(pub["ratio"]),
+        ),
+        (
+            f"drain {section['backlog']:,}: pull (max 100, auto_ack) / get",
+            median(pull["gateway_auto_ack"]),
+            median(pull["library_get"]),
+            span(pull["ratio_auto_ack"]),
+        ),
+        (
+            f"drain {section['backlog_acked']:,}: pull + ack each / get",
+            median(pull["gateway_acked"]),
+            median(pull["library_get"]),
+            span(pull["ratio_acked"]),
+        ),
+    ]
+    return _table(("measured", "gateway msg/s", "library msg/s", "ratio"), rows)
+
+
 def _stall(section: dict[str, Any]) -> list[str]:
     rows = []
     for r in section.get("results", []):
@@ -711,6 +744,7 @@ def markdown(
         "latency": ("Publish-to-handler latency", _latency),
         "backlog": ("Publish cost against a backlog", _backlog),
         "stall": ("Leader kill on a 3-node ensemble", _stall),
+        "gateway": ("The HTTP gateway against the library", _gateway),
     }
     for name, (title, render) in renderers.items():
         section = report.get("sections", {}).get(name)

@@ -215,3 +215,14 @@ def test_the_asyncio_path_is_measured_beside_the_threaded_one(report: dict) -> N
         assert rows and all(r["slower_by"] is not None for r in rows), rows
     fanout = [r for r in report["sections"]["fanout"]["results"] if r["impl"] == "aio"]
     assert all(r["complete"] and r["duplicates"] == 0 for r in fanout)
+
+
+def test_the_gateway_section_measures_both_sides_in_the_same_run(report: dict) -> None:
+    section = report["sections"]["gateway"]
+    assert section["errors"] == []
+    for cell in ("gateway", "library", "ratio"):
+        assert section["publish"][cell]["n"] == QUICK.repeats, cell
+    pull = section["pull"]
+    for cell in ("gateway_auto_ack", "gateway_acked", "library_get", "ratio_auto_ack"):
+        assert pull[cell]["n"] == QUICK.repeats, cell
+    assert all(v > 0 for v in section["publish"]["ratio"]["values"])

@@ -144,6 +144,7 @@ def test_the_demo_runs_and_checks_itself() -> None:
     assert [r[1] for r in rows if r[3] == "running"] == ["90", "90"]
     assert "queue: 20/20 tasks acked, 0 ready, 0 reserved, 0 dead" in out
     assert "task 7 came back" in out
+    assert "HTTP: pulled it and acked it (200, 1 acked)" in out  # the gateway, over HTTP
 
 
 def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:

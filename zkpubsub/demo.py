@@ -14,10 +14,17 @@ With ``secured=True`` (``zkpubsub demo --secured``) the demo's server
 refuses unauthenticated clients and every client uses a password made for
 the run, handed to the subscriber and worker processes in their
 environment, never on their command line.
+
+With the ``gateway`` extra installed, the demo also runs the HTTP gateway
+on a free port of 127.0.0.1 for its whole length (its URL is printed, with
+the API docs at ``/docs``), and at the end publishes, pulls and acks a
+message through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -25,7 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,7 +207,7 @@ def run_demo(
         os.environ["ZKPUBSUB_DIGEST"] = f"{DEMO_USER}:{secrets.token_urlsafe(12)}"
         security = ServerSecurity(enforce_auth=True, enforce_schemes=("digest",))
     step("starting a local ZooKeeper (standalone, 127.0.0.1, a free port)")
-    with ZooKeeperCluster(1, security=security) as zk:
+    with ZooKeeperCluster(1, security=security) as zk, contextlib.ExitStack() as later:
         step(f"ZooKeeper serving at {zk.hosts}")
         if secured:
             step("it refuses unauthenticated clients; every node gets the secured ACL")
@@ -208,6 +217,8 @@ def run_demo(
             cleaner = pub.start_cleaner(grace=GRACE, interval=1.0)
             cleaner.wait_leader(10)
             step(f"cleaner elected on the publisher's client (grace {GRACE:g}s)")
+            # after the election: the gateway's client stands as a candidate too
+            gateway = later.enter_context(_gateway(zk.hosts, step))
             workers: list[_Worker] = []
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             for i in range(subscribers):
@@ -293,7 +304,79 @@ def run_demo(
                     failures.append(f"{w.name} saw messages out of order")
             out("")
         _queue_demo(zk.hosts, step, failures)
+        if gateway is not None:
+            _gateway_demo(gateway, step, failures)
     return _finish(step, failures)
+
+
+@contextlib.contextmanager
+def _gateway(hosts: str, step: Callable[[str], None]) -> Iterator[str | None]:
+    """The HTTP gateway in a process of its own for the demo's length, if its
+    extra is installed: its URL (``None`` without the extra)."""
+    from .gateway import require_extra
+    from .testing.server import free_ports
+
+    try:
+        require_extra()
+    except ImportError:
+        step("(pip install 'zkpubsub[gateway]' to see the HTTP gateway in the demo too)")
+        yield None
+        return
+    port = free_ports(1)[0]
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "zkpubsub", "--hosts", hosts, "gateway", "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while _http(url, "GET", "/readyz")[0] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                step("the HTTP gateway did not start; going on without it")
+                yield None
+                return
+            time.sleep(0.2)
+        step(f"HTTP gateway at {url} (API docs at {url}/docs) while the demo runs")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _http(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """``(status, JSON answer)`` of one request (status 0 if none came)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            text = answer.read()
+            return answer.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _gateway_demo(url: str, step: Callable[[str], None], failures: list[str]) -> None:
+    """A durable subscription, a publish, a pull and an ack, over HTTP."""
+    status, _ = _http(url, "PUT", "/subscriptions/demo", {"topics": ["demo.http"]})
+    step(f"HTTP: PUT /subscriptions/demo → {status}")
+    status, receipt = _http(url, "POST", "/topics/demo.http/messages", {"hello": "http"})
+    reached = receipt["subscribers"] if receipt else "?"
+    step(f"HTTP: POST /topics/demo.http/messages → {status}, reached {reached} subscriber(s)")
+    status, pulled = _http(url, "POST", "/subscriptions/demo/pull", {"wait": 10})
+    messages = pulled["messages"] if pulled else []
+    if [m.get("payload") for m in messages] != [{"hello": "http"}]:
+        failures.append("the message published over HTTP was not pulled back")
+        return
+    ack = {"ack_ids": [messages[0]["ack_id"]]}
+    status, acked = _http(url, "POST", "/subscriptions/demo/ack", ack)
+    step(f"HTTP: pulled it and acked it ({status}, {len(acked['acked']) if acked else 0} acked)")
+    _http(url, "DELETE", "/subscriptions/demo")
 
 
 def _finish(step: Callable[[str], None], failures: list[str]) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..aio import AsyncClient
+from ..aio import AsyncClient, AsyncWorkQueue
 from ..observer import Observer
 from ..security import Security, load_credentials
 from .auth import Principal
@@ -32,6 +32,7 @@ class Bus:
         self._clients: dict[str | None, AsyncClient] = {}
         self._lock = asyncio.Lock()
         self._observer: Observer | None = None
+        self._queues: dict[tuple[str | None, str], AsyncWorkQueue] = {}
 
     def security(self, profile: str | None) -> Security:
         """The credentials of ``profile`` (``None``: the gateway's own)."""
@@ -77,6 +78,18 @@ class Bus:
                 logger.info("connected for credentials %s", profile or "(the gateway's own)")
             return client
 
+    async def queue(self, principal: Principal, name: str) -> AsyncWorkQueue:
+        """The handle on work queue ``name`` for ``principal``'s credentials:
+        one per queue and credentials, so the gateway is one worker of each
+        queue, whose reservations carry the default lease (``settings.lease``)."""
+        key = (principal.profile, name)
+        handle = self._queues.get(key)
+        if handle is None:
+            client = await self.client(principal)
+            handle = client.queue(name, visibility_timeout=self.settings.lease)
+            self._queues[key] = handle
+        return handle
+
     def observer(self) -> Observer:
         """A read-only view of the bus (blocking: call it on a thread)."""
         if self._observer is None:
@@ -90,6 +103,12 @@ class Bus:
         return self._observer
 
     async def close(self) -> None:
+        queues, self._queues = list(self._queues.values()), {}
+        for queue in queues:
+            try:
+                await queue.close()
+            except Exception:
+                logger.exception("closing %r", queue)
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             try:

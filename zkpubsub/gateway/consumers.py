@@ -88,7 +88,7 @@ class HttpSubscription:
     out: dict[str, Lent] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_used: float = field(default_factory=time.monotonic)
-    streams: int = 0
+    streams: int = 0  # event streams and pulls waiting now
     closing: bool = False
 
     @property
@@ -144,7 +144,16 @@ class HttpSubscription:
         """Up to ``limit`` messages, waiting up to ``wait`` seconds for the
         first. Each gets an ack id due within ``ack_deadline`` seconds, or is
         acked at once with ``auto_ack``."""
-        self.touch()
+        self.streams += 1  # a waiting pull keeps the subscription held
+        try:
+            return await self._pull(limit, wait, ack_deadline, auto_ack)
+        finally:
+            self.streams -= 1
+            self.touch()
+
+    async def _pull(
+        self, limit: int, wait: float, ack_deadline: float | None, auto_ack: bool
+    ) -> list[Lent]:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait
         deadline = self.ack_deadline if ack_deadline is None else ack_deadline
@@ -172,7 +181,6 @@ class HttpSubscription:
                 left = min(left, max(0.0, soonest - now) + 0.001)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), left)
-        self.touch()
         return taken
 
     def ack(self, ack_ids: Iterable[str], nack_ids: Iterable[str]) -> tuple[list[str], list[str]]:

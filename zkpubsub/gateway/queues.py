@@ -16,8 +16,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from ..aio import AsyncClient, AsyncWorkQueue
+from ..aio import AsyncWorkQueue
 from ..errors import ItemFailed, OperationTimeout
+from ..layout import validate_name
 from .auth import Caller, Principal
 from .context import GatewayState, state_of
 from .models import (
@@ -47,13 +48,11 @@ router = APIRouter(tags=["queues"])
 _SMALL = 64 * 1024
 
 
-async def _handle(
-    gw: GatewayState, principal: Principal, name: str, lease: float | None = None
-) -> AsyncWorkQueue:
+async def _handle(gw: GatewayState, principal: Principal, name: str) -> AsyncWorkQueue:
     principal.require("queue", name)
-    client: AsyncClient = await gw.bus.client(principal)
     with bad_input("queue"):
-        return client.queue(name, visibility_timeout=lease)
+        validate_name(name, "queue name")
+    return await gw.bus.queue(principal, name)
 
 
 async def _body(request: Request, model: type[BaseModel], limit: int = _SMALL) -> Any:
@@ -128,10 +127,12 @@ async def reserve(
     gw = state_of(request)
     ask = body or ReserveRequest.model_validate({})
     lease = ask.lease or gw.settings.lease
-    handle = await _handle(gw, principal, queue, lease)
+    handle = await _handle(gw, principal, queue)
     items = await handle.reserve_many(ask.max, min(ask.wait, gw.settings.max_wait))
     out = []
     for item in items:
+        if lease != gw.settings.lease:
+            await item.extend(lease)  # reserved with the default lease: now the one asked for
         rid = gw.reservations.add(principal.name, queue, item, handle)
         out.append(
             ReservedItem(
