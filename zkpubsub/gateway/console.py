@@ -267,14 +267,17 @@ async def _stream(
     observe: Callable[[], Awaitable[dict[str, Any]]], request: Request, interval: float
 ) -> AsyncIterator[str]:
     last: str | None = None
+    failing = False
     while not await request.is_disconnected():
         try:
             snapshot = await observe()
         except ZkPubSubError as exc:
-            logger.warning("console: no snapshot of the bus: %s", exc)
-            last = None  # the next snapshot is sent whatever it holds
+            # once per outage (not every second) at WARNING
+            logger.log(logging.DEBUG if failing else logging.WARNING, "console: %s", exc)
+            failing, last = True, None  # the next snapshot is sent whatever it holds
             yield _event("problem", {"title": type(exc).__name__, "detail": str(exc)})
         else:
+            failing = False
             key = _unchanged_key(snapshot)
             if key != last:
                 last = key
