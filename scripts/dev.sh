@@ -75,9 +75,21 @@ install_openssl() {
     apt_install openssl
 }
 
+install_chromium() {
+    # the web console's tests drive Debian's chromium, headless, through
+    # playwright (which is never let to download a browser of its own)
+    if command -v chromium >/dev/null 2>&1 || [ -n "${ZKPUBSUB_CHROMIUM:-}" ]; then
+        return
+    fi
+    echo "installing chromium from Debian's packages..." >&2
+    as_root apt-get update -qq
+    apt_install chromium
+}
+
 install() {
     install_zookeeper
     install_openssl
+    install_chromium
     install_venv
 }
 

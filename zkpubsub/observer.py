@@ -115,11 +115,16 @@ class Observer:
         with translated(f"stats of queue {name!r}"):
             return read_queue_stats(self._conn, paths, name, self._deadline())
 
-    def dead(self, name: str) -> list[DeadItem]:
-        """The dead letters of the queue, oldest first."""
+    def dead(self, name: str, *, limit: int | None = None) -> list[DeadItem]:
+        """The dead letters of the queue, oldest first: all of them, or the
+        ``limit`` oldest (only those are read)."""
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be an int >= 0 or None, not {limit!r}")
         paths = self._layout.work_queue(self._queue(name))
         with translated(f"dead letters of {name!r}"):
-            return read_dead(self._conn, self._serializers, paths, self._deadline())
+            return read_dead(self._conn, self._serializers, paths, self._deadline(), limit=limit)
 
     def close(self) -> None:
         self._conn.stop()

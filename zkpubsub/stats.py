@@ -63,6 +63,16 @@ class BusStats:
     def total_backlog(self) -> int:
         return sum(q.backlog for q in self.queues)
 
+    @property
+    def topic_names(self) -> list[str]:
+        """Every topic that has a subscriber or a subscriber queue, sorted."""
+        return sorted(set(self.topics) | {q.topic for q in self.queues})
+
+    def queues_of(self, topic: str) -> list[QueueStats]:
+        """The subscriber queues of ``topic`` (a queue may outlive its
+        subscriber, until the cleaner removes it)."""
+        return [q for q in self.queues if q.topic == topic]
+
 
 def _children(conn: Connection, path: str, deadline: float | None) -> list[str]:
     return sorted(conn.children(path, deadline) or [])

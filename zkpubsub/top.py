@@ -120,9 +120,8 @@ def render(frame: Frame) -> Any:
         subscribers.add_column(
             column, justify="right" if "/" in column or column == "backlog" else "left"
         )
-    names = sorted(set(stats.topics) | {q.topic for q in stats.queues})
-    for topic in names:
-        queues = [q for q in stats.queues if q.topic == topic]
+    for topic in stats.topic_names:
+        queues = stats.queues_of(topic)
         known = [
             frame.rates[(q.client_id, topic)] for q in queues if (q.client_id, topic) in frame.rates
         ]

@@ -478,12 +478,18 @@ def read_queue_stats(
 
 
 def read_dead(
-    conn: Connection, serializers: SerializerRegistry, paths: WorkQueuePaths, deadline: float | None
+    conn: Connection,
+    serializers: SerializerRegistry,
+    paths: WorkQueuePaths,
+    deadline: float | None,
+    *,
+    limit: int | None = None,
 ) -> list[DeadItem]:
-    """The dead letters of a queue, oldest first."""
+    """The dead letters of a queue, oldest first (the ``limit`` oldest, if
+    given: only those are read)."""
     kazoo = conn.kazoo
     ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
-    names = ordered + foreign
+    names = (ordered + foreign)[:limit]
     answers = conn.read_all(
         lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
         deadline,
