@@ -24,6 +24,7 @@ from zkpubsub import (
     ClientState,
     Gap,
     NotAuthorized,
+    Observer,
     Roles,
     Sasl,
     Tls,
@@ -659,3 +660,26 @@ def test_acls_too_large_for_the_largest_message_are_refused_up_front():
     with pytest.raises(ValueError, match="ACLs of the policy"):
         ClientConfig(auth=[("digest", "admin:pw")], acl=many)
     ClientConfig(auth=[("digest", "admin:pw")], acl=many, max_message_bytes=900_000)
+
+
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_an_observer_reads_a_secured_bus_with_its_credentials_and_nothing_without(
+    make_secure_client, secure_zookeeper, secure_root, tls_material, transport
+):
+    options: dict[str, Any] = {"auth": user_auth("app")}
+    hosts = secure_zookeeper.hosts
+    if transport == "tls":
+        hosts = secure_zookeeper.secure_hosts
+        options["tls"] = tls_of(tls_material)
+    sub = make_secure_client(hosts=hosts, client_id="reader", **options)
+    sub.subscribe("t", durable=True).close()
+    make_secure_client(hosts=hosts, **options).publish("t", "waiting")
+    with Observer(hosts, root=secure_root, **options) as observer:
+        stats = observer.stats()
+        assert stats.topics["t"] == ("reader",)
+        assert [(q.client_id, q.backlog) for q in stats.queues_of("t")] == [("reader", 1)]
+    with (
+        Observer(secure_zookeeper.hosts, root=secure_root) as outsider,
+        pytest.raises(NotAuthorized),
+    ):
+        outsider.stats()

@@ -114,11 +114,14 @@ class CliContext:
         """A read-only view: creates nothing, not even a mistyped root."""
         self._resolvable()
         try:
+            security = self.security()
             return Observer(
                 self.hosts,
                 root=self.root,
                 session_timeout=self.session_timeout,
                 connect_timeout=self.connect_timeout,
+                auth=security.auth,
+                tls=security.tls,
             )
         except ZkPubSubError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

@@ -10,6 +10,7 @@ stats`` / ``dead`` / ``list`` show.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from kazoo.exceptions import NoNodeError
 
@@ -29,6 +30,7 @@ from .layout import (
     order_candidates,
     validate_name,
 )
+from .security import Auth, Sasl, Tls, normalize_auth
 from .serializers import SerializerRegistry, resolve
 from .stats import BusStats, collect
 from .workqueue.queue import read_dead, read_queue_stats
@@ -38,7 +40,9 @@ __all__ = ["Observer"]
 
 
 class Observer:
-    """Reads a bus under ``root`` without joining it. Raises
+    """Reads a bus under ``root`` without joining it, with the credentials
+    ``auth`` and ``tls`` take as for :class:`~zkpubsub.Client` (a secured bus
+    shows its members only what their ACLs let them read). Raises
     :class:`~zkpubsub.NotFound` if there is no bus there,
     :class:`~zkpubsub.ConnectTimeout` if no session comes within
     ``connect_timeout``."""
@@ -51,12 +55,16 @@ class Observer:
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        auth: Iterable[Auth | Sasl | tuple[str, str]] = (),
+        tls: Tls | None = None,
     ) -> None:
         parse_hosts(hosts)
         self._layout = Layout(root)
         self._request_timeout = request_timeout
         self._serializers = SerializerRegistry(resolve(None))
-        self._conn = Connection(hosts, session_timeout=session_timeout)
+        self._conn = Connection(
+            hosts, session_timeout=session_timeout, auth=normalize_auth(tuple(auth)), tls=tls
+        )
         self._conn.start(connect_timeout)
         try:
             with translated("look for the bus"):

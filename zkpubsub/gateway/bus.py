@@ -99,6 +99,8 @@ class Bus:
                 root=s.root,
                 session_timeout=s.session_timeout,
                 connect_timeout=s.connect_timeout,
+                auth=s.security.auth,
+                tls=s.security.tls,
             )
         return self._observer
 
