@@ -179,7 +179,9 @@ class Workload(ClientPool):
 
         def on_gap(gap: Gap) -> None:
             if topic in gap.topics:
-                recorder.gap(name, gap.since, gap.until, gap.reason)
+                recorder.gap(
+                    name, gap.since, gap.until, gap.reason, topics=gap.topics, missed=gap.missed
+                )
 
         client.add_gap_listener(on_gap)
         sub = client.subscribe(topic, on_message)
