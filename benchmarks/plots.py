@@ -159,10 +159,43 @@ def _stall(report: dict[str, Any], directory: Path, written: list[str]) -> None:
     _save(fig, directory, "stall", written)
 
 
+def _stuck(report: dict[str, Any], directory: Path, written: list[str]) -> None:
+    runs = report.get("sections", {}).get("stuck", {}).get("runs", [])
+    first = {r["cell"]: r for r in runs if r["repeat"] == 0 and r["samples"]}
+    if not first:
+        return
+    fig, (count_ax, size_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for cell, r in first.items():
+        ts = [s[0] for s in r["samples"]]
+        line = count_ax.plot(ts, [s[1] for s in r["samples"]], label=f"{cell}: zk_znode_count")
+        size_ax.plot(ts, [(s[2] or 0) / 1024 for s in r["samples"]], label=cell)
+        if cell != "healthy":
+            count_ax.plot(
+                ts,
+                [s[3] for s in r["samples"]],
+                linestyle="--",
+                color=line[0].get_color(),
+                label=f"{cell}: the stuck queue's entries",
+            )
+    bound = report["sections"]["stuck"].get("params", {}).get("bound")
+    if bound:
+        count_ax.axhline(bound, color="black", linestyle=":", linewidth=1, label="bound")
+    start, end = next(iter(first.values()))["publishing_s"][1:]
+    for ax in (count_ax, size_ax):
+        ax.axvspan(start, end, color="grey", alpha=0.1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    count_ax.set_ylabel("znodes")
+    size_ax.set_ylabel("approximate data size, KiB")
+    size_ax.set_xlabel("seconds (shaded: measured)")
+    count_ax.set_title("One stuck subscriber among ten: the server's size (first round)")
+    _save(fig, directory, "stuck", written)
+
+
 def write_all(report: dict[str, Any], directory: Path) -> list[str]:
     """Write every plot the report has data for; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-    for plot in (_warmup, _fanout, _queue, _latency, _backlog, _stall):
+    for plot in (_warmup, _fanout, _queue, _latency, _backlog, _stuck, _stall):
         plot(report, directory, written)
     return written

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stall", "gateway")
+SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stuck", "stall", "gateway")
 
 
 def subscriber_processes(profile: Profile) -> int:
@@ -62,6 +62,14 @@ class Profile:
     backlog_probe_publishes: int = 1_000
     backlog_probe_cap: float = 10.0
     backlog_fill_batch: int = 500
+    # one stuck subscriber among ten: rounds of healthy / stuck / unbounded
+    stuck_publishers: int = 4
+    stuck_bound: int = 1_000
+    stuck_warmup: float = 5.0
+    stuck_duration: float = 10.0
+    stuck_rounds: int = 5
+    stuck_sample: float = 0.5
+    stuck_drain_cap: float = 60.0
     # leader kill on a 3-node ensemble
     stall_warmup: float = 15.0
     stall_before: float = 5.0
@@ -111,6 +119,13 @@ QUICK: Final = replace(
     backlog_levels=(0, 1_000),
     backlog_probe_publishes=50,
     backlog_probe_cap=3.0,
+    stuck_publishers=2,
+    stuck_bound=50,
+    stuck_warmup=0.5,
+    stuck_duration=1.0,
+    stuck_rounds=2,
+    stuck_sample=0.2,
+    stuck_drain_cap=20.0,
     stall_warmup=0.5,
     stall_before=1.0,
     stall_after_cap=15.0,

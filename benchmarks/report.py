@@ -221,6 +221,26 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             ),
         )
     )
+    stuck = sections.get("stuck", {})
+    within = stuck.get("stuck_within_bound")
+    out.append(
+        _target(
+            "stuck",
+            "a stuck subscriber among 10 costs the publishers at most 10 % "
+            "(stuck ÷ healthy ≥ 0.9, same round)",
+            stuck.get("stuck_vs_healthy"),
+            0.9,
+            higher_is_better=True,
+            unit="x",
+            note=(
+                "not measured"
+                if not stuck
+                else f"stuck queue within its bound plus the documented overshoot: "
+                f"{_fmt(within)}; without a bound x"
+                f"{fmt_spread(stuck.get('unbounded_vs_healthy'), digits=2)}"
+            ),
+        )
+    )
     return out
 
 
@@ -652,6 +672,101 @@ def _stall(section: dict[str, Any]) -> list[str]:
     )
 
 
+def _stuck_timeline(section: dict[str, Any], step: float = 1.0) -> list[str]:
+    """``zk_znode_count`` and ``zk_approximate_data_size`` over time in the
+    first round of each cell, one row about every ``step`` seconds."""
+    first = {r["cell"]: r for r in reversed(section.get("runs", [])) if r["repeat"] == 0}
+    cells = [c for c in ("healthy", "stuck", "unbounded") if c in first]
+    if not cells:
+        return []
+
+    def at(cell: str, t: float) -> list[Any] | None:
+        """The last sample at ``t`` or before (the first one, before it)."""
+        samples = first[cell]["samples"]
+        before = [s for s in samples if s[0] <= t + 1e-9]
+        return before[-1] if before else samples[0] if samples else None
+
+    end = max(first[c]["samples"][-1][0] for c in cells if first[c]["samples"])
+    rows = []
+    t = 0.0
+    while t <= end + 1e-9:
+        row: list[Any] = [f"{t:.0f}" if step >= 1 else f"{t:.1f}"]
+        for c in cells:
+            s = at(c, t)
+            row += [None, None] if s is None else [s[1], None if s[2] is None else s[2] // 1024]
+            if c != "healthy":
+                row.append(None if s is None else s[3])
+        rows.append(row)
+        t += step
+    headers = ["t s"]
+    for c in cells:
+        headers += [f"{c}: znodes", f"{c}: data KiB"]
+        if c != "healthy":
+            headers.append(f"{c}: stuck queue")
+    publishing = first[cells[0]]["publishing_s"]
+    return [
+        f"Server state over time in the first round (`mntr` every "
+        f"{section['params']['sample_s']} s; t = 0 is the start of sampling, publishing "
+        f"runs from about {publishing[0]} s, measured from {publishing[1]} s to "
+        f"{publishing[2]} s):",
+        "",
+        *_table(headers, rows),
+    ]
+
+
+def _stuck(section: dict[str, Any]) -> list[str]:
+    params = section.get("params", {})
+    ratio = {
+        "stuck": section.get("stuck_vs_healthy"),
+        "unbounded": section.get("unbounded_vs_healthy"),
+    }
+    rows = []
+    for s in section.get("summary", []):
+        rows.append(
+            (
+                s["cell"],
+                fmt_spread(s["rates"]),
+                "1" if s["cell"] == "healthy" else fmt_spread(ratio[s["cell"]], "x", 2),
+                fmt_spread(s["growth"]),
+                "-" if s["cell"] == "healthy" else s["stuck_entries_peak"],
+                s["data_size_peak"] // 1024 if s["data_size_peak"] else None,
+            )
+        )
+    lines = _table(
+        (
+            "cell",
+            f"publishes/s ({params.get('publishers')} publishers)",
+            "÷ healthy (same round)",
+            "zk_znode_count growth /s while measured",
+            "stuck queue peak (entries)",
+            "peak approximate data size KiB",
+        ),
+        rows,
+    )
+    value = (section.get("stuck_vs_healthy") or {}).get("median")
+    target = section.get("target", 0.9)
+    verdict = (
+        "not measured"
+        if value is None
+        else f"x{value:.2f} ≥ {target}: met"
+        if value >= target
+        else f"x{value:.2f} < {target}: **missed**"
+    )
+    lines += [
+        "",
+        f"{params.get('subscribers')} subscribers; the stuck one's handler blocks for the whole "
+        f"cell, its queue bounded at {_fmt(params.get('bound'))} nodes (`unbounded`: 2^31 - 1). "
+        f"{params.get('rounds')} rounds, each running the three cells in a rotating order "
+        f"({params.get('warmup_s')} s of publishing unmeasured, then {params.get('duration_s')} "
+        f"s measured). Stuck ÷ healthy, round by round: {verdict}. Stuck queue within its "
+        f"bound plus the documented overshoot in every round: "
+        f"{_fmt(section.get('stuck_within_bound'))}.",
+        "",
+        *_stuck_timeline(section),
+    ]
+    return lines
+
+
 def _skipped(report: dict[str, Any]) -> list[str]:
     lines = []
     for name, section in report.get("sections", {}).items():
@@ -743,6 +858,7 @@ def markdown(
         "queue": ("Work queue", _queue),
         "latency": ("Publish-to-handler latency", _latency),
         "backlog": ("Publish cost against a backlog", _backlog),
+        "stuck": ("One stuck subscriber among ten", _stuck),
         "stall": ("Leader kill on a 3-node ensemble", _stall),
         "gateway": ("The HTTP gateway against the library", _gateway),
     }
@@ -899,6 +1015,18 @@ def readme_summary(report: dict[str, Any]) -> str:
                 fmt_spread(cost.get("p50_latency_spread"), TIMES, 2)
                 if cost.get("p50_latency_spread")
                 else f"{_fmt(cost.get('p50_latency'), 2)}{TIMES}",
+            )
+        )
+    stuck = sections.get("stuck", {})
+    rates = {c["cell"]: c["rates"] for c in stuck.get("summary", [])}
+    if isinstance(stuck.get("stuck_vs_healthy"), dict) and rates.get("stuck"):
+        bound = stuck.get("params", {}).get("bound")
+        rows.append(
+            (
+                f"publishing to 10 subscribers, one of them stuck (queue bounded at {_fmt(bound)})",
+                f"{fmt_spread(rates['stuck'])} msg/s",
+                f"{fmt_spread(rates.get('healthy'))} msg/s: all 10 healthy, same round",
+                fmt_spread(stuck["stuck_vs_healthy"], TIMES, 2),
             )
         )
     by_id = {t["id"]: t for t in report.get("targets", [])}

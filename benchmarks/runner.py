@@ -30,7 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = PACKAGE_DIR / "results"
 DEFAULT_DOCS = PACKAGE_DIR.parent / "docs" / "benchmarks.md"
 DEFAULT_README = PACKAGE_DIR.parent / "README.md"
-STANDALONE_SECTIONS = ("fanout", "queue", "latency", "backlog", "gateway")
+STANDALONE_SECTIONS = ("fanout", "queue", "latency", "backlog", "stuck", "gateway")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -119,6 +119,7 @@ class WorkerState:
 
     def __init__(self) -> None:
         self.subscribers: list[_Subscriber] = []
+        self.stuck: list[Callable[[], None]] = []
         self._warm_zk: Any = None
         self._warm_hosts = ""
 
@@ -257,6 +258,40 @@ class WorkerState:
 
         return _Subscriber(recorder, close), sub.client_id
 
+    def subscribe_stuck(
+        self, hosts: str, root: str, topic: str, max_backlog: int, session_timeout: float = 10.0
+    ) -> str:
+        """A subscriber whose handler blocks until it is unsubscribed, its
+        queue bounded at ``max_backlog`` nodes (``when_full="drop"``);
+        returns its client id. Not counted by :meth:`counts`."""
+        from zkpubsub import Client
+
+        client = Client(
+            hosts,
+            root=root,
+            serializer="raw",
+            session_timeout=session_timeout,
+            **credentials.security(),
+        )
+        release = threading.Event()
+
+        def handler(message: Any) -> None:
+            release.wait()
+
+        subscription = client.subscribe(
+            topic, handler, max_backlog=max_backlog, max_backlog_bytes=2**31 - 1
+        )
+
+        def close() -> None:
+            release.set()
+            try:
+                subscription.unsubscribe()
+            finally:
+                client.close()
+
+        self.stuck.append(close)
+        return client.client_id
+
     def counts(self) -> list[int]:
         return [s.recorder.unique for s in self.subscribers]
 
@@ -291,12 +326,13 @@ class WorkerState:
 
     def unsubscribe(self) -> int:
         subs, self.subscribers = self.subscribers, []
-        for sub in subs:
+        stuck, self.stuck = self.stuck, []
+        for close in [*(s.close for s in subs), *stuck]:
             try:
-                sub.close()
+                close()
             except Exception as exc:
                 logger.warning("closing a subscriber: %r", exc)
-        return len(subs)
+        return len(subs) + len(stuck)
 
     # -- queue consumers ------------------------------------------------------------
 

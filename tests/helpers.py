@@ -7,7 +7,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from zkpubsub import Message
+from zkpubsub.testing.fixtures import backend_name
+
+# A test that edits a stopped server's snapshot with the local ZooKeeper
+# classes (``zkpubsub.testing.counters``) needs the servers to be local
+# processes: their data directories and class path are this machine's.
+local_servers_only = pytest.mark.skipif(
+    backend_name() != "local",
+    reason="edits a stopped server's snapshot: needs local server processes "
+    "(ZKPUBSUB_TEST_BACKEND=local, no ZK_HOSTS)",
+)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

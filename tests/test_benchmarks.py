@@ -39,7 +39,7 @@ def test_the_quick_run_succeeds_and_writes_its_report(quick_run: tuple[int, Path
     assert len(stamped) == 1
     assert (out / "latest.md").read_text().startswith("# Benchmark results")
     if importlib.util.find_spec("matplotlib") is not None:
-        for name in ("warmup", "fanout", "queue", "latency", "backlog", "stall"):
+        for name in ("warmup", "fanout", "queue", "latency", "backlog", "stuck", "stall"):
             assert (out / "plots" / f"{name}.png").stat().st_size > 0
 
 
@@ -60,6 +60,7 @@ def test_every_section_is_reported_without_errors(report: dict) -> None:
         "latency-p50-10",
         "latency-p99-10",
         "backlog",
+        "stuck",
     }
     assert all(t["met"] in (True, False, None) for t in report["targets"])
 
@@ -166,6 +167,29 @@ def test_backlog_reaches_each_level(report: dict) -> None:
         assert lv["errors"] == 0
         assert len(lv["probes"]) == QUICK.repeats
     assert section["fill"]["messages"] > 0
+
+
+def test_a_stuck_subscriber_is_measured_in_alternating_rounds_and_stays_within_its_bound(
+    report: dict,
+) -> None:
+    section = report["sections"]["stuck"]
+    runs = section["runs"]
+    assert len(runs) == 3 * QUICK.stuck_rounds
+    orders = section["orders"]
+    assert all(sorted(o) == ["healthy", "stuck", "unbounded"] for o in orders)
+    assert len({o[0] for o in orders}) == QUICK.stuck_rounds  # not always the same first
+    for r in runs:
+        assert r["measured"] > 0 and r["errors"] == 0, r
+        # the healthy subscribers got every acknowledged message
+        assert r["delivered_min"] == r["published"] and r["duplicates"] == 0, r
+        assert r["samples"] and all(s[1] is not None for s in r["samples"]), r["samples"]
+        if r["cell"] == "stuck":
+            assert r["stuck_entries_peak"] is not None
+            assert r["stuck_entries_peak"] <= r["stuck_allowed"], r
+    assert section["stuck_vs_healthy"]["n"] == QUICK.stuck_rounds
+    assert section["stuck_within_bound"] is True
+    target = next(t for t in report["targets"] if t["id"] == "stuck")
+    assert target["value"] == section["stuck_vs_healthy"]["median"]
 
 
 def test_leader_kill_loses_no_acknowledged_message(report: dict) -> None:

@@ -18,7 +18,7 @@ from zkpubsub.cli import main
 from zkpubsub.layout import Layout, order_candidates, parse_candidate_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 
-from .helpers import wait_until
+from .helpers import local_servers_only, wait_until
 
 MakeClient = Callable[..., Client]
 
@@ -104,6 +104,7 @@ def test_candidates_write_their_grace_and_the_leaders_applies(
     assert leader.cleaner.is_leader
 
 
+@local_servers_only
 def test_one_leader_when_the_election_counter_is_saturated(
     make_cluster: Callable[..., ZooKeeperCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:

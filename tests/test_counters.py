@@ -11,6 +11,10 @@ from kazoo.client import KazooClient
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.counters import COUNTER_MAX, restart_with_cversions
 
+from .helpers import local_servers_only
+
+pytestmark = local_servers_only
+
 
 def suffix(path: str) -> int:
     """The sequence number of a sequential node's path (``-5`` is ``-000000005``)."""

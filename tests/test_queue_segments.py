@@ -22,7 +22,7 @@ from zkpubsub.layout import (
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 from zkpubsub.workqueue import finishing, segments
 
-from .helpers import wait_until
+from .helpers import local_servers_only, wait_until
 
 MakeClient = Callable[..., Client]
 
@@ -114,6 +114,7 @@ def test_concurrent_producers_roll_once_each_segment_and_lose_nothing(
         assert [i for p, i in got if p == index] == list(range(25))  # type: ignore[misc]
 
 
+@local_servers_only
 def test_a_segment_counter_near_its_end_rolls_over_without_losing_order(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:

@@ -12,7 +12,7 @@ from zkpubsub.testing.history import (
     SubscriberRecord,
     classify,
 )
-from zkpubsub.testing.ledger import INF, Ledger, QueueWrite, Removal
+from zkpubsub.testing.ledger import INF, Ledger, Marker, QueueWrite, Removal, Skip
 
 T = "topic"
 
@@ -226,3 +226,100 @@ def test_strictly_increasing():
     ok, why = strictly_increasing([1, 2, 2, 3])
     assert not ok and "follows 2" in why
     assert not strictly_increasing([1, 3])[0]
+
+
+# -- full queues: a skip is excused only with the servers' evidence ----------------
+
+
+def full_gap(since: float, until: float, *, topic: str = T, reason: str = "backlog full"):
+    return GapRecord(since, until, reason, frozenset({topic}), 1)
+
+
+def skipped_ledger(*, marker: bool = True, kind: str = "marker") -> Ledger:
+    """Message 1 written to ``a`` and ``b``; message 2 only to ``a``, by a
+    transaction at 2.25 that (with ``marker``) left an overflow marker in
+    ``b``'s full queue."""
+    lg = ledger({("p", 1): {"a", "b"}, ("p", 2): {"a"}}, registered={("p", 2): {"a", "b"}})
+    if marker:
+        path = "/q/b/s0000000000/o1-0000000001"
+        lg.skips[("p", 2)].append(Skip("b", T, 2, 2.25, kind, path))  # type: ignore[arg-type]
+        lg.markers[path] = Marker("b", T, 2.25, 2.25, 1, deleted=8.0, by_owner=True)
+    return lg
+
+
+def test_a_message_skipped_for_a_full_queue_is_excused_with_the_marker_and_the_gap_notice():
+    h = history(
+        [pub(1), pub(2)],
+        [got("a", 1), got("a", 2), got("b", 1)],
+        [sub("a"), sub("b", gaps=[full_gap(2.25, 2.25)])],
+    )
+    r = check(h, skipped_ledger())
+    assert r.ok, r.describe()
+    assert (r.expected, r.excused, r.skipped, r.lost, r.unreported) == (3, 1, 1, 0, 0)
+    assert r.per_subscriber["b"]["excused (skipped: queue full)"] == 1
+
+
+def test_a_message_skipped_without_a_marker_in_the_log_is_lost_whatever_the_client_said():
+    h = history(
+        [pub(1), pub(2)],
+        [got("a", 1), got("a", 2), got("b", 1)],
+        [sub("a"), sub("b", gaps=[full_gap(0.0, 50.0)])],  # a gap notice excuses nothing
+    )
+    r = check(h, skipped_ledger(marker=False))
+    assert not r.ok
+    assert (r.lost, r.excused, r.skipped) == (1, 0, 0)
+    assert r.lost_examples == (("b", ("p", 2)),)
+
+
+def test_a_marker_without_the_gap_notice_is_flagged():
+    h = history([pub(1), pub(2)], [got("a", 1), got("a", 2), got("b", 1)], [sub("a"), sub("b")])
+    r = check(h, skipped_ledger())
+    assert not r.ok
+    assert r.excused == 1 and r.lost == 0
+    # the skipped pair, and the marker it reached, both unreported
+    assert r.unreported == 2 and r.per_subscriber["b"]["unreported markers"] == 1
+    assert any("overflow marker" in e for e in r.other_examples)
+
+
+def test_a_gap_notice_for_a_full_queue_must_say_so_name_the_topic_and_span_the_skip():
+    wrong = [
+        GapRecord(0.0, 50.0, "session expired", frozenset({T}), None),
+        full_gap(0.0, 50.0, topic="other"),
+        full_gap(3.0, 9.0),  # after the skip
+    ]
+    for gap in wrong:
+        h = history(
+            [pub(1), pub(2)],
+            [got("a", 1), got("a", 2), got("b", 1)],
+            [sub("a"), sub("b", gaps=[gap])],
+        )
+        r = check(h, skipped_ledger())
+        assert r.unreported == 2 and not r.ok, gap
+
+
+def test_a_marker_reached_with_nothing_skipped_by_the_log_still_needs_its_gap_notice():
+    # a publisher that skipped the queue for messages it carried nowhere else
+    lg = ledger({("p", 1): {"a"}}, subscribers=("a",))
+    lg.markers["/q/a/s0000000000/o1-0000000003"] = Marker("a", T, 4.0, 5.0, 2, 9.0, True)
+    h = history([pub(1)], [got("a", 1)], [sub("a")])
+    assert check(h, lg).unreported == 1
+    h = history([pub(1)], [got("a", 1)], [sub("a", gaps=[full_gap(4.0, 5.0)])])
+    assert check(h, lg).ok
+    # one a cleaner removed, or one still there, the subscriber never reached
+    lg.markers["/q/a/s0000000000/o1-0000000003"] = Marker("a", T, 4.0, 5.0, 2, 9.0, False)
+    assert check(history([pub(1)], [got("a", 1)], [sub("a")]), lg).ok
+
+
+def test_an_evicted_subscription_is_excused_what_its_publishers_skipped_and_its_queue_held():
+    lg = skipped_ledger(kind="evict")
+    lg.markers.clear()
+    lg.removals[("b", ("p", 1))] = Removal(zxid=3, at=3.0, session=9, absent_for=None, evicted=True)
+    told = full_gap(2.0, 4.0, reason="backlog full: evicted")
+    h = history([pub(1), pub(2)], [got("a", 1), got("a", 2)], [sub("a"), sub("b", gaps=[told])])
+    r = check(h, lg)
+    assert r.ok, r.describe()
+    assert (r.excused, r.skipped, r.lost) == (2, 1, 0)
+    assert r.per_subscriber["b"]["excused (evicted)"] == 1
+    assert r.per_subscriber["b"]["excused (skipped: evicted)"] == 1
+    r = check(history([pub(1), pub(2)], [got("a", 1), got("a", 2)], [sub("a"), sub("b")]), lg)
+    assert r.unreported == 2 and not r.ok

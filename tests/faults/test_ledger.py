@@ -155,3 +155,102 @@ def test_only_workload_payloads_have_keys() -> None:
     assert decode_keys(envelope(("p", 1), ("q", 2))) == (("p", 1), ("q", 2))
     assert decode_keys(b"not msgpack\xc1") == ()
     assert decode_keys(msgpack.packb({"v": 1, "msgs": [{"p": b"\x01"}]})) == ()
+
+
+def _multi(zxid: int, at: float, session: int, *ops: tuple[str, str, bytes]) -> Txn:
+    from zkpubsub.testing.txnlog import Op
+
+    return Txn(zxid, at, session, MULTI, tuple(Op(k, p, d) for k, p, d in ops))
+
+
+def _mark(missed: int) -> bytes:
+    return b'{"pub":"p","missed":%d}' % missed
+
+
+def test_the_ledger_sees_a_full_queue_skipped_only_in_a_transaction_that_carried_the_message():
+    full, ok = "/r/messages/full/t/s0000000000", "/r/messages/ok/t/s0000000000"
+    marker = f"{full}/oaaaaaaaaaaaa-0000000005"
+    txns = [
+        _multi(1, 1.0, 50, ("create", "/r/clients/full", b"")),
+        # the marker created, and message 1 written to the other queue
+        _multi(
+            2,
+            2.0,
+            30,
+            ("check", "/r/messages/full/t", b""),
+            ("create", marker, _mark(1)),
+            ("check", "/r/messages/ok/t", b""),
+            ("create", f"{ok}/maaaaaaaaaaaa-0000000001", envelope(("p", 1))),
+        ),
+        # counted into with message 2
+        _multi(
+            3,
+            3.0,
+            30,
+            ("set", marker, _mark(2)),
+            ("create", f"{ok}/mbbbbbbbbbbbb-0000000002", envelope(("p", 2))),
+        ),
+        # a marker counted into by a transaction that carried nothing proves nothing
+        _multi(4, 4.0, 30, ("set", marker, _mark(3))),
+        # message 4 skipped the full queue with no mark there
+        _multi(5, 5.0, 30, ("create", f"{ok}/mcccccccccccc-0000000003", envelope(("p", 4)))),
+        _multi(6, 6.0, 50, ("delete", marker, b"")),  # the subscriber reached it
+    ]
+    ledger = replay(txns, "/r")
+    assert set(ledger.skipped(("p", 1))) == {"full"}
+    skip = ledger.skipped(("p", 2))["full"]
+    assert (skip.kind, skip.path, skip.zxid, skip.at) == ("marker", marker, 3, 3.0)
+    assert ledger.skipped(("p", 4)) == {}
+    assert ledger.written_to(("p", 1)) == {"ok"}  # a marker is not a write
+    life = ledger.markers[marker]
+    assert (life.subscriber, life.topic, life.created, life.written) == ("full", "t", 2.0, 4.0)
+    assert (life.missed, life.deleted, life.by_owner) == (3, 6.0, True)
+
+
+def test_the_ledger_sees_an_evicted_queue_skipped_and_its_messages_deleted_unread():
+    q, ok = "/r/messages/ev/t", "/r/messages/ok/t/s0000000000"
+    record = b'{"v":2,"segment":0,"max_nodes":1,"max_bytes":100,"when_full":"evict"}'
+    marked = record[:-1] + b',"full":true}'
+    txns = [
+        _multi(1, 1.0, 50, ("create", "/r/clients/ev", b"")),
+        _multi(2, 2.0, 50, ("create", q, record), ("create", f"{q}/s0000000000", b"")),
+        _multi(
+            3,
+            3.0,
+            30,
+            ("check", q, b""),
+            ("create", f"{q}/s0000000000/m111111111111-0000000000", envelope(("p", 1))),
+            ("create", f"{ok}/m111111111111-0000000000", envelope(("p", 1))),
+        ),
+        _multi(
+            4,
+            4.0,
+            30,
+            ("set", q, marked),
+            ("create", f"{ok}/m222222222222-0000000001", envelope(("p", 2))),
+        ),
+        _multi(
+            5,
+            5.0,
+            31,
+            ("check", q, b""),
+            ("create", f"{ok}/m333333333333-0000000002", envelope(("p", 3))),
+        ),
+        _multi(6, 6.0, 50, ("delete", f"{q}/s0000000000/m111111111111-0000000000", b"")),
+        _multi(7, 7.0, 50, ("delete", f"{q}/s0000000000", b""), ("delete", q, b"")),
+        # made anew: a check of it is no longer a skip
+        _multi(8, 8.0, 50, ("create", q, record), ("create", f"{q}/s0000000000", b"")),
+        _multi(
+            9,
+            9.0,
+            30,
+            ("check", q, b""),
+            ("create", f"{ok}/m444444444444-0000000003", envelope(("p", 4))),
+        ),
+    ]
+    ledger = replay(txns, "/r")
+    assert ledger.skipped(("p", 1)) == {}
+    assert [ledger.skipped(("p", n))["ev"].kind for n in (2, 3)] == ["evict", "evict"]
+    assert ledger.skipped(("p", 4)) == {}
+    removal = ledger.removals[("ev", ("p", 1))]
+    assert removal.evicted and removal.session == 50 and removal.at == 6.0

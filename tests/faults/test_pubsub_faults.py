@@ -8,11 +8,17 @@ the tree (``zkpubsub.testing.audit``). Scenario numbers are those of docs/reliab
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
+from collections.abc import Sequence
 
 import pytest
+from kazoo.client import KazooClient
 
 from zkpubsub import Client, ClientState
+from zkpubsub._queues import STATE_TTL
+from zkpubsub.layout import Layout, parse_queue_entry
 from zkpubsub.testing import ZooKeeperCluster, ZooKeeperNode, expire_session
 from zkpubsub.testing.faults import (
     FaultInjector,
@@ -21,8 +27,11 @@ from zkpubsub.testing.faults import (
     run_unprivileged,
     sessions_on,
 )
+from zkpubsub.testing.history import History
 from zkpubsub.testing.proxy import ZkClientProxy
+from zkpubsub.testing.queues import queue_entries
 from zkpubsub.testing.report import ScenarioResult
+from zkpubsub.testing.txnlog import Txn
 from zkpubsub.testing.workload import Workload
 
 from .scenarios import (
@@ -485,3 +494,155 @@ def test_12_one_server_data_dir_made_unwritable(ensemble, scenario):
     finally:
         wl.close()
     assert_clean(done)
+
+
+STUCK_BACKLOG = 30
+RECOVERY = 10
+
+
+def queue_peak(txns: Sequence[Txn], root: str, subscriber: str, topic: str) -> int:
+    """The most entries (message nodes and overflow markers) one subscriber
+    queue held at any moment, as the servers' transaction logs show."""
+    prefix = Layout(root).queue(subscriber, topic) + "/"
+    depth = peak = 0
+    for txn in txns:
+        for op in txn.ops:
+            if (
+                not op.path.startswith(prefix)
+                or parse_queue_entry(op.path.rsplit("/", 1)[-1]) is None
+            ):
+                continue
+            depth += {"create": 1, "delete": -1}.get(op.kind, 0)
+            peak = max(peak, depth)
+    return peak
+
+
+def others_within(history: History, window: float) -> int:
+    """The most publishes the other publishers got acknowledged within any
+    ``window`` seconds, for the publisher that saw the most: what a
+    publisher does not see between two reads of a queue's depth."""
+    ends: dict[str, list[float]] = {}
+    for p in history.publishes:
+        if p.outcome == "ok":
+            ends.setdefault(p.publisher, []).append(p.ended)
+    most = 0
+    for name in ends:
+        others = sorted(t for other, times in ends.items() if other != name for t in times)
+        for i, start in enumerate(others):
+            most = max(most, bisect.bisect_right(others, start + window) - i)
+    return most
+
+
+class DepthSampler:
+    """Polls a subscriber queue's entries through a connection of its own
+    (as any ZooKeeper client would list it) and keeps the largest count."""
+
+    def __init__(self, hosts: str, root: str, subscriber: str, topic: str) -> None:
+        self.peak = 0
+        self.last = -1
+        self.samples = 0
+        self._stop = threading.Event()
+        self._zk = KazooClient(hosts=hosts, timeout=10.0)
+        self._zk.start(timeout=30)
+        self._args = (root, subscriber, topic)
+        self._thread = threading.Thread(target=self._run, name="depth-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                entries = queue_entries(self._zk, *self._args)
+            except Exception:  # a listing racing a deletion: the next one counts
+                continue
+            self.samples += 1
+            self.last = len(entries or ())
+            self.peak = max(self.peak, self.last)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._zk.stop()
+        self._zk.close()
+
+
+def test_13_a_stuck_subscriber_with_a_bounded_queue_under_a_publish_burst(ensemble, scenario):
+    """Its handler blocks while two publishers publish as fast as they can to
+    it and three healthy subscribers: its queue stays within its bound (as
+    the servers see it), the others get everything, and once it is released
+    it gets what its queue held and is told of the rest."""
+    ens = ensemble(3)
+    injector = FaultInjector(ens.cluster)
+    wl, cleaners = pubsub_workload(ens.cluster, "/s13", subscribers=3)
+    gate = threading.Event()
+    sampler = None
+    try:
+        stuck = wl.add_subscriber(gate=gate, subscription={"max_backlog": STUCK_BACKLOG})
+        name = stuck.client_id
+        sampler = DepthSampler(ens.cluster.hosts, wl.root, name, wl.topic)
+        injector.log.add(f"handler of {name} blocked (max_backlog {STUCK_BACKLOG})")
+        wl.start_publishing()
+        wl.wait_acked(20 * STUCK_BACKLOG)  # the burst
+        stuck_peak, stuck_samples = sampler.peak, sampler.samples
+        gate.set()
+        injector.log.add(f"handler of {name} released")
+        wl.stop_publishing()
+        wl.wait_until(lambda: sampler.last == 0, 60, f"{name} to work off its queue")
+        # publishers read its depth again after a publish once their reading
+        # is STATE_TTL old: one publish each, then every later one goes in
+        seqs = {
+            p: max(r.seq for r in wl.history().publishes if r.publisher == p) for p in wl.publishers
+        }
+        for publisher, seq in seqs.items():
+            wl.publish_one(publisher, seq + 1)
+        time.sleep(0.5)
+        late = [
+            (publisher, seq + n) for n in range(2, 2 + RECOVERY) for publisher, seq in seqs.items()
+        ]
+        for key in late:
+            wl.publish_one(*key)
+
+        def told_of_every_marker() -> bool:
+            markers = [m for m in wl.ledger().markers.values() if m.subscriber == name]
+            me = next(s for s in wl.recorder.history().subscribers if s.name == name)
+            full = [g for g in me.gaps if g.reason == "backlog full"]
+            return bool(markers) and all(m.by_owner for m in markers) and len(full) >= len(markers)
+
+        wl.wait_until(told_of_every_marker, 60, f"{name} to reach its overflow markers")
+        done = finish(
+            "13 stuck subscriber, bounded queue, publish burst", wl, injector, scenario, cleaners
+        )
+    finally:
+        gate.set()
+        if sampler is not None:
+            sampler.close()
+        wl.close()
+    result, history = done.result, done.history
+    # its queue stayed within the bound, plus the documented overshoot: what
+    # the other publisher wrote between two reads of its depth (about
+    # STATE_TTL; twice that for a loaded machine), one node and one overflow
+    # marker per publisher
+    publishers = len(wl.publishers)
+    bound = STUCK_BACKLOG + others_within(history, 2 * STATE_TTL) + 2 * publishers
+    peak = queue_peak(wl.log.committed(), wl.root, name, wl.topic)
+    assert stuck_samples > 10 and stuck_peak <= peak, (stuck_samples, stuck_peak, peak)
+    assert STUCK_BACKLOG <= peak <= bound, (peak, bound)
+    assert peak * 5 < result.acked, (peak, result.acked)  # the bound is what kept it small
+    # the healthy subscribers got everything, nothing excused
+    for healthy in wl.subscribers:
+        if healthy != name:
+            counts = result.per_subscriber[healthy]
+            assert counts["expected"] == result.acked, counts
+            assert not any(k.startswith("excused") for k in counts), counts
+    # the stuck one got what its queue held, and was told of what was skipped,
+    # as many as the servers' logs show skipped
+    mine = result.per_subscriber[name]
+    skipped = mine["excused (skipped: queue full)"]
+    assert skipped == result.skipped == result.excused > 0, result.describe()
+    # what was published once the publishers had read its depth again went
+    # into its queue (and, nothing being lost, reached it)
+    assert all(name in done.ledger.written_to(key) for key in late), late
+    assert mine["expected"] >= STUCK_BACKLOG + len(late), mine
+    gaps = next(s for s in history.subscribers if s.name == name).gaps
+    assert gaps and all(g.reason == "backlog full" and wl.topic in g.topics for g in gaps), gaps
+    assert sum(g.missed or 0 for g in gaps) == skipped, (gaps, skipped)
+    assert_clean(done, excused_at_most=skipped)

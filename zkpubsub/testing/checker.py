@@ -24,11 +24,28 @@ run, must receive message *m* (the pair is **expected**) when
    committed (throughout the publish, for one that wrote nothing): the
    publisher missed a registered subscriber. If the registration was gone
    at that moment (*S*'s session had ended and it had not registered
-   again), the pair is **excused**.
+   again), the pair is **excused**. So is it (``"skipped: queue full"``)
+   when *S*'s queue was full and the servers' logs prove the publisher
+   skipped it: a transaction that carried *m* into other subscribers'
+   queues created or counted into an overflow marker in *S*'s queue
+   (``docs/wire-format.md``, *Publishing*), or, under ``evict``
+   (``"skipped: evicted"``), marked *S*'s queue record ``full`` or checked
+   the record so marked. A publisher that skips a queue without leaving
+   that mark in the same transaction, or whose only transaction carrying
+   *m* carried it to no queue at all, proves nothing: the pair stays
+   expected.
+
+Messages written into a queue under ``evict`` and deleted (by its client
+or a cleaner) after its record was marked ``full`` are excused as
+``"evicted"``: an eviction deletes the queue unread.
 
 Gap notices are obligations, not excuses: every excused pair must fall in a
 gap the subscriber's client reported (``unreported`` counts those that do
-not).
+not). For a full queue the notice must say so (reason ``backlog full``,
+naming the topic) and its span (the marker's creation to its last count,
+or the mark to the eviction) must hold the skipping transaction or the
+deletion. Every overflow marker a live subscriber's own session deleted
+(it reached it) must be covered by such a notice too.
 
 **Figures.**
 
@@ -48,8 +65,12 @@ not).
 ``unconfirmed``
     acknowledged publishes whose receipt counts another number of
     subscriber queues than the servers' logs show written. Must be 0.
+``skipped``
+    the excused pairs whose publisher skipped a full queue (a part of
+    ``excused``).
 ``unreported``
-    excused pairs no gap notice of the subscriber covers. Must be 0.
+    excused pairs no gap notice of the subscriber covers, and overflow
+    markers a subscriber reached without a gap notice. Must be 0.
 ``duplicates``
     deliveries beyond the first of the same message to the same subscriber.
 ``order_violations``
@@ -70,17 +91,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .history import History, Key, PublishRecord, SubscriberRecord
-from .ledger import Ledger, Removal
+from .ledger import Ledger, Marker, Removal
 
 # Clocks: the history's times are this machine's, the ledger's the
 # leader's (the same machine); ZooKeeper logs milliseconds.
 _CLOCK_SLACK = 0.01
 
+# Excuses for a full queue: the gap notice must say "backlog full".
+SKIPPED = "skipped: queue full"
+SKIPPED_EVICTED = "skipped: evicted"
+EVICTED = "evicted"
+_FULL_REASONS = frozenset({SKIPPED, SKIPPED_EVICTED, EVICTED})
+_FULL_GAP = "backlog full"
+
 
 @dataclass(frozen=True, slots=True)
 class Excuse:
     """An excused pair and why: ``"unregistered"`` (the subscription was not
-    registered when the message committed) or ``"purged"``."""
+    registered when the message committed), ``"purged"``, ``"skipped:
+    queue full"``, ``"skipped: evicted"`` or ``"evicted"`` (see the
+    module's text). ``start``/``end``: the span a gap notice must touch."""
 
     subscriber: str
     key: Key
@@ -124,7 +154,9 @@ def obligations(
             pair = (sub.name, msg.key)
             if sub.name in written:
                 removal = ledger.removals.get(pair)
-                if _purged(removal, purge_grace):
+                if removal is not None and removal.evicted:
+                    excused.append(Excuse(sub.name, msg.key, EVICTED, removal.at, removal.at))
+                elif _purged(removal, purge_grace):
                     assert removal is not None
                     excused.append(Excuse(sub.name, msg.key, "purged", msg.started, removal.at))
                 else:
@@ -138,7 +170,11 @@ def obligations(
                 registered = ledger.registered_throughout(
                     msg.topic, sub.name, msg.started + _CLOCK_SLACK, msg.ended - _CLOCK_SLACK
                 )
-            if registered:
+            skip = ledger.skipped(msg.key).get(sub.name) if registered else None
+            if skip is not None:
+                reason = SKIPPED if skip.kind == "marker" else SKIPPED_EVICTED
+                excused.append(Excuse(sub.name, msg.key, reason, skip.at, skip.at))
+            elif registered:
                 expected.add(pair)
             else:
                 excused.append(Excuse(sub.name, msg.key, "unregistered", msg.started, msg.ended))
@@ -165,6 +201,7 @@ class CheckResult:
     order_violations: int
     order_conflicts: int
     recovered: int
+    skipped: int = 0
     lost_examples: tuple[tuple[str, Key], ...] = ()
     unexpected_examples: tuple[tuple[str, Key | None], ...] = ()
     order_examples: tuple[str, ...] = ()
@@ -191,7 +228,8 @@ class CheckResult:
             f"failed_written={self.failed_written} unconfirmed={self.unconfirmed} "
             f"unreported={self.unreported} duplicates={self.duplicates} "
             f"order_violations={self.order_violations} "
-            f"order_conflicts={self.order_conflicts} recovered={self.recovered}"
+            f"order_conflicts={self.order_conflicts} recovered={self.recovered} "
+            f"skipped={self.skipped}"
         ]
         if self.lost_examples:
             lines.append(f"lost (first): {list(self.lost_examples)}")
@@ -237,10 +275,38 @@ def _order_conflicts(sequences: dict[str, list[Key]]) -> tuple[int, list[str]]:
 
 
 def _covered(sub: SubscriberRecord, excuse: Excuse) -> bool:
+    if excuse.reason in _FULL_REASONS:
+        return _full_told(sub, excuse.start, excuse.end)
     return any(
         g.since <= excuse.end + _CLOCK_SLACK and excuse.start - _CLOCK_SLACK <= g.until
         for g in sub.gaps
     )
+
+
+def _full_told(sub: SubscriberRecord, start: float, end: float) -> bool:
+    """Whether a gap notice of ``sub`` says its queue was full (reason
+    ``backlog full``, naming its topic) over all of ``[start, end]``."""
+    return any(
+        g.reason.startswith(_FULL_GAP)
+        and sub.topic in g.topics
+        and g.since - _CLOCK_SLACK <= start
+        and end <= g.until + _CLOCK_SLACK
+        for g in sub.gaps
+    )
+
+
+def _unreported_markers(history: History, markers: dict[str, Marker]) -> list[str]:
+    """The overflow markers a live subscriber reached (its own session
+    deleted them) that no gap notice of its covers."""
+    live = {s.name: s for s in history.subscribers if s.ended_at is None}
+    out: list[str] = []
+    for path, marker in sorted(markers.items()):
+        sub = live.get(marker.subscriber)
+        if sub is None or sub.topic != marker.topic or not marker.by_owner:
+            continue
+        if not _full_told(sub, marker.created, marker.written):
+            out.append(path)
+    return out
 
 
 def check(
@@ -316,6 +382,16 @@ def check(
                     f"{excuse.subscriber} was not told of {excuse.key} ({excuse.reason})"
                 )
 
+    for path in _unreported_markers(history, ledger.markers):
+        unreported += 1
+        marker = ledger.markers[path]
+        per_sub[marker.subscriber]["unreported markers"] += 1
+        if len(other_examples) < examples:
+            other_examples.append(
+                f"{marker.subscriber} reached the overflow marker {path} "
+                f"(missed={marker.missed}) without a gap notice"
+            )
+
     failed_written = 0
     unconfirmed = 0
     for msg in history.publishes:
@@ -352,6 +428,7 @@ def check(
         order_violations=order_violations,
         order_conflicts=conflicts,
         recovered=recovered,
+        skipped=sum(1 for e in owed.excused if e.reason in (SKIPPED, SKIPPED_EVICTED)),
         lost_examples=tuple(lost_examples),
         unexpected_examples=tuple(unexpected_examples),
         order_examples=tuple(order_examples + conflict_examples),

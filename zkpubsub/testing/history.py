@@ -102,11 +102,15 @@ class DeliveryRecord:
 
 @dataclass(frozen=True, slots=True)
 class GapRecord:
-    """A gap notice a subscriber's client received (see ``zkpubsub.Gap``)."""
+    """A gap notice a subscriber's client received (see ``zkpubsub.Gap``):
+    the topics it named (empty: not recorded) and, for a full queue, how
+    many messages it said were missed."""
 
     since: float
     until: float
     reason: str
+    topics: frozenset[str] = frozenset()
+    missed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +186,19 @@ class Recorder:
                     rec.name, rec.topic, rec.subscribed_at, at or time.time(), rec.gaps
                 )
 
-    def gap(self, name: str, since: float, until: float, reason: str) -> None:
+    def gap(
+        self,
+        name: str,
+        since: float,
+        until: float,
+        reason: str,
+        *,
+        topics: frozenset[str] = frozenset(),
+        missed: int | None = None,
+    ) -> None:
         with self._lock:
             rec = self._subscribers[name]
-            gaps = (*rec.gaps, GapRecord(since, until, reason))
+            gaps = (*rec.gaps, GapRecord(since, until, reason, topics, missed))
             self._subscribers[name] = SubscriberRecord(
                 rec.name, rec.topic, rec.subscribed_at, rec.ended_at, gaps
             )

@@ -11,7 +11,14 @@ layout of ``docs/wire-format.md`` and nothing of the client library:
   it committed: the ones a publisher had to reach;
 * each message node deleted by a session other than its subscriber's own,
   and how long the subscriber's client node had been absent by then
-  (:class:`Removal`): what a cleaner may have purged;
+  (:class:`Removal`): what a cleaner may have purged; and each one deleted,
+  by any session, after its queue's record was marked ``full`` under
+  ``evict`` (an eviction deletes the queue unread);
+* each overflow marker (:class:`Marker`: created, counted into, read and
+  deleted) and, for each message, the queues a transaction that carried it
+  to other queues skipped as full (:class:`Skip`): it created or counted
+  into an overflow marker there, or, under ``evict``, marked the queue's
+  record ``full`` or checked a record so marked;
 * the intervals during which each subscription was registered, each
   client's sessions, and the leader epochs seen.
 
@@ -25,11 +32,11 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
-from ..layout import parse_segment_node
+from ..layout import parse_queue_entry, parse_segment_node
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -49,14 +56,50 @@ class QueueWrite:
 
 @dataclass(frozen=True, slots=True)
 class Removal:
-    """A message node deleted by a session that was not its subscriber's.
-    ``absent_for``: how long the subscriber's ``clients/<id>`` node had been
+    """A message node deleted by a session that was not its subscriber's,
+    or in an evicted queue. ``absent_for``: how long the subscriber's ``clients/<id>`` node had been
     gone at that moment (``None``: it was there)."""
 
     zxid: int
     at: float
     session: int
     absent_for: float | None
+    # deleted (by any session, its subscriber's own included) after its
+    # queue's record was marked full under ``evict``: the eviction
+    evicted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A transaction (``zxid``, committed at ``at``) that carried a message
+    to other queues and skipped ``subscriber``'s as full: ``kind`` is
+    ``"marker"`` (it created or counted into the overflow marker ``path``
+    in that queue, policy ``drop``) or ``"evict"`` (it marked the record of
+    the queue ``path`` ``full``, or checked the record so marked)."""
+
+    subscriber: str
+    topic: str
+    zxid: int
+    at: float
+    kind: Literal["marker", "evict"]
+    path: str
+
+
+@dataclass
+class Marker:
+    """An overflow marker's life in the logs: created at ``created``, last
+    written (created or counted into) at ``written`` with the count
+    ``missed``; deleted at ``deleted`` (``None``: still there at the end of
+    the log), by its subscriber's own session (``by_owner``: it reached it)
+    or another (a cleaner)."""
+
+    subscriber: str
+    topic: str
+    created: float
+    written: float
+    missed: int | None
+    deleted: float | None = None
+    by_owner: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +122,9 @@ class Ledger:
     # key -> subscribers registered on its topic when that transaction committed
     registered: dict[Key, frozenset[str]] = field(default_factory=dict)
     removals: dict[tuple[str, Key], Removal] = field(default_factory=dict)
+    # key -> the queues transactions carrying it skipped as full
+    skips: dict[Key, list[Skip]] = field(default_factory=lambda: defaultdict(list))
+    markers: dict[str, Marker] = field(default_factory=dict)  # by path
     # (topic, subscriber) -> [(since, until)]; until INF while registered at the end
     registrations: dict[tuple[str, str], list[tuple[float, float]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -89,6 +135,14 @@ class Ledger:
 
     def written_to(self, key: Key) -> set[str]:
         return {w.subscriber for w in self.writes.get(key, ())}
+
+    def skipped(self, key: Key) -> dict[str, Skip]:
+        """The subscribers whose queue a transaction carrying ``key`` to
+        other queues skipped as full, with the first such skip."""
+        out: dict[str, Skip] = {}
+        for skip in self.skips.get(key, ()):
+            out.setdefault(skip.subscriber, skip)
+        return out
 
     def registered_throughout(self, topic: str, subscriber: str, start: float, end: float) -> bool:
         """Whether the subscription was registered during all of ``[start, end]``."""
@@ -148,6 +202,7 @@ class _Replay:
         self.eph_owner: dict[str, int] = {}
         self.ephemerals: dict[int, set[str]] = defaultdict(set)
         self.nodes: dict[str, tuple[str, tuple[Key, ...]]] = {}  # message path -> (sub, keys)
+        self.evicting: set[str] = set()  # queue paths whose record is marked full (evict)
 
     # -- one transaction ----------------------------------------------------------
 
@@ -169,11 +224,38 @@ class _Replay:
             for key in keys:
                 self.ledger.commits[key] = (txn.zxid, txn.at)
                 self.ledger.registered[key] = reach
+        self._skips(txn, carried)
         for op in txn.ops:
             if op.kind == "create":
                 self._created(op.path, op.data, op.ephemeral, txn)
             elif op.kind == "delete":
                 self._deleted(op.path, txn)
+            elif op.kind == "set":
+                self._set(op.path, op.data, txn)
+
+    def _skips(self, txn: Txn, carried: dict[str, list[Key]]) -> None:
+        """The queues of the topics this transaction carried messages of
+        that it skipped as full, instead of writing them there."""
+        if not carried:
+            return
+        for op in txn.ops:
+            if not op.path.startswith(self.messages):
+                continue
+            below = op.path[len(self.messages) :]
+            skip: Skip | None = None
+            marker = _marker_entry(below)
+            if marker is not None and op.kind in ("create", "set"):
+                skip = Skip(marker[0], marker[1], txn.zxid, txn.at, "marker", op.path)
+            queue = _queue_node(below)
+            if queue is not None and (
+                (op.kind == "set" and _marked_full(op.data))
+                or (op.kind == "check" and op.path in self.evicting)
+            ):
+                skip = Skip(queue[0], queue[1], txn.zxid, txn.at, "evict", op.path)
+            if skip is None:
+                continue
+            for key in carried.get(skip.topic, ()):
+                self.ledger.skips[key].append(skip)
 
     def _created(self, path: str, data: bytes, ephemeral: bool, txn: Txn) -> None:
         if ephemeral:
@@ -191,13 +273,34 @@ class _Replay:
             if len(parts) == 2:
                 self.registered[parts[0]].setdefault(parts[1], txn.at)
         elif path.startswith(self.messages):
-            entry = _queue_entry(path[len(self.messages) :])
+            below = path[len(self.messages) :]
+            entry = _queue_entry(below)
             if entry is not None:
                 sub, topic = entry
                 keys = decode_keys(data)
                 self.nodes[path] = (sub, keys)
                 for key in keys:
                     self.ledger.writes[key].append(QueueWrite(sub, topic, txn.zxid, txn.at, path))
+            marker = _marker_entry(below)
+            if marker is not None:
+                missed = _missed(data)
+                self.ledger.markers[path] = Marker(*marker, txn.at, txn.at, missed)
+            self._set(path, data, txn)
+
+    def _set(self, path: str, data: bytes, txn: Txn) -> None:
+        """A queue record or an overflow marker written."""
+        if not path.startswith(self.messages):
+            return
+        below = path[len(self.messages) :]
+        if _queue_node(below) is not None:
+            if _marked_full(data):
+                self.evicting.add(path)
+            else:
+                self.evicting.discard(path)
+        marker = self.ledger.markers.get(path)
+        if marker is not None and marker.deleted is None:
+            marker.written = txn.at
+            marker.missed = _missed(data)
 
     def _deleted(self, path: str, txn: Txn) -> None:
         owner = self.eph_owner.pop(path, None)
@@ -215,8 +318,22 @@ class _Replay:
                 since = self.registered[parts[0]].pop(parts[1], None)
                 if since is not None:
                     self.ledger.registrations[(parts[0], parts[1])].append((since, txn.at))
+        elif path in self.evicting:
+            self.evicting.discard(path)  # the queue itself
+        elif path in self.ledger.markers:
+            marker = self.ledger.markers[path]
+            if marker.deleted is None:
+                marker.deleted = txn.at
+                marker.by_owner = self.client_owner.get(marker.subscriber) == txn.session
         elif path in self.nodes:
             sub, keys = self.nodes.pop(path)
+            if self._queue_of(path) in self.evicting:
+                # the eviction deletes the queue unread (its client or a cleaner)
+                for key in keys:
+                    self.ledger.removals.setdefault(
+                        (sub, key), Removal(txn.zxid, txn.at, txn.session, None, evicted=True)
+                    )
+                return
             if self.client_owner.get(sub) == txn.session:
                 return  # the subscriber's own delete: it says it handled them
             gone_at = self.client_gone_at.get(sub)
@@ -225,6 +342,13 @@ class _Replay:
                 self.ledger.removals.setdefault(
                     (sub, key), Removal(txn.zxid, txn.at, txn.session, absent)
                 )
+
+    def _queue_of(self, path: str) -> str | None:
+        """The queue path of a message node or marker."""
+        entry = _queue_entry(path[len(self.messages) :]) or _marker_entry(
+            path[len(self.messages) :]
+        )
+        return None if entry is None else f"{self.messages}{entry[0]}/{entry[1]}"
 
     def _end_span(self, session: int, at: float) -> None:
         span = self.open_spans.pop(session, None)
@@ -252,10 +376,10 @@ def replay(txns: Sequence[Txn], root: str) -> Ledger:
     return replay.finish((t.epoch for t in txns), len(txns))
 
 
-def _queue_entry(below: str) -> tuple[str, str] | None:
-    """``(subscriber, topic)`` of a message node, given its path below
-    ``messages/`` (``<id>/<topic>/s<N>/m…``, or ``<id>/<topic>/m…`` from
-    before segments); ``None`` for anything else (queues, segments, markers)."""
+def _entry_of(below: str, kind: str) -> tuple[str, str] | None:
+    """``(subscriber, topic)`` of a queue entry of ``kind`` (``m`` or
+    ``o``), given its path below ``messages/`` (``<id>/<topic>/s<N>/<name>``,
+    or ``<id>/<topic>/<name>`` from before segments); ``None`` otherwise."""
     parts = below.split("/")
     if len(parts) == 4 and parse_segment_node(parts[2]) is not None:
         name = parts[3]
@@ -263,4 +387,44 @@ def _queue_entry(below: str) -> tuple[str, str] | None:
         name = parts[2]
     else:
         return None
-    return (parts[0], parts[1]) if name.startswith("m") else None
+    return (parts[0], parts[1]) if name.startswith(kind) else None
+
+
+def _queue_entry(below: str) -> tuple[str, str] | None:
+    """``(subscriber, topic)`` of a message node (below ``messages/``);
+    ``None`` for anything else (queues, segments, markers)."""
+    return _entry_of(below, "m")
+
+
+def _marker_entry(below: str) -> tuple[str, str] | None:
+    """``(subscriber, topic)`` of an overflow marker ``o<guid>-<seq>``
+    (below ``messages/``); ``None`` for anything else."""
+    entry = _entry_of(below, "o")
+    if entry is None or parse_queue_entry(below.rsplit("/", 1)[-1]) is None:
+        return None
+    return entry
+
+
+def _queue_node(below: str) -> tuple[str, str] | None:
+    """``(subscriber, topic)`` of a queue node ``<id>/<topic>``."""
+    parts = below.split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def _marked_full(record: bytes) -> bool:
+    """Whether a queue record (JSON) is marked ``full`` under ``evict``."""
+    try:
+        doc = json.loads(record)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("full") is True and doc.get("when_full") == "evict"
+
+
+def _missed(data: bytes) -> int | None:
+    """The count of an overflow marker's data (``{"pub", "missed"}``)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    missed = doc.get("missed") if isinstance(doc, dict) else None
+    return missed if isinstance(missed, int) else None

@@ -167,22 +167,35 @@ class Workload(ClientPool):
     # -- clients ---------------------------------------------------------------------
 
     def add_subscriber(
-        self, name: str | None = None, *, hosts: str | None = None, **options: Any
+        self,
+        name: str | None = None,
+        *,
+        hosts: str | None = None,
+        gate: threading.Event | None = None,
+        subscription: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Client:
-        """A subscriber client; it is subscribed when this returns."""
+        """A subscriber client; it is subscribed when this returns.
+        ``subscription``: options of its ``subscribe()`` (``max_backlog``…);
+        ``gate``: its handler waits for that event before each message (a
+        stuck subscriber while it is clear)."""
         name = name or f"sub-{len(self.subscribers) + len(self.processes) + 1}-{tag()}"
         client = self.client(name, hosts, **options)
         recorder, topic = self.recorder, self.topic
 
         def on_message(message: Message) -> None:
+            if gate is not None:
+                gate.wait()
             recorder.delivered(name, message.topic, message.payload, message.id)
 
         def on_gap(gap: Gap) -> None:
             if topic in gap.topics:
-                recorder.gap(name, gap.since, gap.until, gap.reason)
+                recorder.gap(
+                    name, gap.since, gap.until, gap.reason, topics=gap.topics, missed=gap.missed
+                )
 
         client.add_gap_listener(on_gap)
-        sub = client.subscribe(topic, on_message)
+        sub = client.subscribe(topic, on_message, **(subscription or {}))
         recorder.subscribed(name, topic)
         self.subscribers[name] = client
         self.subscriptions[name] = sub
