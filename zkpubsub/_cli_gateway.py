@@ -1,0 +1,121 @@
+"""``zkpubsub gateway``: the HTTP gateway's command (the gateway itself is
+imported only when it runs, so the program works without its extra)."""
+
+from __future__ import annotations
+
+import click
+
+from ._cli_common import BadOption, CliContext, pass_ctx, positive
+from .gateway.settings import (
+    DEFAULT_ACK_DEADLINE,
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_WAIT,
+)
+
+
+@click.command()
+@click.option("--hosts", "gateway_hosts", default=None, help="Overrides the global --hosts.")
+@click.option("--root", "gateway_root", default=None, help="Overrides the global --root.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="ZKPUBSUB_GATEWAY_HOST",
+    help="Address to listen on (anything but loopback needs --tokens).",
+)
+@click.option("--port", default=8080, show_default=True, type=int, envvar="ZKPUBSUB_GATEWAY_PORT")
+@click.option(
+    "--tokens",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="ZKPUBSUB_GATEWAY_TOKENS",
+    help="Bearer tokens file (JSON, see docs/gateway.md). Without it: no auth, loopback only.",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Listener TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Listener TLS.")
+@click.option(
+    "--ack-deadline",
+    type=float,
+    default=DEFAULT_ACK_DEADLINE,
+    show_default=True,
+    callback=positive("--ack-deadline"),
+    help="Seconds before a pulled, unacked message is handed out again.",
+)
+@click.option(
+    "--lease",
+    type=float,
+    default=DEFAULT_LEASE,
+    show_default=True,
+    callback=positive("--lease"),
+    help="Default lease (visibility timeout) of a reserved work item.",
+)
+@click.option(
+    "--max-wait",
+    type=float,
+    default=DEFAULT_MAX_WAIT,
+    show_default=True,
+    callback=positive("--max-wait"),
+    help="Longest long poll (pull, reserve, results).",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=DEFAULT_IDLE_TIMEOUT,
+    show_default=True,
+    callback=positive("--idle-timeout"),
+    help="Let go of a subscription unused this long (the cleaner's grace starts then).",
+)
+@click.option(
+    "--idempotency-ttl",
+    type=float,
+    default=DEFAULT_IDEMPOTENCY_TTL,
+    show_default=True,
+    callback=positive("--idempotency-ttl"),
+    help="Seconds an Idempotency-Key's first answer is kept (in this process).",
+)
+@pass_ctx
+def gateway(
+    ctx: CliContext,
+    gateway_hosts: str | None,
+    gateway_root: str | None,
+    host: str,
+    port: int,
+    tokens: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    ack_deadline: float,
+    lease: float,
+    max_wait: float,
+    idle_timeout: float,
+    idempotency_ttl: float,
+) -> None:
+    """Serve the bus over HTTP (needs the gateway extra)."""
+    try:
+        from .gateway import GatewaySettings, load_tokens, serve
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        book = load_tokens(tokens) if tokens else None
+        settings = GatewaySettings(
+            hosts=gateway_hosts or ctx.hosts,
+            root=gateway_root or ctx.root,
+            session_timeout=ctx.session_timeout,
+            connect_timeout=ctx.connect_timeout,
+            security=ctx.security(),
+            tokens=book,
+            ack_deadline=ack_deadline,
+            lease=lease,
+            max_wait=max_wait,
+            idle_timeout=idle_timeout,
+            idempotency_ttl=idempotency_ttl,
+        )
+    except (OSError, ValueError) as exc:
+        raise BadOption(str(exc)) from exc
+    scheme = "https" if tls_cert else "http"
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"zkpubsub gateway on {scheme}://{shown}:{port} (API docs at /docs)", err=True)
+    try:
+        serve(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+    except ValueError as exc:
+        raise BadOption(str(exc)) from exc
