@@ -15,6 +15,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import ClientState, ConnectTimeout, Gap, Message, PublishReceipt
 from zkpubsub.aio import AsyncClient, AsyncItem
+from zkpubsub.aio._bridge import Bridge
 from zkpubsub.testing import expire_session, free_ports, queue_entries
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -149,6 +150,40 @@ async def test_a_cancelled_handler_is_a_failed_attempt_and_the_message_comes_aga
     await eventually(lambda: attempts == [1, 2] and sub.delivered == 1, what="a second attempt")
     assert len(errors) == 1 and "Cancelled" in type(errors[0]).__name__
     assert sub.stats().errors == 1 and sub.stats().dropped == 0
+
+
+async def test_a_backlog_crosses_to_the_loop_in_runs_and_a_failure_mid_run_is_retried_in_place(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscriber = await connect(client_id="runs")
+    await (await subscriber.subscribe("t", durable=True)).close()
+    await (await connect()).publish_many("t", list(range(300)))
+    crossings = 0
+    call = Bridge.call
+
+    def counted(self: Bridge, *args: Any, **kwargs: Any) -> Any:
+        nonlocal crossings
+        crossings += 1
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Bridge, "call", counted)
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    async def handler(message: Message) -> None:
+        seen.append((message.payload, message.attempt))
+        if message.payload == 100 and message.attempt == 1:
+            raise ValueError("once")
+
+    sub = await subscriber.subscribe(
+        "t", handler, on_error=lambda e, m: errors.append(e), retry_delay=0.05, prefetch=300
+    )
+    await eventually(lambda: sub.delivered == 300, what="the backlog handled")
+    assert [p for p, _ in seen] == [*range(101), *range(100, 300)]  # in order, 100 twice
+    assert [a for p, a in seen if p == 100] == [1, 2]
+    assert len(errors) == 1 and str(errors[0]) == "once"
+    assert sub.stats().errors == 1 and sub.stats().dropped == 0
+    assert crossings < 300 // 4  # runs of messages, not one visit to the loop each
 
 
 async def test_get_and_async_for_hand_messages_out_in_order_and_a_cancelled_get_loses_nothing(

@@ -176,6 +176,13 @@ class DeliveryBuffer:
                 self.cond.wait(left)
             return self._deliveries.popleft()
 
+    def next_ready(self) -> Delivery | None:
+        """The next delivery if one is buffered already (no waiting)."""
+        with self.cond:
+            if self.closed or not self._deliveries:
+                return None
+            return self._deliveries.popleft()
+
     def low(self) -> bool:
         """Read ahead has fallen under half the prefetch while names wait."""
         with self.cond:

@@ -22,7 +22,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 __all__ = ["Bridge", "LoopStopped", "OnLoop"]
@@ -186,12 +186,34 @@ class OnLoop:
     def __call__(self, *args: Any) -> Any:
         return self._bridge.call(self.fn, *args, running=self._running)
 
+    def handle_many(self, messages: Sequence[Any]) -> tuple[int, BaseException | None]:
+        """Call it on each of ``messages`` in order, in one visit to the loop,
+        stopping at the first that raises (or is cancelled): how many
+        returned, and what that one raised."""
+        result: tuple[int, BaseException | None] = self._bridge.call(
+            _each, self.fn, messages, running=self._running
+        )
+        return result
+
     def cancel(self) -> int:
         """Cancel the calls still running; returns how many."""
         return self._bridge.cancel(self._running)
 
     def __repr__(self) -> str:
         return f"<on the loop: {self.fn!r}>"
+
+
+async def _each(
+    fn: Callable[..., Any], messages: Sequence[Any]
+) -> tuple[int, BaseException | None]:
+    for i, message in enumerate(messages):
+        try:
+            result = fn(message)
+            if inspect.isawaitable(result):
+                await result
+        except BaseException as exc:  # this message's failure (a cancellation too)
+            return i, exc
+    return len(messages), None
 
 
 def _log_failure(fn: object, task: asyncio.Future[Any]) -> None:

@@ -8,7 +8,10 @@ where user code runs:
 * With a handler (``async def`` or a plain function), each message is
   handled on the event loop; the subscription's dispatcher thread waits for
   the coroutine to return before the message counts as handled, so the
-  message is deleted only after it returned. A handler that raises — or is
+  message is deleted only after it returned. Messages already read ahead
+  go to the loop in runs (up to 64 in one visit, still one handler call
+  after the other, in order), so a backlog does not pay a crossing between
+  threads per message. A handler that raises — or is
   cancelled — is a failed attempt, tried again after the retry delay.
 * Without a handler, ``await sub.get(timeout)`` and ``async for msg in
   sub`` hand messages out in order; as with the threaded ``get``, a message
