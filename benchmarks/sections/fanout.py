@@ -314,7 +314,7 @@ def _raw_cell(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
                 parents,
                 duration=p.fanout_duration,
                 window=p.raw_window,
-                max_messages=p.fanout_max_messages,
+                max_messages=raw_ceiling.message_cap(n, p.fanout_max_messages),
                 pack=pack,
                 on_progress=lambda done: phase.update(f"committed {done}"),
             )

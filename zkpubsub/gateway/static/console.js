@@ -368,6 +368,9 @@ async function publish(event) {
 }
 
 async function replay(queue, ids, button) {
+  if (!ids && !window.confirm("Put every dead letter of " + queue + " back into the queue?")) {
+    return;
+  }
   const result = $("replay-result");
   result.className = "result";
   button.disabled = true;
