@@ -12,6 +12,7 @@ import pytest
 
 from zkpubsub import Client, ClientState, ZooKeeperError
 from zkpubsub._probes import parse_srvr_version, server_version
+from zkpubsub._pump import READ_WINDOW_BYTES, read_window
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 
@@ -199,3 +200,54 @@ def test_watch_mode_auto_uses_what_the_server_has_and_persistent_demands_it(
     else:
         with pytest.raises(ZooKeeperError, match=r"3\.6"):
             make_client(watch_mode="persistent")
+
+
+def test_a_read_round_takes_names_in_turn_and_stays_within_its_window() -> None:
+    wanted = [["a1", "a2", "a3"], [], ["c1"], ["d1", "d2"]]
+    assert read_window(wanted, 1.0) == [
+        (0, "a1"),
+        (2, "c1"),
+        (3, "d1"),
+        (0, "a2"),
+        (3, "d2"),
+        (0, "a3"),
+    ]
+    per_node = READ_WINDOW_BYTES / 2
+    assert read_window(wanted, per_node) == [(0, "a1"), (2, "c1")]
+    assert read_window(wanted, READ_WINDOW_BYTES * 10) == [(0, "a1")]  # at least one
+    assert read_window([[], []], 1.0) == []
+
+
+def test_a_backlog_of_large_nodes_is_read_a_window_at_a_time(make_client: MakeClient) -> None:
+    size = 50_000
+    subscriber = make_client(client_id="large")
+    subscriber.subscribe("t", durable=True).close()
+    publisher = make_client()
+    for _ in range(150):
+        publisher.publish("t", "x" * size)
+    kazoo = subscriber._ctx.conn.kazoo
+    get_async = kazoo.get_async
+    lock = threading.Lock()
+    outstanding = peak = 0
+
+    def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal outstanding, peak
+        with lock:
+            outstanding += 1
+            peak = max(peak, outstanding)
+
+        def answered(_result: Any) -> None:
+            nonlocal outstanding
+            with lock:
+                outstanding -= 1
+
+        result = get_async(path, *args, **kwargs)
+        result.rawlink(answered)
+        return result
+
+    kazoo.get_async = counted
+    got = Collector()
+    subscriber.subscribe("t", got)
+    assert [len(p) for p in got.wait(150, 60)] == [size] * 150
+    # at ~50 kB a node, 2 MiB is 41 nodes (the first round guesses 64 kB: 32)
+    assert 1 < peak <= READ_WINDOW_BYTES // size + 1

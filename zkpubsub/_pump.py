@@ -5,10 +5,13 @@ on the client's own ``messages/<id>`` subtree tells the pump of every node
 published to any of its queues, by name: the pump reads each such node
 directly (reads of all subscriptions pipelined together), without listing
 the queue, and hands the messages to each subscription's buffer in queue
-order. Queues are listed only when a subscription starts, after a
-reconnect (events of the time in between are lost; the watch is set again
-first, so the listing sees the rest), after the client registered again,
-and every ``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an
+order. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
+the last round's node size), taken in turn from every subscription, so the
+answers a server builds for one client stay small whatever the backlog.
+Queues are listed only when a subscription starts, after a reconnect
+(events of the time in between are lost; the watch is set again first, so
+the listing sees the rest), after the client registered again, and every
+``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an
 older server, or ``watch_mode="listing"``), each queue is listed with
 one-shot child watches on every change, as before.
 
@@ -54,7 +57,7 @@ from .serializers import SerializerRegistry
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
 
-__all__ = ["ReceivePump", "WatchMode", "decode_node"]
+__all__ = ["READ_WINDOW_BYTES", "ReceivePump", "WatchMode", "decode_node", "read_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,29 @@ SAFETY_RELIST_INTERVAL: Final = 30.0
 DELETE_RETRY: Final = 0.5
 RELIST_WHILE_BUSY: Final = 1.0
 DELETE_BATCH: Final = 500
+# Node data one client asks the server for at once: the server builds every
+# answer before the client reads it, so a hundred clients each asking for
+# their whole read-ahead of large batched nodes would fill its heap. The
+# size of the nodes to come is not known: the last round's tells.
+READ_WINDOW_BYTES: Final = 2 * 2**20
+FIRST_NODE_GUESS: Final = 64 * 2**10
+
+
+def read_window(wanted: list[list[str]], node_bytes: float) -> list[tuple[int, str]]:
+    """The names to read in one round from each subscription's ``wanted``
+    list: taken in turn from each (no subscription waits behind another's
+    backlog), as many as ``READ_WINDOW_BYTES`` holds at ``node_bytes`` a
+    node, and at least one. Pairs of (index into ``wanted``, name)."""
+    limit = max(1, int(READ_WINDOW_BYTES // max(1.0, node_bytes)))
+    out: list[tuple[int, str]] = []
+    depth = 0
+    while len(out) < limit:
+        row = [(i, names[depth]) for i, names in enumerate(wanted) if depth < len(names)]
+        if not row:
+            break
+        out.extend(row[: limit - len(out)])
+        depth += 1
+    return out
 
 
 def decode_node(
@@ -142,6 +168,7 @@ class ReceivePump:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.deliveries_read = 0  # nodes read, for the requests-per-node figure
+        self._node_bytes = float(FIRST_NODE_GUESS)  # the last round's mean node size
         ctx.conn.add_state_listener(self._on_state)
 
     @property
@@ -390,14 +417,18 @@ class ReceivePump:
     # -- reading ----------------------------------------------------------------------------
 
     def _fetch(self) -> None:
-        """Read what every subscription has room for, all reads pipelined."""
+        """Read what every subscription has room for, pipelined, within the
+        read window (the rest in the next rounds)."""
         kazoo = self._conn.kazoo
-        wanted = [(queue, name) for queue in self._all() for name in queue.buffer.to_fetch()]
-        if not wanted:
+        queues = self._all()
+        chosen = read_window([q.buffer.to_fetch() for q in queues], self._node_bytes)
+        if not chosen:
             return
+        wanted = [(queues[i], name) for i, name in chosen]
         requests = [(q, name, kazoo.get_async(join(q.path, name))) for q, name in wanted]
         deadline = self._ctx.deadline()
         results: dict[int, tuple[list[str], list[Delivery]]] = {}
+        read = size = 0
         try:
             for queue, name, request in requests:
                 path = join(queue.path, name)
@@ -410,7 +441,10 @@ class ReceivePump:
                 deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
                 fetched.append(name)
                 self.deliveries_read += 1
+                read, size = read + 1, size + len(data)
         finally:
+            if read:
+                self._node_bytes = size / read
             for queue in {q for q, _ in wanted}:
                 fetched, deliveries = results.get(id(queue), ([], []))
                 queue.buffer.fetched(fetched, deliveries)
