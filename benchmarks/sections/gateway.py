@@ -48,8 +48,16 @@ class Http:
         self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def call(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
-        self._conn.request(method, path, body=body, headers={"Content-Type": content_type})
-        answer = self._conn.getresponse()
+        headers = {"Content-Type": content_type}
+        try:
+            self._conn.request(method, path, body=body, headers=headers)
+            answer = self._conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed the connection while it sat idle (uvicorn's
+            # keep-alive ends after 5 s, a drain between cells takes longer)
+            self._conn.close()
+            self._conn.request(method, path, body=body, headers=headers)
+            answer = self._conn.getresponse()
         data = answer.read()
         return answer.status, json.loads(data) if data else None
 
