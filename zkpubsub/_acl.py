@@ -91,7 +91,8 @@ ACL_TABLE: Final[dict[NodeKind, tuple[Grant, ...]]] = {
     NodeKind.RESULTS: ((MEMBERS, _R), (WORKERS, _C), (PRODUCERS, _R | _D)),
     NodeKind.RESULT: ((PRODUCERS, _R),),
     NodeKind.WORKERS: ((MEMBERS, _R), (WORKERS, _C | _D)),
-    NodeKind.WORKER: ((MEMBERS, _R),),
+    # a worker writes its own node to read the server's clock (its mtime)
+    NodeKind.WORKER: ((OWNER, _R | _W), (MEMBERS, _R)),
     NodeKind.FOREIGN: ((MEMBERS, _R),),
 }
 
