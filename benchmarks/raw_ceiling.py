@@ -32,6 +32,9 @@ from . import payload
 TRANSACTION_BUDGET = 900_000
 
 
+# Bytes one message takes in a queue, with its create's path.
+_PER_MESSAGE = payload.PAYLOAD_SIZE + 64
+
 # Message data one publish-only cell may leave in the server (every queue's
 # copy counted) before it is deleted: the server holds it all in its heap.
 SERVER_DATA_BUDGET = 256 * 2**20
@@ -40,15 +43,13 @@ SERVER_DATA_BUDGET = 256 * 2**20
 def message_cap(subscribers: int, wanted: int) -> int:
     """At most ``wanted`` messages, and no more than ``subscribers`` copies of
     them fit in ``SERVER_DATA_BUDGET`` (nobody consumes in these cells)."""
-    per_message = payload.PAYLOAD_SIZE + 64  # with the create's path
-    return max(1, min(wanted, SERVER_DATA_BUDGET // (max(1, subscribers) * per_message)))
+    return max(1, min(wanted, SERVER_DATA_BUDGET // (max(1, subscribers) * _PER_MESSAGE)))
 
 
 def pack_for(subscribers: int, wanted: int) -> int:
     """Messages per node for a packed transaction to ``subscribers`` queues:
     ``wanted``, or fewer if the transaction would not fit."""
-    per_message = payload.PAYLOAD_SIZE + 64  # with the create's path
-    return max(1, min(wanted, TRANSACTION_BUDGET // (max(1, subscribers) * per_message)))
+    return max(1, min(wanted, TRANSACTION_BUDGET // (max(1, subscribers) * _PER_MESSAGE)))
 
 
 def push(
