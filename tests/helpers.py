@@ -62,3 +62,14 @@ class Collector:
                     )
                 self._cond.wait(left)
             return [m.payload for m in self.messages]
+
+
+def drain(queue: object, count: int, timeout: float = 10.0) -> list[object]:
+    """Reserve and ack ``count`` items of a work queue, in order; their payloads."""
+    out = []
+    for _ in range(count):
+        item = queue.reserve(timeout)  # type: ignore[attr-defined]
+        assert item is not None, f"only {len(out)} of {count} items came"
+        out.append(item.payload)
+        item.ack()
+    return out

@@ -22,19 +22,9 @@ from zkpubsub.layout import (
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 from zkpubsub.workqueue import finishing, segments
 
-from .helpers import local_servers_only, wait_until
+from .helpers import drain, local_servers_only, wait_until
 
 MakeClient = Callable[..., Client]
-
-
-def drain(queue: object, count: int, timeout: float = 10.0) -> list[object]:
-    out = []
-    for _ in range(count):
-        item = queue.reserve(timeout)  # type: ignore[attr-defined]
-        assert item is not None, f"only {len(out)} of {count} items came"
-        out.append(item.payload)
-        item.ack()
-    return out
 
 
 def segment_sizes(raw: KazooClient, root: str, queue: str) -> dict[int, int]:

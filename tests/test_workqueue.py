@@ -27,21 +27,11 @@ from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, ZkClientProxy
 from zkpubsub.workqueue.records import decode_item
 
-from .helpers import wait_until
+from .helpers import drain, wait_until
 from .procs import Child
 
 MakeClient = Callable[..., Client]
 T = TypeVar("T")
-
-
-def drain(queue: object, count: int, timeout: float = 10.0) -> list[object]:
-    out = []
-    for _ in range(count):
-        item = queue.reserve(timeout)  # type: ignore[attr-defined]
-        assert item is not None, f"only {len(out)} of {count} items came"
-        out.append(item.payload)
-        item.ack()
-    return out
 
 
 def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
