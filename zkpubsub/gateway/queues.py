@@ -10,7 +10,9 @@ reservation at a time; an ack or release of a reservation that was lost
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -38,6 +40,7 @@ from .models import (
 )
 from .payloads import message_headers, payload_fields, read_json, read_payload
 from .problems import bad_input
+from .reservations import Held
 from .topics import _SINGLE_BODY, invalid
 
 __all__ = ["router"]
@@ -150,6 +153,26 @@ async def reserve(
     return ReserveResult(items=out)
 
 
+def _held(
+    request: Request, principal: Principal, queue: str, reservation: str
+) -> tuple[GatewayState, Held]:
+    """The gateway and ``principal``'s reservation ``reservation`` of ``queue``
+    (403 outside the principal's queues, 404 for a reservation not held here)."""
+    gw = state_of(request)
+    principal.require("queue", queue)
+    return gw, gw.reservations.get(reservation, principal.name, queue)
+
+
+@contextlib.contextmanager
+def _dropped_when_finished(gw: GatewayState, reservation: str, held: Held) -> Iterator[None]:
+    """Forget the reservation once its item is finished, however the call ended."""
+    try:
+        yield
+    finally:
+        if held.item.finished:
+            gw.reservations.drop(reservation)
+
+
 @router.post(
     "/queues/{queue}/reservations/{reservation}/ack",
     status_code=204,
@@ -162,16 +185,10 @@ async def ack(
     request: Request,
     principal: Caller,
 ) -> Response:
-    gw = state_of(request)
-    principal.require("queue", queue)
-    held = gw.reservations.get(reservation, principal.name, queue)
+    gw, held = _held(request, principal, queue, reservation)
     body = await _body(request, ItemAckRequest, gw.settings.max_message_bytes)
-    try:
-        with bad_input("ack"):
-            await held.item.ack(body.result)
-    finally:
-        if held.item.finished:
-            gw.reservations.drop(reservation)
+    with _dropped_when_finished(gw, reservation, held), bad_input("ack"):
+        await held.item.ack(body.result)
     return Response(status_code=204)
 
 
@@ -189,15 +206,10 @@ async def release(
     request: Request,
     principal: Caller,
 ) -> Response:
-    gw = state_of(request)
-    principal.require("queue", queue)
-    held = gw.reservations.get(reservation, principal.name, queue)
+    gw, held = _held(request, principal, queue, reservation)
     body = await _body(request, ReleaseRequest)
-    try:
+    with _dropped_when_finished(gw, reservation, held):
         await held.item.release(body.error)
-    finally:
-        if held.item.finished:
-            gw.reservations.drop(reservation)
     return Response(status_code=204)
 
 
@@ -215,9 +227,7 @@ async def extend(
     request: Request,
     principal: Caller,
 ) -> Response:
-    gw = state_of(request)
-    principal.require("queue", queue)
-    held = gw.reservations.get(reservation, principal.name, queue)
+    _, held = _held(request, principal, queue, reservation)
     body = await _body(request, ExtendRequest)
     await held.item.extend(body.seconds)
     return Response(status_code=204)
