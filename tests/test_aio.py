@@ -13,10 +13,19 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import ClientState, ConnectTimeout, Gap, Message, PublishReceipt
+from zkpubsub import (
+    ClientState,
+    ConnectTimeout,
+    Gap,
+    Message,
+    NoSubscribers,
+    PublishReceipt,
+    PublishTimeout,
+)
 from zkpubsub.aio import AsyncClient, AsyncItem
 from zkpubsub.aio._bridge import Bridge
 from zkpubsub.testing import expire_session, free_ports, queue_entries
+from zkpubsub.testing.proxy import TcpProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -244,6 +253,30 @@ async def test_a_cancelled_publish_is_still_written(connect: Connect) -> None:
     future = publisher.publish_nowait("t", "later")
     receipt = await future
     assert receipt.subscribers == 1
+
+
+async def test_a_publish_that_fails_raises_its_error_in_the_awaiting_task_by_its_timeout(
+    connect: Connect, zk_hosts: str
+) -> None:
+    publisher = await connect()
+    with pytest.raises(NoSubscribers):
+        await publisher.publish("nobody", "x", require_subscribers=True)
+    with pytest.raises(NoSubscribers):
+        await publisher.publish_nowait("nobody", "x", require_subscribers=True)
+    host, port = zk_hosts.split(",")[0].split(":")
+    with TcpProxy((host, int(port)), name="aio-publish") as proxy:
+        cut_off = await connect(hosts=proxy.address, session_timeout=10.0)
+        await cut_off.publish("t", "before")
+        proxy.block("drop")  # a partition: nothing answers, nothing is refused
+        async with Heartbeat() as beat:
+            started = time.monotonic()
+            with pytest.raises(PublishTimeout) as info:
+                await cut_off.publish("t", "during", timeout=1.5)
+            took = time.monotonic() - started
+        assert 1.4 < took < 3.0, took
+        assert "1.5s" in str(info.value)
+        assert beat.longest < 0.5, "the publish blocked the loop"
+        proxy.unblock()
 
 
 async def test_connecting_subscribing_and_closing_leave_the_loop_free(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import msgpack
 import pytest
 
-from zkpubsub import JsonSerializer, MsgpackSerializer, RawSerializer, SerializationError
+from zkpubsub import JsonSerializer, MsgpackSerializer, RawSerializer, SerializationError, envelope
 from zkpubsub.envelope import check_headers, decode, encode, encoded_size, make_entry
 from zkpubsub.serializers import resolve
 
@@ -99,3 +101,20 @@ def test_headers_must_be_strings() -> None:
 def test_unknown_serializer_name() -> None:
     with pytest.raises(ValueError, match="unknown serializer"):
         resolve("yaml")
+
+
+def test_message_ids_are_32_hex_digits_unique_and_new_in_a_forked_child() -> None:
+    ids = [envelope.new_message_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not repeat the parent's
+        os.write(write, envelope.new_message_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    mine = envelope.new_message_id()
+    assert len(child) == 32 and child[:16] != mine[:16], (child, mine)

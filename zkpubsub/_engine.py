@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Final
@@ -58,12 +58,25 @@ from .errors import (
 from .message import PublishReceipt
 from .publisher import FanOutResult, Publisher, Targets, TopicView
 
-__all__ = ["LANE_IDLE", "LANE_THREADS", "PublishEngine", "PublishRequest", "take_batch"]
+__all__ = [
+    "LANE_IDLE",
+    "LANE_THREADS",
+    "PublishEngine",
+    "PublishRequest",
+    "Resolved",
+    "take_batch",
+]
 
 logger = logging.getLogger(__name__)
 
 LANE_THREADS: Final = 64
 LANE_IDLE: Final = 2.0
+
+
+# ``on_done(receipt, error)``: exactly one of them is None. Called on the
+# thread that settles the publish (a lane thread or the watchdog): it must
+# return at once and never block (the asyncio bridge hands it to its loop).
+Resolved = Callable[[PublishReceipt | None, BaseException | None], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -81,7 +94,8 @@ class PublishRequest:
     finished: bool = False
     receipt: PublishReceipt | None = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = None  # for a caller that waits (neither future nor on_done)
+    on_done: Resolved | None = None  # called with the outcome, on the thread that settles it
     submitted: float = field(default_factory=time.monotonic)
     messages: int = 0  # how many entries it carried (they are dropped once settled)
 
@@ -160,14 +174,21 @@ class PublishEngine:
         timeout: float | None,
         require_subscribers: bool,
         want_future: bool = False,
+        on_done: Resolved | None = None,
     ) -> PublishRequest:
-        """Queue a publish (waiting for room up to its deadline)."""
+        """Queue a publish (waiting for room up to its deadline). Its outcome
+        goes to a future (``want_future``), to ``on_done``, or else to a
+        caller of :meth:`wait`."""
         deadline = deadline_after(timeout)
         size = sum(envelope.encoded_size(e) for e in entries)
         request = PublishRequest(topic, entries, size, timeout, deadline, require_subscribers)
         request.messages = len(entries)
         if want_future:
             request.future = Future()
+        elif on_done is not None:
+            request.on_done = on_done
+        else:
+            request.done = threading.Event()
         with self._lock:
             while self._pending >= self._max_pending and not self._closing:
                 left = remaining(deadline)
@@ -197,12 +218,13 @@ class PublishEngine:
                     self._start_thread(lane)
                 else:
                     self._ready.append(lane)
-        if request.future is not None and deadline is not None:
+        if request.done is None and deadline is not None:
             self._watch(request)
         return request
 
     def wait(self, request: PublishRequest) -> PublishReceipt:
         """The receipt of ``request``, by its deadline; raises its error."""
+        assert request.done is not None, "a request with a future or on_done is not waited for"
         if not request.done.wait(remaining(request.deadline)):
             self.abandon(request)
             request.done.wait()
@@ -304,9 +326,15 @@ class PublishEngine:
         the observers (metrics)."""
         futures: list[_Resolved] = []
         for request in requests:
-            request.done.set()
-            if request.future is not None:
+            if request.done is not None:
+                request.done.set()
+            elif request.future is not None:
                 futures.append((request.future, request.receipt, request.error))
+            elif request.on_done is not None:
+                try:
+                    request.on_done(request.receipt, request.error)
+                except Exception:  # ours (the bridge): never let it stop a lane
+                    logger.exception("resolving a publish of %r", request.topic)
         if futures:
             self._completion_thread().put(futures)
         hooks = self._ctx.hooks

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import check_callable
 from ._context import Context
-from ._engine import PublishEngine, PublishRequest
+from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
 from .backlog import Backlog, WhenFull
@@ -320,6 +320,20 @@ class Client:
         assert request.future is not None
         return request.future
 
+    def _publish_to(
+        self,
+        topic: str,
+        payloads: list[Any],
+        headers: dict[str, str] | None,
+        timeout: float | None,
+        require_subscribers: bool,
+        on_done: Resolved,
+    ) -> None:
+        """Internal, for the asyncio client: publish as :meth:`publish_many_async`,
+        with the outcome handed to ``on_done(receipt, error)`` on the thread
+        that settles it instead of a future. ``on_done`` must never block."""
+        self._submit(topic, payloads, headers, timeout, require_subscribers, False, on_done)
+
     def _submit(
         self,
         topic: str,
@@ -328,6 +342,7 @@ class Client:
         timeout: float | None,
         require_subscribers: bool,
         want_future: bool,
+        on_done: Resolved | None = None,
     ) -> PublishRequest:
         self._ctx.check_open()
         entries = self._publisher.entries(topic, payloads, headers)
@@ -337,6 +352,7 @@ class Client:
             timeout=self._ctx.config.request_timeout if timeout is None else timeout,
             require_subscribers=require_subscribers,
             want_future=want_future,
+            on_done=on_done,
         )
 
     # -- subscribe ------------------------------------------------------------------

@@ -57,7 +57,7 @@ class Bridge:
             max_workers=_MAX_THREADS, thread_name_prefix=f"zkpubsub-aio-{name}"
         )
         self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._draining = False
 
     # -- loop -> threads -------------------------------------------------------------
@@ -76,18 +76,24 @@ class Bridge:
 
     def wrap(self, future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
         """An asyncio future resolved (on the loop) like ``future``. Cancelling
-        it only stops the waiting: ``future`` goes on. Resolutions that come
-        close together are handed to the loop in one wake-up (where
-        ``asyncio.wrap_future`` costs one per future)."""
-        waiter: asyncio.Future[T] = self.loop.create_future()
-        future.add_done_callback(functools.partial(self._resolved, waiter))
+        it only stops the waiting: ``future`` goes on."""
+        waiter, settle = self.settler()
+        future.add_done_callback(functools.partial(_settle_like, settle))
         return waiter
 
-    def _resolved(
-        self, waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]
+    def settler(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
+        """An asyncio future and, for any thread, the function that settles
+        it: ``settle(result, error)``. Settlements that come close together
+        are handed to the loop in one wake-up (where ``asyncio.wrap_future``
+        costs one per future). Cancelling the future only stops the waiting."""
+        waiter: asyncio.Future[Any] = self.loop.create_future()
+        return waiter, functools.partial(self._settled, waiter)
+
+    def _settled(
+        self, waiter: asyncio.Future[Any], result: Any, error: BaseException | None
     ) -> None:
         with self._lock:
-            self._done.append((waiter, future))
+            self._done.append((waiter, result, error))
             if self._draining:
                 return
             self._draining = True
@@ -98,14 +104,13 @@ class Bridge:
         with self._lock:
             done, self._done = self._done, []
             self._draining = False
-        for waiter, future in done:
+        for waiter, result, error in done:
             if waiter.cancelled():
                 continue
-            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
             if error is not None:
                 waiter.set_exception(error)
             else:
-                waiter.set_result(future.result())
+                waiter.set_result(result)
 
     # -- threads -> loop -------------------------------------------------------------
 
@@ -214,6 +219,18 @@ async def _each(
         except BaseException as exc:  # this message's failure (a cancellation too)
             return i, exc
     return len(messages), None
+
+
+def _settle_like(
+    settle: Callable[[Any, BaseException | None], None],
+    future: concurrent.futures.Future[Any],
+) -> None:
+    if future.cancelled():
+        settle(None, asyncio.CancelledError())
+    elif (error := future.exception()) is not None:
+        settle(None, error)
+    else:
+        settle(future.result(), None)
 
 
 def _log_failure(fn: object, task: asyncio.Future[Any]) -> None:

@@ -150,25 +150,7 @@ class AsyncClient:
         """:meth:`Client.publish`, awaited: the receipt once ZooKeeper
         confirmed, or its error. Cancelling the waiting task does not
         withdraw the message: it is written (or fails) as if awaited."""
-        client = self._client
-        if client.pending_publishes < client.config.max_pending:
-            future = client.publish_async(
-                topic,
-                payload,
-                headers=headers,
-                timeout=timeout,
-                require_subscribers=require_subscribers,
-            )
-        else:  # waiting for room would block the loop: wait on a thread
-            future = await self._bridge.run(
-                client.publish_async,
-                topic,
-                payload,
-                headers=headers,
-                timeout=timeout,
-                require_subscribers=require_subscribers,
-            )
-        return await self._bridge.wrap(future)
+        return await self._publish([payload], headers, timeout, require_subscribers, topic)
 
     async def publish_many(
         self,
@@ -180,26 +162,30 @@ class AsyncClient:
         require_subscribers: bool = False,
     ) -> PublishReceipt:
         """:meth:`Client.publish_many`, awaited (cancellation as :meth:`publish`)."""
-        client = self._client
         items = list(payloads)
+        if not items:
+            raise ValueError("publish_many needs at least one payload")
+        return await self._publish(items, headers, timeout, require_subscribers, topic)
+
+    async def _publish(
+        self,
+        payloads: list[Any],
+        headers: dict[str, str] | None,
+        timeout: float | None,
+        require_subscribers: bool,
+        topic: str,
+    ) -> PublishReceipt:
+        client = self._client
+        waiter, settle = self._bridge.settler()
+        # The engine settles the waiter itself (Client._publish_to): no
+        # concurrent future and no hop through the client's futures thread.
+        args = (topic, payloads, headers, timeout, require_subscribers, settle)
         if client.pending_publishes < client.config.max_pending:
-            future = client.publish_many_async(
-                topic,
-                items,
-                headers=headers,
-                timeout=timeout,
-                require_subscribers=require_subscribers,
-            )
-        else:
-            future = await self._bridge.run(
-                client.publish_many_async,
-                topic,
-                items,
-                headers=headers,
-                timeout=timeout,
-                require_subscribers=require_subscribers,
-            )
-        return await self._bridge.wrap(future)
+            client._publish_to(*args)
+        else:  # waiting for room would block the loop: wait on a thread
+            await self._bridge.run(client._publish_to, *args)
+        receipt: PublishReceipt = await waiter
+        return receipt
 
     def publish_nowait(
         self,
@@ -214,14 +200,9 @@ class AsyncClient:
         receipt (cancelling the future only stops waiting for it). When
         ``max_pending`` publishes are unfinished this waits for room on the
         loop's thread (up to ``timeout``): prefer :meth:`publish` there."""
-        future = self._client.publish_async(
-            topic,
-            payload,
-            headers=headers,
-            timeout=timeout,
-            require_subscribers=require_subscribers,
-        )
-        return self._bridge.wrap(future)
+        waiter, settle = self._bridge.settler()
+        self._client._publish_to(topic, [payload], headers, timeout, require_subscribers, settle)
+        return waiter
 
     # -- subscribe ------------------------------------------------------------------
 
