@@ -9,9 +9,11 @@ original client finds its session expired when it reconnects.
 
 from __future__ import annotations
 
+import threading
 import time
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from ..client import Client
@@ -35,8 +37,15 @@ def close_session(
         connection_retry=KazooRetry(max_tries=20, delay=0.1, max_delay=1.0),
         auth_data=auth_data,
     )
+    ended = threading.Event()  # the server says the session is over already
+    thief.add_listener(lambda state: ended.set() if state == KazooState.LOST else None)
     try:
-        thief.start(timeout=timeout)
+        started = thief.start_async()
+        deadline = time.monotonic() + timeout
+        while not thief.connected and not ended.is_set():
+            if time.monotonic() > deadline:
+                raise KazooTimeoutError("could not attach to the session in time")
+            started.wait(0.05)
         thief.stop()
     finally:
         thief.close()
@@ -76,7 +85,14 @@ def expire_session(
         return
     deadline = time.monotonic() + timeout + target.config.session_timeout
     while True:
-        close_session(creds, hosts, timeout, auth)
+        try:
+            close_session(creds, hosts, max(1.0, min(timeout, deadline - time.monotonic())), auth)
+        except KazooTimeoutError:
+            # The taker never got the session: the client took it back each
+            # time (the server hands a session to whichever connection asked
+            # last) or it had ended already. See where things stand; try again.
+            if time.monotonic() > deadline:
+                raise TimeoutError("could not take over the client's session in time") from None
         # back on the old session this long after the close: the close lost
         again = time.monotonic() + 1.0 + target.config.session_timeout / 2
         while True:
