@@ -22,6 +22,7 @@ from ._context import Context
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
+from ._registry import SubscriptionRegistry
 from .backlog import Backlog, WhenFull
 from .config import (
     DEFAULT_HANDLER_ATTEMPTS,
@@ -39,7 +40,7 @@ from .message import PublishReceipt
 from .publisher import Publisher
 from .security import AuthEntry, Roles, Tls, normalize_auth
 from .serializers import Serializer, resolve
-from .session import GapListener, Session, StateListener, SubscriptionRegistry
+from .session import GapListener, Session, StateListener
 from .state import ClientState
 from .subscription import ErrorHandler, Handler, Subscription
 

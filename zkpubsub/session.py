@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
@@ -41,13 +41,15 @@ from ._registration import (
     restore_client_data,
     restore_subscription,
 )
-from .backlog import EVICTED, Backlog, QueueRecord
+from ._registry import Registered, SubscriptionRegistry
+from .backlog import EVICTED, QueueRecord
 from .connection import Connection, deadline_after, translated
-from .errors import AlreadySubscribed, ClientClosed, ZkPubSubError, ZooKeeperError
+from .errors import ClientClosed, ZkPubSubError, ZooKeeperError
 from .layout import NodeKind
 from .state import ClientState, Gap, Notifier
 
-__all__ = ["GapListener", "Registered", "Session", "StateListener", "SubscriptionRegistry"]
+__all__ = ["GapListener", "Session", "StateListener"]
+
 
 logger = logging.getLogger(__name__)
 
@@ -58,65 +60,6 @@ GapListener = Callable[[Gap], Any]
 _REGISTRATION_GONE: Final = "registration gone"
 _SUBSCRIPTION_DISTURBED: Final = "subscription disturbed"
 _CLIENT_CHANGED: Final = "client node changed"
-
-
-class Registered(Protocol):
-    """What the session needs of an open subscription."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def durable(self) -> bool: ...
-
-    @property
-    def bound(self) -> Backlog: ...
-
-    def restored(self) -> None:
-        """Registered again on a new session: read the queue again."""
-
-    def evict(self) -> None:
-        """End it: its queue filled up under ``evict`` (deregister, delete
-        the queue, without waiting for a handler)."""
-
-
-class SubscriptionRegistry:
-    """The open subscriptions of one client, by topic. Its lock also orders
-    registrations: a subscribe and a re-registration never interleave."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._subs: dict[str, Registered] = {}
-        # called once a subscription is registered (the session guards it)
-        self.on_registered: Callable[[Registered], None] | None = None
-
-    def registered(self, sub: Registered) -> None:
-        hook = self.on_registered
-        if hook is not None:
-            hook(sub)
-
-    def add(self, sub: Registered) -> None:
-        with self.lock:
-            if sub.topic in self._subs:
-                raise AlreadySubscribed(sub.topic)
-            self._subs[sub.topic] = sub
-
-    def discard(self, sub: Registered) -> None:
-        with self.lock:
-            if self._subs.get(sub.topic) is sub:
-                del self._subs[sub.topic]
-
-    def get(self, topic: str) -> Registered | None:
-        with self.lock:
-            return self._subs.get(topic)
-
-    def all(self) -> list[Registered]:
-        with self.lock:
-            return list(self._subs.values())
-
-    def topics(self) -> list[str]:
-        with self.lock:
-            return list(self._subs)
 
 
 class Session:

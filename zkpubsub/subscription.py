@@ -44,13 +44,13 @@ from ._callables import refuse_awaitable
 from ._context import Context
 from ._pump import ReceivePump
 from ._registration import delete_queue, register_subscription, unregister_subscription
+from ._registry import SubscriptionRegistry
 from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import deadline_after, translated
 from .errors import ZkPubSubError
 from .layout import join
 from .message import Message
-from .session import SubscriptionRegistry
 from .state import Gap
 from .stats import queue_backlog
 
