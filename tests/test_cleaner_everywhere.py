@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, ClientConfig
-from zkpubsub.cleaner import read_candidate
+from zkpubsub._candidates import read_candidate
 from zkpubsub.cli import main
 from zkpubsub.layout import Layout, order_candidates, parse_candidate_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions

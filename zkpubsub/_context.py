@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._acl import AclPolicy
+from ._deadlines import deadline_after
 from ._hooks import Hooks
 from .config import ClientConfig
-from .connection import Connection, deadline_after
+from .connection import Connection
 from .errors import ClientClosed
 from .layout import Layout
 from .receipts import ReceiptJanitor, ReceiptWriter

@@ -46,7 +46,7 @@ from typing import Final
 
 from . import envelope
 from ._context import Context
-from .connection import deadline_after, remaining
+from ._deadlines import deadline_after, remaining
 from .errors import (
     ClientClosed,
     ConnectionLost,

@@ -5,7 +5,8 @@ At the first sweep after the one that saw the mark, the leader deregisters
 the subscription and deletes the queue's segments, each transaction
 checking that it still leads and that the queue still holds the marked
 record. The marked record stays, for the client to find when it wakes (it
-then deletes the queue and tells the gap)."""
+then deletes the queue and tells the gap). The deletion of a queue's
+segments lives here, shared with the cleaner's sweep of departed clients."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import Context
-from ._tree import Refused, delete_tree, guarded_commit
+from ._deadlines import deadline_after
+from ._tree import Guard, Refused, delete_tree, guarded_commit
 from .backlog import QueueRecord
-from .connection import deadline_after
+from .connection import Connection
 from .layout import join, parse_segment_node
 
-__all__ = ["sweep_evictions"]
+__all__ = ["delete_queue", "delete_segments", "sweep_evictions"]
 
 logger = logging.getLogger("zkpubsub.cleaner")
 
@@ -100,9 +102,7 @@ def evict(ctx: Context, me: str, cid: str, topic: str, version: int, count: Coun
 
     try:
         error = guarded_commit(conn, guard, unregister, deadline, "evict")
-        names = conn.children(queue, deadline) or []
-        segments = [join(queue, n) for n in names if parse_segment_node(n) is not None]
-        nodes = sum(delete_tree(conn, path, deadline, guard=guard) - 1 for path in segments)
+        nodes = delete_segments(conn, queue, deadline, guard)
     except Refused:
         if conn.call(lambda: conn.kazoo.exists_async(me), deadline, "election") is None:
             raise Refused("fence") from None
@@ -117,3 +117,19 @@ def evict(ctx: Context, me: str, cid: str, topic: str, version: int, count: Coun
         "" if error is None else " (it was not registered)",
         max(0, nodes),
     )
+
+
+def delete_segments(conn: Connection, queue: str, deadline: float | None, guard: Guard) -> int:
+    """Delete the segments of a subscriber queue with what they hold;
+    returns how many message nodes (and markers) they held."""
+    names = conn.children(queue, deadline) or []
+    segments = [join(queue, n) for n in names if parse_segment_node(n) is not None]
+    return sum(delete_tree(conn, path, deadline, guard=guard) - 1 for path in segments)
+
+
+def delete_queue(conn: Connection, queue: str, deadline: float | None, guard: Guard) -> int:
+    """Delete a subscriber queue; returns how many message nodes (and
+    markers) it held, its segment nodes and itself not counted."""
+    entries = delete_segments(conn, queue, deadline, guard)
+    # What is left (nodes from before segments) goes in batched transactions.
+    return entries + max(0, delete_tree(conn, queue, deadline, guard=guard) - 1)

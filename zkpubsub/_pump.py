@@ -37,11 +37,12 @@ from kazoo.protocol.states import KazooState
 from . import envelope
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._context import Context
+from ._deadlines import remaining
 from ._persistent import NODE_CREATED, NODE_DELETED
 from ._registration import prepare_queue
 from ._tree import delete_tree
 from .backlog import Backlog, OverflowMark
-from .connection import first_error, remaining
+from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
     join,

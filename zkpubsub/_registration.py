@@ -36,10 +36,11 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from ._context import Context
+from ._deadlines import deadline_after, expired
 from ._tree import delete_tree
 from ._version import __version__
 from .backlog import Backlog, QueueRecord
-from .connection import deadline_after, expired, first_error
+from .connection import first_error
 from .errors import ClientIdInUse, ConnectionLost, NotAuthorized, OperationTimeout
 from .layout import NodeKind, join, split_queue
 

@@ -48,7 +48,6 @@ clock).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -58,11 +57,13 @@ from typing import Any, Final
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
+from ._candidates import candidate_record, read_candidate
 from ._context import Context
-from ._evictions import sweep_evictions
-from ._tree import DELETE_BATCH, Guard, Refused, delete_batch, delete_tree, guarded_commit
+from ._deadlines import deadline_after
+from ._evictions import delete_queue, sweep_evictions
+from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
 from .config import DEFAULT_RESULT_TTL, check_grace
-from .connection import Connection, deadline_after, first_error
+from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
 from .layout import (
     NodeKind,
@@ -70,10 +71,9 @@ from .layout import (
     new_guid,
     order_candidates,
     parse_candidate_node,
-    parse_segment_node,
 )
 
-__all__ = ["ELECTION_WARN_AT", "Cleaner", "CleanerStats", "candidate_record", "read_candidate"]
+__all__ = ["ELECTION_WARN_AT", "Cleaner", "CleanerStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,36 +81,6 @@ MIN_SWEEP_GAP: Final = 0.5
 # A candidate whose sequence number passes this warns: the election's counter
 # nears ZooKeeper's 2**31 - 1.
 ELECTION_WARN_AT: Final = 2**31 - 2**24
-
-
-def candidate_record(client_id: str, grace: float) -> bytes:
-    """What a candidate's election node holds: its client id and grace."""
-    return json.dumps({"client": client_id, "grace": grace}).encode()
-
-
-def read_candidate(data: bytes) -> tuple[str, float | None]:
-    """``(client id, grace)`` of an election node (an older candidate's node
-    holds only the client id)."""
-    try:
-        doc = json.loads(data.decode())
-    except (UnicodeDecodeError, ValueError):
-        doc = None
-    if isinstance(doc, dict):
-        grace = doc.get("grace")
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-            return str(doc.get("client", "")), None
-        return str(doc.get("client", "")), float(grace)
-    return data.decode("utf-8", "replace"), None
-
-
-def _delete_queue(conn: Connection, queue: str, deadline: float | None, guard: Guard) -> int:
-    """Delete a subscriber queue; returns how many message nodes (and
-    markers) it held, its segment nodes and itself not counted."""
-    names = conn.children(queue, deadline) or []
-    segments = [join(queue, n) for n in names if parse_segment_node(n) is not None]
-    entries = sum(delete_tree(conn, path, deadline, guard=guard) - 1 for path in segments)
-    # What is left (nodes from before segments) goes in batched transactions.
-    return entries + max(0, delete_tree(conn, queue, deadline, guard=guard) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,7 +495,7 @@ class Cleaner:
             topics = conn.children(base, deadline) or []
             nodes = 0
             for topic in topics:
-                nodes += _delete_queue(conn, join(base, topic), deadline, guard)
+                nodes += delete_queue(conn, join(base, topic), deadline, guard)
             delete_tree(conn, base, deadline, guard=guard)
             delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
             delete_batch(conn, [marker], deadline, guard, recurse=False)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import check_callable
 from ._context import Context
+from ._deadlines import deadline_after
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
@@ -33,7 +34,7 @@ from .config import (
     ClientConfig,
     parse_hosts,
 )
-from .connection import Connection, deadline_after, translated
+from .connection import Connection, translated
 from .errors import ZkPubSubError
 from .layout import validate_name
 from .message import PublishReceipt

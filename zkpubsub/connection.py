@@ -61,6 +61,7 @@ from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE
 
+from ._deadlines import deadline_after, expired, remaining
 from ._persistent import (
     PERSISTENT_RECURSIVE,
     WATCHER_ANY,
@@ -85,10 +86,7 @@ from .security import Auth, Sasl, Tls
 __all__ = [
     "RECONNECT_MAX_DELAY",
     "Connection",
-    "deadline_after",
-    "expired",
     "first_error",
-    "remaining",
     "server_error",
     "translated",
 ]
@@ -125,25 +123,6 @@ def request_size(txn: Any) -> int:
     """The bytes a kazoo transaction takes on the wire, as the server sees
     its packet length."""
     return len(Transaction(txn.operations).serialize()) + _REQUEST_HEADER
-
-
-def deadline_after(timeout: float | None) -> float | None:
-    """A monotonic deadline ``timeout`` seconds from now (``None``: never)."""
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout}")
-    return time.monotonic() + timeout
-
-
-def remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-def expired(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 _REQUIRE_AUTH: Final = (

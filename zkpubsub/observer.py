@@ -14,14 +14,15 @@ from collections.abc import Iterable
 
 from kazoo.exceptions import NoNodeError
 
-from .cleaner import read_candidate
+from ._candidates import read_candidate
+from ._deadlines import deadline_after
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
     parse_hosts,
 )
-from .connection import Connection, deadline_after, translated
+from .connection import Connection, translated
 from .errors import NotFound
 from .layout import (
     DEFAULT_ROOT,

@@ -39,10 +39,10 @@ from kazoo.exceptions import NoNodeError
 
 from . import envelope
 from ._context import Context
+from ._deadlines import expired
 from ._fanout import Acls, FanOut, Target
 from ._queues import QueueStates
 from .config import CREATE_OP_OVERHEAD
-from .connection import expired
 from .errors import OperationTimeout
 from .layout import NodeKind, new_guid, validate_name
 

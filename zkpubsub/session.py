@@ -34,6 +34,7 @@ from typing import Any, Final
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from ._context import Context
+from ._deadlines import deadline_after
 from ._registration import (
     check_purge,
     register_client,
@@ -43,7 +44,7 @@ from ._registration import (
 )
 from ._registry import Registered, SubscriptionRegistry
 from .backlog import EVICTED, QueueRecord
-from .connection import Connection, deadline_after, translated
+from .connection import Connection, translated
 from .errors import ClientClosed, ZkPubSubError, ZooKeeperError
 from .layout import NodeKind
 from .state import ClientState, Gap, Notifier

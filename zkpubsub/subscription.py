@@ -42,12 +42,13 @@ from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._callables import refuse_awaitable
 from ._context import Context
+from ._deadlines import deadline_after
 from ._pump import ReceivePump
 from ._registration import delete_queue, register_subscription, unregister_subscription
 from ._registry import SubscriptionRegistry
 from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
-from .connection import deadline_after, translated
+from .connection import translated
 from .errors import ZkPubSubError
 from .layout import join
 from .message import Message

@@ -23,7 +23,8 @@ from typing import Protocol, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from ..cleaner import Cleaner, read_candidate
+from .._candidates import read_candidate
+from ..cleaner import Cleaner
 from ..layout import Layout, join, order_candidates
 
 

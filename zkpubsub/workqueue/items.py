@@ -11,7 +11,8 @@ from kazoo.exceptions import NoNodeError
 
 from .. import envelope
 from .._context import Context
-from ..connection import deadline_after, expired, remaining, translated
+from .._deadlines import deadline_after, expired, remaining
+from ..connection import translated
 from ..errors import ItemFailed, OperationTimeout, ReservationLost
 from ..layout import WorkQueuePaths
 from .records import read_result

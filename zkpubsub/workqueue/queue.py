@@ -22,13 +22,14 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from .. import envelope
 from .._context import Context
+from .._deadlines import deadline_after, expired, remaining
 from ..config import (
     CREATE_OP_OVERHEAD,
     DEFAULT_MAX_LEASE,
     DEFAULT_QUEUE_ATTEMPTS,
     DEFAULT_QUEUE_MAX_ITEMS,
 )
-from ..connection import Connection, deadline_after, expired, remaining, translated
+from ..connection import Connection, translated
 from ..errors import ClientClosed, PayloadTooLarge, QueueFull, ZkPubSubError, ZooKeeperError
 from ..layout import (
     MAX_ITEMS_PER_PUT,

@@ -31,7 +31,8 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotE
 
 from .. import envelope
 from .._context import Context
-from ..connection import deadline_after, first_error, remaining, translated
+from .._deadlines import deadline_after, remaining
+from ..connection import first_error, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ReservationLost
 from ..layout import (
     NodeKind,
