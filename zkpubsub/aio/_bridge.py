@@ -41,13 +41,6 @@ class LoopStopped(RuntimeError):
     """The event loop stopped (or closed) before a handler could finish."""
 
 
-async def _invoke(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 class Bridge:
     """The loop of one async client and the threads it hands blocking calls to."""
 
@@ -118,45 +111,45 @@ class Bridge:
         self,
         fn: Callable[..., Any],
         *args: Any,
-        running: set[concurrent.futures.Future[Any]] | None = None,
+        running: set[_Crossing] | None = None,
     ) -> Any:
         """From a thread of ours: run ``fn(*args)`` on the loop (awaited when
-        it is a coroutine function or returns an awaitable) and wait for its
-        end. Raises what it raised; ``concurrent.futures.CancelledError``
-        when the coroutine was cancelled; :class:`LoopStopped` when the loop
-        stopped first. The call is in ``running`` while it runs."""
+        it returns an awaitable) and wait for its end. Raises what it raised;
+        ``concurrent.futures.CancelledError`` when the coroutine was
+        cancelled; :class:`LoopStopped` when the loop stopped first. The call
+        is in ``running`` while it runs."""
         loop = self.loop
         if loop.is_closed():
             raise LoopStopped("the event loop is closed")
-        future = asyncio.run_coroutine_threadsafe(_invoke(fn, args), loop)
+        crossing = _Crossing(loop, fn, args)
         if running is not None:
             with self._lock:
-                running.add(future)
+                running.add(crossing)
         try:
-            while True:
-                try:
-                    return future.result(timeout=_LOOP_CHECK)
-                except concurrent.futures.TimeoutError:
-                    if future.done():
-                        raise  # the handler itself raised TimeoutError
+            try:
+                loop.call_soon_threadsafe(crossing.start)
+            except RuntimeError:  # closed meanwhile
+                raise LoopStopped("the event loop is closed") from None
+            while not crossing.wait(_LOOP_CHECK):
                 if loop.is_closed() or not loop.is_running():
-                    future.cancel()
+                    crossing.cancel()
                     raise LoopStopped("the event loop stopped while a handler ran")
+            return crossing.outcome()
         finally:
             if running is not None:
                 with self._lock:
-                    running.discard(future)
+                    running.discard(crossing)
 
     def on_loop(self, fn: Callable[..., Any]) -> OnLoop:
         """``fn`` as a plain callable for a thread of ours: each call runs it
         on the loop and waits (see :meth:`call`)."""
         return OnLoop(self, fn)
 
-    def cancel(self, running: set[concurrent.futures.Future[Any]]) -> int:
+    def cancel(self, running: set[_Crossing]) -> int:
         """Cancel the calls in ``running``; returns how many."""
         with self._lock:
             calls = list(running)
-        return sum(1 for future in calls if future.cancel())
+        return sum(1 for crossing in calls if crossing.cancel())
 
     def schedule(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: run ``fn(*args)`` on the loop, without waiting;
@@ -180,13 +173,101 @@ class Bridge:
         self._executor.shutdown(wait=False)
 
 
+class _Crossing:
+    """One call of user code on the loop that a thread of ours waits for.
+
+    Cheaper than ``run_coroutine_threadsafe``: a plain function runs in the
+    loop's callback without a task; a coroutine gets one task; the waiting
+    thread sleeps on a bare lock."""
+
+    __slots__ = (
+        "_args",
+        "_cancelled",
+        "_done",
+        "_error",
+        "_finished",
+        "_fn",
+        "_loop",
+        "_result",
+        "_task",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        self._loop = loop
+        self._fn = fn
+        self._args = args
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._task: asyncio.Future[Any] | None = None
+        self._cancelled = False
+        self._done = False
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released once the outcome is known
+
+    def start(self) -> None:  # on the loop
+        if self._cancelled:
+            self._finish(None, concurrent.futures.CancelledError())
+            return
+        try:
+            result = self._fn(*self._args)
+        except BaseException as exc:  # the caller's thread raises it
+            self._finish(None, exc)
+            return
+        if not inspect.isawaitable(result):
+            self._finish(result, None)
+            return
+        self._task = task = asyncio.ensure_future(result)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:  # on the loop
+        if task.cancelled():
+            self._finish(None, concurrent.futures.CancelledError())
+        elif (error := task.exception()) is not None:
+            self._finish(None, error)
+        else:
+            self._finish(task.result(), None)
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._done = True
+        self._finished.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the outcome; ``True`` once it is known."""
+        if self._finished.acquire(timeout=timeout):
+            self._finished.release()  # known for good: later waits return at once
+            return True
+        return False
+
+    def outcome(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> bool:
+        """From any thread: cancel the call (its task, or the call before it
+        starts); ``False`` if it had finished."""
+        if self._done:
+            return False
+        self._cancelled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._cancel_task)
+        return True
+
+    def _cancel_task(self) -> None:  # on the loop
+        if self._task is not None:
+            self._task.cancel()
+
+
 class OnLoop:
     """A user's callable, called from our threads, run on the loop."""
 
     def __init__(self, bridge: Bridge, fn: Callable[..., Any]) -> None:
         self._bridge = bridge
         self.fn = fn
-        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._running: set[_Crossing] = set()
 
     def __call__(self, *args: Any) -> Any:
         return self._bridge.call(self.fn, *args, running=self._running)
