@@ -5,6 +5,7 @@ connection loses nothing; closing stops cleanly and removes the watch."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +13,8 @@ import pytest
 
 from zkpubsub import Client, ClientState, ZooKeeperError
 from zkpubsub._probes import parse_srvr_version, server_version
-from zkpubsub._pump import READ_WINDOW_BYTES, read_window
-from zkpubsub.testing import four_letter
+from zkpubsub._pump import DELETE_LINGER, READ_WINDOW_BYTES, read_window
+from zkpubsub.testing import four_letter, queue_entries
 from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import Collector, wait_until
@@ -251,3 +252,38 @@ def test_a_backlog_of_large_nodes_is_read_a_window_at_a_time(make_client: MakeCl
     assert [len(p) for p in got.wait(150, 60)] == [size] * 150
     # at ~50 kB a node, 2 MiB is 41 nodes (the first round guesses 64 kB: 32)
     assert 1 < peak <= READ_WINDOW_BYTES // size + 1
+
+
+def test_handled_nodes_arriving_one_by_one_share_delete_transactions(
+    make_client: MakeClient, raw_zk: Any, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each delete is a write the whole ensemble logs and syncs: a handled
+    node waits up to the linger for others to share its transaction (one
+    transaction per linger at most), and is deleted soon after all the same."""
+    got = Collector()
+    subscriber = make_client(client_id="lingering")
+    subscriber.subscribe("t", got)
+    publisher = make_client()
+    publisher.publish("t", -1)
+    got.wait(1)
+    wait_until(lambda: queue_entries(raw_zk, zk_root, "lingering", "t") == [])
+    kazoo = subscriber._ctx.conn.kazoo
+    sent: list[str] = []
+    send = kazoo._call
+
+    def counting(request: Any, async_object: Any) -> Any:
+        sent.append(type(request).__name__)
+        return send(request, async_object)
+
+    monkeypatch.setattr(kazoo, "_call", counting)
+    started = time.monotonic()
+    for i in range(40):  # one at a time: each handled before the next arrives
+        publisher.publish("t", i)
+        time.sleep(0.01)
+    got.wait(41)
+    wait_until(lambda: queue_entries(raw_zk, zk_root, "lingering", "t") == [], timeout=5.0)
+    elapsed = time.monotonic() - started
+    transactions = sent.count("Transaction")
+    assert sent.count("GetData") >= 40  # the nodes (and a queue record read now and then)
+    # one delete transaction per node before the linger (40 here, in ~0.5 s)
+    assert 1 <= transactions <= elapsed / DELETE_LINGER + 2, (transactions, elapsed)

@@ -199,6 +199,12 @@ class DeliveryBuffer:
             return True
 
     @property
+    def deletes_waiting(self) -> int:
+        """Handled nodes queued for deletion, not sent yet."""
+        with self.cond:
+            return len(self._to_delete)
+
+    @property
     def idle(self) -> bool:
         """Nothing read, waiting, or waiting to be deleted."""
         with self.cond:

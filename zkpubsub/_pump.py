@@ -68,6 +68,12 @@ SAFETY_RELIST_INTERVAL: Final = 30.0
 DELETE_RETRY: Final = 0.5
 RELIST_WHILE_BUSY: Final = 1.0
 DELETE_BATCH: Final = 500
+# A handled node waits up to DELETE_LINGER for others to share its delete
+# transaction, or less once DELETE_EAGER wait: every delete is a write the
+# ensemble logs, syncs and sends to every server, and one transaction per
+# handled node cost the server more than the publishes did at low rates.
+DELETE_LINGER: Final = 0.05
+DELETE_EAGER: Final = 64
 # Node data one client asks the server for at once: the server builds every
 # answer before the client reads it, so a hundred clients each asking for
 # their whole read-ahead of large batched nodes would fill its heap. The
@@ -164,6 +170,7 @@ class ReceivePump:
         self._wake = threading.Event()
         self._watching: bool | None = None  # None: not set; False: the server has none
         self._retry_deletes = False
+        self._delete_due: float | None = None  # when the handled nodes waiting go
         self._trees: set[tuple[_Queue, str]] = set()  # handled nodes someone gave children
         self._detaching: set[str] = set()
         self._stop = False
@@ -224,6 +231,13 @@ class ReceivePump:
             queue.relist = True
         self._wake.set()
 
+    def handled(self, buffer: DeliveryBuffer) -> None:
+        """A subscription queued a handled node for deletion (its consumer's
+        thread): wake the pump to start the linger, or to send at once when
+        ``DELETE_EAGER`` wait; otherwise the linger's end wakes it."""
+        if self._delete_due is None or buffer.deletes_waiting >= DELETE_EAGER:
+            self._wake.set()
+
     def wake(self) -> None:
         """Something to do: handled nodes to delete, or room to read ahead."""
         self._wake.set()
@@ -258,15 +272,20 @@ class ReceivePump:
     def _run(self) -> None:
         backoff = 0.05
         while True:
-            self._wake.wait(DELETE_RETRY if self._retry_deletes else 1.0)
+            timeout = DELETE_RETRY if self._retry_deletes else 1.0
+            due = self._linger_end()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.monotonic()))
+            self._wake.wait(timeout)
             self._wake.clear()
-            self._retry_deletes = False
+            retry, self._retry_deletes = self._retry_deletes, False
             if self._stop:
                 break
             try:
                 self._watch()
                 self._take_events()
-                self._flush_deletes()
+                if self._deletes_due(retry):
+                    self._flush_deletes()
                 self._finish_detached()
                 self._list_due()
                 self._fetch()
@@ -462,6 +481,29 @@ class ReceivePump:
             self._flush_deletes(wait=True, only=queues)
             for queue in queues:
                 queue.done.set()
+
+    def _linger_end(self) -> float | None:
+        """When the handled nodes waiting for deletion go (the first seen
+        starts the linger); ``None`` when none wait."""
+        if not any(q.buffer.deletes_waiting for q in self._all()):
+            self._delete_due = None
+        elif self._delete_due is None:
+            self._delete_due = time.monotonic() + DELETE_LINGER
+        return self._delete_due
+
+    def _deletes_due(self, retry: bool) -> bool:
+        """Whether the handled nodes waiting are sent this round: a retry is
+        due, ``DELETE_EAGER`` of them wait, or their linger is over."""
+        due = self._linger_end()
+        if retry or self._trees:
+            return True
+        if due is None:
+            return False
+        waiting = sum(q.buffer.deletes_waiting for q in self._all())
+        if waiting >= DELETE_EAGER or time.monotonic() >= due:
+            self._delete_due = None
+            return True
+        return False
 
     def _flush_deletes(self, wait: bool = False, only: list[_Queue] | None = None) -> None:
         """Send the deletes of handled nodes, in transactions across queues,

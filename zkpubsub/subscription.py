@@ -330,7 +330,7 @@ class Subscription:
 
     def _handled(self, node: Node) -> None:
         if self._buffer.handled(node):
-            self._pump.wake()
+            self._pump.handled(self._buffer)
 
     def _not_a_message(self, delivery: Delivery) -> None:
         """An undecodable node (to ``on_error``) or an overflow marker (a gap
