@@ -232,10 +232,11 @@ def pubsub_workload(
     **options: Any,
 ) -> tuple[Workload, list[Cleaner]]:
     """Subscribers and publishers on ``cluster``, every client a cleaner
-    candidate (the default) with the scenarios' grace and interval; with
-    ``cleaners=False``, none is."""
+    candidate (the default) with the scenarios' grace and interval (the
+    grace at least the session timeout); with ``cleaners=False``, none is."""
     options.setdefault("session_timeout", SESSION_TIMEOUT)
-    standing = {"cleaner_grace": CLEANER_GRACE, "cleaner_interval": CLEANER_INTERVAL}
+    grace = max(CLEANER_GRACE, options["session_timeout"])
+    standing = {"cleaner_grace": grace, "cleaner_interval": CLEANER_INTERVAL}
     if not cleaners:
         standing = {"cleaner": False}
     options["client_options"] = {**standing, **options.get("client_options", {})}
@@ -243,7 +244,7 @@ def pubsub_workload(
         hosts or cluster.hosts,
         root,
         log=ClusterLog.of(cluster),
-        purge_grace=CLEANER_GRACE if cleaners else None,
+        purge_grace=grace if cleaners else None,
         **options,
     )
     for _ in range(subscribers):

@@ -449,6 +449,12 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zkpubsub-zk-")).absolute()
         self.tick_time = tick_time
+        sync_ticks = max(5, 5_000 // tick_time)
+        # Seconds a leader waits for its followers (and they for it) before
+        # giving up: clients of a server cut off from the others keep their
+        # sessions only if the session timeout is longer than this and the
+        # election after it.
+        self.sync_limit = sync_ticks * tick_time / 1000
         opts = java_opts
         if opts is None:
             opts = os.environ.get(JAVA_OPTS_ENV, "-Xmx384m -XX:+UseSerialGC").split()
@@ -471,7 +477,7 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         cfg = {
             "tickTime": str(tick_time),
             "initLimit": str(max(10, 10_000 // tick_time)),
-            "syncLimit": str(max(5, 5_000 // tick_time)),
+            "syncLimit": str(sync_ticks),
             "clientPortAddress": "127.0.0.1",
             "admin.enableServer": "false",
             "4lw.commands.whitelist": "*",
