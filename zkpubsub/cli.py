@@ -391,7 +391,16 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(str(exc)) from exc
     stop = threading.Event()
+
+    def interrupted(*_: object) -> None:
+        # Ctrl-C ends the view at its next wait, never in the middle of a
+        # read (an interrupt raised inside a request could leave the client
+        # unable to close); a second Ctrl-C interrupts at once.
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, interrupted)
     with ctx.observer() as observer:
         sampler = Sampler(observer)
         frame = read_or_fail(sampler.sample)
