@@ -273,7 +273,7 @@ class ReceivePump:
         backoff = 0.05
         while True:
             timeout = DELETE_RETRY if self._retry_deletes else 1.0
-            due = self._linger_end()
+            due = self._linger_end(self._deletes_waiting())
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.monotonic()))
             self._wake.wait(timeout)
@@ -482,10 +482,13 @@ class ReceivePump:
             for queue in queues:
                 queue.done.set()
 
-    def _linger_end(self) -> float | None:
-        """When the handled nodes waiting for deletion go (the first seen
-        starts the linger); ``None`` when none wait."""
-        if not any(q.buffer.deletes_waiting for q in self._all()):
+    def _deletes_waiting(self) -> int:
+        return sum(q.buffer.deletes_waiting for q in self._all())
+
+    def _linger_end(self, waiting: int) -> float | None:
+        """When the ``waiting`` handled nodes go (the first seen starts the
+        linger); ``None`` when none wait."""
+        if not waiting:
             self._delete_due = None
         elif self._delete_due is None:
             self._delete_due = time.monotonic() + DELETE_LINGER
@@ -494,12 +497,12 @@ class ReceivePump:
     def _deletes_due(self, retry: bool) -> bool:
         """Whether the handled nodes waiting are sent this round: a retry is
         due, ``DELETE_EAGER`` of them wait, or their linger is over."""
-        due = self._linger_end()
+        waiting = self._deletes_waiting()
+        due = self._linger_end(waiting)
         if retry or self._trees:
             return True
         if due is None:
             return False
-        waiting = sum(q.buffer.deletes_waiting for q in self._all())
         if waiting >= DELETE_EAGER or time.monotonic() >= due:
             self._delete_due = None
             return True

@@ -127,7 +127,7 @@ def make_entry(
             f"serializer {serializer!r} returned {type(body).__name__}, not bytes"
         )
     return Entry(
-        id=_IDS.next(),
+        id=new_message_id(),
         publisher_id=publisher_id,
         published_at=time.time(),
         topic=topic,

@@ -150,7 +150,7 @@ class AsyncClient:
         """:meth:`Client.publish`, awaited: the receipt once ZooKeeper
         confirmed, or its error. Cancelling the waiting task does not
         withdraw the message: it is written (or fails) as if awaited."""
-        return await self._publish([payload], headers, timeout, require_subscribers, topic)
+        return await self._publish(topic, [payload], headers, timeout, require_subscribers)
 
     async def publish_many(
         self,
@@ -165,15 +165,15 @@ class AsyncClient:
         items = list(payloads)
         if not items:
             raise ValueError("publish_many needs at least one payload")
-        return await self._publish(items, headers, timeout, require_subscribers, topic)
+        return await self._publish(topic, items, headers, timeout, require_subscribers)
 
     async def _publish(
         self,
+        topic: str,
         payloads: list[Any],
         headers: dict[str, str] | None,
         timeout: float | None,
         require_subscribers: bool,
-        topic: str,
     ) -> PublishReceipt:
         client = self._client
         waiter, settle = self._bridge.settler()
