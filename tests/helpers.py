@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 from zkpubsub import Message
 from zkpubsub.testing.fixtures import backend_name
@@ -20,6 +22,20 @@ local_servers_only = pytest.mark.skipif(
     reason="edits a stopped server's snapshot: needs local server processes "
     "(ZKPUBSUB_TEST_BACKEND=local, no ZK_HOSTS)",
 )
+
+
+def raw_kazoo(hosts: str, timeout: float = 10.0) -> KazooClient:
+    """A started plain kazoo client that retries its connection at least every
+    half second. kazoo's default backoff doubles up to an hour: after a server
+    restart that took several seconds, its next try can come later than the
+    session timeout, and the session expires although the server is back."""
+    zk = KazooClient(
+        hosts=hosts,
+        timeout=timeout,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5),
+    )
+    zk.start(timeout=20)
+    return zk
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from kazoo.client import KazooClient
-
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.counters import COUNTER_MAX, restart_with_cversions
 
-from .helpers import local_servers_only
+from .helpers import local_servers_only, raw_kazoo
 
 pytestmark = local_servers_only
 
@@ -27,8 +25,7 @@ def test_a_parents_counter_set_in_the_snapshot_names_the_next_children(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:
     zk = make_cluster(1)
-    raw = KazooClient(hosts=zk.hosts, timeout=10.0)
-    raw.start(timeout=20)
+    raw = raw_kazoo(zk.hosts)
     try:
         raw.ensure_path("/near")
         raw.ensure_path("/other")
@@ -56,8 +53,7 @@ def test_zookeeper_saturates_the_counter_instead_of_wrapping(
     """The baseline: past 2**31 - 1 the suffix repeats, so names stop saying
     the order of creation (and a name without a guid cannot be created)."""
     zk = make_cluster(1)
-    raw = KazooClient(hosts=zk.hosts, timeout=10.0)
-    raw.start(timeout=20)
+    raw = raw_kazoo(zk.hosts)
     try:
         raw.ensure_path("/end")
         restart_with_cversions(zk, {"/end": COUNTER_MAX - 2})

@@ -23,7 +23,7 @@ from zkpubsub._queues import created
 from zkpubsub.layout import Layout, parse_queue_entry, parse_segment_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 
-from .helpers import local_servers_only, wait_until
+from .helpers import local_servers_only, raw_kazoo, wait_until
 
 pytestmark = local_servers_only
 
@@ -37,8 +37,7 @@ def cluster(make_cluster: Callable[..., ZooKeeperCluster]) -> ZooKeeperCluster:
 
 @pytest.fixture
 def raw(cluster: ZooKeeperCluster) -> Iterator[KazooClient]:
-    zk = KazooClient(hosts=cluster.hosts, timeout=10.0)
-    zk.start(timeout=20)
+    zk = raw_kazoo(cluster.hosts)
     try:
         yield zk
     finally:
