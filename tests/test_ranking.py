@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zkpubsub.workqueue.worker import rank_candidates
+from zkpubsub.workqueue.lineup import rank_candidates
 
 GUID = "0123456789ab"
 

@@ -453,7 +453,7 @@ def test_workers_spread_over_items_instead_of_racing_for_the_head(
     make_client().queue("spread").put_many(range(total))
     queues = [make_client().queue("spread").worker() for _ in range(4)]
     for q in queues:
-        q._refresh(None)  # every worker registered before they start
+        q._lineup.refresh(None)  # every worker registered before they start
     taken: list[list[int]] = [[] for _ in queues]
     barrier = threading.Barrier(len(queues))
 
@@ -531,8 +531,8 @@ def test_after_a_lost_answer_a_worker_claims_only_reservations_that_name_it(
     mine, sibling = q.worker(), q.worker()
     q.put("one")
     paths = Layout(client.root).work_queue("shared")
-    assert mine._refresh(mine._ctx.deadline())
-    (name,) = list(mine._candidates)
+    assert mine._lineup.refresh(mine._ctx.deadline())
+    (name,) = mine._lineup.names()
     data, stat = client._ctx.conn.kazoo.get(paths.item(name))
     entry, payload = decode_item(client._ctx.serializers, paths.item(name), data)
     # Our reserve transaction never reached the server; the sibling took the item.

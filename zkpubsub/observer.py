@@ -34,8 +34,9 @@ from .layout import (
 from .security import Auth, Sasl, Tls, normalize_auth
 from .serializers import SerializerRegistry, resolve
 from .stats import BusStats, collect
-from .workqueue.queue import read_dead, read_queue_stats
+from .workqueue.dead_letters import read_dead
 from .workqueue.records import DeadItem, WorkQueueStats
+from .workqueue.segments import read_queue_stats
 
 __all__ = ["Observer"]
 

@@ -11,8 +11,8 @@ from kazoo.exceptions import NoNodeError
 
 from .connection import Connection
 from .layout import Layout, split_queue
-from .workqueue.queue import read_queue_stats
 from .workqueue.records import WorkQueueStats
+from .workqueue.segments import read_queue_stats
 
 __all__ = ["BusStats", "ClientInfo", "QueueStats", "collect", "queue_backlog"]
 

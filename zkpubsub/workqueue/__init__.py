@@ -47,10 +47,13 @@ every worker competes for them. Guarantees, each enforced by the server:
   cleaner after its ``result_ttl``.
 
 The package: :mod:`.records` (what the nodes hold), :mod:`.items` (``Item``,
-``Ticket``), :mod:`.segments` (where items go), :mod:`.leases` (the
-server's clock, the consumer's lease keeper), :mod:`.worker` (a worker and
-the life of its reservations), :mod:`.queue` (the handle: put, stats, dead
-letters, replay, consume), :mod:`.consumer` (worker threads).
+``Ticket``), :mod:`.segments` (where items go, the counts), :mod:`.putting`
+(a put and its bound), :mod:`.dead_letters` (reading and replaying them),
+:mod:`.leases` (the server's clock, the consumer's lease keeper),
+:mod:`.registration` (a worker's node), :mod:`.lineup` (which items a
+worker tries), :mod:`.worker` (a worker and the life of its reservations),
+:mod:`.finishing` (ack, release, burial), :mod:`.queue` (the handle),
+:mod:`.consumer` (worker threads).
 """
 
 from __future__ import annotations

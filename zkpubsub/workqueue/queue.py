@@ -5,65 +5,32 @@ A handle is cheap and has no identity in the queue. Reserving takes a
 thread); the handle's own ``reserve`` / ``reserve_many`` use a worker it
 makes on first use.
 
-A put goes into the queue's current segment (:mod:`.segments`) with a
-check of the queue node's version. With ``max_items`` it first counts the
-items (ready or reserved) and waits for room, up to its timeout.
+Puts go through :mod:`.putting`, dead letters and their replay through
+:mod:`.dead_letters`; the counts come from :mod:`.segments`.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from kazoo.exceptions import BadVersionError, NoNodeError
-
-from .. import envelope
 from .._context import Context
-from .._deadlines import deadline_after, expired, remaining
-from ..config import (
-    CREATE_OP_OVERHEAD,
-    DEFAULT_MAX_LEASE,
-    DEFAULT_QUEUE_ATTEMPTS,
-    DEFAULT_QUEUE_MAX_ITEMS,
-)
-from ..connection import Connection, translated
-from ..errors import ClientClosed, PayloadTooLarge, QueueFull, ZkPubSubError, ZooKeeperError
-from ..layout import (
-    MAX_ITEMS_PER_PUT,
-    NodeKind,
-    WorkQueuePaths,
-    order_items,
-    parse_item_node,
-    validate_name,
-)
-from ..serializers import SerializerRegistry
+from ..config import DEFAULT_MAX_LEASE, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
+from ..connection import translated
+from ..errors import ClientClosed
+from ..layout import validate_name
+from .dead_letters import read_dead, replay
 from .items import Item, Ticket
 from .leases import check_lease
-from .records import (
-    DEFAULT_PRIORITY,
-    DeadItem,
-    WorkQueueStats,
-    check_priority,
-    dead_item,
-    dead_item_data,
-)
-from .segments import Segments, count_items
-from .worker import Worker, ensure_queue
+from .putting import Producer
+from .records import DEFAULT_PRIORITY, DeadItem, WorkQueueStats
+from .segments import Segments, read_queue_stats
+from .worker import Worker
 
 if TYPE_CHECKING:
     from .consumer import Consumer, ItemHandler
 
-__all__ = ["WorkQueue", "read_dead", "read_queue_stats"]
-
-logger = logging.getLogger(__name__)
-
-# A put waiting for room counts the queue again after this long, doubling
-# up to ROOM_POLL_MAX.
-ROOM_POLL_MIN = 0.05
-ROOM_POLL_MAX = 0.5
+__all__ = ["WorkQueue"]
 
 
 class WorkQueue:
@@ -104,7 +71,7 @@ class WorkQueue:
         self._ctx = ctx
         self._paths = ctx.layout.work_queue(name)
         self._segments = Segments(ctx, self._paths)
-        self._ready = False
+        self._producer = Producer(ctx, name, self._segments, max_items, self._check_open)
         self._closed = False
         self._own: Worker | None = None
         self._workers: list[Worker] = []
@@ -143,11 +110,6 @@ class WorkQueue:
         if self._closed:
             raise ClientClosed(f"work queue {self.name!r} is closed")
         self._ctx.check_open()
-
-    def _ensure_paths(self, deadline: float | None) -> None:
-        if not self._ready:
-            ensure_queue(self._ctx, self.name, deadline)
-            self._ready = True
 
     # -- producing ---------------------------------------------------------------------
 
@@ -188,7 +150,7 @@ class WorkQueue:
         before anything is sent. A full queue (``max_items``) makes it wait
         for room up to ``timeout`` (default ``request_timeout``), then raise
         :class:`QueueFull`."""
-        (item_id,) = self._put([payload], priority, headers, want_result, timeout)
+        (item_id,) = self._producer.put([payload], priority, headers, want_result, timeout)
         return Ticket(self._ctx, self.name, item_id) if want_result else item_id
 
     def put_many(
@@ -207,127 +169,7 @@ class WorkQueue:
         items = list(payloads)
         if not items:
             raise ValueError("put_many needs at least one payload")
-        return self._put(items, priority, headers, False, timeout)
-
-    def _put(
-        self,
-        payloads: list[Any],
-        priority: int,
-        headers: dict[str, str] | None,
-        want_result: bool,
-        timeout: float | None,
-    ) -> list[str]:
-        check_priority(priority)
-        self._check_open()
-        hdrs = envelope.check_headers(headers)
-        ctx = self._ctx
-        config = ctx.config
-        entries = [
-            envelope.make_entry(
-                config.serializer,
-                topic=self.name,
-                payload=p,
-                headers=hdrs,
-                publisher_id=ctx.client_id,
-            )
-            for p in payloads
-        ]
-        datas = [envelope.encode([e]) for e in entries]
-        for data in datas:
-            if len(data) > config.max_message_bytes:
-                raise PayloadTooLarge(len(data), config.max_message_bytes)
-        deadline = deadline_after(config.request_timeout if timeout is None else timeout)
-        with translated(f"put to queue {self.name!r}"):
-            self._ensure_paths(deadline)
-            acl_size = self._ctx.acl.size(NodeKind.ITEM)
-            budget = (
-                config.max_transaction_bytes
-                - 512
-                - len(self._paths.base)
-                - self._ctx.acl.size(NodeKind.RECEIPT)
-            )
-            most = min(MAX_ITEMS_PER_PUT, self.max_items or MAX_ITEMS_PER_PUT)
-            start = 0
-            while start < len(datas):
-                used, end = 0, start
-                while end < len(datas) and end - start < most:
-                    size = (
-                        len(datas[end])
-                        + len(self._paths.items)
-                        + 80
-                        + CREATE_OP_OVERHEAD
-                        + acl_size
-                    )
-                    if end > start and used + size > budget:
-                        break
-                    used += size
-                    end += 1
-                self._wait_for_room(end - start, deadline)
-                self._put_once(datas[start:end], priority, want_result, deadline)
-                start = end
-        return [e.id for e in entries]
-
-    def _wait_for_room(self, count: int, deadline: float | None) -> None:
-        """Return once ``count`` more items fit under ``max_items``; raise
-        :class:`QueueFull` if they do not before ``deadline``. Several
-        producers counting at once may together go over by what they put
-        at that moment."""
-        limit = self.max_items
-        if limit is None:
-            return
-        delay = ROOM_POLL_MIN
-        while True:
-            read_by = deadline if not expired(deadline) else self._ctx.deadline()
-            held = self._segments.count(read_by)
-            if held + count <= limit:
-                return
-            left = remaining(deadline)
-            if left is not None and left <= 0:
-                raise QueueFull(self.name, held, limit)
-            self._check_open()
-            time.sleep(delay if left is None else min(delay, left))
-            delay = min(2 * delay, ROOM_POLL_MAX)
-
-    def _put_once(
-        self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None
-    ) -> None:
-        paths, segments = self._paths, self._segments
-        acl = self._ctx.acl.acl(NodeKind.ITEM)
-        while True:
-            seen = segments.current(deadline)
-            number, version = seen
-
-            def ops(txn: Any, guid: str, number: int = number, version: int = version) -> None:
-                txn.check(paths.base, version)
-                prefix = paths.item_prefix(priority, guid, wants_result=want_result, segment=number)
-                for data in datas:
-                    txn.create(prefix, data, acl=acl, sequence=True)
-
-            outcome = self._ctx.writer.commit(ops, deadline, f"put to queue {self.name!r}")
-            if outcome.applied:
-                if segments.full(outcome.results or ()):
-                    self._roll_after_put(seen, deadline)
-                return
-            error = outcome.error
-            if isinstance(error, BadVersionError):
-                segments.forget()  # another producer rolled on: read where to put now
-            elif isinstance(error, NoNodeError) and outcome.index == 0:
-                self._ready = False  # the queue's nodes were removed: make them again
-                self._ensure_paths(deadline)
-                segments.forget()
-            elif isinstance(error, NoNodeError):
-                segments.roll(seen, deadline)  # the segment was removed
-            else:
-                raise ZooKeeperError(f"put to queue {self.name!r}: {type(error).__name__}")
-
-    def _roll_after_put(self, seen: tuple[int, int], deadline: float | None) -> None:
-        """Roll on after a put that filled the segment. The put is done
-        whatever happens here: a failed roll is made by the next put."""
-        try:
-            self._segments.roll(seen, deadline)
-        except ZkPubSubError as exc:
-            logger.debug("queue %r: rolling to a new segment: %s", self.name, exc)
-            self._segments.forget()
+        return self._producer.put(items, priority, headers, False, timeout)
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -402,44 +244,10 @@ class WorkQueue:
         with their original payload and priority and no attempts. Returns how
         many were replayed."""
         wanted = None if ids is None else set(ids)
-        ctx, paths = self._ctx, self._paths
-        conn, kazoo = ctx.conn, ctx.conn.kazoo
-        count = 0
-        deadline = ctx.deadline()
-        item_acl = ctx.acl.acl(NodeKind.ITEM)
+        ctx = self._ctx
         with translated(f"replay dead letters of {self.name!r}"):
-            self._ensure_paths(deadline)
-            for dead in self.dead():
-                if wanted is not None and dead.id not in wanted and dead.name not in wanted:
-                    continue
-                path = paths.dead_letter(dead.name)
-                # A ticket's "dead" result not read yet is removed with the
-                # replay: the item is live again, and its ack or next burial
-                # writes the result anew.
-                requests = functools.partial(_letter_and_result, kazoo, paths, dead)
-                letter, result = conn.read_all(requests, deadline, f"read {path}")
-                if isinstance(letter, NoNodeError):
-                    continue
-                data, stat = letter
-                stale = None if result is None else result.version
-                while True:
-                    seen = self._segments.current(deadline)
-                    ops = _ReplayOps(paths, dead, data, stat.version, stale, seen, item_acl)
-                    outcome = ctx.writer.commit(ops, deadline, "replay")
-                    if outcome.index == ops.check_index and isinstance(
-                        outcome.error, BadVersionError
-                    ):
-                        self._segments.forget()  # rolled on meanwhile
-                        continue
-                    if outcome.index == ops.check_index + 1 and isinstance(
-                        outcome.error, NoNodeError
-                    ):
-                        self._segments.roll(seen, deadline)  # the segment was removed
-                        continue
-                    break
-                # another error: someone else replayed or removed it
-                count += outcome.applied
-        return count
+            ensure = self._producer.ensure_paths
+            return replay(ctx, self._paths, self._segments, ensure, wanted)
 
     def ticket(self, item_id: str) -> Ticket:
         """A ticket for an item id (for waiting on it from another process)."""
@@ -461,87 +269,3 @@ class WorkQueue:
 
     def __repr__(self) -> str:
         return f"<WorkQueue {self.name!r}>"
-
-
-def read_queue_stats(
-    conn: Connection, paths: WorkQueuePaths, name: str, deadline: float | None
-) -> WorkQueueStats:
-    """The counts of one work queue (zero for folders that do not exist)."""
-    kazoo = conn.kazoo
-    stats = conn.read_all(
-        lambda: [kazoo.exists_async(p) for p in (paths.reserved, paths.dead, paths.workers)],
-        deadline,
-        "queue stats",
-    )
-    reserved, dead, workers = [0 if stat is None else stat.numChildren for stat in stats]
-    items = count_items(conn, paths, deadline)
-    return WorkQueueStats(name, max(0, items - reserved), reserved, dead, workers)
-
-
-def read_dead(
-    conn: Connection,
-    serializers: SerializerRegistry,
-    paths: WorkQueuePaths,
-    deadline: float | None,
-    *,
-    limit: int | None = None,
-) -> list[DeadItem]:
-    """The dead letters of a queue, oldest first (the ``limit`` oldest, if
-    given: only those are read)."""
-    kazoo = conn.kazoo
-    ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
-    names = (ordered + foreign)[:limit]
-    answers = conn.read_all(
-        lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
-        deadline,
-        "read dead letters",
-    )
-    return [
-        dead_item(serializers, paths.dead_letter(name), name, answer[0])
-        for name, answer in zip(names, answers, strict=True)
-        if not isinstance(answer, NoNodeError)
-    ]
-
-
-def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> list[Any]:
-    return [
-        kazoo.get_async(paths.dead_letter(dead.name)),
-        kazoo.exists_async(paths.result(dead.id)),
-    ]
-
-
-class _ReplayOps:
-    """Delete the dead letter (at the version read) and its unread result (if
-    ``result`` gives its version), and put its item back into the current
-    segment (checking the queue node's version). ``check_index`` is the
-    index of that check among the operations."""
-
-    def __init__(
-        self,
-        paths: WorkQueuePaths,
-        dead: DeadItem,
-        data: bytes,
-        version: int,
-        result: int | None,
-        seen: tuple[int, int],
-        acl: Any,
-    ) -> None:
-        parsed = parse_item_node(dead.name)
-        self.wants_result = bool(parsed and parsed.wants_result)
-        self.drop_result = result is not None and self.wants_result
-        self.check_index = 2 if self.drop_result else 1
-        self._args = (paths, dead, dead_item_data(data), version, result, seen)
-        self._acl = acl
-
-    def __call__(self, txn: Any, guid: str) -> None:
-        paths, dead, item_data, version, result, (segment, queue_version) = self._args
-        txn.delete(paths.dead_letter(dead.name), version)
-        if self.drop_result:
-            txn.delete(paths.result(dead.id), result)
-        txn.check(paths.base, queue_version)
-        txn.create(
-            paths.item_prefix(dead.priority, guid, wants_result=self.wants_result, segment=segment),
-            item_data,
-            acl=self._acl,
-            sequence=True,
-        )

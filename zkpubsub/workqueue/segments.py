@@ -49,8 +49,17 @@ from ..layout import (
     parse_segment_node,
     parse_segment_number,
 )
+from .records import WorkQueueStats
 
-__all__ = ["Listing", "Segments", "count_items", "list_queue", "sequence_of"]
+__all__ = [
+    "Listing",
+    "Segments",
+    "count_items",
+    "ensure_queue",
+    "list_queue",
+    "read_queue_stats",
+    "sequence_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +123,27 @@ def count_items(
     )
     held: int = sum(s.numChildren for s in stats if s is not None and not isinstance(s, Exception))
     return len(listing.legacy) + held
+
+
+def read_queue_stats(
+    conn: Connection, paths: WorkQueuePaths, name: str, deadline: float | None
+) -> WorkQueueStats:
+    """The counts of one work queue (zero for folders that do not exist)."""
+    kazoo = conn.kazoo
+    stats = conn.read_all(
+        lambda: [kazoo.exists_async(p) for p in (paths.reserved, paths.dead, paths.workers)],
+        deadline,
+        "queue stats",
+    )
+    reserved, dead, workers = [0 if stat is None else stat.numChildren for stat in stats]
+    items = count_items(conn, paths, deadline)
+    return WorkQueueStats(name, max(0, items - reserved), reserved, dead, workers)
+
+
+def ensure_queue(ctx: Context, name: str, deadline: float | None) -> None:
+    """Make the queue's folders exist."""
+    for path in ctx.layout.work_queue(name).all():
+        ctx.conn.ensure_path(path, deadline)
 
 
 def sequence_of(path: Any) -> int | None:

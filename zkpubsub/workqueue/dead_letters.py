@@ -1,0 +1,137 @@
+"""Reading a work queue's dead letters, and replaying them.
+
+A replay puts a dead letter back as a new item (its original payload and
+priority, no attempts) in one transaction that deletes the letter at the
+version read, deletes its ticket's unread ``dead`` result, and checks the
+queue node's version as every put does (:mod:`.segments`); it carries a
+receipt, so a lost answer neither loses nor doubles the item.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection
+from typing import Any
+
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from .._context import Context
+from ..connection import Connection
+from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node
+from ..serializers import SerializerRegistry
+from .records import DeadItem, dead_item, dead_item_data
+from .segments import Segments
+
+__all__ = ["read_dead", "replay"]
+
+
+def read_dead(
+    conn: Connection,
+    serializers: SerializerRegistry,
+    paths: WorkQueuePaths,
+    deadline: float | None,
+    *,
+    limit: int | None = None,
+) -> list[DeadItem]:
+    """The dead letters of a queue, oldest first (the ``limit`` oldest, if
+    given: only those are read)."""
+    kazoo = conn.kazoo
+    ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
+    names = (ordered + foreign)[:limit]
+    answers = conn.read_all(
+        lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
+        deadline,
+        "read dead letters",
+    )
+    return [
+        dead_item(serializers, paths.dead_letter(name), name, answer[0])
+        for name, answer in zip(names, answers, strict=True)
+        if not isinstance(answer, NoNodeError)
+    ]
+
+
+def replay(
+    ctx: Context,
+    paths: WorkQueuePaths,
+    segments: Segments,
+    ensure_paths: Callable[[float | None], None],
+    wanted: Collection[str] | None,
+) -> int:
+    """Put back the dead letters of the queue at ``paths`` (all, or those
+    whose id or node name is in ``wanted``). Returns how many were replayed."""
+    conn, kazoo = ctx.conn, ctx.conn.kazoo
+    count = 0
+    deadline = ctx.deadline()
+    item_acl = ctx.acl.acl(NodeKind.ITEM)
+    ensure_paths(deadline)
+    for dead in read_dead(conn, ctx.serializers, paths, deadline):
+        if wanted is not None and dead.id not in wanted and dead.name not in wanted:
+            continue
+        path = paths.dead_letter(dead.name)
+        # A ticket's "dead" result not read yet is removed with the replay:
+        # the item is live again, and its ack or next burial writes the
+        # result anew.
+        requests = functools.partial(_letter_and_result, kazoo, paths, dead)
+        letter, result = conn.read_all(requests, deadline, f"read {path}")
+        if isinstance(letter, NoNodeError):
+            continue
+        data, stat = letter
+        stale = None if result is None else result.version
+        while True:
+            seen = segments.current(deadline)
+            ops = _ReplayOps(paths, dead, data, stat.version, stale, seen, item_acl)
+            outcome = ctx.writer.commit(ops, deadline, "replay")
+            if outcome.index == ops.check_index and isinstance(outcome.error, BadVersionError):
+                segments.forget()  # rolled on meanwhile
+                continue
+            if outcome.index == ops.check_index + 1 and isinstance(outcome.error, NoNodeError):
+                segments.roll(seen, deadline)  # the segment was removed
+                continue
+            break
+        # another error: someone else replayed or removed it
+        count += outcome.applied
+    return count
+
+
+def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> list[Any]:
+    return [
+        kazoo.get_async(paths.dead_letter(dead.name)),
+        kazoo.exists_async(paths.result(dead.id)),
+    ]
+
+
+class _ReplayOps:
+    """Delete the dead letter (at the version read) and its unread result (if
+    ``result`` gives its version), and put its item back into the current
+    segment (checking the queue node's version). ``check_index`` is the
+    index of that check among the operations."""
+
+    def __init__(
+        self,
+        paths: WorkQueuePaths,
+        dead: DeadItem,
+        data: bytes,
+        version: int,
+        result: int | None,
+        seen: tuple[int, int],
+        acl: Any,
+    ) -> None:
+        parsed = parse_item_node(dead.name)
+        self.wants_result = bool(parsed and parsed.wants_result)
+        self.drop_result = result is not None and self.wants_result
+        self.check_index = 2 if self.drop_result else 1
+        self._args = (paths, dead, dead_item_data(data), version, result, seen)
+        self._acl = acl
+
+    def __call__(self, txn: Any, guid: str) -> None:
+        paths, dead, item_data, version, result, (segment, queue_version) = self._args
+        txn.delete(paths.dead_letter(dead.name), version)
+        if self.drop_result:
+            txn.delete(paths.result(dead.id), result)
+        txn.check(paths.base, queue_version)
+        txn.create(
+            paths.item_prefix(dead.priority, guid, wants_result=self.wants_result, segment=segment),
+            item_data,
+            acl=self._acl,
+            sequence=True,
+        )

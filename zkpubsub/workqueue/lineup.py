@@ -1,0 +1,278 @@
+"""The items a worker tries next: listing the queue, ranking, expired leases.
+
+A worker keeps a list of candidate items, ranked so that workers do not
+all race for the head: a worker of rank r among W tries first the items
+whose sequence number is r modulo W (:func:`rank_candidates`). Listing
+the queue leaves watches on ``items/``, its segments, ``reserved/`` and
+``workers/``; a put, release or change of workers marks the list stale,
+and the worker lists again before its next reserve, no more often than
+the intervals below.
+
+With leases, a listing also finds the reservations whose lease ran out
+(at most once a second: it reads the reservations it already saw at its
+previous look and judges their leases by the server's clock); those items
+are candidates again, to be taken over. Nodes under ``items/`` that are not
+work items are moved to the dead letters; segments older than the current
+one are deleted once empty.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Final
+
+from kazoo.exceptions import NoNodeError
+
+from .._context import Context
+from ..layout import (
+    WorkQueuePaths,
+    join,
+    order_items,
+    parse_item_node,
+    parse_segment_number,
+    segment_name,
+)
+from .finishing import bury
+from .leases import ANCHOR_MAX_AGE, LEASE_SCAN_INTERVAL
+from .records import lease_of
+from .registration import Registration
+from .segments import classify, ensure_queue
+
+__all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Lineup", "rank_candidates"]
+
+# After a change is seen (a put, a release), a worker reads its list of
+# candidates again before its next reserve, but not more often than this; and
+# while it still has candidates in hand, not more often than RELIST_WHILE_BUSY:
+# listing a long backlog costs the server and the worker more than the items
+# put meanwhile are worth (they come after those in hand, unless their
+# priority is higher: such an item waits a second at most). A reservation
+# lost to another worker, or a worker joining or leaving (which changes
+# every worker's share), shows the list in hand is out of date: then the
+# shorter interval applies again.
+MIN_RELIST_INTERVAL: Final = 0.05
+RELIST_WHILE_BUSY: Final = 1.0
+
+
+def rank_candidates(
+    names: Sequence[str], reserved: Sequence[str], workers: Sequence[str], worker_id: str
+) -> tuple[list[str], list[str]]:
+    """The items a worker should try, in order, and the foreign names.
+
+    Items held by someone are left out; the rest go by priority, then
+    creation order, those whose sequence number falls on the worker's rank
+    (among the sorted worker ids) first: unlike positions in a listing, that
+    choice agrees between workers whose listings are of different ages."""
+    held = set(reserved)
+    ordered, foreign = order_items([n for n in names if n not in held])
+    ranked = sorted(workers)
+    count = max(1, len(ranked))
+    rank = ranked.index(worker_id) if worker_id in ranked else 0
+    mine: list[str] = []
+    others: list[str] = []
+    for name in ordered:
+        parsed = parse_item_node(name)
+        (mine if parsed is not None and parsed.sequence % count == rank else others).append(name)
+    return mine + others, foreign
+
+
+class Lineup:
+    """One worker's ranked candidates for the queue ``queue``."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        queue: str,
+        paths: WorkQueuePaths,
+        worker_id: str,
+        registration: Registration,
+    ) -> None:
+        self._ctx = ctx
+        self._queue = queue
+        self._paths = paths
+        self._worker_id = worker_id
+        self._registration = registration
+        self._lock = threading.Lock()
+        self._names: deque[str] = deque()
+        self._changed = threading.Event()
+        self._stale = False
+        self._listed_at = 0.0
+        self._outdated = False  # the list in hand is known to be out of date
+        self._ready = False  # the queue's folders exist
+        self._expired: dict[str, int] = {}  # item name -> version of its expired reservation
+        self._seen_reserved: set[str] = set()
+        self._scanned_at = 0.0
+        self._given_up: set[str] = set()  # foreign nodes that could not be moved
+
+    def names(self) -> list[str]:
+        """The candidates in hand, in the order they will be tried."""
+        with self._lock:
+            return list(self._names)
+
+    def stale(self) -> None:
+        """Something became available: list anew before the next reserve."""
+        self._stale, self._listed_at = True, 0.0
+
+    def outdated(self) -> None:
+        """A reservation was lost to another worker: the list in hand is old."""
+        self._outdated = True
+
+    def take(self, limit: int, deadline: float | None) -> list[str]:
+        """Up to ``limit`` candidates to try now, listing first if the list
+        is stale and the interval for that has passed."""
+        if self._stale:
+            since = time.monotonic() - self._listed_at
+            busy = self._names and not self._outdated
+            if since >= (RELIST_WHILE_BUSY if busy else MIN_RELIST_INTERVAL):
+                self.refresh(deadline)
+        with self._lock:
+            return [self._names.popleft() for _ in range(min(limit, len(self._names)))]
+
+    def put_back(self, names: Sequence[str]) -> None:
+        """Return untried candidates to the front, in their order."""
+        with self._lock:
+            self._names.extendleft(reversed(names))
+
+    def expired_of(self, names: Sequence[str]) -> dict[str, int]:
+        """Of ``names``, those whose reservation's lease ran out (name ->
+        the reservation's version), forgotten here: they are being tried."""
+        return {n: self._expired.pop(n) for n in names if n in self._expired}
+
+    def refill(self, deadline: float | None) -> bool:
+        """List the queue now (after the list in hand ran out). True if it
+        found candidates; otherwise :meth:`wait` returns on the next change."""
+        self._changed.clear()
+        return self.refresh(deadline)
+
+    def wait(self, seconds: float) -> None:
+        """Wait for a change to the queue, up to ``seconds``."""
+        self._changed.wait(seconds)
+
+    def _on_change(self, event: object) -> None:  # kazoo's thread
+        self._stale = True
+        self._changed.set()
+
+    def _on_workers_change(self, event: object) -> None:  # kazoo's thread
+        self._stale = self._outdated = True
+        self._changed.set()
+
+    def refresh(self, deadline: float | None) -> bool:
+        """List what is available and order it for this worker. True if any.
+        The listing leaves watches: a later put or release marks it stale.
+        Segments older than the current one are deleted once empty."""
+        if not self._ready:
+            ensure_queue(self._ctx, self._queue, deadline)
+            self._ready = True
+        self._registration.ensure(deadline)
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        self._stale = self._outdated = False
+        self._listed_at = time.monotonic()
+        try:
+            answers = conn.read_all(
+                lambda: [
+                    kazoo.get_async(paths.base),
+                    kazoo.get_children_async(paths.items, watch=self._on_change),
+                    kazoo.get_children_async(paths.reserved, watch=self._on_change),
+                    kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
+                ],
+                deadline,
+                "list queue",
+            )
+            if any(isinstance(answer, NoNodeError) for answer in answers):
+                self._ready = False
+                return False
+            (data, _), children, reserved, workers = answers
+            listing = classify(children)
+            listed = conn.read_all(
+                lambda: [
+                    kazoo.get_children_async(paths.segment(n), watch=self._on_change)
+                    for n in listing.segments
+                ],
+                deadline,
+                "list segments",
+            )
+        except BaseException:
+            self._stale = True
+            raise
+        current = parse_segment_number(data) or 0
+        names = list(listing.legacy)
+        foreign = [(join(paths.items, name), name) for name in listing.foreign]
+        for number, in_segment in zip(listing.segments, listed, strict=True):
+            if isinstance(in_segment, NoNodeError):
+                continue
+            if not in_segment and number < current:
+                kazoo.delete_async(paths.segment(number))  # nobody puts there any more
+            for name in in_segment:
+                parsed = parse_item_node(name)
+                if parsed is not None and parsed.segment == number:
+                    names.append(name)
+                else:
+                    key = f"{segment_name(number)}.{name}"
+                    foreign.append((join(paths.segment(number), name), key))
+        expired = self._find_expired(reserved, deadline)
+        held = [name for name in reserved if name not in expired]
+        ranked, _ = rank_candidates(names, held, workers, self._worker_id)
+        for path, key in foreign:
+            if key not in self._given_up:
+                self._bury_foreign(path, key, deadline)
+        with self._lock:
+            self._names = deque(ranked)
+            return bool(self._names)
+
+    def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, int]:
+        """The reservations whose lease ran out (name -> reservation node
+        version). Read at most every ``LEASE_SCAN_INTERVAL``, and only those
+        already there at the previous look: most reservations end sooner."""
+        now = time.monotonic()
+        if now - self._scanned_at < LEASE_SCAN_INTERVAL:
+            still = set(reserved)
+            self._expired = {n: v for n, v in self._expired.items() if n in still}
+            return self._expired
+        previous, self._seen_reserved = self._seen_reserved, set(reserved)
+        self._scanned_at = now
+        old = [name for name in reserved if name in previous]
+        self._expired = {}
+        if not old:
+            return self._expired
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        answers = conn.read_all(
+            lambda: [kazoo.get_async(paths.reservation(n)) for n in old], deadline, "leases"
+        )
+        leased = []
+        for name, answer in zip(old, answers, strict=True):
+            if isinstance(answer, NoNodeError):
+                continue
+            data, stat = answer
+            lease = lease_of(data)
+            if lease is not None:
+                leased.append((name, lease, stat))
+        if not leased:
+            return self._expired
+        clock = self._registration.clock
+        age = clock.age()
+        if age is None or age > ANCHOR_MAX_AGE:
+            self._registration.read_clock(deadline)
+        for name, lease, stat in leased:
+            if clock.expired(stat.mtime, lease):
+                self._expired[name] = stat.version
+        return self._expired
+
+    def _bury_foreign(self, path: str, key: str, deadline: float | None) -> None:
+        """Move a node that is not a work item to the dead letters, as
+        ``key``; a node that cannot be moved (it has children) is left, and
+        not tried again by this worker."""
+        conn = self._ctx.conn
+        try:
+            data, stat = conn.call(functools.partial(conn.kazoo.get_async, path), deadline, path)
+        except NoNodeError:
+            return
+        reason = "not a zkpubsub work item"
+        if stat.numChildren or not bury(
+            self._ctx, self._queue, key, data, stat.version, reason, None, deadline, path=path
+        ):
+            self._given_up.add(key)
