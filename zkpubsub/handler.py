@@ -1,24 +1,99 @@
-"""A kazoo callback handler whose ``select`` keeps its selectors.
+"""A kazoo callback handler that spends fewer system calls per request.
 
 kazoo's connection thread calls ``handler.select`` for every loop and for
 every read and write, and the stock threading handler builds (and closes) a
 new epoll selector each time: several system calls and Python objects per
 request. This handler keeps one selector per set of sockets (the loop's,
-the reader's, the writer's) and reuses it until the sockets change. Every
+the reader's, the writer's) and reuses it until the sockets change.
+
+Its plain TCP connections also read ahead (:class:`ReadAheadSocket`): one
+``recv`` takes whatever the server has sent, and kazoo's reads of a reply's
+length and body, and of the replies after it, are served from that buffer
+without a ``select`` each. A ``select`` for writing alone answers at once
+(the socket's send waits for room itself, when the kernel's buffer is
+full). The connection loop's ``select`` reports a socket with buffered
+bytes as readable. TLS connections keep the stock reads and writes. Every
 other behaviour is the stock handler's.
 """
 
 from __future__ import annotations
 
+import select
 import selectors
+import socket
 import threading
 from typing import Any, Final
 
 from kazoo.handlers.threading import SequentialThreadingHandler
 
-__all__ = ["FastThreadingHandler"]
+__all__ = ["FastThreadingHandler", "ReadAheadSocket"]
 
 _MAX_CACHED: Final = 8
+# What one read from the server's socket takes at most.
+READ_AHEAD: Final = 65536
+
+
+class ReadAheadSocket:
+    """A non-blocking plain socket of kazoo's connection that reads ahead.
+
+    Only kazoo's connection thread reads and writes it; other threads may
+    only shut it down or ask for its peer (both go to the socket).
+    """
+
+    __slots__ = ("_data", "_eof", "_pos", "_sock", "_timeout")
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._data = b""
+        self._pos = 0
+        self._eof = False
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet taken."""
+        return len(self._data) - self._pos
+
+    def fill(self) -> bool:
+        """Read what the socket has, without waiting. True if something
+        can be taken now (bytes, or the end of the stream)."""
+        if self._pos < len(self._data) or self._eof:
+            return True
+        try:
+            data = self._sock.recv(READ_AHEAD)
+        except (BlockingIOError, InterruptedError):
+            return False
+        self._data, self._pos = data, 0
+        self._eof = not data
+        return True
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._data) and not self._eof:
+            self._data, self._pos = self._sock.recv(max(size, READ_AHEAD)), 0
+            self._eof = not self._data
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def send(self, data: Any) -> int:
+        """Send what fits now; if nothing fits, wait for room (up to the
+        connection's timeout, then ``TimeoutError``)."""
+        while True:
+            try:
+                return self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                poller = select.poll()
+                poller.register(self._sock.fileno(), select.POLLOUT)
+                if not poller.poll(int(self._timeout * 1000)):
+                    raise TimeoutError("socket time-out during write") from None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:  # shutdown, getpeername, setblocking, ...
+        return getattr(self._sock, name)
 
 
 class _Cache(threading.local):
@@ -38,11 +113,33 @@ class FastThreadingHandler(SequentialThreadingHandler):  # type: ignore[misc]
         super().__init__()
         self._cache = _Cache()
 
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        sock = super().create_connection(*args, **kwargs)
+        # kazoo's own connection names its address; its read-only pinger
+        # does not, and reads the socket as it is
+        if "address" not in kwargs or kwargs.get("use_ssl"):
+            return sock
+        return ReadAheadSocket(sock, float(kwargs.get("timeout") or 10.0))
+
     def select(
         self, rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
     ) -> tuple[list[Any], list[Any], list[Any]]:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be non-negative")
+        if not wlist and len(rlist) == 1 and type(rlist[0]) is ReadAheadSocket:
+            if rlist[0].fill():  # a read of a reply: there is something to take
+                return rlist, [], []
+        elif not rlist and len(wlist) == 1 and type(wlist[0]) is ReadAheadSocket:
+            return [], wlist, []  # its send waits for room itself
+        buffered = [f for f in rlist if type(f) is ReadAheadSocket and f.pending()]
+        if buffered:  # look at the others too, without waiting (requests to send)
+            readable, writable, _ = self._select(rlist, wlist, 0)
+            return [*buffered, *(f for f in readable if f not in buffered)], writable, []
+        return self._select(rlist, wlist, timeout)
+
+    def _select(
+        self, rlist: list[Any], wlist: list[Any], timeout: float | None
+    ) -> tuple[list[Any], list[Any], list[Any]]:
         # The socket objects themselves are part of the key: a reconnect
         # brings new sockets, which may reuse the old file descriptor numbers.
         key = (*(id(f) for f in rlist), None, *(id(f) for f in wlist))
