@@ -126,6 +126,23 @@ def _process_ticks(pid: int) -> int:
         return 0
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and those they started (a gateway, a
+    worker's helpers), from every process's parent in ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _read(str(stat)).rsplit(")", 1)[-1].split()
+        with contextlib.suppress(IndexError, ValueError):
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
 def io_pressure_us() -> int | None:
     """Cumulative microseconds in which some task waited for I/O (Linux PSI)."""
     for line in _read("/proc/pressure/io").splitlines():

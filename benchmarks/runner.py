@@ -325,7 +325,10 @@ def _run(
         )
 
         def own_pids() -> list[int]:
-            pids = [os.getpid(), *(pool.pids() if pool else [])]
+            # every process this run started counts as its own (the
+            # gateway section's server too), not as other work
+            pids = [os.getpid(), *machine.descendants(os.getpid())]
+            pids.extend(pool.pids() if pool else [])
             for cluster in clusters:
                 pids.extend(n.pid for n in cluster.nodes if n.pid)
             return pids

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 from zkpubsub._queues import STATE_TTL
@@ -110,7 +111,7 @@ class _Sampler:
         self.hosts = ctx.hosts
         self.root, self.stuck = root, stuck
         self.interval, self.origin = interval, origin
-        self.samples: list[list[float | int | None]] = []
+        self.samples: list[tuple[float, int | None, int | None, int | None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -137,7 +138,7 @@ class _Sampler:
                         listed = queue_entries(zk, self.root, self.stuck, TOPIC)
                         entries = None if listed is None else len(listed)
                 t = round(time.monotonic() - self.origin, 2)
-                self.samples.append([t, znodes, size, entries])
+                self.samples.append((t, znodes, size, entries))
                 if self._stop.wait(self.interval):
                     return
 
@@ -149,7 +150,7 @@ class _Sampler:
         self._thread.join(30)
 
 
-def _growth(samples: list[list[Any]], start: float, end: float) -> float | None:
+def _growth(samples: Sequence[Sequence[Any]], start: float, end: float) -> float | None:
     """``zk_znode_count`` per second over ``[start, end]`` (least squares)."""
     points = [(s[0], s[1]) for s in samples if start <= s[0] <= end and s[1] is not None]
     if len(points) < 2:
@@ -160,7 +161,7 @@ def _growth(samples: list[list[Any]], start: float, end: float) -> float | None:
     var = sum((t - mx) ** 2 for t, _ in points)
     if var <= 0:
         return None
-    return round(sum((t - mx) * (v - my) for t, v in points) / var, 1)
+    return round(float(sum((t - mx) * (v - my) for t, v in points) / var), 1)
 
 
 def _cell(ctx: Context, cell: str, repeat: int, phase: Phase) -> dict[str, Any]:
