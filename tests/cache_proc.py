@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zkpubsub import Client
 from zkpubsub.cache import InvalidatingCache
-from zkpubsub.testing.workload import ChildProcess, child_parser
+from zkpubsub.testing.children import ChildProcess, child_parser
 
 TOPIC = "cache.users"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from zkpubsub.testing.server import free_ports
+from zkpubsub.testing.local import free_ports
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 

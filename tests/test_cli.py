@@ -16,7 +16,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 from zkpubsub.cli import main
-from zkpubsub.testing.server import free_ports
+from zkpubsub.testing.local import free_ports
 
 from .helpers import Collector
 

@@ -144,7 +144,8 @@ def main(
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Keep data here.")
 def dev_server(port: int, size: int, data_dir: str | None) -> None:
     """Run a local ZooKeeper in the foreground until Ctrl-C."""
-    from .testing.server import ServerFailed, ZooKeeperCluster, ZooKeeperNotFound, free_ports
+    from .testing.local import ZooKeeperNotFound, free_ports
+    from .testing.server import ServerFailed, ZooKeeperCluster
 
     ports = None
     if port:

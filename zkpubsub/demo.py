@@ -314,7 +314,7 @@ def _gateway(hosts: str, step: Callable[[str], None]) -> Iterator[str | None]:
     """The HTTP gateway in a process of its own for the demo's length, if its
     extra is installed: its URL (``None`` without the extra)."""
     from .gateway import require_extra
-    from .testing.server import free_ports
+    from .testing.local import free_ports
 
     try:
         require_extra()

@@ -70,7 +70,7 @@ class Http:
 
 @contextlib.contextmanager
 def _gateway(hosts: str, root: str) -> Iterator[int]:
-    from zkpubsub.testing.server import free_ports
+    from zkpubsub.testing.local import free_ports
 
     port = free_ports(1)[0]
     command = [

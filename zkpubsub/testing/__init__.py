@@ -1,7 +1,8 @@
 """Real ZooKeeper for tests: local processes, fault controls and fixtures.
 
 ``ZooKeeperCluster(1)`` is a standalone server, ``ZooKeeperCluster(3)`` an
-ensemble, all on free ports of 127.0.0.1. ``expire_session`` ends a
+ensemble, all on free ports of 127.0.0.1 (``local``: the installed server
+and java, free ports, four-letter words). ``expire_session`` ends a
 client's session on the server. The pytest fixtures live in
 ``zkpubsub.testing.fixtures`` (``pytest_plugins = ["zkpubsub.testing.fixtures"]``).
 
@@ -21,6 +22,7 @@ snapshot (``restart_with_cversions``).
 """
 
 from .counters import COUNTER_MAX, restart_with_cversions, set_cversions
+from .local import ZooKeeperNotFound, find_classpath, four_letter, free_ports
 from .queues import queue_entries
 from .secure import ServerSecurity, TlsMaterial, make_tls_material
 from .server import (
@@ -29,10 +31,6 @@ from .server import (
     ZooKeeperCluster,
     ZooKeeperEnsemble,
     ZooKeeperNode,
-    ZooKeeperNotFound,
-    find_classpath,
-    four_letter,
-    free_ports,
     running_zookeeper,
 )
 from .sessions import expire_session

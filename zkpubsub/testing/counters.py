@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from .server import ZooKeeperCluster, ZooKeeperNode, find_java
+from .local import find_java
+from .server import ZooKeeperCluster, ZooKeeperNode
 
 __all__ = [
     "CACHE_ENV",

@@ -29,14 +29,9 @@ import pytest
 from kazoo.client import KazooClient
 
 from ..client import Client
+from .local import ZooKeeperNotFound, find_classpath, find_java
 from .secure import TEST_SASL_USERS, ServerSecurity, TlsMaterial, make_tls_material
-from .server import (
-    ZooKeeperCluster,
-    ZooKeeperEnsemble,
-    ZooKeeperNotFound,
-    find_classpath,
-    find_java,
-)
+from .server import ZooKeeperCluster, ZooKeeperEnsemble
 
 BACKEND_ENV: Final = "ZKPUBSUB_TEST_BACKEND"
 BACKENDS: Final = ("local", "testcontainers")

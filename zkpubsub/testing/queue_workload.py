@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ..client import Client
 from ..workqueue import Item, WorkQueue
+from .children import ChildProcess, child_parser, join_threads, tag
 from .history import describe_error, key_of, payload_for
 from .ledger import Ledger, replay
 from .queue_checker import check_queue
@@ -40,7 +41,7 @@ from .queue_history import (
     hold_to_doc,
 )
 from .txnlog import ClusterLog
-from .workload import ChildProcess, ClientPool, child_parser, join_threads, tag
+from .workload import ClientPool
 
 logger = logging.getLogger(__name__)
 
