@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, SessionExpiredError
 from kazoo.retry import KazooRetry
 
 from zkpubsub import Message
@@ -36,6 +37,21 @@ def raw_kazoo(hosts: str, timeout: float = 10.0) -> KazooClient:
     )
     zk.start(timeout=20)
     return zk
+
+
+def reconnected(zk: KazooClient, timeout: float = 60.0) -> None:
+    """Wait until ``zk`` answers again after a server restart. A restart
+    slower than the session timeout expires its session; kazoo then starts a
+    new one by itself, and the request that saw the expiry fails: ask again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            zk.sync("/")
+            return
+        except (SessionExpiredError, ConnectionLoss, ConnectionClosedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

@@ -18,7 +18,7 @@ from zkpubsub.cli import main
 from zkpubsub.layout import Layout, order_candidates, parse_candidate_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 
-from .helpers import local_servers_only, raw_kazoo, wait_until
+from .helpers import local_servers_only, raw_kazoo, reconnected, wait_until
 
 MakeClient = Callable[..., Client]
 
@@ -125,7 +125,7 @@ def test_one_leader_when_the_election_counter_is_saturated(
     try:
         raw.ensure_path(layout.candidates)
         restart_with_cversions(zk, {layout.candidates: COUNTER_MAX})
-        raw.sync("/")
+        reconnected(raw)
         options = {"root": root, "session_timeout": 4.0, "cleaner_interval": 0.2}
         for _ in range(4):
             clients.append(Client(zk.hosts, **options))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.counters import COUNTER_MAX, restart_with_cversions
 
-from .helpers import local_servers_only, raw_kazoo
+from .helpers import local_servers_only, raw_kazoo, reconnected
 
 pytestmark = local_servers_only
 
@@ -31,7 +31,7 @@ def test_a_parents_counter_set_in_the_snapshot_names_the_next_children(
         raw.ensure_path("/other")
         raw.create("/near/x-", sequence=True)  # logged after the last snapshot
         restart_with_cversions(zk, {"/near": 1_000_000, "/other": 7})
-        raw.sync("/")
+        reconnected(raw)
         assert suffix(raw.create("/near/x-", sequence=True)) == 1_000_000
         assert suffix(raw.create("/near/x-", sequence=True)) == 1_000_001
         assert suffix(raw.create("/other/x-", sequence=True)) == 7
@@ -40,7 +40,7 @@ def test_a_parents_counter_set_in_the_snapshot_names_the_next_children(
         assert stat.cversion == 2 * 1_000_002 - stat.numChildren
         # A later restart keeps it (the edit is a snapshot, not replayed over).
         zk.restart(zk.nodes[0])
-        raw.sync("/")
+        reconnected(raw)
         assert suffix(raw.create("/near/x-", sequence=True)) == 1_000_002
     finally:
         raw.stop()
@@ -57,7 +57,7 @@ def test_zookeeper_saturates_the_counter_instead_of_wrapping(
     try:
         raw.ensure_path("/end")
         restart_with_cversions(zk, {"/end": COUNTER_MAX - 2})
-        raw.sync("/")
+        reconnected(raw)
         seen = [
             suffix(raw.create(f"/end/n{uuid.uuid4().hex[:12]}-", sequence=True)) for _ in range(6)
         ]

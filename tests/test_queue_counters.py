@@ -23,7 +23,7 @@ from zkpubsub._queues import created
 from zkpubsub.layout import Layout, parse_queue_entry, parse_segment_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
 
-from .helpers import local_servers_only, raw_kazoo, wait_until
+from .helpers import local_servers_only, raw_kazoo, reconnected, wait_until
 
 pytestmark = local_servers_only
 
@@ -71,7 +71,7 @@ def test_a_subscriber_queue_segment_near_the_counter_end_is_left_without_losing_
         with client(cluster, root) as publisher:
             publisher.publish(TOPIC, "before")  # stays in segment 0, unread
     restart_with_cversions(cluster, {layout.segment(queue, 0): COUNTER_MAX - 3})
-    raw.sync("/")
+    reconnected(raw)
     with client(cluster, root, "reader") as reader, client(cluster, root) as publisher:
         sub = reader.subscribe(TOPIC, durable=True)
         receipts = [publisher.publish(TOPIC, n) for n in range(6)]
@@ -100,7 +100,7 @@ def test_an_overflow_marker_in_a_segment_near_the_counter_end_is_left_for_a_fres
             for n in range(2):
                 publisher.publish(TOPIC, n)  # the queue is full now
     restart_with_cversions(cluster, {layout.segment(queue, 0): COUNTER_MAX - 1})
-    raw.sync("/")
+    reconnected(raw)
     with client(cluster, root) as publisher:
         receipts = [publisher.publish(TOPIC, n) for n in range(2, 5)]
         assert all(r.subscribers == 0 and r.skipped == 1 for r in receipts), receipts
@@ -161,7 +161,7 @@ def test_parents_named_by_their_children_keep_working_with_a_saturated_counter(
     # a clean close removes a client's receipt folder; a crashed one leaves it
     raw.ensure_path(layout.client_receipts("writer"))
     restart_with_cversions(cluster, dict.fromkeys(parents, COUNTER_MAX))
-    raw.sync("/")
+    reconnected(raw)
     with (
         client(cluster, root, "reader") as reader,
         client(cluster, root, "writer") as writer,
