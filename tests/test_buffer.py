@@ -107,3 +107,88 @@ def test_closing_wakes_a_waiting_consumer_and_keeps_the_rest_queued() -> None:
 def test_next_gives_up_at_its_deadline() -> None:
     buffer = DeliveryBuffer(prefetch=4)
     assert buffer.next(time.monotonic() + 0.01) is None
+
+
+def entry(seq: int) -> str:
+    return f"s0000000001/{name(seq)}"
+
+
+def test_a_claimed_read_is_in_flight_until_its_answer_and_never_read_twice() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    buffer.listed([], [])
+    assert buffer.claim(entry(1)) is True
+    assert buffer.claim(entry(1)) is False  # in flight already
+    assert buffer.discovered(entry(1)) is False
+    assert buffer.listed([entry(1)], []) == [] and buffer.to_fetch() == []
+    assert not buffer.idle
+    node = Node(entry(1), 1)
+    buffer.claimed_read(entry(1), [Delivery(node, message(1))])
+    taken = buffer.next(0)
+    assert taken is not None and taken.message == message(1)
+    assert buffer.claim(entry(1)) is False  # read: known
+
+
+def test_nothing_is_claimed_while_other_names_wait_or_the_read_ahead_is_full() -> None:
+    waiting = DeliveryBuffer(prefetch=10)
+    waiting.discovered(entry(1))
+    assert waiting.claim(entry(2)) is False  # it would overtake entry(1)
+    assert waiting.to_fetch() == [entry(1)]
+    full = DeliveryBuffer(prefetch=1)
+    assert full.claim(entry(1)) is True
+    assert full.claim(entry(2)) is False  # the one in flight takes the room
+    full.discovered(entry(2))
+    assert full.to_fetch() == []
+    closed = DeliveryBuffer(prefetch=10)
+    closed.close()
+    assert closed.claim(entry(1)) is False
+
+
+def test_failed_claimed_reads_wait_for_the_pump_in_queue_order() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    assert buffer.claim(entry(1)) and buffer.claim(entry(2))
+    buffer.claimed_read(entry(2), None)
+    buffer.claimed_read(entry(1), None)
+    assert buffer.to_fetch() == [entry(1), entry(2)]
+    buffer.claimed_read(entry(3), [])  # gone before it was read: nothing to hand out
+    assert buffer.next(0) is None
+
+
+def test_a_payload_is_decoded_only_when_its_message_is_taken() -> None:
+    from zkpubsub import envelope
+    from zkpubsub._decoding import decode_node
+    from zkpubsub.errors import DecodeError
+    from zkpubsub.serializers import SerializerRegistry, resolve
+
+    calls: list[bytes] = []
+
+    class Counting:
+        content_type = "application/x-counting"
+
+        def dumps(self, payload: object) -> bytes:
+            return str(payload).encode()
+
+        def loads(self, data: bytes) -> object:
+            calls.append(data)
+            if data == b"bad":
+                raise ValueError("refused")
+            return data.decode()
+
+    serializers = SerializerRegistry(Counting())
+    data = envelope.encode(
+        [
+            envelope.make_entry(Counting(), topic="t", payload=p, headers={}, publisher_id="p")
+            for p in ("good", "bad")
+        ]
+        + [envelope.make_entry(resolve("json"), topic="t", payload=1, headers={}, publisher_id="p")]
+    )
+    deliveries = decode_node(serializers, "/q/" + entry(1), entry(1), data)
+    assert [d.node.remaining for d in deliveries] == [3, 3, 3]
+    assert calls == [] and all(d.message is None and d.error is None for d in deliveries)
+    buffer = DeliveryBuffer(prefetch=10)
+    buffer.fetched([], deliveries)
+    first, second, third = buffer.next(0), buffer.next(0), buffer.next(0)
+    assert first is not None and first.message is not None and first.message.payload == "good"
+    assert second is not None and isinstance(second.error, DecodeError)
+    assert second.message is None
+    assert third is not None and third.message is not None and third.message.payload == 1
+    assert calls == [b"good", b"bad"]
