@@ -157,13 +157,6 @@ class DeliveryBuffer:
             self._reading.add(name)
             return True
 
-    @property
-    def quiet(self) -> bool:
-        """Nothing read, being read or waiting to be read: a hint, read
-        without the lock (:meth:`claim` decides, under it), so a busy
-        subscription costs the connection's thread no lock."""
-        return not (self._deliveries or self._reading or self._unfetched)
-
     def claimed_read(self, name: str, deliveries: list[Delivery] | None) -> None:
         """The answer to a claimed read: its deliveries (empty: the node was
         gone), or ``None`` when the read failed (the name waits for the

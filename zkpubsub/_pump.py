@@ -254,14 +254,18 @@ class ReceivePump:
             return False
         topic, _, rest = path[len(prefix) :].partition("/")
         segment, _, entry = rest.partition("/")
-        queue = self._queues.get(topic)
-        # First without a lock: under load this is where it ends.
-        if self._events or queue is None or not queue.synced or not queue.buffer.quiet:
-            return False
-        if "/" in entry or segment not in queue.segments or parse_queue_entry(entry) is None:
-            return False
         with self._lock:  # against the pump taking an event it has not recorded yet
-            if self._events or topic in self._detaching or not queue.buffer.claim(rest):
+            queue = self._queues.get(topic)
+            if (
+                self._events
+                or queue is None
+                or not queue.synced
+                or topic in self._detaching
+                or segment not in queue.segments
+                or "/" in entry
+                or parse_queue_entry(entry) is None
+                or not queue.buffer.claim(rest)
+            ):
                 return False
         self._conn.read_now(join(queue.path, rest), functools.partial(self._claimed, queue, rest))
         return True
@@ -359,8 +363,8 @@ class ReceivePump:
         """Created entries go to their subscription's buffer, by name; a
         queue or segment deleted by someone else makes it list again."""
         prefix = self._base + "/"
-        while self._events:
-            with self._lock:  # taken and recorded at once (see _read_at_once)
+        with self._lock:  # taken and recorded at once (see _read_at_once)
+            while self._events:
                 kind, path = self._events.popleft()
                 if path.startswith(prefix):
                     self._take_event(kind, path[len(prefix) :])
