@@ -6,12 +6,11 @@ waiting to be deleted, and nodes deleted but perhaps still in a listing.
 A node is queued for deletion only once every message it carries has been
 handled, so a subscriber that dies first gets it again (at-least-once).
 The buffer talks to nobody: the pump fills it and sends its deletes, the
-dispatcher (or ``get``) empties it. A node a watch event names while the
-subscription is idle (nothing read or being read, nothing waiting) may be
-read at once by the connection's thread (:meth:`DeliveryBuffer.claim`):
-it is in flight until its answer comes, and every name behind it waits for
-the pump, so answers arrive and are handed out in queue order. Under load
-the pump reads in rounds, which costs fewer hand-offs per node.
+dispatcher (or ``get``) empties it. A node a watch event names while
+nothing else waits to be read may be read at once by the connection's
+thread (:meth:`DeliveryBuffer.claim`): it is in flight until its answer
+comes, and every name behind it waits for the pump, so answers arrive and
+are handed out in queue order.
 """
 
 from __future__ import annotations
@@ -146,13 +145,12 @@ class DeliveryBuffer:
     def claim(self, name: str) -> bool:
         """A node named in a watch event, to be read at once by whoever asks:
         ``True`` if the caller must read it (it is in flight until
-        :meth:`claimed_read`); ``False`` if the name is known already or the
-        subscription is not idle: messages wait for the consumer, a read is
-        in flight, or names wait to be read (nothing is recorded then: tell
-        :meth:`discovered`)."""
+        :meth:`claimed_read`); ``False`` if the name is known already, the
+        read-ahead is full, or other names wait to be read first (nothing
+        is recorded then: tell :meth:`discovered`)."""
         with self.cond:
-            busy = self._deliveries or self._reading or self._unfetched
-            if self.closed or busy or self._known(name):
+            room = self._room()
+            if self.closed or self._unfetched or room <= 0 or self._known(name):
                 return False
             self._reading.add(name)
             return True

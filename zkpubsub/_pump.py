@@ -1,24 +1,23 @@
 """The receive pump: one thread per client reads every subscription's queue.
 
 Where the server has them (ZooKeeper 3.6+), one persistent recursive watch
-on the client's own ``messages/<id>`` subtree tells of every node published
-to any of its queues, by name, and each such node is read directly, without
-listing the queue. While a subscription is idle and caught up (listed since
-the last reconnect; nothing read, being read or waiting to be read) the
-connection's thread sends the read as the event arrives and hands the
-answer to the subscription's buffer: no hand-off to the pump. Otherwise
-(under load, or catching up) the pump reads the named nodes in rounds (of
-all subscriptions pipelined together). Either way the messages reach each
-buffer in queue order: answers come in the order of the requests. One round
-asks for at most ``READ_WINDOW_BYTES`` of node data (by the last round's
-node size), taken in turn from every subscription, so the answers a server
-builds for one client stay small whatever the backlog. Queues are listed
-only when a subscription starts, after a reconnect (events of the time in
-between are lost; the watch is set again first, so the listing sees the
-rest), after the client registered again, and every
-``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an older server,
-or ``watch_mode="listing"``), each queue is listed with one-shot child
-watches on every change, as before.
+on the client's own ``messages/<id>`` subtree tells of every node
+published to any of its queues, by name, and each such node is read
+directly, without listing the queue. While a queue is caught up (listed
+since the last reconnect, nothing waiting to be read before the node, room
+in the read-ahead) the connection's thread sends the read as the event
+arrives and hands the answer to the subscription's buffer: no hand-off to
+the pump. Otherwise the pump reads the named nodes (of all subscriptions
+pipelined together). Either way the messages reach each buffer in queue
+order: answers come in the order of the requests. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
+the last round's node size), taken in turn from every subscription, so the
+answers a server builds for one client stay small whatever the backlog.
+Queues are listed only when a subscription starts, after a reconnect
+(events of the time in between are lost; the watch is set again first, so
+the listing sees the rest), after the client registered again, and every
+``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an
+older server, or ``watch_mode="listing"``), each queue is listed with
+one-shot child watches on every change, as before.
 
 Handled nodes are deleted in batched transactions across subscriptions,
 without waiting for the answers. A queue deleted under a subscription (the
@@ -243,9 +242,8 @@ class ReceivePump:
 
     def _read_at_once(self, path: str) -> bool:
         """Read the node an event names now, from the connection's thread,
-        when its subscription is idle (see ``DeliveryBuffer.claim``; no
-        event waits for the pump either) and the queue was listed since the
-        last reconnect:
+        when nothing of its queue waits to be read before it (no event for
+        the pump either) and the queue was listed since the last reconnect:
         the answer goes to the buffer as it arrives, with no hand-off to the
         pump. Answers come in the order of the requests, so queue order
         holds. ``False``: leave it to the pump."""
