@@ -6,11 +6,7 @@ waiting to be deleted, and nodes deleted but perhaps still in a listing.
 A node is queued for deletion only once every message it carries has been
 handled, so a subscriber that dies first gets it again (at-least-once).
 The buffer talks to nobody: the pump fills it and sends its deletes, the
-dispatcher (or ``get``) empties it. A node a watch event names while
-nothing else waits to be read may be read at once by the connection's
-thread (:meth:`DeliveryBuffer.claim`): it is in flight until its answer
-comes, and every name behind it waits for the pump, so answers arrive and
-are handed out in queue order.
+dispatcher (or ``get``) empties it.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backlog import OverflowMark
@@ -60,19 +55,6 @@ class Delivery:
     error: DecodeError | None = None
     mark: OverflowMark | None = None
     window: tuple[float, float] = (0.0, 0.0)  # a marker's first and last skip (server clock)
-    # the payload's decoding, left to the consumer's thread (see resolve)
-    decode: Callable[[], Message] | None = None
-
-    def resolve(self) -> Delivery:
-        """Decode the payload if that was left for later: ``message`` is
-        set, or ``error`` when the serializer refused it."""
-        decode, self.decode = self.decode, None
-        if decode is not None:
-            try:
-                self.message = decode()
-            except DecodeError as err:
-                self.error = err
-        return self
 
 
 @dataclass(slots=True)
@@ -100,7 +82,6 @@ class DeliveryBuffer:
     _unfetched: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # by key
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
-    _reading: set[str] = field(default_factory=set)  # claimed: read by the connection's thread
 
     # -- the pump's side ---------------------------------------------------------------
 
@@ -110,7 +91,7 @@ class DeliveryBuffer:
         the entries not read yet; return the foreign names not seen before."""
         with self.cond:
             self._deleted &= set(ordered) | set(foreign)
-            known = self._active.keys() | self._deleted | self._reading
+            known = self._active.keys() | self._deleted
             self._unfetched = [
                 (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in known
             ]
@@ -122,54 +103,19 @@ class DeliveryBuffer:
         queue order, unless it is known already. ``True`` if it is new."""
         key = entry_key(name, -1)
         with self.cond:
-            return self._discovered(name, key)
-
-    def _discovered(self, name: str, key: tuple[int, int]) -> bool:
-        if self._known(name):
-            return False
-        if self._unfetched and key < self._unfetched[-1][0]:
-            bisect.insort(self._unfetched, (key, name))
-        else:
-            self._unfetched.append((key, name))
-        self._waiting.add(name)
-        return True
-
-    def _known(self, name: str) -> bool:
-        return (
-            name in self._waiting
-            or name in self._active
-            or name in self._deleted
-            or name in self._reading
-        )
-
-    def claim(self, name: str) -> bool:
-        """A node named in a watch event, to be read at once by whoever asks:
-        ``True`` if the caller must read it (it is in flight until
-        :meth:`claimed_read`); ``False`` if the name is known already, the
-        read-ahead is full, or other names wait to be read first (nothing
-        is recorded then: tell :meth:`discovered`)."""
-        with self.cond:
-            room = self._room()
-            if self.closed or self._unfetched or room <= 0 or self._known(name):
+            if name in self._waiting or name in self._active or name in self._deleted:
                 return False
-            self._reading.add(name)
-            return True
-
-    def claimed_read(self, name: str, deliveries: list[Delivery] | None) -> None:
-        """The answer to a claimed read: its deliveries (empty: the node was
-        gone), or ``None`` when the read failed (the name waits for the
-        pump, in queue order)."""
-        with self.cond:
-            self._reading.discard(name)
-            if deliveries is None:
-                self._discovered(name, entry_key(name, -1))
+            if self._unfetched and key < self._unfetched[-1][0]:
+                bisect.insort(self._unfetched, (key, name))
             else:
-                self._fetched({name}, deliveries)
+                self._unfetched.append((key, name))
+            self._waiting.add(name)
+            return True
 
     def to_fetch(self) -> list[str]:
         """The next names to read: as many as the prefetch leaves room for."""
         with self.cond:
-            room = self._room()
+            room = self.prefetch - len(self._deliveries)
             return [name for _, name in self._unfetched[:room]] if room > 0 else []
 
     @property
@@ -180,28 +126,23 @@ class DeliveryBuffer:
     def wants_more(self) -> bool:
         """Names wait to be read and the prefetch has room for them."""
         with self.cond:
-            return bool(self._unfetched) and self._room() > 0
-
-    def _room(self) -> int:
-        return self.prefetch - len(self._deliveries) - len(self._reading)
+            return bool(self._unfetched) and len(self._deliveries) < self.prefetch
 
     def fetched(self, names: list[str], deliveries: list[Delivery]) -> None:
         """``names`` were read (or found gone); hand out their deliveries.
         A node that carries no message is queued for deletion at once."""
         with self.cond:
-            self._fetched(set(names), deliveries)
-
-    def _fetched(self, done: set[str], deliveries: list[Delivery]) -> None:
-        if done & self._waiting:
-            self._unfetched = [e for e in self._unfetched if e[1] not in done]
-            self._waiting -= done
-        for delivery in deliveries:
-            self._active[delivery.node.name] = delivery.node
-        self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
-        for delivery in deliveries:
-            if delivery.node.remaining == 0:
-                self._to_delete.append(delivery.node.name)
-        self.cond.notify_all()
+            done = set(names)
+            if done & self._waiting:
+                self._unfetched = [e for e in self._unfetched if e[1] not in done]
+                self._waiting -= done
+            for delivery in deliveries:
+                self._active[delivery.node.name] = delivery.node
+            self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
+            for delivery in deliveries:
+                if delivery.node.remaining == 0:
+                    self._to_delete.append(delivery.node.name)
+            self.cond.notify_all()
 
     def take_deletes(self) -> list[str]:
         with self.cond:
@@ -233,16 +174,14 @@ class DeliveryBuffer:
                 if left is not None and left <= 0:
                     return None
                 self.cond.wait(left)
-            delivery = self._deliveries.popleft()
-        return delivery.resolve()
+            return self._deliveries.popleft()
 
     def next_ready(self) -> Delivery | None:
         """The next delivery if one is buffered already (no waiting)."""
         with self.cond:
             if self.closed or not self._deliveries:
                 return None
-            delivery = self._deliveries.popleft()
-        return delivery.resolve()
+            return self._deliveries.popleft()
 
     def low(self) -> bool:
         """Read ahead has fallen under half the prefetch while names wait."""
@@ -269,13 +208,7 @@ class DeliveryBuffer:
     def idle(self) -> bool:
         """Nothing read, waiting, or waiting to be deleted."""
         with self.cond:
-            return not (
-                self._deliveries
-                or self._unfetched
-                or self._active
-                or self._to_delete
-                or self._reading
-            )
+            return not (self._deliveries or self._unfetched or self._active or self._to_delete)
 
     @property
     def unfetched(self) -> int:
