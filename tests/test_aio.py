@@ -24,6 +24,8 @@ from zkpubsub import (
 )
 from zkpubsub.aio import AsyncClient, AsyncItem
 from zkpubsub.aio._bridge import Bridge
+from zkpubsub.aio.subscription import LoopDispatcher
+from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session, free_ports, queue_entries
 from zkpubsub.testing.proxy import TcpProxy
 
@@ -161,21 +163,27 @@ async def test_a_cancelled_handler_is_a_failed_attempt_and_the_message_comes_aga
     assert sub.stats().errors == 1 and sub.stats().dropped == 0
 
 
-async def test_a_backlog_crosses_to_the_loop_in_runs_and_a_failure_mid_run_is_retried_in_place(
+async def test_a_backlog_is_handled_on_the_loop_without_a_crossing_per_message(
     connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subscriber = await connect(client_id="runs")
     await (await subscriber.subscribe("t", durable=True)).close()
     await (await connect()).publish_many("t", list(range(300)))
-    crossings = 0
-    call = Bridge.call
+    crossings = wakeups = 0
+    call, notify = Bridge.call, LoopDispatcher._notify
 
     def counted(self: Bridge, *args: Any, **kwargs: Any) -> Any:
         nonlocal crossings
         crossings += 1
         return call(self, *args, **kwargs)
 
+    def woken(self: LoopDispatcher) -> None:
+        nonlocal wakeups
+        wakeups += 1
+        notify(self)
+
     monkeypatch.setattr(Bridge, "call", counted)
+    monkeypatch.setattr(LoopDispatcher, "_notify", woken)
     seen: list[tuple[int, int]] = []
     errors: list[BaseException] = []
 
@@ -192,7 +200,66 @@ async def test_a_backlog_crosses_to_the_loop_in_runs_and_a_failure_mid_run_is_re
     assert [a for p, a in seen if p == 100] == [1, 2]
     assert len(errors) == 1 and str(errors[0]) == "once"
     assert sub.stats().errors == 1 and sub.stats().dropped == 0
-    assert crossings < 300 // 4  # runs of messages, not one visit to the loop each
+    assert crossings == 0  # no thread waits on the loop for a handler
+    assert wakeups < 300 // 4  # the loop is woken per read, not per message
+
+
+async def test_closing_past_a_stuck_handler_cancels_it_and_its_message_stays_queued(
+    connect: Connect, raw_zk: KazooClient, zk_root: str
+) -> None:
+    started = asyncio.Event()
+    cancelled: list[int] = []
+
+    async def stuck(message: Message) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(message.attempt)
+            raise
+
+    subscriber = await connect(client_id="stuck")
+    sub = await subscriber.subscribe("t", stuck, durable=True)
+    await (await connect()).publish("t", "again")
+    await asyncio.wait_for(started.wait(), 20)
+    began = time.monotonic()
+    await asyncio.wait_for(sub.close(timeout=0.3), 20)
+    assert time.monotonic() - began < 10
+    assert cancelled == [1]
+    assert sub.stats().errors == 0 and sub.stats().dropped == 0  # not a failed attempt
+    assert len(queue_entries(raw_zk, zk_root, "stuck", "t") or []) == 1
+    got: list[Any] = []
+    await subscriber.subscribe("t", lambda m: got.append((m.payload, m.attempt)))
+    await eventually(lambda: got, what="the message delivered again")
+    assert got == [("again", 1)]
+
+
+async def test_foreign_nodes_go_to_on_error_on_the_loop_and_never_block(
+    connect: Connect, raw_zk: KazooClient, zk_root: str
+) -> None:
+    loop_thread = threading.get_ident()
+    errors: list[tuple[BaseException, int]] = []
+    got: list[str] = []
+
+    async def handler(message: Message) -> None:
+        got.append(message.payload)
+
+    async def on_error(error: BaseException, message: Message | None) -> None:
+        errors.append((error, threading.get_ident()))
+
+    subscriber = await connect()
+    await subscriber.subscribe("t", handler, on_error=on_error)
+    publisher = await connect()
+    await publisher.publish("t", "before")
+    queue = Layout(zk_root).queue(subscriber.client_id, "t")
+    raw_zk.create(f"{queue}/not-ours", b"foreign")
+    await publisher.publish("t", "after")
+    await eventually(lambda: got == ["before", "after"] and errors, what="both handled")
+    assert [type(e).__name__ for e, _ in errors] == ["DecodeError"]
+    assert {thread for _, thread in errors} == {loop_thread}
+    await eventually(
+        lambda: raw_zk.get_children(queue) == ["s0000000000"], what="the foreign node deleted"
+    )
 
 
 async def test_get_and_async_for_hand_messages_out_in_order_and_a_cancelled_get_loses_nothing(

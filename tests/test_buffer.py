@@ -107,3 +107,31 @@ def test_closing_wakes_a_waiting_consumer_and_keeps_the_rest_queued() -> None:
 def test_next_gives_up_at_its_deadline() -> None:
     buffer = DeliveryBuffer(prefetch=4)
     assert buffer.next(time.monotonic() + 0.01) is None
+
+
+def test_a_consumer_off_our_threads_is_told_once_when_messages_arrive() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    told: list[int] = []
+    buffer.listed([name(1), name(2), name(3)], [])
+    assert buffer.next_or_notify(lambda: told.append(1)) is None  # nothing read yet
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 0))])  # a node with no message
+    assert told == []  # nothing to hand out: still waiting
+    buffer.fetched([name(2)], [Delivery(Node(name(2), 1), message(2))])
+    buffer.fetched([name(3)], [Delivery(Node(name(3), 1), message(3))])
+    assert told == [1]  # once, however many reads follow
+    first = buffer.next_or_notify(lambda: told.append(2))
+    second = buffer.next_or_notify(lambda: told.append(3))
+    assert first is not None and first.message == message(2)
+    assert second is not None and second.message == message(3)
+    assert told == [1]  # taken without waiting: nobody asked to be told
+
+
+def test_closing_tells_a_waiting_consumer_and_a_closed_buffer_asks_nothing() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    told: list[str] = []
+    assert buffer.next_or_notify(lambda: told.append("waiting")) is None
+    buffer.close()
+    assert told == ["waiting"]
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
+    assert buffer.next_or_notify(lambda: told.append("after close")) is None
+    assert told == ["waiting"]

@@ -15,6 +15,7 @@ import bisect
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backlog import OverflowMark
@@ -70,7 +71,8 @@ class Counters:
 class DeliveryBuffer:
     """The state shared by a subscription's pump and its consumer. Every
     method takes the buffer's lock; ``cond`` is notified when deliveries
-    arrive or the buffer closes."""
+    arrive or the buffer closes, and so is a consumer that asked to be told
+    (:meth:`next_or_notify`)."""
 
     prefetch: int
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -82,6 +84,7 @@ class DeliveryBuffer:
     _unfetched: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # by key
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
+    _notify: Callable[[], None] | None = None  # a waiting consumer not on a thread of ours
 
     # -- the pump's side ---------------------------------------------------------------
 
@@ -143,6 +146,9 @@ class DeliveryBuffer:
                 if delivery.node.remaining == 0:
                     self._to_delete.append(delivery.node.name)
             self.cond.notify_all()
+            notify = self._take_notify() if self._deliveries else None
+        if notify is not None:
+            notify()
 
     def take_deletes(self) -> list[str]:
         with self.cond:
@@ -175,6 +181,23 @@ class DeliveryBuffer:
                     return None
                 self.cond.wait(left)
             return self._deliveries.popleft()
+
+    def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
+        """The next delivery if one is buffered; otherwise ``None``, and
+        ``notify()`` is called once (from the pump's thread, so it must only
+        hand off) when deliveries arrive or the buffer closes. Nothing is
+        asked of a closed buffer: it returns ``None`` at once."""
+        with self.cond:
+            if self.closed:
+                return None
+            if self._deliveries:
+                return self._deliveries.popleft()
+            self._notify = notify
+            return None
+
+    def _take_notify(self) -> Callable[[], None] | None:
+        notify, self._notify = self._notify, None
+        return notify
 
     def next_ready(self) -> Delivery | None:
         """The next delivery if one is buffered already (no waiting)."""
@@ -225,3 +248,6 @@ class DeliveryBuffer:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+            notify = self._take_notify()
+        if notify is not None:
+            notify()

@@ -32,6 +32,7 @@ import functools
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,8 +59,10 @@ from .stats import queue_backlog
 __all__ = [
     "BatchHandler",
     "ErrorHandler",
+    "Feed",
     "Handler",
     "HandlerInterrupted",
+    "SelfDispatching",
     "Subscription",
     "SubscriptionStats",
     "log_error",
@@ -86,6 +89,88 @@ class BatchHandler(Protocol):
         """Handle ``messages`` in order, stopping at the first that fails:
         how many succeeded, and that failure (``None`` when all did)."""
         ...
+
+
+class SelfDispatching(ABC):
+    """A handler that takes its subscription's messages itself, off any
+    thread of the subscription (internal: the asyncio API handles them, or
+    hands them to ``get``, on its event loop, where a thread of ours would
+    cost two crossings a message). The subscription starts no dispatcher
+    thread for it (and its own ``get()`` refuses to serve); it hands it a
+    :class:`Feed` when it opens and asks it to stop when it closes."""
+
+    def __call__(self, message: Message) -> Any:
+        raise TypeError("a self-dispatching handler is not called per message")
+
+    @abstractmethod
+    def start(self, feed: Feed) -> None:
+        """The subscription opened (any thread): take messages from ``feed``."""
+
+    @abstractmethod
+    def stop(self, timeout: float | None) -> bool:
+        """The subscription is closing (its feed is closed already): end,
+        waiting up to ``timeout`` seconds for a handler still running
+        (``None``: do not wait). ``False`` if one still runs after that: it
+        is cancelled, and its message stays queued."""
+
+
+class Feed:
+    """A subscription's messages, as a :class:`SelfDispatching` handler
+    takes them: the same buffer, retries and bookkeeping as the dispatcher
+    thread's (internal)."""
+
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    @property
+    def max_attempts(self) -> int:
+        return self._sub._max_attempts
+
+    def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
+        """The next delivery if one is read already; otherwise ``None`` and
+        ``notify()`` is called once (from the pump's thread: it must only
+        hand off) when there are some, or the feed closed."""
+        sub = self._sub
+        delivery = sub._buffer.next_or_notify(notify)
+        if delivery is not None and sub._buffer.low():
+            sub._pump.wake()
+        return delivery
+
+    @property
+    def closed(self) -> bool:
+        return self._sub._buffer.closed
+
+    def retry_wait(self, attempt: int) -> float:
+        return self._sub._retry_wait(attempt)
+
+    def succeeded(self, delivery: Delivery) -> None:
+        """The handler returned for ``delivery``'s message."""
+        assert delivery.message is not None
+        self._sub._succeeded(delivery.message)
+        self._sub._handled(delivery.node)
+
+    def failed(self, error: BaseException, message: Message, attempt: int) -> None:
+        """Attempt ``attempt`` failed: report it and count it."""
+        self._sub._failed(error, message, attempt)
+
+    def given_up(self, delivery: Delivery) -> None:
+        """The last attempt failed: the node may go."""
+        self._sub._handled(delivery.node)
+
+    def not_a_message(self, delivery: Delivery) -> None:
+        """An undecodable node or an overflow marker (a gap notice). Blocks
+        (a marker is read again): call it on a thread."""
+        self._sub._not_a_message(delivery)
+
+    def hand_out(self, delivery: Delivery) -> Message:
+        """A ``get`` took ``delivery``'s message: it is acknowledged by
+        :meth:`ack_held` (the next ``get``) or when the subscription closes."""
+        return self._sub._hand_out(delivery)
+
+    def ack_held(self) -> None:
+        self._sub._ack_held()
 
 
 class HandlerInterrupted(BaseException):
@@ -161,7 +246,8 @@ class Subscription:
         self._evicted = False
         self._close_lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
-        if handler is not None:
+        self._self_dispatching = handler if isinstance(handler, SelfDispatching) else None
+        if handler is not None and self._self_dispatching is None:
             self._dispatcher = threading.Thread(
                 target=self._dispatch_loop, name=f"zkpubsub-dispatch-{topic}", daemon=True
             )
@@ -193,6 +279,8 @@ class Subscription:
         self._pump.attach(self._topic, self._buffer, self._backlog)
         if self._dispatcher is not None:
             self._dispatcher.start()
+        elif self._self_dispatching is not None:
+            self._self_dispatching.start(Feed(self))
 
     def restored(self) -> None:
         """The client registered again on a new session: read the queue again."""
@@ -273,11 +361,17 @@ class Subscription:
             if delivery.message is None:
                 self._not_a_message(delivery)
                 continue
-            with self._buffer.cond:
-                self._holding = delivery
-                self._buffer.counters.delivered += 1
-            self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
-            return delivery.message
+            return self._hand_out(delivery)
+
+    def _hand_out(self, delivery: Delivery) -> Message:
+        """``get()`` hands ``delivery``'s message out: acknowledged by the
+        next ``get()`` or by ``close()``."""
+        assert delivery.message is not None
+        with self._buffer.cond:
+            self._holding = delivery
+            self._buffer.counters.delivered += 1
+        self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
+        return delivery.message
 
     def __iter__(self) -> Iterator[Message]:
         """Messages until the subscription is closed."""
@@ -460,12 +554,10 @@ class Subscription:
         """Call the handler up to ``max_attempts`` times, waiting between
         attempts (``failure``: the first attempt was made, and failed so).
         ``False`` if the subscription closed before it was done."""
-        counters = self._buffer.counters
         for attempt in range(1, self._max_attempts + 1):
             if attempt > 1:
                 message = replace(message, attempt=attempt)
-                delay = min(self._retry_delay * 2 ** (attempt - 2), self._max_retry_delay)
-                if self._stopping.wait(delay):
+                if self._stopping.wait(self._retry_wait(attempt)):
                     return False
             if attempt == 1 and failure is not None:
                 exc: BaseException = failure
@@ -479,13 +571,20 @@ class Subscription:
                     return True
             if isinstance(exc, HandlerInterrupted):
                 return False  # closing: the message stays queued
-            self._report(exc, message)
-            with self._buffer.cond:
-                if attempt == self._max_attempts:
-                    counters.dropped += 1
-                else:
-                    counters.redelivered += 1
+            self._failed(exc, message, attempt)
         return True
+
+    def _retry_wait(self, attempt: int) -> float:
+        """The wait before attempt ``attempt`` (2 and later)."""
+        return float(min(self._retry_delay * 2.0 ** (attempt - 2), self._max_retry_delay))
+
+    def _failed(self, error: BaseException, message: Message, attempt: int) -> None:
+        self._report(error, message)
+        with self._buffer.cond:
+            if attempt == self._max_attempts:
+                self._buffer.counters.dropped += 1
+            else:
+                self._buffer.counters.redelivered += 1
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -497,16 +596,20 @@ class Subscription:
             self._stopping.set()
             self._buffer.close()
             dispatcher = self._dispatcher
-            if dispatcher is not None and dispatcher is not threading.current_thread():
-                wait = self._ctx.config.close_timeout if timeout is None else timeout
+            wait = self._ctx.config.close_timeout if timeout is None else timeout
+            running = False
+            if self._self_dispatching is not None:
+                running = not self._self_dispatching.stop(wait)
+            elif dispatcher is not None and dispatcher is not threading.current_thread():
                 dispatcher.join(wait)
-                if dispatcher.is_alive():
-                    logger.warning(
-                        "subscription %r: the handler is still running after %gs; its "
-                        "message stays queued and will be delivered again",
-                        self._topic,
-                        wait,
-                    )
+                running = dispatcher.is_alive()
+            if running:
+                logger.warning(
+                    "subscription %r: the handler is still running after %gs; its "
+                    "message stays queued and will be delivered again",
+                    self._topic,
+                    wait,
+                )
             self._ack_held()
             self._pump.detach(self._topic, self._ctx.config.request_timeout)
         self._deregister(drop_queue=drop_queue)
@@ -529,6 +632,8 @@ class Subscription:
         )
         self._stopping.set()
         self._buffer.close()
+        if self._self_dispatching is not None:
+            self._self_dispatching.stop(None)
         with self._buffer.cond:
             self._holding = None
         self._pump.detach(self._topic, self._ctx.config.request_timeout)

@@ -40,7 +40,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ._bridge import Bridge
-from .subscription import AsyncSubscription, Inbox
+from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
 if TYPE_CHECKING:
@@ -223,15 +223,9 @@ class AsyncClient:
         handler returned; one that raises or is cancelled is a failed
         attempt. Without a handler, ``await sub.get()`` or ``async for``."""
         bridge = self._bridge
-        inbox: Inbox | None = None
-        if handler is None:
-            inbox = Inbox(bridge)
-            call: Callable[[Message], Any] = inbox.handler
-            on_loop = None
-        else:
+        if handler is not None:
             check_callable_or_async(handler, "handler")
-            on_loop = bridge.on_loop(handler)
-            call = on_loop
+        dispatcher = LoopDispatcher(bridge, handler)
         report: Callable[[BaseException, Message | None], Any] | None = None
         if on_error is not None:
             check_callable_or_async(on_error, "on_error")
@@ -243,7 +237,7 @@ class AsyncClient:
         sub = await bridge.run(
             self._client.subscribe,
             topic,
-            call,
+            dispatcher,
             on_error=report,
             max_attempts=max_attempts,
             prefetch=prefetch,
@@ -251,7 +245,7 @@ class AsyncClient:
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
         )
-        wrapped = AsyncSubscription(sub, bridge, inbox, on_loop)
+        wrapped = AsyncSubscription(sub, bridge, dispatcher)
         self._subs = [s for s in self._subs if not s.closed]
         self._subs.append(wrapped)
         return wrapped

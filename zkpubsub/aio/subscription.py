@@ -5,14 +5,16 @@ guarantees: queue order, at-least-once, retries with backoff, a node deleted
 only after the handler is done with every message in it. What changes is
 where user code runs:
 
-* With a handler (``async def`` or a plain function), each message is
-  handled on the event loop; the subscription's dispatcher thread waits for
-  the coroutine to return before the message counts as handled, so the
-  message is deleted only after it returned. Messages already read ahead
-  go to the loop in runs (up to 64 in one visit, still one handler call
-  after the other, in order), so a backlog does not pay a crossing between
-  threads per message. A handler that raises — or is
-  cancelled — is a failed attempt, tried again after the retry delay.
+* With a handler (``async def`` or a plain function), a task on the event
+  loop takes the messages from the subscription's buffer and calls the
+  handler with each, in order; a message counts as handled (and its node
+  may be deleted) only once the handler returned. No dispatcher thread
+  stands between the client's receive pump and the loop: the pump wakes the
+  loop when messages arrive (one crossing for what one read brought), and
+  what is read ahead is handled without crossing again. A handler that
+  raises — or is cancelled — is a failed attempt, tried again after the
+  retry delay (the same delays, counters and ``on_error`` reports as the
+  threaded dispatcher's).
 * Without a handler, ``await sub.get(timeout)`` and ``async for msg in
   sub`` hand messages out in order; as with the threaded ``get``, a message
   is acknowledged when the next one is asked for (or the subscription is
@@ -23,100 +25,199 @@ where user code runs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, Final
 
+from .._buffer import Delivery
 from ..message import Message
-from ..subscription import HandlerInterrupted, Subscription, SubscriptionStats
-from ._bridge import Bridge, OnLoop
+from ..subscription import (
+    Feed,
+    HandlerInterrupted,
+    SelfDispatching,
+    Subscription,
+    SubscriptionStats,
+)
+from ._bridge import Bridge
 
 __all__ = ["AsyncSubscription"]
 
+logger = logging.getLogger("zkpubsub.aio")
+
 AsyncHandler = Callable[[Message], Any]
 
+# How often close() waiting for the handler's task checks that the loop runs.
+_LOOP_CHECK: Final = 0.5
 
-class Inbox:
-    """Hands messages from a handler-less subscription's dispatcher thread to
-    ``get`` on the loop, one at a time (internal)."""
 
-    def __init__(self, bridge: Bridge) -> None:
+class LoopDispatcher(SelfDispatching):
+    """Takes a subscription's messages from its buffer on the event loop
+    (internal): with a handler, a task there calls it with each; without,
+    ``get`` hands them out."""
+
+    def __init__(self, bridge: Bridge, fn: AsyncHandler | None) -> None:
         self._bridge = bridge
-        self._cond = threading.Condition()
-        self._offered: Message | None = None  # from the dispatcher, not taken yet
-        self._held = False  # handed out by get, not acknowledged yet
-        self._done = True  # the dispatcher may go on to the next message
-        self._closing = False
-        self._ready = asyncio.Event()  # loop side: something to look at
+        self.fn = fn
+        self._feed: Feed | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # loop side: the pump read something
+        self._stopping = asyncio.Event()  # loop side: the subscription is closing
+        self._finished = threading.Event()  # the task ended (or there is none)
+        self._cancelling = False
 
-    # -- the dispatcher thread --------------------------------------------------------
+    # -- the subscription's side (any thread) ------------------------------------------
 
-    def handler(self, message: Message) -> None:
-        """The threaded subscription's handler: offer ``message`` and wait
-        until ``get`` took it and asked for the next one."""
-        with self._cond:
-            if self._closing:
-                raise HandlerInterrupted
-            self._offered = message
-            self._done = False
-        self._bridge.schedule(self._ready.set)
-        with self._cond:
-            while not self._done:
-                if self._closing:
-                    if self._offered is None:
-                        return  # handed out: closing acknowledges it, as the threaded get does
-                    self._offered = None
-                    raise HandlerInterrupted  # never handed out: it stays queued
-                self._cond.wait()
+    def start(self, feed: Feed) -> None:
+        self._feed = feed
+        if self.fn is None:
+            self._finished.set()
+            return
+        try:
+            self._bridge.loop.call_soon_threadsafe(self._begin)
+        except RuntimeError:  # the loop is closed: nothing will be handled here
+            self._finished.set()
 
-    # -- the loop ---------------------------------------------------------------------
+    def stop(self, timeout: float | None) -> bool:
+        loop = self._bridge.loop
+        self._on_loop(self._stopping.set)
+        if timeout is None:
+            return self._finished.is_set()
+        waited = 0.0
+        while not self._finished.wait(min(_LOOP_CHECK, max(0.0, timeout - waited))):
+            waited += _LOOP_CHECK
+            if waited >= timeout or loop.is_closed() or not loop.is_running():
+                self._on_loop(self._cancel)  # its message stays queued
+                return False
+        return True
 
-    async def get(self, timeout: float | None) -> Message | None:
-        self.ack_held()
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _on_loop(self, fn: Callable[[], Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._bridge.loop.call_soon_threadsafe(fn)
+
+    def _notify(self) -> None:  # the pump's thread
+        self._on_loop(self._arrived.set)
+
+    async def next(self, deadline: float | None) -> Delivery | None:
+        """The next delivery, or ``None`` when the loop's clock passes
+        ``deadline`` or the subscription closes. Cancelling it loses
+        nothing: the delivery stays in the buffer."""
+        feed = self._feed
+        assert feed is not None
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
         while True:
-            self._ready.clear()
-            with self._cond:
-                if self._offered is not None:
-                    message, self._offered = self._offered, None
-                    self._held = True
-                    return message
-                if self._closing:
-                    return None
+            delivery = feed.next_or_notify(self._notify)
+            if delivery is not None or feed.closed:
+                return delivery
+            self._arrived.clear()  # a wake-up of an earlier wait (one for this one is not in yet)
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._ready.wait(), left)
+                await asyncio.wait_for(self._arrived.wait(), left)
             except asyncio.TimeoutError:
                 return None
 
-    def ack_held(self) -> None:
-        with self._cond:
-            if self._held:
-                self._held = False
-                self._done = True
-                self._cond.notify_all()
+    async def get(self, timeout: float | None) -> Message | None:
+        """``get`` without a handler: acknowledge the message handed out
+        last, then hand out the next."""
+        feed = self._feed
+        assert feed is not None
+        feed.ack_held()
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            delivery = await self.next(deadline)
+            if delivery is None:
+                return None
+            if delivery.message is not None:
+                return feed.hand_out(delivery)
+            await self._bridge.run(feed.not_a_message, delivery)
 
-    def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._ready.set()
+    def _begin(self) -> None:
+        self._task = task = asyncio.ensure_future(self._run())
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("the handler's task failed", exc_info=error)
+        self._finished.set()
+
+    def _cancel(self) -> None:
+        self._cancelling = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        feed = self._feed
+        assert feed is not None
+        while True:
+            delivery = await self.next(None)
+            if delivery is None:
+                return
+            if delivery.message is None:  # a gap notice or an undecodable node
+                await self._bridge.run(feed.not_a_message, delivery)
+            elif not await self._handle(feed, delivery):
+                return  # closing: the message stays queued
+
+    async def _handle(self, feed: Feed, delivery: Delivery) -> bool:
+        """Call the handler up to ``max_attempts`` times, waiting between
+        attempts. ``False`` if the subscription closed before it was done."""
+        fn, message = self.fn, delivery.message
+        assert fn is not None and message is not None
+        for attempt in range(1, feed.max_attempts + 1):
+            if attempt > 1:
+                message = replace(message, attempt=attempt)
+                if await self._stopped_within(feed.retry_wait(attempt)):
+                    return False
+            try:
+                result = fn(message)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError as exc:
+                if self._cancelling:
+                    raise  # close() gave up waiting: the message stays queued
+                _uncancel()  # the handler was cancelled (not by us): a failed attempt
+                error: BaseException = exc
+            except BaseException as exc:  # whatever a handler raises is a failure
+                error = exc
+            else:
+                feed.succeeded(delivery)
+                return True
+            if isinstance(error, HandlerInterrupted):
+                return False  # closing: the message stays queued
+            feed.failed(error, message, attempt)
+        feed.given_up(delivery)
+        return True
+
+    async def _stopped_within(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+def _uncancel() -> None:
+    """Forget a cancellation the task caught (Python 3.11+ counts them)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        task.uncancel()  # type: ignore[union-attr]
 
 
 class AsyncSubscription:
     """Messages of one topic, for asyncio code. Made by
     :meth:`AsyncClient.subscribe <zkpubsub.aio.AsyncClient.subscribe>`."""
 
-    def __init__(
-        self, sub: Subscription, bridge: Bridge, inbox: Inbox | None, handler: OnLoop | None
-    ) -> None:
+    def __init__(self, sub: Subscription, bridge: Bridge, dispatcher: LoopDispatcher) -> None:
         self._sub = sub
         self._bridge = bridge
-        self._inbox = inbox
-        self._handler = handler
+        self._dispatcher = dispatcher
 
     @property
     def topic(self) -> str:
@@ -154,9 +255,9 @@ class AsyncSubscription:
         """The next message, or ``None`` if ``timeout`` passes or the
         subscription closes first. Asking for the next message acknowledges
         the previous one. Only for subscriptions made without a handler."""
-        if self._inbox is None:
+        if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
-        return await self._inbox.get(timeout)
+        return await self._dispatcher.get(timeout)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
@@ -180,14 +281,10 @@ class AsyncSubscription:
         await self._shutdown(self._sub.unsubscribe, timeout)
 
     async def _shutdown(self, how: Callable[[float | None], None], timeout: float | None) -> None:
-        if self._inbox is not None:
-            self._inbox.close()
-        try:
-            await self._bridge.run(how, timeout)
-        finally:
-            if self._handler is not None:
-                # A handler still running past the timeout: its message stays queued.
-                self._handler.cancel()
+        # A handler still running past the timeout is cancelled: its message
+        # stays queued; a get waiting is ended; the message get handed out
+        # last is acknowledged.
+        await self._bridge.run(how, timeout)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
