@@ -142,6 +142,16 @@ class Feed:
     def closed(self) -> bool:
         return self._sub._buffer.closed
 
+    def take_ready(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries that are read already (no waiting)."""
+        sub = self._sub
+        taken: list[Delivery] = []
+        while len(taken) < limit and (delivery := sub._buffer.next_ready()) is not None:
+            taken.append(delivery)
+        if sub._buffer.low():
+            sub._pump.wake()
+        return taken
+
     def retry_wait(self, attempt: int) -> float:
         return self._sub._retry_wait(attempt)
 
@@ -151,9 +161,11 @@ class Feed:
         self._sub._succeeded(delivery.message)
         self._sub._handled(delivery.node)
 
-    def failed(self, error: BaseException, message: Message, attempt: int) -> None:
-        """Attempt ``attempt`` failed: report it and count it."""
-        self._sub._failed(error, message, attempt)
+    def failed(self, error: BaseException, message: Message, attempt: int) -> bool:
+        """Attempt ``attempt`` failed: report it and count it. ``False``
+        when it raised :class:`HandlerInterrupted`: the subscription is
+        closing, the message stays queued, stop dispatching."""
+        return self._sub._failed(error, message, attempt)
 
     def given_up(self, delivery: Delivery) -> None:
         """The last attempt failed: the node may go."""
@@ -569,22 +581,27 @@ class Subscription:
                 else:
                     self._succeeded(message)
                     return True
-            if isinstance(exc, HandlerInterrupted):
+            if not self._failed(exc, message, attempt):
                 return False  # closing: the message stays queued
-            self._failed(exc, message, attempt)
         return True
 
     def _retry_wait(self, attempt: int) -> float:
         """The wait before attempt ``attempt`` (2 and later)."""
         return float(min(self._retry_delay * 2.0 ** (attempt - 2), self._max_retry_delay))
 
-    def _failed(self, error: BaseException, message: Message, attempt: int) -> None:
+    def _failed(self, error: BaseException, message: Message, attempt: int) -> bool:
+        """Attempt ``attempt`` failed: report and count it. ``False`` when
+        the handler raised :class:`HandlerInterrupted` (closing: no failure,
+        the message stays queued and the dispatching stops)."""
+        if isinstance(error, HandlerInterrupted):
+            return False
         self._report(error, message)
         with self._buffer.cond:
             if attempt == self._max_attempts:
                 self._buffer.counters.dropped += 1
             else:
                 self._buffer.counters.redelivered += 1
+        return True
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import contextlib
 import inspect
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Final
@@ -36,8 +37,8 @@ from typing import Any, Final
 from .._buffer import Delivery
 from ..message import Message
 from ..subscription import (
+    RUN_LENGTH,
     Feed,
-    HandlerInterrupted,
     SelfDispatching,
     Subscription,
     SubscriptionStats,
@@ -155,10 +156,19 @@ class LoopDispatcher(SelfDispatching):
     async def _run(self) -> None:
         feed = self._feed
         assert feed is not None
+        ahead: deque[Delivery] = deque()  # taken from the buffer, not handled yet
         while True:
-            delivery = await self.next(None)
-            if delivery is None:
-                return
+            if not ahead:
+                first = await self.next(None)
+                if first is None:
+                    return
+                # What is read already comes along: the buffer empties, so
+                # the pump reads ahead while these are handled.
+                ahead.append(first)
+                ahead.extend(feed.take_ready(RUN_LENGTH - 1))
+            elif feed.closed:
+                return  # the rest stays queued
+            delivery = ahead.popleft()
             if delivery.message is None:  # a gap notice or an undecodable node
                 await self._bridge.run(feed.not_a_message, delivery)
             elif not await self._handle(feed, delivery):
@@ -188,9 +198,8 @@ class LoopDispatcher(SelfDispatching):
             else:
                 feed.succeeded(delivery)
                 return True
-            if isinstance(error, HandlerInterrupted):
+            if not feed.failed(error, message, attempt):
                 return False  # closing: the message stays queued
-            feed.failed(error, message, attempt)
         feed.given_up(delivery)
         return True
 
