@@ -33,10 +33,9 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any
 
 from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 
@@ -57,7 +56,6 @@ from .state import Gap
 from .stats import queue_backlog
 
 __all__ = [
-    "BatchHandler",
     "ErrorHandler",
     "Feed",
     "Handler",
@@ -72,23 +70,6 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
-
-# The longest run of buffered messages handed to a BatchHandler in one call.
-RUN_LENGTH: Final = 64
-
-
-@runtime_checkable
-class BatchHandler(Protocol):
-    """A handler that also takes a run of messages in one call (internal: the
-    asyncio bridge crosses to the event loop once for a run, not once per
-    message). Each message is still handled on its own, in order."""
-
-    def __call__(self, message: Message) -> Any: ...
-
-    def handle_many(self, messages: Sequence[Message]) -> tuple[int, BaseException | None]:
-        """Handle ``messages`` in order, stopping at the first that fails:
-        how many succeeded, and that failure (``None`` when all did)."""
-        ...
 
 
 class SelfDispatching(ABC):
@@ -132,10 +113,9 @@ class Feed:
         """The next delivery if one is read already; otherwise ``None`` and
         ``notify()`` is called once (from the pump's thread: it must only
         hand off) when there are some, or the feed closed."""
-        sub = self._sub
-        delivery = sub._buffer.next_or_notify(notify)
-        if delivery is not None and sub._buffer.low():
-            sub._pump.wake()
+        delivery = self._sub._buffer.next_or_notify(notify)
+        if delivery is not None:
+            self._sub._read_ahead()
         return delivery
 
     @property
@@ -144,12 +124,11 @@ class Feed:
 
     def take_ready(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries that are read already (no waiting)."""
-        sub = self._sub
+        buffer = self._sub._buffer
         taken: list[Delivery] = []
-        while len(taken) < limit and (delivery := sub._buffer.next_ready()) is not None:
+        while len(taken) < limit and (delivery := buffer.next_ready()) is not None:
             taken.append(delivery)
-        if sub._buffer.low():
-            sub._pump.wake()
+        self._sub._read_ahead()
         return taken
 
     def retry_wait(self, attempt: int) -> float:
@@ -424,9 +403,14 @@ class Subscription:
 
     def _next(self, deadline: float | None) -> Delivery | None:
         delivery = self._buffer.next(deadline)
-        if delivery is not None and self._buffer.low():
-            self._pump.wake()
+        if delivery is not None:
+            self._read_ahead()
         return delivery
+
+    def _read_ahead(self) -> None:
+        """Messages were taken: wake the pump if read-ahead ran low."""
+        if self._buffer.low():
+            self._pump.wake()
 
     def _ack_held(self) -> None:
         with self._buffer.cond:
@@ -497,92 +481,38 @@ class Subscription:
     def _dispatch_loop(self) -> None:
         assert self._handler is not None
         handler = self._handler
-        many = handler if isinstance(handler, BatchHandler) else None
-        ahead: deque[Delivery] = deque()  # taken from the buffer, not handled yet
         while True:
-            delivery = ahead.popleft() if ahead else self._next(None)
+            delivery = self._next(None)
             if delivery is None:
                 return
-            message = delivery.message
-            if message is None:
+            if delivery.message is None:
                 self._not_a_message(delivery)
                 continue
-            if many is not None:
-                run = self._run_of_messages(delivery, ahead)
-                if len(run) > 1:
-                    if not self._handle_run(many, run, ahead):
-                        return  # closing: the rest stays queued
-                    continue
-            if not self._handle(handler, message):
+            if not self._handle(handler, delivery.message):
                 return  # closing while waiting to retry: the message stays queued
             self._handled(delivery.node)
-
-    def _run_of_messages(self, first: Delivery, ahead: deque[Delivery]) -> list[Delivery]:
-        """``first`` and the messages right behind it that are buffered
-        already (up to ``RUN_LENGTH``, up to the next node that is not one)."""
-        run = [first]
-        while len(run) < RUN_LENGTH:
-            following = ahead.popleft() if ahead else self._buffer.next_ready()
-            if following is None:
-                break
-            if following.message is None:
-                ahead.appendleft(following)
-                break
-            run.append(following)
-        if self._buffer.low():
-            self._pump.wake()
-        return run
-
-    def _handle_run(self, many: BatchHandler, run: list[Delivery], ahead: deque[Delivery]) -> bool:
-        """Handle ``run`` in one call; the first message that fails goes on
-        as a failed first attempt, the ones after it back in front. ``False``
-        if the subscription closed before it was done."""
-        try:
-            done, failure = many.handle_many([d.message for d in run if d.message is not None])
-        except BaseException as exc:  # the call itself failed: nothing counts as handled
-            done, failure = 0, exc
-        for delivery in run[:done]:
-            assert delivery.message is not None
-            self._succeeded(delivery.message)
-            self._handled(delivery.node)
-        if failure is None:
-            return True
-        failed = run[done]
-        ahead.extendleft(reversed(run[done + 1 :]))
-        assert failed.message is not None
-        if not self._handle(many, failed.message, failure=failure):
-            return False
-        self._handled(failed.node)
-        return True
 
     def _succeeded(self, message: Message) -> None:
         with self._buffer.cond:
             self._buffer.counters.delivered += 1
         self._ctx.hooks.handled(self._topic, message.published_at, time.time())
 
-    def _handle(
-        self, handler: Handler, message: Message, *, failure: BaseException | None = None
-    ) -> bool:
+    def _handle(self, handler: Handler, message: Message) -> bool:
         """Call the handler up to ``max_attempts`` times, waiting between
-        attempts (``failure``: the first attempt was made, and failed so).
-        ``False`` if the subscription closed before it was done."""
+        attempts. ``False`` if the subscription closed before it was done."""
         for attempt in range(1, self._max_attempts + 1):
             if attempt > 1:
                 message = replace(message, attempt=attempt)
                 if self._stopping.wait(self._retry_wait(attempt)):
                     return False
-            if attempt == 1 and failure is not None:
-                exc: BaseException = failure
+            try:
+                refuse_awaitable(handler(message), "the handler")
+            except BaseException as exc:  # whatever a handler raises is a failure
+                if not self._failed(exc, message, attempt):
+                    return False  # closing: the message stays queued
             else:
-                try:
-                    refuse_awaitable(handler(message), "the handler")
-                except BaseException as raised:  # whatever a handler raises is a failure
-                    exc = raised
-                else:
-                    self._succeeded(message)
-                    return True
-            if not self._failed(exc, message, attempt):
-                return False  # closing: the message stays queued
+                self._succeeded(message)
+                return True
         return True
 
     def _retry_wait(self, attempt: int) -> float:

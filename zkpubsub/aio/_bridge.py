@@ -7,10 +7,11 @@ do all the work:
   pool of the async client (never on the loop); a publish is a future of
   the engine, bridged to the loop.
 * threads → loop: user code (handlers, listeners, ``on_error``) runs on the
-  loop. A dispatcher or worker thread that needs a handler's outcome waits
-  for the coroutine it scheduled there, so what happens to the message or
-  item after the handler (delete, retry, ack, release) is decided by the
-  threaded engine exactly as for a plain handler.
+  loop. A work-queue worker thread that needs a handler's outcome waits for
+  the coroutine it scheduled there, so what happens to the item after the
+  handler (ack, release) is decided by the threaded engine exactly as for a
+  plain handler. A subscription's handler needs no such thread: a task on
+  the loop takes its messages (:mod:`zkpubsub.aio.subscription`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = ["Bridge", "LoopStopped", "OnLoop"]
@@ -272,34 +273,12 @@ class OnLoop:
     def __call__(self, *args: Any) -> Any:
         return self._bridge.call(self.fn, *args, running=self._running)
 
-    def handle_many(self, messages: Sequence[Any]) -> tuple[int, BaseException | None]:
-        """Call it on each of ``messages`` in order, in one visit to the loop,
-        stopping at the first that raises (or is cancelled): how many
-        returned, and what that one raised."""
-        result: tuple[int, BaseException | None] = self._bridge.call(
-            _each, self.fn, messages, running=self._running
-        )
-        return result
-
     def cancel(self) -> int:
         """Cancel the calls still running; returns how many."""
         return self._bridge.cancel(self._running)
 
     def __repr__(self) -> str:
         return f"<on the loop: {self.fn!r}>"
-
-
-async def _each(
-    fn: Callable[..., Any], messages: Sequence[Any]
-) -> tuple[int, BaseException | None]:
-    for i, message in enumerate(messages):
-        try:
-            result = fn(message)
-            if inspect.isawaitable(result):
-                await result
-        except BaseException as exc:  # this message's failure (a cancellation too)
-            return i, exc
-    return len(messages), None
 
 
 def _settle_like(
