@@ -613,6 +613,22 @@ def test_threads_do_not_leak_after_a_refused_connect(make_secure_client):
     assert threading.active_count() <= before + 2
 
 
+def test_a_refused_sasl_login_marks_the_connection_whoever_wakes_first(secure_zookeeper):
+    # kazoo announces the session before the SASL exchange and takes it back
+    # when the server refuses: a start() woken by the first may find the
+    # session gone and raise a time-out at once. The flag start() then reads
+    # must be set, or the refusal reads as a connect timeout.
+    from zkpubsub.connection import Connection
+
+    conn = Connection(secure_zookeeper.hosts, session_timeout=4.0, auth=(Sasl("bob", "wrong"),))
+    try:
+        conn.kazoo.start_async()
+        assert conn.auth_failed.wait(20)
+    finally:
+        conn.kazoo.stop()
+        conn.kazoo.close()
+
+
 # -- the command line ----------------------------------------------------------------------
 
 

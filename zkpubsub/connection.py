@@ -270,7 +270,7 @@ class Connection:
         else:
             if state == KazooState.LOST:
                 self._session = None
-                if self.auth_failed.is_set():
+                if self.kazoo.client_state == KeeperState.AUTH_FAILED:
                     self.auth_failed.set()  # kazoo stops for good: no reconnecting
                 if self.kazoo.client_state == KeeperState.CLOSED and not self.closing.is_set():
                     # kazoo's connection loop ended though nobody stopped it:
@@ -313,6 +313,9 @@ class Connection:
             self.kazoo.start(timeout=remaining(deadline))
         except KazooTimeoutError as exc:
             self._stop_quietly()
+            # kazoo announces the session before the SASL exchange: a start()
+            # woken by that and then finding it refused raises a time-out at
+            # once (kazoo has run our listener, which set the flag, by then).
             if self.auth_failed.is_set():
                 raise AuthenticationFailed(
                     "the server refused the SASL login (wrong user name or password, or "
