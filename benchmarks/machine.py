@@ -80,6 +80,39 @@ def package_version(name: str) -> str:
         return "unknown"
 
 
+def code_version() -> dict[str, Any]:
+    """Which code was measured: the commit of the checkout the ``zkpubsub``
+    package was imported from, whether its library files differ from that
+    commit, and whether it is the checkout this benchmark code belongs to
+    (``python -m`` puts the working directory first on the import path, so
+    a run from one checkout measures that checkout's library whatever the
+    environment says). Empty outside a git checkout."""
+    import zkpubsub
+
+    library = Path(zkpubsub.__file__).resolve().parent
+    here = Path(__file__).resolve().parent
+
+    def git(cwd: Path, *args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git(library, "rev-parse", "HEAD")
+    if not commit:
+        return {}
+    changed = git(library, "status", "--porcelain", "--", ".")
+    return {
+        "commit": commit,
+        "library_changed": bool(changed),
+        "same_checkout": git(library, "rev-parse", "--show-toplevel")
+        == git(here, "rev-parse", "--show-toplevel"),
+    }
+
+
 def describe() -> dict[str, Any]:
     """The machine, the OS and the Python side."""
     return {
@@ -91,6 +124,7 @@ def describe() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "kazoo": package_version("kazoo"),
         "zkpubsub": package_version("zkpubsub"),
+        "code": code_version(),
         "java": java_version(),
         "loadavg_at_start": load_average(),
     }

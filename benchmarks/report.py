@@ -304,6 +304,18 @@ def _met(t: dict[str, Any]) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured"}[t["met"]]
 
 
+def _code(code: dict[str, Any] | None) -> str:
+    """The measured library's commit, as the machine table shows it."""
+    if not code:
+        return "not recorded"
+    text = f"commit {str(code.get('commit', '?'))[:10]}"
+    if code.get("library_changed"):
+        text += ", with uncommitted changes to the library"
+    if code.get("same_checkout") is False:
+        text += " (a library from another checkout than the benchmark's)"
+    return text
+
+
 def _machine(report: dict[str, Any]) -> list[str]:
     m = report.get("machine", {})
     zk = report.get("zookeeper") or report.get("sections", {}).get("stall", {}).get("ensemble", {})
@@ -316,6 +328,7 @@ def _machine(report: dict[str, Any]) -> list[str]:
             f"{m.get('python')} ({m.get('python_implementation')}), kazoo {m.get('kazoo')}, "
             f"zkpubsub {m.get('zkpubsub')}",
         ),
+        ("Code", _code(m.get("code"))),
         ("Java", m.get("java")),
         (
             "ZooKeeper",
