@@ -135,3 +135,110 @@ def test_closing_tells_a_waiting_consumer_and_a_closed_buffer_asks_nothing() -> 
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
     assert buffer.next_or_notify(lambda: told.append("after close")) is None
     assert told == ["waiting"]
+
+
+def entry(seq: int) -> str:
+    return f"s0000000001/{name(seq)}"
+
+
+def waited_on(buffer: DeliveryBuffer) -> DeliveryBuffer:
+    """``buffer`` with a consumer waiting for a message (one off our threads)."""
+    assert buffer.next_or_notify(lambda: None) is None
+    return buffer
+
+
+def test_a_claimed_read_is_in_flight_until_its_answer_and_never_read_twice() -> None:
+    buffer = waited_on(DeliveryBuffer(prefetch=10))
+    buffer.listed([], [])
+    assert buffer.claim(entry(1)) is True
+    assert buffer.claim(entry(1)) is False  # in flight already
+    assert buffer.discovered(entry(1)) is False
+    assert buffer.listed([entry(1)], []) == [] and buffer.to_fetch() == []
+    assert not buffer.idle
+    node = Node(entry(1), 1)
+    buffer.claimed_read(entry(1), [Delivery(node, message(1))])
+    taken = buffer.next(0)
+    assert taken is not None and taken.message == message(1)
+    assert buffer.claim(entry(1)) is False  # read: known
+
+
+def test_nothing_is_claimed_unless_a_consumer_waits_and_nothing_is_ahead() -> None:
+    busy = DeliveryBuffer(prefetch=10)
+    assert busy.claim(entry(1)) is False  # the consumer is in its handler: the pump reads
+    sleeping = DeliveryBuffer(prefetch=10)
+    taker = threading.Thread(target=sleeping.next, args=(time.monotonic() + 20,))
+    taker.start()
+    deadline = time.monotonic() + 10
+    while not sleeping.quiet and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sleeping.claim(entry(1)) is True  # a thread waits in next()
+    sleeping.claimed_read(entry(1), [Delivery(Node(entry(1), 1), message(1))])
+    taker.join(10)
+    assert not taker.is_alive()
+    waiting = waited_on(DeliveryBuffer(prefetch=10))
+    waiting.discovered(entry(1))
+    assert waiting.claim(entry(2)) is False  # it would overtake entry(1)
+    assert waiting.to_fetch() == [entry(1)]
+    reading = waited_on(DeliveryBuffer(prefetch=1))
+    assert reading.claim(entry(1)) is True
+    assert reading.claim(entry(2)) is False  # a read in flight: the pump reads in rounds
+    reading.discovered(entry(2))
+    assert reading.to_fetch() == []  # the one in flight takes the room
+    unhandled = waited_on(DeliveryBuffer(prefetch=10))
+    unhandled.fetched([], [Delivery(Node(entry(1), 1), message(1))])
+    assert unhandled.claim(entry(2)) is False  # a message waits for the consumer
+    closed = waited_on(DeliveryBuffer(prefetch=10))
+    closed.close()
+    assert closed.claim(entry(1)) is False
+
+
+def test_a_failed_claimed_read_waits_for_the_pump_in_queue_order() -> None:
+    buffer = waited_on(DeliveryBuffer(prefetch=10))
+    assert buffer.claim(entry(2))
+    buffer.discovered(entry(3))
+    buffer.discovered(entry(1))
+    buffer.claimed_read(entry(2), None)
+    assert buffer.to_fetch() == [entry(1), entry(2), entry(3)]
+    buffer.claimed_read(entry(3), [])  # gone before it was read: nothing to hand out
+    assert buffer.next(0) is None
+
+
+def test_a_payload_is_decoded_only_when_its_message_is_taken() -> None:
+    from zkpubsub import envelope
+    from zkpubsub._decoding import decode_node
+    from zkpubsub.errors import DecodeError
+    from zkpubsub.serializers import SerializerRegistry, resolve
+
+    calls: list[bytes] = []
+
+    class Counting:
+        content_type = "application/x-counting"
+
+        def dumps(self, payload: object) -> bytes:
+            return str(payload).encode()
+
+        def loads(self, data: bytes) -> object:
+            calls.append(data)
+            if data == b"bad":
+                raise ValueError("refused")
+            return data.decode()
+
+    serializers = SerializerRegistry(Counting())
+    data = envelope.encode(
+        [
+            envelope.make_entry(Counting(), topic="t", payload=p, headers={}, publisher_id="p")
+            for p in ("good", "bad")
+        ]
+        + [envelope.make_entry(resolve("json"), topic="t", payload=1, headers={}, publisher_id="p")]
+    )
+    deliveries = decode_node(serializers, "/q/" + entry(1), entry(1), data)
+    assert [d.node.remaining for d in deliveries] == [3, 3, 3]
+    assert calls == [] and all(d.message is None and d.error is None for d in deliveries)
+    buffer = DeliveryBuffer(prefetch=10)
+    buffer.fetched([], deliveries)
+    first, second, third = buffer.next(0), buffer.next(0), buffer.next(0)
+    assert first is not None and first.message is not None and first.message.payload == "good"
+    assert second is not None and isinstance(second.error, DecodeError)
+    assert second.message is None
+    assert third is not None and third.message is not None and third.message.payload == 1
+    assert calls == [b"good", b"bad"]
