@@ -95,47 +95,6 @@ def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
     assert persistent <= listing - 0.9
 
 
-def test_new_nodes_are_read_as_events_name_them_and_a_backlog_by_the_pump_in_one_order(
-    make_client: MakeClient, persistent_watches: None
-) -> None:
-    gate = threading.Event()
-    gate.set()
-    got = Collector()
-
-    def handler(message: Any) -> None:
-        gate.wait(30)
-        got(message)
-
-    subscriber = make_client(watch_mode="persistent")
-    subscriber.subscribe("t", handler, prefetch=8)
-    pump = subscriber._pump
-    publisher = make_client(linger=0)  # a node per publish
-    sent = 0
-
-    def one_by_one(count: int) -> None:
-        nonlocal sent
-        for _ in range(count):
-            publisher.publish("t", sent)
-            sent += 1
-            got.wait(sent)
-
-    one_by_one(30)
-    direct = pump.direct_reads
-    assert direct >= 20  # an idle subscriber reads what its events name, at once
-    gate.clear()  # a slow handler: the read-ahead fills, the rest waits its turn
-    futures = [publisher.publish_async("t", i) for i in range(sent, sent + 300)]
-    for future in futures:
-        future.result(30)
-    sent += 300
-    pumped = pump.deliveries_read - pump.direct_reads
-    gate.set()
-    got.wait(sent, 60)
-    assert pump.deliveries_read - pump.direct_reads > pumped  # the backlog: read by the pump
-    one_by_one(30)
-    assert pump.direct_reads > direct + 20  # caught up: read at once again
-    assert got.payloads == list(range(sent))  # every one, once, in order
-
-
 def test_a_cut_connection_while_messages_arrive_loses_nothing_and_keeps_order(
     make_client: MakeClient, persistent_watches: None, zk_hosts: str
 ) -> None:

@@ -6,14 +6,7 @@ waiting to be deleted, and nodes deleted but perhaps still in a listing.
 A node is queued for deletion only once every message it carries has been
 handled, so a subscriber that dies first gets it again (at-least-once).
 The buffer talks to nobody: the pump fills it and sends its deletes, the
-dispatcher (or ``get``) empties it. A node a watch event names while the
-subscription's consumer waits for a message and nothing is ahead of it
-(nothing read or being read, nothing waiting to be read) may be read at
-once by the connection's thread (:meth:`DeliveryBuffer.claim`): it is in
-flight until its answer comes, and every name behind it waits for the
-pump, so answers arrive and are handed out in queue order. While the
-consumer is busy in its handler the pump reads in rounds, which hands
-many nodes over in one wake-up.
+dispatcher (or ``get``) empties it.
 """
 
 from __future__ import annotations
@@ -63,19 +56,6 @@ class Delivery:
     error: DecodeError | None = None
     mark: OverflowMark | None = None
     window: tuple[float, float] = (0.0, 0.0)  # a marker's first and last skip (server clock)
-    # the payload's decoding, left to the consumer's thread (see resolve)
-    decode: Callable[[], Message] | None = None
-
-    def resolve(self) -> Delivery:
-        """Decode the payload if that was left for later: ``message`` is
-        set, or ``error`` when the serializer refused it."""
-        decode, self.decode = self.decode, None
-        if decode is not None:
-            try:
-                self.message = decode()
-            except DecodeError as err:
-                self.error = err
-        return self
 
 
 @dataclass(slots=True)
@@ -105,8 +85,6 @@ class DeliveryBuffer:
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
     _notify: Callable[[], None] | None = None  # a waiting consumer not on a thread of ours
-    _reading: set[str] = field(default_factory=set)  # claimed: read by the connection's thread
-    _sleepers: int = 0  # consumers' threads waiting in next()
 
     # -- the pump's side ---------------------------------------------------------------
 
@@ -116,7 +94,7 @@ class DeliveryBuffer:
         the entries not read yet; return the foreign names not seen before."""
         with self.cond:
             self._deleted &= set(ordered) | set(foreign)
-            known = self._active.keys() | self._deleted | self._reading
+            known = self._active.keys() | self._deleted
             self._unfetched = [
                 (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in known
             ]
@@ -128,68 +106,19 @@ class DeliveryBuffer:
         queue order, unless it is known already. ``True`` if it is new."""
         key = entry_key(name, -1)
         with self.cond:
-            return self._discovered(name, key)
-
-    def _discovered(self, name: str, key: tuple[int, int]) -> bool:
-        if self._known(name):
-            return False
-        if self._unfetched and key < self._unfetched[-1][0]:
-            bisect.insort(self._unfetched, (key, name))
-        else:
-            self._unfetched.append((key, name))
-        self._waiting.add(name)
-        return True
-
-    def _known(self, name: str) -> bool:
-        return (
-            name in self._waiting
-            or name in self._active
-            or name in self._deleted
-            or name in self._reading
-        )
-
-    def claim(self, name: str) -> bool:
-        """A node named in a watch event, to be read at once by whoever asks:
-        ``True`` if the caller must read it (it is in flight until
-        :meth:`claimed_read`); ``False`` if the name is known already or the
-        subscription is not waiting for it: no consumer waits for a message
-        (it is busy in its handler: the pump's rounds serve it better),
-        messages wait for the consumer, a read is in flight, or names wait
-        to be read (nothing is recorded then: tell :meth:`discovered`)."""
-        with self.cond:
-            busy = self._deliveries or self._reading or self._unfetched
-            waiting = self._sleepers or self._notify is not None
-            if self.closed or busy or not waiting or self._known(name):
+            if name in self._waiting or name in self._active or name in self._deleted:
                 return False
-            self._reading.add(name)
-            return True
-
-    @property
-    def quiet(self) -> bool:
-        """A consumer waits and nothing is read, being read or waiting to be
-        read: a hint, read without the lock (:meth:`claim` decides, under
-        it), so a busy subscription costs the connection's thread no lock."""
-        waiting = self._sleepers or self._notify is not None
-        return bool(waiting) and not (self._deliveries or self._reading or self._unfetched)
-
-    def claimed_read(self, name: str, deliveries: list[Delivery] | None) -> None:
-        """The answer to a claimed read: its deliveries (empty: the node was
-        gone), or ``None`` when the read failed (the name waits for the
-        pump, in queue order)."""
-        notify = None
-        with self.cond:
-            self._reading.discard(name)
-            if deliveries is None:
-                self._discovered(name, entry_key(name, -1))
+            if self._unfetched and key < self._unfetched[-1][0]:
+                bisect.insort(self._unfetched, (key, name))
             else:
-                notify = self._fetched({name}, deliveries)
-        if notify is not None:
-            notify()
+                self._unfetched.append((key, name))
+            self._waiting.add(name)
+            return True
 
     def to_fetch(self) -> list[str]:
         """The next names to read: as many as the prefetch leaves room for."""
         with self.cond:
-            room = self._room()
+            room = self.prefetch - len(self._deliveries)
             return [name for _, name in self._unfetched[:room]] if room > 0 else []
 
     @property
@@ -200,32 +129,26 @@ class DeliveryBuffer:
     def wants_more(self) -> bool:
         """Names wait to be read and the prefetch has room for them."""
         with self.cond:
-            return bool(self._unfetched) and self._room() > 0
-
-    def _room(self) -> int:
-        return self.prefetch - len(self._deliveries) - len(self._reading)
+            return bool(self._unfetched) and len(self._deliveries) < self.prefetch
 
     def fetched(self, names: list[str], deliveries: list[Delivery]) -> None:
         """``names`` were read (or found gone); hand out their deliveries.
         A node that carries no message is queued for deletion at once."""
         with self.cond:
-            notify = self._fetched(set(names), deliveries)
+            done = set(names)
+            if done & self._waiting:
+                self._unfetched = [e for e in self._unfetched if e[1] not in done]
+                self._waiting -= done
+            for delivery in deliveries:
+                self._active[delivery.node.name] = delivery.node
+            self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
+            for delivery in deliveries:
+                if delivery.node.remaining == 0:
+                    self._to_delete.append(delivery.node.name)
+            self.cond.notify_all()
+            notify = self._take_notify() if self._deliveries else None
         if notify is not None:
             notify()
-
-    def _fetched(self, done: set[str], deliveries: list[Delivery]) -> Callable[[], None] | None:
-        """(Under the lock.) The consumer to tell, if one waits off our threads."""
-        if done & self._waiting:
-            self._unfetched = [e for e in self._unfetched if e[1] not in done]
-            self._waiting -= done
-        for delivery in deliveries:
-            self._active[delivery.node.name] = delivery.node
-        self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
-        for delivery in deliveries:
-            if delivery.node.remaining == 0:
-                self._to_delete.append(delivery.node.name)
-        self.cond.notify_all()
-        return self._take_notify() if self._deliveries else None
 
     def take_deletes(self) -> list[str]:
         with self.cond:
@@ -256,29 +179,21 @@ class DeliveryBuffer:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
-                self._sleepers += 1
-                try:
-                    self.cond.wait(left)
-                finally:
-                    self._sleepers -= 1
-            delivery = self._deliveries.popleft()
-        return delivery.resolve()
+                self.cond.wait(left)
+            return self._deliveries.popleft()
 
     def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
         """The next delivery if one is buffered; otherwise ``None``, and
-        ``notify()`` is called once (from the pump's thread or the
-        connection's, so it must only hand off) when deliveries arrive or
-        the buffer closes. Nothing is asked of a closed buffer: it returns
-        ``None`` at once."""
+        ``notify()`` is called once (from the pump's thread, so it must only
+        hand off) when deliveries arrive or the buffer closes. Nothing is
+        asked of a closed buffer: it returns ``None`` at once."""
         with self.cond:
             if self.closed:
                 return None
             if self._deliveries:
-                delivery = self._deliveries.popleft()
-            else:
-                self._notify = notify
-                return None
-        return delivery.resolve()
+                return self._deliveries.popleft()
+            self._notify = notify
+            return None
 
     def _take_notify(self) -> Callable[[], None] | None:
         notify, self._notify = self._notify, None
@@ -289,8 +204,7 @@ class DeliveryBuffer:
         with self.cond:
             if self.closed or not self._deliveries:
                 return None
-            delivery = self._deliveries.popleft()
-        return delivery.resolve()
+            return self._deliveries.popleft()
 
     def low(self) -> bool:
         """Read ahead has fallen under half the prefetch while names wait."""
@@ -317,13 +231,7 @@ class DeliveryBuffer:
     def idle(self) -> bool:
         """Nothing read, waiting, or waiting to be deleted."""
         with self.cond:
-            return not (
-                self._deliveries
-                or self._unfetched
-                or self._active
-                or self._to_delete
-                or self._reading
-            )
+            return not (self._deliveries or self._unfetched or self._active or self._to_delete)
 
     @property
     def unfetched(self) -> int:

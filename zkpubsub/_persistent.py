@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from kazoo.protocol.serialization import Watch, int_struct, write_string
 
-__all__ = ["AddWatch", "Answer", "EventHook", "RemoveWatches"]
+__all__ = ["AddWatch", "EventHook", "RemoveWatches"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,33 +71,6 @@ class RemoveWatches(namedtuple("RemoveWatches", "path watcher_type")):
     @classmethod
     def deserialize(cls, _bytes: bytes, _offset: int) -> bool:
         return True
-
-
-class Answer:
-    """In place of kazoo's async result for a read sent from an event: the
-    answer, or the error, goes to ``on_answer(answer, error)`` on the thread
-    that receives it (kazoo's connection thread: it must only hand off),
-    once."""
-
-    __slots__ = ("_on_answer",)
-
-    def __init__(self, on_answer: Callable[[Any, BaseException | None], None]) -> None:
-        self._on_answer: Callable[[Any, BaseException | None], None] | None = on_answer
-
-    def set(self, value: Any = None) -> None:
-        self._give(value, None)
-
-    def set_exception(self, exception: BaseException) -> None:
-        self._give(None, exception)
-
-    def _give(self, value: Any, error: BaseException | None) -> None:
-        on_answer, self._on_answer = self._on_answer, None
-        if on_answer is None:
-            return
-        try:
-            on_answer(value, error)
-        except Exception:  # never into kazoo's connection loop
-            logger.exception("handling an answer failed")
 
 
 class EventHook:

@@ -1,25 +1,19 @@
 """The receive pump: one thread per client reads every subscription's queue.
 
 Where the server has them (ZooKeeper 3.6+), one persistent recursive watch
-on the client's own ``messages/<id>`` subtree tells of every node published
-to any of its queues, by name, and each such node is read directly, without
-listing the queue. While a subscription's consumer waits for a message
-and the queue is caught up (listed since the last reconnect; nothing read,
-being read or waiting to be read) the connection's thread sends the read
-as the event arrives and hands the answer to the subscription's buffer: no
-hand-off to the pump. Otherwise (a consumer busy in its handler, a
-backlog, catching up) the pump reads the named nodes in rounds (of all
-subscriptions pipelined together). Either way the messages reach each
-buffer in queue order: answers come in the order of the requests. One round
-asks for at most ``READ_WINDOW_BYTES`` of node data (by the last round's
-node size), taken in turn from every subscription, so the answers a server
-builds for one client stay small whatever the backlog. Queues are listed
-only when a subscription starts, after a reconnect (events of the time in
-between are lost; the watch is set again first, so the listing sees the
-rest), after the client registered again, and every
-``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an older server,
-or ``watch_mode="listing"``), each queue is listed with one-shot child
-watches on every change, as before.
+on the client's own ``messages/<id>`` subtree tells the pump of every node
+published to any of its queues, by name: the pump reads each such node
+directly (reads of all subscriptions pipelined together), without listing
+the queue, and hands the messages to each subscription's buffer in queue
+order. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
+the last round's node size), taken in turn from every subscription, so the
+answers a server builds for one client stay small whatever the backlog.
+Queues are listed only when a subscription starts, after a reconnect
+(events of the time in between are lost; the watch is set again first, so
+the listing sees the rest), after the client registered again, and every
+``SAFETY_RELIST_INTERVAL`` seconds. Without such watches (an
+older server, or ``watch_mode="listing"``), each queue is listed with
+one-shot child watches on every change, as before.
 
 Handled nodes are deleted in batched transactions across subscriptions,
 without waiting for the answers. A queue deleted under a subscription (the
@@ -40,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from kazoo.protocol.states import KazooState
 
+from . import envelope
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._context import Context
 from ._deadlines import remaining
-from ._decoding import decode_node
 from ._persistent import NODE_CREATED, NODE_DELETED
 from ._registration import prepare_queue
 from ._tree import delete_tree
-from .backlog import Backlog
+from .backlog import Backlog, OverflowMark
 from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
@@ -58,11 +52,13 @@ from .layout import (
     segment_name,
     split_queue,
 )
+from .message import Message
+from .serializers import SerializerRegistry
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
 
-__all__ = ["READ_WINDOW_BYTES", "ReceivePump", "WatchMode", "read_window"]
+__all__ = ["READ_WINDOW_BYTES", "ReceivePump", "WatchMode", "decode_node", "read_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +99,49 @@ def read_window(wanted: list[list[str]], node_bytes: float) -> list[tuple[int, s
     return out
 
 
+def decode_node(
+    serializers: SerializerRegistry, path: str, name: str, data: bytes, stat: Any = None
+) -> list[Delivery]:
+    """The deliveries of one queue node: a message each, a
+    :class:`DecodeError` for what cannot be read, one delivery of a node
+    with no message (``remaining == 0``) for an empty envelope, or the
+    overflow marker it is."""
+    parsed = parse_queue_entry(name.rsplit("/", 1)[-1])
+    if parsed is not None and parsed[0] == "o":
+        window = (stat.ctime / 1000, stat.mtime / 1000) if stat is not None else (0.0, 0.0)
+        try:
+            return [Delivery(Node(name, 1), mark=OverflowMark.decode(data), window=window)]
+        except ValueError as exc:
+            error = DecodeError(str(exc), path=path, data=data, error=exc)
+            return [Delivery(Node(name, 1), error=error)]
+    try:
+        entries = envelope.decode(data)
+    except ValueError as exc:
+        error = DecodeError(str(exc), path=path, data=data, error=exc)
+        return [Delivery(Node(name, 1), error=error)]
+    node = Node(name, len(entries))
+    if not entries:
+        return [Delivery(node)]
+    out: list[Delivery] = []
+    for entry in entries:
+        try:
+            payload = serializers.loads(entry.content_type, entry.body, path=path, data=data)
+        except DecodeError as err:
+            out.append(Delivery(node, error=err))
+            continue
+        message = Message(
+            id=entry.id,
+            topic=entry.topic,
+            payload=payload,
+            headers=entry.headers,
+            published_at=entry.published_at,
+            publisher_id=entry.publisher_id,
+            content_type=entry.content_type,
+        )
+        out.append(Delivery(node, message))
+    return out
+
+
 @dataclass(eq=False, slots=True)
 class _Queue:
     """One subscription's queue, as the pump serves it."""
@@ -113,18 +152,8 @@ class _Queue:
     backlog: Backlog
     relist: bool = True
     listed_at: float = 0.0
-    # listed with the watch on, and nothing may have been missed since: a
-    # node an event names can be read at once (see _read_at_once)
-    synced: bool = False
-    epoch: int = 0  # counts the reasons to list again (a listing begun before one is stale)
     segments: set[str] = field(default_factory=set)  # seen since the last listing
     done: threading.Event = field(default_factory=threading.Event)  # its last deletes sent
-
-    def stale(self) -> None:
-        """It may hold names not seen: list it before reading at once again."""
-        self.synced = False
-        self.epoch += 1
-        self.relist = True
 
 
 class ReceivePump:
@@ -146,15 +175,9 @@ class ReceivePump:
         self._detaching: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._pump_reads = 0  # nodes the pump read
-        self.direct_reads = 0  # nodes read at once by the connection's thread
+        self.deliveries_read = 0  # nodes read, for the requests-per-node figure
         self._node_bytes = float(FIRST_NODE_GUESS)  # the last round's mean node size
         ctx.conn.add_state_listener(self._on_state)
-
-    @property
-    def deliveries_read(self) -> int:
-        """Nodes read so far, for the requests-per-node figure."""
-        return self._pump_reads + self.direct_reads
 
     @property
     def persistent(self) -> bool:
@@ -205,7 +228,7 @@ class ReceivePump:
         with self._lock:
             queues = list(self._queues.values()) if topic is None else [self._queues[topic]]
         for queue in queues:
-            queue.stale()
+            queue.relist = True
         self._wake.set()
 
     def handled(self, buffer: DeliveryBuffer) -> None:
@@ -232,55 +255,10 @@ class ReceivePump:
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
             self.relist()  # events of the outage are lost: catch up by listing
-        else:
-            for queue in self._all():
-                queue.synced = False
 
     def _on_event(self, kind: int, path: str) -> None:  # kazoo's connection thread
-        if kind == NODE_CREATED and self._read_at_once(path):
-            return
         self._events.append((kind, path))
         self._wake.set()
-
-    def _read_at_once(self, path: str) -> bool:
-        """Read the node an event names now, from the connection's thread,
-        when its subscription's consumer waits for it (see
-        ``DeliveryBuffer.claim``; no event waits for the pump either) and
-        the queue was listed since the last reconnect: the answer goes to
-        the buffer as it arrives, with no hand-off to the pump. Answers come
-        in the order of the requests, so queue order holds. ``False``: leave
-        it to the pump."""
-        prefix = self._base + "/"
-        if not self._watching or self._stop or not path.startswith(prefix):
-            return False
-        topic, _, rest = path[len(prefix) :].partition("/")
-        segment, _, entry = rest.partition("/")
-        queue = self._queues.get(topic)
-        # First without a lock: under load this is where it ends.
-        if self._events or queue is None or not queue.synced or not queue.buffer.quiet:
-            return False
-        if "/" in entry or segment not in queue.segments or parse_queue_entry(entry) is None:
-            return False
-        with self._lock:  # against the pump taking an event it has not recorded yet
-            if self._events or topic in self._detaching or not queue.buffer.claim(rest):
-                return False
-        self._conn.read_now(join(queue.path, rest), functools.partial(self._claimed, queue, rest))
-        return True
-
-    def _claimed(
-        self, queue: _Queue, name: str, answer: Any, error: BaseException | None
-    ) -> None:  # kazoo's connection thread: the answer to a read made at once
-        deliveries: list[Delivery] | None = None  # None: the pump reads it (in order)
-        if error is None:
-            data, stat = answer
-            path = join(queue.path, name)
-            deliveries = decode_node(self._ctx.serializers, path, name, data, stat)
-            self.direct_reads += 1
-        elif isinstance(error, NoNodeError):
-            deliveries = []  # gone already: nothing to deliver
-        queue.buffer.claimed_read(name, deliveries)
-        if deliveries is None or queue.buffer.has_unfetched:
-            self._wake.set()
 
     def _on_child_watch(self, topic: str, _event: WatchedEvent) -> None:
         with self._lock:
@@ -361,25 +339,23 @@ class ReceivePump:
         queue or segment deleted by someone else makes it list again."""
         prefix = self._base + "/"
         while self._events:
-            with self._lock:  # taken and recorded at once (see _read_at_once)
-                kind, path = self._events.popleft()
-                if path.startswith(prefix):
-                    self._take_event(kind, path[len(prefix) :])
-
-    def _take_event(self, kind: int, relative: str) -> None:  # the lock held
-        topic, _, rest = relative.partition("/")
-        queue = self._queues.get(topic)
-        if queue is None:
-            return
-        segment, _, entry = rest.partition("/")
-        if kind == NODE_CREATED:
-            if entry and "/" not in entry and parse_queue_entry(entry) is not None:
-                queue.buffer.discovered(rest)
-                queue.segments.add(segment)
-            elif rest and (entry or parse_segment_node(segment) is None):
-                queue.stale()  # something not ours: the listing reports it
-        elif kind == NODE_DELETED and not entry:
-            queue.stale()  # the queue, or a segment, went
+            kind, path = self._events.popleft()
+            if not path.startswith(prefix):
+                continue
+            topic, _, rest = path[len(prefix) :].partition("/")
+            with self._lock:
+                queue = self._queues.get(topic)
+            if queue is None:
+                continue
+            segment, _, entry = rest.partition("/")
+            if kind == NODE_CREATED:
+                if entry and "/" not in entry and parse_queue_entry(entry) is not None:
+                    queue.buffer.discovered(rest)
+                    queue.segments.add(segment)
+                elif rest and (entry or parse_segment_node(segment) is None):
+                    queue.relist = True  # something not ours: the listing reports it
+            elif kind == NODE_DELETED and not entry:
+                queue.relist = True  # the queue, or a segment, went
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -397,12 +373,9 @@ class ReceivePump:
             # name would overtake what they missed.
             busy = not self._watching and queue.buffer.has_unfetched and since < RELIST_WHILE_BUSY
             if (queue.relist and not busy) or since > SAFETY_RELIST_INTERVAL:
-                epoch = queue.epoch
                 queue.relist = False
                 self._list(queue)
                 queue.listed_at = time.monotonic()
-                if self._watching and not queue.relist and queue.epoch == epoch:
-                    queue.synced = True  # nothing missed since it was sent
 
     def _list(self, queue: _Queue) -> None:
         """List a queue: entries from before segments, then every segment in
@@ -487,7 +460,7 @@ class ReceivePump:
                     continue
                 deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
                 fetched.append(name)
-                self._pump_reads += 1
+                self.deliveries_read += 1
                 read, size = read + 1, size + len(data)
         finally:
             if read:

@@ -56,7 +56,7 @@ from kazoo.exceptions import (
     UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.serialization import GetData, Transaction
+from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE
@@ -66,7 +66,6 @@ from ._persistent import (
     PERSISTENT_RECURSIVE,
     WATCHER_ANY,
     AddWatch,
-    Answer,
     EventHook,
     RemoveWatches,
 )
@@ -431,14 +430,6 @@ class Connection:
             self._watches.unwatch(server_path)
             raise
         return True
-
-    def read_now(self, path: str, on_answer: Callable[[Any, BaseException | None], None]) -> None:
-        """Send a read of ``path`` without waiting for it: ``on_answer((data,
-        stat), None)`` or ``on_answer(None, error)`` runs once, on the thread
-        that receives the answer (kazoo's connection thread: it must only
-        hand off; this one if the request cannot be sent). Answers come in
-        the order of the requests."""
-        self.kazoo._call(GetData(self.kazoo.chroot + path, None), Answer(on_answer))
 
     def unwatch_tree(self, path: str, deadline: float | None) -> None:
         """Stop watching ``path`` (and remove the watch from the server)."""
