@@ -543,3 +543,28 @@ def test_a_reply_delivered_twice_neither_fails_nor_repeats_a_publish(
         finally:
             writer.close()
             reader.close()
+
+
+def test_closing_a_client_deregisters_its_plain_subscriptions_so_publishers_read_again(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    # Ending the session would remove the registration too, but a publisher
+    # hears of that only from its child watch and may count the subscriber
+    # in a publish sent right after close(); the version bump of an explicit
+    # deregistration makes that publish's check fail and the list be read
+    # again.
+    layout = Layout(zk_root)
+    publisher = make_client()
+    leaving = make_client(client_id="leaving")
+    leaving.subscribe("t")
+    durable = make_client(client_id="stays")
+    durable.subscribe("t", durable=True)
+    assert publisher.publish("t", 0).subscribers == 2
+    _, before = raw_zk.get(layout.topic("t"))
+    leaving.close()
+    _, after = raw_zk.get(layout.topic("t"))
+    assert after.version > before.version
+    assert raw_zk.exists(layout.subscriber("t", "leaving")) is None
+    assert publisher.publish("t", 1).subscribers == 1
+    durable.close()  # a durable registration stays
+    assert raw_zk.exists(layout.subscriber("t", "stays")) is not None

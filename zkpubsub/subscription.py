@@ -66,6 +66,9 @@ __all__ = [
     "log_error",
 ]
 
+# How long a closing client waits for each plain subscription's deregistration.
+CLOSING_DEREGISTER_TIMEOUT = 5.0
+
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
@@ -589,15 +592,23 @@ class Subscription:
     def _deregister(self, *, drop_queue: bool) -> None:
         """Leave the client's open subscriptions; remove the registration if
         asked (always for ``unsubscribe``, for a plain subscription on
-        ``close`` unless the client is closing: ending the session removes
-        it) and the queue."""
+        ``close``) and the queue. While the client closes, a plain
+        subscription is deregistered only if connected, within at most
+        ``CLOSING_DEREGISTER_TIMEOUT``: ending the session removes it too,
+        but a publisher learns of that only from its child watch, and could
+        still count it in a publish sent right after ``close()`` returned.
+        The deregistration's ``setData`` makes such a publish read the
+        subscribers again."""
         ctx = self._ctx
         with self._registry.lock:
             self._registry.discard(self)
             unregister = self._registered and (drop_queue or not self._durable)
-            if unregister and ctx.is_closed() and not self._durable:
-                unregister = False
             deadline = ctx.deadline()
+            if unregister and ctx.is_closed() and not self._durable:
+                unregister = ctx.conn.connected.is_set()
+                deadline = deadline_after(
+                    min(CLOSING_DEREGISTER_TIMEOUT, ctx.config.request_timeout)
+                )
             with translated(f"unsubscribe from {self._topic!r}"):
                 if unregister:
                     unregister_subscription(ctx, self._topic, deadline)
