@@ -24,7 +24,10 @@ from .layout import Layout
 from .receipts import ReceiptJanitor, ReceiptWriter
 from .serializers import SerializerRegistry
 
-__all__ = ["Context"]
+__all__ = ["CLOSING_REQUEST_TIMEOUT", "Context"]
+
+# The longest a closing client waits for each of its last requests.
+CLOSING_REQUEST_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -75,6 +78,11 @@ class Context:
     def deadline(self) -> float | None:
         """The deadline of one request made now (``request_timeout``)."""
         return deadline_after(self.config.request_timeout)
+
+    def closing_deadline(self) -> float | None:
+        """The deadline of one request a closing client makes: its
+        ``request_timeout``, at most ``CLOSING_REQUEST_TIMEOUT``."""
+        return deadline_after(min(CLOSING_REQUEST_TIMEOUT, self.config.request_timeout))
 
     def check_open(self) -> None:
         if self.is_closed():

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import check_callable
 from ._context import Context
-from ._deadlines import deadline_after
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
@@ -573,7 +572,7 @@ class Client:
         if ctx.conn.connected.is_set():
             try:
                 with translated("delete receipts"):
-                    ctx.janitor.close(deadline_after(min(5.0, ctx.config.request_timeout)))
+                    ctx.janitor.close(ctx.closing_deadline())
             except ZkPubSubError as exc:  # the cleaner removes them after the grace
                 logger.debug("client %s: receipts left: %s", self.client_id, exc)
         ctx.janitor.stop()

@@ -66,9 +66,6 @@ __all__ = [
     "log_error",
 ]
 
-# How long a closing client waits for each plain subscription's deregistration.
-CLOSING_DEREGISTER_TIMEOUT = 5.0
-
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
@@ -593,8 +590,8 @@ class Subscription:
         """Leave the client's open subscriptions; remove the registration if
         asked (always for ``unsubscribe``, for a plain subscription on
         ``close``) and the queue. While the client closes, a plain
-        subscription is deregistered only if connected, within at most
-        ``CLOSING_DEREGISTER_TIMEOUT``: ending the session removes it too,
+        subscription is deregistered only if connected, within the closing
+        client's deadline (``Context.closing_deadline``): ending the session removes it too,
         but a publisher learns of that only from its child watch, and could
         still count it in a publish sent right after ``close()`` returned.
         The deregistration's ``setData`` makes such a publish read the
@@ -606,9 +603,7 @@ class Subscription:
             deadline = ctx.deadline()
             if unregister and ctx.is_closed() and not self._durable:
                 unregister = ctx.conn.connected.is_set()
-                deadline = deadline_after(
-                    min(CLOSING_DEREGISTER_TIMEOUT, ctx.config.request_timeout)
-                )
+                deadline = ctx.closing_deadline()
             with translated(f"unsubscribe from {self._topic!r}"):
                 if unregister:
                     unregister_subscription(ctx, self._topic, deadline)
