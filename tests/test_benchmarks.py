@@ -237,8 +237,13 @@ def test_the_asyncio_path_is_measured_beside_the_threaded_one(report: dict) -> N
         assert any(r["impl"] == "aio" for r in section["results"]), name
         rows = section["asyncio_vs_threaded"]
         assert rows and all(r["slower_by"] is not None for r in rows), rows
-    fanout = [r for r in report["sections"]["fanout"]["results"] if r["impl"] == "aio"]
+    fanout = [
+        r for r in report["sections"]["fanout"]["results"] if r["impl"] in ("aio", "aio-nowait")
+    ]
+    assert {r["impl"] for r in fanout} == {"aio", "aio-nowait"}
     assert all(r["complete"] and r["duplicates"] == 0 for r in fanout)
+    judged = [r for r in report["sections"]["fanout"]["asyncio_vs_threaded"] if r["judged"]]
+    assert judged and all(r["variant"] == "publish_nowait()" for r in judged), judged
 
 
 def test_the_gateway_section_measures_both_sides_in_the_same_run(report: dict) -> None:

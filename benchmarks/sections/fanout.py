@@ -97,6 +97,13 @@ def implementations_for(p: Profile) -> list[Impl]:
             needs="publish_async",
         ),
         Impl(
+            aio_variant.NOWAIT_KEY,
+            aio_variant.fanout_label(p.async_window, nowait=True),
+            aio_variant.SUBSCRIBER,
+            "aio",
+            needs="publish_async",
+        ),
+        Impl(
             aio_variant.KEY,
             aio_variant.fanout_label(p.async_window),
             aio_variant.SUBSCRIBER,
@@ -351,7 +358,8 @@ def measure(ctx: Context, impl: Impl, n: int, phase: Phase) -> dict[str, Any]:
         if impl.family == "zkms":
             run = _publish_zkms(ctx, impl, root, phase)
         elif impl.family == "aio":
-            run = aio_variant.publish_fanout(ctx, root, TOPIC, phase)
+            nowait = impl.key == aio_variant.NOWAIT_KEY
+            run = aio_variant.publish_fanout(ctx, root, TOPIC, phase, nowait=nowait)
         else:
             run = _publish_zkpubsub(ctx, impl, root, phase)
         drain_deadline = time.monotonic() + p.fanout_drain_cap
