@@ -330,8 +330,9 @@ def markdown(section: dict[str, Any]) -> list[str]:
         if r["slower_by"] is None:
             verdict = "not measured"
         else:
-            verdict = f"{r['slower_by']:+.0%} ({'met' if r['within'] else 'missed'})"
+            outcome = "met" if r["within"] else "missed"
             if not r.get("judged", True):
-                verdict = f"{r['slower_by']:+.0%} (not judged)"
+                outcome = "not judged"
+            verdict = f"{r['slower_by']:+.0%} ({outcome})"
         lines.append(f"- {where}: {figures}: {verdict}")
     return lines
