@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from zkpubsub._buffer import Delivery, DeliveryBuffer, Node
+from zkpubsub._buffer import RECENT_DELETES, Delivery, DeliveryBuffer, Node
 from zkpubsub.message import Message
 
 GUID = "0123456789ab"
@@ -56,22 +56,78 @@ def test_a_node_with_no_message_is_deleted_at_once() -> None:
     assert buffer.take_deletes() == [name(1)]
 
 
-def test_names_read_or_deleted_are_not_read_again_from_a_later_listing() -> None:
+def test_names_read_are_not_read_again_from_a_later_listing() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     buffer.listed([name(1), name(2)], [])
-    node = Node(name(1), 1)
+    node = Node(name(1), 1, czxid=11)
     buffer.fetched([name(1)], [Delivery(node, message(1))])
     buffer.listed([name(1), name(2), name(3)], [])
     assert buffer.to_fetch() == [name(2), name(3)]
+    assert buffer.discovered(name(1)) is False
+
+
+def handle_and_delete(buffer: DeliveryBuffer, seq: int, czxid: int) -> None:
+    buffer.listed([name(seq)], [])
+    buffer.fetched([name(seq)], [Delivery(Node(name(seq), 1, czxid), message(seq))])
     delivery = buffer.next(0)
-    assert delivery is not None
-    buffer.handled(delivery.node)
-    buffer.deleted(buffer.take_deletes())
-    buffer.listed([name(1), name(2)], [])  # a listing older than the delete
-    assert buffer.to_fetch() == [name(2)]
-    buffer.listed([name(2)], [])  # once it is gone from listings, it is forgotten
+    assert delivery is not None and buffer.handled(delivery.node)
+    assert buffer.take_deletes() == [name(seq)]
+    buffer.deleted([name(seq)])
+
+
+def test_a_deleted_node_read_again_as_it_was_is_deleted_again_not_delivered() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    handle_and_delete(buffer, 1, czxid=11)
+    # the servers show it again (a lost delete, a server serving a stale copy)
     buffer.listed([name(1), name(2)], [])
-    assert buffer.to_fetch() == [name(1), name(2)]
+    assert buffer.to_fetch() == [name(1), name(2)]  # read again, to see which node it is
+    buffer.fetched(
+        [name(1), name(2)],
+        [Delivery(Node(name(1), 1, czxid=11), message(1)), Delivery(Node(name(2), 1), message(2))],
+    )
+    got = buffer.next(0)
+    assert got is not None and got.message == message(2)  # not message 1 again
+    assert buffer.next(0) is None
+    assert buffer.take_deletes() == [name(1)]  # deleted again
+    buffer.deleted([name(1)])
+    buffer.listed([name(1)], [])  # and again, for as long as a stale copy shows it
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=11), message(1))])
+    assert buffer.next(0) is None and buffer.take_deletes() == [name(1)]
+
+
+def test_a_new_node_under_a_deleted_name_is_delivered() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    handle_and_delete(buffer, 1, czxid=11)
+    assert buffer.discovered(name(1)) is True  # an event names a create: read it
+    assert buffer.to_fetch() == [name(1)]
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=99), message(7))])
+    got = buffer.next(0)
+    assert got is not None and got.message == message(7)
+    assert buffer.handled(got.node) and buffer.take_deletes() == [name(1)]
+
+
+def test_a_deleted_node_found_gone_when_read_again_delivers_nothing() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    handle_and_delete(buffer, 1, czxid=11)
+    buffer.listed([name(1)], [])  # a listing older than the delete
+    buffer.fetched([name(1)], [])  # the read finds nothing
+    assert buffer.next(0) is None and buffer.take_deletes() == []
+    assert buffer.to_fetch() == []
+
+
+def test_deleted_names_are_remembered_while_listed_and_for_the_newest_few_thousand() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    handle_and_delete(buffer, 1, czxid=11)
+    handle_and_delete(buffer, 2, czxid=12)
+    for seq in range(3, RECENT_DELETES + 3):
+        buffer.deleted([name(seq)])
+    buffer.listed([name(2)], [])  # name(1) is older than the newest RECENT_DELETES, and gone
+    buffer.fetched([name(2)], [Delivery(Node(name(2), 1, czxid=12), message(2))])
+    assert buffer.next(0) is None  # name(2) was shown: still known
+    buffer.listed([name(1)], [])
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=11), message(1))])
+    got = buffer.next(0)  # name(1) was forgotten: delivered as any node is
+    assert got is not None and got.message == message(1)
 
 
 def test_deletes_that_got_no_answer_go_out_again() -> None:

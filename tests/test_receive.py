@@ -67,6 +67,40 @@ def test_both_ways_of_hearing_of_messages_deliver_everything_in_order(
             assert mine == sorted(mine) and len(mine) == 75
 
 
+@pytest.mark.parametrize("mode", ["persistent", "listing"])
+def test_a_node_created_again_under_a_handled_name_is_a_new_message(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: Any, mode: str
+) -> None:
+    # The pump remembers the nodes it deleted, to tell one the servers bring
+    # back (a lost delete) by its creation zxid; a node created again under
+    # such a name is another node, and its message is delivered.
+    if mode == "persistent" and version_of(zk_hosts) < (3, 6, 0):
+        pytest.skip("persistent watches need ZooKeeper 3.6+")
+    gate = threading.Event()
+    got = Collector()
+
+    def handler(message: Any) -> None:
+        gate.wait(30)
+        got(message)
+
+    subscriber = make_client(watch_mode=mode)
+    sub = subscriber.subscribe("t", handler)
+    make_client().publish("t", "once")
+    queue = f"{zk_root}/messages/{subscriber.client_id}/t"
+    names = wait_until(
+        lambda: queue_entries(raw_zk, zk_root, subscriber.client_id, "t"), 10, "the node"
+    )
+    path = f"{queue}/{names[0]}"
+    data, _ = raw_zk.get(path)
+    gate.set()
+    assert got.wait(1) == ["once"]
+    wait_until(lambda: not raw_zk.exists(path), 10, "its delete")
+    raw_zk.create(path, data)  # the same name and bytes: a new node all the same
+    assert got.wait(2) == ["once", "once"]
+    wait_until(lambda: sub.stats().nodes_deleted == 2, 10, "the second delete")
+    assert raw_zk.exists(path) is None
+
+
 def requests_per_node(make_client: MakeClient, mode: str, topic: str) -> float:
     got = Collector()
     subscriber = make_client(watch_mode=mode)

@@ -2,9 +2,13 @@
 
 Names listed but not read yet, messages read and waiting for the handler
 (or ``get``), nodes whose messages are not all handled, handled nodes
-waiting to be deleted, and nodes deleted but perhaps still in a listing.
-A node is queued for deletion only once every message it carries has been
-handled, so a subscriber that dies first gets it again (at-least-once).
+waiting to be deleted, and the nodes deleted lately. A node is queued for
+deletion only once every message it carries has been handled, so a
+subscriber that dies first gets it again (at-least-once). A node deleted
+lately that is read again as it was (the same creation zxid) is deleted
+again, not delivered again: ZooKeeper 3.8 can lose a committed delete, or
+serve reads from a server that logged it without applying it, when its
+leader fails over in quick succession (docs/reliability.md).
 The buffer talks to nobody: the pump fills it and sends its deletes, the
 dispatcher (or ``get``) empties it.
 """
@@ -12,18 +16,27 @@ dispatcher (or ``get``) empties it.
 from __future__ import annotations
 
 import bisect
+import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from .backlog import OverflowMark
 from .errors import DecodeError
 from .layout import parse_queue_entry, parse_segment_node
 from .message import Message
 
-__all__ = ["Counters", "Delivery", "DeliveryBuffer", "Node", "entry_key"]
+__all__ = ["RECENT_DELETES", "Counters", "Delivery", "DeliveryBuffer", "Node", "entry_key"]
+
+logger = logging.getLogger(__name__)
+
+# Deleted nodes remembered after listings stop showing them (and as long as
+# they show them), so that one the servers bring back is known for what it is.
+RECENT_DELETES: Final = 4096
 
 
 def entry_key(name: str, index: int) -> tuple[int, int]:
@@ -40,10 +53,13 @@ def entry_key(name: str, index: int) -> tuple[int, int]:
 
 @dataclass(slots=True)
 class Node:
-    """A fetched queue node: how many of its messages are still unhandled."""
+    """A fetched queue node: how many of its messages are still unhandled,
+    and the zxid of its creation (0: not known), which tells a node from an
+    older one of the same name."""
 
     name: str
     remaining: int
+    czxid: int = 0
 
 
 @dataclass(slots=True)
@@ -80,7 +96,7 @@ class DeliveryBuffer:
     closed: bool = False
     _deliveries: deque[Delivery] = field(default_factory=deque)
     _active: dict[str, Node] = field(default_factory=dict)  # fetched, not known deleted
-    _deleted: set[str] = field(default_factory=set)  # deleted, may still show in a listing
+    _deleted: dict[str, int] = field(default_factory=dict)  # name -> czxid, in deletion order
     _unfetched: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # by key
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
@@ -91,22 +107,31 @@ class DeliveryBuffer:
     def listed(self, ordered: list[str], foreign: list[str]) -> list[str]:
         """A fresh listing of the queue: ``ordered``, its entries in queue
         order, and ``foreign``, the names that are not zkpubsub's. Remember
-        the entries not read yet; return the foreign names not seen before."""
+        the entries not read yet; return the foreign names not seen before.
+        Entries deleted already are read again (:meth:`fetched` tells a node
+        that came back from a new one of the same name)."""
         with self.cond:
-            self._deleted &= set(ordered) | set(foreign)
-            known = self._active.keys() | self._deleted
+            deleted, active = self._deleted, self._active
+            excess = len(deleted) - RECENT_DELETES
+            if excess > 0:
+                shown = set(ordered) | set(foreign)
+                for name in list(itertools.islice(deleted, excess)):
+                    if name not in shown:
+                        del deleted[name]
             self._unfetched = [
-                (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in known
+                (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in active
             ]
             self._waiting = {name for _, name in self._unfetched}
-            return [n for n in foreign if n not in known]
+            return [n for n in foreign if n not in active and n not in deleted]
 
     def discovered(self, name: str) -> bool:
         """A node named in a watch event (``s<N>/<entry>``): remember it, in
-        queue order, unless it is known already. ``True`` if it is new."""
+        queue order, unless it is known already (read, or waiting to be).
+        ``True`` if it is new. A name deleted already is read again: the
+        event says a node was created under it."""
         key = entry_key(name, -1)
         with self.cond:
-            if name in self._waiting or name in self._active or name in self._deleted:
+            if name in self._waiting or name in self._active:
                 return False
             if self._unfetched and key < self._unfetched[-1][0]:
                 bisect.insort(self._unfetched, (key, name))
@@ -133,12 +158,18 @@ class DeliveryBuffer:
 
     def fetched(self, names: list[str], deliveries: list[Delivery]) -> None:
         """``names`` were read (or found gone); hand out their deliveries.
-        A node that carries no message is queued for deletion at once."""
+        A node that carries no message is queued for deletion at once, and
+        so is one deleted already that came back as it was (not delivered
+        again)."""
         with self.cond:
             done = set(names)
             if done & self._waiting:
                 self._unfetched = [e for e in self._unfetched if e[1] not in done]
                 self._waiting -= done
+            back: list[str] = []
+            if self._deleted:
+                deliveries = self._drop_returned(deliveries, back)
+                self._to_delete.extend(back)
             for delivery in deliveries:
                 self._active[delivery.node.name] = delivery.node
             self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
@@ -147,8 +178,34 @@ class DeliveryBuffer:
                     self._to_delete.append(delivery.node.name)
             self.cond.notify_all()
             notify = self._take_notify() if self._deliveries else None
+        if back:
+            logger.warning(
+                "%d queue node(s) deleted already were read again as they were (the "
+                "ZooKeeper servers lost the delete or serve a stale copy): deleted again, "
+                "not delivered again: %s",
+                len(back),
+                ", ".join(back[:3]),
+            )
         if notify is not None:
             notify()
+
+    def _drop_returned(self, deliveries: list[Delivery], back: list[str]) -> list[Delivery]:
+        """(Under the lock.) ``deliveries`` without those of nodes deleted
+        already that came back with the same creation zxid (their names are
+        added to ``back``); a new node under a deleted name is new."""
+        kept: list[Delivery] = []
+        for delivery in deliveries:
+            node = delivery.node
+            czxid = self._deleted.get(node.name)
+            if czxid is None:
+                kept.append(delivery)
+            elif czxid and czxid == node.czxid:
+                if node.name not in back:
+                    back.append(node.name)
+            else:
+                del self._deleted[node.name]
+                kept.append(delivery)
+        return kept
 
     def take_deletes(self) -> list[str]:
         with self.cond:
@@ -158,8 +215,9 @@ class DeliveryBuffer:
     def deleted(self, names: list[str]) -> None:
         with self.cond:
             for name in names:
-                self._active.pop(name, None)
-                self._deleted.add(name)
+                node = self._active.pop(name, None)
+                czxid = self._deleted.pop(name, 0) if node is None else node.czxid
+                self._deleted[name] = czxid  # (again: now the newest)
             self.counters.nodes_deleted += len(names)
 
     def delete_again(self, names: list[str]) -> None:

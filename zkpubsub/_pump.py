@@ -107,19 +107,21 @@ def decode_node(
     with no message (``remaining == 0``) for an empty envelope, or the
     overflow marker it is."""
     parsed = parse_queue_entry(name.rsplit("/", 1)[-1])
+    czxid = stat.czxid if stat is not None else 0
     if parsed is not None and parsed[0] == "o":
         window = (stat.ctime / 1000, stat.mtime / 1000) if stat is not None else (0.0, 0.0)
         try:
-            return [Delivery(Node(name, 1), mark=OverflowMark.decode(data), window=window)]
+            mark = OverflowMark.decode(data)
+            return [Delivery(Node(name, 1, czxid), mark=mark, window=window)]
         except ValueError as exc:
             error = DecodeError(str(exc), path=path, data=data, error=exc)
-            return [Delivery(Node(name, 1), error=error)]
+            return [Delivery(Node(name, 1, czxid), error=error)]
     try:
         entries = envelope.decode(data)
     except ValueError as exc:
         error = DecodeError(str(exc), path=path, data=data, error=exc)
-        return [Delivery(Node(name, 1), error=error)]
-    node = Node(name, len(entries))
+        return [Delivery(Node(name, 1, czxid), error=error)]
+    node = Node(name, len(entries), czxid)
     if not entries:
         return [Delivery(node)]
     out: list[Delivery] = []
