@@ -231,6 +231,35 @@ def test_commit_latency_times_both_round_trips(tmp_path: Path) -> None:
         assert 0 < r["p50"] <= r["p99"] <= r["max"], r
 
 
+def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Path) -> None:
+    from benchmarks import receive_floor
+
+    out = tmp_path / "floor"
+    argv = ["--subscribers", "1,3", "--rate", "50", "--seconds", "1", "--warmup", "0.5"]
+    assert receive_floor.main([*argv, "--out", str(out)]) == 0
+    (path,) = out.glob("receive-floor-*.json")
+    cells = json.loads(path.read_text())["cells"]
+    assert [c["subscribers"] for c in cells] == [1, 3]
+    for cell in cells:
+        n = cell["subscribers"]
+        assert cell["sent"] == 50, cell
+        assert cell["missing_events"] == cell["missing_reads"] == 0, cell
+        assert cell["event"]["count"] == cell["read"]["count"] == 50 * n, cell
+        # each node is read after its event arrived, and both after the
+        # commit was scheduled: every percentile of the reads is at least
+        # the events' (as many of each)
+        for q in ("p50", "p99", "max"):
+            assert 0 < cell["event"][q] <= cell["read"][q], (q, cell)
+
+
+def test_a_node_name_carries_its_scheduled_time() -> None:
+    from benchmarks.receive_floor import node_name, scheduled_of
+
+    assert scheduled_of(f"/q/{node_name(12.5, warm=False)}0000000007") == 12.5
+    assert scheduled_of(f"/q/{node_name(12.5, warm=True)}0000000007") is None
+    assert scheduled_of("/q/other") is None
+
+
 def test_the_asyncio_path_is_measured_beside_the_threaded_one(report: dict) -> None:
     for name in ("fanout", "latency"):
         section = report["sections"][name]

@@ -1,0 +1,242 @@
+"""How soon a subscriber process can hear of a write, with nothing of
+zkpubsub in the way: the floor under the publish-to-handler latency that no
+receive engine on kazoo goes below, on this machine.
+
+``python -m benchmarks.receive_floor [--subscribers 1,10] [--rate 200]
+[--seconds 15]`` starts a standalone server (the benchmark's settings) and
+warms it. For each subscriber count it starts that many processes, each
+with a plain kazoo client and a persistent recursive watch on a queue of
+its own (the protocol extension zkpubsub carries: kazoo has none). One
+thread commits, open loop at ``--rate`` a second, a raw transaction that
+creates a node in every queue, the node's name carrying its scheduled send
+time. Per node, each process records, from that scheduled time:
+
+* ``event``: the watch event naming the node arrived (kazoo's connection
+  thread; nothing else done): when the process hears of it;
+* ``read``: kazoo answered a read of the node sent on the event (its
+  completion thread): the least a subscriber that reads its messages pays.
+
+Beside them, ``commit``: the sender's own round trip from the scheduled time,
+the main benchmark's latency floor. The processes do not delete what they
+read (a subscriber would), so the server does less than it does for one.
+Percentiles (milliseconds, pooled over the subscribers) go to the screen and
+to ``<out>/receive-floor-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from zkpubsub._persistent import NODE_CREATED, PERSISTENT_RECURSIVE, AddWatch, EventHook
+
+from . import credentials, server, stats
+from .progress import Progress
+from .runner import DEFAULT_OUT
+
+ROOT = "/receive-floor"
+WARM = "w"  # names of warm-up nodes start so: not measured
+START_TIMEOUT = 60.0
+
+
+def node_name(scheduled: float, warm: bool) -> str:
+    """The name (before its sequence number) of a node scheduled at the
+    monotonic time ``scheduled``."""
+    return f"{WARM if warm else 'n'}{int(scheduled * 1e9)}-"
+
+
+def scheduled_of(path: str) -> float | None:
+    """The scheduled time a measured node's name carries (``None``: a
+    warm-up node or not one of ours)."""
+    name = path.rsplit("/", 1)[-1]
+    if not name.startswith("n"):
+        return None
+    stamp, _, _ = name[1:].partition("-")
+    return int(stamp) / 1e9 if stamp.isdigit() else None
+
+
+def subscriber_main(hosts: str, queue: str, conn: Connection) -> None:
+    """One subscriber process: watch ``queue``, read each node created in
+    it, and record both times until told to stop; then send them back."""
+    zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
+    zk.start(timeout=START_TIMEOUT)
+    event_ms = array("d")
+    read_ms = array("d")
+
+    def answered(scheduled: float, result: Any) -> None:  # kazoo's completion thread
+        now = time.monotonic()
+        if result.successful():
+            read_ms.append((now - scheduled) * 1000)
+
+    def on_event(kind: int, path: str) -> None:  # kazoo's connection thread
+        now = time.monotonic()
+        scheduled = scheduled_of(path)
+        if kind != NODE_CREATED or scheduled is None:
+            return
+        event_ms.append((now - scheduled) * 1000)
+        zk.get_async(path).rawlink(lambda r, s=scheduled: answered(s, r))
+
+    try:
+        zk.ensure_path(queue)
+        hook = EventHook(zk)
+        hook.watch(zk.chroot + queue, on_event)
+        added = zk.handler.async_result()
+        zk._call(AddWatch(zk.chroot + queue, PERSISTENT_RECURSIVE), added)
+        added.get(timeout=START_TIMEOUT)
+        conn.send("ready")
+        conn.recv()  # stop
+        time.sleep(0.5)  # the last reads' answers
+        conn.send((list(event_ms), list(read_ms)))
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _commit_loop(
+    zk: KazooClient, queues: list[str], rate: float, seconds: float, warm: bool
+) -> list[float]:
+    """Commit the transaction ``rate`` times a second for ``seconds``, open
+    loop; each round trip from its scheduled time, in ms."""
+    times: list[float] = []
+    start = time.monotonic() + 0.05
+    total = int(rate * seconds)
+    for i in range(total):
+        scheduled = start + i / rate
+        pause = scheduled - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        name = node_name(scheduled, warm)
+        txn = zk.transaction()
+        for queue in queues:
+            txn.create(f"{queue}/{name}", b"x" * 100, sequence=True)
+        txn.commit()
+        times.append((time.monotonic() - scheduled) * 1000)
+    return times
+
+
+def measure(
+    hosts: str, zk: KazooClient, subscribers: int, rate: float, seconds: float, warm: float
+) -> dict[str, Any]:
+    """One subscriber count: start the processes, warm them, measure."""
+    ctx = multiprocessing.get_context("spawn")
+    queues = [f"{ROOT}/{subscribers}/q{i}" for i in range(subscribers)]
+    pipes: list[Connection] = []
+    procs = []
+    try:
+        for queue in queues:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=subscriber_main, args=(hosts, queue, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        for pipe in pipes:
+            if not pipe.poll(START_TIMEOUT):
+                raise RuntimeError("a subscriber process did not start")
+            pipe.recv()
+        _commit_loop(zk, queues, rate, warm, warm=True)
+        commit = _commit_loop(zk, queues, rate, seconds, warm=False)
+        events: list[float] = []
+        reads: list[float] = []
+        for pipe in pipes:
+            pipe.send("stop")
+        for pipe in pipes:
+            if not pipe.poll(START_TIMEOUT):
+                raise RuntimeError("a subscriber process did not answer")
+            got_events, got_reads = pipe.recv()
+            events += got_events
+            reads += got_reads
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    expected = len(commit) * subscribers
+    return {
+        "subscribers": subscribers,
+        "rate": rate,
+        "sent": len(commit),
+        "missing_events": expected - len(events),
+        "missing_reads": expected - len(reads),
+        "commit": stats.summarize_ms([v / 1000 for v in commit]),
+        "event": stats.summarize_ms([v / 1000 for v in events]),
+        "read": stats.summarize_ms([v / 1000 for v in reads]),
+    }
+
+
+def _line(cell: dict[str, Any]) -> str:
+    parts = [f"{cell['subscribers']} subscriber(s)"]
+    for kind in ("commit", "event", "read"):
+        s = cell[kind]
+        parts.append(f"{kind} p50 {s['p50']} p99 {s['p99']} ms")
+    return ", ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.receive_floor", description=__doc__)
+    parser.add_argument("--subscribers", default="1,10", help="subscriber counts, comma-separated")
+    parser.add_argument("--rate", type=float, default=200.0, help="transactions per second")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each measurement")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of warm-up load")
+    parser.add_argument("--zk-dir", default=None, metavar="DIR")
+    parser.add_argument("--out", default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
+    if not counts or min(counts) < 1:
+        parser.error("--subscribers: one or more counts of at least 1")
+    progress = Progress()
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells: list[dict[str, Any]] = []
+    with progress.phase("starting a standalone ZooKeeper") as phase:
+        cluster = server.start_cluster(1, base_dir=args.zk_dir)
+        phase.summary = cluster.hosts
+    try:
+        zk = KazooClient(auth_data=credentials.kazoo_auth(), hosts=cluster.hosts)
+        zk.start(timeout=30)
+        try:
+            zk.ensure_path(ROOT)
+            for n in counts:
+                with progress.phase(f"{n} subscriber process(es) at {args.rate:g}/s") as phase:
+                    done = threading.Event()
+
+                    def ticker(phase: Any = phase, done: threading.Event = done) -> None:
+                        began = time.monotonic()
+                        while not done.wait(1.0):
+                            phase.update(f"{time.monotonic() - began:.0f}s")
+
+                    tick = threading.Thread(target=ticker, daemon=True)
+                    tick.start()
+                    try:
+                        cell = measure(cluster.hosts, zk, n, args.rate, args.seconds, args.warmup)
+                    finally:
+                        done.set()
+                    cells.append(cell)
+                    phase.summary = _line(cell)
+        finally:
+            zk.stop()
+            zk.close()
+    finally:
+        cluster.close()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report = {"rate": args.rate, "seconds": args.seconds, "warmup": args.warmup, "cells": cells}
+    path = out_dir / f"receive-floor-{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    for cell in cells:
+        progress.note(_line(cell))
+    progress.note(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
