@@ -14,7 +14,8 @@ time. Per node, each process records, from that scheduled time:
 * ``event``: the watch event naming the node arrived (kazoo's connection
   thread; nothing else done): when the process hears of it;
 * ``read``: kazoo answered a read of the node sent on the event (its
-  completion thread): the least a subscriber that reads its messages pays.
+  completion thread): the least a subscriber that reads its messages pays
+  (``--no-reads``: not sent, and not measured).
 
 Beside them, ``commit``: the sender's own round trip from the scheduled time,
 the main benchmark's latency floor. The processes do not delete what they
@@ -66,9 +67,10 @@ def scheduled_of(path: str) -> float | None:
     return int(stamp) / 1e9 if stamp.isdigit() else None
 
 
-def subscriber_main(hosts: str, queue: str, conn: Connection) -> None:
+def subscriber_main(hosts: str, queue: str, conn: Connection, reads: bool = True) -> None:
     """One subscriber process: watch ``queue``, read each node created in
-    it, and record both times until told to stop; then send them back."""
+    it (unless not ``reads``), and record the times until told to stop;
+    then send them back."""
     zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
     zk.start(timeout=START_TIMEOUT)
     event_ms = array("d")
@@ -85,7 +87,8 @@ def subscriber_main(hosts: str, queue: str, conn: Connection) -> None:
         if kind != NODE_CREATED or scheduled is None:
             return
         event_ms.append((now - scheduled) * 1000)
-        zk.get_async(path).rawlink(lambda r, s=scheduled: answered(s, r))
+        if reads:
+            zk.get_async(path).rawlink(lambda r, s=scheduled: answered(s, r))
 
     try:
         zk.ensure_path(queue)
@@ -126,7 +129,13 @@ def _commit_loop(
 
 
 def measure(
-    hosts: str, zk: KazooClient, subscribers: int, rate: float, seconds: float, warm: float
+    hosts: str,
+    zk: KazooClient,
+    subscribers: int,
+    rate: float,
+    seconds: float,
+    warm: float,
+    reads: bool = True,
 ) -> dict[str, Any]:
     """One subscriber count: start the processes, warm them, measure."""
     ctx = multiprocessing.get_context("spawn")
@@ -136,7 +145,9 @@ def measure(
     try:
         for queue in queues:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=subscriber_main, args=(hosts, queue, child), daemon=True)
+            proc = ctx.Process(
+                target=subscriber_main, args=(hosts, queue, child, reads), daemon=True
+            )
             proc.start()
             pipes.append(parent)
             procs.append(proc)
@@ -147,7 +158,7 @@ def measure(
         _commit_loop(zk, queues, rate, warm, warm=True)
         commit = _commit_loop(zk, queues, rate, seconds, warm=False)
         events: list[float] = []
-        reads: list[float] = []
+        answers: list[float] = []
         for pipe in pipes:
             pipe.send("stop")
         for pipe in pipes:
@@ -155,7 +166,7 @@ def measure(
                 raise RuntimeError("a subscriber process did not answer")
             got_events, got_reads = pipe.recv()
             events += got_events
-            reads += got_reads
+            answers += got_reads
     finally:
         for proc in procs:
             proc.join(10)
@@ -167,10 +178,11 @@ def measure(
         "rate": rate,
         "sent": len(commit),
         "missing_events": expected - len(events),
-        "missing_reads": expected - len(reads),
+        "reads": reads,
+        "missing_reads": expected - len(answers) if reads else None,
         "commit": stats.summarize_ms([v / 1000 for v in commit]),
         "event": stats.summarize_ms([v / 1000 for v in events]),
-        "read": stats.summarize_ms([v / 1000 for v in reads]),
+        "read": stats.summarize_ms([v / 1000 for v in answers]) if reads else None,
     }
 
 
@@ -178,6 +190,8 @@ def _line(cell: dict[str, Any]) -> str:
     parts = [f"{cell['subscribers']} subscriber(s)"]
     for kind in ("commit", "event", "read"):
         s = cell[kind]
+        if s is None:
+            continue
         parts.append(f"{kind} p50 {s['p50']} p99 {s['p99']} ms")
     return ", ".join(parts)
 
@@ -188,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="transactions per second")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measurement")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of warm-up load")
+    parser.add_argument(
+        "--no-reads", action="store_true", help="hear of each node only, do not read it"
+    )
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
     args = parser.parse_args(argv)
@@ -218,7 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tick = threading.Thread(target=ticker, daemon=True)
                     tick.start()
                     try:
-                        cell = measure(cluster.hosts, zk, n, args.rate, args.seconds, args.warmup)
+                        cell = measure(
+                            cluster.hosts,
+                            zk,
+                            n,
+                            args.rate,
+                            args.seconds,
+                            args.warmup,
+                            reads=not args.no_reads,
+                        )
                     finally:
                         done.set()
                     cells.append(cell)
@@ -229,7 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cluster.close()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report = {"rate": args.rate, "seconds": args.seconds, "warmup": args.warmup, "cells": cells}
+    report = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "reads": not args.no_reads,
+        "cells": cells,
+    }
     path = out_dir / f"receive-floor-{stamp}.json"
     path.write_text(json.dumps(report, indent=1))
     for cell in cells:

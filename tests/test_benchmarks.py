@@ -250,6 +250,11 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
         # the events' (as many of each)
         for q in ("p50", "p99", "max"):
             assert 0 < cell["event"][q] <= cell["read"][q], (q, cell)
+    quiet = tmp_path / "events"
+    assert receive_floor.main([*argv, "--no-reads", "--out", str(quiet)]) == 0
+    (path,) = quiet.glob("receive-floor-*.json")
+    cells = json.loads(path.read_text())["cells"]
+    assert [(c["event"]["count"], c["read"]) for c in cells] == [(50, None), (150, None)]
 
 
 def test_a_node_name_carries_its_scheduled_time() -> None:
