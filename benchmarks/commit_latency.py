@@ -74,9 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    with progress.phase("starting a standalone ZooKeeper") as phase:
-        cluster = server.start_cluster(1, base_dir=args.zk_dir)
-        phase.summary = cluster.hosts
+    cluster = server.start_standalone(progress, args.zk_dir)
     try:
         zk = KazooClient(auth_data=credentials.kazoo_auth(), hosts=cluster.hosts)
         zk.start(timeout=30)

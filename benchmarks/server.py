@@ -18,12 +18,22 @@ from zkpubsub.testing import ZooKeeperCluster
 
 from . import stats
 from .machine import filesystem_of
+from .progress import Progress
 from .workers import Pool
 
 STANDALONE_JAVA_OPTS: Final = ("-Xms1g", "-Xmx1g", "-XX:+UseParallelGC")
 ENSEMBLE_JAVA_OPTS: Final = ("-Xms256m", "-Xmx256m", "-XX:+UseSerialGC")
 TICK_TIME_MS: Final = 2000  # ZooKeeper's default
 MAX_SESSION_TIMEOUT: Final = 300.0  # the non-consuming subscriber outlives a long fill
+
+
+def start_standalone(progress: Progress, base_dir: str | None) -> ZooKeeperCluster:
+    """A standalone server for a measurement of its own, started under a
+    progress phase."""
+    with progress.phase("starting a standalone ZooKeeper") as phase:
+        cluster = start_cluster(1, base_dir=base_dir)
+        phase.summary = cluster.hosts
+    return cluster
 
 
 def start_cluster(
