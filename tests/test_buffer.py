@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from zkpubsub._buffer import RECENT_DELETES, Delivery, DeliveryBuffer, Node
+from zkpubsub._buffer import RECENT_DELETES, RECENT_SECONDS, Delivery, DeliveryBuffer, Node
 from zkpubsub.message import Message
 
 GUID = "0123456789ab"
@@ -128,6 +128,29 @@ def test_deleted_names_are_remembered_while_listed_and_for_the_newest_few_thousa
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=11), message(1))])
     got = buffer.next(0)  # name(1) was forgotten: delivered as any node is
     assert got is not None and got.message == message(1)
+
+
+def test_deleted_names_are_forgotten_after_recent_seconds_once_listings_stop_showing_them() -> None:
+    now = [1000.0]
+    buffer = DeliveryBuffer(prefetch=10, clock=lambda: now[0])
+    handle_and_delete(buffer, 1, czxid=11)
+    now[0] += RECENT_SECONDS / 2
+    handle_and_delete(buffer, 2, czxid=12)
+    now[0] += RECENT_SECONDS / 2 + 1  # name(1) deleted longer ago than that, name(2) not
+    buffer.listed([name(1), name(2)], [])  # both still shown: both kept
+    buffer.listed([], [])  # neither shown: name(1) forgotten
+    buffer.listed([name(1), name(2)], [])
+    buffer.fetched(
+        [name(1), name(2)],
+        [
+            Delivery(Node(name(1), 1, czxid=11), message(1)),
+            Delivery(Node(name(2), 1, czxid=12), message(2)),
+        ],
+    )
+    got = buffer.next(0)
+    assert got is not None and got.message == message(1)  # forgotten: delivered
+    assert buffer.next(0) is None  # name(2) is still known: not delivered again
+    assert buffer.take_deletes() == [name(2)]
 
 
 def test_deletes_that_got_no_answer_go_out_again() -> None:

@@ -16,7 +16,6 @@ dispatcher (or ``get``) empties it.
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import threading
 import time
@@ -30,13 +29,23 @@ from .errors import DecodeError
 from .layout import parse_queue_entry, parse_segment_node
 from .message import Message
 
-__all__ = ["RECENT_DELETES", "Counters", "Delivery", "DeliveryBuffer", "Node", "entry_key"]
+__all__ = [
+    "RECENT_DELETES",
+    "RECENT_SECONDS",
+    "Counters",
+    "Delivery",
+    "DeliveryBuffer",
+    "Node",
+    "entry_key",
+]
 
 logger = logging.getLogger(__name__)
 
 # Deleted nodes remembered after listings stop showing them (and as long as
-# they show them), so that one the servers bring back is known for what it is.
+# they show them), so that one the servers bring back is known for what it
+# is: the newest RECENT_DELETES of those deleted in the last RECENT_SECONDS.
 RECENT_DELETES: Final = 4096
+RECENT_SECONDS: Final = 120.0
 
 
 def entry_key(name: str, index: int) -> tuple[int, int]:
@@ -96,7 +105,9 @@ class DeliveryBuffer:
     closed: bool = False
     _deliveries: deque[Delivery] = field(default_factory=deque)
     _active: dict[str, Node] = field(default_factory=dict)  # fetched, not known deleted
-    _deleted: dict[str, int] = field(default_factory=dict)  # name -> czxid, in deletion order
+    clock: Callable[[], float] = time.monotonic
+    # name -> (czxid, when deleted), in deletion order
+    _deleted: dict[str, tuple[int, float]] = field(default_factory=dict)
     _unfetched: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # by key
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
@@ -112,17 +123,30 @@ class DeliveryBuffer:
         that came back from a new one of the same name)."""
         with self.cond:
             deleted, active = self._deleted, self._active
-            excess = len(deleted) - RECENT_DELETES
-            if excess > 0:
-                shown = set(ordered) | set(foreign)
-                for name in list(itertools.islice(deleted, excess)):
-                    if name not in shown:
-                        del deleted[name]
+            self._forget_deleted(ordered, foreign)
             self._unfetched = [
                 (entry_key(name, i), name) for i, name in enumerate(ordered) if name not in active
             ]
             self._waiting = {name for _, name in self._unfetched}
             return [n for n in foreign if n not in active and n not in deleted]
+
+    def _forget_deleted(self, ordered: list[str], foreign: list[str]) -> None:
+        """(Under the lock.) Forget the deleted names a listing no longer
+        shows that are older than ``RECENT_SECONDS`` or than the newest
+        ``RECENT_DELETES``."""
+        deleted = self._deleted
+        excess = len(deleted) - RECENT_DELETES
+        old = self.clock() - RECENT_SECONDS
+        stale: list[str] = []
+        for i, (name, (_, at)) in enumerate(deleted.items()):
+            if i >= excess and at >= old:
+                break  # newer ones follow
+            stale.append(name)
+        if stale:
+            shown = set(ordered) | set(foreign)
+            for name in stale:
+                if name not in shown:
+                    del deleted[name]
 
     def discovered(self, name: str) -> bool:
         """A node named in a watch event (``s<N>/<entry>``): remember it, in
@@ -196,10 +220,10 @@ class DeliveryBuffer:
         kept: list[Delivery] = []
         for delivery in deliveries:
             node = delivery.node
-            czxid = self._deleted.get(node.name)
-            if czxid is None:
+            known = self._deleted.get(node.name)
+            if known is None:
                 kept.append(delivery)
-            elif czxid and czxid == node.czxid:
+            elif known[0] and known[0] == node.czxid:
                 if node.name not in back:
                     back.append(node.name)
             else:
@@ -214,10 +238,11 @@ class DeliveryBuffer:
 
     def deleted(self, names: list[str]) -> None:
         with self.cond:
+            now = self.clock()
             for name in names:
                 node = self._active.pop(name, None)
-                czxid = self._deleted.pop(name, 0) if node is None else node.czxid
-                self._deleted[name] = czxid  # (again: now the newest)
+                czxid = self._deleted.pop(name, (0, 0.0))[0] if node is None else node.czxid
+                self._deleted[name] = (czxid, now)  # (again: now the newest)
             self.counters.nodes_deleted += len(names)
 
     def delete_again(self, names: list[str]) -> None:
