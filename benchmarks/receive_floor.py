@@ -19,8 +19,8 @@ time. Per node, each process records, from that scheduled time:
 
 Beside them, ``commit``: the sender's round trip from the scheduled time
 (sent without waiting for the one before), the main benchmark's latency
-floor, here under the load of the subscribers. The processes do not delete what they
-read (a subscriber would), so the server does less than it does for one.
+floor, here under the load of the subscribers. The processes do not delete
+what they read (a subscriber would), so the server does less than it does for one.
 Percentiles (milliseconds, pooled over the subscribers) go to the screen and
 to ``<out>/receive-floor-<timestamp>.json``.
 """
@@ -44,7 +44,7 @@ from kazoo.client import KazooClient
 from zkpubsub._persistent import NODE_CREATED, PERSISTENT_RECURSIVE, AddWatch, EventHook
 
 from . import credentials, server, stats
-from .progress import Progress
+from .progress import Phase, Progress
 from .runner import DEFAULT_OUT
 
 ROOT = "/receive-floor"
@@ -108,11 +108,12 @@ def subscriber_main(hosts: str, queue: str, conn: Connection, reads: bool = True
 
 
 def _commit_loop(
-    zk: KazooClient, queues: list[str], rate: float, seconds: float, warm: bool
+    zk: KazooClient, queues: list[str], rate: float, seconds: float, warm: bool, phase: Phase
 ) -> list[float]:
     """Send the transaction ``rate`` times a second for ``seconds``, open
     loop (each sent at its time whether or not the last was answered);
     each round trip from its scheduled time, in ms."""
+    what = "warming" if warm else "measuring"
     times: list[float] = []
     lock = threading.Lock()
     answered = threading.Semaphore(0)
@@ -134,6 +135,7 @@ def _commit_loop(
         for queue in queues:
             txn.create(f"{queue}/{name}", b"x" * 100, sequence=True)
         txn.commit_async().rawlink(lambda r, s=scheduled: done(s, r))
+        phase.update(f"{what}: sent {i + 1}/{total}")
     for _ in range(total):
         if not answered.acquire(timeout=START_TIMEOUT):
             raise RuntimeError("a transaction got no answer")
@@ -147,6 +149,7 @@ def measure(
     rate: float,
     seconds: float,
     warm: float,
+    phase: Phase,
     reads: bool = True,
 ) -> dict[str, Any]:
     """One subscriber count: start the processes, warm them, measure."""
@@ -167,8 +170,8 @@ def measure(
             if not pipe.poll(START_TIMEOUT):
                 raise RuntimeError("a subscriber process did not start")
             pipe.recv()
-        _commit_loop(zk, queues, rate, warm, warm=True)
-        commit = _commit_loop(zk, queues, rate, seconds, warm=False)
+        _commit_loop(zk, queues, rate, warm, True, phase)
+        commit = _commit_loop(zk, queues, rate, seconds, False, phase)
         events: list[float] = []
         answers: list[float] = []
         for pipe in pipes:
@@ -235,27 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             zk.ensure_path(ROOT)
             for n in counts:
                 with progress.phase(f"{n} subscriber process(es) at {args.rate:g}/s") as phase:
-                    done = threading.Event()
-
-                    def ticker(phase: Any = phase, done: threading.Event = done) -> None:
-                        began = time.monotonic()
-                        while not done.wait(1.0):
-                            phase.update(f"{time.monotonic() - began:.0f}s")
-
-                    tick = threading.Thread(target=ticker, daemon=True)
-                    tick.start()
-                    try:
-                        cell = measure(
-                            cluster.hosts,
-                            zk,
-                            n,
-                            args.rate,
-                            args.seconds,
-                            args.warmup,
-                            reads=not args.no_reads,
-                        )
-                    finally:
-                        done.set()
+                    cell = measure(
+                        cluster.hosts,
+                        zk,
+                        n,
+                        args.rate,
+                        args.seconds,
+                        args.warmup,
+                        phase,
+                        reads=not args.no_reads,
+                    )
                     cells.append(cell)
                     phase.summary = _line(cell)
         finally:
