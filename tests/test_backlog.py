@@ -122,12 +122,12 @@ def test_the_bound_travels_with_the_queue_and_a_client_wide_default_applies(
     client.subscribe("a")
     client.subscribe("b", max_backlog=9, max_backlog_bytes=5000, when_full="evict")
     layout = Layout(zk_root)
-    from zkpubsub.backlog import QueueRecord
+    from zkpubsub.backlog import INLINE_BYTES, QueueRecord
 
     a, _ = raw_zk.get(layout.queue(client.client_id, "a"))
     b, _ = raw_zk.get(layout.queue(client.client_id, "b"))
-    assert QueueRecord.decode(a) == QueueRecord(0, Backlog(7))
-    assert QueueRecord.decode(b) == QueueRecord(0, Backlog(9, 5000, "evict"))
+    assert QueueRecord.decode(a) == QueueRecord(0, Backlog(7), inline=INLINE_BYTES)
+    assert QueueRecord.decode(b) == QueueRecord(0, Backlog(9, 5000, "evict"), inline=INLINE_BYTES)
     with pytest.raises(ValueError, match="when_full"):
         client.subscribe("c", when_full="block")  # type: ignore[arg-type]
 

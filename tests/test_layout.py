@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 
 from zkpubsub.layout import (
     Layout,
+    carries_data,
+    inline_data,
+    inline_text,
     order_by_sequence,
     order_names,
     parse_message_node,
+    parse_queue_entry,
     validate_name,
     validate_root,
 )
@@ -100,6 +104,31 @@ def test_order_names_sorts_numerically_not_as_strings_and_sets_foreign_aside() -
     ordered, foreign = order_names(names)
     assert ordered == [zk_name(guid, s) for s in (9, 10, 100, INT_MAX, INT_MIN)]
     assert foreign == ["garbage"]
+
+
+@given(data=st.binary(max_size=300), seq=st.integers(INT_MIN, INT_MAX))
+def test_a_name_carrying_its_envelope_gives_it_back_and_parses_as_a_message(
+    data: bytes, seq: int
+) -> None:
+    guid = "0123456789ab"
+    prefix = Layout("/r").inline_prefix("/r/messages/c/t/s0000000001", guid, inline_text(data))
+    name = f"{prefix.rpartition('/')[2]}{seq:010d}"  # as the server completes it
+    assert inline_data(name) == data
+    assert carries_data(name) and carries_data(f"s0000000001/{name}")
+    assert parse_queue_entry(name) == ("m", guid, seq)
+    assert parse_message_node(name) == (guid, seq)
+    assert "/" not in name and "=" not in name
+
+
+def test_names_without_an_envelope_carry_none_and_order_beside_those_with_one() -> None:
+    guid = "0123456789ab"
+    plain = zk_name(guid, 7)
+    assert inline_data(plain) is None and not carries_data(plain)
+    assert inline_data(f"m{guid}.not base64.0000000001") is None
+    assert inline_data(f"o{guid}.AAAA.0000000001") is None  # markers never carry one
+    inline = f"m{guid}.{inline_text(b'x')}.{8:010d}"
+    ordered, foreign = order_names([inline, plain, "garbage"])
+    assert ordered == [plain, inline] and foreign == ["garbage"]
 
 
 @given(start=st.integers(INT_MIN, INT_MAX), count=st.integers(0, 300), data=st.data())

@@ -11,9 +11,9 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from zkpubsub._engine import take_batch
 from zkpubsub._fanout import FanOut, Target
 from zkpubsub._queues import QueueState, decide
-from zkpubsub.backlog import Backlog, QueueRecord
+from zkpubsub.backlog import INLINE_BYTES, INLINE_SEGMENT_NODES, Backlog, QueueRecord
 from zkpubsub.errors import ZooKeeperError
-from zkpubsub.layout import Layout
+from zkpubsub.layout import Layout, inline_data, inline_text
 from zkpubsub.publisher import Targets, TopicView, plan_rounds, split_targets
 from zkpubsub.receipts import Outcome
 
@@ -85,12 +85,14 @@ def test_queues_found_gone_are_skipped_until_the_subscriber_list_changes() -> No
 class RecordingTxn:
     def __init__(self) -> None:
         self.ops: list[tuple[str, str]] = []
+        self.data: dict[str, bytes] = {}
 
     def check(self, path: str, version: int) -> None:
         self.ops.append(("check", path))
 
     def create(self, path: str, data: bytes, acl: object = None, sequence: bool = False) -> None:
         self.ops.append(("create", path))
+        self.data[path] = data
 
     def set_data(self, path: str, data: bytes, version: int) -> None:
         self.ops.append(("set", path))
@@ -130,6 +132,35 @@ def test_a_fan_out_checks_the_topic_and_each_queue_then_writes_in_order() -> Non
         ("set", seg.format("d", 3) + "/o0123456789ab-0000000007"),  # counting into it
     ]
     assert len(FAN.op_map()) == len(txn.ops)
+
+
+def test_nodes_small_enough_for_the_queue_go_into_their_names_without_data() -> None:
+    small, large = b"\x01" * 10, b"\x02" * 11
+    fan = FanOut("t", 7, (Target("a", 1, 3, inline=10), Target("b", 2, 3)), (small, large), "p")
+    txn = RecordingTxn()
+    fan.add_ops(Layout("/r"), txn, "0123456789ab")
+    seg = "/r/messages/{}/t/s0000000003/m0123456789ab"
+    inline = seg.format("a") + "." + inline_text(small) + "."
+    assert [path for kind, path in txn.ops if kind == "create"] == [
+        inline,
+        seg.format("a") + "-",  # too large for this queue
+        seg.format("b") + "-",  # its record asks for no names
+        seg.format("b") + "-",
+    ]
+    assert txn.data[inline] == b""
+    assert inline_data(inline.rpartition("/")[2] + "0000000001") == small
+    assert len(fan.op_map()) == len(txn.ops)
+
+
+def test_a_queue_asking_for_names_is_told_so_and_moves_on_sooner() -> None:
+    record = QueueRecord(2, Backlog(max_nodes=100_000, max_bytes=10**9), inline=100_000)
+    target = plan(state(record=record))
+    assert target == Target("s", 3, 2, inline=INLINE_BYTES)  # never more than publishers allow
+    full = plan(state(record=record, current=INLINE_SEGMENT_NODES))
+    assert full is not None and full.segment == 3 and full.roll is not None
+    moved = QueueRecord.decode(full.roll)
+    assert moved is not None and moved.inline == 100_000 and moved.segment == 3
+    assert plan(state(current=INLINE_SEGMENT_NODES)) == Target("s", 3, 2)  # no names: later
 
 
 def test_a_fan_out_applied_is_ok() -> None:
@@ -254,3 +285,8 @@ def test_the_record_of_a_queue_survives_a_round_trip_and_old_queues_have_none() 
     assert not QueueRecord(1, Backlog(when_full="drop"), full=True).evicting
     assert QueueRecord.decode(b"") is None
     assert QueueRecord.decode(b"durable") is None
+    named = QueueRecord(12, Backlog(5, 6), inline=256)
+    assert QueueRecord.decode(named.encode()) == named and named.next().inline == 256
+    assert b'"inline"' not in record.encode()
+    odd = record.encode().replace(b"}", b',"inline":"many"}')
+    assert QueueRecord.decode(odd) == record  # a value it cannot read: no names

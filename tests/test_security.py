@@ -31,10 +31,11 @@ from zkpubsub import (
     TlsError,
     digest_identity,
 )
+from zkpubsub._acl import AclPolicy
 from zkpubsub.backlog import QueueRecord
 from zkpubsub.config import ClientConfig
-from zkpubsub.layout import Layout, NodeKind, new_guid
-from zkpubsub.security import from_environment, load_credentials
+from zkpubsub.layout import Layout, NodeKind, carries_data, new_guid
+from zkpubsub.security import Auth, from_environment, load_credentials
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.fixtures import backend_name
 from zkpubsub.testing.secure import (
@@ -568,6 +569,37 @@ def test_credentials_are_never_shown_and_a_secured_policy_needs_an_identity():
         Roles(publishers=("digest:a:b",))
     with pytest.raises(ValueError, match="no authenticated identity"):
         Roles(admins=("world:anyone",))
+
+
+def test_messages_go_into_node_names_only_where_every_lister_may_read_them():
+    admin, pub, sub = (digest_identity(u, "pw") for u in ("admin", "pub", "sub"))
+    assert AclPolicy("open").names_private
+    assert AclPolicy("secured", auth=(Auth("digest", "app:pw"),)).names_private
+    # publishers list segments: a publisher that may not read messages must
+    # not find them in names
+    assert not AclPolicy(
+        Roles(admins=(admin,), publishers=(pub,), subscribers=(sub,))
+    ).names_private
+    both = Roles(admins=(admin,), publishers=(pub,), subscribers=(sub, pub))
+    assert AclPolicy(both).names_private
+    assert not AclPolicy(bus_roles()).names_private
+
+
+def test_a_publisher_that_may_not_read_messages_finds_none_in_node_names(make_secure_client, raw):
+    sub = as_role(make_secure_client, "subscriber", client_id="keeper")
+    sub.subscribe("t", durable=True).close()  # the queue stays, and keeps what comes
+    as_role(make_secure_client, "publisher").publish("t", "secret")
+    su = raw(SUPER)
+    queue = f"{sub.root}/messages/keeper/t"
+    record = QueueRecord.decode(su.get(queue)[0])
+    assert record is not None and record.inline == 0
+    segment = f"{queue}/s{record.segment:010d}"
+    (name,) = su.get_children(segment)
+    assert not carries_data(name) and su.get(f"{segment}/{name}")[0]
+    publisher = raw(("digest", f"publisher:{TEST_PASSWORDS['publisher']}"))
+    assert publisher.get_children(segment) == [name]  # it may list the queue
+    with pytest.raises(NoAuthError):
+        publisher.get(f"{segment}/{name}")  # but not read the message
 
 
 def test_credentials_come_from_a_file_or_the_environment(tmp_path, tls_material):

@@ -161,6 +161,21 @@ class AclPolicy:
                 perms[ident] = perms.get(ident, 0) | bits
         return [_entry(ident, bits) for ident, bits in perms.items()]
 
+    @property
+    def names_private(self) -> bool:
+        """Whether everyone who may list a queue segment (publishers, the
+        subscriber) may read its messages too, so that messages may go into
+        node names: open, ``"secured"``, or roles whose publishers are all
+        subscribers (or admins)."""
+        if self.open:
+            return True
+
+        def readers(kind: NodeKind) -> set[tuple[str, str]]:
+            return {(a.id.scheme, a.id.id) for a in self._acls[kind] if a.perms & READ}
+
+        own = ("auth", "")  # the subscriber that made the segment
+        return readers(NodeKind.SEGMENT) - {own} <= readers(NodeKind.MESSAGE)
+
     def acl(self, kind: NodeKind) -> list[ACL]:
         """The ACL a node of ``kind`` is created with."""
         return self._acls[kind]

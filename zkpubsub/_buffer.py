@@ -26,7 +26,7 @@ from typing import Final
 
 from .backlog import OverflowMark
 from .errors import DecodeError
-from .layout import parse_queue_entry, parse_segment_node
+from .layout import carries_data, parse_queue_entry, parse_segment_node
 from .message import Message
 
 __all__ = [
@@ -216,14 +216,16 @@ class DeliveryBuffer:
     def _drop_returned(self, deliveries: list[Delivery], back: list[str]) -> list[Delivery]:
         """(Under the lock.) ``deliveries`` without those of nodes deleted
         already that came back with the same creation zxid (their names are
-        added to ``back``); a new node under a deleted name is new."""
+        added to ``back``); a new node under a deleted name is new. A node
+        whose name carries its envelope is the same message whenever its
+        name is the same: it is never delivered again."""
         kept: list[Delivery] = []
         for delivery in deliveries:
             node = delivery.node
             known = self._deleted.get(node.name)
             if known is None:
                 kept.append(delivery)
-            elif known[0] and known[0] == node.czxid:
+            elif (known[0] and known[0] == node.czxid) or carries_data(node.name):
                 if node.name not in back:
                     back.append(node.name)
             else:

@@ -11,7 +11,9 @@ puts first::
       check messages/<target>/<topic> at the version its publisher read
         (or, moving it to a fresh segment: setData of its record at that
         version, and create the segment)
-      create .../s<segment>/m<guid>-   (sequential, one per node)
+      create .../s<segment>/m<guid>-   (sequential, one per node; or, for
+        a node no larger than the queue record's ``inline``, with no data:
+        .../s<segment>/m<guid>.<node data, base64url>. )
         (or, the queue being full: create .../s<segment>/o<guid>- , an
         overflow marker, or setData of this publisher's marker there)
 
@@ -33,7 +35,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from .backlog import OverflowMark
 from .errors import ZooKeeperError
-from .layout import Layout
+from .layout import Layout, inline_text
 from .receipts import Outcome
 
 __all__ = ["Acls", "FanOut", "Target", "Verdict"]
@@ -86,6 +88,7 @@ class Target:
     segment_acl: Any = field(default=None, compare=False)  # a new segment's ACL (None: open)
     flag: bytes | None = None
     skip: bool = False
+    inline: int = 0
 
     @property
     def writes(self) -> bool:
@@ -128,6 +131,7 @@ class FanOut:
         """Add the operations to ``txn`` (node names carry ``guid``; nodes
         get the ACLs of ``acls``, a new segment its target's)."""
         acls = acls or Acls()
+        texts: dict[int, str] = {}  # the nodes written into names, encoded once
         txn.check(layout.topic(self.topic), self.version)
         for target in self.targets:
             queue = layout.queue(target.subscriber, self.topic)
@@ -144,9 +148,16 @@ class FanOut:
             else:
                 txn.check(queue, target.version)
             if target.marker is None:
-                for data in self.nodes:
-                    prefix = layout.message_prefix(segment, guid)
-                    txn.create(prefix, data, acl=acls.message, sequence=True)
+                for i, data in enumerate(self.nodes):
+                    if 0 < len(data) <= target.inline:
+                        text = texts.get(i)
+                        if text is None:
+                            text = texts[i] = inline_text(data)
+                        prefix = layout.inline_prefix(segment, guid, text)
+                        txn.create(prefix, b"", acl=acls.message, sequence=True)
+                    else:
+                        prefix = layout.message_prefix(segment, guid)
+                        txn.create(prefix, data, acl=acls.message, sequence=True)
                 continue
             mark = OverflowMark(self.publisher, target.missed).encode()
             if target.marker == "":

@@ -45,6 +45,7 @@ from .backlog import Backlog, OverflowMark
 from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
+    inline_data,
     join,
     order_names,
     parse_queue_entry,
@@ -177,7 +178,7 @@ class ReceivePump:
         self._detaching: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.deliveries_read = 0  # nodes read, for the requests-per-node figure
+        self.deliveries_read = 0  # nodes read (or taken from their names), per request figure
         self._node_bytes = float(FIRST_NODE_GUESS)  # the last round's mean node size
         ctx.conn.add_state_listener(self._on_state)
 
@@ -447,7 +448,11 @@ class ReceivePump:
         if not chosen:
             return
         wanted = [(queues[i], name) for i, name in chosen]
-        requests = [(q, name, kazoo.get_async(join(q.path, name))) for q, name in wanted]
+        requests: list[tuple[_Queue, str, Any]] = []
+        for queue, name in wanted:  # a name that carries its envelope is not read
+            data = inline_data(name.rpartition("/")[2])
+            request = data if data is not None else kazoo.get_async(join(queue.path, name))
+            requests.append((queue, name, request))
         deadline = self._ctx.deadline()
         results: dict[int, tuple[list[str], list[Delivery]]] = {}
         read = size = 0
@@ -455,6 +460,11 @@ class ReceivePump:
             for queue, name, request in requests:
                 path = join(queue.path, name)
                 fetched, deliveries = results.setdefault(id(queue), ([], []))
+                if isinstance(request, bytes):
+                    deliveries.extend(decode_node(self._ctx.serializers, path, name, request))
+                    fetched.append(name)
+                    self.deliveries_read += 1
+                    continue
                 try:
                     data, stat = self._conn.result(request, deadline, f"read {path}")
                 except NoNodeError:

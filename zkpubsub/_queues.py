@@ -33,7 +33,7 @@ from kazoo.exceptions import NoNodeError
 
 from ._context import Context
 from ._fanout import FanOut, Target
-from .backlog import ROLL_AT, SEGMENT_NODES, Backlog, QueueRecord
+from .backlog import INLINE_BYTES, ROLL_AT, SEGMENT_NODES, Backlog, QueueRecord
 from .layout import parse_queue_entry, split_queue
 
 __all__ = ["STATE_TTL", "QueueState", "QueueStates", "created", "decide"]
@@ -89,12 +89,16 @@ def decide(
             return None
         flag = replace(record, full=True).encode()
         return Target(subscriber, state.version, record.segment, flag=flag)
+    asked = record.inline if record is not None else 0
+    inline = min(asked, INLINE_BYTES)  # the most this version's op sizes allow for
+    if record is not None:
+        segment_nodes = min(segment_nodes, record.segment_nodes)
     roll = record is None or state.current >= segment_nodes or state.counter >= roll_at
     segment = 0 if record is None else record.segment + int(roll)
-    fresh = QueueRecord(segment, backlog).encode() if roll else None
+    fresh = QueueRecord(segment, backlog, inline=asked).encode() if roll else None
     acl = state.acl if roll else None
     if not full:
-        return Target(subscriber, state.version, segment, fresh, segment_acl=acl)
+        return Target(subscriber, state.version, segment, fresh, segment_acl=acl, inline=inline)
     marker = state.marker if state.marker and not roll else ""
     missed = state.missed + messages
     return Target(subscriber, state.version, segment, fresh, marker, missed, segment_acl=acl)
@@ -302,9 +306,8 @@ class QueueStates:
                     state.record = QueueRecord.decode(target.flag)
                     continue
                 if target.roll is not None:
-                    backlog = state.record.backlog if state.record else self._ctx.config.backlog
                     state.version += 1
-                    state.record = QueueRecord(target.segment, backlog)
+                    state.record = QueueRecord.decode(target.roll)
                     state.current = 0
                     state.counter = 0
                 paths = created.get(i, [])

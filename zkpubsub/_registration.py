@@ -39,7 +39,7 @@ from ._context import Context
 from ._deadlines import deadline_after, expired
 from ._tree import delete_tree
 from ._version import __version__
-from .backlog import Backlog, QueueRecord
+from .backlog import INLINE_BYTES, Backlog, QueueRecord
 from .connection import first_error
 from .errors import ClientIdInUse, ConnectionLost, NotAuthorized, OperationTimeout
 from .layout import NodeKind, join, split_queue
@@ -275,6 +275,7 @@ def prepare_queue(
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
     path = layout.queue(ctx.client_id, topic)
     queue_acl = ctx.acl.acl(NodeKind.QUEUE)
+    inline = INLINE_BYTES if ctx.acl.names_private else 0
     segment_acl = ctx.acl.acl(NodeKind.SEGMENT)
     evicted: float | None = None
     while True:
@@ -283,7 +284,7 @@ def prepare_queue(
         except NoNodeError:
             conn.ensure_path(layout.client_messages(ctx.client_id), deadline)
             txn = kazoo.transaction()
-            txn.create(path, QueueRecord(0, backlog).encode(), acl=queue_acl)
+            txn.create(path, QueueRecord(0, backlog, inline=inline).encode(), acl=queue_acl)
             txn.create(layout.segment(path, 0), b"", acl=segment_acl)
         else:
             record = QueueRecord.decode(data)
@@ -294,16 +295,18 @@ def prepare_queue(
                 evicted = stat.mtime / 1000
                 delete_tree(conn, path, deadline)
                 continue
-            if record is not None and record.backlog == backlog:
+            if record is not None and record.backlog == backlog and record.inline == inline:
                 return evicted
             txn = kazoo.transaction()
             if record is None:
                 numbers = split_queue(conn.children(path, deadline) or [])[1]
                 fresh = numbers[-1] + 1 if numbers else 0
-                txn.set_data(path, QueueRecord(fresh, backlog).encode(), stat.version)
+                fresh_record = QueueRecord(fresh, backlog, inline=inline)
+                txn.set_data(path, fresh_record.encode(), stat.version)
                 txn.create(layout.segment(path, fresh), b"", acl=segment_acl)
             else:
-                txn.set_data(path, QueueRecord(record.segment, backlog).encode(), stat.version)
+                kept = QueueRecord(record.segment, backlog, inline=inline)
+                txn.set_data(path, kept.encode(), stat.version)
         conn.wait_connected(deadline, f"prepare {path}")
         with contextlib.suppress(ConnectionLost):  # look again either way
             if first_error(conn.result(txn.commit_async(), deadline, f"prepare {path}"))[1]:

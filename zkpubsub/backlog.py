@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_MAX_BACKLOG",
     "DEFAULT_MAX_BACKLOG_BYTES",
     "EVICTED",
+    "INLINE_BYTES",
+    "INLINE_SEGMENT_NODES",
     "ROLL_AT",
     "SEGMENT_NODES",
     "Backlog",
@@ -58,6 +60,13 @@ SEGMENT_NODES: Final = 10_000
 # counter saturates at 2^31 - 1 (16 million creations of margin).
 ROLL_AT: Final = 2**31 - 2**24
 RECORD_VERSION: Final = 2
+# A subscriber's record asks publishers to write envelopes up to this size
+# into the node's name (``inline``): its pump then reads the message from
+# the watch event or the listing, without a read per node. The names get
+# long (about 1.33 bytes a byte), so such a queue moves to a fresh segment
+# every INLINE_SEGMENT_NODES nodes, and a listing stays under 400 KiB.
+INLINE_BYTES: Final = 256
+INLINE_SEGMENT_NODES: Final = 1_000
 # The reason of the gap told when a subscription is evicted.
 EVICTED: Final = "backlog full: evicted"
 
@@ -90,6 +99,8 @@ class QueueRecord:
     # set by the first publisher that found an ``evict`` queue full: the
     # subscription is to be ended (by its client, or the cleaner)
     full: bool = False
+    # the largest envelope its subscriber reads from a node's name (0: none)
+    inline: int = 0
 
     def encode(self) -> bytes:
         doc: dict[str, object] = {
@@ -101,6 +112,8 @@ class QueueRecord:
         }
         if self.full:
             doc["full"] = True
+        if self.inline:
+            doc["inline"] = self.inline
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @property
@@ -117,12 +130,19 @@ class QueueRecord:
             segment = int(doc["segment"])
             backlog = Backlog(int(doc["max_nodes"]), int(doc["max_bytes"]), doc["when_full"])
             full = doc.get("full", False) is True
+            inline = doc.get("inline", 0)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
-        return cls(segment, backlog, full)
+        inline = inline if isinstance(inline, int) and not isinstance(inline, bool) else 0
+        return cls(segment, backlog, full, max(0, inline))
 
     def next(self) -> QueueRecord:
-        return QueueRecord(self.segment + 1, self.backlog)
+        return QueueRecord(self.segment + 1, self.backlog, inline=self.inline)
+
+    @property
+    def segment_nodes(self) -> int:
+        """Nodes a segment of this queue takes before publishers move on."""
+        return INLINE_SEGMENT_NODES if self.inline else SEGMENT_NODES
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,12 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
     <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>/m<guid>-<seq>
                                                 persistent sequential, one
                                                 envelope (one or more messages)
+    <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>/m<guid>.<data>.<seq>
+                                                the same, its envelope in its
+                                                name (base64url) and no data:
+                                                read without a read, written
+                                                only to queues whose record
+                                                asks for it (``inline``)
     <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>/o<guid>-<seq>
                                                 persistent sequential, an
                                                 overflow marker (queue full)
@@ -58,6 +64,7 @@ number order.
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 import secrets
@@ -77,7 +84,10 @@ __all__ = [
     "Layout",
     "NodeKind",
     "WorkQueuePaths",
+    "carries_data",
     "guid_of",
+    "inline_data",
+    "inline_text",
     "join",
     "new_guid",
     "order_by_sequence",
@@ -108,8 +118,12 @@ _SEQ_MODULUS: Final = 1 << 32
 _GUID_RE: Final = f"[0-9a-f]{{{GUID_HEX_DIGITS}}}"
 # ZooKeeper prints the counter with %010d: "0000000042", "-000000005", "-2147483648".
 _SEQ_RE: Final = r"(?:\d{10}|-\d{9,10})"
-_MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})-({_SEQ_RE})$")
+# A message node that carries its envelope in its name (base64url, no
+# padding, between dots), read without reading the node: m<guid>.<data>.<seq>
+_INLINE_RE: Final = r"\.([A-Za-z0-9_-]*)\."
+_MESSAGE_NODE: Final = re.compile(rf"^m({_GUID_RE})(?:-|{_INLINE_RE})({_SEQ_RE})$")
 _QUEUE_ENTRY: Final = re.compile(rf"^([mo])({_GUID_RE})-({_SEQ_RE})$")
+_INLINE_ENTRY: Final = re.compile(rf"^m({_GUID_RE}){_INLINE_RE}({_SEQ_RE})$")
 _SEGMENT_NODE: Final = re.compile(r"^s(\d{10})$")
 _CANDIDATE_NODE: Final = re.compile(rf"^c({_GUID_RE})-({_SEQ_RE})$")
 _ITEM_NODE: Final = re.compile(rf"^([qr])(\d{{3}})-(?:s(\d{{10}})-)?({_GUID_RE})-({_SEQ_RE})$")
@@ -344,6 +358,11 @@ class Layout:
         a segment; before segments, under the queue itself)."""
         return f"{parent}/m{guid}-"
 
+    def inline_prefix(self, segment: str, guid: str, text: str) -> str:
+        """The path handed to a sequential create of a message node that
+        carries its envelope in its name (``text``: :func:`inline_text`)."""
+        return f"{segment}/m{guid}.{text}."
+
     def marker_prefix(self, segment: str, guid: str) -> str:
         """The path handed to a sequential create of an overflow marker."""
         return f"{segment}/o{guid}-"
@@ -452,7 +471,31 @@ def parse_message_node(name: str) -> tuple[str, int] | None:
     m = _MESSAGE_NODE.match(name)
     if m is None:
         return None
-    return m.group(1), int(m.group(2))
+    return m.group(1), int(m.group(3))
+
+
+def inline_text(data: bytes) -> str:
+    """``data`` as it is written into a node name: base64url, unpadded."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def carries_data(name: str) -> bool:
+    """Whether a queue entry's name (``s<N>/<entry>`` or ``<entry>``) is a
+    message node that carries its envelope (``m<guid>.<data>.<seq>``)."""
+    return _INLINE_ENTRY.match(name.rpartition("/")[2]) is not None
+
+
+def inline_data(name: str) -> bytes | None:
+    """The envelope a message node's name carries (``m<guid>.<data>.<seq>``),
+    or ``None`` for any other name (its data is the node's)."""
+    m = _INLINE_ENTRY.match(name)
+    if m is None:
+        return None
+    text = m.group(2)
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
 
 
 def segment_name(number: int) -> str:
@@ -469,11 +512,15 @@ def parse_segment_node(name: str) -> int | None:
 
 def parse_queue_entry(name: str) -> tuple[str, str, int] | None:
     """``(kind, guid, sequence)`` of a node in a segment: kind ``"m"`` for
-    a message node, ``"o"`` for an overflow marker; ``None`` if foreign."""
+    a message node (its envelope in its data or in its name), ``"o"`` for
+    an overflow marker; ``None`` if foreign."""
     m = _QUEUE_ENTRY.match(name)
+    if m is not None:
+        return m.group(1), m.group(2), int(m.group(3))
+    m = _INLINE_ENTRY.match(name)
     if m is None:
         return None
-    return m.group(1), m.group(2), int(m.group(3))
+    return "m", m.group(1), int(m.group(3))
 
 
 def parse_candidate_node(name: str) -> tuple[str, int] | None:

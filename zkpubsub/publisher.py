@@ -42,6 +42,7 @@ from ._context import Context
 from ._deadlines import expired
 from ._fanout import Acls, FanOut, Target
 from ._queues import QueueStates
+from .backlog import INLINE_BYTES
 from .config import CREATE_OP_OVERHEAD
 from .errors import OperationTimeout
 from .layout import NodeKind, new_guid, validate_name
@@ -177,9 +178,13 @@ class Publisher:
     # -- sizes --------------------------------------------------------------
 
     def op_size(self, topic: str, data: bytes) -> int:
-        """Bytes one message create adds (for the longest possible queue path)."""
+        """Bytes one message create adds (for the longest possible queue path;
+        a node small enough to go into its name, as long as that takes)."""
         path = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
-        return len(data) + path + CREATE_OP_OVERHEAD + self._message_acl_size
+        size = len(data)
+        if size <= INLINE_BYTES:
+            size = (size + 2) // 3 * 4 + 2  # base64 and the dots around it
+        return size + path + CREATE_OP_OVERHEAD + self._message_acl_size
 
     def budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""

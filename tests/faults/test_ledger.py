@@ -9,7 +9,8 @@ from pathlib import Path
 
 import msgpack
 
-from zkpubsub.testing.ledger import decode_keys, replay
+from zkpubsub.layout import inline_text
+from zkpubsub.testing.ledger import decode_keys, node_keys, replay
 from zkpubsub.testing.txnlog import (
     CLOSE_SESSION,
     CREATE,
@@ -155,6 +156,13 @@ def test_only_workload_payloads_have_keys() -> None:
     assert decode_keys(envelope(("p", 1), ("q", 2))) == (("p", 1), ("q", 2))
     assert decode_keys(b"not msgpack\xc1") == ()
     assert decode_keys(msgpack.packb({"v": 1, "msgs": [{"p": b"\x01"}]})) == ()
+
+
+def test_a_node_that_carries_its_envelope_in_its_name_has_its_keys() -> None:
+    data = envelope(("p", 1))
+    named = f"/r/messages/s/t/s0000000000/m0123456789ab.{inline_text(data)}.0000000004"
+    assert node_keys(named, b"") == (("p", 1),)
+    assert node_keys("/r/messages/s/t/s0000000000/m0123456789ab-0000000004", data) == (("p", 1),)
 
 
 def _multi(zxid: int, at: float, session: int, *ops: tuple[str, str, bytes]) -> Txn:

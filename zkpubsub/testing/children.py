@@ -27,7 +27,7 @@ from ..client import Client
 from ..layout import Layout
 from ..message import Message
 from .history import DeliveryRecord, Key, key_of
-from .ledger import decode_keys
+from .ledger import node_keys
 from .queues import queue_entries
 
 __all__ = ["ChildProcess", "SubscriberProcess", "child_parser", "join_threads", "tag"]
@@ -265,7 +265,7 @@ def _truncate_backlog(args: argparse.Namespace) -> list[Key]:
         keys: list[Key] = []
         for name in messages[: args.truncate_backlog]:
             data, _ = zk.get(f"{queue}/{name}")
-            keys.extend(decode_keys(data))
+            keys.extend(node_keys(name, data))
             zk.delete(f"{queue}/{name}")
         return keys
     finally:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from ..layout import parse_queue_entry, parse_segment_node
+from ..layout import inline_data, parse_queue_entry, parse_segment_node
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -186,6 +186,13 @@ def decode_keys(data: bytes) -> tuple[Key, ...]:
     return tuple(keys)
 
 
+def node_keys(path: str, data: bytes) -> tuple[Key, ...]:
+    """The workload keys of a message node at ``path``: of the envelope
+    its name carries, or else of its ``data``."""
+    inline = inline_data(path.rpartition("/")[2])
+    return decode_keys(inline if inline is not None else data)
+
+
 class _Replay:
     """The replay's state; see :func:`replay`."""
 
@@ -218,7 +225,7 @@ class _Replay:
             if op.kind == "create" and op.path.startswith(self.messages):
                 entry = _queue_entry(op.path[len(self.messages) :])
                 if entry is not None:
-                    carried.setdefault(entry[1], []).extend(decode_keys(op.data))
+                    carried.setdefault(entry[1], []).extend(node_keys(op.path, op.data))
         for topic, keys in carried.items():  # who had to be reached, before this commit
             reach = frozenset(self.registered[topic])
             for key in keys:
@@ -277,7 +284,7 @@ class _Replay:
             entry = _queue_entry(below)
             if entry is not None:
                 sub, topic = entry
-                keys = decode_keys(data)
+                keys = node_keys(path, data)
                 self.nodes[path] = (sub, keys)
                 for key in keys:
                     self.ledger.writes[key].append(QueueWrite(sub, topic, txn.zxid, txn.at, path))
