@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from zkpubsub.layout import (
     Layout,
+    brief,
     carries_data,
     inline_data,
     inline_text,
@@ -118,6 +119,9 @@ def test_a_name_carrying_its_envelope_gives_it_back_and_parses_as_a_message(
     assert parse_queue_entry(name) == ("m", guid, seq)
     assert parse_message_node(name) == (guid, seq)
     assert "/" not in name and "=" not in name
+    shown = brief(f"/q/s0000000001/{name}")
+    assert shown == f"/q/s0000000001/m{guid}.<{len(inline_text(data))} chars>.{seq:010d}"
+    assert brief(f"/q/{zk_name(guid, seq)}") == f"/q/{zk_name(guid, seq)}"
 
 
 def test_names_without_an_envelope_carry_none_and_order_beside_those_with_one() -> None:

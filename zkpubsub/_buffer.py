@@ -26,7 +26,7 @@ from typing import Final
 
 from .backlog import OverflowMark
 from .errors import DecodeError
-from .layout import carries_data, parse_queue_entry, parse_segment_node
+from .layout import brief, carries_data, parse_queue_entry, parse_segment_node
 from .message import Message
 
 __all__ = [
@@ -208,7 +208,7 @@ class DeliveryBuffer:
                 "ZooKeeper servers lost the delete or serve a stale copy): deleted again, "
                 "not delivered again: %s",
                 len(back),
-                ", ".join(back[:3]),
+                ", ".join(brief(name) for name in back[:3]),
             )
         if notify is not None:
             notify()

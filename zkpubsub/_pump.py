@@ -45,6 +45,7 @@ from .backlog import Backlog, OverflowMark
 from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
+    brief,
     inline_data,
     join,
     order_names,
@@ -529,7 +530,7 @@ class ReceivePump:
             trees, self._trees = self._trees, set()
         for queue, name in trees:
             path = join(queue.path, name)
-            logger.warning("receive pump: %s has child nodes; deleting them", path)
+            logger.warning("receive pump: %s has child nodes; deleting them", brief(path))
             delete_tree(self._conn, path, self._ctx.deadline())
             queue.buffer.deleted([name])
         kazoo = self._conn.kazoo

@@ -84,6 +84,7 @@ __all__ = [
     "Layout",
     "NodeKind",
     "WorkQueuePaths",
+    "brief",
     "carries_data",
     "guid_of",
     "inline_data",
@@ -483,6 +484,16 @@ def carries_data(name: str) -> bool:
     """Whether a queue entry's name (``s<N>/<entry>`` or ``<entry>``) is a
     message node that carries its envelope (``m<guid>.<data>.<seq>``)."""
     return _INLINE_ENTRY.match(name.rpartition("/")[2]) is not None
+
+
+def brief(path: str) -> str:
+    """``path`` for a log line: a name carrying an envelope shows its size,
+    not the message (``.../m<guid>.<N bytes>.<seq>``)."""
+    head, slash, name = path.rpartition("/")
+    m = _INLINE_ENTRY.match(name)
+    if m is None:
+        return path
+    return f"{head}{slash}m{m.group(1)}.<{len(m.group(2))} chars>.{m.group(3)}"
 
 
 def inline_data(name: str) -> bytes | None:
