@@ -214,3 +214,27 @@ def test_closing_tells_a_waiting_consumer_and_a_closed_buffer_asks_nothing() -> 
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
     assert buffer.next_or_notify(lambda: told.append("after close")) is None
     assert told == ["waiting"]
+
+
+def test_a_node_taken_from_its_event_is_handed_out_only_when_nothing_waits_before_it() -> None:
+    buffer = DeliveryBuffer(prefetch=2)
+    buffer.listed([name(1)], [])  # listed, not read yet: a later node must wait for it
+    assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is False
+    assert buffer.next(0) is None
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
+    assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is True
+    assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is False  # known
+    # the prefetch is full: the pump takes it in its turn
+    assert buffer.arrived(name(3), [Delivery(Node(name(3), 1), message(3))]) is False
+    got = [buffer.next(0), buffer.next(0)]
+    assert [d.message for d in got if d is not None] == [message(1), message(2)]
+
+
+def test_a_lately_deleted_name_is_never_taken_from_its_event() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    handle_and_delete(buffer, 1, czxid=11)
+    # back after its delete, or an old listing's news: the pump reads it first
+    assert buffer.arrived(name(1), [Delivery(Node(name(1), 1), message(1))]) is False
+    assert buffer.deleted_among([name(1), name(2)]) == {name(1)}
+    buffer.close()
+    assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is False

@@ -81,7 +81,7 @@ def test_a_node_created_again_under_a_handled_name_is_a_new_message(
     if mode == "persistent" and version_of(zk_hosts) < (3, 6, 0):
         pytest.skip("persistent watches need ZooKeeper 3.6+")
     once = "once" + "." * INLINE_BYTES
-    path, data, sub, got = handled_node(make_client, raw_zk, zk_root, mode, once)
+    path, data, sub, got, _ = handled_node(make_client, raw_zk, zk_root, mode, once)
     assert data and not carries_data(path)
     raw_zk.create(path, data)  # the same name and bytes: a new node all the same
     assert got.wait(2) == [once, once]
@@ -97,7 +97,7 @@ def test_a_node_carrying_its_message_in_its_name_is_not_delivered_again(
     # delete is the same message, deleted again and not delivered again.
     if mode == "persistent" and version_of(zk_hosts) < (3, 6, 0):
         pytest.skip("persistent watches need ZooKeeper 3.6+")
-    path, data, sub, got = handled_node(make_client, raw_zk, zk_root, mode, "small")
+    path, data, sub, got, _ = handled_node(make_client, raw_zk, zk_root, mode, "small")
     assert data == b"" and carries_data(path)
     raw_zk.create(path, data)
     wait_until(lambda: sub.stats().nodes_deleted == 2, 10, "the second delete")
@@ -128,12 +128,75 @@ def test_a_queue_whose_record_asks_for_no_names_gets_its_messages_as_data(
     assert got.wait(1) == ["small"]
 
 
+class Upper:
+    """A serializer of the user's: its code must not run on kazoo's thread."""
+
+    content_type = "text/x-upper"
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def dumps(self, payload: Any) -> bytes:
+        return str(payload).encode()
+
+    def loads(self, data: bytes) -> Any:
+        self.threads.add(threading.current_thread().name)
+        return data.decode().upper()
+
+
+def test_a_message_in_its_name_goes_from_the_event_to_the_handler_unless_user_code_reads_it(
+    make_client: MakeClient, persistent_watches: None
+) -> None:
+    got = Collector()
+    subscriber = make_client(watch_mode="persistent")
+    subscriber.subscribe("t", got)
+    publisher = make_client()
+    for i in range(30):
+        publisher.publish("t", i)
+        got.wait(i + 1)  # one at a time: each finds its queue caught up
+    assert got.payloads == list(range(30))
+    assert subscriber._pump.at_once >= 25  # (the first may come before the first listing)
+
+    upper = Upper()
+    own = make_client(watch_mode="persistent", serializer=upper)
+    mine = Collector()
+    own.subscribe("u", mine)
+    sender = make_client(serializer=upper)
+    for i in range(10):
+        sender.publish("u", f"m{i}")
+        mine.wait(i + 1)
+    assert mine.payloads == [f"M{i}" for i in range(10)]
+    assert own._pump.at_once == 0
+    assert upper.threads and all(name.startswith("zkpubsub-receive") for name in upper.threads)
+
+
+def test_a_listing_older_than_a_delete_does_not_pass_for_a_node_come_back(
+    make_client: MakeClient,
+    zk_root: str,
+    raw_zk: Any,
+    caplog: pytest.LogCaptureFixture,
+    persistent_watches: None,
+) -> None:
+    # A node whose name carries its message and that the subscription deleted
+    # lately is read before anything is decided: a listing taken before the
+    # delete shows it, but the server no longer has it.
+    path, _, sub, got, client = handled_node(make_client, raw_zk, zk_root, "persistent", "small")
+    queue = client._pump._queues["t"]
+    name = path[len(queue.path) + 1 :]
+    queue.buffer.listed([name], [])  # as an old listing would
+    client._pump.wake()
+    wait_until(lambda: not queue.buffer.has_unfetched, 10, "the name read")
+    time.sleep(0.2)
+    assert sub.stats().nodes_deleted == 1 and got.payloads == ["small"]
+    assert not [r for r in caplog.records if "deleted already" in r.getMessage()]
+
+
 def handled_node(
     make_client: MakeClient, raw_zk: Any, zk_root: str, mode: str, payload: str
-) -> tuple[str, bytes, Any, Collector]:
+) -> tuple[str, bytes, Any, Collector, Client]:
     """Publish ``payload`` to a subscriber (watching in ``mode``); once it is
     handled and its node deleted: the node's path and data, the
-    subscription and what it got."""
+    subscription, what it got and the subscribing client."""
     gate = threading.Event()
     got = Collector()
 
@@ -153,7 +216,8 @@ def handled_node(
     gate.set()
     assert got.wait(1) == [payload]
     wait_until(lambda: not raw_zk.exists(path), 10, "its delete")
-    return path, data, sub, got
+    wait_until(lambda: sub.stats().nodes_deleted == 1, 10, "its delete answered")
+    return path, data, sub, got, subscriber
 
 
 def requests_per_node(make_client: MakeClient, mode: str, topic: str, pad: int = 0) -> float:

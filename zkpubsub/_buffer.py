@@ -186,22 +186,50 @@ class DeliveryBuffer:
         so is one deleted already that came back as it was (not delivered
         again)."""
         with self.cond:
-            done = set(names)
-            if done & self._waiting:
-                self._unfetched = [e for e in self._unfetched if e[1] not in done]
-                self._waiting -= done
-            back: list[str] = []
-            if self._deleted:
-                deliveries = self._drop_returned(deliveries, back)
-                self._to_delete.extend(back)
-            for delivery in deliveries:
-                self._active[delivery.node.name] = delivery.node
-            self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
-            for delivery in deliveries:
-                if delivery.node.remaining == 0:
-                    self._to_delete.append(delivery.node.name)
-            self.cond.notify_all()
-            notify = self._take_notify() if self._deliveries else None
+            back, notify = self._hand_out(names, deliveries)
+        self._after(back, notify)
+
+    def arrived(self, name: str, deliveries: list[Delivery]) -> bool:
+        """The deliveries of a node a watch event named, taken from its name
+        (no read): handed out at once if nothing listed or named before it
+        waits to be read and the prefetch has room; otherwise ``False``, and
+        the pump takes it in its turn."""
+        with self.cond:
+            if (
+                self._unfetched
+                or len(self._deliveries) >= self.prefetch
+                or name in self._active
+                or name in self._deleted  # back after its delete? the pump reads it
+                or self.closed
+            ):
+                return False
+            back, notify = self._hand_out([name], deliveries)
+        self._after(back, notify)
+        return True
+
+    def _hand_out(
+        self, names: list[str], deliveries: list[Delivery]
+    ) -> tuple[list[str], Callable[[], None] | None]:
+        """(Under the lock.) The work of :meth:`fetched`: the names of
+        returned nodes, and whom to notify."""
+        done = set(names)
+        if done & self._waiting:
+            self._unfetched = [e for e in self._unfetched if e[1] not in done]
+            self._waiting -= done
+        back: list[str] = []
+        if self._deleted:
+            deliveries = self._drop_returned(deliveries, back)
+            self._to_delete.extend(back)
+        for delivery in deliveries:
+            self._active[delivery.node.name] = delivery.node
+        self._deliveries.extend(d for d in deliveries if d.node.remaining > 0)
+        for delivery in deliveries:
+            if delivery.node.remaining == 0:
+                self._to_delete.append(delivery.node.name)
+        self.cond.notify_all()
+        return back, self._take_notify() if self._deliveries else None
+
+    def _after(self, back: list[str], notify: Callable[[], None] | None) -> None:
         if back:
             logger.warning(
                 "%d queue node(s) deleted already were read again as they were (the "
@@ -232,6 +260,12 @@ class DeliveryBuffer:
                 del self._deleted[node.name]
                 kept.append(delivery)
         return kept
+
+    def deleted_among(self, names: list[str]) -> set[str]:
+        """Those of ``names`` this buffer deleted lately."""
+        with self.cond:
+            deleted = self._deleted
+            return {name for name in names if name in deleted} if deleted else set()
 
     def take_deletes(self) -> list[str]:
         with self.cond:
@@ -269,8 +303,9 @@ class DeliveryBuffer:
 
     def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
         """The next delivery if one is buffered; otherwise ``None``, and
-        ``notify()`` is called once (from the pump's thread, so it must only
-        hand off) when deliveries arrive or the buffer closes. Nothing is
+        ``notify()`` is called once (from the pump's thread or kazoo's
+        connection thread, so it must only hand off) when deliveries arrive
+        or the buffer closes. Nothing is
         asked of a closed buffer: it returns ``None`` at once."""
         with self.cond:
             if self.closed:

@@ -5,7 +5,11 @@ on the client's own ``messages/<id>`` subtree tells the pump of every node
 published to any of its queues, by name: the pump reads each such node
 directly (reads of all subscriptions pipelined together), without listing
 the queue, and hands the messages to each subscription's buffer in queue
-order. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
+order. A node whose name carries its message needs no read: when its
+queue is caught up (nothing listed or named before it waits, no listing
+due) and the library's own serializers read it, kazoo's connection thread
+hands it to the subscription's buffer itself, on the event; otherwise the
+pump takes it in its turn. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
 the last round's node size), taken in turn from every subscription, so the
 answers a server builds for one client stay small whatever the backlog.
 Queues are listed only when a subscription starts, after a reconnect
@@ -46,6 +50,7 @@ from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
     brief,
+    carries_data,
     inline_data,
     join,
     order_names,
@@ -107,8 +112,13 @@ def decode_node(
     """The deliveries of one queue node: a message each, a
     :class:`DecodeError` for what cannot be read, one delivery of a node
     with no message (``remaining == 0``) for an empty envelope, or the
-    overflow marker it is."""
-    parsed = parse_queue_entry(name.rsplit("/", 1)[-1])
+    overflow marker it is. A name that carries its envelope gives it (the
+    node's ``data`` is empty)."""
+    entry = name.rpartition("/")[2]
+    carried = inline_data(entry) if not data else None
+    if carried is not None:
+        data = carried
+    parsed = parse_queue_entry(entry)
     czxid = stat.czxid if stat is not None else 0
     if parsed is not None and parsed[0] == "o":
         window = (stat.ctime / 1000, stat.mtime / 1000) if stat is not None else (0.0, 0.0)
@@ -123,7 +133,17 @@ def decode_node(
     except ValueError as exc:
         error = DecodeError(str(exc), path=path, data=data, error=exc)
         return [Delivery(Node(name, 1, czxid), error=error)]
-    node = Node(name, len(entries), czxid)
+    return node_deliveries(serializers, path, data, Node(name, len(entries), czxid), entries)
+
+
+def node_deliveries(
+    serializers: SerializerRegistry,
+    path: str,
+    data: bytes,
+    node: Node,
+    entries: list[envelope.Entry],
+) -> list[Delivery]:
+    """The deliveries of ``node``, whose envelope (``data``) holds ``entries``."""
     if not entries:
         return [Delivery(node)]
     out: list[Delivery] = []
@@ -155,6 +175,7 @@ class _Queue:
     buffer: DeliveryBuffer
     backlog: Backlog
     relist: bool = True
+    listing: bool = False  # a listing is being read (no node is taken at once meanwhile)
     listed_at: float = 0.0
     segments: set[str] = field(default_factory=set)  # seen since the last listing
     done: threading.Event = field(default_factory=threading.Event)  # its last deletes sent
@@ -171,6 +192,9 @@ class ReceivePump:
         self._lock = threading.Lock()
         self._queues: dict[str, _Queue] = {}
         self._events: deque[tuple[int, str]] = deque()
+        # held while an event is taken: one taken at once on kazoo's thread
+        # must not overtake one the pump is still taking
+        self._event_lock = threading.Lock()
         self._wake = threading.Event()
         self._watching: bool | None = None  # None: not set; False: the server has none
         self._retry_deletes = False
@@ -179,9 +203,15 @@ class ReceivePump:
         self._detaching: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.deliveries_read = 0  # nodes read (or taken from their names), per request figure
+        self.nodes_read = 0  # nodes read, or taken from their names, by the pump
+        self.at_once = 0  # nodes handed out by kazoo's thread on their event
         self._node_bytes = float(FIRST_NODE_GUESS)  # the last round's mean node size
         ctx.conn.add_state_listener(self._on_state)
+
+    @property
+    def deliveries_read(self) -> int:
+        """Nodes taken into the buffers so far, for the requests-per-node figure."""
+        return self.nodes_read + self.at_once
 
     @property
     def persistent(self) -> bool:
@@ -261,8 +291,47 @@ class ReceivePump:
             self.relist()  # events of the outage are lost: catch up by listing
 
     def _on_event(self, kind: int, path: str) -> None:  # kazoo's connection thread
-        self._events.append((kind, path))
+        with self._event_lock:
+            if kind == NODE_CREATED and not self._events and self._at_once(path):
+                return
+            self._events.append((kind, path))
         self._wake.set()
+
+    def _at_once(self, path: str) -> bool:
+        """(kazoo's connection thread, under the event lock.) A node whose
+        name carries its message, in a queue that is caught up: hand it to
+        its subscription now, without a hop through the pump. Only with the
+        built-in serializers (no user code runs on kazoo's thread), and not
+        while a listing is due (events may have been missed: what they named
+        comes first)."""
+        prefix = self._base + "/"
+        if not path.startswith(prefix):
+            return False
+        topic, _, rest = path[len(prefix) :].partition("/")
+        segment, _, entry = rest.partition("/")
+        data = inline_data(entry)
+        if data is None or parse_segment_node(segment) is None:
+            return False
+        with self._lock:
+            queue = self._queues.get(topic)
+        if queue is None or queue.relist or queue.listing:
+            return False
+        serializers = self._ctx.serializers
+        try:
+            entries = envelope.decode(data)
+        except ValueError:
+            return False  # the pump reports it
+        if not all(serializers.ours(e.content_type) for e in entries):
+            return False
+        node = Node(rest, len(entries))
+        deliveries = node_deliveries(serializers, join(queue.path, rest), data, node, entries)
+        if not queue.buffer.arrived(rest, deliveries):
+            return False
+        queue.segments.add(segment)
+        self.at_once += 1
+        if not entries or queue.buffer.deletes_waiting:
+            self._wake.set()  # nothing to handle (or a node come back): its delete
+        return True
 
     def _on_child_watch(self, topic: str, _event: WatchedEvent) -> None:
         with self._lock:
@@ -341,25 +410,31 @@ class ReceivePump:
     def _take_events(self) -> None:
         """Created entries go to their subscription's buffer, by name; a
         queue or segment deleted by someone else makes it list again."""
+        while True:
+            with self._event_lock:
+                if not self._events:
+                    return
+                self._take_event(*self._events.popleft())
+
+    def _take_event(self, kind: int, path: str) -> None:
+        """(Under the event lock.) One event: see :meth:`_take_events`."""
         prefix = self._base + "/"
-        while self._events:
-            kind, path = self._events.popleft()
-            if not path.startswith(prefix):
-                continue
-            topic, _, rest = path[len(prefix) :].partition("/")
-            with self._lock:
-                queue = self._queues.get(topic)
-            if queue is None:
-                continue
-            segment, _, entry = rest.partition("/")
-            if kind == NODE_CREATED:
-                if entry and "/" not in entry and parse_queue_entry(entry) is not None:
-                    queue.buffer.discovered(rest)
-                    queue.segments.add(segment)
-                elif rest and (entry or parse_segment_node(segment) is None):
-                    queue.relist = True  # something not ours: the listing reports it
-            elif kind == NODE_DELETED and not entry:
-                queue.relist = True  # the queue, or a segment, went
+        if not path.startswith(prefix):
+            return
+        topic, _, rest = path[len(prefix) :].partition("/")
+        with self._lock:
+            queue = self._queues.get(topic)
+        if queue is None:
+            return
+        segment, _, entry = rest.partition("/")
+        if kind == NODE_CREATED:
+            if entry and "/" not in entry and parse_queue_entry(entry) is not None:
+                queue.buffer.discovered(rest)
+                queue.segments.add(segment)
+            elif rest and (entry or parse_segment_node(segment) is None):
+                queue.relist = True  # something not ours: the listing reports it
+        elif kind == NODE_DELETED and not entry:
+            queue.relist = True  # the queue, or a segment, went
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -377,8 +452,12 @@ class ReceivePump:
             # name would overtake what they missed.
             busy = not self._watching and queue.buffer.has_unfetched and since < RELIST_WHILE_BUSY
             if (queue.relist and not busy) or since > SAFETY_RELIST_INTERVAL:
+                queue.listing = True
                 queue.relist = False
-                self._list(queue)
+                try:
+                    self._list(queue)
+                finally:
+                    queue.listing = False
                 queue.listed_at = time.monotonic()
 
     def _list(self, queue: _Queue) -> None:
@@ -449,11 +528,18 @@ class ReceivePump:
         if not chosen:
             return
         wanted = [(queues[i], name) for i, name in chosen]
+        deleted = {
+            id(q): q.buffer.deleted_among([n for p, n in wanted if p is q]) for q in set(queues)
+        }
         requests: list[tuple[_Queue, str, Any]] = []
-        for queue, name in wanted:  # a name that carries its envelope is not read
-            data = inline_data(name.rpartition("/")[2])
-            request = data if data is not None else kazoo.get_async(join(queue.path, name))
-            requests.append((queue, name, request))
+        for queue, name in wanted:
+            # A name that carries its envelope is not read, unless this
+            # subscription deleted it lately: is it back, or was the listing
+            # that showed it older than the delete?
+            if not carries_data(name) or name in deleted[id(queue)]:
+                requests.append((queue, name, kazoo.get_async(join(queue.path, name))))
+            else:
+                requests.append((queue, name, b""))
         deadline = self._ctx.deadline()
         results: dict[int, tuple[list[str], list[Delivery]]] = {}
         read = size = 0
@@ -462,9 +548,9 @@ class ReceivePump:
                 path = join(queue.path, name)
                 fetched, deliveries = results.setdefault(id(queue), ([], []))
                 if isinstance(request, bytes):
-                    deliveries.extend(decode_node(self._ctx.serializers, path, name, request))
+                    deliveries.extend(decode_node(self._ctx.serializers, path, name, b""))
                     fetched.append(name)
-                    self.deliveries_read += 1
+                    self.nodes_read += 1
                     continue
                 try:
                     data, stat = self._conn.result(request, deadline, f"read {path}")
@@ -473,7 +559,7 @@ class ReceivePump:
                     continue
                 deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
                 fetched.append(name)
-                self.deliveries_read += 1
+                self.nodes_read += 1
                 read, size = read + 1, size + len(data)
         finally:
             if read:

@@ -92,6 +92,9 @@ BUILTIN_SERIALIZERS: Final[tuple[Serializer, ...]] = (
 )
 
 
+_OURS: Final = (MsgpackSerializer, JsonSerializer, RawSerializer)
+
+
 def resolve(serializer: Serializer | str | None) -> Serializer:
     """A serializer instance from an instance, a short name or ``None``."""
     if serializer is None:
@@ -121,6 +124,11 @@ class SerializerRegistry:
 
     def get(self, content_type: str) -> Serializer | None:
         return self._by_type.get(content_type)
+
+    def ours(self, content_type: str) -> bool:
+        """Whether ``content_type`` is read by a serializer of this library
+        (no code of the user's runs to read it)."""
+        return type(self._by_type.get(content_type)) in _OURS
 
     def loads(self, content_type: str, body: bytes, *, path: str, data: bytes) -> Any:
         """The payload ``body`` of ``content_type``, read from the node
