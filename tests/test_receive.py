@@ -459,3 +459,23 @@ def test_handled_nodes_arriving_one_by_one_share_delete_transactions(
     transactions = sent.count("Transaction")
     # one delete transaction per node before the linger (40 here, in ~0.5 s)
     assert 1 <= transactions <= elapsed / DELETE_LINGER + 2, (transactions, elapsed)
+
+
+def test_kazoos_own_watches_inside_a_persistently_watched_tree_still_fire(
+    make_client: MakeClient, zk_root: str, raw_zk: Any, persistent_watches: None
+) -> None:
+    # the event hook serves the persistent watch and leaves kazoo's reader
+    # out only for events no one-shot watch of kazoo's waits for
+    subscriber = make_client(watch_mode="persistent")
+    subscriber.subscribe("t", Collector())
+    kazoo = subscriber._ctx.conn.kazoo
+    node = f"{zk_root}/messages/{subscriber.client_id}/elsewhere"  # no subscription's
+    fired: list[Any] = []
+    kazoo.exists(node, watch=fired.append)
+    raw_zk.create(node, b"")
+    wait_until(lambda: fired, 10, "kazoo's exists watch")
+    assert fired[0].type == "CREATED" and fired[0].path == node
+    kazoo.get_children(node, watch=fired.append)
+    raw_zk.delete(node)
+    wait_until(lambda: len(fired) == 2, 10, "kazoo's child watch")
+    assert fired[1].type == "DELETED"

@@ -107,11 +107,15 @@ class EventHook:
                 for base, cb in self._watches.items()
                 if path == base or path.startswith(base + "/")
             ]
-        if hits:
-            relative = self._kazoo.unchroot(path)
-            for callback in hits:
-                try:
-                    callback(event.type, relative)
-                except Exception:
-                    logger.exception("persistent watch callback failed")
-        return self._read(buffer, offset)
+        if not hits:
+            return self._read(buffer, offset)
+        relative = self._kazoo.unchroot(path)
+        for callback in hits:
+            try:
+                callback(event.type, relative)
+            except Exception:
+                logger.exception("persistent watch callback failed")
+        kazoo = self._kazoo
+        if path in kazoo._data_watchers or path in kazoo._child_watchers:
+            return self._read(buffer, offset)  # a one-shot watch of kazoo's too
+        return None  # nobody else waits for it: kazoo need not read it again

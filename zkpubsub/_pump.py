@@ -291,6 +291,8 @@ class ReceivePump:
             self.relist()  # events of the outage are lost: catch up by listing
 
     def _on_event(self, kind: int, path: str) -> None:  # kazoo's connection thread
+        if kind == NODE_DELETED and path.count("/", len(self._base)) > 2:
+            return  # a queue entry deleted (most likely by this pump): nothing to do
         with self._event_lock:
             if kind == NODE_CREATED and not self._events and self._at_once(path):
                 return
@@ -329,8 +331,8 @@ class ReceivePump:
             return False
         queue.segments.add(segment)
         self.at_once += 1
-        if not entries or queue.buffer.deletes_waiting:
-            self._wake.set()  # nothing to handle (or a node come back): its delete
+        if not entries:
+            self._wake.set()  # nothing to handle: its delete
         return True
 
     def _on_child_watch(self, topic: str, _event: WatchedEvent) -> None:
