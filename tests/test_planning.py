@@ -156,11 +156,16 @@ def test_a_queue_asking_for_names_is_told_so_and_moves_on_sooner() -> None:
     record = QueueRecord(2, Backlog(max_nodes=100_000, max_bytes=10**9), inline=100_000)
     target = plan(state(record=record))
     assert target == Target("s", 3, 2, inline=INLINE_BYTES)  # never more than publishers allow
-    full = plan(state(record=record, current=INLINE_SEGMENT_NODES))
+    limit = INLINE_SEGMENT_NODES
+    assert plan(state(record=record, current=limit - 1)) == Target("s", 3, 2, inline=INLINE_BYTES)
+    full = plan(state(record=record, current=limit))
     assert full is not None and full.segment == 3 and full.roll is not None
     moved = QueueRecord.decode(full.roll)
     assert moved is not None and moved.inline == 100_000 and moved.segment == 3
-    assert plan(state(current=INLINE_SEGMENT_NODES)) == Target("s", 3, 2)  # no names: later
+    assert plan(state(current=limit)) == Target("s", 3, 2)  # no names: later
+    # a segment of the longest names lists in well under 1 MiB
+    longest = len(Layout("/r").inline_prefix("s", "0" * 12, inline_text(b"x" * INLINE_BYTES)))
+    assert INLINE_SEGMENT_NODES * (longest + 10 + 4) < 2**19
 
 
 def test_a_fan_out_applied_is_ok() -> None:

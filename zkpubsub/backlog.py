@@ -62,11 +62,12 @@ ROLL_AT: Final = 2**31 - 2**24
 RECORD_VERSION: Final = 2
 # A subscriber's record asks publishers to write envelopes up to this size
 # into the node's name (``inline``): its pump then reads the message from
-# the watch event or the listing, without a read per node. The names get
-# long (about 1.33 bytes a byte), so such a queue moves to a fresh segment
-# every INLINE_SEGMENT_NODES nodes, and a listing stays under 400 KiB.
-INLINE_BYTES: Final = 256
-INLINE_SEGMENT_NODES: Final = 1_000
+# the watch event or the listing, without a read per node (two small
+# messages packed together still fit). The names get long (about 1.33
+# bytes a byte: up to about 720), so such a queue moves to a fresh segment
+# every INLINE_SEGMENT_NODES nodes: a listing stays under 400 KiB.
+INLINE_BYTES: Final = 512
+INLINE_SEGMENT_NODES: Final = 512
 # The reason of the gap told when a subscription is evicted.
 EVICTED: Final = "backlog full: evicted"
 
