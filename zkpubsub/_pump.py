@@ -9,9 +9,10 @@ order. A node whose name carries its message needs no read: when its
 queue is caught up (nothing listed or named before it waits, no listing
 due) and the library's own serializers read it, kazoo's connection thread
 hands it to the subscription's buffer itself, on the event; otherwise the
-pump takes it in its turn. One round asks for at most ``READ_WINDOW_BYTES`` of node data (by
-the last round's node size), taken in turn from every subscription, so the
-answers a server builds for one client stay small whatever the backlog.
+pump takes it in its turn. One round asks for at most ``READ_WINDOW_BYTES``
+of node data (by the last round's node size), taken in turn from every
+subscription, so the answers a server builds for one client stay small
+whatever the backlog.
 Queues are listed only when a subscription starts, after a reconnect
 (events of the time in between are lost; the watch is set again first, so
 the listing sees the rest), after the client registered again, and every
@@ -50,7 +51,6 @@ from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
 from .layout import (
     brief,
-    carries_data,
     inline_data,
     join,
     order_names,
@@ -306,17 +306,12 @@ class ReceivePump:
         built-in serializers (no user code runs on kazoo's thread), and not
         while a listing is due (events may have been missed: what they named
         comes first)."""
-        prefix = self._base + "/"
-        if not path.startswith(prefix):
+        located = self._locate(path)
+        if located is None:
             return False
-        topic, _, rest = path[len(prefix) :].partition("/")
-        segment, _, entry = rest.partition("/")
+        queue, rest, segment, entry = located
         data = inline_data(entry)
-        if data is None or parse_segment_node(segment) is None:
-            return False
-        with self._lock:
-            queue = self._queues.get(topic)
-        if queue is None or queue.relist or queue.listing:
+        if data is None or queue.relist or queue.listing or parse_segment_node(segment) is None:
             return False
         serializers = self._ctx.serializers
         try:
@@ -334,6 +329,21 @@ class ReceivePump:
         if not entries:
             self._wake.set()  # nothing to handle: its delete
         return True
+
+    def _locate(self, path: str) -> tuple[_Queue, str, str, str] | None:
+        """The subscription's queue an event's path lies in, with the path
+        under the queue (``rest``), split into ``segment`` and ``entry``;
+        ``None`` outside every attached queue."""
+        prefix = self._base + "/"
+        if not path.startswith(prefix):
+            return None
+        topic, _, rest = path[len(prefix) :].partition("/")
+        with self._lock:
+            queue = self._queues.get(topic)
+        if queue is None:
+            return None
+        segment, _, entry = rest.partition("/")
+        return queue, rest, segment, entry
 
     def _on_child_watch(self, topic: str, _event: WatchedEvent) -> None:
         with self._lock:
@@ -420,15 +430,10 @@ class ReceivePump:
 
     def _take_event(self, kind: int, path: str) -> None:
         """(Under the event lock.) One event: see :meth:`_take_events`."""
-        prefix = self._base + "/"
-        if not path.startswith(prefix):
+        located = self._locate(path)
+        if located is None:
             return
-        topic, _, rest = path[len(prefix) :].partition("/")
-        with self._lock:
-            queue = self._queues.get(topic)
-        if queue is None:
-            return
-        segment, _, entry = rest.partition("/")
+        queue, rest, segment, entry = located
         if kind == NODE_CREATED:
             if entry and "/" not in entry and parse_queue_entry(entry) is not None:
                 queue.buffer.discovered(rest)
@@ -530,18 +535,23 @@ class ReceivePump:
         if not chosen:
             return
         wanted = [(queues[i], name) for i, name in chosen]
-        deleted = {
-            id(q): q.buffer.deleted_among([n for p, n in wanted if p is q]) for q in set(queues)
-        }
+        # A name that carries its envelope is not read, unless this
+        # subscription deleted it lately: is it back, or was the listing
+        # that showed it older than the delete?
+        carried: dict[int, dict[str, bytes]] = {}
+        for queue, name in wanted:
+            data = inline_data(name.rpartition("/")[2])
+            if data is not None:
+                carried.setdefault(id(queue), {})[name] = data
+        for queue in {q for q, _ in wanted if id(q) in carried}:
+            names = carried[id(queue)]
+            for name in queue.buffer.deleted_among(list(names)):
+                del names[name]
         requests: list[tuple[_Queue, str, Any]] = []
         for queue, name in wanted:
-            # A name that carries its envelope is not read, unless this
-            # subscription deleted it lately: is it back, or was the listing
-            # that showed it older than the delete?
-            if not carries_data(name) or name in deleted[id(queue)]:
-                requests.append((queue, name, kazoo.get_async(join(queue.path, name))))
-            else:
-                requests.append((queue, name, b""))
+            data = carried.get(id(queue), {}).get(name)
+            request = data if data is not None else kazoo.get_async(join(queue.path, name))
+            requests.append((queue, name, request))
         deadline = self._ctx.deadline()
         results: dict[int, tuple[list[str], list[Delivery]]] = {}
         read = size = 0
@@ -549,8 +559,8 @@ class ReceivePump:
             for queue, name, request in requests:
                 path = join(queue.path, name)
                 fetched, deliveries = results.setdefault(id(queue), ([], []))
-                if isinstance(request, bytes):
-                    deliveries.extend(decode_node(self._ctx.serializers, path, name, b""))
+                if isinstance(request, bytes):  # the envelope its name carries
+                    deliveries.extend(decode_node(self._ctx.serializers, path, name, request))
                     fetched.append(name)
                     self.nodes_read += 1
                     continue
