@@ -538,27 +538,26 @@ class ReceivePump:
         # A name that carries its envelope is not read, unless this
         # subscription deleted it lately: is it back, or was the listing
         # that showed it older than the delete?
-        carried: dict[int, dict[str, bytes]] = {}
+        carried: dict[_Queue, dict[str, bytes]] = {}
         for queue, name in wanted:
             data = inline_data(name.rpartition("/")[2])
             if data is not None:
-                carried.setdefault(id(queue), {})[name] = data
-        for queue in {q for q, _ in wanted if id(q) in carried}:
-            names = carried[id(queue)]
+                carried.setdefault(queue, {})[name] = data
+        for queue, names in carried.items():
             for name in queue.buffer.deleted_among(list(names)):
                 del names[name]
         requests: list[tuple[_Queue, str, Any]] = []
         for queue, name in wanted:
-            data = carried.get(id(queue), {}).get(name)
+            data = carried.get(queue, {}).get(name)
             request = data if data is not None else kazoo.get_async(join(queue.path, name))
             requests.append((queue, name, request))
         deadline = self._ctx.deadline()
-        results: dict[int, tuple[list[str], list[Delivery]]] = {}
+        results: dict[_Queue, tuple[list[str], list[Delivery]]] = {}
         read = size = 0
         try:
             for queue, name, request in requests:
                 path = join(queue.path, name)
-                fetched, deliveries = results.setdefault(id(queue), ([], []))
+                fetched, deliveries = results.setdefault(queue, ([], []))
                 if isinstance(request, bytes):  # the envelope its name carries
                     deliveries.extend(decode_node(self._ctx.serializers, path, name, request))
                     fetched.append(name)
@@ -577,7 +576,7 @@ class ReceivePump:
             if read:
                 self._node_bytes = size / read
             for queue in {q for q, _ in wanted}:
-                fetched, deliveries = results.get(id(queue), ([], []))
+                fetched, deliveries = results.get(queue, ([], []))
                 queue.buffer.fetched(fetched, deliveries)
                 if queue.buffer.wants_more():
                     self._wake.set()
