@@ -14,6 +14,7 @@ from zkpubsub.layout import (
     inline_text,
     order_by_sequence,
     order_names,
+    parse_item_node,
     parse_message_node,
     parse_queue_entry,
     validate_name,
@@ -146,3 +147,30 @@ def test_any_window_of_the_counter_comes_back_in_creation_order(
     created = [wrap(start + i * step) for i in range(count)]
     shuffled = data.draw(st.permutations(created))
     assert order_by_sequence((s, s) for s in shuffled) == created
+
+
+def test_a_path_under_a_work_queue_is_located_by_what_it_is() -> None:
+    paths = Layout("/r").work_queue("q")
+    base = paths.base
+    item = "q500-s0000000002-0123456789ab-0000000007"
+    legacy = "q500-0123456789ab-0000000003"
+    assert parse_item_node(item) is not None and parse_item_node(legacy) is not None
+    assert paths.locate(base) == ("folder", base)
+    assert paths.locate(paths.items) == ("folder", paths.items)
+    assert paths.locate(paths.segment(2)) == ("segment", "s0000000002")
+    assert paths.locate(paths.item(item)) == ("item", item)
+    assert paths.locate(paths.item(legacy)) == ("item", legacy)
+    assert paths.locate(paths.reservation(item)) == ("reservation", item)
+    assert paths.locate(paths.worker("c.1")) == ("worker", "c.1")
+    # an item name in a segment it does not name, and other strangers
+    for foreign in (
+        f"{paths.segment(3)}/{item}",
+        f"{paths.items}/stray",
+        f"{paths.segment(2)}/stray",
+        f"{paths.item(item)}/child",
+    ):
+        assert paths.locate(foreign) == ("foreign", foreign)
+    assert paths.locate(paths.dead_letter(item)) is None
+    assert paths.locate(paths.result("id")) is None
+    assert paths.locate(f"{base}x/items") is None
+    assert paths.locate("/r/queues") is None

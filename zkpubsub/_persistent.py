@@ -75,24 +75,42 @@ class RemoveWatches(namedtuple("RemoveWatches", "path watcher_type")):
 
 class EventHook:
     """Sits in front of kazoo's event reader: hands each event at or below a
-    watched path to that path's callback (on kazoo's connection thread: it
-    must only hand off), then lets kazoo do its own work."""
+    watched path to that path's callbacks (on kazoo's connection thread: they
+    must only hand off), then lets kazoo do its own work. A path may have
+    several callbacks (the server keeps one watch per path and connection)."""
 
     def __init__(self, kazoo: Any) -> None:
         self._kazoo = kazoo
         self._lock = threading.Lock()
-        self._watches: dict[str, OnEvent] = {}  # server path -> callback
+        self._watches: dict[str, list[OnEvent]] = {}  # server path -> callbacks
         reader = kazoo._connection  # kazoo's connection handler: its event reader is wrapped
         self._read = reader._read_watch_event
         reader._read_watch_event = self._on_event
 
-    def watch(self, server_path: str, on_event: OnEvent) -> None:
+    def watch(self, server_path: str, on_event: OnEvent) -> bool:
+        """Add ``on_event`` for ``server_path``; True if the path had none."""
         with self._lock:
-            self._watches[server_path] = on_event
+            callbacks = self._watches.setdefault(server_path, [])
+            callbacks.append(on_event)
+            return len(callbacks) == 1
 
-    def unwatch(self, server_path: str) -> None:
+    def unwatch(self, server_path: str, on_event: OnEvent) -> bool:
+        """Remove ``on_event`` of ``server_path``; True if the path has no
+        callback left (its watch on the server can go)."""
         with self._lock:
-            self._watches.pop(server_path, None)
+            callbacks = self._watches.get(server_path)
+            if callbacks is None:
+                return False
+            if on_event in callbacks:
+                callbacks.remove(on_event)
+            if callbacks:
+                return False
+            del self._watches[server_path]
+            return True
+
+    def watches(self, server_path: str, on_event: OnEvent) -> bool:
+        with self._lock:
+            return on_event in self._watches.get(server_path, ())
 
     def paths(self) -> list[str]:
         with self._lock:
@@ -104,8 +122,9 @@ class EventHook:
         with self._lock:
             hits = [
                 cb
-                for base, cb in self._watches.items()
+                for base, callbacks in self._watches.items()
                 if path == base or path.startswith(base + "/")
+                for cb in callbacks
             ]
         if not hits:
             return self._read(buffer, offset)

@@ -254,7 +254,7 @@ class ReceivePump:
         if last and self._watching:
             with self._lock:
                 self._watching = None
-            self._conn.unwatch_tree(self._base, self._ctx.deadline())
+            self._conn.unwatch_tree(self._base, self._on_event, self._ctx.deadline())
 
     def relist(self, topic: str | None = None) -> None:
         """The queue of ``topic`` (or of every subscription) may hold names

@@ -179,11 +179,11 @@ class ClientConfig:
     (delivered again to this client id) and the handler's thread is left to
     finish on its own. ``backlog`` is the default bound of this client's
     subscriber queues (see :class:`~zkpubsub.Backlog`). ``watch_mode`` is
-    how the client hears of new messages: ``"persistent"``, one persistent
-    recursive watch on its queues (ZooKeeper 3.6+), each new node read
-    directly; ``"listing"``, a child watch per queue and a listing on each
-    change (any server); ``"auto"`` (the default), the first where the
-    server has it.
+    how the client hears of new messages and work items: ``"persistent"``,
+    one persistent recursive watch on its queues and one on each work queue
+    its workers take from (ZooKeeper 3.6+), each new node named by its
+    event; ``"listing"``, child watches and a listing on each change (any
+    server); ``"auto"`` (the default), the first where the server has it.
 
     ``auth`` are the credentials sent when connecting: ``(scheme,
     credential)`` pairs as ZooKeeper's ``addauth`` (``("digest",

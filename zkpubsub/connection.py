@@ -409,11 +409,13 @@ class Connection:
     ) -> bool:
         """Watch ``path`` and every node below it: ``on_event(type, path)``
         for each node created (1), deleted (2) or changed (3), on kazoo's
-        connection thread (it must only hand off), until :meth:`unwatch_tree`.
-        The watch is set again after every reconnect, before any other
-        request of the new connection, so a read made after a reconnect sees
-        what its events missed. ``False`` if the server does not have such
-        watches (before ZooKeeper 3.6): nothing is watched then."""
+        connection thread (it must only hand off), until :meth:`unwatch_tree`
+        with the same ``on_event``. The watch is set again after every
+        reconnect, before any other request of the new connection, so a read
+        made after a reconnect (or after this call) sees what its events
+        missed. Several callers may watch one path (the server keeps one
+        watch for all). ``False`` if the server does not have such watches
+        (before ZooKeeper 3.6): nothing is watched then."""
         if not self.has_persistent_watches():
             return False
         server_path = self.kazoo.chroot + path
@@ -421,22 +423,28 @@ class Connection:
             self._watches = EventHook(self.kazoo)
         self._watches.watch(server_path, on_event)
         try:
+            # sent for every caller, even where the path is watched already:
+            # the caller's next requests then follow a watch the server has
             self.call(lambda: self._add_watch_async(server_path), deadline, f"watch {path}")
         except UnimplementedError:
             self.persistent_watches = False
-            self._watches.unwatch(server_path)
+            self._watches.unwatch(server_path, on_event)
             return False
         except BaseException:
-            self._watches.unwatch(server_path)
+            self._watches.unwatch(server_path, on_event)
             raise
         return True
 
-    def unwatch_tree(self, path: str, deadline: float | None) -> None:
-        """Stop watching ``path`` (and remove the watch from the server)."""
+    def unwatch_tree(
+        self, path: str, on_event: Callable[[int, str], None], deadline: float | None
+    ) -> None:
+        """Stop calling ``on_event`` for ``path``; the last caller's
+        unwatching removes the watch from the server."""
         server_path = self.kazoo.chroot + path
-        if self._watches is None or server_path not in self._watches.paths():
+        if self._watches is None or not self._watches.watches(server_path, on_event):
             return
-        self._watches.unwatch(server_path)
+        if not self._watches.unwatch(server_path, on_event):
+            return  # another caller still watches it
         if not self.connected.is_set():
             return  # the server dropped it with the connection
         result = self.kazoo.handler.async_result()

@@ -466,6 +466,40 @@ class WorkQueuePaths:
     def worker(self, worker_id: str) -> str:
         return f"{self.workers}/{worker_id}"
 
+    def locate(self, path: str) -> tuple[str, str] | None:
+        """What the node at ``path`` is to this queue, as ``(kind, name)``:
+        ``("item", name)`` for a work item (in its segment, or of the
+        unsegmented layout), ``("segment", name)``, ``("reservation",
+        name)``, ``("worker", worker id)``, ``("foreign", path)`` for a node
+        among the items that is none of these, ``("folder", path)`` for the
+        queue's node or one of its folders; ``None`` for the rest (dead
+        letters, results)."""
+        base = self.base
+        if path == base:
+            return "folder", path
+        if not path.startswith(base + "/"):
+            return None
+        parts = path[len(base) + 1 :].split("/")
+        head, depth = parts[0], len(parts)
+        if depth == 1:
+            return ("folder", path) if head in ("items", "reserved", "workers") else None
+        if head == "reserved" and depth == 2:
+            return "reservation", parts[1]
+        if head == "workers" and depth == 2:
+            return "worker", parts[1]
+        if head != "items" or depth > 3:
+            return ("foreign", path) if head == "items" else None
+        number = parse_segment_node(parts[1])
+        parsed = parse_item_node(parts[-1])
+        if depth == 2:
+            if number:
+                return "segment", parts[1]
+            if parsed is not None and parsed.segment == 0:
+                return "item", parts[1]
+        elif number and parsed is not None and parsed.segment == number:
+            return "item", parts[2]
+        return "foreign", path
+
 
 def parse_message_node(name: str) -> tuple[str, int] | None:
     """``(guid, sequence)`` of a message node name, or ``None`` if foreign."""

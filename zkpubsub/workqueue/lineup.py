@@ -1,12 +1,19 @@
-"""The items a worker tries next: listing the queue, ranking, expired leases.
+"""The items a worker tries next: knowing the queue, ranking, expired leases.
 
 A worker keeps a list of candidate items, ranked so that workers do not
 all race for the head: a worker of rank r among W tries first the items
-whose sequence number is r modulo W (:func:`rank_candidates`). Listing
-the queue leaves watches on ``items/``, its segments, ``reserved/`` and
-``workers/``; a put, release or change of workers marks the list stale,
-and the worker lists again before its next reserve, no more often than
-the intervals below.
+whose sequence number is r modulo W (:func:`rank_candidates`). A put,
+release or change of workers marks the list stale, and the worker ranks
+the queue's items again before its next reserve, no more often than the
+intervals below.
+
+Where the server has persistent watches (ZooKeeper 3.6+) and the client's
+``watch_mode`` allows, the worker knows the queue from a
+:class:`~.mirror.Mirror` kept by one persistent recursive watch: ranking
+again needs no request to the server, and the queue is listed only to fill
+the mirror (at the start, after a reconnect). Otherwise every ranking
+lists the queue, which leaves one-shot watches on ``items/``, its
+segments, ``reserved/`` and ``workers/``.
 
 With leases, a listing also finds the reservations whose lease ran out
 (at most once a second: it reads the reservations it already saw at its
@@ -38,6 +45,7 @@ from ..layout import (
 )
 from .finishing import bury
 from .leases import ANCHOR_MAX_AGE, LEASE_SCAN_INTERVAL
+from .mirror import Mirror, segment_of
 from .records import lease_of
 from .registration import Registration
 from .segments import classify, ensure_queue
@@ -106,6 +114,19 @@ class Lineup:
         self._seen_reserved: set[str] = set()
         self._scanned_at = 0.0
         self._given_up: set[str] = set()  # foreign nodes that could not be moved
+        self._mirror: Mirror | None = None
+        self._watch_tried = ctx.config.watch_mode == "listing"
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the queue is known from a persistent watch (no listings)."""
+        return self._mirror is not None
+
+    def close(self, deadline: float | None) -> None:
+        """Stop watching the queue. Idempotent."""
+        mirror, self._mirror = self._mirror, None
+        if mirror is not None:
+            mirror.stop(deadline)
 
     def names(self) -> list[str]:
         """The candidates in hand, in the order they will be tried."""
@@ -121,15 +142,23 @@ class Lineup:
         self._outdated = True
 
     def take(self, limit: int, deadline: float | None) -> list[str]:
-        """Up to ``limit`` candidates to try now, listing first if the list
-        is stale and the interval for that has passed."""
+        """Up to ``limit`` candidates to try now, ranked again first if the
+        list is stale and the interval for that has passed."""
         if self._stale:
             since = time.monotonic() - self._listed_at
             busy = self._names and not self._outdated
             if since >= (RELIST_WHILE_BUSY if busy else MIN_RELIST_INTERVAL):
                 self.refresh(deadline)
+        mirror = self._mirror
         with self._lock:
-            return [self._names.popleft() for _ in range(min(limit, len(self._names)))]
+            if mirror is None:
+                return [self._names.popleft() for _ in range(min(limit, len(self._names)))]
+            batch: list[str] = []
+            while self._names and len(batch) < limit:
+                name = self._names.popleft()
+                if mirror.available(name, self._expired):  # not acked nor taken since
+                    batch.append(name)
+            return batch
 
     def put_back(self, names: Sequence[str]) -> None:
         """Return untried candidates to the front, in their order."""
@@ -142,8 +171,8 @@ class Lineup:
         return {n: self._expired.pop(n) for n in names if n in self._expired}
 
     def refill(self, deadline: float | None) -> bool:
-        """List the queue now (after the list in hand ran out). True if it
-        found candidates; otherwise :meth:`wait` returns on the next change."""
+        """Rank the queue's items now (after the list in hand ran out). True
+        if it found candidates; otherwise :meth:`wait` returns on the next change."""
         self._changed.clear()
         return self.refresh(deadline)
 
@@ -159,53 +188,107 @@ class Lineup:
         self._stale = self._outdated = True
         self._changed.set()
 
+    def _on_mirror_change(self, outdated: bool) -> None:  # kazoo's thread
+        self._stale = True
+        if outdated:
+            self._outdated = True
+        self._changed.set()
+
+    def _watch(self, deadline: float | None) -> Mirror | None:
+        """The mirror, started on the first call where the mode allows and
+        the server has persistent watches."""
+        if not self._watch_tried:
+            mirror = Mirror(self._ctx.conn, self._paths, self._on_mirror_change)
+            if mirror.start(deadline):
+                self._mirror = mirror
+            self._watch_tried = True
+        return self._mirror
+
     def refresh(self, deadline: float | None) -> bool:
-        """List what is available and order it for this worker. True if any.
-        The listing leaves watches: a later put or release marks it stale.
-        Segments older than the current one are deleted once empty."""
+        """Rank what is available for this worker. True if any. Without a
+        mirror (or to fill it) the queue is listed, leaving watches: a
+        later put or release marks it stale. Segments older than the
+        current one are deleted once empty."""
         if not self._ready:
             ensure_queue(self._ctx, self._queue, deadline)
             self._ready = True
         self._registration.ensure(deadline)
-        conn, paths = self._ctx.conn, self._paths
-        kazoo = conn.kazoo
+        mirror = self._watch(deadline)
         self._stale = self._outdated = False
         self._listed_at = time.monotonic()
+        try:
+            if mirror is not None and mirror.current():
+                return self._rank_mirrored(mirror, deadline)
+            return self._list(mirror, deadline)
+        except BaseException:
+            self._stale = True
+            raise
+
+    def _rank_mirrored(self, mirror: Mirror, deadline: float | None) -> bool:
+        """Rank the mirror's items: no listing."""
+        known = mirror.snapshot()
+        expired = self._find_expired(known.reserved, deadline)
+        held = [name for name in known.reserved if name not in expired]
+        ranked, _ = rank_candidates(known.items, held, known.workers, self._worker_id)
+        newest = max(known.segments, default=0)
+        occupied = {segment_of(name) for name in known.items}
+        for number in known.segments:
+            if number < newest and number not in occupied:
+                mirror.forget_segment(number)
+                self._ctx.conn.kazoo.delete_async(self._paths.segment(number))  # nobody puts there
+        with self._lock:
+            self._names = deque(ranked)
+            return bool(self._names)
+
+    def _list(self, mirror: Mirror | None, deadline: float | None) -> bool:
+        """List the queue (and fill the mirror, if there is one)."""
+        conn, paths = self._ctx.conn, self._paths
+        kazoo = conn.kazoo
+        # the mirror's watch tells of changes; without it, one-shot watches
+        on_change = None if mirror is not None else self._on_change
+        on_workers = None if mirror is not None else self._on_workers_change
+        token = mirror.listing() if mirror is not None else 0
         try:
             answers = conn.read_all(
                 lambda: [
                     kazoo.get_async(paths.base),
-                    kazoo.get_children_async(paths.items, watch=self._on_change),
-                    kazoo.get_children_async(paths.reserved, watch=self._on_change),
-                    kazoo.get_children_async(paths.workers, watch=self._on_workers_change),
+                    kazoo.get_children_async(paths.items, watch=on_change),
+                    kazoo.get_children_async(paths.reserved, watch=on_change),
+                    kazoo.get_children_async(paths.workers, watch=on_workers),
                 ],
                 deadline,
                 "list queue",
             )
             if any(isinstance(answer, NoNodeError) for answer in answers):
                 self._ready = False
+                if mirror is not None:
+                    mirror.abandon()
                 return False
             (data, _), children, reserved, workers = answers
             listing = classify(children)
             listed = conn.read_all(
                 lambda: [
-                    kazoo.get_children_async(paths.segment(n), watch=self._on_change)
+                    kazoo.get_children_async(paths.segment(n), watch=on_change)
                     for n in listing.segments
                 ],
                 deadline,
                 "list segments",
             )
         except BaseException:
-            self._stale = True
+            if mirror is not None:
+                mirror.abandon()
             raise
         current = parse_segment_number(data) or 0
         names = list(listing.legacy)
         foreign = [(join(paths.items, name), name) for name in listing.foreign]
+        segments = []
         for number, in_segment in zip(listing.segments, listed, strict=True):
             if isinstance(in_segment, NoNodeError):
                 continue
             if not in_segment and number < current:
                 kazoo.delete_async(paths.segment(number))  # nobody puts there any more
+                continue
+            segments.append(number)
             for name in in_segment:
                 parsed = parse_item_node(name)
                 if parsed is not None and parsed.segment == number:
@@ -213,6 +296,8 @@ class Lineup:
                 else:
                     key = f"{segment_name(number)}.{name}"
                     foreign.append((join(paths.segment(number), name), key))
+        if mirror is not None:
+            mirror.fill(token, names, reserved, workers, segments)
         expired = self._find_expired(reserved, deadline)
         held = [name for name in reserved if name not in expired]
         ranked, _ = rank_candidates(names, held, workers, self._worker_id)

@@ -312,4 +312,7 @@ class Worker:
         if self._closed:
             return
         self._closed = True
-        self._registration.leave()
+        try:
+            self._lineup.close(self._ctx.closing_deadline())
+        finally:
+            self._registration.leave()

@@ -1,0 +1,254 @@
+"""How workers hear of a work queue's changes, against a real server: with a
+persistent recursive watch (the queue mirrored, no listing per change) and,
+as the fallback, listing on every change; both reserve everything in order,
+a release is heard, a cut connection loses nothing, closing removes the
+watch from the server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from zkpubsub import Client, ClientState
+from zkpubsub.testing import four_letter
+from zkpubsub.testing.proxy import TcpProxy
+from zkpubsub.workqueue import mirror as queue_mirror
+
+from .helpers import wait_until
+from .test_receive import version_of
+
+MakeClient = Callable[..., Client]
+MODES = ["persistent", "listing"]
+
+
+def needs_watches(zk_hosts: str, mode: str) -> None:
+    if mode == "persistent" and version_of(zk_hosts) < (3, 6, 0):
+        pytest.skip("persistent watches need ZooKeeper 3.6+")
+
+
+def watches_of(zk_hosts: str) -> set[str]:
+    host, port = zk_hosts.split(",")[0].split(":")
+    out = four_letter(host, int(port), "wchp")
+    return {line.strip() for line in out.splitlines() if line.startswith("/")}
+
+
+def reserve_one_by_one(
+    make_client: MakeClient, mode: str, count: int, queue: str = "jobs"
+) -> tuple[list[Any], float]:
+    """Put ``count`` items one at a time, each once the worker (idle, waiting
+    in ``reserve``) has acked the one before. Returns the payloads in the
+    order reserved and the requests the worker's client sent per item."""
+    consumer = make_client(watch_mode=mode)
+    worker = consumer.queue(queue).worker()
+    producer = make_client().queue(queue)
+    assert worker.reserve(timeout=0.2) is None  # registered, watching, idle
+    assert worker._lineup.mirrored is (mode == "persistent")
+    got: list[Any] = []
+    acked = threading.Semaphore(0)
+
+    def work() -> None:
+        while len(got) < count:
+            item = worker.reserve(timeout=30)
+            assert item is not None
+            got.append(item.payload)
+            item.ack()
+            acked.release()
+
+    thread = threading.Thread(target=work)
+    before = consumer._ctx.conn.requests
+    thread.start()
+    for i in range(count):
+        producer.put(i)
+        assert acked.acquire(timeout=30), f"item {i} not acked"
+    thread.join(30)
+    return got, (consumer._ctx.conn.requests - before) / count
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_both_ways_of_hearing_of_items_reserve_everything_in_order(
+    make_client: MakeClient, zk_hosts: str, mode: str
+) -> None:
+    needs_watches(zk_hosts, mode)
+    producer = make_client().queue("jobs")
+    consumer = make_client(watch_mode=mode)
+
+    def priority(i: int) -> int:
+        return 1 if i % 5 == 0 else 2
+
+    for i in range(50):
+        producer.put(i, priority=priority(i))
+    alone = consumer.queue("jobs").worker()
+    first = []
+    for _ in range(50):
+        item = alone.reserve(timeout=10)
+        assert item is not None
+        first.append(item.payload)
+        item.ack()
+    assert first == sorted(range(50), key=lambda i: (priority(i), i))
+    alone.close()
+
+    workers = [consumer.queue("jobs").worker() for _ in range(2)]
+    got: list[list[int]] = [[], []]
+
+    def work(n: int) -> None:
+        while True:
+            item = workers[n].reserve(timeout=3)
+            if item is None:
+                return
+            got[n].append(item.payload)
+            item.ack()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(50, 250):
+        producer.put(i)  # while the workers reserve
+    for t in threads:
+        t.join(60)
+    assert sorted(got[0] + got[1]) == list(range(50, 250))  # each once
+    assert all(w._lineup.mirrored is (mode == "persistent") for w in workers)
+
+
+def test_a_worker_with_the_watch_hears_of_puts_without_listing(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    got, persistent = reserve_one_by_one(make_client, "persistent", 30, "a")
+    assert got == list(range(30))
+    got, listing = reserve_one_by_one(make_client, "listing", 30, "b")
+    assert got == list(range(30))
+    # each item: a read, the reserving and the acking transactions; a
+    # listing is five requests more (queue node, items/, reserved/,
+    # workers/, the segment), made at least once per item without the watch
+    assert persistent <= 3.5, persistent
+    assert listing >= persistent + 4.5, (listing, persistent)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_item_released_by_one_worker_is_heard_by_a_waiting_one(
+    make_client: MakeClient, zk_hosts: str, mode: str
+) -> None:
+    needs_watches(zk_hosts, mode)
+    first = make_client().queue("jobs")
+    first.put("x")
+    item = first.reserve(timeout=10)
+    assert item is not None and item.payload == "x"
+    other = make_client(watch_mode=mode).queue("jobs").worker()
+    assert other.reserve(timeout=0.5) is None  # it is held
+    taken: list[Any] = []
+    waiter = threading.Thread(target=lambda: taken.append(other.reserve(timeout=20)))
+    waiter.start()
+    item.release()
+    waiter.join(25)
+    assert taken and taken[0] is not None and taken[0].payload == "x"
+    assert taken[0].attempts == 2
+
+
+def test_a_cut_connection_while_items_are_put_loses_nothing(
+    make_client: MakeClient, zk_hosts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    # the listing after the reconnect finds them, not the listing for safety
+    monkeypatch.setattr(queue_mirror, "SAFETY_LISTING_INTERVAL", 1e9)
+    host, port = zk_hosts.split(",")[0].split(":")
+    with TcpProxy((host, int(port)), name="queue-mirror") as proxy:
+        consumer = make_client(hosts=proxy.address, watch_mode="persistent")
+        states: list[ClientState] = []
+        consumer.add_listener(states.append)
+        worker = consumer.queue("jobs").worker()
+        producer = make_client().queue("jobs")
+        got: list[int] = []
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    item = worker.reserve(timeout=1)
+                    if item is not None:
+                        got.append(item.payload)
+                        item.ack()
+                except Exception:  # a connection loss mid-call: go on
+                    continue
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        put = 0
+        try:
+            for _ in range(3):
+                for _ in range(20):
+                    producer.put(put)
+                    put += 1
+                wait_until(lambda p=put: len(set(got)) >= p - 15, 30, "items reserved")
+                proxy.cut()  # the watch and the events of the outage are gone
+                for _ in range(20):  # put while the worker is away
+                    producer.put(put)
+                    put += 1
+                wait_until(lambda: states and states[-1] == ClientState.CONNECTED, 30, "back")
+            wait_until(lambda: set(got) == set(range(put)), 60, "every item reserved")
+        finally:
+            stop.set()
+            thread.join(30)
+        assert worker._lineup.mirrored
+        assert states.count(ClientState.SUSPENDED) >= 3
+        stats = producer.stats()
+        assert (stats.ready, stats.reserved) == (0, 0)
+
+
+def test_closing_the_last_worker_of_a_queue_removes_its_watch_from_the_server(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    client = make_client(watch_mode="persistent")
+    queue = client.queue("jobs")
+    base = client._ctx.layout.work_queue("jobs").base
+    first, second = queue.worker(), queue.worker()
+    for worker in (first, second):
+        assert worker.reserve(timeout=0.1) is None
+    assert base in watches_of(zk_hosts)
+    first.close()
+    assert base in watches_of(zk_hosts)  # the second still watches
+    make_client().queue("jobs").put("still heard")
+    item = second.reserve(timeout=10)
+    assert item is not None and item.payload == "still heard"
+    item.ack()
+    second.close()
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    assert client.status == ClientState.CONNECTED
+
+
+def test_events_during_a_listing_count_over_its_result(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    # A listing answered before a put (or an ack) does not show it; the
+    # events that came while it was under way are applied over it.
+    needs_watches(zk_hosts, "persistent")
+    client = make_client(watch_mode="persistent")
+    queue = client.queue("jobs")
+    producer = make_client().queue("jobs")
+    producer.put("old")
+    worker = queue.worker()
+    old = worker.reserve(timeout=5)  # listed: the mirror is filled
+    assert old is not None
+    old.ack()
+    mirror = worker._lineup._mirror
+    assert mirror is not None and mirror.current()
+    wait_until(lambda: not mirror.snapshot().items, 10, "the ack heard")
+    producer.put("kept")
+    wait_until(lambda: mirror.snapshot().items, 10, "the put heard")
+    (kept,) = mirror.snapshot().items
+    token = mirror.listing()  # a listing sent now, answered ...
+    producer.put("new")
+    wait_until(lambda: len(mirror.snapshot().items) == 2, 10, "the put heard")
+    mirror.fill(token, [kept], [], [], [])  # ... before that put
+    assert len(mirror.snapshot().items) == 2
+    assert mirror.current()
+    item = worker.reserve(timeout=5)
+    assert item is not None and item.payload == "kept"
+    token = mirror.listing()
+    item.ack()
+    wait_until(lambda: len(mirror.snapshot().items) == 1, 10, "the ack heard")
+    mirror.fill(token, [kept, *mirror.snapshot().items], [], [], [])  # answered before the ack
+    assert kept not in mirror.snapshot().items
