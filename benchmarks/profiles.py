@@ -7,7 +7,16 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-SECTIONS: Final = ("fanout", "queue", "latency", "backlog", "stuck", "stall", "gateway")
+SECTIONS: Final = (
+    "fanout",
+    "queue",
+    "queue-latency",
+    "latency",
+    "backlog",
+    "stuck",
+    "stall",
+    "gateway",
+)
 
 
 def subscriber_processes(profile: Profile) -> int:
@@ -45,6 +54,15 @@ class Profile:
     queue_items: int = 2_000
     queue_consume_cap: float = 120.0
     queue_idle: float = 1.0
+    # put-to-reserve latency of the work queue, open loop, by how workers
+    # hear of new items (watch_mode), beside the commit floor: workers (one
+    # process each), offered rates, the measured window and the unmeasured
+    # warm-up of every cell, and how long the workers may take to catch up
+    queue_latency_workers: tuple[int, ...] = (1, 4)
+    queue_latency_rates: tuple[float, ...] = (50.0, 200.0)
+    queue_latency_duration: float = 10.0
+    queue_latency_warmup: float = 1.0
+    queue_latency_drain_cap: float = 30.0
     # publish-to-handler latency, open loop
     latency_subscribers: int = 10
     latency_rates: tuple[float, ...] = (50.0, 200.0, 1000.0)
@@ -108,6 +126,11 @@ QUICK: Final = replace(
     queue_items=100,
     queue_consume_cap=20.0,
     queue_idle=0.5,
+    queue_latency_workers=(1, 2),
+    queue_latency_rates=(50.0,),
+    queue_latency_duration=1.0,
+    queue_latency_warmup=0.3,
+    queue_latency_drain_cap=10.0,
     latency_subscribers=2,
     latency_rates=(100.0,),
     latency_target_rate=100.0,

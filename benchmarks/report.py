@@ -514,6 +514,107 @@ def _queue(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _queue_latency(section: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in section.get("results", []):
+        lat = r["latency_ms"]
+        floor = r.get("floor_ms") or {}
+        floor_row = r["impl"] == "floor"
+        rows.append(
+            (
+                r["label"],
+                "-" if floor_row else r["workers"],
+                r["rate"],
+                r["achieved_rate"],
+                lat["p50"],
+                lat["p90"],
+                lat["p99"],
+                lat["max"],
+                floor.get("p50", "-"),
+                floor.get("p99", "-"),
+                r["latency_from_put_ms"]["p99"],
+                "-" if floor_row else r["put_ms"]["p50"],
+                r.get("requests_per_item") or "-",
+                "-" if floor_row else f"{_fmt(r['reserved'])}/{_fmt(r['sent'])}",
+                "-" if floor_row else r["exactly_once"],
+                "yes" if r["saturated"] else "no",
+                fmt_spread(r.get("p50_spread"), digits=1),
+                fmt_spread(r.get("p99_spread"), digits=1),
+            )
+        )
+    params = section.get("params", {})
+    lines = [
+        f"One producer thread puts {params.get('payload_bytes', 100)}-byte items open loop "
+        f"for {_fmt(params.get('duration_s'))} s (after {_fmt(params.get('warmup_s'))} s "
+        "unmeasured); workers, one process and session each, loop `reserve()` then "
+        "`ack()`. Milliseconds from each item's *scheduled* put to `reserve()` returning; "
+        "each percentile is the median over the runs, the last two columns the smallest "
+        "and largest p50 and p99 of the runs. The floor: the commit latency of a raw "
+        "sequential create from one thread at the same rate, in the same run (the floor "
+        "rows' own latency is that commit's). Put p50: the producer's put, from its "
+        "scheduled time. Requests per item: what the workers' connections sent after the "
+        "warm-up, over the items they got. Reserved/put: the median run's; exactly once: "
+        "every item put reserved and acked once, the queue left empty, in every run.",
+        "",
+    ]
+    lines += _table(
+        (
+            "implementation",
+            "workers",
+            "offered items/s",
+            "achieved",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "floor p50",
+            "floor p99",
+            "p99 from the put call",
+            "put p50",
+            "requests per item",
+            "reserved/put",
+            "exactly once",
+            "saturated",
+            "p50 over the runs",
+            "p99 over the runs",
+        ),
+        rows,
+    )
+    comparison = section.get("comparison", [])
+    if any(c["listing_over_persistent_p50"] for c in comparison):
+        lines += [
+            "",
+            'Compared within each run: `watch_mode="listing"` over `"persistent"` (above 1: '
+            "listing slower or costlier), and each mode's p50 above the floor's, in ms "
+            "(median, smallest to largest).",
+            "",
+        ]
+        lines += _table(
+            (
+                "workers",
+                "offered items/s",
+                "p50 listing / persistent",
+                "p99 listing / persistent",
+                "requests per item listing / persistent",
+                "persistent p50 above the floor",
+                "listing p50 above the floor",
+            ),
+            [
+                (
+                    c["workers"],
+                    c["rate"],
+                    fmt_spread(c["listing_over_persistent_p50"], "x", 2),
+                    fmt_spread(c["listing_over_persistent_p99"], "x", 2),
+                    fmt_spread(c["listing_over_persistent_requests"], "x", 2),
+                    fmt_spread(c["persistent_p50_above_floor_ms"], " ms"),
+                    fmt_spread(c["listing_p50_above_floor_ms"], " ms"),
+                )
+                for c in comparison
+            ],
+        )
+    return lines
+
+
 def _latency(section: dict[str, Any]) -> list[str]:
     rows = []
     for r in section.get("results", []):
@@ -869,6 +970,7 @@ def markdown(
     renderers: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
         "fanout": ("Fan-out end to end", _fanout),
         "queue": ("Work queue", _queue),
+        "queue-latency": ("Work-queue latency, put to reserve, by watch mode", _queue_latency),
         "latency": ("Publish-to-handler latency", _latency),
         "backlog": ("Publish cost against a backlog", _backlog),
         "stuck": ("One stuck subscriber among ten", _stuck),

@@ -30,7 +30,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = PACKAGE_DIR / "results"
 DEFAULT_DOCS = PACKAGE_DIR.parent / "docs" / "benchmarks.md"
 DEFAULT_README = PACKAGE_DIR.parent / "README.md"
-STANDALONE_SECTIONS = ("fanout", "queue", "latency", "backlog", "stuck", "gateway")
+STANDALONE_SECTIONS = (
+    "fanout",
+    "queue",
+    "queue-latency",
+    "latency",
+    "backlog",
+    "stuck",
+    "gateway",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -183,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = replace(profile, latency_subscribers=max(1, args.latency_subscribers))
     sub_procs = subscriber_processes(profile)
     queue_procs = max(profile.queue_workers, default=1) if "queue" in args.sections else 1
+    if "queue-latency" in args.sections:  # one process per queue worker there too
+        queue_procs = max((queue_procs, *profile.queue_latency_workers))
     # the latency targets' cells run one subscriber process per subscriber
     latency_procs = (
         max(profile.latency_target_counts, default=1) if "latency" in args.sections else 1
@@ -363,7 +373,8 @@ def _run(
                 )
         for name in args.sections:
             monitor.mark(name)
-            module = importlib.import_module(f".sections.{name}", __package__)
+            # a section's module is its name with "_" for "-"
+            module = importlib.import_module(f".sections.{name.replace('-', '_')}", __package__)
             try:
                 if name == "stall":
                     report["sections"][name] = module.run(ctx, clusters)

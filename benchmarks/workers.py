@@ -114,12 +114,113 @@ class _Subscriber:
         self.requests = requests
 
 
+class _Takes:
+    """What a timed queue worker got since its last reset: per item, the
+    time from the put's scheduled (and actual) time to ``reserve()``
+    returning, the acks, and the requests its connection sent."""
+
+    def __init__(self, requests: int) -> None:
+        self.recorder = Recorder(True)
+        self.acked = 0
+        self.ack_errors = 0
+        self.reserve_errors = 0
+        self.first_error: str | None = None
+        self.requests_at_start = requests
+
+
+class _TimedQueueWorker:
+    """A zkpubsub queue worker in a thread: ``reserve(timeout)``, then
+    ``item.ack()``, until stopped. Its own client (and session)."""
+
+    def __init__(
+        self, hosts: str, root: str, queue_name: str, watch_mode: str, reserve_timeout: float
+    ) -> None:
+        from zkpubsub import Client
+
+        self.client = Client(
+            hosts,
+            root=root,
+            serializer="raw",
+            watch_mode=cast(Any, watch_mode),
+            **credentials.security(),
+        )
+        self.queue = cast(Any, self.client).queue(queue_name, max_items=None)
+        self.reserve_timeout = reserve_timeout
+        # the first reserve registers the worker and lists the queue: done
+        # here, so that the worker is in place before the first put
+        if self.queue.reserve(timeout=0.01) is not None:
+            raise RuntimeError(f"queue {queue_name!r} was not empty")
+        self.takes = _Takes(self.requests())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="timed-queue-worker", daemon=True)
+        self._thread.start()
+
+    def requests(self) -> int:
+        """Requests the client's connection sent so far (the library's counter)."""
+        count: int = cast(Any, self.client)._ctx.conn.requests
+        return count
+
+    def reset(self) -> None:
+        """Start counting afresh (after the warm-up)."""
+        self.takes = _Takes(self.requests())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self.queue.reserve(timeout=self.reserve_timeout)
+            except Exception as exc:
+                self._error(self.takes, exc, reserving=True)
+                self._stop.wait(0.05)
+                continue
+            if item is None:
+                continue
+            takes = self.takes
+            takes.recorder.record(item.payload)  # the time reserve() returned
+            try:
+                item.ack()
+            except Exception as exc:
+                self._error(takes, exc, reserving=False)
+            else:
+                takes.acked += 1
+
+    @staticmethod
+    def _error(takes: _Takes, exc: Exception, *, reserving: bool) -> None:
+        if reserving:
+            takes.reserve_errors += 1
+        else:
+            takes.ack_errors += 1
+        if takes.first_error is None:
+            takes.first_error = f"{type(exc).__name__}: {exc}"
+        logger.warning("timed queue worker: %s failed: %r", "reserve" if reserving else "ack", exc)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the loop, close the client, report since the last reset."""
+        self._stop.set()
+        self._thread.join(self.reserve_timeout + 30)
+        takes = self.takes
+        requests = self.requests() - takes.requests_at_start
+        try:
+            self.client.close()
+        except Exception as exc:
+            logger.warning("closing a timed queue worker: %r", exc)
+        return {
+            **takes.recorder.summary(latencies=True, seqs=True),
+            "acked": takes.acked,
+            "ack_errors": takes.ack_errors,
+            "reserve_errors": takes.reserve_errors,
+            "first_error": takes.first_error,
+            "requests": requests,
+            "stopped": not self._thread.is_alive(),
+        }
+
+
 class WorkerState:
     """The commands a worker process answers."""
 
     def __init__(self) -> None:
         self.subscribers: list[_Subscriber] = []
         self.stuck: list[Callable[[], None]] = []
+        self.timed_workers: list[_TimedQueueWorker] = []
         self._warm_zk: Any = None
         self._warm_hosts = ""
 
@@ -327,6 +428,7 @@ class WorkerState:
     def unsubscribe(self) -> int:
         subs, self.subscribers = self.subscribers, []
         stuck, self.stuck = self.stuck, []
+        self.zq_timed_stop()
         for close in [*(s.close for s in subs), *stuck]:
             try:
                 close()
@@ -374,6 +476,34 @@ class WorkerState:
             )
         finally:
             client.close()
+
+    def zq_timed_start(
+        self, hosts: str, root: str, queue_name: str, watch_mode: str, reserve_timeout: float
+    ) -> str:
+        """Start a queue worker that reserves and acks until stopped, timing
+        each item from its put; returns once the worker is registered."""
+        worker = _TimedQueueWorker(hosts, root, queue_name, watch_mode, reserve_timeout)
+        self.timed_workers.append(worker)
+        return worker.client.client_id
+
+    def zq_timed_counts(self) -> list[tuple[int, int]]:
+        """(distinct items reserved, items acked) of each timed worker."""
+        return [(w.takes.recorder.unique, w.takes.acked) for w in self.timed_workers]
+
+    def zq_timed_reset(self) -> None:
+        for worker in self.timed_workers:
+            worker.reset()
+
+    def zq_timed_stop(self) -> list[dict[str, Any]]:
+        """Stop the timed workers; what each got since its last reset."""
+        workers, self.timed_workers = self.timed_workers, []
+        out = []
+        for worker in workers:
+            try:
+                out.append(worker.stop())
+            except Exception as exc:
+                logger.warning("stopping a timed queue worker: %r", exc)
+        return out
 
 
 def _consume_loop(

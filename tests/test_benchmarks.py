@@ -122,6 +122,52 @@ def test_queue_drains_the_same_backlog_and_consumes_every_item_once(report: dict
             assert ratio["best_vs_best"]["n"] == QUICK.repeats
 
 
+def test_queue_latency_takes_every_item_once_in_both_watch_modes_beside_the_floor(
+    report: dict,
+) -> None:
+    section = report["sections"]["queue-latency"]
+    assert section["errors"] == [] and section["skipped"] == []
+    runs = section["runs"]
+    sides = {"zkpubsub-persistent", "zkpubsub-listing", "floor"}
+    groups = [(w, r) for w in QUICK.queue_latency_workers for r in QUICK.queue_latency_rates]
+    for workers, rate in groups:
+        cells = [r for r in runs if r["workers"] == workers and r["rate"] == rate]
+        assert {r["impl"] for r in cells} == sides
+        assert len(cells) == len(sides) * QUICK.repeats  # every side in every repeat
+        orders = section["orders"][f"{workers}@{rate:g}"]
+        assert all(sorted(o) == sorted(sides) for o in orders)
+        assert len({o[0] for o in orders}) == QUICK.repeats  # not always the same first
+    for r in runs:
+        assert r["errors"] == 0, r
+        assert r["sent"] + r["unsent"] == r["scheduled"], r
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+        if r["impl"] == "floor":  # one commit per item sent
+            assert r["latency_ms"]["count"] == r["sent"], r
+            continue
+        # every scheduled item has a latency (reserved, or counted as waiting)
+        assert r["latency_ms"]["count"] == r["scheduled"], r
+        assert r["watch_mode"] in ("persistent", "listing"), r
+        assert r["exactly_once"] and r["problems"] == [], r
+        assert r["reserved"] == r["acked"] == r["sent"] and r["duplicates"] == 0, r
+        assert sum(r["per_worker"]) == r["sent"] and len(r["per_worker"]) == r["workers"], r
+        assert r["left_in_queue"] == {"ready": 0, "reserved": 0, "dead": 0}, r
+        assert r["requests_per_item"] >= 2, r  # a reserve and an ack at least
+    rows = section["results"]
+    for row in rows:
+        assert row["repeats"] == QUICK.repeats
+        if row["impl"] != "floor":
+            floor = next(
+                f
+                for f in rows
+                if f["impl"] == "floor"
+                and (f["workers"], f["rate"]) == (row["workers"], row["rate"])
+            )
+            assert row["floor_ms"]["p50"] == floor["latency_ms"]["p50"]
+    for c in section["comparison"]:
+        assert c["listing_over_persistent_p50"]["n"] == QUICK.repeats  # one per repeat
+        assert c["listing_over_persistent_requests"]["n"] == QUICK.repeats
+
+
 def test_latency_accounts_for_every_scheduled_delivery(report: dict) -> None:
     section = report["sections"]["latency"]
     assert {r["impl"] for r in section["results"]} >= {"zkpubsub", "zkms"}
