@@ -496,17 +496,24 @@ def _queue(section: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Compared within each run: zkpubsub one item at a time against LockingQueue (which "
-            "takes one at a time) with as many workers, and zkpubsub's best against "
-            "LockingQueue's best at any number of workers.",
+            "takes one at a time) with as many workers, zkpubsub's best against "
+            "LockingQueue's best at any number of workers, and zkpubsub one item at a time "
+            'with its default watch (persistent) against watch_mode="listing".',
             "",
         ]
         lines += _table(
-            ("workers", "one at a time: zkpubsub / LockingQueue", "best / LockingQueue's best"),
+            (
+                "workers",
+                "one at a time: zkpubsub / LockingQueue",
+                "best / LockingQueue's best",
+                "one at a time: persistent / listing",
+            ),
             [
                 (
                     r["workers"],
                     fmt_spread(r["single_vs_single"], "x", 2),
                     fmt_spread(r["best_vs_best"], "x", 2),
+                    fmt_spread(r.get("persistent_vs_listing"), "x", 2),
                 )
                 for r in ratios
             ],

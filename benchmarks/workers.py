@@ -455,12 +455,25 @@ class WorkerState:
             zk.close()
 
     def zq_consume(
-        self, hosts: str, root: str, queue_name: str, idle: float, cap: float, prefetch: int = 1
+        self,
+        hosts: str,
+        root: str,
+        queue_name: str,
+        idle: float,
+        cap: float,
+        prefetch: int = 1,
+        watch_mode: str = "auto",
     ) -> dict[str, Any]:
         """zkpubsub's work queue: reserve, then ack (``prefetch`` > 1: in batches)."""
         from zkpubsub import Client
 
-        client = Client(hosts, root=root, serializer="raw", **credentials.security())
+        client = Client(
+            hosts,
+            root=root,
+            serializer="raw",
+            watch_mode=cast(Any, watch_mode),
+            **credentials.security(),
+        )
         try:
             queue = cast(Any, client).queue(queue_name)
             if prefetch <= 1:

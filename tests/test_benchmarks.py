@@ -120,6 +120,9 @@ def test_queue_drains_the_same_backlog_and_consumes_every_item_once(report: dict
         for ratio in section["ratios"]:
             assert ratio["single_vs_single"]["n"] == QUICK.repeats
             assert ratio["best_vs_best"]["n"] == QUICK.repeats
+            assert ratio["persistent_vs_listing"]["n"] == QUICK.repeats
+        listing = [r for r in runs if r["impl"] == "zkpubsub-listing"]
+        assert len(listing) == len(ours)  # the same cells with workers listing
 
 
 def test_queue_latency_takes_every_item_once_in_both_watch_modes_beside_the_floor(

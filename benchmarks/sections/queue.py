@@ -15,8 +15,10 @@ item must be consumed exactly once: the counts are checked.
 
 Comparisons, within each repeat (the order of the implementations rotates):
 one item at a time against one item at a time at the same number of
-workers, and zkpubsub's best against LockingQueue's best at any number of
-workers.
+workers, zkpubsub's best against LockingQueue's best at any number of
+workers, and zkpubsub's default (workers hear of items through a persistent
+watch where the server has one) against ``watch_mode="listing"`` (workers
+list the queue on every change), one item at a time.
 """
 
 from __future__ import annotations
@@ -93,10 +95,12 @@ def _locking_queue(ctx: Context, workers: int, phase: Phase) -> dict[str, Any]:
     return {"put": put, "put_rate": stats.rate(put, put_seconds), **consumed}
 
 
-def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase, prefetch: int = 1) -> dict[str, Any]:
+def _zkpubsub_queue(
+    ctx: Context, workers: int, phase: Phase, prefetch: int = 1, watch_mode: str = "auto"
+) -> dict[str, Any]:
     from zkpubsub import Client
 
-    root = new_root(f"queue-{workers}-{prefetch}")
+    root = new_root(f"queue-{workers}-{prefetch}-{watch_mode}")
     name = "bench"
     try:
         client = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
@@ -115,6 +119,7 @@ def _zkpubsub_queue(ctx: Context, workers: int, phase: Phase, prefetch: int = 1)
             root=root,
             queue_name=name,
             prefetch=prefetch,
+            watch_mode=watch_mode,
         )
     finally:
         remove_tree(ctx.hosts, root)
@@ -130,6 +135,13 @@ def _sides(missing: str | None) -> list[Side]:
     ]
     if not missing:
         sides.append(("zkpubsub", "zkpubsub queue (reserve + ack)", _zkpubsub_queue))
+        sides.append(
+            (
+                "zkpubsub-listing",
+                'zkpubsub queue (reserve + ack), watch_mode="listing"',
+                lambda c, w, ph: _zkpubsub_queue(c, w, ph, watch_mode="listing"),
+            )
+        )
         sides.append(
             (
                 "zkpubsub-batched",
@@ -256,9 +268,10 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lq_best[rep] = max(rates) if rates else None
     out = []
     for workers in worker_counts:
-        single, best_vs_best, ours_best, theirs = [], [], [], []
+        single, best_vs_best, ours_best, theirs, by_watch = [], [], [], [], []
         for rep in repeats:
             mine = rate(rep, "zkpubsub", workers)
+            by_watch.append(stats.ratio(mine, rate(rep, "zkpubsub-listing", workers)))
             batched = rate(rep, "zkpubsub-batched", workers)
             base = rate(rep, "lockingqueue", workers)
             top = max((v for v in (mine, batched) if v is not None), default=None)
@@ -275,6 +288,9 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "zkpubsub_best_rate": stats.spread(ours_best, digits=1),
                 "single_vs_single": stats.spread(single),
                 "best_vs_best": stats.spread(best_vs_best),
+                # the default (a persistent watch where the server has it)
+                # against listing on every change, one item at a time
+                "persistent_vs_listing": stats.spread(by_watch),
             }
         )
     return out
