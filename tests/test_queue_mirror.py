@@ -6,6 +6,7 @@ watch from the server."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -252,3 +253,23 @@ def test_events_during_a_listing_count_over_its_result(
     wait_until(lambda: len(mirror.snapshot().items) == 1, 10, "the ack heard")
     mirror.fill(token, [kept, *mirror.snapshot().items], [], [], [])  # answered before the ack
     assert kept not in mirror.snapshot().items
+
+
+def test_a_worker_dropped_without_close_takes_its_watch_with_it(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    client = make_client(watch_mode="persistent")
+    base = client._ctx.layout.work_queue("jobs").base
+    worker = client.queue("jobs").worker()
+    assert worker.reserve(timeout=0.1) is None
+    assert worker._lineup.mirrored and base in watches_of(zk_hosts)
+    del worker
+    gc.collect()
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    hook = client._ctx.conn._watches
+    assert hook is not None and not any(base in path for path in hook.paths())
+    again = client.queue("jobs").worker()  # the queue can be watched again
+    make_client().queue("jobs").put("heard")
+    item = again.reserve(timeout=10)
+    assert item is not None and item.payload == "heard"

@@ -440,17 +440,26 @@ class Connection:
     ) -> None:
         """Stop calling ``on_event`` for ``path``; the last caller's
         unwatching removes the watch from the server."""
-        server_path = self.kazoo.chroot + path
-        if self._watches is None or not self._watches.watches(server_path, on_event):
+        result = self.unwatch_tree_soon(path, on_event)
+        if result is None:
             return
-        if not self._watches.unwatch(server_path, on_event):
-            return  # another caller still watches it
-        if not self.connected.is_set():
-            return  # the server dropped it with the connection
-        result = self.kazoo.handler.async_result()
-        self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
         with contextlib.suppress(NoWatcherError, ConnectionLost, OperationTimeout, ClientClosed):
             self.result(result, deadline, f"stop watching {path}")
+
+    def unwatch_tree_soon(self, path: str, on_event: Callable[[int, str], None]) -> Any:
+        """:meth:`unwatch_tree` without waiting for the server (any thread,
+        kazoo's too): the pending answer of the removal, or ``None`` if
+        there is nothing to remove from the server."""
+        server_path = self.kazoo.chroot + path
+        if self._watches is None or not self._watches.watches(server_path, on_event):
+            return None
+        if not self._watches.unwatch(server_path, on_event):
+            return None  # another caller still watches it
+        if not self.connected.is_set():
+            return None  # the server dropped it with the connection
+        result = self.kazoo.handler.async_result()
+        self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
+        return result
 
     @property
     def session_id(self) -> int | None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from kazoo.protocol.states import KazooState
 
@@ -70,14 +71,35 @@ class Mirror:
         self._filled_at = 0.0
         self._foreign = False  # a node that is not an item turned up among the items
         self.watching = False
+        # The connection calls these, which hold the mirror weakly: a worker
+        # dropped without close() is collected, and its watch goes with it.
+        ref = weakref.ref(self)
+
+        def on_event(change: int, path: str) -> None:
+            mirror = ref()
+            if mirror is not None:
+                mirror._on_event(change, path)
+
+        def on_state(state: KazooState) -> None:
+            mirror = ref()
+            if mirror is not None:
+                mirror._on_state(state)
+
+        self._hooks = on_event, on_state
+        self._finalizer: weakref.finalize[Any, Mirror] | None = None
 
     def start(self, deadline: float | None) -> bool:
         """Set the watch; False if the server has no persistent watches."""
-        self._conn.add_state_listener(self._on_state)
-        self.watching = self._conn.watch_tree(self._paths.base, self._on_event, deadline)
+        on_event, on_state = self._hooks
+        self._conn.add_state_listener(on_state)
+        self.watching = self._conn.watch_tree(self._paths.base, on_event, deadline)
         if not self.watching:
-            self._conn.remove_state_listener(self._on_state)
-        return self.watching
+            self._conn.remove_state_listener(on_state)
+            return False
+        self._finalizer = weakref.finalize(
+            self, _forget, self._conn, self._paths.base, on_event, on_state
+        )
+        return True
 
     def stop(self, deadline: float | None) -> None:
         """Remove the watch (the server's too, unless another worker of this
@@ -85,8 +107,11 @@ class Mirror:
         if not self.watching:
             return
         self.watching = False
-        self._conn.remove_state_listener(self._on_state)
-        self._conn.unwatch_tree(self._paths.base, self._on_event, deadline)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        on_event, on_state = self._hooks
+        self._conn.remove_state_listener(on_state)
+        self._conn.unwatch_tree(self._paths.base, on_event, deadline)
 
     def current(self) -> bool:
         """Whether the copy holds without a listing: filled since the last
@@ -207,6 +232,18 @@ class Mirror:
             self._listed_epoch = -1  # the queue was deleted: list it again
             return True, False
         return False, False
+
+
+def _forget(
+    conn: Connection,
+    path: str,
+    on_event: Callable[[int, str], None],
+    on_state: Callable[[KazooState], None],
+) -> None:
+    """What stop() does, for a mirror collected without it (on whatever
+    thread collects it: nothing here waits)."""
+    conn.remove_state_listener(on_state)
+    conn.unwatch_tree_soon(path, on_event)
 
 
 def segment_of(name: str) -> int:
