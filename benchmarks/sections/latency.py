@@ -104,6 +104,20 @@ class OpenLoop:
     def scheduled(self, i: int) -> float:
         return self.start + i / self.rate
 
+    def outcome(self) -> dict[str, Any]:
+        """What the sends came to, for a cell's result."""
+        return {
+            "scheduled": self.total,
+            "sent": self.sent,
+            "unsent": self.total - self.taken,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "achieved_rate": round(self.sent / max(1e-9, self.last_send - self.start), 1)
+            if self.sent
+            else None,
+            "max_behind_ms": round(self.max_behind * 1000, 1),
+        }
+
     def _take(self) -> int | None:
         with self._lock:
             if self._next >= self.total or time.monotonic() > self.give_up:
@@ -246,15 +260,7 @@ def _floor_cell(ctx: Context, n: int, rate: float, phase: Phase) -> dict[str, An
         "subscribers": n,
         "rate": rate,
         "placement": "-",
-        "scheduled": total,
-        "sent": loop.sent,
-        "unsent": total - loop.taken,
-        "errors": loop.errors,
-        "first_error": loop.first_error,
-        "achieved_rate": round(loop.sent / max(1e-9, loop.last_send - loop.start), 1)
-        if loop.sent
-        else None,
-        "max_behind_ms": round(loop.max_behind * 1000, 1),
+        **loop.outcome(),
         "missing_deliveries": 0,
         "duplicates": 0,
         "saturated": saturated,
@@ -319,20 +325,13 @@ def _cell(
     sched.sort()
     sent.sort()
     saturated = loop.max_behind > BEHIND_LIMIT_S or missing > 0 or loop.errors > 0 or unsent > 0
-    send_span = max(1e-9, loop.last_send - loop.start)
     summary = stats.summarize_ms(sched)
     result = {
         "impl": key,
         "label": label,
         "subscribers": n,
         "rate": rate,
-        "scheduled": total,
-        "sent": loop.sent,
-        "unsent": unsent,
-        "errors": loop.errors,
-        "first_error": loop.first_error,
-        "achieved_rate": round(loop.sent / send_span, 1) if loop.sent else None,
-        "max_behind_ms": round(loop.max_behind * 1000, 1),
+        **loop.outcome(),
         "missing_deliveries": missing,
         "duplicates": sum(r["duplicates"] for r in received),
         "saturated": saturated,

@@ -75,20 +75,6 @@ def _wait_taken(
         time.sleep(0.05)
 
 
-def _producer_summary(loop: OpenLoop, total: int) -> dict[str, Any]:
-    return {
-        "scheduled": total,
-        "sent": loop.sent,
-        "unsent": total - loop.taken,
-        "errors": loop.errors,
-        "first_error": loop.first_error,
-        "achieved_rate": round(loop.sent / max(1e-9, loop.last_send - loop.start), 1)
-        if loop.sent
-        else None,
-        "max_behind_ms": round(loop.max_behind * 1000, 1),
-    }
-
-
 def _floor_cell(ctx: Context, workers: int, rate: float, phase: Phase) -> dict[str, Any]:
     """The commit latency of one raw sequential create, open loop from one
     thread, from the scheduled send to the answer."""
@@ -123,7 +109,7 @@ def _floor_cell(ctx: Context, workers: int, rate: float, phase: Phase) -> dict[s
         zk.close()
         remove_tree(ctx.hosts, root)
     summary = stats.summarize_ms(sched)
-    producer = _producer_summary(loop, total)
+    producer = loop.outcome()
     saturated = loop.max_behind > BEHIND_LIMIT_S or loop.errors > 0 or producer["unsent"] > 0
     phase.summary = f"p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     return {
@@ -225,7 +211,7 @@ def _queue_cell(ctx: Context, mode: str, workers: int, rate: float, phase: Phase
         from_put.extend(r["lat_sent"])
         duplicates += r["duplicates"] + len(got & set(r["seqs"]))  # twice by one, or by two
         got.update(r["seqs"])
-    producer = _producer_summary(loop, total)
+    producer = loop.outcome()
     # Put but not reserved by the cutoff: each had waited at least since the
     # last scheduled put; never put (the producer gave up): since its own.
     missing = len(set(range(loop.taken)) - got)
