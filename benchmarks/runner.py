@@ -30,15 +30,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = PACKAGE_DIR / "results"
 DEFAULT_DOCS = PACKAGE_DIR.parent / "docs" / "benchmarks.md"
 DEFAULT_README = PACKAGE_DIR.parent / "README.md"
-STANDALONE_SECTIONS = (
-    "fanout",
-    "queue",
-    "queue-latency",
-    "latency",
-    "backlog",
-    "stuck",
-    "gateway",
-)
+# every section but the one that kills an ensemble's leader
+STANDALONE_SECTIONS = tuple(name for name in SECTIONS if name != "stall")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from kazoo.protocol.states import KazooState
 
@@ -36,6 +36,7 @@ SAFETY_LISTING_INTERVAL: Final = 30.0
 
 _CREATED = 1
 _DELETED = 2
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +202,7 @@ class Mirror:
         available, the workers changed)."""
         created = change == _CREATED
         if kind == "item":
-            if created:
-                self._items.add(name)
-            else:
-                self._items.discard(name)
+            _mark(self._items, name, created)
             return created, False
         if kind == "reservation":
             if created:
@@ -213,17 +211,10 @@ class Mirror:
             self._reserved.discard(name)
             return name in self._items, False  # released (an ack deletes the item next)
         if kind == "worker":
-            if created:
-                self._workers.add(name)
-            else:
-                self._workers.discard(name)
+            _mark(self._workers, name, created)
             return False, True
         if kind == "segment":
-            number = parse_segment_node(name) or 0
-            if created:
-                self._segments.add(number)
-            else:
-                self._segments.discard(number)
+            _mark(self._segments, parse_segment_node(name) or 0, created)
             return False, False
         if kind == "foreign" and created:
             self._foreign = True
@@ -232,6 +223,13 @@ class Mirror:
             self._listed_epoch = -1  # the queue was deleted: list it again
             return True, False
         return False, False
+
+
+def _mark(names: set[_T], name: _T, present: bool) -> None:
+    if present:
+        names.add(name)
+    else:
+        names.discard(name)
 
 
 def _forget(
