@@ -17,6 +17,7 @@ from zkpubsub import Client, ClientState
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 from zkpubsub.workqueue import mirror as queue_mirror
+from zkpubsub.workqueue.lineup import WATCH_UNTIL_BACKLOG
 
 from .helpers import wait_until
 from .test_receive import version_of
@@ -273,3 +274,39 @@ def test_a_worker_dropped_without_close_takes_its_watch_with_it(
     make_client().queue("jobs").put("heard")
     item = again.reserve(timeout=10)
     assert item is not None and item.payload == "heard"
+
+
+def test_a_worker_with_a_backlog_in_hand_lists_instead_and_watches_again_when_dry(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    count = WATCH_UNTIL_BACKLOG + 8
+    producer = make_client().queue("jobs", max_items=None)
+    for i in range(count):
+        producer.put(i)
+    consumer = make_client(watch_mode="persistent")
+    base = consumer._ctx.layout.work_queue("jobs").base
+    worker = consumer.queue("jobs").worker()
+    first = worker.reserve(timeout=10)
+    assert first is not None and first.payload == 0
+    # a backlog in hand: no watch telling of every reservation and ack
+    assert not worker._lineup.mirrored
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    first.ack()
+    got = [0]
+    producer.put("put meanwhile")  # heard through a listing
+    while len(got) < count + 1:
+        item = worker.reserve(timeout=10)
+        assert item is not None, got
+        got.append(item.payload)
+        item.ack()
+    assert got[:count] == list(range(count)) and got[count] == "put meanwhile"
+    assert worker.reserve(timeout=0.2) is None  # dry: watching again
+    assert worker._lineup.mirrored and base in watches_of(zk_hosts)
+    before = consumer._ctx.conn.requests
+    producer.put("heard")
+    item = worker.reserve(timeout=10)
+    assert item is not None and item.payload == "heard"
+    item.ack()
+    # heard from the watch: the reservation, the ack, no listing
+    assert consumer._ctx.conn.requests - before <= 3

@@ -181,9 +181,10 @@ class ClientConfig:
     subscriber queues (see :class:`~zkpubsub.Backlog`). ``watch_mode`` is
     how the client hears of new messages and work items: ``"persistent"``,
     one persistent recursive watch on its queues and one on each work queue
-    its workers take from (ZooKeeper 3.6+), each new node named by its
-    event; ``"listing"``, child watches and a listing on each change (any
-    server); ``"auto"`` (the default), the first where the server has it.
+    its workers take from while they have little work in hand (ZooKeeper
+    3.6+), each new node named by its event; ``"listing"``, child watches
+    and a listing on each change (any server); ``"auto"`` (the default),
+    the first where the server has it.
 
     ``auth`` are the credentials sent when connecting: ``(scheme,
     credential)`` pairs as ZooKeeper's ``addauth`` (``("digest",

@@ -50,7 +50,13 @@ from .records import lease_of
 from .registration import Registration
 from .segments import classify, ensure_queue
 
-__all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Lineup", "rank_candidates"]
+__all__ = [
+    "MIN_RELIST_INTERVAL",
+    "RELIST_WHILE_BUSY",
+    "WATCH_UNTIL_BACKLOG",
+    "Lineup",
+    "rank_candidates",
+]
 
 # After a change is seen (a put, a release), a worker reads its list of
 # candidates again before its next reserve, but not more often than this; and
@@ -63,6 +69,14 @@ __all__ = ["MIN_RELIST_INTERVAL", "RELIST_WHILE_BUSY", "Lineup", "rank_candidate
 # shorter interval applies again.
 MIN_RELIST_INTERVAL: Final = 0.05
 RELIST_WHILE_BUSY: Final = 1.0
+# A worker that finds at least this many candidates stops watching its queue
+# and lists it as above until the candidates run out, then watches again. A
+# persistent watch tells every worker of every put, reservation and ack (four
+# notifications per item to each worker); a worker with a backlog in hand has
+# no use for them, and with several workers draining they cost the server
+# more time than the listings they spare (measured: draining 2,000 items with
+# four workers one at a time went at 0.6x of listing).
+WATCH_UNTIL_BACKLOG: Final = 64
 
 
 def rank_candidates(
@@ -115,7 +129,8 @@ class Lineup:
         self._scanned_at = 0.0
         self._given_up: set[str] = set()  # foreign nodes that could not be moved
         self._mirror: Mirror | None = None
-        self._watch_tried = ctx.config.watch_mode == "listing"
+        self._watch_wanted = ctx.config.watch_mode != "listing"
+        self._watch_refused = False  # the server has no persistent watches
 
     @property
     def mirrored(self) -> bool:
@@ -174,6 +189,7 @@ class Lineup:
         """Rank the queue's items now (after the list in hand ran out). True
         if it found candidates; otherwise :meth:`wait` returns on the next change."""
         self._changed.clear()
+        self._watch_wanted = self._ctx.config.watch_mode != "listing"
         return self.refresh(deadline)
 
     def wait(self, seconds: float) -> None:
@@ -195,14 +211,23 @@ class Lineup:
         self._changed.set()
 
     def _watch(self, deadline: float | None) -> Mirror | None:
-        """The mirror, started on the first call where the mode allows and
-        the server has persistent watches."""
-        if not self._watch_tried:
+        """The mirror, started where the mode allows, the worker is not
+        busy with a backlog and the server has persistent watches."""
+        if self._mirror is None and self._watch_wanted and not self._watch_refused:
             mirror = Mirror(self._ctx.conn, self._paths, self._on_mirror_change)
             if mirror.start(deadline):
                 self._mirror = mirror
-            self._watch_tried = True
+            else:
+                self._watch_refused = True
         return self._mirror
+
+    def _unwatch_for_backlog(self, deadline: float | None) -> None:
+        """Stop watching while the candidates in hand last (refill watches
+        again): see ``WATCH_UNTIL_BACKLOG``."""
+        if self._mirror is not None and len(self._names) >= WATCH_UNTIL_BACKLOG:
+            self._watch_wanted = False
+            self.close(deadline)
+            self._stale = True  # list again soon, leaving one-shot watches
 
     def refresh(self, deadline: float | None) -> bool:
         """Rank what is available for this worker. True if any. Without a
@@ -218,11 +243,14 @@ class Lineup:
         self._listed_at = time.monotonic()
         try:
             if mirror is not None and mirror.current():
-                return self._rank_mirrored(mirror, deadline)
-            return self._list(mirror, deadline)
+                found = self._rank_mirrored(mirror, deadline)
+            else:
+                found = self._list(mirror, deadline)
         except BaseException:
             self._stale = True
             raise
+        self._unwatch_for_backlog(deadline)
+        return found
 
     def _rank_mirrored(self, mirror: Mirror, deadline: float | None) -> bool:
         """Rank the mirror's items: no listing."""
