@@ -129,8 +129,9 @@ class Lineup:
         self._scanned_at = 0.0
         self._given_up: set[str] = set()  # foreign nodes that could not be moved
         self._mirror: Mirror | None = None
-        self._watch_wanted = ctx.config.watch_mode != "listing"
-        self._watch_refused = False  # the server has no persistent watches
+        # no mirror ever: the mode says so, or the server has no persistent watches
+        self._never_watch = ctx.config.watch_mode == "listing"
+        self._backlog_in_hand = False  # no mirror until the candidates run out
 
     @property
     def mirrored(self) -> bool:
@@ -189,7 +190,7 @@ class Lineup:
         """Rank the queue's items now (after the list in hand ran out). True
         if it found candidates; otherwise :meth:`wait` returns on the next change."""
         self._changed.clear()
-        self._watch_wanted = self._ctx.config.watch_mode != "listing"
+        self._backlog_in_hand = False
         return self.refresh(deadline)
 
     def wait(self, seconds: float) -> None:
@@ -213,19 +214,19 @@ class Lineup:
     def _watch(self, deadline: float | None) -> Mirror | None:
         """The mirror, started where the mode allows, the worker is not
         busy with a backlog and the server has persistent watches."""
-        if self._mirror is None and self._watch_wanted and not self._watch_refused:
+        if self._mirror is None and not (self._never_watch or self._backlog_in_hand):
             mirror = Mirror(self._ctx.conn, self._paths, self._on_mirror_change)
             if mirror.start(deadline):
                 self._mirror = mirror
             else:
-                self._watch_refused = True
+                self._never_watch = True
         return self._mirror
 
     def _unwatch_for_backlog(self, deadline: float | None) -> None:
         """Stop watching while the candidates in hand last (refill watches
         again): see ``WATCH_UNTIL_BACKLOG``."""
         if self._mirror is not None and len(self._names) >= WATCH_UNTIL_BACKLOG:
-            self._watch_wanted = False
+            self._backlog_in_hand = True
             self.close(deadline)
             self._stale = True  # list again soon, leaving one-shot watches
 

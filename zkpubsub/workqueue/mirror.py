@@ -71,7 +71,6 @@ class Mirror:
         self._listed_epoch = -1  # the epoch of the last listing applied
         self._filled_at = 0.0
         self._foreign = False  # a node that is not an item turned up among the items
-        self.watching = False
         # The connection calls these, which hold the mirror weakly: a worker
         # dropped without close() is collected, and its watch goes with it.
         ref = weakref.ref(self)
@@ -87,14 +86,14 @@ class Mirror:
                 mirror._on_state(state)
 
         self._hooks = on_event, on_state
+        # set while watching: removes the watch if the mirror is collected
         self._finalizer: weakref.finalize[Any, Mirror] | None = None
 
     def start(self, deadline: float | None) -> bool:
         """Set the watch; False if the server has no persistent watches."""
         on_event, on_state = self._hooks
         self._conn.add_state_listener(on_state)
-        self.watching = self._conn.watch_tree(self._paths.base, on_event, deadline)
-        if not self.watching:
+        if not self._conn.watch_tree(self._paths.base, on_event, deadline):
             self._conn.remove_state_listener(on_state)
             return False
         self._finalizer = weakref.finalize(
@@ -105,11 +104,10 @@ class Mirror:
     def stop(self, deadline: float | None) -> None:
         """Remove the watch (the server's too, unless another worker of this
         client still watches the queue). Idempotent."""
-        if not self.watching:
+        if self._finalizer is None:
             return
-        self.watching = False
-        if self._finalizer is not None:
-            self._finalizer.detach()
+        self._finalizer.detach()
+        self._finalizer = None
         on_event, on_state = self._hooks
         self._conn.remove_state_listener(on_state)
         self._conn.unwatch_tree(self._paths.base, on_event, deadline)
