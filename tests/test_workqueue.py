@@ -374,6 +374,8 @@ def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> 
     consumer = q.consume(handle, workers=2, on_error=lambda e, i: errors.append(e))
     q.put_many([1, 2, "bad", 3])
     wait_until(lambda: sorted(done, key=str) == [1, 2, 3] and len(errors) == 2, what="handled")
+    # on_error runs before the release that buries the item: wait for that too
+    wait_until(lambda: len(q.dead()) == 1, what="the bad item buried")
     assert len(q.dead()) == 1
     q.put("slow")
     assert started.wait(10)
