@@ -15,12 +15,17 @@ time. Per node, each process records, from that scheduled time:
   thread; nothing else done): when the process hears of it;
 * ``read``: kazoo answered a read of the node sent on the event (its
   completion thread): the least a subscriber that reads its messages pays
-  (``--no-reads``: not sent, and not measured).
+  (``--no-reads``: not sent, and not measured);
+* ``handed`` (``--hand-off``): a thread of the process's own took the
+  event from kazoo's connection thread through a queue: the least a
+  subscriber pays that runs no user code on kazoo's thread.
 
 Beside them, ``commit``: the sender's round trip from the scheduled time
-(sent without waiting for the one before), the main benchmark's latency
-floor, here under the load of the subscribers. The processes do not delete
-what they read (a subscriber would), so the server does less than it does for one.
+(sent without waiting for the one before), here under the load of the
+subscribers; and ``floor``: the same transactions, at the same rate, just
+before the processes started, with no one watching (the main benchmark's
+latency floor). The processes do not delete what they read (a subscriber
+would), so the server does less than it does for one.
 Percentiles (milliseconds, pooled over the subscribers) go to the screen and
 to ``<out>/receive-floor-<timestamp>.json``.
 """
@@ -37,6 +42,7 @@ from array import array
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -68,14 +74,27 @@ def scheduled_of(path: str) -> float | None:
     return int(stamp) / 1e9 if stamp.isdigit() else None
 
 
-def subscriber_main(hosts: str, queue: str, conn: Connection, reads: bool = True) -> None:
+def subscriber_main(
+    hosts: str, queue: str, conn: Connection, reads: bool = True, hand_off: bool = False
+) -> None:
     """One subscriber process: watch ``queue``, read each node created in
-    it (unless not ``reads``), and record the times until told to stop;
-    then send them back."""
+    it (unless not ``reads``), hand each event to a thread of its own (if
+    ``hand_off``), and record the times until told to stop; then send them
+    back."""
     zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
     zk.start(timeout=START_TIMEOUT)
     event_ms = array("d")
     read_ms = array("d")
+    handed_ms = array("d")
+    handed: SimpleQueue[float | None] = SimpleQueue()
+
+    def take() -> None:  # the thread events are handed to
+        while (scheduled := handed.get()) is not None:
+            handed_ms.append((time.monotonic() - scheduled) * 1000)
+
+    taker = threading.Thread(target=take, daemon=True)
+    if hand_off:
+        taker.start()
 
     def answered(scheduled: float, result: Any) -> None:  # kazoo's completion thread
         now = time.monotonic()
@@ -88,6 +107,8 @@ def subscriber_main(hosts: str, queue: str, conn: Connection, reads: bool = True
         if kind != NODE_CREATED or scheduled is None:
             return
         event_ms.append((now - scheduled) * 1000)
+        if hand_off:
+            handed.put(scheduled)
         if reads:
             zk.get_async(path).rawlink(lambda r, s=scheduled: answered(s, r))
 
@@ -101,19 +122,28 @@ def subscriber_main(hosts: str, queue: str, conn: Connection, reads: bool = True
         conn.send("ready")
         conn.recv()  # stop
         time.sleep(0.5)  # the last reads' answers
-        conn.send((list(event_ms), list(read_ms)))
+        if hand_off:
+            handed.put(None)
+            taker.join(START_TIMEOUT)
+        conn.send((list(event_ms), list(read_ms), list(handed_ms)))
     finally:
         zk.stop()
         zk.close()
 
 
 def _commit_loop(
-    zk: KazooClient, queues: list[str], rate: float, seconds: float, warm: bool, phase: Phase
+    zk: KazooClient,
+    queues: list[str],
+    rate: float,
+    seconds: float,
+    warm: bool,
+    phase: Phase,
+    label: str | None = None,
 ) -> list[float]:
     """Send the transaction ``rate`` times a second for ``seconds``, open
     loop (each sent at its time whether or not the last was answered);
     each round trip from its scheduled time, in ms."""
-    what = "warming" if warm else "measuring"
+    what = label or ("warming" if warm else "measuring")
     times: list[float] = []
     lock = threading.Lock()
     answered = threading.Semaphore(0)
@@ -151,17 +181,23 @@ def measure(
     warm: float,
     phase: Phase,
     reads: bool = True,
+    hand_off: bool = False,
 ) -> dict[str, Any]:
-    """One subscriber count: start the processes, warm them, measure."""
+    """One subscriber count: the floor with no one watching, then start the
+    processes, warm them, measure."""
     ctx = multiprocessing.get_context("spawn")
-    queues = [f"{ROOT}/{subscribers}/q{i}" for i in range(subscribers)]
+    paths = [f"{ROOT}/{subscribers}/q{i}" for i in range(subscribers)]
+    for path in paths:
+        zk.ensure_path(path)
+    _commit_loop(zk, paths, rate, warm, True, phase)
+    floor = _commit_loop(zk, paths, rate, seconds, False, phase, "floor, no one watching")
     pipes: list[Connection] = []
     procs = []
     try:
-        for queue in queues:
+        for path in paths:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=subscriber_main, args=(hosts, queue, child, reads), daemon=True
+                target=subscriber_main, args=(hosts, path, child, reads, hand_off), daemon=True
             )
             proc.start()
             pipes.append(parent)
@@ -170,18 +206,20 @@ def measure(
             if not pipe.poll(START_TIMEOUT):
                 raise RuntimeError("a subscriber process did not start")
             pipe.recv()
-        _commit_loop(zk, queues, rate, warm, True, phase)
-        commit = _commit_loop(zk, queues, rate, seconds, False, phase)
+        _commit_loop(zk, paths, rate, warm, True, phase)
+        commit = _commit_loop(zk, paths, rate, seconds, False, phase)
         events: list[float] = []
         answers: list[float] = []
+        takes: list[float] = []
         for pipe in pipes:
             pipe.send("stop")
         for pipe in pipes:
             if not pipe.poll(START_TIMEOUT):
                 raise RuntimeError("a subscriber process did not answer")
-            got_events, got_reads = pipe.recv()
+            got_events, got_reads, got_takes = pipe.recv()
             events += got_events
             answers += got_reads
+            takes += got_takes
     finally:
         for proc in procs:
             proc.join(10)
@@ -195,15 +233,19 @@ def measure(
         "missing_events": expected - len(events),
         "reads": reads,
         "missing_reads": expected - len(answers) if reads else None,
+        "hand_off": hand_off,
+        "missing_handed": expected - len(takes) if hand_off else None,
+        "floor": stats.summarize_ms([v / 1000 for v in floor]),
         "commit": stats.summarize_ms([v / 1000 for v in commit]),
         "event": stats.summarize_ms([v / 1000 for v in events]),
         "read": stats.summarize_ms([v / 1000 for v in answers]) if reads else None,
+        "handed": stats.summarize_ms([v / 1000 for v in takes]) if hand_off else None,
     }
 
 
 def _line(cell: dict[str, Any]) -> str:
     parts = [f"{cell['subscribers']} subscriber(s)"]
-    for kind in ("commit", "event", "read"):
+    for kind in ("floor", "commit", "event", "handed", "read"):
         s = cell[kind]
         if s is None:
             continue
@@ -219,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of warm-up load")
     parser.add_argument(
         "--no-reads", action="store_true", help="hear of each node only, do not read it"
+    )
+    parser.add_argument(
+        "--hand-off",
+        action="store_true",
+        help="hand each event to a thread of the process's own, and measure when it took it",
     )
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
@@ -247,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.warmup,
                         phase,
                         reads=not args.no_reads,
+                        hand_off=args.hand_off,
                     )
                     cells.append(cell)
                     phase.summary = _line(cell)
@@ -261,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": args.seconds,
         "warmup": args.warmup,
         "reads": not args.no_reads,
+        "hand_off": args.hand_off,
         "cells": cells,
     }
     path = out_dir / f"receive-floor-{stamp}.json"

@@ -299,11 +299,22 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
         # the events' (as many of each)
         for q in ("p50", "p99", "max"):
             assert 0 < cell["event"][q] <= cell["read"][q], (q, cell)
+        # the floor: as many commits, before any process watched
+        assert cell["floor"]["count"] == 50 and cell["floor"]["p50"] > 0, cell
+        assert cell["handed"] is None and cell["missing_handed"] is None, cell
     quiet = tmp_path / "events"
-    assert receive_floor.main([*argv, "--no-reads", "--out", str(quiet)]) == 0
+    argv += ["--no-reads", "--hand-off"]
+    assert receive_floor.main([*argv, "--out", str(quiet)]) == 0
     (path,) = quiet.glob("receive-floor-*.json")
     cells = json.loads(path.read_text())["cells"]
     assert [(c["event"]["count"], c["read"]) for c in cells] == [(50, None), (150, None)]
+    for cell in cells:
+        # every event handed to the process's own thread, each taken after
+        # it arrived
+        assert cell["missing_handed"] == 0, cell
+        assert cell["handed"]["count"] == cell["event"]["count"], cell
+        for q in ("p50", "p99", "max"):
+            assert 0 < cell["event"][q] <= cell["handed"][q], (q, cell)
 
 
 def test_a_node_name_carries_its_scheduled_time() -> None:
