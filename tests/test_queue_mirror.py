@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from zkpubsub import Client, ClientState
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 from zkpubsub.workqueue import mirror as queue_mirror
-from zkpubsub.workqueue.lineup import WATCH_UNTIL_BACKLOG
+from zkpubsub.workqueue.lineup import RELIST_WHILE_BUSY, WATCH_UNTIL_BACKLOG
 
 from .helpers import wait_until
 from .test_receive import version_of
@@ -274,6 +275,36 @@ def test_a_worker_dropped_without_close_takes_its_watch_with_it(
     make_client().queue("jobs").put("heard")
     item = again.reserve(timeout=10)
     assert item is not None and item.payload == "heard"
+
+
+def test_an_urgent_item_put_after_the_watch_was_dropped_comes_before_the_backlog(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Between dropping its watch for a backlog and its next listing a
+    worker watches nothing: the list in hand is marked stale when the watch
+    goes, so the listing due within ``RELIST_WHILE_BUSY`` finds an item of
+    higher priority put meanwhile, long before the backlog runs out."""
+    needs_watches(zk_hosts, "persistent")
+    count = WATCH_UNTIL_BACKLOG + 8
+    producer = make_client().queue("jobs", max_items=None)
+    for i in range(count):
+        producer.put(i)
+    consumer = make_client(watch_mode="persistent")
+    base = consumer._ctx.layout.work_queue("jobs").base
+    worker = consumer.queue("jobs").worker()
+    first = worker.reserve(timeout=10)
+    assert first is not None and first.payload == 0
+    assert not worker._lineup.mirrored
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    first.ack()
+    producer.put("urgent", priority=0)
+    time.sleep(RELIST_WHILE_BUSY + 0.2)  # the stale list's next listing is due
+    item = worker.reserve(timeout=10)
+    assert item is not None and item.payload == "urgent"
+    item.ack()
+    item = worker.reserve(timeout=10)
+    assert item is not None and item.payload == 1  # then the backlog, in order
+    item.ack()
 
 
 def test_a_worker_with_a_backlog_in_hand_lists_instead_and_watches_again_when_dry(
