@@ -63,6 +63,25 @@ def test_publish_async_confirms_in_order_from_one_thread(make_client: MakeClient
     assert [m.id for m in collector.messages] == [r.message_id for r in receipts]
 
 
+def test_a_lone_publish_is_not_held_for_company(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """A publish that reaches an idle lane with none before it waits for
+    nobody, even with the longest linger; publishes coming close together
+    still wait for each other and share a transaction."""
+    idle = make_client()
+    idle.subscribe("t")  # never reads: one node per transaction piles up
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    publisher = make_client(linger=1.0)
+    lone = publisher.publish_async("t", "lone")
+    time.sleep(0.3)  # were it held for company, the next would share its transaction
+    close = [publisher.publish_async("t", name) for name in ("first", "second")]
+    assert [f.result(30).subscribers for f in (lone, *close)] == [2, 2, 2]
+    assert collector.wait(3, 30) == ["lone", "first", "second"]
+    assert nodes_in(raw_zk, zk_root, idle, "t") == 2  # "lone" alone, the others together
+
+
 def test_linger_zero_turns_coalescing_off(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:

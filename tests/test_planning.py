@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from zkpubsub._engine import take_batch
+from zkpubsub._engine import company_likely, take_batch
 from zkpubsub._fanout import FanOut, Target
 from zkpubsub._queues import QueueState, decide
 from zkpubsub.backlog import INLINE_BYTES, INLINE_SEGMENT_NODES, Backlog, QueueRecord
@@ -295,3 +295,12 @@ def test_the_record_of_a_queue_survives_a_round_trip_and_old_queues_have_none() 
     assert b'"inline"' not in record.encode()
     odd = record.encode().replace(b"}", b',"inline":"many"}')
     assert QueueRecord.decode(odd) == record  # a value it cannot read: no names
+
+
+def test_a_publish_waits_for_company_only_when_publishes_come_close_together() -> None:
+    linger = 0.0002
+    assert not company_likely(float("inf"), 0, linger)  # the first publish
+    assert not company_likely(0.005, 1, linger)  # a trickle, each alone
+    assert company_likely(0.0001, 1, linger)  # the one before came within the linger
+    assert company_likely(0.005, 3, linger)  # the last transaction carried several
+    assert not company_likely(0.0, 5, 0.0)  # linger 0: never

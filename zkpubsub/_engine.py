@@ -6,9 +6,11 @@ fits in one transaction with every subscriber) as one fan-out transaction,
 packing the messages for each subscriber queue into as few nodes as fit.
 One transaction per topic is in flight at a time, so the messages of one
 publisher keep their order, and while it is in flight the next batch
-gathers: under load batches grow by themselves, and an idle client adds no
-delay beyond ``linger`` (0: no waiting and no coalescing, each publish its
-own transaction).
+gathers: under load batches grow by themselves. A publish reaching an idle
+lane waits up to ``linger`` for company only while publishes are coming
+close together (:func:`company_likely`); a lone one is sent at once
+(``linger`` 0: no waiting and no coalescing, each publish its own
+transaction).
 
 Lanes never wait on each other: reading a topic's subscribers, confirming
 that it has none, looking a lost answer up, or splitting a fan-out too
@@ -64,6 +66,7 @@ __all__ = [
     "PublishEngine",
     "PublishRequest",
     "Resolved",
+    "company_likely",
     "take_batch",
 ]
 
@@ -110,6 +113,9 @@ class _Lane:
     wake: threading.Condition
     pending: deque[PublishRequest] = field(default_factory=deque)
     first_at: float = 0.0  # when the oldest pending request arrived
+    last_at: float = float("-inf")  # when the newest request arrived
+    last_batch: int = 0  # requests in the lane's last transaction
+    gather: bool = False  # the oldest pending request waits for company
     busy: bool = False  # served by a thread, or waiting for one
     idle: bool = False  # its thread waits for work (wake it on a submit)
     flight: list[PublishRequest] = field(default_factory=list)
@@ -133,6 +139,16 @@ def take_batch(
         used += cost
         count += 1
     return count
+
+
+def company_likely(since_last: float, last_batch: int, linger: float) -> bool:
+    """Whether a publish reaching an empty lane waits up to ``linger`` for
+    others to share its transaction: only when publishes are coming close
+    together (the one before came less than ``linger`` earlier, or the
+    lane's last transaction carried more than one). A lone publish (one
+    thread publishing and waiting, a trickle of invalidations) is sent at
+    once: nothing would come to share it."""
+    return linger > 0 and (since_last < linger or last_batch > 1)
 
 
 class PublishEngine:
@@ -207,8 +223,11 @@ class PublishEngine:
             lane = self._lanes.get(topic)
             if lane is None:
                 lane = self._lanes[topic] = _Lane(topic, threading.Condition(self._lock))
+            now = time.monotonic()
             if not lane.pending:
-                lane.first_at = time.monotonic()
+                lane.first_at = now
+                lane.gather = company_likely(now - lane.last_at, lane.last_batch, self._linger)
+            lane.last_at = now
             lane.pending.append(request)
             if lane.idle:
                 lane.wake.notify()
@@ -398,7 +417,7 @@ class PublishEngine:
                         lane.busy = False
                         return
                 due = lane.first_at + self._linger
-                while self._linger > 0 and not self._closing:
+                while lane.gather and not self._closing:
                     left = due - time.monotonic()
                     if left <= 0:
                         break
@@ -498,8 +517,10 @@ class PublishEngine:
             for request in taken:
                 request.sent = True
             lane.flight = taken
+            lane.last_batch = count
             if lane.pending:
                 lane.first_at = time.monotonic()
+                lane.gather = company_likely(0.0, count, self._linger)
             return taken, [e for r in taken for e in r.entries]
 
 

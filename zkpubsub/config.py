@@ -164,7 +164,8 @@ class ClientConfig:
     node; ``max_transaction_bytes`` one ZooKeeper transaction. Both must stay
     below the server's ``jute.maxbuffer``. ``prefetch`` is how many queue
     nodes a subscription reads ahead of its handler. ``linger`` is how long
-    a publish may wait for others to share its transaction (0: never).
+    a publish may wait for others to share its transaction, when publishes
+    are coming close together (a lone publish is sent at once; 0: never).
     ``max_pending`` bounds the publishes accepted and not yet confirmed: a
     publish beyond it waits for room up to its own timeout, then raises
     :class:`~zkpubsub.PublishTimeout` without sending anything.
