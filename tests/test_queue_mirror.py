@@ -17,6 +17,7 @@ import pytest
 from zkpubsub import Client, ClientState
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
+from zkpubsub.workqueue import Worker, WorkQueue
 from zkpubsub.workqueue import mirror as queue_mirror
 from zkpubsub.workqueue.lineup import RELIST_WHILE_BUSY, WATCH_UNTIL_BACKLOG
 
@@ -277,6 +278,31 @@ def test_a_worker_dropped_without_close_takes_its_watch_with_it(
     assert item is not None and item.payload == "heard"
 
 
+BACKLOG = WATCH_UNTIL_BACKLOG + 8
+
+
+def with_a_backlog_in_hand(
+    make_client: MakeClient, zk_hosts: str
+) -> tuple[WorkQueue, Client, Worker]:
+    """A queue of ``BACKLOG`` items (payloads 0, 1, ...) and a worker that
+    reserved and acked the first, and so holds a backlog: (the producer's
+    queue, the worker's client, the worker). It no longer watches."""
+    needs_watches(zk_hosts, "persistent")
+    producer = make_client().queue("jobs", max_items=None)
+    for i in range(BACKLOG):
+        producer.put(i)
+    consumer = make_client(watch_mode="persistent")
+    base = consumer._ctx.layout.work_queue("jobs").base
+    worker = consumer.queue("jobs").worker()
+    first = worker.reserve(timeout=10)
+    assert first is not None and first.payload == 0
+    # a backlog in hand: no watch telling of every reservation and ack
+    assert not worker._lineup.mirrored
+    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
+    first.ack()
+    return producer, consumer, worker
+
+
 def test_an_urgent_item_put_after_the_watch_was_dropped_comes_before_the_backlog(
     make_client: MakeClient, zk_hosts: str
 ) -> None:
@@ -284,19 +310,7 @@ def test_an_urgent_item_put_after_the_watch_was_dropped_comes_before_the_backlog
     worker watches nothing: the list in hand is marked stale when the watch
     goes, so the listing due within ``RELIST_WHILE_BUSY`` finds an item of
     higher priority put meanwhile, long before the backlog runs out."""
-    needs_watches(zk_hosts, "persistent")
-    count = WATCH_UNTIL_BACKLOG + 8
-    producer = make_client().queue("jobs", max_items=None)
-    for i in range(count):
-        producer.put(i)
-    consumer = make_client(watch_mode="persistent")
-    base = consumer._ctx.layout.work_queue("jobs").base
-    worker = consumer.queue("jobs").worker()
-    first = worker.reserve(timeout=10)
-    assert first is not None and first.payload == 0
-    assert not worker._lineup.mirrored
-    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
-    first.ack()
+    producer, _, worker = with_a_backlog_in_hand(make_client, zk_hosts)
     producer.put("urgent", priority=0)
     time.sleep(RELIST_WHILE_BUSY + 0.2)  # the stale list's next listing is due
     item = worker.reserve(timeout=10)
@@ -310,21 +324,10 @@ def test_an_urgent_item_put_after_the_watch_was_dropped_comes_before_the_backlog
 def test_a_worker_with_a_backlog_in_hand_lists_instead_and_watches_again_when_dry(
     make_client: MakeClient, zk_hosts: str
 ) -> None:
-    needs_watches(zk_hosts, "persistent")
-    count = WATCH_UNTIL_BACKLOG + 8
-    producer = make_client().queue("jobs", max_items=None)
-    for i in range(count):
-        producer.put(i)
-    consumer = make_client(watch_mode="persistent")
+    producer, consumer, worker = with_a_backlog_in_hand(make_client, zk_hosts)
     base = consumer._ctx.layout.work_queue("jobs").base
-    worker = consumer.queue("jobs").worker()
-    first = worker.reserve(timeout=10)
-    assert first is not None and first.payload == 0
-    # a backlog in hand: no watch telling of every reservation and ack
-    assert not worker._lineup.mirrored
-    wait_until(lambda: base not in watches_of(zk_hosts), 10, "the watch removed")
-    first.ack()
-    got = [0]
+    count = BACKLOG
+    got: list[Any] = [0]
     producer.put("put meanwhile")  # heard through a listing
     while len(got) < count + 1:
         item = worker.reserve(timeout=10)
