@@ -326,15 +326,14 @@ def test_a_worker_with_a_backlog_in_hand_lists_instead_and_watches_again_when_dr
 ) -> None:
     producer, consumer, worker = with_a_backlog_in_hand(make_client, zk_hosts)
     base = consumer._ctx.layout.work_queue("jobs").base
-    count = BACKLOG
     got: list[Any] = [0]
     producer.put("put meanwhile")  # heard through a listing
-    while len(got) < count + 1:
+    while len(got) < BACKLOG + 1:
         item = worker.reserve(timeout=10)
         assert item is not None, got
         got.append(item.payload)
         item.ack()
-    assert got[:count] == list(range(count)) and got[count] == "put meanwhile"
+    assert got[:BACKLOG] == list(range(BACKLOG)) and got[BACKLOG] == "put meanwhile"
     assert worker.reserve(timeout=0.2) is None  # dry: watching again
     assert worker._lineup.mirrored and base in watches_of(zk_hosts)
     before = consumer._ctx.conn.requests

@@ -520,7 +520,7 @@ class PublishEngine:
             lane.last_batch = count
             if lane.pending:
                 lane.first_at = time.monotonic()
-                lane.gather = company_likely(0.0, count, self._linger)
+                lane.gather = self._linger > 0  # what did not fit is company already
             return taken, [e for r in taken for e in r.entries]
 
 
