@@ -3,8 +3,10 @@ dead letters, priorities, results."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
@@ -108,6 +110,33 @@ def test_a_released_item_comes_back_with_one_more_attempt(make_client: MakeClien
     assert (again.id, again.payload, again.attempts) == (first.id, "a", 2)
     with pytest.raises(ValueError, match="already"):
         first.ack()
+
+
+def test_a_handle_lets_go_of_the_workers_closed_under_it(make_client: MakeClient) -> None:
+    # A service keeps its queue handle for its life and may make workers
+    # (or consumers) many times: the closed ones must not pile up in it.
+    q = make_client().queue("jobs")
+    q.put_many(["a", "b", "c", "last"])
+    closed = []
+    for expected in ("a", "b", "c"):
+        worker = q.worker()
+        item = worker.reserve(timeout=10)  # registers in the queue
+        assert item is not None and item.payload == expected
+        item.ack()
+        worker.close()
+        closed.append(weakref.ref(worker))
+        del worker, item
+    last = q.worker()
+    gc.collect()
+    assert [ref() for ref in closed] == [None, None, None]
+    item = last.reserve(timeout=10)
+    assert item is not None and item.payload == "last"
+    item.ack()
+    q.close()  # still closes the open one
+    with pytest.raises(ClientClosed):
+        last.reserve(timeout=0)
+    with pytest.raises(ClientClosed):
+        q.worker()
 
 
 def test_another_worker_can_ack_after_a_release(make_client: MakeClient) -> None:

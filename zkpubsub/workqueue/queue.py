@@ -11,6 +11,7 @@ Puts go through :mod:`.putting`, dead letters and their replay through
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -74,7 +75,8 @@ class WorkQueue:
         self._producer = Producer(ctx, name, self._segments, max_items, self._check_open)
         self._closed = False
         self._own: Worker | None = None
-        self._workers: list[Worker] = []
+        self._lock = threading.Lock()
+        self._workers: list[Worker] = []  # the open ones it made, closed by close()
 
     # -- workers -----------------------------------------------------------------------
 
@@ -88,8 +90,13 @@ class WorkQueue:
             max_attempts=self.max_attempts,
             visibility_timeout=self.visibility_timeout,
         )
-        self._workers.append(worker)
-        return worker
+        with self._lock:  # a closed worker is let go: a handle lives as long as its service
+            if not self._closed:
+                self._workers = [w for w in self._workers if not w.closed]
+                self._workers.append(worker)
+                return worker
+        worker.close()  # the handle closed meanwhile (it never registered)
+        raise self._closed_error()
 
     def _worker(self) -> Worker:
         if self._own is None:
@@ -108,8 +115,11 @@ class WorkQueue:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientClosed(f"work queue {self.name!r} is closed")
+            raise self._closed_error()
         self._ctx.check_open()
+
+    def _closed_error(self) -> ClientClosed:
+        return ClientClosed(f"work queue {self.name!r} is closed")
 
     # -- producing ---------------------------------------------------------------------
 
@@ -255,10 +265,12 @@ class WorkQueue:
 
     def close(self) -> None:
         """Close the workers this handle made. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for worker in self._workers:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._workers = self._workers, []
+        for worker in workers:
             worker.close()
 
     def __enter__(self) -> WorkQueue:

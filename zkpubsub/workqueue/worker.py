@@ -77,6 +77,11 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id} of {self.queue!r}>"
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _check_open(self) -> None:
