@@ -71,6 +71,7 @@ class Profile:
     latency_target_rate: float = 200.0
     latency_target_counts: tuple[int, ...] = (1, 10)
     latency_duration: float = 10.0
+    latency_warmup: float = 5.0  # one unmeasured pass of the floor's and targets' cells
     latency_senders: int = 4
     latency_drain_cap: float = 10.0
     # a saturated sender gives up this long after its last scheduled send
@@ -136,6 +137,7 @@ QUICK: Final = replace(
     latency_target_rate=100.0,
     latency_target_counts=(1, 2),
     latency_duration=1.0,
+    latency_warmup=0.3,
     latency_senders=2,
     latency_drain_cap=5.0,
     latency_behind_cap=2.0,

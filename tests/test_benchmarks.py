@@ -206,6 +206,22 @@ def test_latency_rows_carry_the_floor_and_the_requests_per_node(report: dict) ->
     assert targets["latency-p50-1"]["value"] is not None
 
 
+def test_latency_warms_the_floor_and_target_cells_without_counting_them(report: dict) -> None:
+    from benchmarks.sections.latency import FLOOR, OWN, _cells
+
+    section = report["sections"]["latency"]
+    cells = _cells(QUICK)
+    assert section["params"]["warmup_s"] == QUICK.latency_warmup
+    warmed = [(w["impl"], w["subscribers"], w["rate"]) for w in section["warmups"]]
+    assert warmed == [(key, n, rate) for key, _, _, n, rate, _ in cells]
+    assert all(0 < w["p50"] <= w["p99"] for w in section["warmups"])
+    measured = [r for r in section["runs"] if r["impl"] in (FLOOR, OWN)]
+    assert len(measured) == len(cells) * QUICK.repeats  # the warm-up pass is not among them
+    assert all(
+        r["latency_ms"]["count"] >= r["sent"] > QUICK.latency_warmup * r["rate"] for r in measured
+    )
+
+
 def test_backlog_reaches_each_level(report: dict) -> None:
     section = report["sections"]["backlog"]
     levels = section["levels"]

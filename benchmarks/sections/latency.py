@@ -11,7 +11,10 @@ percentiles are then lower bounds).
 
 Every cell runs ``repeats`` times, the implementations in a rotating order;
 a row reports, for each percentile, the median over the repeats, and the
-spread of p50 and p99.
+spread of p50 and p99. The floor's and the targets' cells first run once
+unmeasured, ``latency_warmup`` seconds each (their first pass ran slower
+than the others, the floor's included, when the section ran alone); the
+report keeps those runs' p50 and p99 apart, as ``warmups``.
 
 Beside each row, the **floor** measured in the same run: the commit latency
 of one raw kazoo transaction creating one node per subscriber queue, at the
@@ -219,13 +222,15 @@ def _cdf(sorted_ms: list[float]) -> list[tuple[float, float]]:
     return points
 
 
-def _floor_cell(ctx: Context, n: int, rate: float, phase: Phase) -> dict[str, Any]:
+def _floor_cell(
+    ctx: Context, n: int, rate: float, phase: Phase, duration: float | None = None
+) -> dict[str, Any]:
     """The commit latency of one raw transaction creating one node in each
     of ``n`` queues, open loop, from the scheduled send to the answer."""
     from ..zkms_reference import connect
 
     p = ctx.profile
-    total = max(1, int(rate * p.latency_duration))
+    total = max(1, int(rate * (p.latency_duration if duration is None else duration)))
     root = new_root(f"latency-floor-{n}-{int(rate)}")
     zk = connect(ctx.hosts)
     queues = [f"{root}/q{i}" for i in range(n)]
@@ -280,10 +285,11 @@ def _cell(
     phase: Phase,
     n: int | None = None,
     own: bool = False,
+    duration: float | None = None,
 ) -> dict[str, Any]:
     p = ctx.profile
     n = p.latency_subscribers if n is None else n
-    total = max(1, int(rate * p.latency_duration))
+    total = max(1, int(rate * (p.latency_duration if duration is None else duration)))
     root = new_root(f"latency-{key}-{n}-{int(rate)}")
     phase.update(f"starting {n} subscribers")
     workers = start_subscribers(
@@ -367,22 +373,41 @@ def run(ctx: Context) -> dict[str, Any]:
         impls[key] = (label, sub_impl)
     saturated_at: dict[str, float] = {}
     extra = _cells(p)
-    for rep in range(p.repeats):
-        for key, label, subscriber, n, rate, own in extra if rep % 2 == 0 else extra[::-1]:
-            name = f"latency {label} at {rate:g} msg/s, {n} subscribers (run {rep + 1}/{p.repeats})"
+    warmups: list[dict[str, Any]] = []
+    # the unmeasured pass (repeat None) first
+    passes: list[tuple[int | None, list[Any]]] = [(None, extra)] if p.latency_warmup > 0 else []
+    passes += [(i, extra if i % 2 == 0 else extra[::-1]) for i in range(p.repeats)]
+    for repeat, cells in passes:
+        for key, label, subscriber, n, rate, own in cells:
+            run_of = "warm-up" if repeat is None else f"run {repeat + 1}/{p.repeats}"
+            name = f"latency {label} at {rate:g} msg/s, {n} subscribers ({run_of})"
+            duration = p.latency_warmup if repeat is None else None
             with ctx.progress.phase(name) as phase:
                 try:
                     if subscriber is None:
-                        cell = _floor_cell(ctx, n, rate, phase)
+                        cell = _floor_cell(ctx, n, rate, phase, duration)
                     else:
-                        cell = _cell(ctx, key, label, subscriber, rate, phase, n, own)
+                        cell = _cell(ctx, key, label, subscriber, rate, phase, n, own, duration)
                 except Exception as exc:
                     errors.append(
                         {"impl": key, "rate": str(rate), "error": f"{type(exc).__name__}: {exc}"}
                     )
                     phase.summary = f"error: {type(exc).__name__}: {exc}"
                     continue
-                cell["repeat"] = rep
+                if repeat is None:
+                    summary = cell["latency_ms"]
+                    warmups.append(
+                        {
+                            "impl": key,
+                            "subscribers": n,
+                            "rate": rate,
+                            "duration_s": p.latency_warmup,
+                            "p50": summary["p50"],
+                            "p99": summary["p99"],
+                        }
+                    )
+                    continue
+                cell["repeat"] = repeat
                 runs.append(cell)
     for rep, _, key in stats.rotations(list(impls), p.repeats):
         label, sub_impl = impls[key]
@@ -420,6 +445,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "subscribers": p.latency_subscribers,
             "rates": list(p.latency_rates),
             "duration_s": p.latency_duration,
+            "warmup_s": p.latency_warmup,
             "senders": p.latency_senders,
             "target_rate": p.latency_target_rate,
             "target_counts": list(p.latency_target_counts),
@@ -429,6 +455,7 @@ def run(ctx: Context) -> dict[str, Any]:
         },
         "runs": [{k: v for k, v in r.items() if k != "cdf_ms"} for r in runs],
         "results": summarize(runs),
+        "warmups": warmups,
         "skipped": skipped,
         "errors": errors,
         "asyncio_vs_threaded": aio_variant.comparison("latency", summarize(runs)),
