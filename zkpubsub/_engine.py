@@ -12,14 +12,6 @@ close together (:func:`company_likely`); a lone one is sent at once
 (``linger`` 0: no waiting and no coalescing, each publish its own
 transaction).
 
-A publish reaching a lane whose thread waits idle is sent by its caller's
-thread when nothing must be read first (the subscriber list cached, every
-queue read less than ``STATE_TTL`` ago, one transaction for all): the lane
-thread takes the answer and whatever it still needs (a lookup after a lost
-answer, a new plan after a refusal), as for any publish. That saves the
-hand-off to the lane thread before the transaction leaves; with the
-asyncio client it runs on the loop's thread, where it never blocks.
-
 Lanes never wait on each other: reading a topic's subscribers, confirming
 that it has none, looking a lost answer up, or splitting a fan-out too
 large for one transaction happen on that lane's thread only. Up to
@@ -66,7 +58,7 @@ from .errors import (
     ZkPubSubError,
 )
 from .message import PublishReceipt
-from .publisher import FanOutResult, Publisher, SentFanOut, Targets, TopicView
+from .publisher import FanOutResult, Publisher, Targets, TopicView
 
 __all__ = [
     "LANE_IDLE",
@@ -129,16 +121,6 @@ class _Lane:
     flight: list[PublishRequest] = field(default_factory=list)
     activity: str = "idle"  # what its thread is doing, for timeout messages
     targets: Targets = field(default_factory=Targets)
-    sending: bool = False  # a caller sends its publish at once (its thread waits)
-    sent: _SentAtOnce | None = None  # sent at once: for its thread to finish
-
-
-@dataclass(frozen=True, slots=True)
-class _SentAtOnce:
-    fan_out: SentFanOut
-    ids: tuple[str, ...]
-    nodes: list[bytes]
-    counts: list[int]
 
 
 def take_batch(
@@ -187,7 +169,6 @@ class PublishEngine:
         self._completions: _Completions | None = None
         self._watchdog: _Watchdog | None = None
         self._name = ctx.client_id[:12]
-        self.sent_at_once = 0  # publishes their caller's thread sent (see _send_at_once)
 
     @property
     def pending(self) -> int:
@@ -248,21 +229,7 @@ class PublishEngine:
                 lane.gather = company_likely(now - lane.last_at, lane.last_batch, self._linger)
             lane.last_at = now
             lane.pending.append(request)
-            at_once = (
-                lane.idle  # its thread waits for work: nothing in flight, nothing pending
-                and len(lane.pending) == 1
-                and not lane.sending
-                and lane.sent is None
-                and not lane.gather
-                and not self._closing
-            )
-            if at_once:
-                lane.pending.popleft()
-                request.sent = True
-                lane.flight = [request]
-                lane.sending = True
-                lane.last_batch = 1
-            elif lane.idle:
+            if lane.idle:
                 lane.wake.notify()
             elif not lane.busy:
                 lane.busy = True
@@ -272,38 +239,7 @@ class PublishEngine:
                     self._ready.append(lane)
         if request.done is None and deadline is not None:
             self._watch(request)
-        if at_once:
-            self._send_at_once(lane, request)
         return request
-
-    def _send_at_once(self, lane: _Lane, request: PublishRequest) -> None:
-        """Send ``request`` from its caller's thread, when its lane's thread
-        waits idle and the fan-out needs no request first (the lane thread
-        takes the answer and whatever else it needs): a thread hand-off less
-        between a publish and its subscribers. Otherwise it goes back to its
-        lane, as if it had just arrived."""
-        at_once = None
-        try:
-            nodes, counts = envelope.pack_counted(
-                request.entries, self._ctx.config.max_message_bytes
-            )
-            sent = self._publisher.send_now(lane.topic, nodes, counts, lane.targets)
-            if sent is not None:
-                at_once = _SentAtOnce(sent, request.message_ids, nodes, counts)
-        except Exception:  # the lane thread's path will meet it again, and report it
-            logger.debug("publish to %r: not sent at once", lane.topic, exc_info=True)
-        with self._lock:
-            lane.sending = False
-            if at_once is not None:
-                lane.sent = at_once
-                lane.activity = "waiting for ZooKeeper to confirm the transaction"
-                self.sent_at_once += 1
-            else:
-                lane.flight = []
-                request.sent = False
-                if not request.finished:  # (its deadline may have passed meanwhile)
-                    lane.pending.appendleft(request)
-            lane.wake.notify()
 
     def wait(self, request: PublishRequest) -> PublishReceipt:
         """The receipt of ``request``, by its deadline; raises its error."""
@@ -469,33 +405,26 @@ class PublishEngine:
         """Send the lane's batches until it has been idle for ``LANE_IDLE``."""
         while True:
             with self._lock:
-                # (while a caller sends at once, the thread waits for its answer's turn)
-                while lane.sending or (not lane.pending and lane.sent is None):
-                    if self._closing and not lane.sending:
+                while not lane.pending:
+                    if self._closing:
                         lane.busy = False
                         return
                     lane.idle = True
-                    if not lane.sending:
-                        lane.activity = "idle"
+                    lane.activity = "idle"
                     woke = lane.wake.wait(LANE_IDLE)
                     lane.idle = False
-                    if not (woke or lane.pending or lane.sending or lane.sent):
+                    if not woke and not lane.pending:
                         lane.busy = False
                         return
-                sent, lane.sent = lane.sent, None
-                flight = list(lane.flight)
                 due = lane.first_at + self._linger
-                while sent is None and lane.gather and not self._closing:
+                while lane.gather and not self._closing:
                     left = due - time.monotonic()
                     if left <= 0:
                         break
                     lane.activity = "gathering a batch"
                     lane.wake.wait(left)
             try:
-                if sent is not None:
-                    self._deliver(lane, flight, sent.ids, sent.nodes, sent.counts, sent)
-                else:
-                    self._send(lane)
+                self._send(lane)
             except Exception as exc:  # a lane never dies with requests in it
                 logger.exception("publish engine: unexpected error on %r", lane.topic)
                 with self._lock:
@@ -539,22 +468,8 @@ class PublishEngine:
         requests, entries = self._take(lane, view)
         if not requests:
             return
-        nodes, counts = envelope.pack_counted(entries, self._ctx.config.max_message_bytes)
-        self._deliver(lane, requests, tuple(e.id for e in entries), nodes, counts)
-
-    def _deliver(
-        self,
-        lane: _Lane,
-        requests: list[PublishRequest],
-        ids: tuple[str, ...],
-        nodes: list[bytes],
-        counts: list[int],
-        sent: _SentAtOnce | None = None,
-    ) -> None:
-        """Write the fan-out of ``requests`` (``sent``: the caller sent it
-        already) and settle them."""
-        publisher, topic = self._publisher, lane.topic
         try:
+            nodes, counts = envelope.pack_counted(entries, self._ctx.config.max_message_bytes)
             result = publisher.fan_out(
                 topic,
                 nodes,
@@ -562,14 +477,13 @@ class PublishEngine:
                 lane.targets,
                 counts=counts,
                 progress=lambda what: setattr(lane, "activity", what),
-                resume=None if sent is None else sent.fan_out,
             )
         except OperationTimeout as exc:
             self._fail(
                 requests,
                 PublishTimeout(
                     f"publish to {topic!r} not confirmed in time ({exc}); the outcome is unknown",
-                    message_ids=ids,
+                    message_ids=tuple(e.id for e in entries),
                 ),
             )
         except ZkPubSubError as exc:

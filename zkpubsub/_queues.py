@@ -134,16 +134,6 @@ class QueueStates:
         with self._lock:
             return self._states.get((topic, subscriber))
 
-    def fresh(self, topic: str, subscribers: list[str]) -> bool:
-        """Whether every one of these queues was read less than ``STATE_TTL`` ago."""
-        now = time.monotonic()
-        with self._lock:
-            for s in subscribers:
-                state = self._states.get((topic, s))
-                if state is None or now - state.read_at >= STATE_TTL:
-                    return False
-            return True
-
     def forget(self, topic: str, subscriber: str) -> None:
         with self._lock:
             self._states.pop((topic, subscriber), None)

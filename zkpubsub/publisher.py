@@ -46,20 +46,11 @@ from .backlog import INLINE_BYTES
 from .config import CREATE_OP_OVERHEAD
 from .errors import OperationTimeout
 from .layout import NodeKind, new_guid, validate_name
-from .receipts import Sent
 
 if TYPE_CHECKING:
     from kazoo.protocol.states import WatchedEvent
 
-__all__ = [
-    "FanOutResult",
-    "Publisher",
-    "SentFanOut",
-    "Targets",
-    "TopicView",
-    "plan_rounds",
-    "split_targets",
-]
+__all__ = ["FanOutResult", "Publisher", "Targets", "TopicView", "plan_rounds", "split_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +127,6 @@ class FanOutResult:
     reached: set[str] = field(default_factory=set)
     skipped: set[str] = field(default_factory=set)
     transactions: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SentFanOut:
-    """A fan-out sent at once by :meth:`Publisher.send_now`, its answer to
-    come: :meth:`Publisher.fan_out` with ``resume`` finishes it."""
-
-    view: TopicView  # the subscriber list it was planned on
-    fan: FanOut
-    full: tuple[str, ...]  # queues left out as full
-    sent: Sent
 
 
 class Publisher:
@@ -284,35 +264,6 @@ class Publisher:
             return cost + per_target
         return cost + queue + _MARKER_OP + acl.size(NodeKind.MARKER)
 
-    def send_now(
-        self, topic: str, nodes: list[bytes], counts: Sequence[int], targets: Targets
-    ) -> SentFanOut | None:
-        """Send the fan-out of ``nodes`` without waiting, if it needs no
-        request first: connected, the subscriber list cached and not empty,
-        every queue read less than ``STATE_TTL`` ago, one transaction for all.
-        ``None`` (nothing sent) otherwise. Its answer is read, and whatever
-        it still needs done, by :meth:`fan_out` with ``resume``."""
-        ctx = self._ctx
-        if not ctx.conn.connected.is_set():
-            return None
-        with self._lock:
-            view = self._views.get(topic)
-        if view is None or view.version is None:
-            return None
-        todo = targets.of(view)
-        budget = self.budget(topic)
-        sizes = [self.op_size(topic, d) for d in nodes]
-        if not todo or len(plan_rounds(sizes, budget)) > 1 or not self.queues.fresh(topic, todo):
-            return None
-        planned, full = self.queues.plan(topic, todo, nodes, sum(counts))
-        per_target = sum(sizes)
-        costs = [self.target_cost(topic, t, per_target) for t in planned]
-        if not planned or len(split_targets(planned, costs, budget)) > 1:
-            return None
-        fan = FanOut(topic, view.version, tuple(planned), tuple(nodes), ctx.client_id)
-        sent = ctx.writer.send(functools.partial(fan.add_ops, ctx.layout, acls=self._acls))
-        return SentFanOut(view, fan, tuple(full), sent)
-
     def fan_out(
         self,
         topic: str,
@@ -322,15 +273,12 @@ class Publisher:
         *,
         counts: Sequence[int] | None = None,
         progress: Callable[[str], None] | None = None,
-        resume: SentFanOut | None = None,
     ) -> FanOutResult:
         """Write ``nodes`` (in order) into every subscriber's queue, split over
         several transactions if they do not fit in one; a full queue gets an
         overflow marker (or nothing) instead, counting the messages each
         transaction left out (``counts``: messages per node, one each by
-        default). With ``resume`` (from :meth:`send_now` for the same nodes),
-        begin with the answer to that transaction. Raises
-        ``OperationTimeout`` when ``deadline`` passes first."""
+        default). Raises ``OperationTimeout`` when ``deadline`` passes first."""
         if counts is not None and len(counts) != len(nodes):
             raise ValueError(f"{len(counts)} message counts for {len(nodes)} nodes")
         result = FanOutResult()
@@ -340,10 +288,7 @@ class Publisher:
             part = [nodes[i] for i in indexes]
             per_target = sum(sizes[i] for i in indexes)
             messages = sum(counts[i] for i in indexes) if counts is not None else len(indexes)
-            self._round(
-                topic, part, per_target, messages, deadline, targets, result, progress, resume
-            )
-            resume = None  # send_now sends one round only
+            self._round(topic, part, per_target, messages, deadline, targets, result, progress)
         return result
 
     def _round(
@@ -356,61 +301,50 @@ class Publisher:
         targets: Targets,
         result: FanOutResult,
         progress: Callable[[str], None] | None,
-        resume: SentFanOut | None = None,
     ) -> None:
         ctx = self._ctx
         say = progress or (lambda _what: None)
         done: set[str] = set()  # written, or skipped as full, in this round
         reached_before = len(result.reached)
         say(f"reading the subscribers of {topic!r}")
-        view = self.view(topic, deadline) if resume is None else resume.view
+        view = self.view(topic, deadline)
         synced = False
         while True:
             if expired(deadline):
                 raise OperationTimeout(f"publish to {topic!r}: deadline passed")
-            sent = None
-            if resume is not None:  # sent already: its answer first, then as below
-                fans, full, sent, resume = [resume.fan], list(resume.full), resume.sent, None
-            else:
-                todo = [s for s in targets.of(view) if s not in done]
-                if not todo:
-                    if synced or done or len(result.reached) > reached_before:
-                        return
-                    # An empty (or fully reached) list may be stale: confirm it.
-                    say(f"confirming that {topic!r} has no subscribers")
-                    view = self.view(topic, deadline, fresh=True)
-                    synced = True
-                    continue
-                version = view.version
-                assert version is not None
-                say(f"reading the queues of {topic!r}")
-                for culprit in self.queues.refresh(topic, todo, deadline, unknown_only=True):
-                    logger.debug("queue of %s for %r is gone; dropping it", culprit, topic)
-                    targets.excluded.add(culprit)
-                planned, full = self.queues.plan(
-                    topic, [s for s in todo if s not in targets.excluded], nodes, messages
-                )
-                costs = [self.target_cost(topic, t, per_target) for t in planned]
-                fans = [
-                    FanOut(topic, version, tuple(chunk), tuple(nodes), ctx.client_id)
-                    for chunk in split_targets(planned, costs, self.budget(topic))
-                ]
+            todo = [s for s in targets.of(view) if s not in done]
+            if not todo:
+                if synced or done or len(result.reached) > reached_before:
+                    return
+                # An empty (or fully reached) list may be stale: confirm it.
+                say(f"confirming that {topic!r} has no subscribers")
+                view = self.view(topic, deadline, fresh=True)
+                synced = True
+                continue
+            assert view.version is not None
+            say(f"reading the queues of {topic!r}")
+            for culprit in self.queues.refresh(topic, todo, deadline, unknown_only=True):
+                logger.debug("queue of %s for %r is gone; dropping it", culprit, topic)
+                targets.excluded.add(culprit)
+            planned, full = self.queues.plan(
+                topic, [s for s in todo if s not in targets.excluded], nodes, messages
+            )
             done.update(full)
             result.skipped.update(full)
-            for fan in fans:
+            costs = [self.target_cost(topic, t, per_target) for t in planned]
+            for chunk in split_targets(planned, costs, self.budget(topic)):
+                fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes), ctx.client_id)
                 say("waiting for ZooKeeper to confirm the transaction")
                 outcome = ctx.writer.commit(
                     functools.partial(fan.add_ops, ctx.layout, acls=self._acls),
                     deadline,
                     f"publish to {topic!r}",
-                    sent=sent,
                 )
-                sent = None
                 result.transactions += 1
                 verdict = fan.classify(outcome)
                 if verdict.kind == "ok":
                     self.queues.applied(topic, fan, outcome.results)
-                    for target in fan.targets:
+                    for target in chunk:
                         done.add(target.subscriber)
                         bucket = result.reached if target.writes else result.skipped
                         bucket.add(target.subscriber)

@@ -32,15 +32,7 @@ from .connection import SERVER_MAX_BUFFER, Connection, first_error, request_size
 from .errors import ConnectionLost, PayloadTooLarge, ZkPubSubError
 from .layout import Layout, NodeKind, join, new_guid
 
-__all__ = [
-    "FLUSH_AFTER",
-    "FLUSH_AT",
-    "Outcome",
-    "ReceiptJanitor",
-    "ReceiptWriter",
-    "Sent",
-    "landed",
-]
+__all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +83,6 @@ class Outcome:
 Ops = Callable[[Any, str], None]  # adds the caller's ops to a transaction, given its guid
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A transaction sent by :meth:`ReceiptWriter.send`, its answer to come:
-    :meth:`ReceiptWriter.commit` reads it and finishes what it needs."""
-
-    guid: str
-    txn: Any  # kazoo's transaction, to send again after a lost answer
-    answer: Any  # kazoo's async result
-
-
 class ReceiptWriter:
     """Commits a transaction exactly once: the caller's operations plus a
     receipt. After a lost answer it looks the receipt up before sending
@@ -123,44 +105,25 @@ class ReceiptWriter:
         self.janitor = janitor
         self.lookups = 0  # transactions whose answer was lost and were looked up
 
-    def send(self, add_ops: Ops) -> Sent:
-        """Send ``add_ops(txn, guid)``'s operations with a receipt, without
-        waiting for the answer: :meth:`commit` with ``sent`` reads it."""
-        guid = new_guid()
-        txn = self._transaction(add_ops, guid)
-        return Sent(guid, txn, txn.commit_async())
-
-    def _transaction(self, add_ops: Ops, guid: str) -> Any:
-        txn = self._conn.kazoo.transaction()
-        txn.create(self._layout.receipt(self._client_id, guid), self._data, acl=self._acl)
-        add_ops(txn, guid)
-        return txn
-
-    def commit(
-        self, add_ops: Ops, deadline: float | None, what: str, *, sent: Sent | None = None
-    ) -> Outcome:
+    def commit(self, add_ops: Ops, deadline: float | None, what: str) -> Outcome:
         """Send ``add_ops(txn, guid)``'s operations with a receipt named by
         ``guid``, until the transaction is applied or refused for a reason of
-        the caller's; with ``sent`` (from :meth:`send`, with the same
-        ``add_ops``), begin with that transaction's answer. ``add_ops`` may be
-        called several times (a retry after a lost answer) and must add the
-        same operations each time. Raises ``OperationTimeout`` or
-        ``ClientClosed`` when the deadline passes or the client closes, and
-        ``NotAuthorized`` when an ACL refuses one of the operations (nothing
-        was applied)."""
+        the caller's. ``add_ops`` may be called several times (a retry after a
+        lost answer) and must add the same operations each time. Raises
+        ``OperationTimeout`` or ``ClientClosed`` when the deadline passes or
+        the client closes, and ``NotAuthorized`` when an ACL refuses one of
+        the operations (nothing was applied)."""
         conn = self._conn
-        guid = new_guid() if sent is None else sent.guid
+        guid = new_guid()
         receipt = self._layout.receipt(self._client_id, guid)
         refused = 0  # answers lost, and nothing applied, for a transaction too large
         while True:
-            if sent is not None:
-                txn, answer, sent = sent.txn, sent.answer, None
-            else:
-                conn.wait_connected(deadline, what)
-                txn = self._transaction(add_ops, guid)
-                answer = txn.commit_async()
+            conn.wait_connected(deadline, what)
+            txn = conn.kazoo.transaction()
+            txn.create(receipt, self._data, acl=self._acl)
+            add_ops(txn, guid)
             try:
-                results = conn.result(answer, deadline, what)
+                results = conn.result(txn.commit_async(), deadline, what)
             except ConnectionLost:
                 # It may or may not have been applied: look before writing again.
                 self.lookups += 1
