@@ -389,10 +389,9 @@ def run(ctx: Context) -> dict[str, Any]:
                     else:
                         cell = _cell(ctx, key, label, subscriber, rate, phase, n, own, duration)
                 except Exception as exc:
-                    errors.append(
-                        {"impl": key, "rate": str(rate), "error": f"{type(exc).__name__}: {exc}"}
-                    )
-                    phase.summary = f"error: {type(exc).__name__}: {exc}"
+                    error = f"{type(exc).__name__}: {exc}"
+                    errors.append({"impl": key, "rate": str(rate), "error": f"{run_of}: {error}"})
+                    phase.summary = f"error: {error}"
                     continue
                 if repeat is None:
                     summary = cell["latency_ms"]
