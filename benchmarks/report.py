@@ -685,7 +685,8 @@ def _latency(section: dict[str, Any]) -> list[str]:
             f"{w['impl']} {w['subscribers']} at {w['rate']:g}/s p50 {w['p50']} p99 {w['p99']}"
             for w in warmups
         )
-        lines += ["", f"Unmeasured warm-up pass ({warmups[0]['duration_s']:g} s a cell): {cells}."]
+        seconds = section["params"]["warmup_s"]
+        lines += ["", f"Unmeasured warm-up pass ({seconds:g} s a cell): {cells}."]
     return lines + aio_variant.markdown(section)
 
 

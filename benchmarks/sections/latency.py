@@ -400,7 +400,6 @@ def run(ctx: Context) -> dict[str, Any]:
                             "impl": key,
                             "subscribers": n,
                             "rate": rate,
-                            "duration_s": p.latency_warmup,
                             "p50": summary["p50"],
                             "p99": summary["p99"],
                         }
