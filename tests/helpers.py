@@ -12,8 +12,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, SessionExpiredError
 from kazoo.retry import KazooRetry
 
-from zkpubsub import Message
+from zkpubsub import ClientState, Message
 from zkpubsub.testing.fixtures import backend_name
+from zkpubsub.testing.proxy import TcpProxy
 
 # A test that edits a stopped server's snapshot with the local ZooKeeper
 # classes (``zkpubsub.testing.counters``) needs the servers to be local
@@ -64,6 +65,30 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def cut_and_reconnect(
+    proxy: TcpProxy,
+    states: list[ClientState],
+    meanwhile: Callable[[], object] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Cut the client's connection through ``proxy``, run ``meanwhile`` (work
+    done while the client is away), and wait until the client, whose state
+    changes ``states`` records, has been suspended by this cut and connected
+    again. Waiting only for the last state to read ``CONNECTED`` would return
+    at once, on the previous cut's reconnection."""
+    suspended = states.count(ClientState.SUSPENDED)
+    assert proxy.cut() >= 1, "no connection through the proxy to cut"
+    if meanwhile is not None:
+        meanwhile()
+    wait_until(
+        lambda: (
+            states.count(ClientState.SUSPENDED) > suspended and states[-1] == ClientState.CONNECTED
+        ),
+        timeout,
+        "the client suspended by the cut and connected again",
+    )
 
 
 class Collector:

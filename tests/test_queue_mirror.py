@@ -21,7 +21,7 @@ from zkpubsub.workqueue import Worker, WorkQueue
 from zkpubsub.workqueue import mirror as queue_mirror
 from zkpubsub.workqueue.lineup import RELIST_WHILE_BUSY, WATCH_UNTIL_BACKLOG
 
-from .helpers import wait_until
+from .helpers import cut_and_reconnect, wait_until
 from .test_receive import version_of
 
 MakeClient = Callable[..., Client]
@@ -180,17 +180,20 @@ def test_a_cut_connection_while_items_are_put_loses_nothing(
         thread = threading.Thread(target=work)
         thread.start()
         put = 0
+
+        def put_next(count: int) -> None:
+            nonlocal put
+            for _ in range(count):
+                producer.put(put)
+                put += 1
+
         try:
             for _ in range(3):
-                for _ in range(20):
-                    producer.put(put)
-                    put += 1
+                put_next(20)
                 wait_until(lambda p=put: len(set(got)) >= p - 15, 30, "items reserved")
-                proxy.cut()  # the watch and the events of the outage are gone
-                for _ in range(20):  # put while the worker is away
-                    producer.put(put)
-                    put += 1
-                wait_until(lambda: states and states[-1] == ClientState.CONNECTED, 30, "back")
+                # the watch and the events of the outage are gone; items are
+                # put while the worker is away
+                cut_and_reconnect(proxy, states, meanwhile=lambda: put_next(20))
             wait_until(lambda: set(got) == set(range(put)), 60, "every item reserved")
         finally:
             stop.set()

@@ -20,7 +20,7 @@ from zkpubsub.layout import carries_data
 from zkpubsub.testing import four_letter, queue_entries
 from zkpubsub.testing.proxy import TcpProxy
 
-from .helpers import Collector, wait_until
+from .helpers import Collector, cut_and_reconnect, wait_until
 
 MakeClient = Callable[..., Client]
 
@@ -288,8 +288,7 @@ def test_a_cut_connection_while_messages_arrive_loses_nothing_and_keeps_order(
             for _ in range(3):
                 seen = len(got.messages)
                 wait_until(lambda seen=seen: len(got.messages) > seen + 20, 30, "delivery")
-                proxy.cut()  # the watch and its events of the outage are gone
-                wait_until(lambda: states and states[-1] == ClientState.CONNECTED, 30, "back")
+                cut_and_reconnect(proxy, states)  # the watch and the outage's events are gone
         finally:
             stop.set()
             sender.join(60)
