@@ -403,9 +403,7 @@ def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> 
     consumer = q.consume(handle, workers=2, on_error=lambda e, i: errors.append(e))
     q.put_many([1, 2, "bad", 3])
     wait_until(lambda: sorted(done, key=str) == [1, 2, 3] and len(errors) == 2, what="handled")
-    # on_error runs before the release that buries the item: wait for that too
-    wait_until(lambda: len(q.dead()) == 1, what="the bad item buried")
-    assert len(q.dead()) == 1
+    assert len(q.dead()) == 1  # buried before on_error was told of the last failure
     q.put("slow")
     assert started.wait(10)
     stopper = threading.Thread(target=consumer.stop)
@@ -417,6 +415,30 @@ def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> 
     assert not consumer.running
     assert consumer.stats().acked == 4 and consumer.stats().released == 2
     assert len(q) == 0
+
+
+def test_a_failed_item_is_given_back_before_on_error_is_told(make_client: MakeClient) -> None:
+    q = make_client().queue("told", max_attempts=2)
+    seen: list[tuple[bool, int, int, int]] = []
+    told = threading.Event()
+
+    def on_error(_exc: BaseException, item: Item) -> None:
+        stats = q.stats()  # on the worker's thread: nobody can reserve it meanwhile
+        seen.append((item.finished, stats.ready, stats.reserved, stats.dead))
+        if len(seen) == 2:
+            told.set()
+
+    def fail(_item: Item) -> None:
+        raise ValueError("no")
+
+    consumer = q.consume(fail, workers=1, on_error=on_error)
+    try:
+        q.put("x")
+        assert told.wait(20)
+    finally:
+        consumer.stop()
+    # first failure: released, ready again; second (the last attempt): buried
+    assert seen == [(True, 1, 0, 0), (True, 0, 0, 1)]
 
 
 def test_the_queue_works_after_a_real_session_expiry_of_a_worker(

@@ -43,10 +43,11 @@ class Consumer:
     """Worker threads calling a handler for each item of one queue.
 
     Each thread is its own worker in the queue's registry. Whatever the
-    handler raises (``SystemExit`` included) releases the item and goes to
-    ``on_error``; the worker goes on. An ``async def`` handler is refused. ``stop()`` lets
-    every worker finish (ack or release) the items in hand (at most
-    ``prefetch``), then returns. Items reserved with a lease are extended
+    handler raises (``SystemExit`` included) releases the item (or buries
+    it, after its last attempt), then goes to ``on_error``, which finds the
+    item given back already; the worker goes on. An ``async def`` handler
+    is refused. ``stop()`` lets every worker finish (ack or release) the
+    items in hand (at most ``prefetch``), then returns. Items reserved with a lease are extended
     by one thread of the consumer while in hand, for up to ``max_lease``
     seconds each.
     """
@@ -117,8 +118,9 @@ class Consumer:
                     result = self._handler(item)
                     refuse_awaitable(result, "the handler")
                 except BaseException as exc:  # whatever a handler raises is a failure
-                    self._report(exc, item)
+                    # given back first: a slow on_error must not hold the item
                     self._release(item, exc)
+                    self._report(exc, item)
                     continue
                 if not item.finished:
                     done.append((item, result if item.wants_result else None))

@@ -213,7 +213,8 @@ class WorkQueue:
     ) -> Consumer:
         """Run ``workers`` worker threads calling ``handler(item)`` for each
         item: a return acks it (with the return value as the result, when
-        one is wanted), an exception releases it (and goes to ``on_error``).
+        one is wanted), an exception releases it, then goes to ``on_error``
+        (which finds the item given back already).
         Each worker reserves up to ``prefetch`` items in one transaction and
         acks the ones it finished in one transaction; a larger prefetch is
         faster, but holds items a little longer and redoes more of them if
