@@ -47,9 +47,9 @@ class Consumer:
     it, after its last attempt), then goes to ``on_error``, which finds the
     item given back already; the worker goes on. An ``async def`` handler
     is refused. ``stop()`` lets every worker finish (ack or release) the
-    items in hand (at most ``prefetch``), then returns. Items reserved with a lease are extended
-    by one thread of the consumer while in hand, for up to ``max_lease``
-    seconds each.
+    items in hand (at most ``prefetch``), then returns. Items reserved with
+    a lease are extended by one thread of the consumer while in hand, for up
+    to ``max_lease`` seconds each.
     """
 
     def __init__(
