@@ -33,6 +33,8 @@ def test_every_client_stands_and_exactly_one_leads(make_client: MakeClient) -> N
     assert quiet.cleaner is None
     wait_until(lambda: len(leaders(clients)) == 1, what="a leader")
     assert leaders(clients)[0] is clients[0]  # the first to join
+    # each client's cleaner joins on its own thread, maybe after the first leads
+    wait_until(lambda: quiet.stats().cleaner_candidates >= 3, 20, "every client standing")
     assert quiet.stats().cleaner_candidates == 3
     clients[0].close()
     wait_until(lambda: leaders(clients[1:]) == [clients[1]], what="the next in line leads")
@@ -100,7 +102,13 @@ def test_candidates_write_their_grace_and_the_leaders_applies(
     assert cleaner is not None
     wait_until(lambda: cleaner.effective_grace == 4.0, what="the leader's grace read")
     assert cleaner.grace == 30.0 and not cleaner.is_leader
-    warnings = [r for r in caplog.records if "differs from the leader's" in r.getMessage()]
+
+    def grace_warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "differs from the leader's" in r.getMessage()]
+
+    # the standby warns after it stored the leader's grace: wait for the record too
+    wait_until(grace_warnings, 20, "the warning about the leader's grace")
+    warnings = grace_warnings()
     assert len(warnings) == 1 and leader.client_id in warnings[0].getMessage()
     # A changed grace is written into the election node; the place is kept.
     assert standby.start_cleaner(grace=8.0) is cleaner

@@ -35,10 +35,24 @@ def test_publishes_deliveries_and_their_latency_are_counted(make_client: MakeCli
     publisher.publish("t", 1)
     publisher.publish_many("t", [2, 3])
     collector.wait(3)
+    # a publish is counted after its caller was woken, so after publish() returned
+    wait_until(
+        lambda: (
+            (sample(pub_registry, "zkpubsub_publish_duration_seconds_count", topic="t") or 0) >= 2
+        ),
+        20,
+        "both publishes counted",
+    )
     assert sample(pub_registry, "zkpubsub_publishes_total", topic="t", outcome="ok") == 3
     assert sample(pub_registry, "zkpubsub_publish_duration_seconds_count", topic="t") == 2
     assert sample(pub_registry, "zkpubsub_publishes_pending") == 0
     wait_until(lambda: sample(sub_registry, "zkpubsub_deliveries_total", topic="t") == 3)
+    # the lag of a delivery is observed just after the delivery is counted
+    wait_until(
+        lambda: (sample(sub_registry, "zkpubsub_delivery_lag_seconds_count", topic="t") or 0) >= 3,
+        20,
+        "every delivery's lag observed",
+    )
     assert sample(sub_registry, "zkpubsub_delivery_lag_seconds_count", topic="t") == 3
     assert sample(sub_registry, "zkpubsub_subscription_pending", topic="t") == 0
     backlog = sample(sub_registry, "zkpubsub_subscription_backlog", topic="t")
