@@ -20,12 +20,18 @@ time. Per node, each process records, from that scheduled time:
   event from kazoo's connection thread through a queue: the least a
   subscriber pays that runs no user code on kazoo's thread.
 
+With ``--delete`` each process also deletes every node created in its
+queue once done with it (after its read's answer, else once handed off,
+else on its event), as a subscriber does: batched, each node waiting up
+to zkpubsub's ``DELETE_LINGER`` for others to share its transaction,
+sent without waiting for answers. Without it the processes delete
+nothing, so the server does less than it does for subscribers.
+
 Beside them, ``commit``: the sender's round trip from the scheduled time
 (sent without waiting for the one before), here under the load of the
 subscribers; and ``floor``: the same transactions, at the same rate, just
 before the processes started, with no one watching (the main benchmark's
-latency floor). The processes do not delete what they read (a subscriber
-would), so the server does less than it does for one.
+latency floor).
 Percentiles (milliseconds, pooled over the subscribers) go to the screen and
 to ``<out>/receive-floor-<timestamp>.json``.
 """
@@ -48,6 +54,7 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from zkpubsub._persistent import NODE_CREATED, PERSISTENT_RECURSIVE, AddWatch, EventHook
+from zkpubsub._pump import DELETE_BATCH, DELETE_LINGER
 
 from . import credentials, server, stats
 from .progress import Phase, Progress
@@ -74,43 +81,124 @@ def scheduled_of(path: str) -> float | None:
     return int(stamp) / 1e9 if stamp.isdigit() else None
 
 
+class Deleter:
+    """Deletes the nodes given to it in batched transactions: the first of
+    a batch waits ``DELETE_LINGER`` for company; answers are not waited
+    for, only counted (nodes deleted)."""
+
+    def __init__(self, zk: KazooClient) -> None:
+        self._zk = zk
+        self._lock = threading.Lock()
+        self._paths: list[str] = []
+        self._due = threading.Event()
+        self._stopping = False
+        self._sent = 0
+        self._answered = threading.Semaphore(0)
+        self.deleted = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            self._paths.append(path)
+        self._due.set()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            if not self._stopping:
+                time.sleep(DELETE_LINGER)
+            self._due.clear()
+            self._flush()
+            if self._stopping:
+                return
+
+    def _flush(self) -> None:
+        with self._lock:
+            paths, self._paths = self._paths, []
+        for start in range(0, len(paths), DELETE_BATCH):
+            txn = self._zk.transaction()
+            for path in paths[start : start + DELETE_BATCH]:
+                txn.delete(path)
+            self._sent += 1
+            txn.commit_async().rawlink(self._done)
+
+    def _done(self, result: Any) -> None:  # kazoo's completion thread
+        if result.successful():
+            with self._lock:
+                self.deleted += sum(1 for r in result.get() if r is True)
+        self._answered.release()
+
+    def close(self) -> None:
+        """Send what is left and wait for every answer."""
+        self._stopping = True
+        self._due.set()
+        self._thread.join(START_TIMEOUT)
+        for _ in range(self._sent):
+            if not self._answered.acquire(timeout=START_TIMEOUT):
+                raise RuntimeError("a delete transaction got no answer")
+
+
 def subscriber_main(
-    hosts: str, queue: str, conn: Connection, reads: bool = True, hand_off: bool = False
+    hosts: str,
+    queue: str,
+    conn: Connection,
+    reads: bool = True,
+    hand_off: bool = False,
+    delete: bool = False,
 ) -> None:
     """One subscriber process: watch ``queue``, read each node created in
     it (unless not ``reads``), hand each event to a thread of its own (if
-    ``hand_off``), and record the times until told to stop; then send them
-    back."""
+    ``hand_off``), delete each node when done with it (if ``delete``), and
+    record the times until told to stop; then send them back, with the
+    count of nodes deleted."""
     zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
     zk.start(timeout=START_TIMEOUT)
     event_ms = array("d")
     read_ms = array("d")
     handed_ms = array("d")
-    handed: SimpleQueue[float | None] = SimpleQueue()
+    handed: SimpleQueue[tuple[str, float | None] | None] = SimpleQueue()
+    deleter = Deleter(zk) if delete else None
+
+    def done_with(path: str) -> None:
+        if deleter is not None:
+            deleter.add(path)
 
     def take() -> None:  # the thread events are handed to
-        while (scheduled := handed.get()) is not None:
-            handed_ms.append((time.monotonic() - scheduled) * 1000)
+        while (item := handed.get()) is not None:
+            path, scheduled = item
+            if scheduled is not None:
+                handed_ms.append((time.monotonic() - scheduled) * 1000)
+            if not reads:
+                done_with(path)
 
     taker = threading.Thread(target=take, daemon=True)
     if hand_off:
         taker.start()
 
-    def answered(scheduled: float, result: Any) -> None:  # kazoo's completion thread
+    def answered(
+        path: str, scheduled: float | None, result: Any
+    ) -> None:  # kazoo's completion thread
         now = time.monotonic()
-        if result.successful():
+        if result.successful() and scheduled is not None:
             read_ms.append((now - scheduled) * 1000)
+        done_with(path)
 
     def on_event(kind: int, path: str) -> None:  # kazoo's connection thread
         now = time.monotonic()
-        scheduled = scheduled_of(path)
-        if kind != NODE_CREATED or scheduled is None:
+        if kind != NODE_CREATED or path == queue:
             return
-        event_ms.append((now - scheduled) * 1000)
+        scheduled = scheduled_of(path)
+        if scheduled is not None:
+            event_ms.append((now - scheduled) * 1000)
+        elif not delete:
+            return  # a warm-up node: nothing to measure, nothing to do
         if hand_off:
-            handed.put(scheduled)
+            handed.put((path, scheduled))
         if reads:
-            zk.get_async(path).rawlink(lambda r, s=scheduled: answered(s, r))
+            zk.get_async(path).rawlink(lambda r, p=path, s=scheduled: answered(p, s, r))
+        elif not hand_off:
+            done_with(path)
 
     try:
         zk.ensure_path(queue)
@@ -125,7 +213,11 @@ def subscriber_main(
         if hand_off:
             handed.put(None)
             taker.join(START_TIMEOUT)
-        conn.send((list(event_ms), list(read_ms), list(handed_ms)))
+        deleted = 0
+        if deleter is not None:
+            deleter.close()
+            deleted = deleter.deleted
+        conn.send((list(event_ms), list(read_ms), list(handed_ms), deleted))
     finally:
         zk.stop()
         zk.close()
@@ -182,6 +274,7 @@ def measure(
     phase: Phase,
     reads: bool = True,
     hand_off: bool = False,
+    delete: bool = False,
 ) -> dict[str, Any]:
     """One subscriber count: the floor with no one watching, then start the
     processes, warm them, measure."""
@@ -191,13 +284,18 @@ def measure(
         zk.ensure_path(path)
     _commit_loop(zk, paths, rate, warm, True, phase)
     floor = _commit_loop(zk, paths, rate, seconds, False, phase, "floor, no one watching")
+    if delete:  # the processes start on empty queues, as subscribers would
+        for path in paths:
+            _empty(zk, path)
     pipes: list[Connection] = []
     procs = []
     try:
         for path in paths:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=subscriber_main, args=(hosts, path, child, reads, hand_off), daemon=True
+                target=subscriber_main,
+                args=(hosts, path, child, reads, hand_off, delete),
+                daemon=True,
             )
             proc.start()
             pipes.append(parent)
@@ -211,15 +309,17 @@ def measure(
         events: list[float] = []
         answers: list[float] = []
         takes: list[float] = []
+        deleted = 0
         for pipe in pipes:
             pipe.send("stop")
         for pipe in pipes:
             if not pipe.poll(START_TIMEOUT):
                 raise RuntimeError("a subscriber process did not answer")
-            got_events, got_reads, got_takes = pipe.recv()
+            got_events, got_reads, got_takes, got_deleted = pipe.recv()
             events += got_events
             answers += got_reads
             takes += got_takes
+            deleted += got_deleted
     finally:
         for proc in procs:
             proc.join(10)
@@ -235,12 +335,26 @@ def measure(
         "missing_reads": expected - len(answers) if reads else None,
         "hand_off": hand_off,
         "missing_handed": expected - len(takes) if hand_off else None,
+        "delete": delete,
+        "deleted": deleted if delete else None,
+        # nodes left in the queues when the processes stopped
+        "left": sum(len(zk.get_children(path)) for path in paths) if delete else None,
         "floor": stats.summarize_ms([v / 1000 for v in floor]),
         "commit": stats.summarize_ms([v / 1000 for v in commit]),
         "event": stats.summarize_ms([v / 1000 for v in events]),
         "read": stats.summarize_ms([v / 1000 for v in answers]) if reads else None,
         "handed": stats.summarize_ms([v / 1000 for v in takes]) if hand_off else None,
     }
+
+
+def _empty(zk: KazooClient, path: str) -> None:
+    """Delete the nodes in ``path`` (the floor's), in batched transactions."""
+    names = zk.get_children(path)
+    for start in range(0, len(names), DELETE_BATCH):
+        txn = zk.transaction()
+        for name in names[start : start + DELETE_BATCH]:
+            txn.delete(f"{path}/{name}")
+        txn.commit()
 
 
 def _line(cell: dict[str, Any]) -> str:
@@ -266,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hand-off",
         action="store_true",
         help="hand each event to a thread of the process's own, and measure when it took it",
+    )
+    parser.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete each node when done with it, batched, as a subscriber does",
     )
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
@@ -295,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         phase,
                         reads=not args.no_reads,
                         hand_off=args.hand_off,
+                        delete=args.delete,
                     )
                     cells.append(cell)
                     phase.summary = _line(cell)
@@ -310,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "reads": not args.no_reads,
         "hand_off": args.hand_off,
+        "delete": args.delete,
         "cells": cells,
     }
     path = out_dir / f"receive-floor-{stamp}.json"

@@ -333,6 +333,28 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
             assert 0 < cell["event"][q] <= cell["handed"][q], (q, cell)
 
 
+def test_receive_floor_deletes_every_node_when_asked(tmp_path: Path) -> None:
+    from benchmarks import receive_floor
+
+    base = ["--subscribers", "2", "--rate", "50", "--seconds", "1", "--warmup", "0.5", "--delete"]
+    # deleted after each read's answer; then after each hand-off, without reads
+    for extra in ([], ["--no-reads", "--hand-off"]):
+        out = tmp_path / ("reads" if not extra else "handed")
+        assert receive_floor.main([*base, *extra, "--out", str(out)]) == 0
+        (path,) = out.glob("receive-floor-*.json")
+        report = json.loads(path.read_text())
+        assert report["delete"] is True
+        (cell,) = report["cells"]
+        assert cell["missing_events"] == 0, cell
+        if not extra:  # no node was deleted before its read was answered
+            assert cell["missing_reads"] == 0 and cell["read"]["count"] == 100, cell
+        else:
+            assert cell["missing_handed"] == 0 and cell["handed"]["count"] == 100, cell
+        # the warm-up's 25 nodes and the measurement's 50, in each of the two queues
+        assert cell["deleted"] == 2 * (25 + 50), cell
+        assert cell["left"] == 0, cell
+
+
 def test_a_node_name_carries_its_scheduled_time() -> None:
     from benchmarks.receive_floor import node_name, scheduled_of
 
