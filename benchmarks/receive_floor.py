@@ -81,6 +81,17 @@ def scheduled_of(path: str) -> float | None:
     return int(stamp) / 1e9 if stamp.isdigit() else None
 
 
+def delete_transactions(zk: KazooClient, paths: list[str]) -> list[Any]:
+    """Transactions deleting ``paths``, ``DELETE_BATCH`` to each (not sent)."""
+    out = []
+    for start in range(0, len(paths), DELETE_BATCH):
+        txn = zk.transaction()
+        for path in paths[start : start + DELETE_BATCH]:
+            txn.delete(path)
+        out.append(txn)
+    return out
+
+
 class Deleter:
     """Deletes the nodes given to it in batched transactions: the first of
     a batch waits ``DELETE_LINGER`` for company; answers are not waited
@@ -116,10 +127,7 @@ class Deleter:
     def _flush(self) -> None:
         with self._lock:
             paths, self._paths = self._paths, []
-        for start in range(0, len(paths), DELETE_BATCH):
-            txn = self._zk.transaction()
-            for path in paths[start : start + DELETE_BATCH]:
-                txn.delete(path)
+        for txn in delete_transactions(self._zk, paths):
             self._sent += 1
             txn.commit_async().rawlink(self._done)
 
@@ -176,9 +184,8 @@ def subscriber_main(
     if hand_off:
         taker.start()
 
-    def answered(
-        path: str, scheduled: float | None, result: Any
-    ) -> None:  # kazoo's completion thread
+    # on kazoo's completion thread
+    def answered(path: str, scheduled: float | None, result: Any) -> None:
         now = time.monotonic()
         if result.successful() and scheduled is not None:
             read_ms.append((now - scheduled) * 1000)
@@ -349,11 +356,8 @@ def measure(
 
 def _empty(zk: KazooClient, path: str) -> None:
     """Delete the nodes in ``path`` (the floor's), in batched transactions."""
-    names = zk.get_children(path)
-    for start in range(0, len(names), DELETE_BATCH):
-        txn = zk.transaction()
-        for name in names[start : start + DELETE_BATCH]:
-            txn.delete(f"{path}/{name}")
+    names = [f"{path}/{name}" for name in zk.get_children(path)]
+    for txn in delete_transactions(zk, names):
         txn.commit()
 
 
