@@ -131,6 +131,82 @@ def test_a_worker_with_the_watch_hears_of_puts_without_listing(
     assert listing >= persistent + 4.5, (listing, persistent)
 
 
+def test_idle_workers_leave_a_new_item_to_its_own_worker(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Four idle workers hear of each put at once; only the item's own worker
+    (by rank) tries it, the others see it reserved and send nothing."""
+    needs_watches(zk_hosts, "persistent")
+    count = 40
+    clients = [make_client(watch_mode="persistent") for _ in range(4)]
+    workers = [c.queue("herd").worker() for c in clients]
+    for w in workers:
+        assert w.reserve(timeout=0.2) is None  # registered, watching
+    for w in workers:
+        w._lineup.refresh(None)  # each knows all four
+    producer = make_client().queue("herd")
+    got: list[tuple[int, Any]] = []
+    acked = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def work(n: int) -> None:
+        while not stop.is_set():
+            item = workers[n].reserve(timeout=0.5)
+            if item is not None:
+                got.append((n, item.payload))
+                item.ack()
+                acked.release()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # all four waiting in reserve
+    before = sum(c._ctx.conn.requests for c in clients)
+    try:
+        for i in range(count):
+            producer.put(i)
+            assert acked.acquire(timeout=30), f"item {i} not acked"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    requests = (sum(c._ctx.conn.requests for c in clients) - before) / count
+    assert sorted(p for _, p in got) == list(range(count))  # each once
+    assert {n for n, _ in got} == {0, 1, 2, 3}  # spread over all four
+    conflicts = sum(w.conflicts for w in workers)
+    # Without leaving items to their own workers, all four try each item:
+    # three lose (conflicts about 3 per item), and the workers send about
+    # nine requests per item. The own worker alone sends three (read,
+    # reserve, ack); a slow own worker lets the others try now and then.
+    assert conflicts < count // 2, conflicts
+    assert requests < 5.0, requests
+
+
+def test_an_item_whose_own_worker_is_busy_goes_to_another(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    needs_watches(zk_hosts, "persistent")
+    busy_client, idle_client = make_client(), make_client()
+    busy, idle = busy_client.queue("own").worker(), idle_client.queue("own").worker()
+    producer = make_client().queue("own")
+    producer.put("held")
+    held = busy.reserve(timeout=5)  # and it never reserves again
+    assert held is not None
+    assert idle.reserve(timeout=0.2) is None
+    assert idle._lineup.mirrored
+    idle._lineup.refresh(None)  # knows both workers: half the items are busy's own
+    for i in range(6):
+        producer.put(i)
+    got = []
+    for _ in range(6):
+        item = idle.reserve(timeout=5)
+        assert item is not None
+        got.append(item.payload)
+        item.ack()
+    assert sorted(got) == list(range(6))
+    held.ack()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_an_item_released_by_one_worker_is_heard_by_a_waiting_one(
     make_client: MakeClient, zk_hosts: str, mode: str

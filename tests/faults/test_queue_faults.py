@@ -25,6 +25,7 @@ from zkpubsub.testing.queue_checker import QueueAudit, QueueCheckResult, audit_q
 from zkpubsub.testing.queue_history import HoldRecord, QueueHistory
 from zkpubsub.testing.queue_workload import QueueWorkload, WorkerProcess
 from zkpubsub.testing.txnlog import ClusterLog
+from zkpubsub.workqueue import lineup
 
 from .scenarios import SESSION_TIMEOUT, ScenarioRecorder, leader_changes, log_sprung
 from .test_connection_loss import _spring_on_any, client_proxies, proxied_hosts
@@ -422,14 +423,19 @@ def test_q10_a_zombie_worker_stopped_past_its_session_timeout_cannot_ack(ensembl
     assert_queue_clean(done)
 
 
-def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(ensemble):
+def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(ensemble, monkeypatch):
     """Two workers of one client share its session. Both reserve the only
     item at once, through a proxy that loses the reply of the first reserve
     transaction and cuts the connection: the second one, in flight behind
     it, is lost with it. One reservation landed; after reconnecting, each
     worker must recognise it as its own or not (by its name: the session is
     the same), so exactly one of them gets the item. Repeated until a round
-    had both transactions in flight (nearly every round does)."""
+    had both transactions in flight (nearly every round does).
+
+    A worker leaves a new item to its own worker for a moment first; both
+    try it at once when that worker is slower (or without the watch). Here
+    they must, so the moment is set to nothing."""
+    monkeypatch.setattr(lineup, "LEAVE_TO_OWNER", 0.0)
     ens = ensemble(1)
     proxy = ZkClientProxy(("127.0.0.1", ens.cluster.nodes[0].client_port))
     client = Client(proxy.address, root="/q-sibling", session_timeout=SESSION_TIMEOUT)

@@ -36,7 +36,9 @@ every worker competes for them. Guarantees, each enforced by the server:
 * **No herd, no head-of-line blocking.** Workers register under
   ``workers/``; a worker of rank r among W tries first the items whose
   sequence number is r modulo W, so they do not all race for the head, and
-  a reserved item never blocks the ones behind it.
+  a reserved item never blocks the ones behind it. With the watch, an idle
+  worker leaves a new item to its own worker for ``LEAVE_TO_OWNER`` (20 ms)
+  before trying it: one worker tries each put, not all of them.
 * **Priorities.** 0 to 999, lower first, first in first out within a priority
   (exactly so for a single worker; several workers take neighbouring items
   at the same time; a worker working through a backlog lists the queue again

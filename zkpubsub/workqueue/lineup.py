@@ -2,7 +2,9 @@
 
 A worker keeps a list of candidate items, ranked so that workers do not
 all race for the head: a worker of rank r among W tries first the items
-whose sequence number is r modulo W (:func:`rank_candidates`). A put,
+whose sequence number is r modulo W (:func:`rank_candidates`), its own.
+With the watch below, a worker leaves an item just put that is not its own
+to that item's worker for ``LEAVE_TO_OWNER`` seconds first. A put,
 release or change of workers marks the list stale, and the worker ranks
 the queue's items again before its next reserve, no more often than the
 intervals below.
@@ -29,7 +31,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from kazoo.exceptions import NoNodeError
@@ -51,6 +53,7 @@ from .registration import Registration
 from .segments import classify, ensure_queue
 
 __all__ = [
+    "LEAVE_TO_OWNER",
     "MIN_RELIST_INTERVAL",
     "RELIST_WHILE_BUSY",
     "WATCH_UNTIL_BACKLOG",
@@ -77,6 +80,16 @@ RELIST_WHILE_BUSY: Final = 1.0
 # more time than the listings they spare (measured: draining 2,000 items with
 # four workers one at a time went at 0.6x of listing).
 WATCH_UNTIL_BACKLOG: Final = 64
+# With the watch, every idle worker hears of a put at once. Were each to try
+# the new item, all would read it and send a reservation, and only one would
+# win (measured: about nine requests an item with four workers, against three
+# with one). So a worker leaves an item that is not its own by rank (see
+# rank_candidates) to its own worker for this long after first hearing of it:
+# the own worker's reservation is heard of sooner, and then the item is no
+# longer a candidate. If the own worker is busy or gone, the others try it
+# after this delay. Items found by a listing (at the start, after a
+# reconnect) have been waiting already, and are not left.
+LEAVE_TO_OWNER: Final = 0.02
 
 
 def rank_candidates(
@@ -90,15 +103,26 @@ def rank_candidates(
     choice agrees between workers whose listings are of different ages."""
     held = set(reserved)
     ordered, foreign = order_items([n for n in names if n not in held])
-    ranked = sorted(workers)
-    count = max(1, len(ranked))
-    rank = ranked.index(worker_id) if worker_id in ranked else 0
+    own = owner_test(workers, worker_id)
     mine: list[str] = []
     others: list[str] = []
     for name in ordered:
-        parsed = parse_item_node(name)
-        (mine if parsed is not None and parsed.sequence % count == rank else others).append(name)
+        (mine if own(name) else others).append(name)
     return mine + others, foreign
+
+
+def owner_test(workers: Sequence[str], worker_id: str) -> Callable[[str], bool]:
+    """Whether an item node's name is the worker's own: its sequence number
+    is the worker's rank (among the sorted worker ids) modulo their count."""
+    ranked = sorted(workers)
+    count = max(1, len(ranked))
+    rank = ranked.index(worker_id) if worker_id in ranked else 0
+
+    def own(name: str) -> bool:
+        parsed = parse_item_node(name)
+        return parsed is not None and parsed.sequence % count == rank
+
+    return own
 
 
 class Lineup:
@@ -132,6 +156,12 @@ class Lineup:
         # no mirror ever: the mode says so, or the server has no persistent watches
         self._never_watch = ctx.config.watch_mode == "listing"
         self._backlog_in_hand = False  # no mirror until the candidates run out
+        # With the mirror: each item's first hearing (0: found by a listing),
+        # which items are this worker's own, and when the next item left to
+        # its own worker (LEAVE_TO_OWNER) may be tried here (0: none left).
+        self._heard: dict[str, float] = {}
+        self._own: Callable[[str], bool] = lambda name: True
+        self._next_due = 0.0
 
     @property
     def mirrored(self) -> bool:
@@ -170,10 +200,14 @@ class Lineup:
             if mirror is None:
                 return [self._names.popleft() for _ in range(min(limit, len(self._names)))]
             batch: list[str] = []
+            left: list[str] = []
+            now = time.monotonic()
             while self._names and len(batch) < limit:
                 name = self._names.popleft()
-                if mirror.available(name, self._expired):  # not acked nor taken since
-                    batch.append(name)
+                if not mirror.available(name, self._expired):
+                    continue  # acked or taken since
+                (left if self._due_at(name) > now else batch).append(name)
+            self._names.extendleft(reversed(left))
             return batch
 
     def put_back(self, names: Sequence[str]) -> None:
@@ -194,8 +228,25 @@ class Lineup:
         return self.refresh(deadline)
 
     def wait(self, seconds: float) -> None:
-        """Wait for a change to the queue, up to ``seconds``."""
+        """Wait for a change to the queue, up to ``seconds``, or until an item
+        left to its own worker may be tried here."""
+        if self._next_due:
+            seconds = max(0.0, min(seconds, self._next_due - time.monotonic()))
         self._changed.wait(seconds)
+
+    def _due_at(self, name: str) -> float:
+        """When this worker may try the item ``name`` (see ``LEAVE_TO_OWNER``)."""
+        if self._own(name):
+            return 0.0
+        return self._heard.get(name, 0.0) + LEAVE_TO_OWNER
+
+    def _any_due(self, now: float) -> bool:
+        """Whether a candidate in hand may be tried now; notes when the first
+        of those left to their own workers may be. Under the lock."""
+        due = [self._due_at(name) for name in self._names]
+        later = [at for at in due if at > now]
+        self._next_due = min(later, default=0.0)
+        return len(later) < len(due)
 
     def _on_change(self, event: object) -> None:  # kazoo's thread
         self._stale = True
@@ -256,6 +307,10 @@ class Lineup:
     def _rank_mirrored(self, mirror: Mirror, deadline: float | None) -> bool:
         """Rank the mirror's items: no listing."""
         known = mirror.snapshot()
+        now = time.monotonic()
+        heard = self._heard
+        self._heard = {name: heard.get(name, now) for name in known.items}
+        self._own = owner_test(known.workers, self._worker_id)
         expired = self._find_expired(known.reserved, deadline)
         held = [name for name in known.reserved if name not in expired]
         ranked, _ = rank_candidates(known.items, held, known.workers, self._worker_id)
@@ -267,7 +322,7 @@ class Lineup:
                 self._ctx.conn.kazoo.delete_async(self._paths.segment(number))  # nobody puts there
         with self._lock:
             self._names = deque(ranked)
-            return bool(self._names)
+            return self._any_due(now)
 
     def _list(self, mirror: Mirror | None, deadline: float | None) -> bool:
         """List the queue (and fill the mirror, if there is one)."""
@@ -327,6 +382,7 @@ class Lineup:
                     foreign.append((join(paths.segment(number), name), key))
         if mirror is not None:
             mirror.fill(token, names, reserved, workers, segments)
+            self._heard = dict.fromkeys(names, 0.0)  # waiting already: none is left
         expired = self._find_expired(reserved, deadline)
         held = [name for name in reserved if name not in expired]
         ranked, _ = rank_candidates(names, held, workers, self._worker_id)
@@ -335,6 +391,7 @@ class Lineup:
                 self._bury_foreign(path, key, deadline)
         with self._lock:
             self._names = deque(ranked)
+            self._next_due = 0.0
             return bool(self._names)
 
     def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, int]:
