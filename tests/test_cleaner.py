@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, Gap
+from zkpubsub import Client, Gap, receipts
 from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
@@ -217,8 +217,11 @@ def test_empty_topics_and_a_gone_clients_receipts_are_removed(
 
 
 def test_publishers_delete_their_own_receipts(
-    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Receipts wait up to FLUSH_AFTER for a batch; a longer wait here keeps a
+    # slow machine's five publishes within it.
+    monkeypatch.setattr(receipts, "FLUSH_AFTER", 3.0)
     collector = Collector()
     make_client().subscribe("t", collector)
     publisher = make_client()
@@ -226,7 +229,7 @@ def test_publishers_delete_their_own_receipts(
         publisher.publish("t", i)
     folder = Layout(zk_root).client_receipts(publisher.client_id)
     assert len(raw_zk.get_children(folder)) == 5  # deleted in batches, not one by one
-    time.sleep(1.1)
+    time.sleep(receipts.FLUSH_AFTER + 0.1)
     publisher.publish("t", "later")  # the batch is old enough: it goes
     wait_until(lambda: raw_zk.get_children(folder) == [], what="receipts deleted as they go")
     publisher.publish("t", "last")
