@@ -8,7 +8,12 @@ transactions for ``--warmup`` seconds, then times paced round trips at
 * ``raw``: kazoo's ``check`` + ``create`` transaction, the smallest write a
   fan-out to one queue needs, with nothing of zkpubsub in the way;
 * ``publish``: zkpubsub's ``publish()`` to a topic with one subscriber in
-  the same process (its deletes share the server).
+  the same process (its deletes share the server);
+* ``floor-txn`` and ``fanout-txn``, taken in turns (``--turns``): the
+  latency floor's transaction (one create in each of ``--queues`` queues)
+  and, raw through kazoo, the shape of zkpubsub's fan-out transaction to
+  as many queues (a receipt, the topic's check, and a check and a create
+  per queue): what the publisher's larger transaction costs the server.
 
 It prints the percentiles and writes them as JSON to
 ``<out>/commit-latency-<timestamp>.json``. The publish-to-handler latency of
@@ -30,7 +35,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 
-from . import credentials, server, stats
+from . import credentials, machine, server, stats
 from .progress import Progress
 from .runner import DEFAULT_OUT
 
@@ -60,6 +65,62 @@ def summary(times: list[float]) -> dict[str, Any]:
     }
 
 
+def committed(txn: Any) -> None:
+    """Commit a kazoo transaction; raise if it failed (kazoo returns the
+    errors among its results), so that no failed write is timed."""
+    failed = [r for r in txn.commit() if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"the transaction failed: {failed!r}")
+
+
+def described(r: dict[str, Any]) -> str:
+    return f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
+
+
+def transaction_shapes(
+    zk: KazooClient, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    """The floor's transaction and the fan-out's shape, to ``args.queues``
+    queues, in turns (one first, then the other first, and so on)."""
+    base = "/commit-latency-shapes"
+    queues = [f"{base}/q{i}" for i in range(args.queues)]
+    for queue in queues:
+        zk.ensure_path(f"{queue}/s1")
+    zk.ensure_path(f"{base}/topic")
+    zk.ensure_path(f"{base}/receipts")
+    data = b"x" * 100
+
+    def floor() -> None:
+        txn = zk.transaction()
+        for queue in queues:
+            txn.create(f"{queue}/s1/m", data, sequence=True)
+        committed(txn)
+
+    def fanout() -> None:
+        txn = zk.transaction()
+        txn.create(f"{base}/receipts/r", b"", sequence=True)
+        txn.check(f"{base}/topic", 0)
+        for queue in queues:
+            txn.check(queue, 0)
+            txn.create(f"{queue}/s1/m", data, sequence=True)
+        committed(txn)
+
+    calls = {"floor-txn": floor, "fanout-txn": fanout}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    turns: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
+    for turn in range(args.turns):
+        for name in list(calls) if turn % 2 == 0 else list(calls)[::-1]:
+            with progress.phase(f"{name} to {args.queues} queues, turn {turn + 1}") as phase:
+                taken = paced(calls[name], args.rate, args.seconds)
+                times[name] += taken
+                turns[name].append(summary(taken))
+                phase.summary = described(turns[name][-1])
+    return {
+        name: {**summary(times[name]), "queues": args.queues, "turns": turns[name]}
+        for name in calls
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.commit_latency", description=__doc__
@@ -67,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="round trips per second")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measurement")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of warm-up load")
+    parser.add_argument("--queues", type=int, default=10, help="queues of the two transactions")
+    parser.add_argument("--turns", type=int, default=4, help="turns of the two transactions")
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
     args = parser.parse_args(argv)
@@ -94,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 txn = zk.transaction()
                 txn.check("/commit-latency-raw", 0)
                 txn.create("/commit-latency-raw/m", b"x" * 100, sequence=True)
-                txn.commit()
+                committed(txn)
 
             client.subscribe("t", lambda _message: None)
             calls: dict[str, Callable[[], object]] = {
@@ -104,10 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, call in calls.items():
                 with progress.phase(f"{name} at {args.rate:g}/s") as phase:
                     results[name] = summary(paced(call, args.rate, args.seconds))
-                    r = results[name]
-                    phase.summary = (
-                        f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
-                    )
+                    phase.summary = described(results[name])
+            results.update(transaction_shapes(zk, args, progress))
         finally:
             client.close()
             zk.stop()
@@ -115,7 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cluster.close()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report = {"rate": args.rate, "seconds": args.seconds, "warmup": args.warmup, **results}
+    report = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "code": machine.code_version(),
+        **results,
+    }
     path = out_dir / f"commit-latency-{stamp}.json"
     path.write_text(json.dumps(report, indent=1))
     progress.note(f"wrote {path}")

@@ -283,17 +283,21 @@ def test_the_readme_table_is_generated_from_the_report(report: dict, tmp_path: P
     assert not update_readme(plain, report) and plain.read_text() == "no markers\n"
 
 
-def test_commit_latency_times_both_round_trips(tmp_path: Path) -> None:
+def test_commit_latency_times_every_round_trip(tmp_path: Path) -> None:
     from benchmarks import commit_latency
 
     out = tmp_path / "commit"
-    assert commit_latency.main(["--seconds", "1", "--warmup", "0.5", "--out", str(out)]) == 0
+    args = ["--seconds", "1", "--warmup", "0.5", "--queues", "3", "--turns", "2"]
+    assert commit_latency.main([*args, "--out", str(out)]) == 0
     (path,) = out.glob("commit-latency-*.json")
     report = json.loads(path.read_text())
-    for name in ("raw", "publish"):
+    for name in ("raw", "publish", "floor-txn", "fanout-txn"):
         r = report[name]
-        assert r["count"] >= 20, r  # about 200 a second for a second
+        assert r["count"] >= 20, r  # about 200 a second for a second (a turn)
         assert 0 < r["p50"] <= r["p99"] <= r["max"], r
+    for name in ("floor-txn", "fanout-txn"):
+        assert report[name]["queues"] == 3 and len(report[name]["turns"]) == 2
+        assert report[name]["count"] == sum(t["count"] for t in report[name]["turns"])
 
 
 def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Path) -> None:
