@@ -9,7 +9,8 @@ into :class:`ZooKeeperError` at the public API.
 kazoo's connection loop dies on a reply it did not expect (a duplicate, or
 one for a request it no longer waits for); kazoo then reports the session
 closed and never reconnects. The loop is started again here, on a new
-session.
+session; a stop that comes while it is being started waits for that and
+then stops it.
 
 A server can end a session while a connection of that session stays open
 (the session was closed through another connection to the same server):
@@ -227,6 +228,9 @@ class Connection:
         self.acl_for: Callable[[str], list[Any]] = acl_for or (lambda _path: OPEN_ACL_UNSAFE)
         self.connected = threading.Event()
         self.closing = threading.Event()
+        # held while kazoo's loop is started again or stopped: a stop never
+        # runs in the middle of a restart (which would start it again after)
+        self._lifecycle = threading.Lock()
         self._listeners: list[Callable[[KazooState], None]] = []
         self._session: tuple[int, bytes] | None = None
         self._connected_at: float | None = None
@@ -288,12 +292,14 @@ class Connection:
 
     def _revive(self) -> None:
         """Start kazoo's connection loop again (on a new session)."""
-        logger.warning("the ZooKeeper connection loop stopped on an error; starting it again")
-        try:
-            if not self.closing.is_set():
+        with self._lifecycle:
+            if self.closing.is_set():
+                return
+            logger.warning("the ZooKeeper connection loop stopped on an error; starting it again")
+            try:
                 self.kazoo.start_async()
-        except Exception:
-            logger.exception("restarting the ZooKeeper connection failed")
+            except Exception:
+                logger.exception("restarting the ZooKeeper connection failed")
 
     def add_state_listener(self, listener: Callable[[KazooState], None]) -> None:
         """``listener`` runs on kazoo's thread and must only hand off work."""
@@ -351,19 +357,22 @@ class Connection:
 
     def _stop_quietly(self) -> None:
         self.closing.set()
-        with contextlib.suppress(Exception):
-            self.kazoo.stop()
-        with contextlib.suppress(Exception):
-            self.kazoo.close()
+        with self._lifecycle:
+            with contextlib.suppress(Exception):
+                self.kazoo.stop()
+            with contextlib.suppress(Exception):
+                self.kazoo.close()
 
     def stop(self) -> None:
-        """Close the session (ephemeral nodes go at once) and free the socket."""
+        """Close the session (ephemeral nodes go at once) and free the socket.
+        A restart of kazoo's loop under way finishes first, and is stopped."""
         self.closing.set()
         self.connected.clear()
-        try:
-            self.kazoo.stop()
-        finally:
-            self.kazoo.close()
+        with self._lifecycle:
+            try:
+                self.kazoo.stop()
+            finally:
+                self.kazoo.close()
 
     # -- persistent recursive watches (ZooKeeper 3.6+) ------------------------------
 
