@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from kazoo.client import KazooState
+from kazoo.client import KazooClient, KazooState
 
 from zkpubsub.connection import Connection
 from zkpubsub.testing.proxy import OP_EXISTS, ZkClientProxy
@@ -51,3 +51,39 @@ def test_a_connection_stopped_while_its_dead_loop_is_restarted_stays_stopped(
         conn.stop()
         proxy.close()
     wait_until(lambda: not proxy.links(), 10)
+
+
+def test_stop_returns_in_time_when_kazoo_cannot_stop_its_threads(
+    zk_hosts: str, raw_zk: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = Connection(zk_hosts, session_timeout=10.0)
+    release = threading.Event()
+    timer = threading.Timer(30, release.set)  # the old stop waited this long
+    timer.start()
+    try:
+        conn.start(10)
+        # a callback that holds kazoo's callback thread, which kazoo's stop joins
+        held = threading.Event()
+
+        def hold(_event: object) -> None:
+            held.set()
+            release.wait(60)
+
+        path = f"{zk_root}/held"
+        conn.kazoo.exists(path, watch=hold)
+        raw_zk.create(path, b"", makepath=True)
+        assert held.wait(10)
+        started = time.monotonic()
+        conn.stop(timeout=2)
+        took = time.monotonic() - started
+        assert 2 <= took < 10, took
+        assert "did not stop within 2s" in caplog.text
+        assert not conn.connected.is_set()
+        # let go, and kazoo finishes stopping in the background
+        release.set()
+        wait_until(lambda: conn.kazoo._connection._connection_routine is None, 30)
+        assert conn.kazoo.state == KazooState.LOST
+    finally:
+        release.set()
+        timer.cancel()
+        conn.stop()

@@ -97,6 +97,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECONNECT_MAX_DELAY: Final = 2.0
+# kazoo's stop joins its threads without a time limit (after waiting up to
+# the session timeout, at least 10 s, for its connection loop to end):
+# ``Connection.stop`` waits this much longer than that at most.
+STOP_GRACE: Final = 5.0
 # ZooKeeper's default jute.maxbuffer (0xfffff): a request whose packet is
 # larger makes the server drop the connection without an answer.
 SERVER_MAX_BUFFER: Final = 0xFFFFF
@@ -213,6 +217,7 @@ class Connection:
             max_tries=-1, delay=0.05, backoff=2, max_jitter=0.3, max_delay=RECONNECT_MAX_DELAY
         )
         self.tls = tls
+        self.stop_timeout = max(10.0, session_timeout) + STOP_GRACE
         self.kazoo = KazooClient(
             hosts=hosts,
             timeout=session_timeout,
@@ -356,23 +361,43 @@ class Connection:
         self.connected.set()
 
     def _stop_quietly(self) -> None:
-        self.closing.set()
-        with self._lifecycle:
-            with contextlib.suppress(Exception):
-                self.kazoo.stop()
-            with contextlib.suppress(Exception):
-                self.kazoo.close()
+        with contextlib.suppress(Exception):
+            self.stop()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Close the session (ephemeral nodes go at once) and free the socket.
-        A restart of kazoo's loop under way finishes first, and is stopped."""
+        A restart of kazoo's loop under way finishes first, and is stopped.
+
+        Returns within ``timeout`` (``stop_timeout`` by default): kazoo's
+        stop waits for its threads without a limit, so it runs on a thread
+        of its own, which is left to finish in the background (with a
+        warning) if it takes longer."""
         self.closing.set()
         self.connected.clear()
-        with self._lifecycle:
-            try:
-                self.kazoo.stop()
-            finally:
-                self.kazoo.close()
+        limit = self.stop_timeout if timeout is None else timeout
+        failed: list[Exception] = []
+
+        def stop_kazoo() -> None:
+            with self._lifecycle:
+                try:
+                    self.kazoo.stop()
+                except Exception as exc:
+                    failed.append(exc)
+                finally:
+                    with contextlib.suppress(Exception):
+                        self.kazoo.close()
+
+        stopping = threading.Thread(target=stop_kazoo, name="zkpubsub-stop", daemon=True)
+        stopping.start()
+        stopping.join(limit)
+        if stopping.is_alive():
+            logger.warning(
+                "the ZooKeeper connection did not stop within %gs; "
+                "it goes on stopping in the background",
+                limit,
+            )
+        elif failed:
+            raise failed[0]
 
     # -- persistent recursive watches (ZooKeeper 3.6+) ------------------------------
 
