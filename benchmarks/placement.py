@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -89,7 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pool.close()
     finally:
         cluster.close()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"placement-{stamp}.json"
     path.write_text(json.dumps({"machine": machine.describe(), "results": results}, indent=1))

@@ -220,7 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         pool.close()
         cluster.close()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
     report = [
         f"zkpubsub fan-out, {args.subscribers} subscribers over {args.processes} processes, "
         f"publish() from {args.threads} thread(s): {rate:,.0f} publishes/s while profiled",

@@ -10,7 +10,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -391,8 +390,7 @@ def _run(
             pool.close()
         for cluster in clusters:
             with contextlib.suppress(Exception):
-                cluster.close()
-            shutil.rmtree(cluster.base_dir, ignore_errors=True)
+                cluster.close()  # its data directory goes with it
         if monitor is not None:
             monitor.stop()
             report["load"] = monitor.intervals()

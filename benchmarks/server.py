@@ -9,6 +9,7 @@ fsynced before it is acknowledged, as in production.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,12 +37,23 @@ def start_standalone(progress: Progress, base_dir: str | None) -> ZooKeeperClust
     return cluster
 
 
+class BenchmarkCluster(ZooKeeperCluster):
+    """A cluster whose data directory (a new one in ``--zk-dir``) is removed
+    when it closes: a run leaves nothing behind on that disk."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
 def start_cluster(
     size: int, *, base_dir: str | None, java_opts: list[str] | None = None
 ) -> ZooKeeperCluster:
     opts = list(java_opts or (STANDALONE_JAVA_OPTS if size == 1 else ENSEMBLE_JAVA_OPTS))
     directory = tempfile.mkdtemp(prefix=f"zk{size}-", dir=base_dir)
-    cluster = ZooKeeperCluster(
+    cluster = BenchmarkCluster(
         size,
         base_dir=directory,
         tick_time=TICK_TIME_MS,

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -199,6 +200,7 @@ def launch(args: argparse.Namespace) -> int:
                 process.kill()
         if cluster is not None:
             cluster.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ the gateway's log), or ``None`` for a gateway without authentication.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +52,7 @@ def start_gateway(
     program (``-v``). Its output goes to a log file (see :func:`log_of`)."""
     port = port or free_ports(1)[0]
     folder = Path(tempfile.mkdtemp(prefix="zkpubsub-gateway-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # its log is read until then
     options: list[str] = []
     if isinstance(tokens, dict):
         path = folder / "tokens.json"

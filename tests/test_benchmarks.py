@@ -286,9 +286,11 @@ def test_the_readme_table_is_generated_from_the_report(report: dict, tmp_path: P
 def test_commit_latency_times_every_round_trip(tmp_path: Path) -> None:
     from benchmarks import commit_latency
 
-    out = tmp_path / "commit"
+    out, zk_dir = tmp_path / "commit", tmp_path / "zk"
+    zk_dir.mkdir()
     args = ["--seconds", "1", "--warmup", "0.5", "--queues", "3", "--turns", "2"]
-    assert commit_latency.main([*args, "--out", str(out)]) == 0
+    assert commit_latency.main([*args, "--out", str(out), "--zk-dir", str(zk_dir)]) == 0
+    assert list(zk_dir.iterdir()) == []  # the server's data went with it
     (path,) = out.glob("commit-latency-*.json")
     report = json.loads(path.read_text())
     for name in ("raw", "publish", "floor-txn", "fanout-txn"):

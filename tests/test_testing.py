@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,3 +105,18 @@ def test_zookeeper_3_4_gets_server_lines_without_a_client_address(tmp_path: Path
     assert [line.count(":") for line in old] == [2, 2, 2]
     assert not any(";" in line for line in old)
     assert server_lines(list(zk.nodes[:1])) == []  # a standalone server has none
+
+
+def test_a_child_process_folder_it_made_itself_is_removed_when_the_test_process_exits() -> None:
+    # in a process of its own, whose exit is the test
+    code = (
+        "from zkpubsub.testing.children import SubscriberProcess\n"
+        "p = SubscriberProcess('127.0.0.1:1', '/r', 't', 'c')\n"
+        "p.out.write_text('x')\n"
+        "print(p.out.parent)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip())
+    assert folder.name.startswith("zkpubsub-subscribe-")
+    assert not folder.exists()

@@ -10,9 +10,11 @@ zkpubsub.testing.children subscribe ...`` is that child.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,7 +72,11 @@ class ChildProcess:
         options: list[str],
         directory: str | os.PathLike[str] | None,
     ) -> None:
-        base = Path(directory or tempfile.mkdtemp(prefix=f"zkpubsub-{command}-"))
+        if directory is None:
+            # a folder of its own, removed when this process exits
+            directory = tempfile.mkdtemp(prefix=f"zkpubsub-{command}-")
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        base = Path(directory)
         self.out = base / f"{name}.jsonl"
         self._args = [
             *(sys.executable, "-m", module, command),
