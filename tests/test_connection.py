@@ -87,3 +87,24 @@ def test_stop_returns_in_time_when_kazoo_cannot_stop_its_threads(
         release.set()
         timer.cancel()
         conn.stop()
+
+
+def test_stop_runs_in_place_where_no_thread_can_be_started(
+    zk_hosts: str, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.12 refuses new threads in atexit handlers, where clients are
+    # often closed
+    conn = Connection(zk_hosts, session_timeout=10.0)
+    conn.start(10)
+    path = f"{zk_root}/ephemeral"
+    conn.kazoo.create(path, b"", ephemeral=True, makepath=True)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refused)
+        conn.stop()
+    assert conn.kazoo._connection._connection_routine is None
+    assert conn.kazoo.state == KazooState.LOST
+    assert raw_zk.exists(path) is None  # the session ended on the server

@@ -371,7 +371,8 @@ class Connection:
         Returns within ``timeout`` (``stop_timeout`` by default): kazoo's
         stop waits for its threads without a limit, so it runs on a thread
         of its own, which is left to finish in the background (with a
-        warning) if it takes longer."""
+        warning) if it takes longer. Where no thread can be started (an
+        atexit handler on Python 3.12), it runs here, with no limit."""
         self.closing.set()
         self.connected.clear()
         limit = self.stop_timeout if timeout is None else timeout
@@ -388,15 +389,20 @@ class Connection:
                         self.kazoo.close()
 
         stopping = threading.Thread(target=stop_kazoo, name="zkpubsub-stop", daemon=True)
-        stopping.start()
-        stopping.join(limit)
-        if stopping.is_alive():
-            logger.warning(
-                "the ZooKeeper connection did not stop within %gs; "
-                "it goes on stopping in the background",
-                limit,
-            )
-        elif failed:
+        try:
+            stopping.start()
+        except RuntimeError:  # no new thread at interpreter shutdown (an atexit handler)
+            stop_kazoo()
+        else:
+            stopping.join(limit)
+            if stopping.is_alive():
+                logger.warning(
+                    "the ZooKeeper connection did not stop within %gs; "
+                    "it goes on stopping in the background",
+                    limit,
+                )
+                return
+        if failed:
             raise failed[0]
 
     # -- persistent recursive watches (ZooKeeper 3.6+) ------------------------------
