@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
     args = parser.parse_args(argv)
+    for option in ("queues", "turns"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
     progress = Progress()
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)

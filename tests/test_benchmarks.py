@@ -302,6 +302,18 @@ def test_commit_latency_times_every_round_trip(tmp_path: Path) -> None:
         assert report[name]["count"] == sum(t["count"] for t in report[name]["turns"])
 
 
+def test_commit_latency_refuses_no_queues_or_no_turns_before_starting_a_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import commit_latency
+
+    for option in ("--queues", "--turns"):
+        with pytest.raises(SystemExit) as exit_info:
+            commit_latency.main([option, "0"])
+        assert exit_info.value.code == 2
+        assert f"{option} must be at least 1" in capsys.readouterr().err
+
+
 def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Path) -> None:
     from benchmarks import receive_floor
 
