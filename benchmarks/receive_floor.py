@@ -25,7 +25,15 @@ queue once done with it (after its read's answer, else once handed off,
 else on its event), as a subscriber does: batched, each node waiting up
 to zkpubsub's ``DELETE_LINGER`` for others to share its transaction,
 sent without waiting for answers. Without it the processes delete
-nothing, so the server does less than it does for subscribers.
+nothing, so the server does less than it does for subscribers. With
+``--delete-unwatched`` instead, each process deletes as many nodes, in
+the same batches, from a queue of its own that it does not watch (filled
+before it starts): the server writes as much, but the watch brings no
+event of the deletes back.
+
+Each process also reports the CPU time it used (user and system, all its
+threads) while the measured nodes came: ``cpu_us_per_node`` is that time
+over the nodes it heard of, averaged over the processes.
 
 Beside them, ``commit``: the sender's round trip from the scheduled time
 (sent without waiting for the one before), here under the load of the
@@ -42,6 +50,7 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
+import resource
 import threading
 import time
 from array import array
@@ -147,6 +156,12 @@ class Deleter:
                 raise RuntimeError("a delete transaction got no answer")
 
 
+def cpu_seconds() -> float:
+    """CPU time (user and system) this process used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def subscriber_main(
     hosts: str,
     queue: str,
@@ -154,23 +169,31 @@ def subscriber_main(
     reads: bool = True,
     hand_off: bool = False,
     delete: bool = False,
+    pool: str | None = None,
 ) -> None:
     """One subscriber process: watch ``queue``, read each node created in
     it (unless not ``reads``), hand each event to a thread of its own (if
-    ``hand_off``), delete each node when done with it (if ``delete``), and
-    record the times until told to stop; then send them back, with the
-    count of nodes deleted."""
+    ``hand_off``), delete each node when done with it (if ``delete``; a
+    node of the unwatched ``pool`` instead, if given), and record the times
+    until told to stop; then send them back, with the count of nodes
+    deleted and the CPU time used from when told to measure."""
     zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
     zk.start(timeout=START_TIMEOUT)
     event_ms = array("d")
     read_ms = array("d")
     handed_ms = array("d")
     handed: SimpleQueue[tuple[str, float | None] | None] = SimpleQueue()
-    deleter = Deleter(zk) if delete else None
+    deleter = Deleter(zk) if delete or pool is not None else None
+    spare = iter([f"{pool}/{name}" for name in zk.get_children(pool)] if pool else [])
 
     def done_with(path: str) -> None:
         if deleter is not None:
-            deleter.add(path)
+            if pool is None:
+                deleter.add(path)
+            elif (other := next(spare, None)) is not None:
+                deleter.add(other)
+            else:
+                raise RuntimeError(f"{pool} has no node left to delete")
 
     def take() -> None:  # the thread events are handed to
         while (item := handed.get()) is not None:
@@ -198,7 +221,7 @@ def subscriber_main(
         scheduled = scheduled_of(path)
         if scheduled is not None:
             event_ms.append((now - scheduled) * 1000)
-        elif not delete:
+        elif deleter is None:
             return  # a warm-up node: nothing to measure, nothing to do
         if hand_off:
             handed.put((path, scheduled))
@@ -215,8 +238,11 @@ def subscriber_main(
         zk._call(AddWatch(zk.chroot + queue, PERSISTENT_RECURSIVE), added)
         added.get(timeout=START_TIMEOUT)
         conn.send("ready")
+        conn.recv()  # measure
+        cpu = cpu_seconds()
         conn.recv()  # stop
         time.sleep(0.5)  # the last reads' answers
+        cpu = cpu_seconds() - cpu
         if hand_off:
             handed.put(None)
             taker.join(START_TIMEOUT)
@@ -224,7 +250,7 @@ def subscriber_main(
         if deleter is not None:
             deleter.close()
             deleted = deleter.deleted
-        conn.send((list(event_ms), list(read_ms), list(handed_ms), deleted))
+        conn.send((list(event_ms), list(read_ms), list(handed_ms), deleted, cpu))
     finally:
         zk.stop()
         zk.close()
@@ -282,6 +308,7 @@ def measure(
     reads: bool = True,
     hand_off: bool = False,
     delete: bool = False,
+    delete_unwatched: bool = False,
 ) -> dict[str, Any]:
     """One subscriber count: the floor with no one watching, then start the
     processes, warm them, measure."""
@@ -291,17 +318,23 @@ def measure(
         zk.ensure_path(path)
     _commit_loop(zk, paths, rate, warm, True, phase)
     floor = _commit_loop(zk, paths, rate, seconds, False, phase, "floor, no one watching")
-    if delete:  # the processes start on empty queues, as subscribers would
+    if delete or delete_unwatched:  # the processes start on empty queues, as subscribers would
         for path in paths:
             _empty(zk, path)
+    pools: list[str | None] = [None] * subscribers
+    if delete_unwatched:  # as many nodes as each process will be done with
+        filled = [f"{ROOT}/{subscribers}/pool{i}" for i in range(subscribers)]
+        for pool in filled:
+            _fill(zk, pool, int(rate * warm) + int(rate * seconds))
+        pools = list(filled)
     pipes: list[Connection] = []
     procs = []
     try:
-        for path in paths:
+        for path, pool in zip(paths, pools, strict=True):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=subscriber_main,
-                args=(hosts, path, child, reads, hand_off, delete),
+                args=(hosts, path, child, reads, hand_off, delete, pool),
                 daemon=True,
             )
             proc.start()
@@ -312,17 +345,21 @@ def measure(
                 raise RuntimeError("a subscriber process did not start")
             pipe.recv()
         _commit_loop(zk, paths, rate, warm, True, phase)
+        for pipe in pipes:
+            pipe.send("measure")
         commit = _commit_loop(zk, paths, rate, seconds, False, phase)
         events: list[float] = []
         answers: list[float] = []
         takes: list[float] = []
         deleted = 0
+        cpu = 0.0
         for pipe in pipes:
             pipe.send("stop")
         for pipe in pipes:
             if not pipe.poll(START_TIMEOUT):
                 raise RuntimeError("a subscriber process did not answer")
-            got_events, got_reads, got_takes, got_deleted = pipe.recv()
+            got_events, got_reads, got_takes, got_deleted, got_cpu = pipe.recv()
+            cpu += got_cpu
             events += got_events
             answers += got_reads
             takes += got_takes
@@ -343,9 +380,16 @@ def measure(
         "hand_off": hand_off,
         "missing_handed": expected - len(takes) if hand_off else None,
         "delete": delete,
-        "deleted": deleted if delete else None,
-        # nodes left in the queues when the processes stopped
-        "left": sum(len(zk.get_children(path)) for path in paths) if delete else None,
+        "delete_unwatched": delete_unwatched,
+        "deleted": deleted if delete or delete_unwatched else None,
+        # nodes left in the watched queues when the processes stopped
+        "left": (
+            sum(len(zk.get_children(path)) for path in paths)
+            if delete or delete_unwatched
+            else None
+        ),
+        # CPU time of a process per node it heard of, while the measured ones came
+        "cpu_us_per_node": round(cpu / len(events) * 1e6, 1) if events else None,
         "floor": stats.summarize_ms([v / 1000 for v in floor]),
         "commit": stats.summarize_ms([v / 1000 for v in commit]),
         "event": stats.summarize_ms([v / 1000 for v in events]),
@@ -361,6 +405,23 @@ def _empty(zk: KazooClient, path: str) -> None:
         txn.commit()
 
 
+def _fill(zk: KazooClient, path: str, count: int) -> None:
+    """Make ``path`` hold ``count`` nodes of 100 bytes, and nothing else."""
+    zk.ensure_path(path)
+    _empty(zk, path)
+    for start in range(0, count, DELETE_BATCH):
+        txn = zk.transaction()
+        for i in range(start, min(count, start + DELETE_BATCH)):
+            txn.create(f"{path}/n{i:09d}", b"x" * 100)
+        _committed(txn.commit())
+
+
+def _committed(results: list[Any]) -> None:
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+
+
 def _line(cell: dict[str, Any]) -> str:
     parts = [f"{cell['subscribers']} subscriber(s)"]
     for kind in ("floor", "commit", "event", "handed", "read"):
@@ -368,6 +429,8 @@ def _line(cell: dict[str, Any]) -> str:
         if s is None:
             continue
         parts.append(f"{kind} p50 {s['p50']} p99 {s['p99']} ms")
+    if cell["cpu_us_per_node"] is not None:
+        parts.append(f"{cell['cpu_us_per_node']} µs CPU per node per process")
     return ", ".join(parts)
 
 
@@ -390,9 +453,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="delete each node when done with it, batched, as a subscriber does",
     )
+    parser.add_argument(
+        "--delete-unwatched",
+        action="store_true",
+        help="delete as many nodes of a queue nobody watches (writes without their events)",
+    )
     parser.add_argument("--zk-dir", default=None, metavar="DIR")
     parser.add_argument("--out", default=None, metavar="DIR")
     args = parser.parse_args(argv)
+    if args.delete and args.delete_unwatched:
+        parser.error("--delete and --delete-unwatched: one or the other")
     counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
     if not counts or min(counts) < 1:
         parser.error("--subscribers: one or more counts of at least 1")
@@ -419,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         reads=not args.no_reads,
                         hand_off=args.hand_off,
                         delete=args.delete,
+                        delete_unwatched=args.delete_unwatched,
                     )
                     cells.append(cell)
                     phase.summary = _line(cell)
@@ -435,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reads": not args.no_reads,
         "hand_off": args.hand_off,
         "delete": args.delete,
+        "delete_unwatched": args.delete_unwatched,
         "cells": cells,
     }
     path = out_dir / f"receive-floor-{stamp}.json"

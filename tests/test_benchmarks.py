@@ -336,6 +336,7 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
         # the floor: as many commits, before any process watched
         assert cell["floor"]["count"] == 50 and cell["floor"]["p50"] > 0, cell
         assert cell["handed"] is None and cell["missing_handed"] is None, cell
+        assert cell["cpu_us_per_node"] > 0, cell
     quiet = tmp_path / "events"
     argv += ["--no-reads", "--hand-off"]
     assert receive_floor.main([*argv, "--out", str(quiet)]) == 0
@@ -371,6 +372,34 @@ def test_receive_floor_deletes_every_node_when_asked(tmp_path: Path) -> None:
         # the warm-up's 25 nodes and the measurement's 50, in each of the two queues
         assert cell["deleted"] == 2 * (25 + 50), cell
         assert cell["left"] == 0, cell
+        assert cell["cpu_us_per_node"] > 0, cell
+
+
+def test_receive_floor_deletes_as_many_unwatched_nodes_when_asked(tmp_path: Path) -> None:
+    from benchmarks import receive_floor
+
+    argv = ["--subscribers", "2", "--rate", "50", "--seconds", "1", "--warmup", "0.5"]
+    out = tmp_path / "unwatched"
+    argv += ["--no-reads", "--hand-off", "--delete-unwatched", "--out", str(out)]
+    assert receive_floor.main(argv) == 0
+    (path,) = out.glob("receive-floor-*.json")
+    report = json.loads(path.read_text())
+    assert report["delete_unwatched"] is True and report["delete"] is False
+    (cell,) = report["cells"]
+    assert cell["missing_events"] == cell["missing_handed"] == 0, cell
+    # as many deleted as were taken, none of them from the watched queues
+    assert cell["deleted"] == 2 * (25 + 50), cell
+    assert cell["left"] == 2 * (25 + 50), cell
+    assert cell["cpu_us_per_node"] > 0, cell
+
+
+def test_receive_floor_refuses_both_kinds_of_delete(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import receive_floor
+
+    with pytest.raises(SystemExit) as exc:
+        receive_floor.main(["--delete", "--delete-unwatched"])
+    assert exc.value.code == 2
+    assert "one or the other" in capsys.readouterr().err
 
 
 def test_a_node_name_carries_its_scheduled_time() -> None:
