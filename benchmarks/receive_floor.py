@@ -50,7 +50,6 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
-import resource
 import threading
 import time
 from array import array
@@ -156,12 +155,6 @@ class Deleter:
                 raise RuntimeError("a delete transaction got no answer")
 
 
-def cpu_seconds() -> float:
-    """CPU time (user and system) this process used so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def subscriber_main(
     hosts: str,
     queue: str,
@@ -239,10 +232,10 @@ def subscriber_main(
         added.get(timeout=START_TIMEOUT)
         conn.send("ready")
         conn.recv()  # measure
-        cpu = cpu_seconds()
+        cpu = time.process_time()
         conn.recv()  # stop
         time.sleep(0.5)  # the last reads' answers
-        cpu = cpu_seconds() - cpu
+        cpu = time.process_time() - cpu
         if hand_off:
             handed.put(None)
             taker.join(START_TIMEOUT)

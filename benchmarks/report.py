@@ -643,6 +643,7 @@ def _latency(section: dict[str, Any]) -> list[str]:
                 floor.get("p99", "-"),
                 r["latency_from_send_ms"]["p99"],
                 r.get("requests_per_node") or "-",
+                r.get("cpu_us_per_message") or "-",
                 "yes" if r["saturated"] else "no",
                 fmt_spread(r.get("p50_spread"), digits=1),
                 fmt_spread(r.get("p99_spread"), digits=1),
@@ -654,7 +655,9 @@ def _latency(section: dict[str, Any]) -> list[str]:
         "largest p50 and p99 of the runs. The floor columns: the commit latency of a raw "
         "transaction creating one node per queue, at the same rate and subscriber count, "
         "in the same run. Requests per node: what the subscribers' connections sent per "
-        "node they read (registration included).",
+        "node they read (registration included). CPU per message: the CPU time (user and "
+        "system, every thread) of the subscriber processes, from their subscribers' start "
+        "to the end of the cell, per message a subscriber handled.",
         "",
     ]
     lines += _table(
@@ -673,6 +676,7 @@ def _latency(section: dict[str, Any]) -> list[str]:
             "floor p99",
             "p99 from actual send",
             "requests per node",
+            "CPU µs per message",
             "saturated",
             "p50 over the runs",
             "p99 over the runs",

@@ -219,6 +219,8 @@ class WorkerState:
 
     def __init__(self) -> None:
         self.subscribers: list[_Subscriber] = []
+        # the process's CPU time when its last subscriber was started
+        self.cpu_at_start = time.process_time()
         self.stuck: list[Callable[[], None]] = []
         self.timed_workers: list[_TimedQueueWorker] = []
         self._warm_zk: Any = None
@@ -308,6 +310,7 @@ class WorkerState:
                 raise ValueError(f"unknown subscriber implementation {impl!r}")
             self.subscribers.append(sub[0])
             ids.append(sub[1])
+        self.cpu_at_start = time.process_time()
         return ids
 
     @staticmethod
@@ -417,9 +420,12 @@ class WorkerState:
                 if time.monotonic() - newest >= quiet_for:
                     break
             time.sleep(0.01)
+        # CPU time of the whole process since its subscribers started, a share to each
+        cpu = (time.process_time() - self.cpu_at_start) / max(1, len(self.subscribers))
         out = []
         for s in self.subscribers:
             summary = s.recorder.summary(latencies=latencies, seqs=seqs)
+            summary["cpu_s"] = cpu
             if s.requests is not None:
                 summary["requests"], summary["nodes_read"] = s.requests()
             out.append(summary)

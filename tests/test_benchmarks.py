@@ -189,7 +189,7 @@ def test_latency_accounts_for_every_scheduled_delivery(report: dict) -> None:
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
 
 
-def test_latency_rows_carry_the_floor_and_the_requests_per_node(report: dict) -> None:
+def test_latency_rows_carry_the_floor_and_what_the_subscribers_spent(report: dict) -> None:
     section = report["sections"]["latency"]
     rows = section["results"]
     rate = QUICK.latency_target_rate
@@ -202,6 +202,11 @@ def test_latency_rows_carry_the_floor_and_the_requests_per_node(report: dict) ->
     for r in rows:
         if r["impl"].startswith("zkpubsub") and r["impl"] != "zkpubsub-aio":
             assert r["requests_per_node"] and r["requests_per_node"] > 0, r
+        # every row with subscribers says what their processes spent per message
+        if r["impl"] != "floor":
+            assert r["cpu_us_per_message"] and r["cpu_us_per_message"] > 0, r
+        else:
+            assert r["cpu_us_per_message"] is None, r
     targets = {t["id"]: t for t in report["targets"]}
     assert targets["latency-p50-1"]["value"] is not None
 

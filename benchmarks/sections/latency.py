@@ -350,6 +350,10 @@ def _cell(
     reads = sum(r.get("nodes_read", 0) for r in received)
     if reads:  # zkpubsub subscribers: their requests per node read (setup included)
         result["requests_per_node"] = round(sum(r.get("requests", 0) for r in received) / reads, 2)
+    handled = sum(r["unique"] for r in received)
+    if handled:  # what the subscriber processes spent per message handled
+        cpu_s = sum(r["cpu_s"] for r in received)
+        result["cpu_us_per_message"] = round(cpu_s / handled * 1e6, 1)
     phase.summary = (
         f"p50 {summary['p50']} ms, p99 {summary['p99']} ms{' (saturated)' if saturated else ''}"
     )
@@ -494,6 +498,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     [r["requests_per_node"] for r in cells if "requests_per_node" in r]
                 )
                 if any("requests_per_node" in r for r in cells)
+                else None,
+                "cpu_us_per_message": stats.median_of(
+                    [r["cpu_us_per_message"] for r in cells if "cpu_us_per_message" in r]
+                )
+                if any("cpu_us_per_message" in r for r in cells)
                 else None,
             }
         )
