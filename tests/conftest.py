@@ -5,17 +5,23 @@ pyproject.toml, or the test's ``timeout`` mark) by raising in the main
 thread. That cannot help when the main thread is stuck where Python cannot
 raise (in C code, or waiting for a thread that holds the interpreter), nor
 when a teardown hangs after the timeout already fired: the run would then
-wait forever, saying nothing. So each test also arms faulthandler's
-watchdog, a thread of its own outside the interpreter, for
-``STALL_GRACE`` seconds past the test's time: it prints every thread's
-stack to the run's real stderr and ends the run with status 1.
+wait forever, saying nothing. So each test also arms a watchdog for
+``STALL_GRACE`` seconds past the test's time: a thread that prints every
+thread's stack to the run's real stderr, runs the exit handlers (they
+kill the ZooKeeper servers the run started, which run in sessions of
+their own and would outlive it) and ends the run with status 1. Should
+that thread not get to run (something holds the interpreter),
+faulthandler's watchdog, outside the interpreter, prints the stacks and
+ends the run ``STALL_BACKSTOP`` seconds later, without the exit handlers.
 """
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import os
 import sys
+import threading
 from collections.abc import Generator
 
 import pytest
@@ -25,6 +31,9 @@ pytest_plugins = ["zkpubsub.testing.fixtures"]
 # Seconds past a test's own time limit before the run is stopped
 # (the environment may set it, for the test of this guard).
 STALL_GRACE = float(os.environ.get("ZKPUBSUB_TEST_STALL_GRACE", "120"))
+# Seconds after that before faulthandler ends the run, if the guard's own
+# thread could not.
+STALL_BACKSTOP = float(os.environ.get("ZKPUBSUB_TEST_STALL_BACKSTOP", "60"))
 # The limit for a test that has none.
 UNLIMITED = 1800.0
 
@@ -52,8 +61,44 @@ def time_limit(item: pytest.Item) -> float:
     return limit if limit > 0 else UNLIMITED
 
 
+class _Guard:
+    """The watchdog of the test running now."""
+
+    def __init__(self) -> None:
+        self._timer: threading.Timer | None = None
+
+    def arm(self, item: pytest.Item) -> None:
+        self.cancel()
+        seconds = time_limit(item) + STALL_GRACE
+        timer = threading.Timer(seconds, self._fire, args=(item.nodeid, seconds))
+        timer.name = "test-stall-guard"
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+        faulthandler.dump_traceback_later(seconds + STALL_BACKSTOP, exit=True, file=_stderr[0])
+
+    def cancel(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        faulthandler.cancel_dump_traceback_later()
+
+    @staticmethod
+    def _fire(nodeid: str, seconds: float) -> None:
+        out = _stderr[0]
+        os.write(out, f"\n{nodeid} still running after {seconds:g} s: stopping the run\n".encode())
+        faulthandler.dump_traceback(file=out, all_threads=True)
+        try:
+            atexit._run_exitfuncs()  # not public: nothing public runs them without exiting
+        finally:
+            os._exit(1)
+
+
+_guard = _Guard()
+
+
 def _arm(item: pytest.Item) -> None:
-    faulthandler.dump_traceback_later(time_limit(item) + STALL_GRACE, exit=True, file=_stderr[0])
+    _guard.arm(item)
 
 
 # Armed again for each phase: pytest cancels faulthandler's watchdog when a
@@ -78,4 +123,4 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     try:
         return (yield)
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        _guard.cancel()
