@@ -61,7 +61,6 @@ def start_gateway(
         options += ["--tokens", str(path)]
     elif tokens is not None:
         options += ["--tokens", str(tokens)]
-    log = open(folder / "gateway.log", "wb")  # noqa: SIM115 - the child writes it
     command = [
         sys.executable,
         "-m",
@@ -80,9 +79,10 @@ def start_gateway(
         *args,
     ]
     environment = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT_DIR), **(env or {}))
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT_DIR
-    )
+    with open(folder / "gateway.log", "wb") as log:  # the child writes it, on a copy
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT_DIR
+        )
     _logs[process.pid] = folder / "gateway.log"
     url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

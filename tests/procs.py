@@ -27,8 +27,9 @@ class Child:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        with self.process.stdout as out:  # closed at the child's end
+            for line in out:
+                self.lines.put(line.rstrip("\n"))
 
     def expect(self, prefix: str, timeout: float = 30.0) -> str:
         while True:

@@ -321,23 +321,22 @@ def test_curl_streams_events_with_auto_ack(api: httpx.Client, gateway_url: str) 
     api.post(
         f"/topics/{topic}/messages:batch", json={"messages": [{"payload": i} for i in range(3)]}
     )
-    stream = subprocess.Popen(
+    payloads = []
+    with subprocess.Popen(
         ["curl", "-sS", "-N", "--max-time", "20", "-H", f"Authorization: Bearer {ADMIN}",
          f"{gateway_url}/subscriptions/{name}/events?ack=auto"],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
-    try:
-        assert stream.stdout is not None
-        payloads = []
-        for line in stream.stdout:
-            if line.startswith("data: "):
-                payloads.append(json.loads(line[6:])["payload"])
-                if len(payloads) == 3:
-                    break
-    finally:
-        stream.kill()
-        stream.wait(10)
+    ) as stream:  # fmt: skip
+        try:
+            assert stream.stdout is not None
+            for line in stream.stdout:
+                if line.startswith("data: "):
+                    payloads.append(json.loads(line[6:])["payload"])
+                    if len(payloads) == 3:
+                        break
+        finally:
+            stream.kill()
     assert payloads == [0, 1, 2]
     assert pull(api, name, wait=0.5) == []  # written to the stream: acked
 
@@ -347,21 +346,20 @@ def test_a_killed_http_consumer_loses_nothing(api: httpx.Client, gateway_url: st
     name = subscribe(api, topic)
     api.post(f"/topics/{topic}/messages", json="precious")
     # a consumer on an explicit stream takes the message, then dies without acking
-    stream = subprocess.Popen(
+    with subprocess.Popen(
         ["curl", "-sS", "-N", "--max-time", "20", "-H", f"Authorization: Bearer {ADMIN}",
          f"{gateway_url}/subscriptions/{name}/events?ack_deadline=1"],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
-    try:
-        assert stream.stdout is not None
-        for line in stream.stdout:
-            if line.startswith("data: "):
-                assert json.loads(line[6:])["payload"] == "precious"
-                break
-    finally:
-        stream.kill()
-        stream.wait(10)
+    ) as stream:  # fmt: skip
+        try:
+            assert stream.stdout is not None
+            for line in stream.stdout:
+                if line.startswith("data: "):
+                    assert json.loads(line[6:])["payload"] == "precious"
+                    break
+        finally:
+            stream.kill()
     [again] = pull(api, name, wait=8)
     assert again["payload"] == "precious" and again["deliveries"] >= 2
 

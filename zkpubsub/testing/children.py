@@ -93,6 +93,7 @@ class ChildProcess:
         or, unless ``fresh``, appending to the one of its previous run."""
         if fresh:
             self.out.write_bytes(b"")
+        self._close_pipe()
         self.process = subprocess.Popen(
             [*self._args, *(extra or [])],
             stdout=subprocess.PIPE,
@@ -109,6 +110,13 @@ class ChildProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(30)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        """Close the pipe from a process that ended (or was never started)."""
+        process = self.process
+        if process is not None and process.poll() is not None and process.stdout is not None:
+            process.stdout.close()
 
     def pause(self) -> None:
         assert self.process is not None
