@@ -642,6 +642,7 @@ def _latency(section: dict[str, Any]) -> list[str]:
                 floor.get("p50", "-"),
                 floor.get("p99", "-"),
                 r["latency_from_send_ms"]["p99"],
+                (r.get("first_delivery_ms") or {}).get("p99", "-"),
                 r.get("requests_per_node") or "-",
                 r.get("cpu_us_per_message") or "-",
                 "yes" if r["saturated"] else "no",
@@ -655,7 +656,9 @@ def _latency(section: dict[str, Any]) -> list[str]:
         "largest p50 and p99 of the runs. The floor columns: the commit latency of a raw "
         "transaction creating one node per queue, at the same rate and subscriber count, "
         "in the same run. Requests per node: what the subscribers' connections sent per "
-        "node they read (registration included). CPU per message: the CPU time (user and "
+        "node they read (registration included). First deliveries: each message's "
+        "earliest handling among its subscribers (when every subscriber had a message late, "
+        "this p99 is as high as the row's). CPU per message: the CPU time (user and "
         "system, every thread) of the subscriber processes, from their subscribers' start "
         "to the end of the cell, per message a subscriber handled.",
         "",
@@ -675,6 +678,7 @@ def _latency(section: dict[str, Any]) -> list[str]:
             "floor p50",
             "floor p99",
             "p99 from actual send",
+            "p99 of first deliveries",
             "requests per node",
             "CPU µs per message",
             "saturated",

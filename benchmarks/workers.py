@@ -53,6 +53,7 @@ class Recorder:
         "last",
         "lat_sched",
         "lat_sent",
+        "lat_seq",
         "seen",
     )
 
@@ -65,6 +66,7 @@ class Recorder:
         self.keep_latency = keep_latency
         self.lat_sched = array("d")
         self.lat_sent = array("d")
+        self.lat_seq = array("q")  # the message of each latency
 
     def record(self, data: bytes) -> None:
         now = time.monotonic()
@@ -80,6 +82,7 @@ class Recorder:
         if self.keep_latency:
             self.lat_sched.append(now - stamp.scheduled)
             self.lat_sent.append(now - stamp.sent)
+            self.lat_seq.append(stamp.seq)
 
     @property
     def unique(self) -> int:
@@ -96,6 +99,7 @@ class Recorder:
         if latencies:
             out["lat_sched"] = self.lat_sched
             out["lat_sent"] = self.lat_sent
+            out["lat_seq"] = self.lat_seq
         if seqs:
             out["seqs"] = sorted(self.seen)
         return out

@@ -206,7 +206,12 @@ def test_latency_rows_carry_the_floor_and_what_the_subscribers_spent(report: dic
         if r["impl"] != "floor":
             assert r["cpu_us_per_message"] and r["cpu_us_per_message"] > 0, r
         else:
-            assert r["cpu_us_per_message"] is None, r
+            assert r["cpu_us_per_message"] is None and r["first_delivery_ms"] is None, r
+        if r["impl"] != "floor" and not r["lower_bound"]:
+            # one first delivery per message, none later than the deliveries' own
+            first, every = r["first_delivery_ms"], r["latency_ms"]
+            assert first["count"] == r["scheduled"], r
+            assert 0 < first["p50"] <= every["p50"] and first["p99"] <= every["p99"], r
     targets = {t["id"]: t for t in report["targets"]}
     assert targets["latency-p50-1"]["value"] is not None
 

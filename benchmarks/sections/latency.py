@@ -272,6 +272,7 @@ def _floor_cell(
         "lower_bound": False,
         "latency_ms": summary,
         "latency_from_send_ms": summary,
+        "first_delivery_ms": None,
         "cdf_ms": _cdf([v * 1000 for v in latencies]),
     }
 
@@ -316,9 +317,13 @@ def _cell(
         remove_tree(ctx.hosts, root)
     sched: list[float] = []
     sent: list[float] = []
+    first: dict[int, float] = {}  # per message, its first delivery
     for r in received:
         sched.extend(r["lat_sched"])
         sent.extend(r["lat_sent"])
+        for seq, latency in zip(r["lat_seq"], r["lat_sched"], strict=True):
+            if latency < first.get(seq, latency + 1):
+                first[seq] = latency
     # Not delivered by the cutoff: each had waited at least this long (the
     # percentiles become lower bounds). Sent but not handled: counted from
     # the last scheduled send; never sent (the sender gave up): from its own.
@@ -344,6 +349,9 @@ def _cell(
         "lower_bound": missing > 0,
         "latency_ms": summary,
         "latency_from_send_ms": stats.summarize_ms(sent),
+        # each message's first delivery (of the ones handled): when the
+        # quickest of its subscribers had it
+        "first_delivery_ms": stats.summarize_ms(sorted(first.values())),
         "cdf_ms": _cdf([v * 1000 for v in sched]),
         "placement": "one process each" if own else f"{ctx.subscriber_processes} processes",
     }
@@ -479,7 +487,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ordered = sorted(cells, key=lambda r: r["latency_ms"]["p99"] or 0.0)
         row = dict(ordered[(len(ordered) - 1) // 2])
         row.pop("repeat", None)
-        for field in ("latency_ms", "latency_from_send_ms"):
+        for field in ("latency_ms", "latency_from_send_ms", "first_delivery_ms"):
+            if row[field] is None:  # the floor's: nobody delivers
+                continue
             row[field] = {
                 **row[field],
                 **{q: stats.median_of([r[field][q] for r in cells]) for q in _PERCENTILES},
