@@ -65,6 +65,7 @@ from zkpubsub._persistent import NODE_CREATED, PERSISTENT_RECURSIVE, AddWatch, E
 from zkpubsub._pump import DELETE_BATCH, DELETE_LINGER
 
 from . import credentials, server, stats
+from .commit_latency import committed
 from .progress import Phase, Progress
 from .runner import DEFAULT_OUT
 
@@ -406,13 +407,7 @@ def _fill(zk: KazooClient, path: str, count: int) -> None:
         txn = zk.transaction()
         for i in range(start, min(count, start + DELETE_BATCH)):
             txn.create(f"{path}/n{i:09d}", b"x" * 100)
-        _committed(txn.commit())
-
-
-def _committed(results: list[Any]) -> None:
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
+        committed(txn)
 
 
 def _line(cell: dict[str, Any]) -> str:

@@ -97,25 +97,21 @@ class _Guard:
 _guard = _Guard()
 
 
-def _arm(item: pytest.Item) -> None:
-    _guard.arm(item)
-
-
 # Armed again for each phase: pytest cancels faulthandler's watchdog when a
 # phase fails (so a teardown that hangs after a timeout would go unguarded).
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _arm(item)
+    _guard.arm(item)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    _arm(item)
+    _guard.arm(item)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    _arm(item)
+    _guard.arm(item)
 
 
 @pytest.hookimpl(wrapper=True)

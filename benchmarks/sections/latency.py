@@ -322,12 +322,12 @@ def _cell(
         sched.extend(r["lat_sched"])
         sent.extend(r["lat_sent"])
         for seq, latency in zip(r["lat_seq"], r["lat_sched"], strict=True):
-            if latency < first.get(seq, latency + 1):
-                first[seq] = latency
+            first[seq] = min(latency, first.get(seq, latency))
     # Not delivered by the cutoff: each had waited at least this long (the
     # percentiles become lower bounds). Sent but not handled: counted from
     # the last scheduled send; never sent (the sender gave up): from its own.
-    undelivered = max(0, loop.sent * n - sum(r["unique"] for r in received))
+    handled = sum(r["unique"] for r in received)
+    undelivered = max(0, loop.sent * n - handled)
     sched.extend([cutoff - loop.scheduled(loop.taken - 1)] * undelivered)
     unsent = total - loop.taken
     for i in range(loop.taken, total):
@@ -351,14 +351,13 @@ def _cell(
         "latency_from_send_ms": stats.summarize_ms(sent),
         # each message's first delivery (of the ones handled): when the
         # quickest of its subscribers had it
-        "first_delivery_ms": stats.summarize_ms(sorted(first.values())),
+        "first_delivery_ms": stats.summarize_ms(list(first.values())),
         "cdf_ms": _cdf([v * 1000 for v in sched]),
         "placement": "one process each" if own else f"{ctx.subscriber_processes} processes",
     }
     reads = sum(r.get("nodes_read", 0) for r in received)
     if reads:  # zkpubsub subscribers: their requests per node read (setup included)
         result["requests_per_node"] = round(sum(r.get("requests", 0) for r in received) / reads, 2)
-    handled = sum(r["unique"] for r in received)
     if handled:  # what the subscriber processes spent per message handled
         cpu_s = sum(r["cpu_s"] for r in received)
         result["cpu_us_per_message"] = round(cpu_s / handled * 1e6, 1)

@@ -113,7 +113,7 @@ class ChildProcess:
         self._close_pipe()
 
     def _close_pipe(self) -> None:
-        """Close the pipe from a process that ended (or was never started)."""
+        """Close the pipe from the last process started, once it has ended."""
         process = self.process
         if process is not None and process.poll() is not None and process.stdout is not None:
             process.stdout.close()
