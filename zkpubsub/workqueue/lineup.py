@@ -58,6 +58,7 @@ __all__ = [
     "RELIST_WHILE_BUSY",
     "WATCH_UNTIL_BACKLOG",
     "Lineup",
+    "rank_by_owner",
     "rank_candidates",
 ]
 
@@ -101,9 +102,15 @@ def rank_candidates(
     creation order, those whose sequence number falls on the worker's rank
     (among the sorted worker ids) first: unlike positions in a listing, that
     choice agrees between workers whose listings are of different ages."""
+    return rank_by_owner(names, reserved, owner_test(workers, worker_id))
+
+
+def rank_by_owner(
+    names: Sequence[str], reserved: Sequence[str], own: Callable[[str], bool]
+) -> tuple[list[str], list[str]]:
+    """:func:`rank_candidates` with the worker's :func:`owner_test` at hand."""
     held = set(reserved)
     ordered, foreign = order_items([n for n in names if n not in held])
-    own = owner_test(workers, worker_id)
     mine: list[str] = []
     others: list[str] = []
     for name in ordered:
@@ -313,7 +320,7 @@ class Lineup:
         self._own = owner_test(known.workers, self._worker_id)
         expired = self._find_expired(known.reserved, deadline)
         held = [name for name in known.reserved if name not in expired]
-        ranked, _ = rank_candidates(known.items, held, known.workers, self._worker_id)
+        ranked, _ = rank_by_owner(known.items, held, self._own)
         newest = max(known.segments, default=0)
         occupied = {segment_of(name) for name in known.items}
         for number in known.segments:
