@@ -1,8 +1,10 @@
 """Where the time goes: py-spy profiles of a zkpubsub fan-out.
 
-``python -m benchmarks.profiling [--subscribers 20] [--threads 1]`` starts
-a standalone server, warms it, starts the subscribers in worker processes
-and publishes with ``publish()`` from ``--threads`` threads, while py-spy
+``python -m benchmarks.profiling [--subscribers 20] [--threads 1]
+[--window N]`` starts a standalone server, warms it, starts the subscribers
+in worker processes and publishes with ``publish()`` from ``--threads``
+threads (with ``--window``: one thread keeping ``N`` ``publish_async()``
+in flight, as the fan-out's fastest row does), while py-spy
 records the publisher's process and one subscriber process at the same time
 with ``--gil`` (samples only while Python holds the GIL, that is: burns
 CPU). It writes the collapsed stacks (for flame graph tools) and a summary:
@@ -119,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__)
     parser.add_argument("--subscribers", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="publishing threads")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="publish_async() calls in flight from one thread (instead of --threads)",
+    )
     parser.add_argument("--seconds", type=float, default=15.0, help="profile length")
     parser.add_argument("--processes", type=int, default=2, help="subscriber processes")
     parser.add_argument("--out", default=None)
@@ -130,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else DEFAULT_OUT / "profiles"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    tag = f"{stamp}-{args.subscribers}subs-{args.threads}threads"
+    if args.window < 0:
+        parser.error("--window must be 0 (publish() from threads) or more")
+    shape = f"{args.window}inflight" if args.window else f"{args.threads}threads"
+    tag = f"{stamp}-{args.subscribers}subs-{shape}"
     progress = Progress()
     cluster = server.start_cluster(1, base_dir=None)
     pool = WorkerPool(args.processes)
@@ -173,7 +184,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with lock:
                     published += 1
 
-        threads = [threading.Thread(target=loop, daemon=True) for _ in range(args.threads)]
+        def windowed() -> None:  # the oldest waited for when the window is full
+            nonlocal published
+            in_flight: collections.deque[Any] = collections.deque()
+            while not stop.is_set():
+                now = time.monotonic()
+                in_flight.append(client.publish_async(TOPIC, payload.make(next(counter), now, now)))
+                if len(in_flight) >= args.window:
+                    in_flight.popleft().result(60)
+                    published += 1
+            for future in in_flight:
+                future.result(60)
+
+        if args.window:
+            threads = [threading.Thread(target=windowed, daemon=True)]
+        else:
+            threads = [threading.Thread(target=loop, daemon=True) for _ in range(args.threads)]
         try:
             for t in threads:
                 t.start()
@@ -220,9 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         pool.close()
         cluster.close()
+    how = (
+        f"publish_async(), {args.window} in flight"
+        if args.window
+        else f"publish() from {args.threads} thread(s)"
+    )
     report = [
         f"zkpubsub fan-out, {args.subscribers} subscribers over {args.processes} processes, "
-        f"publish() from {args.threads} thread(s): {rate:,.0f} publishes/s while profiled",
+        f"{how}: {rate:,.0f} publishes/s while profiled",
     ]
     for name in targets:
         path = out_dir / f"{tag}-{name}.txt"
