@@ -48,6 +48,64 @@ def test_a_node_is_deleted_only_after_all_its_messages_were_handled() -> None:
     assert buffer.take_deletes() == [name(1)]
 
 
+def test_a_run_is_taken_in_order_and_counts_as_pending_until_handled() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    names = [name(i) for i in range(1, 6)]
+    buffer.listed(names, [])
+    nodes = [Node(n, 1) for n in names]
+    buffer.fetched(names, [Delivery(node, message(i)) for i, node in enumerate(nodes, 1)])
+    run, low = buffer.take(3, 0)
+    assert [d.message for d in run] == [message(1), message(2), message(3)]
+    assert low is False  # nothing listed waits to be read
+    assert buffer.pending == 5  # taken is not handled
+    for delivery in run:
+        buffer.handled(delivery.node)
+    assert buffer.pending == 2
+    rest, _ = buffer.take_ready(10)
+    assert [d.message for d in rest] == [message(4), message(5)]
+    assert buffer.take_ready(10) == ([], False)
+    assert buffer.take(10, time.monotonic() + 0.05) == ([], False)  # the deadline passed
+    for delivery in rest:
+        buffer.handled(delivery.node)
+    assert buffer.pending == 0
+    assert buffer.take_deletes() == names
+
+
+def test_taking_a_run_says_when_read_ahead_runs_low() -> None:
+    buffer = DeliveryBuffer(prefetch=4)
+    names = [name(i) for i in range(1, 9)]
+    buffer.listed(names, [])
+    first = buffer.to_fetch()
+    assert first == names[:4]
+    buffer.fetched(first, [Delivery(Node(n, 1), message(i)) for i, n in enumerate(first, 1)])
+    run, low = buffer.take(1, 0)
+    assert len(run) == 1 and low is False  # three of four still read ahead
+    run, low = buffer.take(2, 0)
+    assert len(run) == 2 and low is True  # one left, names waiting: read more
+
+
+def test_a_closed_buffer_gives_no_run() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    buffer.listed([name(1)], [])
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
+    buffer.close()
+    assert buffer.take(10, None) == ([], False)  # at once, though a message is buffered
+    assert buffer.take_ready(10) == ([], False)
+
+
+def test_a_waiting_take_wakes_when_a_message_arrives() -> None:
+    buffer = DeliveryBuffer(prefetch=10)
+    buffer.listed([name(1)], [])
+    got: list[list[Delivery]] = []
+    taker = threading.Thread(target=lambda: got.append(buffer.take(10, None)[0]))
+    taker.start()
+    time.sleep(0.05)
+    buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
+    taker.join(5)
+    assert not taker.is_alive()
+    assert [d.message for d in got[0]] == [message(1)]
+
+
 def test_a_node_with_no_message_is_deleted_at_once() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     buffer.listed([name(1)], [])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 
 import msgpack
 import pytest
 
 from zkpubsub import JsonSerializer, MsgpackSerializer, RawSerializer, SerializationError, envelope
+from zkpubsub._pump import decode_node
 from zkpubsub.envelope import check_headers, decode, encode, encoded_size, make_entry
-from zkpubsub.serializers import resolve
+from zkpubsub.message import Message, received
+from zkpubsub.serializers import SerializerRegistry, resolve
 
 
 def entry(payload: object, serializer: object = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -22,6 +26,12 @@ def entry(payload: object, serializer: object = None, **kw: object):  # type: ig
     )
 
 
+def _one(**fields: object) -> bytes:
+    """An envelope of one message, with ``fields`` in place of its own."""
+    msg = {"id": "x", "pub": "p", "ts": 0, "topic": "t", "ct": "c", "p": b"", **fields}
+    return msgpack.packb({"v": 1, "msgs": [msg]}, use_bin_type=True)  # type: ignore[no-any-return]
+
+
 def test_round_trip_of_a_batch_keeps_order_and_fields() -> None:
     entries = [entry({"n": i}, headers={"k": str(i)}) for i in range(5)]
     decoded = decode(encode(entries))
@@ -29,6 +39,46 @@ def test_round_trip_of_a_batch_keeps_order_and_fields() -> None:
     assert len({e.id for e in decoded}) == 5
     assert decoded[0].publisher_id == "pub-1"
     assert decoded[0].content_type == "application/msgpack"
+
+
+def test_a_node_decodes_into_the_messages_the_dataclass_would_make() -> None:
+    # The receive path makes its messages without Message's own __init__.
+    entries = [entry({"n": i}, headers={"k": str(i)}, topic=f"t{i}") for i in range(3)]
+    entries.append(entry(b"raw", "raw"))
+    path = "/root/messages/c/t/s0000000000/m-0000000007"
+    serializers = SerializerRegistry(MsgpackSerializer())
+    deliveries = decode_node(serializers, path, path.rpartition("/")[2], encode(entries))
+    assert [d.error for d in deliveries] == [None] * 4
+    assert {d.node.remaining for d in deliveries} == {4}
+    made = [d.message for d in deliveries]
+    expected = [
+        Message(
+            id=e.id,
+            topic=e.topic,
+            payload=resolve(e.content_type.rpartition("/")[2].replace("octet-stream", "raw")).loads(
+                e.body
+            ),
+            headers=e.headers,
+            published_at=e.published_at,
+            publisher_id=e.publisher_id,
+            content_type=e.content_type,
+        )
+        for e in entries
+    ]
+    assert made == expected
+    assert [m.payload for m in made] == [{"n": 0}, {"n": 1}, {"n": 2}, b"raw"]  # type: ignore[union-attr]
+    assert all(m is not None and m.attempt == 1 for m in made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].topic = "x"  # type: ignore[misc,union-attr]
+    assert dataclasses.replace(made[0], attempt=2).attempt == 2  # type: ignore[type-var]
+
+
+def test_received_takes_every_field_of_message_in_order() -> None:
+    # A field added to Message must be added to received() too.
+    names = [f.name for f in dataclasses.fields(Message)]
+    assert list(inspect.signature(received).parameters) == names
+    values = ["i", "t", {"p": 1}, {"h": "v"}, 1.5, "pub", "text/plain", 3]
+    assert received(*values) == Message(*values)  # type: ignore[arg-type]
 
 
 def test_encoded_size_predicts_the_node_size() -> None:
@@ -63,6 +113,10 @@ def test_the_format_is_documented_msgpack() -> None:
             ),
             "wrong type",
         ),
+        (_one(p="s"), "wrong type"),  # a payload must be bytes
+        (_one(h=[1]), "wrong type"),  # headers must be a map
+        (msgpack.packb({"v": 1, "msgs": [7]}), "malformed"),
+        (_one(ts="then"), "malformed"),
     ],
 )
 def test_garbage_is_rejected_with_a_reason(data: bytes, reason: str) -> None:

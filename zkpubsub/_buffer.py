@@ -95,12 +95,15 @@ class Counters:
 @dataclass(slots=True)
 class DeliveryBuffer:
     """The state shared by a subscription's pump and its consumer. Every
-    method takes the buffer's lock; ``cond`` is notified when deliveries
-    arrive or the buffer closes, and so is a consumer that asked to be told
-    (:meth:`next_or_notify`)."""
+    method takes the buffer's ``lock``; ``cond`` (on that lock) is notified
+    when deliveries arrive or the buffer closes, and so is a consumer that
+    asked to be told (:meth:`next_or_notify`). Code that only needs the
+    lock takes ``lock`` itself: ``with cond`` goes through a Python method
+    on every message."""
 
     prefetch: int
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cond: threading.Condition = field(init=False)
     counters: Counters = field(default_factory=Counters)
     closed: bool = False
     _deliveries: deque[Delivery] = field(default_factory=deque)
@@ -112,6 +115,10 @@ class DeliveryBuffer:
     _waiting: set[str] = field(default_factory=set)  # the names in _unfetched
     _to_delete: list[str] = field(default_factory=list)
     _notify: Callable[[], None] | None = None  # a waiting consumer not on a thread of ours
+    _in_hand: int = 0  # messages the consumer took and has not handled yet
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
 
     # -- the pump's side ---------------------------------------------------------------
 
@@ -121,7 +128,7 @@ class DeliveryBuffer:
         the entries not read yet; return the foreign names not seen before.
         Entries deleted already are read again (:meth:`fetched` tells a node
         that came back from a new one of the same name)."""
-        with self.cond:
+        with self.lock:
             deleted, active = self._deleted, self._active
             self._forget_deleted(ordered, foreign)
             self._unfetched = [
@@ -154,7 +161,7 @@ class DeliveryBuffer:
         ``True`` if it is new. A name deleted already is read again: the
         event says a node was created under it."""
         key = entry_key(name, -1)
-        with self.cond:
+        with self.lock:
             if name in self._waiting or name in self._active:
                 return False
             if self._unfetched and key < self._unfetched[-1][0]:
@@ -166,18 +173,18 @@ class DeliveryBuffer:
 
     def to_fetch(self) -> list[str]:
         """The next names to read: as many as the prefetch leaves room for."""
-        with self.cond:
+        with self.lock:
             room = self.prefetch - len(self._deliveries)
             return [name for _, name in self._unfetched[:room]] if room > 0 else []
 
     @property
     def has_unfetched(self) -> bool:
-        with self.cond:
+        with self.lock:
             return bool(self._unfetched)
 
     def wants_more(self) -> bool:
         """Names wait to be read and the prefetch has room for them."""
-        with self.cond:
+        with self.lock:
             return bool(self._unfetched) and len(self._deliveries) < self.prefetch
 
     def fetched(self, names: list[str], deliveries: list[Delivery]) -> None:
@@ -185,7 +192,7 @@ class DeliveryBuffer:
         A node that carries no message is queued for deletion at once, and
         so is one deleted already that came back as it was (not delivered
         again)."""
-        with self.cond:
+        with self.lock:
             back, notify = self._hand_out(names, deliveries)
         self._after(back, notify)
 
@@ -194,7 +201,7 @@ class DeliveryBuffer:
         (no read): handed out at once if nothing listed or named before it
         waits to be read and the prefetch has room; otherwise ``False``, and
         the pump takes it in its turn."""
-        with self.cond:
+        with self.lock:
             if (
                 self._unfetched
                 or len(self._deliveries) >= self.prefetch
@@ -263,17 +270,17 @@ class DeliveryBuffer:
 
     def deleted_among(self, names: list[str]) -> set[str]:
         """Those of ``names`` this buffer deleted lately."""
-        with self.cond:
+        with self.lock:
             deleted = self._deleted
             return {name for name in names if name in deleted} if deleted else set()
 
     def take_deletes(self) -> list[str]:
-        with self.cond:
+        with self.lock:
             names, self._to_delete = self._to_delete, []
             return names
 
     def deleted(self, names: list[str]) -> None:
-        with self.cond:
+        with self.lock:
             now = self.clock()
             for name in names:
                 node = self._active.pop(name, None)
@@ -283,7 +290,7 @@ class DeliveryBuffer:
 
     def delete_again(self, names: list[str]) -> None:
         """Deletes that got no answer: send them with the next batch."""
-        with self.cond:
+        with self.lock:
             self._to_delete.extend(names)
 
     # -- the consumer's side -----------------------------------------------------------
@@ -291,7 +298,7 @@ class DeliveryBuffer:
     def next(self, deadline: float | None) -> Delivery | None:
         """The next delivery, or ``None`` when ``deadline`` passes or the
         buffer closes (what is still buffered then stays in the queue)."""
-        with self.cond:
+        with self.lock:
             while not self._deliveries or self.closed:
                 if self.closed:
                     return None
@@ -299,7 +306,40 @@ class DeliveryBuffer:
                 if left is not None and left <= 0:
                     return None
                 self.cond.wait(left)
+            self._in_hand += 1
             return self._deliveries.popleft()
+
+    def take(self, limit: int, deadline: float | None) -> tuple[list[Delivery], bool]:
+        """Up to ``limit`` deliveries, waiting as :meth:`next` does for the
+        first (none: the deadline passed or the buffer closed), and whether
+        read-ahead is now low (:meth:`low`), under one hold of the lock."""
+        with self.lock:
+            while not self._deliveries or self.closed:
+                if self.closed:
+                    return [], False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return [], False
+                self.cond.wait(left)
+            return self._take(limit), self._low()
+
+    def take_ready(self, limit: int) -> tuple[list[Delivery], bool]:
+        """Up to ``limit`` deliveries buffered already (no waiting), and
+        whether read-ahead is now low."""
+        with self.lock:
+            if self.closed:
+                return [], False
+            return self._take(limit), self._low()
+
+    def _take(self, limit: int) -> list[Delivery]:
+        deliveries = self._deliveries
+        if len(deliveries) <= limit:
+            taken = list(deliveries)
+            deliveries.clear()
+        else:
+            taken = [deliveries.popleft() for _ in range(limit)]
+        self._in_hand += len(taken)
+        return taken
 
     def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
         """The next delivery if one is buffered; otherwise ``None``, and
@@ -307,10 +347,11 @@ class DeliveryBuffer:
         connection thread, so it must only hand off) when deliveries arrive
         or the buffer closes. Nothing is
         asked of a closed buffer: it returns ``None`` at once."""
-        with self.cond:
+        with self.lock:
             if self.closed:
                 return None
             if self._deliveries:
+                self._in_hand += 1
                 return self._deliveries.popleft()
             self._notify = notify
             return None
@@ -319,22 +360,20 @@ class DeliveryBuffer:
         notify, self._notify = self._notify, None
         return notify
 
-    def next_ready(self) -> Delivery | None:
-        """The next delivery if one is buffered already (no waiting)."""
-        with self.cond:
-            if self.closed or not self._deliveries:
-                return None
-            return self._deliveries.popleft()
-
     def low(self) -> bool:
         """Read ahead has fallen under half the prefetch while names wait."""
-        with self.cond:
-            return bool(self._unfetched) and len(self._deliveries) < self.prefetch // 2
+        with self.lock:
+            return self._low()
+
+    def _low(self) -> bool:
+        return bool(self._unfetched) and len(self._deliveries) < self.prefetch // 2
 
     def handled(self, node: Node) -> bool:
         """One message of ``node`` was handled (or given up); ``True`` when it
         was the last and the node is now queued for deletion."""
-        with self.cond:
+        with self.lock:
+            if self._in_hand:
+                self._in_hand -= 1
             node.remaining -= 1
             if node.remaining > 0:
                 return False
@@ -344,28 +383,28 @@ class DeliveryBuffer:
     @property
     def deletes_waiting(self) -> int:
         """Handled nodes queued for deletion, not sent yet."""
-        with self.cond:
+        with self.lock:
             return len(self._to_delete)
 
     @property
     def idle(self) -> bool:
         """Nothing read, waiting, or waiting to be deleted."""
-        with self.cond:
+        with self.lock:
             return not (self._deliveries or self._unfetched or self._active or self._to_delete)
 
     @property
     def unfetched(self) -> int:
-        with self.cond:
+        with self.lock:
             return len(self._unfetched)
 
     @property
     def pending(self) -> int:
-        """Read or listed, not yet handled."""
-        with self.cond:
-            return len(self._deliveries) + len(self._unfetched)
+        """Read or listed, not yet handled (taken by the consumer included)."""
+        with self.lock:
+            return len(self._deliveries) + len(self._unfetched) + self._in_hand
 
     def close(self) -> None:
-        with self.cond:
+        with self.lock:
             self.closed = True
             self.cond.notify_all()
             notify = self._take_notify()

@@ -27,6 +27,8 @@ def check_callable(fn: object, what: str) -> None:
 def refuse_awaitable(result: Any, what: str) -> None:
     """A handler returned an awaitable (a coroutine made by a wrapper of an
     ``async`` function): close it and raise ``TypeError``."""
+    if result is None:  # most handlers return nothing: no need to ask
+        return
     if inspect.isawaitable(result):
         close = getattr(result, "close", None)
         if close is not None:

@@ -59,7 +59,7 @@ from .layout import (
     segment_name,
     split_queue,
 )
-from .message import Message
+from .message import received
 from .serializers import SerializerRegistry
 
 if TYPE_CHECKING:
@@ -147,21 +147,14 @@ def node_deliveries(
     if not entries:
         return [Delivery(node)]
     out: list[Delivery] = []
-    for entry in entries:
+    loads = serializers.loads
+    for id_, publisher_id, published_at, topic, headers, content_type, body in entries:
         try:
-            payload = serializers.loads(entry.content_type, entry.body, path=path, data=data)
+            payload = loads(content_type, body, path=path, data=data)
         except DecodeError as err:
             out.append(Delivery(node, error=err))
             continue
-        message = Message(
-            id=entry.id,
-            topic=entry.topic,
-            payload=payload,
-            headers=entry.headers,
-            published_at=entry.published_at,
-            publisher_id=entry.publisher_id,
-            content_type=entry.content_type,
-        )
+        message = received(id_, topic, payload, headers, published_at, publisher_id, content_type)
         out.append(Delivery(node, message))
     return out
 

@@ -163,7 +163,9 @@ class ClientConfig:
     Times are in seconds. ``max_message_bytes`` bounds one encoded message
     node; ``max_transaction_bytes`` one ZooKeeper transaction. Both must stay
     below the server's ``jute.maxbuffer``. ``prefetch`` is how many queue
-    nodes a subscription reads ahead of its handler. ``linger`` is how long
+    nodes a subscription reads ahead of its handler (its dispatcher takes
+    up to 64 messages read already at a time, and reading ahead goes on
+    meanwhile). ``linger`` is how long
     a publish may wait for others to share its transaction, when publishes
     are coming close together (a lone publish is sent at once; 0: never).
     ``max_pending`` bounds the publishes accepted and not yet confirmed: a

@@ -16,8 +16,7 @@ import itertools
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -42,9 +41,10 @@ __all__ = [
 FORMAT_VERSION: Final = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message in an envelope, payload still serialized."""
+class Entry(NamedTuple):
+    """One message in an envelope, payload still serialized. (A named tuple:
+    a subscriber makes one per message it reads, and a tuple is made in a
+    third of the time a frozen dataclass takes.)"""
 
     id: str
     publisher_id: str
@@ -225,24 +225,28 @@ def decode(data: bytes) -> list[Entry]:
     for raw in msgs:
         try:
             headers = raw.get("h") or {}
-            entry = Entry(
-                id=raw["id"],
-                publisher_id=raw["pub"],
-                published_at=float(raw["ts"]),
-                topic=raw["topic"],
-                headers=headers,
-                content_type=raw["ct"],
-                body=raw["p"],
+            # Entry(...) without the named tuple's own __new__, a Python function
+            entry = tuple.__new__(
+                Entry,
+                (
+                    raw["id"],
+                    raw["pub"],
+                    float(raw["ts"]),
+                    raw["topic"],
+                    headers,
+                    raw["ct"],
+                    raw["p"],
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed message in envelope: {exc!r}") from exc
         if not (
-            isinstance(entry.id, str)
-            and isinstance(entry.publisher_id, str)
-            and isinstance(entry.topic, str)
-            and isinstance(entry.content_type, str)
-            and isinstance(entry.body, bytes)
-            and isinstance(headers, dict)
+            type(entry.id) is str
+            and type(entry.publisher_id) is str
+            and type(entry.topic) is str
+            and type(entry.content_type) is str
+            and type(entry.body) is bytes
+            and type(headers) is dict
         ):
             raise ValueError("malformed message in envelope: a field has the wrong type")
         out.append(entry)

@@ -35,7 +35,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 
@@ -67,6 +67,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The most messages read already that a dispatcher takes from the buffer at
+# once: one hold of its lock for the run, and the pump reads ahead while the
+# run is handled (the subscription then holds up to prefetch + this many).
+RUN_LENGTH: Final = 64
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
@@ -124,11 +129,9 @@ class Feed:
 
     def take_ready(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries that are read already (no waiting)."""
-        buffer = self._sub._buffer
-        taken: list[Delivery] = []
-        while len(taken) < limit and (delivery := buffer.next_ready()) is not None:
-            taken.append(delivery)
-        self._sub._read_ahead()
+        taken, low = self._sub._buffer.take_ready(limit)
+        if low:
+            self._sub._pump.wake()
         return taken
 
     def retry_wait(self, attempt: int) -> float:
@@ -324,7 +327,7 @@ class Subscription:
 
     def stats(self) -> SubscriptionStats:
         buffer = self._buffer
-        with buffer.cond:
+        with buffer.lock:
             c = buffer.counters
             return SubscriptionStats(
                 self._topic,
@@ -358,7 +361,7 @@ class Subscription:
         """``get()`` hands ``delivery``'s message out: acknowledged by the
         next ``get()`` or by ``close()``."""
         assert delivery.message is not None
-        with self._buffer.cond:
+        with self._buffer.lock:
             self._holding = delivery
             self._buffer.counters.delivered += 1
         self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
@@ -413,7 +416,7 @@ class Subscription:
             self._pump.wake()
 
     def _ack_held(self) -> None:
-        with self._buffer.cond:
+        with self._buffer.lock:
             held, self._holding = self._holding, None
         if held is not None:
             self._handled(held.node)
@@ -469,7 +472,7 @@ class Subscription:
         return mark, window
 
     def _report(self, error: BaseException, message: Message | None) -> None:
-        with self._buffer.cond:
+        with self._buffer.lock:
             self._buffer.counters.errors += 1
         try:
             self._on_error(error, message)
@@ -480,20 +483,25 @@ class Subscription:
 
     def _dispatch_loop(self) -> None:
         assert self._handler is not None
-        handler = self._handler
+        handler, buffer = self._handler, self._buffer
         while True:
-            delivery = self._next(None)
-            if delivery is None:
-                return
-            if delivery.message is None:
-                self._not_a_message(delivery)
-                continue
-            if not self._handle(handler, delivery.message):
-                return  # closing while waiting to retry: the message stays queued
-            self._handled(delivery.node)
+            run, low = buffer.take(RUN_LENGTH, None)
+            if not run:
+                return  # closed
+            if low:
+                self._pump.wake()
+            for delivery in run:
+                if buffer.closed:
+                    return  # the rest of the run stays queued, as the buffer's
+                if delivery.message is None:
+                    self._not_a_message(delivery)
+                    continue
+                if not self._handle(handler, delivery.message):
+                    return  # closing while waiting to retry: the message stays queued
+                self._handled(delivery.node)
 
     def _succeeded(self, message: Message) -> None:
-        with self._buffer.cond:
+        with self._buffer.lock:
             self._buffer.counters.delivered += 1
         self._ctx.hooks.handled(self._topic, message.published_at, time.time())
 
@@ -526,7 +534,7 @@ class Subscription:
         if isinstance(error, HandlerInterrupted):
             return False
         self._report(error, message)
-        with self._buffer.cond:
+        with self._buffer.lock:
             if attempt == self._max_attempts:
                 self._buffer.counters.dropped += 1
             else:
@@ -581,7 +589,7 @@ class Subscription:
         self._buffer.close()
         if self._self_dispatching is not None:
             self._self_dispatching.stop(None)
-        with self._buffer.cond:
+        with self._buffer.lock:
             self._holding = None
         self._pump.detach(self._topic, self._ctx.config.request_timeout)
         self._deregister(drop_queue=True)

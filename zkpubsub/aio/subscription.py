@@ -37,6 +37,7 @@ from typing import Any, Final
 from .._buffer import Delivery
 from ..message import Message
 from ..subscription import (
+    RUN_LENGTH,
     Feed,
     SelfDispatching,
     Subscription,
@@ -50,8 +51,6 @@ logger = logging.getLogger("zkpubsub.aio")
 
 AsyncHandler = Callable[[Message], Any]
 
-# The most messages read already that the handler's task takes at once.
-RUN_LENGTH: Final = 64
 # How often close() waiting for the handler's task checks that the loop runs.
 _LOOP_CHECK: Final = 0.5
 
