@@ -298,21 +298,14 @@ class DeliveryBuffer:
     def next(self, deadline: float | None) -> Delivery | None:
         """The next delivery, or ``None`` when ``deadline`` passes or the
         buffer closes (what is still buffered then stays in the queue)."""
-        with self.lock:
-            while not self._deliveries or self.closed:
-                if self.closed:
-                    return None
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self.cond.wait(left)
-            self._in_hand += 1
-            return self._deliveries.popleft()
+        taken, _ = self.take(1, deadline)
+        return taken[0] if taken else None
 
     def take(self, limit: int, deadline: float | None) -> tuple[list[Delivery], bool]:
-        """Up to ``limit`` deliveries, waiting as :meth:`next` does for the
-        first (none: the deadline passed or the buffer closed), and whether
-        read-ahead is now low (:meth:`low`), under one hold of the lock."""
+        """Up to ``limit`` deliveries, waiting for the first until
+        ``deadline`` (none when it passes or the buffer closes: what is
+        still buffered then stays in the queue), and whether read-ahead is
+        now low (:meth:`low`), under one hold of the lock."""
         with self.lock:
             while not self._deliveries or self.closed:
                 if self.closed:
