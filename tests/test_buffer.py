@@ -61,9 +61,9 @@ def test_a_run_is_taken_in_order_and_counts_as_pending_until_handled() -> None:
     for delivery in run:
         buffer.handled(delivery.node)
     assert buffer.pending == 2
-    rest, _ = buffer.take_ready(10)
+    rest, _ = buffer.take(10, 0)  # what is buffered: no waiting
     assert [d.message for d in rest] == [message(4), message(5)]
-    assert buffer.take_ready(10) == ([], False)
+    assert buffer.take(10, 0) == ([], False)
     assert buffer.take(10, time.monotonic() + 0.05) == ([], False)  # the deadline passed
     for delivery in rest:
         buffer.handled(delivery.node)
@@ -90,7 +90,7 @@ def test_a_closed_buffer_gives_no_run() -> None:
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
     buffer.close()
     assert buffer.take(10, None) == ([], False)  # at once, though a message is buffered
-    assert buffer.take_ready(10) == ([], False)
+    assert buffer.take(10, 0) == ([], False)
 
 
 def test_a_waiting_take_wakes_when_a_message_arrives() -> None:

@@ -316,14 +316,6 @@ class DeliveryBuffer:
                 self.cond.wait(left)
             return self._take(limit), self._low()
 
-    def take_ready(self, limit: int) -> tuple[list[Delivery], bool]:
-        """Up to ``limit`` deliveries buffered already (no waiting), and
-        whether read-ahead is now low."""
-        with self.lock:
-            if self.closed:
-                return [], False
-            return self._take(limit), self._low()
-
     def _take(self, limit: int) -> list[Delivery]:
         deliveries = self._deliveries
         if len(deliveries) <= limit:

@@ -129,10 +129,7 @@ class Feed:
 
     def take_ready(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries that are read already (no waiting)."""
-        taken, low = self._sub._buffer.take_ready(limit)
-        if low:
-            self._sub._pump.wake()
-        return taken
+        return self._sub._take(limit, 0.0)  # a deadline passed already: no waiting
 
     def retry_wait(self, attempt: int) -> float:
         return self._sub._retry_wait(attempt)
@@ -405,10 +402,16 @@ class Subscription:
     # -- hand-off between threads ---------------------------------------------
 
     def _next(self, deadline: float | None) -> Delivery | None:
-        delivery = self._buffer.next(deadline)
-        if delivery is not None:
-            self._read_ahead()
-        return delivery
+        run = self._take(1, deadline)
+        return run[0] if run else None
+
+    def _take(self, limit: int, deadline: float | None) -> list[Delivery]:
+        """Up to ``limit`` deliveries read already, waiting for the first
+        until ``deadline``; wakes the pump if read-ahead ran low."""
+        run, low = self._buffer.take(limit, deadline)
+        if low:
+            self._pump.wake()
+        return run
 
     def _read_ahead(self) -> None:
         """Messages were taken: wake the pump if read-ahead ran low."""
@@ -485,11 +488,9 @@ class Subscription:
         assert self._handler is not None
         handler, buffer = self._handler, self._buffer
         while True:
-            run, low = buffer.take(RUN_LENGTH, None)
+            run = self._take(RUN_LENGTH, None)
             if not run:
                 return  # closed
-            if low:
-                self._pump.wake()
             for delivery in run:
                 if buffer.closed:
                     return  # the rest of the run stays queued, as the buffer's
