@@ -6,11 +6,17 @@ caller's back; every wait has a deadline; connection errors become
 :class:`ConnectionLost`, and :func:`translated` turns any other kazoo error
 into :class:`ZooKeeperError` at the public API.
 
-kazoo's connection loop dies on a reply it did not expect (a duplicate, or
-one for a request it no longer waits for); kazoo then reports the session
-closed and never reconnects. The loop is started again here, on a new
-session; a stop that comes while it is being started waits for that and
-then stops it.
+kazoo matches each reply to the oldest request it waits for, and its
+connection loop dies on a reply that is not that one's (a reply sent twice,
+or one for no request; ZooKeeper 3.8.0 at times answers a sync twice when
+the client has reconnected to another server while its session is being
+closed): the session would be lost with it. Here such a
+reply drops the connection instead, as ZooKeeper's own client does, and
+kazoo connects again on the same session; the requests it waited for fail
+as on any lost connection. Should the loop die of another error, kazoo
+reports the session closed and never reconnects: the loop is started again
+here, on a new session; a stop that comes while it is being started waits
+for that and then stops it.
 
 A server can end a session while a connection of that session stays open
 (the session was closed through another connection to the same server):
@@ -43,6 +49,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import (
     AuthFailedError,
     ConnectionClosedError,
+    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -255,7 +262,26 @@ class Connection:
             return send(request, async_object)
 
         self.kazoo._call = counted
+        self._drop_on_unexpected_replies()
         self.kazoo.add_listener(self._on_state)
+
+    def _drop_on_unexpected_replies(self) -> None:
+        """Make a reply to no waiting request drop the connection (kazoo's
+        loop would die of it: "xids do not match", or an empty deque)."""
+        kazoo = self.kazoo
+        reader = kazoo._connection
+        read_response = reader._read_response
+
+        def checked(header: Any, buffer: bytes, offset: int) -> Any:  # kazoo's connection thread
+            waiting = kazoo._pending
+            if not waiting or waiting[0][2] != header.xid:
+                expected = waiting[0][2] if waiting else None
+                raise ConnectionDropped(
+                    f"a reply with xid {header.xid} while waiting for xid {expected}"
+                )
+            return read_response(header, buffer, offset)
+
+        reader._read_response = checked
 
     @property
     def requests(self) -> int:
@@ -526,11 +552,11 @@ class Connection:
 
     def result(self, async_result: Any, deadline: float | None, what: str) -> Any:
         """Wait for one request. Connection errors raise ``ConnectionLost``
-        (so does kazoo's "xids do not match", an answer that will never
-        come); an ACL's refusal raises ``NotAuthorized`` (also for one
-        operation of a transaction: nothing of it was applied) and a refused
-        login ``AuthenticationFailed``; other kazoo errors (NoNodeError…) are
-        left for the caller."""
+        (so would kazoo's "xids do not match", an answer that will never
+        come, were the reply not caught first); an ACL's refusal raises
+        ``NotAuthorized`` (also for one operation of a transaction: nothing
+        of it was applied) and a refused login ``AuthenticationFailed``;
+        other kazoo errors (NoNodeError…) are left for the caller."""
         try:
             value = async_result.get(timeout=remaining(deadline))
         except (NoAuthError, AuthFailedError, SessionClosedRequireSaslError) as exc:
@@ -548,8 +574,9 @@ class Connection:
         except _CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"{what}: {type(exc).__name__}") from exc
         except RuntimeError as exc:
-            # kazoo's "xids do not match": a reply it did not expect ended
-            # its connection loop; whether this request was applied is unknown
+            # kazoo's "xids do not match" (a reply it did not expect, which
+            # _drop_on_unexpected_replies catches first): whether this
+            # request was applied is unknown
             raise ConnectionLost(f"{what}: the connection loop stopped ({exc.args[0]})") from exc
         if isinstance(value, list):
             if any(isinstance(r, SessionExpiredError) for r in value):

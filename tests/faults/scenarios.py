@@ -99,38 +99,44 @@ observed: new leader epochs in the servers' logs, connections the clients
 lost, sessions and registrations the servers saw end and come back,
 publishing stalls. No scenario tolerates a publish of unknown outcome.
 
-The scenarios, by number: (1) the leader killed with
-SIGKILL five times during a publish burst, each time started again;
-(2) the follower most clients are connected to killed, twice; (3) a
-rolling restart; (4) two of three servers killed for 1.5 session
-timeouts; (5) the leader stopped for half a session timeout, then the
-busiest server for two; (6) the leader, then the busiest follower, cut
-off from the other servers for two session timeouts each; (7) a
-publisher's connection lost before a transaction reached the server and
-after it was applied (4 times each), the same for a subscriber deleting
-what it handled (3 times each), a reply delivered twice (which kills
-kazoo's connection loop), a lost reply followed by the expiry of the
-publisher's session; (8a) subscribers' sessions closed on the server 12
-times, (8b) a publisher's 3 times while its fan-outs are split over
-several transactions, (8c) the cleaner leader's twice while a dead
-client's queue waits for removal, (8d) a subscriber cut off for two
-session timeouts, twice, (8e) a durable subscriber process killed with
-SIGKILL while publishing goes on, and started again within the grace;
-(11) two subscriber processes killed with SIGKILL mid-stream, their
-queues removed by the cleaner while publishing goes on; (12) the data
-directory of one server (running as an unprivileged user) taken away; the
-server fails on its next write and exits; (13) a subscriber whose
-handler blocks, with `max_backlog` 30, among three healthy ones while two
-publishers publish as fast as they can: its queue, counted from the
-servers' logs, stays within the bound plus the documented overshoot (what
-the other publisher writes between two reads of its depth, one node and
-one marker per publisher), the healthy subscribers get everything; then
-it is released, works off its queue, is told of each overflow marker
-(the gap notices' counts add up to the skips the logs show), and gets
-what is published next. The original zookeeper-mq
-procedure kills the leader of five servers, wipes its data directory and
-starts it again, over and over, while 300 items are written and read back
-(once as messages of a topic, once through the work queue).
+The scenarios, by number: (1) the leader killed with SIGKILL five times
+during a publish burst, each time started again; (2) the follower most
+clients are connected to killed, twice; (3) a rolling restart; (4) two of
+three servers killed for 1.5 session timeouts; (5) the leader stopped for
+half a session timeout, then the busiest server for two; (6) the leader,
+then the busiest follower, cut off from the other servers for two session
+timeouts each; (7) a publisher's connection lost before a transaction
+reached the server and after it was applied (4 times each), the same for a
+subscriber deleting what it handled (3 times each), a reply delivered
+twice to a subscriber (kazoo's connection loop would die of it; the client
+drops the connection and keeps its session), a lost reply followed by the
+expiry of the publisher's session; (8a) subscribers' sessions closed on
+the server 12 times, (8b) a publisher's 3 times while its fan-outs are
+split over several transactions (ZooKeeper 3.8.0 at times answers the
+publisher's sync twice here, on a connection made to another server while
+the session is being closed: the reply of (7) that comes twice), (8c) the
+cleaner leader's twice while a dead client's queue waits for removal, (8d)
+a subscriber cut off for two session timeouts, twice, (8e) a durable
+subscriber process killed with SIGKILL while publishing goes on, and
+started again within the grace; (11) two subscriber processes killed with
+SIGKILL mid-stream, their queues removed by the cleaner while publishing
+goes on; (12) the data directory of one server (running as an unprivileged
+user) taken away; the server fails on its next write and exits; (13) a
+subscriber whose handler blocks, with `max_backlog` 30, among three
+healthy ones while two publishers publish as fast as they can: its queue,
+counted from the servers' logs, stays within the bound plus the documented
+overshoot (what the other publisher writes between two reads of its depth,
+one node and one marker per publisher), the healthy subscribers get
+everything; then it is released, works off its queue, is told of each
+overflow marker (the gap notices' counts add up to the skips the logs
+show), and gets what is published next; (S1) and (S8a) scenarios 1 and 8a
+again (three kills; the sessions of the three subscribers) on an ensemble
+that enforces authentication, every client with credentials and every node
+under the secured ACL policy (`tests/faults/test_secured_faults.py`). The
+original zookeeper-mq procedure kills the leader of five servers, wipes
+its data directory and starts it again, over and over, while 300 items are
+written and read back (once as messages of a topic, once through the work
+queue).
 
 The checker is tested against the fault it exists for: the run of 8e with
 a subscriber that, once registered again, deletes the 20 oldest nodes of
@@ -174,18 +180,21 @@ The scenarios: (Q1) the leader killed with SIGKILL three times while two
 producers and four workers (two reserving one item at a time, two four)
 run; (Q6) the leader cut off from the other servers for two session
 timeouts; (Q7) a producer's connection lost before its put reached the
-server and after it was applied (4 times each); a worker's lost before
-and after its ack was applied (3 times each); (Q8) the session of a worker
+server and after it was applied (4 times each); a worker's lost before and
+after its ack was applied (3 times each); (Q8) the session of a worker
 holding an item ended on the server: the item goes to another worker with
-one attempt more, the first worker's ack is refused, and it works on;
-(Q9) worker processes killed with SIGKILL before handling an item, after
+one attempt more, the first worker's ack is refused, and it works on; (Q9)
+worker processes killed with SIGKILL before handling an item, after
 handling it, and during the ack (once with the ack applied and its reply
 lost, once with the request lost); (Q10) a worker process stopped with
 SIGSTOP past its session timeout, then resumed: its ack is refused both
-while another worker holds the item and after it acked it; the original
+while another worker holds the item and after it acked it; (SQ1) the
+leader killed twice under one producer and two workers (one reserving one
+item at a time, one four) on the secured ensemble of (S1); the original
 procedure on the queue (see above). Two workers of one client, sharing its
-session, race for one item while the reply of the first reserve transaction
-is lost with the second in flight behind it: exactly one gets the item
+session, race for one item while the reply of the first reserve
+transaction is lost with the second in flight behind it: exactly one gets
+the item
 (`test_a_lost_reserve_answer_never_claims_a_sibling_workers_item`).\
 """
 
