@@ -446,11 +446,12 @@ def test_the_checker_catches_a_subscriber_that_truncates_its_backlog_when_it_com
     show written: a subscriber that loses part of its backlog when it
     registers again is caught, message by message."""
     done, truncated, name = _durable_subscriber_comes_back(
-        ensemble, scenario, "/s8e-faulty", truncate_backlog=20
+        ensemble, scenario, "/s8e-faulty", truncate_backlog=40
     )
-    assert len(truncated) == 20, truncated
+    assert len(truncated) == 40, truncated
     # the oldest nodes may hold messages it had handled but not yet deleted
-    # when it was killed (deletes are batched): those it did get
+    # when it was killed (deletes are batched): those it did get (13 of 20
+    # in one run; 40 leave room for more)
     got = {d.key for d in done.history.deliveries if d.subscriber == name}
     never = [key for key in truncated if key not in got]
     assert len(never) >= 10, (truncated, got)
