@@ -8,15 +8,16 @@ into :class:`ZooKeeperError` at the public API.
 
 kazoo matches each reply to the oldest request it waits for, and its
 connection loop dies on a reply that is not that one's (a reply sent twice,
-or one for no request; ZooKeeper 3.8.0 at times answers a sync a second
-time, with a marshalling error, when the client has reconnected to another
-server while its session is being closed): the session would be lost with
-it. Here such a reply drops the connection instead, as ZooKeeper's own
-client does, and kazoo connects again on the same session; the requests it
-waited for fail as on any lost connection. Should the loop die of another
-error, kazoo reports the session closed and never reconnects: the loop is
-started again here, on a new session; a stop that comes while it is being
-started waits for that and then stops it.
+or one for no request; when the client has reconnected to another server
+while its session is being closed, ZooKeeper 3.8.0 at times answers a sync
+a second time, with a marshalling error, or answers a later request before
+an earlier one): the session would be lost with it. Here such a reply drops
+the connection instead, as ZooKeeper's own client does, and kazoo connects
+again on the same session; the requests it waited for fail as on any lost
+connection. Should the loop die of another error, kazoo reports the session
+closed and never reconnects: the loop is started again here, on a new
+session; a stop that comes while it is being started waits for that and
+then stops it.
 
 A server can end a session while a connection of that session stays open
 (the session was closed through another connection to the same server):

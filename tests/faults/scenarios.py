@@ -112,31 +112,32 @@ twice to a subscriber (kazoo's connection loop would die of it; the client
 drops the connection and keeps its session), a lost reply followed by the
 expiry of the publisher's session; (8a) subscribers' sessions closed on
 the server 12 times, (8b) a publisher's 3 times while its fan-outs are
-split over several transactions (ZooKeeper 3.8.0 at times answers the
-publisher's sync a second time here, with a marshalling error, on a
-connection made to another server while the session is being closed: the
-reply of (7) that comes twice), (8c) the cleaner leader's twice while a
-dead client's queue waits for removal, (8d) a subscriber cut off for two
-session timeouts, twice, (8e) a durable subscriber process killed with
-SIGKILL while publishing goes on, and started again within the grace; (11)
-two subscriber processes killed with SIGKILL mid-stream, their queues
-removed by the cleaner while publishing goes on; (12) the data directory
-of one server (running as an unprivileged user) taken away; the server
-fails on its next write and exits; (13) a subscriber whose handler blocks,
-with `max_backlog` 30, among three healthy ones while two publishers
-publish as fast as they can: its queue, counted from the servers' logs,
-stays within the bound plus the documented overshoot (what the other
-publisher writes between two reads of its depth, one node and one marker
-per publisher), the healthy subscribers get everything; then it is
-released, works off its queue, is told of each overflow marker (the gap
-notices' counts add up to the skips the logs show), and gets what is
-published next; (S1) and (S8a) scenarios 1 and 8a again (three kills; the
-sessions of the three subscribers) on an ensemble that enforces
-authentication, every client with credentials and every node under the
-secured ACL policy (`tests/faults/test_secured_faults.py`). The original
-zookeeper-mq procedure kills the leader of five servers, wipes its data
-directory and starts it again, over and over, while 300 items are written
-and read back (once as messages of a topic, once through the work queue).
+split over several transactions (on a connection made to another server
+while the session is being closed, ZooKeeper 3.8.0 at times answers the
+publisher's sync a second time here, with a marshalling error, or answers
+a later request first: replies the client is not waiting for, as in (7)),
+(8c) the cleaner leader's twice while a dead client's queue waits for
+removal, (8d) a subscriber cut off for two session timeouts, twice, (8e) a
+durable subscriber process killed with SIGKILL while publishing goes on,
+and started again within the grace; (11) two subscriber processes killed
+with SIGKILL mid-stream, their queues removed by the cleaner while
+publishing goes on; (12) the data directory of one server (running as an
+unprivileged user) taken away; the server fails on its next write and
+exits; (13) a subscriber whose handler blocks, with `max_backlog` 30,
+among three healthy ones while two publishers publish as fast as they can:
+its queue, counted from the servers' logs, stays within the bound plus the
+documented overshoot (what the other publisher writes between two reads of
+its depth, one node and one marker per publisher), the healthy subscribers
+get everything; then it is released, works off its queue, is told of each
+overflow marker (the gap notices' counts add up to the skips the logs
+show), and gets what is published next; (S1) and (S8a) scenarios 1 and 8a
+again (three kills; the sessions of the three subscribers) on an ensemble
+that enforces authentication, every client with credentials and every node
+under the secured ACL policy (`tests/faults/test_secured_faults.py`). The
+original zookeeper-mq procedure kills the leader of five servers, wipes
+its data directory and starts it again, over and over, while 300 items are
+written and read back (once as messages of a topic, once through the work
+queue).
 
 The checker is tested against the fault it exists for: the run of 8e with
 a subscriber that, once registered again, deletes the 40 oldest nodes of

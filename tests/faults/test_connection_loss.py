@@ -149,8 +149,9 @@ def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemb
 def test_a_reply_delivered_twice_costs_a_connection_not_the_session(ensemble, scenario):
     """kazoo's connection loop would die on a reply it did not expect
     ("xids do not match", seen in production, and in scenario 8b, where
-    ZooKeeper 3.8.0 at times answers a sync twice) and never reconnect by
-    itself; the client drops the connection instead and keeps its session."""
+    ZooKeeper 3.8.0 at times answers a sync twice or a later request first)
+    and never reconnect by itself; the client drops the connection instead
+    and keeps its session."""
     ens = ensemble(3)
     injector = FaultInjector(ens.cluster)
     proxies = client_proxies(ens.cluster)
