@@ -84,6 +84,21 @@ def test_taking_a_run_says_when_read_ahead_runs_low() -> None:
     assert len(run) == 2 and low is True  # one left, names waiting: read more
 
 
+def test_a_consumer_off_our_threads_is_told_when_read_ahead_runs_low() -> None:
+    buffer = DeliveryBuffer(prefetch=4)
+    names = [name(i) for i in range(1, 9)]
+    buffer.listed(names, [])
+    first = buffer.to_fetch()
+    buffer.fetched(first, [Delivery(Node(n, 1), message(i)) for i, n in enumerate(first, 1)])
+    delivery, low = buffer.next_or_notify(lambda: None)
+    assert delivery is not None and delivery.message == message(1) and low is False
+    buffer.next_or_notify(lambda: None)
+    delivery, low = buffer.next_or_notify(lambda: None)
+    assert delivery is not None and delivery.message == message(3)
+    assert low is True  # one left, names waiting: read more
+    assert buffer.pending == 8  # the three taken count until handled
+
+
 def test_a_closed_buffer_gives_no_run() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     buffer.listed([name(1)], [])
@@ -250,14 +265,14 @@ def test_a_consumer_off_our_threads_is_told_once_when_messages_arrive() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     told: list[int] = []
     buffer.listed([name(1), name(2), name(3)], [])
-    assert buffer.next_or_notify(lambda: told.append(1)) is None  # nothing read yet
+    assert buffer.next_or_notify(lambda: told.append(1)) == (None, False)  # nothing read yet
     buffer.fetched([name(1)], [Delivery(Node(name(1), 0))])  # a node with no message
     assert told == []  # nothing to hand out: still waiting
     buffer.fetched([name(2)], [Delivery(Node(name(2), 1), message(2))])
     buffer.fetched([name(3)], [Delivery(Node(name(3), 1), message(3))])
     assert told == [1]  # once, however many reads follow
-    first = buffer.next_or_notify(lambda: told.append(2))
-    second = buffer.next_or_notify(lambda: told.append(3))
+    first, _ = buffer.next_or_notify(lambda: told.append(2))
+    second, _ = buffer.next_or_notify(lambda: told.append(3))
     assert first is not None and first.message == message(2)
     assert second is not None and second.message == message(3)
     assert told == [1]  # taken without waiting: nobody asked to be told
@@ -266,11 +281,11 @@ def test_a_consumer_off_our_threads_is_told_once_when_messages_arrive() -> None:
 def test_closing_tells_a_waiting_consumer_and_a_closed_buffer_asks_nothing() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     told: list[str] = []
-    assert buffer.next_or_notify(lambda: told.append("waiting")) is None
+    assert buffer.next_or_notify(lambda: told.append("waiting")) == (None, False)
     buffer.close()
     assert told == ["waiting"]
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
-    assert buffer.next_or_notify(lambda: told.append("after close")) is None
+    assert buffer.next_or_notify(lambda: told.append("after close")) == (None, False)
     assert told == ["waiting"]
 
 

@@ -326,20 +326,20 @@ class DeliveryBuffer:
         self._in_hand += len(taken)
         return taken
 
-    def next_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
-        """The next delivery if one is buffered; otherwise ``None``, and
-        ``notify()`` is called once (from the pump's thread or kazoo's
-        connection thread, so it must only hand off) when deliveries arrive
-        or the buffer closes. Nothing is
-        asked of a closed buffer: it returns ``None`` at once."""
+    def next_or_notify(self, notify: Callable[[], None]) -> tuple[Delivery | None, bool]:
+        """The next delivery if one is buffered, and whether read-ahead is
+        now low (:meth:`low`), under one hold of the lock; otherwise
+        ``None``, and ``notify()`` is called once (from the pump's thread or
+        kazoo's connection thread, so it must only hand off) when deliveries
+        arrive or the buffer closes. Nothing is asked of a closed buffer:
+        it returns ``None`` at once."""
         with self.lock:
             if self.closed:
-                return None
+                return None, False
             if self._deliveries:
-                self._in_hand += 1
-                return self._deliveries.popleft()
+                return self._take(1)[0], self._low()
             self._notify = notify
-            return None
+            return None, False
 
     def _take_notify(self) -> Callable[[], None] | None:
         notify, self._notify = self._notify, None

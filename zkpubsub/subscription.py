@@ -118,10 +118,7 @@ class Feed:
         """The next delivery if one is read already; otherwise ``None`` and
         ``notify()`` is called once (from the pump's thread: it must only
         hand off) when there are some, or the feed closed."""
-        delivery = self._sub._buffer.next_or_notify(notify)
-        if delivery is not None:
-            self._sub._read_ahead()
-        return delivery
+        return self._sub._take_or_notify(notify)
 
     @property
     def closed(self) -> bool:
@@ -409,13 +406,18 @@ class Subscription:
         """Up to ``limit`` deliveries read already, waiting for the first
         until ``deadline``; wakes the pump if read-ahead ran low."""
         run, low = self._buffer.take(limit, deadline)
-        if low:
-            self._pump.wake()
+        self._read_ahead(low)
         return run
 
-    def _read_ahead(self) -> None:
-        """Messages were taken: wake the pump if read-ahead ran low."""
-        if self._buffer.low():
+    def _take_or_notify(self, notify: Callable[[], None]) -> Delivery | None:
+        """:meth:`Feed.next_or_notify`; wakes the pump if read-ahead ran low."""
+        delivery, low = self._buffer.next_or_notify(notify)
+        self._read_ahead(low)
+        return delivery
+
+    def _read_ahead(self, low: bool) -> None:
+        """Messages were taken: wake the pump if read-ahead ran ``low``."""
+        if low:
             self._pump.wake()
 
     def _ack_held(self) -> None:
