@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -274,10 +275,10 @@ def load_credentials(path: str | os.PathLike[str]) -> Security:
     publishers = ["sasl:billing"]
     subscribers = ["sasl:billing", "sasl:search"]
     """
-    try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:  # Python 3.10
-        raise RuntimeError("reading a credentials file needs Python 3.11 or later") from exc
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser, from PyPI (a dependency on Python 3.10)
+        import tomli as tomllib
     with open(path, "rb") as f:
         data = tomllib.load(f)
     unknown = set(data) - {"acl", "auth", "tls", "roles"}
