@@ -13,6 +13,11 @@
 #   bash scripts/dev.sh matrix [--suite S]... [--image I]...
 #                               the core suite against each ZooKeeper version that Debian's
 #                               releases ship; writes docs/zookeeper-versions.md
+#   bash scripts/dev.sh pythons [3.X]... [-- PYTEST ARGS]
+#                               the core suite on each other Python the package supports
+#                               (default 3.10, 3.12, 3.13), each in a venv of its own under
+#                               .venv-pythons/; a version not on the machine is reported and
+#                               skipped, a failure of any other fails the command
 #   bash scripts/dev.sh image [SUITE]   only build the image (zkpubsub-zookeeper:SUITE)
 #   bash scripts/dev.sh docker-down     remove the backend's containers; stop a dockerd
 #                                       that these commands started
@@ -190,6 +195,86 @@ zookeeper_image() {
     bash scripts/zookeeper-image.sh "${1:-bookworm}"
 }
 
+# -- other Pythons ---------------------------------------------------------------------
+# The package says it runs on Python 3.10 and later (pyproject.toml); the main
+# venv has the machine's python3. These run a core of the suite on the others:
+# the pure modules, publishing and receiving, the work queue, asyncio, the
+# connection's handling of kazoo, security, the gateway and the CLI.
+PYTHONS_DEFAULT=(3.10 3.12 3.13)
+PYTHONS_SUBSET=(
+    tests/test_envelope.py
+    tests/test_layout.py
+    tests/test_buffer.py
+    tests/test_planning.py
+    tests/test_ranking.py
+    tests/test_bad_input.py
+    tests/test_connection.py
+    tests/test_pubsub.py
+    tests/test_receive.py
+    tests/test_workqueue.py
+    tests/test_aio.py
+    tests/test_cache.py
+    tests/test_security.py
+    tests/test_gateway.py
+    tests/test_cli.py
+)
+
+find_python() {
+    # python3.X on the PATH (a working one: a pyenv shim of a version that is
+    # not selected fails), else one of pyenv's installs
+    local version="$1" candidate
+    for candidate in "$(command -v "python$version" 2>/dev/null || true)" \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/"python$version"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+            "$candidate" -c 'import sys, venv' >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+test_pythons() {
+    local versions=() args=() version python venv status=0 started
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+            --) shift; args=("$@"); break ;;
+            3.*) versions+=("$1"); shift ;;
+            *) echo "pythons: not a Python version: $1 (3.X, or -- before pytest's arguments)" >&2; exit 2 ;;
+        esac
+    done
+    if [ "${#versions[@]}" -eq 0 ]; then
+        versions=("${PYTHONS_DEFAULT[@]}")
+    fi
+    if [ "${#args[@]}" -eq 0 ]; then
+        args=("${PYTHONS_SUBSET[@]}")
+    fi
+    for version in "${versions[@]}"; do
+        if ! python=$(find_python "$version"); then
+            echo "Python $version: not found on this machine, skipped" >&2
+            continue
+        fi
+        venv=".venv-pythons/$version"
+        started=$(date +%s)
+        if [ ! -f "$venv/.zkpubsub-installed" ] || [ pyproject.toml -nt "$venv/.zkpubsub-installed" ]; then
+            echo "Python $version ($python): installing zkpubsub and its test tools into $venv..." >&2
+            rm -rf "$venv"
+            "$python" -m venv "$venv"
+            "$venv/bin/python" -m pip install -q --upgrade pip
+            "$venv/bin/python" -m pip install -q -e '.[test]'
+            touch "$venv/.zkpubsub-installed"
+        fi
+        echo "Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'): running ${#args[@]} test paths..." >&2
+        if in_background "$venv/bin/python" -m pytest -q -p no:cacheprovider "${args[@]}"; then
+            echo "Python $version: passed in $(($(date +%s) - started)) s" >&2
+        else
+            status=1
+            echo "Python $version: FAILED after $(($(date +%s) - started)) s" >&2
+        fi
+    done
+    return "$status"
+}
+
 CHILD=""
 
 on_signal() {
@@ -252,6 +337,14 @@ case "${1:-}" in
         zookeeper_image "$@"
         ;;
     docker-down) docker_down ;;
+    pythons)
+        install_zookeeper
+        install_openssl
+        shift
+        trap 'on_signal 143' TERM
+        trap 'on_signal 130' INT
+        test_pythons "$@"
+        ;;
     matrix)
         install_venv
         shift
@@ -263,7 +356,7 @@ case "${1:-}" in
         in_background "$VENV/bin/python" scripts/version_matrix.py "$@"
         ;;
     *)
-        echo "usage: bash scripts/dev.sh install|demo|test|check|test-containers|matrix|image|docker-down" >&2
+        echo "usage: bash scripts/dev.sh install|demo|test|check|test-containers|pythons|matrix|image|docker-down" >&2
         exit 2
         ;;
 esac
