@@ -163,7 +163,9 @@ stopped between any two steps) reserve, handle and ack them. The checker
   worker died counts again); **done**: distinct items acked;
 * **lost**: acknowledged puts no worker acked. Must be 0;
 * **unexpected**: reservations of items never put (must be 0);
-  **put duplicates**: puts that became more than one item (must be 0);
+  **put duplicates**: puts that became more than one item, as the workers
+  saw them (one put's key under two item ids) or as the servers' logs
+  show them (one put's key in two item nodes created; must be 0);
   **double acks**: items acked more than once (must be 0);
 * **double holds**: items held by two workers at once, seen two ways: by
   time (each hold is live from its reservation until its ack or release,

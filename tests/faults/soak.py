@@ -263,7 +263,7 @@ def run_queue_soak(
         history = wl.history()
         what = f"queue soak: {servers} servers, {workers} workers"
         ledger = wl.ledger()
-        result = check_queue(history, ledger.sessions)
+        result = check_queue(history, ledger.sessions, items=ledger.items)
         return _outcome(what, injector, kill_every, started, result, audit, history.notes, ledger)
     finally:
         wl.close()

@@ -262,3 +262,30 @@ def test_the_ledger_sees_an_evicted_queue_skipped_and_its_messages_deleted_unrea
     assert ledger.skipped(("p", 4)) == {}
     removal = ledger.removals[("ev", ("p", 1))]
     assert removal.evicted and removal.session == 50 and removal.at == 6.0
+
+
+def test_the_ledger_lists_the_item_nodes_each_put_became() -> None:
+    from zkpubsub.testing.txnlog import Op
+
+    items = "/r/queues/q/items"
+    name = "q000-s0000000001-f68d32aba2f9-"
+
+    def txn(zxid: int, *ops: tuple[str, bytes]) -> Txn:
+        return Txn(zxid, float(zxid), 5, MULTI, tuple(Op("create", p, d, False) for p, d in ops))
+
+    ledger = replay(
+        [
+            txn(1, ("/r/queues/q", b""), (items, b""), (f"{items}/s0000000001", b"")),
+            txn(2, (f"{items}/s0000000001/{name}0000000000", envelope(("p", 1)))),
+            txn(3, (f"{items}/s0000000001/{name}0000000001", envelope(("p", 2)))),
+            txn(4, (f"{items}/s0000000001/{name}0000000002", envelope(("p", 2)))),  # again
+            txn(5, ("/r/queues/q/dead/x", envelope(("p", 3)))),  # not an item node
+        ],
+        "/r",
+    )
+    assert [w.zxid for w in ledger.items[("p", 1)]] == [2]
+    assert [(w.queue, w.zxid, w.session) for w in ledger.items[("p", 2)]] == [
+        ("q", 3, 5),
+        ("q", 4, 5),
+    ]
+    assert ("p", 3) not in ledger.items

@@ -189,7 +189,7 @@ def test_original_procedure_on_the_work_queue(ensemble, scenario):
 
     injector, values, extra = run_procedure(ensemble, "/original-queue", connect)
     ledger = servers_ledger(injector, "/original-queue")
-    result = check_queue(recorder.history(), ledger.sessions)
+    result = check_queue(recorder.history(), ledger.sessions, items=ledger.items)
     scenario.record(
         "original procedure on the queue (5 servers, kill -9 + wipe leader)",
         result,

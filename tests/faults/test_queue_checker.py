@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zkpubsub import ReservationLost
 from zkpubsub.errors import OperationTimeout
-from zkpubsub.testing.ledger import SessionSpan
+from zkpubsub.testing.ledger import ItemWrite, SessionSpan
 from zkpubsub.testing.queue_checker import check_queue
 from zkpubsub.testing.queue_history import (
     HoldRecord,
@@ -132,3 +132,22 @@ def test_a_hold_stops_being_live_when_its_session_ends_on_the_server():
     assert check_queue(history, sessions).ok  # its session ended at 5.0
     late = {**sessions, "zombie": [SessionSpan(1, 0.5, 6.5)]}
     assert check_queue(history, late).double_holds == 1  # still live at 6.0
+
+
+def test_a_put_the_servers_logged_as_two_item_nodes_is_a_put_duplicate() -> None:
+    rec = recorded(2)
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w1", 2, 1, "acked")
+    item = "/r/queues/q/items/s0000000001/q000-s0000000001-f68d32aba2f9-"
+    once = {("p", 1): [ItemWrite("q", 3, 1.0, 7, f"{item}0000000001")]}
+    assert check_queue(rec.history(), items=once).ok
+    twice = {
+        ("p", 1): [ItemWrite("q", 3, 1.0, 7, f"{item}0000000001")],
+        ("p", 2): [
+            ItemWrite("q", 4, 1.1, 7, f"{item}0000000002"),
+            ItemWrite("q", 9, 2.5, 7, f"{item}0000000005"),
+        ],
+    }
+    result = check_queue(rec.history(), items=twice)
+    assert result.put_duplicates == 1 and not result.ok, result.describe()
+    assert any("('p', 2) written as 2 item nodes" in e and "zxid 0x9" in e for e in result.examples)

@@ -161,7 +161,7 @@ def test_sq1_secured_leader_kill_nine_under_a_work_queue(ensemble, scenario):
         )
         wl.stop_workers()
         history, ledger = wl.history(), wl.ledger()
-        result = check_queue(history, ledger.sessions)
+        result = check_queue(history, ledger.sessions, items=ledger.items)
         scenario.record(
             "SQ1 secured: leader kill -9 x2, 2 workers",
             result,

@@ -19,6 +19,9 @@ layout of ``docs/wire-format.md`` and nothing of the client library:
   to other queues skipped as full (:class:`Skip`): it created or counted
   into an overflow marker there, or, under ``evict``, marked the queue's
   record ``full`` or checked a record so marked;
+* each work item node created under a queue's ``items/``, with the
+  workload keys its envelope carries (:class:`ItemWrite`): a put whose
+  key shows in two item nodes was written twice;
 * the intervals during which each subscription was registered, each
   client's sessions, and the leader epochs seen.
 
@@ -36,7 +39,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from ..layout import inline_data, parse_queue_entry, parse_segment_node
+from ..layout import inline_data, parse_item_node, parse_queue_entry, parse_segment_node
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -51,6 +54,17 @@ class QueueWrite:
     topic: str
     zxid: int
     at: float
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemWrite:
+    """A work item node created in ``queue``'s ``items/``, by ``session``."""
+
+    queue: str
+    zxid: int
+    at: float
+    session: int
     path: str
 
 
@@ -130,6 +144,8 @@ class Ledger:
         default_factory=lambda: defaultdict(list)
     )
     sessions: dict[str, list[SessionSpan]] = field(default_factory=lambda: defaultdict(list))
+    # key -> the work item nodes created carrying it
+    items: dict[Key, list[ItemWrite]] = field(default_factory=lambda: defaultdict(list))
     epochs: tuple[int, ...] = ()
     transactions: int = 0
 
@@ -201,6 +217,7 @@ class _Replay:
         self.clients = f"{base}/clients/"
         self.subscribers = f"{base}/subscribers/"
         self.messages = f"{base}/messages/"
+        self.queues = f"{base}/queues/"
         self.ledger = Ledger()
         self.client_owner: dict[str, int] = {}
         self.client_gone_at: dict[str, float] = {}
@@ -293,6 +310,12 @@ class _Replay:
                 missed = _missed(data)
                 self.ledger.markers[path] = Marker(*marker, txn.at, txn.at, missed)
             self._set(path, data, txn)
+        elif path.startswith(self.queues):
+            parts = path[len(self.queues) :].split("/")
+            if len(parts) >= 3 and parts[1] == "items" and parse_item_node(parts[-1]):
+                write = ItemWrite(parts[0], txn.zxid, txn.at, txn.session, path)
+                for key in decode_keys(data):
+                    self.ledger.items[key].append(write)
 
     def _set(self, path: str, data: bytes, txn: Txn) -> None:
         """A queue record or an overflow marker written."""

@@ -8,7 +8,10 @@ The rules (:func:`check_queue`), each must be zero:
 * **unexpected**: a reservation of an item nobody tried to put, or of a put
   that failed before anything was sent.
 * **put duplicates**: one put that became several items (a retried put
-  written twice).
+  written twice): seen by the workers (one put's key reserved under two
+  item ids), and, given the servers' logs (``items``, from
+  :attr:`~zkpubsub.testing.ledger.Ledger.items`), as a put's key in two
+  item nodes created.
 * **double acks**: one item acked more than once.
 * **double holds**: one item held by two workers at once, seen two ways.
   By time, without trusting the library: each hold is *live* from its
@@ -43,7 +46,7 @@ from kazoo.exceptions import NoNodeError
 from ..layout import Layout, join, parse_segment_node
 from .audit import poll
 from .history import Key
-from .ledger import SessionSpan
+from .ledger import ItemWrite, SessionSpan
 from .queue_history import HoldRecord, PutRecord, QueueHistory
 
 _CLOCK_SLACK = 0.01  # the servers log milliseconds
@@ -130,11 +133,13 @@ def check_queue(
     history: QueueHistory,
     sessions: Mapping[str, Sequence[SessionSpan]] | None = None,
     *,
+    items: Mapping[Key, Sequence[ItemWrite]] | None = None,
     examples: int = 10,
 ) -> QueueCheckResult:
     """Check a queue run's history; see the module docstring for the rules.
     ``sessions``: each worker's sessions as the servers logged them (without
-    them a hold is live until its worker finished with it)."""
+    them a hold is live until its worker finished with it). ``items``: the
+    item nodes the servers logged created, by key."""
     puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
     outcomes = [p.outcome for p in history.puts]
     found: list[str] = []
@@ -160,10 +165,10 @@ def check_queue(
     lost = 0
     recovered = 0
     for key, holds in by_key.items():
-        items = {h.item_id for h in holds}
-        if len(items) > 1:
-            put_duplicates += len(items) - 1
-            _note(found, f"put {key} became {len(items)} items: {sorted(items)}", examples)
+        ids = {h.item_id for h in holds}
+        if len(ids) > 1:
+            put_duplicates += len(ids) - 1
+            _note(found, f"put {key} became {len(ids)} items: {sorted(ids)}", examples)
         acks = [h for h in holds if h.finish == "acked"]
         if len(acks) > 1:
             double_acks += len(acks) - 1
@@ -174,6 +179,13 @@ def check_queue(
         duplicates += max(0, handled - 1)
         if puts[key].outcome == "unknown":
             recovered += 1
+    for key, writes in (items or {}).items():
+        if len(writes) > 1 and len({h.item_id for h in by_key.get(key, [])}) <= 1:
+            put_duplicates += len(writes) - 1
+            nodes = ", ".join(
+                f"{w.path} (zxid {w.zxid:#x}, session {w.session:#x})" for w in writes
+            )
+            _note(found, f"put {key} written as {len(writes)} item nodes: {nodes}", examples)
     for put in history.puts:
         if put.outcome != "ok":
             continue
