@@ -139,7 +139,9 @@ def check_queue(
     """Check a queue run's history; see the module docstring for the rules.
     ``sessions``: each worker's sessions as the servers logged them (without
     them a hold is live until its worker finished with it). ``items``: the
-    item nodes the servers logged created, by key."""
+    item nodes the servers logged created, by key (a dead letter replayed
+    on purpose is a second node for its key: leave ``items`` out of a run
+    that replays)."""
     puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
     outcomes = [p.outcome for p in history.puts]
     found: list[str] = []
