@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from ..layout import inline_data, parse_item_node, parse_queue_entry, parse_segment_node
+from ..layout import Layout, NodeKind, inline_data, parse_queue_entry, parse_segment_node
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -218,6 +218,7 @@ class _Replay:
         self.subscribers = f"{base}/subscribers/"
         self.messages = f"{base}/messages/"
         self.queues = f"{base}/queues/"
+        self.layout = Layout(base)
         self.ledger = Ledger()
         self.client_owner: dict[str, int] = {}
         self.client_gone_at: dict[str, float] = {}
@@ -310,12 +311,11 @@ class _Replay:
                 missed = _missed(data)
                 self.ledger.markers[path] = Marker(*marker, txn.at, txn.at, missed)
             self._set(path, data, txn)
-        elif path.startswith(self.queues):
-            parts = path[len(self.queues) :].split("/")
-            if len(parts) >= 3 and parts[1] == "items" and parse_item_node(parts[-1]):
-                write = ItemWrite(parts[0], txn.zxid, txn.at, txn.session, path)
-                for key in decode_keys(data):
-                    self.ledger.items[key].append(write)
+        elif self.layout.kind_of(path) is NodeKind.ITEM:
+            queue = path[len(self.queues) :].split("/", 1)[0]
+            write = ItemWrite(queue, txn.zxid, txn.at, txn.session, path)
+            for key in decode_keys(data):
+                self.ledger.items[key].append(write)
 
     def _set(self, path: str, data: bytes, txn: Txn) -> None:
         """A queue record or an overflow marker written."""
