@@ -51,21 +51,24 @@ install_zookeeper() {
 }
 
 install_venv() {
-    local stamp="$VENV/.zkpubsub-installed"
+    # the venv $1 (default $VENV), made by the Python $2 (default $PYTHON),
+    # with zkpubsub and the extras $3 (default: all the suite and checks need)
+    local venv="${1:-$VENV}" python="${2:-$PYTHON}" extras="${3:-test,dev,bench,testcontainers}"
+    local stamp="$venv/.zkpubsub-installed"
     if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
         return
     fi
-    if [ ! -x "$VENV/bin/python" ]; then
-        echo "creating $VENV..." >&2
-        if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
-            rm -rf "$VENV"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "creating $venv..." >&2
+        if ! "$python" -m venv "$venv" 2>/dev/null; then
+            rm -rf "$venv"
             apt_install python3-venv
-            "$PYTHON" -m venv "$VENV"
+            "$python" -m venv "$venv"
         fi
     fi
-    echo "installing zkpubsub and its test tools into $VENV..." >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test,dev,bench,testcontainers]'
+    echo "installing zkpubsub and its test tools into $venv..." >&2
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e ".[$extras]"
     touch "$stamp"
 }
 
@@ -256,14 +259,7 @@ test_pythons() {
         fi
         venv=".venv-pythons/$version"
         started=$(date +%s)
-        if [ ! -f "$venv/.zkpubsub-installed" ] || [ pyproject.toml -nt "$venv/.zkpubsub-installed" ]; then
-            echo "Python $version ($python): installing zkpubsub and its test tools into $venv..." >&2
-            rm -rf "$venv"
-            "$python" -m venv "$venv"
-            "$venv/bin/python" -m pip install -q --upgrade pip
-            "$venv/bin/python" -m pip install -q -e '.[test]'
-            touch "$venv/.zkpubsub-installed"
-        fi
+        install_venv "$venv" "$python" test
         echo "Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'): running ${#args[@]} test paths..." >&2
         if in_background "$venv/bin/python" -m pytest -q -p no:cacheprovider "${args[@]}"; then
             echo "Python $version: passed in $(($(date +%s) - started)) s" >&2
