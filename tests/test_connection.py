@@ -55,7 +55,6 @@ def test_a_connection_stopped_while_its_dead_loop_is_restarted_stays_stopped(
         conn.stop()
 
 
-@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_reply_delivered_twice_drops_the_connection_and_keeps_the_session(
     zk_hosts: str,
 ) -> None:

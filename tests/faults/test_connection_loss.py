@@ -145,7 +145,6 @@ def test_a_lost_reply_while_joining_the_cleaner_election_leaves_no_orphan(ensemb
             p.close()
 
 
-@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_reply_delivered_twice_costs_a_connection_not_the_session(ensemble, scenario):
     """kazoo's connection loop would die on a reply it did not expect
     ("xids do not match", seen in production, and in scenario 8b, where
