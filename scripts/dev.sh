@@ -246,6 +246,19 @@ test_pythons() {
             *) echo "pythons: not a Python version: $1 (3.X, or -- before pytest's arguments)" >&2; exit 2 ;;
         esac
     done
+    # the oldest Python the package supports, from pyproject's requires-python
+    local oldest
+    oldest=$(sed -n 's/^requires-python = ">=\(3\.[0-9]*\)"$/\1/p' pyproject.toml)
+    for version in "${versions[@]}"; do
+        if ! [[ "$version" =~ ^3\.[0-9]+$ ]]; then
+            echo "pythons: not a Python version: $version (3.X)" >&2
+            exit 2
+        fi
+        if [ -n "$oldest" ] && [ "${version#3.}" -lt "${oldest#3.}" ]; then
+            echo "pythons: zkpubsub needs Python $oldest or later (requires-python), not $version" >&2
+            exit 2
+        fi
+    done
     if [ "${#versions[@]}" -eq 0 ]; then
         versions=("${PYTHONS_DEFAULT[@]}")
     fi
