@@ -178,6 +178,12 @@ stopped between any two steps) reserve, handle and ack them. The checker
   lost its session holding them: at-least-once); **redelivered**:
   reservations after an item's first; **rejected**: acks and releases
   refused with `ReservationLost` (a zombie stopped);
+* not a column: the checker's notes name each item node the servers' logs
+  show written again after its delete, with no create between (a node
+  ZooKeeper brought back after a leader change, as traced for the
+  broadcast above; no client can write a node that is not there). Such an
+  item is reserved and handled again, and the double ack or hold that
+  causes still counts;
 * **audit**: after the run, nothing left in the queue, nothing reserved,
   no reservation without its item, no dead letter.
 

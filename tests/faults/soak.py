@@ -34,7 +34,12 @@ from zkpubsub.testing.audit import Audit, audit_convergence
 from zkpubsub.testing.checker import CheckResult, check
 from zkpubsub.testing.faults import FaultInjector, Nemesis
 from zkpubsub.testing.ledger import Ledger
-from zkpubsub.testing.queue_checker import QueueAudit, QueueCheckResult, audit_queue, check_queue
+from zkpubsub.testing.queue_checker import (
+    QueueAudit,
+    QueueCheckResult,
+    audit_queue,
+    check_queue_against,
+)
 from zkpubsub.testing.queue_workload import QueueWorkload
 from zkpubsub.testing.report import ScenarioResult, markdown_table, text_table, write_section
 from zkpubsub.testing.txnlog import ClusterLog
@@ -263,7 +268,7 @@ def run_queue_soak(
         history = wl.history()
         what = f"queue soak: {servers} servers, {workers} workers"
         ledger = wl.ledger()
-        result = check_queue(history, ledger.sessions, items=ledger.items)
+        result = check_queue_against(history, ledger)
         return _outcome(what, injector, kill_every, started, result, audit, history.notes, ledger)
     finally:
         wl.close()

@@ -12,7 +12,7 @@ from zkpubsub.testing.history import (
     SubscriberRecord,
     classify,
 )
-from zkpubsub.testing.ledger import INF, Ledger, Marker, QueueWrite, Removal, Skip
+from zkpubsub.testing.ledger import INF, Ledger, Marker, QueueWrite, Removal, Returned, Skip
 
 T = "topic"
 
@@ -323,3 +323,17 @@ def test_an_evicted_subscription_is_excused_what_its_publishers_skipped_and_its_
     assert r.per_subscriber["b"]["excused (skipped: evicted)"] == 1
     r = check(history([pub(1), pub(2)], [got("a", 1), got("a", 2)], [sub("a"), sub("b")]), lg)
     assert r.unreported == 2 and not r.ok
+
+
+def test_a_duplicate_whose_node_the_servers_brought_back_is_named():
+    h = history([pub(1), pub(2)], [got("a", 1), got("a", 2), got("a", 2)], [sub("a")])
+    lg = ledger(subscribers=("a",))
+    assert check(h, lg).duplicates == 1 and check(h, lg).other_examples == ()
+    node = f"/q/a/{('p', 2)}"
+    lg.returned.append(Returned(node, 0x5, 0x300000002, "delete"))
+    r = check(h, lg)
+    assert r.duplicates == 1, r  # still counted
+    assert r.other_examples == (
+        f"a got ('p', 2) 2 times: the servers wrote its node {node} again (delete, zxid "
+        "0x300000002) after deleting it (zxid 0x5): a node ZooKeeper brought back",
+    )

@@ -289,3 +289,35 @@ def test_the_ledger_lists_the_item_nodes_each_put_became() -> None:
         ("q", 4, 5),
     ]
     assert ("p", 3) not in ledger.items
+
+
+def test_the_ledger_finds_a_node_written_again_after_its_delete() -> None:
+    from zkpubsub.testing.txnlog import Op
+
+    item = "/r/queues/q/items/s0000000001/q000-s0000000001-f68d32aba2f9-0000000000"
+    held = "/r/queues/q/reserved/q000-s0000000001-f68d32aba2f9-0000000000"
+
+    def txn(zxid: int, *ops: Op) -> Txn:
+        return Txn(zxid, float(zxid), 5, MULTI, ops)
+
+    ledger = replay(
+        [
+            txn(1, Op("create", item, envelope(("p", 1)))),
+            txn(2, Op("create", held, b"", True), Op("set", item, b"")),  # reserved
+            # a lease taken over: its reservation deleted and made again at once
+            txn(3, Op("delete", held), Op("create", held, b"", True), Op("set", item, b"")),
+            txn(4, Op("delete", held), Op("delete", item)),  # acked
+            txn(5, Op("create", "/other/x"), Op("delete", "/other/x")),  # not under the root
+            txn(6, Op("set", "/other/x", b"")),
+            txn(7 << 32, Op("create", held, b"", True), Op("set", item, b"")),  # back
+            txn((7 << 32) + 1, Op("check", item), Op("delete", held), Op("delete", item)),
+        ],
+        "/r",
+    )
+    assert [(r.path, r.deleted, r.zxid, r.op) for r in ledger.returned] == [
+        (item, 4, 7 << 32, "set"),
+        (item, 4, (7 << 32) + 1, "check"),
+        (item, 4, (7 << 32) + 1, "delete"),
+    ]
+    # the reservation was made anew each time (a create between): never returned
+    assert all(r.path == item for r in ledger.returned)

@@ -24,7 +24,7 @@ from zkpubsub.testing.checker import check, strictly_increasing
 from zkpubsub.testing.faults import FaultInjector, Nemesis
 from zkpubsub.testing.history import Recorder
 from zkpubsub.testing.ledger import Ledger, replay
-from zkpubsub.testing.queue_checker import check_queue
+from zkpubsub.testing.queue_checker import check_queue_against
 from zkpubsub.testing.queue_history import QueueRecorder
 from zkpubsub.testing.txnlog import ClusterLog
 
@@ -189,7 +189,7 @@ def test_original_procedure_on_the_work_queue(ensemble, scenario):
 
     injector, values, extra = run_procedure(ensemble, "/original-queue", connect)
     ledger = servers_ledger(injector, "/original-queue")
-    result = check_queue(recorder.history(), ledger.sessions, items=ledger.items)
+    result = check_queue_against(recorder.history(), ledger)
     scenario.record(
         "original procedure on the queue (5 servers, kill -9 + wipe leader)",
         result,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zkpubsub import ReservationLost
 from zkpubsub.errors import OperationTimeout
-from zkpubsub.testing.ledger import ItemWrite, SessionSpan
+from zkpubsub.testing.ledger import ItemWrite, Returned, SessionSpan
 from zkpubsub.testing.queue_checker import check_queue
 from zkpubsub.testing.queue_history import (
     HoldRecord,
@@ -151,3 +151,18 @@ def test_a_put_the_servers_logged_as_two_item_nodes_is_a_put_duplicate() -> None
     result = check_queue(rec.history(), items=twice)
     assert result.put_duplicates == 1 and not result.ok, result.describe()
     assert any("('p', 2) written as 2 item nodes" in e and "zxid 0x9" in e for e in result.examples)
+
+
+def test_an_item_node_the_servers_brought_back_is_named_and_its_double_ack_still_counts():
+    rec = recorded(1)
+    work(rec, "w1", 1, 1, "acked")
+    work(rec, "w1", 1, 1, "acked")  # reserved again at attempt 1: its node came back
+    path = "/r/queues/q/items/s0000000001/q000-s0000000001-f68d32aba2f9-0000000001"
+    items = {("p", 1): [ItemWrite("q", 3, 1.0, 7, path)]}
+    back = [Returned(path, 0x9, 0x200000004, "set"), Returned(path, 0x9, 0x200000006, "delete")]
+    result = check_queue(rec.history(), items=items, returned=back)
+    assert result.returned == 1 and result.double_acks == 1 and not result.ok, result.describe()
+    # named first, before the double ack and hold it explains
+    note = f"item node {path} again (set, zxid 0x200000004) after deleting it (zxid 0x9)"
+    assert note in result.examples[0] and len(result.examples) == 3, result.examples
+    assert check_queue(rec.history(), items=items).returned == 0

@@ -21,7 +21,12 @@ from zkpubsub.testing import expire_session
 from zkpubsub.testing.faults import FaultInjector
 from zkpubsub.testing.ledger import Ledger
 from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
-from zkpubsub.testing.queue_checker import QueueAudit, QueueCheckResult, audit_queue, check_queue
+from zkpubsub.testing.queue_checker import (
+    QueueAudit,
+    QueueCheckResult,
+    audit_queue,
+    check_queue_against,
+)
 from zkpubsub.testing.queue_history import HoldRecord, QueueHistory
 from zkpubsub.testing.queue_workload import QueueWorkload, WorkerProcess
 from zkpubsub.testing.txnlog import ClusterLog
@@ -76,7 +81,7 @@ def finish_queue(
     for proc in wl.processes.values():
         proc.kill()
     history, ledger = wl.history(), wl.ledger()
-    result = check_queue(history, ledger.sessions, items=ledger.items)
+    result = check_queue_against(history, ledger)
     scenario.record(
         name, result, faults=len(injector.log.events()), audit=audit, notes=history.notes
     )

@@ -24,7 +24,7 @@ from zkpubsub.testing import expire_session
 from zkpubsub.testing.audit import look
 from zkpubsub.testing.checker import check
 from zkpubsub.testing.faults import FaultInjector
-from zkpubsub.testing.queue_checker import check_queue, look_at_queue
+from zkpubsub.testing.queue_checker import check_queue_against, look_at_queue
 from zkpubsub.testing.secure import ServerSecurity, user_auth
 
 from .scenarios import (
@@ -161,7 +161,7 @@ def test_sq1_secured_leader_kill_nine_under_a_work_queue(ensemble, scenario):
         )
         wl.stop_workers()
         history, ledger = wl.history(), wl.ledger()
-        result = check_queue(history, ledger.sessions, items=ledger.items)
+        result = check_queue_against(history, ledger)
         scenario.record(
             "SQ1 secured: leader kill -9 x2, 2 workers",
             result,

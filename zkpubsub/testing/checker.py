@@ -73,6 +73,9 @@ deletion. Every overflow marker a live subscriber's own session deleted
     markers a subscriber reached without a gap notice. Must be 0.
 ``duplicates``
     deliveries beyond the first of the same message to the same subscriber.
+    One whose node the servers' logs show written again after its delete
+    (:attr:`~zkpubsub.testing.ledger.Ledger.returned`: a node ZooKeeper
+    brought back) is named in ``other_examples``.
 ``order_violations``
     deliveries, at one subscriber, of a message from a publisher older than
     one already delivered from that publisher (duplicates aside). Must be 0:
@@ -406,6 +409,19 @@ def check(
                 other_examples.append(
                     f"{msg.key}: receipt says {msg.reached} queues, the servers logged "
                     f"{len(written)}"
+                )
+
+    came_back = {r.path: r for r in reversed(ledger.returned)}  # the first time each came back
+    for (subscriber, key), n in sorted(seen.items()):
+        if n < 2:
+            continue
+        for write in ledger.writes.get(key, ()):
+            r = came_back.get(write.path)
+            if write.subscriber == subscriber and r is not None and len(other_examples) < examples:
+                other_examples.append(
+                    f"{subscriber} got {key} {n} times: the servers wrote its node {r.path} "
+                    f"again ({r.op}, zxid {r.zxid:#x}) after deleting it (zxid {r.deleted:#x}): "
+                    "a node ZooKeeper brought back"
                 )
 
     conflicts, conflict_examples = (0, []) if not total_order else _order_conflicts(first_orders)

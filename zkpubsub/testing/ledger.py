@@ -22,6 +22,9 @@ layout of ``docs/wire-format.md`` and nothing of the client library:
 * each work item node created under a queue's ``items/``, with the
   workload keys its envelope carries (:class:`ItemWrite`): a put whose
   key shows in two item nodes was written twice;
+* each node the log deleted and then wrote again with no create between
+  (:class:`Returned`): a node the servers brought back, which no client
+  can cause;
 * the intervals during which each subscription was registered, each
   client's sessions, and the leader epochs seen.
 
@@ -66,6 +69,21 @@ class ItemWrite:
     at: float
     session: int
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A node the log deleted at ``deleted`` and that a later transaction,
+    ``zxid``, wrote again (``op``: ``"set"``, ``"delete"`` or ``"check"``)
+    with no create between. A server refuses a write to a node that is not
+    there, so the leader that accepted it had the node back in its data
+    tree: ZooKeeper 3.8.0's recovery after a leader change sometimes
+    brings a deleted node back (``docs/reliability.md``)."""
+
+    path: str
+    deleted: int
+    zxid: int
+    op: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +164,8 @@ class Ledger:
     sessions: dict[str, list[SessionSpan]] = field(default_factory=lambda: defaultdict(list))
     # key -> the work item nodes created carrying it
     items: dict[Key, list[ItemWrite]] = field(default_factory=lambda: defaultdict(list))
+    # nodes under the root written again after their delete, in log order
+    returned: list[Returned] = field(default_factory=list)
     epochs: tuple[int, ...] = ()
     transactions: int = 0
 
@@ -214,6 +234,7 @@ class _Replay:
 
     def __init__(self, root: str) -> None:
         base = root.rstrip("/")
+        self.below_root = f"{base}/"
         self.clients = f"{base}/clients/"
         self.subscribers = f"{base}/subscribers/"
         self.messages = f"{base}/messages/"
@@ -228,6 +249,7 @@ class _Replay:
         self.ephemerals: dict[int, set[str]] = defaultdict(set)
         self.nodes: dict[str, tuple[str, tuple[Key, ...]]] = {}  # message path -> (sub, keys)
         self.evicting: set[str] = set()  # queue paths whose record is marked full (evict)
+        self.gone: dict[str, int] = {}  # path under the root -> zxid of its last delete
 
     # -- one transaction ----------------------------------------------------------
 
@@ -236,6 +258,7 @@ class _Replay:
             gone = set(txn.closed) | self.ephemerals.pop(txn.session, set())
             for path in sorted(gone):
                 self._deleted(path, txn)
+                self._mark_gone(path, txn.zxid)
             self._end_span(txn.session, txn.at)
             return
         carried: dict[str, list[Key]] = {}
@@ -252,11 +275,21 @@ class _Replay:
         self._skips(txn, carried)
         for op in txn.ops:
             if op.kind == "create":
+                self.gone.pop(op.path, None)
                 self._created(op.path, op.data, op.ephemeral, txn)
-            elif op.kind == "delete":
+                continue
+            deleted = self.gone.get(op.path)
+            if deleted is not None:
+                self.ledger.returned.append(Returned(op.path, deleted, txn.zxid, op.kind))
+            if op.kind == "delete":
                 self._deleted(op.path, txn)
+                self._mark_gone(op.path, txn.zxid)
             elif op.kind == "set":
                 self._set(op.path, op.data, txn)
+
+    def _mark_gone(self, path: str, zxid: int) -> None:
+        if path.startswith(self.below_root):
+            self.gone[path] = zxid
 
     def _skips(self, txn: Txn, carried: dict[str, list[Key]]) -> None:
         """The queues of the topics this transaction carried messages of

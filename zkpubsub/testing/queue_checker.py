@@ -27,7 +27,13 @@ The rules (:func:`check_queue`), each must be zero:
 Reported, not zero: **duplicates** (an item handled more than once, as
 at-least-once allows after a worker died or lost its session),
 **redelivered** (reservations after the first), **rejected** (acks and
-releases refused with ``ReservationLost``: zombies stopped).
+releases refused with ``ReservationLost``: zombies stopped), and, given
+the servers' logs (``returned``, from
+:attr:`~zkpubsub.testing.ledger.Ledger.returned`), **returned**: puts
+whose item node the servers wrote again after deleting it. That is
+ZooKeeper's fault, not the library's (no client can write a node that is
+not there), and a returned item is reserved and handled again: the
+double acks and holds it causes still count, and a note names its node.
 
 :func:`audit_queue` reads the queue after the run: no reservation without
 its item (orphan), and, once the workers are gone, nothing left reserved
@@ -46,7 +52,7 @@ from kazoo.exceptions import NoNodeError
 from ..layout import Layout, join, parse_segment_node
 from .audit import poll
 from .history import Key
-from .ledger import ItemWrite, SessionSpan
+from .ledger import ItemWrite, Ledger, Returned, SessionSpan
 from .queue_history import HoldRecord, PutRecord, QueueHistory
 
 _CLOCK_SLACK = 0.01  # the servers log milliseconds
@@ -72,6 +78,7 @@ class QueueCheckResult:
     rejected: int
     recovered: int
     unknown_acks: int
+    returned: int = 0
     examples: tuple[str, ...] = ()
 
     @property
@@ -92,7 +99,8 @@ class QueueCheckResult:
             f"put_duplicates={self.put_duplicates} double_acks={self.double_acks} "
             f"double_holds={self.double_holds} duplicates={self.duplicates} "
             f"redelivered={self.redelivered} rejected={self.rejected} "
-            f"recovered={self.recovered} unknown_acks={self.unknown_acks}"
+            f"recovered={self.recovered} unknown_acks={self.unknown_acks} "
+            f"returned={self.returned}"
         )
         if self.examples:
             text += "\n" + "\n".join(f"  {e}" for e in self.examples)
@@ -134,6 +142,7 @@ def check_queue(
     sessions: Mapping[str, Sequence[SessionSpan]] | None = None,
     *,
     items: Mapping[Key, Sequence[ItemWrite]] | None = None,
+    returned: Sequence[Returned] = (),
     examples: int = 10,
 ) -> QueueCheckResult:
     """Check a queue run's history; see the module docstring for the rules.
@@ -141,10 +150,27 @@ def check_queue(
     them a hold is live until its worker finished with it). ``items``: the
     item nodes the servers logged created, by key (a dead letter replayed
     on purpose is a second node for its key: leave ``items`` out of a run
-    that replays)."""
+    that replays). ``returned``: the nodes the servers wrote again after
+    deleting them (counted among ``items``' nodes)."""
     puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
     outcomes = [p.outcome for p in history.puts]
     found: list[str] = []
+
+    # first in the notes: what explains the double acks and holds that follow
+    came_back = {r.path: r for r in reversed(returned)}  # the first time each came back
+    returned_keys = 0
+    for key, writes in (items or {}).items():
+        back = [came_back[w.path] for w in writes if w.path in came_back]
+        if back:
+            returned_keys += 1
+            r = back[0]
+            _note(
+                found,
+                f"{key}: the servers wrote its item node {r.path} again ({r.op}, zxid "
+                f"{r.zxid:#x}) after deleting it (zxid {r.deleted:#x}): a node ZooKeeper "
+                "brought back",
+                examples,
+            )
 
     by_key: dict[Key, list[HoldRecord]] = defaultdict(list)
     by_item: dict[str, list[HoldRecord]] = defaultdict(list)
@@ -245,8 +271,16 @@ def check_queue(
         rejected=sum(1 for h in history.holds if h.finish == "lost"),
         recovered=recovered,
         unknown_acks=sum(1 for h in history.holds if h.finish == "unknown"),
+        returned=returned_keys,
         examples=tuple(found),
     )
+
+
+def check_queue_against(history: QueueHistory, ledger: Ledger) -> QueueCheckResult:
+    """:func:`check_queue` with everything the servers' logs tell: the
+    workers' sessions, the item nodes each put became, and the nodes that
+    came back."""
+    return check_queue(history, ledger.sessions, items=ledger.items, returned=ledger.returned)
 
 
 @dataclass(frozen=True, slots=True)
