@@ -14,6 +14,7 @@ from kazoo.protocol.states import KazooState
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.server import (
     PORT_FLOOR,
+    digest_mismatches,
     ephemeral_range,
     free_ports,
     port_pool,
@@ -120,3 +121,29 @@ def test_a_child_process_folder_it_made_itself_is_removed_when_the_test_process_
     folder = Path(done.stdout.strip())
     assert folder.name.startswith("zkpubsub-subscribe-")
     assert not folder.exists()
+
+
+def test_a_servers_report_of_a_diverged_data_tree_is_found_in_its_log() -> None:
+    # as ZooKeeper 3.8.0 logged it in a run of the leader-kill scenario
+    txn = ", v{s{2,#0002a2f71312f72656365697074732f776f726b65722d33}" * 20
+    log = "\n".join(
+        [
+            "2696 [QuorumPeer[myid=3](plain=127.0.0.1:29226)] INFO QuorumPeer - LOOKING",
+            "2698 [CommitProcessor:3] WARN org.apache.zookeeper.server.DataTree - "
+            "Message:Digests are not matching. Value is Zxid. Value:8589935601",
+            "2708 [CommitProcessor:3] ERROR org.apache.zookeeper.server.DataTree - "
+            "First digest mismatch on txn: 144118377631449090,289,8589935601,1796519015301,14",
+            txn,
+            ", expected digest is 2,309954617375",
+            "2716 [main] INFO org.apache.zookeeper.server.ZooKeeperServer - "
+            "zookeeper.digest.enabled = true",
+        ]
+    )
+    found = digest_mismatches(log)
+    assert len(found) == 2 and "Value:8589935601" in found[0], found
+    assert found[1].endswith(
+        "First digest mismatch on txn: 144118377631449090,289,8589935601,1796519015301,14"
+    )
+    long = "Message:Digests are not matching. Value is Zxid." + txn
+    assert digest_mismatches(long) == [long[:200]]  # a line is cut to 200 characters
+    assert digest_mismatches("zookeeper.digest.enabled = true\nDigest is 1371985504") == []

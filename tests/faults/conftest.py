@@ -92,6 +92,9 @@ def ensemble(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
             if failed is not None and failed.failed:
                 for node in ens.cluster.nodes:
                     print(f"--- server {node.myid} log: {node.log_path}")
+                # ZooKeeper's own word that a server's data tree diverged
+                for line in ens.cluster.digest_mismatches():
+                    print(f"--- digest mismatch, {line}")
             ens.close()
 
 

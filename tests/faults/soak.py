@@ -57,6 +57,9 @@ class SoakResult:
     audit: Audit | QueueAudit
     kills: int
     leader_changes: int  # new leader epochs in the servers' logs
+    # the servers' own reports of a diverged data tree (ZooKeeper's, not a
+    # failure of the run by themselves; see ``ZooKeeperEnsemble.digest_mismatches``)
+    digest_mismatches: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -160,7 +163,14 @@ def _outcome(
         audit_ok=audit.ok,
         notes=notes,
     )
-    return SoakResult(entry, check, audit, kills, max(0, len(ledger.epochs) - 1))
+    return SoakResult(
+        entry,
+        check,
+        audit,
+        kills,
+        max(0, len(ledger.epochs) - 1),
+        tuple(injector.cluster.digest_mismatches()),
+    )
 
 
 def run_soak(
@@ -309,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text_table([outcome.result]))
     print(outcome.check.describe())
     print(f"audit: {'ok' if outcome.audit.ok else 'FAILED'} ({outcome.audit.describe()})")
+    if outcome.digest_mismatches:
+        print("the servers reported their data trees diverged (digest mismatches):")
+        for line in outcome.digest_mismatches:
+            print(f"  {line}")
     if args.report:
         flag, who = (
             (" --queue", "2 producers, 4 workers")

@@ -62,6 +62,7 @@ __all__ = [
     "ZooKeeperEnsemble",
     "ZooKeeperNode",
     "ZooKeeperNotFound",
+    "digest_mismatches",
     "ephemeral_range",
     "find_classpath",
     "find_java",
@@ -73,6 +74,23 @@ __all__ = [
 ]
 
 _LIVE: weakref.WeakSet[EnsembleNode] = weakref.WeakSet()
+
+# How a server logs that its data tree no longer matches the transactions it
+# applies (``zookeeper.digest.enabled``, on by default since 3.6): a line with
+# the first of these, then one with the second carrying the whole transaction.
+_DIGEST_WARNINGS = ("Digests are not matching", "First digest mismatch on txn")
+_DIGEST_LINE_CHARS = 200
+
+
+def digest_mismatches(log: str) -> list[str]:
+    """The lines of a server's log in which ZooKeeper reported that its data
+    tree diverged from what the transactions it applied say it should be (a
+    digest mismatch), each cut to its first 200 characters."""
+    return [
+        line[:_DIGEST_LINE_CHARS]
+        for line in log.splitlines()
+        if any(warning in line for warning in _DIGEST_WARNINGS)
+    ]
 
 
 class ServerFailed(RuntimeError):
@@ -223,6 +241,13 @@ class EnsembleNode(abc.ABC):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def digest_mismatches(self) -> list[str]:
+        """:func:`digest_mismatches` of this server's log (every run of it)."""
+        try:
+            return digest_mismatches(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return []
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else ("running" if self.running else "stopped")
@@ -480,6 +505,11 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
 
     def followers(self) -> list[NodeT]:
         return [n for n in self.nodes if n.mode() == "follower"]
+
+    def digest_mismatches(self) -> list[str]:
+        """Every server's :meth:`~EnsembleNode.digest_mismatches`, each line
+        prefixed with the server's id."""
+        return [f"server {n.myid}: {line}" for n in self.nodes for line in n.digest_mismatches()]
 
     def node(self, myid: int) -> NodeT:
         return self.nodes[myid - 1]
