@@ -16,6 +16,13 @@ def name(seq: int) -> str:
     return f"m{GUID}-{seq:010d}"
 
 
+def next_of(buffer: DeliveryBuffer, deadline: float | None) -> Delivery | None:
+    """The next delivery, waiting for it until ``deadline`` (``None``: when
+    the deadline passes or the buffer closes)."""
+    taken, _ = buffer.take(1, deadline)
+    return taken[0] if taken else None
+
+
 def message(i: int) -> Message:
     return Message(id=str(i), topic="t", payload=i, headers={}, published_at=0.0, publisher_id="p")
 
@@ -39,11 +46,11 @@ def test_a_node_is_deleted_only_after_all_its_messages_were_handled() -> None:
     buffer.listed([name(1)], [])
     node = Node(name(1), 2)
     buffer.fetched([name(1)], [Delivery(node, message(1)), Delivery(node, message(2))])
-    first = buffer.next(0)
+    first = next_of(buffer, 0)
     assert first is not None and first.message == message(1)
     assert buffer.handled(first.node) is False
     assert buffer.take_deletes() == []
-    second = buffer.next(0)
+    second = next_of(buffer, 0)
     assert second is not None and buffer.handled(second.node) is True
     assert buffer.take_deletes() == [name(1)]
 
@@ -125,7 +132,7 @@ def test_a_node_with_no_message_is_deleted_at_once() -> None:
     buffer = DeliveryBuffer(prefetch=10)
     buffer.listed([name(1)], [])
     buffer.fetched([name(1)], [Delivery(Node(name(1), 0))])
-    assert buffer.next(0) is None
+    assert next_of(buffer, 0) is None
     assert buffer.take_deletes() == [name(1)]
 
 
@@ -142,7 +149,7 @@ def test_names_read_are_not_read_again_from_a_later_listing() -> None:
 def handle_and_delete(buffer: DeliveryBuffer, seq: int, czxid: int) -> None:
     buffer.listed([name(seq)], [])
     buffer.fetched([name(seq)], [Delivery(Node(name(seq), 1, czxid), message(seq))])
-    delivery = buffer.next(0)
+    delivery = next_of(buffer, 0)
     assert delivery is not None and buffer.handled(delivery.node)
     assert buffer.take_deletes() == [name(seq)]
     buffer.deleted([name(seq)])
@@ -158,14 +165,14 @@ def test_a_deleted_node_read_again_as_it_was_is_deleted_again_not_delivered() ->
         [name(1), name(2)],
         [Delivery(Node(name(1), 1, czxid=11), message(1)), Delivery(Node(name(2), 1), message(2))],
     )
-    got = buffer.next(0)
+    got = next_of(buffer, 0)
     assert got is not None and got.message == message(2)  # not message 1 again
-    assert buffer.next(0) is None
+    assert next_of(buffer, 0) is None
     assert buffer.take_deletes() == [name(1)]  # deleted again
     buffer.deleted([name(1)])
     buffer.listed([name(1)], [])  # and again, for as long as a stale copy shows it
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=11), message(1))])
-    assert buffer.next(0) is None and buffer.take_deletes() == [name(1)]
+    assert next_of(buffer, 0) is None and buffer.take_deletes() == [name(1)]
 
 
 def test_a_new_node_under_a_deleted_name_is_delivered() -> None:
@@ -174,7 +181,7 @@ def test_a_new_node_under_a_deleted_name_is_delivered() -> None:
     assert buffer.discovered(name(1)) is True  # an event names a create: read it
     assert buffer.to_fetch() == [name(1)]
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=99), message(7))])
-    got = buffer.next(0)
+    got = next_of(buffer, 0)
     assert got is not None and got.message == message(7)
     assert buffer.handled(got.node) and buffer.take_deletes() == [name(1)]
 
@@ -184,7 +191,7 @@ def test_a_deleted_node_found_gone_when_read_again_delivers_nothing() -> None:
     handle_and_delete(buffer, 1, czxid=11)
     buffer.listed([name(1)], [])  # a listing older than the delete
     buffer.fetched([name(1)], [])  # the read finds nothing
-    assert buffer.next(0) is None and buffer.take_deletes() == []
+    assert next_of(buffer, 0) is None and buffer.take_deletes() == []
     assert buffer.to_fetch() == []
 
 
@@ -196,10 +203,10 @@ def test_deleted_names_are_remembered_while_listed_and_for_the_newest_few_thousa
         buffer.deleted([name(seq)])
     buffer.listed([name(2)], [])  # name(1) is older than the newest RECENT_DELETES, and gone
     buffer.fetched([name(2)], [Delivery(Node(name(2), 1, czxid=12), message(2))])
-    assert buffer.next(0) is None  # name(2) was shown: still known
+    assert next_of(buffer, 0) is None  # name(2) was shown: still known
     buffer.listed([name(1)], [])
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1, czxid=11), message(1))])
-    got = buffer.next(0)  # name(1) was forgotten: delivered as any node is
+    got = next_of(buffer, 0)  # name(1) was forgotten: delivered as any node is
     assert got is not None and got.message == message(1)
 
 
@@ -220,9 +227,9 @@ def test_deleted_names_are_forgotten_after_recent_seconds_once_listings_stop_sho
             Delivery(Node(name(2), 1, czxid=12), message(2)),
         ],
     )
-    got = buffer.next(0)
+    got = next_of(buffer, 0)
     assert got is not None and got.message == message(1)  # forgotten: delivered
-    assert buffer.next(0) is None  # name(2) is still known: not delivered again
+    assert next_of(buffer, 0) is None  # name(2) is still known: not delivered again
     assert buffer.take_deletes() == [name(2)]
 
 
@@ -237,28 +244,30 @@ def test_read_ahead_asks_for_more_when_it_runs_low() -> None:
     buffer.listed([name(i) for i in range(8)], [])
     nodes = [Node(name(i), 1) for i in range(4)]
     buffer.fetched([n.name for n in nodes], [Delivery(n, message(i)) for i, n in enumerate(nodes)])
-    assert not buffer.wants_more() and not buffer.low()
-    for _ in range(3):
-        assert buffer.next(0) is not None
-    assert buffer.wants_more() and buffer.low()
+    assert not buffer.wants_more()
+    for _ in range(2):
+        taken, low = buffer.take(1, 0)
+        assert taken and not low  # three, then two of the four read ahead are left
+    taken, low = buffer.take(1, 0)
+    assert taken and low and buffer.wants_more()  # one left, under half the prefetch
 
 
 def test_closing_wakes_a_waiting_consumer_and_keeps_the_rest_queued() -> None:
     buffer = DeliveryBuffer(prefetch=4)
     got: list[Delivery | None] = []
-    waiter = threading.Thread(target=lambda: got.append(buffer.next(None)))
+    waiter = threading.Thread(target=lambda: got.append(next_of(buffer, None)))
     waiter.start()
     time.sleep(0.05)
     buffer.close()
     waiter.join(5)
     assert got == [None]
     buffer.fetched([], [Delivery(Node(name(1), 1), message(1))])
-    assert buffer.next(0) is None  # closed: what is buffered stays in the queue
+    assert next_of(buffer, 0) is None  # closed: what is buffered stays in the queue
 
 
 def test_next_gives_up_at_its_deadline() -> None:
     buffer = DeliveryBuffer(prefetch=4)
-    assert buffer.next(time.monotonic() + 0.01) is None
+    assert next_of(buffer, time.monotonic() + 0.01) is None
 
 
 def test_a_consumer_off_our_threads_is_told_once_when_messages_arrive() -> None:
@@ -293,13 +302,13 @@ def test_a_node_taken_from_its_event_is_handed_out_only_when_nothing_waits_befor
     buffer = DeliveryBuffer(prefetch=2)
     buffer.listed([name(1)], [])  # listed, not read yet: a later node must wait for it
     assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is False
-    assert buffer.next(0) is None
+    assert next_of(buffer, 0) is None
     buffer.fetched([name(1)], [Delivery(Node(name(1), 1), message(1))])
     assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is True
     assert buffer.arrived(name(2), [Delivery(Node(name(2), 1), message(2))]) is False  # known
     # the prefetch is full: the pump takes it in its turn
     assert buffer.arrived(name(3), [Delivery(Node(name(3), 1), message(3))]) is False
-    got = [buffer.next(0), buffer.next(0)]
+    got = [next_of(buffer, 0), next_of(buffer, 0)]
     assert [d.message for d in got if d is not None] == [message(1), message(2)]
 
 

@@ -295,17 +295,12 @@ class DeliveryBuffer:
 
     # -- the consumer's side -----------------------------------------------------------
 
-    def next(self, deadline: float | None) -> Delivery | None:
-        """The next delivery, or ``None`` when ``deadline`` passes or the
-        buffer closes (what is still buffered then stays in the queue)."""
-        taken, _ = self.take(1, deadline)
-        return taken[0] if taken else None
-
     def take(self, limit: int, deadline: float | None) -> tuple[list[Delivery], bool]:
         """Up to ``limit`` deliveries, waiting for the first until
         ``deadline`` (none when it passes or the buffer closes: what is
         still buffered then stays in the queue), and whether read-ahead is
-        now low (:meth:`low`), under one hold of the lock."""
+        now low (under half the prefetch while names wait to be read),
+        under one hold of the lock."""
         with self.lock:
             while not self._deliveries or self.closed:
                 if self.closed:
@@ -328,7 +323,7 @@ class DeliveryBuffer:
 
     def next_or_notify(self, notify: Callable[[], None]) -> tuple[Delivery | None, bool]:
         """The next delivery if one is buffered, and whether read-ahead is
-        now low (:meth:`low`), under one hold of the lock; otherwise
+        now low (as :meth:`take` says), under one hold of the lock; otherwise
         ``None``, and ``notify()`` is called once (from the pump's thread or
         kazoo's connection thread, so it must only hand off) when deliveries
         arrive or the buffer closes. Nothing is asked of a closed buffer:
@@ -345,12 +340,8 @@ class DeliveryBuffer:
         notify, self._notify = self._notify, None
         return notify
 
-    def low(self) -> bool:
-        """Read ahead has fallen under half the prefetch while names wait."""
-        with self.lock:
-            return self._low()
-
     def _low(self) -> bool:
+        """Read ahead has fallen under half the prefetch while names wait."""
         return bool(self._unfetched) and len(self._deliveries) < self.prefetch // 2
 
     def handled(self, node: Node) -> bool:
