@@ -202,7 +202,7 @@ zookeeper_image() {
 # The package says it runs on Python 3.10 and later (pyproject.toml); the main
 # venv has the machine's python3. These run a core of the suite on the others:
 # the pure modules, publishing and receiving, the work queue, asyncio, the
-# connection's handling of kazoo, security, the gateway and the CLI.
+# connection's handling of kazoo, security, the gateway (over TLS too) and the CLI.
 PYTHONS_DEFAULT=(3.10 3.12 3.13)
 PYTHONS_SUBSET=(
     tests/test_envelope.py
@@ -219,6 +219,7 @@ PYTHONS_SUBSET=(
     tests/test_cache.py
     tests/test_security.py
     tests/test_gateway.py
+    tests/test_gateway_faults.py
     tests/test_cli.py
 )
 
