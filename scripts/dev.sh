@@ -239,26 +239,22 @@ find_python() {
 }
 
 test_pythons() {
-    local versions=() args=() version python venv status=0 started
-    while [ "$#" -gt 0 ]; do
-        case "$1" in
-            --) shift; args=("$@"); break ;;
-            3.*) versions+=("$1"); shift ;;
-            *) echo "pythons: not a Python version: $1 (3.X, or -- before pytest's arguments)" >&2; exit 2 ;;
-        esac
-    done
+    local versions=() args=() version python venv status=0 started oldest
     # the oldest Python the package supports, from pyproject's requires-python
-    local oldest
     oldest=$(sed -n 's/^requires-python = ">=\(3\.[0-9]*\)"$/\1/p' pyproject.toml)
-    for version in "${versions[@]}"; do
-        if ! [[ "$version" =~ ^3\.[0-9]+$ ]]; then
-            echo "pythons: not a Python version: $version (3.X)" >&2
+    while [ "$#" -gt 0 ]; do
+        if [ "$1" = "--" ]; then
+            shift; args=("$@"); break
+        fi
+        if ! [[ "$1" =~ ^3\.[0-9]+$ ]]; then
+            echo "pythons: not a Python version: $1 (3.X, or -- before pytest's arguments)" >&2
             exit 2
         fi
-        if [ -n "$oldest" ] && [ "${version#3.}" -lt "${oldest#3.}" ]; then
-            echo "pythons: zkpubsub needs Python $oldest or later (requires-python), not $version" >&2
+        if [ -n "$oldest" ] && [ "${1#3.}" -lt "${oldest#3.}" ]; then
+            echo "pythons: zkpubsub needs Python $oldest or later (requires-python), not $1" >&2
             exit 2
         fi
+        versions+=("$1"); shift
     done
     if [ "${#versions[@]}" -eq 0 ]; then
         versions=("${PYTHONS_DEFAULT[@]}")
