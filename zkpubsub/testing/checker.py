@@ -94,7 +94,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .history import History, Key, PublishRecord, SubscriberRecord
-from .ledger import Ledger, Marker, Removal
+from .ledger import Ledger, Marker, Removal, first_returns
 
 # Clocks: the history's times are this machine's, the ledger's the
 # leader's (the same machine); ZooKeeper logs milliseconds.
@@ -411,18 +411,14 @@ def check(
                     f"{len(written)}"
                 )
 
-    came_back = {r.path: r for r in reversed(ledger.returned)}  # the first time each came back
+    came_back = first_returns(ledger.returned)
     for (subscriber, key), n in sorted(seen.items()):
         if n < 2:
             continue
         for write in ledger.writes.get(key, ()):
             r = came_back.get(write.path)
             if write.subscriber == subscriber and r is not None and len(other_examples) < examples:
-                other_examples.append(
-                    f"{subscriber} got {key} {n} times: the servers wrote its node {r.path} "
-                    f"again ({r.op}, zxid {r.zxid:#x}) after deleting it (zxid {r.deleted:#x}): "
-                    "a node ZooKeeper brought back"
-                )
+                other_examples.append(f"{subscriber} got {key} {n} times: {r.explained()}")
 
     conflicts, conflict_examples = (0, []) if not total_order else _order_conflicts(first_orders)
     recovered = sum(1 for k in delivered_keys if publishes[k].outcome == "unknown")

@@ -85,6 +85,22 @@ class Returned:
     zxid: int
     op: str
 
+    def explained(self, what: str = "node") -> str:
+        """This return in words, for a checker's notes (``what``: what to
+        call the node)."""
+        return (
+            f"the servers wrote its {what} {self.path} again ({self.op}, zxid {self.zxid:#x}) "
+            f"after deleting it (zxid {self.deleted:#x}): a node ZooKeeper brought back"
+        )
+
+
+def first_returns(returned: Iterable[Returned]) -> dict[str, Returned]:
+    """The first time each node came back, by path."""
+    out: dict[str, Returned] = {}
+    for r in returned:
+        out.setdefault(r.path, r)
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class Removal:

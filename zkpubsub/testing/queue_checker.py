@@ -52,7 +52,7 @@ from kazoo.exceptions import NoNodeError
 from ..layout import Layout, join, parse_segment_node
 from .audit import poll
 from .history import Key
-from .ledger import ItemWrite, Ledger, Returned, SessionSpan
+from .ledger import ItemWrite, Ledger, Returned, SessionSpan, first_returns
 from .queue_history import HoldRecord, PutRecord, QueueHistory
 
 _CLOCK_SLACK = 0.01  # the servers log milliseconds
@@ -157,20 +157,13 @@ def check_queue(
     found: list[str] = []
 
     # first in the notes: what explains the double acks and holds that follow
-    came_back = {r.path: r for r in reversed(returned)}  # the first time each came back
+    came_back = first_returns(returned)
     returned_keys = 0
     for key, writes in (items or {}).items():
-        back = [came_back[w.path] for w in writes if w.path in came_back]
-        if back:
+        back = next((came_back[w.path] for w in writes if w.path in came_back), None)
+        if back is not None:
             returned_keys += 1
-            r = back[0]
-            _note(
-                found,
-                f"{key}: the servers wrote its item node {r.path} again ({r.op}, zxid "
-                f"{r.zxid:#x}) after deleting it (zxid {r.deleted:#x}): a node ZooKeeper "
-                "brought back",
-                examples,
-            )
+            _note(found, f"{key}: {back.explained('item node')}", examples)
 
     by_key: dict[Key, list[HoldRecord]] = defaultdict(list)
     by_item: dict[str, list[HoldRecord]] = defaultdict(list)
