@@ -20,6 +20,7 @@ from zkpubsub.testing.txnlog import (
     MULTI,
     SET_DATA,
     ClusterLog,
+    Op,
     Txn,
     read_file,
 )
@@ -103,8 +104,6 @@ def test_the_ledger_follows_writes_registrations_and_removals() -> None:
     sub, other = 10, 20
 
     def txn(zxid: int, at: float, session: int, *ops: tuple[str, str, bytes, bool]) -> Txn:
-        from zkpubsub.testing.txnlog import Op
-
         return Txn(zxid, at, session, MULTI, tuple(Op(k, p, d, e) for k, p, d, e in ops))
 
     q = "/r/messages/s/t"
@@ -166,8 +165,6 @@ def test_a_node_that_carries_its_envelope_in_its_name_has_its_keys() -> None:
 
 
 def _multi(zxid: int, at: float, session: int, *ops: tuple[str, str, bytes]) -> Txn:
-    from zkpubsub.testing.txnlog import Op
-
     return Txn(zxid, at, session, MULTI, tuple(Op(k, p, d) for k, p, d in ops))
 
 
@@ -265,13 +262,11 @@ def test_the_ledger_sees_an_evicted_queue_skipped_and_its_messages_deleted_unrea
 
 
 def test_the_ledger_lists_the_item_nodes_each_put_became() -> None:
-    from zkpubsub.testing.txnlog import Op
-
     items = "/r/queues/q/items"
     name = "q000-s0000000001-f68d32aba2f9-"
 
     def txn(zxid: int, *ops: tuple[str, bytes]) -> Txn:
-        return Txn(zxid, float(zxid), 5, MULTI, tuple(Op("create", p, d, False) for p, d in ops))
+        return _multi(zxid, float(zxid), 5, *(("create", p, d) for p, d in ops))
 
     ledger = replay(
         [
@@ -292,25 +287,23 @@ def test_the_ledger_lists_the_item_nodes_each_put_became() -> None:
 
 
 def test_the_ledger_finds_a_node_written_again_after_its_delete() -> None:
-    from zkpubsub.testing.txnlog import Op
-
     item = "/r/queues/q/items/s0000000001/q000-s0000000001-f68d32aba2f9-0000000000"
     held = "/r/queues/q/reserved/q000-s0000000001-f68d32aba2f9-0000000000"
 
-    def txn(zxid: int, *ops: Op) -> Txn:
-        return Txn(zxid, float(zxid), 5, MULTI, ops)
+    def txn(zxid: int, *ops: tuple[str, str, bytes]) -> Txn:
+        return _multi(zxid, float(zxid), 5, *ops)
 
     ledger = replay(
         [
-            txn(1, Op("create", item, envelope(("p", 1)))),
-            txn(2, Op("create", held, b"", True), Op("set", item, b"")),  # reserved
+            txn(1, ("create", item, envelope(("p", 1)))),
+            txn(2, ("create", held, b""), ("set", item, b"")),  # reserved
             # a lease taken over: its reservation deleted and made again at once
-            txn(3, Op("delete", held), Op("create", held, b"", True), Op("set", item, b"")),
-            txn(4, Op("delete", held), Op("delete", item)),  # acked
-            txn(5, Op("create", "/other/x"), Op("delete", "/other/x")),  # not under the root
-            txn(6, Op("set", "/other/x", b"")),
-            txn(7 << 32, Op("create", held, b"", True), Op("set", item, b"")),  # back
-            txn((7 << 32) + 1, Op("check", item), Op("delete", held), Op("delete", item)),
+            txn(3, ("delete", held, b""), ("create", held, b""), ("set", item, b"")),
+            txn(4, ("delete", held, b""), ("delete", item, b"")),  # acked
+            txn(5, ("create", "/other/x", b""), ("delete", "/other/x", b"")),  # not under root
+            txn(6, ("set", "/other/x", b"")),
+            txn(7 << 32, ("create", held, b""), ("set", item, b"")),  # back
+            txn((7 << 32) + 1, ("check", item, b""), ("delete", held, b""), ("delete", item, b"")),
         ],
         "/r",
     )
