@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from zkpubsub.layout import (
     Layout,
+    NodeKind,
+    Place,
     brief,
     carries_data,
     inline_data,
@@ -174,3 +176,50 @@ def test_a_path_under_a_work_queue_is_located_by_what_it_is() -> None:
     assert paths.locate(paths.result("id")) is None
     assert paths.locate(f"{base}x/items") is None
     assert paths.locate("/r/queues") is None
+
+
+def test_a_path_is_placed_with_the_names_it_holds() -> None:
+    layout = Layout("/r")
+    queue = layout.queue("c1", "news")
+    segment = layout.segment(queue, 1)
+    message = f"{segment}/m0123456789ab-0000000004"
+    inline = f"{segment}/m0123456789ab.{inline_text(b'x')}.0000000005"
+    marker = f"{segment}/o0123456789ab-0000000006"
+    legacy = f"{queue}/m0123456789ab-0000000001"
+    item = "q500-s0000000002-0123456789ab-0000000007"
+    work = layout.work_queue("jobs")
+    assert layout.place("/r") == Place(NodeKind.ROOT)
+    assert layout.place("/") == Place(NodeKind.ABOVE_ROOT)
+    assert layout.place(layout.client("c1")) == Place(NodeKind.CLIENT, ("c1",))
+    assert layout.place(layout.subscriber("news", "c1")) == Place(
+        NodeKind.SUBSCRIBER, ("news", "c1")
+    )
+    assert layout.place(queue) == Place(NodeKind.QUEUE, ("c1", "news"))
+    assert layout.place(segment) == Place(NodeKind.SEGMENT, ("c1", "news", "s0000000001"))
+    for path in (message, inline):
+        place = layout.place(path)
+        assert place.kind is NodeKind.MESSAGE
+        assert place.names == ("c1", "news", "s0000000001", path.rpartition("/")[2])
+    assert layout.place(marker).kind is NodeKind.MARKER
+    assert layout.place(marker).names[:2] == ("c1", "news")
+    assert layout.place(legacy) == Place(
+        NodeKind.MESSAGE, ("c1", "news", "m0123456789ab-0000000001")
+    )
+    assert layout.place(layout.receipt("c1", "0123456789ab")) == Place(
+        NodeKind.RECEIPT, ("c1", "r0123456789ab")
+    )
+    assert layout.place(work.base) == Place(NodeKind.WORK_QUEUE, ("jobs",))
+    assert layout.place(work.items) == Place(NodeKind.ITEMS, ("jobs",))
+    assert layout.place(work.item(item)) == Place(NodeKind.ITEM, ("jobs", "s0000000002", item))
+    assert layout.place(work.reservation(item)) == Place(NodeKind.RESERVATION, ("jobs", item))
+    assert layout.place(work.worker("w1")) == Place(NodeKind.WORKER, ("jobs", "w1"))
+    # what the layout does not name holds no names, and kind_of agrees
+    for stranger in (
+        f"{segment}/stray",
+        f"{queue}/o0123456789ab-0000000001",  # markers came with segments
+        f"{message}/child",
+        "/r/elsewhere",
+        f"{work.items}/stray",
+    ):
+        assert layout.place(stranger) == Place(NodeKind.FOREIGN)
+        assert layout.kind_of(stranger) is NodeKind.FOREIGN

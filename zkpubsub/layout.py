@@ -292,6 +292,29 @@ def _message_kind(parts: list[str], depth: int) -> NodeKind:
     return NodeKind.MESSAGE if entry[0] == "m" else NodeKind.MARKER
 
 
+class Place(NamedTuple):
+    """Where a node stands in the layout (:meth:`Layout.place`): its kind
+    and the names its path holds below the root, in order, without the
+    layout's own folder names: ``CLIENT`` (client id); ``SUBSCRIBER``
+    (topic, client id); ``QUEUE`` (client id, topic); ``MESSAGE`` and
+    ``MARKER`` (client id, topic, segment, entry; a message node from
+    before segments: client id, topic, entry); ``RECEIPT`` (client id,
+    receipt); ``CANDIDATE`` (its name); ``WORK_QUEUE`` and every kind
+    within a work queue (the queue's name, then the names below its
+    folder: ``ITEM`` queue, segment, item). ``FOREIGN``, the root and the
+    nodes above it hold none."""
+
+    kind: NodeKind
+    names: tuple[str, ...] = ()
+
+
+_FOREIGN: Final = Place(NodeKind.FOREIGN)
+
+
+def _place(kind: NodeKind, names: list[str]) -> Place:
+    return _FOREIGN if kind is NodeKind.FOREIGN else Place(kind, tuple(names))
+
+
 class Layout:
     """Builds every path under one root. ``Layout("/zkpubsub").queue("a", "t")``."""
 
@@ -387,35 +410,44 @@ class Layout:
     def kind_of(self, path: str) -> NodeKind:
         """The kind of the node at ``path`` (an absolute path as this layout
         builds them)."""
+        return self.place(path).kind
+
+    def place(self, path: str) -> Place:
+        """Where the node at ``path`` stands: its kind and the names its
+        path holds (see :class:`Place`)."""
         root = self.root
         if path == self.root_path:
-            return NodeKind.ROOT
+            return Place(NodeKind.ROOT)
         if not path.startswith(root + "/"):
-            return NodeKind.ABOVE_ROOT
+            return Place(NodeKind.ABOVE_ROOT)
         parts = path[len(root) + 1 :].split("/")
         head, depth = parts[0], len(parts) - 1
         if head == "messages":
-            return _message_kind(parts, depth)
+            return _place(_message_kind(parts, depth), parts[1:])
         kinds = _FOLDERS.get(head)
         if kinds is not None:
-            return kinds[depth] if depth < len(kinds) else NodeKind.FOREIGN
+            return _place(kinds[depth], parts[1:]) if depth < len(kinds) else _FOREIGN
         if head == "cleaner":
             if depth == 0:
-                return NodeKind.CLEANER
+                return Place(NodeKind.CLEANER)
             if parts[1] == "clock" and depth == 1:
-                return NodeKind.CLOCK
+                return Place(NodeKind.CLOCK)
             if parts[1] == "candidates" and depth <= 2:
-                return NodeKind.CANDIDATES if depth == 1 else NodeKind.CANDIDATE
-            return NodeKind.FOREIGN
+                kind = NodeKind.CANDIDATES if depth == 1 else NodeKind.CANDIDATE
+                return _place(kind, parts[2:])
+            return _FOREIGN
         if head == "queues":
             if depth <= 1:
-                return NodeKind.WORK_QUEUES if depth == 0 else NodeKind.WORK_QUEUE
+                return _place(
+                    NodeKind.WORK_QUEUES if depth == 0 else NodeKind.WORK_QUEUE, parts[1:]
+                )
+            names = [parts[1], *parts[3:]]
             if parts[2] == "items" and depth >= 3:
-                return _item_kind(parts[3:])
+                return _place(_item_kind(parts[3:]), names)
             folder = _QUEUE_FOLDERS.get(parts[2])
             if folder is not None and depth <= 3:
-                return folder[depth - 2]
-        return NodeKind.FOREIGN
+                return _place(folder[depth - 2], names)
+        return _FOREIGN
 
 
 class WorkQueuePaths:

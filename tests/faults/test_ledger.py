@@ -115,21 +115,36 @@ def test_the_ledger_follows_writes_registrations_and_removals() -> None:
             3.0,
             30,
             ("check", "/r/subscribers/t", b"", False),
-            ("create", f"{q}/m1-0000000001", envelope(("p", 1)), False),
+            ("create", f"{q}/m111111111111-0000000001", envelope(("p", 1)), False),
         ),
-        txn(4, 4.0, 30, ("create", f"{q}/m2-0000000002", envelope(("p", 2), ("p", 3)), False)),
+        txn(
+            4,
+            4.0,
+            30,
+            ("create", f"{q}/m222222222222-0000000002", envelope(("p", 2), ("p", 3)), False),
+        ),
         txn(
             4,
             4.5,
             30,
             ("create", f"{q}/s0000000000", b"", False),  # a segment (wire format 2)
-            ("create", f"{q}/s0000000000/m5-0000000000", envelope(("p", 5)), False),
-            ("create", f"{q}/s0000000000/o6-0000000001", b'{"pub":"p","missed":1}', False),
+            ("create", f"{q}/s0000000000/m555555555555-0000000000", envelope(("p", 5)), False),
+            (
+                "create",
+                f"{q}/s0000000000/o666666666666-0000000001",
+                b'{"pub":"p","missed":1}',
+                False,
+            ),
         ),
-        txn(5, 5.0, sub, ("delete", f"{q}/m1-0000000001", b"", False)),  # handled
+        txn(5, 5.0, sub, ("delete", f"{q}/m111111111111-0000000001", b"", False)),  # handled
         Txn(6, 6.0, sub, CLOSE_SESSION, closed=("/r/clients/s", "/r/subscribers/t/s")),
-        txn(7, 7.0, 30, ("create", "/r/messages/x/t/m3-0000000003", envelope(("p", 4)), False)),
-        txn(8, 9.5, other, ("delete", f"{q}/m2-0000000002", b"", False)),  # someone else
+        txn(
+            7,
+            7.0,
+            30,
+            ("create", "/r/messages/x/t/m333333333333-0000000003", envelope(("p", 4)), False),
+        ),
+        txn(8, 9.5, other, ("delete", f"{q}/m222222222222-0000000002", b"", False)),  # someone else
         txn(9, 10.0, 11, ("create", "/r/clients/s", b"", True)),
     ]
     ledger = replay(txns, "/r")

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from ..layout import Layout, NodeKind, inline_data, parse_queue_entry, parse_segment_node
+from ..layout import Layout, NodeKind, inline_data
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
@@ -251,10 +251,6 @@ class _Replay:
     def __init__(self, root: str) -> None:
         base = root.rstrip("/")
         self.below_root = f"{base}/"
-        self.clients = f"{base}/clients/"
-        self.subscribers = f"{base}/subscribers/"
-        self.messages = f"{base}/messages/"
-        self.queues = f"{base}/queues/"
         self.layout = Layout(base)
         self.ledger = Ledger()
         self.client_owner: dict[str, int] = {}
@@ -279,10 +275,10 @@ class _Replay:
             return
         carried: dict[str, list[Key]] = {}
         for op in txn.ops:
-            if op.kind == "create" and op.path.startswith(self.messages):
-                entry = _queue_entry(op.path[len(self.messages) :])
-                if entry is not None:
-                    carried.setdefault(entry[1], []).extend(node_keys(op.path, op.data))
+            if op.kind == "create":
+                place = self.layout.place(op.path)
+                if place.kind is NodeKind.MESSAGE:
+                    carried.setdefault(place.names[1], []).extend(node_keys(op.path, op.data))
         for topic, keys in carried.items():  # who had to be reached, before this commit
             reach = frozenset(self.registered[topic])
             for key in keys:
@@ -313,20 +309,15 @@ class _Replay:
         if not carried:
             return
         for op in txn.ops:
-            if not op.path.startswith(self.messages):
-                continue
-            below = op.path[len(self.messages) :]
-            skip: Skip | None = None
-            marker = _marker_entry(below)
-            if marker is not None and op.kind in ("create", "set"):
-                skip = Skip(marker[0], marker[1], txn.zxid, txn.at, "marker", op.path)
-            queue = _queue_node(below)
-            if queue is not None and (
+            kind, names = self.layout.place(op.path)
+            if kind is NodeKind.MARKER and op.kind in ("create", "set"):
+                skip = Skip(names[0], names[1], txn.zxid, txn.at, "marker", op.path)
+            elif kind is NodeKind.QUEUE and (
                 (op.kind == "set" and _marked_full(op.data))
                 or (op.kind == "check" and op.path in self.evicting)
             ):
-                skip = Skip(queue[0], queue[1], txn.zxid, txn.at, "evict", op.path)
-            if skip is None:
+                skip = Skip(names[0], names[1], txn.zxid, txn.at, "evict", op.path)
+            else:
                 continue
             for key in carried.get(skip.topic, ()):
                 self.ledger.skips[key].append(skip)
@@ -335,43 +326,33 @@ class _Replay:
         if ephemeral:
             self.eph_owner[path] = txn.session
             self.ephemerals[txn.session].add(path)
-        if path.startswith(self.clients):
-            name = path[len(self.clients) :]
-            if "/" not in name:
-                self.client_owner[name] = txn.session
-                self.client_gone_at.pop(name, None)
-                if ephemeral:
-                    self.open_spans[txn.session] = (name, txn.at)
-        elif path.startswith(self.subscribers):
-            parts = path[len(self.subscribers) :].split("/")
-            if len(parts) == 2:
-                self.registered[parts[0]].setdefault(parts[1], txn.at)
-        elif path.startswith(self.messages):
-            below = path[len(self.messages) :]
-            entry = _queue_entry(below)
-            if entry is not None:
-                sub, topic = entry
-                keys = node_keys(path, data)
-                self.nodes[path] = (sub, keys)
-                for key in keys:
-                    self.ledger.writes[key].append(QueueWrite(sub, topic, txn.zxid, txn.at, path))
-            marker = _marker_entry(below)
-            if marker is not None:
-                missed = _missed(data)
-                self.ledger.markers[path] = Marker(*marker, txn.at, txn.at, missed)
+        kind, names = self.layout.place(path)
+        if kind is NodeKind.CLIENT:
+            name = names[0]
+            self.client_owner[name] = txn.session
+            self.client_gone_at.pop(name, None)
+            if ephemeral:
+                self.open_spans[txn.session] = (name, txn.at)
+        elif kind is NodeKind.SUBSCRIBER:
+            self.registered[names[0]].setdefault(names[1], txn.at)
+        elif kind is NodeKind.MESSAGE:
+            sub, topic = names[:2]
+            keys = node_keys(path, data)
+            self.nodes[path] = (sub, keys)
+            for key in keys:
+                self.ledger.writes[key].append(QueueWrite(sub, topic, txn.zxid, txn.at, path))
+        elif kind is NodeKind.MARKER:
+            self.ledger.markers[path] = Marker(names[0], names[1], txn.at, txn.at, _missed(data))
+        elif kind is NodeKind.QUEUE:
             self._set(path, data, txn)
-        elif self.layout.kind_of(path) is NodeKind.ITEM:
-            queue = path[len(self.queues) :].split("/", 1)[0]
-            write = ItemWrite(queue, txn.zxid, txn.at, txn.session, path)
+        elif kind is NodeKind.ITEM:
+            write = ItemWrite(names[0], txn.zxid, txn.at, txn.session, path)
             for key in decode_keys(data):
                 self.ledger.items[key].append(write)
 
     def _set(self, path: str, data: bytes, txn: Txn) -> None:
         """A queue record or an overflow marker written."""
-        if not path.startswith(self.messages):
-            return
-        below = path[len(self.messages) :]
-        if _queue_node(below) is not None:
+        if self.layout.kind_of(path) is NodeKind.QUEUE:
             if _marked_full(data):
                 self.evicting.add(path)
             else:
@@ -385,18 +366,18 @@ class _Replay:
         owner = self.eph_owner.pop(path, None)
         if owner is not None:
             self.ephemerals[owner].discard(path)
-        if path.startswith(self.clients):
-            name = path[len(self.clients) :]
-            if "/" not in name and name in self.client_owner:
+        kind, names = self.layout.place(path)
+        if kind is NodeKind.CLIENT:
+            name = names[0]
+            if name in self.client_owner:
                 session = self.client_owner.pop(name)
                 self.client_gone_at[name] = txn.at
                 self._end_span(session, txn.at)
-        elif path.startswith(self.subscribers):
-            parts = path[len(self.subscribers) :].split("/")
-            if len(parts) == 2:
-                since = self.registered[parts[0]].pop(parts[1], None)
-                if since is not None:
-                    self.ledger.registrations[(parts[0], parts[1])].append((since, txn.at))
+        elif kind is NodeKind.SUBSCRIBER:
+            topic, sub = names
+            since = self.registered[topic].pop(sub, None)
+            if since is not None:
+                self.ledger.registrations[(topic, sub)].append((since, txn.at))
         elif path in self.evicting:
             self.evicting.discard(path)  # the queue itself
         elif path in self.ledger.markers:
@@ -424,10 +405,10 @@ class _Replay:
 
     def _queue_of(self, path: str) -> str | None:
         """The queue path of a message node or marker."""
-        entry = _queue_entry(path[len(self.messages) :]) or _marker_entry(
-            path[len(self.messages) :]
-        )
-        return None if entry is None else f"{self.messages}{entry[0]}/{entry[1]}"
+        kind, names = self.layout.place(path)
+        if kind not in (NodeKind.MESSAGE, NodeKind.MARKER):
+            return None
+        return self.layout.queue(names[0], names[1])
 
     def _end_span(self, session: int, at: float) -> None:
         span = self.open_spans.pop(session, None)
@@ -453,41 +434,6 @@ def replay(txns: Sequence[Txn], root: str) -> Ledger:
     for txn in txns:
         replay.apply(txn)
     return replay.finish((t.epoch for t in txns), len(txns))
-
-
-def _entry_of(below: str, kind: str) -> tuple[str, str] | None:
-    """``(subscriber, topic)`` of a queue entry of ``kind`` (``m`` or
-    ``o``), given its path below ``messages/`` (``<id>/<topic>/s<N>/<name>``,
-    or ``<id>/<topic>/<name>`` from before segments); ``None`` otherwise."""
-    parts = below.split("/")
-    if len(parts) == 4 and parse_segment_node(parts[2]) is not None:
-        name = parts[3]
-    elif len(parts) == 3 and parse_segment_node(parts[2]) is None:
-        name = parts[2]
-    else:
-        return None
-    return (parts[0], parts[1]) if name.startswith(kind) else None
-
-
-def _queue_entry(below: str) -> tuple[str, str] | None:
-    """``(subscriber, topic)`` of a message node (below ``messages/``);
-    ``None`` for anything else (queues, segments, markers)."""
-    return _entry_of(below, "m")
-
-
-def _marker_entry(below: str) -> tuple[str, str] | None:
-    """``(subscriber, topic)`` of an overflow marker ``o<guid>-<seq>``
-    (below ``messages/``); ``None`` for anything else."""
-    entry = _entry_of(below, "o")
-    if entry is None or parse_queue_entry(below.rsplit("/", 1)[-1]) is None:
-        return None
-    return entry
-
-
-def _queue_node(below: str) -> tuple[str, str] | None:
-    """``(subscriber, topic)`` of a queue node ``<id>/<topic>``."""
-    parts = below.split("/")
-    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def _marked_full(record: bytes) -> bool:
