@@ -72,6 +72,19 @@ install_venv() {
     touch "$stamp"
 }
 
+install_jdk() {
+    # the wire format's Java client (tests/interop) runs as a source file:
+    # the java that runs ZooKeeper must be a JDK, not only a runtime
+    local java="java"
+    if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then java="$JAVA_HOME/bin/java"; fi
+    if "$java" --list-modules 2>/dev/null | grep -q '^jdk.compiler@'; then
+        return
+    fi
+    echo "installing a JDK from Debian's packages..." >&2
+    as_root apt-get update -qq
+    apt_install openjdk-17-jdk-headless
+}
+
 install_openssl() {
     # the secured-server tests make their certificates with openssl and keytool
     # (keytool comes with the JDK that ZooKeeper needs)
@@ -96,6 +109,7 @@ install_chromium() {
 
 install() {
     install_zookeeper
+    install_jdk
     install_openssl
     install_chromium
     install_venv
