@@ -5,7 +5,9 @@ alone, with ZooKeeper's own Java client and nothing of zkpubsub's. These
 tests run it against a real server beside Python clients, both ways: its
 messages reach Python subscribers as the Python publisher's would, and it
 reads what a Python publisher writes, in order, from node data and from
-node names, and leaves its queue empty.
+node names, and leaves its queue empty. On a work queue, Python workers
+take its items by priority, and it reserves and acks a Python producer's
+items, answering one that waits for a result.
 """
 
 from __future__ import annotations
@@ -165,3 +167,60 @@ def test_a_java_publisher_reaches_python_subscribers(
 def test_the_java_client_refuses_bad_arguments_with_its_usage() -> None:
     run = subprocess.run(java_command("publish"), capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.startswith("usage: WireClient publish")
+
+
+def test_python_workers_take_a_java_producers_items_by_priority(
+    make_client: Callable[..., Client], zk_hosts: str, zk_root: str
+) -> None:
+    queue = make_client(client_id="py-worker").queue("jobs")
+    run = subprocess.run(
+        java_command("put", zk_hosts, zk_root, "jobs", "java-producer", "3"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    put = [line.split(" ") for line in run.stdout.splitlines()]
+    assert [(p[0], p[2]) for p in put] == [("put", "5"), ("put", "1"), ("put", "3")]
+    taken = []
+    for _ in range(3):
+        item = queue.reserve(timeout=10)
+        assert item is not None
+        taken.append(item)
+        item.ack()
+    assert [i.id for i in taken] == [put[1][1], put[2][1], put[0][1]]  # lower priority first
+    assert [(i.payload, i.priority, i.attempts) for i in taken] == [
+        ({"n": 1}, 1, 1),
+        ({"n": 2}, 3, 1),
+        ({"n": 0}, 5, 1),
+    ]
+    assert {(i.producer_id, i.headers["lang"]) for i in taken} == {("java-producer", "java")}
+    assert queue.reserve(timeout=0.5) is None
+    stats = queue.stats()
+    assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 0)
+
+
+def test_a_java_worker_acks_a_python_producers_items_and_answers_a_ticket(
+    make_client: Callable[..., Client], zk_hosts: str, zk_root: str
+) -> None:
+    queue = make_client(client_id="py-producer").queue("jobs")
+    plain = queue.put({"job": 1}, priority=7)
+    ticket = queue.put({"job": 2}, priority=2, want_result=True)
+    run = subprocess.run(
+        java_command("work", zk_hosts, zk_root, "jobs", "java-worker", "2", "30"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert run.returncode == 0, run.stderr
+    acked = [line.split(" ") for line in run.stdout.splitlines()]
+    assert [(a[0], a[1], a[2]) for a in acked] == [
+        ("acked", ticket.id, "1"),  # priority 2 before 7
+        ("acked", plain, "1"),
+    ]
+    assert [msgpack.unpackb(base64.b64decode(a[4])) for a in acked] == [{"job": 2}, {"job": 1}]
+    size = len(msgpack.packb({"job": 2}))
+    assert base64.b64decode(acked[0][3]) == b'{"done":true,"bytes":%d}' % size
+    assert ticket.wait(timeout=10) == {"done": True, "bytes": size}
+    stats = queue.stats()
+    assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 0)

@@ -5,6 +5,8 @@
 //
 //   java -cp <ZooKeeper's class path> WireClient.java publish <hosts> <root> <topic> <client id> <count>
 //   java -cp <ZooKeeper's class path> WireClient.java subscribe <hosts> <root> <topic> <client id> <count> <seconds> [inline]
+//   java -cp <ZooKeeper's class path> WireClient.java put <hosts> <root> <queue> <client id> <count>
+//   java -cp <ZooKeeper's class path> WireClient.java work <hosts> <root> <queue> <client id> <count> <seconds>
 //
 // publish sends <count> messages (JSON payloads {"n": i, "lang": "java"},
 // every fourth one padded past 512 bytes), one transaction each, and prints
@@ -13,10 +15,20 @@
 // envelopes in names with "inline"), prints "ready", then one line per
 // message it reads, deletes what it read and unsubscribes after <count>
 // messages; it exits 3 if they do not come within <seconds>.
+// put puts <count> work items (JSON payloads {"n": i}, priority 5, 1, 3, 5,
+// 1, 3, ... in turn), one transaction each, and prints "put <message id>
+// <priority>". work registers a worker, then reserves and acks <count>
+// items one at a time, answering an item that asks for a result with
+// {"done": true, "bytes": <its payload's length>}, and prints "acked <message id> <attempt> <result
+// or -> <payload, base64>" per item; it exits 3 if they do not come within
+// <seconds>.
 //
 // It leaves out what a small client may leave out: it does not move a
 // queue to a fresh segment (it refuses to publish into a full one), writes
-// no overflow markers and does not take part in the cleaner's election.
+// no overflow markers and does not take part in the cleaner's election; its
+// work queue puts into the current segment without ever rolling on (a
+// fuller client rolls after 10,000 creates), does not bound puts, and
+// neither leases, releases nor buries items.
 
 import java.io.ByteArrayOutputStream;
 import java.net.InetAddress;
@@ -66,9 +78,13 @@ public class WireClient {
     public static void main(String[] args) throws Exception {
         boolean publish = args.length == 6 && args[0].equals("publish");
         boolean subscribe = args.length >= 7 && args.length <= 8 && args[0].equals("subscribe");
-        if (!publish && !subscribe) {
+        boolean put = args.length == 6 && args[0].equals("put");
+        boolean work = args.length == 7 && args[0].equals("work");
+        if (!publish && !subscribe && !put && !work) {
             System.err.println("usage: WireClient publish <hosts> <root> <topic> <client id> <count>\n"
-                    + "       WireClient subscribe <hosts> <root> <topic> <client id> <count> <seconds> [inline]");
+                    + "       WireClient subscribe <hosts> <root> <topic> <client id> <count> <seconds> [inline]\n"
+                    + "       WireClient put <hosts> <root> <queue> <client id> <count>\n"
+                    + "       WireClient work <hosts> <root> <queue> <client id> <count> <seconds>");
             System.exit(2);
         }
         WireClient client = new WireClient(args[1], args[2], args[4]);
@@ -77,6 +93,10 @@ public class WireClient {
             client.register();
             if (publish) {
                 status = client.publish(args[3], Integer.parseInt(args[5]));
+            } else if (put) {
+                status = client.put(args[3], Integer.parseInt(args[5]));
+            } else if (work) {
+                status = client.work(args[3], Integer.parseInt(args[5]), Long.parseLong(args[6]));
             } else {
                 boolean inline = args.length > 7 && args[7].equals("inline");
                 status = client.subscribe(args[3], Integer.parseInt(args[5]), Long.parseLong(args[6]), inline);
@@ -194,6 +214,181 @@ public class WireClient {
         } catch (KeeperException failed) {
             return false;  // a check failed, or a queue is gone: read again
         }
+    }
+
+    // -- work queues: "Work queues" -----------------------------------------------------
+
+    static final Pattern ITEM = Pattern.compile("^[qr](\\d{3})-(?:s(\\d{10})-)?[0-9a-f]{12}-(\\d{10}|-\\d{9,10})$");
+
+    int put(String name, int count) throws Exception {
+        String queue = root + "/queues/" + name;
+        for (String folder : List.of("items", "reserved", "dead", "results", "workers")) {
+            ensure(queue + "/" + folder);
+        }
+        ensure(root + "/receipts/" + id);
+        for (int n = 0; n < count; n++) {
+            int priority = new int[] {5, 1, 3}[n % 3];
+            String messageId = hex(16);
+            byte[] envelope = envelope(messageId, name, utf8("{\"n\":" + n + "}"));
+            for (int attempt = 0; ; attempt++) {
+                if (attempt == 20) throw new IllegalStateException("no put after 20 attempts");
+                Stat stat = new Stat();
+                String current = new String(zk.getData(queue, false, stat), StandardCharsets.UTF_8);
+                if (current.isEmpty()) {  // no segment yet: roll on to the first
+                    roll(queue, 0, stat.getVersion());
+                    continue;
+                }
+                int segment = Integer.parseInt(current.trim());
+                String guid = hex(6);
+                String receipt = root + "/receipts/" + id + "/r" + guid;
+                String segmentName = String.format("s%010d", segment);
+                String prefix = queue + "/items/" + segmentName + "/q" + String.format("%03d", priority)
+                        + "-" + segmentName + "-" + guid + "-";
+                List<Op> ops = List.of(
+                        Op.create(receipt, utf8(id), ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT),
+                        Op.check(queue, stat.getVersion()),
+                        Op.create(prefix, envelope, ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT_SEQUENTIAL));
+                if (commit(ops, receipt)) {
+                    System.out.println("put " + messageId + " " + priority);
+                    zk.delete(receipt, -1);
+                    break;
+                }
+            }
+        }
+        return 0;
+    }
+
+    /** Rolls the queue on from segment ``from`` (its node read at ``version``). */
+    void roll(String queue, int from, int version) throws Exception {
+        try {
+            zk.multi(List.of(
+                    Op.setData(queue, utf8(String.valueOf(from + 1)), version),
+                    Op.create(queue + "/items/" + String.format("s%010d", from + 1), new byte[0],
+                            ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
+        } catch (KeeperException.BadVersionException | KeeperException.NodeExistsException raced) {
+            // another producer rolled first
+        }
+    }
+
+    int work(String name, int count, long seconds) throws Exception {
+        String queue = root + "/queues/" + name;
+        String worker = id + ".w1";
+        String me = queue + "/workers/" + worker;
+        zk.multi(List.of(
+                Op.create(me, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.EPHEMERAL),
+                Op.setData(me, new byte[0], -1)));
+        ensure(root + "/receipts/" + id);
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+        for (int done = 0; done < count; ) {
+            List<String[]> items = listItems(queue);  // {path, name}, in order
+            boolean took = false;
+            for (String[] item : items) {
+                if (reserveAndAck(queue, item[0], item[1], worker)) {
+                    took = true;
+                    done++;
+                    break;
+                }
+            }
+            if (!took) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) return 3;
+                changed.tryAcquire(Math.min(left, TimeUnit.MILLISECONDS.toNanos(500)), TimeUnit.NANOSECONDS);
+                changed.drainPermits();
+            }
+        }
+        zk.delete(me, -1);
+        return 0;
+    }
+
+    /** The available items (not reserved), ordered by priority, segment, sequence. */
+    List<String[]> listItems(String queue) throws Exception {
+        Watcher wake = event -> changed.release();
+        List<String> reserved = zk.getChildren(queue + "/reserved", false);
+        List<String[]> items = new ArrayList<>();
+        for (String child : zk.getChildren(queue + "/items", wake)) {
+            if (SEGMENT.matcher(child).matches()) {
+                for (String name : zk.getChildren(queue + "/items/" + child, wake)) {
+                    items.add(new String[] {queue + "/items/" + child + "/" + name, name});
+                }
+            } else {
+                items.add(new String[] {queue + "/items/" + child, child});  // the unsegmented layout
+            }
+        }
+        items.removeIf(item -> !ITEM.matcher(item[1]).matches() || reserved.contains(item[1]));
+        items.sort((a, b) -> {
+            Matcher x = ITEM.matcher(a[1]), y = ITEM.matcher(b[1]);
+            x.matches();
+            y.matches();
+            int order = Integer.compare(Integer.parseInt(x.group(1)), Integer.parseInt(y.group(1)));
+            if (order == 0) order = Long.compare(segmentOf(x), segmentOf(y));
+            if (order == 0) order = Long.compare(Long.parseLong(x.group(3)) & 0xffffffffL,
+                    Long.parseLong(y.group(3)) & 0xffffffffL);
+            return order;
+        });
+        return items;
+    }
+
+    static long segmentOf(Matcher item) {
+        return item.group(2) == null ? 0 : Long.parseLong(item.group(2));
+    }
+
+    boolean reserveAndAck(String queue, String path, String name, String worker) throws Exception {
+        Stat stat = new Stat();
+        byte[] data;
+        try {
+            data = zk.getData(path, false, stat);
+        } catch (KeeperException.NoNodeException gone) {
+            return false;
+        }
+        int version = stat.getVersion();
+        Map<String, Object> record = new LinkedHashMap<>();
+        record.put("worker", worker);
+        record.put("at", System.currentTimeMillis() / 1000.0);
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        Msgpack.write(out, record);
+        String reservation = queue + "/reserved/" + name;
+        try {
+            zk.multi(List.of(
+                    Op.create(reservation, out.toByteArray(), ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.EPHEMERAL),
+                    Op.setData(path, data, version)));
+        } catch (KeeperException.NodeExistsException | KeeperException.BadVersionException
+                | KeeperException.NoNodeException taken) {
+            return false;  // another worker was first
+        }
+        @SuppressWarnings("unchecked")
+        Map<String, Object> message = (Map<String, Object>) ((List<?>) ((Map<?, ?>) Msgpack.read(
+                new Msgpack.Reader(data))).get("msgs")).get(0);
+        byte[] payload = (byte[]) message.get("p");
+        String messageId = (String) message.get("id");
+        String guid = hex(6);
+        String receipt = root + "/receipts/" + id + "/r" + guid;
+        List<Op> ops = new ArrayList<>();
+        ops.add(Op.create(receipt, utf8(id), ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT));
+        ops.add(Op.delete(reservation, -1));
+        ops.add(Op.delete(path, version + 1));
+        String answer = "-";
+        if (name.startsWith("r")) {
+            String text = "{\"done\":true,\"bytes\":" + payload.length + "}";
+            Map<String, Object> result = new LinkedHashMap<>();
+            result.put("v", 1L);
+            result.put("status", "ok");
+            result.put("ct", "application/json");
+            result.put("r", utf8(text));
+            result.put("reason", "");
+            result.put("at", System.currentTimeMillis() / 1000.0);
+            ByteArrayOutputStream doc = new ByteArrayOutputStream();
+            Msgpack.write(doc, result);
+            ops.add(Op.create(queue + "/results/" + messageId, doc.toByteArray(),
+                    ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT));
+            answer = text;
+        }
+        if (!commit(ops, receipt)) throw new IllegalStateException("the reservation of " + name + " was lost");
+        zk.delete(receipt, -1);
+        System.out.println(String.join(" ", "acked", messageId, String.valueOf(version + 1),
+                Base64.getEncoder().encodeToString(utf8(answer)),
+                Base64.getEncoder().encodeToString(payload)));
+        System.out.flush();
+        return true;
     }
 
     byte[] envelope(String messageId, String topic, byte[] payload) {
