@@ -441,6 +441,12 @@ def test_a_server_that_enforces_authentication_refuses_a_client_without_credenti
     with pytest.raises(AuthenticationFailed, match="requires authentication"):
         Client(zk.hosts, connect_timeout=10, root="/enforced")
     assert time.monotonic() - start < 10
+    # a wrong password: the server closes the session at the SASL login;
+    # refused at once, and kazoo's loop stops rather than dying on a thread
+    start = time.monotonic()
+    with pytest.raises(AuthenticationFailed, match="SASL"):
+        Client(zk.hosts, auth=[Sasl("bob", "wrong")], connect_timeout=10, root="/enforced")
+    assert time.monotonic() - start < 10
     with Client(zk.hosts, auth=user_auth("app"), root="/enforced", session_timeout=4) as c:
         c.subscribe("t")
         assert c.publish("t", 1).subscribers == 1

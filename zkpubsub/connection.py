@@ -264,6 +264,7 @@ class Connection:
 
         self.kazoo._call = counted
         self._drop_on_unexpected_replies()
+        self._refuse_sasl_closed_sessions()
         self.kazoo.add_listener(self._on_state)
 
     def _drop_on_unexpected_replies(self) -> None:
@@ -284,6 +285,22 @@ class Connection:
             return read_response(header, buffer, offset)
 
         reader._read_response = checked
+
+    def _refuse_sasl_closed_sessions(self) -> None:
+        """Make a SASL login that a server enforcing authentication answers
+        by closing the session a refused login, as a refusal from any other
+        server is (kazoo's loop would die of the error it raises, and be
+        revived to fail again)."""
+        reader = self.kazoo._connection
+        authenticate = reader._authenticate_with_sasl
+
+        def refused(host: str, timeout: float) -> Any:  # kazoo's connection thread
+            try:
+                return authenticate(host, timeout)
+            except SessionClosedRequireSaslError as exc:
+                raise AuthFailedError("the server closed the session at the SASL login") from exc
+
+        reader._authenticate_with_sasl = refused
 
     @property
     def requests(self) -> int:
