@@ -542,6 +542,14 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
         assert "Traceback" not in answer.text
     too_large = cases[2][0].json()
     assert too_large["limit"] == 980_000
+    # a body that carries no payload stays under 64 KiB on every route
+    for answer in (
+        api.put("/subscriptions/x", json={"topics": ["t"] * 30_000}),
+        api.post("/subscriptions/x/ack", json={"ack_ids": ["a" * 40] * 3_000}),
+        api.post("/subscriptions/x/pull", content=iter([b" " * 70_000]), headers=json_type),
+    ):
+        assert answer.status_code == 413, (answer.request.url, answer.text)
+        assert answer.json()["error"] == "PayloadTooLarge" and answer.json()["limit"] == 65_536
 
 
 # -- health, metrics, documents ----------------------------------------------------------------

@@ -21,15 +21,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from .problems import Problem
 
 __all__ = [
     "HEADER_PREFIX",
+    "SMALL_BODY",
+    "SmallBodyRoute",
     "decode_base64",
     "message_headers",
     "payload_fields",
@@ -39,6 +42,9 @@ __all__ = [
 ]
 
 HEADER_PREFIX: Final = "zkpubsub-header-"
+# The limit of every JSON body that carries no payload (subscriptions,
+# pulls, acks, reserves, releases, extensions, replays).
+SMALL_BODY: Final = 64 * 1024
 
 
 def _too_large(limit: int, size: int | None = None) -> Problem:
@@ -165,6 +171,29 @@ def payload_fields(payload: Any) -> dict[str, Any]:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return {"payload_base64": base64.b64encode(bytes(payload)).decode()}
     return {"payload": _jsonable(payload)}
+
+
+class SmallBodyRoute(APIRoute):
+    """A route whose request body may not pass :data:`SMALL_BODY` bytes (a
+    413 problem), checked before the body is parsed."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            body: bytes | None = await read_body(request, SMALL_BODY)
+
+            async def replay() -> Any:  # the body read, then what the connection says
+                nonlocal body
+                if body is None:
+                    return await request.receive()
+                message = {"type": "http.request", "body": body, "more_body": False}
+                body = None
+                return message
+
+            return await handler(Request(request.scope, replay))
+
+        return limited
 
 
 class BodyLimit:

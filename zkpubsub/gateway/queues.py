@@ -38,7 +38,7 @@ from .models import (
     TicketAnswer,
     problem_responses,
 )
-from .payloads import message_headers, payload_fields, read_json, read_payload
+from .payloads import SMALL_BODY, message_headers, payload_fields, read_json, read_payload
 from .problems import bad_input
 from .reservations import Held
 from .topics import _SINGLE_BODY, invalid
@@ -46,9 +46,6 @@ from .topics import _SINGLE_BODY, invalid
 __all__ = ["router"]
 
 router = APIRouter(tags=["queues"])
-
-# Small JSON bodies (reserve, ack without a result, release, extend, replay).
-_SMALL = 64 * 1024
 
 
 async def _handle(gw: GatewayState, principal: Principal, name: str) -> AsyncWorkQueue:
@@ -58,7 +55,7 @@ async def _handle(gw: GatewayState, principal: Principal, name: str) -> AsyncWor
     return await gw.bus.queue(principal, name)
 
 
-async def _body(request: Request, model: type[BaseModel], limit: int = _SMALL) -> Any:
+async def _body(request: Request, model: type[BaseModel], limit: int = SMALL_BODY) -> Any:
     doc = await read_json(request, limit, empty={})
     try:
         return model.model_validate(doc)

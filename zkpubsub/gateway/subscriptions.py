@@ -37,11 +37,12 @@ from .models import (
     SubscriptionRequest,
     problem_responses,
 )
-from .payloads import payload_fields
+from .payloads import SmallBodyRoute, payload_fields
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["subscriptions"])
+# no body of these routes carries a payload: each is held to SMALL_BODY
+router = APIRouter(tags=["subscriptions"], route_class=SmallBodyRoute)
 
 # An idle event stream sends a comment this often, so proxies keep it open.
 KEEPALIVE = 15.0
