@@ -220,6 +220,35 @@ def test_a_bad_option_is_one_line_and_exit_code_2(option: str, value: str, says:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["queue", "reserve", "q", "--timeout", "-1"], "--timeout must be 0 or more seconds"),
+        (["queue", "put", "q", "x", "-p", "1000"], "--priority must be from 0 to 999"),
+        (["queue", "put", "q", "x", "--wait-result", "-1"], "--wait-result must be 0 or more"),
+        (["subscribe", "t", "--count", "-1"], "--count must be 0 or more"),
+        (["subscribe", "t", "--timeout", "-1"], "--timeout must be 0 or more seconds"),
+        (["cleaner", "--interval", "0"], "--interval must be a positive number"),
+        (["cleaner", "--grace", "-3"], "--grace must be a positive number"),
+        (["demo", "--subscribers", "1"], "--subscribers must be 2 or more"),
+        (["demo", "--messages", "9"], "--messages must be 10 or more"),
+        (["dev-server", "--size", "0"], "--size must be from 1 to 9"),
+        (["dev-server", "--port", "65536"], "--port must be from 0 to 65535"),
+        (["gateway", "--port", "0"], "--port must be from 1 to 65535"),
+        (["gateway", "--host", "0.0.0.0"], "without --tokens"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_a_bad_command_option_is_one_line_and_exit_code_2_before_anything_is_done(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient, args: list[str], says: str
+) -> None:
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *args)
+    assert code == 2, (out, err)
+    assert err.strip().splitlines() == [err.strip()] and says in err, err
+    assert out == "" and "Traceback" not in err
+    assert raw_zk.exists(zk_root) is None  # no client came: nothing put, nothing made
+
+
 def test_an_unreachable_server_is_one_line_after_the_connect_timeout() -> None:
     (port,) = free_ports(1)  # nothing listens there
     code, _out, err = run_process("--hosts", f"127.0.0.1:{port}", "--connect-timeout", "2", "stats")

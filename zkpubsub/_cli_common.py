@@ -109,6 +109,40 @@ def positive(name: str) -> Callable[[click.Context, click.Parameter, float], flo
     return check
 
 
+def positive_or_none(
+    name: str,
+) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
+    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+        return None if value is None else positive(name)(ctx, param, value)
+
+    return check
+
+
+def not_negative(
+    name: str,
+) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+        if value is not None and not value >= 0:
+            raise BadOption(f"{name} must be 0 or more seconds, not {value:g}")
+        return value
+
+    return check
+
+
+def whole(
+    name: str, low: int, high: int | None = None
+) -> Callable[[click.Context, click.Parameter, int], int]:
+    """A check that an integer option lies from ``low`` to ``high``."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise BadOption(f"{name} must be {span}, not {value}")
+        return value
+
+    return check
+
+
 def parse_headers(values: Sequence[str]) -> dict[str, str]:
     headers = {}
     for item in values:

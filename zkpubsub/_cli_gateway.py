@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ._cli_common import BadOption, CliContext, pass_ctx, positive
+from ._cli_common import BadOption, CliContext, pass_ctx, positive, whole
 from .gateway.settings import (
     DEFAULT_ACK_DEADLINE,
     DEFAULT_IDEMPOTENCY_TTL,
@@ -25,7 +25,14 @@ from .gateway.settings import (
     envvar="ZKPUBSUB_GATEWAY_HOST",
     help="Address to listen on (anything but loopback needs --tokens).",
 )
-@click.option("--port", default=8080, show_default=True, type=int, envvar="ZKPUBSUB_GATEWAY_PORT")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=int,
+    envvar="ZKPUBSUB_GATEWAY_PORT",
+    callback=whole("--port", 1, 65535),
+)
 @click.option(
     "--tokens",
     type=click.Path(exists=True, dir_okay=False),
@@ -92,7 +99,7 @@ def gateway(
 ) -> None:
     """Serve the bus over HTTP (needs the gateway extra)."""
     try:
-        from .gateway import GatewaySettings, load_tokens, serve
+        from .gateway import GatewaySettings, check_listener, load_tokens, serve
     except ImportError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -110,6 +117,7 @@ def gateway(
             idle_timeout=idle_timeout,
             idempotency_ttl=idempotency_ttl,
         )
+        check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
     except (OSError, ValueError) as exc:
         raise BadOption(str(exc)) from exc
     scheme = "https" if tls_cert else "http"

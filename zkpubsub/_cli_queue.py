@@ -11,10 +11,12 @@ import click
 
 from ._cli_common import (
     CliContext,
+    not_negative,
     parse_headers,
     pass_ctx,
     read_or_fail,
     table,
+    whole,
     work_queue_table,
 )
 from .errors import ZkPubSubError
@@ -41,7 +43,13 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
 @click.argument("name")
 @click.argument("payloads", nargs=-1, required=True)
 @click.option(
-    "--priority", "-p", default=100, show_default=True, type=int, help="0-999, lower first."
+    "--priority",
+    "-p",
+    default=100,
+    show_default=True,
+    type=int,
+    callback=whole("--priority", 0, 999),
+    help="0-999, lower first.",
 )
 @click.option("--header", "-H", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -50,6 +58,7 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
     type=float,
     default=None,
     metavar="SECONDS",
+    callback=not_negative("--wait-result"),
     help="Put one item wanting a result and wait for it.",
 )
 @pass_ctx
@@ -83,7 +92,9 @@ def queue_put(
 
 @queue.command("reserve")
 @click.argument("name")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, callback=not_negative("--timeout")
+)
 @click.option("--release", is_flag=True, help="Give the item back instead of acking it.")
 @pass_ctx
 def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> None:

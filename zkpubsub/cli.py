@@ -26,11 +26,14 @@ import click
 from ._cli_common import (
     BadOption,
     CliContext,
+    not_negative,
     parse_headers,
     pass_ctx,
     positive,
+    positive_or_none,
     read_or_fail,
     table,
+    whole,
     work_queue_table,
 )
 from ._cli_gateway import gateway
@@ -47,6 +50,7 @@ from .message import Message
 from .subscription import Subscription
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
+MAX_DEV_SERVERS = 9  # the largest ensemble dev-server starts
 
 
 _standalone = False  # run as the program: its logging is ours to set up
@@ -139,8 +143,22 @@ def main(
 
 
 @main.command("dev-server")
-@click.option("--port", default=2181, show_default=True, type=int, help="Client port (0: any).")
-@click.option("--size", default=1, show_default=True, type=int, help="Nodes (1: standalone).")
+@click.option(
+    "--port",
+    default=2181,
+    show_default=True,
+    type=int,
+    callback=whole("--port", 0, 65535),
+    help="Client port (0: any).",
+)
+@click.option(
+    "--size",
+    default=1,
+    show_default=True,
+    type=int,
+    callback=whole("--size", 1, MAX_DEV_SERVERS),
+    help=f"Nodes, 1-{MAX_DEV_SERVERS} (1: standalone).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Keep data here.")
 def dev_server(port: int, size: int, data_dir: str | None) -> None:
     """Run a local ZooKeeper in the foreground until Ctrl-C."""
@@ -224,8 +242,21 @@ def _show(msg: Message) -> str:
 
 @main.command()
 @click.argument("topic")
-@click.option("--count", "-n", type=int, default=0, help="Stop after N messages (0: never).")
-@click.option("--timeout", type=float, default=None, help="Stop after S seconds without one.")
+@click.option(
+    "--count",
+    "-n",
+    type=int,
+    default=0,
+    callback=whole("--count", 0),
+    help="Stop after N messages (0: never).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    callback=not_negative("--timeout"),
+    help="Stop after S seconds without one.",
+)
 @click.option("--client-id", default=None, help="A durable id that keeps its backlog.")
 @click.option("--json-lines", is_flag=True, help="Print each message as a JSON object.")
 @pass_ctx
@@ -419,6 +450,7 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     type=float,
     default=None,
     envvar="ZKPUBSUB_CLEANER_GRACE",
+    callback=positive_or_none("--grace"),
     help="Seconds a client must be gone before its queues go "
     "(default: max(60, 2 x session timeout); at least the session timeout).",
 )
@@ -428,6 +460,7 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     default=DEFAULT_CLEANER_INTERVAL,
     show_default=True,
     envvar="ZKPUBSUB_CLEANER_INTERVAL",
+    callback=positive("--interval"),
     help="Seconds between sweeps (it also sweeps when clients come and go).",
 )
 @click.option("--client-id", default=None, envvar="ZKPUBSUB_CLEANER_ID")
@@ -481,8 +514,12 @@ def bench(args: Sequence[str]) -> None:
 
 
 @main.command()
-@click.option("--subscribers", default=3, show_default=True, type=int)
-@click.option("--messages", default=300, show_default=True, type=int)
+@click.option(
+    "--subscribers", default=3, show_default=True, type=int, callback=whole("--subscribers", 2)
+)
+@click.option(
+    "--messages", default=300, show_default=True, type=int, callback=whole("--messages", 10)
+)
 @click.option(
     "--secured", is_flag=True, help="A server that requires authentication; ACLs on every node."
 )

@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 
     from .auth import TokenBook
 
-__all__ = ["GatewaySettings", "create_app", "load_tokens", "require_extra", "serve"]
+__all__ = [
+    "GatewaySettings",
+    "check_listener",
+    "create_app",
+    "load_tokens",
+    "require_extra",
+    "serve",
+]
 
 _EXTRA = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -47,6 +54,14 @@ def load_tokens(path: str) -> TokenBook:
     from .auth import load_tokens as load
 
     return load(path)
+
+
+def check_listener(settings: GatewaySettings, **options: Any) -> None:
+    """``ValueError`` unless :func:`serve` may listen with these options
+    (see :mod:`.server`)."""
+    from .server import check_listener as check
+
+    check(settings, **options)
 
 
 def serve(settings: GatewaySettings, **options: Any) -> None:

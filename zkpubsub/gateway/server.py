@@ -7,7 +7,7 @@ import socket
 
 from .settings import GatewaySettings
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["check_listener", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -23,6 +23,28 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def check_listener(
+    settings: GatewaySettings,
+    *,
+    host: str,
+    port: int,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> None:
+    """``ValueError`` unless the gateway may listen so: a port from 1 to
+    65535, tokens for any address but a loopback one, TLS with both a
+    certificate and a key or neither."""
+    if not 0 < port < 65536:
+        raise ValueError(f"the port must be from 1 to 65535, not {port}")
+    if settings.tokens is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to listen on {host} without --tokens: anyone who can reach it could "
+            "use the bus; give a tokens file (docs/gateway.md) or listen on 127.0.0.1"
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS for the listener needs both --tls-cert and --tls-key")
+
+
 def serve(
     settings: GatewaySettings,
     *,
@@ -33,18 +55,13 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM. Without tokens it listens
-    only on a loopback address (``ValueError`` otherwise)."""
+    only on a loopback address (``ValueError`` otherwise, and for the other
+    faults :func:`check_listener` finds)."""
     import uvicorn
 
     from .app import create_app
 
-    if settings.tokens is None and not is_loopback(host):
-        raise ValueError(
-            f"refusing to listen on {host} without --tokens: anyone who can reach it could "
-            "use the bus; give a tokens file (docs/gateway.md) or listen on 127.0.0.1"
-        )
-    if (tls_cert is None) != (tls_key is None):
-        raise ValueError("TLS for the listener needs both --tls-cert and --tls-key")
+    check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
     uvicorn.run(
         create_app(settings),
         host=host,
