@@ -317,6 +317,12 @@ def test_a_member_without_publish_rights_cannot_inject_a_message(make_secure_cli
     with pytest.raises(NoAuthError):
         worker.create(f"{queue}/m000000000000-", b"forged", sequence=True)
     assert s.get(timeout=0.5) is None
+    # its own queue it may write (docs/security.md): reaching no one else
+    mine = intruder.subscribe("own")
+    assert intruder.publish("own", "to myself").subscribers == 1
+    got = mine.get(timeout=10)
+    assert got is not None and got.payload == "to myself"
+    assert s.get(timeout=0.5) is None
 
 
 def test_a_subscriber_cannot_delete_another_subscribers_queue_but_the_admin_can(
