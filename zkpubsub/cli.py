@@ -49,6 +49,22 @@ from .layout import DEFAULT_ROOT, validate_root
 from .message import Message
 from .subscription import Subscription
 
+__all__ = [
+    "DEFAULT_HOSTS",
+    "MAX_DEV_SERVERS",
+    "bench",
+    "cleaner",
+    "demo",
+    "dev_server",
+    "main",
+    "publish",
+    "run",
+    "stats",
+    "subscribe",
+    "top",
+]
+
+
 DEFAULT_HOSTS = "127.0.0.1:2181"
 MAX_DEV_SERVERS = 9  # the largest ensemble dev-server starts
 

@@ -38,6 +38,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "DEMO_USER",
+    "GRACE",
+    "QUEUE",
+    "SESSION_TIMEOUT",
+    "TOPIC",
+    "run_demo",
+]
+
+
 TOPIC = "cache.invalidate"
 QUEUE = "thumbnails"
 SESSION_TIMEOUT = 2.0

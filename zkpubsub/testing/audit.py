@@ -27,6 +27,13 @@ from .._candidates import read_candidate
 from ..cleaner import Cleaner
 from ..layout import Layout, join, order_candidates
 
+__all__ = [
+    "Audit",
+    "audit_convergence",
+    "look",
+    "poll",
+]
+
 
 class _Verdict(Protocol):
     @property

@@ -96,6 +96,20 @@ from dataclasses import dataclass, field
 from .history import History, Key, PublishRecord, SubscriberRecord
 from .ledger import Ledger, Marker, Removal, first_returns
 
+__all__ = [
+    "EVICTED",
+    "SKIPPED",
+    "SKIPPED_EVICTED",
+    "CheckResult",
+    "Excuse",
+    "Obligations",
+    "check",
+    "missing",
+    "obligations",
+    "strictly_increasing",
+]
+
+
 # Clocks: the history's times are this machine's, the ledger's the
 # leader's (the same machine); ZooKeeper logs milliseconds.
 _CLOCK_SLACK = 0.01

@@ -42,6 +42,23 @@ from typing import Any, Final
 
 from .server import EnsembleNode, ServerFailed, ZooKeeperEnsemble
 
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DEFAULT_LIFETIME",
+    "IMAGE_ENV",
+    "LABEL",
+    "LIFETIME_ENV",
+    "OLDEST_SUPPORTED",
+    "RUN_SCRIPT",
+    "ContainerCluster",
+    "ContainerNode",
+    "DockerUnavailable",
+    "default_image",
+    "default_lifetime",
+    "image_version",
+]
+
+
 IMAGE_ENV: Final = "ZKPUBSUB_ZOOKEEPER_IMAGE"
 LIFETIME_ENV: Final = "ZKPUBSUB_CONTAINER_LIFETIME"
 DEFAULT_IMAGE: Final = "zookeeper:3.8"

@@ -48,6 +48,25 @@ from .proxy import BlockMode, ElectionProxy, TcpProxy
 from .server import EnsembleNode, ServerFailed, ZooKeeperEnsemble
 from .sessions import close_session
 
+__all__ = [
+    "PEER_CONNECT_RETRY",
+    "FaultEvent",
+    "FaultInjector",
+    "FaultLog",
+    "Nemesis",
+    "PeerMesh",
+    "can_write",
+    "expire_behind",
+    "make_unwritable",
+    "make_writable",
+    "node_of_client",
+    "node_of_session",
+    "run_unprivileged",
+    "sessions_on",
+    "unprivileged_user",
+]
+
+
 logger = logging.getLogger(__name__)
 
 _SESSION_RE: Final = re.compile(r"sid=0x([0-9a-f]+)")

@@ -33,6 +33,32 @@ from .local import ZooKeeperNotFound, find_classpath, find_java
 from .secure import TEST_SASL_USERS, ServerSecurity, TlsMaterial, make_tls_material
 from .server import ZooKeeperCluster, ZooKeeperEnsemble
 
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "ExternalZooKeeper",
+    "ZooKeeperBackend",
+    "backend_name",
+    "ensemble_factory",
+    "has_local_install",
+    "local_cluster",
+    "make_client",
+    "make_cluster",
+    "make_secure_client",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_runtest_setup",
+    "raw_zk",
+    "secure_root",
+    "secure_zookeeper",
+    "start_ensemble",
+    "tls_material",
+    "zk_hosts",
+    "zk_root",
+    "zookeeper",
+]
+
+
 BACKEND_ENV: Final = "ZKPUBSUB_TEST_BACKEND"
 BACKENDS: Final = ("local", "testcontainers")
 

@@ -34,6 +34,22 @@ from typing import Any, Literal
 
 from ..errors import NoSubscribers, PayloadTooLarge, SerializationError
 
+__all__ = [
+    "DeliveryRecord",
+    "GapRecord",
+    "History",
+    "Key",
+    "Outcome",
+    "PublishRecord",
+    "Recorder",
+    "SubscriberRecord",
+    "classify",
+    "describe_error",
+    "key_of",
+    "payload_for",
+]
+
+
 Outcome = Literal["ok", "failed", "unknown"]
 Key = tuple[str, int]  # (publisher, seq)
 

@@ -46,6 +46,23 @@ from ..layout import Layout, NodeKind, inline_data
 from .history import Key, key_of
 from .txnlog import CLOSE_SESSION, Txn
 
+__all__ = [
+    "INF",
+    "ItemWrite",
+    "Ledger",
+    "Marker",
+    "QueueWrite",
+    "Removal",
+    "Returned",
+    "SessionSpan",
+    "Skip",
+    "decode_keys",
+    "first_returns",
+    "node_keys",
+    "replay",
+]
+
+
 INF = float("inf")
 
 

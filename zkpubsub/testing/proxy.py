@@ -30,6 +30,28 @@ import threading
 import time
 from typing import Final, Literal
 
+__all__ = [
+    "OP_CLOSE_SESSION",
+    "OP_CREATE",
+    "OP_CREATE2",
+    "OP_DELETE",
+    "OP_EXISTS",
+    "OP_GET_CHILDREN",
+    "OP_GET_CHILDREN2",
+    "OP_GET_DATA",
+    "OP_MULTI",
+    "OP_PING",
+    "OP_SET_DATA",
+    "OP_SYNC",
+    "BlockMode",
+    "ElectionProxy",
+    "Link",
+    "TcpProxy",
+    "TrapKind",
+    "ZkClientProxy",
+]
+
+
 logger = logging.getLogger(__name__)
 
 BlockMode = Literal["reset", "drop"]

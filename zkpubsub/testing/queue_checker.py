@@ -55,6 +55,17 @@ from .history import Key
 from .ledger import ItemWrite, Ledger, Returned, SessionSpan, first_returns
 from .queue_history import HoldRecord, PutRecord, QueueHistory
 
+__all__ = [
+    "QueueAudit",
+    "QueueCheckResult",
+    "audit_queue",
+    "check_queue",
+    "check_queue_against",
+    "live_until",
+    "look_at_queue",
+]
+
+
 _CLOCK_SLACK = 0.01  # the servers log milliseconds
 
 

@@ -37,6 +37,18 @@ from typing import Any, Literal
 from ..errors import ReservationLost
 from .history import Key, Outcome, classify, describe_error
 
+__all__ = [
+    "Finish",
+    "HoldRecord",
+    "PutRecord",
+    "QueueHistory",
+    "QueueRecorder",
+    "finish_of",
+    "hold_from_doc",
+    "hold_to_doc",
+]
+
+
 Finish = Literal["acked", "released", "lost", "unknown", "open"]
 
 

@@ -43,6 +43,14 @@ from .queue_history import (
 from .txnlog import ClusterLog
 from .workload import ClientPool
 
+__all__ = [
+    "HandleHook",
+    "QueueWorkload",
+    "WorkerProcess",
+    "main",
+]
+
+
 logger = logging.getLogger(__name__)
 
 # Called in a worker thread with the item it just reserved, before the ack.

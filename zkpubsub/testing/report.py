@@ -15,6 +15,19 @@ from pathlib import Path
 from .checker import CheckResult
 from .queue_checker import QueueCheckResult
 
+__all__ = [
+    "COLUMNS",
+    "EXTRA_COLUMNS",
+    "HEADER",
+    "QUEUE_COLUMNS",
+    "ScenarioResult",
+    "markdown_table",
+    "ordered",
+    "text_table",
+    "write_section",
+]
+
+
 COLUMNS = (
     "attempted",
     "acked",

@@ -20,6 +20,11 @@ from ..client import Client
 from ..security import Auth
 from ..state import ClientState
 
+__all__ = [
+    "close_session",
+    "expire_session",
+]
+
 
 def close_session(
     creds: tuple[int, bytes],

@@ -32,6 +32,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+__all__ = [
+    "CHECK",
+    "CLOSE_SESSION",
+    "CREATE",
+    "CREATE2",
+    "CREATE_CONTAINER",
+    "CREATE_SESSION",
+    "CREATE_TTL",
+    "DELETE",
+    "DELETE_CONTAINER",
+    "ERROR",
+    "MAGIC",
+    "MULTI",
+    "SET_DATA",
+    "ClusterLog",
+    "LogDirectory",
+    "Op",
+    "Txn",
+    "read_entries",
+    "read_file",
+]
+
+
 if TYPE_CHECKING:
     from .server import ZooKeeperCluster
 

@@ -27,6 +27,12 @@ from .history import History, Key, Recorder, payload_for
 from .ledger import Ledger, replay
 from .txnlog import ClusterLog
 
+__all__ = [
+    "ClientPool",
+    "Workload",
+]
+
+
 logger = logging.getLogger(__name__)
 
 
