@@ -3,6 +3,7 @@ nothing written, lost or left behind."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -148,3 +149,42 @@ def test_a_transaction_larger_than_the_server_accepts_fails_once_with_payload_to
     assert states.count(ClientState.SUSPENDED) <= 2
     publisher.publish("t", b"small")
     assert collector.wait(1) == [b"small"]  # the large one was never written
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan], ids=["negative", "inf", "nan"])
+def test_a_timeout_that_is_negative_infinite_or_nan_is_refused_before_anything_is_sent(
+    make_client: MakeClient, bad: float
+) -> None:
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    pull = make_client().subscribe("p")
+    client = make_client()
+    queue = client.queue("q")
+    for call in (
+        lambda: client.publish("t", "never", timeout=bad),
+        lambda: client.publish_async("t", "never", timeout=bad),
+        lambda: pull.get(timeout=bad),
+        lambda: queue.ticket("0" * 32).wait(timeout=bad),
+        lambda: queue.reserve(timeout=bad),
+    ):
+        with pytest.raises(ValueError, match="must be >= 0 and finite"):
+            call()
+    # nothing was sent, and the client's other callers are unharmed
+    client.publish("t", "after")
+    assert collector.wait(1) == ["after"]
+    assert client.pending_publishes == 0
+    for option in ("request_timeout", "session_timeout", "connect_timeout", "close_timeout"):
+        with pytest.raises(ValueError, match=f"{option} must be a positive number"):
+            make_client(**{option: bad})
+
+
+def test_a_ticket_for_an_id_that_is_no_node_name_is_refused_and_touches_nothing(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    queue = make_client().queue("q")
+    queue.put("x")
+    results = Layout(zk_root).work_queue("q").results
+    for bad in ("", "..", "a/b"):
+        with pytest.raises(ValueError, match="item id"):
+            queue.ticket(bad)
+    assert raw_zk.exists(results) is not None

@@ -5,18 +5,28 @@ A deadline is a ``time.monotonic()`` instant, or ``None`` for never.
 
 from __future__ import annotations
 
+import math
 import time
 
-__all__ = ["deadline_after", "expired", "remaining"]
+__all__ = ["check_timeout", "deadline_after", "expired", "remaining"]
 
 
 def deadline_after(timeout: float | None) -> float | None:
-    """A monotonic deadline ``timeout`` seconds from now (``None``: never)."""
+    """A monotonic deadline ``timeout`` seconds from now (``None``: never).
+    ``ValueError`` for a negative timeout, and for an infinite or NaN one
+    (``None`` is the way to wait without end)."""
     if timeout is None:
         return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    if timeout < 0 or not math.isfinite(timeout):
+        raise ValueError(f"timeout must be >= 0 and finite (None: no limit), not {timeout}")
     return time.monotonic() + timeout
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is one :func:`deadline_after` takes (``ValueError``
+    otherwise)."""
+    deadline_after(timeout)
+    return timeout
 
 
 def remaining(deadline: float | None) -> float | None:

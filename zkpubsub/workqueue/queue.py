@@ -261,8 +261,9 @@ class WorkQueue:
             return replay(ctx, self._paths, self._segments, ensure, wanted)
 
     def ticket(self, item_id: str) -> Ticket:
-        """A ticket for an item id (for waiting on it from another process)."""
-        return Ticket(self._ctx, self.name, item_id)
+        """A ticket for an item id (for waiting on it from another process);
+        ``ValueError`` for an id that is not a node name."""
+        return Ticket(self._ctx, self.name, validate_name(item_id, "item id"))
 
     def close(self) -> None:
         """Close the workers this handle made. Idempotent."""
