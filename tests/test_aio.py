@@ -5,6 +5,7 @@ for every cancellation."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import (
+    AlreadySubscribed,
+    ClientClosed,
     ClientState,
     ConnectTimeout,
     Gap,
@@ -521,3 +524,80 @@ async def test_an_async_client_serves_inside_a_running_uvicorn_app(
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 30)
+
+
+async def test_a_cancelled_subscribe_leaves_no_subscription_behind(connect: Connect) -> None:
+    client = await connect()
+    publisher = await connect()
+    task = asyncio.ensure_future(client.subscribe("orders", lambda m: None))
+    await asyncio.sleep(0)  # under way on a thread
+    assert task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the subscription it made meanwhile is closed (in the background)
+    await eventually(lambda: not client.sync.subscriptions(), what="the subscription closed")
+    receipt = await publisher.publish("orders", "after the cancel")
+    assert receipt.subscribers == 0
+    deadline = time.monotonic() + 20
+    while True:  # and the topic is free again once that close is done
+        try:
+            sub = await client.subscribe("orders")
+            break
+        except AlreadySubscribed:
+            assert time.monotonic() < deadline, "the cancelled subscription never let go"
+            await asyncio.sleep(0.05)
+    assert (await publisher.publish("orders", 1)).subscribers == 1
+    got = await sub.get(timeout=10)
+    assert got is not None and got.payload == 1
+
+
+async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
+    connect: Connect,
+) -> None:
+    client = await connect()
+    sub = await client.subscribe("t")
+    queue = client.queue("q")
+    for bad in (-1.0, math.inf, math.nan):
+        for call in (
+            lambda b=bad: sub.get(timeout=b),
+            lambda b=bad: queue.reserve(timeout=b),
+            lambda b=bad: queue.ticket("0" * 32).wait(timeout=b),
+            lambda b=bad: client.publish("t", "never", timeout=b),
+        ):
+            with pytest.raises(ValueError, match="must be >= 0 and finite"):
+                await call()
+    assert sub.stats().delivered == 0
+    await client.close()
+    for closed in (
+        lambda: client.subscribe("other"),
+        lambda: client.stats(),
+        lambda: client.run_in_thread(time.sleep, 0),
+        lambda: queue.put("x"),
+        lambda: queue.reserve(timeout=0),
+    ):
+        with pytest.raises(ClientClosed):
+            await closed()
+
+
+async def test_subscribe_takes_the_backlog_options_and_the_client_its_observers(
+    connect: Connect,
+) -> None:
+    client = await connect()
+    sub = await client.subscribe("t", max_backlog=7, max_backlog_bytes=70_000, when_full="evict")
+    assert (sub.sync.bound.max_nodes, sub.sync.bound.when_full) == (7, "evict")
+
+    class Counting:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def published(self, topic: str, *_: object) -> None:
+            self.seen.append(topic)
+
+    observer = Counting()
+    client.add_observer(observer)
+    await client.publish("t", 1)
+    await eventually(lambda: observer.seen == ["t"], what="the observer heard the publish")
+    client.remove_observer(observer)
+    await client.publish("t", 2)
+    assert observer.seen == ["t"]
+    assert client.cleaner is client.sync.cleaner

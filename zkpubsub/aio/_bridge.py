@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import ClientClosed
+
 __all__ = ["Bridge", "LoopStopped", "OnLoop"]
 
 logger = logging.getLogger("zkpubsub.aio")
@@ -59,8 +61,12 @@ class Bridge:
     def submit(
         self, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
-        """Start ``fn`` on a thread of ours."""
-        return self._executor.submit(functools.partial(fn, *args, **kwargs))
+        """Start ``fn`` on a thread of ours (``ClientClosed`` once the client
+        closed them)."""
+        try:
+            return self._executor.submit(functools.partial(fn, *args, **kwargs))
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise ClientClosed("the client is closed") from exc
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on a thread of ours. Cancelling the await does not stop the

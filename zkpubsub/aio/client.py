@@ -28,6 +28,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..backlog import WhenFull
 from ..client import Client
 from ..config import (
     DEFAULT_HANDLER_ATTEMPTS,
@@ -39,6 +40,7 @@ from ..config import (
 )
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
+from ..subscription import Subscription
 from ._bridge import Bridge
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
@@ -126,6 +128,19 @@ class AsyncClient:
         deliver = self._listeners.pop(("state", id(listener)), None)
         if deliver is not None:
             self._client.remove_listener(deliver)
+
+    def add_observer(self, observer: object) -> None:
+        """:meth:`Client.add_observer`: its methods run on the client's
+        threads, as the events happen (they must be quick)."""
+        self._client.add_observer(observer)
+
+    def remove_observer(self, observer: object) -> None:
+        self._client.remove_observer(observer)
+
+    @property
+    def cleaner(self) -> Cleaner | None:
+        """The cleaner candidate this client hosts (see :attr:`Client.cleaner`)."""
+        return self._client.cleaner
 
     def add_gap_listener(self, listener: Callable[[Gap], Any]) -> None:
         """Call ``listener(gap)`` on the loop when messages may have been missed."""
@@ -217,11 +232,16 @@ class AsyncClient:
         durable: bool = False,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        max_backlog: int | None = None,
+        max_backlog_bytes: int | None = None,
+        when_full: WhenFull | None = None,
     ) -> AsyncSubscription:
         """:meth:`Client.subscribe` with ``handler`` and ``on_error`` run on the
         loop (``async def`` or plain). The message is deleted only after the
         handler returned; one that raises or is cancelled is a failed
-        attempt. Without a handler, ``await sub.get()`` or ``async for``."""
+        attempt. Without a handler, ``await sub.get()`` or ``async for``.
+        Cancelled, it leaves no subscription behind: one made meanwhile is
+        closed (its queue kept, as :meth:`Subscription.close` does)."""
         bridge = self._bridge
         if handler is not None:
             check_callable_or_async(handler, "handler")
@@ -234,7 +254,7 @@ class AsyncClient:
             def report(error: BaseException, message: Message | None) -> None:
                 bridge.schedule(user_on_error, error, message)
 
-        sub = await bridge.run(
+        job = bridge.submit(
             self._client.subscribe,
             topic,
             dispatcher,
@@ -244,7 +264,15 @@ class AsyncClient:
             durable=durable,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            max_backlog=max_backlog,
+            max_backlog_bytes=max_backlog_bytes,
+            when_full=when_full,
         )
+        try:
+            sub = await bridge.wrap(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_close_unwanted)
+            raise
         wrapped = AsyncSubscription(sub, bridge, dispatcher)
         self._subs = [s for s in self._subs if not s.closed]
         self._subs.append(wrapped)
@@ -382,10 +410,14 @@ class Connecting:
             await self._client.close()
 
 
-def _close_unwanted(job: Future[Client]) -> None:
+def _close_unwanted(job: Future[Client] | Future[Subscription]) -> None:
+    """What a connect or a subscribe made for a caller that was cancelled
+    meanwhile is closed (on the thread that made it; a subscription keeps
+    its queue, as :meth:`Subscription.close` does)."""
     if job.cancelled() or job.exception() is not None:
         return
+    made = job.result()
     try:
-        job.result().close()
+        made.close()
     except Exception:
-        logger.exception("closing a client whose connect was cancelled")
+        logger.exception("closing %r after a cancelled connect or subscribe", made)

@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from .._buffer import Delivery
+from .._deadlines import check_timeout
 from ..message import Message
 from ..subscription import (
     RUN_LENGTH,
@@ -266,7 +267,7 @@ class AsyncSubscription:
         the previous one. Only for subscriptions made without a handler."""
         if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
-        return await self._dispatcher.get(timeout)
+        return await self._dispatcher.get(check_timeout(timeout))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
@@ -293,7 +294,7 @@ class AsyncSubscription:
         # A handler still running past the timeout is cancelled: its message
         # stays queued; a get waiting is ended; the message get handed out
         # last is acknowledged.
-        await self._bridge.run(how, timeout)
+        await self._bridge.run(how, check_timeout(timeout))
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

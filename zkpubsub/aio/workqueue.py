@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from .._deadlines import check_timeout
 from ..errors import OperationTimeout, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ._bridge import Bridge, OnLoop
@@ -143,6 +144,7 @@ class AsyncTicket:
         :class:`~zkpubsub.ItemFailed` if the item became a dead letter,
         ``OperationTimeout`` if ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
@@ -186,7 +188,7 @@ class AsyncConsumer:
         hand; a handler still running then is cancelled (its item is
         released). Idempotent."""
         try:
-            await self._bridge.run(self._consumer.stop, timeout)
+            await self._bridge.run(self._consumer.stop, check_timeout(timeout))
         finally:
             self._handler.cancel()
 
@@ -267,6 +269,7 @@ class AsyncWorkQueue:
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, not {limit!r}")
         loop = asyncio.get_running_loop()
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
