@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, Message
+from zkpubsub import Client, ClientClosed, Message
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
@@ -259,3 +259,33 @@ def test_an_instance_frozen_past_its_session_timeout_does_not_serve_what_changed
             time.sleep(0.05)
     finally:
         child.kill()
+
+
+def test_a_cache_that_no_longer_hears_invalidations_refuses_to_serve(
+    make_client: MakeClient,
+) -> None:
+    source = Source()
+    closed_cache = InvalidatingCache(make_client(), "users", source.load)
+    client = make_client()
+    orphan = InvalidatingCache(client, "sessions", source.load)
+    assert closed_cache.get("user:0") == "v1" and orphan.get("user:0") == "v1"
+    closed_cache.close()
+    client.close()  # the cache's client: its subscription ends with it
+    for cache in (closed_cache, orphan):
+        with pytest.raises(ClientClosed, match="no longer hears invalidations"):
+            cache.get("user:0")
+    closed_cache.close()  # still idempotent
+
+
+@pytest.mark.anyio
+async def test_a_closed_async_cache_refuses_to_serve(zk_hosts: str, zk_root: str) -> None:
+    source = Source()
+    async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+        cache = AsyncInvalidatingCache(client, "users", _async(source))
+        with pytest.raises(RuntimeError, match="start the cache first"):
+            await cache.get("user:0")
+        await cache.start()
+        assert await _read_now(source, cache, "user:0") == "v1"
+        await cache.close()
+        with pytest.raises(ClientClosed, match="no longer hears invalidations"):
+            await cache.get("user:0")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .client import Client
+from .errors import ClientClosed
 from .message import Message, PublishReceipt
 from .state import Gap
 
@@ -250,6 +251,15 @@ class _Listening(Generic[K, V]):
         return self._entries.stats()
 
 
+def _check_listening(subscription: Subscription | None) -> None:
+    """``ClientClosed`` unless the cache still hears invalidations: a value
+    it served then could be stale for ever."""
+    if subscription is None or subscription.closed:
+        raise ClientClosed(
+            "the cache no longer hears invalidations: it, its subscription or its client was closed"
+        )
+
+
 class InvalidatingCache(_Listening[K, V]):
     """Values from ``loader`` (the source of truth), invalidated through
     ``topic``. Made on a :class:`~zkpubsub.Client`, which it subscribes to
@@ -274,7 +284,10 @@ class InvalidatingCache(_Listening[K, V]):
         self._entries.start_watch(f"zkpubsub-cache-{topic}")
 
     def get(self, key: K) -> V:
-        """The cached value of ``key``, or a fresh one from the loader."""
+        """The cached value of ``key``, or a fresh one from the loader.
+        ``ClientClosed`` once the cache no longer hears invalidations (it,
+        its subscription or its client was closed)."""
+        _check_listening(self._subscription)
         hit, value, token = self._entries.lookup(key)
         if hit:
             return value  # type: ignore[return-value]
@@ -294,7 +307,8 @@ class InvalidatingCache(_Listening[K, V]):
         return self._client.publish(self._topic, key, timeout=timeout)
 
     def close(self) -> None:
-        """Stop listening (the client stays open). Idempotent."""
+        """Stop listening (the client stays open); ``get`` then raises
+        ``ClientClosed``. Idempotent."""
         self._client.remove_gap_listener(self._on_gap)
         self._subscription.close()
         self._entries.stop_watch()
@@ -330,6 +344,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         self._topic = topic
         self._loader = loader
         self._subscription: Subscription | None = None
+        self._closed = False
 
     @classmethod
     async def open(
@@ -361,7 +376,10 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         """The cached value of ``key``, or a fresh one from the loader. A
         cancelled load keeps nothing."""
         if self._subscription is None:
+            if self._closed:
+                _check_listening(None)
             raise RuntimeError("start the cache first (await cache.start(), or async with)")
+        _check_listening(self._subscription)
         hit, value, token = self._entries.lookup(key)
         if hit:
             return value  # type: ignore[return-value]
@@ -383,7 +401,9 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         return await self._client.publish(self._topic, key, timeout=timeout)
 
     async def close(self) -> None:
-        """Stop listening (the client stays open). Idempotent."""
+        """Stop listening (the client stays open); ``get`` then raises
+        ``ClientClosed``. Idempotent."""
+        self._closed = True
         self._client.sync.remove_gap_listener(self._on_gap)
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
