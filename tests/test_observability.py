@@ -5,6 +5,7 @@ outage is "degraded" (live, ready), never "dead"."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from zkpubsub import Client, ClientState, Message, ReservationLost
 from zkpubsub.health import check
-from zkpubsub.metrics import ClientMetrics
+from zkpubsub.metrics import SCRAPE_READS_BUDGET, ClientMetrics
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 
 from .helpers import Collector, wait_until
@@ -134,3 +135,44 @@ def test_the_library_logs_through_a_null_handler_under_documented_names() -> Non
     assert any(isinstance(h, logging.NullHandler) for h in ours.handlers)
     for name in ("zkpubsub.client", "zkpubsub.session", "zkpubsub.subscription", "zkpubsub.aio"):
         assert logging.getLogger(name).parent is not None
+
+
+def test_a_scrape_spends_a_bounded_time_on_a_server_that_stopped_answering(
+    make_cluster: Callable[..., ZooKeeperCluster], zk_root: str
+) -> None:
+    cluster = make_cluster(1)
+    client = Client(cluster.hosts, root=zk_root, session_timeout=30.0)
+    registry = CollectorRegistry()
+    try:
+        for topic in ("a", "b", "c"):
+            client.subscribe(topic)
+        ClientMetrics(client, registry=registry, queues=["jobs", "other"])
+        assert sample(registry, "zkpubsub_subscription_backlog", topic="a") == 0
+        (node,) = cluster.nodes
+        node.pause()  # frozen: the client still thinks it is connected
+        try:
+            assert client.status == ClientState.CONNECTED
+            start = time.monotonic()
+            text = generate_latest(registry).decode()
+            took = time.monotonic() - start
+        finally:
+            node.resume()
+        # four reads would each have waited the request timeout (30 s)
+        assert took < SCRAPE_READS_BUDGET + 5, took
+        assert 'zkpubsub_session_state{state="connected"} 1.0' in text
+        assert 'zkpubsub_subscription_pending{topic="c"}' in text
+    finally:
+        client.close()
+
+
+def test_queue_names_given_to_the_metrics_are_checked_up_front(make_client: MakeClient) -> None:
+    client = make_client()
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match="must not contain '/'"):
+        ClientMetrics(client, registry=registry, queues=["a/b"])
+    with pytest.raises(TypeError, match="not one str"):
+        ClientMetrics(client, registry=registry, queues="jobs")
+    metrics = ClientMetrics(client, registry=registry)
+    with pytest.raises(ValueError, match="queue name"):
+        metrics.watch_queue("")
+    assert b"zkpubsub_session_state" in generate_latest(registry)  # scrapes still work

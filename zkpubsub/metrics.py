@@ -17,7 +17,10 @@ deliveries and their lag from the publisher's clock, lost reservations,
 gaps); the rest is read when Prometheus scrapes (session state, pending
 publishes, per-subscription counters and backlog, work-queue depth, the
 hosted cleaner). Reading the server at scrape time is skipped while the
-client is not connected, so a scrape never waits for ZooKeeper.
+client is not connected, and its reads share a budget of
+``SCRAPE_READS_BUDGET`` (3 s; a backlog or a queue not read by then is
+left out of that scrape), so a scrape never waits long for ZooKeeper, even
+one that stopped answering before the client noticed.
 
 Every metric is named ``zkpubsub_...``:
 
@@ -52,10 +55,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from ._deadlines import deadline_after, expired, remaining
 from .client import Client
 from .errors import ZkPubSubError
+from .layout import validate_name
 from .state import ClientState, Gap
 
 if TYPE_CHECKING:
@@ -65,6 +70,9 @@ __all__ = ["ClientMetrics"]
 
 logger = logging.getLogger(__name__)
 
+# What one scrape may spend reading the server (backlogs, queue counts) in
+# all; past it the rest are left out of that scrape.
+SCRAPE_READS_BUDGET: Final = 3.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -95,7 +103,9 @@ class ClientMetrics:
         prometheus = _prometheus()
         self._client: Client = client if isinstance(client, Client) else client.sync
         self._registry = prometheus.REGISTRY if registry is None else registry
-        self._queues: list[str] = list(queues)
+        if isinstance(queues, str):
+            raise TypeError("queues is a list of queue names, not one str")
+        self._queues: list[str] = [validate_name(q, "queue name") for q in queues]
         self._lock = threading.Lock()
         self._gaps: dict[str, int] = {}
         self._lost: dict[str, int] = {}
@@ -132,6 +142,7 @@ class ClientMetrics:
 
     def watch_queue(self, name: str) -> None:
         """Report the depth of work queue ``name`` too."""
+        validate_name(name, "queue name")
         with self._lock:
             if name not in self._queues:
                 self._queues.append(name)
@@ -206,12 +217,15 @@ class ClientMetrics:
             family.add_metric([queue], lost.get(queue, 0))
         yield family
         connected = status == ClientState.CONNECTED
-        yield from self._subscriptions(gauge, counter, connected)
-        if connected:
-            yield from self._work_queues(gauge, queues)
+        # the reads of the server share one budget: a frozen server costs a
+        # scrape SCRAPE_READS_BUDGET, whatever it reads
+        deadline = deadline_after(SCRAPE_READS_BUDGET) if connected else None
+        yield from self._subscriptions(gauge, counter, deadline)
+        if deadline is not None:
+            yield from self._work_queues(gauge, queues, deadline)
         yield from self._cleaner(gauge, counter)
 
-    def _subscriptions(self, gauge: Any, counter: Any, connected: bool) -> Iterator[Any]:
+    def _subscriptions(self, gauge: Any, counter: Any, deadline: float | None) -> Iterator[Any]:
         subs = self._client.subscriptions()
         errors = counter(
             "zkpubsub_handler_errors", "Handler failures and undecodable nodes.", labels=["topic"]
@@ -234,21 +248,23 @@ class ClientMetrics:
             errors.add_metric([sub.topic], stats.errors)
             dropped.add_metric([sub.topic], stats.dropped)
             pending.add_metric([sub.topic], stats.pending)
-            if connected:
+            if deadline is not None and not expired(deadline):
                 try:
-                    backlog.add_metric([sub.topic], sub.backlog())
+                    backlog.add_metric([sub.topic], sub.backlog(timeout=remaining(deadline)))
                 except ZkPubSubError as exc:
                     logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
         yield from (errors, dropped, pending, backlog)
 
-    def _work_queues(self, gauge: Any, queues: list[str]) -> Iterator[Any]:
+    def _work_queues(self, gauge: Any, queues: list[str], deadline: float) -> Iterator[Any]:
         items = gauge(
             "zkpubsub_work_queue_items", "Items of a work queue.", labels=["queue", "state"]
         )
         workers = gauge("zkpubsub_work_queue_workers", "Registered workers.", labels=["queue"])
         for name in queues:
+            if expired(deadline):
+                break
             try:
-                stats = self._client.queue(name).stats()
+                stats = self._client.queue(name).stats(timeout=remaining(deadline))
             except ZkPubSubError as exc:
                 logger.debug("metrics: stats of queue %r: %s", name, exc)
                 continue

@@ -311,13 +311,15 @@ class Subscription:
     def pending(self) -> int:
         return self._buffer.pending
 
-    def backlog(self) -> int:
+    def backlog(self, timeout: float | None = None) -> int:
         """Message nodes (and overflow markers) in this subscription's queue on
         the server now, read and not yet deleted included: a listing of the
-        queue and a stat of each segment."""
+        queue and a stat of each segment. ``OperationTimeout`` after
+        ``timeout`` seconds (default: the client's ``request_timeout``)."""
         ctx = self._ctx
+        deadline = ctx.deadline() if timeout is None else deadline_after(timeout)
         with translated(f"backlog of {self._topic!r}"):
-            return queue_backlog(ctx.conn, ctx.layout, ctx.client_id, self._topic, ctx.deadline())
+            return queue_backlog(ctx.conn, ctx.layout, ctx.client_id, self._topic, deadline)
 
     def stats(self) -> SubscriptionStats:
         buffer = self._buffer
