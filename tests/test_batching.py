@@ -10,6 +10,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, NoSubscribers, PublishTimeout
+from zkpubsub._context import CLOSING_REQUEST_TIMEOUT
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, queue_entries
 
@@ -228,3 +229,22 @@ def test_many_threads_publishing_async_as_fast_as_they_can(make_client: MakeClie
     got = collector.wait(threads * each, 120)
     for n in range(threads):
         assert [i for m, i in got if m == n] == list(range(each))
+
+
+def test_closing_with_subscriptions_while_the_server_is_gone_takes_a_bounded_time(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(1)
+    client = Client(zk.hosts, session_timeout=4.0, request_timeout=30.0)
+    subs = [client.subscribe(topic) for topic in ("a", "b", "c")]
+    plain = client.subscribe("d")
+    (node,) = zk.nodes
+    node.kill()
+    started = time.monotonic()
+    client.close()
+    took = time.monotonic() - started
+    # each subscription's last deletes and deregistration share one closing
+    # request's time; before, each waited the request timeout twice (60 s)
+    bound = 4 * CLOSING_REQUEST_TIMEOUT + 4.0 + 5 + 10  # + the session's end + slack
+    assert took < bound, took
+    assert all(s.closed for s in [*subs, plain])

@@ -227,9 +227,9 @@ class ReceivePump:
                 self._thread.start()
         self._wake.set()
 
-    def detach(self, topic: str, timeout: float) -> None:
+    def detach(self, topic: str, deadline: float | None) -> None:
         """Stop reading ``topic`` after a last send of its deletes (waited
-        for up to ``timeout``)."""
+        for until ``deadline``, which also bounds removing the watch)."""
         with self._lock:
             queue = self._queues.get(topic)
         if queue is None:
@@ -240,14 +240,14 @@ class ReceivePump:
             with self._lock:
                 self._detaching.add(topic)
             self._wake.set()
-            queue.done.wait(timeout)
+            queue.done.wait(remaining(deadline))
         with self._lock:
             self._queues.pop(topic, None)
             last = not self._queues
         if last and self._watching:
             with self._lock:
                 self._watching = None
-            self._conn.unwatch_tree(self._base, self._on_event, self._ctx.deadline())
+            self._conn.unwatch_tree(self._base, self._on_event, deadline)
 
     def relist(self, topic: str | None = None) -> None:
         """The queue of ``topic`` (or of every subscription) may hold names

@@ -571,8 +571,12 @@ class Subscription:
                     wait,
                 )
             self._ack_held()
-            self._pump.detach(self._topic, self._ctx.config.request_timeout)
-        self._deregister(drop_queue=drop_queue)
+        # the last deletes, the deregistration and the queue's removal share
+        # one request's time (a closing client's: CLOSING_REQUEST_TIMEOUT)
+        deadline = self._requests_deadline()
+        if not already:
+            self._pump.detach(self._topic, deadline)
+        self._deregister(drop_queue=drop_queue, deadline=deadline)
 
     def evict(self) -> None:
         """End the subscription because its queue filled up under ``evict``
@@ -596,10 +600,17 @@ class Subscription:
             self._self_dispatching.stop(None)
         with self._buffer.lock:
             self._holding = None
-        self._pump.detach(self._topic, self._ctx.config.request_timeout)
-        self._deregister(drop_queue=True)
+        deadline = self._requests_deadline()
+        self._pump.detach(self._topic, deadline)
+        self._deregister(drop_queue=True, deadline=deadline)
 
-    def _deregister(self, *, drop_queue: bool) -> None:
+    def _requests_deadline(self) -> float | None:
+        """The deadline of the requests that end a subscription: one
+        request's time, a closing client's if the client is closing."""
+        ctx = self._ctx
+        return ctx.closing_deadline() if ctx.is_closed() else ctx.deadline()
+
+    def _deregister(self, *, drop_queue: bool, deadline: float | None) -> None:
         """Leave the client's open subscriptions; remove the registration if
         asked (always for ``unsubscribe``, for a plain subscription on
         ``close``) and the queue. While the client closes, a plain
@@ -613,10 +624,8 @@ class Subscription:
         with self._registry.lock:
             self._registry.discard(self)
             unregister = self._registered and (drop_queue or not self._durable)
-            deadline = ctx.deadline()
             if unregister and ctx.is_closed() and not self._durable:
                 unregister = ctx.conn.connected.is_set()
-                deadline = ctx.closing_deadline()
             with translated(f"unsubscribe from {self._topic!r}"):
                 if unregister:
                     unregister_subscription(ctx, self._topic, deadline)
