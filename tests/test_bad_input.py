@@ -188,3 +188,20 @@ def test_a_ticket_for_an_id_that_is_no_node_name_is_refused_and_touches_nothing(
         with pytest.raises(ValueError, match="item id"):
             queue.ticket(bad)
     assert raw_zk.exists(results) is not None
+
+
+def test_an_item_listed_twice_in_one_ack_and_a_listener_that_is_not_callable_are_refused(
+    make_client: MakeClient,
+) -> None:
+    client = make_client()
+    queue = client.queue("q")
+    queue.put("x")
+    item = queue.reserve(timeout=10)
+    assert item is not None
+    with pytest.raises(ValueError, match="listed twice"):
+        queue.ack_many([item, item])
+    queue.ack_many([item])  # still held, and acked once
+    assert queue.stats().ready == 0 and queue.stats().reserved == 0
+    for add in (client.add_listener, client.add_gap_listener):
+        with pytest.raises(TypeError, match="must be callable"):
+            add(5)  # type: ignore[arg-type]

@@ -203,6 +203,7 @@ class Client:
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on every state change (on a thread of ours)."""
+        check_callable(listener, "listener")
         self._session.add_listener(listener)
 
     def remove_listener(self, listener: StateListener) -> None:
@@ -212,6 +213,7 @@ class Client:
         """Call ``listener(gap)`` when messages may have been missed: after the
         session expired and the client registered again, or when the cleaner
         had started to delete this client's queues."""
+        check_callable(listener, "listener")
         self._session.add_gap_listener(listener)
 
     def remove_gap_listener(self, listener: GapListener) -> None:

@@ -273,6 +273,8 @@ class Worker:
         if results is not None and len(results) != len(items):
             raise ValueError("give one result per item")
         pairs = list(zip(items, results or [None] * len(items), strict=True))
+        if len({id(item) for item in items}) != len(items):
+            raise ValueError("an item is listed twice: ack each once")
         for item, result in pairs:
             item.check_unfinished()
             if item.queue != self.queue:
