@@ -75,9 +75,10 @@ class Context:
     def janitor(self) -> ReceiptJanitor:
         return self.writer.janitor
 
-    def deadline(self) -> float | None:
-        """The deadline of one request made now (``request_timeout``)."""
-        return deadline_after(self.config.request_timeout)
+    def deadline(self, timeout: float | None = None) -> float | None:
+        """The deadline of one request made now: ``timeout`` seconds, or
+        ``request_timeout`` when none is given."""
+        return deadline_after(self.config.request_timeout if timeout is None else timeout)
 
     def closing_deadline(self) -> float | None:
         """The deadline of one request a closing client makes: its

@@ -317,9 +317,10 @@ class Subscription:
         queue and a stat of each segment. ``OperationTimeout`` after
         ``timeout`` seconds (default: the client's ``request_timeout``)."""
         ctx = self._ctx
-        deadline = ctx.deadline() if timeout is None else deadline_after(timeout)
         with translated(f"backlog of {self._topic!r}"):
-            return queue_backlog(ctx.conn, ctx.layout, ctx.client_id, self._topic, deadline)
+            return queue_backlog(
+                ctx.conn, ctx.layout, ctx.client_id, self._topic, ctx.deadline(timeout)
+            )
 
     def stats(self) -> SubscriptionStats:
         buffer = self._buffer

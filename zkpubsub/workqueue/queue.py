@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._context import Context
-from .._deadlines import deadline_after
 from ..config import DEFAULT_MAX_LEASE, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
 from ..connection import translated
 from ..errors import ClientClosed
@@ -244,9 +243,10 @@ class WorkQueue:
     def stats(self, timeout: float | None = None) -> WorkQueueStats:
         """The queue's counts; ``OperationTimeout`` after ``timeout`` seconds
         (default: the client's ``request_timeout``)."""
-        deadline = self._ctx.deadline() if timeout is None else deadline_after(timeout)
         with translated(f"stats of queue {self.name!r}"):
-            return read_queue_stats(self._ctx.conn, self._paths, self.name, deadline)
+            return read_queue_stats(
+                self._ctx.conn, self._paths, self.name, self._ctx.deadline(timeout)
+            )
 
     def dead(self) -> list[DeadItem]:
         """The dead letters, oldest first."""
