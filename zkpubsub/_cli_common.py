@@ -100,20 +100,15 @@ class CliContext:
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
-def positive(name: str) -> Callable[[click.Context, click.Parameter, float], float]:
-    def check(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
-        if not value > 0:
-            raise BadOption(f"{name} must be a positive number of seconds, not {value:g}")
-        return value
-
-    return check
-
-
-def positive_or_none(
+def positive(
     name: str,
 ) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
-    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-        return None if value is None else positive(name)(ctx, param, value)
+    """A check that a seconds option is above 0 (an option left unset passes)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise BadOption(f"{name} must be a positive number of seconds, not {value:g}")
+        return value
 
     return check
 

@@ -30,7 +30,6 @@ from ._cli_common import (
     parse_headers,
     pass_ctx,
     positive,
-    positive_or_none,
     read_or_fail,
     table,
     whole,
@@ -466,7 +465,7 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     type=float,
     default=None,
     envvar="ZKPUBSUB_CLEANER_GRACE",
-    callback=positive_or_none("--grace"),
+    callback=positive("--grace"),
     help="Seconds a client must be gone before its queues go "
     "(default: max(60, 2 x session timeout); at least the session timeout).",
 )
