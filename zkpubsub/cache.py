@@ -375,9 +375,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
     async def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader. A
         cancelled load keeps nothing."""
-        if self._subscription is None:
-            if self._closed:
-                _check_listening(None)
+        if self._subscription is None and not self._closed:
             raise RuntimeError("start the cache first (await cache.start(), or async with)")
         _check_listening(self._subscription)
         hit, value, token = self._entries.lookup(key)
