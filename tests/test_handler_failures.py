@@ -149,3 +149,37 @@ def test_close_gives_up_on_a_blocked_handler_and_leaves_its_message_queued(
     again = Collector()
     make_client(client_id="stuck").subscribe("t", again)
     assert again.wait(1) == ["in hand"]
+
+
+def test_blocked_handlers_of_many_subscriptions_share_one_close_timeout(
+    make_client: MakeClient,
+) -> None:
+    topics = [f"t{i}" for i in range(6)]
+    release = threading.Event()
+    entered: list[str] = []
+
+    def stuck(message: Message) -> None:
+        entered.append(message.payload)
+        release.wait(60)
+
+    first = make_client(client_id="stuck-many", close_timeout=1.0)
+    for topic in topics:
+        first.subscribe(topic, stuck)
+    publisher = make_client()
+    for topic in topics:
+        publisher.publish(topic, topic)
+    wait_until(lambda: len(entered) == len(topics), 20)
+    try:
+        start = time.monotonic()
+        first.close()
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    # one wait for all six handlers (each waited a close timeout of its own
+    # before: six seconds), plus the session's own close
+    assert 1.0 <= took < 1.0 + 3.0, took
+    again = Collector()
+    second = make_client(client_id="stuck-many")
+    for topic in topics:
+        second.subscribe(topic, again)
+    assert sorted(again.wait(len(topics))) == sorted(topics)

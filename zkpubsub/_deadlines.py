@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["check_timeout", "deadline_after", "expired", "remaining"]
+__all__ = ["check_timeout", "deadline_after", "earliest", "expired", "remaining"]
 
 
 def deadline_after(timeout: float | None) -> float | None:
@@ -27,6 +27,12 @@ def check_timeout(timeout: float | None) -> float | None:
     otherwise)."""
     deadline_after(timeout)
     return timeout
+
+
+def earliest(*deadlines: float | None) -> float | None:
+    """The first of ``deadlines`` to come (``None`` if none has one)."""
+    instants = [d for d in deadlines if d is not None]
+    return min(instants) if instants else None
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -48,7 +48,7 @@ from typing import Final
 
 from . import envelope
 from ._context import Context
-from ._deadlines import deadline_after, remaining
+from ._deadlines import deadline_after, earliest, remaining
 from .errors import (
     ClientClosed,
     ConnectionLost,
@@ -273,20 +273,26 @@ class PublishEngine:
             self._settle(request, None, error)
         self._announce([request])
 
-    def close(self, timeout: float) -> None:
-        """Send what is queued, wait up to ``timeout`` for what is in flight,
-        fail what is left with :class:`ClientClosed`, then stop."""
+    def close(self, timeout: float, *, idle: float | None = None) -> None:
+        """Send what is queued and wait for what is in flight: up to
+        ``timeout``, and no longer than ``idle`` seconds without a publish
+        finishing (``None``: no such limit); fail what is left with
+        :class:`ClientClosed`, then stop."""
         deadline = deadline_after(timeout)
         with self._lock:
             self._closing = True
             for lane in self._lanes.values():
                 lane.wake.notify_all()
             self._room.notify_all()
+            quiet = deadline_after(idle)
             while self._threads > 0:
-                left = remaining(deadline)
+                left = remaining(earliest(deadline, quiet))
                 if left is not None and left <= 0:
                     break
+                pending = self._pending
                 self._room.wait(left)
+                if self._pending < pending:  # one finished: wait on
+                    quiet = deadline_after(idle)
             leftovers = [r for lane in self._lanes.values() for r in (*lane.pending, *lane.flight)]
             closed = ClientClosed("the client closed before this publish was confirmed")
             for request in leftovers:

@@ -178,8 +178,8 @@ class ClientConfig:
     session timeouts; at least the session timeout) and
     ``cleaner_interval``. ``registration_wait`` is how long the constructor waits for an earlier
     session of the same ``client_id`` to expire (default: two session
-    timeouts). ``close_timeout`` bounds how long ``close()`` waits for a
-    handler that is still running: its message is then left in the queue
+    timeouts). ``close_timeout`` bounds how long ``close()`` waits for the
+    handlers still running (one wait for them all): a message is then left in the queue
     (delivered again to this client id) and the handler's thread is left to
     finish on its own. ``backlog`` is the default bound of this client's
     subscriber queues (see :class:`~zkpubsub.Backlog`). ``watch_mode`` is

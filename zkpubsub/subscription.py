@@ -42,7 +42,7 @@ from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 from ._buffer import Delivery, DeliveryBuffer, Node
 from ._callables import refuse_awaitable
 from ._context import Context
-from ._deadlines import deadline_after
+from ._deadlines import deadline_after, remaining
 from ._pump import ReceivePump
 from ._registration import delete_queue, register_subscription, unregister_subscription
 from ._registry import SubscriptionRegistry
@@ -550,32 +550,52 @@ class Subscription:
     # -- shutdown -------------------------------------------------------------------------
 
     def _shutdown(self, *, drop_queue: bool, timeout: float | None) -> None:
+        wait = self._ctx.config.close_timeout if timeout is None else timeout
+        halted = self._halt()
+        if halted:
+            self._wait_for_handler(deadline_after(wait))
+        # the last deletes, the deregistration and the queue's removal share
+        # one request's time (a closing client's: CLOSING_REQUEST_TIMEOUT)
+        self._end(halted=halted, drop_queue=drop_queue, deadline=self._requests_deadline())
+
+    # A closing client ends its subscriptions in these three steps, each
+    # for all of them before the next: every subscription stops handing out
+    # messages at once, their handlers share one wait (``close_timeout``)
+    # and their ending requests one closing request's time.
+
+    def _halt(self) -> bool:
+        """Stop handing out messages; ``False`` if closed already."""
         with self._close_lock:
             already = self._closed
             self._closed = True
         if not already:
             self._stopping.set()
             self._buffer.close()
-            dispatcher = self._dispatcher
-            wait = self._ctx.config.close_timeout if timeout is None else timeout
-            running = False
-            if self._self_dispatching is not None:
-                running = not self._self_dispatching.stop(wait)
-            elif dispatcher is not None and dispatcher is not threading.current_thread():
-                dispatcher.join(wait)
-                running = dispatcher.is_alive()
-            if running:
-                logger.warning(
-                    "subscription %r: the handler is still running after %gs; its "
-                    "message stays queued and will be delivered again",
-                    self._topic,
-                    wait,
-                )
-            self._ack_held()
-        # the last deletes, the deregistration and the queue's removal share
-        # one request's time (a closing client's: CLOSING_REQUEST_TIMEOUT)
-        deadline = self._requests_deadline()
-        if not already:
+        return not already
+
+    def _wait_for_handler(self, deadline: float | None) -> None:
+        """Wait until ``deadline`` for a handler still running (after
+        :meth:`_halt`), then acknowledge what was handed out last."""
+        left = remaining(deadline)
+        running = False
+        dispatcher = self._dispatcher
+        if self._self_dispatching is not None:
+            running = not self._self_dispatching.stop(left)
+        elif dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(left)
+            running = dispatcher.is_alive()
+        if running:
+            logger.warning(
+                "subscription %r: the handler is still running when the close's wait "
+                "ends; its message stays queued and will be delivered again",
+                self._topic,
+            )
+        self._ack_held()
+
+    def _end(self, *, halted: bool, drop_queue: bool, deadline: float | None) -> None:
+        """The ending requests, until ``deadline``: the last deletes (if
+        this close halted it), the deregistration, the queue's removal."""
+        if halted:
             self._pump.detach(self._topic, deadline)
         self._deregister(drop_queue=drop_queue, deadline=deadline)
 
