@@ -417,6 +417,31 @@ def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> 
     assert len(q) == 0
 
 
+def test_stop_waits_one_timeout_for_all_the_busy_workers(make_client: MakeClient) -> None:
+    q = make_client().queue("busy")
+    release = threading.Event()
+    busy: list[str] = []
+
+    def handle(item: Item) -> None:
+        busy.append(item.payload)
+        release.wait(60)
+
+    consumer = q.consume(handle, workers=4)
+    try:
+        q.put_many(["a", "b", "c", "d"])
+        wait_until(lambda: len(busy) == 4, what="four items in hand")
+        started = time.monotonic()
+        consumer.stop(timeout=1.0)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    # one wait for the four workers (each waited a timeout of its own
+    # before: four seconds); then the workers leave the registry
+    assert 1.0 <= took < 3.0, took
+    consumer.join(10)
+    assert not consumer.running
+
+
 def test_a_failed_item_is_given_back_before_on_error_is_told(make_client: MakeClient) -> None:
     q = make_client().queue("told", max_attempts=2)
     seen: list[tuple[bool, int, int, int]] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .._callables import check_callable, refuse_awaitable
+from .._deadlines import deadline_after, remaining
 from ..config import DEFAULT_MAX_LEASE
 from ..errors import ClientClosed, ReservationLost, ZkPubSubError
 from .items import Item
@@ -165,19 +166,24 @@ class Consumer:
             logger.warning("could not release %r: %s", item, exc)
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop taking items; wait for the ones in hand. Idempotent."""
+        """Stop taking items; wait up to ``timeout`` (one wait for all the
+        workers) for the ones in hand. Idempotent."""
+        deadline = deadline_after(timeout)
         self._stop.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(remaining(deadline))
         self._keeper.close()
         for worker in self._workers:
             with contextlib.suppress(ZkPubSubError):
                 worker.close()
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` (one wait for all the workers) for the
+        workers to end."""
+        deadline = deadline_after(timeout)
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(remaining(deadline))
 
     def __enter__(self) -> Consumer:
         return self
