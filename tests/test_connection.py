@@ -9,7 +9,7 @@ import pytest
 from kazoo.client import KazooClient, KazooState
 
 from zkpubsub._deadlines import deadline_after
-from zkpubsub.connection import Connection
+from zkpubsub.connection import STOP_AFTER_FAILED_CONNECT, Connection
 from zkpubsub.errors import ConnectionLost
 from zkpubsub.testing.proxy import OP_EXISTS, ZkClientProxy
 
@@ -144,3 +144,22 @@ def test_stop_runs_in_place_where_no_thread_can_be_started(
     assert conn.kazoo._connection._connection_routine is None
     assert conn.kazoo.state == KazooState.LOST
     assert raw_zk.exists(path) is None  # the session ended on the server
+
+
+def test_connect_to_a_server_that_never_answers_fails_within_its_timeout(
+    zk_hosts: str, zk_root: str
+) -> None:
+    from zkpubsub import Client, ConnectTimeout
+
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    # the connection is taken and nothing answers (a frozen server)
+    with ZkClientProxy((host, int(port)), name="frozen") as proxy:
+        proxy.block("drop")
+        started = time.monotonic()
+        with pytest.raises(ConnectTimeout, match="within 2s"):
+            Client(proxy.address, root=zk_root, connect_timeout=2.0, session_timeout=10.0)
+        took = time.monotonic() - started
+    # kazoo's own start waited for its loop, which waits the session
+    # timeout for the server's answer (10 s); now the loop stops in the
+    # background after STOP_AFTER_FAILED_CONNECT
+    assert 2.0 <= took < 2.0 + STOP_AFTER_FAILED_CONNECT + 1.5, took

@@ -94,6 +94,7 @@ from .security import Auth, Sasl, Tls
 
 __all__ = [
     "RECONNECT_MAX_DELAY",
+    "STOP_AFTER_FAILED_CONNECT",
     "Connection",
     "first_error",
     "server_error",
@@ -109,6 +110,10 @@ RECONNECT_MAX_DELAY: Final = 2.0
 # the session timeout, at least 10 s, for its connection loop to end):
 # ``Connection.stop`` waits this much longer than that at most.
 STOP_GRACE: Final = 5.0
+# A connect that failed waits this long for the connection to stop, then
+# leaves it stopping in the background (kazoo's loop may be waiting for an
+# answer from a server that does not give one).
+STOP_AFTER_FAILED_CONNECT: Final = 1.0
 # ZooKeeper's default jute.maxbuffer (0xfffff): a request whose packet is
 # larger makes the server drop the connection without an answer.
 SERVER_MAX_BUFFER: Final = 0xFFFFF
@@ -226,6 +231,7 @@ class Connection:
         )
         self.tls = tls
         self.stop_timeout = max(10.0, session_timeout) + STOP_GRACE
+        self._connected_once = False  # the session was set up once
         self.kazoo = KazooClient(
             hosts=hosts,
             timeout=session_timeout,
@@ -365,21 +371,23 @@ class Connection:
         deadline = deadline_after(timeout)
         if self.tls is not None:
             probe_tls(list(self.kazoo.hosts), self.tls, min(timeout, 5.0))
-        try:
-            self.kazoo.start(timeout=remaining(deadline))
-        except KazooTimeoutError as exc:
+        # kazoo's start() stops the connection itself when it times out, and
+        # waits for its thread: against a server that takes connections and
+        # does not answer (frozen), that is a session timeout past ours
+        self.kazoo.start_async().wait(remaining(deadline))
+        if not self.kazoo.connected:
             self._stop_quietly()
-            # kazoo announces the session before the SASL exchange: a start()
-            # woken by that and then finding it refused raises a time-out at
-            # once (kazoo has run our listener, which set the flag, by then).
+            # kazoo announces the session before the SASL exchange: a start
+            # woken by that and then finding it refused sees no connection
+            # (kazoo has run our listener, which set the flag, by then)
             if self.auth_failed.is_set():
                 raise AuthenticationFailed(
                     "the server refused the SASL login (wrong user name or password, or "
                     "no SASL on the server)"
-                ) from exc
+                )
             raise ConnectTimeout(
                 f"no ZooKeeper session within {timeout:g}s (hosts {self.kazoo.hosts!r})"
-            ) from exc
+            )
         # The first request follows the logins (kazoo sends a SASL exchange
         # and every addauth before any request): its answer tells whether
         # they were accepted and whether the server lets this session in.
@@ -403,6 +411,7 @@ class Connection:
         cid = self.kazoo.client_id
         if self._session is None and cid is not None:
             self._session = (int(cid[0]), bytes(cid[1]))
+        self._connected_once = True
         self.connected.set()
 
     def _stop_quietly(self) -> None:
@@ -416,11 +425,18 @@ class Connection:
         Returns within ``timeout`` (``stop_timeout`` by default): kazoo's
         stop waits for its threads without a limit, so it runs on a thread
         of its own, which is left to finish in the background (with a
-        warning) if it takes longer. Where no thread can be started (an
-        atexit handler on Python 3.12), it runs here, with no limit."""
+        warning) if it takes longer. A connection that never connected
+        waits ``STOP_AFTER_FAILED_CONNECT`` at most (without the warning),
+        once. Where no thread can be started (an atexit handler on Python
+        3.12), it runs here, with no limit."""
+        if self.closing.is_set() and not self._connected_once:
+            return  # a failed start stopped it already
         self.closing.set()
         self.connected.clear()
         limit = self.stop_timeout if timeout is None else timeout
+        warn = self._connected_once
+        if not warn:
+            limit = min(limit, STOP_AFTER_FAILED_CONNECT)
         failed: list[Exception] = []
 
         def stop_kazoo() -> None:
@@ -441,7 +457,7 @@ class Connection:
         else:
             stopping.join(limit)
             if stopping.is_alive():
-                logger.warning(
+                (logger.warning if warn else logger.debug)(
                     "the ZooKeeper connection did not stop within %gs; "
                     "it goes on stopping in the background",
                     limit,
