@@ -1,6 +1,7 @@
 """The suite's last guard (tests/conftest.py): a test stuck where
 pytest-timeout cannot reach it ends the run with every thread's stack, and
-the ZooKeeper servers the run started go with it."""
+the ZooKeeper servers the run started go with it; so do they when the run
+is ended by SIGTERM (the fixtures plugin)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def test_stuck():
     threading.Event().wait(120)
 """
 
+# A real server, and a test waiting (for the SIGTERM the test sends).
+WAITING_WITH_A_SERVER = """
+import threading
+from pathlib import Path
+
+from zkpubsub.testing import ZooKeeperCluster
+
+def test_waiting():
+    cluster = ZooKeeperCluster(1)
+    cluster.start()
+    Path("server.pid").write_text(str(cluster.nodes[0].pid))
+    threading.Event().wait(120)
+"""
+
 # Stuck in C code that holds the interpreter: no Python thread can run.
 STUCK_HOLDING_THE_INTERPRETER = """
 import ctypes
@@ -106,6 +121,39 @@ def test_a_stuck_run_stops_the_servers_it_started(tmp_path: Path) -> None:
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "still running after" in done.stderr, done.stderr
     pid = int((tmp_path / "server.pid").read_text())
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), f"the server (pid {pid}) outlived the run"
+
+
+def test_a_run_ended_by_sigterm_stops_the_servers_it_started(tmp_path: Path) -> None:
+    (tmp_path / "test_waiting.py").write_text(textwrap.dedent(WAITING_WITH_A_SERVER))
+    conftest = Path(__file__).with_name("conftest.py")
+    (tmp_path / "conftest.py").write_text(conftest.read_text())
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=100"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        pid_file = tmp_path / "server.pid"
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), run.communicate(timeout=30)[0]
+        pid = int(pid_file.read_text())
+        assert alive(pid)
+        run.terminate()  # SIGTERM
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0, out
+    assert "Terminated: SIGTERM" in out, out
     deadline = time.monotonic() + 10
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "ExternalZooKeeper",
+    "Terminated",
     "ZooKeeperBackend",
     "backend_name",
     "ensemble_factory",
@@ -120,6 +123,28 @@ def pytest_configure(config: pytest.Config) -> None:
         "local_install: runs ZooKeeper from the local install itself "
         "(skipped on another backend when there is none)",
     )
+    _stop_on_sigterm()
+
+
+class Terminated(KeyboardInterrupt):
+    """The run got SIGTERM: it stops as on Ctrl-C."""
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM end the run as Ctrl-C does: the fixtures' teardowns
+    and the exit handlers stop the ZooKeeper servers it started (they run
+    in sessions of their own, and a run killed by the signal's default
+    would leave them running). Only where SIGTERM has no handler yet."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
