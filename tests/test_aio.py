@@ -601,3 +601,28 @@ async def test_subscribe_takes_the_backlog_options_and_the_client_its_observers(
     await client.publish("t", 2)
     assert observer.seen == ["t"]
     assert client.cleaner is client.sync.cleaner
+
+
+async def test_reserves_cancelled_before_they_reserve_cost_the_item_no_attempt(
+    connect: Connect,
+) -> None:
+    # three reserves of one handle, cancelled while they wait: the first
+    # is waiting for an item, the others for their turn on the handle
+    worker = (await connect()).queue("q", max_attempts=3)
+    waiting = [asyncio.ensure_future(worker.reserve(timeout=30)) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    for task in waiting:
+        assert task.cancel()
+    producer = (await connect()).queue("q", max_attempts=3)
+    await producer.put("job")
+    await asyncio.sleep(2.0)  # time for a reserve that would still take it
+    for task in waiting:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # before, each took the item and gave it back unseen: three attempts,
+    # and the item went to the dead letters
+    assert await producer.dead() == []
+    item = await producer.reserve(timeout=20)
+    assert item is not None and item.payload == "job"
+    assert item.attempts == 1
+    await item.ack()

@@ -254,9 +254,9 @@ class AsyncWorkQueue:
             self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
         )
 
-    def _reserve_slice(self, limit: int, seconds: float) -> list[Item]:
+    def _reserve_slice(self, limit: int, seconds: float, abandoned: threading.Event) -> list[Item]:
         with self._reserving:
-            return self._queue.reserve_many(limit, seconds)
+            return self._queue._reserve_unless(limit, seconds, abandoned)
 
     async def reserve(self, timeout: float | None = None) -> AsyncItem | None:
         """The next item, waiting up to ``timeout`` seconds (``None``: as long
@@ -274,10 +274,14 @@ class AsyncWorkQueue:
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             seconds = SLICE if left is None else min(left, SLICE)
-            job = self._bridge.submit(self._reserve_slice, limit, seconds)
+            abandoned = threading.Event()
+            job = self._bridge.submit(self._reserve_slice, limit, seconds, abandoned)
             try:
                 items = await self._bridge.wrap(job)
             except asyncio.CancelledError:
+                # a slice that has not sent its transaction reserves nothing;
+                # one that did gives its items back (one attempt each)
+                abandoned.set()
                 job.add_done_callback(_release_unwanted)
                 raise
             if items:

@@ -195,6 +195,14 @@ class WorkQueue:
         self._check_open()
         return self._worker().reserve_many(limit, timeout)
 
+    def _reserve_unless(
+        self, limit: int, timeout: float | None, abandoned: threading.Event
+    ) -> list[Item]:
+        """:meth:`reserve_many` for the asyncio API: reserves nothing once
+        ``abandoned`` is set (see :meth:`Worker.reserve_many`)."""
+        self._check_open()
+        return self._worker().reserve_many(limit, timeout, abandoned=abandoned)
+
     def ack_many(self, items: Sequence[Item], results: Sequence[Any] | None = None) -> None:
         """Ack several items of this queue in one transaction (one result
         each, or none). Each is checked as :meth:`Item.ack` checks it; if

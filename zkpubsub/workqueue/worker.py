@@ -17,6 +17,7 @@ reserves it.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -101,9 +102,14 @@ class Worker:
         items = self.reserve_many(1, timeout)
         return items[0] if items else None
 
-    def reserve_many(self, limit: int, timeout: float | None = None) -> list[Item]:
+    def reserve_many(
+        self, limit: int, timeout: float | None = None, *, abandoned: threading.Event | None = None
+    ) -> list[Item]:
         """Reserve up to ``limit`` items in one transaction (at least one,
-        unless ``timeout`` passes first)."""
+        unless ``timeout`` passes first). Once ``abandoned`` is set (the
+        asyncio reserve waiting for this one was cancelled), nothing more
+        is reserved: an item reserved and given back unseen would still
+        count as one of its attempts."""
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, not {limit!r}")
         deadline = deadline_after(timeout)
@@ -111,8 +117,13 @@ class Worker:
         with translated(f"reserve from queue {self.queue!r}"):
             while True:
                 self._check_open()
+                if abandoned is not None and abandoned.is_set():
+                    return []
                 request_deadline = self._ctx.deadline()
                 batch = lineup.take(limit, request_deadline)
+                if batch and abandoned is not None and abandoned.is_set():
+                    lineup.put_back(batch)
+                    return []
                 if batch:
                     items = self._reserve_names(batch, request_deadline)
                     if items:
