@@ -626,3 +626,40 @@ async def test_reserves_cancelled_before_they_reserve_cost_the_item_no_attempt(
     assert item is not None and item.payload == "job"
     assert item.attempts == 1
     await item.ack()
+
+
+async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers(
+    connect: Connect,
+) -> None:
+    client = await connect(client_id="stuck-aio", close_timeout=1.0)
+    entered: list[str] = []
+    never = asyncio.Event()
+
+    async def stuck(message: Message) -> None:
+        entered.append(message.payload)
+        await never.wait()
+
+    topics = [f"t{i}" for i in range(4)]
+    for topic in topics:
+        await client.subscribe(topic, stuck)
+    publisher = await connect()
+    for topic in topics:
+        await publisher.publish(topic, topic)
+    deadline = time.monotonic() + 20
+    while len(entered) < len(topics) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sorted(entered) == topics
+    started = time.monotonic()
+    await client.close()
+    took = time.monotonic() - started
+    # the four handlers share one close_timeout (each waited one of its
+    # own before: 4 s), and are cancelled; their messages stay queued
+    assert 1.0 <= took < 3.0, took
+    again = await connect(client_id="stuck-aio")
+    got: list[str] = []
+    for topic in topics:
+        await again.subscribe(topic, lambda m: got.append(m.payload))
+    deadline = time.monotonic() + 20
+    while len(got) < len(topics) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sorted(got) == topics

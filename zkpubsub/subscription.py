@@ -571,6 +571,8 @@ class Subscription:
         if not already:
             self._stopping.set()
             self._buffer.close()
+            if self._self_dispatching is not None:
+                self._self_dispatching.stop(None)  # told now, waited for next
         return not already
 
     def _wait_for_handler(self, deadline: float | None) -> None:

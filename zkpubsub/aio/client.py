@@ -344,8 +344,8 @@ class AsyncClient:
 
     async def _close(self) -> None:
         try:
-            for sub in self.subscriptions():
-                await sub.close()
+            # the client closes every subscription: their handlers share
+            # one close_timeout
             await self._bridge.run(self._client.close)
         finally:
             self._bridge.close()
