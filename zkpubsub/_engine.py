@@ -273,11 +273,11 @@ class PublishEngine:
             self._settle(request, None, error)
         self._announce([request])
 
-    def close(self, timeout: float, *, idle: float | None = None) -> None:
+    def close(self, timeout: float, *, idle: float | None = None) -> bool:
         """Send what is queued and wait for what is in flight: up to
         ``timeout``, and no longer than ``idle`` seconds without a publish
         finishing (``None``: no such limit); fail what is left with
-        :class:`ClientClosed`, then stop."""
+        :class:`ClientClosed`, then stop. ``False`` if something was left."""
         deadline = deadline_after(timeout)
         with self._lock:
             self._closing = True
@@ -304,6 +304,7 @@ class PublishEngine:
             self._watchdog.stop()
         if self._completions is not None:
             self._completions.stop(timeout=5.0)
+        return not leftovers
 
     # -- finishing requests ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import check_callable
 from ._context import CLOSING_REQUEST_TIMEOUT, Context
-from ._deadlines import expired, remaining
+from ._deadlines import expired
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
 from ._registration import delete_queue, unregister_subscription
@@ -561,31 +561,35 @@ class Client:
             self._closed = True
             cleaner = self._cleaner
         ctx = self._ctx
-        # Every subscription stops at once; their handlers share one wait,
-        # and the requests that end them one closing request's time.
+        # Every subscription stops at once, and their handlers share one
+        # wait. Each one's ending requests get a closing request's time,
+        # until one runs out of it (the server is gone, or not answering):
+        # the others then do not wait.
         subs = [sub for sub in self._subs.all() if isinstance(sub, Subscription)]
         halted = {id(sub) for sub in subs if sub._halt()}
         handlers = ctx.deadline(ctx.config.close_timeout)
         for sub in subs:
             if id(sub) in halted:
                 sub._wait_for_handler(handlers)
-        requests = ctx.closing_deadline()
+        answering = True
         for sub in subs:
+            requests = ctx.closing_deadline() if answering else ctx.deadline(0)
             try:
                 sub._end(halted=id(sub) in halted, drop_queue=False, deadline=requests)
             except ZkPubSubError as exc:
                 logger.debug("closing %r: %s", sub, exc)
+            answering = answering and not expired(requests)
         if cleaner is not None:
             # Its election node goes with the session, closed below.
             cleaner.stop(min(5.0, ctx.config.close_timeout), resign=False)
-        self._pump.close(remaining(requests) or 0.0)
+        self._pump.close(CLOSING_REQUEST_TIMEOUT if answering else 0.0)
         # Publishes still queued are sent while their confirmations come:
         # the engine gives up once none came for a closing request's time.
-        self._engine.close(ctx.config.request_timeout, idle=CLOSING_REQUEST_TIMEOUT)
-        if ctx.conn.connected.is_set() and not expired(requests):
+        sent = self._engine.close(ctx.config.request_timeout, idle=CLOSING_REQUEST_TIMEOUT)
+        if ctx.conn.connected.is_set() and answering and sent:
             try:
                 with translated("delete receipts"):
-                    ctx.janitor.close(requests)
+                    ctx.janitor.close(ctx.closing_deadline())
             except ZkPubSubError as exc:  # the cleaner removes them after the grace
                 logger.debug("client %s: receipts left: %s", self.client_id, exc)
         ctx.janitor.stop()
