@@ -121,11 +121,8 @@ class Worker:
                     return []
                 request_deadline = self._ctx.deadline()
                 batch = lineup.take(limit, request_deadline)
-                if batch and abandoned is not None and abandoned.is_set():
-                    lineup.put_back(batch)
-                    return []
                 if batch:
-                    items = self._reserve_names(batch, request_deadline)
+                    items = self._reserve_names(batch, request_deadline, abandoned)
                     if items:
                         return items
                     continue
@@ -137,7 +134,9 @@ class Worker:
                 # Watches on items/ and reserved/ wake us; poll now and then too.
                 lineup.wait(1.0 if left is None else min(left, 1.0))
 
-    def _reserve_names(self, names: list[str], deadline: float | None) -> list[Item]:
+    def _reserve_names(
+        self, names: list[str], deadline: float | None, abandoned: threading.Event | None = None
+    ) -> list[Item]:
         ctx, paths = self._ctx, self._paths
         kazoo = ctx.conn.kazoo
         answers = ctx.conn.read_all(
@@ -164,6 +163,9 @@ class Worker:
         info = reservation_record(self.worker_id, lease)
         reservation_acl = self._ctx.acl.acl(NodeKind.RESERVATION)
         while ready:
+            if abandoned is not None and abandoned.is_set():
+                self._lineup.put_back([name for name, *_ in ready])
+                return []
             txn = kazoo.transaction()
             owners: list[int] = []  # the index in ready of each operation
             for i, (name, data, version, _, _) in enumerate(ready):
