@@ -166,10 +166,13 @@ def test_a_timeout_that_is_negative_infinite_or_nan_is_refused_before_anything_i
         lambda: pull.get(timeout=bad),
         lambda: queue.ticket("0" * 32).wait(timeout=bad),
         lambda: queue.reserve(timeout=bad),
+        lambda: pull.close(timeout=bad),
+        lambda: queue.consume(lambda item: None).stop(timeout=bad),
     ):
         with pytest.raises(ValueError, match="must be >= 0 and finite"):
             call()
     # nothing was sent, and the client's other callers are unharmed
+    assert not pull.closed
     client.publish("t", "after")
     assert collector.wait(1) == ["after"]
     assert client.pending_publishes == 0

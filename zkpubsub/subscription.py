@@ -550,10 +550,10 @@ class Subscription:
     # -- shutdown -------------------------------------------------------------------------
 
     def _shutdown(self, *, drop_queue: bool, timeout: float | None) -> None:
-        wait = self._ctx.config.close_timeout if timeout is None else timeout
+        handler = deadline_after(self._ctx.config.close_timeout if timeout is None else timeout)
         halted = self._halt()
         if halted:
-            self._wait_for_handler(deadline_after(wait))
+            self._wait_for_handler(handler)
         # the last deletes, the deregistration and the queue's removal share
         # one request's time (a closing client's: CLOSING_REQUEST_TIMEOUT)
         self._end(halted=halted, drop_queue=drop_queue, deadline=self._requests_deadline())
