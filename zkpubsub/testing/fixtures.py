@@ -51,6 +51,7 @@ __all__ = [
     "pytest_configure",
     "pytest_report_header",
     "pytest_runtest_setup",
+    "pytest_unconfigure",
     "raw_zk",
     "secure_root",
     "secure_zookeeper",
@@ -139,12 +140,26 @@ def _stop_on_sigterm() -> None:
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
+    run = os.getpid()
 
     def terminated(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
+        if os.getpid() != run:  # a child forked by a test: the signal's default
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise Terminated("SIGTERM")
 
     signal.signal(signal.SIGTERM, terminated)
+    _installed.append(terminated)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _installed:
+        if signal.getsignal(signal.SIGTERM) is _installed.pop():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_installed: list[Callable[[int, object], None]] = []
 
 
 def pytest_report_header(config: pytest.Config) -> str:
