@@ -639,7 +639,7 @@ async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers
         entered.append(message.payload)
         await never.wait()
 
-    topics = [f"t{i}" for i in range(4)]
+    topics = [f"t{i}" for i in range(6)]
     for topic in topics:
         await client.subscribe(topic, stuck)
     publisher = await connect()
@@ -652,9 +652,9 @@ async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers
     started = time.monotonic()
     await client.close()
     took = time.monotonic() - started
-    # the four handlers share one close_timeout (each waited one of its
-    # own before: 4 s), and are cancelled; their messages stay queued
-    assert 1.0 <= took < 3.0, took
+    # the six handlers share one close_timeout (each waited one of its
+    # own before: 6 s), and are cancelled; their messages stay queued
+    assert 1.0 <= took < 4.0, took
     again = await connect(client_id="stuck-aio")
     got: list[str] = []
     for topic in topics:

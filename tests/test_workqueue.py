@@ -426,18 +426,18 @@ def test_stop_waits_one_timeout_for_all_the_busy_workers(make_client: MakeClient
         busy.append(item.payload)
         release.wait(60)
 
-    consumer = q.consume(handle, workers=4)
+    consumer = q.consume(handle, workers=6)
     try:
-        q.put_many(["a", "b", "c", "d"])
-        wait_until(lambda: len(busy) == 4, what="four items in hand")
+        q.put_many(["a", "b", "c", "d", "e", "f"])
+        wait_until(lambda: len(busy) == 6, what="six items in hand")
         started = time.monotonic()
         consumer.stop(timeout=1.0)
         took = time.monotonic() - started
     finally:
         release.set()
-    # one wait for the four workers (each waited a timeout of its own
-    # before: four seconds); then the workers leave the registry
-    assert 1.0 <= took < 3.0, took
+    # one wait for the six workers (each waited a timeout of its own
+    # before: six seconds); then the workers leave the registry
+    assert 1.0 <= took < 4.0, took
     consumer.join(10)
     assert not consumer.running
 
