@@ -560,8 +560,9 @@ class Subscription:
 
     # A closing client ends its subscriptions in these three steps, each
     # for all of them before the next: every subscription stops handing out
-    # messages at once, their handlers share one wait (``close_timeout``)
-    # and their ending requests one closing request's time.
+    # messages at once, their handlers share one wait (``close_timeout``),
+    # and each one's ending requests get a closing request's time (none,
+    # once one of them ran out of it: see ``Client.close``).
 
     def _halt(self) -> bool:
         """Stop handing out messages; ``False`` if closed already."""
