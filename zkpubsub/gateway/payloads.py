@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
@@ -98,10 +99,28 @@ def _unsupported(kind: str, accepted: str) -> Problem:
 
 
 def parse_json(body: bytes) -> Any:
+    """The JSON of ``body``: standard JSON only (``NaN`` and ``Infinity``,
+    and numbers too large for a float, are refused, as nesting too deep to
+    read is), else a 400."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "bad-json", "Malformed JSON", f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise Problem(
+            400, "bad-json", "Malformed JSON", "the body is not JSON: nested too deeply"
+        ) from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of a JSON number's range")
+    return number
 
 
 async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
