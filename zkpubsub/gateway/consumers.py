@@ -288,8 +288,12 @@ class Consumers:
     ) -> tuple[HttpSubscription, bool]:
         """Make (or change) subscription ``name`` to receive ``topics``;
         topics it had and are not listed are unsubscribed (their queues
-        deleted). ``(subscription, created)``."""
+        deleted). ``(subscription, created)``. Every topic is checked
+        before anything is made or changed."""
         self.client_id(name)
+        for topic in topics:
+            with bad_input("topic"):
+                validate_name(topic, "topic")
         for topic in topics:
             principal.require("topic", topic)
         async with self._lock(name):
