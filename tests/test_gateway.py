@@ -201,6 +201,12 @@ def test_an_idempotency_key_publishes_once_and_answers_the_first_receipt_again(
     api.post(f"/topics/{topic}/messages", json="last")
     got = pull_all(api, name, 2)
     assert [m.get("payload") for m in got] == [{"n": 1}, "last"]
+    # a key is per route: the batch route does not share it with the single one
+    batch = api.post(
+        f"/topics/{topic}/messages:batch", json={"messages": [{"payload": "b"}]}, headers=key
+    )
+    assert batch.status_code == 201, batch.text
+    assert [m.get("payload") for m in pull_all(api, name, 1)] == ["b"]
 
 
 def test_curl_publishes_pulls_and_acks(api: httpx.Client, gateway_url: str) -> None:
@@ -423,6 +429,21 @@ def test_a_reserve_waits_for_an_item_put_while_it_waits(api: httpx.Client, bus: 
     assert api.post(f"/queues/{queue}/reservations/{rid}/ack", json={}).status_code == 204
 
 
+def test_an_extension_without_seconds_renews_the_lease_the_item_was_reserved_with(
+    api: httpx.Client,
+) -> None:
+    queue = unique("q-")
+    api.post(f"/queues/{queue}/items", json="job")
+    [first] = api.post(f"/queues/{queue}/reserve", json={"wait": 5, "lease": 2}).json()["items"]
+    extended = api.post(f"/queues/{queue}/reservations/{first['reservation']}/extend", json={})
+    assert extended.status_code == 204
+    # renewed for 2 s, not for the gateway's default lease (30 s): another
+    # reserve gets the item a little later
+    started = time.monotonic()
+    [again] = api.post(f"/queues/{queue}/reserve", json={"wait": 10}).json()["items"]
+    assert again["id"] == first["id"] and time.monotonic() - started < 10
+
+
 def test_a_lease_that_runs_out_gives_the_item_to_the_next_reserve(api: httpx.Client) -> None:
     queue = unique("q-")
     api.post(f"/queues/{queue}/items", json="slow")
@@ -542,11 +563,25 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
         assert "Traceback" not in answer.text
     too_large = cases[2][0].json()
     assert too_large["limit"] == 980_000
+    # JSON that is not standard, or too deep to read, is refused, never changed
+    for body in ("NaN", '{"x": Infinity}', "[-Infinity]", "[1e999]", "[" * 100_000 + "]" * 100_000):
+        for url in ("/topics/t/messages", "/queues/q/items"):
+            answer = api.post(url, content=body, headers=json_type)
+            assert answer.status_code == 400, (url, body[:20], answer.text)
+            assert answer.json()["error"] == "BadJson"
+    # a subscription with one bad topic among good ones is not made at all
+    name = unique("bad-")
+    answer = api.put(f"/subscriptions/{name}", json={"topics": ["fine", ".."]})
+    assert answer.status_code == 400 and answer.json()["error"] == "BadRequest"
+    assert api.get(f"/subscriptions/{name}").status_code == 404
     # a body that carries no payload stays under 64 KiB on every route
     for answer in (
         api.put("/subscriptions/x", json={"topics": ["t"] * 30_000}),
         api.post("/subscriptions/x/ack", json={"ack_ids": ["a" * 40] * 3_000}),
         api.post("/subscriptions/x/pull", content=iter([b" " * 70_000]), headers=json_type),
+        api.post(
+            "/queues/q/reserve", content=b'{"max": 1' + b" " * 200_000 + b"}", headers=json_type
+        ),
     ):
         assert answer.status_code == 413, (answer.request.url, answer.text)
         assert answer.json()["error"] == "PayloadTooLarge" and answer.json()["limit"] == 65_536

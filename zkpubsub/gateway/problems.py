@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ __all__ = [
     "bad_input",
     "install_problem_handlers",
     "problem_for",
+    "without_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,8 +131,24 @@ def problem_for(exc: errors.ZkPubSubError) -> Problem:
         extra["message_ids"] = list(exc.message_ids)
     headers = {"Retry-After": "1"} if status == 503 else None
     return Problem(
-        status, slug, title, str(exc), error=type(exc).__name__, headers=headers, **extra
+        status,
+        slug,
+        title,
+        without_paths(str(exc)),
+        error=type(exc).__name__,
+        headers=headers,
+        **extra,
     )
+
+
+# A ZooKeeper path in an error's text: two or more segments from the root.
+_PATH: Final = re.compile(r"(?<![\w.])/(?:[^\s/:'\",()]+/)+[^\s/:'\",()]*")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every ZooKeeper path in it (which names the bus's
+    layout) replaced by ``<node>``."""
+    return _PATH.sub("<node>", text)
 
 
 def _plain(value: object) -> bool:

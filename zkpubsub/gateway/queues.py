@@ -10,10 +10,11 @@ reservation at a time; an ack or release of a reservation that was lost
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
@@ -38,14 +39,28 @@ from .models import (
     TicketAnswer,
     problem_responses,
 )
-from .payloads import SMALL_BODY, message_headers, payload_fields, read_json, read_payload
-from .problems import bad_input
+from .payloads import (
+    SMALL_BODY,
+    SmallBodyRoute,
+    message_headers,
+    payload_fields,
+    read_json,
+    read_payload,
+)
+from .problems import Problem, bad_input
 from .reservations import Held
 from .topics import _SINGLE_BODY, invalid
 
-__all__ = ["router"]
+__all__ = ["RESERVE_GRACE", "router"]
+
+# Past a reserve's wait, how long its last slice may take to answer before
+# the long poll ends without it (a slice under way then reserves nothing,
+# or gives back what it reserved).
+RESERVE_GRACE: Final = 1.0
 
 router = APIRouter(tags=["queues"])
+# routes whose JSON body is a model FastAPI reads (64 KiB at most; included below)
+_small = APIRouter(tags=["queues"], route_class=SmallBodyRoute)
 
 
 async def _handle(gw: GatewayState, principal: Principal, name: str) -> AsyncWorkQueue:
@@ -108,7 +123,7 @@ async def put(
     return result
 
 
-@router.post(
+@_small.post(
     "/queues/{queue}/reserve",
     response_model=ReserveResult,
     summary="Reserve items (long poll)",
@@ -116,7 +131,7 @@ async def put(
     "--max-wait) for the first. Each is reserved for lease seconds (default the "
     "gateway's --lease): not acked, released or extended by then, it goes to another "
     "worker and this reservation's ack is refused.",
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 413, 422),
 )
 async def reserve(
     queue: str,
@@ -128,12 +143,25 @@ async def reserve(
     ask = body or ReserveRequest.model_validate({})
     lease = ask.lease or gw.settings.lease
     handle = await _handle(gw, principal, queue)
-    items = await handle.reserve_many(ask.max, min(ask.wait, gw.settings.max_wait))
+    wait = min(ask.wait, gw.settings.max_wait)
+    try:
+        # the reserve's own requests wait the request timeout when ZooKeeper
+        # does not answer; the long poll ends at its wait all the same
+        items = await asyncio.wait_for(handle.reserve_many(ask.max, wait), wait + RESERVE_GRACE)
+    except asyncio.TimeoutError:
+        raise Problem(
+            503,
+            "zookeeper-unavailable",
+            "ZooKeeper unreachable",
+            f"no answer from ZooKeeper within the reserve's wait ({wait:g}s); nothing was reserved",
+            error="ConnectionLost",
+            headers={"Retry-After": "1"},
+        ) from None
     out = []
     for item in items:
         if lease != gw.settings.lease:
             await item.extend(lease)  # reserved with the default lease: now the one asked for
-        rid = gw.reservations.add(principal.name, queue, item, handle)
+        rid = gw.reservations.add(principal.name, queue, item, handle, lease)
         out.append(
             ReservedItem(
                 reservation=rid,
@@ -226,7 +254,7 @@ async def extend(
 ) -> Response:
     _, held = _held(request, principal, queue, reservation)
     body = await _body(request, ExtendRequest)
-    await held.item.extend(body.seconds)
+    await held.item.extend(held.lease if body.seconds is None else body.seconds)
     return Response(status_code=204)
 
 
@@ -323,3 +351,6 @@ async def result(
         result=fields.get("payload"),
         result_base64=fields.get("payload_base64"),
     )
+
+
+router.include_router(_small)

@@ -32,6 +32,7 @@ class Held:
     queue: str
     item: AsyncItem
     handle: AsyncWorkQueue
+    lease: float  # seconds: the lease it was reserved with
 
 
 class Reservations:
@@ -44,10 +45,12 @@ class Reservations:
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, principal: str, queue: str, item: AsyncItem, handle: AsyncWorkQueue) -> str:
+    def add(
+        self, principal: str, queue: str, item: AsyncItem, handle: AsyncWorkQueue, lease: float
+    ) -> str:
         self._forget_expired()
         rid = f"{self._gateway_id}.{uuid.uuid4().hex}"
-        self._held[rid] = Held(principal, queue, item, handle)
+        self._held[rid] = Held(principal, queue, item, handle, lease)
         return rid
 
     def get(self, rid: str, principal: str, queue: str) -> Held:

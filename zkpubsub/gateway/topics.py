@@ -162,7 +162,7 @@ async def publish_batch(
         return _receipt(topic, receipts)
 
     answer, replayed = await gw.idempotency.run(
-        ("publish", principal.name, topic), idempotency_key, fingerprint, work
+        ("publish batch", principal.name, topic), idempotency_key, fingerprint, work
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
