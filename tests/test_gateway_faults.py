@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.fixtures import ZooKeeperBackend
 from zkpubsub.testing.secure import TlsMaterial
 
@@ -228,3 +230,48 @@ def test_the_gateway_names_its_extra_when_its_packages_are_missing() -> None:
     done = _cli("gateway", prelude=blocked)
     assert done.returncode != 0
     assert "pip install 'zkpubsub[gateway]'" in done.stderr
+
+
+def test_a_reserve_ends_at_its_wait_while_zookeeper_is_frozen(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    url, process = start_gateway(zk.hosts, "/frozen", args=["--max-wait", "3"])
+    try:
+        with httpx.Client(base_url=url, timeout=60) as api:
+            queue = unique("q-")
+            assert api.post(f"/queues/{queue}/reserve", json={"wait": 0}).status_code == 200
+            node.pause()
+            try:
+                started = time.monotonic()
+                answer = api.post(f"/queues/{queue}/reserve", json={"wait": 30})
+                took = time.monotonic() - started
+            finally:
+                node.resume()
+            # --max-wait bounds the long poll (it waited the request timeout,
+            # 25-30 s, before); ZooKeeper's silence is a 503 to retry
+            assert took < 3 + 1 + 2, took
+            assert answer.status_code == 503, answer.text
+            doc = answer.json()
+            assert doc["error"] == "ConnectionLost" and answer.headers["Retry-After"] == "1"
+            # once ZooKeeper answers again, an item put is reserved as usual
+            api.post(f"/queues/{queue}/items", json="job")
+            deadline = time.monotonic() + 60
+            items: list[Any] = []
+            while not items and time.monotonic() < deadline:
+                answer = api.post(f"/queues/{queue}/reserve", json={"wait": 3})
+                if answer.status_code == 200:
+                    items = answer.json()["items"]
+            assert [i["payload"] for i in items] == ["job"]
+    finally:
+        stop_gateway(process, kill=True)
+
+
+def test_error_details_never_name_a_zookeeper_path() -> None:
+    from zkpubsub.gateway.problems import without_paths
+
+    text = "stat /zkpubsub/queues/q/items: not connected to ZooKeeper in time"
+    assert without_paths(text) == "stat <node>: not connected to ZooKeeper in time"
+    assert without_paths("read /a/b/q100-s0000000001-x, then") == "read <node>, then"
+    assert without_paths("topic must not be '..'") == "topic must not be '..'"
