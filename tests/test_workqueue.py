@@ -629,6 +629,40 @@ def test_after_a_lost_answer_a_worker_claims_only_reservations_that_name_it(
     assert len(q) == 0
 
 
+def test_reserving_more_data_than_one_transaction_carries_takes_what_fits(
+    make_client: MakeClient,
+) -> None:
+    # 20 items of 60 KB: 1.2 MB, past what one transaction may carry. The
+    # reserve rewrote them all in one (the server dropped the connection,
+    # and the reserve tried again for ever, past its timeout)
+    q = make_client().queue("big")
+    q.put_many([bytes([n]) * 60_000 for n in range(20)])
+    started = time.monotonic()
+    first = q.reserve_many(20, timeout=10)
+    assert time.monotonic() - started < 10
+    assert 1 <= len(first) < 20
+    rest = q.reserve_many(20, timeout=10)
+    taken = first + rest
+    while len(taken) < 20:
+        more = q.reserve_many(20, timeout=10)
+        assert more, "items left unreserved"
+        taken += more
+    assert sorted(item.payload[0] for item in taken) == list(range(20))
+    q.ack_many(first)
+    for item in taken[len(first) :]:
+        item.ack()
+    assert len(q) == 0
+    # a consumer prefetching such items handles them all
+    q.put_many([bytes([n]) * 100_000 for n in range(16)])
+    seen: list[int] = []
+    consumer = q.consume(lambda item: seen.append(item.payload[0]), prefetch=16)
+    try:
+        wait_until(lambda: len(seen) == 16, 60, "16 large items handled")
+    finally:
+        consumer.stop()
+    assert sorted(seen) == list(range(16))
+
+
 def test_consume_with_prefetch_handles_every_item_once(make_client: MakeClient) -> None:
     q = make_client().queue("prefetched")
     q.put_many(range(300))

@@ -191,7 +191,8 @@ class WorkQueue:
 
     def reserve_many(self, limit: int, timeout: float | None = None) -> list[Item]:
         """Reserve up to ``limit`` items in one transaction (at least one,
-        unless ``timeout`` passes first)."""
+        unless ``timeout`` passes first): as many as fit in
+        ``max_transaction_bytes``, which rewrites each item's data."""
         self._check_open()
         return self._worker().reserve_many(limit, timeout)
 

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from kazoo.exceptions import NoNodeError
 
@@ -37,9 +37,13 @@ from .lineup import Lineup
 from .records import decode_item, reservation_record
 from .registration import Registration
 
-__all__ = ["Worker"]
+__all__ = ["TXN_OP_OVERHEAD", "Worker"]
 
 _numbers = itertools.count(1)
+
+# Bytes of a transaction's operation besides its path and data (headers,
+# version, ACL, flags): an upper estimate, for sizing reserving transactions.
+TXN_OP_OVERHEAD: Final = 512
 
 _Ready = tuple[str, bytes, int, envelope.Entry, Any]  # name, data, version, entry, payload
 
@@ -134,6 +138,19 @@ class Worker:
                 # Watches on items/ and reserved/ wake us; poll now and then too.
                 lineup.wait(1.0 if left is None else min(left, 1.0))
 
+    def _fitting(self, ready: list[_Ready], record: int) -> int:
+        """How many of ``ready``, from the first, one reserving transaction
+        carries within ``max_transaction_bytes`` (one at least)."""
+        paths, budget, total = self._paths, self._ctx.config.max_transaction_bytes, 0
+        for count, (name, data, *_) in enumerate(ready):
+            # the item's data and path, the reservation's path and record,
+            # and each operation's header
+            total += len(data) + len(paths.item(name)) + len(paths.reservation(name))
+            total += record + TXN_OP_OVERHEAD
+            if total > budget and count > 0:
+                return count
+        return len(ready)
+
     def _reserve_names(
         self, names: list[str], deadline: float | None, abandoned: threading.Event | None = None
     ) -> list[Item]:
@@ -162,6 +179,14 @@ class Worker:
         lease = self.visibility_timeout
         info = reservation_record(self.worker_id, lease)
         reservation_acl = self._ctx.acl.acl(NodeKind.RESERVATION)
+        # The transaction writes every item's data again (its setData): it
+        # takes as many as fit in max_transaction_bytes (one at least; the
+        # server drops a connection whose request is too large, and the
+        # reserve would try again for ever). The others stay first in line.
+        fit = self._fitting(ready, len(info))
+        if fit < len(ready):
+            self._lineup.put_back([name for name, *_ in ready[fit:]])
+            del ready[fit:]
         while ready:
             if abandoned is not None and abandoned.is_set():
                 self._lineup.put_back([name for name, *_ in ready])
