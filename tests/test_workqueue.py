@@ -384,6 +384,32 @@ def test_a_waited_for_item_that_dies_fails_its_ticket(make_client: MakeClient) -
         elsewhere.wait(timeout=5)
 
 
+def test_a_ticket_waited_for_without_time_answers_a_result_that_is_there(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    q = make_client().queue("rpc")
+    ticket = q.put("job", want_result=True)
+    # nothing there yet: the zero wait ends at once
+    with pytest.raises(OperationTimeout, match="no result"):
+        ticket.wait(timeout=0)
+    item = q.reserve(5)
+    assert item is not None
+    item.ack(result="done")
+    # there: read and removed, though the wait gives it no time (its reads
+    # had none before, and a zero wait never answered)
+    assert ticket.wait(timeout=0) == "done"
+    results = Layout(zk_root).work_queue("rpc").results
+    assert raw_zk.get_children(results) == []
+    doomed = make_client().queue("rpc", max_attempts=1)
+    failing = doomed.put("doomed", want_result=True)
+    taken = doomed.reserve(5)
+    assert taken is not None
+    taken.release("cannot")
+    with pytest.raises(ItemFailed, match="cannot"):
+        failing.wait(timeout=0)
+    assert raw_zk.get_children(results) == []  # a failure read is removed too
+
+
 def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> None:
     q = make_client().queue("loop", max_attempts=2)
     errors: list[BaseException] = []

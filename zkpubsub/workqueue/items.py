@@ -3,24 +3,31 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import KazooException, NoNodeError
 
 from .. import envelope
 from .._context import Context
 from .._deadlines import deadline_after, expired, remaining
 from ..connection import translated
-from ..errors import ItemFailed, OperationTimeout, ReservationLost
+from ..errors import ItemFailed, OperationTimeout, ReservationLost, ZkPubSubError
 from ..layout import WorkQueuePaths
 from .records import read_result
 
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["Item", "Ticket"]
+__all__ = ["TICKET_READ_AT_LEAST", "Item", "Ticket"]
+
+logger = logging.getLogger(__name__)
+
+# Seconds a ticket's wait gives the reads of a result that is there, however
+# short its timeout (at most the request timeout).
+TICKET_READ_AT_LEAST: Final = 2.0
 
 
 class Item:
@@ -215,21 +222,33 @@ class Ticket:
         path = self._paths.result(self.id)
         deadline = deadline_after(timeout)
         arrived = threading.Event()
+
+        def requests() -> float | None:
+            # ``timeout`` bounds the wait for the result; reading one that
+            # is there gets up to TICKET_READ_AT_LEAST whatever it is
+            floor = ctx.deadline(min(ctx.config.request_timeout, TICKET_READ_AT_LEAST))
+            return None if deadline is None or floor is None else max(deadline, floor)
+
         with translated("ticket"):
             while True:
                 arrived.clear()
                 stat = conn.call(
                     lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
-                    deadline,
+                    requests(),
                     f"wait for {path}",
                 )
                 if stat is not None:
                     try:
-                        data, _ = conn.call(lambda: kazoo.get_async(path), deadline, path)
+                        data, _ = conn.call(lambda: kazoo.get_async(path), requests(), path)
                     except NoNodeError:
                         raise ItemFailed(self.id, "its result was read by someone else") from None
-                    conn.delete(path, deadline)
-                    return read_result(ctx.serializers, self.id, path, data)
+                    try:
+                        return read_result(ctx.serializers, self.id, path, data)
+                    finally:  # the result is read: a failed delete must not lose it
+                        try:
+                            conn.delete(path, ctx.deadline())
+                        except (ZkPubSubError, KazooException) as exc:
+                            logger.warning("item %s: result read, not deleted: %s", self.id, exc)
                 left = remaining(deadline)
                 if not arrived.wait(left if left is not None else 1.0) and expired(deadline):
                     raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
