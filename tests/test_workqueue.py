@@ -410,6 +410,41 @@ def test_a_ticket_waited_for_without_time_answers_a_result_that_is_there(
     assert raw_zk.get_children(results) == []  # a failure read is removed too
 
 
+def test_a_consumer_acks_once_zookeeper_answers_again(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    with Client(zk.hosts, session_timeout=30.0, request_timeout=2.0) as client:
+        q = client.queue("paused")
+        ticket = q.put("job", want_result=True)
+        entered, go_on = threading.Event(), threading.Event()
+
+        def handle(item: Item) -> str:
+            entered.set()
+            go_on.wait(30)
+            return "done"
+
+        consumer = q.consume(handle)
+        try:
+            assert entered.wait(20)
+            node.kill()
+            try:
+                go_on.set()
+                time.sleep(5)  # the ack fails: not connected within the request timeout
+            finally:
+                node.start()
+            # the ack is tried again and taken (before, it was given up and
+            # the item stayed reserved for as long as the session lived)
+            wait_until(lambda: consumer.stats().acked == 1, 40, "the ack taken")
+            assert ticket.wait(timeout=10) == "done"
+            stats = q.stats()
+            assert (stats.ready, stats.reserved) == (0, 0)
+        finally:
+            go_on.set()
+            consumer.stop()
+
+
 def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> None:
     q = make_client().queue("loop", max_attempts=2)
     errors: list[BaseException] = []

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any, Final
 from .._callables import check_callable, refuse_awaitable
 from .._deadlines import deadline_after, remaining
 from ..config import DEFAULT_MAX_LEASE
-from ..errors import ClientClosed, ReservationLost, ZkPubSubError
+from ..errors import (
+    ClientClosed,
+    ConnectionLost,
+    OperationTimeout,
+    ReservationLost,
+    ZkPubSubError,
+)
 from .items import Item
 from .leases import LeaseKeeper, check_lease
 
@@ -128,13 +134,29 @@ class Consumer:
             self._ack(worker, done)
 
     def _ack(self, worker: Worker, done: list[tuple[Item, Any]]) -> None:
-        """Ack a worker's finished items in one transaction."""
+        """Ack a worker's finished items in one transaction. While ZooKeeper
+        does not answer, the ack is tried again (the items stay in hand, their
+        leases extended) until it is taken or the consumer stops."""
         if not done:
             return
-        try:
-            lost = worker.ack_all(done)
-        except ZkPubSubError as exc:
-            logger.warning("could not ack %d item(s): %s", len(done), exc)
+        while True:
+            try:
+                lost = worker.ack_all(done)
+                break
+            except ClientClosed:
+                return  # the session ends: the items come back
+            except (ConnectionLost, OperationTimeout) as exc:
+                if not self._stop.is_set():
+                    logger.warning("could not ack %d item(s): %s; trying again", len(done), exc)
+                    self._stop.wait(POLL_INTERVAL)
+                    continue
+                why = f"{exc}; the consumer stopped"
+            except ZkPubSubError as exc:
+                why = str(exc)
+            # not acked: their leases lapse (or the session ends) and they come back
+            logger.warning("could not ack %d item(s): %s", len(done), why)
+            for item, _ in done:
+                self._keeper.discard(item)
             return
         for item, _ in done:
             item.mark_finished()
