@@ -384,6 +384,18 @@ def test_a_waited_for_item_that_dies_fails_its_ticket(make_client: MakeClient) -
         elsewhere.wait(timeout=5)
 
 
+def test_a_put_with_no_time_to_wait_for_room_is_written_and_answered(
+    make_client: MakeClient,
+) -> None:
+    # the timeout bounds the wait for room; the put's own requests get
+    # their time (with timeout=0 every put raised OperationTimeout, though
+    # written, and a producer trying again would have put it twice)
+    q = make_client().queue("quick")
+    ids = [q.put(n, timeout=0) for n in range(20)]
+    assert len(set(ids)) == 20 and len(q) == 20
+    assert q.put_many(["a", "b"], timeout=0) and len(q) == 22
+
+
 def test_a_ticket_waited_for_without_time_answers_a_result_that_is_there(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:

@@ -29,7 +29,7 @@ from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 
 from ._acl import AclPolicy
 from .connection import SERVER_MAX_BUFFER, Connection, first_error, request_size
-from .errors import ConnectionLost, PayloadTooLarge, ZkPubSubError
+from .errors import ConnectionLost, OperationTimeout, PayloadTooLarge, ZkPubSubError
 from .layout import Layout, NodeKind, join, new_guid
 
 __all__ = ["FLUSH_AFTER", "FLUSH_AT", "Outcome", "ReceiptJanitor", "ReceiptWriter", "landed"]
@@ -112,7 +112,8 @@ class ReceiptWriter:
         lost answer) and must add the same operations each time. Raises
         ``OperationTimeout`` or ``ClientClosed`` when the deadline passes or
         the client closes, and ``NotAuthorized`` when an ACL refuses one of
-        the operations (nothing was applied)."""
+        the operations (nothing was applied); the ``OperationTimeout`` of a
+        transaction sent and not answered says it may have been applied."""
         conn = self._conn
         guid = new_guid()
         receipt = self._layout.receipt(self._client_id, guid)
@@ -124,6 +125,10 @@ class ReceiptWriter:
             add_ops(txn, guid)
             try:
                 results = conn.result(txn.commit_async(), deadline, what)
+            except OperationTimeout:
+                raise OperationTimeout(
+                    f"{what}: no answer from ZooKeeper in time; it may have been applied"
+                ) from None
             except ConnectionLost:
                 # It may or may not have been applied: look before writing again.
                 self.lookups += 1

@@ -26,7 +26,7 @@ from ..layout import MAX_ITEMS_PER_PUT, NodeKind
 from .records import check_priority
 from .segments import Segments, ensure_queue
 
-__all__ = ["ROOM_POLL_MAX", "ROOM_POLL_MIN", "Producer"]
+__all__ = ["PUT_REQUESTS_AT_LEAST", "ROOM_POLL_MAX", "ROOM_POLL_MIN", "Producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # up to ROOM_POLL_MAX.
 ROOM_POLL_MIN = 0.05
 ROOM_POLL_MAX = 0.5
+# Seconds a put's requests get whatever its timeout (which bounds the wait
+# for room), at most the request timeout.
+PUT_REQUESTS_AT_LEAST = 2.0
 
 
 class Producer:
@@ -92,7 +95,7 @@ class Producer:
         deadline = deadline_after(config.request_timeout if timeout is None else timeout)
         paths = self._paths
         with translated(f"put to queue {self._name!r}"):
-            self.ensure_paths(deadline)
+            self.ensure_paths(self._requests(deadline))
             acl_size = ctx.acl.size(NodeKind.ITEM)
             budget = config.max_transaction_bytes - 512 - len(paths.base)
             budget -= ctx.acl.size(NodeKind.RECEIPT)
@@ -110,6 +113,15 @@ class Producer:
                 self._put_once(datas[start:end], priority, want_result, deadline)
                 start = end
         return [e.id for e in entries]
+
+    def _requests(self, deadline: float | None) -> float | None:
+        """The deadline of a put's requests from now: ``timeout`` bounds the
+        wait for room, and the requests get up to ``PUT_REQUESTS_AT_LEAST``
+        past it, so that a short one does not leave a transaction sent and
+        its outcome unknown."""
+        config = self._ctx.config
+        floor = self._ctx.deadline(min(config.request_timeout, PUT_REQUESTS_AT_LEAST))
+        return None if deadline is None or floor is None else max(deadline, floor)
 
     def _wait_for_room(self, count: int, deadline: float | None) -> None:
         """Return once ``count`` more items fit under ``max_items``; raise
@@ -137,6 +149,7 @@ class Producer:
     ) -> None:
         paths, segments = self._paths, self._segments
         acl = self._ctx.acl.acl(NodeKind.ITEM)
+        deadline = self._requests(deadline)
         while True:
             seen = segments.current(deadline)
             number, version = seen
