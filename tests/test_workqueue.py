@@ -4,6 +4,7 @@ dead letters, priorities, results."""
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 import weakref
@@ -57,7 +58,25 @@ def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
         client.queue("jobs", max_attempts=0)
     with pytest.raises(ValueError):
         q.reserve_many(0)
+    # a bool is no count, and a lease is finite
+    with pytest.raises(ValueError, match="max_attempts"):
+        client.queue("jobs", max_attempts=True)
+    with pytest.raises(ValueError, match="limit"):
+        q.reserve_many(True)
+    for lease in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="positive, finite"):
+            client.queue("jobs", visibility_timeout=lease)
+    with pytest.raises(TypeError, match="one string"):
+        q.replay("abc")
     assert len(q) == 0  # nothing was enqueued by the failed calls
+    q.put("x")
+    item = q.reserve(timeout=10)
+    assert item is not None
+    with pytest.raises(ValueError, match="positive, finite"):
+        item.extend(math.inf)
+    with pytest.raises(TypeError, match="error must be"):
+        item.release(123)  # type: ignore[arg-type]
+    item.ack()  # still held: the bad calls changed nothing
 
 
 def test_a_queue_handle_is_true_without_asking_the_server(make_client: MakeClient) -> None:

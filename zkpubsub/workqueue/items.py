@@ -180,6 +180,8 @@ class Item:
         """Give the item back for another attempt (``error`` says why). After
         ``max_attempts`` it goes to the dead letters instead. Raises
         :class:`ReservationLost` if this worker no longer holds it."""
+        if error is not None and not isinstance(error, (str, BaseException)):
+            raise TypeError(f"error must be a str or an exception, not {type(error).__name__}")
         self.check_unfinished()
         self._worker.release(self, error)
         self._finished = True

@@ -31,6 +31,7 @@ the items in hand, each when half of it is left, for at most
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -54,8 +55,12 @@ RETRY_EXTEND: Final = 0.5
 
 
 def check_lease(value: object, what: str = "visibility_timeout") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < math.inf  # NaN fails too
+    ):
+        raise ValueError(f"{what} must be a positive, finite number of seconds, not {value!r}")
     return float(value)
 
 

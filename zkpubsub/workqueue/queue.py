@@ -59,7 +59,7 @@ class WorkQueue:
         validate_name(name, "queue name")
         if visibility_timeout is not None:
             visibility_timeout = check_lease(visibility_timeout)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
         if max_items is not None and (
             not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1
@@ -267,6 +267,8 @@ class WorkQueue:
         """Put dead letters back (all, or those with these ids) as new items
         with their original payload and priority and no attempts. Returns how
         many were replayed."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("ids must be a sequence of item ids, not one string")
         wanted = None if ids is None else set(ids)
         ctx = self._ctx
         with translated(f"replay dead letters of {self.name!r}"):

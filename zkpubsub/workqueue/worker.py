@@ -114,7 +114,7 @@ class Worker:
         asyncio reserve waiting for this one was cancelled), nothing more
         is reserved: an item reserved and given back unseen would still
         count as one of its attempts."""
-        if not isinstance(limit, int) or limit < 1:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, not {limit!r}")
         deadline = deadline_after(timeout)
         lineup = self._lineup
