@@ -391,6 +391,7 @@ async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Co
     worker = (await connect()).queue("thumbs")
     item = await worker.reserve(timeout=20)
     assert item is not None and item.payload == {"image": 7} and item.attempts == 1
+    assert item.lease is None and item.lease_left() is None  # no visibility_timeout
     await item.ack(result="done")
     assert await ticket.wait(timeout=20) == "done"
     await queue.put_many([1, 2])
@@ -403,9 +404,14 @@ async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Co
     again = await worker.reserve(timeout=20)
     assert again is not None and again.payload == 2 and again.attempts == 2
     await again.ack()
-    stats = await queue.stats()
+    stats = await queue.stats(timeout=10)
     assert (stats.ready, stats.reserved) == (0, 0)
     assert await worker.reserve(timeout=0.2) is None
+    leased = (await connect()).queue("leased", visibility_timeout=30)
+    await leased.put("x")
+    held_for = await leased.reserve(timeout=20)
+    assert held_for is not None and held_for.lease == 30
+    await held_for.ack()
 
 
 async def test_a_cancelled_reserve_gives_back_an_item_it_took(connect: Connect) -> None:

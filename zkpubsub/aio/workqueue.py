@@ -95,6 +95,12 @@ class AsyncItem:
         """:meth:`Item.release` on a thread."""
         await self._bridge.run(self._item.release, error)
 
+    @property
+    def lease(self) -> float | None:
+        """The length of the lease in seconds (``None``: as long as the
+        worker's session)."""
+        return self._item.lease
+
     def lease_left(self) -> float | None:
         """Seconds until the lease ends (``None`` without a lease)."""
         return self._item.lease_left()
@@ -320,8 +326,9 @@ class AsyncWorkQueue:
         consumer = self._queue.consume(on_loop, workers=workers, prefetch=prefetch, on_error=report)
         return AsyncConsumer(consumer, bridge, on_loop)
 
-    async def stats(self) -> WorkQueueStats:
-        return await self._bridge.run(self._queue.stats)
+    async def stats(self, timeout: float | None = None) -> WorkQueueStats:
+        """:meth:`WorkQueue.stats` (``OperationTimeout`` after ``timeout``)."""
+        return await self._bridge.run(self._queue.stats, check_timeout(timeout))
 
     async def dead(self) -> list[DeadItem]:
         return await self._bridge.run(self._queue.dead)
