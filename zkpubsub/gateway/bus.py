@@ -106,17 +106,16 @@ class Bus:
 
     async def close(self) -> None:
         queues, self._queues = list(self._queues.values()), {}
-        for queue in queues:
-            try:
-                await queue.close()
-            except Exception:
-                logger.exception("closing %r", queue)
+        await asyncio.gather(*(_closed(queue) for queue in queues))
         clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            try:
-                await client.close()
-            except Exception:
-                logger.exception("closing %r", client)
+        await asyncio.gather(*(_closed(client) for client in clients))  # side by side
         observer, self._observer = self._observer, None
         if observer is not None:
             await asyncio.to_thread(observer.close)
+
+
+async def _closed(thing: AsyncClient | AsyncWorkQueue) -> None:
+    try:
+        await thing.close()
+    except Exception:
+        logger.exception("closing %r", thing)

@@ -400,5 +400,6 @@ class Consumers:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         held, self._held = list(self._held.values()), {}
-        for sub in held:
-            await self._close(sub)
+        # each is a client of its own: they close side by side (one by one,
+        # a ZooKeeper gone cost each its session's end in turn)
+        await asyncio.gather(*(self._close(sub) for sub in held))

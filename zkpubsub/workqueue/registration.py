@@ -94,4 +94,4 @@ class Registration:
         conn = self._ctx.conn
         if self._session is not None and self._session == conn.session_id:
             with contextlib.suppress(ClientClosed, ConnectionLost, OperationTimeout, NotEmptyError):
-                conn.delete(self._path, self._ctx.deadline())
+                conn.delete(self._path, self._ctx.closing_deadline())
