@@ -40,6 +40,13 @@ def test_a_worker_tries_the_items_on_its_rank_first() -> None:
     assert sorted(ranked) == sorted(names)
 
 
+def test_a_worker_s_own_items_never_come_before_more_urgent_ones() -> None:
+    # rank 1 of 2 owns the odd sequence numbers; the urgent items are others'
+    names = [item(999, 1), item(999, 3), item(0, 2), item(0, 4), item(0, 5)]
+    ranked, _ = rank_candidates(names, [], ["a", "b"], "b")
+    assert ranked == [item(0, 5), item(0, 2), item(0, 4), item(999, 1), item(999, 3)]
+
+
 def test_a_worker_not_yet_registered_takes_rank_zero() -> None:
     names = [item(100, seq) for seq in range(4)]
     ranked, _ = rank_candidates(names, [], ["a", "b"], "unlisted")

@@ -100,8 +100,9 @@ def rank_candidates(
 
     Items held by someone are left out; the rest go by priority, then
     creation order, those whose sequence number falls on the worker's rank
-    (among the sorted worker ids) first: unlike positions in a listing, that
-    choice agrees between workers whose listings are of different ages."""
+    (among the sorted worker ids) first within each priority: unlike
+    positions in a listing, that choice agrees between workers whose
+    listings are of different ages."""
     return rank_by_owner(names, reserved, owner_test(workers, worker_id))
 
 
@@ -111,11 +112,15 @@ def rank_by_owner(
     """:func:`rank_candidates` with the worker's :func:`owner_test` at hand."""
     held = set(reserved)
     ordered, foreign = order_items([n for n in names if n not in held])
-    mine: list[str] = []
-    others: list[str] = []
-    for name in ordered:
-        (mine if own(name) else others).append(name)
-    return mine + others, foreign
+
+    def rank(name: str) -> tuple[int, bool]:
+        parsed = parse_item_node(name)
+        assert parsed is not None  # foreign names are set apart
+        return parsed.priority, not own(name)
+
+    # the worker's own first within each priority, never before a more
+    # urgent item (a stable sort keeps creation order within each)
+    return sorted(ordered, key=rank), foreign
 
 
 def owner_test(workers: Sequence[str], worker_id: str) -> Callable[[str], bool]:
