@@ -201,6 +201,16 @@ def test_an_idempotency_key_publishes_once_and_answers_the_first_receipt_again(
     api.post(f"/topics/{topic}/messages", json="last")
     got = pull_all(api, name, 2)
     assert [m.get("payload") for m in got] == [{"n": 1}, "last"]
+    # text in another charset is another body (it was taken for a replay)
+    latin = {"Content-Type": "text/plain; charset=latin-1", **key}
+    cyrillic = {"Content-Type": "text/plain; charset=cp1251", **key}
+    text_key = {"Idempotency-Key": unique("k-")}
+    first_text = api.post(f"/topics/{topic}/messages", content=b"\xe9", headers=latin | text_key)
+    assert first_text.status_code == 201
+    other_text = api.post(f"/topics/{topic}/messages", content=b"\xe9", headers=cyrillic | text_key)
+    assert other_text.status_code == 422
+    assert other_text.json()["error"] == "IdempotencyKeyReused"
+    assert [m.get("payload") for m in pull_all(api, name, 1)] == ["\xe9"]
     # a key is per route: the batch route does not share it with the single one
     batch = api.post(
         f"/topics/{topic}/messages:batch", json={"messages": [{"payload": "b"}]}, headers=key
@@ -566,6 +576,15 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
     # JSON that is not standard, or too deep to read, is refused, never changed
     for body in ("NaN", '{"x": Infinity}', "[-Infinity]", "[1e999]", "[" * 100_000 + "]" * 100_000):
         for url in ("/topics/t/messages", "/queues/q/items"):
+            answer = api.post(url, content=body, headers=json_type)
+            assert answer.status_code == 400, (url, body[:20], answer.text)
+            assert answer.json()["error"] == "BadJson"
+    # the routes whose bodies a model reads check them the same way first
+    for url in ("/subscriptions/x/pull", "/queues/q/reserve"):
+        answer = api.post(url, content="{}", headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 415, (url, answer.text)
+        assert answer.json()["error"] == "UnsupportedMediaType"
+        for body in ('{"max": NaN}', "[" * 30_000 + "]" * 30_000, "{no"):
             answer = api.post(url, content=body, headers=json_type)
             assert answer.status_code == 400, (url, body[:20], answer.text)
             assert answer.json()["error"] == "BadJson"

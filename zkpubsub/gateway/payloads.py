@@ -130,7 +130,8 @@ async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
     if not (is_json(kind) or kind in ("text/plain", "application/octet-stream")):
         raise _unsupported(kind, "application/json, text/plain or application/octet-stream")
     body = await read_body(request, limit)
-    raw = kind.encode() + b"\0" + body
+    charset = options.get("charset", "") if kind == "text/plain" else ""
+    raw = kind.encode() + b";" + charset.lower().encode() + b"\0" + body
     if is_json(kind):
         return parse_json(body), raw
     if kind == "text/plain":
@@ -193,14 +194,21 @@ def payload_fields(payload: Any) -> dict[str, Any]:
 
 
 class SmallBodyRoute(APIRoute):
-    """A route whose request body may not pass :data:`SMALL_BODY` bytes (a
-    413 problem), checked before the body is parsed."""
+    """A route whose request body is JSON of at most :data:`SMALL_BODY`
+    bytes, checked before the route's model reads it: a 413 problem past
+    the limit, a 415 for another Content-Type, a 400 ``BadJson`` for JSON
+    that is not standard or not JSON at all (as :func:`parse_json`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def limited(request: Request) -> Response:
             body: bytes | None = await read_body(request, SMALL_BODY)
+            if body is not None and body.strip():
+                kind, _ = _media_type(request)
+                if kind and not is_json(kind):
+                    raise _unsupported(kind, "application/json")
+                parse_json(body)
 
             async def replay() -> Any:  # the body read, then what the connection says
                 nonlocal body
