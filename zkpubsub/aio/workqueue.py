@@ -24,6 +24,7 @@ from typing import Any, Final
 from .._deadlines import check_timeout
 from ..errors import OperationTimeout, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
+from ..workqueue.items import TICKET_READ_AT_LEAST
 from ._bridge import Bridge, OnLoop
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
@@ -159,7 +160,11 @@ class AsyncTicket:
                     self._slice, SLICE if left is None else min(left, SLICE)
                 )
             job = self._job
-            done, _ = await asyncio.wait([self._bridge.wrap(job)], timeout=left)
+            # a slice that found the result is reading it (and removing it):
+            # it gets its reads' time past the wait, or the result read would
+            # be lost with a handle dropped after this time-out
+            grace = None if left is None else left + 2 * TICKET_READ_AT_LEAST + 0.5
+            done, _ = await asyncio.wait([self._bridge.wrap(job)], timeout=grace)
             if not done:
                 raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
             self._job = None

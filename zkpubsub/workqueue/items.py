@@ -240,15 +240,16 @@ class Ticket:
                     f"wait for {path}",
                 )
                 if stat is not None:
+                    reads = requests()  # the read and the removal share it
                     try:
-                        data, _ = conn.call(lambda: kazoo.get_async(path), requests(), path)
+                        data, _ = conn.call(lambda: kazoo.get_async(path), reads, path)
                     except NoNodeError:
                         raise ItemFailed(self.id, "its result was read by someone else") from None
                     try:
                         return read_result(ctx.serializers, self.id, path, data)
                     finally:  # the result is read: a failed delete must not lose it
                         try:
-                            conn.delete(path, ctx.deadline())
+                            conn.delete(path, reads)
                         except (ZkPubSubError, KazooException) as exc:
                             logger.warning("item %s: result read, not deleted: %s", self.id, exc)
                 left = remaining(deadline)
