@@ -148,12 +148,15 @@ async def reserve(
         # the reserve's own requests wait the request timeout when ZooKeeper
         # does not answer; the long poll ends at its wait all the same
         items = await asyncio.wait_for(handle.reserve_many(ask.max, wait), wait + RESERVE_GRACE)
+    except OperationTimeout:
+        raise  # the library's own (a TimeoutError too, on Python 3.11+): its 504
     except asyncio.TimeoutError:
         raise Problem(
             503,
             "zookeeper-unavailable",
             "ZooKeeper unreachable",
-            f"no answer from ZooKeeper within the reserve's wait ({wait:g}s); nothing was reserved",
+            f"no answer from ZooKeeper within the reserve's wait ({wait:g}s); nothing was "
+            "reserved for this request (an item a reserve under way took goes back)",
             error="ConnectionLost",
             headers={"Retry-After": "1"},
         ) from None
