@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import math
 from collections.abc import Callable, Coroutine, Mapping
@@ -73,6 +74,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _codec(charset: str) -> str:
+    """A charset's codec name (``utf8`` and ``UTF-8`` are ``utf-8``); an
+    unknown one as given (its decoding fails anyway)."""
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return charset.lower()
 
 
 def _media_type(request: Request) -> tuple[str, dict[str, str]]:
@@ -130,8 +140,8 @@ async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
     if not (is_json(kind) or kind in ("text/plain", "application/octet-stream")):
         raise _unsupported(kind, "application/json, text/plain or application/octet-stream")
     body = await read_body(request, limit)
-    charset = options.get("charset", "") if kind == "text/plain" else ""
-    raw = kind.encode() + b";" + charset.lower().encode() + b"\0" + body
+    charset = _codec(options.get("charset", "utf-8")) if kind == "text/plain" else ""
+    raw = kind.encode() + b";" + charset.encode() + b"\0" + body
     if is_json(kind):
         return parse_json(body), raw
     if kind == "text/plain":
