@@ -402,4 +402,7 @@ class Consumers:
         held, self._held = list(self._held.values()), {}
         # each is a client of its own: they close side by side (one by one,
         # a ZooKeeper gone cost each its session's end in turn)
-        await asyncio.gather(*(self._close(sub) for sub in held))
+        outcomes = await asyncio.gather(*(self._close(sub) for sub in held), return_exceptions=True)
+        for sub, outcome in zip(held, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                logger.error("closing subscription %r", sub.name, exc_info=outcome)
