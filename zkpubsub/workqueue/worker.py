@@ -142,11 +142,16 @@ class Worker:
         """How many of ``ready``, from the first, one reserving transaction
         carries within ``max_transaction_bytes`` (one at least)."""
         paths, budget, total = self._paths, self._ctx.config.max_transaction_bytes, 0
+        acl = self._ctx.acl.size(NodeKind.RESERVATION)
+        expired = self._lineup.expired_of([name for name, *_ in ready])
         for count, (name, data, *_) in enumerate(ready):
-            # the item's data and path, the reservation's path and record,
-            # and each operation's header
-            total += len(data) + len(paths.item(name)) + len(paths.reservation(name))
-            total += record + TXN_OP_OVERHEAD
+            # the item's data and path, the reservation's path, record and
+            # ACL, each operation's header, and a lapsed holder's delete
+            reservation = len(paths.reservation(name))
+            total += len(data) + len(paths.item(name)) + reservation + record + acl
+            total += 2 * TXN_OP_OVERHEAD
+            if name in expired:
+                total += reservation + TXN_OP_OVERHEAD
             if total > budget and count > 0:
                 return count
         return len(ready)
