@@ -201,6 +201,21 @@ def test_an_idempotency_key_publishes_once_and_answers_the_first_receipt_again(
     api.post(f"/topics/{topic}/messages", json="last")
     got = pull_all(api, name, 2)
     assert [m.get("payload") for m in got] == [{"n": 1}, "last"]
+    # text in the same charset, named or not, is the same body
+    plain_key = {"Idempotency-Key": unique("k-")}
+    plain = api.post(
+        f"/topics/{topic}/messages",
+        content=b"same",
+        headers={"Content-Type": "text/plain"} | plain_key,
+    )
+    named = api.post(
+        f"/topics/{topic}/messages",
+        content=b"same",
+        headers={"Content-Type": "text/plain; charset=UTF8"} | plain_key,
+    )
+    assert plain.status_code == named.status_code == 201, named.text
+    assert named.headers["Idempotent-Replayed"] == "true"
+    assert [m.get("payload") for m in pull_all(api, name, 1)] == ["same"]
     # text in another charset is another body (it was taken for a replay)
     latin = {"Content-Type": "text/plain; charset=latin-1", **key}
     cyrillic = {"Content-Type": "text/plain; charset=cp1251", **key}
@@ -422,6 +437,17 @@ def test_a_work_item_is_reserved_acked_with_a_result_and_its_ticket_answers(
     assert api.get(f"/queues/{queue}").json() == {
         "name": queue, "ready": 0, "reserved": 0, "dead": 0, "workers": 1,  # the gateway
     }  # fmt: skip
+    # a result already there is answered without waiting (wait=0), never
+    # read and removed behind a "pending" answer
+    for n in range(5):
+        ticket_n = api.post(f"/queues/{queue}/items", params={"want_result": True}, json=n).json()[
+            "ticket"
+        ]
+        [taken] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+        rid_n = taken["reservation"]
+        api.post(f"/queues/{queue}/reservations/{rid_n}/ack", json={"result": n * 10})
+        now = api.get(f"/queues/{queue}/results/{ticket_n}")
+        assert now.status_code == 200 and now.json()["result"] == n * 10, now.text
     again = api.post(f"/queues/{queue}/reservations/{rid}/ack", json={})
     assert again.status_code == 404 and again.json()["error"] == "NoReservation"
 

@@ -270,7 +270,12 @@ def test_a_reserve_ends_at_its_wait_while_zookeeper_is_frozen(
 
 
 def test_error_details_never_name_a_zookeeper_path() -> None:
-    from zkpubsub.gateway.problems import without_paths
+    from zkpubsub.errors import ConnectionLost
+    from zkpubsub.gateway.problems import problem_for, without_paths
+
+    problem = problem_for(ConnectionLost("stat /zkpubsub/queues/q/items: not connected"))
+    assert problem.detail == "stat <node>: not connected" and problem.status == 503
+    assert without_paths("NoNodeError: /zkpubsub") == "NoNodeError: <node>"
 
     text = "stat /zkpubsub/queues/q/items: not connected to ZooKeeper in time"
     assert without_paths(text) == "stat <node>: not connected to ZooKeeper in time"

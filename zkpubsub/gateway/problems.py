@@ -141,8 +141,8 @@ def problem_for(exc: errors.ZkPubSubError) -> Problem:
     )
 
 
-# A ZooKeeper path in an error's text: two or more segments from the root.
-_PATH: Final = re.compile(r"(?<![\w.])/(?:[^\s/:'\",()]+/)+[^\s/:'\",()]*")
+# A ZooKeeper path in an error's text: one or more segments from the root.
+_PATH: Final = re.compile(r"(?<![\w.])/[^\s/:'\",()]+(?:/[^\s/:'\",()]*)*")
 
 
 def without_paths(text: str) -> str:
