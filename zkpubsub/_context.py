@@ -80,6 +80,13 @@ class Context:
         ``request_timeout`` when none is given."""
         return deadline_after(self.config.request_timeout if timeout is None else timeout)
 
+    def at_least(self, deadline: float | None, seconds: float) -> float | None:
+        """``deadline``, or ``seconds`` from now (at most ``request_timeout``)
+        if that is later: for the requests of a call whose timeout bounds a
+        wait, so that a short one still gives them time to be answered."""
+        floor = self.deadline(min(self.config.request_timeout, seconds))
+        return None if deadline is None or floor is None else max(deadline, floor)
+
     def closing_deadline(self) -> float | None:
         """The deadline of one request a closing client makes: its
         ``request_timeout``, at most ``CLOSING_REQUEST_TIMEOUT``."""

@@ -224,23 +224,18 @@ class Ticket:
         path = self._paths.result(self.id)
         deadline = deadline_after(timeout)
         arrived = threading.Event()
-
-        def requests() -> float | None:
-            # ``timeout`` bounds the wait for the result; reading one that
-            # is there gets up to TICKET_READ_AT_LEAST whatever it is
-            floor = ctx.deadline(min(ctx.config.request_timeout, TICKET_READ_AT_LEAST))
-            return None if deadline is None or floor is None else max(deadline, floor)
-
+        # ``timeout`` bounds the wait for the result; reading one that is
+        # there gets up to TICKET_READ_AT_LEAST whatever it is
         with translated("ticket"):
             while True:
                 arrived.clear()
                 stat = conn.call(
                     lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
-                    requests(),
+                    ctx.at_least(deadline, TICKET_READ_AT_LEAST),
                     f"wait for {path}",
                 )
                 if stat is not None:
-                    reads = requests()  # the read and the removal share it
+                    reads = ctx.at_least(deadline, TICKET_READ_AT_LEAST)  # read and removal
                     try:
                         data, _ = conn.call(lambda: kazoo.get_async(path), reads, path)
                     except NoNodeError:

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 ROOM_POLL_MIN = 0.05
 ROOM_POLL_MAX = 0.5
 # Seconds a put's requests get whatever its timeout (which bounds the wait
-# for room), at most the request timeout.
+# for room; at most the request timeout), so that a short one does not
+# leave a transaction sent and its outcome unknown.
 PUT_REQUESTS_AT_LEAST = 2.0
 
 
@@ -95,7 +96,7 @@ class Producer:
         deadline = deadline_after(config.request_timeout if timeout is None else timeout)
         paths = self._paths
         with translated(f"put to queue {self._name!r}"):
-            self.ensure_paths(self._requests(deadline))
+            self.ensure_paths(ctx.at_least(deadline, PUT_REQUESTS_AT_LEAST))
             acl_size = ctx.acl.size(NodeKind.ITEM)
             budget = config.max_transaction_bytes - 512 - len(paths.base)
             budget -= ctx.acl.size(NodeKind.RECEIPT)
@@ -113,15 +114,6 @@ class Producer:
                 self._put_once(datas[start:end], priority, want_result, deadline)
                 start = end
         return [e.id for e in entries]
-
-    def _requests(self, deadline: float | None) -> float | None:
-        """The deadline of a put's requests from now: ``timeout`` bounds the
-        wait for room, and the requests get up to ``PUT_REQUESTS_AT_LEAST``
-        past it, so that a short one does not leave a transaction sent and
-        its outcome unknown."""
-        config = self._ctx.config
-        floor = self._ctx.deadline(min(config.request_timeout, PUT_REQUESTS_AT_LEAST))
-        return None if deadline is None or floor is None else max(deadline, floor)
 
     def _wait_for_room(self, count: int, deadline: float | None) -> None:
         """Return once ``count`` more items fit under ``max_items``; raise
@@ -149,7 +141,7 @@ class Producer:
     ) -> None:
         paths, segments = self._paths, self._segments
         acl = self._ctx.acl.acl(NodeKind.ITEM)
-        deadline = self._requests(deadline)
+        deadline = self._ctx.at_least(deadline, PUT_REQUESTS_AT_LEAST)
         while True:
             seen = segments.current(deadline)
             number, version = seen
