@@ -564,11 +564,14 @@ class Subscription:
     # and each one's ending requests get a closing request's time (none,
     # once one of them ran out of it: see ``Client.close``).
 
-    def _halt(self) -> bool:
-        """Stop handing out messages; ``False`` if closed already."""
+    def _halt(self, *, evicted: bool = False) -> bool:
+        """Stop handing out messages (marked ``evicted`` if so); ``False`` if
+        closed already."""
         with self._close_lock:
             already = self._closed
             self._closed = True
+            if not already:
+                self._evicted = evicted
         if not already:
             self._stopping.set()
             self._buffer.close()
@@ -607,26 +610,17 @@ class Subscription:
         (the session does this when it sees the queue's record marked): stop
         at once (a handler still running is not waited for: its message goes
         with the queue), deregister and delete the queue. Idempotent."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._evicted = True
+        if not self._halt(evicted=True):
+            return
         logger.warning(
             "subscription %r evicted: its queue filled up (max_backlog %d nodes, %d bytes)",
             self._topic,
             self._backlog.max_nodes,
             self._backlog.max_bytes,
         )
-        self._stopping.set()
-        self._buffer.close()
-        if self._self_dispatching is not None:
-            self._self_dispatching.stop(None)
         with self._buffer.lock:
             self._holding = None
-        deadline = self._requests_deadline()
-        self._pump.detach(self._topic, deadline)
-        self._deregister(drop_queue=True, deadline=deadline)
+        self._end(halted=True, drop_queue=True, deadline=self._requests_deadline())
 
     def _requests_deadline(self) -> float | None:
         """The deadline of the requests that end a subscription: one
