@@ -25,6 +25,7 @@ from .._deadlines import check_timeout
 from ..errors import OperationTimeout, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
+from ..workqueue.worker import check_limit
 from ._bridge import Bridge, OnLoop
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
@@ -277,8 +278,7 @@ class AsyncWorkQueue:
 
     async def reserve_many(self, limit: int, timeout: float | None = None) -> list[AsyncItem]:
         """Up to ``limit`` items in one transaction (see :meth:`WorkQueue.reserve_many`)."""
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, not {limit!r}")
+        check_limit(limit)
         loop = asyncio.get_running_loop()
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else loop.time() + timeout

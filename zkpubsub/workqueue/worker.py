@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from kazoo.exceptions import NoNodeError
@@ -37,7 +37,7 @@ from .lineup import Lineup
 from .records import decode_item, reservation_record
 from .registration import Registration
 
-__all__ = ["TXN_OP_OVERHEAD", "Worker"]
+__all__ = ["TXN_OP_OVERHEAD", "Worker", "check_limit"]
 
 _numbers = itertools.count(1)
 
@@ -46,6 +46,12 @@ _numbers = itertools.count(1)
 TXN_OP_OVERHEAD: Final = 512
 
 _Ready = tuple[str, bytes, int, envelope.Entry, Any]  # name, data, version, entry, payload
+
+
+def check_limit(limit: object) -> None:
+    """``ValueError`` unless ``limit`` is a count of items to reserve."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, not {limit!r}")
 
 
 class Worker:
@@ -114,8 +120,7 @@ class Worker:
         asyncio reserve waiting for this one was cancelled), nothing more
         is reserved: an item reserved and given back unseen would still
         count as one of its attempts."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, not {limit!r}")
+        check_limit(limit)
         deadline = deadline_after(timeout)
         lineup = self._lineup
         with translated(f"reserve from queue {self.queue!r}"):
@@ -138,12 +143,12 @@ class Worker:
                 # Watches on items/ and reserved/ wake us; poll now and then too.
                 lineup.wait(1.0 if left is None else min(left, 1.0))
 
-    def _fitting(self, ready: list[_Ready], record: int) -> int:
+    def _fitting(self, ready: list[_Ready], record: int, expired: Mapping[str, int]) -> int:
         """How many of ``ready``, from the first, one reserving transaction
-        carries within ``max_transaction_bytes`` (one at least)."""
+        carries within ``max_transaction_bytes`` (one at least; ``expired``:
+        the lapsed reservations it takes over)."""
         paths, budget, total = self._paths, self._ctx.config.max_transaction_bytes, 0
         acl = self._ctx.acl.size(NodeKind.RESERVATION)
-        expired = self._lineup.expired_of([name for name, *_ in ready])
         for count, (name, data, *_) in enumerate(ready):
             # the item's data and path, the reservation's path, record and
             # ACL, each operation's header, and a lapsed holder's delete
@@ -188,7 +193,7 @@ class Worker:
         # takes as many as fit in max_transaction_bytes (one at least; the
         # server drops a connection whose request is too large, and the
         # reserve would try again for ever). The others stay first in line.
-        fit = self._fitting(ready, len(info))
+        fit = self._fitting(ready, len(info), expired)
         if fit < len(ready):
             self._lineup.put_back([name for name, *_ in ready[fit:]])
             del ready[fit:]
