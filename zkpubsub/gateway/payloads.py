@@ -36,6 +36,7 @@ __all__ = [
     "SMALL_BODY",
     "SmallBodyRoute",
     "decode_base64",
+    "json_of",
     "message_headers",
     "payload_fields",
     "read_body",
@@ -157,10 +158,15 @@ async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
 
 async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
     """A JSON request body (``empty`` when there is none)."""
-    kind, _ = _media_type(request)
-    body = await read_body(request, limit)
+    return json_of(request, await read_body(request, limit), empty)
+
+
+def json_of(request: Request, body: bytes, empty: Any = None) -> Any:
+    """The JSON of ``request``'s ``body`` (``empty`` when it is blank): a
+    415 problem for another Content-Type, a 400 for bad JSON."""
     if not body.strip():
         return empty
+    kind, _ = _media_type(request)
     if kind and not is_json(kind):
         raise _unsupported(kind, "application/json")
     return parse_json(body)
@@ -213,12 +219,9 @@ class SmallBodyRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def limited(request: Request) -> Response:
-            body: bytes | None = await read_body(request, SMALL_BODY)
-            if body is not None and body.strip():
-                kind, _ = _media_type(request)
-                if kind and not is_json(kind):
-                    raise _unsupported(kind, "application/json")
-                parse_json(body)
+            read = await read_body(request, SMALL_BODY)
+            json_of(request, read)  # checked, then read again by the route's model
+            body: bytes | None = read
 
             async def replay() -> Any:  # the body read, then what the connection says
                 nonlocal body
