@@ -58,6 +58,35 @@ def test_an_extended_lease_keeps_the_item(make_client: MakeClient) -> None:
     assert other.reserve(0.2) is None
 
 
+def test_lapsed_items_left_for_the_next_reserve_by_its_size_are_taken_over_then(
+    make_client: MakeClient,
+) -> None:
+    """One transaction carries one item of 600 KB: ``reserve_many`` takes one
+    and leaves the others first in line. They stayed first but had lost their
+    lapsed-lease mark: a worker that lists (no mirror to check them against)
+    tried to reserve them as free, and lost each try (a conflict)."""
+    holder = make_client().queue("big-lapsed", visibility_timeout=0.5)
+    rival = make_client(watch_mode="listing").queue("big-lapsed", visibility_timeout=30)
+    holder.put_many([bytes([n]) * 600_000 for n in range(3)])
+    held: list[Item] = []
+    while len(held) < 3:
+        more = holder.reserve_many(3, timeout=5)
+        assert more, "items left unreserved"
+        held += more
+    time.sleep(1.0)  # the holder's leases run out; its session lives on
+    taken: list[Item] = []
+    while len(taken) < 3:
+        more = rival.reserve_many(3, timeout=5)
+        assert len(more) == 1, f"{len(more)} items of 600 KB in one transaction"
+        taken += more
+    assert sorted(item.payload[0] for item in taken) == [0, 1, 2]
+    assert [item.attempts for item in taken] == [2, 2, 2]
+    assert rival.conflicts == 0
+    for item in taken:
+        item.ack()
+    assert len(rival) == 0
+
+
 def test_a_session_bound_reservation_is_never_taken_over(make_client: MakeClient) -> None:
     holder = make_client().queue("plain")  # no visibility_timeout
     other = make_client().queue("plain", visibility_timeout=0.5)

@@ -31,7 +31,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from kazoo.exceptions import NoNodeError
@@ -222,10 +222,13 @@ class Lineup:
             self._names.extendleft(reversed(left))
             return batch
 
-    def put_back(self, names: Sequence[str]) -> None:
-        """Return untried candidates to the front, in their order."""
+    def put_back(self, names: Sequence[str], lapsed: Mapping[str, int] | None = None) -> None:
+        """Return untried candidates to the front, in their order; ``lapsed``:
+        the lapsed reservations :meth:`expired_of` gave for them, still to take over."""
         with self._lock:
             self._names.extendleft(reversed(names))
+            if lapsed:
+                self._expired.update((n, lapsed[n]) for n in names if n in lapsed)
 
     def expired_of(self, names: Sequence[str]) -> dict[str, int]:
         """Of ``names``, those whose reservation's lease ran out (name ->

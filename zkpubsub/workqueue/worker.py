@@ -195,11 +195,11 @@ class Worker:
         # reserve would try again for ever). The others stay first in line.
         fit = self._fitting(ready, len(info), expired)
         if fit < len(ready):
-            self._lineup.put_back([name for name, *_ in ready[fit:]])
+            self._lineup.put_back([name for name, *_ in ready[fit:]], expired)
             del ready[fit:]
         while ready:
             if abandoned is not None and abandoned.is_set():
-                self._lineup.put_back([name for name, *_ in ready])
+                self._lineup.put_back([name for name, *_ in ready], expired)
                 return []
             txn = kazoo.transaction()
             owners: list[int] = []  # the index in ready of each operation
@@ -217,7 +217,7 @@ class Worker:
                 ours = self.reserved_after_loss(ready, deadline, sent)
                 taken = {item.name for item in ours}
                 # the others are still first in line
-                self._lineup.put_back([name for name, *_ in ready if name not in taken])
+                self._lineup.put_back([name for name, *_ in ready if name not in taken], expired)
                 return ours
             index, error = first_error(results)
             if error is None:
