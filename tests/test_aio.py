@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import (
     AlreadySubscribed,
+    Client,
     ClientClosed,
     ClientState,
     ConnectTimeout,
@@ -150,10 +152,9 @@ async def test_a_cancelled_handler_is_a_failed_attempt_and_the_message_comes_aga
     async def handler(message: Message) -> None:
         attempts.append(message.attempt)
         if message.attempt == 1:
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            await asyncio.sleep(10)
+            waited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.05, waited.cancel)
+            await waited  # cancelled by somebody else: the handler's task was not
 
     async def on_error(error: BaseException, message: Message | None) -> None:
         errors.append(error)
@@ -164,6 +165,62 @@ async def test_a_cancelled_handler_is_a_failed_attempt_and_the_message_comes_aga
     await eventually(lambda: attempts == [1, 2] and sub.delivered == 1, what="a second attempt")
     assert len(errors) == 1 and "Cancelled" in type(errors[0]).__name__
     assert sub.stats().errors == 1 and sub.stats().dropped == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 cannot tell a cancelled task")
+def test_asyncio_run_ends_while_a_handler_awaits_and_its_message_stays_queued(
+    zk_hosts: str, zk_root: str
+) -> None:
+    """Leaving ``asyncio.run`` without closing the client cancels every
+    task: the handler's task took that for a failed attempt, tried again and
+    waited for the next message, so ``asyncio.run`` never returned."""
+    calls: list[int] = []
+    made: list[AsyncClient] = []
+    ended: list[BaseException | None] = []
+
+    async def main() -> None:
+        client = await AsyncClient.connect(
+            zk_hosts, root=zk_root, client_id="left-open", session_timeout=4.0
+        )
+        made.append(client)
+        started = asyncio.Event()
+
+        async def handler(message: Message) -> None:
+            calls.append(message.attempt)
+            started.set()
+            await asyncio.sleep(30)
+
+        await client.subscribe("t", handler, durable=True)
+        await client.publish("t", "x")
+        await asyncio.wait_for(started.wait(), 20)
+        raise RuntimeError("the application's own error")
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(15)
+    try:
+        assert not runner.is_alive(), "asyncio.run did not return"
+        assert len(ended) == 1 and isinstance(ended[0], RuntimeError), ended
+        assert calls == [1]  # not tried again after the shutdown's cancel
+    finally:
+        for client in made:
+            client.sync.close()
+    # the message was not acked: the durable queue hands it out again
+    with Client(zk_hosts, root=zk_root, client_id="left-open", session_timeout=4.0) as again:
+        got: list[Message] = []
+        again.subscribe("t", got.append, durable=True)
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [m.payload for m in got] == ["x"]
 
 
 async def test_a_backlog_is_handled_on_the_loop_without_a_crossing_per_message(

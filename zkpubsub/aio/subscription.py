@@ -145,7 +145,10 @@ class LoopDispatcher(SelfDispatching):
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (error := task.exception()) is not None:
+        if task.cancelled():
+            if not self._cancelling:
+                logger.info("the handler's task was cancelled: no more deliveries until closed")
+        elif (error := task.exception()) is not None:
             logger.error("the handler's task failed", exc_info=error)
         self._finished.set()
 
@@ -190,10 +193,12 @@ class LoopDispatcher(SelfDispatching):
                 if inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError as exc:
-                if self._cancelling:
-                    raise  # close() gave up waiting: the message stays queued
-                _uncancel()  # the handler was cancelled (not by us): a failed attempt
-                error: BaseException = exc
+                if self._cancelling or _task_cancelled():
+                    # close() gave up waiting, or the task itself was
+                    # cancelled (asyncio.run ending, a server's shutdown):
+                    # the message stays queued
+                    raise
+                error: BaseException = exc  # something the handler awaited was cancelled
             except BaseException as exc:  # whatever a handler raises is a failure
                 error = exc
             else:
@@ -212,12 +217,12 @@ class LoopDispatcher(SelfDispatching):
         return True
 
 
-def _uncancel() -> None:
-    """Forget a cancellation the task caught (Python 3.11+ counts them)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
-        task.uncancel()  # type: ignore[union-attr]
+def _task_cancelled() -> bool:
+    """Whether the running task was asked to stop (Python 3.11+ counts the
+    requests). Python 3.10 cannot tell it from a ``CancelledError`` the
+    handler let out: there, it counts as a failed attempt."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is not None and cancelling() > 0
 
 
 class AsyncSubscription:
