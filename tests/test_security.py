@@ -3,6 +3,7 @@ every node, roles, TLS, and configuration that cannot work failing fast."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -581,6 +582,17 @@ def test_credentials_are_never_shown_and_a_secured_policy_needs_an_identity():
         Roles(publishers=("digest:a:b",))
     with pytest.raises(ValueError, match="no authenticated identity"):
         Roles(admins=("world:anyone",))
+
+
+def test_kazoos_debug_log_of_the_login_hides_the_password(make_client, caplog):
+    # kazoo logs each request it sends at DEBUG, the digest login with its
+    # password in clear (the command line's -vv turned that on)
+    caplog.set_level(logging.DEBUG, logger="kazoo.client")
+    client = make_client(auth=[("digest", "app:very-secret")])
+    client.publish("t", "x")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Auth(scheme='digest', auth=<hidden>)" in logged
+    assert "very-secret" not in logged
 
 
 def test_messages_go_into_node_names_only_where_every_lister_may_read_them():

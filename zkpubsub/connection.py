@@ -65,6 +65,7 @@ from kazoo.exceptions import (
     UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Auth as AuthPacket
 from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
@@ -102,6 +103,25 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _HideCredentials(logging.Filter):
+    """kazoo logs every request it sends at DEBUG, the login (an ``Auth``
+    packet, a digest's user and password in clear) among them: its
+    credentials are replaced before the record is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, AuthPacket) for a in args):
+            record.args = tuple(
+                f"Auth(scheme={a.scheme!r}, auth=<hidden>)" if isinstance(a, AuthPacket) else a
+                for a in args
+            )
+        return True
+
+
+# kazoo's connection logs through its client's logger, this one by default
+logging.getLogger("kazoo.client").addFilter(_HideCredentials())
 
 T = TypeVar("T")
 
