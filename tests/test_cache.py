@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -16,11 +17,12 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, ClientClosed, Message
+from zkpubsub import AlreadySubscribed, Client, ClientClosed, ClientState, Message
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
+from zkpubsub.testing.proxy import TcpProxy
 
 from .cache_proc import TOPIC, CacheProcess
 from .helpers import wait_until
@@ -289,3 +291,115 @@ async def test_a_closed_async_cache_refuses_to_serve(zk_hosts: str, zk_root: str
         await cache.close()
         with pytest.raises(ClientClosed, match="no longer hears invalidations"):
             await cache.get("user:0")
+
+
+def test_a_cut_off_instance_stops_serving_what_it_kept_and_keeps_nothing_until_back(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """A partition: the instance hears nothing, its session expires, others'
+    invalidations no longer reach it. It served its old copy until the
+    network healed (15 s past its session's end in a probe)."""
+    source = Source()
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="cache-partition") as proxy:
+        cut_off = InvalidatingCache(
+            make_client(hosts=proxy.address, session_timeout=4.0), "users", source.load
+        )
+        writer = InvalidatingCache(make_client(), "users", source.load)
+        assert cut_off.get("user:0") == "v1" and cut_off.get("user:0") == "v1"
+        proxy.block("drop")
+        source.values["user:0"] = "v2"
+        writer.invalidate("user:0")
+        # suspended after 2/3 of the session timeout without an answer, cut
+        # off a third of it later: then it asks the source, and keeps nothing
+        wait_until(lambda: cut_off.get("user:0") == "v2", 15, "the source read again")
+        assert cut_off.stats().cut_offs == 1 and len(cut_off) == 0
+        reads = source.reads
+        assert cut_off.get("user:0") == "v2" and source.reads == reads + 1
+        proxy.unblock()
+        # connected again (on a new session, with a gap): it keeps again
+        wait_until(lambda: cut_off._client.status is ClientState.CONNECTED, 30, "reconnected")
+        assert cut_off.get("user:0") == "v2"
+        reads = source.reads
+        assert cut_off.get("user:0") == "v2" and source.reads == reads
+        assert cut_off.stats().cut_offs == 1
+
+
+def test_tuple_keys_invalidate_every_instance_and_a_foreign_message_clears(
+    make_client: MakeClient,
+) -> None:
+    """msgpack sends a tuple as a list: the other instances could not drop
+    it (an unhashable key: the handler failed, was retried and dropped the
+    message, delaying the topic's later invalidations)."""
+    values = {("t", 1): "v1", "plain": "p1"}
+    reader = InvalidatingCache(make_client(), "pairs", values.__getitem__)
+    writer = InvalidatingCache(make_client(), "pairs", values.__getitem__)
+    assert reader.get(("t", 1)) == "v1" and reader.get("plain") == "p1"
+    values[("t", 1)] = "v2"
+    writer.invalidate(("t", 1))
+    wait_until(lambda: ("t", 1) not in reader, 10, "the tuple key dropped")
+    assert reader.get(("t", 1)) == "v2"
+    assert reader.stats().invalidations == 1
+    # a message no cache sent (a mapping is no key): everything goes
+    make_client().publish("pairs", {"not": "a key"})
+    wait_until(lambda: len(reader) == 0, 10, "the cache cleared")
+    assert reader._subscription.stats().errors == 0
+
+
+def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None:
+    client = make_client()
+    for options in ({"max_size": True}, {"ttl": True}, {"ttl": "5"}, {"ttl": math.nan}):
+        with pytest.raises(ValueError):
+            InvalidatingCache(client, "bad", str, **options)
+    with pytest.raises(TypeError, match="loader must be callable"):
+        InvalidatingCache(client, "bad", "not a function")  # type: ignore[arg-type]
+    # nothing was left subscribed by the refused ones
+    cache = InvalidatingCache(client, "bad", str)
+    assert cache.get(1) == "1"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_start_leaves_the_topic_free_and_starts_run_once(
+    zk_hosts: str, zk_root: str
+) -> None:
+    """A cancelled start left its subscription behind: every later start or
+    open on that topic was ``AlreadySubscribed`` for the client's life."""
+    source = Source()
+    async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+        cache = AsyncInvalidatingCache(client, "users", _async(source))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.start(), 0.001)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                AsyncInvalidatingCache.open(client, "users", _async(source)), 0.001
+            )
+        # closed in the background: the topic is free again at once or soon
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await asyncio.gather(cache.start(), cache.start())  # two tasks at once
+                break
+            except AlreadySubscribed:
+                assert time.monotonic() < deadline, "the topic stayed taken"
+                await asyncio.sleep(0.1)
+        assert await _read_now(source, cache, "user:0") == "v1"
+        await cache.close()
+        with pytest.raises(ClientClosed):
+            await cache.start()  # closed is closed
+
+
+@pytest.mark.anyio
+async def test_closing_an_async_cache_after_its_client_stops_its_watch(
+    zk_hosts: str, zk_root: str
+) -> None:
+    source = Source()
+    client = await AsyncClient.connect(zk_hosts, root=zk_root)
+    cache = await AsyncInvalidatingCache.open(client, "users", _async(source))
+    watch = cache._entries._watch
+    assert watch is not None and watch.is_alive()
+    await client.close()
+    await cache.close()  # raised ClientClosed, and left the watch thread running
+    watch.join(5)
+    assert not watch.is_alive()
+    with pytest.raises(ClientClosed):
+        await cache.get("user:0")

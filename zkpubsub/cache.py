@@ -15,7 +15,10 @@ Guarantees:
 * *Read your writes.* ``invalidate(key)`` drops this instance's copy before
   it publishes, so once it returns this instance loads afresh; every other
   instance drops its copy when the message reaches it (publish order is
-  one order for all subscribers).
+  one order for all subscribers). A message the cache's own client
+  publishes on the topic is taken for one of its ``invalidate()`` calls
+  (dropped here already) and not applied again: invalidate through the
+  cache, not ``client.publish``.
 * *Gaps clear.* When the client may have missed invalidations (its session
   expired, its queue was purged) the whole cache is cleared, fills under
   way included.
@@ -25,15 +28,24 @@ Guarantees:
   threads run again before the client can notice: the cache notices the
   jump of the monotonic clock itself, on its next read or on its own
   watch thread, whichever comes first, and clears before serving anything.
+* *A cut-off instance stops keeping.* Once its client has been without a
+  connection for a third of the session timeout (a partition, ZooKeeper
+  unreachable), the session may have expired without it and others'
+  invalidations no longer reach it: the cache clears, and until the client
+  is connected again every ``get`` loads from the loader and keeps nothing.
 
-Keys travel as message payloads: use ``str`` keys (``int`` and ``bytes``
-work with the default serializer too). Optional ``ttl`` (seconds) and
+Keys travel as message payloads: use ``str`` keys (``int``, ``bytes`` and
+tuples of them work with the default serializer too). A message on the
+topic that names no possible key (one another publisher sent) clears the
+cache. Optional ``ttl`` (seconds) and
 ``max_size`` (least recently used first out) bound what is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -44,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from .client import Client
 from .errors import ClientClosed
 from .message import Message, PublishReceipt
-from .state import Gap
+from .state import ClientState, Gap
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
@@ -52,9 +64,12 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncInvalidatingCache", "CacheStats", "InvalidatingCache"]
 
+logger = logging.getLogger(__name__)
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
+_NOT_A_KEY: Final = object()
 # A pause of this share of the session timeout counts as a freeze.
 STALL_SHARE: Final = 1 / 3
 _Token = tuple[int, int]
@@ -64,7 +79,9 @@ _Token = tuple[int, int]
 class CacheStats:
     """``stale_prevented``: fills not kept because their key was invalidated
     (or the cache cleared) while they loaded. ``freezes``: clears because the
-    process had been stopped long enough to have missed invalidations."""
+    process had been stopped long enough to have missed invalidations.
+    ``cut_offs``: clears because the client was without a connection that
+    long (``get`` loads without keeping until it is connected again)."""
 
     size: int
     hits: int
@@ -75,15 +92,20 @@ class CacheStats:
     expired: int
     evicted: int
     freezes: int = 0
+    cut_offs: int = 0
 
 
 class _Entries(Generic[K, V]):
     """What a cache holds and the tokens of fills under way (thread-safe)."""
 
     def __init__(self, ttl: float | None, max_size: int | None, stall_after: float) -> None:
-        if ttl is not None and not ttl > 0:
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0
+        ):
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+        if max_size is not None and (
+            isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
+        ):
             raise ValueError(f"max_size must be an int >= 1, not {max_size!r}")
         self._ttl = ttl
         self._max_size = max_size
@@ -104,9 +126,12 @@ class _Entries(Generic[K, V]):
                 "expired",
                 "evicted",
                 "freezes",
+                "cut_offs",
             ),
             0,
         )
+        self._cut_since: float | None = None  # when the client lost its connection
+        self._cut_off = False  # without a connection for stall_after: keep nothing
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
 
@@ -128,6 +153,20 @@ class _Entries(Generic[K, V]):
             self._clear()
             self._counts["freezes"] += 1
         self._last_seen = now
+        cut = self._cut_since
+        if cut is not None and not self._cut_off and now - cut >= self._stall_after:
+            self._clear()
+            self._cut_off = True
+            self._counts["cut_offs"] += 1
+
+    def connection(self, connected: bool) -> None:
+        """The client's connection came back (``True``) or went away."""
+        with self._lock:
+            if connected:
+                self._cut_since, self._cut_off = None, False
+            elif self._cut_since is None:
+                self._cut_since = time.monotonic()
+            self._check_stall()
 
     def stop_watch(self) -> None:
         self._stop.set()
@@ -139,7 +178,7 @@ class _Entries(Generic[K, V]):
         and a fill of ``key`` is under way until :meth:`loaded` or :meth:`failed`."""
         with self._lock:
             self._check_stall()
-            held = self._values.get(key)
+            held = None if self._cut_off else self._values.get(key)
             if held is not None:
                 value, stored = held
                 if self._ttl is None or self._last_seen - stored < self._ttl:
@@ -160,7 +199,7 @@ class _Entries(Generic[K, V]):
             # Checked and stored at once: an invalidation cannot slip between.
             fresh = token == (self._epoch, self._generations.get(key))
             self._ended(key)
-            if fresh:
+            if fresh and not self._cut_off:
                 self._store(key, value)
             else:
                 self._counts["stale_prevented"] += 1
@@ -226,12 +265,35 @@ class _Listening(Generic[K, V]):
     def _on_message(self, message: Message) -> None:
         if message.publisher_id == self._client_id:
             return  # dropped before it was published
-        key: Any = message.payload
-        self._entries.invalidate(key)
+        key = _as_key(message.payload)
+        if key is _NOT_A_KEY:
+            # not a key any cache could hold (published by something else):
+            # whatever it meant to invalidate, nothing here outlives it
+            logger.warning(
+                "a message on %s is not a cache key (%s): clearing the cache",
+                self._topic,
+                type(message.payload).__name__,
+            )
+            self._entries.clear()
+        else:
+            self._entries.invalidate(key)
 
     def _on_gap(self, gap: Gap) -> None:
         if self._topic in gap.topics:
             self._entries.clear()
+
+    def _on_state(self, state: ClientState) -> None:
+        if state is not ClientState.CLOSED:
+            self._entries.connection(state is ClientState.CONNECTED)
+
+    def _listen(self, client: Client) -> None:
+        client.add_gap_listener(self._on_gap)
+        client.add_listener(self._on_state)
+        self._on_state(client.status)
+
+    def _stop_listening(self, client: Client) -> None:
+        client.remove_gap_listener(self._on_gap)
+        client.remove_listener(self._on_state)
 
     def invalidate_local(self, key: K) -> None:
         """Drop ``key`` in this instance only (and any fill of it under way)."""
@@ -249,6 +311,29 @@ class _Listening(Generic[K, V]):
 
     def stats(self) -> CacheStats:
         return self._entries.stats()
+
+
+def _as_key(payload: Any) -> Any:
+    """The key a message names: the payload, with the lists a serializer
+    made of tuples made tuples again (msgpack has no tuples); ``_NOT_A_KEY``
+    if it cannot be a key (unhashable)."""
+    if isinstance(payload, list):
+        items = [_as_key(item) for item in payload]
+        return _NOT_A_KEY if any(i is _NOT_A_KEY for i in items) else tuple(items)
+    try:
+        hash(payload)
+    except TypeError:
+        return _NOT_A_KEY
+    return payload
+
+
+def _close_unwanted(made: asyncio.Future[Subscription]) -> None:
+    """The subscription a cancelled start made is closed, on a thread."""
+    if made.cancelled() or made.exception() is not None:
+        return
+    threading.Thread(
+        target=made.result().close, name="zkpubsub-cache-unwanted", daemon=True
+    ).start()
 
 
 def _check_listening(subscription: Subscription | None) -> None:
@@ -274,13 +359,19 @@ class InvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
         self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
         self._client = client
         self._client_id = client.client_id
         self._topic = topic
         self._loader = loader
-        client.add_gap_listener(self._on_gap)
-        self._subscription = client.subscribe(topic, self._on_message)
+        self._listen(client)
+        try:
+            self._subscription = client.subscribe(topic, self._on_message)
+        except BaseException:
+            self._stop_listening(client)
+            raise
         self._entries.start_watch(f"zkpubsub-cache-{topic}")
 
     def get(self, key: K) -> V:
@@ -309,7 +400,7 @@ class InvalidatingCache(_Listening[K, V]):
     def close(self) -> None:
         """Stop listening (the client stays open); ``get`` then raises
         ``ClientClosed``. Idempotent."""
-        self._client.remove_gap_listener(self._on_gap)
+        self._stop_listening(self._client)
         self._subscription.close()
         self._entries.stop_watch()
         self._entries.clear()
@@ -338,6 +429,8 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
         self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
         self._client = client
         self._client_id = client.client_id
@@ -345,6 +438,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         self._loader = loader
         self._subscription: Subscription | None = None
         self._closed = False
+        self._starting = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -362,15 +456,28 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         return cache
 
     async def start(self) -> None:
-        """Subscribe to the topic (on a thread). Idempotent."""
-        if self._subscription is not None:
-            return
-        client = self._client.sync
-        client.add_gap_listener(self._on_gap)
-        self._subscription = await self._client.run_in_thread(
-            client.subscribe, self._topic, self._on_message
-        )
-        self._entries.start_watch(f"zkpubsub-cache-{self._topic}")
+        """Subscribe to the topic (on a thread). Idempotent, and safe to
+        call from several tasks at once; ``ClientClosed`` once the cache was
+        closed. A cancelled start leaves nothing behind: a subscription made
+        meanwhile is closed (in the background; start again at will)."""
+        async with self._starting:
+            if self._closed:
+                raise ClientClosed("the cache is closed")
+            if self._subscription is not None:
+                return
+            client = self._client.sync
+            self._listen(client)
+            made = asyncio.ensure_future(
+                self._client.run_in_thread(client.subscribe, self._topic, self._on_message)
+            )
+            try:
+                self._subscription = await asyncio.shield(made)
+            except BaseException as exc:
+                self._stop_listening(client)
+                if isinstance(exc, asyncio.CancelledError):
+                    made.add_done_callback(_close_unwanted)
+                raise
+            self._entries.start_watch(f"zkpubsub-cache-{self._topic}")
 
     async def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader. A
@@ -400,14 +507,16 @@ class AsyncInvalidatingCache(_Listening[K, V]):
 
     async def close(self) -> None:
         """Stop listening (the client stays open); ``get`` then raises
-        ``ClientClosed``. Idempotent."""
+        ``ClientClosed``. Idempotent; whole even when the client was closed
+        first or the await is cancelled (the subscription then finishes
+        closing in the background)."""
         self._closed = True
-        self._client.sync.remove_gap_listener(self._on_gap)
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            await self._client.run_in_thread(subscription.close)
+        self._stop_listening(self._client.sync)
         self._entries.stop_watch()
         self._entries.clear()
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None and not subscription.closed:
+            await self._client.run_in_thread(subscription.close)
 
     async def __aenter__(self) -> AsyncInvalidatingCache[K, V]:
         await self.start()
