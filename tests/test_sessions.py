@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
@@ -9,6 +10,7 @@ from kazoo.client import KazooClient
 from zkpubsub import Client, ClientState, Gap
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
+from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import Collector, wait_until
 from .procs import Child
@@ -163,3 +165,37 @@ def test_an_expired_durable_subscriber_reports_no_gap_for_it(make_client: MakeCl
     expire_session(client)
     wait_until(lambda: gaps, what="gap")
     assert gaps[0].topics == frozenset({"plain"})
+
+
+def test_a_subscription_closed_while_no_server_answers_is_ended_once_connected_again(
+    make_client: MakeClient, raw_zk: KazooClient, zk_hosts: str, zk_root: str
+) -> None:
+    """``close()`` raised ``OperationTimeout`` after the request timeout and
+    left the registration for the session's life: publishers went on
+    filling a queue nobody read. Now the end is finished on reconnect."""
+    layout = Layout(zk_root)
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="close-unanswered") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=6.0)
+        plain = client.subscribe("plain", lambda message: None)
+        gone = client.subscribe("gone", lambda message: None)
+        registration = layout.subscriber("plain", client.client_id)
+        queue = layout.queue(client.client_id, "gone")
+        assert raw_zk.exists(registration) and raw_zk.exists(queue)
+        session = client._session_credentials()[0]  # type: ignore[index]
+        proxy.block("drop")  # a partition: the client notices after 2/3 of 20 s
+        started = time.monotonic()
+        plain.close()
+        gone.unsubscribe()  # its queue goes too
+        took = time.monotonic() - started
+        assert took < 2 * 6.0 + 3, took  # each waits one request at most
+        assert raw_zk.exists(registration) and raw_zk.exists(queue)
+        proxy.unblock()
+        wait_until(lambda: raw_zk.exists(registration) is None, 30, "the registration removed")
+        wait_until(lambda: raw_zk.exists(queue) is None, 30, "the queue deleted")
+        assert client._session_credentials()[0] == session  # type: ignore[index]
+        assert client.status is ClientState.CONNECTED
+        again: list[str] = []
+        client.subscribe("plain", lambda message: again.append(message.payload))
+        make_client().publish("plain", "after")
+        wait_until(lambda: again == ["after"], 20, "delivered to the new subscription")

@@ -385,8 +385,12 @@ def register_subscription(
         # topic node was removed in between. Look again.
 
 
-def unregister_subscription(ctx: Context, topic: str, deadline: float | None) -> None:
-    """Remove the subscriber node (either kind) and bump the version."""
+def unregister_subscription(
+    ctx: Context, topic: str, deadline: float | None, *, once: bool = False
+) -> None:
+    """Remove the subscriber node (either kind) and bump the version.
+    ``once``: ``ConnectionLost`` without a connection, instead of waiting
+    for one until ``deadline``."""
     conn, layout = ctx.conn, ctx.layout
     sub_path = layout.subscriber(topic, ctx.client_id)
     while True:
@@ -394,10 +398,14 @@ def unregister_subscription(ctx: Context, topic: str, deadline: float | None) ->
         txn.delete(sub_path)
         txn.set_data(layout.topic(topic), b"", -1)
         try:
+            if once and not conn.connected.is_set():
+                raise ConnectionLost(f"unsubscribe from {topic!r}: not connected")
             conn.wait_connected(deadline)
             conn.result(txn.commit_async(), deadline, f"unsubscribe from {topic!r}")
             return  # a NoNode result means there was nothing to remove
         except ConnectionLost:
+            if once:
+                raise
             continue
 
 

@@ -44,6 +44,10 @@ class SubscriptionRegistry:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._subs: dict[str, Registered] = {}
+        # closed subscriptions whose ending requests found no server: topic
+        # -> whether its queue goes too (the session finishes them once
+        # connected again)
+        self._unfinished: dict[str, bool] = {}
         # called once a subscription is registered (the session guards it)
         self.on_registered: Callable[[Registered], None] | None = None
 
@@ -57,11 +61,24 @@ class SubscriptionRegistry:
             if sub.topic in self._subs:
                 raise AlreadySubscribed(sub.topic)
             self._subs[sub.topic] = sub
+            self._unfinished.pop(sub.topic, None)  # subscribed again: its registration stays
 
     def discard(self, sub: Registered) -> None:
         with self.lock:
             if self._subs.get(sub.topic) is sub:
                 del self._subs[sub.topic]
+
+    def defer(self, topic: str, drop_queue: bool) -> None:
+        """Deregister ``topic`` (and delete its queue if ``drop_queue``) once
+        connected again: a closing subscription could not."""
+        with self.lock:
+            self._unfinished[topic] = self._unfinished.get(topic, False) or drop_queue
+
+    def take_unfinished(self) -> dict[str, bool]:
+        """The deferred ends (topic -> ``drop_queue``), forgotten here."""
+        with self.lock:
+            unfinished, self._unfinished = self._unfinished, {}
+            return unfinished
 
     def get(self, topic: str) -> Registered | None:
         with self.lock:

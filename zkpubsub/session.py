@@ -37,10 +37,12 @@ from ._context import Context
 from ._deadlines import deadline_after
 from ._registration import (
     check_purge,
+    delete_queue,
     register_client,
     register_subscription,
     restore_client_data,
     restore_subscription,
+    unregister_subscription,
 )
 from ._registry import Registered, SubscriptionRegistry
 from .backlog import EVICTED, QueueRecord
@@ -538,6 +540,7 @@ class Session:
                 pending = bool(self._disturbed)
             if pending:  # heard of while the connection was down
                 self._events.put((_SUBSCRIPTION_DISTURBED, time.time()))
+            self._finish_unfinished()
             return
         # A new session: everything ephemeral is gone. Register again (what
         # the guard saw go is registered again with it, and reported as the
@@ -586,3 +589,26 @@ class Session:
         if purged:
             self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
         self._set_state(ClientState.CONNECTED)
+        self._finish_unfinished()
+
+    def _finish_unfinished(self) -> None:
+        """Deregister (and delete the queues of) the subscriptions closed
+        while no server answered (see ``Subscription._deregister``); what
+        fails again waits for the next connection."""
+        ctx = self._ctx
+        with self._subs.lock:
+            unfinished = self._subs.take_unfinished()
+            if not unfinished:
+                return
+            deadline = ctx.deadline()
+            for topic, drop_queue in unfinished.items():
+                try:
+                    with translated(f"unsubscribe from {topic!r}"):
+                        unregister_subscription(ctx, topic, deadline, once=True)
+                        if drop_queue:
+                            delete_queue(ctx, topic, deadline)
+                except ZkPubSubError as exc:
+                    self._subs.defer(topic, drop_queue)
+                    logger.warning("ending the subscription to %r: %s; again later", topic, exc)
+                else:
+                    logger.info("the subscription to %r is ended now", topic)

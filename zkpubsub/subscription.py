@@ -49,7 +49,7 @@ from ._registry import SubscriptionRegistry
 from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import translated
-from .errors import ZkPubSubError
+from .errors import ConnectionLost, OperationTimeout, ZkPubSubError
 from .layout import join
 from .message import Message
 from .state import Gap
@@ -637,16 +637,31 @@ class Subscription:
         but a publisher learns of that only from its child watch, and could
         still count it in a publish sent right after ``close()`` returned.
         The deregistration's ``setData`` makes such a publish read the
-        subscribers again."""
+        subscribers again.
+
+        With the client open and no server to answer (not connected, or
+        no answer by ``deadline``), what is left is deferred to the session,
+        which finishes it once connected again, and this returns: waiting
+        here for a server that may be gone for long helps nobody."""
         ctx = self._ctx
         with self._registry.lock:
             self._registry.discard(self)
             unregister = self._registered and (drop_queue or not self._durable)
             if unregister and ctx.is_closed() and not self._durable:
                 unregister = ctx.conn.connected.is_set()
-            with translated(f"unsubscribe from {self._topic!r}"):
-                if unregister:
-                    unregister_subscription(ctx, self._topic, deadline)
-                    self._registered = False
-                if drop_queue:
-                    delete_queue(ctx, self._topic, deadline)
+            try:
+                with translated(f"unsubscribe from {self._topic!r}"):
+                    if unregister:
+                        unregister_subscription(
+                            ctx, self._topic, deadline, once=not ctx.is_closed()
+                        )
+                        self._registered = False
+                    if drop_queue:
+                        delete_queue(ctx, self._topic, deadline)
+            except (ConnectionLost, OperationTimeout) as exc:
+                if ctx.is_closed():
+                    raise
+                self._registry.defer(self._topic, drop_queue)
+                logger.warning(
+                    "subscription %r: %s; it is finished once connected again", self._topic, exc
+                )
