@@ -5,6 +5,7 @@ refused. The election stays single-headed at the end of its counter."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -69,6 +70,21 @@ def test_a_grace_shorter_than_the_session_timeout_is_refused(
     client = make_client(session_timeout=4.0)
     with pytest.raises(ValueError, match="shorter than the session timeout"):
         client.start_cleaner(grace=3.0)
+    # NaN passed every comparison: the leader never removed a queue, and
+    # wrote {"grace": NaN} into its election node; an infinite or huge
+    # interval broke each sweep's wait (OverflowError)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            client.start_cleaner(grace=bad)
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            ClientConfig(cleaner_grace=bad)
+    for bad in (math.nan, math.inf, 1e300, 0):
+        with pytest.raises(ValueError, match="interval must be a number of seconds above 0"):
+            client.start_cleaner(interval=bad)
+        with pytest.raises(ValueError, match="cleaner_interval must be"):
+            ClientConfig(cleaner_interval=bad)
+    hosted = client.cleaner
+    assert hosted is not None and hosted.interval == 30.0  # the refused ones changed nothing
     assert ClientConfig(session_timeout=10.0).grace == 60.0
     assert ClientConfig(session_timeout=40.0).grace == 80.0
     result = CliRunner().invoke(

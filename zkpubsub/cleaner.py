@@ -62,7 +62,7 @@ from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
 from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
-from .config import DEFAULT_RESULT_TTL, check_grace
+from .config import DEFAULT_RESULT_TTL, check_grace, check_interval
 from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
 from .layout import (
@@ -113,11 +113,8 @@ class Cleaner:
         config = ctx.config
         self.grace = check_grace(config.grace if grace is None else grace, config.session_timeout)
         interval = config.cleaner_interval if interval is None else interval
-        if not interval > 0:
-            raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
-        self.interval = float(interval)
-        if not result_ttl > 0:
-            raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
+        self.interval = check_interval(interval, "interval")
+        check_interval(result_ttl, "result_ttl")
         self.result_ttl = float(result_ttl)
         self._ctx = ctx
         self._conn = ctx.conn
@@ -160,10 +157,10 @@ class Cleaner:
         new grace is written into its election node."""
         if grace is not None:
             grace = check_grace(grace, self._ctx.config.session_timeout)
-        if interval is not None and not interval > 0:
-            raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
-        if result_ttl is not None and not result_ttl > 0:
-            raise ValueError(f"result_ttl must be > 0 seconds, not {result_ttl!r}")
+        if interval is not None:
+            check_interval(interval, "interval")
+        if result_ttl is not None:
+            check_interval(result_ttl, "result_ttl")
         if interval is not None:
             self.interval = float(interval)
         if result_ttl is not None:

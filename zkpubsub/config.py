@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import Final, Literal, TypeGuard
 
 from ._acl import AclPolicy
 from .backlog import Backlog
@@ -34,8 +34,10 @@ __all__ = [
     "DEFAULT_RETRY_DELAY",
     "DEFAULT_SESSION_TIMEOUT",
     "MAX_DEAD_LETTERS",
+    "MAX_INTERVAL",
     "ClientConfig",
     "check_grace",
+    "check_interval",
     "default_grace",
     "parse_hosts",
 ]
@@ -142,8 +144,10 @@ def check_grace(grace: object, session_timeout: float) -> float:
     client cut off for up to twice its session timeout (a partition, a
     pause, a failover) is back before its queues go. A shorter grace is
     refused."""
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
-        raise ValueError(f"the cleaner's grace must be a number of seconds >= 0, not {grace!r}")
+    if not _is_number(grace) or grace < 0:
+        raise ValueError(
+            f"the cleaner's grace must be a finite number of seconds >= 0, not {grace!r}"
+        )
     if grace < session_timeout:
         raise ValueError(
             f"the cleaner's grace ({grace:g}s) is shorter than the session timeout "
@@ -151,6 +155,21 @@ def check_grace(grace: object, session_timeout: float) -> float:
             "before it could register again; use at least the session timeout"
         )
     return float(grace)
+
+
+# The longest interval a cleaner sleeps: a longer one is no interval (and
+# past threading.TIMEOUT_MAX a wait raises).
+MAX_INTERVAL: Final = 365 * 24 * 3600.0
+
+
+def check_interval(value: object, name: str) -> float:
+    """A seconds interval: a finite number above 0, at most ``MAX_INTERVAL``."""
+    if not _is_number(value) or not 0 < value <= MAX_INTERVAL:
+        raise ValueError(
+            f"{name} must be a number of seconds above 0 and at most {MAX_INTERVAL:g}, "
+            f"not {value!r}"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +278,7 @@ class ClientConfig:
             raise TypeError(f"cleaner must be a bool, not {type(self.cleaner).__name__}")
         if self.cleaner_grace is not None:
             check_grace(self.cleaner_grace, self.session_timeout)
-        interval = self.cleaner_interval
-        if not _is_number(interval) or interval <= 0:
-            raise ValueError(
-                f"cleaner_interval must be a positive number of seconds, not {interval!r}"
-            )
+        check_interval(self.cleaner_interval, "cleaner_interval")
         wait = self.registration_wait
         if wait is not None and (not _is_number(wait) or wait < 0):
             raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
@@ -323,6 +338,6 @@ class ClientConfig:
         return 2 * self.session_timeout
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     """A finite int or float (not a bool, an infinity or NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
