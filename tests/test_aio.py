@@ -640,6 +640,8 @@ async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
     ):
         with pytest.raises(ClientClosed):
             await closed()
+    with pytest.raises(ClientClosed):
+        client.add_listener(print)
 
 
 async def test_subscribe_takes_the_backlog_options_and_the_client_its_observers(

@@ -454,6 +454,11 @@ def test_closed_clients_refuse_work(make_client: MakeClient) -> None:
         client.publish("t", "x")
     with pytest.raises(ClientClosed):
         client.subscribe("t")
+    # a listener added now would never be told anything
+    with pytest.raises(ClientClosed):
+        client.add_listener(states.append)
+    with pytest.raises(ClientClosed):
+        client.add_gap_listener(print)
     wait_until(lambda: states == [ClientState.CLOSED], what="CLOSED reported")
 
 

@@ -204,6 +204,7 @@ class Client:
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on every state change (on a thread of ours)."""
+        self._ctx.check_open()
         check_callable(listener, "listener")
         self._session.add_listener(listener)
 
@@ -214,6 +215,7 @@ class Client:
         """Call ``listener(gap)`` when messages may have been missed: after the
         session expired and the client registered again, or when the cleaner
         had started to delete this client's queues."""
+        self._ctx.check_open()
         check_callable(listener, "listener")
         self._session.add_gap_listener(listener)
 
