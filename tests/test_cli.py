@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 from zkpubsub.cli import main
+from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.local import free_ports
+from zkpubsub.testing.secure import TEST_PASSWORDS, bus_roles
 
-from .helpers import Collector
+from .helpers import Collector, wait_until
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 MakeClient = Callable[..., Client]
@@ -29,14 +32,22 @@ def run(zk_hosts: str, zk_root: str, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def cli_process(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT_DIR))
+def cli_process(
+    *args: str, env: Mapping[str, str] | None = None, prelude: str = ""
+) -> subprocess.Popen[str]:
+    """The program in a process of its own (stderr into stdout), with
+    Ctrl-C (SIGINT) raising KeyboardInterrupt in it as in a terminal, even
+    where this run ignores SIGINT. ``prelude``: Python run before it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT_DIR), **(env or {}))
+    argv = ["zkpubsub", *args]
+    code = f"{prelude}\nimport sys\nfrom zkpubsub.cli import run\nsys.argv = {argv!r}\nrun()"
     return subprocess.Popen(
-        [sys.executable, "-m", "zkpubsub", *args],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -190,13 +201,15 @@ def test_bench_passes_its_arguments_to_the_benchmarks(tmp_path: Path) -> None:
     assert "--quick" in out and "--only" in out
 
 
-def run_process(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+def run_process(
+    *args: str, timeout: float = 60, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "zkpubsub", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(ROOT_DIR)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT_DIR), **(env or {})),
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -320,3 +333,203 @@ def test_subscribe_ends_cleanly_on_sigterm(
     finally:
         proc.kill()
     assert raw_zk.exists(f"{zk_root}/clients/s1") is None  # closed, not just killed
+
+
+def one_line(err: str) -> bool:
+    return err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["queue", "put", "bad/name", "x"], "queue name 'bad/name' must not contain '/'"),
+        (["queue", "put", "", "x"], "queue name must not be empty"),
+        (["queue", "put", "..", "x", "--wait-result", "5"], "queue name must not be '..'"),
+        (["queue", "reserve", "bad/name"], "queue name 'bad/name' must not contain '/'"),
+        (["queue", "replay", "bad/name"], "queue name 'bad/name' must not contain '/'"),
+        (["queue", "stats", "bad/name"], "queue name 'bad/name' must not contain '/'"),
+        (["queue", "dead", ""], "queue name must not be empty"),
+        (["publish", "bad/topic", "x"], "topic 'bad/topic' must not contain '/'"),
+        (["publish", "", "x"], "topic must not be empty"),
+        (["subscribe", "a/b"], "topic 'a/b' must not contain '/'"),
+    ],
+    ids=lambda v: " ".join(map(repr, v)) if isinstance(v, list) else None,
+)
+def test_a_bad_queue_or_topic_name_is_one_line_and_exit_code_2_before_anything_is_done(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient, args: list[str], says: str
+) -> None:
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *args)
+    assert code == 2, (out, err)
+    assert one_line(err) and says in err, err
+    assert out == ""
+    assert raw_zk.exists(zk_root) is None  # no client came: nothing put, nothing made
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--connect-timeout", "inf", "stats"], "--connect-timeout must be at most 31536000"),
+        (["--connect-timeout", "1e300", "stats"], "--connect-timeout must be at most 31536000"),
+        (["--connect-timeout", "nan", "stats"], "--connect-timeout must be a positive number"),
+        (["--session-timeout", "inf", "stats"], "--session-timeout must be from 0.1 to 86400"),
+        (["--session-timeout", "1e7", "publish", "t", "x"], "--session-timeout must be from"),
+        (["--session-timeout", "0.001", "stats"], "--session-timeout must be from 0.1 to 86400"),
+        (["queue", "reserve", "q", "--timeout", "inf"], "--timeout must be at most 31536000"),
+        (["queue", "put", "wq", "x", "--wait-result", "inf"], "--wait-result must be at most"),
+        (["queue", "put", "wq", "x", "--wait-result", "1e300"], "seconds (a year), not 1e+300"),
+        (["top", "--once", "--interval", "inf"], "--interval must be at most 31536000"),
+        (["cleaner", "--interval", "1e300"], "--interval must be at most 31536000"),
+        (["cleaner", "--grace", "inf"], "--grace must be at most 31536000"),
+        (["subscribe", "t", "--timeout", "inf"], "--timeout must be at most 31536000"),
+        (["subscribe", "t", "--timeout", "nan"], "--timeout must be 0 or more seconds"),
+        (["gateway", "--max-wait", "inf"], "--max-wait must be at most 31536000"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_seconds_past_their_cap_infinite_or_nan_are_one_line_and_exit_code_2_before_anything(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient, args: list[str], says: str
+) -> None:
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *args)
+    assert code == 2, (out, err)
+    assert one_line(err) and says in err, err
+    assert out == ""
+    assert raw_zk.exists(zk_root) is None  # nothing connected, nothing written
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"ZKPUBSUB_ACL": "foo"}, "$ZKPUBSUB_ACL is 'open' or 'secured', not 'foo'"),
+        ({"ZKPUBSUB_TLS_CA": "/nonexistent/ca.pem"}, "'/nonexistent/ca.pem' is not a readable"),
+        ({"ZKPUBSUB_CREDENTIALS": "/nonexistent.toml"}, "which is not a file"),
+        ({"ZKPUBSUB_CREDENTIALS": "BAD_TOML"}, "credentials: "),
+    ],
+    ids=["acl", "tls", "no-file", "bad-toml"],
+)
+@pytest.mark.parametrize("command", [["publish", "t", "x"], ["stats"]], ids=" ".join)
+def test_bad_credentials_in_the_environment_are_one_line_and_exit_code_2(
+    zk_hosts: str,
+    zk_root: str,
+    raw_zk: KazooClient,
+    tmp_path: Path,
+    env: dict[str, str],
+    says: str,
+    command: list[str],
+) -> None:
+    if env.get("ZKPUBSUB_CREDENTIALS") == "BAD_TOML":
+        bad = tmp_path / "creds.toml"
+        bad.write_text("[auth\ndigest = ")
+        bad.chmod(0o600)
+        env = {"ZKPUBSUB_CREDENTIALS": str(bad)}
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *command, env=env)
+    assert code == 2, (out, err)
+    assert one_line(err) and says in err, err
+    assert out == ""
+    assert raw_zk.exists(zk_root) is None
+
+
+def test_a_cleaner_whose_identity_may_not_stand_says_so_and_exits_1(
+    secure_zookeeper: ZooKeeperCluster, secure_root: str, tmp_path: Path
+) -> None:
+    roles = bus_roles()
+    creds = tmp_path / "creds.toml"
+    lists = {
+        kind: getattr(roles, kind)
+        for kind in ("admins", "publishers", "subscribers", "producers", "workers")
+    }
+    creds.write_text(
+        f'[auth]\ndigest = "publisher:{TEST_PASSWORDS["publisher"]}"\n[roles]\n'
+        + "".join(f"{kind} = {json.dumps(list(ids))}\n" for kind, ids in lists.items())
+    )
+    creds.chmod(0o600)
+    proc = cli_process(
+        "--hosts", secure_zookeeper.hosts, "--root", secure_root, "--session-timeout", "4",
+        "cleaner", "--interval", "0.5",
+        env={"ZKPUBSUB_CREDENTIALS": str(creds)},
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        out, _ = proc.communicate(timeout=30)  # it ran forever, saying nothing
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    lines = out.strip().splitlines()
+    assert "standing for election" in lines[0], out
+    assert len(lines) == 2 and "Traceback" not in out, out
+    assert lines[1].startswith("Error: cleaner ") and "not standing for election" in lines[1]
+    assert took < 20, took
+
+
+def test_subscribe_says_in_one_line_that_it_could_not_close_on_an_unanswering_server(
+    make_cluster: Callable[..., ZooKeeperCluster], zk_root: str
+) -> None:
+    cluster = make_cluster(1)
+    (node,) = cluster.nodes
+    proc = cli_process(
+        "--hosts", cluster.hosts, "--root", zk_root, "--session-timeout", "2", "subscribe", "t",
+        # requests give up after 2 s (not 30 s): the test stays short
+        prelude="import functools, zkpubsub._cli_common as c\n"
+        "c.Client = functools.partial(c.Client, request_timeout=2.0)",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "subscribed to 't'" in proc.stdout.readline()
+        node.pause()  # the server stops answering; the client does not know yet
+        try:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            node.resume()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out  # as for any subscribe that SIGTERM ended
+    assert "Traceback" not in out, out
+    # one line: the command's, for an error raised by closing the
+    # subscription, or the library's warning if its close gave up by itself
+    (line,) = out.strip().splitlines()
+    assert (
+        line.startswith("Warning: the subscription to 't' could not be closed cleanly: ")
+        and "OperationTimeout" in line
+    ) or line.startswith("WARNING zkpubsub.subscription: subscription 't'"), line
+
+
+def interrupted(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return out
+
+
+def test_ctrl_c_before_a_command_is_done_is_one_line_and_exit_code_130(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    said = "Error: interrupted (Ctrl-C) before the command was done"
+    base = ("--hosts", zk_hosts, "--root", zk_root)
+    make_client().queue("jobs")  # the queue exists: reserve waits in it
+    clients = f"{zk_root}/clients"
+    before = set(raw_zk.get_children(clients))
+    reserve = cli_process(*base, "queue", "reserve", "jobs", "--timeout", "60")
+    wait_until(lambda: set(raw_zk.get_children(clients)) - before, what="the reserve's client")
+    time.sleep(0.5)  # waiting in reserve
+    out = interrupted(reserve)
+    assert reserve.returncode == 130, out
+    assert out.strip() == said, out
+    assert set(raw_zk.get_children(clients)) == before  # its client closed on the way out
+
+    put = cli_process(*base, "queue", "put", "jobs", "x", "--wait-result", "60")
+    assert put.stdout is not None
+    ticket = put.stdout.readline().strip()  # the item is in: waiting for its result
+    out = interrupted(put)
+    assert put.returncode == 130, out
+    assert out.strip() == said, (ticket, out)
+
+    (port,) = free_ports(1)  # nothing listens there: connecting
+    connecting = cli_process("--hosts", f"127.0.0.1:{port}", "--connect-timeout", "60", "stats")
+    time.sleep(1.0)
+    started = time.monotonic()
+    out = interrupted(connecting)
+    assert connecting.returncode == 130, out
+    assert out.strip() == said and time.monotonic() - started < 10, out

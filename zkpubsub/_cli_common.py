@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
 from .client import Client
 from .config import parse_hosts
 from .errors import ZkPubSubError
+from .layout import validate_name
 from .observer import Observer
 from .security import Security, from_environment
 from .workqueue.records import WorkQueueStats
@@ -34,6 +35,29 @@ class BadOption(click.ClickException):
     """A bad value on the command line: one line, exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C before a command was done: one line, exit code 130 (128 + SIGINT,
+    as a shell reports a program that SIGINT ended)."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted (Ctrl-C) before the command was done")
+
+
+def close_or_say(what: str, close: Callable[[], object]) -> None:
+    """Close ``what`` on the way out of a command; an error doing so (the
+    server stopped answering...) is one line on stderr, not a traceback,
+    and leaves the command's exit code as it was."""
+    try:
+        close()
+    except Exception as exc:
+        click.echo(
+            f"Warning: the {what} could not be closed cleanly: {type(exc).__name__}: {exc}",
+            err=True,
+        )
 
 
 class CliContext:
@@ -61,7 +85,7 @@ class CliContext:
         try:
             return from_environment()
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            raise click.ClickException(f"credentials: {exc}") from exc
+            raise BadOption(f"credentials: {exc}") from exc
 
     def client(self, **kwargs: Any) -> Client:
         self._resolvable()
@@ -95,30 +119,80 @@ class CliContext:
             )
         except ZkPubSubError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            raise BadOption(str(exc)) from exc
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
+# The longest any seconds option may be: far below what the waits below it
+# take (threading.TIMEOUT_MAX), and longer than anyone means to wait.
+MAX_SECONDS: Final = 365 * 24 * 3600.0
+# --session-timeout: ZooKeeper grants from 2 to 20 ticks of its tickTime
+# (4 to 40 s by default) whatever is asked, but the client also waits this
+# long (split among the servers) for a connection and its handshake; and the
+# wire takes milliseconds below 2**31.
+MIN_SESSION_TIMEOUT: Final = 0.1
+MAX_SESSION_TIMEOUT: Final = 24 * 3600.0
+
+_SPANS: Final = {MAX_SECONDS: "a year", MAX_SESSION_TIMEOUT: "a day"}
+
+
+def _seconds(value: float) -> str:
+    span = _SPANS.get(value)
+    return f"{value:.0f} seconds ({span})" if span else f"{value:g} seconds"
+
+
 def positive(
-    name: str,
+    name: str, high: float = MAX_SECONDS, low: float | None = None
 ) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
-    """A check that a seconds option is above 0 (an option left unset passes)."""
+    """A check that a seconds option is above 0 (or from ``low``) and at most
+    ``high`` (an option left unset passes)."""
 
     def check(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
-        if value is not None and not value > 0:
+        if value is None:
+            return value
+        if not value > 0:
             raise BadOption(f"{name} must be a positive number of seconds, not {value:g}")
+        if not value <= high or (low is not None and value < low):
+            span = f"from {low:g} to" if low is not None else "at most"
+            raise BadOption(f"{name} must be {span} {_seconds(high)}, not {value:g}")
         return value
 
     return check
 
 
 def not_negative(
-    name: str,
+    name: str, high: float = MAX_SECONDS
 ) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
+    """A check that a seconds option is 0 or more and at most ``high`` (an
+    option left unset passes)."""
+
     def check(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
-        if value is not None and not value >= 0:
+        if value is None:
+            return value
+        if not value >= 0:
             raise BadOption(f"{name} must be 0 or more seconds, not {value:g}")
+        if not value <= high:
+            raise BadOption(f"{name} must be at most {_seconds(high)}, not {value:g}")
+        return value
+
+    return check
+
+
+def name_of(kind: str) -> Callable[[click.Context, click.Parameter, T], T]:
+    """A check that an argument (or each value of a repeated option) can be
+    the name of a ``kind`` (a topic, a queue): the library's own check, made
+    before anything is connected."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: T) -> T:
+        names = value if isinstance(value, tuple) else (value,)
+        for one in names:
+            try:
+                validate_name(one, kind)
+            except (TypeError, ValueError) as exc:
+                raise BadOption(str(exc)) from exc
         return value
 
     return check

@@ -10,7 +10,9 @@ from typing import Any
 import click
 
 from ._cli_common import (
+    BadOption,
     CliContext,
+    name_of,
     not_negative,
     parse_headers,
     pass_ctx,
@@ -40,7 +42,7 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
 
 
 @queue.command("put")
-@click.argument("name")
+@click.argument("name", callback=name_of("queue name"))
 @click.argument("payloads", nargs=-1, required=True)
 @click.option(
     "--priority",
@@ -77,8 +79,8 @@ def queue_put(
     if wait_result is not None and len(items) != 1:
         raise click.BadParameter("--wait-result takes exactly one payload")
     with ctx.client(serializer="json" if fmt == "json" else None, cleaner=False) as client:
-        q = client.queue(name)
         try:
+            q = client.queue(name)
             if wait_result is not None:
                 ticket = q.put(items[0], priority=priority, headers=headers, want_result=True)
                 click.echo(ticket.id, err=True)
@@ -91,7 +93,7 @@ def queue_put(
 
 
 @queue.command("reserve")
-@click.argument("name")
+@click.argument("name", callback=name_of("queue name"))
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, callback=not_negative("--timeout")
 )
@@ -118,6 +120,8 @@ def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> 
                 item.ack()
         except ZkPubSubError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            raise BadOption(str(exc)) from exc
 
 
 @queue.command("list")
@@ -133,7 +137,7 @@ def queue_list(ctx: CliContext) -> None:
 
 
 @queue.command("stats")
-@click.argument("name")
+@click.argument("name", callback=name_of("queue name"))
 @pass_ctx
 def queue_stats(ctx: CliContext, name: str) -> None:
     """Ready, reserved and dead items of queue NAME, and its workers (reads only)."""
@@ -143,7 +147,7 @@ def queue_stats(ctx: CliContext, name: str) -> None:
 
 
 @queue.command("dead")
-@click.argument("name")
+@click.argument("name", callback=name_of("queue name"))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
@@ -179,11 +183,11 @@ def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
 
 
 @queue.command("replay")
-@click.argument("name")
+@click.argument("name", callback=name_of("queue name"))
 @click.option("--id", "ids", multiple=True, help="Only these items (repeatable).")
 @pass_ctx
 def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     """Put dead letters of queue NAME back as new items."""
     with ctx.client(cleaner=False) as client:
-        count = client.queue(name).replay(list(ids) or None)
+        count = read_or_fail(lambda: client.queue(name).replay(list(ids) or None))
     click.echo(f"replayed {count} item(s)")

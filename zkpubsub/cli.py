@@ -24,8 +24,13 @@ from typing import Any
 import click
 
 from ._cli_common import (
+    MAX_SESSION_TIMEOUT,
+    MIN_SESSION_TIMEOUT,
     BadOption,
     CliContext,
+    Interrupted,
+    close_or_say,
+    name_of,
     not_negative,
     parse_headers,
     pass_ctx,
@@ -37,6 +42,7 @@ from ._cli_common import (
 )
 from ._cli_gateway import gateway
 from ._cli_queue import queue
+from .client import Client
 from .config import (
     DEFAULT_CLEANER_INTERVAL,
     DEFAULT_CONNECT_TIMEOUT,
@@ -66,6 +72,7 @@ __all__ = [
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 MAX_DEV_SERVERS = 9  # the largest ensemble dev-server starts
+CLEANER_POLL = 0.5  # seconds between the cleaner command's looks at its cleaner
 
 
 _standalone = False  # run as the program: its logging is ours to set up
@@ -92,7 +99,19 @@ def _configure_logging(verbose: int, level: str | None) -> None:
     kazoo.setLevel("DEBUG" if verbose > 1 else "WARNING" if verbose else "CRITICAL")
 
 
-@click.group()
+class _Program(click.Group):
+    """The program's command group: Ctrl-C in a command that does not end
+    on it by design (subscribe, top, cleaner, dev-server do) is one line
+    and exit code 130, not click's "Aborted!" and 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+
+@click.group(cls=_Program)
 @click.option(
     "--hosts",
     envvar="ZKPUBSUB_HOSTS",
@@ -114,7 +133,9 @@ def _configure_logging(verbose: int, level: str | None) -> None:
     show_default=True,
     type=float,
     envvar="ZKPUBSUB_SESSION_TIMEOUT",
-    callback=positive("--session-timeout"),
+    callback=positive("--session-timeout", MAX_SESSION_TIMEOUT, MIN_SESSION_TIMEOUT),
+    help=f"Seconds, {MIN_SESSION_TIMEOUT:g} to {MAX_SESSION_TIMEOUT:.0f} (ZooKeeper grants "
+    "2 to 20 of its ticks whatever is asked).",
 )
 @click.option(
     "--connect-timeout",
@@ -203,7 +224,7 @@ def dev_server(port: int, size: int, data_dir: str | None) -> None:
 
 
 @main.command()
-@click.argument("topic")
+@click.argument("topic", callback=name_of("topic"))
 @click.argument("messages", nargs=-1, required=True)
 @click.option("--header", "-H", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option(
@@ -256,7 +277,7 @@ def _show(msg: Message) -> str:
 
 
 @main.command()
-@click.argument("topic")
+@click.argument("topic", callback=name_of("topic"))
 @click.option(
     "--count",
     "-n",
@@ -287,16 +308,21 @@ def subscribe(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with ctx.client(client_id=client_id) as client:
+        # On the way out (the end, Ctrl-C, SIGTERM, an error) the
+        # subscription and then the client close; an error doing so is one
+        # line (the server stopped answering...), not a traceback.
+        with contextlib.ExitStack() as on_exit:
+            client = ctx.client(client_id=client_id)
+            on_exit.callback(close_or_say, "client", client.close)
             try:
                 sub = client.subscribe(topic)
             except (ZkPubSubError, ValueError) as exc:
                 raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            on_exit.callback(close_or_say, f"subscription to {topic!r}", sub.close)
             click.echo(f"subscribed to {topic!r} as {client.client_id}", err=True)
-            with sub:
-                _print_messages(sub, stop, count, timeout, json_lines)
+            _print_messages(sub, stop, count, timeout, json_lines)
     except KeyboardInterrupt:
-        pass  # Ctrl-C: the client closed on the way out
+        pass  # Ctrl-C ends it
 
 
 def _print_messages(
@@ -305,7 +331,7 @@ def _print_messages(
     seen = 0
     last = time.monotonic()
     while not stop.is_set() and (not count or seen < count):
-        msg = sub.get(timeout=0.2)
+        msg = read_or_fail(lambda: sub.get(timeout=0.2))
         if msg is None:
             if timeout is not None and time.monotonic() - last >= timeout:
                 return
@@ -484,28 +510,42 @@ def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: st
     """Run a cleaner candidate in the foreground (run two or three)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ctx.client(client_id=client_id, cleaner_grace=grace, cleaner_interval=interval) as client:
-        runner = client.start_cleaner()
-        click.echo(
-            f"cleaner {client.client_id} standing for election (grace {runner.grace:g}s, "
-            f"interval {runner.interval:g}s)"
-        )
-        leading = False
-        last: tuple[int, int] = (0, 0)
+    try:
+        client = ctx.client(client_id=client_id, cleaner_grace=grace, cleaner_interval=interval)
         try:
-            while not stop.wait(1.0):
-                s = runner.stats()
-                if s.is_leader != leading:
-                    leading = s.is_leader
-                    click.echo("leading" if leading else "standing by")
-                if (s.queues_removed, s.nodes_removed) != last:
-                    last = (s.queues_removed, s.nodes_removed)
-                    click.echo(
-                        f"sweeps {s.sweeps}, queues removed {s.queues_removed}, "
-                        f"nodes removed {s.nodes_removed}"
-                    )
-        except KeyboardInterrupt:
-            pass
+            _run_cleaner(client, stop)
+        finally:
+            close_or_say("client", client.close)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends it; the client closed on the way out
+
+
+def _run_cleaner(client: Client, stop: threading.Event) -> None:
+    runner = client.start_cleaner()
+    click.echo(
+        f"cleaner {client.client_id} standing for election (grace {runner.grace:g}s, "
+        f"interval {runner.interval:g}s)"
+    )
+    leading = False
+    last: tuple[int, int] = (0, 0)
+    while not stop.wait(CLEANER_POLL):
+        if runner.stopped:
+            # by itself: this identity may not stand (under Roles only
+            # admins do), or its client went away
+            why = runner.refused or "its client closed"
+            raise click.ClickException(
+                f"cleaner {client.client_id} stopped, not standing for election: {why}"
+            )
+        s = runner.stats()
+        if s.is_leader != leading:
+            leading = s.is_leader
+            click.echo("leading" if leading else "standing by")
+        if (s.queues_removed, s.nodes_removed) != last:
+            last = (s.queues_removed, s.nodes_removed)
+            click.echo(
+                f"sweeps {s.sweeps}, queues removed {s.queues_removed}, "
+                f"nodes removed {s.nodes_removed}"
+            )
 
 
 @main.command(
