@@ -6,6 +6,7 @@ without losing order."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -156,3 +157,64 @@ def test_a_batch_split_over_several_transactions_counts_each_skipped_message_onc
     # the single that found it full and the whole batch, each counted once
     assert gap.missed == 1 + 30
     assert stuck.seen.wait(singles) == list(range(singles))
+
+
+def test_a_fan_out_that_would_pass_the_bound_is_not_written_to_that_queue() -> None:
+    """The bound was checked before a fan-out without counting its own
+    nodes: one publish_many of 100 wrote 50 nodes into a queue bounded at 1,
+    and one node more than max_backlog_bytes allows was always written."""
+    bound = Backlog(max_nodes=4, max_bytes=1000)
+    assert not _queues.would_pass(bound, 3, 1, 100.0)
+    assert _queues.would_pass(bound, 3, 2, 100.0)  # a batch of two: past 4
+    assert _queues.would_pass(bound, 0, 5, 10.0)
+    assert not _queues.would_pass(bound, 1, 1, 500.0)  # 1,000 bytes: at the bound
+    assert _queues.would_pass(bound, 1, 1, 719.0)  # 1,438 bytes: past it
+
+
+def test_a_batch_larger_than_the_room_left_is_skipped_whole_and_counted(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    stuck = Stuck()
+    gaps: list[Gap] = []
+    slow = make_client(client_id="slow")
+    slow.add_gap_listener(gaps.append)
+    slow.subscribe("t", stuck, max_backlog=4)
+    healthy = Collector()
+    make_client().subscribe("t", healthy)
+    publisher = make_client(max_message_bytes=2000)
+    first = publisher.publish("t", "first")  # held by the stuck handler
+    assert first.skipped == 0
+    # nine messages, two to a node: five nodes in one transaction, past 4
+    batch = publisher.publish_many("t", ["x" * 600] * 9)
+    assert batch.transactions == 1 and batch.skipped == 1
+    assert healthy.wait(10) == ["first", *["x" * 600] * 9]
+    entries = queue_entries(raw_zk, zk_root, "slow", "t") or []
+    names = [e.rsplit("/", 1)[-1] for e in entries]
+    assert len([n for n in names if not n.startswith("o")]) <= 4, names
+    assert len([n for n in names if n.startswith("o")]) == 1
+    stuck.release.set()
+    wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
+    (gap,) = [g for g in gaps if g.reason == "backlog full"]
+    assert gap.missed == 9
+    assert stuck.seen.wait(1) == ["first"]
+
+
+def test_a_queue_full_by_its_byte_bound_gets_one_overflow_marker(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Past the byte bound (not the node bound) a publisher forgot its
+    marker at each read of the queue's depth (once a second) and left a new
+    one: a marker and a gap notice per second."""
+    stuck = Stuck()
+    slow = make_client(client_id="slow")
+    slow.subscribe("t", stuck, max_backlog_bytes=1000)
+    publisher = make_client()
+    receipts = []
+    for _ in range(35):  # 3.5 s: past three reads of the depth
+        receipts.append(publisher.publish("t", "y" * 600))
+        time.sleep(0.1)
+    entries = queue_entries(raw_zk, zk_root, "slow", "t") or []
+    names = [e.rsplit("/", 1)[-1] for e in entries]
+    assert len([n for n in names if n.startswith("o")]) == 1, names
+    assert sum(r.skipped for r in receipts) >= 30
+    stuck.release.set()

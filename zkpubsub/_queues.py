@@ -36,7 +36,7 @@ from ._fanout import FanOut, Target
 from .backlog import INLINE_BYTES, ROLL_AT, SEGMENT_NODES, Backlog, QueueRecord
 from .layout import parse_queue_entry, split_queue
 
-__all__ = ["STATE_TTL", "QueueState", "QueueStates", "created", "decide"]
+__all__ = ["STATE_TTL", "QueueState", "QueueStates", "created", "decide", "would_pass"]
 
 STATE_TTL: Final = 1.0
 
@@ -63,6 +63,14 @@ def created(stat: Any) -> int:
     return int((stat.cversion + stat.numChildren) % 2**32) // 2
 
 
+def would_pass(backlog: Backlog, nodes: int, adding: int, node_size: float) -> bool:
+    """Whether writing ``adding`` more nodes (of ``node_size`` bytes, an
+    estimate) to a queue of ``nodes`` would take it past its bound: a
+    fan-out is written to a queue whole or not at all."""
+    after = nodes + adding
+    return after > backlog.max_nodes or after * node_size > backlog.max_bytes
+
+
 def decide(
     subscriber: str,
     state: QueueState,
@@ -81,7 +89,7 @@ def decide(
     writing to it; later ones only check that it is still so marked."""
     record = state.record
     backlog = record.backlog if record is not None else default
-    full = state.nodes >= backlog.max_nodes or state.nodes * node_size >= backlog.max_bytes
+    full = would_pass(backlog, state.nodes, node_count, node_size)
     if record is not None and record.evicting:  # its subscription is being ended
         return Target(subscriber, state.version, record.segment, skip=True)
     if full and backlog.when_full == "evict":
@@ -225,6 +233,7 @@ class QueueStates:
                         r.nodes += stat.numChildren
         read_at = time.monotonic()
         with self._lock:
+            size = self._node_size.get(topic, 0.0)
             for r in reads:
                 state = QueueState(
                     version=r.version,
@@ -242,7 +251,7 @@ class QueueStates:
                     and previous.marker is not None
                     and previous.version == state.version
                     and backlog is not None
-                    and state.nodes >= backlog.max_nodes
+                    and would_pass(backlog, state.nodes, 1, size)
                 ):  # still full, same segment: keep counting into its marker
                     state.marker, state.missed = previous.marker, previous.missed
                 self._states[(topic, r.subscriber)] = state
