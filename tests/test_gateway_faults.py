@@ -313,3 +313,37 @@ def test_a_gateway_stops_in_a_bounded_time_while_zookeeper_is_frozen(
     assert code in (0, -signal.SIGTERM)
     assert took < 40, took
     assert "Traceback" not in log_of(process)
+
+
+def test_the_console_shows_a_problem_in_seconds_while_zookeeper_is_frozen(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    """Each console read waited the default request timeout (30 s), and the
+    consoles waiting behind it each read again: three views of /ui/state
+    took 30 to 89 s, a new event stream's first event came after 60 s."""
+    import concurrent.futures
+
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    url, process = start_gateway(zk.hosts, "/frozen-console", session_timeout=10.0)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as api:
+            assert api.get("/ui/state").status_code == 200  # the view is connected
+            node.pause()
+            try:
+                time.sleep(1.0)  # past the snapshot the consoles share
+                started = time.monotonic()
+                with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                    answers = list(pool.map(lambda _: api.get("/ui/state"), range(3)))
+                took = time.monotonic() - started
+            finally:
+                node.resume()
+            assert all(a.status_code in (503, 504) for a in answers), answers
+            assert took < 5 + 5, took  # one read's time (5 s), shared by the three
+            # and the console reads the bus again once ZooKeeper answers
+            deadline = time.monotonic() + 60
+            while api.get("/ui/state").status_code != 200:
+                assert time.monotonic() < deadline, "the console did not come back"
+                time.sleep(0.5)
+    finally:
+        stop_gateway(process, kill=True)

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from ..aio import AsyncClient, AsyncWorkQueue
 from ..observer import Observer
 from ..security import Security, load_credentials
 from .auth import Principal
 from .settings import GatewaySettings
+
+# Each read of the console's view of the bus waits this long for ZooKeeper
+# (not the default request timeout of 30 s): a console shows a problem in
+# seconds while ZooKeeper does not answer.
+OBSERVER_REQUEST_TIMEOUT: Final = 5.0
 
 __all__ = ["Bus"]
 
@@ -99,6 +104,7 @@ class Bus:
                 root=s.root,
                 session_timeout=s.session_timeout,
                 connect_timeout=s.connect_timeout,
+                request_timeout=OBSERVER_REQUEST_TIMEOUT,
                 auth=s.security.auth,
                 tls=s.security.tls,
             )

@@ -246,20 +246,27 @@ def console_router(
 class _Latest:
     """One snapshot shared by every console looking within ``max_age``
     seconds: however many pages are open, the bus is read about once an
-    interval (a failed read is not kept)."""
+    interval. A failed read is shared the same way: the consoles that waited
+    for it get its error, not a read each of their own, one after another
+    (each waiting for a ZooKeeper that does not answer)."""
 
     def __init__(self, observe: Callable[[], Awaitable[dict[str, Any]]], max_age: float) -> None:
         self._observe = observe
         self._max_age = max_age
         self._lock = asyncio.Lock()
-        self._value: dict[str, Any] | None = None
+        self._value: dict[str, Any] | ZkPubSubError | None = None
         self._taken = 0.0
 
     async def get(self) -> dict[str, Any]:
         async with self._lock:
             if self._value is None or time.monotonic() - self._taken >= self._max_age:
-                self._value = await self._observe()
+                try:
+                    self._value = await self._observe()
+                except ZkPubSubError as exc:
+                    self._value = exc
                 self._taken = time.monotonic()
+            if isinstance(self._value, ZkPubSubError):
+                raise self._value
             return self._value
 
 
