@@ -13,6 +13,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Backlog, Client, Gap, Message, _queues
+from zkpubsub.backlog import QueueRecord
 from zkpubsub.layout import Layout, split_queue
 from zkpubsub.testing import queue_entries
 
@@ -218,3 +219,15 @@ def test_a_queue_full_by_its_byte_bound_gets_one_overflow_marker(
     assert len([n for n in names if n.startswith("o")]) == 1, names
     assert sum(r.skipped for r in receipts) >= 30
     stuck.release.set()
+
+
+def test_a_bound_past_a_java_long_is_refused_and_one_read_is_taken_as_the_largest() -> None:
+    for bad in ({"max_nodes": 2**31}, {"max_bytes": 2**63}, {"max_nodes": 10**40}):
+        with pytest.raises(ValueError, match="must be an int from 1 to"):
+            Backlog(**bad)
+    assert Backlog(2**31 - 1, 2**63 - 1).max_nodes == 2**31 - 1
+    # a record written before the check still reads (as the largest bound)
+    old = b'{"v": 2, "segment": 3, "max_nodes": 1e40, "max_bytes": 7, "when_full": "drop"}'
+    record = QueueRecord.decode(old.replace(b"1e40", b"1" + b"0" * 40))
+    assert record is not None and record.segment == 3
+    assert (record.backlog.max_nodes, record.backlog.max_bytes) == (2**31 - 1, 7)

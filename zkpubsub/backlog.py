@@ -40,6 +40,8 @@ __all__ = [
     "EVICTED",
     "INLINE_BYTES",
     "INLINE_SEGMENT_NODES",
+    "MAX_BYTES",
+    "MAX_NODES",
     "ROLL_AT",
     "SEGMENT_NODES",
     "Backlog",
@@ -51,6 +53,9 @@ __all__ = [
 WhenFull = Literal["drop", "evict"]
 
 DEFAULT_MAX_BACKLOG: Final = 100_000
+# The largest bounds (a Java int and long: clients in other languages read them)
+MAX_NODES: Final = 2**31 - 1
+MAX_BYTES: Final = 2**63 - 1
 DEFAULT_MAX_BACKLOG_BYTES: Final = 256 * 1024 * 1024
 # A segment holds about this many nodes before publishers move on: its
 # listing (about 28 bytes a name) stays far below the 1 MiB buffer even
@@ -83,10 +88,10 @@ class Backlog:
     when_full: WhenFull = "drop"
 
     def __post_init__(self) -> None:
-        for name in ("max_nodes", "max_bytes"):
+        for name, most in (("max_nodes", MAX_NODES), ("max_bytes", MAX_BYTES)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
         if self.when_full not in ("drop", "evict"):
             raise ValueError(f"when_full must be 'drop' or 'evict', not {self.when_full!r}")
 
@@ -129,7 +134,13 @@ class QueueRecord:
         try:
             doc = json.loads(data)
             segment = int(doc["segment"])
-            backlog = Backlog(int(doc["max_nodes"]), int(doc["max_bytes"]), doc["when_full"])
+            # a bound past what Backlog takes (written before it was
+            # checked) reads as the largest it takes
+            backlog = Backlog(
+                min(int(doc["max_nodes"]), MAX_NODES),
+                min(int(doc["max_bytes"]), MAX_BYTES),
+                doc["when_full"],
+            )
             full = doc.get("full", False) is True
             inline = doc.get("inline", 0)
         except (ValueError, TypeError, KeyError, AttributeError):

@@ -49,7 +49,11 @@ class Gap:
     before the session was last known alive, if a reply said it had ended):
     the server may end a session a little before the client's own server
     lets it notice, and publishers on other servers see the end first.
-    ``until`` is when the client was registered again. Times are wall-clock
+    ``until`` is when the client was registered again. After an eviction
+    (``reason="backlog full: evicted"``) ``since`` is when the queue was
+    found full, and the messages still queued then, published earlier and
+    not delivered, went with the queue too (``missed`` is ``None``: nobody
+    counted them). Times are wall-clock
     seconds since the epoch. A cache fed by invalidations should drop what
     it holds for these topics.
     """
