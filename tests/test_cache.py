@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import AlreadySubscribed, Client, ClientClosed, ClientState, Message
+from zkpubsub import AlreadySubscribed, Client, ClientClosed, Message
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
@@ -318,7 +318,8 @@ def test_a_cut_off_instance_stops_serving_what_it_kept_and_keeps_nothing_until_b
         assert cut_off.get("user:0") == "v2" and source.reads == reads + 1
         proxy.unblock()
         # connected again (on a new session, with a gap): it keeps again
-        wait_until(lambda: cut_off._client.status is ClientState.CONNECTED, 30, "reconnected")
+        # connected again: told to the cache on the client's thread, after any gap
+        wait_until(lambda: not cut_off._entries._cut_off, 30, "reconnected")
         assert cut_off.get("user:0") == "v2"
         reads = source.reads
         assert cut_off.get("user:0") == "v2" and source.reads == reads
@@ -369,23 +370,50 @@ async def test_a_cancelled_start_leaves_the_topic_free_and_starts_run_once(
         cache = AsyncInvalidatingCache(client, "users", _async(source))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(cache.start(), 0.001)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                AsyncInvalidatingCache.open(client, "users", _async(source)), 0.001
-            )
-        # closed in the background: the topic is free again at once or soon
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await asyncio.gather(cache.start(), cache.start())  # two tasks at once
-                break
-            except AlreadySubscribed:
-                assert time.monotonic() < deadline, "the topic stayed taken"
-                await asyncio.sleep(0.1)
+        await cache.start()  # at once: it waits for what the cancelled one made to close
         assert await _read_now(source, cache, "user:0") == "v1"
         await cache.close()
         with pytest.raises(ClientClosed):
             await cache.start()  # closed is closed
+        # another cache object cannot wait for it: the topic is free soon
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                AsyncInvalidatingCache.open(client, "users", _async(source)), 0.001
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                again = await AsyncInvalidatingCache.open(client, "users", _async(source))
+                break
+            except AlreadySubscribed:
+                assert time.monotonic() < deadline, "the topic stayed taken"
+                await asyncio.sleep(0.1)
+        await again.close()
+        # two tasks starting one cache at once: one subscription, no error
+        twice = AsyncInvalidatingCache(client, "sessions", _async(source))
+        await asyncio.gather(twice.start(), twice.start())
+        assert [s.topic for s in client.sync.subscriptions()].count("sessions") == 1
+
+
+@pytest.mark.anyio
+async def test_a_cache_closed_while_it_starts_stays_closed(zk_hosts: str, zk_root: str) -> None:
+    """close() during start() found no subscription yet; start() then set
+    one: the closed cache served (and kept) values again."""
+    source = Source()
+    async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+        cache = AsyncInvalidatingCache(client, "users", _async(source))
+        starting = asyncio.ensure_future(cache.start())
+        await asyncio.sleep(0)  # under way
+        await cache.close()
+        with pytest.raises(ClientClosed):
+            await starting
+        with pytest.raises(ClientClosed):
+            await cache.get("user:0")
+        # what it made is closed: the topic is free again
+        deadline = time.monotonic() + 10
+        while "users" in [s.topic for s in client.sync.subscriptions()]:
+            assert time.monotonic() < deadline, "the subscription stayed"
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.anyio

@@ -28,11 +28,13 @@ Guarantees:
   threads run again before the client can notice: the cache notices the
   jump of the monotonic clock itself, on its next read or on its own
   watch thread, whichever comes first, and clears before serving anything.
-* *A cut-off instance stops keeping.* Once its client has been without a
-  connection for a third of the session timeout (a partition, ZooKeeper
-  unreachable), the session may have expired without it and others'
-  invalidations no longer reach it: the cache clears, and until the client
-  is connected again every ``get`` loads from the loader and keeps nothing.
+* *A cut-off instance stops keeping.* Once its client has known for a
+  third of the session timeout that it has no connection (at once on a
+  refused or reset connection; after two thirds of the session timeout of
+  silence in a partition), the session may have expired without it and
+  others' invalidations no longer reach it: the cache clears, and until
+  the client is connected again every ``get`` loads from the loader and
+  keeps nothing.
 
 Keys travel as message payloads: use ``str`` keys (``int``, ``bytes`` and
 tuples of them work with the default serializer too). A message on the
@@ -54,6 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .client import Client
+from .config import ClientConfig
 from .errors import ClientClosed
 from .message import Message, PublishReceipt
 from .state import ClientState, Gap
@@ -199,10 +202,10 @@ class _Entries(Generic[K, V]):
             # Checked and stored at once: an invalidation cannot slip between.
             fresh = token == (self._epoch, self._generations.get(key))
             self._ended(key)
-            if fresh and not self._cut_off:
-                self._store(key, value)
-            else:
+            if not fresh:
                 self._counts["stale_prevented"] += 1
+            elif not self._cut_off:  # cut off: loaded, kept nowhere
+                self._store(key, value)
 
     def failed(self, key: K) -> None:
         with self._lock:
@@ -327,13 +330,13 @@ def _as_key(payload: Any) -> Any:
     return payload
 
 
-def _close_unwanted(made: asyncio.Future[Subscription]) -> None:
-    """The subscription a cancelled start made is closed, on a thread."""
-    if made.cancelled() or made.exception() is not None:
-        return
-    threading.Thread(
-        target=made.result().close, name="zkpubsub-cache-unwanted", daemon=True
-    ).start()
+def _entries_for(
+    config: ClientConfig, loader: object, ttl: float | None, max_size: int | None
+) -> _Entries[Any, Any]:
+    """A cache's entries, its options checked (``loader`` too)."""
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+    return _Entries(ttl, max_size, config.session_timeout * STALL_SHARE)
 
 
 def _check_listening(subscription: Subscription | None) -> None:
@@ -359,9 +362,7 @@ class InvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
-        if not callable(loader):
-            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
-        self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
+        self._entries = _entries_for(client.config, loader, ttl, max_size)
         self._client = client
         self._client_id = client.client_id
         self._topic = topic
@@ -429,9 +430,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
-        if not callable(loader):
-            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
-        self._entries = _Entries(ttl, max_size, client.config.session_timeout * STALL_SHARE)
+        self._entries = _entries_for(client.config, loader, ttl, max_size)
         self._client = client
         self._client_id = client.client_id
         self._topic = topic
@@ -439,6 +438,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         self._subscription: Subscription | None = None
         self._closed = False
         self._starting = asyncio.Lock()
+        self._unwanted: asyncio.Future[None] | None = None  # closing what a cancelled start made
 
     @classmethod
     async def open(
@@ -458,9 +458,15 @@ class AsyncInvalidatingCache(_Listening[K, V]):
     async def start(self) -> None:
         """Subscribe to the topic (on a thread). Idempotent, and safe to
         call from several tasks at once; ``ClientClosed`` once the cache was
-        closed. A cancelled start leaves nothing behind: a subscription made
-        meanwhile is closed (in the background; start again at will)."""
+        closed (also when it is closed while it starts). A cancelled start
+        leaves nothing behind: a subscription made meanwhile is closed in
+        the background (this cache's next start waits for that; another
+        cache object on the topic may find it ``AlreadySubscribed`` until
+        it is done)."""
         async with self._starting:
+            unwanted, self._unwanted = self._unwanted, None
+            if unwanted is not None:
+                await asyncio.shield(unwanted)
             if self._closed:
                 raise ClientClosed("the cache is closed")
             if self._subscription is not None:
@@ -471,13 +477,26 @@ class AsyncInvalidatingCache(_Listening[K, V]):
                 self._client.run_in_thread(client.subscribe, self._topic, self._on_message)
             )
             try:
-                self._subscription = await asyncio.shield(made)
+                subscription = await asyncio.shield(made)
             except BaseException as exc:
                 self._stop_listening(client)
                 if isinstance(exc, asyncio.CancelledError):
-                    made.add_done_callback(_close_unwanted)
+                    self._unwanted = asyncio.ensure_future(self._close_made(made))
                 raise
+            if self._closed:  # closed while it subscribed: what it made goes too
+                self._stop_listening(client)
+                await self._close_made(made)
+                raise ClientClosed("the cache was closed while it started")
+            self._subscription = subscription
             self._entries.start_watch(f"zkpubsub-cache-{self._topic}")
+
+    async def _close_made(self, made: asyncio.Future[Subscription]) -> None:
+        """Close the subscription ``made`` for a start that will not use it."""
+        try:
+            subscription = await made
+            await self._client.run_in_thread(subscription.close)
+        except Exception as exc:  # it failed, or its client is closed (and it with it)
+            logger.debug("closing the subscription of an unfinished start: %r", exc)
 
     async def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader. A
