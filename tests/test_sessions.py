@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, ClientState, Gap
+from zkpubsub import Client, ClientState, Gap, ZkPubSubError
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
 from zkpubsub.testing.proxy import TcpProxy
@@ -199,3 +200,29 @@ def test_a_subscription_closed_while_no_server_answers_is_ended_once_connected_a
         client.subscribe("plain", lambda message: again.append(message.payload))
         make_client().publish("plain", "after")
         wait_until(lambda: again == ["after"], 20, "delivered to the new subscription")
+
+
+def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_keeps_its_end(
+    make_client: MakeClient, raw_zk: KazooClient, zk_hosts: str, zk_root: str
+) -> None:
+    """With the client knowing it has no connection, close() waited the
+    request timeout for its last deletes; and a subscribe of the same topic
+    that failed meanwhile made the deferred deregistration be forgotten."""
+    layout = Layout(zk_root)
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="close-known-gone") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=4.0)
+        sub = client.subscribe("t", lambda message: None)
+        registration = layout.subscriber("t", client.client_id)
+        proxy.block("reset")  # refused at once: the client knows
+        wait_until(lambda: client.status is ClientState.SUSPENDED, 20, "suspended")
+        started = time.monotonic()
+        sub.close()
+        took = time.monotonic() - started
+        assert took < 2.0, took
+        with pytest.raises(ZkPubSubError):
+            client.subscribe("t", lambda message: None)  # no server: refused
+        assert raw_zk.exists(registration)
+        proxy.unblock()
+        wait_until(lambda: raw_zk.exists(registration) is None, 30, "the registration removed")
+        assert client.status is ClientState.CONNECTED

@@ -240,7 +240,9 @@ class ReceivePump:
             with self._lock:
                 self._detaching.add(topic)
             self._wake.set()
-            queue.done.wait(remaining(deadline))
+            # without a connection the pump cannot send them: no wait (what
+            # was handled and not deleted is delivered again, at least once)
+            queue.done.wait(remaining(deadline) if self._conn.connected.is_set() else 0)
         with self._lock:
             self._queues.pop(topic, None)
             last = not self._queues

@@ -52,6 +52,8 @@ class SubscriptionRegistry:
         self.on_registered: Callable[[Registered], None] | None = None
 
     def registered(self, sub: Registered) -> None:
+        with self.lock:  # registered again: a deferred end of the topic is void
+            self._unfinished.pop(sub.topic, None)
         hook = self.on_registered
         if hook is not None:
             hook(sub)
@@ -61,7 +63,6 @@ class SubscriptionRegistry:
             if sub.topic in self._subs:
                 raise AlreadySubscribed(sub.topic)
             self._subs[sub.topic] = sub
-            self._unfinished.pop(sub.topic, None)  # subscribed again: its registration stays
 
     def discard(self, sub: Registered) -> None:
         with self.lock:
@@ -74,11 +75,20 @@ class SubscriptionRegistry:
         with self.lock:
             self._unfinished[topic] = self._unfinished.get(topic, False) or drop_queue
 
+    def drop_pending(self, topic: str) -> bool:
+        """Whether an unsubscribe of ``topic`` still has its queue to delete."""
+        with self.lock:
+            return self._unfinished.get(topic, False)
+
     def take_unfinished(self) -> dict[str, bool]:
         """The deferred ends (topic -> ``drop_queue``), forgotten here."""
         with self.lock:
             unfinished, self._unfinished = self._unfinished, {}
             return unfinished
+
+    def unfinished_topics(self) -> list[str]:
+        with self.lock:
+            return sorted(self._unfinished)
 
     def get(self, topic: str) -> Registered | None:
         with self.lock:

@@ -581,6 +581,19 @@ class Client:
             except ZkPubSubError as exc:
                 logger.debug("closing %r: %s", sub, exc)
             answering = answering and not expired(requests)
+        # what subscriptions closed earlier, while no server answered, left
+        if answering and ctx.conn.connected.is_set():
+            left = self._session.finish_unfinished(ctx.closing_deadline())
+        else:
+            left = self._subs.unfinished_topics()
+        if left:
+            logger.warning(
+                "client %s: the subscriptions to %s closed while no server answered and are "
+                "not all ended: a durable one stays registered, and an unsubscribed queue "
+                "stays, until this client id unsubscribes them",
+                self.client_id,
+                left,
+            )
         if cleaner is not None:
             # Its election node goes with the session, closed below.
             cleaner.stop(min(5.0, ctx.config.close_timeout), resign=False)

@@ -540,7 +540,7 @@ class Session:
                 pending = bool(self._disturbed)
             if pending:  # heard of while the connection was down
                 self._events.put((_SUBSCRIPTION_DISTURBED, time.time()))
-            self._finish_unfinished()
+            self.finish_unfinished(self._ctx.deadline())
             return
         # A new session: everything ephemeral is gone. Register again (what
         # the guard saw go is registered again with it, and reported as the
@@ -589,18 +589,15 @@ class Session:
         if purged:
             self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
         self._set_state(ClientState.CONNECTED)
-        self._finish_unfinished()
+        self.finish_unfinished(ctx.deadline())
 
-    def _finish_unfinished(self) -> None:
+    def finish_unfinished(self, deadline: float | None) -> list[str]:
         """Deregister (and delete the queues of) the subscriptions closed
         while no server answered (see ``Subscription._deregister``); what
-        fails again waits for the next connection."""
+        fails again waits for the next connection. Returns the topics left."""
         ctx = self._ctx
         with self._subs.lock:
             unfinished = self._subs.take_unfinished()
-            if not unfinished:
-                return
-            deadline = ctx.deadline()
             for topic, drop_queue in unfinished.items():
                 try:
                     with translated(f"unsubscribe from {topic!r}"):
@@ -612,3 +609,4 @@ class Session:
                     logger.warning("ending the subscription to %r: %s; again later", topic, exc)
                 else:
                     logger.info("the subscription to %r is ended now", topic)
+            return self._subs.unfinished_topics()

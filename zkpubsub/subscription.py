@@ -248,6 +248,10 @@ class Subscription:
             self._registry.add(self)
             try:
                 with translated(f"subscribe to {self._topic!r}"):
+                    if self._registry.drop_pending(self._topic):
+                        # an unsubscribe made while no server answered:
+                        # its backlog goes before this subscription starts
+                        delete_queue(ctx, self._topic, ctx.deadline())
                     evicted = register_subscription(
                         ctx,
                         self._topic,
