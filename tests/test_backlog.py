@@ -34,14 +34,21 @@ class Stuck:
         self.seen(message)
 
 
-def test_a_stuck_subscribers_queue_stops_at_its_bound_and_it_hears_what_it_missed(
-    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
-) -> None:
+def stuck_on_t(make_client: MakeClient, **bound: int) -> tuple[Stuck, list[Gap]]:
+    """Client ``slow`` subscribed to ``t`` with a stuck handler and ``bound``;
+    the gaps it is told."""
     stuck = Stuck()
     gaps: list[Gap] = []
     slow = make_client(client_id="slow")
     slow.add_gap_listener(gaps.append)
-    slow.subscribe("t", stuck, max_backlog=50)
+    slow.subscribe("t", stuck, **bound)
+    return stuck, gaps
+
+
+def test_a_stuck_subscribers_queue_stops_at_its_bound_and_it_hears_what_it_missed(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    stuck, gaps = stuck_on_t(make_client, max_backlog=50)
     healthy = Collector()
     make_client().subscribe("t", healthy)
     publisher = make_client()
@@ -137,11 +144,7 @@ def test_the_bound_travels_with_the_queue_and_a_client_wide_default_applies(
 def test_a_batch_split_over_several_transactions_counts_each_skipped_message_once(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
-    stuck = Stuck()
-    gaps: list[Gap] = []
-    slow = make_client(client_id="slow")
-    slow.add_gap_listener(gaps.append)
-    slow.subscribe("t", stuck, max_backlog=5)
+    stuck, gaps = stuck_on_t(make_client, max_backlog=5)
     publisher = make_client(max_message_bytes=2000, max_transaction_bytes=8000)
     singles = 0
     while not publisher.publish("t", singles).skipped:  # until its queue is full
@@ -175,11 +178,7 @@ def test_a_fan_out_that_would_pass_the_bound_is_not_written_to_that_queue() -> N
 def test_a_batch_larger_than_the_room_left_is_skipped_whole_and_counted(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
-    stuck = Stuck()
-    gaps: list[Gap] = []
-    slow = make_client(client_id="slow")
-    slow.add_gap_listener(gaps.append)
-    slow.subscribe("t", stuck, max_backlog=4)
+    stuck, gaps = stuck_on_t(make_client, max_backlog=4)
     healthy = Collector()
     make_client().subscribe("t", healthy)
     publisher = make_client(max_message_bytes=2000)
@@ -206,9 +205,7 @@ def test_a_queue_full_by_its_byte_bound_gets_one_overflow_marker(
     """Past the byte bound (not the node bound) a publisher forgot its
     marker at each read of the queue's depth (once a second) and left a new
     one: a marker and a gap notice per second."""
-    stuck = Stuck()
-    slow = make_client(client_id="slow")
-    slow.subscribe("t", stuck, max_backlog_bytes=1000)
+    stuck, _ = stuck_on_t(make_client, max_backlog_bytes=1000)
     publisher = make_client()
     receipts = []
     for _ in range(35):  # 3.5 s: past three reads of the depth
@@ -231,3 +228,27 @@ def test_a_bound_past_a_java_long_is_refused_and_one_read_is_taken_as_the_larges
     record = QueueRecord.decode(old.replace(b"1e40", b"1" + b"0" * 40))
     assert record is not None and record.segment == 3
     assert (record.backlog.max_nodes, record.backlog.max_bytes) == (2**31 - 1, 7)
+
+
+def test_batches_that_do_not_fit_keep_one_overflow_marker_while_singles_would(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """A queue with room for a node or two but not for a batch: at each
+    read of its depth the publisher asked whether one node would still pass
+    the bound, forgot its marker, and left a new one a second."""
+    stuck, gaps = stuck_on_t(make_client, max_backlog=10)
+    publisher = make_client(max_message_bytes=2000)
+    for n in range(7):  # one in the handler, six queued: with the marker, room for two
+        assert publisher.publish("t", n).skipped == 0
+    skipped = 0
+    for _ in range(12):  # 3.6 s: past three reads of the depth
+        receipt = publisher.publish_many("t", ["z" * 600] * 7)  # three or four nodes
+        skipped += receipt.skipped
+        time.sleep(0.3)
+    assert skipped == 12
+    entries = queue_entries(raw_zk, zk_root, "slow", "t") or []
+    names = [e.rsplit("/", 1)[-1] for e in entries]
+    assert len([n for n in names if n.startswith("o")]) == 1, names
+    stuck.release.set()
+    wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
+    assert [g.missed for g in gaps if g.reason == "backlog full"] == [84]

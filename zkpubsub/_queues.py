@@ -53,6 +53,7 @@ class QueueState:
     read_at: float
     marker: str | None = None  # this publisher's overflow marker in it
     missed: int = 0  # the count that marker holds
+    full_for: int = 1  # the nodes of the fan-out that found it full
     acl: Any = None  # the queue's own ACL, for a segment this publisher creates
 
 
@@ -251,9 +252,10 @@ class QueueStates:
                     and previous.marker is not None
                     and previous.version == state.version
                     and backlog is not None
-                    and would_pass(backlog, state.nodes, 1, size)
-                ):  # still full, same segment: keep counting into its marker
+                    and would_pass(backlog, state.nodes, previous.full_for, size)
+                ):  # still full (for such a fan-out), same segment: keep counting into its marker
                     state.marker, state.missed = previous.marker, previous.missed
+                    state.full_for = previous.full_for
                 self._states[(topic, r.subscriber)] = state
             for s in gone:
                 self._states.pop((topic, s), None)
@@ -328,8 +330,10 @@ class QueueStates:
                     state.current += 1
                     state.marker = paths[-1] if paths else None
                     state.missed = target.missed
+                    state.full_for = len(fan.nodes)
                 else:
                     state.missed = target.missed
+                    state.full_for = max(state.full_for, len(fan.nodes))
                 for path in paths:
                     parsed = parse_queue_entry(path.rsplit("/", 1)[-1])
                     if parsed is not None:
