@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar
 import click
 
 from .client import Client
-from .config import parse_hosts
+from .config import MAX_INTERVAL, parse_hosts
 from .errors import ZkPubSubError
 from .layout import validate_name
 from .observer import Observer
@@ -128,7 +128,7 @@ pass_ctx = click.make_pass_decorator(CliContext)
 
 # The longest any seconds option may be: far below what the waits below it
 # take (threading.TIMEOUT_MAX), and longer than anyone means to wait.
-MAX_SECONDS: Final = 365 * 24 * 3600.0
+MAX_SECONDS: Final = MAX_INTERVAL  # a year
 # --session-timeout: ZooKeeper grants from 2 to 20 ticks of its tickTime
 # (4 to 40 s by default) whatever is asked, but the client also waits this
 # long (split among the servers) for a connection and its handshake; and the
