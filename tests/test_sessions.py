@@ -10,7 +10,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, ClientState, Gap, ZkPubSubError
 from zkpubsub.layout import Layout
-from zkpubsub.testing import expire_session
+from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import Collector, wait_until
@@ -226,3 +226,32 @@ def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_kee
         proxy.unblock()
         wait_until(lambda: raw_zk.exists(registration) is None, 30, "the registration removed")
         assert client.status is ClientState.CONNECTED
+
+
+def test_an_end_deferred_by_a_timeout_is_tried_again_while_the_connection_stays(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    """ZooKeeper frozen for less than the client takes to notice: the
+    unsubscribe's deregistration times out (the server applies it once it
+    runs again), its queue delete is never sent, and the connection outlives
+    the freeze: no reconnect comes to finish it. It is tried again every few
+    seconds."""
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    root = "/deferred-retry"
+    with Client(zk.hosts, root=root, session_timeout=20.0, request_timeout=2.0) as client:
+        sub = client.subscribe("t", lambda message: None)
+        queue = Layout(root).queue(client.client_id, "t")
+        watcher = KazooClient(hosts=zk.hosts, timeout=10.0)
+        watcher.start(timeout=15)
+        try:
+            assert watcher.exists(queue)
+            node.pause()
+            try:
+                sub.unsubscribe()  # times out: what is left is deferred
+            finally:
+                node.resume()
+            assert client.status is ClientState.CONNECTED  # never noticed
+            wait_until(lambda: watcher.exists(queue) is None, 20, "the queue deleted")
+        finally:
+            watcher.stop()

@@ -50,6 +50,8 @@ class SubscriptionRegistry:
         self._unfinished: dict[str, bool] = {}
         # called once a subscription is registered (the session guards it)
         self.on_registered: Callable[[Registered], None] | None = None
+        # called when an end is deferred (the session then tries it again)
+        self.on_deferred: Callable[[], None] | None = None
 
     def registered(self, sub: Registered) -> None:
         with self.lock:  # registered again: a deferred end of the topic is void
@@ -74,6 +76,9 @@ class SubscriptionRegistry:
         connected again: a closing subscription could not."""
         with self.lock:
             self._unfinished[topic] = self._unfinished.get(topic, False) or drop_queue
+        hook = self.on_deferred
+        if hook is not None:
+            hook()
 
     def drop_pending(self, topic: str) -> bool:
         """Whether an unsubscribe of ``topic`` still has its queue to delete."""

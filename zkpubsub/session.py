@@ -63,6 +63,11 @@ GapListener = Callable[[Gap], Any]
 _REGISTRATION_GONE: Final = "registration gone"
 _SUBSCRIPTION_DISTURBED: Final = "subscription disturbed"
 _CLIENT_CHANGED: Final = "client node changed"
+# While subscription ends are deferred (a close with no answer from the
+# server) and the connection is up, they are tried again this often: a
+# request that timed out on a slow server leaves no reconnect to wait for.
+RETRY_UNFINISHED: Final = 5.0
+_ENDS_DEFERRED: Final = "subscription ends deferred"
 
 
 class Session:
@@ -92,6 +97,7 @@ class Session:
         # pump makes a missing queue again at once) has another
         self._queue_czxid: dict[str, int] = {}
         subscriptions.on_registered = self._on_subscription_registered
+        subscriptions.on_deferred = lambda: self._events.put((_ENDS_DEFERRED, time.time()))
         ctx.conn.add_state_listener(lambda state: self._events.put((state, time.time())))
 
     @property
@@ -233,7 +239,13 @@ class Session:
 
     def _supervise(self) -> None:
         while True:
-            event = self._events.get()
+            try:
+                waiting = self._subs.unfinished_topics()
+                event = self._events.get(timeout=RETRY_UNFINISHED if waiting else None)
+            except queue.Empty:
+                if self._ctx.conn.connected.is_set() and not self._ctx.is_closed():
+                    self.finish_unfinished(self._ctx.deadline())
+                continue
             if event is None or self._ctx.is_closed():
                 return
             state, at = event
@@ -259,6 +271,7 @@ class Session:
                 self._on_client_changed()
             elif state == _SUBSCRIPTION_DISTURBED:
                 self._on_subscription_disturbed()
+            # _ENDS_DEFERRED: only wakes the loop, which then waits RETRY_UNFINISHED
 
     def _watch_registration(self) -> None:
         """Watch this client's registration node (watches do not outlive a
