@@ -91,9 +91,11 @@ class SubscriptionRegistry:
             unfinished, self._unfinished = self._unfinished, {}
             return unfinished
 
-    def unfinished_topics(self) -> list[str]:
+    def unfinished_topics(self, *, queues_only: bool = False) -> list[str]:
+        """The topics with a deferred end (``queues_only``: those whose
+        queue is to be deleted, which outlive the session)."""
         with self.lock:
-            return sorted(self._unfinished)
+            return sorted(t for t, drop in self._unfinished.items() if drop or not queues_only)
 
     def get(self, topic: str) -> Registered | None:
         with self.lock:

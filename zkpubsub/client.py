@@ -582,15 +582,16 @@ class Client:
                 logger.debug("closing %r: %s", sub, exc)
             answering = answering and not expired(requests)
         # what subscriptions closed earlier, while no server answered, left
+        # (a registration goes with the session; an unsubscribed queue not)
         if answering and ctx.conn.connected.is_set():
             left = self._session.finish_unfinished(ctx.closing_deadline())
         else:
-            left = self._subs.unfinished_topics()
+            left = self._subs.unfinished_topics(queues_only=True)
         if left:
             logger.warning(
-                "client %s: the subscriptions to %s closed while no server answered and are "
-                "not all ended: a durable one stays registered, and an unsubscribed queue "
-                "stays, until this client id unsubscribes them",
+                "client %s: unsubscribed while no server answered, the queues of %s stay "
+                "(with a durable registration) until this client id unsubscribes again, "
+                "or the cleaner removes them once it is gone for its grace",
                 self.client_id,
                 left,
             )

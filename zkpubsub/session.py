@@ -68,6 +68,7 @@ _CLIENT_CHANGED: Final = "client node changed"
 # request that timed out on a slow server leaves no reconnect to wait for.
 RETRY_UNFINISHED: Final = 5.0
 _ENDS_DEFERRED: Final = "subscription ends deferred"
+PROBE_TIMEOUT: Final = 2.0  # the wait for the read that shows the server answers
 
 
 class Session:
@@ -243,7 +244,7 @@ class Session:
                 waiting = self._subs.unfinished_topics()
                 event = self._events.get(timeout=RETRY_UNFINISHED if waiting else None)
             except queue.Empty:
-                if self._ctx.conn.connected.is_set() and not self._ctx.is_closed():
+                if self._answering():
                     self.finish_unfinished(self._ctx.deadline())
                 continue
             if event is None or self._ctx.is_closed():
@@ -604,10 +605,26 @@ class Session:
         self._set_state(ClientState.CONNECTED)
         self.finish_unfinished(ctx.deadline())
 
+    def _answering(self) -> bool:
+        """Whether the server answers a read now (a short one, outside the
+        registry's lock: the deferred ends then hold it only when they can
+        be done, not while a frozen server keeps a close or subscribe waiting)."""
+        ctx = self._ctx
+        if ctx.is_closed() or not ctx.conn.connected.is_set():
+            return False
+        kazoo, root = ctx.conn.kazoo, ctx.layout.root_path
+        try:
+            probe = ctx.deadline(min(PROBE_TIMEOUT, ctx.config.request_timeout))
+            ctx.conn.call(lambda: kazoo.exists_async(root), probe, "probe")
+        except ZkPubSubError:
+            return False
+        return True
+
     def finish_unfinished(self, deadline: float | None) -> list[str]:
         """Deregister (and delete the queues of) the subscriptions closed
         while no server answered (see ``Subscription._deregister``); what
-        fails again waits for the next connection. Returns the topics left."""
+        fails again waits for the next connection. Returns the topics whose
+        queue is left (a registration left goes with the session)."""
         ctx = self._ctx
         with self._subs.lock:
             unfinished = self._subs.take_unfinished()
@@ -622,4 +639,4 @@ class Session:
                     logger.warning("ending the subscription to %r: %s; again later", topic, exc)
                 else:
                     logger.info("the subscription to %r is ended now", topic)
-            return self._subs.unfinished_topics()
+            return self._subs.unfinished_topics(queues_only=True)

@@ -667,5 +667,7 @@ class Subscription:
                     raise
                 self._registry.defer(self._topic, drop_queue)
                 logger.warning(
-                    "subscription %r: %s; it is finished once connected again", self._topic, exc
+                    "subscription %r: %s; the client finishes it once the server answers",
+                    self._topic,
+                    exc,
                 )
