@@ -15,7 +15,7 @@ It prints one JSON line with the addresses, then serves until Ctrl-C::
     curl http://127.0.0.1:PORT1/users/1
     curl -X PUT http://127.0.0.1:PORT2/users/1 -H 'content-type: application/json' \\
          -d '{"name": "Grace"}'
-    curl http://127.0.0.1:PORT3/users/1            # Grace, at once
+    curl http://127.0.0.1:PORT3/users/1            # Grace, within milliseconds
     curl http://127.0.0.1:PORT1/metrics
     curl http://127.0.0.1:PORT1/health/ready
 
@@ -159,40 +159,48 @@ def _ready(url: str) -> bool:
 def launch(args: argparse.Namespace) -> int:
     from zkpubsub.testing import ZooKeeperCluster, free_ports
 
-    workdir = Path(tempfile.mkdtemp(prefix="cache-service-"))
-    db = workdir / "users.db"
-    init_db(db)
-    cluster = None
-    hosts = args.hosts
-    if hosts is None:
-        cluster = ZooKeeperCluster(1, base_dir=workdir / "zookeeper").start()
-        hosts = cluster.hosts
     stopping: list[int] = []
+    # before anything is started: a SIGTERM then stops what was started
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    workdir = Path(tempfile.mkdtemp(prefix="cache-service-"))
+    cluster = None
     instances: list[subprocess.Popen[bytes]] = []
     try:
+        db = workdir / "users.db"
+        init_db(db)
+        hosts = args.hosts
+        if hosts is None:
+            cluster = ZooKeeperCluster(1, base_dir=workdir / "zookeeper")
+            cluster.start()  # closed below even if interrupted while it starts
+            hosts = cluster.hosts
         ports = free_ports(args.instances)
         for i, port in enumerate(ports, 1):
+            if stopping:
+                return 0
             command = [sys.executable, __file__, "serve", "--hosts", hosts, "--root", args.root]
             command += ["--db", str(db), "--port", str(port), "--name", f"instance-{i}"]
             instances.append(subprocess.Popen(command))
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         deadline = time.monotonic() + 60
         while not all(_ready(url) for url in urls):
+            if stopping:
+                return 0
             if time.monotonic() > deadline or any(p.poll() is not None for p in instances):
                 print("an instance did not start", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         print(json.dumps({"zookeeper": hosts, "instances": urls}), flush=True)
-        try:
-            while not stopping and all(p.poll() is None for p in instances):
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
+        while not stopping and all(p.poll() is None for p in instances):
+            time.sleep(0.2)
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C
         return 0
     finally:
         for process in instances:
-            process.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly on it
+            # SIGTERM, not SIGINT: after a terminal's Ctrl-C, which reached
+            # them too, uvicorn takes a second SIGINT for a forced quit (and
+            # skips the shutdown that closes the cache and the client)
+            process.send_signal(signal.SIGTERM)
         for process in instances:
             try:
                 process.wait(20)

@@ -59,3 +59,57 @@ def test_a_write_on_one_instance_invalidates_the_others() -> None:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait(10)
+
+
+def test_a_sigterm_while_the_service_starts_leaves_nothing_running() -> None:
+    """A SIGTERM while the launcher started its ZooKeeper killed the
+    launcher (143) before its clean-up began: the ZooKeeper, in a session of
+    its own, ran on for good, with its folder."""
+    import tempfile
+
+    def folders() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("cache-service-*"))
+
+    before = folders()
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT_DIR / "examples" / "cache_service.py"), "--instances", "2"],
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT_DIR,
+    )
+    try:
+        wait_until(lambda: folders() - before, 60, "the launcher's folder")
+        (folder,) = folders() - before
+        launcher.send_signal(signal.SIGTERM)  # its ZooKeeper is starting
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert not folder.exists()
+    java = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
+    assert java.stdout == "", java.stdout
+
+
+def test_a_terminals_ctrl_c_shuts_every_instance_down_cleanly() -> None:
+    """Ctrl-C reaches the whole foreground group; the launcher sent each
+    instance a second SIGINT, which uvicorn takes for a forced quit: it
+    skipped the shutdown that closes the cache and the client (tracebacks)."""
+    import os
+
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT_DIR / "examples" / "cache_service.py"), "--instances", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT_DIR,
+        start_new_session=True,  # a group of its own, as a terminal's job
+    )
+    try:
+        assert launcher.stdout is not None
+        assert json.loads(launcher.stdout.readline())["instances"]
+        os.killpg(launcher.pid, signal.SIGINT)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0
+    assert "Traceback" not in err, err
