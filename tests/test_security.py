@@ -481,6 +481,7 @@ def test_a_registration_deleted_by_another_client_is_written_again_with_a_gap(
     gaps: list[Gap] = []
     sub.add_gap_listener(gaps.append)
     s = sub.subscribe("t")
+    s.backlog(timeout=10)  # a round trip: the guard's watches are set on the server
     layout = Layout(sub.config.root)
     path = {
         "subscription node": layout.subscriber("t", sub.client_id),
@@ -507,7 +508,11 @@ def test_a_registration_changed_by_another_client_is_put_back_with_a_gap(
     sub = make_client(client_id="guarded")
     gaps: list[Gap] = []
     sub.add_gap_listener(gaps.append)
-    sub.subscribe("t", durable=True)
+    subscription = sub.subscribe("t", durable=True)
+    # the guard's watches are asked for as subscribe returns: a round trip
+    # on the client's own session makes sure the server has set them before
+    # another client changes the node
+    subscription.backlog(timeout=10)
     layout = Layout(sub.config.root)
     path = (
         layout.subscriber("t", sub.client_id)
