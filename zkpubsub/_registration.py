@@ -40,7 +40,7 @@ from ._deadlines import deadline_after, expired
 from ._tree import delete_tree
 from ._version import __version__
 from .backlog import INLINE_BYTES, Backlog, QueueRecord
-from .connection import first_error
+from .connection import first_error, translated
 from .errors import ClientIdInUse, ConnectionLost, NotAuthorized, OperationTimeout
 from .layout import NodeKind, join, split_queue
 
@@ -49,6 +49,7 @@ __all__ = [
     "create_ephemeral",
     "delete_queue",
     "describe_holder",
+    "end_subscription",
     "holder_is_dead",
     "prepare_queue",
     "process_identity",
@@ -414,6 +415,26 @@ def delete_queue(ctx: Context, topic: str, deadline: float | None) -> None:
     delete_tree(ctx.conn, ctx.layout.queue(ctx.client_id, topic), deadline)
     with contextlib.suppress(NotEmptyError):  # other topics' queues remain
         ctx.conn.delete(ctx.layout.client_messages(ctx.client_id), deadline)
+
+
+def end_subscription(
+    ctx: Context,
+    topic: str,
+    deadline: float | None,
+    *,
+    unregister: bool,
+    drop_queue: bool,
+    once: bool,
+) -> None:
+    """End this client's subscription to ``topic``: remove its registration
+    (if ``unregister``; ``once`` as for ``unregister_subscription``), then
+    its queue with the backlog (if ``drop_queue``). Errors are
+    ``ZkPubSubError``s of an ``unsubscribe``."""
+    with translated(f"unsubscribe from {topic!r}"):
+        if unregister:
+            unregister_subscription(ctx, topic, deadline, once=once)
+        if drop_queue:
+            delete_queue(ctx, topic, deadline)
 
 
 def check_purge(ctx: Context, deadline: float | None, subscribed: Iterable[str]) -> list[str]:

@@ -91,6 +91,11 @@ class SubscriptionRegistry:
             unfinished, self._unfinished = self._unfinished, {}
             return unfinished
 
+    def has_unfinished(self) -> bool:
+        """Whether any subscription's end is deferred."""
+        with self.lock:
+            return bool(self._unfinished)
+
     def unfinished_topics(self, *, queues_only: bool = False) -> list[str]:
         """The topics with a deferred end (``queues_only``: those whose
         queue is to be deleted, which outlive the session)."""

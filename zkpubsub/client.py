@@ -22,7 +22,7 @@ from ._context import CLOSING_REQUEST_TIMEOUT, Context
 from ._deadlines import expired
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._pump import ReceivePump, WatchMode
-from ._registration import delete_queue, unregister_subscription
+from ._registration import end_subscription
 from ._registry import SubscriptionRegistry
 from .backlog import Backlog, WhenFull
 from .config import (
@@ -460,10 +460,15 @@ class Client:
         if isinstance(sub, Subscription):
             sub.unsubscribe()
             return
-        with self._subs.lock, translated(f"unsubscribe from {topic!r}"):
-            deadline = self._ctx.deadline()
-            unregister_subscription(self._ctx, topic, deadline)
-            delete_queue(self._ctx, topic, deadline)
+        with self._subs.lock:
+            end_subscription(
+                self._ctx,
+                topic,
+                self._ctx.deadline(),
+                unregister=True,
+                drop_queue=True,
+                once=False,
+            )
 
     # -- work queues -----------------------------------------------------------------------
 

@@ -37,12 +37,11 @@ from ._context import Context
 from ._deadlines import deadline_after
 from ._registration import (
     check_purge,
-    delete_queue,
+    end_subscription,
     register_client,
     register_subscription,
     restore_client_data,
     restore_subscription,
-    unregister_subscription,
 )
 from ._registry import Registered, SubscriptionRegistry
 from .backlog import EVICTED, QueueRecord
@@ -241,7 +240,7 @@ class Session:
     def _supervise(self) -> None:
         while True:
             try:
-                waiting = self._subs.unfinished_topics()
+                waiting = self._subs.has_unfinished()
                 event = self._events.get(timeout=RETRY_UNFINISHED if waiting else None)
             except queue.Empty:
                 if self._answering():
@@ -630,10 +629,9 @@ class Session:
             unfinished = self._subs.take_unfinished()
             for topic, drop_queue in unfinished.items():
                 try:
-                    with translated(f"unsubscribe from {topic!r}"):
-                        unregister_subscription(ctx, topic, deadline, once=True)
-                        if drop_queue:
-                            delete_queue(ctx, topic, deadline)
+                    end_subscription(
+                        ctx, topic, deadline, unregister=True, drop_queue=drop_queue, once=True
+                    )
                 except ZkPubSubError as exc:
                     self._subs.defer(topic, drop_queue)
                     logger.warning("ending the subscription to %r: %s; again later", topic, exc)

@@ -44,7 +44,7 @@ from ._callables import refuse_awaitable
 from ._context import Context
 from ._deadlines import deadline_after, remaining
 from ._pump import ReceivePump
-from ._registration import delete_queue, register_subscription, unregister_subscription
+from ._registration import delete_queue, end_subscription, register_subscription
 from ._registry import SubscriptionRegistry
 from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
@@ -653,15 +653,18 @@ class Subscription:
             unregister = self._registered and (drop_queue or not self._durable)
             if unregister and ctx.is_closed() and not self._durable:
                 unregister = ctx.conn.connected.is_set()
+            # Done, raised (closing: the session's end removes it) or
+            # deferred (the deferred end always deregisters).
+            self._registered = self._registered and not unregister
             try:
-                with translated(f"unsubscribe from {self._topic!r}"):
-                    if unregister:
-                        unregister_subscription(
-                            ctx, self._topic, deadline, once=not ctx.is_closed()
-                        )
-                        self._registered = False
-                    if drop_queue:
-                        delete_queue(ctx, self._topic, deadline)
+                end_subscription(
+                    ctx,
+                    self._topic,
+                    deadline,
+                    unregister=unregister,
+                    drop_queue=drop_queue,
+                    once=not ctx.is_closed(),
+                )
             except (ConnectionLost, OperationTimeout) as exc:
                 if ctx.is_closed():
                     raise
