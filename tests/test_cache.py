@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import AlreadySubscribed, Client, ClientClosed, Message
+from zkpubsub import AlreadySubscribed, Client, ClientClosed, ClientState, Message
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
@@ -324,6 +324,25 @@ def test_a_cut_off_instance_stops_serving_what_it_kept_and_keeps_nothing_until_b
         reads = source.reads
         assert cut_off.get("user:0") == "v2" and source.reads == reads
         assert cut_off.stats().cut_offs == 1
+
+
+def test_a_late_state_notification_does_not_cut_off_a_connected_instance(
+    make_client: MakeClient,
+) -> None:
+    """A notification of ``SUSPENDED`` delivered after the client is
+    connected again (the start's own look at the state, or a newer
+    notification, came first) must not start a cut-off: before, the cache
+    took the state named for the client's, and kept nothing while
+    connected until the next change."""
+    source = Source()
+    cache = InvalidatingCache(make_client(session_timeout=3.0), "users", source.load)
+    assert cache.get("user:0") == "v1"
+    cache._on_state(ClientState.SUSPENDED)  # the listener, as a late notification calls it
+    time.sleep(1.5)  # past the cut-off's third of the session timeout
+    reads = source.reads
+    assert cache.get("user:0") == "v1" and cache.get("user:1") == "v1"
+    assert cache.get("user:1") == "v1" and source.reads == reads + 1
+    assert cache.stats().cut_offs == 0
 
 
 def test_tuple_keys_invalidate_every_instance_and_a_foreign_message_clears(

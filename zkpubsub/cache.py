@@ -162,10 +162,15 @@ class _Entries(Generic[K, V]):
             self._cut_off = True
             self._counts["cut_offs"] += 1
 
-    def connection(self, connected: bool) -> None:
-        """The client's connection came back (``True``) or went away."""
+    def connection(self, state: Callable[[], ClientState]) -> None:
+        """The client's connection came back or went away: ``state()``
+        says which, read under the lock, so that of two notifications the
+        one applied last applies the newest state."""
         with self._lock:
-            if connected:
+            now = state()
+            if now is ClientState.CLOSED:
+                return
+            if now is ClientState.CONNECTED:
                 self._cut_since, self._cut_off = None, False
             elif self._cut_since is None:
                 self._cut_since = time.monotonic()
@@ -264,6 +269,7 @@ class _Listening(Generic[K, V]):
     _entries: _Entries[K, V]
     _topic: str
     _client_id: str
+    _listened: Client | None = None  # the client whose state counts
 
     def _on_message(self, message: Message) -> None:
         if message.publisher_id == self._client_id:
@@ -286,10 +292,15 @@ class _Listening(Generic[K, V]):
             self._entries.clear()
 
     def _on_state(self, state: ClientState) -> None:
-        if state is not ClientState.CLOSED:
-            self._entries.connection(state is ClientState.CONNECTED)
+        # The state named may be older than the client's (a notification
+        # can arrive after the start's own look, or after a newer one's
+        # delivery): the client's is what counts.
+        client = self._listened
+        if client is not None:
+            self._entries.connection(lambda: client.status)
 
     def _listen(self, client: Client) -> None:
+        self._listened = client
         client.add_gap_listener(self._on_gap)
         client.add_listener(self._on_state)
         self._on_state(client.status)
