@@ -366,17 +366,31 @@ def one_line(err: str) -> bool:
     return err.strip().splitlines() == [err.strip()] and "Traceback" not in err
 
 
+BAD_ENVIRONMENTS = {
+    "acl": ({"ZKPUBSUB_ACL": "foo"}, "$ZKPUBSUB_ACL is 'open' or 'secured', not 'foo'"),
+    "tls": ({"ZKPUBSUB_TLS_CA": "/nonexistent/ca.pem"}, "'/nonexistent/ca.pem' is not a readable"),
+    "no-file": ({"ZKPUBSUB_CREDENTIALS": "/nonexistent.toml"}, "which is not a file"),
+    "bad-toml": ({"ZKPUBSUB_CREDENTIALS": "BAD_TOML"}, "credentials: "),
+    # only for commands that create nodes (``stats`` reads, and may)
+    "secured-without-credentials": ({"ZKPUBSUB_ACL": "secured"}, "names the client's own identity"),
+}
+# the gateway's port is free: a gateway that got past the check would serve
+BAD_ENVIRONMENT_COMMANDS = {
+    "publish": ["publish", "t", "x"],
+    "stats": ["stats"],
+    "gateway": ["gateway", "--port", str(free_ports(1)[0])],
+}
+
+
 @pytest.mark.parametrize(
-    ("env", "says"),
+    ("env", "says", "command"),
     [
-        ({"ZKPUBSUB_ACL": "foo"}, "$ZKPUBSUB_ACL is 'open' or 'secured', not 'foo'"),
-        ({"ZKPUBSUB_TLS_CA": "/nonexistent/ca.pem"}, "'/nonexistent/ca.pem' is not a readable"),
-        ({"ZKPUBSUB_CREDENTIALS": "/nonexistent.toml"}, "which is not a file"),
-        ({"ZKPUBSUB_CREDENTIALS": "BAD_TOML"}, "credentials: "),
+        pytest.param(env, says, command, id=f"{name}-{env_name}")
+        for name, command in BAD_ENVIRONMENT_COMMANDS.items()
+        for env_name, (env, says) in BAD_ENVIRONMENTS.items()
+        if not (name == "stats" and env_name == "secured-without-credentials")
     ],
-    ids=["acl", "tls", "no-file", "bad-toml"],
 )
-@pytest.mark.parametrize("command", [["publish", "t", "x"], ["stats"]], ids=" ".join)
 def test_bad_credentials_in_the_environment_are_one_line_and_exit_code_2(
     zk_hosts: str,
     zk_root: str,
@@ -464,8 +478,8 @@ def test_subscribe_says_in_one_line_that_it_could_not_close_on_an_unanswering_se
     ) or line.startswith("WARNING zkpubsub.subscription: subscription 't'"), line
 
 
-def interrupted(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
+def interrupted(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
+    proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -473,10 +487,25 @@ def interrupted(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def test_ctrl_c_before_a_command_is_done_is_one_line_and_exit_code_130(
-    make_client: MakeClient, zk_hosts: str, zk_root: str, raw_zk: KazooClient
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [
+        (signal.SIGINT, 130, "Error: interrupted (Ctrl-C) before the command was done"),
+        # before, SIGTERM ended the process where it stood (its client's
+        # nodes stayed to the session's end, a reservation to its lease's)
+        (signal.SIGTERM, 143, "Error: terminated (SIGTERM) before the command was done"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_before_a_command_is_done_is_one_line_and_exit_code_130_or_143(
+    make_client: MakeClient,
+    zk_hosts: str,
+    zk_root: str,
+    raw_zk: KazooClient,
+    sig: int,
+    code: int,
+    said: str,
 ) -> None:
-    said = "Error: interrupted (Ctrl-C) before the command was done"
     base = ("--hosts", zk_hosts, "--root", zk_root)
     make_client().queue("jobs")  # the queue exists: reserve waits in it
     clients = f"{zk_root}/clients"
@@ -484,16 +513,16 @@ def test_ctrl_c_before_a_command_is_done_is_one_line_and_exit_code_130(
     reserve = cli_process(*base, "queue", "reserve", "jobs", "--timeout", "60")
     wait_until(lambda: set(raw_zk.get_children(clients)) - before, what="the reserve's client")
     time.sleep(0.5)  # waiting in reserve
-    out = interrupted(reserve)
-    assert reserve.returncode == 130, out
+    out = interrupted(reserve, sig)
+    assert reserve.returncode == code, out
     assert out.strip() == said, out
     assert set(raw_zk.get_children(clients)) == before  # its client closed on the way out
 
     put = cli_process(*base, "queue", "put", "jobs", "x", "--wait-result", "60")
     assert put.stdout is not None
     ticket = put.stdout.readline().strip()  # the item is in: waiting for its result
-    out = interrupted(put)
-    assert put.returncode == 130, out
+    out = interrupted(put, sig)
+    assert put.returncode == code, out
     assert out.strip() == said, (ticket, out)
 
     (port,) = free_ports(1)  # nothing listens there: connecting
@@ -509,6 +538,6 @@ def test_ctrl_c_before_a_command_is_done_is_one_line_and_exit_code_130(
     assert connecting.stdout.readline().strip() == "imported"  # not interrupted in an import
     time.sleep(0.5)  # connecting
     started = time.monotonic()
-    out = interrupted(connecting)
-    assert connecting.returncode == 130, out
+    out = interrupted(connecting, sig)
+    assert connecting.returncode == code, out
     assert out.strip() == said and time.monotonic() - started < 10, out

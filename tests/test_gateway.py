@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -69,8 +68,9 @@ def gateway_url(zookeeper: ZooKeeperBackend, root: str) -> Iterator[str]:
         zookeeper.hosts, root, TOKENS, args=["--ack-deadline", "2", "--max-wait", "10"]
     )
     yield url
-    # uvicorn ends a graceful shutdown by raising the signal again
-    assert stop_gateway(process) in (0, -signal.SIGTERM)
+    # uvicorn ends a graceful shutdown by raising the signal again: the
+    # command ignores it, and is done
+    assert stop_gateway(process) == 0
     assert "Traceback" not in log_of(process)
 
 

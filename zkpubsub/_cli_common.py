@@ -47,6 +47,16 @@ class Interrupted(click.ClickException):
         super().__init__("interrupted (Ctrl-C) before the command was done")
 
 
+class Terminated(click.ClickException):
+    """SIGTERM before a command was done: one line, exit code 143 (128 +
+    SIGTERM, as a shell reports a program that SIGTERM ended)."""
+
+    exit_code = 143
+
+    def __init__(self) -> None:
+        super().__init__("terminated (SIGTERM) before the command was done")
+
+
 def close_or_say(what: str, close: Callable[[], object]) -> None:
     """Close ``what`` on the way out of a command; an error doing so (the
     server stopped answering...) is one line on stderr, not a traceback,

@@ -3,6 +3,9 @@ imported only when it runs, so the program works without its extra)."""
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from ._cli_common import BadOption, CliContext, pass_ctx, positive, whole
@@ -123,7 +126,16 @@ def gateway(
     scheme = "https" if tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"zkpubsub gateway on {scheme}://{shown}:{port} (API docs at /docs)", err=True)
+    # uvicorn ends on SIGINT or SIGTERM after a graceful shutdown, then
+    # raises the signal again for the handler it found: ignored here, so a
+    # gateway so ended is done (exit code 0), not interrupted.
+    ended = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    found = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ended} if in_main else {}
     try:
         serve(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
     except ValueError as exc:
         raise BadOption(str(exc)) from exc
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

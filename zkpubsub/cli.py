@@ -29,6 +29,7 @@ from ._cli_common import (
     BadOption,
     CliContext,
     Interrupted,
+    Terminated,
     close_or_say,
     name_of,
     not_negative,
@@ -99,16 +100,42 @@ def _configure_logging(verbose: int, level: str | None) -> None:
     kazoo.setLevel("DEBUG" if verbose > 1 else "WARNING" if verbose else "CRITICAL")
 
 
+class _SigTerm(BaseException):
+    """SIGTERM arrived: raised where the program was, as Ctrl-C raises
+    ``KeyboardInterrupt``, so that what it made is closed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM while the command closes what it made is
+    # ignored (closing waits at most the client's close timeout).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _SigTerm
+
+
 class _Program(click.Group):
     """The program's command group: Ctrl-C in a command that does not end
     on it by design (subscribe, top, cleaner, dev-server do) is one line
-    and exit code 130, not click's "Aborted!" and 1."""
+    and exit code 130, not click's "Aborted!" and 1; SIGTERM there is one
+    line and exit code 143 after closing what the command made, not the
+    end of the process where it stood (a reservation held to its lease's
+    end, a client's nodes to its session's)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return self._invoke(ctx)  # signals are the main thread's
+        found = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return self._invoke(ctx)
+        finally:
+            signal.signal(signal.SIGTERM, found if found is not None else signal.SIG_DFL)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise Interrupted() from None
+        except _SigTerm:
+            raise Terminated() from None
 
 
 @click.group(cls=_Program)

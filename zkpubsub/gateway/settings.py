@@ -11,6 +11,7 @@ from ..config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_TRANSACTION_BYTES,
     DEFAULT_SESSION_TIMEOUT,
+    ClientConfig,
     parse_hosts,
 )
 from ..layout import DEFAULT_ROOT, validate_root
@@ -89,3 +90,12 @@ class GatewaySettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        # what the gateway's own clients will be made with, checked before it
+        # serves (an ACL policy naming no identity, for one)
+        ClientConfig(
+            hosts=self.hosts,
+            root=self.root,
+            session_timeout=self.session_timeout,
+            connect_timeout=self.connect_timeout,
+            **self.security.options(),
+        )
