@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import AlreadySubscribed, Client, ClientClosed, ClientState, Message
+from zkpubsub import (
+    AlreadySubscribed,
+    Client,
+    ClientClosed,
+    ClientState,
+    Message,
+    PayloadTooLarge,
+    SerializationError,
+)
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
@@ -376,6 +384,40 @@ def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None
     # nothing was left subscribed by the refused ones
     cache = InvalidatingCache(client, "bad", str)
     assert cache.get(1) == "1"
+
+
+@pytest.mark.anyio
+async def test_a_key_no_instance_could_invalidate_is_refused_before_loading(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    """Before, ``get`` kept the value of a key too large to publish (or one
+    the serializer cannot encode) and ``invalidate`` then raised: a copy no
+    instance could ever drop."""
+    loads: list[object] = []
+
+    def loader(key: object) -> str:
+        loads.append(key)
+        return "value"
+
+    big = "k" * 2_000
+    cache = InvalidatingCache(make_client(max_message_bytes=1_000), "keys", loader)
+    with pytest.raises(PayloadTooLarge):
+        cache.get(big)
+    with pytest.raises(SerializationError):
+        cache.get(frozenset({1}))
+    assert loads == [] and len(cache) == 0
+    assert cache.get("small") == "value" and loads == ["small"]
+
+    async with (
+        await AsyncClient.connect(zk_hosts, root=zk_root, max_message_bytes=1_000) as client,
+        AsyncInvalidatingCache(client, "keys", loader) as acache,
+    ):
+        with pytest.raises(PayloadTooLarge):
+            await acache.get(big)
+        with pytest.raises(SerializationError):
+            await acache.get(frozenset({1}))
+        assert loads == ["small"] and len(acache) == 0
+        assert await acache.get("other") == "value" and loads == ["small", "other"]
 
 
 @pytest.mark.anyio

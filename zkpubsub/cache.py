@@ -37,7 +37,11 @@ Guarantees:
   keeps nothing.
 
 Keys travel as message payloads: use ``str`` keys (``int``, ``bytes`` and
-tuples of them work with the default serializer too). A message on the
+tuples of them work with the default serializer too). A key that could not
+be invalidated (the client's serializer cannot encode it, or it is larger
+than ``max_message_bytes``) is refused by ``get`` before the loader runs,
+with the error ``invalidate`` would raise (``SerializationError``,
+``PayloadTooLarge``): nothing is kept that no instance could drop. A message on the
 topic that names no possible key (one another publisher sent) clears the
 cache. Optional ``ttl`` (seconds) and
 ``max_size`` (least recently used first out) bound what is kept.
@@ -395,6 +399,7 @@ class InvalidatingCache(_Listening[K, V]):
         if hit:
             return value  # type: ignore[return-value]
         try:
+            self._client._check_message(self._topic, key)
             value = self._loader(key)
         except BaseException:
             self._entries.failed(key)
@@ -519,6 +524,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         if hit:
             return value  # type: ignore[return-value]
         try:
+            self._client.sync._check_message(self._topic, key)
             loaded: Any = self._loader(key)
             if inspect.isawaitable(loaded):
                 loaded = await loaded

@@ -340,6 +340,12 @@ class Client:
         that settles it instead of a future. ``on_done`` must never block."""
         self._submit(topic, payloads, headers, timeout, require_subscribers, False, on_done)
 
+    def _check_message(self, topic: str, payload: Any) -> None:
+        """Internal, for the cache: raise what publishing ``payload`` on
+        ``topic`` would raise for the message itself (``SerializationError``,
+        ``PayloadTooLarge``, ``ValueError``), sending nothing."""
+        self._publisher.entries(topic, [payload], None)
+
     def _submit(
         self,
         topic: str,
