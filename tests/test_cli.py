@@ -111,6 +111,8 @@ def test_stats_shows_topics_and_backlog(
     doc = json.loads(out)
     assert doc["topics"] == {"orders": ["idle-reader"]}
     assert doc["queues"][0]["backlog"] == 2
+    # every node created in the queue (and deleted), as the console counts them
+    assert doc["queues"][0]["changes"] == 2
 
 
 def test_the_cleaner_command_leads_and_stops_on_sigterm(zk_hosts: str, zk_root: str) -> None:

@@ -415,6 +415,7 @@ def stats(ctx: CliContext, as_json: bool) -> None:
                     "backlog": q.backlog,
                     "live": q.live,
                     "subscribed": q.subscribed,
+                    "changes": q.changes,
                 }
                 for q in snapshot.queues
             ],
