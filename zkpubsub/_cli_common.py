@@ -37,6 +37,12 @@ class BadOption(click.ClickException):
     exit_code = 2
 
 
+def failure(exc: Exception) -> click.ClickException:
+    """What the bus or the server refused, or a payload the library could
+    not take: one line naming the error, exit code 1."""
+    return click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
 class Interrupted(click.ClickException):
     """Ctrl-C before a command was done: one line, exit code 130 (128 + SIGINT,
     as a shell reports a program that SIGINT ended)."""
@@ -110,7 +116,7 @@ class CliContext:
                 **kwargs,
             )
         except ZkPubSubError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc) from exc
         except ValueError as exc:
             raise BadOption(str(exc)) from exc
 
@@ -128,7 +134,7 @@ class CliContext:
                 tls=security.tls,
             )
         except ZkPubSubError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc) from exc
         except ValueError as exc:
             raise BadOption(str(exc)) from exc
 
@@ -236,7 +242,7 @@ def read_or_fail(read: Callable[[], T]) -> T:
     try:
         return read()
     except ZkPubSubError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise failure(exc) from exc
     except ValueError as exc:
         raise BadOption(str(exc)) from exc
 

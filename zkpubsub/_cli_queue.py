@@ -12,6 +12,7 @@ import click
 from ._cli_common import (
     BadOption,
     CliContext,
+    failure,
     name_of,
     not_negative,
     parse_headers,
@@ -89,7 +90,7 @@ def queue_put(
             for item_id in q.put_many(items, priority=priority, headers=headers):
                 click.echo(item_id)
         except (ZkPubSubError, ValueError, TypeError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc) from exc
 
 
 @queue.command("reserve")
@@ -119,7 +120,7 @@ def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> 
             else:
                 item.ack()
         except ZkPubSubError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc) from exc
         except ValueError as exc:
             raise BadOption(str(exc)) from exc
 

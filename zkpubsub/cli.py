@@ -31,6 +31,7 @@ from ._cli_common import (
     Interrupted,
     Terminated,
     close_or_say,
+    failure,
     name_of,
     not_negative,
     parse_headers,
@@ -291,7 +292,7 @@ def publish(
                 )
                 click.echo(f"{receipt.message_id}  {receipt.subscribers} subscriber(s)")
         except (ZkPubSubError, ValueError, TypeError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise failure(exc) from exc
 
 
 def _show(msg: Message) -> str:
@@ -344,7 +345,7 @@ def subscribe(
             try:
                 sub = client.subscribe(topic)
             except (ZkPubSubError, ValueError) as exc:
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+                raise failure(exc) from exc
             on_exit.callback(close_or_say, f"subscription to {topic!r}", sub.close)
             click.echo(f"subscribed to {topic!r} as {client.client_id}", err=True)
             _print_messages(sub, stop, count, timeout, json_lines)
