@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -125,6 +126,10 @@ def test_two_gateways_side_by_side_share_topics_and_queues_and_one_holds_a_subsc
         assert b.post(f"/topics/{topic}/messages", json="via two").json()["subscribers"] == 1
         held = b.post(f"/subscriptions/{name}/pull", json={})
         assert held.status_code == 409 and held.json()["error"] == "ClientIdInUse"
+        # nothing of the holder's machine: its host and pid are the bus's business
+        detail = held.json()["detail"]
+        assert "held by another live session" in detail, detail
+        assert socket.gethostname() not in detail and "pid" not in detail, detail
         assert pull_payloads(a, name, 1) == ["via two"]
         b.post(f"/queues/{queue}/items", json="work")
         [item] = a.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]

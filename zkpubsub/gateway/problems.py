@@ -130,11 +130,17 @@ def problem_for(exc: errors.ZkPubSubError) -> Problem:
     if isinstance(exc, errors.PublishTimeout):
         extra["message_ids"] = list(exc.message_ids)
     headers = {"Retry-After": "1"} if status == 503 else None
+    detail = str(exc)
+    if isinstance(exc, errors.ClientIdInUse):  # its text names the holder's host and pid
+        detail = (
+            f"client id {exc.client_id!r} is held by another live session "
+            "(another gateway, or one whose session has not ended yet)"
+        )
     return Problem(
         status,
         slug,
         title,
-        without_paths(str(exc)),
+        without_paths(detail),
         error=type(exc).__name__,
         headers=headers,
         **extra,
