@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,6 +160,40 @@ def test_the_demo_runs_and_checks_itself() -> None:
     assert "queue: 20/20 tasks acked, 0 ready, 0 reserved, 0 dead" in out
     assert "task 7 came back" in out
     assert "HTTP: pulled it and acked it (200, 1 acked)" in out  # the gateway, over HTTP
+
+
+@pytest.mark.local_install
+def test_a_demo_ended_by_sigterm_stops_what_it_started() -> None:
+    """Before, SIGTERM ended the demo where it stood and left its
+    ZooKeeper, its gateway and its subscriber processes running."""
+    proc = cli_process("demo", "--messages", "300")
+    assert proc.stdout is not None
+    hosts = url = ""
+    try:
+        for line in proc.stdout:
+            if "ZooKeeper serving at " in line:
+                hosts = line.split("ZooKeeper serving at ")[1].split()[0]
+            elif "HTTP gateway at " in line:
+                url = line.split("HTTP gateway at ")[1].split()[0]
+            elif "published 100/" in line:
+                break
+        assert hosts and url, (hosts, url)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    assert "Error: terminated (SIGTERM) before the command was done" in out
+    for address in (hosts, url.split("//")[1]):
+        host, port = address.rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 2):
+            pass  # nothing listens there any more
+    left = []
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and hosts.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+    assert left == [], left  # no subscriber process of the demo's
 
 
 def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:
