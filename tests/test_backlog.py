@@ -5,6 +5,7 @@ without losing order."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -228,6 +229,56 @@ def test_a_bound_past_a_java_long_is_refused_and_one_read_is_taken_as_the_larges
     record = QueueRecord.decode(old.replace(b"1e40", b"1" + b"0" * 40))
     assert record is not None and record.segment == 3
     assert (record.backlog.max_nodes, record.backlog.max_bytes) == (2**31 - 1, 7)
+
+
+def test_a_record_another_client_wrote_keeps_its_segment_and_what_this_one_does_not_know() -> None:
+    """Before, a record with a ``when_full`` not known here (or a bound out
+    of range) read as no record at all: publishers took the queue for one
+    from before segments, and every rewrite dropped the fields they did not
+    know."""
+    newer = {
+        "v": 3,
+        "segment": 4,
+        "max_nodes": 0,
+        "max_bytes": "lots",
+        "when_full": "block",
+        "inline": 512,
+        "priority": [1, 2],
+    }
+    record = QueueRecord.decode(json.dumps(newer).encode())
+    assert record is not None and record.segment == 4 and record.inline == 512
+    assert record.backlog == Backlog(1, Backlog().max_bytes, "drop")
+    moved = json.loads(record.next().encode())
+    assert moved["segment"] == 5 and moved["priority"] == [1, 2] and moved["inline"] == 512
+    for unreadable in (b"", b"not json", b"[3]", b'{"segment": -1}', b'{"segment": "4"}'):
+        assert QueueRecord.decode(unreadable) is None, unreadable
+    assert QueueRecord.decode(b'{"segment": true}') is None
+
+
+def test_a_queue_whose_record_a_newer_client_wrote_is_published_to_as_it_says(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """A subscriber's record with a mode this version does not know: before,
+    its guard took the record for tampering (a gap) and wrote it anew
+    without the newer fields, and publishers reading it meanwhile took it
+    for a queue from before segments (to be moved to segment 0, which
+    exists: their fan-out failed until the record was written anew)."""
+    subscriber = make_client(client_id="newer")
+    got = Collector()
+    gaps: list[Gap] = []
+    subscriber.add_gap_listener(gaps.append)
+    subscriber.subscribe("t", got)
+    path = Layout(zk_root).queue("newer", "t")
+    data, stat = raw_zk.get(path)
+    doc = dict(json.loads(data), when_full="block", newer={"x": 1})
+    raw_zk.set(path, json.dumps(doc).encode(), stat.version)
+    publisher = make_client()
+    receipt = publisher.publish("t", "after", timeout=5)
+    assert receipt.subscribers == 1
+    assert got.wait(1) == ["after"]
+    time.sleep(0.5)  # the guard had its look at the record
+    assert gaps == []
+    assert json.loads(raw_zk.get(path)[0])["newer"] == {"x": 1}
 
 
 def test_batches_that_do_not_fit_keep_one_overflow_marker_while_singles_would(

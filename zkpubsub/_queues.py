@@ -104,7 +104,8 @@ def decide(
         segment_nodes = min(segment_nodes, record.segment_nodes)
     roll = record is None or state.current >= segment_nodes or state.counter >= roll_at
     segment = 0 if record is None else record.segment + int(roll)
-    fresh = QueueRecord(segment, backlog, inline=asked).encode() if roll else None
+    moved = record.moved(segment) if record is not None else QueueRecord(0, backlog)
+    fresh = moved.encode() if roll else None
     acl = state.acl if roll else None
     if not full:
         return Target(subscriber, state.version, segment, fresh, segment_acl=acl, inline=inline)

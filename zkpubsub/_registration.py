@@ -306,7 +306,7 @@ def prepare_queue(
                 txn.set_data(path, fresh_record.encode(), stat.version)
                 txn.create(layout.segment(path, fresh), b"", acl=segment_acl)
             else:
-                kept = QueueRecord(record.segment, backlog, inline=inline)
+                kept = QueueRecord(record.segment, backlog, inline=inline, unknown=record.unknown)
                 txn.set_data(path, kept.encode(), stat.version)
         conn.wait_connected(deadline, f"prepare {path}")
         with contextlib.suppress(ConnectionLost):  # look again either way

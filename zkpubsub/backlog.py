@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeGuard
 
 __all__ = [
     "DEFAULT_MAX_BACKLOG",
@@ -96,6 +96,13 @@ class Backlog:
             raise ValueError(f"when_full must be 'drop' or 'evict', not {self.when_full!r}")
 
 
+# The fields of a queue record this version reads; others are kept as they
+# were by every rewrite of the record (a newer client's, for one).
+_RECORD_FIELDS: Final = frozenset(
+    ("v", "segment", "max_nodes", "max_bytes", "when_full", "full", "inline")
+)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRecord:
     """The data of a subscriber queue node."""
@@ -107,15 +114,20 @@ class QueueRecord:
     full: bool = False
     # the largest envelope its subscriber reads from a node's name (0: none)
     inline: int = 0
+    # fields this version does not know, kept when it rewrites the record
+    unknown: tuple[tuple[str, object], ...] = ()
 
     def encode(self) -> bytes:
-        doc: dict[str, object] = {
-            "v": RECORD_VERSION,
-            "segment": self.segment,
-            "max_nodes": self.backlog.max_nodes,
-            "max_bytes": self.backlog.max_bytes,
-            "when_full": self.backlog.when_full,
-        }
+        doc: dict[str, object] = dict(self.unknown)
+        doc.update(
+            {
+                "v": RECORD_VERSION,
+                "segment": self.segment,
+                "max_nodes": self.backlog.max_nodes,
+                "max_bytes": self.backlog.max_bytes,
+                "when_full": self.backlog.when_full,
+            }
+        )
         if self.full:
             doc["full"] = True
         if self.inline:
@@ -130,31 +142,60 @@ class QueueRecord:
     @classmethod
     def decode(cls, data: bytes) -> QueueRecord | None:
         """The record, or ``None`` for a queue made before segments (empty
-        or unreadable data): publishers move such a queue to segment 0."""
+        data, or no JSON object with a ``segment`` from 0 up): publishers
+        move such a queue to segment 0. What else does not read is taken
+        leniently, so that a record written by a newer or another client
+        keeps its segment: a bound that is no integer reads as the default,
+        one out of range as the nearest it takes (1 to ``MAX_NODES`` /
+        ``MAX_BYTES``), a ``when_full`` not known here as ``drop``."""
         try:
             doc = json.loads(data)
-            segment = int(doc["segment"])
-            # a bound past what Backlog takes (written before it was
-            # checked) reads as the largest it takes
-            backlog = Backlog(
-                min(int(doc["max_nodes"]), MAX_NODES),
-                min(int(doc["max_bytes"]), MAX_BYTES),
-                doc["when_full"],
-            )
-            full = doc.get("full", False) is True
-            inline = doc.get("inline", 0)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except ValueError:
             return None
-        inline = inline if isinstance(inline, int) and not isinstance(inline, bool) else 0
-        return cls(segment, backlog, full, max(0, inline))
+        if not isinstance(doc, dict):
+            return None
+        segment = doc.get("segment")
+        if not _is_int(segment) or segment < 0:
+            return None
+        default = Backlog()
+        when_full = doc.get("when_full")
+        backlog = Backlog(
+            _bound(doc.get("max_nodes"), MAX_NODES, default.max_nodes),
+            _bound(doc.get("max_bytes"), MAX_BYTES, default.max_bytes),
+            when_full if when_full in ("drop", "evict") else "drop",
+        )
+        inline = doc.get("inline", 0)
+        unknown = tuple((k, v) for k, v in doc.items() if k not in _RECORD_FIELDS)
+        return cls(
+            segment,
+            backlog,
+            doc.get("full", False) is True,
+            max(0, inline) if _is_int(inline) else 0,
+            unknown,
+        )
+
+    def moved(self, segment: int) -> QueueRecord:
+        """This record naming ``segment`` (not marked full; the rest kept)."""
+        return QueueRecord(segment, self.backlog, inline=self.inline, unknown=self.unknown)
 
     def next(self) -> QueueRecord:
-        return QueueRecord(self.segment + 1, self.backlog, inline=self.inline)
+        return self.moved(self.segment + 1)
 
     @property
     def segment_nodes(self) -> int:
         """Nodes a segment of this queue takes before publishers move on."""
         return INLINE_SEGMENT_NODES if self.inline else SEGMENT_NODES
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bound(value: object, most: int, default: int) -> int:
+    """A bound as read from a record: an integer clamped to 1..``most``
+    (a record may have been written before bounds were checked, or by
+    another client), anything else the default."""
+    return min(max(value, 1), most) if _is_int(value) else default
 
 
 @dataclass(frozen=True, slots=True)
