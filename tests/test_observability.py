@@ -5,6 +5,7 @@ outage is "degraded" (live, ready), never "dead"."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -150,13 +151,19 @@ def test_a_scrape_spends_a_bounded_time_on_a_server_that_stopped_answering(
         assert sample(registry, "zkpubsub_subscription_backlog", topic="a") == 0
         (node,) = cluster.nodes
         node.pause()  # frozen: the client still thinks it is connected
+        subscribing = threading.Thread(target=lambda: client.subscribe("d"), daemon=True)
         try:
             assert client.status == ClientState.CONNECTED
+            # a subscribe waiting for the server holds the registrations'
+            # lock: the scrape waited for it (the request timeout) before
+            subscribing.start()
+            time.sleep(0.5)
             start = time.monotonic()
             text = generate_latest(registry).decode()
             took = time.monotonic() - start
         finally:
             node.resume()
+        subscribing.join(30)
         # four reads would each have waited the request timeout (30 s)
         assert took < SCRAPE_READS_BUDGET + 5, took
         assert 'zkpubsub_session_state{state="connected"} 1.0' in text

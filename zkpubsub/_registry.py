@@ -38,11 +38,15 @@ class Registered(Protocol):
 
 
 class SubscriptionRegistry:
-    """The open subscriptions of one client, by topic. Its lock also orders
-    registrations: a subscribe and a re-registration never interleave."""
+    """The open subscriptions of one client, by topic. Its ``lock`` orders
+    registrations (a subscribe and a re-registration never interleave) and
+    is held while they wait for ZooKeeper; what it holds is read and changed
+    under a lock of its own, never held across a request, so that reading it
+    (a metrics scrape, the session's supervisor) never waits for a server."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self._state = threading.Lock()
         self._subs: dict[str, Registered] = {}
         # closed subscriptions whose ending requests found no server: topic
         # -> whether its queue goes too (the session finishes them once
@@ -54,27 +58,27 @@ class SubscriptionRegistry:
         self.on_deferred: Callable[[], None] | None = None
 
     def registered(self, sub: Registered) -> None:
-        with self.lock:  # registered again: a deferred end of the topic is void
+        with self._state:  # registered again: a deferred end of the topic is void
             self._unfinished.pop(sub.topic, None)
         hook = self.on_registered
         if hook is not None:
             hook(sub)
 
     def add(self, sub: Registered) -> None:
-        with self.lock:
+        with self._state:
             if sub.topic in self._subs:
                 raise AlreadySubscribed(sub.topic)
             self._subs[sub.topic] = sub
 
     def discard(self, sub: Registered) -> None:
-        with self.lock:
+        with self._state:
             if self._subs.get(sub.topic) is sub:
                 del self._subs[sub.topic]
 
     def defer(self, topic: str, drop_queue: bool) -> None:
         """Deregister ``topic`` (and delete its queue if ``drop_queue``) once
         connected again: a closing subscription could not."""
-        with self.lock:
+        with self._state:
             self._unfinished[topic] = self._unfinished.get(topic, False) or drop_queue
         hook = self.on_deferred
         if hook is not None:
@@ -82,34 +86,34 @@ class SubscriptionRegistry:
 
     def drop_pending(self, topic: str) -> bool:
         """Whether an unsubscribe of ``topic`` still has its queue to delete."""
-        with self.lock:
+        with self._state:
             return self._unfinished.get(topic, False)
 
     def take_unfinished(self) -> dict[str, bool]:
         """The deferred ends (topic -> ``drop_queue``), forgotten here."""
-        with self.lock:
+        with self._state:
             unfinished, self._unfinished = self._unfinished, {}
             return unfinished
 
     def has_unfinished(self) -> bool:
         """Whether any subscription's end is deferred."""
-        with self.lock:
+        with self._state:
             return bool(self._unfinished)
 
     def unfinished_topics(self, *, queues_only: bool = False) -> list[str]:
         """The topics with a deferred end (``queues_only``: those whose
         queue is to be deleted, which outlive the session)."""
-        with self.lock:
+        with self._state:
             return sorted(t for t, drop in self._unfinished.items() if drop or not queues_only)
 
     def get(self, topic: str) -> Registered | None:
-        with self.lock:
+        with self._state:
             return self._subs.get(topic)
 
     def all(self) -> list[Registered]:
-        with self.lock:
+        with self._state:
             return list(self._subs.values())
 
     def topics(self) -> list[str]:
-        with self.lock:
+        with self._state:
             return list(self._subs)
