@@ -525,6 +525,50 @@ def interrupted(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
     return out
 
 
+# Sends ``{sig}`` to the process right after kazoo's request call of the
+# ``{n}``-th request (whichever thread made it) wrote its wake-up byte: the
+# moment a real signal arriving then is handled.
+SIGNAL_AFTER_A_REQUEST = """
+import os, sys, threading
+seen = [0]
+def profile(frame, event, arg):
+    code = frame.f_code
+    if (event == "c_return" and getattr(arg, "__name__", "") == "send"
+            and code.co_name == "_call" and code.co_filename.endswith("kazoo/client.py")):
+        seen[0] += 1
+        if seen[0] == {n}:
+            os.kill(os.getpid(), {sig})
+sys.setprofile(profile)
+threading.setprofile(profile)
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("request_number", [3, 6])
+def test_a_signal_arriving_inside_a_zookeeper_request_still_ends_the_command(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, sig: int, code: int, request_number: int
+) -> None:
+    """Raised where the main thread stood, inside kazoo's request call,
+    the interruption was swallowed by kazoo (a bare ``except``): the
+    command went on to its end (here the whole wait for a result) and the
+    signal was lost. Commands now run apart from the thread that takes
+    signals."""
+    make_client().queue("jobs")
+    started = time.monotonic()
+    put = cli_process(
+        *("--hosts", zk_hosts, "--root", zk_root),
+        *("queue", "put", "jobs", "x", "--wait-result", "20"),
+        prelude=SIGNAL_AFTER_A_REQUEST.format(n=request_number, sig=int(sig)),
+    )
+    try:
+        out, _ = put.communicate(timeout=60)
+    finally:
+        put.kill()
+    assert put.returncode == code, out
+    assert "before the command was done" in out.splitlines()[-1], out
+    assert time.monotonic() - started < 15, out  # not the 20 s wait for a result
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "said"),
     [

@@ -5,9 +5,12 @@ fail with one line and exit code 2."""
 
 from __future__ import annotations
 
+import functools
+import signal
 import socket
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import click
 
@@ -84,6 +87,22 @@ class CliContext:
         self.root = root
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
+        # what the command made (clients, observers): closed by the main
+        # thread when a signal ends a command running apart (``apart``)
+        self._made: list[Client | Observer] = []
+        self._made_lock = threading.Lock()
+
+    def _keep(self, made: T) -> T:
+        with self._made_lock:
+            self._made.append(made)  # type: ignore[arg-type]
+        return made
+
+    def close_made(self) -> None:
+        """Close what the command made, each once more (closing is idempotent)."""
+        with self._made_lock:
+            made, self._made = list(self._made), []
+        for item in made:
+            close_or_say(type(item).__name__.lower(), item.close)
 
     def _resolvable(self) -> None:
         servers, _ = parse_hosts(self.hosts)
@@ -107,13 +126,15 @@ class CliContext:
         self._resolvable()
         security = self.security().options()
         try:
-            return Client(
-                self.hosts,
-                root=self.root,
-                session_timeout=self.session_timeout,
-                connect_timeout=self.connect_timeout,
-                **security,
-                **kwargs,
+            return self._keep(
+                Client(
+                    self.hosts,
+                    root=self.root,
+                    session_timeout=self.session_timeout,
+                    connect_timeout=self.connect_timeout,
+                    **security,
+                    **kwargs,
+                )
             )
         except ZkPubSubError as exc:
             raise failure(exc) from exc
@@ -125,13 +146,15 @@ class CliContext:
         self._resolvable()
         try:
             security = self.security()
-            return Observer(
-                self.hosts,
-                root=self.root,
-                session_timeout=self.session_timeout,
-                connect_timeout=self.connect_timeout,
-                auth=security.auth,
-                tls=security.tls,
+            return self._keep(
+                Observer(
+                    self.hosts,
+                    root=self.root,
+                    session_timeout=self.session_timeout,
+                    connect_timeout=self.connect_timeout,
+                    auth=security.auth,
+                    tls=security.tls,
+                )
             )
         except ZkPubSubError as exc:
             raise failure(exc) from exc
@@ -140,6 +163,57 @@ class CliContext:
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
+
+P = ParamSpec("P")
+
+
+def apart(
+    command: Callable[Concatenate[CliContext, P], None],
+) -> Callable[Concatenate[CliContext, P], None]:
+    """Run a command's body on a thread of its own while the main thread
+    only waits for it (put it below ``pass_ctx``). Ctrl-C and SIGTERM then
+    set a flag instead of raising an exception wherever the main thread
+    stood: raised inside kazoo, such an exception can be swallowed (the
+    command went on, the signal lost) or leave a lock held (closing then
+    waited for a thread that never came). On a signal the main thread closes
+    what the command made (its requests end with ``ClientClosed``) and the
+    command ends with one line and exit code 130 (Ctrl-C) or 143 (SIGTERM).
+    For the commands that do not handle signals themselves."""
+
+    @functools.wraps(command)
+    def run(ctx: CliContext, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return command(ctx, *args, **kwargs)  # signals are the main thread's
+        failed: list[BaseException] = []
+        received: list[int] = []
+
+        def body() -> None:
+            try:
+                command(ctx, *args, **kwargs)
+            except BaseException as exc:  # handed to the main thread
+                failed.append(exc)
+
+        def note(signum: int, frame: object) -> None:
+            received.append(signum)
+
+        found = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            worker = threading.Thread(target=body, name="zkpubsub-command", daemon=True)
+            worker.start()
+            while worker.is_alive() and not received:
+                worker.join(0.05)
+            if received:
+                ctx.close_made()
+        finally:
+            for sig, handler in found.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            raise Interrupted() if received[0] == signal.SIGINT else Terminated()
+        if failed:
+            raise failed[0]
+        return None
+
+    return run
 
 
 # The longest any seconds option may be: far below what the waits below it

@@ -12,6 +12,7 @@ import click
 from ._cli_common import (
     BadOption,
     CliContext,
+    apart,
     failure,
     name_of,
     not_negative,
@@ -65,6 +66,7 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
     help="Put one item wanting a result and wait for it.",
 )
 @pass_ctx
+@apart
 def queue_put(
     ctx: CliContext,
     name: str,
@@ -100,6 +102,7 @@ def queue_put(
 )
 @click.option("--release", is_flag=True, help="Give the item back instead of acking it.")
 @pass_ctx
+@apart
 def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> None:
     """Take one item from queue NAME, print it, and ack it (or release it)."""
     with ctx.client(cleaner=False) as client:
@@ -127,6 +130,7 @@ def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> 
 
 @queue.command("list")
 @pass_ctx
+@apart
 def queue_list(ctx: CliContext) -> None:
     """The work queues, with their counts (reads only)."""
     with ctx.observer() as observer:
@@ -140,6 +144,7 @@ def queue_list(ctx: CliContext) -> None:
 @queue.command("stats")
 @click.argument("name", callback=name_of("queue name"))
 @pass_ctx
+@apart
 def queue_stats(ctx: CliContext, name: str) -> None:
     """Ready, reserved and dead items of queue NAME, and its workers (reads only)."""
     with ctx.observer() as observer:
@@ -151,6 +156,7 @@ def queue_stats(ctx: CliContext, name: str) -> None:
 @click.argument("name", callback=name_of("queue name"))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
+@apart
 def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
     """List the dead letters of queue NAME (reads only)."""
     with ctx.observer() as observer:
@@ -187,6 +193,7 @@ def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
 @click.argument("name", callback=name_of("queue name"))
 @click.option("--id", "ids", multiple=True, help="Only these items (repeatable).")
 @pass_ctx
+@apart
 def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     """Put dead letters of queue NAME back as new items."""
     with ctx.client(cleaner=False) as client:

@@ -30,6 +30,7 @@ from ._cli_common import (
     CliContext,
     Interrupted,
     Terminated,
+    apart,
     close_or_say,
     failure,
     name_of,
@@ -265,6 +266,7 @@ def dev_server(port: int, size: int, data_dir: str | None) -> None:
 )
 @click.option("--require-subscribers", is_flag=True, help="Fail if the topic has none.")
 @pass_ctx
+@apart
 def publish(
     ctx: CliContext,
     topic: str,
@@ -396,6 +398,7 @@ def _age(started: float, now: float) -> str:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
+@apart
 def stats(ctx: CliContext, as_json: bool) -> None:
     """Clients, topics, subscriber queues and work queues (reads only)."""
     with ctx.observer() as observer:
