@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from zkpubsub import Client, ClientState, Message, ReservationLost
+from zkpubsub import Client, ClientState, Message, PublishTimeout, ReservationLost
 from zkpubsub.health import check
 from zkpubsub.metrics import SCRAPE_READS_BUDGET, ClientMetrics
 from zkpubsub.testing import ZooKeeperCluster, expire_session
@@ -183,3 +183,46 @@ def test_queue_names_given_to_the_metrics_are_checked_up_front(make_client: Make
     with pytest.raises(ValueError, match="queue name"):
         metrics.watch_queue("")
     assert b"zkpubsub_session_state" in generate_latest(registry)  # scrapes still work
+
+
+def test_a_second_metrics_object_on_one_registry_is_refused(make_client: MakeClient) -> None:
+    """Before, it was taken silently: every series came twice, which a
+    scrape in the OpenMetrics format refuses (``Clashing name``)."""
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    client = make_client()
+    registry = CollectorRegistry()
+    metrics = ClientMetrics(client, registry=registry)
+    for again in (client, make_client()):
+        with pytest.raises(ValueError, match="one ClientMetrics per client and registry"):
+            ClientMetrics(again, registry=registry)
+    client.publish("t", 1)  # counted once: the refused ones do not count
+    assert sample(registry, "zkpubsub_publishes_total", topic="t", outcome="ok") == 1
+    assert list(text_string_to_metric_families(openmetrics(registry).decode()))
+    # what the registry checks is what a scrape gives
+    assert {f.name for f in metrics.describe()} == {f.name for f in metrics.collect()}
+
+
+def test_a_publish_refused_for_want_of_room_is_counted(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    """``PublishTimeout`` (``sent=False``) for a full ``max_pending`` was
+    raised before the publish reached the counting: invisible back-pressure."""
+    cluster = make_cluster(1)
+    (node,) = cluster.nodes
+    with Client(cluster.hosts, max_pending=1) as publisher:
+        registry = CollectorRegistry()
+        ClientMetrics(publisher, registry=registry)
+        publisher.publish("t", "warm-up")
+        node.pause()
+        try:
+            accepted = publisher.publish_async("t", 1, timeout=30)
+            with pytest.raises(PublishTimeout):
+                publisher.publish_async("t", 2, timeout=0.3)
+            outcome = "PublishTimeout"
+            assert sample(registry, "zkpubsub_publishes_total", topic="t", outcome=outcome) == 1
+        finally:
+            node.resume()
+        accepted.result(30)
+        assert sample(registry, "zkpubsub_publishes_total", topic="t", outcome="ok") == 2

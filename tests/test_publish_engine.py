@@ -15,6 +15,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, PublishReceipt, PublishTimeout
 from zkpubsub.layout import Layout
+from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
 from .helpers import Collector, wait_until
 
@@ -134,3 +135,62 @@ def test_future_callbacks_run_on_a_thread_of_the_client_and_may_publish(
     assert done.wait(20)
     assert threads[0].startswith("zkpubsub-futures-")
     assert collector.wait(2) == ["first", "from the callback"]
+
+
+def _proxy_to(zk_hosts: str, name: str) -> ZkClientProxy:
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    return ZkClientProxy((host, int(port)), name=name)
+
+
+def test_a_split_fan_out_that_times_out_counts_the_subscribers_it_reached(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Before, ``PublishTimeout.reached`` was always 0, though the first of
+    the fan-out's transactions had been confirmed and its subscribers got
+    the message."""
+    collectors = [Collector() for _ in range(6)]
+    for collector in collectors:
+        make_client().subscribe("t", collector)
+    with _proxy_to(zk_hosts, "split") as proxy:
+        publisher = make_client(
+            hosts=proxy.address,
+            session_timeout=20.0,
+            max_message_bytes=3000,
+            max_transaction_bytes=8000,  # two queues' copies a transaction
+        )
+        publisher.publish("t", "warm-up")
+        # the second transaction of the fan-out never reaches the server
+        sprung = proxy.lose_request(OP_MULTI, skip=1, then_block=True)
+        with pytest.raises(PublishTimeout) as info:
+            publisher.publish("t", "x" * 2500, timeout=3)
+        assert sprung.is_set()
+        (message_id,) = info.value.message_ids
+        time.sleep(1.0)  # the first transaction's copies delivered
+        reached = sum(1 for c in collectors if message_id in [m.id for m in c.messages])
+        assert 0 < reached < 6
+        assert info.value.reached == reached and info.value.sent
+        proxy.unblock()
+
+
+def test_a_publish_in_flight_when_the_client_closes_is_said_to_have_an_unknown_outcome(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Its transaction was applied and the answer lost: before, ``close()``
+    failed it with a bare ``ClientClosed`` (no ids, no ``sent``), what a
+    publish that never left the client gets: retrying it made a duplicate."""
+    collector = Collector()
+    make_client().subscribe("t", collector)
+    with _proxy_to(zk_hosts, "closing") as proxy:
+        publisher = make_client(hosts=proxy.address, session_timeout=20.0)
+        publisher.publish("t", "warm-up")
+        sprung = proxy.lose_reply(OP_MULTI, then_block=True)
+        future = publisher.publish_async("t", "applied", timeout=60)
+        assert sprung.wait(5)
+        time.sleep(0.5)
+        publisher.close()
+        error = future.exception(30)
+        assert isinstance(error, PublishTimeout), repr(error)
+        assert error.sent and len(error.message_ids) == 1
+        assert "outcome is unknown" in str(error)
+        assert collector.wait(2) == ["warm-up", "applied"]  # it had been applied
+        proxy.unblock()

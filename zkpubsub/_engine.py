@@ -119,8 +119,15 @@ class _Lane:
     busy: bool = False  # served by a thread, or waiting for one
     idle: bool = False  # its thread waits for work (wake it on a submit)
     flight: list[PublishRequest] = field(default_factory=list)
+    # the queues the transaction(s) of ``flight`` were confirmed written to so far
+    written: FanOutResult = field(default_factory=FanOutResult)
     activity: str = "idle"  # what its thread is doing, for timeout messages
     targets: Targets = field(default_factory=Targets)
+
+
+def _confirmed(reached: int) -> str:
+    """What a timed-out fan-out had confirmed, for its error's text."""
+    return f" ({reached} subscriber queue(s) confirmed written)" if reached else ""
 
 
 def take_batch(
@@ -206,40 +213,52 @@ class PublishEngine:
         else:
             request.done = threading.Event()
         with self._lock:
+            refused: ZkPubSubError | None = None
             while self._pending >= self._max_pending and not self._closing:
                 left = remaining(deadline)
                 if left is not None and left <= 0:
-                    raise PublishTimeout(
+                    refused = PublishTimeout(
                         f"publish to {topic!r} not sent: {self._pending} publishes were "
                         f"already waiting for ZooKeeper (max_pending={self._max_pending}) "
                         f"and none finished within {_seconds(timeout)}; nothing was written",
                         message_ids=request.message_ids,
                         sent=False,
                     )
+                    break
                 self._room.wait(left)
-            if self._closing:
-                raise ClientClosed("the client is closing")
-            self._pending += 1
-            lane = self._lanes.get(topic)
-            if lane is None:
-                lane = self._lanes[topic] = _Lane(topic, threading.Condition(self._lock))
-            now = time.monotonic()
-            if not lane.pending:
-                lane.first_at = now
-                lane.gather = company_likely(now - lane.last_at, lane.last_batch, self._linger)
-            lane.last_at = now
-            lane.pending.append(request)
-            if lane.idle:
-                lane.wake.notify()
-            elif not lane.busy:
-                lane.busy = True
-                if self._threads < LANE_THREADS:
-                    self._start_thread(lane)
-                else:
-                    self._ready.append(lane)
+            if refused is None and self._closing:
+                refused = ClientClosed("the client is closing")
+            if refused is None:
+                self._enqueue(request)
+        if refused is not None:  # counted as every settled publish is, then raised
+            request.error = refused
+            self._tell_observers([request])
+            raise refused
         if request.done is None and deadline is not None:
             self._watch(request)
         return request
+
+    def _enqueue(self, request: PublishRequest) -> None:
+        """Hand ``request`` to its topic's lane (lock held)."""
+        topic = request.topic
+        self._pending += 1
+        lane = self._lanes.get(topic)
+        if lane is None:
+            lane = self._lanes[topic] = _Lane(topic, threading.Condition(self._lock))
+        now = time.monotonic()
+        if not lane.pending:
+            lane.first_at = now
+            lane.gather = company_likely(now - lane.last_at, lane.last_batch, self._linger)
+        lane.last_at = now
+        lane.pending.append(request)
+        if lane.idle:
+            lane.wake.notify()
+        elif not lane.busy:
+            lane.busy = True
+            if self._threads < LANE_THREADS:
+                self._start_thread(lane)
+            else:
+                self._ready.append(lane)
 
     def wait(self, request: PublishRequest) -> PublishReceipt:
         """The receipt of ``request``, by its deadline; raises its error."""
@@ -259,8 +278,10 @@ class PublishEngine:
                 return
             lane = self._lanes[request.topic]
             what = f"not confirmed within {_seconds(request.timeout)}"
+            reached = 0
             if request.sent:
-                why = f"{what} ({lane.activity}); the outcome is unknown"
+                reached = len(lane.written.reached) if request in lane.flight else 0
+                why = f"{what} ({lane.activity}); the outcome is unknown" + _confirmed(reached)
             else:
                 lane.pending.remove(request)
                 doing = lane.activity if lane.flight or lane.busy else "waiting"
@@ -268,6 +289,7 @@ class PublishEngine:
             error = PublishTimeout(
                 f"publish to {request.topic!r} {why}",
                 message_ids=request.message_ids,
+                reached=reached,
                 sent=request.sent,
             )
             self._settle(request, None, error)
@@ -294,9 +316,19 @@ class PublishEngine:
                 if self._pending < pending:  # one finished: wait on
                     quiet = deadline_after(idle)
             leftovers = [r for lane in self._lanes.values() for r in (*lane.pending, *lane.flight)]
-            closed = ClientClosed("the client closed before this publish was confirmed")
+            closed = ClientClosed(
+                "the client closed before this publish was sent; nothing was written"
+            )
             for request in leftovers:
-                self._settle(request, None, closed)
+                if request.sent:  # its transaction went out: it may have been applied
+                    error: ZkPubSubError = PublishTimeout(
+                        f"publish to {request.topic!r} not confirmed before the client "
+                        "closed; the outcome is unknown",
+                        message_ids=request.message_ids,
+                    )
+                else:
+                    error = closed
+                self._settle(request, None, error)
             for lane in self._lanes.values():
                 lane.pending.clear()
         self._announce(leftovers)
@@ -340,10 +372,18 @@ class PublishEngine:
         self._announce(settled)
 
     def _fail(self, requests: Iterable[PublishRequest], error: BaseException) -> None:
+        self._fail_each(requests, lambda _request: error)
+
+    def _fail_each(
+        self,
+        requests: Iterable[PublishRequest],
+        error_of: Callable[[PublishRequest], BaseException],
+    ) -> None:
+        """Fail each of ``requests`` with an error of its own (its message ids)."""
         settled = []
         with self._lock:
             for request in requests:
-                if self._settle(request, None, error):
+                if self._settle(request, None, error_of(request)):
                     settled.append(request)
         self._announce(settled)
 
@@ -363,6 +403,9 @@ class PublishEngine:
                     logger.exception("resolving a publish of %r", request.topic)
         if futures:
             self._completion_thread().put(futures)
+        self._tell_observers(requests)
+
+    def _tell_observers(self, requests: list[PublishRequest]) -> None:
         hooks = self._ctx.hooks
         now = time.monotonic()
         for request in requests:
@@ -475,22 +518,25 @@ class PublishEngine:
         requests, entries = self._take(lane, view)
         if not requests:
             return
+        result = lane.written = FanOutResult()  # filled as transactions are confirmed
         try:
             nodes, counts = envelope.pack_counted(entries, self._ctx.config.max_message_bytes)
-            result = publisher.fan_out(
+            publisher.fan_out(
                 topic,
                 nodes,
                 self._batch_deadline(requests),
                 lane.targets,
                 counts=counts,
                 progress=lambda what: setattr(lane, "activity", what),
+                result=result,
             )
         except OperationTimeout as exc:
-            self._fail(
+            reached = len(result.reached)  # by the transactions confirmed before
+            why = f"not confirmed in time ({exc}); the outcome is unknown" + _confirmed(reached)
+            self._fail_each(
                 requests,
-                PublishTimeout(
-                    f"publish to {topic!r} not confirmed in time ({exc}); the outcome is unknown",
-                    message_ids=tuple(e.id for e in entries),
+                lambda request: PublishTimeout(
+                    f"publish to {topic!r} {why}", message_ids=request.message_ids, reached=reached
                 ),
             )
         except ZkPubSubError as exc:

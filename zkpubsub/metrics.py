@@ -86,12 +86,37 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+# The families :meth:`ClientMetrics.collect` builds at scrape time, by kind
+# (its describe() names them; a test checks the two agree).
+_GAUGES: Final = (
+    "zkpubsub_session_state",
+    "zkpubsub_publishes_pending",
+    "zkpubsub_subscription_pending",
+    "zkpubsub_subscription_backlog",
+    "zkpubsub_work_queue_items",
+    "zkpubsub_work_queue_workers",
+    "zkpubsub_cleaner_leader",
+)
+_COUNTERS: Final = (
+    "zkpubsub_gaps",
+    "zkpubsub_reservations_lost",
+    "zkpubsub_handler_errors",
+    "zkpubsub_messages_dropped",
+    "zkpubsub_cleaner_sweeps",
+    "zkpubsub_cleaner_queues_removed",
+    "zkpubsub_cleaner_nodes_removed",
+    "zkpubsub_cleaner_subscriptions_evicted",
+)
+
+
 class ClientMetrics:
     """Prometheus metrics of ``client`` (a :class:`~zkpubsub.Client` or an
     :class:`~zkpubsub.aio.AsyncClient`), registered in ``registry``
     (default: ``prometheus_client``'s). ``queues`` names the work queues
     whose depth is reported (more with :meth:`watch_queue`). Use one per
-    client and registry (the names would clash). :meth:`close` unregisters."""
+    client and registry: a second one on a registry is refused with
+    ``ValueError`` (every series would come twice). :meth:`close`
+    unregisters."""
 
     def __init__(
         self,
@@ -136,9 +161,15 @@ class ClientMetrics:
             buckets=_LATENCY_BUCKETS,
             **unregistered,
         )
+        try:
+            self._registry.register(self)
+        except ValueError as exc:  # its names are taken (see describe)
+            raise ValueError(
+                f"{exc}: the registry has zkpubsub metrics already (one client's, or "
+                "another's); use one ClientMetrics per client and registry (registry=...)"
+            ) from None
         self._client.add_observer(self)
         self._client.add_gap_listener(self._on_gap)
-        self._registry.register(self)
 
     def watch_queue(self, name: str) -> None:
         """Report the depth of work queue ``name`` too."""
@@ -175,7 +206,20 @@ class ClientMetrics:
     # -- the rest, at scrape time ------------------------------------------------------
 
     def describe(self) -> list[Any]:
-        return []  # names are only known once collected; no clash check at register
+        """The families :meth:`collect` yields, empty: the registry checks
+        their names against those it has (two of these on one registry
+        would give every series twice, which a scrape's parser refuses)."""
+        from prometheus_client.core import CounterMetricFamily as counter
+        from prometheus_client.core import GaugeMetricFamily as gauge
+
+        return [
+            *self._published.describe(),
+            *self._publish_seconds.describe(),
+            *self._deliveries.describe(),
+            *self._lag.describe(),
+            *(gauge(name, "") for name in _GAUGES),
+            *(counter(name, "") for name in _COUNTERS),
+        ]
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily as counter

@@ -273,15 +273,18 @@ class Publisher:
         *,
         counts: Sequence[int] | None = None,
         progress: Callable[[str], None] | None = None,
+        result: FanOutResult | None = None,
     ) -> FanOutResult:
         """Write ``nodes`` (in order) into every subscriber's queue, split over
         several transactions if they do not fit in one; a full queue gets an
         overflow marker (or nothing) instead, counting the messages each
         transaction left out (``counts``: messages per node, one each by
-        default). Raises ``OperationTimeout`` when ``deadline`` passes first."""
+        default). Raises ``OperationTimeout`` when ``deadline`` passes first
+        (``result``, if given, is filled as transactions are confirmed: what
+        was written before)."""
         if counts is not None and len(counts) != len(nodes):
             raise ValueError(f"{len(counts)} message counts for {len(nodes)} nodes")
-        result = FanOutResult()
+        result = FanOutResult() if result is None else result
         budget = self.budget(topic)
         sizes = [self.op_size(topic, d) for d in nodes]
         for indexes in plan_rounds(sizes, budget):
