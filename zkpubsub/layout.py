@@ -7,7 +7,9 @@ clients in other languages. Under a root (default ``/zkpubsub``)::
     <root>/clients/<client id>                  ephemeral, one per live client
     <root>/subscribers/<topic>                  persistent; its data version is
                                                 bumped by every (un)subscribe
-    <root>/subscribers/<topic>/<client id>      ephemeral, one per subscription
+    <root>/subscribers/<topic>/<client id>      one per subscription: ephemeral,
+                                                or persistent with data
+                                                ``durable`` for a durable one
     <root>/messages/<client id>/<topic>         persistent, the queue; data: its
                                                 record (current segment, bound)
     <root>/messages/<client id>/<topic>/s<NNNNNNNNNN>
