@@ -181,7 +181,7 @@ def test_a_publish_in_flight_when_the_client_closes_is_said_to_have_an_unknown_o
     collector = Collector()
     make_client().subscribe("t", collector)
     with _proxy_to(zk_hosts, "closing") as proxy:
-        publisher = make_client(hosts=proxy.address, session_timeout=20.0)
+        publisher = make_client(hosts=proxy.address, session_timeout=20.0, close_timeout=1.0)
         publisher.publish("t", "warm-up")
         sprung = proxy.lose_reply(OP_MULTI, then_block=True)
         future = publisher.publish_async("t", "applied", timeout=60)
