@@ -509,7 +509,9 @@ def test_subscribe_says_in_one_line_that_it_could_not_close_on_an_unanswering_se
     assert "Traceback" not in out, out
     # one line: the command's, for an error raised by closing the
     # subscription, or the library's warning if its close gave up by itself
-    (line,) = out.strip().splitlines()
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    (line,) = lines
     assert (
         line.startswith("Warning: the subscription to 't' could not be closed cleanly: ")
         and "OperationTimeout" in line

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -255,3 +257,33 @@ def test_an_end_deferred_by_a_timeout_is_tried_again_while_the_connection_stays(
             wait_until(lambda: watcher.exists(queue) is None, 20, "the queue deleted")
         finally:
             watcher.stop()
+
+
+def test_a_client_closed_while_no_server_answers_says_so_once(
+    make_client: MakeClient, zk_hosts: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription closed while the server was silent leaves its end to
+    the client; the client's own close tries it once more. Before, that
+    last try's failure was a warning of its own ("again later", with no
+    later): a second line where one says it, as the command line's
+    ``subscribe`` showed when the client had not noticed the silence yet."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="close-silent") as proxy:
+        client = make_client(
+            hosts=proxy.address, session_timeout=20.0, request_timeout=2.0, close_timeout=2.0
+        )
+        sub = client.subscribe("t", lambda message: None)
+        proxy.block("drop")  # silent: the client notices only after 2/3 of 20 s
+        with caplog.at_level(logging.WARNING, logger="zkpubsub"):
+            sub.close()  # one request's time, then its end is deferred
+            assert client.status is ClientState.CONNECTED  # not noticed yet
+            # once the close's last try is over, a reset spares the test
+            # the session's end waiting for a silent server (15 s)
+            cut = threading.Timer(3.0, proxy.block, ("reset",))
+            cut.start()
+            client.close()
+            cut.join()
+        proxy.unblock()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in said if "again later" in m] == [], said
+    assert len([m for m in said if "subscription 't'" in m]) == 1, said

@@ -595,7 +595,7 @@ class Client:
         # what subscriptions closed earlier, while no server answered, left
         # (a registration goes with the session; an unsubscribed queue not)
         if answering and ctx.conn.connected.is_set():
-            left = self._session.finish_unfinished(ctx.closing_deadline())
+            left = self._session.finish_unfinished(ctx.closing_deadline(), closing=True)
         else:
             left = self._subs.unfinished_topics(queues_only=True)
         if left:

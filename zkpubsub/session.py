@@ -619,11 +619,13 @@ class Session:
             return False
         return True
 
-    def finish_unfinished(self, deadline: float | None) -> list[str]:
+    def finish_unfinished(self, deadline: float | None, *, closing: bool = False) -> list[str]:
         """Deregister (and delete the queues of) the subscriptions closed
         while no server answered (see ``Subscription._deregister``); what
         fails again waits for the next connection. Returns the topics whose
-        queue is left (a registration left goes with the session)."""
+        queue is left (a registration left goes with the session).
+        ``closing``: the client's last try; a failure is not worth a warning
+        of its own (there is no later; the client warns of queues left)."""
         ctx = self._ctx
         with self._subs.lock:
             unfinished = self._subs.take_unfinished()
@@ -634,7 +636,10 @@ class Session:
                     )
                 except ZkPubSubError as exc:
                     self._subs.defer(topic, drop_queue)
-                    logger.warning("ending the subscription to %r: %s; again later", topic, exc)
+                    if closing:
+                        logger.debug("ending the subscription to %r: %s", topic, exc)
+                    else:
+                        logger.warning("ending the subscription to %r: %s; again later", topic, exc)
                 else:
                     logger.info("the subscription to %r is ended now", topic)
             return self._subs.unfinished_topics(queues_only=True)
