@@ -178,3 +178,54 @@ def test_the_server_clock_is_never_ahead() -> None:
     now = clock.now_ms()
     assert now is not None and 1_001_990 < now < 1_002_500
     assert clock.expired(1_000_000, 1.5) and not clock.expired(1_000_000, 2.5)
+
+
+def _lease_judged_then_released_and_reserved_again(
+    make_client: MakeClient, name: str
+) -> bool | None:
+    """Worker B judges A's lease on X run out but takes another item; A
+    releases X and C reserves it, with a fresh lease. ``True`` if C still
+    holds X after B's next reserve, ``None`` if B took X at once (a
+    rightful takeover: the set-up did not happen)."""
+    lease = 1.0
+    queues = [make_client().queue(name, visibility_timeout=lease) for _ in range(3)]
+    a, b, c = (q.worker() for q in queues)
+    queues[0].put("X", priority=100)
+    x_of_a = a.reserve(timeout=5)
+    assert x_of_a is not None and x_of_a.payload == "X"
+    queues[0].put("Y1", priority=100)
+    y1 = b.reserve(timeout=5)  # B's first look: X reserved
+    queues[0].put("Y2", priority=0)  # more urgent than X
+    time.sleep(lease + 0.3)  # A's lease runs out; A is slow, not gone
+    y2 = b.reserve(timeout=5)  # B's second look: X's lease ran out
+    assert y1 is not None and y2 is not None
+    if y2.payload != "Y2":
+        return None
+    x_of_a.release("given back")  # nobody took it over: allowed
+    x_of_c = c.reserve(timeout=5)
+    assert x_of_c is not None and x_of_c.payload == "X"
+    taken = b.reserve(timeout=0.3)  # X's reservation is C's, 0.3 s into its lease
+    try:
+        x_of_c.ack()
+    except ReservationLost:
+        return False
+    finally:
+        for item in (taken, y1, y2):
+            if item is not None:
+                item.ack()
+    return taken is None
+
+
+def test_a_lease_judged_run_out_is_not_taken_from_a_reservation_made_since(
+    make_client: MakeClient,
+) -> None:
+    """A takeover deleted the lapsed reservation at the version it had
+    read; a reservation made since is a new node, at version 0 again: B
+    took X from C 3 to 17 ms into C's lease (a probe, every time the set-up
+    was reached)."""
+    for attempt in range(6):  # B may take X at once: then the set-up is tried again
+        outcome = _lease_judged_then_released_and_reserved_again(make_client, f"q{attempt}")
+        if outcome is not None:
+            assert outcome, "the item was taken from a reservation made since"
+            return
+    pytest.fail("the set-up was never reached")

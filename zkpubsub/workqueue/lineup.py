@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from kazoo.exceptions import NoNodeError
 
@@ -57,6 +57,7 @@ __all__ = [
     "MIN_RELIST_INTERVAL",
     "RELIST_WHILE_BUSY",
     "WATCH_UNTIL_BACKLOG",
+    "Lapsed",
     "Lineup",
     "rank_by_owner",
     "rank_candidates",
@@ -137,6 +138,16 @@ def owner_test(workers: Sequence[str], worker_id: str) -> Callable[[str], bool]:
     return own
 
 
+class Lapsed(NamedTuple):
+    """A reservation whose lease ran out, as read: its node's ``version``
+    (a takeover deletes it at that version) and ``czxid`` (which node it
+    was: a reservation made since, by anyone, is a node of its own, whose
+    version starts at 0 again)."""
+
+    version: int
+    czxid: int
+
+
 class Lineup:
     """One worker's ranked candidates for the queue ``queue``."""
 
@@ -160,7 +171,8 @@ class Lineup:
         self._listed_at = 0.0
         self._outdated = False  # the list in hand is known to be out of date
         self._ready = False  # the queue's folders exist
-        self._expired: dict[str, int] = {}  # item name -> version of its expired reservation
+        # item name -> the expired reservation: its node's version and czxid
+        self._expired: dict[str, Lapsed] = {}
         self._seen_reserved: set[str] = set()
         self._scanned_at = 0.0
         self._given_up: set[str] = set()  # foreign nodes that could not be moved
@@ -222,7 +234,7 @@ class Lineup:
             self._names.extendleft(reversed(left))
             return batch
 
-    def put_back(self, names: Sequence[str], lapsed: Mapping[str, int] | None = None) -> None:
+    def put_back(self, names: Sequence[str], lapsed: Mapping[str, Lapsed] | None = None) -> None:
         """Return untried candidates to the front, in their order; ``lapsed``:
         the lapsed reservations :meth:`expired_of` gave for them, still to take over."""
         with self._lock:
@@ -230,9 +242,10 @@ class Lineup:
             if lapsed:
                 self._expired.update((n, lapsed[n]) for n in names if n in lapsed)
 
-    def expired_of(self, names: Sequence[str]) -> dict[str, int]:
+    def expired_of(self, names: Sequence[str]) -> dict[str, Lapsed]:
         """Of ``names``, those whose reservation's lease ran out (name ->
-        the reservation's version), forgotten here: they are being tried."""
+        the reservation's node as read then), forgotten here: they are
+        being tried."""
         return {n: self._expired.pop(n) for n in names if n in self._expired}
 
     def refill(self, deadline: float | None) -> bool:
@@ -409,9 +422,9 @@ class Lineup:
             self._next_due = 0.0
             return bool(self._names)
 
-    def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, int]:
-        """The reservations whose lease ran out (name -> reservation node
-        version). Read at most every ``LEASE_SCAN_INTERVAL``, and only those
+    def _find_expired(self, reserved: list[str], deadline: float | None) -> dict[str, Lapsed]:
+        """The reservations whose lease ran out (name -> the reservation
+        node's version and czxid). Read at most every ``LEASE_SCAN_INTERVAL``, and only those
         already there at the previous look: most reservations end sooner."""
         now = time.monotonic()
         if now - self._scanned_at < LEASE_SCAN_INTERVAL:
@@ -445,7 +458,7 @@ class Lineup:
             self._registration.read_clock(deadline)
         for name, lease, stat in leased:
             if clock.expired(stat.mtime, lease):
-                self._expired[name] = stat.version
+                self._expired[name] = Lapsed(stat.version, stat.czxid)
         return self._expired
 
     def _bury_foreign(self, path: str, key: str, deadline: float | None) -> None:

@@ -33,7 +33,7 @@ from ..layout import NodeKind, parse_item_node
 from .finishing import ack_all, bury, commit, held_version, release
 from .items import Item
 from .leases import check_lease
-from .lineup import Lineup
+from .lineup import Lapsed, Lineup
 from .records import decode_item, reservation_record
 from .registration import Registration
 
@@ -52,6 +52,12 @@ def check_limit(limit: object) -> None:
     """``ValueError`` unless ``limit`` is a count of items to reserve."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, not {limit!r}")
+
+
+def _still(marks: Mapping[str, Lapsed], valid: Mapping[str, int]) -> dict[str, Lapsed]:
+    """The lapsed-reservation marks found still to hold, to keep with the
+    candidates put back."""
+    return {name: marks[name] for name in valid}
 
 
 class Worker:
@@ -166,11 +172,28 @@ class Worker:
     ) -> list[Item]:
         ctx, paths = self._ctx, self._paths
         kazoo = ctx.conn.kazoo
+        lapsed_marks = self._lineup.expired_of(names)
+        marked = list(lapsed_marks)
+        # The items, then the reservations judged lapsed, in one pipeline:
+        # a reservation made since that judgment (released and reserved
+        # again) is another node, whose version starts at 0 again, and a
+        # takeover at the version judged would delete it. Its czxid tells.
+        # One made after these reads changed the item's version, which the
+        # reserve's setData checks.
         answers = ctx.conn.read_all(
-            lambda: [kazoo.get_async(paths.item(n)) for n in names], deadline, "read items"
+            lambda: (
+                [kazoo.get_async(paths.item(n)) for n in names]
+                + [kazoo.get_async(paths.reservation(n)) for n in marked]
+            ),
+            deadline,
+            "read items",
         )
+        answers, now_reserved = answers[: len(names)], answers[len(names) :]
+        expired: dict[str, int] = {}
+        for name, answer in zip(marked, now_reserved, strict=True):
+            if not isinstance(answer, Exception) and answer[1].czxid == lapsed_marks[name].czxid:
+                expired[name] = lapsed_marks[name].version  # the node judged lapsed is there
         ready: list[_Ready] = []
-        expired = self._lineup.expired_of(names)
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, NoNodeError):
                 continue  # acked meanwhile
@@ -195,11 +218,11 @@ class Worker:
         # reserve would try again for ever). The others stay first in line.
         fit = self._fitting(ready, len(info), expired)
         if fit < len(ready):
-            self._lineup.put_back([name for name, *_ in ready[fit:]], expired)
+            self._lineup.put_back([name for name, *_ in ready[fit:]], _still(lapsed_marks, expired))
             del ready[fit:]
         while ready:
             if abandoned is not None and abandoned.is_set():
-                self._lineup.put_back([name for name, *_ in ready], expired)
+                self._lineup.put_back([name for name, *_ in ready], _still(lapsed_marks, expired))
                 return []
             txn = kazoo.transaction()
             owners: list[int] = []  # the index in ready of each operation
@@ -217,7 +240,9 @@ class Worker:
                 ours = self.reserved_after_loss(ready, deadline, sent)
                 taken = {item.name for item in ours}
                 # the others are still first in line
-                self._lineup.put_back([name for name, *_ in ready if name not in taken], expired)
+                self._lineup.put_back(
+                    [name for name, *_ in ready if name not in taken], _still(lapsed_marks, expired)
+                )
                 return ours
             index, error = first_error(results)
             if error is None:
