@@ -27,7 +27,7 @@ from zkpubsub import (
 )
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, expire_session
-from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, ZkClientProxy
+from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, OP_MULTI, ZkClientProxy
 from zkpubsub.workqueue.records import decode_item
 
 from .helpers import drain, wait_until
@@ -811,3 +811,38 @@ def test_reads_are_sent_again_after_a_lost_connection(
             assert len(proxy.sprung) == 4
         finally:
             client.close()
+
+
+def test_a_release_whose_answer_was_lost_with_the_session_says_the_reservation_was_lost(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    """The release is lost with the connection and the worker's session
+    ends before it is back: before, ``release()`` took the item no longer
+    held for one given back and returned (``ack()`` raised, as the README
+    says of both), and at the last attempt the error it gave was lost."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with ZkClientProxy((host, int(port)), name="releasing") as proxy:
+        worker = make_client(hosts=proxy.address, session_timeout=4.0, request_timeout=30)
+        producer = make_client()
+        producer.queue("q").put("p")
+        item = worker.queue("q").reserve(timeout=10)
+        assert item is not None
+        time.sleep(1.3)  # the reserve's receipt deleted: the next multi is the release's
+        session = worker._session_credentials()
+        assert session is not None
+        sprung = proxy.lose_request(OP_MULTI, then_block=True)
+
+        def fault() -> None:
+            assert sprung.wait(10)
+            expire_session(session, zk_hosts, wait=False)  # ended while cut off
+            time.sleep(0.5)
+            proxy.unblock()
+
+        cutting = threading.Thread(target=fault)
+        cutting.start()
+        try:
+            with pytest.raises(ReservationLost):
+                item.release("boom")
+        finally:
+            cutting.join()
+        assert producer.queue("q").stats().dead == 0

@@ -166,10 +166,11 @@ def release(
     max_attempts: int,
     worker_id: str,
 ) -> bool:
-    """Give ``item`` back, or bury it at ``max_attempts``. ``True`` when this
-    transaction did it; ``False`` when, after a lost answer, the item is no
-    longer held (released then, or gone with the session). Raises
-    :class:`ReservationLost` when the server refuses it."""
+    """Give ``item`` back, or bury it at ``max_attempts``, in one
+    transaction with a receipt: after a lost answer the receipt tells
+    whether it was applied (a reservation lost meanwhile is not taken for
+    one given back). ``True`` when it was; raises :class:`ReservationLost`
+    when the server refuses it. (``worker_id``: kept for the callers.)"""
     paths = ctx.layout.work_queue(item.queue)
     reason = ""
     if error is not None:
@@ -178,41 +179,30 @@ def release(
     deadline = ctx.deadline()
     with translated(f"release item {item.id}"):
         full = buried and dead_letters_full(ctx, paths, deadline)
-        while True:
-            txn = ctx.conn.kazoo.transaction()
+        why = f"failed {item.attempts} times" + (f"; last error: {reason}" if reason else "")
+        if buried and full:
+            why = _dropped(item.queue, item.name, why)
+
+        def ops(txn: Any, guid: str) -> None:  # the same operations at every try
             txn.delete(paths.reservation(item.name))
-            if buried:
-                why = f"failed {item.attempts} times" + (
-                    f"; last error: {reason}" if reason else ""
-                )
-                data = envelope.encode([item.entry])
-                txn.delete(paths.item(item.name), item.token)
-                if full:
-                    why = _dropped(item.queue, item.name, why)
-                else:
-                    record = dead_record(item.name, data, item.attempts, why)
-                    txn.create(
-                        paths.dead_letter(item.name), record, acl=ctx.acl.acl(NodeKind.DEAD_LETTER)
-                    )
-                if item.wants_result:
-                    doc = result_doc(ctx.config.serializer, "dead", reason=why)
-                    txn.create(paths.result(item.id), doc, acl=ctx.acl.acl(NodeKind.RESULT))
-            else:
+            if not buried:
                 txn.check(paths.item(item.name), item.token)
-            try:
-                results = commit(ctx, txn, deadline, "release")
-            except ConnectionLost:
-                if holds(ctx, paths, item.name, item.token, worker_id, deadline):
-                    continue  # still ours: the release did not happen
-                # Released (perhaps reserved again since, even by a worker
-                # sharing our session), or gone with the session.
-                return False
-            if first_error(results)[1] is None:
-                if buried:
-                    logger.warning("queue %r: item %s is a dead letter", item.queue, item.id)
-                return True
-            ctx.hooks.reservation_lost(item.queue, 1)
-            raise ReservationLost(item.queue, item.id)
+                return
+            txn.delete(paths.item(item.name), item.token)
+            if not full:
+                record = dead_record(item.name, envelope.encode([item.entry]), item.attempts, why)
+                acl = ctx.acl.acl(NodeKind.DEAD_LETTER)
+                txn.create(paths.dead_letter(item.name), record, acl=acl)
+            if item.wants_result:
+                doc = result_doc(ctx.config.serializer, "dead", reason=why)
+                txn.create(paths.result(item.id), doc, acl=ctx.acl.acl(NodeKind.RESULT))
+
+        if ctx.writer.commit(ops, deadline, "release").applied:
+            if buried:
+                logger.warning("queue %r: item %s is a dead letter", item.queue, item.id)
+            return True
+        ctx.hooks.reservation_lost(item.queue, 1)
+        raise ReservationLost(item.queue, item.id)
 
 
 def bury(
