@@ -625,3 +625,38 @@ def test_ctrl_c_or_sigterm_before_a_command_is_done_is_one_line_and_exit_code_13
     out = interrupted(connecting, sig)
     assert connecting.returncode == code, out
     assert out.strip() == said and time.monotonic() - started < 10, out
+
+
+@pytest.mark.parametrize("case", ["tls-pair", "profile-type", "profile-file"])
+def test_a_gateway_whose_listener_or_tokens_cannot_serve_says_so_before_it_listens(
+    zk_hosts: str, zk_root: str, tmp_path: Path, case: str
+) -> None:
+    """Before: a certificate and key that do not load together, or a token
+    naming its profile with a list, were tracebacks (exit 1); a profile
+    whose credentials could never make a client let the gateway start and
+    answer 500 to every request with that token."""
+    (port,) = free_ports(1)
+    args = ["gateway", "--port", str(port)]
+    creds = tmp_path / "profile.toml"
+    creds.write_text('acl = "secured"\n')  # no identity for the secured policy
+    creds.chmod(0o600)
+    token = {"name": "billing", "token": "t" * 24, "credentials": "billing"}
+    book = {"credentials": {"billing": str(creds)}, "tokens": [token]}
+    if case == "tls-pair":
+        garbage = tmp_path / "cert.pem"
+        garbage.write_text("not a certificate\n")
+        args += ["--tls-cert", str(garbage), "--tls-key", str(garbage)]
+        says = "do not load together"
+    elif case == "profile-type":
+        token["credentials"] = ["billing"]
+        says = "credentials names a profile"
+    else:
+        says = "credentials profile 'billing'"
+    if case != "tls-pair":
+        tokens = tmp_path / "tokens.json"
+        tokens.write_text(json.dumps(book))
+        tokens.chmod(0o600)
+        args += ["--tokens", str(tokens)]
+    code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *args, timeout=30)
+    assert code == 2, (out, err)
+    assert one_line(err) and says in err, err

@@ -253,7 +253,7 @@ def test_the_event_stream_reports_a_snapshot_it_cannot_take_and_goes_on() -> Non
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise OperationTimeout("stats did not complete within 20 s")
+            raise OperationTimeout("list /bus-root/clients: stats did not complete within 20 s")
         return {"at": time.time(), "calls": calls}
 
     app = FastAPI()
@@ -269,6 +269,8 @@ def test_the_event_stream_reports_a_snapshot_it_cannot_take_and_goes_on() -> Non
         kind, problem = next(seen)
         assert kind == "problem" and problem["title"] == "OperationTimeout"
         assert "did not complete" in problem["detail"]
+        # as in every problem the gateway answers, a path reads <node>
+        assert "<node>" in problem["detail"] and "/bus-root" not in problem["detail"]
         kind, after = next(seen)
         assert kind == "snapshot" and after["calls"] == 3  # sent again after the problem
 

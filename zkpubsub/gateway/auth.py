@@ -169,6 +169,8 @@ def parse_tokens(data: object, where: str = "tokens") -> TokenBook:
         if digest in principals:
             raise ValueError(f"{at} ({name}): the same token is listed twice")
         profile = entry.get("credentials")
+        if profile is not None and not isinstance(profile, str):
+            raise ValueError(f"{at} ({name}): credentials names a profile (a string)")
         if profile is not None and profile not in credentials:
             raise ValueError(f"{at} ({name}): credentials {profile!r} is not defined")
         admin = entry.get("admin", False)

@@ -37,6 +37,7 @@ from ..errors import NotFound, ZkPubSubError
 from ..observer import Observer
 from ..stats import BusStats
 from ..workqueue.records import DeadItem
+from .problems import without_paths
 
 __all__ = ["DEAD_LETTERS_SHOWN", "console_router", "console_snapshot"]
 
@@ -282,7 +283,8 @@ async def _stream(
             # once per outage (not every second) at WARNING
             logger.log(logging.DEBUG if failing else logging.WARNING, "console: %s", exc)
             failing, last = True, None  # the next snapshot is sent whatever it holds
-            yield _event("problem", {"title": type(exc).__name__, "detail": str(exc)})
+            detail = without_paths(str(exc))  # as every problem the gateway answers
+            yield _event("problem", {"title": type(exc).__name__, "detail": detail})
         else:
             failing = False
             key = _unchanged_key(snapshot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 
 from .settings import GatewaySettings
 
@@ -33,7 +34,7 @@ def check_listener(
 ) -> None:
     """``ValueError`` unless the gateway may listen so: a port from 1 to
     65535, tokens for any address but a loopback one, TLS with both a
-    certificate and a key or neither."""
+    certificate and a key that load together, or neither."""
     if not 0 < port < 65536:
         raise ValueError(f"the port must be from 1 to 65535, not {port}")
     if settings.tokens is None and not is_loopback(host):
@@ -43,6 +44,18 @@ def check_listener(
         )
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS for the listener needs both --tls-cert and --tls-key")
+    if tls_cert is not None and tls_key is not None:
+        # loaded here as uvicorn will, so that a pair that does not load is
+        # one line before anything listens (an encrypted key is refused:
+        # nothing would give its password)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(tls_cert, tls_key, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"the listener's certificate and key do not load together: {exc} "
+                "(a PEM certificate and its unencrypted key)"
+            ) from None
 
 
 def serve(

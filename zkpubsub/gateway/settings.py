@@ -15,7 +15,7 @@ from ..config import (
     parse_hosts,
 )
 from ..layout import DEFAULT_ROOT, validate_root
-from ..security import Security
+from ..security import Security, load_credentials
 
 if TYPE_CHECKING:
     from .auth import TokenBook
@@ -90,12 +90,22 @@ class GatewaySettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
-        # what the gateway's own clients will be made with, checked before it
-        # serves (an ACL policy naming no identity, for one)
-        ClientConfig(
+        # what the gateway's clients will be made with, its own and each
+        # credentials profile's, checked before it serves (an unreadable
+        # credentials file, an ACL policy naming no identity...)
+        self._client_config(self.security)
+        if self.tokens is not None:
+            for profile, path in sorted(self.tokens.credentials.items()):
+                try:
+                    self._client_config(load_credentials(path))
+                except (OSError, ValueError, TypeError, RuntimeError) as exc:
+                    raise ValueError(f"credentials profile {profile!r}: {exc}") from None
+
+    def _client_config(self, security: Security) -> ClientConfig:
+        return ClientConfig(
             hosts=self.hosts,
             root=self.root,
             session_timeout=self.session_timeout,
             connect_timeout=self.connect_timeout,
-            **self.security.options(),
+            **security.options(),
         )
