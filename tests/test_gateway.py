@@ -659,3 +659,32 @@ def test_health_readiness_metrics_and_the_openapi_document(gateway_url: str) -> 
     assert receipt["content"]["application/json"]["schema"]["$ref"].endswith("/Receipt")
     assert httpx.get(f"{gateway_url}/docs").status_code == 200
     assert ADMIN not in json.dumps(doc)
+
+
+def test_a_payload_nested_too_deep_is_refused_and_one_published_otherwise_is_handed_out(
+    api: httpx.Client, zookeeper: ZooKeeperBackend, root: str
+) -> None:
+    """Before, a payload 600 arrays deep was taken (201) and every pull of
+    it was a 500 (a RecursionError writing it out): with auto_ack it was
+    gone, without it the topic's next message never came."""
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    deep = "[" * 600 + "]" * 600
+    json_type = {"Content-Type": "application/json"}
+    for url in (f"/topics/{topic}/messages", f"/queues/{unique('q-')}/items"):
+        answer = api.post(url, content=deep, headers=json_type)
+        assert answer.status_code == 400 and answer.json()["error"] == "BadJson", answer.text
+        assert "deeper than 100" in answer.json()["detail"]
+    nested: Any = "bottom"
+    for _ in range(600):
+        nested = [nested]
+    with Client(zookeeper.hosts, root=root, serializer="json", cleaner=False) as library:
+        library.publish(topic, nested)  # the library takes it: JSON goes that deep
+        library.publish(topic, "next")
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 2:
+        assert time.monotonic() < deadline
+        got += pull(api, name, max=10, wait=2, auto_ack=True)
+    assert got[0]["payload"] is None and "nested deeper than 100" in got[0]["payload_error"]
+    assert got[1]["payload"] == "next"

@@ -93,6 +93,9 @@ class PulledMessage(BaseModel):
     topic: str
     payload: Any = None
     payload_base64: str | None = None
+    payload_error: str | None = Field(
+        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+    )
     headers: dict[str, str]
     published_at: float
     publisher_id: str
@@ -132,6 +135,9 @@ class ReservedItem(BaseModel):
     id: str
     payload: Any = None
     payload_base64: str | None = None
+    payload_error: str | None = Field(
+        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+    )
     headers: dict[str, str]
     priority: int
     attempts: int
@@ -168,6 +174,9 @@ class DeadLetter(BaseModel):
     id: str
     payload: Any = None
     payload_base64: str | None = None
+    payload_error: str | None = Field(
+        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+    )
     headers: dict[str, str]
     priority: int
     attempts: int

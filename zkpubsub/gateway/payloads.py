@@ -33,6 +33,7 @@ from .problems import Problem
 
 __all__ = [
     "HEADER_PREFIX",
+    "MAX_DEPTH",
     "SMALL_BODY",
     "SmallBodyRoute",
     "decode_base64",
@@ -42,12 +43,17 @@ __all__ = [
     "read_body",
     "read_json",
     "read_payload",
+    "too_deep",
 ]
 
 HEADER_PREFIX: Final = "zkpubsub-header-"
 # The limit of every JSON body that carries no payload (subscriptions,
 # pulls, acks, reserves, releases, extensions, replays).
 SMALL_BODY: Final = 64 * 1024
+# The deepest nesting of arrays and objects a body (or a payload handed
+# out) may have: writing JSON recurses, and a payload read back deeper than
+# the interpreter can go would fail each time it was handed out.
+MAX_DEPTH: Final = 100
 
 
 def _too_large(limit: int, size: int | None = None) -> Problem:
@@ -111,16 +117,41 @@ def _unsupported(kind: str, accepted: str) -> Problem:
 
 def parse_json(body: bytes) -> Any:
     """The JSON of ``body``: standard JSON only (``NaN`` and ``Infinity``,
-    and numbers too large for a float, are refused, as nesting too deep to
-    read is), else a 400."""
+    and numbers too large for a float, are refused, as nesting deeper than
+    :data:`MAX_DEPTH` is), else a 400."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "bad-json", "Malformed JSON", f"the body is not JSON: {exc}") from None
     except RecursionError:
-        raise Problem(
-            400, "bad-json", "Malformed JSON", "the body is not JSON: nested too deeply"
-        ) from None
+        value = None
+    else:
+        if not too_deep(value):
+            return value
+    raise Problem(
+        400,
+        "bad-json",
+        "Malformed JSON",
+        f"the body is nested deeper than {MAX_DEPTH} levels (arrays and objects)",
+    )
+
+
+def too_deep(value: Any) -> bool:
+    """Whether ``value`` nests arrays and objects deeper than
+    :data:`MAX_DEPTH` (looked at without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _refuse_constant(name: str) -> float:
@@ -203,9 +234,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def payload_fields(payload: Any) -> dict[str, Any]:
-    """``{"payload": ...}`` or, for bytes, ``{"payload_base64": ...}``."""
+    """``{"payload": ...}`` or, for bytes, ``{"payload_base64": ...}``. A
+    payload nested deeper than :data:`MAX_DEPTH` (published other than
+    through a gateway, which refuses such bodies) cannot be written as
+    JSON here: ``{"payload": null, "payload_error": ...}`` says so."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return {"payload_base64": base64.b64encode(bytes(payload)).decode()}
+    if too_deep(payload):
+        return {"payload": None, "payload_error": f"nested deeper than {MAX_DEPTH} levels"}
     return {"payload": _jsonable(payload)}
 
 
