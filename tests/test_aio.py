@@ -620,14 +620,14 @@ async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
     client = await connect()
     sub = await client.subscribe("t")
     queue = client.queue("q")
-    for bad in (-1.0, math.inf, math.nan):
+    for bad in (-1.0, math.inf, math.nan, 1e10):
         for call in (
             lambda b=bad: sub.get(timeout=b),
             lambda b=bad: queue.reserve(timeout=b),
             lambda b=bad: queue.ticket("0" * 32).wait(timeout=b),
             lambda b=bad: client.publish("t", "never", timeout=b),
         ):
-            with pytest.raises(ValueError, match="must be >= 0 and finite"):
+            with pytest.raises(ValueError, match="timeout must be from 0 to 31536000 seconds"):
                 await call()
     assert sub.stats().delivered == 0
     await client.close()

@@ -63,8 +63,8 @@ def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
         client.queue("jobs", max_attempts=True)
     with pytest.raises(ValueError, match="limit"):
         q.reserve_many(True)
-    for lease in (math.inf, math.nan):
-        with pytest.raises(ValueError, match="positive, finite"):
+    for lease in (math.inf, math.nan, 1e300):  # 1e300 killed the lease keeper's thread
+        with pytest.raises(ValueError, match="at most 31536000"):
             client.queue("jobs", visibility_timeout=lease)
     with pytest.raises(TypeError, match="one string"):
         q.replay("abc")
@@ -72,7 +72,7 @@ def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
     q.put("x")
     item = q.reserve(timeout=10)
     assert item is not None
-    with pytest.raises(ValueError, match="positive, finite"):
+    with pytest.raises(ValueError, match="at most 31536000"):
         item.extend(math.inf)
     with pytest.raises(TypeError, match="error must be"):
         item.release(123)  # type: ignore[arg-type]

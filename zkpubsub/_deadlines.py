@@ -5,20 +5,27 @@ A deadline is a ``time.monotonic()`` instant, or ``None`` for never.
 
 from __future__ import annotations
 
-import math
 import time
+from typing import Final
 
-__all__ = ["check_timeout", "deadline_after", "earliest", "expired", "remaining"]
+__all__ = ["MAX_TIMEOUT", "check_timeout", "deadline_after", "earliest", "expired", "remaining"]
+
+# The longest timeout taken, a year: far below what the waits under it take
+# (Python's thread waits refuse about 9.2e9 seconds with OverflowError).
+MAX_TIMEOUT: Final = 365 * 24 * 3600.0
 
 
 def deadline_after(timeout: float | None) -> float | None:
     """A monotonic deadline ``timeout`` seconds from now (``None``: never).
-    ``ValueError`` for a negative timeout, and for an infinite or NaN one
-    (``None`` is the way to wait without end)."""
+    ``ValueError`` for a negative timeout, an infinite or NaN one, and one
+    over :data:`MAX_TIMEOUT` (``None`` is the way to wait without end)."""
     if timeout is None:
         return None
-    if timeout < 0 or not math.isfinite(timeout):
-        raise ValueError(f"timeout must be >= 0 and finite (None: no limit), not {timeout}")
+    if not 0 <= timeout <= MAX_TIMEOUT:  # NaN fails too
+        raise ValueError(
+            f"timeout must be from 0 to {MAX_TIMEOUT:.0f} seconds (a year; None: no limit), "
+            f"not {timeout}"
+        )
     return time.monotonic() + timeout
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Final, Literal, TypeGuard
 
 from ._acl import AclPolicy
+from ._deadlines import MAX_TIMEOUT
 from .backlog import Backlog
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, NodeKind, validate_name, validate_root
 from .security import Auth, Roles, Sasl, Tls, normalize_auth
@@ -159,7 +160,7 @@ def check_grace(grace: object, session_timeout: float) -> float:
 
 # The longest interval a cleaner sleeps: a longer one is no interval (and
 # past threading.TIMEOUT_MAX a wait raises).
-MAX_INTERVAL: Final = 365 * 24 * 3600.0
+MAX_INTERVAL: Final = MAX_TIMEOUT  # a year
 
 
 def check_interval(value: object, name: str) -> float:
@@ -266,8 +267,11 @@ class ClientConfig:
         validate_root(self.root)
         for name in ("session_timeout", "connect_timeout", "request_timeout", "close_timeout"):
             value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            if not _is_number(value) or not 0 < value <= MAX_TIMEOUT:
+                raise ValueError(
+                    f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} "
+                    f"(a year), not {value!r}"
+                )
         if self.watch_mode not in ("auto", "persistent", "listing"):
             raise ValueError(
                 f"watch_mode must be 'auto', 'persistent' or 'listing', not {self.watch_mode!r}"

@@ -31,11 +31,11 @@ the items in hand, each when half of it is left, for at most
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import TYPE_CHECKING, Final
 
+from .._deadlines import MAX_TIMEOUT
 from ..errors import ClientClosed, ReservationLost, ZkPubSubError
 
 if TYPE_CHECKING:
@@ -58,9 +58,12 @@ def check_lease(value: object, what: str = "visibility_timeout") -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not 0 < value < math.inf  # NaN fails too
+        or not 0 < value <= MAX_TIMEOUT  # NaN fails too
     ):
-        raise ValueError(f"{what} must be a positive, finite number of seconds, not {value!r}")
+        raise ValueError(
+            f"{what} must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} "
+            f"(a year), not {value!r}"
+        )
     return float(value)
 
 
