@@ -202,12 +202,13 @@ def apart(
             worker.start()
             while worker.is_alive() and not received:
                 worker.join(0.05)
-            if received:
-                ctx.close_made()
         finally:
+            # the program's own again: a second Ctrl-C (or SIGTERM) while
+            # what the command made closes ends that wait too
             for sig, handler in found.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if received:
+        if received and worker.is_alive():  # a command done already keeps its outcome
+            ctx.close_made()
             raise Interrupted() if received[0] == signal.SIGINT else Terminated()
         if failed:
             raise failed[0]

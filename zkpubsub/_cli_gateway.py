@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import click
 
@@ -127,13 +128,21 @@ def gateway(
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"zkpubsub gateway on {scheme}://{shown}:{port} (API docs at /docs)", err=True)
     # uvicorn ends on SIGINT or SIGTERM after a graceful shutdown, then
-    # raises the signal again for the handler it found: ignored here, so a
-    # gateway so ended is done (exit code 0), not interrupted.
+    # raises the signal again for the handler it found: ignored from the
+    # moment uvicorn takes the signals over (until then a signal ends the
+    # command as any), so a gateway so ended is done (exit code 0).
     ended = (signal.SIGINT, signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
-    found = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ended} if in_main else {}
+    found: dict[int, Any] = {}
+
+    def serving() -> None:
+        if in_main:
+            found.update({sig: signal.signal(sig, signal.SIG_IGN) for sig in ended})
+
     try:
-        serve(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+        serve(
+            settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, on_serving=serving
+        )
     except ValueError as exc:
         raise BadOption(str(exc)) from exc
     finally:

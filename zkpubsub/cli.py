@@ -108,9 +108,10 @@ class _SigTerm(BaseException):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    # Once: a second SIGTERM while the command closes what it made is
-    # ignored (closing waits at most the client's close timeout).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Once: a second SIGTERM ends the process at once (the first may have
+    # been swallowed where it was raised, inside kazoo; or closing takes
+    # longer than whoever sent it will wait).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise _SigTerm
 
 

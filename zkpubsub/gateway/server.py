@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+from collections.abc import Callable
 
 from .settings import GatewaySettings
 
@@ -66,16 +67,18 @@ def serve(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     log_level: str = "warning",
+    on_serving: Callable[[], None] | None = None,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM. Without tokens it listens
     only on a loopback address (``ValueError`` otherwise, and for the other
-    faults :func:`check_listener` finds)."""
+    faults :func:`check_listener` finds). ``on_serving`` is called just
+    before uvicorn takes over (and the signals with it)."""
     import uvicorn
 
     from .app import create_app
 
     check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -86,3 +89,9 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+    if on_serving is not None:
+        on_serving()
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run does: the start-up failed (it said why)
