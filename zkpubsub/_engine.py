@@ -321,10 +321,13 @@ class PublishEngine:
             )
             for request in leftovers:
                 if request.sent:  # its transaction went out: it may have been applied
+                    lane = self._lanes[request.topic]
+                    reached = len(lane.written.reached) if request in lane.flight else 0
                     error: ZkPubSubError = PublishTimeout(
                         f"publish to {request.topic!r} not confirmed before the client "
-                        "closed; the outcome is unknown",
+                        "closed; the outcome is unknown" + _confirmed(reached),
                         message_ids=request.message_ids,
+                        reached=reached,
                     )
                 else:
                     error = closed
@@ -518,7 +521,7 @@ class PublishEngine:
         requests, entries = self._take(lane, view)
         if not requests:
             return
-        result = lane.written = FanOutResult()  # filled as transactions are confirmed
+        result = lane.written  # _take made it afresh: filled as transactions are confirmed
         try:
             nodes, counts = envelope.pack_counted(entries, self._ctx.config.max_message_bytes)
             publisher.fan_out(
@@ -570,6 +573,7 @@ class PublishEngine:
             for request in taken:
                 request.sent = True
             lane.flight = taken
+            lane.written = FanOutResult()
             lane.last_batch = count
             if lane.pending:
                 lane.first_at = time.monotonic()

@@ -96,8 +96,10 @@ class PublishTimeout(OperationTimeout):
     why. If ``sent`` is false the publish never left the client and nothing
     was written. Otherwise the outcome is unknown: the message may have
     reached every subscriber, or none (a fan-out that had to be split may
-    have reached some); ``reached`` counts the subscribers confirmed before
-    the timeout.
+    have reached some); ``reached`` counts the subscriber queues its
+    fan-out's transactions had confirmed written before (publishes sent
+    together in one fan-out share that count, though a queue counted may
+    have got only the others' nodes).
     """
 
     def __init__(
