@@ -653,9 +653,6 @@ class Subscription:
             unregister = self._registered and (drop_queue or not self._durable)
             if unregister and ctx.is_closed() and not self._durable:
                 unregister = ctx.conn.connected.is_set()
-            # Done, raised (closing: the session's end removes it) or
-            # deferred (the deferred end always deregisters).
-            self._registered = self._registered and not unregister
             try:
                 end_subscription(
                     ctx,
@@ -668,9 +665,12 @@ class Subscription:
             except (ConnectionLost, OperationTimeout) as exc:
                 if ctx.is_closed():
                     raise
-                self._registry.defer(self._topic, drop_queue)
+                self._registry.defer(self._topic, drop_queue)  # it always deregisters
+                self._registered = False
                 logger.warning(
                     "subscription %r: %s; the client finishes it once the server answers",
                     self._topic,
                     exc,
                 )
+            else:
+                self._registered = self._registered and not unregister
