@@ -18,6 +18,7 @@ from zkpubsub import (
     PayloadTooLarge,
     SerializationError,
 )
+from zkpubsub.config import ClientConfig
 from zkpubsub.layout import Layout
 from zkpubsub.testing import queue_entries
 
@@ -213,3 +214,19 @@ def test_an_item_listed_twice_in_one_ack_and_a_listener_that_is_not_callable_are
     for add in (client.add_listener, client.add_gap_listener):
         with pytest.raises(TypeError, match="must be callable"):
             add(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        # the session timeout travels as milliseconds in 32 bits: kazoo
+        # failed inside its connect past about 24.8 days
+        ("session_timeout", 86_401.0),
+        ("request_timeout", 1e10),
+        ("connect_timeout", 1e10),
+        ("close_timeout", math.inf),
+    ],
+)
+def test_client_timeouts_past_their_bound_are_refused_up_front(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be a positive number of seconds, at most"):
+        ClientConfig(hosts="127.0.0.1:2181", **{option: value})

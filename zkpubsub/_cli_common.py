@@ -16,6 +16,7 @@ import click
 
 from .client import Client
 from .config import MAX_INTERVAL, parse_hosts
+from .config import MAX_SESSION_TIMEOUT as CLIENT_MAX_SESSION_TIMEOUT
 from .errors import ZkPubSubError
 from .layout import validate_name
 from .observer import Observer
@@ -225,7 +226,7 @@ MAX_SECONDS: Final = MAX_INTERVAL  # a year
 # long (split among the servers) for a connection and its handshake; and the
 # wire takes milliseconds below 2**31.
 MIN_SESSION_TIMEOUT: Final = 0.1
-MAX_SESSION_TIMEOUT: Final = 24 * 3600.0
+MAX_SESSION_TIMEOUT: Final = CLIENT_MAX_SESSION_TIMEOUT  # a day, as a Client takes
 
 _SPANS: Final = {MAX_SECONDS: "a year", MAX_SESSION_TIMEOUT: "a day"}
 

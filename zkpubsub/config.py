@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT",
     "MAX_DEAD_LETTERS",
     "MAX_INTERVAL",
+    "MAX_SESSION_TIMEOUT",
     "ClientConfig",
     "check_grace",
     "check_interval",
@@ -161,6 +162,7 @@ def check_grace(grace: object, session_timeout: float) -> float:
 # The longest interval a cleaner sleeps: a longer one is no interval (and
 # past threading.TIMEOUT_MAX a wait raises).
 MAX_INTERVAL: Final = MAX_TIMEOUT  # a year
+MAX_SESSION_TIMEOUT: Final = 86_400.0  # a day
 
 
 def check_interval(value: object, name: str) -> float:
@@ -267,10 +269,13 @@ class ClientConfig:
         validate_root(self.root)
         for name in ("session_timeout", "connect_timeout", "request_timeout", "close_timeout"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0 < value <= MAX_TIMEOUT:
+            # ZooKeeper's connect request carries the session timeout as
+            # milliseconds in 32 bits (it grants 20 ticks at most anyway)
+            most = MAX_SESSION_TIMEOUT if name == "session_timeout" else MAX_TIMEOUT
+            if not _is_number(value) or not 0 < value <= most:
                 raise ValueError(
-                    f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} "
-                    f"(a year), not {value!r}"
+                    f"{name} must be a positive number of seconds, at most {most:.0f}, "
+                    f"not {value!r}"
                 )
         if self.watch_mode not in ("auto", "persistent", "listing"):
             raise ValueError(
