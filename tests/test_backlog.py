@@ -250,6 +250,9 @@ def test_a_record_another_client_wrote_keeps_its_segment_and_what_this_one_does_
     assert record.backlog == Backlog(1, Backlog().max_bytes, "drop")
     moved = json.loads(record.next().encode())
     assert moved["segment"] == 5 and moved["priority"] == [1, 2] and moved["inline"] == 512
+    # the bound as the subscriber wrote it: a publisher moving on changes no policy
+    assert (moved["when_full"], moved["max_nodes"], moved["max_bytes"]) == ("block", 0, "lots")
+    assert json.loads(QueueRecord(4, Backlog(9)).encode())["when_full"] == "drop"
     for unreadable in (b"", b"not json", b"[3]", b'{"segment": -1}', b'{"segment": "4"}'):
         assert QueueRecord.decode(unreadable) is None, unreadable
     assert QueueRecord.decode(b'{"segment": true}') is None

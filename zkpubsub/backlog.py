@@ -114,8 +114,11 @@ class QueueRecord:
     full: bool = False
     # the largest envelope its subscriber reads from a node's name (0: none)
     inline: int = 0
-    # fields this version does not know, kept when it rewrites the record
+    # fields this version does not know, kept when it rewrites the record,
+    # and the bound fields it did not understand as written (kept as they
+    # were by a publisher that moves the queue on: the subscriber's own)
     unknown: tuple[tuple[str, object], ...] = ()
+    unread: tuple[tuple[str, object], ...] = ()
 
     def encode(self) -> bytes:
         doc: dict[str, object] = dict(self.unknown)
@@ -128,6 +131,7 @@ class QueueRecord:
                 "when_full": self.backlog.when_full,
             }
         )
+        doc.update(self.unread)
         if self.full:
             doc["full"] = True
         if self.inline:
@@ -166,17 +170,27 @@ class QueueRecord:
         )
         inline = doc.get("inline", 0)
         unknown = tuple((k, v) for k, v in doc.items() if k not in _RECORD_FIELDS)
+        read: dict[str, object] = {
+            "max_nodes": backlog.max_nodes,
+            "max_bytes": backlog.max_bytes,
+            "when_full": backlog.when_full,
+        }
+        unread = tuple((k, doc[k]) for k, v in read.items() if k in doc and doc[k] != v)
         return cls(
             segment,
             backlog,
             doc.get("full", False) is True,
             max(0, inline) if _is_int(inline) else 0,
             unknown,
+            unread,
         )
 
     def moved(self, segment: int) -> QueueRecord:
-        """This record naming ``segment`` (not marked full; the rest kept)."""
-        return QueueRecord(segment, self.backlog, inline=self.inline, unknown=self.unknown)
+        """This record naming ``segment`` (not marked full; the rest kept,
+        the bound as it was written)."""
+        return QueueRecord(
+            segment, self.backlog, inline=self.inline, unknown=self.unknown, unread=self.unread
+        )
 
     def next(self) -> QueueRecord:
         return self.moved(self.segment + 1)
