@@ -113,10 +113,10 @@ class ClientMetrics:
     """Prometheus metrics of ``client`` (a :class:`~zkpubsub.Client` or an
     :class:`~zkpubsub.aio.AsyncClient`), registered in ``registry``
     (default: ``prometheus_client``'s). ``queues`` names the work queues
-    whose depth is reported (more with :meth:`watch_queue`). Use one per
-    client and registry: a second one on a registry is refused with
-    ``ValueError`` (every series would come twice). :meth:`close`
-    unregisters."""
+    whose depth is reported (more with :meth:`watch_queue`). A registry
+    takes one: a second on it, whichever client it watches, is refused
+    with ``ValueError`` (every series would come twice; give each its own
+    ``registry=``). :meth:`close` unregisters."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class ClientMetrics:
         except ValueError as exc:  # its names are taken (see describe)
             raise ValueError(
                 f"{exc}: the registry has zkpubsub metrics already (one client's, or "
-                "another's); use one ClientMetrics per client and registry (registry=...)"
+                "another's); a registry takes one ClientMetrics (give each its own registry=...)"
             ) from None
         self._client.add_observer(self)
         self._client.add_gap_listener(self._on_gap)

@@ -1,6 +1,6 @@
 """Receipts: proof that a write happened, for when its answer was lost.
 
-Every publish, queue put, ack and replay transaction also creates
+Every publish, queue put, ack, release and replay transaction also creates
 ``receipts/<client id>/r<guid>``, as its first operation. If the connection
 drops before the answer arrives, the writer syncs and checks that one node:
 present means the write happened and must not be repeated, even if every

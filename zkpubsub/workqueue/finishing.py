@@ -6,7 +6,9 @@ Each is one transaction whose checks the server enforces:
   version this reservation produced, writes the result, and carries a
   receipt (exactly once after a lost answer);
 * a release deletes the reservation and checks the item's version (or, at
-  ``max_attempts``, moves the item to the dead letters);
+  ``max_attempts``, moves the item to the dead letters), with a receipt
+  too: after a lost answer it tells a release applied from a reservation
+  lost meanwhile (with the session);
 * burying an item nobody holds proves that by creating and deleting its
   reservation node in the same transaction.
 
@@ -14,9 +16,10 @@ A queue keeps at most ``MAX_DEAD_LETTERS`` dead letters (so listing them
 stays below 1 MiB): an item that fails beyond that is deleted instead,
 with an error in the log and a ``dead`` result for its ticket.
 
-After a lost answer, :func:`holds` tells whether a reservation is still
-this worker's: its session owns the node, the item is at the version, and
-the node names the worker (workers of one client share a session).
+After a lost answer to a reserve or an extension, :func:`holds` tells
+whether a reservation is still this worker's: its session owns the node,
+the item is at the version, and the node names the worker (workers of one
+client share a session).
 """
 
 from __future__ import annotations
