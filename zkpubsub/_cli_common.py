@@ -5,11 +5,12 @@ fail with one line and exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import click
@@ -168,6 +169,32 @@ pass_ctx = click.make_pass_decorator(CliContext)
 P = ParamSpec("P")
 
 
+# What signal.signal takes as a handler.
+SignalHandler = Callable[[int, Any], Any] | int | None
+
+
+@contextlib.contextmanager
+def signals_kept() -> Iterator[Callable[[Mapping[signal.Signals, SignalHandler]], bool]]:
+    """Yields ``install(handlers)``, which installs signal handlers (on the
+    main thread only: elsewhere it installs nothing and returns False); on
+    leaving, every signal installed for has its first-found handler again
+    (the default where that was not Python's)."""
+    found: dict[int, Any] = {}
+
+    def install(handlers: Mapping[signal.Signals, SignalHandler]) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False  # signals are the main thread's
+        for sig, handler in handlers.items():
+            found.setdefault(sig, signal.signal(sig, handler))
+        return True
+
+    try:
+        yield install
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def apart(
     command: Callable[Concatenate[CliContext, P], None],
 ) -> Callable[Concatenate[CliContext, P], None]:
@@ -183,8 +210,6 @@ def apart(
 
     @functools.wraps(command)
     def run(ctx: CliContext, /, *args: P.args, **kwargs: P.kwargs) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return command(ctx, *args, **kwargs)  # signals are the main thread's
         failed: list[BaseException] = []
         received: list[int] = []
 
@@ -197,17 +222,16 @@ def apart(
         def note(signum: int, frame: object) -> None:
             received.append(signum)
 
-        found = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        # Leaving the block makes the handlers the program's own again: a
+        # second Ctrl-C (or SIGTERM) while what the command made closes ends
+        # that wait too.
+        with signals_kept() as install:
+            if not install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), note)):
+                return command(ctx, *args, **kwargs)
             worker = threading.Thread(target=body, name="zkpubsub-command", daemon=True)
             worker.start()
             while worker.is_alive() and not received:
                 worker.join(0.05)
-        finally:
-            # the program's own again: a second Ctrl-C (or SIGTERM) while
-            # what the command made closes ends that wait too
-            for sig, handler in found.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if received and worker.is_alive():  # a command done already keeps its outcome
             ctx.close_made()
             raise Interrupted() if received[0] == signal.SIGINT else Terminated()

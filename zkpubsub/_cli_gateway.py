@@ -4,12 +4,10 @@ imported only when it runs, so the program works without its extra)."""
 from __future__ import annotations
 
 import signal
-import threading
-from typing import Any
 
 import click
 
-from ._cli_common import BadOption, CliContext, pass_ctx, positive, whole
+from ._cli_common import BadOption, CliContext, pass_ctx, positive, signals_kept, whole
 from .gateway.settings import (
     DEFAULT_ACK_DEADLINE,
     DEFAULT_IDEMPOTENCY_TTL,
@@ -131,20 +129,20 @@ def gateway(
     # raises the signal again for the handler it found: ignored from the
     # moment uvicorn takes the signals over (until then a signal ends the
     # command as any), so a gateway so ended is done (exit code 0).
-    ended = (signal.SIGINT, signal.SIGTERM)
-    in_main = threading.current_thread() is threading.main_thread()
-    found: dict[int, Any] = {}
+    ended = dict.fromkeys((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN)
+    with signals_kept() as install:
 
-    def serving() -> None:
-        if in_main:
-            found.update({sig: signal.signal(sig, signal.SIG_IGN) for sig in ended})
+        def serving() -> None:
+            install(ended)
 
-    try:
-        serve(
-            settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, on_serving=serving
-        )
-    except ValueError as exc:
-        raise BadOption(str(exc)) from exc
-    finally:
-        for sig, handler in found.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        try:
+            serve(
+                settings,
+                host=host,
+                port=port,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                on_serving=serving,
+            )
+        except ValueError as exc:
+            raise BadOption(str(exc)) from exc

@@ -39,6 +39,7 @@ from ._cli_common import (
     pass_ctx,
     positive,
     read_or_fail,
+    signals_kept,
     table,
     whole,
     work_queue_table,
@@ -124,13 +125,9 @@ class _Program(click.Group):
     end, a client's nodes to its session's)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return self._invoke(ctx)  # signals are the main thread's
-        found = signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
+        with signals_kept() as install:
+            install({signal.SIGTERM: _on_sigterm})
             return self._invoke(ctx)
-        finally:
-            signal.signal(signal.SIGTERM, found if found is not None else signal.SIG_DFL)
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
