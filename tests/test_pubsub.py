@@ -362,6 +362,9 @@ def test_bad_input_raises_clear_errors_and_sends_nothing(
             subscriber.subscribe(bad)
     with pytest.raises(ValueError):
         publisher.publish_many("t", [])
+    for name in ("max_attempts", "prefetch"):  # a bool is no count
+        with pytest.raises(ValueError, match=name):
+            subscriber.subscribe("t2", **{name: True})
     with pytest.raises(ValueError):
         make_client(client_id="has/slash")
     time.sleep(0.3)

@@ -63,6 +63,9 @@ def test_bad_arguments_raise_clear_errors(make_client: MakeClient) -> None:
         client.queue("jobs", max_attempts=True)
     with pytest.raises(ValueError, match="limit"):
         q.reserve_many(True)
+    for name in ("workers", "prefetch"):
+        with pytest.raises(ValueError, match=name):
+            q.consume(lambda item: None, **{name: True})
     for lease in (math.inf, math.nan, 1e300):  # 1e300 killed the lease keeper's thread
         with pytest.raises(ValueError, match="at most 31536000"):
             client.queue("jobs", visibility_timeout=lease)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from ._numbers import is_real
+
 __all__ = ["candidate_record", "read_candidate"]
 
 
@@ -22,7 +24,7 @@ def read_candidate(data: bytes) -> tuple[str, float | None]:
         doc = None
     if isinstance(doc, dict):
         grace = doc.get("grace")
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        if not is_real(grace):
             return str(doc.get("client", "")), None
         return str(doc.get("client", "")), float(grace)
     return data.decode("utf-8", "replace"), None

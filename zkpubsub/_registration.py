@@ -37,6 +37,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotE
 
 from ._context import Context
 from ._deadlines import deadline_after, expired
+from ._numbers import is_int
 from ._tree import delete_tree
 from ._version import __version__
 from .backlog import INLINE_BYTES, Backlog, QueueRecord
@@ -121,7 +122,7 @@ def holder_is_dead(data: bytes) -> bool:
     and its pid is not running. Anything less certain is not proof."""
     info, here = _holder(data), process_identity()
     pid = info.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+    if not is_int(pid) or pid <= 0 or pid == os.getpid():
         return False
     for key in ("host", "boot", "pidns"):
         if key not in here or info.get(key) != here[key]:

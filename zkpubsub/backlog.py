@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final, Literal, TypeGuard
+from typing import Final, Literal
+
+from ._numbers import is_int
 
 __all__ = [
     "DEFAULT_MAX_BACKLOG",
@@ -90,7 +92,7 @@ class Backlog:
     def __post_init__(self) -> None:
         for name, most in (("max_nodes", MAX_NODES), ("max_bytes", MAX_BYTES)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            if not is_int(value) or not 1 <= value <= most:
                 raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
         if self.when_full not in ("drop", "evict"):
             raise ValueError(f"when_full must be 'drop' or 'evict', not {self.when_full!r}")
@@ -159,7 +161,7 @@ class QueueRecord:
         if not isinstance(doc, dict):
             return None
         segment = doc.get("segment")
-        if not _is_int(segment) or segment < 0:
+        if not is_int(segment) or segment < 0:
             return None
         default = Backlog()
         when_full = doc.get("when_full")
@@ -180,7 +182,7 @@ class QueueRecord:
             segment,
             backlog,
             doc.get("full", False) is True,
-            max(0, inline) if _is_int(inline) else 0,
+            max(0, inline) if is_int(inline) else 0,
             unknown,
             unread,
         )
@@ -201,15 +203,11 @@ class QueueRecord:
         return INLINE_SEGMENT_NODES if self.inline else SEGMENT_NODES
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _bound(value: object, most: int, default: int) -> int:
     """A bound as read from a record: an integer clamped to 1..``most``
     (a record may have been written before bounds were checked, or by
     another client), anything else the default."""
-    return min(max(value, 1), most) if _is_int(value) else default
+    return min(max(value, 1), most) if is_int(value) else default
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
+from ._numbers import is_int, is_real
 from .client import Client
 from .config import ClientConfig
 from .errors import ClientClosed
@@ -106,13 +107,9 @@ class _Entries(Generic[K, V]):
     """What a cache holds and the tokens of fills under way (thread-safe)."""
 
     def __init__(self, ttl: float | None, max_size: int | None, stall_after: float) -> None:
-        if ttl is not None and (
-            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0
-        ):
+        if ttl is not None and (not is_real(ttl) or not ttl > 0):
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        if max_size is not None and (
-            isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
-        ):
+        if max_size is not None and (not is_int(max_size) or max_size < 1):
             raise ValueError(f"max_size must be an int >= 1, not {max_size!r}")
         self._ttl = ttl
         self._max_size = max_size

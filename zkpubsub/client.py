@@ -21,6 +21,7 @@ from ._callables import check_callable
 from ._context import CLOSING_REQUEST_TIMEOUT, Context
 from ._deadlines import expired
 from ._engine import PublishEngine, PublishRequest, Resolved
+from ._numbers import is_int, is_real
 from ._pump import ReceivePump, WatchMode
 from ._registration import end_subscription
 from ._registry import SubscriptionRegistry
@@ -418,13 +419,13 @@ class Client:
             check_callable(handler, "handler")
         if on_error is not None:
             check_callable(on_error, "on_error")
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if not is_int(max_attempts) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
         for name, delay in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
-            if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+            if not is_real(delay) or delay < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, not {delay!r}")
         prefetch = self._ctx.config.prefetch if prefetch is None else prefetch
-        if not isinstance(prefetch, int) or prefetch < 1:
+        if not is_int(prefetch) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
         default = self._ctx.config.backlog
         backlog = Backlog(

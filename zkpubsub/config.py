@@ -4,12 +4,12 @@ from here)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
-from typing import Final, Literal, TypeGuard
+from typing import Final, Literal
 
 from ._acl import AclPolicy
 from ._deadlines import MAX_TIMEOUT
+from ._numbers import is_finite, is_int
 from .backlog import Backlog
 from .layout import DEFAULT_ROOT, MAX_NAME_LENGTH, NodeKind, validate_name, validate_root
 from .security import Auth, Roles, Sasl, Tls, normalize_auth
@@ -146,7 +146,7 @@ def check_grace(grace: object, session_timeout: float) -> float:
     client cut off for up to twice its session timeout (a partition, a
     pause, a failover) is back before its queues go. A shorter grace is
     refused."""
-    if not _is_number(grace) or grace < 0:
+    if not is_finite(grace) or grace < 0:
         raise ValueError(
             f"the cleaner's grace must be a finite number of seconds >= 0, not {grace!r}"
         )
@@ -167,7 +167,7 @@ MAX_SESSION_TIMEOUT: Final = 86_400.0  # a day
 
 def check_interval(value: object, name: str) -> float:
     """A seconds interval: a finite number above 0, at most ``MAX_INTERVAL``."""
-    if not _is_number(value) or not 0 < value <= MAX_INTERVAL:
+    if not is_finite(value) or not 0 < value <= MAX_INTERVAL:
         raise ValueError(
             f"{name} must be a number of seconds above 0 and at most {MAX_INTERVAL:g}, "
             f"not {value!r}"
@@ -272,7 +272,7 @@ class ClientConfig:
             # ZooKeeper's connect request carries the session timeout as
             # milliseconds in 32 bits (it grants 20 ticks at most anyway)
             most = MAX_SESSION_TIMEOUT if name == "session_timeout" else MAX_TIMEOUT
-            if not _is_number(value) or not 0 < value <= most:
+            if not is_finite(value) or not 0 < value <= most:
                 raise ValueError(
                     f"{name} must be a positive number of seconds, at most {most:.0f}, "
                     f"not {value!r}"
@@ -289,13 +289,13 @@ class ClientConfig:
             check_grace(self.cleaner_grace, self.session_timeout)
         check_interval(self.cleaner_interval, "cleaner_interval")
         wait = self.registration_wait
-        if wait is not None and (not _is_number(wait) or wait < 0):
+        if wait is not None and (not is_finite(wait) or wait < 0):
             raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
-        if not _is_number(self.linger) or not 0 <= self.linger <= 1:
+        if not is_finite(self.linger) or not 0 <= self.linger <= 1:
             raise ValueError(f"linger must be between 0 and 1 second, not {self.linger!r}")
         for name in ("max_message_bytes", "max_transaction_bytes", "prefetch", "max_pending"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         # the ACLs of a message node and of the receipt travel in the transaction
         policy = AclPolicy(self.acl_policy, auth=self.auth, tls=self.tls)
@@ -345,8 +345,3 @@ class ClientConfig:
         if self.registration_wait is not None:
             return self.registration_wait
         return 2 * self.session_timeout
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    """A finite int or float (not a bool, an infinity or NaN)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -16,6 +16,7 @@ from kazoo.exceptions import NoNodeError
 
 from ._candidates import read_candidate
 from ._deadlines import deadline_after
+from ._numbers import is_int
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -128,9 +129,7 @@ class Observer:
     def dead(self, name: str, *, limit: int | None = None) -> list[DeadItem]:
         """The dead letters of the queue, oldest first: all of them, or the
         ``limit`` oldest (only those are read)."""
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
+        if limit is not None and (not is_int(limit) or limit < 0):
             raise ValueError(f"limit must be an int >= 0 or None, not {limit!r}")
         paths = self._layout.work_queue(self._queue(name))
         with translated(f"dead letters of {name!r}"):

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from .._numbers import is_int, is_real
 from ..config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -84,11 +85,11 @@ class GatewaySettings:
             "idempotency_ttl",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if not is_real(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         for name in ("idempotency_keys", "max_message_bytes", "max_batch_bytes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         # what the gateway's clients will be made with, its own and each
         # credentials profile's, checked before it serves (an unreadable

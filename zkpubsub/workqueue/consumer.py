@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._callables import check_callable, refuse_awaitable
 from .._deadlines import deadline_after, remaining
+from .._numbers import is_int
 from ..config import DEFAULT_MAX_LEASE
 from ..errors import (
     ClientClosed,
@@ -73,9 +74,9 @@ class Consumer:
         check_lease(max_lease, "max_lease")
         if on_error is not None:
             check_callable(on_error, "on_error")
-        if not isinstance(workers, int) or workers < 1:
+        if not is_int(workers) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, not {workers!r}")
-        if not isinstance(prefetch, int) or prefetch < 1:
+        if not is_int(prefetch) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")
         self._prefetch = prefetch
         self._handler = handler

@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from .._deadlines import MAX_TIMEOUT
+from .._numbers import is_real
 from ..errors import ClientClosed, ReservationLost, ZkPubSubError
 
 if TYPE_CHECKING:
@@ -55,11 +56,7 @@ RETRY_EXTEND: Final = 0.5
 
 
 def check_lease(value: object, what: str = "visibility_timeout") -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 < value <= MAX_TIMEOUT  # NaN fails too
-    ):
+    if not is_real(value) or not 0 < value <= MAX_TIMEOUT:  # NaN fails too
         raise ValueError(
             f"{what} must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} "
             f"(a year), not {value!r}"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._context import Context
+from .._numbers import is_int
 from ..config import DEFAULT_MAX_LEASE, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
 from ..connection import translated
 from ..errors import ClientClosed
@@ -59,11 +60,9 @@ class WorkQueue:
         validate_name(name, "queue name")
         if visibility_timeout is not None:
             visibility_timeout = check_lease(visibility_timeout)
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        if not is_int(max_attempts) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
-        if max_items is not None and (
-            not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1
-        ):
+        if max_items is not None and (not is_int(max_items) or max_items < 1):
             raise ValueError(f"max_items must be an int >= 1 or None, not {max_items!r}")
         self.name = name
         self.max_attempts = max_attempts

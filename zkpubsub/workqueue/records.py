@@ -17,6 +17,7 @@ from typing import Any, Final
 import msgpack
 
 from .. import envelope
+from .._numbers import is_int, is_real
 from ..errors import DecodeError, ItemFailed
 from ..layout import MAX_PRIORITY, MIN_PRIORITY, parse_item_node
 from ..serializers import Serializer, SerializerRegistry
@@ -45,7 +46,7 @@ _ERROR_TEXT_LIMIT: Final = 2000
 
 
 def check_priority(priority: object) -> int:
-    if not isinstance(priority, int) or isinstance(priority, bool):
+    if not is_int(priority):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise ValueError(
@@ -126,7 +127,7 @@ def lease_of(data: bytes) -> float | None:
         lease = msgpack.unpackb(data, raw=False).get("lease")
     except Exception:
         return None
-    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+    if not is_real(lease) or lease <= 0:
         return None
     return float(lease)
 

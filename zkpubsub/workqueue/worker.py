@@ -27,6 +27,7 @@ from kazoo.exceptions import NoNodeError
 from .. import envelope
 from .._context import Context
 from .._deadlines import deadline_after, remaining
+from .._numbers import is_int
 from ..connection import first_error, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, ReservationLost
 from ..layout import NodeKind, parse_item_node
@@ -50,7 +51,7 @@ _Ready = tuple[str, bytes, int, envelope.Entry, Any]  # name, data, version, ent
 
 def check_limit(limit: object) -> None:
     """``ValueError`` unless ``limit`` is a count of items to reserve."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    if not is_int(limit) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, not {limit!r}")
 
 
