@@ -55,7 +55,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._deadlines import deadline_after, expired, remaining
 from .client import Client
@@ -86,27 +86,64 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-# The families :meth:`ClientMetrics.collect` builds at scrape time, by kind
-# (its describe() names them; a test checks the two agree).
-_GAUGES: Final = (
-    "zkpubsub_session_state",
-    "zkpubsub_publishes_pending",
-    "zkpubsub_subscription_pending",
-    "zkpubsub_subscription_backlog",
-    "zkpubsub_work_queue_items",
-    "zkpubsub_work_queue_workers",
-    "zkpubsub_cleaner_leader",
-)
-_COUNTERS: Final = (
-    "zkpubsub_gaps",
-    "zkpubsub_reservations_lost",
-    "zkpubsub_handler_errors",
-    "zkpubsub_messages_dropped",
-    "zkpubsub_cleaner_sweeps",
-    "zkpubsub_cleaner_queues_removed",
-    "zkpubsub_cleaner_nodes_removed",
-    "zkpubsub_cleaner_subscriptions_evicted",
-)
+# The families :meth:`ClientMetrics.collect` builds at scrape time: name,
+# kind, help and labels (its describe() names them from here too).
+_SCRAPED: Final[dict[str, tuple[Literal["gauge", "counter"], str, tuple[str, ...]]]] = {
+    "zkpubsub_session_state": ("gauge", "The client's state (1 for the current one).", ("state",)),
+    "zkpubsub_publishes_pending": ("gauge", "Publishes accepted and not confirmed yet.", ()),
+    "zkpubsub_gaps": (
+        "counter",
+        "Gap notices: messages may have been missed.",
+        ("reason",),
+    ),
+    "zkpubsub_reservations_lost": (
+        "counter",
+        "Work items whose reservation was gone at ack or release.",
+        ("queue",),
+    ),
+    "zkpubsub_handler_errors": (
+        "counter",
+        "Handler failures and undecodable nodes.",
+        ("topic",),
+    ),
+    "zkpubsub_messages_dropped": (
+        "counter",
+        "Messages given up after max_attempts.",
+        ("topic",),
+    ),
+    "zkpubsub_subscription_pending": (
+        "gauge",
+        "Messages read ahead or listed, not handled yet.",
+        ("topic",),
+    ),
+    "zkpubsub_subscription_backlog": (
+        "gauge",
+        "Message nodes in the subscription's queue on the server.",
+        ("topic",),
+    ),
+    "zkpubsub_work_queue_items": ("gauge", "Items of a work queue.", ("queue", "state")),
+    "zkpubsub_work_queue_workers": ("gauge", "Registered workers.", ("queue",)),
+    "zkpubsub_cleaner_leader": ("gauge", "1 while the cleaner hosted by this client leads.", ()),
+    "zkpubsub_cleaner_sweeps": ("counter", "Sweeps of the hosted cleaner.", ()),
+    "zkpubsub_cleaner_queues_removed": ("counter", "Queues it removed.", ()),
+    "zkpubsub_cleaner_nodes_removed": ("counter", "Nodes it removed.", ()),
+    "zkpubsub_cleaner_subscriptions_evicted": (
+        "counter",
+        "Subscriptions it ended because their queue filled up (evict).",
+        (),
+    ),
+}
+
+
+def _family(name: str, value: float | None = None) -> Any:
+    """A new, empty family of :data:`_SCRAPED` (or one sample of ``value``)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    kind, text, labels = _SCRAPED[name]
+    make = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+    if value is not None:
+        return make(name, text, value=value)
+    return make(name, text, labels=list(labels))
 
 
 class ClientMetrics:
@@ -209,54 +246,33 @@ class ClientMetrics:
         """The families :meth:`collect` yields, empty: the registry checks
         their names against those it has (two of these on one registry
         would give every series twice, which a scrape's parser refuses)."""
-        from prometheus_client.core import CounterMetricFamily as counter
-        from prometheus_client.core import GaugeMetricFamily as gauge
-
         return [
             *self._published.describe(),
             *self._publish_seconds.describe(),
             *self._deliveries.describe(),
             *self._lag.describe(),
-            *(gauge(name, "") for name in _GAUGES),
-            *(counter(name, "") for name in _COUNTERS),
+            *(_family(name) for name in _SCRAPED),
         ]
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily as counter
-        from prometheus_client.core import GaugeMetricFamily as gauge
-
         client = self._client
         yield from self._published.collect()
         yield from self._publish_seconds.collect()
         yield from self._deliveries.collect()
         yield from self._lag.collect()
         status = client.status
-        state = gauge(
-            "zkpubsub_session_state",
-            "The client's state (1 for the current one).",
-            labels=["state"],
-        )
+        state = _family("zkpubsub_session_state")
         for each in ClientState:
             state.add_metric([each.value], 1.0 if each == status else 0.0)
         yield state
-        yield gauge(
-            "zkpubsub_publishes_pending",
-            "Publishes accepted and not confirmed yet.",
-            value=client.pending_publishes,
-        )
+        yield _family("zkpubsub_publishes_pending", value=client.pending_publishes)
         with self._lock:
             gaps, lost, queues = dict(self._gaps), dict(self._lost), list(self._queues)
-        family = counter(
-            "zkpubsub_gaps", "Gap notices: messages may have been missed.", labels=["reason"]
-        )
+        family = _family("zkpubsub_gaps")
         for reason in sorted(set(gaps) | {"session expired", "backlog purged"}):
             family.add_metric([reason], gaps.get(reason, 0))
         yield family
-        family = counter(
-            "zkpubsub_reservations_lost",
-            "Work items whose reservation was gone at ack or release.",
-            labels=["queue"],
-        )
+        family = _family("zkpubsub_reservations_lost")
         for queue in sorted(set(lost) | set(queues)):
             family.add_metric([queue], lost.get(queue, 0))
         yield family
@@ -264,29 +280,17 @@ class ClientMetrics:
         # the reads of the server share one budget: a frozen server costs a
         # scrape SCRAPE_READS_BUDGET, whatever it reads
         deadline = deadline_after(SCRAPE_READS_BUDGET) if connected else None
-        yield from self._subscriptions(gauge, counter, deadline)
+        yield from self._subscriptions(deadline)
         if deadline is not None:
-            yield from self._work_queues(gauge, queues, deadline)
-        yield from self._cleaner(gauge, counter)
+            yield from self._work_queues(queues, deadline)
+        yield from self._cleaner()
 
-    def _subscriptions(self, gauge: Any, counter: Any, deadline: float | None) -> Iterator[Any]:
+    def _subscriptions(self, deadline: float | None) -> Iterator[Any]:
         subs = self._client.subscriptions()
-        errors = counter(
-            "zkpubsub_handler_errors", "Handler failures and undecodable nodes.", labels=["topic"]
-        )
-        dropped = counter(
-            "zkpubsub_messages_dropped", "Messages given up after max_attempts.", labels=["topic"]
-        )
-        pending = gauge(
-            "zkpubsub_subscription_pending",
-            "Messages read ahead or listed, not handled yet.",
-            labels=["topic"],
-        )
-        backlog = gauge(
-            "zkpubsub_subscription_backlog",
-            "Message nodes in the subscription's queue on the server.",
-            labels=["topic"],
-        )
+        errors = _family("zkpubsub_handler_errors")
+        dropped = _family("zkpubsub_messages_dropped")
+        pending = _family("zkpubsub_subscription_pending")
+        backlog = _family("zkpubsub_subscription_backlog")
         for sub in subs:
             stats = sub.stats()
             errors.add_metric([sub.topic], stats.errors)
@@ -299,11 +303,9 @@ class ClientMetrics:
                     logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
         yield from (errors, dropped, pending, backlog)
 
-    def _work_queues(self, gauge: Any, queues: list[str], deadline: float) -> Iterator[Any]:
-        items = gauge(
-            "zkpubsub_work_queue_items", "Items of a work queue.", labels=["queue", "state"]
-        )
-        workers = gauge("zkpubsub_work_queue_workers", "Registered workers.", labels=["queue"])
+    def _work_queues(self, queues: list[str], deadline: float) -> Iterator[Any]:
+        items = _family("zkpubsub_work_queue_items")
+        workers = _family("zkpubsub_work_queue_workers")
         for name in queues:
             if expired(deadline):
                 break
@@ -317,22 +319,11 @@ class ClientMetrics:
             workers.add_metric([name], stats.workers)
         yield from (items, workers)
 
-    def _cleaner(self, gauge: Any, counter: Any) -> Iterator[Any]:
+    def _cleaner(self) -> Iterator[Any]:
         cleaner = self._client.cleaner
         stats = cleaner.stats() if cleaner is not None else None
-        yield gauge(
-            "zkpubsub_cleaner_leader",
-            "1 while the cleaner hosted by this client leads.",
-            value=1.0 if stats is not None and stats.is_leader else 0.0,
-        )
-        for name, attr, text in (
-            ("zkpubsub_cleaner_sweeps", "sweeps", "Sweeps of the hosted cleaner."),
-            ("zkpubsub_cleaner_queues_removed", "queues_removed", "Queues it removed."),
-            ("zkpubsub_cleaner_nodes_removed", "nodes_removed", "Nodes it removed."),
-            (
-                "zkpubsub_cleaner_subscriptions_evicted",
-                "subscriptions_evicted",
-                "Subscriptions it ended because their queue filled up (evict).",
-            ),
-        ):
-            yield counter(name, text, value=getattr(stats, attr) if stats is not None else 0)
+        leads = stats is not None and stats.is_leader
+        yield _family("zkpubsub_cleaner_leader", value=1.0 if leads else 0.0)
+        for what in ("sweeps", "queues_removed", "nodes_removed", "subscriptions_evicted"):
+            count = getattr(stats, what) if stats is not None else 0
+            yield _family(f"zkpubsub_cleaner_{what}", value=count)
