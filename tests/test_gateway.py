@@ -116,16 +116,18 @@ def pull(api: httpx.Client, name: str, **body: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def pull_all(api: httpx.Client, name: str, count: int) -> list[dict[str, Any]]:
-    """Pull and ack until ``count`` messages came."""
+def pull_all(
+    api: httpx.Client, name: str, count: int, auto_ack: bool = False
+) -> list[dict[str, Any]]:
+    """Pull and ack (or have the pulls ack) until ``count`` messages came."""
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while len(got) < count:
         assert time.monotonic() < deadline, f"only {len(got)} of {count} messages came"
-        batch = pull(api, name, max=10, wait=2)
+        batch = pull(api, name, max=10, wait=2, auto_ack=auto_ack)
         got += batch
         ids = [m["ack_id"] for m in batch]
-        if ids:
+        if ids and not auto_ack:
             assert api.post(f"/subscriptions/{name}/ack", json={"ack_ids": ids}).json()[
                 "acked"
             ] == sorted(ids, key=ids.index)
@@ -311,11 +313,7 @@ def test_one_subscription_receives_several_topics_and_auto_ack_takes_a_batch(
     name = subscribe(api, one, two)
     bus.publish_many(one, list(range(5)))
     bus.publish(two, "two")
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while len(got) < 6:
-        assert time.monotonic() < deadline
-        got += pull(api, name, max=10, wait=2, auto_ack=True)
+    got = pull_all(api, name, 6, auto_ack=True)
     assert [m["payload"] for m in got if m["topic"] == one] == [0, 1, 2, 3, 4]
     assert [m["payload"] for m in got if m["topic"] == two] == ["two"]
     assert all(m["ack_id"] is None for m in got)
@@ -681,10 +679,6 @@ def test_a_payload_nested_too_deep_is_refused_and_one_published_otherwise_is_han
     with Client(zookeeper.hosts, root=root, serializer="json", cleaner=False) as library:
         library.publish(topic, nested)  # the library takes it: JSON goes that deep
         library.publish(topic, "next")
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while len(got) < 2:
-        assert time.monotonic() < deadline
-        got += pull(api, name, max=10, wait=2, auto_ack=True)
+    got = pull_all(api, name, 2, auto_ack=True)
     assert got[0]["payload"] is None and "nested deeper than 100" in got[0]["payload_error"]
     assert got[1]["payload"] == "next"
