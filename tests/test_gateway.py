@@ -463,6 +463,33 @@ def test_a_reserve_waits_for_an_item_put_while_it_waits(api: httpx.Client, bus: 
     assert api.post(f"/queues/{queue}/reservations/{rid}/ack", json={}).status_code == 204
 
 
+def test_reserves_waiting_side_by_side_each_end_at_their_wait(
+    gateway_url: str, bus: Client
+) -> None:
+    """The reserves of one caller on one queue take turns on one worker in
+    half-second slices: the time spent waiting for a turn counted against
+    none of them, and from five at once they ended with 503 ConnectionLost
+    (ZooKeeper healthy, the queue empty). An item put meanwhile goes to one."""
+    import concurrent.futures
+
+    queue = unique("q-")
+
+    def reserve(_: int) -> tuple[int, list[Any]]:
+        with httpx.Client(base_url=gateway_url, headers=bearer(ADMIN), timeout=30) as api:
+            answer = api.post(f"/queues/{queue}/reserve", json={"wait": 2})
+            return answer.status_code, answer.json().get("items", [answer.text])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(reserve, range(8)))
+        assert answers == [(200, [])] * 8
+        waiting = [pool.submit(reserve, n) for n in range(8)]
+        time.sleep(0.5)
+        bus.queue(queue).put("one")
+        answers = [each.result() for each in waiting]
+    assert all(code == 200 for code, _ in answers), answers
+    assert sorted(i["payload"] for _, items in answers for i in items) == ["one"]
+
+
 def test_an_extension_without_seconds_renews_the_lease_the_item_was_reserved_with(
     api: httpx.Client,
 ) -> None:

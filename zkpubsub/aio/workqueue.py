@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -35,6 +36,10 @@ logger = logging.getLogger("zkpubsub.aio")
 # A reserve or a ticket's wait runs on a thread in slices this long, so a
 # cancelled one lets its thread go soon.
 SLICE: Final = 0.5
+# Reserves on one handle take turns on its worker, a slice at a time; one
+# whose time passed while it waited for its turn still waits this long for
+# a last try (the turn of one whose time passed is that try, a moment).
+LAST_TURN: Final = SLICE
 
 
 class AsyncItem:
@@ -266,9 +271,22 @@ class AsyncWorkQueue:
             self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
         )
 
-    def _reserve_slice(self, limit: int, seconds: float, abandoned: threading.Event) -> list[Item]:
-        with self._reserving:
+    def _reserve_slice(
+        self, limit: int, until: float | None, abandoned: threading.Event
+    ) -> list[Item]:
+        """Up to :data:`SLICE` seconds of a reserve that ends by ``until`` (a
+        ``time.monotonic()`` instant; ``None``: no end). Waiting for the
+        handle's worker counts: a reserve whose time passed meanwhile gets
+        one try, or nothing if its turn has not come :data:`LAST_TURN` later."""
+        turn = -1.0 if until is None else max(0.0, until - time.monotonic()) + LAST_TURN
+        if not self._reserving.acquire(timeout=turn):
+            return []
+        try:
+            left = None if until is None else max(0.0, until - time.monotonic())
+            seconds = SLICE if left is None else min(left, SLICE)
             return self._queue._reserve_unless(limit, seconds, abandoned)
+        finally:
+            self._reserving.release()
 
     async def reserve(self, timeout: float | None = None) -> AsyncItem | None:
         """The next item, waiting up to ``timeout`` seconds (``None``: as long
@@ -279,14 +297,11 @@ class AsyncWorkQueue:
     async def reserve_many(self, limit: int, timeout: float | None = None) -> list[AsyncItem]:
         """Up to ``limit`` items in one transaction (see :meth:`WorkQueue.reserve_many`)."""
         check_limit(limit)
-        loop = asyncio.get_running_loop()
         timeout = check_timeout(timeout)
-        deadline = None if timeout is None else loop.time() + timeout
+        until = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            seconds = SLICE if left is None else min(left, SLICE)
             abandoned = threading.Event()
-            job = self._bridge.submit(self._reserve_slice, limit, seconds, abandoned)
+            job = self._bridge.submit(self._reserve_slice, limit, until, abandoned)
             try:
                 items = await self._bridge.wrap(job)
             except asyncio.CancelledError:
@@ -297,7 +312,7 @@ class AsyncWorkQueue:
                 raise
             if items:
                 return [AsyncItem(item, self._bridge) for item in items]
-            if left is not None and left <= seconds:
+            if until is not None and time.monotonic() >= until:
                 return []
 
     async def ack_many(
