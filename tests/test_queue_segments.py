@@ -151,6 +151,7 @@ def test_a_full_queue_makes_put_wait_then_raise_queue_full(make_client: MakeClie
         q.put(4, timeout=1.0)
     assert 0.9 <= time.monotonic() - started < 5
     assert (info.value.queue, info.value.items, info.value.limit) == ("small", 3, 3)
+    assert info.value.put_ids == () and "nothing was put" in str(info.value)
     assert len(q) == 3  # nothing was put
 
     # Room made meanwhile lets a waiting put through.
@@ -166,10 +167,15 @@ def test_a_full_queue_makes_put_wait_then_raise_queue_full(make_client: MakeClie
     q.put(4, timeout=10.0)
     taker.join(10)
     assert drain(q, 3) == [2, 3, 4]
-    # More items than the bound go in transactions of at most max_items.
-    with pytest.raises(QueueFull):
+    # More items than the bound go in transactions of at most max_items:
+    # the first one's went in, the rest did not. The error says so and names
+    # them (it said "nothing was put" and named none: a retry put them twice).
+    with pytest.raises(QueueFull) as info:
         q.put_many(range(5), timeout=1.0)
-    assert len(q) == 3
+    assert len(q) == 3 and "3 of 5 items were put" in str(info.value)
+    held = [q.reserve(5) for _ in range(3)]
+    put = list(zip(info.value.put_ids, range(3), strict=True))
+    assert sorted((i.id, i.payload) for i in held if i) == sorted(put)
     with pytest.raises(ValueError, match="max_items"):
         client.queue("small", max_items=0)
 

@@ -191,17 +191,33 @@ class ReservationLost(ZkPubSubError):
 
 class QueueFull(ZkPubSubError):
     """A work queue held ``limit`` items (ready or reserved) for the whole
-    of a put's timeout, so nothing was put. ``items`` is how many it held
-    when the put gave up."""
+    of a put's timeout. ``items`` is how many it held when the put gave up.
+    Nothing of a ``put`` was put; a ``put_many`` in several transactions
+    may have put those before: ``put_ids`` are their ids, in order (the
+    first ``len(put_ids)`` payloads), empty when nothing was put."""
 
-    def __init__(self, queue: str, items: int, limit: int) -> None:
+    def __init__(
+        self,
+        queue: str,
+        items: int,
+        limit: int,
+        *,
+        put_ids: tuple[str, ...] = (),
+        asked: int | None = None,
+    ) -> None:
+        done = (
+            f"{len(put_ids)} of {asked} items were put (put_ids), the rest not"
+            if put_ids
+            else "nothing was put"
+        )
         super().__init__(
             f"work queue {queue!r} is full: {items} items, the limit is {limit} (max_items); "
-            "nothing was put"
+            + done
         )
         self.queue = queue
         self.items = items
         self.limit = limit
+        self.put_ids = put_ids
 
 
 class ItemFailed(ZkPubSubError):

@@ -110,7 +110,15 @@ class Producer:
                         break
                     used += size
                     end += 1
-                self._wait_for_room(end - start, deadline)
+                try:
+                    self._wait_for_room(end - start, deadline)
+                except QueueFull as full:
+                    if not start:
+                        raise
+                    done = tuple(e.id for e in entries[:start])
+                    raise QueueFull(
+                        self._name, full.items, full.limit, put_ids=done, asked=len(entries)
+                    ) from None
                 self._put_once(datas[start:end], priority, want_result, deadline)
                 start = end
         return [e.id for e in entries]
