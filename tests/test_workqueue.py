@@ -10,7 +10,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from kazoo.client import KazooClient
@@ -21,9 +21,11 @@ from zkpubsub import (
     ClientState,
     Item,
     ItemFailed,
+    NotFound,
     OperationTimeout,
     ReservationLost,
     SerializationError,
+    Ticket,
 )
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, expire_session
@@ -393,6 +395,42 @@ def test_results_round_trip_and_are_removed_once_read(
     with pytest.raises(ValueError, match="without want_result"):
         plain.ack(result=1)
     plain.ack()
+
+
+def test_a_result_goes_to_one_ticket_and_to_every_thread_waiting_on_it(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Waiters read the result side by side and each deleted it: several
+    got it, or a late one was told the item had failed ("its result was
+    read by someone else", a 'failed' answer at the gateway)."""
+    import concurrent.futures
+
+    q = make_client().queue("rpc")
+    ticket = q.put("job", want_result=True)
+    other = make_client().queue("rpc").ticket(ticket.id)  # another process's
+    item = q.reserve(5)
+    assert item is not None
+
+    def outcome(waiting: Ticket) -> Any:
+        try:
+            return waiting.wait(10)
+        except NotFound as exc:
+            return str(exc)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        mine = [pool.submit(outcome, ticket) for _ in range(3)]
+        theirs = pool.submit(outcome, other)
+        time.sleep(0.3)  # all four wait for the result
+        item.ack(result="done")
+        outcomes = [each.result() for each in mine] + [theirs.result()]
+    gone = f"the result of item {ticket.id} is gone: another ticket took it first, or a replay "
+    gone += "removed it"
+    # one ticket took it, and all its waiters have it; the other has none
+    assert outcomes in (["done"] * 3 + [gone], [gone] * 3 + ["done"]), outcomes
+    taker, left = (ticket, other) if outcomes[0] == "done" else (other, ticket)
+    assert taker.done() and taker.wait(0) == "done"  # kept for the taker's waiters
+    assert outcome(left) == gone
+    assert raw_zk.get_children(Layout(zk_root).work_queue("rpc").results) == []
 
 
 def test_a_waited_for_item_that_dies_fails_its_ticket(make_client: MakeClient) -> None:

@@ -155,6 +155,7 @@ class AsyncTicket:
     async def wait(self, timeout: float | None = None) -> Any:
         """The result given to ``ack`` (removed once read). Raises
         :class:`~zkpubsub.ItemFailed` if the item became a dead letter,
+        :class:`~zkpubsub.NotFound` if another ticket took the result first,
         ``OperationTimeout`` if ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
         timeout = check_timeout(timeout)

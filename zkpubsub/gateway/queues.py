@@ -323,9 +323,11 @@ async def replay(
     summary="Wait for a ticket's result (long poll)",
     description="status done (with the ack's result, which is removed once read), "
     "failed (the item became a dead letter; reason says why), or pending with HTTP 202 "
-    "when wait seconds passed first (at most the gateway's --max-wait).",
+    "when wait seconds passed first (at most the gateway's --max-wait). Of requests "
+    "taking one result at once, one has it and the others get a 404; a result already "
+    "taken is not there any more (pending).",
     responses=problem_responses(
-        401, 403, extra={202: {"description": "No result yet", "model": TicketAnswer}}
+        401, 403, 404, extra={202: {"description": "No result yet", "model": TicketAnswer}}
     ),
 )
 async def result(

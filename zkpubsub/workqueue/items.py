@@ -8,13 +8,20 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import NoNodeError
 
 from .. import envelope
 from .._context import Context
 from .._deadlines import deadline_after, expired, remaining
 from ..connection import translated
-from ..errors import ItemFailed, OperationTimeout, ReservationLost, ZkPubSubError
+from ..errors import (
+    DecodeError,
+    ItemFailed,
+    NotFound,
+    OperationTimeout,
+    ReservationLost,
+    ZkPubSubError,
+)
 from ..layout import WorkQueuePaths
 from .records import read_result
 
@@ -202,23 +209,35 @@ class Item:
 
 
 class Ticket:
-    """Waits for the result of an item put with ``want_result=True``."""
+    """Waits for the result of an item put with ``want_result=True``. The
+    result is handed out once: of several tickets for one item (in other
+    processes, or made by :meth:`WorkQueue.ticket` again) the first to take
+    it has it and the others raise :class:`NotFound`; the threads waiting on
+    one ticket all get what it took."""
 
     def __init__(self, ctx: Context, queue: str, item_id: str) -> None:
         self._ctx = ctx
         self._queue = queue
         self._paths: WorkQueuePaths = ctx.layout.work_queue(queue)
         self.id = item_id
+        self._taking = threading.Lock()
+        # what this ticket took: (the result, None) or (None, its error)
+        self._taken: tuple[Any, BaseException | None] | None = None
 
     def done(self) -> bool:
-        """Whether the result (or the news of failure) is there."""
+        """Whether the result (or the news of failure) is there, or was
+        taken by this ticket."""
+        if self._taken is not None:
+            return True
         with translated("ticket"):
             return self._ctx.conn.exists(self._paths.result(self.id), self._ctx.deadline())
 
     def wait(self, timeout: float | None = None) -> Any:
         """The result passed to ``ack``, once it is there; it is removed once
-        read. Raises :class:`ItemFailed` if the item went to the dead letters
-        and ``OperationTimeout`` if ``timeout`` passes first."""
+        read. Raises :class:`ItemFailed` if the item went to the dead letters,
+        :class:`NotFound` if another ticket took the result first (or a
+        replay removed it), and ``OperationTimeout`` if ``timeout`` passes
+        first."""
         ctx = self._ctx
         conn, kazoo = ctx.conn, ctx.conn.kazoo
         path = self._paths.result(self.id)
@@ -227,7 +246,7 @@ class Ticket:
         # ``timeout`` bounds the wait for the result; reading one that is
         # there gets up to TICKET_READ_AT_LEAST whatever it is
         with translated("ticket"):
-            while True:
+            while self._taken is None:
                 arrived.clear()
                 stat = conn.call(
                     lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
@@ -235,21 +254,46 @@ class Ticket:
                     f"wait for {path}",
                 )
                 if stat is not None:
-                    reads = ctx.at_least(deadline, TICKET_READ_AT_LEAST)  # read and removal
-                    try:
-                        data, _ = conn.call(lambda: kazoo.get_async(path), reads, path)
-                    except NoNodeError:
-                        raise ItemFailed(self.id, "its result was read by someone else") from None
-                    try:
-                        return read_result(ctx.serializers, self.id, path, data)
-                    finally:  # the result is read: a failed delete must not lose it
-                        try:
-                            conn.delete(path, reads)
-                        except (ZkPubSubError, KazooException) as exc:
-                            logger.warning("item %s: result read, not deleted: %s", self.id, exc)
+                    with self._taking:
+                        if self._taken is None:
+                            self._taken = self._take(path, deadline)
+                    break
                 left = remaining(deadline)
                 if not arrived.wait(left if left is not None else 1.0) and expired(deadline):
                     raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
+        result, error = self._taken
+        if error is not None:
+            raise error.with_traceback(None)
+        return result
+
+    def _take(self, path: str, deadline: float | None) -> tuple[Any, BaseException | None]:
+        """Read the result and delete it, the delete with a receipt: the
+        ticket whose delete applies has it. A delete that fails otherwise
+        (no answer in time) still hands the result out: it must not be lost."""
+        ctx = self._ctx
+        conn, kazoo = ctx.conn, ctx.conn.kazoo
+        reads = ctx.at_least(deadline, TICKET_READ_AT_LEAST)  # read and removal
+        gone = NotFound(
+            f"the result of item {self.id} is gone: another ticket took it first, "
+            "or a replay removed it"
+        )
+        try:
+            data, stat = conn.call(lambda: kazoo.get_async(path), reads, path)
+        except NoNodeError:
+            return None, gone
+
+        def delete(txn: Any, _guid: str) -> None:
+            txn.delete(path, version=stat.version)
+
+        try:
+            if not ctx.writer.commit(delete, reads, f"take the result of item {self.id}").applied:
+                return None, gone
+        except ZkPubSubError as exc:
+            logger.warning("item %s: result read, not deleted: %s", self.id, exc)
+        try:
+            return read_result(ctx.serializers, self.id, path, data), None
+        except (ItemFailed, DecodeError) as exc:
+            return None, exc
 
     def __repr__(self) -> str:
         return f"<Ticket {self.id} of {self._queue!r}>"
