@@ -180,6 +180,30 @@ def test_a_full_queue_makes_put_wait_then_raise_queue_full(make_client: MakeClie
         client.queue("small", max_items=0)
 
 
+def test_a_replay_stays_within_the_bound(make_client: MakeClient) -> None:
+    """A replay put every dead letter back whatever max_items said."""
+    q = make_client().queue("replayed", max_items=2, max_attempts=1)
+    q.put_many(["a", "b"])
+    for _ in range(2):
+        item = q.reserve(5)
+        assert item is not None
+        item.release("broken")
+    q.put_many(["c", "d"])
+    with pytest.raises(QueueFull) as info:
+        q.replay(timeout=0.3)
+    assert info.value.put_ids == () and len(q.dead()) == 2
+    item = q.reserve(5)
+    assert item is not None
+    item.ack()
+    with pytest.raises(QueueFull) as info:
+        q.replay(timeout=0.3)
+    assert "1 of 2 items were put" in str(info.value)
+    (left,) = q.dead()
+    assert left.id not in info.value.put_ids
+    stats = q.stats()
+    assert (stats.ready, stats.dead) == (2, 1)
+
+
 def test_reserved_items_count_toward_the_bound(make_client: MakeClient) -> None:
     q = make_client().queue("held", max_items=2)
     q.put_many(["a", "b"])

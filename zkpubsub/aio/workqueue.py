@@ -354,8 +354,11 @@ class AsyncWorkQueue:
     async def dead(self) -> list[DeadItem]:
         return await self._bridge.run(self._queue.dead)
 
-    async def replay(self, ids: Sequence[str] | None = None) -> int:
-        return await self._bridge.run(self._queue.replay, ids)
+    async def replay(
+        self, ids: Sequence[str] | None = None, *, timeout: float | None = None
+    ) -> int:
+        """:meth:`WorkQueue.replay`."""
+        return await self._bridge.run(self._queue.replay, ids, timeout=timeout)
 
     def ticket(self, item_id: str) -> AsyncTicket:
         """A ticket for an item id (for waiting on a result put elsewhere)."""

@@ -129,6 +129,8 @@ def problem_for(exc: errors.ZkPubSubError) -> Problem:
     extra = {k: getattr(exc, k) for k in _CARRIED if _plain(getattr(exc, k, None))}
     if isinstance(exc, errors.PublishTimeout):
         extra["message_ids"] = list(exc.message_ids)
+    if isinstance(exc, errors.QueueFull) and exc.put_ids:  # a replay part-way
+        extra["put_ids"] = list(exc.put_ids)
     headers = {"Retry-After": "1"} if status == 503 else None
     detail = str(exc)
     if isinstance(exc, errors.ClientIdInUse):  # its text names the holder's host and pid

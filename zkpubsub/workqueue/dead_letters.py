@@ -17,6 +17,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from .._context import Context
 from ..connection import Connection
+from ..errors import QueueFull
 from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node
 from ..serializers import SerializerRegistry
 from .records import DeadItem, dead_item, dead_item_data
@@ -56,17 +57,30 @@ def replay(
     segments: Segments,
     ensure_paths: Callable[[float | None], None],
     wanted: Collection[str] | None,
+    wait_for_room: Callable[[int, float | None], None],
+    room_deadline: float | None,
 ) -> int:
     """Put back the dead letters of the queue at ``paths`` (all, or those
-    whose id or node name is in ``wanted``). Returns how many were replayed."""
+    whose id or node name is in ``wanted``), each once ``wait_for_room``
+    finds room for it by ``room_deadline``. Returns how many were replayed;
+    :class:`QueueFull` names those replayed before room ran out."""
     conn, kazoo = ctx.conn, ctx.conn.kazoo
-    count = 0
+    replayed: list[str] = []
     deadline = ctx.deadline()
     item_acl = ctx.acl.acl(NodeKind.ITEM)
     ensure_paths(deadline)
-    for dead in read_dead(conn, ctx.serializers, paths, deadline):
-        if wanted is not None and dead.id not in wanted and dead.name not in wanted:
-            continue
+    letters = [
+        dead
+        for dead in read_dead(conn, ctx.serializers, paths, deadline)
+        if wanted is None or dead.id in wanted or dead.name in wanted
+    ]
+    for dead in letters:
+        try:
+            wait_for_room(1, room_deadline)
+        except QueueFull as full:
+            raise QueueFull(
+                full.queue, full.items, full.limit, put_ids=tuple(replayed), asked=len(letters)
+            ) from None
         path = paths.dead_letter(dead.name)
         # A ticket's "dead" result not read yet is removed with the replay:
         # the item is live again, and its ack or next burial writes the
@@ -89,8 +103,9 @@ def replay(
                 continue
             break
         # another error: someone else replayed or removed it
-        count += outcome.applied
-    return count
+        if outcome.applied:
+            replayed.append(dead.id)
+    return len(replayed)
 
 
 def _letter_and_result(kazoo: Any, paths: WorkQueuePaths, dead: DeadItem) -> list[Any]:

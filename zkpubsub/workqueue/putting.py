@@ -111,7 +111,7 @@ class Producer:
                     used += size
                     end += 1
                 try:
-                    self._wait_for_room(end - start, deadline)
+                    self.wait_for_room(end - start, deadline)
                 except QueueFull as full:
                     if not start:
                         raise
@@ -123,7 +123,7 @@ class Producer:
                 start = end
         return [e.id for e in entries]
 
-    def _wait_for_room(self, count: int, deadline: float | None) -> None:
+    def wait_for_room(self, count: int, deadline: float | None) -> None:
         """Return once ``count`` more items fit under ``max_items``; raise
         :class:`QueueFull` if they do not before ``deadline``. Several
         producers counting at once may together go over by what they put

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._context import Context
+from .._deadlines import deadline_after
 from .._numbers import is_int
 from ..config import DEFAULT_MAX_LEASE, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
 from ..connection import translated
@@ -262,17 +263,29 @@ class WorkQueue:
         with translated(f"dead letters of {self.name!r}"):
             return read_dead(ctx.conn, ctx.serializers, self._paths, ctx.deadline())
 
-    def replay(self, ids: Sequence[str] | None = None) -> int:
+    def replay(self, ids: Sequence[str] | None = None, *, timeout: float | None = None) -> int:
         """Put dead letters back (all, or those with these ids) as new items
         with their original payload and priority and no attempts. Returns how
-        many were replayed."""
+        many were replayed. Within ``max_items`` as a put is: each waits for
+        room up to ``timeout`` (default the request timeout) in all, then
+        :class:`QueueFull` names those replayed (``put_ids``); the others stay
+        dead letters."""
         if isinstance(ids, (str, bytes)):
             raise TypeError("ids must be a sequence of item ids, not one string")
         wanted = None if ids is None else set(ids)
         ctx = self._ctx
+        room_by = deadline_after(ctx.config.request_timeout if timeout is None else timeout)
         with translated(f"replay dead letters of {self.name!r}"):
-            ensure = self._producer.ensure_paths
-            return replay(ctx, self._paths, self._segments, ensure, wanted)
+            producer = self._producer
+            return replay(
+                ctx,
+                self._paths,
+                self._segments,
+                producer.ensure_paths,
+                wanted,
+                producer.wait_for_room,
+                room_by,
+            )
 
     def ticket(self, item_id: str) -> Ticket:
         """A ticket for an item id (for waiting on it from another process);
