@@ -238,29 +238,49 @@ def test_the_gateway_names_its_extra_when_its_packages_are_missing() -> None:
     assert "pip install 'zkpubsub[gateway]'" in done.stderr
 
 
-def test_a_reserve_ends_at_its_wait_while_zookeeper_is_frozen(
+def test_a_reserve_or_a_pull_ends_at_its_wait_while_zookeeper_is_frozen(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:
+    import concurrent.futures
+
     zk = make_cluster(1)
     (node,) = zk.nodes
-    url, process = start_gateway(zk.hosts, "/frozen", args=["--max-wait", "3"])
+    url, process = start_gateway(
+        zk.hosts, "/frozen", args=["--max-wait", "3", "--idle-timeout", "1"]
+    )
     try:
         with httpx.Client(base_url=url, timeout=60) as api:
-            queue = unique("q-")
+            queue, name = unique("q-"), unique("sub-")
             assert api.post(f"/queues/{queue}/reserve", json={"wait": 0}).status_code == 200
+            assert api.put(f"/subscriptions/{name}", json={"topics": ["t"]}).status_code == 201
+            deadline = time.monotonic() + 15
+            while _held(url) != 0:  # let go: a pull must open it again
+                assert time.monotonic() < deadline, "the idle subscription was not let go"
+                time.sleep(0.2)
+
+            def timed(path: str, body: dict[str, Any]) -> tuple[float, httpx.Response]:
+                started = time.monotonic()
+                answer = api.post(path, json=body)
+                return time.monotonic() - started, answer
+
             node.pause()
             try:
-                started = time.monotonic()
-                answer = api.post(f"/queues/{queue}/reserve", json={"wait": 30})
-                took = time.monotonic() - started
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    asked = [
+                        pool.submit(timed, f"/queues/{queue}/reserve", {"wait": 30}),
+                        pool.submit(timed, f"/subscriptions/{name}/pull", {"wait": 30}),
+                    ]
+                    answers = [each.result() for each in asked]
             finally:
                 node.resume()
-            # --max-wait bounds the long poll (it waited the request timeout,
-            # 25-30 s, before); ZooKeeper's silence is a 503 to retry
-            assert took < 3 + 1 + 2, took
-            assert answer.status_code == 503, answer.text
-            doc = answer.json()
-            assert doc["error"] == "ConnectionLost" and answer.headers["Retry-After"] == "1"
+            # --max-wait bounds the long poll (a reserve waited the request
+            # timeout, 25-30 s, before; a pull opening its subscription again
+            # did still); ZooKeeper's silence is a 503 to retry
+            for took, answer in answers:
+                assert took < 3 + 1 + 2, (took, answer.text)
+                assert answer.status_code == 503, answer.text
+                doc = answer.json()
+                assert doc["error"] == "ConnectionLost" and answer.headers["Retry-After"] == "1"
             # once ZooKeeper answers again, an item put is reserved as usual
             api.post(f"/queues/{queue}/items", json="job")
             deadline = time.monotonic() + 60

@@ -14,11 +14,12 @@ no response, problem or log line names ZooKeeper credentials.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Awaitable, Iterator
+from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,9 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import errors
 
 __all__ = [
+    "LONG_POLL_GRACE",
     "PROBLEM_JSON",
     "Problem",
     "bad_input",
+    "by_the_wait",
     "install_problem_handlers",
     "problem_for",
     "without_paths",
@@ -161,6 +164,33 @@ def without_paths(text: str) -> str:
 
 def _plain(value: object) -> bool:
     return isinstance(value, (str, int, float, bool)) and value is not None
+
+
+T = TypeVar("T")
+
+# A long poll's own requests wait the request timeout when ZooKeeper does
+# not answer; the poll ends this long after its wait all the same.
+LONG_POLL_GRACE: Final = 1.0
+
+
+async def by_the_wait(work: Awaitable[T], wait: float, what: str, unanswered: str) -> T:
+    """``work``, cancelled unless done :data:`LONG_POLL_GRACE` after a long
+    poll's ``wait``: then a 503 ``ConnectionLost`` problem saying no answer
+    came from ZooKeeper within ``what``'s wait, and ``unanswered`` (what
+    became of the request). The library's own time-outs pass through."""
+    try:
+        return await asyncio.wait_for(work, wait + LONG_POLL_GRACE)
+    except errors.OperationTimeout:
+        raise  # the library's own (a TimeoutError too, on Python 3.11+): its 504
+    except asyncio.TimeoutError:
+        raise Problem(
+            503,
+            "zookeeper-unavailable",
+            "ZooKeeper unreachable",
+            f"no answer from ZooKeeper within the {what}'s wait ({wait:g}s); {unanswered}",
+            error="ConnectionLost",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 @contextlib.contextmanager

@@ -10,11 +10,10 @@ reservation at a time; an ack or release of a reservation that was lost
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
@@ -47,16 +46,12 @@ from .payloads import (
     read_json,
     read_payload,
 )
-from .problems import Problem, bad_input
+from .problems import bad_input, by_the_wait
 from .reservations import Held
 from .topics import _SINGLE_BODY, invalid
 
-__all__ = ["RESERVE_GRACE", "router"]
+__all__ = ["router"]
 
-# Past a reserve's wait, how long its last slice may take to answer before
-# the long poll ends without it (a slice under way then reserves nothing,
-# or gives back what it reserved).
-RESERVE_GRACE: Final = 1.0
 
 router = APIRouter(tags=["queues"])
 # routes whose JSON body is a model FastAPI reads (64 KiB at most; included below)
@@ -144,22 +139,12 @@ async def reserve(
     lease = ask.lease or gw.settings.lease
     handle = await _handle(gw, principal, queue)
     wait = min(ask.wait, gw.settings.max_wait)
-    try:
-        # the reserve's own requests wait the request timeout when ZooKeeper
-        # does not answer; the long poll ends at its wait all the same
-        items = await asyncio.wait_for(handle.reserve_many(ask.max, wait), wait + RESERVE_GRACE)
-    except OperationTimeout:
-        raise  # the library's own (a TimeoutError too, on Python 3.11+): its 504
-    except asyncio.TimeoutError:
-        raise Problem(
-            503,
-            "zookeeper-unavailable",
-            "ZooKeeper unreachable",
-            f"no answer from ZooKeeper within the reserve's wait ({wait:g}s); nothing was "
-            "reserved for this request (an item a reserve under way took goes back)",
-            error="ConnectionLost",
-            headers={"Retry-After": "1"},
-        ) from None
+    items = await by_the_wait(
+        handle.reserve_many(ask.max, wait),
+        wait,
+        "reserve",
+        "nothing was reserved for this request (an item a reserve under way took goes back)",
+    )
     out = []
     for item in items:
         if lease != gw.settings.lease:

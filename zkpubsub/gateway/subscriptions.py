@@ -38,6 +38,7 @@ from .models import (
     problem_responses,
 )
 from .payloads import SmallBodyRoute, payload_fields
+from .problems import by_the_wait
 
 __all__ = ["router"]
 
@@ -143,8 +144,15 @@ async def pull(
     principal.require("subscription", name)
     gw = state_of(request)
     ask = body or PullRequest.model_validate({})
-    held = await gw.consumers.get(name, principal)
     wait = min(ask.wait, gw.settings.max_wait)
+    # a subscription this gateway no longer holds is opened again, which
+    # needs ZooKeeper; the long poll ends at its wait all the same
+    held = await by_the_wait(
+        gw.consumers.get(name, principal),
+        wait,
+        "pull",
+        "the subscription could not be opened again here; nothing was handed out",
+    )
     lent = await held.pull(ask.max, wait, ask.ack_deadline, ask.auto_ack)
     return PullResult(messages=[_pulled(x) for x in lent])
 
