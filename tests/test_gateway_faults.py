@@ -209,6 +209,14 @@ def test_a_token_uses_its_own_bus_credentials_and_no_credential_is_ever_shown(
             zk.stop()
             zk.close()
         assert [(a.id.scheme, a.id.id.split(":")[0]) for a in acls] == [("digest", "billing")]
+        # credentials spoilt after the start: a subscription opened with them
+        # is a problem that names no path (it was a 500)
+        credentials.write_text("acl = [")
+        spoilt = api.put("/subscriptions/billing2", json={"topics": ["bill.y"]})
+        answers.append(spoilt)
+        assert spoilt.status_code == 502, spoilt.text
+        assert spoilt.json()["error"] == "SecurityError"
+        assert str(tmp_path) not in spoilt.text
     finally:
         stop_gateway(process)
     shown = "".join(a.text for a in answers) + log_of(process)

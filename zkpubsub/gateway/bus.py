@@ -14,6 +14,7 @@ import logging
 from typing import Any, Final
 
 from ..aio import AsyncClient, AsyncWorkQueue
+from ..errors import SecurityError
 from ..observer import Observer
 from ..security import Security, load_credentials
 from .auth import Principal
@@ -45,7 +46,14 @@ class Bus:
             return self.settings.security
         book = self.settings.tokens
         assert book is not None and profile in book.credentials
-        return load_credentials(book.credentials[profile])
+        try:  # read at each use: changed credentials serve new clients
+            return load_credentials(book.credentials[profile])
+        except (OSError, ValueError) as exc:  # changed since the start, and spoilt
+            logger.error("credentials profile %r: %s", profile, exc)
+            raise SecurityError(
+                f"the credentials of profile {profile!r} cannot be read (the gateway's log "
+                "says why); nothing was done"
+            ) from None
 
     def client_options(self, profile: str | None) -> dict[str, Any]:
         """What every client of ``profile`` is made with (besides its id)."""
