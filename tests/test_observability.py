@@ -181,6 +181,46 @@ def test_a_scrape_spends_a_bounded_time_on_a_server_that_stopped_answering(
         client.close()
 
 
+def test_scrapes_out_of_time_read_the_backlogs_in_turn_and_keep_those_read(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scrape read the backlogs from the first subscription on until its
+    budget ran out: past what one budget reads (about 2,000 subscriptions)
+    the same later topics never had a backlog series. Here a budget reads
+    two per scrape."""
+    from zkpubsub import metrics
+
+    reads: dict[float, int] = {}
+
+    def two_per_scrape(deadline: float | None) -> bool:  # a scrape's deadline is its own
+        assert deadline is not None
+        reads[deadline] = reads.get(deadline, 0) + 1
+        return reads[deadline] > 2
+
+    client = make_client()
+    topics = [f"t{n}" for n in range(5)]
+    for topic in topics:
+        client.subscribe(topic)
+    registry = CollectorRegistry()
+    ClientMetrics(client, registry=registry)
+    monkeypatch.setattr(metrics, "expired", two_per_scrape)
+
+    def scraped() -> dict[str, float]:
+        return {
+            s.labels["topic"]: s.value
+            for family in registry.collect()
+            if family.name == "zkpubsub_subscription_backlog"
+            for s in family.samples
+        }
+
+    assert list(scraped()) == topics[:2]
+    assert list(scraped()) == topics[:4]
+    assert list(scraped()) == topics  # t4 and t0 read, the others as last read
+    client.publish("t4", "one")  # not taken: it stays in the queue
+    assert scraped()["t4"] == 0  # t1 and t2 read
+    assert scraped()["t4"] == 1  # t3 and t4 read
+
+
 def test_queue_names_given_to_the_metrics_are_checked_up_front(make_client: MakeClient) -> None:
     client = make_client()
     registry = CollectorRegistry()

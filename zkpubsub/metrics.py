@@ -18,9 +18,10 @@ gaps); the rest is read when Prometheus scrapes (session state, pending
 publishes, per-subscription counters and backlog, work-queue depth, the
 hosted cleaner). Reading the server at scrape time is skipped while the
 client is not connected, and its reads share a budget of
-``SCRAPE_READS_BUDGET`` (3 s; a backlog or a queue not read by then is
-left out of that scrape), so a scrape never waits long for ZooKeeper, even
-one that stopped answering before the client noticed.
+``SCRAPE_READS_BUDGET`` (3 s), so a scrape never waits long for ZooKeeper,
+even one that stopped answering before the client noticed. A backlog not
+read by then is given as last read, and the next scrape reads on from
+there, so that each is read in turn; a work queue not read is left out.
 
 Every metric is named ``zkpubsub_...``:
 
@@ -65,13 +66,14 @@ from .state import ClientState, Gap
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
+    from .subscription import Subscription
 
 __all__ = ["ClientMetrics"]
 
 logger = logging.getLogger(__name__)
 
 # What one scrape may spend reading the server (backlogs, queue counts) in
-# all; past it the rest are left out of that scrape.
+# all; past it the backlogs left are given as last read, the queues left out.
 SCRAPE_READS_BUDGET: Final = 3.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -171,6 +173,10 @@ class ClientMetrics:
         self._lock = threading.Lock()
         self._gaps: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        # the backlogs read at scrape time, by topic, and where the next
+        # scrape starts reading them (each goes on where the last stopped)
+        self._backlogs: dict[str, int] = {}
+        self._backlog_from = 0
         unregistered = {"registry": None}
         self._published = prometheus.Counter(
             "zkpubsub_publishes",
@@ -291,17 +297,35 @@ class ClientMetrics:
         dropped = _family("zkpubsub_messages_dropped")
         pending = _family("zkpubsub_subscription_pending")
         backlog = _family("zkpubsub_subscription_backlog")
+        backlogs = self._read_backlogs(subs, deadline) if deadline is not None else {}
         for sub in subs:
             stats = sub.stats()
             errors.add_metric([sub.topic], stats.errors)
             dropped.add_metric([sub.topic], stats.dropped)
             pending.add_metric([sub.topic], stats.pending)
-            if deadline is not None and not expired(deadline):
-                try:
-                    backlog.add_metric([sub.topic], sub.backlog(timeout=remaining(deadline)))
-                except ZkPubSubError as exc:
-                    logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
+            if sub.topic in backlogs:
+                backlog.add_metric([sub.topic], backlogs[sub.topic])
         yield from (errors, dropped, pending, backlog)
+
+    def _read_backlogs(self, subs: list[Subscription], deadline: float) -> dict[str, int]:
+        """The backlog of each of ``subs``: read from the server until
+        ``deadline``, starting where the last scrape stopped, and for those
+        not reached the value read last (so that all are read in turn and
+        none drops out of a scrape once it has been read)."""
+        start = self._backlog_from % len(subs) if subs else 0
+        tried = 0
+        for sub in subs[start:] + subs[:start]:
+            if expired(deadline):
+                break
+            tried += 1
+            try:
+                self._backlogs[sub.topic] = sub.backlog(timeout=remaining(deadline))
+            except ZkPubSubError as exc:
+                logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
+        self._backlog_from = start + tried
+        topics = {sub.topic for sub in subs}
+        self._backlogs = {t: n for t, n in self._backlogs.items() if t in topics}
+        return dict(self._backlogs)
 
     def _work_queues(self, queues: list[str], deadline: float) -> Iterator[Any]:
         items = _family("zkpubsub_work_queue_items")
