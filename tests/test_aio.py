@@ -693,6 +693,22 @@ async def test_reserves_cancelled_before_they_reserve_cost_the_item_no_attempt(
     await item.ack()
 
 
+async def test_reserves_waiting_for_their_turn_hold_no_thread(connect: Connect) -> None:
+    """Reserves of one handle take turns on its worker: each waited for its
+    turn on a thread of the client, so forty long polls held all 32 and
+    every other call of the client (a put, an ack) queued behind them."""
+    client = await connect()
+    worker = client.queue("turns")
+    waiting = [asyncio.ensure_future(worker.reserve(timeout=3)) for _ in range(40)]
+    await asyncio.sleep(1.0)
+    busy = [t for t in threading.enumerate() if t.name.startswith("zkpubsub-aio")]
+    assert len(busy) <= 4, len(busy)  # a slice under way, and threads since let go
+    await client.queue("turns").put("job")
+    got = [item for item in await asyncio.gather(*waiting) if item is not None]
+    assert [item.payload for item in got] == ["job"]
+    await got[0].ack()
+
+
 async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers(
     connect: Connect,
 ) -> None:

@@ -224,7 +224,11 @@ class AsyncWorkQueue:
     def __init__(self, queue: WorkQueue, bridge: Bridge) -> None:
         self._queue = queue
         self._bridge = bridge
-        self._reserving = threading.Lock()  # one reserve at a time on the handle's worker
+        # One reserve at a time on the handle's worker: reserves take turns
+        # on the loop (no thread waits for a turn); the lock guards the
+        # worker still when a cancelled reserve's slice runs on.
+        self._turns = asyncio.Lock()
+        self._reserving = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -279,8 +283,7 @@ class AsyncWorkQueue:
         ``time.monotonic()`` instant; ``None``: no end). Waiting for the
         handle's worker counts: a reserve whose time passed meanwhile gets
         one try, or nothing if its turn has not come :data:`LAST_TURN` later."""
-        turn = -1.0 if until is None else max(0.0, until - time.monotonic()) + LAST_TURN
-        if not self._reserving.acquire(timeout=turn):
+        if not self._reserving.acquire(timeout=_turn_time(until)):
             return []
         try:
             left = None if until is None else max(0.0, until - time.monotonic())
@@ -301,16 +304,21 @@ class AsyncWorkQueue:
         timeout = check_timeout(timeout)
         until = None if timeout is None else time.monotonic() + timeout
         while True:
-            abandoned = threading.Event()
-            job = self._bridge.submit(self._reserve_slice, limit, until, abandoned)
+            if not await _take_turn(self._turns, until):
+                return []
             try:
-                items = await self._bridge.wrap(job)
-            except asyncio.CancelledError:
-                # a slice that has not sent its transaction reserves nothing;
-                # one that did gives its items back (one attempt each)
-                abandoned.set()
-                job.add_done_callback(_release_unwanted)
-                raise
+                abandoned = threading.Event()
+                job = self._bridge.submit(self._reserve_slice, limit, until, abandoned)
+                try:
+                    items = await self._bridge.wrap(job)
+                except asyncio.CancelledError:
+                    # a slice that has not sent its transaction reserves nothing;
+                    # one that did gives its items back (one attempt each)
+                    abandoned.set()
+                    job.add_done_callback(_release_unwanted)
+                    raise
+            finally:
+                self._turns.release()
             if items:
                 return [AsyncItem(item, self._bridge) for item in items]
             if until is not None and time.monotonic() >= until:
@@ -375,6 +383,40 @@ class AsyncWorkQueue:
 
     def __repr__(self) -> str:
         return f"<AsyncWorkQueue {self.name!r}>"
+
+
+def _turn_time(until: float | None) -> float:
+    """How long a reserve ending by ``until`` waits for its turn (-1: no end)."""
+    return -1.0 if until is None else max(0.0, until - time.monotonic()) + LAST_TURN
+
+
+async def _take_turn(turns: asyncio.Lock, until: float | None) -> bool:
+    """Acquire ``turns`` for a reserve ending by ``until``: False (not
+    acquired) if the turn did not come in :func:`_turn_time`. A turn that
+    came as the wait ended, or as the waiting task was cancelled, is given
+    back."""
+    if until is None:
+        await turns.acquire()
+        return True
+    acquiring = asyncio.ensure_future(turns.acquire())
+    try:
+        done, _ = await asyncio.wait({acquiring}, timeout=_turn_time(until))
+    except BaseException:
+        _give_back(acquiring, turns)
+        raise
+    if not done:
+        _give_back(acquiring, turns)
+        return False
+    return True
+
+
+def _give_back(acquiring: asyncio.Future[Any], turns: asyncio.Lock) -> None:
+    def release_if_acquired(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            turns.release()
+
+    acquiring.cancel()  # a task that acquired meanwhile is done: this does nothing
+    acquiring.add_done_callback(release_if_acquired)
 
 
 def _release_unwanted(job: concurrent.futures.Future[list[Item]]) -> None:
