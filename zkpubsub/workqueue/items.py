@@ -223,6 +223,7 @@ class Ticket:
         self._taking = threading.Lock()
         # what this ticket took: (the result, None) or (None, its error)
         self._taken: tuple[Any, BaseException | None] | None = None
+        self._waiting: set[threading.Event] = set()  # woken once it is taken
 
     def done(self) -> bool:
         """Whether the result (or the news of failure) is there, or was
@@ -245,26 +246,40 @@ class Ticket:
         arrived = threading.Event()
         # ``timeout`` bounds the wait for the result; reading one that is
         # there gets up to TICKET_READ_AT_LEAST whatever it is
-        with translated("ticket"):
-            while self._taken is None:
-                arrived.clear()
-                stat = conn.call(
-                    lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
-                    ctx.at_least(deadline, TICKET_READ_AT_LEAST),
-                    f"wait for {path}",
-                )
-                if stat is not None:
-                    with self._taking:
-                        if self._taken is None:
-                            self._taken = self._take(path, deadline)
-                    break
-                left = remaining(deadline)
-                if not arrived.wait(left if left is not None else 1.0) and expired(deadline):
-                    raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
-        result, error = self._taken
+        self._waiting.add(arrived)
+        try:
+            with translated("ticket"):
+                while self._taken is None:
+                    arrived.clear()
+                    stat = conn.call(
+                        lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
+                        ctx.at_least(deadline, TICKET_READ_AT_LEAST),
+                        f"wait for {path}",
+                    )
+                    if stat is not None:
+                        self._take_once(path, deadline)
+                        break
+                    if self._taken is not None:  # taken by another thread meanwhile
+                        break
+                    left = remaining(deadline)
+                    woken = arrived.wait(left if left is not None else 1.0)
+                    if not woken and expired(deadline) and self._taken is None:
+                        raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
+        finally:
+            self._waiting.discard(arrived)
+        taken = self._taken
+        assert taken is not None  # the loop ends once it is
+        result, error = taken
         if error is not None:
             raise error.with_traceback(None)
         return result
+
+    def _take_once(self, path: str, deadline: float | None) -> None:
+        with self._taking:
+            if self._taken is None:
+                self._taken = self._take(path, deadline)
+        for waiting in list(self._waiting):  # those that found no result yet
+            waiting.set()
 
     def _take(self, path: str, deadline: float | None) -> tuple[Any, BaseException | None]:
         """Read the result and delete it, the delete with a receipt: the
