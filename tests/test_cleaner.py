@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, Gap, receipts
+from zkpubsub import cleaner as cleaner_module
+from zkpubsub._purges import MAX_PURGE_RECORD, purge_record, read_purge_record
 from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
@@ -275,9 +278,54 @@ def test_a_client_starting_during_a_purge_hears_about_it(
 ) -> None:
     layout = Layout(zk_root)
     raw_zk.ensure_path(layout.queue("restarted", "t"))
-    raw_zk.ensure_path(layout.purge_marker("restarted"))
+    # the marker names the client's topics: "gone" had a queue already
+    # deleted in full, which the gap left out (it named the queues left)
+    raw_zk.create(layout.purge_marker("restarted"), purge_record(["gone", "t"]), makepath=True)
     gaps: list[Gap] = []
     make_client(client_id="restarted", on_gap=gaps.append)
     wait_until(lambda: gaps, what="purge gap at start")
-    assert gaps[0].reason == "backlog purged" and gaps[0].topics == frozenset({"t"})
+    assert gaps[0].reason == "backlog purged" and gaps[0].topics == frozenset({"gone", "t"})
     assert raw_zk.exists(layout.purge_marker("restarted")) is None
+    # a marker of an older cleaner is empty: the queues left are named
+    raw_zk.ensure_path(layout.queue("older", "t"))
+    raw_zk.create(layout.purge_marker("older"), b"")
+    older: list[Gap] = []
+    make_client(client_id="older", on_gap=older.append)
+    wait_until(lambda: older, what="purge gap at start")
+    assert older[0].topics == frozenset({"t"})
+
+
+def test_the_purge_marker_names_every_topic_of_the_gone_client(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = make_client()
+    cleaner = host.start_cleaner(grace=3600.0, interval=60.0)
+    assert cleaner.wait_leader(20)
+    gone = make_client(client_id="gone-all")
+    for topic in ("a", "b"):
+        gone.subscribe(topic, durable=True)
+    gone.close()
+    marker = Layout(zk_root).purge_marker("gone-all")
+    seen: list[bytes] = []
+    deleting = cleaner_module.delete_queue
+
+    def watched(*args: Any, **kwargs: Any) -> int:  # the marker, as a queue goes
+        seen.append(raw_zk.get(marker)[0])
+        return deleting(*args, **kwargs)
+
+    monkeypatch.setattr(cleaner_module, "delete_queue", watched)
+    me = cleaner._candidate
+    assert me is not None
+    cleaner._purge(me, "gone-all", ["a", "b"])
+    assert [read_purge_record(data) for data in seen] == [["a", "b"]] * 2
+    assert raw_zk.exists(marker) is None
+
+
+def test_a_purge_marker_names_the_topics_it_can_hold() -> None:
+    assert read_purge_record(purge_record(["b", "a", "b"])) == ["a", "b"]
+    for foreign in (b"", b"{", b"[1]", b'{"topics": "t"}', b"\xff"):
+        assert read_purge_record(foreign) == []
+    many = [f"topic-{n:06d}" for n in range(50_000)]
+    record = purge_record(many)
+    assert len(record) <= MAX_PURGE_RECORD
+    assert read_purge_record(record) == many[: len(read_purge_record(record))]

@@ -38,6 +38,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotE
 from ._context import Context
 from ._deadlines import deadline_after, expired
 from ._numbers import is_int
+from ._purges import read_purge_record
 from ._tree import delete_tree
 from ._version import __version__
 from .backlog import INLINE_BYTES, Backlog, QueueRecord
@@ -441,13 +442,14 @@ def end_subscription(
 def check_purge(ctx: Context, deadline: float | None, subscribed: Iterable[str]) -> list[str]:
     """After registering: if the cleaner had begun deleting our queues, the
     rest of its work is now refused (it proves our absence in every step).
-    Clear its marker and report the topics affected (those with a queue
-    left, and ``subscribed``)."""
+    Clear its marker and report the topics affected (those the marker
+    names, those with a queue left, and ``subscribed``)."""
     conn, layout, kazoo = ctx.conn, ctx.layout, ctx.conn.kazoo
     marker = layout.purge_marker(ctx.client_id)
-    stat = conn.call(lambda: kazoo.exists_async(marker), deadline, marker)
-    if stat is None:
+    try:
+        data, _ = conn.call(lambda: kazoo.get_async(marker), deadline, marker)
+    except NoNodeError:
         return []
     topics = conn.children(layout.client_messages(ctx.client_id), deadline) or []
     conn.delete(marker, deadline)
-    return sorted(set(topics) | set(subscribed))
+    return sorted(set(read_purge_record(data)) | set(topics) | set(subscribed))

@@ -35,8 +35,9 @@ Safety, enforced by the server in every deleting transaction:
   absent for ``grace`` seconds, continuously, as seen by the current leader
   (a new leader starts counting from its election).
 * Large queues are deleted in bounded transactions. The first one writes
-  ``purging/<id>``; a client that comes back while that marker exists is told
-  through its gap listeners that part of its backlog is gone.
+  ``purging/<id>``, naming the client's topics; a client that comes back
+  while that marker exists is told through its gap listeners that part of
+  its backlog is gone, for each of them.
 
 Everything a gone client leaves goes together: its queues, its durable
 registrations and its receipts. The cleaner also removes
@@ -61,6 +62,7 @@ from ._candidates import candidate_record, read_candidate
 from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
+from ._purges import purge_record
 from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
 from .config import DEFAULT_RESULT_TTL, check_grace, check_interval
 from .connection import first_error
@@ -472,12 +474,16 @@ class Cleaner:
             txn.delete(client_path)  # … and leaves nothing behind
             return 3
 
-        def mark(txn: Any) -> None:
-            txn.create(marker, b"", acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
-
         deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
         marker = layout.purge_marker(cid)
         base = layout.client_messages(cid)
+        # the marker names every topic of the client: one back while its
+        # queues go hears of those deleted in full too
+        named = purge_record([*(conn.children(base, deadline) or []), *(registrations or [])])
+
+        def mark(txn: Any) -> None:
+            txn.create(marker, named, acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
+
         try:
             # NodeExists: an earlier purge of this client got this far.
             guarded_commit(conn, guard, mark, deadline, "purge")

@@ -1,0 +1,43 @@
+"""What a purge marker (``purging/<id>``) holds (internal; the format is in
+docs/wire-format.md): the topics of the client whose queues the cleaner is
+deleting, as JSON, so that a client back in the middle hears of every one,
+those whose queues are gone already included."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Final
+
+__all__ = ["MAX_PURGE_RECORD", "purge_record", "read_purge_record"]
+
+# At most this many bytes of topics in a marker (far below a node's 1 MiB):
+# a client with more topics hears of those named, and of those it has a
+# queue or a subscription for.
+MAX_PURGE_RECORD: Final = 256 * 1024
+
+
+def purge_record(topics: Iterable[str]) -> bytes:
+    """A marker's data: ``{"topics": [...]}``, sorted, as many as fit in
+    :data:`MAX_PURGE_RECORD` bytes."""
+    named: list[str] = []
+    size = len(b'{"topics": []}')
+    for topic in sorted(set(topics)):
+        size += len(json.dumps(topic).encode()) + 2
+        if size > MAX_PURGE_RECORD:
+            break
+        named.append(topic)
+    return json.dumps({"topics": named}).encode()
+
+
+def read_purge_record(data: bytes) -> list[str]:
+    """The topics a marker names (none for an empty marker, as an older
+    cleaner writes, or one that is not a record)."""
+    try:
+        doc = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        return []
+    topics = doc.get("topics") if isinstance(doc, dict) else None
+    if not isinstance(topics, list):
+        return []
+    return [t for t in topics if isinstance(t, str) and t]
