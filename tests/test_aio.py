@@ -22,6 +22,7 @@ from zkpubsub import (
     ClientState,
     ConnectTimeout,
     Gap,
+    ItemFailed,
     Message,
     NoSubscribers,
     PublishReceipt,
@@ -469,6 +470,30 @@ async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Co
     held_for = await leased.reserve(timeout=20)
     assert held_for is not None and held_for.lease == 30
     await held_for.ack()
+
+
+def test_a_ticket_of_a_dead_item_raises_and_leaves_no_unread_error_behind(
+    zk_hosts: str, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error reached the waiting task, and asyncio logged it again, with
+    a traceback, as a future's exception never retrieved (three times here)."""
+    import gc
+
+    async def waits() -> None:
+        async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+            queue = client.queue("doomed", max_attempts=1)
+            for n in range(3):
+                ticket = await queue.put(n, want_result=True)
+                item = await queue.reserve(timeout=20)
+                assert item is not None
+                await item.release("broken")
+                with pytest.raises(ItemFailed, match="broken"):
+                    await ticket.wait(timeout=20)
+        gc.collect()
+
+    asyncio.run(waits())
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_a_cancelled_reserve_gives_back_an_item_it_took(connect: Connect) -> None:

@@ -171,11 +171,15 @@ class AsyncTicket:
             # it gets its reads' time past the wait, or the result read would
             # be lost with a handle dropped after this time-out
             grace = None if left is None else left + 2 * TICKET_READ_AT_LEAST + 0.5
-            done, _ = await asyncio.wait([self._bridge.wrap(job)], timeout=grace)
+            waiter = self._bridge.wrap(job)
+            try:
+                done, _ = await asyncio.wait([waiter], timeout=grace)
+            finally:
+                waiter.cancel()  # not waited for any more: what it gets is dropped, unread
             if not done:
                 raise OperationTimeout(f"no result for item {self.id} within {timeout}s")
             self._job = None
-            found, result = job.result()
+            found, result = waiter.result()
             if found:
                 return result
             if deadline is not None and loop.time() >= deadline:
