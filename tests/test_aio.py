@@ -564,6 +564,45 @@ async def test_async_consume_runs_the_handler_on_the_loop_and_releases_on_failur
     assert consumer.stats().acked == 3 and consumer.stats().released == 1
 
 
+async def test_stop_past_its_timeout_ends_a_consumer_that_took_items_ahead(
+    connect: Connect,
+) -> None:
+    """With prefetch above one, stop(timeout) cancelled the running handler
+    and returned while the worker went on to the next item taken ahead: its
+    handler was never cancelled and the consumer kept running."""
+    begun: list[int] = []
+
+    async def slow(item: AsyncItem) -> None:
+        begun.append(item.payload)
+        await asyncio.sleep(20)
+
+    queue = (await connect()).queue("slow")
+    await queue.put_many([1, 2, 3])
+    consumer = (await connect()).queue("slow").consume(slow, prefetch=3)
+    await eventually(lambda: begun == [1], what="the first handler running")
+    await consumer.stop(timeout=0.5)
+    assert not consumer.running
+    assert begun == [1] and consumer.stats().released == 3
+    stats = await queue.stats(timeout=10)
+    assert (stats.ready, stats.reserved) == (3, 0)
+
+
+async def test_closing_what_a_closed_client_made_is_quiet(connect: Connect) -> None:
+    """Each close is idempotent, but after the client's close they raised
+    ClientClosed (so did an ``async with`` around them on its way out).
+    (``unsubscribe`` still does, as the threaded one: it could not do it.)"""
+    client = await connect(client_id="closes")
+    plain, durable = await client.subscribe("t"), await client.subscribe("d", durable=True)
+    queue = client.queue("q")
+    consumer = queue.consume(lambda item: None)
+    await client.close()
+    await plain.close()
+    await durable.close()
+    await consumer.stop(timeout=1)
+    await queue.close()
+    assert not consumer.running
+
+
 async def test_an_async_client_serves_inside_a_running_uvicorn_app(
     zk_hosts: str, zk_root: str
 ) -> None:

@@ -68,6 +68,15 @@ class Bridge:
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise ClientClosed("the client is closed") from exc
 
+    async def run_to_close(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`run` for a call that closes or stops something (idempotent):
+        once the client closed its threads, on the loop's default executor."""
+        try:
+            job = self.submit(fn, *args, **kwargs)
+        except ClientClosed:
+            return await self.loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+        return await self.wrap(job)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on a thread of ours. Cancelling the await does not stop the
         call: it runs to its end (its outcome is the threaded API's), and
@@ -275,13 +284,22 @@ class OnLoop:
         self._bridge = bridge
         self.fn = fn
         self._running: set[_Crossing] = set()
+        self._stopped = False
 
     def __call__(self, *args: Any) -> Any:
+        if self._stopped:  # as a call cancelled before it started
+            raise concurrent.futures.CancelledError()
         return self._bridge.call(self.fn, *args, running=self._running)
 
     def cancel(self) -> int:
         """Cancel the calls still running; returns how many."""
         return self._bridge.cancel(self._running)
+
+    def stop(self) -> int:
+        """Cancel the calls still running, and every later one before it
+        starts; returns how many were running."""
+        self._stopped = True
+        return self.cancel()
 
     def __repr__(self) -> str:
         return f"<on the loop: {self.fn!r}>"

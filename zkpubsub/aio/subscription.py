@@ -299,7 +299,7 @@ class AsyncSubscription:
         # A handler still running past the timeout is cancelled: its message
         # stays queued; a get waiting is ended; the message get handed out
         # last is acknowledged.
-        await self._bridge.run(how, check_timeout(timeout))
+        await self._bridge.run_to_close(how, check_timeout(timeout))
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

@@ -36,6 +36,9 @@ logger = logging.getLogger("zkpubsub.aio")
 # A reserve or a ticket's wait runs on a thread in slices this long, so a
 # cancelled one lets its thread go soon.
 SLICE: Final = 0.5
+# After a consumer's stop cancelled its handler, how long it waits for the
+# items in hand to be released (each a request) before closing the workers.
+RELEASE_WAIT: Final = 5.0
 # Reserves on one handle take turns on its worker, a slice at a time; one
 # whose time passed while it waited for its turn still waits this long for
 # a last try (the turn of one whose time passed is that try, a moment).
@@ -207,12 +210,19 @@ class AsyncConsumer:
 
     async def stop(self, timeout: float | None = 30.0) -> None:
         """Stop taking items and wait (up to ``timeout``) for the ones in
-        hand; a handler still running then is cancelled (its item is
-        released). Idempotent."""
+        hand, taken ahead with ``prefetch`` included; a handler still running
+        then is cancelled, and it and the items not begun are released (each
+        counts as an attempt). Idempotent; works after the client closed."""
+        timeout = check_timeout(timeout)
+        consumer, bridge = self._consumer, self._bridge
+        consumer.halt()
         try:
-            await self._bridge.run(self._consumer.stop, check_timeout(timeout))
+            await bridge.run_to_close(consumer.join, timeout)
         finally:
-            self._handler.cancel()
+            self._handler.stop()  # later calls fail at once: their items go back
+        # the releases of what was in hand, then the workers' ends
+        await bridge.run_to_close(consumer.join, RELEASE_WAIT)
+        await bridge.run_to_close(consumer.stop, 0)
 
     async def __aenter__(self) -> AsyncConsumer:
         return self
@@ -377,7 +387,9 @@ class AsyncWorkQueue:
         return AsyncTicket(self._queue.ticket(item_id), self._bridge)
 
     async def close(self) -> None:
-        await self._bridge.run(self._queue.close)
+        """Close the workers this handle made. Idempotent; works after the
+        client closed."""
+        await self._bridge.run_to_close(self._queue.close)
 
     async def __aenter__(self) -> AsyncWorkQueue:
         return self

@@ -188,11 +188,16 @@ class Consumer:
         except ZkPubSubError as exc:
             logger.warning("could not release %r: %s", item, exc)
 
+    def halt(self) -> None:
+        """Stop taking items, at once; the workers finish the ones in hand
+        (see :meth:`join`). :meth:`stop` does this first."""
+        self._stop.set()
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop taking items; wait up to ``timeout`` (one wait for all the
         workers) for the ones in hand. Idempotent."""
         deadline = deadline_after(timeout)
-        self._stop.set()
+        self.halt()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(remaining(deadline))
