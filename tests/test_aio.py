@@ -9,7 +9,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -381,6 +381,39 @@ async def test_a_cancelled_publish_is_still_written(connect: Connect) -> None:
     future = publisher.publish_nowait("t", "later")
     receipt = await future
     assert receipt.subscribers == 1
+
+
+async def test_calls_cancelled_before_they_first_ran_still_happen(connect: Connect) -> None:
+    """A publish, put or ack was a coroutine that started only when it first
+    ran: a task cancelled before that (``wait_for(..., 0)``, a cancel right
+    after ``ensure_future``) never sent it."""
+    sub = await (await connect()).subscribe("t")
+    publisher = await connect()
+    queue = publisher.queue("q")
+
+    def cancelled_at_once(started: Awaitable[Any]) -> None:
+        assert asyncio.ensure_future(started).cancel()
+
+    cancelled_at_once(publisher.publish("t", "one"))
+    cancelled_at_once(publisher.publish_many("t", ["two", "three"]))
+    cancelled_at_once(queue.put("job"))
+    got = [await sub.get(timeout=20) for _ in range(3)]
+    assert [m.payload for m in got if m is not None] == ["one", "two", "three"]
+    item = await queue.reserve(timeout=20)
+    assert item is not None and item.payload == "job"
+    cancelled_at_once(item.ack())
+
+    async def acked() -> bool:
+        stats = await queue.stats(timeout=10)
+        return (stats.ready, stats.reserved) == (0, 0)
+
+    deadline = time.monotonic() + 20
+    while not await acked():
+        assert time.monotonic() < deadline, "the ack was not sent"
+        await asyncio.sleep(0.1)
+    closing = await connect()
+    cancelled_at_once(closing.close())
+    await eventually(lambda: closing.status == ClientState.CLOSED, what="closed")
 
 
 async def test_a_publish_that_fails_raises_its_error_in_the_awaiting_task_by_its_timeout(

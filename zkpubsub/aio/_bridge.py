@@ -40,6 +40,13 @@ _LOOP_CHECK = 0.5
 _MAX_THREADS = 32
 
 
+async def awaited(future: asyncio.Future[T]) -> T:
+    """A coroutine of ``future``'s outcome: what the calls that start when
+    called return, so that they can be awaited, wrapped in a task (which
+    ``create_task`` needs) or given to ``wait_for`` as coroutines can."""
+    return await future
+
+
 class LoopStopped(RuntimeError):
     """The event loop stopped (or closed) before a handler could finish."""
 
@@ -67,6 +74,18 @@ class Bridge:
             return self._executor.submit(functools.partial(fn, *args, **kwargs))
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise ClientClosed("the client is closed") from exc
+
+    def start(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """``fn`` on a thread of ours, started now (not when a coroutine
+        would first run): an asyncio future of its outcome. Cancelling it only
+        stops the waiting; a task cancelled before it ran does not keep the
+        call from running. ``ClientClosed`` comes through the future."""
+        try:
+            return self.wrap(self.submit(fn, *args, **kwargs))
+        except ClientClosed as exc:
+            refused: asyncio.Future[T] = self.loop.create_future()
+            refused.set_exception(exc)
+            return refused
 
     async def run_to_close(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """:meth:`run` for a call that closes or stops something (idempotent):

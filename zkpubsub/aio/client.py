@@ -23,8 +23,9 @@ Cancellation has a defined outcome everywhere:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +42,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge
+from ._bridge import Bridge, awaited
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -153,7 +154,7 @@ class AsyncClient:
 
     # -- publish --------------------------------------------------------------------
 
-    async def publish(
+    def publish(
         self,
         topic: str,
         payload: Any,
@@ -161,13 +162,14 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         require_subscribers: bool = False,
-    ) -> PublishReceipt:
+    ) -> Coroutine[Any, Any, PublishReceipt]:
         """:meth:`Client.publish`, awaited: the receipt once ZooKeeper
-        confirmed, or its error. Cancelling the waiting task does not
-        withdraw the message: it is written (or fails) as if awaited."""
-        return await self._publish(topic, [payload], headers, timeout, require_subscribers)
+        confirmed, or its error. The publish starts when called: cancelling
+        the waiting task (even before it first ran) does not withdraw the
+        message, which is written (or fails) as if awaited."""
+        return awaited(self._publish(topic, [payload], headers, timeout, require_subscribers))
 
-    async def publish_many(
+    def publish_many(
         self,
         topic: str,
         payloads: Iterable[Any],
@@ -175,32 +177,40 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         require_subscribers: bool = False,
-    ) -> PublishReceipt:
-        """:meth:`Client.publish_many`, awaited (cancellation as :meth:`publish`)."""
+    ) -> Coroutine[Any, Any, PublishReceipt]:
+        """:meth:`Client.publish_many`, awaited (started when called, as :meth:`publish`)."""
         items = list(payloads)
         if not items:
-            raise ValueError("publish_many needs at least one payload")
-        return await self._publish(topic, items, headers, timeout, require_subscribers)
+            return awaited(self._refused(ValueError("publish_many needs at least one payload")))
+        return awaited(self._publish(topic, items, headers, timeout, require_subscribers))
 
-    async def _publish(
+    def _refused(self, error: BaseException) -> asyncio.Future[PublishReceipt]:
+        refused: asyncio.Future[PublishReceipt] = self._bridge.loop.create_future()
+        refused.set_exception(error)
+        return refused
+
+    def _publish(
         self,
         topic: str,
         payloads: list[Any],
         headers: dict[str, str] | None,
         timeout: float | None,
         require_subscribers: bool,
-    ) -> PublishReceipt:
+    ) -> asyncio.Future[PublishReceipt]:
         client = self._client
         waiter, settle = self._bridge.settler()
         # The engine settles the waiter itself (Client._publish_to): no
         # concurrent future and no hop through the client's futures thread.
         args = (topic, payloads, headers, timeout, require_subscribers, settle)
-        if client.pending_publishes < client.config.max_pending:
-            client._publish_to(*args)
-        else:  # waiting for room would block the loop: wait on a thread
-            await self._bridge.run(client._publish_to, *args)
-        receipt: PublishReceipt = await waiter
-        return receipt
+        try:
+            if client.pending_publishes < client.config.max_pending:
+                client._publish_to(*args)
+            else:  # waiting for room would block the loop: wait on a thread
+                job = self._bridge.submit(client._publish_to, *args)
+                job.add_done_callback(functools.partial(_settle_failure, settle))
+        except Exception as exc:  # refused up front: raised where it is awaited
+            return self._refused(exc)
+        return waiter
 
     def publish_nowait(
         self,
@@ -334,13 +344,14 @@ class AsyncClient:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def close(self) -> None:
+    def close(self) -> Coroutine[Any, Any, None]:
         """Close the subscriptions, then the client, on threads; a handler
-        still running after ``close_timeout`` is cancelled. Completes even if
-        the waiting task is cancelled. Idempotent."""
+        still running after ``close_timeout`` is cancelled. Starts when
+        called and completes even if the waiting task is cancelled (before
+        it first ran too). Idempotent."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._closing)
+        return awaited(asyncio.shield(self._closing))
 
     async def _close(self) -> None:
         try:
@@ -408,6 +419,13 @@ class Connecting:
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _settle_failure(settle: Callable[[Any, BaseException | None], None], job: Future[None]) -> None:
+    """A publish handed to a thread that failed there before the engine took
+    it: its waiter gets the error (the engine settles the others)."""
+    if not job.cancelled() and (error := job.exception()) is not None:
+        settle(None, error)
 
 
 def _close_unwanted(job: Future[Client] | Future[Subscription]) -> None:

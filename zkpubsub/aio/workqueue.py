@@ -19,7 +19,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 from .._deadlines import check_timeout
@@ -27,7 +27,7 @@ from ..errors import OperationTimeout, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop
+from ._bridge import Bridge, OnLoop, awaited
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -97,13 +97,14 @@ class AsyncItem:
     def finished(self) -> bool:
         return self._item.finished
 
-    async def ack(self, result: Any = None) -> None:
-        """:meth:`Item.ack` on a thread (``ReservationLost`` if no longer held)."""
-        await self._bridge.run(self._item.ack, result)
+    def ack(self, result: Any = None) -> Coroutine[Any, Any, None]:
+        """:meth:`Item.ack` on a thread, started when called (``ReservationLost``
+        if no longer held): cancelling the wait does not withdraw it."""
+        return awaited(self._bridge.start(self._item.ack, result))
 
-    async def release(self, error: str | BaseException | None = None) -> None:
-        """:meth:`Item.release` on a thread."""
-        await self._bridge.run(self._item.release, error)
+    def release(self, error: str | BaseException | None = None) -> Coroutine[Any, Any, None]:
+        """:meth:`Item.release` on a thread, started when called (as :meth:`ack`)."""
+        return awaited(self._bridge.start(self._item.release, error))
 
     @property
     def lease(self) -> float | None:
@@ -252,7 +253,7 @@ class AsyncWorkQueue:
     def sync(self) -> WorkQueue:
         return self._queue
 
-    async def put(
+    def put(
         self,
         payload: Any,
         *,
@@ -260,34 +261,35 @@ class AsyncWorkQueue:
         headers: dict[str, str] | None = None,
         want_result: bool = False,
         timeout: float | None = None,
-    ) -> Any:
-        """:meth:`WorkQueue.put`: the item's id, or an :class:`AsyncTicket`
-        with ``want_result=True``."""
-        queue = self._queue
-        if want_result:
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`WorkQueue.put`, started when called (cancelling the wait
+        does not withdraw it): the item's id, or an :class:`AsyncTicket` with
+        ``want_result=True``."""
+        queue, bridge = self._queue, self._bridge
 
-            def put_wanting_result() -> Ticket:
-                return queue.put(
+        def put() -> Any:
+            if want_result:
+                ticket = queue.put(
                     payload, priority=priority, headers=headers, want_result=True, timeout=timeout
                 )
-
-            return AsyncTicket(await self._bridge.run(put_wanting_result), self._bridge)
-
-        def put() -> str:
+                return AsyncTicket(ticket, bridge)
             return queue.put(payload, priority=priority, headers=headers, timeout=timeout)
 
-        return await self._bridge.run(put)
+        return awaited(bridge.start(put))
 
-    async def put_many(
+    def put_many(
         self,
         payloads: Sequence[Any],
         *,
         priority: int = 100,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
-    ) -> list[str]:
-        return await self._bridge.run(
-            self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
+    ) -> Coroutine[Any, Any, list[str]]:
+        """:meth:`WorkQueue.put_many`, started when called (as :meth:`put`)."""
+        return awaited(
+            self._bridge.start(
+                self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
+            )
         )
 
     def _reserve_slice(
