@@ -159,7 +159,8 @@ class AsyncTicket:
     async def wait(self, timeout: float | None = None) -> Any:
         """The result given to ``ack`` (removed once read). Raises
         :class:`~zkpubsub.ItemFailed` if the item became a dead letter,
-        :class:`~zkpubsub.NotFound` if another ticket took the result first,
+        :class:`~zkpubsub.NotFound` if another ticket took the result as
+        this one was taking it,
         ``OperationTimeout`` if ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
         timeout = check_timeout(timeout)

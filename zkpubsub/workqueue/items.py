@@ -211,9 +211,10 @@ class Item:
 class Ticket:
     """Waits for the result of an item put with ``want_result=True``. The
     result is handed out once: of several tickets for one item (in other
-    processes, or made by :meth:`WorkQueue.ticket` again) the first to take
-    it has it and the others raise :class:`NotFound`; the threads waiting on
-    one ticket all get what it took."""
+    processes, or made by :meth:`WorkQueue.ticket` again) taking it at once,
+    one has it and the others raise :class:`NotFound`; the threads waiting
+    on one ticket all get what it took. A ticket that asks after the result
+    was taken waits to its timeout, as for a result not come yet."""
 
     def __init__(self, ctx: Context, queue: str, item_id: str) -> None:
         self._ctx = ctx
@@ -236,9 +237,9 @@ class Ticket:
     def wait(self, timeout: float | None = None) -> Any:
         """The result passed to ``ack``, once it is there; it is removed once
         read. Raises :class:`ItemFailed` if the item went to the dead letters,
-        :class:`NotFound` if another ticket took the result first (or a
-        replay removed it), and ``OperationTimeout`` if ``timeout`` passes
-        first."""
+        :class:`NotFound` if another ticket took the result while this one
+        was taking it (or a replay removed it), and ``OperationTimeout`` if
+        ``timeout`` passes first."""
         ctx = self._ctx
         conn, kazoo = ctx.conn, ctx.conn.kazoo
         path = self._paths.result(self.id)
