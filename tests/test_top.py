@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from zkpubsub import Client
 from zkpubsub.cli import main
+from zkpubsub.testing import ZooKeeperCluster
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 MakeClient = Callable[..., Client]
@@ -111,3 +112,36 @@ def test_the_live_view_refreshes_in_place_on_a_terminal_and_ends_on_ctrl_c(
             process.kill()
             process.wait(10)
         os.close(master)
+
+
+def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer(
+    make_cluster: Callable[..., ZooKeeperCluster], tmp_path: Path
+) -> None:
+    """A signal only ended the view at its next wait: with ZooKeeper frozen
+    the read under way ran to the request timeout, and its failure made the
+    exit code 1 (29 s after SIGTERM, where 0 is documented)."""
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    Client(zk.hosts, root="/frozen-top", cleaner=False).close()  # a bus to look at
+    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR))
+    command = [sys.executable, "-m", "zkpubsub", "--hosts", zk.hosts, "--root", "/frozen-top"]
+    command += ["--session-timeout", "4", "top", "--interval", "0.3"]
+    for how in (signal.SIGTERM, signal.SIGINT):
+        log = tmp_path / f"top-{how}.out"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            time.sleep(3)  # started, refreshing (a pipe gets the last view at the end)
+            assert process.poll() is None, log.read_text()
+            node.pause()
+            try:
+                time.sleep(1.0)  # a read under way, unanswered
+                process.send_signal(how)
+                code = process.wait(15)
+            finally:
+                node.resume()
+            assert code == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)

@@ -17,9 +17,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -101,6 +101,9 @@ def _configure_logging(verbose: int, level: str | None) -> None:
     kazoo.propagate = False
     ours.setLevel(level or ("DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"))
     kazoo.setLevel("DEBUG" if verbose > 1 else "WARNING" if verbose else "CRITICAL")
+
+
+T = TypeVar("T")
 
 
 class _SigTerm(BaseException):
@@ -490,7 +493,7 @@ def stats(ctx: CliContext, as_json: bool) -> None:
 def top(ctx: CliContext, interval: float, once: bool) -> None:
     """A live view of clients, topics, subscribers and work queues (reads only)."""
     try:
-        from .top import Sampler, print_frame, show_live
+        from .top import Frame, Sampler, print_frame, show_live
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise click.ClickException(str(exc)) from exc
     stop = threading.Event()
@@ -504,15 +507,48 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, interrupted)
-    with ctx.observer() as observer:
+    with ctx.observer() as observer, contextlib.suppress(_Stopped):
         sampler = Sampler(observer)
-        frame = read_or_fail(sampler.sample)
+
+        def sample() -> Frame:
+            return read_or_fail(lambda: _unless_stopped(sampler.sample, stop))
+
+        frame = sample()
         if once:
             stop.wait(interval)
-            print_frame(read_or_fail(sampler.sample), sys.stdout)
+            print_frame(sample(), sys.stdout)
             return
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
-            show_live(frame, lambda: read_or_fail(sampler.sample), interval, stop)
+            show_live(frame, sample, interval, stop)
+
+
+class _Stopped(Exception):
+    """The view was ended (Ctrl-C, SIGTERM) while it read."""
+
+
+def _unless_stopped(read: Callable[[], T], stop: threading.Event) -> T:
+    """``read()`` on a thread of its own, given up as soon as ``stop`` is
+    set (:class:`_Stopped`): a signal ends the view at once, not when a read
+    of an unanswering server times out (the read fails when what it reads
+    from closes)."""
+    got: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(read())
+        except BaseException as exc:  # handed to the waiting thread
+            failed.append(exc)
+
+    reading = threading.Thread(target=run, name="zkpubsub-top-read", daemon=True)
+    reading.start()
+    while reading.is_alive():
+        reading.join(0.05)
+        if stop.is_set():
+            raise _Stopped
+    if failed:
+        raise failed[0]
+    return got[0]
 
 
 @main.command()
