@@ -27,6 +27,7 @@ from zkpubsub import (
     NoSubscribers,
     PublishReceipt,
     PublishTimeout,
+    QueueFull,
 )
 from zkpubsub.aio import AsyncClient, AsyncItem
 from zkpubsub.aio._bridge import Bridge
@@ -804,6 +805,25 @@ async def test_reserves_waiting_for_their_turn_hold_no_thread(connect: Connect) 
     got = [item for item in await asyncio.gather(*waiting) if item is not None]
     assert [item.payload for item in got] == ["job"]
     await got[0].ack()
+
+
+async def test_puts_waiting_for_room_hold_no_thread(connect: Connect) -> None:
+    """A put waiting for room in a full queue held a thread of the client for
+    its whole timeout: forty of them held all 32, and every other call of
+    the client (a stats with a one second timeout, an ack, close) waited
+    behind them (about 20 s where they waited 20)."""
+    client = await connect()
+    full = client.queue("full", max_items=1)
+    await full.put("first")
+    waiting = [asyncio.ensure_future(full.put(n, timeout=4)) for n in range(40)]
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    stats = await client.queue("other").stats(timeout=2)
+    took = time.monotonic() - started
+    assert stats.ready == 0 and took < 3, took
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(o, QueueFull) and o.put_ids == () for o in outcomes), outcomes
+    assert len(await full.dead()) == 0 and (await full.stats(timeout=5)).ready == 1
 
 
 async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers(

@@ -23,7 +23,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..errors import ClientClosed
@@ -45,6 +45,20 @@ async def awaited(future: asyncio.Future[T]) -> T:
     called return, so that they can be awaited, wrapped in a task (which
     ``create_task`` needs) or given to ``wait_for`` as coroutines can."""
     return await future
+
+
+def begun(work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """``work`` in a task of its own, begun now: cancelling the coroutine
+    returned only stops the waiting, as :meth:`Bridge.start` does (what it
+    raises then is dropped, unread)."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_read_outcome)
+    return awaited(asyncio.shield(task))
+
+
+def _read_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: not logged as never retrieved
 
 
 class LoopStopped(RuntimeError):

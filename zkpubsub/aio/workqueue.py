@@ -23,11 +23,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 from .._deadlines import check_timeout
-from ..errors import OperationTimeout, ZkPubSubError
+from ..errors import OperationTimeout, QueueFull, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
+from ..workqueue.putting import ROOM_POLL_MAX, ROOM_POLL_MIN
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, awaited
+from ._bridge import Bridge, OnLoop, awaited, begun
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -263,20 +264,17 @@ class AsyncWorkQueue:
         want_result: bool = False,
         timeout: float | None = None,
     ) -> Coroutine[Any, Any, Any]:
-        """:meth:`WorkQueue.put`, started when called (cancelling the wait
+        """:meth:`WorkQueue.put`, begun when called (cancelling the wait
         does not withdraw it): the item's id, or an :class:`AsyncTicket` with
-        ``want_result=True``."""
+        ``want_result=True``. Waiting for room in a full queue is done on
+        the loop, holding no thread of the client."""
         queue, bridge = self._queue, self._bridge
 
-        def put() -> Any:
-            if want_result:
-                ticket = queue.put(
-                    payload, priority=priority, headers=headers, want_result=True, timeout=timeout
-                )
-                return AsyncTicket(ticket, bridge)
-            return queue.put(payload, priority=priority, headers=headers, timeout=timeout)
+        async def put() -> Any:
+            (item_id,) = await self._put([payload], priority, headers, want_result, timeout)
+            return AsyncTicket(queue.ticket(item_id), bridge) if want_result else item_id
 
-        return awaited(bridge.start(put))
+        return begun(put())
 
     def put_many(
         self,
@@ -286,12 +284,51 @@ class AsyncWorkQueue:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> Coroutine[Any, Any, list[str]]:
-        """:meth:`WorkQueue.put_many`, started when called (as :meth:`put`)."""
-        return awaited(
-            self._bridge.start(
-                self._queue.put_many, payloads, priority=priority, headers=headers, timeout=timeout
-            )
-        )
+        """:meth:`WorkQueue.put_many`, begun when called (as :meth:`put`)."""
+        items = list(payloads)
+        if not items:
+            return awaited(_failed(ValueError("put_many needs at least one payload")))
+        return begun(self._put(items, priority, headers, False, timeout))
+
+    async def _put(
+        self,
+        payloads: list[Any],
+        priority: int,
+        headers: dict[str, str] | None,
+        want_result: bool,
+        timeout: float | None,
+    ) -> list[str]:
+        """Put ``payloads``, waiting for room on the loop up to ``timeout``:
+        each try on a thread raises :class:`QueueFull` at once, having put
+        the transactions that fitted; the rest are tried again."""
+        queue = self._queue
+        until = time.monotonic() + queue._put_timeout(check_timeout(timeout))
+        done: list[str] = []
+        left = payloads
+        delay = ROOM_POLL_MIN
+        while True:
+            try:
+                ids = await self._bridge.run(
+                    queue._put_unless_full,
+                    left,
+                    priority,
+                    headers,
+                    want_result,
+                    max(0.0, until - time.monotonic()),
+                )
+                return done + ids
+            except QueueFull as full:
+                done += full.put_ids
+                left = left[len(full.put_ids) :]
+                wait = until - time.monotonic()
+                if wait <= 0:
+                    if not done:
+                        raise
+                    raise QueueFull(
+                        queue.name, full.items, full.limit, put_ids=tuple(done), asked=len(payloads)
+                    ) from None
+            await asyncio.sleep(min(delay, wait))
+            delay = min(2 * delay, ROOM_POLL_MAX)
 
     def _reserve_slice(
         self, limit: int, until: float | None, abandoned: threading.Event
@@ -402,6 +439,12 @@ class AsyncWorkQueue:
 
     def __repr__(self) -> str:
         return f"<AsyncWorkQueue {self.name!r}>"
+
+
+def _failed(error: BaseException) -> asyncio.Future[Any]:
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    refused.set_exception(error)
+    return refused
 
 
 def _turn_time(until: float | None) -> float:

@@ -72,8 +72,11 @@ class Producer:
         headers: dict[str, str] | None,
         want_result: bool,
         timeout: float | None,
+        wait_for_room: bool = True,
     ) -> list[str]:
-        """Put ``payloads`` in order; returns their item ids."""
+        """Put ``payloads`` in order; returns their item ids. Without
+        ``wait_for_room`` a full queue raises :class:`QueueFull` at once (the
+        asyncio queue waits for room on its loop)."""
         check_priority(priority)
         self._check_open()
         hdrs = envelope.check_headers(headers)
@@ -111,7 +114,7 @@ class Producer:
                     used += size
                     end += 1
                 try:
-                    self.wait_for_room(end - start, deadline)
+                    self.wait_for_room(end - start, deadline if wait_for_room else 0.0)
                 except QueueFull as full:
                     if not start:
                         raise

@@ -181,6 +181,26 @@ class WorkQueue:
             raise ValueError("put_many needs at least one payload")
         return self._producer.put(items, priority, headers, False, timeout)
 
+    def _put_timeout(self, timeout: float | None) -> float:
+        """How long a put waits for room (``timeout``, default the request timeout)."""
+        return self._ctx.config.request_timeout if timeout is None else timeout
+
+    def _put_unless_full(
+        self,
+        payloads: list[Any],
+        priority: int,
+        headers: dict[str, str] | None,
+        want_result: bool,
+        timeout: float,
+    ) -> list[str]:
+        """For the asyncio queue, which waits for room on its loop: a put
+        that raises :class:`QueueFull` at once (after the transactions that
+        fitted, named by ``put_ids``) instead of waiting; ``timeout`` bounds
+        its requests."""
+        return self._producer.put(
+            payloads, priority, headers, want_result, timeout, wait_for_room=False
+        )
+
     # -- consuming ---------------------------------------------------------------------
 
     def reserve(self, timeout: float | None = None) -> Item | None:
