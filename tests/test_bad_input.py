@@ -18,6 +18,7 @@ from zkpubsub import (
     PayloadTooLarge,
     SerializationError,
 )
+from zkpubsub._deadlines import deadline_after
 from zkpubsub.config import ClientConfig
 from zkpubsub.layout import Layout
 from zkpubsub.testing import queue_entries
@@ -150,6 +151,15 @@ def test_a_transaction_larger_than_the_server_accepts_fails_once_with_payload_to
     assert states.count(ClientState.SUSPENDED) <= 2
     publisher.publish("t", b"small")
     assert collector.wait(1) == [b"small"]  # the large one was never written
+
+
+def test_a_timeout_that_is_no_number_is_a_type_error_that_says_so() -> None:
+    """A str failed inside a comparison ("'<=' not supported between..."),
+    and True was taken for one second."""
+    for bad in ("1", True, b"1", [1]):
+        with pytest.raises(TypeError, match="timeout must be a number of seconds or None, not"):
+            deadline_after(bad)  # type: ignore[arg-type]
+    assert deadline_after(None) is None and deadline_after(0) is not None
 
 
 @pytest.mark.parametrize(
