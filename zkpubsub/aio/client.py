@@ -18,6 +18,10 @@ Cancellation has a defined outcome everywhere:
   for it waits for the next ``get``, an item reserved for it is released;
 * a cancelled ``connect`` closes the client it was making; a cancelled
   ``ack``, ``put`` or ``close`` still completes.
+
+``publish``, ``put``, ``ack``, ``release`` and ``close`` start when called
+(they return a coroutine of the outcome), so even a task cancelled before
+it first ran does not keep them from happening.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ steps run on threads of the client; handlers of :meth:`AsyncWorkQueue.consume`
 run on the loop.
 
 Cancellation: a cancelled ``put``, ``ack`` or ``release`` still completes
-(its outcome is the threaded call's); a cancelled ``reserve`` releases an
+(its outcome is the threaded call's; each starts when called, so a task
+cancelled before it first ran does not stop it); a cancelled ``reserve`` releases an
 item reserved for it after all; a cancelled ``Ticket.wait`` keeps a result
 that arrives for it for the next ``wait``.
 """
