@@ -506,6 +506,35 @@ async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Co
     await held_for.ack()
 
 
+def test_calls_cancelled_before_they_ran_leave_no_unread_error_behind(
+    zk_hosts: str, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call that starts when called and fails, cancelled before its task
+    first ran, left its error unread: asyncio logged it with a traceback."""
+    import gc
+
+    async def calls() -> None:
+        async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+            queue = client.queue("unread")
+            await queue.put("job")
+            item = await queue.reserve(timeout=20)
+            assert item is not None
+            await item.release()
+            for failing in (
+                item.ack(),  # released already: ValueError
+                client.publish("nobody", 1, require_subscribers=True),
+                client.publish_many("t", []),
+                queue.put_many([]),
+            ):
+                asyncio.ensure_future(failing).cancel()
+            await asyncio.sleep(1)
+        gc.collect()
+
+    asyncio.run(calls())
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 def test_a_ticket_of_a_dead_item_raises_and_leaves_no_unread_error_behind(
     zk_hosts: str, zk_root: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -619,6 +648,31 @@ async def test_stop_past_its_timeout_ends_a_consumer_that_took_items_ahead(
     assert begun == [1] and consumer.stats().released == 3
     stats = await queue.stats(timeout=10)
     assert (stats.ready, stats.reserved) == (3, 0)
+
+
+async def test_a_cancelled_stop_still_ends_the_consumer(connect: Connect) -> None:
+    """stop() was three steps awaited in turn: cancelled in the first, the
+    workers were never closed (they stayed registered)."""
+
+    async def slow(item: AsyncItem) -> None:
+        await asyncio.sleep(1)
+
+    queue = (await connect()).queue("stopping")
+    await queue.put("job")
+    consumer = (await connect()).queue("stopping").consume(slow)
+    await eventually(lambda: consumer.stats().acked == 0 and consumer.running, what="running")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(consumer.stop(timeout=5), 0.05)
+
+    async def unregistered() -> bool:
+        return (await queue.stats(timeout=10)).workers == 0
+
+    deadline = time.monotonic() + 20
+    while not await unregistered():
+        assert time.monotonic() < deadline, "the workers were not closed"
+        await asyncio.sleep(0.1)
+    assert not consumer.running
+    await consumer.stop()  # the first one's end
 
 
 async def test_closing_what_a_closed_client_made_is_quiet(connect: Connect) -> None:

@@ -40,25 +40,40 @@ _LOOP_CHECK = 0.5
 _MAX_THREADS = 32
 
 
-async def awaited(future: asyncio.Future[T]) -> T:
+def awaited(future: asyncio.Future[T]) -> Coroutine[Any, Any, T]:
     """A coroutine of ``future``'s outcome: what the calls that start when
     called return, so that they can be awaited, wrapped in a task (which
-    ``create_task`` needs) or given to ``wait_for`` as coroutines can."""
+    ``create_task`` needs) or given to ``wait_for`` as coroutines can. An
+    outcome nobody waits for any more (the task was cancelled before it
+    first ran, or the coroutine was dropped) is dropped unread, not logged
+    as never retrieved."""
+    future.add_done_callback(_read_outcome)
+    return _outcome_of(future)
+
+
+async def _outcome_of(future: asyncio.Future[T]) -> T:
     return await future
 
 
 def begun(work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
     """``work`` in a task of its own, begun now: cancelling the coroutine
-    returned only stops the waiting, as :meth:`Bridge.start` does (what it
-    raises then is dropped, unread)."""
+    returned only stops the waiting, as :meth:`Bridge.start` does."""
     task = asyncio.ensure_future(work)
     task.add_done_callback(_read_outcome)
     return awaited(asyncio.shield(task))
 
 
-def _read_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # read: not logged as never retrieved
+def failed(error: BaseException) -> asyncio.Future[Any]:
+    """A future of the running loop that failed with ``error`` already (a
+    call refused before it started)."""
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    refused.set_exception(error)
+    return refused
+
+
+def _read_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # read: not logged as never retrieved
 
 
 class LoopStopped(RuntimeError):
@@ -97,9 +112,7 @@ class Bridge:
         try:
             return self.wrap(self.submit(fn, *args, **kwargs))
         except ClientClosed as exc:
-            refused: asyncio.Future[T] = self.loop.create_future()
-            refused.set_exception(exc)
-            return refused
+            return failed(exc)
 
     async def run_to_close(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """:meth:`run` for a call that closes or stops something (idempotent):
@@ -173,6 +186,8 @@ class Bridge:
         crossing = _Crossing(loop, fn, args)
         if running is not None:
             with self._lock:
+                if isinstance(running, _Running) and running.stopped:
+                    raise concurrent.futures.CancelledError()  # as if cancelled before it began
                 running.add(crossing)
         try:
             try:
@@ -310,18 +325,22 @@ class _Crossing:
             self._task.cancel()
 
 
+class _Running(set["_Crossing"]):
+    """The calls of an :class:`OnLoop` under way; once ``stopped``, no more
+    begin (changed under the bridge's lock)."""
+
+    stopped = False
+
+
 class OnLoop:
     """A user's callable, called from our threads, run on the loop."""
 
     def __init__(self, bridge: Bridge, fn: Callable[..., Any]) -> None:
         self._bridge = bridge
         self.fn = fn
-        self._running: set[_Crossing] = set()
-        self._stopped = False
+        self._running = _Running()
 
     def __call__(self, *args: Any) -> Any:
-        if self._stopped:  # as a call cancelled before it started
-            raise concurrent.futures.CancelledError()
         return self._bridge.call(self.fn, *args, running=self._running)
 
     def cancel(self) -> int:
@@ -331,7 +350,8 @@ class OnLoop:
     def stop(self) -> int:
         """Cancel the calls still running, and every later one before it
         starts; returns how many were running."""
-        self._stopped = True
+        with self._bridge._lock:  # a call begins (or not) wholly before or after
+            self._running.stopped = True
         return self.cancel()
 
     def __repr__(self) -> str:

@@ -46,7 +46,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge, awaited
+from ._bridge import Bridge, awaited, failed
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -185,13 +185,8 @@ class AsyncClient:
         """:meth:`Client.publish_many`, awaited (started when called, as :meth:`publish`)."""
         items = list(payloads)
         if not items:
-            return awaited(self._refused(ValueError("publish_many needs at least one payload")))
+            return awaited(failed(ValueError("publish_many needs at least one payload")))
         return awaited(self._publish(topic, items, headers, timeout, require_subscribers))
-
-    def _refused(self, error: BaseException) -> asyncio.Future[PublishReceipt]:
-        refused: asyncio.Future[PublishReceipt] = self._bridge.loop.create_future()
-        refused.set_exception(error)
-        return refused
 
     def _publish(
         self,
@@ -213,7 +208,7 @@ class AsyncClient:
                 job = self._bridge.submit(client._publish_to, *args)
                 job.add_done_callback(functools.partial(_settle_failure, settle))
         except Exception as exc:  # refused up front: raised where it is awaited
-            return self._refused(exc)
+            return failed(exc)
         return waiter
 
     def publish_nowait(

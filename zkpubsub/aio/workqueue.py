@@ -29,7 +29,7 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import ROOM_POLL_MAX, ROOM_POLL_MIN
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, awaited, begun
+from ._bridge import Bridge, OnLoop, awaited, begun, failed
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -204,6 +204,7 @@ class AsyncConsumer:
         self._consumer = consumer
         self._bridge = bridge
         self._handler = handler
+        self._stopping: asyncio.Future[None] | None = None
 
     def stats(self) -> ConsumerStats:
         return self._consumer.stats()
@@ -216,8 +217,15 @@ class AsyncConsumer:
         """Stop taking items and wait (up to ``timeout``) for the ones in
         hand, taken ahead with ``prefetch`` included; a handler still running
         then is cancelled, and it and the items not begun are released (each
-        counts as an attempt). Idempotent; works after the client closed."""
+        counts as an attempt). Idempotent (a later call waits for the first
+        one's end); works after the client closed; completes even if the
+        waiting task is cancelled."""
         timeout = check_timeout(timeout)
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(timeout))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, timeout: float | None) -> None:
         consumer, bridge = self._consumer, self._bridge
         consumer.halt()
         try:
@@ -288,7 +296,7 @@ class AsyncWorkQueue:
         """:meth:`WorkQueue.put_many`, begun when called (as :meth:`put`)."""
         items = list(payloads)
         if not items:
-            return awaited(_failed(ValueError("put_many needs at least one payload")))
+            return awaited(failed(ValueError("put_many needs at least one payload")))
         return begun(self._put(items, priority, headers, False, timeout))
 
     async def _put(
@@ -440,12 +448,6 @@ class AsyncWorkQueue:
 
     def __repr__(self) -> str:
         return f"<AsyncWorkQueue {self.name!r}>"
-
-
-def _failed(error: BaseException) -> asyncio.Future[Any]:
-    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    refused.set_exception(error)
-    return refused
 
 
 def _turn_time(until: float | None) -> float:
