@@ -81,6 +81,7 @@ def replay(
             raise QueueFull(
                 full.queue, full.items, full.limit, put_ids=tuple(replayed), asked=len(letters)
             ) from None
+        deadline = ctx.deadline()  # each letter's requests get their own time
         path = paths.dead_letter(dead.name)
         # A ticket's "dead" result not read yet is removed with the replay:
         # the item is live again, and its ack or next burial writes the
