@@ -18,6 +18,7 @@ The event stream's ack modes (``?ack=``):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -145,6 +146,7 @@ async def pull(
     gw = state_of(request)
     ask = body or PullRequest.model_validate({})
     wait = min(ask.wait, gw.settings.max_wait)
+    started = time.monotonic()
     # a subscription this gateway no longer holds is opened again, which
     # needs ZooKeeper; the long poll ends at its wait all the same
     held = await by_the_wait(
@@ -153,7 +155,8 @@ async def pull(
         "pull",
         "the subscription could not be opened again here; nothing was handed out",
     )
-    lent = await held.pull(ask.max, wait, ask.ack_deadline, ask.auto_ack)
+    left = max(0.0, wait - (time.monotonic() - started))
+    lent = await held.pull(ask.max, left, ask.ack_deadline, ask.auto_ack)
     return PullResult(messages=[_pulled(x) for x in lent])
 
 
