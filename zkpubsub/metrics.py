@@ -312,20 +312,24 @@ class ClientMetrics:
         ``deadline``, starting where the last scrape stopped, and for those
         not reached the value read last (so that all are read in turn and
         none drops out of a scrape once it has been read)."""
-        start = self._backlog_from % len(subs) if subs else 0
+        with self._lock:  # scrapes at once (a threaded exporter) each read on
+            start = self._backlog_from % len(subs) if subs else 0
+        read: dict[str, int] = {}
         tried = 0
         for sub in subs[start:] + subs[:start]:
             if expired(deadline):
                 break
             tried += 1
             try:
-                self._backlogs[sub.topic] = sub.backlog(timeout=remaining(deadline))
+                read[sub.topic] = sub.backlog(timeout=remaining(deadline))
             except ZkPubSubError as exc:
                 logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
-        self._backlog_from = start + tried
         topics = {sub.topic for sub in subs}
-        self._backlogs = {t: n for t, n in self._backlogs.items() if t in topics}
-        return dict(self._backlogs)
+        with self._lock:
+            self._backlog_from = start + tried
+            kept = {t: n for t, n in self._backlogs.items() if t in topics}
+            self._backlogs = {**kept, **read}
+            return dict(self._backlogs)
 
     def _work_queues(self, queues: list[str], deadline: float) -> Iterator[Any]:
         items = _family("zkpubsub_work_queue_items")
