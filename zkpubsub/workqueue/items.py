@@ -278,7 +278,11 @@ class Ticket:
     def _take_once(self, path: str, deadline: float | None) -> None:
         with self._taking:
             if self._taken is None:
-                self._taken = self._take(path, deadline)
+                taken = self._take(path, deadline)
+                if isinstance(taken[1], NotFound):
+                    # not kept: a replayed item's next result may still come
+                    raise taken[1]
+                self._taken = taken
         for waiting in list(self._waiting):  # those that found no result yet
             waiting.set()
 
