@@ -130,8 +130,12 @@ def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        time.sleep(3)  # started, refreshing (a pipe gets the last view at the end)
-        assert process.poll() is None, log.read_text()
+        # connected (a pipe gets the last view only at the end), then refreshing
+        deadline = time.monotonic() + 30
+        while "sid=0x" not in node.command("cons"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)
         node.pause()
         try:
             time.sleep(1.0)  # a read under way, unanswered

@@ -499,27 +499,27 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     stop = threading.Event()
 
     def interrupted(*_: object) -> None:
-        # Ctrl-C ends the view at its next wait, never in the middle of a
-        # read (an interrupt raised inside a request could leave the client
-        # unable to close); a second Ctrl-C interrupts at once.
+        # Ctrl-C sets a flag, never raises inside a request (which could
+        # leave the client unable to close); the view's reads run on a thread
+        # of their own and are given up on it. A second Ctrl-C interrupts.
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, interrupted)
-    with ctx.observer() as observer, contextlib.suppress(_Stopped):
-        sampler = Sampler(observer)
+    with signals_kept() as install:
+        install({signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: interrupted})
+        with ctx.observer() as observer, contextlib.suppress(_Stopped):
+            sampler = Sampler(observer)
 
-        def sample() -> Frame:
-            return read_or_fail(lambda: _unless_stopped(sampler.sample, stop))
+            def sample() -> Frame:
+                return read_or_fail(lambda: _unless_stopped(sampler.sample, stop))
 
-        frame = sample()
-        if once:
-            stop.wait(interval)
-            print_frame(sample(), sys.stdout)
-            return
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
-            show_live(frame, sample, interval, stop)
+            frame = sample()
+            if once:
+                stop.wait(interval)
+                print_frame(sample(), sys.stdout)
+                return
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
+                show_live(frame, sample, interval, stop)
 
 
 class _Stopped(Exception):
