@@ -38,7 +38,7 @@ def deadline_after(timeout: float | None) -> float | None:
 
 def check_timeout(timeout: float | None) -> float | None:
     """``timeout`` if it is one :func:`deadline_after` takes (``ValueError``
-    otherwise)."""
+    or ``TypeError`` otherwise, as it raises)."""
     deadline_after(timeout)
     return timeout
 
