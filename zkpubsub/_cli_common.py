@@ -210,14 +210,7 @@ def apart(
 
     @functools.wraps(command)
     def run(ctx: CliContext, /, *args: P.args, **kwargs: P.kwargs) -> None:
-        failed: list[BaseException] = []
         received: list[int] = []
-
-        def body() -> None:
-            try:
-                command(ctx, *args, **kwargs)
-            except BaseException as exc:  # handed to the main thread
-                failed.append(exc)
 
         def note(signum: int, frame: object) -> None:
             received.append(signum)
@@ -228,18 +221,44 @@ def apart(
         with signals_kept() as install:
             if not install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), note)):
                 return command(ctx, *args, **kwargs)
-            worker = threading.Thread(target=body, name="zkpubsub-command", daemon=True)
-            worker.start()
-            while worker.is_alive() and not received:
-                worker.join(0.05)
-        if received and worker.is_alive():  # a command done already keeps its outcome
-            ctx.close_made()
-            raise Interrupted() if received[0] == signal.SIGINT else Terminated()
-        if failed:
-            raise failed[0]
-        return None
+            try:
+                body = functools.partial(command, ctx, *args, **kwargs)
+                return on_a_thread(body, "zkpubsub-command", lambda: bool(received))
+            except Unfinished:
+                pass
+        ctx.close_made()
+        raise Interrupted() if received[0] == signal.SIGINT else Terminated()
 
     return run
+
+
+class Unfinished(Exception):
+    """:func:`on_a_thread` gave up waiting for a call still under way."""
+
+
+def on_a_thread(call: Callable[[], T], name: str, give_up: Callable[[], bool]) -> T:
+    """``call()`` on a daemon thread of its own while this thread waits (so
+    that a signal handled here is never raised inside kazoo): what it returns
+    or raises; :class:`Unfinished` as soon as ``give_up()`` is true while it
+    still runs (a call done by then keeps its outcome)."""
+    got: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(call())
+        except BaseException as exc:  # handed to the waiting thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if give_up():
+            raise Unfinished
+        worker.join(0.05)
+    if failed:
+        raise failed[0]
+    return got[0]
 
 
 # The longest any seconds option may be: far below what the waits below it

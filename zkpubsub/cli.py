@@ -17,9 +17,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -30,11 +30,13 @@ from ._cli_common import (
     CliContext,
     Interrupted,
     Terminated,
+    Unfinished,
     apart,
     close_or_say,
     failure,
     name_of,
     not_negative,
+    on_a_thread,
     parse_headers,
     pass_ctx,
     positive,
@@ -101,9 +103,6 @@ def _configure_logging(verbose: int, level: str | None) -> None:
     kazoo.propagate = False
     ours.setLevel(level or ("DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"))
     kazoo.setLevel("DEBUG" if verbose > 1 else "WARNING" if verbose else "CRITICAL")
-
-
-T = TypeVar("T")
 
 
 class _SigTerm(BaseException):
@@ -507,11 +506,16 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
 
     with signals_kept() as install:
         install({signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: interrupted})
-        with ctx.observer() as observer, contextlib.suppress(_Stopped):
+        with ctx.observer() as observer, contextlib.suppress(Unfinished):
             sampler = Sampler(observer)
 
             def sample() -> Frame:
-                return read_or_fail(lambda: _unless_stopped(sampler.sample, stop))
+                # on a thread of its own, given up on a signal: the view
+                # ends at once, not when a read of an unanswering server
+                # times out (it fails when what it reads from closes)
+                return read_or_fail(
+                    lambda: on_a_thread(sampler.sample, "zkpubsub-top-read", stop.is_set)
+                )
 
             frame = sample()
             if once:
@@ -520,35 +524,6 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
                 return
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
                 show_live(frame, sample, interval, stop)
-
-
-class _Stopped(Exception):
-    """The view was ended (Ctrl-C, SIGTERM) while it read."""
-
-
-def _unless_stopped(read: Callable[[], T], stop: threading.Event) -> T:
-    """``read()`` on a thread of its own, given up as soon as ``stop`` is
-    set (:class:`_Stopped`): a signal ends the view at once, not when a read
-    of an unanswering server times out (the read fails when what it reads
-    from closes)."""
-    got: list[T] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            got.append(read())
-        except BaseException as exc:  # handed to the waiting thread
-            failed.append(exc)
-
-    reading = threading.Thread(target=run, name="zkpubsub-top-read", daemon=True)
-    reading.start()
-    while reading.is_alive():
-        reading.join(0.05)
-        if stop.is_set():
-            raise _Stopped
-    if failed:
-        raise failed[0]
-    return got[0]
 
 
 @main.command()
