@@ -69,8 +69,10 @@ def test_a_reply_delivered_twice_drops_the_connection_and_keeps_the_session(
         states: list[KazooState] = []
         conn.add_state_listener(states.append)
         for n in range(1, 3):
-            sprung = proxy.duplicate_reply(OP_EXISTS)
+            sprung = proxy.duplicate_reply(OP_EXISTS, while_waiting=True)
             first = conn.kazoo.exists_async("/")
+            if n == 2:
+                time.sleep(0.3)  # the first is answered before the second is sent
             second = conn.kazoo.exists_async("/")
             assert sprung.wait(10)
             assert conn.result(first, deadline_after(10), "first") is not None

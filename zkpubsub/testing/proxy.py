@@ -95,6 +95,9 @@ class Link:
         self.dropping = False
         self.closed = threading.Event()
         self._lock = threading.Lock()
+        # one writer at a time on each socket: the pumps, and a proxy that
+        # sends on its own (a held reply let go by a request)
+        self._sending = {True: threading.Lock(), False: threading.Lock()}
 
     def start(self) -> None:
         for src, dst, forward in (
@@ -120,11 +123,17 @@ class Link:
                 if self.closed.is_set():
                     break
                 if out:
-                    dst.sendall(out)
+                    with self._sending[forward]:
+                        dst.sendall(out)
         except OSError:
             pass
         finally:
             self.close(reset=False)
+
+    def send(self, data: bytes, *, forward: bool) -> None:
+        """Send ``data`` towards the target (``forward``) or the client."""
+        with self._sending[forward]:
+            (self.upstream if forward else self.downstream).sendall(data)
 
     def close(self, *, reset: bool = True) -> None:
         with self._lock:
@@ -334,6 +343,8 @@ class _Trap:
         self.link: Link | None = None
         self.op: int | None = None
         self.then_block = False
+        self.hold = False  # a duplicate held until the next request of ``ops``
+        self.held: bytes | None = None
         self.behind = 0  # requests of ``ops`` sent on its link after the trapped one
 
 
@@ -389,11 +400,19 @@ class ZkClientProxy(TcpProxy):
         return self._arm(ops, "reply", skip, then_block, group)
 
     def duplicate_reply(
-        self, *ops: int, skip: int = 0, group: threading.Event | None = None
+        self,
+        *ops: int,
+        skip: int = 0,
+        group: threading.Event | None = None,
+        while_waiting: bool = False,
     ) -> threading.Event:
         """Deliver the reply to the next request of one of ``ops`` twice (a
-        reply the client did not expect; the connection stays up)."""
-        return self._arm(ops, "duplicate", skip, False, group)
+        reply the client did not expect; the connection stays up). With
+        ``while_waiting`` the reply is held, if need be, until the client
+        sends its next request of ``ops``, so that the second copy comes while that request
+        waits for its answer (without it, the client may have had nothing
+        waiting by then)."""
+        return self._arm(ops, "duplicate", skip, False, group, while_waiting)
 
     def disarm(self) -> None:
         with self._trap_lock:
@@ -406,11 +425,13 @@ class ZkClientProxy(TcpProxy):
         skip: int,
         then_block: bool = False,
         group: threading.Event | None = None,
+        hold: bool = False,
     ) -> threading.Event:
         if not ops:
             raise ValueError("name at least one operation code")
         trap = _Trap(frozenset(ops), when, skip, group)
         trap.then_block = then_block
+        trap.hold = hold
         with self._trap_lock:
             self._traps.append(trap)
         return trap.sprung
@@ -429,6 +450,8 @@ class ZkClientProxy(TcpProxy):
                     # Pass on what came before the trapped frame, then cut.
                     self._cut_after(link, bytes(out), forward)
                     return b""
+                if action == "hold":
+                    continue
                 if action == "duplicate":
                     out += frame
                 out += frame
@@ -445,6 +468,13 @@ class ZkClientProxy(TcpProxy):
                 continue
             if trap.xid is not None and trap.link is link and op in trap.ops:
                 trap.behind += 1
+                if trap.held is not None:
+                    # the held reply, twice, before this request goes on
+                    assert trap.op is not None
+                    self._spring(trap, trap.op)
+                    with contextlib.suppress(OSError):
+                        link.send(trap.held * 2, forward=False)
+                    continue
             if trap.xid is not None or op not in trap.ops:
                 continue
             if trap.skip > 0:
@@ -463,6 +493,10 @@ class ZkClientProxy(TcpProxy):
         (xid,) = struct.unpack_from(">i", frame, 4)
         for trap in self._traps:
             if trap.link is link and trap.xid == xid:
+                if trap.hold and not trap.behind:
+                    # nothing sent behind it yet: hold it for the next one
+                    trap.held = frame
+                    return "hold"
                 assert trap.op is not None
                 self._spring(trap, trap.op)
                 return "duplicate" if trap.when == "duplicate" else "cut"
