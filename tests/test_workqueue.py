@@ -30,6 +30,7 @@ from zkpubsub import (
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.proxy import OP_EXISTS, OP_GET_CHILDREN, OP_GET_DATA, OP_MULTI, ZkClientProxy
+from zkpubsub.workqueue.putting import ROOM_POLL_MAX, ROOM_POLL_MIN, room_polls
 from zkpubsub.workqueue.records import decode_item
 
 from .helpers import drain, wait_until
@@ -448,6 +449,13 @@ def test_a_waited_for_item_that_dies_fails_its_ticket(make_client: MakeClient) -
     item.release("cannot do it")
     with pytest.raises(ItemFailed, match="cannot do it"):
         elsewhere.wait(timeout=5)
+
+
+def test_a_put_waiting_for_room_counts_again_sooner_first_then_at_most_every_half_second() -> None:
+    delays = room_polls()
+    seen = [next(delays) for _ in range(7)]
+    assert (ROOM_POLL_MIN, ROOM_POLL_MAX) == (0.05, 0.5)
+    assert seen == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
 
 
 def test_a_put_with_no_time_to_wait_for_room_is_written_and_answered(

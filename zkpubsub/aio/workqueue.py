@@ -27,7 +27,7 @@ from .._deadlines import check_timeout
 from ..errors import OperationTimeout, QueueFull, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
-from ..workqueue.putting import ROOM_POLL_MAX, ROOM_POLL_MIN
+from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
 from ._bridge import Bridge, OnLoop, awaited, begun, failed
 
@@ -314,7 +314,7 @@ class AsyncWorkQueue:
         until = time.monotonic() + queue._put_timeout(check_timeout(timeout))
         done: list[str] = []
         left = payloads
-        delay = ROOM_POLL_MIN
+        delays = room_polls()
         while True:
             try:
                 ids = await self._bridge.run(
@@ -336,8 +336,7 @@ class AsyncWorkQueue:
                     raise QueueFull(
                         queue.name, full.items, full.limit, put_ids=tuple(done), asked=len(payloads)
                     ) from None
-            await asyncio.sleep(min(delay, wait))
-            delay = min(2 * delay, ROOM_POLL_MAX)
+            await asyncio.sleep(min(next(delays), wait))
 
     def _reserve_slice(
         self, limit: int, until: float | None, abandoned: threading.Event

@@ -167,13 +167,12 @@ def release(
     error: str | BaseException | None,
     *,
     max_attempts: int,
-    worker_id: str,
 ) -> bool:
     """Give ``item`` back, or bury it at ``max_attempts``, in one
     transaction with a receipt: after a lost answer the receipt tells
     whether it was applied (a reservation lost meanwhile is not taken for
     one given back). ``True`` when it was; raises :class:`ReservationLost`
-    when the server refuses it. (``worker_id``: kept for the callers.)"""
+    when the server refuses it."""
     paths = ctx.layout.work_queue(item.queue)
     reason = ""
     if error is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NoNodeError
@@ -26,7 +26,7 @@ from ..layout import MAX_ITEMS_PER_PUT, NodeKind
 from .records import check_priority
 from .segments import Segments, ensure_queue
 
-__all__ = ["PUT_REQUESTS_AT_LEAST", "ROOM_POLL_MAX", "ROOM_POLL_MIN", "Producer"]
+__all__ = ["PUT_REQUESTS_AT_LEAST", "ROOM_POLL_MAX", "ROOM_POLL_MIN", "Producer", "room_polls"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ ROOM_POLL_MAX = 0.5
 # for room; at most the request timeout), so that a short one does not
 # leave a transaction sent and its outcome unknown.
 PUT_REQUESTS_AT_LEAST = 2.0
+
+
+def room_polls() -> Iterator[float]:
+    """Seconds to wait between counts of a full queue (on a thread or on
+    a loop): ROOM_POLL_MIN, doubling up to ROOM_POLL_MAX."""
+    delay = ROOM_POLL_MIN
+    while True:
+        yield delay
+        delay = min(2 * delay, ROOM_POLL_MAX)
 
 
 class Producer:
@@ -134,7 +143,7 @@ class Producer:
         limit = self._max_items
         if limit is None:
             return
-        delay = ROOM_POLL_MIN
+        delays = room_polls()
         while True:
             read_by = deadline if not expired(deadline) else self._ctx.deadline()
             held = self._segments.count(read_by)
@@ -144,8 +153,8 @@ class Producer:
             if left is not None and left <= 0:
                 raise QueueFull(self._name, held, limit)
             self._check_open()
+            delay = next(delays)
             time.sleep(delay if left is None else min(delay, left))
-            delay = min(2 * delay, ROOM_POLL_MAX)
 
     def _put_once(
         self, datas: list[bytes], priority: int, want_result: bool, deadline: float | None

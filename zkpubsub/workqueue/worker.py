@@ -370,9 +370,7 @@ class Worker:
     def release(self, item: Item, error: str | BaseException | None) -> None:
         """Give ``item`` back (or bury it after ``max_attempts``), in one
         transaction that proves this worker still holds it."""
-        released = release(
-            self._ctx, item, error, max_attempts=self.max_attempts, worker_id=self.worker_id
-        )
+        released = release(self._ctx, item, error, max_attempts=self.max_attempts)
         if released:
             self.stale()
 
