@@ -792,6 +792,10 @@ async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
     ):
         with pytest.raises(ClientClosed):
             await closed()
+    # made on a thread with no loop running, awaited on the loop
+    made = await asyncio.to_thread(client.publish, "t", "late")
+    with pytest.raises(ClientClosed):
+        await made
     with pytest.raises(ClientClosed):
         client.add_listener(print)
 

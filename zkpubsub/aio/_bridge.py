@@ -63,14 +63,6 @@ def begun(work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
     return awaited(asyncio.shield(task))
 
 
-def failed(error: BaseException) -> asyncio.Future[Any]:
-    """A future of the running loop that failed with ``error`` already (a
-    call refused before it started)."""
-    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    refused.set_exception(error)
-    return refused
-
-
 def _read_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # read: not logged as never retrieved
@@ -112,7 +104,14 @@ class Bridge:
         try:
             return self.wrap(self.submit(fn, *args, **kwargs))
         except ClientClosed as exc:
-            return failed(exc)
+            return self.failed(exc)
+
+    def failed(self, error: BaseException) -> asyncio.Future[Any]:
+        """A future of the loop that failed with ``error`` already (a call
+        refused before it started; made on any thread)."""
+        refused: asyncio.Future[Any] = self.loop.create_future()
+        refused.set_exception(error)
+        return refused
 
     async def run_to_close(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """:meth:`run` for a call that closes or stops something (idempotent):

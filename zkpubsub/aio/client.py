@@ -46,7 +46,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge, awaited, failed
+from ._bridge import Bridge, awaited
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -185,7 +185,9 @@ class AsyncClient:
         """:meth:`Client.publish_many`, awaited (started when called, as :meth:`publish`)."""
         items = list(payloads)
         if not items:
-            return awaited(failed(ValueError("publish_many needs at least one payload")))
+            return awaited(
+                self._bridge.failed(ValueError("publish_many needs at least one payload"))
+            )
         return awaited(self._publish(topic, items, headers, timeout, require_subscribers))
 
     def _publish(
@@ -208,7 +210,7 @@ class AsyncClient:
                 job = self._bridge.submit(client._publish_to, *args)
                 job.add_done_callback(functools.partial(_settle_failure, settle))
         except Exception as exc:  # refused up front: raised where it is awaited
-            return failed(exc)
+            return self._bridge.failed(exc)
         return waiter
 
     def publish_nowait(

@@ -29,7 +29,7 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, awaited, begun, failed
+from ._bridge import Bridge, OnLoop, awaited, begun
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -296,7 +296,7 @@ class AsyncWorkQueue:
         """:meth:`WorkQueue.put_many`, begun when called (as :meth:`put`)."""
         items = list(payloads)
         if not items:
-            return awaited(failed(ValueError("put_many needs at least one payload")))
+            return awaited(self._bridge.failed(ValueError("put_many needs at least one payload")))
         return begun(self._put(items, priority, headers, False, timeout))
 
     async def _put(
