@@ -11,7 +11,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, Gap, receipts
 from zkpubsub import cleaner as cleaner_module
-from zkpubsub._purges import MAX_PURGE_RECORD, purge_record, read_purge_record
+from zkpubsub._purges import MAX_PURGE_RECORD, purge_finished, purge_record, read_purge_record
 from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
@@ -255,6 +255,45 @@ def test_the_cleaner_ends_a_durable_subscription_after_the_grace(
     assert raw_zk.exists(layout.subscriber("t", "away-for-good")) is None
     assert raw_zk.exists(layout.client_messages("away-for-good")) is None
     assert host.publish("t", "nobody now").subscribers == 0
+    # the purge left a notice naming the topic, and the cleaner lets it be
+    marker = layout.purge_marker("away-for-good")
+    data, _ = raw_zk.get(marker)
+    assert purge_finished(data) and read_purge_record(data) == ["t"]
+    time.sleep(2.5)  # the grace again, and passes after it
+    assert cleaner.stats().clients_removed == 1
+    assert raw_zk.exists(marker) is not None
+    # back after the purge: told when it starts (the backlog is gone), once
+    gaps: list[Gap] = []
+    back = make_client(client_id="away-for-good", on_gap=gaps.append)
+    wait_until(lambda: gaps, what="purge gap at start")
+    assert gaps[0].reason == "backlog purged" and gaps[0].topics == frozenset({"t"})
+    assert raw_zk.exists(marker) is None
+    assert back.subscribe("t", durable=True).get(timeout=0.5) is None
+
+
+def test_a_purge_notice_waits_its_ttl_and_a_plain_client_is_left_none(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    layout = Layout(zk_root)
+    host = make_client(session_timeout=2.0)
+    durable = make_client(client_id="durable-away")
+    durable.subscribe("t", durable=True)
+    durable.close()
+    plain = make_client(client_id="plain-away")
+    plain.subscribe("t").close()  # its queue stays for a return within the grace
+    plain.close()
+    assert raw_zk.exists(layout.client_messages("plain-away")) is not None
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3)
+    wait_until(lambda: cleaner.stats().clients_removed == 2, 20, "both purged")
+    assert raw_zk.exists(layout.client_messages("plain-away")) is None
+    assert raw_zk.exists(layout.purge_marker("plain-away")) is None
+    assert raw_zk.exists(layout.purge_marker("durable-away")) is not None
+    host.start_cleaner(notice_ttl=1.0)
+    wait_until(
+        lambda: raw_zk.exists(layout.purge_marker("durable-away")) is None, 20, "notice expired"
+    )
+    with pytest.raises(ValueError, match="notice_ttl"):
+        host.start_cleaner(notice_ttl=-1)
 
 
 def test_unread_results_are_removed_after_their_ttl(
@@ -318,11 +357,18 @@ def test_the_purge_marker_names_every_topic_of_the_gone_client(
     assert me is not None
     cleaner._purge(me, "gone-all", ["a", "b"])
     assert [read_purge_record(data) for data in seen] == [["a", "b"]] * 2
-    assert raw_zk.exists(marker) is None
+    assert not any(purge_finished(data) for data in seen)
+    # durable subscriptions: the marker stays, finished, as a notice
+    data, _ = raw_zk.get(marker)
+    assert purge_finished(data) and read_purge_record(data) == ["a", "b"]
 
 
 def test_a_purge_marker_names_the_topics_it_can_hold() -> None:
     assert read_purge_record(purge_record(["b", "a", "b"])) == ["a", "b"]
+    assert read_purge_record(purge_record(["a"], finished=True)) == ["a"]
+    assert purge_finished(purge_record(["a"], finished=True))
+    assert not purge_finished(purge_record(["a"]))
+    assert not purge_finished(b'{"topics": [], "finished": "yes"}')
     for foreign in (b"", b"{", b"[1]", b'{"topics": "t"}', b"\xff"):
         assert read_purge_record(foreign) == []
     many = [f"topic-{n:06d}" for n in range(50_000)]

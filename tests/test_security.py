@@ -174,6 +174,13 @@ def test_roles_each_do_their_part_and_the_admin_cleans_up_after_a_gone_client(
     su = raw(SUPER)
     assert su.exists(f"{admin.root}/messages/leaver") is None
     assert not su.get_children(f"{admin.root}/subscribers/t")
+    # the notice of the purge, and the subscriber back: told, and it removes it
+    wait_until(lambda: su.exists(f"{admin.root}/purging/leaver"), timeout=20)
+    gaps: list[Gap] = []
+    as_role(make_secure_client, "subscriber", client_id="leaver", on_gap=gaps.append)
+    wait_until(lambda: gaps, timeout=20)
+    assert gaps[0].topics == frozenset({"t"}) and gaps[0].reason == "backlog purged"
+    assert su.exists(f"{admin.root}/purging/leaver") is None
 
 
 def test_a_secured_client_registers_again_after_its_session_expires(make_secure_client):

@@ -1,7 +1,9 @@
 """What a purge marker (``purging/<id>``) holds (internal; the format is in
 docs/wire-format.md): the topics of the client whose queues the cleaner is
 deleting, as JSON, so that a client back in the middle hears of every one,
-those whose queues are gone already included."""
+those whose queues are gone already included. A purge of a client with
+durable subscriptions leaves its marker, marked finished, as a notice for
+the client's return (until the cleaner's ``notice_ttl``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["MAX_PURGE_RECORD", "purge_record", "read_purge_record"]
+__all__ = ["MAX_PURGE_RECORD", "purge_finished", "purge_record", "read_purge_record"]
 
 # At most this many bytes of topics in a marker (far below a node's 1 MiB):
 # a client with more topics hears of those named, and of those it has a
@@ -17,9 +19,10 @@ __all__ = ["MAX_PURGE_RECORD", "purge_record", "read_purge_record"]
 MAX_PURGE_RECORD: Final = 256 * 1024
 
 
-def purge_record(topics: Iterable[str]) -> bytes:
+def purge_record(topics: Iterable[str], *, finished: bool = False) -> bytes:
     """A marker's data: ``{"topics": [...]}``, sorted, as many as fit in
-    :data:`MAX_PURGE_RECORD` bytes."""
+    :data:`MAX_PURGE_RECORD` bytes; with ``"finished": true`` for the
+    notice a finished purge leaves."""
     named: list[str] = []
     size = len(b'{"topics": []}')
     for topic in sorted(set(topics)):
@@ -27,17 +30,29 @@ def purge_record(topics: Iterable[str]) -> bytes:
         if size > MAX_PURGE_RECORD:
             break
         named.append(topic)
+    if finished:
+        return json.dumps({"topics": named, "finished": True}).encode()
     return json.dumps({"topics": named}).encode()
+
+
+def _document(data: bytes) -> object:
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def read_purge_record(data: bytes) -> list[str]:
     """The topics a marker names (none for an empty marker, as an older
     cleaner writes, or one that is not a record)."""
-    try:
-        doc = json.loads(data.decode())
-    except (UnicodeDecodeError, ValueError):
-        return []
+    doc = _document(data)
     topics = doc.get("topics") if isinstance(doc, dict) else None
     if not isinstance(topics, list):
         return []
     return [t for t in topics if isinstance(t, str) and t]
+
+
+def purge_finished(data: bytes) -> bool:
+    """Whether a marker is the notice of a finished purge (not one under way)."""
+    doc = _document(data)
+    return isinstance(doc, dict) and doc.get("finished") is True

@@ -37,7 +37,10 @@ Safety, enforced by the server in every deleting transaction:
 * Large queues are deleted in bounded transactions. The first one writes
   ``purging/<id>``, naming the client's topics; a client that comes back
   while that marker exists is told through its gap listeners that part of
-  its backlog is gone, for each of them.
+  its backlog is gone, for each of them. When the client had durable
+  subscriptions, the last one leaves the marker, marked finished, instead
+  of deleting it: a notice that tells the client the same when it comes
+  back later, kept for ``notice_ttl`` (by the server's clock).
 
 Everything a gone client leaves goes together: its queues, its durable
 registrations and its receipts. The cleaner also removes
@@ -62,9 +65,9 @@ from ._candidates import candidate_record, read_candidate
 from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
-from ._purges import purge_record
+from ._purges import purge_finished, purge_record, read_purge_record
 from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
-from .config import DEFAULT_RESULT_TTL, check_grace, check_interval
+from .config import DEFAULT_NOTICE_TTL, DEFAULT_RESULT_TTL, check_grace, check_interval
 from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
 from .layout import (
@@ -111,6 +114,7 @@ class Cleaner:
         grace: float | None = None,
         interval: float | None = None,
         result_ttl: float = DEFAULT_RESULT_TTL,
+        notice_ttl: float = DEFAULT_NOTICE_TTL,
     ) -> None:
         config = ctx.config
         self.grace = check_grace(config.grace if grace is None else grace, config.session_timeout)
@@ -118,6 +122,8 @@ class Cleaner:
         self.interval = check_interval(interval, "interval")
         check_interval(result_ttl, "result_ttl")
         self.result_ttl = float(result_ttl)
+        check_interval(notice_ttl, "notice_ttl")
+        self.notice_ttl = float(notice_ttl)
         self._ctx = ctx
         self._conn = ctx.conn
         self._layout = ctx.layout
@@ -154,6 +160,7 @@ class Cleaner:
         grace: float | None = None,
         interval: float | None = None,
         result_ttl: float | None = None,
+        notice_ttl: float | None = None,
     ) -> None:
         """Change the options of a running cleaner (``None`` keeps one). A
         new grace is written into its election node."""
@@ -163,10 +170,14 @@ class Cleaner:
             check_interval(interval, "interval")
         if result_ttl is not None:
             check_interval(result_ttl, "result_ttl")
+        if notice_ttl is not None:
+            check_interval(notice_ttl, "notice_ttl")
         if interval is not None:
             self.interval = float(interval)
         if result_ttl is not None:
             self.result_ttl = float(result_ttl)
+        if notice_ttl is not None:
+            self.notice_ttl = float(notice_ttl)
         if grace is not None and grace != self.grace:
             self.grace = grace
             path = self._candidate
@@ -429,6 +440,7 @@ class Cleaner:
         live = set(conn.children(layout.clients, deadline, watch=self._wake_on_event) or [])
         with_queues = set(conn.children(layout.messages, deadline) or [])
         markers = set(conn.children(layout.purging, deadline) or [])
+        notices = self._notices(markers, deadline)
         topics = conn.children(layout.subscribers, deadline) or []
         # Registrations of absent clients: durable ones outlive their session.
         requests = [(t, kazoo.get_children_async(layout.topic(t))) for t in topics]
@@ -442,7 +454,8 @@ class Cleaner:
                 if cid not in live:
                     registered.setdefault(cid, []).append(topic)
         with_receipts = set(conn.children(layout.receipts, deadline) or [])
-        gone = (with_queues | markers | with_receipts | registered.keys()) - live
+        # a finished purge's notice waits for its client: nothing to purge
+        gone = (with_queues | (markers - notices.keys()) | with_receipts | registered.keys()) - live
         now = time.monotonic()
         for cid in list(absent_since):
             if cid not in gone:
@@ -450,20 +463,63 @@ class Cleaner:
         for cid in gone:
             since = absent_since.setdefault(cid, now)
             if now - since >= self.grace and not self._stop.is_set():
-                self._purge(me, cid, registered.get(cid, []))
+                self._purge(me, cid, registered.get(cid, []), notice=cid in notices)
                 absent_since.pop(cid, None)
         sweep_evictions(
             self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
         )
         self._sweep_topics(me, topics, empty_since)
         self._sweep_results(me)
+        self._sweep_notices(me, {cid: v for cid, v in notices.items() if cid not in live})
+
+    def _notices(self, markers: set[str], deadline: float | None) -> dict[str, tuple[int, int]]:
+        """Of the purge markers, the notices finished purges left: client id
+        to (the time it was finished, by the server's clock, in ms; its data
+        version)."""
+        conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
+        reads = [(cid, kazoo.get_async(layout.purge_marker(cid))) for cid in sorted(markers)]
+        notices: dict[str, tuple[int, int]] = {}
+        for cid, request in reads:
+            try:
+                data, stat = conn.result(request, deadline, "read purge marker")
+            except NoNodeError:
+                continue
+            if purge_finished(data):
+                notices[cid] = (stat.mtime, stat.version)
+        return notices
+
+    def _sweep_notices(self, me: str, notices: dict[str, tuple[int, int]]) -> None:
+        """Delete the notices of finished purges older than ``notice_ttl``
+        (each at the version read: not one written since)."""
+        if not notices:
+            return
+        conn, layout = self._conn, self._layout
+        deadline = self._deadline()
+        now_ms = self._server_time_ms(deadline)
+        for cid, (finished_ms, version) in sorted(notices.items()):
+            if now_ms - finished_ms <= self.notice_ttl * 1000:
+                continue
+
+            def fence(txn: Any) -> int:
+                txn.check(me, -1)  # it exists: ours, on this session
+                return 1
+
+            def drop(txn: Any, cid: str = cid, version: int = version) -> None:
+                txn.delete(layout.purge_marker(cid), version)
+
+            if guarded_commit(conn, fence, drop, deadline, "remove purge notice") is None:
+                logger.info("cleaner: client %s did not come back; its purge notice expired", cid)
 
     def _wake_on_event(self, event: object) -> None:  # kazoo's thread
         self._wake.set()
 
-    def _purge(self, me: str, cid: str, registrations: list[str] | None = None) -> None:
+    def _purge(
+        self, me: str, cid: str, registrations: list[str] | None = None, *, notice: bool = False
+    ) -> None:
         """Remove everything of client ``cid``: its durable registrations
-        first (so publishers stop writing), then its queues."""
+        first (so publishers stop writing), then its queues. The marker is
+        left as a notice (marked finished) if the client had durable
+        registrations, or ``notice`` (its marker was one already)."""
         conn, layout = self._conn, self._layout
         client_path = layout.client(cid)
         client_acl = self._ctx.acl.acl(NodeKind.CLIENT)
@@ -479,7 +535,12 @@ class Cleaner:
         base = layout.client_messages(cid)
         # the marker names every topic of the client: one back while its
         # queues go hears of those deleted in full too
-        named = purge_record([*(conn.children(base, deadline) or []), *(registrations or [])])
+        topic_names = [*(conn.children(base, deadline) or []), *(registrations or [])]
+        if notice:  # an earlier purge's notice: its topics stay named
+            with contextlib.suppress(NoNodeError):
+                data, _ = conn.call(lambda: conn.kazoo.get_async(marker), deadline, "purge notice")
+                topic_names += read_purge_record(data)
+        named = purge_record(topic_names)
 
         def mark(txn: Any) -> None:
             txn.create(marker, named, acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
@@ -501,7 +562,16 @@ class Cleaner:
                 nodes += delete_queue(conn, join(base, topic), deadline, guard)
             delete_tree(conn, base, deadline, guard=guard)
             delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
-            delete_batch(conn, [marker], deadline, guard, recurse=False)
+            if registrations or notice:
+                # left for the client's return: it hears of the topics then
+                finished = purge_record(topic_names, finished=True)
+
+                def leave(txn: Any) -> None:
+                    txn.set_data(marker, finished, -1)
+
+                guarded_commit(conn, guard, leave, deadline, "purge notice")
+            else:
+                delete_batch(conn, [marker], deadline, guard, recurse=False)
         except Refused as exc:
             if exc.reason == "fence":
                 raise

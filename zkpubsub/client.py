@@ -521,6 +521,7 @@ class Client:
         grace: float | None = None,
         interval: float | None = None,
         result_ttl: float | None = None,
+        notice_ttl: float | None = None,
     ) -> Cleaner:
         """The cleaner this client hosts, with these options (``None`` keeps
         one). Every client hosts one from the start unless made with
@@ -530,7 +531,10 @@ class Client:
         (default: ``cleaner_grace``, else the larger of 60 s and twice the
         session timeout; never less than the session timeout, ``ValueError``
         otherwise), topics left without subscribers as long, and work-queue
-        results unread after ``result_ttl`` (default an hour). It sweeps
+        results unread after ``result_ttl`` (default an hour). A client with
+        durable subscriptions it purged is left a notice of it (naming the
+        topics, told to its gap listeners when it comes back), kept for
+        ``notice_ttl`` (default a week). It sweeps
         every ``interval`` seconds (default ``cleaner_interval``, 30) and
         whenever the set of clients changes. The leader's grace applies to
         all: a candidate whose grace differs logs a warning."""
@@ -542,6 +546,8 @@ class Client:
             options["interval"] = interval
         if result_ttl is not None:
             options["result_ttl"] = result_ttl
+        if notice_ttl is not None:
+            options["notice_ttl"] = notice_ttl
         return self._start_cleaner(options)
 
     def _start_cleaner(self, options: dict[str, Any]) -> Cleaner:

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_RETRY_DELAY",
     "DEFAULT_MAX_TRANSACTION_BYTES",
+    "DEFAULT_NOTICE_TTL",
     "DEFAULT_PREFETCH",
     "DEFAULT_QUEUE_ATTEMPTS",
     "DEFAULT_QUEUE_MAX_ITEMS",
@@ -78,6 +79,9 @@ DEFAULT_MAX_RETRY_DELAY: Final = 30.0
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 DEFAULT_CLEANER_INTERVAL: Final = 30.0
 DEFAULT_RESULT_TTL: Final = 3600.0
+# How long the notice of a finished purge of a durable subscriber waits for
+# the client's return (seconds, by the server's clock).
+DEFAULT_NOTICE_TTL: Final = 7 * 24 * 3600.0
 # Bytes one create operation adds to a transaction besides its path, data and
 # ACL (multi header, length prefixes, flags); the ACL policy adds the size of
 # each kind of node's ACL (the open ACL is 28 bytes).

@@ -327,10 +327,15 @@ class AsyncClient:
         grace: float | None = None,
         interval: float | None = None,
         result_ttl: float | None = None,
+        notice_ttl: float | None = None,
     ) -> Cleaner:
         """:meth:`Client.start_cleaner`, on a thread."""
         return await self._bridge.run(
-            self._client.start_cleaner, grace=grace, interval=interval, result_ttl=result_ttl
+            self._client.start_cleaner,
+            grace=grace,
+            interval=interval,
+            result_ttl=result_ttl,
+            notice_ttl=notice_ttl,
         )
 
     async def stats(self) -> BusStats:

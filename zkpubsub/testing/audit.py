@@ -4,7 +4,8 @@ After the cleaner's grace period:
 
 * no queue (``messages/<id>``) and no publish receipts (``receipts/<id>``)
   of a client that is not registered;
-* no purge marker left behind (``purging/<id>``);
+* no purge marker left behind (``purging/<id>``), but the notices of
+  finished purges of durable subscribers;
 * exactly one cleaner leads: one running cleaner says it leads, and it owns
   the lowest candidate node; there is one candidate node per running
   cleaner (none left over from an expired session).
@@ -24,6 +25,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from .._candidates import read_candidate
+from .._purges import purge_finished
 from ..cleaner import Cleaner
 from ..layout import Layout, join, order_candidates
 
@@ -82,7 +84,14 @@ def look(zk: KazooClient, layout: Layout, cleaners: Sequence[Cleaner]) -> Audit:
     clients = set(zk.get_children(layout.clients))
     owners = set(zk.get_children(layout.messages))
     publishers = set(zk.get_children(layout.receipts)) if zk.exists(layout.receipts) else set()
-    markers = zk.get_children(layout.purging)
+    markers = []
+    for cid in zk.get_children(layout.purging):
+        try:
+            data, _ = zk.get(layout.purge_marker(cid))
+        except NoNodeError:
+            continue
+        if not purge_finished(data):  # a finished purge's notice may stay
+            markers.append(cid)
     names = zk.get_children(layout.candidates)
     holders = []
     for name in order_candidates(names):
