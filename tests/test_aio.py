@@ -30,6 +30,7 @@ from zkpubsub import (
     QueueFull,
 )
 from zkpubsub.aio import AsyncClient, AsyncItem
+from zkpubsub.aio import client as aio_client
 from zkpubsub.aio._bridge import Bridge
 from zkpubsub.aio.subscription import LoopDispatcher
 from zkpubsub.layout import Layout
@@ -653,14 +654,17 @@ async def test_stop_past_its_timeout_ends_a_consumer_that_took_items_ahead(
 async def test_a_cancelled_stop_still_ends_the_consumer(connect: Connect) -> None:
     """stop() was three steps awaited in turn: cancelled in the first, the
     workers were never closed (they stayed registered)."""
+    begun: list[str] = []
 
     async def slow(item: AsyncItem) -> None:
+        begun.append(item.payload)
         await asyncio.sleep(1)
 
     queue = (await connect()).queue("stopping")
     await queue.put("job")
     consumer = (await connect()).queue("stopping").consume(slow)
-    await eventually(lambda: consumer.stats().acked == 0 and consumer.running, what="running")
+    # the handler runs: the stop waits for it, longer than the cancelled wait
+    await eventually(lambda: begun == ["job"], what="the handler running")
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(consumer.stop(timeout=5), 0.05)
 
@@ -741,16 +745,27 @@ async def test_an_async_client_serves_inside_a_running_uvicorn_app(
         await asyncio.wait_for(serving, 30)
 
 
-async def test_a_cancelled_subscribe_leaves_no_subscription_behind(connect: Connect) -> None:
+async def test_a_cancelled_subscribe_leaves_no_subscription_behind(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = await connect()
     publisher = await connect()
+    # the subscribe goes on on its thread; what it made is closed once made
+    unwanted_closed = threading.Event()
+    close_unwanted = aio_client._close_unwanted
+
+    def watched(job: Any) -> None:
+        close_unwanted(job)
+        unwanted_closed.set()
+
+    monkeypatch.setattr(aio_client, "_close_unwanted", watched)
     task = asyncio.ensure_future(client.subscribe("orders", lambda m: None))
     await asyncio.sleep(0)  # under way on a thread
     assert task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # the subscription it made meanwhile is closed (in the background)
-    await eventually(lambda: not client.sync.subscriptions(), what="the subscription closed")
+    assert await asyncio.to_thread(unwanted_closed.wait, 20), "what it made was not closed"
+    assert not client.sync.subscriptions()
     receipt = await publisher.publish("orders", "after the cancel")
     assert receipt.subscribers == 0
     deadline = time.monotonic() + 20

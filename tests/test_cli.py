@@ -19,6 +19,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 from zkpubsub.cli import main
+from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.local import free_ports
 from zkpubsub.testing.secure import TEST_PASSWORDS, bus_roles
@@ -596,7 +597,9 @@ def test_ctrl_c_or_sigterm_before_a_command_is_done_is_one_line_and_exit_code_13
     before = set(raw_zk.get_children(clients))
     reserve = cli_process(*base, "queue", "reserve", "jobs", "--timeout", "60")
     wait_until(lambda: set(raw_zk.get_children(clients)) - before, what="the reserve's client")
-    time.sleep(0.5)  # waiting in reserve
+    # its worker registers at its first reserve: the client is made and kept
+    workers = Layout(zk_root).work_queue("jobs").workers
+    wait_until(lambda: raw_zk.exists(workers) and raw_zk.get_children(workers), what="waiting")
     out = interrupted(reserve, sig)
     assert reserve.returncode == code, out
     assert out.strip() == said, out

@@ -99,7 +99,8 @@ def test_an_idle_subscription_is_let_go_and_keeps_what_is_published_meanwhile(
 ) -> None:
     topic, name = unique("t-"), unique("sub-")
     with (
-        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "1"]) as url,
+        # long enough for the metrics read right after the subscribe, loaded or not
+        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "3"]) as url,
         httpx.Client(base_url=url, timeout=30) as api,
     ):
         assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201

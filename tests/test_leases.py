@@ -41,15 +41,16 @@ def test_an_item_held_past_its_lease_goes_to_another_worker(make_client: MakeCli
 
 
 def test_an_extended_lease_keeps_the_item(make_client: MakeClient) -> None:
-    holder = make_client().queue("kept", visibility_timeout=1.0)
-    other = make_client().queue("kept", visibility_timeout=1.0)
+    # leases far longer than the 0.4 s between extensions: a slow machine too
+    holder = make_client().queue("kept", visibility_timeout=2.0)
+    other = make_client().queue("kept", visibility_timeout=2.0)
     holder.put("long work")
     item = holder.reserve(5)
     assert item is not None
     version = item.reservation_version
     until = time.monotonic() + 3.5
     while time.monotonic() < until:
-        item.extend()  # a second more, from now
+        item.extend()  # a lease more, from now
         assert other.reserve(0.4) is None
     assert item.reservation_version > version
     item.extend(30)  # any length
@@ -118,17 +119,18 @@ def test_a_sigkilled_workers_item_comes_back_at_its_lease_not_its_session(
 
 
 def test_the_consumer_extends_the_leases_of_items_in_hand(make_client: MakeClient) -> None:
-    q = make_client().queue("slow", visibility_timeout=0.8)
+    # extended at half a lease: 0.75 s to spare each time
+    q = make_client().queue("slow", visibility_timeout=1.5)
     q.put_many(["a", "b"])
     done: list[str] = []
 
     def slow(item: Item) -> None:
-        time.sleep(2.5)  # three leases long
+        time.sleep(4.0)  # more than two leases long
         done.append(item.payload)
 
     consumer = q.consume(slow, prefetch=2)  # the second item waits in hand
-    rival = make_client().queue("slow", visibility_timeout=0.8)
-    assert rival.reserve(5.5) is None
+    rival = make_client().queue("slow", visibility_timeout=1.5)
+    assert rival.reserve(8.5) is None
     wait_until(lambda: len(done) == 2, 20, "both handled")
     consumer.stop()
     assert consumer.stats().acked == 2 and consumer.stats().lost == 0

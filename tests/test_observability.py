@@ -86,7 +86,7 @@ def test_work_queue_depth_lost_reservations_and_the_cleaner_are_reported(
     make_client: MakeClient,
 ) -> None:
     registry = CollectorRegistry()
-    client = make_client()
+    client = make_client(cleaner=False)  # no candidate until start_cleaner
     metrics = ClientMetrics(client, registry=registry, queues=["jobs"])
     queue = client.queue("jobs")
     queue.put_many(["a", "b", "c"])

@@ -45,7 +45,7 @@ def reserve_one_by_one(
     """Put ``count`` items one at a time, each once the worker (idle, waiting
     in ``reserve``) has acked the one before. Returns the payloads in the
     order reserved and the requests the worker's client sent per item."""
-    consumer = make_client(watch_mode=mode)
+    consumer = make_client(watch_mode=mode, cleaner=False)  # its requests alone count
     worker = consumer.queue(queue).worker()
     producer = make_client().queue(queue)
     assert worker.reserve(timeout=0.2) is None  # registered, watching, idle
@@ -138,7 +138,7 @@ def test_idle_workers_leave_a_new_item_to_its_own_worker(
     (by rank) tries it, the others see it reserved and send nothing."""
     needs_watches(zk_hosts, "persistent")
     count = 40
-    clients = [make_client(watch_mode="persistent") for _ in range(4)]
+    clients = [make_client(watch_mode="persistent", cleaner=False) for _ in range(4)]
     workers = [c.queue("herd").worker() for c in clients]
     for w in workers:
         assert w.reserve(timeout=0.2) is None  # registered, watching
@@ -364,7 +364,7 @@ def with_a_backlog_in_hand(
     producer = make_client().queue("jobs", max_items=None)
     for i in range(BACKLOG):
         producer.put(i)
-    consumer = make_client(watch_mode="persistent")
+    consumer = make_client(watch_mode="persistent", cleaner=False)  # its requests alone count
     base = consumer._ctx.layout.work_queue("jobs").base
     worker = consumer.queue("jobs").worker()
     first = worker.reserve(timeout=10)

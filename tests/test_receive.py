@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from zkpubsub import Client, ClientState, ZooKeeperError
+from zkpubsub import Client, ClientState, ZooKeeperError, _pump
 from zkpubsub._probes import parse_srvr_version, server_version
 from zkpubsub._pump import DELETE_LINGER, READ_WINDOW_BYTES, read_window
 from zkpubsub.backlog import INLINE_BYTES, QueueRecord
@@ -222,7 +222,8 @@ def handled_node(
 
 def requests_per_node(make_client: MakeClient, mode: str, topic: str, pad: int = 0) -> float:
     got = Collector()
-    subscriber = make_client(watch_mode=mode)
+    # no cleaner on the client counted: its sweeps' requests would count
+    subscriber = make_client(watch_mode=mode, cleaner=False)
     sub = subscriber.subscribe(topic, got)
     publisher = make_client()
     publisher.publish(topic, "warm-up")
@@ -238,9 +239,10 @@ def requests_per_node(make_client: MakeClient, mode: str, topic: str, pad: int =
 
 
 def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
-    make_client: MakeClient,
-    persistent_watches: None,
+    make_client: MakeClient, persistent_watches: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # deletes share transactions however slowly the messages come one by one
+    monkeypatch.setattr(_pump, "DELETE_LINGER", 0.5)
     # messages too large to go into node names: each node is read
     listing = requests_per_node(make_client, "listing", "a", pad=INLINE_BYTES)
     persistent = requests_per_node(make_client, "persistent", "b", pad=INLINE_BYTES)
@@ -251,8 +253,9 @@ def test_a_persistent_watch_reads_each_new_node_without_listing_the_queue(
 
 
 def test_a_message_in_its_node_name_costs_no_read(
-    make_client: MakeClient, persistent_watches: None
+    make_client: MakeClient, persistent_watches: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_pump, "DELETE_LINGER", 0.5)  # as above
     listing = requests_per_node(make_client, "listing", "a")
     persistent = requests_per_node(make_client, "persistent", "b")
     # listing: the queue and its segment listed per node, no read;
