@@ -496,13 +496,14 @@ class Cleaner:
         conn, layout = self._conn, self._layout
         deadline = self._deadline()
         now_ms = self._server_time_ms(deadline)
+
+        def fence(txn: Any) -> int:
+            txn.check(me, -1)  # it exists: ours, on this session
+            return 1
+
         for cid, (finished_ms, version) in sorted(notices.items()):
             if now_ms - finished_ms <= self.notice_ttl * 1000:
                 continue
-
-            def fence(txn: Any) -> int:
-                txn.check(me, -1)  # it exists: ours, on this session
-                return 1
 
             def drop(txn: Any, cid: str = cid, version: int = version) -> None:
                 txn.delete(layout.purge_marker(cid), version)
