@@ -663,3 +663,29 @@ def test_a_gateway_whose_listener_or_tokens_cannot_serve_says_so_before_it_liste
     code, out, err = run_process("--hosts", zk_hosts, "--root", zk_root, *args, timeout=30)
     assert code == 2, (out, err)
     assert one_line(err) and says in err, err
+
+
+@pytest.mark.parametrize(
+    "command", [("subscribe", "t"), ("cleaner",)], ids=["subscribe", "cleaner"]
+)
+def test_sigterm_while_subscribe_or_cleaner_connects_ends_them_at_once(
+    command: tuple[str, ...],
+) -> None:
+    """SIGTERM ends these two quietly (exit 0), as a stop; while they still
+    waited for a server it was held until the connect timed out (then exit 1
+    with ConnectTimeout)."""
+    with socket.socket() as silent:  # takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proc = cli_process("--hosts", f"127.0.0.1:{port}", "--connect-timeout", "60", *command)
+        try:
+            conn, _ = silent.accept()  # connecting now
+            with conn:
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "Error" not in out and "Traceback" not in out, out

@@ -342,7 +342,9 @@ def subscribe(
         # subscription and then the client close; an error doing so is one
         # line (the server stopped answering...), not a traceback.
         with contextlib.ExitStack() as on_exit:
-            client = ctx.client(client_id=client_id)
+            client = _connect_until(ctx, stop, client_id=client_id)
+            if client is None:
+                return
             on_exit.callback(close_or_say, "client", client.close)
             try:
                 sub = client.subscribe(topic)
@@ -353,6 +355,21 @@ def subscribe(
             _print_messages(sub, stop, count, timeout, json_lines)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends it
+
+
+def _connect_until(ctx: CliContext, stop: threading.Event, **options: Any) -> Client | None:
+    """The command's client, made on a thread of its own: SIGTERM (``stop``)
+    ends a connect still waiting for a server at once, and Ctrl-C is raised
+    here, never inside kazoo. ``None`` when stopped first (what was made by
+    then is closed)."""
+    try:
+        return on_a_thread(lambda: ctx.client(**options), "zkpubsub-connect", stop.is_set)
+    except Unfinished:
+        ctx.close_made()
+        return None
+    except KeyboardInterrupt:
+        ctx.close_made()
+        raise
 
 
 def _print_messages(
@@ -552,7 +569,11 @@ def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: st
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        client = ctx.client(client_id=client_id, cleaner_grace=grace, cleaner_interval=interval)
+        client = _connect_until(
+            ctx, stop, client_id=client_id, cleaner_grace=grace, cleaner_interval=interval
+        )
+        if client is None:
+            return
         try:
             _run_cleaner(client, stop)
         finally:
