@@ -666,14 +666,14 @@ def test_a_gateway_whose_listener_or_tokens_cannot_serve_says_so_before_it_liste
 
 
 @pytest.mark.parametrize(
-    "command", [("subscribe", "t"), ("cleaner",)], ids=["subscribe", "cleaner"]
+    "command", [("subscribe", "t"), ("cleaner",), ("top",)], ids=["subscribe", "cleaner", "top"]
 )
-def test_sigterm_while_subscribe_or_cleaner_connects_ends_them_at_once(
+def test_sigterm_while_subscribe_cleaner_or_top_connects_ends_them_at_once(
     command: tuple[str, ...],
 ) -> None:
-    """SIGTERM ends these two quietly (exit 0), as a stop; while they still
+    """SIGTERM ends these quietly (exit 0), as a stop; while they still
     waited for a server it was held until the connect timed out (then exit 1
-    with ConnectTimeout)."""
+    with ConnectTimeout). So was Ctrl-C in ``top``."""
     with socket.socket() as silent:  # takes the connection and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)

@@ -523,7 +523,12 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
 
     with signals_kept() as install:
         install({signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: interrupted})
-        with ctx.observer() as observer, contextlib.suppress(Unfinished):
+        try:  # the connect too: a signal ends one still waiting for a server
+            made = on_a_thread(ctx.observer, "zkpubsub-connect", stop.is_set)
+        except Unfinished:
+            ctx.close_made()
+            return
+        with made as observer, contextlib.suppress(Unfinished):
             sampler = Sampler(observer)
 
             def sample() -> Frame:
