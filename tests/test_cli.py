@@ -689,3 +689,34 @@ def test_sigterm_while_subscribe_cleaner_or_top_connects_ends_them_at_once(
             proc.kill()
     assert proc.returncode == 0, out
     assert "Error" not in out and "Traceback" not in out, out
+
+
+def test_a_gateway_that_cannot_reach_the_bus_says_so_in_one_line_and_a_signal_ends_the_wait(
+    tmp_path: Path,
+) -> None:
+    """Before, the gateway connected inside its server's start: no server
+    answering was a traceback (exit 3) after the connect timeout, and Ctrl-C
+    or SIGTERM waited for that timeout."""
+    (closed,) = free_ports(1)
+    args = ["--hosts", f"127.0.0.1:{closed}", "--connect-timeout", "2", "gateway"]
+    code, out, err = run_process(*args, "--port", str(free_ports(1)[0]), timeout=30)
+    assert code == 1, (out, err)
+    assert one_line(err) and err.startswith("Error: ConnectTimeout: no ZooKeeper session"), err
+    with socket.socket() as silent:  # takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proc = cli_process(
+            "--hosts", f"127.0.0.1:{port}", "--connect-timeout", "60",
+            "gateway", "--port", str(free_ports(1)[0]),
+        )  # fmt: skip
+        try:
+            conn, _ = silent.accept()  # connecting now
+            with conn:
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert out.strip() == "Error: terminated (SIGTERM) before the command was done", out

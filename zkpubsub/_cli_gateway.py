@@ -3,17 +3,32 @@ imported only when it runs, so the program works without its extra)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 import click
 
-from ._cli_common import BadOption, CliContext, pass_ctx, positive, signals_kept, whole
+from ._cli_common import (
+    BadOption,
+    CliContext,
+    Interrupted,
+    Terminated,
+    Unfinished,
+    failure,
+    on_a_thread,
+    pass_ctx,
+    positive,
+    signals_kept,
+    whole,
+)
+from .errors import NotFound, ZkPubSubError
 from .gateway.settings import (
     DEFAULT_ACK_DEADLINE,
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LEASE,
     DEFAULT_MAX_WAIT,
+    GatewaySettings,
 )
 
 
@@ -101,7 +116,9 @@ def gateway(
 ) -> None:
     """Serve the bus over HTTP (needs the gateway extra)."""
     try:
-        from .gateway import GatewaySettings, check_listener, load_tokens, serve
+        from .gateway import check_listener, load_tokens, require_extra, serve
+
+        require_extra()
     except ImportError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -122,6 +139,7 @@ def gateway(
         check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
     except (OSError, ValueError) as exc:
         raise BadOption(str(exc)) from exc
+    _reach(settings)
     scheme = "https" if tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"zkpubsub gateway on {scheme}://{shown}:{port} (API docs at /docs)", err=True)
@@ -146,3 +164,34 @@ def gateway(
             )
         except ValueError as exc:
             raise BadOption(str(exc)) from exc
+
+
+def _reach(settings: GatewaySettings) -> None:
+    """Reach the bus once, read-only, before serving: a server that does not
+    answer, or refuses the gateway's credentials, is one line and exit code
+    1 (inside the server's start it was a traceback), and Ctrl-C or SIGTERM
+    end the wait at once (130, 143)."""
+    from .observer import Observer
+
+    def look() -> None:
+        security = settings.security
+        # NotFound: the server answered, and there is no bus yet (the gateway makes it)
+        with contextlib.suppress(NotFound):
+            Observer(
+                settings.hosts,
+                root=settings.root,
+                session_timeout=settings.session_timeout,
+                connect_timeout=settings.connect_timeout,
+                auth=security.auth,
+                tls=security.tls,
+            ).close()
+
+    received: list[int] = []
+    with signals_kept() as install:
+        install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), lambda n, _f: received.append(n)))
+        try:
+            on_a_thread(look, "zkpubsub-connect", lambda: bool(received))
+        except Unfinished:
+            raise Interrupted() if received[0] == signal.SIGINT else Terminated() from None
+        except ZkPubSubError as exc:
+            raise failure(exc) from exc
