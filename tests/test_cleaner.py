@@ -11,7 +11,13 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, Gap, receipts
 from zkpubsub import cleaner as cleaner_module
-from zkpubsub._purges import MAX_PURGE_RECORD, purge_finished, purge_record, read_purge_record
+from zkpubsub._purges import (
+    MAX_PURGE_RECORD,
+    purge_durable,
+    purge_finished,
+    purge_record,
+    read_purge_record,
+)
 from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
@@ -361,6 +367,71 @@ def test_the_purge_marker_names_every_topic_of_the_gone_client(
     # durable subscriptions: the marker stays, finished, as a notice
     data, _ = raw_zk.get(marker)
     assert purge_finished(data) and read_purge_record(data) == ["a", "b"]
+
+
+def test_a_purge_taken_over_or_done_again_keeps_its_notice_and_names_every_topic(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = Layout(zk_root)
+    host = make_client()
+    cleaner = host.start_cleaner(grace=3600.0, interval=60.0)
+    assert cleaner.wait_leader(20)
+    me = cleaner._candidate
+    assert me is not None
+    # another leader stopped after it had removed the durable registrations:
+    # its marker says the client was durable, and the notice stays
+    raw_zk.ensure_path(layout.queue("taken-over", "a") + "/s0000000001/m" + "0" * 32 + "-1")
+    raw_zk.create(layout.purge_marker("taken-over"), purge_record(["a"], durable=True))
+    cleaner._purge(me, "taken-over", [])
+    data, _ = raw_zk.get(layout.purge_marker("taken-over"))
+    assert purge_finished(data) and read_purge_record(data) == ["a"]
+    assert raw_zk.exists(layout.client_messages("taken-over")) is None
+    # a notice, and then a queue again: while the purge runs, the marker
+    # names both (and is under way, not finished); its end, a notice again
+    raw_zk.ensure_path(layout.queue("taken-over", "b"))
+    seen: list[bytes] = []
+    deleting = cleaner_module.delete_queue
+
+    def watched(*args: Any, **kwargs: Any) -> int:
+        seen.append(raw_zk.get(layout.purge_marker("taken-over"))[0])
+        return deleting(*args, **kwargs)
+
+    monkeypatch.setattr(cleaner_module, "delete_queue", watched)
+    cleaner._purge(me, "taken-over", [])
+    assert [read_purge_record(d) for d in seen] == [["a", "b"]]
+    assert not purge_finished(seen[0]) and purge_durable(seen[0])
+    data, _ = raw_zk.get(layout.purge_marker("taken-over"))
+    assert purge_finished(data) and read_purge_record(data) == ["a", "b"]
+    assert cleaner.stats().clients_removed == 2
+
+
+def test_a_purge_stops_once_its_client_was_back_even_if_gone_again(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client back deletes the marker: a purge decided before went on
+    after it had gone again, with no new grace (what it had subscribed and
+    been sent since was deleted unheard)."""
+    layout = Layout(zk_root)
+    host = make_client()
+    cleaner = host.start_cleaner(grace=3600.0, interval=60.0)
+    assert cleaner.wait_leader(20)
+    me = cleaner._candidate
+    assert me is not None
+    for topic in ("a", "b"):
+        raw_zk.ensure_path(layout.queue("flicker", topic))
+    deleting = cleaner_module.delete_queue
+
+    def back_and_gone(*args: Any, **kwargs: Any) -> int:
+        # as the client does when it registers (and then it leaves again)
+        raw_zk.delete(layout.purge_marker("flicker"))
+        return deleting(*args, **kwargs)
+
+    monkeypatch.setattr(cleaner_module, "delete_queue", back_and_gone)
+    cleaner._purge(me, "flicker", [])
+    assert queue_exists(raw_zk, zk_root, "flicker", "a")
+    assert queue_exists(raw_zk, zk_root, "flicker", "b")
+    assert cleaner.stats().clients_removed == 0
+    assert cleaner.is_leader
 
 
 def test_a_purge_marker_names_the_topics_it_can_hold() -> None:

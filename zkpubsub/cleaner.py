@@ -29,8 +29,11 @@ Safety, enforced by the server in every deleting transaction:
   cleaner whose session expired (and who may not know it yet) deletes nothing.
 * **Absence proof**: each transaction creates and deletes
   ``clients/<id>`` in the same step, which fails if that client has
-  registered again in the meantime. A returning client therefore never loses
-  a queue to a cleaner that decided too early.
+  registered again in the meantime; once the purge marker is written, each
+  also checks it is still there (the client deletes it when it registers),
+  so a purge under way stops for a client that came back even if it has
+  gone again since. A returning client therefore never loses a queue to a
+  cleaner that decided too early.
 * **Grace**: a client's queues are deleted only after ``clients/<id>`` has been
   absent for ``grace`` seconds, continuously, as seen by the current leader
   (a new leader starts counting from its election).
@@ -65,7 +68,7 @@ from ._candidates import candidate_record, read_candidate
 from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
-from ._purges import purge_finished, purge_record, read_purge_record
+from ._purges import purge_durable, purge_finished, purge_record, read_purge_record
 from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
 from .config import DEFAULT_NOTICE_TTL, DEFAULT_RESULT_TTL, check_grace, check_interval
 from .connection import first_error
@@ -463,7 +466,7 @@ class Cleaner:
         for cid in gone:
             since = absent_since.setdefault(cid, now)
             if now - since >= self.grace and not self._stop.is_set():
-                self._purge(me, cid, registered.get(cid, []), notice=cid in notices)
+                self._purge(me, cid, registered.get(cid, []))
                 absent_since.pop(cid, None)
         sweep_evictions(
             self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
@@ -514,13 +517,12 @@ class Cleaner:
     def _wake_on_event(self, event: object) -> None:  # kazoo's thread
         self._wake.set()
 
-    def _purge(
-        self, me: str, cid: str, registrations: list[str] | None = None, *, notice: bool = False
-    ) -> None:
+    def _purge(self, me: str, cid: str, registrations: list[str] | None = None) -> None:
         """Remove everything of client ``cid``: its durable registrations
         first (so publishers stop writing), then its queues. The marker is
         left as a notice (marked finished) if the client had durable
-        registrations, or ``notice`` (its marker was one already)."""
+        registrations (as this purge found, or as the marker of an earlier
+        one says)."""
         conn, layout = self._conn, self._layout
         client_path = layout.client(cid)
         client_acl = self._ctx.acl.acl(NodeKind.CLIENT)
@@ -534,47 +536,68 @@ class Cleaner:
         deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
         marker = layout.purge_marker(cid)
         base = layout.client_messages(cid)
+
+        def marked(txn: Any) -> int:
+            # and the marker is still there: a client back meanwhile deleted
+            # it, and nothing more goes (also once it has gone again)
+            guarded = guard(txn)
+            txn.check(marker, -1)
+            return guarded + 1
+
         # the marker names every topic of the client: one back while its
-        # queues go hears of those deleted in full too
+        # queues go hears of those deleted in full too; an earlier purge's
+        # marker (another leader's, or its notice) adds its own
         topic_names = [*(conn.children(base, deadline) or []), *(registrations or [])]
-        if notice:  # an earlier purge's notice: its topics stay named
-            with contextlib.suppress(NoNodeError):
-                data, _ = conn.call(lambda: conn.kazoo.get_async(marker), deadline, "purge notice")
-                topic_names += read_purge_record(data)
-        named = purge_record(topic_names)
+        earlier: bytes | None = None
+        with contextlib.suppress(NoNodeError):
+            earlier, _ = conn.call(lambda: conn.kazoo.get_async(marker), deadline, marker)
+        durable = bool(registrations)
+        if earlier is not None:
+            topic_names += read_purge_record(earlier)
+            durable = durable or purge_durable(earlier)
+        named = purge_record(topic_names, durable=durable)
 
         def mark(txn: Any) -> None:
-            txn.create(marker, named, acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
+            if earlier is None:
+                txn.create(marker, named, acl=self._ctx.acl.acl(NodeKind.PURGE_MARKER))
+            else:  # under way again, naming every topic
+                txn.set_data(marker, named, -1)
 
         try:
-            # NodeExists: an earlier purge of this client got this far.
-            guarded_commit(conn, guard, mark, deadline, "purge")
+            if isinstance(guarded_commit(conn, guard, mark, deadline, "purge"), NoNodeError):
+                raise Refused("marker")  # the client was back in between
             for topic in registrations or []:
 
                 def unregister(txn: Any, topic: str = topic) -> None:
                     txn.delete(layout.subscriber(topic, cid))
                     txn.set_data(layout.topic(topic), b"", -1)
 
-                if guarded_commit(conn, guard, unregister, deadline, "unregister") is None:
+                if guarded_commit(conn, marked, unregister, deadline, "unregister") is None:
                     self._count("registrations_removed")
             topics = conn.children(base, deadline) or []
             nodes = 0
             for topic in topics:
-                nodes += delete_queue(conn, join(base, topic), deadline, guard)
-            delete_tree(conn, base, deadline, guard=guard)
-            delete_tree(conn, layout.client_receipts(cid), deadline, guard=guard)
-            if registrations or notice:
+                nodes += delete_queue(conn, join(base, topic), deadline, marked)
+            delete_tree(conn, base, deadline, guard=marked)
+            delete_tree(conn, layout.client_receipts(cid), deadline, guard=marked)
+            if durable:
                 # left for the client's return: it hears of the topics then
                 finished = purge_record(topic_names, finished=True)
 
                 def leave(txn: Any) -> None:
                     txn.set_data(marker, finished, -1)
 
-                guarded_commit(conn, guard, leave, deadline, "purge notice")
+                guarded_commit(conn, marked, leave, deadline, "purge notice")
             else:
-                delete_batch(conn, [marker], deadline, guard, recurse=False)
+                delete_batch(conn, [marker], deadline, marked, recurse=False)
         except Refused as exc:
-            if exc.reason == "fence":
+            # a check that failed: of our election node (fenced out), or of
+            # the marker (the client was back, and deleted it)
+            if (
+                exc.reason == "fence"
+                and self._conn.call(lambda: self._conn.kazoo.exists_async(me), deadline, "election")
+                is None
+            ):
                 raise
             logger.info("cleaner: client %s came back; its queues stay", cid)
             return
