@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub._purges import purge_record
 from zkpubsub.cli import main
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster
@@ -118,12 +119,20 @@ def test_stats_shows_topics_and_backlog(
     assert doc["queues"][0]["changes"] == 2
 
 
-def test_the_cleaner_command_leads_and_stops_on_sigterm(zk_hosts: str, zk_root: str) -> None:
-    proc = cli_process("--hosts", zk_hosts, "--root", zk_root, "cleaner", "--interval", "0.5")
+def test_the_cleaner_command_leads_and_stops_on_sigterm(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    # the notice of a purged durable subscriber, long enough ago for --notice-ttl
+    notice = Layout(zk_root).purge_marker("gone-durable")
+    raw_zk.create(notice, purge_record(["t"], finished=True), makepath=True)
+    time.sleep(1.1)
+    args = ("cleaner", "--interval", "0.5", "--notice-ttl", "1")
+    proc = cli_process("--hosts", zk_hosts, "--root", zk_root, *args)
     try:
         assert proc.stdout is not None
         assert "standing for election" in proc.stdout.readline()
         assert proc.stdout.readline().strip() == "leading"
+        wait_until(lambda: raw_zk.exists(notice) is None, 20, "the notice expired")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
@@ -282,6 +291,7 @@ def test_a_bad_option_is_one_line_and_exit_code_2(option: str, value: str, says:
         (["subscribe", "t", "--timeout", "-1"], "--timeout must be 0 or more seconds"),
         (["cleaner", "--interval", "0"], "--interval must be a positive number"),
         (["cleaner", "--grace", "-3"], "--grace must be a positive number"),
+        (["cleaner", "--notice-ttl", "0"], "--notice-ttl must be a positive number"),
         (["demo", "--subscribers", "1"], "--subscribers must be 2 or more"),
         (["demo", "--messages", "9"], "--messages must be 10 or more"),
         (["dev-server", "--size", "0"], "--size must be from 1 to 9"),

@@ -52,6 +52,7 @@ from .client import Client
 from .config import (
     DEFAULT_CLEANER_INTERVAL,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_NOTICE_TTL,
     DEFAULT_SESSION_TIMEOUT,
     parse_hosts,
 )
@@ -567,9 +568,25 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     callback=positive("--interval"),
     help="Seconds between sweeps (it also sweeps when clients come and go).",
 )
+@click.option(
+    "--notice-ttl",
+    type=float,
+    default=DEFAULT_NOTICE_TTL,
+    show_default=True,
+    envvar="ZKPUBSUB_CLEANER_NOTICE_TTL",
+    callback=positive("--notice-ttl"),
+    help="Seconds the notice of a purged durable subscriber waits for it to come back "
+    "(the leader's applies).",
+)
 @click.option("--client-id", default=None, envvar="ZKPUBSUB_CLEANER_ID")
 @pass_ctx
-def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: str | None) -> None:
+def cleaner(
+    ctx: CliContext,
+    grace: float | None,
+    interval: float,
+    notice_ttl: float,
+    client_id: str | None,
+) -> None:
     """Run a cleaner candidate in the foreground (run two or three)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -580,15 +597,15 @@ def cleaner(ctx: CliContext, grace: float | None, interval: float, client_id: st
         if client is None:
             return
         try:
-            _run_cleaner(client, stop)
+            _run_cleaner(client, stop, notice_ttl)
         finally:
             close_or_say("client", client.close)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends it; the client closed on the way out
 
 
-def _run_cleaner(client: Client, stop: threading.Event) -> None:
-    runner = client.start_cleaner()
+def _run_cleaner(client: Client, stop: threading.Event, notice_ttl: float) -> None:
+    runner = client.start_cleaner(notice_ttl=notice_ttl)
     click.echo(
         f"cleaner {client.client_id} standing for election (grace {runner.grace:g}s, "
         f"interval {runner.interval:g}s)"
