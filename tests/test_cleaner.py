@@ -21,6 +21,7 @@ from zkpubsub._purges import (
 from zkpubsub._tree import Refused
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
+from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import Collector, wait_until
 from .procs import Child
@@ -432,6 +433,44 @@ def test_a_purge_stops_once_its_client_was_back_even_if_gone_again(
     assert queue_exists(raw_zk, zk_root, "flicker", "b")
     assert cleaner.stats().clients_removed == 0
     assert cleaner.is_leader
+
+
+def test_a_client_purged_while_cut_off_hears_of_that_alone_when_it_is_back(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, zk_hosts: str
+) -> None:
+    """Back on a new session after the cleaner had purged it, the client
+    also said its queue was "replaced by another client" (a second gap, and
+    a warning): it had made the queue again itself."""
+    marker = Layout(zk_root).purge_marker("cut-off")
+    host = make_client(session_timeout=2.0)  # a grace is at least the session timeout
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    gaps: list[Gap] = []
+    address, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((address, int(port)), name="cut-off") as proxy:
+        away = make_client(
+            hosts=proxy.address,
+            client_id="cut-off",
+            session_timeout=2.0,
+            cleaner=False,
+            on_gap=gaps.append,
+        )
+        sub = away.subscribe("a", durable=True)
+        away.subscribe("p")
+        proxy.block("reset")
+        wait_until(
+            lambda: raw_zk.exists(marker) and purge_finished(raw_zk.get(marker)[0]), 30, "purged"
+        )
+        proxy.unblock()
+        wait_until(lambda: len(gaps) >= 2, 30, "the expiry's and the purge's gaps")
+        assert host.publish("a", "after").subscribers == 1
+        got = sub.get(timeout=10)
+        assert got is not None and got.payload == "after"
+        time.sleep(0.5)  # the guards of the queues, armed again, have looked
+    assert [(g.reason, g.topics) for g in gaps] == [
+        ("session expired", frozenset({"p"})),
+        ("backlog purged", frozenset({"a", "p"})),
+    ]
 
 
 def test_a_purge_marker_names_the_topics_it_can_hold() -> None:

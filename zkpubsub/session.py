@@ -570,6 +570,9 @@ class Session:
                     register_client(ctx, deadline, owner_wait=ctx.config.request_timeout)
                     subs = self._subs.all()
                     purged = check_purge(ctx, deadline, (sub.topic for sub in subs))
+                    with self._guard_lock:  # purged queues are made again: learn them anew
+                        for topic in purged:
+                            self._queue_czxid.pop(topic, None)
                     evicting = self._evictions(subs, deadline)
                     for sub in subs:
                         if sub.topic in evicting:
