@@ -684,7 +684,15 @@ def test_sigterm_while_subscribe_cleaner_or_top_connects_ends_them_at_once(
     """SIGTERM ends these quietly (exit 0), as a stop; while they still
     waited for a server it was held until the connect timed out (then exit 1
     with ConnectTimeout). So was Ctrl-C in ``top``."""
-    with socket.socket() as silent:  # takes the connection and never answers
+    code, out = terminated_while_connecting(*command)
+    assert code == 0, out
+    assert "Error" not in out and "Traceback" not in out, out
+
+
+def terminated_while_connecting(*command: str) -> tuple[int, str]:
+    """The program's exit code and output when SIGTERM comes while it
+    connects to a server that takes the connection and never answers."""
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         silent.settimeout(30)
@@ -697,8 +705,7 @@ def test_sigterm_while_subscribe_cleaner_or_top_connects_ends_them_at_once(
                 out, _ = proc.communicate(timeout=20)
         finally:
             proc.kill()
-    assert proc.returncode == 0, out
-    assert "Error" not in out and "Traceback" not in out, out
+    return proc.returncode, out
 
 
 def test_a_gateway_that_cannot_reach_the_bus_says_so_in_one_line_and_a_signal_ends_the_wait(
@@ -712,21 +719,6 @@ def test_a_gateway_that_cannot_reach_the_bus_says_so_in_one_line_and_a_signal_en
     code, out, err = run_process(*args, "--port", str(free_ports(1)[0]), timeout=30)
     assert code == 1, (out, err)
     assert one_line(err) and err.startswith("Error: ConnectTimeout: no ZooKeeper session"), err
-    with socket.socket() as silent:  # takes the connection and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(1)
-        silent.settimeout(30)
-        port = silent.getsockname()[1]
-        proc = cli_process(
-            "--hosts", f"127.0.0.1:{port}", "--connect-timeout", "60",
-            "gateway", "--port", str(free_ports(1)[0]),
-        )  # fmt: skip
-        try:
-            conn, _ = silent.accept()  # connecting now
-            with conn:
-                proc.send_signal(signal.SIGTERM)
-                out, _ = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
-    assert proc.returncode == 143, out
+    code, out = terminated_while_connecting("gateway", "--port", str(free_ports(1)[0]))
+    assert code == 143, out
     assert out.strip() == "Error: terminated (SIGTERM) before the command was done", out
