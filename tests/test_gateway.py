@@ -18,6 +18,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub._purges import purge_record
+from zkpubsub.layout import Layout
 from zkpubsub.testing.fixtures import ZooKeeperBackend
 
 from .gateway_proc import log_of, start_gateway, stop_gateway
@@ -342,6 +344,39 @@ def test_the_event_stream_sends_messages_and_explicit_acks_settle_them(
                     break
     assert [e["payload"] for e in events] == ["a", "b"]
     assert pull(api, name, wait=0.3) == []
+
+
+def test_a_subscription_back_after_its_purge_is_told_by_a_pull_and_by_the_event_stream(
+    api: httpx.Client, zookeeper: ZooKeeperBackend, root: str
+) -> None:
+    """The gateway passed no gap notice on: an HTTP consumer whose
+    subscription the cleaner had purged (or whose session had expired) got a
+    201 for its PUT, as for a new one, and never learnt what it had missed."""
+    pulled, streamed = unique("gone-"), unique("gone-")
+    zk = KazooClient(hosts=zookeeper.hosts, timeout=10.0)
+    zk.start(timeout=15)
+    try:
+        for name in (pulled, streamed):  # the notice of a purge, as the cleaner leaves it
+            marker = Layout(root).purge_marker(f"http-{name}")
+            zk.create(marker, purge_record(["t-a", "t-b"], finished=True), makepath=True)
+    finally:
+        zk.stop()
+        zk.close()
+    assert api.put(f"/subscriptions/{pulled}", json={"topics": ["t-a"]}).status_code == 201
+    started = time.monotonic()
+    answer = api.post(f"/subscriptions/{pulled}/pull", json={"wait": 8}).json()
+    assert time.monotonic() - started < 8  # a gap ends the wait
+    assert answer["messages"] == []
+    (gap,) = answer["gaps"]
+    assert gap["reason"] == "backlog purged" and gap["topics"] == ["t-a", "t-b"]
+    assert gap["since"] <= gap["until"]
+    assert api.post(f"/subscriptions/{pulled}/pull", json={}).json()["gaps"] == []  # once
+    assert api.put(f"/subscriptions/{streamed}", json={"topics": ["t-a"]}).status_code == 201
+    with api.stream("GET", f"/subscriptions/{streamed}/events", timeout=20) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("event: ")) == "event: gap"
+        told = json.loads(next(lines).removeprefix("data: "))
+    assert told["reason"] == "backlog purged" and told["topics"] == ["t-a", "t-b"]
 
 
 def test_curl_streams_events_with_auto_ack(api: httpx.Client, gateway_url: str) -> None:

@@ -42,6 +42,7 @@ from ..aio import AsyncClient, AsyncSubscription
 from ..errors import ZkPubSubError
 from ..layout import validate_name
 from ..message import Message
+from ..state import Gap
 from ..subscription import HandlerInterrupted
 from .auth import Principal
 from .bus import Bus
@@ -90,6 +91,8 @@ class HttpSubscription:
     last_used: float = field(default_factory=time.monotonic)
     streams: int = 0  # event streams and pulls waiting now
     closing: bool = False
+    # what its client heard it may have missed, not told to a consumer yet
+    gaps: list[Gap] = field(default_factory=list)
 
     @property
     def topics(self) -> list[str]:
@@ -97,6 +100,16 @@ class HttpSubscription:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+    def heard(self, gap: Gap) -> None:
+        """A gap notice of its client (on the loop): for the next pull or
+        stream, which it also wakes."""
+        self.gaps.append(gap)
+        self.changed.set()
+
+    def take_gaps(self) -> list[Gap]:
+        taken, self.gaps = self.gaps, []
+        return taken
 
     def handler(self) -> Callable[[Message], Any]:
         async def lend(message: Message) -> None:
@@ -163,8 +176,8 @@ class HttpSubscription:
             self.changed.clear()
             soonest = self._expire(now)
             taken += self._take(limit - len(taken), deadline, auto_ack, now)
-            if len(taken) >= limit:
-                break
+            if len(taken) >= limit or (self.gaps and not taken):
+                break  # full, or a gap to tell now
             if taken:
                 if not auto_ack:
                     break
@@ -256,15 +269,30 @@ class Consumers:
 
     async def _open(self, name: str, principal: Principal) -> HttpSubscription:
         options = self._bus.client_options(principal.profile)
+        # gaps heard while the client is made (a purge's notice) come first
+        early: list[Gap] = []
+        made: list[HttpSubscription] = []
+
+        def heard(gap: Gap) -> None:  # on the loop
+            if made:
+                made[0].heard(gap)
+            else:
+                early.append(gap)
+
         client = await AsyncClient.connect(
             self._settings.hosts,
             client_id=self.client_id(name),
             cleaner=False,
             registration_wait=0.0,
+            on_gap=heard,
             **options,
         )
         logger.info("holding subscription %r", name)
-        return HttpSubscription(name, principal.profile or "", client, self._settings.ack_deadline)
+        held = HttpSubscription(name, principal.profile or "", client, self._settings.ack_deadline)
+        made.append(held)
+        for gap in early:
+            held.heard(gap)
+        return held
 
     async def _subscribe(self, held: HttpSubscription, topic: str) -> None:
         with bad_input("topic"):

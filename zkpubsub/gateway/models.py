@@ -102,8 +102,26 @@ class PulledMessage(BaseModel):
     deliveries: int = Field(description="Times this message was handed out, this one included.")
 
 
+class GapNotice(BaseModel):
+    """Messages on these topics may have been missed (the library's ``Gap``)."""
+
+    topics: list[str]
+    reason: str = Field(
+        description="'session expired', 'backlog purged' (gone longer than the cleaner's "
+        "grace), 'backlog full', or a node changed 'by another client'."
+    )
+    since: float = Field(description="From when (seconds since the epoch).")
+    until: float = Field(description="Until when (seconds since the epoch).")
+    missed: int | None = Field(None, description="How many, when counted.")
+
+
 class PullResult(BaseModel):
     messages: list[PulledMessage]
+    gaps: list[GapNotice] = Field(
+        default_factory=list,
+        description="What the subscription may have missed, each told once (a pull "
+        "waiting for messages returns with them at once).",
+    )
 
 
 class AckRequest(_Strict):

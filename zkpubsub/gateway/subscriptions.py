@@ -25,12 +25,14 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ..state import Gap
 from .auth import Caller
 from .consumers import HttpSubscription, Lent
 from .context import state_of
 from .models import (
     AckRequest,
     AckResult,
+    GapNotice,
     PulledMessage,
     PullRequest,
     PullResult,
@@ -59,6 +61,16 @@ def _answer(held: HttpSubscription) -> SubscriptionAnswer:
         ack_deadline=held.ack_deadline,
         outstanding=len(held.out),
         waiting=len(held.waiting),
+    )
+
+
+def _notice(gap: Gap) -> GapNotice:
+    return GapNotice(
+        topics=sorted(gap.topics),
+        reason=gap.reason,
+        since=gap.since,
+        until=gap.until,
+        missed=gap.missed,
     )
 
 
@@ -157,7 +169,9 @@ async def pull(
     )
     left = max(0.0, wait - (time.monotonic() - started))
     lent = await held.pull(ask.max, left, ask.ack_deadline, ask.auto_ack)
-    return PullResult(messages=[_pulled(x) for x in lent])
+    return PullResult(
+        messages=[_pulled(x) for x in lent], gaps=[_notice(g) for g in held.take_gaps()]
+    )
 
 
 @router.post(
@@ -195,13 +209,19 @@ def _event(lent: Lent, auto: bool) -> str:
     return f"{head}event: message\ndata: {data}\n\n"
 
 
+def _gap_event(gap: Gap) -> str:
+    data = json.dumps(_notice(gap).model_dump(), separators=(",", ":"))
+    return f"event: gap\ndata: {data}\n\n"
+
+
 @router.get(
     "/subscriptions/{name}/events",
     summary="Stream messages as Server-Sent Events",
     description="Each message is an event 'message' whose data is the pulled message's "
     "JSON. ack=explicit (default): ack each by its ack id (the event id) with /ack; one "
     "not acked within the ack deadline is sent again. ack=auto: a message counts as "
-    "acked once written to the connection. A comment line keeps an idle stream open.",
+    "acked once written to the connection. What the subscription may have missed is an "
+    "event 'gap' (a pull's gap notice as JSON). A comment line keeps an idle stream open.",
     response_class=StreamingResponse,
     responses=problem_responses(
         401,
@@ -228,8 +248,10 @@ async def events(
         try:
             yield "retry: 1000\n: connected\n\n"
             while not held.closing:
+                for gap in held.take_gaps():
+                    yield _gap_event(gap)
                 batch = await held.pull(STREAM_BATCH, KEEPALIVE, ack_deadline, False)
-                if not batch:
+                if not batch and not held.gaps:
                     yield ": keep-alive\n\n"
                     continue
                 while batch:
