@@ -173,6 +173,30 @@ def test_the_cleaner_refuses_when_the_client_is_back(
     assert cleaner.stats().queues_removed == 0
 
 
+def test_a_leader_that_could_not_see_for_a_while_counts_the_grace_again(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, zk_hosts: str
+) -> None:
+    """A client may come back and leave again while the leader's connection
+    is down: the leader went on counting its absence from before, and purged
+    it (a grace early) as soon as it could see again."""
+    address, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((address, int(port)), name="blinded") as proxy:
+        host = make_client(hosts=proxy.address, session_timeout=3.0)
+        cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+        assert cleaner.wait_leader(20)
+        gone = make_client(client_id="gone", cleaner=False)
+        gone.subscribe("t")
+        gone.close()  # absent from now: the queue stays for the grace
+        time.sleep(2.0)
+        proxy.block("reset")  # the leader sees nothing for a second (its session stays)
+        time.sleep(1.0)
+        proxy.unblock()
+        wait_until(lambda: cleaner.is_leader, 20, "leading again")
+        time.sleep(2.0)  # past the grace since the client left, within it since then
+        assert queue_exists(raw_zk, zk_root, "gone", "t"), "deleted before a fresh grace"
+        wait_until(lambda: cleaner.stats().clients_removed, 20, "purged after it")
+
+
 def test_a_cleaner_that_lost_the_lead_deletes_nothing(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:

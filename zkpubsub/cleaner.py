@@ -36,7 +36,9 @@ Safety, enforced by the server in every deleting transaction:
   cleaner that decided too early.
 * **Grace**: a client's queues are deleted only after ``clients/<id>`` has been
   absent for ``grace`` seconds, continuously, as seen by the current leader
-  (a new leader starts counting from its election).
+  (a new leader starts counting from its election, and a leader that lost
+  its connection for a while starts again when it is back: the client may
+  have come and gone unseen).
 * Large queues are deleted in bounded transactions. The first one writes
   ``purging/<id>``, naming the client's topics; a client that comes back
   while that marker exists is told through its gap listeners that part of
@@ -140,6 +142,7 @@ class Cleaner:
         self._leader_grace: float | None = None  # the leader's, as last read by a standby
         self._warned: set[tuple[str, float]] = set()
         self._resign_on_stop = True
+        self._blind = 0  # connection losses seen (kazoo's thread counts them)
         self._lock = threading.Lock()
         self._counts = dict(
             sweeps=0,
@@ -206,6 +209,7 @@ class Cleaner:
             # Not reachable, perhaps no longer the leader: say so at once. The
             # fence in every transaction is what keeps deletes safe meanwhile.
             self._leading.clear()
+            self._blind += 1  # clients may come and go unseen: graces start again
         self._wake.set()
 
     # -- public -----------------------------------------------------------------
@@ -395,6 +399,7 @@ class Cleaner:
         empty_since: dict[str, tuple[int, float]] = {}
         evict_seen: dict[tuple[str, str, int], float] = {}
         last = 0.0
+        blind = self._blind
         try:
             while True:
                 pause = MIN_SWEEP_GAP - (time.monotonic() - last)
@@ -407,6 +412,12 @@ class Cleaner:
                 if not self._conn.connected.is_set():
                     self._conn.wait_connected(self._deadline(), "cleaner")
                     continue
+                if self._blind != blind:
+                    # A client that came back and left while we could not
+                    # see has not been absent as long as we counted.
+                    blind = self._blind
+                    absent_since.clear()
+                    empty_since.clear()
                 self._leading.set()
                 last = time.monotonic()
                 self._sweep(me, absent_since, empty_since, evict_seen)
