@@ -11,6 +11,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client, Gap, receipts
 from zkpubsub import cleaner as cleaner_module
+from zkpubsub import session as session_module
 from zkpubsub._purges import (
     MAX_PURGE_RECORD,
     purge_durable,
@@ -19,6 +20,7 @@ from zkpubsub._purges import (
     read_purge_record,
 )
 from zkpubsub._tree import Refused
+from zkpubsub.errors import ConnectionLost
 from zkpubsub.layout import Layout
 from zkpubsub.testing import expire_session
 from zkpubsub.testing.proxy import TcpProxy
@@ -176,25 +178,26 @@ def test_the_cleaner_refuses_when_the_client_is_back(
 def test_a_leader_that_could_not_see_for_a_while_counts_the_grace_again(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str, zk_hosts: str
 ) -> None:
-    """A client may come back and leave again while the leader's connection
-    is down: the leader went on counting its absence from before, and purged
-    it (a grace early) as soon as it could see again."""
+    """A client came back and left again while the leader's connection was
+    down: the leader went on counting its absence from before, and purged it
+    (a grace early) as soon as it could see again."""
     address, port = zk_hosts.split(",")[0].rsplit(":", 1)
     with TcpProxy((address, int(port)), name="blinded") as proxy:
         host = make_client(hosts=proxy.address, session_timeout=3.0)
-        cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+        cleaner = host.start_cleaner(grace=6.0, interval=0.3)
         assert cleaner.wait_leader(20)
         gone = make_client(client_id="gone", cleaner=False)
         gone.subscribe("t")
         gone.close()  # absent from now: the queue stays for the grace
-        time.sleep(2.0)
-        proxy.block("reset")  # the leader sees nothing for a second (its session stays)
+        time.sleep(3.0)
+        proxy.block("reset")  # the leader sees nothing for a while (its session stays)
+        make_client(client_id="gone", cleaner=False).close()  # back, and away again
         time.sleep(1.0)
         proxy.unblock()
         wait_until(lambda: cleaner.is_leader, 20, "leading again")
-        time.sleep(2.0)  # past the grace since the client left, within it since then
+        time.sleep(3.0)  # past the grace since the client first left
         assert queue_exists(raw_zk, zk_root, "gone", "t"), "deleted before a fresh grace"
-        wait_until(lambda: cleaner.stats().clients_removed, 20, "purged after it")
+        wait_until(lambda: cleaner.stats().clients_removed, 30, "purged after it")
 
 
 def test_a_cleaner_that_lost_the_lead_deletes_nothing(
@@ -227,6 +230,33 @@ def test_a_client_back_during_a_purge_hears_about_the_gap(
     purged = next(g for g in gaps if g.reason == "backlog purged")
     assert purged.topics == frozenset({"t"})
     assert raw_zk.exists(Layout(zk_root).purge_marker("returning")) is None
+
+
+def test_a_purge_gap_is_told_though_registering_again_failed_once_after_reading_it(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client deletes the marker when it reads it: a registration that
+    then failed, and was tried again, found none, and the gap was never told."""
+    client = make_client(client_id="retrying")
+    client.subscribe("t")
+    gaps: list[Gap] = []
+    client.add_gap_listener(gaps.append)
+    raw_zk.create(Layout(zk_root).purge_marker("retrying"), purge_record(["t", "u"]))
+    registering = session_module.register_subscription
+    failed: list[str] = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> None:
+        if not failed:
+            failed.append("once")
+            raise ConnectionLost("as if the connection dropped here")
+        registering(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "register_subscription", fails_once)
+    expire_session(client)
+    wait_until(lambda: any(g.reason == "backlog purged" for g in gaps), 30, what="purge gap")
+    assert failed == ["once"]
+    purged = next(g for g in gaps if g.reason == "backlog purged")
+    assert purged.topics == frozenset({"t", "u"})
 
 
 def test_empty_topics_and_a_gone_clients_receipts_are_removed(

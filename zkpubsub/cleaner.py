@@ -209,7 +209,7 @@ class Cleaner:
             # Not reachable, perhaps no longer the leader: say so at once. The
             # fence in every transaction is what keeps deletes safe meanwhile.
             self._leading.clear()
-            self._blind += 1  # clients may come and go unseen: graces start again
+            self._blind += 1  # clients may come and go unseen (see _lead)
         self._wake.set()
 
     # -- public -----------------------------------------------------------------
@@ -400,6 +400,7 @@ class Cleaner:
         evict_seen: dict[tuple[str, str, int], float] = {}
         last = 0.0
         blind = self._blind
+        seen = -1  # the pzxid of clients/ when the last sweep began
         try:
             while True:
                 pause = MIN_SWEEP_GAP - (time.monotonic() - last)
@@ -412,15 +413,20 @@ class Cleaner:
                 if not self._conn.connected.is_set():
                     self._conn.wait_connected(self._deadline(), "cleaner")
                     continue
-                if self._blind != blind:
-                    # A client that came back and left while we could not
-                    # see has not been absent as long as we counted.
-                    blind = self._blind
+                now_seen = self._clients_pzxid()
+                if self._blind != blind and now_seen != seen:
+                    # Clients came or went while we could not see: one that
+                    # came back and left again has not been absent as long
+                    # as we counted. (A loss with no such change costs nothing.)
+                    logger.info(
+                        "cleaner: clients came and went while it was cut off: graces start again"
+                    )
                     absent_since.clear()
                     empty_since.clear()
+                blind, seen = self._blind, now_seen
                 self._leading.set()
                 last = time.monotonic()
-                self._sweep(me, absent_since, empty_since, evict_seen)
+                self._sweep(me, absent_since, empty_since, evict_seen, blind)
                 self._count("sweeps")
                 starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
                 self._wake.wait(self._next_wait(starts))
@@ -430,6 +436,14 @@ class Cleaner:
             logger.info("cleaner %s lost the lead", self._ctx.client_id)
         finally:
             self._leading.clear()
+
+    def _clients_pzxid(self) -> int:
+        """The zxid of the last change of ``clients/``'s children."""
+        path = self._layout.clients
+        stat = self._conn.call(
+            lambda: self._conn.kazoo.exists_async(path), self._deadline(), "clients"
+        )
+        return -1 if stat is None else int(stat.pzxid)
 
     def _next_wait(self, starts: list[float]) -> float:
         """Sleep until the next interval, or until the first grace runs out."""
@@ -443,7 +457,10 @@ class Cleaner:
         absent_since: dict[str, float],
         empty_since: dict[str, tuple[int, float]],
         evict_seen: dict[tuple[str, str, int], float],
+        blind: int,
     ) -> None:
+        """One sweep; it stops before a purge once the connection was lost
+        since ``blind`` (the next one judges the absences again)."""
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         deadline = self._deadline()
         # Fenced at once if we no longer hold the lead, or no longer are the
@@ -477,7 +494,9 @@ class Cleaner:
         for cid in gone:
             since = absent_since.setdefault(cid, now)
             if now - since >= self.grace and not self._stop.is_set():
-                self._purge(me, cid, registered.get(cid, []))
+                if self._blind != blind:
+                    return  # what this sweep saw may be out of date
+                self._purge(me, cid, registered.get(cid, []), blind)
                 absent_since.pop(cid, None)
         sweep_evictions(
             self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
@@ -528,7 +547,9 @@ class Cleaner:
     def _wake_on_event(self, event: object) -> None:  # kazoo's thread
         self._wake.set()
 
-    def _purge(self, me: str, cid: str, registrations: list[str] | None = None) -> None:
+    def _purge(
+        self, me: str, cid: str, registrations: list[str] | None = None, blind: int | None = None
+    ) -> None:
         """Remove everything of client ``cid``: its durable registrations
         first (so publishers stop writing), then its queues. The marker is
         left as a notice (marked finished) if the client had durable
@@ -577,6 +598,10 @@ class Cleaner:
         try:
             if isinstance(guarded_commit(conn, guard, mark, deadline, "purge"), NoNodeError):
                 raise Refused("marker")  # the client was back in between
+            if blind is not None and self._blind != blind:
+                # cut off before the marker was surely written: the client may
+                # have been back meanwhile (and deleted none); judge again
+                raise Refused("blind")
             for topic in registrations or []:
 
                 def unregister(txn: Any, topic: str = topic) -> None:
@@ -599,8 +624,8 @@ class Cleaner:
                     txn.set_data(marker, finished, -1)
 
                 guarded_commit(conn, marked, leave, deadline, "purge notice")
-            else:
-                delete_batch(conn, [marker], deadline, marked, recurse=False)
+            else:  # (a retry after a lost answer finds it gone: done)
+                delete_batch(conn, [marker], deadline, guard, recurse=False)
         except Refused as exc:
             # a check that failed: of our election node (fenced out), or of
             # the marker (the client was back, and deleted it)
@@ -610,7 +635,10 @@ class Cleaner:
                 is None
             ):
                 raise
-            logger.info("cleaner: client %s came back; its queues stay", cid)
+            if exc.reason == "blind":
+                logger.info("cleaner: cut off while it began to purge %s: it waits", cid)
+            else:
+                logger.info("cleaner: client %s came back; its queues stay", cid)
             return
         self._count("nodes_removed", nodes)
         self._count("queues_removed", len(topics))
