@@ -85,6 +85,8 @@ class Session:
         self._registered_session: int | None = None
         self._disconnected_at: float | None = None  # connection down since (wall clock)
         self._lost_at: float | None = None  # start of the gap after a session expiry
+        # topics a purge marker read while registering again named, until told
+        self._purged: set[str] = set()
         # state changes with the wall-clock time kazoo reported them
         self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{ctx.client_id[:12]}")
@@ -569,7 +571,10 @@ class Session:
                 with translated("register again"):
                     register_client(ctx, deadline, owner_wait=ctx.config.request_timeout)
                     subs = self._subs.all()
-                    purged = check_purge(ctx, deadline, (sub.topic for sub in subs))
+                    # the marker is deleted once read: what it said is kept
+                    # until told, should this registration fail and be retried
+                    self._purged.update(check_purge(ctx, deadline, (sub.topic for sub in subs)))
+                    purged = sorted(self._purged)
                     with self._guard_lock:  # purged queues are made again: learn them anew
                         for topic in purged:
                             self._queue_czxid.pop(topic, None)
@@ -603,6 +608,7 @@ class Session:
         if topics:
             self.emit_gap(Gap(frozenset(topics), since, now, "session expired"))
         if purged:
+            self._purged.clear()
             self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
         self._set_state(ClientState.CONNECTED)
         self.finish_unfinished(ctx.deadline())
