@@ -23,6 +23,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub._purges import purge_record
+from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.fixtures import ZooKeeperBackend
 from zkpubsub.testing.secure import TlsMaterial
@@ -112,6 +114,33 @@ def test_an_idle_subscription_is_let_go_and_keeps_what_is_published_meanwhile(
         receipt = api.post(f"/topics/{topic}/messages", json="while away").json()
         assert receipt["subscribers"] == 1
         assert pull_payloads(api, name, 1) == ["while away"]  # taken up again on demand
+
+
+def test_a_gap_notice_not_yet_pulled_outlasts_the_subscription_being_let_go(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    name = unique("sub-")
+    zk = KazooClient(hosts=zookeeper.hosts, timeout=10.0)
+    zk.start(timeout=15)
+    try:  # the notice of a purge, as the cleaner leaves it for the subscription's client
+        marker = Layout(zk_root).purge_marker(f"http-{name}")
+        zk.create(marker, purge_record(["t-gone"], finished=True), makepath=True)
+    finally:
+        zk.stop()
+        zk.close()
+    with (
+        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "1"]) as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
+        assert api.put(f"/subscriptions/{name}", json={"topics": ["t"]}).status_code == 201
+        deadline = time.monotonic() + 15
+        while _held(url) != 0:  # let go before anyone pulled
+            assert time.monotonic() < deadline, "the idle subscription was not let go"
+            time.sleep(0.2)
+        answer = api.post(f"/subscriptions/{name}/pull", json={}).json()
+        assert [(g["reason"], g["topics"]) for g in answer["gaps"]] == [
+            ("backlog purged", ["t-gone"])
+        ]
 
 
 def test_two_gateways_side_by_side_share_topics_and_queues_and_one_holds_a_subscription(

@@ -11,8 +11,6 @@ import click
 from ._cli_common import (
     BadOption,
     CliContext,
-    Interrupted,
-    Terminated,
     Unfinished,
     failure,
     on_a_thread,
@@ -139,7 +137,8 @@ def gateway(
         check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
     except (OSError, ValueError) as exc:
         raise BadOption(str(exc)) from exc
-    _reach(settings)
+    if not _reach(settings):
+        return  # stopped while it connected: as a stop while serving, done
     scheme = "https" if tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"zkpubsub gateway on {scheme}://{shown}:{port} (API docs at /docs)", err=True)
@@ -166,11 +165,12 @@ def gateway(
             raise BadOption(str(exc)) from exc
 
 
-def _reach(settings: GatewaySettings) -> None:
+def _reach(settings: GatewaySettings) -> bool:
     """Reach the bus once, read-only, before serving: a server that does not
     answer, or refuses the gateway's credentials, is one line and exit code
-    1 (inside the server's start it was a traceback), and Ctrl-C or SIGTERM
-    end the wait at once (130, 143)."""
+    1 (inside the server's start it was a traceback); Ctrl-C or SIGTERM end
+    the wait at once (``False``: the gateway is done, as when they stop it
+    serving)."""
     from .observer import Observer
 
     def look() -> None:
@@ -192,6 +192,7 @@ def _reach(settings: GatewaySettings) -> None:
         try:
             on_a_thread(look, "zkpubsub-connect", lambda: bool(received))
         except Unfinished:
-            raise Interrupted() if received[0] == signal.SIGINT else Terminated() from None
+            return False
         except ZkPubSubError as exc:
             raise failure(exc) from exc
+    return True

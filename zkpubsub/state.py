@@ -38,7 +38,8 @@ class Gap:
 
     Sent to gap listeners after the client re-registered on a new session
     (``reason="session expired"``), found that the cleaner had started to
-    delete its queues while it was away (``reason="backlog purged"``), or
+    delete its queues while it was away, or had deleted them (the notice a
+    purge of durable subscriptions leaves; ``reason="backlog purged"``), or
     when a subscription reached the place in its queue where publishers
     stopped writing because it was full (``reason="backlog full"``;
     ``missed`` then counts the messages not written), or found a

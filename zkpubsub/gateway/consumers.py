@@ -247,6 +247,9 @@ class Consumers:
         self._settings = settings
         self._held: dict[str, HttpSubscription] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # gap notices of subscriptions let go before anyone was told them:
+        # told when the subscription is taken up again here
+        self._untold: dict[str, list[Gap]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -290,7 +293,7 @@ class Consumers:
         logger.info("holding subscription %r", name)
         held = HttpSubscription(name, principal.profile or "", client, self._settings.ack_deadline)
         made.append(held)
-        for gap in early:
+        for gap in [*self._untold.pop(name, []), *early]:
             held.heard(gap)
         return held
 
@@ -400,8 +403,11 @@ class Consumers:
             finally:
                 self._held.pop(name, None)
                 await self._close(held)
+                self._untold.pop(name, None)  # ended: nothing left to tell
 
     async def _close(self, held: HttpSubscription) -> None:
+        if held.gaps:  # kept for the next holder here (a delete drops them below)
+            self._untold.setdefault(held.name, []).extend(held.take_gaps())
         held.let_go()
         try:
             await held.client.close()

@@ -248,8 +248,9 @@ async def events(
         try:
             yield "retry: 1000\n: connected\n\n"
             while not held.closing:
-                for gap in held.take_gaps():
-                    yield _gap_event(gap)
+                while held.gaps:  # each taken once written
+                    yield _gap_event(held.gaps[0])
+                    held.gaps.pop(0)
                 batch = await held.pull(STREAM_BATCH, KEEPALIVE, ack_deadline, False)
                 if not batch and not held.gaps:
                     yield ": keep-alive\n\n"
