@@ -230,6 +230,33 @@ def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_kee
         assert client.status is ClientState.CONNECTED
 
 
+def test_a_client_closed_while_it_knows_no_server_answers_returns_at_once_and_ends_its_threads(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Its cleaner and its receive pump were waiting for the connection to
+    come back: close() waited for each in turn (10 s in all) before it went
+    on without them."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="close-all-known-gone") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=20.0)
+        client.subscribe("t", lambda message: None)
+        cleaner = client.cleaner
+        assert cleaner is not None and cleaner.wait_leader(20)
+        ours = f"-{client.client_id[:12]}"
+        proxy.block("reset")  # refused at once: the client knows
+        wait_until(lambda: client.status is ClientState.SUSPENDED, 20, "suspended")
+        time.sleep(0.5)  # the pump and the cleaner are waiting for the connection
+        started = time.monotonic()
+        client.close()
+        took = time.monotonic() - started
+        assert took < 2.0, took
+        wait_until(
+            lambda: not [t for t in threading.enumerate() if t.name.endswith(ours)],
+            10,
+            "the client's threads ended",
+        )
+
+
 def test_an_end_deferred_by_a_timeout_is_tried_again_while_the_connection_stays(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:

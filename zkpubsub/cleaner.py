@@ -301,7 +301,7 @@ class Cleaner:
         data = candidate_record(self._ctx.client_id, self.grace)
         while True:
             deadline = self._deadline()
-            self._conn.wait_connected(deadline, "join cleaner election")
+            self._conn.wait_connected(deadline, "join cleaner election", stop=self._stop)
             try:
                 path: str = self._conn.result(
                     kazoo.create_async(
@@ -411,7 +411,7 @@ class Cleaner:
                 if self._stop.is_set() or self._conn.session_id != self._candidate_session:
                     return
                 if not self._conn.connected.is_set():
-                    self._conn.wait_connected(self._deadline(), "cleaner")
+                    self._conn.wait_connected(self._deadline(), "cleaner", stop=self._stop)
                     continue
                 now_seen = self._clients_pzxid()
                 if self._blind != blind and now_seen != seen:

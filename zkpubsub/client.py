@@ -613,10 +613,14 @@ class Client:
                 self.client_id,
                 left,
             )
+        # Threads waiting for the connection are not waited for: they end
+        # when it is stopped below (what the pump has not deleted yet is
+        # delivered again).
+        connected = answering and ctx.conn.connected.is_set()
         if cleaner is not None:
             # Its election node goes with the session, closed below.
-            cleaner.stop(min(5.0, ctx.config.close_timeout), resign=False)
-        self._pump.close(CLOSING_REQUEST_TIMEOUT if answering else 0.0)
+            cleaner.stop(min(5.0, ctx.config.close_timeout) if connected else 0.0, resign=False)
+        self._pump.close(CLOSING_REQUEST_TIMEOUT if connected else 0.0)
         # Publishes still queued are sent while their confirmations come:
         # the engine gives up once none came for a closing request's time.
         sent = self._engine.close(ctx.config.request_timeout, idle=CLOSING_REQUEST_TIMEOUT)

@@ -595,11 +595,20 @@ class Connection:
         """Session id and password (for tests that expire a session for real)."""
         return self._session
 
-    def wait_connected(self, deadline: float | None, what: str = "waiting for ZooKeeper") -> None:
-        """Return once connected; raise ``OperationTimeout`` or ``ClientClosed``."""
+    def wait_connected(
+        self,
+        deadline: float | None,
+        what: str = "waiting for ZooKeeper",
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Return once connected; raise ``OperationTimeout``, or
+        ``ClientClosed`` once the client closes or ``stop`` is set."""
         while not self.connected.is_set():
             if self.closing.is_set():
                 raise ClientClosed(f"{what}: the client is closed")
+            if stop is not None and stop.is_set():
+                raise ClientClosed(f"{what}: stopped")
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise OperationTimeout(f"{what}: not connected to ZooKeeper in time")
