@@ -17,7 +17,7 @@ from typing import Any
 
 from ._context import Context
 from ._deadlines import deadline_after
-from ._tree import Guard, Refused, delete_tree, guarded_commit
+from ._tree import Guard, Refused, delete_tree, guarded_commit, leader_fence, still_leads
 from .backlog import QueueRecord
 from .connection import Connection
 from .layout import join, parse_segment_node
@@ -91,10 +91,12 @@ def evict(ctx: Context, me: str, cid: str, topic: str, version: int, count: Coun
     queue = layout.queue(cid, topic)
     deadline = deadline_after(max(60.0, ctx.config.request_timeout))
 
+    fence = leader_fence(me)
+
     def guard(txn: Any) -> int:
-        txn.check(me, -1)  # still leading, on this session
+        fenced = fence(txn)
         txn.check(queue, version)  # still the marked record
-        return 2
+        return fenced + 1
 
     def unregister(txn: Any) -> None:
         txn.delete(layout.subscriber(topic, cid))
@@ -104,7 +106,7 @@ def evict(ctx: Context, me: str, cid: str, topic: str, version: int, count: Coun
         error = guarded_commit(conn, guard, unregister, deadline, "evict")
         nodes = delete_segments(conn, queue, deadline, guard)
     except Refused:
-        if conn.call(lambda: conn.kazoo.exists_async(me), deadline, "election") is None:
+        if not still_leads(conn, me, deadline):
             raise Refused("fence") from None
         return  # the client ended it itself, or subscribed afresh
     count("subscriptions_evicted", 1)

@@ -38,6 +38,23 @@ class Refused(Exception):
         self.reason = reason
 
 
+def leader_fence(me: str) -> Guard:
+    """A guard that checks the election node ``me`` exists: its cleaner still
+    leads, on the session that made it."""
+
+    def fence(txn: Any) -> int:
+        txn.check(me, -1)
+        return 1
+
+    return fence
+
+
+def still_leads(conn: Connection, me: str, deadline: float | None) -> bool:
+    """Whether the election node ``me`` exists (after a guard was refused:
+    fenced out, or the guard's other checks)."""
+    return conn.call(lambda: conn.kazoo.exists_async(me), deadline, "election") is not None
+
+
 def _refusal(error: Exception) -> Refused:
     return Refused("fence" if isinstance(error, (NoNodeError, BadVersionError)) else "back")
 

@@ -71,9 +71,16 @@ from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
 from ._purges import purge_durable, purge_finished, purge_record, read_purge_record
-from ._tree import DELETE_BATCH, Refused, delete_batch, delete_tree, guarded_commit
+from ._tree import (
+    DELETE_BATCH,
+    Refused,
+    delete_batch,
+    delete_tree,
+    guarded_commit,
+    leader_fence,
+    still_leads,
+)
 from .config import DEFAULT_NOTICE_TTL, DEFAULT_RESULT_TTL, check_grace, check_interval
-from .connection import first_error
 from .errors import ClientClosed, ConnectionLost, NotAuthorized, OperationTimeout, ZkPubSubError
 from .layout import (
     NodeKind,
@@ -529,11 +536,7 @@ class Cleaner:
         conn, layout = self._conn, self._layout
         deadline = self._deadline()
         now_ms = self._server_time_ms(deadline)
-
-        def fence(txn: Any) -> int:
-            txn.check(me, -1)  # it exists: ours, on this session
-            return 1
-
+        fence = leader_fence(me)
         for cid, (finished_ms, version) in sorted(notices.items()):
             if now_ms - finished_ms <= self.notice_ttl * 1000:
                 continue
@@ -559,11 +562,13 @@ class Cleaner:
         client_path = layout.client(cid)
         client_acl = self._ctx.acl.acl(NodeKind.CLIENT)
 
+        fence = leader_fence(me)
+
         def guard(txn: Any) -> int:
-            txn.check(me, -1)  # it exists: ours, on this session
+            fenced = fence(txn)
             txn.create(client_path, b"", acl=client_acl)  # fails if the client is back …
             txn.delete(client_path)  # … and leaves nothing behind
-            return 3
+            return fenced + 2
 
         deadline = deadline_after(max(60.0, self._ctx.config.request_timeout))
         marker = layout.purge_marker(cid)
@@ -629,11 +634,7 @@ class Cleaner:
         except Refused as exc:
             # a check that failed: of our election node (fenced out), or of
             # the marker (the client was back, and deleted it)
-            if (
-                exc.reason == "fence"
-                and self._conn.call(lambda: self._conn.kazoo.exists_async(me), deadline, "election")
-                is None
-            ):
+            if exc.reason == "fence" and not still_leads(conn, me, deadline):
                 raise
             if exc.reason == "blind":
                 logger.info("cleaner: cut off while it began to purge %s: it waits", cid)
@@ -657,6 +658,7 @@ class Cleaner:
         for the grace period (the version check refuses if anyone subscribed)."""
         conn, layout, kazoo = self._conn, self._layout, self._conn.kazoo
         deadline = self._deadline()
+        fence = leader_fence(me)
         requests = [(t, kazoo.exists_async(layout.topic(t))) for t in topics]
         now = time.monotonic()
         empty: set[str] = set()
@@ -671,13 +673,11 @@ class Cleaner:
             empty_since[topic] = (version, since)
             if now - since < self.grace:
                 continue
-            txn = kazoo.transaction()
-            txn.check(me, -1)  # it exists: ours, on this session
-            txn.delete(layout.topic(topic), version)
-            index, error = first_error(conn.result(txn.commit_async(), deadline, "remove topic"))
-            if index == 0:
-                raise Refused("fence")
-            if error is None:
+
+            def drop(txn: Any, topic: str = topic, version: int = version) -> None:
+                txn.delete(layout.topic(topic), version)
+
+            if guarded_commit(conn, fence, drop, deadline, "remove topic") is None:
                 self._count("topics_removed")
             del empty_since[topic]
         for topic in list(empty_since):
@@ -722,11 +722,7 @@ class Cleaner:
             stat = conn.result(request, deadline, "stat")
             if stat is not None and now_ms[0] - stat.ctime > ttl * 1000:
                 old.append(join(parent, name))
-
-        def fence(txn: Any) -> int:
-            txn.check(me, -1)  # it exists: ours, on this session
-            return 1
-
+        fence = leader_fence(me)
         removed = 0
         for i in range(0, len(old), DELETE_BATCH):
             removed += delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False)
