@@ -210,26 +210,46 @@ def apart(
 
     @functools.wraps(command)
     def run(ctx: CliContext, /, *args: P.args, **kwargs: P.kwargs) -> None:
-        received: list[int] = []
-
-        def note(signum: int, frame: object) -> None:
-            received.append(signum)
-
-        # Leaving the block makes the handlers the program's own again: a
-        # second Ctrl-C (or SIGTERM) while what the command made closes ends
-        # that wait too.
-        with signals_kept() as install:
-            if not install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), note)):
-                return command(ctx, *args, **kwargs)
-            try:
-                body = functools.partial(command, ctx, *args, **kwargs)
-                return on_a_thread(body, "zkpubsub-command", lambda: bool(received))
-            except Unfinished:
-                pass
-        ctx.close_made()
-        raise Interrupted() if received[0] == signal.SIGINT else Terminated()
+        try:
+            return until_signalled(
+                functools.partial(command, ctx, *args, **kwargs), "zkpubsub-command"
+            )
+        except Signalled as signalled:
+            # The program's own handlers are back: a second Ctrl-C (or
+            # SIGTERM) while what the command made closes ends that wait too.
+            ctx.close_made()
+            raise Interrupted() if signalled.signum == signal.SIGINT else Terminated() from None
 
     return run
+
+
+class Signalled(Exception):
+    """:func:`until_signalled` gave up on its call at this signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def until_signalled(call: Callable[[], T], name: str) -> T:
+    """``call()`` on a thread of its own (:func:`on_a_thread`) while Ctrl-C
+    and SIGTERM are only noted: what it returns or raises, or
+    :class:`Signalled` at the first of them while it still runs (raised
+    once the handlers found are back). Off the main thread, which has no
+    signals, ``call()`` runs right there."""
+    received: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    with signals_kept() as install:
+        if not install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), note)):
+            return call()
+        try:
+            return on_a_thread(call, name, lambda: bool(received))
+        except Unfinished:
+            pass
+    raise Signalled(received[0])
 
 
 class Unfinished(Exception):

@@ -11,12 +11,12 @@ import click
 from ._cli_common import (
     BadOption,
     CliContext,
-    Unfinished,
+    Signalled,
     failure,
-    on_a_thread,
     pass_ctx,
     positive,
     signals_kept,
+    until_signalled,
     whole,
 )
 from .errors import NotFound, ZkPubSubError
@@ -186,13 +186,10 @@ def _reach(settings: GatewaySettings) -> bool:
                 tls=security.tls,
             ).close()
 
-    received: list[int] = []
-    with signals_kept() as install:
-        install(dict.fromkeys((signal.SIGINT, signal.SIGTERM), lambda n, _f: received.append(n)))
-        try:
-            on_a_thread(look, "zkpubsub-connect", lambda: bool(received))
-        except Unfinished:
-            return False
-        except ZkPubSubError as exc:
-            raise failure(exc) from exc
+    try:
+        until_signalled(look, "zkpubsub-connect")
+    except Signalled:
+        return False
+    except ZkPubSubError as exc:
+        raise failure(exc) from exc
     return True
