@@ -591,8 +591,15 @@ def cleaner(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        # started below with every option: none of its sweeps goes by the
+        # default notice TTL
         client = _connect_until(
-            ctx, stop, client_id=client_id, cleaner_grace=grace, cleaner_interval=interval
+            ctx,
+            stop,
+            client_id=client_id,
+            cleaner=False,
+            cleaner_grace=grace,
+            cleaner_interval=interval,
         )
         if client is None:
             return
