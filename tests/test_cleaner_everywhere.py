@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, ClientConfig
-from zkpubsub._candidates import read_candidate
+from zkpubsub._candidates import candidate_settings, read_candidate
 from zkpubsub.cli import main
 from zkpubsub.layout import Layout, order_candidates, parse_candidate_node
 from zkpubsub.testing import COUNTER_MAX, ZooKeeperCluster, restart_with_cversions
@@ -130,6 +130,47 @@ def test_candidates_write_their_grace_and_the_leaders_applies(
     assert standby.start_cleaner(grace=8.0) is cleaner
     assert (standby.client_id, 8.0) in records()
     assert leader.cleaner.is_leader
+
+
+def test_a_standby_whose_ttls_differ_from_the_leaders_says_so_once_for_each(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leader's result and notice TTLs apply, as its grace does; a
+    standby with other TTLs said nothing (its election node named only its
+    grace)."""
+    caplog.set_level(logging.WARNING, logger="zkpubsub.cleaner")
+    leader = make_client()
+    assert leader.cleaner is not None and leader.cleaner.wait_leader(20)
+    standby = make_client(cleaner=False)
+    cleaner = standby.start_cleaner(result_ttl=120.0, notice_ttl=600.0)
+    layout = Layout(zk_root)
+
+    def settings() -> dict[str, dict[str, float]]:
+        nodes = [
+            raw_zk.get(f"{layout.candidates}/{n}")[0]
+            for n in raw_zk.get_children(layout.candidates)
+        ]
+        return {read_candidate(data)[0]: candidate_settings(data) for data in nodes}
+
+    def said() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "differs from the leader's" in r.getMessage()
+        ]
+
+    wait_until(lambda: len(said()) == 2, 20, "a warning for each TTL")
+    messages = sorted(said())
+    assert "its notice TTL of 600s" in messages[0] and "604800s applies" in messages[0]
+    assert "its result TTL of 120s" in messages[1] and "3600s applies" in messages[1]
+    assert all(leader.client_id in m for m in messages)
+    grace = leader.cleaner.grace
+    assert settings() == {
+        leader.client_id: {"grace": grace, "result_ttl": 3600.0, "notice_ttl": 604800.0},
+        standby.client_id: {"grace": grace, "result_ttl": 120.0, "notice_ttl": 600.0},
+    }
+    # a changed TTL is written into the election node, as a changed grace is
+    assert standby.start_cleaner(notice_ttl=900.0) is cleaner
+    assert settings()[standby.client_id]["notice_ttl"] == 900.0
+    assert leader.cleaner.is_leader and len(said()) == 2
 
 
 @local_servers_only

@@ -66,7 +66,7 @@ from typing import Any, Final
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
-from ._candidates import candidate_record, read_candidate
+from ._candidates import candidate_record, candidate_settings, read_candidate
 from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
@@ -98,6 +98,8 @@ MIN_SWEEP_GAP: Final = 0.5
 # A candidate whose sequence number passes this warns: the election's counter
 # nears ZooKeeper's 2**31 - 1.
 ELECTION_WARN_AT: Final = 2**31 - 2**24
+# How a standby's warning names an option whose leader's value differs.
+_SETTING_NAMES: Final = {"grace": "grace", "result_ttl": "result TTL", "notice_ttl": "notice TTL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +149,7 @@ class Cleaner:
         self._candidate: str | None = None
         self._candidate_session: int | None = None
         self._leader_grace: float | None = None  # the leader's, as last read by a standby
-        self._warned: set[tuple[str, float]] = set()
+        self._warned: set[tuple[str, str, float]] = set()  # (leader, option, value)
         self._resign_on_stop = True
         self._blind = 0  # connection losses seen (kazoo's thread counts them)
         self._lock = threading.Lock()
@@ -175,8 +177,8 @@ class Cleaner:
         result_ttl: float | None = None,
         notice_ttl: float | None = None,
     ) -> None:
-        """Change the options of a running cleaner (``None`` keeps one). A
-        new grace is written into its election node."""
+        """Change the options of a running cleaner (``None`` keeps one). New
+        ones are written into its election node."""
         if grace is not None:
             grace = check_grace(grace, self._ctx.config.session_timeout)
         if interval is not None:
@@ -185,23 +187,33 @@ class Cleaner:
             check_interval(result_ttl, "result_ttl")
         if notice_ttl is not None:
             check_interval(notice_ttl, "notice_ttl")
+        before = self._record()
+        if grace is not None:
+            self.grace = grace
         if interval is not None:
             self.interval = float(interval)
         if result_ttl is not None:
             self.result_ttl = float(result_ttl)
         if notice_ttl is not None:
             self.notice_ttl = float(notice_ttl)
-        if grace is not None and grace != self.grace:
-            self.grace = grace
-            path = self._candidate
-            if path is not None and self._conn.connected.is_set():
-                data = candidate_record(self._ctx.client_id, grace)
-                kazoo = self._conn.kazoo
-                with contextlib.suppress(ZkPubSubError, NoNodeError):
-                    self._conn.call(
-                        lambda: kazoo.set_async(path, data), self._deadline(), "cleaner grace"
-                    )
+        data = self._record()
+        path = self._candidate
+        if data != before and path is not None and self._conn.connected.is_set():
+            kazoo = self._conn.kazoo
+            with contextlib.suppress(ZkPubSubError, NoNodeError):
+                self._conn.call(
+                    lambda: kazoo.set_async(path, data), self._deadline(), "cleaner options"
+                )
         self._wake.set()
+
+    def _record(self) -> bytes:
+        """What this candidate's election node holds."""
+        return candidate_record(
+            self._ctx.client_id,
+            self.grace,
+            result_ttl=self.result_ttl,
+            notice_ttl=self.notice_ttl,
+        )
 
     @property
     def effective_grace(self) -> float:
@@ -305,7 +317,7 @@ class Cleaner:
         kazoo = self._conn.kazoo
         guid = new_guid()
         prefix = self._layout.candidate_prefix(guid)
-        data = candidate_record(self._ctx.client_id, self.grace)
+        data = self._record()
         while True:
             deadline = self._deadline()
             self._conn.wait_connected(deadline, "join cleaner election", stop=self._stop)
@@ -377,23 +389,28 @@ class Cleaner:
                     return
 
     def _note_leader(self, name: str) -> None:
-        """Read the leader's grace; say once if it is not ours."""
+        """Read the leader's options; say once for each that is not ours."""
         kazoo = self._conn.kazoo
         path = join(self._layout.candidates, name)
         try:
             data, _ = self._conn.call(lambda: kazoo.get_async(path), self._deadline(), "election")
         except NoNodeError:
             return
-        leader, grace = read_candidate(data)
-        self._leader_grace = grace
-        if grace is not None and grace != self.grace and (leader, grace) not in self._warned:
-            self._warned.add((leader, grace))
+        leader = read_candidate(data)[0]
+        theirs = candidate_settings(data)
+        self._leader_grace = theirs.get("grace")
+        for key, value in theirs.items():
+            mine = float(getattr(self, key))
+            if value == mine or (leader, key, value) in self._warned:
+                continue
+            self._warned.add((leader, key, value))
             logger.warning(
-                "cleaner %s: its grace of %gs differs from the leader's (%s): %gs applies",
+                "cleaner %s: its %s of %gs differs from the leader's (%s): %gs applies",
                 self._ctx.client_id,
-                self.grace,
+                _SETTING_NAMES[key],
+                mine,
                 leader,
-                grace,
+                value,
             )
 
     # -- leading ------------------------------------------------------------------------

@@ -537,7 +537,8 @@ class Client:
         ``notice_ttl`` (default a week). It sweeps
         every ``interval`` seconds (default ``cleaner_interval``, 30) and
         whenever the set of clients changes. The leader's grace applies to
-        all: a candidate whose grace differs logs a warning."""
+        all, as do its TTLs: a candidate whose grace or TTLs differ logs a
+        warning."""
         self._ctx.check_open()
         options: dict[str, Any] = {}
         if grace is not None:
