@@ -302,6 +302,12 @@ def test_a_nacked_message_is_handed_out_again_at_once(api: httpx.Client) -> None
     name = subscribe(api, topic)
     api.post(f"/topics/{topic}/messages", json="n")
     [first] = pull(api, name, wait=5, ack_deadline=60)
+    # one id both acked and nacked: refused, and neither done (it was acked
+    # and answered as nacked)
+    both = {"ack_ids": [first["ack_id"]], "nack_ids": [first["ack_id"]]}
+    answer = api.post(f"/subscriptions/{name}/ack", json=both)
+    assert answer.status_code == 400 and answer.json()["error"] == "BadRequest", answer.text
+    assert first["ack_id"] in answer.json()["detail"]
     answer = api.post(f"/subscriptions/{name}/ack", json={"nack_ids": [first["ack_id"]]})
     assert answer.json()["nacked"] == [first["ack_id"]]
     [again] = pull(api, name, wait=0.5)
@@ -660,7 +666,15 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
     too_large = cases[2][0].json()
     assert too_large["limit"] == 980_000
     # JSON that is not standard, or too deep to read, is refused, never changed
-    for body in ("NaN", '{"x": Infinity}', "[-Infinity]", "[1e999]", "[" * 100_000 + "]" * 100_000):
+    beyond_64_bits = ("[18446744073709551616]", '{"x": -9223372036854775809}', "9" * 400)
+    for body in (
+        "NaN",
+        '{"x": Infinity}',
+        "[-Infinity]",
+        "[1e999]",
+        "[" * 100_000 + "]" * 100_000,
+        *beyond_64_bits,
+    ):
         for url in ("/topics/t/messages", "/queues/q/items"):
             answer = api.post(url, content=body, headers=json_type)
             assert answer.status_code == 400, (url, body[:20], answer.text)

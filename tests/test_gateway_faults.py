@@ -116,6 +116,66 @@ def test_an_idle_subscription_is_let_go_and_keeps_what_is_published_meanwhile(
         assert pull_payloads(api, name, 1) == ["while away"]  # taken up again on demand
 
 
+def test_a_message_out_within_its_ack_deadline_keeps_its_subscription_held(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """The idle timeout let go of a subscription whose pulled message could
+    still be acked: the ack answered ``unknown``, and the message came again
+    with ``deliveries`` 1."""
+    topic, name = unique("t-"), unique("sub-")
+    with (
+        gateway(zookeeper.hosts, zk_root, args=["--idle-timeout", "1"]) as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
+        assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+        api.post(f"/topics/{topic}/messages", json="m")
+        answer = api.post(f"/subscriptions/{name}/pull", json={"wait": 10, "ack_deadline": 8})
+        [message] = answer.json()["messages"]
+        time.sleep(4)  # idle for four times its timeout, the message still out
+        assert _held(url) == 1
+        acked = {"ack_ids": [message["ack_id"]]}
+        answer = api.post(f"/subscriptions/{name}/ack", json=acked)
+        assert answer.json()["acked"] == [message["ack_id"]], answer.text
+        deadline = time.monotonic() + 15
+        while _held(url) != 0:  # nothing out: let go once idle
+            assert time.monotonic() < deadline, "the idle subscription was not let go"
+            time.sleep(0.2)
+        again = api.post(f"/subscriptions/{name}/pull", json={"wait": 1}).json()
+        assert again["messages"] == []  # acked: gone for good
+
+
+def test_a_long_poll_whose_consumer_went_away_takes_nothing_for_nobody(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """A pull or reserve went on waiting after its client had gone: an
+    auto-acked pull took the next message for good, an explicit one held it
+    for its ack deadline, a reserve held the next item for its lease."""
+    topic, name, queue = unique("t-"), unique("sub-"), unique("q-")
+    with (
+        gateway(zookeeper.hosts, zk_root) as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
+        assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+
+        def abandoned(path: str, body: dict[str, Any]) -> None:
+            with pytest.raises(httpx.ReadTimeout):  # the client leaves, the poll waits on
+                httpx.post(f"{url}{path}", json=body, timeout=1.0)
+            time.sleep(0.5)
+
+        for auto_ack in (True, False):
+            abandoned(f"/subscriptions/{name}/pull", {"wait": 20, "auto_ack": auto_ack})
+            api.post(f"/topics/{topic}/messages", json=f"auto {auto_ack}")
+            answer = api.post(f"/subscriptions/{name}/pull", json={"wait": 5}).json()
+            got = [(m["payload"], m["deliveries"]) for m in answer["messages"]]
+            assert got == [(f"auto {auto_ack}", 1)], auto_ack
+            acked = {"ack_ids": [answer["messages"][0]["ack_id"]]}
+            assert api.post(f"/subscriptions/{name}/ack", json=acked).json()["acked"]
+        abandoned(f"/queues/{queue}/reserve", {"wait": 20})
+        assert api.post(f"/queues/{queue}/items", json="job").status_code in (200, 201, 202)
+        items = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+        assert [(i["payload"], i["attempts"]) for i in items] == [("job", 1)]
+
+
 def test_a_gap_notice_not_yet_pulled_outlasts_the_subscription_being_let_go(
     zookeeper: ZooKeeperBackend, zk_root: str
 ) -> None:

@@ -18,7 +18,8 @@ an HTTP consumer:
 
 The gateway holds a subscription (a ZooKeeper session with the client id)
 from its first use until it has been idle — no pull, ack or open stream —
-for ``idle_timeout``; it then closes that client, leaving the subscription
+for ``idle_timeout``, and no message it handed out is within its ack
+deadline; it then closes that client, leaving the subscription
 registered, and the cleaner's grace starts. A client id is held by one live
 session: a second gateway asked for a subscription another gateway holds
 answers 409 (``ClientIdInUse``) until the holder lets it go or its session
@@ -122,6 +123,12 @@ class HttpSubscription:
 
         return lend
 
+    def lent_until(self) -> float:
+        """The loop time the last ack deadline of a message out ends (0 if
+        none is out): until then an ack may come, and the subscription is
+        held however idle."""
+        return max((lent.deadline for lent in self.out.values()), default=0.0)
+
     def _expire(self, now: float) -> float | None:
         """Put messages past their ack deadline back; the next deadline."""
         soonest: float | None = None
@@ -152,26 +159,47 @@ class HttpSubscription:
         return taken
 
     async def pull(
-        self, limit: int, wait: float, ack_deadline: float | None, auto_ack: bool
+        self,
+        limit: int,
+        wait: float,
+        ack_deadline: float | None,
+        auto_ack: bool,
+        gone: asyncio.Event | None = None,
     ) -> list[Lent]:
         """Up to ``limit`` messages, waiting up to ``wait`` seconds for the
         first. Each gets an ack id due within ``ack_deadline`` seconds, or is
-        acked at once with ``auto_ack``."""
+        acked at once with ``auto_ack``. Once ``gone`` is set (the consumer
+        went away; set ``changed`` with it) it takes no more, and what it
+        took with ack ids goes back at once: none (nobody reads the answer)."""
         self.streams += 1  # a waiting pull keeps the subscription held
         try:
-            return await self._pull(limit, wait, ack_deadline, auto_ack)
+            taken = await self._pull(limit, wait, ack_deadline, auto_ack, gone)
         finally:
             self.streams -= 1
             self.touch()
+        if gone is None or not gone.is_set():
+            return taken
+        for lent in reversed(taken):
+            if lent.ack_id is not None and self.out.pop(lent.ack_id, None) is lent:
+                lent.ack_id = None
+                lent.deliveries -= 1  # handed to nobody
+                self.waiting.appendleft(lent)
+                self.changed.set()
+        return []
 
     async def _pull(
-        self, limit: int, wait: float, ack_deadline: float | None, auto_ack: bool
+        self,
+        limit: int,
+        wait: float,
+        ack_deadline: float | None,
+        auto_ack: bool,
+        gone: asyncio.Event | None,
     ) -> list[Lent]:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait
         deadline = self.ack_deadline if ack_deadline is None else ack_deadline
         taken: list[Lent] = []
-        while not self.closing:
+        while not self.closing and not (gone is not None and gone.is_set()):
             now = loop.time()
             self.changed.clear()
             soonest = self._expire(now)
@@ -416,11 +444,12 @@ class Consumers:
         logger.info("let go of subscription %r", held.name)
 
     async def _reap(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REAP_INTERVAL)
             idle = time.monotonic() - self._settings.idle_timeout
             for name, held in list(self._held.items()):
-                if held.streams or held.last_used > idle:
+                if held.streams or held.last_used > idle or held.lent_until() > loop.time():
                     continue
                 async with self._lock(name):
                     if self._held.get(name) is held and not held.streams:

@@ -117,10 +117,15 @@ def _unsupported(kind: str, accepted: str) -> Problem:
 
 def parse_json(body: bytes) -> Any:
     """The JSON of ``body``: standard JSON only (``NaN`` and ``Infinity``,
-    and numbers too large for a float, are refused, as nesting deeper than
-    :data:`MAX_DEPTH` is), else a 400."""
+    numbers too large for a float and integers beyond 64 bits are refused,
+    as nesting deeper than :data:`MAX_DEPTH` is), else a 400."""
     try:
-        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(
+            body,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_int64,
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "bad-json", "Malformed JSON", f"the body is not JSON: {exc}") from None
     except RecursionError:
@@ -156,6 +161,13 @@ def too_deep(value: Any) -> bool:
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _int64(text: str) -> int:
+    number = int(text)
+    if not -(2**63) <= number < 2**64:  # what a message's encoding carries
+        raise ValueError(f"{text[:40]}{'...' if len(text) > 40 else ''} is beyond 64 bits")
+    return number
 
 
 def _finite_float(text: str) -> float:

@@ -23,6 +23,7 @@ from ..errors import ItemFailed, OperationTimeout
 from ..layout import validate_name
 from .auth import Caller, Principal
 from .context import GatewayState, state_of
+from .disconnects import client_gone, unless_gone
 from .models import (
     DeadLetter,
     ExtendRequest,
@@ -139,12 +140,20 @@ async def reserve(
     lease = ask.lease or gw.settings.lease
     handle = await _handle(gw, principal, queue)
     wait = min(ask.wait, gw.settings.max_wait)
-    items = await by_the_wait(
-        handle.reserve_many(ask.max, wait),
-        wait,
-        "reserve",
-        "nothing was reserved for this request (an item a reserve under way took goes back)",
-    )
+    async with client_gone(request) as gone:
+        # a consumer gone while it waits reserves nothing for nobody
+        items = await unless_gone(
+            gone,
+            by_the_wait(
+                handle.reserve_many(ask.max, wait),
+                wait,
+                "reserve",
+                "nothing was reserved for this request (an item a reserve under way took "
+                "goes back)",
+            ),
+        )
+    if items is None:
+        return ReserveResult(items=[])  # nobody reads it
     out = []
     for item in items:
         if lease != gw.settings.lease:

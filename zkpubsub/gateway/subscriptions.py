@@ -29,6 +29,7 @@ from ..state import Gap
 from .auth import Caller
 from .consumers import HttpSubscription, Lent
 from .context import state_of
+from .disconnects import client_gone
 from .models import (
     AckRequest,
     AckResult,
@@ -41,7 +42,7 @@ from .models import (
     problem_responses,
 )
 from .payloads import SmallBodyRoute, payload_fields
-from .problems import by_the_wait
+from .problems import Problem, by_the_wait
 
 __all__ = ["router"]
 
@@ -168,7 +169,8 @@ async def pull(
         "the subscription could not be opened again here; nothing was handed out",
     )
     left = max(0.0, wait - (time.monotonic() - started))
-    lent = await held.pull(ask.max, left, ask.ack_deadline, ask.auto_ack)
+    async with client_gone(request, held.changed.set) as gone:
+        lent = await held.pull(ask.max, left, ask.ack_deadline, ask.auto_ack, gone)
     return PullResult(
         messages=[_pulled(x) for x in lent], gaps=[_notice(g) for g in held.take_gaps()]
     )
@@ -181,7 +183,7 @@ async def pull(
     description="An acked message is done: it is deleted from the subscription's queue. "
     "A nacked one is handed out again at once. Ack ids past their deadline (the message "
     "went back, to be handed out again under a new ack id) are listed as unknown.",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(400, 401, 403, 404, 409, 422),
 )
 async def ack(
     name: str,
@@ -190,6 +192,14 @@ async def ack(
     principal: Caller,
 ) -> AckResult:
     principal.require("subscription", name)
+    both = sorted(set(body.ack_ids) & set(body.nack_ids))
+    if both:  # refused before anything is acked or nacked
+        raise Problem(
+            400,
+            "bad-request",
+            "Bad request",
+            f"ack ids both acked and nacked: {', '.join(both[:10])}",
+        )
     held = await state_of(request).consumers.get(name, principal)
     done, unknown = held.ack(body.ack_ids, body.nack_ids)
     nacked = set(body.nack_ids)

@@ -1,0 +1,64 @@
+"""Long polls whose HTTP client has gone away: what they would take then
+goes to the next consumer, not to nobody.
+
+A server does not cancel a route that is still waiting when its client
+disconnects (only a streaming response notices, at its next write), so a
+waiting pull or reserve watches the connection itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from fastapi import Request
+
+__all__ = ["client_gone", "unless_gone"]
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def client_gone(
+    request: Request, wake: Callable[[], None] | None = None
+) -> AsyncIterator[asyncio.Event]:
+    """An event set (and ``wake()`` called) once the client of ``request``,
+    whose body was read already, disconnects; watched while the block runs."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        with contextlib.suppress(Exception):  # a connection that fails is gone too
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        gone.set()
+        if wake is not None:
+            wake()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def unless_gone(gone: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s outcome; ``None`` if ``gone`` was set first (``work`` is
+    cancelled then, and has ended when this returns)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request cancelled: the work with it
+        task.cancel()
+        raise
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
