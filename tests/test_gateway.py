@@ -595,6 +595,20 @@ def test_no_token_or_a_wrong_one_is_refused_with_a_bearer_challenge(gateway_url:
         assert answer.json()["error"] == "Unauthorized"
     status, headers, _ = curl(f"{gateway_url}/queues/jobs.a")
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    # who calls is asked before what they sent is judged: a body that is not
+    # JSON, of another type or too large was a 400, 415 or 413 without a token
+    routes = ("/subscriptions/s/pull", "/subscriptions/s/ack", "/queues/jobs.a/reserve")
+    for url in routes:
+        for content, kind in (
+            (b"{no", "application/json"),
+            (b"{}", "text/plain"),
+            (b" " * 70_000, "application/json"),
+        ):
+            answer = httpx.post(
+                f"{gateway_url}{url}", content=content, headers={"Content-Type": kind}
+            )
+            assert answer.status_code == 401, (url, kind, answer.text)
+            assert answer.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_a_token_uses_only_the_names_its_patterns_allow(gateway_url: str) -> None:

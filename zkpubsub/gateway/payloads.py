@@ -29,6 +29,7 @@ from typing import Any, Final
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from .auth import principal_of
 from .problems import Problem
 
 __all__ = [
@@ -261,12 +262,14 @@ class SmallBodyRoute(APIRoute):
     """A route whose request body is JSON of at most :data:`SMALL_BODY`
     bytes, checked before the route's model reads it: a 413 problem past
     the limit, a 415 for another Content-Type, a 400 ``BadJson`` for JSON
-    that is not standard or not JSON at all (as :func:`parse_json`)."""
+    that is not standard or not JSON at all (as :func:`parse_json`). Its
+    callers are authenticated first (a 401 before any of those)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def limited(request: Request) -> Response:
+            principal_of(request)  # who calls, before what they sent
             read = await read_body(request, SMALL_BODY)
             json_of(request, read)  # checked, then read again by the route's model
             body: bytes | None = read
