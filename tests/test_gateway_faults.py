@@ -27,9 +27,11 @@ from zkpubsub._purges import purge_record
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.fixtures import ZooKeeperBackend
+from zkpubsub.testing.proxy import TcpProxy
 from zkpubsub.testing.secure import TlsMaterial
 
 from .gateway_proc import ROOT_DIR, gateway, log_of, start_gateway, stop_gateway
+from .helpers import wait_until
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -174,6 +176,33 @@ def test_a_long_poll_whose_consumer_went_away_takes_nothing_for_nobody(
         assert api.post(f"/queues/{queue}/items", json="job").status_code in (200, 201, 202)
         items = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
         assert [(i["payload"], i["attempts"]) for i in items] == [("job", 1)]
+
+
+def test_a_delete_no_server_answers_is_no_204_and_a_delete_again_finishes_it(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """A DELETE while ZooKeeper did not answer was a 204: the end was left
+    to a client the gateway closed at once, the subscription stayed, and
+    the next GET took it up again."""
+    topic, name = unique("t-"), unique("sub-")
+    host, port = zookeeper.hosts.split(",")[0].rsplit(":", 1)
+    with (
+        TcpProxy((host, int(port)), name="gateway-delete") as proxy,
+        gateway(proxy.address, zk_root) as url,
+        httpx.Client(base_url=url, timeout=60) as api,
+    ):
+        assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+        proxy.block("reset")
+        answer = api.delete(f"/subscriptions/{name}")
+        assert answer.status_code in (503, 504), answer.text
+        proxy.unblock()
+        wait_until(
+            lambda: api.get(f"/subscriptions/{name}").status_code == 200,
+            30,
+            "the subscription, still there",
+        )
+        assert api.delete(f"/subscriptions/{name}").status_code == 204
+        assert api.get(f"/subscriptions/{name}").status_code == 404
 
 
 def test_a_gap_notice_not_yet_pulled_outlasts_the_subscription_being_let_go(

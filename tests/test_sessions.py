@@ -222,12 +222,14 @@ def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_kee
         sub.close()
         took = time.monotonic() - started
         assert took < 2.0, took
+        assert client.unfinished == ["t"]
         with pytest.raises(ZkPubSubError):
             client.subscribe("t", lambda message: None)  # no server: refused
         assert raw_zk.exists(registration)
         proxy.unblock()
         wait_until(lambda: raw_zk.exists(registration) is None, 30, "the registration removed")
         assert client.status is ClientState.CONNECTED
+        wait_until(lambda: client.unfinished == [], 10, "nothing left unfinished")
 
 
 def test_a_client_closed_while_it_knows_no_server_answers_returns_at_once_and_ends_its_threads(

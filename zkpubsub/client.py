@@ -458,6 +458,14 @@ class Client:
         """The open subscriptions."""
         return [sub for sub in self._subs.all() if isinstance(sub, Subscription)]
 
+    @property
+    def unfinished(self) -> list[str]:
+        """The topics whose end waits for a server: unsubscribed (or, not
+        durable, closed) while none answered. The client deregisters them
+        and deletes their queues once one does; a client closed first
+        leaves that to the cleaner."""
+        return self._subs.unfinished_topics()
+
     def unsubscribe(self, topic: str) -> None:
         """Remove this client id's subscription to ``topic`` (durable or not)
         and delete its queue, whether or not it is open in this process."""

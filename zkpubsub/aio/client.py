@@ -110,6 +110,11 @@ class AsyncClient:
         return self._client.pending_publishes
 
     @property
+    def unfinished(self) -> list[str]:
+        """:attr:`Client.unfinished`."""
+        return self._client.unfinished
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop this client delivers to."""
         return self._bridge.loop

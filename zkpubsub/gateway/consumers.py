@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..aio import AsyncClient, AsyncSubscription
-from ..errors import ZkPubSubError
+from ..errors import OperationTimeout, ZkPubSubError
 from ..layout import validate_name
 from ..message import Message
 from ..state import Gap
@@ -428,6 +428,14 @@ class Consumers:
             try:
                 for topic in list(held.subs):
                     await held.subs.pop(topic).unsubscribe()
+                if held.client.unfinished:
+                    # its client would finish them once ZooKeeper answers,
+                    # but it closes now: ended in part, or not at all
+                    raise OperationTimeout(
+                        f"subscription {name!r}: ZooKeeper did not answer its end "
+                        f"({', '.join(held.client.unfinished)}); it may still exist: "
+                        "delete it again"
+                    )
             finally:
                 self._held.pop(name, None)
                 await self._close(held)
