@@ -934,3 +934,36 @@ async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers
     while len(got) < len(topics) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert sorted(got) == topics
+
+
+@pytest.mark.parametrize("closes", ["subscription", "client"])
+async def test_a_handler_that_closes_its_own_subscription_or_client_is_not_waited_for(
+    connect: Connect, closes: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The close waited for the handler that was awaiting it: the whole
+    close_timeout (6 s here), then the handler was cancelled, with a warning
+    that it was still running; a threaded handler's close returns at once."""
+    client = await connect(close_timeout=6.0)
+    publisher = await connect()
+    outcome: dict[str, Any] = {}
+    finished = asyncio.Event()
+    subs: list[Any] = []
+
+    async def handler(message: Any) -> None:
+        started = time.monotonic()
+        try:
+            await (subs[0].close() if closes == "subscription" else client.close())
+            outcome["ended"] = "returned"
+        except BaseException as exc:
+            outcome["ended"] = type(exc).__name__
+            raise
+        finally:
+            outcome["took"] = time.monotonic() - started
+            finished.set()
+
+    subs.append(await client.subscribe("t", handler))
+    await publisher.publish("t", "stop")
+    await asyncio.wait_for(finished.wait(), 30)
+    assert outcome["ended"] == "returned", outcome
+    assert outcome["took"] < 2.0, outcome
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]

@@ -359,8 +359,11 @@ class AsyncClient:
         """Close the subscriptions, then the client, on threads; a handler
         still running after ``close_timeout`` is cancelled. Starts when
         called and completes even if the waiting task is cancelled (before
-        it first ran too). Idempotent."""
+        it first ran too). Idempotent. A handler that closes its own client
+        is not waited for."""
         if self._closing is None:
+            for sub in self._subs:
+                sub._note_client_close()
             self._closing = asyncio.ensure_future(self._close())
         return awaited(asyncio.shield(self._closing))
 

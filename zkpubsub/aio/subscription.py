@@ -70,6 +70,7 @@ class LoopDispatcher(SelfDispatching):
         self._stopping = asyncio.Event()  # loop side: the subscription is closing
         self._finished = threading.Event()  # the task ended (or there is none)
         self._cancelling = False
+        self._closed_by_its_handler = False
 
     # -- the subscription's side (any thread) ------------------------------------------
 
@@ -83,9 +84,18 @@ class LoopDispatcher(SelfDispatching):
         except RuntimeError:  # the loop is closed: nothing will be handled here
             self._finished.set()
 
+    def note_close(self) -> None:
+        """(On the loop, as a close begins.) A close called by this
+        dispatcher's own handler is not to wait for the handler: it waits
+        for that close (the threaded dispatcher's rule too)."""
+        if self._task is not None and asyncio.current_task() is self._task:
+            self._closed_by_its_handler = True
+
     def stop(self, timeout: float | None) -> bool:
         loop = self._bridge.loop
         self._on_loop(self._stopping.set)
+        if self._closed_by_its_handler:
+            return True  # it returns once the close does
         if timeout is None:
             return self._finished.is_set()
         waited = 0.0
@@ -299,7 +309,12 @@ class AsyncSubscription:
         # A handler still running past the timeout is cancelled: its message
         # stays queued; a get waiting is ended; the message get handed out
         # last is acknowledged.
+        self._dispatcher.note_close()
         await self._bridge.run_to_close(how, check_timeout(timeout))
+
+    def _note_client_close(self) -> None:
+        """(On the loop.) The client closes: see :meth:`LoopDispatcher.note_close`."""
+        self._dispatcher.note_close()
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
