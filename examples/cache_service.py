@@ -121,7 +121,10 @@ def make_app(hosts: str, root: str, db: Path, name: str) -> Any:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # a scrape may ask ZooKeeper (up to 3 s when it stops answering):
+        # off the loop, so the health endpoints answer meanwhile
+        scraped = await asyncio.to_thread(generate_latest, registry)
+        return Response(scraped, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health/live")
     async def live(response: Response) -> dict[str, Any]:

@@ -3,15 +3,20 @@ instances on a ZooKeeper of their own, kept consistent by the cache."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+
+from zkpubsub.testing import ZooKeeperCluster
 
 from .helpers import wait_until
 
@@ -113,3 +118,46 @@ def test_a_terminals_ctrl_c_shuts_every_instance_down_cleanly() -> None:
             launcher.kill()
     assert launcher.returncode == 0
     assert "Traceback" not in err, err
+
+
+def test_a_scrape_while_zookeeper_is_frozen_does_not_hold_up_the_health_endpoints(
+    make_cluster: Callable[..., ZooKeeperCluster], tmp_path: Path
+) -> None:
+    """The example scraped on its event loop: with ZooKeeper frozen (the
+    client not told yet) a scrape's reads held the loop for their budget
+    (3 s), and a liveness probe sent meanwhile waited as long."""
+    spec = importlib.util.spec_from_file_location(
+        "cache_service", ROOT_DIR / "examples" / "cache_service.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    db = tmp_path / "users.db"
+    example.init_db(db)
+    app = example.make_app(zk.hosts, "/example-scrape", db, "one")
+
+    async def probe_while_scraping() -> tuple[int, float, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://one") as http:
+                assert (
+                    await http.get("/users/1")
+                ).status_code == 200  # a subscription's backlog to read
+                assert (await http.get("/metrics")).status_code == 200
+                node.pause()
+                try:
+                    started = time.monotonic()
+                    scrape = asyncio.ensure_future(http.get("/metrics"))
+                    await asyncio.sleep(0.2)  # the scrape is reading
+                    live = await http.get("/health/live")
+                    took = time.monotonic() - started - 0.2
+                    scraped = await scrape
+                finally:
+                    node.resume()
+        return live.status_code, took, scraped.status_code
+
+    status, took, scraped = asyncio.run(probe_while_scraping())
+    assert status == 200 and scraped == 200
+    assert took < 1.0, took
