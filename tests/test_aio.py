@@ -29,7 +29,7 @@ from zkpubsub import (
     PublishTimeout,
     QueueFull,
 )
-from zkpubsub.aio import AsyncClient, AsyncItem
+from zkpubsub.aio import AsyncClient, AsyncItem, WrongLoop
 from zkpubsub.aio import client as aio_client
 from zkpubsub.aio._bridge import Bridge
 from zkpubsub.aio.subscription import LoopDispatcher
@@ -967,3 +967,44 @@ async def test_a_handler_that_closes_its_own_subscription_or_client_is_not_waite
     assert outcome["ended"] == "returned", outcome
     assert outcome["took"] < 2.0, outcome
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
+
+
+async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
+    connect: Connect,
+) -> None:
+    """A publish made on another loop raised a RuntimeError about futures
+    attached to a different loop, and was written all the same; a reserve
+    raised so and kept its item reserved, for nobody."""
+    client = await connect()
+    listener = await connect()
+    got: list[Any] = []
+    await listener.subscribe("t", lambda message: got.append(message.payload))
+    queue = client.queue("jobs")
+    await queue.put("job")
+
+    def on_another_loop() -> list[BaseException]:
+        async def use() -> list[BaseException]:
+            refused: list[BaseException] = []
+            calls = (
+                lambda: client.publish("t", "elsewhere"),
+                lambda: queue.reserve(timeout=1),
+                lambda: queue.put("elsewhere"),
+            )
+            for call in calls:
+                try:
+                    await call()
+                except RuntimeError as exc:
+                    refused.append(exc)
+            return refused
+
+        return asyncio.run(use())
+
+    refused = await asyncio.to_thread(on_another_loop)
+    assert len(refused) == 3, refused
+    await client.publish("t", "here")  # on its own loop it works, and comes after
+    await eventually(lambda: got, what="the publish made on the client's loop")
+    assert got == ["here"]
+    stats = await queue.stats()
+    assert (stats.ready, stats.reserved) == (1, 0), stats
+    assert all(isinstance(exc, WrongLoop) for exc in refused), refused
+    assert "nothing was done" in str(refused[0])

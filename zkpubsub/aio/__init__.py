@@ -16,12 +16,14 @@ threads of the client, and a publish is the engine's own future bridged to
 the loop. Handlers, ``on_error`` and listeners run on the loop. A message is
 deleted only after its handler's coroutine returned; a handler that raises
 or is cancelled is a failed attempt. See :mod:`zkpubsub.aio.client` for
-what cancellation does to each call.
+what cancellation does to each call. A client belongs to the event loop
+it was connected on: a call made on another running loop raises
+``WrongLoop`` and does nothing.
 """
 
 from __future__ import annotations
 
-from ._bridge import LoopStopped
+from ._bridge import LoopStopped, WrongLoop
 from .client import AsyncClient, Connecting
 from .subscription import AsyncSubscription
 from .workqueue import AsyncConsumer, AsyncItem, AsyncTicket, AsyncWorkQueue
@@ -35,4 +37,5 @@ __all__ = [
     "AsyncWorkQueue",
     "Connecting",
     "LoopStopped",
+    "WrongLoop",
 ]

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ..errors import ClientClosed
 
-__all__ = ["Bridge", "LoopStopped", "OnLoop"]
+__all__ = ["Bridge", "LoopStopped", "OnLoop", "WrongLoop"]
 
 logger = logging.getLogger("zkpubsub.aio")
 
@@ -72,6 +72,10 @@ class LoopStopped(RuntimeError):
     """The event loop stopped (or closed) before a handler could finish."""
 
 
+class WrongLoop(RuntimeError):
+    """An async client used on another event loop than its own."""
+
+
 class Bridge:
     """The loop of one async client and the threads it hands blocking calls to."""
 
@@ -90,11 +94,28 @@ class Bridge:
         self, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
         """Start ``fn`` on a thread of ours (``ClientClosed`` once the client
-        closed them)."""
+        closed them; ``WrongLoop``, starting nothing, if called on another
+        running event loop than the client's)."""
+        self.check_loop()
         try:
             return self._executor.submit(functools.partial(fn, *args, **kwargs))
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise ClientClosed("the client is closed") from exc
+
+    def check_loop(self) -> None:
+        """``WrongLoop`` if this runs on another event loop than the
+        client's (its futures and its deliveries belong to that one); a
+        thread with no running loop passes."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is not self.loop:
+            raise WrongLoop(
+                "this async client belongs to the event loop it was connected on, and "
+                "was used on another: nothing was done (connect one per loop, or use "
+                "client.sync from threads)"
+            )
 
     def start(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """``fn`` on a thread of ours, started now (not when a coroutine
@@ -115,7 +136,12 @@ class Bridge:
 
     async def run_to_close(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """:meth:`run` for a call that closes or stops something (idempotent):
-        once the client closed its threads, on the loop's default executor."""
+        once the client closed its threads, on the loop's default executor;
+        on another loop than the client's (its own may be gone), on that
+        loop's."""
+        running = asyncio.get_running_loop()
+        if running is not self.loop:
+            return await running.run_in_executor(None, functools.partial(fn, *args, **kwargs))
         try:
             job = self.submit(fn, *args, **kwargs)
         except ClientClosed:
@@ -139,7 +165,9 @@ class Bridge:
         """An asyncio future and, for any thread, the function that settles
         it: ``settle(result, error)``. Settlements that come close together
         are handed to the loop in one wake-up (where ``asyncio.wrap_future``
-        costs one per future). Cancelling the future only stops the waiting."""
+        costs one per future). Cancelling the future only stops the waiting.
+        ``WrongLoop`` on another running loop than the client's."""
+        self.check_loop()
         waiter: asyncio.Future[Any] = self.loop.create_future()
         return waiter, functools.partial(self._settled, waiter)
 

@@ -371,7 +371,7 @@ class AsyncClient:
         try:
             # the client closes every subscription: their handlers share
             # one close_timeout
-            await self._bridge.run(self._client.close)
+            await self._bridge.run_to_close(self._client.close)
         finally:
             self._bridge.close()
 
