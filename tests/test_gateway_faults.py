@@ -205,6 +205,48 @@ def test_a_delete_no_server_answers_is_no_204_and_a_delete_again_finishes_it(
         assert api.get(f"/subscriptions/{name}").status_code == 404
 
 
+def test_a_stop_answers_the_long_polls_and_ends_the_streams_under_way(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """SIGTERM while a pull, a reserve and an event stream waited: uvicorn
+    waited out its 5 s for them, then cancelled them: the pull and the
+    reserve got a plain-text 500, the stream was cut off mid-chunk, and the
+    log had a traceback for each."""
+    import concurrent.futures
+
+    topic, name, queue = unique("t-"), unique("sub-"), unique("q-")
+    url, process = start_gateway(zookeeper.hosts, zk_root)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as api:
+            assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
+
+            def stream() -> str:
+                with api.stream("GET", f"/subscriptions/{name}/events") as answer:
+                    return "".join(answer.iter_text())
+
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                pull = pool.submit(api.post, f"/subscriptions/{name}/pull", json={"wait": 25})
+                reserve = pool.submit(api.post, f"/queues/{queue}/reserve", json={"wait": 25})
+                events = pool.submit(stream)
+                time.sleep(1.5)  # all three waiting
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                code = process.wait(30)
+                took = time.monotonic() - started
+                answers = (pull.result(10), reserve.result(10))
+                streamed = events.result(10)
+    finally:
+        if process.poll() is None:
+            stop_gateway(process, kill=True)
+    assert code == 0
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+    assert answers[0].json()["messages"] == [] and answers[1].json()["items"] == []
+    assert ": connected" in streamed  # and it ended, not cut off
+    assert took < 4.5, took  # not the 5 s uvicorn gives them before cancelling
+    assert "Traceback" not in log_of(process)
+
+
 def test_a_gap_notice_not_yet_pulled_outlasts_the_subscription_being_let_go(
     zookeeper: ZooKeeperBackend, zk_root: str
 ) -> None:

@@ -283,6 +283,12 @@ class Consumers:
     def __len__(self) -> int:
         return len(self._held)
 
+    def wake_all(self) -> None:
+        """Wake every pull and stream waiting (they look again at what
+        ends them)."""
+        for held in self._held.values():
+            held.changed.set()
+
     def outstanding(self) -> int:
         return sum(len(s.out) for s in self._held.values())
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -28,6 +29,14 @@ class GatewayState:
     idempotency: IdempotencyStore
     consumers: Consumers
     reservations: Reservations
+    # set when the server begins to shut down: long polls and event
+    # streams end (answered) instead of being cut off
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin_closing(self) -> None:
+        """(On the loop.) End the long polls and streams under way."""
+        self.closing.set()
+        self.consumers.wake_all()
 
 
 def state_of(request: Request) -> GatewayState:

@@ -1,5 +1,5 @@
-"""Long polls whose HTTP client has gone away: what they would take then
-goes to the next consumer, not to nobody.
+"""Long polls whose HTTP client has gone away, or whose gateway is shutting
+down: what they would take then goes to the next consumer, not to nobody.
 
 A server does not cancel a route that is still waiting when its client
 disconnects (only a streaming response notices, at its next write), so a
@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from .context import state_of
+
 __all__ = ["client_gone", "unless_gone"]
 
 T = TypeVar("T")
@@ -24,13 +26,25 @@ async def client_gone(
     request: Request, wake: Callable[[], None] | None = None
 ) -> AsyncIterator[asyncio.Event]:
     """An event set (and ``wake()`` called) once the client of ``request``,
-    whose body was read already, disconnects; watched while the block runs."""
+    whose body was read already, disconnects, or the gateway begins to shut
+    down; watched while the block runs."""
     gone = asyncio.Event()
 
-    async def watch() -> None:
+    async def disconnect() -> None:
         with contextlib.suppress(Exception):  # a connection that fails is gone too
             while (await request.receive())["type"] != "http.disconnect":
                 pass
+
+    async def watch() -> None:
+        ends = [
+            asyncio.ensure_future(disconnect()),
+            asyncio.ensure_future(state_of(request).closing.wait()),
+        ]
+        try:
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for end in ends:
+                end.cancel()
         gone.set()
         if wake is not None:
             wake()

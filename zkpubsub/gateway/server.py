@@ -78,8 +78,17 @@ def serve(
     from .app import create_app
 
     check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # long polls and streams under way end, answered, before the
+            # server waits for its connections (then cut them off)
+            app.state.gateway.begin_closing()
+            await super().shutdown(sockets=sockets)
+
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         ssl_certfile=tls_cert,
@@ -89,7 +98,7 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     if on_serving is not None:
         on_serving()
     server.run()

@@ -249,7 +249,8 @@ async def events(
     ack_deadline: float | None = Query(None, gt=0, le=3600),
 ) -> StreamingResponse:
     principal.require("subscription", name)
-    held = await state_of(request).consumers.get(name, principal)
+    gw = state_of(request)
+    held = await gw.consumers.get(name, principal)
     auto = ack == "auto"
 
     async def stream() -> AsyncIterator[str]:
@@ -257,11 +258,12 @@ async def events(
         batch: list[Lent] = []
         try:
             yield "retry: 1000\n: connected\n\n"
-            while not held.closing:
+            # ends (the client reconnects) when the gateway shuts down
+            while not held.closing and not gw.closing.is_set():
                 while held.gaps:  # each taken once written
                     yield _gap_event(held.gaps[0])
                     held.gaps.pop(0)
-                batch = await held.pull(STREAM_BATCH, KEEPALIVE, ack_deadline, False)
+                batch = await held.pull(STREAM_BATCH, KEEPALIVE, ack_deadline, False, gw.closing)
                 if not batch and not held.gaps:
                     yield ": keep-alive\n\n"
                     continue
