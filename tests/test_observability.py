@@ -73,10 +73,21 @@ def test_handler_errors_drops_and_gaps_are_counted(make_client: MakeClient) -> N
     def failing(message: Message) -> None:
         raise RuntimeError("broken handler")
 
-    client.subscribe("bad", failing, max_attempts=2, retry_delay=0.01, on_error=lambda e, m: None)
-    make_client().publish("bad", "x")
+    options: dict[str, Any] = dict(max_attempts=2, retry_delay=0.01, on_error=lambda e, m: None)
+    sub = client.subscribe("bad", failing, **options)
+    publisher = make_client()
+    publisher.publish("bad", "x")
     wait_until(lambda: sample(registry, "zkpubsub_messages_dropped_total", topic="bad") == 1)
     assert sample(registry, "zkpubsub_handler_errors_total", topic="bad") == 2
+    # counters outlive the subscription that counted (they went missing,
+    # and came back from 0: a reset to Prometheus)
+    sub.close()
+    assert sample(registry, "zkpubsub_messages_dropped_total", topic="bad") == 1
+    assert sample(registry, "zkpubsub_handler_errors_total", topic="bad") == 2
+    client.subscribe("bad", failing, **options)
+    publisher.publish("bad", "y")
+    wait_until(lambda: sample(registry, "zkpubsub_messages_dropped_total", topic="bad") == 2)
+    assert sample(registry, "zkpubsub_handler_errors_total", topic="bad") == 4
     assert sample(registry, "zkpubsub_gaps_total", reason="session expired") == 0
     expire_session(client)
     wait_until(lambda: sample(registry, "zkpubsub_gaps_total", reason="session expired") == 1)

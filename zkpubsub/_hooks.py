@@ -56,6 +56,17 @@ class Hooks:
         if self._observers:
             self._emit("handled", topic, published_at, handled_at)
 
+    def errored(self, topic: str) -> None:
+        """A subscription reported an error (a handler's attempt that
+        failed, or a node it could not decode) to its ``on_error``."""
+        if self._observers:
+            self._emit("errored", topic)
+
+    def dropped(self, topic: str) -> None:
+        """A subscription gave a message up after its last attempt."""
+        if self._observers:
+            self._emit("dropped", topic)
+
     def reservation_lost(self, queue: str, items: int) -> None:
         """An ack or release found the reservation of ``items`` items gone."""
         if self._observers:

@@ -13,10 +13,11 @@ told)::
     # prometheus_client.start_http_server(9100) or make_asgi_app()
 
 Events are counted as they happen (publishes and their latency,
-deliveries and their lag from the publisher's clock, lost reservations,
-gaps); the rest is read when Prometheus scrapes (session state, pending
-publishes, per-subscription counters and backlog, work-queue depth, the
-hosted cleaner). Reading the server at scrape time is skipped while the
+deliveries and their lag from the publisher's clock, handler errors and
+drops, lost reservations, gaps), so a counter outlives the subscription
+that counted; the rest is read when Prometheus scrapes (session state,
+pending publishes, per-subscription read-ahead and backlog, work-queue
+depth, the hosted cleaner). Reading the server at scrape time is skipped while the
 client is not connected, and its reads share a budget of
 ``SCRAPE_READS_BUDGET`` (3 s), so a scrape never waits long for ZooKeeper,
 even one that stopped answering before the client noticed. A backlog not
@@ -173,6 +174,10 @@ class ClientMetrics:
         self._lock = threading.Lock()
         self._gaps: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        # handler errors and drops by topic, counted as they happen (read
+        # from the subscriptions at scrape time, a closed one's went back to 0)
+        self._errors: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
         # the backlogs read at scrape time, by topic, and where the next
         # scrape starts reading them (each goes on where the last stopped)
         self._backlogs: dict[str, int] = {}
@@ -242,6 +247,14 @@ class ClientMetrics:
         with self._lock:
             self._lost[queue] = self._lost.get(queue, 0) + items
 
+    def errored(self, topic: str) -> None:
+        with self._lock:
+            self._errors[topic] = self._errors.get(topic, 0) + 1
+
+    def dropped(self, topic: str) -> None:
+        with self._lock:
+            self._dropped[topic] = self._dropped.get(topic, 0) + 1
+
     def _on_gap(self, gap: Gap) -> None:
         with self._lock:
             self._gaps[gap.reason] = self._gaps.get(gap.reason, 0) + 1
@@ -298,11 +311,14 @@ class ClientMetrics:
         pending = _family("zkpubsub_subscription_pending")
         backlog = _family("zkpubsub_subscription_backlog")
         backlogs = self._read_backlogs(subs, deadline) if deadline is not None else {}
+        topics = {sub.topic for sub in subs}
+        with self._lock:
+            counted = {"errors": dict(self._errors), "dropped": dict(self._dropped)}
+        for family, counts in ((errors, counted["errors"]), (dropped, counted["dropped"])):
+            for topic in sorted(topics | set(counts)):
+                family.add_metric([topic], counts.get(topic, 0))
         for sub in subs:
-            stats = sub.stats()
-            errors.add_metric([sub.topic], stats.errors)
-            dropped.add_metric([sub.topic], stats.dropped)
-            pending.add_metric([sub.topic], stats.pending)
+            pending.add_metric([sub.topic], sub.stats().pending)
             if sub.topic in backlogs:
                 backlog.add_metric([sub.topic], backlogs[sub.topic])
         yield from (errors, dropped, pending, backlog)

@@ -486,6 +486,7 @@ class Subscription:
     def _report(self, error: BaseException, message: Message | None) -> None:
         with self._buffer.lock:
             self._buffer.counters.errors += 1
+        self._ctx.hooks.errored(self._topic)
         try:
             self._on_error(error, message)
         except BaseException:  # on_error must not end the dispatcher
@@ -544,11 +545,14 @@ class Subscription:
         if isinstance(error, HandlerInterrupted):
             return False
         self._report(error, message)
+        given_up = attempt == self._max_attempts
         with self._buffer.lock:
-            if attempt == self._max_attempts:
+            if given_up:
                 self._buffer.counters.dropped += 1
             else:
                 self._buffer.counters.redelivered += 1
+        if given_up:
+            self._ctx.hooks.dropped(self._topic)
         return True
 
     # -- shutdown -------------------------------------------------------------------------
