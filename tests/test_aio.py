@@ -5,6 +5,7 @@ for every cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import threading
@@ -1008,3 +1009,45 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
     assert (stats.ready, stats.reserved) == (1, 0), stats
     assert all(isinstance(exc, WrongLoop) for exc in refused), refused
     assert "nothing was done" in str(refused[0])
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="Python 3.10 cannot tell the task's cancel from others"
+)
+def test_a_handler_that_swallows_its_tasks_cancel_still_stops_the_deliveries(
+    zk_hosts: str, zk_root: str
+) -> None:
+    """asyncio.run ending cancels the handler's task; a handler that caught
+    that and returned was given the next message, and asyncio.run never
+    returned."""
+    handled: list[Any] = []
+    made: list[AsyncClient] = []
+    publisher = Client(zk_hosts, root=zk_root)
+
+    async def main() -> None:
+        client = await AsyncClient.connect(zk_hosts, root=zk_root, session_timeout=4.0)
+        made.append(client)
+        began = asyncio.Event()
+
+        async def handler(message: Any) -> None:
+            handled.append(message.payload)
+            began.set()
+            with contextlib.suppress(asyncio.CancelledError):  # swallowed
+                await asyncio.sleep(30)
+
+        await client.subscribe("t", handler)
+        publisher.publish("t", "one")
+        publisher.publish("t", "two")
+        await began.wait()
+        # returning ends the loop: asyncio.run cancels the handler's task
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(20)
+    try:
+        assert not runner.is_alive(), handled
+        assert handled == ["one"]
+    finally:
+        if made:
+            made[0].sync.close()
+        publisher.close()

@@ -187,6 +187,10 @@ class LoopDispatcher(SelfDispatching):
                 await self._bridge.run(feed.not_a_message, delivery)
             elif not await self._handle(feed, delivery):
                 return  # closing: the message stays queued
+            if _task_cancelled():
+                # the task was asked to stop while the handler ran, and the
+                # handler swallowed that: it stops all the same
+                raise asyncio.CancelledError
 
     async def _handle(self, feed: Feed, delivery: Delivery) -> bool:
         """Call the handler up to ``max_attempts`` times, waiting between
