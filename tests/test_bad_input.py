@@ -240,3 +240,22 @@ def test_an_item_listed_twice_in_one_ack_and_a_listener_that_is_not_callable_are
 def test_client_timeouts_past_their_bound_are_refused_up_front(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"{option} must be a positive number of seconds, at most"):
         ClientConfig(hosts="127.0.0.1:2181", **{option: value})
+
+
+def test_one_str_or_bytes_given_as_several_payloads_is_a_type_error_and_nothing_is_sent(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """``put_many("abc")`` put three items, "a", "b" and "c"; publish_many
+    sent a message per character (or per byte, as ints)."""
+    client = make_client()
+    client.subscribe("t", lambda message: None)
+    queue = client.queue("jobs")
+    for payloads in ("abc", b"abc", bytearray(b"abc")):
+        with pytest.raises(TypeError, match="several payloads"):
+            queue.put_many(payloads)
+        with pytest.raises(TypeError, match="several payloads"):
+            client.publish_many("t", payloads)
+        with pytest.raises(TypeError, match="several payloads"):
+            client.publish_many_async("t", payloads)
+    assert queue.stats().ready == 0
+    assert queue_entries(raw_zk, zk_root, client.client_id, "t") == []

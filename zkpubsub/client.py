@@ -22,6 +22,7 @@ from ._context import CLOSING_REQUEST_TIMEOUT, Context
 from ._deadlines import expired
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._numbers import is_int, is_real
+from ._payloads import payload_list
 from ._pump import ReceivePump, WatchMode
 from ._registration import end_subscription
 from ._registry import SubscriptionRegistry
@@ -282,9 +283,7 @@ class Client:
         ``max_message_bytes`` allows and written in one transaction when they
         fit. Subscribers receive them in the given order. Same guarantees and
         errors as :meth:`publish`."""
-        items = list(payloads)
-        if not items:
-            raise ValueError("publish_many needs at least one payload")
+        items = payload_list(payloads, "publish_many")
         request = self._submit(topic, items, headers, timeout, require_subscribers, False)
         return self._engine.wait(request)
 
@@ -320,9 +319,7 @@ class Client:
         require_subscribers: bool = False,
     ) -> Future[PublishReceipt]:
         """:meth:`publish_many` without waiting: a future, as :meth:`publish_async`."""
-        items = list(payloads)
-        if not items:
-            raise ValueError("publish_many needs at least one payload")
+        items = payload_list(payloads, "publish_many")
         request = self._submit(topic, items, headers, timeout, require_subscribers, True)
         assert request.future is not None
         return request.future

@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._payloads import payload_list
 from ..backlog import WhenFull
 from ..client import Client
 from ..config import (
@@ -188,11 +189,10 @@ class AsyncClient:
         require_subscribers: bool = False,
     ) -> Coroutine[Any, Any, PublishReceipt]:
         """:meth:`Client.publish_many`, awaited (started when called, as :meth:`publish`)."""
-        items = list(payloads)
-        if not items:
-            return awaited(
-                self._bridge.failed(ValueError("publish_many needs at least one payload"))
-            )
+        try:
+            items = payload_list(payloads, "publish_many")
+        except (TypeError, ValueError) as exc:
+            return awaited(self._bridge.failed(exc))
         return awaited(self._publish(topic, items, headers, timeout, require_subscribers))
 
     def _publish(

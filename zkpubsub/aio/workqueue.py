@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 from .._deadlines import check_timeout
+from .._payloads import payload_list
 from ..errors import OperationTimeout, QueueFull, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
@@ -294,9 +295,10 @@ class AsyncWorkQueue:
         timeout: float | None = None,
     ) -> Coroutine[Any, Any, list[str]]:
         """:meth:`WorkQueue.put_many`, begun when called (as :meth:`put`)."""
-        items = list(payloads)
-        if not items:
-            return awaited(self._bridge.failed(ValueError("put_many needs at least one payload")))
+        try:
+            items = payload_list(payloads, "put_many")
+        except (TypeError, ValueError) as exc:
+            return awaited(self._bridge.failed(exc))
         return begun(self._put(items, priority, headers, False, timeout))
 
     async def _put(

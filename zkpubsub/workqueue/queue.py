@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from .._context import Context
 from .._deadlines import deadline_after
 from .._numbers import is_int
+from .._payloads import payload_list
 from ..config import DEFAULT_MAX_LEASE, DEFAULT_QUEUE_ATTEMPTS, DEFAULT_QUEUE_MAX_ITEMS
 from ..connection import translated
 from ..errors import ClientClosed
@@ -176,9 +177,7 @@ class WorkQueue:
         items, and at most ``max_items``). Returns their ids. Waits for room as :meth:`put`
         does; :class:`QueueFull` means the items of the transactions before
         were put, the others not."""
-        items = list(payloads)
-        if not items:
-            raise ValueError("put_many needs at least one payload")
+        items = payload_list(payloads, "put_many")
         return self._producer.put(items, priority, headers, False, timeout)
 
     def _put_timeout(self, timeout: float | None) -> float:
