@@ -405,6 +405,9 @@ async def test_a_key_no_instance_could_invalidate_is_refused_before_loading(
         cache.get(big)
     with pytest.raises(SerializationError):
         cache.get(frozenset({1}))
+    for nan_key in (math.nan, ("user", math.nan)):  # NaN equals no NaN an invalidation brings
+        with pytest.raises(ValueError, match="NaN"):
+            cache.get(nan_key)
     assert loads == [] and len(cache) == 0
     assert cache.get("small") == "value" and loads == ["small"]
 
@@ -416,6 +419,8 @@ async def test_a_key_no_instance_could_invalidate_is_refused_before_loading(
             await acache.get(big)
         with pytest.raises(SerializationError):
             await acache.get(frozenset({1}))
+        with pytest.raises(ValueError, match="NaN"):
+            await acache.get(math.nan)
         assert loads == ["small"] and len(acache) == 0
         assert await acache.get("other") == "value" and loads == ["small", "other"]
 

@@ -41,7 +41,8 @@ tuples of them work with the default serializer too). A key that could not
 be invalidated (the client's serializer cannot encode it, or it is larger
 than ``max_message_bytes``) is refused by ``get`` before the loader runs,
 with the error ``invalidate`` would raise (``SerializationError``,
-``PayloadTooLarge``): nothing is kept that no instance could drop. A message on the
+``PayloadTooLarge``), as is a key holding a NaN (``ValueError``: it equals
+no key an invalidation brings): nothing is kept that no instance could drop. A message on the
 topic that names no possible key (one another publisher sent) clears the
 cache. Optional ``ttl`` (seconds) and
 ``max_size`` (least recently used first out) bound what is kept.
@@ -52,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -342,6 +344,16 @@ def _as_key(payload: Any) -> Any:
     return payload
 
 
+def _check_findable(key: Any) -> None:
+    """``ValueError`` for a key no invalidation could find: one holding a
+    NaN (which equals nothing, not even the NaN an invalidation carries)."""
+    if isinstance(key, float) and math.isnan(key):
+        raise ValueError("a cache key holding NaN could never be invalidated (NaN equals nothing)")
+    if isinstance(key, tuple):
+        for part in key:
+            _check_findable(part)
+
+
 def _entries_for(
     config: ClientConfig, loader: object, ttl: float | None, max_size: int | None
 ) -> _Entries[Any, Any]:
@@ -396,6 +408,7 @@ class InvalidatingCache(_Listening[K, V]):
         if hit:
             return value  # type: ignore[return-value]
         try:
+            _check_findable(key)
             self._client._check_message(self._topic, key)
             value = self._loader(key)
         except BaseException:
@@ -521,6 +534,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         if hit:
             return value  # type: ignore[return-value]
         try:
+            _check_findable(key)
             self._client.sync._check_message(self._topic, key)
             loaded: Any = self._loader(key)
             if inspect.isawaitable(loaded):
