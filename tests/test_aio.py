@@ -1051,3 +1051,37 @@ def test_a_handler_that_swallows_its_tasks_cancel_still_stops_the_deliveries(
         if made:
             made[0].sync.close()
         publisher.close()
+
+
+async def test_a_consume_handler_that_stops_its_own_consumer_is_not_waited_for(
+    connect: Connect,
+) -> None:
+    """stop() waited for the handler awaiting it: its whole timeout (4 s
+    here), then the handler was cancelled and its item released, with an
+    error logged."""
+    client = await connect()
+    queue = client.queue("jobs")
+    await queue.put("stop")
+    outcome: dict[str, Any] = {}
+    finished = asyncio.Event()
+    consumers: list[Any] = []
+
+    async def handler(item: AsyncItem) -> None:
+        started = time.monotonic()
+        try:
+            await consumers[0].stop(timeout=4)
+            outcome["ended"] = "returned"
+        except BaseException as exc:
+            outcome["ended"] = type(exc).__name__
+            raise
+        finally:
+            outcome["took"] = time.monotonic() - started
+            finished.set()
+
+    consumers.append(queue.consume(handler))
+    await asyncio.wait_for(finished.wait(), 30)
+    assert outcome["ended"] == "returned" and outcome["took"] < 2.0, outcome
+    await consumers[0].stop()  # the stop under way, awaited: it ends
+    assert not consumers[0].running
+    stats = await queue.stats()
+    assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 0), stats  # acked: done

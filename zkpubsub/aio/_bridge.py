@@ -297,6 +297,11 @@ class _Crossing:
         self._finished = threading.Lock()
         self._finished.acquire()  # released once the outcome is known
 
+    @property
+    def task(self) -> asyncio.Future[Any] | None:
+        """The task running the call, once it began (a coroutine's)."""
+        return self._task
+
     def start(self) -> None:  # on the loop
         if self._cancelled:
             self._finish(None, concurrent.futures.CancelledError())
@@ -380,6 +385,12 @@ class OnLoop:
         with self._bridge._lock:  # a call begins (or not) wholly before or after
             self._running.stopped = True
         return self.cancel()
+
+    def runs(self, task: asyncio.Future[Any] | None) -> bool:
+        """(On the loop.) Whether ``task`` is one of the calls under way."""
+        with self._bridge._lock:
+            calls = list(self._running)
+        return task is not None and any(crossing.task is task for crossing in calls)
 
     def __repr__(self) -> str:
         return f"<on the loop: {self.fn!r}>"

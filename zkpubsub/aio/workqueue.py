@@ -30,7 +30,7 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, awaited, begun
+from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -220,10 +220,14 @@ class AsyncConsumer:
         then is cancelled, and it and the items not begun are released (each
         counts as an attempt). Idempotent (a later call waits for the first
         one's end); works after the client closed; completes even if the
-        waiting task is cancelled."""
+        waiting task is cancelled. Called by one of its own handlers, it
+        returns at once: the stop goes on, and waits for that handler too."""
         timeout = check_timeout(timeout)
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop(timeout))
+            self._stopping.add_done_callback(_read_outcome)  # awaited or not
+        if self._handler.runs(asyncio.current_task()):
+            return  # waiting here, the handler would wait for itself
         await asyncio.shield(self._stopping)
 
     async def _stop(self, timeout: float | None) -> None:
