@@ -247,6 +247,25 @@ def test_a_stop_answers_the_long_polls_and_ends_the_streams_under_way(
     assert "Traceback" not in log_of(process)
 
 
+def test_a_body_that_does_not_arrive_in_time_is_a_408(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """A client that announced 10 bytes and sent 5 held its connection and
+    the request's task for as long as it liked (40 s and more)."""
+    with gateway(zookeeper.hosts, zk_root, args=["--body-timeout", "1"]) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /topics/t/messages HTTP/1.1\r\nHost: gateway\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n12345"
+            )
+            started = time.monotonic()
+            answer = sock.recv(65536).decode(errors="replace")
+            took = time.monotonic() - started
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "BodyTimeout" in answer and took < 8, took
+
+
 def test_a_gap_notice_not_yet_pulled_outlasts_the_subscription_being_let_go(
     zookeeper: ZooKeeperBackend, zk_root: str
 ) -> None:

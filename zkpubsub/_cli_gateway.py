@@ -22,6 +22,7 @@ from ._cli_common import (
 from .errors import NotFound, ZkPubSubError
 from .gateway.settings import (
     DEFAULT_ACK_DEADLINE,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LEASE,
@@ -89,6 +90,14 @@ from .gateway.settings import (
     help="Let go of a subscription unused this long (the cleaner's grace starts then).",
 )
 @click.option(
+    "--body-timeout",
+    type=float,
+    default=DEFAULT_BODY_TIMEOUT,
+    show_default=True,
+    callback=positive("--body-timeout"),
+    help="Longest a request's body may take to arrive (then a 408).",
+)
+@click.option(
     "--idempotency-ttl",
     type=float,
     default=DEFAULT_IDEMPOTENCY_TTL,
@@ -110,6 +119,7 @@ def gateway(
     lease: float,
     max_wait: float,
     idle_timeout: float,
+    body_timeout: float,
     idempotency_ttl: float,
 ) -> None:
     """Serve the bus over HTTP (needs the gateway extra)."""
@@ -132,6 +142,7 @@ def gateway(
             lease=lease,
             max_wait=max_wait,
             idle_timeout=idle_timeout,
+            body_timeout=body_timeout,
             idempotency_ttl=idempotency_ttl,
         )
         check_listener(settings, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)

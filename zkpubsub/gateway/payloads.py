@@ -18,6 +18,7 @@ written as base64 strings).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import codecs
@@ -30,6 +31,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from .auth import principal_of
+from .context import state_of
 from .problems import Problem
 
 __all__ = [
@@ -70,18 +72,34 @@ def _too_large(limit: int, size: int | None = None) -> Problem:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or a 413 problem once it passes ``limit`` bytes
-    (before reading it when ``Content-Length`` says so)."""
+    (before reading it when ``Content-Length`` says so), or a 408 problem
+    if it has not all arrived within the gateway's body timeout."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def arrived() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    timeout = state_of(request).settings.body_timeout
+    try:
+        return await asyncio.wait_for(arrived(), timeout)
+    except asyncio.TimeoutError:
+        raise Problem(
+            408,
+            "body-timeout",
+            "Request body too slow",
+            f"the request's body did not arrive within {timeout:g}s",
+            error="BodyTimeout",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def _codec(charset: str) -> str:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ACK_DEADLINE",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LEASE",
@@ -39,6 +40,9 @@ DEFAULT_MAX_WAIT: Final = 30.0
 DEFAULT_IDLE_TIMEOUT: Final = 300.0
 # The lease of an item reserved through the gateway, unless the request asks.
 DEFAULT_LEASE: Final = 30.0
+# The longest a request's body may take to arrive (a client that sends it
+# slowly, or not at all, holds a connection and its task no longer).
+DEFAULT_BODY_TIMEOUT: Final = 30.0
 # How long an Idempotency-Key's first answer is kept, and how many are kept.
 DEFAULT_IDEMPOTENCY_TTL: Final = 3600.0
 DEFAULT_IDEMPOTENCY_KEYS: Final = 10_000
@@ -66,6 +70,7 @@ class GatewaySettings:
     max_wait: float = DEFAULT_MAX_WAIT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     lease: float = DEFAULT_LEASE
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     idempotency_keys: int = DEFAULT_IDEMPOTENCY_KEYS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -82,6 +87,7 @@ class GatewaySettings:
             "max_wait",
             "idle_timeout",
             "lease",
+            "body_timeout",
             "idempotency_ttl",
         ):
             value = getattr(self, name)
