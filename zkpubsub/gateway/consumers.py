@@ -179,13 +179,19 @@ class HttpSubscription:
             self.touch()
         if gone is None or not gone.is_set():
             return taken
-        for lent in reversed(taken):
+        self.give_back(taken)
+        return []
+
+    def give_back(self, taken: Iterable[Lent]) -> None:
+        """Messages taken with ack ids and handed to nobody (their consumer
+        left, or a stream could not write them): out again at once, first,
+        their deliveries as before."""
+        for lent in reversed(list(taken)):
             if lent.ack_id is not None and self.out.pop(lent.ack_id, None) is lent:
                 lent.ack_id = None
-                lent.deliveries -= 1  # handed to nobody
+                lent.deliveries -= 1
                 self.waiting.appendleft(lent)
                 self.changed.set()
-        return []
 
     async def _pull(
         self,
@@ -458,17 +464,24 @@ class Consumers:
         logger.info("let go of subscription %r", held.name)
 
     async def _reap(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REAP_INTERVAL)
-            idle = time.monotonic() - self._settings.idle_timeout
             for name, held in list(self._held.items()):
-                if held.streams or held.last_used > idle or held.lent_until() > loop.time():
+                if not self._idle(held):
                     continue
-                async with self._lock(name):
-                    if self._held.get(name) is held and not held.streams:
+                async with self._lock(name):  # looked at again: a pull may have come meanwhile
+                    if self._held.get(name) is held and self._idle(held):
                         del self._held[name]
                         await self._close(held)
+
+    def _idle(self, held: HttpSubscription) -> bool:
+        """(On the loop.) No pull, ack or stream for the idle timeout, and
+        no message out within its ack deadline."""
+        return (
+            not held.streams
+            and held.last_used <= time.monotonic() - self._settings.idle_timeout
+            and held.lent_until() <= asyncio.get_running_loop().time()
+        )
 
     async def close(self) -> None:
         """Let go of every subscription (each stays registered)."""

@@ -54,13 +54,14 @@ async def client_gone(
         yield gone
     finally:
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        # waited for without taking a cancel of this task for its own
+        await asyncio.wait({watcher})
 
 
 async def unless_gone(gone: asyncio.Event, work: Awaitable[T]) -> T | None:
-    """``work``'s outcome; ``None`` if ``gone`` was set first (``work`` is
-    cancelled then, and has ended when this returns)."""
+    """``work``'s outcome; ``None`` if ``gone`` was set first and ``work``,
+    cancelled then, ended without one (what it returned all the same, it
+    returns: the caller gives that back)."""
     task = asyncio.ensure_future(work)
     waiter = asyncio.ensure_future(gone.wait())
     try:
@@ -70,9 +71,9 @@ async def unless_gone(gone: asyncio.Event, work: Awaitable[T]) -> T | None:
         raise
     finally:
         waiter.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})  # a cancel of this task is not taken for the work's
+    if task.cancelled():
+        return None
+    return task.result()

@@ -10,6 +10,7 @@ reservation at a time; an ack or release of a reservation that was lost
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -154,6 +155,9 @@ async def reserve(
         )
     if items is None:
         return ReserveResult(items=[])  # nobody reads it
+    if gone.is_set():  # reserved as the consumer left, or as the gateway stops
+        await asyncio.gather(*(item.release() for item in items), return_exceptions=True)
+        return ReserveResult(items=[])
     out = []
     for item in items:
         if lease != gw.settings.lease:

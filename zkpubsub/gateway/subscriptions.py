@@ -130,7 +130,9 @@ async def get_subscription(name: str, request: Request, principal: Caller) -> Su
     "/subscriptions/{name}",
     status_code=204,
     summary="End a subscription (its queues and their messages are deleted)",
-    responses=problem_responses(401, 403, 404, 409),
+    description="204 once it is done. With ZooKeeper not answering, a 503 or 504: the "
+    "subscription may still exist, and a DELETE again finishes it.",
+    responses=problem_responses(401, 403, 404, 409, 503, 504),
 )
 async def delete_subscription(name: str, request: Request, principal: Caller) -> Response:
     principal.require("subscription", name)
@@ -171,9 +173,10 @@ async def pull(
     left = max(0.0, wait - (time.monotonic() - started))
     async with client_gone(request, held.changed.set) as gone:
         lent = await held.pull(ask.max, left, ask.ack_deadline, ask.auto_ack, gone)
-    return PullResult(
-        messages=[_pulled(x) for x in lent], gaps=[_notice(g) for g in held.take_gaps()]
-    )
+    # gap notices are kept for the next pull unless this answer is read
+    told = not gone.is_set() or gw.closing.is_set()
+    gaps = held.take_gaps() if told else []
+    return PullResult(messages=[_pulled(x) for x in lent], gaps=[_notice(g) for g in gaps])
 
 
 @router.post(
@@ -277,7 +280,7 @@ async def events(
             held.streams -= 1
             held.touch()
             # taken and not written: back to the subscription at once
-            held.ack([], [x.ack_id for x in batch if x.ack_id is not None])
+            held.give_back(batch)
 
     return StreamingResponse(
         stream(),
