@@ -220,21 +220,23 @@ def test_a_stop_answers_the_long_polls_and_ends_the_streams_under_way(
         with httpx.Client(base_url=url, timeout=60) as api:
             assert api.put(f"/subscriptions/{name}", json={"topics": [topic]}).status_code == 201
 
-            def stream() -> str:
-                with api.stream("GET", f"/subscriptions/{name}/events") as answer:
+            def stream(path: str) -> str:
+                with api.stream("GET", path) as answer:
                     return "".join(answer.iter_text())
 
-            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 pull = pool.submit(api.post, f"/subscriptions/{name}/pull", json={"wait": 25})
                 reserve = pool.submit(api.post, f"/queues/{queue}/reserve", json={"wait": 25})
-                events = pool.submit(stream)
-                time.sleep(1.5)  # all three waiting
+                events = pool.submit(stream, f"/subscriptions/{name}/events")
+                console = pool.submit(stream, "/ui/events")
+                time.sleep(1.5)  # all four waiting
                 started = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 code = process.wait(30)
                 took = time.monotonic() - started
                 answers = (pull.result(10), reserve.result(10))
                 streamed = events.result(10)
+                console_streamed = console.result(10)
     finally:
         if process.poll() is None:
             stop_gateway(process, kill=True)
@@ -243,6 +245,7 @@ def test_a_stop_answers_the_long_polls_and_ends_the_streams_under_way(
         assert answer.status_code == 200, answer.text
     assert answers[0].json()["messages"] == [] and answers[1].json()["items"] == []
     assert ": connected" in streamed  # and it ended, not cut off
+    assert "event: snapshot" in console_streamed
     assert took < 4.5, took  # not the 5 s uvicorn gives them before cancelling
     assert "Traceback" not in log_of(process)
 

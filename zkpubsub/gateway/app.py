@@ -7,7 +7,9 @@
     app = create_app(GatewaySettings(hosts="zk1:2181"))  # serve with uvicorn
 
 The application connects to ZooKeeper when it starts (its lifespan) and
-lets go of everything when it stops: the durable subscriptions it held
+lets go of everything when it stops (a server that runs it should call
+``app.state.gateway.begin_closing()`` as its shutdown begins, as ``zkpubsub
+gateway`` does: long polls and event streams then end, answered): the durable subscriptions it held
 stay registered, items it reserved return to their queues when their
 leases end.
 """
@@ -102,7 +104,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def observe() -> dict[str, Any]:
         return await asyncio.to_thread(lambda: console.console_snapshot(bus.observer()))
 
-    app.include_router(console.console_router(observe=observe, authorize=admin_of))
+    app.include_router(
+        console.console_router(observe=observe, authorize=admin_of, closing=state.closing)
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -23,6 +23,7 @@ dependency accepts; the page itself does not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -188,12 +189,14 @@ def console_router(
     authorize: Callable[..., Any],
     *,
     interval: float = 1.0,
+    closing: asyncio.Event | None = None,
 ) -> APIRouter:
     """The console's routes: ``GET /ui`` (the page and its assets, open to
     anyone: they hold no data), ``GET /ui/state`` (one snapshot) and
     ``GET /ui/events`` (the stream), both behind the ``authorize``
     dependency. ``observe`` takes a snapshot (:func:`console_snapshot`
-    in a thread); the stream looks every ``interval`` seconds."""
+    in a thread); the stream looks every ``interval`` seconds, and ends
+    once ``closing`` is set (the server is shutting down)."""
     if interval <= 0:
         raise ValueError(f"interval must be > 0, not {interval!r}")
     assets = {name: (_asset(name), media) for name, media in _ASSETS.items()}
@@ -236,7 +239,7 @@ def console_router(
     )
     async def events(request: Request) -> StreamingResponse:
         return StreamingResponse(
-            _stream(latest, request, interval),
+            _stream(latest, request, interval, closing or asyncio.Event()),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -272,11 +275,14 @@ class _Latest:
 
 
 async def _stream(
-    observe: Callable[[], Awaitable[dict[str, Any]]], request: Request, interval: float
+    observe: Callable[[], Awaitable[dict[str, Any]]],
+    request: Request,
+    interval: float,
+    closing: asyncio.Event,
 ) -> AsyncIterator[str]:
     last: str | None = None
     failing = False
-    while not await request.is_disconnected():
+    while not closing.is_set() and not await request.is_disconnected():
         try:
             snapshot = await observe()
         except ZkPubSubError as exc:
@@ -293,4 +299,5 @@ async def _stream(
                 yield _event("snapshot", snapshot)
             else:
                 yield _event("alive", {"at": snapshot.get("at", time.time())})
-        await asyncio.sleep(interval)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closing.wait(), interval)
