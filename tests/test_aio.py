@@ -982,6 +982,7 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
     await listener.subscribe("t", lambda message: got.append(message.payload))
     queue = client.queue("jobs")
     await queue.put("job")
+    feed = await client.subscribe("feed")  # no handler: get()
 
     def on_another_loop() -> list[BaseException]:
         async def use() -> list[BaseException]:
@@ -990,6 +991,7 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
                 lambda: client.publish("t", "elsewhere"),
                 lambda: queue.reserve(timeout=1),
                 lambda: queue.put("elsewhere"),
+                lambda: feed.get(timeout=1),
             )
             for call in calls:
                 try:
@@ -1001,7 +1003,7 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
         return asyncio.run(use())
 
     refused = await asyncio.to_thread(on_another_loop)
-    assert len(refused) == 3, refused
+    assert len(refused) == 4, refused
     await client.publish("t", "here")  # on its own loop it works, and comes after
     await eventually(lambda: got, what="the publish made on the client's loop")
     assert got == ["here"]

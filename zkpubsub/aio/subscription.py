@@ -286,6 +286,7 @@ class AsyncSubscription:
         the previous one. Only for subscriptions made without a handler."""
         if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
+        self._bridge.check_loop()  # before the last message is acknowledged
         return await self._dispatcher.get(check_timeout(timeout))
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -313,8 +314,9 @@ class AsyncSubscription:
         # A handler still running past the timeout is cancelled: its message
         # stays queued; a get waiting is ended; the message get handed out
         # last is acknowledged.
+        timeout = check_timeout(timeout)  # a close refused notes nothing
         self._dispatcher.note_close()
-        await self._bridge.run_to_close(how, check_timeout(timeout))
+        await self._bridge.run_to_close(how, timeout)
 
     def _note_client_close(self) -> None:
         """(On the loop.) The client closes: see :meth:`LoopDispatcher.note_close`."""
