@@ -344,6 +344,12 @@ class Cleaner:
                     break
         self._candidate = path
         self._candidate_session = self._conn.session_id
+        if self._record() != data:  # configured while the node was being made
+            with contextlib.suppress(ZkPubSubError, NoNodeError):
+                record = self._record()
+                self._conn.call(
+                    lambda: kazoo.set_async(path, record), self._deadline(), "cleaner options"
+                )
         parsed = parse_candidate_node(path.rsplit("/", 1)[1])
         if parsed is not None and not 0 <= parsed[1] < ELECTION_WARN_AT:
             logger.warning(
