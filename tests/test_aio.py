@@ -937,6 +937,23 @@ async def test_closing_the_client_waits_one_close_timeout_for_all_stuck_handlers
     assert sorted(got) == topics
 
 
+async def noted(
+    call: Callable[[], Awaitable[Any]], outcome: dict[str, Any], finished: asyncio.Event
+) -> None:
+    """Await ``call()`` (from a handler); note in ``outcome`` how it ended
+    and how long it took, then set ``finished``."""
+    started = time.monotonic()
+    try:
+        await call()
+        outcome["ended"] = "returned"
+    except BaseException as exc:
+        outcome["ended"] = type(exc).__name__
+        raise
+    finally:
+        outcome["took"] = time.monotonic() - started
+        finished.set()
+
+
 @pytest.mark.parametrize("closes", ["subscription", "client"])
 async def test_a_handler_that_closes_its_own_subscription_or_client_is_not_waited_for(
     connect: Connect, closes: str, caplog: pytest.LogCaptureFixture
@@ -951,16 +968,8 @@ async def test_a_handler_that_closes_its_own_subscription_or_client_is_not_waite
     subs: list[Any] = []
 
     async def handler(message: Any) -> None:
-        started = time.monotonic()
-        try:
-            await (subs[0].close() if closes == "subscription" else client.close())
-            outcome["ended"] = "returned"
-        except BaseException as exc:
-            outcome["ended"] = type(exc).__name__
-            raise
-        finally:
-            outcome["took"] = time.monotonic() - started
-            finished.set()
+        closing = subs[0].close if closes == "subscription" else client.close
+        await noted(closing, outcome, finished)
 
     subs.append(await client.subscribe("t", handler))
     await publisher.publish("t", "stop")
@@ -1069,16 +1078,7 @@ async def test_a_consume_handler_that_stops_its_own_consumer_is_not_waited_for(
     consumers: list[Any] = []
 
     async def handler(item: AsyncItem) -> None:
-        started = time.monotonic()
-        try:
-            await consumers[0].stop(timeout=4)
-            outcome["ended"] = "returned"
-        except BaseException as exc:
-            outcome["ended"] = type(exc).__name__
-            raise
-        finally:
-            outcome["took"] = time.monotonic() - started
-            finished.set()
+        await noted(lambda: consumers[0].stop(timeout=4), outcome, finished)
 
     consumers.append(queue.consume(handler))
     await asyncio.wait_for(finished.wait(), 30)
