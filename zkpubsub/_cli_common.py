@@ -25,6 +25,7 @@ from .security import Security, from_environment
 from .workqueue.records import WorkQueueStats
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -297,6 +298,13 @@ _SPANS: Final = {MAX_SECONDS: "a year", MAX_SESSION_TIMEOUT: "a day"}
 def _seconds(value: float) -> str:
     span = _SPANS.get(value)
     return f"{value:.0f} seconds ({span})" if span else f"{value:g} seconds"
+
+
+def seconds_option(flag: str, default: float, help: str) -> Callable[[F], F]:
+    """A ``--flag S`` option of a positive number of seconds, its default shown."""
+    return click.option(
+        flag, type=float, default=default, show_default=True, callback=positive(flag), help=help
+    )
 
 
 def positive(

@@ -14,7 +14,7 @@ from ._cli_common import (
     Signalled,
     failure,
     pass_ctx,
-    positive,
+    seconds_option,
     signals_kept,
     until_signalled,
     whole,
@@ -57,53 +57,29 @@ from .gateway.settings import (
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Listener TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Listener TLS.")
-@click.option(
+@seconds_option(
     "--ack-deadline",
-    type=float,
-    default=DEFAULT_ACK_DEADLINE,
-    show_default=True,
-    callback=positive("--ack-deadline"),
-    help="Seconds before a pulled, unacked message is handed out again.",
+    DEFAULT_ACK_DEADLINE,
+    "Seconds before a pulled, unacked message is handed out again.",
 )
-@click.option(
-    "--lease",
-    type=float,
-    default=DEFAULT_LEASE,
-    show_default=True,
-    callback=positive("--lease"),
-    help="Default lease (visibility timeout) of a reserved work item.",
+@seconds_option(
+    "--lease", DEFAULT_LEASE, "Default lease (visibility timeout) of a reserved work item."
 )
-@click.option(
-    "--max-wait",
-    type=float,
-    default=DEFAULT_MAX_WAIT,
-    show_default=True,
-    callback=positive("--max-wait"),
-    help="Longest long poll (pull, reserve, results).",
-)
-@click.option(
+@seconds_option("--max-wait", DEFAULT_MAX_WAIT, "Longest long poll (pull, reserve, results).")
+@seconds_option(
     "--idle-timeout",
-    type=float,
-    default=DEFAULT_IDLE_TIMEOUT,
-    show_default=True,
-    callback=positive("--idle-timeout"),
-    help="Let go of a subscription unused this long (the cleaner's grace starts then).",
+    DEFAULT_IDLE_TIMEOUT,
+    "Let go of a subscription unused this long (the cleaner's grace starts then).",
 )
-@click.option(
+@seconds_option(
     "--body-timeout",
-    type=float,
-    default=DEFAULT_BODY_TIMEOUT,
-    show_default=True,
-    callback=positive("--body-timeout"),
-    help="Longest a request's body may take to arrive (then a 408).",
+    DEFAULT_BODY_TIMEOUT,
+    "Longest a request's body may take to arrive (then a 408).",
 )
-@click.option(
+@seconds_option(
     "--idempotency-ttl",
-    type=float,
-    default=DEFAULT_IDEMPOTENCY_TTL,
-    show_default=True,
-    callback=positive("--idempotency-ttl"),
-    help="Seconds an Idempotency-Key's first answer is kept (in this process).",
+    DEFAULT_IDEMPOTENCY_TTL,
+    "Seconds an Idempotency-Key's first answer is kept (in this process).",
 )
 @pass_ctx
 def gateway(
