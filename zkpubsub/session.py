@@ -46,7 +46,13 @@ from ._registration import (
 from ._registry import Registered, SubscriptionRegistry
 from .backlog import EVICTED, QueueRecord
 from .connection import Connection, translated
-from .errors import ClientClosed, ZkPubSubError, ZooKeeperError
+from .errors import (
+    ClientClosed,
+    ConnectionLost,
+    OperationTimeout,
+    ZkPubSubError,
+    ZooKeeperError,
+)
 from .layout import NodeKind
 from .state import ClientState, Gap, Notifier
 
@@ -429,7 +435,15 @@ class Session:
         except ClientClosed:
             return
         except ZkPubSubError as exc:
-            logger.warning("client %s: guarding subscriptions: %s", ctx.client_id, exc)
+            # no server answering is no news (the state says so, and the
+            # reconnect tries again): a warning only for other failures
+            outage = isinstance(exc, (ConnectionLost, OperationTimeout))
+            logger.log(
+                logging.INFO if outage else logging.WARNING,
+                "client %s: guarding subscriptions: %s",
+                ctx.client_id,
+                exc,
+            )
             with self._guard_lock:  # try again on the next event or reconnect
                 for topic, value in disturbed.items():
                     self._disturbed.setdefault(topic, value)
