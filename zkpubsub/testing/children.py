@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,20 @@ logger = logging.getLogger(__name__)
 
 def join_threads(threads: list[threading.Thread], limit: float, what: str) -> None:
     """Join ``threads`` within ``limit`` seconds in all; ``TimeoutError``
-    naming those still running after it."""
+    naming those still running after it, with where each of them is."""
     deadline = time.monotonic() + limit
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    alive = [t.name for t in threads if t.is_alive()]
+    alive = [t for t in threads if t.is_alive()]
     if alive:
-        raise TimeoutError(f"{what} still running after {limit:g}s: {alive}")
+        frames = sys._current_frames()
+        where = "".join(
+            f"\n--- {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+            for t in alive
+            if t.ident in frames
+        )
+        names = [t.name for t in alive]
+        raise TimeoutError(f"{what} still running after {limit:g}s: {names}{where}")
 
 
 def tag() -> str:
