@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from zkpubsub import Client, ClientState
+from zkpubsub.layout import parse_item_node
 from zkpubsub.testing import four_letter
 from zkpubsub.testing.proxy import TcpProxy
 from zkpubsub.workqueue import Worker, WorkQueue
 from zkpubsub.workqueue import mirror as queue_mirror
-from zkpubsub.workqueue.lineup import RELIST_WHILE_BUSY, WATCH_UNTIL_BACKLOG
+from zkpubsub.workqueue.lineup import RELIST_WHILE_BUSY, WATCH_UNTIL_BACKLOG, owner_test
 
 from .helpers import cut_and_reconnect, drain, wait_until
 from .test_receive import version_of
@@ -201,6 +202,35 @@ def test_an_item_whose_own_worker_is_busy_goes_to_another(
     held.ack()
 
 
+def test_an_item_left_to_its_own_worker_is_left_from_when_it_was_heard_of(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """An urgent item heard of a while ago is tried before a less urgent
+    one, whoever's own it is: LEAVE_TO_OWNER counts from the put's event,
+    not from the worker's first look at its mirror after it."""
+    needs_watches(zk_hosts, "persistent")
+    clients = [make_client(watch_mode="persistent", cleaner=False) for _ in range(2)]
+    workers = [c.queue("heard").worker() for c in clients]
+    for w in workers:
+        assert w.reserve(timeout=0.2) is None  # registered, watching
+    for w in workers:
+        w._lineup.refresh(None)  # each knows both
+    producer = make_client().queue("heard")
+    producer.put("urgent", priority=0)
+    producer.put("later", priority=100)
+    mirror = workers[0]._lineup._mirror
+    assert mirror is not None
+    wait_until(lambda: len(mirror.snapshot().items) == 2, 10, "the puts heard")
+    (urgent,) = [n for n in mirror.snapshot().items if parse_item_node(n).priority == 0]
+    ids = [w.worker_id for w in workers]
+    (other,) = [w for w in workers if not owner_test(ids, w.worker_id)(urgent)]  # not its own
+    time.sleep(0.3)  # both puts heard of long before LEAVE_TO_OWNER ran out
+    assert other._lineup.mirrored
+    item = other.reserve(timeout=5)
+    assert item is not None and item.payload == "urgent"
+    item.ack()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_an_item_released_by_one_worker_is_heard_by_a_waiting_one(
     make_client: MakeClient, zk_hosts: str, mode: str
@@ -329,6 +359,32 @@ def test_events_during_a_listing_count_over_its_result(
     wait_until(lambda: len(mirror.snapshot().items) == 1, 10, "the ack heard")
     mirror.fill(token, [kept, *mirror.snapshot().items], [], [], [])  # answered before the ack
     assert kept not in mirror.snapshot().items
+
+
+def test_a_mirror_found_wrong_by_a_reserve_is_listed_again_at_once(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """A mirror that missed an ack still offers the item; the reserve that
+    finds it gone has the queue listed again, instead of reading the item
+    again and again until the safety listing."""
+    needs_watches(zk_hosts, "persistent")
+    client = make_client(watch_mode="persistent")
+    worker = client.queue("jobs").worker()
+    make_client().queue("jobs").put("gone")
+    item = worker.reserve(timeout=5)
+    assert item is not None
+    item.ack()
+    mirror = worker._lineup._mirror
+    assert mirror is not None
+    wait_until(lambda: not mirror.snapshot().items, 10, "the ack heard")
+    known = mirror.snapshot()
+    mirror.fill(mirror.listing(), [item.name], [], known.workers, known.segments)  # the ack missed
+    assert mirror.current() and mirror.available(item.name)
+    before, started = client._ctx.conn.requests, time.monotonic()
+    assert worker.reserve(timeout=0.5) is None
+    took, requests = time.monotonic() - started, client._ctx.conn.requests - before
+    assert took < 3.0 and requests < 20, (took, requests)
+    assert not mirror.snapshot().items and mirror.current()
 
 
 def test_a_worker_dropped_without_close_takes_its_watch_with_it(

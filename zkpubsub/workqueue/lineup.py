@@ -211,6 +211,16 @@ class Lineup:
         """A reservation was lost to another worker: the list in hand is old."""
         self._outdated = True
 
+    def missed(self, name: str) -> None:
+        """The server says the item ``name`` is not to be had (gone, or
+        reserved by another). Its events came before that answer: a mirror
+        that still offers it missed one, and is filled again by a listing
+        before the next ranking (else the worker would try it again and
+        again until the safety listing)."""
+        mirror = self._mirror
+        if mirror is not None and mirror.available(name):
+            mirror.invalidate()
+
     def take(self, limit: int, deadline: float | None) -> list[str]:
         """Up to ``limit`` candidates to try now, ranked again first if the
         list is stale and the interval for that has passed."""
@@ -336,8 +346,7 @@ class Lineup:
         """Rank the mirror's items: no listing."""
         known = mirror.snapshot()
         now = time.monotonic()
-        heard = self._heard
-        self._heard = {name: heard.get(name, now) for name in known.items}
+        self._heard = known.heard  # an item is left to its own worker from when it was heard of
         self._own = owner_test(known.workers, self._worker_id)
         expired = self._find_expired(known.reserved, deadline)
         held = [name for name in known.reserved if name not in expired]

@@ -7,8 +7,10 @@ without a listing. The copy is filled by one listing at the start, again
 after every reconnect (events of the time in between are lost; the watch
 is set again before the listing is sent) and when a node that is not a
 work item turns up among the items (the listing moves it to the dead
-letters), and every ``SAFETY_LISTING_INTERVAL`` seconds, as the receive
-pump lists its queues: whatever went wrong with a copy lasts no longer.
+letters), when a reserve finds the copy wrong (it offered an item the
+server says is gone or held), and every ``SAFETY_LISTING_INTERVAL``
+seconds, as the receive pump lists its queues: whatever went wrong with a
+copy lasts no longer.
 
 Events that arrive while a listing is under way are kept and applied over
 its result, in order: the server sends an event before the answer of any
@@ -41,12 +43,14 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The queue as the mirror knows it now."""
+    """The queue as the mirror knows it now; ``heard``: when each item's
+    put was heard of (``time.monotonic()``; 0.0 for those found by a listing)."""
 
     items: list[str]
     reserved: list[str]
     workers: list[str]
     segments: list[int]
+    heard: dict[str, float]
 
 
 class Mirror:
@@ -62,7 +66,8 @@ class Mirror:
         self._paths = paths
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._items: set[str] = set()
+        # item name -> when its put was heard of (0.0: found by a listing)
+        self._items: dict[str, float] = {}
         self._reserved: set[str] = set()
         self._workers: set[str] = set()
         self._segments: set[int] = set()
@@ -140,7 +145,7 @@ class Mirror:
         """The listing's result, with the events since it was sent applied."""
         with self._lock:
             journal, self._journal = self._journal or [], None
-            self._items, self._reserved = set(items), set(reserved)
+            self._items, self._reserved = dict.fromkeys(items, 0.0), set(reserved)
             self._workers, self._segments = set(workers), set(segments)
             if token == self._epoch:
                 self._listed_epoch = token
@@ -152,6 +157,11 @@ class Mirror:
         with self._lock:
             self._journal = None
 
+    def invalidate(self) -> None:
+        """The copy was found wrong: it holds again only after a listing."""
+        with self._lock:
+            self._listed_epoch = -1
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
@@ -159,6 +169,7 @@ class Mirror:
                 list(self._reserved),
                 list(self._workers),
                 sorted(self._segments),
+                dict(self._items),
             )
 
     def available(self, name: str, expired: Iterable[str] = ()) -> bool:
@@ -200,7 +211,10 @@ class Mirror:
         available, the workers changed)."""
         created = change == _CREATED
         if kind == "item":
-            _mark(self._items, name, created)
+            if created:
+                self._items.setdefault(name, time.monotonic())
+            else:
+                self._items.pop(name, None)
             return created, False
         if kind == "reservation":
             if created:

@@ -197,7 +197,8 @@ class Worker:
         ready: list[_Ready] = []
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, NoNodeError):
-                continue  # acked meanwhile
+                self._lineup.missed(name)  # acked meanwhile
+                continue
             data, stat = answer
             lapsed = expired.get(name)
             try:
@@ -260,6 +261,7 @@ class Worker:
             # acked (NoNode): try the others.
             self.conflicts += 1
             self._lineup.outdated()
+            self._lineup.missed(ready[owners[index]][0])
             del ready[owners[index]]
         return []
 
