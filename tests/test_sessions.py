@@ -232,6 +232,31 @@ def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_kee
         wait_until(lambda: client.unfinished == [], 10, "nothing left unfinished")
 
 
+def test_a_deferred_end_is_named_unfinished_while_it_is_tried_again(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """The retry of a deferred end took it off the list first: while the
+    retry waited for a server, ``unfinished`` was empty (a gateway's
+    DELETE then answered 204 for an end not done)."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="retry-unfinished") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=2.0)
+        sub = client.subscribe("t", lambda message: None)
+        proxy.block("drop")  # connected, but nothing is answered
+        sub.close()
+        assert client.unfinished == ["t"]
+        retry = threading.Thread(
+            target=client._session.finish_unfinished, args=(time.monotonic() + 3.0,)
+        )
+        retry.start()
+        time.sleep(1.0)  # the retry waits for an answer
+        assert retry.is_alive() and client.unfinished == ["t"]
+        retry.join(10)
+        assert client.unfinished == ["t"]
+        proxy.unblock()
+        wait_until(lambda: client.unfinished == [], 30, "the end done once connected again")
+
+
 def test_a_client_closed_while_it_knows_no_server_answers_returns_at_once_and_ends_its_threads(
     make_client: MakeClient, zk_hosts: str
 ) -> None:

@@ -89,11 +89,18 @@ class SubscriptionRegistry:
         with self._state:
             return self._unfinished.get(topic, False)
 
-    def take_unfinished(self) -> dict[str, bool]:
-        """The deferred ends (topic -> ``drop_queue``), forgotten here."""
+    def pending_ends(self) -> dict[str, bool]:
+        """The deferred ends (topic -> ``drop_queue``); each stays until
+        :meth:`ended` (so :meth:`unfinished_topics` names it while it is tried)."""
         with self._state:
-            unfinished, self._unfinished = self._unfinished, {}
-            return unfinished
+            return dict(self._unfinished)
+
+    def ended(self, topic: str, drop_queue: bool) -> None:
+        """The deferred end of ``topic`` was done: forget it, unless an end
+        that also deletes its queue was deferred meanwhile."""
+        with self._state:
+            if drop_queue or not self._unfinished.get(topic, False):
+                self._unfinished.pop(topic, None)
 
     def has_unfinished(self) -> bool:
         """Whether any subscription's end is deferred."""

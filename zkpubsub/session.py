@@ -651,18 +651,17 @@ class Session:
         of its own (there is no later; the client warns of queues left)."""
         ctx = self._ctx
         with self._subs.lock:
-            unfinished = self._subs.take_unfinished()
-            for topic, drop_queue in unfinished.items():
+            for topic, drop_queue in self._subs.pending_ends().items():
                 try:
                     end_subscription(
                         ctx, topic, deadline, unregister=True, drop_queue=drop_queue, once=True
                     )
                 except ZkPubSubError as exc:
-                    self._subs.defer(topic, drop_queue)
                     if closing:
                         logger.debug("ending the subscription to %r: %s", topic, exc)
                     else:
                         logger.warning("ending the subscription to %r: %s; again later", topic, exc)
                 else:
+                    self._subs.ended(topic, drop_queue)
                     logger.info("the subscription to %r is ended now", topic)
             return self._subs.unfinished_topics(queues_only=True)
