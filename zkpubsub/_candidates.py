@@ -9,9 +9,9 @@ from ._numbers import is_real
 
 __all__ = ["SETTINGS", "candidate_record", "candidate_settings", "read_candidate"]
 
-# The options an election node names, beside the client id: the leader's
-# apply to every sweep, whoever else stands.
-SETTINGS = ("grace", "result_ttl", "notice_ttl")
+# The options an election node names, beside the client id (the leader's
+# apply to every sweep, whoever else stands), each with how messages name it.
+SETTINGS = {"grace": "grace", "result_ttl": "result TTL", "notice_ttl": "notice TTL"}
 
 
 def candidate_record(
@@ -30,28 +30,28 @@ def candidate_record(
     return json.dumps(doc).encode()
 
 
-def candidate_settings(data: bytes) -> dict[str, float]:
-    """The options (of :data:`SETTINGS`) an election node names: a candidate
-    of an earlier version names fewer, or none."""
+def _record_doc(data: bytes) -> dict[str, object] | None:
+    """An election node's JSON object; ``None`` if it holds none (an
+    older candidate's node holds only the client id)."""
     try:
         doc = json.loads(data.decode())
     except (UnicodeDecodeError, ValueError):
-        return {}
-    if not isinstance(doc, dict):
-        return {}
-    return {key: float(doc[key]) for key in SETTINGS if is_real(doc.get(key))}
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def candidate_settings(data: bytes) -> dict[str, float]:
+    """The options (of :data:`SETTINGS`) an election node names: a candidate
+    of an earlier version names fewer, or none."""
+    doc = _record_doc(data) or {}
+    return {key: float(value) for key in SETTINGS if is_real(value := doc.get(key))}
 
 
 def read_candidate(data: bytes) -> tuple[str, float | None]:
     """``(client id, grace)`` of an election node (an older candidate's node
     holds only the client id)."""
-    try:
-        doc = json.loads(data.decode())
-    except (UnicodeDecodeError, ValueError):
-        doc = None
-    if isinstance(doc, dict):
-        grace = doc.get("grace")
-        if not is_real(grace):
-            return str(doc.get("client", "")), None
-        return str(doc.get("client", "")), float(grace)
-    return data.decode("utf-8", "replace"), None
+    doc = _record_doc(data)
+    if doc is None:
+        return data.decode("utf-8", "replace"), None
+    grace = doc.get("grace")
+    return str(doc.get("client", "")), float(grace) if is_real(grace) else None

@@ -66,7 +66,7 @@ from typing import Any, Final
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
-from ._candidates import candidate_record, candidate_settings, read_candidate
+from ._candidates import SETTINGS, candidate_record, candidate_settings, read_candidate
 from ._context import Context
 from ._deadlines import deadline_after
 from ._evictions import delete_queue, sweep_evictions
@@ -98,8 +98,6 @@ MIN_SWEEP_GAP: Final = 0.5
 # A candidate whose sequence number passes this warns: the election's counter
 # nears ZooKeeper's 2**31 - 1.
 ELECTION_WARN_AT: Final = 2**31 - 2**24
-# How a standby's warning names an option whose leader's value differs.
-_SETTING_NAMES: Final = {"grace": "grace", "result_ttl": "result TTL", "notice_ttl": "notice TTL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,9 +342,9 @@ class Cleaner:
                     break
         self._candidate = path
         self._candidate_session = self._conn.session_id
-        if self._record() != data:  # configured while the node was being made
+        record = self._record()
+        if record != data:  # configured while the node was being made
             with contextlib.suppress(ZkPubSubError, NoNodeError):
-                record = self._record()
                 self._conn.call(
                     lambda: kazoo.set_async(path, record), self._deadline(), "cleaner options"
                 )
@@ -413,7 +411,7 @@ class Cleaner:
             logger.warning(
                 "cleaner %s: its %s of %gs differs from the leader's (%s): %gs applies",
                 self._ctx.client_id,
-                _SETTING_NAMES[key],
+                SETTINGS[key],
                 mine,
                 leader,
                 value,
