@@ -188,10 +188,14 @@ class HttpSubscription:
         their deliveries as before."""
         for lent in reversed(list(taken)):
             if lent.ack_id is not None and self.out.pop(lent.ack_id, None) is lent:
-                lent.ack_id = None
                 lent.deliveries -= 1
-                self.waiting.appendleft(lent)
-                self.changed.set()
+                self._requeue(lent)
+
+    def _requeue(self, lent: Lent) -> None:
+        """``lent``, taken out of ``out``, is next to be handed out."""
+        lent.ack_id = None
+        self.waiting.appendleft(lent)
+        self.changed.set()
 
     async def _pull(
         self,
@@ -247,10 +251,8 @@ class HttpSubscription:
             if lent is None or lent.done.done():
                 unknown.append(ack_id)
                 continue
-            lent.ack_id = None
-            self.waiting.appendleft(lent)
+            self._requeue(lent)  # a delivery that counts: a nack is an answer
             done.append(ack_id)
-            self.changed.set()
         return done, unknown
 
     def let_go(self) -> None:
