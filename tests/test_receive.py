@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from zkpubsub import Client, ClientState, ZooKeeperError, _pump
+from zkpubsub import Client, ClientState, ZooKeeperError, _persistent, _pump
 from zkpubsub._probes import parse_srvr_version, server_version
 from zkpubsub._pump import DELETE_LINGER, READ_WINDOW_BYTES, read_window
 from zkpubsub.backlog import INLINE_BYTES, QueueRecord
@@ -324,6 +324,57 @@ def test_closing_the_last_subscription_removes_the_watch_from_the_server(
     client.subscribe("c", again)  # and can watch again
     make_client().publish("c", "back")
     assert again.wait(1) == ["back"]
+
+
+def test_a_watch_added_while_its_last_caller_leaves_stays_on_the_server(
+    make_client: MakeClient,
+    persistent_watches: None,
+    zk_hosts: str,
+    zk_root: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One caller's removal, decided as another caller adds the same
+    path's watch, reached the server after that add: the server then had no
+    watch and the second caller heard nothing. (The pause below widens
+    the moment between the removal's decision and its request.)"""
+    client = make_client(watch_mode="persistent")
+    conn = client._ctx.conn
+    path = f"{zk_root}/watched"
+    heard: list[str] = []
+    leaving, adding = threading.Event(), threading.Event()
+    unwatch = _persistent.EventHook.unwatch
+
+    def slow_unwatch(self: _persistent.EventHook, server_path: str, on_event: object) -> bool:
+        last = unwatch(self, server_path, on_event)  # type: ignore[arg-type]
+        if last and threading.current_thread().name == "leaving":
+            leaving.set()
+            adding.wait(2.0)  # the other caller adds its watch now
+            time.sleep(0.2)
+        return last
+
+    monkeypatch.setattr(_persistent.EventHook, "unwatch", slow_unwatch)
+
+    def first(change: int, p: str) -> None:
+        pass
+
+    assert conn.watch_tree(path, first, None)
+    leaver = threading.Thread(target=conn.unwatch_tree, args=(path, first, None), name="leaving")
+    leaver.start()
+    assert leaving.wait(5)
+    adder = threading.Thread(
+        target=conn.watch_tree,
+        args=(path, lambda change, p: heard.append(p), None),
+        name="adding",
+    )
+    adder.start()
+    time.sleep(0.05)
+    adding.set()
+    adder.join(10)
+    leaver.join(10)
+    conn.kazoo.exists(path)  # a round trip: both requests answered
+    assert conn.kazoo.chroot + path in watches_of(zk_hosts)
+    conn.kazoo.create(path + "/child", makepath=True)
+    wait_until(lambda: heard, 10, "the new child heard of")
 
 
 def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(

@@ -277,6 +277,11 @@ class Connection:
         # the session was known alive at this (wall-clock) time, no later
         self.session_lost_since: float | None = None
         self._watches: EventHook | None = None  # made on the first persistent watch
+        # Held while a persistent watch's callbacks change and its request to
+        # the server is queued: the server sees adds and removals in the order
+        # the callbacks changed (else a removal by the last caller could
+        # reach it after another caller's add, and that caller hear nothing).
+        self._watch_order = threading.RLock()  # reentrant: a finalizer may run under it
         # whether the server has persistent watches: None until asked
         self.persistent_watches: bool | None = None
         self._requests = 0
@@ -343,9 +348,10 @@ class Connection:
             self._connected_at = time.time()
             # Persistent watches do not outlive a connection: add them again
             # now, before any request sent after this reconnect.
-            watched = self._watches.paths() if self._watches is not None else []
-            for path in watched if self.persistent_watches is not False else []:
-                self._add_watch_async(path).rawlink(_log_watch_failure)
+            with self._watch_order:
+                watched = self._watches.paths() if self._watches is not None else []
+                for path in watched if self.persistent_watches is not False else []:
+                    self._add_watch_async(path).rawlink(_log_watch_failure)
             self.connected.set()
         else:
             if state == KazooState.LOST:
@@ -540,19 +546,29 @@ class Connection:
         if not self.has_persistent_watches():
             return False
         server_path = self.kazoo.chroot + path
-        if self._watches is None:
-            self._watches = EventHook(self.kazoo)
-        self._watches.watch(server_path, on_event)
-        try:
+        with self._watch_order:
+            if self._watches is None:
+                self._watches = EventHook(self.kazoo)
+            watches = self._watches
+            watches.watch(server_path, on_event)
             # sent for every caller, even where the path is watched already:
             # the caller's next requests then follow a watch the server has
-            self.call(lambda: self._add_watch_async(server_path), deadline, f"watch {path}")
+            first = [self._add_watch_async(server_path)]
+
+        def add() -> Any:  # again after a lost answer, in order as above
+            if first:
+                return first.pop()
+            with self._watch_order:
+                return self._add_watch_async(server_path)
+
+        try:
+            self.call(add, deadline, f"watch {path}")
         except UnimplementedError:
             self.persistent_watches = False
-            self._watches.unwatch(server_path, on_event)
+            self.unwatch_tree_soon(path, on_event)
             return False
         except BaseException:
-            self._watches.unwatch(server_path, on_event)
+            self.unwatch_tree_soon(path, on_event)
             raise
         return True
 
@@ -572,15 +588,16 @@ class Connection:
         kazoo's too): the pending answer of the removal, or ``None`` if
         there is nothing to remove from the server."""
         server_path = self.kazoo.chroot + path
-        if self._watches is None or not self._watches.watches(server_path, on_event):
-            return None
-        if not self._watches.unwatch(server_path, on_event):
-            return None  # another caller still watches it
-        if not self.connected.is_set():
-            return None  # the server dropped it with the connection
-        result = self.kazoo.handler.async_result()
-        self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
-        return result
+        with self._watch_order:
+            if self._watches is None or not self._watches.watches(server_path, on_event):
+                return None
+            if not self._watches.unwatch(server_path, on_event):
+                return None  # another caller still watches it
+            if not self.connected.is_set() or self.persistent_watches is False:
+                return None  # the server dropped it with the connection, or never had it
+            result = self.kazoo.handler.async_result()
+            self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
+            return result
 
     @property
     def session_id(self) -> int | None:
