@@ -318,29 +318,32 @@ def test_q9_a_worker_killed_before_after_processing_and_during_its_ack(ensemble,
         for seq in range(1, 5):
             assert wl.put_one("producer", seq)
         items: dict[str, str] = {}
+        # Each of the four holds its item before any is killed: an item whose
+        # worker's session ended comes back, and a worker started after that
+        # (on a slow machine) would take it instead of its own.
+        before = wl.add_worker_process("killed-before")
+        items["before"] = before.reserve()["item"]
+        after = wl.add_worker_process("killed-after")
+        items["after"] = after.reserve()["item"]
+        acked = wl.add_worker_process("killed-acked", hosts=proxied_hosts(proxies))
+        acked_hold = acked.reserve()
+        items["applied"] = acked_hold["item"]
+        sending = wl.add_worker_process("killed-sending", hosts=proxied_hosts(proxies))
+        sending_hold = sending.reserve()
+        items["lost on the way"] = sending_hold["item"]
         # (a) killed before processing
-        proc = wl.add_worker_process("killed-before")
-        items["before"] = proc.reserve()["item"]
-        proc.kill()
+        before.kill()
         # (b) killed after processing, before the ack
-        proc = wl.add_worker_process("killed-after")
-        items["after"] = proc.reserve()["item"]
-        proc.handle()
-        proc.kill()
+        after.handle()
+        after.kill()
         # (c) killed during the ack: applied by the server, the reply lost
-        proc = wl.add_worker_process("killed-acked", hosts=proxied_hosts(proxies))
-        got = proc.reserve()
-        items["applied"] = got["item"]
-        proc.handle()
-        _kill_during_ack(proc, proxies, "reply")
-        proc.in_flight(got["hold"])
+        acked.handle()
+        _kill_during_ack(acked, proxies, "reply")
+        acked.in_flight(acked_hold["hold"])
         # (d) killed during the ack: the request lost on the way
-        proc = wl.add_worker_process("killed-sending", hosts=proxied_hosts(proxies))
-        got = proc.reserve()
-        items["lost on the way"] = got["item"]
-        proc.handle()
-        _kill_during_ack(proc, proxies, "request")
-        proc.in_flight(got["hold"])
+        sending.handle()
+        _kill_during_ack(sending, proxies, "request")
+        sending.in_flight(sending_hold["hold"])
         for _ in range(4):
             injector.log.add("kill -9 a worker process")
         log_sprung(injector, proxies)
