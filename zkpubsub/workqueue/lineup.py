@@ -213,10 +213,12 @@ class Lineup:
 
     def missed(self, name: str) -> None:
         """The server says the item ``name`` is not to be had (gone, or
-        reserved by another). Its events came before that answer: a mirror
-        that still offers it missed one, and is filled again by a listing
-        before the next ranking (else the worker would try it again and
-        again until the safety listing)."""
+        reserved by another). A mirror that still offers it missed an event
+        (or has not yet applied all of a transaction's: an ack's delete of
+        the item can be heard a few milliseconds after that answer), and is
+        filled again by a listing before the next ranking: at worst one
+        listing too many, where a mirror that stayed wrong would have the
+        worker try the item again and again until the safety listing."""
         mirror = self._mirror
         if mirror is not None and mirror.available(name):
             mirror.invalidate()
