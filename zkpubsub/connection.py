@@ -553,7 +553,7 @@ class Connection:
             watches.watch(server_path, on_event)
             # sent for every caller, even where the path is watched already:
             # the caller's next requests then follow a watch the server has
-            first = [self._add_watch_async(server_path)]
+            first = [self._add_watch_async(server_path)] if self.connected.is_set() else []
 
         def add() -> Any:  # again after a lost answer, in order as above
             if first:
