@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from zkpubsub import Client, ClientState, ZooKeeperError, _persistent, _pump
+from zkpubsub import Client, ClientState, OperationTimeout, ZooKeeperError, _persistent, _pump
 from zkpubsub._probes import parse_srvr_version, server_version
 from zkpubsub._pump import DELETE_LINGER, READ_WINDOW_BYTES, read_window
 from zkpubsub.backlog import INLINE_BYTES, QueueRecord
@@ -375,6 +375,30 @@ def test_a_watch_added_while_its_last_caller_leaves_stays_on_the_server(
     assert conn.kazoo.chroot + path in watches_of(zk_hosts)
     conn.kazoo.create(path + "/child", makepath=True)
     wait_until(lambda: heard, 10, "the new child heard of")
+
+
+def test_a_watch_that_could_not_be_set_in_time_is_not_set_later(
+    make_client: MakeClient, persistent_watches: None, zk_hosts: str, zk_root: str
+) -> None:
+    """A watch asked for while the connection was down, whose caller gave
+    up, reached the server on the reconnect: a watch nobody listened to."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="watch-in-time") as proxy:
+        client = make_client(hosts=proxy.address, watch_mode="persistent", session_timeout=20.0)
+        conn = client._ctx.conn
+        path = f"{zk_root}/unwatched"
+        kept = f"{zk_root}/kept"
+        assert conn.watch_tree(kept, lambda change, p: None, None)  # re-added on the reconnect
+        proxy.block("reset")
+        wait_until(lambda: client.status is ClientState.SUSPENDED, 20, "suspended")
+        with pytest.raises(OperationTimeout):
+            conn.watch_tree(path, lambda change, p: None, time.monotonic() + 1.0)
+        proxy.unblock()
+        wait_until(lambda: client.status is ClientState.CONNECTED, 30, "connected again")
+        conn.kazoo.exists(path)  # a round trip: what was queued is answered
+        watched = watches_of(zk_hosts)
+        assert conn.kazoo.chroot + kept in watched
+        assert conn.kazoo.chroot + path not in watched
 
 
 def test_a_subscription_closed_while_the_pump_reads_stops_cleanly(

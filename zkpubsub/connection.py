@@ -281,7 +281,9 @@ class Connection:
         # the server is queued: the server sees adds and removals in the order
         # the callbacks changed (else a removal by the last caller could
         # reach it after another caller's add, and that caller hear nothing).
-        self._watch_order = threading.RLock()  # reentrant: a finalizer may run under it
+        # Never taken on kazoo's thread: a thread holding it may wait in
+        # kazoo's _call for that thread (its wake-up socket full).
+        self._watch_order = threading.Lock()
         # whether the server has persistent watches: None until asked
         self.persistent_watches: bool | None = None
         self._requests = 0
@@ -348,10 +350,17 @@ class Connection:
             self._connected_at = time.time()
             # Persistent watches do not outlive a connection: add them again
             # now, before any request sent after this reconnect.
-            with self._watch_order:
-                watched = self._watches.paths() if self._watches is not None else []
-                for path in watched if self.persistent_watches is not False else []:
+            # (Not under _watch_order: a removal decided after the look at
+            # the paths is queued after these adds, and one decided between
+            # that look and the adds is queued again here, after them.)
+            watched = self._watches.paths() if self._watches is not None else []
+            if self.persistent_watches is not False and watched:
+                for path in watched:
                     self._add_watch_async(path).rawlink(_log_watch_failure)
+                left = set(self._watches.paths()) if self._watches is not None else set()
+                for path in watched:
+                    if path not in left:
+                        self._remove_watch_async(path)
             self.connected.set()
         else:
             if state == KazooState.LOST:
@@ -531,6 +540,11 @@ class Connection:
         self.kazoo._call(AddWatch(server_path, PERSISTENT_RECURSIVE), result)
         return result
 
+    def _remove_watch_async(self, server_path: str) -> Any:
+        result = self.kazoo.handler.async_result()
+        self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
+        return result
+
     def watch_tree(
         self, path: str, on_event: Callable[[int, str], None], deadline: float | None
     ) -> bool:
@@ -576,28 +590,30 @@ class Connection:
         self, path: str, on_event: Callable[[int, str], None], deadline: float | None
     ) -> None:
         """Stop calling ``on_event`` for ``path``; the last caller's
-        unwatching removes the watch from the server."""
+        unwatching removes the watch from the server (without a connection,
+        the removal waits in kazoo's queue for the next one; this does not)."""
         result = self.unwatch_tree_soon(path, on_event)
-        if result is None:
+        if result is None or not self.connected.is_set():
             return
         with contextlib.suppress(NoWatcherError, ConnectionLost, OperationTimeout, ClientClosed):
             self.result(result, deadline, f"stop watching {path}")
 
     def unwatch_tree_soon(self, path: str, on_event: Callable[[int, str], None]) -> Any:
         """:meth:`unwatch_tree` without waiting for the server (any thread,
-        kazoo's too): the pending answer of the removal, or ``None`` if
-        there is nothing to remove from the server."""
+        not kazoo's): the pending answer of the removal, or ``None`` if
+        there is nothing to remove from the server. The removal is queued
+        also while the connection is down: a watch re-added on the reconnect
+        (or asked for before the loss) reaches the server before it, and a
+        server without the watch answers ``NoWatcher``."""
         server_path = self.kazoo.chroot + path
         with self._watch_order:
             if self._watches is None or not self._watches.watches(server_path, on_event):
                 return None
             if not self._watches.unwatch(server_path, on_event):
                 return None  # another caller still watches it
-            if not self.connected.is_set() or self.persistent_watches is False:
-                return None  # the server dropped it with the connection, or never had it
-            result = self.kazoo.handler.async_result()
-            self.kazoo._call(RemoveWatches(server_path, WATCHER_ANY), result)
-            return result
+            if self.persistent_watches is False:
+                return None  # the server never had it
+            return self._remove_watch_async(server_path)
 
     @property
     def session_id(self) -> int | None:
