@@ -20,6 +20,7 @@ is as the listing says, and a name with events is as its last event says.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -145,7 +146,9 @@ class Mirror:
         """The listing's result, with the events since it was sent applied."""
         with self._lock:
             journal, self._journal = self._journal or [], None
-            self._items, self._reserved = dict.fromkeys(items, 0.0), set(reserved)
+            heard = self._items  # an item heard of before keeps its time
+            self._items = {name: heard.get(name, 0.0) for name in items}
+            self._reserved = set(reserved)
             self._workers, self._segments = set(workers), set(segments)
             if token == self._epoch:
                 self._listed_epoch = token
@@ -250,10 +253,17 @@ def _forget(
     on_event: Callable[[int, str], None],
     on_state: Callable[[KazooState], None],
 ) -> None:
-    """What stop() does, for a mirror collected without it (on whatever
-    thread collects it: nothing here waits)."""
+    """What stop() does, for a mirror collected without it. It may be
+    collected on any thread (kazoo's too, inside a lock it holds): the
+    removal, which takes locks, goes to a thread of its own."""
     conn.remove_state_listener(on_state)
-    conn.unwatch_tree_soon(path, on_event)
+    with contextlib.suppress(RuntimeError):  # no new thread at interpreter shutdown
+        threading.Thread(
+            target=conn.unwatch_tree_soon,
+            args=(path, on_event),
+            name="zkpubsub-unwatch",
+            daemon=True,
+        ).start()
 
 
 def segment_of(name: str) -> int:

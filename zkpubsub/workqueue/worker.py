@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from .. import envelope
 from .._context import Context
@@ -261,7 +261,8 @@ class Worker:
             # acked (NoNode): try the others.
             self.conflicts += 1
             self._lineup.outdated()
-            self._lineup.missed(ready[owners[index]][0])
+            if isinstance(error, (NoNodeError, NodeExistsError)):  # gone, or held
+                self._lineup.missed(ready[owners[index]][0])
             del ready[owners[index]]
         return []
 
