@@ -1022,6 +1022,20 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
     assert "nothing was done" in str(refused[0])
 
 
+async def test_a_client_closed_on_another_loop_closes_on_its_own_too(connect: Connect) -> None:
+    """close() on another loop, then on the client's own: the second
+    awaited the first's future, which belongs to the other loop, and raised."""
+    client = await connect()
+
+    async def close_elsewhere() -> None:
+        await client.close()
+
+    await asyncio.to_thread(asyncio.run, close_elsewhere())
+    assert client.status is ClientState.CLOSED
+    await client.close()  # on its own loop: done already, no error
+    await asyncio.wait_for(client.close(), 10)
+
+
 @pytest.mark.skipif(
     sys.version_info < (3, 11), reason="Python 3.10 cannot tell the task's cancel from others"
 )

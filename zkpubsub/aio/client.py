@@ -47,7 +47,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge, awaited
+from ._bridge import Bridge, awaited, begun
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -360,12 +360,16 @@ class AsyncClient:
         still running after ``close_timeout`` is cancelled. Starts when
         called and completes even if the waiting task is cancelled (before
         it first ran too). Idempotent. A handler that closes its own client
-        is not waited for."""
-        if self._closing is None:
+        is not waited for. A close begun on another loop (perhaps gone
+        since) is completed here by the threaded client's close."""
+        closing = self._closing
+        if closing is None:
             for sub in self._subs:
                 sub._note_client_close()
-            self._closing = asyncio.ensure_future(self._close())
-        return awaited(asyncio.shield(self._closing))
+            closing = self._closing = asyncio.ensure_future(self._close())
+        elif (running := _running_loop()) is not None and closing.get_loop() is not running:
+            return begun(self._bridge.run_to_close(self._client.close))
+        return awaited(asyncio.shield(closing))
 
     async def _close(self) -> None:
         try:
@@ -383,6 +387,13 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.client_id} {self.status.value} root={self.root!r}>"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def check_callable_or_async(fn: object, what: str) -> None:
