@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub._cli_common import CliContext
 from zkpubsub._purges import purge_record
 from zkpubsub.cli import main
 from zkpubsub.layout import Layout
@@ -77,6 +79,38 @@ def test_bad_input_is_a_clear_error(zk_hosts: str, zk_root: str) -> None:
     assert code != 0 and "KEY=VALUE" in out
     code, out = run(zk_hosts, zk_root, "publish", "--require-subscribers", "empty", "x")
     assert code != 0 and "NoSubscribers" in out
+
+
+def test_json_arguments_refused_in_one_line_before_connecting(zk_hosts: str, zk_root: str) -> None:
+    """NaN (which no other JSON reader takes) was refused by the serializer
+    only after connecting, and a deeply nested array was a traceback."""
+    deep = "[" * 5000 + "]" * 5000
+    for args in (
+        ("publish", "--format", "json", "t", "1", "NaN"),
+        ("queue", "put", "--format", "json", "q", "--", "-Infinity"),
+        ("publish", "--format", "json", "t", deep),
+        ("queue", "put", "--format", "json", "q", deep),
+    ):
+        code, out = run("127.0.0.1:1", zk_root, *args)  # nothing is connected
+        assert code == 2 and len(out.strip().splitlines()) == 1, (args[0], code, out[-300:])
+        assert "not JSON" in out
+
+
+def test_a_put_cut_short_by_a_full_queue_prints_the_ids_it_put(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Client, "queue", functools.partialmethod(Client.queue, max_items=2))
+    client_of = CliContext.client
+    monkeypatch.setattr(
+        CliContext, "client", lambda self, **kw: client_of(self, request_timeout=1.0, **kw)
+    )
+    code, out = run(zk_hosts, zk_root, "queue", "put", "small", "a", "b", "c")
+    assert code == 1 and "QueueFull" in out, out
+    ids = [line for line in out.splitlines() if line and not line.startswith("Error")]
+    assert len(ids) == 2, out
+    queue = make_client().queue("small")
+    got = [queue.reserve(5) for _ in ids]
+    assert sorted(item.id for item in got if item is not None) == sorted(ids)
 
 
 def test_subscribe_prints_messages(make_client: MakeClient, zk_hosts: str, zk_root: str) -> None:

@@ -14,6 +14,7 @@ from ._cli_common import (
     CliContext,
     apart,
     failure,
+    json_arguments,
     name_of,
     not_negative,
     parse_headers,
@@ -32,15 +33,7 @@ def queue() -> None:
 
 
 def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
-    if fmt == "text":
-        return list(messages)
-    out = []
-    for text in messages:
-        try:
-            out.append(json.loads(text))
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOADS") from exc
-    return out
+    return list(messages) if fmt == "text" else json_arguments(messages, "payload")
 
 
 @queue.command("put")
@@ -92,6 +85,8 @@ def queue_put(
             for item_id in q.put_many(items, priority=priority, headers=headers):
                 click.echo(item_id)
         except (ZkPubSubError, ValueError, TypeError) as exc:
+            for item_id in getattr(exc, "put_ids", ()):  # the items put before it
+                click.echo(item_id)
             raise failure(exc) from exc
 
 

@@ -34,6 +34,7 @@ from ._cli_common import (
     apart,
     close_or_say,
     failure,
+    json_arguments,
     name_of,
     not_negative,
     on_a_thread,
@@ -278,15 +279,7 @@ def publish(
 ) -> None:
     """Publish MESSAGES to TOPIC, one message each."""
     headers = parse_headers(header)
-    payloads: list[Any] = []
-    for text in messages:
-        if fmt == "json":
-            try:
-                payloads.append(json.loads(text))
-            except ValueError as exc:
-                raise click.BadParameter(f"not JSON: {exc}", param_hint="MESSAGES") from exc
-        else:
-            payloads.append(text)
+    payloads = json_arguments(messages, "message") if fmt == "json" else list(messages)
     with ctx.client(serializer="json" if fmt == "json" else None, cleaner=False) as client:
         try:
             for payload in payloads:
