@@ -563,6 +563,41 @@ def test_subscribe_says_in_one_line_that_it_could_not_close_on_an_unanswering_se
     ) or line.startswith("WARNING zkpubsub.subscription: subscription 't'"), line
 
 
+@pytest.mark.parametrize("command", [["subscribe", "t"], ["top", "--interval", "1"]])
+def test_a_second_sigterm_ends_a_command_that_is_closing_at_once(
+    make_cluster: Callable[..., ZooKeeperCluster], zk_root: str, command: list[str]
+) -> None:
+    """README: in subscribe, top, cleaner and dev-server a second SIGTERM
+    ends the process at once; it only set the stop flag again, and the
+    closing against a server that stopped answering ran on."""
+    if command[0] == "top":
+        pytest.importorskip("rich")
+    cluster = make_cluster(1)
+    (node,) = cluster.nodes
+    Client(cluster.hosts, root=zk_root).close()  # a bus to look at
+    proc = cli_process("--hosts", cluster.hosts, "--root", zk_root, *command)
+    try:
+        if command[0] == "subscribe":
+            assert proc.stdout is not None
+            assert "subscribed to 't'" in proc.stdout.readline()
+        else:
+            time.sleep(3.0)  # connected, showing its first view
+        node.pause()  # the server stops answering: closing waits for it
+        try:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.communicate()[0][-2000:]  # still closing
+            second = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            took = time.monotonic() - second
+        finally:
+            node.resume()
+    finally:
+        proc.kill()
+    assert took < 2.0, took
+
+
 def interrupted(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
     proc.send_signal(sig)
     try:

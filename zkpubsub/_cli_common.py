@@ -233,6 +233,19 @@ class Signalled(Exception):
         self.signum = signum
 
 
+def stop_on_sigterm(stop: threading.Event) -> SignalHandler:
+    """A SIGTERM handler for a command that ends cleanly on it: the first
+    sets ``stop``; a second ends the process at once (closing against a
+    server that stopped answering can take longer than whoever sent it
+    will wait)."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return handler
+
+
 def until_signalled(call: Callable[[], T], name: str) -> T:
     """``call()`` on a thread of its own (:func:`on_a_thread`) while Ctrl-C
     and SIGTERM are only noted: what it returns or raises, or

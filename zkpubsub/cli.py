@@ -43,6 +43,7 @@ from ._cli_common import (
     positive,
     read_or_fail,
     signals_kept,
+    stop_on_sigterm,
     table,
     whole,
     work_queue_table,
@@ -243,7 +244,7 @@ def dev_server(port: int, size: int, data_dir: str | None) -> None:
     click.echo(f"ZooKeeper serving on {cluster.hosts} (data in {cluster.base_dir})")
     click.echo(f"export ZKPUBSUB_HOSTS={cluster.hosts}   # Ctrl-C stops it")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
     try:
         while not stop.wait(1.0):
             if not all(n.running for n in cluster.nodes):
@@ -330,7 +331,7 @@ def subscribe(
 ) -> None:
     """Print messages published to TOPIC (until Ctrl-C or SIGTERM)."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
     try:
         # On the way out (the end, Ctrl-C, SIGTERM, an error) the
         # subscription and then the client close; an error doing so is one
@@ -516,7 +517,7 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     with signals_kept() as install:
-        install({signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: interrupted})
+        install({signal.SIGTERM: stop_on_sigterm(stop), signal.SIGINT: interrupted})
         try:  # the connect too: a signal ends one still waiting for a server
             made = on_a_thread(ctx.observer, "zkpubsub-connect", stop.is_set)
         except Unfinished:
@@ -582,7 +583,7 @@ def cleaner(
 ) -> None:
     """Run a cleaner candidate in the foreground (run two or three)."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
     try:
         # started below with every option: none of its sweeps goes by the
         # default notice TTL
