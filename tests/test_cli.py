@@ -96,6 +96,27 @@ def test_json_arguments_refused_in_one_line_before_connecting(zk_hosts: str, zk_
         assert "not JSON" in out
 
 
+def test_a_bad_argument_click_finds_is_one_line_too(zk_root: str) -> None:
+    """README: a bad option or argument is one line, exit code 2; click's
+    own findings (a type, a missing argument, an unknown option or
+    command) were its four-line usage block."""
+    for args in (
+        ("queue", "put", "q", "-p", "abc", "x"),
+        ("--session-timeout", "abc", "stats"),
+        ("queue", "put"),
+        ("queue", "put", "q", "--bogus", "x"),
+        ("nosuch",),
+        ("queue", "nosuch"),
+    ):
+        code, out = run("127.0.0.1:1", zk_root, *args)
+        assert code == 2 and len(out.strip().splitlines()) == 1, (args, code, out)
+        assert out.startswith("Error: "), out
+    code, out = run("127.0.0.1:1", zk_root)  # options, and no command
+    assert (code, out) == (2, "Error: Missing command.\n")
+    code, out = run("127.0.0.1:1", zk_root, "queue", "--help")
+    assert code == 0 and "Usage:" in out and "reserve" in out
+
+
 def test_a_put_cut_short_by_a_full_queue_prints_the_ids_it_put(
     make_client: MakeClient, zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

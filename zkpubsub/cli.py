@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,16 @@ class _Program(click.Group):
     end of the process where it stood (a reservation held to its lease's
     end, a client's nodes to its session's)."""
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context) -> Any:
         with signals_kept() as install:
             install({signal.SIGTERM: _on_sigterm})
@@ -136,11 +146,25 @@ class _Program(click.Group):
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _one_line_usage_errors():
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             raise Interrupted() from None
         except _SigTerm:
             raise Terminated() from None
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """A bad option or argument click finds (a type, a missing argument, an
+    unknown option) is one line and exit code 2, as ours are (README), not
+    click's usage block; asking for nothing still shows the help."""
+    try:
+        yield
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        raise BadOption(exc.format_message()) from exc
 
 
 @click.group(cls=_Program)
