@@ -283,6 +283,8 @@ def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) ->
     code, out = run(zk_hosts, zk_root, "queue", "dead", "jobs", "--json")
     (dead,) = json.loads(out)
     assert dead["payload"] == "b" and "broken" in dead["reason"]
+    code, out = run(zk_hosts, zk_root, "queue", "replay", "jobs", "--id", "nosuchid")
+    assert code == 1 and "1 of the 1 ids given are not dead letters of 'jobs'" in out, out
     code, out = run(zk_hosts, zk_root, "queue", "replay", "jobs")
     assert out.strip() == "replayed 1 item(s)"
     code, out = run(zk_hosts, zk_root, "queue", "dead", "jobs")

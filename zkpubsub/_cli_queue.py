@@ -194,3 +194,8 @@ def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     with ctx.client(cleaner=False) as client:
         count = read_or_fail(lambda: client.queue(name).replay(list(ids) or None))
     click.echo(f"replayed {count} item(s)")
+    missing = len(set(ids)) - count
+    if ids and missing > 0:
+        raise click.ClickException(
+            f"{missing} of the {len(set(ids))} ids given are not dead letters of {name!r}"
+        )
