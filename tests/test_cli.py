@@ -123,7 +123,7 @@ def test_a_put_cut_short_by_a_full_queue_prints_the_ids_it_put(
     monkeypatch.setattr(Client, "queue", functools.partialmethod(Client.queue, max_items=2))
     client_of = CliContext.client
     monkeypatch.setattr(
-        CliContext, "client", lambda self, **kw: client_of(self, request_timeout=1.0, **kw)
+        CliContext, "client", lambda self, **kw: client_of(self, request_timeout=3.0, **kw)
     )
     code, out = run(zk_hosts, zk_root, "queue", "put", "small", "a", "b", "c")
     assert code == 1 and "QueueFull" in out, out
