@@ -590,7 +590,7 @@ def test_subscribe_says_in_one_line_that_it_could_not_close_on_an_unanswering_se
 def test_a_second_sigterm_ends_a_command_that_is_closing_at_once(
     make_cluster: Callable[..., ZooKeeperCluster], zk_root: str, command: list[str]
 ) -> None:
-    """README: in subscribe, top, cleaner and dev-server a second SIGTERM
+    """README: in subscribe, top and cleaner a second SIGTERM
     ends the process at once; it only set the stop flag again, and the
     closing against a server that stopped answering ran on."""
     if command[0] == "top":

@@ -268,7 +268,9 @@ def dev_server(port: int, size: int, data_dir: str | None) -> None:
     click.echo(f"ZooKeeper serving on {cluster.hosts} (data in {cluster.base_dir})")
     click.echo(f"export ZKPUBSUB_HOSTS={cluster.hosts}   # Ctrl-C stops it")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
+    # every SIGTERM only asks: the servers are always stopped on the way out
+    # (ended at once, they would outlive the command)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             if not all(n.running for n in cluster.nodes):
