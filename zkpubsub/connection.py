@@ -563,8 +563,7 @@ class Connection:
         with self._watch_order:
             if self._watches is None:
                 self._watches = EventHook(self.kazoo)
-            watches = self._watches
-            watches.watch(server_path, on_event)
+            self._watches.watch(server_path, on_event)
             # sent for every caller, even where the path is watched already:
             # the caller's next requests then follow a watch the server has
             first = [self._add_watch_async(server_path)] if self.connected.is_set() else []

@@ -44,14 +44,18 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The queue as the mirror knows it now; ``heard``: when each item's
-    put was heard of (``time.monotonic()``; 0.0 for those found by a listing)."""
+    """The queue as the mirror knows it now; ``heard``: each item's name and
+    when its put was heard of (``time.monotonic()``; 0.0 for those found by
+    a listing)."""
 
-    items: list[str]
+    heard: dict[str, float]
     reserved: list[str]
     workers: list[str]
     segments: list[int]
-    heard: dict[str, float]
+
+    @property
+    def items(self) -> list[str]:
+        return list(self.heard)
 
 
 class Mirror:
@@ -168,11 +172,10 @@ class Mirror:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
-                list(self._items),
+                dict(self._items),
                 list(self._reserved),
                 list(self._workers),
                 sorted(self._segments),
-                dict(self._items),
             )
 
     def available(self, name: str, expired: Iterable[str] = ()) -> bool:
