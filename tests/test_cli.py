@@ -295,6 +295,22 @@ def test_queue_commands(make_client: MakeClient, zk_hosts: str, zk_root: str) ->
     assert code != 0 and "no item" in out
 
 
+def test_reserve_and_replay_of_a_mistyped_queue_create_nothing(
+    zk_hosts: str, zk_root: str, raw_zk: KazooClient
+) -> None:
+    code, out = run(zk_hosts, zk_root, "queue", "put", "jobs", "a")
+    assert code == 0, out
+    for args in (["reserve", "jbos", "--timeout", "0"], ["replay", "jbos"]):
+        code, out = run(zk_hosts, zk_root, "queue", *args)
+        assert code == 1 and out.strip() == (
+            f"Error: NotFound: there is no work queue 'jbos' under root '{zk_root}'"
+        ), out
+    assert raw_zk.get_children(Layout(zk_root).work) == ["jobs"]
+    code, out = run(zk_hosts, f"{zk_root}-typo", "queue", "reserve", "jobs", "--timeout", "0")
+    assert code == 1 and "there is no zkpubsub bus" in out, out
+    assert raw_zk.exists(f"{zk_root}-typo") is None
+
+
 def test_bench_passes_its_arguments_to_the_benchmarks(tmp_path: Path) -> None:
     # as a user would, from anywhere, through the installed console script
     script = Path(sys.executable).parent / "zkpubsub"
@@ -694,7 +710,7 @@ def test_ctrl_c_or_sigterm_before_a_command_is_done_is_one_line_and_exit_code_13
     said: str,
 ) -> None:
     base = ("--hosts", zk_hosts, "--root", zk_root)
-    make_client().queue("jobs")  # the queue exists: reserve waits in it
+    assert make_client().queue("jobs").reserve(timeout=0) is None  # made, empty: reserve waits
     clients = f"{zk_root}/clients"
     before = set(raw_zk.get_children(clients))
     reserve = cli_process(*base, "queue", "reserve", "jobs", "--timeout", "60")

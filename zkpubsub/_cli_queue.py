@@ -36,6 +36,13 @@ def _payloads(messages: Sequence[str], fmt: str) -> list[Any]:
     return list(messages) if fmt == "text" else json_arguments(messages, "payload")
 
 
+def _existing(ctx: CliContext, name: str) -> None:
+    """Fail (exit code 1) unless queue ``name`` is there: a reserve or a
+    replay would otherwise create a mistyped one, and its root."""
+    with ctx.observer() as observer:
+        read_or_fail(lambda: observer.queue_stats(name))
+
+
 @queue.command("put")
 @click.argument("name", callback=name_of("queue name"))
 @click.argument("payloads", nargs=-1, required=True)
@@ -100,6 +107,7 @@ def queue_put(
 @apart
 def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> None:
     """Take one item from queue NAME, print it, and ack it (or release it)."""
+    _existing(ctx, name)
     with ctx.client(cleaner=False) as client:
         try:
             item = client.queue(name).reserve(timeout=timeout)
@@ -191,6 +199,7 @@ def queue_dead(ctx: CliContext, name: str, as_json: bool) -> None:
 @apart
 def queue_replay(ctx: CliContext, name: str, ids: Sequence[str]) -> None:
     """Put dead letters of queue NAME back as new items."""
+    _existing(ctx, name)
     with ctx.client(cleaner=False) as client:
         count = read_or_fail(lambda: client.queue(name).replay(list(ids) or None))
     click.echo(f"replayed {count} item(s)")
