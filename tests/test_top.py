@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from zkpubsub import Client
@@ -64,6 +65,26 @@ def cells(out: str, *words: str) -> list[str]:
     """The cells of the table row holding every one of ``words``."""
     row = next(line for line in out.splitlines() if all(w in line for w in words))
     return [cell.strip() for cell in row.split("│")[1:-1]]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_once_on_an_output_that_cannot_show_a_name_escapes_it(
+    make_client: MakeClient, zk_hosts: str, zk_root: str, encoding: str
+) -> None:
+    make_client(cleaner=False).subscribe("prix-価格")  # no such letters in either
+    # stats prints through click, which writes UTF-8 to an output said to
+    # be ASCII (it takes it for misconfigured), and escapes in Latin-1
+    commands = [["top", "--once", "--interval", "0.1"]]
+    for command in commands + ([["stats"]] if encoding == "latin-1" else []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "zkpubsub", "--hosts", zk_hosts, "--root", zk_root, *command],
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT_DIR), PYTHONIOENCODING=encoding),
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        shown = proc.stdout.decode(encoding)  # all of it in the output's encoding
+        assert "prix-\\u4fa1\\u683c" in shown, shown  # escaped, as stderr would
 
 
 def test_the_live_view_refreshes_in_place_on_a_terminal_and_ends_on_ctrl_c(

@@ -11,6 +11,7 @@ arguments (``ps`` shows those to every user of the machine):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import signal
@@ -91,7 +92,16 @@ def run() -> None:
     """The ``zkpubsub`` program."""
     global _standalone
     _standalone = True
+    _escape_what_stdout_cannot_show()
     main()
+
+
+def _escape_what_stdout_cannot_show() -> None:
+    """A name the output's encoding has no letters for (a topic named in
+    Chinese, printed on a Latin-1 terminal) is shown escaped (``\\u4fa1``),
+    as on stderr, rather than ending the command in a traceback."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def _configure_logging(verbose: int, level: str | None) -> None:
