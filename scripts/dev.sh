@@ -343,7 +343,7 @@ test_containers() {
 case "${1:-}" in
     install) install ;;
     demo) install; shift; exec "$VENV/bin/zkpubsub" demo "$@" ;;
-    test) install; shift; exec "$VENV/bin/pytest" -q tests "$@" ;;
+    test) install; shift; exec "$VENV/bin/pytest" -q --durations=30 tests "$@" ;;
     check)
         install
         "$VENV/bin/ruff" check .
