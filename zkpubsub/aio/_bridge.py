@@ -63,6 +63,16 @@ def begun(work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
     return awaited(asyncio.shield(task))
 
 
+def calling_task() -> asyncio.Task[Any] | None:
+    """The task making a call, taken as the call is made: the coroutine the
+    call returns may run in another (``wait_for`` wraps it in a task of its
+    own before Python 3.12). ``None`` outside a running loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 def _read_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # read: not logged as never retrieved

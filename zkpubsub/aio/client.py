@@ -47,7 +47,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge, awaited, begun
+from ._bridge import Bridge, awaited, begun, calling_task
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -364,8 +364,9 @@ class AsyncClient:
         since) is completed here by the threaded client's close."""
         closing = self._closing
         if closing is None:
+            caller = calling_task()
             for sub in self._subs:
-                sub._note_client_close()
+                sub._note_client_close(caller)
             closing = self._closing = asyncio.ensure_future(self._close())
         elif (running := _running_loop()) is not None and closing.get_loop() is not running:
             return begun(self._bridge.run_to_close(self._client.close))

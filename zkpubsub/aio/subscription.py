@@ -30,7 +30,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Final
 
@@ -44,7 +44,7 @@ from ..subscription import (
     Subscription,
     SubscriptionStats,
 )
-from ._bridge import Bridge
+from ._bridge import Bridge, calling_task
 
 __all__ = ["AsyncSubscription"]
 
@@ -84,11 +84,11 @@ class LoopDispatcher(SelfDispatching):
         except RuntimeError:  # the loop is closed: nothing will be handled here
             self._finished.set()
 
-    def note_close(self) -> None:
-        """(On the loop, as a close begins.) A close called by this
-        dispatcher's own handler is not to wait for the handler: it waits
-        for that close (the threaded dispatcher's rule too)."""
-        if self._task is not None and asyncio.current_task() is self._task:
+    def note_close(self, caller: asyncio.Task[Any] | None) -> None:
+        """(As a close is called.) A close called by this dispatcher's own
+        handler (the task ``caller``) is not to wait for the handler: it
+        waits for that close (the threaded dispatcher's rule too)."""
+        if self._task is not None and caller is self._task:
             self._closed_by_its_handler = True
 
     def stop(self, timeout: float | None) -> bool:
@@ -299,28 +299,35 @@ class AsyncSubscription:
                 return
             yield message
 
-    async def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
         """Stop receiving; the queue and its backlog are kept (see
         :meth:`Subscription.close`). A handler still running after
         ``timeout`` (default: the client's ``close_timeout``) is cancelled
-        and its message stays queued. Idempotent."""
-        await self._shutdown(self._sub.close, timeout)
+        and its message stays queued. Idempotent. Called by the
+        subscription's own handler (awaited, or through ``wait_for``), it
+        does not wait for that handler."""
+        return self._shutdown(self._sub.close, timeout, calling_task())
 
-    async def unsubscribe(self, timeout: float | None = None) -> None:
+    def unsubscribe(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
         """Stop receiving, deregister and delete the queue. Idempotent."""
-        await self._shutdown(self._sub.unsubscribe, timeout)
+        return self._shutdown(self._sub.unsubscribe, timeout, calling_task())
 
-    async def _shutdown(self, how: Callable[[float | None], None], timeout: float | None) -> None:
+    async def _shutdown(
+        self,
+        how: Callable[[float | None], None],
+        timeout: float | None,
+        caller: asyncio.Task[Any] | None,
+    ) -> None:
         # A handler still running past the timeout is cancelled: its message
         # stays queued; a get waiting is ended; the message get handed out
         # last is acknowledged.
         timeout = check_timeout(timeout)  # a close refused notes nothing
-        self._dispatcher.note_close()
+        self._dispatcher.note_close(caller)
         await self._bridge.run_to_close(how, timeout)
 
-    def _note_client_close(self) -> None:
-        """(On the loop.) The client closes: see :meth:`LoopDispatcher.note_close`."""
-        self._dispatcher.note_close()
+    def _note_client_close(self, caller: asyncio.Task[Any] | None) -> None:
+        """The client closes: see :meth:`LoopDispatcher.note_close`."""
+        self._dispatcher.note_close(caller)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

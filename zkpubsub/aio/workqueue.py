@@ -30,7 +30,7 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun
+from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun, calling_task
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -214,19 +214,23 @@ class AsyncConsumer:
     def running(self) -> bool:
         return self._consumer.running
 
-    async def stop(self, timeout: float | None = 30.0) -> None:
+    def stop(self, timeout: float | None = 30.0) -> Coroutine[Any, Any, None]:
         """Stop taking items and wait (up to ``timeout``) for the ones in
         hand, taken ahead with ``prefetch`` included; a handler still running
         then is cancelled, and it and the items not begun are released (each
         counts as an attempt). Idempotent (a later call waits for the first
         one's end); works after the client closed; completes even if the
-        waiting task is cancelled. Called by one of its own handlers, it
-        returns at once: the stop goes on, and waits for that handler too."""
+        waiting task is cancelled. Called by one of its own handlers
+        (awaited, or through ``wait_for``), it returns at once: the stop goes
+        on, and waits for that handler too."""
+        return self._stop_called(timeout, calling_task())
+
+    async def _stop_called(self, timeout: float | None, caller: asyncio.Task[Any] | None) -> None:
         timeout = check_timeout(timeout)
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop(timeout))
             self._stopping.add_done_callback(_read_outcome)  # awaited or not
-        if self._handler.runs(asyncio.current_task()):
+        if self._handler.runs(caller):
             return  # waiting here, the handler would wait for itself
         await asyncio.shield(self._stopping)
 
