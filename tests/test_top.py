@@ -135,6 +135,54 @@ def test_the_live_view_refreshes_in_place_on_a_terminal_and_ends_on_ctrl_c(
         os.close(master)
 
 
+def test_the_live_view_says_when_the_server_stops_answering(
+    make_cluster: Callable[..., ZooKeeperCluster],
+) -> None:
+    """With ZooKeeper frozen, the last view stayed on the screen as it was,
+    unmarked, until the read failed at its request timeout (about 30 s)."""
+    zk = make_cluster(1)
+    (node,) = zk.nodes
+    Client(zk.hosts, root="/frozen-live", cleaner=False).close()  # a bus to look at
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR), COLUMNS="160", LINES="40", TERM="xterm")
+    command = [sys.executable, "-m", "zkpubsub", "--hosts", zk.hosts, "--root", "/frozen-live"]
+    command += ["--session-timeout", "30", "top", "--interval", "0.3"]
+    process = subprocess.Popen(
+        command, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(seen: Callable[[], bool], limit: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not seen():
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:
+                    return
+
+    try:
+        read_until(lambda: screen.count(b"zkpubsub top") >= 2, 30)  # refreshing
+        assert screen.count(b"zkpubsub top") >= 2, screen[-2000:]
+        assert b"no answer" not in screen
+        node.pause()
+        try:
+            read_until(lambda: b"no answer from the server for" in screen, 15)
+            assert b"no answer from the server for" in screen, screen[-2000:]
+        finally:
+            node.resume()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+
+
 def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer(
     make_cluster: Callable[..., ZooKeeperCluster], tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -562,12 +562,20 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
         with made as observer, contextlib.suppress(Unfinished):
             sampler = Sampler(observer)
 
-            def sample() -> Frame:
+            def sample(waiting: Callable[[float], None] | None = None) -> Frame:
                 # on a thread of its own, given up on a signal: the view
                 # ends at once, not when a read of an unanswering server
-                # times out (it fails when what it reads from closes)
+                # times out (it fails when what it reads from closes);
+                # meanwhile told how long it waits
+                began = time.monotonic()
+
+                def give_up() -> bool:
+                    if waiting is not None:
+                        waiting(time.monotonic() - began)
+                    return stop.is_set()
+
                 return read_or_fail(
-                    lambda: on_a_thread(sampler.sample, "zkpubsub-top-read", stop.is_set)
+                    lambda: on_a_thread(sampler.sample, "zkpubsub-top-read", give_up)
                 )
 
             frame = sample()

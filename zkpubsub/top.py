@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from .observer import Observer
 from .stats import BusStats
@@ -86,8 +86,10 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def render(frame: Frame) -> Any:
-    """The frame as a ``rich`` renderable: a heading and four tables."""
+def render(frame: Frame, unanswered: float | None = None) -> Any:
+    """The frame as a ``rich`` renderable: a heading and four tables; with
+    ``unanswered``, a line saying how many seconds the server has not
+    answered the next look (the view is older than it seems)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -102,6 +104,11 @@ def render(frame: Frame) -> Any:
         f"  ({stats.cleaner_candidates} candidate(s))  "
         + time.strftime("%H:%M:%S", time.localtime(frame.at)),
     )
+    if unanswered is not None:
+        heading.append(
+            f"\nno answer from the server for {unanswered:.0f}s: this view is from the time above",
+            "bold reverse",
+        )
     clients = Table(title="clients", title_justify="left", expand=False)
     for column in ("client", "host", "pid", "age"):
         clients.add_column(column, justify="right" if column in ("pid", "age") else "left")
@@ -157,13 +164,34 @@ def print_frame(frame: Frame, stream: IO[str], width: int = 120) -> None:
     Console(file=stream, width=width, color_system=None).print(render(frame))
 
 
+# A look at the bus unanswered this long is said on the screen, and again
+# each second it goes on.
+UNANSWERED_AFTER: Final = 2.0
+
+
 def show_live(
-    first: Frame, sample: Callable[[], Frame], interval: float, stop: threading.Event
+    first: Frame,
+    sample: Callable[[Callable[[float], None]], Frame],
+    interval: float,
+    stop: threading.Event,
 ) -> None:
     """Frames refreshed in place on the terminal every ``interval`` seconds
-    until ``stop`` is set (or Ctrl-C)."""
+    until ``stop`` is set (or Ctrl-C). ``sample(waiting)`` takes the next
+    frame, calling ``waiting(seconds)`` on this thread while the server
+    does not answer; the last frame then says so."""
     from rich.live import Live
 
     with Live(render(first), auto_refresh=False, screen=False) as live:
+        shown = first
+        said = 0
+
+        def waiting(seconds: float) -> None:
+            nonlocal said
+            if seconds >= UNANSWERED_AFTER and int(seconds) > said:
+                said = int(seconds)
+                live.update(render(shown, unanswered=seconds), refresh=True)
+
         while not stop.wait(interval):
-            live.update(render(sample()), refresh=True)
+            said = 0
+            shown = sample(waiting)
+            live.update(render(shown), refresh=True)
