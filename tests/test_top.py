@@ -87,52 +87,58 @@ def test_once_on_an_output_that_cannot_show_a_name_escapes_it(
         assert "prix-\\u4fa1\\u683c" in shown, shown  # escaped, as stderr would
 
 
+class Terminal:
+    """``zkpubsub ARGS`` on a pseudo-terminal of its own, and what it drew."""
+
+    def __init__(self, *args: str, columns: int = 120) -> None:
+        master, slave = pty.openpty()
+        env = dict(os.environ, PYTHONPATH=str(ROOT_DIR), LINES="40", TERM="xterm")
+        env["COLUMNS"] = str(columns)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "zkpubsub", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self._master = master
+        self.screen = b""
+
+    def read_until(self, seen: Callable[[bytes], bool], limit: float) -> bytes:
+        """What it drew, once ``seen(it)`` or after ``limit`` seconds."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not seen(self.screen):
+            ready, _, _ = select.select([self._master], [], [], 0.2)
+            if ready:
+                try:
+                    self.screen += os.read(self._master, 65536)
+                except OSError:
+                    break  # it ended
+        return self.screen
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        os.close(self._master)
+
+
 def test_the_live_view_refreshes_in_place_on_a_terminal_and_ends_on_ctrl_c(
     make_client: MakeClient, zk_hosts: str, zk_root: str
 ) -> None:
     make_client().subscribe("live-topic")
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR), COLUMNS="120", LINES="40", TERM="xterm")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "zkpubsub",
-            "--hosts",
-            zk_hosts,
-            "--root",
-            zk_root,
-            "top",
-            "--interval",
-            "0.3",
-        ],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
-    screen = b""
+    top = Terminal("--hosts", zk_hosts, "--root", zk_root, "top", "--interval", "0.3")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and screen.count(b"zkpubsub top") < 3:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    screen += os.read(master, 65536)
-                except OSError:
-                    break
+        screen = top.read_until(lambda drawn: drawn.count(b"zkpubsub top") >= 3, 30)
         assert screen.count(b"zkpubsub top") >= 3, screen[-2000:]
         assert b"live-topic" in screen
         assert b"\x1b[" in screen and (b"\x1b[1A" in screen or b"\x1b[2K" in screen)  # in place
-        process.send_signal(signal.SIGINT)
-        assert process.wait(20) == 0
+        top.process.send_signal(signal.SIGINT)
+        assert top.process.wait(20) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        os.close(master)
+        top.close()
 
 
 def test_the_live_view_says_when_the_server_stops_answering(
@@ -143,44 +149,23 @@ def test_the_live_view_says_when_the_server_stops_answering(
     zk = make_cluster(1)
     (node,) = zk.nodes
     Client(zk.hosts, root="/frozen-live", cleaner=False).close()  # a bus to look at
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=str(ROOT_DIR), COLUMNS="160", LINES="40", TERM="xterm")
-    command = [sys.executable, "-m", "zkpubsub", "--hosts", zk.hosts, "--root", "/frozen-live"]
-    command += ["--session-timeout", "30", "top", "--interval", "0.3"]
-    process = subprocess.Popen(
-        command, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
-    )
-    os.close(slave)
-    screen = b""
-
-    def read_until(seen: Callable[[], bool], limit: float) -> None:
-        nonlocal screen
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and not seen():
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    screen += os.read(master, 65536)
-                except OSError:
-                    return
-
+    args = ["--hosts", zk.hosts, "--root", "/frozen-live", "--session-timeout", "30"]
+    top = Terminal(*args, "top", "--interval", "0.3", columns=160)
+    said = b"no answer from the server for"
     try:
-        read_until(lambda: screen.count(b"zkpubsub top") >= 2, 30)  # refreshing
-        assert screen.count(b"zkpubsub top") >= 2, screen[-2000:]
-        assert b"no answer" not in screen
+        screen = top.read_until(lambda drawn: drawn.count(b"zkpubsub top") >= 2, 30)
+        assert screen.count(b"zkpubsub top") >= 2, screen[-2000:]  # refreshing
+        assert said not in screen
         node.pause()
         try:
-            read_until(lambda: b"no answer from the server for" in screen, 15)
-            assert b"no answer from the server for" in screen, screen[-2000:]
+            screen = top.read_until(lambda drawn: said in drawn, 15)
+            assert said in screen, screen[-2000:]
         finally:
             node.resume()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(20) == 0
+        top.process.send_signal(signal.SIGINT)
+        assert top.process.wait(20) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        os.close(master)
+        top.close()
 
 
 def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer(
