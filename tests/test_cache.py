@@ -374,6 +374,33 @@ def test_tuple_keys_invalidate_every_instance_and_a_foreign_message_clears(
     assert reader._subscription.stats().errors == 0
 
 
+class _Proto:
+    """A serializer only its own client knows."""
+
+    content_type = "application/x-proto"
+
+    def dumps(self, payload: Any) -> bytes:
+        return repr(payload).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return data.decode()
+
+
+def test_an_invalidation_the_cache_cannot_read_clears_it(make_client: MakeClient) -> None:
+    """A node on the topic this client could not decode went to the
+    subscription's default on_error (logged, dropped): the cache kept
+    serving what another instance had invalidated."""
+    values = {"k": "v1"}
+    reader = InvalidatingCache(make_client(), "users", values.__getitem__)
+    assert reader.get("k") == "v1"
+    values["k"] = "v2"
+    other = make_client(serializer=_Proto())  # an instance moving to a new serializer
+    other.publish("users", "k")
+    wait_until(lambda: reader._subscription.stats().errors == 1, 10, "the node reported")
+    wait_until(lambda: len(reader) == 0, 10, "the cache cleared")
+    assert reader.get("k") == "v2"
+
+
 def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None:
     client = make_client()
     for options in ({"max_size": True}, {"ttl": True}, {"ttl": "5"}, {"ttl": math.nan}):

@@ -43,8 +43,8 @@ than ``max_message_bytes``) is refused by ``get`` before the loader runs,
 with the error ``invalidate`` would raise (``SerializationError``,
 ``PayloadTooLarge``), as is a key holding a NaN (``ValueError``: it equals
 no key an invalidation brings): nothing is kept that no instance could drop. A message on the
-topic that names no possible key (one another publisher sent) clears the
-cache. Optional ``ttl`` (seconds) and
+topic that names no possible key (one another publisher sent), or that
+this client cannot read (another serializer), clears the cache. Optional ``ttl`` (seconds) and
 ``max_size`` (least recently used first out) bound what is kept.
 """
 
@@ -67,6 +67,7 @@ from .config import ClientConfig
 from .errors import ClientClosed
 from .message import Message, PublishReceipt
 from .state import ClientState, Gap
+from .subscription import log_error
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
@@ -290,6 +291,15 @@ class _Listening(Generic[K, V]):
         else:
             self._entries.invalidate(key)
 
+    def _on_error(self, error: BaseException, message: Message | None) -> None:
+        log_error(error, message)
+        if message is None:
+            # a node on the topic this client cannot read (another
+            # serializer, another writer): whatever it meant to invalidate,
+            # nothing here outlives it
+            logger.warning("a message on %s could not be read: clearing the cache", self._topic)
+            self._entries.clear()
+
     def _on_gap(self, gap: Gap) -> None:
         if self._topic in gap.topics:
             self._entries.clear()
@@ -393,7 +403,7 @@ class InvalidatingCache(_Listening[K, V]):
         self._loader = loader
         self._listen(client)
         try:
-            self._subscription = client.subscribe(topic, self._on_message)
+            self._subscription = client.subscribe(topic, self._on_message, on_error=self._on_error)
         except BaseException:
             self._stop_listening(client)
             raise
@@ -500,7 +510,9 @@ class AsyncInvalidatingCache(_Listening[K, V]):
             client = self._client.sync
             self._listen(client)
             made = asyncio.ensure_future(
-                self._client.run_in_thread(client.subscribe, self._topic, self._on_message)
+                self._client.run_in_thread(
+                    client.subscribe, self._topic, self._on_message, on_error=self._on_error
+                )
             )
             try:
                 subscription = await asyncio.shield(made)
