@@ -401,6 +401,25 @@ def test_an_invalidation_the_cache_cannot_read_clears_it(make_client: MakeClient
     assert reader.get("k") == "v2"
 
 
+@pytest.mark.anyio
+async def test_an_invalidation_the_async_cache_cannot_read_clears_it(
+    make_client: MakeClient, zk_hosts: str, zk_root: str
+) -> None:
+    values = {"k": "v1"}
+
+    async def load(key: str) -> str:
+        return values[key]
+
+    async with AsyncClient.connect(zk_hosts, root=zk_root) as client:
+        reader = await AsyncInvalidatingCache.open(client, "users", load)
+        assert await reader.get("k") == "v1"
+        values["k"] = "v2"
+        make_client(serializer=_Proto()).publish("users", "k")
+        await _eventually(lambda: len(reader) == 0)
+        assert await reader.get("k") == "v2"
+        await reader.close()
+
+
 def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None:
     client = make_client()
     for options in ({"max_size": True}, {"ttl": True}, {"ttl": "5"}, {"ttl": math.nan}):
