@@ -146,7 +146,10 @@ def test_json_text_and_bytes_bodies_arrive_as_published_with_their_headers(
     name = subscribe(api, topic)
     sent = [
         api.post(
-            f"/topics/{topic}/messages", json={"id": 42}, headers={"Zkpubsub-Header-Kind": "j"}
+            f"/topics/{topic}/messages",
+            json={"id": 42},
+            # a value in UTF-8, as curl sends what it is given
+            headers={"Zkpubsub-Header-Kind": "j", "Zkpubsub-Header-City": "Zürich".encode()},
         ),
         api.post(
             f"/topics/{topic}/messages", content="héllo", headers={"Content-Type": "text/plain"}
@@ -162,7 +165,8 @@ def test_json_text_and_bytes_bodies_arrive_as_published_with_their_headers(
         assert answer.json()["subscribers"] == 1
     got = pull_all(api, name, 3)
     assert [m["id"] for m in got] == [a.json()["message_ids"][0] for a in sent]
-    assert got[0]["payload"] == {"id": 42} and got[0]["headers"] == {"kind": "j"}
+    assert got[0]["payload"] == {"id": 42}
+    assert got[0]["headers"] == {"kind": "j", "city": "Zürich"}
     assert got[1]["payload"] == "héllo"
     assert base64.b64decode(got[2]["payload_base64"]) == b"\x00\xff"
     assert all(m["deliveries"] == 1 and m["topic"] == topic for m in got)
@@ -693,6 +697,32 @@ def test_bad_input_is_a_problem_document_with_a_reason_never_a_500(api: httpx.Cl
             answer = api.post(url, content=body, headers=json_type)
             assert answer.status_code == 400, (url, body[:20], answer.text)
             assert answer.json()["error"] == "BadJson"
+    # a lone surrogate is no text: it could be neither stored nor echoed
+    for url, body in (
+        ("/topics/t/messages", '"\\ud800"'),
+        ("/queues/q/items", '{"x": "a\\udc00"}'),
+        ("/subscriptions/x/ack", '{"ack_ids": ["\\ud800"], "nack_ids": ["\\ud800"]}'),
+        ("/topics/t/messages:batch", '{"messages": [{"payload": 1, "headers": {"\\udfff": "v"}}]}'),
+    ):
+        answer = api.post(url, content=body, headers=json_type)
+        assert answer.status_code == 400, (url, body, answer.text)
+        assert answer.json()["error"] == "BadJson" and "surrogate" in answer.json()["detail"]
+    # an escaped pair is one character, and stays so
+    answer = api.post("/topics/t/messages", content='"\\ud83d\\ude00"', headers=json_type)
+    assert answer.status_code in (201, 404), answer.text  # (404: nobody subscribes to t)
+    # a message header's value that is not UTF-8 is refused, not guessed at
+    answer = api.post("/topics/t/messages", json=1, headers={"Zkpubsub-Header-X": b"\xff"})
+    assert answer.status_code == 400 and answer.json()["error"] == "BadRequest", answer.text
+    assert "UTF-8" in answer.json()["detail"]
+    # a charset that names no text codec is a bad request, not a failure
+    for charset in ("undefined", "punycode", "no-such-charset"):
+        answer = api.post(
+            "/topics/t/messages",
+            content=b"\xff\xfe-x",
+            headers={"Content-Type": f"text/plain; charset={charset}"},
+        )
+        assert answer.status_code == 400, (charset, answer.text)
+        assert answer.json()["error"] == "BadText"
     # the routes whose bodies a model reads check them the same way first
     for url in ("/subscriptions/x/pull", "/queues/q/reserve"):
         answer = api.post(url, content="{}", headers={"Content-Type": "text/plain"})

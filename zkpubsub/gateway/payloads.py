@@ -24,6 +24,7 @@ import binascii
 import codecs
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
@@ -151,6 +152,13 @@ def parse_json(body: bytes) -> Any:
         value = None
     else:
         if not too_deep(value):
+            if b"\\u" in body and (lone := _lone_surrogate(value)) is not None:
+                raise Problem(
+                    400,
+                    "bad-json",
+                    "Malformed JSON",
+                    f"the body holds the lone surrogate \\u{ord(lone):04x}, which is no text",
+                )
             return value
     raise Problem(
         400,
@@ -176,6 +184,27 @@ def too_deep(value: Any) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """A lone surrogate in the strings of ``value`` (keys too), if any: JSON
+    lets ``\\ud800`` be written, but no text holds it (an escaped pair is
+    read as the one character it makes)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and (found := _SURROGATE.search(item)):
+                return found.group()
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
 
 
 def _refuse_constant(name: str) -> float:
@@ -211,7 +240,7 @@ async def read_payload(request: Request, limit: int) -> tuple[Any, bytes]:
         charset = options.get("charset", "utf-8")
         try:
             return body.decode(charset), raw
-        except (LookupError, UnicodeDecodeError) as exc:
+        except (LookupError, UnicodeError) as exc:  # some codecs raise the bare UnicodeError
             raise Problem(
                 400, "bad-text", "Undecodable text", f"the body is not {charset} text: {exc}"
             ) from None
@@ -235,12 +264,18 @@ def json_of(request: Request, body: bytes, empty: Any = None) -> Any:
 
 
 def message_headers(request: Request) -> dict[str, str]:
-    """The message headers given as ``Zkpubsub-Header-<name>`` request headers."""
-    return {
-        key[len(HEADER_PREFIX) :]: value
-        for key, value in request.headers.items()
-        if key.startswith(HEADER_PREFIX) and len(key) > len(HEADER_PREFIX)
-    }
+    """The message headers given as ``Zkpubsub-Header-<name>`` request
+    headers, their values read as UTF-8 (a 400 if they are not)."""
+    headers = {}
+    for key, value in request.headers.items():  # values as Latin-1, byte for byte
+        if key.startswith(HEADER_PREFIX) and len(key) > len(HEADER_PREFIX):
+            try:
+                headers[key[len(HEADER_PREFIX) :]] = value.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                raise Problem(
+                    400, "bad-request", "Bad request", f"the value of header {key} is not UTF-8"
+                ) from None
+    return headers
 
 
 def decode_base64(text: object, where: str) -> bytes:
