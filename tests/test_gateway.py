@@ -172,6 +172,26 @@ def test_json_text_and_bytes_bodies_arrive_as_published_with_their_headers(
     assert all(m["deliveries"] == 1 and m["topic"] == topic for m in got)
 
 
+def test_a_batch_with_one_bad_message_publishes_none_of_it(api: httpx.Client) -> None:
+    """A batch whose headers change is several publishes: one refused (a
+    message or its headers too large) came after the
+    earlier ones were published, and its 4xx answer said nothing of them."""
+    topic = unique("t-")
+    name = subscribe(api, topic)
+    for bad, status, error in (
+        ({"payload": "x" * 979_990, "headers": {"k": "v"}}, 413, "PayloadTooLarge"),
+        ({"payload": 2, "headers": {"h": "y" * 979_990}}, 413, "PayloadTooLarge"),
+    ):
+        messages = [{"payload": 1}, bad, {"payload": 3}]
+        answer = api.post(f"/topics/{topic}/messages:batch", json={"messages": messages})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"] == error
+    answer = api.post(f"/topics/{topic}/messages", json="after")
+    assert answer.status_code == 201
+    got = pull_all(api, name, 1)
+    assert [m["payload"] for m in got] == ["after"]  # nothing of the batches before
+
+
 def test_a_batch_arrives_in_order_with_each_message_s_headers(api: httpx.Client) -> None:
     topic = unique("t-")
     name = subscribe(api, topic)

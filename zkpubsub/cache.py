@@ -419,7 +419,7 @@ class InvalidatingCache(_Listening[K, V]):
             return value  # type: ignore[return-value]
         try:
             _check_findable(key)
-            self._client._check_message(self._topic, key)
+            self._client._check_messages(self._topic, [key])
             value = self._loader(key)
         except BaseException:
             self._entries.failed(key)
@@ -547,7 +547,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
             return value  # type: ignore[return-value]
         try:
             _check_findable(key)
-            self._client.sync._check_message(self._topic, key)
+            self._client.sync._check_messages(self._topic, [key])
             loaded: Any = self._loader(key)
             if inspect.isawaitable(loaded):
                 loaded = await loaded

@@ -338,11 +338,14 @@ class Client:
         that settles it instead of a future. ``on_done`` must never block."""
         self._submit(topic, payloads, headers, timeout, require_subscribers, False, on_done)
 
-    def _check_message(self, topic: str, payload: Any) -> None:
-        """Internal, for the cache: raise what publishing ``payload`` on
-        ``topic`` would raise for the message itself (``SerializationError``,
-        ``PayloadTooLarge``, ``ValueError``), sending nothing."""
-        self._publisher.entries(topic, [payload], None)
+    def _check_messages(
+        self, topic: str, payloads: Sequence[Any], headers: dict[str, str] | None = None
+    ) -> None:
+        """Internal, for the cache and the gateway: raise what publishing
+        ``payloads`` on ``topic`` would raise for the messages themselves
+        (``SerializationError``, ``PayloadTooLarge``, ``ValueError``),
+        sending nothing."""
+        self._publisher.entries(topic, payloads, headers)
 
     def _submit(
         self,

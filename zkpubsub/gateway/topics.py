@@ -152,13 +152,20 @@ async def publish_batch(
     client = await gw.bus.client(principal)
     fingerprint = json.dumps(doc, sort_keys=True).encode()
 
+    runs = [
+        ([p for p, _ in run], headers or None)
+        for headers, run in groupby(items, key=lambda item: item[1])
+    ]
+
     async def work() -> Receipt:
-        receipts = []
-        for headers, run in groupby(items, key=lambda item: item[1]):
+        if len(runs) > 1:  # several publishes: none is sent unless all could be
             with bad_input("publish"):
-                receipts.append(
-                    await client.publish_many(topic, [p for p, _ in run], headers=headers or None)
-                )
+                for payloads, headers in runs:
+                    client.sync._check_messages(topic, payloads, headers)
+        receipts = []
+        for payloads, headers in runs:
+            with bad_input("publish"):
+                receipts.append(await client.publish_many(topic, payloads, headers=headers))
         return _receipt(topic, receipts)
 
     answer, replayed = await gw.idempotency.run(
