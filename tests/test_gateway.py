@@ -607,6 +607,24 @@ def test_released_items_become_dead_letters_with_the_reason_and_replay_brings_th
     assert back["payload"] == {"bad": True} and back["attempts"] == 1
 
 
+def test_dead_letters_are_listed_oldest_first_up_to_a_limit(api: httpx.Client) -> None:
+    """Every dead letter, payload and all, was read for one answer: up to
+    10,000 of up to 980 KB each."""
+    queue = unique("q-")
+    ids = [api.post(f"/queues/{queue}/items", json=n).json()["id"] for n in range(3)]
+    for _ in range(5):  # the library's max_attempts
+        items = api.post(f"/queues/{queue}/reserve", json={"max": 3, "wait": 5}).json()["items"]
+        assert len(items) == 3, items
+        for item in items:
+            release = f"/queues/{queue}/reservations/{item['reservation']}/release"
+            assert api.post(release, json={"error": "no"}).status_code == 204
+    assert [d["id"] for d in api.get(f"/queues/{queue}/dead").json()] == ids
+    assert [d["id"] for d in api.get(f"/queues/{queue}/dead?limit=2").json()] == ids[:2]
+    for bad in ("0", "10001", "x"):
+        answer = api.get(f"/queues/{queue}/dead?limit={bad}")
+        assert answer.status_code == 422 and answer.json()["error"] == "RequestValidationError"
+
+
 # -- auth ------------------------------------------------------------------------------------
 
 

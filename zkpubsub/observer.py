@@ -16,7 +16,6 @@ from kazoo.exceptions import NoNodeError
 
 from ._candidates import read_candidate
 from ._deadlines import deadline_after
-from ._numbers import is_int
 from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -35,7 +34,7 @@ from .layout import (
 from .security import Auth, Sasl, Tls, normalize_auth
 from .serializers import SerializerRegistry, resolve
 from .stats import BusStats, collect
-from .workqueue.dead_letters import read_dead
+from .workqueue.dead_letters import check_dead_limit, read_dead
 from .workqueue.records import DeadItem, WorkQueueStats
 from .workqueue.segments import read_queue_stats
 
@@ -129,8 +128,7 @@ class Observer:
     def dead(self, name: str, *, limit: int | None = None) -> list[DeadItem]:
         """The dead letters of the queue, oldest first: all of them, or the
         ``limit`` oldest (only those are read)."""
-        if limit is not None and (not is_int(limit) or limit < 0):
-            raise ValueError(f"limit must be an int >= 0 or None, not {limit!r}")
+        check_dead_limit(limit)  # before any read
         paths = self._layout.work_queue(self._queue(name))
         with translated(f"dead letters of {name!r}"):
             return read_dead(self._conn, self._serializers, paths, self._deadline(), limit=limit)

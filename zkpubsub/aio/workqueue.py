@@ -431,8 +431,9 @@ class AsyncWorkQueue:
         """:meth:`WorkQueue.stats` (``OperationTimeout`` after ``timeout``)."""
         return await self._bridge.run(self._queue.stats, check_timeout(timeout))
 
-    async def dead(self) -> list[DeadItem]:
-        return await self._bridge.run(self._queue.dead)
+    async def dead(self, *, limit: int | None = None) -> list[DeadItem]:
+        """:meth:`WorkQueue.dead`."""
+        return await self._bridge.run(self._queue.dead, limit=limit)
 
     async def replay(
         self, ids: Sequence[str] | None = None, *, timeout: float | None = None

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from ..aio import AsyncWorkQueue
+from ..config import MAX_DEAD_LETTERS
 from ..errors import ItemFailed, OperationTimeout
 from ..layout import validate_name
 from .auth import Caller, Principal
@@ -273,13 +274,28 @@ async def stats(queue: str, request: Request, principal: Caller) -> QueueStatsAn
     )
 
 
+# Dead letters one listing answers with by default: each may hold up to a
+# message's limit, and a queue keeps up to MAX_DEAD_LETTERS of them.
+DEAD_LIMIT: Final = 100
+
+
 @router.get(
     "/queues/{queue}/dead",
     response_model=list[DeadLetter],
     summary="The dead letters, oldest first",
     responses=problem_responses(401, 403, 404),
 )
-async def dead(queue: str, request: Request, principal: Caller) -> list[DeadLetter]:
+async def dead(
+    queue: str,
+    request: Request,
+    principal: Caller,
+    limit: int = Query(
+        DEAD_LIMIT,
+        ge=1,
+        le=MAX_DEAD_LETTERS,
+        description="At most this many, the oldest (only those are read).",
+    ),
+) -> list[DeadLetter]:
     handle = await _handle(state_of(request), principal, queue)
     return [
         DeadLetter(
@@ -291,7 +307,7 @@ async def dead(queue: str, request: Request, principal: Caller) -> list[DeadLett
             died_at=d.died_at,
             **payload_fields(d.payload),
         )
-        for d in await handle.dead()
+        for d in await handle.dead(limit=limit)
     ]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NoNodeError
 
 from .._context import Context
+from .._numbers import is_int
 from ..connection import Connection
 from ..errors import QueueFull
 from ..layout import NodeKind, WorkQueuePaths, order_items, parse_item_node
@@ -24,6 +25,12 @@ from .records import DeadItem, dead_item, dead_item_data
 from .segments import Segments
 
 __all__ = ["read_dead", "replay"]
+
+
+def check_dead_limit(limit: object) -> None:
+    """``ValueError`` unless ``limit`` is ``None`` or a count of dead letters."""
+    if limit is not None and (not is_int(limit) or limit < 0):
+        raise ValueError(f"limit must be an int >= 0 or None, not {limit!r}")
 
 
 def read_dead(
@@ -36,6 +43,7 @@ def read_dead(
 ) -> list[DeadItem]:
     """The dead letters of a queue, oldest first (the ``limit`` oldest, if
     given: only those are read)."""
+    check_dead_limit(limit)
     kazoo = conn.kazoo
     ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
     names = (ordered + foreign)[:limit]

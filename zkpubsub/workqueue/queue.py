@@ -276,11 +276,12 @@ class WorkQueue:
                 self._ctx.conn, self._paths, self.name, self._ctx.deadline(timeout)
             )
 
-    def dead(self) -> list[DeadItem]:
-        """The dead letters, oldest first."""
+    def dead(self, *, limit: int | None = None) -> list[DeadItem]:
+        """The dead letters, oldest first: all of them, or the ``limit``
+        oldest (only those are read)."""
         ctx = self._ctx
         with translated(f"dead letters of {self.name!r}"):
-            return read_dead(ctx.conn, ctx.serializers, self._paths, ctx.deadline())
+            return read_dead(ctx.conn, ctx.serializers, self._paths, ctx.deadline(), limit=limit)
 
     def replay(self, ids: Sequence[str] | None = None, *, timeout: float | None = None) -> int:
         """Put dead letters back (all, or those with these ids) as new items
