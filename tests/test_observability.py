@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from zkpubsub import Client, ClientState, Message, PublishTimeout, ReservationLost
+from zkpubsub import Client, ClientClosed, ClientState, Message, PublishTimeout, ReservationLost
 from zkpubsub.health import check
 from zkpubsub.metrics import SCRAPE_READS_BUDGET, ClientMetrics
 from zkpubsub.testing import ZooKeeperCluster, expire_session
@@ -141,6 +141,43 @@ def test_an_outage_is_degraded_live_and_ready_and_only_a_closed_client_is_dead(
         client.close()
     health = check(client)
     assert (health.status, health.liveness_code, health.readiness_code) == ("dead", 503, 503)
+
+
+def test_backlogs_stay_in_the_scrape_as_last_read_while_the_client_is_cut_off(
+    make_cluster: Callable[..., ZooKeeperCluster], zk_root: str
+) -> None:
+    """While the client was not connected the backlog series were left
+    out, though the module says one read stays in every scrape."""
+    cluster = make_cluster(1)
+    client = Client(cluster.hosts, root=zk_root, session_timeout=30.0)
+    registry = CollectorRegistry()
+    try:
+        client.subscribe("kept")
+        client.publish("kept", 1)  # not taken: it stays in the queue
+        ClientMetrics(client, registry=registry)
+        assert sample(registry, "zkpubsub_subscription_backlog", topic="kept") == 1
+        (node,) = cluster.nodes
+        node.stop()
+        wait_until(lambda: client.status == ClientState.SUSPENDED, 30, "SUSPENDED")
+        assert sample(registry, "zkpubsub_subscription_backlog", topic="kept") == 1
+        node.start()
+        cluster.wait_serving()
+    finally:
+        client.close()
+
+
+def test_metrics_on_a_closed_client_are_refused_and_leave_the_registry_free(
+    make_client: MakeClient,
+) -> None:
+    """The refusal came after the registration: the registry then refused
+    every later ClientMetrics (its names were taken)."""
+    closed = make_client()
+    closed.close()
+    registry = CollectorRegistry()
+    with pytest.raises(ClientClosed):
+        ClientMetrics(closed, registry=registry)
+    ClientMetrics(make_client(), registry=registry)
+    assert b"zkpubsub_session_state" in generate_latest(registry)
 
 
 def test_the_library_logs_through_a_null_handler_under_documented_names() -> None:

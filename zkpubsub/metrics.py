@@ -21,8 +21,9 @@ depth, the hosted cleaner). Reading the server at scrape time is skipped while t
 client is not connected, and its reads share a budget of
 ``SCRAPE_READS_BUDGET`` (3 s), so a scrape never waits long for ZooKeeper,
 even one that stopped answering before the client noticed. A backlog not
-read by then is given as last read, and the next scrape reads on from
-there, so that each is read in turn; a work queue not read is left out.
+read by then (or while not connected) is given as last read, and the next
+scrape reads on from there, so that each is read in turn; a work queue not
+read is left out.
 
 Every metric is named ``zkpubsub_...``:
 
@@ -209,15 +210,18 @@ class ClientMetrics:
             buckets=_LATENCY_BUCKETS,
             **unregistered,
         )
+        # a closed client is refused (ClientClosed) before the registry is taken
+        self._client.add_gap_listener(self._on_gap)
+        self._client.add_observer(self)
         try:
             self._registry.register(self)
         except ValueError as exc:  # its names are taken (see describe)
+            self._client.remove_observer(self)
+            self._client.remove_gap_listener(self._on_gap)
             raise ValueError(
                 f"{exc}: the registry has zkpubsub metrics already (one client's, or "
                 "another's); a registry takes one ClientMetrics (give each its own registry=...)"
             ) from None
-        self._client.add_observer(self)
-        self._client.add_gap_listener(self._on_gap)
 
     def watch_queue(self, name: str) -> None:
         """Report the depth of work queue ``name`` too."""
@@ -310,7 +314,7 @@ class ClientMetrics:
         dropped = _family("zkpubsub_messages_dropped")
         pending = _family("zkpubsub_subscription_pending")
         backlog = _family("zkpubsub_subscription_backlog")
-        backlogs = self._read_backlogs(subs, deadline) if deadline is not None else {}
+        backlogs = self._read_backlogs(subs, deadline)
         topics = {sub.topic for sub in subs}
         with self._lock:
             counted = {"errors": dict(self._errors), "dropped": dict(self._dropped)}
@@ -323,17 +327,18 @@ class ClientMetrics:
                 backlog.add_metric([sub.topic], backlogs[sub.topic])
         yield from (errors, dropped, pending, backlog)
 
-    def _read_backlogs(self, subs: list[Subscription], deadline: float) -> dict[str, int]:
+    def _read_backlogs(self, subs: list[Subscription], deadline: float | None) -> dict[str, int]:
         """The backlog of each of ``subs``: read from the server until
-        ``deadline``, starting where the last scrape stopped, and for those
-        not reached the value read last (so that all are read in turn and
-        none drops out of a scrape once it has been read)."""
+        ``deadline`` (``None``: not connected, nothing read), starting where
+        the last scrape stopped, and for those not reached the value read
+        last (so that all are read in turn and none drops out of a scrape
+        once it has been read)."""
         with self._lock:  # scrapes at once (a threaded exporter) each read on
             start = self._backlog_from % len(subs) if subs else 0
         read: dict[str, int] = {}
         tried = 0
         for sub in subs[start:] + subs[:start]:
-            if expired(deadline):
+            if deadline is None or expired(deadline):
                 break
             tried += 1
             try:
