@@ -420,6 +420,18 @@ async def test_an_invalidation_the_async_cache_cannot_read_clears_it(
         await reader.close()
 
 
+@pytest.mark.anyio
+async def test_an_async_cache_started_late_counts_no_freeze(zk_hosts: str, zk_root: str) -> None:
+    """The freeze watch counted from the cache's construction: a start()
+    a third of the session timeout later was taken for a frozen process."""
+    async with AsyncClient.connect(zk_hosts, root=zk_root, session_timeout=1.5) as client:
+        cache = AsyncInvalidatingCache(client, "users", _async(Source()))
+        await asyncio.sleep(1.0)  # longer than a third of the session timeout
+        await cache.start()
+        assert (cache.stats().freezes, cache.stats().clears) == (0, 0)
+        await cache.close()
+
+
 def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None:
     client = make_client()
     for options in ({"max_size": True}, {"ttl": True}, {"ttl": "5"}, {"ttl": math.nan}):

@@ -144,6 +144,12 @@ class _Entries(Generic[K, V]):
 
     # -- the freeze watch ----------------------------------------------------------------
 
+    def begin(self) -> None:
+        """The cache starts listening: the freeze watch counts from now (a
+        start long after the cache was made is no frozen process)."""
+        with self._lock:
+            self._last_seen = time.monotonic()
+
     def start_watch(self, name: str) -> None:
         self._watch = threading.Thread(target=self._watch_loop, name=name, daemon=True)
         self._watch.start()
@@ -313,6 +319,7 @@ class _Listening(Generic[K, V]):
             self._entries.connection(lambda: client.status)
 
     def _listen(self, client: Client) -> None:
+        self._entries.begin()
         self._listened = client
         client.add_gap_listener(self._on_gap)
         client.add_listener(self._on_state)
