@@ -23,6 +23,7 @@ from zkpubsub import (
     ItemFailed,
     NotFound,
     OperationTimeout,
+    PayloadTooLarge,
     ReservationLost,
     SerializationError,
     Ticket,
@@ -562,6 +563,70 @@ def test_consume_acks_releases_and_stops_gracefully(make_client: MakeClient) -> 
     assert not consumer.running
     assert consumer.stats().acked == 4 and consumer.stats().released == 2
     assert len(q) == 0
+
+
+def test_a_consume_handler_that_finishes_its_item_itself_and_raises_keeps_the_worker(
+    make_client: MakeClient,
+) -> None:
+    """``with item:`` releases the item on the way out of a raising
+    handler; the consumer's own release then raised ValueError (already
+    released) out of the worker thread: the rest of its batch was never
+    handled, nor acked, and the consumer took nothing more."""
+    q = make_client().queue("itself", max_attempts=10)
+    handled: list[Any] = []
+    errors: list[BaseException] = []
+
+    def handle(item: Item) -> None:
+        if item.payload == "bad" and item.attempts == 1:
+            with item:
+                raise RuntimeError("bad item")
+        handled.append(item.payload)
+
+    q.put_many(["bad", 1, 2])
+    consumer = q.consume(handle, prefetch=3, on_error=lambda e, i: errors.append(e))
+    try:
+        wait_until(lambda: sorted(handled, key=str) == [1, 2, "bad"], 20, "all handled")
+        wait_until(lambda: len(q) == 0, 20, "all acked")
+        assert consumer.running
+        assert [type(e) for e in errors] == [RuntimeError]
+    finally:
+        consumer.stop()
+
+
+def test_a_result_that_cannot_be_written_fails_its_item_not_the_worker(
+    make_client: MakeClient,
+) -> None:
+    """An unencodable result raised a plain TypeError from the ack, out of
+    the consumer's worker thread: its batch stayed reserved, and no more
+    was taken. A direct ack raised TypeError, not SerializationError."""
+    q = make_client().queue("results", max_attempts=1)
+    worker = make_client().queue("results")
+    ticket = q.put("direct", want_result=True)
+    item = worker.reserve(10)
+    assert item is not None
+    with pytest.raises(SerializationError, match="result"):
+        item.ack(result={1, 2})
+    with pytest.raises(PayloadTooLarge):
+        item.ack(result=b"x" * 1_100_000)  # refused before it is sent
+    item.ack(result="fine")  # nothing was changed: it still holds the item
+    assert ticket.wait(10) == "fine"
+
+    errors: list[BaseException] = []
+    bad = q.put("set", want_result=True)
+    good = q.put("ok", want_result=True)
+    consumer = q.consume(
+        lambda i: {1, 2} if i.payload == "set" else "done",
+        prefetch=2,
+        on_error=lambda e, i: errors.append(e),
+    )
+    try:
+        assert good.wait(20) == "done"
+        with pytest.raises(ItemFailed, match="result"):
+            bad.wait(20)  # failed, once: dead (max_attempts=1)
+        assert consumer.running
+        assert [type(e) for e in errors] == [SerializationError]
+    finally:
+        consumer.stop()
 
 
 def test_stop_waits_one_timeout_for_all_the_busy_workers(make_client: MakeClient) -> None:

@@ -125,12 +125,16 @@ class Consumer:
                 try:
                     result = self._handler(item)
                     refuse_awaitable(result, "the handler")
+                    if item.wants_result and not item.finished:
+                        worker.check_result(result)  # one that cannot be written fails its item
                 except BaseException as exc:  # whatever a handler raises is a failure
                     # given back first: a slow on_error must not hold the item
                     self._release(item, exc)
                     self._report(exc, item)
                     continue
-                if not item.finished:
+                if item.finished:  # the handler acked or released it itself
+                    self._keeper.discard(item)
+                else:
                     done.append((item, result if item.wants_result else None))
             self._ack(worker, done)
 
@@ -177,8 +181,11 @@ class Consumer:
             logger.exception("on_error raised")
 
     def _release(self, item: Item, error: BaseException) -> None:
-        """Release an item the handler failed on."""
+        """Release an item the handler failed on (unless the handler
+        finished it itself: ``with item:`` releases it on the way out)."""
         self._keeper.discard(item)
+        if item.finished:
+            return
         try:
             item.release(error)
             self._count("released")

@@ -33,7 +33,7 @@ from .. import envelope
 from .._context import Context
 from ..config import MAX_DEAD_LETTERS
 from ..connection import first_error, translated
-from ..errors import ConnectionLost, ReservationLost
+from ..errors import ConnectionLost, PayloadTooLarge, ReservationLost, SerializationError
 from ..layout import NodeKind, WorkQueuePaths, parse_item_node
 from .items import Item
 from .records import dead_record, reserved_by, result_doc
@@ -95,18 +95,37 @@ def held_version(
     return int(held.version)
 
 
+def encoded_result(ctx: Context, result: Any) -> bytes:
+    """The record an ack writes for ``result``: :class:`SerializationError`
+    if the client's serializer cannot encode it, :class:`PayloadTooLarge`
+    over ``max_message_bytes`` (the server would drop the connection on it);
+    nothing is sent."""
+    try:
+        doc = result_doc(ctx.config.serializer, "ok", result)
+    except SerializationError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:  # what serializers raise
+        raise SerializationError(f"the result cannot be serialized: {exc}") from exc
+    limit = ctx.config.max_message_bytes
+    if len(doc) > limit:
+        raise PayloadTooLarge(
+            len(doc),
+            limit,
+            why=f"the result is {len(doc)} bytes encoded, over max_message_bytes ({limit})",
+        )
+    return doc
+
+
 def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Item]:
     """Ack in as few transactions as fit; returns the items whose
     reservation was lost (the rest are acked)."""
     paths = ctx.layout.work_queue(queue)
-    serializer = ctx.config.serializer
+    todo = [  # every result encoded before anything is sent
+        (item, encoded_result(ctx, result) if item.wants_result else None) for item, result in pairs
+    ]
     deadline = ctx.deadline()
     lost: list[Item] = []
     with translated(f"ack in queue {queue!r}"):
-        todo = [
-            (item, result_doc(serializer, "ok", result) if item.wants_result else None)
-            for item, result in pairs
-        ]
         while todo:
             batch: list[tuple[Item, bytes | None]] = []
             size = 0

@@ -31,7 +31,7 @@ from .._numbers import is_int
 from ..connection import first_error, translated
 from ..errors import ClientClosed, ConnectionLost, DecodeError, ReservationLost
 from ..layout import NodeKind, parse_item_node
-from .finishing import ack_all, bury, commit, held_version, release
+from .finishing import ack_all, bury, commit, encoded_result, held_version, release
 from .items import Item
 from .leases import check_lease
 from .lineup import Lapsed, Lineup
@@ -364,6 +364,11 @@ class Worker:
             item.mark_finished()
         if lost:
             raise ReservationLost(self.queue, lost[0].id, item_ids=tuple(i.id for i in lost))
+
+    def check_result(self, result: Any) -> None:
+        """What an ack of ``result`` would raise before sending anything
+        (``SerializationError``, ``PayloadTooLarge``)."""
+        encoded_result(self._ctx, result)
 
     def ack_all(self, pairs: list[tuple[Item, Any]]) -> list[Item]:
         """Ack in as few transactions as fit; returns the items whose
