@@ -242,6 +242,56 @@ def test_client_timeouts_past_their_bound_are_refused_up_front(option: str, valu
         ClientConfig(hosts="127.0.0.1:2181", **{option: value})
 
 
+def test_retry_delays_gap_listener_and_registration_wait_are_checked_up_front(
+    make_client: MakeClient,
+) -> None:
+    """A NaN retry delay retried at once in threads and never on asyncio,
+    an infinite one ended the dispatcher thread at its first retry; a gap
+    listener that is no callable failed at the first gap, in a log line; a
+    registration wait past a year failed after connecting, naming another
+    timeout."""
+    client = make_client()
+    for option in ("retry_delay", "max_retry_delay"):
+        for bad in (math.nan, math.inf, 1e10, -1.0):
+            with pytest.raises(ValueError, match=f"{option} must be"):
+                client.subscribe("t", lambda m: None, **{option: bad})
+    assert client.subscriptions() == []
+    with pytest.raises(TypeError, match="on_gap must be callable"):
+        make_client(on_gap=5)
+    with pytest.raises(ValueError, match="registration_wait must be"):
+        ClientConfig(hosts="127.0.0.1:2181", registration_wait=1e12)
+
+
+def test_a_handler_failing_past_a_thousand_attempts_ends_in_a_drop_not_a_dead_dispatcher(
+    make_client: MakeClient,
+) -> None:
+    """The wait before attempt 1026 overflowed (2.0 ** 1024), even with
+    no delay at all: the dispatcher thread ended and the topic was never
+    handled again."""
+    attempts = 1100
+    handled: list[Any] = []
+    failures: list[BaseException] = []
+
+    def handler(message: Any) -> None:
+        if message.payload == "poison":
+            raise RuntimeError("poison")
+        handled.append(message.payload)
+
+    sub = make_client().subscribe(
+        "t",
+        handler,
+        on_error=lambda e, m: failures.append(e),
+        max_attempts=attempts,
+        retry_delay=0,
+        max_retry_delay=0,
+    )
+    publisher = make_client()
+    publisher.publish("t", "poison")
+    publisher.publish("t", "next")
+    wait_until(lambda: handled == ["next"], 60, "the message after the poison handled")
+    assert len(failures) == attempts and sub.stats().dropped == 1
+
+
 def test_one_str_or_bytes_given_as_several_payloads_is_a_type_error_and_nothing_is_sent(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:

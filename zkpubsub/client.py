@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import check_callable
 from ._context import CLOSING_REQUEST_TIMEOUT, Context
-from ._deadlines import expired
+from ._deadlines import MAX_TIMEOUT, expired
 from ._engine import PublishEngine, PublishRequest, Resolved
 from ._numbers import is_int, is_real
 from ._payloads import payload_list
@@ -120,6 +120,8 @@ class Client:
         cleaner_grace: float | None = None,
         cleaner_interval: float | None = None,
     ) -> None:
+        if on_gap is not None:
+            check_callable(on_gap, "on_gap")
         given: dict[str, Any] = {
             "auth": None if auth is None else normalize_auth(auth),
             "acl": acl,
@@ -422,8 +424,11 @@ class Client:
         if not is_int(max_attempts) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
         for name, delay in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
-            if not is_real(delay) or delay < 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, not {delay!r}")
+            if not is_real(delay) or not 0 <= delay <= MAX_TIMEOUT:  # NaN fails too
+                raise ValueError(
+                    f"{name} must be a number of seconds from 0 to {MAX_TIMEOUT:.0f} (a year), "
+                    f"not {delay!r}"
+                )
         prefetch = self._ctx.config.prefetch if prefetch is None else prefetch
         if not is_int(prefetch) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, not {prefetch!r}")

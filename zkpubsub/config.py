@@ -293,8 +293,11 @@ class ClientConfig:
             check_grace(self.cleaner_grace, self.session_timeout)
         check_interval(self.cleaner_interval, "cleaner_interval")
         wait = self.registration_wait
-        if wait is not None and (not is_finite(wait) or wait < 0):
-            raise ValueError(f"registration_wait must be >= 0 seconds, not {wait!r}")
+        # the registration's requests get 5 s more, within a timeout's year
+        if wait is not None and (not is_finite(wait) or not 0 <= wait <= MAX_TIMEOUT - 5):
+            raise ValueError(
+                f"registration_wait must be from 0 to {MAX_TIMEOUT - 5:.0f} seconds, not {wait!r}"
+            )
         if not is_finite(self.linger) or not 0 <= self.linger <= 1:
             raise ValueError(f"linger must be between 0 and 1 second, not {self.linger!r}")
         for name in ("max_message_bytes", "max_transaction_bytes", "prefetch", "max_pending"):

@@ -68,6 +68,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# The most times retry_delay is doubled: 2.0 ** 1024 overflows a float, and
+# any delay over 1e-300 s is past a year (the longest max_retry_delay) by then.
+_MOST_DOUBLINGS: Final = 1023
+
 # The most messages read already that a dispatcher takes from the buffer at
 # once: one hold of its lock for the run, and the pump reads ahead while the
 # run is handled (the subscription then holds up to prefetch + this many).
@@ -535,8 +539,11 @@ class Subscription:
         return True
 
     def _retry_wait(self, attempt: int) -> float:
-        """The wait before attempt ``attempt`` (2 and later)."""
-        return float(min(self._retry_delay * 2.0 ** (attempt - 2), self._max_retry_delay))
+        """The wait before attempt ``attempt`` (2 and later): the delay
+        doubled each time, up to the most (the doubling stops past a
+        thousand attempts, where it would overflow a float)."""
+        growth = 2.0 ** min(attempt - 2, _MOST_DOUBLINGS)
+        return float(min(self._retry_delay * growth, self._max_retry_delay))
 
     def _failed(self, error: BaseException, message: Message, attempt: int) -> bool:
         """Attempt ``attempt`` failed: report and count it. ``False`` when
