@@ -478,6 +478,40 @@ async def test_state_and_gap_listeners_run_on_the_loop(connect: Connect) -> None
     assert {thread for _, thread in states} == {loop_thread}
 
 
+async def test_a_listener_given_as_a_bound_method_is_removed_as_in_the_threaded_client(
+    connect: Connect,
+) -> None:
+    """Listeners were found again by id(): a bound method is a new object
+    at each attribute read, so removing one did nothing."""
+
+    class Watcher:
+        def __init__(self) -> None:
+            self.seen: list[Any] = []
+
+        def on_state(self, state: ClientState) -> None:
+            self.seen.append(state)
+
+        def on_gap(self, gap: Gap) -> None:
+            self.seen.append(gap)
+
+    removed, kept = Watcher(), Watcher()
+    client = await connect()
+    for watcher in (removed, kept, kept):  # added twice: called twice, removed once
+        client.add_listener(watcher.on_state)
+        client.add_gap_listener(watcher.on_gap)
+    client.remove_listener(removed.on_state)
+    client.remove_gap_listener(removed.on_gap)
+    client.remove_listener(kept.on_state)
+    await client.subscribe("news", lambda m: None)
+    await asyncio.to_thread(expire_session, client.sync)
+    await eventually(lambda: any(isinstance(x, Gap) for x in kept.seen), what="a gap notice")
+    await eventually(lambda: ClientState.LOST in kept.seen, what="the state")
+    await asyncio.sleep(0.2)  # anything for the removed one would be delivered by now
+    assert removed.seen == []
+    assert kept.seen.count(ClientState.LOST) == 1
+    assert len([x for x in kept.seen if isinstance(x, Gap)]) == 2
+
+
 async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Connect) -> None:
     producer = await connect()
     queue = producer.queue("thumbs")

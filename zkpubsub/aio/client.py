@@ -72,7 +72,10 @@ class AsyncClient:
         """Internal: use :meth:`connect`."""
         self._client = client
         self._bridge = bridge
-        self._listeners: dict[tuple[str, int], Callable[[Any], None]] = {}
+        # (kind, listener, what the threaded client calls): found again by
+        # equality, as the threaded client does (a bound method is a new
+        # object each time it is read)
+        self._listeners: list[tuple[str, Listener, Callable[[Any], None]]] = []
         self._subs: list[AsyncSubscription] = []
         self._closing: asyncio.Future[None] | None = None
 
@@ -127,8 +130,16 @@ class AsyncClient:
         def deliver(value: Any) -> None:
             bridge.schedule(listener, value)
 
-        self._listeners[(kind, id(listener))] = deliver
+        self._listeners.append((kind, listener, deliver))
         return deliver
+
+    def _unwrap(self, kind: str, listener: Listener) -> Callable[[Any], None] | None:
+        """What :meth:`_wrap` made of ``listener`` (the first, if added twice)."""
+        for i, (k, added, deliver) in enumerate(self._listeners):
+            if k == kind and added == listener:
+                del self._listeners[i]
+                return deliver
+        return None
 
     def add_listener(self, listener: Callable[[ClientState], Any]) -> None:
         """Call ``listener(state)`` on the loop on every state change (a
@@ -136,7 +147,7 @@ class AsyncClient:
         self._client.add_listener(self._wrap("state", listener))
 
     def remove_listener(self, listener: Callable[[ClientState], Any]) -> None:
-        deliver = self._listeners.pop(("state", id(listener)), None)
+        deliver = self._unwrap("state", listener)
         if deliver is not None:
             self._client.remove_listener(deliver)
 
@@ -158,7 +169,7 @@ class AsyncClient:
         self._client.add_gap_listener(self._wrap("gap", listener))
 
     def remove_gap_listener(self, listener: Callable[[Gap], Any]) -> None:
-        deliver = self._listeners.pop(("gap", id(listener)), None)
+        deliver = self._unwrap("gap", listener)
         if deliver is not None:
             self._client.remove_gap_listener(deliver)
 
