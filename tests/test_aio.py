@@ -512,6 +512,45 @@ async def test_a_listener_given_as_a_bound_method_is_removed_as_in_the_threaded_
     assert len([x for x in kept.seen if isinstance(x, Gap)]) == 2
 
 
+async def test_an_async_subscription_tells_its_bound_eviction_and_backlog(
+    connect: Connect,
+) -> None:
+    """AsyncSubscription had no bound, evicted or backlog() (the threaded
+    subscription's), though the asyncio client takes when_full="evict"."""
+    client = await connect()
+    sub = await client.subscribe("t", max_backlog=50, when_full="evict")
+    assert (sub.bound.max_nodes, sub.bound.when_full) == (50, "evict")
+    assert sub.evicted is False
+    publisher = await connect()
+    for n in range(2):
+        await publisher.publish("t", n)
+    assert await sub.backlog(timeout=10) == 2  # read ahead, not handled: still there
+
+
+async def test_an_async_consumer_stops_extending_after_max_lease(connect: Connect) -> None:
+    """The asyncio consume took no max_lease: a stuck handler's leases were
+    extended for an hour."""
+    client = await connect()
+    queue = client.queue("stuck", visibility_timeout=0.5)
+    await queue.put("x")
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stuck(item: AsyncItem) -> None:
+        started.set()
+        await release.wait()
+
+    consumer = queue.consume(stuck, max_lease=1.0)
+    await asyncio.wait_for(started.wait(), 10)
+    rival = (await connect()).queue("stuck", visibility_timeout=30)
+    taken = await rival.reserve(10)
+    assert taken is not None and taken.attempts == 2
+    release.set()
+    await eventually(lambda: consumer.stats().lost == 1, what="the stuck handler's ack refused")
+    await consumer.stop()
+    await taken.ack()
+
+
 async def test_the_work_queue_puts_reserves_acks_and_answers_tickets(connect: Connect) -> None:
     producer = await connect()
     queue = producer.queue("thumbs")

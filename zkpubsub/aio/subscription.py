@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from .._buffer import Delivery
 from .._deadlines import check_timeout
+from ..backlog import Backlog
 from ..message import Message
 from ..subscription import (
     RUN_LENGTH,
@@ -257,8 +258,18 @@ class AsyncSubscription:
         return self._sub.durable
 
     @property
+    def bound(self) -> Backlog:
+        """The bound of this subscription's queue."""
+        return self._sub.bound
+
+    @property
     def closed(self) -> bool:
         return self._sub.closed
+
+    @property
+    def evicted(self) -> bool:
+        """See :attr:`Subscription.evicted`."""
+        return self._sub.evicted
 
     @property
     def delivered(self) -> int:
@@ -279,6 +290,10 @@ class AsyncSubscription:
 
     def stats(self) -> SubscriptionStats:
         return self._sub.stats()
+
+    async def backlog(self, timeout: float | None = None) -> int:
+        """:meth:`Subscription.backlog`, read on the client's threads."""
+        return await self._bridge.run(self._sub.backlog, check_timeout(timeout))
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message, or ``None`` if ``timeout`` passes or the

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from .._deadlines import check_timeout
 from .._payloads import payload_list
+from ..config import DEFAULT_MAX_LEASE
 from ..errors import OperationTimeout, QueueFull, ZkPubSubError
 from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQueue, WorkQueueStats
 from ..workqueue.items import TICKET_READ_AT_LEAST
@@ -408,11 +409,12 @@ class AsyncWorkQueue:
         workers: int = 1,
         prefetch: int = 1,
         on_error: Callable[[BaseException, AsyncItem], Any] | None = None,
+        max_lease: float = DEFAULT_MAX_LEASE,
     ) -> AsyncConsumer:
         """:meth:`WorkQueue.consume` with ``handler(item)`` (``async def`` or
         plain) run on the loop: its return acks the item (the value is the
         result), an exception — or a cancellation — releases it. ``on_error``
-        runs on the loop too."""
+        runs on the loop too; ``max_lease`` as there."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         bridge = self._bridge
@@ -424,7 +426,9 @@ class AsyncWorkQueue:
             def report(error: BaseException, item: Item) -> None:
                 bridge.schedule(user_on_error, error, AsyncItem(item, bridge))
 
-        consumer = self._queue.consume(on_loop, workers=workers, prefetch=prefetch, on_error=report)
+        consumer = self._queue.consume(
+            on_loop, workers=workers, prefetch=prefetch, on_error=report, max_lease=max_lease
+        )
         return AsyncConsumer(consumer, bridge, on_loop)
 
     async def stats(self, timeout: float | None = None) -> WorkQueueStats:
