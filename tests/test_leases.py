@@ -168,7 +168,9 @@ def test_bad_leases_are_refused(make_client: MakeClient) -> None:
     q.put(1)
     item = q.reserve(5)
     assert item is not None
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match="extend\\(\\) needs seconds: the queue has no visibility_timeout"
+    ):
         item.extend()  # no visibility_timeout to extend by
     item.ack()
 

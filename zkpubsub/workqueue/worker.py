@@ -312,6 +312,10 @@ class Worker:
         queue's ``visibility_timeout``), in one transaction that proves this
         worker still holds it."""
         item.check_unfinished()
+        if seconds is None and self.visibility_timeout is None:
+            raise ValueError(
+                "extend() needs seconds: the queue has no visibility_timeout to default to"
+            )
         lease = check_lease(
             self.visibility_timeout if seconds is None else seconds, "the lease extension"
         )
