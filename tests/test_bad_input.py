@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 
 from zkpubsub import (
     Client,
+    ClientClosed,
     ClientState,
     DecodeError,
     Message,
@@ -258,6 +259,10 @@ def test_retry_delays_gap_listener_and_registration_wait_are_checked_up_front(
     assert client.subscriptions() == []
     with pytest.raises(TypeError, match="on_gap must be callable"):
         make_client(on_gap=5)
+    closed = make_client()
+    closed.close()
+    with pytest.raises(ClientClosed):  # as adding a listener is; it was taken silently
+        closed.add_observer(object())
     with pytest.raises(ValueError, match="registration_wait must be"):
         ClientConfig(hosts="127.0.0.1:2181", registration_wait=1e12)
 

@@ -234,7 +234,9 @@ class Client:
         of a subscription was handled, and ``observer.reservation_lost(queue,
         items)`` when an ack or release found its reservation gone — each
         method only if the observer has it. They run on the client's threads
-        as the events happen: they must be quick and must not block."""
+        as the events happen: they must be quick and must not block.
+        ``ClientClosed`` once the client is closed."""
+        self._ctx.check_open()
         self._ctx.hooks.add(observer)
 
     def remove_observer(self, observer: object) -> None:
