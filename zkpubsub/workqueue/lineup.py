@@ -352,9 +352,10 @@ class Lineup:
         self._own = owner_test(known.workers, self._worker_id)
         expired = self._find_expired(known.reserved, deadline)
         held = [name for name in known.reserved if name not in expired]
-        ranked, _ = rank_by_owner(known.items, held, self._own)
+        names = known.items  # a copy: take it once
+        ranked, _ = rank_by_owner(names, held, self._own)
         newest = max(known.segments, default=0)
-        occupied = {segment_of(name) for name in known.items}
+        occupied = {segment_of(name) for name in names}
         for number in known.segments:
             if number < newest and number not in occupied:
                 mirror.forget_segment(number)
