@@ -149,10 +149,11 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "bad-json", "Malformed JSON", f"the body is not JSON: {exc}") from None
     except RecursionError:
-        value = None
+        pass  # too deep for the parser: said below
     else:
-        if not too_deep(value):
-            if b"\\u" in body and (lone := _lone_surrogate(value)) is not None:
+        deep, lone = _walk(value, strings=b"\\u" in body)
+        if not deep:
+            if lone is not None:
                 raise Problem(
                     400,
                     "bad-json",
@@ -171,40 +172,41 @@ def parse_json(body: bytes) -> Any:
 def too_deep(value: Any) -> bool:
     """Whether ``value`` nests arrays and objects deeper than
     :data:`MAX_DEPTH` (looked at without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+    return _walk(value, strings=False)[0]
 
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
-def _lone_surrogate(value: Any) -> str | None:
-    """A lone surrogate in the strings of ``value`` (keys too), if any: JSON
-    lets ``\\ud800`` be written, but no text holds it (an escaped pair is
-    read as the one character it makes)."""
-    stack = [value]
+def _walk(value: Any, *, strings: bool) -> tuple[bool, str | None]:
+    """One walk of ``value`` (without recursion): whether it nests arrays
+    and objects deeper than :data:`MAX_DEPTH`, and, if ``strings``, a lone
+    surrogate in its strings (keys too). JSON lets ``\\ud800`` be written,
+    but no text holds it (an escaped pair is read as the one character it
+    makes)."""
+    lone: str | None = None
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
-            if not item.isascii() and (found := _SURROGATE.search(item)):
-                return found.group()
-        elif isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            found = None
+            if strings and lone is None and not item.isascii():
+                found = _SURROGATE.search(item)
+            if found:
+                lone = found.group()
+            continue
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+            if strings:
+                stack.extend((key, depth) for key in item)
         elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return None
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True, None
+        stack.extend((child, depth + 1) for child in children)
+    return False, lone
 
 
 def _refuse_constant(name: str) -> float:
