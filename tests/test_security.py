@@ -4,9 +4,11 @@ every node, roles, TLS, and configuration that cannot work failing fast."""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -35,6 +37,7 @@ from zkpubsub import (
 from zkpubsub._acl import AclPolicy
 from zkpubsub.backlog import QueueRecord
 from zkpubsub.config import ClientConfig
+from zkpubsub.handler import FastThreadingHandler
 from zkpubsub.layout import Layout, NodeKind, carries_data, new_guid
 from zkpubsub.security import Auth, from_environment, load_credentials
 from zkpubsub.testing import ZooKeeperCluster, expire_session
@@ -427,6 +430,44 @@ def test_a_client_that_does_not_trust_the_servers_ca_is_refused_at_once(
     assert info.value.errors
 
 
+def _tls_session(address: str, hostname: str, tls: Tls) -> None:
+    """Open and close the TLS connection kazoo's session would use."""
+    host, port = address.rsplit(":", 1)
+    sock = FastThreadingHandler().create_connection(
+        address=(host, int(port)),
+        hostname=hostname,
+        timeout=5.0,
+        use_ssl=True,
+        ca=tls.ca,
+        certfile=tls.certfile,
+        keyfile=tls.keyfile,
+        keyfile_password=tls.keyfile_password,
+        verify_certs=tls.verify,
+        check_hostname=tls.check_hostname,
+    )
+    sock.close()
+
+
+def test_the_session_trusts_only_the_ca_it_is_given(secure_zookeeper, tls_material, monkeypatch):
+    # the system's CAs would trust the server: a given CA replaces them, for
+    # every connection of the session (not only the first, which is probed)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_material.ca_cert))
+    address = secure_zookeeper.secure_hosts.split(",")[0]
+    _tls_session(address, "127.0.0.1", Tls())  # the system's: trusted
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_session(address, "127.0.0.1", tls_of(tls_material, ca=tls_material.other_ca_cert))
+
+
+def test_the_servers_name_is_checked_unless_told_not_to(secure_zookeeper, tls_material):
+    address = secure_zookeeper.secure_hosts.split(",")[0]
+    tls = tls_of(tls_material, cert=False)
+    assert tls.check_hostname  # the default
+    _tls_session(address, "localhost", tls)  # a name the certificate holds
+    with pytest.raises(ssl.SSLCertVerificationError, match="match"):
+        _tls_session(address, "zookeeper.example", tls)
+    _tls_session(address, "zookeeper.example", replace(tls, check_hostname=False))
+
+
 def test_tls_against_a_plain_port_is_one_clear_error(
     make_secure_client, secure_zookeeper, tls_material
 ):
@@ -658,6 +699,32 @@ def test_credentials_come_from_a_file_or_the_environment(tmp_path, tls_material)
     assert [a.identity() for a in env.auth] == [digest_identity("other", "pw2")]
     assert from_environment({}).options() == {}
     assert from_environment({"ZKPUBSUB_ACL": "open"}).options() == {"acl": "open"}
+
+
+def test_auth_pairs_may_be_lists_and_a_bad_entry_is_not_echoed():
+    config = ClientConfig(auth=[["digest", "alice:s3cret"]])  # as JSON or YAML gives it
+    assert config.auth == (Auth("digest", "alice:s3cret"),)
+    for bad in (["digest", "alice:s3cret", "x"], ("digest", "alice:s3cret", "x"), "alice:s3cret"):
+        with pytest.raises(TypeError, match="pairs") as info:
+            ClientConfig(auth=[bad])
+        assert "s3cret" not in str(info.value)
+
+
+def test_the_environment_changes_only_the_tls_files_it_names(tmp_path, tls_material):
+    path = tmp_path / "creds.toml"
+    path.write_text(
+        f'[tls]\nca = "{tls_material.ca_cert}"\ncheck_hostname = false\n'
+        f'certfile = "{tls_material.client_cert}"\nkeyfile = "{tls_material.client_key}"\n'
+        'keyfile_password = "secret"\n'
+    )
+    env = {"ZKPUBSUB_CREDENTIALS": str(path), "ZKPUBSUB_TLS_CA": str(tls_material.other_ca_cert)}
+    tls = from_environment(env).tls
+    assert tls is not None and tls.ca == str(tls_material.other_ca_cert)
+    assert tls.certfile == str(tls_material.client_cert)
+    assert not tls.check_hostname and tls.keyfile_password == "secret"  # the file's, kept
+    path.write_text('[tls]\nca_file = "ca.pem"\n')
+    with pytest.raises(ValueError, match=r"creds\.toml: unknown \[tls\] keys ca_file"):
+        load_credentials(path)
 
 
 def test_the_open_policy_writes_what_it_always_did(make_client, raw_zk):

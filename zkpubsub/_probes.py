@@ -16,20 +16,6 @@ from .security import Tls
 __all__ = ["parse_srvr_version", "probe_tls", "server_version"]
 
 
-def _tls_context(tls: Tls) -> ssl.SSLContext:
-    """The context kazoo builds from the same settings."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = tls.check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE
-    if tls.ca:
-        context.load_verify_locations(tls.ca)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if tls.certfile and tls.keyfile:
-        context.load_cert_chain(tls.certfile, tls.keyfile, password=tls.keyfile_password)
-    return context
-
-
 _SRVR_VERSION = re.compile(r"Zookeeper version: (\d+)\.(\d+)\.(\d+)")
 
 
@@ -64,7 +50,7 @@ def probe_tls(hosts: list[tuple[str, int]], tls: Tls, timeout: float) -> None:
     server that answered refused TLS; returns once one accepts, or when none
     answered at all (kazoo's own waiting then says so)."""
     try:
-        context = _tls_context(tls)
+        context = tls.context()  # what the session's connections use
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"TLS settings unusable: {exc}") from exc
     errors: dict[str, str] = {}

@@ -21,12 +21,15 @@ from __future__ import annotations
 import select
 import selectors
 import socket
+import ssl
 import threading
 from typing import Any, Final
 
 from kazoo.handlers.threading import SequentialThreadingHandler
 
-__all__ = ["FastThreadingHandler", "ReadAheadSocket"]
+from .security import Tls
+
+__all__ = ["FastThreadingHandler", "ReadAheadSocket", "tls_connection"]
 
 _MAX_CACHED: Final = 8
 # What one read from the server's socket takes at most.
@@ -101,6 +104,41 @@ class _Cache(threading.local):
         self.selectors: dict[tuple[Any, ...], tuple[selectors.BaseSelector, dict[int, Any]]] = {}
 
 
+def tls_connection(
+    address: tuple[str, int],
+    hostname: str | None = None,
+    timeout: float | None = None,
+    ca: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    keyfile_password: str | None = None,
+    verify_certs: bool = True,
+    check_hostname: bool = True,
+    **_: Any,
+) -> ssl.SSLSocket:
+    """A session's TLS connection, with :meth:`Tls.context`'s trust. kazoo's
+    own adds the system's CAs to the one given, so any certificate they
+    trust would do for a server."""
+    tls = Tls(
+        ca=ca,
+        certfile=certfile,
+        keyfile=keyfile,
+        keyfile_password=keyfile_password,
+        verify=verify_certs,
+        check_hostname=check_hostname,
+    )
+    family = socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM)[0][0]
+    conn = tls.context().wrap_socket(socket.socket(family), server_hostname=hostname)
+    try:
+        conn.settimeout(timeout)
+        conn.connect(address)  # and the handshake
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class FastThreadingHandler(SequentialThreadingHandler):  # type: ignore[misc]
     """kazoo's sequential threading handler with a persistent ``select``.
 
@@ -114,10 +152,12 @@ class FastThreadingHandler(SequentialThreadingHandler):  # type: ignore[misc]
         self._cache = _Cache()
 
     def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("use_ssl"):
+            return tls_connection(**kwargs)
         sock = super().create_connection(*args, **kwargs)
         # kazoo's own connection names its address; its read-only pinger
         # does not, and reads the socket as it is
-        if "address" not in kwargs or kwargs.get("use_ssl"):
+        if "address" not in kwargs:
             return sock
         return ReadAheadSocket(sock, float(kwargs.get("timeout") or 10.0))
 

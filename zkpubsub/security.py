@@ -24,9 +24,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import ssl
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -123,27 +124,43 @@ class Sasl:
 @dataclass(frozen=True, slots=True)
 class Tls:
     """TLS to ZooKeeper's ``secureClientPort``. ``ca`` is a PEM file of the
-    certificate authorities to trust (``None``: the system's); ``certfile``
-    and ``keyfile`` a client certificate (the server then also knows the
-    client as ``x509:<subject>``). Certificates are verified unless
-    ``verify=False``; ``check_hostname`` also checks the server's name."""
+    certificate authorities to trust, and the only ones (``None``: the
+    system's); ``certfile`` and ``keyfile`` a client certificate (the server
+    then also knows the client as ``x509:<subject>``). Certificates are
+    verified unless ``verify=False``, and the server's certificate must name
+    the host it is reached by (as written in ``hosts``) unless
+    ``check_hostname=False``."""
 
     ca: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password: str | None = field(default=None, repr=False)
     verify: bool = True
-    check_hostname: bool = False
+    check_hostname: bool = True
 
     def __post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("a TLS client certificate needs both certfile and keyfile")
         if self.check_hostname and not self.verify:
-            raise ValueError("check_hostname needs verify=True")
+            raise ValueError("check_hostname needs verify=True (pass check_hostname=False too)")
         for name in ("ca", "certfile", "keyfile"):
             value = getattr(self, name)
             if value is not None and not os.path.isfile(value):
                 raise ValueError(f"TLS {name} {value!r} is not a readable file")
+
+    def context(self) -> ssl.SSLContext:
+        """The client's TLS context for these settings: ``ssl.SSLError`` or
+        ``OSError`` if a file cannot be loaded."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = self.check_hostname
+        context.verify_mode = ssl.CERT_REQUIRED if self.verify else ssl.CERT_NONE
+        if self.ca:
+            context.load_verify_locations(self.ca)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if self.certfile and self.keyfile:
+            context.load_cert_chain(self.certfile, self.keyfile, password=self.keyfile_password)
+        return context
 
 
 def _identities(value: object, role: str) -> tuple[str, ...]:
@@ -224,7 +241,7 @@ def normalize_auth(auth: Sequence[AuthEntry] | AuthEntry | None) -> tuple[Auth |
     for entry in auth:
         if isinstance(entry, (Auth, Sasl)):
             out.append(entry)
-        elif isinstance(entry, tuple) and len(entry) == 2:
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:  # a list: read from JSON
             scheme, credential = entry
             if scheme == "sasl":
                 user, _, password = str(credential).partition(":")
@@ -232,7 +249,14 @@ def normalize_auth(auth: Sequence[AuthEntry] | AuthEntry | None) -> tuple[Auth |
             else:
                 out.append(Auth(scheme, credential))
         else:
-            raise TypeError(f"auth entries are (scheme, credential) pairs or Sasl, not {entry!r}")
+            raise TypeError(  # not the entry itself: it may hold a password
+                "auth entries are (scheme, credential) pairs, Auth or Sasl, not a "
+                + (
+                    f"{len(entry)}-item {type(entry).__name__}"
+                    if isinstance(entry, (tuple, list))
+                    else type(entry).__name__
+                )
+            )
     if sum(isinstance(e, Sasl) for e in out) > 1:
         raise ValueError("at most one SASL login per client")
     return tuple(out)
@@ -297,7 +321,12 @@ def load_credentials(path: str | os.PathLike[str]) -> Security:
         auth.append(Sasl(user, password, mechanism=mechanism or "DIGEST-MD5", principal=principal))
     if section:
         raise ValueError(f"{path}: unknown [auth] keys {', '.join(sorted(section))}")
-    tls = Tls(**data["tls"]) if "tls" in data else None
+    tls = None
+    if "tls" in data:
+        unknown = set(data["tls"]) - {f.name for f in fields(Tls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown [tls] keys {', '.join(sorted(unknown))}")
+        tls = Tls(**data["tls"])
     acl: AclChoice | Roles | None = None
     if "roles" in data:
         acl = Roles.from_mapping(data["roles"])
@@ -332,9 +361,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Security:
         acl = choice  # type: ignore[assignment]
     ca, cert, key = env.get(TLS_CA_ENV), env.get(TLS_CERT_ENV), env.get(TLS_KEY_ENV)
     if ca or cert or key:
-        tls = Tls(
-            ca=ca or (tls.ca if tls else None),
-            certfile=cert or (tls.certfile if tls else None),
-            keyfile=key or (tls.keyfile if tls else None),
+        tls = tls or Tls()
+        tls = replace(  # the file's other settings stay
+            tls, ca=ca or tls.ca, certfile=cert or tls.certfile, keyfile=key or tls.keyfile
         )
     return Security(tuple(auth), acl, tls)
