@@ -200,3 +200,59 @@ def test_a_publish_in_flight_when_the_client_closes_is_said_to_have_an_unknown_o
         assert "outcome is unknown" in str(error)
         assert collector.wait(2) == ["warm-up", "applied"]  # it had been applied
         proxy.unblock()
+
+
+def test_a_publish_that_timed_out_in_flight_is_not_settled_again_by_close(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Before, ``close()`` took every request still in a lane, finished or
+    not: one the watchdog had already failed was announced again (observers
+    counted it twice; an asyncio waiter was set twice, which dropped the
+    rest of its batch), and ``close()`` said something was left."""
+    make_client().subscribe("t", Collector())
+
+    class Outcomes:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def published(self, topic: str, messages: int, seconds: float, outcome: str) -> None:
+            self.seen.append(outcome)
+
+    with _proxy_to(zk_hosts, "twice") as proxy:
+        publisher = make_client(hosts=proxy.address, session_timeout=20.0, linger=0.5)
+        publisher.publish("t", "warm-up")
+        outcomes = Outcomes()
+        publisher.add_observer(outcomes)
+        sprung = proxy.lose_reply(OP_MULTI, then_block=True)
+        # one batch (gathered for half a second), sent with the latest deadline
+        short = publisher.publish_async("t", "short", timeout=2.0)
+        long = publisher.publish_async("t", "long", timeout=60.0)
+        assert sprung.wait(5)
+        error = short.exception(10)  # the watchdog's; its transaction stays in flight
+        assert isinstance(error, PublishTimeout) and error.sent
+        assert not long.done()
+        assert not publisher._engine.close(timeout=2.0, idle=1.0)  # "long" was left
+        assert isinstance(long.exception(5), PublishTimeout)
+        assert outcomes.seen == ["PublishTimeout"] * 2  # each once
+        proxy.unblock()
+
+
+def test_an_unexpected_error_fails_the_batch_it_hit_at_once(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the batch in flight was forgotten by the lane: its publish
+    waited out its whole timeout and then said its outcome was unknown."""
+    make_client().subscribe("t", Collector())
+    publisher = make_client()
+    publisher.publish("t", "warm-up")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(publisher._publisher, "fan_out", broken)
+    future = publisher.publish_async("t", "hit", timeout=30)
+    error = future.exception(10)
+    assert isinstance(error, RuntimeError) and str(error) == "a bug"
+    assert publisher.pending_publishes == 0
+    monkeypatch.undo()
+    assert publisher.publish("t", "after", timeout=10).subscribers == 1  # the lane lives on

@@ -283,7 +283,8 @@ class PublishEngine:
                 reached = len(lane.written.reached) if request in lane.flight else 0
                 why = f"{what} ({lane.activity}); the outcome is unknown" + _confirmed(reached)
             else:
-                lane.pending.remove(request)
+                if request in lane.pending:  # else a lane is failing it (lock not held)
+                    lane.pending.remove(request)
                 doing = lane.activity if lane.flight or lane.busy else "waiting"
                 why = f"not sent within {_seconds(request.timeout)} ({doing}); nothing was written"
             error = PublishTimeout(
@@ -315,7 +316,12 @@ class PublishEngine:
                 self._room.wait(left)
                 if self._pending < pending:  # one finished: wait on
                     quiet = deadline_after(idle)
-            leftovers = [r for lane in self._lanes.values() for r in (*lane.pending, *lane.flight)]
+            leftovers = [  # not those already failed (by the watchdog) while in flight
+                r
+                for lane in self._lanes.values()
+                for r in (*lane.pending, *lane.flight)
+                if not r.finished
+            ]
             closed = ClientClosed(
                 "the client closed before this publish was sent; nothing was written"
             )
@@ -424,6 +430,8 @@ class PublishEngine:
 
     def _watch(self, request: PublishRequest) -> None:
         with self._lock:
+            if self._closing:  # close() settles it, and stops no watchdog made after
+                return
             if self._watchdog is None:
                 self._watchdog = _Watchdog(self, f"zkpubsub-deadlines-{self._name}")
             watchdog = self._watchdog
@@ -543,6 +551,9 @@ class PublishEngine:
                 ),
             )
         except ZkPubSubError as exc:
+            self._fail(requests, exc)
+        except Exception as exc:  # failed here, while the batch is known to be in flight
+            logger.exception("publish engine: unexpected error publishing to %r", topic)
             self._fail(requests, exc)
         else:
             self._finish(requests, result)
