@@ -197,7 +197,7 @@ class Bridge:
             done, self._done = self._done, []
             self._draining = False
         for waiter, result, error in done:
-            if waiter.cancelled():
+            if waiter.done():  # cancelled (or, were it told twice, the first word stands)
                 continue
             if error is not None:
                 waiter.set_exception(error)
