@@ -671,6 +671,22 @@ def test_a_token_uses_only_the_names_its_patterns_allow(gateway_url: str) -> Non
         assert orders.delete("/subscriptions/orders-a").status_code == 204
 
 
+def test_a_put_cannot_drop_topics_its_token_may_not_use(gateway_url: str) -> None:
+    name = unique("orders-")
+    with (
+        httpx.Client(base_url=gateway_url, headers=bearer(ADMIN), timeout=30) as admin,
+        httpx.Client(base_url=gateway_url, headers=bearer(ORDERS), timeout=30) as orders,
+    ):
+        both = {"topics": ["orders.new", "payments"]}
+        assert admin.put(f"/subscriptions/{name}", json=both).status_code == 201
+        assert orders.get(f"/subscriptions/{name}").status_code == 403
+        narrowed = orders.put(f"/subscriptions/{name}", json={"topics": ["orders.new"]})
+        assert narrowed.status_code == 403, narrowed.text  # as a GET or a DELETE is
+        kept = admin.get(f"/subscriptions/{name}")
+        assert sorted(kept.json()["topics"]) == ["orders.new", "payments"]
+        assert admin.delete(f"/subscriptions/{name}").status_code == 204
+
+
 # -- problems --------------------------------------------------------------------------------
 
 

@@ -372,8 +372,10 @@ class Consumers:
         async with self._lock(name):
             held = self._held.get(name)
             created = False
-            if held is None:
+            if held is None or held.closing:
                 known = await self._registered_topics(name, principal)
+                for topic in known:  # those it drops too, as a GET or a DELETE needs
+                    principal.require("topic", topic)
                 created = not known
                 held = await self._open(name, principal)
                 self._held[name] = held
@@ -382,12 +384,16 @@ class Consumers:
                         if topic in topics:
                             await self._subscribe(held, topic)
                 except BaseException:
+                    self._held.pop(name, None)
                     await self._close(held)
                     raise
                 for topic in known:
                     if topic not in topics:
                         with bad_input("topic"):
                             await held.client.unsubscribe(topic)
+            else:
+                for topic in held.topics:
+                    principal.require("topic", topic)
             for topic in sorted(set(held.subs) - set(topics)):
                 held.let_go_of(topic)
                 await held.subs.pop(topic).unsubscribe()
