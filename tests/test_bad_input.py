@@ -243,6 +243,20 @@ def test_client_timeouts_past_their_bound_are_refused_up_front(option: str, valu
         ClientConfig(hosts="127.0.0.1:2181", **{option: value})
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, -1.0, True, "5"])
+@pytest.mark.parametrize("option", ["idempotency_ttl", "lease", "ack_deadline", "max_wait"])
+def test_gateway_seconds_must_be_finite_and_positive(option: str, value: object) -> None:
+    """Before, NaN and infinity were taken: a NaN idempotency_ttl let every
+    key expire at once (a retry ran twice), an infinite lease made every
+    queue request a 500."""
+    pytest.importorskip("fastapi")
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    with pytest.raises(ValueError, match=f"{option} must be a number of seconds above 0"):
+        GatewaySettings(hosts="127.0.0.1:2181", **{option: value})
+    GatewaySettings(hosts="127.0.0.1:2181", **{option: 5.0})
+
+
 def test_retry_delays_gap_listener_and_registration_wait_are_checked_up_front(
     make_client: MakeClient,
 ) -> None:

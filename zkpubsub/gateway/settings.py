@@ -6,13 +6,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from .._numbers import is_int, is_real
+from .._numbers import is_int
 from ..config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_TRANSACTION_BYTES,
     DEFAULT_SESSION_TIMEOUT,
     ClientConfig,
+    check_interval,
     parse_hosts,
 )
 from ..layout import DEFAULT_ROOT, validate_root
@@ -90,9 +91,7 @@ class GatewaySettings:
             "body_timeout",
             "idempotency_ttl",
         ):
-            value = getattr(self, name)
-            if not is_real(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            check_interval(getattr(self, name), name)  # not NaN, nor infinite
         for name in ("idempotency_keys", "max_message_bytes", "max_batch_bytes"):
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
