@@ -341,3 +341,38 @@ def test_a_client_closed_while_no_server_answers_says_so_once(
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert [m for m in said if "again later" in m] == [], said
     assert len([m for m in said if "subscription 't'" in m]) == 1, said
+
+
+def test_a_subscription_closed_while_its_client_registers_again_stops_nothing(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the supervisor read the queue of every subscription it had
+    registered again, one closed meanwhile too: the pump no longer knew it,
+    the KeyError ended the supervisor's thread, and the client never
+    registered again after the next expiry."""
+    import zkpubsub.session as session_module
+
+    real = session_module.register_subscription
+    registering = threading.Event()
+
+    def slow(*args: object, **kwargs: object) -> object:
+        registering.set()
+        time.sleep(0.5)  # the closing subscription waits for the registry meanwhile
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    collector = Collector()
+    subscriber = make_client()
+    closing = subscriber.subscribe("closing")
+    subscriber.subscribe("kept", collector)
+    monkeypatch.setattr(session_module, "register_subscription", slow)
+    expire_session(subscriber, wait=False)
+    assert registering.wait(30)
+    closer = threading.Thread(target=closing.close)
+    closer.start()
+    wait_until(lambda: subscriber.status == ClientState.CONNECTED, 30, "registered again")
+    closer.join(30)
+    monkeypatch.undo()
+    assert subscriber._session._supervisor.is_alive()  # type: ignore[attr-defined]
+    expire_session(subscriber)  # registers again: the supervisor did it
+    assert make_client().publish("kept", "after").subscribers == 1
+    assert collector.wait(1) == ["after"]

@@ -255,7 +255,10 @@ class ReceivePump:
         """The queue of ``topic`` (or of every subscription) may hold names
         not seen yet: list it."""
         with self._lock:
-            queues = list(self._queues.values()) if topic is None else [self._queues[topic]]
+            if topic is None:
+                queues = list(self._queues.values())
+            else:  # not there: closed meanwhile (nothing to read)
+                queues = [q for q in (self._queues.get(topic),) if q is not None]
         for queue in queues:
             queue.relist = True
         self._wake.set()

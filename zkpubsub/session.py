@@ -256,30 +256,36 @@ class Session:
                 continue
             if event is None or self._ctx.is_closed():
                 return
-            state, at = event
-            if state == KazooState.SUSPENDED:
-                if self._disconnected_at is None:
-                    self._disconnected_at = at
-                self._set_state(ClientState.SUSPENDED)
-            elif state == KazooState.LOST:
-                # The server may have ended the session (and dropped its
-                # subscriber nodes) any time after the connection went down,
-                # or after it was last known alive if a reply said it ended;
-                # and other servers may apply the end before ours tells us.
-                if self._lost_at is None:
-                    starts = [self._ctx.conn.session_lost_since, self._disconnected_at, at]
-                    first = min(t for t in starts if t is not None)
-                    self._lost_at = first - self._ctx.config.session_timeout
-                self._set_state(ClientState.LOST)
-            elif state == KazooState.CONNECTED:
-                self._on_connected()
-            elif state == _REGISTRATION_GONE:
-                self._on_registration_gone()
-            elif state == _CLIENT_CHANGED:
-                self._on_client_changed()
-            elif state == _SUBSCRIPTION_DISTURBED:
-                self._on_subscription_disturbed()
-            # _ENDS_DEFERRED: only wakes the loop, which then waits RETRY_UNFINISHED
+            try:
+                self._handle(*event)
+            except Exception:  # the supervisor never dies: the next event is handled
+                logger.exception("client %s: handling a state change failed", self._ctx.client_id)
+
+    def _handle(self, state: object, at: float) -> None:
+        """One event of the connection or of the registration's watches."""
+        if state == KazooState.SUSPENDED:
+            if self._disconnected_at is None:
+                self._disconnected_at = at
+            self._set_state(ClientState.SUSPENDED)
+        elif state == KazooState.LOST:
+            # The server may have ended the session (and dropped its
+            # subscriber nodes) any time after the connection went down,
+            # or after it was last known alive if a reply said it ended;
+            # and other servers may apply the end before ours tells us.
+            if self._lost_at is None:
+                starts = [self._ctx.conn.session_lost_since, self._disconnected_at, at]
+                first = min(t for t in starts if t is not None)
+                self._lost_at = first - self._ctx.config.session_timeout
+            self._set_state(ClientState.LOST)
+        elif state == KazooState.CONNECTED:
+            self._on_connected()
+        elif state == _REGISTRATION_GONE:
+            self._on_registration_gone()
+        elif state == _CLIENT_CHANGED:
+            self._on_client_changed()
+        elif state == _SUBSCRIPTION_DISTURBED:
+            self._on_subscription_disturbed()
+        # _ENDS_DEFERRED: only wakes the loop, which then waits RETRY_UNFINISHED
 
     def _watch_registration(self) -> None:
         """Watch this client's registration node (watches do not outlive a
