@@ -245,10 +245,10 @@ class ReceivePump:
             queue.done.wait(remaining(deadline) if self._conn.connected.is_set() else 0)
         with self._lock:
             self._queues.pop(topic, None)
-            last = not self._queues
-        if last and self._watching:
-            with self._lock:
+            drop = not self._queues and bool(self._watching)
+            if drop:  # the last one: nothing to hear of (set again by the next attach)
                 self._watching = None
+        if drop:
             self._conn.unwatch_tree(self._base, self._on_event, deadline)
 
     def relist(self, topic: str | None = None) -> None:
@@ -405,6 +405,9 @@ class ReceivePump:
         """Set the persistent watch once (where the server has them)."""
         if self._watching is not None or self._mode == "listing":
             return
+        with self._lock:
+            if not self._queues:  # the last one left: no watch until one comes
+                return
         ok = self._conn.watch_tree(self._base, self._on_event, self._ctx.deadline())
         if not ok:
             if self._mode == "persistent":  # the server said so only now (3.5)
@@ -414,7 +417,14 @@ class ReceivePump:
                 )
             else:
                 logger.info("the server has no persistent watches: queues are listed on change")
-        self._watching = ok
+        with self._lock:
+            self._watching = ok
+            drop = ok and not self._queues
+            if drop:
+                self._watching = None
+        if drop:  # the last one left while it was set
+            self._conn.unwatch_tree(self._base, self._on_event, self._ctx.deadline())
+            return
         self.relist()  # whatever came before the watch was set
 
     def _take_events(self) -> None:
