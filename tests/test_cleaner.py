@@ -539,3 +539,29 @@ def test_a_purge_marker_names_the_topics_it_can_hold() -> None:
     record = purge_record(many)
     assert len(record) <= MAX_PURGE_RECORD
     assert read_purge_record(record) == many[: len(read_purge_record(record))]
+
+
+def test_a_node_the_cleaner_may_not_read_does_not_stop_it(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Before, any NotAuthorized in a sweep was taken for "this identity may
+    not stand": the leader stopped for good, the next one met the same node
+    and stopped too, until no cleaner was left."""
+    from kazoo.security import make_digest_acl
+
+    layout = Layout(zk_root)
+    host = make_client(session_timeout=3.0)
+    cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    # receipts of a gone client, written by another identity, that only it may read
+    secret = make_digest_acl("other", "pw", all=True)
+    ghost = layout.receipts + "/ghost"
+    raw_zk.create(ghost, b"", acl=[secret], makepath=True)
+    doomed = make_client(client_id="doomed")
+    doomed.subscribe("t")
+    host.publish("t", 1)
+    doomed.close()
+    wait_until(lambda: cleaner.stats().clients_removed, 30, "the readable client purged")
+    assert not cleaner.stopped and cleaner.refused is None
+    assert raw_zk.exists(layout.client_messages("doomed")) is None
+    assert raw_zk.exists(ghost) is not None  # left alone

@@ -148,6 +148,8 @@ class Cleaner:
         self._candidate_session: int | None = None
         self._leader_grace: float | None = None  # the leader's, as last read by a standby
         self._warned: set[tuple[str, str, float]] = set()  # (leader, option, value)
+        # gone clients (and refusals) whose nodes this identity may not remove: said once
+        self._unreadable: set[str] = set()
         self._resign_on_stop = True
         self._blind = 0  # connection losses seen (kazoo's thread counts them)
         self._lock = threading.Lock()
@@ -454,8 +456,14 @@ class Cleaner:
                 blind, seen = self._blind, now_seen
                 self._leading.set()
                 last = time.monotonic()
-                self._sweep(me, absent_since, empty_since, evict_seen, blind)
-                self._count("sweeps")
+                try:
+                    self._sweep(me, absent_since, empty_since, evict_seen, blind)
+                except NotAuthorized as exc:  # a node of another identity: not a reason to stop
+                    if str(exc) not in self._unreadable:  # said once
+                        self._unreadable.add(str(exc))
+                        logger.warning("cleaner: a sweep met a node it may not touch: %s", exc)
+                else:
+                    self._count("sweeps")
                 starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
                 self._wake.wait(self._next_wait(starts))
         except Refused as exc:
@@ -524,7 +532,19 @@ class Cleaner:
             if now - since >= self.grace and not self._stop.is_set():
                 if self._blind != blind:
                     return  # what this sweep saw may be out of date
-                self._purge(me, cid, registered.get(cid, []), blind)
+                try:
+                    self._purge(me, cid, registered.get(cid, []), blind)
+                except NotAuthorized as exc:  # tried again each sweep; the others go on
+                    if cid not in self._unreadable:
+                        self._unreadable.add(cid)
+                        logger.warning(
+                            "cleaner: may not remove the nodes of gone client %s (%s); "
+                            "their ACL leaves them to another identity",
+                            cid,
+                            exc,
+                        )
+                    continue
+                self._unreadable.discard(cid)
                 absent_since.pop(cid, None)
         sweep_evictions(
             self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
