@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -565,3 +567,25 @@ def test_a_node_the_cleaner_may_not_read_does_not_stop_it(
     assert not cleaner.stopped and cleaner.refused is None
     assert raw_zk.exists(layout.client_messages("doomed")) is None
     assert raw_zk.exists(ghost) is not None  # left alone
+
+
+def test_waiting_for_the_lead_of_a_stopped_cleaner_ends_and_bad_timeouts_are_refused(
+    make_client: MakeClient,
+) -> None:
+    """Before, ``wait_leader()`` of a cleaner that had stopped (refused, or
+    stopped by hand) never returned; NaN and negative timeouts returned
+    False, infinite ones raised OverflowError (``stop`` after stopping)."""
+    cleaner = make_client(session_timeout=3.0).start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="timeout"):
+            cleaner.wait_leader(bad)
+        with pytest.raises(ValueError, match="timeout"):
+            cleaner.stop(bad)
+    assert not cleaner.stopped  # a refused stop() did nothing
+    cleaner.stop()
+    returned: list[bool] = []
+    waiter = threading.Thread(target=lambda: returned.append(cleaner.wait_leader()), daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert returned == [False]

@@ -68,7 +68,7 @@ from kazoo.protocol.states import KazooState
 
 from ._candidates import SETTINGS, candidate_record, candidate_settings, read_candidate
 from ._context import Context
-from ._deadlines import deadline_after
+from ._deadlines import check_timeout, deadline_after, remaining
 from ._evictions import delete_queue, sweep_evictions
 from ._purges import purge_durable, purge_finished, purge_record, read_purge_record
 from ._tree import (
@@ -95,6 +95,8 @@ __all__ = ["ELECTION_WARN_AT", "Cleaner", "CleanerStats"]
 logger = logging.getLogger(__name__)
 
 MIN_SWEEP_GAP: Final = 0.5
+# How often a wait for the lead looks whether the cleaner stopped meanwhile.
+_STOP_POLL: Final = 0.1
 # A candidate whose sequence number passes this warns: the election's counter
 # nears ZooKeeper's 2**31 - 1.
 ELECTION_WARN_AT: Final = 2**31 - 2**24
@@ -247,8 +249,15 @@ class Cleaner:
         return self._stop.is_set()
 
     def wait_leader(self, timeout: float | None = None) -> bool:
-        """Wait until this cleaner leads; ``False`` if ``timeout`` passed."""
-        return self._leading.wait(timeout)
+        """Wait until this cleaner leads; ``False`` if ``timeout`` passed or
+        the cleaner stopped (see :attr:`refused`)."""
+        deadline = deadline_after(timeout)
+        while not self._leading.is_set():
+            left = remaining(deadline)
+            if self._stop.is_set() or (left is not None and left <= 0):
+                return False
+            self._leading.wait(_STOP_POLL if left is None else min(left, _STOP_POLL))
+        return True
 
     def stats(self) -> CleanerStats:
         with self._lock:
@@ -266,6 +275,7 @@ class Cleaner:
         """Leave the election (a standby takes over). Idempotent. Without
         ``resign`` the election node is left to go with the session (the
         client is closing it)."""
+        check_timeout(timeout)
         self._resign_on_stop = resign
         self._stop.set()
         self._wake.set()
