@@ -148,3 +148,28 @@ def test_a_subscription_finding_an_evicted_queue_starts_afresh_with_a_gap(
     assert make_client(cleaner=False).publish("t", "new").subscribers == 1
     msg = sub.get(timeout=10)
     assert msg is not None and msg.payload == "new"  # nothing of the old backlog
+
+
+def test_a_queue_marked_full_while_its_client_was_cut_off_is_found_on_reconnect(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Before, the guard armed again on reconnect only asked whether the
+    queue was there: the mark's change event was lost with the connection,
+    publishers skip a marked queue (no later change), and the subscription
+    drained its queue and then heard nothing, never told."""
+    from zkpubsub.testing.proxy import TcpProxy
+
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="marked-while-away") as proxy:
+        sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
+        gaps: list[Gap] = []
+        sub_client.add_gap_listener(gaps.append)
+        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
+        pub = make_client(cleaner=False)
+        proxy.block("reset")
+        wait_until(lambda: not sub_client._ctx.conn.connected.is_set(), 10, "cut off")
+        receipts = [pub.publish("t", n) for n in range(10)]
+        assert sum(r.skipped for r in receipts) >= 1  # marked full
+        proxy.unblock()
+        wait_until(lambda: sub.evicted, 20, "the eviction found")
+        wait_until(lambda: any(g.reason == EVICTED for g in gaps), 10, "the gap")

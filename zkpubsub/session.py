@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from ._context import Context
@@ -333,19 +334,31 @@ class Session:
 
             def checked(result: Any, what: str = what) -> None:  # kazoo's thread
                 try:
-                    stat = result.get_nowait()
+                    answer = result.get_nowait()
+                except NoNodeError:
+                    answer = None
                 except Exception:
                     return  # connection trouble: the next CONNECTED looks again
-                if stat is None:
+                if answer is None:
                     self._disturb(topic, f"{what} node missing")
                 elif what == "queue":
+                    data, stat = answer
                     with self._guard_lock:
                         known = self._queue_czxid.setdefault(topic, stat.czxid)
+                    record = QueueRecord.decode(data)
                     if known != stat.czxid:  # made again while we were not looking
                         self._disturb(topic, "queue node replaced")
+                    elif record is not None and record.evicting:  # marked while cut off
+                        self._disturb(topic, EVICTED)
 
-            try:
-                ctx.conn.kazoo.exists_async(path, watch=watcher).rawlink(checked)
+            kazoo = ctx.conn.kazoo
+            try:  # the queue's record is read: a mark made while cut off is no event
+                request = (
+                    kazoo.get_async(path, watch=watcher)
+                    if what == "queue"
+                    else kazoo.exists_async(path, watch=watcher)
+                )
+                request.rawlink(checked)
             except Exception as exc:  # not connected: the next CONNECTED sets it
                 logger.debug("guarding %s: %s", path, exc)
 
