@@ -173,3 +173,39 @@ def test_a_queue_marked_full_while_its_client_was_cut_off_is_found_on_reconnect(
         proxy.unblock()
         wait_until(lambda: sub.evicted, 20, "the eviction found")
         wait_until(lambda: any(g.reason == EVICTED for g in gaps), 10, "the gap")
+
+
+def test_a_queue_found_marked_full_while_registering_again_is_told_as_a_gap(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """A queue marked full after the new session's records were read is
+    emptied by the registration (made afresh). Before, that went untold: no
+    gap said the queued messages were dropped."""
+    from zkpubsub.testing import expire_session
+    from zkpubsub.testing.proxy import TcpProxy
+
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="marked-while-registering") as proxy:
+        sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
+        gaps: list[Gap] = []
+        sub_client.add_gap_listener(gaps.append)
+        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
+        pub = make_client(cleaner=False)
+        creds = sub_client._session_credentials()
+        assert creds is not None
+        proxy.block("reset")
+        wait_until(lambda: not sub_client._ctx.conn.connected.is_set(), 10, "cut off")
+        receipts = [pub.publish("t", n) for n in range(10)]
+        assert sum(r.skipped for r in receipts) >= 1  # marked full
+        expire_session(creds, zk_hosts)
+        # as if the records had been read just before the mark
+        sub_client._session._evictions = lambda subs, deadline: {}  # type: ignore[method-assign]
+        proxy.unblock()
+        wait_until(lambda: any(g.reason == EVICTED for g in gaps), 20, "the gap")
+        assert not sub.evicted  # the subscription goes on, on a fresh queue
+        assert pub.publish("t", "after").subscribers == 1
+        got = []  # what was read before its queue was emptied may come first
+        while not got or got[-1] != "after":
+            msg = sub.get(timeout=10)
+            assert msg is not None, got
+            got.append(msg.payload)

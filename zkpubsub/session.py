@@ -617,10 +617,13 @@ class Session:
                             self._evict(sub, evicting[sub.topic])
                     subs = [sub for sub in subs if sub.topic not in evicting]
                     topics = [sub.topic for sub in subs if not sub.durable]
+                    emptied: dict[str, float] = {}  # marked full after the read above
                     for sub in subs:
-                        register_subscription(
+                        when = register_subscription(
                             ctx, sub.topic, deadline, durable=sub.durable, backlog=sub.bound
                         )
+                        if when is not None:
+                            emptied[sub.topic] = when
         except ClientClosed:
             return
         except ZkPubSubError as exc:
@@ -643,6 +646,8 @@ class Session:
         if purged:
             self._purged.clear()
             self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
+        for topic, when in sorted(emptied.items()):  # its queue was made afresh
+            self.emit_gap(Gap(frozenset({topic}), when, now, EVICTED))
         self._set_state(ClientState.CONNECTED)
         self.finish_unfinished(ctx.deadline())
 
