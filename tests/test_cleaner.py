@@ -589,3 +589,29 @@ def test_waiting_for_the_lead_of_a_stopped_cleaner_ends_and_bad_timeouts_are_ref
     waiter.start()
     waiter.join(5)
     assert returned == [False]
+
+
+def test_a_join_answered_too_late_leaves_no_second_candidate_node(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a join applied but answered after its deadline was tried again
+    under a new name: the client stood twice, the node of the first try
+    sorting before it, and waited behind itself for as long as its session."""
+    from zkpubsub.connection import Connection
+    from zkpubsub.errors import OperationTimeout
+
+    real = Connection.result
+    late: list[str] = []
+
+    def answered_late(self: Connection, async_result: Any, deadline: Any, what: str) -> Any:
+        value = real(self, async_result, deadline, what)
+        if what == "join cleaner election" and not late:
+            late.append(value)
+            raise OperationTimeout(f"{what}: no answer from ZooKeeper in time")
+        return value
+
+    monkeypatch.setattr(Connection, "result", answered_late)
+    cleaner = make_client(session_timeout=3.0).start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    assert late
+    assert len(raw_zk.get_children(Layout(zk_root).candidates)) == 1

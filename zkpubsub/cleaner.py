@@ -148,6 +148,8 @@ class Cleaner:
         self._leading = threading.Event()
         self._candidate: str | None = None
         self._candidate_session: int | None = None
+        # while joining: (session, the candidate's guid, whether a create was sent)
+        self._joining: tuple[int | None, str, bool] | None = None
         self._leader_grace: float | None = None  # the leader's, as last read by a standby
         self._warned: set[tuple[str, str, float]] = set()  # (leader, option, value)
         # gone clients (and refusals) whose nodes this identity may not remove: said once
@@ -325,14 +327,28 @@ class Cleaner:
         if self._candidate is not None and self._candidate_session == session:
             return self._candidate
         kazoo = self._conn.kazoo
-        guid = new_guid()
+        if self._joining is None or self._joining[0] != session:
+            # one name for every try of this session: a try whose answer was
+            # lost (or came too late) is found, not made a second time
+            self._joining = (session, new_guid(), False)
+        _, guid, tried = self._joining
         prefix = self._layout.candidate_prefix(guid)
         data = self._record()
         while True:
             deadline = self._deadline()
             self._conn.wait_connected(deadline, "join cleaner election", stop=self._stop)
+            if tried:
+                names = self._conn.call(
+                    lambda: kazoo.get_children_async(self._layout.candidates), deadline, "election"
+                )
+                mine = [n for n in names if n.startswith(f"c{guid}-")]
+                if mine:
+                    path = join(self._layout.candidates, mine[0])
+                    break
+            self._joining = (session, guid, True)
+            tried = True
             try:
-                path: str = self._conn.result(
+                path = self._conn.result(
                     kazoo.create_async(
                         prefix,
                         data,
@@ -344,14 +360,9 @@ class Cleaner:
                     "join cleaner election",
                 )
                 break
-            except ConnectionLost:
-                names = self._conn.call(
-                    lambda: kazoo.get_children_async(self._layout.candidates), deadline, "election"
-                )
-                mine = [n for n in names if n.startswith(f"c{guid}-")]
-                if mine:
-                    path = join(self._layout.candidates, mine[0])
-                    break
+            except (ConnectionLost, OperationTimeout):
+                continue  # it may have been applied: look first
+        self._joining = None
         self._candidate = path
         self._candidate_session = self._conn.session_id
         record = self._record()
