@@ -119,11 +119,23 @@ def test_the_format_is_documented_msgpack() -> None:
         (_one(h=[1]), "wrong type"),  # headers must be a map
         (msgpack.packb({"v": 1, "msgs": [7]}), "malformed"),
         (_one(ts="then"), "malformed"),
+        # the wire specification's rejects, which were read leniently before
+        (_one(h=[]), "wrong type"),  # an empty array is no map
+        (_one(h=""), "wrong type"),
+        (_one(h=False), "wrong type"),
+        (_one(ts="1.5"), "malformed"),  # a number, not a text of one
+        (_one(ts=True), "malformed"),
     ],
 )
 def test_garbage_is_rejected_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         decode(data)
+
+
+@pytest.mark.parametrize("h", [None, {}])
+def test_a_nil_or_empty_header_map_is_no_headers(h: object) -> None:
+    (got,) = decode(_one(h=h, ts=7))
+    assert got.headers == {} and got.published_at == 7.0
 
 
 def test_serializers_round_trip() -> None:
@@ -177,3 +189,27 @@ def test_message_ids_are_32_hex_digits_unique_and_new_in_a_forked_child() -> Non
     os.waitpid(pid, 0)
     mine = envelope.new_message_id()
     assert len(child) == 32 and child[:16] != mine[:16], (child, mine)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "error"),
+    [(b"text/x", TypeError), ("", TypeError), (None, TypeError), ("text/\ud800", ValueError)],
+)
+def test_a_serializers_content_type_is_checked_up_front(
+    content_type: object, error: type[Exception]
+) -> None:
+    """Before, a bytes content type was taken and every reader then refused
+    the messages; a lone surrogate raised UnicodeEncodeError at publish."""
+
+    class Custom:
+        def __init__(self) -> None:
+            self.content_type = content_type
+
+        def dumps(self, payload: object) -> bytes:
+            return b""
+
+        def loads(self, data: bytes) -> object:
+            return None
+
+    with pytest.raises(error, match="content_type"):
+        resolve(Custom())  # type: ignore[arg-type]

@@ -224,14 +224,19 @@ def decode(data: bytes) -> list[Entry]:
     out: list[Entry] = []
     for raw in msgs:
         try:
-            headers = raw.get("h") or {}
+            headers = raw.get("h")
+            if headers is None:  # missing or nil: none (empty is a map too)
+                headers = {}
+            ts = raw["ts"]
+            if type(ts) is not float and type(ts) is not int:  # not a str, nor a bool
+                raise TypeError(f"ts is a {type(ts).__name__}, not a number")
             # Entry(...) without the named tuple's own __new__, a Python function
             entry = tuple.__new__(
                 Entry,
                 (
                     raw["id"],
                     raw["pub"],
-                    float(raw["ts"]),
+                    float(ts),
                     raw["topic"],
                     headers,
                     raw["ct"],

@@ -106,6 +106,11 @@ def resolve(serializer: Serializer | str | None) -> Serializer:
         return BUILTIN_SERIALIZERS[names[serializer]]
     if not isinstance(serializer, Serializer):
         raise TypeError("serializer needs content_type, dumps() and loads()")
+    kind = serializer.content_type
+    if not isinstance(kind, str) or not kind:  # every reader would refuse the messages
+        raise TypeError(f"a serializer's content_type must be a non-empty str, not {kind!r}")
+    if not kind.isprintable():  # a lone surrogate, a control character
+        raise ValueError(f"a serializer's content_type must be printable text, not {kind!r}")
     return serializer
 
 
