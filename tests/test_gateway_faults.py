@@ -502,6 +502,20 @@ def test_error_details_never_name_a_zookeeper_path() -> None:
     assert without_paths("topic must not be '..'") == "topic must not be '..'"
 
 
+def test_a_partly_published_fan_out_is_a_502_naming_what_it_reached() -> None:
+    from zkpubsub.errors import NotAuthorized, PartlyPublished
+    from zkpubsub.gateway.problems import problem_for
+
+    cause = NotAuthorized("create /zkpubsub/messages/x/t/s0000000000/m: not authorized")
+    problem = problem_for(
+        PartlyPublished("publish to 't' reached 3 ...", message_ids=("a",), reached=3, cause=cause)
+    )
+    doc = problem.document()
+    assert doc["status"] == 502 and doc["error"] == "PartlyPublished"
+    assert doc["reached"] == 3 and doc["message_ids"] == ["a"] and doc["cause"] == "NotAuthorized"
+    assert "/zkpubsub" not in doc["detail"]
+
+
 def test_a_gateway_stops_in_a_bounded_time_while_zookeeper_is_frozen(
     make_cluster: Callable[..., ZooKeeperCluster],
 ) -> None:

@@ -256,3 +256,39 @@ def test_an_unexpected_error_fails_the_batch_it_hit_at_once(
     assert publisher.pending_publishes == 0
     monkeypatch.undo()
     assert publisher.publish("t", "after", timeout=10).subscribers == 1  # the lane lives on
+
+
+def test_a_split_fan_out_refused_after_its_first_part_says_what_it_reached(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Before, a later part's refusal was raised as it came (here
+    ``NotAuthorized``), as if nothing had been written: a retry duplicated
+    the message for every queue the first part had reached."""
+    from kazoo.security import make_acl, make_digest_acl
+
+    from zkpubsub import NotAuthorized, PartlyPublished
+
+    layout = Layout(zk_root)
+    fake = [f"far-{i}" for i in range(6)]
+    for cid in fake:  # registered subscribers that never read (durable-style)
+        raw_zk.ensure_path(layout.queue(cid, "t"))
+        raw_zk.create(layout.subscriber("t", cid), b"durable", makepath=True)
+    # the last queue (in the fan-out's order) belongs to someone else
+    last = layout.queue(fake[-1], "t")
+    readable = make_acl("world", "anyone", read=True)
+    raw_zk.set_acls(last, [make_digest_acl("other", "pw", all=True), readable])
+    publisher = make_client(serializer="raw", max_message_bytes=3000, max_transaction_bytes=8000)
+    with pytest.raises(PartlyPublished) as info:
+        publisher.publish("t", b"x" * 2500, timeout=20)
+    error = info.value
+    assert isinstance(error.cause, NotAuthorized)
+    assert 0 < error.reached < len(fake) and len(error.message_ids) == 1
+    written = [
+        cid
+        for cid in fake[:-1]
+        if any(
+            raw_zk.get_children(f"{layout.queue(cid, 't')}/{s}")
+            for s in raw_zk.get_children(layout.queue(cid, "t"))
+        )
+    ]
+    assert len(written) == error.reached

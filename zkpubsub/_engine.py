@@ -54,6 +54,7 @@ from .errors import (
     ConnectionLost,
     NoSubscribers,
     OperationTimeout,
+    PartlyPublished,
     PublishTimeout,
     ZkPubSubError,
 )
@@ -551,7 +552,21 @@ class PublishEngine:
                 ),
             )
         except ZkPubSubError as exc:
-            self._fail(requests, exc)
+            reached = len(result.reached)  # by the transactions confirmed before
+            if reached:
+                cause: ZkPubSubError = exc
+                why = f"reached {reached} subscriber queue(s), then failed: {exc}"
+                self._fail_each(
+                    requests,
+                    lambda request: PartlyPublished(
+                        f"publish to {topic!r} {why}",
+                        message_ids=request.message_ids,
+                        reached=reached,
+                        cause=cause,
+                    ),
+                )
+            else:
+                self._fail(requests, exc)
         except Exception as exc:  # failed here, while the batch is known to be in flight
             logger.exception("publish engine: unexpected error publishing to %r", topic)
             self._fail(requests, exc)

@@ -10,6 +10,7 @@ translated at the boundary and never reach user code. The tree::
     ├── OperationTimeout          (also TimeoutError) a bounded wait ran out
     │   ├── ConnectTimeout        no session within connect_timeout
     │   └── PublishTimeout        a publish was not confirmed in time; outcome unknown
+    ├── PartlyPublished           a split fan-out reached some queues, then a part failed
     ├── PayloadTooLarge           (also ValueError) encoded message over the limit
     ├── SerializationError        (also TypeError) the payload cannot be serialized
     ├── DecodeError               a queue node could not be decoded (path, data, error)
@@ -44,6 +45,7 @@ __all__ = [
     "NotAuthorized",
     "NotFound",
     "OperationTimeout",
+    "PartlyPublished",
     "PayloadTooLarge",
     "PublishTimeout",
     "QueueFull",
@@ -114,6 +116,25 @@ class PublishTimeout(OperationTimeout):
         self.message_ids = message_ids
         self.reached = reached
         self.sent = sent
+
+
+class PartlyPublished(ZkPubSubError):
+    """A fan-out split over several transactions was confirmed written to
+    ``reached`` subscriber queues, then a later part failed with ``cause``
+    (``NotAuthorized``, ``PayloadTooLarge``, ``ConnectionLost``...): the
+    message is in those queues and in no other. ``message_ids`` names the
+    messages of the publish; publishing them again duplicates them for the
+    queues reached (publishes sent together share one fan-out and its
+    count)."""
+
+    def __init__(
+        self, message: str, *, message_ids: tuple[str, ...], reached: int, cause: ZkPubSubError
+    ) -> None:
+        super().__init__(message)
+        self.message_ids = message_ids
+        self.reached = reached
+        self.cause = cause
+        self.__cause__ = cause
 
 
 class PayloadTooLarge(ZkPubSubError, ValueError):

@@ -56,6 +56,7 @@ _LIBRARY: Final[dict[type[BaseException], tuple[int, str, str]]] = {
     errors.NotFound: (404, "not-found", "Not found"),
     errors.ClientIdInUse: (409, "held-elsewhere", "Held by another gateway"),
     errors.PublishTimeout: (504, "publish-timeout", "Publish not confirmed in time"),
+    errors.PartlyPublished: (502, "partly-published", "Published to some subscribers only"),
     errors.ConnectTimeout: (503, "zookeeper-unavailable", "ZooKeeper unreachable"),
     errors.OperationTimeout: (504, "timeout", "Timed out"),
     errors.ConnectionLost: (503, "zookeeper-unavailable", "ZooKeeper unreachable"),
@@ -69,7 +70,17 @@ _LIBRARY: Final[dict[type[BaseException], tuple[int, str, str]]] = {
 
 # Data a library error carries that a client may act on (never a path,
 # which names the bus's layout, nor anything credential-like).
-_CARRIED: Final = ("size", "limit", "topic", "queue", "item_id", "items", "reason", "sent")
+_CARRIED: Final = (
+    "size",
+    "limit",
+    "topic",
+    "queue",
+    "item_id",
+    "items",
+    "reason",
+    "sent",
+    "reached",
+)
 
 
 class Problem(StarletteHTTPException):
@@ -130,8 +141,10 @@ def problem_for(exc: errors.ZkPubSubError) -> Problem:
     if isinstance(exc, errors.PublishTimeout) and not exc.sent:
         status = 503  # never sent: safe to retry
     extra = {k: getattr(exc, k) for k in _CARRIED if _plain(getattr(exc, k, None))}
-    if isinstance(exc, errors.PublishTimeout):
+    if isinstance(exc, (errors.PublishTimeout, errors.PartlyPublished)):
         extra["message_ids"] = list(exc.message_ids)
+    if isinstance(exc, errors.PartlyPublished):
+        extra["cause"] = type(exc.cause).__name__
     if isinstance(exc, errors.QueueFull) and exc.put_ids:  # a replay part-way
         extra["put_ids"] = list(exc.put_ids)
     headers = {"Retry-After": "1"} if status == 503 else None
