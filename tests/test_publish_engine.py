@@ -292,3 +292,29 @@ def test_a_split_fan_out_refused_after_its_first_part_says_what_it_reached(
         )
     ]
     assert len(written) == error.reached
+
+
+@pytest.mark.parametrize("name", ["a" * 200, "中" * 200])
+def test_a_fan_outs_size_estimate_counts_bytes_not_characters(
+    make_client: MakeClient, name: str
+) -> None:
+    """Before, paths were counted in characters: with names of three-byte
+    characters a transaction's estimate fell short of what was sent (the
+    server drops the connection on a transaction over its buffer)."""
+    from kazoo.protocol.serialization import CheckVersion, Create
+
+    from zkpubsub._fanout import Target
+    from zkpubsub.layout import NodeKind
+
+    client = make_client()
+    publisher = client._publisher
+    ctx = client._ctx
+    queue = ctx.layout.queue(name, name)  # a subscriber named as the topic
+    node = ctx.layout.segment(queue, 0) + "/m" + "f" * 32 + "-0000000000"
+    data = b"x" * 600  # not inlined
+    sent = len(CheckVersion(queue, 0).serialize()) + len(
+        Create(node, data, ctx.acl.acl(NodeKind.MESSAGE), 2).serialize()
+    )
+    target = Target(subscriber=name, version=0, segment=0)
+    estimate = publisher.target_cost(name, target, publisher.op_size(name, data), 1)
+    assert estimate >= sent

@@ -58,7 +58,15 @@ T = TypeVar("T")
 
 _CHECK_OP_OVERHEAD = 32
 _MARKER_OP = 200  # a marker create or setData: its small JSON and the op
-_LONGEST_QUEUE_PATH_EXTRA = 300  # client id (<= 200) and the node name
+# the client id (200 characters, as bytes when ASCII: a target's own adds
+# what its UTF-8 takes beyond) and the node name
+_LONGEST_QUEUE_PATH_EXTRA = 300
+
+
+def _utf8_extra(text: str) -> int:
+    """Bytes ``text`` takes in UTF-8 beyond one a character (what a size
+    counted in characters misses)."""
+    return 0 if text.isascii() else len(text.encode()) - len(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,22 +188,29 @@ class Publisher:
     def op_size(self, topic: str, data: bytes) -> int:
         """Bytes one message create adds (for the longest possible queue path;
         a node small enough to go into its name, as long as that takes)."""
-        path = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
+        path = self._queue_path_bytes(topic)
         size = len(data)
         if size <= INLINE_BYTES:
             size = (size + 2) // 3 * 4 + 2  # base64 and the dots around it
         return size + path + CREATE_OP_OVERHEAD + self._message_acl_size
 
+    def _queue_path_bytes(self, topic: str) -> int:
+        """Bytes of the longest path of a node in a queue of ``topic``."""
+        messages = self._ctx.layout.messages
+        return (
+            len(messages) + _utf8_extra(messages) + len(topic) + _utf8_extra(topic)
+        ) + _LONGEST_QUEUE_PATH_EXTRA
+
     def budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""
         ctx = self._ctx
-        check = len(ctx.layout.topic(topic)) + _CHECK_OP_OVERHEAD
+        check = len(ctx.layout.topic(topic).encode()) + _CHECK_OP_OVERHEAD
         receipt = (
-            len(ctx.layout.receipt(ctx.client_id, new_guid()))
+            len(ctx.layout.receipt(ctx.client_id, new_guid()).encode())
             + CREATE_OP_OVERHEAD
             + ctx.acl.size(NodeKind.RECEIPT)
         )
-        return ctx.config.max_transaction_bytes - check - receipt - len(ctx.client_id)
+        return ctx.config.max_transaction_bytes - check - receipt - len(ctx.client_id.encode())
 
     # -- the subscriber list ------------------------------------------------
 
@@ -248,11 +263,14 @@ class Publisher:
         for culprit in self.queues.refresh(topic, targets.of(view), deadline):
             targets.excluded.add(culprit)
 
-    def target_cost(self, topic: str, target: Target, per_target: int) -> int:
+    def target_cost(self, topic: str, target: Target, per_target: int, nodes: int = 1) -> int:
         """Bytes ``target``'s operations add to a transaction (with
-        ``per_target`` bytes of node creates when it is written to)."""
+        ``per_target`` bytes of ``nodes`` node creates when it is written to)."""
         acl = self._ctx.acl
-        queue = len(self._ctx.layout.messages) + len(topic) + _LONGEST_QUEUE_PATH_EXTRA
+        queue = self._queue_path_bytes(topic)
+        extra = _utf8_extra(target.subscriber)  # in each of its paths
+        queue += extra
+        per_target += nodes * extra
         cost = queue + _CHECK_OP_OVERHEAD
         if target.flag is not None:
             return cost + len(target.flag)
@@ -334,7 +352,7 @@ class Publisher:
             )
             done.update(full)
             result.skipped.update(full)
-            costs = [self.target_cost(topic, t, per_target) for t in planned]
+            costs = [self.target_cost(topic, t, per_target, len(nodes)) for t in planned]
             for chunk in split_targets(planned, costs, self.budget(topic)):
                 fan = FanOut(topic, view.version, tuple(chunk), tuple(nodes), ctx.client_id)
                 say("waiting for ZooKeeper to confirm the transaction")
