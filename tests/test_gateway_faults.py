@@ -502,6 +502,36 @@ def test_error_details_never_name_a_zookeeper_path() -> None:
     assert without_paths("topic must not be '..'") == "topic must not be '..'"
 
 
+def test_one_tokens_idempotency_keys_do_not_push_out_anothers() -> None:
+    """Before, all tokens shared one list of keys: a busy (or hostile) token
+    pushed the others' keys out before their time, and their retries ran
+    twice."""
+    import asyncio
+
+    from zkpubsub.gateway.idempotency import IdempotencyStore
+
+    async def scenario() -> list[tuple[str, bool]]:
+        store = IdempotencyStore(3600.0, 2)
+        runs: list[str] = []
+
+        async def run(token: str, key: str) -> tuple[str, bool]:
+            async def work() -> str:
+                runs.append(f"{token}:{key}")
+                return key
+
+            return await store.run(("put", token, "q"), key, key.encode(), work)
+
+        assert await run("a", "a1") == ("a1", False)
+        for n in range(5):  # more keys than the limit, all of token b
+            await run("b", f"b{n}")
+        assert len(store) == 3  # a's one and b's last two
+        outcomes = [await run("a", "a1"), await run("b", "b4"), await run("b", "b0")]
+        assert runs.count("a:a1") == 1 and runs.count("b:b0") == 2
+        return outcomes
+
+    assert asyncio.run(scenario()) == [("a1", True), ("b4", True), ("b0", False)]
+
+
 def test_a_partly_published_fan_out_is_a_502_naming_what_it_reached() -> None:
     from zkpubsub.errors import NotAuthorized, PartlyPublished
     from zkpubsub.gateway.problems import problem_for

@@ -8,7 +8,8 @@ with a different request (another body or headers) is a 422 problem. An
 attempt that failed is forgotten, so a retry tries again.
 
 Kept in the memory of one gateway process, for ``ttl`` seconds (default an
-hour) and at most ``max_keys`` keys (oldest first out): a restarted
+hour) and at most ``max_keys`` keys per token (its oldest first out: a
+busy token does not push out another's keys): a restarted
 gateway, or another gateway behind the same load balancer, does not know
 the key and does the request again.
 """
@@ -43,17 +44,22 @@ class IdempotencyStore:
     def __init__(self, ttl: float, max_keys: int) -> None:
         self._ttl = ttl
         self._max = max_keys
-        self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+        # by token: its keys, oldest first (one ttl for all: also first to expire)
+        self._owners: dict[str, OrderedDict[tuple[str, ...], _Entry]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in self._owners.values())
 
     def _expire(self, now: float) -> None:
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.expires > now and len(self._entries) <= self._max:
-                return
-            del self._entries[key]
+        for owner in list(self._owners):
+            entries = self._owners[owner]
+            while entries:
+                key, entry = next(iter(entries.items()))
+                if entry.expires > now and len(entries) < self._max:
+                    break
+                del entries[key]
+            if not entries:
+                del self._owners[owner]
 
     async def run(
         self,
@@ -63,7 +69,8 @@ class IdempotencyStore:
         work: Callable[[], Awaitable[Any]],
     ) -> tuple[Any, bool]:
         """``(answer, replayed)``: ``work()``'s answer, or the first answer
-        of ``key`` in ``scope``."""
+        of ``key`` in ``scope`` (the route, the token's name, then what the
+        route names; the token's keys are counted together)."""
         if key is None:
             return await work(), False
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
@@ -74,10 +81,11 @@ class IdempotencyStore:
                 f"an Idempotency-Key is 1 to {MAX_KEY_LENGTH} printable characters",
             )
         now = time.monotonic()
-        self._expire(now)
+        self._expire(now)  # and makes room for one key more
         fingerprint = hashlib.sha256(request).hexdigest()
         full = (*scope, key)
-        entry = self._entries.get(full)
+        entries = self._owners.setdefault(scope[1], OrderedDict())
+        entry = entries.get(full)
         if entry is not None:
             if entry.fingerprint != fingerprint:
                 raise Problem(
@@ -90,13 +98,13 @@ class IdempotencyStore:
         # The work runs as a task of its own: a caller that goes away does not
         # cancel it, and a retry meanwhile waits for its answer.
         task = asyncio.ensure_future(work())
-        self._entries[full] = _Entry(fingerprint, task, now + self._ttl)
+        entries[full] = _Entry(fingerprint, task, now + self._ttl)
 
         def forget_failure(done: asyncio.Future[Any]) -> None:
             if done.cancelled() or done.exception() is not None:
-                current = self._entries.get(full)
+                current = entries.get(full)
                 if current is not None and current.answer is done:
-                    del self._entries[full]
+                    del entries[full]
 
         task.add_done_callback(forget_failure)
         return await asyncio.shield(task), False

@@ -44,7 +44,7 @@ DEFAULT_LEASE: Final = 30.0
 # The longest a request's body may take to arrive (a client that sends it
 # slowly, or not at all, holds a connection and its task no longer).
 DEFAULT_BODY_TIMEOUT: Final = 30.0
-# How long an Idempotency-Key's first answer is kept, and how many are kept.
+# How long an Idempotency-Key's first answer is kept, and how many a token keeps.
 DEFAULT_IDEMPOTENCY_TTL: Final = 3600.0
 DEFAULT_IDEMPOTENCY_KEYS: Final = 10_000
 
