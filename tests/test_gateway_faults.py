@@ -610,3 +610,34 @@ def test_the_console_shows_a_problem_in_seconds_while_zookeeper_is_frozen(
                 time.sleep(0.5)
     finally:
         stop_gateway(process, kill=True)
+
+
+def test_subscription_names_asked_for_leave_no_lock_behind(zk_hosts: str, zk_root: str) -> None:
+    """Before, every subscription name a request named (one that does not
+    exist too) kept a lock for as long as the gateway ran."""
+    import asyncio
+
+    from zkpubsub.gateway.auth import Principal
+    from zkpubsub.gateway.bus import Bus
+    from zkpubsub.gateway.consumers import Consumers
+    from zkpubsub.gateway.problems import Problem
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    async def scenario() -> None:
+        settings = GatewaySettings(hosts=zk_hosts, root=zk_root)
+        bus = Bus(settings)
+        consumers = Consumers(bus, settings)
+        principal = Principal("t", admin=True)
+        try:
+            for n in range(20):
+                with pytest.raises(Problem) as info:
+                    await consumers.get(f"missing-{n}", principal)
+                assert info.value.status == 404
+            held, _ = await consumers.put("kept", ["t"], principal)
+            assert held.topics == ["t"]
+            assert consumers._locks == {}
+        finally:
+            await consumers.close()
+            await bus.close()
+
+    asyncio.run(scenario())

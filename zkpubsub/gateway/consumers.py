@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -282,7 +282,9 @@ class Consumers:
         self._bus = bus
         self._settings = settings
         self._held: dict[str, HttpSubscription] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # a lock per subscription name while someone uses or waits for it
+        # (names come from requests: dropped when unused, so they do not pile up)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # gap notices of subscriptions let go before anyone was told them:
         # told when the subscription is taken up again here
         self._untold: dict[str, list[Gap]] = {}
@@ -309,8 +311,19 @@ class Consumers:
             validate_name(name, "subscription name")
             return validate_name(CLIENT_ID_PREFIX + name, "subscription name")
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name) or (asyncio.Lock(), 0)
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
 
     async def _open(self, name: str, principal: Principal) -> HttpSubscription:
         options = self._bus.client_options(principal.profile)
