@@ -615,3 +615,34 @@ def test_a_join_answered_too_late_leaves_no_second_candidate_node(
     assert cleaner.wait_leader(20)
     assert late
     assert len(raw_zk.get_children(Layout(zk_root).candidates)) == 1
+
+
+def test_a_purge_longer_than_its_deadline_goes_on_in_the_next_sweep(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a purge that ran past its deadline ended the leader's term:
+    it stood again, every gone client's grace started over, and the purge
+    went on only a grace later, slice by slice."""
+    layout = Layout(zk_root)
+    host = make_client(session_timeout=3.0)
+    doomed = make_client(client_id="doomed")
+    doomed.subscribe("t")
+    segment = layout.segment(layout.queue("doomed", "t"), 0)
+    for start in range(0, 1500, 250):  # many nodes: many transactions to delete
+        txn = raw_zk.transaction()
+        for n in range(start, start + 250):
+            txn.create(f"{segment}/m{n:032x}-{n:010d}", b"x")
+        txn.commit()
+    real = cleaner_module.deadline_after
+
+    def short(timeout: float | None) -> float | None:  # a purge's: a fraction of a second
+        if timeout is not None and timeout >= 60:
+            return real(0.05)
+        return real(timeout)
+
+    monkeypatch.setattr(cleaner_module, "deadline_after", short)
+    cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    doomed.close()
+    wait_until(lambda: raw_zk.exists(layout.client_messages("doomed")) is None, 30, "purged")
+    assert cleaner.stats().elections_won == 1

@@ -483,6 +483,12 @@ class Cleaner:
                     if str(exc) not in self._unreadable:  # said once
                         self._unreadable.add(str(exc))
                         logger.warning("cleaner: a sweep met a node it may not touch: %s", exc)
+                except (ConnectionLost, OperationTimeout) as exc:
+                    # cut short (a long purge's deadline, a lost connection):
+                    # the next sweep goes on from there, with the absences
+                    # counted so far (the loop's checks judge a cut-off)
+                    logger.info("cleaner: a sweep was cut short (%s); the next goes on", exc)
+                    continue
                 else:
                     self._count("sweeps")
                 starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
