@@ -370,9 +370,13 @@ def test_unread_results_are_removed_after_their_ttl(
     item.ack(result="nobody reads this")
     results = Layout(zk_root).work_queue("rpc").results
     assert len(raw_zk.get_children(results)) == 1
+    # one more, with a node under it (another program's): it goes too, and
+    # does not keep the rest from going
+    raw_zk.create(f"{results}/r-foreign/child", b"", makepath=True)
     cleaner = client.start_cleaner(grace=60, interval=0.3, result_ttl=1.0)
-    wait_until(lambda: cleaner.stats().results_removed == 1, 20, "result expired")
-    assert raw_zk.get_children(results) == []
+    wait_until(lambda: raw_zk.get_children(results) == [], 20, "results expired")
+    time.sleep(1.0)  # more sweeps
+    assert cleaner.stats().results_removed == 3  # the node under one counts too
 
 
 def test_a_client_starting_during_a_purge_hears_about_it(

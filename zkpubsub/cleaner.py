@@ -793,5 +793,5 @@ class Cleaner:
         fence = leader_fence(me)
         removed = 0
         for i in range(0, len(old), DELETE_BATCH):
-            removed += delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=False)
+            removed += delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=True)
         return removed
