@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -639,5 +639,89 @@ def test_subscription_names_asked_for_leave_no_lock_behind(zk_hosts: str, zk_roo
         finally:
             await consumers.close()
             await bus.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reserve_whose_lease_cannot_be_set_gives_its_items_back(
+    zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, items already reserved stayed held under reservations nobody
+    was told of, and the rest stayed reserved too, until the default lease
+    ran out."""
+    import asyncio
+
+    from zkpubsub.aio.workqueue import AsyncItem
+    from zkpubsub.errors import ConnectionLost
+    from zkpubsub.gateway.app import create_app
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    real = AsyncItem.extend
+    calls: list[int] = []
+
+    async def failing(self: AsyncItem, seconds: float | None = None) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionLost("extend: connection lost")
+        await real(self, seconds)
+
+    monkeypatch.setattr(AsyncItem, "extend", failing)
+    app = create_app(GatewaySettings(hosts=zk_hosts, root=zk_root, lease=600.0))
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                for n in range(3):
+                    assert (await http.post("/queues/q/items", json=n)).status_code == 201
+                refused = await http.post("/queues/q/reserve", json={"max": 3, "lease": 5})
+                assert refused.status_code == 503, refused.text
+                stats = (await http.get("/queues/q")).json()
+                assert stats["reserved"] == 0 and stats["ready"] == 3, stats
+                again = await http.post("/queues/q/reserve", json={"max": 3, "wait": 5})
+                assert len(again.json()["items"]) == 3
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("route", ["extend", "release"])
+def test_an_extend_or_release_whose_item_was_acked_while_its_body_came_is_a_404(
+    zk_hosts: str, zk_root: str, route: str
+) -> None:
+    """Before, the reservation was looked up before the body was read: an
+    ack finished meanwhile made the call a 500 (the item's "already acked")."""
+    import asyncio
+
+    from zkpubsub.gateway.app import create_app
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(hosts=zk_hosts, root=zk_root))
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                assert (await http.post("/queues/q/items", json=1)).status_code == 201
+                (item,) = (await http.post("/queues/q/reserve", json={"wait": 5})).json()["items"]
+                url = f"/queues/q/reservations/{item['reservation']}"
+                acked = asyncio.Event()
+
+                async def slow_body() -> AsyncIterator[bytes]:
+                    await acked.wait()  # the ack is done before the body is all there
+                    yield b"{}"
+
+                late = asyncio.ensure_future(
+                    http.post(
+                        f"{url}/{route}",
+                        content=slow_body(),
+                        headers={"Content-Type": "application/json"},
+                    )
+                )
+                await asyncio.sleep(0.2)
+                assert (await http.post(f"{url}/ack", json={})).status_code == 204
+                acked.set()
+                answer = await late
+                assert answer.status_code == 404, answer.text
+                assert answer.json()["error"] == "NoReservation"
 
     asyncio.run(scenario())

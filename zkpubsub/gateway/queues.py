@@ -159,10 +159,15 @@ async def reserve(
     if gone.is_set():  # reserved as the consumer left, or as the gateway stops
         await asyncio.gather(*(item.release() for item in items), return_exceptions=True)
         return ReserveResult(items=[])
+    if lease != gw.settings.lease:  # reserved with the default lease: now the one asked for
+        try:
+            for item in items:
+                await item.extend(lease)
+        except BaseException:  # nobody will hear of them: given back, not left held
+            await asyncio.gather(*(item.release() for item in items), return_exceptions=True)
+            raise
     out = []
     for item in items:
-        if lease != gw.settings.lease:
-            await item.extend(lease)  # reserved with the default lease: now the one asked for
         rid = gw.reservations.add(principal.name, queue, item, handle, lease)
         out.append(
             ReservedItem(
@@ -214,6 +219,7 @@ async def ack(
 ) -> Response:
     gw, held = _held(request, principal, queue, reservation)
     body = await _body(request, ItemAckRequest, gw.settings.max_message_bytes)
+    gw, held = _held(request, principal, queue, reservation)  # finished while it came?
     with _dropped_when_finished(gw, reservation, held), bad_input("ack"):
         await held.item.ack(body.result)
     return Response(status_code=204)
@@ -235,7 +241,8 @@ async def release(
 ) -> Response:
     gw, held = _held(request, principal, queue, reservation)
     body = await _body(request, ReleaseRequest)
-    with _dropped_when_finished(gw, reservation, held):
+    gw, held = _held(request, principal, queue, reservation)  # finished while it came?
+    with _dropped_when_finished(gw, reservation, held), bad_input("release"):
         await held.item.release(body.error)
     return Response(status_code=204)
 
@@ -254,9 +261,11 @@ async def extend(
     request: Request,
     principal: Caller,
 ) -> Response:
-    _, held = _held(request, principal, queue, reservation)
+    _held(request, principal, queue, reservation)
     body = await _body(request, ExtendRequest)
-    await held.item.extend(held.lease if body.seconds is None else body.seconds)
+    _, held = _held(request, principal, queue, reservation)  # finished while it came?
+    with bad_input("extend"):
+        await held.item.extend(held.lease if body.seconds is None else body.seconds)
     return Response(status_code=204)
 
 

@@ -55,6 +55,9 @@ class Reservations:
 
     def get(self, rid: str, principal: str, queue: str) -> Held:
         held = self._held.get(rid)
+        if held is not None and held.item.finished:  # acked or released meanwhile
+            del self._held[rid]
+            held = None
         if held is None or held.queue != queue or held.principal != principal:
             gateway, _, _ = rid.partition(".")
             where = (
