@@ -725,3 +725,54 @@ def test_an_extend_or_release_whose_item_was_acked_while_its_body_came_is_a_404(
                 assert answer.json()["error"] == "NoReservation"
 
     asyncio.run(scenario())
+
+
+def test_a_batch_whose_later_publish_fails_says_what_was_published(
+    zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a later run's failure was answered as it came: a 503 "never
+    sent, safe to retry" though the earlier runs were published, and the
+    retry published them twice."""
+    import asyncio
+
+    from zkpubsub import Client, PublishTimeout
+    from zkpubsub.aio import AsyncClient
+    from zkpubsub.gateway.app import create_app
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    real = AsyncClient.publish_many
+    calls: list[int] = []
+
+    async def second_fails(self: AsyncClient, topic: str, payloads: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise PublishTimeout(
+                "not sent within 1s; nothing was written", message_ids=("x",), sent=False
+            )
+        return await real(self, topic, payloads, **kwargs)
+
+    monkeypatch.setattr(AsyncClient, "publish_many", second_fails)
+    app = create_app(GatewaySettings(hosts=zk_hosts, root=zk_root))
+    with Client(zk_hosts, root=zk_root, cleaner=False) as subscriber:
+        sub = subscriber.subscribe("t")
+
+        async def scenario() -> dict[str, Any]:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                    batch = {
+                        "messages": [
+                            {"payload": 1, "headers": {"k": "a"}},
+                            {"payload": 2, "headers": {"k": "b"}},
+                        ]
+                    }
+                    answer = await http.post("/topics/t/messages:batch", json=batch)
+                    assert answer.status_code == 502, answer.text
+                    doc: dict[str, Any] = answer.json()
+                    return doc
+
+        doc = asyncio.run(scenario())
+        assert doc["error"] == "PartlyPublished" and doc["cause"] == "PublishTimeout"
+        first = sub.get(timeout=10)
+        assert first is not None and doc["published"] == [first.id]
+        assert doc["sent"] is False and doc["message_ids"] == ["x"]

@@ -15,12 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import ValidationError
 
+from ..errors import ZkPubSubError
 from ..message import PublishReceipt
 from .auth import Caller
 from .context import state_of
 from .models import BatchRequest, Receipt, problem_responses
 from .payloads import decode_base64, message_headers, read_json, read_payload
-from .problems import Problem, bad_input
+from .problems import Problem, bad_input, problem_for
 
 __all__ = ["router"]
 
@@ -61,6 +62,25 @@ def _receipt(topic: str, receipts: list[PublishReceipt]) -> Receipt:
         message_ids=[m for r in receipts for m in r.message_ids],
         subscribers=min(r.subscribers for r in receipts),
         skipped=max(r.skipped for r in receipts),
+    )
+
+
+def _published_in_part(
+    topic: str, receipts: list[PublishReceipt], exc: Problem | ZkPubSubError
+) -> Problem:
+    """A batch's later publish failed: the earlier ones were published (a
+    retry publishes them again)."""
+    cause = problem_for(exc) if isinstance(exc, ZkPubSubError) else exc
+    published = [m for r in receipts for m in r.message_ids]
+    return Problem(
+        502,
+        "partly-published",
+        "Published to some subscribers only",
+        f"the batch's first {len(published)} message(s) were published, then: {cause.detail}",
+        error="PartlyPublished",
+        published=published,
+        cause=cause.error,
+        **{k: v for k, v in cause.extra.items() if k in ("message_ids", "sent", "reached")},
     )
 
 
@@ -162,10 +182,15 @@ async def publish_batch(
             with bad_input("publish"):
                 for payloads, headers in runs:
                     client.sync._check_messages(topic, payloads, headers)
-        receipts = []
+        receipts: list[PublishReceipt] = []
         for payloads, headers in runs:
-            with bad_input("publish"):
-                receipts.append(await client.publish_many(topic, payloads, headers=headers))
+            try:
+                with bad_input("publish"):
+                    receipts.append(await client.publish_many(topic, payloads, headers=headers))
+            except (Problem, ZkPubSubError) as exc:
+                if not receipts:
+                    raise
+                raise _published_in_part(topic, receipts, exc) from exc
         return _receipt(topic, receipts)
 
     answer, replayed = await gw.idempotency.run(
