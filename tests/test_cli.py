@@ -25,7 +25,7 @@ from zkpubsub.cli import main
 from zkpubsub.layout import Layout
 from zkpubsub.testing import ZooKeeperCluster
 from zkpubsub.testing.local import free_ports
-from zkpubsub.testing.secure import TEST_PASSWORDS, bus_roles
+from zkpubsub.testing.secure import TEST_PASSWORDS, bus_roles, user_auth
 
 from .helpers import Collector, wait_until
 
@@ -831,3 +831,19 @@ def test_a_gateway_that_cannot_reach_the_bus_says_so_in_one_line_and_a_signal_en
     code, out = terminated_while_connecting("gateway", "--port", str(free_ports(1)[0]))
     assert code == 0, out
     assert "Error" not in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("command", [["stats"], ["queue", "list"]])
+def test_reading_a_bus_the_identity_may_not_read_is_one_line_and_exit_code_1(
+    secure_zookeeper: ZooKeeperCluster,
+    secure_root: str,
+    make_secure_client: MakeClient,
+    command: list[str],
+) -> None:
+    """Before, stats and queue list ended in a NotAuthorized traceback."""
+    admin = make_secure_client(auth=user_auth("admin"), acl=bus_roles(), cleaner=False)
+    admin.queue("jobs").put(1)  # the bus and a queue, under the roles' ACLs
+    code, out = run(secure_zookeeper.hosts, secure_root, *command)  # no credentials
+    assert code == 1, out
+    assert "Traceback" not in out and out.strip().splitlines() == [out.strip()], out
+    assert out.startswith("Error: NotAuthorized"), out

@@ -137,7 +137,7 @@ def queue_reserve(ctx: CliContext, name: str, timeout: float, release: bool) -> 
 def queue_list(ctx: CliContext) -> None:
     """The work queues, with their counts (reads only)."""
     with ctx.observer() as observer:
-        queues = [observer.queue_stats(name) for name in observer.queues()]
+        queues = read_or_fail(lambda: [observer.queue_stats(n) for n in observer.queues()])
     if not queues:
         click.echo(f"no work queues under {ctx.root}")
         return

@@ -450,7 +450,7 @@ def _age(started: float, now: float) -> str:
 def stats(ctx: CliContext, as_json: bool) -> None:
     """Clients, topics, subscriber queues and work queues (reads only)."""
     with ctx.observer() as observer:
-        snapshot = observer.stats()
+        snapshot = read_or_fail(observer.stats)
     now = time.time()
     if as_json:
         doc = {
