@@ -974,3 +974,32 @@ def test_a_release_whose_answer_was_lost_with_the_session_says_the_reservation_w
         finally:
             cutting.join()
         assert producer.queue("q").stats().dead == 0
+
+
+def test_a_reserve_answered_after_its_deadline_keeps_what_it_reserved(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a reserve whose answer came too late (an OperationTimeout,
+    the transaction applied) raised: the item stayed reserved by this
+    worker's session, held by nobody, for as long as the session lived."""
+    from zkpubsub.errors import OperationTimeout
+    from zkpubsub.workqueue import worker as worker_module
+
+    client = make_client()
+    q = client.queue("late")
+    q.put("x")
+    real = worker_module.commit
+
+    def late(ctx: Any, txn: Any, deadline: Any, what: str) -> Any:
+        answer = real(ctx, txn, deadline, what)
+        if what == "reserve":
+            raise OperationTimeout(f"{what}: no answer from ZooKeeper in time")
+        return answer
+
+    monkeypatch.setattr(worker_module, "commit", late)
+    item = q.reserve(timeout=5)
+    monkeypatch.undo()
+    assert item is not None and item.payload == "x"
+    item.ack()
+    stats = q.stats()
+    assert stats.ready == 0 and stats.reserved == 0

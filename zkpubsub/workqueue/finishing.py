@@ -77,8 +77,12 @@ def held_version(
     ``worker_id`` holds it at item version ``token``; ``None`` if not."""
     conn = ctx.conn
     kazoo = conn.kazoo
-    reservation, item = conn.read_all(
+    # after a lost answer, on another server maybe: sync first, so that the
+    # reads see the transaction if it was applied (a session's requests are
+    # served in order)
+    _, reservation, item = conn.read_all(
         lambda: [
+            kazoo.sync_async(paths.reservation(name)),
             kazoo.get_async(paths.reservation(name)),
             kazoo.exists_async(paths.item(name)),
         ],

@@ -29,7 +29,13 @@ from .._context import Context
 from .._deadlines import deadline_after, remaining
 from .._numbers import is_int
 from ..connection import first_error, translated
-from ..errors import ClientClosed, ConnectionLost, DecodeError, ReservationLost
+from ..errors import (
+    ClientClosed,
+    ConnectionLost,
+    DecodeError,
+    OperationTimeout,
+    ReservationLost,
+)
 from ..layout import NodeKind, parse_item_node
 from .finishing import ack_all, bury, commit, encoded_result, held_version, release
 from .items import Item
@@ -238,8 +244,11 @@ class Worker:
             sent = time.monotonic()
             try:
                 results = commit(self._ctx, txn, deadline, "reserve")
-            except ConnectionLost:
-                ours = self.reserved_after_loss(ready, deadline, sent)
+            except (ConnectionLost, OperationTimeout) as exc:
+                # it may have been applied: what is ours is kept (looked up
+                # with time of its own, when the answer came too late)
+                after = self._ctx.deadline() if isinstance(exc, OperationTimeout) else deadline
+                ours = self.reserved_after_loss(ready, after, sent)
                 taken = {item.name for item in ours}
                 # the others are still first in line
                 self._lineup.put_back(
