@@ -1003,3 +1003,21 @@ def test_a_reserve_answered_after_its_deadline_keeps_what_it_reserved(
     item.ack()
     stats = q.stats()
     assert stats.ready == 0 and stats.reserved == 0
+
+
+def test_an_item_buried_with_a_huge_error_still_tells_its_ticket(make_client: MakeClient) -> None:
+    """Before, the dead letter cut the error to 2,000 characters but the
+    ticket's result kept it whole: an error over the server's 1 MiB made the
+    release fail, and the item stayed reserved."""
+    from zkpubsub import ItemFailed
+
+    q = make_client().queue("huge-error", max_attempts=1)
+    ticket = q.put("x", want_result=True)
+    item = q.reserve(timeout=5)
+    assert item is not None
+    item.release(RuntimeError("e" * 1_200_000))
+    with pytest.raises(ItemFailed) as info:
+        ticket.wait(timeout=10)
+    assert "eee" in str(info.value) and len(str(info.value)) < 10_000
+    stats = q.stats()
+    assert stats.reserved == 0 and stats.dead == 1

@@ -140,7 +140,7 @@ def result_doc(serializer: Serializer, status: str, result: Any = None, reason: 
             "status": status,
             "ct": serializer.content_type,
             "r": body,
-            "reason": reason,
+            "reason": reason[:_ERROR_TEXT_LIMIT],  # the server takes up to 1 MiB in all
             "at": time.time(),
         }
     )
