@@ -1021,3 +1021,23 @@ def test_an_item_buried_with_a_huge_error_still_tells_its_ticket(make_client: Ma
     assert "eee" in str(info.value) and len(str(info.value)) < 10_000
     stats = q.stats()
     assert stats.reserved == 0 and stats.dead == 1
+
+
+def test_a_queue_named_in_multibyte_characters_takes_and_acks_big_batches(
+    make_client: MakeClient,
+) -> None:
+    """Before, sizes were counted in characters and an ack counted no path:
+    with a name of three-byte characters, one put or ack transaction went
+    over the server's 1 MiB, which dropped the connection, and the call
+    failed."""
+    q = make_client().queue("中" * 200)
+    count = 900
+    q.put_many([b""] * count)  # one put: estimated to fit, it did not
+    items: list[Any] = []
+    while len(items) < count:
+        got = q.reserve_many(count - len(items), timeout=10)
+        assert got, len(items)
+        items += got
+    q.ack_many(items)  # one ack: the same
+    stats = q.stats()
+    assert stats.ready == 0 and stats.reserved == 0

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # A transaction of acks carries results up to about this many bytes.
 _ACK_BATCH_BYTES: Final = 500_000
+# What a result's ACL adds at most (a few digest or SASL identities).
+_RESULT_ACL_AT_MOST: Final = 1024
 
 
 def commit(ctx: Context, txn: Any, deadline: float | None, what: str) -> list[Any]:
@@ -133,9 +135,9 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
         while todo:
             batch: list[tuple[Item, bytes | None]] = []
             size = 0
-            while todo and (not batch or size + len(todo[0][1] or b"") < _ACK_BATCH_BYTES):
+            while todo and (not batch or size + _ack_size(paths, *todo[0]) < _ACK_BATCH_BYTES):
                 batch.append(todo.pop(0))
-                size += len(batch[-1][1] or b"") + 200
+                size += _ack_size(paths, *batch[-1])
             while True:
                 if ctx.writer.commit(
                     _ack_ops(paths, batch, ctx.acl.acl(NodeKind.RESULT)), deadline, "ack"
@@ -150,6 +152,15 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
     if lost:
         ctx.hooks.reservation_lost(queue, len(lost))
     return lost
+
+
+def _ack_size(paths: WorkQueuePaths, item: Item, doc: bytes | None) -> int:
+    """Bytes an item's ack adds to a transaction: its paths (in UTF-8),
+    its result and each operation's header and ACL (upper estimates)."""
+    size = len(paths.reservation(item.name).encode()) + len(paths.item(item.name).encode()) + 128
+    if doc is not None:
+        size += len(doc) + len(paths.result(item.id).encode()) + 64 + _RESULT_ACL_AT_MOST
+    return size
 
 
 def _ack_ops(paths: WorkQueuePaths, batch: list[tuple[Item, bytes | None]], acl: list[Any]) -> Any:

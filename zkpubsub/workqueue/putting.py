@@ -110,14 +110,15 @@ class Producer:
         with translated(f"put to queue {self._name!r}"):
             self.ensure_paths(ctx.at_least(deadline, PUT_REQUESTS_AT_LEAST))
             acl_size = ctx.acl.size(NodeKind.ITEM)
-            budget = config.max_transaction_bytes - 512 - len(paths.base)
+            budget = config.max_transaction_bytes - 512 - len(paths.base.encode())
             budget -= ctx.acl.size(NodeKind.RECEIPT)
             most = min(MAX_ITEMS_PER_PUT, self._max_items or MAX_ITEMS_PER_PUT)
             start = 0
+            per_item = len(paths.items.encode()) + 80 + CREATE_OP_OVERHEAD + acl_size  # bytes
             while start < len(datas):
                 used, end = 0, start
                 while end < len(datas) and end - start < most:
-                    size = len(datas[end]) + len(paths.items) + 80 + CREATE_OP_OVERHEAD + acl_size
+                    size = len(datas[end]) + per_item
                     if end > start and used + size > budget:
                         break
                     used += size

@@ -165,8 +165,8 @@ class Worker:
         for count, (name, data, *_) in enumerate(ready):
             # the item's data and path, the reservation's path, record and
             # ACL, each operation's header, and a lapsed holder's delete
-            reservation = len(paths.reservation(name))
-            total += len(data) + len(paths.item(name)) + reservation + record + acl
+            reservation = len(paths.reservation(name).encode())  # bytes, as sent
+            total += len(data) + len(paths.item(name).encode()) + reservation + record + acl
             total += 2 * TXN_OP_OVERHEAD
             if name in expired:
                 total += reservation + TXN_OP_OVERHEAD
