@@ -1041,3 +1041,19 @@ def test_a_queue_named_in_multibyte_characters_takes_and_acks_big_batches(
     q.ack_many(items)  # one ack: the same
     stats = q.stats()
     assert stats.ready == 0 and stats.reserved == 0
+
+
+def test_dead_letters_are_listed_oldest_first_whatever_their_priority(
+    make_client: MakeClient,
+) -> None:
+    """Before, they were listed by priority first: dead(limit=1) hid an
+    older dead letter of a lower priority behind a newer urgent one."""
+    q = make_client().queue("dead-order", max_attempts=1)
+    q.put("old, not urgent", priority=500)
+    q.put("new, urgent", priority=5)
+    for _ in range(2):
+        item = q.reserve(timeout=5)
+        assert item is not None
+        item.release("no")
+    assert [d.payload for d in q.dead()] == ["old, not urgent", "new, urgent"]
+    assert [d.payload for d in q.dead(limit=1)] == ["old, not urgent"]

@@ -643,10 +643,11 @@ def parse_segment_number(data: bytes) -> int | None:
     return int(text)
 
 
-def order_items(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Work item names by priority (lower first), then creation order:
-    segment by segment (the unsegmented layout's items first), and by
-    sequence within a segment. Also returns the foreign names."""
+def order_items(names: Sequence[str], *, by_priority: bool = True) -> tuple[list[str], list[str]]:
+    """Work item names by priority (lower first; not ``by_priority``: put
+    order alone), then creation order: segment by segment (the unsegmented
+    layout's items first), and by sequence within a segment. Also returns
+    the foreign names."""
     groups: dict[tuple[int, int], list[tuple[int, str]]] = {}
     foreign: list[str] = []
     for name in names:
@@ -654,7 +655,7 @@ def order_items(names: Sequence[str]) -> tuple[list[str], list[str]]:
         if parsed is None:
             foreign.append(name)
         else:
-            key = (parsed.priority, parsed.segment)
+            key = (parsed.priority if by_priority else 0, parsed.segment)
             groups.setdefault(key, []).append((parsed.sequence, name))
     ordered: list[str] = []
     for key in sorted(groups):

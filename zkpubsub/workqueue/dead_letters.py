@@ -45,7 +45,8 @@ def read_dead(
     given: only those are read)."""
     check_dead_limit(limit)
     kazoo = conn.kazoo
-    ordered, foreign = order_items(conn.children(paths.dead, deadline) or [])
+    # oldest first whatever their priority (their names are the items')
+    ordered, foreign = order_items(conn.children(paths.dead, deadline) or [], by_priority=False)
     names = (ordered + foreign)[:limit]
     answers = conn.read_all(
         lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
