@@ -1057,3 +1057,22 @@ def test_dead_letters_are_listed_oldest_first_whatever_their_priority(
         item.release("no")
     assert [d.payload for d in q.dead()] == ["old, not urgent", "new, urgent"]
     assert [d.payload for d in q.dead(limit=1)] == ["old, not urgent"]
+
+
+def test_a_ticket_waiting_long_keeps_one_watcher(make_client: MakeClient) -> None:
+    """Before, each second of a wait without a timeout added a watcher of
+    its own to the client's, for as long as it waited."""
+    client = make_client()
+    q = client.queue("patient")
+    ticket = q.put("x", want_result=True)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(ticket.wait()), daemon=True)
+    waiter.start()
+    time.sleep(3.5)  # about three rounds of the wait
+    path = Layout(client.config.root).work_queue("patient").result(ticket.id)
+    assert len(client._ctx.conn.kazoo._data_watchers[path]) == 1
+    item = q.reserve(timeout=5)
+    assert item is not None
+    item.ack(result="done")
+    waiter.join(10)
+    assert got == ["done"]

@@ -245,6 +245,10 @@ class Ticket:
         path = self._paths.result(self.id)
         deadline = deadline_after(timeout)
         arrived = threading.Event()
+
+        def wake(_event: object) -> None:  # one watcher however often it is set
+            arrived.set()
+
         # ``timeout`` bounds the wait for the result; reading one that is
         # there gets up to TICKET_READ_AT_LEAST whatever it is
         self._waiting.add(arrived)
@@ -253,7 +257,7 @@ class Ticket:
                 while self._taken is None:
                     arrived.clear()
                     stat = conn.call(
-                        lambda: kazoo.exists_async(path, watch=lambda _e: arrived.set()),
+                        lambda: kazoo.exists_async(path, watch=wake),
                         ctx.at_least(deadline, TICKET_READ_AT_LEAST),
                         f"wait for {path}",
                     )
