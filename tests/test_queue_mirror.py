@@ -472,3 +472,28 @@ def test_a_worker_with_a_backlog_in_hand_lists_instead_and_watches_again_when_dr
     item.ack()
     # heard from the watch: the reservation, the ack, no listing
     assert consumer._ctx.conn.requests - before <= 3
+
+
+def test_a_mirror_whose_watch_could_not_be_set_leaves_no_listener(
+    make_client: MakeClient, zk_hosts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, each start that failed (no answer in time) left its state
+    listener on the connection."""
+    from zkpubsub.errors import OperationTimeout
+    from zkpubsub.layout import Layout
+    from zkpubsub.workqueue.mirror import Mirror
+
+    needs_watches(zk_hosts, "persistent")
+    client = make_client(watch_mode="persistent")
+    conn = client._ctx.conn
+    before = len(conn._listeners)
+
+    def unanswered(*args: Any, **kwargs: Any) -> bool:
+        raise OperationTimeout("add watch: no answer from ZooKeeper in time")
+
+    monkeypatch.setattr(conn, "watch_tree", unanswered)
+    mirror = Mirror(conn, Layout(client.config.root).work_queue("jobs"), lambda _outdated: None)
+    for _ in range(3):
+        with pytest.raises(OperationTimeout):
+            mirror.start(client._ctx.deadline())
+    assert len(conn._listeners) == before

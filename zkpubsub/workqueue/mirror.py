@@ -103,7 +103,12 @@ class Mirror:
         """Set the watch; False if the server has no persistent watches."""
         on_event, on_state = self._hooks
         self._conn.add_state_listener(on_state)
-        if not self._conn.watch_tree(self._paths.base, on_event, deadline):
+        try:
+            watching = self._conn.watch_tree(self._paths.base, on_event, deadline)
+        except BaseException:  # no answer in time, say: the next start adds it again
+            self._conn.remove_state_listener(on_state)
+            raise
+        if not watching:
             self._conn.remove_state_listener(on_state)
             return False
         self._finalizer = weakref.finalize(
