@@ -855,6 +855,30 @@ async def test_a_cancelled_subscribe_leaves_no_subscription_behind(
     assert got is not None and got.payload == 1
 
 
+async def test_a_subscribe_cancelled_once_made_is_closed_off_the_loop(connect: Connect) -> None:
+    """Before, a cancel that came after the subscription was made, and
+    before the loop heard of it, closed it on the loop: the loop froze for
+    the close's whole timeout (the close waited for its dispatcher, which
+    only the loop could end)."""
+    client = await connect(close_timeout=3.0)
+    task = asyncio.ensure_future(client.subscribe("made", lambda m: None))
+    await asyncio.sleep(0)  # under way on a thread
+    deadline = time.monotonic() + 20
+    while not client.sync.subscriptions():  # made, the loop not told yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)  # (the loop still held) its thread is done with it
+    started = time.monotonic()
+    assert task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 2.0  # the loop was not held
+    deadline = time.monotonic() + 20
+    while client.sync.subscriptions():  # closed meanwhile, on a thread
+        assert time.monotonic() < deadline, "what it made was not closed"
+        await asyncio.sleep(0.05)
+
+
 async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
     connect: Connect,
 ) -> None:

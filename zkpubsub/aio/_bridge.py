@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ..errors import ClientClosed
 
-__all__ = ["Bridge", "LoopStopped", "OnLoop", "WrongLoop"]
+__all__ = ["Bridge", "LoopStopped", "OnLoop", "WrongLoop", "off_loop"]
 
 logger = logging.getLogger("zkpubsub.aio")
 
@@ -38,6 +38,21 @@ T = TypeVar("T")
 _LOOP_CHECK = 0.5
 # Threads for the blocking calls of one async client (created on demand).
 _MAX_THREADS = 32
+
+
+def off_loop(
+    cleanup: Callable[[concurrent.futures.Future[T]], None],
+) -> Callable[[concurrent.futures.Future[T]], None]:
+    """``cleanup`` as a done callback of a job that runs on a thread of its
+    own: a job already done runs its callbacks at once, on the thread that
+    adds them (the loop's), and a cleanup blocks (closes, releases)."""
+
+    def callback(job: concurrent.futures.Future[T]) -> None:
+        threading.Thread(
+            target=cleanup, args=(job,), name="zkpubsub-aio-cleanup", daemon=True
+        ).start()
+
+    return callback
 
 
 def awaited(future: asyncio.Future[T]) -> Coroutine[Any, Any, T]:

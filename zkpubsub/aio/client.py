@@ -47,7 +47,7 @@ from ..config import (
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
-from ._bridge import Bridge, awaited, begun, calling_task
+from ._bridge import Bridge, awaited, begun, calling_task, off_loop
 from .subscription import AsyncSubscription, LoopDispatcher
 from .workqueue import AsyncWorkQueue
 
@@ -298,7 +298,7 @@ class AsyncClient:
         try:
             sub = await bridge.wrap(job)
         except asyncio.CancelledError:
-            job.add_done_callback(_close_unwanted)
+            job.add_done_callback(off_loop(_close_unwanted))
             raise
         wrapped = AsyncSubscription(sub, bridge, dispatcher)
         self._subs = [s for s in self._subs if not s.closed]
@@ -438,7 +438,7 @@ class Connecting:
             client = await bridge.wrap(job)
         except asyncio.CancelledError:
             # Nobody will use the client it was making: close it once made.
-            job.add_done_callback(_close_unwanted)
+            job.add_done_callback(off_loop(_close_unwanted))
             bridge.close()
             raise
         except BaseException:

@@ -31,7 +31,7 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun, calling_task
+from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun, calling_task, off_loop
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -388,7 +388,7 @@ class AsyncWorkQueue:
                     # a slice that has not sent its transaction reserves nothing;
                     # one that did gives its items back (one attempt each)
                     abandoned.set()
-                    job.add_done_callback(_release_unwanted)
+                    job.add_done_callback(off_loop(_release_unwanted))
                     raise
             finally:
                 self._turns.release()
