@@ -879,6 +879,42 @@ async def test_a_subscribe_cancelled_once_made_is_closed_off_the_loop(connect: C
         await asyncio.sleep(0.05)
 
 
+async def test_a_consumers_on_error_is_checked_up_front(connect: Connect) -> None:
+    queue = (await connect()).queue("jobs")
+    with pytest.raises(TypeError, match="on_error must be callable"):
+        queue.consume(lambda item: None, on_error=42)  # type: ignore[arg-type]
+
+
+def test_a_consumer_whose_loop_ended_takes_nothing_more(zk_hosts: str, zk_root: str) -> None:
+    """Before, a consumer left running when its asyncio.run ended took item
+    after item, failed each at once (no loop to run the handler on) and
+    gave it back: every item went to the dead letters, no handler run."""
+    made: list[AsyncClient] = []
+    handled: list[Any] = []
+
+    async def main() -> None:
+        client = await AsyncClient.connect(zk_hosts, root=zk_root, cleaner=False)
+        made.append(client)
+
+        async def handler(item: AsyncItem) -> None:
+            handled.append(item.payload)
+
+        client.queue("left").consume(handler)  # and the loop ends, the client open
+
+    asyncio.run(main())
+    try:
+        with Client(zk_hosts, root=zk_root, cleaner=False) as producer:
+            queue = producer.queue("left")
+            queue.put_many([1, 2, 3])
+            time.sleep(3.0)
+            stats = queue.stats()
+            assert stats.dead == 0, stats
+            assert stats.ready + stats.reserved == 3, stats
+        assert handled == []
+    finally:
+        made[0].sync.close()
+
+
 async def test_bad_timeouts_and_a_closed_client_are_the_documented_errors(
     connect: Connect,
 ) -> None:
@@ -1110,12 +1146,16 @@ async def test_a_client_used_on_another_event_loop_refuses_and_does_nothing(
                     await call()
                 except RuntimeError as exc:
                     refused.append(exc)
+            try:  # a consumer would run its handlers on the client's loop
+                queue.consume(lambda item: None)
+            except RuntimeError as exc:
+                refused.append(exc)
             return refused
 
         return asyncio.run(use())
 
     refused = await asyncio.to_thread(on_another_loop)
-    assert len(refused) == 4, refused
+    assert len(refused) == 5, refused
     await client.publish("t", "here")  # on its own loop it works, and comes after
     await eventually(lambda: got, what="the publish made on the client's loop")
     assert got == ["here"]

@@ -31,7 +31,16 @@ from ..workqueue import Consumer, ConsumerStats, DeadItem, Item, Ticket, WorkQue
 from ..workqueue.items import TICKET_READ_AT_LEAST
 from ..workqueue.putting import room_polls
 from ..workqueue.worker import check_limit
-from ._bridge import Bridge, OnLoop, _read_outcome, awaited, begun, calling_task, off_loop
+from ._bridge import (
+    Bridge,
+    LoopStopped,
+    OnLoop,
+    _read_outcome,
+    awaited,
+    begun,
+    calling_task,
+    off_loop,
+)
 
 __all__ = ["AsyncConsumer", "AsyncItem", "AsyncTicket", "AsyncWorkQueue"]
 
@@ -415,10 +424,25 @@ class AsyncWorkQueue:
         plain) run on the loop: its return acks the item (the value is the
         result), an exception — or a cancellation — releases it. ``on_error``
         runs on the loop too; ``max_lease`` as there."""
+        bridge = self._bridge
+        bridge.check_loop()
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        bridge = self._bridge
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
         on_loop = bridge.on_loop(lambda item: handler(AsyncItem(item, bridge)))
+        started: list[Consumer] = []
+
+        def handle(item: Item) -> Any:
+            try:
+                return on_loop(item)
+            except LoopStopped:
+                # no loop to run handlers on: take nothing more (each item
+                # taken would fail an attempt, and end in the dead letters)
+                for consumer in started:
+                    consumer.halt()
+                raise
+
         report = None
         if on_error is not None:
             user_on_error = on_error
@@ -427,8 +451,9 @@ class AsyncWorkQueue:
                 bridge.schedule(user_on_error, error, AsyncItem(item, bridge))
 
         consumer = self._queue.consume(
-            on_loop, workers=workers, prefetch=prefetch, on_error=report, max_lease=max_lease
+            handle, workers=workers, prefetch=prefetch, on_error=report, max_lease=max_lease
         )
+        started.append(consumer)
         return AsyncConsumer(consumer, bridge, on_loop)
 
     async def stats(self, timeout: float | None = None) -> WorkQueueStats:
