@@ -879,6 +879,29 @@ async def test_a_subscribe_cancelled_once_made_is_closed_off_the_loop(connect: C
         await asyncio.sleep(0.05)
 
 
+async def test_publishes_waiting_for_room_keep_their_order(connect: Connect, zk_hosts: str) -> None:
+    """Before, each publish that found max_pending unfinished waited for room
+    on a thread of its own: when room came, they raced for it, and the
+    messages of one task were written out of order."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    subscriber = await connect()
+    sub = await subscriber.subscribe("ordered")
+    with TcpProxy((host, int(port)), name="room") as proxy:
+        publisher = await connect(hosts=proxy.address, max_pending=2, session_timeout=20.0)
+        await publisher.publish("ordered", "warm-up")
+        proxy.block("drop")  # the first two stay unfinished: the rest wait for room
+        waiting = [publisher.publish("ordered", n) for n in range(20)]
+        await asyncio.sleep(0.5)
+        proxy.unblock()
+        await asyncio.wait_for(asyncio.gather(*waiting), 60)
+    got = []
+    while len(got) < 21:
+        message = await sub.get(timeout=10)
+        assert message is not None, got
+        got.append(message.payload)
+    assert got == ["warm-up", *range(20)]
+
+
 async def test_a_consumers_on_error_is_checked_up_front(connect: Connect) -> None:
     queue = (await connect()).queue("jobs")
     with pytest.raises(TypeError, match="on_error must be callable"):

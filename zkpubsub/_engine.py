@@ -203,6 +203,39 @@ class PublishEngine:
         """Queue a publish (waiting for room up to its deadline). Its outcome
         goes to a future (``want_future``), to ``on_done``, or else to a
         caller of :meth:`wait`."""
+        request = self._submit(
+            topic, entries, timeout, require_subscribers, want_future, on_done, wait=True
+        )
+        assert request is not None  # it waited for room
+        return request
+
+    def try_submit(
+        self,
+        topic: str,
+        entries: list[envelope.Entry],
+        *,
+        timeout: float | None,
+        require_subscribers: bool,
+        on_done: Resolved,
+    ) -> bool:
+        """:meth:`submit`, unless there is no room for it now: ``False`` then
+        (nothing was done), where :meth:`submit` would wait."""
+        request = self._submit(
+            topic, entries, timeout, require_subscribers, False, on_done, wait=False
+        )
+        return request is not None
+
+    def _submit(
+        self,
+        topic: str,
+        entries: list[envelope.Entry],
+        timeout: float | None,
+        require_subscribers: bool,
+        want_future: bool,
+        on_done: Resolved | None,
+        *,
+        wait: bool,
+    ) -> PublishRequest | None:
         deadline = deadline_after(timeout)
         size = sum(envelope.encoded_size(e) for e in entries)
         request = PublishRequest(topic, entries, size, timeout, deadline, require_subscribers)
@@ -215,6 +248,8 @@ class PublishEngine:
             request.done = threading.Event()
         with self._lock:
             refused: ZkPubSubError | None = None
+            if not wait and self._pending >= self._max_pending and not self._closing:
+                return None
             while self._pending >= self._max_pending and not self._closing:
                 left = remaining(deadline)
                 if left is not None and left <= 0:

@@ -336,11 +336,25 @@ class Client:
         timeout: float | None,
         require_subscribers: bool,
         on_done: Resolved,
-    ) -> None:
+        *,
+        wait_for_room: bool = True,
+    ) -> bool:
         """Internal, for the asyncio client: publish as :meth:`publish_many_async`,
         with the outcome handed to ``on_done(receipt, error)`` on the thread
-        that settles it instead of a future. ``on_done`` must never block."""
-        self._submit(topic, payloads, headers, timeout, require_subscribers, False, on_done)
+        that settles it instead of a future. ``on_done`` must never block.
+        Without ``wait_for_room``, ``False`` (nothing done) when
+        ``max_pending`` publishes are unfinished."""
+        if wait_for_room:
+            self._submit(topic, payloads, headers, timeout, require_subscribers, False, on_done)
+            return True
+        self._ctx.check_open()
+        return self._engine.try_submit(
+            topic,
+            self._publisher.entries(topic, payloads, headers),
+            timeout=self._ctx.config.request_timeout if timeout is None else timeout,
+            require_subscribers=require_subscribers,
+            on_done=on_done,
+        )
 
     def _check_messages(
         self, topic: str, payloads: Sequence[Any], headers: dict[str, str] | None = None

@@ -109,6 +109,10 @@ class Bridge:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=_MAX_THREADS, thread_name_prefix=f"zkpubsub-aio-{name}"
         )
+        # one thread, for calls that must keep the order they were made in
+        self._in_order = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"zkpubsub-aio-{name}-ordered"
+        )
         self._lock = threading.Lock()
         self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._draining = False
@@ -124,6 +128,17 @@ class Bridge:
         self.check_loop()
         try:
             return self._executor.submit(functools.partial(fn, *args, **kwargs))
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise ClientClosed("the client is closed") from exc
+
+    def submit_in_order(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """:meth:`submit`, on the one thread that runs such calls one after
+        another, in the order they were made."""
+        self.check_loop()
+        try:
+            return self._in_order.submit(functools.partial(fn, *args, **kwargs))
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise ClientClosed("the client is closed") from exc
 
@@ -287,6 +302,7 @@ class Bridge:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+        self._in_order.shutdown(wait=False)
 
 
 class _Crossing:

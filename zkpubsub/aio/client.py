@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -78,6 +79,10 @@ class AsyncClient:
         self._listeners: list[tuple[str, Listener, Callable[[Any], None]]] = []
         self._subs: list[AsyncSubscription] = []
         self._closing: asyncio.Future[None] | None = None
+        # publishes handed to the ordered thread to wait for room, not done
+        # yet: while there are any, later ones follow them there (in order)
+        self._overflow = 0
+        self._overflow_lock = threading.Lock()
 
     @classmethod
     def connect(cls, hosts: str, **options: Any) -> Connecting:
@@ -220,14 +225,23 @@ class AsyncClient:
         # concurrent future and no hop through the client's futures thread.
         args = (topic, payloads, headers, timeout, require_subscribers, settle)
         try:
-            if client.pending_publishes < client.config.max_pending:
-                client._publish_to(*args)
-            else:  # waiting for room would block the loop: wait on a thread
-                job = self._bridge.submit(client._publish_to, *args)
-                job.add_done_callback(functools.partial(_settle_failure, settle))
+            with self._overflow_lock:
+                queued = not self._overflow and client._publish_to(*args, wait_for_room=False)
+                if not queued:  # waiting for room would block the loop: wait on a
+                    self._overflow += 1  # thread, behind those waiting already
+            if not queued:
+                job = self._bridge.submit_in_order(client._publish_to, *args)
+                job.add_done_callback(functools.partial(self._overflowed, settle))
         except Exception as exc:  # refused up front: raised where it is awaited
             return self._bridge.failed(exc)
         return waiter
+
+    def _overflowed(
+        self, settle: Callable[[Any, BaseException | None], None], job: Future[bool]
+    ) -> None:
+        with self._overflow_lock:
+            self._overflow -= 1
+        _settle_failure(settle, job)
 
     def publish_nowait(
         self,
@@ -458,7 +472,7 @@ class Connecting:
             await self._client.close()
 
 
-def _settle_failure(settle: Callable[[Any, BaseException | None], None], job: Future[None]) -> None:
+def _settle_failure(settle: Callable[[Any, BaseException | None], None], job: Future[Any]) -> None:
     """A publish handed to a thread that failed there before the engine took
     it: its waiter gets the error (the engine settles the others)."""
     if not job.cancelled() and (error := job.exception()) is not None:
