@@ -213,6 +213,15 @@ def test_dev_server_serves_until_stopped() -> None:
         proc.kill()
 
 
+def test_the_demo_without_java_says_so_in_one_line() -> None:
+    """Before, it ended in a ZooKeeperNotFound traceback (dev-server said it
+    in one line)."""
+    proc = cli_process("demo", env={"PATH": "/nonexistent", "JAVA_HOME": ""})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and "Error: no java on PATH" in out, out
+
+
 @pytest.mark.local_install
 def test_the_demo_runs_and_checks_itself() -> None:
     proc = cli_process("demo", "--messages", "90")

@@ -354,7 +354,12 @@ def _show(msg: Message) -> str:
     callback=not_negative("--timeout"),
     help="Stop after S seconds without one.",
 )
-@click.option("--client-id", default=None, help="A durable id that keeps its backlog.")
+@click.option(
+    "--client-id",
+    default=None,
+    help="A fixed id: what was queued and not printed when this ends is printed by the "
+    "next subscribe with the id (what is published in between is not kept for it).",
+)
 @click.option("--json-lines", is_flag=True, help="Print each message as a JSON object.")
 @pass_ctx
 def subscribe(
@@ -710,8 +715,14 @@ def bench(args: Sequence[str]) -> None:
 def demo(subscribers: int, messages: int, secured: bool) -> None:
     """Run a demo on a local ZooKeeper it starts and stops itself."""
     from .demo import run_demo
+    from .testing.local import ZooKeeperNotFound
+    from .testing.server import ServerFailed
 
-    sys.exit(run_demo(subscribers=subscribers, messages=messages, secured=secured))
+    try:
+        code = run_demo(subscribers=subscribers, messages=messages, secured=secured)
+    except (ZooKeeperNotFound, ServerFailed) as exc:  # one line, as dev-server says it
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 main.add_command(queue)
