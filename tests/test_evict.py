@@ -5,18 +5,21 @@ process)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from kazoo.client import KazooClient
 from prometheus_client import CollectorRegistry
 
-from zkpubsub import Client, Gap, Message
+from zkpubsub import Client, Gap, Message, Subscription
 from zkpubsub.backlog import EVICTED, Backlog, QueueRecord
 from zkpubsub.layout import Layout
 from zkpubsub.metrics import ClientMetrics
+from zkpubsub.testing import expire_session
+from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import wait_until
 from .procs import Child
@@ -150,6 +153,28 @@ def test_a_subscription_finding_an_evicted_queue_starts_afresh_with_a_gap(
     assert msg is not None and msg.payload == "new"  # nothing of the old backlog
 
 
+@contextlib.contextmanager
+def evicting_behind_a_proxy(
+    make_client: MakeClient, zk_hosts: str, name: str
+) -> Iterator[tuple[TcpProxy, Client, Subscription, Client, list[Gap]]]:
+    """A client reached through a proxy, with an evicting subscription of
+    five messages on "t", its gaps, and a publisher reaching the server."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name=name) as proxy:
+        sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
+        gaps: list[Gap] = []
+        sub_client.add_gap_listener(gaps.append)
+        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
+        yield proxy, sub_client, sub, make_client(cleaner=False), gaps
+
+
+def marked_full_while_cut_off(proxy: TcpProxy, sub_client: Client, pub: Client) -> None:
+    proxy.block("reset")
+    wait_until(lambda: not sub_client._ctx.conn.connected.is_set(), 10, "cut off")
+    receipts = [pub.publish("t", n) for n in range(10)]
+    assert sum(r.skipped for r in receipts) >= 1  # marked full
+
+
 def test_a_queue_marked_full_while_its_client_was_cut_off_is_found_on_reconnect(
     make_client: MakeClient, zk_hosts: str
 ) -> None:
@@ -157,19 +182,14 @@ def test_a_queue_marked_full_while_its_client_was_cut_off_is_found_on_reconnect(
     queue was there: the mark's change event was lost with the connection,
     publishers skip a marked queue (no later change), and the subscription
     drained its queue and then heard nothing, never told."""
-    from zkpubsub.testing.proxy import TcpProxy
-
-    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
-    with TcpProxy((host, int(port)), name="marked-while-away") as proxy:
-        sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
-        gaps: list[Gap] = []
-        sub_client.add_gap_listener(gaps.append)
-        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
-        pub = make_client(cleaner=False)
-        proxy.block("reset")
-        wait_until(lambda: not sub_client._ctx.conn.connected.is_set(), 10, "cut off")
-        receipts = [pub.publish("t", n) for n in range(10)]
-        assert sum(r.skipped for r in receipts) >= 1  # marked full
+    with evicting_behind_a_proxy(make_client, zk_hosts, "marked-while-away") as (
+        proxy,
+        sub_client,
+        sub,
+        pub,
+        gaps,
+    ):
+        marked_full_while_cut_off(proxy, sub_client, pub)
         proxy.unblock()
         wait_until(lambda: sub.evicted, 20, "the eviction found")
         wait_until(lambda: any(g.reason == EVICTED for g in gaps), 10, "the gap")
@@ -181,22 +201,16 @@ def test_a_queue_found_marked_full_while_registering_again_is_told_as_a_gap(
     """A queue marked full after the new session's records were read is
     emptied by the registration (made afresh). Before, that went untold: no
     gap said the queued messages were dropped."""
-    from zkpubsub.testing import expire_session
-    from zkpubsub.testing.proxy import TcpProxy
-
-    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
-    with TcpProxy((host, int(port)), name="marked-while-registering") as proxy:
-        sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
-        gaps: list[Gap] = []
-        sub_client.add_gap_listener(gaps.append)
-        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
-        pub = make_client(cleaner=False)
+    with evicting_behind_a_proxy(make_client, zk_hosts, "marked-while-registering") as (
+        proxy,
+        sub_client,
+        sub,
+        pub,
+        gaps,
+    ):
         creds = sub_client._session_credentials()
         assert creds is not None
-        proxy.block("reset")
-        wait_until(lambda: not sub_client._ctx.conn.connected.is_set(), 10, "cut off")
-        receipts = [pub.publish("t", n) for n in range(10)]
-        assert sum(r.skipped for r in receipts) >= 1  # marked full
+        marked_full_while_cut_off(proxy, sub_client, pub)
         expire_session(creds, zk_hosts)
         # as if the records had been read just before the mark
         sub_client._session._evictions = lambda subs, deadline: {}  # type: ignore[method-assign]
