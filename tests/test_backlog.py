@@ -306,3 +306,30 @@ def test_batches_that_do_not_fit_keep_one_overflow_marker_while_singles_would(
     stuck.release.set()
     wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
     assert [g.missed for g in gaps if g.reason == "backlog full"] == [84]
+
+
+def test_a_marker_that_does_not_read_is_a_decode_error_and_stops_no_queue(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Before, a marker whose count was no integer (Infinity, 1e999) raised
+    OverflowError out of the pump's read: the pump read it again and again,
+    and no subscription of the client got anything more."""
+    from zkpubsub import DecodeError
+    from zkpubsub.layout import new_guid
+
+    errors: list[BaseException] = []
+    client = make_client()
+    got_a, got_b = Collector(), Collector()
+    client.subscribe("a", got_a, on_error=lambda exc, msg: errors.append(exc))
+    client.subscribe("b", got_b)
+    layout = Layout(zk_root)
+    segment = layout.segment(layout.queue(client.client_id, "a"), 0)
+    bad = b'{"pub": "x", "missed": Infinity}'
+    raw_zk.create(layout.marker_prefix(segment, new_guid()), bad, sequence=True)
+    publisher = make_client()
+    publisher.publish("a", "after")
+    publisher.publish("b", "flows")
+    assert got_b.wait(1) == ["flows"]
+    assert got_a.wait(1) == ["after"]
+    wait_until(lambda: errors, 10, "the marker told as an error")
+    assert isinstance(errors[0], DecodeError)

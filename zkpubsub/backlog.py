@@ -226,6 +226,9 @@ class OverflowMark:
         """``ValueError`` if ``data`` is not a marker."""
         try:
             doc = json.loads(data)
-            return cls(str(doc["pub"]), int(doc["missed"]))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"not an overflow marker: {exc}") from exc
+            missed = doc["missed"]
+            if not is_int(missed) or missed < 0:  # Infinity, 1e999, "5", -1...
+                raise ValueError(f"missed is {missed!r}, not a count")
+            return cls(str(doc["pub"]), missed)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise ValueError(f"not an overflow marker: {exc!r}") from None
