@@ -333,3 +333,29 @@ def test_a_marker_that_does_not_read_is_a_decode_error_and_stops_no_queue(
     assert got_a.wait(1) == ["after"]
     wait_until(lambda: errors, 10, "the marker told as an error")
     assert isinstance(errors[0], DecodeError)
+
+
+def test_a_new_marker_in_a_fresh_segment_counts_only_what_it_left_out() -> None:
+    """Before, a queue found full as it moved to a new segment got a new
+    marker counting the old marker's messages too: the gaps told more
+    messages missed than were."""
+    state = _queues.QueueState(
+        version=3,
+        record=QueueRecord(0, Backlog(max_nodes=5)),
+        nodes=5,
+        current=_queues.SEGMENT_NODES,  # the segment is used up: the next write moves on
+        counter=_queues.SEGMENT_NODES,
+        read_at=time.monotonic(),
+        marker="/q/s0000000000/oabc-0000000005",
+        missed=7,
+    )
+    target = _queues.decide(
+        "sub", state, node_count=1, messages=2, node_size=100.0, default=Backlog()
+    )
+    assert target is not None and target.roll is not None and target.marker == ""
+    assert target.missed == 2  # the old marker keeps its 7
+    state.current = 1  # the same segment: the old marker is updated
+    target = _queues.decide(
+        "sub", state, node_count=1, messages=2, node_size=100.0, default=Backlog()
+    )
+    assert target is not None and target.marker == state.marker and target.missed == 9

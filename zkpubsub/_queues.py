@@ -110,7 +110,8 @@ def decide(
     if not full:
         return Target(subscriber, state.version, segment, fresh, segment_acl=acl, inline=inline)
     marker = state.marker if state.marker and not roll else ""
-    missed = state.missed + messages
+    # a new marker counts this fan-out's messages alone (the old one keeps its own)
+    missed = state.missed + messages if marker else messages
     return Target(subscriber, state.version, segment, fresh, marker, missed, segment_acl=acl)
 
 
