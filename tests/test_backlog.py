@@ -359,3 +359,27 @@ def test_a_new_marker_in_a_fresh_segment_counts_only_what_it_left_out() -> None:
         "sub", state, node_count=1, messages=2, node_size=100.0, default=Backlog()
     )
     assert target is not None and target.marker == state.marker and target.missed == 9
+
+
+@pytest.mark.parametrize("when_full", ["drop", "evict"])
+def test_a_queue_drained_while_its_publisher_was_quiet_is_not_taken_for_full(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, when_full: str
+) -> None:
+    """Before, a publisher judged a queue full on the depth it last read
+    (plus its own writes): the first publish after a pause found the
+    drained queue full, and dropped the message for an overflow marker (a
+    gap for nothing), or marked the queue and ended the subscription."""
+    stuck = Stuck()
+    gaps: list[Gap] = []
+    slow = make_client(client_id="slow")
+    slow.add_gap_listener(gaps.append)
+    sub = slow.subscribe("t", stuck, max_backlog=5, when_full=when_full)  # type: ignore[arg-type]
+    publisher = make_client()
+    assert [publisher.publish("t", n).skipped for n in range(5)] == [0] * 5  # full now
+    stuck.release.set()
+    assert stuck.seen.wait(5) == list(range(5))
+    wait_until(lambda: not queue_entries(raw_zk, zk_root, "slow", "t"), 10, "drained")
+    time.sleep(1.5)  # the publisher's reading grows old
+    assert publisher.publish("t", "after").skipped == 0
+    assert stuck.seen.wait(6)[-1] == "after"
+    assert not sub.evicted and not gaps

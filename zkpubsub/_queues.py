@@ -6,7 +6,9 @@ queue holds: read from the server before the first write to a queue, then
 again after a fan-out once the last read is ``STATE_TTL`` seconds old (off
 the publish's own path: its caller has its answer by then), pipelined with
 the other queues of the topic, and between two reads advanced by what this
-publisher itself wrote. From that it decides,
+publisher itself wrote; a queue that a reading that old says is full is read
+again before it is written to (its subscriber may have drained it since,
+and deletions change no version a fan-out checks). From that it decides,
 for each queue and each fan-out: write the nodes, move the queue to a fresh
 segment first, or — the queue being full — leave or count an overflow
 marker (``drop``), or mark the queue's record ``full`` once and skip it
@@ -262,6 +264,25 @@ class QueueStates:
             for s in gone:
                 self._states.pop((topic, s), None)
         return gone
+
+    def read_again(
+        self, topic: str, subscribers: list[str], deadline: float | None
+    ) -> tuple[bool, set[str]]:
+        """Read again the queues of ``subscribers`` last read ``STATE_TTL``
+        or more ago (a queue judged full on an old reading may have been
+        drained since: deletions change no version a fan-out checks).
+        ``(whether any was read, the subscribers whose queue is gone)``."""
+        now = time.monotonic()
+        with self._lock:
+            old = [
+                s
+                for s in subscribers
+                if (st := self._states.get((topic, s))) is not None
+                and now - st.read_at >= STATE_TTL
+            ]
+        if not old:
+            return False, set()
+        return True, self.refresh(topic, old, deadline)
 
     def plan(
         self,

@@ -350,6 +350,13 @@ class Publisher:
             planned, full = self.queues.plan(
                 topic, [s for s in todo if s not in targets.excluded], nodes, messages
             )
+            judged_full = [t.subscriber for t in planned if t.flag or t.marker is not None]
+            read, gone = self.queues.read_again(topic, [*judged_full, *full], deadline)
+            if read:  # on an old reading: judged again on a fresh one
+                targets.excluded.update(gone)
+                planned, full = self.queues.plan(
+                    topic, [s for s in todo if s not in targets.excluded], nodes, messages
+                )
             done.update(full)
             result.skipped.update(full)
             costs = [self.target_cost(topic, t, per_target, len(nodes)) for t in planned]
