@@ -328,3 +328,17 @@ def test_one_str_or_bytes_given_as_several_payloads_is_a_type_error_and_nothing_
             client.publish_many_async("t", payloads)
     assert queue.stats().ready == 0
     assert queue_entries(raw_zk, zk_root, client.client_id, "t") == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("session_timeout", -1.0), ("session_timeout", math.nan), ("request_timeout", math.inf)],
+)
+def test_an_observers_timeouts_are_checked_before_it_connects(option: str, value: float) -> None:
+    """Before, a negative session timeout was used to connect, a NaN one
+    failed inside the ZooKeeper client, and a bad request timeout only after
+    a session was opened."""
+    from zkpubsub.observer import Observer
+
+    with pytest.raises(ValueError, match=f"{option} must be a positive number of seconds"):
+        Observer("127.0.0.1:1", **{option: value})  # no server there: nothing is tried

@@ -41,6 +41,7 @@ __all__ = [
     "ClientConfig",
     "check_grace",
     "check_interval",
+    "check_timeouts",
     "default_grace",
     "parse_hosts",
 ]
@@ -170,6 +171,19 @@ MAX_INTERVAL: Final = MAX_TIMEOUT  # a year
 MAX_SESSION_TIMEOUT: Final = 86_400.0  # a day
 
 
+def check_timeouts(**timeouts: object) -> None:
+    """``ValueError`` unless each of ``timeouts`` (by name) is a number of
+    seconds above 0, at most a year (a ``session_timeout`` at most a day)."""
+    for name, value in timeouts.items():
+        # ZooKeeper's connect request carries the session timeout as
+        # milliseconds in 32 bits (it grants 20 ticks at most anyway)
+        most = MAX_SESSION_TIMEOUT if name == "session_timeout" else MAX_TIMEOUT
+        if not is_finite(value) or not 0 < value <= most:
+            raise ValueError(
+                f"{name} must be a positive number of seconds, at most {most:.0f}, not {value!r}"
+            )
+
+
 def check_interval(value: object, name: str) -> float:
     """A seconds interval: a finite number above 0, at most ``MAX_INTERVAL``."""
     if not is_finite(value) or not 0 < value <= MAX_INTERVAL:
@@ -272,16 +286,12 @@ class ClientConfig:
         if self.client_id is not None:
             validate_name(self.client_id, "client_id")
         validate_root(self.root)
-        for name in ("session_timeout", "connect_timeout", "request_timeout", "close_timeout"):
-            value = getattr(self, name)
-            # ZooKeeper's connect request carries the session timeout as
-            # milliseconds in 32 bits (it grants 20 ticks at most anyway)
-            most = MAX_SESSION_TIMEOUT if name == "session_timeout" else MAX_TIMEOUT
-            if not is_finite(value) or not 0 < value <= most:
-                raise ValueError(
-                    f"{name} must be a positive number of seconds, at most {most:.0f}, "
-                    f"not {value!r}"
-                )
+        check_timeouts(
+            session_timeout=self.session_timeout,
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.request_timeout,
+            close_timeout=self.close_timeout,
+        )
         if self.watch_mode not in ("auto", "persistent", "listing"):
             raise ValueError(
                 f"watch_mode must be 'auto', 'persistent' or 'listing', not {self.watch_mode!r}"

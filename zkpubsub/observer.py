@@ -20,6 +20,7 @@ from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
+    check_timeouts,
     parse_hosts,
 )
 from .connection import Connection, translated
@@ -61,6 +62,11 @@ class Observer:
         tls: Tls | None = None,
     ) -> None:
         parse_hosts(hosts)
+        check_timeouts(
+            session_timeout=session_timeout,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+        )
         self._layout = Layout(root)
         self._request_timeout = request_timeout
         self._serializers = SerializerRegistry(resolve(None))
