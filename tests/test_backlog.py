@@ -383,3 +383,18 @@ def test_a_queue_drained_while_its_publisher_was_quiet_is_not_taken_for_full(
     assert publisher.publish("t", "after").skipped == 0
     assert stuck.seen.wait(6)[-1] == "after"
     assert not sub.evicted and not gaps
+
+
+def test_a_publisher_forgets_the_queues_of_subscribers_that_left(make_client: MakeClient) -> None:
+    """Before, it kept what it knew of every queue it ever wrote to: with
+    random client ids, a long-running publisher grew with every restart of
+    its subscribers."""
+    publisher = make_client()
+    queues = publisher._publisher.queues
+    for _ in range(3):
+        subscriber = make_client()
+        subscriber.subscribe("t")
+        assert publisher.publish("t", 1).subscribers == 1
+        subscriber.close()  # deregistered; its queue stays for the cleaner
+    assert publisher.publish("t", 2).subscribers == 0
+    wait_until(lambda: not queues._states, 10, "the queues forgotten")

@@ -151,6 +151,15 @@ class QueueStates:
         with self._lock:
             self._states.pop((topic, subscriber), None)
 
+    def keep_only(self, topic: str, subscribers: Sequence[str]) -> None:
+        """Forget the queues of ``topic`` of subscribers not in ``subscribers``
+        (gone from its list: a long-running publisher would otherwise keep
+        one for every subscriber that ever came)."""
+        kept = set(subscribers)
+        with self._lock:
+            for key in [k for k in self._states if k[0] == topic and k[1] not in kept]:
+                del self._states[key]
+
     def node_size(self, topic: str) -> float:
         with self._lock:
             return self._node_size.get(topic, 0.0)

@@ -149,6 +149,8 @@ class Publisher:
         self._generation: dict[str, int] = {}
         self._watchers: dict[str, Callable[[WatchedEvent], None]] = {}
         self.queues = QueueStates(ctx)
+        # the version of each topic's subscriber list its queues were last pruned at
+        self._pruned: dict[str, int | None] = {}
 
     # -- building nodes ---------------------------------------------------
 
@@ -260,6 +262,9 @@ class Publisher:
         """Read again the queues of ``topic`` last read ``STATE_TTL`` ago (after
         a fan-out, so no publish waits for it)."""
         view = self.view(topic, deadline)
+        if self._pruned.get(topic) != view.version:  # the list changed: forget who left
+            self.queues.keep_only(topic, view.subscribers)
+            self._pruned[topic] = view.version
         for culprit in self.queues.refresh(topic, targets.of(view), deadline):
             targets.excluded.add(culprit)
 
