@@ -650,3 +650,36 @@ def test_a_purge_longer_than_its_deadline_goes_on_in_the_next_sweep(
     doomed.close()
     wait_until(lambda: raw_zk.exists(layout.client_messages("doomed")) is None, 30, "purged")
     assert cleaner.stats().elections_won == 1
+
+
+def test_a_client_back_in_the_middle_of_its_purge_counts_the_queues_that_went(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a purge that the client's return stopped half way counted
+    nothing, and said the queues stay, though some had gone."""
+    layout = Layout(zk_root)
+    host = make_client(session_timeout=3.0)
+    doomed = make_client(client_id="doomed")
+    doomed.subscribe("a")
+    doomed.subscribe("b")
+    real = cleaner_module.delete_queue
+    deleted: list[str] = []
+
+    def then_back(conn: Any, path: str, *args: Any, **kwargs: Any) -> int:
+        removed = real(conn, path, *args, **kwargs)
+        deleted.append(path)
+        if len(deleted) == 1:  # the client is back before the next queue goes
+            raw_zk.create(layout.client("doomed"), b"", ephemeral=True)
+        return removed
+
+    monkeypatch.setattr(cleaner_module, "delete_queue", then_back)
+    cleaner = host.start_cleaner(grace=3.0, interval=0.3)
+    assert cleaner.wait_leader(20)
+    doomed.close()
+    wait_until(lambda: deleted, 30, "the purge begun")
+    time.sleep(1.0)  # more sweeps: the client is back
+    stats = cleaner.stats()
+    assert stats.queues_removed == 1 and stats.clients_removed == 0
+    assert len(deleted) == 1
+    (kept,) = {"a", "b"} - {deleted[0].rsplit("/", 1)[1]}
+    assert raw_zk.exists(layout.queue("doomed", kept)) is not None

@@ -668,6 +668,7 @@ class Cleaner:
             else:  # under way again, naming every topic
                 txn.set_data(marker, named, -1)
 
+        nodes = queues = 0  # removed by this purge
         try:
             if isinstance(guarded_commit(conn, guard, mark, deadline, "purge"), NoNodeError):
                 raise Refused("marker")  # the client was back in between
@@ -684,9 +685,13 @@ class Cleaner:
                 if guarded_commit(conn, marked, unregister, deadline, "unregister") is None:
                     self._count("registrations_removed")
             topics = conn.children(base, deadline) or []
-            nodes = 0
             for topic in topics:
-                nodes += delete_queue(conn, join(base, topic), deadline, marked)
+                removed = delete_queue(conn, join(base, topic), deadline, marked)
+                # counted as they go: a purge cut short goes on in the next sweep
+                nodes += removed
+                queues += 1
+                self._count("nodes_removed", removed)
+                self._count("queues_removed")
             delete_tree(conn, base, deadline, guard=marked)
             delete_tree(conn, layout.client_receipts(cid), deadline, guard=marked)
             if durable:
@@ -706,15 +711,20 @@ class Cleaner:
                 raise
             if exc.reason == "blind":
                 logger.info("cleaner: cut off while it began to purge %s: it waits", cid)
+            elif queues:  # it hears of them from the marker
+                logger.info(
+                    "cleaner: client %s came back during its purge: %d queue(s) removed "
+                    "before, the rest stay",
+                    cid,
+                    queues,
+                )
             else:
                 logger.info("cleaner: client %s came back; its queues stay", cid)
             return
-        self._count("nodes_removed", nodes)
-        self._count("queues_removed", len(topics))
         self._count("clients_removed")
         logger.info(
             "cleaner: removed %d queue(s), %d message node(s) of gone client %s",
-            len(topics),
+            queues,
             nodes,
             cid,
         )
