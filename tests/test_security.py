@@ -468,6 +468,27 @@ def test_the_servers_name_is_checked_unless_told_not_to(secure_zookeeper, tls_ma
     _tls_session(address, "zookeeper.example", replace(tls, check_hostname=False))
 
 
+def test_not_verifying_certificates_checks_no_name_unless_told_to(tls_material) -> None:
+    assert Tls(verify=False).check_hostname is False  # no longer a ValueError
+    assert Tls(ca=str(tls_material.ca_cert)).check_hostname is True
+    with pytest.raises(ValueError, match="check_hostname needs verify=True"):
+        Tls(verify=False, check_hostname=True)
+
+
+def test_a_ca_file_missing_when_the_session_connects_is_a_connection_error_kazoo_retries(
+    secure_zookeeper, tls_material, tmp_path
+):
+    """A certificate being replaced: the connection fails as a socket error
+    (kazoo tries again), not a ValueError that would end its loop."""
+    address = secure_zookeeper.secure_hosts.split(",")[0]
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(tls_material.ca_cert.read_bytes())
+    tls = tls_of(tls_material, ca=ca, cert=False)
+    ca.unlink()
+    with pytest.raises(OSError):
+        _tls_session(address, "127.0.0.1", tls)
+
+
 def test_tls_against_a_plain_port_is_one_clear_error(
     make_secure_client, secure_zookeeper, tls_material
 ):

@@ -227,7 +227,7 @@ def kazoo_security(auth: tuple[Auth | Sasl, ...], tls: Tls | None) -> dict[str, 
             keyfile=tls.keyfile,
             keyfile_password=tls.keyfile_password,
             verify_certs=tls.verify,
-            check_hostname=tls.check_hostname,
+            check_hostname=bool(tls.check_hostname),
         )
     return options
 

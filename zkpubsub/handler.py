@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from kazoo.handlers.threading import SequentialThreadingHandler
 
-from .security import Tls
+from .security import client_context
 
 __all__ = ["FastThreadingHandler", "ReadAheadSocket", "tls_connection"]
 
@@ -118,8 +118,9 @@ def tls_connection(
 ) -> ssl.SSLSocket:
     """A session's TLS connection, with :meth:`Tls.context`'s trust. kazoo's
     own adds the system's CAs to the one given, so any certificate they
-    trust would do for a server."""
-    tls = Tls(
+    trust would do for a server. A file that cannot be read is an
+    ``OSError``, which kazoo tries again (a certificate being replaced)."""
+    context = client_context(
         ca=ca,
         certfile=certfile,
         keyfile=keyfile,
@@ -128,7 +129,7 @@ def tls_connection(
         check_hostname=check_hostname,
     )
     family = socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM)[0][0]
-    conn = tls.context().wrap_socket(socket.socket(family), server_hostname=hostname)
+    conn = context.wrap_socket(socket.socket(family), server_hostname=hostname)
     try:
         conn.settimeout(timeout)
         conn.connect(address)  # and the handshake

@@ -129,16 +129,18 @@ class Tls:
     then also knows the client as ``x509:<subject>``). Certificates are
     verified unless ``verify=False``, and the server's certificate must name
     the host it is reached by (as written in ``hosts``) unless
-    ``check_hostname=False``."""
+    ``check_hostname=False`` (``None``, the default: as ``verify``)."""
 
     ca: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password: str | None = field(default=None, repr=False)
     verify: bool = True
-    check_hostname: bool = True
+    check_hostname: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.check_hostname is None:
+            object.__setattr__(self, "check_hostname", self.verify)
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("a TLS client certificate needs both certfile and keyfile")
         if self.check_hostname and not self.verify:
@@ -151,16 +153,38 @@ class Tls:
     def context(self) -> ssl.SSLContext:
         """The client's TLS context for these settings: ``ssl.SSLError`` or
         ``OSError`` if a file cannot be loaded."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = self.check_hostname
-        context.verify_mode = ssl.CERT_REQUIRED if self.verify else ssl.CERT_NONE
-        if self.ca:
-            context.load_verify_locations(self.ca)
-        else:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        if self.certfile and self.keyfile:
-            context.load_cert_chain(self.certfile, self.keyfile, password=self.keyfile_password)
-        return context
+        return client_context(
+            ca=self.ca,
+            certfile=self.certfile,
+            keyfile=self.keyfile,
+            keyfile_password=self.keyfile_password,
+            verify=self.verify,
+            check_hostname=bool(self.check_hostname),
+        )
+
+
+def client_context(
+    *,
+    ca: str | None,
+    certfile: str | None,
+    keyfile: str | None,
+    keyfile_password: str | None,
+    verify: bool,
+    check_hostname: bool,
+) -> ssl.SSLContext:
+    """A client's TLS context: it trusts the authorities of ``ca`` alone (the
+    system's without one). ``ssl.SSLError`` or ``OSError`` (a file missing:
+    one a connection may find again later) if a file cannot be loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if ca:
+        context.load_verify_locations(ca)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if certfile and keyfile:
+        context.load_cert_chain(certfile, keyfile, password=keyfile_password)
+    return context
 
 
 def _identities(value: object, role: str) -> tuple[str, ...]:
