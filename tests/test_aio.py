@@ -902,6 +902,28 @@ async def test_publishes_waiting_for_room_keep_their_order(connect: Connect, zk_
     assert got == ["warm-up", *range(20)]
 
 
+async def test_a_publish_waiting_for_room_behind_another_fails_at_its_own_deadline(
+    connect: Connect, zk_hosts: str
+) -> None:
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="deadlines") as proxy:
+        publisher = await connect(hosts=proxy.address, max_pending=1, session_timeout=20.0)
+        await publisher.publish("t", "warm-up")
+        proxy.block("drop")
+        first = publisher.publish("t", "in flight", timeout=30)
+        await asyncio.sleep(0.2)
+        patient = publisher.publish("t", "patient", timeout=30)  # waits for room
+        hasty = publisher.publish("t", "hasty", timeout=1)  # waits behind it
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout) as info:
+            await hasty
+        assert time.monotonic() - started < 3.0  # its own deadline, not the one before it
+        assert info.value.sent is False
+        proxy.unblock()
+        assert (await asyncio.wait_for(first, 40)).topic == "t"
+        assert (await asyncio.wait_for(patient, 40)).topic == "t"
+
+
 async def test_a_consumers_on_error_is_checked_up_front(connect: Connect) -> None:
     queue = (await connect()).queue("jobs")
     with pytest.raises(TypeError, match="on_error must be callable"):

@@ -30,10 +30,12 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._deadlines import deadline_after
 from .._payloads import payload_list
 from ..backlog import WhenFull
 from ..client import Client
@@ -45,6 +47,7 @@ from ..config import (
     DEFAULT_RETRY_DELAY,
     ClientConfig,
 )
+from ..errors import PublishTimeout
 from ..message import Message, PublishReceipt
 from ..state import ClientState, Gap
 from ..subscription import Subscription
@@ -230,11 +233,42 @@ class AsyncClient:
                 if not queued:  # waiting for room would block the loop: wait on a
                     self._overflow += 1  # thread, behind those waiting already
             if not queued:
-                job = self._bridge.submit_in_order(client._publish_to, *args)
+                # It waits for room on one thread, behind those waiting
+                # already, up to what is left of its own timeout; and fails
+                # at its deadline even while those before it wait on.
+                until = deadline_after(
+                    client.config.request_timeout if timeout is None else timeout
+                )
+                assert until is not None
+                entry = _Waiting(topic, until)
+                job = self._bridge.submit_in_order(self._publish_waiting, entry, args)
                 job.add_done_callback(functools.partial(self._overflowed, settle))
+                left = until - time.monotonic()
+                self._bridge.loop.call_later(max(0.0, left), self._expire, entry, settle)
         except Exception as exc:  # refused up front: raised where it is awaited
             return self._bridge.failed(exc)
         return waiter
+
+    def _publish_waiting(self, entry: _Waiting, args: tuple[Any, ...]) -> bool:
+        """On the ordered thread: hand ``entry`` to the engine, which waits
+        for room up to what is left of its timeout (unless it expired)."""
+        with self._overflow_lock:
+            if entry.expired:
+                return False
+            entry.taken = True
+        topic, payloads, headers, _, require_subscribers, settle = args
+        left = entry.until - time.monotonic()
+        if left <= 0:
+            raise entry.timeout()
+        return self._client._publish_to(topic, payloads, headers, left, require_subscribers, settle)
+
+    def _expire(self, entry: _Waiting, settle: Callable[[Any, BaseException | None], None]) -> None:
+        """On the loop, at ``entry``'s deadline: fail it if no thread took it."""
+        with self._overflow_lock:
+            if entry.taken:
+                return
+            entry.expired = True
+        settle(None, entry.timeout())
 
     def _overflowed(
         self, settle: Callable[[Any, BaseException | None], None], job: Future[bool]
@@ -255,7 +289,10 @@ class AsyncClient:
         """Queue a publish and return at once: an asyncio future of its
         receipt (cancelling the future only stops waiting for it). When
         ``max_pending`` publishes are unfinished this waits for room on the
-        loop's thread (up to ``timeout``): prefer :meth:`publish` there."""
+        loop's thread (up to ``timeout``): prefer :meth:`publish` there.
+        While publishes wait for room on a thread, it queues behind them."""
+        if self._overflow:  # keep the order: behind those waiting for room
+            return self._publish(topic, [payload], headers, timeout, require_subscribers)
         waiter, settle = self._bridge.settler()
         self._client._publish_to(topic, [payload], headers, timeout, require_subscribers, settle)
         return waiter
@@ -470,6 +507,26 @@ class Connecting:
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+class _Waiting:
+    """A publish waiting for room behind others (see ``AsyncClient._publish``)."""
+
+    __slots__ = ("expired", "taken", "topic", "until")
+
+    def __init__(self, topic: str, until: float) -> None:
+        self.topic = topic
+        self.until = until
+        self.taken = False  # handed to the engine
+        self.expired = False  # failed at its deadline first
+
+    def timeout(self) -> PublishTimeout:
+        return PublishTimeout(
+            f"publish to {self.topic!r} not sent within its timeout (waiting for room "
+            "behind earlier publishes); nothing was written",
+            message_ids=(),
+            sent=False,
+        )
 
 
 def _settle_failure(settle: Callable[[Any, BaseException | None], None], job: Future[Any]) -> None:
