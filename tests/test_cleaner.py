@@ -683,3 +683,27 @@ def test_a_client_back_in_the_middle_of_its_purge_counts_the_queues_that_went(
     assert len(deleted) == 1
     (kept,) = {"a", "b"} - {deleted[0].rsplit("/", 1)[1]}
     assert raw_zk.exists(layout.queue("doomed", kept)) is not None
+
+
+def test_a_stage_of_a_sweep_refused_a_node_leaves_the_later_stages_to_run(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Before, a node the cleaner may not read among the work queues'
+    results ended the sweep there: purge notices never expired."""
+    from kazoo.security import make_digest_acl
+
+    layout = Layout(zk_root)
+    host = make_client(session_timeout=2.0)
+    results = layout.work_queue("theirs").results
+    raw_zk.ensure_path(results.rsplit("/", 1)[0])
+    raw_zk.create(results, b"", acl=[make_digest_acl("other", "pw", all=True)])
+    raw_zk.create(
+        layout.purge_marker("durable-away"),
+        purge_record(["t"], durable=True, finished=True),
+        makepath=True,
+    )
+    cleaner = host.start_cleaner(grace=2.0, interval=0.3, notice_ttl=1.0)
+    wait_until(
+        lambda: raw_zk.exists(layout.purge_marker("durable-away")) is None, 20, "notice expired"
+    )
+    assert not cleaner.stopped

@@ -60,6 +60,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -480,9 +481,7 @@ class Cleaner:
                 try:
                     self._sweep(me, absent_since, empty_since, evict_seen, blind)
                 except NotAuthorized as exc:  # a node of another identity: not a reason to stop
-                    if str(exc) not in self._unreadable:  # said once
-                        self._unreadable.add(str(exc))
-                        logger.warning("cleaner: a sweep met a node it may not touch: %s", exc)
+                    self._refused_once(exc)
                 except (ConnectionLost, OperationTimeout) as exc:
                     # cut short (a long purge's deadline, a lost connection):
                     # the next sweep goes on from there, with the absences
@@ -573,12 +572,26 @@ class Cleaner:
                     continue
                 self._unreadable.discard(cid)
                 absent_since.pop(cid, None)
-        sweep_evictions(
-            self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
-        )
-        self._sweep_topics(me, topics, empty_since)
-        self._sweep_results(me)
-        self._sweep_notices(me, {cid: v for cid, v in notices.items() if cid not in live})
+        stages: list[Callable[[], object]] = [
+            lambda: sweep_evictions(
+                self._ctx, me, live & with_queues, evict_seen, self._stop.is_set, self._count
+            ),
+            lambda: self._sweep_topics(me, topics, empty_since),
+            lambda: self._sweep_results(me),
+            lambda: self._sweep_notices(
+                me, {cid: v for cid, v in notices.items() if cid not in live}
+            ),
+        ]
+        for stage in stages:  # one that meets a node it may not touch leaves the others
+            try:
+                stage()
+            except NotAuthorized as exc:
+                self._refused_once(exc)
+
+    def _refused_once(self, exc: NotAuthorized) -> None:
+        if str(exc) not in self._unreadable:  # said once
+            self._unreadable.add(str(exc))
+            logger.warning("cleaner: a sweep met a node it may not touch: %s", exc)
 
     def _notices(self, markers: set[str], deadline: float | None) -> dict[str, tuple[int, int]]:
         """Of the purge markers, the notices finished purges left: client id
