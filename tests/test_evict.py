@@ -10,7 +10,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
 from kazoo.client import KazooClient
 from prometheus_client import CollectorRegistry
 
@@ -223,3 +225,39 @@ def test_a_queue_found_marked_full_while_registering_again_is_told_as_a_gap(
             msg = sub.get(timeout=10)
             assert msg is not None, got
             got.append(msg.payload)
+
+
+def test_an_emptied_queue_is_told_though_registering_again_was_tried_twice(
+    make_client: MakeClient, zk_hosts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue is emptied by the first try: a retry (another topic's
+    registration failed) finds a fresh one, and the gap was not told."""
+    import zkpubsub.session as session_module
+    from zkpubsub.errors import ConnectionLost
+
+    real = session_module.register_subscription
+    failed: list[str] = []
+
+    def fails_once_for_u(ctx: Any, topic: str, *args: Any, **kwargs: Any) -> Any:
+        if topic == "u" and not failed:
+            failed.append(topic)
+            raise ConnectionLost("as if the connection dropped here")
+        return real(ctx, topic, *args, **kwargs)
+
+    with evicting_behind_a_proxy(make_client, zk_hosts, "emptied-then-retried") as (
+        proxy,
+        sub_client,
+        _,
+        pub,
+        gaps,
+    ):
+        sub_client.subscribe("u")  # registered after "t"
+        creds = sub_client._session_credentials()
+        assert creds is not None
+        marked_full_while_cut_off(proxy, sub_client, pub)
+        expire_session(creds, zk_hosts)
+        sub_client._session._evictions = lambda subs, deadline: {}  # type: ignore[method-assign]
+        monkeypatch.setattr(session_module, "register_subscription", fails_once_for_u)
+        proxy.unblock()
+        wait_until(lambda: any(g.reason == EVICTED for g in gaps), 20, "the gap")
+        assert failed == ["u"]

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -375,4 +376,31 @@ def test_a_subscription_closed_while_its_client_registers_again_stops_nothing(
     assert subscriber._session._supervisor.is_alive()  # type: ignore[attr-defined]
     expire_session(subscriber)  # registers again: the supervisor did it
     assert make_client().publish("kept", "after").subscribers == 1
+    assert collector.wait(1) == ["after"]
+
+
+def test_an_unexpected_error_registering_again_is_tried_again(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a new session whose registration failed with an error that
+    was no ZkPubSubError was only logged: the client stayed LOST, and
+    registered nothing, until its connection next dropped."""
+    import zkpubsub.session as session_module
+
+    real = session_module.check_purge
+    failed: list[str] = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append("once")
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    collector = Collector()
+    subscriber = make_client()
+    subscriber.subscribe("t", collector)
+    monkeypatch.setattr(session_module, "check_purge", fails_once)
+    expire_session(subscriber)  # returns once it is CONNECTED on a new session
+    assert failed == ["once"]
+    assert make_client().publish("t", "after").subscribers == 1
     assert collector.wait(1) == ["after"]

@@ -94,6 +94,9 @@ class Session:
         self._lost_at: float | None = None  # start of the gap after a session expiry
         # topics a purge marker read while registering again named, until told
         self._purged: set[str] = set()
+        # queues found marked full, emptied and made afresh while registering
+        # again (topic: since when), kept until told as _purged is
+        self._emptied: dict[str, float] = {}
         # state changes with the wall-clock time kazoo reported them
         self._events: queue.SimpleQueue[tuple[KazooState | str, float] | None] = queue.SimpleQueue()
         self._notifier = Notifier(f"zkpubsub-listeners-{ctx.client_id[:12]}")
@@ -261,6 +264,9 @@ class Session:
                 self._handle(*event)
             except Exception:  # the supervisor never dies: the next event is handled
                 logger.exception("client %s: handling a state change failed", self._ctx.client_id)
+                if event[0] == KazooState.CONNECTED and self._ctx.conn.connected.is_set():
+                    time.sleep(0.5)  # registering again failed: tried again, as for a refusal
+                    self._events.put((KazooState.CONNECTED, time.time()))
 
     def _handle(self, state: object, at: float) -> None:
         """One event of the connection or of the registration's watches."""
@@ -617,13 +623,12 @@ class Session:
                             self._evict(sub, evicting[sub.topic])
                     subs = [sub for sub in subs if sub.topic not in evicting]
                     topics = [sub.topic for sub in subs if not sub.durable]
-                    emptied: dict[str, float] = {}  # marked full after the read above
                     for sub in subs:
                         when = register_subscription(
                             ctx, sub.topic, deadline, durable=sub.durable, backlog=sub.bound
                         )
                         if when is not None:
-                            emptied[sub.topic] = when
+                            self._emptied[sub.topic] = when  # marked after the read above
         except ClientClosed:
             return
         except ZkPubSubError as exc:
@@ -646,6 +651,7 @@ class Session:
         if purged:
             self._purged.clear()
             self.emit_gap(Gap(frozenset(purged), since, now, "backlog purged"))
+        emptied, self._emptied = self._emptied, {}
         for topic, when in sorted(emptied.items()):  # its queue was made afresh
             self.emit_gap(Gap(frozenset({topic}), when, now, EVICTED))
         self._set_state(ClientState.CONNECTED)
