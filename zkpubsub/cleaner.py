@@ -816,5 +816,7 @@ class Cleaner:
         fence = leader_fence(me)
         removed = 0
         for i in range(0, len(old), DELETE_BATCH):
-            removed += delete_batch(conn, old[i : i + DELETE_BATCH], deadline, fence, recurse=True)
+            batch = old[i : i + DELETE_BATCH]
+            # results, not the nodes under them (another program's, if any)
+            removed += min(len(batch), delete_batch(conn, batch, deadline, fence, recurse=True))
         return removed

@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 # A transaction of acks carries results up to about this many bytes.
 _ACK_BATCH_BYTES: Final = 500_000
-# What a result's ACL adds at most (a few digest or SASL identities).
-_RESULT_ACL_AT_MOST: Final = 1024
 
 
 def commit(ctx: Context, txn: Any, deadline: float | None, what: str) -> list[Any]:
@@ -130,14 +128,16 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
         (item, encoded_result(ctx, result) if item.wants_result else None) for item, result in pairs
     ]
     deadline = ctx.deadline()
+    # a transaction's room, less its receipt (and a margin)
+    most = min(_ACK_BATCH_BYTES, ctx.config.max_transaction_bytes - 1024)
     lost: list[Item] = []
     with translated(f"ack in queue {queue!r}"):
         while todo:
             batch: list[tuple[Item, bytes | None]] = []
             size = 0
-            while todo and (not batch or size + _ack_size(paths, *todo[0]) < _ACK_BATCH_BYTES):
+            while todo and (not batch or size + _ack_size(ctx, paths, *todo[0]) < most):
                 batch.append(todo.pop(0))
-                size += _ack_size(paths, *batch[-1])
+                size += _ack_size(ctx, paths, *batch[-1])
             while True:
                 if ctx.writer.commit(
                     _ack_ops(paths, batch, ctx.acl.acl(NodeKind.RESULT)), deadline, "ack"
@@ -154,12 +154,13 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
     return lost
 
 
-def _ack_size(paths: WorkQueuePaths, item: Item, doc: bytes | None) -> int:
+def _ack_size(ctx: Context, paths: WorkQueuePaths, item: Item, doc: bytes | None) -> int:
     """Bytes an item's ack adds to a transaction: its paths (in UTF-8),
     its result and each operation's header and ACL (upper estimates)."""
     size = len(paths.reservation(item.name).encode()) + len(paths.item(item.name).encode()) + 128
     if doc is not None:
-        size += len(doc) + len(paths.result(item.id).encode()) + 64 + _RESULT_ACL_AT_MOST
+        size += len(doc) + len(paths.result(item.id).encode()) + 64
+        size += ctx.acl.size(NodeKind.RESULT)
     return size
 
 
