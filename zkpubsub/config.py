@@ -88,10 +88,11 @@ DEFAULT_NOTICE_TTL: Final = 7 * 24 * 3600.0
 # each kind of node's ACL (the open ACL is 28 bytes).
 CREATE_OP_OVERHEAD: Final = 64
 # Deepest node path below the root (messages/<id>/<topic>/m<guid>-<seq>),
-# plus the check and receipt operations every publish transaction carries,
-# in bytes (a name's character takes up to 3 in UTF-8).
-_MAX_PATH_BELOW_ROOT: Final = 3 * 2 * MAX_NAME_LENGTH + 64
-_PUBLISH_FIXED_OPS: Final = 3 * 2 * MAX_NAME_LENGTH + 256
+# plus the check and receipt operations every publish transaction carries:
+# a sanity bound for names of one byte a character (the publisher sizes each
+# transaction by its names' real bytes).
+_MAX_PATH_BELOW_ROOT: Final = 2 * MAX_NAME_LENGTH + 64
+_PUBLISH_FIXED_OPS: Final = 2 * MAX_NAME_LENGTH + 256
 
 
 def parse_hosts(hosts: object) -> tuple[list[tuple[str, int]], str]:
