@@ -48,9 +48,14 @@ def off_loop(
     adds them (the loop's), and a cleanup blocks (closes, releases)."""
 
     def callback(job: concurrent.futures.Future[T]) -> None:
-        threading.Thread(
-            target=cleanup, args=(job,), name="zkpubsub-aio-cleanup", daemon=True
-        ).start()
+        if job.cancelled() or job.exception() is not None:
+            return  # it made nothing: nothing to close or release
+        try:
+            threading.Thread(
+                target=cleanup, args=(job,), name="zkpubsub-aio-cleanup", daemon=True
+            ).start()
+        except RuntimeError:  # no new thread at interpreter shutdown (3.12): here, then
+            cleanup(job)
 
     return callback
 
