@@ -177,14 +177,24 @@ class QueueStates:
         current segment's stat (count and counter) and, where older segments
         or nodes from before segments remain, its listing and their stats.
         Returns the subscribers whose queue is gone."""
+        due = self._due(topic, subscribers, unknown=True, stale=not unknown_only)
+        return self._read(topic, due, deadline)
+
+    def _due(self, topic: str, subscribers: list[str], *, unknown: bool, stale: bool) -> list[str]:
+        """Those of ``subscribers`` whose queue state is unknown (if
+        ``unknown``) or was read ``STATE_TTL`` or more ago (if ``stale``)."""
         now = time.monotonic()
         with self._lock:
-            due = [
-                s
-                for s in subscribers
-                if (st := self._states.get((topic, s))) is None
-                or (not unknown_only and now - st.read_at >= STATE_TTL)
-            ]
+            states = [(s, self._states.get((topic, s))) for s in subscribers]
+        return [
+            s
+            for s, st in states
+            if (unknown if st is None else stale and now - st.read_at >= STATE_TTL)
+        ]
+
+    def _read(self, topic: str, due: list[str], deadline: float | None) -> set[str]:
+        """Read the queues of ``due`` (as :meth:`refresh` says); the
+        subscribers whose queue is gone."""
         if not due:
             return set()
         conn, layout = self._ctx.conn, self._ctx.layout
@@ -281,17 +291,8 @@ class QueueStates:
         or more ago (a queue judged full on an old reading may have been
         drained since: deletions change no version a fan-out checks).
         ``(whether any was read, the subscribers whose queue is gone)``."""
-        now = time.monotonic()
-        with self._lock:
-            old = [
-                s
-                for s in subscribers
-                if (st := self._states.get((topic, s))) is not None
-                and now - st.read_at >= STATE_TTL
-            ]
-        if not old:
-            return False, set()
-        return True, self.refresh(topic, old, deadline)
+        old = self._due(topic, subscribers, unknown=False, stale=True)
+        return bool(old), self._read(topic, old, deadline)
 
     def plan(
         self,
