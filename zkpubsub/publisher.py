@@ -144,6 +144,8 @@ class Publisher:
         self._ctx = ctx
         self._acls = Acls(ctx.acl.acl(NodeKind.MESSAGE), ctx.acl.acl(NodeKind.MARKER))
         self._message_acl_size = ctx.acl.size(NodeKind.MESSAGE)
+        # the path every queue's nodes share, and the rest of the longest one
+        self._queue_path_base = len(ctx.layout.messages.encode()) + _LONGEST_QUEUE_PATH_EXTRA
         self._lock = threading.Lock()
         self._views: dict[str, TopicView] = {}
         self._generation: dict[str, int] = {}
@@ -198,10 +200,7 @@ class Publisher:
 
     def _queue_path_bytes(self, topic: str) -> int:
         """Bytes of the longest path of a node in a queue of ``topic``."""
-        messages = self._ctx.layout.messages
-        return (
-            len(messages) + _utf8_extra(messages) + len(topic) + _utf8_extra(topic)
-        ) + _LONGEST_QUEUE_PATH_EXTRA
+        return self._queue_path_base + len(topic) + _utf8_extra(topic)
 
     def budget(self, topic: str) -> int:
         """Bytes left for message creates once the check and receipt are in."""
