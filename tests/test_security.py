@@ -437,13 +437,7 @@ def _tls_session(address: str, hostname: str, tls: Tls) -> None:
         address=(host, int(port)),
         hostname=hostname,
         timeout=5.0,
-        use_ssl=True,
-        ca=tls.ca,
-        certfile=tls.certfile,
-        keyfile=tls.keyfile,
-        keyfile_password=tls.keyfile_password,
-        verify_certs=tls.verify,
-        check_hostname=tls.check_hostname,
+        **tls._options(),
     )
     sock.close()
 

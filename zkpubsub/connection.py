@@ -220,15 +220,7 @@ def kazoo_security(auth: tuple[Auth | Sasl, ...], tls: Tls | None) -> dict[str, 
                 sasl["principal"] = a.principal
             options["sasl_options"] = sasl
     if tls is not None:
-        options.update(
-            use_ssl=True,
-            ca=tls.ca,
-            certfile=tls.certfile,
-            keyfile=tls.keyfile,
-            keyfile_password=tls.keyfile_password,
-            verify_certs=tls.verify,
-            check_hostname=bool(tls.check_hostname),
-        )
+        options.update(tls._options())
     return options
 
 

@@ -108,26 +108,14 @@ def tls_connection(
     address: tuple[str, int],
     hostname: str | None = None,
     timeout: float | None = None,
-    ca: str | None = None,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    keyfile_password: str | None = None,
-    verify_certs: bool = True,
-    check_hostname: bool = True,
-    **_: Any,
+    **options: Any,
 ) -> ssl.SSLSocket:
-    """A session's TLS connection, with :meth:`Tls.context`'s trust. kazoo's
-    own adds the system's CAs to the one given, so any certificate they
-    trust would do for a server. A file that cannot be read is an
-    ``OSError``, which kazoo tries again (a certificate being replaced)."""
-    context = client_context(
-        ca=ca,
-        certfile=certfile,
-        keyfile=keyfile,
-        keyfile_password=keyfile_password,
-        verify=verify_certs,
-        check_hostname=check_hostname,
-    )
+    """A session's TLS connection, with :meth:`Tls.context`'s trust
+    (``options`` as :meth:`Tls._options`). kazoo's own adds the system's CAs
+    to the one given, so any certificate they trust would do for a server.
+    A file that cannot be read is an ``OSError``, which kazoo tries again (a
+    certificate being replaced)."""
+    context = client_context(**options)
     family = socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM)[0][0]
     conn = context.wrap_socket(socket.socket(family), server_hostname=hostname)
     try:

@@ -150,34 +150,42 @@ class Tls:
             if value is not None and not os.path.isfile(value):
                 raise ValueError(f"TLS {name} {value!r} is not a readable file")
 
+    def _options(self) -> dict[str, Any]:
+        """These settings as the keyword arguments of a session's TLS
+        connection (kazoo's names), which :func:`client_context` takes."""
+        return {
+            "use_ssl": True,
+            "ca": self.ca,
+            "certfile": self.certfile,
+            "keyfile": self.keyfile,
+            "keyfile_password": self.keyfile_password,
+            "verify_certs": self.verify,
+            "check_hostname": bool(self.check_hostname),
+        }
+
     def context(self) -> ssl.SSLContext:
         """The client's TLS context for these settings: ``ssl.SSLError`` or
         ``OSError`` if a file cannot be loaded."""
-        return client_context(
-            ca=self.ca,
-            certfile=self.certfile,
-            keyfile=self.keyfile,
-            keyfile_password=self.keyfile_password,
-            verify=self.verify,
-            check_hostname=bool(self.check_hostname),
-        )
+        return client_context(**self._options())
 
 
 def client_context(
     *,
-    ca: str | None,
-    certfile: str | None,
-    keyfile: str | None,
-    keyfile_password: str | None,
-    verify: bool,
-    check_hostname: bool,
+    ca: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    keyfile_password: str | None = None,
+    verify_certs: bool = True,
+    check_hostname: bool = True,
+    **_: Any,
 ) -> ssl.SSLContext:
-    """A client's TLS context: it trusts the authorities of ``ca`` alone (the
-    system's without one). ``ssl.SSLError`` or ``OSError`` (a file missing:
-    one a connection may find again later) if a file cannot be loaded."""
+    """A client's TLS context (from :meth:`Tls._options`): it trusts the
+    authorities of ``ca`` alone (the system's without one). ``ssl.SSLError``
+    or ``OSError`` (a file missing: one a connection may find again later)
+    if a file cannot be loaded."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    context.verify_mode = ssl.CERT_REQUIRED if verify_certs else ssl.CERT_NONE
     if ca:
         context.load_verify_locations(ca)
     else:
