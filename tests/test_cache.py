@@ -29,7 +29,7 @@ from zkpubsub import (
 from zkpubsub.aio import AsyncClient
 from zkpubsub.cache import AsyncInvalidatingCache, InvalidatingCache
 from zkpubsub.layout import Layout
-from zkpubsub.testing import expire_session
+from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.proxy import TcpProxy
 
 from .cache_proc import TOPIC, CacheProcess
@@ -332,6 +332,42 @@ def test_a_cut_off_instance_stops_serving_what_it_kept_and_keeps_nothing_until_b
         reads = source.reads
         assert cut_off.get("user:0") == "v2" and source.reads == reads
         assert cut_off.stats().cut_offs == 1
+
+
+def test_a_cut_off_instance_counts_from_the_session_timeout_the_server_granted(
+    tmp_path: Path,
+) -> None:
+    """A server bounds the session timeout a client asks for. Before, the
+    cache counted its cut-off from the one asked for (12 s against 2 s
+    granted): it served its old copy for seconds after the server had
+    ended its session and others' invalidations no longer reached it."""
+    source = Source()
+    with ZooKeeperCluster(1, base_dir=tmp_path / "zk", max_session_timeout=2.0) as zk:
+        host, port = zk.hosts.split(",")[0].rsplit(":", 1)
+        with (
+            TcpProxy((host, int(port)), name="granted") as proxy,
+            Client(proxy.address, session_timeout=12.0, client_id="asked-12") as far,
+            Client(zk.hosts, session_timeout=2.0) as near,
+        ):
+            assert far._ctx.conn.session_timeout == 2.0  # what the server granted
+            cut_off = InvalidatingCache(far, "users", source.load)
+            writer = InvalidatingCache(near, "users", source.load)
+            assert cut_off.get("user:0") == "v1"
+            proxy.block("drop")
+            source.values["user:0"] = "v2"
+            writer.invalidate("user:0")
+            node = Layout(far.config.root).client("asked-12")
+            raw = KazooClient(hosts=zk.hosts)
+            raw.start(10)
+            try:
+                wait_until(lambda: raw.exists(node) is None, 20, "the session ended")
+            finally:
+                raw.stop()
+                raw.close()
+            time.sleep(1.0)  # the cut-off was due a little before the end
+            assert cut_off.get("user:0") == "v2"  # not the copy kept
+            assert cut_off.stats().cut_offs == 1
+            proxy.unblock()
 
 
 def test_a_late_state_notification_does_not_cut_off_a_connected_instance(

@@ -35,6 +35,8 @@ Guarantees:
   others' invalidations no longer reach it: the cache clears, and until
   the client is connected again every ``get`` loads from the loader and
   keeps nothing.
+* The session timeout both count from is the one in force: the one asked
+  for, or the server's grant if shorter (a server bounds it).
 
 Keys travel as message payloads: use ``str`` keys (``int``, ``bytes`` and
 tuples of them work with the default serializer too). A key that could not
@@ -63,7 +65,6 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ._numbers import is_int, is_real
 from .client import Client
-from .config import ClientConfig
 from .errors import ClientClosed
 from .message import Message, PublishReceipt
 from .state import ClientState, Gap
@@ -109,7 +110,9 @@ class CacheStats:
 class _Entries(Generic[K, V]):
     """What a cache holds and the tokens of fills under way (thread-safe)."""
 
-    def __init__(self, ttl: float | None, max_size: int | None, stall_after: float) -> None:
+    def __init__(
+        self, ttl: float | None, max_size: int | None, stall_after: Callable[[], float]
+    ) -> None:
         if ttl is not None and (not is_real(ttl) or not ttl > 0):
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         if max_size is not None and (not is_int(max_size) or max_size < 1):
@@ -155,19 +158,19 @@ class _Entries(Generic[K, V]):
         self._watch.start()
 
     def _watch_loop(self) -> None:
-        tick = min(0.1, self._stall_after / 4)
-        while not self._stop.wait(tick):
+        while not self._stop.wait(min(0.1, self._stall_after() / 4)):
             with self._lock:
                 self._check_stall()
 
     def _check_stall(self) -> None:  # lock held
         now = time.monotonic()
-        if now - self._last_seen >= self._stall_after:
+        stall_after = self._stall_after()
+        if now - self._last_seen >= stall_after:
             self._clear()
             self._counts["freezes"] += 1
         self._last_seen = now
         cut = self._cut_since
-        if cut is not None and not self._cut_off and now - cut >= self._stall_after:
+        if cut is not None and not self._cut_off and now - cut >= stall_after:
             self._clear()
             self._cut_off = True
             self._counts["cut_offs"] += 1
@@ -372,12 +375,15 @@ def _check_findable(key: Any) -> None:
 
 
 def _entries_for(
-    config: ClientConfig, loader: object, ttl: float | None, max_size: int | None
+    client: Client, loader: object, ttl: float | None, max_size: int | None
 ) -> _Entries[Any, Any]:
-    """A cache's entries, its options checked (``loader`` too)."""
+    """A cache's entries, its options checked (``loader`` too). A pause
+    counts from a share of the session timeout in force: the one asked for,
+    or the server's grant if shorter (the session ends at that)."""
     if not callable(loader):
         raise TypeError(f"loader must be callable, not {type(loader).__name__}")
-    return _Entries(ttl, max_size, config.session_timeout * STALL_SHARE)
+    asked, conn = client.config.session_timeout, client._ctx.conn
+    return _Entries(ttl, max_size, lambda: min(asked, conn.session_timeout) * STALL_SHARE)
 
 
 def _check_listening(subscription: Subscription | None) -> None:
@@ -403,7 +409,7 @@ class InvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
-        self._entries = _entries_for(client.config, loader, ttl, max_size)
+        self._entries = _entries_for(client, loader, ttl, max_size)
         self._client = client
         self._client_id = client.client_id
         self._topic = topic
@@ -473,7 +479,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
         ttl: float | None = None,
         max_size: int | None = None,
     ) -> None:
-        self._entries = _entries_for(client.config, loader, ttl, max_size)
+        self._entries = _entries_for(client.sync, loader, ttl, max_size)
         self._client = client
         self._client_id = client.client_id
         self._topic = topic

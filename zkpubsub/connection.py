@@ -66,7 +66,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.serialization import Auth as AuthPacket
-from kazoo.protocol.serialization import Transaction
+from kazoo.protocol.serialization import Connect, Transaction
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE
@@ -243,6 +243,8 @@ class Connection:
         )
         self.tls = tls
         self.stop_timeout = max(10.0, session_timeout) + STOP_GRACE
+        self._asked_timeout = session_timeout
+        self._granted_timeout: float | None = None  # what the server gave the last session
         self._connected_once = False  # the session was set up once
         self.kazoo = KazooClient(
             hosts=hosts,
@@ -290,6 +292,7 @@ class Connection:
         self.kazoo._call = counted
         self._drop_on_unexpected_replies()
         self._refuse_sasl_closed_sessions()
+        self._note_granted_timeout()
         self.kazoo.add_listener(self._on_state)
 
     def _drop_on_unexpected_replies(self) -> None:
@@ -326,6 +329,29 @@ class Connection:
                 raise AuthFailedError("the server closed the session at the SASL login") from exc
 
         reader._authenticate_with_sasl = refused
+
+    def _note_granted_timeout(self) -> None:
+        """Keep the session timeout the server grants at each connection
+        (kazoo only logs it): a server bounds what a client asks for."""
+        reader = self.kazoo._connection
+        invoke = reader._invoke
+
+        def noted(timeout: float, request: Any, xid: int | None = None) -> Any:  # kazoo's thread
+            answer = invoke(timeout, request, xid)
+            if isinstance(request, Connect) and isinstance(answer, tuple):
+                granted = getattr(answer[0], "time_out", 0)
+                if granted > 0:
+                    self._granted_timeout = granted / 1000.0
+            return answer
+
+        reader._invoke = noted
+
+    @property
+    def session_timeout(self) -> float:
+        """The session timeout in force: the one the server granted the
+        last session, or, before any, the one asked for."""
+        granted = self._granted_timeout
+        return self._asked_timeout if granted is None else granted
 
     @property
     def requests(self) -> int:
