@@ -205,6 +205,25 @@ def test_a_subscription_closed_while_no_server_answers_is_ended_once_connected_a
         wait_until(lambda: again == ["after"], 20, "delivered to the new subscription")
 
 
+def test_a_close_waiting_on_a_frozen_server_returns_once_the_client_knows(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """Before, the wait for the last deletes looked at the connection once,
+    at its start: a close begun while the server had just stopped answering
+    waited the whole request timeout (20 s here), though the client knew
+    after two thirds of its 3 s session timeout that no server answered."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="close-frozen") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=3.0, request_timeout=20.0)
+        sub = client.subscribe("t", lambda message: None)
+        proxy.block("drop")  # frozen: nothing answers, nothing is refused
+        time.sleep(0.3)
+        started = time.monotonic()
+        sub.close()
+        took = time.monotonic() - started
+        assert took < 10.0, took  # the client knew after 2 s of silence
+
+
 def test_a_close_known_unanswerable_returns_at_once_and_a_failed_resubscribe_keeps_its_end(
     make_client: MakeClient, raw_zk: KazooClient, zk_hosts: str, zk_root: str
 ) -> None:

@@ -75,6 +75,9 @@ SAFETY_RELIST_INTERVAL: Final = 30.0
 DELETE_RETRY: Final = 0.5
 RELIST_WHILE_BUSY: Final = 1.0
 DELETE_BATCH: Final = 500
+# A close waiting for its last deletes looks this often whether the
+# connection is still there (no wait once it is known gone).
+DETACH_LOOK: Final = 0.1
 # A handled node waits up to DELETE_LINGER for others to share its delete
 # transaction, or less once DELETE_EAGER wait: every delete is a write the
 # ensemble logs, syncs and sends to every server, and one transaction per
@@ -241,8 +244,14 @@ class ReceivePump:
                 self._detaching.add(topic)
             self._wake.set()
             # without a connection the pump cannot send them: no wait (what
-            # was handled and not deleted is delivered again, at least once)
-            queue.done.wait(remaining(deadline) if self._conn.connected.is_set() else 0)
+            # was handled and not deleted is delivered again, at least once),
+            # and none once the connection is found gone while waiting
+            while self._conn.connected.is_set():
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    break
+                if queue.done.wait(DETACH_LOOK if left is None else min(DETACH_LOOK, left)):
+                    break
         with self._lock:
             self._queues.pop(topic, None)
             drop = not self._queues and bool(self._watching)
