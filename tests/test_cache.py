@@ -468,6 +468,39 @@ async def test_an_async_cache_started_late_counts_no_freeze(zk_hosts: str, zk_ro
         await cache.close()
 
 
+def test_a_slow_subscribe_counts_no_freeze(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose subscribe took a third of the session timeout was
+    taken for a frozen process: the cache counted a freeze and cleared."""
+    client = make_client(session_timeout=1.5)
+    subscribe = client.subscribe
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # longer than a third of the session timeout
+        return subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(client, "subscribe", slow)
+    cache = InvalidatingCache(client, "users", Source().load)
+    time.sleep(0.3)  # the freeze watch has looked
+    assert (cache.stats().freezes, cache.stats().clears) == (0, 0)
+    cache.close()
+
+
+def test_a_cache_whose_client_closed_stops_its_watch(make_client: MakeClient) -> None:
+    """Before, the freeze watch of a cache left open ran for as long as the
+    process did (a thread waking ten times a second) after its client closed."""
+    client = make_client()
+    cache = InvalidatingCache(client, "users", Source().load)
+    assert cache.get("user:0") == "v1"
+    watch = cache._entries._watch
+    assert watch is not None and watch.is_alive()
+    client.close()
+    watch.join(5)
+    assert not watch.is_alive()
+    assert len(cache) == 0  # and it keeps nothing
+
+
 def test_bad_cache_options_are_refused_up_front(make_client: MakeClient) -> None:
     client = make_client()
     for options in ({"max_size": True}, {"ttl": True}, {"ttl": "5"}, {"ttl": math.nan}):

@@ -153,19 +153,29 @@ class _Entries(Generic[K, V]):
         with self._lock:
             self._last_seen = time.monotonic()
 
-    def start_watch(self, name: str) -> None:
-        self._watch = threading.Thread(target=self._watch_loop, name=name, daemon=True)
+    def start_watch(self, name: str, ended: Callable[[], bool]) -> None:
+        """Watch for freezes on a thread until :meth:`stop_watch` or until
+        ``ended()`` (the cache no longer hears invalidations). Freezes count
+        from now: a slow start (its subscribe) is no frozen process."""
+        self.begin()
+        self._watch = threading.Thread(
+            target=self._watch_loop, args=(ended,), name=name, daemon=True
+        )
         self._watch.start()
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, ended: Callable[[], bool]) -> None:
         while not self._stop.wait(min(0.1, self._stall_after() / 4)):
+            if ended():  # its client was closed: nothing more to watch for
+                self._stop.set()
+                self.clear()
+                return
             with self._lock:
                 self._check_stall()
 
     def _check_stall(self) -> None:  # lock held
         now = time.monotonic()
         stall_after = self._stall_after()
-        if now - self._last_seen >= stall_after:
+        if self._watch is not None and now - self._last_seen >= stall_after:
             self._clear()
             self._counts["freezes"] += 1
         self._last_seen = now
@@ -283,6 +293,7 @@ class _Listening(Generic[K, V]):
     _topic: str
     _client_id: str
     _listened: Client | None = None  # the client whose state counts
+    _subscription: Subscription | None
 
     def _on_message(self, message: Message) -> None:
         if message.publisher_id == self._client_id:
@@ -327,6 +338,10 @@ class _Listening(Generic[K, V]):
         client.add_gap_listener(self._on_gap)
         client.add_listener(self._on_state)
         self._on_state(client.status)
+
+    def _not_listening(self) -> bool:
+        subscription = self._subscription
+        return subscription is None or subscription.closed
 
     def _stop_listening(self, client: Client) -> None:
         client.remove_gap_listener(self._on_gap)
@@ -420,7 +435,7 @@ class InvalidatingCache(_Listening[K, V]):
         except BaseException:
             self._stop_listening(client)
             raise
-        self._entries.start_watch(f"zkpubsub-cache-{topic}")
+        self._entries.start_watch(f"zkpubsub-cache-{topic}", self._not_listening)
 
     def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader.
@@ -451,9 +466,12 @@ class InvalidatingCache(_Listening[K, V]):
         """Stop listening (the client stays open); ``get`` then raises
         ``ClientClosed``. Idempotent."""
         self._stop_listening(self._client)
-        self._subscription.close()
-        self._entries.stop_watch()
-        self._entries.clear()
+        try:
+            if self._subscription is not None:
+                self._subscription.close()
+        finally:  # kept nothing, watched nothing, whatever the close raised
+            self._entries.stop_watch()
+            self._entries.clear()
 
     def __enter__(self) -> InvalidatingCache[K, V]:
         return self
@@ -539,7 +557,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
                 await self._close_made(made)
                 raise ClientClosed("the cache was closed while it started")
             self._subscription = subscription
-            self._entries.start_watch(f"zkpubsub-cache-{self._topic}")
+            self._entries.start_watch(f"zkpubsub-cache-{self._topic}", self._not_listening)
 
     async def _close_made(self, made: asyncio.Future[Subscription]) -> None:
         """Close the subscription ``made`` for a start that will not use it."""
