@@ -143,6 +143,37 @@ def test_an_outage_is_degraded_live_and_ready_and_only_a_closed_client_is_dead(
     assert (health.status, health.liveness_code, health.readiness_code) == ("dead", 503, 503)
 
 
+def test_a_client_that_cannot_register_on_its_new_session_turns_dead(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a client whose registration on a new session failed for good
+    (its id taken, its rights withdrawn) stayed LOST, "degraded", live and
+    ready, for ever: never restarted, never registered."""
+    import zkpubsub.session as session_module
+    from zkpubsub.errors import NotAuthorized
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise NotAuthorized("as if its rights were withdrawn")
+
+    client = make_client()
+    client.subscribe("t", lambda message: None)
+    creds = client._session_credentials()
+    assert creds is not None
+    monkeypatch.setattr(session_module, "check_purge", refused)
+    expire_session(creds, client.config.hosts)
+    wait_until(lambda: client.status is ClientState.LOST, 20, "LOST on the new session")
+    assert check(client, dead_after=1.0).status == "degraded"  # not for long yet
+    time.sleep(1.2)
+    health = check(client, dead_after=1.0)
+    assert (health.status, health.live, health.ready) == ("dead", False, False)
+    assert "NotAuthorized" in health.reason and "rights were withdrawn" in health.reason
+    assert check(client).status == "degraded"  # a minute by default
+    with pytest.raises(ValueError, match="dead_after"):
+        check(client, dead_after=0)
+    monkeypatch.undo()  # registering works again: ok, without a restart
+    wait_until(lambda: check(client, dead_after=1.0).status == "ok", 20, "registered")
+
+
 def test_backlogs_stay_in_the_scrape_as_last_read_while_the_client_is_cut_off(
     make_cluster: Callable[..., ZooKeeperCluster], zk_root: str
 ) -> None:

@@ -92,6 +92,8 @@ class Session:
         self._registered_session: int | None = None
         self._disconnected_at: float | None = None  # connection down since (wall clock)
         self._lost_at: float | None = None  # start of the gap after a session expiry
+        # registering again on a new session has failed since (monotonic), and why
+        self._failing: tuple[float, str] | None = None
         # topics a purge marker read while registering again named, until told
         self._purged: set[str] = set()
         # queues found marked full, emptied and made afresh while registering
@@ -581,6 +583,16 @@ class Session:
         if ctx.conn.connected.is_set():
             self._watch_registration()
 
+    def registration_failing(self) -> tuple[float, str] | None:
+        """While connected on a new session that it has failed to register
+        on: for how many seconds it has failed, and the last error."""
+        failing = self._failing
+        if failing is None or self._state is not ClientState.LOST:
+            return None
+        if not self._ctx.conn.connected.is_set():
+            return None  # an outage, not a failing registration
+        return time.monotonic() - failing[0], failing[1]
+
     def _on_connected(self) -> None:
         ctx = self._ctx
         conn = ctx.conn
@@ -633,11 +645,14 @@ class Session:
             return
         except ZkPubSubError as exc:
             logger.warning("client %s: registering again failed (%s); retrying", ctx.client_id, exc)
+            since = time.monotonic() if self._failing is None else self._failing[0]
+            self._failing = (since, f"{type(exc).__name__}: {exc}")
             time.sleep(0.5)
             if conn.connected.is_set():
                 self._events.put((KazooState.CONNECTED, time.time()))
             return
         self._registered_session = session
+        self._failing = None
         self._watch_registration()
         since = self._lost_at or self._disconnected_at or time.time()
         self._lost_at = None
