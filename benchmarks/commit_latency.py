@@ -3,7 +3,8 @@
 ``python -m benchmarks.commit_latency [--rate 200] [--seconds 15]`` starts a
 standalone server (the same settings as the benchmark's), warms it with
 transactions for ``--warmup`` seconds, then times paced round trips at
-``--rate`` per second from one thread:
+``--rate`` per second from one thread, open loop (each from its scheduled
+time, so that a slow one delays the ones behind it and shows):
 
 * ``raw``: kazoo's ``check`` + ``create`` transaction, the smallest write a
   fan-out to one queue needs, with nothing of zkpubsub in the way;
@@ -35,24 +36,31 @@ from kazoo.client import KazooClient
 
 from zkpubsub import Client
 
-from . import credentials, machine, server, stats
+from . import credentials, kazoo_clients, machine, server, stats
 from .progress import Progress
 from .runner import DEFAULT_OUT
 
 
 def paced(call: Callable[[], object], rate: float, seconds: float) -> list[float]:
-    """Call ``call`` ``rate`` times a second for ``seconds``; the round trips in ms."""
+    """Call ``call`` ``rate`` times a second for ``seconds``, open loop:
+    call *i* is scheduled at ``start + i / rate`` and timed from that
+    scheduled time to its return, in ms. A call that takes longer than its
+    interval makes the ones behind it late, and their times include the
+    wait (no coordinated omission). Calls not made ``seconds`` after the
+    last one was scheduled are given up (fewer times)."""
     times: list[float] = []
+    total = max(1, int(rate * seconds))
     start = time.perf_counter()
-    i = 0
-    while time.perf_counter() - start < seconds:
-        pause = start + i / rate - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        t0 = time.perf_counter()
+    give_up = start + (total - 1) / rate + seconds
+    for i in range(total):
+        scheduled = start + i / rate
+        now = time.perf_counter()
+        if now > give_up:
+            break
+        if scheduled > now:
+            time.sleep(scheduled - now)
         call()
-        times.append((time.perf_counter() - t0) * 1000)
-        i += 1
+        times.append((time.perf_counter() - scheduled) * 1000)
     return times
 
 
@@ -142,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {}
     cluster = server.start_standalone(progress, args.zk_dir)
     try:
-        zk = KazooClient(auth_data=credentials.kazoo_auth(), hosts=cluster.hosts)
+        zk = kazoo_clients.new(cluster.hosts)
         zk.start(timeout=30)
         client = Client(cluster.hosts, root="/commit-latency", **credentials.security())
         try:

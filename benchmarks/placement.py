@@ -19,12 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from . import machine, server
-from .profiles import FULL
+from .profiles import FULL, Profile
 from .progress import Progress
 from .runner import DEFAULT_OUT
 from .sections import fanout
 from .sections.common import Context
 from .workers import InlinePool, Pool, WorkerPool
+
+
+def context(profile: Profile, pool: Pool, progress: Progress, cluster: Any) -> Context:
+    """A fan-out context whose subscribers are spread over every process
+    (or thread) of ``pool``: "4 worker processes" means four."""
+    return Context(
+        profile=profile,
+        pool=pool,
+        progress=progress,
+        base_dir=None,
+        standalone=cluster,
+        subscriber_processes=pool.size,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for label, k in placements:
             pool: Pool = InlinePool(1) if k == 0 else WorkerPool(k)
             try:
-                ctx = Context(
-                    profile=profile, pool=pool, progress=progress, base_dir=None, standalone=cluster
-                )
+                ctx = context(profile, pool, progress, cluster)
                 for impl in impls:
                     name = f"{args.subscribers} subscribers as {label}: {impl.label}"
                     with progress.phase(name) as phase:

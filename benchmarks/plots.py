@@ -129,11 +129,11 @@ def _backlog(report: dict[str, Any], directory: Path, written: list[str]) -> Non
     if not levels:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs = [max(1, r["backlog_nodes"]) for r in levels]
+    xs = [max(1, r["level"]) for r in levels]
     for key, label in (("p50", "p50"), ("p99", "p99"), ("mean", "mean")):
         ax.plot(xs, [r["latency_ms"][key] for r in levels], marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("messages pending in the subscriber's queue (0 shown at 1)")
+    ax.set_xlabel("messages pending at the level's last probe (0: from empty, shown at 1)")
     ax.set_ylabel("publish latency, ms")
     ax.set_title("Publish cost against a backlog")
     ax.set_ylim(bottom=0)

@@ -5,11 +5,13 @@ receive engine on kazoo goes below, on this machine.
 ``python -m benchmarks.receive_floor [--subscribers 1,10] [--rate 200]
 [--seconds 15]`` starts a standalone server (the benchmark's settings) and
 warms it. For each subscriber count it starts that many processes, each
-with a plain kazoo client and a persistent recursive watch on a queue of
-its own (the protocol extension zkpubsub carries: kazoo has none). One
-thread commits, open loop at ``--rate`` a second, a raw transaction that
-creates a node in every queue, the node's name carrying its scheduled send
-time. Per node, each process records, from that scheduled time:
+with a plain kazoo client (with zkpubsub's callback handler, as
+zkpubsub's connections have: :mod:`.kazoo_clients`) and a persistent
+recursive watch on a queue of its own (the protocol extension zkpubsub
+carries: kazoo has none). One thread commits, open loop at ``--rate`` a
+second, a raw transaction that creates a node in every queue, the node's
+name carrying its scheduled send time. Per node, each process records,
+from that scheduled time:
 
 * ``event``: the watch event naming the node arrived (kazoo's connection
   thread; nothing else done): when the process hears of it;
@@ -64,7 +66,7 @@ from kazoo.client import KazooClient
 from zkpubsub._persistent import NODE_CREATED, PERSISTENT_RECURSIVE, AddWatch, EventHook
 from zkpubsub._pump import DELETE_BATCH, DELETE_LINGER
 
-from . import credentials, server, stats
+from . import kazoo_clients, server, stats
 from .commit_latency import committed
 from .progress import Phase, Progress
 from .runner import DEFAULT_OUT
@@ -171,7 +173,7 @@ def subscriber_main(
     node of the unwatched ``pool`` instead, if given), and record the times
     until told to stop; then send them back, with the count of nodes
     deleted and the CPU time used from when told to measure."""
-    zk = KazooClient(hosts=hosts, auth_data=credentials.kazoo_auth(), timeout=30.0)
+    zk = kazoo_clients.new(hosts, timeout=30.0)
     zk.start(timeout=START_TIMEOUT)
     event_ms = array("d")
     read_ms = array("d")
@@ -460,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells: list[dict[str, Any]] = []
     cluster = server.start_standalone(progress, args.zk_dir)
     try:
-        zk = KazooClient(auth_data=credentials.kazoo_auth(), hosts=cluster.hosts)
+        zk = kazoo_clients.new(cluster.hosts)
         zk.start(timeout=30)
         try:
             zk.ensure_path(ROOT)

@@ -702,9 +702,13 @@ def _backlog(section: dict[str, Any]) -> list[str]:
     rows = []
     for r in section.get("levels", []):
         lat = r["latency_ms"]
+        # reports from before the probes counted in the level name the
+        # backlog reached before probing (the probes came on top)
+        start, end = r.get("backlog_from"), r["backlog_nodes"]
         rows.append(
             (
-                r["backlog_nodes"],
+                r["level"],
+                f"{_fmt(end)} before probing" if start is None else f"{_fmt(start)} → {_fmt(end)}",
                 r["publishes"],
                 lat["p50"],
                 lat["p99"],
@@ -714,7 +718,8 @@ def _backlog(section: dict[str, Any]) -> list[str]:
         )
     lines = _table(
         (
-            "pending in the queue",
+            "level",
+            "pending while probed (first → last probe)",
             "publishes",
             "p50 ms",
             "p99 ms",
@@ -725,10 +730,18 @@ def _backlog(section: dict[str, Any]) -> list[str]:
     )
     fill = section.get("fill", {})
     cost = section.get("cost_ratio", {})
+    bound = section.get("params", {}).get("subscriber_max_backlog")
     lines += [
         "",
         f"Filled with {_fmt(fill.get('messages'))} messages in {fill.get('seconds')} s "
-        f"({fill.get('nodes_per_message')} znodes per message). Cost at "
+        f"({fill.get('nodes_per_message')} znodes per message)"
+        + (
+            f"; the subscriber's queue bounded at {_fmt(bound)} nodes, so that every probe "
+            "made a node (checked after each run of probes)"
+            if bound is not None
+            else ""
+        )
+        + ". Cost at "
         f"{_fmt(cost.get('to_level'))} vs {_fmt(cost.get('from_level'))} pending: p50 "
         f"x{cost.get('p50_latency')}, mean x{cost.get('mean_latency')}, time per publish "
         f"(1 thread: the inverse of the rate) x{cost.get('inverse_rate')}"
@@ -897,7 +910,14 @@ def _stuck(section: dict[str, Any]) -> list[str]:
         f"({params.get('warmup_s')} s of publishing unmeasured, then {params.get('duration_s')} "
         f"s measured). Stuck ÷ healthy, round by round: {verdict}. Stuck queue within its "
         f"bound plus the documented overshoot in every round: "
-        f"{_fmt(section.get('stuck_within_bound'))}.",
+        f"{_fmt(section.get('stuck_within_bound'))}."
+        + (
+            " Every healthy subscriber had every acknowledged message in every cell: "
+            f"{_fmt(section['every_message_delivered'])}"
+            + ("." if section["every_message_delivered"] is not False else " (**see the errors**).")
+            if "every_message_delivered" in section
+            else ""
+        ),
         "",
         *_stuck_timeline(section),
     ]

@@ -10,8 +10,10 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While inside, SIGTERM raises ``SystemExit`` in the main thread, so
+    that the ``finally`` blocks run as on Ctrl-C: ZooKeeper stopped (its
+    data directory removed), the worker processes and the frozen
+    subscriber ended, the gateway stopped. A second SIGTERM during that
+    cleanup is ignored. The handler before is put back on the way out.
+    Outside the main thread (where no handler can be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        logger.warning("SIGTERM: stopping, cleaning up")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; returns the process exit code (0 unless a section
-    failed to run — missed targets are reported, not failures)."""
+    failed to run — missed targets are reported, not failures). A SIGTERM
+    stops the run as Ctrl-C does, cleaning up (:func:`sigterm_exits`), and
+    exits with status 143."""
     args = parse_args(argv)
     if args.report_only:
         return render_only(args)
+    with sigterm_exits():
+        return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     if args.repeats is not None:
         profile = replace(profile, repeats=max(1, args.repeats))

@@ -7,8 +7,11 @@ it is (in production they are on other machines). Each worker process hosts
 several subscribers, each with its own ZooKeeper session, as separate
 service instances would have. Handlers only count and time what they get.
 
-The pool talks to each worker through a pipe: ``(command, kwargs)`` in,
-``("ok", value)`` or ``("error", text)`` out.
+The pool talks to each worker through a pipe: ``(request id, command,
+kwargs)`` in, ``(request id, "ok", value)`` or ``(request id, "error",
+text)`` out. The pool waits for the answer with the id it sent last and
+drops older ones: the late answer of a command that timed out is never
+taken for the next command's.
 """
 
 from __future__ import annotations
@@ -239,13 +242,11 @@ class WorkerState:
 
     def warm(self, hosts: str, root: str, seconds: float, batch: int, window: int) -> int:
         """Creates, reads and deletes for ``seconds``; returns operations done."""
-        from kazoo.client import KazooClient
+        from .kazoo_clients import new
 
         if self._warm_zk is None or self._warm_hosts != hosts:
             self.close_warm()
-            self._warm_zk = KazooClient(
-                auth_data=credentials.kazoo_auth(), hosts=hosts, timeout=10.0
-            )
+            self._warm_zk = new(hosts, timeout=10.0)
             self._warm_zk.start(timeout=30)
             self._warm_hosts = hosts
         zk = self._warm_zk
@@ -572,7 +573,7 @@ def worker_main(conn: multiprocessing.connection.Connection, log_path: str | Non
     state = WorkerState()
     while True:
         try:
-            name, kwargs = conn.recv()
+            request, name, kwargs = conn.recv()
         except (EOFError, OSError):
             break
         if name == "stop":
@@ -580,10 +581,10 @@ def worker_main(conn: multiprocessing.connection.Connection, log_path: str | Non
         try:
             method = getattr(state, name)
             result = method(**kwargs)
-            reply: tuple[str, Any] = ("ok", result)
+            reply: tuple[int, str, Any] = (request, "ok", result)
         except Exception as exc:
             logger.exception("command %s failed", name)
-            reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            reply = (request, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         try:
             conn.send(reply)
         except (OSError, ValueError):
@@ -599,9 +600,13 @@ def frozen_subscriber_main(
     topic: str,
     session_timeout: float,
     log_path: str | None,
+    max_backlog: int | None = None,
+    max_backlog_bytes: int | None = None,
 ) -> None:
     """A zkpubsub subscriber that registers, reports ready and is then
-    stopped (SIGSTOP) by the harness: a subscriber that does not consume."""
+    stopped (SIGSTOP) by the harness: a subscriber that does not consume.
+    Its queue is bounded at ``max_backlog`` nodes and ``max_backlog_bytes``
+    bytes (``None``: the client's defaults)."""
     _configure_logging(log_path)
     from zkpubsub import Client
 
@@ -612,7 +617,9 @@ def frozen_subscriber_main(
         session_timeout=session_timeout,
         **credentials.security(),
     )
-    client.subscribe(topic, lambda _m: None)
+    client.subscribe(
+        topic, lambda _m: None, max_backlog=max_backlog, max_backlog_bytes=max_backlog_bytes
+    )
     conn.send(client.client_id)
     with contextlib.suppress(EOFError, OSError):
         conn.recv()
@@ -620,6 +627,22 @@ def frozen_subscriber_main(
 
 
 # -- the harness side ---------------------------------------------------------------
+
+
+def receive_reply(
+    conn: multiprocessing.connection.Connection, request: int, timeout: float, who: str
+) -> tuple[str, Any]:
+    """The ``(status, value)`` answering ``request`` on ``conn``, within
+    ``timeout`` seconds. Answers to earlier requests (commands that timed
+    out, answered since) are dropped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not conn.poll(max(0.0, deadline - time.monotonic())):
+            raise WorkerError(f"{who} did not answer within {timeout:g}s")
+        answered, status, value = conn.recv()
+        if answered == request:
+            return status, value
+        logger.warning("%s: dropped the late answer to request %s (%s)", who, answered, status)
 
 
 class Pool:
@@ -732,6 +755,8 @@ class WorkerPool(Pool):
         self._ctx = ctx
         self._log_dir = log_dir
         self._conns: list[multiprocessing.connection.Connection] = []
+        # per worker, the id of the last request sent (its answer is awaited)
+        self._requests: list[int] = []
         self._procs: list[Any] = []
         self._extra: list[Any] = []
         self._extra_conns: list[multiprocessing.connection.Connection] = []
@@ -744,6 +769,7 @@ class WorkerPool(Pool):
             proc.start()
             child.close()
             self._conns.append(parent)
+            self._requests.append(0)
             self._procs.append(proc)
         for i in range(size):
             self.call(i, "ping", timeout=120)
@@ -756,26 +782,35 @@ class WorkerPool(Pool):
         return [p.pid for p in [*self._procs, *self._extra] if p.pid is not None]
 
     def send(self, index: int, name: str, **kwargs: Any) -> None:
-        self._conns[index].send((name, kwargs))
+        self._requests[index] += 1
+        self._conns[index].send((self._requests[index], name, kwargs))
 
     def receive(self, index: int, timeout: float) -> Any:
-        conn = self._conns[index]
-        if not conn.poll(timeout):
-            raise WorkerError(f"worker {index} did not answer within {timeout:g}s")
-        status, value = conn.recv()
+        status, value = receive_reply(
+            self._conns[index], self._requests[index], timeout, f"worker {index}"
+        )
         if status != "ok":
             raise WorkerError(f"worker {index}: {value}")
         return value
 
     def start_frozen_subscriber(
-        self, hosts: str, root: str, topic: str, session_timeout: float
+        self,
+        hosts: str,
+        root: str,
+        topic: str,
+        session_timeout: float,
+        *,
+        max_backlog: int | None = None,
+        max_backlog_bytes: int | None = None,
     ) -> tuple[Any, str]:
-        """A subscriber process the caller will SIGSTOP; returns it and its id."""
+        """A subscriber process the caller will SIGSTOP, its queue bounded
+        at ``max_backlog`` nodes and ``max_backlog_bytes`` bytes (``None``:
+        zkpubsub's defaults); returns it and its id."""
         parent, child = self._ctx.Pipe()
         log = os.path.join(self._log_dir, "frozen-subscriber.log") if self._log_dir else None
         proc = self._ctx.Process(
             target=frozen_subscriber_main,
-            args=(child, hosts, root, topic, session_timeout, log),
+            args=(child, hosts, root, topic, session_timeout, log, max_backlog, max_backlog_bytes),
             name="bench-frozen-subscriber",
             daemon=True,
         )
@@ -792,7 +827,7 @@ class WorkerPool(Pool):
     def close(self) -> None:
         for conn in self._conns:
             with contextlib.suppress(OSError, ValueError):
-                conn.send(("stop", {}))
+                conn.send((0, "stop", {}))
         for proc in self._procs:
             proc.join(15)
         for proc in [*self._procs, *self._extra]:

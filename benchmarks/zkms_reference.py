@@ -19,7 +19,8 @@ does not touch live queues.
 
 This keeps zkms's algorithm and its request pattern, not its Scala: the
 numbers are what that design costs through the same Python ZooKeeper client
-the library uses, on the same server. zkms's own load test broadcasts from a
+the library uses (kazoo, with the library's own callback handler), on the
+same server. zkms's own load test broadcasts from a
 thread pool, so the benchmark runs the reference with the same concurrency
 as zkpubsub (one thread, several threads sharing a client), and also with
 the most a zkms-style publisher could pipeline without changing the design:
@@ -43,7 +44,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 
-from . import credentials
+from . import kazoo_clients
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,10 @@ def connect(hosts: str, *, timeout: float = 10.0) -> KazooClient:
     """A started kazoo client whose ``retry`` behaves like zkms's Curator
     policy (exponential back-off from 200 ms; capped at 2 s here). Like
     Curator, a retried sequential create whose first answer was lost may
-    create a duplicate."""
-    zk = KazooClient(
-        auth_data=credentials.kazoo_auth(),
-        hosts=hosts,
+    create a duplicate. Its handler is zkpubsub's own (:mod:`.kazoo_clients`),
+    as for every baseline, floor and ceiling."""
+    zk = kazoo_clients.new(
+        hosts,
         timeout=timeout,
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
         command_retry=KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=2.0),

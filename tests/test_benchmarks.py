@@ -181,6 +181,10 @@ def test_latency_accounts_for_every_scheduled_delivery(report: dict) -> None:
         assert r["sent"] + r["unsent"] == r["scheduled"], r
         if r["impl"] == "floor":  # one commit per message, whatever the subscribers
             assert r["latency_ms"]["count"] == r["sent"], r
+            # from the actual send: its own figures, never later than from the schedule
+            sent, sched = r["latency_from_send_ms"], r["latency_ms"]
+            assert sent["count"] == sched["count"] and sent["mean"] < sched["mean"], r
+            assert all(sent[q] <= sched[q] for q in ("p50", "p99", "max")), r
             continue
         # delivered, or counted with the time it had waited (a lower bound)
         assert r["latency_ms"]["count"] == r["scheduled"] * r["subscribers"], r
@@ -235,13 +239,48 @@ def test_latency_warms_the_floor_and_target_cells_without_counting_them(report: 
 def test_backlog_reaches_each_level(report: dict) -> None:
     section = report["sections"]["backlog"]
     levels = section["levels"]
+    # bounded above every level: no probe can be an overflow marker's update
+    assert section["params"]["subscriber_max_backlog"] == 2**31 - 1
     assert [lv["level"] for lv in levels] == list(QUICK.backlog_levels)
+    end = 0
     for lv in levels:
-        assert lv["backlog_nodes"] >= lv["level"]
         assert lv["publishes"] > 0
         assert lv["errors"] == 0
         assert len(lv["probes"]) == QUICK.repeats
+        # the probes count in the level: each made a node, the last made it
+        # the level (a level 0 starts from the empty queue), above the last
+        assert lv["backlog_from"] == (0 if lv["level"] == 0 else lv["level"] - lv["publishes"])
+        assert lv["backlog_nodes"] - lv["backlog_from"] == lv["publishes"], lv
+        if lv["level"]:
+            assert lv["backlog_nodes"] == lv["level"], lv
+        assert lv["backlog_from"] >= end, lv
+        end = lv["backlog_nodes"]
+        for run in lv["probes"]:
+            assert run["backlog_to"] > run["backlog_from"], run
     assert section["fill"]["messages"] > 0
+
+
+def test_backlog_probes_end_at_their_level_above_the_one_before() -> None:
+    from benchmarks.sections.backlog import fill_target, probe_plan
+
+    levels = (0, 1_000, 10_000, 50_000, 100_000)
+    plan = probe_plan(levels, 3, 1_000)
+    # level 0 takes half the room to 1,000; 1,000 gets the rest
+    assert plan == [(0, 166), (1_000, 167), (10_000, 1_000), (50_000, 1_000), (100_000, 1_000)]
+    end = 0
+    for level, n in plan:
+        start = fill_target(level, n, 3)  # before the first of the three runs
+        assert start >= end, (level, start, end)
+        if level:  # each run starts n below the next; the last ends at the level
+            assert [fill_target(level, n, k) for k in (3, 2, 1)] == [start, start + n, level - n]
+        end = start + 3 * n
+    assert fill_target(100_000, 1_000, 3) == 97_000
+    assert fill_target(0, 166, 2) == 0
+    assert [n for _, n in probe_plan(QUICK.backlog_levels, QUICK.repeats, 50)] == [50, 50]
+    with pytest.raises(ValueError):
+        probe_plan((1_000, 0), 3, 10)
+    with pytest.raises(ValueError):
+        probe_plan((0, 2), 3, 10)  # no room for three runs
 
 
 def test_a_stuck_subscriber_is_measured_in_alternating_rounds_and_stays_within_its_bound(
@@ -257,12 +296,14 @@ def test_a_stuck_subscriber_is_measured_in_alternating_rounds_and_stays_within_i
         assert r["measured"] > 0 and r["errors"] == 0, r
         # the healthy subscribers got every acknowledged message
         assert r["delivered_min"] == r["published"] and r["duplicates"] == 0, r
+        assert r["problems"] == [], r
         assert r["samples"] and all(s[1] is not None for s in r["samples"]), r["samples"]
         if r["cell"] == "stuck":
             assert r["stuck_entries_peak"] is not None
             assert r["stuck_entries_peak"] <= r["stuck_allowed"], r
     assert section["stuck_vs_healthy"]["n"] == QUICK.stuck_rounds
     assert section["stuck_within_bound"] is True
+    assert section["every_message_delivered"] is True
     target = next(t for t in report["targets"] if t["id"] == "stuck")
     assert target["value"] == section["stuck_vs_healthy"]["median"]
 
@@ -444,3 +485,125 @@ def test_the_gateway_section_measures_both_sides_in_the_same_run(report: dict) -
     for cell in ("gateway_auto_ack", "gateway_acked", "library_get", "ratio_auto_ack"):
         assert pull[cell]["n"] == QUICK.repeats, cell
     assert all(v > 0 for v in section["publish"]["ratio"]["values"])
+
+
+def test_a_late_worker_answer_is_dropped_not_taken_for_the_next() -> None:
+    import multiprocessing
+
+    from benchmarks.workers import WorkerError, receive_reply
+
+    mine, theirs = multiprocessing.Pipe()
+    try:
+        theirs.send((1, "ok", "the answer to a command that timed out"))
+        theirs.send((2, "ok", "the answer to request 2"))
+        assert receive_reply(mine, 2, 5.0, "worker 0") == ("ok", "the answer to request 2")
+        theirs.send((2, "ok", "late"))  # only earlier answers: nothing for request 3
+        with pytest.raises(WorkerError, match="did not answer"):
+            receive_reply(mine, 3, 0.2, "worker 0")
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_commit_latency_counts_from_the_schedule() -> None:
+    import time
+
+    from benchmarks.commit_latency import paced
+
+    calls = []
+
+    def call() -> None:  # the first call stalls for 250 ms
+        calls.append(time.perf_counter())
+        if len(calls) == 1:
+            time.sleep(0.25)
+
+    times = paced(call, 100.0, 0.3)
+    assert len(times) == 30
+    # the second call was due 10 ms in and made at 250: it waited 240 ms;
+    # every call due during the stall waited for it
+    assert times[0] >= 250 and times[1] >= 230, times
+    assert all(times[i] >= 235 - 10 * i for i in range(20)), times
+
+
+def test_placement_spreads_subscribers_over_every_process() -> None:
+    from benchmarks.placement import context
+    from benchmarks.progress import Progress
+    from benchmarks.workers import Pool
+
+    class Four(Pool):
+        @property
+        def size(self) -> int:
+            return 4
+
+    ctx = context(QUICK, Four(), Progress(quiet=True), None)
+    assert ctx.subscriber_processes == 4
+    assert [n for _, n in ctx.pool.spread(8, over=ctx.subscriber_processes)] == [2, 2, 2, 2]
+
+
+def test_latency_counts_a_failed_send_as_missing() -> None:
+    from array import array
+
+    from benchmarks.sections.latency import account, achieved_rate
+
+    def scheduled(i: int) -> float:
+        return 100.0 + i * 0.1
+
+    def got(seqs: list[int]) -> dict:
+        return {
+            "lat_seq": array("q", seqs),
+            "lat_sched": array("d", [0.002] * len(seqs)),
+            "unique": len(seqs),
+        }
+
+    # four messages scheduled, three taken by the senders; message 1's
+    # send raised, so neither subscriber had it; message 3 was never sent
+    received = [got([0, 2]), got([0, 2])]
+    sched, missing = account(received, 2, 3, 4, scheduled, cutoff=101.0)
+    assert missing == 2 * 1 + 2 * 1  # message 1 for both, message 3 for both
+    assert len(sched) == 4 * 2  # every scheduled delivery has a latency
+    assert sorted(sched)[-4:] == pytest.approx([0.7, 0.7, 0.9, 0.9])
+    # 11 sends, on time at 10 a second: 10 intervals in 1 s
+    assert achieved_rate(11, 5.0, 6.0) == 10.0
+    assert achieved_rate(1, 5.0, 5.0) is None
+
+
+def test_sigterm_stops_a_run_through_its_cleanup() -> None:
+    import os
+    import signal
+    import time
+
+    from benchmarks.runner import sigterm_exits
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(SystemExit) as exit_info, sigterm_exits():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+    assert exit_info.value.code == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_stuck_section_tells_a_healthy_subscriber_that_missed_messages() -> None:
+    from benchmarks.sections.stuck import delivery_problems
+
+    assert delivery_problems([100, 100], 100, 0, 2) == []
+    assert delivery_problems([101, 100], 100, 1, 2) == []  # a failed publish that arrived
+    (missed,) = delivery_problems([100, 97], 100, 0, 2)
+    assert "missed" in missed and "97" in missed
+    assert len(delivery_problems([100], 100, 0, 2)) == 1  # one did not report
+    assert len(delivery_problems([103, 100], 100, 1, 2)) == 1  # more than was published
+
+
+def test_every_baseline_kazoo_client_has_zkpubsubs_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kazoo.client import KazooClient
+
+    from benchmarks import kazoo_clients, zkms_reference
+    from zkpubsub.handler import FastThreadingHandler
+
+    assert isinstance(kazoo_clients.new("127.0.0.1:1").handler, FastThreadingHandler)
+    monkeypatch.setattr(KazooClient, "start", lambda self, timeout=15: None)
+    zk = zkms_reference.connect("127.0.0.1:1")  # the reference's, the floors', the ceilings'
+    assert isinstance(zk.handler, FastThreadingHandler)

@@ -3,12 +3,19 @@
 The subscriber is a real zkpubsub subscription in a process of its own that
 the harness then freezes (SIGSTOP): it stays registered, with its session
 kept alive by the server for the length of the section, and consumes
-nothing. A filler client fills its queue through the public API, one
-message per node (``publish_many`` with ``max_message_bytes`` too small for
-two messages). At each backlog size a probe client publishes one message at
-a time and the publish latency and rate are measured, ``repeats`` times
-(the cost ratio is taken probe by probe and reported with its spread). The
-backlog is read from ``Client.stats()`` (znodes in the queue).
+nothing. Its queue is bounded far above the largest level (``max_backlog``
+2^31 - 1 nodes), so that every probe creates a node: a full queue would
+take each publish as an overflow marker's update instead. A filler client
+fills the queue through the public API, one message per node
+(``publish_many`` with ``max_message_bytes`` too small for two messages).
+At each level a probe client publishes one message at a time and the
+publish latency and rate are measured, ``repeats`` times (the cost ratio is
+taken probe by probe and reported with its spread). The probes count in
+the level: before each run of probes the queue is filled to the level less
+the probes still to come, so the last probe takes it to the level (a level
+0 starts from the empty queue; see :func:`probe_plan`). After each run the
+backlog must have grown by one node per probe, or the section fails. The
+backlog is read from ``Client.stats()`` (nodes and markers in the queue).
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from zkpubsub.backlog import MAX_BYTES, MAX_NODES
 
 from .. import credentials, payload, server, stats
 from ..progress import Phase
@@ -25,6 +35,39 @@ from ..workers import WorkerPool, new_root
 from .common import TOPIC, Context, remove_tree
 
 FILL_NODE_BYTES = 400  # one 100-byte message fits, two do not
+
+
+def probe_plan(levels: Sequence[int], repeats: int, per_repeat: int) -> list[tuple[int, int]]:
+    """``(level, probes per run)`` for each level, its ``repeats`` runs of
+    probes taking the backlog from above where the level before ended up to
+    the level itself. A level 0 starts from the empty queue and takes at
+    most half the room to the next level. A level with less room than
+    ``repeats * per_repeat`` gets fewer probes a run."""
+    if list(levels) != sorted(set(levels)) or any(level < 0 for level in levels):
+        raise ValueError(f"backlog levels must be distinct, ascending, not negative: {levels}")
+    if repeats < 1 or per_repeat < 1:
+        raise ValueError("repeats and probes per run must be at least 1")
+    plan: list[tuple[int, int]] = []
+    end = 0  # the backlog when the level before was done
+    for k, level in enumerate(levels):
+        if level == 0:
+            room = levels[k + 1] // 2 if k + 1 < len(levels) else repeats * per_repeat
+            n = min(per_repeat, room // repeats)
+            end = n * repeats
+        else:
+            n = min(per_repeat, (level - end) // repeats)
+            end = level
+        if n < 1:
+            raise ValueError(f"backlog level {level}: no room for {repeats} runs of probes")
+        plan.append((level, n))
+    return plan
+
+
+def fill_target(level: int, probes: int, runs_left: int) -> int:
+    """The backlog to fill to before a run of probes: the level less the
+    probes of the runs still to come, this one included (nothing for a
+    level 0, which starts empty)."""
+    return max(0, level - probes * runs_left)
 
 
 def _backlog(client: Any, subscriber: str) -> int:
@@ -47,15 +90,14 @@ def _filler(ctx: Context, root: str) -> Any:
     )
 
 
-def _probe(client: Any, seq: int, ctx: Context, phase: Phase) -> tuple[list[float], float, int]:
+def _probe(
+    client: Any, seq: int, count: int, ctx: Context, phase: Phase
+) -> tuple[list[float], float, int]:
     p = ctx.profile
     latencies: list[float] = []
     start = time.monotonic()
     errors = 0
-    while (
-        len(latencies) < p.backlog_probe_publishes
-        and time.monotonic() - start < p.backlog_probe_cap
-    ):
+    while len(latencies) < count and time.monotonic() - start < p.backlog_probe_cap:
         t0 = time.monotonic()
         try:
             client.publish(TOPIC, payload.make(seq + len(latencies), t0, t0))
@@ -85,49 +127,77 @@ def run(ctx: Context) -> dict[str, Any]:
             session = server.MAX_SESSION_TIMEOUT * 0.8
             if not isinstance(ctx.pool, WorkerPool):
                 raise TypeError("the backlog section needs worker processes")
-            proc, subscriber = ctx.pool.start_frozen_subscriber(ctx.hosts, root, TOPIC, session)
+            plan = probe_plan(p.backlog_levels, p.repeats, p.backlog_probe_publishes)
+            # bounded far above the largest level: every probe must create a node
+            proc, subscriber = ctx.pool.start_frozen_subscriber(
+                ctx.hosts, root, TOPIC, session, max_backlog=MAX_NODES, max_backlog_bytes=MAX_BYTES
+            )
             assert proc.pid is not None
             os.kill(proc.pid, signal.SIGSTOP)
             phase.summary = f"subscriber {subscriber[:12]} registered and frozen (SIGSTOP)"
         filler = _filler(ctx, root)
         probe = Client(ctx.hosts, root=root, serializer="raw", **credentials.security())
         seq = 10_000_000  # probe messages, apart from the filler's
-        for level in p.backlog_levels:
+        for level, per_run in plan:
             with ctx.progress.phase(f"backlog {level:,} messages") as phase:
                 backlog = _backlog(probe, subscriber)
-                t_fill = time.monotonic()
-                while backlog < level:
-                    batch = min(p.backlog_fill_batch, level - backlog)
-                    now = time.monotonic()
-                    filler.publish_many(
-                        TOPIC, [payload.make(published + i, now, now) for i in range(batch)]
-                    )
-                    published += batch
-                    before = backlog
-                    backlog = _backlog(probe, subscriber)
-                    if nodes_per_message is None and backlog > before:
-                        nodes_per_message = round((backlog - before) / batch, 3)
-                    phase.update(f"filling: {backlog:,} nodes pending")
-                fill_seconds += time.monotonic() - t_fill
                 latencies: list[float] = []
                 seconds = 0.0
                 probe_errors = 0
                 probes: list[dict[str, Any]] = []
-                for _ in range(p.repeats):
-                    lat, secs, errs = _probe(probe, seq, ctx, phase)
-                    seq += len(lat)
+                backlog_from: int | None = None
+                for k in range(p.repeats):
+                    target = fill_target(level, per_run, p.repeats - k)
+                    t_fill = time.monotonic()
+                    while backlog < target:
+                        batch = min(p.backlog_fill_batch, target - backlog)
+                        now = time.monotonic()
+                        filler.publish_many(
+                            TOPIC, [payload.make(published + i, now, now) for i in range(batch)]
+                        )
+                        published += batch
+                        before = backlog
+                        backlog = _backlog(probe, subscriber)
+                        if nodes_per_message is None and backlog > before:
+                            nodes_per_message = round((backlog - before) / batch, 3)
+                        phase.update(f"filling: {backlog:,} nodes pending")
+                    fill_seconds += time.monotonic() - t_fill
+                    if backlog_from is None:
+                        backlog_from = backlog
+                    start_nodes = backlog
+                    lat, secs, errs = _probe(probe, seq, per_run, ctx, phase)
+                    seq += len(lat) + errs
+                    backlog = _backlog(probe, subscriber)
+                    grown = backlog - start_nodes
+                    # one new node per probe acknowledged (and at most one per
+                    # probe that failed): a probe that only updated an
+                    # overflow marker, or was dropped, fails the section
+                    if not len(lat) <= grown <= len(lat) + errs:
+                        raise RuntimeError(
+                            f"level {level:,}: {len(lat)} probes acknowledged ({errs} failed) "
+                            f"but the backlog went from {start_nodes:,} to {backlog:,} nodes"
+                        )
                     latencies += lat
                     seconds += secs
                     probe_errors += errs
                     one = stats.summarize_ms(lat)
                     probes.append(
-                        {"p50": one["p50"], "mean": one["mean"], "rate": stats.rate(len(lat), secs)}
+                        {
+                            "p50": one["p50"],
+                            "mean": one["mean"],
+                            "rate": stats.rate(len(lat), secs),
+                            "backlog_from": start_nodes,
+                            "backlog_to": backlog,
+                        }
                     )
                 summary = stats.summarize_ms(latencies)
                 levels.append(
                     {
                         "level": level,
+                        # the backlog before the first probe and after the last
+                        "backlog_from": backlog_from,
                         "backlog_nodes": backlog,
+                        "probes_per_run": per_run,
                         "publishes": len(latencies),
                         "errors": probe_errors,
                         "publish_rate": stats.rate(len(latencies), seconds),
@@ -136,7 +206,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     }
                 )
                 phase.summary = (
-                    f"{backlog:,} pending: publish p50 {summary['p50']} ms, "
+                    f"{backlog_from:,} to {backlog:,} pending: publish p50 {summary['p50']} ms, "
                     f"p99 {summary['p99']} ms, {levels[-1]['publish_rate']}/s"
                 )
     except Exception as exc:
@@ -174,6 +244,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "params": {
             "levels": list(p.backlog_levels),
             "probe_publishes": p.backlog_probe_publishes,
+            "subscriber_max_backlog": MAX_NODES,
             "probe_cap_s": p.backlog_probe_cap,
             "fill_batch": p.backlog_fill_batch,
             "repeats": p.repeats,

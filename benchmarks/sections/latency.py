@@ -5,9 +5,10 @@ messages in order, wait for their scheduled time and publish. Latency is
 measured from the *scheduled* time to the moment the subscriber's handler
 runs, so a publish that stalls delays the messages queued behind it and the
 stall shows in the percentiles (no coordinated omission). The latency from
-the actual send time is kept as well, for contrast. Messages not handled
-when the drain cap passes count with the time they had waited by then (the
-percentiles are then lower bounds).
+the actual send time is kept as well, for contrast (on the floor's rows
+too: from the commit's actual send). Messages not handled when the drain
+cap passes, those whose publish raised included, count as missing, with
+the time they had waited by then (the percentiles are then lower bounds).
 
 Every cell runs ``repeats`` times, the implementations in a rotating order;
 a row reports, for each percentile, the median over the repeats, and the
@@ -81,6 +82,43 @@ FLOOR_LABEL = "floor: raw kazoo transaction, one create per queue"
 OWN_LABEL = "zkpubsub publish_async(), one process per subscriber"
 
 
+def achieved_rate(sent: int, start: float, last_send: float) -> float | None:
+    """Sends per second: ``sent`` sends from the first's scheduled time
+    ``start`` to the last one's, ``sent - 1`` intervals (``None`` under two)."""
+    if sent < 2 or last_send <= start:
+        return None
+    return round((sent - 1) / (last_send - start), 1)
+
+
+def account(
+    received: list[dict[str, Any]],
+    subscribers: int,
+    taken: int,
+    total: int,
+    scheduled: Callable[[int], float],
+    cutoff: float,
+) -> tuple[list[float], int]:
+    """Every scheduled delivery's latency from its scheduled time (seconds)
+    and how many were missing. Handled: as the subscribers timed it. Not
+    handled by ``cutoff`` (lost, or never published: the send raised):
+    ``cutoff`` less its scheduled time, what it had waited by then (a lower
+    bound). Never sent (the sender gave up): the same, from its own time."""
+    sched: list[float] = []
+    delivered = [0] * taken  # per message, the subscribers that handled it
+    for r in received:
+        sched.extend(r["lat_sched"])
+        for seq in set(r["lat_seq"]):
+            if 0 <= seq < taken:
+                delivered[seq] += 1
+    missing = 0
+    for i in range(total):
+        short = subscribers - (delivered[i] if i < taken else 0)
+        if short > 0:
+            sched.extend([cutoff - scheduled(i)] * short)
+            missing += short
+    return sched, missing
+
+
 class OpenLoop:
     """Scheduled sends from a few threads; records how late each one was."""
 
@@ -115,9 +153,7 @@ class OpenLoop:
             "unsent": self.total - self.taken,
             "errors": self.errors,
             "first_error": self.first_error,
-            "achieved_rate": round(self.sent / max(1e-9, self.last_send - self.start), 1)
-            if self.sent
-            else None,
+            "achieved_rate": achieved_rate(self.sent, self.start, self.last_send),
             "max_behind_ms": round(self.max_behind * 1000, 1),
         }
 
@@ -237,6 +273,7 @@ def _floor_cell(
     for queue in queues:
         zk.ensure_path(queue)
     latencies: list[float] = []
+    from_send: list[float] = []
     lock = threading.Lock()
 
     def send(data: bytes) -> None:
@@ -245,8 +282,10 @@ def _floor_cell(
             txn.create(f"{queue}/m-", data, sequence=True)
         txn.commit()
         done = time.monotonic()
+        stamp = payload.parse(data)
         with lock:
-            latencies.append(done - payload.parse(data).scheduled)
+            latencies.append(done - stamp.scheduled)
+            from_send.append(done - stamp.sent)
 
     loop = OpenLoop(rate, total, p.latency_senders, p.latency_behind_cap)
     try:
@@ -271,7 +310,7 @@ def _floor_cell(
         "saturated": saturated,
         "lower_bound": False,
         "latency_ms": summary,
-        "latency_from_send_ms": summary,
+        "latency_from_send_ms": stats.summarize_ms(from_send),
         "first_delivery_ms": None,
         "cdf_ms": _cdf([v * 1000 for v in latencies]),
     }
@@ -315,24 +354,17 @@ def _cell(
     finally:
         stop_subscribers(ctx, workers)
         remove_tree(ctx.hosts, root)
-    sched: list[float] = []
     sent: list[float] = []
     first: dict[int, float] = {}  # per message, its first delivery
     for r in received:
-        sched.extend(r["lat_sched"])
         sent.extend(r["lat_sent"])
         for seq, latency in zip(r["lat_seq"], r["lat_sched"], strict=True):
             first[seq] = min(latency, first.get(seq, latency))
-    # Not delivered by the cutoff: each had waited at least this long (the
-    # percentiles become lower bounds). Sent but not handled: counted from
-    # the last scheduled send; never sent (the sender gave up): from its own.
+    # Not delivered by the cutoff (a send that raised included): each had
+    # waited at least this long (the percentiles become lower bounds).
     handled = sum(r["unique"] for r in received)
-    undelivered = max(0, loop.sent * n - handled)
-    sched.extend([cutoff - loop.scheduled(loop.taken - 1)] * undelivered)
     unsent = total - loop.taken
-    for i in range(loop.taken, total):
-        sched.extend([cutoff - loop.scheduled(i)] * n)
-    missing = undelivered + unsent * n
+    sched, missing = account(received, n, loop.taken, total, loop.scheduled, cutoff)
     sched.sort()
     sent.sort()
     saturated = loop.max_behind > BEHIND_LIMIT_S or missing > 0 or loop.errors > 0 or unsent > 0

@@ -21,7 +21,9 @@ order, and the cost of the stuck subscriber is taken round by round (stuck
 (``zk_znode_count``, ``zk_approximate_data_size``) and the stuck queue's
 entries (a plain listing, as any ZooKeeper client sees it) are sampled
 every ``stuck_sample`` seconds. After publishing, the healthy subscribers
-must have received every acknowledged message.
+must have received every acknowledged message (and none that was not
+published): a cell where one did not says so in its ``problems`` and in
+the section's errors, which fails the run.
 """
 
 from __future__ import annotations
@@ -164,6 +166,31 @@ def _growth(samples: Sequence[Sequence[Any]], start: float, end: float) -> float
     return round(float(sum((t - mx) * (v - my) for t, v in points) / var), 1)
 
 
+def delivery_problems(
+    unique: Sequence[int], published: int, failed: int, healthy: int
+) -> list[str]:
+    """What is wrong with what the ``healthy`` subscribers received
+    (``unique``: distinct messages each) of ``published`` acknowledged
+    publishes, ``failed`` more having raised (those may have been
+    delivered, or not)."""
+    problems = []
+    if len(unique) != healthy:
+        problems.append(f"{len(unique)} of {healthy} healthy subscribers reported")
+    short = [u for u in unique if u < published]
+    if short:
+        problems.append(
+            f"{len(short)} healthy subscriber(s) missed acknowledged messages: "
+            f"got {min(short):,} of {published:,}"
+        )
+    extra = [u for u in unique if u > published + failed]
+    if extra:
+        problems.append(
+            f"{len(extra)} healthy subscriber(s) got {max(extra):,} distinct messages, "
+            f"more than the {published + failed:,} published"
+        )
+    return problems
+
+
 def _cell(ctx: Context, cell: str, repeat: int, phase: Phase) -> dict[str, Any]:
     p = ctx.profile
     hosts = ctx.hosts
@@ -222,6 +249,9 @@ def _cell(ctx: Context, cell: str, repeat: int, phase: Phase) -> dict[str, Any]:
     sizes = [s[2] for s in samples if s[2] is not None]
     entries = [s[3] for s in samples if s[3] is not None]
     rate = stats.rate(measured, p.stuck_duration)
+    problems = delivery_problems(
+        [r["unique"] for r in received], published, publishers.errors, healthy_count
+    )
     return {
         "cell": cell,
         "repeat": repeat,
@@ -233,6 +263,7 @@ def _cell(ctx: Context, cell: str, repeat: int, phase: Phase) -> dict[str, Any]:
         "rate": rate,
         "errors": publishers.errors,
         "delivered_min": min((r["unique"] for r in received), default=0),
+        "problems": problems,
         "duplicates": sum(r["duplicates"] for r in received),
         "znodes_before": before[-1] if before else None,
         "znodes_peak": max(counts, default=None),
@@ -269,6 +300,11 @@ def run(ctx: Context) -> dict[str, Any]:
                 f"{r['rate']} publishes/s, znodes {r['znode_growth_per_s']}/s, "
                 f"stuck queue peak {r['stuck_entries_peak']}"
             )
+            if r["problems"]:  # measured, but not every message arrived: fail loudly
+                error = f"round {repeat + 1}: {'; '.join(r['problems'])}"
+                errors.append({"cell": cell, "error": error})
+                phase.summary += f"; {error}"
+                ctx.progress.note(f"stuck: {cell}: {error}")
     by = {(r["repeat"], r["cell"]): r for r in runs}
 
     def paired(cell: str) -> dict[str, Any] | None:
@@ -320,6 +356,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "stuck_vs_healthy": paired("stuck"),
         "unbounded_vs_healthy": paired("unbounded"),
         "stuck_within_bound": all(within) if within else None,
+        "every_message_delivered": all(not r["problems"] for r in runs) if runs else None,
         "target": TARGET,
         "errors": errors,
     }
