@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from zkpubsub import Client, ClientClosed, ClientState, Message, PublishTimeout, ReservationLost
+from zkpubsub import (
+    Client,
+    ClientClosed,
+    ClientState,
+    Message,
+    OperationTimeout,
+    PublishTimeout,
+    ReservationLost,
+)
 from zkpubsub.health import check
 from zkpubsub.metrics import SCRAPE_READS_BUDGET, ClientMetrics
 from zkpubsub.testing import ZooKeeperCluster, expire_session
@@ -224,6 +232,25 @@ def _held(lock: Any) -> bool:
         lock.release()
         return False
     return True
+
+
+def test_slow_backlog_reads_leave_the_work_queues_their_share_of_a_scrape(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backlogs were read first, with the whole budget: while they took
+    it (many subscriptions, a slow server) no work queue was ever reported."""
+    client = make_client()
+    client.queue("jobs").put("x")
+    sub = client.subscribe("slow")
+
+    def slow_backlog(timeout: float | None = None) -> int:
+        time.sleep(SCRAPE_READS_BUDGET if timeout is None else timeout)
+        raise OperationTimeout("as a server too slow to answer in time")
+
+    monkeypatch.setattr(sub, "backlog", slow_backlog)
+    registry = CollectorRegistry()
+    ClientMetrics(client, registry=registry, queues=["jobs"])
+    assert sample(registry, "zkpubsub_work_queue_items", queue="jobs", state="ready") == 1
 
 
 def test_a_scrape_spends_a_bounded_time_on_a_server_that_stopped_answering(

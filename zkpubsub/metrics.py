@@ -20,10 +20,11 @@ pending publishes, per-subscription read-ahead and backlog, work-queue
 depth, the hosted cleaner). Reading the server at scrape time is skipped while the
 client is not connected, and its reads share a budget of
 ``SCRAPE_READS_BUDGET`` (3 s), so a scrape never waits long for ZooKeeper,
-even one that stopped answering before the client noticed. A backlog not
-read by then (or while not connected) is given as last read, and the next
-scrape reads on from there, so that each is read in turn; a work queue not
-read is left out.
+even one that stopped answering before the client noticed; with work
+queues to read, the backlogs have half of it (and leave them what they do
+not use). A backlog or work queue not read by then (or while not connected)
+is given as last read, and the next scrape reads on from there, so that
+each is read in turn.
 
 Every metric is named ``zkpubsub_...``:
 
@@ -57,7 +58,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._deadlines import deadline_after, expired, remaining
@@ -68,7 +69,6 @@ from .state import ClientState, Gap
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
-    from .subscription import Subscription
 
 __all__ = ["ClientMetrics"]
 
@@ -179,10 +179,11 @@ class ClientMetrics:
         # from the subscriptions at scrape time, a closed one's went back to 0)
         self._errors: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
-        # the backlogs read at scrape time, by topic, and where the next
-        # scrape starts reading them (each goes on where the last stopped)
-        self._backlogs: dict[str, int] = {}
-        self._backlog_from = 0
+        # what scrapes read of the server, by kind ("backlogs" by topic,
+        # "queues" by name): the last value read of each, and where the next
+        # scrape starts reading (each goes on where the last stopped)
+        self._last: dict[str, dict[str, Any]] = {"backlogs": {}, "queues": {}}
+        self._read_from: dict[str, int] = {"backlogs": 0, "queues": 0}
         unregistered = {"registry": None}
         self._published = prometheus.Counter(
             "zkpubsub_publishes",
@@ -303,18 +304,28 @@ class ClientMetrics:
         # the reads of the server share one budget: a frozen server costs a
         # scrape SCRAPE_READS_BUDGET, whatever it reads
         deadline = deadline_after(SCRAPE_READS_BUDGET) if connected else None
-        yield from self._subscriptions(deadline)
-        if deadline is not None:
-            yield from self._work_queues(queues, deadline)
+        # the backlogs have half the budget when there are work queues to
+        # read too (and leave them what they do not use): neither starves
+        share = deadline
+        if deadline is not None and queues:
+            share = deadline_after(SCRAPE_READS_BUDGET / 2)
+        yield from self._subscriptions(share)
+        yield from self._work_queues(queues, deadline)
         yield from self._cleaner()
 
     def _subscriptions(self, deadline: float | None) -> Iterator[Any]:
         subs = self._client.subscriptions()
+        by_topic = {sub.topic: sub for sub in subs}
         errors = _family("zkpubsub_handler_errors")
         dropped = _family("zkpubsub_messages_dropped")
         pending = _family("zkpubsub_subscription_pending")
         backlog = _family("zkpubsub_subscription_backlog")
-        backlogs = self._read_backlogs(subs, deadline)
+        backlogs: dict[str, int] = self._read_in_turn(
+            "backlogs",
+            [sub.topic for sub in subs],
+            lambda topic, timeout: by_topic[topic].backlog(timeout=timeout),
+            deadline,
+        )
         topics = {sub.topic for sub in subs}
         with self._lock:
             counted = {"errors": dict(self._errors), "dropped": dict(self._dropped)}
@@ -327,41 +338,49 @@ class ClientMetrics:
                 backlog.add_metric([sub.topic], backlogs[sub.topic])
         yield from (errors, dropped, pending, backlog)
 
-    def _read_backlogs(self, subs: list[Subscription], deadline: float | None) -> dict[str, int]:
-        """The backlog of each of ``subs``: read from the server until
-        ``deadline`` (``None``: not connected, nothing read), starting where
-        the last scrape stopped, and for those not reached the value read
-        last (so that all are read in turn and none drops out of a scrape
-        once it has been read)."""
+    def _read_in_turn(
+        self,
+        kind: str,
+        keys: list[str],
+        read: Callable[[str, float | None], Any],
+        deadline: float | None,
+    ) -> dict[str, Any]:
+        """``read(key, timeout)`` of each of ``keys`` until ``deadline``
+        (``None``: not connected, nothing read), starting where the last
+        scrape stopped, and for those not reached the value read last (so
+        that all are read in turn and none drops out of a scrape once it
+        has been read)."""
         with self._lock:  # scrapes at once (a threaded exporter) each read on
-            start = self._backlog_from % len(subs) if subs else 0
-        read: dict[str, int] = {}
+            start = self._read_from[kind] % len(keys) if keys else 0
+        got: dict[str, Any] = {}
         tried = 0
-        for sub in subs[start:] + subs[:start]:
+        for key in keys[start:] + keys[:start]:
             if deadline is None or expired(deadline):
                 break
             tried += 1
             try:
-                read[sub.topic] = sub.backlog(timeout=remaining(deadline))
+                got[key] = read(key, remaining(deadline))
             except ZkPubSubError as exc:
-                logger.debug("metrics: backlog of %r: %s", sub.topic, exc)
-        topics = {sub.topic for sub in subs}
+                logger.debug("metrics: %s of %r: %s", kind, key, exc)
+        wanted = set(keys)
         with self._lock:
-            self._backlog_from = start + tried
-            kept = {t: n for t, n in self._backlogs.items() if t in topics}
-            self._backlogs = {**kept, **read}
-            return dict(self._backlogs)
+            self._read_from[kind] = start + tried
+            kept = {k: v for k, v in self._last[kind].items() if k in wanted}
+            self._last[kind] = {**kept, **got}
+            return dict(self._last[kind])
 
-    def _work_queues(self, queues: list[str], deadline: float) -> Iterator[Any]:
+    def _work_queues(self, queues: list[str], deadline: float | None) -> Iterator[Any]:
         items = _family("zkpubsub_work_queue_items")
         workers = _family("zkpubsub_work_queue_workers")
+        read = self._read_in_turn(
+            "queues",
+            queues,
+            lambda name, timeout: self._client.queue(name).stats(timeout=timeout),
+            deadline,
+        )
         for name in queues:
-            if expired(deadline):
-                break
-            try:
-                stats = self._client.queue(name).stats(timeout=remaining(deadline))
-            except ZkPubSubError as exc:
-                logger.debug("metrics: stats of queue %r: %s", name, exc)
+            stats = read.get(name)
+            if stats is None:
                 continue
             for what in ("ready", "reserved", "dead"):
                 items.add_metric([name, what], getattr(stats, what))
