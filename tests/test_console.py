@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -424,3 +425,35 @@ def test_a_gateway_without_tokens_shows_the_page_without_asking_for_one(
         expect(
             page.locator('tr.subscriber[data-topic="news"][data-client="first"]')
         ).to_be_visible()
+
+
+def test_the_pages_rates_count_what_moved_as_the_library_does(browser_page: Any) -> None:
+    """The page works out rates as ``moved_between`` does: it once summed
+    child versions, whose history a removed segment took with it."""
+    from zkpubsub.gateway import console
+    from zkpubsub.stats import QueueStats, SegmentCount, moved_between
+
+    script = (Path(console.__file__).parent / "static" / "console.js").read_text()
+    page = browser_page
+    page.set_content("<html><body></body></html>")
+    page.add_script_tag(content=script)  # its functions are the page's
+    cases = [
+        ([(1, 512, 200), (2, 100, 100)], 4, [(2, 110, 80), (3, 7, 7)], 1),
+        ([(5, 2**31 - 2, 2)], 0, [(5, 3, 0)], 0),
+        ([], 3, [(1, 9, 9)], 0),
+    ]
+    for before, loose_before, after, loose_after in cases:
+
+        def queue(segments: list[tuple[int, int, int]], loose: int) -> QueueStats:
+            segs = tuple(SegmentCount(*s) for s in segments)
+            return QueueStats("c", "t", 0, True, True, 0, segs, loose)
+
+        expected = list(moved_between(queue(before, loose_before), queue(after, loose_after)))
+        got = page.evaluate(
+            "([a, b]) => moved(a, b)",
+            [
+                {"segments": [list(s) for s in before], "loose": loose_before},
+                {"segments": [list(s) for s in after], "loose": loose_after},
+            ],
+        )
+        assert got == expected

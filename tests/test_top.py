@@ -17,10 +17,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from kazoo.client import KazooClient
 
 from zkpubsub import Client
+from zkpubsub.backlog import INLINE_SEGMENT_NODES
 from zkpubsub.cli import main
+from zkpubsub.layout import Layout
+from zkpubsub.observer import Observer
+from zkpubsub.stats import QueueStats, SegmentCount, moved_between
 from zkpubsub.testing import ZooKeeperCluster
+from zkpubsub.top import Sampler
+
+from .helpers import wait_until
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 MakeClient = Callable[..., Client]
@@ -202,3 +210,48 @@ def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_what_moved_counts_each_segment_and_those_removed() -> None:
+    def queue(*segments: tuple[int, int, int], loose: int = 0) -> QueueStats:
+        segs = tuple(SegmentCount(*s) for s in segments)
+        backlog = loose + sum(s.nodes for s in segs)
+        return QueueStats("c", "t", backlog, True, True, 0, segs, loose)
+
+    # segment 1 drained and removed, 2 took 10 more and lost 30, 3 is new
+    before = queue((1, 512, 200), (2, 100, 100), loose=4)
+    after = queue((2, 110, 80), (3, 7, 7), loose=1)
+    assert moved_between(before, after) == (10 + 7, 200 + 30 + 0 + 3)
+    # a sequence counter that wrapped past 2^31 still counts what it made
+    assert moved_between(queue((5, 2**31 - 2, 2)), queue((5, 3, 0))) == (5, 7)
+    assert moved_between(after, after) == (0, 0)
+
+
+def test_rates_hold_while_a_drained_segment_is_removed(
+    make_client: MakeClient, raw_zk: KazooClient, zk_hosts: str, zk_root: str
+) -> None:
+    """``changes`` sums the child versions of the segments there now: a
+    segment removed once drained took its whole history out of the sum, and
+    ``top`` showed 0 in and 477 out for 100 in and 1,501 out."""
+    sub = make_client(client_id="drainer", cleaner=False).subscribe("rates")
+    publisher = make_client(cleaner=False)
+    for i in range(INLINE_SEGMENT_NODES + 20):  # one node each: into a second segment
+        publisher.publish("rates", i)
+    queue_path = Layout(zk_root).queue("drainer", "rates")
+    assert len(raw_zk.get_children(queue_path)) == 2
+    with Observer(zk_hosts, root=zk_root) as observer:
+        sampler = Sampler(observer)
+        first = sampler.sample()
+        for i in range(30):
+            publisher.publish("rates", i)
+        got = 0
+        while sub.get(timeout=5) is not None:
+            got += 1
+        assert got == INLINE_SEGMENT_NODES + 50
+        wait_until(lambda: len(raw_zk.get_children(queue_path)) == 1, 30, "segment removed")
+        second = sampler.sample()
+    (before,) = first.stats.queues
+    (after,) = second.stats.queues
+    assert moved_between(before, after) == (30, INLINE_SEGMENT_NODES + 50)
+    rate_in, rate_out = second.rates[("drainer", "rates")]
+    assert rate_out == pytest.approx(rate_in * (INLINE_SEGMENT_NODES + 50) / 30)

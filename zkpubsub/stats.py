@@ -9,12 +9,31 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
+from ._queues import created
 from .connection import Connection
 from .layout import Layout, split_queue
 from .workqueue.records import WorkQueueStats
 from .workqueue.segments import read_queue_stats
 
-__all__ = ["BusStats", "ClientInfo", "QueueStats", "collect", "queue_backlog"]
+__all__ = [
+    "BusStats",
+    "ClientInfo",
+    "QueueStats",
+    "SegmentCount",
+    "collect",
+    "moved_between",
+    "queue_backlog",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCount:
+    """One segment of a subscriber queue: its ``number``, the nodes ever
+    ``created`` in it (its sequence counter) and the ``nodes`` in it now."""
+
+    number: int
+    created: int
+    nodes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +42,38 @@ class QueueStats:
     carry a batch) and overflow markers, in all its segments; ``live`` says
     whether its client is registered; ``subscribed`` whether it is currently
     a subscriber of the topic; ``changes`` counts the nodes created and
-    deleted in its segments (their child versions, summed), so two snapshots
-    give the rates in and out (it drops when an emptied segment is removed)."""
+    deleted in its segments (their child versions, summed; it drops when an
+    emptied segment is removed); ``segments`` each segment's counts and
+    ``loose`` the nodes from before segments, from which
+    :func:`moved_between` gives what went in and out between two snapshots."""
 
     client_id: str
     topic: str
     backlog: int
     live: bool
     subscribed: bool
-    changes: int = 0  # the queue node's child version: every create and delete adds one
+    changes: int = 0  # the segments' child versions: every create and delete adds one
+    segments: tuple[SegmentCount, ...] = ()
+    loose: int = 0
+
+
+def moved_between(before: QueueStats, after: QueueStats) -> tuple[int, int]:
+    """Nodes created in and deleted from a queue between two snapshots of
+    it: a segment in both counts its new creations, and what it lost
+    besides; one that appeared counts all it ever had; one removed meanwhile
+    (emptied: publishers write to the newest) counts what it held as
+    deleted; nodes from before segments only go."""
+    then = {s.number: s for s in before.segments}
+    into = out = 0
+    for seg in after.segments:
+        old = then.pop(seg.number, None)
+        made = seg.created if old is None else (seg.created - old.created) % 2**31
+        held = 0 if old is None else old.nodes
+        into += made
+        out += max(0, held + made - seg.nodes)
+    out += sum(s.nodes for s in then.values())  # removed since
+    out += max(0, before.loose - after.loose)
+    return into, out
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +196,14 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
         "list queue segments",
     )
     # A queue's backlog: its nodes from before segments, and each segment's.
-    found: list[tuple[str, str, int, list[str]]] = []
+    found: list[tuple[str, str, int, list[tuple[int, str]]]] = []
     for (cid, topic), names in zip(pairs, listings, strict=True):
         if isinstance(names, NoNodeError):
             continue
         entries, numbers, _ = split_queue(names)
         queue = layout.queue(cid, topic)
-        found.append((cid, topic, len(entries), [layout.segment(queue, n) for n in numbers]))
-    segments = [path for *_, paths in found for path in paths]
+        found.append((cid, topic, len(entries), [(n, layout.segment(queue, n)) for n in numbers]))
+    segments = [path for *_, paths in found for _, path in paths]
     counts = iter(
         conn.read_all(
             lambda: [kazoo.exists_async(path) for path in segments], deadline, "segment stat"
@@ -169,15 +211,19 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
     )
     live = set(clients)
     queues = []
-    for cid, topic, backlog, paths in found:
-        changes = 0
-        for _ in paths:
+    for cid, topic, loose, paths in found:
+        changes, backlog = 0, loose
+        segs = []
+        for number, _ in paths:
             stat = next(counts)
             if stat is not None:
                 backlog += stat.numChildren
                 changes += stat.cversion
+                segs.append(SegmentCount(number, created(stat), stat.numChildren))
         subscribed = cid in topics.get(topic, ())
-        queues.append(QueueStats(cid, topic, backlog, cid in live, subscribed, changes))
+        queues.append(
+            QueueStats(cid, topic, backlog, cid in live, subscribed, changes, tuple(segs), loose)
+        )
     candidates = len(_children(conn, layout.candidates, deadline))
     work = tuple(
         read_queue_stats(conn, layout.work_queue(name), name, deadline)

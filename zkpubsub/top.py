@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from .observer import Observer
-from .stats import BusStats
+from .stats import BusStats, QueueStats, moved_between
 
 __all__ = ["Frame", "Sampler", "print_frame", "render", "show_live"]
 
@@ -49,25 +49,21 @@ class Sampler:
 
     def __init__(self, observer: Observer) -> None:
         self._observer = observer
-        self._last: tuple[float, dict[tuple[str, str], tuple[int, int]]] | None = None
+        self._last: tuple[float, dict[tuple[str, str], QueueStats]] | None = None
 
     def sample(self) -> Frame:
         stats = self._observer.stats()
+        now = time.monotonic()  # when the snapshot was read
         leader = self._observer.cleaner_leader()
-        now = time.monotonic()
-        counts = {(q.client_id, q.topic): (q.changes, q.backlog) for q in stats.queues}
+        counts = {(q.client_id, q.topic): q for q in stats.queues}
         rates: dict[tuple[str, str], tuple[float, float]] = {}
         if self._last is not None:
             then, before = self._last
             span = max(now - then, 1e-6)
-            for key, (changes, backlog) in counts.items():
-                if key not in before:
-                    continue
-                d_changes = changes - before[key][0]
-                d_backlog = backlog - before[key][1]
-                created = max(0, (d_changes + d_backlog) // 2)
-                deleted = max(0, (d_changes - d_backlog) // 2)
-                rates[key] = (created / span, deleted / span)
+            for key, queue in counts.items():
+                if key in before:
+                    into, out = moved_between(before[key], queue)
+                    rates[key] = (into / span, out / span)
         self._last = (now, counts)
         return Frame(stats, rates, leader, time.time())
 

@@ -69,7 +69,9 @@ def console_snapshot(observer: Observer) -> dict[str, Any]:
     total ``backlog`` and its ``subscribers``: ``client_id``, ``backlog``,
     ``live`` whether the client is registered, ``subscribed`` whether it is
     a subscriber of the topic now, ``changes`` the queue's count of created
-    and deleted nodes, from which two snapshots give rates); ``work_queues``
+    and deleted nodes, ``segments`` each segment's ``[number, created,
+    nodes]`` and ``loose`` the nodes from before segments, from which two
+    snapshots give rates, as :func:`~zkpubsub.stats.moved_between` says); ``work_queues``
     (``name``, ``ready``, ``reserved``, ``dead``, ``workers`` and
     ``dead_letters``: the oldest :data:`DEAD_LETTERS_SHOWN` with ``id``,
     ``name``, ``reason``, ``attempts``, ``priority``, ``died_at`` and a
@@ -125,6 +127,11 @@ def _topics(stats: BusStats) -> list[dict[str, Any]]:
                 "live": cid in live,
                 "subscribed": cid in stats.topics.get(topic, ()),
                 "changes": queues[cid].changes if cid in queues else 0,
+                "segments": [
+                    [seg.number, seg.created, seg.nodes]
+                    for seg in (queues[cid].segments if cid in queues else ())
+                ],
+                "loose": queues[cid].loose if cid in queues else 0,
             }
             for cid in ids
         ]

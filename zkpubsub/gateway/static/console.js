@@ -61,8 +61,28 @@ function clock(at) {
   return new Date(at * 1000).toLocaleTimeString();
 }
 
-// Rates from two snapshots: a queue's changes count every node created and
-// deleted in it, its backlog the difference.
+// What went into and out of a queue between two snapshots, segment by
+// segment (as zkpubsub.stats.moved_between): a segment in both counts its
+// new creations and what it lost besides; a new one all it ever had; one
+// removed meanwhile (emptied) what it held; nodes from before segments only go.
+function moved(old, s) {
+  const then = new Map(old.segments.map((g) => [g[0], g]));
+  let into = 0;
+  let out = 0;
+  for (const [number, created, nodes] of s.segments) {
+    const before = then.get(number);
+    then.delete(number);
+    const made = before ? (((created - before[1]) % 2147483648) + 2147483648) % 2147483648 : created;
+    const held = before ? before[2] : 0;
+    into += made;
+    out += Math.max(0, held + made - nodes);
+  }
+  for (const g of then.values()) out += g[2];
+  out += Math.max(0, old.loose - s.loose);
+  return [into, out];
+}
+
+// Rates from two snapshots of each queue.
 function updateRates(snapshot) {
   const next = new Map();
   if (previous) {
@@ -76,10 +96,8 @@ function updateRates(snapshot) {
         const key = t.name + "\u0000" + s.client_id;
         const old = before.get(key);
         if (!old) continue;
-        const dc = s.changes - old.changes;
-        const db = s.backlog - old.backlog;
-        next.set(key, [Math.max(0, Math.floor((dc + db) / 2)) / span,
-                       Math.max(0, Math.floor((dc - db) / 2)) / span]);
+        const [into, out] = moved(old, s);
+        next.set(key, [into / span, out / span]);
       }
     }
   }
