@@ -370,6 +370,34 @@ def test_a_cut_off_instance_counts_from_the_session_timeout_the_server_granted(
             proxy.unblock()
 
 
+def test_a_slow_state_listener_of_the_users_does_not_hold_up_a_cut_off(
+    make_client: MakeClient, zk_hosts: str
+) -> None:
+    """State listeners are told one after another on one thread: before, a
+    listener of the user's told first that took long (here 20 s) held up
+    the cache's cut-off for as long, and the cut-off instance served its
+    old copy meanwhile."""
+    source = Source()
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    release = threading.Event()
+    with TcpProxy((host, int(port)), name="cache-slow-listener") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=3.0)
+        client.add_listener(lambda state: release.wait(20))  # told first, and slow
+        cut_off = InvalidatingCache(client, "users", source.load)
+        writer = InvalidatingCache(make_client(), "users", source.load)
+        try:
+            assert cut_off.get("user:0") == "v1"
+            proxy.block("drop")
+            source.values["user:0"] = "v2"
+            writer.invalidate("user:0")
+            # suspended after 2 s of silence, cut off 1 s later
+            wait_until(lambda: cut_off.get("user:0") == "v2", 10, "the source read again")
+            assert cut_off.stats().cut_offs == 1
+        finally:
+            release.set()
+            proxy.unblock()
+
+
 def test_a_late_state_notification_does_not_cut_off_a_connected_instance(
     make_client: MakeClient,
 ) -> None:

@@ -153,24 +153,28 @@ class _Entries(Generic[K, V]):
         with self._lock:
             self._last_seen = time.monotonic()
 
-    def start_watch(self, name: str, ended: Callable[[], bool]) -> None:
-        """Watch for freezes on a thread until :meth:`stop_watch` or until
-        ``ended()`` (the cache no longer hears invalidations). Freezes count
-        from now: a slow start (its subscribe) is no frozen process."""
+    def start_watch(
+        self, name: str, ended: Callable[[], bool], state: Callable[[], ClientState]
+    ) -> None:
+        """Watch for freezes and the client's ``state()`` on a thread until
+        :meth:`stop_watch` or until ``ended()`` (the cache no longer hears
+        invalidations). Freezes count from now: a slow start (its subscribe)
+        is no frozen process. The state is looked at here too, not only when
+        the client's listeners are told: a slow listener of the user's,
+        told first, would hold up a cut-off for as long as it runs."""
         self.begin()
         self._watch = threading.Thread(
-            target=self._watch_loop, args=(ended,), name=name, daemon=True
+            target=self._watch_loop, args=(ended, state), name=name, daemon=True
         )
         self._watch.start()
 
-    def _watch_loop(self, ended: Callable[[], bool]) -> None:
+    def _watch_loop(self, ended: Callable[[], bool], state: Callable[[], ClientState]) -> None:
         while not self._stop.wait(min(0.1, self._stall_after() / 4)):
             if ended():  # its client was closed: nothing more to watch for
                 self._stop.set()
                 self.clear()
                 return
-            with self._lock:
-                self._check_stall()
+            self.connection(state)
 
     def _check_stall(self) -> None:  # lock held
         now = time.monotonic()
@@ -435,7 +439,9 @@ class InvalidatingCache(_Listening[K, V]):
         except BaseException:
             self._stop_listening(client)
             raise
-        self._entries.start_watch(f"zkpubsub-cache-{topic}", self._not_listening)
+        self._entries.start_watch(
+            f"zkpubsub-cache-{topic}", self._not_listening, lambda: client.status
+        )
 
     def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader.
@@ -557,7 +563,9 @@ class AsyncInvalidatingCache(_Listening[K, V]):
                 await self._close_made(made)
                 raise ClientClosed("the cache was closed while it started")
             self._subscription = subscription
-            self._entries.start_watch(f"zkpubsub-cache-{self._topic}", self._not_listening)
+            self._entries.start_watch(
+                f"zkpubsub-cache-{self._topic}", self._not_listening, lambda: client.status
+            )
 
     async def _close_made(self, made: asyncio.Future[Subscription]) -> None:
         """Close the subscription ``made`` for a start that will not use it."""
