@@ -141,7 +141,8 @@ def test_a_session_expiry_clears_the_cache_and_discards_fills_under_way(
     filler.start()
     wait_until(lambda: source.reads == 2, 20, "the fill started")
     expire_session(client)  # for real, on the server: invalidations may have been missed
-    wait_until(lambda: cache.stats().clears == 1, 30, "the gap notice")
+    # the gap notice (a cut-off may clear too while it registers again, on a slow machine)
+    wait_until(lambda: cache.stats().clears >= 1, 30, "the gap notice")
     gate.set()
     filler.join(20)
     assert len(cache) == 0
