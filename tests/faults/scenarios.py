@@ -82,8 +82,11 @@ against that ledger and defines every column:
   whose receipt counts other queues than the servers logged (must be 0);
   **unreported**: excused pairs no gap notice of the subscriber's client
   covers, and overflow markers a subscriber reached without one (must be
-  0: a gap notice is an obligation, not an excuse; for a full queue it
-  must say `backlog full`, name the topic, and span the skip);
+  0: a gap notice is an obligation, not an excuse; for a purged node one
+  notice must span the subscriber's whole absence, from its client node's
+  delete to the purge, so a notice of an earlier absence does not do; for
+  a full queue it must say `backlog full`, name the topic, and span the
+  skip);
   **order violations**: messages of one publisher received out of order
   (must be 0); **recovered**: messages of unknown outcome that were
   delivered;
@@ -161,7 +164,12 @@ stopped between any two steps) reserve, handle and ack them. The checker
   those of unknown outcome;
 * **reserved**: reservations made (an item reserved again after its
   worker died counts again); **done**: distinct items acked;
-* **lost**: acknowledged puts no worker acked. Must be 0;
+* **lost**: acknowledged puts no worker acked. Must be 0. An ack of
+  unknown outcome (its worker killed with it in flight) counts only if no
+  later hold of the item exists (a later reservation, by time or attempt
+  number, proves that ack was not applied) and the servers' logs show the
+  item's node deleted, after that reservation and not into the dead
+  letters, by a session of that worker;
 * **unexpected**: reservations of items never put (must be 0);
   **put duplicates**: puts that became more than one item, as the workers
   saw them (one put's key under two item ids) or as the servers' logs

@@ -41,11 +41,15 @@ or a cleaner) after its record was marked ``full`` are excused as
 
 Gap notices are obligations, not excuses: every excused pair must fall in a
 gap the subscriber's client reported (``unreported`` counts those that do
-not). For a full queue the notice must say so (reason ``backlog full``,
-naming the topic) and its span (the marker's creation to its last count,
-or the mark to the eviction) must hold the skipping transaction or the
-deletion. Every overflow marker a live subscriber's own session deleted
-(it reached it) must be covered by such a notice too.
+not). For a purged node, one notice must span the subscriber's whole
+absence up to the purge: from the delete of its client node (the purge's
+``absent_for`` before it) to the node's delete; a notice about some other,
+earlier absence does not do. For a full queue the notice must say so
+(reason ``backlog full``, naming the topic) and its span (the marker's
+creation to its last count, or the mark to the eviction) must hold the
+skipping transaction or the deletion. Every overflow marker a live
+subscriber's own session deleted (it reached it) must be covered by such a
+notice too.
 
 **Figures.**
 
@@ -98,6 +102,7 @@ from .ledger import Ledger, Marker, Removal, first_returns
 
 __all__ = [
     "EVICTED",
+    "PURGED",
     "SKIPPED",
     "SKIPPED_EVICTED",
     "CheckResult",
@@ -118,6 +123,7 @@ _CLOCK_SLACK = 0.01
 SKIPPED = "skipped: queue full"
 SKIPPED_EVICTED = "skipped: evicted"
 EVICTED = "evicted"
+PURGED = "purged"
 _FULL_REASONS = frozenset({SKIPPED, SKIPPED_EVICTED, EVICTED})
 _FULL_GAP = "backlog full"
 
@@ -127,7 +133,8 @@ class Excuse:
     """An excused pair and why: ``"unregistered"`` (the subscription was not
     registered when the message committed), ``"purged"``, ``"skipped:
     queue full"``, ``"skipped: evicted"`` or ``"evicted"`` (see the
-    module's text). ``start``/``end``: the span a gap notice must touch."""
+    module's text). ``start``/``end``: the span a gap notice must touch
+    (``"unregistered"``) or hold entirely (the others)."""
 
     subscriber: str
     key: Key
@@ -174,8 +181,10 @@ def obligations(
                 if removal is not None and removal.evicted:
                     excused.append(Excuse(sub.name, msg.key, EVICTED, removal.at, removal.at))
                 elif _purged(removal, purge_grace):
-                    assert removal is not None
-                    excused.append(Excuse(sub.name, msg.key, "purged", msg.started, removal.at))
+                    assert removal is not None and removal.absent_for is not None
+                    # from the moment its client node went to the purge
+                    away = removal.at - removal.absent_for
+                    excused.append(Excuse(sub.name, msg.key, PURGED, away, removal.at))
                 else:
                     expected.add(pair)
                 continue
@@ -294,6 +303,12 @@ def _order_conflicts(sequences: dict[str, list[Key]]) -> tuple[int, list[str]]:
 def _covered(sub: SubscriberRecord, excuse: Excuse) -> bool:
     if excuse.reason in _FULL_REASONS:
         return _full_told(sub, excuse.start, excuse.end)
+    if excuse.reason == PURGED:
+        # one notice over the whole absence that ended in the purge
+        return any(
+            g.since - _CLOCK_SLACK <= excuse.start and excuse.end <= g.until + _CLOCK_SLACK
+            for g in sub.gaps
+        )
     return any(
         g.since <= excuse.end + _CLOCK_SLACK and excuse.start - _CLOCK_SLACK <= g.until
         for g in sub.gaps

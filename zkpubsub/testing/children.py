@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -98,7 +99,9 @@ class ChildProcess:
         self, *, fresh: bool = True, extra: list[str] | None = None, **popen: Any
     ) -> subprocess.Popen[Any]:
         """Start it (stdout piped, stderr dropped) with an empty output file,
-        or, unless ``fresh``, appending to the one of its previous run."""
+        or, unless ``fresh``, appending to the one of its previous run.
+        Give it ``stdin=subprocess.PIPE`` and have it stop at the end of
+        its input, so that it does not outlive this process."""
         if fresh:
             self.out.write_bytes(b"")
         self._close_pipe()
@@ -121,10 +124,15 @@ class ChildProcess:
         self._close_pipe()
 
     def _close_pipe(self) -> None:
-        """Close the pipe from the last process started, once it has ended."""
+        """Close the pipes to and from the last process started, once it
+        has ended."""
         process = self.process
-        if process is not None and process.poll() is not None and process.stdout is not None:
-            process.stdout.close()
+        if process is None or process.poll() is None:
+            return
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def pause(self) -> None:
         assert self.process is not None
@@ -208,7 +216,9 @@ class SubscriberProcess(ChildProcess):
         return [(str(p), int(q)) for p, q in ready.get("truncated", [])]
 
     def _start(self, timeout: float, *, fresh: bool, extra: list[str]) -> dict[str, Any]:
-        process = self._spawn(fresh=fresh, extra=extra, stdin=subprocess.DEVNULL)
+        # stdin: a pipe nothing is written to; the child stops when it
+        # closes, that is when this process ends, however it ends
+        process = self._spawn(fresh=fresh, extra=extra, stdin=subprocess.PIPE)
         result: list[dict[str, Any]] = []
 
         def read_ready() -> None:
@@ -269,7 +279,10 @@ def _subscribe_main(args: argparse.Namespace) -> None:
     ready = {"at": time.time(), "truncated": truncated}
     sys.stdout.write(f"ready {json.dumps(ready)}\n")
     sys.stdout.flush()
-    threading.Event().wait()
+    # Until the parent's end of stdin closes: the parent ended (killed, it
+    # could not kill us first). Go as a killed subscriber goes, at once.
+    sys.stdin.buffer.read()
+    os._exit(0)
 
 
 def _truncate_backlog(args: argparse.Namespace) -> list[Key]:

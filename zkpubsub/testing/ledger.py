@@ -21,7 +21,9 @@ layout of ``docs/wire-format.md`` and nothing of the client library:
   record ``full`` or checked a record so marked;
 * each work item node created under a queue's ``items/``, with the
   workload keys its envelope carries (:class:`ItemWrite`): a put whose
-  key shows in two item nodes was written twice;
+  key shows in two item nodes was written twice; and each delete of such
+  a node, with the session that deleted it and whether the same
+  transaction made it a dead letter (:class:`ItemDelete`);
 * each node the log deleted and then wrote again with no create between
   (:class:`Returned`): a node the servers brought back, which no client
   can cause;
@@ -48,6 +50,7 @@ from .txnlog import CLOSE_SESSION, Txn
 
 __all__ = [
     "INF",
+    "ItemDelete",
     "ItemWrite",
     "Ledger",
     "Marker",
@@ -86,6 +89,22 @@ class ItemWrite:
     at: float
     session: int
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDelete:
+    """A work item node of ``queue`` deleted, by ``session``, at ``path``.
+    ``buried``: the same transaction created a dead letter (a burial, or a
+    release on the last attempt); otherwise it was an ack, or a burial
+    past the queue's limit of dead letters (``docs/wire-format.md``, *Work
+    queues*)."""
+
+    queue: str
+    zxid: int
+    at: float
+    session: int
+    path: str
+    buried: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +216,8 @@ class Ledger:
     sessions: dict[str, list[SessionSpan]] = field(default_factory=lambda: defaultdict(list))
     # key -> the work item nodes created carrying it
     items: dict[Key, list[ItemWrite]] = field(default_factory=lambda: defaultdict(list))
+    # key -> the deletes of the item nodes carrying it, in log order
+    item_deletes: dict[Key, list[ItemDelete]] = field(default_factory=lambda: defaultdict(list))
     # nodes under the root written again after their delete, in log order
     returned: list[Returned] = field(default_factory=list)
     epochs: tuple[int, ...] = ()
@@ -279,6 +300,7 @@ class _Replay:
         self.nodes: dict[str, tuple[str, tuple[Key, ...]]] = {}  # message path -> (sub, keys)
         self.evicting: set[str] = set()  # queue paths whose record is marked full (evict)
         self.gone: dict[str, int] = {}  # path under the root -> zxid of its last delete
+        self.item_keys: dict[str, tuple[Key, ...]] = {}  # item node path -> its keys
 
     # -- one transaction ----------------------------------------------------------
 
@@ -364,7 +386,9 @@ class _Replay:
             self._set(path, data, txn)
         elif kind is NodeKind.ITEM:
             write = ItemWrite(names[0], txn.zxid, txn.at, txn.session, path)
-            for key in decode_keys(data):
+            keys = decode_keys(data)
+            self.item_keys[path] = keys
+            for key in keys:
                 self.ledger.items[key].append(write)
 
     def _set(self, path: str, data: bytes, txn: Txn) -> None:
@@ -395,6 +419,14 @@ class _Replay:
             since = self.registered[topic].pop(sub, None)
             if since is not None:
                 self.ledger.registrations[(topic, sub)].append((since, txn.at))
+        elif kind is NodeKind.ITEM:
+            buried = any(
+                op.kind == "create" and self.layout.kind_of(op.path) is NodeKind.DEAD_LETTER
+                for op in txn.ops
+            )
+            gone = ItemDelete(names[0], txn.zxid, txn.at, txn.session, path, buried)
+            for key in self.item_keys.get(path, ()):
+                self.ledger.item_deletes[key].append(gone)
         elif path in self.evicting:
             self.evicting.discard(path)  # the queue itself
         elif path in self.ledger.markers:

@@ -93,6 +93,9 @@ class Link:
         self.downstream = downstream
         self.upstream = upstream
         self.dropping = False
+        # cut by the proxy (a trap sprang): not one more byte passes, in
+        # either direction, whatever a pump has in hand; close() follows
+        self.cut = False
         self.closed = threading.Event()
         self._lock = threading.Lock()
         # one writer at a time on each socket: the pumps, and a proxy that
@@ -115,15 +118,17 @@ class Link:
         try:
             while not self.closed.is_set():
                 data = src.recv(_CHUNK)
-                if not data:
+                if not data or self.cut:
                     break
                 if self.dropping:
                     continue
                 out = self.proxy.filter(self, data, forward)
-                if self.closed.is_set():
+                if self.closed.is_set() or self.cut:
                     break
                 if out:
                     with self._sending[forward]:
+                        if self.cut:
+                            break
                         dst.sendall(out)
         except OSError:
             pass
@@ -131,9 +136,24 @@ class Link:
             self.close(reset=False)
 
     def send(self, data: bytes, *, forward: bool) -> None:
-        """Send ``data`` towards the target (``forward``) or the client."""
+        """Send ``data`` towards the target (``forward``) or the client
+        (nothing once the link is :attr:`cut`)."""
         with self._sending[forward]:
-            (self.upstream if forward else self.downstream).sendall(data)
+            if not self.cut:
+                (self.upstream if forward else self.downstream).sendall(data)
+
+    def sever(self) -> None:
+        """Cut the link at once, from whichever thread: mark it :attr:`cut`
+        (the pumps forward nothing more, not even what they hold) and shut
+        both sockets down, to be reset when closed. :meth:`close` is still
+        to be called (it may not be on a thread that holds the proxy's
+        locks)."""
+        self.cut = True
+        for sock in (self.downstream, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self, *, reset: bool = True) -> None:
         with self._lock:
@@ -273,14 +293,18 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = Link(self, conn, upstream)
-        mode = self._blocked
-        if mode == "reset":
+        # One look at the proxy's state, and the link added in the same
+        # breath: a block() or close() then either finds the link among its
+        # links or has already left its mark for this look to see.
+        with self._lock:
+            refused = self._closed or self._blocked == "reset"
+            if not refused:
+                link.dropping = self._blocked == "drop"
+                self._links.add(link)
+                self.accepted += 1
+        if refused:
             link.close(reset=True)
             return
-        link.dropping = mode == "drop"
-        with self._lock:
-            self._links.add(link)
-            self.accepted += 1
         self.on_connect(link)
         link.start()
 
@@ -289,7 +313,8 @@ class TcpProxy:
             self._links.discard(link)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         with contextlib.suppress(OSError):
             self._listener.close()
         for link in self.links():
@@ -439,6 +464,10 @@ class ZkClientProxy(TcpProxy):
     def filter(self, link: Link, data: bytes, forward: bool) -> bytes:
         key = (id(link), forward)
         with self._trap_lock:
+            if link.cut or link.closed.is_set():
+                # a stream cut in the middle: what follows is not to be
+                # read as a new one (whose first frame would pass unread)
+                return b""
             frames = self._streams.setdefault(key, _Frames())
             out = bytearray()
             for frame, first in frames.feed(data):
@@ -504,7 +533,8 @@ class ZkClientProxy(TcpProxy):
 
     def _spring(self, trap: _Trap, op: int) -> None:
         if trap.then_block:
-            self._blocked = "reset"
+            with self._lock:
+                self._blocked = "reset"
         self._traps.remove(trap)
         self.sprung.append((trap.when, op))
         self.behind.append(trap.behind)
@@ -512,10 +542,13 @@ class ZkClientProxy(TcpProxy):
         logger.info("proxy %s: sprang a %s trap on op %d", self.name, trap.when, op)
 
     def _cut_after(self, link: Link, head: bytes, forward: bool) -> None:
-        dst = link.upstream if forward else link.downstream
         if head:
             with contextlib.suppress(OSError):
-                dst.sendall(head)
+                link.send(head, forward=forward)
+        # Cut now, before this pump or the other reads on: a request behind
+        # the lost one must not reach the server (on one TCP stream it
+        # cannot). Closing takes the lock held here: on another thread.
+        link.sever()
         self._streams.pop((id(link), True), None)
         self._streams.pop((id(link), False), None)
         threading.Thread(target=link.close, name="proxy-cut", daemon=True).start()

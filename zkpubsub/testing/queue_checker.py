@@ -4,7 +4,13 @@ The rules (:func:`check_queue`), each must be zero:
 
 * **lost**: an acknowledged put whose item no worker acked. An ack whose
   outcome is unknown (its worker died with it in flight) counts as done
-  here; the audit then shows whether the item is really gone.
+  only if no later hold of the item exists (a later reservation, by time
+  or by attempt number, proves the item was still there: that ack was not
+  applied) and, given the servers' logs (``deletes``, from
+  :attr:`~zkpubsub.testing.ledger.Ledger.item_deletes`, with
+  ``sessions``), only if they show the item's node deleted, after the
+  reservation and not as a burial, by a session of that worker; the
+  audit then shows whether the item is really gone.
 * **unexpected**: a reservation of an item nobody tried to put, or of a put
   that failed before anything was sent.
 * **put duplicates**: one put that became several items (a retried put
@@ -52,7 +58,7 @@ from kazoo.exceptions import NoNodeError
 from ..layout import Layout, join, parse_segment_node
 from .audit import poll
 from .history import Key
-from .ledger import ItemWrite, Ledger, Returned, SessionSpan, first_returns
+from .ledger import ItemDelete, ItemWrite, Ledger, Returned, SessionSpan, first_returns
 from .queue_history import HoldRecord, PutRecord, QueueHistory
 
 __all__ = [
@@ -148,12 +154,42 @@ def _overlaps(
     return out
 
 
+def _unknown_ack_why_not(
+    hold: HoldRecord,
+    holds: Sequence[HoldRecord],
+    sessions: Mapping[str, Sequence[SessionSpan]] | None,
+    deletes: Mapping[Key, Sequence[ItemDelete]] | None,
+) -> str | None:
+    """Why ``hold``'s ack of unknown outcome cannot count as done (``None``:
+    it may have been applied). See the rule **lost** in the module's text."""
+    later = [
+        h.hold
+        for h in holds
+        if h is not hold
+        and h.item_id == hold.item_id
+        and (h.attempts > hold.attempts or h.reserved_at > hold.reserved_at)
+    ]
+    if later:
+        return f"its item was held again by {later}"
+    if deletes is None:
+        return None
+    own = {s.session for s in (sessions or {}).get(hold.worker, ())}
+    key = hold.key
+    if key is not None and any(
+        d.session in own and not d.buried and d.at + _CLOCK_SLACK >= hold.reserved_at
+        for d in deletes.get(key, ())
+    ):
+        return None
+    return "the servers' logs show no ack of its item by a session of that worker"
+
+
 def check_queue(
     history: QueueHistory,
     sessions: Mapping[str, Sequence[SessionSpan]] | None = None,
     *,
     items: Mapping[Key, Sequence[ItemWrite]] | None = None,
     returned: Sequence[Returned] = (),
+    deletes: Mapping[Key, Sequence[ItemDelete]] | None = None,
     examples: int = 10,
 ) -> QueueCheckResult:
     """Check a queue run's history; see the module docstring for the rules.
@@ -162,7 +198,10 @@ def check_queue(
     item nodes the servers logged created, by key (a dead letter replayed
     on purpose is a second node for its key: leave ``items`` out of a run
     that replays). ``returned``: the nodes the servers wrote again after
-    deleting them (counted among ``items``' nodes)."""
+    deleting them (counted among ``items``' nodes). ``deletes``: the item
+    nodes' deletes the servers logged, by key; given them, an ack of
+    unknown outcome counts as done only if a session of its worker (in
+    ``sessions``) deleted the item."""
     puts: dict[Key, PutRecord] = {p.key: p for p in history.puts}
     outcomes = [p.outcome for p in history.puts]
     found: list[str] = []
@@ -196,6 +235,8 @@ def check_queue(
     done = 0
     lost = 0
     recovered = 0
+    finished: set[Key] = set()  # puts an ack (or an ack that may have been applied) finished
+    not_applied: dict[Key, list[str]] = defaultdict(list)
     for key, holds in by_key.items():
         ids = {h.item_id for h in holds}
         if len(ids) > 1:
@@ -205,8 +246,18 @@ def check_queue(
         if len(acks) > 1:
             double_acks += len(acks) - 1
             _note(found, f"{key} acked {len(acks)} times: {[h.hold for h in acks]}", examples)
-        if acks or any(h.finish == "unknown" for h in holds):
+        unknown_done = False
+        for h in holds:
+            if h.finish != "unknown":
+                continue
+            why = _unknown_ack_why_not(h, holds, sessions, deletes)
+            if why is None:
+                unknown_done = True
+            else:
+                not_applied[key].append(f"the ack of unknown outcome by {h.hold}: {why}")
+        if acks or unknown_done:
             done += 1
+            finished.add(key)
         handled = sum(1 for h in holds if h.handled_at is not None)
         duplicates += max(0, handled - 1)
         if puts[key].outcome == "unknown":
@@ -221,10 +272,11 @@ def check_queue(
     for put in history.puts:
         if put.outcome != "ok":
             continue
-        holds = by_key.get(put.key, [])
-        if not any(h.finish in ("acked", "unknown") for h in holds):
+        if put.key not in finished:
             lost += 1
-            _note(found, f"lost: {put.key} ({put.item_id}), holds {len(holds)}", examples)
+            holds = by_key.get(put.key, [])
+            why = "".join(f"; {w}" for w in not_applied.get(put.key, ()))
+            _note(found, f"lost: {put.key} ({put.item_id}), holds {len(holds)}{why}", examples)
 
     double_holds = 0
     for item_id, holds in by_item.items():
@@ -282,9 +334,15 @@ def check_queue(
 
 def check_queue_against(history: QueueHistory, ledger: Ledger) -> QueueCheckResult:
     """:func:`check_queue` with everything the servers' logs tell: the
-    workers' sessions, the item nodes each put became, and the nodes that
-    came back."""
-    return check_queue(history, ledger.sessions, items=ledger.items, returned=ledger.returned)
+    workers' sessions, the item nodes each put became and who deleted
+    them, and the nodes that came back."""
+    return check_queue(
+        history,
+        ledger.sessions,
+        items=ledger.items,
+        returned=ledger.returned,
+        deletes=ledger.item_deletes,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,8 +220,17 @@ class QueueWorkload(ClientPool):
                     logger.info("reserve by %s: %s", name, exc)
                     stop.wait(0.1)
                     continue
-                for item in items:
-                    h = recorder.reserved(name, item.id, key_of(item.payload), item.attempts)
+                # every item of the batch is held from now on, not from when
+                # its turn comes: record them all at once
+                at = time.time()
+                held = [
+                    (
+                        item,
+                        recorder.reserved(name, item.id, key_of(item.payload), item.attempts, at),
+                    )
+                    for item in items
+                ]
+                for item, h in held:
                     try:
                         if hook is not None:
                             hook(item)
@@ -288,13 +297,25 @@ class QueueWorkload(ClientPool):
         return self.recorder.history()
 
     def close(self) -> None:
+        """Stop everything: producers and workers (threads, processes) and
+        every client. Each step runs whatever the earlier ones raised (a
+        thread stuck past its time); the first error is raised at the end."""
         self._stop_producing.set()
         self._stop_workers.set()
-        join_threads(self._producer_threads, self.put_timeout + 5, "producers")
-        join_threads(self._worker_threads, self.request_timeout + 5, "workers")
-        for proc in self.processes.values():
-            proc.kill()
-        self.close_clients()
+        steps: list[Callable[[], None]] = [
+            lambda: join_threads(self._producer_threads, self.put_timeout + 5, "producers"),
+            lambda: join_threads(self._worker_threads, self.request_timeout + 5, "workers"),
+            *(proc.kill for proc in self.processes.values()),
+            self.close_clients,
+        ]
+        errors: list[BaseException] = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 class WorkerProcess(ChildProcess):

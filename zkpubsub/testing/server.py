@@ -406,7 +406,14 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         if security is not None:
             self.base_dir.mkdir(parents=True, exist_ok=True)
             opts = [*opts, *security.java_opts(self.base_dir)]
-        ports = free_ports(3 * size)
+        # Every port in one call: ports picked by separate calls, each free
+        # the moment it was picked, may be the same. A TLS port each after
+        # the client, quorum and election ports; none of them a port given.
+        tls = security is not None and security.tls is not None
+        given = set(client_ports or [])
+        wanted = (4 if tls else 3) * size
+        ports = [p for p in free_ports(wanted + len(given)) if p not in given][:wanted]
+        secure_ports = ports[3 * size :]
         for i, port in enumerate(client_ports or []):
             ports[3 * i] = port
         self.nodes: list[NodeT] = [
@@ -437,7 +444,7 @@ class ZooKeeperEnsemble(abc.ABC, Generic[NodeT]):
         if security is not None:
             cfg.update(security.settings())
             if security.tls is not None:
-                for node, port in zip(self.nodes, free_ports(size), strict=True):
+                for node, port in zip(self.nodes, secure_ports, strict=True):
                     node.secure_port = port
         cfg.update(settings or {})
         servers = server_lines(list(self.nodes), legacy=self.legacy_config)
