@@ -25,6 +25,7 @@ from zkpubsub import (
 from zkpubsub.health import check
 from zkpubsub.metrics import SCRAPE_READS_BUDGET, ClientMetrics
 from zkpubsub.testing import ZooKeeperCluster, expire_session
+from zkpubsub.testing.proxy import TcpProxy
 
 from .helpers import Collector, wait_until
 
@@ -169,9 +170,9 @@ def test_a_client_that_cannot_register_on_its_new_session_turns_dead(
     assert creds is not None
     monkeypatch.setattr(session_module, "check_purge", refused)
     expire_session(creds, client.config.hosts)
-    wait_until(lambda: client.status is ClientState.LOST, 20, "LOST on the new session")
-    assert check(client, dead_after=1.0).status == "degraded"  # not for long yet
-    time.sleep(1.2)
+    wait_until(lambda: client._session.registration_failing() is not None, 20, "failing")
+    assert check(client, dead_after=60.0).status == "degraded"  # not for long yet
+    wait_until(lambda: check(client, dead_after=1.0).status == "dead", 10, "dead")
     health = check(client, dead_after=1.0)
     assert (health.status, health.live, health.ready) == ("dead", False, False)
     assert "NotAuthorized" in health.reason and "rights were withdrawn" in health.reason
@@ -180,6 +181,45 @@ def test_a_client_that_cannot_register_on_its_new_session_turns_dead(
         check(client, dead_after=0)
     monkeypatch.undo()  # registering works again: ok, without a restart
     wait_until(lambda: check(client, dead_after=1.0).status == "ok", 20, "registered")
+
+
+def test_an_outage_while_registering_again_does_not_count_as_failing(
+    make_client: MakeClient, zk_hosts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only failing while connected counts: a registration cut short by an
+    outage, then an outage longer than ``dead_after``, made the next
+    (connected, slow, successful) try look dead from its first moment."""
+    import zkpubsub.session as session_module
+    from zkpubsub.errors import NotAuthorized
+
+    real = session_module.check_purge
+    calls: list[float] = []
+    seen: list[str] = []
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="failing-then-outage") as proxy:
+        client = make_client(hosts=proxy.address, session_timeout=6.0)
+
+        def cut_then_slow(*args: Any, **kwargs: Any) -> Any:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                proxy.block("reset")  # the connection goes while it registers
+                raise NotAuthorized("one failure, as the connection went")
+            until = time.monotonic() + 1.5  # the next try, connected: slow but fine
+            while time.monotonic() < until:
+                seen.append(check(client, dead_after=1.0).status)
+                time.sleep(0.05)
+            return real(*args, **kwargs)
+
+        client.subscribe("t", lambda message: None)
+        monkeypatch.setattr(session_module, "check_purge", cut_then_slow)
+        expire_session(client, zk_hosts, wait=False)
+        wait_until(lambda: len(calls) == 1, 20, "the first try")
+        time.sleep(2.5)  # an outage longer than dead_after
+        assert check(client, dead_after=1.0).status == "degraded"
+        proxy.unblock()
+        wait_until(lambda: client.status is ClientState.CONNECTED, 30, "registered")
+    assert len(calls) >= 2 and seen
+    assert "dead" not in seen, seen
 
 
 def test_backlogs_stay_in_the_scrape_as_last_read_while_the_client_is_cut_off(

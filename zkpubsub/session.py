@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -267,11 +268,14 @@ class Session:
             except Exception:  # the supervisor never dies: the next event is handled
                 logger.exception("client %s: handling a state change failed", self._ctx.client_id)
                 if event[0] == KazooState.CONNECTED and self._ctx.conn.connected.is_set():
+                    self._note_failing(sys.exc_info()[1])
                     time.sleep(0.5)  # registering again failed: tried again, as for a refusal
                     self._events.put((KazooState.CONNECTED, time.time()))
 
     def _handle(self, state: object, at: float) -> None:
         """One event of the connection or of the registration's watches."""
+        if state in (KazooState.SUSPENDED, KazooState.LOST):
+            self._failing = None  # an outage: failing to register counts again once connected
         if state == KazooState.SUSPENDED:
             if self._disconnected_at is None:
                 self._disconnected_at = at
@@ -583,9 +587,16 @@ class Session:
         if ctx.conn.connected.is_set():
             self._watch_registration()
 
+    def _note_failing(self, error: BaseException | None) -> None:
+        """Registering on a new session failed (connected): since when it
+        has failed on this connection, and the last error."""
+        since = time.monotonic() if self._failing is None else self._failing[0]
+        self._failing = (since, f"{type(error).__name__}: {error}")
+
     def registration_failing(self) -> tuple[float, str] | None:
         """While connected on a new session that it has failed to register
-        on: for how many seconds it has failed, and the last error."""
+        on: for how many seconds it has failed since it was last connected
+        (an outage starts the count again), and the last error."""
         failing = self._failing
         if failing is None or self._state is not ClientState.LOST:
             return None
@@ -645,8 +656,7 @@ class Session:
             return
         except ZkPubSubError as exc:
             logger.warning("client %s: registering again failed (%s); retrying", ctx.client_id, exc)
-            since = time.monotonic() if self._failing is None else self._failing[0]
-            self._failing = (since, f"{type(exc).__name__}: {exc}")
+            self._note_failing(exc)
             time.sleep(0.5)
             if conn.connected.is_set():
                 self._events.put((KazooState.CONNECTED, time.time()))
