@@ -438,13 +438,13 @@ def test_the_pages_rates_count_what_moved_as_the_library_does(browser_page: Any)
     page.set_content("<html><body></body></html>")
     page.add_script_tag(content=script)  # its functions are the page's
     cases = [
-        ([(1, 512, 200), (2, 100, 100)], 4, [(2, 110, 80), (3, 7, 7)], 1),
-        ([(5, 2**31 - 2, 2)], 0, [(5, 3, 0)], 0),
-        ([], 3, [(1, 9, 9)], 0),
+        ([(1, 512, 200, 11), (2, 100, 100, 12)], 4, [(2, 110, 80, 12), (3, 7, 7, 13)], 1),
+        ([(0, 50, 50, 20)], 0, [(0, 3, 3, 90)], 0),
+        ([], 3, [(1, 9, 9, 5)], 0),
     ]
     for before, loose_before, after, loose_after in cases:
 
-        def queue(segments: list[tuple[int, int, int]], loose: int) -> QueueStats:
+        def queue(segments: list[tuple[int, int, int, int]], loose: int) -> QueueStats:
             segs = tuple(SegmentCount(*s) for s in segments)
             return QueueStats("c", "t", 0, True, True, 0, segs, loose)
 

@@ -213,18 +213,19 @@ def test_the_live_view_ends_at_once_on_a_signal_while_the_server_does_not_answer
 
 
 def test_what_moved_counts_each_segment_and_those_removed() -> None:
-    def queue(*segments: tuple[int, int, int], loose: int = 0) -> QueueStats:
+    def queue(*segments: tuple[int, ...], loose: int = 0) -> QueueStats:
         segs = tuple(SegmentCount(*s) for s in segments)
         backlog = loose + sum(s.nodes for s in segs)
         return QueueStats("c", "t", backlog, True, True, 0, segs, loose)
 
     # segment 1 drained and removed, 2 took 10 more and lost 30, 3 is new
-    before = queue((1, 512, 200), (2, 100, 100), loose=4)
-    after = queue((2, 110, 80), (3, 7, 7), loose=1)
+    before = queue((1, 512, 200, 11), (2, 100, 100, 12), loose=4)
+    after = queue((2, 110, 80, 12), (3, 7, 7, 13), loose=1)
     assert moved_between(before, after) == (10 + 7, 200 + 30 + 0 + 3)
-    # a sequence counter that wrapped past 2^31 still counts what it made
-    assert moved_between(queue((5, 2**31 - 2, 2)), queue((5, 3, 0))) == (5, 7)
     assert moved_between(after, after) == (0, 0)
+    # the queue made afresh (evicted, purged): its segment 0 is another one
+    assert moved_between(queue((0, 50, 50, 20)), queue((0, 3, 3, 90))) == (3, 50)
+    assert moved_between(queue((0, 50, 50, 20)), queue((0, 60, 60, 90))) == (60, 50)
 
 
 def test_rates_hold_while_a_drained_segment_is_removed(

@@ -29,11 +29,14 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class SegmentCount:
     """One segment of a subscriber queue: its ``number``, the nodes ever
-    ``created`` in it (its sequence counter) and the ``nodes`` in it now."""
+    ``created`` in it (its sequence counter: a segment rolls over before it
+    could wrap), the ``nodes`` in it now, and the ``zxid`` that created it
+    (a queue made afresh numbers its segments again)."""
 
     number: int
     created: int
     nodes: int
+    zxid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +64,15 @@ def moved_between(before: QueueStats, after: QueueStats) -> tuple[int, int]:
     """Nodes created in and deleted from a queue between two snapshots of
     it: a segment in both counts its new creations, and what it lost
     besides; one that appeared counts all it ever had; one removed meanwhile
-    (emptied: publishers write to the newest) counts what it held as
-    deleted; nodes from before segments only go."""
-    then = {s.number: s for s in before.segments}
+    (emptied: publishers write to the newest, or the queue made afresh)
+    counts what it held as deleted; nodes from before segments only go."""
+    then = {(s.number, s.zxid): s for s in before.segments}
     into = out = 0
     for seg in after.segments:
-        old = then.pop(seg.number, None)
-        made = seg.created if old is None else (seg.created - old.created) % 2**31
+        old = then.pop((seg.number, seg.zxid), None)
+        made = seg.created - (0 if old is None else old.created)
         held = 0 if old is None else old.nodes
-        into += made
+        into += max(0, made)
         out += max(0, held + made - seg.nodes)
     out += sum(s.nodes for s in then.values())  # removed since
     out += max(0, before.loose - after.loose)
@@ -219,7 +222,7 @@ def collect(conn: Connection, layout: Layout, deadline: float | None) -> BusStat
             if stat is not None:
                 backlog += stat.numChildren
                 changes += stat.cversion
-                segs.append(SegmentCount(number, created(stat), stat.numChildren))
+                segs.append(SegmentCount(number, created(stat), stat.numChildren, stat.czxid))
         subscribed = cid in topics.get(topic, ())
         queues.append(
             QueueStats(cid, topic, backlog, cid in live, subscribed, changes, tuple(segs), loose)

@@ -70,7 +70,7 @@ def console_snapshot(observer: Observer) -> dict[str, Any]:
     ``live`` whether the client is registered, ``subscribed`` whether it is
     a subscriber of the topic now, ``changes`` the queue's count of created
     and deleted nodes, ``segments`` each segment's ``[number, created,
-    nodes]`` and ``loose`` the nodes from before segments, from which two
+    nodes, zxid]`` and ``loose`` the nodes from before segments, from which two
     snapshots give rates, as :func:`~zkpubsub.stats.moved_between` says); ``work_queues``
     (``name``, ``ready``, ``reserved``, ``dead``, ``workers`` and
     ``dead_letters``: the oldest :data:`DEAD_LETTERS_SHOWN` with ``id``,
@@ -128,7 +128,7 @@ def _topics(stats: BusStats) -> list[dict[str, Any]]:
                 "subscribed": cid in stats.topics.get(topic, ()),
                 "changes": queues[cid].changes if cid in queues else 0,
                 "segments": [
-                    [seg.number, seg.created, seg.nodes]
+                    [seg.number, seg.created, seg.nodes, seg.zxid]
                     for seg in (queues[cid].segments if cid in queues else ())
                 ],
                 "loose": queues[cid].loose if cid in queues else 0,

@@ -62,23 +62,25 @@ function clock(at) {
 }
 
 // What went into and out of a queue between two snapshots, segment by
-// segment (as zkpubsub.stats.moved_between): a segment in both counts its
-// new creations and what it lost besides; a new one all it ever had; one
-// removed meanwhile (emptied) what it held; nodes from before segments only go.
+// segment (as zkpubsub.stats.moved_between): a segment in both (same number,
+// same creating zxid) counts its new creations and what it lost besides; a
+// new one all it ever had; one removed meanwhile (emptied, or its queue made
+// afresh) what it held; nodes from before segments only go.
 function moved(old, s) {
-  const then = new Map(old.segments.map((g) => [g[0], g]));
+  const id = (g) => g[0] + ":" + g[3];
+  const then = new Map((old.segments || []).map((g) => [id(g), g]));
   let into = 0;
   let out = 0;
-  for (const [number, created, nodes] of s.segments) {
-    const before = then.get(number);
-    then.delete(number);
-    const made = before ? (((created - before[1]) % 2147483648) + 2147483648) % 2147483648 : created;
+  for (const g of s.segments || []) {
+    const before = then.get(id(g));
+    then.delete(id(g));
+    const made = g[1] - (before ? before[1] : 0);
     const held = before ? before[2] : 0;
-    into += made;
-    out += Math.max(0, held + made - nodes);
+    into += Math.max(0, made);
+    out += Math.max(0, held + made - g[2]);
   }
   for (const g of then.values()) out += g[2];
-  out += Math.max(0, old.loose - s.loose);
+  out += Math.max(0, (old.loose || 0) - (s.loose || 0));
   return [into, out];
 }
 
