@@ -108,6 +108,7 @@ def tls_connection(
     address: tuple[str, int],
     hostname: str | None = None,
     timeout: float | None = None,
+    use_ssl: bool = True,
     **options: Any,
 ) -> ssl.SSLSocket:
     """A session's TLS connection, with :meth:`Tls.context`'s trust

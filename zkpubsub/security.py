@@ -166,7 +166,9 @@ class Tls:
     def context(self) -> ssl.SSLContext:
         """The client's TLS context for these settings: ``ssl.SSLError`` or
         ``OSError`` if a file cannot be loaded."""
-        return client_context(**self._options())
+        options = self._options()
+        del options["use_ssl"]
+        return client_context(**options)
 
 
 def client_context(
@@ -177,9 +179,8 @@ def client_context(
     keyfile_password: str | None = None,
     verify_certs: bool = True,
     check_hostname: bool = True,
-    **_: Any,
 ) -> ssl.SSLContext:
-    """A client's TLS context (from :meth:`Tls._options`): it trusts the
+    """A client's TLS context (from :meth:`Tls._options`, but ``use_ssl``): it trusts the
     authorities of ``ca`` alone (the system's without one). ``ssl.SSLError``
     or ``OSError`` (a file missing: one a connection may find again later)
     if a file cannot be loaded."""
