@@ -40,16 +40,34 @@ from . import credentials, kazoo_clients, machine, server, stats
 from .progress import Progress
 from .runner import DEFAULT_OUT
 
+# A call that starts this long behind its schedule marks the run saturated:
+# its times then measure a queue of calls, not one call's latency.
+SATURATED_BEHIND_S = 1.0
 
-def paced(call: Callable[[], object], rate: float, seconds: float) -> list[float]:
+
+class Paced(list[float]):
+    """The times of :func:`paced` (ms), with how many calls were planned and
+    how far behind its schedule the latest call started (s)."""
+
+    planned: int = 0
+    behind: float = 0.0
+
+    @property
+    def saturated(self) -> bool:
+        return len(self) < self.planned or self.behind > SATURATED_BEHIND_S
+
+
+def paced(call: Callable[[], object], rate: float, seconds: float) -> Paced:
     """Call ``call`` ``rate`` times a second for ``seconds``, open loop:
     call *i* is scheduled at ``start + i / rate`` and timed from that
     scheduled time to its return, in ms. A call that takes longer than its
     interval makes the ones behind it late, and their times include the
     wait (no coordinated omission). Calls not made ``seconds`` after the
-    last one was scheduled are given up (fewer times)."""
-    times: list[float] = []
+    last one was scheduled are given up (fewer times). The result says
+    whether the sender fell behind (:attr:`Paced.saturated`)."""
+    times = Paced()
     total = max(1, int(rate * seconds))
+    times.planned = total
     start = time.perf_counter()
     give_up = start + (total - 1) / rate + seconds
     for i in range(total):
@@ -59,15 +77,20 @@ def paced(call: Callable[[], object], rate: float, seconds: float) -> list[float
             break
         if scheduled > now:
             time.sleep(scheduled - now)
+        else:
+            times.behind = max(times.behind, now - scheduled)
         call()
         times.append((time.perf_counter() - scheduled) * 1000)
     return times
 
 
-def summary(times: list[float]) -> dict[str, Any]:
+def summary(times: list[float], *, saturated: bool = False) -> dict[str, Any]:
+    """Percentiles of ``times``; ``saturated``: the sender fell behind its
+    schedule (the times measure a queue of calls)."""
     ordered = sorted(times)
     return {
         "count": len(ordered),
+        "saturated": saturated,
         **{f"p{q:g}": stats.percentile(ordered, q) for q in (50, 90, 99, 99.9)},
         "max": ordered[-1] if ordered else None,
     }
@@ -82,7 +105,8 @@ def committed(txn: Any) -> None:
 
 
 def described(r: dict[str, Any]) -> str:
-    return f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
+    text = f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
+    return text + (" (saturated: the sender fell behind its schedule)" if r["saturated"] else "")
 
 
 def transaction_shapes(
@@ -115,16 +139,22 @@ def transaction_shapes(
 
     calls = {"floor-txn": floor, "fanout-txn": fanout}
     times: dict[str, list[float]] = {name: [] for name in calls}
+    saturated: dict[str, bool] = dict.fromkeys(calls, False)
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
     for turn in range(args.turns):
         for name in list(calls) if turn % 2 == 0 else list(calls)[::-1]:
             with progress.phase(f"{name} to {args.queues} queues, turn {turn + 1}") as phase:
                 taken = paced(calls[name], args.rate, args.seconds)
                 times[name] += taken
-                turns[name].append(summary(taken))
+                saturated[name] |= taken.saturated
+                turns[name].append(summary(taken, saturated=taken.saturated))
                 phase.summary = described(turns[name][-1])
     return {
-        name: {**summary(times[name]), "queues": args.queues, "turns": turns[name]}
+        name: {
+            **summary(times[name], saturated=saturated[name]),
+            "queues": args.queues,
+            "turns": turns[name],
+        }
         for name in calls
     }
 
@@ -177,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for name, call in calls.items():
                 with progress.phase(f"{name} at {args.rate:g}/s") as phase:
-                    results[name] = summary(paced(call, args.rate, args.seconds))
+                    taken = paced(call, args.rate, args.seconds)
+                    results[name] = summary(taken, saturated=taken.saturated)
                     phase.summary = described(results[name])
             results.update(transaction_shapes(zk, args, progress))
         finally:

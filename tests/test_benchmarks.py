@@ -523,6 +523,18 @@ def test_commit_latency_counts_from_the_schedule() -> None:
     # every call due during the stall waited for it
     assert times[0] >= 250 and times[1] >= 230, times
     assert all(times[i] >= 235 - 10 * i for i in range(20)), times
+    assert times.planned == 30 and 0.2 <= times.behind < 1.0
+    assert not times.saturated  # it caught up within a second
+
+
+def test_commit_latency_says_when_the_sender_fell_behind() -> None:
+    import time
+
+    from benchmarks.commit_latency import paced, summary
+
+    times = paced(lambda: time.sleep(0.05), 100.0, 0.3)  # 50 ms a call, due every 10
+    assert times.saturated, (len(times), times.behind)
+    assert summary(times, saturated=times.saturated)["saturated"] is True
 
 
 def test_placement_spreads_subscribers_over_every_process() -> None:
