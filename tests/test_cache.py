@@ -502,11 +502,11 @@ def test_a_slow_subscribe_counts_no_freeze(
 ) -> None:
     """A start whose subscribe took a third of the session timeout was
     taken for a frozen process: the cache counted a freeze and cleared."""
-    client = make_client(session_timeout=1.5)
+    client = make_client(session_timeout=3.0)
     subscribe = client.subscribe
 
     def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)  # longer than a third of the session timeout
+        time.sleep(1.5)  # longer than a third of the session timeout
         return subscribe(*args, **kwargs)
 
     monkeypatch.setattr(client, "subscribe", slow)
