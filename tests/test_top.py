@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -256,3 +257,43 @@ def test_rates_hold_while_a_drained_segment_is_removed(
     assert moved_between(before, after) == (30, INLINE_SEGMENT_NODES + 50)
     rate_in, rate_out = second.rates[("drainer", "rates")]
     assert rate_out == pytest.approx(rate_in * (INLINE_SEGMENT_NODES + 50) / 30)
+
+
+def test_the_live_view_keeps_its_last_frame_through_failed_looks_and_goes_on(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look that failed for want of a server (its request timeout) ended
+    the live view with exit code 1: an outage of 30 s ended ``top``."""
+    import zkpubsub.top as top_module
+    from zkpubsub import OperationTimeout
+    from zkpubsub.stats import BusStats
+    from zkpubsub.top import Frame, show_live
+
+    monkeypatch.setattr(top_module, "UNANSWERED_AFTER", 0.0)
+    drawn: list[tuple[str, float | None]] = []
+    render = top_module.render
+
+    def drawing(frame: Frame, unanswered: float | None = None) -> Any:
+        drawn.append((frame.stats.root, unanswered))
+        return render(frame, unanswered)
+
+    monkeypatch.setattr(top_module, "render", drawing)
+    first = Frame(BusStats("/first", (), {}, (), 0), {}, None, time.time())
+    later = Frame(BusStats("/later", (), {}, (), 0), {}, None, time.time())
+    stop = threading.Event()
+    looks: list[str] = []
+
+    def sample(waiting: Callable[[float], None]) -> Frame:
+        looks.append("look")
+        if len(looks) <= 2:
+            time.sleep(0.6)  # the view says "for 1 s" on the second
+            raise OperationTimeout("no answer within the request timeout")
+        stop.set()
+        return later
+
+    show_live(first, sample, 0.01, stop)  # returns: it did not end at the failures
+    assert len(looks) == 3
+    # the last frame stayed, marked unanswered, then the next look was shown
+    assert any(root == "/first" and unanswered for root, unanswered in drawn), drawn
+    assert drawn[-1] == ("/later", None), drawn
+    assert "/later" in capsys.readouterr().out

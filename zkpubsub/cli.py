@@ -567,7 +567,7 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
         with made as observer, contextlib.suppress(Unfinished):
             sampler = Sampler(observer)
 
-            def sample(waiting: Callable[[float], None] | None = None) -> Frame:
+            def look(waiting: Callable[[float], None] | None = None) -> Frame:
                 # on a thread of its own, given up on a signal: the view
                 # ends at once, not when a read of an unanswering server
                 # times out (it fails when what it reads from closes);
@@ -579,17 +579,17 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
                         waiting(time.monotonic() - began)
                     return stop.is_set()
 
-                return read_or_fail(
-                    lambda: on_a_thread(sampler.sample, "zkpubsub-top-read", give_up)
-                )
+                return on_a_thread(sampler.sample, "zkpubsub-top-read", give_up)
 
-            frame = sample()
+            frame = read_or_fail(look)  # the first look fails in one line
             if once:
                 stop.wait(interval)
-                print_frame(sample(), sys.stdout)
+                print_frame(read_or_fail(look), sys.stdout)
                 return
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
-                show_live(frame, sample, interval, stop)
+                # a look failing for want of a server is tried again; any
+                # other failure ends the view in one line
+                read_or_fail(lambda: show_live(frame, look, interval, stop))
 
 
 @main.command()

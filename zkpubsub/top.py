@@ -15,17 +15,21 @@ Needs the ``top`` extra (``pip install 'zkpubsub[top]'``, which brings
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
+from .errors import ConnectionLost, OperationTimeout
 from .observer import Observer
 from .stats import BusStats, QueueStats, moved_between
 
 __all__ = ["Frame", "Sampler", "print_frame", "render", "show_live"]
 
+
+logger = logging.getLogger(__name__)
 
 try:
     import rich  # noqa: F401 - the extra's presence, checked on import
@@ -174,20 +178,31 @@ def show_live(
     """Frames refreshed in place on the terminal every ``interval`` seconds
     until ``stop`` is set (or Ctrl-C). ``sample(waiting)`` takes the next
     frame, calling ``waiting(seconds)`` on this thread while the server
-    does not answer; the last frame then says so."""
+    does not answer; the last frame then says for how long. A look that
+    fails for want of a server (its request timeout, a lost connection)
+    keeps the last frame, so marked, and the next look tries again: an
+    outage does not end the view."""
     from rich.live import Live
 
     with Live(render(first), auto_refresh=False, screen=False) as live:
         shown = first
+        answered = time.monotonic()  # when the server last answered a look
         said = 0
 
-        def waiting(seconds: float) -> None:
+        def waiting(_seconds: float) -> None:
             nonlocal said
+            seconds = time.monotonic() - answered
             if seconds >= UNANSWERED_AFTER and int(seconds) > said:
                 said = int(seconds)
                 live.update(render(shown, unanswered=seconds), refresh=True)
 
         while not stop.wait(interval):
+            try:
+                shown = sample(waiting)
+            except (ConnectionLost, OperationTimeout) as exc:
+                logger.debug("a look at the bus failed: %s", exc)
+                waiting(0.0)
+                continue
+            answered = time.monotonic()
             said = 0
-            shown = sample(waiting)
             live.update(render(shown), refresh=True)
