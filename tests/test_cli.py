@@ -856,3 +856,18 @@ def test_reading_a_bus_the_identity_may_not_read_is_one_line_and_exit_code_1(
     assert code == 1, out
     assert "Traceback" not in out and out.strip().splitlines() == [out.strip()], out
     assert out.startswith("Error: NotAuthorized"), out
+
+
+def test_a_demo_whose_gateway_does_not_start_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Before, the demo went on without the gateway and ended with status
+    0, though the gateway is part of what it shows."""
+    from zkpubsub.demo import _gateway
+
+    monkeypatch.setenv("ZKPUBSUB_GATEWAY_TOKENS", str(tmp_path / "no-such-tokens.json"))
+    steps: list[str] = []
+    failures: list[str] = []
+    with _gateway("127.0.0.1:9", steps.append, failures) as url:
+        assert url is None
+    assert failures == ["the HTTP gateway did not start (run `zkpubsub gateway` to see why)"]

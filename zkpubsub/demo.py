@@ -228,7 +228,7 @@ def run_demo(
             cleaner.wait_leader(10)
             step(f"cleaner elected on the publisher's client (grace {GRACE:g}s)")
             # after the election: the gateway's client stands as a candidate too
-            gateway = later.enter_context(_gateway(zk.hosts, step))
+            gateway = later.enter_context(_gateway(zk.hosts, step, failures))
             workers: list[_Worker] = []
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             for i in range(subscribers):
@@ -320,9 +320,10 @@ def run_demo(
 
 
 @contextlib.contextmanager
-def _gateway(hosts: str, step: Callable[[str], None]) -> Iterator[str | None]:
+def _gateway(hosts: str, step: Callable[[str], None], failures: list[str]) -> Iterator[str | None]:
     """The HTTP gateway in a process of its own for the demo's length, if its
-    extra is installed: its URL (``None`` without the extra)."""
+    extra is installed: its URL (``None`` without the extra, or, a failure
+    of the demo, if it did not start)."""
     from .gateway import require_extra
     from .testing.local import free_ports
 
@@ -341,6 +342,9 @@ def _gateway(hosts: str, step: Callable[[str], None]) -> Iterator[str | None]:
         while _http(url, "GET", "/readyz")[0] != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 step("the HTTP gateway did not start; going on without it")
+                failures.append(
+                    "the HTTP gateway did not start (run `zkpubsub gateway` to see why)"
+                )
                 yield None
                 return
             time.sleep(0.2)
