@@ -776,3 +776,42 @@ def test_a_batch_whose_later_publish_fails_says_what_was_published(
         first = sub.get(timeout=10)
         assert first is not None and doc["published"] == [first.id]
         assert doc["sent"] is False and doc["message_ids"] == ["x"]
+
+
+def _answer_then_end(sock: socket.socket) -> bytes:
+    """What the gateway sends on ``sock`` until it ends the connection."""
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_a_client_leaving_mid_body_or_answered_413_costs_the_gateway_nothing(
+    zookeeper: ZooKeeperBackend, zk_root: str
+) -> None:
+    """A client that left while it sent its body was a logged 500 with two
+    tracebacks; a 413 left the connection open, reading (and dropping) a
+    body that could go on for ever."""
+    url, process = start_gateway(zookeeper.hosts, zk_root)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        for path in ("/topics/t1/messages", "/subscriptions/s1/pull"):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                    'Content-Length: 1000\r\n\r\n{"a": '.encode()
+                )
+                time.sleep(0.3)  # the gateway reads what came, then the client goes
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /subscriptions/s1/pull HTTP/1.1\r\nHost: gw\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            )
+            answer = _answer_then_end(sock)  # a timeout here: the connection stayed open
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 413") and b"connection: close" in head, answer
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        stop_gateway(process)
+    log = log_of(process)
+    assert "Traceback" not in log and " 500" not in log, log

@@ -68,6 +68,8 @@ def _too_large(limit: int, size: int | None = None) -> Problem:
         "Payload too large",
         f"{said} the limit of {limit} bytes",
         limit=limit,
+        # the rest of the body is not read: the connection ends with the answer
+        headers={"Connection": "close"},
     )
 
 

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import errors
 
@@ -255,6 +256,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         return problem.response(request.url.path)
 
+    async def on_gone(request: Request, exc: Exception) -> JSONResponse:
+        # the client left while it sent its body: nobody reads the answer
+        logger.debug(
+            "%s %s: the client left before its body was in", request.method, request.url.path
+        )
+        problem = Problem(
+            400,
+            "client-disconnected",
+            "Client disconnected",
+            "the client left before its request's body was in; nothing was done",
+            headers={"Connection": "close"},
+        )
+        return problem.response(request.url.path)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("%s %s failed", request.method, request.url.path)
         problem = Problem(
@@ -270,4 +285,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.ZkPubSubError, on_library)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_gone)
     app.add_exception_handler(Exception, on_unexpected)
