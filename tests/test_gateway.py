@@ -515,6 +515,34 @@ def test_a_work_item_is_reserved_acked_with_a_result_and_its_ticket_answers(
     assert again.status_code == 404 and again.json()["error"] == "NoReservation"
 
 
+def test_a_result_read_for_a_long_poll_whose_client_left_goes_to_the_next_request(
+    api: httpx.Client, gateway_url: str
+) -> None:
+    """A long poll whose client gave up before its wait ended read the
+    result when it came (removing it) and answered nobody: every later
+    request was told "pending" for ever."""
+    queue = unique("q-")
+    put = api.post(f"/queues/{queue}/items", params={"want_result": True}, json="job")
+    ticket = put.json()["ticket"]
+    [item] = api.post(f"/queues/{queue}/reserve", json={"wait": 5}).json()["items"]
+    with pytest.raises(httpx.TimeoutException):  # gives up after 1 s of a wait of 8
+        httpx.get(
+            f"{gateway_url}/queues/{queue}/results/{ticket}",
+            params={"wait": 8},
+            headers=api.headers,
+            timeout=1.0,
+        )
+    rid = item["reservation"]
+    ack = api.post(f"/queues/{queue}/reservations/{rid}/ack", json={"result": {"n": 7}})
+    assert ack.status_code == 204
+    time.sleep(1.5)  # what the abandoned poll does with it, it has done
+    done = api.get(f"/queues/{queue}/results/{ticket}", params={"wait": 5})
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "done" and done.json()["result"] == {"n": 7}
+    again = api.get(f"/queues/{queue}/results/{ticket}")  # read once: gone now
+    assert again.status_code == 202 and again.json()["status"] == "pending"
+
+
 def test_a_reserve_waits_for_an_item_put_while_it_waits(api: httpx.Client, bus: Client) -> None:
     queue = unique("q-")
     timer = threading.Timer(0.5, lambda: bus.queue(queue).put("late"))

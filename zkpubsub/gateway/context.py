@@ -10,6 +10,7 @@ from fastapi import Request
 
 from .bus import Bus
 from .idempotency import IdempotencyStore
+from .results import LeftResults
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ __all__ = ["GatewayState", "state_of"]
 @dataclass
 class GatewayState:
     """The settings, the bus clients, the idempotency keys, the durable
-    subscriptions this gateway holds and the work items it has reserved."""
+    subscriptions this gateway holds, the work items it has reserved and
+    the ticket results it read for clients that had left."""
 
     settings: GatewaySettings
     bus: Bus
@@ -32,6 +34,9 @@ class GatewayState:
     # set when the server begins to shut down: long polls and event
     # streams end (answered) instead of being cut off
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    left_results: LeftResults = field(default_factory=LeftResults)
+    # reads finishing for clients that left (a reference, so that they run on)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def begin_closing(self) -> None:
         """(On the loop.) End the long polls and streams under way."""

@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from ..aio import AsyncWorkQueue
+from ..aio import AsyncTicket, AsyncWorkQueue
 from ..config import MAX_DEAD_LETTERS
 from ..errors import ItemFailed, OperationTimeout
 from ..layout import validate_name
+from ..workqueue.items import TICKET_READ_AT_LEAST
 from .auth import Caller, Principal
 from .context import GatewayState, state_of
 from .disconnects import client_gone, unless_gone
@@ -51,10 +53,13 @@ from .payloads import (
 )
 from .problems import bad_input, by_the_wait
 from .reservations import Held
+from .results import Kept, Key
 from .topics import _SINGLE_BODY, invalid
 
 __all__ = ["router"]
 
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["queues"])
 # routes whose JSON body is a model FastAPI reads (64 KiB at most; included below)
@@ -348,7 +353,8 @@ async def replay(
     "failed (the item became a dead letter; reason says why), or pending with HTTP 202 "
     "when wait seconds passed first (at most the gateway's --max-wait). Of requests "
     "taking one result at once, one has it and the others get a 404; a result already "
-    "taken is not there any more (pending).",
+    "taken is not there any more (pending). A result read for a long poll whose client "
+    "had left is kept for the ticket's next request.",
     responses=problem_responses(
         401, 403, 404, extra={202: {"description": "No result yet", "model": TicketAnswer}}
     ),
@@ -365,14 +371,54 @@ async def result(
     handle = await _handle(gw, principal, queue)
     with bad_input("ticket"):
         waiter = handle.ticket(ticket)
-    try:
-        value = await waiter.wait(min(wait, gw.settings.max_wait) or 0.001)
-    except ItemFailed as exc:
-        return TicketAnswer(id=ticket, status="failed", reason=exc.reason)
-    except OperationTimeout:
+    key = (principal.profile, queue, ticket)
+    kept = gw.left_results.take(key)  # read for an earlier request whose client left
+    if kept is not None:
+        return _ticket_answer(ticket, kept)
+    async with client_gone(request) as gone:
+        try:
+            outcome = await unless_gone(
+                gone, _outcome(waiter, min(wait, gw.settings.max_wait) or 0.001)
+            )
+        except OperationTimeout:
+            response.status_code = 202
+            return TicketAnswer(id=ticket, status="pending")
+    if outcome is None:  # gone: a read under way may still take the result
+        task = asyncio.ensure_future(_keep_what_is_read(gw, key, waiter))
+        gw.background.add(task)
+        task.add_done_callback(gw.background.discard)
         response.status_code = 202
         return TicketAnswer(id=ticket, status="pending")
-    fields = payload_fields(value)
+    if gone.is_set():  # read for a client that left: kept for its next request
+        gw.left_results.keep(key, outcome)
+        response.status_code = 202
+        return TicketAnswer(id=ticket, status="pending")
+    return _ticket_answer(ticket, outcome)
+
+
+async def _outcome(waiter: AsyncTicket, timeout: float) -> Kept:
+    """The ticket's result or failure (``OperationTimeout`` if neither came)."""
+    try:
+        return Kept(value=await waiter.wait(timeout))
+    except ItemFailed as exc:
+        return Kept(failed=exc.reason)
+
+
+async def _keep_what_is_read(gw: GatewayState, key: Key, waiter: AsyncTicket) -> None:
+    """Finish the read a request whose client left had under way, and keep
+    what it took for the ticket's next request (a result is read once)."""
+    try:
+        outcome = await _outcome(waiter, TICKET_READ_AT_LEAST)
+    except Exception as exc:  # nothing there yet (it stays there), or no server
+        logger.debug("ticket %s: nothing kept for a client that left (%r)", key[2], exc)
+        return
+    gw.left_results.keep(key, outcome)
+
+
+def _ticket_answer(ticket: str, outcome: Kept) -> TicketAnswer:
+    if outcome.failed is not None:
+        return TicketAnswer(id=ticket, status="failed", reason=outcome.failed)
+    fields = payload_fields(outcome.value)
     return TicketAnswer(
         id=ticket,
         status="done",
