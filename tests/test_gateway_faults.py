@@ -532,6 +532,47 @@ def test_one_tokens_idempotency_keys_do_not_push_out_anothers() -> None:
     assert asyncio.run(scenario()) == [("a1", True), ("b4", True), ("b0", False)]
 
 
+def test_a_retry_after_a_failure_that_may_have_written_gets_that_failure_again() -> None:
+    """Every failed attempt was forgotten: a retry of a publish that timed
+    out after it was sent (504), or of a batch published in part (502),
+    with the same Idempotency-Key, wrote it all again."""
+    import asyncio
+
+    from zkpubsub.errors import ConnectionLost, NotAuthorized, PartlyPublished, PublishTimeout
+    from zkpubsub.gateway.idempotency import IdempotencyStore
+    from zkpubsub.gateway.problems import Problem
+
+    def partly() -> Exception:
+        return PartlyPublished("p", message_ids=("m",), reached=1, cause=NotAuthorized("n"))
+
+    failures: dict[str, tuple[Callable[[], Exception], int]] = {
+        "sent, not confirmed": (lambda: PublishTimeout("t", message_ids=("m",)), 1),
+        "published in part": (partly, 1),
+        "a batch in part": (lambda: Problem(502, "p", "P", "d", error="PartlyPublished"), 1),
+        "never sent": (lambda: PublishTimeout("t", message_ids=("m",), sent=False), 2),
+        "no connection": (lambda: ConnectionLost("gone"), 2),
+        "bad input": (lambda: Problem(400, "b", "B", "d"), 2),
+    }
+
+    async def scenario() -> dict[str, int]:
+        store = IdempotencyStore(3600.0, 100)
+        runs: dict[str, int] = {}
+        for name, (failure, _) in failures.items():
+
+            async def work(name: str = name, failure: Callable[[], Exception] = failure) -> str:
+                runs[name] = runs.get(name, 0) + 1
+                raise failure()
+
+            for _ in range(2):  # the first try and its retry
+                with pytest.raises(Exception) as raised:
+                    await store.run(("publish", "token", "t"), name, b"body", work)
+                assert type(raised.value) is type(failure())
+        return runs
+
+    runs = asyncio.run(scenario())
+    assert runs == {name: times for name, (_, times) in failures.items()}
+
+
 def test_a_partly_published_fan_out_is_a_502_naming_what_it_reached() -> None:
     from zkpubsub.errors import NotAuthorized, PartlyPublished
     from zkpubsub.gateway.problems import problem_for

@@ -5,7 +5,10 @@ token and route: a repeat within ``ttl`` seconds gets the first answer
 (with ``Idempotent-Replayed: true``) and does nothing again; a repeat
 that arrives while the first is still running waits for it. The same key
 with a different request (another body or headers) is a 422 problem. An
-attempt that failed is forgotten, so a retry tries again.
+attempt that failed is forgotten, so a retry tries again; unless it may
+have written (:func:`may_have_written`: its outcome unknown, a 504, or
+written in part, a 502 ``PartlyPublished``): the retry then gets that
+failure again, and writes nothing twice.
 
 Kept in the memory of one gateway process, for ``ttl`` seconds (default an
 hour) and at most ``max_keys`` keys per token (its oldest first out: a
@@ -24,11 +27,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .problems import Problem
+from .. import errors
+from .problems import Problem, problem_for
 
-__all__ = ["IdempotencyStore"]
+__all__ = ["IdempotencyStore", "may_have_written"]
 
 MAX_KEY_LENGTH: Final = 255
+
+
+def may_have_written(exc: BaseException) -> bool:
+    """Whether a failed attempt may have written something: its outcome is
+    unknown (a 504: a publish sent and not confirmed, a put not confirmed)
+    or it wrote in part (a 502 ``PartlyPublished``). Doing it again could
+    write twice."""
+    if isinstance(exc, errors.ZkPubSubError):
+        exc = problem_for(exc)
+    if not isinstance(exc, Problem):
+        return False  # a fault of the gateway, before anything was sent
+    return exc.status == 504 or exc.error == "PartlyPublished"
 
 
 @dataclass
@@ -101,7 +117,8 @@ class IdempotencyStore:
         entries[full] = _Entry(fingerprint, task, now + self._ttl)
 
         def forget_failure(done: asyncio.Future[Any]) -> None:
-            if done.cancelled() or done.exception() is not None:
+            failed = None if done.cancelled() else done.exception()
+            if done.cancelled() or (failed is not None and not may_have_written(failed)):
                 current = entries.get(full)
                 if current is not None and current.answer is done:
                     del entries[full]
