@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import subprocess
 import threading
 import time
@@ -496,7 +497,7 @@ def test_a_work_item_is_reserved_acked_with_a_result_and_its_ticket_answers(
     assert ack.status_code == 204
     done = api.get(f"/queues/{queue}/results/{ticket}", params={"wait": 5}).json()
     assert done == {"id": ticket, "status": "done", "result": {"ok": True},
-                    "result_base64": None, "reason": None}  # fmt: skip
+                    "result_base64": None, "reason": None, "result_error": None}  # fmt: skip
     assert api.get(f"/queues/{queue}").json() == {
         "name": queue, "ready": 0, "reserved": 0, "dead": 0, "workers": 1,  # the gateway
     }  # fmt: skip
@@ -859,6 +860,44 @@ def test_health_readiness_metrics_and_the_openapi_document(gateway_url: str) -> 
     assert receipt["content"]["application/json"]["schema"]["$ref"].endswith("/Receipt")
     assert httpx.get(f"{gateway_url}/docs").status_code == 200
     assert ADMIN not in json.dumps(doc)
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_numbers_json_has_not_are_said_never_sent_as_null_or_as_no_json(
+    api: httpx.Client, bus: Client
+) -> None:
+    """msgpack carries NaN and infinities: a pull answered them as null as
+    if the payload were null, the event stream wrote NaN (no JSON), and a
+    ticket's infinite result read "done" with a null result (then gone)."""
+    topic, queue = unique("t-"), unique("q-")
+    name = subscribe(api, topic)
+    bus.publish(topic, {"x": math.nan})
+    bus.publish(topic, [math.inf])
+    got = pull_all(api, name, 2, auto_ack=True)
+    assert [m["payload"] for m in got] == [None, None]
+    assert all("NaN or an infinity" in m["payload_error"] for m in got), got
+    streamed = subscribe(api, topic)
+    bus.publish(topic, {"y": -math.inf})
+    with api.stream("GET", f"/subscriptions/{streamed}/events?ack=auto", timeout=20) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                event = _strict_json(line[6:])  # JSON, as the stream promises
+                break
+    assert event["payload"] is None and "NaN or an infinity" in event["payload_error"]
+    ticket = bus.queue(queue).put("job", want_result=True)
+    item = bus.queue(queue).reserve(timeout=10)
+    assert item is not None
+    item.ack(result=math.inf)
+    answer = api.get(f"/queues/{queue}/results/{ticket.id}", params={"wait": 5})
+    doc = _strict_json(answer.text)
+    assert doc["status"] == "done" and doc["result"] is None
+    assert "NaN or an infinity" in doc["result_error"]
 
 
 def test_a_payload_nested_too_deep_is_refused_and_one_published_otherwise_is_handed_out(

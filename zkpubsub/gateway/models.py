@@ -94,7 +94,9 @@ class PulledMessage(BaseModel):
     payload: Any = None
     payload_base64: str | None = None
     payload_error: str | None = Field(
-        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+        None,
+        description="Why the payload is not shown (nested too deep, or holding NaN or an "
+        "infinity: it cannot be written as JSON).",
     )
     headers: dict[str, str]
     published_at: float
@@ -154,7 +156,9 @@ class ReservedItem(BaseModel):
     payload: Any = None
     payload_base64: str | None = None
     payload_error: str | None = Field(
-        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+        None,
+        description="Why the payload is not shown (nested too deep, or holding NaN or an "
+        "infinity: it cannot be written as JSON).",
     )
     headers: dict[str, str]
     priority: int
@@ -193,7 +197,9 @@ class DeadLetter(BaseModel):
     payload: Any = None
     payload_base64: str | None = None
     payload_error: str | None = Field(
-        None, description="Why the payload is not shown (nested too deep to write as JSON)."
+        None,
+        description="Why the payload is not shown (nested too deep, or holding NaN or an "
+        "infinity: it cannot be written as JSON).",
     )
     headers: dict[str, str]
     priority: int
@@ -208,6 +214,11 @@ class TicketAnswer(BaseModel):
     result: Any = None
     result_base64: str | None = None
     reason: str | None = None
+    result_error: str | None = Field(
+        default=None,
+        description="Why a result (written other than through a gateway) is null: "
+        "nested too deep, or holding NaN or an infinity, it cannot be written as JSON.",
+    )
 
 
 class HealthAnswer(BaseModel):

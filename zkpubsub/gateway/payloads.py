@@ -303,15 +303,34 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _not_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or an infinity (looked at without
+    recursion): a number JSON has no way to write."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def payload_fields(payload: Any) -> dict[str, Any]:
     """``{"payload": ...}`` or, for bytes, ``{"payload_base64": ...}``. A
-    payload nested deeper than :data:`MAX_DEPTH` (published other than
-    through a gateway, which refuses such bodies) cannot be written as
-    JSON here: ``{"payload": null, "payload_error": ...}`` says so."""
+    payload nested deeper than :data:`MAX_DEPTH`, or holding a NaN or an
+    infinity (published other than through a gateway, which refuses such
+    bodies), cannot be written as JSON here: ``{"payload": null,
+    "payload_error": ...}`` says so."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return {"payload_base64": base64.b64encode(bytes(payload)).decode()}
     if too_deep(payload):
         return {"payload": None, "payload_error": f"nested deeper than {MAX_DEPTH} levels"}
+    if _not_finite(payload):
+        return {"payload": None, "payload_error": "holds NaN or an infinity, which JSON cannot"}
     return {"payload": _jsonable(payload)}
 
 

@@ -424,6 +424,7 @@ def _ticket_answer(ticket: str, outcome: Kept) -> TicketAnswer:
         status="done",
         result=fields.get("payload"),
         result_base64=fields.get("payload_base64"),
+        result_error=fields.get("payload_error"),
     )
 
 
