@@ -47,6 +47,20 @@ def may_have_written(exc: BaseException) -> bool:
     return exc.status == 504 or exc.error == "PartlyPublished"
 
 
+def _replayed(exc: Problem | errors.ZkPubSubError) -> Problem:
+    """The problem answering ``exc`` again, marked ``Idempotent-Replayed``."""
+    first = exc if isinstance(exc, Problem) else problem_for(exc)
+    return Problem(
+        first.status,
+        first.slug,
+        first.title,
+        first.detail,
+        error=first.error,
+        headers={**(first.headers or {}), "Idempotent-Replayed": "true"},
+        **first.extra,
+    )
+
+
 @dataclass
 class _Entry:
     fingerprint: str
@@ -110,7 +124,10 @@ class IdempotencyStore:
                     "Idempotency-Key reused",
                     "this Idempotency-Key was used for a different request",
                 )
-            return await asyncio.shield(entry.answer), True
+            try:
+                return await asyncio.shield(entry.answer), True
+            except (Problem, errors.ZkPubSubError) as exc:  # a kept failure: said replayed
+                raise _replayed(exc) from exc
         # The work runs as a task of its own: a caller that goes away does not
         # cancel it, and a retry meanwhile waits for its answer.
         task = asyncio.ensure_future(work())
