@@ -858,6 +858,17 @@ def test_health_readiness_metrics_and_the_openapi_document(gateway_url: str) -> 
     assert {"Receipt", "PullResult", "ReserveResult", "ProblemDocument"} <= set(schemas)
     receipt = doc["paths"]["/topics/{topic}/messages"]["post"]["responses"]["201"]
     assert receipt["content"]["application/json"]["schema"]["$ref"].endswith("/Receipt")
+    # routes that read their JSON body themselves describe it all the same
+    for path, field in (
+        ("/queues/{queue}/reservations/{reservation}/ack", "result"),
+        ("/queues/{queue}/reservations/{reservation}/release", "error"),
+        ("/queues/{queue}/reservations/{reservation}/extend", "seconds"),
+        ("/queues/{queue}/dead/replay", "ids"),
+    ):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert field in body["schema"]["properties"], path
+    for path in ("/healthz", "/readyz", "/metrics"):  # no token needed
+        assert doc["paths"][path]["get"]["security"] == [], path
     assert httpx.get(f"{gateway_url}/docs").status_code == 200
     assert ADMIN not in json.dumps(doc)
 

@@ -124,6 +124,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 "bearer": {"type": "http", "scheme": "bearer"}
             }
             schema["security"] = [{"bearer": []}]
+            for path in ("/healthz", "/readyz", "/metrics"):  # open to every caller
+                for operation in schema.get("paths", {}).get(path, {}).values():
+                    operation["security"] = []
             app.openapi_schema = schema
         return app.openapi_schema
 

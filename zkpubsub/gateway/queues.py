@@ -61,6 +61,18 @@ __all__ = ["router"]
 
 logger = logging.getLogger(__name__)
 
+
+def _optional_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI description of an optional JSON body of ``model`` (for
+    routes that read their body themselves, which FastAPI cannot see)."""
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
 router = APIRouter(tags=["queues"])
 # routes whose JSON body is a model FastAPI reads (64 KiB at most; included below)
 _small = APIRouter(tags=["queues"], route_class=SmallBodyRoute)
@@ -214,6 +226,7 @@ def _dropped_when_finished(gw: GatewayState, reservation: str, held: Held) -> It
     "/queues/{queue}/reservations/{reservation}/ack",
     status_code=204,
     summary="Ack a reserved item (with its result)",
+    openapi_extra=_optional_body(ItemAckRequest),
     responses=problem_responses(401, 403, 404, 409),
 )
 async def ack(
@@ -236,6 +249,7 @@ async def ack(
     summary="Give a reserved item back (with the error)",
     description="The item is tried again by the next reserve; after max_attempts "
     "reservations it becomes a dead letter with this error as its reason.",
+    openapi_extra=_optional_body(ReleaseRequest),
     responses=problem_responses(401, 403, 404, 409),
 )
 async def release(
@@ -258,6 +272,7 @@ async def release(
     summary="Extend a reservation's lease",
     description="Renews the lease for seconds from now (default: the lease it was "
     "reserved with). A 409 ReservationLost if the item is no longer held.",
+    openapi_extra=_optional_body(ExtendRequest),
     responses=problem_responses(401, 403, 404, 409),
 )
 async def extend(
@@ -331,6 +346,7 @@ async def dead(
     summary="Put dead letters back",
     description='Optional JSON body {"ids": [...]}; none or an empty list replays all. '
     "Each goes back as a new item with its payload and priority.",
+    openapi_extra=_optional_body(ReplayRequest),
     responses=problem_responses(401, 403, 422),
 )
 async def replay(
