@@ -1059,6 +1059,24 @@ def test_dead_letters_are_listed_oldest_first_whatever_their_priority(
     assert [d.payload for d in q.dead(limit=1)] == ["old, not urgent"]
 
 
+def test_dead_letters_are_read_in_windows_and_within_a_byte_budget(
+    make_client: MakeClient,
+) -> None:
+    """A listing read every letter asked for in one pipelined round, each up
+    to a message's limit: the server built them all at once, and the caller
+    held them all (10,000 of a megabyte for a gateway's listing)."""
+    q = make_client().queue("dead-budget", max_attempts=1)
+    q.put_many([bytes([n]) * 10_000 for n in range(40)])  # more than one window
+    for item in q.reserve_many(40, timeout=10):
+        item.release("no")
+    assert q.stats().dead == 40
+    assert [d.payload[0] for d in q.dead()] == list(range(40))  # oldest first, across windows
+    assert [d.payload[0] for d in q.dead(max_bytes=25_000)] == [0, 1]
+    assert [d.payload[0] for d in q.dead(max_bytes=1)] == [0]  # the oldest, always
+    with pytest.raises(ValueError, match="max_bytes"):
+        q.dead(max_bytes=0)
+
+
 def test_a_ticket_waiting_long_keeps_one_watcher(make_client: MakeClient) -> None:
     """Before, each second of a wait without a timeout added a watcher of
     its own to the client's, for as long as it waited."""

@@ -460,9 +460,11 @@ class AsyncWorkQueue:
         """:meth:`WorkQueue.stats` (``OperationTimeout`` after ``timeout``)."""
         return await self._bridge.run(self._queue.stats, check_timeout(timeout))
 
-    async def dead(self, *, limit: int | None = None) -> list[DeadItem]:
+    async def dead(
+        self, *, limit: int | None = None, max_bytes: int | None = None
+    ) -> list[DeadItem]:
         """:meth:`WorkQueue.dead`."""
-        return await self._bridge.run(self._queue.dead, limit=limit)
+        return await self._bridge.run(self._queue.dead, limit=limit, max_bytes=max_bytes)
 
     async def replay(
         self, ids: Sequence[str] | None = None, *, timeout: float | None = None

@@ -306,6 +306,9 @@ async def stats(queue: str, request: Request, principal: Caller) -> QueueStatsAn
 # Dead letters one listing answers with by default: each may hold up to a
 # message's limit, and a queue keeps up to MAX_DEAD_LETTERS of them.
 DEAD_LIMIT: Final = 100
+# Bytes of dead letters one listing holds (and answers) at most: fewer
+# letters than asked for when they are large (the oldest is always given).
+DEAD_ANSWER_BYTES: Final = 16 * 2**20
 
 
 @router.get(
@@ -322,7 +325,8 @@ async def dead(
         DEAD_LIMIT,
         ge=1,
         le=MAX_DEAD_LETTERS,
-        description="At most this many, the oldest (only those are read).",
+        description="At most this many, the oldest (only those are read); fewer once "
+        "they hold 16 MiB (the oldest is always given).",
     ),
 ) -> list[DeadLetter]:
     handle = await _handle(state_of(request), principal, queue)
@@ -336,7 +340,7 @@ async def dead(
             died_at=d.died_at,
             **payload_fields(d.payload),
         )
-        for d in await handle.dead(limit=limit)
+        for d in await handle.dead(limit=limit, max_bytes=DEAD_ANSWER_BYTES)
     ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Final
 
 from kazoo.exceptions import BadVersionError, NoNodeError
 
@@ -24,13 +24,19 @@ from ..serializers import SerializerRegistry
 from .records import DeadItem, dead_item, dead_item_data
 from .segments import Segments
 
-__all__ = ["read_dead", "replay"]
+__all__ = ["DEAD_READ_WINDOW", "read_dead", "replay"]
 
 
 def check_dead_limit(limit: object) -> None:
     """``ValueError`` unless ``limit`` is ``None`` or a count of dead letters."""
     if limit is not None and (not is_int(limit) or limit < 0):
         raise ValueError(f"limit must be an int >= 0 or None, not {limit!r}")
+
+
+# Dead letters asked of the server at once: each may hold up to a message's
+# limit, and the server builds every answer of a pipelined read before the
+# client takes them (a thousand of them at once would load its heap).
+DEAD_READ_WINDOW: Final = 32
 
 
 def read_dead(
@@ -40,24 +46,38 @@ def read_dead(
     deadline: float | None,
     *,
     limit: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[DeadItem]:
     """The dead letters of a queue, oldest first (the ``limit`` oldest, if
-    given: only those are read)."""
+    given: only those are read), read :data:`DEAD_READ_WINDOW` at a time;
+    with ``max_bytes``, no more once their data reach that many bytes (the
+    first is always read)."""
     check_dead_limit(limit)
+    if max_bytes is not None and (not is_int(max_bytes) or max_bytes < 1):
+        raise ValueError(f"max_bytes must be an int >= 1 or None, not {max_bytes!r}")
     kazoo = conn.kazoo
     # oldest first whatever their priority (their names are the items')
     ordered, foreign = order_items(conn.children(paths.dead, deadline) or [], by_priority=False)
     names = (ordered + foreign)[:limit]
-    answers = conn.read_all(
-        lambda: [kazoo.get_async(paths.dead_letter(n)) for n in names],
-        deadline,
-        "read dead letters",
-    )
-    return [
-        dead_item(serializers, paths.dead_letter(name), name, answer[0])
-        for name, answer in zip(names, answers, strict=True)
-        if not isinstance(answer, NoNodeError)
-    ]
+    out: list[DeadItem] = []
+    size = 0
+    for start in range(0, len(names), DEAD_READ_WINDOW):
+        window = names[start : start + DEAD_READ_WINDOW]
+        answers = conn.read_all(
+            functools.partial(_ask, kazoo, paths, window), deadline, "read dead letters"
+        )
+        for name, answer in zip(window, answers, strict=True):
+            if isinstance(answer, NoNodeError):
+                continue
+            if max_bytes is not None and out and size + len(answer[0]) > max_bytes:
+                return out
+            size += len(answer[0])
+            out.append(dead_item(serializers, paths.dead_letter(name), name, answer[0]))
+    return out
+
+
+def _ask(kazoo: Any, paths: WorkQueuePaths, names: list[str]) -> list[Any]:
+    return [kazoo.get_async(paths.dead_letter(n)) for n in names]
 
 
 def replay(

@@ -276,12 +276,21 @@ class WorkQueue:
                 self._ctx.conn, self._paths, self.name, self._ctx.deadline(timeout)
             )
 
-    def dead(self, *, limit: int | None = None) -> list[DeadItem]:
+    def dead(self, *, limit: int | None = None, max_bytes: int | None = None) -> list[DeadItem]:
         """The dead letters, oldest first: all of them, or the ``limit``
-        oldest (only those are read)."""
+        oldest (only those are read); with ``max_bytes``, no more once
+        their encoded items reach that many bytes (the oldest is always
+        given)."""
         ctx = self._ctx
         with translated(f"dead letters of {self.name!r}"):
-            return read_dead(ctx.conn, ctx.serializers, self._paths, ctx.deadline(), limit=limit)
+            return read_dead(
+                ctx.conn,
+                ctx.serializers,
+                self._paths,
+                ctx.deadline(),
+                limit=limit,
+                max_bytes=max_bytes,
+            )
 
     def replay(self, ids: Sequence[str] | None = None, *, timeout: float | None = None) -> int:
         """Put dead letters back (all, or those with these ids) as new items
