@@ -538,7 +538,13 @@ def test_a_retry_after_a_failure_that_may_have_written_gets_that_failure_again()
     with the same Idempotency-Key, wrote it all again."""
     import asyncio
 
-    from zkpubsub.errors import ConnectionLost, NotAuthorized, PartlyPublished, PublishTimeout
+    from zkpubsub.errors import (
+        ConnectionLost,
+        NotAuthorized,
+        OperationTimeout,
+        PartlyPublished,
+        PublishTimeout,
+    )
     from zkpubsub.gateway.idempotency import IdempotencyStore
     from zkpubsub.gateway.problems import Problem
 
@@ -551,6 +557,7 @@ def test_a_retry_after_a_failure_that_may_have_written_gets_that_failure_again()
         "a batch in part": (lambda: Problem(502, "p", "P", "d", error="PartlyPublished"), 1),
         "never sent": (lambda: PublishTimeout("t", message_ids=("m",), sent=False), 2),
         "no connection": (lambda: ConnectionLost("gone"), 2),
+        "not connected in time": (lambda: OperationTimeout("not connected in time"), 2),
         "bad input": (lambda: Problem(400, "b", "B", "d"), 2),
     }
 
@@ -569,6 +576,9 @@ def test_a_retry_after_a_failure_that_may_have_written_gets_that_failure_again()
             with pytest.raises((Problem, type(first))) as retried:
                 await store.run(("publish", "token", "t"), name, b"body", work)
             if times == 1:  # kept: answered again, and said to be
+                (entry,) = [e for k, e in store._owners["token"].items() if k[-1] == name]
+                assert entry.answer is None and entry.failure is not None  # not the attempt
+                assert entry.failure.__traceback__ is None  # nor its frames (the body)
                 assert isinstance(retried.value, Problem), retried.value
                 assert retried.value.headers["Idempotent-Replayed"] == "true"
                 assert retried.value.status in (502, 504)

@@ -6,9 +6,9 @@ token and route: a repeat within ``ttl`` seconds gets the first answer
 that arrives while the first is still running waits for it. The same key
 with a different request (another body or headers) is a 422 problem. An
 attempt that failed is forgotten, so a retry tries again; unless it may
-have written (:func:`may_have_written`: its outcome unknown, a 504, or
-written in part, a 502 ``PartlyPublished``): the retry then gets that
-failure again, and writes nothing twice.
+have written (:func:`may_have_written`: a publish sent and not confirmed,
+or written in part): the retry then gets that failure again, and writes
+nothing twice.
 
 Kept in the memory of one gateway process, for ``ttl`` seconds (default an
 hour) and at most ``max_keys`` keys per token (its oldest first out: a
@@ -36,19 +36,23 @@ MAX_KEY_LENGTH: Final = 255
 
 
 def may_have_written(exc: BaseException) -> bool:
-    """Whether a failed attempt may have written something: its outcome is
-    unknown (a 504: a publish sent and not confirmed, a put not confirmed)
-    or it wrote in part (a 502 ``PartlyPublished``). Doing it again could
-    write twice."""
-    if isinstance(exc, errors.ZkPubSubError):
-        exc = problem_for(exc)
-    if not isinstance(exc, Problem):
-        return False  # a fault of the gateway, before anything was sent
-    return exc.status == 504 or exc.error == "PartlyPublished"
+    """Whether a failed attempt may have written something, by what it
+    says: a publish sent and not confirmed (``PublishTimeout`` with
+    ``sent``, a 504), or one written in part (``PartlyPublished``, a 502).
+    Doing it again could write twice."""
+    if isinstance(exc, errors.PublishTimeout):
+        return exc.sent
+    if isinstance(exc, errors.PartlyPublished):
+        return True
+    if isinstance(exc, Problem):
+        sent = exc.error == "PublishTimeout" and exc.extra.get("sent") is True
+        return sent or exc.error == "PartlyPublished"
+    return False
 
 
-def _replayed(exc: Problem | errors.ZkPubSubError) -> Problem:
-    """The problem answering ``exc`` again, marked ``Idempotent-Replayed``."""
+def _bare(exc: Problem | errors.ZkPubSubError) -> Problem:
+    """The problem answering ``exc``, holding nothing of the attempt (no
+    traceback, so none of its frames' data: the request's body)."""
     first = exc if isinstance(exc, Problem) else problem_for(exc)
     return Problem(
         first.status,
@@ -56,16 +60,32 @@ def _replayed(exc: Problem | errors.ZkPubSubError) -> Problem:
         first.title,
         first.detail,
         error=first.error,
-        headers={**(first.headers or {}), "Idempotent-Replayed": "true"},
+        headers=dict(first.headers or {}),
         **first.extra,
+    )
+
+
+def _replayed(kept: Problem) -> Problem:
+    """The kept problem answered again, marked ``Idempotent-Replayed``."""
+    return Problem(
+        kept.status,
+        kept.slug,
+        kept.title,
+        kept.detail,
+        error=kept.error,
+        headers={**(kept.headers or {}), "Idempotent-Replayed": "true"},
+        **kept.extra,
     )
 
 
 @dataclass
 class _Entry:
     fingerprint: str
-    answer: asyncio.Future[Any]
+    # the attempt, while it runs and once it answered; ``None`` once it
+    # failed in a way kept (``failure``)
+    answer: asyncio.Future[Any] | None
     expires: float
+    failure: Problem | None = None
 
 
 class IdempotencyStore:
@@ -124,21 +144,32 @@ class IdempotencyStore:
                     "Idempotency-Key reused",
                     "this Idempotency-Key was used for a different request",
                 )
+            if entry.failure is not None:  # a kept failure: answered again, said replayed
+                raise _replayed(entry.failure)
+            assert entry.answer is not None
             try:
                 return await asyncio.shield(entry.answer), True
-            except (Problem, errors.ZkPubSubError) as exc:  # a kept failure: said replayed
-                raise _replayed(exc) from exc
+            except (Problem, errors.ZkPubSubError) as exc:
+                if may_have_written(exc):  # the attempt waited for, kept: said replayed
+                    raise _replayed(_bare(exc)) from None
+                raise  # forgotten: the next retry runs again
         # The work runs as a task of its own: a caller that goes away does not
         # cancel it, and a retry meanwhile waits for its answer.
         task = asyncio.ensure_future(work())
         entries[full] = _Entry(fingerprint, task, now + self._ttl)
 
         def forget_failure(done: asyncio.Future[Any]) -> None:
+            current = entries.get(full)
+            if current is None or current.answer is not done:
+                return
             failed = None if done.cancelled() else done.exception()
-            if done.cancelled() or (failed is not None and not may_have_written(failed)):
-                current = entries.get(full)
-                if current is not None and current.answer is done:
-                    del entries[full]
+            if failed is None and not done.cancelled():
+                return  # answered: kept as it is
+            if isinstance(failed, (Problem, errors.ZkPubSubError)) and may_have_written(failed):
+                # kept, as its answer alone (not the attempt and its data)
+                current.failure, current.answer = _bare(failed), None
+            else:
+                del entries[full]
 
         task.add_done_callback(forget_failure)
         return await asyncio.shield(task), False
