@@ -24,7 +24,6 @@ from ..aio import AsyncTicket, AsyncWorkQueue
 from ..config import MAX_DEAD_LETTERS
 from ..errors import ItemFailed, OperationTimeout
 from ..layout import validate_name
-from ..workqueue.items import TICKET_READ_AT_LEAST
 from .auth import Caller, Principal
 from .context import GatewayState, state_of
 from .disconnects import client_gone, unless_gone
@@ -403,7 +402,14 @@ async def result(
         except OperationTimeout:
             response.status_code = 202
             return TicketAnswer(id=ticket, status="pending")
-    if outcome is None:  # gone: a read under way may still take the result
+    if gw.closing.is_set():  # the gateway stops, its client is still there: answered
+        if outcome is None:
+            outcome = await _read_under_way(waiter)
+        if outcome is None:
+            response.status_code = 202
+            return TicketAnswer(id=ticket, status="pending")
+        return _ticket_answer(ticket, outcome)
+    if outcome is None:  # the client left: the read under way may still take the result
         task = asyncio.ensure_future(_keep_what_is_read(gw, key, waiter))
         gw.background.add(task)
         task.add_done_callback(gw.background.discard)
@@ -424,15 +430,22 @@ async def _outcome(waiter: AsyncTicket, timeout: float) -> Kept:
         return Kept(failed=exc.reason)
 
 
+async def _read_under_way(waiter: AsyncTicket) -> Kept | None:
+    """What the read a cancelled wait had under way takes (``None``:
+    nothing): it is waited for, and no other is begun."""
+    try:
+        return await _outcome(waiter, 0.0)
+    except Exception as exc:  # nothing there yet (it stays there), or no server
+        logger.debug("ticket %s: the read under way took nothing (%r)", waiter.id, exc)
+        return None
+
+
 async def _keep_what_is_read(gw: GatewayState, key: Key, waiter: AsyncTicket) -> None:
     """Finish the read a request whose client left had under way, and keep
     what it took for the ticket's next request (a result is read once)."""
-    try:
-        outcome = await _outcome(waiter, TICKET_READ_AT_LEAST)
-    except Exception as exc:  # nothing there yet (it stays there), or no server
-        logger.debug("ticket %s: nothing kept for a client that left (%r)", key[2], exc)
-        return
-    gw.left_results.keep(key, outcome)
+    outcome = await _read_under_way(waiter)
+    if outcome is not None:
+        gw.left_results.keep(key, outcome)
 
 
 def _ticket_answer(ticket: str, outcome: Kept) -> TicketAnswer:

@@ -18,7 +18,7 @@ from typing import Any, Final
 __all__ = ["KEEP_AT_MOST", "KEEP_FOR", "Kept", "LeftResults"]
 
 KEEP_FOR: Final = 600.0
-KEEP_AT_MOST: Final = 1000
+KEEP_AT_MOST: Final = 100  # a result may be up to a message (about 1 MB)
 
 Key = tuple[str | None, str, str]  # credentials profile, queue, ticket
 
