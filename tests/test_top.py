@@ -297,3 +297,35 @@ def test_the_live_view_keeps_its_last_frame_through_failed_looks_and_goes_on(
     assert any(root == "/first" and unanswered for root, unanswered in drawn), drawn
     assert drawn[-1] == ("/later", None), drawn
     assert "/later" in capsys.readouterr().out
+
+
+def test_the_live_view_marks_no_healthy_look_unanswered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting from the last answer, the wait between refreshes made every
+    look of a healthy server start "unanswered" (with the default interval
+    of 2 s, every refresh flashed the banner)."""
+    import zkpubsub.top as top_module
+    from zkpubsub.stats import BusStats
+    from zkpubsub.top import Frame, show_live
+
+    monkeypatch.setattr(top_module, "UNANSWERED_AFTER", 0.3)
+    drawn: list[float | None] = []
+    render = top_module.render
+
+    def drawing(frame: Frame, unanswered: float | None = None) -> Any:
+        drawn.append(unanswered)
+        return render(frame, unanswered)
+
+    monkeypatch.setattr(top_module, "render", drawing)
+    frame = Frame(BusStats("/healthy", (), {}, (), 0), {}, None, time.time())
+    stop = threading.Event()
+    looks: list[int] = []
+
+    def sample(waiting: Callable[[float], None]) -> Frame:
+        waiting(0.01)  # asked at once: the server answers in 10 ms
+        looks.append(1)
+        if len(looks) == 2:
+            stop.set()
+        return frame
+
+    show_live(frame, sample, 1.1, stop)  # each look comes 1.1 s after the last answer
+    assert len(looks) == 2 and drawn and all(u is None for u in drawn), drawn

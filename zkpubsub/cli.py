@@ -588,8 +588,11 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
                 return
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it
                 # a look failing for want of a server is tried again; any
-                # other failure ends the view in one line
-                read_or_fail(lambda: show_live(frame, look, interval, stop))
+                # other failure of the bus ends the view in one line
+                try:
+                    show_live(frame, look, interval, stop)
+                except ZkPubSubError as exc:
+                    raise failure(exc) from exc
 
 
 @main.command()

@@ -186,23 +186,28 @@ def show_live(
 
     with Live(render(first), auto_refresh=False, screen=False) as live:
         shown = first
-        answered = time.monotonic()  # when the server last answered a look
+        failing_since: float | None = None  # when the first look that failed began
         said = 0
 
-        def waiting(_seconds: float) -> None:
+        def waiting(seconds: float) -> None:
+            # how long this look has waited, or since the looks began to fail
             nonlocal said
-            seconds = time.monotonic() - answered
+            if failing_since is not None:
+                seconds = time.monotonic() - failing_since
             if seconds >= UNANSWERED_AFTER and int(seconds) > said:
                 said = int(seconds)
                 live.update(render(shown, unanswered=seconds), refresh=True)
 
         while not stop.wait(interval):
+            began = time.monotonic()
             try:
                 shown = sample(waiting)
             except (ConnectionLost, OperationTimeout) as exc:
                 logger.debug("a look at the bus failed: %s", exc)
+                if failing_since is None:
+                    failing_since = began
                 waiting(0.0)
                 continue
-            answered = time.monotonic()
+            failing_since = None
             said = 0
             live.update(render(shown), refresh=True)
