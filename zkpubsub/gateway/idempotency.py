@@ -50,31 +50,22 @@ def may_have_written(exc: BaseException) -> bool:
     return False
 
 
-def _bare(exc: Problem | errors.ZkPubSubError) -> Problem:
+def _bare(exc: Problem | errors.ZkPubSubError, *, replayed: bool = False) -> Problem:
     """The problem answering ``exc``, holding nothing of the attempt (no
-    traceback, so none of its frames' data: the request's body)."""
+    traceback, so none of its frames' data: the request's body); marked
+    ``Idempotent-Replayed`` if ``replayed``."""
     first = exc if isinstance(exc, Problem) else problem_for(exc)
+    headers = dict(first.headers or {})
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Problem(
         first.status,
         first.slug,
         first.title,
         first.detail,
         error=first.error,
-        headers=dict(first.headers or {}),
+        headers=headers,
         **first.extra,
-    )
-
-
-def _replayed(kept: Problem) -> Problem:
-    """The kept problem answered again, marked ``Idempotent-Replayed``."""
-    return Problem(
-        kept.status,
-        kept.slug,
-        kept.title,
-        kept.detail,
-        error=kept.error,
-        headers={**(kept.headers or {}), "Idempotent-Replayed": "true"},
-        **kept.extra,
     )
 
 
@@ -145,13 +136,13 @@ class IdempotencyStore:
                     "this Idempotency-Key was used for a different request",
                 )
             if entry.failure is not None:  # a kept failure: answered again, said replayed
-                raise _replayed(entry.failure)
+                raise _bare(entry.failure, replayed=True)
             assert entry.answer is not None
             try:
                 return await asyncio.shield(entry.answer), True
             except (Problem, errors.ZkPubSubError) as exc:
                 if may_have_written(exc):  # the attempt waited for, kept: said replayed
-                    raise _replayed(_bare(exc)) from None
+                    raise _bare(exc, replayed=True) from None
                 raise  # forgotten: the next retry runs again
         # The work runs as a task of its own: a caller that goes away does not
         # cancel it, and a retry meanwhile waits for its answer.
