@@ -587,6 +587,11 @@ class Session:
         if ctx.conn.connected.is_set():
             self._watch_registration()
 
+    @property
+    def registered_session(self) -> int | None:
+        """The id of the session the client last registered on."""
+        return self._registered_session
+
     def _note_failing(self, error: BaseException | None) -> None:
         """Registering on a new session failed (connected): since when it
         has failed on this connection, and the last error."""

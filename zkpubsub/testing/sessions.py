@@ -104,7 +104,11 @@ def expire_session(
             now = time.monotonic()
             current = target._session_credentials()
             connected = target.status == ClientState.CONNECTED
-            if current is not None and current[0] != old_session and connected:
+            # registered on the new session: the state alone may still say
+            # CONNECTED from before, until the client's supervisor has seen
+            # the expiry
+            registered = current is not None and target._session.registered_session == current[0]
+            if current is not None and current[0] != old_session and connected and registered:
                 return
             if now > deadline:
                 raise TimeoutError("the client did not register again on a new session in time")
