@@ -166,8 +166,14 @@ def evicting_behind_a_proxy(
         sub_client = make_client(hosts=proxy.address, session_timeout=20.0, cleaner=False)
         gaps: list[Gap] = []
         sub_client.add_gap_listener(gaps.append)
-        sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
-        yield proxy, sub_client, sub, make_client(cleaner=False), gaps
+        try:
+            sub = sub_client.subscribe("t", max_backlog=5, when_full="evict")
+            yield proxy, sub_client, sub, make_client(cleaner=False), gaps
+        finally:
+            # closed while the proxy still stands: closed after it, the
+            # client waits out its session to say goodbye
+            proxy.unblock()
+            sub_client.close()
 
 
 def marked_full_while_cut_off(proxy: TcpProxy, sub_client: Client, pub: Client) -> None:
