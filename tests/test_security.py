@@ -437,6 +437,7 @@ def _tls_session(address: str, hostname: str, tls: Tls) -> None:
         address=(host, int(port)),
         hostname=hostname,
         timeout=5.0,
+        use_ssl=True,
         **tls._options(),
     )
     sock.close()

@@ -220,7 +220,7 @@ def kazoo_security(auth: tuple[Auth | Sasl, ...], tls: Tls | None) -> dict[str, 
                 sasl["principal"] = a.principal
             options["sasl_options"] = sasl
     if tls is not None:
-        options.update(tls._options())
+        options.update(tls._options(), use_ssl=True)
     return options
 
 

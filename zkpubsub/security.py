@@ -151,10 +151,9 @@ class Tls:
                 raise ValueError(f"TLS {name} {value!r} is not a readable file")
 
     def _options(self) -> dict[str, Any]:
-        """These settings as the keyword arguments of a session's TLS
-        connection (kazoo's names), which :func:`client_context` takes."""
+        """These settings as :func:`client_context`'s keyword arguments,
+        which are also kazoo's names for them."""
         return {
-            "use_ssl": True,
             "ca": self.ca,
             "certfile": self.certfile,
             "keyfile": self.keyfile,
@@ -166,9 +165,7 @@ class Tls:
     def context(self) -> ssl.SSLContext:
         """The client's TLS context for these settings: ``ssl.SSLError`` or
         ``OSError`` if a file cannot be loaded."""
-        options = self._options()
-        del options["use_ssl"]
-        return client_context(**options)
+        return client_context(**self._options())
 
 
 def client_context(
@@ -180,7 +177,7 @@ def client_context(
     verify_certs: bool = True,
     check_hostname: bool = True,
 ) -> ssl.SSLContext:
-    """A client's TLS context (from :meth:`Tls._options`, but ``use_ssl``): it trusts the
+    """A client's TLS context (from :meth:`Tls._options`): it trusts the
     authorities of ``ca`` alone (the system's without one). ``ssl.SSLError``
     or ``OSError`` (a file missing: one a connection may find again later)
     if a file cannot be loaded."""
