@@ -400,26 +400,28 @@ async def result(
                 gone, _outcome(waiter, min(wait, gw.settings.max_wait) or 0.001)
             )
         except OperationTimeout:
-            response.status_code = 202
-            return TicketAnswer(id=ticket, status="pending")
+            return _pending(response, ticket)
     if gw.closing.is_set():  # the gateway stops, its client is still there: answered
         if outcome is None:
             outcome = await _read_under_way(waiter)
         if outcome is None:
-            response.status_code = 202
-            return TicketAnswer(id=ticket, status="pending")
+            return _pending(response, ticket)
         return _ticket_answer(ticket, outcome)
     if outcome is None:  # the client left: the read under way may still take the result
         task = asyncio.ensure_future(_keep_what_is_read(gw, key, waiter))
         gw.background.add(task)
         task.add_done_callback(gw.background.discard)
-        response.status_code = 202
-        return TicketAnswer(id=ticket, status="pending")
+        return _pending(response, ticket)
     if gone.is_set():  # read for a client that left: kept for its next request
         gw.left_results.keep(key, outcome)
-        response.status_code = 202
-        return TicketAnswer(id=ticket, status="pending")
+        return _pending(response, ticket)
     return _ticket_answer(ticket, outcome)
+
+
+def _pending(response: Response, ticket: str) -> TicketAnswer:
+    """No result yet: a 202."""
+    response.status_code = 202
+    return TicketAnswer(id=ticket, status="pending")
 
 
 async def _outcome(waiter: AsyncTicket, timeout: float) -> Kept:
@@ -432,7 +434,8 @@ async def _outcome(waiter: AsyncTicket, timeout: float) -> Kept:
 
 async def _read_under_way(waiter: AsyncTicket) -> Kept | None:
     """What the read a cancelled wait had under way takes (``None``:
-    nothing): it is waited for, and no other is begun."""
+    nothing): it is waited for, and no other is begun after it. With none
+    under way, one look is made at once."""
     try:
         return await _outcome(waiter, 0.0)
     except Exception as exc:  # nothing there yet (it stays there), or no server
