@@ -783,6 +783,41 @@ def test_an_extend_or_release_whose_item_was_acked_while_its_body_came_is_a_404(
     asyncio.run(scenario())
 
 
+def test_healthz_says_the_gateway_is_not_live_once_its_own_client_is_dead(
+    zk_hosts: str, zk_root: str
+) -> None:
+    """Before, /healthz said "live": true with 200 whatever its client's
+    state, also with "state": "closed": no orchestrator would restart it."""
+    import asyncio
+
+    from zkpubsub.gateway.app import create_app
+    from zkpubsub.gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(hosts=zk_hosts, root=zk_root))
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                live = await http.get("/healthz")
+                assert live.status_code == 200, live.text
+                assert live.json() == {
+                    "status": "ok",
+                    "state": "connected",
+                    "live": True,
+                    "ready": True,
+                    "reason": "connected to ZooKeeper",
+                }
+                await app.state.gateway.bus.default.close()  # as if it had died
+                dead = await http.get("/healthz")
+                assert dead.status_code == 503, dead.text
+                body = dead.json()
+                assert (body["status"], body["state"], body["live"]) == ("dead", "closed", False)
+                assert (await http.get("/readyz")).status_code == 503
+
+    asyncio.run(scenario())
+
+
 def test_a_batch_whose_later_publish_fails_says_what_was_published(
     zk_hosts: str, zk_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

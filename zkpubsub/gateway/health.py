@@ -1,6 +1,8 @@
 """``/healthz``, ``/readyz`` and ``/metrics``.
 
-``/healthz`` answers 200 while the process serves HTTP. ``/readyz``
+``/healthz`` answers 200 while the process serves HTTP and its own client
+is not dead (:mod:`zkpubsub.health`: closed, or failing for a minute to
+register on a new session), 503 otherwise. ``/readyz``
 answers 200 only while the gateway's own client is connected to ZooKeeper
 (:func:`zkpubsub.health.check`, strict), 503 otherwise: a gateway cut off
 from ZooKeeper can do nothing useful. ``/metrics`` is Prometheus text: the
@@ -11,7 +13,7 @@ client, and the gateway's own (``zkpubsub_gateway_...``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,17 +26,31 @@ __all__ = ["GatewayCollector", "router"]
 
 router = APIRouter(tags=["health"])
 
+# before the gateway's own client is made: live, not ready
+_STARTING: Final = {
+    "status": "degraded",
+    "state": "connecting",
+    "live": True,
+    "ready": False,
+    "reason": "not connected yet",
+}
 
-@router.get("/healthz", response_model=HealthAnswer, summary="The process is up")
+
+@router.get(
+    "/healthz",
+    response_model=HealthAnswer,
+    summary="The process is up and its client is not dead",
+    responses={503: {"description": "The gateway's own client is dead", "model": HealthAnswer}},
+)
 async def healthz(request: Request) -> JSONResponse:
     gw = state_of(request)
-    body = {"status": "ok", "state": "serving", "live": True, "ready": True, "reason": ""}
     try:
         health = check(gw.bus.default)
-        body.update(state=health.state.value, ready=health.ready, reason=health.reason)
     except KeyError:
-        body.update(ready=False, reason="not connected yet")
-    return JSONResponse(body)
+        return JSONResponse(_STARTING)
+    body = health.as_dict()
+    body.pop("client_id")
+    return JSONResponse(body, status_code=health.liveness_code)
 
 
 @router.get(
@@ -48,8 +64,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         health = check(gw.bus.default, ready_when_degraded=False)
     except KeyError:
-        body = {"status": "dead", "state": "connecting", "live": True, "ready": False}
-        return JSONResponse(body | {"reason": "not connected yet"}, status_code=503)
+        return JSONResponse(_STARTING, status_code=503)
     body = health.as_dict()
     body.pop("client_id")
     return JSONResponse(body, status_code=health.readiness_code)
