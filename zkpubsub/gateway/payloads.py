@@ -338,8 +338,9 @@ class SmallBodyRoute(APIRoute):
     """A route whose request body is JSON of at most :data:`SMALL_BODY`
     bytes, checked before the route's model reads it: a 413 problem past
     the limit, a 415 for another Content-Type, a 400 ``BadJson`` for JSON
-    that is not standard or not JSON at all (as :func:`parse_json`). Its
-    callers are authenticated first (a 401 before any of those)."""
+    that is not standard or not JSON at all (as :func:`parse_json`). A body
+    of only white space is no body. Its callers are authenticated first (a
+    401 before any of those)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -348,7 +349,8 @@ class SmallBodyRoute(APIRoute):
             principal_of(request)  # who calls, before what they sent
             read = await read_body(request, SMALL_BODY)
             json_of(request, read)  # checked, then read again by the route's model
-            body: bytes | None = read
+            # blank is no body, as for the routes that read theirs themselves
+            body: bytes | None = read if read.strip() else b""
 
             async def replay() -> Any:  # the body read, then what the connection says
                 nonlocal body
