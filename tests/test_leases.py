@@ -7,10 +7,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from zkpubsub import Client, Item, ReservationLost
+from zkpubsub import Client, ConnectionLost, Item, OperationTimeout, ReservationLost
 from zkpubsub.workqueue.leases import ServerClock
 
 from .helpers import wait_until
@@ -235,3 +236,143 @@ def test_a_lease_judged_run_out_is_not_taken_from_a_reservation_made_since(
             assert outcome, "the item was taken from a reservation made since"
             return
     pytest.fail("the set-up was never reached")
+
+
+def _answer_lost_once(monkeypatch: pytest.MonkeyPatch, what: str, error: type) -> list[str]:
+    """The first ``what`` transaction is applied, and its answer lost."""
+    import zkpubsub.workqueue.worker as worker_module
+
+    real = worker_module.commit
+    lost: list[str] = []
+
+    def applied_then_lost(ctx: Any, txn: Any, deadline: Any, doing: str) -> Any:
+        results = real(ctx, txn, deadline, doing)
+        if doing == what and not lost:
+            lost.append(doing)
+            raise error(f"{doing}: as if the answer had been lost")
+        return results
+
+    monkeypatch.setattr(worker_module, "commit", applied_then_lost)
+    return lost
+
+
+def _lookup_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first look at whether a reservation is ours gets no answer."""
+    import zkpubsub.workqueue.worker as worker_module
+
+    real = worker_module.held_version
+    failed: list[str] = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(args[2])
+            raise OperationTimeout("as if the lookup had found no server")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "held_version", fails_once)
+    return failed
+
+
+@pytest.mark.parametrize("error", [OperationTimeout, ConnectionLost])
+def test_an_extension_whose_answer_was_lost_is_not_taken_for_a_lost_item(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, error: type
+) -> None:
+    """Before, an extension applied but answered late (OperationTimeout)
+    left the item's reservation version behind: the next extension was
+    refused and called ReservationLost, the lease keeper let the item go,
+    and another worker took it over while it was still being handled."""
+    queue = make_client(request_timeout=2.0).queue("extended", visibility_timeout=30.0)
+    queue.put("work")
+    item = queue.reserve(5)
+    assert item is not None
+    lost = _answer_lost_once(monkeypatch, "extend a lease", error)
+    if error is OperationTimeout:
+        with pytest.raises(OperationTimeout):  # said, not known extended
+            item.extend()
+        assert item.reservation_version == 1  # the version it left was read
+    else:
+        item.extend()  # extended again, from the version read
+        assert item.reservation_version == 2
+    assert lost
+    before = item.reservation_version
+    item.extend()  # from that version
+    assert item.reservation_version == before + 1
+    item.ack()
+    assert len(queue) == 0
+
+
+def test_an_extension_refused_for_a_version_an_unanswered_one_left_goes_on(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer lost and the look at the version too: the next extension,
+    sent at the old version, is refused; the server is asked whose the
+    reservation is before it is called lost."""
+    queue = make_client(request_timeout=2.0).queue("refused", visibility_timeout=30.0)
+    queue.put("work")
+    item = queue.reserve(5)
+    assert item is not None
+    _answer_lost_once(monkeypatch, "extend a lease", OperationTimeout)
+    looked = _lookup_fails_once(monkeypatch)
+    with pytest.raises(OperationTimeout):
+        item.extend()
+    assert looked and item.reservation_version == 0  # behind the server's 1
+    item.extend()
+    assert item.reservation_version == 2
+    item.ack()
+
+
+def test_a_reservation_whose_answer_and_lookup_were_lost_is_handed_out_next_time(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the reservation applied (no lease) and the lookup after the
+    lost answer failed too: no one had the item in hand, no one could take
+    it, and it stayed reserved for as long as the session lived."""
+    queue = make_client(request_timeout=2.0).queue("in-doubt")
+    other = make_client().queue("in-doubt")
+    item_id = queue.put("work")
+    worker = queue.worker()
+    _answer_lost_once(monkeypatch, "reserve", ConnectionLost)
+    looked = _lookup_fails_once(monkeypatch)
+    with pytest.raises(OperationTimeout):
+        worker.reserve(5)
+    assert looked
+    assert queue.stats().reserved == 1 and other.reserve(0.5) is None  # ours, in doubt
+    item = worker.reserve(5)  # found ours: handed out
+    assert item is not None and (item.id, item.payload, item.attempts) == (item_id, "work", 1)
+    item.ack()
+    assert queue.stats().reserved == 0 and len(queue) == 0
+
+
+def test_a_reservation_in_doubt_is_given_back_when_its_worker_closes(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_client(request_timeout=2.0).queue("in-doubt-closed")
+    other = make_client().queue("in-doubt-closed")
+    item_id = queue.put("work")
+    worker = queue.worker()
+    _answer_lost_once(monkeypatch, "reserve", ConnectionLost)
+    _lookup_fails_once(monkeypatch)
+    with pytest.raises(OperationTimeout):
+        worker.reserve(5)
+    worker.close()
+    taken = other.reserve(5)
+    assert taken is not None and taken.id == item_id
+    taken.ack()
+
+
+def test_the_lease_keeper_ends_with_the_consumer_s_workers(make_client: MakeClient) -> None:
+    """Before, a consumer whose client closed (no stop()) left its lease
+    keeper's thread waiting for ever."""
+    client = make_client()
+    queue = client.queue("kept", visibility_timeout=5.0)
+    handled = threading.Event()
+    consumer = queue.consume(lambda item: handled.set())
+    queue.put(1)
+    assert handled.wait(10)
+    name = "zkpubsub-leases-kept"
+    wait_until(lambda: any(t.name == name for t in threading.enumerate()), 5, "the keeper")
+    client.close()
+    wait_until(lambda: not consumer.running, 10, "the workers ended")
+    wait_until(
+        lambda: not any(t.name == name for t in threading.enumerate()), 10, "the keeper ended"
+    )

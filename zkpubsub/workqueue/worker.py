@@ -16,7 +16,9 @@ reserves it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +37,7 @@ from ..errors import (
     DecodeError,
     OperationTimeout,
     ReservationLost,
+    ZkPubSubError,
 )
 from ..layout import NodeKind, parse_item_node
 from .finishing import ack_all, bury, commit, encoded_result, held_version, release
@@ -45,6 +48,8 @@ from .records import decode_item, reservation_record
 from .registration import Registration
 
 __all__ = ["TXN_OP_OVERHEAD", "Worker", "check_limit"]
+
+logger = logging.getLogger(__name__)
 
 _numbers = itertools.count(1)
 
@@ -96,6 +101,11 @@ class Worker:
         self._registration = Registration(ctx, paths, worker_id)
         self.clock = self._registration.clock
         self._lineup = Lineup(ctx, queue, paths, worker_id, self._registration)
+        # Reservations sent whose answer was lost, and whose lookup failed
+        # too (with when each was sent): ours or not, they are looked up
+        # again before the next reserve and at close. Left alone, one made
+        # would be held by nobody (without a lease, until the session ends).
+        self._in_doubt: list[tuple[_Ready, float]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -142,6 +152,10 @@ class Worker:
                 if abandoned is not None and abandoned.is_set():
                     return []
                 request_deadline = self._ctx.deadline()
+                if self._in_doubt:
+                    held = self._held_in_doubt(limit, request_deadline)
+                    if held:
+                        return held
                 batch = lineup.take(limit, request_deadline)
                 if batch:
                     items = self._reserve_names(batch, request_deadline, abandoned)
@@ -244,11 +258,16 @@ class Worker:
             sent = time.monotonic()
             try:
                 results = commit(self._ctx, txn, deadline, "reserve")
-            except (ConnectionLost, OperationTimeout) as exc:
+            except (ConnectionLost, OperationTimeout):
                 # it may have been applied: what is ours is kept (looked up
-                # with time of its own, when the answer came too late)
-                after = self._ctx.deadline() if isinstance(exc, OperationTimeout) else deadline
-                ours = self.reserved_after_loss(ready, after, sent)
+                # with time of its own: the answer may have come too late)
+                try:
+                    ours = self.reserved_after_loss(ready, self._ctx.deadline(), sent)
+                except ZkPubSubError:
+                    self._in_doubt += [(r, sent) for r in ready]
+                    names = [name for name, *_ in ready]
+                    self._lineup.put_back(names, _still(lapsed_marks, expired))
+                    raise
                 taken = {item.name for item in ours}
                 # the others are still first in line
                 self._lineup.put_back(
@@ -289,6 +308,29 @@ class Worker:
             if held is not None:
                 ours.append(self._item(name, version + 1, entry, payload, sent=sent, held=held))
         return ours
+
+    def _held_in_doubt(self, limit: int, deadline: float | None) -> list[Item]:
+        """The reservations in doubt found ours, up to ``limit`` (the rest
+        stay in doubt, looked up again next time); those not ours are
+        forgotten. Raises as a lookup does, keeping what it did not settle."""
+        held: list[Item] = []
+        while self._in_doubt and len(held) < limit:
+            (name, _, version, entry, payload), sent = self._in_doubt[0]
+            found = held_version(
+                self._ctx, self._paths, name, version + 1, self.worker_id, deadline
+            )
+            del self._in_doubt[0]
+            if found is not None:
+                held.append(self._item(name, version + 1, entry, payload, sent=sent, held=found))
+        return held
+
+    def _give_back_in_doubt(self) -> None:
+        """At close: the reservations in doubt found ours are given back."""
+        while self._in_doubt:
+            for item in self._held_in_doubt(1, self._ctx.closing_deadline()):
+                # ReservationLost: its lease ran out, and another took it
+                with contextlib.suppress(ReservationLost):
+                    self.release(item, None)
 
     def _item(
         self,
@@ -340,14 +382,27 @@ class Worker:
                 sent = time.monotonic()
                 try:
                     results = commit(ctx, txn, deadline, "extend a lease")
-                except ConnectionLost:
-                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, deadline)
+                except (ConnectionLost, OperationTimeout) as exc:
+                    # it may have landed: the version it left is read (with
+                    # time of its own), or the next extension, from the old
+                    # one, would be refused as if the item had been lost
+                    held = held_version(
+                        ctx, paths, item.name, item.token, self.worker_id, ctx.deadline()
+                    )
                     if held is None:
                         raise ReservationLost(self.queue, item.id) from None
                     item.renewed(held, item.lease, item.lease_until)
+                    if isinstance(exc, OperationTimeout):
+                        raise  # not known extended: tried again later, from the version read
                     continue  # extend again from the version read: no harm if it had landed
                 if first_error(results)[1] is not None:
-                    raise ReservationLost(self.queue, item.id)
+                    # refused: taken, or at another version (an extension
+                    # whose answer was lost landed): which, the server says
+                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, deadline)
+                    if held is None or held == item.reservation_version:
+                        raise ReservationLost(self.queue, item.id)
+                    item.renewed(held, item.lease, item.lease_until)
+                    continue
                 stat = results[1]
                 self.clock.saw(stat.mtime)
                 item.renewed(stat.version, lease, sent + lease)
@@ -412,6 +467,16 @@ class Worker:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._give_back_in_doubt()
+        except ZkPubSubError as exc:  # the session's end frees them
+            logger.warning(
+                "worker %s: %d reservation(s) whose answer was lost are left to the "
+                "session's end: %s",
+                self.worker_id,
+                len(self._in_doubt),
+                exc,
+            )
         try:
             self._lineup.close(self._ctx.closing_deadline())
         finally:
