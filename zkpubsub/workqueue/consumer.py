@@ -86,6 +86,7 @@ class Consumer:
         self._counts = {"acked": 0, "released": 0, "lost": 0}
         self._workers: list[Worker] = [queue.worker() for _ in range(workers)]
         self._keeper = LeaseKeeper(f"zkpubsub-leases-{queue.name[:12]}", float(max_lease))
+        self._working = workers  # worker threads not ended yet
         self._threads = [
             threading.Thread(
                 target=self._work, args=(w,), name=f"zkpubsub-worker-{w.worker_id}", daemon=True
@@ -108,6 +109,18 @@ class Consumer:
         return any(t.is_alive() for t in self._threads)
 
     def _work(self, worker: Worker) -> None:
+        try:
+            self._work_on(worker)
+        finally:
+            # the last to end ends the lease keeper's thread too (its client
+            # closed, say, without stop())
+            with self._lock:
+                self._working -= 1
+                last = self._working == 0
+            if last:
+                self._keeper.close()
+
+    def _work_on(self, worker: Worker) -> None:
         while not self._stop.is_set():
             try:
                 items = worker.reserve_many(self._prefetch, timeout=POLL_INTERVAL)
