@@ -48,7 +48,14 @@ from ._registration import prepare_queue
 from ._tree import delete_tree
 from .backlog import Backlog, OverflowMark
 from .connection import first_error
-from .errors import ClientClosed, ConnectionLost, DecodeError, OperationTimeout, ZkPubSubError
+from .errors import (
+    ClientClosed,
+    ConnectionLost,
+    DecodeError,
+    NotAuthorized,
+    OperationTimeout,
+    ZkPubSubError,
+)
 from .layout import (
     brief,
     inline_data,
@@ -107,6 +114,15 @@ def read_window(wanted: list[list[str]], node_bytes: float) -> list[tuple[int, s
         out.extend(row[: limit - len(out)])
         depth += 1
     return out
+
+
+def unreadable(path: str, error: NotAuthorized) -> DecodeError:
+    """A node of the queue whose ACL keeps this client out (written by an
+    identity whose roles leave it out): told as one that cannot be
+    decoded, and deleted as such (the queue's owner may delete what it
+    cannot read). Left there, its every read would fail, and with it the
+    round that reads every subscription's nodes."""
+    return DecodeError(f"the node cannot be read: {error}", path=path, data=b"", error=error)
 
 
 def decode_node(
@@ -480,6 +496,8 @@ class ReceivePump:
                 queue.relist = False
                 try:
                     self._list(queue)
+                except NotAuthorized as exc:  # this queue only: the others go on
+                    logger.error("receive pump: %s; listed again in a while", exc)
                 finally:
                     queue.listing = False
                 queue.listed_at = time.monotonic()
@@ -538,7 +556,10 @@ class ReceivePump:
             )
         except NoNodeError:
             return
-        error = DecodeError("node name is not a zkpubsub message node", path=path, data=data)
+        except NotAuthorized as exc:
+            error = unreadable(path, exc)
+        else:
+            error = DecodeError("node name is not a zkpubsub message node", path=path, data=data)
         queue.buffer.fetched([], [Delivery(Node(name, 1), error=error)])
 
     # -- reading ----------------------------------------------------------------------------
@@ -584,6 +605,10 @@ class ReceivePump:
                     data, stat = self._conn.result(request, deadline, f"read {path}")
                 except NoNodeError:
                     fetched.append(name)  # gone already: nothing to deliver
+                    continue
+                except NotAuthorized as exc:
+                    deliveries.append(Delivery(Node(name, 1), error=unreadable(path, exc)))
+                    fetched.append(name)
                     continue
                 deliveries.extend(decode_node(self._ctx.serializers, path, name, data, stat))
                 fetched.append(name)

@@ -13,9 +13,9 @@ Guarantees:
   meanwhile later messages of the topic wait (order is kept), other topics
   do not. A subscriber that dies first gets the node again when it comes
   back under the same client id (at-least-once).
-* An undecodable or foreign node goes to ``on_error`` as a
-  :class:`~zkpubsub.DecodeError` and is then deleted: it never blocks the
-  queue.
+* An undecodable or foreign node, or one whose ACL keeps this client
+  out, goes to ``on_error`` as a :class:`~zkpubsub.DecodeError` and is
+  then deleted: it never blocks the queue, or the client's other queues.
 * Without a handler, ``get()`` and iteration hand messages out in order; a
   message is acknowledged when the next one is asked for (or the
   subscription is closed), so a consumer that dies while holding one gets
