@@ -352,6 +352,22 @@ async def test_get_and_async_for_hand_messages_out_in_order_and_a_cancelled_get_
     assert sub.stats().errors == 0
 
 
+async def test_a_get_while_another_task_waits_is_refused(connect: Connect) -> None:
+    """Before, two tasks' get() shared the one message held: each one's
+    next get() acknowledged what the other held."""
+    subscriber = await connect()
+    sub = await subscriber.subscribe("shared")
+    waiting = asyncio.ensure_future(sub.get(timeout=20))
+    await asyncio.sleep(0.1)
+    with pytest.raises(RuntimeError, match="one consumer at a time"):
+        await sub.get(timeout=0.1)
+    await (await connect()).publish("shared", "only")
+    message = await asyncio.wait_for(waiting, 20)
+    assert message is not None and message.payload == "only"
+    assert await sub.get(timeout=0.1) is None  # one at a time works as before
+    await sub.close()
+
+
 async def test_a_message_not_taken_before_close_stays_queued_for_the_next_subscriber(
     connect: Connect,
 ) -> None:

@@ -248,6 +248,29 @@ def test_get_acknowledges_the_previous_message_when_asked_for_the_next(
     assert again.get(timeout=0.2) is None
 
 
+def test_a_get_while_another_waits_is_refused_and_takes_nothing(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """Before, two threads' get() shared the one message held: the second
+    hand-out overwrote the first (never acknowledged, delivered again
+    later), and one thread's next get() acknowledged the message the other
+    was still working on (lost if it then died)."""
+    client = make_client()
+    sub = client.subscribe("t")
+    got: list[Message | None] = []
+    waiting = threading.Thread(target=lambda: got.append(sub.get(timeout=20)))
+    waiting.start()
+    time.sleep(0.3)  # the first get waits
+    with pytest.raises(RuntimeError, match="one consumer at a time"):
+        sub.get(timeout=0.1)
+    make_client().publish("t", "only")
+    waiting.join(20)
+    assert [m and m.payload for m in got] == ["only"]
+    assert backlog(raw_zk, zk_root, client, "t") == 1  # held, not acknowledged by the refusal
+    assert sub.get(timeout=0.2) is None  # one at a time works as before
+    wait_until(lambda: backlog(raw_zk, zk_root, client, "t") == 0, what="acknowledged")
+
+
 def test_iteration_ends_when_the_subscription_closes(make_client: MakeClient) -> None:
     client = make_client()
     sub = client.subscribe("t")

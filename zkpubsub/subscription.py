@@ -56,6 +56,7 @@ from .state import Gap
 from .stats import queue_backlog
 
 __all__ = [
+    "ONE_GET_AT_A_TIME",
     "ErrorHandler",
     "Feed",
     "Handler",
@@ -76,6 +77,12 @@ _MOST_DOUBLINGS: Final = 1023
 # once: one hold of its lock for the run, and the pump reads ahead while the
 # run is handled (the subscription then holds up to prefetch + this many).
 RUN_LENGTH: Final = 64
+
+ONE_GET_AT_A_TIME: Final = (
+    "get() is already waiting on this subscription: one consumer at a time (each get() "
+    "acknowledges the message the last one handed out); for parallel work subscribe "
+    "with a handler, or use a work queue"
+)
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
@@ -234,6 +241,7 @@ class Subscription:
         self._buffer = DeliveryBuffer(prefetch)
         self._pump = pump
         self._holding: Delivery | None = None  # get(): handed out, not acked
+        self._getting = False  # a get() is under way (one at a time)
         self._closed = False
         self._evicted = False
         self._close_lock = threading.Lock()
@@ -348,19 +356,32 @@ class Subscription:
         """The next message, or ``None`` if ``timeout`` passes or the
         subscription closes first. Asking for the next message acknowledges
         the previous one (its node is deleted once all its messages are).
-        Undecodable nodes are reported to ``on_error`` and skipped."""
+        Undecodable nodes are reported to ``on_error`` and skipped.
+
+        One consumer at a time: a ``get()`` while another waits raises
+        ``RuntimeError`` (each would acknowledge the message the other
+        holds). For parallel work, subscribe with a handler, or use a work
+        queue."""
         if self._handler is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         deadline = deadline_after(timeout)
-        self._ack_held()
-        while True:
-            delivery = self._next(deadline)
-            if delivery is None:
-                return None
-            if delivery.message is None:
-                self._not_a_message(delivery)
-                continue
-            return self._hand_out(delivery)
+        with self._buffer.lock:
+            if self._getting:
+                raise RuntimeError(ONE_GET_AT_A_TIME)
+            self._getting = True
+        try:
+            self._ack_held()
+            while True:
+                delivery = self._next(deadline)
+                if delivery is None:
+                    return None
+                if delivery.message is None:
+                    self._not_a_message(delivery)
+                    continue
+                return self._hand_out(delivery)
+        finally:
+            with self._buffer.lock:
+                self._getting = False
 
     def _hand_out(self, delivery: Delivery) -> Message:
         """``get()`` hands ``delivery``'s message out: acknowledged by the

@@ -39,6 +39,7 @@ from .._deadlines import check_timeout
 from ..backlog import Backlog
 from ..message import Message
 from ..subscription import (
+    ONE_GET_AT_A_TIME,
     RUN_LENGTH,
     Feed,
     SelfDispatching,
@@ -68,6 +69,7 @@ class LoopDispatcher(SelfDispatching):
         self._feed: Feed | None = None
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # loop side: the pump read something
+        self._getting = False  # a get() is under way (one at a time)
         self._stopping = asyncio.Event()  # loop side: the subscription is closing
         self._finished = threading.Event()  # the task ended (or there is none)
         self._cancelling = False
@@ -141,15 +143,21 @@ class LoopDispatcher(SelfDispatching):
         last, then hand out the next."""
         feed = self._feed
         assert feed is not None
-        feed.ack_held()
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while True:
-            delivery = await self.next(deadline)
-            if delivery is None:
-                return None
-            if delivery.message is not None:
-                return feed.hand_out(delivery)
-            await self._bridge.run(feed.not_a_message, delivery)
+        if self._getting:
+            raise RuntimeError(ONE_GET_AT_A_TIME)
+        self._getting = True
+        try:
+            feed.ack_held()
+            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            while True:
+                delivery = await self.next(deadline)
+                if delivery is None:
+                    return None
+                if delivery.message is not None:
+                    return feed.hand_out(delivery)
+                await self._bridge.run(feed.not_a_message, delivery)
+        finally:
+            self._getting = False
 
     def _begin(self) -> None:
         self._task = task = asyncio.ensure_future(self._run())
@@ -298,7 +306,9 @@ class AsyncSubscription:
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message, or ``None`` if ``timeout`` passes or the
         subscription closes first. Asking for the next message acknowledges
-        the previous one. Only for subscriptions made without a handler."""
+        the previous one. Only for subscriptions made without a handler; one
+        task at a time (another's ``get()`` meanwhile raises ``RuntimeError``,
+        as :meth:`Subscription.get` says)."""
         if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         self._bridge.check_loop()  # before the last message is acknowledged
