@@ -137,6 +137,9 @@ STOP_AFTER_FAILED_CONNECT: Final = 1.0
 # ZooKeeper's default jute.maxbuffer (0xfffff): a request whose packet is
 # larger makes the server drop the connection without an answer.
 SERVER_MAX_BUFFER: Final = 0xFFFFF
+# A removal of a watch being waited for looks this often whether the
+# connection is still there (no wait once it is known gone).
+UNWATCH_LOOK: Final = 0.1
 _REQUEST_HEADER: Final = 12  # length prefix, xid, opcode
 _CONNECTION_ERRORS: Final = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)
 
@@ -608,10 +611,16 @@ class Connection:
     ) -> None:
         """Stop calling ``on_event`` for ``path``; the last caller's
         unwatching removes the watch from the server (without a connection,
-        the removal waits in kazoo's queue for the next one; this does not)."""
+        the removal waits in kazoo's queue for the next one; this does not,
+        nor once the connection is found gone while it waits)."""
         result = self.unwatch_tree_soon(path, on_event)
-        if result is None or not self.connected.is_set():
+        if result is None:
             return
+        while not result.ready():
+            left = remaining(deadline)
+            if not self.connected.is_set() or (left is not None and left <= 0):
+                return
+            result.wait(UNWATCH_LOOK if left is None else min(UNWATCH_LOOK, left))
         with contextlib.suppress(NoWatcherError, ConnectionLost, OperationTimeout, ClientClosed):
             self.result(result, deadline, f"stop watching {path}")
 
