@@ -330,6 +330,9 @@ def test_the_cleaner_ends_a_durable_subscription_after_the_grace(
     back = make_client(client_id="away-for-good", on_gap=gaps.append)
     wait_until(lambda: gaps, what="purge gap at start")
     assert gaps[0].reason == "backlog purged" and gaps[0].topics == frozenset({"t"})
+    # it spans the absence and the backlog's age, which it cannot know
+    # (before, since == until: a window that held nothing)
+    assert gaps[0].since == 0.0 and gaps[0].until > time.time() - 60
     assert raw_zk.exists(marker) is None
     assert back.subscribe("t", durable=True).get(timeout=0.5) is None
 

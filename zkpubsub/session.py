@@ -149,8 +149,9 @@ class Session:
         self._state = ClientState.CONNECTED
         self._watch_registration()
         if purged:
-            now = time.time()
-            self.emit_gap(Gap(frozenset(purged), now, now, "backlog purged"))
+            # found at the start: when this client id went away, and how old
+            # its unread backlog was, nobody here knows (0: any time before)
+            self.emit_gap(Gap(frozenset(purged), 0.0, time.time(), "backlog purged"))
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"zkpubsub-session-{ctx.client_id[:12]}", daemon=True
         )

@@ -50,7 +50,10 @@ class Gap:
     before the session was last known alive, if a reply said it had ended):
     the server may end a session a little before the client's own server
     lets it notice, and publishers on other servers see the end first.
-    ``until`` is when the client was registered again. After an eviction
+    ``until`` is when the client was registered again. A purge found by a
+    client starting (its id back after an absence) has ``since`` 0: when
+    it went away, and how old its unread backlog was, is not known then.
+    After an eviction
     (``reason="backlog full: evicted"``) ``since`` is when the queue was
     found full, and the messages still queued then, published earlier and
     not delivered, went with the queue too (``missed`` is ``None``: nobody
