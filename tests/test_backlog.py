@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -29,6 +30,7 @@ class Stuck:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.seen = Collector()
+        self.client: Client | None = None
 
     def __call__(self, message: Message) -> None:
         self.release.wait(120)
@@ -40,7 +42,7 @@ def stuck_on_t(make_client: MakeClient, **bound: int) -> tuple[Stuck, list[Gap]]
     the gaps it is told."""
     stuck = Stuck()
     gaps: list[Gap] = []
-    slow = make_client(client_id="slow")
+    slow = stuck.client = make_client(client_id="slow")
     slow.add_gap_listener(gaps.append)
     slow.subscribe("t", stuck, **bound)
     return stuck, gaps
@@ -162,6 +164,43 @@ def test_a_batch_split_over_several_transactions_counts_each_skipped_message_onc
     # the single that found it full and the whole batch, each counted once
     assert gap.missed == 1 + 30
     assert stuck.seen.wait(singles) == list(range(singles))
+
+
+def test_a_marker_no_server_answers_for_is_read_again_not_told_short(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a failed read of the marker when the subscription reached it
+    told the count read ahead, and the node was deleted after: what
+    publishers had counted into it since was never told."""
+    from zkpubsub.errors import ConnectionLost
+
+    stuck, gaps = stuck_on_t(make_client, max_backlog=5)
+    publisher = make_client()
+    while not publisher.publish("t", "x").skipped:  # until its queue is full
+        pass
+    (marker,) = [e for e in queue_entries(raw_zk, zk_root, "slow", "t") or [] if "/o" in e]
+    path = f"{Layout(zk_root).queue('slow', 't')}/{marker}"
+    slow = stuck.client
+    assert slow is not None
+    real = slow._ctx.conn.call
+    failed: list[str] = []
+
+    def marker_unanswered(fn: Any, deadline: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+        if what == path and len(failed) < 3:
+            if not failed:  # meanwhile publishers count 40 more into it
+                data, _ = raw_zk.get(path)
+                doc = json.loads(data)
+                raw_zk.set(path, json.dumps({**doc, "missed": doc["missed"] + 40}).encode())
+            failed.append(what)
+            raise ConnectionLost(f"{what}: as if no server answered")
+        return real(fn, deadline, what, *args, **kwargs)
+
+    monkeypatch.setattr(slow._ctx.conn, "call", marker_unanswered)
+    stuck.release.set()
+    wait_until(lambda: any(g.reason == "backlog full" for g in gaps), 30, "the gap notice")
+    (gap,) = [g for g in gaps if g.reason == "backlog full"]
+    assert len(failed) == 3 and gap.missed == 1 + 40
+    wait_until(lambda: raw_zk.exists(path) is None, 10, "the marker deleted")
 
 
 def test_a_fan_out_that_would_pass_the_bound_is_not_written_to_that_queue() -> None:

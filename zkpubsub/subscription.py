@@ -78,6 +78,10 @@ _MOST_DOUBLINGS: Final = 1023
 # run is handled (the subscription then holds up to prefetch + this many).
 RUN_LENGTH: Final = 64
 
+# Seconds between tries to read and delete an overflow marker while no
+# server answers.
+MARKER_RETRY: Final = 0.5
+
 ONE_GET_AT_A_TIME: Final = (
     "get() is already waiting on this subscription: one consumer at a time (each get() "
     "acknowledges the message the last one handed out); for parallel work subscribe "
@@ -158,10 +162,11 @@ class Feed:
         """The last attempt failed: the node may go."""
         self._sub._handled(delivery.node)
 
-    def not_a_message(self, delivery: Delivery) -> None:
+    def not_a_message(self, delivery: Delivery, deadline: float | None = None) -> None:
         """An undecodable node or an overflow marker (a gap notice). Blocks
-        (a marker is read again): call it on a thread."""
-        self._sub._not_a_message(delivery)
+        (a marker is read again, until ``deadline`` while no server
+        answers): call it on a thread."""
+        self._sub._not_a_message(delivery, deadline)
 
     def hand_out(self, delivery: Delivery) -> Message:
         """A ``get`` took ``delivery``'s message: it is acknowledged by
@@ -376,7 +381,7 @@ class Subscription:
                 if delivery is None:
                     return None
                 if delivery.message is None:
-                    self._not_a_message(delivery)
+                    self._not_a_message(delivery, deadline)
                     continue
                 return self._hand_out(delivery)
         finally:
@@ -462,13 +467,17 @@ class Subscription:
         if self._buffer.handled(node):
             self._pump.handled(self._buffer)
 
-    def _not_a_message(self, delivery: Delivery) -> None:
+    def _not_a_message(self, delivery: Delivery, deadline: float | None = None) -> None:
         """An undecodable node (to ``on_error``) or an overflow marker (a gap
-        notice, at its place in the queue); handled either way."""
+        notice, at its place in the queue); handled either way, but for a
+        marker no server answered for before the subscription closed."""
         if delivery.error is not None:
             self._report(delivery.error, None)
         elif delivery.mark is not None:
-            mark, window = self._take_marker(delivery)
+            taken = self._take_marker(delivery, deadline)
+            if taken is None:
+                return  # closing: it stays queued, told next time as last counted
+            mark, window = taken
             logger.warning(
                 "subscription %r: %d message(s) of %s were not written: the queue was full",
                 self._topic,
@@ -481,32 +490,49 @@ class Subscription:
                 self._report_gap(gap)
         self._handled(delivery.node)
 
-    def _take_marker(self, delivery: Delivery) -> tuple[OverflowMark, tuple[float, float]]:
+    def _take_marker(
+        self, delivery: Delivery, deadline: float | None
+    ) -> tuple[OverflowMark, tuple[float, float]] | None:
         """An overflow marker, as last counted: read it again (publishers may
         have counted into it since it was read ahead) and delete it at that
         version, so no count is lost (a publisher counting later finds it
-        gone and leaves a new one)."""
+        gone and leaves a new one). Without a server to answer, tried again
+        until the subscription closes (``None``: the marker stays, told
+        next time) or, for a ``get()``, until its ``deadline`` (told as last
+        read: counts since may be missed)."""
         assert delivery.mark is not None
         mark, window = delivery.mark, delivery.window
         conn = self._ctx.conn
         path = join(self._ctx.layout.queue(self._ctx.client_id, self._topic), delivery.node.name)
         read = functools.partial(conn.kazoo.get_async, path)
-        try:
-            while True:
-                data, stat = conn.call(read, self._ctx.deadline(), path)
-                mark = OverflowMark.decode(data)
-                window = (stat.ctime / 1000, stat.mtime / 1000)
-                delete = functools.partial(conn.kazoo.delete_async, path, stat.version)
-                try:
-                    conn.call(delete, self._ctx.deadline(), path)
-                    break
-                except BadVersionError:
-                    continue  # counted into meanwhile: read it again
-        except NoNodeError:
-            pass  # deleted already (a redelivery): the count read ahead stands
-        except (ZkPubSubError, KazooException, ValueError) as exc:
-            logger.debug("subscription %r: reading marker %s: %s", self._topic, path, exc)
-        return mark, window
+        while True:
+            try:
+                while True:
+                    data, stat = conn.call(read, self._ctx.deadline(), path)
+                    mark = OverflowMark.decode(data)
+                    window = (stat.ctime / 1000, stat.mtime / 1000)
+                    delete = functools.partial(conn.kazoo.delete_async, path, stat.version)
+                    try:
+                        conn.call(delete, self._ctx.deadline(), path)
+                        return mark, window
+                    except BadVersionError:
+                        continue  # counted into meanwhile: read it again
+            except NoNodeError:
+                # deleted already: by this delete (its answer lost: the count
+                # last read stands) or before (a redelivery: the count read ahead)
+                return mark, window
+            except (ConnectionLost, OperationTimeout) as exc:
+                if self._stopping.is_set() or self._ctx.is_closed():
+                    return None
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    logger.warning("subscription %r: marker %s: %s", self._topic, path, exc)
+                    return mark, window
+                logger.debug("subscription %r: marker %s: %s; again", self._topic, path, exc)
+                self._stopping.wait(MARKER_RETRY if left is None else min(MARKER_RETRY, left))
+            except (ZkPubSubError, KazooException, ValueError) as exc:
+                logger.warning("subscription %r: marker %s: %s", self._topic, path, exc)
+                return mark, window
 
     def _report(self, error: BaseException, message: Message | None) -> None:
         with self._buffer.lock:

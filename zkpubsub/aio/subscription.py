@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from .._buffer import Delivery
-from .._deadlines import check_timeout
+from .._deadlines import check_timeout, deadline_after
 from ..backlog import Backlog
 from ..message import Message
 from ..subscription import (
@@ -148,14 +148,17 @@ class LoopDispatcher(SelfDispatching):
         self._getting = True
         try:
             feed.ack_held()
-            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
             while True:
                 delivery = await self.next(deadline)
                 if delivery is None:
                     return None
                 if delivery.message is not None:
                     return feed.hand_out(delivery)
-                await self._bridge.run(feed.not_a_message, delivery)
+                # a deadline on the client's clock, not the loop's (uvloop's is another)
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await self._bridge.run(feed.not_a_message, delivery, deadline_after(left))
         finally:
             self._getting = False
 
