@@ -368,6 +368,47 @@ async def test_a_get_while_another_task_waits_is_refused(connect: Connect) -> No
     await sub.close()
 
 
+async def test_a_cancelled_subscribe_never_calls_its_handler_and_takes_nothing(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the handler's task started as the subscription was made,
+    before the subscribe awaiting it returned: cancelled, the caller was
+    told there was no subscription while its handler was handed, and had
+    deleted, the queue's messages until the close came."""
+    first = await connect(client_id="cancelled")
+    await (await first.subscribe("kept", durable=True)).close()
+    publisher = await connect()
+    for n in range(3):
+        await publisher.publish("kept", n)
+    await first.close()
+    real = aio_client._close_unwanted
+
+    def slow_close(job: Any) -> None:
+        time.sleep(1.0)  # a close that comes late (its thread busy)
+        real(job)
+
+    monkeypatch.setattr(aio_client, "_close_unwanted", slow_close)
+    again = await connect(client_id="cancelled")
+    handled: list[Any] = []
+    made = asyncio.ensure_future(
+        again.subscribe("kept", lambda m: handled.append(m.payload), durable=True)
+    )
+    await asyncio.sleep(0)
+    made.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await made
+    await asyncio.sleep(2.0)  # made, then closed late
+    assert handled == []
+    monkeypatch.undo()
+    got: list[Any] = []
+    await again.subscribe("kept", lambda m: got.append(m.payload), durable=True)
+    for _ in range(100):
+        if len(got) == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert got == [0, 1, 2]  # nothing was taken
+
+
 async def test_a_message_not_taken_before_close_stays_queued_for_the_next_subscriber(
     connect: Connect,
 ) -> None:

@@ -349,8 +349,10 @@ class AsyncClient:
         try:
             sub = await bridge.wrap(job)
         except asyncio.CancelledError:
+            dispatcher.unwanted()  # its handler is never called
             job.add_done_callback(off_loop(_close_unwanted))
             raise
+        dispatcher.wanted()
         wrapped = AsyncSubscription(sub, bridge, dispatcher)
         self._subs = [s for s in self._subs if not s.closed]
         self._subs.append(wrapped)

@@ -74,6 +74,10 @@ class LoopDispatcher(SelfDispatching):
         self._finished = threading.Event()  # the task ended (or there is none)
         self._cancelling = False
         self._closed_by_its_handler = False
+        # the handler's task starts once the subscribe awaiting it returns:
+        # one cancelled must not have its handler called meanwhile
+        self._wanted = False
+        self._begin_asked = False
 
     # -- the subscription's side (any thread) ------------------------------------------
 
@@ -162,7 +166,27 @@ class LoopDispatcher(SelfDispatching):
         finally:
             self._getting = False
 
+    def wanted(self) -> None:
+        """(On the loop.) The subscribe awaiting this got its subscription:
+        the handler's task may start."""
+        self._wanted = True
+        if self._begin_asked:
+            self._start_task()
+
+    def unwanted(self) -> None:
+        """(On the loop.) The subscribe awaiting this was cancelled: no task
+        starts, and closing the subscription waits for none."""
+        self._finished.set()
+
     def _begin(self) -> None:
+        if not self._wanted:
+            self._begin_asked = True  # (or never, unwanted)
+            return
+        self._start_task()
+
+    def _start_task(self) -> None:
+        if self._task is not None:
+            return
         self._task = task = asyncio.ensure_future(self._run())
         task.add_done_callback(self._ended)
 
