@@ -248,27 +248,40 @@ def test_get_acknowledges_the_previous_message_when_asked_for_the_next(
     assert again.get(timeout=0.2) is None
 
 
-def test_a_get_while_another_waits_is_refused_and_takes_nothing(
+def test_threads_sharing_a_subscription_each_acknowledge_only_their_own(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
-    """Before, two threads' get() shared the one message held: the second
-    hand-out overwrote the first (never acknowledged, delivered again
-    later), and one thread's next get() acknowledged the message the other
-    was still working on (lost if it then died)."""
+    """Before, threads' get() shared the one message held: a second
+    thread's get() acknowledged the message the first was still working on
+    (lost if it then died), and its hand-out replaced the first's (never
+    acknowledged, delivered again)."""
     client = make_client()
     sub = client.subscribe("t")
-    got: list[Message | None] = []
-    waiting = threading.Thread(target=lambda: got.append(sub.get(timeout=20)))
-    waiting.start()
-    time.sleep(0.3)  # the first get waits
-    with pytest.raises(RuntimeError, match="one consumer at a time"):
-        sub.get(timeout=0.1)
-    make_client().publish("t", "only")
-    waiting.join(20)
-    assert [m and m.payload for m in got] == ["only"]
-    assert backlog(raw_zk, zk_root, client, "t") == 1  # held, not acknowledged by the refusal
-    assert sub.get(timeout=0.2) is None  # one at a time works as before
-    wait_until(lambda: backlog(raw_zk, zk_root, client, "t") == 0, what="acknowledged")
+    publisher = make_client()
+    for payload in ("a", "b"):  # a node each
+        publisher.publish("t", payload)
+    got: dict[str, str] = {}
+    done = threading.Event()
+
+    def take(name: str) -> None:
+        message = sub.get(timeout=20)
+        assert message is not None
+        got[name] = message.payload
+        done.wait(30)  # still working on it
+
+    threads = []
+    for name in ("first", "second"):  # one after the other: each holds its own
+        threads.append(threading.Thread(target=take, args=(name,)))
+        threads[-1].start()
+        wait_until(lambda: name in got, 20, f"{name} handed one")  # noqa: B023
+    assert sorted(got.values()) == ["a", "b"]
+    time.sleep(0.5)  # deletes are sent within a fraction of that
+    assert backlog(raw_zk, zk_root, client, "t") == 2  # neither acknowledged yet
+    done.set()
+    for thread in threads:
+        thread.join(20)
+    sub.close()  # acknowledges what each was handed
+    wait_until(lambda: backlog(raw_zk, zk_root, client, "t") == 0, what="both acknowledged")
 
 
 def test_iteration_ends_when_the_subscription_closes(make_client: MakeClient) -> None:

@@ -17,9 +17,9 @@ Guarantees:
   out, goes to ``on_error`` as a :class:`~zkpubsub.DecodeError` and is
   then deleted: it never blocks the queue, or the client's other queues.
 * Without a handler, ``get()`` and iteration hand messages out in order; a
-  message is acknowledged when the next one is asked for (or the
-  subscription is closed), so a consumer that dies while holding one gets
-  it again.
+  message is acknowledged when the thread (or asyncio task) it was handed
+  to asks for the next one (or the subscription is closed), so a consumer
+  that dies while holding one gets it again.
 
 A subscription owns its registration (made when it opens, removed when it
 closes as its kind asks) and, with a handler, its dispatcher thread; the
@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -56,7 +56,6 @@ from .state import Gap
 from .stats import queue_backlog
 
 __all__ = [
-    "ONE_GET_AT_A_TIME",
     "ErrorHandler",
     "Feed",
     "Handler",
@@ -81,12 +80,6 @@ RUN_LENGTH: Final = 64
 # Seconds between tries to read and delete an overflow marker while no
 # server answers.
 MARKER_RETRY: Final = 0.5
-
-ONE_GET_AT_A_TIME: Final = (
-    "get() is already waiting on this subscription: one consumer at a time (each get() "
-    "acknowledges the message the last one handed out); for parallel work subscribe "
-    "with a handler, or use a work queue"
-)
 
 Handler = Callable[[Message], Any]
 ErrorHandler = Callable[[BaseException, "Message | None"], Any]
@@ -168,13 +161,14 @@ class Feed:
         answers): call it on a thread."""
         self._sub._not_a_message(delivery, deadline)
 
-    def hand_out(self, delivery: Delivery) -> Message:
-        """A ``get`` took ``delivery``'s message: it is acknowledged by
-        :meth:`ack_held` (the next ``get``) or when the subscription closes."""
-        return self._sub._hand_out(delivery)
+    def hand_out(self, delivery: Delivery, consumer: Hashable) -> Message:
+        """A ``get`` of ``consumer`` (its task) took ``delivery``'s message:
+        it is acknowledged by :meth:`ack_held` (that consumer's next ``get``)
+        or when the subscription closes."""
+        return self._sub._hand_out(delivery, consumer)
 
-    def ack_held(self) -> None:
-        self._sub._ack_held()
+    def ack_held(self, consumer: Hashable) -> None:
+        self._sub._ack_held(consumer)
 
 
 class HandlerInterrupted(BaseException):
@@ -245,8 +239,9 @@ class Subscription:
         self._stopping = threading.Event()  # close() began: no more retries
         self._buffer = DeliveryBuffer(prefetch)
         self._pump = pump
-        self._holding: Delivery | None = None  # get(): handed out, not acked
-        self._getting = False  # a get() is under way (one at a time)
+        # get(): handed out and not acknowledged yet, by consumer (the
+        # thread, or the task, that called it)
+        self._holding: dict[Hashable, Delivery] = {}
         self._closed = False
         self._evicted = False
         self._close_lock = threading.Lock()
@@ -363,37 +358,29 @@ class Subscription:
         the previous one (its node is deleted once all its messages are).
         Undecodable nodes are reported to ``on_error`` and skipped.
 
-        One consumer at a time: a ``get()`` while another waits raises
-        ``RuntimeError`` (each would acknowledge the message the other
-        holds). For parallel work, subscribe with a handler, or use a work
-        queue."""
+        Each thread acknowledges only what it was handed: threads sharing a
+        subscription each hold their own message (the order of the topic
+        then holds across them as they take, not as they finish)."""
         if self._handler is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         deadline = deadline_after(timeout)
-        with self._buffer.lock:
-            if self._getting:
-                raise RuntimeError(ONE_GET_AT_A_TIME)
-            self._getting = True
-        try:
-            self._ack_held()
-            while True:
-                delivery = self._next(deadline)
-                if delivery is None:
-                    return None
-                if delivery.message is None:
-                    self._not_a_message(delivery, deadline)
-                    continue
-                return self._hand_out(delivery)
-        finally:
-            with self._buffer.lock:
-                self._getting = False
+        consumer = threading.get_ident()
+        self._ack_held(consumer)
+        while True:
+            delivery = self._next(deadline)
+            if delivery is None:
+                return None
+            if delivery.message is None:
+                self._not_a_message(delivery, deadline)
+                continue
+            return self._hand_out(delivery, consumer)
 
-    def _hand_out(self, delivery: Delivery) -> Message:
+    def _hand_out(self, delivery: Delivery, consumer: Hashable) -> Message:
         """``get()`` hands ``delivery``'s message out: acknowledged by the
         next ``get()`` or by ``close()``."""
         assert delivery.message is not None
         with self._buffer.lock:
-            self._holding = delivery
+            self._holding[consumer] = delivery
             self._buffer.counters.delivered += 1
         self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
         return delivery.message
@@ -457,11 +444,19 @@ class Subscription:
         if low:
             self._pump.wake()
 
-    def _ack_held(self) -> None:
+    def _ack_held(self, consumer: Hashable) -> None:
+        """Acknowledge what ``consumer``'s last ``get()`` handed out."""
         with self._buffer.lock:
-            held, self._holding = self._holding, None
+            held = self._holding.pop(consumer, None)
         if held is not None:
             self._handled(held.node)
+
+    def _ack_all_held(self) -> None:
+        """Acknowledge what every consumer was handed (at close)."""
+        with self._buffer.lock:
+            held, self._holding = list(self._holding.values()), {}
+        for delivery in held:
+            self._handled(delivery.node)
 
     def _handled(self, node: Node) -> None:
         if self._buffer.handled(node):
@@ -658,7 +653,7 @@ class Subscription:
                 "ends; its message stays queued and will be delivered again",
                 self._topic,
             )
-        self._ack_held()
+        self._ack_all_held()
 
     def _end(self, *, halted: bool, drop_queue: bool, deadline: float | None) -> None:
         """The ending requests, until ``deadline``: the last deletes (if
@@ -681,7 +676,7 @@ class Subscription:
             self._backlog.max_bytes,
         )
         with self._buffer.lock:
-            self._holding = None
+            self._holding = {}
         self._end(halted=True, drop_queue=True, deadline=self._requests_deadline())
 
     def _requests_deadline(self) -> float | None:

@@ -30,7 +30,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from dataclasses import replace
 from typing import Any, Final
 
@@ -39,7 +39,6 @@ from .._deadlines import check_timeout, deadline_after
 from ..backlog import Backlog
 from ..message import Message
 from ..subscription import (
-    ONE_GET_AT_A_TIME,
     RUN_LENGTH,
     Feed,
     SelfDispatching,
@@ -69,7 +68,6 @@ class LoopDispatcher(SelfDispatching):
         self._feed: Feed | None = None
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # loop side: the pump read something
-        self._getting = False  # a get() is under way (one at a time)
         self._stopping = asyncio.Event()  # loop side: the subscription is closing
         self._finished = threading.Event()  # the task ended (or there is none)
         self._cancelling = False
@@ -142,29 +140,23 @@ class LoopDispatcher(SelfDispatching):
             except asyncio.TimeoutError:
                 return None
 
-    async def get(self, timeout: float | None) -> Message | None:
+    async def get(self, timeout: float | None, consumer: Hashable) -> Message | None:
         """``get`` without a handler: acknowledge the message handed out
-        last, then hand out the next."""
+        last to ``consumer`` (the calling task), then hand out the next."""
         feed = self._feed
         assert feed is not None
-        if self._getting:
-            raise RuntimeError(ONE_GET_AT_A_TIME)
-        self._getting = True
-        try:
-            feed.ack_held()
-            loop = asyncio.get_running_loop()
-            deadline = None if timeout is None else loop.time() + timeout
-            while True:
-                delivery = await self.next(deadline)
-                if delivery is None:
-                    return None
-                if delivery.message is not None:
-                    return feed.hand_out(delivery)
-                # a deadline on the client's clock, not the loop's (uvloop's is another)
-                left = None if deadline is None else max(0.0, deadline - loop.time())
-                await self._bridge.run(feed.not_a_message, delivery, deadline_after(left))
-        finally:
-            self._getting = False
+        feed.ack_held(consumer)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            delivery = await self.next(deadline)
+            if delivery is None:
+                return None
+            if delivery.message is not None:
+                return feed.hand_out(delivery, consumer)
+            # a deadline on the client's clock, not the loop's (uvloop's is another)
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            await self._bridge.run(feed.not_a_message, delivery, deadline_after(left))
 
     def wanted(self) -> None:
         """(On the loop.) The subscribe awaiting this got its subscription:
@@ -330,16 +322,20 @@ class AsyncSubscription:
         """:meth:`Subscription.backlog`, read on the client's threads."""
         return await self._bridge.run(self._sub.backlog, check_timeout(timeout))
 
-    async def get(self, timeout: float | None = None) -> Message | None:
+    def get(self, timeout: float | None = None) -> Coroutine[Any, Any, Message | None]:
         """The next message, or ``None`` if ``timeout`` passes or the
         subscription closes first. Asking for the next message acknowledges
-        the previous one. Only for subscriptions made without a handler; one
-        task at a time (another's ``get()`` meanwhile raises ``RuntimeError``,
-        as :meth:`Subscription.get` says)."""
+        the previous one this task was handed (tasks sharing a subscription
+        each hold their own; the task is the one calling ``get()``, also
+        when ``wait_for`` runs the wait in another). Only for subscriptions
+        made without a handler."""
+        return self._get(timeout, calling_task())
+
+    async def _get(self, timeout: float | None, consumer: Hashable) -> Message | None:
         if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         self._bridge.check_loop()  # before the last message is acknowledged
-        return await self._dispatcher.get(check_timeout(timeout))
+        return await self._dispatcher.get(check_timeout(timeout), consumer)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
