@@ -4,6 +4,7 @@ keep it; a zombie's ack is refused."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -256,15 +257,17 @@ def _answer_lost_once(monkeypatch: pytest.MonkeyPatch, what: str, error: type) -
     return lost
 
 
-def _lookup_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The first look at whether a reservation is ours gets no answer."""
+def _lookup_fails_once(monkeypatch: pytest.MonkeyPatch, *calls: int) -> list[str]:
+    """The first look at whether a reservation is ours (or the ``calls``,
+    counted from 1) gets no answer."""
     import zkpubsub.workqueue.worker as worker_module
 
     real = worker_module.held_version
     failed: list[str] = []
+    made = itertools.count(1)
 
     def fails_once(*args: Any, **kwargs: Any) -> Any:
-        if not failed:
+        if next(made) in (calls or (1,)):
             failed.append(args[2])
             raise OperationTimeout("as if the lookup had found no server")
         return real(*args, **kwargs)
@@ -340,6 +343,26 @@ def test_a_reservation_whose_answer_and_lookup_were_lost_is_handed_out_next_time
     item = worker.reserve(5)  # found ours: handed out
     assert item is not None and (item.id, item.payload, item.attempts) == (item_id, "work", 1)
     item.ack()
+    assert queue.stats().reserved == 0 and len(queue) == 0
+
+
+def test_reservations_in_doubt_found_ours_are_kept_when_a_later_lookup_fails(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_client(request_timeout=2.0).queue("in-doubt-two")
+    ids = [queue.put(n) for n in range(2)]
+    worker = queue.worker()
+    _answer_lost_once(monkeypatch, "reserve", ConnectionLost)
+    # the lookup after the loss fails, then the second of the next two
+    _lookup_fails_once(monkeypatch, 1, 3)
+    with pytest.raises(OperationTimeout):
+        worker.reserve_many(2, 5)
+    first = worker.reserve_many(2, 5)  # the one found before the failure
+    assert [item.id for item in first] == ids[:1]
+    second = worker.reserve_many(2, 5)  # the other, still in doubt, found now
+    assert [item.id for item in second] == ids[1:]
+    for item in first + second:
+        item.ack()
     assert queue.stats().reserved == 0 and len(queue) == 0
 
 

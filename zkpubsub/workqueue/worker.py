@@ -106,6 +106,7 @@ class Worker:
         # again before the next reserve and at close. Left alone, one made
         # would be held by nobody (without a lease, until the session ends).
         self._in_doubt: list[tuple[_Ready, float]] = []
+        self._doubt_lock = threading.Lock()  # a close may settle them beside a reserve
         self._closed = False
 
     def __repr__(self) -> str:
@@ -264,7 +265,8 @@ class Worker:
                 try:
                     ours = self.reserved_after_loss(ready, self._ctx.deadline(), sent)
                 except ZkPubSubError:
-                    self._in_doubt += [(r, sent) for r in ready]
+                    with self._doubt_lock:
+                        self._in_doubt += [(r, sent) for r in ready]
                     names = [name for name, *_ in ready]
                     self._lineup.put_back(names, _still(lapsed_marks, expired))
                     raise
@@ -312,14 +314,25 @@ class Worker:
     def _held_in_doubt(self, limit: int, deadline: float | None) -> list[Item]:
         """The reservations in doubt found ours, up to ``limit`` (the rest
         stay in doubt, looked up again next time); those not ours are
-        forgotten. Raises as a lookup does, keeping what it did not settle."""
+        forgotten. A lookup failing stays in doubt: what was found before
+        it is returned, or, nothing found, its error raised."""
         held: list[Item] = []
-        while self._in_doubt and len(held) < limit:
-            (name, _, version, entry, payload), sent = self._in_doubt[0]
-            found = held_version(
-                self._ctx, self._paths, name, version + 1, self.worker_id, deadline
-            )
-            del self._in_doubt[0]
+        while len(held) < limit:
+            with self._doubt_lock:
+                if not self._in_doubt:
+                    break
+                doubt = self._in_doubt.pop(0)
+            (name, _, version, entry, payload), sent = doubt
+            try:
+                found = held_version(
+                    self._ctx, self._paths, name, version + 1, self.worker_id, deadline
+                )
+            except ZkPubSubError:
+                with self._doubt_lock:
+                    self._in_doubt.insert(0, doubt)
+                if held:
+                    return held
+                raise
             if found is not None:
                 held.append(self._item(name, version + 1, entry, payload, sent=sent, held=found))
         return held
@@ -374,6 +387,7 @@ class Worker:
         conn = ctx.conn
         record = reservation_record(self.worker_id, lease)
         deadline = ctx.deadline()
+        lookups: float | None = None  # one more request's time, for the lookups after losses
         with translated(f"extend the lease of item {item.id}"):
             while True:
                 txn = conn.kazoo.transaction()
@@ -386,9 +400,9 @@ class Worker:
                     # it may have landed: the version it left is read (with
                     # time of its own), or the next extension, from the old
                     # one, would be refused as if the item had been lost
-                    held = held_version(
-                        ctx, paths, item.name, item.token, self.worker_id, ctx.deadline()
-                    )
+                    if lookups is None:
+                        lookups = ctx.deadline()
+                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, lookups)
                     if held is None:
                         raise ReservationLost(self.queue, item.id) from None
                     item.renewed(held, item.lease, item.lease_until)
@@ -398,7 +412,9 @@ class Worker:
                 if first_error(results)[1] is not None:
                     # refused: taken, or at another version (an extension
                     # whose answer was lost landed): which, the server says
-                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, deadline)
+                    if lookups is None:
+                        lookups = ctx.deadline()
+                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, lookups)
                     if held is None or held == item.reservation_version:
                         raise ReservationLost(self.queue, item.id)
                     item.renewed(held, item.lease, item.lease_until)
@@ -463,7 +479,9 @@ class Worker:
         bury(self._ctx, self.queue, name, data, version, reason, entry, deadline, lapsed=lapsed)
 
     def close(self) -> None:
-        """Leave the worker registry. Idempotent."""
+        """Leave the worker registry, after giving back what a reserve
+        whose answer was lost left reserved for this worker (looked up).
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -471,10 +489,9 @@ class Worker:
             self._give_back_in_doubt()
         except ZkPubSubError as exc:  # the session's end frees them
             logger.warning(
-                "worker %s: %d reservation(s) whose answer was lost are left to the "
+                "worker %s: reservations whose answer was lost may be left to the "
                 "session's end: %s",
                 self.worker_id,
-                len(self._in_doubt),
                 exc,
             )
         try:
