@@ -122,7 +122,13 @@ def unreadable(path: str, error: NotAuthorized) -> DecodeError:
     decoded, and deleted as such (the queue's owner may delete what it
     cannot read). Left there, its every read would fail, and with it the
     round that reads every subscription's nodes."""
-    return DecodeError(f"the node cannot be read: {error}", path=path, data=b"", error=error)
+    return DecodeError(
+        "the node cannot be read: its ACL, set by whoever wrote it (a publisher's Roles), "
+        "does not let this client read it",
+        path=path,
+        data=b"",
+        error=error,
+    )
 
 
 def decode_node(
