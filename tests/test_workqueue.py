@@ -19,6 +19,7 @@ from zkpubsub import (
     Client,
     ClientClosed,
     ClientState,
+    ConsumerStats,
     Item,
     ItemFailed,
     NotFound,
@@ -593,6 +594,30 @@ def test_a_consume_handler_that_finishes_its_item_itself_and_raises_keeps_the_wo
         wait_until(lambda: len(q) == 0, 20, "all acked")
         assert consumer.running
         assert [type(e) for e in errors] == [RuntimeError]
+    finally:
+        consumer.stop()
+
+
+def test_consumer_stats_count_the_items_a_handler_finished_itself(
+    make_client: MakeClient,
+) -> None:
+    """Before, an item the handler acked itself, or released with ``with
+    item:`` as it raised, was counted neither acked nor released."""
+    q = make_client().queue("counted", max_attempts=10)
+
+    def handle(item: Item) -> None:
+        if item.payload == "acked by itself":
+            item.ack()
+        elif item.payload == "released by itself" and item.attempts == 1:
+            with item:
+                raise RuntimeError("once")
+
+    q.put_many(["acked by itself", "released by itself", "plain"])
+    consumer = q.consume(handle, on_error=lambda e, i: None)
+    try:
+        wait_until(lambda: len(q) == 0, 20, "all acked")
+        wait_until(lambda: consumer.stats().acked == 3, 10, "three acks counted")
+        assert consumer.stats() == ConsumerStats(acked=3, released=1, lost=0)
     finally:
         consumer.stop()
 

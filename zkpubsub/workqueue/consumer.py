@@ -37,8 +37,9 @@ POLL_INTERVAL: Final = 0.5
 
 @dataclass(frozen=True, slots=True)
 class ConsumerStats:
-    """``acked``: handled and acknowledged. ``released``: the handler raised
-    and the item was given back (or buried as a dead letter). ``lost``: the
+    """``acked``: handled and acknowledged (by the consumer, or by the
+    handler itself). ``released``: given back (or buried as a dead letter):
+    the handler raised, or released it itself. ``lost``: the
     reservation was gone when the worker came to ack or release (its session
     expired meanwhile; another worker has the item)."""
 
@@ -147,6 +148,7 @@ class Consumer:
                     continue
                 if item.finished:  # the handler acked or released it itself
                     self._keeper.discard(item)
+                    self._count(item.ending or "acked")
                 else:
                     done.append((item, result if item.wants_result else None))
             self._ack(worker, done)
@@ -197,7 +199,8 @@ class Consumer:
         """Release an item the handler failed on (unless the handler
         finished it itself: ``with item:`` releases it on the way out)."""
         self._keeper.discard(item)
-        if item.finished:
+        if item.finished:  # by the handler (``with item:`` releases it on the way out)
+            self._count(item.ending or "released")
             return
         try:
             item.release(error)

@@ -77,6 +77,7 @@ class Item:
         self.priority = priority
         self.wants_result = wants_result
         self._finished = False
+        self._ending: str | None = None  # "acked" or "released", once finished
 
     @property
     def id(self) -> str:
@@ -170,8 +171,15 @@ class Item:
         if result is not None and not self.wants_result:
             raise ValueError(f"item {self.id} was put without want_result; there is no ticket")
 
-    def mark_finished(self) -> None:
+    @property
+    def ending(self) -> str | None:
+        """How it was finished: ``"acked"`` or ``"released"`` (given back
+        or buried); ``None`` while it is not."""
+        return self._ending
+
+    def mark_finished(self, ending: str = "acked") -> None:
         self._finished = True
+        self._ending = ending
 
     def ack(self, result: Any = None) -> None:
         """Done: delete the item (and write ``result`` for its ticket), in one
@@ -181,7 +189,7 @@ class Item:
         self.check_result(result)
         if self._worker.ack_all([(self, result)]):
             raise ReservationLost(self.queue, self.id)
-        self._finished = True
+        self.mark_finished("acked")
 
     def release(self, error: str | BaseException | None = None) -> None:
         """Give the item back for another attempt (``error`` says why). After
@@ -191,7 +199,7 @@ class Item:
             raise TypeError(f"error must be a str or an exception, not {type(error).__name__}")
         self.check_unfinished()
         self._worker.release(self, error)
-        self._finished = True
+        self.mark_finished("released")
 
     def __enter__(self) -> Item:
         return self
