@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, ItemFailed, QueueFull
+from zkpubsub import Client, ItemFailed, QueueFull, ReservationLost
 from zkpubsub.layout import (
     MAX_ITEMS_PER_PUT,
     MAX_NAME_LENGTH,
@@ -219,7 +219,11 @@ def test_reserved_items_count_toward_the_bound(make_client: MakeClient) -> None:
 
 
 def test_dead_letters_beyond_their_bound_are_dropped(
-    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    raw_zk: KazooClient,
+    zk_root: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(finishing, "MAX_DEAD_LETTERS", 2)
     q = make_client().queue("failing", max_attempts=1)
@@ -232,6 +236,18 @@ def test_dead_letters_beyond_their_bound_are_dropped(
     assert len(q) == 0
     with pytest.raises(ItemFailed, match="dropped"):
         tickets[2].wait(5)
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].levelname == "ERROR"
+    # a drop the server refuses (the item taken meanwhile) is not said done
+    # (before, it was logged as dropped before it was sent)
+    caplog.clear()
+    q.put("taken")
+    item = q.reserve(5)
+    assert item is not None
+    raw_zk.delete(Layout(zk_root).work_queue("failing").reservation(item.name))
+    with pytest.raises(ReservationLost):
+        item.release("broken")
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
 
 
 def test_items_of_the_unsegmented_layout_are_read_first(

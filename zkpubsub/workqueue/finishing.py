@@ -185,15 +185,20 @@ def dead_letters_full(ctx: Context, paths: WorkQueuePaths, deadline: float | Non
     return stat is not None and stat.numChildren >= MAX_DEAD_LETTERS
 
 
-def _dropped(queue: str, name: str, reason: str) -> str:
+def _dropped(reason: str) -> str:
+    """Why an item is dropped: the dead letters are full."""
+    return f"dropped, the dead letters being full: {reason}"
+
+
+def _log_dropped(queue: str, name: str, reason: str) -> None:
+    """Once the drop is applied (not before: it may be refused)."""
     logger.error(
-        "queue %r: %s failed (%s) and is dropped: the queue keeps %d dead letters already",
+        "queue %r: %s is %s (the queue keeps %d dead letters already)",
         queue,
         name,
         reason,
         MAX_DEAD_LETTERS,
     )
-    return f"dropped, the dead letters being full: {reason}"
 
 
 def release(
@@ -218,7 +223,7 @@ def release(
         full = buried and dead_letters_full(ctx, paths, deadline)
         why = f"failed {item.attempts} times" + (f"; last error: {reason}" if reason else "")
         if buried and full:
-            why = _dropped(item.queue, item.name, why)
+            why = _dropped(why)
 
         def ops(txn: Any, guid: str) -> None:  # the same operations at every try
             txn.delete(paths.reservation(item.name))
@@ -235,7 +240,9 @@ def release(
                 txn.create(paths.result(item.id), doc, acl=ctx.acl.acl(NodeKind.RESULT))
 
         if ctx.writer.commit(ops, deadline, "release").applied:
-            if buried:
+            if buried and full:
+                _log_dropped(item.queue, item.name, why)
+            elif buried:
                 logger.warning("queue %r: item %s is a dead letter", item.queue, item.id)
             return True
         ctx.hooks.reservation_lost(item.queue, 1)
@@ -272,7 +279,7 @@ def bury(
         txn.delete(paths.reservation(name), lapsed)  # fails if extended meanwhile
     txn.delete(path or paths.item(name), version)
     if full:
-        reason = _dropped(queue, name, reason)
+        reason = _dropped(reason)
     else:
         record = dead_record(name, data, version, reason)
         txn.create(paths.dead_letter(name), record, acl=acl.acl(NodeKind.DEAD_LETTER))
@@ -283,6 +290,8 @@ def bury(
         _, error = first_error(commit(ctx, txn, deadline, "move to dead letters"))
     except ConnectionLost:
         return False  # the next worker to find it tries again
-    if error is None and not full:
+    if error is None and full:
+        _log_dropped(queue, name, reason)
+    elif error is None:
         logger.warning("queue %r: %s is a dead letter: %s", queue, name, reason)
     return error is None
