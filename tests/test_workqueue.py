@@ -622,6 +622,37 @@ def test_consumer_stats_count_the_items_a_handler_finished_itself(
         consumer.stop()
 
 
+def test_an_ack_failing_after_its_first_transactions_retries_only_the_rest(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a consumer's ack split over transactions, failing after the
+    first applied, was retried whole: the items acked already were found
+    gone, counted lost and warned of as ReservationLost."""
+    client = make_client(max_transaction_bytes=6000, max_message_bytes=4000)
+    q = client.queue("split")
+    tickets = [q.put(n, want_result=True) for n in range(4)]
+    writer = client._ctx.writer
+    real = writer.commit
+    acks: list[str] = []
+
+    def second_ack_unsent(add_ops: Any, deadline: Any, what: str) -> Any:
+        if what == "ack":
+            acks.append(what)
+            if len(acks) == 2:
+                raise OperationTimeout("ack: as if no server had answered (never sent)")
+        return real(add_ops, deadline, what)
+
+    monkeypatch.setattr(writer, "commit", second_ack_unsent)
+    consumer = q.consume(lambda item: "r" * 2500, prefetch=4)
+    try:
+        assert [t.wait(20) for t in tickets] == ["r" * 2500] * 4
+        wait_until(lambda: consumer.stats().acked == 4, 10, "four acks counted")
+        assert consumer.stats() == ConsumerStats(acked=4, released=0, lost=0)
+        assert len(acks) >= 3  # split, failed once, tried again
+    finally:
+        consumer.stop()
+
+
 def test_a_result_that_cannot_be_written_fails_its_item_not_the_worker(
     make_client: MakeClient,
 ) -> None:

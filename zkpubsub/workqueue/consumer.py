@@ -161,7 +161,9 @@ class Consumer:
             return
         while True:
             try:
-                lost = worker.ack_all(done)
+                # what an earlier try acked in part (its first transactions
+                # applied) is left out
+                lost = worker.ack_all([(item, r) for item, r in done if not item.finished])
                 break
             except ClientClosed:
                 return  # the session ends: the items come back
@@ -174,9 +176,11 @@ class Consumer:
             except ZkPubSubError as exc:
                 why = str(exc)
             # not acked: their leases lapse (or the session ends) and they come back
-            logger.warning("could not ack %d item(s): %s", len(done), why)
+            acked = sum(1 for item, _ in done if item.finished)
+            logger.warning("could not ack %d item(s): %s", len(done) - acked, why)
             for item, _ in done:
                 self._keeper.discard(item)
+            self._count("acked", acked)
             return
         for item, _ in done:
             item.mark_finished()

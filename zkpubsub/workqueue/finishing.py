@@ -122,7 +122,9 @@ def encoded_result(ctx: Context, result: Any) -> bytes:
 
 def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Item]:
     """Ack in as few transactions as fit; returns the items whose
-    reservation was lost (the rest are acked)."""
+    reservation was lost (the rest are acked). Each transaction's items are
+    marked finished as it is applied: one failing after others (raising)
+    leaves theirs marked, and a retry leaves them out."""
     paths = ctx.layout.work_queue(queue)
     todo = [  # every result encoded before anything is sent
         (item, encoded_result(ctx, result) if item.wants_result else None) for item, result in pairs
@@ -142,6 +144,8 @@ def ack_all(ctx: Context, queue: str, pairs: list[tuple[Item, Any]]) -> list[Ite
                 if ctx.writer.commit(
                     _ack_ops(paths, batch, ctx.acl.acl(NodeKind.RESULT)), deadline, "ack"
                 ).applied:
+                    for item, _ in batch:
+                        item.mark_finished("acked")
                     break
                 if len(batch) == 1:
                     lost.append(batch[0][0])

@@ -427,10 +427,12 @@ class Worker:
     # -- finishing items -------------------------------------------------------------------
 
     def ack_many(self, items: Sequence[Item], results: Sequence[Any] | None = None) -> None:
-        """Ack several items in one transaction (one result each, or none).
-        Each is checked as :meth:`Item.ack` checks it; if some reservations
-        were lost, the others are still acked and :class:`ReservationLost`
-        names every lost one (``item_ids``)."""
+        """Ack several items in one transaction (one result each, or none;
+        as many as ``max_transaction_bytes`` needs). Each is checked as
+        :meth:`Item.ack` checks it; if some reservations were lost, the
+        others are still acked and :class:`ReservationLost` names every lost
+        one (``item_ids``). Failing after some transactions were applied, it
+        raises with theirs marked finished: ack the others again."""
         if results is not None and len(results) != len(items):
             raise ValueError("give one result per item")
         pairs = list(zip(items, results or [None] * len(items), strict=True))
