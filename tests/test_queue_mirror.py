@@ -497,3 +497,45 @@ def test_a_mirror_whose_watch_could_not_be_set_leaves_no_listener(
         with pytest.raises(OperationTimeout):
             mirror.start(client._ctx.deadline())
     assert len(conn._listeners) == before
+
+
+def test_a_worker_closed_while_its_watch_starts_leaves_no_watch(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a close beside a reserve that was starting the worker's
+    watch left that watch (and its state listener) running after the close."""
+    from zkpubsub.workqueue import mirror as mirror_module
+
+    real_start, real_stop = mirror_module.Mirror.start, mirror_module.Mirror.stop
+    starting, go = threading.Event(), threading.Event()
+    stopped: list[Any] = []
+
+    def slow_start(self: Any, deadline: Any) -> bool:
+        started = real_start(self, deadline)
+        starting.set()
+        go.wait(20)  # the close comes now
+        return started
+
+    def stop(self: Any, deadline: Any) -> None:
+        stopped.append(self)
+        real_stop(self, deadline)
+
+    monkeypatch.setattr(mirror_module.Mirror, "start", slow_start)
+    monkeypatch.setattr(mirror_module.Mirror, "stop", stop)
+    worker = make_client().queue("closing").worker()
+    outcome: list[Any] = []
+
+    def reserve() -> None:
+        try:
+            outcome.append(worker.reserve(2))
+        except Exception as exc:  # the worker closed under it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reserve)
+    thread.start()
+    assert starting.wait(20)
+    worker.close()
+    go.set()
+    thread.join(20)
+    assert outcome and not thread.is_alive()
+    assert worker._lineup._mirror is None and len(stopped) == 1  # the one started, stopped

@@ -186,6 +186,8 @@ class Lineup:
         self._heard: dict[str, float] = {}
         self._own: Callable[[str], bool] = lambda name: True
         self._next_due = 0.0
+        self._mirror_lock = threading.Lock()
+        self._shut = False
 
     @property
     def mirrored(self) -> bool:
@@ -194,9 +196,17 @@ class Lineup:
 
     def close(self, deadline: float | None) -> None:
         """Stop watching the queue. Idempotent."""
-        mirror, self._mirror = self._mirror, None
+        with self._mirror_lock:
+            mirror, self._mirror = self._mirror, None
         if mirror is not None:
             mirror.stop(deadline)
+
+    def shut(self, deadline: float | None) -> None:
+        """Stop watching for good (the worker closes): a refresh under way
+        beside it starts no watch after it."""
+        with self._mirror_lock:
+            self._shut = True
+        self.close(deadline)
 
     def names(self) -> list[str]:
         """The candidates in hand, in the order they will be tried."""
@@ -306,9 +316,17 @@ class Lineup:
         """The mirror, started where the mode allows, the worker is not
         busy with a backlog and the server has persistent watches."""
         if self._mirror is None and not (self._never_watch or self._backlog_in_hand):
+            if self._shut:
+                return None
             mirror = Mirror(self._ctx.conn, self._paths, self._on_mirror_change)
             if mirror.start(deadline):
-                self._mirror = mirror
+                with self._mirror_lock:
+                    shut = self._shut
+                    if not shut:
+                        self._mirror = mirror
+                if shut:  # the worker closed while it started
+                    mirror.stop(deadline)
+                    return None
             else:
                 self._never_watch = True
         return self._mirror

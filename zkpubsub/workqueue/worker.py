@@ -497,6 +497,6 @@ class Worker:
                 exc,
             )
         try:
-            self._lineup.close(self._ctx.closing_deadline())
+            self._lineup.shut(self._ctx.closing_deadline())
         finally:
             self._registration.leave()
