@@ -183,7 +183,7 @@ class Consumer:
             self._count("acked", acked)
             return
         for item, _ in done:
-            item.mark_finished()
+            item.mark_finished("lost" if item in lost else "acked")
             self._keeper.discard(item)
         for item in lost:
             logger.warning("%s", ReservationLost(worker.queue, item.id))

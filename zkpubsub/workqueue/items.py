@@ -173,8 +173,9 @@ class Item:
 
     @property
     def ending(self) -> str | None:
-        """How it was finished: ``"acked"`` or ``"released"`` (given back
-        or buried); ``None`` while it is not."""
+        """How it was finished: ``"acked"``, ``"released"`` (given back
+        or buried), or ``"lost"`` (an ack of several found its reservation
+        gone); ``None`` while it is not."""
         return self._ending
 
     def mark_finished(self, ending: str = "acked") -> None:

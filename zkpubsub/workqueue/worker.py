@@ -447,7 +447,7 @@ class Worker:
             return
         lost = self.ack_all(pairs)
         for item, _ in pairs:
-            item.mark_finished()
+            item.mark_finished("lost" if item in lost else "acked")
         if lost:
             raise ReservationLost(self.queue, lost[0].id, item_ids=tuple(i.id for i in lost))
 
