@@ -352,47 +352,6 @@ async def test_get_and_async_for_hand_messages_out_in_order_and_a_cancelled_get_
     assert sub.stats().errors == 0
 
 
-async def test_tasks_sharing_a_subscription_each_acknowledge_only_their_own(
-    connect: Connect, raw_zk: KazooClient, zk_root: str
-) -> None:
-    """Before, tasks' get() shared the one message held: each one's next
-    get() acknowledged what the other held. A get() through wait_for (a task
-    of its own before Python 3.12) counts as its caller's."""
-    subscriber = await connect(client_id="shared")
-    sub = await subscriber.subscribe("shared")
-    publisher = await connect()
-    for payload in ("a", "b", "c"):  # a node each
-        await publisher.publish("shared", payload)
-    queue = Layout(zk_root).queue("shared", "shared")
-
-    def left() -> int:
-        return sum(len(raw_zk.get_children(f"{queue}/{s}")) for s in raw_zk.get_children(queue))
-
-    async def take() -> Any:
-        message = await sub.get(timeout=20)
-        assert message is not None
-        return message.payload
-
-    taken = [await asyncio.ensure_future(take()) for _ in range(2)]  # two tasks, one each
-    assert taken == ["a", "b"]
-    await asyncio.sleep(0.5)
-    assert left() == 3  # neither acknowledged
-    third = await asyncio.wait_for(sub.get(), 20)  # this task's first: acknowledges nothing
-    assert third is not None and third.payload == "c"
-    assert await asyncio.wait_for(sub.get(timeout=0.1), 20) is None  # acknowledges "c"
-    for _ in range(100):
-        if left() == 2:
-            break
-        await asyncio.sleep(0.1)
-    assert left() == 2
-    await sub.close()  # acknowledges what the two tasks hold
-    for _ in range(100):
-        if left() == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert left() == 0
-
-
 async def test_a_cancelled_subscribe_never_calls_its_handler_and_takes_nothing(
     connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,10 +366,12 @@ async def test_a_cancelled_subscribe_never_calls_its_handler_and_takes_nothing(
         await publisher.publish("kept", n)
     await first.close()
     real = aio_client._close_unwanted
+    closed = threading.Event()
 
     def slow_close(job: Any) -> None:
         time.sleep(1.0)  # a close that comes late (its thread busy)
         real(job)
+        closed.set()
 
     monkeypatch.setattr(aio_client, "_close_unwanted", slow_close)
     again = await connect(client_id="cancelled")
@@ -422,7 +383,11 @@ async def test_a_cancelled_subscribe_never_calls_its_handler_and_takes_nothing(
     made.cancel()
     with pytest.raises(asyncio.CancelledError):
         await made
-    await asyncio.sleep(2.0)  # made, then closed late
+    for _ in range(200):  # made, then closed late
+        if closed.is_set():
+            break
+        await asyncio.sleep(0.1)
+    assert closed.is_set() and not again.sync.subscriptions()
     assert handled == []
     monkeypatch.undo()
     got: list[Any] = []

@@ -248,40 +248,28 @@ def test_get_acknowledges_the_previous_message_when_asked_for_the_next(
     assert again.get(timeout=0.2) is None
 
 
-def test_threads_sharing_a_subscription_each_acknowledge_only_their_own(
+def test_two_gets_waiting_at_once_leave_no_message_unacknowledged(
     make_client: MakeClient, raw_zk: KazooClient, zk_root: str
 ) -> None:
-    """Before, threads' get() shared the one message held: a second
-    thread's get() acknowledged the message the first was still working on
-    (lost if it then died), and its hand-out replaced the first's (never
-    acknowledged, delivered again)."""
-    client = make_client()
-    sub = client.subscribe("t")
+    """Before, two threads' get() waiting at once were both handed a
+    message, the second replacing the first as the one held: the first was
+    never acknowledged, and came again to the next subscription."""
+    client = make_client(client_id="two-gets")
+    sub = client.subscribe("t", durable=True)
+    got: list[Message | None] = []
+    threads = [threading.Thread(target=lambda: got.append(sub.get(timeout=20))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # both wait (if one did not yet, it acknowledges the other's first)
     publisher = make_client()
     for payload in ("a", "b"):  # a node each
         publisher.publish("t", payload)
-    got: dict[str, str] = {}
-    done = threading.Event()
-
-    def take(name: str) -> None:
-        message = sub.get(timeout=20)
-        assert message is not None
-        got[name] = message.payload
-        done.wait(30)  # still working on it
-
-    threads = []
-    for name in ("first", "second"):  # one after the other: each holds its own
-        threads.append(threading.Thread(target=take, args=(name,)))
-        threads[-1].start()
-        wait_until(lambda: name in got, 20, f"{name} handed one")  # noqa: B023
-    assert sorted(got.values()) == ["a", "b"]
-    time.sleep(0.5)  # deletes are sent within a fraction of that
-    assert backlog(raw_zk, zk_root, client, "t") == 2  # neither acknowledged yet
-    done.set()
     for thread in threads:
         thread.join(20)
-    sub.close()  # acknowledges what each was handed
+    assert sorted(m.payload for m in got if m is not None) == ["a", "b"]
+    sub.close()  # acknowledges the one held last
     wait_until(lambda: backlog(raw_zk, zk_root, client, "t") == 0, what="both acknowledged")
+    assert client.subscribe("t", durable=True).get(timeout=0.5) is None  # nothing again
 
 
 def test_iteration_ends_when_the_subscription_closes(make_client: MakeClient) -> None:

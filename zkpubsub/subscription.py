@@ -17,9 +17,9 @@ Guarantees:
   out, goes to ``on_error`` as a :class:`~zkpubsub.DecodeError` and is
   then deleted: it never blocks the queue, or the client's other queues.
 * Without a handler, ``get()`` and iteration hand messages out in order; a
-  message is acknowledged when the thread (or asyncio task) it was handed
-  to asks for the next one (or the subscription is closed), so a consumer
-  that dies while holding one gets it again.
+  message is acknowledged when the next one is asked for (or the
+  subscription is closed), so a consumer that dies while holding one gets
+  it again.
 
 A subscription owns its registration (made when it opens, removed when it
 closes as its kind asks) and, with a handler, its dispatcher thread; the
@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -49,7 +49,7 @@ from ._registry import SubscriptionRegistry
 from .backlog import EVICTED, Backlog, OverflowMark
 from .config import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY
 from .connection import translated
-from .errors import ConnectionLost, OperationTimeout, ZkPubSubError
+from .errors import ClientClosed, ConnectionLost, OperationTimeout, ZkPubSubError
 from .layout import join
 from .message import Message
 from .state import Gap
@@ -161,14 +161,13 @@ class Feed:
         answers): call it on a thread."""
         self._sub._not_a_message(delivery, deadline)
 
-    def hand_out(self, delivery: Delivery, consumer: Hashable) -> Message:
-        """A ``get`` of ``consumer`` (its task) took ``delivery``'s message:
-        it is acknowledged by :meth:`ack_held` (that consumer's next ``get``)
-        or when the subscription closes."""
-        return self._sub._hand_out(delivery, consumer)
+    def hand_out(self, delivery: Delivery) -> Message:
+        """A ``get`` took ``delivery``'s message: it is acknowledged by
+        :meth:`ack_held` (the next ``get``) or when the subscription closes."""
+        return self._sub._hand_out(delivery)
 
-    def ack_held(self, consumer: Hashable) -> None:
-        self._sub._ack_held(consumer)
+    def ack_held(self) -> None:
+        self._sub._ack_held()
 
 
 class HandlerInterrupted(BaseException):
@@ -239,9 +238,7 @@ class Subscription:
         self._stopping = threading.Event()  # close() began: no more retries
         self._buffer = DeliveryBuffer(prefetch)
         self._pump = pump
-        # get(): handed out and not acknowledged yet, by consumer (the
-        # thread, or the task, that called it)
-        self._holding: dict[Hashable, Delivery] = {}
+        self._holding: Delivery | None = None  # get(): handed out, not acked
         self._closed = False
         self._evicted = False
         self._close_lock = threading.Lock()
@@ -358,14 +355,12 @@ class Subscription:
         the previous one (its node is deleted once all its messages are).
         Undecodable nodes are reported to ``on_error`` and skipped.
 
-        Each thread acknowledges only what it was handed: threads sharing a
-        subscription each hold their own message (the order of the topic
-        then holds across them as they take, not as they finish)."""
+        Read a subscription from one thread (or task) at a time: whoever
+        asks next acknowledges what was handed out last."""
         if self._handler is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         deadline = deadline_after(timeout)
-        consumer = threading.get_ident()
-        self._ack_held(consumer)
+        self._ack_held()
         while True:
             delivery = self._next(deadline)
             if delivery is None:
@@ -373,15 +368,19 @@ class Subscription:
             if delivery.message is None:
                 self._not_a_message(delivery, deadline)
                 continue
-            return self._hand_out(delivery, consumer)
+            return self._hand_out(delivery)
 
-    def _hand_out(self, delivery: Delivery, consumer: Hashable) -> Message:
+    def _hand_out(self, delivery: Delivery) -> Message:
         """``get()`` hands ``delivery``'s message out: acknowledged by the
-        next ``get()`` or by ``close()``."""
+        next ``get()`` or by ``close()``. A message still held (two gets
+        waited at once) is acknowledged now: the next hand-out would
+        otherwise replace it, never acknowledged."""
         assert delivery.message is not None
         with self._buffer.lock:
-            self._holding[consumer] = delivery
+            earlier, self._holding = self._holding, delivery
             self._buffer.counters.delivered += 1
+        if earlier is not None:
+            self._handled(earlier.node)
         self._ctx.hooks.handled(self._topic, delivery.message.published_at, time.time())
         return delivery.message
 
@@ -444,19 +443,11 @@ class Subscription:
         if low:
             self._pump.wake()
 
-    def _ack_held(self, consumer: Hashable) -> None:
-        """Acknowledge what ``consumer``'s last ``get()`` handed out."""
+    def _ack_held(self) -> None:
         with self._buffer.lock:
-            held = self._holding.pop(consumer, None)
+            held, self._holding = self._holding, None
         if held is not None:
             self._handled(held.node)
-
-    def _ack_all_held(self) -> None:
-        """Acknowledge what every consumer was handed (at close)."""
-        with self._buffer.lock:
-            held, self._holding = list(self._holding.values()), {}
-        for delivery in held:
-            self._handled(delivery.node)
 
     def _handled(self, node: Node) -> None:
         if self._buffer.handled(node):
@@ -516,6 +507,8 @@ class Subscription:
                 # deleted already: by this delete (its answer lost: the count
                 # last read stands) or before (a redelivery: the count read ahead)
                 return mark, window
+            except ClientClosed:
+                return None  # it stays, told next time
             except (ConnectionLost, OperationTimeout) as exc:
                 if self._stopping.is_set() or self._ctx.is_closed():
                     return None
@@ -653,7 +646,7 @@ class Subscription:
                 "ends; its message stays queued and will be delivered again",
                 self._topic,
             )
-        self._ack_all_held()
+        self._ack_held()
 
     def _end(self, *, halted: bool, drop_queue: bool, deadline: float | None) -> None:
         """The ending requests, until ``deadline``: the last deletes (if
@@ -676,7 +669,7 @@ class Subscription:
             self._backlog.max_bytes,
         )
         with self._buffer.lock:
-            self._holding = {}
+            self._holding = None
         self._end(halted=True, drop_queue=True, deadline=self._requests_deadline())
 
     def _requests_deadline(self) -> float | None:

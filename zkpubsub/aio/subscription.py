@@ -30,7 +30,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Final
 
@@ -99,6 +99,7 @@ class LoopDispatcher(SelfDispatching):
     def stop(self, timeout: float | None) -> bool:
         loop = self._bridge.loop
         self._on_loop(self._stopping.set)
+        self._on_loop(self._finish_if_not_started)
         if self._closed_by_its_handler:
             return True  # it returns once the close does
         if timeout is None:
@@ -140,12 +141,12 @@ class LoopDispatcher(SelfDispatching):
             except asyncio.TimeoutError:
                 return None
 
-    async def get(self, timeout: float | None, consumer: Hashable) -> Message | None:
+    async def get(self, timeout: float | None) -> Message | None:
         """``get`` without a handler: acknowledge the message handed out
-        last to ``consumer`` (the calling task), then hand out the next."""
+        last, then hand out the next."""
         feed = self._feed
         assert feed is not None
-        feed.ack_held(consumer)
+        feed.ack_held()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -153,7 +154,7 @@ class LoopDispatcher(SelfDispatching):
             if delivery is None:
                 return None
             if delivery.message is not None:
-                return feed.hand_out(delivery, consumer)
+                return feed.hand_out(delivery)
             # a deadline on the client's clock, not the loop's (uvloop's is another)
             left = None if deadline is None else max(0.0, deadline - loop.time())
             await self._bridge.run(feed.not_a_message, delivery, deadline_after(left))
@@ -176,8 +177,14 @@ class LoopDispatcher(SelfDispatching):
             return
         self._start_task()
 
+    def _finish_if_not_started(self) -> None:
+        """(On the loop, as it stops.) No task yet (its subscribe has not
+        returned): none will start, and the close waits for none."""
+        if self._task is None:
+            self._finished.set()
+
     def _start_task(self) -> None:
-        if self._task is not None:
+        if self._task is not None or self._stopping.is_set():
             return
         self._task = task = asyncio.ensure_future(self._run())
         task.add_done_callback(self._ended)
@@ -322,20 +329,16 @@ class AsyncSubscription:
         """:meth:`Subscription.backlog`, read on the client's threads."""
         return await self._bridge.run(self._sub.backlog, check_timeout(timeout))
 
-    def get(self, timeout: float | None = None) -> Coroutine[Any, Any, Message | None]:
+    async def get(self, timeout: float | None = None) -> Message | None:
         """The next message, or ``None`` if ``timeout`` passes or the
         subscription closes first. Asking for the next message acknowledges
-        the previous one this task was handed (tasks sharing a subscription
-        each hold their own; the task is the one calling ``get()``, also
-        when ``wait_for`` runs the wait in another). Only for subscriptions
-        made without a handler."""
-        return self._get(timeout, calling_task())
-
-    async def _get(self, timeout: float | None, consumer: Hashable) -> Message | None:
+        the previous one (read it from one task at a time, as
+        :meth:`Subscription.get` says). Only for subscriptions made without
+        a handler."""
         if self._dispatcher.fn is not None:
             raise TypeError("get() is for subscriptions made without a handler")
         self._bridge.check_loop()  # before the last message is acknowledged
-        return await self._dispatcher.get(check_timeout(timeout), consumer)
+        return await self._dispatcher.get(check_timeout(timeout))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
