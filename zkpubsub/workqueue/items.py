@@ -165,7 +165,7 @@ class Item:
 
     def check_unfinished(self) -> None:
         if self._finished:
-            raise ValueError(f"item {self.id} was already acked or released")
+            raise ValueError(f"item {self.id} was already acked, released or lost")
 
     def check_result(self, result: Any) -> None:
         if result is not None and not self.wants_result:
