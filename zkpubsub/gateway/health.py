@@ -18,7 +18,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..health import check
+from ..health import Health, check
 from .context import state_of
 from .models import HealthAnswer
 
@@ -36,6 +36,13 @@ _STARTING: Final = {
 }
 
 
+def _answer(health: Health, status_code: int) -> JSONResponse:
+    """``health`` as a :class:`HealthAnswer` body (which carries no client id)."""
+    body = health.as_dict()
+    body.pop("client_id")
+    return JSONResponse(body, status_code=status_code)
+
+
 @router.get(
     "/healthz",
     response_model=HealthAnswer,
@@ -48,9 +55,7 @@ async def healthz(request: Request) -> JSONResponse:
         health = check(gw.bus.default)
     except KeyError:
         return JSONResponse(_STARTING)
-    body = health.as_dict()
-    body.pop("client_id")
-    return JSONResponse(body, status_code=health.liveness_code)
+    return _answer(health, health.liveness_code)
 
 
 @router.get(
@@ -65,9 +70,7 @@ async def readyz(request: Request) -> JSONResponse:
         health = check(gw.bus.default, ready_when_degraded=False)
     except KeyError:
         return JSONResponse(_STARTING, status_code=503)
-    body = health.as_dict()
-    body.pop("client_id")
-    return JSONResponse(body, status_code=health.readiness_code)
+    return _answer(health, health.readiness_code)
 
 
 @router.get(

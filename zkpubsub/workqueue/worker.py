@@ -305,11 +305,20 @@ class Worker:
         reservation was sent (its lease counts from then)."""
         sent = time.monotonic() if sent is None else sent
         ours = []
-        for name, _, version, entry, payload in tried:
-            held = held_version(self._ctx, self._paths, name, version + 1, self.worker_id, deadline)
-            if held is not None:
-                ours.append(self._item(name, version + 1, entry, payload, sent=sent, held=held))
+        for ready in tried:
+            item = self._ours(ready, sent, deadline)
+            if item is not None:
+                ours.append(item)
         return ours
+
+    def _ours(self, ready: _Ready, sent: float, deadline: float | None) -> Item | None:
+        """The item of one reserve whose answer was lost, if the reservation
+        it made is held by this worker (``sent``: when it was sent)."""
+        name, _, version, entry, payload = ready
+        held = held_version(self._ctx, self._paths, name, version + 1, self.worker_id, deadline)
+        if held is None:
+            return None
+        return self._item(name, version + 1, entry, payload, sent=sent, held=held)
 
     def _held_in_doubt(self, limit: int, deadline: float | None) -> list[Item]:
         """The reservations in doubt found ours, up to ``limit`` (the rest
@@ -322,11 +331,8 @@ class Worker:
                 if not self._in_doubt:
                     break
                 doubt = self._in_doubt.pop(0)
-            (name, _, version, entry, payload), sent = doubt
             try:
-                found = held_version(
-                    self._ctx, self._paths, name, version + 1, self.worker_id, deadline
-                )
+                found = self._ours(*doubt, deadline)
             except ZkPubSubError:
                 with self._doubt_lock:
                     self._in_doubt.insert(0, doubt)
@@ -334,7 +340,7 @@ class Worker:
                     return held
                 raise
             if found is not None:
-                held.append(self._item(name, version + 1, entry, payload, sent=sent, held=found))
+                held.append(found)
         return held
 
     def _give_back_in_doubt(self) -> None:
@@ -388,6 +394,14 @@ class Worker:
         record = reservation_record(self.worker_id, lease)
         deadline = ctx.deadline()
         lookups: float | None = None  # one more request's time, for the lookups after losses
+
+        def held_now() -> int | None:
+            """The reservation's version if this worker still holds the item."""
+            nonlocal lookups
+            if lookups is None:
+                lookups = ctx.deadline()
+            return held_version(ctx, paths, item.name, item.token, self.worker_id, lookups)
+
         with translated(f"extend the lease of item {item.id}"):
             while True:
                 txn = conn.kazoo.transaction()
@@ -400,9 +414,7 @@ class Worker:
                     # it may have landed: the version it left is read (with
                     # time of its own), or the next extension, from the old
                     # one, would be refused as if the item had been lost
-                    if lookups is None:
-                        lookups = ctx.deadline()
-                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, lookups)
+                    held = held_now()
                     if held is None:
                         raise ReservationLost(self.queue, item.id) from None
                     item.renewed(held, item.lease, item.lease_until)
@@ -412,9 +424,7 @@ class Worker:
                 if first_error(results)[1] is not None:
                     # refused: taken, or at another version (an extension
                     # whose answer was lost landed): which, the server says
-                    if lookups is None:
-                        lookups = ctx.deadline()
-                    held = held_version(ctx, paths, item.name, item.token, self.worker_id, lookups)
+                    held = held_now()
                     if held is None or held == item.reservation_version:
                         raise ReservationLost(self.queue, item.id)
                     item.renewed(held, item.lease, item.lease_until)
