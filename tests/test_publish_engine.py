@@ -14,6 +14,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkpubsub import Client, PublishReceipt, PublishTimeout
+from zkpubsub._engine import PublishRequest, _Watchdog
 from zkpubsub.layout import Layout
 from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
@@ -318,3 +319,38 @@ def test_a_fan_outs_size_estimate_counts_bytes_not_characters(
     target = Target(subscriber=name, version=0, segment=0)
     estimate = publisher.target_cost(name, target, publisher.op_size(name, data), 1)
     assert estimate >= sent
+
+
+def _far_request() -> PublishRequest:
+    return PublishRequest("t", [], 0, 3600.0, time.monotonic() + 3600.0, False)
+
+
+class _NoEngine:
+    def abandon(self, request: PublishRequest) -> None:  # no deadline comes near
+        raise AssertionError(request)
+
+
+def test_the_deadline_watch_looks_for_finished_requests_once_its_heap_has_doubled() -> None:
+    """With more than 1024 requests pending, the watch scanned its whole heap
+    on every publish_async (seconds of a caller's time at 10,000 pending).
+    Now a scan comes only once the heap has doubled since the last; when
+    requests finish as they go, the heap stays at its first bound."""
+    watchdog = _Watchdog(_NoEngine(), "test-deadlines")  # type: ignore[arg-type]
+    try:
+        for _ in range(20_000):  # all still pending
+            watchdog.watch(_far_request())
+        assert watchdog.compactions == 5  # at 1,024, 2,048, 4,096, 8,192 and 16,384
+        assert len(watchdog._heap) == 20_000
+    finally:
+        watchdog.stop()
+    watchdog = _Watchdog(_NoEngine(), "test-deadlines")  # type: ignore[arg-type]
+    try:
+        largest = 0
+        for _ in range(5_000):  # each finished before the next comes
+            request = _far_request()
+            watchdog.watch(request)
+            request.finished = True
+            largest = max(largest, len(watchdog._heap))
+        assert largest == 1024
+    finally:
+        watchdog.stop()

@@ -673,6 +673,9 @@ class _Completions:
             self._thread.join(timeout)
 
 
+_COMPACT_FROM: Final = 1024  # watched requests before the first look for finished ones
+
+
 class _Watchdog:
     """Fails ``publish_async`` requests at their deadline, whatever their
     lane is doing."""
@@ -683,23 +686,27 @@ class _Watchdog:
         self._heap: list[tuple[float, int, PublishRequest]] = []
         self._seq = itertools.count()
         self._stopped = False
+        self._compact_at = _COMPACT_FROM
+        self.compactions = 0  # how often finished requests were dropped from the heap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def watch(self, request: PublishRequest) -> None:
         assert request.deadline is not None
         with self._cond:
-            if len(self._heap) > 1024 and len(self._heap) > 4 * self._unfinished():
-                # Drop finished requests so the heap stays near what is pending.
+            if len(self._heap) >= self._compact_at:
+                # Drop finished requests so the heap stays near what is
+                # pending. The next time is once it has doubled: with
+                # thousands pending, each watch pays for the scan only once
+                # on average, not once a call.
                 self._heap = [e for e in self._heap if not e[2].finished]
                 heapq.heapify(self._heap)
+                self._compact_at = max(_COMPACT_FROM, 2 * len(self._heap))
+                self.compactions += 1
             earliest = self._heap[0][0] if self._heap else None
             heapq.heappush(self._heap, (request.deadline, next(self._seq), request))
             if earliest is None or request.deadline < earliest:
                 self._cond.notify()
-
-    def _unfinished(self) -> int:
-        return sum(1 for e in self._heap if not e[2].finished)
 
     def _run(self) -> None:
         while True:
