@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from zkpubsub import Client, PublishReceipt, PublishTimeout
-from zkpubsub._engine import PublishRequest, _Watchdog
+from zkpubsub import Client, ClientClosed, PublishReceipt, PublishTimeout
+from zkpubsub._engine import PublishRequest, _Completions, _Watchdog
 from zkpubsub.layout import Layout
 from zkpubsub.testing.proxy import OP_MULTI, ZkClientProxy
 
@@ -354,3 +354,14 @@ def test_the_deadline_watch_looks_for_finished_requests_once_its_heap_has_double
         assert largest == 1024
     finally:
         watchdog.stop()
+
+
+def test_a_future_settled_after_close_stopped_its_completions_is_still_resolved() -> None:
+    """A lane or the watchdog settling a request just as close() gave up
+    waiting handed its future over after the completion thread's stop: the
+    future was never resolved, and a result() without a timeout hung."""
+    completions = _Completions("test-futures")
+    completions.stop(timeout=5.0)
+    future: Future[PublishReceipt] = Future()
+    completions.put([(future, None, ClientClosed("closed"))])
+    assert isinstance(future.exception(timeout=5), ClientClosed)

@@ -542,6 +542,8 @@ class PublishEngine:
     def _send(self, lane: _Lane) -> None:
         publisher, topic = self._publisher, lane.topic
         with self._lock:
+            if not lane.pending:  # every request given up meanwhile: no read without a deadline
+                return
             deadline = self._batch_deadline(lane.pending)
         try:
             lane.activity = f"reading the subscribers of {topic!r}"
@@ -650,27 +652,41 @@ class _Completions:
 
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[list[_Resolved] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, batch: list[_Resolved]) -> None:
-        self._queue.put(batch)
+        with self._lock:
+            if not self._stopped:
+                self._queue.put(batch)
+                return
+        # settled after the stop (a lane or the watchdog still finishing when
+        # close gave up waiting): resolved here, or they would never be
+        _resolve(batch)
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:
-            for future, receipt, error in batch:
-                try:
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(receipt)  # type: ignore[arg-type]
-                except InvalidStateError:  # the caller cancelled it
-                    pass
+            _resolve(batch)
 
     def stop(self, timeout: float) -> None:
-        self._queue.put(None)
+        with self._lock:
+            self._stopped = True
+            self._queue.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+def _resolve(batch: list[_Resolved]) -> None:
+    for future, receipt, error in batch:
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(receipt)  # type: ignore[arg-type]
+        except InvalidStateError:  # the caller cancelled it
+            pass
 
 
 _COMPACT_FROM: Final = 1024  # watched requests before the first look for finished ones
