@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -574,6 +575,29 @@ def test_a_node_the_cleaner_may_not_read_does_not_stop_it(
     assert not cleaner.stopped and cleaner.refused is None
     assert raw_zk.exists(layout.client_messages("doomed")) is None
     assert raw_zk.exists(ghost) is not None  # left alone
+
+
+def test_a_gone_client_the_cleaner_may_not_remove_is_tried_again_each_interval(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, once its grace was over, the refused purge was tried again at
+    every sweep, and the grace it kept over had the leader sweep every half
+    second, whatever its interval."""
+    from kazoo.security import make_digest_acl
+
+    layout = Layout(zk_root)
+    secret = make_digest_acl("other", "pw", all=True)
+    raw_zk.ensure_path(layout.receipts)
+    raw_zk.create(layout.receipts + "/ghost", b"", acl=[secret])
+    host = make_client(session_timeout=2.0)
+    with caplog.at_level(logging.WARNING, logger="zkpubsub.cleaner"):
+        cleaner = host.start_cleaner(grace=2.0, interval=60.0)
+        assert cleaner.wait_leader(20)
+        wait_until(lambda: "gone client ghost" in caplog.text, 20, "the purge refused")
+    before = cleaner.stats().sweeps
+    time.sleep(2.5)  # five sweeps, before
+    assert cleaner.stats().sweeps - before <= 1
+    assert not cleaner.stopped and cleaner.refused is None
 
 
 def test_waiting_for_the_lead_of_a_stopped_cleaner_ends_and_bad_timeouts_are_refused(

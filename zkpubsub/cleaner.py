@@ -507,6 +507,12 @@ class Cleaner:
         )
         return -1 if stat is None else int(stat.pzxid)
 
+    def _again_in_an_interval(self, now: float) -> float:
+        """The start of a grace that runs out one interval from ``now``: what
+        the leader may not remove is tried again then, not as soon as its
+        grace is over (which would have it sweep every ``MIN_SWEEP_GAP``)."""
+        return now - self.grace + self.interval
+
     def _next_wait(self, starts: list[float]) -> float:
         """Sleep until the next interval, or until the first grace runs out."""
         now = time.monotonic()
@@ -560,7 +566,7 @@ class Cleaner:
                     return  # what this sweep saw may be out of date
                 try:
                     self._purge(me, cid, registered.get(cid, []), blind)
-                except NotAuthorized as exc:  # tried again each sweep; the others go on
+                except NotAuthorized as exc:  # the others go on
                     if cid not in self._unreadable:
                         self._unreadable.add(cid)
                         logger.warning(
@@ -569,6 +575,7 @@ class Cleaner:
                             cid,
                             exc,
                         )
+                    absent_since[cid] = self._again_in_an_interval(now)
                     continue
                 self._unreadable.discard(cid)
                 absent_since.pop(cid, None)
