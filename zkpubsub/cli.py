@@ -624,7 +624,13 @@ def top(ctx: CliContext, interval: float, once: bool) -> None:
     help="Seconds the notice of a purged durable subscriber waits for it to come back "
     "(the leader's applies).",
 )
-@click.option("--client-id", default=None, envvar="ZKPUBSUB_CLEANER_ID")
+@click.option(
+    "--client-id",
+    default=None,
+    envvar="ZKPUBSUB_CLEANER_ID",
+    help="A fixed client id for this candidate, readable in `zkpubsub stats` "
+    "(default: a fresh one each start).",
+)
 @pass_ctx
 def cleaner(
     ctx: CliContext,
