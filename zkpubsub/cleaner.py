@@ -37,8 +37,9 @@ Safety, enforced by the server in every deleting transaction:
 * **Grace**: a client's queues are deleted only after ``clients/<id>`` has been
   absent for ``grace`` seconds, continuously, as seen by the current leader
   (a new leader starts counting from its election, and a leader that lost
-  its connection for a while starts again when it is back: the client may
-  have come and gone unseen).
+  its connection for a while starts again when it is back if the children
+  of ``clients/`` changed meanwhile: the client may have come and gone
+  unseen).
 * Large queues are deleted in bounded transactions. The first one writes
   ``purging/<id>``, naming the client's topics; a client that comes back
   while that marker exists is told through its gap listeners that part of
