@@ -374,6 +374,11 @@ def test_only_workers_reserve_and_only_admins_join_the_cleaner_election(make_sec
     cleaner = sub.start_cleaner(grace=60, interval=0.2)
     assert not cleaner.wait_leader(2)
     assert not sub._ctx.conn.kazoo.get_children(sub._ctx.layout.candidates)
+    wait_until(lambda: cleaner.stopped, 10, "the cleaner stopped by itself")
+    assert cleaner.refused is not None
+    # then it hears no more of the connection (each start left a listener behind)
+    listeners = sub._ctx.conn._listeners
+    wait_until(lambda: cleaner._on_state not in listeners, 10, "its state listener removed")
     cleaner.stop()
 
 

@@ -315,6 +315,7 @@ class Cleaner:
                 logger.exception("cleaner: unexpected error; retrying")
                 self._stop.wait(1.0)
         self._leading.clear()
+        self._conn.remove_state_listener(self._on_state)  # stopped by itself, too
         self._resign()
 
     def _resign(self) -> None:
