@@ -149,6 +149,30 @@ def test_a_session_expiry_clears_the_cache_and_discards_fills_under_way(
     assert cache.stats().stale_prevented == 1
 
 
+def test_a_session_expiry_clears_the_cache_while_a_slow_gap_listener_holds_the_gap(
+    make_client: MakeClient,
+) -> None:
+    """The cache cleared when the expiry's gap was told, on the client's
+    thread, after the listeners added before it: a slow one of the user's
+    held it up, and the cache served its copies from before the expiry
+    (whose invalidations may have gone nowhere) for as long as it ran."""
+    source = Source()
+    client = make_client()
+    release = threading.Event()
+    client.add_gap_listener(lambda gap: release.wait(30))
+    try:
+        cache = InvalidatingCache(client, "users", source.load)
+        assert cache.get("user:0") == "v1"
+        assert cache.get("user:0") == "v1" and source.reads == 1  # held
+        expire_session(client)  # back on a new session; the gap waits behind the listener
+        reads = source.reads
+        cache.get("user:0")
+        assert source.reads == reads + 1  # loaded again, not served from before
+        assert cache.stats().clears >= 1
+    finally:
+        release.set()
+
+
 def test_ttl_and_size_bound_what_is_kept(make_client: MakeClient) -> None:
     source = Source()
     cache = InvalidatingCache(make_client(), "users", source.load, max_size=2)

@@ -21,7 +21,10 @@ Guarantees:
   cache, not ``client.publish``.
 * *Gaps clear.* When the client may have missed invalidations (its session
   expired, its queue was purged) the whole cache is cleared, fills under
-  way included.
+  way included. A session expiry clears it as soon as the client knows
+  (and it keeps nothing until the client has registered again), not when
+  the gap is told: that waits behind the client's listeners, the user's
+  included.
 * *A frozen process forgets.* A process stopped (SIGSTOP, a VM pause, a
   long GC pause) for a third of the session timeout or longer may come
   back to an expired session whose invalidations it never got, and its
@@ -142,21 +145,34 @@ class _Entries(Generic[K, V]):
         )
         self._cut_since: float | None = None  # when the client lost its connection
         self._cut_off = False  # without a connection for stall_after: keep nothing
+        # the client's state, and the session it last registered on
+        self._state: Callable[[], ClientState] = lambda: ClientState.CONNECTED
+        self._registered: Callable[[], int | None] = lambda: None
+        self._session: int | None = None
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
 
     # -- the freeze watch ----------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(
+        self,
+        state: Callable[[], ClientState] | None = None,
+        registered: Callable[[], int | None] | None = None,
+    ) -> None:
         """The cache starts listening: the freeze watch counts from now (a
-        start long after the cache was made is no frozen process)."""
+        start long after the cache was made is no frozen process).
+        ``state()``: the client's; ``registered()``: the session it last
+        registered on."""
         with self._lock:
             self._last_seen = time.monotonic()
+            if state is not None:
+                self._state = state
+            if registered is not None:
+                self._registered = registered
+                self._session = registered()
 
-    def start_watch(
-        self, name: str, ended: Callable[[], bool], state: Callable[[], ClientState]
-    ) -> None:
-        """Watch for freezes and the client's ``state()`` on a thread until
+    def start_watch(self, name: str, ended: Callable[[], bool]) -> None:
+        """Watch for freezes and the client's state on a thread until
         :meth:`stop_watch` or until ``ended()`` (the cache no longer hears
         invalidations). Freezes count from now: a slow start (its subscribe)
         is no frozen process. The state is looked at here too, not only when
@@ -164,19 +180,20 @@ class _Entries(Generic[K, V]):
         told first, would hold up a cut-off for as long as it runs."""
         self.begin()
         self._watch = threading.Thread(
-            target=self._watch_loop, args=(ended, state), name=name, daemon=True
+            target=self._watch_loop, args=(ended,), name=name, daemon=True
         )
         self._watch.start()
 
-    def _watch_loop(self, ended: Callable[[], bool], state: Callable[[], ClientState]) -> None:
+    def _watch_loop(self, ended: Callable[[], bool]) -> None:
         while not self._stop.wait(min(0.1, self._stall_after() / 4)):
             if ended():  # its client was closed: nothing more to watch for
                 self._stop.set()
                 self.clear()
                 return
-            self.connection(state)
+            self.connection()
 
     def _check_stall(self) -> None:  # lock held
+        self._check_session()
         now = time.monotonic()
         stall_after = self._stall_after()
         if self._watch is not None and now - self._last_seen >= stall_after:
@@ -189,12 +206,27 @@ class _Entries(Generic[K, V]):
             self._cut_off = True
             self._counts["cut_offs"] += 1
 
-    def connection(self, state: Callable[[], ClientState]) -> None:
-        """The client's connection came back or went away: ``state()``
-        says which, read under the lock, so that of two notifications the
-        one applied last applies the newest state."""
+    def _check_session(self) -> None:  # lock held
+        """A session expired: what is held goes at once, not when the gap
+        saying so is told (it waits behind the client's listeners, the
+        user's included, and comes only once the client registered again)."""
+        session = self._registered()
+        if session != self._session:  # registered on a new one
+            self._session = session
+            self._clear()
+        if self._state() is ClientState.LOST and not self._cut_off:
+            # expired, registering again: invalidations go nowhere meanwhile
+            self._clear()
+            self._cut_off = True
+            if self._cut_since is None:
+                self._cut_since = time.monotonic()
+
+    def connection(self) -> None:
+        """The client's connection came back or went away: its state, read
+        under the lock, says which, so that of two notifications the one
+        applied last applies the newest state."""
         with self._lock:
-            now = state()
+            now = self._state()
             if now is ClientState.CLOSED:
                 return
             if now is ClientState.CONNECTED:
@@ -332,12 +364,11 @@ class _Listening(Generic[K, V]):
         # The state named may be older than the client's (a notification
         # can arrive after the start's own look, or after a newer one's
         # delivery): the client's is what counts.
-        client = self._listened
-        if client is not None:
-            self._entries.connection(lambda: client.status)
+        if self._listened is not None:
+            self._entries.connection()
 
     def _listen(self, client: Client) -> None:
-        self._entries.begin()
+        self._entries.begin(lambda: client.status, lambda: client._session.registered_session)
         self._listened = client
         client.add_gap_listener(self._on_gap)
         client.add_listener(self._on_state)
@@ -439,9 +470,7 @@ class InvalidatingCache(_Listening[K, V]):
         except BaseException:
             self._stop_listening(client)
             raise
-        self._entries.start_watch(
-            f"zkpubsub-cache-{topic}", self._not_listening, lambda: client.status
-        )
+        self._entries.start_watch(f"zkpubsub-cache-{topic}", self._not_listening)
 
     def get(self, key: K) -> V:
         """The cached value of ``key``, or a fresh one from the loader.
@@ -563,9 +592,7 @@ class AsyncInvalidatingCache(_Listening[K, V]):
                 await self._close_made(made)
                 raise ClientClosed("the cache was closed while it started")
             self._subscription = subscription
-            self._entries.start_watch(
-                f"zkpubsub-cache-{self._topic}", self._not_listening, lambda: client.status
-            )
+            self._entries.start_watch(f"zkpubsub-cache-{self._topic}", self._not_listening)
 
     async def _close_made(self, made: asyncio.Future[Subscription]) -> None:
         """Close the subscription ``made`` for a start that will not use it."""
