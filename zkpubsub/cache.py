@@ -49,8 +49,11 @@ with the error ``invalidate`` would raise (``SerializationError``,
 ``PayloadTooLarge``), as is a key holding a NaN (``ValueError``: it equals
 no key an invalidation brings): nothing is kept that no instance could drop. A message on the
 topic that names no possible key (one another publisher sent), or that
-this client cannot read (another serializer), clears the cache. Optional ``ttl`` (seconds) and
-``max_size`` (least recently used first out) bound what is kept.
+this client cannot read (another serializer), clears the cache. Optional
+``max_size`` (least recently used first out) bounds what is kept, and
+``ttl`` (seconds) how long a value is served: an expired value is dropped
+when its key is next read, and counts in ``len()`` and ``stats().size``
+until then.
 """
 
 from __future__ import annotations
