@@ -42,6 +42,7 @@ from zkpubsub.layout import Layout, NodeKind, carries_data, new_guid
 from zkpubsub.security import Auth, from_environment, load_credentials
 from zkpubsub.testing import ZooKeeperCluster, expire_session
 from zkpubsub.testing.fixtures import backend_name
+from zkpubsub.testing.proxy import TcpProxy
 from zkpubsub.testing.secure import (
     TEST_PASSWORDS,
     TEST_SASL_USERS,
@@ -572,6 +573,34 @@ def test_a_registration_deleted_by_another_client_is_written_again_with_a_gap(
     msg = s.get(timeout=10)
     assert msg is not None and msg.payload == "again"
     assert sub.status == ClientState.CONNECTED
+
+
+def test_a_publisher_that_found_a_queue_gone_writes_to_it_again_once_it_is_made_anew(
+    make_client, raw_zk, zk_hosts
+):
+    """A publisher leaves out a queue it found gone until the topic's
+    version changes. The guard made the queue anew but left the version as
+    it was: that publisher never wrote to the subscriber again."""
+    host, port = zk_hosts.split(",")[0].rsplit(":", 1)
+    with TcpProxy((host, int(port)), name="queue-made-anew") as proxy:
+        sub = make_client(hosts=proxy.address, session_timeout=20.0)
+        pub = make_client()
+        gaps: list[Gap] = []
+        sub.add_gap_listener(gaps.append)
+        s = sub.subscribe("t")
+        s.backlog(timeout=10)  # a round trip: the guard's watches are set on the server
+        assert pub.publish("t", "before").subscribers == 1
+        queue = Layout(sub.config.root).queue(sub.client_id, "t")
+        proxy.block("drop")  # the subscriber hears of nothing until it is let through
+        raw_zk.delete(queue, recursive=True)
+        assert pub.publish("t", "meanwhile").subscribers == 0  # found gone: left out
+        proxy.unblock()
+        wait_until(lambda: gaps, timeout=30)
+        assert gaps[0].topics == frozenset({"t"})
+        wait_until(lambda: raw_zk.exists(queue) is not None, timeout=10)
+        assert pub.publish("t", "after").subscribers == 1
+        got = [s.get(timeout=10), s.get(timeout=10)]
+        assert [m.payload if m is not None else None for m in got] == ["before", "after"]
 
 
 @pytest.mark.parametrize("target", ["subscription node", "queue node"])

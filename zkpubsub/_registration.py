@@ -286,9 +286,14 @@ def prepare_queue(
             data, stat = conn.call(lambda: kazoo.get_async(path), deadline, f"read {path}")
         except NoNodeError:
             conn.ensure_path(layout.client_messages(ctx.client_id), deadline)
+            conn.ensure_path(layout.topic(topic), deadline)
             txn = kazoo.transaction()
             txn.create(path, QueueRecord(0, backlog, inline=inline).encode(), acl=queue_acl)
             txn.create(layout.segment(path, 0), b"", acl=segment_acl)
+            # a publisher that found the queue gone leaves it out until the
+            # topic's version changes: made anew (after a deletion by someone
+            # else, an eviction, the cleaner), it is written to again at once
+            txn.set_data(layout.topic(topic), b"", -1)
         else:
             record = QueueRecord.decode(data)
             if record is not None and record.full:

@@ -414,12 +414,13 @@ public class WireClient {
         String queue = root + "/messages/" + id + "/" + topic;
         String record = "{\"v\":2,\"segment\":0,\"max_nodes\":10000,\"max_bytes\":10000000,\"when_full\":\"drop\""
                 + (inline ? ",\"inline\":" + INLINE_MAX : "") + "}";
+        String topicPath = root + "/subscribers/" + topic;
         ensure(root + "/messages/" + id);
+        ensure(topicPath);
         zk.multi(List.of(
                 Op.create(queue, utf8(record), ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT),
-                Op.create(queue + "/s0000000000", new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
-        String topicPath = root + "/subscribers/" + topic;
-        ensure(topicPath);
+                Op.create(queue + "/s0000000000", new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT),
+                Op.setData(topicPath, new byte[0], -1)));
         zk.multi(List.of(
                 Op.create(topicPath + "/" + id, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.EPHEMERAL),
                 Op.setData(topicPath, new byte[0], -1)));
