@@ -369,7 +369,7 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
     from benchmarks import receive_floor
 
     out = tmp_path / "floor"
-    argv = ["--subscribers", "1,3", "--rate", "50", "--seconds", "1", "--warmup", "0.5"]
+    argv = ["--subscribers", "1,3", "--rate", "100", "--seconds", "0.5", "--warmup", "0.25"]
     assert receive_floor.main([*argv, "--out", str(out)]) == 0
     (path,) = out.glob("receive-floor-*.json")
     cells = json.loads(path.read_text())["cells"]
@@ -406,7 +406,8 @@ def test_receive_floor_hears_and_reads_every_node_in_every_process(tmp_path: Pat
 def test_receive_floor_deletes_every_node_when_asked(tmp_path: Path) -> None:
     from benchmarks import receive_floor
 
-    base = ["--subscribers", "2", "--rate", "50", "--seconds", "1", "--warmup", "0.5", "--delete"]
+    base = ["--subscribers", "2", "--rate", "100", "--seconds", "0.5", "--warmup", "0.25"]
+    base.append("--delete")
     # deleted after each read's answer; then after each hand-off, without reads
     for extra in ([], ["--no-reads", "--hand-off"]):
         out = tmp_path / ("reads" if not extra else "handed")
@@ -429,7 +430,7 @@ def test_receive_floor_deletes_every_node_when_asked(tmp_path: Path) -> None:
 def test_receive_floor_deletes_as_many_unwatched_nodes_when_asked(tmp_path: Path) -> None:
     from benchmarks import receive_floor
 
-    argv = ["--subscribers", "2", "--rate", "50", "--seconds", "1", "--warmup", "0.5"]
+    argv = ["--subscribers", "2", "--rate", "100", "--seconds", "0.5", "--warmup", "0.25"]
     out = tmp_path / "unwatched"
     argv += ["--no-reads", "--hand-off", "--delete-unwatched", "--out", str(out)]
     assert receive_floor.main(argv) == 0
