@@ -236,6 +236,7 @@ def test_a_publish_that_timed_out_in_flight_is_not_settled_again_by_close(
         assert isinstance(long.exception(5), PublishTimeout)
         assert outcomes.seen == ["PublishTimeout"] * 2  # each once
         proxy.unblock()
+        publisher.close()  # while its proxy still stands: no waiting out the closing timeout
 
 
 def test_an_unexpected_error_fails_the_batch_it_hit_at_once(

@@ -180,7 +180,7 @@ def test_a_subscription_closed_while_no_server_answers_is_ended_once_connected_a
     layout = Layout(zk_root)
     host, port = zk_hosts.split(",")[0].rsplit(":", 1)
     with TcpProxy((host, int(port)), name="close-unanswered") as proxy:
-        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=6.0)
+        client = make_client(hosts=proxy.address, session_timeout=20.0, request_timeout=3.0)
         plain = client.subscribe("plain", lambda message: None)
         gone = client.subscribe("gone", lambda message: None)
         registration = layout.subscriber("plain", client.client_id)
@@ -192,7 +192,7 @@ def test_a_subscription_closed_while_no_server_answers_is_ended_once_connected_a
         plain.close()
         gone.unsubscribe()  # its queue goes too
         took = time.monotonic() - started
-        assert took < 2 * 6.0 + 3, took  # each waits one request at most
+        assert took < 2 * 3.0 + 3, took  # each waits one request at most
         assert raw_zk.exists(registration) and raw_zk.exists(queue)
         proxy.unblock()
         wait_until(lambda: raw_zk.exists(registration) is None, 30, "the registration removed")
