@@ -4,6 +4,7 @@ dead letters, priorities, results."""
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import threading
 import time
@@ -499,7 +500,7 @@ def test_a_ticket_waited_for_without_time_answers_a_result_that_is_there(
 
 
 def test_a_consumer_acks_once_zookeeper_answers_again(
-    make_cluster: Callable[..., ZooKeeperCluster],
+    make_cluster: Callable[..., ZooKeeperCluster], caplog: pytest.LogCaptureFixture
 ) -> None:
     zk = make_cluster(1)
     (node,) = zk.nodes
@@ -518,8 +519,10 @@ def test_a_consumer_acks_once_zookeeper_answers_again(
             assert entered.wait(20)
             node.kill()
             try:
-                go_on.set()
-                time.sleep(5)  # the ack fails: not connected within the request timeout
+                with caplog.at_level(logging.WARNING, logger="zkpubsub.workqueue.consumer"):
+                    go_on.set()
+                    # the ack fails: not connected within the request timeout
+                    wait_until(lambda: "could not ack" in caplog.text, 20, "the ack failed")
             finally:
                 node.start()
             # the ack is tried again and taken (before, it was given up and
