@@ -467,7 +467,7 @@ def test_a_lost_reserve_answer_never_claims_a_sibling_workers_item(ensemble, mon
 
             def reserve(i: int, q=workers, start=start, got=got) -> None:
                 start.wait(10)
-                got[i] = q[i].reserve(2 * SESSION_TIMEOUT)
+                got[i] = q[i].reserve(1.5 * SESSION_TIMEOUT)  # the other waits it out
 
             threads = [threading.Thread(target=reserve, args=(i,)) for i in range(2)]
             for t in threads:
