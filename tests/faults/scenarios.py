@@ -120,7 +120,8 @@ while the session is being closed, ZooKeeper 3.8.0 at times answers the
 publisher's sync a second time here, with a marshalling error, or answers
 a later request first: replies the client is not waiting for, as in (7)),
 (8c) the cleaner leader's twice while a dead client's queue waits for
-removal, (8d) a subscriber cut off for two session timeouts, twice, (8e) a
+removal, (8d) a subscriber cut off until the servers ended its session
+(past its session timeout), twice, (8e) a
 durable subscriber process killed with SIGKILL while publishing goes on,
 and started again within the grace; (11) two subscriber processes killed
 with SIGKILL mid-stream, their queues removed by the cleaner while

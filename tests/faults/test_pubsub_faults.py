@@ -350,15 +350,28 @@ def test_8d_a_subscriber_cut_off_past_its_session_timeout(ensemble, scenario):
     injector = FaultInjector(ens.cluster)
     proxies = [ZkClientProxy(("127.0.0.1", n.client_port)) for n in ens.cluster.nodes]
     wl, cleaners = pubsub_workload(ens.cluster, "/s8d", subscribers=2)
+    watcher = KazooClient(hosts=ens.cluster.hosts, timeout=10.0)
+    watcher.start(timeout=30)
+    outage = 0.0
     try:
         victim = wl.add_subscriber(hosts=",".join(p.address for p in proxies))
+        client_node = Layout(wl.root).client(victim.client_id)
         wl.start_publishing()
         wl.wait_acked(30)
         for _ in range(2):
+            assert watcher.exists(client_node) is not None  # registered
+            cut = time.monotonic()
             for p in proxies:
                 p.block("drop")  # packets vanish: no reset, no answer
             injector.log.add("client cut off")
-            time.sleep(2 * SESSION_TIMEOUT)  # the length of the outage
+            # the outage lasts until the servers end the session themselves
+            # (its client node goes with it; the client cannot make it again)
+            wl.wait_until(
+                lambda: watcher.exists(client_node) is None,
+                2 * SESSION_TIMEOUT + 30,
+                "the servers to end the session",
+            )
+            outage += time.monotonic() - cut
             for p in proxies:
                 p.unblock()
             wl.wait_until(
@@ -372,12 +385,13 @@ def test_8d_a_subscriber_cut_off_past_its_session_timeout(ensemble, scenario):
         wl.close()
         for p in proxies:
             p.close()
+        watcher.stop()
+        watcher.close()
     # the servers ended the victim's session twice; it registered again twice
     assert len(done.ledger.sessions[victim.client_id]) == 3, done.ledger.sessions
     assert len(done.ledger.registrations[(wl.topic, victim.client_id)]) == 3
     # its backlog from before each expiry had to arrive; what was published
     # while it was unregistered is excused, at most a cut's length each time
-    outage = 2 * 2 * SESSION_TIMEOUT
     assert done.result.per_subscriber[victim.client_id].get("expected", 0) > 0
     assert_clean(done, excused_at_most=excuse_bound(done.history, outage))
 
