@@ -4,6 +4,7 @@ connection loses nothing; closing stops cleanly and removes the watch."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -558,3 +559,42 @@ def test_kazoos_own_watches_inside_a_persistently_watched_tree_still_fire(
     raw_zk.delete(node)
     wait_until(lambda: len(fired) == 2, 10, "kazoo's child watch")
     assert fired[1].type == "DELETED"
+
+
+def test_handled_nodes_the_subscriber_may_not_delete_are_told_once_and_tried_again_slowly(
+    make_client: MakeClient,
+    raw_zk: Any,
+    zk_root: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A segment whose ACL leaves deletes to another identity: the deletes
+    of what was handled were sent again every half second, a request each,
+    for as long as the ACL stayed, and nothing said why."""
+    from kazoo.security import ACL, Permissions, make_acl
+
+    from zkpubsub.layout import Layout
+
+    monkeypatch.setattr(_pump, "REFUSED_RETRY", 4.0, raising=False)  # 30 s in use
+    got = Collector()
+    client = make_client(cleaner=False)
+    client.subscribe("t", got)
+    segment = Layout(zk_root).queue(client.client_id, "t") + "/s0000000000"
+    no_delete = Permissions.ALL & ~Permissions.DELETE
+    raw_zk.set_acls(segment, [ACL(no_delete, make_acl("world", "anyone").id)])
+    publisher = make_client(cleaner=False)
+    with caplog.at_level(logging.WARNING, logger="zkpubsub._pump"):
+        for i in range(3):
+            publisher.publish("t", i)
+        got.wait(3, 10)
+        wait_until(lambda: "may not delete handled nodes" in caplog.text, 10, "the refusal told")
+        requests = client._ctx.conn.requests
+        time.sleep(1.5)  # three tries of four requests each, before
+        assert client._ctx.conn.requests - requests <= 2
+        assert len(raw_zk.get_children(segment)) == 3  # handled, still there
+        assert caplog.text.count("may not delete handled nodes") == 1
+    # the rights given back, they go at the next try
+    raw_zk.set_acls(segment, [make_acl("world", "anyone", all=True)])
+    publisher.publish("t", 3)  # its delete is refused no more; the others wait their turn
+    wait_until(lambda: raw_zk.get_children(segment) == [], 20, "the handled nodes deleted")
+    assert [m.payload for m in got.messages] == [0, 1, 2, 3]  # none delivered again

@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError, NotEmptyError
 from kazoo.protocol.states import KazooState
 
 from . import envelope
@@ -80,6 +80,8 @@ WatchMode = Literal["auto", "persistent", "listing"]
 
 SAFETY_RELIST_INTERVAL: Final = 30.0
 DELETE_RETRY: Final = 0.5
+# Deletes refused for want of rights (a segment's ACL) go again this often.
+REFUSED_RETRY: Final = 30.0
 RELIST_WHILE_BUSY: Final = 1.0
 DELETE_BATCH: Final = 500
 # A close waiting for its last deletes looks this often whether the
@@ -218,6 +220,9 @@ class ReceivePump:
         self._retry_deletes = False
         self._delete_due: float | None = None  # when the handled nodes waiting go
         self._trees: set[tuple[_Queue, str]] = set()  # handled nodes someone gave children
+        self._undeletable: set[str] = set()  # queues whose handled nodes stay (told once)
+        self._refused: list[tuple[_Queue, str]] = []  # their deletes, until REFUSED_RETRY
+        self._refused_next = 0.0  # when they go again
         self._detaching: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -398,6 +403,7 @@ class ReceivePump:
             try:
                 self._watch()
                 self._take_events()
+                self._retry_refused()
                 if self._deletes_due(retry):
                     self._flush_deletes()
                 self._finish_detached()
@@ -417,6 +423,7 @@ class ReceivePump:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         try:  # a last send, so handled messages are not delivered again
+            self._retry_refused(now=True)
             self._flush_deletes(wait=True)
         except ZkPubSubError as exc:
             logger.debug("receive pump: final delete failed: %s", exc)
@@ -700,6 +707,15 @@ class ReceivePump:
             for done in answered:
                 done.wait(remaining(deadline))
 
+    def _retry_refused(self, now: bool = False) -> None:
+        """Queue again the deletes refused for want of rights, once
+        ``REFUSED_RETRY`` has passed (or ``now``)."""
+        with self._lock:
+            if not self._refused or (not now and time.monotonic() < self._refused_next):
+                return
+            refused, self._refused = self._refused, []
+        self._delete_again(refused)
+
     def _delete_again(self, batch: list[tuple[_Queue, str]]) -> None:
         for queue, name in batch:
             queue.buffer.delete_again([name])
@@ -738,6 +754,26 @@ class ReceivePump:
                 self._trees.add((queue, name))
             self._retry_deletes = True
             self._wake.set()
+            return
+        except NoAuthError:
+            # its segment's ACL leaves deletes to another identity (a
+            # publisher whose roles leave this subscriber out): it stays,
+            # handled, tried again every REFUSED_RETRY (not every
+            # DELETE_RETRY: requests for every such node, twice a second,
+            # for as long as the ACL stays); said once for the queue
+            if queue.path not in self._undeletable:
+                self._undeletable.add(queue.path)
+                logger.warning(
+                    "receive pump: may not delete handled nodes of %s (%s): the ACL its "
+                    "writer set leaves this client out; they stay, tried again every %gs",
+                    brief(queue.path),
+                    brief(join(queue.path, name)),
+                    REFUSED_RETRY,
+                )
+            with self._lock:
+                if not self._refused:
+                    self._refused_next = time.monotonic() + REFUSED_RETRY
+                self._refused.append((queue, name))
             return
         except Exception:  # no answer: again once connected
             self._delete_again([(queue, name)])
