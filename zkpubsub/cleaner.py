@@ -156,6 +156,8 @@ class Cleaner:
         self._warned: set[tuple[str, str, float]] = set()  # (leader, option, value)
         # gone clients (and refusals) whose nodes this identity may not remove: said once
         self._unreadable: set[str] = set()
+        # gone clients whose purge was refused (leader's thread): when it is due again
+        self._refused_until: dict[str, float] = {}
         self._resign_on_stop = True
         self._blind = 0  # connection losses seen (kazoo's thread counts them)
         self._lock = threading.Lock()
@@ -315,8 +317,10 @@ class Cleaner:
                 logger.exception("cleaner: unexpected error; retrying")
                 self._stop.wait(1.0)
         self._leading.clear()
-        self._conn.remove_state_listener(self._on_state)  # stopped by itself, too
-        self._resign()
+        try:
+            self._resign()
+        finally:
+            self._conn.remove_state_listener(self._on_state)  # stopped by itself, too
 
     def _resign(self) -> None:
         path, self._candidate = self._candidate, None
@@ -450,6 +454,7 @@ class Cleaner:
         self._count("elections_won")
         self._leading.set()
         absent_since: dict[str, float] = {}
+        self._refused_until.clear()
         empty_since: dict[str, tuple[int, float]] = {}
         evict_seen: dict[tuple[str, str, int], float] = {}
         last = 0.0
@@ -492,8 +497,10 @@ class Cleaner:
                     continue
                 else:
                     self._count("sweeps")
-                starts = [*absent_since.values(), *(t for _, t in empty_since.values())]
-                self._wake.wait(self._next_wait(starts))
+                refused = self._refused_until
+                starts = [s for cid, s in absent_since.items() if cid not in refused]
+                starts += [t for _, t in empty_since.values()]
+                self._wake.wait(self._next_wait(starts, list(refused.values())))
         except Refused as exc:
             if exc.reason != "fence":
                 raise
@@ -509,17 +516,12 @@ class Cleaner:
         )
         return -1 if stat is None else int(stat.pzxid)
 
-    def _again_in_an_interval(self, now: float) -> float:
-        """The start of a grace that runs out one interval from ``now``: what
-        the leader may not remove is tried again then, not as soon as its
-        grace is over (which would have it sweep every ``MIN_SWEEP_GAP``)."""
-        return now - self.grace + self.interval
-
-    def _next_wait(self, starts: list[float]) -> float:
-        """Sleep until the next interval, or until the first grace runs out."""
+    def _next_wait(self, starts: list[float], retries: list[float]) -> float:
+        """Sleep until the next interval, until the first grace runs out, or
+        until the first refused purge is due again (``retries``)."""
         now = time.monotonic()
-        ends = [max(0.05, since + self.grace - now + 0.01) for since in starts]
-        return min([self.interval, *ends])
+        ends = [since + self.grace for since in starts] + retries
+        return min([self.interval, *(max(0.05, end - now + 0.01) for end in ends)])
 
     def _sweep(
         self,
@@ -558,11 +560,15 @@ class Cleaner:
         # a finished purge's notice waits for its client: nothing to purge
         gone = (with_queues | (markers - notices.keys()) | with_receipts | registered.keys()) - live
         now = time.monotonic()
+        refused = self._refused_until
         for cid in list(absent_since):
             if cid not in gone:
                 del absent_since[cid]
+                refused.pop(cid, None)
         for cid in gone:
             since = absent_since.setdefault(cid, now)
+            if now < refused.get(cid, now):
+                continue  # refused lately: tried again an interval after
             if now - since >= self.grace and not self._stop.is_set():
                 if self._blind != blind:
                     return  # what this sweep saw may be out of date
@@ -577,9 +583,12 @@ class Cleaner:
                             cid,
                             exc,
                         )
-                    absent_since[cid] = self._again_in_an_interval(now)
+                    # tried again an interval from now, not at every sweep
+                    # (its grace over, the leader would sweep every MIN_SWEEP_GAP)
+                    refused[cid] = time.monotonic() + self.interval
                     continue
                 self._unreadable.discard(cid)
+                refused.pop(cid, None)
                 absent_since.pop(cid, None)
         stages: list[Callable[[], object]] = [
             lambda: sweep_evictions(

@@ -418,7 +418,8 @@ class Connection:
         self._listeners.append(listener)
 
     def remove_state_listener(self, listener: Callable[[KazooState], None]) -> None:
-        if listener in self._listeners:
+        """Idempotent, from any thread (two may remove the same one at once)."""
+        with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
     def start(self, timeout: float) -> None:
