@@ -22,6 +22,7 @@ from zkpubsub import (
     Client,
     ClientClosed,
     ClientState,
+    Gap,
     Message,
     PayloadTooLarge,
     SerializationError,
@@ -171,6 +172,29 @@ def test_a_session_expiry_clears_the_cache_while_a_slow_gap_listener_holds_the_g
         assert cache.stats().clears >= 1
     finally:
         release.set()
+
+
+def test_a_gap_on_its_topic_clears_the_cache_on_the_same_session(
+    make_client: MakeClient, raw_zk: KazooClient, zk_root: str
+) -> None:
+    """A gap told without an expiry (here: another client deleted the
+    registration, so publishes meanwhile skipped it) clears the cache too."""
+    source = Source()
+    client = make_client()
+    gaps: list[Gap] = []
+    client.add_gap_listener(gaps.append)
+    cache = InvalidatingCache(client, "users", source.load)
+    assert cache._subscription is not None
+    cache._subscription.backlog(timeout=10)  # a round trip: the guard's watches are set
+    session = client._session.registered_session
+    assert cache.get("user:0") == "v1"
+    reads = source.reads
+    raw_zk.delete(Layout(zk_root).subscriber("users", client.client_id))
+    wait_until(lambda: gaps, 10, "the gap")
+    wait_until(lambda: cache.stats().clears >= 1, 10, "the cache cleared")
+    assert client._session.registered_session == session  # no expiry
+    cache.get("user:0")
+    assert source.reads == reads + 1
 
 
 def test_ttl_and_size_bound_what_is_kept(make_client: MakeClient) -> None:
