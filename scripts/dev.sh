@@ -2,6 +2,7 @@
 # One entry point for a fresh Debian machine:
 #   bash scripts/dev.sh demo    install what is missing, then run `zkpubsub demo`
 #   bash scripts/dev.sh test    install what is missing, then run the test suite
+#   bash scripts/dev.sh test-bench  the benchmark harness's tests (a quick run end to end)
 #   bash scripts/dev.sh check   ruff and mypy
 #   bash scripts/dev.sh install only install (ZooKeeper from apt, .venv with the package)
 # ZooKeeper in Docker containers (zkpubsub.testing's testcontainers backend):
@@ -349,6 +350,11 @@ case "${1:-}" in
     install) install ;;
     demo) install; shift; exec "$VENV/bin/zkpubsub" demo "$@" ;;
     test) install; shift; exec "$VENV/bin/pytest" -q --durations=30 tests "$@" ;;
+    test-bench)
+        install
+        shift
+        exec "$VENV/bin/pytest" -q --durations=10 -m bench tests/test_benchmarks.py "$@"
+        ;;
     check)
         install
         "$VENV/bin/ruff" check .
@@ -381,7 +387,7 @@ case "${1:-}" in
         in_background "$VENV/bin/python" scripts/version_matrix.py "$@"
         ;;
     *)
-        echo "usage: bash scripts/dev.sh install|demo|test|check|test-containers|pythons|matrix|image|docker-down" >&2
+        echo "usage: bash scripts/dev.sh install|demo|test|test-bench|check|test-containers|pythons|matrix|image|docker-down" >&2
         exit 2
         ;;
 esac

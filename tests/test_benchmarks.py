@@ -16,7 +16,12 @@ import pytest
 from benchmarks import main
 from benchmarks.profiles import QUICK, SECTIONS
 
-pytestmark = [pytest.mark.local_zk, pytest.mark.local_install, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.bench,
+    pytest.mark.local_zk,
+    pytest.mark.local_install,
+    pytest.mark.timeout(300),
+]
 
 
 @pytest.fixture(scope="module")
