@@ -582,7 +582,8 @@ def test_a_gone_client_the_cleaner_may_not_remove_is_tried_again_each_interval(
 ) -> None:
     """Before, once its grace was over, the refused purge was tried again at
     every sweep, and the grace it kept over had the leader sweep every half
-    second, whatever its interval."""
+    second, whatever its interval. And a retry found due with the grace
+    raised meanwhile kept its time, now past: the same half-second sweeps."""
     from kazoo.security import make_digest_acl
 
     layout = Layout(zk_root)
@@ -591,12 +592,16 @@ def test_a_gone_client_the_cleaner_may_not_remove_is_tried_again_each_interval(
     raw_zk.create(layout.receipts + "/ghost", b"", acl=[secret])
     host = make_client(session_timeout=2.0)
     with caplog.at_level(logging.WARNING, logger="zkpubsub.cleaner"):
-        cleaner = host.start_cleaner(grace=2.0, interval=60.0)
+        cleaner = host.start_cleaner(grace=2.0, interval=1.5)
         assert cleaner.wait_leader(20)
         wait_until(lambda: "gone client ghost" in caplog.text, 20, "the purge refused")
     before = cleaner.stats().sweeps
-    time.sleep(2.0)  # three or four sweeps, before the fix
+    time.sleep(1.2)  # two sweeps, before: tried again at the interval, not at once
     assert cleaner.stats().sweeps - before <= 1
+    cleaner.configure(grace=600.0)  # when the retry is due, its grace is not over
+    before = cleaner.stats().sweeps
+    time.sleep(3.0)  # two sweeps, at the interval (six, before)
+    assert cleaner.stats().sweeps - before <= 3
     assert not cleaner.stopped and cleaner.refused is None
 
 

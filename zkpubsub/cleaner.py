@@ -481,6 +481,7 @@ class Cleaner:
                         "cleaner: clients came and went while it was cut off: graces start again"
                     )
                     absent_since.clear()
+                    self._refused_until.clear()
                     empty_since.clear()
                 blind, seen = self._blind, now_seen
                 self._leading.set()
@@ -564,11 +565,16 @@ class Cleaner:
         for cid in list(absent_since):
             if cid not in gone:
                 del absent_since[cid]
-                refused.pop(cid, None)
+        for cid in list(refused):
+            if cid not in gone:
+                del refused[cid]
         for cid in gone:
             since = absent_since.setdefault(cid, now)
-            if now < refused.get(cid, now):
-                continue  # refused lately: tried again an interval after
+            until = refused.get(cid)
+            if until is not None:
+                if now < until:
+                    continue  # refused lately: tried again an interval after
+                del refused[cid]  # due: judged by its grace again
             if now - since >= self.grace and not self._stop.is_set():
                 if self._blind != blind:
                     return  # what this sweep saw may be out of date
