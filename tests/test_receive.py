@@ -561,24 +561,28 @@ def test_kazoos_own_watches_inside_a_persistently_watched_tree_still_fire(
     assert fired[1].type == "DELETED"
 
 
+@pytest.mark.parametrize("then", ["tried again", "closed"])
 def test_handled_nodes_the_subscriber_may_not_delete_are_told_once_and_tried_again_slowly(
     make_client: MakeClient,
     raw_zk: Any,
     zk_root: str,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    then: str,
 ) -> None:
     """A segment whose ACL leaves deletes to another identity: the deletes
     of what was handled were sent again every half second, a request each,
-    for as long as the ACL stayed, and nothing said why."""
+    for as long as the ACL stayed, and nothing said why. They now wait
+    between tries, and get a last one when the subscription closes."""
     from kazoo.security import ACL, Permissions, make_acl
 
     from zkpubsub.layout import Layout
 
-    monkeypatch.setattr(_pump, "REFUSED_RETRY", 4.0, raising=False)  # 30 s in use
+    retry = 4.0 if then == "tried again" else 30.0  # 30 s in use
+    monkeypatch.setattr(_pump, "REFUSED_RETRY", retry, raising=False)
     got = Collector()
     client = make_client(cleaner=False)
-    client.subscribe("t", got)
+    subscription = client.subscribe("t", got)
     segment = Layout(zk_root).queue(client.client_id, "t") + "/s0000000000"
     no_delete = Permissions.ALL & ~Permissions.DELETE
     raw_zk.set_acls(segment, [ACL(no_delete, make_acl("world", "anyone").id)])
@@ -588,13 +592,18 @@ def test_handled_nodes_the_subscriber_may_not_delete_are_told_once_and_tried_aga
             publisher.publish("t", i)
         got.wait(3, 10)
         wait_until(lambda: "may not delete handled nodes" in caplog.text, 10, "the refusal told")
+        wait_until(lambda: len(client._pump._refused) == 3, 10, "every delete refused")
         requests = client._ctx.conn.requests
         time.sleep(1.5)  # three tries of four requests each, before
         assert client._ctx.conn.requests - requests <= 2
         assert len(raw_zk.get_children(segment)) == 3  # handled, still there
         assert caplog.text.count("may not delete handled nodes") == 1
-    # the rights given back, they go at the next try
     raw_zk.set_acls(segment, [make_acl("world", "anyone", all=True)])
+    if then == "closed":  # the rights given back, they go with the subscription's end
+        subscription.close()
+        wait_until(lambda: raw_zk.get_children(segment) == [], 10, "the handled nodes deleted")
+        return
+    # the rights given back, they go at the next try
     publisher.publish("t", 3)  # its delete is refused no more; the others wait their turn
     wait_until(lambda: raw_zk.get_children(segment) == [], 20, "the handled nodes deleted")
     assert [m.payload for m in got.messages] == [0, 1, 2, 3]  # none delivered again

@@ -642,6 +642,11 @@ class ReceivePump:
         with self._lock:
             leaving, self._detaching = self._detaching, set()
             queues = [self._queues[t] for t in leaving if t in self._queues]
+            # deletes refused for want of rights get a last try with them
+            last = [(q, n) for q, n in self._refused if q in queues]
+            self._refused = [(q, n) for q, n in self._refused if q not in queues]
+        for queue, name in last:
+            queue.buffer.delete_again([name])
         if queues:
             self._flush_deletes(wait=True, only=queues)
             for queue in queues:
@@ -709,12 +714,16 @@ class ReceivePump:
 
     def _retry_refused(self, now: bool = False) -> None:
         """Queue again the deletes refused for want of rights, once
-        ``REFUSED_RETRY`` has passed (or ``now``)."""
+        ``REFUSED_RETRY`` has passed (or ``now``); those of queues no longer
+        read are dropped."""
         with self._lock:
             if not self._refused or (not now and time.monotonic() < self._refused_next):
                 return
-            refused, self._refused = self._refused, []
-        self._delete_again(refused)
+            attached = set(map(id, self._queues.values()))
+            refused = [(q, n) for q, n in self._refused if id(q) in attached]
+            self._refused = []
+        if refused:
+            self._delete_again(refused)
 
     def _delete_again(self, batch: list[tuple[_Queue, str]]) -> None:
         for queue, name in batch:
