@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     of a run that did not ask for them (``-m bench``, ``ZKPUBSUB_BENCH_TESTS=1``
     or ``tests/test_benchmarks.py`` named)."""
     asked = (
-        os.environ.get("ZKPUBSUB_BENCH_TESTS")
+        os.environ.get("ZKPUBSUB_BENCH_TESTS") == "1"
         or "bench" in (config.getoption("markexpr") or "")
         or any("test_benchmarks" in str(arg) for arg in config.args)
     )
